@@ -1,0 +1,39 @@
+"""Errors a user can act on.
+
+A :class:`UserError` means the input (a file, an option, a checkpoint) is wrong, not the program. The command
+line prints its message as one line and exits with code 2; Python callers can catch it. Anything else that
+escapes is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line naming the file and what to do."""
+
+    exit_code = 2
+
+
+class NoFaceError(UserError):
+    """No face was found anywhere in the input video."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint file is missing, unreadable, or holds weights for another network."""
+
+
+class MediaError(UserError):
+    """A media file is missing, unreadable, or lacks the stream that is needed."""
+
+
+def require_file(path, what: str = "file") -> None:
+    """Raise :class:`UserError` unless ``path`` names an existing, readable regular file."""
+    import os
+
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise MediaError(f"{what} not found: {p}")
+    if os.path.isdir(p):
+        raise MediaError(f"{what} is a folder, not a file: {p}")
+    if not os.access(p, os.R_OK):
+        raise MediaError(f"{what} is not readable (check its permissions): {p}")
+    if os.path.getsize(p) == 0:
+        raise MediaError(f"{what} is empty (0 bytes): {p}")

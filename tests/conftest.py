@@ -1,0 +1,38 @@
+"""Shared fixtures. Tests that need the real clips in ``../shared`` (beside the checkout) skip when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HYPERLIPS_SHARED", ROOT.parent / "shared"))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"needs the shared test data ({path} is absent; set HYPERLIPS_SHARED to its folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return _need(SHARED)
+
+
+@pytest.fixture(scope="session")
+def compat_dir() -> Path:
+    return _need(SHARED / "compat")
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """``shared/data/real``: hyperlips/ (video_i.mp4, audio_i.wav, official_result_i.mp4), retalking/, speech/."""
+    return _need(SHARED / "data" / "real")
+
+
+@pytest.fixture(scope="session")
+def more_data() -> Path:
+    return _need(SHARED / "data" / "more")
