@@ -1,0 +1,150 @@
+"""The ``hyperlips`` command: one program, one subcommand per job, each a thin shell over the Python API.
+
+A mistake in the input (a missing file, a video with no face, a checkpoint for another network...) ends with
+one line on stderr and exit code 2. Ctrl-C ends with exit code 130 and leaves no partial output.
+
+Subcommands that live with their job (training, evaluation, ...) register themselves through a module that
+offers ``add_parser(subparsers)``; the modules are listed in ``_COMMAND_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+# modules that add subcommands: each has add_parser(subparsers) and sets a `func(args) -> int` default
+_COMMAND_MODULES = (
+    "hyperlips.data.commands",
+    "hyperlips.train.commands",
+    "hyperlips.eval.commands",
+)
+
+
+def _box(text: str) -> tuple[float, float, float, float]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 4 or vals[2] <= vals[0] or vals[3] <= vals[1]:
+        raise argparse.ArgumentTypeError(f"a box is x1,y1,x2,y2 in pixels with x2>x1 and y2>y1 (got {text!r})")
+    return vals  # type: ignore[return-value]
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, help="HyperLips-Base weights: an official .pth or a hyperlips .safetensors")
+    p.add_argument("--hr-checkpoint", type=Path, help="HR decoder weights (128, 256 or 512 px) for a sharper mouth")
+    p.add_argument("--size", type=int, choices=(128, 256, 512), help="render size of the mouth; 256/512 need an HR checkpoint")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=16, help="frames per network batch (default 16)")
+    p.add_argument("--untrained", action="store_true", help="use randomly initialised weights (to try the pipeline without a checkpoint)")
+
+
+def add_sync_options(p: argparse.ArgumentParser) -> None:
+    face = p.add_mutually_exclusive_group()
+    face.add_argument("--face", type=int, metavar="N", help="which face to follow when several are visible: 0 = leftmost (default: the largest)")
+    face.add_argument("--face-box", type=_box, metavar="X1,Y1,X2,Y2", help="follow the face overlapping this box (pixels, first frame with faces)")
+    p.add_argument("--loop", choices=("pingpong", "hold"), default="pingpong",
+                   help="audio longer than the video: play it forward and backward (default) or hold the last frame")
+    p.add_argument("--reference", default="best",
+                   help="reference face: best (most confident detection, default), first, or a frame number")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--timings", action="store_true", help="print seconds and frames per second for each stage at the end")
+
+
+def _make_lipsync(args):
+    from .pipeline import LipSync
+
+    return LipSync(
+        args.checkpoint,
+        args.hr_checkpoint,
+        size=args.size,
+        device=args.device,
+        batch_size=args.batch_size,
+        untrained=args.untrained,
+        progress=not args.quiet,
+    )
+
+
+def _run_sync(args) -> int:
+    ls = _make_lipsync(args)
+    report = ls.sync(args.video, args.audio, args.output, face_index=args.face, face_box=args.face_box,
+                     loop=args.loop, reference=args.reference)
+    print(report.summary() if args.timings else f"wrote {report.output} ({report.frames} frames, {report.audio_seconds:.2f} s)")
+    return 0
+
+
+def _run_demo(args) -> int:
+    from .demo import make_demo_inputs
+
+    folder = args.output.parent if str(args.output.parent) else Path(".")
+    image, speech = make_demo_inputs(folder / "hyperlips_demo_inputs")
+    if args.checkpoint is None:
+        args.untrained = True
+        print("hyperlips demo: no trained weights are shipped yet, so this run uses UNTRAINED (random) weights: "
+              "the pipeline runs end to end but the generated mouth is meaningless. Pass --checkpoint for real results.",
+              file=sys.stderr)
+    print(f"demo inputs: {image} (a photo bundled with scikit-image) and {speech} (speech synthesised by espeak-ng)")
+    args.video, args.audio = image, speech
+    return _run_sync(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hyperlips", description="HyperLips lip-sync: re-sync the mouth of a talking-face video to new speech.")
+    parser.add_argument("--version", action="version", version=f"hyperlips {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("sync", help="lip-sync VIDEO to AUDIO and write OUTPUT", description="Lip-sync a video (or a still image) to a speech track.")
+    p.add_argument("video", type=Path, help="talking-face video (mp4, mov, mkv, ...) or a still image (png, jpg)")
+    p.add_argument("audio", type=Path, help="speech: wav, mp3, m4a, flac, ogg, or a video file whose audio track to use")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output video (.mp4)")
+    add_model_options(p)
+    add_sync_options(p)
+    p.set_defaults(func=_run_sync)
+
+    p = sub.add_parser("demo", help="run sync on a built-in example (a photo and synthesised speech), offline",
+                       description="Make an example input offline and lip-sync it.")
+    p.add_argument("-o", "--output", type=Path, default=Path("hyperlips_demo.mp4"), help="output video (default hyperlips_demo.mp4)")
+    add_model_options(p)
+    add_sync_options(p)
+    p.set_defaults(func=_run_demo)
+
+    for name in _COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        msg = " ".join(str(e).split())  # one line, always
+        print(f"hyperlips: error: {msg}", file=sys.stderr)
+        return e.exit_code
+    except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        # file-system problems with paths the user gave (an unwritable output folder, say): not bugs
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"hyperlips: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hyperlips: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

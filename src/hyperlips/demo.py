@@ -1,0 +1,77 @@
+"""The built-in example: a real face photo shipped with scikit-image and speech synthesised offline with espeak-ng.
+
+Nothing here downloads anything: ``skimage.data.astronaut()`` is bundled in the scikit-image wheel and the
+espeak-ng library and voices come inside the ``espeakng-loader`` wheel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+DEMO_TEXT = (
+    "Hello! This is hyperlips. The mouth in this video was generated from the sound of my voice, "
+    "frame by frame, and pasted back into the picture."
+)
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_ESPEAK_CHARS_AUTO = 0
+
+
+def synthesize_speech(text: str = DEMO_TEXT, voice: str = "en-us", rate_wpm: int = 150) -> tuple[np.ndarray, int]:
+    """Speak ``text`` with espeak-ng; returns (float32 mono samples in [-1, 1], sample rate)."""
+    try:
+        import espeakng_loader
+    except ImportError as e:  # pragma: no cover - installed with the package
+        raise UserError("the demo needs espeakng-loader: pip install espeakng-loader") from e
+    lib = ctypes.cdll.LoadLibrary(str(espeakng_loader.get_library_path()))
+    data = str(espeakng_loader.get_data_path()).encode()
+    sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
+    if sample_rate <= 0:
+        raise UserError("espeak-ng failed to initialise (its voice data could not be read)")
+    lib.espeak_SetVoiceByName(voice.encode())
+    lib.espeak_SetParameter(1, rate_wpm, 0)  # espeakRATE = 1
+    chunks: list[np.ndarray] = []
+    callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+    def _collect(wav, n, _events):
+        if n > 0:
+            chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        return 0
+
+    callback = callback_type(_collect)  # keep a reference while synthesising
+    lib.espeak_SetSynthCallback(callback)
+    encoded = text.encode()
+    lib.espeak_Synth(encoded, len(encoded) + 1, 0, 0, 0, _ESPEAK_CHARS_AUTO, None, None)
+    lib.espeak_Synchronize()
+    if not chunks:
+        raise UserError("espeak-ng produced no audio")
+    pcm = np.concatenate(chunks).astype(np.float32) / 32768.0
+    return pcm, int(sample_rate)
+
+
+def demo_face() -> np.ndarray:
+    """The astronaut photo (Eileen Collins, public domain) as a BGR uint8 image, 512x512."""
+    from skimage import data
+
+    rgb = data.astronaut()
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def make_demo_inputs(folder: Path) -> tuple[Path, Path]:
+    """Write ``demo_face.png`` and ``demo_speech.wav`` into ``folder``; returns their paths."""
+    import cv2
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image_path = folder / "demo_face.png"
+    speech_path = folder / "demo_speech.wav"
+    if not cv2.imwrite(str(image_path), demo_face()):
+        raise UserError(f"could not write {image_path}")
+    wav, sr = synthesize_speech()
+    sf.write(str(speech_path), wav, sr)
+    return image_path, speech_path

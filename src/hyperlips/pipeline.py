@@ -1,0 +1,394 @@
+"""LipSync: the streaming inference flow (video + speech -> the same video with the mouth re-synced).
+
+Two passes over the video, both streaming with bounded memory:
+
+1. **faces**: decode every frame that will be used, detect faces, then choose, bridge and smooth one face
+   track over the whole video (a few numbers per frame are kept, never the frames).
+2. **generate**: decode the frames again in output order (ping-pong or hold when the audio is longer), build
+   the masked + reference inputs, run HyperLips-Base (and the HR decoder), paste the mouth back with a soft
+   mask and colour matching, and encode H.264 + AAC to a temporary file that is renamed at the very end.
+
+The reference face (the unmasked half of the network input, which carries identity and teeth) is the crop of
+the frame whose detection was the most confident (ties: the earliest), the same for every output frame, so the
+mouth of the current frame never leaks into the input. ``reference=N`` picks frame N instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from .config import AudioConfig
+from .errors import MediaError, UserError, require_file
+from .schedule import LOOP_MODES, runs
+
+OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
+BASE_SIZE = 128
+MUX_SAMPLE_RATE = 48000
+
+
+@dataclass
+class SyncReport:
+    """What a run produced and where its time went (seconds per stage)."""
+
+    output: Path
+    frames: int
+    fps: float
+    width: int
+    height: int
+    audio_seconds: float
+    frames_with_face: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def stage_fps(self) -> dict[str, float]:
+        return {k: (self.frames / v if v > 0 else float("inf")) for k, v in self.timings.items()}
+
+    def summary(self) -> str:
+        total = sum(self.timings.values())
+        parts = ", ".join(f"{k} {v:.1f}s ({self.frames / v:.1f} fps)" for k, v in self.timings.items() if v > 0)
+        return (
+            f"{self.output}: {self.frames} frames {self.width}x{self.height} @ {self.fps:g} fps, "
+            f"mouth generated in {self.frames_with_face}; {total:.1f}s total: {parts}"
+        )
+
+
+class _Timer:
+    """Accumulates wall time per named stage."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[stage] += time.perf_counter() - t0
+
+    def timed_iter(self, stage: str, it: Iterable):
+        it = iter(it)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                self.totals[stage] += time.perf_counter() - t0
+                return
+            self.totals[stage] += time.perf_counter() - t0
+            yield item
+
+
+def resolve_device(device: str = "auto"):
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from e
+
+
+def check_paths(video: Path, audio: Path, output: Path) -> None:
+    """Fail early, before any work, on paths that cannot give a result."""
+    require_file(video, "video")
+    require_file(audio, "audio")
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError(f"output must be a video file ending in {', '.join(OUTPUT_SUFFIXES)}: {output}")
+    out_real = os.path.realpath(output)
+    for p, what in ((video, "video"), (audio, "audio")):
+        if out_real == os.path.realpath(p):
+            raise UserError(f"the output path is the same file as the input {what} ({p}); choose another output name")
+    parent = output.parent if str(output.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"output folder is not a folder: {parent}")
+    if output.exists() and output.is_dir():
+        raise UserError(f"output path is a folder: {output}")
+
+
+def face_crop(frame: np.ndarray, box, size: int) -> np.ndarray:
+    """The box region of ``frame`` resized to ``size``x``size`` (area interpolation when shrinking)."""
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    crop = frame[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
+    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+def network_input(crops: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(N,S,S,3) uint8 BGR crops + (S,S,3) reference -> (N,6,S,S) float32: [lower half zeroed, reference] / 255."""
+    n, s = crops.shape[0], crops.shape[1]
+    masked = crops.copy()
+    masked[:, s // 2 :] = 0
+    ref = np.broadcast_to(reference, crops.shape)
+    x = np.concatenate([masked, ref], axis=3).astype(np.float32) / 255.0
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def to_uint8_images(t) -> np.ndarray:
+    """(N,3,H,W) float tensor in [0,1] -> (N,H,W,3) uint8, rounded (not truncated)."""
+    a = t.detach().float().clamp_(0, 1).mul_(255).round_().to("cpu").numpy().astype(np.uint8)
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+class LipSync:
+    """Lip-sync a video to a speech track.
+
+    >>> ls = LipSync("hyperlipsbase_lrs2.pth")                                   # doctest: +SKIP
+    >>> ls.sync("talk.mp4", "speech.wav", "out.mp4")                             # doctest: +SKIP
+
+    ``checkpoint``: HyperLips-Base weights (official ``.pth`` or our safetensors); ``hr_checkpoint``: an HR
+    decoder (128/256/512) that sharpens the mouth; ``untrained=True`` builds randomly initialised networks
+    instead (for trying the pipeline without weights: the mouth is then meaningless).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        hr_checkpoint: str | os.PathLike | None = None,
+        *,
+        size: int | None = None,
+        device: str = "auto",
+        batch_size: int = 16,
+        untrained: bool = False,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        import torch
+
+        from .models import create_model, load_checkpoint
+
+        if batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
+        if size is not None and size not in (128, 256, 512):
+            raise UserError(f"--size must be 128, 256 or 512 (got {size})")
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.progress = progress
+        self.audio_cfg = AudioConfig()
+        self.untrained = untrained
+        if checkpoint is None and not untrained:
+            raise UserError("no model weights given: pass --checkpoint PATH (an official HyperLips .pth or a hyperlips checkpoint)")
+        if checkpoint is not None:
+            self.base, _ = load_checkpoint(checkpoint, name="hyperlips-base", device=self.device)
+        else:
+            torch.manual_seed(seed)
+            self.base = create_model("hyperlips-base")
+        self.hr = None
+        self.hr_size = None
+        if hr_checkpoint is not None:
+            self.hr, info = load_checkpoint(hr_checkpoint, device=self.device)
+            if not info.name.startswith("hyperlips-hr-"):
+                raise UserError(f"{hr_checkpoint} holds a {info.name} network, not an HR decoder (--hr-checkpoint)")
+            self.hr_size = int(info.name.rsplit("-", 1)[1])
+            if size is not None and size != self.hr_size:
+                raise UserError(f"--size {size} does not match the HR checkpoint {hr_checkpoint}, which renders {self.hr_size} px")
+        elif size not in (None, BASE_SIZE):
+            if not untrained:
+                raise UserError(f"--size {size} needs an HR decoder checkpoint (--hr-checkpoint)")
+            self.hr = create_model(f"hyperlips-hr-{size}")
+            self.hr_size = size
+        for m in (self.base, self.hr):
+            if m is not None:
+                m.to(self.device).eval()
+                for p in m.parameters():
+                    p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ public
+    def sync(
+        self,
+        video: str | os.PathLike,
+        audio: str | os.PathLike,
+        output: str | os.PathLike,
+        *,
+        face_index: int | None = None,
+        face_box: tuple[float, float, float, float] | None = None,
+        loop: str = "pingpong",
+        reference: str | int = "best",
+    ) -> SyncReport:
+        from .media.audio import load_audio, melspectrogram
+        from .media.video import FrameReader, VideoWriter, probe
+
+        video, audio, output = Path(video), Path(audio), Path(output)
+        if loop not in LOOP_MODES:
+            raise UserError(f"--loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
+        check_paths(video, audio, output)
+        timer = _Timer()
+
+        info = probe(video)
+        with timer("decode"):
+            wav = load_audio(audio, self.audio_cfg.sample_rate)
+        seconds = len(wav) / self.audio_cfg.sample_rate
+        if seconds <= 0:
+            raise MediaError(f"audio is empty (zero length): {audio}")
+        mel = melspectrogram(wav, self.audio_cfg)
+        fps = float(info.fps)
+        n_out = max(1, int(round(seconds * fps)))
+
+        # pass 1: faces
+        n_needed = 1 if info.is_image else min(info.n_frames, n_out)
+        boxes, n_src, ref_index = self._track_faces(video, info, n_needed, face_index, face_box, timer)
+        if isinstance(reference, int) or (isinstance(reference, str) and reference.isdigit()):
+            ref_index = int(reference)
+            if not (0 <= ref_index < n_src) or boxes[ref_index] is None:
+                raise UserError(f"--reference {ref_index}: that frame has no tracked face (the video has {n_src} frames)")
+        elif reference == "first":
+            ref_index = next(i for i, b in enumerate(boxes) if b is not None)
+        elif reference != "best":
+            raise UserError(f"--reference must be best, first or a frame number (got {reference!r})")
+        with FrameReader(video) as reader:
+            ref_frame = next(iter(reader.iter_range(ref_index, ref_index + 1))).image
+        ref_crop = face_crop(ref_frame, boxes[ref_index], BASE_SIZE)
+
+        # pass 2: generate
+        output.parent.mkdir(parents=True, exist_ok=True)
+        mux_audio = load_audio(audio, MUX_SAMPLE_RATE)
+        faces_done = 0
+        bar = self._bar(n_out, "lip-sync")
+        writer = VideoWriter(output, info.width, info.height, fps, audio=mux_audio, sample_rate=MUX_SAMPLE_RATE)
+        try:
+            with FrameReader(video) as reader:
+                frames = timer.timed_iter("decode", self._scheduled_frames(reader, n_src, n_out, loop))
+                for batch in _batched(frames, self.batch_size):
+                    out_frames, n_face = self._process_batch(batch, boxes, ref_crop, mel, fps, timer)
+                    faces_done += n_face
+                    with timer("encode"):
+                        for f in out_frames:
+                            writer.write(f)
+                    bar.update(len(batch))
+            with timer("encode"):
+                writer.close()  # flush, mux and rename the temporary file to the output name
+        except BaseException:
+            writer.abort()  # no half-written file is left under the output name
+            raise
+        finally:
+            bar.close()
+        return SyncReport(output, n_out, fps, info.width, info.height, seconds, faces_done, dict(timer.totals))
+
+    # ------------------------------------------------------------------ stages
+    def _bar(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
+
+    def _track_faces(self, video, info, n_needed, face_index, face_box, timer):
+        """Detect faces on the source frames that will be shown; returns (boxes per frame, n_src, best frame)."""
+        from .face.detect import FaceDetector
+        from .face.track import track_faces
+        from .media.video import FrameReader
+
+        detections = []
+        bar = self._bar(n_needed, "faces")
+        with FaceDetector() as detector, FrameReader(video) as reader:
+            for fr in timer.timed_iter("decode", reader.iter_range(0, n_needed)):
+                with timer("faces"):
+                    detections.append(detector.detect(fr.image))
+                bar.update(1)
+        bar.close()
+        if not detections:
+            raise MediaError(f"no frames could be decoded from {video}")
+        with timer("faces"):
+            track = track_faces(detections, fps=float(info.fps), face_index=face_index, box=face_box,
+                                source=str(video), frame_size=(info.width, info.height))
+        return track.boxes, len(detections), track.best_index
+
+    def _scheduled_frames(self, reader, n_src: int, n_out: int, loop: str) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(output index, source index, frame) in output order, decoding runs forward or in reverse chunks."""
+        j = 0
+        held = None
+        for run in runs(n_src, n_out, loop):
+            if len(run) == 1 and held is not None and held[0] == run.start:
+                yield j, run.start, held[1]
+                j += 1
+                continue
+            for fr in reader.iter_range(run.start, run.stop, reverse=run.reverse):
+                yield j, fr.index, fr.image
+                held = (fr.index, fr.image)
+                j += 1
+
+    def _process_batch(self, batch, boxes, ref_crop, mel, fps, timer):
+        import torch
+
+        from .face.blend import paste_face
+        from .media.audio import mel_windows
+
+        out = [f for _, _, f in batch]
+        todo = [(k, j, s) for k, (j, s, _) in enumerate(batch) if s < len(boxes) and boxes[s] is not None]
+        if not todo:
+            return out, 0
+        with timer("paste"):
+            crops = np.stack([face_crop(batch[k][2], boxes[s], BASE_SIZE) for k, _, s in todo])
+            x = network_input(crops, ref_crop)
+            times = np.array([j / fps for _, j, _ in todo], dtype=np.float64)
+            windows = mel_windows(mel, times, fps, self.audio_cfg)
+        with timer("network"), torch.inference_mode():
+            faces_t = torch.from_numpy(x).to(self.device)
+            audio_t = torch.from_numpy(windows).to(self.device)
+            pred = self.base(audio_t, faces_t)
+            if self.hr is not None:
+                pred = self._hr(pred)
+            pred_img = to_uint8_images(pred)
+        with timer("paste"):
+            for (k, _, s), face in zip(todo, pred_img):
+                out[k] = paste_face(batch[k][2], face, boxes[s])
+        return out, len(todo)
+
+    def _hr(self, base_out):
+        """Base output (N,3,128,128) -> HR decoder output (N,3,S,S) driven by a face-mesh sketch of the base output."""
+        import torch
+
+        from .face.landmarks import draw_sketch
+
+        mesh = self._mesh()
+        imgs = to_uint8_images(base_out)
+        sketches = []
+        for img in imgs:
+            big = cv2.resize(img, (256, 256), interpolation=cv2.INTER_LINEAR)
+            lm = mesh.landmarks(big)
+            if lm is None:
+                lm = self._last_landmarks
+            else:
+                lm = lm[:, :2] * (BASE_SIZE / 256.0)
+                self._last_landmarks = lm
+            if lm is None:
+                sketches.append(np.zeros((BASE_SIZE, BASE_SIZE), np.uint8))
+            else:
+                sk = draw_sketch(lm, BASE_SIZE)
+                sketches.append(sk if sk.ndim == 2 else sk[:, :, 0])
+        sk = torch.from_numpy(np.stack(sketches)).to(base_out.device, base_out.dtype).div_(255.0)
+        sk = sk[:, None].expand(-1, 3, -1, -1)
+        return self.hr(torch.cat([base_out, sk], dim=1))
+
+    def _mesh(self):
+        if getattr(self, "_face_mesh", None) is None:
+            from .face.landmarks import FaceMesh
+
+            self._face_mesh = FaceMesh(static=False)
+            self._last_landmarks = None
+        return self._face_mesh
+
+
+def _batched(it: Iterable, n: int) -> Iterator[list]:
+    batch = []
+    for item in it:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
