@@ -1,0 +1,23 @@
+"""The networks of HyperLips, a registry to build them by name, and checkpoint loading/saving."""
+
+from .base import HyperLipsBase
+from .checkpoint import CheckpointInfo, identify_network, load_checkpoint, read_state_dict, save_checkpoint
+from .discriminators import BaseQualityDiscriminator, HRQualityDiscriminator
+from .hr import HRDecoder
+from .registry import MODEL_NAMES, create_model
+from .syncnet import SyncNet
+
+__all__ = [
+    "BaseQualityDiscriminator",
+    "CheckpointInfo",
+    "HRDecoder",
+    "HRQualityDiscriminator",
+    "HyperLipsBase",
+    "MODEL_NAMES",
+    "SyncNet",
+    "create_model",
+    "identify_network",
+    "load_checkpoint",
+    "read_state_dict",
+    "save_checkpoint",
+]

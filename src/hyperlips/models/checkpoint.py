@@ -1,0 +1,378 @@
+"""Load and save network weights: the original ``.pth`` files and our safetensors format (reference §8).
+
+Formats read by :func:`load_checkpoint`:
+
+- ``pth``: an official PyTorch file, a dict with ``"state_dict"`` (plus ``global_step``/``global_epoch``/``optimizer``)
+  or a bare state dict; a leading ``module.`` (DataParallel) is stripped. Read with ``torch.load(weights_only=True)``.
+- ``safetensors``: one ``.safetensors`` file whose metadata holds a JSON string under ``"hyperlips"``
+  (``name``, the :class:`~hyperlips.config.ModelConfig` fields, ``step``, anything else the writer stored).
+- ``folder``: a directory with ``model.safetensors`` and ``config.json`` (the same JSON).
+
+The network is taken from the caller's ``name``, else from the metadata, else recognised from the tensor names and
+shapes. Every problem a user can cause raises :class:`~hyperlips.errors.CheckpointError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import secrets
+import zipfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..errors import CheckpointError, UserError
+from .registry import DESCRIPTIONS, MODEL_NAMES, canonical_name, create_model, default_config
+
+METADATA_KEY = "hyperlips"
+FORMAT_VERSION = 1
+FOLDER_WEIGHTS = "model.safetensors"
+FOLDER_CONFIG = "config.json"
+_MAX_LISTED = 3
+_MAX_HEADER = 100_000_000  # safetensors refuses bigger headers too
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint file held, besides the weights."""
+
+    name: str  # registry name of the network
+    format: str  # "pth", "safetensors" or "folder"
+    step: int | None  # training step, when stored
+    config: dict[str, Any] = field(default_factory=dict)  # stored configuration (ModelConfig fields and more)
+    path: Path = Path()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# what each network's state dict looks like
+
+
+@lru_cache(maxsize=None)
+def expected_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """State-dict key -> shape for a registry network (built on the meta device: no memory, no init cost)."""
+    with torch.device("meta"):
+        model = create_model(name)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _shapes(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def identify_network(state: Mapping[str, Tensor]) -> str | None:
+    """The registry name whose keys and shapes match ``state`` exactly, or None."""
+    shapes = _shapes(state)
+    for name in MODEL_NAMES:
+        if expected_shapes(name) == shapes:
+            return name
+    return None
+
+
+def _closest_network(state: Mapping[str, Tensor]) -> tuple[str, float]:
+    keys = set(state)
+    best, score = MODEL_NAMES[0], -1.0
+    for name in MODEL_NAMES:
+        exp = set(expected_shapes(name))
+        s = len(keys & exp) / len(keys | exp)
+        if s > score:
+            best, score = name, s
+    return best, score
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
+
+def _mismatch_report(state: Mapping[str, Tensor], name: str) -> str:
+    exp = expected_shapes(name)
+    got = _shapes(state)
+    parts = []
+    missing = [k for k in exp if k not in got]
+    unexpected = [k for k in got if k not in exp]
+    wrong = [f"{k} is {list(got[k])}, expected {list(exp[k])}" for k in exp if k in got and got[k] != exp[k]]
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
+    if wrong:
+        parts.append(f"{len(wrong)} shape mismatch(es): {_listing(wrong)}")
+    return "; ".join(parts)
+
+
+def _describe(name: str) -> str:
+    return f"'{name}' ({DESCRIPTIONS[name]})"
+
+
+def _check_fits(state: Mapping[str, Tensor], name: str, path: Path) -> None:
+    """Raise CheckpointError unless ``state`` is exactly the state dict of network ``name``."""
+    if _shapes(state) == expected_shapes(name):
+        return
+    other = identify_network(state)
+    if other is not None:
+        raise CheckpointError(f"{path}: this checkpoint holds {_describe(other)} weights, but {_describe(name)} "
+                              "is expected here")
+    raise CheckpointError(f"{path}: the weights do not fit {_describe(name)}: {_mismatch_report(state, name)}")
+
+
+def _infer_name(state: Mapping[str, Tensor], path: Path) -> str:
+    name = identify_network(state)
+    if name is not None:
+        return name
+    best, score = _closest_network(state)
+    if score >= 0.5:
+        raise CheckpointError(f"{path}: the weights look like {_describe(best)} but do not fit it: "
+                              f"{_mismatch_report(state, best)}")
+    first = _listing(list(state))
+    raise CheckpointError(f"{path}: not a HyperLips checkpoint: its {len(state)} tensors match none of the known "
+                          f"networks ({', '.join(MODEL_NAMES)}); first keys: {first}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading
+
+
+def _strip_module(state: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in state.items():
+        k = str(k)
+        while k.startswith("module."):
+            k = k[len("module."):]
+        out[k] = v
+    return out
+
+
+def _sniff(path: Path) -> str:
+    """Guess the container from the first bytes: zip, pickle, safetensors, text or unknown."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < _MAX_HEADER:
+        return "safetensors"
+    if head.lstrip()[:1] in (b"{", b"[") or (head and all(32 <= c < 127 or c in (9, 10, 13) for c in head)):
+        return "text"
+    return "unknown"
+
+
+def _read_pth(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            raise CheckpointError(f"{path}: holds pickled Python objects (not just tensors), which cannot be loaded "
+                                  "safely; re-save it as a plain state dict") from None
+        raise CheckpointError(f"{path}: the PyTorch file is corrupt or truncated ({_short(e)})") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, KeyError, IndexError) as e:
+        raise CheckpointError(f"{path}: the PyTorch file is corrupt or truncated ({_short(e)})") from None
+    meta: dict[str, Any] = {}
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        for key in ("global_step", "global_epoch"):
+            if isinstance(obj.get(key), int):
+                meta[key] = obj[key]
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        what = type(obj).__name__ if not isinstance(obj, Mapping) else "a dict that is not a state dict"
+        raise CheckpointError(f"{path}: not a checkpoint: it holds {what}, expected a dict with 'state_dict' "
+                              "or a state dict of tensors")
+    return _strip_module(obj), meta
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    from safetensors import SafetensorError, safe_open
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+    if header_len > size - 8:
+        raise CheckpointError(f"{path}: the safetensors file is truncated (header says {header_len} bytes, "
+                              f"the file has {size})")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw_meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: the safetensors file is corrupt or truncated ({_short(e)})") from None
+    meta: dict[str, Any] = {}
+    if METADATA_KEY in raw_meta:
+        meta = _parse_json(raw_meta[METADATA_KEY], path, "its 'hyperlips' metadata")
+    if not state:
+        raise CheckpointError(f"{path}: not a checkpoint: the safetensors file holds no tensors")
+    return _strip_module(state), meta
+
+
+def _parse_json(text: str, path: Path, what: str) -> dict[str, Any]:
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: {what} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: {what} is not a JSON object")
+    return d
+
+
+def _short(e: BaseException) -> str:
+    """The first sentence of an exception's message, on one line."""
+    msg = " ".join(str(e).split())
+    if not msg:
+        return type(e).__name__
+    msg = msg.split(". ")[0]
+    return msg if len(msg) <= 120 else msg[:117] + "..."
+
+
+def _read_any(path: Path) -> tuple[dict[str, Tensor], dict[str, Any], str]:
+    """-> (state dict without 'module.' prefixes, stored metadata, format)."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        weights, cfg = path / FOLDER_WEIGHTS, path / FOLDER_CONFIG
+        if not weights.is_file():
+            raise CheckpointError(f"{path}: a checkpoint folder must contain {FOLDER_WEIGHTS} (and {FOLDER_CONFIG})")
+        state, meta = _read_file(weights, expect_safetensors=True)[:2]
+        if cfg.is_file():
+            try:
+                text = cfg.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{cfg}: cannot read it ({_short(e)})") from None
+            meta = {**meta, **_parse_json(text, cfg, "the checkpoint config")}
+        return state, meta, "folder"
+    return _read_file(path)
+
+
+def _read_file(path: Path, expect_safetensors: bool = False) -> tuple[dict[str, Tensor], dict[str, Any], str]:
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"{path}: checkpoint is not readable (check its permissions)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint is empty (0 bytes)")
+    kind = _sniff(path)
+    if kind in ("zip", "pickle") and not expect_safetensors:
+        state, meta = _read_pth(path)
+        return state, meta, "pth"
+    if kind == "safetensors":
+        state, meta = _read_safetensors(path)
+        return state, meta, "safetensors"
+    if expect_safetensors or path.suffix == ".safetensors":
+        raise CheckpointError(f"{path}: the safetensors file is corrupt (bad header)")
+    if path.suffix in (".pth", ".pt", ".tar", ".ckpt", ".bin"):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (the file is corrupt or of another type)")
+    what = "a text/JSON file" if kind == "text" else "an unknown binary file"
+    raise CheckpointError(f"{path}: not a checkpoint ({what}); expected a .pth file, a .safetensors file "
+                          "or a checkpoint folder")
+
+
+def read_state_dict(path: str | os.PathLike, name: str | None = None) -> tuple[dict[str, Tensor], CheckpointInfo]:
+    """Read and check a checkpoint without building the network: (state dict, info).
+
+    ``name`` (a registry name) is the network the caller expects; None takes it from the file or its keys.
+    """
+    path = Path(path)
+    if name is not None:
+        try:
+            name = canonical_name(name)
+        except UserError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    state, meta, fmt = _read_any(path)
+    if name is None:
+        stored = meta.get("name")
+        if isinstance(stored, str) and stored in MODEL_NAMES:
+            if _shapes(state) != expected_shapes(stored):
+                actual = identify_network(state)
+                detail = _describe(actual) if actual else _mismatch_report(state, stored)
+                raise CheckpointError(f"{path}: its metadata says '{stored}' but the weights do not fit it: {detail}")
+            name = stored
+        else:
+            name = _infer_name(state, path)
+    else:
+        _check_fits(state, name, path)
+    if fmt == "pth":
+        config = {**default_config(name).to_dict(), **meta}
+        step = meta.get("global_step")
+    else:
+        config = {**default_config(name).to_dict(), **meta, "name": name}
+        step = meta.get("step")
+    step = step if isinstance(step, int) and not isinstance(step, bool) else None
+    return state, CheckpointInfo(name=name, format=fmt, step=step, config=config, path=path)
+
+
+def load_checkpoint(path: str | os.PathLike, name: str | None = None,
+                    device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointInfo]:
+    """Build the network a checkpoint holds, load its weights strictly, and return (model in eval mode, info)."""
+    state, info = read_state_dict(path, name)
+    model = create_model(info.name)
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), info
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# writing
+
+
+def _atomic_write(target: Path, write) -> None:
+    """Write through a temporary file in the target's folder, then rename it over the target."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = str(target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    mode = os.stat(tmp).st_mode & 0o777  # 0o666 less the umask; some writers recreate the file as 0o600
+    try:
+        write(tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_checkpoint(model_or_state: nn.Module | Mapping[str, Tensor], path: str | os.PathLike, name: str,
+                    config: ModelConfig | Mapping[str, Any] | None = None, step: int | None = None,
+                    official: bool = False) -> Path:
+    """Write weights atomically; returns the path written.
+
+    Default: our format, a safetensors file with the JSON config in its metadata; when ``path`` is an existing
+    folder or has no suffix, a folder with ``model.safetensors`` + ``config.json``. ``official=True`` writes the
+    original ``.pth`` dict (``state_dict``, ``optimizer`` None, ``global_step``, ``global_epoch``).
+    """
+    name = canonical_name(name)
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    state = {k: v.detach().to("cpu").contiguous() for k, v in _strip_module(state).items()}
+    if _shapes(state) != expected_shapes(name):
+        raise ValueError(f"save_checkpoint: the weights do not fit '{name}': {_mismatch_report(state, name)}")
+    if isinstance(config, ModelConfig):
+        cfg: dict[str, Any] = config.to_dict()
+    else:
+        cfg = {**default_config(name).to_dict(), **dict(config or {})}
+    path = Path(path)
+
+    if official:
+        epoch = cfg.get("global_epoch", cfg.get("epoch", 0))
+        obj = {"state_dict": state, "optimizer": None, "global_step": int(step or 0),
+               "global_epoch": int(epoch) if isinstance(epoch, int) else 0}
+        _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+        return path
+
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    cfg.update(name=name, step=step, format_version=FORMAT_VERSION, hyperlips_version=__version__)
+    text = json.dumps(cfg, default=str, sort_keys=True)
+    metadata = {METADATA_KEY: text}
+    if path.is_dir() or path.suffix == "":
+        _atomic_write(path / FOLDER_WEIGHTS, lambda tmp: save_file(state, tmp, metadata=metadata))
+        _atomic_write(path / FOLDER_CONFIG,
+                      lambda tmp: Path(tmp).write_text(json.dumps(cfg, default=str, indent=2, sort_keys=True) + "\n",
+                                                       encoding="utf-8"))
+        return path
+    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    return path
