@@ -1,0 +1,147 @@
+"""Bad input ends with one line on stderr, exit code 2, and no output file: never a traceback, nothing lost."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from helpers import random_base_checkpoint, random_hr_checkpoint, run_cli, write_wav
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return random_base_checkpoint(tmp_path_factory.mktemp("ckpt") / "base.pth")
+
+
+@pytest.fixture(scope="module")
+def face_video(real_data, tmp_path_factory):
+    return real_data / "retalking" / "face2.mp4"
+
+
+def assert_clean_failure(result, out_path, *words):
+    assert result.returncode == 2, result.stderr
+    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hyperlips: error:"), lines[0]
+    assert "Traceback" not in result.stderr
+    for w in words:
+        assert w.lower() in lines[0].lower(), (w, lines[0])
+    assert not out_path.exists()
+    leftovers = [p for p in out_path.parent.iterdir() if p.name.startswith(".") and p.suffix == out_path.suffix]
+    assert not leftovers, leftovers
+
+
+def test_missing_video(tmp_path, ckpt):
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", tmp_path / "nope.mp4", write_wav(tmp_path / "a.wav", 1.0), "-o", out, "--checkpoint", ckpt, "--quiet")
+    assert_clean_failure(r, out, "not found", "nope.mp4")
+
+
+def test_missing_audio(tmp_path, ckpt, face_video):
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", face_video, tmp_path / "nope.wav", "-o", out, "--checkpoint", ckpt, "--quiet")
+    assert_clean_failure(r, out, "nope.wav")
+
+
+def test_garbage_video(tmp_path, ckpt):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(np.random.default_rng(0).bytes(50_000))
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", bad, write_wav(tmp_path / "a.wav", 1.0), "-o", out, "--checkpoint", ckpt, "--quiet")
+    assert_clean_failure(r, out, "bad.mp4")
+
+
+def test_video_argument_without_video_stream(tmp_path, ckpt):
+    wav = write_wav(tmp_path / "a.wav", 1.0)
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", wav, wav, "-o", out, "--checkpoint", ckpt, "--quiet")
+    assert_clean_failure(r, out, "video")
+
+
+def test_audio_argument_without_audio_stream(tmp_path, ckpt, face_video, more_data):
+    silent = more_data / "edtalk" / "mouth_source.mp4"  # a video file with no audio track
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", face_video, silent, "-o", out, "--checkpoint", ckpt, "--quiet")
+    assert_clean_failure(r, out, "audio")
+
+
+def test_zero_length_audio(tmp_path, ckpt, face_video):
+    import soundfile as sf
+
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), np.zeros(0, np.float32), 16000)
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", face_video, empty, "-o", out, "--checkpoint", ckpt, "--quiet")
+    assert_clean_failure(r, out, "empty.wav")
+
+
+def test_corrupt_checkpoint(tmp_path, ckpt, face_video):
+    broken = tmp_path / "broken.pth"
+    data = ckpt.read_bytes()
+    broken.write_bytes(data[: len(data) // 3])
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", face_video, write_wav(tmp_path / "a.wav", 1.0), "-o", out, "--checkpoint", broken, "--quiet")
+    assert_clean_failure(r, out, "broken.pth")
+
+
+def test_checkpoint_for_another_network(tmp_path, face_video):
+    hr = random_hr_checkpoint(tmp_path / "hr128.pth", 128)
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", face_video, write_wav(tmp_path / "a.wav", 1.0), "-o", out, "--checkpoint", hr, "--quiet")
+    assert_clean_failure(r, out, "hr128.pth")
+
+
+def test_output_equal_to_input(tmp_path, ckpt, face_video):
+    video = tmp_path / "v.mp4"
+    shutil.copy(face_video, video)
+    before = video.read_bytes()
+    r = run_cli("sync", video, write_wav(tmp_path / "a.wav", 1.0), "-o", video, "--checkpoint", ckpt, "--quiet")
+    assert r.returncode == 2 and "same file" in r.stderr and "Traceback" not in r.stderr
+    assert video.read_bytes() == before  # the input is untouched
+
+
+def test_no_face_anywhere(tmp_path, ckpt):
+    import cv2
+
+    img = tmp_path / "wall.png"
+    cv2.imwrite(str(img), np.full((240, 320, 3), 128, np.uint8))
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", img, write_wav(tmp_path / "a.wav", 0.5), "-o", out, "--checkpoint", ckpt, "--quiet")
+    assert_clean_failure(r, out, "face")
+
+
+def test_no_checkpoint_given(tmp_path, face_video):
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", face_video, write_wav(tmp_path / "a.wav", 0.5), "-o", out, "--quiet")
+    assert_clean_failure(r, out, "--checkpoint")
+
+
+def test_size_without_hr_checkpoint(tmp_path, ckpt, face_video):
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", face_video, write_wav(tmp_path / "a.wav", 0.5), "-o", out, "--checkpoint", ckpt, "--size", "256", "--quiet")
+    assert_clean_failure(r, out, "--hr-checkpoint")
+
+
+def test_crash_midway_leaves_no_partial_output(tmp_path, ckpt, face_video, monkeypatch):
+    """A failure after some frames were encoded removes the temporary file and writes nothing at the output name."""
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(ckpt, batch_size=4, progress=False)
+    calls = {"n": 0}
+    real_forward = ls.base.forward
+
+    def failing_forward(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        return real_forward(*a, **k)
+
+    monkeypatch.setattr(ls.base, "forward", failing_forward)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ls.sync(face_video, write_wav(tmp_path / "a.wav", 1.0), out)
+    assert calls["n"] == 3
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".mp4"] == []
