@@ -1,0 +1,165 @@
+"""Paste-back: the soft lower-face mask, exact bytes outside it, colour matching, on real 720p frames."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from hyperlips.face.blend import (
+    MaskParams,
+    landmark_face_mask,
+    lower_face_mask,
+    match_color,
+    paste_face,
+)
+from hyperlips.face.detect import FaceDetector
+from hyperlips.face.landmarks import FaceMesh
+from hyperlips.face.track import crop_box, pixel_region
+
+
+def read_frames(path, indices):
+    cap = cv2.VideoCapture(str(path))
+    want, out = set(indices), []
+    for i in range(max(indices) + 1):
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if i in want:
+            out.append(frame)
+    cap.release()
+    assert len(out) == len(want), f"could not decode frames {indices} of {path}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def scene(real_data):
+    """(frame, other frame, crop box, integer region, landmarks of the crop) from a real 720p clip."""
+    f0, f1 = read_frames(real_data / "hyperlips" / "video4.mp4", [0, 120])
+    h, w = f0.shape[:2]
+    with FaceDetector() as d:
+        box = crop_box(d.detect(f0)[0], w, h)
+    region = pixel_region(box, w, h)
+    x1, y1, x2, y2 = region
+    with FaceMesh(static=True) as m:
+        lm = m.landmarks(f0[y1:y2, x1:x2])
+    assert lm is not None
+    return f0, f1, box, region, lm
+
+
+def tinted(img, red=20):
+    out = img.astype(np.int16)
+    out[..., 2] += red
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- masks
+
+
+@pytest.mark.parametrize("hw", [(250, 190), (128, 128), (37, 29)])
+def test_mask_is_zero_on_border_and_above_the_nose(hw):
+    h, w = hw
+    m = lower_face_mask(h, w)
+    assert m.shape == (h, w) and m.dtype == np.float32
+    assert m.min() == 0.0 and m.max() <= 1.0 and m.max() > 0.9
+    assert not m[0].any() and not m[-1].any() and not m[:, 0].any() and not m[:, -1].any()
+    top = int(np.ceil(MaskParams().top * h))
+    assert not m[: top - 1].any()
+    cy, cx = int(0.76 * h), w // 2
+    assert m[cy, cx] == pytest.approx(1.0)  # the mouth is fully replaced
+
+
+def test_mask_cache_and_read_only():
+    a = lower_face_mask(200, 160)
+    assert lower_face_mask(200, 160) is a
+    assert lower_face_mask(200, 160, MaskParams(top=0.6)) is not a
+    with pytest.raises(ValueError):
+        a[0, 0] = 1.0
+    with pytest.raises(ValueError):
+        lower_face_mask(1, 100)
+
+
+def test_landmark_mask_follows_the_jaw(scene):
+    f0, _, _, (x1, y1, x2, y2), lm = scene
+    h, w = y2 - y1, x2 - x1
+    m = landmark_face_mask(lm, h, w)
+    assert not m[0].any() and not m[-1].any() and not m[:, 0].any() and not m[:, -1].any()
+    mx, my = ((lm[13, :2] + lm[14, :2]) / 2).astype(int)
+    assert m[my, mx] > 0.95  # mouth centre
+    for i in (33, 263, 168):  # eyes and nose bridge untouched
+        x, y = lm[i, :2].astype(int)
+        assert m[y, x] == 0.0, i
+    # outside the jaw line (background beside the jaw) is 0
+    jx, jy = lm[172, :2]
+    assert m[int(jy), max(int(jx) - 15, 0)] == 0.0
+
+
+# ---------------------------------------------------------------- paste-back
+
+
+@pytest.mark.parametrize("use_landmarks", [False, True])
+def test_pixels_outside_the_mask_are_identical(scene, use_landmarks):
+    f0, f1, box, (x1, y1, x2, y2), lm = scene
+    face = f1[y1:y2, x1:x2]  # another frame's crop as the "generated" face: differs almost everywhere
+    before = f0.copy()
+    out = paste_face(f0, face, box, landmarks=lm if use_landmarks else None)
+    assert np.array_equal(f0, before)  # input untouched
+    assert out.shape == f0.shape and out.dtype == np.uint8
+    assert np.array_equal(out[:y1], f0[:y1]) and np.array_equal(out[y2:], f0[y2:])  # rows above/below the box
+    assert np.array_equal(out[:, :x1], f0[:, :x1]) and np.array_equal(out[:, x2:], f0[:, x2:])
+    h, w = y2 - y1, x2 - x1
+    m = landmark_face_mask(lm, h, w) if use_landmarks else lower_face_mask(h, w)
+    crop_out, crop_in = out[y1:y2, x1:x2], f0[y1:y2, x1:x2]
+    assert np.array_equal(crop_out[m == 0], crop_in[m == 0])
+    assert np.array_equal(crop_out[: h // 2], crop_in[: h // 2])  # the upper half of the face is the input's
+    changed = np.any(crop_out != crop_in, axis=2)
+    assert changed[m > 0.9].mean() > 0.5  # and the mouth region did change
+
+
+@pytest.mark.parametrize("use_landmarks", [False, True])
+def test_colour_matching_removes_a_red_tint(scene, use_landmarks):
+    f0, _, box, (x1, y1, x2, y2), lm = scene
+    h, w = y2 - y1, x2 - x1
+    crop = f0[y1:y2, x1:x2]
+    gen = cv2.resize(tinted(crop), (128, 128), interpolation=cv2.INTER_AREA)  # a network-sized output, +20 red
+    kw = {"landmarks": lm} if use_landmarks else {}
+    m = landmark_face_mask(lm, h, w) if use_landmarks else lower_face_mask(h, w)
+    mouth = np.zeros((h, w), np.uint8)
+    from hyperlips.face.landmarks import LIP_RING
+
+    cv2.fillPoly(mouth, [np.round(lm[list(LIP_RING), :2]).astype(np.int32)], 1)
+    skin = (m > 0.5) & (mouth == 0)
+    diff = lambda out: (out[y1:y2, x1:x2].astype(np.float64) - crop)[skin].mean(0)  # noqa: E731  (B, G, R)
+    plain = diff(paste_face(f0, gen, box, color="none", **kw))
+    matched = diff(paste_face(f0, gen, box, **kw))
+    assert plain[2] > 12  # without matching the tint shows
+    assert np.abs(matched).max() < 2.0, matched  # with it, far below 20
+    meanstd = diff(paste_face(f0, gen, box, color="meanstd", **kw))
+    assert np.abs(meanstd).max() < 2.0
+
+
+def test_match_color_unit():
+    rng = np.random.default_rng(1)
+    ref = rng.integers(60, 200, (64, 64, 3), dtype=np.uint8)
+    face = tinted(ref, 25)
+    region = np.ones((64, 64), bool)
+    out = match_color(face, ref, region)
+    # from 25 to under 3 (a Lab mean shift is not exact on colours this far apart; real skin: see above)
+    assert np.abs(out.astype(float).mean((0, 1)) - ref.mean((0, 1))).max() < 3.0
+    assert match_color(face, ref, region, "none") is face
+    assert match_color(face, ref, np.zeros((64, 64), bool)) is face  # too few pixels: unchanged
+    with pytest.raises(ValueError):
+        match_color(face, ref, region, "histogram")
+
+
+def test_paste_inplace_and_edge_cases(scene):
+    f0, f1, box, (x1, y1, x2, y2), _ = scene
+    frame = f0.copy()
+    out = paste_face(frame, f1[y1:y2, x1:x2], box, inplace=True)
+    assert out is frame and not np.array_equal(frame, f0)
+    # a box hanging over the frame edge is clipped, not an error
+    small = f0[:300, :300].copy()
+    res = paste_face(small, f1[y1:y2, x1:x2], (250, 250, 400, 420))
+    assert np.array_equal(res[:250], small[:250])
+    with pytest.raises(ValueError):
+        paste_face(f0, f1[y1:y2, x1:x2].astype(np.float32), box)
