@@ -123,9 +123,14 @@ def check_paths(video: Path, audio: Path, output: Path) -> None:
 
 
 def face_crop(frame: np.ndarray, box, size: int) -> np.ndarray:
-    """The box region of ``frame`` resized to ``size``x``size`` (area interpolation when shrinking)."""
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
-    crop = frame[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
+    """The box region of ``frame`` (``face.track.pixel_region``, the region paste-back uses) as ``size``x``size``.
+
+    Area interpolation when shrinking, bilinear when enlarging. Training crops are made with this same function.
+    """
+    from .face.track import pixel_region
+
+    x1, y1, x2, y2 = pixel_region(box, frame.shape[1], frame.shape[0])
+    crop = frame[y1:y2, x1:x2]
     interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(crop, (size, size), interpolation=interp)
 
