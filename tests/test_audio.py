@@ -1,0 +1,269 @@
+"""Audio decoding, mel spectrogram numerics (against librosa-computed golden numbers) and the frame->mel convention."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hyperlips.config import AudioConfig
+from hyperlips.errors import MediaError
+from hyperlips.media.audio import (
+    load_audio,
+    mel_filterbank,
+    mel_window_start,
+    mel_windows,
+    melspectrogram,
+    sync_mel_windows,
+    sync_window_start,
+)
+
+GOLDEN = Path(__file__).parent / "data" / "mel_golden.npz"
+CFG = AudioConfig()
+
+
+def golden_signal() -> np.ndarray:
+    """The deterministic input of tests/data/mel_golden.npz (4321 samples at 16 kHz).
+
+    The golden file holds librosa 0.11.0's numbers for it: ``mel`` = the reference §3 pipeline
+    (``scipy.signal.lfilter([1, -0.97], [1], x)``, ``librosa.stft(n_fft=800, hop_length=200, win_length=800)``
+    (centre, zero padding), ``librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)`` applied to
+    the magnitude, ``20 log10(max(1e-5, M)) - 20``, ``clip(8 (S + 100) / 100 - 4, -4, 4)``), and the filterbank's
+    non-zero entries (``fb_rows``, ``fb_cols``, ``fb_vals``).
+    """
+    n = 4321
+    t = np.arange(n) / 16000.0
+    x = 0.3 * np.sin(2 * np.pi * 440.0 * t)
+    x += 0.2 * np.sin(2 * np.pi * (200.0 + 0.5 * 11000.0 * t) * t)  # chirp 200 Hz -> ~3 kHz
+    x += 0.05 * np.sin(2 * np.pi * 7000.0 * t) * (t > 0.1)
+    x[t < 0.02] = 0.0  # leading silence
+    x[-300:] *= 1e-4  # very quiet tail (reaches the -100 dB floor)
+    return x.astype(np.float32)
+
+
+def tone_power(x: np.ndarray, sr: int, freq: float) -> float:
+    """Amplitude of the sinusoid at ``freq`` (Hann-windowed DFT, window gain corrected)."""
+    w = np.hanning(len(x))
+    spec = np.abs(np.fft.rfft(x * w)) / (w.sum() / 2)
+    k = int(round(freq * len(x) / sr))
+    return float(spec[max(0, k - 2) : k + 3].max())
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+@pytest.mark.parametrize(
+    "name", ["hyperlips/audio1.wav", "hyperlips/audio3.wav", "hyperlips/audio4.wav", "retalking/audio2.wav", "speech/fayu.wav"]
+)
+def test_load_real_wavs_any_rate_and_channels(real_data, name):
+    import soundfile as sf
+
+    path = real_data / name
+    info = sf.info(str(path))
+    wav = load_audio(path)
+    assert wav.dtype == np.float32 and wav.ndim == 1
+    assert abs(len(wav) / 16000 - info.duration) <= 1 / 80  # within one mel frame
+    assert np.abs(wav).max() <= 1.0
+    assert np.sqrt(np.mean(wav**2)) > 1e-3  # speech, not silence
+    # same content as the file: the mono mix of the source, resampled, correlates with a naive resample
+    src, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    naive = np.interp(np.arange(len(wav)) / 16000, np.arange(len(src)) / sr, src.mean(axis=1))
+    assert np.corrcoef(naive, wav)[0, 1] > 0.9
+
+
+def test_downmix_is_mean_and_resampler_removes_aliases(tmp_path):
+    import soundfile as sf
+
+    sr = 44100
+    t = np.arange(sr) / sr
+    left = 0.5 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 10000 * t)  # 10 kHz is above 8 kHz Nyquist
+    right = 0.3 * np.sin(2 * np.pi * 1000 * t)
+    path = tmp_path / "stereo44k.wav"
+    sf.write(str(path), np.stack([left, right], 1).astype(np.float32), sr, subtype="FLOAT")
+    wav = load_audio(path, 16000)
+    assert abs(len(wav) - 16000) <= 1
+    assert tone_power(wav, 16000, 440) == pytest.approx(0.25, abs=0.01)  # (L + R) / 2, not FFmpeg's -3 dB mix
+    assert tone_power(wav, 16000, 1000) == pytest.approx(0.15, abs=0.01)
+    assert tone_power(wav, 16000, 6000) < 1e-3  # 10 kHz would alias to 6 kHz without a good low-pass
+    # another output rate from the same file
+    wav48 = load_audio(path, 48000)
+    assert abs(len(wav48) - 48000) <= 1
+    assert tone_power(wav48, 48000, 10000) == pytest.approx(0.1, abs=0.01)
+
+
+def test_int16_stereo_16k_is_not_resampled(tmp_path):
+    import soundfile as sf
+
+    rng = np.random.default_rng(1)
+    pcm = rng.integers(-20000, 20000, size=(8000, 2)).astype(np.int16)
+    path = tmp_path / "s16.wav"
+    sf.write(str(path), pcm, 16000, subtype="PCM_16")
+    wav = load_audio(path, 16000)
+    np.testing.assert_allclose(wav, pcm.astype(np.float32).mean(1) / 32768.0, atol=1e-6)
+
+
+def test_video_audio_tracks(real_data, more_data):
+    import av
+
+    for path in [real_data / "hyperlips" / "video1.mp4", more_data / "grid_lipnet" / "bbaf2n.mpg"]:
+        with av.open(str(path)) as c:
+            a = c.streams.audio[0]
+            seconds = float(a.duration * a.time_base) if a.duration else c.duration / 1e6
+        wav = load_audio(path)
+        assert abs(len(wav) / 16000 - seconds) <= 1 / 25, path.name
+        assert np.sqrt(np.mean(wav**2)) > 1e-3
+
+
+@pytest.mark.parametrize("rel", ["dfrf/cnn2_25fps.mp4"])
+def test_mp3_audio_track_in_mp4(more_data, rel):
+    wav = load_audio(more_data / rel)
+    assert abs(len(wav) / 16000 - 71.18) < 0.05
+    assert np.sqrt(np.mean(wav**2)) > 1e-3
+
+
+def test_audio_aligned_to_first_video_frame(real_data):
+    """face1.mp4's video starts 33 ms after its audio: sample 0 must be the audio at the first frame."""
+    import av
+
+    path = real_data / "retalking" / "face1.mp4"
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        offset = float(v.start_time * v.time_base)
+    assert offset > 0.03
+    # at the track's own rate (44.1 kHz) the shift is a whole number of samples and nothing is resampled
+    raw = load_audio(path, 44100, align_to_video=False)
+    aligned = load_audio(path, 44100)
+    shift = len(raw) - len(aligned)
+    assert shift == round(offset * 44100)
+    np.testing.assert_array_equal(aligned, raw[shift:])
+    assert abs(len(load_audio(path)) - len(aligned) * 16000 / 44100) <= 1
+
+
+def test_errors_name_the_file(tmp_path, more_data):
+    import soundfile as sf
+
+    missing = tmp_path / "nope.wav"
+    with pytest.raises(MediaError, match="nope.wav"):
+        load_audio(missing)
+
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(MediaError, match="garbage.wav"):
+        load_audio(garbage)
+
+    silent_video = more_data / "edtalk" / "mouth_source.mp4"
+    with pytest.raises(MediaError, match="has no audio track") as e:
+        load_audio(silent_video)
+    assert "mouth_source.mp4" in str(e.value) and "\n" not in str(e.value)
+
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), np.zeros((0,), np.float32), 16000)
+    assert empty.stat().st_size > 0  # a valid header with no samples
+    with pytest.raises(MediaError, match="empty.wav"):
+        load_audio(empty)
+
+    with pytest.raises(MediaError, match="folder"):
+        load_audio(tmp_path)
+
+
+def test_image_is_not_audio(tmp_path):
+    import cv2
+
+    png = tmp_path / "face.png"
+    cv2.imwrite(str(png), np.full((16, 16, 3), 128, np.uint8))
+    with pytest.raises(MediaError, match="has no audio track"):
+        load_audio(png)
+
+
+# ------------------------------------------------------------------------------------------------ mel
+def test_filterbank_matches_librosa_golden():
+    g = np.load(GOLDEN)
+    ref = np.zeros((80, 401))
+    ref[g["fb_rows"], g["fb_cols"]] = g["fb_vals"]
+    fb = mel_filterbank(CFG)
+    assert fb.shape == (80, 401)
+    assert np.array_equal(fb > 0, ref > 0)  # identical support (triangle edges)
+    np.testing.assert_allclose(fb, ref, rtol=1e-5, atol=1e-9)
+
+
+def test_mel_matches_librosa_golden():
+    g = np.load(GOLDEN)
+    mel = melspectrogram(golden_signal(), CFG)
+    assert mel.dtype == np.float32 and mel.shape == g["mel"].shape == (80, 1 + 4321 // 200)
+    np.testing.assert_allclose(mel, g["mel"], atol=1e-4)
+    assert (mel == -4).sum() == (g["mel"] == -4).sum() > 0  # the floor is reached in the same places
+
+
+@pytest.mark.parametrize("n", [1, 199, 200, 201, 799, 800, 16000, 16001])
+def test_mel_length(n):
+    wav = np.sin(np.arange(n) * 0.1).astype(np.float32) * 0.5
+    mel = melspectrogram(wav)
+    assert mel.shape == (80, 1 + n // 200)
+    assert mel.min() >= -4 and mel.max() <= 4
+
+
+def test_mel_of_silence_is_floor_and_real_speech_in_range(real_data):
+    assert np.all(melspectrogram(np.zeros(3200, np.float32)) == -4)
+    wav = load_audio(real_data / "speech" / "RD_Radio31_000.wav")
+    mel = melspectrogram(wav)
+    assert mel.shape == (80, 1 + len(wav) // 200)
+    assert -4 <= mel.min() and mel.max() <= 4 and mel.std() > 0.5
+
+
+# ------------------------------------------------------------------------------------------------ frame -> mel
+def test_window_start_matches_official_training_at_25fps():
+    for i in range(0, 400):
+        assert mel_window_start(i / 25, 25.0) == math.floor(3.2 * (i - 1)), i  # reference §3, frame t gets t-1
+
+
+def test_window_start_30fps_and_sync_relation():
+    assert mel_window_start(1.0, 30.0) == math.floor((1.0 - 1 / 30) * 80) == 77
+    assert sync_window_start(1.0, 30.0) == 80
+    for fps in (25.0, 30.0, 30000 / 1001):
+        for k in range(200):
+            t = k / fps
+            assert sync_window_start(t, fps) == mel_window_start(t + 1 / fps, fps)
+
+
+def test_vfr_timestamps_map_by_time_not_index(real_data):
+    """face1.mp4 drops frames (pts gaps): the window follows the frame's time, not index / fps."""
+    from hyperlips.media.video import FrameReader
+
+    with FrameReader(real_data / "retalking" / "face1.mp4") as r:
+        times = [f.time for f in r.iter_range(0, 20)]
+    gaps = [i for i in range(1, 20) if times[i] - times[i - 1] > 1.5 / 30]
+    assert gaps, "expected a dropped frame in the first 20 frames"
+    i = gaps[0]
+    assert mel_window_start(times[i], 30.0) == math.floor((times[i] - 1 / 30) * 80 + 1e-6)
+    assert mel_window_start(times[i], 30.0) != mel_window_start(i / 30, 30.0)
+
+
+def test_mel_windows_edges_are_silence():
+    rng = np.random.default_rng(0)
+    mel = rng.uniform(-3.9, 3.9, size=(80, 100)).astype(np.float32)
+    fps = 25.0
+    times = np.array([0.0, 0.5, 99 / 80])
+    w = mel_windows(mel, times, fps)
+    assert w.shape == (3, 1, 80, 16) and w.dtype == np.float32
+    # t = 0: start = floor(-3.2) = -4 -> 4 silent steps, then mel[:, 0:12]
+    assert np.all(w[0, 0, :, :4] == -4)
+    np.testing.assert_array_equal(w[0, 0, :, 4:], mel[:, 0:12])
+    s = mel_window_start(0.5, fps)
+    np.testing.assert_array_equal(w[1, 0], mel[:, s : s + 16])
+    s = mel_window_start(99 / 80, fps)  # runs past the end: the tail is silence, never wrapped or clamped
+    inside = 100 - s
+    np.testing.assert_array_equal(w[2, 0, :, :inside], mel[:, s:])
+    assert np.all(w[2, 0, :, inside:] == -4)
+    # one call for many times equals one call per time
+    many = np.linspace(-0.1, 1.4, 37)
+    batch = mel_windows(mel, many, fps)
+    for k, t in enumerate(many):
+        np.testing.assert_array_equal(batch[k], mel_windows(mel, [t], fps)[0])
+
+
+def test_sync_windows_cover_five_frames():
+    mel = np.arange(80 * 64, dtype=np.float32).reshape(80, 64) / 5120 * 7 - 3.5
+    w = sync_mel_windows(mel, [0.2])
+    s = sync_window_start(0.2, 25.0)
+    assert s == 16
+    np.testing.assert_array_equal(w[0, 0], mel[:, 16:32])
