@@ -1,0 +1,572 @@
+"""Video input and output with PyAV (FFmpeg libraries; no ffmpeg binary, no OpenCV video I/O).
+
+Frames are ``numpy.uint8`` H x W x 3 **BGR** with the container's rotation applied.
+
+Frame identity: a frame's ``index`` is its position in presentation order among the stream's packets (found by
+a demux-only scan, no decoding), and its ``time`` is its pts in seconds relative to the first frame. Both are
+the same whether a frame is reached by decoding forward from the start or after a seek, also for
+variable-frame-rate files (where ``index / fps`` is not the frame's time).
+
+Output is H.264 (libx264, ``yuv420p``; ``yuv444p`` when the width or height is odd, because 4:2:0 H.264 cannot
+code odd sizes and the output keeps the input resolution exactly) tagged BT.709 limited range, plus AAC audio,
+written to a hidden temporary file beside the target and renamed only when :meth:`VideoWriter.close` succeeds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import MediaError, require_file
+
+__all__ = ["IMAGE_SUFFIXES", "VideoInfo", "Frame", "probe", "FrameReader", "VideoWriter", "rotate_image"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+STILL_FPS = 25.0  # a still image acts as a one-frame video at this rate
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe` found. ``width``/``height`` are after rotation; ``rotation`` is in degrees
+    counter-clockwise (0, 90, 180 or 270) applied to the decoded picture for display."""
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    rate: Fraction  # the same frame rate as an exact fraction (e.g. 30000/1001)
+    n_frames: int
+    duration: float  # seconds the video stream is shown: last pts - first pts + last frame's duration
+    rotation: int
+    has_audio: bool
+    is_image: bool
+    codec: str
+
+
+@dataclass
+class Frame:
+    index: int  # presentation-order position, 0-based
+    time: float  # seconds from the first frame (container pts)
+    image: np.ndarray  # (H, W, 3) uint8 BGR, rotation applied
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _is_image(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _read_image(path: str) -> np.ndarray:
+    import cv2
+
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise MediaError(f"cannot read image {path}: {e.strerror or e}") from None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR)  # BGR, EXIF orientation applied, alpha dropped, 16 bit -> 8 bit
+    if img is None:
+        raise MediaError(f"cannot decode image {path} (unreadable or corrupt file)")
+    return img
+
+
+def rotate_image(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Rotate ``image`` counter-clockwise by ``rotation`` degrees (a multiple of 90)."""
+    k = (int(rotation) // 90) % 4
+    return image if k == 0 else np.ascontiguousarray(np.rot90(image, k))
+
+
+def _norm_rotation(deg: float) -> int:
+    """Nearest multiple of 90 in [0, 360)."""
+    return int(round(float(deg) / 90.0)) % 4 * 90
+
+
+def _frame_rotation(frame, stream) -> int:
+    rot = getattr(frame, "rotation", None)  # DISPLAYMATRIX side data, counter-clockwise degrees (PyAV >= 14)
+    if rot:
+        return _norm_rotation(rot)
+    tag = stream.metadata.get("rotate") if stream.metadata else None  # legacy tag: clockwise degrees
+    if tag:
+        try:
+            return _norm_rotation(-float(tag))
+        except ValueError:
+            pass
+    return 0
+
+
+def _stream_rate(stream) -> Fraction:
+    for r in (getattr(stream, "guessed_rate", None), stream.average_rate, getattr(stream, "base_rate", None)):
+        if r is not None and r > 0 and float(r) < 1000:
+            return Fraction(r)
+    return Fraction(25)
+
+
+def _as_rate(fps: float | Fraction) -> Fraction:
+    """A float frame rate as a fraction: NTSC rates become n*1000/1001, others the nearest p/q with q <= 1001."""
+    if isinstance(fps, Fraction):
+        return fps
+    f = float(fps)
+    if not (f > 0 and math.isfinite(f)):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    for base in (24, 30, 48, 60, 120):
+        if abs(f - base * 1000 / 1001) < 5e-4 * base / 30:
+            return Fraction(base * 1000, 1001)
+    return Fraction(f).limit_denominator(1001)
+
+
+def _video_stream(container, path: str):
+    for s in container.streams.video:
+        disp = getattr(s, "disposition", None)
+        if disp is not None and "attached_pic" in str(disp).lower():
+            continue  # cover art of an audio file, not a video
+        return s
+    raise MediaError(f"{path} has no video stream")
+
+
+def _open(path: str):
+    import av
+
+    try:
+        return av.open(path)
+    except av.error.FFmpegError as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MediaError(f"cannot open {path} (unreadable or corrupt media file: {reason})") from None
+
+
+@dataclass
+class _Index:
+    """Demux-only scan of the video stream.
+
+    With trustworthy pts (every container but AVI), ``pts`` holds every frame's presentation timestamp, sorted,
+    and a frame's index is its position there. Otherwise (AVI stores decode-order counters; packets without
+    pts) ``pts`` is None, frames are counted in output order, and a keyframe's index is its decode-order
+    position (exact for closed GOPs).
+    """
+
+    pts: np.ndarray | None  # (n,) int64 sorted presentation timestamps
+    keys: list[tuple[int, int]]  # (frame index, seek timestamp) of keyframes, ascending
+    n_frames: int
+    last_duration: int  # duration of the last frame in stream time_base units (0 if unknown)
+
+
+def _scan(container, stream) -> _Index:
+    import av
+
+    packets: list[tuple[int | None, int | None, bool, int]] = []
+    try:
+        for pkt in container.demux(stream):
+            if pkt.size == 0 or getattr(pkt, "is_discard", False):
+                continue
+            packets.append((pkt.pts, pkt.dts, bool(pkt.is_keyframe), int(pkt.duration or 0)))
+    except av.error.FFmpegError:
+        pass  # a damaged tail: the table covers what could be read; decoding stops there too
+    n = len(packets)
+    trust_pts = "avi" not in container.format.name.split(",")
+    if n and trust_pts and all(p[0] is not None for p in packets):
+        arr = np.unique(np.asarray([p[0] for p in packets], dtype=np.int64))
+        keys = sorted(
+            (int(np.searchsorted(arr, p[0])), p[1] if p[1] is not None else p[0]) for p in packets if p[2]
+        )
+        last = max(packets, key=lambda p: p[0])
+        return _Index(arr, keys, len(arr), last[3])
+    keys = [(i, p[1]) for i, p in enumerate(packets) if p[2]] if all(p[1] is not None for p in packets) else []
+    return _Index(None, keys, n, 0)
+
+
+def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
+    import av
+
+    with _open(path) as c:
+        stream = _video_stream(c, path)
+        rate = _stream_rate(stream)
+        tb = stream.time_base
+        has_audio = bool(c.streams.audio)
+        codec = stream.codec_context.name
+        declared = int(stream.frames or 0)
+        stream_duration = float(stream.duration * tb) if stream.duration and tb else None
+        container_duration = c.duration / 1e6 if c.duration else None
+        try:
+            first = next(iter(c.decode(stream)), None)
+        except av.error.FFmpegError as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise MediaError(f"cannot decode video from {path} (corrupt file: {reason})") from None
+        if first is None:
+            raise MediaError(f"{path}: no video frame could be decoded")
+        rotation = _frame_rotation(first, stream)
+        w, h = first.width, first.height
+    with _open(path) as c:  # a fresh demuxer for the packet scan
+        stream = _video_stream(c, path)
+        index = _scan(c, stream)
+    fps = float(rate)
+    if index.pts is not None:
+        n_frames = index.n_frames
+        last = index.last_duration * tb if index.last_duration else 1 / rate
+        duration = float((int(index.pts[-1]) - int(index.pts[0])) * tb + last)
+    else:
+        duration = stream_duration or container_duration or 0.0
+        n_frames = index.n_frames or declared or max(1, int(round(duration * fps)))
+        duration = duration or n_frames / fps
+    if rotation in (90, 270):
+        w, h = h, w
+    info = VideoInfo(os.fspath(path), int(w), int(h), fps, rate, int(n_frames), duration, rotation, has_audio,
+                     False, codec)
+    return info, index
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Size, frame rate, exact frame count, duration, rotation and audio presence of a video or still image.
+
+    Raises :class:`MediaError` for a missing or unreadable file, or one without a video stream.
+    """
+    require_file(path, "video file")
+    p = os.fspath(path)
+    if _is_image(p):
+        return _image_info(p, _read_image(p))
+    return _probe_video(p)[0]
+
+
+def _image_info(path: str, img: np.ndarray) -> VideoInfo:
+    h, w = img.shape[:2]
+    return VideoInfo(path, w, h, STILL_FPS, Fraction(int(STILL_FPS)), 1, 1 / STILL_FPS, 0, False, True, "image")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+class FrameReader:
+    """Streaming decoder: BGR frames with rotation applied, forward or in reverse with bounded memory.
+
+    ``iter(reader)`` yields every frame; :meth:`iter_range` yields ``start <= index < stop``, in reverse by
+    decoding chunks of ``chunk`` frames (seek to the keyframe before each chunk, decode forward, emit the chunk
+    backwards), so at most one chunk is ever held. A still image is a one-frame video.
+    """
+
+    def __init__(self, path: str | os.PathLike, chunk: int = 32, threads: int = 0):
+        require_file(path, "video file")
+        self.path = os.fspath(path)
+        self.chunk = max(1, int(chunk))
+        self._threads = int(threads)
+        self._container = None
+        self._stream = None
+        self._image: np.ndarray | None = None
+        if _is_image(self.path):
+            self._image = _read_image(self.path)
+            self.info = _image_info(self.path, self._image)
+            self._index = None
+        else:
+            self.info, self._index = _probe_video(self.path)
+        self._tb = None
+        self._t0 = None
+
+    # -- facts
+    @property
+    def width(self) -> int:
+        return self.info.width
+
+    @property
+    def height(self) -> int:
+        return self.info.height
+
+    @property
+    def fps(self) -> float:
+        return self.info.fps
+
+    @property
+    def n_frames(self) -> int:
+        return self.info.n_frames
+
+    @property
+    def rotation(self) -> int:
+        return self.info.rotation
+
+    def __len__(self) -> int:
+        return self.info.n_frames
+
+    # -- lifecycle
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+            self._stream = None
+
+    def __enter__(self) -> "FrameReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- iteration
+    def __iter__(self) -> Iterator[Frame]:
+        return self.iter_range(0, None)
+
+    def iter_range(self, start: int = 0, stop: int | None = None, reverse: bool = False) -> Iterator[Frame]:
+        """Frames with ``start <= index < stop`` (``stop=None``: to the end), ascending or, with ``reverse``,
+        from ``stop - 1`` down to ``start``."""
+        start = max(0, int(start))
+        if self._image is not None:
+            if start == 0 and (stop is None or stop > 0):
+                yield Frame(0, 0.0, self._image.copy())
+            return
+        end = self.n_frames if stop is None else min(int(stop), self.n_frames)
+        if stop is not None and start >= end:
+            return
+        if not reverse:
+            yield from self._forward(start, None if stop is None else end)
+            return
+        hi = end
+        while hi > start:
+            lo = max(start, hi - self.chunk)
+            frames = list(self._forward(lo, hi))
+            yield from reversed(frames)
+            del frames
+            hi = lo
+
+    # -- internals
+    def _reopen(self):
+        self.close()
+        self._container = _open(self.path)
+        s = _video_stream(self._container, self.path)
+        s.thread_type = "AUTO"
+        if self._threads:
+            s.codec_context.thread_count = self._threads
+        self._stream = s
+        self._tb = s.time_base
+        if self._index.pts is not None:
+            self._t0 = int(self._index.pts[0])
+        return s
+
+    def _locate(self, frame, ordinal: int) -> tuple[int, float]:
+        """(index, time) of a decoded frame: from its pts, or from its output-order ``ordinal`` without a table."""
+        table = self._index.pts
+        if table is not None and frame.pts is not None:
+            pts = frame.pts
+            i = int(np.searchsorted(table, pts))
+            if i >= len(table) or (i > 0 and pts - table[i - 1] < table[i] - pts):
+                i -= 1
+            return max(0, i), float((pts - self._t0) * self._tb)
+        return ordinal, ordinal / self.fps
+
+    def _decode_from(self, key) -> Iterator[tuple[int, float, object]]:
+        """Decode forward from keyframe ``key`` = (index, seek timestamp), or from the very start (None)."""
+        import av
+
+        s = self._reopen() if key is None or self._container is None else self._stream
+        ordinal = 0
+        if key is not None:
+            self._container.seek(key[1], stream=s, backward=True, any_frame=False)
+            ordinal = key[0]
+        try:
+            for frame in self._container.decode(s):
+                yield (*self._locate(frame, ordinal), frame)
+                ordinal += 1
+        except av.error.FFmpegError as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise MediaError(f"cannot decode video from {self.path} (corrupt data: {reason})") from None
+
+    def _candidates(self, start: int) -> list:
+        """Keyframes to try for reaching frame ``start``, nearest first; None means decode from the start."""
+        if start == 0:
+            return [None]
+        if self._index.pts is not None and start >= len(self._index.pts):
+            return []
+        keys = [k for k in self._index.keys if 0 < k[0] <= start]
+        keys.reverse()
+        if self._index.pts is None:
+            return keys[:1] + [None] if keys else [None]
+        return keys[:3] + [None]
+
+    def _forward(self, start: int, stop: int | None) -> Iterator[Frame]:
+        for key in self._candidates(start):
+            overshoot = False
+            first = True
+            for idx, t, fr in self._decode_from(key):
+                if first:
+                    first = False
+                    if key is not None and self._index.pts is not None and idx > start:
+                        overshoot = True  # the seek landed after the wanted frame: try an earlier keyframe
+                        break
+                if idx < start:
+                    continue
+                if stop is not None and idx >= stop:
+                    return
+                yield Frame(idx, t, self._to_bgr(fr))
+            if not overshoot:
+                return
+
+    def _to_bgr(self, frame) -> np.ndarray:
+        img = frame.to_ndarray(format="bgr24")
+        return rotate_image(img, self.info.rotation)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+class VideoWriter:
+    """H.264 + AAC writer with an atomic result.
+
+    ``threads``: encoder threads (0: libx264's choice, about 1.5 per core). ``write(frame)`` takes
+    (height, width, 3) uint8 BGR frames; ``audio`` is mono float32 at ``sample_rate``
+    (written in full, interleaved with the video as frames arrive). Output goes to a hidden temporary file in
+    the target folder and is renamed to ``path`` by :meth:`close`; :meth:`abort` (or an exception inside a
+    ``with`` block) deletes it, so no file appears at ``path`` unless writing succeeded.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        width: int,
+        height: int,
+        fps: float | Fraction,
+        audio: np.ndarray | None = None,
+        sample_rate: int = 16000,
+        crf: int = 18,
+        preset: str = "veryfast",
+        threads: int = 0,
+    ):
+        import av
+        from av.video.reformatter import ColorRange, Colorspace
+
+        self.path = Path(path)
+        self.width, self.height = int(width), int(height)
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"bad frame size {width}x{height}")
+        self.rate = _as_rate(fps)
+        self.fps = float(self.rate)
+        self.frames_written = 0
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise MediaError(f"output folder does not exist: {folder}")
+        suffix = self.path.suffix or ".mp4"
+        self._tmp = folder / f".{self.path.stem}.{secrets.token_hex(4)}.partial{suffix}"
+        self._closed = False
+
+        # audio: mono float32 in [-1, 1] at a rate AAC supports
+        self._audio = None
+        self._audio_pos = 0
+        if audio is not None:
+            a = np.asarray(audio, dtype=np.float32)
+            if a.ndim != 1:
+                raise ValueError(f"audio must be 1-D mono samples, got shape {a.shape}")
+            sr = int(sample_rate)
+            if sr not in AAC_RATES:
+                from scipy.signal import resample_poly
+
+                g = math.gcd(48000, sr)
+                a = resample_poly(a, 48000 // g, sr // g).astype(np.float32)
+                sr = 48000
+            self._audio = np.clip(a, -1.0, 1.0)
+            self.sample_rate = sr
+
+        self._colour = dict(dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
+        self._pix_fmt = "yuv420p" if self.width % 2 == 0 and self.height % 2 == 0 else "yuv444p"
+        try:
+            self._container = av.open(str(self._tmp), "w")
+        except (av.error.FFmpegError, ValueError) as e:
+            self._remove_tmp()
+            raise MediaError(f"cannot write {self.path}: {str(e).splitlines()[0] if str(e) else e}") from None
+        try:
+            v = self._container.add_stream("libx264", rate=self.rate)
+            v.width, v.height, v.pix_fmt = self.width, self.height, self._pix_fmt
+            cc = v.codec_context
+            cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1  # BT.709, limited range
+            v.options = {"crf": str(crf), "preset": preset, **({"threads": str(int(threads))} if threads else {})}
+            self._v = v
+            self._a = None
+            if self._audio is not None:
+                a_stream = self._container.add_stream("aac", rate=self.sample_rate, layout="mono")
+                a_stream.bit_rate = 128000
+                self._a = a_stream
+        except BaseException:
+            self.abort()
+            raise
+
+    # -- public
+    def write(self, frame: np.ndarray) -> None:
+        """Append one (height, width, 3) uint8 BGR frame."""
+        import av
+
+        if self._closed:
+            raise RuntimeError("write() after close()/abort()")
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8 BGR, got {frame.shape} {frame.dtype}")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
+        vf = vf.reformat(format=self._pix_fmt, **self._colour)
+        vf.pts = self.frames_written
+        for pkt in self._v.encode(vf):
+            self._container.mux(pkt)
+        self.frames_written += 1
+        self._write_audio_until(self.frames_written / self.fps)
+
+    def close(self) -> Path:
+        """Flush the encoders, finish the file and move it to ``path``. Returns ``path``."""
+        if self._closed:
+            return self.path
+        try:
+            for pkt in self._v.encode(None):
+                self._container.mux(pkt)
+            if self._a is not None:
+                self._write_audio_until(None)
+                for pkt in self._a.encode(None):
+                    self._container.mux(pkt)
+            self._container.close()
+            self._closed = True
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        """Stop writing and delete the temporary file; nothing is left at ``path``."""
+        self._closed = True
+        c = getattr(self, "_container", None)
+        if c is not None:
+            try:
+                c.close()
+            except Exception:
+                pass
+            self._container = None
+        self._remove_tmp()
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- internals
+    def _remove_tmp(self) -> None:
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+    def _write_audio_until(self, seconds: float | None) -> None:
+        """Encode audio up to ``seconds`` (None: all of it), in frames of the encoder's size."""
+        import av
+
+        if self._a is None:
+            return
+        total = len(self._audio)
+        end = total if seconds is None else min(total, int(math.ceil(seconds * self.sample_rate)))
+        size = self._a.codec_context.frame_size or 1024
+        while self._audio_pos < end:
+            n = min(size, total - self._audio_pos)
+            chunk = self._audio[self._audio_pos : self._audio_pos + n]
+            af = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+            af.sample_rate = self.sample_rate
+            af.pts = self._audio_pos
+            for pkt in self._a.encode(af):
+                self._container.mux(pkt)
+            self._audio_pos += n

@@ -1,0 +1,347 @@
+"""Video probing, streaming decode (forward, seek, reverse), still images, and the atomic H.264 + AAC writer."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hyperlips.errors import MediaError
+from hyperlips.media.audio import load_audio
+from hyperlips.media.video import FrameReader, VideoWriter, probe, rotate_image
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def decode_all(path: Path) -> dict:
+    """Independent read-back with plain PyAV: stream facts and frame count."""
+    import av
+
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        a = c.streams.audio[0] if c.streams.audio else None
+        facts = {
+            "width": v.codec_context.width,
+            "height": v.codec_context.height,
+            "rate": Fraction(v.average_rate),
+            "codec": v.codec_context.name,
+            "pix_fmt": v.codec_context.pix_fmt,
+            "video_seconds": float(v.duration * v.time_base),
+            "audio_codec": a.codec_context.name if a else None,
+            "audio_seconds": float(a.duration * a.time_base) if a is not None else None,
+        }
+        facts["frames"] = sum(1 for _ in c.decode(video=0))
+    return facts
+
+
+def no_partials(folder: Path) -> bool:
+    return not [p for p in os.listdir(folder) if ".partial" in p]
+
+
+# ------------------------------------------------------------------------------------------------ probe
+def test_probe_real_clips(real_data, more_data):
+    v1 = probe(real_data / "hyperlips" / "video1.mp4")
+    assert (v1.width, v1.height, v1.fps, v1.n_frames) == (1278, 720, 25.0, 272)
+    assert v1.duration == pytest.approx(10.88) and v1.has_audio and not v1.is_image and v1.rotation == 0
+
+    f1 = probe(real_data / "retalking" / "face1.mp4")  # 30 fps with dropped frames (variable frame rate)
+    assert (f1.width, f1.height, f1.rate, f1.n_frames) == (700, 700, Fraction(30), 135)
+    assert f1.duration == pytest.approx(6.1, abs=0.01)
+
+    grid = probe(more_data / "grid_lipnet" / "bbaf2n.mpg")  # MPEG-PS: the container declares no frame count
+    assert (grid.width, grid.height, grid.fps, grid.n_frames, grid.codec) == (360, 288, 25.0, 75, "mpeg1video")
+
+    silent = probe(more_data / "edtalk" / "mouth_source.mp4")
+    assert not silent.has_audio and silent.n_frames == 250
+
+
+def test_probe_errors(tmp_path, real_data):
+    with pytest.raises(MediaError, match="missing.mp4"):
+        probe(tmp_path / "missing.mp4")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x01garbage" * 500)
+    with pytest.raises(MediaError, match="bad.mp4"):
+        probe(bad)
+    with pytest.raises(MediaError, match="has no video stream"):
+        probe(real_data / "hyperlips" / "audio1.wav")
+    with pytest.raises(MediaError, match="bad.mp4"):
+        FrameReader(bad)
+
+
+@pytest.mark.parametrize(
+    "rel",
+    ["real/hyperlips/video1.mp4", "real/retalking/face1.mp4", "more/grid_lipnet/bbaf2n.mpg",
+     "more/vexpress/RD_Radio10_0_clip_0.mp4", "more/dfrf/french.mp4"],
+)
+def test_forward_count_equals_probe(shared_dir, rel):
+    path = shared_dir / "data" / rel
+    if not path.exists():
+        pytest.skip(f"{rel} absent")
+    info = probe(path)
+    with FrameReader(path) as r:
+        frames = [(f.index, f.time, f.image.shape) for f in r]
+    assert len(frames) == info.n_frames == decode_all(path)["frames"]
+    assert [i for i, _, _ in frames] == list(range(info.n_frames))
+    assert frames[0][1] == 0.0 and all(b[1] > a[1] for a, b in zip(frames, frames[1:]))
+    assert {s for _, _, s in frames} == {(info.height, info.width, 3)}
+    # the last frame's time plus one frame period is the duration (for variable rates too)
+    assert frames[-1][1] < info.duration <= frames[-1][1] + 2.5 / info.fps
+
+
+# ------------------------------------------------------------------------------------------------ seeking
+@pytest.mark.parametrize(
+    "rel, starts",
+    [
+        ("real/hyperlips/video1.mp4", [1, 40, 149, 150, 151, 200]),  # keyframes at 0 and 150
+        ("real/retalking/face1.mp4", [3, 57, 99, 100, 130]),  # VFR, keyframes at 0 and 100
+        ("more/dfrf/french.mp4", [1, 59, 60, 61, 100]),  # first pts is 0.08 s, keyframe every 60
+        ("more/vexpress/RD_Radio10_0_clip_0.mp4", [1, 30, 58]),  # B-frames and an edit-list-discarded packet
+        ("more/grid_lipnet/bbaf2n.mpg", [1, 11, 12, 13, 70]),  # MPEG-1, GOP 12
+    ],
+)
+def test_seek_gives_the_same_frames_as_forward(shared_dir, rel, starts):
+    path = shared_dir / "data" / rel
+    if not path.exists():
+        pytest.skip(f"{rel} absent")
+    top = max(starts) + 3
+    with FrameReader(path) as r:
+        fwd = {f.index: f for f in r.iter_range(0, top)}
+        assert sorted(fwd) == list(range(min(top, r.n_frames)))
+        for s in starts:
+            got = list(r.iter_range(s, s + 3))
+            assert [f.index for f in got] == [i for i in range(s, s + 3) if i < r.n_frames]
+            for f in got:
+                assert f.time == pytest.approx(fwd[f.index].time, abs=1e-9)
+                assert np.array_equal(f.image, fwd[f.index].image), (s, f.index)
+
+
+def test_reverse_equals_reversed_forward(real_data):
+    path = real_data / "hyperlips" / "video1.mp4"
+    with FrameReader(path, chunk=8) as r:  # small chunks: several seeks inside the range
+        fwd = list(r.iter_range(140, 165))
+        rev = list(r.iter_range(140, 165, reverse=True))
+    assert [f.index for f in rev] == list(range(164, 139, -1))
+    for a, b in zip(reversed(fwd), rev):
+        assert a.index == b.index and np.array_equal(a.image, b.image)
+
+
+def test_reverse_on_vfr_clip_and_range_clamping(real_data):
+    path = real_data / "retalking" / "face1.mp4"
+    with FrameReader(path, chunk=16) as r:
+        n = r.n_frames
+        fwd = list(r.iter_range(n - 40, n + 10))  # stop past the end is clamped
+        rev = list(r.iter_range(n - 40, n + 10, reverse=True))
+        assert list(r.iter_range(n, n + 5)) == [] and list(r.iter_range(5, 5, reverse=True)) == []
+    assert [f.index for f in fwd] == list(range(n - 40, n))
+    assert [f.index for f in rev] == list(range(n - 1, n - 41, -1))
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(reversed(fwd), rev))
+
+
+def test_avi_with_b_frames_keeps_display_order(tmp_path):
+    """AVI stores decode-order counters, not presentation times: frames must still come out in display order."""
+    import av
+
+    path = tmp_path / "bframes.avi"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.options = {"g": "10", "bf": "3"}
+        for i in range(40):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + i * 5, np.uint8), format="bgr24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    assert probe(path).n_frames == 40
+    with FrameReader(path, chunk=7) as r:
+        fwd = list(r)
+        rev = list(r.iter_range(0, 40, reverse=True))
+        mid = list(r.iter_range(23, 26))
+    level = [int(f.image[0, 0, 1]) for f in fwd]
+    assert [f.index for f in fwd] == list(range(40)) and all(b > a for a, b in zip(level, level[1:]))
+    assert [f.index for f in rev] == list(range(39, -1, -1))
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(reversed(fwd), rev))
+    assert [f.index for f in mid] == [23, 24, 25] and np.array_equal(mid[0].image, fwd[23].image)
+    assert fwd[10].time == pytest.approx(0.4)
+
+
+# ------------------------------------------------------------------------------------------------ rotation
+def test_rotate_helper():
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    assert rotate_image(img, 0) is img
+    r90 = rotate_image(img, 90)  # counter-clockwise: the top-right pixel goes to the top-left
+    assert r90.shape == (3, 2, 3) and np.array_equal(r90[0, 0], img[0, 2])
+    assert np.array_equal(rotate_image(img, 180), img[::-1, ::-1])
+    assert np.array_equal(rotate_image(img, 270), rotate_image(img, -90))
+    assert r90.flags["C_CONTIGUOUS"]
+
+
+def test_display_rotation_is_applied(tmp_path):
+    import av
+
+    path = tmp_path / "rot.mp4"
+    with av.open(str(path), "w") as c:  # 64x48 coded, a white block top-left, tagged "rotate 90° counter-clockwise"
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.set_display_rotation(90)
+        img = np.zeros((48, 64, 3), np.uint8)
+        img[:8, :16] = 255
+        for _ in range(3):
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    info = probe(path)
+    assert (info.width, info.height, info.rotation) == (48, 64, 90)
+    with FrameReader(path) as r:
+        frames = list(r)
+    assert len(frames) == 3 and frames[0].image.shape == (64, 48, 3)
+    bright = np.argwhere(frames[0].image[..., 1] > 128)
+    assert bright[:, 0].min() >= 46 and bright[:, 1].max() <= 9  # the block is now bottom-left
+
+
+# ------------------------------------------------------------------------------------------------ still images
+def test_still_image_is_a_one_frame_video(tmp_path):
+    import cv2
+
+    img = np.random.default_rng(0).integers(0, 256, (75, 61, 3), dtype=np.uint8)
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), img)
+    info = probe(path)
+    assert info.is_image and (info.width, info.height, info.fps, info.n_frames) == (61, 75, 25.0, 1)
+    with FrameReader(path) as r:
+        frames = list(r)
+        assert len(frames) == 1 and frames[0].index == 0 and frames[0].time == 0.0
+        assert np.array_equal(frames[0].image, img)
+        assert len(list(r.iter_range(0, 1, reverse=True))) == 1 and list(r.iter_range(1, 5)) == []
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg at all" * 10)
+    with pytest.raises(MediaError, match="broken.jpg"):
+        probe(bad)
+
+
+# ------------------------------------------------------------------------------------------------ writer
+def test_writer_round_trip_720p_odd_width_with_audio(real_data, tmp_path):
+    src = real_data / "hyperlips" / "video1.mp4"  # 1278 x 720: even, but not a multiple of 16
+    with FrameReader(src) as r:
+        frames = [f.image for f in r.iter_range(0, 20)]
+    audio = load_audio(src, 48000)[: int(0.8 * 48000)]
+    out = tmp_path / "rt.mp4"
+    with VideoWriter(out, 1278, 720, 25.0, audio=audio, sample_rate=48000) as w:
+        for f in frames:
+            w.write(f)
+    assert no_partials(tmp_path)
+    got = decode_all(out)
+    assert (got["width"], got["height"], got["rate"], got["frames"]) == (1278, 720, Fraction(25), 20)
+    assert got["codec"] == "h264" and got["pix_fmt"] == "yuv420p" and got["audio_codec"] == "aac"
+    assert got["video_seconds"] == pytest.approx(0.8, abs=1e-6)
+    assert got["audio_seconds"] == pytest.approx(0.8, abs=1 / 25)
+    with FrameReader(out) as r:
+        back = [f.image for f in r]
+    assert min(psnr(a, b) for a, b in zip(back, frames)) > 38
+    back_audio = load_audio(out, 48000)
+    assert abs(len(back_audio) - len(audio)) <= 48000 / 25
+    assert np.corrcoef(back_audio[: len(audio)], audio[: len(back_audio)])[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("size", [(321, 241), (320, 241), (321, 240)])
+def test_writer_keeps_odd_sizes(tmp_path, size):
+    w_, h_ = size
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (h_ // 8 + 1, w_ // 8 + 1, 3), dtype=np.uint8)
+    img = np.kron(base, np.ones((8, 8, 1), np.uint8))[:h_, :w_]  # blocky, compressible
+    out = tmp_path / "odd.mp4"
+    with VideoWriter(out, w_, h_, 25) as w:
+        for _ in range(5):
+            w.write(img)
+    got = decode_all(out)
+    assert (got["width"], got["height"], got["frames"], got["audio_codec"]) == (w_, h_, 5, None)
+    assert got["pix_fmt"] == "yuv444p"  # 4:2:0 H.264 cannot code odd sizes
+    with FrameReader(out) as r:
+        assert psnr(next(iter(r)).image, img) > 35
+
+
+def test_writer_ntsc_rate_and_16k_audio(tmp_path):
+    t = np.arange(16000) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    out = tmp_path / "ntsc.mp4"
+    n = 30
+    with VideoWriter(out, 64, 48, 30000 / 1001, audio=audio, sample_rate=16000) as w:
+        for i in range(n):
+            w.write(np.full((48, 64, 3), i * 8, np.uint8))
+    got = decode_all(out)
+    assert got["rate"] == Fraction(30000, 1001) and got["frames"] == n
+    assert got["video_seconds"] == pytest.approx(n * 1001 / 30000, abs=1e-4)
+    assert got["audio_seconds"] == pytest.approx(1.0, abs=1e-3)
+    info = probe(out)
+    assert info.rate == Fraction(30000, 1001) and info.n_frames == n
+
+
+def test_writer_is_atomic(tmp_path):
+    out = tmp_path / "result.mp4"
+    with pytest.raises(KeyError):
+        with VideoWriter(out, 64, 48, 25) as w:
+            for i in range(60):
+                w.write(np.full((48, 64, 3), i, np.uint8))
+            assert not out.exists() and not no_partials(tmp_path)  # data goes to a hidden file beside the target
+            raise KeyError("boom")
+    assert not out.exists() and no_partials(tmp_path)
+
+    w = VideoWriter(out, 64, 48, 25)
+    w.write(np.zeros((48, 64, 3), np.uint8))
+    w.abort()
+    assert not out.exists() and no_partials(tmp_path)
+
+    w = VideoWriter(out, 64, 48, 25)
+    with pytest.raises(ValueError):
+        w.write(np.zeros((48, 63, 3), np.uint8))  # wrong size: refused, writer still usable
+    w.write(np.zeros((48, 64, 3), np.uint8))
+    assert w.close() == out and out.exists() and no_partials(tmp_path)
+    assert decode_all(out)["frames"] == 1
+
+
+def test_writer_missing_folder(tmp_path):
+    with pytest.raises(MediaError, match="does not exist"):
+        VideoWriter(tmp_path / "no" / "such" / "out.mp4", 64, 48, 25)
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+def test_memory_does_not_grow_with_length(tmp_path):
+    """Write 1500 frames at 720p (60 s) with audio, read them back forward and in reverse: RSS stays flat."""
+    h, w, n = 720, 1280, 1500
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
+    tile = np.kron(base, np.ones((16, 16, 1), np.uint8))
+    audio = (0.1 * rng.standard_normal(16000 * 60)).astype(np.float32)
+    out = tmp_path / "long.mp4"
+    samples = []
+    with VideoWriter(out, w, h, 25, audio=audio) as wr:
+        for i in range(n):
+            wr.write(np.roll(tile, i * 4, axis=1))
+            if i in (200, n - 1):
+                samples.append(_rss_mb())
+    with FrameReader(out) as r:
+        for f in r:
+            if f.index in (200, n - 1):
+                samples.append(_rss_mb())
+        for f in r.iter_range(0, n, reverse=True):
+            if f.index in (n - 200, 0):
+                samples.append(_rss_mb())
+    assert decode_all(out)["frames"] == n
+    growth = [samples[1] - samples[0], samples[3] - samples[2], samples[5] - samples[4]]
+    assert max(growth) < 60, (samples, growth)  # 1300 frames of 720p BGR would be 3.6 GB
