@@ -1,0 +1,46 @@
+"""``hyperlips preprocess``: the dataset subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "preprocess",
+        help="turn a folder of talking-face videos into a training dataset",
+        description="Walk SRC for videos (any nesting; LRS2, MEAD, HDTF and VoxCeleb layouts work as shipped) and "
+                    "write face crops, cached mel spectrograms, landmarks, sketches, lip masks and a manifest to DST. "
+                    "A re-run skips finished clips.",
+    )
+    p.add_argument("src", type=Path, help="folder of videos (or one video)")
+    p.add_argument("dst", type=Path, help="dataset folder to write (created if needed)")
+    p.add_argument("--hr-size", type=int, choices=(256, 512), help="also store face crops at this size, for `train hr`")
+    p.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 1))),
+                   help="parallel worker processes (default: up to 4)")
+    p.add_argument("--speaker", choices=("auto", "parent", "stem", "one"), default="auto",
+                   help="how to read the speaker from a clip's path, for the train/val split (default auto: MEAD actor "
+                        "or VoxCeleb id folders, else the parent folder, else the file name without a trailing number)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of speakers held out for validation (0.1)")
+    p.add_argument("--min-frames", type=int, default=16, help="skip clips with fewer frames with a face (16)")
+    p.add_argument("--retry-skipped", action="store_true", help="try again the clips a previous run skipped")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..errors import UserError
+    from .preprocess import PreprocessOptions, preprocess
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {args.workers})")
+    opts = PreprocessOptions(hr_size=args.hr_size, min_frames=args.min_frames, speaker=args.speaker,
+                             val_fraction=args.val_fraction)
+    report = preprocess(args.src, args.dst, opts, workers=args.workers, progress=not args.quiet,
+                        retry_skipped=args.retry_skipped)
+    print(report.summary())
+    if report.n_train == 0:
+        raise UserError(f"no usable clips in {args.src}: every clip was skipped (reasons above)")
+    return 0
