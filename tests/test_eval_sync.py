@@ -211,7 +211,7 @@ def test_lse_score_with_random_public_weights():
 
 # --------------------------------------------------------------------------------------------- our expert
 class ProbeExpert:
-    """See-through stand-in for our SyncNet: the brightness of the 5 frames and the mel level at the centre of the 5
+    """See-through stand-in for our SyncNet: the brightness of the 5 frames and the loudest mel bin at the centre of the 5
     frame periods, each minus its mean over the window (so the cosine similarity is their correlation)."""
 
     @staticmethod
@@ -221,7 +221,7 @@ class ProbeExpert:
 
     @staticmethod
     def audio_encoder(x):  # (B,1,80,16); frame k of the window is centred on mel step 3.2 k + 1.6
-        e = x.mean(dim=(1, 2))[:, [2, 5, 8, 11, 14]]
+        e = x.amax(dim=(1, 2))[:, [2, 5, 8, 11, 14]]
         return e - e.mean(dim=1, keepdim=True)
 
 

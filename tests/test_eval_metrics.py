@@ -1,0 +1,260 @@
+"""Evaluation metrics on constructed cases and on real clips: self-comparison, tinted copy, shaken copy, shifted audio."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from hyperlips.eval import metrics as M
+from hyperlips.eval.protocols import evaluate_pair
+
+torch.set_num_threads(1)
+TINT = (0.0, 5.0, -3.0)  # Lab shift given to the tinted copies: delta E = sqrt(34) = 5.83
+
+
+def _tint(img: np.ndarray, shift=TINT) -> np.ndarray:
+    from skimage.color import lab2rgb
+
+    lab = M.bgr_to_lab(img) + np.asarray(shift)
+    rgb = lab2rgb(lab)
+    return np.clip(np.rint(rgb[..., ::-1] * 255), 0, 255).astype(np.uint8)
+
+
+def _face_image() -> np.ndarray:
+    from hyperlips.demo import demo_face
+
+    return demo_face()
+
+
+# --------------------------------------------------------------------------------------------- geometry
+def test_landmark_sets_match_mediapipe():
+    import mediapipe as mp
+
+    fm = mp.solutions.face_mesh
+    assert set(M.LIP_POINTS) == {i for e in fm.FACEMESH_LIPS for i in e}
+    assert set(M.FACE_OVAL_POINTS) == {i for e in fm.FACEMESH_FACE_OVAL for i in e}
+
+
+def test_eval_crop_places_the_box_in_the_face_region():
+    frame = np.zeros((500, 700, 3), np.uint8)
+    frame[100:300, 200:400] = 200  # the track crop box
+    crop = M.eval_crop(frame, (200, 100, 400, 300))
+    assert crop.shape == (384, 384, 3)
+    assert crop[M.FACE_SLICE, M.FACE_SLICE][2:-2, 2:-2].min() == 200
+    assert crop[:60].max() == 0 and crop[:, 330:].max() == 0
+    # a box at the frame corner: what lies outside the frame is black, not stretched
+    crop = M.eval_crop(np.full((100, 100, 3), 255, np.uint8), (0, 0, 60, 60))
+    assert crop[:40, :40].max() == 0 and crop[200, 200, 0] == 255
+
+
+def test_mouth_box_and_skin_mask_follow_landmarks():
+    lm = np.zeros((478, 3))
+    lm[list(M.LIP_POINTS), :2] = [200.0, 250.0]
+    lm[61, :2], lm[291, :2] = (170, 250), (230, 250)  # mouth 60 px wide
+    x1, y1, x2, y2 = M.mouth_box(lm)
+    assert (x2 - x1, y2 - y1) == (96, 60) and abs((x1 + x2) / 2 - 199) < 2
+    assert M.mouth_box(None) != (x1, y1, x2, y2)  # the fixed fallback box
+    oval = np.array([[192 + 120 * math.cos(a), 192 + 150 * math.sin(a)] for a in np.linspace(0, 2 * np.pi, 36, endpoint=False)])
+    lm[list(M.FACE_OVAL_POINTS), :2] = oval
+    mask = M.skin_mask(lm, (x1, y1, x2, y2))
+    assert mask[192, 192] and not mask[250, 200] and not mask[5, 5]
+
+
+# --------------------------------------------------------------------------------------------- measures
+def test_identical_images_score_perfectly():
+    img = _face_image()[:384, :384]
+    assert M.psnr(img, img) == M.PSNR_CAP
+    assert M.ssim(img, img) == pytest.approx(1.0)
+    lab = M.bgr_to_lab(img)
+    mask = np.ones(img.shape[:2], bool)
+    assert M.delta_e(lab, lab, mask) == (0.0, 0.0)
+    noisy = np.clip(img.astype(int) + np.random.default_rng(0).integers(-10, 11, img.shape), 0, 255).astype(np.uint8)
+    assert 25 < M.psnr(img, noisy) < 35 and M.ssim(img, noisy) < 0.95
+
+
+def test_tinted_copy_shows_its_colour_shift():
+    img = _face_image()[50:434, 64:448]
+    tinted = _tint(img)
+    mask = np.ones(img.shape[:2], bool)
+    de_mean, de_pix = M.delta_e(M.bgr_to_lab(tinted), M.bgr_to_lab(img), mask)
+    assert de_mean == pytest.approx(math.sqrt(34), abs=0.35)
+    assert de_pix == pytest.approx(math.sqrt(34), abs=0.6)
+
+
+def test_srgb_to_lab_reference_values():
+    lab = M.bgr_to_lab(np.array([[[255, 255, 255], [0, 0, 255], [0, 0, 0]]], np.uint8))  # white, red (BGR), black
+    np.testing.assert_allclose(lab[0, 0], [100, 0, 0], atol=0.01)
+    np.testing.assert_allclose(lab[0, 1], [53.24, 80.09, 67.20], atol=0.05)
+    np.testing.assert_allclose(lab[0, 2], [0, 0, 0], atol=0.01)
+
+
+def test_jitter_separates_shake_from_smooth_motion():
+    t = np.arange(40)
+    base = np.stack([np.stack([100 + 2 * t + i, 200 + 0.5 * t], 1) for i in range(40)], 1).astype(float)  # (T,40,2)
+    scale = np.full(40, 100.0)
+    smooth = M.second_difference(base, scale)
+    shake = base + np.random.default_rng(0).integers(-3, 4, (40, 1, 2))
+    shaky = M.second_difference(shake, scale)
+    assert np.isnan(smooth[0]) and np.isnan(smooth[-1])
+    assert np.nanmax(smooth) < 1e-9 and np.nanmean(shaky) > 0.03
+
+
+def test_frame_comparison_lmd_and_ratios():
+    img = _face_image()[:384, :384]
+    lm = np.zeros((478, 3))
+    rng = np.random.default_rng(0)
+    lm[:, :2] = rng.uniform(100, 300, (478, 2))
+    lm[33, :2], lm[263, :2] = (120, 150), (270, 150)  # inter-ocular distance 150
+    comp = M.FrameComparison()
+    for k in range(5):
+        moved = lm.copy()
+        moved[list(M.LIP_POINTS), 0] += 3.0  # generated lips 3 px right of the reference's
+        comp.add(img, img, moved, lm, k / 25)
+    s = comp.summary()
+    assert s["lmd"] == pytest.approx(3.0 / 150)
+    assert s["psnr_face"] == M.PSNR_CAP and s["delta_e"] == 0.0
+    assert s["flicker_ratio"] == 1.0 and s["sharpness_ratio"] == 1.0 and s["jitter_ratio"] == 1.0
+    with pytest.raises(ValueError):
+        comp.add(img, img[:100], None, None, 1.0)
+
+
+def test_audio_loudness():
+    t = np.arange(16000) / 16000
+    wav = np.concatenate([np.zeros(8000), np.sin(2 * np.pi * 440 * t[:8000])]).astype(np.float32)
+    db = M.audio_loudness_db(wav, np.array([0.1, 0.8]), 25.0)
+    assert db[0] == -100.0 and db[1] == pytest.approx(-3.01, abs=0.1)
+    assert np.isnan(M.pearson(np.ones(5), np.arange(5.0)))
+    assert M.pearson(np.arange(5.0), 2 * np.arange(5.0)) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------------------------- real clips
+def _write(path, frames, fps, audio=None):
+    from hyperlips.media.video import VideoWriter
+
+    h, w = frames[0].shape[:2]
+    with VideoWriter(path, w, h, fps, audio=audio, sample_rate=16000) as vw:
+        for f in frames:
+            vw.write(f)
+    return path
+
+
+def _frames(path, n):
+    from hyperlips.media.video import FrameReader
+
+    with FrameReader(path) as r:
+        return [fr.image for fr in r.iter_range(0, n)]
+
+
+def test_real_video_against_itself_is_perfect(real_data):
+    clip = real_data / "hyperlips" / "video2.mp4"
+    r = evaluate_pair(clip, clip, max_seconds=1.2, perceptual=False)
+    m = r.metrics
+    assert r.protocol == "self-reconstruction" and r.frames == 30
+    assert m["frames_with_reference_landmarks"] >= 28
+    assert m["psnr_face"] == M.PSNR_CAP and m["psnr_mouth"] == M.PSNR_CAP
+    assert m["ssim_face"] == pytest.approx(1.0) and m["ssim_mouth"] == pytest.approx(1.0)
+    assert m["delta_e"] == 0.0 and m["delta_e_pixel"] == 0.0 and m["lmd"] == 0.0
+    assert m["jitter_ratio"] == 1.0 and m["flicker_ratio"] == 1.0 and m["sharpness_ratio"] == 1.0
+    assert m["jitter_gen"] > 0 and m["flicker_gen"] > 0  # a real clip moves: the ratios compare real numbers
+    assert r.sync["lse"]["status"].startswith("unavailable")
+
+
+@pytest.fixture(scope="module")
+def face_clip(real_data, tmp_path_factory):
+    """One second of a real close-up, re-encoded, with copies: tinted in Lab, and shaken by random translations."""
+    src = real_data / "retalking" / "face3.mp4"
+    folder = tmp_path_factory.mktemp("metric_clips")
+    frames = _frames(src, 25)
+    rng = np.random.default_rng(0)
+    shaken = []
+    for f in frames:
+        dx, dy = rng.integers(-6, 7, 2)
+        m = np.array([[1, 0, dx], [0, 1, dy]], np.float64)
+        shaken.append(cv2.warpAffine(f, m, (f.shape[1], f.shape[0]), borderMode=cv2.BORDER_REPLICATE))
+    return {
+        "plain": _write(folder / "plain.mp4", frames, 25),
+        "tinted": _write(folder / "tinted.mp4", [_tint(f) for f in frames], 25),
+        "shaken": _write(folder / "shaken.mp4", shaken, 25),
+    }
+
+
+def test_tinted_copy_of_real_clip(face_clip):
+    r = evaluate_pair(face_clip["tinted"], face_clip["plain"], protocol="self", perceptual=False)
+    m = r.metrics
+    assert m["delta_e"] == pytest.approx(math.sqrt(34), abs=0.6)
+    assert m["lmd"] < 0.02  # same face, same mouth
+    assert 0.7 < m["jitter_ratio"] < 1.4
+
+
+def test_shaken_copy_of_real_clip(face_clip):
+    shaken = evaluate_pair(face_clip["shaken"], face_clip["plain"], protocol="self", perceptual=False).metrics
+    assert shaken["jitter_ratio"] > 2.0
+    assert shaken["flicker_ratio"] > 1.5
+    assert shaken["delta_e"] < 1.0  # moved, not recoloured
+
+
+def _pattern_video(folder, delay):
+    """A still face whose brightness blinks in a random pattern, with tone bursts that follow the pattern
+    ``delay`` frames late. Returns (video, wav path)."""
+    import soundfile as sf
+
+    from hyperlips.demo import demo_face
+
+    rng = np.random.default_rng(3)
+    n = 60
+    pattern = rng.integers(0, 2, n)
+    face = cv2.resize(demo_face(), (320, 320), interpolation=cv2.INTER_AREA)
+    frames = []
+    for p in pattern:
+        f = np.full((480, 640, 3), 90, np.uint8)
+        f[80:400, 160:480] = face
+        frames.append(np.clip(f.astype(np.float32) * (1.0 if p else 0.6), 0, 255).astype(np.uint8))
+    wav = (rng.standard_normal(n * 640) * 1e-4).astype(np.float32)
+    tone = 0.3 * np.sin(2 * np.pi * 300 * np.arange(n * 640) / 16000)
+    for j in range(n):
+        if 0 <= j - delay < n and pattern[j - delay]:
+            wav[j * 640 : (j + 1) * 640] += tone[j * 640 : (j + 1) * 640]
+    sf.write(str(folder / "speech.wav"), wav, 16000)
+    return _write(folder / "blink.mp4", frames, 25), folder / "speech.wav"
+
+
+class _ProbeLSE:
+    """See-through public SyncNet: bright/dark frames against loud/quiet 25 ms MFCC steps."""
+
+    def __init__(self, thr):
+        self.thr = thr
+
+    def forward_lip(self, x):
+        b = x.mean(dim=(1, 3, 4))
+        return (b > self.thr).float() * 10
+
+    def forward_aud(self, x):
+        return (x[:, 0, 0, 0:20:4] > 15).float() * 10
+
+
+class _ProbeExpert:
+    @staticmethod
+    def face_encoder(x):
+        b = x.view(len(x), 5, 3, 64, 128).mean(dim=(2, 3, 4))
+        return b - b.mean(dim=1, keepdim=True)
+
+    @staticmethod
+    def audio_encoder(x):
+        e = x.amax(dim=(1, 2))[:, [2, 5, 8, 11, 14]]
+        return e - e.mean(dim=1, keepdim=True)
+
+
+def test_shifted_audio_is_found_at_its_offset(tmp_path):
+    """The whole chain (decode, face track, protocol crops, MFCC / mel windows, offset search) with see-through
+    networks: audio 3 frames late is reported at offset +3 by both scores."""
+    video, wav = _pattern_video(tmp_path, delay=3)
+    r = evaluate_pair(video, None, wav, syncnet_model=_ProbeLSE(thr=95.0), expert_model=_ProbeExpert(), perceptual=False)
+    assert r.protocol == "no reference"
+    assert r.sync["lse"]["generated"].offset == 3
+    assert r.sync["lse"]["generated"].to_dict()["syncnet_av_offset"] == -3
+    assert r.sync["expert"]["generated"].offset == 3
+    assert r.metrics["psnr_face"] is None and "reference" in r.notes["psnr_face"]
