@@ -249,6 +249,19 @@ def test_writer_round_trip_720p_odd_width_with_audio(real_data, tmp_path):
     assert np.corrcoef(back_audio[: len(audio)], audio[: len(back_audio)])[0, 1] > 0.99
 
 
+def test_colours_survive_a_round_trip(tmp_path):
+    """BGR -> BT.709 YUV -> BGR with exact rounding: no level shift (swscale's fast paths lose 1-2 levels)."""
+    rng = np.random.default_rng(0)
+    img = np.kron(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))  # 192x320
+    out = tmp_path / "colours.mp4"
+    with VideoWriter(out, 320, 192, 25, crf=0) as w:  # crf 0: lossless H.264, only the colour conversion is left
+        w.write(img)
+    with FrameReader(out) as r:
+        back = next(iter(r)).image
+    d = (back.astype(int) - img).reshape(12, 16, 20, 16, 3)[:, 4:12, :, 4:12]  # block interiors (chroma is 4:2:0)
+    assert abs(d.mean()) < 0.1 and np.abs(d).mean() < 0.6 and np.abs(d).max() <= 3
+
+
 @pytest.mark.parametrize("size", [(321, 241), (320, 241), (321, 240)])
 def test_writer_keeps_odd_sizes(tmp_path, size):
     w_, h_ = size

@@ -261,6 +261,7 @@ class FrameReader:
             self.info, self._index = _probe_video(self.path)
         self._tb = None
         self._t0 = None
+        self._reformatter = None
 
     # -- facts
     @property
@@ -404,7 +405,13 @@ class FrameReader:
                 return
 
     def _to_bgr(self, frame) -> np.ndarray:
-        img = frame.to_ndarray(format="bgr24")
+        if self._reformatter is None:
+            from av.video.reformatter import Interpolation, VideoReformatter
+
+            self._reformatter = VideoReformatter()
+            # exact rounding and full-resolution chroma: swscale's fast YUV->RGB path is ~1 level too dark
+            self._flags = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+        img = self._reformatter.reformat(frame, format="bgr24", interpolation=self._flags).to_ndarray()
         return rotate_image(img, self.info.rotation)
 
 
@@ -465,7 +472,11 @@ class VideoWriter:
             self._audio = np.clip(a, -1.0, 1.0)
             self.sample_rate = sr
 
-        self._colour = dict(dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
+        from av.video.reformatter import Interpolation, VideoReformatter
+
+        self._reformatter = VideoReformatter()
+        self._colour = dict(dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG,
+                            interpolation=Interpolation.BILINEAR | Interpolation.ACCURATE_RND)
         self._pix_fmt = "yuv420p" if self.width % 2 == 0 and self.height % 2 == 0 else "yuv444p"
         try:
             self._container = av.open(str(self._tmp), "w")
@@ -498,7 +509,7 @@ class VideoWriter:
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
             raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8 BGR, got {frame.shape} {frame.dtype}")
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
-        vf = vf.reformat(format=self._pix_fmt, **self._colour)
+        vf = self._reformatter.reformat(vf, format=self._pix_fmt, **self._colour)
         vf.pts = self.frames_written
         for pkt in self._v.encode(vf):
             self._container.mux(pkt)
