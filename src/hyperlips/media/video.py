@@ -5,7 +5,11 @@ Frames are ``numpy.uint8`` H x W x 3 **BGR** with the container's rotation appli
 Frame identity: a frame's ``index`` is its position in presentation order among the stream's packets (found by
 a demux-only scan, no decoding), and its ``time`` is its pts in seconds relative to the first frame. Both are
 the same whether a frame is reached by decoding forward from the start or after a seek, also for
-variable-frame-rate files (where ``index / fps`` is not the frame's time).
+variable-frame-rate files (where ``index / fps`` is not the frame's time). AVI stores no presentation times:
+there frames are counted in display order and ``time = index / fps``.
+
+Colour: BT.709-tagged (and untagged, as BT.601) YUV is converted with exact rounding and full chroma
+interpolation both ways, so pixels that pass through decode -> encode -> decode keep their levels.
 
 Output is H.264 (libx264, ``yuv420p``; ``yuv444p`` when the width or height is odd, because 4:2:0 H.264 cannot
 code odd sizes and the output keeps the input resolution exactly) tagged BT.709 limited range, plus AAC audio,
