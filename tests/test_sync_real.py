@@ -101,8 +101,17 @@ def test_sync_still_image(ckpt, tmp_path):
     run_sync(img, audio, out, ckpt)
     got = check_output(out, img, 0.8, still=True)
     assert got["fps"] == 25.0
-    frame = read_frames(out, 1)[0]
-    assert psnr(frame[:60], demo_face()[:60]) > 40  # the top of the photo (above the face) is unchanged
+    # the top of the photo (above the face) is unchanged up to codec loss: as close to the photo as a plain
+    # re-encode of the photo (this detailed picture loses about 38 dB to H.264 at our default quality)
+    from hyperlips.media.video import VideoWriter
+
+    plain = tmp_path / "plain.mp4"
+    with VideoWriter(plain, 512, 512, 25.0) as w:
+        for _ in range(got["frames"]):
+            w.write(demo_face())
+    top = face_top(demo_face())
+    codec_only = psnr(read_frames(plain, 1)[0][:top], demo_face()[:top])
+    assert psnr(read_frames(out, 1)[0][:top], demo_face()[:top]) > codec_only - 1.0
 
 
 def test_sync_hr_decoder_128(real_data, ckpt, tmp_path):

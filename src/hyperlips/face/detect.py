@@ -7,6 +7,9 @@ video that the short-range model (and FaceMesh's own detector) miss or score low
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,8 +28,32 @@ class MissingDependencyError(UserError):
     """A package needed for this step is not installed."""
 
 
+@contextlib.contextmanager
+def quiet_native_logs():
+    """Hide the INFO/WARNING lines that mediapipe's C++ side (TFLite, absl) prints on stderr when a graph starts.
+
+    They are written to file descriptor 2 directly, below Python, so the descriptor is pointed at /dev/null for
+    the duration. Python exceptions raised meanwhile still propagate normally.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr (e.g. closed): nothing to hide
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def import_mediapipe() -> Any:
     """Import mediapipe's legacy ``solutions`` API or raise :class:`MissingDependencyError` saying what to install."""
+    os.environ.setdefault("GLOG_minloglevel", "2")  # before mediapipe loads: no C++ INFO/WARNING chatter
     try:
         import mediapipe as mp
         from mediapipe import solutions  # noqa: F401  (absent in mediapipe >= 0.10.30)
@@ -117,9 +144,11 @@ class FaceDetector:
         mp = import_mediapipe()
         self.model = model
         self.min_confidence = float(min_confidence)
-        self._fd = mp.solutions.face_detection.FaceDetection(
-            model_selection=1 if model == "full" else 0, min_detection_confidence=self.min_confidence
-        )
+        with quiet_native_logs():
+            self._fd = mp.solutions.face_detection.FaceDetection(
+                model_selection=1 if model == "full" else 0, min_detection_confidence=self.min_confidence
+            )
+        self._started = False
 
     def detect(self, frame_bgr: np.ndarray) -> list[Box]:
         """Faces in one frame, largest first, clipped to the frame (empty list when there is none)."""
@@ -128,7 +157,12 @@ class FaceDetector:
         check_frame(frame_bgr)
         h, w = frame_bgr.shape[:2]
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)  # mediapipe expects RGB
-        result = self._fd.process(rgb)
+        if self._started:
+            result = self._fd.process(rgb)
+        else:  # the graph's first run prints native log lines
+            with quiet_native_logs():
+                result = self._fd.process(rgb)
+            self._started = True
         boxes = []
         for det in result.detections or ():
             rb = det.location_data.relative_bounding_box

@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from hyperlips.face.detect import check_frame, import_mediapipe
+from hyperlips.face.detect import check_frame, import_mediapipe, quiet_native_logs
 
 N_LANDMARKS = 478
 
@@ -93,13 +93,15 @@ class FaceMesh:
     def __init__(self, static: bool = False, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5):
         mp = import_mediapipe()
         self.static = bool(static)
-        self._fm = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=self.static,
-            max_num_faces=1,
-            refine_landmarks=True,
-            min_detection_confidence=min_detection_confidence,
-            min_tracking_confidence=min_tracking_confidence,
-        )
+        with quiet_native_logs():
+            self._fm = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=self.static,
+                max_num_faces=1,
+                refine_landmarks=True,
+                min_detection_confidence=min_detection_confidence,
+                min_tracking_confidence=min_tracking_confidence,
+            )
+        self._started = False
 
     def landmarks(self, crop_bgr: np.ndarray) -> Optional[np.ndarray]:
         """(478, 3) float32 landmarks in crop pixels ``(x, y, z·width)``, or None when no face is found."""
@@ -107,7 +109,13 @@ class FaceMesh:
             raise RuntimeError("FaceMesh is closed")
         check_frame(crop_bgr, "face crop")
         h, w = crop_bgr.shape[:2]
-        res = self._fm.process(cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB))  # RGB, not the original's BGR (§9.13d)
+        rgb = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB)  # RGB, not the original's BGR (§9.13d)
+        if self._started:
+            res = self._fm.process(rgb)
+        else:  # the graph's first run prints native log lines
+            with quiet_native_logs():
+                res = self._fm.process(rgb)
+            self._started = True
         if not res.multi_face_landmarks:
             return None
         pts = np.array([(p.x, p.y, p.z) for p in res.multi_face_landmarks[0].landmark], dtype=np.float32)
