@@ -1,0 +1,140 @@
+"""The ``hyperlips eval`` and ``hyperlips bench`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+EVAL_HELP = """Measure a lip-synced video against its original.
+
+  hyperlips eval OUT.mp4 --reference ORIGINAL.mp4 [--audio SPEECH.wav]       one clip
+  hyperlips eval OUT_DIR --reference ORIGINALS_DIR [--audio SPEECH_DIR]      pairs by file name
+  hyperlips eval --clips DIR --protocol self|cross --checkpoint BASE.pth     generate, then evaluate
+
+Writes report.json, report.md and PNG plots into --output. LSE-C/LSE-D need the public SyncNet weights
+(--syncnet syncnet_v2.model); our expert's score needs --expert (a checkpoint from `hyperlips train sync`).
+"""
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return v
+
+
+def add_parser(subparsers) -> None:
+    from ..cli import add_model_options
+
+    p = subparsers.add_parser("eval", help="measure lip sync, image quality, colour and stability of a result",
+                              description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("generated", nargs="?", type=Path, help="the generated video, or a folder of them")
+    p.add_argument("--reference", type=Path, help="the original video (or folder): ground truth and face track")
+    p.add_argument("--audio", type=Path, help="the driving speech (or folder; default: the generated video's audio track)")
+    p.add_argument("--clips", type=Path, help="a folder of talking-face clips to generate and evaluate (with --protocol self|cross)")
+    p.add_argument("--protocol", choices=("auto", "self", "cross"), default="auto",
+                   help="self-reconstruction or cross-audio (default auto: self when the audio is the reference's own)")
+    p.add_argument("--syncnet", type=Path, help="public SyncNet weights (syncnet_v2.model) for LSE-C / LSE-D")
+    p.add_argument("--expert", type=Path, help="our SyncNet expert checkpoint, for its sync confidence and offset")
+    p.add_argument("-o", "--output", type=Path, default=Path("hyperlips_eval"), help="report folder (default hyperlips_eval)")
+    p.add_argument("--max-seconds", type=_positive, help="evaluate only the first S seconds of each clip")
+    p.add_argument("--face", type=int, metavar="N", help="which face to follow when several are visible (0 = leftmost)")
+    p.add_argument("--no-per-frame", action="store_true", help="leave the per-frame curves out of report.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_model_options(p)
+    p.set_defaults(func=run_eval)
+
+    b = subparsers.add_parser("bench", help="frames per second and peak memory of each stage",
+                              description="Benchmark decode, face detection + landmarks, network, paste-back, encode "
+                                          "and end to end, per size, device, precision and batch size.")
+    from .bench import add_bench_options
+
+    add_bench_options(b)
+    b.set_defaults(func=run_bench)
+
+
+def _eval_device(name: str) -> str:
+    from ..pipeline import resolve_device
+
+    return str(resolve_device(name))
+
+
+def run_eval(args) -> int:
+    from .protocols import evaluate_pair, pair_folders, run_protocol
+    from .report import summary_row, write_batch_report, write_clip_report
+
+    progress = not args.quiet
+    device = _eval_device(args.device)
+    common = dict(syncnet=args.syncnet, expert=args.expert, face_index=args.face, device=device)
+    models = _load_models(args, device)
+    common.update(models)
+    if args.clips is not None:
+        if args.generated is not None or args.reference is not None:
+            raise UserError("--clips generates its own results: give either --clips DIR or GENERATED --reference REF, not both")
+        if args.protocol == "auto":
+            raise UserError("--clips needs --protocol self (each clip with its own audio) or cross (with the next clip's audio)")
+        if args.checkpoint is None and not args.untrained:
+            raise UserError("--clips generates videos first: pass --checkpoint PATH (or --untrained to try the protocol)")
+        results = run_protocol(args.clips, args.output, args.protocol, checkpoint=args.checkpoint,
+                               hr_checkpoint=args.hr_checkpoint, size=args.size, untrained=args.untrained,
+                               device=args.device, batch_size=args.batch_size, max_seconds=args.max_seconds,
+                               progress=progress, **common)
+        paths = write_batch_report(results, args.output, f"{args.protocol} protocol on {args.clips}")
+        _print_rows([summary_row(r) for r in results], paths)
+        return 0
+    if args.generated is None:
+        raise UserError("give the generated video (or folder) to evaluate, or --clips DIR with --protocol")
+    if args.generated.is_dir():
+        if args.reference is None:
+            raise UserError("a folder of generated videos needs --reference FOLDER with the originals (same file names)")
+        pairs = pair_folders(args.generated, args.reference, args.audio)
+        results = [evaluate_pair(g, r, a, protocol=args.protocol, max_seconds=args.max_seconds, progress=progress, **common)
+                   for g, r, a in pairs]
+        paths = write_batch_report(results, args.output, f"Evaluation of {args.generated}")
+        _print_rows([summary_row(r) for r in results], paths)
+        return 0
+    if args.reference is not None and args.reference.is_dir():
+        raise UserError(f"--reference {args.reference} is a folder but {args.generated} is one video; give the original video")
+    res = evaluate_pair(args.generated, args.reference, args.audio, protocol=args.protocol,
+                        max_seconds=args.max_seconds, progress=progress, **common)
+    paths = write_clip_report(res, args.output, per_frame=not args.no_per_frame)
+    _print_rows([summary_row(res)], {"json": paths["json"], "markdown": paths["markdown"]})
+    return 0
+
+
+def _load_models(args, device) -> dict:
+    """Load the sync networks once (a batch reuses them); bad paths fail before any video is read."""
+    from .sync_score import load_expert
+    from .syncnet_v2 import load_public_syncnet
+
+    out = {}
+    if args.syncnet is not None:
+        out["syncnet_model"] = load_public_syncnet(args.syncnet, device)
+    if args.expert is not None:
+        out["expert_model"] = load_expert(args.expert, device)
+    return out
+
+
+def _print_rows(rows: list[dict], paths: dict) -> None:
+    from .report import _fmt
+
+    keys = ("lse_d", "lse_c", "lse_offset", "expert_similarity", "expert_offset", "lmd", "delta_e", "jitter_ratio",
+            "flicker_ratio", "sharpness_ratio")
+    for r in rows:
+        shown = ", ".join(f"{k} {_fmt(r.get(k))}" for k in keys if r.get(k) is not None)
+        print(f"{r['clip']} ({r['protocol']}, {r['frames']} frames): {shown or 'no numbers (see the report)'}")
+    print(f"report: {paths['markdown']}  data: {paths['json']}")
+
+
+def run_bench(args) -> int:
+    from .bench import run_bench_command
+
+    return run_bench_command(args)
+
+

@@ -1,0 +1,135 @@
+"""``hyperlips eval``: reports on real clips (single and batch), LSE with test-made weights, and user mistakes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import run_cli
+
+
+def _strict_json(path):
+    def bad(c):
+        raise ValueError(f"non-standard JSON constant {c}")
+
+    return json.loads(path.read_text(), parse_constant=bad)
+
+
+def _is_png(path):
+    import matplotlib.image as mpimg
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    img = mpimg.imread(str(path))
+    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+    return img
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "give the generated video"),
+    (("missing.mp4",), "generated video not found"),
+    (("--clips", "."), "--protocol self"),
+])
+def test_eval_user_mistakes(tmp_path, args, message):
+    r = run_cli("eval", *args, "-o", tmp_path / "out", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and message in err[0], r.stderr
+
+
+def test_eval_refuses_missing_syncnet_weights(tmp_path, real_data):
+    clip = real_data / "hyperlips" / "video1.mp4"
+    r = run_cli("eval", clip, "--reference", clip, "--syncnet", tmp_path / "syncnet_v2.model", "-o", tmp_path / "o")
+    assert r.returncode == 2
+    assert "SyncNet weights not found" in r.stderr and "syncnet_v2.model" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_report_on_real_clip_with_test_weights(tmp_path, real_data):
+    """A real clip against itself, with random public-SyncNet weights and a random expert written by the test:
+    the whole report (JSON, Markdown, every plot) and the LSE / expert sections."""
+    import torch
+
+    from hyperlips.eval.syncnet_v2 import PublicSyncNet
+    from hyperlips.models import SyncNet, save_checkpoint
+
+    torch.manual_seed(0)
+    syncnet = tmp_path / "syncnet_v2.model"
+    torch.save({k: v for k, v in PublicSyncNet().state_dict().items() if "num_batches" not in k}, syncnet)
+    expert = save_checkpoint(SyncNet(), tmp_path / "expert.safetensors", "syncnet")
+    clip = real_data / "hyperlips" / "video2.mp4"
+    out = tmp_path / "report"
+    r = run_cli("eval", clip, "--reference", clip, "--syncnet", syncnet, "--expert", expert, "--max-seconds", "0.6",
+                "--device", "cpu", "--quiet", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "report:" in r.stdout and "lse_d" in r.stdout
+    data = _strict_json(out / "report.json")
+    m = data["metrics"]
+    assert data["protocol"] == "self-reconstruction" and data["frames"] == 15
+    assert m["delta_e"] == 0.0 and m["jitter_ratio"] == 1.0 and m["lmd"] == 0.0 and m["psnr_mouth"] == 100.0
+    lse = data["sync"]["lse"]
+    # a video against itself: generated and reference get the same LSE numbers
+    assert lse["generated"]["lse_d"] == pytest.approx(lse["reference"]["lse_d"])
+    assert lse["generated"]["windows"] == 10 and len(lse["generated"]["curve"]) == 31
+    assert data["sync"]["expert"]["generated"]["offset"] == data["sync"]["expert"]["reference"]["offset"]
+    assert data["perceptual"]["fid"]["status"].startswith("unavailable")
+    assert len(data["per_frame"]["delta_e"]) == 15
+    md = (out / "report.md").read_text()
+    for name in ("per_frame.png", "mouth_audio.png", "mouth_sheet.png", "sync.png"):
+        assert f"]({name})" in md
+        _is_png(out / name)
+    assert "LSE-D" in md and "FID" in md and "unavailable" in md
+
+
+def test_eval_batch_over_folders(tmp_path, real_data):
+    src = real_data / "hyperlips"
+    gen, ref, aud = (tmp_path / d for d in ("gen", "ref", "aud"))
+    for d in (gen, ref, aud):
+        d.mkdir()
+    (gen / "one.mp4").symlink_to(src / "official_result1.mp4")
+    (ref / "one.mp4").symlink_to(src / "video1.mp4")
+    (aud / "one.wav").symlink_to(src / "audio1.wav")
+    (gen / "two.mp4").symlink_to(src / "video2.mp4")
+    (ref / "two.mp4").symlink_to(src / "video2.mp4")
+    (gen / "unpaired.mp4").symlink_to(src / "video3.mp4")
+    out = tmp_path / "out"
+    r = run_cli("eval", gen, "--reference", ref, "--audio", aud, "--max-seconds", "0.6", "--quiet", "-o", out)
+    assert r.returncode == 0, r.stderr
+    summary = _strict_json(out / "summary.json")
+    rows = {row["clip"]: row for row in summary["clips"]}
+    assert set(rows) == {"one", "two"}
+    assert rows["one"]["protocol"] == "cross-audio" and rows["one"]["psnr_mouth"] is None
+    assert rows["one"]["delta_e"] > 0.3  # the official result re-rendered the lower face
+    assert rows["two"]["protocol"] == "self-reconstruction" and rows["two"]["delta_e"] == 0.0
+    assert summary["aggregate"]["clips"] == 2
+    assert summary["aggregate"]["delta_e"] == pytest.approx(np.mean([rows["one"]["delta_e"], 0.0]))
+    md = (out / "summary.md").read_text()
+    assert "[one](one/report.md)" in md and "**mean**" in md
+    assert (out / "one" / "report.md").exists() and (out / "two" / "mouth_sheet.png").exists()
+
+
+def test_eval_batch_without_pairs(tmp_path):
+    (tmp_path / "g").mkdir()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "g" / "a.mp4").write_bytes(b"x")
+    r = run_cli("eval", tmp_path / "g", "--reference", tmp_path / "r", "-o", tmp_path / "o")
+    assert r.returncode == 2 and "no videos of" in r.stderr
+
+
+@pytest.mark.slow
+def test_self_and_cross_protocols_generate_and_evaluate(tmp_path, real_data):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("face3.mp4", "face5.mp4"):
+        (clips / name).symlink_to(real_data / "retalking" / name)
+    for mode in ("self", "cross"):
+        out = tmp_path / mode
+        r = run_cli("eval", "--clips", clips, "--protocol", mode, "--untrained", "--max-seconds", "0.8", "--quiet",
+                    "--device", "cpu", "-o", out)
+        assert r.returncode == 0, r.stderr
+        summary = _strict_json(out / "summary.json")
+        assert [row["protocol"] for row in summary["clips"]] == [f"{'self-reconstruction' if mode == 'self' else 'cross-audio'}"] * 2
+        assert (out / "generated" / "face3.mp4").exists()
+        if mode == "self":  # random weights change the mouth: a measurable, non-zero difference
+            assert all(row["psnr_mouth"] < 60 for row in summary["clips"])
