@@ -1,0 +1,87 @@
+"""``hyperlips bench``: the table and JSON, skipped rows with reasons, the time budget, memory measurement."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import run_cli
+from hyperlips.eval import bench as B
+
+
+def test_bench_small_run_prints_table_and_json(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run_cli("bench", "--sizes", "128", "--precisions", "fp32", "fp16", "--batch-sizes", "1", "--frames", "1",
+                "--end-to-end-sizes", "--devices", "cpu", "cuda", "--threads", "1", "-o", out, timeout=300)
+    assert r.returncode == 0, r.stderr
+    table = r.stdout
+    assert "stage" in table and "ms/frame" in table and "peak MB" in table
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    by_stage = {}
+    for row in rows:
+        by_stage.setdefault(row["stage"], []).append(row)
+    for stage in ("decode", "faces", "paste", "encode", "network"):
+        assert stage in by_stage, stage
+    for stage in ("decode", "faces", "paste", "encode"):
+        row = by_stage[stage][0]
+        assert row["status"] == "ok" and row["fps"] > 0 and row["frames"] >= 1 and row["peak_mb"] > 50
+    net = [x for x in by_stage["network"] if x["device"] == "cpu"]
+    fp32 = [x for x in net if x["precision"] == "fp32"]
+    assert fp32 and fp32[0]["status"] == "ok" and fp32[0]["fps"] > 0 and fp32[0]["size"] == 128
+    assert "original layers" in fp32[0]["variant"]
+    fp16 = [x for x in net if x["precision"] == "fp16"]
+    assert fp16 and fp16[0]["status"].startswith("skipped") and "CPU" in fp16[0]["status"]
+    import torch
+
+    if not torch.cuda.is_available():
+        cuda = [x for x in rows if x["device"] == "cuda"]
+        assert cuda and all("no CUDA GPU" in x["status"] for x in cuda)
+        assert "no CUDA GPU" in table
+    assert data["machine"]["threads"] == 1
+
+
+def test_bench_budget_skips_the_rest_with_a_reason():
+    res = B.run_bench(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1,), frames=1,
+                      end_to_end_sizes=(128,), budget=1e-6)
+    later = [r for r in res["rows"] if r["stage"] in ("network", "end-to-end")]
+    assert later and all("time budget" in r["status"] for r in later)
+    text = B.format_table(res)
+    assert "time budget" in text and "decode" in text
+
+
+def test_end_to_end_row_on_a_short_clip(tmp_path):
+    video, audio = B.synthetic_clip(tmp_path, seconds=0.4)
+    rows = B.bench_end_to_end(video, audio, 128, "cpu", 4, tmp_path)
+    assert rows[0].stage == "end-to-end" and rows[0].frames == 10 and rows[0].fps > 0
+    stages = {r.stage.split(":")[-1].strip() for r in rows[1:]}
+    assert {"decode", "faces", "network", "paste", "encode"} <= stages
+
+
+def test_peak_memory_sees_an_allocation():
+    with B.PeakMemory("cpu") as mem:
+        a = np.ones(200 * 2**20 // 8)
+        a += 1
+        del a
+    assert mem.delta > 150
+
+
+def test_precision_support():
+    assert B.precision_support("cpu", "fp32") is None
+    assert B.precision_support("cpu", "fp16").startswith("skipped")
+    bf16 = B.precision_support("cpu", "bf16")
+    assert bf16 is None or bf16.startswith("skipped")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--batch-sizes", "0"), "--batch-sizes"),
+    (("-o", "bench.txt"), "JSON"),
+    (("--devices", "tpu"), "--devices"),
+    (("--video", "missing.mp4"), "not found"),
+])
+def test_bench_user_mistakes(tmp_path, args, message):
+    r = run_cli("bench", *args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
