@@ -90,12 +90,13 @@ def probe_streams(path: Path) -> dict:
 
 
 def read_frames(path: Path, limit: int | None = None) -> list[np.ndarray]:
-    import av
+    """Decoded BGR frames (through our reader, which converts colours exactly), at most ``limit``."""
+    from hyperlips.media.video import FrameReader
 
     out = []
-    with av.open(str(path)) as c:
-        for f in c.decode(video=0):
-            out.append(f.to_ndarray(format="bgr24"))
+    with FrameReader(path) as r:
+        for f in r:
+            out.append(f.image)
             if limit and len(out) >= limit:
                 break
     return out

@@ -10,8 +10,12 @@ offers ``add_parser(subparsers)``; the modules are listed in ``_COMMAND_MODULES`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import re
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -23,6 +27,56 @@ _COMMAND_MODULES = (
     "hyperlips.train.commands",
     "hyperlips.eval.commands",
 )
+
+
+# start-up chatter that mediapipe's native threads (TFLite, absl, glog) print on stderr at any moment
+_NATIVE_NOISE = re.compile(
+    rb"^(?:INFO: Created TensorFlow Lite[^\n]*|WARNING: All log messages before absl::InitializeLog\(\)[^\n]*"
+    rb"|[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\][^\n]*)\n",
+    re.MULTILINE,
+)
+
+
+@contextlib.contextmanager
+def _filtered_stderr():
+    """Route file descriptor 2 through a pipe that drops native log noise and passes everything else at once.
+
+    Errors must reach the user as one line; mediapipe's graph threads print INFO/WARNING lines that Python
+    cannot switch off, at times no wrapper around the calls can catch. Progress bars (``\r`` updates) pass
+    through unchanged.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        r, w = os.pipe()
+    except (OSError, ValueError):
+        yield
+        return
+    os.dup2(w, 2)
+    os.close(w)
+
+    def pump() -> None:
+        while True:
+            try:
+                chunk = os.read(r, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunk = _NATIVE_NOISE.sub(b"", chunk)
+            if chunk:
+                os.write(saved, chunk)
+        os.close(r)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last writer: the pump sees EOF, forwards the rest and stops
+        thread.join(timeout=2.0)
+        os.close(saved)
 
 
 def _box(text: str) -> tuple[float, float, float, float]:
@@ -115,21 +169,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in _COMMAND_MODULES:
         try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        mod.add_parser(sub)
+            importlib.import_module(name).add_parser(sub)
+        except ImportError as e:
+            if getattr(e, "name", None) == name:
+                continue  # that job is not part of this build
+            # a missing optional dependency must not take sync/demo down with it
+            _broken = f"the {name.rsplit('.', 2)[-2]} commands are unavailable: {e}"
+            parser.set_defaults(_broken_commands=[*parser.get_default("_broken_commands"), _broken]
+                                if parser.get_default("_broken_commands") else [_broken])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        for msg in parser.get_default("_broken_commands") or ():
+            print(f"hyperlips: note: {msg}", file=sys.stderr)
+        return int(e.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    with _filtered_stderr():
+        return _dispatch(args)
+
+
+def _dispatch(args) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
