@@ -258,3 +258,26 @@ def test_shifted_audio_is_found_at_its_offset(tmp_path):
     assert r.sync["lse"]["generated"].to_dict()["syncnet_av_offset"] == -3
     assert r.sync["expert"]["generated"].offset == 3
     assert r.metrics["psnr_face"] is None and "reference" in r.notes["psnr_face"]
+
+
+@pytest.mark.slow
+def test_trained_expert_finds_a_three_frame_delay(real_data, tmp_path):
+    """With a trained expert (set HYPERLIPS_EXPERT to its checkpoint): a real clip whose own speech is delayed by
+    3 frames (120 ms of silence in front) is reported at offset +3, and the untouched clip at 0."""
+    import os
+
+    import soundfile as sf
+
+    from hyperlips.media.audio import load_audio
+
+    expert = os.environ.get("HYPERLIPS_EXPERT")
+    if not expert:
+        pytest.skip("set HYPERLIPS_EXPERT to a SyncNet checkpoint trained with `hyperlips train sync`")
+    clip = real_data / "retalking" / "face3.mp4"
+    wav = load_audio(clip, 16000)
+    delayed = tmp_path / "delayed.wav"
+    sf.write(str(delayed), np.concatenate([np.zeros(3 * 640, np.float32), wav]), 16000)
+    on_time = evaluate_pair(clip, None, None, expert=expert, perceptual=False)
+    late = evaluate_pair(clip, None, delayed, expert=expert, perceptual=False)
+    assert on_time.sync["expert"]["generated"].offset == 0
+    assert late.sync["expert"]["generated"].offset == 3

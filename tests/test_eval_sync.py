@@ -251,3 +251,14 @@ def test_expert_windows_and_real_network_shapes():
     wav = (rng.standard_normal(16000) * 0.1).astype(np.float32)
     r = expert_score(net, crops, np.arange(9) / 25, melspectrogram(wav), 25.0, vshift=3)
     assert r.curve.shape == (7,) and r.windows == 5 and 0 <= r.best <= 1
+
+
+def test_load_expert_refuses_other_networks(tmp_path):
+    from hyperlips.eval.sync_score import load_expert
+    from hyperlips.models import create_model, save_checkpoint
+
+    path = save_checkpoint(create_model("hyperlips-hr-128"), tmp_path / "hr.safetensors", "hyperlips-hr-128")
+    with pytest.raises(CheckpointError, match="not the SyncNet"):
+        load_expert(path)
+    expert = save_checkpoint(create_model("syncnet"), tmp_path / "expert.safetensors", "syncnet")
+    assert not load_expert(expert).training

@@ -26,7 +26,7 @@ confidence = max - median of the curve (the expert's analogue of LSE-C).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
