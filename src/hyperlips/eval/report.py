@@ -51,6 +51,7 @@ DEFINITIONS: dict[str, tuple[str, str, str]] = {
 
 SUMMARY_COLUMNS = ("lse_d", "lse_c", "lse_offset", "expert_similarity", "expert_offset", "psnr_mouth", "ssim_mouth",
                    "lmd", "delta_e", "jitter_ratio", "flicker_ratio", "sharpness_ratio")
+EXTRA_ROW_KEYS = ("mouth_audio_correlation", "jitter_gen", "sharpness_gen")  # in summary.json, not in the table
 
 
 # --------------------------------------------------------------------------------------------- JSON
@@ -106,7 +107,7 @@ def summary_row(res: ClipResult) -> dict:
     row["lse_offset"] = lse.offset if lse else None
     row["expert_similarity"] = exp.best if exp else None
     row["expert_offset"] = exp.offset if exp else None
-    for k in SUMMARY_COLUMNS:
+    for k in SUMMARY_COLUMNS + EXTRA_ROW_KEYS:
         if k not in row:
             row[k] = res.metrics.get(k)
     return _clean(row)
