@@ -23,7 +23,11 @@ def add_parser(sub) -> None:
     p.add_argument("--speaker", choices=("auto", "parent", "stem", "one"), default="auto",
                    help="how to read the speaker from a clip's path, for the train/val split (default auto: MEAD actor "
                         "or VoxCeleb id folders, else the parent folder, else the file name without a trailing number)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of speakers held out for validation (0.1)")
+    p.add_argument("--split", choices=("speaker", "time"), default="speaker",
+                   help="validation set: whole speakers held out (default), or the last part of every clip (time; "
+                        "for one person's footage or a single-speaker corpus)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of speakers (or, with --split time, of every clip) held out for validation (0.1)")
     p.add_argument("--min-frames", type=int, default=16, help="skip clips with fewer frames with a face (16)")
     p.add_argument("--retry-skipped", action="store_true", help="try again the clips a previous run skipped")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -36,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1 (got {args.workers})")
-    opts = PreprocessOptions(hr_size=args.hr_size, min_frames=args.min_frames, speaker=args.speaker,
+    opts = PreprocessOptions(hr_size=args.hr_size, min_frames=args.min_frames, speaker=args.speaker, split=args.split,
                              val_fraction=args.val_fraction)
     report = preprocess(args.src, args.dst, opts, workers=args.workers, progress=not args.quiet,
                         retry_skipped=args.retry_skipped)

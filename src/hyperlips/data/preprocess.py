@@ -60,6 +60,7 @@ class PreprocessOptions:
     hr_size: int | None = None  # also store crops at 256 or 512 px for the HR decoder
     min_frames: int = 16  # clips with fewer frames with a face are skipped ("too short")
     speaker: str = "auto"  # how to read the speaker identity from the path (see speaker_of)
+    split: str = "speaker"  # "speaker": hold out whole speakers; "time": hold out the tail of every clip
     val_fraction: float = 0.1  # share of speakers (or clips, for one speaker) held out for validation
     jpeg_quality: int = 95
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -348,6 +349,8 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
         raise UserError(f"--hr-size must be one of {', '.join(map(str, HR_SIZES))} (got {opts.hr_size})")
     if not 0 <= opts.val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1) (got {opts.val_fraction})")
+    if opts.split not in ("speaker", "time"):
+        raise UserError(f"--split must be speaker or time (got {opts.split!r})")
     if opts.min_frames < 5:
         raise UserError(f"--min-frames must be at least 5, one training window (got {opts.min_frames})")
     if dst.exists() and not dst.is_dir():
@@ -460,14 +463,9 @@ def write_manifest(dst: str | os.PathLike, opts: PreprocessOptions = PreprocessO
             continue
         sizes.update(int(s) for s in meta.get("sizes", [BASE_SIZE]))
         entries.append({k: meta[k] for k in ("id", "source", "speaker", "n_frames", "n_valid", "fps", "seconds")})
+    if opts.split == "time" and entries:
+        return write_time_split_manifest(dst, val_fraction=opts.val_fraction or 0.15)
     split_by = assign_splits(entries, opts.val_fraction)
-    skipped = []
-    if (dst / SKIPPED).is_file():
-        try:
-            skipped = [{"source": d["source"], "reason": d["reason"]}
-                       for d in json.loads((dst / SKIPPED).read_text(encoding="utf-8"))]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            skipped = []
     manifest = {
         "format_version": FORMAT_VERSION,
         "source_root": str(source_root) if source_root is not None else None,
@@ -476,29 +474,55 @@ def write_manifest(dst: str | os.PathLike, opts: PreprocessOptions = PreprocessO
         "split_by": split_by,
         "val_fraction": opts.val_fraction,
         "clips": entries,
-        "skipped": skipped,
+        "skipped": _read_skipped(dst),
     }
     _write_json_atomic(dst / MANIFEST, manifest)
     return manifest
 
 
-def write_time_split_manifest(dst: str | os.PathLike, clip_id: str, val_frames: int) -> dict[str, Any]:
-    """A manifest for one clip split in time: frames before the last ``val_frames`` train, the tail validates
-    (the fine-tuning workflow: one person's footage, no second speaker to hold out)."""
+def _read_skipped(dst: Path) -> list[dict[str, str]]:
+    if not (dst / SKIPPED).is_file():
+        return []
+    try:
+        return [{"source": d["source"], "reason": d["reason"]}
+                for d in json.loads((dst / SKIPPED).read_text(encoding="utf-8"))]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return []
+
+
+def write_time_split_manifest(dst: str | os.PathLike, val_frames: int | None = None, val_fraction: float = 0.15,
+                              min_val_frames: int = 16, clip_ids: Iterable[str] | None = None) -> dict[str, Any]:
+    """Rewrite the manifest so that every clip (or those in ``clip_ids``) is split in time: its last ``val_frames``
+    frames (default ``ceil(val_fraction * n)``, at least ``min_val_frames``) validate, the frames before them train.
+
+    For one person's footage (fine-tuning) or a single-speaker corpus, where no second speaker can be held out.
+    Training windows never reach into the held-out tail, and neither do their reference frames."""
     dst = Path(dst)
-    meta = json.loads((dst / CLIPS_DIR / clip_id / META).read_text(encoding="utf-8"))
-    n = int(meta["n_frames"])
-    cut = n - int(val_frames)
-    common = {k: meta[k] for k in ("id", "source", "speaker", "n_frames", "n_valid", "fps", "seconds")}
+    wanted = set(clip_ids) if clip_ids is not None else None
+    entries = []
+    sizes: set[int] = set()
+    for meta_path in sorted((dst / CLIPS_DIR).rglob(META)):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if wanted is not None and meta["id"] not in wanted:
+            continue
+        sizes.update(int(s) for s in meta.get("sizes", [BASE_SIZE]))
+        n = int(meta["n_frames"])
+        v = int(val_frames) if val_frames is not None else max(int(min_val_frames), math.ceil(val_fraction * n))
+        cut = max(0, n - v)
+        common = {k: meta[k] for k in ("id", "source", "speaker", "n_frames", "n_valid", "fps", "seconds")}
+        entries.append({**common, "split": "train", "frames": [0, cut]})
+        entries.append({**common, "split": "val", "frames": [cut, n]})
+    if not entries:
+        raise UserError(f"{dst}: no preprocessed clips to split")
     manifest = {
         "format_version": FORMAT_VERSION,
         "source_root": None,
         "audio": asdict(AudioConfig()),
-        "sizes": meta.get("sizes", [BASE_SIZE]),
+        "sizes": sorted(sizes) or [BASE_SIZE],
         "split_by": "time",
-        "val_fraction": val_frames / max(n, 1),
-        "clips": [{**common, "split": "train", "frames": [0, cut]}, {**common, "split": "val", "frames": [cut, n]}],
-        "skipped": [],
+        "val_fraction": val_fraction if val_frames is None else None,
+        "clips": entries,
+        "skipped": _read_skipped(dst),
     }
     _write_json_atomic(dst / MANIFEST, manifest)
     return manifest

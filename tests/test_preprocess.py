@@ -1,0 +1,246 @@
+"""``hyperlips preprocess``: layouts, speaker splits, per-frame outputs on real clips, resumability, skipped clips."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+import pytest
+
+from test_train_data import build_small_dataset, small_dataset  # noqa: F401  (session fixture)
+
+
+def _touch(p: Path) -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"x")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- layouts
+def test_find_videos_walks_lrs2_and_mead_layouts(tmp_path):
+    from hyperlips.data.preprocess import clip_id_of, find_videos, speaker_of
+
+    lrs2 = _touch(tmp_path / "mvlrs_v1/main/5535415699068794046/00001.mp4")
+    mead = _touch(tmp_path / "MEAD/M003/video/front/angry/level_1/001.mp4")
+    vox = _touch(tmp_path / "vox/dev/mp4/id00012/21Uxsk56VDQ/00001.mp4")
+    hdtf = _touch(tmp_path / "WDA_BarackObama_000.mp4")
+    _touch(tmp_path / ".hidden/x.mp4")
+    _touch(tmp_path / "notes.txt")
+    _touch(tmp_path / "audio.wav")
+    found = find_videos(tmp_path)
+    assert set(found) == {lrs2, mead, vox, hdtf}
+    rel = {p: PurePosixPath(p.relative_to(tmp_path).as_posix()) for p in found}
+    assert speaker_of(rel[lrs2]) == "5535415699068794046"
+    assert speaker_of(rel[mead]) == "M003"
+    assert speaker_of(rel[vox]) == "id00012"
+    assert speaker_of(rel[hdtf]) == "WDA_BarackObama"
+    assert speaker_of(rel[mead], "one") == speaker_of(rel[lrs2], "one")
+    assert clip_id_of(rel[lrs2]) == "mvlrs_v1/main/5535415699068794046/00001"
+    assert clip_id_of(PurePosixPath("a b/c (1).mp4")) == "a_b/c__1_"
+
+
+def test_split_holds_out_whole_speakers_deterministically():
+    from hyperlips.data.preprocess import assign_splits
+
+    entries = [{"id": f"{s}/{k}", "speaker": s} for s in ("M003", "M005", "W009", "W011", "M030") for k in range(4)]
+    by = assign_splits(entries, 0.2)
+    assert by == "speaker"
+    val_speakers = {e["speaker"] for e in entries if e["split"] == "val"}
+    train_speakers = {e["speaker"] for e in entries if e["split"] == "train"}
+    assert len(val_speakers) == 1 and not val_speakers & train_speakers
+    again = [dict(e) for e in reversed(entries)]  # order does not matter
+    assign_splits(again, 0.2)
+    assert {e["id"]: e["split"] for e in again} == {e["id"]: e["split"] for e in entries}
+    one = [{"id": f"clip{k}", "speaker": "me"} for k in range(10)]
+    assert assign_splits(one, 0.2) == "clip"
+    assert sum(e["split"] == "val" for e in one) == 2
+    lone = [{"id": "only", "speaker": "me"}]
+    assign_splits(lone, 0.2)
+    assert lone[0]["split"] == "train"  # never hold out the only clip
+
+
+# ---------------------------------------------------------------------------------------------- real clips
+def test_real_clips_give_one_crop_sketch_mask_and_landmarks_per_frame(small_dataset):  # noqa: F811
+    from hyperlips.data.datasets import Clip, Manifest
+    from hyperlips.data.preprocess import check_dataset
+    from hyperlips.media.video import probe
+
+    assert check_dataset(small_dataset) == []
+    m = Manifest.load(small_dataset)
+    ids = {c["id"] for c in m.clips}
+    assert ids == {"grid_s1/bbaf3s", "grid_s1/bbas3a", "lrs2/00001", "lrs2/00002", "retalking/face1"}
+    assert [s["source"] for s in m.data["skipped"]] == ["broken/bad.mp4"]
+    assert m.data["skipped"][0]["reason"].startswith("unreadable")
+    splits = {}
+    for e in m.clips:
+        splits.setdefault(e["speaker"], set()).add(e["split"])
+    assert all(len(v) == 1 for v in splits.values())  # no speaker on both sides
+    assert {e["split"] for e in m.clips} == {"train", "val"}
+    for e in m.clips:
+        clip = Clip(m.root / "clips" / e["id"])
+        src = Path(m.data["source_root"]) / e["source"]
+        info = probe(src)
+        assert clip.n_frames == info.n_frames == len(clip.times) == len(clip.stack("face128"))
+        assert len(clip.stack("sketch128")) == len(clip.stack("mask128")) == clip.n_frames
+        assert clip.valid.mean() > 0.95 and clip.meta["n_landmarks"] >= 0.9 * clip.n_frames
+        assert abs(clip.fps - info.fps) < 1e-6
+        # the mel covers the last frame's window: T = 1 + samples // 200
+        assert clip.mel.shape[0] == 80 and clip.mel.shape[1] >= int(clip.times[-1] * 80) + 1
+        i = int(np.flatnonzero(clip.valid)[len(clip.times) // 2])
+        mask = clip.stack("mask128").read(i, color=False)
+        sketch = clip.stack("sketch128").read(i, color=False)
+        ys, xs = np.nonzero(mask > 127)
+        assert len(ys) > 50 and 0.55 < ys.mean() / 128 < 0.95 and 0.3 < xs.mean() / 128 < 0.7  # lips: lower middle
+        assert (sketch > 127).mean() > 0.03  # lines were drawn
+    assert Clip(m.root / "clips/retalking/face1").fps == pytest.approx(30.0)
+
+
+def test_crops_are_the_inference_crops(small_dataset):  # noqa: F811
+    from hyperlips.data.datasets import Clip, Manifest
+    from hyperlips.face.detect import Box
+    from hyperlips.media.video import FrameReader
+    from hyperlips.pipeline import face_crop
+
+    m = Manifest.load(small_dataset)
+    clip = Clip(m.root / "clips/grid_s1/bbaf3s")
+    src = Path(m.data["source_root"]) / clip.meta["source"]
+    boxes = np.load(clip.dir / "boxes.npy")
+    with FrameReader(src) as r:
+        for fr in r.iter_range(30, 33):
+            want = face_crop(fr.image, Box.from_array(boxes[fr.index]), 128)
+            got = clip.stack("face128").read(fr.index)
+            mse = np.mean((want.astype(float) - got.astype(float)) ** 2)
+            assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 38  # only the JPEG (q95) differs
+            assert abs(fr.time - clip.times[fr.index]) < 1e-9
+
+
+def test_second_run_does_no_work(small_dataset, more_data, real_data, tmp_path_factory):  # noqa: F811
+    from hyperlips.data.preprocess import PreprocessOptions, preprocess
+
+    src = tmp_path_factory.getbasetemp() / "hl_small" / "src"
+    metas = sorted((small_dataset / "clips").rglob("meta.json"))
+    before = {p: p.stat().st_mtime_ns for p in metas}
+    t0 = time.perf_counter()
+    report = preprocess(src, small_dataset, PreprocessOptions(), workers=2, progress=False)
+    assert report.done == 0 and report.existing == 5 and len(report.skipped) == 1
+    assert time.perf_counter() - t0 < 5
+    assert {p: p.stat().st_mtime_ns for p in metas} == before
+
+
+def test_skip_reasons_and_no_partial_clip_left(tmp_path, more_data):
+    from hyperlips.data import preprocess as pp
+    from hyperlips.media.video import FrameReader, VideoWriter
+
+    src = tmp_path / "src"
+    src.mkdir()
+    frames = []
+    with FrameReader(more_data / "grid_s1/bbaf3s.mpg") as r:
+        for fr in r.iter_range(0, 10):
+            frames.append(fr.image)
+    h, w = frames[0].shape[:2]
+    with VideoWriter(src / "short.mp4", w, h, 25, audio=np.zeros(6400, np.float32), sample_rate=16000) as vw:
+        for f in frames:
+            vw.write(f)
+    with VideoWriter(src / "silent.mp4", w, h, 25) as vw:
+        for f in frames * 3:
+            vw.write(f)
+    blank = np.full_like(frames[0], 90)
+    with VideoWriter(src / "noface.mp4", w, h, 25, audio=np.zeros(16000, np.float32), sample_rate=16000) as vw:
+        for _ in range(25):
+            vw.write(blank)
+    report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
+    reasons = {r.source: r.reason for r in report.skipped}
+    assert reasons["short.mp4"].startswith("too short")
+    assert reasons["silent.mp4"].startswith("no audio")
+    assert reasons["noface.mp4"].startswith("no face")
+    assert report.done == 0
+    assert not [p for p in (tmp_path / "ds" / "clips").iterdir()]  # nothing half-written
+    # skipped clips are remembered: the re-run does not try them again ...
+    report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
+    assert len(report.skipped) == 3 and report.seconds < 1.0
+    # ... and "no usable clips" is an error from the command line
+    from helpers import run_cli
+
+    res = run_cli("preprocess", src, tmp_path / "ds", "--quiet")
+    assert res.returncode == 2 and "no usable clips" in res.stderr
+
+
+def test_interrupted_clip_leaves_nothing_and_is_redone(tmp_path, more_data, monkeypatch):
+    from hyperlips.data import preprocess as pp
+
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink(more_data / "lrs2_deep_avsr/00002.mp4", src / "a.mp4")
+    real_write = pp.ImageStack.write
+    calls = {"n": 0}
+
+    def failing_write(prefix, encoded):
+        calls["n"] += 1
+        real_write(prefix, encoded)
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C in the middle of a clip
+
+    monkeypatch.setattr(pp.ImageStack, "write", staticmethod(failing_write))
+    with pytest.raises(KeyboardInterrupt):
+        pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
+    clips = tmp_path / "ds" / "clips"
+    assert not list(clips.rglob("meta.json")) and not list(clips.iterdir())
+    monkeypatch.setattr(pp.ImageStack, "write", staticmethod(real_write))
+    report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
+    assert report.done == 1
+    assert pp.check_dataset(tmp_path / "ds") == []
+
+
+def test_hr_size_and_time_split(tmp_path, more_data):
+    from hyperlips.data import preprocess as pp
+    from hyperlips.data.datasets import Manifest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink(more_data / "lrs2_deep_avsr/00002.mp4", src / "a.mp4")
+    opts = pp.PreprocessOptions(hr_size=256, split="time", val_fraction=0.3)
+    pp.preprocess(src, tmp_path / "ds", opts, workers=1, progress=False)
+    m = Manifest.load(tmp_path / "ds")
+    (train,), (val,) = m.open_clips("train"), m.open_clips("val")
+    assert m.sizes == [128, 256] and m.data["split_by"] == "time"
+    assert train.frame_range == (0, 35 - 16) and val.frame_range == (35 - 16, 35)
+    big = train.stack("face256").read(5)
+    small = train.stack("face128").read(5)
+    assert big.shape == (256, 256, 3)
+    down = cv2.resize(big, (128, 128), interpolation=cv2.INTER_AREA)
+    assert np.abs(down.astype(float) - small.astype(float)).mean() < 6  # the same crop, at two sizes
+    assert pp.check_dataset(tmp_path / "ds") == []
+
+
+def test_cli_errors(tmp_path):
+    from helpers import run_cli
+
+    res = run_cli("preprocess", tmp_path / "missing", tmp_path / "ds")
+    assert res.returncode == 2 and "not found" in res.stderr
+    (tmp_path / "empty").mkdir()
+    res = run_cli("preprocess", tmp_path / "empty", tmp_path / "ds")
+    assert res.returncode == 2 and "no video files" in res.stderr
+    (tmp_path / "file").write_text("x")
+    res = run_cli("preprocess", tmp_path / "empty", tmp_path / "file")
+    assert res.returncode == 2
+
+
+@pytest.mark.slow
+def test_preprocess_shared_real_folder(real_data, tmp_path):
+    """The issue's check: every clip of shared/data/real gives per-frame outputs, and a second run does no work."""
+    from hyperlips.data.datasets import Manifest
+    from hyperlips.data.preprocess import PreprocessOptions, check_dataset, find_videos, preprocess
+
+    report = preprocess(real_data, tmp_path / "ds", PreprocessOptions(), workers=2, progress=False)
+    assert report.skipped == [], report.summary()
+    assert report.done == len(find_videos(real_data))
+    assert check_dataset(tmp_path / "ds") == []
+    assert len(Manifest.load(tmp_path / "ds").clips) == report.done
+    again = preprocess(real_data, tmp_path / "ds", PreprocessOptions(), workers=2, progress=False)
+    assert again.done == 0 and again.existing == report.done
+    summary = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert summary["split_by"] == "speaker"
