@@ -1,0 +1,147 @@
+"""``hyperlips train sync|base|hr`` and ``hyperlips finetune``: thin shells over :class:`~hyperlips.train.loop.Trainer`.
+
+The same command runs on one device or, under ``torchrun --nproc_per_node N``, on N processes (DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+STAGES = ("sync", "base", "hr")
+_HELP = {
+    "sync": "train the lip-sync expert (SyncNet) that supervises HyperLips-Base",
+    "base": "train HyperLips-Base, the stage-1 generator",
+    "hr": "train the HR decoder (stage 2) on inputs rendered by a trained base checkpoint",
+}
+
+
+def stage_class(name: str):
+    if name == "sync":
+        from .sync import SyncStage
+
+        return SyncStage
+    if name == "base":
+        from .base import BaseStage
+
+        return BaseStage
+    if name == "hr":
+        from .hr import HRStage
+
+        return HRStage
+    raise ValueError(f"unknown stage {name!r}")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="?", help="preprocessed dataset folder (from hyperlips preprocess)")
+    p.add_argument("-o", "--out", help="run folder for checkpoints, logs and the trained model")
+    p.add_argument("--config", type=Path, help="YAML file of training settings (see configs/ and docs/training.md)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override any setting, e.g. --set lr=2e-4 --set val_every=500 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--init", help="start from these weights (any checkpoint hyperlips loads) instead of random ones")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (counted from the run's start)")
+    p.add_argument("--batch-size", type=int, help="samples per process per step")
+    p.add_argument("--lr", type=float, help="learning rate of the trained network")
+    p.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
+    p.add_argument("--amp", choices=("auto", "on", "off"), help="mixed precision (auto: on for CUDA)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, help="data loader processes per training process")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ckpt-every", type=int, help="steps between checkpoints")
+    p.add_argument("--keep-last", type=int, help="checkpoints kept besides best.pt")
+    p.add_argument("--val-every", type=int, help="steps between validations (0: never)")
+    p.add_argument("--val-samples", type=int, help="validation samples")
+    p.add_argument("--log-every", type=int, help="steps between logged losses")
+    p.add_argument("--image-every", type=int, help="steps between image grids (0: never)")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train the sync expert, HyperLips-Base or the HR decoder",
+                       description="Train one stage. Run under `torchrun --nproc_per_node N` for N GPUs (or CPU processes).")
+    stages = p.add_subparsers(dest="stage", metavar="STAGE")
+    for name in STAGES:
+        sp = stages.add_parser(name, help=_HELP[name], description=_HELP[name])
+        _add_common(sp)
+        if name == "base":
+            sp.add_argument("--expert", help="trained sync expert checkpoint (from `train sync`) for the sync loss")
+        if name == "hr":
+            sp.add_argument("--base", help="trained HyperLips-Base checkpoint that renders the HR inputs")
+            sp.add_argument("--size", type=int, choices=(128, 256, 512), dest="hr_size", help="HR output size (128)")
+        sp.set_defaults(func=run_train)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    from .finetune import add_parser as add_finetune
+
+    add_finetune(sub)
+
+
+_OPTION_FIELDS = ("data", "out", "init", "max_steps", "batch_size", "lr", "grad_clip", "amp", "device", "workers",
+                  "threads", "seed", "ckpt_every", "keep_last", "val_every", "val_samples", "log_every", "image_every",
+                  "expert", "base", "hr_size")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The run's TrainConfig: stored config (when resuming) or defaults + --config, then --set, then options."""
+    from ..errors import UserError
+    from .loop import TrainConfig, build_config, latest_checkpoint, load_config, parse_overrides
+
+    overrides: dict[str, Any] = {}
+    overrides.update(parse_overrides(args.set))
+    for k in _OPTION_FIELDS:
+        v = getattr(args, k, None)
+        if v is not None:
+            overrides[k] = str(v) if isinstance(v, Path) else v
+    if args.resume:
+        out = overrides.get("out")
+        if out is None and args.config is not None:
+            out = load_config(args.config).get("out")
+        if not out:
+            raise UserError("--resume needs the run folder: --out RUN")
+        found = latest_checkpoint(Path(out))
+        if found is None:
+            raise UserError(f"--resume: no checkpoint in {Path(out) / 'checkpoints'} to resume from")
+        stored = dict(found[1]["config"])
+        if stored.get("stage") != args.stage:
+            raise UserError(f"{out} holds a `train {stored.get('stage')}` run, not `train {args.stage}`")
+        if args.config is not None:
+            stored.update(load_config(args.config))
+        stored.update(overrides)
+        return TrainConfig.from_dict(stored)
+    cfg = build_config(args.stage, args.config, overrides)
+    if not cfg.data:
+        raise UserError("no dataset given: hyperlips train %s DATA --out RUN (DATA from hyperlips preprocess)" % args.stage)
+    if not cfg.out:
+        raise UserError("no run folder given: --out RUN")
+    return cfg
+
+
+def usage_hint(stage: str, model: Path) -> str:
+    if stage == "sync":
+        return f"use it as the sync expert: hyperlips train base DATA --out RUN --expert {model}"
+    if stage == "base":
+        return f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint {model}"
+    return f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint BASE --hr-checkpoint {model}"
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .loop import Trainer, setup_distributed, teardown_distributed
+
+    cfg = config_from_args(args)
+    dist = setup_distributed(cfg.device)
+    try:
+        trainer = Trainer(stage_class(args.stage), cfg, resume=args.resume, quiet=args.quiet, dist=dist)
+        res = trainer.fit()
+    finally:
+        teardown_distributed(dist)
+    if dist.main:
+        best = f" (best on validation: {res.best})" if res.best else ""
+        print(f"trained {args.stage} to step {res.step} in {res.seconds:.1f} s "
+              f"({res.samples_per_second:.2f} samples/s over {dist.world} process(es))")
+        print(f"model: {res.model}{best}")
+        print(usage_hint(args.stage, res.best or res.model))
+    return 0
+
