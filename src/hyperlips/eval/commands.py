@@ -82,8 +82,7 @@ def run_eval(args) -> int:
             raise UserError("--clips generates videos first: pass --checkpoint PATH (or --untrained to try the protocol)")
         results = run_protocol(args.clips, args.output, args.protocol, checkpoint=args.checkpoint,
                                hr_checkpoint=args.hr_checkpoint, size=args.size, untrained=args.untrained,
-                               device=args.device, batch_size=args.batch_size, max_seconds=args.max_seconds,
-                               progress=progress, **common)
+                               batch_size=args.batch_size, max_seconds=args.max_seconds, progress=progress, **common)
         paths = write_batch_report(results, args.output, f"{args.protocol} protocol on {args.clips}")
         _print_rows([summary_row(r) for r in results], paths)
         return 0

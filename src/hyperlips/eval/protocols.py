@@ -419,7 +419,8 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
                  untrained: bool = False, device: str = "auto", batch_size: int = 16, max_seconds: float | None = None,
                  progress: bool = False, **eval_kw) -> list[ClipResult]:
     """Generate and evaluate every clip of a folder: ``mode="self"`` syncs each clip to its own audio,
-    ``mode="cross"`` to the next clip's audio (in name order, wrapping round). Outputs go to ``out_dir/generated``."""
+    ``mode="cross"`` to the next clip's audio (in name order, wrapping round). Outputs go to ``out_dir/generated``.
+    ``device`` serves generation and evaluation alike; ``eval_kw`` go to :func:`evaluate_pair`."""
     from ..pipeline import LipSync
 
     if mode not in ("self", "cross"):
@@ -431,6 +432,7 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
         raise UserError(f"{clips} holds {len(videos)} videos; the {mode} protocol needs at least {2 if mode == 'cross' else 1}")
     ls = LipSync(checkpoint, hr_checkpoint, size=size, device=device, batch_size=batch_size, untrained=untrained,
                  progress=progress)
+    eval_kw["device"] = str(ls.device)
     gen_dir = out_dir / "generated"
     gen_dir.mkdir(parents=True, exist_ok=True)
     results = []
