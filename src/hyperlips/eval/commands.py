@@ -41,7 +41,8 @@ def add_parser(subparsers) -> None:
                    help="self-reconstruction or cross-audio (default auto: self when the audio is the reference's own)")
     p.add_argument("--syncnet", type=Path, help="public SyncNet weights (syncnet_v2.model) for LSE-C / LSE-D")
     p.add_argument("--expert", type=Path, help="our SyncNet expert checkpoint, for its sync confidence and offset")
-    p.add_argument("-o", "--output", type=Path, default=Path("hyperlips_eval"), help="report folder (default hyperlips_eval)")
+    p.add_argument("-o", "--output", type=Path,
+                   help="report folder (default: hyperlips_eval/NAME for one clip, hyperlips_eval for a batch)")
     p.add_argument("--max-seconds", type=_positive, help="evaluate only the first S seconds of each clip")
     p.add_argument("--face", type=int, metavar="N", help="which face to follow when several are visible (0 = leftmost)")
     p.add_argument("--no-per-frame", action="store_true", help="leave the per-frame curves out of report.json")
@@ -69,6 +70,9 @@ def run_eval(args) -> int:
     from .report import summary_row, write_batch_report, write_clip_report
 
     progress = not args.quiet
+    if args.output is None:
+        one = args.generated is not None and not args.generated.is_dir() and args.clips is None
+        args.output = Path("hyperlips_eval") / args.generated.stem if one else Path("hyperlips_eval")
     device = _eval_device(args.device)
     common = dict(syncnet=args.syncnet, expert=args.expert, face_index=args.face, device=device)
     models = _load_models(args, device)
