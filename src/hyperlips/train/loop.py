@@ -713,7 +713,7 @@ class Trainer:
             raise UserError("--amp on needs a CUDA GPU (mixed precision is not used on CPU)")
         scaler = torch.amp.GradScaler("cuda") if amp else None
         self.ctx = Context(cfg, self.dist, amp, scaler, self.say)
-        stage = self.stage_cls(cfg, self.ctx)
+        stage = self.stage = self.stage_cls(cfg, self.ctx)
         start = 0
         best = {"metric": cfg.best_metric or stage.best_metric, "value": None, "step": None}
         if resume_ck is not None:

@@ -1,0 +1,211 @@
+"""The shared training loop: configuration, exact resume, atomic checkpoints, NaN stop, DDP with torchrun, CLI.
+
+Runs use tiny settings (batch 2, a few steps, one thread) on real preprocessed clips.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import run_cli
+from test_train_data import make_view, small_dataset  # noqa: F401  (session fixture)
+
+TINY = dict(batch_size=2, workers=0, threads=1, log_every=1, image_every=0, val_every=0, seed=5)
+
+
+@pytest.fixture(scope="module")
+def sync_view(small_dataset, tmp_path_factory):  # noqa: F811
+    return make_view(small_dataset, tmp_path_factory.mktemp("sync_view"), ["grid_s1/bbaf3s", "lrs2/00001"])
+
+
+def _trainer(stage: str, data: Path, out: Path, resume: bool = False, **kw):
+    from hyperlips.train.commands import stage_class
+    from hyperlips.train.loop import Trainer, build_config
+
+    cfg = build_config(stage, overrides={"data": str(data), "out": str(out), **TINY, **kw})
+    return Trainer(stage_class(stage), cfg, resume=resume, quiet=True)
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+def test_config_precedence_and_errors(tmp_path):
+    from hyperlips.errors import UserError
+    from hyperlips.train.loop import TrainConfig, build_config, parse_overrides
+
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 3.0e-4\nbatch_size: 12\ngrad_clip: 0.5\nbetas: [0.8, 0.99]\n")
+    cfg = build_config("sync", f, {"batch_size": 4, "max_steps": None})
+    assert cfg.lr == 3e-4 and cfg.batch_size == 4 and cfg.grad_clip == 0.5 and cfg.betas == (0.8, 0.99)
+    assert cfg.max_steps == TrainConfig().max_steps  # None means "not given"
+    assert build_config("sync").batch_size == 64 and build_config("base").batch_size == 28  # stage defaults
+    assert build_config("base", overrides=parse_overrides(["lr=2e-5", "amp=off", "val_at_start=true"])).lr == 2e-5
+    f.write_text("learning_rate: 1\n")
+    with pytest.raises(UserError, match="learning_rate"):
+        build_config("sync", f)
+    with pytest.raises(UserError, match="batch_size"):
+        build_config("sync", overrides={"batch_size": "many"})
+    with pytest.raises(UserError, match="NAME=VALUE"):
+        parse_overrides(["lr"])
+    f.write_text("- a list\n")
+    with pytest.raises(UserError, match="mapping"):
+        build_config("sync", f)
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    from hyperlips.train.loop import atomic_save
+
+    path = tmp_path / "ck.pt"
+    atomic_save({"step": 1, "w": torch.ones(3)}, path)
+
+    def dies_half_way(obj, f):
+        f.write(b"PK\x03\x04 partial bytes")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_save({"step": 2}, path, save=dies_half_way)
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]  # no temporary file left
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def test_exact_resume_and_a_failed_checkpoint_write(sync_view, tmp_path, monkeypatch):
+    """k+m: 3 steps, then a resume whose first checkpoint write fails (the step-3 checkpoint survives), then a
+    resume to step 5 gives the losses and weights of an uninterrupted 5-step run, bit for bit."""
+    from hyperlips.train import loop
+
+    full = _trainer("sync", sync_view, tmp_path / "full", max_steps=5, ckpt_every=5)
+    res_full = full.fit()
+    losses_full = {r["step"]: r["loss"] for r in res_full.losses}
+    assert len(losses_full) == 5
+
+    run = tmp_path / "split"
+    _trainer("sync", sync_view, run, max_steps=3, ckpt_every=1, keep_last=2).fit()
+    assert [p.name for _, p in loop.list_checkpoints(run)] == ["step_000000002.pt", "step_000000003.pt"]
+    good = (run / "checkpoints" / "step_000000003.pt").read_bytes()
+    model_before = (run / "model.safetensors").read_bytes()
+
+    def dies_half_way(obj, f):
+        f.write(b"PK\x03\x04")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loop, "atomic_save", functools.partial(loop.atomic_save, save=dies_half_way))
+    with pytest.raises(OSError):
+        _trainer("sync", sync_view, run, resume=True, max_steps=5, ckpt_every=1).fit()
+    monkeypatch.undo()
+    assert (run / "checkpoints" / "step_000000003.pt").read_bytes() == good
+    assert not list((run / "checkpoints").glob(".*tmp*"))
+    assert (run / "model.safetensors").read_bytes() == model_before
+
+    resumed = _trainer("sync", sync_view, run, resume=True, max_steps=5, ckpt_every=5)
+    res = resumed.fit()
+    losses_resumed = {r["step"]: r["loss"] for r in res.losses}
+    assert sorted(losses_resumed) == [4, 5]
+    for k in (4, 5):
+        assert losses_resumed[k] == losses_full[k], (k, losses_resumed[k], losses_full[k])
+    a = torch.load(tmp_path / "full/checkpoints/step_000000005.pt", weights_only=True)
+    b = torch.load(run / "checkpoints/step_000000005.pt", weights_only=True)
+    for k, v in a["models"]["syncnet"].items():
+        assert torch.equal(v, b["models"]["syncnet"][k]), k
+    assert b["data"]["samples_per_rank"] == 5 * TINY["batch_size"]
+
+
+def test_nan_loss_stops_before_writing(sync_view, tmp_path, monkeypatch):
+    from hyperlips.train import loop, sync
+
+    real = sync.expert_loss
+    calls = {"n": 0}
+
+    def poisoned(a, v, y):
+        calls["n"] += 1
+        out = real(a, v, y)
+        return out * float("nan") if calls["n"] == 2 else out
+
+    monkeypatch.setattr(sync, "expert_loss", poisoned)
+    with pytest.raises(loop.TrainingDiverged, match="step 2"):
+        _trainer("sync", sync_view, tmp_path / "run", max_steps=4, ckpt_every=1).fit()
+    assert [s for s, _ in loop.list_checkpoints(tmp_path / "run")] == [1]
+    ck = loop.read_checkpoint(tmp_path / "run/checkpoints/step_000000001.pt")
+    assert all(torch.isfinite(v).all() for v in ck["models"]["syncnet"].values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------------------------------------- torchrun
+def test_torchrun_two_processes_on_cpu(sync_view, tmp_path):
+    from hyperlips.models import load_checkpoint
+    from hyperlips.train.loop import read_checkpoint
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+           "-m", "hyperlips.cli", "train", "sync", str(sync_view), "--out", str(tmp_path / "run"),
+           "--max-steps", "2", "--batch-size", "2", "--workers", "0", "--val-every", "2", "--val-samples", "4",
+           "--threads", "1", "--image-every", "0"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "over 2 process(es)" in res.stdout
+    model, info = load_checkpoint(tmp_path / "run/model.safetensors")
+    assert info.name == "syncnet" and info.step == 2
+    ck = read_checkpoint(tmp_path / "run/checkpoints/step_000000002.pt")
+    assert len(ck["rng"]) == 2 and ck["data"]["world"] == 2
+    assert not any(k.startswith("module.") for k in ck["models"]["syncnet"])
+    scalars = [json.loads(line) for line in (tmp_path / "run/scalars.jsonl").read_text().splitlines()]
+    assert any("val/auc" in r for r in scalars)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def test_train_cli_errors(sync_view, tmp_path):
+    res = run_cli("train", "base")
+    assert res.returncode == 2 and "no dataset" in res.stderr
+    res = run_cli("train", "sync", tmp_path / "nothing", "--out", tmp_path / "run", "--max-steps", "1")
+    assert res.returncode == 2 and "not found" in res.stderr
+    res = run_cli("train", "sync", sync_view, "--out", tmp_path / "run", "--resume")
+    assert res.returncode == 2 and "no checkpoint" in res.stderr
+    res = run_cli("train", "hr", sync_view, "--out", tmp_path / "hr")
+    assert res.returncode == 2 and "--base" in res.stderr
+    res = run_cli("train", "sync", sync_view, "--out", tmp_path / "run", "--set", "lr=fast")
+    assert res.returncode == 2 and "lr" in res.stderr
+    (tmp_path / "busy" / "checkpoints").mkdir(parents=True)
+    shutil.copy(__file__, tmp_path / "busy" / "checkpoints" / "step_000000001.pt")
+    res = run_cli("train", "sync", sync_view, "--out", tmp_path / "busy", "--max-steps", "1")
+    assert res.returncode == 2 and "--resume" in res.stderr
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_one(sync_view, tmp_path):
+    """A real SIGKILL while the step-2 checkpoint is being written: step 1 survives and the run resumes."""
+    from hyperlips.train.loop import list_checkpoints
+
+    script = tmp_path / "killer.py"
+    script.write_text(
+        "import os, signal, sys, torch\n"
+        "from hyperlips.train import loop\n"
+        "real = torch.save\n"
+        "def save(obj, f):\n"
+        "    if obj.get('step') == 2:\n"
+        "        f.write(b'PK\\x03\\x04 half a checkpoint'); f.flush()\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real(obj, f)\n"
+        "loop.atomic_save.__defaults__ = (save,)\n"
+        "from hyperlips.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = ["train", "sync", str(sync_view), "--out", str(tmp_path / "run"), "--max-steps", "3", "--batch-size", "2",
+            "--workers", "0", "--threads", "1", "--ckpt-every", "1", "--val-every", "0", "--image-every", "0",
+            "--quiet"]
+    res = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1]
+    assert list((tmp_path / "run/checkpoints").glob(".step_000000002.pt.tmp-*"))  # the half-written file
+    res = run_cli(*args, "--resume")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1, 2, 3]
+    assert not list((tmp_path / "run/checkpoints").glob(".*tmp*"))
+    assert "to step 3" in res.stdout

@@ -1,0 +1,147 @@
+"""The base and HR stages end to end on real clips (tiny settings), and their models in ``hyperlips sync``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import probe_streams, run_cli, write_wav
+from test_train_data import make_view, small_dataset  # noqa: F401  (session fixture)
+
+TINY = dict(batch_size=1, workers=0, threads=1, log_every=1, image_every=1, val_every=2, val_samples=2, seed=2)
+
+
+@pytest.fixture(scope="module")
+def one_clip(small_dataset, tmp_path_factory):  # noqa: F811
+    """lrs2/00002 (35 frames), the last 16 held out."""
+    return make_view(small_dataset, tmp_path_factory.mktemp("one_clip"), ["lrs2/00002"], val_frames=16)
+
+
+def _random_checkpoint(path: Path, name: str, seed: int = 0) -> Path:
+    from hyperlips.models import create_model, save_checkpoint
+
+    torch.manual_seed(seed)
+    save_checkpoint(create_model(name), path, name)
+    return path
+
+
+def _trainer(stage: str, data: Path, out: Path, **kw):
+    from hyperlips.train.commands import stage_class
+    from hyperlips.train.loop import Trainer, build_config
+
+    cfg = build_config(stage, overrides={"data": str(data), "out": str(out), **TINY, **kw})
+    return Trainer(stage_class(stage), cfg, quiet=False)
+
+
+def test_base_trains_with_a_frozen_expert_and_its_model_runs_in_sync(one_clip, tmp_path, capsys):
+    from hyperlips.models import load_checkpoint
+
+    expert_path = _random_checkpoint(tmp_path / "expert.safetensors", "syncnet")
+    trainer = _trainer("base", one_clip, tmp_path / "run", expert=str(expert_path), max_steps=2)
+    res = trainer.fit()
+    err = capsys.readouterr().err
+    assert res.step == 2 and set(res.losses[0]) >= {"l1", "sync", "adv", "disc", "loss"}
+    assert all(np.isfinite(v) for r in res.losses for v in r.values())
+    assert {"val/l1", "val/mouth_l1", "val/sync_p"} <= set(res.metrics)
+    # the expert judged the generator in eval mode and was not changed by it (weights and BatchNorm statistics)
+    expert = trainer.stage.expert
+    assert not expert.training
+    stored, _ = load_checkpoint(expert_path, name="syncnet")
+    for k, v in stored.state_dict().items():
+        assert torch.equal(v, expert.state_dict()[k]), k
+    # logs: scalars, a validation record and image grids (input / reference / generated / ground truth)
+    scalars = [json.loads(line) for line in (tmp_path / "run/scalars.jsonl").read_text().splitlines()]
+    assert any("train/sync" in r for r in scalars) and any("val/mouth_l1" in r for r in scalars)
+    grids = sorted((tmp_path / "run/images").glob("*.png"))
+    assert grids
+    import cv2
+
+    grid = cv2.imread(str(grids[0]))
+    assert grid.shape[0] >= 4 * 128 and grid.shape[1] >= 5 * 128
+    if "tensorboard is not installed" in err:
+        assert err.count("tensorboard is not installed") == 1
+    # the exported model loads in `hyperlips sync` as it is
+    model, info = load_checkpoint(res.model)
+    assert info.name == "hyperlips-base" and info.step == 2
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), one_clip_frame(one_clip))
+    wav = write_wav(tmp_path / "speech.wav", 0.4)
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", face, wav, "-o", out, "--checkpoint", res.model, "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert probe_streams(out)["frames"] == 10
+
+
+def one_clip_frame(view: Path) -> np.ndarray:
+    """A full source frame of the clip (the crop is upscaled into a frame with a margin round it)."""
+    import cv2
+
+    from hyperlips.data.datasets import Manifest
+
+    clip = Manifest.load(view).open_clips("train")[0]
+    crop = clip.stack("face128").read(3)
+    big = cv2.resize(crop, (256, 256), interpolation=cv2.INTER_LINEAR)
+    return cv2.copyMakeBorder(big, 96, 96, 96, 96, cv2.BORDER_CONSTANT, value=(40, 40, 40))
+
+
+def test_hr_renders_its_inputs_like_inference_and_trains(one_clip, tmp_path, capsys, monkeypatch):
+    from hyperlips.data.datasets import Clip, ImageStack, Manifest
+    from hyperlips.media.audio import mel_windows
+    from hyperlips.models import load_checkpoint
+    from hyperlips.pipeline import network_input, to_uint8_images
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no_weights_here"))
+    base_path = _random_checkpoint(tmp_path / "base.safetensors", "hyperlips-base", seed=1)
+    res = _trainer("hr", one_clip, tmp_path / "run", base=str(base_path), max_steps=2, batch_size=2).fit()
+    err = capsys.readouterr().err
+    assert err.count("using the fallback") == 1  # said once
+    assert {"feat_match", "ssim", "lip_ssim", "adv", "l1", "lip_l1"} <= set(res.losses[-1])
+    assert {"val/l1", "val/lip_l1", "val/psnr", "val/ssim"} <= set(res.metrics)
+    model, info = load_checkpoint(res.model)
+    assert info.name == "hyperlips-hr-128"
+
+    # the cached input of a frame is exactly the base model's output for the inference input of that frame
+    clip = Clip(Manifest.load(one_clip).root / "clips" / "lrs2/00002")
+    cache = tmp_path / "run/hr_inputs/lrs2/00002"
+    assert len(ImageStack(cache / "base128")) == len(ImageStack(cache / "basesketch128")) == clip.n_frames
+    base, _ = load_checkpoint(base_path, name="hyperlips-base")
+    base.eval()
+    faces = clip.stack("face128")
+    i = 7
+    x = network_input(faces.read_many([i]), faces.read(int(clip.meta["best_index"])))
+    mel = mel_windows(np.asarray(clip.mel), clip.times[[i]], clip.fps)
+    with torch.no_grad():
+        want = to_uint8_images(base(torch.from_numpy(mel), torch.from_numpy(x)))[0]
+    got = ImageStack(cache / "base128").read(i)
+    assert np.abs(want.astype(int) - got.astype(int)).max() <= 1  # lossless (PNG); at most float rounding
+
+    # a second run with the same base does not render again
+    stamp = (cache / "done.json").stat().st_mtime_ns
+    _trainer("hr", one_clip, tmp_path / "run2", base=str(base_path), max_steps=1, batch_size=2).fit()
+    assert (tmp_path / "run2/hr_inputs/lrs2/00002/done.json").is_file()
+    assert (cache / "done.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_finetune_one_video_end_to_end(more_data, tmp_path):
+    """`hyperlips finetune` on one real clip: base and HR models written, and `sync` uses them."""
+    video = more_data / "lrs2_deep_avsr/00001.mp4"
+    out = tmp_path / "me.safetensors"
+    res = run_cli("finetune", video, "-o", out, "--steps", "2", "--hr-size", "128", "--hr-steps", "2",
+                  "--batch-size", "1", "--workers", "0", "--device", "cpu", "--quiet", timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    hr = tmp_path / "me.hr128.safetensors"
+    assert out.is_file() and hr.is_file()
+    assert f"--checkpoint {out}" in res.stdout and f"--hr-checkpoint {hr}" in res.stdout
+    wav = write_wav(tmp_path / "speech.wav", 0.6)
+    r = run_cli("sync", video, wav, "-o", tmp_path / "out.mp4", "--checkpoint", out, "--hr-checkpoint", hr,
+                "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    # a re-run continues: nothing to preprocess, training already at its last step
+    again = run_cli("finetune", video, "-o", out, "--steps", "2", "--batch-size", "1", "--workers", "0",
+                    "--device", "cpu", "--quiet", timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
