@@ -208,9 +208,11 @@ class LipSync:
                 raise UserError(f"--size {size} needs an HR decoder checkpoint (--hr-checkpoint)")
             self.hr = create_model(f"hyperlips-hr-{size}")
             self.hr_size = size
+        # channels-last runs the convolutions about 25 % faster on CPU (oneDNN) with the same results
+        self._memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         for m in (self.base, self.hr):
             if m is not None:
-                m.to(self.device).eval()
+                m.to(self.device, memory_format=self._memory_format).eval()
                 for p in m.parameters():
                     p.requires_grad_(False)
 
@@ -342,7 +344,7 @@ class LipSync:
             times = np.array([j / fps for _, j, _ in todo], dtype=np.float64)
             windows = mel_windows(mel, times, fps, self.audio_cfg)
         with timer("network"), torch.inference_mode():
-            faces_t = torch.from_numpy(x).to(self.device)
+            faces_t = torch.from_numpy(x).to(self.device).contiguous(memory_format=self._memory_format)
             audio_t = torch.from_numpy(windows).to(self.device)
             pred = self.base(audio_t, faces_t)
             if self.hr is not None:
@@ -377,7 +379,7 @@ class LipSync:
                 sketches.append(sk if sk.ndim == 2 else sk[:, :, 0])
         sk = torch.from_numpy(np.stack(sketches)).to(base_out.device, base_out.dtype).div_(255.0)
         sk = sk[:, None].expand(-1, 3, -1, -1)
-        return self.hr(torch.cat([base_out, sk], dim=1))
+        return self.hr(torch.cat([base_out, sk], dim=1).contiguous(memory_format=self._memory_format))
 
     def _mesh(self):
         if getattr(self, "_face_mesh", None) is None:
