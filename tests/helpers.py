@@ -109,3 +109,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def dumps(obj) -> str:
     return json.dumps(obj, indent=1, default=str)
+
+
+def frames_at(path: Path, indices) -> list[np.ndarray]:
+    """The BGR frames at ``indices`` (in increasing order of index), decoded in one forward pass."""
+    from hyperlips.media.video import FrameReader
+
+    want = set(indices)
+    out = []
+    with FrameReader(path) as r:
+        for f in r.iter_range(0, max(want) + 1):
+            if f.index in want:
+                out.append(f.image)
+    assert len(out) == len(want), f"could not decode frames {sorted(want)} of {path}"
+    return out

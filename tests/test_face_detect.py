@@ -10,21 +10,9 @@ import pytest
 
 from hyperlips.errors import UserError
 from hyperlips.face.detect import Box, FaceDetector, MissingDependencyError, import_mediapipe
+from helpers import frames_at as read_frames
 
 
-def read_frames(path, indices):
-    """Frames at the given indices (BGR uint8), decoded with OpenCV."""
-    cap = cv2.VideoCapture(str(path))
-    want, out = set(indices), []
-    for i in range(max(indices) + 1):
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if i in want:
-            out.append(frame)
-    cap.release()
-    assert len(out) == len(want), f"could not decode frames {indices} of {path}"
-    return out
 
 
 @pytest.fixture(scope="module")

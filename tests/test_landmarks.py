@@ -18,20 +18,9 @@ from hyperlips.face.landmarks import (
     smooth_landmarks,
 )
 from hyperlips.face.track import crop_box, pixel_region
+from helpers import frames_at as read_frames
 
 
-def read_frames(path, indices):
-    cap = cv2.VideoCapture(str(path))
-    want, out = set(indices), []
-    for i in range(max(indices) + 1):
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if i in want:
-            out.append(frame)
-    cap.release()
-    assert len(out) == len(want), f"could not decode frames {indices} of {path}"
-    return out
 
 
 @pytest.fixture(scope="module")
