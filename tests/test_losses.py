@@ -47,6 +47,23 @@ def test_sync_loss_uses_a_frozen_eval_mode_expert():
     assert torch.allclose(one, per[0], atol=1e-6) and torch.allclose(two, per.mean(), atol=1e-6)
 
 
+def test_losses_run_under_autocast():
+    """AMP runs the networks in half precision; the losses must accept that (BCE on probabilities does not)."""
+    from hyperlips.models import SyncNet
+    from hyperlips.train.losses import expert_loss, freeze, gan_generator_loss, sync_loss
+
+    expert = freeze(SyncNet())
+    frames = torch.rand(2, 3, 5, 128, 128, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = sync_loss(expert, torch.randn(2, 1, 80, 16), frames)
+        a, v = expert(torch.randn(2, 1, 80, 16), torch.rand(2, 15, 64, 128))
+        e = expert_loss(a, v, torch.tensor([1.0, 0.0]))
+        g = gan_generator_loss(torch.randn(4, 1, dtype=torch.bfloat16))
+    loss.backward()
+    assert loss.dtype == e.dtype == torch.float32 and torch.isfinite(loss + e + g)
+    assert frames.grad.abs().sum() > 0
+
+
 def test_lower_half_stack_matches_the_dataset_channel_order():
     from hyperlips.train.losses import lower_half_stack
 

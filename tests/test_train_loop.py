@@ -209,3 +209,15 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(sync_view, tmp_path
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1, 2, 3]
     assert not list((tmp_path / "run/checkpoints").glob(".*tmp*"))
     assert "to step 3" in res.stdout
+
+
+def test_shipped_configs_load():
+    from hyperlips.train.loop import build_config
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(folder.glob("*.yaml"))
+    assert {f.stem for f in files} >= {"sync", "base", "hr", "small-cpu"}
+    for f in files:
+        stage = f.stem if f.stem in ("sync", "base", "hr") else "base"
+        cfg = build_config(stage, f)
+        assert cfg.stage == stage and cfg.batch_size >= 1

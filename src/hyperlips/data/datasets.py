@@ -439,14 +439,26 @@ class HRDataset(_Base):
         self.inputs = Path(inputs)
         self.size = int(size)
         self.index = WindowIndex(self.clips, 1, "none", "the HR decoder")
+        self._stacks: dict[str, ImageStack] = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_stacks": {}}
+
+    def _cached(self, clip: Clip, name: str) -> ImageStack:
+        key = f"{clip.id}/{name}"
+        if key not in self._stacks:
+            prefix = self.inputs / clip.id / name
+            if not ImageStack.exists(prefix):
+                raise UserError(f"{prefix}: missing HR input renders; run `hyperlips train hr` with --base again")
+            self._stacks[key] = ImageStack(prefix)
+        return self._stacks[key]
 
     def __getitem__(self, g: int) -> dict[str, Any]:
         rng = _rng(self.seed, self.stream, int(g))
         ci, t = self.index.pick(rng)
         clip = self.clips[ci]
-        cache = self.inputs / clip.id
-        base = ImageStack(cache / "base128").read(t)
-        sketch = ImageStack(cache / "basesketch128").read(t, color=False)
+        base = self._cached(clip, "base128").read(t)
+        sketch = self._cached(clip, "basesketch128").read(t, color=False)
         target_name = f"face{self.size}"
         if self.size == BASE_SIZE or ImageStack.exists(clip.dir / target_name):
             target = clip.stack(target_name).read(t)

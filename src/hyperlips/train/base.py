@@ -174,6 +174,12 @@ class BaseStage(Stage):
             out["sync_p"] = sync_probability(a.float(), v.float())
         return out
 
+    def val_metrics(self, values):
+        out = super().val_metrics(values)
+        if "sync_p" in values:  # the reference's validation sync loss: BCE(expert similarity, 1)
+            out["val/sync"] = float(-np.log(np.clip(values["sync_p"], 1e-6, 1.0)).mean())
+        return out
+
     def images(self, batch):
         """Per sample (up to 2): rows input (masked), reference, generated, ground truth; 5 frames each."""
         was = self.gen.training

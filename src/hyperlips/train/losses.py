@@ -39,9 +39,16 @@ def sync_probability(audio_emb: Tensor, face_emb: Tensor) -> Tensor:
     return F.cosine_similarity(audio_emb, face_emb, dim=1).clamp(_EPS, 1 - _EPS)
 
 
+def _bce(p: Tensor, label: Tensor) -> Tensor:
+    """Binary cross-entropy of probabilities, written out (``F.binary_cross_entropy`` refuses to run under
+    autocast); ``p`` is already clamped away from 0 and 1."""
+    p, y = p.float(), label.float()
+    return -(y * torch.log(p) + (1 - y) * torch.log1p(-p)).mean()
+
+
 def expert_loss(audio_emb: Tensor, face_emb: Tensor, label: Tensor) -> Tensor:
     """BCE between the expert's similarity and the in-sync label (1) / off-sync label (0) (reference §6.1)."""
-    return F.binary_cross_entropy(sync_probability(audio_emb, face_emb), label.float())
+    return _bce(sync_probability(audio_emb.float(), face_emb.float()), label)
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -58,9 +65,9 @@ def sync_loss(expert: nn.Module, sync_mel: Tensor, frames: Tensor) -> Tensor:
 
     ``expert``: a frozen SyncNet (see :func:`freeze`); ``sync_mel`` (B, 1, 80, 16); ``frames`` (B, 3, 5, 128, 128).
     """
-    a, v = expert(sync_mel.float(), lower_half_stack(frames).float())
-    p = sync_probability(a, v)
-    return F.binary_cross_entropy(p, torch.ones_like(p))
+    a, v = expert(sync_mel, lower_half_stack(frames))
+    p = sync_probability(a.float(), v.float())
+    return _bce(p, torch.ones_like(p))
 
 
 # ---------------------------------------------------------------------------------------------- GAN
