@@ -35,6 +35,9 @@ _NATIVE_NOISE = re.compile(
     rb"|[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\][^\n]*)\n",
     re.MULTILINE,
 )
+# an unfinished last line that may still become one of those lines: held back until it is complete
+_NOISE_START = re.compile(rb"(?:I(?:N(?:F(?:O(?::.*)?)?)?)?|W(?:A(?:R(?:N(?:I(?:N(?:G.*)?)?)?)?)?)?|[IW]\d[^\n]*)\Z", re.S)
+_real_stderr_fd: int | None = None  # the terminal's stderr while the filter runs (for our own one-line errors)
 
 
 @contextlib.contextmanager
@@ -42,9 +45,11 @@ def _filtered_stderr():
     """Route file descriptor 2 through a pipe that drops native log noise and passes everything else at once.
 
     Errors must reach the user as one line; mediapipe's graph threads print INFO/WARNING lines that Python
-    cannot switch off, at times no wrapper around the calls can catch. Progress bars (``\r`` updates) pass
-    through unchanged.
+    cannot switch off, at times no wrapper around the calls can catch, sometimes in several pieces. Complete
+    noise lines are dropped; an unfinished line that may become one is held back (and dropped if the stream ends
+    on it); everything else, progress bars (``\r`` updates) included, passes through unchanged.
     """
+    global _real_stderr_fd
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -54,8 +59,10 @@ def _filtered_stderr():
         return
     os.dup2(w, 2)
     os.close(w)
+    _real_stderr_fd = saved
 
     def pump() -> None:
+        pending = b""  # the start of a possible noise line, kept apart from what other threads write meanwhile
         while True:
             try:
                 chunk = os.read(r, 65536)
@@ -63,9 +70,27 @@ def _filtered_stderr():
                 break
             if not chunk:
                 break
-            chunk = _NATIVE_NOISE.sub(b"", chunk)
-            if chunk:
-                os.write(saved, chunk)
+            if pending:
+                joined = pending + chunk
+                m = _NATIVE_NOISE.match(joined)
+                if m:  # the held piece was completed into a noise line: drop it, keep what followed
+                    pending, chunk = b"", joined[m.end():]
+                elif _NOISE_START.match(joined):
+                    pending = joined
+                    continue
+                else:  # another thread's text: pass it on and keep waiting for the noise line's end
+                    m = re.match(rb"[^\n]*\n", chunk)
+                    if m and _NATIVE_NOISE.match(pending + m.group(0)):
+                        pending, chunk = b"", chunk[m.end():]
+            data = _NATIVE_NOISE.sub(b"", chunk)
+            cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+            tail = data[cut:]
+            if not pending and tail and _NOISE_START.match(tail):
+                pending, data = tail, data[:cut]
+            if data:
+                os.write(saved, data)
+        if pending and not _NOISE_START.match(pending):
+            os.write(saved, pending)
         os.close(r)
 
     thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
@@ -74,9 +99,21 @@ def _filtered_stderr():
         yield
     finally:
         sys.stderr.flush()
+        _real_stderr_fd = None
         os.dup2(saved, 2)  # closes the pipe's last writer: the pump sees EOF, forwards the rest and stops
         thread.join(timeout=2.0)
         os.close(saved)
+
+
+def _error_line(text: str) -> None:
+    """Print ``hyperlips: error: TEXT`` as one line, straight to the terminal (never interleaved with native logs)."""
+    line = ("hyperlips: error: " + " ".join(text.split()) + "\n").encode(errors="replace")
+    sys.stderr.flush()
+    if _real_stderr_fd is not None:
+        os.write(_real_stderr_fd, line)
+    else:
+        sys.stderr.write(line.decode())
+        sys.stderr.flush()
 
 
 def _box(text: str) -> tuple[float, float, float, float]:
@@ -199,13 +236,12 @@ def _dispatch(args) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        msg = " ".join(str(e).split())  # one line, always
-        print(f"hyperlips: error: {msg}", file=sys.stderr)
+        _error_line(str(e))
         return e.exit_code
     except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
         # file-system problems with paths the user gave (an unwritable output folder, say): not bugs
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"hyperlips: error: {e.strerror or e}{where}", file=sys.stderr)
+        _error_line(f"{e.strerror or e}{where}")
         return 2
     except KeyboardInterrupt:
         print("hyperlips: interrupted", file=sys.stderr)
