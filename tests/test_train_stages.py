@@ -145,3 +145,13 @@ def test_finetune_one_video_end_to_end(more_data, tmp_path):
     again = run_cli("finetune", video, "-o", out, "--steps", "2", "--batch-size", "1", "--workers", "0",
                     "--device", "cpu", "--quiet", timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_finetune_cli_errors(tmp_path, more_data):
+    res = run_cli("finetune", tmp_path / "missing.mp4", "-o", tmp_path / "me.safetensors")
+    assert res.returncode == 2 and "not found" in res.stderr
+    res = run_cli("finetune", more_data / "lrs2_deep_avsr/00002.mp4", "-o", tmp_path / "me.onnx")
+    assert res.returncode == 2 and ".safetensors" in res.stderr
+    # 35 frames: too short to hold out a tail and still train
+    res = run_cli("finetune", more_data / "lrs2_deep_avsr/00002.mp4", "-o", tmp_path / "me.safetensors", "--quiet")
+    assert res.returncode == 2 and "too short" in res.stderr
