@@ -36,3 +36,14 @@ def real_data() -> Path:
 @pytest.fixture(scope="session")
 def more_data() -> Path:
     return _need(SHARED / "data" / "more")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests with one torch thread (the suite shares two cores with other work)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
