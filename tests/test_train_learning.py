@@ -111,25 +111,50 @@ def test_base_learns_on_one_clip(small_dataset, tmp_path):  # noqa: F811
 
 @pytest.mark.slow
 def test_sync_expert_learns(more_data, tmp_path):
-    """The expert trained briefly on GRID s1 clips scores held-out in-sync windows above windows shifted by 5 or
-    more frames, clearly above chance (AUC over fixed held-out pairs from clips it never saw)."""
+    """The expert trained briefly (700 steps of 16 pairs, ~17 min on 2 CPU cores) on 32 GRID s1 clips scores
+    held-out in-sync windows above windows shifted by 8+ frames, clearly above chance, on clips it never saw.
+
+    The run keeps the checkpoint with the best validation loss (as `train base --expert RUN/best.safetensors`
+    would use it); it is then scored on 512 fresh held-out pairs (another seed), shifted by 5+ frames. Measured
+    here: AUC 0.50 before training, 0.73 for the kept checkpoint (step 500); p(in sync) 0.60 vs 0.40.
+    """
+    from hyperlips.data.datasets import Manifest
     from hyperlips.data.preprocess import PreprocessOptions, preprocess
+    from hyperlips.models import load_checkpoint
     from hyperlips.train.commands import stage_class
     from hyperlips.train.loop import Trainer, build_config
+    from hyperlips.train.losses import sync_probability
+    from hyperlips.train.sync import SyncValDataset, ranking_auc
 
     src = tmp_path / "src"
     src.mkdir()
     for p in sorted((more_data / "grid_s1").glob("*.mpg"))[:40]:
         os.symlink(p, src / p.name)
     preprocess(src, tmp_path / "ds", PreprocessOptions(val_fraction=0.2), workers=2, progress=False)
-    steps = int(os.environ.get("HYPERLIPS_SYNC_TEST_STEPS", "600"))
+    m = Manifest.load(tmp_path / "ds")
+    assert len(m.entries("val")) == 8 and len(m.entries("train")) == 32
+    steps = int(os.environ.get("HYPERLIPS_SYNC_TEST_STEPS", "700"))
     cfg = build_config("sync", overrides=dict(
         data=str(tmp_path / "ds"), out=str(tmp_path / "run"), lr=1e-3, batch_size=16, workers=1, threads=2,
-        min_shift=8, max_steps=steps, val_every=steps, val_samples=256, val_at_start=True, ckpt_every=10_000,
+        min_shift=8, max_steps=steps, val_every=100, val_samples=128, val_at_start=True, ckpt_every=10_000,
         image_every=0, log_every=50))
     res = Trainer(stage_class("sync"), cfg, quiet=True).fit()
-    start = [json.loads(line) for line in (tmp_path / "run/scalars.jsonl").read_text().splitlines()
-             if '"val/auc"' in line][0]
-    assert abs(start["val/auc"] - 0.5) < 0.12  # chance before training
-    assert res.metrics["val/auc"] > 0.7, res.metrics
-    assert res.metrics["val/p_in_sync"] > res.metrics["val/p_off_sync"]
+    records = [json.loads(line) for line in (tmp_path / "run/scalars.jsonl").read_text().splitlines()]
+    start = [r for r in records if "val/auc" in r][0]
+    assert start["step"] == 0 and abs(start["val/auc"] - 0.5) < 0.12  # chance before training
+    assert res.best is not None
+
+    torch.set_num_threads(2)
+    net, _ = load_checkpoint(res.best, name="syncnet")
+    net.eval()
+    ds = SyncValDataset(m.open_clips("val"), seed=12345, min_shift=5, flip=0.0)
+    items = [ds[g] for g in range(512)]
+    faces = torch.from_numpy(np.stack([i["faces"] for i in items])).float() / 255
+    audio = torch.from_numpy(np.stack([i["audio"] for i in items]))
+    y = np.array([float(i["label"]) for i in items])
+    with torch.no_grad():
+        p = np.concatenate([sync_probability(*net(audio[k : k + 64], faces[k : k + 64])).numpy()
+                            for k in range(0, 512, 64)])
+    auc = ranking_auc(p, y)
+    assert auc > 0.65, (auc, res.metrics)
+    assert p[y > 0.5].mean() > p[y < 0.5].mean() + 0.05
