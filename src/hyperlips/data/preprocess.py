@@ -530,7 +530,7 @@ def write_time_split_manifest(dst: str | os.PathLike, val_frames: int | None = N
 
 def check_dataset(dst: str | os.PathLike) -> list[str]:
     """Problems found in a dataset folder (empty list = consistent): per clip, every per-frame array and image
-    stack must have one entry per frame and the mel must cover the last frame."""
+    stack must have one entry per frame, and the cached mel must be that of the clip's whole audio track."""
     from .datasets import Clip, Manifest
 
     problems = []
@@ -546,9 +546,10 @@ def check_dataset(dst: str | os.PathLike) -> list[str]:
             k = len(clip.stack(name))
             if k != n:
                 problems.append(f"{clip.id}: {name} has {k} images for {n} frames")
-        need = int(math.floor(float(clip.times[-1]) * cfg.mel_fps)) + 1
-        if clip.mel.shape[1] < need:
-            problems.append(f"{clip.id}: the mel has {clip.mel.shape[1]} steps, the last frame needs {need}")
+        samples = int(round(float(clip.meta["seconds"]) * cfg.sample_rate))
+        want = 1 + samples // cfg.hop_length  # the mel of the whole audio track (it may end before the video)
+        if clip.mel.shape != (cfg.n_mels, want):
+            problems.append(f"{clip.id}: the mel is {clip.mel.shape}, the clip's audio gives ({cfg.n_mels}, {want})")
     return problems
 
 
