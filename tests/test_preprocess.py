@@ -195,6 +195,59 @@ def test_interrupted_clip_leaves_nothing_and_is_redone(tmp_path, more_data, monk
     assert pp.check_dataset(tmp_path / "ds") == []
 
 
+def _spawned_workers(pid: int) -> list[int]:
+    """Pids of the multiprocessing workers (not the resource tracker) whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"spawn_main" in cmd:
+            found.append(int(d.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
+def test_a_killed_worker_stops_the_run_with_a_message_instead_of_hanging(tmp_path, more_data):
+    import signal
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in sorted((more_data / "grid_s1").glob("*.mpg"))[:6]:
+        os.symlink(p, src / p.name)
+    proc = subprocess.Popen([sys.executable, "-m", "hyperlips.cli", "preprocess", str(src), str(tmp_path / "ds"),
+                             "--workers", "2", "--quiet"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _spawned_workers(proc.pid)
+            if len(workers) == 2 and list((tmp_path / "ds" / "clips").glob("*/meta.json")):
+                break
+            time.sleep(0.05)
+        assert workers and proc.poll() is None, "the run ended before a worker could be killed"
+        os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        _, err = proc.communicate(timeout=120)  # multiprocessing.Pool would wait here forever
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, err
+    assert "worker process died" in err and "re-run continues" in err
+    again = subprocess.run([sys.executable, "-m", "hyperlips.cli", "preprocess", str(src), str(tmp_path / "ds"),
+                            "--workers", "2", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    from hyperlips.data.preprocess import check_dataset
+
+    assert len(list((tmp_path / "ds" / "clips").glob("*/meta.json"))) == 6
+    assert check_dataset(tmp_path / "ds") == []
+
+
 def test_hr_size_and_time_split(tmp_path, more_data):
     from hyperlips.data import preprocess as pp
     from hyperlips.data.datasets import Manifest

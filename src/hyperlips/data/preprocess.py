@@ -399,12 +399,27 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
     try:
         if workers > 1 and len(jobs) > 1:
             import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures.process import BrokenProcessPool
 
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(jobs)), initializer=_worker_init) as pool:
-                for r in pool.imap_unordered(_run_one, jobs):
-                    results.append(r)
-                    bar.update(1)
+            # A pool that fails instead of hanging: multiprocessing.Pool replaces a worker killed by the OS (out
+            # of memory) or one that cannot start and waits forever for its result.
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                                     initializer=_worker_init) as pool:
+                futures = [pool.submit(_run_one, job) for job in jobs]
+                try:
+                    for fut in as_completed(futures):
+                        results.append(fut.result())
+                        bar.update(1)
+                except BrokenProcessPool as e:
+                    for fut in futures:
+                        fut.cancel()
+                    finished = sum(r.status == "done" for r in results)
+                    raise UserError(
+                        f"a preprocessing worker process died ({e}); the {finished} clip(s) finished in this run are "
+                        "kept and a re-run continues with the rest. If the machine ran out of memory, use fewer "
+                        "--workers; if the workers could not start, run preprocessing from a script file or the "
+                        "hyperlips command rather than from standard input") from None
         else:
             for job in jobs:
                 results.append(_run_one(job))
