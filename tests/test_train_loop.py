@@ -138,6 +138,64 @@ def test_nan_loss_stops_before_writing(sync_view, tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in ck["models"]["syncnet"].values() if v.is_floating_point())
 
 
+def test_bf16_autocast_on_cpu_trains_in_bf16_and_keeps_fp32_weights(sync_view, tmp_path, monkeypatch):
+    from hyperlips.errors import UserError
+    from hyperlips.models import load_checkpoint
+    from hyperlips.train import loop, sync
+
+    seen = []
+    real = sync.SyncStage._forward
+
+    def spy(self, net, batch):
+        a, v = real(self, net, batch)
+        seen.append((a.dtype, v.dtype))
+        return a, v
+
+    monkeypatch.setattr(sync.SyncStage, "_forward", spy)
+    res = _trainer("sync", sync_view, tmp_path / "run", max_steps=2, amp="bf16", bn_batches=1).fit()
+    # two training steps and one BatchNorm re-estimation batch before the final checkpoint, all under bf16 autocast
+    assert seen == [(torch.bfloat16, torch.bfloat16)] * 3
+    assert all(np.isfinite(r["loss"]) for r in res.losses)
+    net, _ = load_checkpoint(res.model, name="syncnet")
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    with pytest.raises(UserError, match="CUDA"):
+        loop.amp_settings("on", torch.device("cpu"))
+    with pytest.raises(UserError, match="auto, on, bf16 or off"):
+        loop.amp_settings("fp8", torch.device("cpu"))
+    assert loop.amp_settings("auto", torch.device("cpu"))[0] is False
+
+
+def test_bn_statistics_are_re_estimated_before_saving(sync_view, tmp_path, monkeypatch):
+    """With ``bn_batches`` N the saved running statistics are the plain average over N fresh training batches
+    (not a lagging moving average), and the layers get their momentum back afterwards."""
+    from hyperlips.models import load_checkpoint
+    from hyperlips.train import sync
+
+    stats = []
+    real = sync.SyncStage.bn_forward
+
+    def spy(self, batch):
+        assert self.net.training
+        bn = next(m for m in self.net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        hook = bn.register_forward_hook(
+            lambda m, i, o: stats.append((i[0].float().mean((0, 2, 3)), i[0].float().var((0, 2, 3)))))
+        try:
+            real(self, batch)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(sync.SyncStage, "bn_forward", spy)
+    trainer = _trainer("sync", sync_view, tmp_path / "run", max_steps=1, bn_batches=3)
+    res = trainer.fit()
+    assert len(stats) == 3
+    net, _ = load_checkpoint(res.model, name="syncnet")
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.allclose(bn.running_mean, torch.stack([m for m, _ in stats]).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack([v for _, v in stats]).mean(0), rtol=1e-4, atol=1e-6)
+    assert not torch.equal(stats[0][0], stats[1][0])  # different batches, not one batch three times
+    assert all(m.momentum == 0.1 for m in trainer.stage.net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
 # ---------------------------------------------------------------------------------------------- torchrun
 def test_torchrun_two_processes_on_cpu(sync_view, tmp_path):
     from hyperlips.models import load_checkpoint

@@ -124,6 +124,13 @@ class BaseStage(Stage):
             return None
         return BaseDataset(clips, seed=self.cfg.seed + 7919)
 
+    def bn_module(self):
+        return self.gen
+
+    def bn_forward(self, batch):
+        mels, faces, _ = generator_inputs(batch)
+        self.gen(mels, faces)
+
     def train_step(self, batch, step):
         mels, faces, target = generator_inputs(batch)
         with self.ctx.autocast():

@@ -45,7 +45,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="samples per process per step")
     p.add_argument("--lr", type=float, help="learning rate of the trained network")
     p.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
-    p.add_argument("--amp", choices=("auto", "on", "off"), help="mixed precision (auto: on for CUDA)")
+    p.add_argument("--amp", choices=("auto", "on", "bf16", "off"),
+                   help="mixed precision: auto (fp16 on CUDA, off on CPU), on (fp16, CUDA), bf16 (CPU or CUDA), off")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, help="data loader processes per training process")
     p.add_argument("--threads", type=int, help="CPU threads for torch (0: torch's default)")

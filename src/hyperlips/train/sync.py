@@ -78,6 +78,12 @@ class SyncStage(Stage):
         audio = batch["audio"].float()  # (B, 1, 80, 16)
         return net(audio, faces)
 
+    def bn_module(self):
+        return self.net
+
+    def bn_forward(self, batch):
+        self._forward(self.net, batch)
+
     def train_step(self, batch, step):
         with self.ctx.autocast():
             a, v = self._forward(self.ddp, batch)
