@@ -196,6 +196,26 @@ def test_bn_statistics_are_re_estimated_before_saving(sync_view, tmp_path, monke
     assert all(m.momentum == 0.1 for m in trainer.stage.net.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
+def test_a_training_checkpoint_loads_as_its_network(sync_view, tmp_path):
+    """``RUN/checkpoints/step_N.pt`` (weights + optimiser + RNG state) loads wherever a model file does."""
+    from hyperlips.errors import CheckpointError
+    from hyperlips.models import load_checkpoint, read_state_dict
+    from hyperlips.train import loop
+
+    res = _trainer("sync", sync_view, tmp_path / "run", max_steps=1, bn_batches=1).fit()
+    step_file = tmp_path / "run/checkpoints/step_000000001.pt"
+    a, info = read_state_dict(step_file, "syncnet")
+    b, _ = read_state_dict(res.model, "syncnet")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    net, _ = load_checkpoint(step_file, name="syncnet")
+    assert sum(p.numel() for p in net.parameters()) > 0
+    ck = loop.read_checkpoint(step_file)
+    ck["models"] = {"discriminator": ck["models"]["syncnet"]}
+    torch.save(ck, tmp_path / "disc_only.pt")
+    with pytest.raises(CheckpointError, match="without a sync expert or generator"):
+        read_state_dict(tmp_path / "disc_only.pt", "syncnet")
+
+
 # ---------------------------------------------------------------------------------------------- torchrun
 def test_torchrun_two_processes_on_cpu(sync_view, tmp_path):
     from hyperlips.models import load_checkpoint

@@ -175,7 +175,18 @@ def _read_pth(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, KeyError, IndexError) as e:
         raise CheckpointError(f"{path}: the PyTorch file is corrupt or truncated ({_short(e)})") from None
     meta: dict[str, Any] = {}
-    if isinstance(obj, Mapping) and "state_dict" in obj:
+    if isinstance(obj, Mapping) and obj.get("format") == "hyperlips-train" and isinstance(obj.get("models"), Mapping):
+        # a training checkpoint (RUN/checkpoints/step_N.pt): its trained network, not the discriminator
+        models = obj["models"]
+        key = next((k for k in ("syncnet", "generator") if k in models), None)
+        if key is None:
+            raise CheckpointError(f"{path}: a training checkpoint without a sync expert or generator (it holds "
+                                  f"{', '.join(map(str, models)) or 'nothing'})")
+        if isinstance(obj.get("step"), int):
+            meta["global_step"] = obj["step"]
+        meta["training_stage"] = str(obj.get("stage", ""))
+        obj = models[key]
+    elif isinstance(obj, Mapping) and "state_dict" in obj:
         for key in ("global_step", "global_epoch"):
             if isinstance(obj.get(key), int):
                 meta[key] = obj[key]
