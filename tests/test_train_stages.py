@@ -41,7 +41,7 @@ def test_base_trains_with_a_frozen_expert_and_its_model_runs_in_sync(one_clip, t
     from hyperlips.models import load_checkpoint
 
     expert_path = _random_checkpoint(tmp_path / "expert.safetensors", "syncnet")
-    trainer = _trainer("base", one_clip, tmp_path / "run", expert=str(expert_path), max_steps=2)
+    trainer = _trainer("base", one_clip, tmp_path / "run", expert=str(expert_path), max_steps=2, bn_batches=1)
     res = trainer.fit()
     err = capsys.readouterr().err
     assert res.step == 2 and set(res.losses[0]) >= {"l1", "sync", "adv", "disc", "loss"}
@@ -71,7 +71,9 @@ def test_base_trains_with_a_frozen_expert_and_its_model_runs_in_sync(one_clip, t
     cv2.imwrite(str(face), one_clip_frame(one_clip))
     wav = write_wav(tmp_path / "speech.wav", 0.4)
     out = tmp_path / "out.mp4"
-    r = run_cli("sync", face, wav, "-o", out, "--checkpoint", res.model, "--device", "cpu", "--quiet")
+    # and so does the full training checkpoint (weights + optimisers + RNG states) of the same step
+    step_file = tmp_path / "run/checkpoints/step_000000002.pt"
+    r = run_cli("sync", face, wav, "-o", out, "--checkpoint", step_file, "--device", "cpu", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     assert probe_streams(out)["frames"] == 10
 
