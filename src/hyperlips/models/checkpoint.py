@@ -33,6 +33,7 @@ from .registry import DESCRIPTIONS, MODEL_NAMES, canonical_name, create_model, d
 
 METADATA_KEY = "hyperlips"
 FORMAT_VERSION = 1
+TRAIN_CKPT_FORMAT = "hyperlips-train"  # the "format" of RUN/checkpoints/step_N.pt (train.loop writes them)
 FOLDER_WEIGHTS = "model.safetensors"
 FOLDER_CONFIG = "config.json"
 _MAX_LISTED = 3
@@ -175,7 +176,7 @@ def _read_pth(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, KeyError, IndexError) as e:
         raise CheckpointError(f"{path}: the PyTorch file is corrupt or truncated ({_short(e)})") from None
     meta: dict[str, Any] = {}
-    if isinstance(obj, Mapping) and obj.get("format") == "hyperlips-train" and isinstance(obj.get("models"), Mapping):
+    if isinstance(obj, Mapping) and obj.get("format") == TRAIN_CKPT_FORMAT and isinstance(obj.get("models"), Mapping):
         # a training checkpoint (RUN/checkpoints/step_N.pt): its trained network, not the discriminator
         models = obj["models"]
         key = next((k for k in ("syncnet", "generator") if k in models), None)

@@ -36,9 +36,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..models.checkpoint import TRAIN_CKPT_FORMAT
 
 CKPT_DIR = "checkpoints"
-CKPT_FORMAT = "hyperlips-train"
+CKPT_FORMAT = TRAIN_CKPT_FORMAT
 CKPT_VERSION = 1
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
 
@@ -306,7 +307,7 @@ def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype, Any
     ``auto``: fp16 with a gradient scaler on CUDA, full precision on CPU; ``on``: the same, and an error on CPU;
     ``bf16``: bfloat16 autocast on CPU or CUDA without a scaler (about twice as fast on CPUs with AVX512-BF16 or
     AMX; on older CPUs it can be slower); ``off``: full precision."""
-    mode = str(amp).lower()
+    mode = str(amp).lower()  # YAML reads a bare on/off as a boolean
     if mode in ("false", "no"):
         mode = "off"
     if mode in ("true", "yes"):
@@ -785,9 +786,6 @@ class Trainer:
         n = int(self.cfg.bn_batches)
         if n <= 0:
             return
-        ds = stage.train_dataset()
-        bs = self.cfg.batch_size
-        first = (1 << 40) + step * n * bs  # far from the training stream's sample numbers
         module = stage.bn_module()
         if module is None:
             return
@@ -795,6 +793,10 @@ class Trainer:
         if not bns:
             return
         from torch.utils.data import default_collate
+
+        ds = stage.train_dataset()
+        bs = self.cfg.batch_size
+        first = (1 << 40) + step * n * bs  # far from the training stream's sample numbers
 
         momenta = [m.momentum for m in bns]
         was_training = module.training
