@@ -31,7 +31,8 @@ def _random_checkpoint(path: Path, name: str, seed: int = 0) -> Path:
 
 def _trainer(stage: str, data: Path, out: Path, **kw):
     from hyperlips.train.commands import stage_class
-    from hyperlips.train.loop import Trainer, build_config
+    from hyperlips.train.config import build_config
+    from hyperlips.train.loop import Trainer
 
     cfg = build_config(stage, overrides={"data": str(data), "out": str(out), **TINY, **kw})
     return Trainer(stage_class(stage), cfg, quiet=False)

@@ -88,7 +88,8 @@ _OPTION_FIELDS = ("data", "out", "init", "max_steps", "batch_size", "lr", "grad_
 def config_from_args(args: argparse.Namespace):
     """The run's TrainConfig: stored config (when resuming) or defaults + --config, then --set, then options."""
     from ..errors import UserError
-    from .loop import TrainConfig, build_config, latest_checkpoint, load_config, parse_overrides
+    from .checkpoints import latest_checkpoint
+    from .config import TrainConfig, build_config, load_config, parse_overrides
 
     overrides: dict[str, Any] = {}
     overrides.update(parse_overrides(args.set))
@@ -129,7 +130,8 @@ def usage_hint(stage: str, model: Path) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .loop import Trainer, setup_distributed, teardown_distributed
+    from .distributed import setup_distributed, teardown_distributed
+    from .loop import Trainer
 
     cfg = config_from_args(args)
     dist = setup_distributed(cfg.device)

@@ -71,7 +71,8 @@ def _publish(src: Path, dst: Path, name: str) -> None:
 
 def _train(stage: str, cfg, quiet: bool):
     from .commands import stage_class
-    from .loop import Trainer, latest_checkpoint
+    from .checkpoints import latest_checkpoint
+    from .loop import Trainer
 
     resume = latest_checkpoint(Path(cfg.out)) is not None
     return Trainer(stage_class(stage), cfg, resume=resume, quiet=quiet).fit()
@@ -80,7 +81,7 @@ def _train(stage: str, cfg, quiet: bool):
 def run_finetune(args: argparse.Namespace) -> int:
     from ..data.datasets import CLIPS_DIR, META, Manifest
     from ..data.preprocess import PreprocessOptions, clip_id_of, preprocess, write_time_split_manifest
-    from .loop import build_config, parse_overrides
+    from .config import build_config, parse_overrides
 
     out = args.output
     if out.suffix not in (".safetensors", ".pth"):
