@@ -267,3 +267,16 @@ def test_sync_windows_cover_five_frames():
     s = sync_window_start(0.2, 25.0)
     assert s == 16
     np.testing.assert_array_equal(w[0, 0], mel[:, 16:32])
+
+
+def test_centred_windows_put_the_frame_time_in_the_middle():
+    from hyperlips.media.audio import centred_mel_windows, centred_window_starts
+
+    # t = 1.0 s is mel frame 80; a 24-step window runs 68..91, so frame 80 is step 12 (the middle)
+    assert centred_window_starts([1.0, 1.004, 1.01], 24).tolist() == [68, 68, 69]
+    mel = np.tile(np.arange(200, dtype=np.float32), (80, 1))
+    w = centred_mel_windows(mel, [1.0, 0.05], 24)
+    assert w.shape == (2, 1, 80, 24)
+    assert w[0, 0, 0, 12] == 80 and w[0, 0, 0, 0] == 68
+    # before the first mel frame: silence (-4), never wrapped or clamped
+    assert (w[1, 0, 0, :8] == -4).all() and w[1, 0, 0, 8] == 0

@@ -145,6 +145,17 @@ def network_input(crops: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+def network_mel_windows(network, mel: np.ndarray, times, fps: float, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
+    """The mel windows a generator takes for frames shown at ``times``: HyperLips-Lite's centred windows of its
+    own length (``network.mel_steps``), or Base's 16-step windows (``media.audio.mel_windows``)."""
+    from .media.audio import centred_mel_windows, mel_windows
+
+    steps = getattr(network, "mel_steps", None)
+    if steps is not None:
+        return centred_mel_windows(mel, times, int(steps), cfg)
+    return mel_windows(mel, times, fps, cfg)
+
+
 def to_uint8_images(t) -> np.ndarray:
     """(N,3,H,W) float tensor in [0,1] -> (N,H,W,3) uint8, rounded (not truncated)."""
     a = t.detach().float().clamp_(0, 1).mul_(255).round_().to("cpu").numpy().astype(np.uint8)
@@ -158,8 +169,8 @@ class LipSync:
     >>> ls.sync("talk.mp4", "speech.wav", "out.mp4")                             # doctest: +SKIP
 
     ``checkpoint``: HyperLips-Base weights (official ``.pth`` or our safetensors); ``hr_checkpoint``: an HR
-    decoder (128/256/512) that sharpens the mouth; ``untrained=True`` builds randomly initialised networks
-    instead (for trying the pipeline without weights: the mouth is then meaningless).
+    decoder (128/256/512) that sharpens the mouth; ``untrained=True`` builds a randomly initialised ``model``
+    (``base`` or ``lite``) instead (for trying the pipeline without weights: the mouth is then meaningless).
     """
 
     def __init__(
@@ -171,12 +182,13 @@ class LipSync:
         device: str = "auto",
         batch_size: int = 16,
         untrained: bool = False,
+        model: str = "hyperlips-base",
         seed: int = 0,
         progress: bool = True,
     ) -> None:
         import torch
 
-        from .models import create_model, load_checkpoint
+        from .models import GENERATORS, create_model, load_checkpoint
 
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
@@ -190,10 +202,19 @@ class LipSync:
         if checkpoint is None and not untrained:
             raise UserError("no model weights given: pass --checkpoint PATH (an official HyperLips .pth or a hyperlips checkpoint)")
         if checkpoint is not None:
-            self.base, _ = load_checkpoint(checkpoint, name="hyperlips-base", device=self.device)
+            self.base, info = load_checkpoint(checkpoint, device=self.device)
+            if info.name not in GENERATORS:
+                raise UserError(f"{checkpoint} holds a {info.name} network, not a lip-sync generator (HyperLips-Base or "
+                                "HyperLips-Lite) for --checkpoint")
+            self.model_name = info.name
         else:
             torch.manual_seed(seed)
-            self.base = create_model("hyperlips-base")
+            from .models.registry import canonical_name
+
+            self.model_name = canonical_name(model if str(model).startswith("hyperlips-") else f"hyperlips-{model}")
+            if self.model_name not in GENERATORS:
+                raise UserError(f"model {model!r} is not a lip-sync generator; choose base or lite")
+            self.base = create_model(self.model_name)
         self.hr = None
         self.hr_size = None
         if hr_checkpoint is not None:
@@ -332,7 +353,6 @@ class LipSync:
         import torch
 
         from .face.blend import paste_face
-        from .media.audio import mel_windows
 
         out = [f for _, _, f in batch]
         todo = [(k, j, s) for k, (j, s, _) in enumerate(batch) if s < len(boxes) and boxes[s] is not None]
@@ -342,7 +362,7 @@ class LipSync:
             crops = np.stack([face_crop(batch[k][2], boxes[s], BASE_SIZE) for k, _, s in todo])
             x = network_input(crops, ref_crop)
             times = np.array([j / fps for _, j, _ in todo], dtype=np.float64)
-            windows = mel_windows(mel, times, fps, self.audio_cfg)
+            windows = network_mel_windows(self.base, mel, times, fps, self.audio_cfg)
         with timer("network"), torch.inference_mode():
             faces_t = torch.from_numpy(x).to(self.device).contiguous(memory_format=self._memory_format)
             audio_t = torch.from_numpy(windows).to(self.device)

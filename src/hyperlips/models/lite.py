@@ -73,6 +73,10 @@ class HyperLipsLite(nn.Module):
     def mel_steps(self) -> int:
         return self.config.mel_steps
 
+    def decoder_rows(self, height: int = IMG_SIZE) -> int:
+        """How many rows at the bottom of a ``height``-row output are generated (the rest is the input's)."""
+        return height - 4 * self.decoder.top_rows(height // 4)
+
     def forward(self, audio: Tensor, faces: Tensor, shape: Tensor | None = None) -> Tensor:
         # audio (N,1,80,S), faces (N,6,128,128) -> (N,3,128,128)
         # or audio (B,T,1,80,S), faces (B,6,T,128,128) -> (B,3,T,128,128)

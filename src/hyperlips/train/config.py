@@ -56,6 +56,22 @@ class TrainConfig:
     min_shift: int = 3  # sync: off-sync training pairs are shifted by at least this many frames
     val_min_shift: int = 5  # sync: off-sync validation pairs are shifted by at least this many frames
     flip: float = 0.5  # sync: probability of mirroring a training window
+    # HyperLips-Lite (`train base --model lite`, `finetune`)
+    model: str = "hyperlips-base"  # base stage: the generator trained (hyperlips-base | hyperlips-lite)
+    lite: dict = dataclasses.field(default_factory=dict)  # LiteConfig fields of a new Lite network (widths, ...)
+    mouth_weight: float = 4.0  # lite: L1 weight inside the lip box (1 elsewhere in the generated rows)
+    edge_weight: float = 0.5  # lite: L1 between image gradients (sharp lips and teeth), generated rows
+    shape_weight: float = 1.0  # lite: the audio encoder's mouth-shape loss (MSE; trained by its own optimiser)
+    teacher_forcing: float = 0.8  # lite: share of samples rendered from the real mouth shape (else the predicted)
+    shape_noise: float = 0.1  # lite: noise added to the real shapes the renderer sees (standard deviation)
+    audio_lr: float = 1e-3  # lite: learning rate of the audio encoder
+    # schedule and budget
+    lr_schedule: str = "constant"  # constant | cosine (to 10% over the planned steps, after warmup_steps)
+    warmup_steps: int = 0
+    max_minutes: float = 0.0  # wall-clock budget of the run (validation included; 0 = none); the run stops,
+    # validates and saves when it is spent. Counted across resumes.
+    progress: bool = False  # a progress bar with ETA instead of a line per logged step
+    progress_file: str | None = None  # JSON status (step, elapsed, eta, last validation, preview) for other tools
     # bookkeeping
     log_every: int = 10
     image_every: int = 500

@@ -17,7 +17,9 @@ state restored, the losses at step k+m match the uninterrupted run (bit for bit 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -114,6 +116,11 @@ class Stage:
     def images(self, batch: dict[str, Tensor]) -> np.ndarray:
         raise NotImplementedError
 
+    def preview(self) -> np.ndarray | None:
+        """An image of the network on fixed held-out samples, saved as ``RUN/preview.png`` at every validation
+        (None: the stage has none)."""
+        return None
+
     def bn_module(self) -> nn.Module | None:
         """The network whose BatchNorm statistics ``bn_batches`` re-estimates (None: not supported)."""
         return None
@@ -182,6 +189,102 @@ class Context:
         return float(norm)
 
 
+# ---------------------------------------------------------------------------------------------- schedule and progress
+class LRSchedule:
+    """Sets every optimiser's learning rates to ``factor x`` their initial values each step: a linear warm-up over
+    ``warmup_steps``, then constant, or (``lr_schedule: cosine``) a cosine decay to 10% at the planned last step
+    (``max_steps``, or what the time budget allows once planned)."""
+
+    def __init__(self, optimizers: Mapping[str, torch.optim.Optimizer], cfg: TrainConfig):
+        if cfg.lr_schedule not in ("constant", "cosine"):
+            raise UserError(f"lr_schedule must be constant or cosine (got {cfg.lr_schedule!r})")
+        self.cfg = cfg
+        self.groups = [(g, float(g.get("initial_lr", g["lr"]))) for o in optimizers.values() for g in o.param_groups]
+        for g, lr in self.groups:
+            g["initial_lr"] = lr
+        self.factor = 1.0
+
+    def apply(self, step: int, planned: int | None) -> None:
+        cfg = self.cfg
+        f = 1.0
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            f = (step + 1) / cfg.warmup_steps
+        elif cfg.lr_schedule == "cosine":
+            total = min(int(cfg.max_steps), int(planned)) if planned is not None else (
+                int(cfg.max_steps) if not cfg.max_minutes else None)
+            if total is not None and total > cfg.warmup_steps:
+                t = min(1.0, (step - cfg.warmup_steps) / (total - cfg.warmup_steps))
+                f = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+        self.factor = f
+        for g, lr in self.groups:
+            g["lr"] = lr * f
+
+
+class Progress:
+    """A progress bar (``progress: true``) over the steps, or over the wall-clock budget when there is one, with
+    the latest losses and validation figures; and the JSON status file ``progress_file`` for other tools."""
+
+    def __init__(self, trainer: "Trainer", budget: float):
+        self.t = trainer
+        self.budget = budget
+        self.bar = None
+        self.last_write = 0.0
+        if trainer.dist.main and trainer.cfg.progress and not trainer.quiet:
+            from tqdm import tqdm
+
+            total = int(round(budget)) if budget else trainer.max_steps()
+            self.bar = tqdm(total=total, unit="s" if budget else "step", desc=f"train {trainer.stage.name}",
+                            file=sys.stderr, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                            "[{elapsed}<{remaining}{postfix}]")
+
+    def fraction(self, step: int) -> float:
+        if self.budget:
+            by_time = self.t.elapsed / self.budget
+            by_steps = step / max(1, self.t.max_steps())
+            return float(min(1.0, max(by_time, by_steps)))
+        return float(min(1.0, step / max(1, self.t.max_steps())))
+
+    def eta(self, step: int) -> float | None:
+        frac = self.fraction(step)
+        return self.t.elapsed * (1 - frac) / frac if frac > 0 else None
+
+    def update(self, step: int, losses: Mapping[str, float], metrics: Mapping[str, float], force: bool = False) -> None:
+        if not self.t.dist.main:
+            return
+        if self.bar is not None:
+            target = int(min(self.bar.total, round(self.t.elapsed))) if self.budget else step
+            shown = {"step": step, **{k: f"{v:.3g}" for k, v in list(losses.items())[:2]}}
+            for k in ("val/opening_r", "val/mouth_l1"):
+                if k in metrics:
+                    shown[k.split("/", 1)[1]] = f"{metrics[k]:.3f}"
+            self.bar.set_postfix(shown, refresh=False)
+            self.bar.update(max(0, target - self.bar.n))
+        now = time.perf_counter()
+        if self.t.cfg.progress_file and (force or now - self.last_write > 2.0):
+            self.last_write = now
+            self.write(step, metrics)
+
+    def write(self, step: int, metrics: Mapping[str, float], done: bool = False) -> None:
+        path = Path(self.t.cfg.progress_file)
+        preview = self.t.run / "preview.png"
+        status = {"stage": self.t.cfg.stage, "step": int(step), "max_steps": self.t.max_steps(),
+                  "elapsed_s": round(self.t.elapsed, 1), "eta_s": None if done else self.eta(step),
+                  "fraction": 1.0 if done else round(self.fraction(step), 4), "done": done,
+                  "val": {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()},
+                  "preview": str(preview) if preview.exists() else None}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(status, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def close(self, step: int, metrics: Mapping[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.update(max(0, self.bar.total - self.bar.n) if self.budget and self.t.elapsed >= self.budget else 0)
+            self.bar.close()
+        if self.t.dist.main and self.t.cfg.progress_file:
+            self.write(step, metrics, done=True)
+
+
 # ---------------------------------------------------------------------------------------------- the loop
 def _infinite(loader) -> Iterator:
     while True:
@@ -217,10 +320,47 @@ class Trainer:
         self.run = Path(cfg.out)
         self.history: list[dict[str, float]] = []
         self.on_step: Callable[[int, dict[str, float]], None] | None = None  # test hook
+        self.elapsed = 0.0  # training wall time of the run so far, across resumes (seconds)
+        self.planned_steps: int | None = None  # steps the wall-clock budget allows (fixed once, then stored)
 
     def say(self, msg: str) -> None:
         if self.dist.main and not self.quiet:
             print(f"hyperlips train: {msg}", file=sys.stderr, flush=True)
+
+    def max_steps(self) -> int:
+        """The step the run stops at: ``max_steps``, or fewer when the time budget allows fewer (planned)."""
+        if self.planned_steps is not None:
+            return min(int(self.cfg.max_steps), int(self.planned_steps))
+        return int(self.cfg.max_steps)
+
+    def _plan(self, step: int, val_seconds: float, budget: float) -> None:
+        """At the first validation of a run with a time budget, fix the number of steps the budget allows
+        (from the measured speed, validations included); the learning-rate schedule decays over it. Stored in
+        checkpoints, so a resumed run keeps the same plan."""
+        if not budget or self.planned_steps is not None or step < 1:
+            return
+        per_step = max(self.elapsed - val_seconds, 1e-6) / step
+        left = budget - self.elapsed
+        every = max(1, self.cfg.val_every or self.cfg.max_steps)
+        # s steps cost s * per_step plus one validation per `every` steps
+        steps_left = int(left / (per_step + val_seconds / every)) if left > 0 else 0
+        planned = step + max(0, int(0.97 * steps_left))
+        self.planned_steps = int(self.dist.broadcast(planned))
+        self.say(f"time budget {self.cfg.max_minutes:g} min: {per_step:.2f} s/step, {val_seconds:.1f} s/validation "
+                 f"-> planning {self.planned_steps} steps")
+
+    def _preview(self, stage: Stage, step: int, log: RunLog) -> None:
+        if not self.dist.main:
+            return
+        img = stage.preview()
+        if img is None:
+            return
+        import cv2
+
+        log.image(step, "preview", img)
+        tmp = self.run / ".preview.tmp.png"
+        if cv2.imwrite(str(tmp), img):
+            os.replace(tmp, self.run / "preview.png")
 
     # -- checkpoints
     def _state(self, stage: Stage, step: int, best: dict[str, Any]) -> dict[str, Any]:
@@ -237,6 +377,7 @@ class Trainer:
             "rng": rngs,
             "data": {"samples_per_rank": int(step) * self.cfg.batch_size, "world": self.dist.world},
             "best": dict(best),
+            "clock": {"elapsed_s": float(self.elapsed), "planned_steps": self.planned_steps},
         }
 
     def _check_weights(self, stage: Stage, step: int) -> None:
@@ -276,12 +417,20 @@ class Trainer:
     def _restore(self, stage: Stage, ck: dict[str, Any]) -> None:
         if ck.get("stage") != stage.name:
             raise UserError(f"{self.run}: the checkpoint is from `train {ck.get('stage')}`, not `train {stage.name}`")
-        for k, m in stage.modules().items():
-            m.load_state_dict(ck["models"][k])
-        for k, o in stage.optimizers().items():
-            o.load_state_dict(ck["optimizers"][k])
+        try:
+            for k, m in stage.modules().items():
+                m.load_state_dict(ck["models"][k])
+            for k, o in stage.optimizers().items():
+                o.load_state_dict(ck["optimizers"][k])
+        except (KeyError, RuntimeError, ValueError) as e:
+            first = " ".join(str(e).split())[:200]
+            raise UserError(f"{self.run}: its checkpoint does not fit the network being trained ({first}); resume it "
+                            "with the settings it was started with, or train into a new --out folder") from None
         if self.ctx.scaler is not None and ck.get("scaler"):
             self.ctx.scaler.load_state_dict(ck["scaler"])
+        clock = ck.get("clock") or {}
+        self.elapsed = float(clock.get("elapsed_s", 0.0))
+        self.planned_steps = clock.get("planned_steps")
         rngs = ck.get("rng") or []
         if len(rngs) == self.dist.world:
             set_rng_state(rngs[self.dist.rank])
@@ -424,22 +573,36 @@ class Trainer:
         batches = _infinite(loader)
         for m in stage.modules().values():
             m.train()
+        schedule = LRSchedule(stage.optimizers(), cfg)
+        budget = float(cfg.max_minutes) * 60.0 if cfg.max_minutes else 0.0
+        progress = Progress(self, budget)
         metrics: dict[str, float] = {}
         t0 = time.perf_counter()
+        elapsed0 = self.elapsed
         t_log, n_log = t0, 0
         step = start
         done_steps = 0
         last_saved = start if start > 0 else None
         image_batch = None
-        if step >= cfg.max_steps:
-            self.say(f"already at step {step} (max_steps {cfg.max_steps}): nothing to do")
+        losses: dict[str, float] = {}
+
+        def out_of_time() -> bool:
+            self.elapsed = elapsed0 + time.perf_counter() - t0
+            return bool(budget) and self.dist.all_true(self.elapsed >= budget)
+
+        if step >= self.max_steps():
+            self.say(f"already at step {step} (max_steps {self.max_steps()}): nothing to do")
+        elif budget and self.elapsed >= budget:
+            self.say(f"the time budget ({cfg.max_minutes:g} min) is already spent at step {step}: nothing to do")
         elif step == 0 and cfg.val_at_start:
             self._recalibrate_bn(stage, step)
             metrics = self._validate(stage)
             if metrics:
                 log.scalars(0, metrics)
                 self.say("validation before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        while step < cfg.max_steps:
+        stop = step >= self.max_steps() or (budget and self.elapsed >= budget)
+        while not stop:
+            schedule.apply(step, self.planned_steps)
             batch = _to_device(next(batches), self.dist.device)
             if image_batch is None and self.dist.main:
                 image_batch = {k: v[:4] for k, v in batch.items()}
@@ -453,36 +616,47 @@ class Trainer:
             self.history.append(rec)
             if self.on_step is not None:
                 self.on_step(step, losses)
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            timed_out = out_of_time()
+            last = step >= self.max_steps() or timed_out
+            if step % cfg.log_every == 0 or last:
                 now = time.perf_counter()
                 sps = n_log * cfg.batch_size * self.dist.world / max(now - t_log, 1e-9)
                 t_log, n_log = now, 0
-                log.scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, "train/samples_per_s": sps})
-                if self.dist.main and not self.quiet:
+                log.scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, "train/samples_per_s": sps,
+                                   "train/lr": schedule.factor * cfg.lr, "train/elapsed_s": self.elapsed})
+                if self.dist.main and not self.quiet and not cfg.progress:
                     parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
-                    print(f"step {step}/{cfg.max_steps} {parts} ({sps:.2f} samples/s)", file=sys.stderr, flush=True)
+                    print(f"step {step}/{self.max_steps()} {parts} ({sps:.2f} samples/s)", file=sys.stderr, flush=True)
+            progress.update(step, losses, metrics)
             if self.dist.main and cfg.image_every and (step % cfg.image_every == 0 or step == 1):
                 with torch.no_grad():
                     log.image(step, "train", stage.images(image_batch))
             is_best = False
-            validate = bool(cfg.val_every) and (step % cfg.val_every == 0 or step == cfg.max_steps)
-            if validate or step % cfg.ckpt_every == 0 or step == cfg.max_steps:
+            validate = bool(cfg.val_every) and (step % cfg.val_every == 0 or last)
+            if validate or step % cfg.ckpt_every == 0 or last:
                 self._recalibrate_bn(stage, step)  # eval-mode statistics that match the weights validated/saved
             if validate:
+                t_val = time.perf_counter()
                 metrics = self._validate(stage)
                 if metrics:
                     log.scalars(step, metrics)
-                    self.say("validation at step %d: %s" % (step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())))
+                    if not cfg.progress:
+                        self.say("validation at step %d: %s" % (step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())))
                     key = best["metric"]
                     v = metrics.get(key)
                     if v is not None and math.isfinite(v) and (best["value"] is None or v < best["value"]):
                         best = {"metric": key, "value": float(v), "step": step}
                         is_best = True
-            if step % cfg.ckpt_every == 0 or step == cfg.max_steps or is_best:
+                self._preview(stage, step, log)
+                self._plan(step, time.perf_counter() - t_val, budget)
+                progress.update(step, losses, metrics, force=True)
+            if step % cfg.ckpt_every == 0 or last or is_best:
                 self.save(stage, step, best, is_best=is_best)
                 last_saved = step
+            stop = last or out_of_time()
         if last_saved != step and step > 0:
             self.save(stage, step, best)
+        progress.close(step, metrics)
         elapsed = time.perf_counter() - t0
         sps = done_steps * cfg.batch_size * self.dist.world / max(elapsed, 1e-9)
         model = self.run / "model.safetensors"

@@ -1,0 +1,245 @@
+"""``train base --model lite`` and ``finetune``: HyperLips-Lite.
+
+Two parts learn side by side, each with its own optimiser:
+
+- the **audio encoder** learns the mouth shape of each frame from the mel window around it (MSE against the
+  shape measured on the real frame, ``face.mouth_shape``): a direct, low-dimensional target that a few minutes
+  of footage can teach;
+- the **renderer** (shape code -> hypernetwork edits -> U-Net) learns to draw the face from the masked frame, a
+  reference frame and a mouth shape: the real one on most samples (``teacher_forcing``, with a little noise),
+  the audio encoder's prediction (detached) on the others, so it also renders predicted shapes well. Its loss
+  is L1 on the generated rows, ``mouth_weight`` times inside the lip box, plus L1 between image gradients
+  (``edge_weight``), which keeps lips and teeth sharp.
+
+Validation runs what inference runs (the mouth shape predicted from audio, one reference frame from the
+training part) on the held-out frames in order, and measures the mouth opening on the generated faces with
+FaceMesh: ``val/opening_r`` is its correlation with the real frames' opening (``val/opening_err`` = 1 - r picks
+``best``); ``val/shape_r`` the same for the predicted shapes alone, before rendering.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.datasets import BASE_SIZE, Manifest
+from .loop import Stage
+from .losses import box_mask, psnr
+from .runlog import image_grid, to_images
+
+PREVIEW_FRAMES = 8
+
+
+def masked_faces(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """-> (faces (N, 6, 128, 128) = [target with lower half zeroed, reference] in [0, 1], target (N, 3, 128, 128))."""
+    target = batch["target"].float() / 255.0
+    masked = target.clone()
+    masked[:, :, BASE_SIZE // 2:] = 0.0
+    return torch.cat([masked, batch["reference"].float() / 255.0], dim=1), target
+
+
+def image_gradients(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Horizontal and vertical differences of (N, C, H, W) images."""
+    return x[:, :, :, 1:] - x[:, :, :, :-1], x[:, :, 1:] - x[:, :, :-1]
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
+        return float("nan")
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+class LiteStage(Stage):
+    name = "lite"
+    model_name = "hyperlips-lite"
+    best_metric = "val/opening_err"
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        from ..data.frames import reference_frame
+        from ..models import HyperLipsLite, LiteConfig, load_checkpoint
+
+        self.manifest = Manifest.load(cfg.data)
+        if cfg.init:
+            self.gen, info = load_checkpoint(cfg.init, name="hyperlips-lite", device=ctx.device)
+            if cfg.lite:
+                ctx.say(f"--init {cfg.init}: the network's own architecture is used; the lite settings are ignored")
+        else:
+            self.gen = HyperLipsLite(LiteConfig.from_dict(cfg.lite))
+        self.gen.to(ctx.device)
+        self.gen_ddp = ctx.wrap(self.gen)
+        audio = list(self.gen.audio_encoder.parameters())
+        ids = {id(p) for p in audio}
+        self.renderer_params = [p for p in self.gen.parameters() if id(p) not in ids]
+        self.audio_params = audio
+        betas = tuple(cfg.betas)
+        self.opt_r = torch.optim.Adam(self.renderer_params, lr=cfg.lr, betas=betas)
+        self.opt_a = torch.optim.AdamW(self.audio_params, lr=cfg.audio_lr, betas=(0.9, 0.999), weight_decay=1e-2)
+        # the training part of each clip measures every clip's shapes and gives validation its reference frame
+        self.train_clips = self.manifest.open_clips("train")
+        self.val_clips = self.manifest.open_clips("val")
+        self._train_ds = None
+        self._val_ds = None
+        train_ranges = {c.id: c.frame_range for c in self.train_clips}
+        self.references = {c.id: reference_frame(c, train_ranges.get(c.id, c.frame_range)) for c in self.val_clips}
+        self._mesh = None
+
+    def modules(self):
+        return {"generator": self.gen}
+
+    def optimizers(self):
+        return {"renderer": self.opt_r, "audio": self.opt_a}
+
+    def exported(self):
+        return self.gen
+
+    def train_dataset(self):
+        from ..data.frames import FrameDataset
+
+        if self._train_ds is None:
+            self._train_ds = FrameDataset(self.train_clips, self.gen.mel_steps, seed=self.cfg.seed)
+        return self._train_ds
+
+    def val_dataset(self):
+        from ..data.frames import FrameDataset, shape_reference
+
+        if not self.val_clips:
+            return None
+        if self._val_ds is None:
+            train = self.train_dataset()
+            refs = {c.id: train.shape_refs[c.id] for c in self.val_clips if c.id in train.shape_refs}
+            # a clip split in time is measured against its training part; a held-out clip against itself
+            for c in self.val_clips:
+                if c.id not in refs:
+                    refs[c.id] = shape_reference(c, c.frame_range)
+            self._val_ds = FrameDataset(self.val_clips, self.gen.mel_steps, ordered=True, shape_refs=refs,
+                                        references=self.references)
+        return self._val_ds
+
+    # ------------------------------------------------------------------ training
+    def _image_loss(self, fake: Tensor, target: Tensor, lip_box: Tensor) -> tuple[Tensor, Tensor]:
+        """(L1, gradient L1) over the generated rows, weighted ``mouth_weight`` inside the lip box."""
+        r0 = target.shape[2] - self.gen.decoder_rows(target.shape[2])
+        w = 1.0 + (self.cfg.mouth_weight - 1.0) * box_mask(lip_box, target.shape[2], target.shape[3])
+        fake, target, w = fake[:, :, r0:].float(), target[:, :, r0:], w[:, :, r0:]
+        l1 = ((fake - target).abs() * w).mean()
+        (fx, fy), (tx, ty) = image_gradients(fake), image_gradients(target)
+        edge = ((fx - tx).abs() * w[:, :, :, 1:]).mean() + ((fy - ty).abs() * w[:, :, 1:]).mean()
+        return l1, edge
+
+    def train_step(self, batch, step):
+        ctx, cfg = self.ctx, self.cfg
+        faces, target = masked_faces(batch)
+        real = batch["shape"].float()
+        has = batch["has_shape"].bool()
+        with ctx.autocast():
+            pred = self.gen.audio_encoder(batch["mel"].float())
+        l_shape = F.mse_loss(pred.float()[has], real[has]) if bool(has.any()) else pred.float().sum() * 0
+        n = real.shape[0]
+        forced = (torch.rand(n, 1, device=real.device) < cfg.teacher_forcing) & has[:, None]
+        shown = torch.where(forced, real + cfg.shape_noise * torch.randn_like(real), pred.detach().float())
+        with ctx.autocast():
+            fake = self.gen_ddp(None, faces, shown)
+        l1, edge = self._image_loss(fake, target, batch["lip_box"])
+        l_img = l1 + cfg.edge_weight * edge
+        ctx.check_finite("generator", {"l1": l1, "edge": edge, "shape": l_shape}, step)
+        ctx.backward_step(cfg.shape_weight * l_shape, self.opt_a, self.audio_params)
+        ctx.backward_step(l_img, self.opt_r, self.renderer_params)
+        return {"l1": l1.item(), "edge": edge.item(), "shape": l_shape.item()}
+
+    # ------------------------------------------------------------------ validation
+    def _face_mesh(self):
+        if self._mesh is None:
+            from ..face.landmarks import FaceMesh
+
+            self._mesh = FaceMesh(static=True)
+        return self._mesh
+
+    def mesh_opening(self, faces_uint8: np.ndarray) -> np.ndarray:
+        """Mouth opening measured by FaceMesh on generated 128 px faces (upscaled to 256 as preprocessing does)."""
+        import cv2
+
+        from ..face.mouth_shape import mouth_opening
+
+        mesh = self._face_mesh()
+        out = np.full(len(faces_uint8), np.nan, np.float32)
+        for i, img in enumerate(faces_uint8):
+            lm = mesh.landmarks(cv2.resize(img, (256, 256), interpolation=cv2.INTER_LINEAR))
+            if lm is not None:
+                out[i] = mouth_opening(lm[None])[0]
+        return out
+
+    def val_batch(self, batch):
+        from ..face.mouth_shape import shape_opening
+
+        faces, target = masked_faces(batch)
+        pred = self.gen.audio_encoder(batch["mel"].float()).float()
+        fake = self.gen.render(faces, pred).float()
+        box = box_mask(batch["lip_box"], target.shape[2], target.shape[3])
+        r0 = target.shape[2] - self.gen.decoder_rows(target.shape[2])
+        mouth_l1 = ((fake - target).abs() * box).flatten(1).sum(1) / (box.flatten(1).sum(1) * 3).clamp_min(1)
+        imgs = np.stack(to_images(fake))
+        real = batch["shape"].float()
+        has = batch["has_shape"].float()
+        return {
+            "mouth_l1": mouth_l1,
+            "lower_psnr": psnr(fake[:, :, r0:], target[:, :, r0:]),
+            "shape_mse": torch.where(has > 0, ((pred - real) ** 2).mean(1), torch.full_like(has, float("nan"))),
+            "opening_pred": torch.from_numpy(shape_opening(pred.numpy())),
+            "opening_real": batch["opening"].float(),
+            "opening_gen": torch.from_numpy(self.mesh_opening(imgs)),
+        }
+
+    def val_metrics(self, values):
+        out = {f"val/{k}": float(np.nanmean(values[k])) for k in ("mouth_l1", "lower_psnr", "shape_mse") if k in values}
+        r_gen = pearson(values["opening_gen"], values["opening_real"])
+        out["val/opening_r"] = r_gen
+        out["val/opening_err"] = 1.0 - r_gen if np.isfinite(r_gen) else 2.0
+        out["val/shape_r"] = pearson(values["opening_pred"], values["opening_real"])
+        out["val/faces_found"] = float(np.isfinite(values["opening_gen"]).mean())
+        return out
+
+    def images(self, batch):
+        """Rows: masked input, reference, generated (predicted shape), generated (real shape), real; 4 samples."""
+        was = self.gen.training
+        self.gen.eval()
+        try:
+            small = {k: v[:4] for k, v in batch.items()}
+            faces, target = masked_faces(small)
+            with torch.no_grad():
+                pred = self.gen(small["mel"].float(), faces).float()
+                real = self.gen.render(faces, small["shape"].float()).float()
+        finally:
+            self.gen.train(was)
+        return image_grid([to_images(faces[:, :3]), to_images(faces[:, 3:]), to_images(pred), to_images(real),
+                           to_images(target)])
+
+    def preview(self):
+        """Held-out frames spread over the validation set: real (top) and generated from audio (bottom)."""
+        ds = self.val_dataset()
+        if ds is None:
+            return None
+        from torch.utils.data import default_collate
+
+        picks = np.linspace(0, len(ds) - 1, min(PREVIEW_FRAMES, len(ds))).round().astype(int)
+        batch = default_collate([ds[int(i)] for i in picks])
+        batch = {k: (v.to(self.ctx.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+        was = self.gen.training
+        self.gen.eval()
+        try:
+            faces, target = masked_faces(batch)
+            with torch.no_grad():
+                fake = self.gen(batch["mel"].float(), faces).float()
+        finally:
+            self.gen.train(was)
+        return image_grid([to_images(target), to_images(fake)])
+
+    def bn_module(self):
+        return self.gen
+
+    def bn_forward(self, batch):
+        faces, _ = masked_faces(batch)
+        self.gen(batch["mel"].float(), faces)
