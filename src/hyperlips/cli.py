@@ -142,7 +142,8 @@ def add_sync_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loop", choices=("pingpong", "hold"), default="pingpong",
                    help="audio longer than the video: play it forward and backward (default) or hold the last frame")
     p.add_argument("--reference", default="best",
-                   help="reference face: best (most confident detection, default), first, or a frame number")
+                   help="reference face: best (most confident detection, default), first, a frame number, or an image "
+                        "file of the same person's face")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--timings", action="store_true", help="print seconds and frames per second for each stage at the end")
 

@@ -135,6 +135,25 @@ def face_crop(frame: np.ndarray, box, size: int) -> np.ndarray:
     return cv2.resize(crop, (size, size), interpolation=interp)
 
 
+def reference_crop(path: Path) -> np.ndarray:
+    """The reference face from an image file (or a video's first frame): its largest face, cropped as ``sync``
+    crops video frames. (128, 128, 3) uint8 BGR."""
+    from .face.detect import FaceDetector
+    from .face.track import track_faces
+    from .media.video import FrameReader, probe
+
+    require_file(path, "reference image")
+    info = probe(path)
+    with FrameReader(path) as reader:
+        frame = next(iter(reader.iter_range(0, 1))).image
+    with FaceDetector() as detector:
+        dets = detector.detect(frame)
+    if not dets:
+        raise UserError(f"--reference {path}: no face found in that image")
+    track = track_faces([dets], fps=float(info.fps or 25.0), source=str(path), frame_size=(info.width, info.height))
+    return face_crop(frame, track.boxes[0], BASE_SIZE)
+
+
 def network_input(crops: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """(N,S,S,3) uint8 BGR crops + (S,S,3) reference -> (N,6,S,S) float32: [lower half zeroed, reference] / 255."""
     n, s = crops.shape[0], crops.shape[1]
@@ -183,6 +202,7 @@ class LipSync:
         batch_size: int = 16,
         untrained: bool = False,
         model: str = "hyperlips-base",
+        network=None,
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -199,9 +219,11 @@ class LipSync:
         self.progress = progress
         self.audio_cfg = AudioConfig()
         self.untrained = untrained
-        if checkpoint is None and not untrained:
+        if checkpoint is None and not untrained and network is None:
             raise UserError("no model weights given: pass --checkpoint PATH (an official HyperLips .pth or a hyperlips checkpoint)")
-        if checkpoint is not None:
+        if network is not None:  # a generator module given directly (its forward takes (mel windows, faces))
+            self.base, self.model_name = network, type(network).__name__
+        elif checkpoint is not None:
             self.base, info = load_checkpoint(checkpoint, device=self.device)
             if info.name not in GENERATORS:
                 raise UserError(f"{checkpoint} holds a {info.name} network, not a lip-sync generator (HyperLips-Base or "
@@ -271,17 +293,21 @@ class LipSync:
         # pass 1: faces
         n_needed = 1 if info.is_image else min(info.n_frames, n_out)
         boxes, n_src, ref_index = self._track_faces(video, info, n_needed, face_index, face_box, timer)
+        ref_crop = None
         if isinstance(reference, int) or (isinstance(reference, str) and reference.isdigit()):
             ref_index = int(reference)
             if not (0 <= ref_index < n_src) or boxes[ref_index] is None:
                 raise UserError(f"--reference {ref_index}: that frame has no tracked face (the video has {n_src} frames)")
         elif reference == "first":
             ref_index = next(i for i, b in enumerate(boxes) if b is not None)
+        elif isinstance(reference, (str, os.PathLike)) and reference != "best" and Path(reference).suffix:
+            ref_crop = reference_crop(Path(reference))
         elif reference != "best":
-            raise UserError(f"--reference must be best, first or a frame number (got {reference!r})")
-        with FrameReader(video) as reader:
-            ref_frame = next(iter(reader.iter_range(ref_index, ref_index + 1))).image
-        ref_crop = face_crop(ref_frame, boxes[ref_index], BASE_SIZE)
+            raise UserError(f"--reference must be best, first, a frame number or an image of the face (got {reference!r})")
+        if ref_crop is None:
+            with FrameReader(video) as reader:
+                ref_frame = next(iter(reader.iter_range(ref_index, ref_index + 1))).image
+            ref_crop = face_crop(ref_frame, boxes[ref_index], BASE_SIZE)
 
         # pass 2: generate
         output.parent.mkdir(parents=True, exist_ok=True)
