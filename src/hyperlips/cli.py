@@ -127,12 +127,14 @@ def _box(text: str) -> tuple[float, float, float, float]:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", type=Path, help="HyperLips-Base weights: an official .pth or a hyperlips .safetensors")
+    p.add_argument("--checkpoint", type=Path, help="generator weights: HyperLips-Base (an official .pth or a hyperlips "
+                   ".safetensors) or HyperLips-Lite (from `hyperlips finetune`)")
     p.add_argument("--hr-checkpoint", type=Path, help="HR decoder weights (128, 256 or 512 px) for a sharper mouth")
     p.add_argument("--size", type=int, choices=(128, 256, 512), help="render size of the mouth; 256/512 need an HR checkpoint")
     p.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=16, help="frames per network batch (default 16)")
     p.add_argument("--untrained", action="store_true", help="use randomly initialised weights (to try the pipeline without a checkpoint)")
+    p.add_argument("--model", choices=("base", "lite"), default="base", help="with --untrained: which generator (base)")
 
 
 def add_sync_options(p: argparse.ArgumentParser) -> None:
@@ -158,6 +160,7 @@ def _make_lipsync(args):
         device=args.device,
         batch_size=args.batch_size,
         untrained=args.untrained,
+        model=args.model,
         progress=not args.quiet,
     )
 

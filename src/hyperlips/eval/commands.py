@@ -132,7 +132,7 @@ def _run_tail(args, device: str, progress: bool) -> int:
         args.output = Path("hyperlips_eval") / f"{args.clips.stem}_tail"
     res = run_tail_protocol(args.clips, args.output, checkpoint=args.checkpoint, fraction=args.tail_fraction,
                             seconds=args.tail_seconds, device=device, batch_size=args.batch_size,
-                            untrained=args.untrained, progress=progress)
+                            untrained=args.untrained, model=args.model, progress=progress)
     from .report import _fmt
 
     for m, row in res.rows.items():

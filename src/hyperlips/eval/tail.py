@@ -166,7 +166,8 @@ def _pool(results) -> tuple[dict, dict]:
 
 def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint=None, fraction: float = 0.15,
                       seconds: float | None = None, device: str = "auto", batch_size: int = 16,
-                      untrained: bool = False, progress: bool = False, baselines: bool = True) -> TailResult:
+                      untrained: bool = False, model: str = "base", progress: bool = False,
+                      baselines: bool = True) -> TailResult:
     """Regenerate the held-out tail of ``footage`` with the model and measure it and the two baselines."""
     from ..pipeline import LipSync
     from .protocols import evaluate_pair
@@ -176,7 +177,8 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     segs, train_part = tail_segments(videos, fraction, seconds)
     work = out / "tail"
     ref_png = pick_reference(train_part, work / "reference.png")
-    model = LipSync(checkpoint, device=device, batch_size=batch_size, untrained=untrained, progress=progress)
+    model = LipSync(checkpoint, device=device, batch_size=batch_size, untrained=untrained, model=model,
+                    progress=progress)
     hold = LipSync(network=hold_reference_network(), device=device, batch_size=batch_size, progress=progress) if baselines else None
     per: dict[str, list] = {m: [] for m in METHODS}
     for k, seg in enumerate(segs):
