@@ -267,7 +267,7 @@ class Progress:
     def write(self, step: int, metrics: Mapping[str, float], done: bool = False) -> None:
         path = Path(self.t.cfg.progress_file)
         preview = self.t.run / "preview.png"
-        status = {"stage": self.t.cfg.stage, "step": int(step), "max_steps": self.t.max_steps(),
+        status = {"stage": self.t.stage.name, "step": int(step), "max_steps": self.t.max_steps(),
                   "elapsed_s": round(self.t.elapsed, 1), "eta_s": None if done else self.eta(step),
                   "fraction": 1.0 if done else round(self.fraction(step), 4), "done": done,
                   "val": {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()},
