@@ -107,6 +107,25 @@ def test_lite_trains_validates_and_exports(grid_view, tmp_path):
     assert (tmp_path / "run/preview.png").is_file() and list((tmp_path / "run/images").glob("*preview*.png"))
 
 
+def test_mouth_gan_joins_after_its_start_and_is_checkpointed(grid_view, tmp_path):
+    res = _trainer(grid_view, tmp_path / "run", max_steps=4, val_every=0, mouth_gan_weight=0.1,
+                   mouth_gan_start=3).fit()
+    assert "adv" not in res.losses[1] and {"adv", "disc"} <= set(res.losses[2]) <= set(res.losses[3])
+    assert all(np.isfinite(v) for r in res.losses for v in r.values())
+    ck = torch.load(tmp_path / "run/checkpoints/step_000000004.pt", weights_only=True)
+    assert set(ck["models"]) == {"generator", "discriminator"} and "discriminator" in ck["optimizers"]
+
+
+def test_mouth_crops_are_square_around_the_lips():
+    from hyperlips.train.lite import mouth_crops
+
+    img = torch.zeros(1, 3, 128, 128)
+    img[:, :, 80:100, 40:88] = 1.0  # a bright "mouth"
+    crop = mouth_crops(img, torch.tensor([[40 / 128, 80 / 128, 88 / 128, 100 / 128]]))
+    assert crop.shape == (1, 3, 64, 64)
+    assert crop[0, 0, 32, 32] > 0.99 and crop[0, 0, 2, 2] < 0.01  # centred on it, with a margin round it
+
+
 def test_lite_resumes_exactly_with_a_decaying_learning_rate(grid_view, tmp_path):
     kw = dict(max_steps=5, val_every=0, lr_schedule="cosine", ckpt_every=3)
     full = _trainer(grid_view, tmp_path / "full", **kw).fit()

@@ -65,6 +65,8 @@ class TrainConfig:
     teacher_forcing: float = 0.8  # lite: share of samples rendered from the real mouth shape (else the predicted)
     shape_noise: float = 0.1  # lite: noise added to the real shapes the renderer sees (standard deviation)
     audio_lr: float = 1e-3  # lite: learning rate of the audio encoder
+    mouth_gan_weight: float = 0.0  # lite: adversarial loss of a PatchGAN on 64 px mouth crops (sharper lips, teeth)
+    mouth_gan_start: int = 500  # lite: the step it starts at (the renderer first learns the face from L1)
     # schedule and budget
     lr_schedule: str = "constant"  # constant | cosine (to 10% over the planned steps, after warmup_steps)
     warmup_steps: int = 0

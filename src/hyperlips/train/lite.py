@@ -26,10 +26,12 @@ from torch import Tensor
 
 from ..data.datasets import BASE_SIZE, Manifest
 from .loop import Stage
-from .losses import box_mask, psnr
+from .losses import box_mask, crop_resize, gan_discriminator_loss, gan_generator_loss, psnr
 from .runlog import image_grid, to_images
 
 PREVIEW_FRAMES = 8
+MOUTH_CROP = 64  # side of the mouth crops the discriminator judges
+MOUTH_MARGIN = 0.25  # the lip box grown by this much of its size on every side
 
 
 def masked_faces(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -43,6 +45,16 @@ def masked_faces(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
 def image_gradients(x: Tensor) -> tuple[Tensor, Tensor]:
     """Horizontal and vertical differences of (N, C, H, W) images."""
     return x[:, :, :, 1:] - x[:, :, :, :-1], x[:, :, 1:] - x[:, :, :-1]
+
+
+def mouth_crops(images: Tensor, lip_box: Tensor) -> Tensor:
+    """(N, 3, 128, 128) faces -> (N, 3, 64, 64) crops of the lip box grown by MOUTH_MARGIN (differentiable)."""
+    b = lip_box.float()
+    w, h = (b[:, 2] - b[:, 0]).clamp_min(0.05), (b[:, 3] - b[:, 1]).clamp_min(0.05)
+    side = torch.maximum(w, h) * (1 + 2 * MOUTH_MARGIN)  # square crops: lips keep their proportions
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    box = torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], dim=1)
+    return crop_resize(images.float(), box, (MOUTH_CROP, MOUTH_CROP))
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -78,6 +90,13 @@ class LiteStage(Stage):
         betas = tuple(cfg.betas)
         self.opt_r = torch.optim.Adam(self.renderer_params, lr=cfg.lr, betas=betas)
         self.opt_a = torch.optim.AdamW(self.audio_params, lr=cfg.audio_lr, betas=(0.9, 0.999), weight_decay=1e-2)
+        self.disc = self.opt_d = None
+        if cfg.mouth_gan_weight > 0:
+            from ..models.lite_disc import MouthDiscriminator
+
+            self.disc = MouthDiscriminator().to(ctx.device)
+            self.disc_ddp = ctx.wrap(self.disc)
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999))
         # the training part of each clip measures every clip's shapes and gives validation its reference frame
         self.train_clips = self.manifest.open_clips("train")
         self.val_clips = self.manifest.open_clips("val")
@@ -88,10 +107,16 @@ class LiteStage(Stage):
         self._mesh = None
 
     def modules(self):
-        return {"generator": self.gen}
+        m = {"generator": self.gen}
+        if self.disc is not None:
+            m["discriminator"] = self.disc
+        return m
 
     def optimizers(self):
-        return {"renderer": self.opt_r, "audio": self.opt_a}
+        o = {"renderer": self.opt_r, "audio": self.opt_a}
+        if self.opt_d is not None:
+            o["discriminator"] = self.opt_d
+        return o
 
     def exported(self):
         return self.gen
@@ -145,10 +170,29 @@ class LiteStage(Stage):
             fake = self.gen_ddp(None, faces, shown)
         l1, edge = self._image_loss(fake, target, batch["lip_box"])
         l_img = l1 + cfg.edge_weight * edge
-        ctx.check_finite("generator", {"l1": l1, "edge": edge, "shape": l_shape}, step)
+        losses = {"l1": l1, "edge": edge, "shape": l_shape}
+        gan = self.disc is not None and step >= cfg.mouth_gan_start
+        if gan:
+            fake_mouth = mouth_crops(fake, batch["lip_box"])
+            with ctx.autocast():
+                adv = gan_generator_loss(self.disc_ddp(fake_mouth).float())
+            l_img = l_img + cfg.mouth_gan_weight * adv
+            losses["adv"] = adv
+        ctx.check_finite("generator", losses, step)
         ctx.backward_step(cfg.shape_weight * l_shape, self.opt_a, self.audio_params)
+        if gan:
+            self.disc.requires_grad_(False)  # the generator's step leaves the judge alone
         ctx.backward_step(l_img, self.opt_r, self.renderer_params)
-        return {"l1": l1.item(), "edge": edge.item(), "shape": l_shape.item()}
+        out = {k: v.item() for k, v in losses.items()}
+        if gan:
+            self.disc.requires_grad_(True)
+            real_mouth = mouth_crops(target, batch["lip_box"])
+            with ctx.autocast():
+                l_d = gan_discriminator_loss(self.disc_ddp(real_mouth).float(), self.disc_ddp(fake_mouth.detach()).float())
+            ctx.check_finite("discriminator", {"disc": l_d}, step)
+            ctx.backward_step(l_d, self.opt_d, self.disc.parameters())
+            out["disc"] = l_d.item()
+        return out
 
     # ------------------------------------------------------------------ validation
     def _face_mesh(self):

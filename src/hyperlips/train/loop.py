@@ -334,20 +334,25 @@ class Trainer:
         return int(self.cfg.max_steps)
 
     def _plan(self, step: int, val_seconds: float, budget: float) -> None:
-        """At the first validation of a run with a time budget, fix the number of steps the budget allows
-        (from the measured speed, validations included); the learning-rate schedule decays over it. Stored in
-        checkpoints, so a resumed run keeps the same plan."""
-        if not budget or self.planned_steps is not None or step < 1:
+        """With a time budget, fix at every validation the step the run ends at, from the speed measured since the
+        last plan (validations included), so the whole budget is used whatever else the machine is doing; the
+        learning-rate schedule decays over it. The plan is stored in checkpoints: a resumed run continues with
+        it until its own next validation re-plans from its own speed."""
+        if not budget or step < 1:
             return
-        per_step = max(self.elapsed - val_seconds, 1e-6) / step
+        ref_step, ref_elapsed = self._plan_ref
+        if step <= ref_step:
+            return
+        per_step = max(self.elapsed - ref_elapsed - val_seconds, 1e-6) / (step - ref_step)
+        self._plan_ref = (step, self.elapsed)
         left = budget - self.elapsed
         every = max(1, self.cfg.val_every or self.cfg.max_steps)
-        # s steps cost s * per_step plus one validation per `every` steps
         steps_left = int(left / (per_step + val_seconds / every)) if left > 0 else 0
-        planned = step + max(0, int(0.97 * steps_left))
-        self.planned_steps = int(self.dist.broadcast(planned))
-        self.say(f"time budget {self.cfg.max_minutes:g} min: {per_step:.2f} s/step, {val_seconds:.1f} s/validation "
-                 f"-> planning {self.planned_steps} steps")
+        first = self.planned_steps is None
+        self.planned_steps = int(self.dist.broadcast(step + max(0, int(0.98 * steps_left))))
+        if first:
+            self.say(f"time budget {self.cfg.max_minutes:g} min: {per_step:.2f} s/step, {val_seconds:.1f} s/validation "
+                     f"-> planning {self.planned_steps} steps (re-planned at every validation)")
 
     def _preview(self, stage: Stage, step: int, log: RunLog) -> None:
         if not self.dist.main:
@@ -579,6 +584,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         t0 = time.perf_counter()
         elapsed0 = self.elapsed
+        self._plan_ref = (start, elapsed0)
         t_log, n_log = t0, 0
         step = start
         done_steps = 0
@@ -623,7 +629,8 @@ class Trainer:
                 sps = n_log * cfg.batch_size * self.dist.world / max(now - t_log, 1e-9)
                 t_log, n_log = now, 0
                 log.scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, "train/samples_per_s": sps,
-                                   "train/lr": schedule.factor * cfg.lr, "train/elapsed_s": self.elapsed})
+                                   "train/lr": schedule.factor * cfg.lr, "train/elapsed_s": self.elapsed,
+                                   **({"train/planned_steps": self.planned_steps} if self.planned_steps else {})})
                 if self.dist.main and not self.quiet and not cfg.progress:
                     parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
                     print(f"step {step}/{self.max_steps()} {parts} ({sps:.2f} samples/s)", file=sys.stderr, flush=True)
