@@ -34,7 +34,7 @@ def test_tail_protocol_measures_the_model_and_both_baselines(more_data, tmp_path
     assert rows["delayed"]["opening_lag"] == 5 and rows["delayed"]["opening_r_peak"] > 0.8
     # the held reference mouth barely moves; the real one does
     assert rows["hold"]["opening_amplitude"] < 0.5 * rows["delayed"]["opening_amplitude"]
-    assert (tmp_path / "report/tail/reference.png").is_file()
+    assert (tmp_path / "report/tail/reference.png").is_file() and (tmp_path / "report/tail_preview.png").is_file()
     assert "reference mouth held" in (out / "tail.md").read_text()
     assert "delayed: opening r" in res.stdout
 

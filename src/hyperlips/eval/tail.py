@@ -199,7 +199,24 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
         if results:
             res.rows[m], res.series[m] = _pool(results)
     write_tail_report(res, out)
+    write_tail_preview(per["model"], out / "tail_preview.png")
     return res
+
+
+def write_tail_preview(results, path: Path, columns: int = 8):
+    """Mouths of the held-out tail, real (top row) and generated (bottom row), spread over the segments."""
+    import cv2
+
+    pairs = [(ref, gen) for r in results for _, gen, ref in r.sheet if ref is not None]
+    if not pairs:
+        return None
+    pick = np.linspace(0, len(pairs) - 1, min(columns, len(pairs))).round().astype(int)
+    top = np.concatenate([pairs[i][0] for i in pick], axis=1)
+    bottom = np.concatenate([pairs[i][1] for i in pick], axis=1)
+    sep = np.full((4, top.shape[1], 3), 255, np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.concatenate([top, sep, bottom], axis=0))
+    return path
 
 
 def tail_markdown(res: TailResult) -> str:
