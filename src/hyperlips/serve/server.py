@@ -15,8 +15,8 @@ import logging
 import mimetypes
 import re
 import shutil
+import signal
 import threading
-import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -450,10 +450,12 @@ def serve(settings: ServeSettings) -> int:
     if not settings.loopback:
         print(f"hyperlips serve: note: listening on {settings.host}: anyone who can reach this machine can use it",
               flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a service manager stopping it
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+        while not stop.wait(1.0):
+            pass
         print("hyperlips serve: stopping (running jobs are queued again at the next start)", flush=True)
     finally:
         app.stop()
