@@ -60,17 +60,17 @@ class Client:
         assert status == 200, job
         return job
 
-    def wait(self, job_id: str, until=FINISHED, timeout: float = 300.0, every: float = 0.2) -> tuple[dict, list[dict]]:
-        """Poll until the job's state is in ``until`` (or its stage, for running jobs); returns (job, snapshots)."""
+    def wait(self, job_id: str, stages=(), timeout: float = 300.0, every: float = 0.2) -> tuple[dict, list[dict]]:
+        """Poll until the job has finished, or is running one of ``stages``; returns (job, every snapshot)."""
         seen = []
         t0 = time.monotonic()
         while True:
             job = self.job(job_id)
             seen.append(job)
-            if job["state"] in until or (job["state"] == "running" and job["stage"] in until):
+            if (not stages and job["state"] in FINISHED) or (job["state"] == "running" and job["stage"] in stages):
                 return job, seen
             if job["state"] in FINISHED:
-                raise AssertionError(f"job ended {job['state']} ({job['message']}) while waiting for {until}")
+                raise AssertionError(f"job ended {job['state']} ({job['message']}) while waiting for {stages}")
             if time.monotonic() - t0 > timeout:
                 raise AssertionError(f"job {job_id} still {job['state']}/{job['stage']} after {timeout} s")
             time.sleep(every)
@@ -140,7 +140,7 @@ os.makedirs(a.work, exist_ok=True)
 with open(os.path.join(a.work, "args.json"), "w") as f:
     json.dump({"argv": sys.argv[3:], "video": a.video, "minutes": a.minutes, "checkpoint": a.checkpoint}, f)
 if mode == "fail":
-    print("hyperlips: error: " + os.path.basename(a.video) + " is too short to fine-tune on: 20 frames", file=sys.stderr)
+    print("hyperlips: error: " + a.video + " is too short to fine-tune on: 20 frames", file=sys.stderr)
     sys.exit(2)
 if mode == "crash":
     raise RuntimeError("the fake trainer fell over")

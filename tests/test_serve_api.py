@@ -111,7 +111,7 @@ def test_cancel_running_and_queued_jobs(server, inputs):
     app, client = server()
     long_job = _sync_job(client, inputs, audio="long_speech")  # 1000 frames: minutes of work
     queued = _sync_job(client, inputs)
-    client.wait(long_job["id"], until=("lip-sync",), timeout=240)
+    client.wait(long_job["id"], stages=("lip-sync",), timeout=240)
     folder = app.settings.data / "jobs" / long_job["id"]
     assert worker_pids(folder), "no worker process for the running job"
     assert client.job(queued["id"])["queue_position"] == 0
@@ -163,7 +163,7 @@ def test_a_job_running_when_the_server_is_killed_runs_again(tmp_path, inputs):
     proc, client = start()
     try:
         job = _sync_job(client, inputs, audio="long_speech")
-        client.wait(job["id"], until=("faces", "lip-sync"), timeout=240)
+        client.wait(job["id"], stages=("faces", "lip-sync"), timeout=240)
         folder = data / "jobs" / job["id"]
         assert worker_pids(folder)
         proc.send_signal(signal.SIGKILL)
@@ -175,7 +175,7 @@ def test_a_job_running_when_the_server_is_killed_runs_again(tmp_path, inputs):
         proc, client = start()
         again = client.job(job["id"])
         assert again["state"] in ("queued", "running") and again["attempts"] >= 1
-        client.wait(job["id"], until=("faces", "lip-sync"), timeout=240)
+        client.wait(job["id"], stages=("faces", "lip-sync"), timeout=240)
         assert client.job(job["id"])["attempts"] == 2
         client.json("POST", f"/api/jobs/{job['id']}/cancel")
         assert client.wait(job["id"], timeout=30)[0]["state"] == "cancelled"
@@ -192,7 +192,7 @@ def test_a_job_running_when_the_server_is_killed_runs_again(tmp_path, inputs):
 def test_a_crashing_worker_fails_its_job_not_the_server(server, inputs):
     app, client = server()
     job = _sync_job(client, inputs, audio="long_speech")
-    client.wait(job["id"], until=("faces", "lip-sync"), timeout=240)
+    client.wait(job["id"], stages=("faces", "lip-sync"), timeout=240)
     for pid in worker_pids(app.settings.data / "jobs" / job["id"]):
         os.kill(pid, signal.SIGKILL)  # as a segfault would end it
     failed, _ = client.wait(job["id"], timeout=20)
@@ -312,7 +312,10 @@ def test_oversized_uploads_are_refused_before_they_are_read(server, inputs):
     def raw(request: bytes) -> bytes:
         with socket.create_connection((host, port), timeout=10) as s:
             s.sendall(request)
-            return s.recv(65536)
+            reply = b""
+            while chunk := s.recv(65536):  # the server closes the connection after a refusal
+                reply += chunk
+            return reply
 
     # a declared size over the limit: answered at once, nothing read
     reply = raw(b"POST /api/files?name=big.mp4 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000000000\r\n\r\n")

@@ -65,8 +65,9 @@ class SyncProgress:
 
 
 def _public_message(text: str, names: dict[str, str]) -> str:
-    for stored, shown in names.items():
-        text = text.replace(stored, shown)
+    """``text`` with the job folder's paths (longest first) replaced by the names the user knows."""
+    for stored in sorted(names, key=len, reverse=True):
+        text = text.replace(stored, names[stored])
     return " ".join(text.split())
 
 
