@@ -3,7 +3,6 @@ random weights: submit, progress, result, cancel, restart, bad uploads, path tra
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -89,7 +88,7 @@ def test_submit_progress_and_result(server, inputs, tmp_path):
 
 
 def test_info_models_and_openapi_cover_every_route(server):
-    from hyperlips.serve.server import ROUTE_TABLE
+    from hyperlips.serve.routes import ROUTE_TABLE
 
     _, client = server()
     status, doc = client.json("GET", "/api/openapi.json")
@@ -128,6 +127,18 @@ def test_cancel_running_and_queued_jobs(server, inputs):
     assert not (folder / "result.mp4").exists()
     status, err = client.json("GET", f"/api/jobs/{long_job['id']}/result")
     assert status == 404 and "cancelled" in err["error"]
+
+
+def test_jobs_at_once_runs_that_many_workers(server, inputs):
+    _, client = server(jobs_at_once=2)
+    jobs = [_sync_job(client, inputs, audio="long_speech") for _ in range(3)]
+    deadline = time.monotonic() + 120
+    while [client.job(j["id"])["state"] for j in jobs] != ["running", "running", "queued"]:
+        assert time.monotonic() < deadline, [client.job(j["id"])["state"] for j in jobs]
+        time.sleep(0.2)
+    for j in jobs:
+        client.json("POST", f"/api/jobs/{j['id']}/cancel")
+    assert [client.wait(j["id"], timeout=30)[0]["state"] for j in jobs] == ["cancelled"] * 3
 
 
 # ------------------------------------------------------------------------------------------------ restart
@@ -380,6 +391,14 @@ def test_person_models_are_listed_and_used(server, inputs, tmp_path):
     assert done["state"] == "done", done["message"]
 
 
+def test_one_server_per_data_folder(server, tmp_path):
+    from hyperlips.errors import UserError
+
+    server(run_jobs=False)
+    with pytest.raises(UserError, match="another hyperlips serve is using"):
+        App(quick_settings(tmp_path / "data"))
+
+
 def test_serve_command_errors_are_one_line(tmp_path):
     r = run_cli("serve", "--port", "70000", "--data", tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "hyperlips: error: --port must be 0..65535 (got 70000)"
@@ -390,3 +409,17 @@ def test_serve_command_errors_are_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().startswith("hyperlips: error: cannot listen on 127.0.0.1:") and "--port" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_python_client_in_the_docs_works(server, inputs, tmp_path):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    code = text.split("### From Python")[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "docs/serving.md", "exec"), namespace)
+    _, client = server()
+    url = f"http://{client.host}:{client.port}"
+    out = namespace["lipsync"](url, str(inputs["photo"]), str(inputs["speech"]), str(tmp_path / "synced.mp4"),
+                               loop="hold")
+    assert probe_streams(Path(out))["frames"] == 15
+    with pytest.raises(RuntimeError, match="has no audio track"):
+        namespace["lipsync"](url, str(inputs["photo"]), str(inputs["silent"]), str(tmp_path / "never.mp4"))

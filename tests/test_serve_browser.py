@@ -140,6 +140,10 @@ def test_pick_the_built_in_example(open_page, tmp_path):
 
 def test_bad_inputs_show_the_reason_and_jobs_can_be_cancelled(open_page, tmp_path):
     _, page = open_page()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    reason = _pick(page, "#sync-video-file", notes, "#sync-video-status")
+    assert reason.startswith("notes.txt: not a file type this server takes; send videos")
     junk = tmp_path / "clip.mp4"
     junk.write_bytes(b"not a video\n" * 50)
     reason = _pick(page, "#sync-video-file", junk, "#sync-video-status")

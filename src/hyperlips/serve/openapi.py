@@ -93,6 +93,7 @@ def openapi_document(version: str) -> dict:
                     "max_upload_bytes": {"type": "integer"}, "max_seconds": {"type": "number"},
                     "max_train_minutes": {"type": "number"}, "keep_hours": {"type": "number"}}},
                 "accepted_suffixes": {"type": "array", "items": {"type": "string"}},
+                "accepted_kinds": {"type": "string"},
                 "queue": {"type": "object", "properties": {"queued": {"type": "integer"}, "running": {"type": "integer"}}}}},
             "Model": {"type": "object", "properties": {
                 "id": {"type": "string", "examples": ["untrained", "person:anna"]}, "label": {"type": "string"},

@@ -27,6 +27,7 @@ from .store import Store, new_id
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"})
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".oga", ".opus", ".wma"})
 ACCEPTED_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES | IMAGE_SUFFIXES
+ACCEPTED_KINDS = "videos (mp4, mov, mkv, webm, ...), photos (png, jpg, ...) or speech (wav, mp3, m4a, flac, ogg, ...)"
 CHUNK = 1 << 20
 
 
@@ -53,8 +54,7 @@ def display_name(raw: str | None) -> str:
 def storage_suffix(name: str) -> str:
     suffix = os.path.splitext(name)[1].lower()
     if suffix not in ACCEPTED_SUFFIXES:
-        kinds = "videos (mp4, mov, mkv, webm, ...), photos (png, jpg, ...) or speech (wav, mp3, m4a, flac, ogg, ...)"
-        raise UploadError(f"{name}: not a file type this server takes; send {kinds}")
+        raise UploadError(f"{name}: not a file type this server takes; send {ACCEPTED_KINDS}")
     return suffix
 
 
@@ -95,10 +95,12 @@ def receive(body: BinaryIO, length: int | None, raw_name: str | None, settings: 
                 left -= len(chunk)
         os.replace(part, final)
         facts = inspect(final, name, settings.max_seconds)
-    except BaseException:
+    except BaseException as e:
         part.unlink(missing_ok=True)
         final.unlink(missing_ok=True)
-        raise
+        if isinstance(e, OSError) and not isinstance(e, (ConnectionError, TimeoutError)):  # the server's disk
+            raise UploadError(f"the server could not store {name}: {e.strerror or e}", status=507) from None
+        raise  # a refusal, or the client went away
     return store.add_file(file_id, name, f"files/{final.name}", length, facts)
 
 

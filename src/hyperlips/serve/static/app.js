@@ -36,6 +36,12 @@ function sizeText(n) {
 function upload(file, onProgress) {
   return new Promise((resolve, reject) => {
     const max = state.info ? state.info.limits.max_upload_bytes : Infinity;
+    const dot = file.name.lastIndexOf(".");
+    const suffix = dot >= 0 ? file.name.slice(dot).toLowerCase() : "";
+    if (state.info && !state.info.accepted_suffixes.includes(suffix)) {  // the server's words, before sending it
+      reject(new Error(`${file.name}: not a file type this server takes; send ${state.info.accepted_kinds}`));
+      return;
+    }
     if (file.size > max) {
       reject(new Error(`${file.name} is ${sizeText(file.size)}; this server takes files of at most ${sizeText(max)}`));
       return;
