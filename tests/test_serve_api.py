@@ -391,6 +391,16 @@ def test_person_models_are_listed_and_used(server, inputs, tmp_path):
     assert done["state"] == "done", done["message"]
 
 
+def test_requests_leave_no_open_files_behind(server):
+    _, client = server(run_jobs=False)
+    client.json("GET", "/api/info")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(200):  # one connection (and one handler thread) each
+        assert client.json("GET", "/api/jobs")[0] == 200
+    time.sleep(0.3)
+    assert len(os.listdir("/proc/self/fd")) <= before + 3
+
+
 def test_one_server_per_data_folder(server, tmp_path):
     from hyperlips.errors import UserError
 

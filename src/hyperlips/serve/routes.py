@@ -89,6 +89,13 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 120  # seconds a client may stay silent mid-request
 
     # ------------------------------------------------------------------ plumbing
+    def handle(self) -> None:
+        """Answer the requests of one connection, then close this thread's database connection (no fd is left)."""
+        try:
+            super().handle()
+        finally:
+            self.app.store.close()
+
     def do_GET(self) -> None:
         self._dispatch("GET")
 
