@@ -87,6 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"hyperlips/{__version__}"
     sys_version = ""
     timeout = 120  # seconds a client may stay silent mid-request
+    _head = False  # answering a HEAD request: headers only
 
     # ------------------------------------------------------------------ plumbing
     def handle(self) -> None:

@@ -151,7 +151,11 @@ class Runner:
         if rc is None:
             return
         del self.running[r.job_id]
-        self._finish(r, rc)
+        try:
+            self._finish(r, rc)
+        except Exception:  # noqa: BLE001 - the job must not stay 'running' forever
+            log.exception("job %s: recording its end failed", r.job_id)
+            self.store.finish(r.job_id, "failed", "the server could not record how this job ended (see the server's log)")
 
     def _read_progress(self, r: _Running) -> None:
         path = progress_file(self.settings, r.job_id, r.kind)
@@ -180,8 +184,9 @@ class Runner:
             self.store.finish(r.job_id, "done", None, result, {**last, "stage": "done", "fraction": 1.0})
             log.info("job %s done", r.job_id)
             return
-        if error.is_file():
-            message = error.read_text(encoding="utf-8", errors="replace").strip().splitlines()[0][:1000]
+        said = error.read_text(encoding="utf-8", errors="replace").strip() if error.is_file() else ""
+        if said:
+            message = said.splitlines()[0][:1000]
         else:
             message = (f"the job's worker process stopped unexpectedly ({describe_exit(rc)}); the server is still "
                        f"running: see this job's log, then try again")
