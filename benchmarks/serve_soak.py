@@ -179,7 +179,11 @@ def main() -> int:
     time.sleep(1.0)
     stop.set()
     sampler.join()
-    listed = {j["id"]: j for j in api.json("GET", "/api/jobs?limit=500")[1]["jobs"]}
+    try:
+        listed = {j["id"]: j for j in api.json("GET", "/api/jobs?limit=500")[1]["jobs"]}
+    except OSError as e:
+        errors.append(f"the server no longer answers: {e}")
+        listed = {}
     server.terminate()
     server.wait(timeout=30)
 
@@ -200,8 +204,8 @@ def main() -> int:
     for e in errors[:5]:
         print(f"  client error: {e}")
     print(f"  wall {wall:.1f} s, {len(outcomes) / wall * 60:.1f} jobs/min; job latency (submit to end) "
-          f"median {statistics.median(lat):.1f} s, max {lat[-1]:.1f} s; mean time queued "
-          f"{statistics.mean(o['queued_s'] for o in outcomes.values()):.1f} s")
+          f"median {statistics.median(lat or [0]):.1f} s, max {max(lat or [0]):.1f} s; mean time queued "
+          f"{statistics.mean([o['queued_s'] for o in outcomes.values()] or [0]):.1f} s")
     print(f"  server RSS MB: start {rss[0]:.1f}, peak {max(rss):.1f}, end {rss[-1]:.1f}; mean first half "
           f"{statistics.mean(rss[:half]):.1f}, second half {statistics.mean(rss[half:]):.1f}")
     print(f"  server threads peak {max(s['threads'] for _, s in samples)}, end {samples[-1][1]['threads']}; "

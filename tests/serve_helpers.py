@@ -165,11 +165,12 @@ time.sleep(float(os.environ.get("FAKE_FINETUNE_PAUSE", "0.6")))
 steps = int(os.environ.get("FAKE_FINETUNE_STEPS", "3"))
 for i in range(1, steps + 1):
     prev = os.path.join(a.work, "previews", f"step_{i * 10}.png")
+    if mode == "escape":  # a real PNG, but outside the job's work folder
+        prev = os.path.join(a.work, "..", "..", "outside.png")
     os.makedirs(os.path.dirname(prev), exist_ok=True)
     png(prev, 64, 32, 60 * i)
     progress({"stage": "train", "step": i * 10, "elapsed_s": i * 0.5, "eta_s": (steps - i) * 0.5,
-              "fraction": i / (steps + 1), "val": {"mouth_l1": 0.1 / i, "sync": 0.5 + 0.1 * i},
-              "preview": "/etc/passwd" if mode == "escape" else prev})
+              "fraction": i / (steps + 1), "val": {"mouth_l1": 0.1 / i, "sync": 0.5 + 0.1 * i}, "preview": prev})
     time.sleep(float(os.environ.get("FAKE_FINETUNE_PAUSE", "0.6")))
 shutil.copyfile(checkpoint, a.output)
 progress({"stage": "done", "step": steps * 10, "elapsed_s": 2.0, "eta_s": 0, "fraction": 1.0,

@@ -64,6 +64,8 @@ def test_submit_progress_and_result(server, inputs, tmp_path):
     fractions = [s["fraction"] for s in seen]
     assert fractions == sorted(fractions), "progress went backwards"
     assert done["fraction"] == 1.0 and done["result"]["frames"] == 15  # 0.6 s at the photo's 25 fps
+    last = done["progress"]  # the worker's last report: every frame of the lip-sync pass
+    assert (last["done"], last["total"], last["fraction"]) == (15, 15, 1.0)
 
     status, headers, body = client.request("GET", done["result"]["url"])
     assert status == 200 and headers["content-type"] == "video/mp4"
@@ -156,17 +158,19 @@ def test_a_job_running_when_the_server_is_killed_runs_again(tmp_path, inputs):
     data = tmp_path / "data"
 
     lines: list[list[str]] = []  # each server's output
+    procs: list[subprocess.Popen] = []
 
     def start() -> tuple[subprocess.Popen, Client]:
         proc = subprocess.Popen([sys.executable, "-m", "hyperlips.cli", "serve", "--port", "0", "--data", str(data),
                                  "--no-examples", "--device", "cpu", "--threads", "1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(proc)
         mine: list[str] = []
-        lines.append(mine)  # type: ignore[arg-type]
+        lines.append(mine)
         threading.Thread(target=lambda: mine.extend(proc.stdout), daemon=True).start()  # keeps the pipe drained
         deadline = time.monotonic() + 60
         while not any("http://" in ln for ln in mine):
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(mine)
             time.sleep(0.1)
         url = next(ln for ln in mine if "http://" in ln).split()[2].rstrip("/")
         return proc, Client(url)
@@ -191,8 +195,13 @@ def test_a_job_running_when_the_server_is_killed_runs_again(tmp_path, inputs):
         client.json("POST", f"/api/jobs/{job['id']}/cancel")
         assert client.wait(job["id"], timeout=30)[0]["state"] == "cancelled"
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        for p in procs:  # the servers this test started, whatever happened
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
     time.sleep(0.2)
     out = "".join(lines[1])
     assert proc.returncode == 0, out
