@@ -127,3 +127,28 @@ def test_training_requests_are_checked(start, clip):
                           ({"video": video["id"], "name": "x", "start_from": "person:nobody"}, "no model")]:
         status, err = client.json("POST", "/api/jobs", {"kind": "finetune", **params})
         assert status == 400 and words in err["error"], (params, err)
+
+
+@pytest.mark.slow
+def test_a_person_model_trained_with_the_real_finetune(tmp_path, real_data, clip):
+    """The page's training tab end to end with `hyperlips finetune` itself: a few minutes on one real clip."""
+    app = App(quick_settings(tmp_path / "data")).start()  # the real finetune command
+    try:
+        client = Client(app.url)
+        footage = client.upload_file(real_data / "retalking" / "face2.mp4")  # 5 s, its own speech
+        job = client.submit(kind="finetune", video=footage["id"], name="face2", minutes=3)
+        done, seen = client.wait(job["id"], timeout=1500, every=1.0)
+        log = client.request("GET", f"/api/jobs/{job['id']}/log")[2].decode(errors="replace")[-3000:]
+        assert done["state"] == "done", f"{done['message']}\n{log}"
+        assert "preprocess" in {s["stage"] for s in seen}
+        trained = [s for s in seen if s["state"] == "running" and s["progress"].get("step")]
+        assert trained and trained[-1]["progress"]["preview"], seen[-3:]
+        status, _, png = client.request("GET", f"/api/jobs/{job['id']}/preview")
+        assert status == 200 and png.startswith(b"\x89PNG")
+        assert "person:face2" in [m["id"] for m in client.json("GET", "/api/models")[1]["models"]]
+        photo = client.upload_file(clip["photo"])
+        speech = client.upload_file(clip["speech"])
+        synced = client.submit(video=photo["id"], audio=speech["id"], model="person:face2")
+        assert client.wait(synced["id"], timeout=600)[0]["state"] == "done"
+    finally:
+        app.stop()

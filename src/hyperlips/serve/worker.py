@@ -105,6 +105,9 @@ def run_finetune(job: dict, folder: Path) -> dict:
            "--minutes", f"{float(job['minutes']):g}"]
     if job.get("checkpoint"):
         cmd += ["--checkpoint", str(job["checkpoint"])]
+    # until the command's own first report (it writes one once training starts): preparing the footage
+    write_json(work / "progress.json", {"stage": "preprocess", "step": 0, "elapsed_s": 0.0, "eta_s": None,
+                                        "fraction": 0.0, "val": {}, "preview": None})
     err_path = folder / "finetune.stderr"
     with open(err_path, "wb") as err:
         rc = subprocess.call(cmd, stdout=sys.stdout, stderr=err, cwd=folder)

@@ -91,8 +91,9 @@ const STAGE_TEXT = {
   "lip-sync": "Generating the mouth",
   preprocess: "Preparing the footage",
   train: "Training",
+  lite: "Training",
+  base: "Training",
   hr: "Training the HR decoder",
-  export: "Writing the model",
 };
 function stageLine(job) {
   const p = job.progress || {};
@@ -305,7 +306,8 @@ function renderTraining(job) {
   table.replaceChildren(...Object.entries(val).map(([k, v]) => {
     const tr = document.createElement("tr");
     const th = document.createElement("th"); th.textContent = k;
-    const td = document.createElement("td"); td.textContent = typeof v === "number" ? v.toPrecision(4) : String(v);
+    const td = document.createElement("td");
+    td.textContent = typeof v === "number" ? v.toPrecision(4) : v == null ? "—" : String(v);
     tr.append(th, td);
     return tr;
   }));
