@@ -57,7 +57,7 @@ def test_submit_progress_and_result(server, inputs, tmp_path):
     app, client = server()
     job = _sync_job(client, inputs)
     assert job["state"] == "queued" and job["params"]["model"] == "untrained"
-    done, seen = client.wait(job["id"], timeout=240)
+    done, seen = client.wait(job["id"], timeout=900)
     assert done["state"] == "done", done["message"]
     stages = [s["stage"] for s in seen if s["state"] == "running"]
     assert set(stages) & {"loading", "faces", "lip-sync"}, stages
@@ -112,7 +112,7 @@ def test_cancel_running_and_queued_jobs(server, inputs):
     app, client = server()
     long_job = _sync_job(client, inputs, audio="long_speech")  # 1000 frames: minutes of work
     queued = _sync_job(client, inputs)
-    client.wait(long_job["id"], stages=("lip-sync",), timeout=240)
+    client.wait(long_job["id"], stages=("lip-sync",), timeout=900)
     folder = app.settings.data / "jobs" / long_job["id"]
     assert worker_pids(folder), "no worker process for the running job"
     assert client.job(queued["id"])["queue_position"] == 0
@@ -120,9 +120,9 @@ def test_cancel_running_and_queued_jobs(server, inputs):
     status, after = client.json("POST", f"/api/jobs/{queued['id']}/cancel")
     assert status == 200 and after["state"] == "cancelled"  # a queued job is cancelled at once
     client.json("POST", f"/api/jobs/{long_job['id']}/cancel")
-    ended, _ = client.wait(long_job["id"], timeout=20)
+    ended, _ = client.wait(long_job["id"], timeout=120)
     assert ended["state"] == "cancelled"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 300
     while worker_pids(folder) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not worker_pids(folder), "the cancelled job's worker is still running"
@@ -134,13 +134,13 @@ def test_cancel_running_and_queued_jobs(server, inputs):
 def test_jobs_at_once_runs_that_many_workers(server, inputs):
     _, client = server(jobs_at_once=2)
     jobs = [_sync_job(client, inputs, audio="long_speech") for _ in range(3)]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     while [client.job(j["id"])["state"] for j in jobs] != ["running", "running", "queued"]:
         assert time.monotonic() < deadline, [client.job(j["id"])["state"] for j in jobs]
         time.sleep(0.2)
     for j in jobs:
         client.json("POST", f"/api/jobs/{j['id']}/cancel")
-    assert [client.wait(j["id"], timeout=30)[0]["state"] for j in jobs] == ["cancelled"] * 3
+    assert [client.wait(j["id"], timeout=120)[0]["state"] for j in jobs] == ["cancelled"] * 3
 
 
 # ------------------------------------------------------------------------------------------------ restart
@@ -149,7 +149,7 @@ def test_a_queued_job_survives_a_restart(server, inputs):
     job = _sync_job(client, inputs)
     first.stop()
     _, client = server()
-    done, _ = client.wait(job["id"], timeout=240)
+    done, _ = client.wait(job["id"], timeout=900)
     assert done["state"] == "done", done["message"]
 
 
@@ -168,7 +168,7 @@ def test_a_job_running_when_the_server_is_killed_runs_again(tmp_path, inputs):
         mine: list[str] = []
         lines.append(mine)
         threading.Thread(target=lambda: mine.extend(proc.stdout), daemon=True).start()  # keeps the pipe drained
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while not any("http://" in ln for ln in mine):
             assert proc.poll() is None and time.monotonic() < deadline, "".join(mine)
             time.sleep(0.1)
@@ -178,22 +178,22 @@ def test_a_job_running_when_the_server_is_killed_runs_again(tmp_path, inputs):
     proc, client = start()
     try:
         job = _sync_job(client, inputs, audio="long_speech")
-        client.wait(job["id"], stages=("faces", "lip-sync"), timeout=240)
+        client.wait(job["id"], stages=("faces", "lip-sync"), timeout=900)
         folder = data / "jobs" / job["id"]
         assert worker_pids(folder)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 300
         while worker_pids(folder) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not worker_pids(folder), "the worker outlived its server"
         proc, client = start()
         again = client.job(job["id"])
         assert again["state"] in ("queued", "running") and again["attempts"] >= 1
-        client.wait(job["id"], stages=("faces", "lip-sync"), timeout=240)
+        client.wait(job["id"], stages=("faces", "lip-sync"), timeout=900)
         assert client.job(job["id"])["attempts"] == 2
         client.json("POST", f"/api/jobs/{job['id']}/cancel")
-        assert client.wait(job["id"], timeout=30)[0]["state"] == "cancelled"
+        assert client.wait(job["id"], timeout=120)[0]["state"] == "cancelled"
     finally:
         for p in procs:  # the servers this test started, whatever happened
             p.terminate()
@@ -212,15 +212,15 @@ def test_a_job_running_when_the_server_is_killed_runs_again(tmp_path, inputs):
 def test_a_crashing_worker_fails_its_job_not_the_server(server, inputs):
     app, client = server()
     job = _sync_job(client, inputs, audio="long_speech")
-    client.wait(job["id"], stages=("faces", "lip-sync"), timeout=240)
+    client.wait(job["id"], stages=("faces", "lip-sync"), timeout=900)
     for pid in worker_pids(app.settings.data / "jobs" / job["id"]):
         os.kill(pid, signal.SIGKILL)  # as a segfault would end it
-    failed, _ = client.wait(job["id"], timeout=20)
+    failed, _ = client.wait(job["id"], timeout=120)
     assert failed["state"] == "failed"
     assert "stopped unexpectedly (killed by SIGKILL)" in failed["message"]
     assert client.json("GET", "/api/health") == (200, {"ok": True})
     after = _sync_job(client, inputs)
-    assert client.wait(after["id"], timeout=240)[0]["state"] == "done"
+    assert client.wait(after["id"], timeout=900)[0]["state"] == "done"
 
 
 # ------------------------------------------------------------------------------------------------ bad uploads
@@ -265,7 +265,7 @@ def test_no_face_fails_the_job_with_the_command_line_reason(server, inputs, tmp_
     wall = client.upload_file(inputs["noface"])
     speech = client.upload_file(inputs["speech"])
     job = client.submit(video=wall["id"], audio=speech["id"])
-    failed, _ = client.wait(job["id"], timeout=240)
+    failed, _ = client.wait(job["id"], timeout=900)
     assert failed["state"] == "failed"
     files = {"wall.png": inputs["noface"].read_bytes(), "speech.wav": inputs["speech"].read_bytes()}
     assert failed["message"] == _cli_reason(tmp_path, "wall.png", "speech.wav", files)
@@ -396,7 +396,7 @@ def test_person_models_are_listed_and_used(server, inputs, tmp_path):
     assert list(listed) == ["person:anna", "untrained"]
     job = _sync_job(client, inputs, model="person:anna")
     assert job["params"]["size"] == 256  # a person model defaults to its largest size
-    done, _ = client.wait(job["id"], timeout=240)
+    done, _ = client.wait(job["id"], timeout=900)
     assert done["state"] == "done", done["message"]
 
 
@@ -424,7 +424,7 @@ def test_serve_command_errors_are_one_line(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        r = run_cli("serve", "--port", s.getsockname()[1], "--data", tmp_path, "--no-examples", timeout=60)
+        r = run_cli("serve", "--port", s.getsockname()[1], "--data", tmp_path, "--no-examples", timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip().startswith("hyperlips: error: cannot listen on 127.0.0.1:") and "--port" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

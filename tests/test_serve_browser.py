@@ -21,7 +21,7 @@ from hyperlips.serve.server import App
 CHROMIUM = os.environ.get("HYPERLIPS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-JOB_TIMEOUT_MS = 400_000
+JOB_TIMEOUT_MS = 900_000
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def open_page(browser, tmp_path):
 
 def _pick(page, selector: str, path: Path, status: str) -> str:
     page.set_input_files(selector, str(path))
-    page.wait_for_selector(f"{status}.ok, {status}.bad", timeout=60_000)
+    page.wait_for_selector(f"{status}.ok, {status}.bad", timeout=600_000)
     return page.inner_text(status)
 
 
@@ -164,7 +164,7 @@ def test_bad_inputs_show_the_reason_and_jobs_can_be_cancelled(open_page, tmp_pat
     _pick(page, "#sync-audio-file", write_wav(tmp_path / "long.wav", 40.0), "#sync-audio-status")
     page.click("#sync-start")
     page.click("#sync-cancel")
-    page.wait_for_function("() => document.getElementById('sync-error').textContent === 'Cancelled.'", timeout=30_000)
+    page.wait_for_function("() => document.getElementById('sync-error').textContent === 'Cancelled.'", timeout=300_000)
     assert not page.is_visible("#sync-cancel") and page.is_enabled("#sync-start")
 
 
@@ -175,9 +175,9 @@ def test_train_a_person_model_in_the_page(open_page, real_data, tmp_path):
     page.fill("#train-name", "anna")
     page.fill("#train-minutes", "2")
     page.click("#train-start-button")
-    page.wait_for_function("() => document.getElementById('train-preview').naturalWidth === 64", timeout=60_000)
+    page.wait_for_function("() => document.getElementById('train-preview').naturalWidth === 64", timeout=600_000)
     assert "mouth_l1" in page.inner_text("#train-val")
-    page.wait_for_selector("#train-done:not([hidden])", timeout=60_000)
+    page.wait_for_selector("#train-done:not([hidden])", timeout=600_000)
     assert "anna" in page.inner_text("#train-done")
     page.click("#tab-sync")
     page.wait_for_function("() => [...document.querySelectorAll('#sync-model option')].some(o => o.value === 'person:anna')")

@@ -50,7 +50,7 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
     app, client = start()
     video = client.upload_file(clip["video"])
     job = client.submit(kind="finetune", video=video["id"], name="anna", minutes=0.5)
-    done, seen = client.wait(job["id"], timeout=120, every=0.1)
+    done, seen = client.wait(job["id"], timeout=600, every=0.1)
     assert done["state"] == "done", done["message"]
     assert done["result"] == {"model": "person:anna", "name": "anna"}
 
@@ -75,7 +75,7 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
     assert models == ["person:anna", "untrained"]
     # a second model of the same name does not overwrite the first
     again = client.submit(kind="finetune", video=video["id"], name="anna", minutes=0.5, start_from="person:anna")
-    done2, _ = client.wait(again["id"], timeout=120)
+    done2, _ = client.wait(again["id"], timeout=600)
     assert done2["result"]["name"] == "anna-2"
     args = json.loads((app.settings.data / "jobs" / again["id"] / "work" / "args.json").read_text())
     assert args["checkpoint"] == str(app.settings.models / "anna.safetensors")
@@ -83,14 +83,14 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
     photo = client.upload_file(clip["photo"])
     speech = client.upload_file(clip["speech"])
     synced = client.submit(video=photo["id"], audio=speech["id"], model="person:anna-2")
-    assert client.wait(synced["id"], timeout=240)[0]["state"] == "done"
+    assert client.wait(synced["id"], timeout=900)[0]["state"] == "done"
 
 
 def test_training_errors_reach_the_job_as_one_line(start, clip):
     _, client = start("fail")
     video = client.upload_file(clip["video"])
     job = client.submit(kind="finetune", video=video["id"], name="bob", minutes=1)
-    failed, _ = client.wait(job["id"], timeout=60)
+    failed, _ = client.wait(job["id"], timeout=600)
     assert failed["state"] == "failed"
     assert failed["message"] == "person.mp4 is too short to fine-tune on: 20 frames"  # the uploaded name, not the stored one
 
@@ -99,7 +99,7 @@ def test_a_crashing_trainer_fails_its_job_with_its_last_words(start, clip):
     _, client = start("crash")
     video = client.upload_file(clip["video"])
     job = client.submit(kind="finetune", video=video["id"], name="bob", minutes=1)
-    failed, _ = client.wait(job["id"], timeout=60)
+    failed, _ = client.wait(job["id"], timeout=600)
     assert failed["state"] == "failed"
     assert failed["message"].startswith("training stopped with exit code 1: RuntimeError: the fake trainer fell over")
     assert client.json("GET", "/api/health")[0] == 200
@@ -109,7 +109,7 @@ def test_a_preview_outside_the_job_folder_is_not_served(start, clip):
     _, client = start("escape")
     video = client.upload_file(clip["video"])
     job = client.submit(kind="finetune", video=video["id"], name="eve", minutes=1)
-    client.wait(job["id"], stages=("train",), timeout=60, every=0.05)
+    client.wait(job["id"], stages=("train",), timeout=600, every=0.05)
     status, _, body = client.request("GET", f"/api/jobs/{job['id']}/preview")
     assert status == 404 and not body.startswith(b"\x89PNG")
 
