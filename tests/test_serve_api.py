@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import probe_streams, random_base_checkpoint, run_cli, write_wav
-from serve_helpers import Client, face_photo, faceless_photo, quick_settings, silent_video, worker_pids
+from serve_kit import Client, face_photo, faceless_photo, quick_settings, silent_video, worker_pids
 
 from hyperlips.serve.server import App
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import write_wav
-from serve_helpers import faceless_photo, fake_finetune, quick_settings
+from serve_kit import faceless_photo, fake_finetune, quick_settings
 
 from hyperlips.serve.server import App
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from helpers import write_wav
-from serve_helpers import Client, face_photo, fake_finetune, quick_settings, silent_video
+from serve_kit import Client, face_photo, fake_finetune, quick_settings, silent_video
 
 from hyperlips.serve.server import App
 
