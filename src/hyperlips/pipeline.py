@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -34,6 +34,8 @@ from .schedule import LOOP_MODES, runs
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
 BASE_SIZE = 128
 MUX_SAMPLE_RATE = 48000
+
+ProgressCallback = Callable[[str, int, int], None]  # (stage, frames done, frames in the stage)
 
 
 @dataclass
@@ -270,7 +272,9 @@ class LipSync:
         face_box: tuple[float, float, float, float] | None = None,
         loop: str = "pingpong",
         reference: str | int = "best",
+        on_progress: ProgressCallback | None = None,
     ) -> SyncReport:
+        """Write ``output``; ``on_progress(stage, done, total)`` is called as frames pass ("faces", then "lip-sync")."""
         from .media.audio import load_audio, melspectrogram
         from .media.video import FrameReader, VideoWriter, probe
 
@@ -292,7 +296,7 @@ class LipSync:
 
         # pass 1: faces
         n_needed = 1 if info.is_image else min(info.n_frames, n_out)
-        boxes, n_src, ref_index = self._track_faces(video, info, n_needed, face_index, face_box, timer)
+        boxes, n_src, ref_index = self._track_faces(video, info, n_needed, face_index, face_box, timer, on_progress)
         ref_crop = None
         if isinstance(reference, int) or (isinstance(reference, str) and reference.isdigit()):
             ref_index = int(reference)
@@ -313,7 +317,7 @@ class LipSync:
         output.parent.mkdir(parents=True, exist_ok=True)
         mux_audio = load_audio(audio, MUX_SAMPLE_RATE)
         faces_done = 0
-        bar = self._bar(n_out, "lip-sync")
+        bar = self._bar(n_out, "lip-sync", on_progress)
         writer = VideoWriter(output, info.width, info.height, fps, audio=mux_audio, sample_rate=MUX_SAMPLE_RATE)
         try:
             with FrameReader(video) as reader:
@@ -335,19 +339,20 @@ class LipSync:
         return SyncReport(output, n_out, fps, info.width, info.height, seconds, faces_done, dict(timer.totals))
 
     # ------------------------------------------------------------------ stages
-    def _bar(self, total: int, desc: str):
+    def _bar(self, total: int, desc: str, on_progress: ProgressCallback | None = None):
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
+        return bar if on_progress is None else _ReportingBar(bar, desc, on_progress)
 
-    def _track_faces(self, video, info, n_needed, face_index, face_box, timer):
+    def _track_faces(self, video, info, n_needed, face_index, face_box, timer, on_progress=None):
         """Detect faces on the source frames that will be shown; returns (boxes per frame, n_src, best frame)."""
         from .face.detect import FaceDetector
         from .face.track import track_faces
         from .media.video import FrameReader
 
         detections = []
-        bar = self._bar(n_needed, "faces")
+        bar = self._bar(n_needed, "faces", on_progress)
         with FaceDetector() as detector, FrameReader(video) as reader:
             for fr in timer.timed_iter("decode", reader.iter_range(0, n_needed)):
                 with timer("faces"):
@@ -434,6 +439,22 @@ class LipSync:
             self._face_mesh = FaceMesh(static=False)
             self._last_landmarks = None
         return self._face_mesh
+
+
+class _ReportingBar:
+    """A progress bar that also tells a callback: ``on_progress(stage, done, total)`` after every update."""
+
+    def __init__(self, bar, stage: str, on_progress: ProgressCallback) -> None:
+        self.bar, self.stage, self.on_progress, self.done = bar, stage, on_progress, 0
+        on_progress(stage, 0, int(bar.total))
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.done += n
+        self.on_progress(self.stage, self.done, int(self.bar.total))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _batched(it: Iterable, n: int) -> Iterator[list]:
