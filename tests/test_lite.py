@@ -55,6 +55,17 @@ def test_cost_is_within_the_lite_budget(lite):
     assert sum(p.numel() for p in lite.parameters()) < 5_000_000  # fp16 file far below 20 MB
 
 
+def test_shape_gain_scales_the_predicted_mouth():
+    torch.manual_seed(3)
+    plain = HyperLipsLite().eval()
+    loud = HyperLipsLite(LiteConfig(shape_gain=2.0)).eval()
+    loud.load_state_dict(plain.state_dict())
+    audio, faces = _inputs(2)
+    with torch.no_grad():
+        assert torch.allclose(loud.predict_shape(audio), 2 * plain.audio_encoder(audio))
+        assert torch.allclose(loud(audio, faces), plain.render(faces, 2 * plain.audio_encoder(audio)))
+
+
 def test_wrong_inputs_are_refused_with_the_expected_shapes(lite):
     audio, faces = _inputs(2)
     with pytest.raises(ValueError, match=r"\(2,1,80,24\)"):

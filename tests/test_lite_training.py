@@ -191,6 +191,11 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
                   "--set", "val_every=2", "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert out.is_file() and f"--checkpoint {out}" in res.stdout and "held-out mouth-opening r" in res.stdout
+    from hyperlips.models import load_checkpoint
+
+    model, info = load_checkpoint(out)
+    assert 1.0 <= model.config.shape_gain <= 3.0 and f"mouth-shape gain {model.config.shape_gain:.2f}" in res.stdout
+    assert info.config["extra"]["widths"] == [8, 16, 16, 32]
     status = json.loads((tmp_path / "me.work/progress.json").read_text())
     assert status["done"] and status["step"] == 2 and Path(status["preview"]).is_file()
     assert "val/opening_r" in status["val"]

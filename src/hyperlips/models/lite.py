@@ -10,7 +10,7 @@ Width, depth and the audio window are set by :class:`LiteConfig`, which travels 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -34,6 +34,8 @@ class LiteConfig:
     hyp_dim: int = 64
     top: float = 0.375  # rows above this fraction of the crop are copied from the input, not generated
     dropout: float = 0.3  # audio encoder
+    shape_gain: float = 1.0  # predicted shapes are multiplied by this before rendering (set by finetune: the
+    # audio encoder's predictions on unseen speech vary less than real mouths; this restores their spread)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -98,8 +100,13 @@ class HyperLipsLite(nn.Module):
             if audio is None or audio.dim() != 4 or audio.shape[0] != faces.shape[0] or audio.shape[1:] != (1, 80, steps):
                 got = None if audio is None else tuple(audio.shape)
                 raise ValueError(f"HyperLipsLite: audio must be ({faces.shape[0]},1,80,{steps}), got {got}")
-            shape = self.audio_encoder(audio)
+            shape = self.predict_shape(audio)
         return self.render(faces, shape)
+
+    def predict_shape(self, audio: Tensor) -> Tensor:
+        # audio (N,1,80,S) -> the mouth shape to render (N, n_shape): the audio encoder's, times shape_gain
+        shape = self.audio_encoder(audio)
+        return shape * self.config.shape_gain if self.config.shape_gain != 1.0 else shape
 
     def render(self, faces: Tensor, shape: Tensor) -> Tensor:
         # faces (N,6,128,128), shape (N,n_shape) -> (N,3,128,128): rows above `top` copied from the input

@@ -64,6 +64,52 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
+def held_out_frames(val_clips, train_ds, references, steps: int):
+    """The validation frames in order: a clip split in time is measured against its training part (shapes and
+    reference frame), a held-out clip against itself."""
+    from ..data.frames import FrameDataset, shape_reference
+
+    refs = {c.id: train_ds.shape_refs[c.id] for c in val_clips if c.id in train_ds.shape_refs}
+    for c in val_clips:
+        if c.id not in refs:
+            refs[c.id] = shape_reference(c, c.frame_range)
+    return FrameDataset(val_clips, steps, ordered=True, shape_refs=refs, references=references)
+
+
+def calibrate_shape_gain(model, data, max_gain: float = 3.0, batch_size: int = 64) -> float:
+    """The gain that gives the audio encoder's shapes on the held-out frames of dataset ``data`` the spread of
+    the real ones (a regression on unseen speech shrinks towards the average mouth; rendered, that is a mouth
+    that barely moves). Clipped to [1, max_gain]."""
+    from torch.utils.data import default_collate
+
+    from ..data.frames import FrameDataset, reference_frame
+
+    m = Manifest.load(data)
+    train, val = m.open_clips("train"), m.open_clips("val")
+    if not val:
+        return 1.0
+    ranges = {c.id: c.frame_range for c in train}
+    train_ds = FrameDataset(train, model.mel_steps)
+    refs = {c.id: reference_frame(c, ranges.get(c.id, c.frame_range)) for c in val}
+    ds = held_out_frames(val, train_ds, refs, model.mel_steps)
+    preds, reals = [], []
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(ds), batch_size):
+                b = default_collate([ds[g] for g in range(i, min(len(ds), i + batch_size))])
+                has = b["has_shape"].bool()
+                preds.append(model.audio_encoder(b["mel"].float())[has])
+                reals.append(b["shape"].float()[has])
+    finally:
+        model.train(was)
+    p, r = torch.cat(preds), torch.cat(reals)
+    if len(p) < 3 or float(p.std()) == 0:
+        return 1.0
+    return float(np.clip(float(r.std() / p.std()), 1.0, max_gain))
+
+
 class LiteStage(Stage):
     name = "lite"
     model_name = "hyperlips-lite"
@@ -129,19 +175,10 @@ class LiteStage(Stage):
         return self._train_ds
 
     def val_dataset(self):
-        from ..data.frames import FrameDataset, shape_reference
-
         if not self.val_clips:
             return None
         if self._val_ds is None:
-            train = self.train_dataset()
-            refs = {c.id: train.shape_refs[c.id] for c in self.val_clips if c.id in train.shape_refs}
-            # a clip split in time is measured against its training part; a held-out clip against itself
-            for c in self.val_clips:
-                if c.id not in refs:
-                    refs[c.id] = shape_reference(c, c.frame_range)
-            self._val_ds = FrameDataset(self.val_clips, self.gen.mel_steps, ordered=True, shape_refs=refs,
-                                        references=self.references)
+            self._val_ds = held_out_frames(self.val_clips, self.train_dataset(), self.references, self.gen.mel_steps)
         return self._val_ds
 
     # ------------------------------------------------------------------ training
@@ -220,7 +257,7 @@ class LiteStage(Stage):
         from ..face.mouth_shape import shape_opening
 
         faces, target = masked_faces(batch)
-        pred = self.gen.audio_encoder(batch["mel"].float()).float()
+        pred = self.gen.predict_shape(batch["mel"].float()).float()
         fake = self.gen.render(faces, pred).float()
         box = box_mask(batch["lip_box"], target.shape[2], target.shape[3])
         r0 = target.shape[2] - self.gen.decoder_rows(target.shape[2])
