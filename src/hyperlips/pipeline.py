@@ -168,13 +168,23 @@ def network_input(crops: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def network_mel_windows(network, mel: np.ndarray, times, fps: float, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
     """The mel windows a generator takes for frames shown at ``times``: HyperLips-Lite's centred windows of its
-    own length (``network.mel_steps``), or Base's 16-step windows (``media.audio.mel_windows``)."""
+    own length (``network.mel_steps``) of the mel normalised over the whole utterance (``network.mel_norm``), or
+    Base's 16-step windows (``media.audio.mel_windows``). ``mel`` is the whole track's (a normalised one may be
+    passed with ``network.mel_norm`` already applied: see :func:`network_mel`)."""
     from .media.audio import centred_mel_windows, mel_windows
 
     steps = getattr(network, "mel_steps", None)
     if steps is not None:
-        return centred_mel_windows(mel, times, int(steps), cfg)
+        fill = mel.min(axis=1) if getattr(network, "mel_norm", None) == "utterance" and mel.shape[1] else None
+        return centred_mel_windows(mel, times, int(steps), cfg, fill)
     return mel_windows(mel, times, fps, cfg)
+
+
+def network_mel(network, mel: np.ndarray) -> np.ndarray:
+    """The whole track's mel as ``network`` wants it: normalised per utterance for HyperLips-Lite, as is for Base."""
+    from .media.audio import normalise_utterance
+
+    return normalise_utterance(mel) if getattr(network, "mel_norm", None) == "utterance" else mel
 
 
 def to_uint8_images(t) -> np.ndarray:
@@ -290,7 +300,7 @@ class LipSync:
         seconds = len(wav) / self.audio_cfg.sample_rate
         if seconds <= 0:
             raise MediaError(f"audio is empty (zero length): {audio}")
-        mel = melspectrogram(wav, self.audio_cfg)
+        mel = network_mel(self.base, melspectrogram(wav, self.audio_cfg))
         fps = float(info.fps)
         n_out = max(1, int(round(seconds * fps)))
 

@@ -28,8 +28,10 @@ class LiteConfig:
 
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)  # encoder channels at 1/2, 1/4, 1/8, 1/16
     out_width: int = 16  # decoder channels at full resolution
-    audio_width: int = 96
-    mel_steps: int = 24  # mel frames per window (0.3 s), centred on the frame's time
+    audio_width: int = 128
+    audio_members: int = 3  # nets in the audio encoder's ensemble
+    mel_steps: int = 56  # mel frames per window (0.7 s: the encoder's +-0.3 s and a margin), centred on the frame
+    mel_norm: str = "utterance"  # mel normalised per utterance (media.audio.normalise_utterance) before windows
     n_shape: int = 106  # mouth-shape vector length (face.mouth_shape.N_SHAPE)
     hyp_dim: int = 64
     top: float = 0.375  # rows above this fraction of the crop are copied from the input, not generated
@@ -65,7 +67,7 @@ class HyperLipsLite(nn.Module):
         super().__init__()
         cfg = config if isinstance(config, LiteConfig) else LiteConfig.from_dict(config)
         self.config = cfg
-        self.audio_encoder = AudioShapeEncoder(80, cfg.audio_width, cfg.n_shape, cfg.dropout)
+        self.audio_encoder = AudioShapeEncoder(80, cfg.audio_width, cfg.n_shape, cfg.audio_members, cfg.dropout)
         self.shape_code = ShapeCode(cfg.n_shape, cfg.hyp_dim)
         self.face_encoder = FaceEncoder(cfg.widths)
         self.edits = nn.ModuleList(HyperDepthwiseEdit(c, cfg.hyp_dim) for c in cfg.widths)
@@ -74,6 +76,10 @@ class HyperLipsLite(nn.Module):
     @property
     def mel_steps(self) -> int:
         return self.config.mel_steps
+
+    @property
+    def mel_norm(self) -> str:
+        return self.config.mel_norm
 
     def decoder_rows(self, height: int = IMG_SIZE) -> int:
         """How many rows at the bottom of a ``height``-row output are generated (the rest is the input's)."""
