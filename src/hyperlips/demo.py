@@ -7,6 +7,7 @@ espeak-ng library and voices come inside the ``espeakng-loader`` wheel.
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,27 +21,59 @@ DEMO_TEXT = (
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _ESPEAK_CHARS_AUTO = 0
+_INITIALIZE_PHONEME_EVENTS = 0x0001
+_EVENT_LIST_TERMINATED, _EVENT_PHONEME = 0, 7
+
+
+class _Event(ctypes.Structure):
+    """espeak-ng's ``espeak_EVENT`` (speak_lib.h): the ``id`` union read as its 8-byte phoneme mnemonic."""
+
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
+
+
+@dataclass(frozen=True)
+class Phoneme:
+    start: float  # seconds from the start of the audio
+    name: str  # espeak-ng's mnemonic, stress marks included ("b", "'a", ",eI", "_" for a pause)
 
 
 def synthesize_speech(text: str = DEMO_TEXT, voice: str = "en-us", rate_wpm: int = 150) -> tuple[np.ndarray, int]:
     """Speak ``text`` with espeak-ng; returns (float32 mono samples in [-1, 1], sample rate)."""
+    pcm, sample_rate, _ = synthesize_with_phonemes(text, voice, rate_wpm)
+    return pcm, sample_rate
+
+
+def synthesize_with_phonemes(text: str = DEMO_TEXT, voice: str = "en-us", rate_wpm: int = 150
+                             ) -> tuple[np.ndarray, int, list[Phoneme]]:
+    """Speak ``text`` with espeak-ng; returns (float32 mono samples in [-1, 1], sample rate, the phonemes in order
+    with their start times, as the synthesiser placed them)."""
     try:
         import espeakng_loader
     except ImportError as e:  # pragma: no cover - installed with the package
         raise UserError("the demo needs espeakng-loader: pip install espeakng-loader") from e
     lib = ctypes.cdll.LoadLibrary(str(espeakng_loader.get_library_path()))
     data = str(espeakng_loader.get_data_path()).encode()
-    sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
+    sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, _INITIALIZE_PHONEME_EVENTS)
     if sample_rate <= 0:
         raise UserError("espeak-ng failed to initialise (its voice data could not be read)")
     lib.espeak_SetVoiceByName(voice.encode())
     lib.espeak_SetParameter(1, rate_wpm, 0)  # espeakRATE = 1
     chunks: list[np.ndarray] = []
-    callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+    phonemes: list[Phoneme] = []
+    callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                                     ctypes.POINTER(_Event))
 
-    def _collect(wav, n, _events):
+    def _collect(wav, n, events):
         if n > 0:
             chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        k = 0
+        while events and events[k].type != _EVENT_LIST_TERMINATED:
+            e = events[k]
+            if e.type == _EVENT_PHONEME:
+                phonemes.append(Phoneme(e.audio_position / 1000.0, e.id.decode("ascii", "replace")))
+            k += 1
         return 0
 
     callback = callback_type(_collect)  # keep a reference while synthesising
@@ -51,7 +84,7 @@ def synthesize_speech(text: str = DEMO_TEXT, voice: str = "en-us", rate_wpm: int
     if not chunks:
         raise UserError("espeak-ng produced no audio")
     pcm = np.concatenate(chunks).astype(np.float32) / 32768.0
-    return pcm, int(sample_rate)
+    return pcm, int(sample_rate), phonemes
 
 
 def demo_face() -> np.ndarray:

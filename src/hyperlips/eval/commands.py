@@ -16,6 +16,8 @@ EVAL_HELP = """Measure a lip-synced video against its original.
         the held-out tail of one person's footage (a video or a folder of clips, as `finetune` splits it)
         regenerated from its own audio, beside two baselines: the reference mouth held still, and the real
         frames 5 frames late
+  hyperlips eval --clips FOOTAGE --protocol phonemes --checkpoint PERSON.safetensors
+        that tail re-synced to synthesised speech: is the mouth closed on /p b m/ and open on vowels?
 
 Writes report.json, report.md and PNG plots into --output. LSE-C/LSE-D need the public SyncNet weights
 (--syncnet syncnet_v2.model); our expert's score needs --expert (a checkpoint from `hyperlips train sync`).
@@ -41,11 +43,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--reference", type=Path, help="the original video (or folder): ground truth and face track")
     p.add_argument("--audio", type=Path, help="the driving speech (or folder; default: the generated video's audio track)")
     p.add_argument("--clips", type=Path, help="a folder of talking-face clips to generate and evaluate (with --protocol self|cross)")
-    p.add_argument("--protocol", choices=("auto", "self", "cross", "tail"), default="auto",
+    p.add_argument("--protocol", choices=("auto", "self", "cross", "tail", "phonemes"), default="auto",
                    help="self-reconstruction or cross-audio (default auto: self when the audio is the reference's own); "
-                        "tail: the held-out tail of one person's footage (--clips)")
+                        "tail: the held-out tail of one person's footage (--clips); phonemes: that tail re-synced to "
+                        "synthesised speech, the mouth timed against its /p b m/ and vowels")
     p.add_argument("--tail-fraction", type=float, default=0.15, help="tail protocol: share of the footage held out (0.15)")
     p.add_argument("--tail-seconds", type=_positive, help="tail protocol: seconds held out (instead of a share)")
+    p.add_argument("--text", help="phonemes protocol: the sentence espeak-ng speaks (default: one rich in /p b m/)")
     p.add_argument("--syncnet", type=Path, help="public SyncNet weights (syncnet_v2.model) for LSE-C / LSE-D")
     p.add_argument("--expert", type=Path, help="our SyncNet expert checkpoint, for its sync confidence and offset")
     p.add_argument("-o", "--output", type=Path,
@@ -84,7 +88,7 @@ def run_eval(args) -> int:
     common = dict(syncnet=args.syncnet, expert=args.expert, face_index=args.face, device=device)
     models = _load_models(args, device)
     common.update(models)
-    if args.protocol == "tail":
+    if args.protocol in ("tail", "phonemes"):
         return _run_tail(args, device, progress)
     if args.clips is not None:
         if args.generated is not None or args.reference is not None:
@@ -122,14 +126,17 @@ def run_eval(args) -> int:
 def _run_tail(args, device: str, progress: bool) -> int:
     from .tail import run_tail_protocol
 
+    name = args.protocol
     if args.clips is None:
-        raise UserError("--protocol tail needs --clips FOOTAGE (a video, or a folder of clips of one person)")
+        raise UserError(f"--protocol {name} needs --clips FOOTAGE (a video, or a folder of clips of one person)")
     if args.checkpoint is None and not args.untrained:
-        raise UserError("--protocol tail regenerates the tail: pass --checkpoint MODEL (from `hyperlips finetune`)")
+        raise UserError(f"--protocol {name} regenerates the tail: pass --checkpoint MODEL (from `hyperlips finetune`)")
     if not 0 < args.tail_fraction < 1:
         raise UserError(f"--tail-fraction must be between 0 and 1 (got {args.tail_fraction:g})")
     if args.output is None or args.output == Path("hyperlips_eval"):
-        args.output = Path("hyperlips_eval") / f"{args.clips.stem}_tail"
+        args.output = Path("hyperlips_eval") / f"{args.clips.stem}_{name}"
+    if name == "phonemes":
+        return _run_phonemes(args, device, progress)
     res = run_tail_protocol(args.clips, args.output, checkpoint=args.checkpoint, fraction=args.tail_fraction,
                             seconds=args.tail_seconds, device=device, batch_size=args.batch_size,
                             untrained=args.untrained, model=args.model, progress=progress)
@@ -140,6 +147,22 @@ def _run_tail(args, device: str, progress: bool) -> int:
               f"mouth PSNR {_fmt(row['psnr_mouth'])}, SSIM {_fmt(row['ssim_mouth'])}, delta E {_fmt(row['delta_e'])}, "
               f"sharpness {_fmt(row['sharpness_ratio'])}, jitter {_fmt(row['jitter_ratio'])}")
     print(f"report: {args.output / 'tail.md'}  data: {args.output / 'tail.json'}")
+    return 0
+
+
+def _run_phonemes(args, device: str, progress: bool) -> int:
+    from .phonemes import PHONEME_TEXT, run_phoneme_protocol
+    from .report import _fmt
+
+    res = run_phoneme_protocol(args.clips, args.output, checkpoint=args.checkpoint, text=args.text or PHONEME_TEXT,
+                               fraction=args.tail_fraction, seconds=args.tail_seconds, device=device,
+                               batch_size=args.batch_size, untrained=args.untrained, model=args.model,
+                               progress=progress)
+    for m, r in res.rows.items():
+        print(f"{m}: opening at /p b m/ {_fmt(r['open_bilabial'])} ({r['bilabials']}), at vowels "
+              f"{_fmt(r['open_vowel'])} ({r['vowels']}), bilabials below the vowels' median {_fmt(r['closed_share'])}, "
+              f"AUC {_fmt(r['auc'])}")
+    print(f"report: {args.output / 'phonemes.md'}  preview: {args.output / 'phonemes_preview.png'}")
     return 0
 
 

@@ -1,0 +1,84 @@
+"""The phoneme protocol: espeak-ng's phoneme timings, the bilabial/vowel scoring, and a run on a real clip."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hyperlips.demo import Phoneme, synthesize_with_phonemes
+from hyperlips.eval.phonemes import phoneme_class, phoneme_frames, score_openings, separation_auc
+
+
+def test_espeak_reports_phonemes_in_order_within_the_audio():
+    pcm, sr, phonemes = synthesize_with_phonemes("Bob made a map.")
+    names = [p.name.lstrip("',") for p in phonemes]
+    assert [n for n in names if n in ("b", "m", "p")] == ["b", "b", "m", "m", "p"], names
+    starts = [p.start for p in phonemes]
+    assert starts == sorted(starts) and 0 <= starts[0] < 0.1 and starts[-1] <= len(pcm) / sr + 0.02
+    # the first /m/ of "made" starts after "Bob" (two bilabials and a vowel: at least 0.15 s in)
+    first_m = next(p.start for p in phonemes if p.name == "m")
+    assert 0.15 < first_m < len(pcm) / sr / 2
+
+
+def test_the_bilabial_closure_is_quieter_than_the_vowel_after_it():
+    """The timings are those of the samples: the lips-closed stretch of /b/ in "Bob" is quieter than its vowel."""
+    pcm, sr, phonemes = synthesize_with_phonemes("Bob.")
+    b = [p for p in phonemes if p.name == "b"][1]  # the closing /b/
+    vowel = next(p for p in phonemes if phoneme_class(p.name) == "vowel")
+    nxt = phonemes[phonemes.index(vowel) + 1]
+
+    def rms(t0, t1):
+        seg = pcm[int(t0 * sr):int(t1 * sr)]
+        return float(np.sqrt(np.mean(seg.astype(np.float64) ** 2)))
+
+    assert rms(b.start, b.start + 0.04) < 0.5 * rms(vowel.start, nxt.start)
+
+
+@pytest.mark.parametrize("name, cls", [("m", "bilabial"), ("p", "bilabial"), ("b", "bilabial"), ("'a", "vowel"),
+                                       (",eI", "vowel"), ("@", "vowel"), ("0", "vowel"), ("3:", "vowel"),
+                                       ("n", None), ("_:", None), ("s", None), ("d", None)])
+def test_phoneme_classes(name, cls):
+    assert phoneme_class(name) == cls
+
+
+def test_frames_sit_at_the_middle_of_each_phoneme():
+    ph = [Phoneme(0.0, "b"), Phoneme(0.1, "'a"), Phoneme(0.3, "n"), Phoneme(0.4, "m")]
+    assert phoneme_frames(ph, 0.6, 25.0) == [(1, "bilabial", "b"), (5, "vowel", "'a"), (12, "bilabial", "m")]
+
+
+def test_scores_separate_a_mouth_that_follows_the_phonemes_from_one_that_does_not():
+    marks = [(2, "bilabial", "b"), (5, "vowel", "a"), (8, "bilabial", "m"), (11, "vowel", "@"), (14, "bilabial", "p")]
+    follows = np.full(16, 0.1)
+    follows[[2, 8, 14]] = 0.01
+    follows[[5, 11]] = 0.3
+    s = score_openings(follows, marks)
+    assert s["auc"] == 1.0 and s["closed_share"] == 1.0 and (s["bilabials"], s["vowels"]) == (3, 2)
+    assert s["open_bilabial"] == pytest.approx(0.01) and s["open_vowel"] == pytest.approx(0.3)
+    assert score_openings(0.31 - follows, marks)["auc"] == 0.0  # opens on /p b m/, closes on vowels
+    assert score_openings(np.full(16, 0.2), marks)["auc"] == 0.5  # still: no relation
+    # frames past the end of the video and undetected frames are left out
+    s = score_openings(np.r_[follows[:10], np.nan], marks + [(40, "vowel", "a")])
+    assert (s["bilabials"], s["vowels"]) == (2, 1)
+    assert math.isnan(separation_auc([], [0.1]))
+
+
+def test_phoneme_protocol_on_a_real_clip(more_data, tmp_path):
+    """End to end with random Lite weights on a GRID clip: speech synthesised, both methods synced and scored, the
+    held mouth scored as no relation, report and preview written."""
+    from hyperlips.cli import main
+
+    out = tmp_path / "ph"
+    code = main(["eval", "--clips", str(more_data / "grid_lipnet" / "sbwe5n.mpg"), "--protocol", "phonemes",
+                 "--untrained", "--model", "lite", "--text", "Bob made a map.", "--device", "cpu", "--quiet",
+                 "-o", str(out)])
+    assert code == 0
+    data = json.loads((out / "phonemes.json").read_text())
+    assert set(data["rows"]) == {"model", "hold"}
+    hold = data["rows"]["hold"]
+    assert hold["bilabials"] == 5 and hold["vowels"] >= 3
+    assert abs(hold["auc"] - 0.5) <= 0.35  # one still mouth: only detection noise separates the frames
+    assert len(data["series"]["model"]) == round(data["seconds"] * 25)
+    assert (out / "phonemes.md").read_text().count("|") > 20 and (out / "phonemes_preview.png").stat().st_size > 1000
