@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from hyperlips.demo import Phoneme, synthesize_with_phonemes
-from hyperlips.eval.phonemes import phoneme_class, phoneme_frames, score_openings, separation_auc
+from hyperlips.eval.phonemes import (
+    phoneme_class,
+    phoneme_frames,
+    score_openings,
+    separation_auc,
+)
 
 
 def test_espeak_reports_phonemes_in_order_within_the_audio():

@@ -75,7 +75,7 @@ def score_openings(opening: np.ndarray, marks: list[tuple[int, str, str]]) -> di
     for frame, cls, _ in marks:
         if 0 <= frame < len(opening):
             got[cls].append(float(opening[frame]))
-    finite = lambda xs: [x for x in xs if math.isfinite(x)]  # noqa: E731
+    finite = lambda xs: [x for x in xs if math.isfinite(x)]
     bil, vow = finite(got["bilabial"]), finite(got["vowel"])
     return {"bilabials": len(bil), "vowels": len(vow),
             "open_bilabial": float(np.mean(bil)) if bil else float("nan"),
@@ -105,7 +105,13 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     from ..demo import synthesize_with_phonemes
     from ..pipeline import LipSync
     from .protocols import evaluate_pair
-    from .tail import footage_videos, hold_reference_network, pick_reference, tail_segments, write_segment
+    from .tail import (
+        footage_videos,
+        hold_reference_network,
+        pick_reference,
+        tail_segments,
+        write_segment,
+    )
 
     footage, out = Path(footage), Path(out_dir)
     segs, train_part = tail_segments(footage_videos(footage), fraction, seconds)
