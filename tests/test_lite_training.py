@@ -107,6 +107,11 @@ def test_lite_trains_validates_and_exports(grid_view, tmp_path):
     assert {"val/mouth_l1", "val/opening_r", "val/shape_r", "val/opening_err"} <= set(res.metrics)
     model, info = load_checkpoint(res.model)
     assert isinstance(model, HyperLipsLite) and info.config["extra"]["widths"] == [8, 16, 16, 32]
+    # trained, validated and exported with the gain that spreads its held-out shapes like the real ones
+    from hyperlips.train.lite import calibrate_shape_gain
+
+    assert model.config.shape_gain == pytest.approx(calibrate_shape_gain(model, grid_view), abs=2e-3)
+    assert model.config.shape_gain > 1.0
     assert (tmp_path / "run/preview.png").is_file() and list((tmp_path / "run/images").glob("*preview*.png"))
 
 

@@ -62,6 +62,7 @@ class TrainConfig:
     mouth_weight: float = 4.0  # lite: L1 weight inside the lip box (1 elsewhere in the generated rows)
     edge_weight: float = 0.5  # lite: L1 between image gradients (sharp lips and teeth), generated rows
     teacher_forcing: float = 0.8  # lite: share of samples rendered from the real mouth shape (else the predicted)
+    auto_shape_gain: bool = True  # lite: predicted shapes scaled to the real shapes' spread on the held-out frames
     shape_noise: float = 0.1  # lite: noise added to the real shapes the renderer sees (standard deviation)
     audio_steps: int = 600  # lite: steps fitting the audio encoder before the renderer trains (train/lite_audio.py)
     audio_lr: float = 2e-3  # lite: its peak learning rate (one cycle)

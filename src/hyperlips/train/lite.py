@@ -147,6 +147,7 @@ class LiteStage(Stage):
         train_ranges = {c.id: c.frame_range for c in self.train_clips}
         self.references = {c.id: reference_frame(c, train_ranges.get(c.id, c.frame_range)) for c in self.val_clips}
         self._mesh = None
+        self._gain_ready = False
 
     def modules(self):
         m = {"generator": self.gen}
@@ -204,17 +205,51 @@ class LiteStage(Stage):
         rep = fit_audio_encoder(self.gen.audio_encoder, tracks, steps=cfg.audio_steps, lr=cfg.audio_lr,
                                 w_open=cfg.audio_w_open, seed=cfg.seed)
         self.ctx.say(f"audio encoder fitted on {rep.frames} frames in {rep.seconds:.0f} s ({rep.steps} steps)")
+        self._gain_ready = False
+
+    def ensure_shape_gain(self) -> float:
+        """With ``auto_shape_gain``, once the audio encoder is fitted (or restored): scale its shapes so that on the
+        held-out frames they spread as much as the real ones (what ``finetune`` also stores in the model). The
+        renderer then trains, is validated and is chosen with the shapes it will be given."""
+        if self._gain_ready or not self.cfg.auto_shape_gain:
+            return float(self.gen.config.shape_gain)
+        import dataclasses
+
+        from torch.utils.data import default_collate
+
+        ds = self.val_dataset()
+        gain = 1.0
+        if ds is not None:
+            enc = self.gen.audio_encoder
+            was = enc.training
+            enc.eval()
+            preds, reals = [], []
+            with torch.no_grad():
+                for i in range(0, len(ds), 64):
+                    b = default_collate([ds[g] for g in range(i, min(len(ds), i + 64))])
+                    has = b["has_shape"].bool()
+                    preds.append(enc(b["mel"].float().to(self.ctx.device)).float().cpu()[has])
+                    reals.append(b["shape"].float()[has])
+            enc.train(was)
+            p, r = torch.cat(preds), torch.cat(reals)
+            if len(p) >= 3 and float(p.std()) > 0:
+                gain = round(float(np.clip(float(r.std() / p.std()), 1.0, 3.0)), 3)
+        self.gen.config = dataclasses.replace(self.gen.config, shape_gain=gain)
+        self._gain_ready = True
+        self.ctx.say(f"mouth-shape gain {gain:.2f} (the audio encoder's held-out shapes matched to the real spread)")
+        return gain
 
     def train_step(self, batch, step):
         ctx, cfg = self.ctx, self.cfg
         if step == 1 and cfg.audio_steps > 0:  # a fresh run; a resumed one restores the fitted encoder
             self.fit_audio()
         self.gen.audio_encoder.eval()  # frozen: its dropout stays off while the renderer trains
+        self.ensure_shape_gain()
         faces, target = masked_faces(batch)
         real = batch["shape"].float()
         has = batch["has_shape"].bool()
         with torch.no_grad(), ctx.autocast():
-            pred = self.gen.audio_encoder(batch["mel"].float())
+            pred = self.gen.predict_shape(batch["mel"].float())
         l_shape = F.mse_loss(pred.float()[has], real[has]) if bool(has.any()) else pred.float().sum() * 0
         n = real.shape[0]
         forced = (torch.rand(n, 1, device=real.device) < cfg.teacher_forcing) & has[:, None]
@@ -272,6 +307,7 @@ class LiteStage(Stage):
     def val_batch(self, batch):
         from ..face.mouth_shape import shape_opening
 
+        self.ensure_shape_gain()
         faces, target = masked_faces(batch)
         pred = self.gen.predict_shape(batch["mel"].float()).float()
         fake = self.gen.render(faces, pred).float()
