@@ -192,6 +192,13 @@ def _signals_like_ctrl_c():
             signal.signal(s, h)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house error format: one ``hyperlips: error:`` line naming the help to read, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER, f"hyperlips: error: {' '.join(message.split())} (see: {self.prog} --help)\n")
+
+
 def _box(text: str) -> tuple[float, float, float, float]:
     try:
         vals = tuple(float(v) for v in text.split(","))
@@ -267,7 +274,7 @@ def _run_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hyperlips", description="HyperLips lip-sync: re-sync the mouth of a talking-face video to new speech.")
+    parser = _Parser(prog="hyperlips", description="HyperLips lip-sync: re-sync the mouth of a talking-face video to new speech.")
     parser.add_argument("--version", action="version", version=f"hyperlips {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -320,7 +327,7 @@ def _dispatch(args) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        _error_line(str(e))
+        _error_line(_user_text(e))
         return e.exit_code
     except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
         # file-system problems with paths the user gave (an unwritable output folder, say): not bugs
@@ -336,6 +343,16 @@ def _dispatch(args) -> int:
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
         _line("interrupted", f"stopped by {signal.Signals(signum).name}")
         return EXIT_SIGNAL[signum]
+
+
+def _user_text(e: UserError) -> str:
+    """The message of a UserError; one re-raised from a worker process (torch's DataLoader wraps it with the
+    worker's traceback) gives back the original message, the last line of that traceback."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def _os_error_text(e: OSError) -> str:
