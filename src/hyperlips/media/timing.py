@@ -60,18 +60,22 @@ def analyse_rate(times: np.ndarray, duration: float, nominal: Fraction, tick: fl
 
     ``duration``: seconds the stream is shown (last timestamp - first + the last frame's duration); ``tick``: the
     timestamps' resolution in seconds (the stream's time base), so rounding to it never counts as variation.
-    The stream is variable when its average rate differs from ``nominal`` by more than 1 %, or when more than 5 %
-    of its frame intervals are off the nominal period by more than a quarter of it.
+    The stream is variable when its mean frame interval differs from the nominal period by more than 1 %, or when
+    more than 5 % of its frame intervals are off the nominal period by more than a quarter of it. The average rate
+    is frames / duration (FFmpeg's average rate); the test uses the intervals only, because containers often get
+    the last frame's duration wrong.
     """
     nominal = Fraction(nominal)
     t = np.asarray(times, dtype=np.float64)
     n = len(t)
-    if n < 2 or not duration or duration <= 0:
+    if n < 2 or not duration or duration <= 0 or t[-1] <= t[0]:
         return FrameRate(nominal, nominal, False)
     average = as_rate(n / float(duration))
     period = 1.0 / float(nominal)
-    off = np.abs(np.diff(t) - period) > 0.25 * period + tick
-    variable = abs(float(average) / float(nominal) - 1.0) > RATE_TOLERANCE or float(off.mean()) > JITTER_SHARE
+    intervals = np.diff(t)
+    off = np.abs(intervals - period) > 0.25 * period + tick
+    drift = abs(float(intervals.mean()) / period - 1.0) > RATE_TOLERANCE + tick / period
+    variable = drift or float(off.mean()) > JITTER_SHARE
     return FrameRate(nominal, average, bool(variable))
 
 
