@@ -74,32 +74,26 @@ def _terminal_stderr(restore: bool = True):
     itself, which exits next) leaves descriptor 2 silenced, so native clean-up at exit stays quiet too.
     """
     old = sys.stderr
-    if os.environ.get(DEBUG_ENV):
-        sys.stderr = _Terminal(old)
+    saved = None
+    if not os.environ.get(DEBUG_ENV):
         try:
-            yield
-        finally:
-            sys.stderr = old
-        return
-    try:
-        old.flush()
-        on_fd2 = old.fileno() == 2
-    except (AttributeError, OSError, ValueError):
-        on_fd2 = False
-    try:
-        saved = os.dup(2)
-        null = os.open(os.devnull, os.O_WRONLY)
-    except OSError:
-        sys.stderr = _Terminal(old)
+            old.flush()
+            on_fd2 = old.fileno() == 2
+        except (AttributeError, OSError, ValueError):
+            on_fd2 = False
         try:
-            yield
-        finally:
-            sys.stderr = old
-        return
-    stream = (open(saved, "w", buffering=1, closefd=False, encoding=getattr(old, "encoding", None) or "utf-8",
-                   errors="backslashreplace") if on_fd2 else old)
-    os.dup2(null, 2)
-    os.close(null)
+            saved = os.dup(2)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+        except OSError:
+            if saved is not None:
+                os.close(saved)
+            saved = None
+    stream = old
+    if saved is not None and on_fd2:
+        stream = open(saved, "w", buffering=1, closefd=False, encoding=getattr(old, "encoding", None) or "utf-8",
+                      errors="backslashreplace")
     sys.stderr = _Terminal(stream)
     try:
         yield
@@ -110,9 +104,10 @@ def _terminal_stderr(restore: bool = True):
         with contextlib.suppress(Exception):
             sys.stderr.flush()
         sys.stderr = old
-        if restore:
-            os.dup2(saved, 2)
-        os.close(saved)
+        if saved is not None:
+            if restore:
+                os.dup2(saved, 2)
+            os.close(saved)
         if stream is not old:
             stream.close()
 
@@ -329,7 +324,7 @@ def _dispatch(args) -> int:
     except UserError as e:
         _error_line(_user_text(e))
         return e.exit_code
-    except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+    except (PermissionError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError) as e:
         # file-system problems with paths the user gave (an unwritable output folder, say): not bugs
         _error_line(_os_error_text(e))
         return EXIT_USER
