@@ -919,7 +919,7 @@ def train(name: str, words: tuple, prepare=None, *extra: str, data: str = "{work
 JOB_CASES: list[Case] = [
     # --- preprocess
     Case("preprocess-mixed-folder", ["preprocess", "{clips}", "{work}/ds", "--workers", "1", "--quiet"],
-         warnings=(("ben/vfr.mp4", "variable frame rate"), ("nan_audio.mkv", "not numbers"))),
+         warnings=(("nan_audio.mkv", "not numbers"), ("ben/vfr.mp4", "variable frame rate"))),
     Case("preprocess-two-workers-signal-sigterm", ["preprocess", "{clips}", "{work}/ds", "--workers", "2"],
          rc=143, signal="SIGTERM", signal_after="preprocess:", quiet=False, output="ds/manifest.json"),
     bad("preprocess-source-missing", ["preprocess", "{work}/nope", "{work}/ds", "--quiet"], "not found", "nope"),
