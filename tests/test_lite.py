@@ -17,7 +17,7 @@ def lite(one_torch_thread) -> HyperLipsLite:
     return create_model("hyperlips-lite").eval()
 
 
-def _inputs(n: int, steps: int = 24, seed: int = 0):
+def _inputs(n: int, steps: int = 56, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 1, 80, steps, generator=g), torch.rand(n, 6, 128, 128, generator=g)
 
@@ -27,7 +27,7 @@ def test_frames_and_windows_give_the_same_faces(lite):
     with torch.no_grad():
         flat = lite(audio, faces)
         # (B=2, T=3) windows, frames flattened time-major as Base does
-        win = lite(audio.view(3, 2, 1, 80, 24).transpose(0, 1), faces.view(3, 2, 6, 128, 128).permute(1, 2, 0, 3, 4))
+        win = lite(audio.view(3, 2, 1, 80, 56).transpose(0, 1), faces.view(3, 2, 6, 128, 128).permute(1, 2, 0, 3, 4))
     assert flat.shape == (6, 3, 128, 128)
     assert win.shape == (2, 3, 3, 128, 128)
     assert torch.allclose(win.permute(2, 0, 1, 3, 4).reshape(6, 3, 128, 128), flat, atol=1e-6)
@@ -55,9 +55,20 @@ def test_cost_is_within_the_lite_budget(lite):
     assert sum(p.numel() for p in lite.parameters()) < 5_000_000  # fp16 file far below 20 MB
 
 
+def test_shape_gain_scales_the_predicted_mouth():
+    torch.manual_seed(3)
+    plain = HyperLipsLite().eval()
+    loud = HyperLipsLite(LiteConfig(shape_gain=2.0)).eval()
+    loud.load_state_dict(plain.state_dict())
+    audio, faces = _inputs(2)
+    with torch.no_grad():
+        assert torch.allclose(loud.predict_shape(audio), 2 * plain.audio_encoder(audio))
+        assert torch.allclose(loud(audio, faces), plain.render(faces, 2 * plain.audio_encoder(audio)))
+
+
 def test_wrong_inputs_are_refused_with_the_expected_shapes(lite):
     audio, faces = _inputs(2)
-    with pytest.raises(ValueError, match=r"\(2,1,80,24\)"):
+    with pytest.raises(ValueError, match=r"\(2,1,80,56\)"):
         lite(audio[:, :, :, :16], faces)
     with pytest.raises(ValueError, match=r"\(N,6,128,128\)"):
         lite(audio, faces[:, :3])

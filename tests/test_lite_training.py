@@ -15,8 +15,8 @@ from helpers import run_cli, write_wav
 from test_train_data import make_view, small_dataset  # noqa: F401  (session fixture)
 
 TINY = dict(model="hyperlips-lite", batch_size=4, workers=0, threads=1, log_every=1, image_every=0, val_every=3,
-            seed=5, lite={"widths": [8, 16, 16, 32], "out_width": 8, "audio_width": 16}, warmup_steps=0,
-            lr=5e-4, betas=(0.9, 0.99))
+            seed=5, lite={"widths": [8, 16, 16, 32], "out_width": 8, "audio_width": 16, "audio_members": 2},
+            warmup_steps=0, lr=5e-4, betas=(0.9, 0.99), audio_steps=3)
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +57,15 @@ def test_frame_samples_are_deterministic_with_far_references(grid_view):
         s = ds[g]
         lo, hi = clips[int(s["clip"])].frame_range
         assert lo <= int(s["frame"]) < hi
-    # the mel window is centred on the frame's time
-    from hyperlips.media.audio import centred_mel_windows
+    # the mel window is centred on the frame's time, cut from the clip's mel normalised over the utterance
+    from hyperlips.media.audio import centred_mel_windows, normalise_utterance
 
     clip = clips[int(a["clip"])]
-    expect = centred_mel_windows(np.asarray(clip.mel), [clip.time_of(int(a["frame"]))], 24)[0]
-    assert np.array_equal(a["mel"], expect)
+    mel = normalise_utterance(np.asarray(clip.mel))
+    at = [clip.time_of(int(a["frame"]))]
+    assert np.array_equal(a["mel"], centred_mel_windows(mel, at, 24, fill=mel.min(axis=1))[0])
+    raw = FrameDataset(clips, steps=24, seed=1, mel_norm=None)[11]["mel"]
+    assert np.array_equal(raw, centred_mel_windows(np.asarray(clip.mel), at, 24)[0])
 
 
 def test_validation_frames_come_in_order_with_one_reference(grid_view):
@@ -188,9 +191,15 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     video = more_data / "lrs2_deep_avsr/00001.mp4"
     out = tmp_path / "me.safetensors"
     res = run_cli("finetune", video, "-o", out, "--steps", "2", "--batch-size", "2", "--device", "cpu", "--quiet",
-                  "--set", "val_every=2", "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}", timeout=900)
+                  "--set", "val_every=2", "--set", "audio_steps=5", "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}",
+                  timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert out.is_file() and f"--checkpoint {out}" in res.stdout and "held-out mouth-opening r" in res.stdout
+    from hyperlips.models import load_checkpoint
+
+    model, info = load_checkpoint(out)
+    assert 1.0 <= model.config.shape_gain <= 3.0 and f"mouth-shape gain {model.config.shape_gain:.2f}" in res.stdout
+    assert info.config["extra"]["widths"] == [8, 16, 16, 32]
     status = json.loads((tmp_path / "me.work/progress.json").read_text())
     assert status["done"] and status["step"] == 2 and Path(status["preview"]).is_file()
     assert "val/opening_r" in status["val"]

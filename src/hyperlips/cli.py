@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "hyperlips.data.commands",
     "hyperlips.train.commands",
     "hyperlips.eval.commands",
+    "hyperlips.serve.commands",
 )
 
 

@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -37,6 +37,8 @@ from .schedule import LOOP_MODES, runs
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
 BASE_SIZE = 128
 MUX_SAMPLE_RATE = 48000
+
+ProgressCallback = Callable[[str, int, int], None]  # (stage, frames done, frames in the stage)
 
 
 @dataclass
@@ -197,13 +199,23 @@ def network_input(crops: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def network_mel_windows(network, mel: np.ndarray, times, fps: float, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
     """The mel windows a generator takes for frames shown at ``times``: HyperLips-Lite's centred windows of its
-    own length (``network.mel_steps``), or Base's 16-step windows (``media.audio.mel_windows``)."""
+    own length (``network.mel_steps``) of the mel normalised over the whole utterance (``network.mel_norm``), or
+    Base's 16-step windows (``media.audio.mel_windows``). ``mel`` is the whole track's (a normalised one may be
+    passed with ``network.mel_norm`` already applied: see :func:`network_mel`)."""
     from .media.audio import centred_mel_windows, mel_windows
 
     steps = getattr(network, "mel_steps", None)
     if steps is not None:
-        return centred_mel_windows(mel, times, int(steps), cfg)
+        fill = mel.min(axis=1) if getattr(network, "mel_norm", None) == "utterance" and mel.shape[1] else None
+        return centred_mel_windows(mel, times, int(steps), cfg, fill)
     return mel_windows(mel, times, fps, cfg)
+
+
+def network_mel(network, mel: np.ndarray) -> np.ndarray:
+    """The whole track's mel as ``network`` wants it: normalised per utterance for HyperLips-Lite, as is for Base."""
+    from .media.audio import normalise_utterance
+
+    return normalise_utterance(mel) if getattr(network, "mel_norm", None) == "utterance" else mel
 
 
 def to_uint8_images(t) -> np.ndarray:
@@ -302,9 +314,11 @@ class LipSync:
         loop: str = "pingpong",
         reference: str | int = "best",
         fps: float | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> SyncReport:
         """Write ``output``: ``video`` re-synced to ``audio``, at a constant frame rate (``fps``, default the video's
-        own: its nominal rate, or its average rate when the frame rate varies; see ``media.timing``)."""
+        own: its nominal rate, or its average rate when the frame rate varies; see ``media.timing``).
+        ``on_progress(stage, done, total)`` is called as frames pass ("faces", then "lip-sync")."""
         from .media.audio import load_audio, melspectrogram
         from .media.video import VideoWriter
 
@@ -322,7 +336,7 @@ class LipSync:
             seconds = len(wav) / self.audio_cfg.sample_rate
             if seconds <= 0:
                 raise MediaError(f"audio is empty (zero length): {audio}")
-            mel = melspectrogram(wav, self.audio_cfg)
+            mel = network_mel(self.base, melspectrogram(wav, self.audio_cfg))
             rate = timeline.rate
             fps_out = float(rate)
             n_out = max(1, int(round(seconds * fps_out)))
@@ -330,7 +344,7 @@ class LipSync:
             # pass 1: faces
             check_face_box(face_box, info.width, info.height)
             n_needed = 1 if info.is_image else min(timeline.n_frames, n_out)
-            boxes, n_src, ref_index = self._track_faces(timeline, n_needed, face_index, face_box, timer)
+            boxes, n_src, ref_index = self._track_faces(timeline, n_needed, face_index, face_box, timer, on_progress)
             report_damage(timeline, n_src)
             ref_index = choose_reference(reference, boxes, ref_index)
             if ref_index is None:  # an image of the face
@@ -345,7 +359,7 @@ class LipSync:
             faces_done = 0
             writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio, sample_rate=MUX_SAMPLE_RATE)
             try:
-                with self._bar(n_out, "lip-sync") as bar:
+                with self._bar(n_out, "lip-sync", on_progress) as bar:
                     frames = timer.timed_iter("decode", self._scheduled_frames(timeline, n_src, n_out, loop))
                     for batch in _batched(frames, self.batch_size):
                         out_frames, n_face = self._process_batch(batch, boxes, ref_crop, mel, fps_out, timer)
@@ -362,20 +376,22 @@ class LipSync:
         return SyncReport(output, n_out, fps_out, info.width, info.height, seconds, faces_done, dict(timer.totals))
 
     # ------------------------------------------------------------------ stages
-    def _bar(self, total: int, desc: str):
-        """A progress bar; use it as a context manager, so it is closed (and its line ended) before any error."""
+    def _bar(self, total: int, desc: str, on_progress: ProgressCallback | None = None):
+        """A progress bar; use it as a context manager, so it is closed (and its line ended) before any error.
+        With ``on_progress``, every update is also reported to it."""
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
+        return bar if on_progress is None else _ReportingBar(bar, desc, on_progress)
 
-    def _track_faces(self, timeline, n_needed, face_index, face_box, timer):
+    def _track_faces(self, timeline, n_needed, face_index, face_box, timer, on_progress=None):
         """Detect faces on the frames that will be shown; returns (boxes per frame, n_src, best frame)."""
         from .face.detect import FaceDetector
         from .face.track import track_faces
 
         detections = []
         last = (None, None)  # a source frame repeated on the timeline is detected once
-        with self._bar(n_needed, "faces") as bar, FaceDetector() as detector:
+        with self._bar(n_needed, "faces", on_progress) as bar, FaceDetector() as detector:
             for fr in timer.timed_iter("decode", timeline.iter_range(0, n_needed)):
                 if fr.image is not last[0]:
                     with timer("faces"):
@@ -462,6 +478,28 @@ class LipSync:
             self._face_mesh = FaceMesh(static=False)
             self._last_landmarks = None
         return self._face_mesh
+
+
+class _ReportingBar:
+    """A progress bar that also tells a callback: ``on_progress(stage, done, total)`` after every update."""
+
+    def __init__(self, bar, stage: str, on_progress: ProgressCallback) -> None:
+        self.bar, self.stage, self.on_progress, self.done = bar, stage, on_progress, 0
+        on_progress(stage, 0, int(bar.total))
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.done += n
+        self.on_progress(self.stage, self.done, int(self.bar.total))
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> "_ReportingBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _batched(it: Iterable, n: int) -> Iterator[list]:

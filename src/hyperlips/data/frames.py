@@ -88,9 +88,11 @@ class FrameDataset(_Base):
 
     def __init__(self, clips: Sequence[Clip], steps: int, *, seed: int = 0, ordered: bool = False,
                  shape_refs: dict[str, Any] | None = None, references: dict[str, np.ndarray] | None = None,
-                 length: int = 1 << 30, cfg: AudioConfig = AudioConfig()):
+                 mel_norm: str | None = "utterance", length: int = 1 << 30, cfg: AudioConfig = AudioConfig()):
         super().__init__(clips, seed, length)
         self.steps = int(steps)
+        self.mel_norm = mel_norm
+        self._mels: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self.cfg = cfg
         self.ordered = ordered
         refs = dict(shape_refs or {})
@@ -118,11 +120,28 @@ class FrameDataset(_Base):
     def __len__(self) -> int:
         return self.length
 
-    def _mel(self, part: _ClipFrames, k: int) -> np.ndarray:
+    def clip_mel(self, ci: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the clip's whole mel as the network takes it, per-bin silence value or None) of clip ``ci``."""
+        from ..media.audio import normalise_utterance
+
+        if ci not in self._mels:
+            mel = np.asarray(self.parts[ci].clip.mel, dtype=np.float32)
+            if self.mel_norm == "utterance":
+                mel = normalise_utterance(mel)
+                self._mels[ci] = (mel, mel.min(axis=1) if mel.shape[1] else None)
+            else:
+                self._mels[ci] = (mel, None)
+        return self._mels[ci]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_mels": {}}
+
+    def _mel(self, ci: int, k: int) -> np.ndarray:
         from ..media.audio import centred_mel_windows
 
-        return centred_mel_windows(np.asarray(part.clip.mel), [part.clip.time_of(int(part.index[k]))], self.steps,
-                                   self.cfg)[0]
+        part = self.parts[ci]
+        mel, fill = self.clip_mel(ci)
+        return centred_mel_windows(mel, [part.clip.time_of(int(part.index[k]))], self.steps, self.cfg, fill)[0]
 
     def __getitem__(self, g: int) -> dict[str, Any]:
         g = int(g)
@@ -144,7 +163,7 @@ class FrameDataset(_Base):
         return {
             "target": np.ascontiguousarray(part.faces[k].transpose(2, 0, 1)),
             "reference": np.ascontiguousarray(ref.transpose(2, 0, 1)),
-            "mel": self._mel(part, k),
+            "mel": self._mel(ci, k),
             "shape": part.shapes[k],
             "has_shape": np.bool_(part.has_shape[k]),
             "lip_box": part.lip_boxes[k],

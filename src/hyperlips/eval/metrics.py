@@ -182,6 +182,7 @@ def lagged_correlation(gen: np.ndarray, ref: np.ndarray, max_lag: int = 10) -> t
     n = min(len(gen), len(ref))
     gen, ref = gen[:n], ref[:n]
     best_lag, best_r = 0, float("nan")
+    max_lag = max(0, min(max_lag, n - 3))  # every lag keeps at least 3 overlapping frames
     for lag in range(-max_lag, max_lag + 1):
         a, b = (gen[lag:], ref[: n - lag]) if lag >= 0 else (gen[: n + lag], ref[-lag:])
         r = pearson(a, b)

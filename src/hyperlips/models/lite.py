@@ -10,7 +10,7 @@ Width, depth and the audio window are set by :class:`LiteConfig`, which travels 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -28,12 +28,16 @@ class LiteConfig:
 
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)  # encoder channels at 1/2, 1/4, 1/8, 1/16
     out_width: int = 16  # decoder channels at full resolution
-    audio_width: int = 96
-    mel_steps: int = 24  # mel frames per window (0.3 s), centred on the frame's time
+    audio_width: int = 128
+    audio_members: int = 3  # nets in the audio encoder's ensemble
+    mel_steps: int = 56  # mel frames per window (0.7 s: the encoder's +-0.3 s and a margin), centred on the frame
+    mel_norm: str = "utterance"  # mel normalised per utterance (media.audio.normalise_utterance) before windows
     n_shape: int = 106  # mouth-shape vector length (face.mouth_shape.N_SHAPE)
     hyp_dim: int = 64
     top: float = 0.375  # rows above this fraction of the crop are copied from the input, not generated
     dropout: float = 0.3  # audio encoder
+    shape_gain: float = 1.0  # predicted shapes are multiplied by this before rendering (set by finetune: the
+    # audio encoder's predictions on unseen speech vary less than real mouths; this restores their spread)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -63,7 +67,7 @@ class HyperLipsLite(nn.Module):
         super().__init__()
         cfg = config if isinstance(config, LiteConfig) else LiteConfig.from_dict(config)
         self.config = cfg
-        self.audio_encoder = AudioShapeEncoder(80, cfg.audio_width, cfg.n_shape, cfg.dropout)
+        self.audio_encoder = AudioShapeEncoder(80, cfg.audio_width, cfg.n_shape, cfg.audio_members, cfg.dropout)
         self.shape_code = ShapeCode(cfg.n_shape, cfg.hyp_dim)
         self.face_encoder = FaceEncoder(cfg.widths)
         self.edits = nn.ModuleList(HyperDepthwiseEdit(c, cfg.hyp_dim) for c in cfg.widths)
@@ -72,6 +76,10 @@ class HyperLipsLite(nn.Module):
     @property
     def mel_steps(self) -> int:
         return self.config.mel_steps
+
+    @property
+    def mel_norm(self) -> str:
+        return self.config.mel_norm
 
     def decoder_rows(self, height: int = IMG_SIZE) -> int:
         """How many rows at the bottom of a ``height``-row output are generated (the rest is the input's)."""
@@ -98,8 +106,13 @@ class HyperLipsLite(nn.Module):
             if audio is None or audio.dim() != 4 or audio.shape[0] != faces.shape[0] or audio.shape[1:] != (1, 80, steps):
                 got = None if audio is None else tuple(audio.shape)
                 raise ValueError(f"HyperLipsLite: audio must be ({faces.shape[0]},1,80,{steps}), got {got}")
-            shape = self.audio_encoder(audio)
+            shape = self.predict_shape(audio)
         return self.render(faces, shape)
+
+    def predict_shape(self, audio: Tensor) -> Tensor:
+        # audio (N,1,80,S) -> the mouth shape to render (N, n_shape): the audio encoder's, times shape_gain
+        shape = self.audio_encoder(audio)
+        return shape * self.config.shape_gain if self.config.shape_gain != 1.0 else shape
 
     def render(self, faces: Tensor, shape: Tensor) -> Tensor:
         # faces (N,6,128,128), shape (N,n_shape) -> (N,3,128,128): rows above `top` copied from the input

@@ -146,7 +146,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 # `train base --model lite` starts from these (then --config, --set and the options, as for every stage)
-LITE_DEFAULTS: dict[str, Any] = {"batch_size": 16, "lr": 5e-4, "betas": (0.9, 0.99), "audio_lr": 1e-3,
+LITE_DEFAULTS: dict[str, Any] = {"batch_size": 16, "lr": 5e-4, "betas": (0.9, 0.99),
                                  "lr_schedule": "cosine", "warmup_steps": 100, "val_every": 1000, "ckpt_every": 1000,
                                  "workers": 0, "amp": "auto"}
 

@@ -61,10 +61,11 @@ class TrainConfig:
     lite: dict = dataclasses.field(default_factory=dict)  # LiteConfig fields of a new Lite network (widths, ...)
     mouth_weight: float = 4.0  # lite: L1 weight inside the lip box (1 elsewhere in the generated rows)
     edge_weight: float = 0.5  # lite: L1 between image gradients (sharp lips and teeth), generated rows
-    shape_weight: float = 1.0  # lite: the audio encoder's mouth-shape loss (MSE; trained by its own optimiser)
     teacher_forcing: float = 0.8  # lite: share of samples rendered from the real mouth shape (else the predicted)
     shape_noise: float = 0.1  # lite: noise added to the real shapes the renderer sees (standard deviation)
-    audio_lr: float = 1e-3  # lite: learning rate of the audio encoder
+    audio_steps: int = 600  # lite: steps fitting the audio encoder before the renderer trains (train/lite_audio.py)
+    audio_lr: float = 2e-3  # lite: its peak learning rate (one cycle)
+    audio_w_open: float = 1.0  # lite: weight of the inner-lip opening in its loss
     mouth_gan_weight: float = 0.0  # lite: adversarial loss of a PatchGAN on 64 px mouth crops (sharper lips, teeth)
     mouth_gan_start: int = 500  # lite: the step it starts at (the renderer first learns the face from L1)
     # schedule and budget

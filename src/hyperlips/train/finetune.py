@@ -87,11 +87,27 @@ def _check_weights(args: argparse.Namespace) -> None:
     """Read every checkpoint given once, so a wrong path fails now and not after minutes of preprocessing."""
     from ..models.checkpoint import read_state_dict
 
-    for path, name in ((args.checkpoint, "hyperlips-base" if args.model == "base" else None),
+    for path, name in ((args.checkpoint, "hyperlips-base" if args.model == "base" else "hyperlips-lite"),
                        (args.expert, "syncnet"),
                        (args.hr_checkpoint, f"hyperlips-hr-{args.hr_size}" if args.hr_size else None)):
         if path:
             read_state_dict(path, name)
+
+
+def _publish_lite(src: Path, dst: Path, data: Path) -> float:
+    """Write the kept Lite model to ``dst`` with its mouth-shape gain calibrated on the held-out frames."""
+    import dataclasses
+
+    from ..models import HyperLipsLite, load_checkpoint, save_checkpoint
+    from .lite import calibrate_shape_gain
+
+    model, info = load_checkpoint(src, name="hyperlips-lite", device="cpu")
+    gain = calibrate_shape_gain(model, data)
+    tuned = HyperLipsLite(dataclasses.replace(model.config, shape_gain=round(gain, 3)))
+    tuned.load_state_dict(model.state_dict())
+    cfg = {k: v for k, v in info.config.items() if k not in ("extra", "name", "step", "format_version")}
+    save_checkpoint(tuned, dst, "hyperlips-lite", config=cfg, step=info.step)
+    return gain
 
 
 def _train(stage_cls, cfg, quiet: bool):
@@ -195,9 +211,9 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
     overrides.update(parse_overrides(args.set))
     cfg = TrainConfig.from_dict(overrides) if stored else build_config("base", overrides=overrides)
     res = _train(LiteStage, cfg, args.quiet)
-    src = res.best or res.model
-    _publish(src, args.output, "hyperlips-lite")
+    gain = _publish_lite(res.best or res.model, args.output, data)
     _report(args, work, res)
+    print(f"mouth-shape gain {gain:.2f} (the spread of predicted mouths on the held-out part matched to the real ones)")
     print(f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint {args.output}")
     return 0
 

@@ -64,6 +64,52 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
+def held_out_frames(val_clips, train_ds, references, steps: int, mel_norm: str | None = "utterance"):
+    """The validation frames in order: a clip split in time is measured against its training part (shapes and
+    reference frame), a held-out clip against itself."""
+    from ..data.frames import FrameDataset, shape_reference
+
+    refs = {c.id: train_ds.shape_refs[c.id] for c in val_clips if c.id in train_ds.shape_refs}
+    for c in val_clips:
+        if c.id not in refs:
+            refs[c.id] = shape_reference(c, c.frame_range)
+    return FrameDataset(val_clips, steps, ordered=True, shape_refs=refs, references=references, mel_norm=mel_norm)
+
+
+def calibrate_shape_gain(model, data, max_gain: float = 3.0, batch_size: int = 64) -> float:
+    """The gain that gives the audio encoder's shapes on the held-out frames of dataset ``data`` the spread of
+    the real ones (a regression on unseen speech shrinks towards the average mouth; rendered, that is a mouth
+    that barely moves). Clipped to [1, max_gain]."""
+    from torch.utils.data import default_collate
+
+    from ..data.frames import FrameDataset, reference_frame
+
+    m = Manifest.load(data)
+    train, val = m.open_clips("train"), m.open_clips("val")
+    if not val:
+        return 1.0
+    ranges = {c.id: c.frame_range for c in train}
+    train_ds = FrameDataset(train, model.mel_steps, mel_norm=model.mel_norm)
+    refs = {c.id: reference_frame(c, ranges.get(c.id, c.frame_range)) for c in val}
+    ds = held_out_frames(val, train_ds, refs, model.mel_steps, model.mel_norm)
+    preds, reals = [], []
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(ds), batch_size):
+                b = default_collate([ds[g] for g in range(i, min(len(ds), i + batch_size))])
+                has = b["has_shape"].bool()
+                preds.append(model.audio_encoder(b["mel"].float())[has])
+                reals.append(b["shape"].float()[has])
+    finally:
+        model.train(was)
+    p, r = torch.cat(preds), torch.cat(reals)
+    if len(p) < 3 or float(p.std()) == 0:
+        return 1.0
+    return float(np.clip(float(r.std() / p.std()), 1.0, max_gain))
+
+
 class LiteStage(Stage):
     name = "lite"
     model_name = "hyperlips-lite"
@@ -83,13 +129,9 @@ class LiteStage(Stage):
             self.gen = HyperLipsLite(LiteConfig.from_dict(cfg.lite))
         self.gen.to(ctx.device)
         self.gen_ddp = ctx.wrap(self.gen)
-        audio = list(self.gen.audio_encoder.parameters())
-        ids = {id(p) for p in audio}
+        ids = {id(p) for p in self.gen.audio_encoder.parameters()}
         self.renderer_params = [p for p in self.gen.parameters() if id(p) not in ids]
-        self.audio_params = audio
-        betas = tuple(cfg.betas)
-        self.opt_r = torch.optim.Adam(self.renderer_params, lr=cfg.lr, betas=betas)
-        self.opt_a = torch.optim.AdamW(self.audio_params, lr=cfg.audio_lr, betas=(0.9, 0.999), weight_decay=1e-2)
+        self.opt_r = torch.optim.Adam(self.renderer_params, lr=cfg.lr, betas=tuple(cfg.betas))
         self.disc = self.opt_d = None
         if cfg.mouth_gan_weight > 0:
             from ..models.lite_disc import MouthDiscriminator
@@ -113,7 +155,7 @@ class LiteStage(Stage):
         return m
 
     def optimizers(self):
-        o = {"renderer": self.opt_r, "audio": self.opt_a}
+        o = {"renderer": self.opt_r}
         if self.opt_d is not None:
             o["discriminator"] = self.opt_d
         return o
@@ -125,23 +167,16 @@ class LiteStage(Stage):
         from ..data.frames import FrameDataset
 
         if self._train_ds is None:
-            self._train_ds = FrameDataset(self.train_clips, self.gen.mel_steps, seed=self.cfg.seed)
+            self._train_ds = FrameDataset(self.train_clips, self.gen.mel_steps, seed=self.cfg.seed,
+                                          mel_norm=self.gen.mel_norm)
         return self._train_ds
 
     def val_dataset(self):
-        from ..data.frames import FrameDataset, shape_reference
-
         if not self.val_clips:
             return None
         if self._val_ds is None:
-            train = self.train_dataset()
-            refs = {c.id: train.shape_refs[c.id] for c in self.val_clips if c.id in train.shape_refs}
-            # a clip split in time is measured against its training part; a held-out clip against itself
-            for c in self.val_clips:
-                if c.id not in refs:
-                    refs[c.id] = shape_reference(c, c.frame_range)
-            self._val_ds = FrameDataset(self.val_clips, self.gen.mel_steps, ordered=True, shape_refs=refs,
-                                        references=self.references)
+            self._val_ds = held_out_frames(self.val_clips, self.train_dataset(), self.references, self.gen.mel_steps,
+                                           self.gen.mel_norm)
         return self._val_ds
 
     # ------------------------------------------------------------------ training
@@ -155,12 +190,30 @@ class LiteStage(Stage):
         edge = ((fx - tx).abs() * w[:, :, :, 1:]).mean() + ((fy - ty).abs() * w[:, :, 1:]).mean()
         return l1, edge
 
+    def fit_audio(self) -> None:
+        """Fit the audio encoder on the training frames (``train/lite_audio.py``); it is frozen afterwards."""
+        from .lite_audio import fit_audio_encoder
+
+        ds = self.train_dataset()
+        tracks = []
+        for ci, part in enumerate(ds.parts):
+            mel, _ = ds.clip_mel(ci)
+            times = np.asarray([part.clip.time_of(int(i)) for i in part.index])
+            tracks.append((mel, times, part.shapes, part.has_shape))
+        cfg = self.cfg
+        rep = fit_audio_encoder(self.gen.audio_encoder, tracks, steps=cfg.audio_steps, lr=cfg.audio_lr,
+                                w_open=cfg.audio_w_open, seed=cfg.seed)
+        self.ctx.say(f"audio encoder fitted on {rep.frames} frames in {rep.seconds:.0f} s ({rep.steps} steps)")
+
     def train_step(self, batch, step):
         ctx, cfg = self.ctx, self.cfg
+        if step == 1 and cfg.audio_steps > 0:  # a fresh run; a resumed one restores the fitted encoder
+            self.fit_audio()
+        self.gen.audio_encoder.eval()  # frozen: its dropout stays off while the renderer trains
         faces, target = masked_faces(batch)
         real = batch["shape"].float()
         has = batch["has_shape"].bool()
-        with ctx.autocast():
+        with torch.no_grad(), ctx.autocast():
             pred = self.gen.audio_encoder(batch["mel"].float())
         l_shape = F.mse_loss(pred.float()[has], real[has]) if bool(has.any()) else pred.float().sum() * 0
         n = real.shape[0]
@@ -170,7 +223,7 @@ class LiteStage(Stage):
             fake = self.gen_ddp(None, faces, shown)
         l1, edge = self._image_loss(fake, target, batch["lip_box"])
         l_img = l1 + cfg.edge_weight * edge
-        losses = {"l1": l1, "edge": edge, "shape": l_shape}
+        losses = {"l1": l1, "edge": edge}
         gan = self.disc is not None and step >= cfg.mouth_gan_start
         if gan:
             fake_mouth = mouth_crops(fake, batch["lip_box"])
@@ -179,11 +232,11 @@ class LiteStage(Stage):
             l_img = l_img + cfg.mouth_gan_weight * adv
             losses["adv"] = adv
         ctx.check_finite("generator", losses, step)
-        ctx.backward_step(cfg.shape_weight * l_shape, self.opt_a, self.audio_params)
         if gan:
             self.disc.requires_grad_(False)  # the generator's step leaves the judge alone
         ctx.backward_step(l_img, self.opt_r, self.renderer_params)
         out = {k: v.item() for k, v in losses.items()}
+        out["shape"] = l_shape.item()  # the frozen encoder on these training frames (for the logs)
         if gan:
             self.disc.requires_grad_(True)
             real_mouth = mouth_crops(target, batch["lip_box"])
@@ -220,7 +273,7 @@ class LiteStage(Stage):
         from ..face.mouth_shape import shape_opening
 
         faces, target = masked_faces(batch)
-        pred = self.gen.audio_encoder(batch["mel"].float()).float()
+        pred = self.gen.predict_shape(batch["mel"].float()).float()
         fake = self.gen.render(faces, pred).float()
         box = box_mask(batch["lip_box"], target.shape[2], target.shape[3])
         r0 = target.shape[2] - self.gen.decoder_rows(target.shape[2])
