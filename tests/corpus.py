@@ -518,7 +518,7 @@ def _bad_state(m: Materials, path: Path) -> None:
     state = torch.load(m["base.pth"], map_location="cpu")["state_dict"]
     keys = sorted(state)
     if "missing" in path.name:
-        state = {k: v for i, k in enumerate(keys) if i % 2}
+        state = {k: state[k] for i, k in enumerate(keys) if i % 2}
     else:
         big = max(keys, key=lambda k: state[k].numel())
         state[big] = torch.zeros(tuple(s + 1 for s in state[big].shape))
@@ -739,7 +739,7 @@ SYNC_CASES: list[Case] = [
          output="link.mp4"),
     bad_sync("output-wrong-suffix", output="out.txt", words=("out.txt",)),
     bad_sync("output-no-suffix", output="out", words=("output",)),
-    bad_sync("output-is-a-folder", output="a_dir", words=("folder",), prepare=lambda w, m: (w / "a_dir").mkdir()),
+    bad_sync("output-is-a-folder", output="a_dir.mp4", words=("folder",), prepare=lambda w, m: (w / "a_dir.mp4").mkdir()),
     bad_sync("output-parent-is-a-file", output="afile/out.mp4", words=("afile",), prepare=_file_as_parent),
     bad_sync("output-disk-full", "long.mp4", "speech_4s.wav", output="out.mp4", fsize=30_000,
              words=("out.mp4", "space")),
