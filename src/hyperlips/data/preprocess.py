@@ -444,8 +444,8 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
                         "--workers; if the workers could not start, run preprocessing from a script file or the "
                         "hyperlips command rather than from standard input") from None
                 except BaseException:  # Ctrl-C, SIGTERM: stop now, not after the queue; workers drop their clip
-                    for fut in futures:
-                        fut.cancel()
+                    # no fut.cancel() here: the pool's manager thread then fails the futures of the workers ended
+                    # below, and failing a cancelled future raises in that thread (a traceback on the terminal)
                     for proc in mp.active_children():
                         proc.terminate()
                     raise
