@@ -262,6 +262,10 @@ class Manifest:
         if data.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{path}: dataset format {data.get('format_version')!r} is not {FORMAT_VERSION}; "
                             "preprocess the videos again")
+        missing = [c.get("id") for c in data.get("clips", []) if not (root / CLIPS_DIR / str(c.get("id")) / META).is_file()]
+        if missing:  # found now, not when validation first opens a held-out clip
+            raise UserError(f"{root}: {len(missing)} clip(s) in the manifest are missing or unfinished, the first "
+                            f"{root / CLIPS_DIR / str(missing[0])}; run hyperlips preprocess again")
         return cls(root, data)
 
     @property
