@@ -47,3 +47,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def cli_runner():
+    """Runs ``hyperlips`` command lines, each in a fresh process forked from one warm interpreter (corpus.Runner)."""
+    from corpus import Runner
+
+    runner = Runner()
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(scope="session")
+def corpus_materials(real_data, more_data, tmp_path_factory):
+    """The input corpus's files, built on first use from the shared clips (corpus.Materials)."""
+    from corpus import Materials
+
+    return Materials(tmp_path_factory.mktemp("corpus"), real_data, more_data)

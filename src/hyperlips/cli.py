@@ -1,7 +1,9 @@
 """The ``hyperlips`` command: one program, one subcommand per job, each a thin shell over the Python API.
 
-A mistake in the input (a missing file, a video with no face, a checkpoint for another network...) ends with
-one line on stderr and exit code 2. Ctrl-C ends with exit code 130 and leaves no partial output.
+Exit codes: 0 done; 2 a mistake in the input (a missing file, a video with no face, a checkpoint for another
+network, a full disk...), reported as one ``hyperlips: error:`` line on stderr; 130 / 143 / 129 stopped by Ctrl-C
+(SIGINT) / SIGTERM / SIGHUP, with no partial output left; 1 a bug, with its traceback. Unusual input that was
+handled (a variable frame rate, damaged frames, non-finite audio samples) is one ``hyperlips: warning:`` line each.
 
 Subcommands that live with their job (training, evaluation, ...) register themselves through a module that
 offers ``add_parser(subparsers)``; the modules are listed in ``_COMMAND_MODULES``.
@@ -11,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
-import re
+import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -30,91 +34,165 @@ _COMMAND_MODULES = (
 )
 
 
-# start-up chatter that mediapipe's native threads (TFLite, absl, glog) print on stderr at any moment
-_NATIVE_NOISE = re.compile(
-    rb"^(?:INFO: Created TensorFlow Lite[^\n]*|WARNING: All log messages before absl::InitializeLog\(\)[^\n]*"
-    rb"|[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\][^\n]*)\n",
-    re.MULTILINE,
-)
-# an unfinished last line that may still become one of those lines: held back until it is complete
-_NOISE_START = re.compile(rb"(?:I(?:N(?:F(?:O(?::.*)?)?)?)?|W(?:A(?:R(?:N(?:I(?:N(?:G.*)?)?)?)?)?)?|[IW]\d[^\n]*)\Z", re.S)
-_real_stderr_fd: int | None = None  # the terminal's stderr while the filter runs (for our own one-line errors)
+EXIT_OK, EXIT_BUG, EXIT_USER = 0, 1, 2  # 1: a bug (with its traceback); 2: a mistake in the input, one line
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # 128 + the signal's number
+DEBUG_ENV = "HYPERLIPS_DEBUG"  # set to 1 to keep library messages (FFmpeg, MediaPipe, Python warnings)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: raised like Ctrl-C, so every clean-up path that handles Ctrl-C handles them too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _Terminal:
+    """Python's stderr while a command runs: writes to the terminal and remembers whether the cursor is at the
+    start of a line, so that a warning or an error never lands after a progress bar on the bar's line."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.at_line_start = True
+
+    def write(self, text: str) -> int:
+        if text:
+            self.at_line_start = text[-1] in "\n\r"
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 @contextlib.contextmanager
-def _filtered_stderr():
-    """Route file descriptor 2 through a pipe that drops native log noise and passes everything else at once.
+def _terminal_stderr(restore: bool = True):
+    """Run a command with native libraries silenced and Python's own stderr going to the terminal.
 
-    Errors must reach the user as one line; mediapipe's graph threads print INFO/WARNING lines that Python
-    cannot switch off, at times no wrapper around the calls can catch, sometimes in several pieces. Complete
-    noise lines are dropped; an unfinished line that may become one is held back (and dropped if the stream ends
-    on it); everything else, progress bars (``\r`` updates) included, passes through unchanged.
+    FFmpeg, libpng and MediaPipe's native threads (TFLite, absl, glog) print to file descriptor 2 at any moment,
+    between our lines or in the middle of them; none of it is for the user. Descriptor 2 is pointed at the null
+    device for the command's duration, and ``sys.stderr`` (progress bars, warnings, error lines, tracebacks of bugs)
+    at a duplicate of the real stderr. ``HYPERLIPS_DEBUG=1`` keeps everything. ``restore=False`` (the program
+    itself, which exits next) leaves descriptor 2 silenced, so native clean-up at exit stays quiet too.
     """
-    global _real_stderr_fd
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        r, w = os.pipe()
-    except (OSError, ValueError):
-        yield
-        return
-    os.dup2(w, 2)
-    os.close(w)
-    _real_stderr_fd = saved
-
-    def pump() -> None:
-        pending = b""  # the start of a possible noise line, kept apart from what other threads write meanwhile
-        while True:
-            try:
-                chunk = os.read(r, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            if pending:
-                joined = pending + chunk
-                m = _NATIVE_NOISE.match(joined)
-                if m:  # the held piece was completed into a noise line: drop it, keep what followed
-                    pending, chunk = b"", joined[m.end():]
-                elif _NOISE_START.match(joined):
-                    pending = joined
-                    continue
-                else:  # another thread's text: pass it on and keep waiting for the noise line's end
-                    m = re.match(rb"[^\n]*\n", chunk)
-                    if m and _NATIVE_NOISE.match(pending + m.group(0)):
-                        pending, chunk = b"", chunk[m.end():]
-            data = _NATIVE_NOISE.sub(b"", chunk)
-            cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
-            tail = data[cut:]
-            if not pending and tail and _NOISE_START.match(tail):
-                pending, data = tail, data[:cut]
-            if data:
-                os.write(saved, data)
-        if pending and not _NOISE_START.match(pending):
-            os.write(saved, pending)
-        os.close(r)
-
-    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
-    thread.start()
+    old = sys.stderr
+    saved = None
+    if not os.environ.get(DEBUG_ENV):
+        try:
+            old.flush()
+            on_fd2 = old.fileno() == 2
+        except (AttributeError, OSError, ValueError):
+            on_fd2 = False
+        try:
+            saved = os.dup(2)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+        except OSError:
+            if saved is not None:
+                os.close(saved)
+            saved = None
+    stream = old
+    if saved is not None and on_fd2:
+        stream = open(saved, "w", buffering=1, closefd=False, encoding=getattr(old, "encoding", None) or "utf-8",
+                      errors="backslashreplace")
+    sys.stderr = _Terminal(stream)
     try:
         yield
+    except BaseException:
+        restore = True  # a bug's traceback is printed after this: it must reach the terminal
+        raise
     finally:
-        sys.stderr.flush()
-        _real_stderr_fd = None
-        os.dup2(saved, 2)  # closes the pipe's last writer: the pump sees EOF, forwards the rest and stops
-        thread.join(timeout=2.0)
-        os.close(saved)
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        sys.stderr = old
+        if saved is not None:
+            if restore:
+                os.dup2(saved, 2)
+            os.close(saved)
+        if stream is not old:
+            stream.close()
+
+
+def _close_progress_bars() -> None:
+    """Close every progress bar still open (one left by an exception would redraw itself after the error line)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
+
+
+def _line(kind: str, text: str) -> None:
+    """``hyperlips: KIND: TEXT`` as one line of its own on stderr (after any progress output)."""
+    err = sys.stderr
+    with contextlib.suppress(Exception):
+        err.flush()
+    start = "" if getattr(err, "at_line_start", True) else "\n"
+    err.write(f"{start}hyperlips: {kind}: {' '.join(str(text).split())}\n")
+    with contextlib.suppress(Exception):
+        err.flush()
 
 
 def _error_line(text: str) -> None:
-    """Print ``hyperlips: error: TEXT`` as one line, straight to the terminal (never interleaved with native logs)."""
-    line = ("hyperlips: error: " + " ".join(text.split()) + "\n").encode(errors="replace")
-    sys.stderr.flush()
-    if _real_stderr_fd is not None:
-        os.write(_real_stderr_fd, line)
-    else:
-        sys.stderr.write(line.decode())
-        sys.stderr.flush()
+    _close_progress_bars()
+    _line("error", text)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings during a command: an InputWarning is one ``hyperlips: warning:`` line above the progress bars;
+    other libraries' warnings are not for the user (``HYPERLIPS_DEBUG=1`` shows them)."""
+    from .errors import InputWarning
+
+    if not issubclass(category, InputWarning):
+        if os.environ.get(DEBUG_ENV):
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    text = " ".join(str(message).split())
+    if text in _shown_warnings:  # libraries that change the warning filters make Python forget what it showed
+        return
+    _shown_warnings.add(text)
+    try:
+        from tqdm import tqdm
+
+        if getattr(tqdm, "_instances", None):  # clears the bars, writes the line, redraws them
+            tqdm.write(f"hyperlips: warning: {text}", file=sys.stderr)
+            return
+    except ImportError:
+        pass
+    _line("warning", text)
+
+
+_shown_warnings: set[str] = set()
+
+
+@contextlib.contextmanager
+def _signals_like_ctrl_c():
+    """SIGTERM (``timeout``, process managers, container stops) and SIGHUP (a closed terminal) raise
+    :class:`Terminated`, so the run cleans up as after Ctrl-C. Later signals are ignored while it cleans up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house error format: one ``hyperlips: error:`` line naming the help to read, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER, f"hyperlips: error: {' '.join(message.split())} (see: {self.prog} --help)\n")
 
 
 def _box(text: str) -> tuple[float, float, float, float]:
@@ -147,6 +225,8 @@ def add_sync_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", default="best",
                    help="reference face: best (most confident detection, default), first, a frame number, or an image "
                         "file of the same person's face")
+    p.add_argument("--fps", type=float, help="output frame rate (default: the video's own; its average rate when the "
+                                             "frame rate varies). Each output frame shows the source frame of its time")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--timings", action="store_true", help="print seconds and frames per second for each stage at the end")
 
@@ -169,7 +249,7 @@ def _make_lipsync(args):
 def _run_sync(args) -> int:
     ls = _make_lipsync(args)
     report = ls.sync(args.video, args.audio, args.output, face_index=args.face, face_box=args.face_box,
-                     loop=args.loop, reference=args.reference)
+                     loop=args.loop, reference=args.reference, fps=args.fps)
     print(report.summary() if args.timings else f"wrote {report.output} ({report.frames} frames, {report.audio_seconds:.2f} s)")
     return 0
 
@@ -190,7 +270,7 @@ def _run_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hyperlips", description="HyperLips lip-sync: re-sync the mouth of a talking-face video to new speech.")
+    parser = _Parser(prog="hyperlips", description="HyperLips lip-sync: re-sync the mouth of a talking-face video to new speech.")
     parser.add_argument("--version", action="version", version=f"hyperlips {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -232,8 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    with _filtered_stderr():
+        return EXIT_USER
+    with _terminal_stderr(restore=argv is not None), _signals_like_ctrl_c(), warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("default")
         return _dispatch(args)
 
 
@@ -241,16 +323,37 @@ def _dispatch(args) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        _error_line(str(e))
+        _error_line(_user_text(e))
         return e.exit_code
-    except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+    except (PermissionError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError) as e:
         # file-system problems with paths the user gave (an unwritable output folder, say): not bugs
-        where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        _error_line(f"{e.strerror or e}{where}")
-        return 2
-    except KeyboardInterrupt:
-        print("hyperlips: interrupted", file=sys.stderr)
-        return 130
+        _error_line(_os_error_text(e))
+        return EXIT_USER
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS):  # a full disk or a read-only one
+            _error_line(f"{_os_error_text(e)}; free some space or choose another folder")
+            return EXIT_USER
+        raise
+    except KeyboardInterrupt as e:
+        _close_progress_bars()
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        _line("interrupted", f"stopped by {signal.Signals(signum).name}")
+        return EXIT_SIGNAL[signum]
+
+
+def _user_text(e: UserError) -> str:
+    """The message of a UserError; one re-raised from a worker process (torch's DataLoader wraps it with the
+    worker's traceback) gives back the original message, the last line of that traceback."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
+def _os_error_text(e: OSError) -> str:
+    where = f": {e.filename}" if getattr(e, "filename", None) else ""
+    return f"{e.strerror or e}{where}"
 
 
 if __name__ == "__main__":

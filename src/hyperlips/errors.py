@@ -2,7 +2,7 @@
 
 A :class:`UserError` means the input (a file, an option, a checkpoint) is wrong, not the program. The command
 line prints its message as one line and exits with code 2; Python callers can catch it. Anything else that
-escapes is a bug and keeps its traceback.
+escapes is a bug and keeps its traceback. An :class:`InputWarning` reports something unusual that was handled.
 """
 
 
@@ -37,3 +37,15 @@ def require_file(path, what: str = "file") -> None:
         raise MediaError(f"{what} is not readable (check its permissions): {p}")
     if os.path.getsize(p) == 0:
         raise MediaError(f"{what} is empty (0 bytes): {p}")
+
+
+class InputWarning(UserWarning):
+    """Something unusual in the input that was handled (a variable frame rate, damaged frames, non-finite audio
+    samples). Issued with :func:`warnings.warn`; the command line prints it as one ``hyperlips: warning:`` line."""
+
+
+def warn(message: str) -> None:
+    """Issue an :class:`InputWarning` (shown once per message)."""
+    import warnings
+
+    warnings.warn(message, InputWarning, stacklevel=2)

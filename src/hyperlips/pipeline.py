@@ -1,6 +1,8 @@
 """LipSync: the streaming inference flow (video + speech -> the same video with the mouth re-synced).
 
-Two passes over the video, both streaming with bounded memory:
+The video is read as frames at a constant rate, each the source frame shown at its time (``media.timing``: a
+variable-frame-rate file is read at its average rate, or at ``fps``), and the mel window of frame ``j`` is taken at
+``j / fps``. Two passes over the video, both streaming with bounded memory:
 
 1. **faces**: decode every frame that will be used, detect faces, then choose, bridge and smooth one face
    track over the whole video (a few numbers per frame are kept, never the frames).
@@ -29,6 +31,7 @@ import numpy as np
 
 from .config import AudioConfig
 from .errors import MediaError, UserError, require_file
+from .media.timing import check_fps, open_timeline, report_damage
 from .schedule import LOOP_MODES, runs
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
@@ -122,6 +125,34 @@ def check_paths(video: Path, audio: Path, output: Path) -> None:
         raise UserError(f"output folder is not a folder: {parent}")
     if output.exists() and output.is_dir():
         raise UserError(f"output path is a folder: {output}")
+
+
+def check_face_box(box, width: int, height: int) -> None:
+    """Raise :class:`UserError` when ``--face-box`` lies outside the ``width`` x ``height`` frame."""
+    if box is None:
+        return
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        plain = ",".join(f"{v:g}" for v in (x1, y1, x2, y2))
+        raise UserError(f"--face-box {plain} lies outside the {width}x{height} frame; give pixel coordinates inside it")
+
+
+def choose_reference(reference: str | int | os.PathLike, boxes: list, best: int) -> int | None:
+    """The frame whose face crop is the reference: ``best`` (given), ``first`` (first tracked face) or a number;
+    None when ``reference`` names an image of the face (a path with a suffix)."""
+    if isinstance(reference, int) or (isinstance(reference, str) and reference.strip().isdigit()):
+        index = int(reference)
+        if not (0 <= index < len(boxes)) or boxes[index] is None:
+            raise UserError(f"--reference {index}: that frame has no tracked face (the video has {len(boxes)} frames "
+                            "here, numbered from 0); use best, first or another frame number")
+        return index
+    if reference == "first":
+        return next(i for i, b in enumerate(boxes) if b is not None)
+    if reference == "best":
+        return best
+    if isinstance(reference, (str, os.PathLike)) and Path(reference).suffix:
+        return None
+    raise UserError(f"--reference must be best, first, a frame number or an image of the face (got {reference})")
 
 
 def face_crop(frame: np.ndarray, box, size: int) -> np.ndarray:
@@ -282,102 +313,100 @@ class LipSync:
         face_box: tuple[float, float, float, float] | None = None,
         loop: str = "pingpong",
         reference: str | int = "best",
+        fps: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> SyncReport:
-        """Write ``output``; ``on_progress(stage, done, total)`` is called as frames pass ("faces", then "lip-sync")."""
+        """Write ``output``: ``video`` re-synced to ``audio``, at a constant frame rate (``fps``, default the video's
+        own: its nominal rate, or its average rate when the frame rate varies; see ``media.timing``).
+        ``on_progress(stage, done, total)`` is called as frames pass ("faces", then "lip-sync")."""
         from .media.audio import load_audio, melspectrogram
-        from .media.video import FrameReader, VideoWriter, probe
+        from .media.video import VideoWriter
 
         video, audio, output = Path(video), Path(audio), Path(output)
         if loop not in LOOP_MODES:
             raise UserError(f"--loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
+        check_fps(fps)
         check_paths(video, audio, output)
         timer = _Timer()
 
-        info = probe(video)
-        with timer("decode"):
-            wav = load_audio(audio, self.audio_cfg.sample_rate)
-        seconds = len(wav) / self.audio_cfg.sample_rate
-        if seconds <= 0:
-            raise MediaError(f"audio is empty (zero length): {audio}")
-        mel = network_mel(self.base, melspectrogram(wav, self.audio_cfg))
-        fps = float(info.fps)
-        n_out = max(1, int(round(seconds * fps)))
+        with open_timeline(video, fps) as timeline:
+            info = timeline.info
+            with timer("decode"):
+                wav = load_audio(audio, self.audio_cfg.sample_rate)
+            seconds = len(wav) / self.audio_cfg.sample_rate
+            if seconds <= 0:
+                raise MediaError(f"audio is empty (zero length): {audio}")
+            mel = network_mel(self.base, melspectrogram(wav, self.audio_cfg))
+            rate = timeline.rate
+            fps_out = float(rate)
+            n_out = max(1, int(round(seconds * fps_out)))
 
-        # pass 1: faces
-        n_needed = 1 if info.is_image else min(info.n_frames, n_out)
-        boxes, n_src, ref_index = self._track_faces(video, info, n_needed, face_index, face_box, timer, on_progress)
-        ref_crop = None
-        if isinstance(reference, int) or (isinstance(reference, str) and reference.isdigit()):
-            ref_index = int(reference)
-            if not (0 <= ref_index < n_src) or boxes[ref_index] is None:
-                raise UserError(f"--reference {ref_index}: that frame has no tracked face (the video has {n_src} frames)")
-        elif reference == "first":
-            ref_index = next(i for i, b in enumerate(boxes) if b is not None)
-        elif isinstance(reference, (str, os.PathLike)) and reference != "best" and Path(reference).suffix:
-            ref_crop = reference_crop(Path(reference))
-        elif reference != "best":
-            raise UserError(f"--reference must be best, first, a frame number or an image of the face (got {reference!r})")
-        if ref_crop is None:
-            with FrameReader(video) as reader:
-                ref_frame = next(iter(reader.iter_range(ref_index, ref_index + 1))).image
-            ref_crop = face_crop(ref_frame, boxes[ref_index], BASE_SIZE)
+            # pass 1: faces
+            check_face_box(face_box, info.width, info.height)
+            n_needed = 1 if info.is_image else min(timeline.n_frames, n_out)
+            boxes, n_src, ref_index = self._track_faces(timeline, n_needed, face_index, face_box, timer, on_progress)
+            report_damage(timeline, n_src)
+            ref_index = choose_reference(reference, boxes, ref_index)
+            if ref_index is None:  # an image of the face
+                ref_crop = reference_crop(Path(reference))
+            else:
+                ref_frame = next(iter(timeline.iter_range(ref_index, ref_index + 1))).image
+                ref_crop = face_crop(ref_frame, boxes[ref_index], BASE_SIZE)
 
-        # pass 2: generate
-        output.parent.mkdir(parents=True, exist_ok=True)
-        mux_audio = load_audio(audio, MUX_SAMPLE_RATE)
-        faces_done = 0
-        bar = self._bar(n_out, "lip-sync", on_progress)
-        writer = VideoWriter(output, info.width, info.height, fps, audio=mux_audio, sample_rate=MUX_SAMPLE_RATE)
-        try:
-            with FrameReader(video) as reader:
-                frames = timer.timed_iter("decode", self._scheduled_frames(reader, n_src, n_out, loop))
-                for batch in _batched(frames, self.batch_size):
-                    out_frames, n_face = self._process_batch(batch, boxes, ref_crop, mel, fps, timer)
-                    faces_done += n_face
-                    with timer("encode"):
-                        for f in out_frames:
-                            writer.write(f)
-                    bar.update(len(batch))
-            with timer("encode"):
-                writer.close()  # flush, mux and rename the temporary file to the output name
-        except BaseException:
-            writer.abort()  # no half-written file is left under the output name
-            raise
-        finally:
-            bar.close()
-        return SyncReport(output, n_out, fps, info.width, info.height, seconds, faces_done, dict(timer.totals))
+            # pass 2: generate
+            output.parent.mkdir(parents=True, exist_ok=True)
+            mux_audio = load_audio(audio, MUX_SAMPLE_RATE)
+            faces_done = 0
+            writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio, sample_rate=MUX_SAMPLE_RATE)
+            try:
+                with self._bar(n_out, "lip-sync", on_progress) as bar:
+                    frames = timer.timed_iter("decode", self._scheduled_frames(timeline, n_src, n_out, loop))
+                    for batch in _batched(frames, self.batch_size):
+                        out_frames, n_face = self._process_batch(batch, boxes, ref_crop, mel, fps_out, timer)
+                        faces_done += n_face
+                        with timer("encode"):
+                            for f in out_frames:
+                                writer.write(f)
+                        bar.update(len(batch))
+                with timer("encode"):
+                    writer.close()  # flush, mux and rename the temporary file to the output name
+            except BaseException:
+                writer.abort()  # no half-written file is left under the output name
+                raise
+        return SyncReport(output, n_out, fps_out, info.width, info.height, seconds, faces_done, dict(timer.totals))
 
     # ------------------------------------------------------------------ stages
     def _bar(self, total: int, desc: str, on_progress: ProgressCallback | None = None):
+        """A progress bar; use it as a context manager, so it is closed (and its line ended) before any error.
+        With ``on_progress``, every update is also reported to it."""
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
         return bar if on_progress is None else _ReportingBar(bar, desc, on_progress)
 
-    def _track_faces(self, video, info, n_needed, face_index, face_box, timer, on_progress=None):
-        """Detect faces on the source frames that will be shown; returns (boxes per frame, n_src, best frame)."""
+    def _track_faces(self, timeline, n_needed, face_index, face_box, timer, on_progress=None):
+        """Detect faces on the frames that will be shown; returns (boxes per frame, n_src, best frame)."""
         from .face.detect import FaceDetector
         from .face.track import track_faces
-        from .media.video import FrameReader
 
         detections = []
-        bar = self._bar(n_needed, "faces", on_progress)
-        with FaceDetector() as detector, FrameReader(video) as reader:
-            for fr in timer.timed_iter("decode", reader.iter_range(0, n_needed)):
-                with timer("faces"):
-                    detections.append(detector.detect(fr.image))
+        last = (None, None)  # a source frame repeated on the timeline is detected once
+        with self._bar(n_needed, "faces", on_progress) as bar, FaceDetector() as detector:
+            for fr in timer.timed_iter("decode", timeline.iter_range(0, n_needed)):
+                if fr.image is not last[0]:
+                    with timer("faces"):
+                        last = (fr.image, detector.detect(fr.image))
+                detections.append(last[1])
                 bar.update(1)
-        bar.close()
         if not detections:
-            raise MediaError(f"no frames could be decoded from {video}")
+            raise MediaError(f"no frames could be decoded from {timeline.info.path}")
         with timer("faces"):
-            track = track_faces(detections, fps=float(info.fps), face_index=face_index, box=face_box,
-                                source=str(video), frame_size=(info.width, info.height))
+            track = track_faces(detections, fps=timeline.fps, face_index=face_index, box=face_box,
+                                source=str(timeline.info.path), frame_size=(timeline.width, timeline.height))
         return track.boxes, len(detections), track.best_index
 
     def _scheduled_frames(self, reader, n_src: int, n_out: int, loop: str) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(output index, source index, frame) in output order, decoding runs forward or in reverse chunks."""
+        """(output index, timeline index, frame) in output order, decoding runs forward or in reverse chunks."""
         j = 0
         held = None
         for run in runs(n_src, n_out, loop):
@@ -465,6 +494,12 @@ class _ReportingBar:
 
     def close(self) -> None:
         self.bar.close()
+
+    def __enter__(self) -> "_ReportingBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _batched(it: Iterable, n: int) -> Iterator[list]:

@@ -44,7 +44,10 @@ def _run(args: argparse.Namespace) -> int:
                              val_fraction=args.val_fraction)
     report = preprocess(args.src, args.dst, opts, workers=args.workers, progress=not args.quiet,
                         retry_skipped=args.retry_skipped)
-    print(report.summary())
     if report.n_train == 0:
-        raise UserError(f"no usable clips in {args.src}: every clip was skipped (reasons above)")
+        first = report.skipped[0] if report.skipped else None
+        why = f"; the first, {first.source}: {first.reason}" if first is not None else ""
+        raise UserError(f"no usable clips in {args.src}: all {len(report.skipped)} were skipped{why} "
+                        f"(every reason: {Path(args.dst) / 'skipped.json'})")
+    print(report.summary())
     return 0

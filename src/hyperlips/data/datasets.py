@@ -74,9 +74,14 @@ class ImageStack:
         return os.path.isfile(f"{prefix}.bin") and os.path.isfile(f"{prefix}.idx.npy")
 
     def _open(self) -> None:
-        self._offsets = np.load(f"{self.prefix}.idx.npy")
-        size = int(self._offsets[-1])
-        self._data = np.memmap(f"{self.prefix}.bin", dtype=np.uint8, mode="r", shape=(size,)) if size else np.zeros(0, np.uint8)
+        offsets = load_array(f"{self.prefix}.idx.npy")
+        size = int(offsets[-1]) if len(offsets) else 0
+        try:
+            self._data = np.memmap(f"{self.prefix}.bin", dtype=np.uint8, mode="r", shape=(size,)) if size else np.zeros(0, np.uint8)
+        except (OSError, ValueError) as e:  # missing, or shorter than its index says (a truncated copy)
+            raise UserError(f"{self.prefix}.bin is missing or truncated ({' '.join(str(e).split())}); delete its "
+                            "clip folder and preprocess again") from None
+        self._offsets = offsets
 
     def __len__(self) -> int:
         if self._offsets is None:
@@ -120,6 +125,17 @@ def encode_png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def load_array(path: str | os.PathLike, mmap_mode: str | None = None) -> np.ndarray:
+    """``np.load`` for dataset files: a missing or corrupt file is a :class:`UserError` naming it."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; delete its clip folder and preprocess again") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"{path} is corrupt ({' '.join(str(e).split())[:120]}); delete its clip folder and "
+                        "preprocess again") from None
+
+
 # ---------------------------------------------------------------------------------------------- clips and manifest
 class Clip:
     """One preprocessed clip. Arrays are loaded on first use; images are read from stacks on demand."""
@@ -147,19 +163,19 @@ class Clip:
 
     @cached_property
     def times(self) -> np.ndarray:
-        return np.load(self.dir / "times.npy")
+        return load_array(self.dir / "times.npy")
 
     @cached_property
     def valid(self) -> np.ndarray:
-        return np.load(self.dir / "valid.npy")
+        return load_array(self.dir / "valid.npy")
 
     @cached_property
     def mel(self) -> np.ndarray:
-        return np.load(self.dir / "mel.npy", mmap_mode="r")
+        return load_array(self.dir / "mel.npy", mmap_mode="r")
 
     @cached_property
     def landmarks(self) -> np.ndarray:
-        return np.load(self.dir / "landmarks.npy", mmap_mode="r")
+        return load_array(self.dir / "landmarks.npy", mmap_mode="r")
 
     @cached_property
     def _stacks(self) -> dict[str, ImageStack]:
@@ -246,6 +262,10 @@ class Manifest:
         if data.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{path}: dataset format {data.get('format_version')!r} is not {FORMAT_VERSION}; "
                             "preprocess the videos again")
+        missing = [c.get("id") for c in data.get("clips", []) if not (root / CLIPS_DIR / str(c.get("id")) / META).is_file()]
+        if missing:  # found now, not when validation first opens a held-out clip
+            raise UserError(f"{root}: {len(missing)} clip(s) in the manifest are missing or unfinished, the first "
+                            f"{root / CLIPS_DIR / str(missing[0])}; run hyperlips preprocess again")
         return cls(root, data)
 
     @property

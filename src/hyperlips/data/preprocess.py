@@ -23,8 +23,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
@@ -32,7 +34,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..config import AudioConfig
-from ..errors import MediaError, NoFaceError, UserError
+from ..errors import InputWarning, MediaError, NoFaceError, UserError, warn
 from .datasets import (
     BASE_SIZE,
     CLIPS_DIR,
@@ -74,6 +76,7 @@ class ClipResult:
     reason: str = ""
     frames: int = 0
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- finding clips
@@ -154,7 +157,16 @@ def _source_key(path: Path) -> dict[str, Any]:
 
 def process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: PreprocessOptions) -> ClipResult:
     """Preprocess one video into ``out_dir`` (written via a temporary folder). Never raises for bad input: a clip
-    that cannot be used comes back as ``status="skipped"`` with the reason."""
+    that cannot be used comes back as ``status="skipped"`` with the reason. The clip's input warnings (a variable
+    frame rate, damaged frames, non-finite audio) come back in ``warnings``: a worker process cannot show them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        result = _process_clip(path, out_dir, rel, opts)
+    result.warnings = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, InputWarning)))
+    return result
+
+
+def _process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: PreprocessOptions) -> ClipResult:
     clip_id = clip_id_of(rel)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     try:
@@ -188,10 +200,11 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
     from ..face.landmarks import FaceMesh, draw_sketch, lip_mask
     from ..face.track import track_faces
     from ..media.audio import load_audio, melspectrogram
-    from ..media.video import FrameReader, probe
+    from ..media.timing import open_timeline, report_damage
     from ..pipeline import face_crop
 
-    info = probe(path)
+    timeline = open_timeline(path)  # frames at a constant rate, each the source frame of its time (as in sync)
+    info = timeline.info
     if info.is_image:
         raise _Skip("too short: a still image, not a video")
     if not info.has_audio:
@@ -201,14 +214,18 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
 
     # pass 1: faces
     detections, times = [], []
-    with FaceDetector() as detector, FrameReader(path) as reader:
-        for fr in reader:
-            detections.append(detector.detect(fr.image))
+    last = (None, None)  # a source frame shown twice on the timeline is detected once
+    with FaceDetector() as detector, timeline:
+        for fr in timeline:
+            if fr.image is not last[0]:
+                last = (fr.image, detector.detect(fr.image))
+            detections.append(last[1])
             times.append(fr.time)
     n = len(detections)
+    report_damage(timeline, n)
     if n < opts.min_frames:
         raise _Skip(f"too short: {n} frames (at least {opts.min_frames} are needed)")
-    track = track_faces(detections, fps=info.fps, source=str(path), frame_size=(info.width, info.height))
+    track = track_faces(detections, fps=timeline.fps, source=str(path), frame_size=(info.width, info.height))
     n_valid = track.n_found
     if n_valid < opts.min_frames:
         raise _Skip(f"too short: a face in only {n_valid} of {n} frames (at least {opts.min_frames} are needed)")
@@ -224,8 +241,8 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
     blank = {s: encode_jpeg(np.zeros((s, s, 3), np.uint8), opts.jpeg_quality) for s in sizes}
     blank_gray = encode_png(np.zeros((BASE_SIZE, BASE_SIZE), np.uint8))
     seen = 0
-    with FaceMesh(static=False) as mesh, FrameReader(path) as reader:
-        for fr in reader:
+    with FaceMesh(static=False) as mesh, timeline:
+        for fr in timeline:
             i = fr.index
             if i >= n:
                 break
@@ -271,7 +288,7 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
         "source": str(rel),
         "source_key": _source_key(path),
         "speaker": speaker_of(rel, opts.speaker),
-        "fps": float(info.fps),
+        "fps": timeline.fps,  # the timeline's rate: frame k of this clip is at k / fps (times.npy)
         "width": info.width,
         "height": info.height,
         "n_frames": n,
@@ -294,9 +311,15 @@ def _append_blank(crops, sketches, masks, blank, blank_gray) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the whole folder
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _worker_init() -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ log lines, one set per worker
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for s in (signal.SIGTERM, signal.SIGHUP):  # stopped: remove the unfinished clip folder on the way out
+        signal.signal(s, _stop)
     import cv2
 
     cv2.setNumThreads(1)
@@ -420,6 +443,12 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
                         "kept and a re-run continues with the rest. If the machine ran out of memory, use fewer "
                         "--workers; if the workers could not start, run preprocessing from a script file or the "
                         "hyperlips command rather than from standard input") from None
+                except BaseException:  # Ctrl-C, SIGTERM: stop now, not after the queue; workers drop their clip
+                    # no fut.cancel() here: the pool's manager thread then fails the futures of the workers ended
+                    # below, and failing a cancelled future raises in that thread (a traceback on the terminal)
+                    for proc in mp.active_children():
+                        proc.terminate()
+                    raise
         else:
             for job in jobs:
                 results.append(_run_one(job))
@@ -427,6 +456,9 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
+    for r in results:
+        for message in r.warnings:
+            warn(message)
 
     skipped = sorted((r for r in results if r.status == "skipped"), key=lambda r: r.source)
     src_by_rel = {str(PurePosixPath(v.relative_to(base).as_posix())): v for v in videos}

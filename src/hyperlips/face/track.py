@@ -54,6 +54,11 @@ def _matches(prev: Box, cand: Box, frames_since: int) -> float:
     return 1.0 - dist / allowed if dist < allowed else 0.0
 
 
+def _plain(b: Box) -> str:
+    """A box as ``x1,y1,x2,y2`` with plain numbers (as the user writes it)."""
+    return ",".join(f"{float(v):g}" for v in b.as_array())
+
+
 def select_faces(
     detections: Sequence[Sequence[Box]],
     *,
@@ -73,14 +78,14 @@ def select_faces(
     if box is not None:
         ub = _as_box(box)
         if not (ub.width > 0 and ub.height > 0):
-            raise ValueError(f"box must have x2 > x1 and y2 > y1, got {tuple(ub.as_array())}")
+            raise ValueError(f"box must have x2 > x1 and y2 > y1, got {_plain(ub)}")
         for t, dets in enumerate(detections):
             best = max(dets, key=ub.iou, default=None)
             if best is not None and ub.iou(best) > 0:
                 anchor_t, anchor = t, best
                 break
         if anchor is None:
-            raise LookupError(f"no detected face overlaps the box {tuple(round(v, 1) for v in ub.as_array())}")
+            raise LookupError(f"no detected face overlaps the box {_plain(ub)} (--face-box X1,Y1,X2,Y2 in pixels)")
     else:
         for t, dets in enumerate(detections):
             if dets:
@@ -91,7 +96,7 @@ def select_faces(
                     ordered = sorted(dets, key=lambda b: b.center[0])
                     if not 0 <= face_index < len(ordered):
                         raise LookupError(
-                            f"face_index {face_index} asked for, but frame {t} (the first with faces) has "
+                            f"face_index {face_index} asked for (--face {face_index}), but frame {t} (the first with faces) has "
                             f"{len(ordered)} face(s): use 0..{len(ordered) - 1} (counted left to right)"
                         )
                     anchor = ordered[face_index]
@@ -211,10 +216,10 @@ class FaceTrack:
         try:
             raw = select_faces(detections, face_index=face_index, box=box)
         except LookupError as e:
-            raise NoFaceError(
-                f"no face found in {source}: {e} ({len(detections)} frame(s) searched); use a clip where the "
-                "face is visible and roughly frontal, or choose another face"
-            ) from None
+            if face_index is None and box is None:
+                raise NoFaceError(f"no face found in {source} ({len(detections)} frame(s) searched); use a clip "
+                                  "where the face is visible and roughly frontal") from None
+            raise NoFaceError(f"no face found in {source}: {e} ({len(detections)} frame(s) searched)") from None
         face_boxes = smooth_boxes(fill_gaps(raw, max_gap), window)
         if frame_size is None:
             boxes = list(face_boxes)

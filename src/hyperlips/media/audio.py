@@ -40,7 +40,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..config import AudioConfig
-from ..errors import MediaError, require_file
+from ..errors import MediaError, require_file, warn
 
 __all__ = [
     "load_audio",
@@ -85,6 +85,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     count. For a file that also has a video stream and ``align_to_video``, sample 0 is at the presentation time
     of the first video frame (the track is trimmed or padded with silence by the streams' start offset), so the
     frame times given by :class:`~hyperlips.media.video.FrameReader` index straight into the result.
+    Samples that are not numbers (NaN or infinite, possible in float files) become silence, with an
+    :class:`~hyperlips.errors.InputWarning`.
     Raises :class:`MediaError` for a missing, unreadable or corrupt file, no audio track, or no samples.
     """
     import av
@@ -126,6 +128,11 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
         raise MediaError(f"{p} holds no audio samples (zero-length audio track)")
     mono = np.concatenate(chunks)
     del chunks
+    bad = ~np.isfinite(mono)
+    if bad.any():  # a float file may hold NaN or infinite samples: the resampler and encoders would spread them
+        mono[bad] = 0.0
+        warn(f"{p}: {int(bad.sum())} audio sample(s) are not numbers (NaN or infinite), first at "
+             f"{np.flatnonzero(bad)[0] / native_rate:.2f} s; they are replaced by silence")
     if end_time is not None and first_time is not None:
         keep = int(round((end_time - first_time) * native_rate))
         if 0 < keep < len(mono) <= keep + native_rate // 10:  # only trim encoder padding, never real audio

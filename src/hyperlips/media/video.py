@@ -18,6 +18,8 @@ written to a hidden temporary file beside the target and renamed only when :meth
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 import secrets
@@ -30,10 +32,11 @@ import numpy as np
 
 from ..errors import MediaError, require_file
 
-__all__ = ["IMAGE_SUFFIXES", "VideoInfo", "Frame", "probe", "FrameReader", "VideoWriter", "rotate_image"]
+__all__ = ["IMAGE_SUFFIXES", "VideoInfo", "Frame", "probe", "FrameReader", "VideoWriter", "rotate_image", "as_rate"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 STILL_FPS = 25.0  # a still image acts as a one-frame video at this rate
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO})
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 
 
@@ -60,6 +63,7 @@ class Frame:
     index: int  # presentation-order position, 0-based
     time: float  # seconds from the first frame (container pts)
     image: np.ndarray  # (H, W, 3) uint8 BGR, rotation applied
+    damaged: bool = False  # the decoder reported damaged data in this frame and concealed it
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -111,7 +115,7 @@ def _stream_rate(stream) -> Fraction:
     return Fraction(25)
 
 
-def _as_rate(fps: float | Fraction) -> Fraction:
+def as_rate(fps: float | Fraction) -> Fraction:
     """A float frame rate as a fraction: NTSC rates become n*1000/1001, others the nearest p/q with q <= 1001."""
     if isinstance(fps, Fraction):
         return fps
@@ -157,6 +161,7 @@ class _Index:
     keys: list[tuple[int, int]]  # (frame index, seek timestamp) of keyframes, ascending
     n_frames: int
     last_duration: int  # duration of the last frame in stream time_base units (0 if unknown)
+    time_base: Fraction | None = None  # seconds per pts unit
 
 
 def _scan(container, stream) -> _Index:
@@ -207,6 +212,7 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
     with _open(path) as c:  # a fresh demuxer for the packet scan
         stream = _video_stream(c, path)
         index = _scan(c, stream)
+        index.time_base = Fraction(stream.time_base) if stream.time_base else None
     fps = float(rate)
     if index.pts is not None:
         n_frames = index.n_frames
@@ -266,6 +272,7 @@ class FrameReader:
         self._tb = None
         self._t0 = None
         self._reformatter = None
+        self.bad_packets = 0  # packets the decoder rejected so far (damaged data)
 
     # -- facts
     @property
@@ -290,6 +297,21 @@ class FrameReader:
 
     def __len__(self) -> int:
         return self.info.n_frames
+
+    @property
+    def time_base(self) -> Fraction | None:
+        """The unit of the stream's timestamps (None for still images and AVI, whose frames are counted)."""
+        return self._index.time_base if self._index is not None and self._index.pts is not None else None
+
+    @property
+    def times(self) -> np.ndarray:
+        """(n_frames,) float64: every frame's timestamp in seconds from the first frame, from the packet scan."""
+        if self._index is None:
+            return np.zeros(1)
+        if self._index.pts is None:
+            return np.arange(self.n_frames, dtype=np.float64) / self.fps
+        pts = self._index.pts
+        return ((pts - pts[0]).astype(np.float64) * float(self._index.time_base))
 
     # -- lifecycle
     def close(self) -> None:
@@ -362,7 +384,11 @@ class FrameReader:
         return ordinal, ordinal / self.fps
 
     def _decode_from(self, key) -> Iterator[tuple[int, float, object]]:
-        """Decode forward from keyframe ``key`` = (index, seek timestamp), or from the very start (None)."""
+        """Decode forward from keyframe ``key`` = (index, seek timestamp), or from the very start (None).
+
+        A packet the decoder rejects (damaged data) is skipped and counted in ``bad_packets``, as FFmpeg's own tools
+        do: its frame is missing from the output and the frames that refer to it come back as the decoder concealed
+        them. A container that cannot be read further ends the stream there."""
         import av
 
         s = self._reopen() if key is None or self._container is None else self._stream
@@ -370,13 +396,23 @@ class FrameReader:
         if key is not None:
             self._container.seek(key[1], stream=s, backward=True, any_frame=False)
             ordinal = key[0]
-        try:
-            for frame in self._container.decode(s):
+        packets = self._container.demux(s)
+        while True:
+            try:
+                pkt = next(packets)
+            except StopIteration:
+                return
+            except av.error.FFmpegError:
+                self.bad_packets += 1
+                return
+            try:
+                frames = pkt.decode()
+            except av.error.FFmpegError:
+                self.bad_packets += 1
+                continue
+            for frame in frames:
                 yield (*self._locate(frame, ordinal), frame)
                 ordinal += 1
-        except av.error.FFmpegError as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise MediaError(f"cannot decode video from {self.path} (corrupt data: {reason})") from None
 
     def _candidates(self, start: int) -> list:
         """Keyframes to try for reaching frame ``start``, nearest first; None means decode from the start."""
@@ -404,7 +440,7 @@ class FrameReader:
                     continue
                 if stop is not None and idx >= stop:
                     return
-                yield Frame(idx, t, self._to_bgr(fr))
+                yield Frame(idx, t, self._to_bgr(fr), bool(fr.is_corrupt))
             if not overshoot:
                 return
 
@@ -449,7 +485,7 @@ class VideoWriter:
         self.width, self.height = int(width), int(height)
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"bad frame size {width}x{height}")
-        self.rate = _as_rate(fps)
+        self.rate = as_rate(fps)
         self.fps = float(self.rate)
         self.frames_written = 0
         folder = self.path.parent
@@ -515,25 +551,27 @@ class VideoWriter:
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
         vf = self._reformatter.reformat(vf, format=self._pix_fmt, **self._colour)
         vf.pts = self.frames_written
-        for pkt in self._v.encode(vf):
-            self._container.mux(pkt)
-        self.frames_written += 1
-        self._write_audio_until(self.frames_written / self.fps)
+        with self._storage_errors():
+            for pkt in self._v.encode(vf):
+                self._container.mux(pkt)
+            self.frames_written += 1
+            self._write_audio_until(self.frames_written / self.fps)
 
     def close(self) -> Path:
         """Flush the encoders, finish the file and move it to ``path``. Returns ``path``."""
         if self._closed:
             return self.path
         try:
-            for pkt in self._v.encode(None):
-                self._container.mux(pkt)
-            if self._a is not None:
-                self._write_audio_until(None)
-                for pkt in self._a.encode(None):
+            with self._storage_errors():
+                for pkt in self._v.encode(None):
                     self._container.mux(pkt)
-            self._container.close()
-            self._closed = True
-            os.replace(self._tmp, self.path)
+                if self._a is not None:
+                    self._write_audio_until(None)
+                    for pkt in self._a.encode(None):
+                        self._container.mux(pkt)
+                self._container.close()
+                self._closed = True
+                os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise
@@ -561,6 +599,18 @@ class VideoWriter:
             self.abort()
 
     # -- internals
+    @contextlib.contextmanager
+    def _storage_errors(self):
+        """A full disk, a file size limit or a folder that became read-only: the output's name and what to do."""
+        try:
+            yield
+        except OSError as e:
+            if e.errno not in _STORAGE_ERRNOS:
+                raise
+            self.abort()
+            raise MediaError(f"cannot write {self.path}: {os.strerror(e.errno)}; free some space or choose another "
+                             "folder (nothing was written there)") from None
+
     def _remove_tmp(self) -> None:
         try:
             os.unlink(self._tmp)

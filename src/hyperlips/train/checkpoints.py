@@ -50,11 +50,25 @@ def atomic_save(obj: Any, path: Path, save: Callable[[Any, Any], None] = torch.s
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        cause = _os_error_inside(e)
+        if cause is not None and cause is not e:  # torch.save reports a full disk as a RuntimeError of its zip writer
+            raise cause from None
         raise
     _fsync_dir(path.parent)
+
+
+def _os_error_inside(e: BaseException) -> OSError | None:
+    """The OSError that ``e`` is, or that it was raised while handling (a write that failed), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

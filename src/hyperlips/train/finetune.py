@@ -83,6 +83,17 @@ def _publish(src: Path, dst: Path, name: str) -> None:
         tmp.replace(dst)
 
 
+def _check_weights(args: argparse.Namespace) -> None:
+    """Read every checkpoint given once, so a wrong path fails now and not after minutes of preprocessing."""
+    from ..models.checkpoint import read_state_dict
+
+    for path, name in ((args.checkpoint, "hyperlips-base" if args.model == "base" else "hyperlips-lite"),
+                       (args.expert, "syncnet"),
+                       (args.hr_checkpoint, f"hyperlips-hr-{args.hr_size}" if args.hr_size else None)):
+        if path:
+            read_state_dict(path, name)
+
+
 def _publish_lite(src: Path, dst: Path, data: Path) -> float:
     """Write the kept Lite model to ``dst`` with its mouth-shape gain calibrated on the held-out frames."""
     import dataclasses
@@ -124,6 +135,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--val-seconds must be more than 0 (got {args.val_seconds:g})")
     if args.model == "lite" and (args.hr_size or args.hr_checkpoint or args.expert):
         raise UserError("--hr-size, --hr-checkpoint and --expert belong to --model base")
+    _check_weights(args)
 
 
 def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:

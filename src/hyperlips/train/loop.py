@@ -484,7 +484,7 @@ class Trainer:
             import yaml
 
             (self.run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True), encoding="utf-8")
-        log = RunLog(self.run, self.dist.main)
+        log = RunLog(self.run, self.dist.main, quiet=self.quiet)
         try:
             return self._loop(stage, start, best, log)
         finally:

@@ -18,7 +18,7 @@ class RunLog:
 
     _said_no_tb = False
 
-    def __init__(self, run: Path, enabled: bool):
+    def __init__(self, run: Path, enabled: bool, quiet: bool = False):
         self.run = run
         self.enabled = enabled
         self.tb = None
@@ -31,7 +31,7 @@ class RunLog:
 
             self.tb = SummaryWriter(log_dir=str(run / "tb"))
         except ImportError:
-            if not RunLog._said_no_tb:
+            if not RunLog._said_no_tb and not quiet:
                 RunLog._said_no_tb = True
                 print("hyperlips train: tensorboard is not installed, so scalars go to scalars.jsonl and image grids "
                       "to images/*.png in the run folder (pip install tensorboard for TensorBoard)", file=sys.stderr)
