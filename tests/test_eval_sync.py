@@ -203,8 +203,12 @@ def test_lse_score_with_random_public_weights():
     crops = rng.integers(0, 256, (11, 224, 224, 3), dtype=np.uint8)
     wav = (rng.standard_normal(11 * 640) * 0.1).astype(np.float32)
     r = lse_score(net, crops, wav, batch_size=4)
-    assert r.windows == 6 and r.curve.shape == (31,) and -15 <= r.offset <= 15
+    assert r.windows == 6 and r.curve.shape == (31,) and list(r.offsets) == list(range(-15, 16))
     assert np.isfinite(r.curve).all() and r.best > 0
+    # the protocol's definitions: LSE-D = min of the curve, LSE-C = median - min, offset = where the min is
+    assert r.best == r.curve.min() and r.offset == r.offsets[int(np.argmin(r.curve))]
+    assert r.confidence == pytest.approx(float(np.median(r.curve) - r.curve.min()))
+    assert r.at_zero == r.curve[15]
     with pytest.raises(ValueError, match="too short"):
         lse_score(net, crops[:5], wav)
 
