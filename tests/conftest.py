@@ -89,7 +89,10 @@ def trained_expert(more_data, tmp_path_factory) -> TrainedExpert:
     for p in clips:
         os.symlink(p, src / p.name)
     preprocess(src, base / "ds", PreprocessOptions(val_fraction=0.2), workers=2, progress=False)
-    amp = "bf16" if auto_precision("cpu") == "bf16" else "off"
+    # HYPERLIPS_TEST_CPU_FLAGS judges other CPU flags than this machine's, to rehearse another machine: e.g.
+    # "avx2" with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 behaves like a CPU without bf16 instructions
+    flags = os.environ.get("HYPERLIPS_TEST_CPU_FLAGS")
+    amp = "bf16" if auto_precision("cpu", None if flags is None else flags.split()) == "bf16" else "off"
     steps = int(os.environ.get("HYPERLIPS_SYNC_TEST_STEPS", EXPERT_STEPS[amp]))
     cfg = build_config("sync", overrides=dict(
         data=str(base / "ds"), out=str(base / "run"), lr=1e-3, batch_size=16, workers=1, threads=2,

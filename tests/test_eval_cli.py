@@ -126,6 +126,38 @@ def test_eval_batch_without_pairs(tmp_path):
     assert r.returncode == 2 and "no videos of" in r.stderr
 
 
+def test_default_report_folder_and_no_per_frame(tmp_path, more_data, monkeypatch, capfd):
+    """Without ``-o`` one clip's report goes to ``hyperlips_eval/<name of the video>/``; ``--no-per-frame`` leaves
+    the per-frame curves out of the JSON."""
+    from hyperlips.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    clip = more_data / "grid_lipnet" / "lbax4n.mpg"
+    assert main(["eval", str(clip), "--max-seconds", "0.4", "--no-per-frame", "--quiet"]) == 0, capfd.readouterr().err
+    data = _strict_json(tmp_path / "hyperlips_eval" / "lbax4n" / "report.json")
+    assert data["protocol"] == "no reference" and data["frames"] == 10 and "per_frame" not in data
+
+
+def test_self_protocol_generates_and_evaluates_two_short_clips(tmp_path, more_data, capfd):
+    """The fast variant of the slow test below: ``eval --clips DIR --protocol self`` on two GRID clips (0.4 s each),
+    in this process. Random weights change the mouth measurably and leave the rest of the face alone."""
+    from hyperlips.cli import main
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("lbax4n.mpg", "sbia1a.mpg"):
+        (clips / name).symlink_to(more_data / "grid_lipnet" / name)
+    out = tmp_path / "self"
+    code = main(["eval", "--clips", str(clips), "--protocol", "self", "--untrained", "--max-seconds", "0.4",
+                 "--quiet", "--device", "cpu", "-o", str(out)])
+    assert code == 0, capfd.readouterr().err
+    summary = _strict_json(out / "summary.json")
+    rows = summary["clips"]
+    assert [r["clip"] for r in rows] == ["lbax4n", "sbia1a"] and all(r["protocol"] == "self-reconstruction" for r in rows)
+    assert all(r["psnr_mouth"] < 30 < r["psnr_face"] for r in rows)
+    assert (out / "generated" / "lbax4n.mp4").exists()
+
+
 @pytest.mark.slow
 def test_self_and_cross_protocols_generate_and_evaluate(tmp_path, real_data):
     clips = tmp_path / "clips"

@@ -186,15 +186,16 @@ def face_clip(real_data, tmp_path_factory):
 def test_tinted_copy_of_real_clip(face_clip):
     r = evaluate_pair(face_clip["tinted"], face_clip["plain"], protocol="self", perceptual=False)
     m = r.metrics
-    assert m["delta_e"] == pytest.approx(math.sqrt(34), abs=0.6)
+    assert m["delta_e"] == pytest.approx(5.8, abs=0.1)  # sqrt(34) = 5.83 before H.264; docs/evaluation.md: 5.8
     assert m["lmd"] < 0.02  # same face, same mouth
     assert 0.7 < m["jitter_ratio"] < 1.4
 
 
 def test_shaken_copy_of_real_clip(face_clip):
     shaken = evaluate_pair(face_clip["shaken"], face_clip["plain"], protocol="self", perceptual=False).metrics
-    assert shaken["jitter_ratio"] > 2.0
-    assert shaken["flicker_ratio"] > 1.5
+    # docs/evaluation.md: a jitter ratio of about 4.3 and a flicker ratio of about 2.5 (measured 4.35 and 2.50)
+    assert 3.5 < shaken["jitter_ratio"] < 5.2
+    assert 2.2 < shaken["flicker_ratio"] < 2.8
     assert shaken["delta_e"] < 1.0  # moved, not recoloured
 
 
@@ -305,4 +306,5 @@ def test_trained_expert_finds_a_three_frame_delay(trained_expert, more_data, tmp
     sf.write(str(delayed), np.concatenate([np.zeros(3 * 640, np.float32), wav]), 16000)
     on_time = evaluate_pair(clip, None, None, expert_model=expert, perceptual=False).sync["expert"]["generated"]
     late = evaluate_pair(clip, None, delayed, expert_model=expert, perceptual=False).sync["expert"]["generated"]
+    print("expert offsets", on_time.offset, late.offset, "confidence", round(on_time.confidence, 3))
     assert (on_time.offset, late.offset) == (0, 3), (on_time.curve, late.curve)

@@ -142,5 +142,7 @@ def test_sync_expert_learns_on_clips_it_never_saw(trained_expert):
         p = np.concatenate([sync_probability(*net(audio[k : k + 64], faces[k : k + 64])).numpy()
                             for k in range(0, 512, 64)])
     auc = ranking_auc(p, y)
+    print(f"held-out AUC {auc:.3f} after {trained_expert.steps} steps ({trained_expert.amp}); validation:",
+          [(r["step"], round(r["val/auc"], 3)) for r in trained_expert.records if "val/auc" in r])
     assert auc > 0.62, (auc, trained_expert.amp, trained_expert.steps)  # 512 pairs: chance is 0.50 +- 0.03
     assert p[y > 0.5].mean() > p[y < 0.5].mean() + 0.05

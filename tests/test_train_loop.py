@@ -224,7 +224,10 @@ def test_bn_statistics_are_re_estimated_before_saving(sync_view, tmp_path, monke
     assert torch.allclose(bn.running_mean, torch.stack([m for m, _ in stats]).mean(0), atol=1e-5)
     assert torch.allclose(bn.running_var, torch.stack([v for _, v in stats]).mean(0), rtol=1e-4, atol=1e-6)
     assert not torch.equal(stats[0][0], stats[1][0])  # different batches, not one batch three times
-    assert all(m.momentum == 0.1 for m in trainer.stage.bn_module().modules() if isinstance(m, torch.nn.BatchNorm2d))
+    from hyperlips.models import create_model
+
+    momenta = [m.momentum for m in create_model(cls.model_name).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [m.momentum for m in trainer.stage.bn_module().modules() if isinstance(m, torch.nn.BatchNorm2d)] == momenta
 
 
 def test_a_training_checkpoint_loads_as_its_network(sync_view, tmp_path):

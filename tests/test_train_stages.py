@@ -172,11 +172,12 @@ def test_exact_resume_of_the_base_and_hr_stages(one_clip, tmp_path, stage):
 
 
 def test_finetune_with_one_step(more_data, tmp_path):
-    """The fast variant of the slow test below: one base step and one HR step, the models load in ``sync``."""
+    """The fast variant of the slow test below: one base step and one HR step on a 3-second GRID clip; the models
+    are written with their step."""
     from hyperlips.cli import main
     from hyperlips.models import load_checkpoint
 
-    video = more_data / "lrs2_deep_avsr/00001.mp4"
+    video = more_data / "grid_lipnet/sbwe5n.mpg"
     out = tmp_path / "me.safetensors"
     code = main(["finetune", str(video), "-o", str(out), "--steps", "1", "--hr-size", "128", "--hr-steps", "1",
                  "--batch-size", "1", "--workers", "0", "--device", "cpu", "--quiet", "--set", "val_samples=2"])
