@@ -80,7 +80,8 @@ def trained_expert(more_data, tmp_path_factory) -> TrainedExpert:
     from hyperlips.data.preprocess import PreprocessOptions, preprocess
     from hyperlips.precision import auto_precision
     from hyperlips.train.commands import stage_class
-    from hyperlips.train.loop import Trainer, build_config
+    from hyperlips.train.config import build_config
+    from hyperlips.train.loop import Trainer
 
     base = tmp_path_factory.mktemp("trained_expert")
     src = base / "src"

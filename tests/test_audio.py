@@ -316,3 +316,16 @@ def test_every_promised_audio_format_gives_the_same_speech(real_data, tmp_path, 
     best = max(np.corrcoef(got[max(lag, 0) : max(lag, 0) + n], speech[max(-lag, 0) : max(-lag, 0) + n])[0, 1]
                for lag in range(-800, 801, 8))  # up to 50 ms of codec delay
     assert best > 0.95, best
+
+
+def test_centred_windows_put_the_frame_time_in_the_middle():
+    from hyperlips.media.audio import centred_mel_windows, centred_window_starts
+
+    # t = 1.0 s is mel frame 80; a 24-step window runs 68..91, so frame 80 is step 12 (the middle)
+    assert centred_window_starts([1.0, 1.004, 1.01], 24).tolist() == [68, 68, 69]
+    mel = np.tile(np.arange(200, dtype=np.float32), (80, 1))
+    w = centred_mel_windows(mel, [1.0, 0.05], 24)
+    assert w.shape == (2, 1, 80, 24)
+    assert w[0, 0, 0, 12] == 80 and w[0, 0, 0, 0] == 68
+    # before the first mel frame: silence (-4), never wrapped or clamped
+    assert (w[1, 0, 0, :8] == -4).all() and w[1, 0, 0, 8] == 0

@@ -43,6 +43,13 @@ def test_bench_small_run_prints_table_and_json(tmp_path):
         assert cuda and all("no CUDA GPU" in x["status"] for x in cuda)
         assert "no CUDA GPU" in table
     assert data["machine"]["threads"] == 1
+    # Base and Lite side by side: size, cost and speed at 128 px
+    gens = {g["model"]: g for g in data["generators"]}
+    assert set(gens) == {"hyperlips-base", "hyperlips-lite"}
+    assert gens["hyperlips-base"]["gflop_per_frame"] == pytest.approx(5.9, abs=0.3)  # reference §5.8
+    assert gens["hyperlips-lite"]["gflop_per_frame"] <= 0.4 and gens["hyperlips-lite"]["params"] < 5e6
+    assert all(g["ms_per_frame_b1"] > 0 and g["ms_per_frame_b16"] > 0 for g in gens.values())
+    assert "hyperlips-lite" in table and "GFLOP/frame" in table
 
 
 def test_bench_budget_skips_the_rest_with_a_reason():

@@ -152,3 +152,25 @@ def test_paste_inplace_and_edge_cases(scene):
     assert np.array_equal(res[:250], small[:250])
     with pytest.raises(ValueError):
         paste_face(f0, f1[y1:y2, x1:x2].astype(np.float32), box)
+
+
+def test_match_detail_restores_lost_sharpness_and_never_blurs(real_data):
+    import cv2
+
+    from hyperlips.face.blend import _laplacian, match_detail
+
+    frame = read_frames(real_data / "hyperlips" / "video1.mp4", [0])[0]
+    ref = frame[200:456, 500:756].copy()
+    region = np.ones(ref.shape[:2], bool)
+    soft = cv2.resize(cv2.resize(ref, (160, 160), interpolation=cv2.INTER_AREA), ref.shape[1::-1],
+                      interpolation=cv2.INTER_CUBIC)
+    v = lambda img: float(_laplacian(img.astype(np.float32)).var())  # noqa: E731
+    assert v(soft) < 0.7 * v(ref)  # a 128 px face enlarged to a ~200 px face loses about this much
+    fixed = match_detail(soft, ref, region, strength=1.0)
+    assert 0.85 * v(ref) < v(fixed) < 1.15 * v(ref)
+    assert v(soft) < v(match_detail(soft, ref, region, strength=0.5)) < v(fixed)
+    # an image already as sharp as the reference, or a tiny region: unchanged
+    assert np.array_equal(match_detail(ref, soft, region), ref)
+    tiny = np.zeros_like(region)
+    tiny[:3, :3] = True
+    assert np.array_equal(match_detail(soft, ref, tiny), soft)

@@ -16,6 +16,7 @@ from torch import nn
 from hyperlips.errors import UserError
 from hyperlips.models import (
     MODEL_NAMES,
+    OFFICIAL_NAMES,
     BaseQualityDiscriminator,
     HRDecoder,
     HRQualityDiscriminator,
@@ -63,7 +64,7 @@ def base() -> HyperLipsBase:
 def models(base) -> dict[str, nn.Module]:
     torch.manual_seed(1)
     out = {"hyperlips-base": base}
-    out.update({n: create_model(n).eval() for n in MODEL_NAMES if n != "hyperlips-base"})
+    out.update({n: create_model(n).eval() for n in OFFICIAL_NAMES if n != "hyperlips-base"})
     return out
 
 
@@ -74,7 +75,7 @@ def _n_params(m: nn.Module) -> int:
 # ------------------------------------------------------------------------------------------------- state dicts
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", OFFICIAL_NAMES)
 def test_state_dict_matches_original_manifest(name, models, compat_dir):
     manifest = json.loads((compat_dir / f"{MANIFESTS[name]}.state_dict.json").read_text())
     ours = {k: list(v.shape) for k, v in models[name].state_dict().items()}
@@ -86,7 +87,7 @@ def test_state_dict_matches_original_manifest(name, models, compat_dir):
     assert list(ours) == list(manifest)  # same order too (not needed for loading, but it shows the same layout)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", OFFICIAL_NAMES)
 def test_parameter_counts(name, models):
     assert _n_params(models[name]) == PARAMS[name]
 
@@ -105,7 +106,8 @@ def test_base_parameter_breakdown(base):
 
 
 def test_registry_names_and_errors():
-    assert set(MODEL_NAMES) == set(MANIFESTS)
+    assert set(OFFICIAL_NAMES) == set(MANIFESTS)
+    assert set(MODEL_NAMES) == set(MANIFESTS) | {"hyperlips-lite"}
     assert isinstance(create_model("HR_DISC"), HRQualityDiscriminator)
     assert isinstance(create_model("hyperlips-hr-256"), HRDecoder)
     with pytest.raises(UserError, match="hyperlips-hr-1024.*hyperlips-base"):

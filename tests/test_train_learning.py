@@ -19,7 +19,9 @@ from test_train_data import make_view, small_dataset  # noqa: F401  (session fix
 
 def _stage(stage_name: str, data: Path, out: Path, **kw):
     from hyperlips.train.commands import stage_class
-    from hyperlips.train.loop import Context, Dist, build_config, seed_everything
+    from hyperlips.train.config import build_config
+    from hyperlips.train.distributed import Dist, seed_everything
+    from hyperlips.train.loop import Context
 
     cfg = build_config(stage_name, overrides={"data": str(data), "out": str(out), "workers": 0, "seed": 0, **kw})
     seed_everything(cfg.seed)
@@ -93,7 +95,8 @@ def test_base_learns_on_one_clip(small_dataset, tmp_path):  # noqa: F811
     """Base trained on one clip (90 frames) lowers the held-out mouth-region L1 (eval mode, the last 30 frames)
     well below its starting value."""
     from hyperlips.train.commands import stage_class
-    from hyperlips.train.loop import Trainer, build_config
+    from hyperlips.train.config import build_config
+    from hyperlips.train.loop import Trainer
 
     view = make_view(small_dataset, tmp_path / "view", ["lrs2/00001"], val_frames=30)
     cfg = build_config("base", overrides=dict(

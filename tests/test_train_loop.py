@@ -31,7 +31,8 @@ def sync_view(small_dataset, tmp_path_factory):  # noqa: F811
 
 def _trainer(stage: str, data: Path, out: Path, resume: bool = False, **kw):
     from hyperlips.train.commands import stage_class
-    from hyperlips.train.loop import Trainer, build_config
+    from hyperlips.train.config import build_config
+    from hyperlips.train.loop import Trainer
 
     cfg = build_config(stage, overrides={"data": str(data), "out": str(out), **TINY, **kw})
     return Trainer(stage_class(stage), cfg, resume=resume, quiet=True)
@@ -40,7 +41,7 @@ def _trainer(stage: str, data: Path, out: Path, resume: bool = False, **kw):
 # ---------------------------------------------------------------------------------------------- configuration
 def test_config_precedence_and_errors(tmp_path):
     from hyperlips.errors import UserError
-    from hyperlips.train.loop import TrainConfig, build_config, parse_overrides
+    from hyperlips.train.config import TrainConfig, build_config, parse_overrides
 
     f = tmp_path / "c.yaml"
     f.write_text("lr: 3.0e-4\nbatch_size: 12\ngrad_clip: 0.5\nbetas: [0.8, 0.99]\n")
@@ -62,7 +63,7 @@ def test_config_precedence_and_errors(tmp_path):
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
-    from hyperlips.train.loop import atomic_save
+    from hyperlips.train.checkpoints import atomic_save
 
     path = tmp_path / "ck.pt"
     atomic_save({"step": 1, "w": torch.ones(3)}, path)
@@ -253,7 +254,7 @@ def test_a_training_checkpoint_loads_as_its_network(sync_view, tmp_path):
 # ---------------------------------------------------------------------------------------------- torchrun
 def test_torchrun_two_processes_on_cpu(sync_view, tmp_path):
     from hyperlips.models import load_checkpoint
-    from hyperlips.train.loop import read_checkpoint
+    from hyperlips.train.checkpoints import read_checkpoint
 
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -293,7 +294,7 @@ def test_train_cli_errors(sync_view, tmp_path):
 
 def test_kill_during_checkpoint_write_keeps_the_previous_one(sync_view, tmp_path):
     """A real SIGKILL while the step-2 checkpoint is being written: step 1 survives and the run resumes."""
-    from hyperlips.train.loop import list_checkpoints
+    from hyperlips.train.checkpoints import list_checkpoints
 
     script = tmp_path / "killer.py"
     script.write_text(
@@ -324,7 +325,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(sync_view, tmp_path
 
 
 def test_shipped_configs_load():
-    from hyperlips.train.loop import build_config
+    from hyperlips.train.config import build_config
 
     folder = Path(__file__).resolve().parents[1] / "configs"
     files = sorted(folder.glob("*.yaml"))

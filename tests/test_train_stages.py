@@ -31,7 +31,8 @@ def _random_checkpoint(path: Path, name: str, seed: int = 0) -> Path:
 
 def _trainer(stage: str, data: Path, out: Path, **kw):
     from hyperlips.train.commands import stage_class
-    from hyperlips.train.loop import Trainer, build_config
+    from hyperlips.train.config import build_config
+    from hyperlips.train.loop import Trainer
 
     cfg = build_config(stage, overrides={"data": str(data), "out": str(out), **TINY, **kw})
     return Trainer(stage_class(stage), cfg, quiet=False)
@@ -179,7 +180,7 @@ def test_finetune_with_one_step(more_data, tmp_path):
 
     video = more_data / "grid_lipnet/sbwe5n.mpg"
     out = tmp_path / "me.safetensors"
-    code = main(["finetune", str(video), "-o", str(out), "--steps", "1", "--hr-size", "128", "--hr-steps", "1",
+    code = main(["finetune", str(video), "-o", str(out), "--model", "base", "--steps", "1", "--hr-size", "128", "--hr-steps", "1",
                  "--batch-size", "1", "--workers", "0", "--device", "cpu", "--quiet", "--set", "val_samples=2"])
     assert code == 0
     base, info = load_checkpoint(out)
@@ -193,7 +194,7 @@ def test_finetune_one_video_end_to_end(more_data, tmp_path):
     """`hyperlips finetune` on one real clip: base and HR models written, and `sync` uses them."""
     video = more_data / "lrs2_deep_avsr/00001.mp4"
     out = tmp_path / "me.safetensors"
-    res = run_cli("finetune", video, "-o", out, "--steps", "2", "--hr-size", "128", "--hr-steps", "2",
+    res = run_cli("finetune", video, "-o", out, "--model", "base", "--steps", "2", "--hr-size", "128", "--hr-steps", "2",
                   "--batch-size", "1", "--workers", "0", "--device", "cpu", "--quiet", timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]
     hr = tmp_path / "me.hr128.safetensors"
@@ -204,7 +205,7 @@ def test_finetune_one_video_end_to_end(more_data, tmp_path):
                 "--device", "cpu", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     # a re-run continues: nothing to preprocess, training already at its last step
-    again = run_cli("finetune", video, "-o", out, "--steps", "2", "--batch-size", "1", "--workers", "0",
+    again = run_cli("finetune", video, "-o", out, "--model", "base", "--steps", "2", "--batch-size", "1", "--workers", "0",
                     "--device", "cpu", "--quiet", timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
 

@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "hyperlips.data.commands",
     "hyperlips.train.commands",
     "hyperlips.eval.commands",
+    "hyperlips.serve.commands",
 )
 
 
@@ -127,12 +128,14 @@ def _box(text: str) -> tuple[float, float, float, float]:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", type=Path, help="HyperLips-Base weights: an official .pth or a hyperlips .safetensors")
+    p.add_argument("--checkpoint", type=Path, help="generator weights: HyperLips-Base (an official .pth or a hyperlips "
+                   ".safetensors) or HyperLips-Lite (from `hyperlips finetune`)")
     p.add_argument("--hr-checkpoint", type=Path, help="HR decoder weights (128, 256 or 512 px) for a sharper mouth")
     p.add_argument("--size", type=int, choices=(128, 256, 512), help="render size of the mouth; 256/512 need an HR checkpoint")
     p.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=16, help="frames per network batch (default 16)")
     p.add_argument("--untrained", action="store_true", help="use randomly initialised weights (to try the pipeline without a checkpoint)")
+    p.add_argument("--model", choices=("base", "lite"), default="base", help="with --untrained: which generator (base)")
 
 
 def add_sync_options(p: argparse.ArgumentParser) -> None:
@@ -142,7 +145,8 @@ def add_sync_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loop", choices=("pingpong", "hold"), default="pingpong",
                    help="audio longer than the video: play it forward and backward (default) or hold the last frame")
     p.add_argument("--reference", default="best",
-                   help="reference face: best (most confident detection, default), first, or a frame number")
+                   help="reference face: best (most confident detection, default), first, a frame number, or an image "
+                        "file of the same person's face")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--timings", action="store_true", help="print seconds and frames per second for each stage at the end")
 
@@ -157,6 +161,7 @@ def _make_lipsync(args):
         device=args.device,
         batch_size=args.batch_size,
         untrained=args.untrained,
+        model=args.model,
         progress=not args.quiet,
     )
 

@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -34,6 +34,8 @@ from .schedule import LOOP_MODES, runs
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
 BASE_SIZE = 128
 MUX_SAMPLE_RATE = 48000
+
+ProgressCallback = Callable[[str, int, int], None]  # (stage, frames done, frames in the stage)
 
 
 @dataclass
@@ -135,6 +137,25 @@ def face_crop(frame: np.ndarray, box, size: int) -> np.ndarray:
     return cv2.resize(crop, (size, size), interpolation=interp)
 
 
+def reference_crop(path: Path) -> np.ndarray:
+    """The reference face from an image file (or a video's first frame): its largest face, cropped as ``sync``
+    crops video frames. (128, 128, 3) uint8 BGR."""
+    from .face.detect import FaceDetector
+    from .face.track import track_faces
+    from .media.video import FrameReader, probe
+
+    require_file(path, "reference image")
+    info = probe(path)
+    with FrameReader(path) as reader:
+        frame = next(iter(reader.iter_range(0, 1))).image
+    with FaceDetector() as detector:
+        dets = detector.detect(frame)
+    if not dets:
+        raise UserError(f"--reference {path}: no face found in that image")
+    track = track_faces([dets], fps=float(info.fps or 25.0), source=str(path), frame_size=(info.width, info.height))
+    return face_crop(frame, track.boxes[0], BASE_SIZE)
+
+
 def network_input(crops: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """(N,S,S,3) uint8 BGR crops + (S,S,3) reference -> (N,6,S,S) float32: [lower half zeroed, reference] / 255."""
     n, s = crops.shape[0], crops.shape[1]
@@ -143,6 +164,27 @@ def network_input(crops: np.ndarray, reference: np.ndarray) -> np.ndarray:
     ref = np.broadcast_to(reference, crops.shape)
     x = np.concatenate([masked, ref], axis=3).astype(np.float32) / 255.0
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def network_mel_windows(network, mel: np.ndarray, times, fps: float, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
+    """The mel windows a generator takes for frames shown at ``times``: HyperLips-Lite's centred windows of its
+    own length (``network.mel_steps``) of the mel normalised over the whole utterance (``network.mel_norm``), or
+    Base's 16-step windows (``media.audio.mel_windows``). ``mel`` is the whole track's (a normalised one may be
+    passed with ``network.mel_norm`` already applied: see :func:`network_mel`)."""
+    from .media.audio import centred_mel_windows, mel_windows
+
+    steps = getattr(network, "mel_steps", None)
+    if steps is not None:
+        fill = mel.min(axis=1) if getattr(network, "mel_norm", None) == "utterance" and mel.shape[1] else None
+        return centred_mel_windows(mel, times, int(steps), cfg, fill)
+    return mel_windows(mel, times, fps, cfg)
+
+
+def network_mel(network, mel: np.ndarray) -> np.ndarray:
+    """The whole track's mel as ``network`` wants it: normalised per utterance for HyperLips-Lite, as is for Base."""
+    from .media.audio import normalise_utterance
+
+    return normalise_utterance(mel) if getattr(network, "mel_norm", None) == "utterance" else mel
 
 
 def to_uint8_images(t) -> np.ndarray:
@@ -158,8 +200,8 @@ class LipSync:
     >>> ls.sync("talk.mp4", "speech.wav", "out.mp4")                             # doctest: +SKIP
 
     ``checkpoint``: HyperLips-Base weights (official ``.pth`` or our safetensors); ``hr_checkpoint``: an HR
-    decoder (128/256/512) that sharpens the mouth; ``untrained=True`` builds randomly initialised networks
-    instead (for trying the pipeline without weights: the mouth is then meaningless).
+    decoder (128/256/512) that sharpens the mouth; ``untrained=True`` builds a randomly initialised ``model``
+    (``base`` or ``lite``) instead (for trying the pipeline without weights: the mouth is then meaningless).
     """
 
     def __init__(
@@ -171,12 +213,14 @@ class LipSync:
         device: str = "auto",
         batch_size: int = 16,
         untrained: bool = False,
+        model: str = "hyperlips-base",
+        network=None,
         seed: int = 0,
         progress: bool = True,
     ) -> None:
         import torch
 
-        from .models import create_model, load_checkpoint
+        from .models import GENERATORS, create_model, load_checkpoint
 
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
@@ -187,13 +231,24 @@ class LipSync:
         self.progress = progress
         self.audio_cfg = AudioConfig()
         self.untrained = untrained
-        if checkpoint is None and not untrained:
+        if checkpoint is None and not untrained and network is None:
             raise UserError("no model weights given: pass --checkpoint PATH (an official HyperLips .pth or a hyperlips checkpoint)")
-        if checkpoint is not None:
-            self.base, _ = load_checkpoint(checkpoint, name="hyperlips-base", device=self.device)
+        if network is not None:  # a generator module given directly (its forward takes (mel windows, faces))
+            self.base, self.model_name = network, type(network).__name__
+        elif checkpoint is not None:
+            self.base, info = load_checkpoint(checkpoint, device=self.device)
+            if info.name not in GENERATORS:
+                raise UserError(f"{checkpoint} holds a {info.name} network, not a lip-sync generator (HyperLips-Base or "
+                                "HyperLips-Lite) for --checkpoint")
+            self.model_name = info.name
         else:
             torch.manual_seed(seed)
-            self.base = create_model("hyperlips-base")
+            from .models.registry import canonical_name
+
+            self.model_name = canonical_name(model if str(model).startswith("hyperlips-") else f"hyperlips-{model}")
+            if self.model_name not in GENERATORS:
+                raise UserError(f"model {model!r} is not a lip-sync generator; choose base or lite")
+            self.base = create_model(self.model_name)
         self.hr = None
         self.hr_size = None
         if hr_checkpoint is not None:
@@ -227,7 +282,9 @@ class LipSync:
         face_box: tuple[float, float, float, float] | None = None,
         loop: str = "pingpong",
         reference: str | int = "best",
+        on_progress: ProgressCallback | None = None,
     ) -> SyncReport:
+        """Write ``output``; ``on_progress(stage, done, total)`` is called as frames pass ("faces", then "lip-sync")."""
         from .media.audio import load_audio, melspectrogram
         from .media.video import FrameReader, VideoWriter, probe
 
@@ -243,30 +300,34 @@ class LipSync:
         seconds = len(wav) / self.audio_cfg.sample_rate
         if seconds <= 0:
             raise MediaError(f"audio is empty (zero length): {audio}")
-        mel = melspectrogram(wav, self.audio_cfg)
+        mel = network_mel(self.base, melspectrogram(wav, self.audio_cfg))
         fps = float(info.fps)
         n_out = max(1, int(round(seconds * fps)))
 
         # pass 1: faces
         n_needed = 1 if info.is_image else min(info.n_frames, n_out)
-        boxes, n_src, ref_index = self._track_faces(video, info, n_needed, face_index, face_box, timer)
+        boxes, n_src, ref_index = self._track_faces(video, info, n_needed, face_index, face_box, timer, on_progress)
+        ref_crop = None
         if isinstance(reference, int) or (isinstance(reference, str) and reference.isdigit()):
             ref_index = int(reference)
             if not (0 <= ref_index < n_src) or boxes[ref_index] is None:
                 raise UserError(f"--reference {ref_index}: that frame has no tracked face (the video has {n_src} frames)")
         elif reference == "first":
             ref_index = next(i for i, b in enumerate(boxes) if b is not None)
+        elif isinstance(reference, (str, os.PathLike)) and reference != "best" and Path(reference).suffix:
+            ref_crop = reference_crop(Path(reference))
         elif reference != "best":
-            raise UserError(f"--reference must be best, first or a frame number (got {reference!r})")
-        with FrameReader(video) as reader:
-            ref_frame = next(iter(reader.iter_range(ref_index, ref_index + 1))).image
-        ref_crop = face_crop(ref_frame, boxes[ref_index], BASE_SIZE)
+            raise UserError(f"--reference must be best, first, a frame number or an image of the face (got {reference!r})")
+        if ref_crop is None:
+            with FrameReader(video) as reader:
+                ref_frame = next(iter(reader.iter_range(ref_index, ref_index + 1))).image
+            ref_crop = face_crop(ref_frame, boxes[ref_index], BASE_SIZE)
 
         # pass 2: generate
         output.parent.mkdir(parents=True, exist_ok=True)
         mux_audio = load_audio(audio, MUX_SAMPLE_RATE)
         faces_done = 0
-        bar = self._bar(n_out, "lip-sync")
+        bar = self._bar(n_out, "lip-sync", on_progress)
         writer = VideoWriter(output, info.width, info.height, fps, audio=mux_audio, sample_rate=MUX_SAMPLE_RATE)
         try:
             with FrameReader(video) as reader:
@@ -288,19 +349,20 @@ class LipSync:
         return SyncReport(output, n_out, fps, info.width, info.height, seconds, faces_done, dict(timer.totals))
 
     # ------------------------------------------------------------------ stages
-    def _bar(self, total: int, desc: str):
+    def _bar(self, total: int, desc: str, on_progress: ProgressCallback | None = None):
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
+        return bar if on_progress is None else _ReportingBar(bar, desc, on_progress)
 
-    def _track_faces(self, video, info, n_needed, face_index, face_box, timer):
+    def _track_faces(self, video, info, n_needed, face_index, face_box, timer, on_progress=None):
         """Detect faces on the source frames that will be shown; returns (boxes per frame, n_src, best frame)."""
         from .face.detect import FaceDetector
         from .face.track import track_faces
         from .media.video import FrameReader
 
         detections = []
-        bar = self._bar(n_needed, "faces")
+        bar = self._bar(n_needed, "faces", on_progress)
         with FaceDetector() as detector, FrameReader(video) as reader:
             for fr in timer.timed_iter("decode", reader.iter_range(0, n_needed)):
                 with timer("faces"):
@@ -332,7 +394,6 @@ class LipSync:
         import torch
 
         from .face.blend import paste_face
-        from .media.audio import mel_windows
 
         out = [f for _, _, f in batch]
         todo = [(k, j, s) for k, (j, s, _) in enumerate(batch) if s < len(boxes) and boxes[s] is not None]
@@ -342,7 +403,7 @@ class LipSync:
             crops = np.stack([face_crop(batch[k][2], boxes[s], BASE_SIZE) for k, _, s in todo])
             x = network_input(crops, ref_crop)
             times = np.array([j / fps for _, j, _ in todo], dtype=np.float64)
-            windows = mel_windows(mel, times, fps, self.audio_cfg)
+            windows = network_mel_windows(self.base, mel, times, fps, self.audio_cfg)
         with timer("network"), torch.inference_mode():
             faces_t = torch.from_numpy(x).to(self.device).contiguous(memory_format=self._memory_format)
             audio_t = torch.from_numpy(windows).to(self.device)
@@ -388,6 +449,22 @@ class LipSync:
             self._face_mesh = FaceMesh(static=False)
             self._last_landmarks = None
         return self._face_mesh
+
+
+class _ReportingBar:
+    """A progress bar that also tells a callback: ``on_progress(stage, done, total)`` after every update."""
+
+    def __init__(self, bar, stage: str, on_progress: ProgressCallback) -> None:
+        self.bar, self.stage, self.on_progress, self.done = bar, stage, on_progress, 0
+        on_progress(stage, 0, int(bar.total))
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.done += n
+        self.on_progress(self.stage, self.done, int(self.bar.total))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _batched(it: Iterable, n: int) -> Iterator[list]:

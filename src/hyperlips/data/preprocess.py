@@ -543,6 +543,56 @@ def write_time_split_manifest(dst: str | os.PathLike, val_frames: int | None = N
     return manifest
 
 
+def write_footage_tail_manifest(dst: str | os.PathLike, clip_ids: list[str], val_fraction: float = 0.15,
+                                val_seconds: float | None = None, min_val_frames: int = 16) -> dict[str, Any]:
+    """Rewrite the manifest so that the last part of one person's footage validates: the clips in ``clip_ids``
+    order are taken as one recording, and its last ``val_seconds`` (default ``val_fraction`` of it, at least
+    ``min_val_frames`` frames) are held out: whole clips at the end, and the tail of the clip where the cut falls.
+    Returns the manifest; ``manifest["held_out"]`` says how many frames and seconds were held out."""
+    dst = Path(dst)
+    metas = {}
+    for meta_path in (dst / CLIPS_DIR).rglob(META):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        metas[meta["id"]] = meta
+    order = [c for c in clip_ids if c in metas]
+    if not order:
+        raise UserError(f"{dst}: no preprocessed clips to split")
+    total_s = sum(float(metas[c]["n_frames"]) / float(metas[c]["fps"]) for c in order)
+    want_s = float(val_seconds) if val_seconds is not None else val_fraction * total_s
+    entries, sizes, held_s, held_n = [], set(), 0.0, 0
+    left = want_s
+    for cid in reversed(order):
+        meta = metas[cid]
+        sizes.update(int(s) for s in meta.get("sizes", [BASE_SIZE]))
+        n, fps = int(meta["n_frames"]), float(meta["fps"])
+        common = {k: meta[k] for k in ("id", "source", "speaker", "n_frames", "n_valid", "fps", "seconds")}
+        v = 0
+        if left > 1e-9 or held_n < min_val_frames:
+            v = min(n, max(int(math.ceil(left * fps - 1e-6)), min_val_frames - held_n, 0))
+        cut = n - v
+        if v:
+            entries.append({**common, "split": "val", "frames": [cut, n]})
+            held_s += v / fps
+            held_n += v
+            left -= v / fps
+        if cut:
+            entries.append({**common, "split": "train", "frames": [0, cut]})
+    entries.reverse()
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "source_root": None,
+        "audio": asdict(AudioConfig()),
+        "sizes": sorted(sizes) or [BASE_SIZE],
+        "split_by": "footage tail",
+        "val_fraction": val_fraction if val_seconds is None else None,
+        "held_out": {"frames": held_n, "seconds": round(held_s, 3), "of_seconds": round(total_s, 3)},
+        "clips": entries,
+        "skipped": _read_skipped(dst),
+    }
+    _write_json_atomic(dst / MANIFEST, manifest)
+    return manifest
+
+
 def check_dataset(dst: str | os.PathLike) -> list[str]:
     """Problems found in a dataset folder (empty list = consistent): per clip, every per-frame array and image
     stack must have one entry per frame, and the cached mel must be that of the clip's whole audio track."""

@@ -65,6 +65,18 @@ class BenchRow:
 
 
 # --------------------------------------------------------------------------------------------- memory
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux; the platform's word for it elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _rss_mb() -> float:
     try:
         with open("/proc/self/statm") as f:
@@ -386,6 +398,53 @@ def bench_network(size: int, device: str, precision: str, batches, flow: str, fr
     return rows
 
 
+def generator_costs(device: str = "cpu", batches=(1, 16), frames: int = 16) -> list[dict]:
+    """Size and speed of each generator at 128 px, side by side: parameters, GFLOP per frame (2 x multiply-adds,
+    counted by torch's FLOP counter), and milliseconds per frame in fp32 at each batch size (random weights)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..models import GENERATORS, create_model
+
+    out = []
+    face = (np.asarray(_face_128(), dtype=np.float32) / 255.0).transpose(2, 0, 1)
+    for name in GENERATORS:
+        torch.manual_seed(0)
+        net = create_model(name).eval().to(device)
+        steps = int(getattr(net, "mel_steps", 16))
+
+        def inputs(b, steps=steps):
+            x = torch.from_numpy(np.concatenate([face, face], 0))[None].repeat(b, 1, 1, 1)
+            x[:, :3, 64:] = 0
+            mel = torch.randn(b, 1, 80, steps, generator=torch.Generator().manual_seed(0))
+            return mel.to(device), x.to(device)
+
+        with torch.inference_mode():
+            with FlopCounterMode(display=False) as fc:
+                net(*inputs(1))
+            row = {"model": name, "params": sum(p.numel() for p in net.parameters()),
+                   "gflop_per_frame": fc.get_total_flops() / 1e9}
+            for b in batches:
+                mel, x = inputs(b)
+                n, secs, _ = _timed(lambda mel=mel, x=x: len(net(mel, x)), device, min_frames=frames)
+                row[f"ms_per_frame_b{b}"] = 1000.0 * secs / max(n, 1)
+        out.append(row)
+    return out
+
+
+def format_generators(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    bs = sorted(int(k.rsplit("b", 1)[1]) for k in rows[0] if k.startswith("ms_per_frame_b"))
+    head = ["model", "params", "GFLOP/frame"] + [f"ms/frame b{b}" for b in bs]
+    body = [[r["model"], f"{r['params'] / 1e6:.2f} M", f"{r['gflop_per_frame']:.3f}"]
+            + [f"{r[f'ms_per_frame_b{b}']:.1f}" for b in bs] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(head)]
+    lines = [" ".join(h.ljust(w) for h, w in zip(head, widths)), " ".join("-" * w for w in widths)]
+    lines += [" ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip() for c in body]
+    return "\n".join(lines)
+
+
 def bench_end_to_end(video: Path, audio: Path, size: int, device: str, batch: int, folder: Path) -> list[BenchRow]:
     """``LipSync.sync`` with random weights: one row for the whole run and one per stage it reports."""
     from ..pipeline import LipSync
@@ -439,7 +498,7 @@ def _e2e_too_long(rows: list, size: int, device: str, n_frames: int, budget: flo
 def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAULT_BATCHES, frames=DEFAULT_FRAMES,
               video: Optional[Path] = None, audio: Optional[Path] = None, end_to_end_sizes=(128, 256),
               original_max_size: int = 256, budget: float = DEFAULT_BUDGET, threads: Optional[int] = None,
-              log=None) -> dict:
+              log=None, generator_table: bool = True) -> dict:
     """Run the benchmark and return its JSON-ready result (``rows`` plus machine facts).
 
     Measurements run most important first (the I/O and face stages, fp32 networks, end to end at the smallest
@@ -475,6 +534,9 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
             if audio is None:
                 audio = video
         e2e_audio = _cut_audio(audio, tmp / "bench_e2e_speech.wav", CLIP_SECONDS)
+        generators = generator_costs("cpu", batches=(1, 16)) if generator_table else []
+        if generators:
+            log("generators at 128 px (fp32, cpu):\n" + format_generators(generators))
         e2e_frames = int(round(CLIP_SECONDS * _fps(video)))
         n_io = max(frames, 25)
         add(bench_decode(video, n_io))
@@ -518,10 +580,11 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
                 else:
                     add(bench_end_to_end(video, e2e_audio, s, dev, max(batches), tmp))
     return {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "processor": cpu_name(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "clip": clip_desc,
+        "generators": generators,
         "budget_seconds": budget,
         "seconds": round(time.perf_counter() - t_all, 1),
         "rows": [asdict(r) for r in rows],
@@ -563,6 +626,8 @@ def format_table(result: dict) -> str:
             lines.append(" ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
         else:  # skipped: first six columns, then the reason
             lines.append(" ".join(v.ljust(w) for v, w in zip(c[:6], widths)) + "  " + c[-1])
+    if result.get("generators"):
+        lines.insert(0, "generators at 128 px (fp32, cpu):\n" + format_generators(result["generators"]) + "\n")
     m = result["machine"]
     lines.append(f"\n{m['processor']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['threads']} threads)"
                  f"{', ' + m['cuda'] if m['cuda'] else ''}; clip: {result['clip']}; {result['seconds']} s in all")

@@ -12,6 +12,10 @@ EVAL_HELP = """Measure a lip-synced video against its original.
   hyperlips eval OUT.mp4 --reference ORIGINAL.mp4 [--audio SPEECH.wav]       one clip
   hyperlips eval OUT_DIR --reference ORIGINALS_DIR [--audio SPEECH_DIR]      pairs by file name
   hyperlips eval --clips DIR --protocol self|cross --checkpoint BASE.pth     generate, then evaluate
+  hyperlips eval --clips FOOTAGE --protocol tail --checkpoint PERSON.safetensors
+        the held-out tail of one person's footage (a video or a folder of clips, as `finetune` splits it)
+        regenerated from its own audio, beside two baselines: the reference mouth held still, and the real
+        frames 5 frames late
 
 Writes report.json, report.md and PNG plots into --output. LSE-C/LSE-D need the public SyncNet weights
 (--syncnet syncnet_v2.model); our expert's score needs --expert (a checkpoint from `hyperlips train sync`).
@@ -37,8 +41,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--reference", type=Path, help="the original video (or folder): ground truth and face track")
     p.add_argument("--audio", type=Path, help="the driving speech (or folder; default: the generated video's audio track)")
     p.add_argument("--clips", type=Path, help="a folder of talking-face clips to generate and evaluate (with --protocol self|cross)")
-    p.add_argument("--protocol", choices=("auto", "self", "cross"), default="auto",
-                   help="self-reconstruction or cross-audio (default auto: self when the audio is the reference's own)")
+    p.add_argument("--protocol", choices=("auto", "self", "cross", "tail"), default="auto",
+                   help="self-reconstruction or cross-audio (default auto: self when the audio is the reference's own); "
+                        "tail: the held-out tail of one person's footage (--clips)")
+    p.add_argument("--tail-fraction", type=float, default=0.15, help="tail protocol: share of the footage held out (0.15)")
+    p.add_argument("--tail-seconds", type=_positive, help="tail protocol: seconds held out (instead of a share)")
     p.add_argument("--syncnet", type=Path, help="public SyncNet weights (syncnet_v2.model) for LSE-C / LSE-D")
     p.add_argument("--expert", type=Path, help="our SyncNet expert checkpoint, for its sync confidence and offset")
     p.add_argument("-o", "--output", type=Path,
@@ -77,6 +84,8 @@ def run_eval(args) -> int:
     common = dict(syncnet=args.syncnet, expert=args.expert, face_index=args.face, device=device)
     models = _load_models(args, device)
     common.update(models)
+    if args.protocol == "tail":
+        return _run_tail(args, device, progress)
     if args.clips is not None:
         if args.generated is not None or args.reference is not None:
             raise UserError("--clips generates its own results: give either --clips DIR or GENERATED --reference REF, not both")
@@ -107,6 +116,30 @@ def run_eval(args) -> int:
                         max_seconds=args.max_seconds, progress=progress, **common)
     paths = write_clip_report(res, args.output, per_frame=not args.no_per_frame)
     _print_rows([summary_row(res)], {"json": paths["json"], "markdown": paths["markdown"]})
+    return 0
+
+
+def _run_tail(args, device: str, progress: bool) -> int:
+    from .tail import run_tail_protocol
+
+    if args.clips is None:
+        raise UserError("--protocol tail needs --clips FOOTAGE (a video, or a folder of clips of one person)")
+    if args.checkpoint is None and not args.untrained:
+        raise UserError("--protocol tail regenerates the tail: pass --checkpoint MODEL (from `hyperlips finetune`)")
+    if not 0 < args.tail_fraction < 1:
+        raise UserError(f"--tail-fraction must be between 0 and 1 (got {args.tail_fraction:g})")
+    if args.output is None or args.output == Path("hyperlips_eval"):
+        args.output = Path("hyperlips_eval") / f"{args.clips.stem}_tail"
+    res = run_tail_protocol(args.clips, args.output, checkpoint=args.checkpoint, fraction=args.tail_fraction,
+                            seconds=args.tail_seconds, device=device, batch_size=args.batch_size,
+                            untrained=args.untrained, model=args.model, progress=progress)
+    from .report import _fmt
+
+    for m, row in res.rows.items():
+        print(f"{m}: opening r {_fmt(row['opening_r'])} (peak lag {row['opening_lag']:+d}), LMD {_fmt(row['lmd'])}, "
+              f"mouth PSNR {_fmt(row['psnr_mouth'])}, SSIM {_fmt(row['ssim_mouth'])}, delta E {_fmt(row['delta_e'])}, "
+              f"sharpness {_fmt(row['sharpness_ratio'])}, jitter {_fmt(row['jitter_ratio'])}")
+    print(f"report: {args.output / 'tail.md'}  data: {args.output / 'tail.json'}")
     return 0
 
 

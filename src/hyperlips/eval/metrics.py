@@ -174,7 +174,32 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
+def lagged_correlation(gen: np.ndarray, ref: np.ndarray, max_lag: int = 10) -> tuple[float, int, float]:
+    """(r at lag 0, the lag of the cross-correlation peak, r at that lag) of two per-frame series.
+
+    A positive lag means ``gen`` follows ``ref`` that many frames late (``gen[t + lag]`` matches ``ref[t]``)."""
+    gen, ref = np.asarray(gen, np.float64), np.asarray(ref, np.float64)
+    n = min(len(gen), len(ref))
+    gen, ref = gen[:n], ref[:n]
+    best_lag, best_r = 0, float("nan")
+    max_lag = max(0, min(max_lag, n - 3))  # every lag keeps at least 3 overlapping frames
+    for lag in range(-max_lag, max_lag + 1):
+        a, b = (gen[lag:], ref[: n - lag]) if lag >= 0 else (gen[: n + lag], ref[-lag:])
+        r = pearson(a, b)
+        if math.isfinite(r) and (not math.isfinite(best_r) or r > best_r):
+            best_lag, best_r = lag, r
+    return pearson(gen, ref), best_lag, best_r
+
+
 # --------------------------------------------------------------------------------------------- accumulation
+def _opening(lm: Optional[np.ndarray]) -> float:
+    if lm is None:
+        return float("nan")
+    from ..face.mouth_shape import mouth_opening
+
+    return float(mouth_opening(np.asarray(lm, np.float64)[None])[0])
+
+
 def _nanmean(x) -> float:
     x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
@@ -251,6 +276,9 @@ class FrameComparison:
         self._put("lmd", float(np.linalg.norm(glip - rlip, axis=1).mean() / iod))
         self._put("mouth_open_ref", (ref_lm[INNER_LIP_BOTTOM, 1] - ref_lm[INNER_LIP_TOP, 1]) / iod if ref_lm is not None else np.nan)
         self._put("mouth_open_gen", (gen_lm[INNER_LIP_BOTTOM, 1] - gen_lm[INNER_LIP_TOP, 1]) / iod if gen_lm is not None else np.nan)
+        # the opening as a share of the face height (inner-lip gap / forehead-chin distance), the sync measure
+        self._put("opening_ref", _opening(ref_lm))
+        self._put("opening_gen", _opening(gen_lm))
         self.n_frames += 1
         self.n_ref_landmarks += ref_lm is not None
         self.n_gen_landmarks += gen_lm is not None
@@ -279,4 +307,9 @@ class FrameComparison:
         out["flicker_ratio"] = _ratio(out["flicker_gen"], out["flicker_ref"])
         out["sharpness_gen"], out["sharpness_ref"] = _nanmean(s.get("sharpness_gen", [])), _nanmean(s.get("sharpness_ref", []))
         out["sharpness_ratio"] = _ratio(out["sharpness_gen"], out["sharpness_ref"])
+        og, orf = s.get("opening_gen", np.zeros(0)), s.get("opening_ref", np.zeros(0))
+        r0, lag, r_peak = lagged_correlation(og, orf)
+        out["opening_r"], out["opening_lag"], out["opening_r_peak"] = r0, lag, r_peak
+        sd_g, sd_r = (float(np.nanstd(x)) if np.isfinite(x).any() else float("nan") for x in (og, orf))
+        out["opening_amplitude"] = _ratio(sd_g, sd_r)
         return out

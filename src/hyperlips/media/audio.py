@@ -25,6 +25,10 @@ never clamped to the edge.
 The sync expert uses a different window: the one covering exactly the 5 frames ``t0 .. t0+4``, which starts at
 ``sync_window_start(t0) = floor(t0 * 80)``. With ``frame_offset = -1`` that is the generator's window for the
 frame after ``t0``: ``sync_window_start(t) == mel_window_start(t + 1 / fps, fps)``.
+
+HyperLips-Lite uses a longer window centred on the frame (:func:`centred_mel_windows`): ``steps`` mel frames
+starting at ``round(t * 80) - steps // 2``, so mel frame ``round(t * 80)`` (the one centred nearest to ``t``)
+sits in the middle; the audio just after the frame (which the mouth anticipates) is seen as well as before.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ __all__ = [
     "sync_window_start",
     "mel_windows",
     "sync_mel_windows",
+    "centred_window_starts",
+    "centred_mel_windows",
+    "normalise_utterance",
 ]
 
 _EPS = 1e-6  # guards floor() against float error when t * 80 is a whole number
@@ -236,16 +243,19 @@ def sync_window_start(t0_seconds: float, fps: float, cfg: AudioConfig = AudioCon
     return int(math.floor(float(t0_seconds) * cfg.mel_fps + _EPS))
 
 
-def _windows_from_starts(mel: np.ndarray, starts: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+def _windows_from_starts(mel: np.ndarray, starts: np.ndarray, cfg: AudioConfig, steps: int | None = None,
+                         fill=None) -> np.ndarray:
     if mel.ndim != 2 or mel.shape[0] != cfg.n_mels:
         raise ValueError(f"mel must be ({cfg.n_mels}, T), got {mel.shape}")
-    idx = starts[:, None] + np.arange(cfg.window_steps)[None, :]  # (N, steps)
+    steps = cfg.window_steps if steps is None else int(steps)
+    silence = np.float32(-cfg.max_abs_value) if fill is None else np.asarray(fill, np.float32).reshape(-1, 1, 1)
+    idx = starts[:, None] + np.arange(steps)[None, :]  # (N, steps)
     inside = (idx >= 0) & (idx < mel.shape[1])
     if mel.shape[1] == 0:
-        out = np.full((len(starts), cfg.n_mels, cfg.window_steps), -cfg.max_abs_value, np.float32)
+        out = np.broadcast_to(silence, (cfg.n_mels, len(starts), steps)).transpose(1, 0, 2).astype(np.float32)
     else:
         got = mel[:, np.clip(idx, 0, mel.shape[1] - 1)]  # (n_mels, N, steps)
-        out = np.where(inside[None], got, np.float32(-cfg.max_abs_value)).transpose(1, 0, 2)
+        out = np.where(inside[None], got, silence).transpose(1, 0, 2)
     return np.ascontiguousarray(out, dtype=np.float32)[:, None]  # (N, 1, n_mels, steps)
 
 
@@ -264,3 +274,26 @@ def sync_mel_windows(mel: np.ndarray, times, cfg: AudioConfig = AudioConfig()) -
     times = np.atleast_1d(np.asarray(times, dtype=np.float64))
     starts = np.floor(times * cfg.mel_fps + _EPS).astype(np.int64)
     return _windows_from_starts(np.asarray(mel), starts, cfg)
+
+
+def centred_window_starts(times, steps: int, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
+    """First mel index of the ``steps``-long window centred on each time (seconds): ``round(t * 80) - steps // 2``."""
+    times = np.atleast_1d(np.asarray(times, dtype=np.float64))
+    return np.floor(times * cfg.mel_fps + 0.5).astype(np.int64) - int(steps) // 2
+
+
+def centred_mel_windows(mel: np.ndarray, times, steps: int, cfg: AudioConfig = AudioConfig(), fill=None) -> np.ndarray:
+    """Centred windows (N, 1, n_mels, steps) float32 for frames shown at ``times`` (HyperLips-Lite's input).
+
+    Steps outside the spectrogram hold silence: ``-max_abs_value``, or ``fill`` (a value per mel bin; for a mel
+    normalised per utterance, its per-bin minimum)."""
+    return _windows_from_starts(np.asarray(mel), centred_window_starts(times, steps, cfg), cfg, steps, fill)
+
+
+def normalise_utterance(mel: np.ndarray) -> np.ndarray:
+    """Each mel bin to zero mean and unit variance over the whole utterance (cepstral mean and variance
+    normalisation on the mel): removes the loudness and colour of a recording, keeps what is said. (n_mels, T)."""
+    mel = np.asarray(mel, dtype=np.float32)
+    if mel.shape[1] == 0:
+        return mel.copy()
+    return ((mel - mel.mean(axis=1, keepdims=True)) / (mel.std(axis=1, keepdims=True) + 1e-3)).astype(np.float32)

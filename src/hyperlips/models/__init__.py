@@ -1,10 +1,11 @@
 """The networks of HyperLips, a registry to build them by name, and checkpoint loading/saving."""
 
 from .base import HyperLipsBase
+from .lite import HyperLipsLite, LiteConfig
 from .checkpoint import CheckpointInfo, identify_network, load_checkpoint, read_state_dict, save_checkpoint
 from .discriminators import BaseQualityDiscriminator, HRQualityDiscriminator
 from .hr import HRDecoder
-from .registry import MODEL_NAMES, create_model
+from .registry import GENERATORS, MODEL_NAMES, OFFICIAL_NAMES, create_model
 from .syncnet import SyncNet
 
 __all__ = [
@@ -13,6 +14,10 @@ __all__ = [
     "HRDecoder",
     "HRQualityDiscriminator",
     "HyperLipsBase",
+    "HyperLipsLite",
+    "LiteConfig",
+    "GENERATORS",
+    "OFFICIAL_NAMES",
     "MODEL_NAMES",
     "SyncNet",
     "create_model",

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, UserError
-from .registry import DESCRIPTIONS, MODEL_NAMES, canonical_name, create_model, default_config
+from .registry import CONFIGURABLE, DESCRIPTIONS, MODEL_NAMES, architecture, canonical_name, create_model, default_config
 
 METADATA_KEY = "hyperlips"
 FORMAT_VERSION = 1
@@ -55,12 +55,23 @@ class CheckpointInfo:
 # what each network's state dict looks like
 
 
+def expected_shapes(name: str, extra: Mapping[str, Any] | None = None) -> dict[str, tuple[int, ...]]:
+    """State-dict key -> shape for a registry network with the architecture settings ``extra`` (configurable
+    networks; default settings when None)."""
+    return _expected_shapes(canonical_name(name), json.dumps(architecture(name, extra), sort_keys=True))
+
+
 @lru_cache(maxsize=None)
-def expected_shapes(name: str) -> dict[str, tuple[int, ...]]:
-    """State-dict key -> shape for a registry network (built on the meta device: no memory, no init cost)."""
-    with torch.device("meta"):
-        model = create_model(name)
+def _expected_shapes(name: str, extra_json: str) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # no memory, no init cost
+        model = create_model(name, json.loads(extra_json))
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def model_architecture(model: nn.Module) -> dict[str, Any]:
+    """The architecture settings a network was built with (its ``config.to_dict()``), {} for fixed networks."""
+    cfg = getattr(model, "config", None)
+    return dict(cfg.to_dict()) if hasattr(cfg, "to_dict") else {}
 
 
 def _shapes(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
@@ -92,8 +103,8 @@ def _listing(items: list[str]) -> str:
     return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
 
 
-def _mismatch_report(state: Mapping[str, Tensor], name: str) -> str:
-    exp = expected_shapes(name)
+def _mismatch_report(state: Mapping[str, Tensor], name: str, extra: Mapping[str, Any] | None = None) -> str:
+    exp = expected_shapes(name, extra)
     got = _shapes(state)
     parts = []
     missing = [k for k in exp if k not in got]
@@ -112,15 +123,15 @@ def _describe(name: str) -> str:
     return f"'{name}' ({DESCRIPTIONS[name]})"
 
 
-def _check_fits(state: Mapping[str, Tensor], name: str, path: Path) -> None:
-    """Raise CheckpointError unless ``state`` is exactly the state dict of network ``name``."""
-    if _shapes(state) == expected_shapes(name):
+def _check_fits(state: Mapping[str, Tensor], name: str, path: Path, extra: Mapping[str, Any] | None = None) -> None:
+    """Raise CheckpointError unless ``state`` is exactly the state dict of network ``name`` (with ``extra``)."""
+    if _shapes(state) == expected_shapes(name, extra):
         return
     other = identify_network(state)
-    if other is not None:
+    if other is not None and other != name:
         raise CheckpointError(f"{path}: this checkpoint holds {_describe(other)} weights, but {_describe(name)} "
                               "is expected here")
-    raise CheckpointError(f"{path}: the weights do not fit {_describe(name)}: {_mismatch_report(state, name)}")
+    raise CheckpointError(f"{path}: the weights do not fit {_describe(name)}: {_mismatch_report(state, name, extra)}")
 
 
 def _infer_name(state: Mapping[str, Tensor], path: Path) -> str:
@@ -293,23 +304,31 @@ def read_state_dict(path: str | os.PathLike, name: str | None = None) -> tuple[d
         except UserError as e:
             raise CheckpointError(f"{path}: {e}") from None
     state, meta, fmt = _read_any(path)
+    stored = meta.get("name")
+    stored = stored if isinstance(stored, str) and stored in MODEL_NAMES else None
+    extra = meta.get("extra") if isinstance(meta.get("extra"), Mapping) else None
     if name is None:
-        stored = meta.get("name")
-        if isinstance(stored, str) and stored in MODEL_NAMES:
-            if _shapes(state) != expected_shapes(stored):
+        if stored is not None:
+            if _shapes(state) != expected_shapes(stored, extra):
                 actual = identify_network(state)
-                detail = _describe(actual) if actual else _mismatch_report(state, stored)
+                detail = _describe(actual) if actual else _mismatch_report(state, stored, extra)
                 raise CheckpointError(f"{path}: its metadata says '{stored}' but the weights do not fit it: {detail}")
             name = stored
         else:
             name = _infer_name(state, path)
     else:
-        _check_fits(state, name, path)
+        if stored is not None and stored != name and stored in CONFIGURABLE:
+            raise CheckpointError(f"{path}: this checkpoint holds {_describe(stored)} weights, but {_describe(name)} "
+                                  "is expected here")
+        _check_fits(state, name, path, extra if stored == name else None)
+    kept = dict(extra or {}) if stored in (name, None) else {}
+    if name in CONFIGURABLE:  # the architecture in full, beside anything else the writer stored
+        kept = {**kept, **architecture(name, extra if stored == name else None)}
     if fmt == "pth":
-        config = {**default_config(name).to_dict(), **meta}
+        config = {**default_config(name).to_dict(), **meta, "extra": kept}
         step = meta.get("global_step")
     else:
-        config = {**default_config(name).to_dict(), **meta, "name": name}
+        config = {**default_config(name).to_dict(), **meta, "name": name, "extra": kept}
         step = meta.get("step")
     step = step if isinstance(step, int) and not isinstance(step, bool) else None
     return state, CheckpointInfo(name=name, format=fmt, step=step, config=config, path=path)
@@ -319,7 +338,7 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None,
                     device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointInfo]:
     """Build the network a checkpoint holds, load its weights strictly, and return (model in eval mode, info)."""
     state, info = read_state_dict(path, name)
-    model = create_model(info.name)
+    model = create_model(info.name, info.config.get("extra"))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), info
 
@@ -358,12 +377,18 @@ def save_checkpoint(model_or_state: nn.Module | Mapping[str, Tensor], path: str 
     name = canonical_name(name)
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     state = {k: v.detach().to("cpu").contiguous() for k, v in _strip_module(state).items()}
-    if _shapes(state) != expected_shapes(name):
-        raise ValueError(f"save_checkpoint: the weights do not fit '{name}': {_mismatch_report(state, name)}")
     if isinstance(config, ModelConfig):
         cfg: dict[str, Any] = config.to_dict()
     else:
         cfg = {**default_config(name).to_dict(), **dict(config or {})}
+    if isinstance(model_or_state, nn.Module) and model_architecture(model_or_state):
+        cfg["extra"] = {**dict(cfg.get("extra") or {}), **model_architecture(model_or_state)}
+    extra = cfg.get("extra") if name in CONFIGURABLE else None
+    if _shapes(state) != expected_shapes(name, extra):
+        raise ValueError(f"save_checkpoint: the weights do not fit '{name}': {_mismatch_report(state, name, extra)}")
+    if official and name in CONFIGURABLE and architecture(name, extra) != architecture(name):
+        raise ValueError(f"save_checkpoint: a '{name}' with non-default settings needs our safetensors format "
+                         "(the .pth format cannot carry them)")
     path = Path(path)
 
     if official:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import json
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -11,22 +12,32 @@ from ..errors import UserError
 from .base import HyperLipsBase
 from .discriminators import BaseQualityDiscriminator, HRQualityDiscriminator
 from .hr import HRDecoder
+from .lite import HyperLipsLite, LiteConfig
 from .syncnet import SyncNet
 
-_BUILDERS: dict[str, Callable[[], nn.Module]] = {
-    "hyperlips-base": HyperLipsBase,
-    "hyperlips-hr-128": lambda: HRDecoder(1),
-    "hyperlips-hr-256": lambda: HRDecoder(2),
-    "hyperlips-hr-512": lambda: HRDecoder(4),
-    "syncnet": SyncNet,
-    "base-disc": BaseQualityDiscriminator,
-    "hr-disc": HRQualityDiscriminator,
+# every builder takes the network's ``extra`` settings (ModelConfig.extra; only configurable networks use them)
+_BUILDERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
+    "hyperlips-base": lambda extra: HyperLipsBase(),
+    "hyperlips-lite": lambda extra: HyperLipsLite(LiteConfig.from_dict(extra)),
+    "hyperlips-hr-128": lambda extra: HRDecoder(1),
+    "hyperlips-hr-256": lambda extra: HRDecoder(2),
+    "hyperlips-hr-512": lambda extra: HRDecoder(4),
+    "syncnet": lambda extra: SyncNet(),
+    "base-disc": lambda extra: BaseQualityDiscriminator(),
+    "hr-disc": lambda extra: HRQualityDiscriminator(),
 }
+# networks whose architecture is set by ``extra`` (stored in their checkpoints), with its default
+CONFIGURABLE: dict[str, Callable[[], dict[str, Any]]] = {"hyperlips-lite": lambda: LiteConfig().to_dict()}
+# networks that take a mel window and [masked, reference] faces and render a face: what `sync` accepts
+GENERATORS: tuple[str, ...] = ("hyperlips-base", "hyperlips-lite")
 
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+# the networks of the original implementation (their official checkpoints load unchanged)
+OFFICIAL_NAMES: tuple[str, ...] = tuple(n for n in MODEL_NAMES if n not in CONFIGURABLE)
 
 DESCRIPTIONS: dict[str, str] = {
     "hyperlips-base": "stage-1 HyperLips-Base generator",
+    "hyperlips-lite": "compact HyperLips-Lite generator",
     "hyperlips-hr-128": "stage-2 HR decoder, 128 px output",
     "hyperlips-hr-256": "stage-2 HR decoder, 256 px output",
     "hyperlips-hr-512": "stage-2 HR decoder, 512 px output",
@@ -44,13 +55,28 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def create_model(name: str) -> nn.Module:
-    """A freshly initialised network, in train mode, on the current default device."""
-    return _BUILDERS[canonical_name(name)]()
+def create_model(name: str, extra: Mapping[str, Any] | None = None) -> nn.Module:
+    """A freshly initialised network, in train mode, on the current default device.
+
+    ``extra``: the architecture settings of a configurable network (e.g. :class:`~.lite.LiteConfig` fields for
+    ``hyperlips-lite``); missing ones take their defaults, other networks ignore it."""
+    return _BUILDERS[canonical_name(name)](architecture(name, extra))
 
 
-def default_config(name: str) -> ModelConfig:
-    """The :class:`ModelConfig` of a network: ``img_size`` is its output side (HR: 128, 256 or 512)."""
+def architecture(name: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The complete architecture settings of a configurable network (defaults filled in); {} for the others."""
+    name = canonical_name(name)
+    if name not in CONFIGURABLE:
+        return {}
+    base = CONFIGURABLE[name]()
+    given = {k: v for k, v in dict(extra or {}).items() if k in base}
+    merged = {**base, **given}
+    return json.loads(json.dumps(merged))  # plain lists/numbers, comparable and hashable as JSON
+
+
+def default_config(name: str, extra: Mapping[str, Any] | None = None) -> ModelConfig:
+    """The :class:`ModelConfig` of a network: ``img_size`` is its output side (HR: 128, 256 or 512), ``extra``
+    its architecture settings when it is configurable."""
     name = canonical_name(name)
     size = int(name.rsplit("-", 1)[1]) if name.startswith("hyperlips-hr-") else 128
-    return ModelConfig(name=name, img_size=size)
+    return ModelConfig(name=name, img_size=size, extra=architecture(name, extra))

@@ -10,6 +10,17 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("sync", "base", "hr")
+MODELS = ("base", "lite")  # `train base --model`: HyperLips-Base (the original's) or HyperLips-Lite
+
+
+def _model_name(model: str) -> str:
+    from ..errors import UserError
+
+    key = str(model).strip().lower()
+    key = key if key.startswith("hyperlips-") else f"hyperlips-{key}"
+    if key not in ("hyperlips-base", "hyperlips-lite"):
+        raise UserError(f"--model must be base or lite (got {model!r})")
+    return key
 _HELP = {
     "sync": "train the lip-sync expert (SyncNet) that supervises HyperLips-Base",
     "base": "train HyperLips-Base, the stage-1 generator",
@@ -17,7 +28,12 @@ _HELP = {
 }
 
 
-def stage_class(name: str):
+def stage_class(name: str, model: str = "hyperlips-base"):
+    """The Stage class of ``train NAME`` (``base`` with ``model`` hyperlips-lite trains HyperLips-Lite)."""
+    if name == "base" and _model_name(model) == "hyperlips-lite":
+        from .lite import LiteStage
+
+        return LiteStage
     if name == "sync":
         from .sync import SyncStage
 
@@ -68,7 +84,11 @@ def add_parser(sub) -> None:
         sp = stages.add_parser(name, help=_HELP[name], description=_HELP[name])
         _add_common(sp)
         if name == "base":
+            sp.add_argument("--model", choices=MODELS, help="the generator: base (HyperLips-Base, default) or lite "
+                            "(HyperLips-Lite, compact, trains on a CPU)")
             sp.add_argument("--expert", help="trained sync expert checkpoint (from `train sync`) for the sync loss")
+            sp.add_argument("--minutes", type=float, dest="max_minutes",
+                            help="wall-clock budget: stop, validate and save when it is spent")
         if name == "hr":
             sp.add_argument("--base", help="trained HyperLips-Base checkpoint that renders the HR inputs")
             sp.add_argument("--size", type=int, choices=(128, 256, 512), dest="hr_size", help="HR output size (128)")
@@ -82,13 +102,14 @@ def add_parser(sub) -> None:
 
 _OPTION_FIELDS = ("data", "out", "init", "max_steps", "batch_size", "lr", "grad_clip", "amp", "device", "workers",
                   "threads", "seed", "ckpt_every", "keep_last", "val_every", "val_samples", "log_every", "image_every",
-                  "expert", "base", "hr_size")
+                  "expert", "base", "hr_size", "max_minutes")
 
 
 def config_from_args(args: argparse.Namespace):
     """The run's TrainConfig: stored config (when resuming) or defaults + --config, then --set, then options."""
     from ..errors import UserError
-    from .loop import TrainConfig, build_config, latest_checkpoint, load_config, parse_overrides
+    from .checkpoints import latest_checkpoint
+    from .config import TrainConfig, build_config, load_config, parse_overrides
 
     overrides: dict[str, Any] = {}
     overrides.update(parse_overrides(args.set))
@@ -112,12 +133,22 @@ def config_from_args(args: argparse.Namespace):
             stored.update(load_config(args.config))
         stored.update(overrides)
         return TrainConfig.from_dict(stored)
+    if getattr(args, "model", None):
+        overrides["model"] = _model_name(args.model)
+    if overrides.get("model") == "hyperlips-lite":
+        overrides = {**LITE_DEFAULTS, **overrides}
     cfg = build_config(args.stage, args.config, overrides)
     if not cfg.data:
         raise UserError("no dataset given: hyperlips train %s DATA --out RUN (DATA from hyperlips preprocess)" % args.stage)
     if not cfg.out:
         raise UserError("no run folder given: --out RUN")
     return cfg
+
+
+# `train base --model lite` starts from these (then --config, --set and the options, as for every stage)
+LITE_DEFAULTS: dict[str, Any] = {"batch_size": 16, "lr": 5e-4, "betas": (0.9, 0.99),
+                                 "lr_schedule": "cosine", "warmup_steps": 100, "val_every": 1000, "ckpt_every": 1000,
+                                 "workers": 0, "amp": "auto"}
 
 
 def usage_hint(stage: str, model: Path) -> str:
@@ -129,12 +160,13 @@ def usage_hint(stage: str, model: Path) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .loop import Trainer, setup_distributed, teardown_distributed
+    from .distributed import setup_distributed, teardown_distributed
+    from .loop import Trainer
 
     cfg = config_from_args(args)
     dist = setup_distributed(cfg.device)
     try:
-        trainer = Trainer(stage_class(args.stage), cfg, resume=args.resume, quiet=args.quiet, dist=dist)
+        trainer = Trainer(stage_class(args.stage, cfg.model), cfg, resume=args.resume, quiet=args.quiet, dist=dist)
         res = trainer.fit()
     finally:
         teardown_distributed(dist)

@@ -1,14 +1,16 @@
-"""``hyperlips finetune VIDEO -o MODEL``: the digital-human workflow in one command.
+"""``hyperlips finetune VIDEO_OR_FOLDER -o MODEL``: a model of one person, in one command.
 
-1. preprocess the one video (its own audio) into ``<work>/data``; the last part of the video (``--val-seconds``,
-   default 15% of it, at least 16 frames) is held out for validation;
-2. fine-tune HyperLips-Base from ``--checkpoint`` (or from scratch) for ``--steps`` steps, with the sync loss when
-   a sync expert is given (``--expert``); the checkpoint that did best on the held-out tail is kept;
-3. with ``--hr-size``, also train the HR decoder (from ``--hr-checkpoint`` or from scratch) on the fine-tuned
-   base model's renders;
-4. write MODEL (and ``<MODEL>.hr<size>.safetensors``) and print the ``hyperlips sync`` command that uses them.
+1. preprocess the footage (one video, or a folder of clips of the same person, taken in name order as one
+   recording) into ``<work>/data``; the last part of it (``--val-seconds``, default 15%) is held out;
+2. train HyperLips-Lite (``--model lite``, the default) within a wall-clock budget (``--minutes``, default 60,
+   preprocessing included), from ``--checkpoint`` (or from scratch): a progress bar with the time left, and at
+   every validation the held-out figures and ``<work>/lite/preview.png`` (real held-out frames above, generated
+   from their audio below); ``<work>/progress.json`` says the same for other tools. The checkpoint that did best
+   on the held-out part (mouth-opening correlation) is kept;
+   ``--model base`` fine-tunes HyperLips-Base instead (and ``--hr-size`` trains an HR decoder on it);
+3. write MODEL and print the ``hyperlips sync`` command that uses it.
 
-Re-running the same command continues where it stopped: preprocessing is skipped, training resumes.
+Re-running the same command continues where it stopped: preprocessing is skipped, training resumes exactly.
 """
 
 from __future__ import annotations
@@ -17,35 +19,47 @@ import argparse
 import json
 import math
 import shutil
+import sys
+import time
 from pathlib import Path, PurePosixPath
 
 from ..errors import UserError
 
 MIN_TRAIN_FRAMES = 48
+STATE = "finetune.json"  # in the work folder: what the first run decided (split, time spent preprocessing)
+DEFAULT_MINUTES = 60.0
+RESERVE_S = 20.0  # of the budget, kept for the last validation, export and writing the model
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "finetune",
-        help="fine-tune HyperLips on one person's footage and write a model for `sync`",
-        description="Preprocess VIDEO, fine-tune HyperLips-Base (and the HR decoder) on it with a held-out tail for "
-                    "validation, and write MODEL.",
+        help="train a model of one person from their footage and write it for `sync`",
+        description="Preprocess VIDEO (or a FOLDER of clips of one person), train HyperLips-Lite on it within a time "
+                    "budget with the last part held out for validation, and write MODEL.",
     )
-    p.add_argument("video", type=Path, help="footage of one person talking, with their own voice")
-    p.add_argument("-o", "--output", type=Path, required=True, help="model to write (.safetensors, or .pth for the "
-                   "original's format)")
-    p.add_argument("--checkpoint", help="HyperLips-Base weights to start from (default: from scratch)")
-    p.add_argument("--expert", help="sync expert checkpoint for the sync loss (from `train sync`)")
-    p.add_argument("--hr-size", type=int, choices=(128, 256, 512), help="also train an HR decoder of this size")
-    p.add_argument("--hr-checkpoint", help="HR decoder weights to start from (default: from scratch)")
-    p.add_argument("--steps", type=int, default=2000, help="base training steps (2000)")
-    p.add_argument("--hr-steps", type=int, default=2000, help="HR training steps (2000)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows (base) or frames (HR) per step (8)")
-    p.add_argument("--lr", type=float, default=5e-5, help="learning rate (5e-5)")
-    p.add_argument("--val-seconds", type=float, help="seconds at the end held out for validation (default 15%%)")
+    p.add_argument("video", type=Path, help="footage of one person talking with their own voice: a video, or a folder "
+                   "of clips of the same person")
+    p.add_argument("-o", "--output", type=Path, required=True, help="model to write (.safetensors; .pth for the "
+                   "original's format, Base only)")
+    p.add_argument("--model", choices=("lite", "base"), default="lite",
+                   help="lite (HyperLips-Lite, default: compact, trains on a CPU) or base (HyperLips-Base)")
+    p.add_argument("--minutes", type=float, help=f"wall-clock budget of the whole command, preprocessing included "
+                   f"(Lite default {DEFAULT_MINUTES:g}; Base: none)")
+    p.add_argument("--steps", type=int, help="stop after this many steps at the latest (Base default 2000)")
+    p.add_argument("--checkpoint", help="weights to start from (default: from scratch)")
+    p.add_argument("--expert", help="Base: sync expert checkpoint for the sync loss (from `train sync`)")
+    p.add_argument("--hr-size", type=int, choices=(128, 256, 512), help="Base: also train an HR decoder of this size")
+    p.add_argument("--hr-checkpoint", help="Base: HR decoder weights to start from (default: from scratch)")
+    p.add_argument("--hr-steps", type=int, default=2000, help="Base: HR training steps (2000)")
+    p.add_argument("--batch-size", type=int, help="frames (Lite, 16) or windows (Base, 8) per step")
+    p.add_argument("--lr", type=float, help="learning rate (Lite 5e-4, Base 5e-5)")
+    p.add_argument("--amp", choices=("auto", "bf16", "off", "on"), help="mixed precision (default auto: fp16 on CUDA, "
+                   "off on CPU)")
+    p.add_argument("--val-seconds", type=float, help="seconds at the end of the footage held out (default 15%%)")
     p.add_argument("--work", type=Path, help="working folder (default: <output>.work beside the output)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=2, help="data loader processes (2)")
+    p.add_argument("--workers", type=int, help="data loader processes (Lite 0: frames are in memory; Base 2)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="any training setting")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.set_defaults(func=run_finetune)
@@ -69,55 +83,176 @@ def _publish(src: Path, dst: Path, name: str) -> None:
         tmp.replace(dst)
 
 
-def _train(stage: str, cfg, quiet: bool):
-    from .commands import stage_class
-    from .loop import Trainer, latest_checkpoint
+def _publish_lite(src: Path, dst: Path, data: Path) -> float:
+    """Write the kept Lite model to ``dst`` with its mouth-shape gain calibrated on the held-out frames."""
+    import dataclasses
+
+    from ..models import HyperLipsLite, load_checkpoint, save_checkpoint
+    from .lite import calibrate_shape_gain
+
+    model, info = load_checkpoint(src, name="hyperlips-lite", device="cpu")
+    gain = calibrate_shape_gain(model, data)
+    tuned = HyperLipsLite(dataclasses.replace(model.config, shape_gain=round(gain, 3)))
+    tuned.load_state_dict(model.state_dict())
+    cfg = {k: v for k, v in info.config.items() if k not in ("extra", "name", "step", "format_version")}
+    save_checkpoint(tuned, dst, "hyperlips-lite", config=cfg, step=info.step)
+    return gain
+
+
+def _train(stage_cls, cfg, quiet: bool):
+    from .checkpoints import latest_checkpoint
+    from .loop import Trainer
 
     resume = latest_checkpoint(Path(cfg.out)) is not None
-    return Trainer(stage_class(stage), cfg, resume=resume, quiet=quiet).fit()
+    return Trainer(stage_cls, cfg, resume=resume, quiet=quiet).fit()
 
 
-def run_finetune(args: argparse.Namespace) -> int:
-    from ..data.datasets import CLIPS_DIR, META, Manifest
-    from ..data.preprocess import PreprocessOptions, clip_id_of, preprocess, write_time_split_manifest
-    from .loop import build_config, parse_overrides
-
+def _check_args(args: argparse.Namespace) -> None:
     out = args.output
     if out.suffix not in (".safetensors", ".pth"):
         raise UserError(f"-o must end in .safetensors (or .pth for the original's format): {out}")
-    if not args.video.is_file():
+    if args.model == "lite" and out.suffix == ".pth":
+        raise UserError(f"-o {out}: HyperLips-Lite models are written as .safetensors (the .pth format is the "
+                        "original Base's)")
+    if not args.video.exists():
         raise UserError(f"video not found: {args.video}")
-    if args.steps < 1 or args.hr_steps < 1:
+    if args.steps is not None and args.steps < 1 or args.hr_steps < 1:
         raise UserError("--steps and --hr-steps must be at least 1")
-    work = args.work or out.with_name(out.stem + ".work")
+    if args.minutes is not None and not args.minutes > 0:
+        raise UserError(f"--minutes must be more than 0 (got {args.minutes:g})")
+    if args.val_seconds is not None and not args.val_seconds > 0:
+        raise UserError(f"--val-seconds must be more than 0 (got {args.val_seconds:g})")
+    if args.model == "lite" and (args.hr_size or args.hr_checkpoint or args.expert):
+        raise UserError("--hr-size, --hr-checkpoint and --expert belong to --model base")
+
+
+def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
+    """Preprocess the footage and split off its held-out tail (once; a re-run reads what the first run decided)."""
+    from ..data.datasets import CLIPS_DIR, META, Manifest
+    from ..data.preprocess import PreprocessOptions, clip_id_of, find_videos, preprocess, write_footage_tail_manifest
+
     data = work / "data"
-
-    # 1. preprocess (skipped when done)
-    opts = PreprocessOptions(hr_size=args.hr_size if args.hr_size and args.hr_size > 128 else None, speaker="one",
-                             val_fraction=0.0)
+    state_path = work / STATE
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
+    t0 = time.perf_counter()
+    opts = PreprocessOptions(speaker="one", val_fraction=0.0,
+                             hr_size=args.hr_size if args.hr_size and args.hr_size > 128 else None)
     report = preprocess(args.video, data, opts, workers=1, progress=not args.quiet)
-    if report.skipped:
-        raise UserError(f"{args.video} cannot be used for fine-tuning: {report.skipped[0].reason}")
-    cid = clip_id_of(PurePosixPath(args.video.name))
-    meta = json.loads((data / CLIPS_DIR / cid / META).read_text(encoding="utf-8"))
-    n, fps = int(meta["n_frames"]), float(meta["fps"])
-    val = int(round(args.val_seconds * fps)) if args.val_seconds is not None else int(math.ceil(0.15 * n))
-    val = max(16, val)
-    if n - val < MIN_TRAIN_FRAMES:
-        raise UserError(f"{args.video} is too short to fine-tune on: {n} frames ({n / fps:.1f} s), {val} held out for "
-                        f"validation; at least {(MIN_TRAIN_FRAMES + val) / fps:.1f} s are needed")
-    write_time_split_manifest(data, val_frames=val, clip_ids=[cid])
+    if args.video.is_dir():
+        videos = find_videos(args.video)
+        ids = [clip_id_of(PurePosixPath(v.relative_to(args.video).as_posix())) for v in videos]
+    else:
+        ids = [clip_id_of(PurePosixPath(args.video.name))]
+    done = [c for c in ids if (data / CLIPS_DIR / c / META).is_file()]
+    if not done:
+        reason = report.skipped[0].reason if report.skipped else "no usable clip"
+        raise UserError(f"{args.video} cannot be used for fine-tuning: {reason}")
+    if report.skipped and not args.quiet:
+        for s in report.skipped:
+            print(f"hyperlips finetune: skipped {s.source}: {s.reason}", file=sys.stderr)
+    manifest = write_footage_tail_manifest(data, sorted(done), val_seconds=args.val_seconds)
     Manifest.load(data)
-    extra = parse_overrides(args.set)
-    common = {"data": str(data), "batch_size": args.batch_size, "lr": args.lr, "device": args.device,
-              "workers": args.workers, **extra}
-    every = max(1, min(500, args.steps // 4))
+    held = manifest["held_out"]
+    n_train = sum(c["frames"][1] - c["frames"][0] for c in manifest["clips"] if c["split"] == "train")
+    if n_train < MIN_TRAIN_FRAMES:
+        raise UserError(f"{args.video} is too short to fine-tune on: {held['of_seconds']:.1f} s of footage, "
+                        f"{held['seconds']:.1f} s held out for validation, {n_train} frames left to train on; "
+                        f"at least {MIN_TRAIN_FRAMES} are needed")
+    if "prep_seconds" not in state:
+        state["prep_seconds"] = round(time.perf_counter() - t0, 1)
+    state.update(clips=sorted(done), held_out=held)
+    work.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps(state, indent=1), encoding="utf-8")
+    if not args.quiet:
+        print(f"footage: {held['of_seconds']:.1f} s in {len(done)} clip(s); held out for validation: the last "
+              f"{held['seconds']:.1f} s ({held['frames']} frames)", file=sys.stderr)
+    return data, state
 
-    # 2. base
+
+def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
+    from .commands import LITE_DEFAULTS
+    from .config import build_config, parse_overrides
+    from .lite import LiteStage
+
+    from .checkpoints import latest_checkpoint
+    from .config import TrainConfig
+
+    minutes = args.minutes if args.minutes is not None else (None if args.steps else DEFAULT_MINUTES)
+    run = work / "lite"
+    found = latest_checkpoint(run)
+    # a re-run continues the run with the settings it started with; options given again still apply
+    stored = dict(found[1]["config"]) if found is not None else {}
+    overrides = {**LITE_DEFAULTS, "model": "hyperlips-lite", "val_samples": 1 << 20, "max_steps": 10_000_000,
+                 "init": args.checkpoint, **stored,
+                 "data": str(data), "out": str(run), "device": args.device, "progress": not args.quiet,
+                 "progress_file": str(work / "progress.json")}
+    if minutes is not None:
+        train_s = minutes * 60.0 - float(state.get("prep_seconds", 0.0)) - RESERVE_S
+        if train_s < 30:
+            raise UserError(f"--minutes {minutes:g}: preprocessing took {state.get('prep_seconds', 0):.0f} s, which "
+                            "leaves too little time to train; give more minutes")
+        overrides["max_minutes"] = train_s / 60.0
+    for key in ("steps", "batch_size", "lr", "amp", "workers"):
+        v = getattr(args, key)
+        if v is not None:
+            overrides["max_steps" if key == "steps" else key] = v
+    overrides.update(parse_overrides(args.set))
+    cfg = TrainConfig.from_dict(overrides) if stored else build_config("base", overrides=overrides)
+    res = _train(LiteStage, cfg, args.quiet)
+    gain = _publish_lite(res.best or res.model, args.output, data)
+    _report(args, work, res)
+    print(f"mouth-shape gain {gain:.2f} (the spread of predicted mouths on the held-out part matched to the real ones)")
+    print(f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint {args.output}")
+    return 0
+
+
+def held_out_curve(run: Path) -> list[dict]:
+    """The run's validations (``scalars.jsonl`` rows with held-out figures), in order."""
+    path = run / "scalars.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "val/opening_r" in row:
+                rows.append(row)
+    return rows
+
+
+def _report(args: argparse.Namespace, work: Path, res) -> None:
+    """The held-out figures of the kept checkpoint."""
+    vals = held_out_curve(work / "lite")
+    minutes = res.seconds / 60.0
+    if not vals:
+        print(f"trained HyperLips-Lite for {res.step} steps ({minutes:.1f} min this run): {args.output}")
+        return
+    best = min(vals, key=lambda r: r.get("val/opening_err", 2.0))
+    print(f"trained HyperLips-Lite for {res.step} steps ({minutes:.1f} min this run); kept step {best['step']}: "
+          f"held-out mouth-opening r {best['val/opening_r']:.3f} (predicted shapes {best.get('val/shape_r', math.nan):.3f}), "
+          f"mouth L1 {best.get('val/mouth_l1', math.nan):.4f}, lower-face PSNR {best.get('val/lower_psnr', math.nan):.2f} dB: "
+          f"{args.output}")
+    print(f"held-out preview: {work / 'lite' / 'preview.png'}")
+
+
+def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
+    from .base import BaseStage
+    from .config import build_config, parse_overrides
+    from .hr import HRStage
+
+    out = args.output
+    steps = args.steps or 2000
+    extra = parse_overrides(args.set)
+    common = {"data": str(data), "batch_size": args.batch_size or 8, "lr": args.lr or 5e-5, "device": args.device,
+              "workers": 2 if args.workers is None else args.workers, "amp": args.amp, "progress": not args.quiet,
+              "progress_file": str(work / "progress.json"),
+              "max_minutes": args.minutes or 0.0, **extra}
+    every = max(1, min(500, steps // 4))
     cfg = build_config("base", overrides={"val_samples": 32, **common, "out": str(work / "base"),
-                                          "init": args.checkpoint, "expert": args.expert, "max_steps": args.steps,
+                                          "init": args.checkpoint, "expert": args.expert, "max_steps": steps,
                                           "val_every": every, "ckpt_every": every})
-    res = _train("base", cfg, args.quiet)
+    res = _train(BaseStage, cfg, args.quiet)
     _publish(res.best or res.model, out, "hyperlips-base")
     print(f"fine-tuned HyperLips-Base ({res.step} steps, held-out mouth L1 "
           f"{res.metrics.get('val/mouth_l1', float('nan')):.4f}): {out}")
@@ -126,9 +261,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         hr_every = max(1, min(500, args.hr_steps // 4))
         cfg = build_config("hr", overrides={"val_samples": 32, **common, "out": str(work / f"hr{args.hr_size}"),
                                             "base": str(out), "init": args.hr_checkpoint, "hr_size": args.hr_size,
-                                            "max_steps": args.hr_steps, "val_every": hr_every,
+                                            "max_steps": args.hr_steps, "val_every": hr_every, "max_minutes": 0.0,
                                             "ckpt_every": hr_every})
-        res = _train("hr", cfg, args.quiet)
+        res = _train(HRStage, cfg, args.quiet)
         hr_out = _hr_path(out, args.hr_size)
         _publish(res.best or res.model, hr_out, f"hyperlips-hr-{args.hr_size}")
         print(f"trained the HR decoder ({args.hr_size} px, {res.step} steps): {hr_out}")
@@ -137,3 +272,12 @@ def run_finetune(args: argparse.Namespace) -> int:
         cmd += f" --hr-checkpoint {hr_out}"
     print(f"use it with: {cmd}")
     return 0
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    _check_args(args)
+    work = args.work or args.output.with_name(args.output.stem + ".work")
+    data, state = _prepare(args, work)
+    if args.model == "lite":
+        return _lite(args, work, data, state)
+    return _base(args, work, data)

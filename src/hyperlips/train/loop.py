@@ -1,15 +1,13 @@
-"""The one training loop shared by the three stages (sync expert, HyperLips-Base, HR decoder).
+"""The one training loop shared by every stage (sync expert, HyperLips-Base, HR decoder, HyperLips-Lite).
 
-What it does for every stage: configuration (defaults < stage defaults < YAML file < command line), one process
-per GPU under ``torchrun`` (PyTorch DDP; NCCL on GPU, gloo on CPU), AMP on GPU, gradient clipping, a finiteness
-check on every loss that stops the run with a message (before anything is written), periodic validation, logging
-(TensorBoard when installed, always ``scalars.jsonl`` and PNG image grids), and checkpoints.
+What it does for every stage: one process per GPU under ``torchrun`` (:mod:`.distributed`), AMP, gradient
+clipping, a finiteness check on every loss that stops the run with a message (before anything is written),
+periodic validation, logging (:mod:`.runlog`), checkpoints (:mod:`.checkpoints`) and an optional wall-clock budget.
 
 Checkpoints (``RUN/checkpoints/step_<n>.pt``) hold the whole training state: weights, optimisers, the AMP scaler,
-every rank's RNG states, the step and the data position. They are written to a temporary file that is fsynced and
-renamed, so a run killed while writing keeps its previous checkpoint; the last ``keep_last`` are kept, plus
-``best.pt`` (best validation metric). The trained network itself is also exported after each checkpoint as
-``RUN/model.safetensors`` (and ``RUN/best.safetensors``), which ``hyperlips sync`` loads directly.
+every rank's RNG states, the step and the data position; the last ``keep_last`` are kept, plus ``best.pt`` (best
+validation metric). The trained network itself is also exported after each checkpoint as ``RUN/model.safetensors``
+(and ``RUN/best.safetensors``), which ``hyperlips sync`` loads directly.
 
 Exact resume: data sampling is a pure function of (seed, sample number) (:mod:`hyperlips.data.datasets`), so a
 resumed run reads exactly the batches the uninterrupted run would have read; with the RNG states and optimiser
@@ -19,15 +17,12 @@ state restored, the losses at step k+m match the uninterrupted run (bit for bit 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
-import random
-import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -36,269 +31,24 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..models.checkpoint import TRAIN_CKPT_FORMAT
-
-CKPT_DIR = "checkpoints"
-CKPT_FORMAT = TRAIN_CKPT_FORMAT
-CKPT_VERSION = 1
-_STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+from .checkpoints import (
+    CKPT_DIR,
+    CKPT_FORMAT,
+    CKPT_VERSION,
+    atomic_save,
+    clean_temporaries,
+    latest_checkpoint,
+    link_or_copy,
+    list_checkpoints,
+    read_checkpoint,
+)
+from .config import TrainConfig
+from .distributed import Dist, rng_state, seed_everything, set_rng_state, setup_distributed
+from .runlog import RunLog
 
 
 class TrainingDiverged(UserError):
     """A loss became NaN or infinite: the run stops before writing anything from the broken state."""
-
-
-# ---------------------------------------------------------------------------------------------- configuration
-@dataclass
-class TrainConfig:
-    """Every training setting. Stage defaults (``STAGE_DEFAULTS``) override these; a YAML file overrides those;
-    command-line options override everything. Stored in every checkpoint and in ``RUN/config.yaml``."""
-
-    stage: str = "base"  # sync | base | hr
-    data: str = ""  # preprocessed dataset folder (hyperlips preprocess)
-    out: str = ""  # run folder: checkpoints, logs, exported model
-    # starting points
-    init: str | None = None  # weights to start the trained network from (any checkpoint hyperlips loads)
-    expert: str | None = None  # base: the sync expert checkpoint (no expert: no sync loss, with a warning)
-    base: str | None = None  # hr: the trained HyperLips-Base checkpoint that renders the HR inputs
-    hr_size: int = 128  # hr: output size 128, 256 or 512
-    # optimisation
-    batch_size: int = 8  # windows (sync/base) or frames (hr) per process per step
-    lr: float = 1e-4
-    disc_lr: float = 5e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    max_steps: int = 100_000
-    grad_clip: float = 1.0  # max gradient norm per network; 0 = off
-    bn_batches: int = 0  # re-estimate BatchNorm running statistics on this many training batches before every
-    # validation and checkpoint (0 = off; the sync stage's default is 8, see Trainer._recalibrate_bn)
-    amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | on (fp16, CUDA) | bf16 (CPU or CUDA) | off
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: the local rank's GPU)
-    seed: int = 0
-    workers: int = 2  # DataLoader worker processes per training process
-    threads: int = 0  # CPU threads for torch (0: torch's default)
-    # losses
-    sync_weight: float = 0.03  # base: weight of the sync-expert loss (reference §6.2)
-    disc_weight: float = 0.2  # base: weight of the adversarial loss; L1 gets 1 - sync - disc
-    adv_weight: float = 1.0  # hr: relativistic GAN
-    perceptual_weight: float = 1.0  # hr: VGG19 (fallback: discriminator feature matching + SSIM)
-    l1_weight: float = 1.0  # hr: whole-image L1
-    lip_l1_weight: float = 1.0  # hr: L1 on the lip box
-    lip_lpips_weight: float = 1.0  # hr: LPIPS on the lip box (fallback: SSIM)
-    vgg19_weights: str | None = None  # path to vgg19-dcbb9e9d.pth (default: the torch hub cache)
-    lpips_heads: str | None = None  # path to LPIPS vgg.pth v0.1 heads (default: lpips package / hub cache)
-    vgg16_weights: str | None = None  # path to vgg16-397923af.pth for LPIPS (default: the torch hub cache)
-    # sync expert sampling
-    min_shift: int = 3  # sync: off-sync training pairs are shifted by at least this many frames
-    val_min_shift: int = 5  # sync: off-sync validation pairs are shifted by at least this many frames
-    flip: float = 0.5  # sync: probability of mirroring a training window
-    # bookkeeping
-    log_every: int = 10
-    image_every: int = 500
-    val_every: int = 1000
-    val_samples: int = 256
-    val_at_start: bool = False  # also validate before the first step of a fresh run (the starting point)
-    ckpt_every: int = 1000
-    keep_last: int = 3
-    best_metric: str = ""  # metric that picks best.pt ("" = the stage's default)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"unknown training setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        cfg = cls()
-        for k, v in d.items():
-            setattr(cfg, k, _coerce(k, v))
-        return cfg
-
-    def replace(self, **kw) -> "TrainConfig":
-        d = self.to_dict()
-        d.update(kw)
-        return TrainConfig.from_dict(d)
-
-
-STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sync": {"batch_size": 64, "lr": 1e-4, "betas": (0.9, 0.999), "val_every": 1000, "bn_batches": 8},
-    "base": {"batch_size": 28, "lr": 1e-4, "disc_lr": 5e-4, "betas": (0.5, 0.999), "val_every": 1000},
-    "hr": {"batch_size": 28, "lr": 1e-4, "disc_lr": 5e-4, "betas": (0.5, 0.999), "ckpt_every": 3000,
-           "val_every": 3000},
-}
-
-
-def _field_types() -> dict[str, Any]:
-    return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Convert a YAML/CLI value to the field's type (strings like '1e-4' become numbers), or raise UserError."""
-    kind = str(_field_types()[name])
-    try:
-        if value is None:
-            if "None" in kind:
-                return None
-            raise ValueError("may not be empty")
-        if name == "betas":
-            if isinstance(value, str):
-                value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-            b = tuple(float(v) for v in value)
-            if len(b) != 2:
-                raise ValueError("needs two numbers")
-            return b
-        if kind.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError("must be a whole number")
-            return int(float(value)) if isinstance(value, str) else int(value)
-        if kind.startswith("bool"):
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError("must be true or false")
-            return bool(value)
-        if kind.startswith("float"):
-            return float(value)
-        if kind.startswith("str"):
-            return None if ("None" in kind and str(value).lower() in ("", "none", "null")) else str(value)
-        return value
-    except (TypeError, ValueError) as e:
-        raise UserError(f"training setting {name}={value!r}: {e}") from None
-
-
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML file of settings (a mapping), checked against :class:`TrainConfig`'s fields."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
-    try:
-        d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{p}: a training config must be a mapping of setting: value")
-    TrainConfig.from_dict(d)  # unknown names fail here, with the file named by the caller
-    return d
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["lr=1e-4", "amp=off"]`` -> dict (values parsed as YAML scalars)."""
-    import yaml
-
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise UserError(f"--set expects NAME=VALUE, got {it!r}")
-        k, v = it.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v) if v.strip() else None
-    return out
-
-
-def build_config(stage: str, file: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Defaults, then the stage's defaults, then the YAML file, then ``overrides`` (None values are ignored)."""
-    d: dict[str, Any] = {"stage": stage, **STAGE_DEFAULTS.get(stage, {})}
-    if file is not None:
-        d.update(load_config(file))
-        d["stage"] = stage
-    d.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return TrainConfig.from_dict(d)
-
-
-# ---------------------------------------------------------------------------------------------- distributed
-@dataclass
-class Dist:
-    """This process's place in the run: rank, world size, device; ``enabled`` under torchrun with >1 process."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    enabled: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
-    def all_true(self, flag: bool) -> bool:
-        """True on every rank only if ``flag`` is true on every rank (a collective call)."""
-        if not self.enabled:
-            return bool(flag)
-        t = torch.tensor([0.0 if flag else 1.0], device=self.device)
-        torch.distributed.all_reduce(t)
-        return t.item() == 0.0
-
-    def gather(self, obj: Any) -> list[Any]:
-        if not self.enabled:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def broadcast(self, obj: Any) -> Any:
-        if not self.enabled:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-
-def setup_distributed(device: str = "auto") -> Dist:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, gloo on CPU) and pick the device."""
-    from ..pipeline import resolve_device
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", local)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-    return Dist(rank=rank, world=world, local_rank=local, device=dev, enabled=world > 1)
-
-
-def teardown_distributed(dist: Dist) -> None:
-    if dist.enabled and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------------------------- RNG state
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states as plain types and tensors (loadable with ``weights_only=True``)."""
-    np_state = np.random.get_state()
-    state = {
-        "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
-        "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[-2], tuple(int(v) for v in py[:-2]), py[-1]))
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), int(n[2]), int(n[3]), float(n[4])))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype, Any]:
@@ -320,179 +70,6 @@ def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype, Any
     if fp16 and device.type != "cuda":
         raise UserError("--amp on (fp16) needs a CUDA GPU; on a CPU use --amp bf16 or --amp off")
     return fp16, torch.float16, (torch.amp.GradScaler("cuda") if fp16 else None)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed & 0xFFFFFFFF)
-    torch.manual_seed(seed)
-
-
-# ---------------------------------------------------------------------------------------------- checkpoint files
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj: Any, path: Path, save: Callable[[Any, Any], None] = torch.save) -> None:
-    """Write ``obj`` to a temporary file in ``path``'s folder, fsync it, rename it to ``path``, fsync the folder.
-
-    If anything fails (or the process is killed) before the rename, ``path`` keeps its old content (or stays
-    absent) and the temporary file is removed (or, after a kill, ignored and cleaned on the next start)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` the same file as ``src`` (a hard link; a copy where links are not possible), atomically."""
-    import shutil
-
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
-
-
-def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the run's ``step_*.pt`` files, oldest first."""
-    d = run / CKPT_DIR
-    if not d.is_dir():
-        return []
-    out = []
-    for p in d.iterdir():
-        m = _STEP_RE.match(p.name)
-        if m:
-            out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means "not a usable checkpoint"
-        raise UserError(f"{path}: unreadable training checkpoint ({' '.join(str(e).split())[:160]})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
-        raise UserError(f"{path}: not a hyperlips training checkpoint")
-    return ck
-
-
-def latest_checkpoint(run: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable checkpoint of a run (an unreadable newest one is reported and passed over)."""
-    for step, path in reversed(list_checkpoints(run)):
-        try:
-            return path, read_checkpoint(path)
-        except UserError as e:
-            print(f"hyperlips train: skipping {e}", file=sys.stderr)
-    return None
-
-
-def clean_temporaries(run: Path) -> None:
-    d = run / CKPT_DIR
-    if d.is_dir():
-        for p in d.glob(".*.tmp-*"):
-            with contextlib.suppress(OSError):
-                p.unlink()
-
-
-# ---------------------------------------------------------------------------------------------- logging
-class RunLog:
-    """Scalars to ``scalars.jsonl`` (always) and TensorBoard (when installed); image grids as PNG files
-    under ``images/`` (always) and in TensorBoard. Only rank 0 writes."""
-
-    _said_no_tb = False
-
-    def __init__(self, run: Path, enabled: bool):
-        self.run = run
-        self.enabled = enabled
-        self.tb = None
-        if not enabled:
-            return
-        run.mkdir(parents=True, exist_ok=True)
-        self._scalars = open(run / "scalars.jsonl", "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(log_dir=str(run / "tb"))
-        except ImportError:
-            if not RunLog._said_no_tb:
-                RunLog._said_no_tb = True
-                print("hyperlips train: tensorboard is not installed, so scalars go to scalars.jsonl and image grids "
-                      "to images/*.png in the run folder (pip install tensorboard for TensorBoard)", file=sys.stderr)
-
-    def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        if not self.enabled:
-            return
-        rec = {"step": int(step), "time": round(time.time(), 3), **{k: float(v) for k, v in values.items()}}
-        self._scalars.write(json.dumps(rec) + "\n")
-        self._scalars.flush()
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(k, float(v), step)
-
-    def image(self, step: int, tag: str, grid_bgr: np.ndarray) -> None:
-        if not self.enabled:
-            return
-        import cv2
-
-        d = self.run / "images"
-        d.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(d / f"step_{step:09d}_{tag.replace('/', '_')}.png"), grid_bgr)
-        if self.tb is not None:
-            self.tb.add_image(tag, np.ascontiguousarray(grid_bgr[:, :, ::-1]), step, dataformats="HWC")
-
-    def close(self) -> None:
-        if self.enabled:
-            self._scalars.close()
-            if self.tb is not None:
-                self.tb.close()
-
-
-def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
-    """Rows of (H, W, 3) uint8 BGR images (all the same size) -> one grid image."""
-    h, w = rows[0][0].shape[:2]
-    n_cols = max(len(r) for r in rows)
-    grid = np.full((len(rows) * (h + pad) + pad, n_cols * (w + pad) + pad, 3), 255, np.uint8)
-    for i, r in enumerate(rows):
-        for j, img in enumerate(r):
-            if img.ndim == 2:
-                img = np.repeat(img[:, :, None], 3, axis=2)
-            if img.shape[:2] != (h, w):
-                import cv2
-
-                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            grid[y : y + h, x : x + w] = img
-    return grid
-
-
-def to_images(t: Tensor) -> list[np.ndarray]:
-    """(N, C, H, W) float in [0, 1] -> N (H, W, C) uint8 images, rounded."""
-    a = t.detach().float().clamp(0, 1).mul(255).round().to("cpu").numpy().astype(np.uint8)
-    return [np.ascontiguousarray(x.transpose(1, 2, 0)) for x in a]
 
 
 # ---------------------------------------------------------------------------------------------- the stage interface
@@ -538,6 +115,11 @@ class Stage:
 
     def images(self, batch: dict[str, Tensor]) -> np.ndarray:
         raise NotImplementedError
+
+    def preview(self) -> np.ndarray | None:
+        """An image of the network on fixed held-out samples, saved as ``RUN/preview.png`` at every validation
+        (None: the stage has none)."""
+        return None
 
     def bn_module(self) -> nn.Module | None:
         """The network whose BatchNorm statistics ``bn_batches`` re-estimates (None: not supported)."""
@@ -607,6 +189,102 @@ class Context:
         return float(norm)
 
 
+# ---------------------------------------------------------------------------------------------- schedule and progress
+class LRSchedule:
+    """Sets every optimiser's learning rates to ``factor x`` their initial values each step: a linear warm-up over
+    ``warmup_steps``, then constant, or (``lr_schedule: cosine``) a cosine decay to 10% at the planned last step
+    (``max_steps``, or what the time budget allows once planned)."""
+
+    def __init__(self, optimizers: Mapping[str, torch.optim.Optimizer], cfg: TrainConfig):
+        if cfg.lr_schedule not in ("constant", "cosine"):
+            raise UserError(f"lr_schedule must be constant or cosine (got {cfg.lr_schedule!r})")
+        self.cfg = cfg
+        self.groups = [(g, float(g.get("initial_lr", g["lr"]))) for o in optimizers.values() for g in o.param_groups]
+        for g, lr in self.groups:
+            g["initial_lr"] = lr
+        self.factor = 1.0
+
+    def apply(self, step: int, planned: int | None) -> None:
+        cfg = self.cfg
+        f = 1.0
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            f = (step + 1) / cfg.warmup_steps
+        elif cfg.lr_schedule == "cosine":
+            total = min(int(cfg.max_steps), int(planned)) if planned is not None else (
+                int(cfg.max_steps) if not cfg.max_minutes else None)
+            if total is not None and total > cfg.warmup_steps:
+                t = min(1.0, (step - cfg.warmup_steps) / (total - cfg.warmup_steps))
+                f = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+        self.factor = f
+        for g, lr in self.groups:
+            g["lr"] = lr * f
+
+
+class Progress:
+    """A progress bar (``progress: true``) over the steps, or over the wall-clock budget when there is one, with
+    the latest losses and validation figures; and the JSON status file ``progress_file`` for other tools."""
+
+    def __init__(self, trainer: "Trainer", budget: float):
+        self.t = trainer
+        self.budget = budget
+        self.bar = None
+        self.last_write = 0.0
+        if trainer.dist.main and trainer.cfg.progress and not trainer.quiet:
+            from tqdm import tqdm
+
+            total = int(round(budget)) if budget else trainer.max_steps()
+            self.bar = tqdm(total=total, unit="s" if budget else "step", desc=f"train {trainer.stage.name}",
+                            file=sys.stderr, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                            "[{elapsed}<{remaining}{postfix}]")
+
+    def fraction(self, step: int) -> float:
+        if self.budget:
+            by_time = self.t.elapsed / self.budget
+            by_steps = step / max(1, self.t.max_steps())
+            return float(min(1.0, max(by_time, by_steps)))
+        return float(min(1.0, step / max(1, self.t.max_steps())))
+
+    def eta(self, step: int) -> float | None:
+        frac = self.fraction(step)
+        return self.t.elapsed * (1 - frac) / frac if frac > 0 else None
+
+    def update(self, step: int, losses: Mapping[str, float], metrics: Mapping[str, float], force: bool = False) -> None:
+        if not self.t.dist.main:
+            return
+        if self.bar is not None:
+            target = int(min(self.bar.total, round(self.t.elapsed))) if self.budget else step
+            shown = {"step": step, **{k: f"{v:.3g}" for k, v in list(losses.items())[:2]}}
+            for k in ("val/opening_r", "val/mouth_l1"):
+                if k in metrics:
+                    shown[k.split("/", 1)[1]] = f"{metrics[k]:.3f}"
+            self.bar.set_postfix(shown, refresh=False)
+            self.bar.update(max(0, target - self.bar.n))
+        now = time.perf_counter()
+        if self.t.cfg.progress_file and (force or now - self.last_write > 2.0):
+            self.last_write = now
+            self.write(step, metrics)
+
+    def write(self, step: int, metrics: Mapping[str, float], done: bool = False) -> None:
+        path = Path(self.t.cfg.progress_file)
+        preview = self.t.run / "preview.png"
+        status = {"stage": self.t.stage.name, "step": int(step), "max_steps": self.t.max_steps(),
+                  "elapsed_s": round(self.t.elapsed, 1), "eta_s": None if done else self.eta(step),
+                  "fraction": 1.0 if done else round(self.fraction(step), 4), "done": done,
+                  "val": {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()},
+                  "preview": str(preview) if preview.exists() else None}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(status, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def close(self, step: int, metrics: Mapping[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.update(max(0, self.bar.total - self.bar.n) if self.budget and self.t.elapsed >= self.budget else 0)
+            self.bar.close()
+        if self.t.dist.main and self.t.cfg.progress_file:
+            self.write(step, metrics, done=True)
+
+
 # ---------------------------------------------------------------------------------------------- the loop
 def _infinite(loader) -> Iterator:
     while True:
@@ -642,10 +320,52 @@ class Trainer:
         self.run = Path(cfg.out)
         self.history: list[dict[str, float]] = []
         self.on_step: Callable[[int, dict[str, float]], None] | None = None  # test hook
+        self.elapsed = 0.0  # training wall time of the run so far, across resumes (seconds)
+        self.planned_steps: int | None = None  # steps the wall-clock budget allows (fixed once, then stored)
 
     def say(self, msg: str) -> None:
         if self.dist.main and not self.quiet:
             print(f"hyperlips train: {msg}", file=sys.stderr, flush=True)
+
+    def max_steps(self) -> int:
+        """The step the run stops at: ``max_steps``, or fewer when the time budget allows fewer (planned)."""
+        if self.planned_steps is not None:
+            return min(int(self.cfg.max_steps), int(self.planned_steps))
+        return int(self.cfg.max_steps)
+
+    def _plan(self, step: int, val_seconds: float, budget: float) -> None:
+        """With a time budget, fix at every validation the step the run ends at, from the speed measured since the
+        last plan (validations included), so the whole budget is used whatever else the machine is doing; the
+        learning-rate schedule decays over it. The plan is stored in checkpoints: a resumed run continues with
+        it until its own next validation re-plans from its own speed."""
+        if not budget or step < 1:
+            return
+        ref_step, ref_elapsed = self._plan_ref
+        if step <= ref_step:
+            return
+        per_step = max(self.elapsed - ref_elapsed - val_seconds, 1e-6) / (step - ref_step)
+        self._plan_ref = (step, self.elapsed)
+        left = budget - self.elapsed
+        every = max(1, self.cfg.val_every or self.cfg.max_steps)
+        steps_left = int(left / (per_step + val_seconds / every)) if left > 0 else 0
+        first = self.planned_steps is None
+        self.planned_steps = int(self.dist.broadcast(step + max(0, int(0.98 * steps_left))))
+        if first:
+            self.say(f"time budget {self.cfg.max_minutes:g} min: {per_step:.2f} s/step, {val_seconds:.1f} s/validation "
+                     f"-> planning {self.planned_steps} steps (re-planned at every validation)")
+
+    def _preview(self, stage: Stage, step: int, log: RunLog) -> None:
+        if not self.dist.main:
+            return
+        img = stage.preview()
+        if img is None:
+            return
+        import cv2
+
+        log.image(step, "preview", img)
+        tmp = self.run / ".preview.tmp.png"
+        if cv2.imwrite(str(tmp), img):
+            os.replace(tmp, self.run / "preview.png")
 
     # -- checkpoints
     def _state(self, stage: Stage, step: int, best: dict[str, Any]) -> dict[str, Any]:
@@ -662,6 +382,7 @@ class Trainer:
             "rng": rngs,
             "data": {"samples_per_rank": int(step) * self.cfg.batch_size, "world": self.dist.world},
             "best": dict(best),
+            "clock": {"elapsed_s": float(self.elapsed), "planned_steps": self.planned_steps},
         }
 
     def _check_weights(self, stage: Stage, step: int) -> None:
@@ -681,8 +402,8 @@ class Trainer:
             atomic_save(state, path)
             self._export(stage, self.run / "model.safetensors", step)
             if is_best:
-                _link_or_copy(path, self.run / CKPT_DIR / "best.pt")
-                _link_or_copy(self.run / "model.safetensors", self.run / "best.safetensors")
+                link_or_copy(path, self.run / CKPT_DIR / "best.pt")
+                link_or_copy(self.run / "model.safetensors", self.run / "best.safetensors")
             for _, old in list_checkpoints(self.run)[: -max(1, self.cfg.keep_last)]:
                 with contextlib.suppress(OSError):
                     old.unlink()
@@ -701,12 +422,20 @@ class Trainer:
     def _restore(self, stage: Stage, ck: dict[str, Any]) -> None:
         if ck.get("stage") != stage.name:
             raise UserError(f"{self.run}: the checkpoint is from `train {ck.get('stage')}`, not `train {stage.name}`")
-        for k, m in stage.modules().items():
-            m.load_state_dict(ck["models"][k])
-        for k, o in stage.optimizers().items():
-            o.load_state_dict(ck["optimizers"][k])
+        try:
+            for k, m in stage.modules().items():
+                m.load_state_dict(ck["models"][k])
+            for k, o in stage.optimizers().items():
+                o.load_state_dict(ck["optimizers"][k])
+        except (KeyError, RuntimeError, ValueError) as e:
+            first = " ".join(str(e).split())[:200]
+            raise UserError(f"{self.run}: its checkpoint does not fit the network being trained ({first}); resume it "
+                            "with the settings it was started with, or train into a new --out folder") from None
         if self.ctx.scaler is not None and ck.get("scaler"):
             self.ctx.scaler.load_state_dict(ck["scaler"])
+        clock = ck.get("clock") or {}
+        self.elapsed = float(clock.get("elapsed_s", 0.0))
+        self.planned_steps = clock.get("planned_steps")
         rngs = ck.get("rng") or []
         if len(rngs) == self.dist.world:
             set_rng_state(rngs[self.dist.rank])
@@ -849,22 +578,37 @@ class Trainer:
         batches = _infinite(loader)
         for m in stage.modules().values():
             m.train()
+        schedule = LRSchedule(stage.optimizers(), cfg)
+        budget = float(cfg.max_minutes) * 60.0 if cfg.max_minutes else 0.0
+        progress = Progress(self, budget)
         metrics: dict[str, float] = {}
         t0 = time.perf_counter()
+        elapsed0 = self.elapsed
+        self._plan_ref = (start, elapsed0)
         t_log, n_log = t0, 0
         step = start
         done_steps = 0
         last_saved = start if start > 0 else None
         image_batch = None
-        if step >= cfg.max_steps:
-            self.say(f"already at step {step} (max_steps {cfg.max_steps}): nothing to do")
+        losses: dict[str, float] = {}
+
+        def out_of_time() -> bool:
+            self.elapsed = elapsed0 + time.perf_counter() - t0
+            return bool(budget) and self.dist.all_true(self.elapsed >= budget)
+
+        if step >= self.max_steps():
+            self.say(f"already at step {step} (max_steps {self.max_steps()}): nothing to do")
+        elif budget and self.elapsed >= budget:
+            self.say(f"the time budget ({cfg.max_minutes:g} min) is already spent at step {step}: nothing to do")
         elif step == 0 and cfg.val_at_start:
             self._recalibrate_bn(stage, step)
             metrics = self._validate(stage)
             if metrics:
                 log.scalars(0, metrics)
                 self.say("validation before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        while step < cfg.max_steps:
+        stop = step >= self.max_steps() or (budget and self.elapsed >= budget)
+        while not stop:
+            schedule.apply(step, self.planned_steps)
             batch = _to_device(next(batches), self.dist.device)
             if image_batch is None and self.dist.main:
                 image_batch = {k: v[:4] for k, v in batch.items()}
@@ -878,36 +622,48 @@ class Trainer:
             self.history.append(rec)
             if self.on_step is not None:
                 self.on_step(step, losses)
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            timed_out = out_of_time()
+            last = step >= self.max_steps() or timed_out
+            if step % cfg.log_every == 0 or last:
                 now = time.perf_counter()
                 sps = n_log * cfg.batch_size * self.dist.world / max(now - t_log, 1e-9)
                 t_log, n_log = now, 0
-                log.scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, "train/samples_per_s": sps})
-                if self.dist.main and not self.quiet:
+                log.scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, "train/samples_per_s": sps,
+                                   "train/lr": schedule.factor * cfg.lr, "train/elapsed_s": self.elapsed,
+                                   **({"train/planned_steps": self.planned_steps} if self.planned_steps else {})})
+                if self.dist.main and not self.quiet and not cfg.progress:
                     parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
-                    print(f"step {step}/{cfg.max_steps} {parts} ({sps:.2f} samples/s)", file=sys.stderr, flush=True)
+                    print(f"step {step}/{self.max_steps()} {parts} ({sps:.2f} samples/s)", file=sys.stderr, flush=True)
+            progress.update(step, losses, metrics)
             if self.dist.main and cfg.image_every and (step % cfg.image_every == 0 or step == 1):
                 with torch.no_grad():
                     log.image(step, "train", stage.images(image_batch))
             is_best = False
-            validate = bool(cfg.val_every) and (step % cfg.val_every == 0 or step == cfg.max_steps)
-            if validate or step % cfg.ckpt_every == 0 or step == cfg.max_steps:
+            validate = bool(cfg.val_every) and (step % cfg.val_every == 0 or last)
+            if validate or step % cfg.ckpt_every == 0 or last:
                 self._recalibrate_bn(stage, step)  # eval-mode statistics that match the weights validated/saved
             if validate:
+                t_val = time.perf_counter()
                 metrics = self._validate(stage)
                 if metrics:
                     log.scalars(step, metrics)
-                    self.say("validation at step %d: %s" % (step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())))
+                    if not cfg.progress:
+                        self.say("validation at step %d: %s" % (step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())))
                     key = best["metric"]
                     v = metrics.get(key)
                     if v is not None and math.isfinite(v) and (best["value"] is None or v < best["value"]):
                         best = {"metric": key, "value": float(v), "step": step}
                         is_best = True
-            if step % cfg.ckpt_every == 0 or step == cfg.max_steps or is_best:
+                self._preview(stage, step, log)
+                self._plan(step, time.perf_counter() - t_val, budget)
+                progress.update(step, losses, metrics, force=True)
+            if step % cfg.ckpt_every == 0 or last or is_best:
                 self.save(stage, step, best, is_best=is_best)
                 last_saved = step
+            stop = last or out_of_time()
         if last_saved != step and step > 0:
             self.save(stage, step, best)
+        progress.close(step, metrics)
         elapsed = time.perf_counter() - t0
         sps = done_steps * cfg.batch_size * self.dist.world / max(elapsed, 1e-9)
         model = self.run / "model.safetensors"

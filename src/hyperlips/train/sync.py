@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from ..data.datasets import Manifest, SyncDataset
-from .loop import Stage, image_grid
+from .loop import Stage
+from .runlog import image_grid
 from .losses import expert_loss, sync_probability
 
 

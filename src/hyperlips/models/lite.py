@@ -1,0 +1,125 @@
+"""HyperLips-Lite: the compact member of the family (about 0.25 GFLOP per 128 px frame; Base: 5.9).
+
+Same inputs and outputs as HyperLips-Base, so every caller takes either: a mel window and [masked target,
+reference] faces in, a 128 px BGR face out. Inside, the audio encoder says which mouth shape the sound makes
+(standardised lip/jaw landmark offsets, supervised directly in training), a hypernetwork turns that shape into
+per-frame convolutions that edit the face features at every level, and a small U-Net decoder renders the face.
+Width, depth and the audio window are set by :class:`LiteConfig`, which travels inside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import flatten_time, unflatten_time
+from .lite_audio import AudioShapeEncoder
+from .lite_hyper import HyperDepthwiseEdit, ShapeCode
+from .lite_unet import FaceDecoder, FaceEncoder
+
+
+@dataclass(frozen=True)
+class LiteConfig:
+    """The shape of a HyperLips-Lite network (stored in its checkpoint as ``extra``)."""
+
+    widths: tuple[int, int, int, int] = (16, 32, 64, 128)  # encoder channels at 1/2, 1/4, 1/8, 1/16
+    out_width: int = 16  # decoder channels at full resolution
+    audio_width: int = 128
+    audio_members: int = 3  # nets in the audio encoder's ensemble
+    mel_steps: int = 56  # mel frames per window (0.7 s: the encoder's +-0.3 s and a margin), centred on the frame
+    mel_norm: str = "utterance"  # mel normalised per utterance (media.audio.normalise_utterance) before windows
+    n_shape: int = 106  # mouth-shape vector length (face.mouth_shape.N_SHAPE)
+    hyp_dim: int = 64
+    top: float = 0.375  # rows above this fraction of the crop are copied from the input, not generated
+    dropout: float = 0.3  # audio encoder
+    shape_gain: float = 1.0  # predicted shapes are multiplied by this before rendering (set by finetune: the
+    # audio encoder's predictions on unseen speech vary less than real mouths; this restores their spread)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "LiteConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in (d or {}).items() if k in known}
+        if "widths" in kw:
+            kw["widths"] = tuple(int(v) for v in kw["widths"])
+        return cls(**kw)
+
+
+class HyperLipsLite(nn.Module):
+    """Masked + reference face and a mel window in, a 128x128 BGR face in [0, 1] out (as HyperLipsBase).
+
+    Inputs per frame: ``audio`` (1, 80, mel_steps) mel window centred on the frame; ``faces`` (6, 128, 128) =
+    [target with lower half zeroed, reference], BGR in [0, 1]. ``shape`` (n_shape,) overrides the audio encoder's
+    mouth shape (training on the real shapes; driving the mouth from landmarks).
+    """
+
+    IMG_SIZE = 128
+
+    def __init__(self, config: LiteConfig | Mapping[str, Any] | None = None):
+        super().__init__()
+        cfg = config if isinstance(config, LiteConfig) else LiteConfig.from_dict(config)
+        self.config = cfg
+        self.audio_encoder = AudioShapeEncoder(80, cfg.audio_width, cfg.n_shape, cfg.audio_members, cfg.dropout)
+        self.shape_code = ShapeCode(cfg.n_shape, cfg.hyp_dim)
+        self.face_encoder = FaceEncoder(cfg.widths)
+        self.edits = nn.ModuleList(HyperDepthwiseEdit(c, cfg.hyp_dim) for c in cfg.widths)
+        self.decoder = FaceDecoder(cfg.widths, out_width=cfg.out_width, top=cfg.top)
+
+    @property
+    def mel_steps(self) -> int:
+        return self.config.mel_steps
+
+    @property
+    def mel_norm(self) -> str:
+        return self.config.mel_norm
+
+    def decoder_rows(self, height: int = IMG_SIZE) -> int:
+        """How many rows at the bottom of a ``height``-row output are generated (the rest is the input's)."""
+        return height - 4 * self.decoder.top_rows(height // 4)
+
+    def forward(self, audio: Tensor, faces: Tensor, shape: Tensor | None = None) -> Tensor:
+        # audio (N,1,80,S), faces (N,6,128,128) -> (N,3,128,128)
+        # or audio (B,T,1,80,S), faces (B,6,T,128,128) -> (B,3,T,128,128)
+        if faces.dim() == 5:
+            if audio.dim() != 5 or audio.shape[:2] != (faces.shape[0], faces.shape[2]):
+                raise ValueError(f"HyperLipsLite: audio {tuple(audio.shape)} does not match faces {tuple(faces.shape)}")
+            batch = faces.shape[0]
+            s = None if shape is None else flatten_time(shape, 1)
+            out = self.forward_frames(flatten_time(audio, 1), flatten_time(faces, 2), s)
+            return unflatten_time(out, batch, 2)
+        return self.forward_frames(audio, faces, shape)
+
+    def forward_frames(self, audio: Tensor | None, faces: Tensor, shape: Tensor | None = None) -> Tensor:
+        # audio (N,1,80,S) (unused when shape is given), faces (N,6,128,128), shape (N,n_shape) -> (N,3,128,128)
+        if faces.dim() != 4 or faces.shape[1:] != (6, self.IMG_SIZE, self.IMG_SIZE):
+            raise ValueError(f"HyperLipsLite: faces must be (N,6,128,128), got {tuple(faces.shape)}")
+        if shape is None:
+            steps = self.config.mel_steps
+            if audio is None or audio.dim() != 4 or audio.shape[0] != faces.shape[0] or audio.shape[1:] != (1, 80, steps):
+                got = None if audio is None else tuple(audio.shape)
+                raise ValueError(f"HyperLipsLite: audio must be ({faces.shape[0]},1,80,{steps}), got {got}")
+            shape = self.predict_shape(audio)
+        return self.render(faces, shape)
+
+    def predict_shape(self, audio: Tensor) -> Tensor:
+        # audio (N,1,80,S) -> the mouth shape to render (N, n_shape): the audio encoder's, times shape_gain
+        shape = self.audio_encoder(audio)
+        return shape * self.config.shape_gain if self.config.shape_gain != 1.0 else shape
+
+    def render(self, faces: Tensor, shape: Tensor) -> Tensor:
+        # faces (N,6,128,128), shape (N,n_shape) -> (N,3,128,128): rows above `top` copied from the input
+        if shape.shape != (faces.shape[0], self.config.n_shape):
+            raise ValueError(f"HyperLipsLite: shape must be ({faces.shape[0]},{self.config.n_shape}), got {tuple(shape.shape)}")
+        h = self.shape_code(shape.to(faces.dtype))
+        feats = [edit(f, h) for edit, f in zip(self.edits, self.face_encoder(faces))]
+        lower = self.decoder(faces, *feats)  # (N, 3, 128 - r0, 128)
+        r0 = faces.shape[2] - lower.shape[2]
+        return torch.cat([faces[:, :3, :r0].to(lower.dtype), lower], dim=2)

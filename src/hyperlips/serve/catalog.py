@@ -1,0 +1,100 @@
+"""What a job can use: the models (the shipped starter, person models, untrained weights) and the example inputs.
+
+Person models are the files ``hyperlips finetune`` writes, in the server's models folder:
+``NAME.safetensors`` (or ``.pth``) and, when an HR decoder was trained too, ``NAME.hr<size>.safetensors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .settings import ServeSettings
+
+log = logging.getLogger("hyperlips.serve")
+
+MODEL_SUFFIXES = (".safetensors", ".pth")
+_HR = re.compile(r"^(?P<stem>.+)\.hr(?P<size>128|256|512)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+UNTRAINED_ID = "untrained"
+STARTER_ID = "starter"
+
+
+@dataclass
+class ModelChoice:
+    id: str
+    label: str
+    kind: str  # starter | person | untrained
+    checkpoint: Path | None = None  # HyperLips-Base weights (None: random weights)
+    hr: dict[int, Path] = field(default_factory=dict)  # HR decoders by render size
+
+    @property
+    def sizes(self) -> list[int]:
+        if self.kind == UNTRAINED_ID:
+            return [128, 256, 512]
+        return sorted({128, *self.hr})
+
+    def public(self) -> dict:
+        return {"id": self.id, "label": self.label, "kind": self.kind, "sizes": self.sizes}
+
+
+def shipped_starter() -> tuple[Path, dict[int, Path]] | None:
+    """The starter model shipped inside the package: (base weights, HR decoders by size), or None.
+
+    No trained weights are shipped yet. When they are, point this one function at them: the page and the API
+    list the starter first and use it by default.
+    """
+    return None
+
+
+def valid_model_name(name: str) -> bool:
+    return bool(_NAME.match(name)) and not _HR.match(Path(name).stem if name.endswith(MODEL_SUFFIXES) else name)
+
+
+def person_models(folder: Path) -> list[ModelChoice]:
+    """Every model ``hyperlips finetune`` left in ``folder``, with its HR decoders."""
+    if not folder.is_dir():
+        return []
+    bases: dict[str, Path] = {}
+    hrs: dict[str, dict[int, Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix not in MODEL_SUFFIXES or not p.is_file() or p.name.startswith("."):
+            continue
+        m = _HR.match(p.stem)
+        if m:
+            hrs.setdefault(m["stem"], {})[int(m["size"])] = p
+        elif _NAME.match(p.stem):
+            bases.setdefault(p.stem, p)  # .safetensors sorts before .pth: it wins when both exist
+    return [ModelChoice(f"person:{stem}", f"{stem} (person model)", "person", path, hrs.get(stem, {}))
+            for stem, path in sorted(bases.items())]
+
+
+def list_models(settings: ServeSettings) -> list[ModelChoice]:
+    """The choices in the order the page shows them; the first is the default."""
+    out: list[ModelChoice] = []
+    starter = shipped_starter()
+    if starter is not None:
+        out.append(ModelChoice(STARTER_ID, "starter model (shipped)", "starter", starter[0], dict(starter[1])))
+    out.extend(person_models(settings.models))  # type: ignore[arg-type]
+    out.append(ModelChoice(UNTRAINED_ID, "untrained (random weights)", UNTRAINED_ID))
+    return out
+
+
+def find_model(settings: ServeSettings, model_id: str) -> ModelChoice | None:
+    return next((m for m in list_models(settings) if m.id == model_id), None)
+
+
+def prepare_examples(settings: ServeSettings) -> Path:
+    """The examples folder, with the built-in example (a photo and synthesised speech) made once, offline."""
+    folder = settings.data / "examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    if settings.examples and not (folder / "demo_face.png").exists():
+        try:
+            from ..demo import make_demo_inputs
+
+            make_demo_inputs(folder)
+        except Exception as e:  # noqa: BLE001 - the server runs without its example
+            log.warning("the built-in example could not be made: %s", e)
+    return folder

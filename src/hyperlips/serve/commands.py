@@ -1,0 +1,49 @@
+"""``hyperlips serve``: the web page and the HTTP API (see docs/serving.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="a web page and an HTTP API for lip-sync and person-model training",
+                       description="Serve the hyperlips page and API. Listens on localhost only unless --host says "
+                                   "otherwise; jobs wait in a queue that survives a restart.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                   "0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--data", type=Path, help="folder for the queue, uploads and results "
+                   "(default ~/.local/share/hyperlips/serve)")
+    p.add_argument("--models", type=Path, help="folder of person models (default DATA/models); trained ones land here")
+    p.add_argument("--jobs", type=int, default=1, help="jobs that run at the same time (default 1)")
+    p.add_argument("--max-upload-mb", type=float, default=500.0, help="largest uploaded file in MB (500)")
+    p.add_argument("--max-seconds", type=float, default=300.0, help="longest video or speech in seconds (300)")
+    p.add_argument("--max-train-minutes", type=float, default=120.0, help="largest training budget in minutes (120)")
+    p.add_argument("--keep-hours", type=float, default=24.0, help="finished jobs and uploads are deleted after this (24)")
+    p.add_argument("--device", default="auto", help="device of the lip-sync jobs: auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, default=16, help="frames per network batch in lip-sync jobs (16)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per job (0: torch's default)")
+    p.add_argument("--no-examples", action="store_true", help="do not offer the built-in example inputs")
+    p.add_argument("--verbose", action="store_true", help="log every request")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from ..errors import UserError
+    from .server import serve
+    from .settings import ServeSettings, default_data_dir
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0..65535 (got {args.port})")
+    for name in ("jobs", "max_upload_mb", "max_seconds", "max_train_minutes", "keep_hours", "batch_size"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be more than 0 (got {getattr(args, name)})")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    settings = ServeSettings(data=args.data or default_data_dir(), models=args.models, host=args.host, port=args.port,
+                             jobs_at_once=args.jobs, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
+                             max_train_minutes=args.max_train_minutes, keep_hours=args.keep_hours, device=args.device,
+                             batch_size=args.batch_size, threads=args.threads, examples=not args.no_examples)
+    return serve(settings)

@@ -1,0 +1,167 @@
+"""Turning a request into a queued job (every option checked, inputs linked into the job's folder), and a job
+into what the API shows.
+
+A job's folder (``<data>/jobs/<id>/``) holds everything its worker needs: ``job.json`` and the inputs under
+fixed names (``video.<suffix>``, ``audio.<suffix>``), so the uploads may expire while the job waits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from ..schedule import LOOP_MODES
+from .catalog import UNTRAINED_ID, find_model, list_models
+from .runner import job_folder
+from .settings import ServeSettings
+from .store import Store, new_id, valid_id
+from .uploads import UploadError, check_role, link_into
+
+KINDS = ("sync", "finetune")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
+
+
+def _bad(text: str) -> UploadError:
+    return UploadError(text)
+
+
+def _file(store: Store, params: dict, key: str, what: str) -> dict:
+    file_id = params.get(key)
+    if not isinstance(file_id, str) or not file_id:
+        raise _bad(f"no {what} given: upload one (POST /api/files) and pass its id as {key!r}")
+    rec = store.get_file(file_id) if valid_id(file_id) else None
+    if rec is None:
+        raise _bad(f"{key}: no uploaded file has the id {file_id[:40]!r} (uploads are deleted after a while: upload it again)")
+    return rec
+
+
+def _int_or_none(params: dict, key: str, lo: int, hi: int) -> int | None:
+    v = params.get(key)
+    if v is None or v == "":
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).isdigit() or not lo <= int(v) <= hi:
+        raise _bad(f"{key} must be a whole number from {lo} to {hi} (got {v!r})")
+    return int(v)
+
+
+def submit(settings: ServeSettings, store: Store, params: dict) -> dict:
+    """Check ``params`` (the JSON body of ``POST /api/jobs``), prepare the job's folder and queue the job."""
+    if not isinstance(params, dict):
+        raise _bad("the request body must be a JSON object")
+    kind = params.get("kind", "sync")
+    if kind not in KINDS:
+        raise _bad(f"kind must be one of {', '.join(KINDS)} (got {kind!r})")
+    job_id = new_id()
+    folder = job_folder(settings, job_id)
+    folder.mkdir(parents=True)
+    try:
+        job, public = _finetune(settings, store, params, folder) if kind == "finetune" else _sync(settings, store, params, folder)
+        (folder / "job.json").write_text(json.dumps({"kind": kind, **job}, indent=1), encoding="utf-8")
+        return store.add_job(job_id, kind, public)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> tuple[dict, dict]:
+    video = _file(store, params, "video", "video or photo")
+    audio = _file(store, params, "audio", "speech file")
+    check_role(video, "video")
+    check_role(audio, "audio")
+    model_id = params.get("model") or list_models(settings)[0].id
+    model = find_model(settings, str(model_id))
+    if model is None:
+        ids = ", ".join(m.id for m in list_models(settings))
+        raise _bad(f"model: no model {str(model_id)[:80]!r} on this server (choose one of: {ids})")
+    size = params.get("size")
+    if size in (None, ""):
+        size = 128 if model.id == UNTRAINED_ID else max(model.sizes)
+    if not isinstance(size, (int, str)) or str(size) not in {str(s) for s in model.sizes}:
+        raise _bad(f"size: {model.id} renders at {', '.join(map(str, model.sizes))} px (got {size!r})")
+    size = int(size)
+    face = _int_or_none(params, "face", 0, 64)
+    box = params.get("face_box")
+    if box is not None:
+        ok = isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                               for v in box)
+        if not ok or box[2] <= box[0] or box[3] <= box[1]:
+            raise _bad("face_box must be [x1, y1, x2, y2] in pixels with x2 > x1 and y2 > y1")
+        if face is not None:
+            raise _bad("give face or face_box, not both")
+    loop = params.get("loop") or "pingpong"
+    if loop not in LOOP_MODES:
+        raise _bad(f"loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
+    reference = params.get("reference", "best")
+    if not (reference in ("best", "first") or (isinstance(reference, int) and not isinstance(reference, bool)
+                                                and reference >= 0)):
+        raise _bad(f"reference must be best, first or a frame number (got {reference!r})")
+    v_path = link_into(video, settings, folder, "video")
+    a_path = link_into(audio, settings, folder, "audio")
+    hr = model.hr.get(size) if size != 128 else None
+    job = {
+        "video": v_path.name, "audio": a_path.name, "names": {v_path.name: video["name"], a_path.name: audio["name"]},
+        "model": {"checkpoint": str(model.checkpoint) if model.checkpoint else None,
+                  "hr_checkpoint": str(hr) if hr else None, "untrained": model.id == UNTRAINED_ID},
+        "size": size, "face": face, "face_box": box, "loop": loop, "reference": reference,
+        "device": settings.device, "batch_size": settings.batch_size, "threads": settings.threads,
+    }
+    public = {"video": video["id"], "audio": audio["id"], "video_name": video["name"], "audio_name": audio["name"],
+              "model": model.id, "model_label": model.label, "size": size, "face": face, "face_box": box,
+              "loop": loop, "reference": reference}
+    return job, public
+
+
+def _finetune(settings: ServeSettings, store: Store, params: dict, folder: Path) -> tuple[dict, dict]:
+    video = _file(store, params, "video", "video of the person")
+    facts = video["facts"]
+    if facts["is_image"] or not facts["has_video"]:
+        raise _bad(f"{video['name']}: a person model is trained from a video of the person talking "
+                   f"(with their own voice), not from {'a photo' if facts['is_image'] else 'sound alone'}")
+    check_role(video, "audio")
+    name = params.get("name")
+    if not isinstance(name, str) or not _MODEL_NAME.match(name):
+        raise _bad("name: give the model a name of letters, digits, - and _ (at most 48, starting with a letter or digit)")
+    minutes = params.get("minutes", 10)
+    try:
+        minutes = float(minutes)
+    except (TypeError, ValueError):
+        minutes = -1.0
+    if not 0 < minutes <= settings.max_train_minutes:
+        raise _bad(f"minutes: the time budget must be more than 0 and at most {settings.max_train_minutes:g} minutes")
+    start = params.get("start_from")
+    checkpoint = None
+    if start not in (None, "", UNTRAINED_ID):
+        model = find_model(settings, str(start))
+        if model is None:
+            raise _bad(f"start_from: no model {str(start)[:80]!r} on this server")
+        checkpoint = str(model.checkpoint)
+    v_path = link_into(video, settings, folder, "video")
+    job = {"video": v_path.name, "names": {v_path.name: video["name"]}, "minutes": minutes, "checkpoint": checkpoint,
+           "command": list(settings.finetune_command)}
+    public = {"video": video["id"], "video_name": video["name"], "name": name, "minutes": minutes,
+              "start_from": start or None}
+    return job, public
+
+
+def public_job(job: dict) -> dict:
+    """A job as the API shows it: state, stage, progress, the failure reason, and links."""
+    base = f"/api/jobs/{job['id']}"
+    out = {k: job[k] for k in ("id", "kind", "state", "params", "progress", "message", "created", "started",
+                               "finished", "attempts")}
+    out["stage"] = job["progress"].get("stage", job["state"]) if job["state"] == "running" else job["state"]
+    out["fraction"] = 1.0 if job["state"] == "done" else float(job["progress"].get("fraction") or 0.0)
+    if "queue_position" in job:
+        out["queue_position"] = job["queue_position"]
+    out["links"] = {"self": base, "cancel": f"{base}/cancel", "log": f"{base}/log"}
+    if job["kind"] == "finetune":
+        out["links"]["preview"] = f"{base}/preview"
+    result = job.get("result")
+    if job["state"] == "done" and result:
+        out["result"] = dict(result)
+        if job["kind"] == "sync":
+            out["result"]["url"] = f"{base}/result"
+            out["result"]["download_url"] = f"{base}/result?download=1"
+            out["links"]["result"] = f"{base}/result"
+    return out

@@ -1,0 +1,141 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at ``/api/openapi.json``."""
+
+from __future__ import annotations
+
+_ERROR = {"description": "the reason, one line", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_JOB = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
+_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}]
+
+
+def _json(schema: dict, description: str = "OK") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi_document(version: str) -> dict:
+    ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "hyperlips",
+            "version": version,
+            "description": "Lip-sync a video (or photo) to speech, and train person models. Upload the inputs "
+                           "(POST /api/files), submit a job (POST /api/jobs), poll it (GET /api/jobs/{id}), then "
+                           "fetch the result (GET /api/jobs/{id}/result). Jobs wait in a queue that survives a "
+                           "restart of the server.",
+        },
+        "paths": {
+            "/api/health": {"get": {"summary": "the server is up", "responses": {"200": _json({"type": "object"})}}},
+            "/api/info": {"get": {"summary": "version, limits and queue length", "responses": {"200": _json(ref("Info"))}}},
+            "/api/openapi.json": {"get": {"summary": "this document", "responses": {"200": _json({"type": "object"})}}},
+            "/api/models": {"get": {"summary": "models a sync job can use; the first is the default",
+                                    "responses": {"200": _json({"type": "object", "properties": {
+                                        "models": {"type": "array", "items": ref("Model")}}})}}},
+            "/api/examples": {"get": {"summary": "example inputs kept on the server (use their ids like uploads)",
+                                      "responses": {"200": _json({"type": "object", "properties": {
+                                          "files": {"type": "array", "items": ref("File")}}})}}},
+            "/api/files": {"post": {
+                "summary": "upload one file (the raw bytes as the body)",
+                "description": "The name is only displayed; the file is stored under a random id. A file the "
+                               "server cannot read, or longer than the limit, is refused with the reason. Send "
+                               "`Expect: 100-continue` to learn of a size refusal before sending the bytes.",
+                "parameters": [{"name": "name", "in": "query", "required": True, "schema": {"type": "string"},
+                                "description": "the file's name; its extension tells the type (mp4, png, wav, ...)"}],
+                "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {
+                    "type": "string", "format": "binary"}}}},
+                "responses": {"201": _json(ref("File"), "stored"), "400": _ERROR,
+                              "411": _ERROR, "413": _ERROR},
+            }},
+            "/api/files/{id}": {
+                "get": {"summary": "an uploaded file's facts", "parameters": _ID,
+                        "responses": {"200": _json(ref("File")), "404": _ERROR}},
+                "delete": {"summary": "delete an upload", "parameters": _ID,
+                           "responses": {"200": _json({"type": "object"}), "404": _ERROR}},
+            },
+            "/api/jobs": {
+                "post": {"summary": "queue a job", "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"oneOf": [ref("SyncRequest"), ref("FinetuneRequest")]}}}},
+                         "responses": {"201": _JOB, "400": _ERROR}},
+                "get": {"summary": "recent jobs, newest first",
+                        "parameters": [{"name": "kind", "in": "query", "schema": {"enum": ["sync", "finetune"]}},
+                                       {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 500}}],
+                        "responses": {"200": _json({"type": "object", "properties": {
+                            "jobs": {"type": "array", "items": ref("Job")}}})}},
+            },
+            "/api/jobs/{id}": {
+                "get": {"summary": "a job's state and progress", "parameters": _ID,
+                        "responses": {"200": _JOB, "404": _ERROR}},
+                "delete": {"summary": "delete a job and its files (a running job is stopped first)", "parameters": _ID,
+                           "responses": {"200": _json({"type": "object"}), "404": _ERROR}},
+            },
+            "/api/jobs/{id}/cancel": {"post": {"summary": "cancel a queued or running job", "parameters": _ID,
+                                               "responses": {"200": _JOB, "404": _ERROR}}},
+            "/api/jobs/{id}/result": {"get": {
+                "summary": "the synced video (H.264 + AAC MP4); byte ranges are served",
+                "parameters": [*_ID, {"name": "download", "in": "query", "schema": {"type": "string"},
+                                      "description": "1: send as an attachment with a file name"}],
+                "responses": {"200": {"description": "the video", "content": {"video/mp4": {}}},
+                              "206": {"description": "part of the video", "content": {"video/mp4": {}}},
+                              "404": _ERROR, "409": _ERROR}}},
+            "/api/jobs/{id}/preview": {"get": {"summary": "a training job's newest held-out preview image",
+                                               "parameters": _ID, "responses": {
+                                                   "200": {"description": "PNG", "content": {"image/png": {}}},
+                                                   "404": _ERROR}}},
+            "/api/jobs/{id}/log": {"get": {"summary": "the end of the job's worker log (for diagnosing a failure)",
+                                           "parameters": _ID, "responses": {
+                                               "200": {"description": "text", "content": {"text/plain": {}}},
+                                               "404": _ERROR}}},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "Info": {"type": "object", "properties": {
+                "version": {"type": "string"}, "jobs_at_once": {"type": "integer"},
+                "limits": {"type": "object", "properties": {
+                    "max_upload_bytes": {"type": "integer"}, "max_seconds": {"type": "number"},
+                    "max_train_minutes": {"type": "number"}, "keep_hours": {"type": "number"}}},
+                "accepted_suffixes": {"type": "array", "items": {"type": "string"}},
+                "accepted_kinds": {"type": "string"},
+                "queue": {"type": "object", "properties": {"queued": {"type": "integer"}, "running": {"type": "integer"}}}}},
+            "Model": {"type": "object", "properties": {
+                "id": {"type": "string", "examples": ["untrained", "person:anna"]}, "label": {"type": "string"},
+                "kind": {"enum": ["starter", "person", "untrained"]},
+                "sizes": {"type": "array", "items": {"enum": [128, 256, 512]}}}},
+            "File": {"type": "object", "properties": {
+                "id": {"type": "string"}, "name": {"type": "string"}, "size": {"type": "integer"},
+                "example": {"type": "boolean"}, "has_video": {"type": "boolean"}, "has_audio": {"type": "boolean"},
+                "is_image": {"type": "boolean"}, "width": {"type": "integer"}, "height": {"type": "integer"},
+                "video_seconds": {"type": ["number", "null"]}, "audio_seconds": {"type": "number"},
+                "problems": {"type": "object", "description": "why it cannot be the video or the audio of a job",
+                             "properties": {"video": {"type": "string"}, "audio": {"type": "string"}}},
+                "usable_as": {"type": "object", "properties": {"video": {"type": "boolean"},
+                                                               "audio": {"type": "boolean"}}}}},
+            "SyncRequest": {"type": "object", "required": ["video", "audio"], "properties": {
+                "kind": {"const": "sync"},
+                "video": {"type": "string", "description": "file id: the face (a video or a photo)"},
+                "audio": {"type": "string", "description": "file id: the speech (audio, or a video with sound)"},
+                "model": {"type": "string", "description": "a model id from GET /api/models (default: the first)"},
+                "size": {"enum": [128, 256, 512], "description": "mouth render size; default the model's largest"},
+                "face": {"type": ["integer", "null"], "description": "follow face N (0 = leftmost); default the largest"},
+                "face_box": {"type": ["array", "null"], "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+                "loop": {"enum": ["pingpong", "hold"]},
+                "reference": {"description": "best, first or a frame number"}}},
+            "FinetuneRequest": {"type": "object", "required": ["kind", "video", "name"], "properties": {
+                "kind": {"const": "finetune"},
+                "video": {"type": "string", "description": "file id: the person talking, with their own voice"},
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"},
+                "minutes": {"type": "number", "description": "wall-clock training budget (default 10)"},
+                "start_from": {"type": ["string", "null"], "description": "a model id to start from"}}},
+            "Job": {"type": "object", "properties": {
+                "id": {"type": "string"}, "kind": {"enum": ["sync", "finetune"]},
+                "state": {"enum": ["queued", "running", "done", "failed", "cancelled"]},
+                "stage": {"type": "string", "description": "queued, starting, loading, faces, lip-sync, (training "
+                                                           "stages), done, failed or cancelled"},
+                "fraction": {"type": "number", "minimum": 0, "maximum": 1},
+                "progress": {"type": "object", "description": "stage, done, total, elapsed_s, eta_s (and for "
+                                                              "training: step, val, preview)"},
+                "queue_position": {"type": "integer", "description": "jobs ahead of it (queued jobs only)"},
+                "message": {"type": ["string", "null"], "description": "why it failed, one line"},
+                "params": {"type": "object"}, "result": {"type": "object"}, "links": {"type": "object"},
+                "created": {"type": "number"}, "started": {"type": ["number", "null"]},
+                "finished": {"type": ["number", "null"]}}},
+        }},
+    }

@@ -1,0 +1,372 @@
+"""The HTTP routes of the page and the API (standard library ``http.server``, one thread per connection).
+
+Every answer of the API is JSON; an error is ``{"error": "one line"}`` with a 4xx status (5xx only for a bug,
+which is logged and never stops the server). The handler works on the server object it is given
+(:class:`hyperlips.serve.server.App`): its settings, store and scheduler.
+
+Safety: requests must name this server in their ``Host`` header when it listens on a loopback address (a web
+page elsewhere cannot reach it through DNS rebinding), and a request that changes something is refused when
+its ``Origin`` is another site. File names sent by clients are only ever displayed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import re
+from http.server import BaseHTTPRequestHandler
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
+
+from .. import __version__
+from ..errors import UserError
+from . import jobs as jobs_mod
+from .catalog import list_models
+from .openapi import openapi_document
+from .runner import job_folder
+from .settings import LOOPBACK_HOSTS
+from .store import FINISHED, valid_id
+from .uploads import UploadError, check_length, display_name, receive, storage_suffix
+
+log = logging.getLogger("hyperlips.serve")
+STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+          "style.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
+CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; style-src 'self'; script-src 'self'; "
+       "connect-src 'self'; font-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'")
+LOG_TAIL = 20000
+DRAIN_BYTES = 32 << 20  # a refused upload up to this size is read before the answer (clients then see it)
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def handler_for(app) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to ``app`` (the running server)."""
+
+    class Handler(_Handler):
+        pass
+
+    Handler.app = app
+    return Handler
+
+
+_ROUTES: list[tuple[str, re.Pattern, str]] = [
+    (m, re.compile(p), name) for m, p, name in [
+        ("GET", r"^/$", "page"),
+        ("GET", r"^/static/(?P<name>[a-z]+\.[a-z]+)$", "static"),
+        ("GET", r"^/favicon\.ico$", "favicon"),
+        ("GET", r"^/api/health$", "health"),
+        ("GET", r"^/api/info$", "info"),
+        ("GET", r"^/api/openapi\.json$", "openapi"),
+        ("GET", r"^/api/models$", "models"),
+        ("GET", r"^/api/examples$", "examples"),
+        ("POST", r"^/api/files$", "upload"),
+        ("GET", r"^/api/files/(?P<id>[^/]+)$", "file"),
+        ("DELETE", r"^/api/files/(?P<id>[^/]+)$", "delete_file"),
+        ("POST", r"^/api/jobs$", "submit"),
+        ("GET", r"^/api/jobs$", "jobs"),
+        ("GET", r"^/api/jobs/(?P<id>[^/]+)$", "job"),
+        ("DELETE", r"^/api/jobs/(?P<id>[^/]+)$", "delete_job"),
+        ("POST", r"^/api/jobs/(?P<id>[^/]+)/cancel$", "cancel"),
+        ("GET", r"^/api/jobs/(?P<id>[^/]+)/result$", "result"),
+        ("GET", r"^/api/jobs/(?P<id>[^/]+)/preview$", "preview"),
+        ("GET", r"^/api/jobs/(?P<id>[^/]+)/log$", "job_log"),
+    ]
+]
+ROUTE_TABLE = [(m, p.pattern) for m, p, _ in _ROUTES]  # for the OpenAPI consistency test
+
+
+class _Handler(BaseHTTPRequestHandler):
+    app = None  # the server (hyperlips.serve.server.App) this handler answers for
+    protocol_version = "HTTP/1.1"
+    server_version = f"hyperlips/{__version__}"
+    sys_version = ""
+    timeout = 120  # seconds a client may stay silent mid-request
+    _head = False  # answering a HEAD request: headers only
+
+    # ------------------------------------------------------------------ plumbing
+    def handle(self) -> None:
+        """Answer the requests of one connection, then close this thread's database connection (no fd is left)."""
+        try:
+            super().handle()
+        finally:
+            self.app.store.close()
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("GET", head=True)
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def log_message(self, fmt: str, *args) -> None:
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def handle_expect_100(self) -> bool:
+        """``Expect: 100-continue``: refuse an oversized upload before the client sends it."""
+        if urlsplit(self.path).path == "/api/files":
+            try:
+                check_length(self._length(), self.app.settings, display_name(self._query().get("name")))
+            except UploadError as e:
+                self._json({"error": str(e)}, e.status, close=True)
+                return False
+        return super().handle_expect_100()
+
+    def _query(self) -> dict[str, str]:
+        return {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+
+    def _length(self) -> int | None:
+        if self.headers.get("Transfer-Encoding"):
+            return None
+        try:
+            return int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return None
+
+    def _dispatch(self, method: str, head: bool = False) -> None:
+        self._head = head
+        path = urlsplit(self.path).path
+        try:
+            self._check_origin(method)
+            allowed = []
+            for m, pattern, name in _ROUTES:
+                match = pattern.match(path)
+                if match:
+                    if m == method:
+                        return getattr(self, f"r_{name}")(**match.groupdict())
+                    allowed.append(m)
+            if allowed:
+                raise HTTPError(405, f"{method} is not allowed here (use {', '.join(allowed)})")
+            raise HTTPError(404, f"nothing at {path[:100]}")
+        except HTTPError as e:
+            self._json({"error": str(e)}, e.status, close=e.status in (411, 413) or method != "GET")
+        except UserError as e:
+            self._json({"error": " ".join(str(e).split())}, getattr(e, "status", 400), close=True)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+        except Exception:  # noqa: BLE001 - a bug answers 500 and is logged; the server goes on
+            log.exception("error while answering %s %s", method, path)
+            try:
+                self._json({"error": "internal error in the server (logged); please report it"}, 500, close=True)
+            except OSError:
+                self.close_connection = True
+
+    def _check_origin(self, method: str) -> None:
+        host = self.headers.get("Host", "")
+        if self.app.settings.loopback:
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name.strip("[]") not in LOOPBACK_HOSTS:
+                raise HTTPError(403, "this server answers only requests addressed to localhost")
+        origin = self.headers.get("Origin")
+        if method != "GET" and origin and origin != "null" and urlsplit(origin).netloc != host:
+            raise HTTPError(403, "requests from other sites are refused")
+
+    def _send(self, status: int, body: bytes, ctype: str, headers: dict | None = None, close: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if not self._head:
+            self.wfile.write(body)
+
+    def _json(self, data, status: int = 200, close: bool = False) -> None:
+        self._send(status, json.dumps(data, indent=1).encode(), "application/json",
+                   {"Cache-Control": "no-store"}, close=close)
+
+    def _body_json(self) -> dict:
+        length = self._length()
+        if length is None or length > 1 << 20:
+            raise HTTPError(413 if length else 411, "send a JSON body of at most 1 MB with a Content-Length")
+        try:
+            return json.loads(self.rfile.read(length) or b"{}")
+        except ValueError as e:
+            raise HTTPError(400, f"the body is not valid JSON: {e}") from None
+
+    def _discard(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(1 << 20, length))
+            if not chunk:
+                return
+            length -= len(chunk)
+
+    def _send_file(self, path: Path, ctype: str, download: str | None = None) -> None:
+        """A file, whole or one byte range (``Range: bytes=a-b``), so that video players can seek."""
+        size = path.stat().st_size
+        start, end, status = 0, size - 1, 200
+        rng = self.headers.get("Range")
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip()) if rng else None
+        if m and (m[1] or m[2]):
+            if m[1]:
+                start, end = int(m[1]), min(int(m[2]) if m[2] else size - 1, size - 1)
+            else:
+                start, end = max(0, size - int(m[2])), size - 1
+            if start > end or start >= size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        if download:
+            ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", download)
+            self.send_header("Content-Disposition",
+                             f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(download)}")
+        self.end_headers()
+        if self._head:
+            return
+        with open(path, "rb") as f:
+            f.seek(start)
+            left = end - start + 1
+            while left > 0:
+                chunk = f.read(min(1 << 20, left))
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+                left -= len(chunk)
+
+    # ------------------------------------------------------------------ the page
+    def r_page(self) -> None:
+        self._static("index.html", {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer"})
+
+    def r_static(self, name: str) -> None:
+        if name not in STATIC:
+            raise HTTPError(404, f"no static file {name}")
+        self._static(name)
+
+    def r_favicon(self) -> None:
+        self._static("favicon.svg")
+
+    def _static(self, name: str, headers: dict | None = None) -> None:
+        body = resources.files("hyperlips.serve").joinpath("static", name).read_bytes()
+        self._send(200, body, STATIC[name], {"Cache-Control": "no-cache", **(headers or {})})
+
+    # ------------------------------------------------------------------ the API
+    def r_health(self) -> None:
+        self._json({"ok": True})
+
+    def r_info(self) -> None:
+        self._json(self.app.info())
+
+    def r_openapi(self) -> None:
+        self._json(openapi_document(__version__))
+
+    def r_models(self) -> None:
+        self._json({"models": [m.public() for m in list_models(self.app.settings)]})
+
+    def r_examples(self) -> None:
+        self._json({"files": [public_file(f) for f in self.app.store.examples()]})
+
+    def r_upload(self) -> None:
+        raw_name, length = self._query().get("name"), self._length()
+        try:
+            name = display_name(raw_name)
+            storage_suffix(name)
+            check_length(length, self.app.settings, name)
+        except UploadError:
+            if length is not None and 0 < length <= DRAIN_BYTES:  # read it, so that the client hears the reason
+                self._discard(length)
+            raise
+        rec = receive(self.rfile, length, raw_name, self.app.settings, self.app.store)
+        self._json(public_file(rec), 201)
+
+    def r_file(self, id: str) -> None:
+        self._json(public_file(self._file(id)))
+
+    def r_delete_file(self, id: str) -> None:
+        rec = self._file(id)
+        if rec["example"]:
+            raise HTTPError(403, "examples cannot be deleted through the API")
+        self.app.store.delete_file(id)
+        (self.app.settings.data / rec["path"]).unlink(missing_ok=True)
+        self._json({"deleted": id})
+
+    def _file(self, file_id: str) -> dict:
+        rec = self.app.store.get_file(file_id) if valid_id(file_id) else None
+        if rec is None:
+            raise HTTPError(404, f"no uploaded file {file_id[:40]!r}")
+        return rec
+
+    def r_submit(self) -> None:
+        job = jobs_mod.submit(self.app.settings, self.app.store, self._body_json())
+        self.app.runner.wake()
+        self._json(jobs_mod.public_job(job), 201)
+
+    def r_jobs(self) -> None:
+        q = self._query()
+        limit = int(q["limit"]) if q.get("limit", "").isdigit() else 50
+        kind = q.get("kind") if q.get("kind") in jobs_mod.KINDS else None
+        self._json({"jobs": [jobs_mod.public_job(j) for j in self.app.store.list_jobs(min(limit, 500), kind)]})
+
+    def r_job(self, id: str) -> None:
+        self._json(jobs_mod.public_job(self.app.job_or_404(id)))
+
+    def r_cancel(self, id: str) -> None:
+        self.app.job_or_404(id)
+        job = self.app.store.request_cancel(id)
+        self.app.runner.wake()
+        self._json(jobs_mod.public_job(job))  # type: ignore[arg-type]
+
+    def r_delete_job(self, id: str) -> None:
+        self.app.delete_job(id)
+        self._json({"deleted": id})
+
+    def r_result(self, id: str) -> None:
+        job = self.app.job_or_404(id)
+        if job["kind"] != "sync":
+            raise HTTPError(404, "a training job's result is a model: use it by its id from GET /api/models")
+        if job["state"] != "done":
+            why = f": {job['message']}" if job.get("message") else ""
+            raise HTTPError(409 if job["state"] not in FINISHED else 404, f"the job is {job['state']}{why}")
+        path = job_folder(self.app.settings, id) / "result.mp4"
+        if not path.is_file():
+            raise HTTPError(404, "the result file is gone")
+        name = None
+        if self._query().get("download") not in (None, "", "0"):
+            stem = Path(job["params"].get("video_name") or "video").stem
+            name = f"{stem}_hyperlips.mp4"
+        self._send_file(path, "video/mp4", name)
+
+    def r_preview(self, id: str) -> None:
+        path = self.app.preview_path(self.app.job_or_404(id))
+        self._send_file(path, mimetypes.guess_type(path.name)[0] or "image/png")
+
+    def r_job_log(self, id: str) -> None:
+        self.app.job_or_404(id)
+        path = job_folder(self.app.settings, id) / "worker.log"
+        text = b""
+        if path.is_file():
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - LOG_TAIL))
+                text = f.read()
+        self._send(200, text, "text/plain; charset=utf-8", {"Cache-Control": "no-store"})
+
+
+def public_file(rec: dict) -> dict:
+    facts = rec["facts"]
+    return {"id": rec["id"], "name": rec["name"], "size": rec["size"], "example": rec["example"],
+            "created": rec["created"], **{k: v for k, v in facts.items()},
+            "usable_as": {"video": "video" not in facts["problems"], "audio": "audio" not in facts["problems"]}}

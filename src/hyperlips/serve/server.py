@@ -1,0 +1,153 @@
+"""A running server: the job store, the scheduler and the HTTP listener, and ``hyperlips serve``'s main loop.
+
+One server owns a data folder (``DATA/server.lock``); the routes it answers are in :mod:`.routes`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import threading
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+from .. import __version__
+from ..errors import UserError
+from .catalog import prepare_examples
+from .routes import HTTPError, handler_for
+from .runner import Runner, job_folder, progress_file, read_json
+from .settings import ServeSettings
+from .store import Store, valid_id
+from .uploads import ACCEPTED_KINDS, ACCEPTED_SUFFIXES, register_example
+
+log = logging.getLogger("hyperlips.serve")
+
+
+class App:
+    """A running server: store, scheduler and HTTP listener. ``start()`` returns at once; ``stop()`` ends all."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        settings.data.mkdir(parents=True, exist_ok=True)
+        for sub in ("files", "jobs"):
+            (settings.data / sub).mkdir(exist_ok=True)
+        self._lock = _lock_data_folder(settings.data)
+        self.store = Store(settings.data / "jobs.sqlite3")
+        self.runner = Runner(settings, self.store)
+        self.httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.httpd is not None
+        host, port = self.httpd.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"http://{host}:{port}"
+
+    def start(self, *, run_jobs: bool = True) -> "App":
+        self.load_examples()
+        family = ThreadingHTTPServer
+        if ":" in self.settings.host:
+            import socket
+
+            family = type("V6Server", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+        self.httpd = family((self.settings.host, self.settings.port), handler_for(self))
+        self.httpd.daemon_threads = True
+        if run_jobs:
+            self.runner.start()
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="http", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+        self.runner.stop()
+        self.store.close()
+        self._lock.close()  # another server may use the folder now
+
+    def load_examples(self) -> None:
+        folder = prepare_examples(self.settings)
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.suffix.lower() in ACCEPTED_SUFFIXES:
+                register_example(p, self.settings, self.store)
+
+    # ------------------------------------------------------------------ what the routes do
+    def info(self) -> dict:
+        s = self.settings
+        return {"name": "hyperlips", "version": __version__,
+                "limits": {"max_upload_bytes": s.max_upload_bytes, "max_seconds": s.max_seconds,
+                           "max_train_minutes": s.max_train_minutes, "keep_hours": s.keep_hours},
+                "jobs_at_once": s.jobs_at_once, "accepted_suffixes": sorted(ACCEPTED_SUFFIXES), "accepted_kinds": ACCEPTED_KINDS,
+                "queue": {"queued": self.store.count("queued"), "running": self.store.count("running")}}
+
+    def job_or_404(self, job_id: str) -> dict:
+        job = self.store.get_job(job_id) if valid_id(job_id) else None
+        if job is None:
+            raise HTTPError(404, f"no job {job_id[:40]!r} (finished jobs are deleted after "
+                                 f"{self.settings.keep_hours:g} h, or when asked to)")
+        return job
+
+    def delete_job(self, job_id: str) -> None:
+        job = self.job_or_404(job_id)
+        if job["state"] == "running":
+            self.store.request_cancel(job_id)
+            self.store.delete_job(job_id)  # the scheduler sees it gone, stops the worker and removes the folder
+            self.runner.wake()
+        else:
+            self.store.delete_job(job_id)
+            shutil.rmtree(job_folder(self.settings, job_id), ignore_errors=True)
+
+    def preview_path(self, job: dict) -> Path:
+        if job["kind"] != "finetune":
+            raise HTTPError(404, "only training jobs have previews")
+        progress = read_json(progress_file(self.settings, job["id"], "finetune")) or job["progress"]
+        rel = progress.get("preview") if isinstance(progress, dict) else None
+        if not rel:
+            raise HTTPError(404, "no preview yet: the first one comes with the first validation")
+        work = (job_folder(self.settings, job["id"]) / "work").resolve()
+        path = Path(rel)
+        path = (path if path.is_absolute() else work / path).resolve()
+        if work not in path.parents or path.suffix.lower() not in (".png", ".jpg", ".jpeg") or not path.is_file():
+            raise HTTPError(404, "the preview is not available")
+        return path
+
+
+def _lock_data_folder(data: Path):
+    """Hold ``DATA/server.lock`` while serving: two servers on one folder would run each other's jobs twice."""
+    import fcntl
+
+    f = open(data / "server.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UserError(f"another hyperlips serve is using {data}; stop it, or give this one another --data folder") from None
+    return f
+
+
+def serve(settings: ServeSettings) -> int:
+    """Run until Ctrl-C (the CLI's entry)."""
+    app = App(settings)
+    try:
+        app.start()
+    except OSError as e:
+        raise UserError(f"cannot listen on {settings.host}:{settings.port}: {e.strerror or e} "
+                        f"(choose another --port, or stop the program that uses it)") from None
+    print(f"hyperlips serve: {app.url}/  (data in {settings.data}; Ctrl-C to stop)", flush=True)
+    if not settings.loopback:
+        print(f"hyperlips serve: note: listening on {settings.host}: anyone who can reach this machine can use it",
+              flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a service manager stopping it
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+        print("hyperlips serve: stopping (running jobs are queued again at the next start)", flush=True)
+    finally:
+        app.stop()
+    return 0

@@ -1,0 +1,429 @@
+// The hyperlips page: uploads files, submits jobs to the API, follows their progress and shows the results.
+// Plain browser JavaScript, nothing loaded from elsewhere.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  info: null, models: [], examples: [],
+  sync: { video: null, audio: null, job: null, uploading: 0 },
+  train: { video: null, job: null, uploading: 0 },
+};
+const POLL_MS = 600;
+
+// ---------------------------------------------------------------- talking to the server
+async function api(method, path, body) {
+  const opts = { method, headers: {} };
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  let r;
+  try {
+    r = await fetch(path, opts);
+  } catch (e) {
+    throw new Error("the server cannot be reached: is `hyperlips serve` still running?");
+  }
+  let data = null;
+  try { data = await r.json(); } catch (e) { /* not JSON */ }
+  if (!r.ok) throw new Error((data && data.error) || `${r.status} ${r.statusText}`);
+  return data;
+}
+
+function sizeText(n) {
+  return n >= 1048576 ? `${(n / 1048576).toFixed(1)} MB` : `${Math.round(n / 1024)} KB`;
+}
+
+function upload(file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const max = state.info ? state.info.limits.max_upload_bytes : Infinity;
+    const dot = file.name.lastIndexOf(".");
+    const suffix = dot >= 0 ? file.name.slice(dot).toLowerCase() : "";
+    if (state.info && !state.info.accepted_suffixes.includes(suffix)) {  // the server's words, before sending it
+      reject(new Error(`${file.name}: not a file type this server takes; send ${state.info.accepted_kinds}`));
+      return;
+    }
+    if (file.size > max) {
+      reject(new Error(`${file.name} is ${sizeText(file.size)}; this server takes files of at most ${sizeText(max)}`));
+      return;
+    }
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/files?name=" + encodeURIComponent(file.name));
+    xhr.setRequestHeader("Content-Type", "application/octet-stream");
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); };
+    xhr.onload = () => {
+      let data = null;
+      try { data = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+      if (xhr.status === 201 && data) resolve(data);
+      else reject(new Error((data && data.error) || `the upload failed (${xhr.status})`));
+    };
+    xhr.onerror = () => reject(new Error("the upload failed: the server could not be reached"));
+    xhr.send(file);
+  });
+}
+
+// ---------------------------------------------------------------- small view helpers
+function show(el, on) { el.hidden = !on; }
+function setError(id, text) { const el = $(id); el.textContent = text || ""; show(el, Boolean(text)); }
+function fmtSeconds(s) {
+  if (s == null || !isFinite(s)) return "";
+  s = Math.max(0, Math.round(s));
+  return s < 90 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
+}
+function describeFile(f) {
+  const parts = [];
+  if (f.is_image) parts.push("photo");
+  if (f.width) parts.push(`${f.width}×${f.height}`);
+  const secs = f.video_seconds != null ? f.video_seconds : f.audio_seconds;
+  if (secs != null) parts.push(`${Number(secs).toFixed(1)} s`);
+  if (f.has_audio && !f.is_image && f.has_video) parts.push("with sound");
+  return `${f.name} · ${parts.join(", ")}`;
+}
+function setBar(prefix, fraction) {
+  const pct = Math.max(0, Math.min(100, Math.round(fraction * 100)));
+  $(`${prefix}-bar`).style.width = `${pct}%`;
+  $(`${prefix}-progress`).setAttribute("aria-valuenow", String(pct));
+}
+
+const STAGE_TEXT = {
+  starting: "Starting the worker…",
+  loading: "Loading the model…",
+  faces: "Finding the face",
+  "lip-sync": "Generating the mouth",
+  preprocess: "Preparing the footage",
+  train: "Training",
+  lite: "Training",
+  base: "Training",
+  hr: "Training the HR decoder",
+};
+function stageLine(job) {
+  const p = job.progress || {};
+  if (job.state === "queued") {
+    const ahead = job.queue_position || 0;
+    return ahead ? `Waiting in the queue (${ahead} job${ahead > 1 ? "s" : ""} ahead)` : "Waiting to start…";
+  }
+  if (job.state !== "running") return "";
+  let text = STAGE_TEXT[p.stage] || (p.stage ? p.stage.charAt(0).toUpperCase() + p.stage.slice(1) : "Working");
+  if (p.total && p.stage !== "loading") text += `: frame ${p.done} of ${p.total}`;
+  if (p.step != null) text += ` · step ${p.step}`;
+  const pct = Math.round((job.fraction || 0) * 100);
+  text += ` · ${pct}%`;
+  if (p.eta_s != null) text += ` · about ${fmtSeconds(p.eta_s)} left`;
+  return text;
+}
+
+// ---------------------------------------------------------------- tabs
+function selectTab(name) {
+  for (const t of ["sync", "train", "jobs"]) {
+    $(`tab-${t}`).setAttribute("aria-selected", String(t === name));
+    show($(`panel-${t}`), t === name);
+  }
+  if (name === "jobs") refreshJobs();
+  history.replaceState(null, "", `#${name}`);
+}
+
+// ---------------------------------------------------------------- file pickers
+function examplesFor(role) {
+  return state.examples.filter((f) => (role === "train" ? f.has_video && !f.is_image && f.usable_as.audio
+                                                         : f.usable_as[role]));
+}
+
+function fillExamples() {
+  for (const sel of document.querySelectorAll("select[data-role]")) {
+    const keep = sel.value;
+    sel.replaceChildren(new Option("—", ""));
+    for (const f of examplesFor(sel.dataset.role)) sel.add(new Option(describeFile(f), f.id));
+    sel.value = keep;
+  }
+}
+
+function setupPicker(view, role) {
+  const input = $(`${view}-${role}-file`);
+  const status = $(`${view}-${role}-status`);
+  const example = $(`${view}-${role}-example`);
+  const use = (rec) => {
+    state[view][role] = rec;
+    const problem = rec && rec.problems ? rec.problems[role === "video" ? "video" : "audio"] : null;
+    let need = problem;
+    if (view === "train" && rec) {
+      need = rec.is_image || !rec.has_video
+        ? `${rec.name}: a person model is trained from a video of the person talking, with their own voice`
+        : rec.problems.video || rec.problems.audio;
+    }
+    if (rec && need) {
+      status.textContent = need;
+      status.className = "file-status bad";
+      state[view][role] = null;
+    } else if (rec) {
+      status.textContent = `✓ ${describeFile(rec)}`;
+      status.className = "file-status ok";
+    } else {
+      status.textContent = "";
+      status.className = "file-status";
+    }
+    updateButtons();
+  };
+  input.addEventListener("change", async () => {
+    const file = input.files[0];
+    if (!file) return;
+    example.value = "";
+    state[view][role] = null;
+    state[view].uploading++;
+    status.className = "file-status";
+    status.textContent = `Uploading ${file.name}…`;
+    updateButtons();
+    try {
+      const rec = await upload(file, (f) => { status.textContent = `Uploading ${file.name}… ${Math.round(f * 100)}%`; });
+      use(rec);
+    } catch (e) {
+      status.textContent = e.message;
+      status.className = "file-status bad";
+      input.value = "";
+    } finally {
+      state[view].uploading--;
+      updateButtons();
+    }
+  });
+  example.addEventListener("change", () => {
+    input.value = "";
+    use(state.examples.find((f) => f.id === example.value) || null);
+  });
+  const drop = input.closest(".drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    if (e.dataTransfer.files.length) {
+      input.files = e.dataTransfer.files;
+      input.dispatchEvent(new Event("change"));
+    }
+  });
+}
+
+function busy(view) {
+  const j = state[view].job;
+  return Boolean(j && (j.state === "queued" || j.state === "running"));
+}
+
+function updateButtons() {
+  const s = state.sync;
+  $("sync-start").disabled = !(s.video && s.audio && !s.uploading && !busy("sync"));
+  const t = state.train;
+  $("train-start-button").disabled = !(t.video && !t.uploading && !busy("train") && $("train-name").value.trim());
+}
+
+// ---------------------------------------------------------------- models
+async function loadModels() {
+  const data = await api("GET", "/api/models");
+  state.models = data.models;
+  const sel = $("sync-model");
+  const keep = sel.value;
+  sel.replaceChildren(...state.models.map((m) => new Option(m.label, m.id)));
+  if (state.models.some((m) => m.id === keep)) sel.value = keep;
+  const start = $("train-start");
+  const keepStart = start.value;
+  start.replaceChildren(new Option("from scratch", ""),
+                        ...state.models.filter((m) => m.kind !== "untrained").map((m) => new Option(m.label, m.id)));
+  const starter = state.models.find((m) => m.kind === "starter");
+  start.value = keepStart || (starter ? starter.id : "");
+  modelChanged();
+}
+
+function modelChanged() {
+  const m = state.models.find((x) => x.id === $("sync-model").value);
+  const size = $("sync-size");
+  const keep = size.value;
+  size.replaceChildren(...(m ? m.sizes : [128]).map((s) => new Option(s === 128 ? "128 px (base)" : `${s} px (HR decoder)`, s)));
+  if ([...size.options].some((o) => o.value === keep)) size.value = keep;
+  else if (m && m.kind !== "untrained") size.value = String(Math.max(...m.sizes));
+  $("sync-model-note").textContent = m && m.kind === "untrained"
+    ? "No trained weights on this server yet: the pipeline runs end to end, but the mouth is meaningless."
+    : "";
+}
+
+// ---------------------------------------------------------------- following a job
+function remember(view, jobId) {
+  if (jobId) localStorage.setItem(`hyperlips.${view}`, jobId);
+  else localStorage.removeItem(`hyperlips.${view}`);
+}
+
+async function follow(view, jobId) {
+  let job;
+  try {
+    job = await api("GET", `/api/jobs/${jobId}`);
+  } catch (e) {
+    if (/no job/.test(e.message)) { remember(view, null); state[view].job = null; updateButtons(); return; }
+    setError(`${view}-error`, e.message);
+    setTimeout(() => follow(view, jobId), POLL_MS * 4);
+    return;
+  }
+  if (!state[view].job || state[view].job.id !== jobId) return; // another job took over
+  state[view].job = job;
+  render(view, job);
+  if (job.state === "queued" || job.state === "running") setTimeout(() => follow(view, jobId), POLL_MS);
+  else remember(view, null);
+}
+
+function render(view, job) {
+  const running = job.state === "queued" || job.state === "running";
+  show($(`${view}-job`), running || (view === "train" && job.state === "done"));
+  show($(view === "sync" ? "sync-cancel" : "train-cancel"), running);
+  setBar(view, job.fraction || 0);
+  $(`${view}-stage`).textContent = stageLine(job);
+  setError(`${view}-error`, job.state === "failed" ? job.message : job.state === "cancelled" ? "Cancelled." : "");
+  if (view === "sync") renderSyncResult(job);
+  else renderTraining(job);
+  updateButtons();
+}
+
+function renderSyncResult(job) {
+  const box = $("sync-result");
+  if (job.state !== "done" || !job.result) { show(box, false); return; }
+  const video = $("sync-output");
+  const url = `${job.result.url}?v=${job.id}`;
+  if (video.getAttribute("src") !== url) {
+    video.src = url;
+    video.load();
+  }
+  $("sync-download").href = job.result.download_url;
+  const r = job.result;
+  $("sync-facts").textContent = `${r.frames} frames, ${r.width}×${r.height}, ${Number(r.seconds).toFixed(1)} s` +
+    (r.frames_with_face < r.frames ? ` · mouth generated in ${r.frames_with_face} of them` : "");
+  show(box, true);
+}
+
+function renderTraining(job) {
+  const p = job.progress || {};
+  const box = $("train-preview-box");
+  if (p.preview) {
+    const img = $("train-preview");
+    const url = `/api/jobs/${job.id}/preview?v=${encodeURIComponent(p.preview + ":" + (p.step ?? ""))}`;
+    if (img.getAttribute("src") !== url) img.src = url;
+    show(box, true);
+  }
+  const table = $("train-val");
+  const val = p.val && typeof p.val === "object" ? p.val : {};
+  table.replaceChildren(...Object.entries(val).map(([k, v]) => {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th"); th.textContent = k;
+    const td = document.createElement("td");
+    td.textContent = typeof v === "number" ? v.toPrecision(4) : v == null ? "—" : String(v);
+    tr.append(th, td);
+    return tr;
+  }));
+  const done = $("train-done");
+  if (job.state === "done" && job.result) {
+    done.textContent = `The model “${job.result.name}” is ready: choose it under Lip-sync → Model.`;
+    show(done, true);
+    $("train-stage").textContent = "Finished.";
+    setBar("train", 1);
+    loadModels().catch(() => {});
+  } else {
+    show(done, false);
+  }
+}
+
+async function start(view, body) {
+  setError(`${view}-error`, "");
+  if (view === "sync") show($("sync-result"), false);
+  else show($("train-done"), false);
+  try {
+    const job = await api("POST", "/api/jobs", body);
+    state[view].job = job;
+    remember(view, job.id);
+    render(view, job);
+    setTimeout(() => follow(view, job.id), POLL_MS);
+  } catch (e) {
+    setError(`${view}-error`, e.message);
+  }
+}
+
+async function cancel(view) {
+  const job = state[view].job;
+  if (!job) return;
+  try { await api("POST", `/api/jobs/${job.id}/cancel`); } catch (e) { setError(`${view}-error`, e.message); }
+}
+
+// ---------------------------------------------------------------- jobs tab
+async function refreshJobs() {
+  if ($("panel-jobs").hidden) return;
+  let data;
+  try { data = await api("GET", "/api/jobs?limit=50"); } catch (e) { $("jobs-note").textContent = e.message; return; }
+  const rows = data.jobs.map((j) => {
+    const tr = document.createElement("tr");
+    const when = new Date(j.created * 1000).toLocaleString();
+    const what = j.kind === "sync" ? `lip-sync ${j.params.video_name} + ${j.params.audio_name}`
+                                   : `train “${j.params.name}” on ${j.params.video_name}`;
+    const st = j.state === "running" ? `running (${Math.round(j.fraction * 100)}%)`
+             : j.state === "failed" ? `failed: ${j.message}` : j.state;
+    for (const [text, cls] of [[when, ""], [what, ""], [st, `state-${j.state}`]]) {
+      const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.append(td);
+    }
+    const td = document.createElement("td");
+    if (j.result && j.result.url) {
+      const a = document.createElement("a"); a.href = j.result.download_url; a.textContent = "download"; td.append(a);
+    }
+    const act = document.createElement("button");
+    const live = j.state === "queued" || j.state === "running";
+    act.textContent = live ? "cancel" : "delete";
+    act.addEventListener("click", async () => {
+      try { await api(live ? "POST" : "DELETE", live ? `/api/jobs/${j.id}/cancel` : `/api/jobs/${j.id}`); }
+      catch (e) { $("jobs-note").textContent = e.message; }
+      refreshJobs();
+    });
+    td.append(act);
+    tr.append(td);
+    return tr;
+  });
+  $("jobs-body").replaceChildren(...rows);
+  const keep = state.info ? state.info.limits.keep_hours : 24;
+  $("jobs-note").textContent = data.jobs.length ? `Finished jobs are kept ${keep} h.` : "No jobs yet.";
+}
+
+// ---------------------------------------------------------------- start-up
+async function init() {
+  for (const t of ["sync", "train", "jobs"]) $(`tab-${t}`).addEventListener("click", () => selectTab(t));
+  setupPicker("sync", "video");
+  setupPicker("sync", "audio");
+  setupPicker("train", "video");
+  $("sync-model").addEventListener("change", modelChanged);
+  $("train-name").addEventListener("input", updateButtons);
+  $("sync-cancel").addEventListener("click", () => cancel("sync"));
+  $("train-cancel").addEventListener("click", () => cancel("train"));
+  $("sync-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const face = $("sync-face").value;
+    start("sync", {
+      kind: "sync", video: state.sync.video.id, audio: state.sync.audio.id, model: $("sync-model").value,
+      size: Number($("sync-size").value), face: face === "" ? null : Number(face), loop: $("sync-loop").value,
+    });
+  });
+  $("train-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    start("train", {
+      kind: "finetune", video: state.train.video.id, name: $("train-name").value.trim(),
+      minutes: Number($("train-minutes").value), start_from: $("train-start").value || null,
+    });
+  });
+  setInterval(refreshJobs, 3000);
+  try {
+    state.info = await api("GET", "/api/info");
+    $("train-minutes").max = String(state.info.limits.max_train_minutes);
+    $("footer-info").textContent = `hyperlips ${state.info.version} · files up to ${sizeText(state.info.limits.max_upload_bytes)}` +
+      ` and ${state.info.limits.max_seconds} s`;
+    await loadModels();
+    state.examples = (await api("GET", "/api/examples")).files;
+    fillExamples();
+  } catch (e) {
+    setError("server-error", e.message);
+  }
+  for (const view of ["sync", "train"]) {
+    const id = localStorage.getItem(`hyperlips.${view}`);
+    if (id) { state[view].job = { id, state: "queued" }; follow(view, id); }
+  }
+  const tab = location.hash.slice(1);
+  selectTab(["sync", "train", "jobs"].includes(tab) ? tab : "sync");
+  updateButtons();
+}
+
+document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,191 @@
+"""Receiving a file: stored under a random name, limited in size and duration, checked by the CLI's own readers.
+
+The uploader's file name is kept for display only: after :func:`display_name` it never reaches the file system.
+What is stored is ``<data>/files/<16 hex digits><suffix>``, the suffix taken from a fixed list (the media
+readers choose image or video decoding by it).
+
+A file is inspected once, on arrival, with the same functions ``hyperlips sync`` uses (``probe`` for the picture,
+``load_audio`` for the sound), so a bad file gets the command line's one-line reason, with the stored path
+replaced by the uploader's name. Whether it is usable as the face or as the speech is recorded with it; a job
+that uses it for something it cannot be is refused with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import unicodedata
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import UserError
+from ..media.video import IMAGE_SUFFIXES
+from .settings import ServeSettings
+from .store import Store, new_id
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"})
+AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".oga", ".opus", ".wma"})
+ACCEPTED_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES | IMAGE_SUFFIXES
+ACCEPTED_KINDS = "videos (mp4, mov, mkv, webm, ...), photos (png, jpg, ...) or speech (wav, mp3, m4a, flac, ogg, ...)"
+CHUNK = 1 << 20
+
+
+class UploadError(UserError):
+    """A file that cannot be taken: its one-line reason goes back to the uploader (HTTP 400 or 413)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def display_name(raw: str | None) -> str:
+    """The last part of whatever name the client sent, printable, at most 120 characters; 'upload' if nothing is left."""
+    text = unicodedata.normalize("NFC", raw or "")
+    text = re.split(r"[/\\]", text)[-1]
+    text = "".join(c for c in text if unicodedata.category(c)[0] != "C").strip().strip(".")
+    text = re.sub(r"\s+", " ", text)
+    if len(text) > 120:
+        stem, suffix = os.path.splitext(text)
+        text = stem[: 120 - len(suffix[:12])] + suffix[:12]
+    return text or "upload"
+
+
+def storage_suffix(name: str) -> str:
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix not in ACCEPTED_SUFFIXES:
+        raise UploadError(f"{name}: not a file type this server takes; send {ACCEPTED_KINDS}")
+    return suffix
+
+
+def size_text(n: float) -> str:
+    return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KB"
+
+
+def check_length(length: int | None, settings: ServeSettings, name: str) -> int:
+    """Refuse before reading: no length (chunked uploads), or more than the server's limit."""
+    if length is None:
+        raise UploadError("send the file with a Content-Length (chunked uploads are not taken)", status=411)
+    if length <= 0:
+        raise UploadError(f"{name} is empty (0 bytes)")
+    if length > settings.max_upload_bytes:
+        raise UploadError(f"{name} is {size_text(length)}; this server takes files of at most "
+                          f"{size_text(settings.max_upload_bytes)}", status=413)
+    return length
+
+
+def receive(body: BinaryIO, length: int | None, raw_name: str | None, settings: ServeSettings, store: Store) -> dict:
+    """Stream ``length`` bytes of ``body`` to a new stored file, inspect it and record it; returns the record."""
+    name = display_name(raw_name)
+    suffix = storage_suffix(name)
+    length = check_length(length, settings, name)
+    folder = settings.data / "files"
+    folder.mkdir(parents=True, exist_ok=True)
+    file_id = new_id()
+    final = folder / f"{file_id}{suffix}"
+    part = folder / f".{file_id}.part"
+    try:
+        left = length
+        with open(part, "wb") as f:
+            while left > 0:
+                chunk = body.read(min(CHUNK, left))
+                if not chunk:
+                    raise UploadError(f"{name}: the upload ended after {length - left} of {length} bytes; send it again")
+                f.write(chunk)
+                left -= len(chunk)
+        os.replace(part, final)
+        facts = inspect(final, name, settings.max_seconds)
+    except BaseException as e:
+        part.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, (ConnectionError, TimeoutError)):  # the server's disk
+            raise UploadError(f"the server could not store {name}: {e.strerror or e}", status=507) from None
+        raise  # a refusal, or the client went away
+    return store.add_file(file_id, name, f"files/{final.name}", length, facts)
+
+
+def register_example(path: Path, settings: ServeSettings, store: Store) -> dict | None:
+    """Record a file of the examples folder (once); None when it is not a usable media file."""
+    rel = path.relative_to(settings.data).as_posix()
+    known = store.example_by_path(rel)
+    if known is not None:
+        return known
+    try:
+        storage_suffix(path.name)
+        facts = inspect(path, path.name, max_seconds=float("inf"))
+    except UserError:
+        return None
+    return store.add_file(new_id(), path.name, rel, path.stat().st_size, facts, example=True)
+
+
+def inspect(path: Path, name: str, max_seconds: float) -> dict:
+    """Facts about a stored file and why it cannot serve as the face or the speech (the CLI's reasons)."""
+    from ..media.audio import load_audio
+    from ..media.video import probe
+
+    def reason(e: Exception) -> str:
+        return " ".join(str(e).replace(str(path), name).split())
+
+    declared = _declared_seconds(path)
+    if declared is not None and declared > max_seconds + 1.0:  # refused before anything is decoded
+        raise UploadError(f"{name} is {declared:.1f} s long; this server takes at most {max_seconds:g} s: "
+                          f"send a shorter part of it")
+    facts: dict = {"has_video": False, "has_audio": False, "is_image": path.suffix.lower() in IMAGE_SUFFIXES,
+                   "problems": {}}
+    try:
+        info = probe(path)
+        facts.update(has_video=True, width=info.width, height=info.height, fps=info.fps, frames=info.n_frames,
+                     video_seconds=None if info.is_image else round(info.duration, 3))
+    except UserError as e:
+        facts["problems"]["video"] = reason(e)
+    if facts["is_image"]:
+        facts["problems"]["audio"] = f"{name} is a photo: it has no sound; send speech (wav, mp3, ...) or a video with sound"
+    else:
+        try:
+            wav = load_audio(path, 16000)
+            facts.update(has_audio=True, audio_seconds=round(len(wav) / 16000, 3))
+            del wav
+        except UserError as e:
+            facts["problems"]["audio"] = reason(e)
+    if not facts["has_video"] and not facts["has_audio"]:
+        raise UploadError(facts["problems"].get("video") or facts["problems"]["audio"])
+    for key in ("video_seconds", "audio_seconds"):
+        seconds = facts.get(key)
+        if seconds is not None and seconds > max_seconds:
+            raise UploadError(f"{name} is {seconds:.1f} s long; this server takes at most {max_seconds:g} s: "
+                              f"send a shorter part of it")
+    return facts
+
+
+def _declared_seconds(path: Path) -> float | None:
+    """The length the container declares (None for photos, or when it does not say or cannot be opened)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            return c.duration / 1e6 if c.duration else None
+    except (av.error.FFmpegError, OSError, ValueError):
+        return None
+
+
+def check_role(record: dict, role: str) -> None:
+    """Raise the recorded reason when ``record`` cannot be the job's ``role`` ("video" for the face, "audio")."""
+    problem = record["facts"]["problems"].get(role)
+    if problem:
+        raise UploadError(problem)
+
+
+def link_into(record: dict, settings: ServeSettings, folder: Path, stem: str) -> Path:
+    """Put the stored file into a job's folder (a hard link when possible, else a copy); returns its path there."""
+    src = settings.data / record["path"]
+    dst = folder / f"{stem}{Path(record['path']).suffix}"
+    if not src.is_file():
+        raise UploadError(f"{record['name']} is no longer on the server (uploads are kept {settings.keep_hours:g} h); "
+                          f"upload it again")
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst

@@ -1,0 +1,197 @@
+"""Training settings: :class:`TrainConfig`, every stage's defaults, YAML files and ``--set NAME=VALUE`` overrides.
+
+Precedence: built-in defaults < the stage's defaults < ``--config FILE.yaml`` < ``--set`` < named options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting. Stage defaults (``STAGE_DEFAULTS``) override these; a YAML file overrides those;
+    command-line options override everything. Stored in every checkpoint and in ``RUN/config.yaml``."""
+
+    stage: str = "base"  # sync | base | hr
+    data: str = ""  # preprocessed dataset folder (hyperlips preprocess)
+    out: str = ""  # run folder: checkpoints, logs, exported model
+    # starting points
+    init: str | None = None  # weights to start the trained network from (any checkpoint hyperlips loads)
+    expert: str | None = None  # base: the sync expert checkpoint (no expert: no sync loss, with a warning)
+    base: str | None = None  # hr: the trained HyperLips-Base checkpoint that renders the HR inputs
+    hr_size: int = 128  # hr: output size 128, 256 or 512
+    # optimisation
+    batch_size: int = 8  # windows (sync/base) or frames (hr) per process per step
+    lr: float = 1e-4
+    disc_lr: float = 5e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    max_steps: int = 100_000
+    grad_clip: float = 1.0  # max gradient norm per network; 0 = off
+    bn_batches: int = 0  # re-estimate BatchNorm running statistics on this many training batches before every
+    # validation and checkpoint (0 = off; the sync stage's default is 8, see Trainer._recalibrate_bn)
+    amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | on (fp16, CUDA) | bf16 (CPU or CUDA) | off
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: the local rank's GPU)
+    seed: int = 0
+    workers: int = 2  # DataLoader worker processes per training process
+    threads: int = 0  # CPU threads for torch (0: torch's default)
+    # losses
+    sync_weight: float = 0.03  # base: weight of the sync-expert loss (reference §6.2)
+    disc_weight: float = 0.2  # base: weight of the adversarial loss; L1 gets 1 - sync - disc
+    adv_weight: float = 1.0  # hr: relativistic GAN
+    perceptual_weight: float = 1.0  # hr: VGG19 (fallback: discriminator feature matching + SSIM)
+    l1_weight: float = 1.0  # hr: whole-image L1
+    lip_l1_weight: float = 1.0  # hr: L1 on the lip box
+    lip_lpips_weight: float = 1.0  # hr: LPIPS on the lip box (fallback: SSIM)
+    vgg19_weights: str | None = None  # path to vgg19-dcbb9e9d.pth (default: the torch hub cache)
+    lpips_heads: str | None = None  # path to LPIPS vgg.pth v0.1 heads (default: lpips package / hub cache)
+    vgg16_weights: str | None = None  # path to vgg16-397923af.pth for LPIPS (default: the torch hub cache)
+    # sync expert sampling
+    min_shift: int = 3  # sync: off-sync training pairs are shifted by at least this many frames
+    val_min_shift: int = 5  # sync: off-sync validation pairs are shifted by at least this many frames
+    flip: float = 0.5  # sync: probability of mirroring a training window
+    # HyperLips-Lite (`train base --model lite`, `finetune`)
+    model: str = "hyperlips-base"  # base stage: the generator trained (hyperlips-base | hyperlips-lite)
+    lite: dict = dataclasses.field(default_factory=dict)  # LiteConfig fields of a new Lite network (widths, ...)
+    mouth_weight: float = 4.0  # lite: L1 weight inside the lip box (1 elsewhere in the generated rows)
+    edge_weight: float = 0.5  # lite: L1 between image gradients (sharp lips and teeth), generated rows
+    teacher_forcing: float = 0.8  # lite: share of samples rendered from the real mouth shape (else the predicted)
+    shape_noise: float = 0.1  # lite: noise added to the real shapes the renderer sees (standard deviation)
+    audio_steps: int = 600  # lite: steps fitting the audio encoder before the renderer trains (train/lite_audio.py)
+    audio_lr: float = 2e-3  # lite: its peak learning rate (one cycle)
+    audio_w_open: float = 1.0  # lite: weight of the inner-lip opening in its loss
+    mouth_gan_weight: float = 0.0  # lite: adversarial loss of a PatchGAN on 64 px mouth crops (sharper lips, teeth)
+    mouth_gan_start: int = 500  # lite: the step it starts at (the renderer first learns the face from L1)
+    # schedule and budget
+    lr_schedule: str = "constant"  # constant | cosine (to 10% over the planned steps, after warmup_steps)
+    warmup_steps: int = 0
+    max_minutes: float = 0.0  # wall-clock budget of the run (validation included; 0 = none); the run stops,
+    # validates and saves when it is spent. Counted across resumes.
+    progress: bool = False  # a progress bar with ETA instead of a line per logged step
+    progress_file: str | None = None  # JSON status (step, elapsed, eta, last validation, preview) for other tools
+    # bookkeeping
+    log_every: int = 10
+    image_every: int = 500
+    val_every: int = 1000
+    val_samples: int = 256
+    val_at_start: bool = False  # also validate before the first step of a fresh run (the starting point)
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    best_metric: str = ""  # metric that picks best.pt ("" = the stage's default)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown training setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        cfg = cls()
+        for k, v in d.items():
+            setattr(cfg, k, _coerce(k, v))
+        return cfg
+
+    def replace(self, **kw) -> "TrainConfig":
+        d = self.to_dict()
+        d.update(kw)
+        return TrainConfig.from_dict(d)
+
+
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sync": {"batch_size": 64, "lr": 1e-4, "betas": (0.9, 0.999), "val_every": 1000, "bn_batches": 8},
+    "base": {"batch_size": 28, "lr": 1e-4, "disc_lr": 5e-4, "betas": (0.5, 0.999), "val_every": 1000},
+    "hr": {"batch_size": 28, "lr": 1e-4, "disc_lr": 5e-4, "betas": (0.5, 0.999), "ckpt_every": 3000,
+           "val_every": 3000},
+}
+
+
+def _field_types() -> dict[str, Any]:
+    return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a YAML/CLI value to the field's type (strings like '1e-4' become numbers), or raise UserError."""
+    kind = str(_field_types()[name])
+    try:
+        if value is None:
+            if "None" in kind:
+                return None
+            raise ValueError("may not be empty")
+        if name == "betas":
+            if isinstance(value, str):
+                value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+            b = tuple(float(v) for v in value)
+            if len(b) != 2:
+                raise ValueError("needs two numbers")
+            return b
+        if kind.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("must be a whole number")
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if kind.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError("must be true or false")
+            return bool(value)
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("str"):
+            return None if ("None" in kind and str(value).lower() in ("", "none", "null")) else str(value)
+        return value
+    except (TypeError, ValueError) as e:
+        raise UserError(f"training setting {name}={value!r}: {e}") from None
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML file of settings (a mapping), checked against :class:`TrainConfig`'s fields."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{p}: a training config must be a mapping of setting: value")
+    TrainConfig.from_dict(d)  # unknown names fail here, with the file named by the caller
+    return d
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=1e-4", "amp=off"]`` -> dict (values parsed as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise UserError(f"--set expects NAME=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v) if v.strip() else None
+    return out
+
+
+def build_config(stage: str, file: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the stage's defaults, then the YAML file, then ``overrides`` (None values are ignored)."""
+    d: dict[str, Any] = {"stage": stage, **STAGE_DEFAULTS.get(stage, {})}
+    if file is not None:
+        d.update(load_config(file))
+        d["stage"] = stage
+    d.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return TrainConfig.from_dict(d)
+
+

@@ -1,0 +1,342 @@
+"""``train base --model lite`` and ``finetune``: HyperLips-Lite.
+
+Two parts learn side by side, each with its own optimiser:
+
+- the **audio encoder** learns the mouth shape of each frame from the mel window around it (MSE against the
+  shape measured on the real frame, ``face.mouth_shape``): a direct, low-dimensional target that a few minutes
+  of footage can teach;
+- the **renderer** (shape code -> hypernetwork edits -> U-Net) learns to draw the face from the masked frame, a
+  reference frame and a mouth shape: the real one on most samples (``teacher_forcing``, with a little noise),
+  the audio encoder's prediction (detached) on the others, so it also renders predicted shapes well. Its loss
+  is L1 on the generated rows, ``mouth_weight`` times inside the lip box, plus L1 between image gradients
+  (``edge_weight``), which keeps lips and teeth sharp.
+
+Validation runs what inference runs (the mouth shape predicted from audio, one reference frame from the
+training part) on the held-out frames in order, and measures the mouth opening on the generated faces with
+FaceMesh: ``val/opening_r`` is its correlation with the real frames' opening (``val/opening_err`` = 1 - r picks
+``best``); ``val/shape_r`` the same for the predicted shapes alone, before rendering.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.datasets import BASE_SIZE, Manifest
+from .loop import Stage
+from .losses import box_mask, crop_resize, gan_discriminator_loss, gan_generator_loss, psnr
+from .runlog import image_grid, to_images
+
+PREVIEW_FRAMES = 8
+MOUTH_CROP = 64  # side of the mouth crops the discriminator judges
+MOUTH_MARGIN = 0.25  # the lip box grown by this much of its size on every side
+
+
+def masked_faces(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """-> (faces (N, 6, 128, 128) = [target with lower half zeroed, reference] in [0, 1], target (N, 3, 128, 128))."""
+    target = batch["target"].float() / 255.0
+    masked = target.clone()
+    masked[:, :, BASE_SIZE // 2:] = 0.0
+    return torch.cat([masked, batch["reference"].float() / 255.0], dim=1), target
+
+
+def image_gradients(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Horizontal and vertical differences of (N, C, H, W) images."""
+    return x[:, :, :, 1:] - x[:, :, :, :-1], x[:, :, 1:] - x[:, :, :-1]
+
+
+def mouth_crops(images: Tensor, lip_box: Tensor) -> Tensor:
+    """(N, 3, 128, 128) faces -> (N, 3, 64, 64) crops of the lip box grown by MOUTH_MARGIN (differentiable)."""
+    b = lip_box.float()
+    w, h = (b[:, 2] - b[:, 0]).clamp_min(0.05), (b[:, 3] - b[:, 1]).clamp_min(0.05)
+    side = torch.maximum(w, h) * (1 + 2 * MOUTH_MARGIN)  # square crops: lips keep their proportions
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    box = torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], dim=1)
+    return crop_resize(images.float(), box, (MOUTH_CROP, MOUTH_CROP))
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
+        return float("nan")
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+def held_out_frames(val_clips, train_ds, references, steps: int, mel_norm: str | None = "utterance"):
+    """The validation frames in order: a clip split in time is measured against its training part (shapes and
+    reference frame), a held-out clip against itself."""
+    from ..data.frames import FrameDataset, shape_reference
+
+    refs = {c.id: train_ds.shape_refs[c.id] for c in val_clips if c.id in train_ds.shape_refs}
+    for c in val_clips:
+        if c.id not in refs:
+            refs[c.id] = shape_reference(c, c.frame_range)
+    return FrameDataset(val_clips, steps, ordered=True, shape_refs=refs, references=references, mel_norm=mel_norm)
+
+
+def calibrate_shape_gain(model, data, max_gain: float = 3.0, batch_size: int = 64) -> float:
+    """The gain that gives the audio encoder's shapes on the held-out frames of dataset ``data`` the spread of
+    the real ones (a regression on unseen speech shrinks towards the average mouth; rendered, that is a mouth
+    that barely moves). Clipped to [1, max_gain]."""
+    from torch.utils.data import default_collate
+
+    from ..data.frames import FrameDataset, reference_frame
+
+    m = Manifest.load(data)
+    train, val = m.open_clips("train"), m.open_clips("val")
+    if not val:
+        return 1.0
+    ranges = {c.id: c.frame_range for c in train}
+    train_ds = FrameDataset(train, model.mel_steps, mel_norm=model.mel_norm)
+    refs = {c.id: reference_frame(c, ranges.get(c.id, c.frame_range)) for c in val}
+    ds = held_out_frames(val, train_ds, refs, model.mel_steps, model.mel_norm)
+    preds, reals = [], []
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(ds), batch_size):
+                b = default_collate([ds[g] for g in range(i, min(len(ds), i + batch_size))])
+                has = b["has_shape"].bool()
+                preds.append(model.audio_encoder(b["mel"].float())[has])
+                reals.append(b["shape"].float()[has])
+    finally:
+        model.train(was)
+    p, r = torch.cat(preds), torch.cat(reals)
+    if len(p) < 3 or float(p.std()) == 0:
+        return 1.0
+    return float(np.clip(float(r.std() / p.std()), 1.0, max_gain))
+
+
+class LiteStage(Stage):
+    name = "lite"
+    model_name = "hyperlips-lite"
+    best_metric = "val/opening_err"
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        from ..data.frames import reference_frame
+        from ..models import HyperLipsLite, LiteConfig, load_checkpoint
+
+        self.manifest = Manifest.load(cfg.data)
+        if cfg.init:
+            self.gen, info = load_checkpoint(cfg.init, name="hyperlips-lite", device=ctx.device)
+            if cfg.lite:
+                ctx.say(f"--init {cfg.init}: the network's own architecture is used; the lite settings are ignored")
+        else:
+            self.gen = HyperLipsLite(LiteConfig.from_dict(cfg.lite))
+        self.gen.to(ctx.device)
+        self.gen_ddp = ctx.wrap(self.gen)
+        ids = {id(p) for p in self.gen.audio_encoder.parameters()}
+        self.renderer_params = [p for p in self.gen.parameters() if id(p) not in ids]
+        self.opt_r = torch.optim.Adam(self.renderer_params, lr=cfg.lr, betas=tuple(cfg.betas))
+        self.disc = self.opt_d = None
+        if cfg.mouth_gan_weight > 0:
+            from ..models.lite_disc import MouthDiscriminator
+
+            self.disc = MouthDiscriminator().to(ctx.device)
+            self.disc_ddp = ctx.wrap(self.disc)
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999))
+        # the training part of each clip measures every clip's shapes and gives validation its reference frame
+        self.train_clips = self.manifest.open_clips("train")
+        self.val_clips = self.manifest.open_clips("val")
+        self._train_ds = None
+        self._val_ds = None
+        train_ranges = {c.id: c.frame_range for c in self.train_clips}
+        self.references = {c.id: reference_frame(c, train_ranges.get(c.id, c.frame_range)) for c in self.val_clips}
+        self._mesh = None
+
+    def modules(self):
+        m = {"generator": self.gen}
+        if self.disc is not None:
+            m["discriminator"] = self.disc
+        return m
+
+    def optimizers(self):
+        o = {"renderer": self.opt_r}
+        if self.opt_d is not None:
+            o["discriminator"] = self.opt_d
+        return o
+
+    def exported(self):
+        return self.gen
+
+    def train_dataset(self):
+        from ..data.frames import FrameDataset
+
+        if self._train_ds is None:
+            self._train_ds = FrameDataset(self.train_clips, self.gen.mel_steps, seed=self.cfg.seed,
+                                          mel_norm=self.gen.mel_norm)
+        return self._train_ds
+
+    def val_dataset(self):
+        if not self.val_clips:
+            return None
+        if self._val_ds is None:
+            self._val_ds = held_out_frames(self.val_clips, self.train_dataset(), self.references, self.gen.mel_steps,
+                                           self.gen.mel_norm)
+        return self._val_ds
+
+    # ------------------------------------------------------------------ training
+    def _image_loss(self, fake: Tensor, target: Tensor, lip_box: Tensor) -> tuple[Tensor, Tensor]:
+        """(L1, gradient L1) over the generated rows, weighted ``mouth_weight`` inside the lip box."""
+        r0 = target.shape[2] - self.gen.decoder_rows(target.shape[2])
+        w = 1.0 + (self.cfg.mouth_weight - 1.0) * box_mask(lip_box, target.shape[2], target.shape[3])
+        fake, target, w = fake[:, :, r0:].float(), target[:, :, r0:], w[:, :, r0:]
+        l1 = ((fake - target).abs() * w).mean()
+        (fx, fy), (tx, ty) = image_gradients(fake), image_gradients(target)
+        edge = ((fx - tx).abs() * w[:, :, :, 1:]).mean() + ((fy - ty).abs() * w[:, :, 1:]).mean()
+        return l1, edge
+
+    def fit_audio(self) -> None:
+        """Fit the audio encoder on the training frames (``train/lite_audio.py``); it is frozen afterwards."""
+        from .lite_audio import fit_audio_encoder
+
+        ds = self.train_dataset()
+        tracks = []
+        for ci, part in enumerate(ds.parts):
+            mel, _ = ds.clip_mel(ci)
+            times = np.asarray([part.clip.time_of(int(i)) for i in part.index])
+            tracks.append((mel, times, part.shapes, part.has_shape))
+        cfg = self.cfg
+        rep = fit_audio_encoder(self.gen.audio_encoder, tracks, steps=cfg.audio_steps, lr=cfg.audio_lr,
+                                w_open=cfg.audio_w_open, seed=cfg.seed)
+        self.ctx.say(f"audio encoder fitted on {rep.frames} frames in {rep.seconds:.0f} s ({rep.steps} steps)")
+
+    def train_step(self, batch, step):
+        ctx, cfg = self.ctx, self.cfg
+        if step == 1 and cfg.audio_steps > 0:  # a fresh run; a resumed one restores the fitted encoder
+            self.fit_audio()
+        self.gen.audio_encoder.eval()  # frozen: its dropout stays off while the renderer trains
+        faces, target = masked_faces(batch)
+        real = batch["shape"].float()
+        has = batch["has_shape"].bool()
+        with torch.no_grad(), ctx.autocast():
+            pred = self.gen.audio_encoder(batch["mel"].float())
+        l_shape = F.mse_loss(pred.float()[has], real[has]) if bool(has.any()) else pred.float().sum() * 0
+        n = real.shape[0]
+        forced = (torch.rand(n, 1, device=real.device) < cfg.teacher_forcing) & has[:, None]
+        shown = torch.where(forced, real + cfg.shape_noise * torch.randn_like(real), pred.detach().float())
+        with ctx.autocast():
+            fake = self.gen_ddp(None, faces, shown)
+        l1, edge = self._image_loss(fake, target, batch["lip_box"])
+        l_img = l1 + cfg.edge_weight * edge
+        losses = {"l1": l1, "edge": edge}
+        gan = self.disc is not None and step >= cfg.mouth_gan_start
+        if gan:
+            fake_mouth = mouth_crops(fake, batch["lip_box"])
+            with ctx.autocast():
+                adv = gan_generator_loss(self.disc_ddp(fake_mouth).float())
+            l_img = l_img + cfg.mouth_gan_weight * adv
+            losses["adv"] = adv
+        ctx.check_finite("generator", losses, step)
+        if gan:
+            self.disc.requires_grad_(False)  # the generator's step leaves the judge alone
+        ctx.backward_step(l_img, self.opt_r, self.renderer_params)
+        out = {k: v.item() for k, v in losses.items()}
+        out["shape"] = l_shape.item()  # the frozen encoder on these training frames (for the logs)
+        if gan:
+            self.disc.requires_grad_(True)
+            real_mouth = mouth_crops(target, batch["lip_box"])
+            with ctx.autocast():
+                l_d = gan_discriminator_loss(self.disc_ddp(real_mouth).float(), self.disc_ddp(fake_mouth.detach()).float())
+            ctx.check_finite("discriminator", {"disc": l_d}, step)
+            ctx.backward_step(l_d, self.opt_d, self.disc.parameters())
+            out["disc"] = l_d.item()
+        return out
+
+    # ------------------------------------------------------------------ validation
+    def _face_mesh(self):
+        if self._mesh is None:
+            from ..face.landmarks import FaceMesh
+
+            self._mesh = FaceMesh(static=True)
+        return self._mesh
+
+    def mesh_opening(self, faces_uint8: np.ndarray) -> np.ndarray:
+        """Mouth opening measured by FaceMesh on generated 128 px faces (upscaled to 256 as preprocessing does)."""
+        import cv2
+
+        from ..face.mouth_shape import mouth_opening
+
+        mesh = self._face_mesh()
+        out = np.full(len(faces_uint8), np.nan, np.float32)
+        for i, img in enumerate(faces_uint8):
+            lm = mesh.landmarks(cv2.resize(img, (256, 256), interpolation=cv2.INTER_LINEAR))
+            if lm is not None:
+                out[i] = mouth_opening(lm[None])[0]
+        return out
+
+    def val_batch(self, batch):
+        from ..face.mouth_shape import shape_opening
+
+        faces, target = masked_faces(batch)
+        pred = self.gen.predict_shape(batch["mel"].float()).float()
+        fake = self.gen.render(faces, pred).float()
+        box = box_mask(batch["lip_box"], target.shape[2], target.shape[3])
+        r0 = target.shape[2] - self.gen.decoder_rows(target.shape[2])
+        mouth_l1 = ((fake - target).abs() * box).flatten(1).sum(1) / (box.flatten(1).sum(1) * 3).clamp_min(1)
+        imgs = np.stack(to_images(fake))
+        real = batch["shape"].float()
+        has = batch["has_shape"].float()
+        return {
+            "mouth_l1": mouth_l1,
+            "lower_psnr": psnr(fake[:, :, r0:], target[:, :, r0:]),
+            "shape_mse": torch.where(has > 0, ((pred - real) ** 2).mean(1), torch.full_like(has, float("nan"))),
+            "opening_pred": torch.from_numpy(shape_opening(pred.numpy())),
+            "opening_real": batch["opening"].float(),
+            "opening_gen": torch.from_numpy(self.mesh_opening(imgs)),
+        }
+
+    def val_metrics(self, values):
+        out = {f"val/{k}": float(np.nanmean(values[k])) for k in ("mouth_l1", "lower_psnr", "shape_mse") if k in values}
+        r_gen = pearson(values["opening_gen"], values["opening_real"])
+        out["val/opening_r"] = r_gen
+        out["val/opening_err"] = 1.0 - r_gen if np.isfinite(r_gen) else 2.0
+        out["val/shape_r"] = pearson(values["opening_pred"], values["opening_real"])
+        out["val/faces_found"] = float(np.isfinite(values["opening_gen"]).mean())
+        return out
+
+    def images(self, batch):
+        """Rows: masked input, reference, generated (predicted shape), generated (real shape), real; 4 samples."""
+        was = self.gen.training
+        self.gen.eval()
+        try:
+            small = {k: v[:4] for k, v in batch.items()}
+            faces, target = masked_faces(small)
+            with torch.no_grad():
+                pred = self.gen(small["mel"].float(), faces).float()
+                real = self.gen.render(faces, small["shape"].float()).float()
+        finally:
+            self.gen.train(was)
+        return image_grid([to_images(faces[:, :3]), to_images(faces[:, 3:]), to_images(pred), to_images(real),
+                           to_images(target)])
+
+    def preview(self):
+        """Held-out frames spread over the validation set: real (top) and generated from audio (bottom)."""
+        ds = self.val_dataset()
+        if ds is None:
+            return None
+        from torch.utils.data import default_collate
+
+        picks = np.linspace(0, len(ds) - 1, min(PREVIEW_FRAMES, len(ds))).round().astype(int)
+        batch = default_collate([ds[int(i)] for i in picks])
+        batch = {k: (v.to(self.ctx.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+        was = self.gen.training
+        self.gen.eval()
+        try:
+            faces, target = masked_faces(batch)
+            with torch.no_grad():
+                fake = self.gen(batch["mel"].float(), faces).float()
+        finally:
+            self.gen.train(was)
+        return image_grid([to_images(target), to_images(fake)])
+
+    def bn_module(self):
+        return self.gen
+
+    def bn_forward(self, batch):
+        faces, _ = masked_faces(batch)
+        self.gen(batch["mel"].float(), faces)

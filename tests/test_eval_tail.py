@@ -1,0 +1,49 @@
+"""The held-out tail protocol on real footage: segments, the reference from the training part, the baselines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import run_cli
+
+
+def test_tail_segments_span_clips_in_order(more_data):
+    from hyperlips.eval.tail import footage_videos, tail_segments
+
+    videos = footage_videos(more_data / "grid_s1")
+    assert len(videos) == 100 and videos == sorted(videos)
+    segs, train = tail_segments(videos, seconds=4.0)  # 3 s clips of 75 frames at 25 fps
+    assert [(s.video.name, s.start, s.stop) for s in segs] == [(videos[-2].name, 50, 75), (videos[-1].name, 0, 75)]
+    assert train == (videos[-2], 0, 50)
+    with pytest.raises(Exception, match="shorter than the footage"):
+        tail_segments(videos[:1], seconds=10.0)
+
+
+def test_tail_protocol_measures_the_model_and_both_baselines(more_data, tmp_path):
+    out = tmp_path / "report"
+    res = run_cli("eval", "--clips", more_data / "edtalk/pose_source2.mp4", "--protocol", "tail", "--untrained",
+                  "--model", "lite", "--tail-seconds", "3", "-o", out, "--device", "cpu", "--quiet", timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads((out / "tail.json").read_text())
+    rows = data["rows"]
+    assert set(rows) == {"model", "hold", "delayed"}
+    assert all(74 <= r["frames"] <= 75 for r in rows.values())  # the generated ones end with the (AAC) audio
+    # the real mouth 5 frames late: its best match with the real mouth is 5 frames late, almost perfectly
+    assert rows["delayed"]["opening_lag"] == 5 and rows["delayed"]["opening_r_peak"] > 0.8
+    # the held reference mouth barely moves; the real one does
+    assert rows["hold"]["opening_amplitude"] < 0.5 * rows["delayed"]["opening_amplitude"]
+    assert (tmp_path / "report/tail/reference.png").is_file() and (tmp_path / "report/tail_preview.png").is_file()
+    assert "reference mouth held" in (out / "tail.md").read_text()
+    assert "delayed: opening r" in res.stdout
+
+
+def test_tail_protocol_errors(more_data, tmp_path):
+    res = run_cli("eval", "--protocol", "tail", "--checkpoint", tmp_path / "x.safetensors")
+    assert res.returncode == 2 and "--clips" in res.stderr
+    res = run_cli("eval", "--clips", more_data / "grid_s1/bbaf3s.mpg", "--protocol", "tail")
+    assert res.returncode == 2 and "--checkpoint" in res.stderr
+    res = run_cli("eval", "--clips", more_data / "grid_s1/bbaf3s.mpg", "--protocol", "tail", "--untrained",
+                  "--tail-fraction", "1.5")
+    assert res.returncode == 2 and "--tail-fraction" in res.stderr

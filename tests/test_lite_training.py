@@ -1,0 +1,225 @@
+"""HyperLips-Lite training on real clips: its frame dataset, the time budget and schedule of the loop, exact
+resume, `train base --model lite`, `finetune` (folders, held-out tail, progress file, preview) and `sync`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import run_cli, write_wav
+from test_train_data import make_view, small_dataset  # noqa: F401  (session fixture)
+
+TINY = dict(model="hyperlips-lite", batch_size=4, workers=0, threads=1, log_every=1, image_every=0, val_every=3,
+            seed=5, lite={"widths": [8, 16, 16, 32], "out_width": 8, "audio_width": 16, "audio_members": 2},
+            warmup_steps=0, lr=5e-4, betas=(0.9, 0.99), audio_steps=3)
+
+
+@pytest.fixture(scope="module")
+def grid_view(small_dataset, tmp_path_factory):  # noqa: F811
+    """The two GRID s1 clips, the last 20 frames of each held out."""
+    return make_view(small_dataset, tmp_path_factory.mktemp("lite_grid"), ["grid_s1/bbaf3s", "grid_s1/bbas3a"],
+                     val_frames=20)
+
+
+def _trainer(data: Path, out: Path, resume: bool = False, **kw):
+    from hyperlips.train.commands import stage_class
+    from hyperlips.train.config import build_config
+    from hyperlips.train.loop import Trainer
+
+    cfg = build_config("base", overrides={"data": str(data), "out": str(out), **TINY, **kw})
+    return Trainer(stage_class("base", cfg.model), cfg, resume=resume, quiet=True)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_frame_samples_are_deterministic_with_far_references(grid_view):
+    from hyperlips.data.datasets import Manifest
+    from hyperlips.data.frames import MIN_REFERENCE_GAP, FrameDataset
+    from hyperlips.face.mouth_shape import N_SHAPE
+
+    clips = Manifest.load(grid_view).open_clips("train")
+    ds = FrameDataset(clips, steps=24, seed=1)
+    a, b = ds[11], ds[11]
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert a["target"].shape == (3, 128, 128) and a["reference"].shape == (3, 128, 128)
+    assert a["mel"].shape == (1, 80, 24) and a["shape"].shape == (N_SHAPE,) and bool(a["has_shape"])
+    # the reference is another frame of the same clip, far from the target
+    part = ds.parts[int(a["clip"])]
+    frames = {int(part.index[i]): part.faces[i] for i in range(len(part.index))}
+    ref_at = [f for f, img in frames.items() if np.array_equal(img.transpose(2, 0, 1), a["reference"])]
+    assert ref_at and all(abs(f - int(a["frame"])) >= MIN_REFERENCE_GAP for f in ref_at)
+    # training frames stay inside the training part of each clip
+    for g in range(40):
+        s = ds[g]
+        lo, hi = clips[int(s["clip"])].frame_range
+        assert lo <= int(s["frame"]) < hi
+    # the mel window is centred on the frame's time, cut from the clip's mel normalised over the utterance
+    from hyperlips.media.audio import centred_mel_windows, normalise_utterance
+
+    clip = clips[int(a["clip"])]
+    mel = normalise_utterance(np.asarray(clip.mel))
+    at = [clip.time_of(int(a["frame"]))]
+    assert np.array_equal(a["mel"], centred_mel_windows(mel, at, 24, fill=mel.min(axis=1))[0])
+    raw = FrameDataset(clips, steps=24, seed=1, mel_norm=None)[11]["mel"]
+    assert np.array_equal(raw, centred_mel_windows(np.asarray(clip.mel), at, 24)[0])
+
+
+def test_validation_frames_come_in_order_with_one_reference(grid_view):
+    from hyperlips.data.datasets import Manifest
+    from hyperlips.data.frames import FrameDataset, reference_frame
+
+    m = Manifest.load(grid_view)
+    val = m.open_clips("val")
+    train = {c.id: c.frame_range for c in m.open_clips("train")}
+    refs = {c.id: reference_frame(c, train[c.id]) for c in val}
+    ds = FrameDataset(val, steps=24, ordered=True, references=refs)
+    assert len(ds) == sum(int(c.valid[c.frame_range[0]:c.frame_range[1]].sum()) for c in val)
+    frames = [(int(ds[g]["clip"]), int(ds[g]["frame"])) for g in range(len(ds))]
+    assert frames == sorted(frames)
+    assert all(np.array_equal(ds[g]["reference"], refs[val[int(ds[g]["clip"])].id].transpose(2, 0, 1))
+               for g in (0, len(ds) - 1))
+
+
+def test_footage_tail_is_held_out_across_clips(small_dataset, tmp_path):  # noqa: F811
+    from hyperlips.data.preprocess import write_footage_tail_manifest
+
+    view = make_view(small_dataset, tmp_path / "v", ["grid_s1/bbaf3s", "grid_s1/bbas3a"], val_frames=1)
+    m = write_footage_tail_manifest(view, ["grid_s1/bbaf3s", "grid_s1/bbas3a"], val_seconds=4.0)
+    by = {(c["id"], c["split"]): c["frames"] for c in m["clips"]}
+    # 75 frames each: the whole second clip and the last 25 frames of the first are held out
+    assert by[("grid_s1/bbas3a", "val")] == [0, 75] and ("grid_s1/bbas3a", "train") not in by
+    assert by[("grid_s1/bbaf3s", "val")] == [50, 75] and by[("grid_s1/bbaf3s", "train")] == [0, 50]
+    assert m["held_out"]["frames"] == 100 and m["held_out"]["seconds"] == pytest.approx(4.0)
+
+
+# ---------------------------------------------------------------------------------------------- training
+def test_lite_trains_validates_and_exports(grid_view, tmp_path):
+    from hyperlips.models import HyperLipsLite, load_checkpoint
+
+    res = _trainer(grid_view, tmp_path / "run", max_steps=6).fit()
+    assert res.step == 6 and all(np.isfinite(v) for r in res.losses for v in r.values())
+    assert {"l1", "edge", "shape"} <= set(res.losses[0])
+    assert res.losses[-1]["l1"] < res.losses[0]["l1"]
+    assert {"val/mouth_l1", "val/opening_r", "val/shape_r", "val/opening_err"} <= set(res.metrics)
+    model, info = load_checkpoint(res.model)
+    assert isinstance(model, HyperLipsLite) and info.config["extra"]["widths"] == [8, 16, 16, 32]
+    assert (tmp_path / "run/preview.png").is_file() and list((tmp_path / "run/images").glob("*preview*.png"))
+
+
+def test_mouth_gan_joins_after_its_start_and_is_checkpointed(grid_view, tmp_path):
+    res = _trainer(grid_view, tmp_path / "run", max_steps=4, val_every=0, mouth_gan_weight=0.1,
+                   mouth_gan_start=3).fit()
+    assert "adv" not in res.losses[1] and {"adv", "disc"} <= set(res.losses[2]) <= set(res.losses[3])
+    assert all(np.isfinite(v) for r in res.losses for v in r.values())
+    ck = torch.load(tmp_path / "run/checkpoints/step_000000004.pt", weights_only=True)
+    assert set(ck["models"]) == {"generator", "discriminator"} and "discriminator" in ck["optimizers"]
+
+
+def test_mouth_crops_are_square_around_the_lips():
+    from hyperlips.train.lite import mouth_crops
+
+    img = torch.zeros(1, 3, 128, 128)
+    img[:, :, 80:100, 40:88] = 1.0  # a bright "mouth"
+    crop = mouth_crops(img, torch.tensor([[40 / 128, 80 / 128, 88 / 128, 100 / 128]]))
+    assert crop.shape == (1, 3, 64, 64)
+    assert crop[0, 0, 32, 32] > 0.99 and crop[0, 0, 2, 2] < 0.01  # centred on it, with a margin round it
+
+
+def test_lite_resumes_exactly_with_a_decaying_learning_rate(grid_view, tmp_path):
+    kw = dict(max_steps=5, val_every=0, lr_schedule="cosine", ckpt_every=3)
+    full = _trainer(grid_view, tmp_path / "full", **kw).fit()
+    part = _trainer(grid_view, tmp_path / "part", **kw)
+
+    def crash(step, losses):
+        if step == 4:
+            raise KeyboardInterrupt  # killed after the checkpoint of step 3
+
+    part.on_step = crash
+    with pytest.raises(KeyboardInterrupt):
+        part.fit()
+    cont = _trainer(grid_view, tmp_path / "part", resume=True, **kw).fit()
+    assert [r["step"] for r in cont.losses] == [4, 5]
+    assert cont.losses == full.losses[3:]  # bit for bit on CPU
+
+
+def test_lr_schedule_warms_up_and_decays(tmp_path):
+    from hyperlips.train.config import build_config
+    from hyperlips.train.loop import LRSchedule
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1.0)
+    sched = LRSchedule({"o": opt}, build_config("base", overrides={"lr_schedule": "cosine", "warmup_steps": 10,
+                                                                     "max_steps": 110}))
+    lrs = []
+    for step in range(110):
+        sched.apply(step, None)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.55) and lrs[109] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    # with a time budget the decay waits for the plan, then spans it
+    sched = LRSchedule({"o": opt}, build_config("base", overrides={"lr_schedule": "cosine", "max_minutes": 1,
+                                                                     "max_steps": 10**6}))
+    sched.apply(50, None)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
+    sched.apply(100, 100)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_time_budget_stops_the_run_and_is_counted_across_resumes(grid_view, tmp_path, monkeypatch):
+    import hyperlips.train.loop as loop
+
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["t"])
+    trainer = _trainer(grid_view, tmp_path / "run", max_steps=1000, max_minutes=1.0, val_every=4, ckpt_every=1000)
+    trainer.on_step = lambda step, losses: clock.__setitem__("t", clock["t"] + 5.0)  # 5 s a step
+    res = trainer.fit()
+    # 60 s at 5 s a step: planned at the first validation (step 4) with a small margin, within the budget
+    assert trainer.planned_steps is not None and 10 <= res.step == trainer.planned_steps <= 12
+    ck = torch.load(sorted((tmp_path / "run/checkpoints").glob("step_*.pt"))[-1], weights_only=True)
+    assert 50.0 <= ck["clock"]["elapsed_s"] <= 60.0 and ck["clock"]["planned_steps"] == trainer.planned_steps
+    again = _trainer(grid_view, tmp_path / "run", resume=True, max_steps=1000, max_minutes=1.0, val_every=4)
+    assert again.fit().step == res.step  # the budget is spent: nothing more to do
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
+    video = more_data / "lrs2_deep_avsr/00001.mp4"
+    out = tmp_path / "me.safetensors"
+    res = run_cli("finetune", video, "-o", out, "--steps", "2", "--batch-size", "2", "--device", "cpu", "--quiet",
+                  "--set", "val_every=2", "--set", "audio_steps=5", "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}",
+                  timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert out.is_file() and f"--checkpoint {out}" in res.stdout and "held-out mouth-opening r" in res.stdout
+    from hyperlips.models import load_checkpoint
+
+    model, info = load_checkpoint(out)
+    assert 1.0 <= model.config.shape_gain <= 3.0 and f"mouth-shape gain {model.config.shape_gain:.2f}" in res.stdout
+    assert info.config["extra"]["widths"] == [8, 16, 16, 32]
+    status = json.loads((tmp_path / "me.work/progress.json").read_text())
+    assert status["done"] and status["step"] == 2 and Path(status["preview"]).is_file()
+    assert "val/opening_r" in status["val"]
+    wav = write_wav(tmp_path / "speech.wav", 0.6)
+    r = run_cli("sync", video, wav, "-o", tmp_path / "out.mp4", "--checkpoint", out, "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    # a re-run continues: nothing to preprocess, training already at its last step
+    again = run_cli("finetune", video, "-o", out, "--steps", "2", "--device", "cpu", "--quiet", timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_finetune_lite_errors(more_data, tmp_path):
+    clip = more_data / "lrs2_deep_avsr/00001.mp4"
+    res = run_cli("finetune", clip, "-o", tmp_path / "me.pth")
+    assert res.returncode == 2 and ".safetensors" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("finetune", clip, "-o", tmp_path / "me.safetensors", "--hr-size", "256")
+    assert res.returncode == 2 and "--model base" in res.stderr
+    res = run_cli("finetune", clip, "-o", tmp_path / "me.safetensors", "--minutes", "0")
+    assert res.returncode == 2 and "--minutes" in res.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run_cli("finetune", empty, "-o", tmp_path / "me.safetensors")
+    assert res.returncode == 2 and "no video" in res.stderr

@@ -1,0 +1,453 @@
+"""The HTTP API of ``hyperlips serve`` on a real server (threads + worker processes), with tiny inputs and
+random weights: submit, progress, result, cancel, restart, bad uploads, path traversal, size limits, crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import probe_streams, random_base_checkpoint, run_cli, write_wav
+from serve_kit import Client, face_photo, faceless_photo, quick_settings, silent_video, worker_pids
+
+from hyperlips.serve.server import App
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("serve_inputs")
+    return {
+        "photo": face_photo(d / "face.png"),
+        "speech": write_wav(d / "speech.wav", 0.6),
+        "long_speech": write_wav(d / "long_speech.wav", 40.0),
+        "noface": faceless_photo(d / "wall.png"),
+        "silent": silent_video(d / "silent.mp4"),
+    }
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Start servers on tmp_path/data (several, one after another, for restart tests); all stopped at the end."""
+    apps = []
+
+    def start(run_jobs: bool = True, **kw) -> tuple[App, Client]:
+        app = App(quick_settings(tmp_path / "data", **kw)).start(run_jobs=run_jobs)
+        apps.append(app)
+        return app, Client(app.url)
+
+    yield start
+    for app in apps:
+        app.stop()
+
+
+def _sync_job(client: Client, inputs, audio="speech", **params) -> dict:
+    video = client.upload_file(inputs["photo"])
+    speech = client.upload_file(inputs[audio])
+    return client.submit(kind="sync", video=video["id"], audio=speech["id"], **params)
+
+
+# ------------------------------------------------------------------------------------------------ the happy path
+def test_submit_progress_and_result(server, inputs, tmp_path):
+    app, client = server()
+    job = _sync_job(client, inputs)
+    assert job["state"] == "queued" and job["params"]["model"] == "untrained"
+    done, seen = client.wait(job["id"], timeout=900)
+    assert done["state"] == "done", done["message"]
+    stages = [s["stage"] for s in seen if s["state"] == "running"]
+    assert set(stages) & {"loading", "faces", "lip-sync"}, stages
+    fractions = [s["fraction"] for s in seen]
+    assert fractions == sorted(fractions), "progress went backwards"
+    assert done["fraction"] == 1.0 and done["result"]["frames"] == 15  # 0.6 s at the photo's 25 fps
+    last = done["progress"]  # the worker's last report: every frame of the lip-sync pass
+    assert (last["done"], last["total"], last["fraction"]) == (15, 15, 1.0)
+
+    status, headers, body = client.request("GET", done["result"]["url"])
+    assert status == 200 and headers["content-type"] == "video/mp4"
+    out = tmp_path / "result.mp4"
+    out.write_bytes(body)
+    facts = probe_streams(out)
+    assert (facts["width"], facts["height"], facts["frames"]) == (256, 256, 15)
+    assert facts["audio_codec"] == "aac"
+
+    status, headers, part = client.request("GET", done["result"]["url"], headers={"Range": "bytes=100-199"})
+    assert status == 206 and part == body[100:200]
+    assert headers["content-range"] == f"bytes 100-199/{len(body)}"
+    status, headers, _ = client.request("GET", done["result"]["download_url"])
+    assert status == 200 and 'filename="face_hyperlips.mp4"' in headers["content-disposition"]
+
+    # deleting the job removes its files
+    folder = app.settings.data / "jobs" / job["id"]
+    assert folder.is_dir()
+    assert client.json("DELETE", f"/api/jobs/{job['id']}")[0] == 200
+    assert not folder.exists()
+    assert client.json("GET", f"/api/jobs/{job['id']}")[0] == 404
+
+
+def test_info_models_and_openapi_cover_every_route(server):
+    from hyperlips.serve.routes import ROUTE_TABLE
+
+    _, client = server()
+    status, doc = client.json("GET", "/api/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    served = set()
+    for method, pattern in ROUTE_TABLE:
+        if pattern.startswith("^/api/"):
+            path = pattern.strip("^$").replace(r"\.", ".").replace("(?P<id>[^/]+)", "{id}")
+            served.add((method, path))
+    assert served == documented
+    assert client.json("GET", "/api/models")[1]["models"][-1]["id"] == "untrained"
+    info = client.json("GET", "/api/info")[1]
+    assert info["limits"]["max_upload_bytes"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ cancel
+def test_cancel_running_and_queued_jobs(server, inputs):
+    app, client = server()
+    long_job = _sync_job(client, inputs, audio="long_speech")  # 1000 frames: minutes of work
+    queued = _sync_job(client, inputs)
+    client.wait(long_job["id"], stages=("lip-sync",), timeout=900)
+    folder = app.settings.data / "jobs" / long_job["id"]
+    assert worker_pids(folder), "no worker process for the running job"
+    assert client.job(queued["id"])["queue_position"] == 0
+
+    status, after = client.json("POST", f"/api/jobs/{queued['id']}/cancel")
+    assert status == 200 and after["state"] == "cancelled"  # a queued job is cancelled at once
+    client.json("POST", f"/api/jobs/{long_job['id']}/cancel")
+    ended, _ = client.wait(long_job["id"], timeout=120)
+    assert ended["state"] == "cancelled"
+    deadline = time.monotonic() + 300
+    while worker_pids(folder) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not worker_pids(folder), "the cancelled job's worker is still running"
+    assert not (folder / "result.mp4").exists()
+    status, err = client.json("GET", f"/api/jobs/{long_job['id']}/result")
+    assert status == 404 and "cancelled" in err["error"]
+
+
+def test_jobs_at_once_runs_that_many_workers(server, inputs):
+    _, client = server(jobs_at_once=2)
+    jobs = [_sync_job(client, inputs, audio="long_speech") for _ in range(3)]
+    deadline = time.monotonic() + 600
+    while [client.job(j["id"])["state"] for j in jobs] != ["running", "running", "queued"]:
+        assert time.monotonic() < deadline, [client.job(j["id"])["state"] for j in jobs]
+        time.sleep(0.2)
+    for j in jobs:
+        client.json("POST", f"/api/jobs/{j['id']}/cancel")
+    assert [client.wait(j["id"], timeout=120)[0]["state"] for j in jobs] == ["cancelled"] * 3
+
+
+# ------------------------------------------------------------------------------------------------ restart
+def test_a_queued_job_survives_a_restart(server, inputs):
+    first, client = server(run_jobs=False)  # a server whose scheduler never gets to the job
+    job = _sync_job(client, inputs)
+    first.stop()
+    _, client = server()
+    done, _ = client.wait(job["id"], timeout=900)
+    assert done["state"] == "done", done["message"]
+
+
+def test_a_job_running_when_the_server_is_killed_runs_again(tmp_path, inputs):
+    """A real `hyperlips serve` process killed with SIGKILL mid-job: its worker stops too; the next start re-runs it."""
+    data = tmp_path / "data"
+
+    lines: list[list[str]] = []  # each server's output
+    procs: list[subprocess.Popen] = []
+
+    def start() -> tuple[subprocess.Popen, Client]:
+        proc = subprocess.Popen([sys.executable, "-m", "hyperlips.cli", "serve", "--port", "0", "--data", str(data),
+                                 "--no-examples", "--device", "cpu", "--threads", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(proc)
+        mine: list[str] = []
+        lines.append(mine)
+        threading.Thread(target=lambda: mine.extend(proc.stdout), daemon=True).start()  # keeps the pipe drained
+        deadline = time.monotonic() + 300
+        while not any("http://" in ln for ln in mine):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(mine)
+            time.sleep(0.1)
+        url = next(ln for ln in mine if "http://" in ln).split()[2].rstrip("/")
+        return proc, Client(url)
+
+    proc, client = start()
+    try:
+        job = _sync_job(client, inputs, audio="long_speech")
+        client.wait(job["id"], stages=("faces", "lip-sync"), timeout=900)
+        folder = data / "jobs" / job["id"]
+        assert worker_pids(folder)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 300
+        while worker_pids(folder) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not worker_pids(folder), "the worker outlived its server"
+        proc, client = start()
+        again = client.job(job["id"])
+        assert again["state"] in ("queued", "running") and again["attempts"] >= 1
+        client.wait(job["id"], stages=("faces", "lip-sync"), timeout=900)
+        assert client.job(job["id"])["attempts"] == 2
+        client.json("POST", f"/api/jobs/{job['id']}/cancel")
+        assert client.wait(job["id"], timeout=120)[0]["state"] == "cancelled"
+    finally:
+        for p in procs:  # the servers this test started, whatever happened
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    time.sleep(0.2)
+    out = "".join(lines[1])
+    assert proc.returncode == 0, out
+    assert "was running when the server stopped: queued again" in out and "stopping" in out
+
+
+# ------------------------------------------------------------------------------------------------ crashes
+def test_a_crashing_worker_fails_its_job_not_the_server(server, inputs):
+    app, client = server()
+    job = _sync_job(client, inputs, audio="long_speech")
+    client.wait(job["id"], stages=("faces", "lip-sync"), timeout=900)
+    for pid in worker_pids(app.settings.data / "jobs" / job["id"]):
+        os.kill(pid, signal.SIGKILL)  # as a segfault would end it
+    failed, _ = client.wait(job["id"], timeout=120)
+    assert failed["state"] == "failed"
+    assert "stopped unexpectedly (killed by SIGKILL)" in failed["message"]
+    assert client.json("GET", "/api/health") == (200, {"ok": True})
+    after = _sync_job(client, inputs)
+    assert client.wait(after["id"], timeout=900)[0]["state"] == "done"
+
+
+# ------------------------------------------------------------------------------------------------ bad uploads
+def _cli_reason(tmp_path: Path, video: str, audio: str, files: dict[str, bytes]) -> str:
+    """The one-line reason `hyperlips sync` gives for the same files (same names, in the working folder)."""
+    work = tmp_path / "cli"
+    work.mkdir(exist_ok=True)
+    for name, data in files.items():
+        (work / name).write_bytes(data)
+    r = run_cli("sync", video, audio, "-o", "out.mp4", "--untrained", "--device", "cpu", cwd=work)
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("hyperlips: error: ")
+    return line[len("hyperlips: error: "):]
+
+
+def test_not_a_video_gets_the_command_line_reason(server, inputs, tmp_path):
+    _, client = server()
+    junk = b"this is not a video at all\n" * 20
+    status, err = client.upload("clip.mp4", junk)
+    assert status == 400
+    speech = inputs["speech"].read_bytes()
+    assert err["error"] == _cli_reason(tmp_path, "clip.mp4", "speech.wav", {"clip.mp4": junk, "speech.wav": speech})
+    assert "clip.mp4" in err["error"] and str(tmp_path) not in err["error"]
+
+
+def test_speech_without_sound_gets_the_command_line_reason(server, inputs, tmp_path):
+    _, client = server()
+    photo = client.upload_file(inputs["photo"])
+    silent = client.upload_file(inputs["silent"])
+    assert silent["usable_as"] == {"video": True, "audio": False}
+    status, err = client.json("POST", "/api/jobs", {"video": photo["id"], "audio": silent["id"]})
+    assert status == 400
+    files = {"face.png": inputs["photo"].read_bytes(), "silent.mp4": inputs["silent"].read_bytes()}
+    assert err["error"] == _cli_reason(tmp_path, "face.png", "silent.mp4", files)
+    status, err = client.json("POST", "/api/jobs", {"video": photo["id"], "audio": photo["id"]})
+    assert status == 400 and "face.png is a photo" in err["error"]
+
+
+def test_no_face_fails_the_job_with_the_command_line_reason(server, inputs, tmp_path):
+    _, client = server()
+    wall = client.upload_file(inputs["noface"])
+    speech = client.upload_file(inputs["speech"])
+    job = client.submit(video=wall["id"], audio=speech["id"])
+    failed, _ = client.wait(job["id"], timeout=900)
+    assert failed["state"] == "failed"
+    files = {"wall.png": inputs["noface"].read_bytes(), "speech.wav": inputs["speech"].read_bytes()}
+    assert failed["message"] == _cli_reason(tmp_path, "wall.png", "speech.wav", files)
+    assert "wall.png" in failed["message"]
+
+
+def test_too_long_and_unknown_types_are_refused(server, inputs, tmp_path):
+    _, client = server(max_seconds=2.0)
+    status, err = client.upload("talk.wav", write_wav(tmp_path / "three.wav", 3.0).read_bytes())
+    assert status == 400 and err["error"] == "talk.wav is 3.0 s long; this server takes at most 2 s: send a shorter part of it"
+    status, err = client.upload("run.exe", b"MZ" * 100)
+    assert status == 400 and "run.exe: not a file type" in err["error"]
+    status, err = client.upload("empty.wav", b"")
+    assert status == 400 and "empty" in err["error"]
+    assert not any((tmp_path / "data" / "files").iterdir()), "a refused upload left a file"
+
+
+def test_bad_job_options_are_refused_with_a_reason(server, inputs):
+    app, client = server(run_jobs=False)
+    photo = client.upload_file(inputs["photo"])
+    speech = client.upload_file(inputs["speech"])
+    base = {"video": photo["id"], "audio": speech["id"]}
+    for extra, words in [({"model": "person:nobody"}, "no model 'person:nobody'"),
+                         ({"size": 1024}, "renders at 128, 256, 512 px"),
+                         ({"loop": "bounce"}, "loop must be one of"),
+                         ({"face": -1}, "face must be a whole number"),
+                         ({"face": 0, "face_box": [0, 0, 10, 10]}, "not both"),
+                         ({"video": "0123456789abcdef"}, "no uploaded file"),
+                         ({"audio": None}, "no speech file given"),
+                         ({"kind": "paint"}, "kind must be one of")]:
+        status, err = client.json("POST", "/api/jobs", {**base, **extra})
+        assert status == 400 and words in err["error"], (extra, err)
+    status, _, body = client.request("POST", "/api/jobs", b"{not json", {"Content-Type": "application/json"})
+    assert status == 400 and b"not valid JSON" in body
+    assert not any((app.settings.data / "jobs").iterdir()), "a refused job left a folder"
+    assert client.json("GET", "/api/jobs")[1]["jobs"] == []
+
+
+# ------------------------------------------------------------------------------------------------ safety
+def test_uploaded_names_never_become_paths(server, inputs, tmp_path):
+    app, client = server()
+    speech = inputs["speech"].read_bytes()
+    for name in ("../../../escaped.wav", "..\\..\\escaped.wav", "/etc/escaped.wav", "a/../../escaped.wav",
+                 "escaped.wav\x00.png", "....//escaped.wav"):
+        status, rec = client.upload(name, speech)
+        assert status in (201, 400), rec
+        if status == 201:
+            assert "/" not in rec["name"] and "\\" not in rec["name"] and rec["name"].endswith("escaped.wav")
+    found = [p for p in tmp_path.rglob("*escaped*")] + [p for p in Path("/etc").glob("escaped*")]
+    assert not found, found
+    stored = list((app.settings.data / "files").iterdir())
+    assert stored and all(len(p.stem) == 16 and p.suffix == ".wav" for p in stored)
+    for path in ("/api/jobs/..%2F..%2Fjobs.sqlite3", "/api/jobs/../../jobs.sqlite3/result", "/static/..%2Fserver.py",
+                 "/api/files/..%2F..%2Fjobs.sqlite3", "/static/../../../etc/passwd"):
+        status, _, body = client.request("GET", path)
+        assert status == 404, (path, status)
+        assert b"SQLite" not in body and b"root:" not in body
+
+
+def test_oversized_uploads_are_refused_before_they_are_read(server, inputs):
+    app, client = server(max_upload_mb=0.05)  # 52 KB
+    host, port = client.host, client.port
+
+    def raw(request: bytes) -> bytes:
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(request)
+            reply = b""
+            while chunk := s.recv(65536):  # the server closes the connection after a refusal
+                reply += chunk
+            return reply
+
+    # a declared size over the limit: answered at once, nothing read
+    reply = raw(b"POST /api/files?name=big.mp4 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000000000\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 413") and b"at most 51 KB" in reply
+    # the same with Expect: 100-continue: refused instead of "continue"
+    reply = raw(b"POST /api/files?name=big.mp4 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999\r\n"
+                b"Expect: 100-continue\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 413") and reply.endswith(b"at most 51 KB\"\n}")
+    # no length at all (chunked)
+    reply = raw(b"POST /api/files?name=x.wav HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 411")
+    # a real body just over the limit
+    status, err = client.upload("speech.wav", b"\0" * (app.settings.max_upload_bytes + 1))
+    assert status == 413 and "speech.wav is" in err["error"]
+    assert not any((app.settings.data / "files").iterdir())
+    assert client.json("GET", "/api/health")[0] == 200
+
+
+def test_requests_for_other_hosts_or_from_other_sites_are_refused(server):
+    _, client = server()
+    status, err = client.json("GET", "/api/info", headers={"Host": "attacker.example:7860"})
+    assert status == 403 and "localhost" in err["error"]
+    status, err = client.json("POST", "/api/jobs", {}, headers={"Origin": "http://attacker.example"})
+    assert status == 403
+    status, _ = client.json("POST", "/api/jobs", {}, headers={"Origin": f"http://{client.host}:{client.port}"})
+    assert status == 400  # past the origin check: refused for its content
+    status, _, body = client.request("GET", "/")
+    assert status == 200 and b"<title>hyperlips</title>" in body
+
+
+# ------------------------------------------------------------------------------------------------ retention
+def test_finished_jobs_and_uploads_expire(server, inputs):
+    app, client = server(run_jobs=False)
+    rec = client.upload_file(inputs["speech"])
+    job = _sync_job(client, inputs)
+    client.json("POST", f"/api/jobs/{job['id']}/cancel")
+    app.runner.sweep(now=time.time() + 3600)  # an hour on: kept (24 h)
+    assert client.json("GET", f"/api/jobs/{job['id']}")[0] == 200
+    app.runner.sweep(now=time.time() + 25 * 3600)
+    assert client.json("GET", f"/api/jobs/{job['id']}")[0] == 404
+    assert not (app.settings.data / "jobs" / job["id"]).exists()
+    assert client.json("GET", f"/api/files/{rec['id']}")[0] == 404
+    assert not any((app.settings.data / "files").iterdir())
+
+
+# ------------------------------------------------------------------------------------------------ models
+def test_person_models_are_listed_and_used(server, inputs, tmp_path):
+    from hyperlips.models import create_model, save_checkpoint
+
+    models = tmp_path / "data" / "models"
+    models.mkdir(parents=True)
+    random_base_checkpoint(models / "anna.safetensors", official=False)
+    save_checkpoint(create_model("hyperlips-hr-256"), models / "anna.hr256.safetensors", "hyperlips-hr-256")
+    (models / "notes.txt").write_text("not a model")
+    _, client = server()
+    listed = {m["id"]: m for m in client.json("GET", "/api/models")[1]["models"]}
+    assert listed["person:anna"]["sizes"] == [128, 256]
+    assert list(listed) == ["person:anna", "untrained"]
+    job = _sync_job(client, inputs, model="person:anna")
+    assert job["params"]["size"] == 256  # a person model defaults to its largest size
+    done, _ = client.wait(job["id"], timeout=900)
+    assert done["state"] == "done", done["message"]
+
+
+def test_requests_leave_no_open_files_behind(server):
+    import gc
+
+    _, client = server(run_jobs=False)
+    client.json("GET", "/api/info")
+    threads = threading.active_count()
+    gc.disable()  # what a handler thread leaves open must not be closed by a lucky garbage collection
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(200):  # one connection (and one handler thread) each
+            assert client.json("GET", "/api/jobs")[0] == 200
+        deadline = time.monotonic() + 120
+        while threading.active_count() > threads and time.monotonic() < deadline:
+            time.sleep(0.1)  # the handler threads end (and clean up) after their answers are sent
+        assert len(os.listdir("/proc/self/fd")) <= before + 3
+    finally:
+        gc.enable()
+
+
+def test_one_server_per_data_folder(server, tmp_path):
+    from hyperlips.errors import UserError
+
+    server(run_jobs=False)
+    with pytest.raises(UserError, match="another hyperlips serve is using"):
+        App(quick_settings(tmp_path / "data"))
+
+
+def test_serve_command_errors_are_one_line(tmp_path):
+    r = run_cli("serve", "--port", "70000", "--data", tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "hyperlips: error: --port must be 0..65535 (got 70000)"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        r = run_cli("serve", "--port", s.getsockname()[1], "--data", tmp_path, "--no-examples", timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("hyperlips: error: cannot listen on 127.0.0.1:") and "--port" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_python_client_in_the_docs_works(server, inputs, tmp_path):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    code = text.split("### From Python")[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "docs/serving.md", "exec"), namespace)
+    _, client = server()
+    url = f"http://{client.host}:{client.port}"
+    out = namespace["lipsync"](url, str(inputs["photo"]), str(inputs["speech"]), str(tmp_path / "synced.mp4"),
+                               loop="hold")
+    assert probe_streams(Path(out))["frames"] == 15
+    with pytest.raises(RuntimeError, match="has no audio track"):
+        namespace["lipsync"](url, str(inputs["photo"]), str(inputs["silent"]), str(tmp_path / "never.mp4"))

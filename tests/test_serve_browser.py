@@ -1,0 +1,183 @@
+"""The page of ``hyperlips serve`` in a real browser: headless Chromium (Debian's package) driven by Playwright.
+
+Skipped, with the reason, where Chromium or the playwright package is missing (``bash scripts/test.sh`` installs
+both when it can). Playwright never downloads a browser here: it is pointed at the system's chromium.
+Set ``HYPERLIPS_SCREENSHOT=PATH`` to keep the screenshot of the finished page (docs/img/serve.png is one).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from helpers import write_wav
+from serve_kit import faceless_photo, fake_finetune, quick_settings
+
+from hyperlips.serve.server import App
+
+CHROMIUM = os.environ.get("HYPERLIPS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+JOB_TIMEOUT_MS = 900_000
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("needs the playwright Python package (bash scripts/test.sh installs it, or pip install playwright)")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"needs Chromium at {CHROMIUM} (apt-get install -y chromium; bash scripts/test.sh installs it "
+                    f"where apt-get works; or set HYPERLIPS_CHROMIUM)")
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True, args=FLAGS,
+            viewport={"width": 1200, "height": 900})
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def open_page(browser, tmp_path):
+    """Start a server and open its page; afterwards check the page fetched nothing from elsewhere and had no errors."""
+    apps, pages, outside, errors = [], [], [], []
+
+    def go(**settings):
+        app = App(quick_settings(tmp_path / "data", **settings)).start()
+        page = browser.new_page()
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((app.url, "data:", "blob:")) else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(app.url + "/")
+        page.wait_for_function("() => document.querySelectorAll('#sync-model option').length > 0")
+        apps.append(app)
+        pages.append(page)
+        return app, page
+
+    yield go
+    for page in pages:
+        page.close()
+    for app in apps:
+        app.stop()
+    assert not outside, f"the page fetched from elsewhere: {outside}"
+    assert not [e for e in errors if not e.startswith("Failed to load resource")], errors  # 4xx answers are expected
+
+
+def _pick(page, selector: str, path: Path, status: str) -> str:
+    page.set_input_files(selector, str(path))
+    page.wait_for_selector(f"{status}.ok, {status}.bad", timeout=600_000)
+    return page.inner_text(status)
+
+
+def test_lipsync_a_real_clip_in_the_page_and_play_the_result(open_page, real_data, tmp_path):
+    app, page = open_page(examples=True)
+    page.wait_for_function("() => document.querySelectorAll('#sync-video-example option').length > 1")  # the example
+    video, audio = real_data / "retalking" / "face1.mp4", real_data / "retalking" / "audio1.wav"
+    assert _pick(page, "#sync-video-file", video, "#sync-video-status").startswith("✓ face1.mp4 · 700×700")
+    assert _pick(page, "#sync-audio-file", audio, "#sync-audio-status").startswith("✓ audio1.wav")
+    assert page.input_value("#sync-model") == "untrained"
+    page.click("#sync-start")
+
+    stages, widths = set(), []
+    deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
+    while not page.is_visible("#sync-result"):
+        if page.is_visible("#sync-error"):
+            pytest.fail(f"the job failed: {page.inner_text('#sync-error')}")
+        text = page.inner_text("#sync-stage")
+        stages.add(text.split(":")[0].split(" ·")[0])
+        widths.append(float(page.eval_on_selector("#sync-bar", "b => parseFloat(b.style.width) || 0")))
+        page.wait_for_timeout(250)
+        assert time.monotonic() < deadline, "no result in time"
+    assert {"Finding the face", "Generating the mouth"} <= stages, stages
+    assert widths == sorted(widths) and 0 < max(widths)
+
+    playing = page.evaluate("""async () => {
+        const v = document.getElementById('sync-output');
+        const late = (ms) => new Promise((_, no) => setTimeout(() => no(new Error(`nothing after ${ms} ms`)), ms));
+        v.muted = true;
+        try { await Promise.race([v.play(), late(60000)]); } catch (e) { return {failed: String(e)}; }
+        const t0 = performance.now();
+        while (v.currentTime < 1.0 && performance.now() - t0 < 60000) await new Promise(r => setTimeout(r, 100));
+        const facts = {time: v.currentTime, width: v.videoWidth, height: v.videoHeight, duration: v.duration,
+                       error: v.error && v.error.code, ready: v.readyState, paused: v.paused, src: v.currentSrc};
+        v.pause();
+        return facts;
+    }""")
+    assert "failed" not in playing and playing["error"] is None, playing
+    assert playing["time"] >= 1.0 and not playing["paused"] and "/result" in playing["src"], playing
+    assert (playing["width"], playing["height"]) == (700, 700)
+    assert abs(playing["duration"] - 5.0) < 0.15, playing  # as long as the speech (5.0 s)
+    href = page.get_attribute("#sync-download", "href")
+    r = page.request.get(app.url + href)
+    assert r.status == 200 and "face1_hyperlips.mp4" in r.headers["content-disposition"]
+
+    page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+
+
+def test_pick_the_built_in_example(open_page, tmp_path):
+    """The example needs no upload: a public-domain photo and synthesised speech (the docs' screenshot)."""
+    _, page = open_page(examples=True)
+    page.wait_for_function("() => document.querySelectorAll('#sync-audio-example option').length > 1")
+    page.select_option("#sync-video-example", label=page.inner_text("#sync-video-example option:nth-child(2)"))
+    page.select_option("#sync-audio-example", label=page.inner_text("#sync-audio-example option:nth-child(2)"))
+    assert page.inner_text("#sync-video-status").startswith("✓ demo_face.png · photo")
+    assert page.inner_text("#sync-audio-status").startswith("✓ demo_speech.wav")
+    page.click("#sync-start")
+    page.wait_for_selector("#sync-result:not([hidden])", timeout=JOB_TIMEOUT_MS)
+    page.evaluate("""async () => {
+        const v = document.getElementById('sync-output');
+        const late = (ms) => new Promise(r => setTimeout(r, ms));
+        if (v.readyState < 1) await Promise.race([new Promise(r => v.addEventListener('loadedmetadata', r, {once: true})), late(30000)]);
+        v.currentTime = 3.0;
+        await Promise.race([new Promise(r => v.addEventListener('seeked', r, {once: true})), late(30000)]);
+    }""")
+    assert page.evaluate("() => document.getElementById('sync-output').currentTime") == 3.0
+    shot = tmp_path / "serve.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("HYPERLIPS_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["HYPERLIPS_SCREENSHOT"])
+
+
+def test_bad_inputs_show_the_reason_and_jobs_can_be_cancelled(open_page, tmp_path):
+    _, page = open_page()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    reason = _pick(page, "#sync-video-file", notes, "#sync-video-status")
+    assert reason.startswith("notes.txt: not a file type this server takes; send videos")
+    junk = tmp_path / "clip.mp4"
+    junk.write_bytes(b"not a video\n" * 50)
+    reason = _pick(page, "#sync-video-file", junk, "#sync-video-status")
+    assert reason.startswith("cannot open clip.mp4 (unreadable or corrupt media file")
+    assert page.is_disabled("#sync-start")
+
+    speech = write_wav(tmp_path / "speech.wav", 0.6)
+    _pick(page, "#sync-video-file", faceless_photo(tmp_path / "wall.png"), "#sync-video-status")
+    _pick(page, "#sync-audio-file", speech, "#sync-audio-status")
+    page.click("#sync-start")
+    page.wait_for_selector("#sync-error:not([hidden])", timeout=JOB_TIMEOUT_MS)
+    assert "wall.png" in page.inner_text("#sync-error") and "face" in page.inner_text("#sync-error")
+
+    _pick(page, "#sync-audio-file", write_wav(tmp_path / "long.wav", 40.0), "#sync-audio-status")
+    page.click("#sync-start")
+    page.click("#sync-cancel")
+    page.wait_for_function("() => document.getElementById('sync-error').textContent === 'Cancelled.'", timeout=300_000)
+    assert not page.is_visible("#sync-cancel") and page.is_enabled("#sync-start")
+
+
+def test_train_a_person_model_in_the_page(open_page, real_data, tmp_path):
+    _, page = open_page(finetune_command=fake_finetune(tmp_path / "fake"))
+    page.click("#tab-train")
+    assert _pick(page, "#train-video-file", real_data / "retalking" / "face1.mp4", "#train-video-status").startswith("✓")
+    page.fill("#train-name", "anna")
+    page.fill("#train-minutes", "2")
+    page.click("#train-start-button")
+    page.wait_for_function("() => document.getElementById('train-preview').naturalWidth === 64", timeout=600_000)
+    assert "mouth_l1" in page.inner_text("#train-val")
+    page.wait_for_selector("#train-done:not([hidden])", timeout=600_000)
+    assert "anna" in page.inner_text("#train-done")
+    page.click("#tab-sync")
+    page.wait_for_function("() => [...document.querySelectorAll('#sync-model option')].some(o => o.value === 'person:anna')")

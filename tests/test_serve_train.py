@@ -1,0 +1,154 @@
+"""Training jobs of ``hyperlips serve``, run against a stand-in for the finetune command that follows its
+``progress.json`` contract (stage, step, elapsed_s, eta_s, fraction, val, preview)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import write_wav
+from serve_kit import Client, face_photo, fake_finetune, quick_settings, silent_video
+
+from hyperlips.serve.server import App
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A short video with its own sound (what a person model is trained from)."""
+    import soundfile as sf
+
+    from hyperlips.media.audio import load_audio
+    from hyperlips.media.video import FrameReader, VideoWriter
+
+    d = tmp_path_factory.mktemp("train_inputs")
+    silent = silent_video(d / "silent.mp4", frames=25)
+    wav = load_audio(write_wav(d / "speech.wav", 1.0))
+    out = d / "person.mp4"
+    with FrameReader(silent) as r, VideoWriter(out, r.width, r.height, r.fps, audio=wav, sample_rate=16000) as w:
+        for fr in r:
+            w.write(fr.image)
+    sf.write(str(d / "speech.wav"), wav, 16000)
+    return {"video": out, "photo": face_photo(d / "face.png"), "speech": d / "speech.wav"}
+
+
+@pytest.fixture
+def start(tmp_path):
+    apps = []
+
+    def go(mode: str = "ok") -> tuple[App, Client]:
+        cmd = fake_finetune(tmp_path / "fake", mode)
+        app = App(quick_settings(tmp_path / "data", finetune_command=cmd)).start()
+        apps.append(app)
+        return app, Client(app.url)
+
+    yield go
+    for app in apps:
+        app.stop()
+
+
+def test_training_job_reports_progress_previews_and_publishes_the_model(start, clip):
+    app, client = start()
+    video = client.upload_file(clip["video"])
+    job = client.submit(kind="finetune", video=video["id"], name="anna", minutes=0.5)
+    done, seen = client.wait(job["id"], timeout=600, every=0.1)
+    assert done["state"] == "done", done["message"]
+    assert done["result"] == {"model": "person:anna", "name": "anna"}
+
+    running = [s for s in seen if s["state"] == "running" and s["stage"] == "train"]
+    assert running, "no training progress was seen"
+    assert {"step", "elapsed_s", "eta_s", "fraction", "val", "preview"} <= set(running[-1]["progress"])
+    assert 0 < running[-1]["fraction"] < 1 and running[-1]["progress"]["val"]["mouth_l1"] > 0
+    assert [s["progress"]["step"] for s in running] == sorted(s["progress"]["step"] for s in running)
+
+    status, headers, png = client.request("GET", f"/api/jobs/{job['id']}/preview")
+    assert status == 200 and headers["content-type"] == "image/png" and png.startswith(b"\x89PNG")
+
+    # the command the job ran: the contract's arguments
+    args = json.loads((app.settings.data / "jobs" / job["id"] / "work" / "args.json").read_text())
+    work = app.settings.data / "jobs" / job["id"] / "work"
+    assert args["minutes"] == 0.5 and args["checkpoint"] is None
+    assert args["argv"][args["argv"].index("--work") + 1] == str(work)
+
+    # the model is in the models folder and usable for lip-sync
+    assert (app.settings.models / "anna.safetensors").is_file()
+    models = [m["id"] for m in client.json("GET", "/api/models")[1]["models"]]
+    assert models == ["person:anna", "untrained"]
+    # a second model of the same name does not overwrite the first
+    again = client.submit(kind="finetune", video=video["id"], name="anna", minutes=0.5, start_from="person:anna")
+    done2, _ = client.wait(again["id"], timeout=600)
+    assert done2["result"]["name"] == "anna-2"
+    args = json.loads((app.settings.data / "jobs" / again["id"] / "work" / "args.json").read_text())
+    assert args["checkpoint"] == str(app.settings.models / "anna.safetensors")
+
+    photo = client.upload_file(clip["photo"])
+    speech = client.upload_file(clip["speech"])
+    synced = client.submit(video=photo["id"], audio=speech["id"], model="person:anna-2")
+    assert client.wait(synced["id"], timeout=900)[0]["state"] == "done"
+
+
+def test_training_errors_reach_the_job_as_one_line(start, clip):
+    _, client = start("fail")
+    video = client.upload_file(clip["video"])
+    job = client.submit(kind="finetune", video=video["id"], name="bob", minutes=1)
+    failed, _ = client.wait(job["id"], timeout=600)
+    assert failed["state"] == "failed"
+    assert failed["message"] == "person.mp4 is too short to fine-tune on: 20 frames"  # the uploaded name, not the stored one
+
+
+def test_a_crashing_trainer_fails_its_job_with_its_last_words(start, clip):
+    _, client = start("crash")
+    video = client.upload_file(clip["video"])
+    job = client.submit(kind="finetune", video=video["id"], name="bob", minutes=1)
+    failed, _ = client.wait(job["id"], timeout=600)
+    assert failed["state"] == "failed"
+    assert failed["message"].startswith("training stopped with exit code 1: RuntimeError: the fake trainer fell over")
+    assert client.json("GET", "/api/health")[0] == 200
+
+
+def test_a_preview_outside_the_job_folder_is_not_served(start, clip):
+    _, client = start("escape")
+    video = client.upload_file(clip["video"])
+    job = client.submit(kind="finetune", video=video["id"], name="eve", minutes=1)
+    client.wait(job["id"], stages=("train",), timeout=600, every=0.05)
+    status, _, body = client.request("GET", f"/api/jobs/{job['id']}/preview")
+    assert status == 404 and not body.startswith(b"\x89PNG")
+
+
+def test_training_requests_are_checked(start, clip):
+    _, client = start()
+    video = client.upload_file(clip["video"])
+    photo = client.upload_file(clip["photo"])
+    speech = client.upload_file(clip["speech"])
+    for params, words in [({"video": photo["id"], "name": "x"}, "not from a photo"),
+                          ({"video": speech["id"], "name": "x"}, "not from sound alone"),
+                          ({"video": video["id"], "name": "../x"}, "name: give the model a name"),
+                          ({"video": video["id"], "name": "x", "minutes": 0}, "time budget"),
+                          ({"video": video["id"], "name": "x", "minutes": 10_000}, "at most 120 minutes"),
+                          ({"video": video["id"], "name": "x", "start_from": "person:nobody"}, "no model")]:
+        status, err = client.json("POST", "/api/jobs", {"kind": "finetune", **params})
+        assert status == 400 and words in err["error"], (params, err)
+
+
+@pytest.mark.slow
+def test_a_person_model_trained_with_the_real_finetune(tmp_path, real_data, clip):
+    """The page's training tab end to end with `hyperlips finetune` itself: a few minutes on one real clip."""
+    app = App(quick_settings(tmp_path / "data")).start()  # the real finetune command
+    try:
+        client = Client(app.url)
+        footage = client.upload_file(real_data / "retalking" / "face2.mp4")  # 5 s, its own speech
+        job = client.submit(kind="finetune", video=footage["id"], name="face2", minutes=3)
+        done, seen = client.wait(job["id"], timeout=1500, every=1.0)
+        log = client.request("GET", f"/api/jobs/{job['id']}/log")[2].decode(errors="replace")[-3000:]
+        assert done["state"] == "done", f"{done['message']}\n{log}"
+        assert "preprocess" in {s["stage"] for s in seen}
+        trained = [s for s in seen if s["state"] == "running" and s["progress"].get("step")]
+        assert trained and trained[-1]["progress"]["preview"], seen[-3:]
+        status, _, png = client.request("GET", f"/api/jobs/{job['id']}/preview")
+        assert status == 200 and png.startswith(b"\x89PNG")
+        assert "person:face2" in [m["id"] for m in client.json("GET", "/api/models")[1]["models"]]
+        photo = client.upload_file(clip["photo"])
+        speech = client.upload_file(clip["speech"])
+        synced = client.submit(video=photo["id"], audio=speech["id"], model="person:face2")
+        assert client.wait(synced["id"], timeout=600)[0]["state"] == "done"
+    finally:
+        app.stop()
