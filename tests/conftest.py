@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,57 @@ def corpus_materials(real_data, more_data, tmp_path_factory):
     from corpus import Materials
 
     return Materials(tmp_path_factory.mktemp("corpus"), real_data, more_data)
+
+
+# ---------------------------------------------------------------------------------------------- trained expert
+GRID_S1_TRAINED = 40  # the first 40 GRID s1 clips (by name): 32 to train the expert on, 8 held out by the split
+EXPERT_STEPS = {"bf16": 500, "off": 300}  # steps per precision: both train in about 6 minutes on 2 cores
+
+
+@dataclass
+class TrainedExpert:
+    """A sync expert trained by the default test run on one speaker (GRID s1), shared by the tests that need one."""
+
+    model: Path  # the exported model (BatchNorm statistics re-estimated, as `sync` and `train base` load it)
+    dataset: Path  # the preprocessed 40 clips: manifest splits "train" (32) and "val" (8)
+    run: Path
+    amp: str  # "bf16" where the CPU has bf16 instructions, else "off" (fp32): hyperlips.precision decides
+    steps: int
+    clips: tuple[str, ...]  # file names of the GRID s1 clips it was trained or validated on
+    records: list  # scalars.jsonl of the run
+
+
+@pytest.fixture(scope="session")
+def trained_expert(more_data, tmp_path_factory) -> TrainedExpert:
+    """Train the sync expert briefly on 32 GRID s1 clips (16 pairs per step, lr 1e-3, negatives 8+ frames away).
+
+    The precision follows the CPU (``hyperlips.precision.auto_precision``): bf16 autocast where it is native,
+    fp32 where bf16 would be emulated (several times slower). ``HYPERLIPS_SYNC_TEST_STEPS`` overrides the steps.
+    """
+    import json
+
+    from hyperlips.data.preprocess import PreprocessOptions, preprocess
+    from hyperlips.precision import auto_precision
+    from hyperlips.train.commands import stage_class
+    from hyperlips.train.config import build_config
+    from hyperlips.train.loop import Trainer
+
+    base = tmp_path_factory.mktemp("trained_expert")
+    src = base / "src"
+    src.mkdir()
+    clips = sorted((more_data / "grid_s1").glob("*.mpg"))[:GRID_S1_TRAINED]
+    for p in clips:
+        os.symlink(p, src / p.name)
+    preprocess(src, base / "ds", PreprocessOptions(val_fraction=0.2), workers=2, progress=False)
+    # HYPERLIPS_TEST_CPU_FLAGS judges other CPU flags than this machine's, to rehearse another machine: e.g.
+    # "avx2" with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 behaves like a CPU without bf16 instructions
+    flags = os.environ.get("HYPERLIPS_TEST_CPU_FLAGS")
+    amp = "bf16" if auto_precision("cpu", None if flags is None else flags.split()) == "bf16" else "off"
+    steps = int(os.environ.get("HYPERLIPS_SYNC_TEST_STEPS", EXPERT_STEPS[amp]))
+    cfg = build_config("sync", overrides=dict(
+        data=str(base / "ds"), out=str(base / "run"), lr=1e-3, batch_size=16, workers=1, threads=2,
+        amp=amp, min_shift=8, max_steps=steps, val_every=100, val_samples=128, val_at_start=True,
+        ckpt_every=10_000, image_every=0, log_every=50))
+    res = Trainer(stage_class("sync"), cfg, quiet=True).fit()
+    records = [json.loads(line) for line in (base / "run/scalars.jsonl").read_text().splitlines()]
+    return TrainedExpert(res.model, base / "ds", base / "run", amp, steps, tuple(p.name for p in clips), records)

@@ -123,3 +123,38 @@ def frames_at(path: Path, indices) -> list[np.ndarray]:
                 out.append(f.image)
     assert len(out) == len(want), f"could not decode frames {sorted(want)} of {path}"
     return out
+
+
+
+def copying_base_checkpoint(path: Path, gain: float = 4.0) -> Path:
+    """A hand-made HyperLips-Base whose output is its reference face: ``sigmoid(gain * (reference - 0.5))`` per
+    colour channel, through the decoder's last block, which sees the network input directly (the rest of the
+    network is cut off by zero weights).
+
+    Random weights render an almost flat face (a colour per channel), which colour matching turns into flat skin
+    whatever came after it; this one renders a real face with a mouth, so an HR decoder after it visibly changes
+    the pasted mouth.
+    """
+    import torch
+
+    from hyperlips.models import create_model
+
+    model = create_model("hyperlips-base")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.zero_()
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_parameters()  # weight 1, bias 0, running mean 0, running variance 1: identity in eval mode
+        last = model.decoder.decode0.conv  # Conv3x3 over [decoder features (32), network input (6)] -> 64, ...
+        n_feat = last[0].weight.shape[1] - 6
+        for c in range(3):
+            last[0].weight[c, n_feat + 3 + c, 1, 1] = 1.0  # the reference face's channel c
+            last[3].weight[c, c, 1, 1] = 1.0
+            model.output_block[0].conv_block[0].weight[c, c, 1, 1] = 1.0  # residual blocks between add zero
+            model.output_block[1].weight[c, c, 0, 0] = gain
+        model.output_block[1].bias.fill_(-0.5 * gain)
+    torch.save({"state_dict": model.state_dict(), "global_step": 0, "global_epoch": 0}, path)
+    return path

@@ -58,10 +58,16 @@ def test_eval_report_on_real_clip_with_test_weights(tmp_path, real_data):
     syncnet = tmp_path / "syncnet_v2.model"
     torch.save({k: v for k, v in PublicSyncNet().state_dict().items() if "num_batches" not in k}, syncnet)
     expert = save_checkpoint(SyncNet(), tmp_path / "expert.safetensors", "syncnet")
+    import soundfile as sf
+
+    from hyperlips.media.audio import load_audio
+
     clip = real_data / "hyperlips" / "video2.mp4"
+    delayed = tmp_path / "delayed.wav"  # the clip's own speech, 3 frames late: the driving audio of the "result"
+    sf.write(str(delayed), np.concatenate([np.zeros(3 * 640, np.float32), load_audio(clip, 16000)]), 16000)
     out = tmp_path / "report"
-    r = run_cli("eval", clip, "--reference", clip, "--syncnet", syncnet, "--expert", expert, "--max-seconds", "0.6",
-                "--device", "cpu", "--quiet", "-o", out)
+    r = run_cli("eval", clip, "--reference", clip, "--audio", delayed, "--protocol", "self", "--syncnet", syncnet,
+                "--expert", expert, "--max-seconds", "0.6", "--device", "cpu", "--quiet", "-o", out)
     assert r.returncode == 0, r.stderr
     assert "report:" in r.stdout and "lse_d" in r.stdout
     data = _strict_json(out / "report.json")
@@ -69,10 +75,13 @@ def test_eval_report_on_real_clip_with_test_weights(tmp_path, real_data):
     assert data["protocol"] == "self-reconstruction" and data["frames"] == 15
     assert m["delta_e"] == 0.0 and m["jitter_ratio"] == 1.0 and m["lmd"] == 0.0 and m["psnr_mouth"] == 100.0
     lse = data["sync"]["lse"]
-    # a video against itself: generated and reference get the same LSE numbers
-    assert lse["generated"]["lse_d"] == pytest.approx(lse["reference"]["lse_d"])
-    assert lse["generated"]["windows"] == 10 and len(lse["generated"]["curve"]) == 31
-    assert data["sync"]["expert"]["generated"]["offset"] == data["sync"]["expert"]["reference"]["offset"]
+    # the result is scored against the driving audio (--audio), the reference against its own track: same frames,
+    # different sound, different curves (a report that scored both with one audio would show equal curves)
+    assert lse["generated"]["windows"] == lse["reference"]["windows"] == 10 and len(lse["generated"]["curve"]) == 31
+    assert not np.allclose(lse["generated"]["curve"], lse["reference"]["curve"], rtol=1e-3)
+    exp = data["sync"]["expert"]  # offsets whose windows leave the audio are null
+    g, r = (np.array([np.nan if v is None else v for v in exp[k]["curve"]]) for k in ("generated", "reference"))
+    assert np.isfinite(g).sum() >= 10 and not np.allclose(g, r, rtol=1e-3, equal_nan=True)
     assert data["perceptual"]["fid"]["status"].startswith("unavailable")
     assert len(data["per_frame"]["delta_e"]) == 15
     md = (out / "report.md").read_text()
@@ -115,6 +124,38 @@ def test_eval_batch_without_pairs(tmp_path):
     (tmp_path / "g" / "a.mp4").write_bytes(b"x")
     r = run_cli("eval", tmp_path / "g", "--reference", tmp_path / "r", "-o", tmp_path / "o")
     assert r.returncode == 2 and "no videos of" in r.stderr
+
+
+def test_default_report_folder_and_no_per_frame(tmp_path, more_data, monkeypatch, capfd):
+    """Without ``-o`` one clip's report goes to ``hyperlips_eval/<name of the video>/``; ``--no-per-frame`` leaves
+    the per-frame curves out of the JSON."""
+    from hyperlips.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    clip = more_data / "grid_lipnet" / "lbax4n.mpg"
+    assert main(["eval", str(clip), "--max-seconds", "0.4", "--no-per-frame", "--quiet"]) == 0, capfd.readouterr().err
+    data = _strict_json(tmp_path / "hyperlips_eval" / "lbax4n" / "report.json")
+    assert data["protocol"] == "no reference" and data["frames"] == 10 and "per_frame" not in data
+
+
+def test_self_protocol_generates_and_evaluates_two_short_clips(tmp_path, more_data, capfd):
+    """The fast variant of the slow test below: ``eval --clips DIR --protocol self`` on two GRID clips (0.4 s each),
+    in this process. Random weights change the mouth measurably and leave the rest of the face alone."""
+    from hyperlips.cli import main
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("lbax4n.mpg", "sbia1a.mpg"):
+        (clips / name).symlink_to(more_data / "grid_lipnet" / name)
+    out = tmp_path / "self"
+    code = main(["eval", "--clips", str(clips), "--protocol", "self", "--untrained", "--max-seconds", "0.4",
+                 "--quiet", "--device", "cpu", "-o", str(out)])
+    assert code == 0, capfd.readouterr().err
+    summary = _strict_json(out / "summary.json")
+    rows = summary["clips"]
+    assert [r["clip"] for r in rows] == ["lbax4n", "sbia1a"] and all(r["protocol"] == "self-reconstruction" for r in rows)
+    assert all(r["psnr_mouth"] < 30 < r["psnr_face"] for r in rows)
+    assert (out / "generated" / "lbax4n.mp4").exists()
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from hyperlips.eval import metrics as M
 from hyperlips.eval.protocols import evaluate_pair
 
 torch.set_num_threads(1)
+UNSEEN_GRID_S1 = 60  # a GRID s1 clip (by name order) the trained expert neither trained nor validated on
 TINT = (0.0, 5.0, -3.0)  # Lab shift given to the tinted copies: delta E = sqrt(34) = 5.83
 
 
@@ -185,15 +186,16 @@ def face_clip(real_data, tmp_path_factory):
 def test_tinted_copy_of_real_clip(face_clip):
     r = evaluate_pair(face_clip["tinted"], face_clip["plain"], protocol="self", perceptual=False)
     m = r.metrics
-    assert m["delta_e"] == pytest.approx(math.sqrt(34), abs=0.6)
+    assert m["delta_e"] == pytest.approx(5.8, abs=0.1)  # sqrt(34) = 5.83 before H.264; docs/evaluation.md: 5.8
     assert m["lmd"] < 0.02  # same face, same mouth
     assert 0.7 < m["jitter_ratio"] < 1.4
 
 
 def test_shaken_copy_of_real_clip(face_clip):
     shaken = evaluate_pair(face_clip["shaken"], face_clip["plain"], protocol="self", perceptual=False).metrics
-    assert shaken["jitter_ratio"] > 2.0
-    assert shaken["flicker_ratio"] > 1.5
+    # docs/evaluation.md: a jitter ratio of about 4.3 and a flicker ratio of about 2.5 (measured 4.35 and 2.50)
+    assert 3.5 < shaken["jitter_ratio"] < 5.2
+    assert 2.2 < shaken["flicker_ratio"] < 2.8
     assert shaken["delta_e"] < 1.0  # moved, not recoloured
 
 
@@ -260,24 +262,49 @@ def test_shifted_audio_is_found_at_its_offset(tmp_path):
     assert r.metrics["psnr_face"] is None and "reference" in r.notes["psnr_face"]
 
 
-@pytest.mark.slow
-def test_trained_expert_finds_a_three_frame_delay(real_data, tmp_path):
-    """With a trained expert (set HYPERLIPS_EXPERT to its checkpoint): a real clip whose own speech is delayed by
-    3 frames (120 ms of silence in front) is reported at offset +3, and the untouched clip at 0."""
-    import os
+def test_frames_are_paired_by_timestamp_when_the_rates_differ(real_data, tmp_path):
+    """A result at 12.5 fps (every second frame) against its 25 fps original: each result frame is compared with
+    the original frame shown at its time (0.08 s apart: 0, 2, 4, ...), not with the frame of the same index. Every
+    source frame gets its own brightness, so a frame paired with the wrong one shows."""
+    from hyperlips.media.video import FrameReader, VideoWriter
 
+    with FrameReader(real_data / "retalking" / "face3.mp4") as r:
+        frames = [f.image for f in r.iter_range(0, 30)]
+    h, w = frames[0].shape[:2]
+    frames = [np.clip(f.astype(np.float32) * (0.55 + 0.015 * k), 0, 255).astype(np.uint8) for k, f in enumerate(frames)]
+    ref, gen = tmp_path / "original.mp4", tmp_path / "result.mp4"
+    with VideoWriter(ref, w, h, 25.0) as a, VideoWriter(gen, w, h, 12.5) as b:
+        for k, f in enumerate(frames):
+            a.write(f)
+            if k % 2 == 0:
+                b.write(f)
+    r = evaluate_pair(gen, ref, protocol="self", perceptual=False)
+    assert r.frames == 15 and r.fps == 12.5
+    assert r.metrics["psnr_face"] > 35 and r.metrics["delta_e"] < 1.0
+    # paired by index instead, the same frames would be far apart (checked here on the decoded frames)
+    from helpers import psnr, read_frames
+
+    dg, dr = read_frames(gen), read_frames(ref)
+    assert np.mean([psnr(dg[k], dr[k]) for k in range(1, 15)]) < 30
+
+
+def test_trained_expert_finds_a_three_frame_delay(trained_expert, more_data, tmp_path):
+    """The expert the default run trains (the session's ``trained_expert``, one speaker: GRID s1) on a GRID s1 clip
+    it never saw: the clip with its own speech is reported at offset 0, and with that speech delayed by 3 frames
+    (120 ms of silence in front) at +3."""
     import soundfile as sf
 
+    from conftest import GRID_S1_TRAINED
+    from hyperlips.eval.sync_score import load_expert
     from hyperlips.media.audio import load_audio
 
-    expert = os.environ.get("HYPERLIPS_EXPERT")
-    if not expert:
-        pytest.skip("set HYPERLIPS_EXPERT to a SyncNet checkpoint trained with `hyperlips train sync`")
-    clip = real_data / "retalking" / "face3.mp4"
+    clip = sorted((more_data / "grid_s1").glob("*.mpg"))[UNSEEN_GRID_S1]
+    assert UNSEEN_GRID_S1 >= GRID_S1_TRAINED and clip.name not in trained_expert.clips
+    expert = load_expert(trained_expert.model)
     wav = load_audio(clip, 16000)
     delayed = tmp_path / "delayed.wav"
     sf.write(str(delayed), np.concatenate([np.zeros(3 * 640, np.float32), wav]), 16000)
-    on_time = evaluate_pair(clip, None, None, expert=expert, perceptual=False)
-    late = evaluate_pair(clip, None, delayed, expert=expert, perceptual=False)
-    assert on_time.sync["expert"]["generated"].offset == 0
-    assert late.sync["expert"]["generated"].offset == 3
+    on_time = evaluate_pair(clip, None, None, expert_model=expert, perceptual=False).sync["expert"]["generated"]
+    late = evaluate_pair(clip, None, delayed, expert_model=expert, perceptual=False).sync["expert"]["generated"]
+    print("expert offsets", on_time.offset, late.offset, "confidence", round(on_time.confidence, 3))
+    assert (on_time.offset, late.offset) == (0, 3), (on_time.curve, late.curve)

@@ -139,6 +139,32 @@ def test_nan_loss_stops_before_writing(sync_view, tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in ck["models"]["syncnet"].values() if v.is_floating_point())
 
 
+def test_best_checkpoint_is_the_lowest_validation_metric(sync_view, tmp_path, monkeypatch):
+    """``best.pt`` / ``best.safetensors`` are the step whose validation metric (val/loss for the expert) was lowest,
+    not the last or the first one."""
+    from hyperlips.models import load_checkpoint, read_state_dict
+    from hyperlips.train import loop, sync
+
+    scripted = iter([0.9, 0.5, 0.7, 0.6])  # steps 1..4: the best is step 2
+
+    def val_metrics(self, values):
+        return {"val/loss": next(scripted), "val/auc": 0.5}
+
+    monkeypatch.setattr(sync.SyncStage, "val_metrics", val_metrics)
+    res = _trainer("sync", sync_view, tmp_path / "run", max_steps=4, val_every=1, val_samples=2, ckpt_every=100,
+                   keep_last=10).fit()
+    assert res.best == tmp_path / "run/best.safetensors"
+    ck = loop.read_checkpoint(tmp_path / "run/checkpoints/best.pt")
+    assert ck["step"] == 2 and ck["best"] == {"metric": "val/loss", "value": 0.5, "step": 2}
+    _, info = load_checkpoint(res.best, name="syncnet")
+    assert info.step == 2
+    best, _ = read_state_dict(res.best, "syncnet")
+    at2, _ = read_state_dict(tmp_path / "run/checkpoints/step_000000002.pt", "syncnet")
+    last, _ = read_state_dict(res.model, "syncnet")
+    assert all(torch.equal(best[k], at2[k]) for k in best)
+    assert not all(torch.equal(best[k], last[k]) for k in best)
+
+
 def test_bf16_autocast_on_cpu_trains_in_bf16_and_keeps_fp32_weights(sync_view, tmp_path, monkeypatch):
     from hyperlips.errors import UserError
     from hyperlips.models import load_checkpoint
@@ -166,18 +192,22 @@ def test_bf16_autocast_on_cpu_trains_in_bf16_and_keeps_fp32_weights(sync_view, t
     assert loop.amp_settings("auto", torch.device("cpu"))[0] is False
 
 
-def test_bn_statistics_are_re_estimated_before_saving(sync_view, tmp_path, monkeypatch):
-    """With ``bn_batches`` N the saved running statistics are the plain average over N fresh training batches
-    (not a lagging moving average), and the layers get their momentum back afterwards."""
+@pytest.mark.parametrize("stage", ["sync", "base"])
+def test_bn_statistics_are_re_estimated_before_saving(sync_view, tmp_path, monkeypatch, stage):
+    """With ``bn_batches`` N the saved running statistics of the trained network (the expert; the base stage's
+    generator) are the plain average over N fresh training batches (not a lagging moving average), and the layers
+    get their momentum back afterwards."""
     from hyperlips.models import load_checkpoint
-    from hyperlips.train import sync
+    from hyperlips.train.commands import stage_class
 
     stats = []
-    real = sync.SyncStage.bn_forward
+    cls = stage_class(stage)
+    real = cls.bn_forward
 
     def spy(self, batch):
-        assert self.net.training
-        bn = next(m for m in self.net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        net = self.bn_module()
+        assert net.training
+        bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
         hook = bn.register_forward_hook(
             lambda m, i, o: stats.append((i[0].float().mean((0, 2, 3)), i[0].float().var((0, 2, 3)))))
         try:
@@ -185,16 +215,20 @@ def test_bn_statistics_are_re_estimated_before_saving(sync_view, tmp_path, monke
         finally:
             hook.remove()
 
-    monkeypatch.setattr(sync.SyncStage, "bn_forward", spy)
-    trainer = _trainer("sync", sync_view, tmp_path / "run", max_steps=1, bn_batches=3)
+    monkeypatch.setattr(cls, "bn_forward", spy)
+    extra = {"disc_weight": 0.0, "batch_size": 1} if stage == "base" else {}
+    trainer = _trainer(stage, sync_view, tmp_path / "run", max_steps=1, bn_batches=3, **extra)
     res = trainer.fit()
     assert len(stats) == 3
-    net, _ = load_checkpoint(res.model, name="syncnet")
+    net, _ = load_checkpoint(res.model, name=cls.model_name)
     bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert torch.allclose(bn.running_mean, torch.stack([m for m, _ in stats]).mean(0), atol=1e-5)
     assert torch.allclose(bn.running_var, torch.stack([v for _, v in stats]).mean(0), rtol=1e-4, atol=1e-6)
     assert not torch.equal(stats[0][0], stats[1][0])  # different batches, not one batch three times
-    assert all(m.momentum == 0.1 for m in trainer.stage.net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    from hyperlips.models import create_model
+
+    momenta = [m.momentum for m in create_model(cls.model_name).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [m.momentum for m in trainer.stage.bn_module().modules() if isinstance(m, torch.nn.BatchNorm2d)] == momenta
 
 
 def test_a_training_checkpoint_loads_as_its_network(sync_view, tmp_path):

@@ -47,6 +47,10 @@ def test_base_trains_with_a_frozen_expert_and_its_model_runs_in_sync(one_clip, t
     err = capsys.readouterr().err
     assert res.step == 2 and set(res.losses[0]) >= {"l1", "sync", "adv", "disc", "loss"}
     assert all(np.isfinite(v) for r in res.losses for v in r.values())
+    # the generator loss is 0.03 sync + 0.2 adversarial + 0.77 L1 (the original's weights, the stage defaults)
+    for r in res.losses:
+        assert r["loss"] == pytest.approx(0.03 * r["sync"] + 0.2 * r["adv"] + 0.77 * r["l1"], rel=1e-6)
+    assert "no sync expert" not in err
     assert {"val/l1", "val/mouth_l1", "val/sync_p"} <= set(res.metrics)
     # the expert judged the generator in eval mode and was not changed by it (weights and BatchNorm statistics)
     expert = trainer.stage.expert
@@ -103,6 +107,8 @@ def test_hr_renders_its_inputs_like_inference_and_trains(one_clip, tmp_path, cap
     err = capsys.readouterr().err
     assert err.count("using the fallback") == 1  # said once
     assert {"feat_match", "ssim", "lip_ssim", "adv", "l1", "lip_l1"} <= set(res.losses[-1])
+    parts = ("feat_match", "ssim", "lip_ssim", "adv", "l1", "lip_l1")  # every weight 1, as the original
+    assert all(r["loss"] == pytest.approx(sum(r[k] for k in parts), rel=1e-6) for r in res.losses)
     assert {"val/l1", "val/lip_l1", "val/psnr", "val/ssim"} <= set(res.metrics)
     model, info = load_checkpoint(res.model)
     assert info.name == "hyperlips-hr-128"
@@ -129,12 +135,66 @@ def test_hr_renders_its_inputs_like_inference_and_trains(one_clip, tmp_path, cap
     assert (cache / "done.json").stat().st_mtime_ns == stamp
 
 
+def test_base_without_an_expert_warns_once_and_leaves_the_sync_term_out(one_clip, tmp_path, capsys):
+    res = _trainer("base", one_clip, tmp_path / "run", max_steps=1, val_every=0, image_every=0).fit()
+    err = capsys.readouterr().err
+    assert err.count("no sync expert given (--expert)") == 1
+    r = res.losses[0]
+    assert "sync" not in r and r["loss"] == pytest.approx(0.2 * r["adv"] + 0.77 * r["l1"], rel=1e-6)
+
+
+@pytest.mark.parametrize("stage", ["base", "hr"])
+def test_exact_resume_of_the_base_and_hr_stages(one_clip, tmp_path, stage):
+    """Stopped after 2 steps and resumed, a run gives the losses and weights of an uninterrupted 3-step run, bit
+    for bit (generator and discriminator, with the sync expert in the base stage)."""
+    from hyperlips.train import loop
+
+    if stage == "base":
+        kw = {"expert": str(_random_checkpoint(tmp_path / "expert.safetensors", "syncnet"))}
+    else:
+        kw = {"base": str(_random_checkpoint(tmp_path / "base.safetensors", "hyperlips-base", seed=1)), "batch_size": 2}
+    common = dict(val_every=0, image_every=0, ckpt_every=1, **kw)
+    full = _trainer(stage, one_clip, tmp_path / "full", max_steps=3, **common).fit()
+    _trainer(stage, one_clip, tmp_path / "split", max_steps=2, **common).fit()
+    from hyperlips.train.commands import stage_class
+    from hyperlips.train.loop import Trainer, build_config
+
+    cfg = build_config(stage, overrides={"data": str(one_clip), "out": str(tmp_path / "split"), **TINY, **common,
+                                         "max_steps": 3})
+    resumed = Trainer(stage_class(stage), cfg, resume=True, quiet=True).fit()
+    assert [r["step"] for r in resumed.losses] == [3]
+    assert resumed.losses[0] == {k: v for k, v in full.losses[2].items() if k in resumed.losses[0]}
+    a = loop.read_checkpoint(tmp_path / "full/checkpoints/step_000000003.pt")
+    b = loop.read_checkpoint(tmp_path / "split/checkpoints/step_000000003.pt")
+    assert set(a["models"]) == set(b["models"]) and len(a["models"]) == 2
+    for name, weights in a["models"].items():
+        for k, v in weights.items():
+            assert torch.equal(v, b["models"][name][k]), (name, k)
+
+
+def test_finetune_with_one_step(more_data, tmp_path):
+    """The fast variant of the slow test below: one base step and one HR step on a 3-second GRID clip; the models
+    are written with their step."""
+    from hyperlips.cli import main
+    from hyperlips.models import load_checkpoint
+
+    video = more_data / "grid_lipnet/sbwe5n.mpg"
+    out = tmp_path / "me.safetensors"
+    code = main(["finetune", str(video), "-o", str(out), "--model", "base", "--steps", "1", "--hr-size", "128", "--hr-steps", "1",
+                 "--batch-size", "1", "--workers", "0", "--device", "cpu", "--quiet", "--set", "val_samples=2"])
+    assert code == 0
+    base, info = load_checkpoint(out)
+    assert info.name == "hyperlips-base" and info.step == 1
+    hr, info = load_checkpoint(tmp_path / "me.hr128.safetensors")
+    assert info.name == "hyperlips-hr-128" and info.step == 1
+
+
 @pytest.mark.slow
 def test_finetune_one_video_end_to_end(more_data, tmp_path):
     """`hyperlips finetune` on one real clip: base and HR models written, and `sync` uses them."""
     video = more_data / "lrs2_deep_avsr/00001.mp4"
     out = tmp_path / "me.safetensors"
-    res = run_cli("finetune", video, "-o", out, "--steps", "2", "--hr-size", "128", "--hr-steps", "2",
+    res = run_cli("finetune", video, "-o", out, "--model", "base", "--steps", "2", "--hr-size", "128", "--hr-steps", "2",
                   "--batch-size", "1", "--workers", "0", "--device", "cpu", "--quiet", timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]
     hr = tmp_path / "me.hr128.safetensors"
@@ -145,7 +205,7 @@ def test_finetune_one_video_end_to_end(more_data, tmp_path):
                 "--device", "cpu", "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     # a re-run continues: nothing to preprocess, training already at its last step
-    again = run_cli("finetune", video, "-o", out, "--steps", "2", "--batch-size", "1", "--workers", "0",
+    again = run_cli("finetune", video, "-o", out, "--model", "base", "--steps", "2", "--batch-size", "1", "--workers", "0",
                     "--device", "cpu", "--quiet", timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
 

@@ -219,8 +219,8 @@ def network_mel(network, mel: np.ndarray) -> np.ndarray:
 
 
 def to_uint8_images(t) -> np.ndarray:
-    """(N,3,H,W) float tensor in [0,1] -> (N,H,W,3) uint8, rounded (not truncated)."""
-    a = t.detach().float().clamp_(0, 1).mul_(255).round_().to("cpu").numpy().astype(np.uint8)
+    """(N,3,H,W) float tensor in [0,1] -> (N,H,W,3) uint8, rounded (not truncated). ``t`` is left as it is."""
+    a = t.detach().float().clamp(0, 1).mul_(255).round_().to("cpu").numpy().astype(np.uint8)  # clamp copies
     return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
 
 

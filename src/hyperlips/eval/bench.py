@@ -205,6 +205,10 @@ def precision_support(device: str, precision: str) -> Optional[str]:
         return None
     if precision == "fp16":
         return "skipped: fp16 is not a native compute type on CPU (emulated, not representative); measured on CUDA"
+    from ..precision import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        return "skipped: this CPU has no bf16 instructions (AVX512-BF16/AMX; emulated bf16 is slower than fp32)"
     try:
         conv = torch.nn.Conv2d(3, 4, 3).to(dtype)
         with torch.inference_mode():

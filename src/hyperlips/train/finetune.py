@@ -261,9 +261,9 @@ def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
               "progress_file": str(work / "progress.json"),
               "max_minutes": args.minutes or 0.0, **extra}
     every = max(1, min(500, steps // 4))
-    cfg = build_config("base", overrides={**common, "out": str(work / "base"), "init": args.checkpoint,
-                                          "expert": args.expert, "max_steps": steps, "val_every": every,
-                                          "ckpt_every": every, "val_samples": 32})
+    cfg = build_config("base", overrides={"val_samples": 32, **common, "out": str(work / "base"),
+                                          "init": args.checkpoint, "expert": args.expert, "max_steps": steps,
+                                          "val_every": every, "ckpt_every": every})
     res = _train(BaseStage, cfg, args.quiet)
     _publish(res.best or res.model, out, "hyperlips-base")
     print(f"fine-tuned HyperLips-Base ({res.step} steps, held-out mouth L1 "
@@ -271,10 +271,10 @@ def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
     hr_out = None
     if args.hr_size:
         hr_every = max(1, min(500, args.hr_steps // 4))
-        cfg = build_config("hr", overrides={**common, "out": str(work / f"hr{args.hr_size}"), "base": str(out),
-                                            "init": args.hr_checkpoint, "hr_size": args.hr_size,
+        cfg = build_config("hr", overrides={"val_samples": 32, **common, "out": str(work / f"hr{args.hr_size}"),
+                                            "base": str(out), "init": args.hr_checkpoint, "hr_size": args.hr_size,
                                             "max_steps": args.hr_steps, "val_every": hr_every, "max_minutes": 0.0,
-                                            "ckpt_every": hr_every, "val_samples": 32})
+                                            "ckpt_every": hr_every})
         res = _train(HRStage, cfg, args.quiet)
         hr_out = _hr_path(out, args.hr_size)
         _publish(res.best or res.model, hr_out, f"hyperlips-hr-{args.hr_size}")

@@ -1,0 +1,475 @@
+"""End to end, the promises of ``hyperlips sync`` checked where a broken pipeline would show.
+
+Random weights make a meaningless but deterministic mouth, which is all these checks need. The frames handed to
+the encoder and the network's inputs are recorded by ``spies.spy_on_sync`` (nothing is replaced), so pixels are
+compared byte for byte before H.264, and the decoded files are checked as well.
+
+The test clip (built once per module from a real GRID clip): 14 frames without a face (smooth random colour
+fields), then 16 frames of a speaker; every frame carries a 5-bit stamp in its top-left corner that tells which
+source frame an output frame shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import copying_base_checkpoint, cut_audio, probe_streams, random_base_checkpoint, random_hr_checkpoint, read_frames
+from spies import SyncSpy, spy_on_sync
+
+FPS = 25.0
+N_FACELESS = 14  # longer than the half second of missing detections the tracker bridges
+N_FACE = 16
+N_SRC = N_FACELESS + N_FACE
+AUDIO_SECONDS = 1.6  # 40 output frames: the 30 source frames, then 10 more (ping-pong or hold)
+N_OUT = 40
+STAMP = (slice(4, 16), slice(4, 64))  # rows, columns of the frame-number stamp: 5 bits, 12x12 blocks
+
+
+@dataclass
+class Clip:
+    video: Path
+    audio: Path
+    frames: list  # the source frames as every reader decodes them (BGR uint8)
+    regions: list  # per source frame: the tracked crop (x1, y1, x2, y2) in pixels, or None without a face
+    best: int  # the frame with the most confident detection
+
+
+@dataclass
+class Run:
+    out: Path
+    spy: SyncSpy
+    report: object = None
+
+
+def _faceless(rng, h, w):
+    import cv2
+
+    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _stamp(frame, i):
+    for bit in range(5):
+        frame[4:16, 4 + 12 * bit : 16 + 12 * bit] = 225 if (i >> bit) & 1 else 30
+    return frame
+
+
+def read_stamp(frame) -> int:
+    """The number stamped into a frame, read back by thresholding (survives H.264)."""
+    return sum(1 << bit for bit in range(5) if frame[4:16, 4 + 12 * bit : 16 + 12 * bit].mean() > 128)
+
+
+def tracked(frames, fps):
+    """The face track ``sync`` documents (largest face, bridged, smoothed, S3FD-like crop), from the public face API."""
+    from hyperlips.face.detect import FaceDetector
+    from hyperlips.face.track import pixel_region, track_faces
+
+    h, w = frames[0].shape[:2]
+    with FaceDetector() as det:
+        detections = [det.detect(f) for f in frames]
+    track = track_faces(detections, fps=fps, frame_size=(w, h))
+    regions = [None if b is None else pixel_region(b, w, h) for b in track.boxes]
+    return regions, track.best_index, detections
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return random_base_checkpoint(tmp_path_factory.mktemp("ckpt") / "base_random.pth")
+
+
+@pytest.fixture(scope="module")
+def clip(more_data, real_data, tmp_path_factory) -> Clip:
+    import cv2
+
+    from hyperlips.media.video import FrameReader, VideoWriter
+
+    folder = tmp_path_factory.mktemp("clip")
+    rng = np.random.default_rng(7)
+    video = folder / "faceless_then_face.mp4"
+    with FrameReader(more_data / "grid_lipnet" / "lbax4n.mpg") as r:
+        face_frames = [f.image for f in r.iter_range(20, 20 + N_FACE)]
+    # the first face frame is blurred: a lower detection score, so "first" and "best" are different frames
+    face_frames[0] = cv2.GaussianBlur(face_frames[0], (0, 0), 2.5)
+    h, w = face_frames[0].shape[:2]
+    with VideoWriter(video, w, h, FPS) as wr:
+        for i in range(N_SRC):
+            img = _faceless(rng, h, w) if i < N_FACELESS else face_frames[i - N_FACELESS].copy()
+            wr.write(_stamp(img, i))
+    audio = cut_audio(real_data / "speech" / "RD_Radio31_000.wav", folder / "speech.wav", AUDIO_SECONDS)
+    frames = read_frames(video)
+    assert len(frames) == N_SRC
+    regions, best, detections = tracked(frames, FPS)
+    # preconditions of every test below: faces exactly where the clip was built with them, stamps all distinct
+    assert [bool(d) for d in detections] == [False] * N_FACELESS + [True] * N_FACE
+    assert all(r is None for r in regions[:N_FACELESS]) and all(r is not None for r in regions[N_FACELESS:])
+    assert [read_stamp(f) for f in frames] == list(range(N_SRC))
+    assert best != N_FACELESS
+    return Clip(video, audio, frames, regions, best)
+
+
+def _cli_run(*args) -> SyncSpy:
+    """``hyperlips sync ARGS`` in this process (so the spies see it); returns the spy."""
+    from hyperlips.cli import main
+
+    with spy_on_sync() as spy:
+        code = main(["sync", *map(str, args), "--quiet", "--device", "cpu"])
+    assert code == 0
+    return spy
+
+
+@pytest.fixture(scope="module")
+def default_run(clip, ckpt, tmp_path_factory) -> Run:
+    """The Python API with its defaults (ping-pong, best reference, batches of 16)."""
+    from hyperlips.pipeline import LipSync
+
+    out = tmp_path_factory.mktemp("default") / "out.mp4"
+    with spy_on_sync() as spy:
+        report = LipSync(ckpt, device="cpu", progress=False).sync(clip.video, clip.audio, out)
+    return Run(out, spy, report)
+
+
+@pytest.fixture(scope="module")
+def hold_run(clip, ckpt, tmp_path_factory) -> Run:
+    """The command line with ``--loop hold --batch-size 3``."""
+    out = tmp_path_factory.mktemp("hold") / "out.mp4"
+    spy = _cli_run(clip.video, clip.audio, "-o", out, "--checkpoint", ckpt, "--loop", "hold", "--batch-size", "3")
+    return Run(out, spy)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def pingpong(n_src, n_out):
+    """0 1 .. n-1 n-2 .. 0 1 .. written out here, independently of the code under test."""
+    seq = list(range(n_src)) + list(range(n_src - 2, 0, -1))
+    return [seq[j % len(seq)] for j in range(n_out)]
+
+
+def hold(n_src, n_out):
+    return [min(j, n_src - 1) for j in range(n_out)]
+
+
+def traced_sources(frames, clip) -> list[int]:
+    """Which source frame each frame shows, by its stamp (exact bytes; -1 when no stamp matches)."""
+    stamps = {f[STAMP].tobytes(): i for i, f in enumerate(clip.frames)}
+    return [stamps.get(f[STAMP].tobytes(), -1) for f in frames]
+
+
+def frame_of_rows(spy, audio_path, n_out=N_OUT) -> list:
+    """For each generator input row, the output frame whose mel window (``media.audio.mel_windows`` at j / fps,
+    with the window length the loaded network takes) it holds exactly; None when it holds no frame's window."""
+    from hyperlips.config import AudioConfig
+    from hyperlips.media.audio import load_audio, mel_windows, melspectrogram
+
+    audio, _ = spy.generator_inputs()
+    cfg = replace(AudioConfig(), window_steps=int(audio.shape[3]))
+    assert audio.shape[2] == cfg.n_mels
+    mel = melspectrogram(load_audio(audio_path, cfg.sample_rate), cfg)
+    want = mel_windows(mel, np.arange(n_out) / FPS, FPS, cfg)
+    keys = {w.tobytes(): j for j, w in enumerate(want)}
+    assert len(keys) == n_out  # real speech: every frame's window is different
+    return [keys.get(row.astype(np.float32).tobytes()) for row in audio]
+
+
+def lower_face(region, shape, margin=2):
+    """Boolean mask of where paste-back may change pixels: the lower half of the tracked crop (the nose line is at
+    about 58 % of its height), with ``margin`` pixels of slack round it."""
+    x1, y1, x2, y2 = region
+    m = np.zeros(shape[:2], bool)
+    top = int(y1 + 0.5 * (y2 - y1)) - margin
+    m[max(top, 0) : y2 + margin, max(x1 - margin, 0) : x2 + margin] = True
+    return m
+
+
+def mouth(region):
+    """Central part of the mouth in the tracked crop (rows 68-84 %, columns 38-62 %)."""
+    x1, y1, x2, y2 = region
+    w, h = x2 - x1, y2 - y1
+    return slice(int(y1 + 0.68 * h), int(y1 + 0.84 * h)), slice(int(x1 + 0.38 * w), int(x1 + 0.62 * w))
+
+
+def changed(a, b):
+    return np.any(a != b, axis=2)
+
+
+# --------------------------------------------------------------------------------------------- pixels
+def test_only_the_lower_face_changes_and_faceless_frames_pass_through(clip, default_run):
+    """Before encoding: frames without a face are byte-identical to the source; in frames with a face every pixel
+    outside the lower half of the tracked crop keeps its bytes, and the mouth is replaced."""
+    frames = default_run.spy.frames
+    assert len(frames) == N_OUT
+    sources = pingpong(N_SRC, N_OUT)
+    for j, (got, s) in enumerate(zip(frames, sources)):
+        src = clip.frames[s]
+        if clip.regions[s] is None:
+            assert np.array_equal(got, src), f"output frame {j} (source {s}, no face) was changed"
+            continue
+        diff = changed(got, src)
+        outside = diff & ~lower_face(clip.regions[s], src.shape)
+        assert not outside.any(), f"output frame {j}: {int(outside.sum())} pixels changed outside the lower face"
+        rows, cols = mouth(clip.regions[s])
+        assert diff[rows, cols].mean() > 0.5, f"output frame {j}: the mouth was not replaced"
+
+
+def test_the_encoded_file_shows_those_frames(clip, default_run):
+    """The decoded output: faceless frames equal the source up to codec loss; in frames with a face the mouth
+    differs from the source far beyond codec loss while the rest does not."""
+    from helpers import psnr
+
+    decoded = read_frames(default_run.out)
+    assert len(decoded) == N_OUT
+    sources = pingpong(N_SRC, N_OUT)
+    for j, (dec, pre, s) in enumerate(zip(decoded, default_run.spy.frames, sources)):
+        assert psnr(dec, pre) > 35, j
+        src = clip.frames[s]
+        if clip.regions[s] is None:
+            assert psnr(dec, src) > 35, j
+            continue
+        rows, cols = mouth(clip.regions[s])
+        top = clip.regions[s][1]  # everything above the face
+        assert psnr(dec[:top], src[:top]) > 35, j
+        assert psnr(dec[rows, cols], src[rows, cols]) < 30, j
+
+
+def test_pingpong_and_hold_show_the_promised_source_frames(clip, default_run, hold_run):
+    """Audio longer than the video: ping-pong plays 29 28 27 .. after the last frame, hold repeats frame 29."""
+    assert traced_sources(default_run.spy.frames, clip) == pingpong(N_SRC, N_OUT)
+    assert traced_sources(hold_run.spy.frames, clip) == hold(N_SRC, N_OUT)
+    # and so do the decoded files (the stamps read back by thresholding)
+    for run, want in ((default_run, pingpong(N_SRC, N_OUT)), (hold_run, hold(N_SRC, N_OUT))):
+        assert [read_stamp(f) for f in read_frames(run.out)] == want
+
+
+def test_results_do_not_depend_on_the_batch_size(default_run, hold_run):
+    """The first 30 output frames are the same in both runs (batches of 16 and of 3; only the looping differs),
+    up to float rounding: the network's batch-dependent kernels may move a value by one grey level."""
+    for j in range(N_SRC):
+        a, b = default_run.spy.frames[j], hold_run.spy.frames[j]
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, j  # float rounding at most
+
+
+# --------------------------------------------------------------------------------------------- network inputs
+@pytest.mark.parametrize("which", ["default", "hold"])
+def test_every_frame_gets_the_mel_window_of_its_own_time(clip, default_run, hold_run, which):
+    """Each network input row holds exactly ``media.audio.mel_windows`` for its output frame's time j / fps (window
+    length as the loaded network takes it), and every output frame with a face gets its own, once."""
+    run = default_run if which == "default" else hold_run
+    got = frame_of_rows(run.spy, clip.audio)
+    sources = pingpong(N_SRC, N_OUT) if which == "default" else hold(N_SRC, N_OUT)
+    with_face = [j for j in range(N_OUT) if clip.regions[sources[j]] is not None]
+    assert None not in got, f"{got.count(None)} network rows hold a window that belongs to no output frame"
+    assert sorted(got) == with_face
+
+
+def test_network_input_is_the_masked_face_and_the_reference(clip, default_run):
+    """The lower half of the face input is zero; the reference half is the crop of the best-detected frame."""
+    audio, faces = default_run.spy.generator_inputs()
+    s = faces.shape[-1]
+    assert faces.shape[1:] == (6, s, s)
+    assert np.all(faces[:, :3, s // 2 :] == 0)
+    assert np.all(faces[:, :3, : s // 2].reshape(len(faces), -1).max(1) > 0)
+    ref = faces[:, 3:]
+    assert all(np.array_equal(r, ref[0]) for r in ref)
+    assert ref[0, :, s // 2 :].max() > 0  # the reference keeps its mouth
+    row = frame_of_rows(default_run.spy, clip.audio).index(clip.best)  # output frame = source frame before 30
+    assert np.array_equal(ref[0, :, : s // 2], faces[row, :3, : s // 2])
+
+
+@pytest.mark.parametrize("reference, frame", [("first", N_FACELESS), ("21", 21)])
+def test_reference_option(clip, ckpt, default_run, tmp_path, reference, frame):
+    """``--reference first|N``: the reference half of every input is the crop of that frame."""
+    if frame == clip.best:
+        pytest.fail("the test clip's best frame must differ from the frame under test")
+    audio = cut_audio(clip.audio, tmp_path / "a.wav", 0.92)  # 23 frames: frames 14..22 have a face
+    spy = _cli_run(clip.video, audio, "-o", tmp_path / "out.mp4", "--checkpoint", ckpt, "--reference", reference)
+    _, faces = spy.generator_inputs()
+    s = faces.shape[-1]
+    rows = frame_of_rows(spy, audio, 23)
+    assert sorted(rows) == list(range(N_FACELESS, 23))
+    ref = faces[:, 3:]
+    assert all(np.array_equal(r, ref[0]) for r in ref)
+    assert np.array_equal(ref[0, :, : s // 2], faces[rows.index(frame), :3, : s // 2])
+    assert not np.array_equal(ref[0], default_run.spy.generator_inputs()[1][0, 3:])  # not the default (best) one
+
+
+# --------------------------------------------------------------------------------------------- audio
+def test_output_audio_is_the_driving_speech_aac_48k(clip, default_run):
+    """The output's audio track is AAC at 48 kHz, as long as the driving speech, and is that speech."""
+    import av
+
+    from hyperlips.media.audio import load_audio
+
+    with av.open(str(default_run.out)) as c:
+        a = c.streams.audio[0]
+        assert a.codec_context.name == "aac" and a.codec_context.sample_rate == 48000
+        seconds = float(a.duration * a.time_base)
+    assert seconds == pytest.approx(AUDIO_SECONDS, abs=0.025)
+    want = load_audio(clip.audio, 16000)
+    got = load_audio(default_run.out, 16000)
+    assert abs(len(got) - len(want)) <= 0.025 * 16000
+    n = min(len(got), len(want))
+    corr = float(np.dot(got[:n], want[:n]) / np.sqrt(np.dot(got[:n], got[:n]) * np.dot(want[:n], want[:n])))
+    assert corr > 0.95, corr
+
+
+def test_python_api_report(clip, default_run):
+    r = default_run.report
+    assert r.output == default_run.out and default_run.out.is_file()
+    assert (r.frames, r.fps, r.width, r.height) == (N_OUT, FPS, 360, 288)
+    assert r.frames_with_face == sum(clip.regions[s] is not None for s in pingpong(N_SRC, N_OUT))
+    assert r.audio_seconds == pytest.approx(AUDIO_SECONDS, abs=1e-3)
+    assert {"decode", "faces", "network", "paste", "encode"} <= set(r.timings)
+    got = probe_streams(default_run.out)
+    assert (got["frames"], got["width"], got["height"], got["video_codec"]) == (N_OUT, 360, 288, "h264")
+
+
+# --------------------------------------------------------------------------------------------- HR decoder
+@pytest.fixture(scope="module")
+def short_clip(clip, tmp_path_factory):
+    """Six frames with a face (source frames 14..19 of the test clip) and 0.24 s of speech: six output frames."""
+    from hyperlips.media.video import VideoWriter
+
+    folder = tmp_path_factory.mktemp("short")
+    video = folder / "short.mp4"
+    with VideoWriter(video, 360, 288, FPS) as w:
+        for f in clip.frames[N_FACELESS : N_FACELESS + 6]:
+            w.write(f)
+    return video, cut_audio(clip.audio, folder / "a.wav", 6 / FPS), read_frames(video)
+
+
+def test_hr_checkpoint_changes_the_mouth_and_nothing_else(short_clip, tmp_path):
+    """With ``--hr-checkpoint`` the HR decoder runs on every base output plus a face-mesh sketch of it, and its
+    output is what is pasted: against the same run without it the mouth differs and nothing else does. (The base
+    here copies its reference face, so its output has a mouth the sketch can be drawn from, see helpers.)"""
+    from hyperlips.pipeline import LipSync
+
+    video, audio, src = short_clip
+    base = copying_base_checkpoint(tmp_path / "copying_base.pth")
+    hr = random_hr_checkpoint(tmp_path / "hr128.pth", 128)
+    runs = {}
+    for name, hr_ckpt in (("base", None), ("hr", hr)):
+        with spy_on_sync() as spy:
+            LipSync(base, hr_ckpt, device="cpu", progress=False).sync(video, audio, tmp_path / f"{name}.mp4")
+        runs[name] = spy
+    gen, hr_calls = runs["hr"].generator_calls, runs["hr"].other_calls()
+    assert len(hr_calls) == len(gen) and not runs["base"].other_calls()
+    for g, h in zip(gen, hr_calls):
+        x = h.inputs[0]
+        assert x.shape[1] == 6 and h.output.shape == g.output.shape == (len(x), 3, 128, 128)
+        np.testing.assert_allclose(x[:, :3], g.output, atol=1e-6)  # the HR decoder gets the base output, in [0, 1]
+        sketch = x[:, 3:]
+        assert np.array_equal(sketch[:, 0], sketch[:, 1]) and np.array_equal(sketch[:, 0], sketch[:, 2])
+        assert set(np.unique(sketch)) <= {0.0, 1.0} and (sketch[:, 0].reshape(len(x), -1).mean(1) > 0.02).all()
+    regions, _, _ = tracked(src, FPS)
+    for j, (a, b, r) in enumerate(zip(runs["hr"].frames, runs["base"].frames, regions)):
+        diff = np.abs(a.astype(int) - b.astype(int)).max(axis=2)
+        assert not diff[~lower_face(r, a.shape)].any(), j
+        rows, cols = mouth(r)
+        assert (diff[rows, cols] > 8).mean() > 0.3, f"output frame {j}: the HR decoder's output was not pasted"
+
+
+@pytest.mark.parametrize("size, args, frames", [(256, (), 3), (512, ("--size", "512"), 2)])
+def test_hr_sizes_render_at_their_size(short_clip, ckpt, tmp_path, size, args, frames):
+    """An HR 256/512 checkpoint renders its size (taken from the checkpoint, or matching ``--size``)."""
+    video, audio, _ = short_clip
+    audio = cut_audio(audio, tmp_path / "a.wav", frames / FPS)
+    hr = random_hr_checkpoint(tmp_path / f"hr{size}.pth", size)
+    out = tmp_path / "out.mp4"
+    spy = _cli_run(video, audio, "-o", out, "--checkpoint", ckpt, "--hr-checkpoint", hr, *args)
+    outs = [c.output.shape for c in spy.other_calls()]
+    assert outs and all(o[1:] == (3, size, size) for o in outs)
+    assert sum(o[0] for o in outs) == frames
+    got = probe_streams(out)
+    assert (got["frames"], got["width"], got["height"]) == (frames, 360, 288)
+
+
+def test_hr_size_mismatch_is_a_one_line_error(short_clip, ckpt, tmp_path, capfd):
+    from hyperlips.cli import main
+
+    video, audio, _ = short_clip
+    hr = random_hr_checkpoint(tmp_path / "hr256.pth", 256)
+    out = tmp_path / "out.mp4"
+    code = main(["sync", str(video), str(audio), "-o", str(out), "--checkpoint", str(ckpt), "--hr-checkpoint", str(hr),
+                 "--size", "512", "--quiet"])
+    err = capfd.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("hyperlips:")]
+    assert len(lines) == 1 and lines[0].startswith("hyperlips: error:"), err
+    assert "hr256.pth" in lines[0] and "256" in lines[0] and "--size 512" in lines[0]
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------- several faces
+@pytest.fixture(scope="module")
+def two_faces(more_data, real_data, tmp_path_factory):
+    """Two GRID speakers side by side (720x288, the left face at x < 360), 8 frames, 0.32 s of speech."""
+    from hyperlips.media.video import FrameReader, VideoWriter
+
+    folder = tmp_path_factory.mktemp("two")
+    with FrameReader(more_data / "grid_lipnet" / "sbia1a.mpg") as a, FrameReader(more_data / "grid_lipnet" / "bbaf2n.mpg") as b:
+        left = [f.image for f in a.iter_range(20, 28)]
+        right = [f.image for f in b.iter_range(20, 28)]
+    video = folder / "two.mp4"
+    with VideoWriter(video, 720, 288, FPS) as w:
+        for l, r in zip(left, right):
+            w.write(np.concatenate([l, r], axis=1))
+    audio = cut_audio(real_data / "speech" / "RD_Radio34_002.wav", folder / "a.wav", 0.32)
+    return video, audio, read_frames(video)
+
+
+@pytest.mark.parametrize("option, side", [(("--face", "0"), "left"), (("--face", "1"), "right"),
+                                          (("--face-box", "400,0,720,288"), "right"),
+                                          (("--face-box", "0,0,300,288"), "left")])
+def test_face_choice_from_the_command_line(two_faces, ckpt, tmp_path, option, side):
+    video, audio, src = two_faces
+    spy = _cli_run(video, audio, "-o", tmp_path / "out.mp4", "--checkpoint", ckpt, *option)
+    assert len(spy.frames) == len(src) == 8
+    for got, s in zip(spy.frames, src):
+        diff = changed(got, s)
+        chosen, other = (diff[:, :360], diff[:, 360:]) if side == "left" else (diff[:, 360:], diff[:, :360])
+        assert not other.any(), "the other person's face was changed"
+        assert chosen.sum() > 500, "the chosen face was not changed"
+
+
+# --------------------------------------------------------------------------------------------- options and details
+def test_timings_option_prints_every_stage(short_clip, ckpt, tmp_path, capsys):
+    import re
+
+    video, audio, _ = short_clip
+    _cli_run(video, audio, "-o", tmp_path / "out.mp4", "--checkpoint", ckpt, "--timings")
+    out = capsys.readouterr().out
+    for stage in ("decode", "faces", "network", "paste", "encode"):
+        assert re.search(rf"\b{stage} [\d.]+s \([\d.]+ fps\)", out), (stage, out)
+
+
+def test_device_cuda_without_a_gpu_is_a_one_line_error(short_clip, ckpt, tmp_path, capfd):
+    import torch
+
+    from hyperlips.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    video, audio, _ = short_clip
+    code = main(["sync", str(video), str(audio), "-o", str(tmp_path / "out.mp4"), "--checkpoint", str(ckpt),
+                 "--device", "cuda", "--quiet"])
+    err = [line for line in capfd.readouterr().err.splitlines() if line.startswith("hyperlips:")]
+    assert code == 2 and len(err) == 1 and "no CUDA GPU" in err[0] and "--device cpu" in err[0]
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_network_output_is_rounded_not_truncated_and_left_alone():
+    """Outputs in [0, 1] become uint8 by rounding (0.6/255 -> 1, not 0) and the tensor itself is not changed (the
+    HR decoder takes it next)."""
+    import torch
+
+    from hyperlips.pipeline import to_uint8_images
+
+    values = torch.tensor([0.0, 0.4 / 255, 0.6 / 255, 254.6 / 255, 1.2, -0.1])
+    t = values.reshape(1, 1, 2, 3).repeat(1, 3, 1, 1)
+    before = t.clone()
+    img = to_uint8_images(t)
+    assert img.shape == (1, 2, 3, 3) and img.dtype == np.uint8
+    assert img[0, :, :, 0].ravel().tolist() == [0, 0, 1, 255, 255, 0]
+    assert torch.equal(t, before)
