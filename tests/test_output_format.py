@@ -47,25 +47,33 @@ def streams(path) -> dict:
                 "frames": sum(1 for _ in c.decode(video=0)), "bytes": path.stat().st_size}
 
 
-def sync(video, audio, out, ckpt, *extra):
-    r = run_cli("sync", video, audio, "-o", out, "--checkpoint", ckpt, "--quiet", "--timings", *extra)
-    assert r.returncode == 0, r.stderr
-    return r
+@pytest.fixture(scope="module")
+def lipsync(ckpt):
+    from hyperlips.pipeline import LipSync
+
+    return LipSync(ckpt, device="cpu", progress=False)
+
+
+def x264_settings(path) -> str:
+    """The settings libx264 records in the stream (its SEI text: ``crf=18.0 ... subme=2 ...``)."""
+    data = path.read_bytes()
+    i = data.index(b"x264 - core")
+    return data[i : data.index(b"\x00", i)].decode("ascii", "replace")
 
 
 @pytest.mark.parametrize("size", [(331, 301), (330, 300)], ids=["odd", "even"])
-def test_default_output_is_420_at_the_documented_size(real_data, ckpt, speech, tmp_path, size):
+def test_default_output_is_420_at_the_documented_size(real_data, lipsync, speech, tmp_path, size):
     w, h = size
     video = cut_clip(real_data, tmp_path / "in.mp4", w, h)
     out = tmp_path / "out.mp4"
-    r = sync(video, speech, out, ckpt)
+    report = lipsync.sync(video, speech, out)
     got = streams(out)
     want = (w + w % 2, h + h % 2)  # 4:2:0 codes even sides only: an odd one gains one repeated column / row
-    assert (got["width"], got["height"]) == want, got
+    assert (got["width"], got["height"]) == want == (report.width, report.height), got  # the report is the file's
     assert got["pix_fmt"] == "yuv420p" and got["profile"] == "High" and got["codec"] == "h264", got
     assert got["frames"] == round(AUDIO_SECONDS * 25) and got["audio"] == "aac", got
     assert got["video_start"] == got["audio_start"] == 0, got  # the speech starts with the first frame
-    assert f"{want[0]}x{want[1]}" in r.stdout  # the size the run reports is the file's
+    assert " crf=18.0 " in x264_settings(out) and " subme=2 " in x264_settings(out)  # veryfast, CRF 18
     ins, outs = read_frames(video, 3), read_frames(out, 3)
     for a, b in zip(ins, outs):  # the picture keeps its place: the top rows (above the face) match the input
         assert psnr(a[:40, :w], b[:40, :w]) > 38
@@ -73,27 +81,38 @@ def test_default_output_is_420_at_the_documented_size(real_data, ckpt, speech, t
         assert np.abs(outs[0][:h, w].astype(int) - outs[0][:h, w - 1]).mean() < 2  # the repeated column
 
 
-def test_444_option_keeps_the_exact_size(real_data, ckpt, speech, tmp_path):
+def test_444_option_keeps_the_exact_size(real_data, lipsync, speech, tmp_path):
     video = cut_clip(real_data, tmp_path / "in.mp4", 331, 301)
     out = tmp_path / "out.mp4"
-    r = sync(video, speech, out, ckpt, "--pix-fmt", "yuv444p")
+    report = lipsync.sync(video, speech, out, pix_fmt="yuv444p")
     got = streams(out)
-    assert (got["width"], got["height"], got["pix_fmt"]) == (331, 301, "yuv444p"), got
+    assert (got["width"], got["height"], got["pix_fmt"]) == (331, 301, "yuv444p") == (report.width, report.height,
+                                                                                       "yuv444p"), got
     assert got["video_start"] == got["audio_start"] == 0, got
-    assert "331x301" in r.stdout
 
 
-def test_crf_and_preset_change_the_file(real_data, ckpt, speech, tmp_path):
+def test_crf_trades_size_for_quality(real_data, lipsync, speech, tmp_path):
     video = cut_clip(real_data, tmp_path / "in.mp4", 330, 300)
     sizes = {}
-    for crf in ("12", "30"):
+    for crf in (12, 30):
         out = tmp_path / f"crf{crf}.mp4"
-        sync(video, speech, out, ckpt, "--crf", crf, "--preset", "ultrafast")
+        lipsync.sync(video, speech, out, crf=crf)
         sizes[crf] = streams(out)["bytes"]
-    assert sizes["12"] > 1.5 * sizes["30"], sizes  # lower CRF: better quality, bigger file
-    out = tmp_path / "medium.mp4"
-    sync(video, speech, out, ckpt, "--crf", "12", "--preset", "medium")
-    assert streams(out)["bytes"] < sizes["12"], sizes  # a slower preset packs the same quality tighter
+    assert sizes[12] > 1.5 * sizes[30], sizes  # lower CRF: better quality, bigger file
+
+
+def test_command_line_encoder_options(real_data, ckpt, speech, tmp_path):
+    """``--crf``, ``--preset`` and ``--pix-fmt`` reach the encoder; ``--timings`` prints the written size."""
+    video = cut_clip(real_data, tmp_path / "in.mp4", 331, 301)
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", video, speech, "-o", out, "--checkpoint", ckpt, "--quiet", "--timings",
+                "--crf", "30", "--preset", "ultrafast", "--pix-fmt", "yuv444p")
+    assert r.returncode == 0, r.stderr
+    got = streams(out)
+    assert (got["width"], got["height"], got["pix_fmt"]) == (331, 301, "yuv444p"), got
+    settings = x264_settings(out)
+    assert " crf=30.0 " in settings and " subme=0 " in settings, settings  # ultrafast: no subpixel refinement
+    assert "331x301" in r.stdout, r.stdout
 
 
 @pytest.mark.parametrize("bad", [["--crf", "-1"], ["--crf", "52"], ["--crf", "high"], ["--crf", "18.5"],
