@@ -1,4 +1,5 @@
-"""The page of ``hyperlips serve`` in a real browser: headless Chromium (Debian's package) driven by Playwright.
+"""The page of ``hyperlips serve`` in a real browser: headless Chromium (Debian's package) driven by Playwright;
+also ``sync``'s default output played by Chromium at odd and even sizes.
 
 Skipped, with the reason, where Chromium or the playwright package is missing (``bash scripts/test.sh`` installs
 both when it can). Playwright never downloads a browser here: it is pointed at the system's chromium.

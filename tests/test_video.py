@@ -362,6 +362,8 @@ def test_audio_and_video_start_together(real_data, tmp_path):
         first_video = next(iter(c.decode(video=0)))
     assert v_start == 0 and a_start == 0, (v_start, a_start)
     assert first_video.time == 0
+    data = out.read_bytes()
+    assert 0 < data.find(b"moov") < data.find(b"mdat")  # the index first: browsers play while downloading
     back = load_audio(out, 48000)  # no silence slipped in front: the track lines up with the input sample for sample
     lag = int(np.argmax(np.correlate(back[:4800], audio[:2400], "valid")))
     assert lag == 0, lag

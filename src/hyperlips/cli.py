@@ -257,7 +257,7 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pix-fmt", choices=PIX_FMTS, default=PIX_FMTS[0],
                    help="yuv420p (default): plays in every browser and phone; an odd width or height gains one "
                         "repeated edge column or row. yuv444p: the exact size and full colour resolution, but "
-                        "browsers and many phones cannot play it")
+                        "Safari, phones and TVs cannot play it")
 
 
 def _make_lipsync(args):

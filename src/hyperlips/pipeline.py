@@ -326,7 +326,7 @@ class LipSync:
 
         The output is H.264 ``pix_fmt`` (``yuv420p``: plays everywhere; an odd width or height gains one repeated
         column or row, see ``media.video.coded_size``; ``yuv444p``: the exact size, full colour resolution, but
-        browsers cannot play it) at quality ``crf`` (0-51, lower is better and larger) with libx264's ``preset``,
+        Safari, phones and TVs cannot play it) at quality ``crf`` (0-51, lower is better and larger) with libx264's ``preset``,
         plus AAC audio starting with the first frame. The report's ``width``/``height`` are the file's."""
         from .media.audio import load_audio, melspectrogram
         from .media.video import VideoWriter, check_encoding

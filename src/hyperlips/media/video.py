@@ -16,8 +16,9 @@ the target and renamed only when :meth:`VideoWriter.close` succeeds. The default
 (4:2:0), the one every browser, phone and editor plays. 4:2:0 H.264 can only code even widths and heights, so an
 odd-sized frame is stored one pixel larger: its last column and/or row is repeated (nothing of the picture is
 lost or moved; :func:`coded_size` gives the stored size). ``pix_fmt="yuv444p"`` keeps the exact size and full
-colour resolution instead, but browsers and many phones cannot play 4:4:4 H.264. Video and audio both start at
-time 0 (the first frame and the first audible sample are presented together).
+colour resolution instead, but 4:4:4 H.264 has no hardware decoders: Safari, phones and TVs do not play it. Video
+and audio both start at time 0 (the first frame and the first audible sample are presented together); MP4 and MOV
+files carry their index at the front, so players start before the whole file has arrived.
 """
 
 from __future__ import annotations
