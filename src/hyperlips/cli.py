@@ -249,11 +249,11 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     from .media.video import DEFAULT_CRF, DEFAULT_PRESET, PIX_FMTS, PRESETS
 
     p.add_argument("--crf", type=_crf, default=DEFAULT_CRF, metavar="0-51",
-                   help=f"H.264 quality: lower is better and larger, +6 about halves the size (default {DEFAULT_CRF}, "
+                   help=f"H.264 quality: lower is better and larger, +6 roughly halves the size (default {DEFAULT_CRF}, "
                         "visually lossless; 0 is lossless but only some players play it)")
     p.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET, metavar="PRESET",
-                   help=f"libx264 speed: {', '.join(PRESETS)}; slower gives a smaller file at the same quality "
-                        f"(default {DEFAULT_PRESET})")
+                   help=f"libx264 speed: {', '.join(PRESETS)} (default {DEFAULT_PRESET}); the fastest presets compress "
+                        "worst (ultrafast files are about 4x larger)")
     p.add_argument("--pix-fmt", choices=PIX_FMTS, default=PIX_FMTS[0],
                    help="yuv420p (default): plays in every browser and phone; an odd width or height gains one "
                         "repeated edge column or row. yuv444p: the exact size and full colour resolution, but "
