@@ -249,8 +249,8 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     from .media.video import DEFAULT_CRF, DEFAULT_PRESET, PIX_FMTS, PRESETS
 
     p.add_argument("--crf", type=_crf, default=DEFAULT_CRF, metavar="0-51",
-                   help=f"H.264 quality: lower is better and larger, +6 roughly halves the size (default {DEFAULT_CRF}, "
-                        "visually lossless; 0 is lossless but only some players play it)")
+                   help=f"H.264 quality: lower is better and larger, +6 roughly halves the size "
+                        f"(default {DEFAULT_CRF}, visually lossless; 0 is lossless but only some players play it)")
     p.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET, metavar="PRESET",
                    help=f"libx264 speed: {', '.join(PRESETS)} (default {DEFAULT_PRESET}); the fastest presets compress "
                         "worst (ultrafast files are about 4x larger)")

@@ -49,7 +49,7 @@ class SyncReport:
     output: Path
     frames: int
     fps: float
-    width: int
+    width: int  # the written file's size (an odd side of the input is one larger in 4:2:0)
     height: int
     audio_seconds: float
     frames_with_face: int
@@ -326,8 +326,9 @@ class LipSync:
 
         The output is H.264 ``pix_fmt`` (``yuv420p``: plays everywhere; an odd width or height gains one repeated
         column or row, see ``media.video.coded_size``; ``yuv444p``: the exact size, full colour resolution, but
-        Safari, phones and TVs cannot play it) at quality ``crf`` (0-51, lower is better and larger) with libx264's ``preset``,
-        plus AAC audio starting with the first frame. The report's ``width``/``height`` are the file's."""
+        Safari, phones and TVs cannot play it) at quality ``crf`` (0-51, lower is better and larger) with
+        libx264's ``preset``, plus AAC audio starting with the first frame. The report's ``width``/``height``
+        are the file's."""
         from .media.audio import load_audio, melspectrogram
         from .media.video import VideoWriter, check_encoding
 
