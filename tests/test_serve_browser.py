@@ -1,4 +1,5 @@
-"""The page of ``hyperlips serve`` in a real browser: headless Chromium (Debian's package) driven by Playwright.
+"""The page of ``hyperlips serve`` in a real browser: headless Chromium (Debian's package) driven by Playwright;
+also ``sync``'s default output played by Chromium at odd and even sizes.
 
 Skipped, with the reason, where Chromium or the playwright package is missing (``bash scripts/test.sh`` installs
 both when it can). Playwright never downloads a browser here: it is pointed at the system's chromium.
@@ -181,3 +182,61 @@ def test_train_a_person_model_in_the_page(open_page, real_data, tmp_path):
     assert "anna" in page.inner_text("#train-done")
     page.click("#tab-sync")
     page.wait_for_function("() => [...document.querySelectorAll('#sync-model option')].some(o => o.value === 'person:anna')")
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """A plain HTTP server for ``tmp_path`` (Chromium plays media from http://, not from file:// pages)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+PLAY = """async (src) => {
+    const v = document.createElement('video');
+    v.muted = true;
+    document.body.appendChild(v);
+    const late = (ms) => new Promise((_, no) => setTimeout(() => no(new Error(`nothing after ${ms} ms`)), ms));
+    v.src = src;
+    try { await Promise.race([v.play(), late(60000)]); } catch (e) { return {failed: String(e), error: v.error && v.error.code}; }
+    const t0 = performance.now();
+    while (!v.ended && v.currentTime < 0.4 && performance.now() - t0 < 60000) await new Promise(r => setTimeout(r, 50));
+    const q = v.getVideoPlaybackQuality();
+    return {time: v.currentTime, duration: v.duration, width: v.videoWidth, height: v.videoHeight,
+            frames: q.totalVideoFrames, error: v.error && v.error.code};
+}"""
+
+
+@pytest.mark.parametrize("size", [(331, 301), (330, 300)], ids=["odd", "even"])
+def test_chromium_plays_the_default_output(browser, file_server, real_data, tmp_path, size):
+    """``sync``'s default output (4:2:0 H.264 + AAC) plays in Chromium at odd and even input sizes."""
+    from helpers import cut_audio
+
+    from hyperlips.media.video import FrameReader, VideoWriter
+    from hyperlips.pipeline import LipSync
+
+    w, h = size
+    clip = tmp_path / "in.mp4"
+    with FrameReader(real_data / "retalking" / "face3.mp4") as r, VideoWriter(clip, w, h, 25, pix_fmt="yuv444p") as out:
+        y, x = (r.height - h) // 2, (r.width - w) // 2
+        for f in r.iter_range(0, 8):
+            out.write(f.image[y : y + h, x : x + w].copy())
+    speech = cut_audio(real_data / "retalking" / "audio1.wav", tmp_path / "a.wav", 1.2)
+    LipSync(untrained=True, progress=False, device="cpu").sync(clip, speech, tmp_path / "out.mp4")
+    page = browser.new_page()
+    try:
+        page.goto(file_server + "/")
+        got = page.evaluate(PLAY, file_server + "/out.mp4")
+    finally:
+        page.close()
+    assert "failed" not in got and got["error"] is None, got
+    assert (got["width"], got["height"]) == (w + w % 2, h + h % 2), got
+    assert abs(got["duration"] - 1.2) < 0.1 and got["time"] > 0 and got["frames"] > 0, got

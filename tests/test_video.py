@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hyperlips.errors import MediaError
+from hyperlips.errors import MediaError, UserError
 from hyperlips.media.audio import load_audio
-from hyperlips.media.video import FrameReader, VideoWriter, probe, rotate_image
+from hyperlips.media.video import FrameReader, VideoWriter, coded_size, probe, rotate_image
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -32,6 +32,7 @@ def decode_all(path: Path) -> dict:
             "rate": Fraction(v.average_rate),
             "codec": v.codec_context.name,
             "pix_fmt": v.codec_context.pix_fmt,
+            "profile": v.codec_context.profile,
             "video_seconds": float(v.duration * v.time_base),
             "audio_codec": a.codec_context.name if a else None,
             "audio_seconds": float(a.duration * a.time_base) if a is not None else None,
@@ -262,21 +263,110 @@ def test_colours_survive_a_round_trip(tmp_path):
     assert abs(d.mean()) < 0.1 and np.abs(d).mean() < 0.6 and np.abs(d).max() <= 3
 
 
-@pytest.mark.parametrize("size", [(321, 241), (320, 241), (321, 240)])
-def test_writer_keeps_odd_sizes(tmp_path, size):
+def real_crop(real_data, w: int, h: int, n: int = 5) -> list[np.ndarray]:
+    """``n`` frames of a real close-up, cut to ``w`` x ``h`` (the face in the middle)."""
+    with FrameReader(real_data / "retalking" / "face1.mp4") as r:  # 700 x 700
+        frames = [f.image for f in r.iter_range(0, n)]
+    y, x = (700 - h) // 2, (700 - w) // 2
+    return [np.ascontiguousarray(f[y : y + h, x : x + w]) for f in frames]
+
+
+@pytest.mark.parametrize("size", [(321, 241), (320, 241), (321, 240), (320, 240)])
+def test_writer_is_420_at_every_size_odd_sides_padded(real_data, tmp_path, size):
+    """4:2:0 (what browsers and phones play) for odd sizes too: an odd side gains one column / row that repeats
+    the last one; the picture itself keeps its place and its pixels."""
     w_, h_ = size
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, (h_ // 8 + 1, w_ // 8 + 1, 3), dtype=np.uint8)
-    img = np.kron(base, np.ones((8, 8, 1), np.uint8))[:h_, :w_]  # blocky, compressible
+    frames = real_crop(real_data, w_, h_)
     out = tmp_path / "odd.mp4"
     with VideoWriter(out, w_, h_, 25) as w:
-        for _ in range(5):
-            w.write(img)
+        for f in frames:
+            w.write(f)
+    assert (w.coded_width, w.coded_height) == (w_ + w_ % 2, h_ + h_ % 2) == coded_size(w_, h_)
     got = decode_all(out)
-    assert (got["width"], got["height"], got["frames"], got["audio_codec"]) == (w_, h_, 5, None)
-    assert got["pix_fmt"] == "yuv444p"  # 4:2:0 H.264 cannot code odd sizes
+    assert (got["width"], got["height"], got["frames"], got["audio_codec"]) == (w_ + w_ % 2, h_ + h_ % 2, 5, None)
+    assert got["pix_fmt"] == "yuv420p" and got["profile"] == "High", got
+    info = probe(out)
+    assert (info.width, info.height) == (w_ + w_ % 2, h_ + h_ % 2)
     with FrameReader(out) as r:
-        assert psnr(next(iter(r)).image, img) > 35
+        back = [f.image for f in r]
+    for a, b in zip(back, frames):
+        assert psnr(a[:h_, :w_], b) > 38  # the picture is where it was
+    if w_ % 2:  # the extra column is a copy of the last one (up to codec loss), not black or a wrap-around
+        assert np.abs(back[0][:h_, w_].astype(int) - frames[0][:, w_ - 1]).mean() < 3
+    if h_ % 2:
+        assert np.abs(back[0][h_, :w_].astype(int) - frames[0][h_ - 1]).mean() < 3
+
+
+def test_writer_444_keeps_the_exact_size(real_data, tmp_path):
+    frames = real_crop(real_data, 321, 241, n=3)
+    out = tmp_path / "exact.mp4"
+    with VideoWriter(out, 321, 241, 25, pix_fmt="yuv444p") as w:
+        for f in frames:
+            w.write(f)
+    assert (w.coded_width, w.coded_height) == (321, 241)
+    got = decode_all(out)
+    assert (got["width"], got["height"], got["frames"], got["pix_fmt"]) == (321, 241, 3, "yuv444p")
+    with FrameReader(out) as r:
+        assert psnr(next(iter(r)).image, frames[0]) > 38
+
+
+def test_writer_crf_trades_size_for_quality(real_data, tmp_path):
+    frames = real_crop(real_data, 320, 320, n=10)
+    sizes, quality = {}, {}
+    for crf in (12, 18, 30):
+        out = tmp_path / f"crf{crf}.mp4"
+        with VideoWriter(out, 320, 320, 25, crf=crf, preset="ultrafast") as w:
+            for f in frames:
+                w.write(f)
+        sizes[crf] = out.stat().st_size
+        with FrameReader(out) as r:
+            quality[crf] = min(psnr(f.image, g) for f, g in zip(r, frames))
+    assert sizes[12] > sizes[18] > sizes[30], sizes
+    assert quality[12] > quality[18] > quality[30], quality
+
+
+def test_writer_preset_changes_the_encoding(real_data, tmp_path):
+    frames = real_crop(real_data, 320, 320, n=10)
+    sizes = {}
+    for preset in ("ultrafast", "medium"):
+        out = tmp_path / f"{preset}.mp4"
+        with VideoWriter(out, 320, 320, 25, preset=preset) as w:
+            for f in frames:
+                w.write(f)
+        sizes[preset] = out.stat().st_size
+    assert sizes["ultrafast"] > sizes["medium"], sizes  # same quality target, the slower preset packs it tighter
+
+
+@pytest.mark.parametrize("kw", [{"crf": -1}, {"crf": 52}, {"crf": 18.5}, {"crf": "18"}, {"crf": True},
+                                {"preset": "turbo"}, {"preset": "VeryFast"}, {"pix_fmt": "yuv422p"}])
+def test_writer_refuses_bad_settings(tmp_path, kw):
+    with pytest.raises(UserError, match=f"--{next(iter(kw)).replace('_', '-')} must be"):
+        VideoWriter(tmp_path / "bad.mp4", 64, 48, 25, **kw)
+    assert not list(tmp_path.iterdir())
+
+
+def test_audio_and_video_start_together(real_data, tmp_path):
+    """The muxed streams both start at 0 (AAC's encoder delay is hidden by the container, not a lead or lag)."""
+    import av
+
+    src = real_data / "hyperlips" / "video1.mp4"
+    frames = real_crop(real_data, 321, 241, n=25)
+    audio = load_audio(src, 48000)[:48000]
+    out = tmp_path / "av.mp4"
+    with VideoWriter(out, 321, 241, 25, audio=audio, sample_rate=48000) as w:
+        for f in frames:
+            w.write(f)
+    with av.open(str(out)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        v_start, a_start = float(v.start_time * v.time_base), float(a.start_time * a.time_base)
+        first_video = next(iter(c.decode(video=0)))
+    assert v_start == 0 and a_start == 0, (v_start, a_start)
+    assert first_video.time == 0
+    data = out.read_bytes()
+    assert 0 < data.find(b"moov") < data.find(b"mdat")  # the index first: browsers play while downloading
+    back = load_audio(out, 48000)  # no silence slipped in front: the track lines up with the input sample for sample
+    lag = int(np.argmax(np.correlate(back[:4800], audio[:2400], "valid")))
+    assert lag == 0, lag
 
 
 def test_writer_ntsc_rate_and_16k_audio(tmp_path):

@@ -227,8 +227,37 @@ def add_sync_options(p: argparse.ArgumentParser) -> None:
                         "file of the same person's face")
     p.add_argument("--fps", type=float, help="output frame rate (default: the video's own; its average rate when the "
                                              "frame rate varies). Each output frame shows the source frame of its time")
+    add_output_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--timings", action="store_true", help="print seconds and frames per second for each stage at the end")
+
+
+def _crf(text: str) -> int:
+    from .media.video import MAX_CRF
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_CRF:
+        raise argparse.ArgumentTypeError(f"a whole number from 0 (lossless) to {MAX_CRF} (smallest) is needed, "
+                                         f"got {text!r}")
+    return value
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    from .media.video import DEFAULT_CRF, DEFAULT_PRESET, PIX_FMTS, PRESETS
+
+    p.add_argument("--crf", type=_crf, default=DEFAULT_CRF, metavar="0-51",
+                   help=f"H.264 quality: lower is better and larger, +6 roughly halves the size "
+                        f"(default {DEFAULT_CRF}, visually lossless; 0 is lossless but only some players play it)")
+    p.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET, metavar="PRESET",
+                   help=f"libx264 speed: {', '.join(PRESETS)} (default {DEFAULT_PRESET}); the fastest presets compress "
+                        "worst (ultrafast files are about 4x larger)")
+    p.add_argument("--pix-fmt", choices=PIX_FMTS, default=PIX_FMTS[0],
+                   help="yuv420p (default): plays in every browser and phone; an odd width or height gains one "
+                        "repeated edge column or row. yuv444p: the exact size and full colour resolution, but "
+                        "Safari, phones and TVs cannot play it")
 
 
 def _make_lipsync(args):
@@ -249,7 +278,8 @@ def _make_lipsync(args):
 def _run_sync(args) -> int:
     ls = _make_lipsync(args)
     report = ls.sync(args.video, args.audio, args.output, face_index=args.face, face_box=args.face_box,
-                     loop=args.loop, reference=args.reference, fps=args.fps)
+                     loop=args.loop, reference=args.reference, fps=args.fps, crf=args.crf, preset=args.preset,
+                     pix_fmt=args.pix_fmt)
     print(report.summary() if args.timings else f"wrote {report.output} ({report.frames} frames, {report.audio_seconds:.2f} s)")
     return 0
 

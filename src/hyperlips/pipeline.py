@@ -32,6 +32,7 @@ import numpy as np
 from .config import AudioConfig
 from .errors import MediaError, UserError, require_file
 from .media.timing import check_fps, open_timeline, report_damage
+from .media.video import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
 from .schedule import LOOP_MODES, runs
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
@@ -48,7 +49,7 @@ class SyncReport:
     output: Path
     frames: int
     fps: float
-    width: int
+    width: int  # the written file's size (an odd side of the input is one larger in 4:2:0)
     height: int
     audio_seconds: float
     frames_with_face: int
@@ -315,17 +316,27 @@ class LipSync:
         reference: str | int = "best",
         fps: float | None = None,
         on_progress: ProgressCallback | None = None,
+        crf: int = DEFAULT_CRF,
+        preset: str = DEFAULT_PRESET,
+        pix_fmt: str = DEFAULT_PIX_FMT,
     ) -> SyncReport:
         """Write ``output``: ``video`` re-synced to ``audio``, at a constant frame rate (``fps``, default the video's
         own: its nominal rate, or its average rate when the frame rate varies; see ``media.timing``).
-        ``on_progress(stage, done, total)`` is called as frames pass ("faces", then "lip-sync")."""
+        ``on_progress(stage, done, total)`` is called as frames pass ("faces", then "lip-sync").
+
+        The output is H.264 ``pix_fmt`` (``yuv420p``: plays everywhere; an odd width or height gains one repeated
+        column or row, see ``media.video.coded_size``; ``yuv444p``: the exact size, full colour resolution, but
+        Safari, phones and TVs cannot play it) at quality ``crf`` (0-51, lower is better and larger) with
+        libx264's ``preset``, plus AAC audio starting with the first frame. The report's ``width``/``height``
+        are the file's."""
         from .media.audio import load_audio, melspectrogram
-        from .media.video import VideoWriter
+        from .media.video import VideoWriter, check_encoding
 
         video, audio, output = Path(video), Path(audio), Path(output)
         if loop not in LOOP_MODES:
             raise UserError(f"--loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
         check_fps(fps)
+        check_encoding(crf, preset, pix_fmt)
         check_paths(video, audio, output)
         timer = _Timer()
 
@@ -357,7 +368,8 @@ class LipSync:
             output.parent.mkdir(parents=True, exist_ok=True)
             mux_audio = load_audio(audio, MUX_SAMPLE_RATE)
             faces_done = 0
-            writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio, sample_rate=MUX_SAMPLE_RATE)
+            writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio, sample_rate=MUX_SAMPLE_RATE,
+                                 crf=crf, preset=preset, pix_fmt=pix_fmt)
             try:
                 with self._bar(n_out, "lip-sync", on_progress) as bar:
                     frames = timer.timed_iter("decode", self._scheduled_frames(timeline, n_src, n_out, loop))
@@ -373,7 +385,8 @@ class LipSync:
             except BaseException:
                 writer.abort()  # no half-written file is left under the output name
                 raise
-        return SyncReport(output, n_out, fps_out, info.width, info.height, seconds, faces_done, dict(timer.totals))
+        return SyncReport(output, n_out, fps_out, writer.coded_width, writer.coded_height, seconds, faces_done,
+                          dict(timer.totals))
 
     # ------------------------------------------------------------------ stages
     def _bar(self, total: int, desc: str, on_progress: ProgressCallback | None = None):

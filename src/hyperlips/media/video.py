@@ -11,9 +11,14 @@ there frames are counted in display order and ``time = index / fps``.
 Colour: BT.709-tagged (and untagged, as BT.601) YUV is converted with exact rounding and full chroma
 interpolation both ways, so pixels that pass through decode -> encode -> decode keep their levels.
 
-Output is H.264 (libx264, ``yuv420p``; ``yuv444p`` when the width or height is odd, because 4:2:0 H.264 cannot
-code odd sizes and the output keeps the input resolution exactly) tagged BT.709 limited range, plus AAC audio,
-written to a hidden temporary file beside the target and renamed only when :meth:`VideoWriter.close` succeeds.
+Output is H.264 (libx264) tagged BT.709 limited range, plus AAC audio, written to a hidden temporary file beside
+the target and renamed only when :meth:`VideoWriter.close` succeeds. The default picture format is ``yuv420p``
+(4:2:0), the one every browser, phone and editor plays. 4:2:0 H.264 can only code even widths and heights, so an
+odd-sized frame is stored one pixel larger: its last column and/or row is repeated (nothing of the picture is
+lost or moved; :func:`coded_size` gives the stored size). ``pix_fmt="yuv444p"`` keeps the exact size and full
+colour resolution instead, but 4:4:4 H.264 has no hardware decoders: Safari, phones and TVs do not play it. Video
+and audio both start at time 0 (the first frame and the first audible sample are presented together); MP4 and MOV
+files carry their index at the front, so players start before the whole file has arrived.
 """
 
 from __future__ import annotations
@@ -30,14 +35,40 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import MediaError, require_file
+from ..errors import MediaError, UserError, require_file
 
-__all__ = ["IMAGE_SUFFIXES", "VideoInfo", "Frame", "probe", "FrameReader", "VideoWriter", "rotate_image", "as_rate"]
+__all__ = ["IMAGE_SUFFIXES", "PIX_FMTS", "PRESETS", "VideoInfo", "Frame", "probe", "FrameReader", "VideoWriter",
+           "check_encoding", "coded_size", "rotate_image", "as_rate"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 STILL_FPS = 25.0  # a still image acts as a one-frame video at this rate
 _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO})
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+PIX_FMTS = ("yuv420p", "yuv444p")  # 4:2:0 plays everywhere (the default); 4:4:4: exact size, full colour, few players
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+           "placebo")  # libx264
+DEFAULT_CRF, DEFAULT_PRESET, DEFAULT_PIX_FMT = 18, "veryfast", "yuv420p"
+MAX_CRF = 51  # libx264's worst quality (8-bit); 0 is lossless
+
+
+def check_encoding(crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRESET, pix_fmt: str = DEFAULT_PIX_FMT) -> None:
+    """Raise :class:`UserError` for an encoder setting libx264 would refuse, naming the option and its range."""
+    if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= MAX_CRF:
+        raise UserError(f"--crf must be a whole number from 0 (lossless, largest) to {MAX_CRF} (smallest, worst); "
+                        f"got {crf!r} (18, the default, is visually lossless)")
+    if preset not in PRESETS:
+        raise UserError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
+    if pix_fmt not in PIX_FMTS:
+        raise UserError(f"--pix-fmt must be yuv420p (plays everywhere) or yuv444p (exact size, full colour) "
+                        f"(got {pix_fmt!r})")
+
+
+def coded_size(width: int, height: int, pix_fmt: str = DEFAULT_PIX_FMT) -> tuple[int, int]:
+    """The size a ``width`` x ``height`` picture is stored at: 4:2:0 rounds odd sides up by one (the last column
+    or row is repeated); 4:4:4 keeps the size."""
+    if pix_fmt == "yuv420p":
+        return width + width % 2, height + height % 2
+    return width, height
 
 
 @dataclass(frozen=True)
@@ -459,11 +490,14 @@ class FrameReader:
 class VideoWriter:
     """H.264 + AAC writer with an atomic result.
 
-    ``threads``: encoder threads (0: libx264's choice, about 1.5 per core). ``write(frame)`` takes
-    (height, width, 3) uint8 BGR frames; ``audio`` is mono float32 at ``sample_rate``
-    (written in full, interleaved with the video as frames arrive). Output goes to a hidden temporary file in
-    the target folder and is renamed to ``path`` by :meth:`close`; :meth:`abort` (or an exception inside a
-    ``with`` block) deletes it, so no file appears at ``path`` unless writing succeeded.
+    ``write(frame)`` takes (height, width, 3) uint8 BGR frames; the file stores them at ``coded_width`` x
+    ``coded_height`` (see :func:`coded_size`: with ``pix_fmt="yuv420p"``, the default, an odd side gains one
+    repeated column or row). ``crf`` (0-51, lower is better and larger) and ``preset`` (libx264's speed/size
+    trade-off) set the quality; ``threads``: encoder threads (0: libx264's choice, about 1.5 per core).
+    ``audio`` is mono float32 at ``sample_rate`` (written in full, interleaved with the video as frames arrive).
+    Output goes to a hidden temporary file in the target folder and is renamed to ``path`` by :meth:`close`;
+    :meth:`abort` (or an exception inside a ``with`` block) deletes it, so no file appears at ``path`` unless
+    writing succeeded.
     """
 
     def __init__(
@@ -474,9 +508,10 @@ class VideoWriter:
         fps: float | Fraction,
         audio: np.ndarray | None = None,
         sample_rate: int = 16000,
-        crf: int = 18,
-        preset: str = "veryfast",
+        crf: int = DEFAULT_CRF,
+        preset: str = DEFAULT_PRESET,
         threads: int = 0,
+        pix_fmt: str = DEFAULT_PIX_FMT,
     ):
         import av
         from av.video.reformatter import ColorRange, Colorspace
@@ -485,6 +520,8 @@ class VideoWriter:
         self.width, self.height = int(width), int(height)
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"bad frame size {width}x{height}")
+        check_encoding(crf, preset, pix_fmt)
+        self.coded_width, self.coded_height = coded_size(self.width, self.height, pix_fmt)
         self.rate = as_rate(fps)
         self.fps = float(self.rate)
         self.frames_written = 0
@@ -517,15 +554,17 @@ class VideoWriter:
         self._reformatter = VideoReformatter()
         self._colour = dict(dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG,
                             interpolation=Interpolation.BILINEAR | Interpolation.ACCURATE_RND)
-        self._pix_fmt = "yuv420p" if self.width % 2 == 0 and self.height % 2 == 0 else "yuv444p"
+        self._pix_fmt = pix_fmt
         try:
-            self._container = av.open(str(self._tmp), "w")
+            # MP4/MOV: the index goes at the front, so a browser starts playing before the whole file has arrived
+            faststart = {"movflags": "+faststart"} if suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+            self._container = av.open(str(self._tmp), "w", options=faststart)
         except (av.error.FFmpegError, ValueError) as e:
             self._remove_tmp()
             raise MediaError(f"cannot write {self.path}: {str(e).splitlines()[0] if str(e) else e}") from None
         try:
             v = self._container.add_stream("libx264", rate=self.rate)
-            v.width, v.height, v.pix_fmt = self.width, self.height, self._pix_fmt
+            v.width, v.height, v.pix_fmt = self.coded_width, self.coded_height, self._pix_fmt
             cc = v.codec_context
             cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1  # BT.709, limited range
             v.options = {"crf": str(crf), "preset": preset, **({"threads": str(int(threads))} if threads else {})}
@@ -548,6 +587,11 @@ class VideoWriter:
             raise RuntimeError("write() after close()/abort()")
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
             raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8 BGR, got {frame.shape} {frame.dtype}")
+        pad_x, pad_y = self.coded_width - self.width, self.coded_height - self.height
+        if pad_x or pad_y:  # 4:2:0 needs even sides: repeat the last column / row
+            import cv2
+
+            frame = cv2.copyMakeBorder(frame, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
         vf = self._reformatter.reformat(vf, format=self._pix_fmt, **self._colour)
         vf.pts = self.frames_written

@@ -1,0 +1,140 @@
+"""What ``hyperlips sync`` writes, as a player sees it: H.264 4:2:0 at every input size (odd sides padded by one
+repeated pixel, the size the run reports), the exact-size 4:4:4 option, ``--crf``/``--preset``, audio starting
+with the first frame, and one-line errors for bad encoder settings. Real close-ups cut to odd and even sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import cut_audio, psnr, random_base_checkpoint, read_frames, run_cli
+
+AUDIO_SECONDS = 0.6  # 15 frames at 25 fps
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return random_base_checkpoint(tmp_path_factory.mktemp("ckpt") / "base_random.pth")
+
+
+@pytest.fixture(scope="module")
+def speech(real_data, tmp_path_factory):
+    return cut_audio(real_data / "retalking" / "audio1.wav", tmp_path_factory.mktemp("speech") / "a.wav", AUDIO_SECONDS)
+
+
+def cut_clip(real_data, path, w: int, h: int, n: int = 8):
+    """The first ``n`` frames of a real 25 fps close-up, cut to ``w`` x ``h`` around the face, stored 4:4:4
+    (so odd sizes are kept exactly in the input)."""
+    from hyperlips.media.video import FrameReader, VideoWriter
+
+    src = real_data / "retalking" / "face3.mp4"  # square 25 fps close-up
+    with FrameReader(src) as r:
+        y, x = (r.height - h) // 2, (r.width - w) // 2
+        with VideoWriter(path, w, h, 25, pix_fmt="yuv444p", crf=10) as out:
+            for f in r.iter_range(0, n):
+                out.write(np.ascontiguousarray(f.image[y : y + h, x : x + w]))
+    return path
+
+
+def streams(path) -> dict:
+    import av
+
+    with av.open(str(path)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        return {"width": v.codec_context.width, "height": v.codec_context.height, "pix_fmt": v.codec_context.pix_fmt,
+                "profile": v.codec_context.profile, "codec": v.codec_context.name, "audio": a.codec_context.name,
+                "video_start": float(v.start_time * v.time_base), "audio_start": float(a.start_time * a.time_base),
+                "frames": sum(1 for _ in c.decode(video=0)), "bytes": path.stat().st_size}
+
+
+@pytest.fixture(scope="module")
+def lipsync(ckpt):
+    from hyperlips.pipeline import LipSync
+
+    return LipSync(ckpt, device="cpu", progress=False)
+
+
+def x264_settings(path) -> str:
+    """The settings libx264 records in the stream (its SEI text: ``crf=18.0 ... subme=2 ...``)."""
+    data = path.read_bytes()
+    i = data.index(b"x264 - core")
+    return data[i : data.index(b"\x00", i)].decode("ascii", "replace")
+
+
+@pytest.mark.parametrize("size", [(331, 301), (330, 300)], ids=["odd", "even"])
+def test_default_output_is_420_at_the_documented_size(real_data, lipsync, speech, tmp_path, size):
+    w, h = size
+    video = cut_clip(real_data, tmp_path / "in.mp4", w, h)
+    out = tmp_path / "out.mp4"
+    report = lipsync.sync(video, speech, out)
+    got = streams(out)
+    want = (w + w % 2, h + h % 2)  # 4:2:0 codes even sides only: an odd one gains one repeated column / row
+    assert (got["width"], got["height"]) == want == (report.width, report.height), got  # the report is the file's
+    assert got["pix_fmt"] == "yuv420p" and got["profile"] == "High" and got["codec"] == "h264", got
+    assert got["frames"] == round(AUDIO_SECONDS * 25) and got["audio"] == "aac", got
+    assert got["video_start"] == got["audio_start"] == 0, got  # the speech starts with the first frame
+    assert " crf=18.0 " in x264_settings(out) and " subme=2 " in x264_settings(out)  # veryfast, CRF 18
+    ins, outs = read_frames(video, 3), read_frames(out, 3)
+    for a, b in zip(ins, outs):  # the picture keeps its place: the top rows (above the face) match the input
+        assert psnr(a[:40, :w], b[:40, :w]) > 38
+    if w % 2:
+        assert np.abs(outs[0][:h, w].astype(int) - outs[0][:h, w - 1]).mean() < 2  # the repeated column
+
+
+def test_444_option_keeps_the_exact_size(real_data, lipsync, speech, tmp_path):
+    video = cut_clip(real_data, tmp_path / "in.mp4", 331, 301)
+    out = tmp_path / "out.mp4"
+    report = lipsync.sync(video, speech, out, pix_fmt="yuv444p")
+    got = streams(out)
+    assert (got["width"], got["height"], got["pix_fmt"]) == (331, 301, "yuv444p") == (report.width, report.height,
+                                                                                       "yuv444p"), got
+    assert got["video_start"] == got["audio_start"] == 0, got
+
+
+def test_crf_trades_size_for_quality(real_data, lipsync, speech, tmp_path):
+    video = cut_clip(real_data, tmp_path / "in.mp4", 330, 300)
+    sizes = {}
+    for crf in (12, 30):
+        out = tmp_path / f"crf{crf}.mp4"
+        lipsync.sync(video, speech, out, crf=crf)
+        sizes[crf] = streams(out)["bytes"]
+    assert sizes[12] > 1.5 * sizes[30], sizes  # lower CRF: better quality, bigger file
+
+
+def test_command_line_encoder_options(real_data, ckpt, speech, tmp_path):
+    """``--crf``, ``--preset`` and ``--pix-fmt`` reach the encoder; ``--timings`` prints the written size."""
+    video = cut_clip(real_data, tmp_path / "in.mp4", 331, 301)
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", video, speech, "-o", out, "--checkpoint", ckpt, "--quiet", "--timings",
+                "--crf", "30", "--preset", "ultrafast", "--pix-fmt", "yuv444p")
+    assert r.returncode == 0, r.stderr
+    got = streams(out)
+    assert (got["width"], got["height"], got["pix_fmt"]) == (331, 301, "yuv444p"), got
+    settings = x264_settings(out)
+    assert " crf=30.0 " in settings and " subme=0 " in settings, settings  # ultrafast: no subpixel refinement
+    assert "331x301" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("bad", [["--crf", "-1"], ["--crf", "52"], ["--crf", "high"], ["--crf", "18.5"],
+                                 ["--preset", "turbo"], ["--pix-fmt", "yuv422p"], ["--pix-fmt", "rgb24"]],
+                         ids=lambda b: " ".join(b))
+def test_bad_encoder_settings_are_one_line_errors(real_data, tmp_path, bad):
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", real_data / "retalking" / "face3.mp4", real_data / "retalking" / "audio1.wav", "-o", out,
+                "--untrained", "--quiet", *bad)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("hyperlips: error:"), r.stderr
+    assert bad[0] in lines[0] and "Traceback" not in r.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kw", [{"crf": 99}, {"preset": "fastest"}, {"pix_fmt": "yuv422p"}])
+def test_python_api_refuses_bad_settings_before_any_work(real_data, tmp_path, kw):
+    from hyperlips.errors import UserError
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(untrained=True, progress=False, device="cpu")
+    out = tmp_path / "out.mp4"
+    with pytest.raises(UserError, match=f"--{next(iter(kw)).replace('_', '-')} must be"):
+        ls.sync(real_data / "retalking" / "face3.mp4", real_data / "retalking" / "audio1.wav", out, **kw)
+    assert not list(tmp_path.iterdir())
