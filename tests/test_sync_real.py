@@ -29,18 +29,23 @@ def face_top(frame: np.ndarray) -> int:
 
 
 def check_output(out, video, audio_seconds, *, still=False, compare_frames=8):
-    from hyperlips.media.video import probe
+    import warnings
 
-    src = probe(video)
+    from hyperlips.media.timing import open_timeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a variable frame rate is announced; here only its rate matters
+        with open_timeline(video) as timeline:
+            src, rate = timeline.info, float(timeline.fps)
     got = probe_streams(out)
-    assert (got["width"], got["height"]) == (src.width, src.height)
+    assert (got["width"], got["height"]) == (src.width + src.width % 2, src.height + src.height % 2)
     if not still:
-        assert got["fps"] == pytest.approx(src.fps, rel=1e-3)
+        assert got["fps"] == pytest.approx(rate, rel=1e-3)  # the nominal rate, or the average one when it varies
     assert got["video_codec"] == "h264"
     assert got["audio_codec"] == "aac"
     fps = got["fps"]
     assert abs(got["frames"] / fps - audio_seconds) <= 1.0 / fps + 1e-6, (got, audio_seconds)
-    if still:
+    if still or not compare_frames:
         return got
     # rows above the face are unchanged up to codec loss
     ins, outs = read_frames(video, compare_frames), read_frames(out, compare_frames)
@@ -58,13 +63,14 @@ def run_sync(video, audio, out, ckpt, *extra):
 
 
 def test_sync_30fps_clip_short_audio(real_data, ckpt, tmp_path):
-    """Fast smoke test: 30 fps close-up, 1.2 s of another clip's speech (audio shorter: output stops there)."""
+    """Fast smoke test: a close-up tagged 30 fps whose frames come at 22.1 fps on average (variable rate), 1.2 s of
+    another clip's speech (audio shorter: output stops there), rendered at the average rate."""
     video = real_data / "retalking" / "face1.mp4"
     audio = cut_audio(real_data / "retalking" / "audio1.wav", tmp_path / "a.wav", 1.2)
     out = tmp_path / "out.mp4"
     run_sync(video, audio, out, ckpt)
-    got = check_output(out, video, 1.2)
-    assert got["frames"] == 36
+    got = check_output(out, video, 1.2, compare_frames=0)  # frames repeat where the source's intervals are long
+    assert 22.0 < got["fps"] < 22.3 and got["frames"] == round(1.2 * got["fps"])
 
 
 def test_sync_pingpong_when_audio_longer(real_data, ckpt, tmp_path):
