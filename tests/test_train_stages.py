@@ -157,7 +157,8 @@ def test_exact_resume_of_the_base_and_hr_stages(one_clip, tmp_path, stage):
     full = _trainer(stage, one_clip, tmp_path / "full", max_steps=3, **common).fit()
     _trainer(stage, one_clip, tmp_path / "split", max_steps=2, **common).fit()
     from hyperlips.train.commands import stage_class
-    from hyperlips.train.loop import Trainer, build_config
+    from hyperlips.train.config import build_config
+    from hyperlips.train.loop import Trainer
 
     cfg = build_config(stage, overrides={"data": str(one_clip), "out": str(tmp_path / "split"), **TINY, **common,
                                          "max_steps": 3})
