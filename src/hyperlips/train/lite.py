@@ -80,8 +80,6 @@ def calibrate_shape_gain(model, data, max_gain: float = 3.0, batch_size: int = 6
     """The gain that gives the audio encoder's shapes on the held-out frames of dataset ``data`` the spread of
     the real ones (a regression on unseen speech shrinks towards the average mouth; rendered, that is a mouth
     that barely moves). Clipped to [1, max_gain]."""
-    from torch.utils.data import default_collate
-
     from ..data.frames import FrameDataset, reference_frame
 
     m = Manifest.load(data)
@@ -92,18 +90,26 @@ def calibrate_shape_gain(model, data, max_gain: float = 3.0, batch_size: int = 6
     train_ds = FrameDataset(train, model.mel_steps, mel_norm=model.mel_norm)
     refs = {c.id: reference_frame(c, ranges.get(c.id, c.frame_range)) for c in val}
     ds = held_out_frames(val, train_ds, refs, model.mel_steps, model.mel_norm)
+    return spread_gain(model.audio_encoder, ds, max_gain, batch_size)
+
+
+def spread_gain(encoder, ds, max_gain: float = 3.0, batch_size: int = 64, device="cpu") -> float:
+    """std(real shapes) / std(``encoder``'s shapes) over the frames of ``ds`` that have a shape, clipped to
+    [1, max_gain] (1 when it cannot be measured)."""
+    from torch.utils.data import default_collate
+
     preds, reals = [], []
-    was = model.training
-    model.eval()
+    was = encoder.training
+    encoder.eval()
     try:
         with torch.no_grad():
             for i in range(0, len(ds), batch_size):
                 b = default_collate([ds[g] for g in range(i, min(len(ds), i + batch_size))])
                 has = b["has_shape"].bool()
-                preds.append(model.audio_encoder(b["mel"].float())[has])
+                preds.append(encoder(b["mel"].float().to(device)).float().cpu()[has])
                 reals.append(b["shape"].float()[has])
     finally:
-        model.train(was)
+        encoder.train(was)
     p, r = torch.cat(preds), torch.cat(reals)
     if len(p) < 3 or float(p.std()) == 0:
         return 1.0
@@ -215,25 +221,8 @@ class LiteStage(Stage):
             return float(self.gen.config.shape_gain)
         import dataclasses
 
-        from torch.utils.data import default_collate
-
         ds = self.val_dataset()
-        gain = 1.0
-        if ds is not None:
-            enc = self.gen.audio_encoder
-            was = enc.training
-            enc.eval()
-            preds, reals = [], []
-            with torch.no_grad():
-                for i in range(0, len(ds), 64):
-                    b = default_collate([ds[g] for g in range(i, min(len(ds), i + 64))])
-                    has = b["has_shape"].bool()
-                    preds.append(enc(b["mel"].float().to(self.ctx.device)).float().cpu()[has])
-                    reals.append(b["shape"].float()[has])
-            enc.train(was)
-            p, r = torch.cat(preds), torch.cat(reals)
-            if len(p) >= 3 and float(p.std()) > 0:
-                gain = round(float(np.clip(float(r.std() / p.std()), 1.0, 3.0)), 3)
+        gain = 1.0 if ds is None else round(spread_gain(self.gen.audio_encoder, ds, device=self.ctx.device), 3)
         self.gen.config = dataclasses.replace(self.gen.config, shape_gain=gain)
         self._gain_ready = True
         self.ctx.say(f"mouth-shape gain {gain:.2f} (the audio encoder's held-out shapes matched to the real spread)")
