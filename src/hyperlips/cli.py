@@ -207,12 +207,13 @@ def _box(text: str) -> tuple[float, float, float, float]:
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, help="generator weights: HyperLips-Base (an official .pth or a hyperlips "
-                   ".safetensors) or HyperLips-Lite (from `hyperlips finetune`)")
+                   ".safetensors) or HyperLips-Lite (from `hyperlips finetune`); default: the starter model shipped in "
+                   "the package (a generic HyperLips-Lite)")
     p.add_argument("--hr-checkpoint", type=Path, help="HR decoder weights (128, 256 or 512 px) for a sharper mouth")
     p.add_argument("--size", type=int, choices=(128, 256, 512), help="render size of the mouth; 256/512 need an HR checkpoint")
     p.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=16, help="frames per network batch (default 16)")
-    p.add_argument("--untrained", action="store_true", help="use randomly initialised weights (to try the pipeline without a checkpoint)")
+    p.add_argument("--untrained", action="store_true", help="use randomly initialised weights instead (for tests: the mouth is meaningless)")
     p.add_argument("--model", choices=("base", "lite"), default="base", help="with --untrained: which generator (base)")
 
 
@@ -277,6 +278,8 @@ def _make_lipsync(args):
 
 def _run_sync(args) -> int:
     ls = _make_lipsync(args)
+    if not args.quiet:
+        print(f"weights: {ls.weights}", file=sys.stderr)
     report = ls.sync(args.video, args.audio, args.output, face_index=args.face, face_box=args.face_box,
                      loop=args.loop, reference=args.reference, fps=args.fps, crf=args.crf, preset=args.preset,
                      pix_fmt=args.pix_fmt)
@@ -289,11 +292,6 @@ def _run_demo(args) -> int:
 
     folder = args.output.parent if str(args.output.parent) else Path(".")
     image, speech = make_demo_inputs(folder / "hyperlips_demo_inputs")
-    if args.checkpoint is None:
-        args.untrained = True
-        print("hyperlips demo: no trained weights are shipped yet, so this run uses UNTRAINED (random) weights: "
-              "the pipeline runs end to end but the generated mouth is meaningless. Pass --checkpoint for real results.",
-              file=sys.stderr)
     print(f"demo inputs: {image} (a photo bundled with scikit-image) and {speech} (speech synthesised by espeak-ng)")
     args.video, args.audio = image, speech
     return _run_sync(args)

@@ -232,8 +232,9 @@ class LipSync:
     >>> ls.sync("talk.mp4", "speech.wav", "out.mp4")                             # doctest: +SKIP
 
     ``checkpoint``: HyperLips-Base weights (official ``.pth`` or our safetensors); ``hr_checkpoint``: an HR
-    decoder (128/256/512) that sharpens the mouth; ``untrained=True`` builds a randomly initialised ``model``
-    (``base`` or ``lite``) instead (for trying the pipeline without weights: the mouth is then meaningless).
+    decoder (128/256/512) that sharpens the mouth. Without a checkpoint the starter shipped in the package renders
+    (a generic HyperLips-Lite, ``models.shipped``); ``untrained=True`` builds a randomly initialised ``model``
+    (``base`` or ``lite``) instead (for tests: the mouth is then meaningless). ``weights`` says which, in words.
     """
 
     def __init__(
@@ -263,16 +264,25 @@ class LipSync:
         self.progress = progress
         self.audio_cfg = AudioConfig()
         self.untrained = untrained
+        self.weights = "untrained (random) weights" if untrained else None  # what renders the mouth, in words
         if checkpoint is None and not untrained and network is None:
-            raise UserError("no model weights given: pass --checkpoint PATH (an official HyperLips .pth or a hyperlips checkpoint)")
+            from .models import shipped
+
+            starter = shipped.starter()
+            if starter is None:
+                raise UserError("no model weights given and this build ships none: pass --checkpoint PATH (an "
+                                "official HyperLips .pth, a hyperlips checkpoint or a model from `hyperlips finetune`)")
+            checkpoint, self.weights = starter.path, f"the {starter.label}"
         if network is not None:  # a generator module given directly (its forward takes (mel windows, faces))
             self.base, self.model_name = network, type(network).__name__
+            self.weights = f"the given {self.model_name} network"
         elif checkpoint is not None:
             self.base, info = load_checkpoint(checkpoint, device=self.device)
             if info.name not in GENERATORS:
                 raise UserError(f"{checkpoint} holds a {info.name} network, not a lip-sync generator (HyperLips-Base or "
                                 "HyperLips-Lite) for --checkpoint")
             self.model_name = info.name
+            self.weights = self.weights or f"{checkpoint} ({info.name})"
         else:
             torch.manual_seed(seed)
             from .models.registry import canonical_name

@@ -340,18 +340,23 @@ class SyncDataset(_Base):
     unflipped faces it later judged).
 
     Item: ``faces`` (15, 64, 128) uint8 (5 frames x BGR, frame-major), ``audio`` (1, 80, 16) float32, ``label`` ().
+
+    With ``candidates`` K > 1 every item is a multiple choice instead: ``audio`` (K, 1, 80, 16) holds the in-sync
+    window first, then K - 1 windows of the same clip shifted by ``min_shift`` frames or more (``shift`` (K,)).
     """
 
     stream = 1
 
     def __init__(self, clips: Sequence[Clip], seed: int = 0, min_shift: int = 3, flip: float = 0.5,
-                 positive_rate: float = 0.5, length: int = 1 << 30, cfg: AudioConfig = AudioConfig()):
+                 positive_rate: float = 0.5, length: int = 1 << 30, cfg: AudioConfig = AudioConfig(),
+                 candidates: int = 1):
         super().__init__(clips, seed, length)
         self.index = WindowIndex(self.clips, WINDOW, "sync", "the sync expert")
         self.min_shift = int(min_shift)
         self.flip = float(flip)
         self.positive_rate = float(positive_rate)
         self.cfg = cfg
+        self.candidates = int(candidates)
 
     def sample(self, g: int, label: int | None = None, shift: int | None = None) -> dict[str, Any]:
         from ..media.audio import sync_mel_windows
@@ -372,6 +377,10 @@ class SyncDataset(_Base):
             faces = faces[:, :, ::-1]
         lower = faces[:, BASE_SIZE // 2 :]  # (5, 64, 128, 3)
         faces15 = np.ascontiguousarray(lower.transpose(0, 3, 1, 2).reshape(3 * WINDOW, BASE_SIZE // 2, BASE_SIZE))
+        if self.candidates > 1 and label is None:
+            shifts = [0] + [self._negative_shift(rng, clip, t0) for _ in range(self.candidates - 1)]
+            audio = sync_mel_windows(np.asarray(clip.mel), [clip.time_of(t0 + k) for k in shifts], self.cfg)
+            return {"faces": faces15, "audio": audio, "label": np.float32(1), "shift": np.asarray(shifts, np.int64)}
         audio = sync_mel_windows(np.asarray(clip.mel), [clip.time_of(t0 + s)], self.cfg)[0]
         return {"faces": faces15, "audio": audio, "label": np.float32(y), "shift": np.int64(s)}
 

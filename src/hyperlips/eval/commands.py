@@ -20,7 +20,8 @@ EVAL_HELP = """Measure a lip-synced video against its original.
         that tail re-synced to synthesised speech: is the mouth closed on /p b m/ and open on vowels?
 
 Writes report.json, report.md and PNG plots into --output. LSE-C/LSE-D need the public SyncNet weights
-(--syncnet syncnet_v2.model); our expert's score needs --expert (a checkpoint from `hyperlips train sync`).
+(--syncnet syncnet_v2.model); our expert's score uses the compact expert shipped in the package (--expert PATH
+for another from `hyperlips train sync`, --expert off for none).
 """
 
 
@@ -51,7 +52,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tail-seconds", type=_positive, help="tail protocol: seconds held out (instead of a share)")
     p.add_argument("--text", help="phonemes protocol: the sentence espeak-ng speaks (default: one rich in /p b m/)")
     p.add_argument("--syncnet", type=Path, help="public SyncNet weights (syncnet_v2.model) for LSE-C / LSE-D")
-    p.add_argument("--expert", type=Path, help="our SyncNet expert checkpoint, for its sync confidence and offset")
+    p.add_argument("--expert", type=Path, help="our lip-sync expert, for its sync confidence and offset (default: the "
+                   "one shipped in the package; off: none)")
     p.add_argument("-o", "--output", type=Path,
                    help="report folder (default: hyperlips_eval/NAME for one clip, hyperlips_eval for a batch)")
     p.add_argument("--max-seconds", type=_positive, help="evaluate only the first S seconds of each clip")
@@ -85,7 +87,8 @@ def run_eval(args) -> int:
         one = args.generated is not None and not args.generated.is_dir() and args.clips is None
         args.output = Path("hyperlips_eval") / args.generated.stem if one else Path("hyperlips_eval")
     device = _eval_device(args.device)
-    common = dict(syncnet=args.syncnet, expert=args.expert, face_index=args.face, device=device)
+    off = args.expert is not None and str(args.expert).lower() == "off"
+    common = dict(syncnet=args.syncnet, expert=None if off else args.expert, face_index=args.face, device=device)
     models = _load_models(args, device)
     common.update(models)
     if args.protocol in ("tail", "phonemes"):
@@ -95,8 +98,7 @@ def run_eval(args) -> int:
             raise UserError("--clips generates its own results: give either --clips DIR or GENERATED --reference REF, not both")
         if args.protocol == "auto":
             raise UserError("--clips needs --protocol self (each clip with its own audio) or cross (with the next clip's audio)")
-        if args.checkpoint is None and not args.untrained:
-            raise UserError("--clips generates videos first: pass --checkpoint PATH (or --untrained to try the protocol)")
+        _need_weights(args, "--clips generates videos first: pass --checkpoint PATH (or --untrained to try the protocol)")
         results = run_protocol(args.clips, args.output, args.protocol, checkpoint=args.checkpoint,
                                hr_checkpoint=args.hr_checkpoint, size=args.size, untrained=args.untrained,
                                batch_size=args.batch_size, max_seconds=args.max_seconds, progress=progress, **common)
@@ -129,8 +131,7 @@ def _run_tail(args, device: str, progress: bool) -> int:
     name = args.protocol
     if args.clips is None:
         raise UserError(f"--protocol {name} needs --clips FOOTAGE (a video, or a folder of clips of one person)")
-    if args.checkpoint is None and not args.untrained:
-        raise UserError(f"--protocol {name} regenerates the tail: pass --checkpoint MODEL (from `hyperlips finetune`)")
+    _need_weights(args, f"--protocol {name} regenerates the tail: pass --checkpoint MODEL (from `hyperlips finetune`)")
     if not 0 < args.tail_fraction < 1:
         raise UserError(f"--tail-fraction must be between 0 and 1 (got {args.tail_fraction:g})")
     if args.output is None or args.output == Path("hyperlips_eval"):
@@ -166,6 +167,14 @@ def _run_phonemes(args, device: str, progress: bool) -> int:
     return 0
 
 
+def _need_weights(args, message: str) -> None:
+    """Generating needs weights: --checkpoint, --untrained, or the starter shipped in the package."""
+    from ..models import shipped
+
+    if args.checkpoint is None and not args.untrained and shipped.starter() is None:
+        raise UserError(message)
+
+
 def _load_models(args, device) -> dict:
     """Load the sync networks once (a batch reuses them); bad paths fail before any video is read."""
     from .sync_score import load_expert
@@ -174,8 +183,14 @@ def _load_models(args, device) -> dict:
     out = {}
     if args.syncnet is not None:
         out["syncnet_model"] = load_public_syncnet(args.syncnet, device)
-    if args.expert is not None:
-        out["expert_model"] = load_expert(args.expert, device)
+    expert = args.expert
+    if expert is None:
+        from ..models import shipped
+
+        found = shipped.expert()
+        expert = found.path if found is not None else None
+    if expert is not None and str(expert).lower() != "off":
+        out["expert_model"] = load_expert(expert, device)
     return out
 
 

@@ -225,11 +225,8 @@ def _embed(model, tower: str, x):
 
 
 def load_expert(path, device="cpu"):
-    """Our SyncNet expert from a checkpoint made by ``hyperlips train sync`` (or the official sync expert .pth)."""
-    from ..errors import CheckpointError
-    from ..models import load_checkpoint
+    """A lip-sync expert from a checkpoint made by ``hyperlips train sync`` (the compact one or the official SyncNet;
+    the official sync expert .pth loads too)."""
+    from ..models.checkpoint import load_expert_checkpoint
 
-    model, info = load_checkpoint(path, device=device)
-    if info.name != "syncnet":
-        raise CheckpointError(f"{path} holds a {info.name} network, not the SyncNet lip-sync expert (--expert)")
-    return model.to(device).eval()
+    return load_expert_checkpoint(path, device=device)[0]

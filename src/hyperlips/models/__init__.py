@@ -5,8 +5,9 @@ from .lite import HyperLipsLite, LiteConfig
 from .checkpoint import CheckpointInfo, identify_network, load_checkpoint, read_state_dict, save_checkpoint
 from .discriminators import BaseQualityDiscriminator, HRQualityDiscriminator
 from .hr import HRDecoder
-from .registry import GENERATORS, MODEL_NAMES, OFFICIAL_NAMES, create_model
+from .registry import EXPERTS, GENERATORS, MODEL_NAMES, OFFICIAL_NAMES, create_model
 from .syncnet import SyncNet
+from .syncnet_lite import SyncLiteConfig, SyncNetLite
 
 __all__ = [
     "BaseQualityDiscriminator",
@@ -16,10 +17,13 @@ __all__ = [
     "HyperLipsBase",
     "HyperLipsLite",
     "LiteConfig",
+    "EXPERTS",
     "GENERATORS",
     "OFFICIAL_NAMES",
     "MODEL_NAMES",
     "SyncNet",
+    "SyncNetLite",
+    "SyncLiteConfig",
     "create_model",
     "identify_network",
     "load_checkpoint",

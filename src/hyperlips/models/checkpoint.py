@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, UserError
-from .registry import CONFIGURABLE, DESCRIPTIONS, MODEL_NAMES, architecture, canonical_name, create_model, default_config
+from .registry import CONFIGURABLE, DESCRIPTIONS, EXPERTS, MODEL_NAMES, architecture, canonical_name, create_model, default_config
 
 METADATA_KEY = "hyperlips"
 FORMAT_VERSION = 1
@@ -233,6 +233,21 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return _strip_module(state), meta
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The hyperlips metadata of a safetensors file, read from its header alone (no tensors are loaded)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= 100_000_000:
+                raise CheckpointError(f"{path}: not a safetensors file (header length {n})")
+            header = json.loads(f.read(n))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read its safetensors header ({_short(e)})") from None
+    raw = header.get("__metadata__", {}) if isinstance(header, dict) else {}
+    return _parse_json(raw[METADATA_KEY], path, "its 'hyperlips' metadata") if METADATA_KEY in raw else {}
+
+
 def _parse_json(text: str, path: Path, what: str) -> dict[str, Any]:
     try:
         d = json.loads(text)
@@ -341,6 +356,23 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None,
     model = create_model(info.name, info.config.get("extra"))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), info
+
+
+def load_expert_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointInfo]:
+    """A lip-sync expert (the official SyncNet or the compact one) in eval mode; CheckpointError for any other network."""
+    state, info = read_expert_state(path)
+    model = create_model(info.name, info.config.get("extra"))
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), info
+
+
+def read_expert_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], CheckpointInfo]:
+    """:func:`read_state_dict` for a lip-sync expert of either kind (registry ``EXPERTS``)."""
+    state, info = read_state_dict(path)
+    if info.name not in EXPERTS:
+        raise CheckpointError(f"{path}: holds {_describe(info.name)} weights, not a lip-sync expert "
+                              f"({' or '.join(EXPERTS)})")
+    return state, info
 
 
 # ----------------------------------------------------------------------------------------------------------------

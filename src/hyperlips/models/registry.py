@@ -14,6 +14,7 @@ from .discriminators import BaseQualityDiscriminator, HRQualityDiscriminator
 from .hr import HRDecoder
 from .lite import HyperLipsLite, LiteConfig
 from .syncnet import SyncNet
+from .syncnet_lite import SyncLiteConfig, SyncNetLite
 
 # every builder takes the network's ``extra`` settings (ModelConfig.extra; only configurable networks use them)
 _BUILDERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
@@ -23,13 +24,17 @@ _BUILDERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
     "hyperlips-hr-256": lambda extra: HRDecoder(2),
     "hyperlips-hr-512": lambda extra: HRDecoder(4),
     "syncnet": lambda extra: SyncNet(),
+    "syncnet-lite": lambda extra: SyncNetLite(SyncLiteConfig.from_dict(extra)),
     "base-disc": lambda extra: BaseQualityDiscriminator(),
     "hr-disc": lambda extra: HRQualityDiscriminator(),
 }
 # networks whose architecture is set by ``extra`` (stored in their checkpoints), with its default
-CONFIGURABLE: dict[str, Callable[[], dict[str, Any]]] = {"hyperlips-lite": lambda: LiteConfig().to_dict()}
+CONFIGURABLE: dict[str, Callable[[], dict[str, Any]]] = {"hyperlips-lite": lambda: LiteConfig().to_dict(),
+                                                          "syncnet-lite": lambda: SyncLiteConfig().to_dict()}
 # networks that take a mel window and [masked, reference] faces and render a face: what `sync` accepts
 GENERATORS: tuple[str, ...] = ("hyperlips-base", "hyperlips-lite")
+# lip-sync experts: five lower-half faces and a 16-step mel window in, embeddings whose cosine scores sync
+EXPERTS: tuple[str, ...] = ("syncnet", "syncnet-lite")
 
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 # the networks of the original implementation (their official checkpoints load unchanged)
@@ -42,6 +47,7 @@ DESCRIPTIONS: dict[str, str] = {
     "hyperlips-hr-256": "stage-2 HR decoder, 256 px output",
     "hyperlips-hr-512": "stage-2 HR decoder, 512 px output",
     "syncnet": "SyncNet lip-sync expert",
+    "syncnet-lite": "compact lip-sync expert",
     "base-disc": "stage-1 quality discriminator",
     "hr-disc": "stage-2 quality discriminator",
 }

@@ -27,7 +27,7 @@ class ModelChoice:
     id: str
     label: str
     kind: str  # starter | person | untrained
-    checkpoint: Path | None = None  # HyperLips-Base weights (None: random weights)
+    checkpoint: Path | None = None  # generator weights (None: random weights)
     hr: dict[int, Path] = field(default_factory=dict)  # HR decoders by render size
 
     @property
@@ -41,12 +41,11 @@ class ModelChoice:
 
 
 def shipped_starter() -> tuple[Path, dict[int, Path]] | None:
-    """The starter model shipped inside the package: (base weights, HR decoders by size), or None.
+    """The starter model shipped inside the package (``models.shipped``): (weights, HR decoders by size), or None."""
+    from ..models import shipped
 
-    No trained weights are shipped yet. When they are, point this one function at them: the page and the API
-    list the starter first and use it by default.
-    """
-    return None
+    found = shipped.starter()
+    return None if found is None else (found.path, {})
 
 
 def valid_model_name(name: str) -> bool:

@@ -59,9 +59,9 @@ def generator_inputs(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def load_expert(path, device) -> nn.Module:
-    from ..models import load_checkpoint
+    from ..models.checkpoint import load_expert_checkpoint
 
-    expert, _ = load_checkpoint(path, name="syncnet", device=device)
+    expert, _ = load_expert_checkpoint(path, device=device)
     return freeze(expert.to(device))
 
 
@@ -88,11 +88,19 @@ class BaseStage(Stage):
             raise UserError(f"sync_weight ({self.w_sync}) and disc_weight ({self.w_disc}) must be >= 0 and sum to "
                             "less than 1 (L1 gets the rest)")
         self.expert = None
-        if cfg.expert:
-            self.expert = load_expert(cfg.expert, ctx.device)
-        elif self.w_sync > 0:
-            ctx.say("no sync expert given (--expert): training without the sync loss; lip sync will be weaker. "
-                    "Train one with `hyperlips train sync` and pass it with --expert")
+        expert = cfg.expert
+        if expert is None and self.w_sync > 0:
+            from ..models import shipped
+
+            found = shipped.expert()
+            if found is not None:
+                expert = str(found.path)
+                ctx.say(f"sync loss judged by the {found.label} (--expert PATH for another, --expert off for none)")
+        if expert and expert.lower() != "off":
+            self.expert = load_expert(expert, ctx.device)
+        elif self.w_sync > 0 and expert is None:
+            ctx.say("no sync expert given (--expert) and none shipped: training without the sync loss; lip sync will "
+                    "be weaker. Train one with `hyperlips train sync` and pass it with --expert")
         self.disc = create_model("base-disc").to(ctx.device) if self.w_disc > 0 else None
         self.gen_ddp = ctx.wrap(self.gen)
         self.disc_ddp = ctx.wrap(LogitsOf(self.disc)) if self.disc is not None else None

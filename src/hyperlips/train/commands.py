@@ -11,6 +11,7 @@ from typing import Any
 
 STAGES = ("sync", "base", "hr")
 MODELS = ("base", "lite")  # `train base --model`: HyperLips-Base (the original's) or HyperLips-Lite
+EXPERT_MODELS = {"official": "syncnet", "lite": "syncnet-lite"}  # `train sync --model`
 
 
 def _model_name(model: str) -> str:
@@ -83,10 +84,14 @@ def add_parser(sub) -> None:
     for name in STAGES:
         sp = stages.add_parser(name, help=_HELP[name], description=_HELP[name])
         _add_common(sp)
+        if name == "sync":
+            sp.add_argument("--model", choices=tuple(EXPERT_MODELS), help="the expert: official (SyncNet as the "
+                            "original, default) or lite (compact, trains on a CPU; see configs/sync-lite.yaml)")
         if name == "base":
             sp.add_argument("--model", choices=MODELS, help="the generator: base (HyperLips-Base, default) or lite "
                             "(HyperLips-Lite, compact, trains on a CPU)")
-            sp.add_argument("--expert", help="trained sync expert checkpoint (from `train sync`) for the sync loss")
+            sp.add_argument("--expert", help="sync expert checkpoint for the sync loss (default: the expert shipped in "
+                            "the package; off: no sync loss)")
             sp.add_argument("--minutes", type=float, dest="max_minutes",
                             help="wall-clock budget: stop, validate and save when it is spent")
         if name == "hr":
@@ -134,7 +139,9 @@ def config_from_args(args: argparse.Namespace):
         stored.update(overrides)
         return TrainConfig.from_dict(stored)
     if getattr(args, "model", None):
-        overrides["model"] = _model_name(args.model)
+        overrides["model"] = EXPERT_MODELS[args.model] if args.stage == "sync" else _model_name(args.model)
+    if overrides.get("model") == "syncnet-lite":
+        overrides = {**SYNC_LITE_DEFAULTS, **overrides}
     if overrides.get("model") == "hyperlips-lite":
         overrides = {**LITE_DEFAULTS, **overrides}
     cfg = build_config(args.stage, args.config, overrides)
@@ -144,6 +151,11 @@ def config_from_args(args: argparse.Namespace):
         raise UserError("no run folder given: --out RUN")
     return cfg
 
+
+# `train sync --model lite` starts from these: a faster schedule and augmented windows (few speakers to learn from)
+SYNC_LITE_DEFAULTS: dict[str, Any] = {"batch_size": 32, "lr": 1e-3, "betas": (0.9, 0.999), "lr_schedule": "cosine",
+                                      "warmup_steps": 200, "augment": True, "sync_candidates": 8, "val_every": 500,
+                                      "ckpt_every": 500}
 
 # `train base --model lite` starts from these (then --config, --set and the options, as for every stage)
 LITE_DEFAULTS: dict[str, Any] = {"batch_size": 16, "lr": 5e-4, "betas": (0.9, 0.99),

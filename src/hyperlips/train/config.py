@@ -24,7 +24,8 @@ class TrainConfig:
     out: str = ""  # run folder: checkpoints, logs, exported model
     # starting points
     init: str | None = None  # weights to start the trained network from (any checkpoint hyperlips loads)
-    expert: str | None = None  # base: the sync expert checkpoint (no expert: no sync loss, with a warning)
+    expert: str | None = None  # base: the sync expert checkpoint (default: the shipped compact expert; "off": no
+    # sync loss)
     base: str | None = None  # hr: the trained HyperLips-Base checkpoint that renders the HR inputs
     hr_size: int = 128  # hr: output size 128, 256 or 512
     # optimisation
@@ -56,8 +57,14 @@ class TrainConfig:
     min_shift: int = 3  # sync: off-sync training pairs are shifted by at least this many frames
     val_min_shift: int = 5  # sync: off-sync validation pairs are shifted by at least this many frames
     flip: float = 0.5  # sync: probability of mirroring a training window
+    sync_candidates: int = 1  # sync: audio windows per face stack; above 1 the expert learns to pick the in-sync one
+    # among sync_candidates - 1 shifted ones (cross-entropy over similarity / sync_temperature, plus the BCE)
+    sync_temperature: float = 0.1
+    augment: bool = False  # sync: random shift/zoom, colour, grey and blur of the faces; gain, noise and a band
+    # mask on the mel (train/sync.py augment_windows); on by default for `train sync --model lite`
     # HyperLips-Lite (`train base --model lite`, `finetune`)
-    model: str = "hyperlips-base"  # base stage: the generator trained (hyperlips-base | hyperlips-lite)
+    model: str = "hyperlips-base"  # base stage: the generator trained (hyperlips-base | hyperlips-lite); sync stage:
+    # the expert (syncnet | syncnet-lite; anything else means syncnet)
     lite: dict = dataclasses.field(default_factory=dict)  # LiteConfig fields of a new Lite network (widths, ...)
     mouth_weight: float = 4.0  # lite: L1 weight inside the lip box (1 elsewhere in the generated rows)
     edge_weight: float = 0.5  # lite: L1 between image gradients (sharp lips and teeth), generated rows

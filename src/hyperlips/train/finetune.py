@@ -47,8 +47,11 @@ def add_parser(sub) -> None:
     p.add_argument("--minutes", type=float, help=f"wall-clock budget of the whole command, preprocessing included "
                    f"(Lite default {DEFAULT_MINUTES:g}; Base: none)")
     p.add_argument("--steps", type=int, help="stop after this many steps at the latest (Base default 2000)")
-    p.add_argument("--checkpoint", help="weights to start from (default: from scratch)")
-    p.add_argument("--expert", help="Base: sync expert checkpoint for the sync loss (from `train sync`)")
+    p.add_argument("--checkpoint", help="weights to start from (Lite default: the starter shipped in the package; "
+                   "Base: from scratch)")
+    p.add_argument("--from-scratch", action="store_true", help="Lite: start from random weights, not the starter")
+    p.add_argument("--expert", help="Base: sync expert checkpoint for the sync loss (default: the shipped compact "
+                   "expert; off: no sync loss)")
     p.add_argument("--hr-size", type=int, choices=(128, 256, 512), help="Base: also train an HR decoder of this size")
     p.add_argument("--hr-checkpoint", help="Base: HR decoder weights to start from (default: from scratch)")
     p.add_argument("--hr-steps", type=int, default=2000, help="Base: HR training steps (2000)")
@@ -85,10 +88,11 @@ def _publish(src: Path, dst: Path, name: str) -> None:
 
 def _check_weights(args: argparse.Namespace) -> None:
     """Read every checkpoint given once, so a wrong path fails now and not after minutes of preprocessing."""
-    from ..models.checkpoint import read_state_dict
+    from ..models.checkpoint import read_expert_state, read_state_dict
 
+    if args.expert and args.expert.lower() != "off":
+        read_expert_state(args.expert)
     for path, name in ((args.checkpoint, "hyperlips-base" if args.model == "base" else "hyperlips-lite"),
-                       (args.expert, "syncnet"),
                        (args.hr_checkpoint, f"hyperlips-hr-{args.hr_size}" if args.hr_size else None)):
         if path:
             read_state_dict(path, name)
@@ -135,6 +139,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--val-seconds must be more than 0 (got {args.val_seconds:g})")
     if args.model == "lite" and (args.hr_size or args.hr_checkpoint or args.expert):
         raise UserError("--hr-size, --hr-checkpoint and --expert belong to --model base")
+    if args.from_scratch and (args.checkpoint or args.model != "lite"):
+        raise UserError("--from-scratch starts HyperLips-Lite from random weights: it goes with neither --checkpoint "
+                        "nor --model base")
     _check_weights(args)
 
 
@@ -192,10 +199,19 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
     minutes = args.minutes if args.minutes is not None else (None if args.steps else DEFAULT_MINUTES)
     run = work / "lite"
     found = latest_checkpoint(run)
+    init = args.checkpoint
+    if init is None and not args.from_scratch and found is None:
+        from ..models import shipped
+
+        starter = shipped.starter()
+        if starter is not None:
+            init = str(starter.path)
+            if not args.quiet:
+                print(f"starting from the {starter.label} (--from-scratch for random weights)", file=sys.stderr)
     # a re-run continues the run with the settings it started with; options given again still apply
     stored = dict(found[1]["config"]) if found is not None else {}
     overrides = {**LITE_DEFAULTS, "model": "hyperlips-lite", "val_samples": 1 << 20, "max_steps": 10_000_000,
-                 "init": args.checkpoint, **stored,
+                 "init": init, **stored,
                  "data": str(data), "out": str(run), "device": args.device, "progress": not args.quiet,
                  "progress_file": str(work / "progress.json")}
     if minutes is not None:

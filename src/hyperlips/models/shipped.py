@@ -1,0 +1,75 @@
+"""The weights that ship inside the package: a generic HyperLips-Lite (the starter) and the compact lip-sync expert.
+
+They are fp16 safetensors files in ``hyperlips/models/weights/``, found without any path: ``sync`` and ``demo``
+use the starter when no ``--checkpoint`` is given, ``finetune`` starts from it, and ``eval`` and training use the
+expert unless told otherwise. Each file carries a short card in its metadata (``card``: version, data, steps,
+held-out figures); ``docs/starter.md`` has the full model card.
+
+``HYPERLIPS_NO_SHIPPED=1`` hides them (to try what a build without weights does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+STARTER_FILE = "starter-lite.safetensors"
+EXPERT_FILE = "expert-lite.safetensors"
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """One shipped weights file."""
+
+    path: Path
+    name: str  # registry name of the network
+    card: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        """E.g. ``shipped starter v1 (HyperLips-Lite, generic)``."""
+        what = {"hyperlips-lite": "HyperLips-Lite, generic", "syncnet-lite": "compact lip-sync expert"}.get(self.name, self.name)
+        kind = "starter" if self.name == "hyperlips-lite" else "expert"
+        return f"shipped {kind} v{self.card.get('version', '?')} ({what})"
+
+
+def _find(file: str, folder: Path | None = None) -> Shipped | None:
+    if os.environ.get("HYPERLIPS_NO_SHIPPED", "").strip() not in ("", "0"):
+        return None
+    path = (folder or WEIGHTS_DIR) / file
+    if not path.is_file():
+        return None
+    from .checkpoint import read_metadata
+
+    meta = read_metadata(path)
+    card = meta.get("card")
+    return Shipped(path, str(meta.get("name", "")), dict(card) if isinstance(card, Mapping) else {})
+
+
+def starter(folder: Path | None = None) -> Shipped | None:
+    """The shipped generic HyperLips-Lite, or None when this build has none."""
+    return _find(STARTER_FILE, folder)
+
+
+def expert(folder: Path | None = None) -> Shipped | None:
+    """The shipped compact lip-sync expert, or None when this build has none."""
+    return _find(EXPERT_FILE, folder)
+
+
+def write_shipped(src: str | os.PathLike, dst: str | os.PathLike, card: Mapping[str, Any]) -> Path:
+    """Write the network in checkpoint ``src`` to ``dst`` as fp16 safetensors with ``card`` in its metadata."""
+    import torch
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    model, info = load_checkpoint(src)
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    config = {**info.config, "card": json.loads(json.dumps(dict(card)))}
+    for key in ("global_step", "global_epoch", "training_stage"):
+        config.pop(key, None)
+    with torch.no_grad():
+        return save_checkpoint(state, dst, info.name, config=config, step=info.step)
