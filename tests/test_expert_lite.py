@@ -84,8 +84,6 @@ def test_augmented_windows_vary_but_keep_their_sense():
 
 def test_multiple_choice_samples_put_the_in_sync_window_first(small_dataset):  # noqa: F811
     from hyperlips.data.datasets import Manifest, SyncDataset
-    from hyperlips.media.audio import sync_mel_windows
-
     clips = Manifest.load(small_dataset).open_clips("all")
     ds = SyncDataset(clips, seed=3, min_shift=4, candidates=5)
     item = ds[11]
@@ -97,7 +95,21 @@ def test_multiple_choice_samples_put_the_in_sync_window_first(small_dataset):  #
     assert np.array_equal(plain["faces"], item["faces"])
     assert np.array_equal(plain["audio"], item["audio"][0])
     assert not np.array_equal(item["audio"][0], item["audio"][1])
-    assert sync_mel_windows is not None
+    assert "opening" not in item
+    # with the opening: the five frames' inner-lip gap, standardised over the clip
+    from hyperlips.face.mouth_shape import mouth_opening
+
+    ds = SyncDataset(clips, seed=3, min_shift=4, candidates=5, with_opening=True)
+    item = ds[11]
+    assert np.array_equal(item["faces"], plain["faces"])
+    ci = next(i for i, o in enumerate(ds.openings) if len(o) == len(clips[i].valid))
+    raw = mouth_opening(np.asarray(clips[ci].landmarks, dtype=np.float64))
+    ok = np.isfinite(raw)
+    np.testing.assert_allclose(ds.openings[ci][ok], (raw[ok] - raw[ok].mean()) / (raw[ok].std() + 1e-6), rtol=1e-4,
+                               atol=1e-4)
+    hits = [o for o in ds.openings if len(o) and np.isfinite(o).all()]
+    assert len(hits) == len(clips)
+    assert item["opening"].shape == (5,) and np.isfinite(item["opening"]).all() and np.abs(item["opening"]).max() > 0
 
 
 def test_train_sync_model_lite_learns_by_multiple_choice_and_exports_an_expert(small_dataset, tmp_path, capsys):  # noqa: F811
@@ -116,8 +128,10 @@ def test_train_sync_model_lite_learns_by_multiple_choice_and_exports_an_expert(s
     rows = [json.loads(line) for line in (out / "scalars.jsonl").read_text().splitlines()]
     train = [r for r in rows if "train/choice" in r]
     assert [r["step"] for r in train] == [1, 2]
-    # the loss is the choice among 3 windows plus the BCE; untrained, the choice is near log(3)
-    assert all(abs(r["train/loss"] - r["train/choice"] - r["train/bce"]) < 1e-5 for r in train)
+    # the loss: the choice among 3 windows, the BCE, and both embeddings' mouth-opening MSE (weight 1 by default)
+    for r in train:
+        assert abs(r["train/loss"] - r["train/choice"] - r["train/bce"] - 2 * r["train/opening_mse"]) < 1e-4, r
+    # untrained, the choice is near log(3)
     assert 0.5 < train[0]["train/choice"] < 2.5
     assert any("val/auc" in r for r in rows)
     expert = load_expert(out / "model.safetensors")

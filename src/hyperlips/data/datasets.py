@@ -342,14 +342,15 @@ class SyncDataset(_Base):
     Item: ``faces`` (15, 64, 128) uint8 (5 frames x BGR, frame-major), ``audio`` (1, 80, 16) float32, ``label`` ().
 
     With ``candidates`` K > 1 every item is a multiple choice instead: ``audio`` (K, 1, 80, 16) holds the in-sync
-    window first, then K - 1 windows of the same clip shifted by ``min_shift`` frames or more (``shift`` (K,)).
+    window first, then K - 1 windows of the same clip shifted by ``min_shift`` frames or more (``shift`` (K,)),
+    and with ``with_opening`` the five frames' inner-lip opening, standardised over their clip (``opening`` (5,)).
     """
 
     stream = 1
 
     def __init__(self, clips: Sequence[Clip], seed: int = 0, min_shift: int = 3, flip: float = 0.5,
                  positive_rate: float = 0.5, length: int = 1 << 30, cfg: AudioConfig = AudioConfig(),
-                 candidates: int = 1):
+                 candidates: int = 1, with_opening: bool = False):
         super().__init__(clips, seed, length)
         self.index = WindowIndex(self.clips, WINDOW, "sync", "the sync expert")
         self.min_shift = int(min_shift)
@@ -357,6 +358,16 @@ class SyncDataset(_Base):
         self.positive_rate = float(positive_rate)
         self.cfg = cfg
         self.candidates = int(candidates)
+        self.openings: list[np.ndarray] | None = None
+        if with_opening:  # each clip's inner-lip opening per frame, standardised over the clip (0 without landmarks)
+            from ..face.mouth_shape import mouth_opening
+
+            self.openings = []
+            for c in self.clips:
+                o = mouth_opening(np.asarray(c.landmarks, dtype=np.float64))
+                ok = np.isfinite(o)
+                mu, sd = (float(o[ok].mean()), float(o[ok].std()) + 1e-6) if ok.sum() > 1 else (0.0, 1.0)
+                self.openings.append(np.where(ok, (o - mu) / sd, 0.0).astype(np.float32))
 
     def sample(self, g: int, label: int | None = None, shift: int | None = None) -> dict[str, Any]:
         from ..media.audio import sync_mel_windows
@@ -380,7 +391,10 @@ class SyncDataset(_Base):
         if self.candidates > 1 and label is None:
             shifts = [0] + [self._negative_shift(rng, clip, t0) for _ in range(self.candidates - 1)]
             audio = sync_mel_windows(np.asarray(clip.mel), [clip.time_of(t0 + k) for k in shifts], self.cfg)
-            return {"faces": faces15, "audio": audio, "label": np.float32(1), "shift": np.asarray(shifts, np.int64)}
+            item = {"faces": faces15, "audio": audio, "label": np.float32(1), "shift": np.asarray(shifts, np.int64)}
+            if self.openings is not None:
+                item["opening"] = self.openings[ci][t0:t0 + WINDOW].copy()
+            return item
         audio = sync_mel_windows(np.asarray(clip.mel), [clip.time_of(t0 + s)], self.cfg)[0]
         return {"faces": faces15, "audio": audio, "label": np.float32(y), "shift": np.int64(s)}
 

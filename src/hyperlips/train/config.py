@@ -60,6 +60,7 @@ class TrainConfig:
     sync_candidates: int = 1  # sync: audio windows per face stack; above 1 the expert learns to pick the in-sync one
     # among sync_candidates - 1 shifted ones (cross-entropy over similarity / sync_temperature, plus the BCE)
     sync_temperature: float = 0.1
+    sync_aux_weight: float = 0.0  # sync, multiple choice: weight of the mouth-opening MSE of both embeddings
     augment: bool = False  # sync: random shift/zoom, colour, grey and blur of the faces; gain, noise and a band
     # mask on the mel (train/sync.py augment_windows); on by default for `train sync --model lite`
     # HyperLips-Lite (`train base --model lite`, `finetune`)

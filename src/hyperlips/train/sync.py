@@ -115,11 +115,17 @@ class SyncStage(Stage):
         self.net.to(ctx.device)
         # multiple choice trains through Embeddings (each face stack encoded once); else the network as it is
         self.ddp = ctx.wrap(Embeddings(self.net) if cfg.sync_candidates > 1 else self.net)
-        self.opt = torch.optim.Adam([p for p in self.net.parameters() if p.requires_grad], lr=cfg.lr,
-                                    betas=tuple(cfg.betas))
+        # multiple choice with sync_aux_weight: both embeddings also predict the five frames' mouth opening
+        self.heads = None
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        if cfg.sync_candidates > 1 and cfg.sync_aux_weight > 0:
+            width = self.net.config.embed if hasattr(self.net, "config") else 512
+            self.heads = nn.ModuleDict({"face": nn.Linear(width, 5), "audio": nn.Linear(width, 5)}).to(ctx.device)
+            params += list(self.heads.parameters())
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
 
     def modules(self):
-        return {"syncnet": self.net}
+        return {"syncnet": self.net, **({"opening_heads": self.heads} if self.heads is not None else {})}
 
     def optimizers(self):
         return {"syncnet": self.opt}
@@ -129,7 +135,8 @@ class SyncStage(Stage):
 
     def train_dataset(self):
         return SyncDataset(self.manifest.open_clips("train"), seed=self.cfg.seed, min_shift=self.cfg.min_shift,
-                           flip=self.cfg.flip, candidates=self.cfg.sync_candidates)
+                           flip=self.cfg.flip, candidates=self.cfg.sync_candidates,
+                           with_opening=self.cfg.sync_aux_weight > 0)
 
     def val_dataset(self):
         clips = self.manifest.open_clips("val")
@@ -161,7 +168,7 @@ class SyncStage(Stage):
             audio = aug.reshape(audio.shape)
             batch = {**batch, "faces": faces * 255.0}
         if k > 1:
-            return self._choice_step(batch["faces"], audio, step)
+            return self._choice_step(batch["faces"], audio, step, batch.get("opening"))
         with self.ctx.autocast():
             a, v = self._forward(self.ddp, {**batch, "audio": audio})
         loss = expert_loss(a.float(), v.float(), batch["label"])
@@ -172,9 +179,11 @@ class SyncStage(Stage):
             acc = ((p > 0.5).float() == batch["label"]).float().mean()
         return {"loss": float(loss.detach()), "acc": float(acc), "grad_norm": norm}
 
-    def _choice_step(self, faces: Tensor, audio: Tensor, step: int):
+    def _choice_step(self, faces: Tensor, audio: Tensor, step: int, opening: Tensor | None = None):
         """Which of K audio windows goes with the faces? Cross-entropy over their similarities / temperature, plus
-        the original's BCE on the in-sync window and one shifted one (so the similarity stays a probability)."""
+        the original's BCE on the in-sync window and one shifted one (so the similarity stays a probability), plus
+        (``sync_aux_weight``) the MSE of the five frames' standardised mouth opening predicted from each embedding:
+        a direct target that teaches both encoders where the mouth is long before the choice alone would."""
         b, k = audio.shape[:2]
         faces = faces.float() / 255.0
         # the K windows of each face stack ride along as one batch: (B*K, 1, 80, 16) audio, faces repeated
@@ -186,10 +195,18 @@ class SyncStage(Stage):
         pair = torch.stack([sim[:, 0], sim[:, 1]], dim=1).clamp(1e-6, 1 - 1e-6)
         bce = -(torch.log(pair[:, 0]) + torch.log1p(-pair[:, 1])).mean() / 2
         loss = choice + bce
+        out = {}
+        if self.heads is not None and opening is not None:
+            target = opening.float().to(sim.device)
+            aux = (F.mse_loss(self.heads["face"](v.float()), target)
+                   + F.mse_loss(self.heads["audio"](a.float().view(b, k, -1)[:, 0]), target))
+            loss = loss + self.cfg.sync_aux_weight * aux
+            out["opening_mse"] = float(aux.detach()) / 2
         self.ctx.check_finite("sync expert", {"loss": loss}, step)
-        norm = self.ctx.backward_step(loss, self.opt, self.net.parameters())
+        params = list(self.net.parameters()) + (list(self.heads.parameters()) if self.heads is not None else [])
+        norm = self.ctx.backward_step(loss, self.opt, params)
         acc = (sim.detach().argmax(dim=1) == 0).float().mean()
-        return {"loss": float(loss.detach()), "choice": float(choice.detach()), "bce": float(bce.detach()),
+        return {"loss": float(loss.detach()), "choice": float(choice.detach()), "bce": float(bce.detach()), **out,
                 "acc": float(acc), "grad_norm": norm}
 
     def val_batch(self, batch):
