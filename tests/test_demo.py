@@ -23,7 +23,7 @@ def _check_demo(out, inputs, n_generated=None):
 
 def test_demo_command_with_a_short_sentence(tmp_path, monkeypatch, capfd):
     """The demo command in this process, with one short sentence instead of the built-in text (the fast variant of
-    the slow test below): inputs written beside the output, the untrained-weights notice, a mouth on every frame."""
+    the slow test below): inputs written beside the output, the shipped starter named, a mouth on every frame."""
     from hyperlips import demo
     from hyperlips.cli import main
 
@@ -34,7 +34,8 @@ def test_demo_command_with_a_short_sentence(tmp_path, monkeypatch, capfd):
         code = main(["demo", "-o", str(out), "--quiet", "--device", "cpu"])
     captured = capfd.readouterr()
     assert code == 0, captured.err
-    assert "UNTRAINED" in captured.err and "demo inputs:" in captured.out
+    assert "weights: the shipped starter v" in captured.err and "demo inputs:" in captured.out
+    assert "untrained" not in (captured.err + captured.out).lower()
     _check_demo(out, tmp_path / "hyperlips_demo_inputs", sum(len(c.inputs[0]) for c in spy.generator_calls))
 
 
@@ -43,5 +44,5 @@ def test_demo_command_as_shipped(tmp_path):
     """``hyperlips demo`` exactly as README's quick start runs it (about 8 s of speech)."""
     r = run_cli("demo", "--quiet", cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "UNTRAINED" in r.stderr
+    assert "weights: the shipped starter v" in r.stderr
     _check_demo(tmp_path / "hyperlips_demo.mp4", tmp_path / "hyperlips_demo_inputs")

@@ -123,7 +123,7 @@ def test_train_sync_model_lite_learns_by_multiple_choice_and_exports_an_expert(s
     out = tmp_path / "run"
     code = main(["train", "sync", str(view), "-o", str(out), "--model", "lite", "--max-steps", "2", "--batch-size", "2",
                  "--workers", "0", "--threads", "1", "--quiet", "--set", "val_every=2", "--set", "val_samples=4",
-                 "--set", "sync_candidates=3", "--set", "bn_batches=1", "--set", "log_every=1"])
+                 "--set", "sync_candidates=3", "--set", "bn_batches=1", "--set", "log_every=1", "--set", "augment=true"])
     assert code == 0, capsys.readouterr().err
     rows = [json.loads(line) for line in (out / "scalars.jsonl").read_text().splitlines()]
     train = [r for r in rows if "train/choice" in r]

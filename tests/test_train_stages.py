@@ -135,12 +135,28 @@ def test_hr_renders_its_inputs_like_inference_and_trains(one_clip, tmp_path, cap
     assert (cache / "done.json").stat().st_mtime_ns == stamp
 
 
-def test_base_without_an_expert_warns_once_and_leaves_the_sync_term_out(one_clip, tmp_path, capsys):
+def test_base_without_an_expert_warns_once_and_leaves_the_sync_term_out(one_clip, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HYPERLIPS_NO_SHIPPED", "1")  # a build without the shipped expert
     res = _trainer("base", one_clip, tmp_path / "run", max_steps=1, val_every=0, image_every=0).fit()
     err = capsys.readouterr().err
     assert err.count("no sync expert given (--expert)") == 1
     r = res.losses[0]
     assert "sync" not in r and r["loss"] == pytest.approx(0.2 * r["adv"] + 0.77 * r["l1"], rel=1e-6)
+    # --expert off: no sync term and no warning either
+    monkeypatch.delenv("HYPERLIPS_NO_SHIPPED")
+    res = _trainer("base", one_clip, tmp_path / "off", max_steps=1, val_every=0, image_every=0, expert="off").fit()
+    err = capsys.readouterr().err
+    assert "sync" not in res.losses[0] and "expert" not in err
+
+
+def test_base_is_judged_by_the_shipped_expert_by_default(one_clip, tmp_path, capsys):
+    from hyperlips.models import SyncNetLite, shipped
+
+    trainer = _trainer("base", one_clip, tmp_path / "run", max_steps=1, val_every=0, image_every=0)
+    res = trainer.fit()
+    err = capsys.readouterr().err
+    assert f"sync loss judged by the {shipped.expert().label}" in err
+    assert isinstance(trainer.stage.expert, SyncNetLite) and "sync" in res.losses[0]
 
 
 @pytest.mark.parametrize("stage", ["base", "hr"])

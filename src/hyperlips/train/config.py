@@ -62,7 +62,7 @@ class TrainConfig:
     sync_temperature: float = 0.1
     sync_aux_weight: float = 0.0  # sync, multiple choice: weight of the mouth-opening MSE of both embeddings
     augment: bool = False  # sync: random shift/zoom, colour, grey and blur of the faces; gain, noise and a band
-    # mask on the mel (train/sync.py augment_windows); on by default for `train sync --model lite`
+    # mask on the mel (train/sync.py augment_windows)
     # HyperLips-Lite (`train base --model lite`, `finetune`)
     model: str = "hyperlips-base"  # base stage: the generator trained (hyperlips-base | hyperlips-lite); sync stage:
     # the expert (syncnet | syncnet-lite; anything else means syncnet)

@@ -1,0 +1,123 @@
+"""The weights shipped in the package (``models.shipped``): found without a path, fp16, at most 20 MB, with a card;
+what every command does with them by default, and without them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+MAX_BYTES = 20 * 1024 * 1024
+
+
+def _safetensors_dtypes(path) -> set[str]:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+@pytest.mark.parametrize("kind", ["starter", "expert"])
+def test_the_package_ships_its_weights(kind):
+    from hyperlips.models import load_checkpoint, shipped
+
+    found = getattr(shipped, kind)()
+    assert found is not None, f"no shipped {kind} in {shipped.WEIGHTS_DIR}"
+    assert found.path.parent == shipped.WEIGHTS_DIR
+    assert found.path.stat().st_size <= MAX_BYTES
+    assert _safetensors_dtypes(found.path) == {"F16"}
+    assert found.name == ("hyperlips-lite" if kind == "starter" else "syncnet-lite")
+    assert {"version", "data", "steps", "cpu_hours", "held_out"} <= set(found.card), found.card
+    assert found.label.startswith(f"shipped {kind} v{found.card['version']}")
+    net, info = load_checkpoint(found.path)
+    assert info.name == found.name and all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_write_shipped_halves_the_weights_and_keeps_the_card(tmp_path, monkeypatch):
+    from hyperlips.models import create_model, load_checkpoint, save_checkpoint, shipped
+    from hyperlips.models.checkpoint import read_metadata
+
+    torch.manual_seed(3)
+    net = create_model("syncnet-lite", {"face_widths": [8, 16, 32], "audio_widths": [8, 16, 32], "embed": 32}).eval()
+    src = save_checkpoint(net, tmp_path / "run_model.safetensors", "syncnet-lite", step=123)
+    dst = shipped.write_shipped(src, tmp_path / shipped.EXPERT_FILE, {"version": 7, "data": "a test"})
+    assert _safetensors_dtypes(dst) == {"F16"} and _safetensors_dtypes(src) == {"F32"}
+    meta = read_metadata(dst)
+    assert meta["card"] == {"version": 7, "data": "a test"} and meta["name"] == "syncnet-lite" and meta["step"] == 123
+    found = shipped.expert(tmp_path)
+    assert found is not None and found.card["version"] == 7 and found.label.startswith("shipped expert v7")
+    half, _ = load_checkpoint(dst)
+    audio, faces = torch.randn(4, 1, 80, 16), torch.rand(4, 15, 64, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(half.similarity(audio, faces), net.similarity(audio, faces), atol=5e-3, rtol=0)
+    assert shipped.starter(tmp_path) is None  # only what is there is found
+    monkeypatch.setenv("HYPERLIPS_NO_SHIPPED", "1")
+    assert shipped.expert(tmp_path) is None
+
+
+def test_without_shipped_weights_sync_says_what_to_pass(monkeypatch, tmp_path):
+    from hyperlips.cli import main
+    from hyperlips.errors import UserError
+    from hyperlips.pipeline import LipSync
+
+    monkeypatch.setenv("HYPERLIPS_NO_SHIPPED", "1")
+    with pytest.raises(UserError, match="ships none: pass --checkpoint"):
+        LipSync()
+    assert LipSync(untrained=True, model="lite").weights == "untrained (random) weights"
+
+
+def test_lipsync_uses_the_starter_by_default():
+    from hyperlips.models import shipped
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(device="cpu")
+    starter = shipped.starter()
+    assert ls.model_name == "hyperlips-lite" and ls.weights == f"the {starter.label}"
+    ref, _ = __import__("hyperlips.models", fromlist=["load_checkpoint"]).load_checkpoint(starter.path)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, ls.base.state_dict()[k].contiguous()), k
+
+
+def test_eval_scores_with_the_shipped_expert_by_default(real_data, tmp_path, capsys):
+    """``eval`` on a real clip with its own speech and no --expert: the shipped expert's offset and confidence are
+    reported; ``--expert off`` leaves them out."""
+    from hyperlips.cli import main
+
+    clip = real_data / "retalking" / "face2.mp4"
+    assert main(["eval", str(clip), "-o", str(tmp_path / "a"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    text = json.dumps(report)
+    assert '"expert_offset"' in text
+    row = report["summary"] if "summary" in report else report
+    flat = json.dumps(row)
+    assert '"expert_similarity": null' not in flat
+    assert main(["eval", str(clip), "-o", str(tmp_path / "b"), "--quiet", "--expert", "off"]) == 0
+    off = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert "unavailable" in json.dumps(off)
+    capsys.readouterr()
+
+
+def test_shipped_expert_finds_a_three_frame_delay_on_people_it_never_saw(real_data, tmp_path):
+    """The shipped expert on held-out speakers (no clip of ``real/`` was in its training data): each clip with its
+    own speech is reported within a frame of offset 0, and with that speech 3 frames late (120 ms of silence in
+    front) exactly 3 frames later."""
+    import soundfile as sf
+
+    from hyperlips.eval.protocols import evaluate_pair
+    from hyperlips.eval.sync_score import load_expert
+    from hyperlips.media.audio import load_audio
+    from hyperlips.models import shipped
+
+    expert = load_expert(shipped.expert().path)
+    for clip in (real_data / "retalking" / "face2.mp4", real_data / "hyperlips" / "video2.mp4"):
+        wav = load_audio(clip, 16000)[: 16000 * 6]
+        own, late = tmp_path / f"{clip.stem}_own.wav", tmp_path / f"{clip.stem}_late.wav"
+        sf.write(str(own), wav, 16000)
+        sf.write(str(late), np.concatenate([np.zeros(3 * 640, np.float32), wav]), 16000)
+        on_time = evaluate_pair(clip, None, own, expert_model=expert, perceptual=False).sync["expert"]["generated"]
+        delayed = evaluate_pair(clip, None, late, expert_model=expert, perceptual=False).sync["expert"]["generated"]
+        print(clip.name, "offsets", on_time.offset, delayed.offset, "confidence", round(on_time.confidence, 3))
+        assert abs(on_time.offset) <= 1 and delayed.offset - on_time.offset == 3, (clip.name, on_time.offset,
+                                                                                    delayed.offset)
