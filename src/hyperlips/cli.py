@@ -278,12 +278,12 @@ def _make_lipsync(args):
 
 def _run_sync(args) -> int:
     ls = _make_lipsync(args)
-    if not args.quiet:
-        print(f"weights: {ls.weights}", file=sys.stderr)
     report = ls.sync(args.video, args.audio, args.output, face_index=args.face, face_box=args.face_box,
                      loop=args.loop, reference=args.reference, fps=args.fps, crf=args.crf, preset=args.preset,
                      pix_fmt=args.pix_fmt)
-    print(report.summary() if args.timings else f"wrote {report.output} ({report.frames} frames, {report.audio_seconds:.2f} s)")
+    if args.timings:
+        print(report.summary())
+    print(f"wrote {report.output} ({report.frames} frames, {report.audio_seconds:.2f} s) with {ls.weights}")
     return 0
 
 
