@@ -564,6 +564,7 @@ class Case:
     fsize: int | None = None
     prepare: Callable[[Path, Materials], None] | None = None
     output: str = "out.mp4"
+    env: dict = field(default_factory=dict)  # extra environment of the run
     slow: bool = False
     marks: tuple = field(default_factory=tuple)
 
@@ -717,7 +718,8 @@ SYNC_CASES: list[Case] = [
     bad_sync("size-without-hr", "h264.mp4", "speech.wav", "--size", "256", words=("--hr-checkpoint",)),
     bad_sync("unknown-option", "h264.mp4", "speech.wav", "--frobnicate", words=("--frobnicate",)),
     # --- checkpoints
-    bad_sync("checkpoint-none", ckpt=False, words=("--checkpoint",)),
+    # a build without shipped weights and no --checkpoint
+    bad_sync("checkpoint-none", ckpt=False, words=("--checkpoint",), env={"HYPERLIPS_NO_SHIPPED": "1"}),
     *[bad_sync(f"checkpoint-{n}", "h264.mp4", "speech.wav", "--checkpoint", "{" + f + "}", ckpt=False,
                words=(f,)) for n, f in (("empty", "empty.pth"), ("garbage", "garbage.pth"), ("text", "text.pth"),
                                         ("truncated", "truncated.pth"), ("truncated-safetensors", "truncated.safetensors"),
@@ -766,7 +768,8 @@ def run_case(case: Case, runner: Runner, materials: Materials, work: Path) -> Re
     if case.prepare is not None:
         case.prepare(work, materials)
     argv = expand(case.argv, work, materials, case.output)
-    return runner.run(argv, work, signal=case.signal, signal_after=case.signal_after, fsize=case.fsize)
+    return runner.run(argv, work, signal=case.signal, signal_after=case.signal_after, fsize=case.fsize,
+                      env=case.env or None)
 
 
 def assert_warnings(case: Case, res: Result) -> None:

@@ -112,7 +112,8 @@ def test_no_face_anywhere(tmp_path, ckpt):
     assert_clean_failure(r, out, "face")
 
 
-def test_no_checkpoint_given(tmp_path, face_video):
+def test_no_checkpoint_given_and_none_shipped(tmp_path, face_video, monkeypatch):
+    monkeypatch.setenv("HYPERLIPS_NO_SHIPPED", "1")  # run_cli's interpreter inherits it
     out = tmp_path / "out.mp4"
     r = run_cli("sync", face_video, write_wav(tmp_path / "a.wav", 0.5), "-o", out, "--quiet")
     assert_clean_failure(r, out, "--checkpoint")

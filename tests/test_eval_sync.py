@@ -265,7 +265,7 @@ def test_load_expert_refuses_other_networks(tmp_path):
     from hyperlips.models import create_model, save_checkpoint
 
     path = save_checkpoint(create_model("hyperlips-hr-128"), tmp_path / "hr.safetensors", "hyperlips-hr-128")
-    with pytest.raises(CheckpointError, match="not the SyncNet"):
+    with pytest.raises(CheckpointError, match="not a lip-sync expert"):
         load_expert(path)
     expert = save_checkpoint(create_model("syncnet"), tmp_path / "expert.safetensors", "syncnet")
     assert not load_expert(expert).training

@@ -39,11 +39,13 @@ def test_tail_protocol_measures_the_model_and_both_baselines(more_data, tmp_path
     assert "delayed: opening r" in res.stdout
 
 
-def test_tail_protocol_errors(more_data, tmp_path):
+def test_tail_protocol_errors(more_data, tmp_path, monkeypatch):
     res = run_cli("eval", "--protocol", "tail", "--checkpoint", tmp_path / "x.safetensors")
     assert res.returncode == 2 and "--clips" in res.stderr
+    monkeypatch.setenv("HYPERLIPS_NO_SHIPPED", "1")  # no weights given and none shipped
     res = run_cli("eval", "--clips", more_data / "grid_s1/bbaf3s.mpg", "--protocol", "tail")
     assert res.returncode == 2 and "--checkpoint" in res.stderr
+    monkeypatch.delenv("HYPERLIPS_NO_SHIPPED")
     res = run_cli("eval", "--clips", more_data / "grid_s1/bbaf3s.mpg", "--protocol", "tail", "--untrained",
                   "--tail-fraction", "1.5")
     assert res.returncode == 2 and "--tail-fraction" in res.stderr

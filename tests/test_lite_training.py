@@ -196,7 +196,7 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     video = more_data / "lrs2_deep_avsr/00001.mp4"
     out = tmp_path / "me.safetensors"
     res = run_cli("finetune", video, "-o", out, "--steps", "2", "--batch-size", "2", "--device", "cpu", "--quiet",
-                  "--set", "val_every=2", "--set", "audio_steps=5", "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}",
+                  "--from-scratch", "--set", "val_every=2", "--set", "audio_steps=5", "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}",
                   timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert out.is_file() and f"--checkpoint {out}" in res.stdout and "held-out mouth-opening r" in res.stdout

@@ -56,7 +56,7 @@ def _sync_job(client: Client, inputs, audio="speech", **params) -> dict:
 def test_submit_progress_and_result(server, inputs, tmp_path):
     app, client = server()
     job = _sync_job(client, inputs)
-    assert job["state"] == "queued" and job["params"]["model"] == "untrained"
+    assert job["state"] == "queued" and job["params"]["model"] == "starter"  # the shipped starter by default
     done, seen = client.wait(job["id"], timeout=900)
     assert done["state"] == "done", done["message"]
     stages = [s["stage"] for s in seen if s["state"] == "running"]
@@ -287,7 +287,7 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
     app, client = server(run_jobs=False)
     photo = client.upload_file(inputs["photo"])
     speech = client.upload_file(inputs["speech"])
-    base = {"video": photo["id"], "audio": speech["id"]}
+    base = {"video": photo["id"], "audio": speech["id"], "model": "untrained"}
     for extra, words in [({"model": "person:nobody"}, "no model 'person:nobody'"),
                          ({"size": 1024}, "renders at 128, 256, 512 px"),
                          ({"loop": "bounce"}, "loop must be one of"),
@@ -393,7 +393,7 @@ def test_person_models_are_listed_and_used(server, inputs, tmp_path):
     _, client = server()
     listed = {m["id"]: m for m in client.json("GET", "/api/models")[1]["models"]}
     assert listed["person:anna"]["sizes"] == [128, 256]
-    assert list(listed) == ["person:anna", "untrained"]
+    assert list(listed) == ["starter", "person:anna", "untrained"]  # the shipped starter first
     job = _sync_job(client, inputs, model="person:anna")
     assert job["params"]["size"] == 256  # a person model defaults to its largest size
     done, _ = client.wait(job["id"], timeout=900)

@@ -80,7 +80,7 @@ def test_lipsync_a_real_clip_in_the_page_and_play_the_result(open_page, real_dat
     video, audio = real_data / "retalking" / "face1.mp4", real_data / "retalking" / "audio1.wav"
     assert _pick(page, "#sync-video-file", video, "#sync-video-status").startswith("✓ face1.mp4 · 700×700")
     assert _pick(page, "#sync-audio-file", audio, "#sync-audio-status").startswith("✓ audio1.wav")
-    assert page.input_value("#sync-model") == "untrained"
+    assert page.input_value("#sync-model") == "starter"  # the shipped starter is the default
     page.click("#sync-start")
 
     stages, widths = set(), []

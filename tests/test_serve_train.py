@@ -72,7 +72,7 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
     # the model is in the models folder and usable for lip-sync
     assert (app.settings.models / "anna.safetensors").is_file()
     models = [m["id"] for m in client.json("GET", "/api/models")[1]["models"]]
-    assert models == ["person:anna", "untrained"]
+    assert models == ["starter", "person:anna", "untrained"]
     # a second model of the same name does not overwrite the first
     again = client.submit(kind="finetune", video=video["id"], name="anna", minutes=0.5, start_from="person:anna")
     done2, _ = client.wait(again["id"], timeout=600)

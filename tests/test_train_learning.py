@@ -55,7 +55,7 @@ def test_base_learning_signal_on_held_out_windows(small_dataset, tmp_path):  # n
     held-out last 30 frames (measured with batch statistics, which do not lag like the running ones)."""
     torch.set_num_threads(2)
     view = make_view(small_dataset, tmp_path / "view", ["lrs2/00001"], val_frames=30)
-    stage, cfg = _stage("base", view, tmp_path / "run", lr=1e-3, disc_weight=0.0, batch_size=1)
+    stage, cfg = _stage("base", view, tmp_path / "run", lr=1e-3, disc_weight=0.0, batch_size=1, expert="off")
     val = _batch(stage.val_dataset(), range(2))
     train = stage.train_dataset()
     before = _held_out_mouth_l1(stage, val)

@@ -100,6 +100,7 @@ class Embeddings(nn.Module):
 
 class SyncStage(Stage):
     name = "sync"
+    model_name = "syncnet"  # the official expert; ``model: syncnet-lite`` sets the compact one per run
     best_metric = "val/loss"
 
     def __init__(self, cfg, ctx):
