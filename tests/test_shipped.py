@@ -38,7 +38,7 @@ def test_the_package_ships_its_weights(kind):
 
 def test_write_shipped_halves_the_weights_and_keeps_the_card(tmp_path, monkeypatch):
     from hyperlips.models import create_model, load_checkpoint, save_checkpoint, shipped
-    from hyperlips.models.checkpoint import read_metadata
+    from hyperlips.models.metadata import read_metadata
 
     torch.manual_seed(3)
     net = create_model("syncnet-lite", {"face_widths": [8, 16, 32], "audio_widths": [8, 16, 32], "embed": 32}).eval()
@@ -119,3 +119,17 @@ def test_shipped_expert_finds_a_three_frame_delay_on_people_it_never_saw(real_da
         print(clip.name, "offsets", on_time.offset, delayed.offset, "confidence", round(on_time.confidence, 3))
         assert abs(on_time.offset) <= 1 and delayed.offset - on_time.offset == 3, (clip.name, on_time.offset,
                                                                                     delayed.offset)
+
+
+def test_finding_the_shipped_weights_does_not_import_torch():
+    """The web server lists the starter without loading a network: finding the weights and reading their cards
+    reads the files' headers only (before, it pulled in torch: the server's memory went from 94 to 268 MB)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hyperlips.models import shipped; s = shipped.starter(); e = shipped.expert(); "
+            "assert s is not None and e is not None and s.card and e.card; "
+            "from hyperlips.serve import catalog; catalog.shipped_starter(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

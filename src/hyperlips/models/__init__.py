@@ -1,32 +1,46 @@
-"""The networks of HyperLips, a registry to build them by name, and checkpoint loading/saving."""
+"""The networks of HyperLips, a registry to build them by name, and checkpoint loading/saving.
 
-from .base import HyperLipsBase
-from .lite import HyperLipsLite, LiteConfig
-from .checkpoint import CheckpointInfo, identify_network, load_checkpoint, read_state_dict, save_checkpoint
-from .discriminators import BaseQualityDiscriminator, HRQualityDiscriminator
-from .hr import HRDecoder
-from .registry import EXPERTS, GENERATORS, MODEL_NAMES, OFFICIAL_NAMES, create_model
-from .syncnet import SyncNet
-from .syncnet_lite import SyncLiteConfig, SyncNetLite
+Names are imported on first use (PEP 562), so ``hyperlips.models.shipped`` can say which weights ship without
+importing torch (the web server lists the starter model without loading a network).
+"""
 
-__all__ = [
-    "BaseQualityDiscriminator",
-    "CheckpointInfo",
-    "HRDecoder",
-    "HRQualityDiscriminator",
-    "HyperLipsBase",
-    "HyperLipsLite",
-    "LiteConfig",
-    "EXPERTS",
-    "GENERATORS",
-    "OFFICIAL_NAMES",
-    "MODEL_NAMES",
-    "SyncNet",
-    "SyncNetLite",
-    "SyncLiteConfig",
-    "create_model",
-    "identify_network",
-    "load_checkpoint",
-    "read_state_dict",
-    "save_checkpoint",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "HyperLipsBase": "base",
+    "HyperLipsLite": "lite",
+    "LiteConfig": "lite",
+    "CheckpointInfo": "checkpoint",
+    "identify_network": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "read_state_dict": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "BaseQualityDiscriminator": "discriminators",
+    "HRQualityDiscriminator": "discriminators",
+    "HRDecoder": "hr",
+    "EXPERTS": "registry",
+    "GENERATORS": "registry",
+    "MODEL_NAMES": "registry",
+    "OFFICIAL_NAMES": "registry",
+    "create_model": "registry",
+    "SyncNet": "syncnet",
+    "SyncLiteConfig": "syncnet_lite",
+    "SyncNetLite": "syncnet_lite",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, UserError
+from .metadata import METADATA_KEY, parse_json as _parse_json
 from .registry import CONFIGURABLE, DESCRIPTIONS, EXPERTS, MODEL_NAMES, architecture, canonical_name, create_model, default_config
 
-METADATA_KEY = "hyperlips"
 FORMAT_VERSION = 1
 TRAIN_CKPT_FORMAT = "hyperlips-train"  # the "format" of RUN/checkpoints/step_N.pt (train.loop writes them)
 FOLDER_WEIGHTS = "model.safetensors"
@@ -231,31 +231,6 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if not state:
         raise CheckpointError(f"{path}: not a checkpoint: the safetensors file holds no tensors")
     return _strip_module(state), meta
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The hyperlips metadata of a safetensors file, read from its header alone (no tensors are loaded)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n <= 100_000_000:
-                raise CheckpointError(f"{path}: not a safetensors file (header length {n})")
-            header = json.loads(f.read(n))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read its safetensors header ({_short(e)})") from None
-    raw = header.get("__metadata__", {}) if isinstance(header, dict) else {}
-    return _parse_json(raw[METADATA_KEY], path, "its 'hyperlips' metadata") if METADATA_KEY in raw else {}
-
-
-def _parse_json(text: str, path: Path, what: str) -> dict[str, Any]:
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: {what} is not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: {what} is not a JSON object")
-    return d
 
 
 def _short(e: BaseException) -> str:

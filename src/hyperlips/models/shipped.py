@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .metadata import read_metadata
+
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 STARTER_FILE = "starter-lite.safetensors"
 EXPERT_FILE = "expert-lite.safetensors"
@@ -43,8 +45,6 @@ def _find(file: str, folder: Path | None = None) -> Shipped | None:
     path = (folder or WEIGHTS_DIR) / file
     if not path.is_file():
         return None
-    from .checkpoint import read_metadata
-
     meta = read_metadata(path)
     card = meta.get("card")
     return Shipped(path, str(meta.get("name", "")), dict(card) if isinstance(card, Mapping) else {})
