@@ -19,6 +19,7 @@ Memory is flat in the video's length: the queues between stages are bounded, and
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,12 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .errors import MediaError, UserError
+from .errors import MediaError, UserError, require_file
 from .generator_io import BASE_SIZE, face_crop, reference_crop
 from .schedule import runs
 
+OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
+MUX_SAMPLE_RATE = 48000  # the output's audio rate
 REFERENCE_SECONDS = 3.0  # the default reference is the best detection among the followed face's first seconds
 
 
@@ -43,6 +46,34 @@ class FrameJob:
     last_use: bool = True  # no later job shows this same array (so paste-back may write into it)
     box: object = None  # crop box of the followed face (None: the frame passes through unchanged)
     face: Optional[np.ndarray] = None  # the generated face (S, S, 3) uint8 BGR
+
+
+# --------------------------------------------------------------------------------------------- checks
+def check_paths(video: Path, audio: Path, output: Path) -> None:
+    """Fail early, before any work, on paths that cannot give a result."""
+    require_file(video, "video")
+    require_file(audio, "audio")
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError(f"output must be a video file ending in {', '.join(OUTPUT_SUFFIXES)}: {output}")
+    out_real = os.path.realpath(output)
+    for p, what in ((video, "video"), (audio, "audio")):
+        if out_real == os.path.realpath(p):
+            raise UserError(f"the output path is the same file as the input {what} ({p}); choose another output name")
+    parent = output.parent if str(output.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"output folder is not a folder: {parent}")
+    if output.exists() and output.is_dir():
+        raise UserError(f"output path is a folder: {output}")
+
+
+def check_face_box(box, width: int, height: int) -> None:
+    """Raise :class:`UserError` when ``--face-box`` lies outside the ``width`` x ``height`` frame."""
+    if box is None:
+        return
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        plain = ",".join(f"{v:g}" for v in (x1, y1, x2, y2))
+        raise UserError(f"--face-box {plain} lies outside the {width}x{height} frame; give pixel coordinates inside it")
 
 
 # --------------------------------------------------------------------------------------------- reference
