@@ -188,6 +188,7 @@ class LipSync:
         if size is not None and size not in (128, 256, 512):
             raise UserError(f"--size must be 128, 256 or 512 (got {size})")
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size
         self.progress = progress
         self.overlap = overlap  # stages at the same time in threads (False: one after another, the same frames)
@@ -234,7 +235,6 @@ class LipSync:
                 raise UserError(f"--size {size} needs an HR decoder checkpoint (--hr-checkpoint)")
             self.hr = create_model(f"hyperlips-hr-{size}")
             self.hr_size = size
-        self.precision = resolve_precision(precision, self.device)
         dtype = DTYPES[self.precision]
         torch_dtype = torch.float32 if dtype is None else getattr(torch, dtype)
         # channels-last runs the convolutions about 25 % faster on CPU (oneDNN) with the same results
