@@ -210,15 +210,13 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
                face_index=None, face_box=None, reference="best", fps=None, stats: Optional[SpeechStats] = None,
                batch_size: Optional[int] = None) -> Iterator[LiveFrame]:
     """The body of ``LipSync.stream`` (``ls``: the LipSync whose networks render)."""
-    from .face.blend import paste_face
-    from .face.detect import FaceDetector
-    from .face.track_online import OnlineTrack
-    from .media.timing import check_fps, open_timeline, report_damage
     from .errors import require_file
+    from .face.detect import FaceDetector
+    from .generator_io import BASE_SIZE, face_crop, network_input
+    from .media.timing import check_fps, open_timeline
     from .schedule import LOOP_MODES
-    from .stages import Step, Timings, run_chain
-    from .streaming import (FaceStage, check_face_box, find_reference, paste_stage, reference_request,
-                            scheduled_frames)
+    from .stages import Timings
+    from .streaming import check_face_box, find_reference, frame_chain, reference_request, track_factory
 
     video = Path(video)
     require_file(video, "video")
@@ -236,30 +234,19 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
         n_src = 1 if info.is_image else timeline.n_frames
         check_face_box(face_box, info.width, info.height)
 
-        def new_track():
-            return OnlineTrack(timeline.fps, face_index=face_index, box=face_box, source=str(info.path),
-                               frame_size=(timeline.width, timeline.height))
-
+        new_track = track_factory(timeline, face_index, face_box)
         found = find_reference(timeline, n_src, request, new_track, detector.detect, _NoBar())
         feed = MelFeed(ls.base, timeline.fps, sample_rate, stats, ls.audio_cfg)
         feeder = threading.Thread(target=feed.feed, args=(speech,), name="hyperlips-speech", daemon=True)
-        faces = FaceStage(n_src, new_track(), detector.detect, found.detections,
-                          on_first_pass_end=lambda: report_damage(timeline, n_src))
 
         def render(jobs):
-            crops = np.stack([_crop(job) for job in jobs])
-            from .generator_io import network_input
-
-            x = network_input(crops, found.crop)
+            x = network_input(np.stack([face_crop(job.image, job.box, BASE_SIZE) for job in jobs]), found.crop)
             for job, face in zip(jobs, ls.generate(feed.windows([job.j for job in jobs]), x)):
                 job.face = face
 
-        chain = run_chain(
-            Step("decode", lambda _: scheduled_frames(timeline, n_src, FOREVER, loop), maxsize=4),
-            [Step("faces", faces, maxsize=size),
-             Step("network", live_batches(feed, size, render), maxsize=1),
-             Step("paste", paste_stage(paste_face), maxsize=4)],
-            timings, overlap=ls.overlap)
+        chain = frame_chain(timeline, n_src=n_src, n_out=FOREVER, loop=loop, found=found, new_track=new_track,
+                            detect=detector.detect, network=live_batches(feed, size, render), batch_size=size,
+                            timings=timings, overlap=ls.overlap)
         feeder.start()
         try:
             for job in chain:
@@ -270,12 +257,6 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
             feed.cancel()
             chain.close()
             feeder.join(timeout=1.0)
-
-
-def _crop(job):
-    from .generator_io import BASE_SIZE, face_crop
-
-    return face_crop(job.image, job.box, BASE_SIZE)
 
 
 class _NoBar:

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from .config import AudioConfig
-from .errors import MediaError, UserError, require_file
+from .errors import MediaError, UserError
 from .generator_io import (  # noqa: F401  (re-exported: the crop and input helpers' historical home)
     BASE_SIZE,
     face_crop,
@@ -39,7 +39,7 @@ from .generator_io import (  # noqa: F401  (re-exported: the crop and input help
     reference_crop,
     to_uint8_images,
 )
-from .media.timing import check_fps, open_timeline, report_damage
+from .media.timing import check_fps, open_timeline
 from .media.video import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
 from .schedule import LOOP_MODES
 from .stages import Timings
@@ -275,13 +275,11 @@ class LipSync:
         Safari, phones and TVs cannot play it) at quality ``crf`` (0-51, lower is better and larger) with
         libx264's ``preset``, plus AAC audio starting with the first frame. The report's ``width``/``height``
         are the file's."""
-        from .face.blend import paste_face
         from .face.detect import FaceDetector
-        from .face.track_online import OnlineTrack
         from .media.audio import load_audio, melspectrogram
         from .media.video import VideoWriter, check_encoding
-        from .stages import Step, run_chain
-        from .streaming import FaceStage, find_reference, network_stage, paste_stage, reference_request, scheduled_frames
+        from .streaming import (find_reference, frame_chain, network_stage, reference_request, reference_search_length,
+                                track_factory)
 
         t_start = time.perf_counter()
         video, audio, output = Path(video), Path(audio), Path(output)
@@ -307,35 +305,26 @@ class LipSync:
             check_face_box(face_box, info.width, info.height)
             n_src = 1 if info.is_image else min(timeline.n_frames, n_out)
 
-            def new_track():
-                return OnlineTrack(timeline.fps, face_index=face_index, box=face_box, source=str(info.path),
-                                   frame_size=(timeline.width, timeline.height))
+            new_track = track_factory(timeline, face_index, face_box)
 
             def detect(image):
                 with timer("faces"):
                     return detector.detect(image)
 
             # the reference face: the first frames, decoded and searched once (their detections are kept)
-            with self._bar(n_src, "faces", on_progress) as bar:
+            with self._bar(reference_search_length(request, n_src, timeline.fps), "faces", on_progress) as bar:
                 found = find_reference(_TimedFrames(timeline, timer), n_src, request, new_track, detect, bar)
-            if not isinstance(request, Path) and found.frame is None:  # pragma: no cover (find_reference raises)
-                raise UserError(f"--reference {reference}: no tracked face")
             ref_crop = found.crop
 
             output.parent.mkdir(parents=True, exist_ok=True)
             mux_audio = load_audio(audio, MUX_SAMPLE_RATE)
-            faces = FaceStage(n_src, new_track(), detector.detect, found.detections,
-                              on_first_pass_end=lambda: report_damage(timeline, n_src))
 
             def render(jobs):
                 self._render(jobs, ref_crop, mel, fps_out)
 
-            chain = run_chain(
-                Step("decode", lambda _: scheduled_frames(timeline, n_src, n_out, loop), maxsize=4),
-                [Step("faces", faces, maxsize=self.batch_size),
-                 Step("network", network_stage(self.batch_size, render), maxsize=1),
-                 Step("paste", paste_stage(paste_face), maxsize=4)],
-                timer, overlap=self.overlap)
+            chain = frame_chain(timeline, n_src=n_src, n_out=n_out, loop=loop, found=found, new_track=new_track,
+                                detect=detector.detect, network=network_stage(self.batch_size, render),
+                                batch_size=self.batch_size, timings=timer, overlap=self.overlap)
             faces_done = 0
             writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio, sample_rate=MUX_SAMPLE_RATE,
                                  crf=crf, preset=preset, pix_fmt=pix_fmt)

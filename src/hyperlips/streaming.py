@@ -98,6 +98,16 @@ class ReferenceSearch:
     detections: list
 
 
+def reference_search_length(request, n_src: int, fps: float) -> int:
+    """About how many frames :func:`find_reference` decodes when the face is seen from the first frame on."""
+    ahead = max(1, int(round(0.5 * fps))) + 3  # the face track's look-ahead
+    if isinstance(request, Path):
+        return 0
+    if request == "best":
+        return min(n_src, int(round(REFERENCE_SECONDS * fps)) + ahead)
+    return min(n_src, (0 if request == "first" else int(request)) + ahead)
+
+
 def find_reference(timeline, n_src: int, request, new_track: Callable, detect: Callable, bar) -> ReferenceSearch:
     """Decode and search frames from the start until the reference frame's box is final; crop it there.
 
@@ -272,3 +282,30 @@ def paste_stage(paste: Callable) -> Callable:
                 yield job
 
     return stage
+
+
+# --------------------------------------------------------------------------------------------- the chain
+def track_factory(timeline, face_index=None, face_box=None) -> Callable:
+    """A function making a fresh face track (``face.track_online.OnlineTrack``) with a run's options."""
+    from .face.track_online import OnlineTrack
+
+    return lambda: OnlineTrack(timeline.fps, face_index=face_index, box=face_box, source=str(timeline.info.path),
+                               frame_size=(timeline.width, timeline.height))
+
+
+def frame_chain(timeline, *, n_src: int, n_out: int, loop: str, found: ReferenceSearch, new_track: Callable,
+                detect: Callable, network: Callable, batch_size: int, timings, overlap: bool = True) -> Iterator[FrameJob]:
+    """decode -> faces -> ``network`` (a stage taking jobs, giving lists of them) -> paste, the stages at the same
+    time (``stages.run_chain``); yields the finished jobs in output order. Close it to stop the threads."""
+    from .face.blend import paste_face
+    from .media.timing import report_damage
+    from .stages import Step, run_chain
+
+    faces = FaceStage(n_src, new_track(), detect, found.detections,
+                      on_first_pass_end=lambda: report_damage(timeline, n_src))
+    return run_chain(
+        Step("decode", lambda _: scheduled_frames(timeline, n_src, n_out, loop), maxsize=4),
+        [Step("faces", faces, maxsize=batch_size),
+         Step("network", network, maxsize=1),
+         Step("paste", paste_stage(paste_face), maxsize=4)],
+        timings, overlap=overlap)
