@@ -299,13 +299,12 @@ def _run_live(args) -> int:
 
     ls = _make_lipsync(args)
     ls.progress = False
-    if not args.quiet:
-        print(f"weights: {ls.weights}; precision {ls.precision}", file=sys.stderr)
     report = run_live(ls, args.video, args.audio, args.output, chunk_ms=args.chunk_ms, pace=not args.no_pace,
                       voice_sample=args.voice_sample, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
                       loop=args.loop, face_index=args.face, face_box=args.face_box, reference=args.reference,
                       fps=args.fps)
     print(report.summary())
+    print(f"wrote {report.output} ({report.frames} frames) with {ls.weights}, precision {ls.precision}")
     return 0
 
 
