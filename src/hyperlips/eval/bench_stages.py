@@ -471,7 +471,7 @@ def bench_end_to_end(video: Path, audio: Path, size: int, device: str, batch: in
 
 # run `hyperlips sync` and print the process's own peak resident memory: VmHWM (Linux) belongs to this program
 # image only, while ru_maxrss is carried over from the parent through fork and exec
-_PEAK_CHILD = """import resource, sys
+PEAK_CHILD = """import resource, sys
 from hyperlips.cli import main
 rc = main(sys.argv[1:])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -494,7 +494,7 @@ def bench_memory(folder: Path, seconds: tuple[float, float], model: str = "lite"
     for s in seconds:
         log(f"making a {s:g} s synthetic 720p input for the memory comparison")
         video, audio = synthetic_clip(folder / f"memory_{int(s)}s", seconds=s)
-        code = _PEAK_CHILD
+        code = PEAK_CHILD
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-c", code, "sync", str(video), str(audio), "-o", str(folder / "memory.mp4"),
                             "--untrained", "--model", model, "--batch-size", str(batch), "--quiet"],
