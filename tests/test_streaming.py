@@ -42,6 +42,23 @@ def test_overlapped_and_serial_runs_give_the_same_frames(clip):
         assert np.array_equal(a, b), f"frame {j} differs between the overlapped and the serial run"
 
 
+def test_pasting_into_the_decoded_frame_changes_nothing(clip, monkeypatch):
+    """Paste-back writes into a frame's decoded array only when no later output frame shows that same array (with
+    ``--loop hold`` the last frame is one array shown 21 times): the frames equal those of a run that always pastes
+    into a copy."""
+    from hyperlips.face import blend
+
+    ls = lipsync(batch_size=4)
+    out = clip.folder / "hold.mp4"
+    in_place = spied_frames(lambda: ls.sync(clip.video, clip.speech, out, loop="hold"))
+    real = blend.paste_face
+    monkeypatch.setattr(blend, "paste_face", lambda *a, inplace=False, **k: real(*a, inplace=False, **k))
+    copied = spied_frames(lambda: ls.sync(clip.video, clip.speech, out, loop="hold"))
+    assert len(in_place) == len(copied) == 40
+    for j, (a, b) in enumerate(zip(in_place, copied)):
+        assert np.array_equal(a, b), f"frame {j} differs when pasted in place"
+
+
 def test_frames_in_flight_are_bounded_whatever_the_length(clip, monkeypatch):
     """Frames decoded but not yet encoded never exceed what the queues, the face track's look-ahead and one batch in
     each stage hold, for a 1.6 s and a 4.8 s output alike (memory does not grow with the length)."""
