@@ -41,13 +41,8 @@ def make_input(clip: Path, audio: Path, seconds: float, folder: Path) -> tuple[P
 
 
 def run_sync(video: Path, audio: Path, out: Path, checkpoint: Path, batch_size: int) -> dict:
-    code = (
-        "import json, resource, sys\n"
-        "from hyperlips.cli import main\n"
-        "rc = main(sys.argv[1:])\n"
-        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
-        "sys.exit(rc)\n"
-    )
+    from hyperlips.eval.bench_stages import PEAK_CHILD as code  # the process's own peak (VmHWM on Linux)
+
     t0 = time.perf_counter()
     r = subprocess.run(
         [sys.executable, "-c", code, "sync", str(video), str(audio), "-o", str(out), "--checkpoint", str(checkpoint),

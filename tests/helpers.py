@@ -41,6 +41,34 @@ def cut_audio(src: Path, dst: Path, seconds: float, repeat: int = 1) -> Path:
     return dst
 
 
+def cut_video(src: Path, dst: Path, frames: int, size: int | None = None) -> Path:
+    """The first ``frames`` frames of ``src`` re-encoded (H.264, the source's rate), optionally scaled to a square
+    ``size``."""
+    import cv2
+
+    from hyperlips.media.video import FrameReader, VideoWriter
+
+    with FrameReader(src) as r:
+        images = [f.image for f in r.iter_range(0, frames)]
+        fps = r.fps
+    if size:
+        images = [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]
+    h, w = images[0].shape[:2]
+    with VideoWriter(dst, w, h, fps) as wr:
+        for im in images:
+            wr.write(im)
+    return dst
+
+
+def spied_frames(run) -> list:
+    """The frames ``run()`` hands to the video encoder (copies, before H.264)."""
+    from spies import spy_on_sync
+
+    with spy_on_sync() as spy:
+        run()
+    return spy.frames
+
+
 def random_base_checkpoint(path: Path, seed: int = 0, official: bool = True) -> Path:
     """Randomly initialised HyperLips-Base saved like the official training scripts save it."""
     import torch

@@ -14,7 +14,7 @@ from hyperlips.eval import bench as B
 def test_bench_small_run_prints_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     r = run_cli("bench", "--sizes", "128", "--precisions", "fp32", "fp16", "--batch-sizes", "1", "--frames", "1",
-                "--end-to-end-sizes", "--devices", "cpu", "cuda", "--threads", "1", "-o", out, timeout=300)
+                "--end-to-end", "--memory-seconds", "--devices", "cpu", "cuda", "--threads", "1", "-o", out, timeout=300)
     assert r.returncode == 0, r.stderr
     table = r.stdout
     assert "stage" in table and "ms/frame" in table and "peak MB" in table
@@ -32,8 +32,10 @@ def test_bench_small_run_prints_table_and_json(tmp_path):
         assert row["peak_mb"] >= row["delta_mb"]
     net = [x for x in by_stage["network"] if x["device"] == "cpu"]
     fp32 = [x for x in net if x["precision"] == "fp32"]
-    assert fp32 and fp32[0]["status"] == "ok" and fp32[0]["fps"] > 0 and fp32[0]["size"] == 128
-    assert "original layers" in fp32[0]["variant"]
+    assert all(x["status"] == "ok" and x["fps"] > 0 and x["size"] == 128 for x in fp32)
+    # side by side: the reference (the original's layout), then Base and Lite as sync runs them
+    assert [x["variant"] for x in fp32] == ["reference: original layout (Base, NCHW)", "Base, channels-last",
+                                           "Lite, channels-last"]
     fp16 = [x for x in net if x["precision"] == "fp16"]
     assert fp16 and fp16[0]["status"].startswith("skipped") and "CPU" in fp16[0]["status"]
     import torch
@@ -54,8 +56,8 @@ def test_bench_small_run_prints_table_and_json(tmp_path):
 
 def test_bench_budget_skips_the_rest_with_a_reason():
     res = B.run_bench(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1,), frames=1,
-                      end_to_end_sizes=(128,), budget=1e-6)
-    later = [r for r in res["rows"] if r["stage"] in ("network", "end-to-end")]
+                      end_to_end=("lite:720:128",), memory_seconds=(2, 4), budget=1e-6)
+    later = [r for r in res["rows"] if r["stage"] in ("network", "end-to-end", "memory")]
     assert later and all("time budget" in r["status"] for r in later)
     text = B.format_table(res)
     assert "time budget" in text and "decode" in text
@@ -67,6 +69,43 @@ def test_end_to_end_row_on_a_short_clip(tmp_path):
     assert rows[0].stage == "end-to-end" and rows[0].frames == 10 and rows[0].fps > 0
     stages = {r.stage.split(":")[-1].strip() for r in rows[1:]}
     assert {"decode", "faces", "network", "paste", "encode"} <= stages
+
+
+def test_summary_compares_what_the_issue_asks():
+    rows = [
+        dict(stage="network", variant="reference: original layout (Base, NCHW)", size=128, device="cpu", batch=16,
+             fps=8.0, status="ok", precision="fp32"),
+        dict(stage="end-to-end", variant="Lite, 720p, random weights", size=128, device="cpu", batch=16, fps=30.0,
+             status="ok", precision="bf16"),
+        dict(stage="end-to-end", variant="Base, 720p, random weights", size=128, device="cpu", batch=16, fps=24.0,
+             status="ok", precision="bf16"),
+        dict(stage="end-to-end", variant="Lite + HR, 720p, random weights", size=256, device="cpu", batch=16,
+             fps=12.0, status="ok", precision="bf16"),
+        dict(stage="memory", variant="sync, 8 s", size=128, device="cpu", batch=16, fps=20.0, frames=200,
+             peak_mb=800.0, status="ok", precision="auto"),
+        dict(stage="memory", variant="sync, 40 s", size=128, device="cpu", batch=16, fps=20.0, frames=1000,
+             peak_mb=840.0, status="ok", precision="auto"),
+    ]
+    text = "\n".join(B.summarise(rows))
+    assert "Lite end to end at 720p: 30.0 fps (1.20x real time" in text
+    assert "Base end to end at 720p: 24.0 fps = 3.0x the reference network alone (8.0 fps" in text
+    assert "Lite + HR end to end at 720p, mouth at 256 px: 12.0 fps" in text
+    assert "840 MB on the long input against 800 MB on the short one (1.05x for 5x the length)" in text
+
+
+@pytest.mark.parametrize("text", ["lite", "lite:480", "medium:720", "base:720:300", "lite:720:128:1"])
+def test_end_to_end_spec_mistakes(text):
+    from hyperlips.errors import UserError
+
+    with pytest.raises(UserError, match="--end-to-end takes MODEL:HEIGHT"):
+        B.E2ESpec.parse(text)
+
+
+@pytest.mark.slow
+def test_memory_rows_from_fresh_processes(tmp_path):
+    rows = B.bench_memory(tmp_path, (1.0, 3.0))
+    assert [r.status for r in rows] == ["ok", "ok"] and [r.frames for r in rows] == [25, 75]
+    assert rows[0].peak_mb > 100 and rows[1].delta_mb == pytest.approx(rows[1].peak_mb - rows[0].peak_mb)
 
 
 def test_peak_memory_sees_an_allocation():
@@ -94,6 +133,8 @@ def test_precision_support_on_this_machine():
     (("-o", "bench.txt"), "JSON"),
     (("--devices", "tpu"), "--devices"),
     (("--video", "missing.mp4"), "not found"),
+    (("--end-to-end", "lite:480"), "--end-to-end"),
+    (("--memory-seconds", "60", "30"), "--memory-seconds"),
 ])
 def test_bench_user_mistakes(tmp_path, args, message):
     r = run_cli("bench", *args, cwd=tmp_path)

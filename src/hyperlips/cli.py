@@ -213,11 +213,15 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, choices=(128, 256, 512), help="render size of the mouth; 256/512 need an HR checkpoint")
     p.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=16, help="frames per network batch (default 16)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="number format of the networks: auto (default) is bf16 on a CPU with bf16 instructions "
+                        "(AVX512-BF16, AMX, Arm BF16; about 1.7x faster, within a grey level of fp32) or a CUDA GPU, "
+                        "else fp32; fp16 needs a CUDA GPU")
     p.add_argument("--untrained", action="store_true", help="use randomly initialised weights instead (for tests: the mouth is meaningless)")
     p.add_argument("--model", choices=("base", "lite"), default="base", help="with --untrained: which generator (base)")
 
 
-def add_sync_options(p: argparse.ArgumentParser) -> None:
+def add_sync_options(p: argparse.ArgumentParser, timings: bool = True) -> None:
     face = p.add_mutually_exclusive_group()
     face.add_argument("--face", type=int, metavar="N", help="which face to follow when several are visible: 0 = leftmost (default: the largest)")
     face.add_argument("--face-box", type=_box, metavar="X1,Y1,X2,Y2", help="follow the face overlapping this box (pixels, first frame with faces)")
@@ -230,7 +234,9 @@ def add_sync_options(p: argparse.ArgumentParser) -> None:
                                              "frame rate varies). Each output frame shows the source frame of its time")
     add_output_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--timings", action="store_true", help="print seconds and frames per second for each stage at the end")
+    if timings:
+        p.add_argument("--timings", action="store_true", help="print the time and frames per second end to end and "
+                                                              "the busy time of each stage at the end")
 
 
 def _crf(text: str) -> int:
@@ -273,6 +279,7 @@ def _make_lipsync(args):
         untrained=args.untrained,
         model=args.model,
         progress=not args.quiet,
+        precision=args.precision,
     )
 
 
@@ -284,6 +291,20 @@ def _run_sync(args) -> int:
     if args.timings:
         print(report.summary())
     print(f"wrote {report.output} ({report.frames} frames, {report.audio_seconds:.2f} s) with {ls.weights}")
+    return 0
+
+
+def _run_live(args) -> int:
+    from .live import run_live
+
+    ls = _make_lipsync(args)
+    ls.progress = False
+    report = run_live(ls, args.video, args.audio, args.output, chunk_ms=args.chunk_ms, pace=not args.no_pace,
+                      voice_sample=args.voice_sample, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
+                      loop=args.loop, face_index=args.face, face_box=args.face_box, reference=args.reference,
+                      fps=args.fps)
+    print(report.summary())
+    print(f"wrote {report.output} ({report.frames} frames) with {ls.weights}, precision {ls.precision}")
     return 0
 
 
@@ -309,6 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     add_sync_options(p)
     p.set_defaults(func=_run_sync)
+
+    p = sub.add_parser("live", help="stream VIDEO (an idle clip, looped) lip-synced to AUDIO fed in as if spoken; "
+                                    "reports latency", description="Feed a speech file in chunks in real time to the "
+                       "live API (LipSync.stream) over an idle video, write the frames and report the latency of "
+                       "every frame and the real-time factor.")
+    p.add_argument("video", type=Path, help="idle talking-face video (played forward and backward while speech lasts)")
+    p.add_argument("audio", type=Path, help="speech to feed (any format sync reads)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output video (.mp4): the streamed frames")
+    p.add_argument("--chunk-ms", type=float, default=40.0, help="milliseconds of speech per chunk (default 40)")
+    p.add_argument("--no-pace", action="store_true", help="feed the speech as fast as possible instead of in real "
+                                                          "time (the real-time factor is then the processing speed)")
+    p.add_argument("--voice-sample", type=Path, help="HyperLips-Lite: normalise the mel with the statistics of this "
+                   "recording of the same voice (the speech file itself reproduces sync); default: of the speech so far")
+    add_model_options(p)
+    add_sync_options(p, timings=False)
+    p.set_defaults(func=_run_live)
 
     p = sub.add_parser("demo", help="run sync on a built-in example (a photo and synthesised speech), offline",
                        description="Make an example input offline and lip-sync it.")

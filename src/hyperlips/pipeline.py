@@ -1,18 +1,18 @@
-"""LipSync: the streaming inference flow (video + speech -> the same video with the mouth re-synced).
+"""LipSync: video + speech -> the same video with the mouth re-synced, in one streaming pass.
 
 The video is read as frames at a constant rate, each the source frame shown at its time (``media.timing``: a
 variable-frame-rate file is read at its average rate, or at ``fps``), and the mel window of frame ``j`` is taken at
-``j / fps``. Two passes over the video, both streaming with bounded memory:
-
-1. **faces**: decode every frame that will be used, detect faces, then choose, bridge and smooth one face
-   track over the whole video (a few numbers per frame are kept, never the frames).
-2. **generate**: decode the frames again in output order (ping-pong or hold when the audio is longer), build
-   the masked + reference inputs, run HyperLips-Base (and the HR decoder), paste the mouth back with a soft
-   mask and colour matching, and encode H.264 + AAC to a temporary file that is renamed at the very end.
+``j / fps``. The frames are decoded once, in output order (ping-pong or hold when the audio is longer), and flow
+through stages that run at the same time (``streaming``): faces (detection and the smoothed face track, computed
+as frames arrive), the network (HyperLips-Base or -Lite on the masked + reference inputs, and the HR decoder),
+paste-back (soft mask, colour and detail matching), and H.264 + AAC encoding to a temporary file that is renamed at
+the very end. Memory is bounded and does not grow with the video's length.
 
 The reference face (the unmasked half of the network input, which carries identity and teeth) is the crop of
-the frame whose detection was the most confident (ties: the earliest), the same for every output frame, so the
-mouth of the current frame never leaks into the input. ``reference=N`` picks frame N instead.
+the frame whose detection was the most confident (ties: the earliest) among the followed face's first
+``streaming.REFERENCE_SECONDS``, the same for every output frame, so the mouth of the current frame never leaks into
+the input. ``reference=N`` picks frame N instead, ``reference="first"`` the first tracked face, and a path the face
+in that image.
 """
 
 from __future__ import annotations
@@ -21,23 +21,30 @@ import contextlib
 import os
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import cv2
 import numpy as np
 
 from .config import AudioConfig
-from .errors import MediaError, UserError, require_file
-from .media.timing import check_fps, open_timeline, report_damage
+from .errors import MediaError, UserError
+from .generator_io import (  # noqa: F401  (re-exported: the crop and input helpers' historical home)
+    BASE_SIZE,
+    face_crop,
+    network_input,
+    network_mel,
+    network_mel_windows,
+    reference_crop,
+    to_uint8_images,
+)
+from .media.timing import check_fps, open_timeline
 from .media.video import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
-from .schedule import LOOP_MODES, runs
+from .schedule import LOOP_MODES
+from .stages import Timings
+from .streaming import MUX_SAMPLE_RATE, OUTPUT_SUFFIXES, check_face_box, check_paths  # noqa: F401  (re-exported)
 
-OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
-BASE_SIZE = 128
-MUX_SAMPLE_RATE = 48000
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, frames done, frames in the stage)
 
@@ -53,25 +60,25 @@ class SyncReport:
     height: int
     audio_seconds: float
     frames_with_face: int
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # busy seconds per stage (the stages overlap)
+    wall_seconds: float = 0.0  # from the start of sync() to the renamed file (models already loaded)
 
     def stage_fps(self) -> dict[str, float]:
         return {k: (self.frames / v if v > 0 else float("inf")) for k, v in self.timings.items()}
 
     def summary(self) -> str:
-        total = sum(self.timings.values())
         parts = ", ".join(f"{k} {v:.1f}s ({self.frames / v:.1f} fps)" for k, v in self.timings.items() if v > 0)
+        wall = self.wall_seconds
         return (
             f"{self.output}: {self.frames} frames {self.width}x{self.height} @ {self.fps:g} fps, "
-            f"mouth generated in {self.frames_with_face}; {total:.1f}s total: {parts}"
+            f"mouth generated in {self.frames_with_face}; {wall:.1f}s end to end "
+            f"({self.frames / wall if wall > 0 else float('inf'):.1f} fps); busy time per stage (they run at the same "
+            f"time): {parts}"
         )
 
 
-class _Timer:
-    """Accumulates wall time per named stage."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
+class _Timer(Timings):
+    """Busy seconds per stage: ``with timer("stage"): ...`` in the caller's thread; the stage threads add theirs."""
 
     @contextlib.contextmanager
     def __call__(self, stage: str):
@@ -79,19 +86,7 @@ class _Timer:
         try:
             yield
         finally:
-            self.totals[stage] += time.perf_counter() - t0
-
-    def timed_iter(self, stage: str, it: Iterable):
-        it = iter(it)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                self.totals[stage] += time.perf_counter() - t0
-                return
-            self.totals[stage] += time.perf_counter() - t0
-            yield item
+            self.add(stage, time.perf_counter() - t0)
 
 
 def resolve_device(device: str = "auto"):
@@ -111,118 +106,49 @@ def resolve_device(device: str = "auto"):
         raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from e
 
 
-def check_paths(video: Path, audio: Path, output: Path) -> None:
-    """Fail early, before any work, on paths that cannot give a result."""
-    require_file(video, "video")
-    require_file(audio, "audio")
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UserError(f"output must be a video file ending in {', '.join(OUTPUT_SUFFIXES)}: {output}")
-    out_real = os.path.realpath(output)
-    for p, what in ((video, "video"), (audio, "audio")):
-        if out_real == os.path.realpath(p):
-            raise UserError(f"the output path is the same file as the input {what} ({p}); choose another output name")
-    parent = output.parent if str(output.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise UserError(f"output folder is not a folder: {parent}")
-    if output.exists() and output.is_dir():
-        raise UserError(f"output path is a folder: {output}")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}  # None: the networks' own float32
 
 
-def check_face_box(box, width: int, height: int) -> None:
-    """Raise :class:`UserError` when ``--face-box`` lies outside the ``width`` x ``height`` frame."""
-    if box is None:
-        return
-    x1, y1, x2, y2 = (float(v) for v in box)
-    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-        plain = ",".join(f"{v:g}" for v in (x1, y1, x2, y2))
-        raise UserError(f"--face-box {plain} lies outside the {width}x{height} frame; give pixel coordinates inside it")
+def resolve_precision(precision: str, device) -> str:
+    """The precision the networks run in: ``auto`` is the fastest one native to ``device`` (``precision.
+    auto_precision``: bf16 on a CPU with bf16 instructions, else fp32; bf16 or fp16 on CUDA; fp32 elsewhere).
+    Asking for one the device would only emulate is a :class:`UserError` (emulated bf16 on a CPU was measured at
+    17 s per frame against 0.12 s in fp32)."""
+    import torch
+
+    from .precision import auto_precision, cpu_has_native_bf16
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    kind = device.type
+    if precision == "auto":
+        return auto_precision(kind) if kind in ("cpu", "cuda") else "fp32"
+    if precision == "fp16" and kind != "cuda":
+        raise UserError("--precision fp16 runs only on a CUDA GPU (a CPU emulates fp16, far slower than fp32); use "
+                        "auto, fp32, or bf16 on a CPU that has bf16 instructions")
+    if precision == "bf16":
+        if kind == "cpu" and not cpu_has_native_bf16():
+            raise UserError("--precision bf16: this CPU has no bf16 instructions (AVX512-BF16, AMX or Arm BF16), so "
+                            "bf16 would be emulated, many times slower than fp32; use auto or fp32")
+        if kind == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserError("--precision bf16: this GPU has no bf16 support; use fp16 or auto")
+    return precision
 
 
-def choose_reference(reference: str | int | os.PathLike, boxes: list, best: int) -> int | None:
-    """The frame whose face crop is the reference: ``best`` (given), ``first`` (first tracked face) or a number;
-    None when ``reference`` names an image of the face (a path with a suffix)."""
-    if isinstance(reference, int) or (isinstance(reference, str) and reference.strip().isdigit()):
-        index = int(reference)
-        if not (0 <= index < len(boxes)) or boxes[index] is None:
-            raise UserError(f"--reference {index}: that frame has no tracked face (the video has {len(boxes)} frames "
-                            "here, numbered from 0); use best, first or another frame number")
-        return index
-    if reference == "first":
-        return next(i for i, b in enumerate(boxes) if b is not None)
-    if reference == "best":
-        return best
-    if isinstance(reference, (str, os.PathLike)) and Path(reference).suffix:
-        return None
-    raise UserError(f"--reference must be best, first, a frame number or an image of the face (got {reference})")
+def _InPrecision(net, dtype: str):
+    """``net`` (its weights already in ``dtype``) as a module that takes float32 tensors and computes in ``dtype``."""
+    import torch
 
+    class InPrecision(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.dtype = net, getattr(torch, dtype)
 
-def face_crop(frame: np.ndarray, box, size: int) -> np.ndarray:
-    """The box region of ``frame`` (``face.track.pixel_region``, the region paste-back uses) as ``size``x``size``.
+        def forward(self, *args):
+            return self.net(*(a.to(self.dtype) for a in args))
 
-    Area interpolation when shrinking, bilinear when enlarging. Training crops are made with this same function.
-    """
-    from .face.track import pixel_region
-
-    x1, y1, x2, y2 = pixel_region(box, frame.shape[1], frame.shape[0])
-    crop = frame[y1:y2, x1:x2]
-    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(crop, (size, size), interpolation=interp)
-
-
-def reference_crop(path: Path) -> np.ndarray:
-    """The reference face from an image file (or a video's first frame): its largest face, cropped as ``sync``
-    crops video frames. (128, 128, 3) uint8 BGR."""
-    from .face.detect import FaceDetector
-    from .face.track import track_faces
-    from .media.video import FrameReader, probe
-
-    require_file(path, "reference image")
-    info = probe(path)
-    with FrameReader(path) as reader:
-        frame = next(iter(reader.iter_range(0, 1))).image
-    with FaceDetector() as detector:
-        dets = detector.detect(frame)
-    if not dets:
-        raise UserError(f"--reference {path}: no face found in that image")
-    track = track_faces([dets], fps=float(info.fps or 25.0), source=str(path), frame_size=(info.width, info.height))
-    return face_crop(frame, track.boxes[0], BASE_SIZE)
-
-
-def network_input(crops: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """(N,S,S,3) uint8 BGR crops + (S,S,3) reference -> (N,6,S,S) float32: [lower half zeroed, reference] / 255."""
-    n, s = crops.shape[0], crops.shape[1]
-    masked = crops.copy()
-    masked[:, s // 2 :] = 0
-    ref = np.broadcast_to(reference, crops.shape)
-    x = np.concatenate([masked, ref], axis=3).astype(np.float32) / 255.0
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def network_mel_windows(network, mel: np.ndarray, times, fps: float, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
-    """The mel windows a generator takes for frames shown at ``times``: HyperLips-Lite's centred windows of its
-    own length (``network.mel_steps``) of the mel normalised over the whole utterance (``network.mel_norm``), or
-    Base's 16-step windows (``media.audio.mel_windows``). ``mel`` is the whole track's (a normalised one may be
-    passed with ``network.mel_norm`` already applied: see :func:`network_mel`)."""
-    from .media.audio import centred_mel_windows, mel_windows
-
-    steps = getattr(network, "mel_steps", None)
-    if steps is not None:
-        fill = mel.min(axis=1) if getattr(network, "mel_norm", None) == "utterance" and mel.shape[1] else None
-        return centred_mel_windows(mel, times, int(steps), cfg, fill)
-    return mel_windows(mel, times, fps, cfg)
-
-
-def network_mel(network, mel: np.ndarray) -> np.ndarray:
-    """The whole track's mel as ``network`` wants it: normalised per utterance for HyperLips-Lite, as is for Base."""
-    from .media.audio import normalise_utterance
-
-    return normalise_utterance(mel) if getattr(network, "mel_norm", None) == "utterance" else mel
-
-
-def to_uint8_images(t) -> np.ndarray:
-    """(N,3,H,W) float tensor in [0,1] -> (N,H,W,3) uint8, rounded (not truncated). ``t`` is left as it is."""
-    a = t.detach().float().clamp(0, 1).mul_(255).round_().to("cpu").numpy().astype(np.uint8)  # clamp copies
-    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+    return InPrecision()
 
 
 class LipSync:
@@ -250,6 +176,8 @@ class LipSync:
         network=None,
         seed: int = 0,
         progress: bool = True,
+        overlap: bool = True,
+        precision: str = "auto",
     ) -> None:
         import torch
 
@@ -260,8 +188,10 @@ class LipSync:
         if size is not None and size not in (128, 256, 512):
             raise UserError(f"--size must be 128, 256 or 512 (got {size})")
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size
         self.progress = progress
+        self.overlap = overlap  # stages at the same time in threads (False: one after another, the same frames)
         self.audio_cfg = AudioConfig()
         self.untrained = untrained
         self.weights = "untrained (random) weights" if untrained else None  # what renders the mouth, in words
@@ -305,13 +235,18 @@ class LipSync:
                 raise UserError(f"--size {size} needs an HR decoder checkpoint (--hr-checkpoint)")
             self.hr = create_model(f"hyperlips-hr-{size}")
             self.hr_size = size
+        dtype = DTYPES[self.precision]
+        torch_dtype = torch.float32 if dtype is None else getattr(torch, dtype)
         # channels-last runs the convolutions about 25 % faster on CPU (oneDNN) with the same results
         self._memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         for m in (self.base, self.hr):
             if m is not None:
-                m.to(self.device, memory_format=self._memory_format).eval()
+                m.to(self.device, dtype=torch_dtype, memory_format=self._memory_format).eval()
                 for p in m.parameters():
                     p.requires_grad_(False)
+        # the networks take float32 inputs and compute in their precision: a top-level call sees what sync gives
+        self._base_call = self.base if dtype is None else _InPrecision(self.base, dtype)
+        self._hr_call = self.hr if self.hr is None or dtype is None else _InPrecision(self.hr, dtype)
 
     # ------------------------------------------------------------------ public
     def sync(
@@ -332,25 +267,31 @@ class LipSync:
     ) -> SyncReport:
         """Write ``output``: ``video`` re-synced to ``audio``, at a constant frame rate (``fps``, default the video's
         own: its nominal rate, or its average rate when the frame rate varies; see ``media.timing``).
-        ``on_progress(stage, done, total)`` is called as frames pass ("faces", then "lip-sync").
+        ``on_progress(stage, done, total)`` is called as frames pass ("faces" while the reference face is searched,
+        then "lip-sync").
 
         The output is H.264 ``pix_fmt`` (``yuv420p``: plays everywhere; an odd width or height gains one repeated
         column or row, see ``media.video.coded_size``; ``yuv444p``: the exact size, full colour resolution, but
         Safari, phones and TVs cannot play it) at quality ``crf`` (0-51, lower is better and larger) with
         libx264's ``preset``, plus AAC audio starting with the first frame. The report's ``width``/``height``
         are the file's."""
+        from .face.detect import FaceDetector
         from .media.audio import load_audio, melspectrogram
         from .media.video import VideoWriter, check_encoding
+        from .streaming import (find_reference, frame_chain, network_stage, reference_request, reference_search_length,
+                                track_factory)
 
+        t_start = time.perf_counter()
         video, audio, output = Path(video), Path(audio), Path(output)
         if loop not in LOOP_MODES:
             raise UserError(f"--loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
         check_fps(fps)
         check_encoding(crf, preset, pix_fmt)
         check_paths(video, audio, output)
+        request = reference_request(reference)
         timer = _Timer()
 
-        with open_timeline(video, fps) as timeline:
+        with open_timeline(video, fps) as timeline, FaceDetector() as detector:
             info = timeline.info
             with timer("decode"):
                 wav = load_audio(audio, self.audio_cfg.sample_rate)
@@ -361,42 +302,76 @@ class LipSync:
             rate = timeline.rate
             fps_out = float(rate)
             n_out = max(1, int(round(seconds * fps_out)))
-
-            # pass 1: faces
             check_face_box(face_box, info.width, info.height)
-            n_needed = 1 if info.is_image else min(timeline.n_frames, n_out)
-            boxes, n_src, ref_index = self._track_faces(timeline, n_needed, face_index, face_box, timer, on_progress)
-            report_damage(timeline, n_src)
-            ref_index = choose_reference(reference, boxes, ref_index)
-            if ref_index is None:  # an image of the face
-                ref_crop = reference_crop(Path(reference))
-            else:
-                ref_frame = next(iter(timeline.iter_range(ref_index, ref_index + 1))).image
-                ref_crop = face_crop(ref_frame, boxes[ref_index], BASE_SIZE)
+            n_src = 1 if info.is_image else min(timeline.n_frames, n_out)
 
-            # pass 2: generate
+            new_track = track_factory(timeline, face_index, face_box)
+
+            def detect(image):
+                with timer("faces"):
+                    return detector.detect(image)
+
+            # the reference face: the first frames, decoded and searched once (their detections are kept)
+            with self._bar(reference_search_length(request, n_src, timeline.fps), "faces", on_progress) as bar:
+                found = find_reference(_TimedFrames(timeline, timer), n_src, request, new_track, detect, bar)
+            ref_crop = found.crop
+
             output.parent.mkdir(parents=True, exist_ok=True)
             mux_audio = load_audio(audio, MUX_SAMPLE_RATE)
+
+            def render(jobs):
+                self._render(jobs, ref_crop, mel, fps_out)
+
+            chain = frame_chain(timeline, n_src=n_src, n_out=n_out, loop=loop, found=found, new_track=new_track,
+                                detect=detector.detect, network=network_stage(self.batch_size, render),
+                                batch_size=self.batch_size, timings=timer, overlap=self.overlap)
             faces_done = 0
             writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio, sample_rate=MUX_SAMPLE_RATE,
                                  crf=crf, preset=preset, pix_fmt=pix_fmt)
             try:
                 with self._bar(n_out, "lip-sync", on_progress) as bar:
-                    frames = timer.timed_iter("decode", self._scheduled_frames(timeline, n_src, n_out, loop))
-                    for batch in _batched(frames, self.batch_size):
-                        out_frames, n_face = self._process_batch(batch, boxes, ref_crop, mel, fps_out, timer)
-                        faces_done += n_face
+                    for job in chain:
+                        faces_done += job.box is not None
                         with timer("encode"):
-                            for f in out_frames:
-                                writer.write(f)
-                        bar.update(len(batch))
+                            writer.write(job.image)
+                        bar.update(1)
                 with timer("encode"):
                     writer.close()  # flush, mux and rename the temporary file to the output name
             except BaseException:
+                chain.close()
                 writer.abort()  # no half-written file is left under the output name
                 raise
         return SyncReport(output, n_out, fps_out, writer.coded_width, writer.coded_height, seconds, faces_done,
-                          dict(timer.totals))
+                          dict(timer.totals), time.perf_counter() - t_start)
+
+    def stream(
+        self,
+        video: str | os.PathLike,
+        speech,
+        *,
+        sample_rate: int = 16000,
+        loop: str = "pingpong",
+        face_index: int | None = None,
+        face_box: tuple[float, float, float, float] | None = None,
+        reference: str | int = "best",
+        fps: float | None = None,
+        speech_stats=None,
+        batch_size: int | None = None,
+    ):
+        """Lip-synced frames of ``video`` (an idle clip, played in a loop) driven by ``speech`` while it arrives.
+
+        ``speech``: an iterable of PCM chunks (1-D, float in [-1, 1] or int16, mono at ``sample_rate`` = 16000;
+        e.g. 20-100 ms each, as a microphone or a speech synthesiser gives them); it is read in a thread of its own,
+        so it may block until the next chunk exists. Yields ``live.LiveFrame`` (index, time, image) in order, each
+        as soon as the speech its mel window needs has arrived (a fixed look-ahead: about 0.19 s for Base, 0.37 s
+        for HyperLips-Lite), until the speech ends (``round(seconds * fps)`` frames, as ``sync``). Frames are
+        rendered in batches of the frames that are ready together, at most ``batch_size`` (default: the
+        LipSync's). ``speech_stats``: ``live.SpeechStats`` for HyperLips-Lite's per-utterance mel normalisation
+        (default: the statistics of the speech so far). The other options are ``sync``'s. See ``live``."""
+        from .live import run_stream
+
+        return run_stream(self, video, speech, sample_rate=sample_rate, loop=loop, face_index=face_index,
+                          face_box=face_box, reference=reference, fps=fps, stats=speech_stats, batch_size=batch_size)
 
     # ------------------------------------------------------------------ stages
     def _bar(self, total: int, desc: str, on_progress: ProgressCallback | None = None):
@@ -407,66 +382,27 @@ class LipSync:
         bar = tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
         return bar if on_progress is None else _ReportingBar(bar, desc, on_progress)
 
-    def _track_faces(self, timeline, n_needed, face_index, face_box, timer, on_progress=None):
-        """Detect faces on the frames that will be shown; returns (boxes per frame, n_src, best frame)."""
-        from .face.detect import FaceDetector
-        from .face.track import track_faces
+    def _render(self, jobs, ref_crop: np.ndarray, mel: np.ndarray, fps: float) -> None:
+        """Crop the jobs' faces, build the network inputs and set each job's generated face."""
+        crops = np.stack([face_crop(job.image, job.box, BASE_SIZE) for job in jobs])
+        x = network_input(crops, ref_crop)
+        times = np.array([job.j / fps for job in jobs], dtype=np.float64)
+        windows = network_mel_windows(self.base, mel, times, fps, self.audio_cfg)
+        for job, face in zip(jobs, self.generate(windows, x)):
+            job.face = face
 
-        detections = []
-        last = (None, None)  # a source frame repeated on the timeline is detected once
-        with self._bar(n_needed, "faces", on_progress) as bar, FaceDetector() as detector:
-            for fr in timer.timed_iter("decode", timeline.iter_range(0, n_needed)):
-                if fr.image is not last[0]:
-                    with timer("faces"):
-                        last = (fr.image, detector.detect(fr.image))
-                detections.append(last[1])
-                bar.update(1)
-        if not detections:
-            raise MediaError(f"no frames could be decoded from {timeline.info.path}")
-        with timer("faces"):
-            track = track_faces(detections, fps=timeline.fps, face_index=face_index, box=face_box,
-                                source=str(timeline.info.path), frame_size=(timeline.width, timeline.height))
-        return track.boxes, len(detections), track.best_index
-
-    def _scheduled_frames(self, reader, n_src: int, n_out: int, loop: str) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(output index, timeline index, frame) in output order, decoding runs forward or in reverse chunks."""
-        j = 0
-        held = None
-        for run in runs(n_src, n_out, loop):
-            if len(run) == 1 and held is not None and held[0] == run.start:
-                yield j, run.start, held[1]
-                j += 1
-                continue
-            for fr in reader.iter_range(run.start, run.stop, reverse=run.reverse):
-                yield j, fr.index, fr.image
-                held = (fr.index, fr.image)
-                j += 1
-
-    def _process_batch(self, batch, boxes, ref_crop, mel, fps, timer):
+    def generate(self, windows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Mel windows (N, 1, 80, steps) and network inputs (N, 6, 128, 128) float32 -> faces (N, S, S, 3) uint8 BGR
+        (S: 128, or the HR decoder's size)."""
         import torch
 
-        from .face.blend import paste_face
-
-        out = [f for _, _, f in batch]
-        todo = [(k, j, s) for k, (j, s, _) in enumerate(batch) if s < len(boxes) and boxes[s] is not None]
-        if not todo:
-            return out, 0
-        with timer("paste"):
-            crops = np.stack([face_crop(batch[k][2], boxes[s], BASE_SIZE) for k, _, s in todo])
-            x = network_input(crops, ref_crop)
-            times = np.array([j / fps for _, j, _ in todo], dtype=np.float64)
-            windows = network_mel_windows(self.base, mel, times, fps, self.audio_cfg)
-        with timer("network"), torch.inference_mode():
+        with torch.inference_mode():
             faces_t = torch.from_numpy(x).to(self.device).contiguous(memory_format=self._memory_format)
             audio_t = torch.from_numpy(windows).to(self.device)
-            pred = self.base(audio_t, faces_t)
+            pred = self._base_call(audio_t, faces_t)
             if self.hr is not None:
                 pred = self._hr(pred)
-            pred_img = to_uint8_images(pred)
-        with timer("paste"):
-            for (k, _, s), face in zip(todo, pred_img):
-                out[k] = paste_face(batch[k][2], face, boxes[s])
-        return out, len(todo)
+            return to_uint8_images(pred)
 
     def _hr(self, base_out):
         """Base output (N,3,128,128) -> HR decoder output (N,3,S,S) driven by a face-mesh sketch of the base output."""
@@ -492,7 +428,7 @@ class LipSync:
                 sketches.append(sk if sk.ndim == 2 else sk[:, :, 0])
         sk = torch.from_numpy(np.stack(sketches)).to(base_out.device, base_out.dtype).div_(255.0)
         sk = sk[:, None].expand(-1, 3, -1, -1)
-        return self.hr(torch.cat([base_out, sk], dim=1).contiguous(memory_format=self._memory_format))
+        return self._hr_call(torch.cat([base_out, sk], dim=1).contiguous(memory_format=self._memory_format))
 
     def _mesh(self):
         if getattr(self, "_face_mesh", None) is None:
@@ -525,12 +461,18 @@ class _ReportingBar:
         self.close()
 
 
-def _batched(it: Iterable, n: int) -> Iterator[list]:
-    batch = []
-    for item in it:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+class _TimedFrames:
+    """A timeline whose ``iter_range`` counts its decoding time as the "decode" stage."""
+
+    def __init__(self, timeline, timer: _Timer) -> None:
+        self.timeline, self.timer = timeline, timer
+        self.fps, self.info = timeline.fps, timeline.info
+
+    def iter_range(self, start, stop, reverse=False):
+        it = iter(self.timeline.iter_range(start, stop, reverse=reverse))
+        while True:
+            with self.timer("decode"):
+                fr = next(it, None)
+            if fr is None:
+                return
+            yield fr

@@ -72,12 +72,16 @@ def lower_face_mask(h: int, w: int, params: MaskParams = MaskParams()) -> np.nda
     return m
 
 
+@lru_cache(maxsize=64)
 def _mouth_exclusion(h: int, w: int, p: MaskParams) -> np.ndarray:
-    """Boolean (h, w): the lips and mouth interior for the geometric case (an ellipse round the mouth)."""
+    """Boolean (h, w): the lips and mouth interior for the geometric case (an ellipse round the mouth); cached per
+    crop size like the mask (a video's crops keep nearly the same size), read-only."""
     ys = (np.arange(h) + 0.5) / h
     xs = (np.arange(w) + 0.5) / w
     cx, cy = p.center
-    return (((xs[None, :] - cx) / 0.22) ** 2 + ((ys[:, None] - cy) / 0.11) ** 2) <= 1.0
+    m = (((xs[None, :] - cx) / 0.22) ** 2 + ((ys[:, None] - cy) / 0.11) ** 2) <= 1.0
+    m.setflags(write=False)
+    return m
 
 
 def landmark_face_mask(landmarks_xy: np.ndarray, h: int, w: int, params: MaskParams = MaskParams()) -> np.ndarray:

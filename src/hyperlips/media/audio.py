@@ -53,6 +53,8 @@ __all__ = [
     "centred_window_starts",
     "centred_mel_windows",
     "normalise_utterance",
+    "mel_of_frames",
+    "windows_from_starts",
 ]
 
 _EPS = 1e-6  # guards floor() against float error when t * 80 is a whole number
@@ -209,7 +211,8 @@ def _window(cfg: AudioConfig) -> np.ndarray:
 def melspectrogram(wav: np.ndarray, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
     """Normalised mel spectrogram (n_mels, T) float32 in [-max_abs, max_abs], T = 1 + len(wav) // hop_length.
 
-    ``wav``: 1-D mono samples at ``cfg.sample_rate``.
+    ``wav``: 1-D mono samples at ``cfg.sample_rate``. (``media.mel_stream.MelStream`` computes the same frames as
+    the samples arrive.)
     """
     x = np.asarray(wav, dtype=np.float64)
     if x.ndim != 1:
@@ -221,13 +224,18 @@ def melspectrogram(wav: np.ndarray, cfg: AudioConfig = AudioConfig()) -> np.ndar
     y = np.pad(y, (pad, pad))  # centre=True, zero padding
     n_frames = 1 + (len(y) - cfg.n_fft) // cfg.hop_length
     frames = np.lib.stride_tricks.sliding_window_view(y, cfg.n_fft)[:: cfg.hop_length][:n_frames]
-    window = _window(cfg)
-    fb = mel_filterbank(cfg)
-    mel = np.empty((cfg.n_mels, n_frames), dtype=np.float64)
+    mel = np.empty((cfg.n_mels, n_frames), dtype=np.float32)
     block = 4096  # bounded temporary memory for long audio
     for b in range(0, n_frames, block):
-        spec = np.abs(np.fft.rfft(frames[b : b + block] * window, axis=1))  # (B, n_fft//2+1)
-        mel[:, b : b + block] = fb @ spec.T
+        mel[:, b : b + block] = mel_of_frames(frames[b : b + block], cfg)
+    return mel
+
+
+def mel_of_frames(frames: np.ndarray, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
+    """(B, n_fft) pre-emphasised, padded signal frames (hop apart) -> their normalised mel columns (n_mels, B)
+    float32: Hann window, |rFFT|, Slaney mel, dB, scaled and clipped to [-max_abs, max_abs]."""
+    spec = np.abs(np.fft.rfft(frames * _window(cfg), axis=1))  # (B, n_fft//2+1)
+    mel = mel_filterbank(cfg) @ spec.T
     min_level = 10.0 ** (cfg.min_level_db / 20.0)
     s_db = 20.0 * np.log10(np.maximum(min_level, mel)) - cfg.ref_level_db
     m = cfg.max_abs_value
@@ -250,8 +258,10 @@ def sync_window_start(t0_seconds: float, fps: float, cfg: AudioConfig = AudioCon
     return int(math.floor(float(t0_seconds) * cfg.mel_fps + _EPS))
 
 
-def _windows_from_starts(mel: np.ndarray, starts: np.ndarray, cfg: AudioConfig, steps: int | None = None,
-                         fill=None) -> np.ndarray:
+def windows_from_starts(mel: np.ndarray, starts: np.ndarray, cfg: AudioConfig, steps: int | None = None,
+                        fill=None) -> np.ndarray:
+    """Windows (N, 1, n_mels, steps) of ``mel`` starting at mel indices ``starts``; steps outside ``mel`` hold
+    silence (``-max_abs_value``) or ``fill`` (one value per mel bin)."""
     if mel.ndim != 2 or mel.shape[0] != cfg.n_mels:
         raise ValueError(f"mel must be ({cfg.n_mels}, T), got {mel.shape}")
     steps = cfg.window_steps if steps is None else int(steps)
@@ -273,14 +283,14 @@ def mel_windows(mel: np.ndarray, times, fps: float, cfg: AudioConfig = AudioConf
     """
     times = np.atleast_1d(np.asarray(times, dtype=np.float64))
     starts = np.floor((times + cfg.frame_offset / float(fps)) * cfg.mel_fps + _EPS).astype(np.int64)
-    return _windows_from_starts(np.asarray(mel), starts, cfg)
+    return windows_from_starts(np.asarray(mel), starts, cfg)
 
 
 def sync_mel_windows(mel: np.ndarray, times, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
     """Sync-expert windows (N, 1, n_mels, window_steps) for 5-frame blocks starting at ``times`` (seconds)."""
     times = np.atleast_1d(np.asarray(times, dtype=np.float64))
     starts = np.floor(times * cfg.mel_fps + _EPS).astype(np.int64)
-    return _windows_from_starts(np.asarray(mel), starts, cfg)
+    return windows_from_starts(np.asarray(mel), starts, cfg)
 
 
 def centred_window_starts(times, steps: int, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
@@ -294,7 +304,7 @@ def centred_mel_windows(mel: np.ndarray, times, steps: int, cfg: AudioConfig = A
 
     Steps outside the spectrogram hold silence: ``-max_abs_value``, or ``fill`` (a value per mel bin; for a mel
     normalised per utterance, its per-bin minimum)."""
-    return _windows_from_starts(np.asarray(mel), centred_window_starts(times, steps, cfg), cfg, steps, fill)
+    return windows_from_starts(np.asarray(mel), centred_window_starts(times, steps, cfg), cfg, steps, fill)
 
 
 def normalise_utterance(mel: np.ndarray) -> np.ndarray:

@@ -25,8 +25,9 @@ import time
 import traceback
 from pathlib import Path
 
-# share of the whole sync job each stage takes (roughly, on a CPU): loading, finding faces, generating
-SYNC_STAGES = {"loading": (0.0, 0.05), "faces": (0.05, 0.3), "lip-sync": (0.3, 0.99)}
+# share of the whole sync job each stage takes (roughly, on a CPU): loading, finding the reference face in the first
+# seconds of the video, generating (decoding, faces, network, paste-back and encoding at the same time)
+SYNC_STAGES = {"loading": (0.0, 0.05), "faces": (0.05, 0.1), "lip-sync": (0.1, 0.99)}
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -52,13 +53,11 @@ class SyncProgress:
             return
         self.last = now
         lo, hi = SYNC_STAGES.get(stage, (0.0, 1.0))
-        part = done / total if total else 0.0
+        part = min(1.0, done / total) if total else 0.0
         eta = None
-        if done > 0 and total:
+        if done > 0 and total and stage != "faces":  # the reference search says nothing of the lip-sync pass's length
             spent = now - self.stage_t0[stage]
-            eta = spent / done * (total - done)
-            if stage == "faces":  # the lip-sync pass still to come: about three times as long as this one
-                eta += spent / part * 3.0
+            eta = spent / done * max(total - done, 0)
         write_json(self.path, {"stage": stage, "done": done, "total": total,
                                "fraction": round(lo + (hi - lo) * part, 4), "elapsed_s": round(now - self.t0, 2),
                                "eta_s": None if eta is None else round(eta, 1)})

@@ -1,0 +1,225 @@
+"""The face track of :mod:`hyperlips.face.track`, computed as frames arrive: each frame's box is given out as soon
+as no later frame can change it.
+
+:func:`~hyperlips.face.track.track_faces` needs every frame's detections at once. A streaming pipeline cannot wait
+for them, and need not: every step of the track looks ahead a bounded number of frames.
+
+- choosing and following the face (``select_faces``) looks only back;
+- bridging a gap of missed detections needs the gap's end: at most ``max_gap + 1`` frames ahead (a longer gap
+  stays empty, known as soon as it has lasted ``max_gap + 1`` frames);
+- the centred smoothing needs ``window // 2`` boxes ahead (or the end of the run of boxes).
+
+:class:`OnlineTrack` gives exactly the boxes ``track_faces`` gives on the same detections (the same floating-point
+operations in the same order, checked by the tests), frame by frame, at most ``max_gap + window // 2 + 1`` frames
+behind the newest one. It also knows the best-scored detection among the first frames of the followed face.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Optional, Sequence
+
+import numpy as np
+
+from hyperlips.errors import NoFaceError
+from hyperlips.face.detect import Box
+from hyperlips.face.track import DEFAULT_PAD, BoxLike, _as_box, _crop_or_none, _matches, _plain
+
+
+class OnlineTrack:
+    """Feed :meth:`push` one frame's detections at a time (frame 0, 1, ...); it returns the frames whose box became
+    final, as ``(frame, box)`` in frame order (``box`` None: leave the frame unchanged). :meth:`finish` ends the
+    video and returns the rest. The arguments are those of :meth:`~hyperlips.face.track.FaceTrack.from_detections`
+    (``frame_size`` given: crop boxes; without it: the smoothed detector boxes).
+
+    ``raw[t]``: the chosen detection of frame t (before bridging and smoothing), known as soon as frame t is pushed.
+    """
+
+    def __init__(
+        self,
+        fps: Optional[float] = 25.0,
+        *,
+        face_index: Optional[int] = None,
+        box: Optional[BoxLike] = None,
+        max_gap: Optional[int] = None,
+        window: int = 5,
+        source: str = "<video>",
+        frame_size: Optional[tuple[int, int]] = None,
+        pad: Sequence[float] = DEFAULT_PAD,
+        pad_px: Sequence[float] = (0, 0, 0, 0),
+    ) -> None:
+        if face_index is not None and box is not None:
+            raise ValueError("give face_index or box, not both")
+        if window < 1 or window % 2 == 0:
+            raise ValueError(f"window must be an odd number >= 1, got {window}")
+        if len(pad) != 4 or len(pad_px) != 4:
+            raise ValueError("pad and pad_px are (top, bottom, left, right)")
+        self.max_gap = max(1, int(round(0.5 * (fps if fps and fps > 0 else 25.0)))) if max_gap is None else int(max_gap)
+        if self.max_gap < 0:
+            raise ValueError(f"max_gap must be >= 0, got {self.max_gap}")
+        self.window, self.radius = window, window // 2
+        self.face_index, self.source = face_index, source
+        self.user_box = None if box is None else _as_box(box)
+        if self.user_box is not None and not (self.user_box.width > 0 and self.user_box.height > 0):
+            raise ValueError(f"box must have x2 > x1 and y2 > y1, got {_plain(self.user_box)}")
+        self.frame_size = None if frame_size is None else tuple(int(v) for v in frame_size)
+        self.pad, self.pad_px = tuple(pad), tuple(pad_px)
+
+        self.n = 0  # frames pushed
+        self.raw: list[Optional[Box]] = []
+        self.anchor: Optional[int] = None  # first frame of the followed face
+        self._prev: Optional[tuple[Box, int]] = None  # last chosen detection and its frame
+        self._gap: list[int] = []  # frames since the last chosen detection, their bridged box not decided yet
+        self._last: Optional[tuple[int, Box]] = None  # the last chosen detection and its frame
+        # smoothing: the current run of bridged boxes, from `t_out - radius` on, each with the running sum of the
+        # run's boxes before it (the cumulative sum smooth_boxes takes differences of)
+        self._run: deque = deque()  # (frame, Box, sum before it)
+        self._run_start: Optional[int] = None
+        self._csum = np.zeros(4)
+        self._t_out = 0  # next frame to give out
+        self.finished = False
+
+    # ------------------------------------------------------------------ public
+    def push(self, detections: Sequence[Box]) -> list[tuple[int, Optional[Box]]]:
+        """Add the next frame's detections; returns the frames whose box is now final."""
+        if self.finished:
+            raise RuntimeError("push() after finish()")
+        t = self.n
+        self.n += 1
+        chosen = self._select(t, detections)
+        self.raw.append(chosen)
+        return self._bridge(t, chosen)
+
+    def finish(self) -> list[tuple[int, Optional[Box]]]:
+        """The video has ended: the remaining frames' boxes. Raises :class:`NoFaceError` when no frame had the face."""
+        if self.finished:
+            return []
+        self.finished = True
+        if self.anchor is None:
+            if self.user_box is not None:
+                e = f"no detected face overlaps the box {_plain(self.user_box)} (--face-box X1,Y1,X2,Y2 in pixels)"
+                raise NoFaceError(f"no face found in {self.source}: {e} ({self.n} frame(s) searched)")
+            raise NoFaceError(f"no face found in {self.source} ({self.n} frame(s) searched); use a clip where the "
+                              "face is visible and roughly frontal")
+        # a trailing gap still undecided is at most max_gap long: it holds the last box
+        out = self._settle([self._last[1]] * len(self._gap))
+        return out + self._emit(ended=True)
+
+    def best(self, first: Optional[int] = None) -> Optional[int]:
+        """The frame with the highest-scored chosen detection (ties: the earliest), among the followed face's first
+        ``first`` frames (all when None); None before the face is found."""
+        if self.anchor is None:
+            return None
+        stop = self.n if first is None else min(self.n, self.anchor + int(first))
+        found = [t for t in range(self.anchor, stop) if self.raw[t] is not None]
+        return max(found, key=lambda t: (self.raw[t].score, -t)) if found else None
+
+    @property
+    def done(self) -> int:
+        """Frames whose box is final (given out)."""
+        return self._t_out
+
+    # ------------------------------------------------------------------ choose and follow (track.select_faces)
+    def _select(self, t: int, dets: Sequence[Box]) -> Optional[Box]:
+        if self.anchor is None:
+            anchor = None
+            if self.user_box is not None:
+                ub = self.user_box
+                best = max(dets, key=ub.iou, default=None)
+                if best is not None and ub.iou(best) > 0:
+                    anchor = best
+            elif dets:
+                if self.face_index is None:
+                    anchor = max(dets, key=lambda b: b.area)
+                else:
+                    ordered = sorted(dets, key=lambda b: b.center[0])
+                    if not 0 <= self.face_index < len(ordered):
+                        raise NoFaceError(
+                            f"no face found in {self.source}: face_index {self.face_index} asked for (--face "
+                            f"{self.face_index}), but frame {t} (the first with faces) has {len(ordered)} face(s): use "
+                            f"0..{len(ordered) - 1} (counted left to right)")
+                    anchor = ordered[self.face_index]
+            if anchor is not None:
+                self.anchor, self._prev = t, (anchor, t)
+            return anchor
+        prev, prev_t = self._prev
+        scored = [(_matches(prev, c, t - prev_t), c) for c in dets]
+        scored = [sc for sc in scored if sc[0] > 0]
+        if not scored:
+            return None
+        chosen = max(scored, key=lambda sc: sc[0])[1]
+        self._prev = (chosen, t)
+        return chosen
+
+    # ------------------------------------------------------------------ bridge gaps (track.fill_gaps)
+    def _bridge(self, t: int, chosen: Optional[Box]) -> list[tuple[int, Optional[Box]]]:
+        """Frame t's chosen detection in; the bridged boxes now decided go on to smoothing, in frame order."""
+        if chosen is None:
+            self._gap.append(t)
+            since = t + 1 if self._last is None else t - self._last[0]  # frames without the face so far
+            if since > self.max_gap:  # leading: the face comes after frame max_gap; inner: too long to bridge
+                return self._settle([None] * len(self._gap))
+            return []
+        out = []
+        if self._gap:
+            if self._last is None:  # leading frames (the face came by frame max_gap) hold its first box
+                boxes = [chosen] * len(self._gap)
+            else:
+                a, box_a = self._last
+                ba, bb, score = box_a.as_array(), chosen.as_array(), min(box_a.score, chosen.score)
+                boxes = [Box.from_array((1 - (u - a) / (t - a)) * ba + ((u - a) / (t - a)) * bb, score=score)
+                         for u in self._gap]
+            out = self._settle(boxes)
+        self._last = (t, chosen)
+        return out + self._take(t, chosen)
+
+    def _settle(self, boxes: list[Optional[Box]]) -> list[tuple[int, Optional[Box]]]:
+        """The current gap's frames get ``boxes`` (bridged, or None) and go on to smoothing."""
+        out = []
+        for u, b in zip(self._gap, boxes):
+            out += self._take(u, b)
+        self._gap = []
+        return out
+
+    # ------------------------------------------------------------------ smooth (track.smooth_boxes) and crop
+    def _take(self, t: int, b: Optional[Box]) -> list[tuple[int, Optional[Box]]]:
+        """The next bridged box (frames in order): extend the run or end it; give out what became final."""
+        if b is None:
+            out = self._emit(ended=True)
+            out.append((t, None))
+            self._t_out = t + 1
+            return out
+        if self._run_start is None:
+            self._run_start, self._csum = t, np.zeros(4)
+        self._run.append((t, b, self._csum))
+        self._csum = self._csum + b.as_array()
+        return self._emit(ended=False)
+
+    def _emit(self, ended: bool) -> list[tuple[int, Optional[Box]]]:
+        """Give out the run's frames whose centred mean is known: ``radius`` boxes after them, or the run ended.
+        The mean is smooth_boxes' own arithmetic: (csum[i + k + 1] - csum[i - k]) / (2k + 1)."""
+        out = []
+        run, r = self._run, self.radius
+        while run and self._t_out <= run[-1][0]:
+            i = self._t_out - run[0][0]  # index in `run` of the frame to give out
+            t, b, _ = run[i]
+            after = len(run) - 1 - i
+            if after < r and not ended:
+                break
+            k = min(r, t - self._run_start, after)
+            hi = run[i + k + 1][2] if i + k + 1 < len(run) else self._csum
+            mean = (hi - run[i - k][2]) / (2 * k + 1)
+            out.append((t, self._crop(Box.from_array(mean, score=b.score))))
+            self._t_out = t + 1
+            while run and run[0][0] < self._t_out - r:  # keep the left side the next frames' windows need
+                run.popleft()
+        if ended:
+            run.clear()
+            self._run_start = None
+        return out
+
+    def _crop(self, b: Box) -> Optional[Box]:
+        if self.frame_size is None:
+            return b
+        fw, fh = self.frame_size
+        return _crop_or_none(b, fw, fh, self.pad, self.pad_px)

@@ -1,0 +1,86 @@
+"""What the generators take and give: face crops, the masked + reference input, mel windows, uint8 faces.
+
+Inference (``pipeline``, ``streaming``), preprocessing and training all cut faces and build network inputs with
+these functions, so a crop made for training is the crop inference makes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .config import AudioConfig
+from .errors import UserError, require_file
+
+BASE_SIZE = 128  # the generators' face size
+
+
+def face_crop(frame: np.ndarray, box, size: int) -> np.ndarray:
+    """The box region of ``frame`` (``face.track.pixel_region``, the region paste-back uses) as ``size``x``size``.
+
+    Area interpolation when shrinking, bilinear when enlarging. Training crops are made with this same function.
+    """
+    from .face.track import pixel_region
+
+    x1, y1, x2, y2 = pixel_region(box, frame.shape[1], frame.shape[0])
+    crop = frame[y1:y2, x1:x2]
+    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+def reference_crop(path: Path) -> np.ndarray:
+    """The reference face from an image file (or a video's first frame): its largest face, cropped as ``sync``
+    crops video frames. (128, 128, 3) uint8 BGR."""
+    from .face.detect import FaceDetector
+    from .face.track import track_faces
+    from .media.video import FrameReader, probe
+
+    require_file(path, "reference image")
+    info = probe(path)
+    with FrameReader(path) as reader:
+        frame = next(iter(reader.iter_range(0, 1))).image
+    with FaceDetector() as detector:
+        dets = detector.detect(frame)
+    if not dets:
+        raise UserError(f"--reference {path}: no face found in that image")
+    track = track_faces([dets], fps=float(info.fps or 25.0), source=str(path), frame_size=(info.width, info.height))
+    return face_crop(frame, track.boxes[0], BASE_SIZE)
+
+
+def network_input(crops: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(N,S,S,3) uint8 BGR crops + (S,S,3) reference -> (N,6,S,S) float32: [lower half zeroed, reference] / 255."""
+    n, s = crops.shape[0], crops.shape[1]
+    masked = crops.copy()
+    masked[:, s // 2 :] = 0
+    ref = np.broadcast_to(reference, crops.shape)
+    x = np.concatenate([masked, ref], axis=3).astype(np.float32) / 255.0
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def network_mel_windows(network, mel: np.ndarray, times, fps: float, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
+    """The mel windows a generator takes for frames shown at ``times``: HyperLips-Lite's centred windows of its
+    own length (``network.mel_steps``) of the mel normalised over the whole utterance (``network.mel_norm``), or
+    Base's 16-step windows (``media.audio.mel_windows``). ``mel`` is the whole track's (a normalised one may be
+    passed with ``network.mel_norm`` already applied: see :func:`network_mel`)."""
+    from .media.audio import centred_mel_windows, mel_windows
+
+    steps = getattr(network, "mel_steps", None)
+    if steps is not None:
+        fill = mel.min(axis=1) if getattr(network, "mel_norm", None) == "utterance" and mel.shape[1] else None
+        return centred_mel_windows(mel, times, int(steps), cfg, fill)
+    return mel_windows(mel, times, fps, cfg)
+
+
+def network_mel(network, mel: np.ndarray) -> np.ndarray:
+    """The whole track's mel as ``network`` wants it: normalised per utterance for HyperLips-Lite, as is for Base."""
+    from .media.audio import normalise_utterance
+
+    return normalise_utterance(mel) if getattr(network, "mel_norm", None) == "utterance" else mel
+
+
+def to_uint8_images(t) -> np.ndarray:
+    """(N,3,H,W) float tensor in [0,1] -> (N,H,W,3) uint8, rounded (not truncated). ``t`` is left as it is."""
+    a = t.detach().float().clamp(0, 1).mul_(255).round_().to("cpu").numpy().astype(np.uint8)  # clamp copies
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))

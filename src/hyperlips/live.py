@@ -1,0 +1,369 @@
+"""``LipSync.stream``: lip-synced frames of an idle video, made while the speech is still arriving.
+
+The idle video plays in a loop (ping-pong or hold, as ``sync`` plays a video shorter than its audio) through the
+same stages as ``sync`` (``streaming``): decode, faces (the same face track and reference face), network, paste.
+The network stage renders frame ``j`` as soon as the speech its mel window covers has arrived: the window reaches
+past the frame's time (Base: 0.16 s, HyperLips-Lite: 0.35 s, plus 25 ms of the spectrogram's own window), so that
+much look-ahead is the least latency any frame can have. Frames come out in order; the stream ends with the
+speech, after ``round(seconds * fps)`` frames, as many as ``sync`` writes.
+
+The mel spectrogram is computed as samples arrive (``media.mel_stream``: the offline frames exactly). HyperLips-Lite
+normalises the mel per utterance (each bin's mean and spread over the whole speech), which a stream cannot know
+in advance: by default each frame uses the statistics of the speech heard up to the end of its window (running
+statistics, noisier in the first second); :class:`SpeechStats` of a recording of the same voice (or of the whole
+speech, known in advance) gives exactly the offline normalisation. Base's mel needs no statistics. With the same
+statistics and batch size, the streamed frames are the frames ``sync`` hands to its encoder, byte for byte.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import numpy as np
+
+from .config import AudioConfig
+from .errors import UserError
+from .media.audio import centred_window_starts, windows_from_starts
+from .media.mel_stream import MelStream
+
+FOREVER = 10**15  # output frames scheduled for an idle loop whose end is the speech's
+
+
+@dataclass
+class SpeechStats:
+    """Per mel bin: mean, spread and the normalised minimum of a speech track (``media.audio.normalise_utterance``'s
+    statistics), (n_mels,) each."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    floor: np.ndarray
+
+    @classmethod
+    def of(cls, mel: np.ndarray) -> "SpeechStats":
+        """The statistics of a whole (n_mels, T) mel spectrogram, computed as the offline normalisation computes them."""
+        mel = np.asarray(mel, dtype=np.float32)
+        mean, std = mel.mean(axis=1, keepdims=True), mel.std(axis=1, keepdims=True)
+        floor = ((mel.min(axis=1, keepdims=True) - mean) / (std + 1e-3)).astype(np.float32)
+        return cls(mean[:, 0], std[:, 0], floor[:, 0])
+
+
+@dataclass
+class LiveFrame:
+    """One streamed frame: ``index`` (shown at ``time`` = index / fps seconds of the speech) and ``image`` (H, W, 3)
+    uint8 BGR; ``fps``: the stream's frame rate (the idle video's, or the one asked for)."""
+
+    index: int
+    time: float
+    image: np.ndarray
+    fps: float
+
+
+class MelFeed:
+    """Mel windows for frames as the speech arrives (``network``'s kind: Base's windows or Lite's centred, normalised
+    ones). :meth:`wait` blocks until frame ``j``'s window is complete; :meth:`windows` cuts it."""
+
+    def __init__(self, network, fps: float, sample_rate: int, stats: Optional[SpeechStats] = None,
+                 cfg: AudioConfig = AudioConfig()) -> None:
+        self.cfg, self.fps, self.sample_rate = cfg, float(fps), int(sample_rate)
+        self.mel = MelStream(cfg)
+        self.steps = getattr(network, "mel_steps", None)
+        self.utterance = getattr(network, "mel_norm", None) == "utterance"
+        self.stats = stats
+        self.error: Optional[BaseException] = None
+        self.cancelled = False
+        # running statistics (Lite without given stats): sums over mel frames [0, _seen)
+        self._seen, self._sum, self._sq = 0, np.zeros(cfg.n_mels), np.zeros(cfg.n_mels)
+        self._min = np.full(cfg.n_mels, np.inf, np.float32)
+
+    # -- speech in
+    def feed(self, chunks: Iterable[np.ndarray]) -> None:
+        """Push every chunk (1-D PCM: float in [-1, 1] or int16), then end the speech. Runs in its own thread."""
+        try:
+            for c in chunks:
+                if self.cancelled:
+                    return
+                a = np.asarray(c)
+                if a.ndim != 1 and not (a.ndim == 2 and 1 in a.shape):
+                    raise UserError(f"speech chunks must be 1-D mono PCM, got an array of shape {a.shape}")
+                a = a.reshape(-1)
+                self.mel.push(a.astype(np.float32) / 32768.0 if a.dtype == np.int16 else a.astype(np.float32))
+        except BaseException as e:  # noqa: BLE001 (handed to the frame consumer)
+            self.error = e
+        finally:
+            self.mel.finish()
+
+    @property
+    def n_out(self) -> Optional[int]:
+        """Frames in the whole stream, once the speech has ended (as ``sync``: round(seconds * fps), at least one)."""
+        if not self.mel.finished:
+            return None
+        return max(1, int(round(self.mel.n_samples / self.sample_rate * self.fps)))
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.mel.finish()
+
+    # -- windows out
+    def _starts(self, js) -> np.ndarray:
+        times = np.asarray(js, dtype=np.float64) / self.fps
+        if self.steps is not None:
+            return centred_window_starts(times, int(self.steps), self.cfg)
+        cfg = self.cfg
+        return np.floor((times + cfg.frame_offset / self.fps) * cfg.mel_fps + 1e-6).astype(np.int64)
+
+    def needed(self, j: int) -> int:
+        """Mel frames that must be computed before frame ``j`` can be rendered."""
+        return int(self._starts([j])[0]) + int(self.steps or self.cfg.window_steps)
+
+    def wait(self, j: int) -> bool:
+        """Block until frame ``j`` can be rendered; False when the speech ended before it (or the stream stopped)."""
+        while not self.cancelled:
+            if self.mel.wait_for(self.needed(j), timeout=0.1) or self.mel.finished:
+                break
+        if self.error is not None:
+            raise self.error
+        if self.cancelled:
+            return False
+        n = self.n_out
+        return n is None or j < n
+
+    def ready(self, j: int) -> bool:
+        """Frame ``j`` can be rendered now (without waiting)."""
+        return self.mel.n_frames >= self.needed(j) or self.mel.finished
+
+    def windows(self, js) -> np.ndarray:
+        """(N, 1, n_mels, steps) float32 windows of frames ``js`` (ascending), as ``generator_io.network_mel_windows``
+        cuts them from the whole speech's mel (frames past its end or before its start: silence, or Lite's floor)."""
+        cfg = self.cfg
+        steps = int(self.steps or cfg.window_steps)
+        starts = self._starts(js)
+        total = self.mel.n_frames  # all there is so far (the whole stream once finished)
+        lo = min(max(0, int(starts.min())), total)
+        seg = self.mel.frames(lo, max(lo, min(total, int(starts.max()) + steps)))
+        if not self.utterance:
+            out = windows_from_starts(seg, starts - lo, cfg, steps)
+        else:
+            out = np.stack([self._lite_window(seg, lo, int(s), steps) for s in starts])
+            lo = min(lo, self._seen)  # running statistics still need the frames from _seen on
+        self.mel.drop_before(lo)
+        return out
+
+    def _lite_window(self, seg: np.ndarray, lo: int, start: int, steps: int) -> np.ndarray:
+        stats = self.stats or self._running(min(start + steps, self.mel.n_frames))
+        norm = ((seg - stats.mean[:, None]) / (stats.std[:, None] + 1e-3)).astype(np.float32)
+        return windows_from_starts(norm, np.array([start - lo]), self.cfg, steps, stats.floor)[0]
+
+    def _running(self, end: int) -> SpeechStats:
+        """The statistics of mel frames [0, end) (the speech heard up to the end of the frame's window)."""
+        if end > self._seen:
+            new = self.mel.frames(self._seen, end)
+            self._sum += new.sum(axis=1, dtype=np.float64)
+            self._sq += np.square(new, dtype=np.float64).sum(axis=1)
+            self._min = np.minimum(self._min, new.min(axis=1))
+            self._seen = end
+        n = max(self._seen, 1)
+        mean = self._sum / n
+        std = np.sqrt(np.maximum(self._sq / n - mean * mean, 0.0))
+        mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
+        floor = ((self._min - mean32) / (std32 + 1e-3)).astype(np.float32)
+        return SpeechStats(mean32, std32, floor)
+
+
+def live_batches(feed: MelFeed, size: int, render) -> callable:
+    """The network stage of a stream: frames rendered as soon as their speech is in, in batches of the frames that
+    are ready together (at most ``size``); it ends after the speech's last frame."""
+
+    def stage(jobs):
+        it = iter(jobs)
+        job = None
+        while True:
+            job = next(it, None) if job is None else job
+            if job is None or not feed.wait(job.j):
+                return
+            batch = [job]
+            job = None
+            while len(batch) < size:
+                nxt = next(it, None)
+                if nxt is None:
+                    break
+                n_out = feed.n_out
+                if (n_out is not None and nxt.j >= n_out) or not feed.ready(nxt.j):
+                    job = nxt
+                    break
+                batch.append(nxt)
+            todo = [b for b in batch if b.box is not None]
+            if todo:
+                render(todo)
+            yield batch
+            n_out = feed.n_out
+            if n_out is not None and batch[-1].j >= n_out - 1:
+                return
+
+    return stage
+
+
+def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16000, loop: str = "pingpong",
+               face_index=None, face_box=None, reference="best", fps=None, stats: Optional[SpeechStats] = None,
+               batch_size: Optional[int] = None) -> Iterator[LiveFrame]:
+    """The body of ``LipSync.stream`` (``ls``: the LipSync whose networks render)."""
+    from .errors import require_file
+    from .face.detect import FaceDetector
+    from .generator_io import BASE_SIZE, face_crop, network_input
+    from .media.timing import check_fps, open_timeline
+    from .schedule import LOOP_MODES
+    from .stages import Timings
+    from .streaming import check_face_box, find_reference, frame_chain, reference_request, track_factory
+
+    video = Path(video)
+    require_file(video, "video")
+    if loop not in LOOP_MODES:
+        raise UserError(f"--loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
+    if int(sample_rate) != ls.audio_cfg.sample_rate:
+        raise UserError(f"speech chunks must be {ls.audio_cfg.sample_rate} Hz mono PCM (got {sample_rate} Hz); resample "
+                        "them first (hyperlips.media.audio.load_audio reads a file at that rate)")
+    check_fps(fps)
+    request = reference_request(reference)
+    size = int(batch_size or ls.batch_size)
+    timings = Timings()
+    with open_timeline(video, fps) as timeline, FaceDetector() as detector:
+        info = timeline.info
+        n_src = 1 if info.is_image else timeline.n_frames
+        check_face_box(face_box, info.width, info.height)
+
+        new_track = track_factory(timeline, face_index, face_box)
+        found = find_reference(timeline, n_src, request, new_track, detector.detect, _NoBar())
+        feed = MelFeed(ls.base, timeline.fps, sample_rate, stats, ls.audio_cfg)
+        feeder = threading.Thread(target=feed.feed, args=(speech,), name="hyperlips-speech", daemon=True)
+
+        def render(jobs):
+            x = network_input(np.stack([face_crop(job.image, job.box, BASE_SIZE) for job in jobs]), found.crop)
+            for job, face in zip(jobs, ls.generate(feed.windows([job.j for job in jobs]), x)):
+                job.face = face
+
+        chain = frame_chain(timeline, n_src=n_src, n_out=FOREVER, loop=loop, found=found, new_track=new_track,
+                            detect=detector.detect, network=live_batches(feed, size, render), batch_size=size,
+                            timings=timings, overlap=ls.overlap)
+        feeder.start()
+        try:
+            for job in chain:
+                yield LiveFrame(job.j, job.j / timeline.fps, job.image, timeline.fps)
+            if feed.error is not None:
+                raise feed.error
+        finally:
+            feed.cancel()
+            chain.close()
+            feeder.join(timeout=1.0)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------------------------- a paced feed
+class PacedSpeech:
+    """A recording fed as if it were being spoken: chunks of ``chunk`` samples, each given once it has been fully
+    spoken (``pace=False``: all at once). ``t0`` is when the speech started (time.perf_counter)."""
+
+    def __init__(self, wav: np.ndarray, chunk: int, sample_rate: int = 16000, pace: bool = True) -> None:
+        self.wav, self.chunk, self.sample_rate, self.pace = wav, max(1, int(chunk)), int(sample_rate), pace
+        self.t0: Optional[float] = None
+
+    def __iter__(self):
+        self.t0 = time.perf_counter()
+        for i in range(0, len(self.wav), self.chunk):
+            piece = self.wav[i : i + self.chunk]
+            if self.pace:
+                wait = self.t0 + (i + len(piece)) / self.sample_rate - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+            yield piece
+
+
+# --------------------------------------------------------------------------------------------- the live command
+@dataclass
+class LiveReport:
+    """What ``hyperlips live`` measured. Latency of a frame: from the moment the speech reached its time (the
+    speech started at t0, frame j's time is t0 + j / fps) to the moment the frame came out of the stream."""
+
+    output: Path
+    frames: int
+    fps: float
+    speech_seconds: float
+    wall_seconds: float  # first chunk fed to last frame out
+    latencies: np.ndarray  # seconds, per frame
+    lookahead: float  # the least latency the network's mel window allows (seconds, mean over frames)
+    chunk_ms: float
+    paced: bool
+
+    @property
+    def real_time_factor(self) -> float:
+        """Wall time / speech time: about 1 when fed in real time and keeping up (it cannot be less), above 1 when the
+        stream falls behind; unpaced, below 1 means faster than real time."""
+        return self.wall_seconds / self.speech_seconds if self.speech_seconds > 0 else float("inf")
+
+    def summary(self) -> str:
+        lat = self.latencies
+        how = f"fed in {self.chunk_ms:g} ms chunks in real time" if self.paced else "fed as fast as possible"
+        return (f"{self.output}: {self.frames} frames @ {self.fps:g} fps from {self.speech_seconds:.2f} s of speech, "
+                f"{how}\nfirst frame latency {lat[0] * 1000:.0f} ms; latency median {np.median(lat) * 1000:.0f} ms, "
+                f"95th percentile {np.percentile(lat, 95) * 1000:.0f} ms, max {lat.max() * 1000:.0f} ms (the mel "
+                f"window's look-ahead alone: {self.lookahead * 1000:.0f} ms); real-time factor "
+                f"{self.real_time_factor:.2f}")
+
+
+def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bool = True, voice_sample=None,
+             crf: int = 18, preset: str = "veryfast", pix_fmt: str = "yuv420p", **stream_options) -> LiveReport:
+    """Feed ``speech_path`` to ``ls.stream`` in ``chunk_ms`` chunks as if it were being spoken (``pace``), write the
+    frames and the speech to ``output`` and measure the latency of every frame. ``voice_sample``: a recording of the
+    same voice whose statistics normalise HyperLips-Lite's mel (the speech file itself reproduces ``sync``)."""
+    from .media.audio import load_audio, melspectrogram
+    from .media.video import VideoWriter, check_encoding
+    from .streaming import MUX_SAMPLE_RATE, check_paths
+
+    video, speech_path, output = Path(video), Path(speech_path), Path(output)
+    check_encoding(crf, preset, pix_fmt)
+    check_paths(video, speech_path, output)
+    if not 5.0 <= float(chunk_ms) <= 1000.0:
+        raise UserError(f"--chunk-ms must be from 5 to 1000 milliseconds (got {chunk_ms:g})")
+    sr = ls.audio_cfg.sample_rate
+    wav = load_audio(speech_path, sr)
+    if len(wav) == 0:
+        raise UserError(f"the speech is empty: {speech_path}")
+    stats = SpeechStats.of(melspectrogram(load_audio(voice_sample, sr), ls.audio_cfg)) if voice_sample else None
+    feed = PacedSpeech(wav, int(round(chunk_ms / 1000.0 * sr)), sr, pace)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    writer, out_times, n = None, [], 0
+    stream = ls.stream(video, feed, speech_stats=stats, **stream_options)
+    try:
+        for fr in stream:
+            out_times.append(time.perf_counter())
+            if writer is None:
+                h, w = fr.image.shape[:2]
+                writer = VideoWriter(output, w, h, fr.fps,
+                                     audio=load_audio(speech_path, MUX_SAMPLE_RATE), sample_rate=MUX_SAMPLE_RATE,
+                                     crf=crf, preset=preset, pix_fmt=pix_fmt)
+            writer.write(fr.image)
+            n += 1
+        if writer is None:  # pragma: no cover (a stream always gives at least one frame)
+            raise UserError(f"no frame came out of {video}")
+        writer.close()
+    except BaseException:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+        if writer is not None:
+            writer.abort()
+        raise
+    fps = float(writer.fps)
+    times = np.arange(n) / fps
+    lat = np.asarray(out_times) - feed.t0 - times
+    mel_feed = MelFeed(ls.base, fps, sr)
+    lookahead = float(np.mean([((mel_feed.needed(j) - 1) * ls.audio_cfg.hop_length + ls.audio_cfg.n_fft // 2) / sr
+                               - j / fps for j in range(n)]))
+    return LiveReport(output, n, fps, len(wav) / sr, out_times[-1] - feed.t0, lat, lookahead, float(chunk_ms), pace)
+

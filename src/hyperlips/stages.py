@@ -1,0 +1,187 @@
+"""A chain of stages that run at the same time: each in its own thread, joined by bounded queues.
+
+A stage is a function from an iterator of items to an iterator of items (usually a generator). ``run_chain``
+starts the source and every stage but the last consumer in threads and gives the last stage's items to the caller,
+in order. The libraries doing the heavy work (FFmpeg through PyAV, OpenCV, MediaPipe, torch) release the GIL, so
+the stages really overlap on several cores. Queues are bounded: no stage runs more than ``maxsize`` items ahead of
+the next, so memory does not grow with the input's length.
+
+Each stage's busy time is measured: the time spent producing its items, less the time spent waiting for its
+input. An error in any stage stops the chain and is raised in the caller's thread; so is Ctrl-C, which reaches
+the caller's thread (the main one) and stops the others. ``overlap=False`` runs the same chain in the caller's
+thread, one item at a time (same items, same order: for debugging and for tests that compare the two).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+_END = object()  # end of a stream
+_POLL = 0.1  # seconds between checks for a stop while waiting on a queue
+
+Stage = Callable[[Iterator], Iterator]
+
+
+@dataclass
+class Step:
+    """One stage of a chain: ``name`` (its timing key), ``fn`` (items in -> items out) and ``maxsize`` (the queue
+    of its output: how far it may run ahead of the next stage)."""
+
+    name: str
+    fn: Stage
+    maxsize: int = 8
+
+
+class Timings:
+    """Busy seconds per stage name, added to from any thread."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    def add(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self.totals[name] += seconds
+
+
+class _Stopped(Exception):
+    """The chain was stopped (by an error elsewhere or by the consumer)."""
+
+
+class _Chain:
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def fail(self, e: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = e
+        self.stop.set()
+
+    def put(self, q: queue.Queue, item) -> None:
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                q.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
+
+    def get(self, q: queue.Queue):
+        while True:
+            if self.stop.is_set() and self.error is not None:
+                raise _Stopped
+            try:
+                return q.get(timeout=_POLL)
+            except queue.Empty:
+                if self.stop.is_set():
+                    raise _Stopped from None
+
+
+class _Waited:
+    """An input iterator that counts the seconds spent waiting for it (upstream time, not this stage's)."""
+
+    def __init__(self, it: Iterator) -> None:
+        self.it, self.waited = it, 0.0
+
+    def __iter__(self) -> "_Waited":
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        try:
+            return next(self.it)
+        finally:
+            self.waited += time.perf_counter() - t0
+
+
+def _timed(name: str, fn: Stage, source: Iterator, timings: Timings) -> Iterator:
+    """``fn(source)``, its busy time (time inside it, less the time its input kept it waiting) added to ``name``."""
+    inp = _Waited(source)
+    out = iter(fn(inp))
+    while True:
+        t0, w0 = time.perf_counter(), inp.waited
+        try:
+            item = next(out)
+        except StopIteration:
+            timings.add(name, time.perf_counter() - t0 - (inp.waited - w0))
+            return
+        timings.add(name, time.perf_counter() - t0 - (inp.waited - w0))
+        yield item
+
+
+def run_chain(source: Step, steps: list[Step], timings: Timings, overlap: bool = True) -> Iterator:
+    """The items of ``source.fn(empty)`` passed through ``steps`` in turn; a generator for the caller to consume.
+
+    ``source.fn`` takes an (empty) iterator too, so every stage has the same form. Close the generator (or let it
+    end) to stop the threads; they are joined before it returns.
+    """
+    if not overlap:
+        it: Iterator = _timed(source.name, source.fn, iter(()), timings)
+        for s in steps:
+            it = _timed(s.name, s.fn, it, timings)
+        yield from it
+        return
+
+    chain = _Chain()
+    queues = [queue.Queue(maxsize=max(1, s.maxsize)) for s in [source, *steps]]
+
+    def drain(q: queue.Queue) -> Iterator:
+        while True:
+            item = chain.get(q)
+            if item is _END:
+                return
+            yield item
+
+    def work(step: Step, inp: Iterator, out: queue.Queue) -> None:
+        try:
+            for item in _timed(step.name, step.fn, inp, timings):
+                chain.put(out, item)
+            chain.put(out, _END)
+        except _Stopped:
+            pass
+        except BaseException as e:  # noqa: BLE001 (handed to the consumer's thread)
+            chain.fail(e)
+
+    threads = [threading.Thread(target=work, args=(source, iter(()), queues[0]), name=f"hyperlips-{source.name}",
+                                daemon=True)]
+    for i, s in enumerate(steps):
+        threads.append(threading.Thread(target=work, args=(s, drain(queues[i]), queues[i + 1]),
+                                        name=f"hyperlips-{s.name}", daemon=True))
+    for t in threads:
+        t.start()
+    try:
+        last = queues[-1]
+        while True:
+            try:
+                item = chain.get(last)
+            except _Stopped:
+                break
+            if item is _END:
+                break
+            yield item
+        if chain.error is not None:
+            raise chain.error
+    finally:
+        chain.stop.set()
+        for t in threads:
+            t.join(timeout=30)
+
+
+def run_to_end(it: Iterable, consume: Callable[[object], None]) -> None:
+    """Feed every item of ``it`` to ``consume`` (in the caller's thread), closing ``it`` whatever happens."""
+    try:
+        for item in it:
+            consume(item)
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()

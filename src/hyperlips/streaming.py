@@ -1,0 +1,311 @@
+"""The one-pass flow of ``LipSync.sync``: frames stream through decode, faces, network and paste-back stages that
+run at the same time (``stages.run_chain``), and the caller encodes them in order.
+
+1. **reference** (:func:`find_reference`): the reference face (the unmasked half of every network input) must be
+   known before the first frame is rendered. The default, ``best``, is the crop of the most confident detection
+   among the first :data:`REFERENCE_SECONDS` of the followed face; the frames up to it are decoded and searched
+   once here (their detections are kept, so they are not searched again).
+2. **decode** (:func:`scheduled_frames`): the video is decoded once, in output order (forward, then backward or
+   holding when the audio is longer).
+3. **faces** (:class:`FaceStage`): detection on every new frame, and the face track computed as frames arrive
+   (``face.track_online``): a frame waits only until no later frame can change its box (at most about half a
+   second plus two frames).
+4. **network**: frames grouped in batches of ``batch_size`` consecutive output frames, those with a face cropped
+   and rendered (``render``, given by ``LipSync``).
+5. **paste**: the generated face blended back into its frame (in place when nothing else uses that frame).
+
+Memory is flat in the video's length: the queues between stages are bounded, and per frame only its box is kept.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from .errors import MediaError, UserError, require_file
+from .generator_io import BASE_SIZE, face_crop, reference_crop
+from .schedule import runs
+
+OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
+MUX_SAMPLE_RATE = 48000  # the output's audio rate
+REFERENCE_SECONDS = 3.0  # the default reference is the best detection among the followed face's first seconds
+
+
+@dataclass
+class FrameJob:
+    """One output frame on its way through the stages."""
+
+    j: int  # output frame index (shown at j / fps)
+    s: int  # timeline frame it shows
+    image: np.ndarray  # (H, W, 3) uint8 BGR; becomes the output frame
+    last_use: bool = True  # no later job shows this same array (so paste-back may write into it)
+    box: object = None  # crop box of the followed face (None: the frame passes through unchanged)
+    face: Optional[np.ndarray] = None  # the generated face (S, S, 3) uint8 BGR
+
+
+# --------------------------------------------------------------------------------------------- checks
+def check_paths(video: Path, audio: Path, output: Path) -> None:
+    """Fail early, before any work, on paths that cannot give a result."""
+    require_file(video, "video")
+    require_file(audio, "audio")
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError(f"output must be a video file ending in {', '.join(OUTPUT_SUFFIXES)}: {output}")
+    out_real = os.path.realpath(output)
+    for p, what in ((video, "video"), (audio, "audio")):
+        if out_real == os.path.realpath(p):
+            raise UserError(f"the output path is the same file as the input {what} ({p}); choose another output name")
+    parent = output.parent if str(output.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"output folder is not a folder: {parent}")
+    if output.exists() and output.is_dir():
+        raise UserError(f"output path is a folder: {output}")
+
+
+def check_face_box(box, width: int, height: int) -> None:
+    """Raise :class:`UserError` when ``--face-box`` lies outside the ``width`` x ``height`` frame."""
+    if box is None:
+        return
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        plain = ",".join(f"{v:g}" for v in (x1, y1, x2, y2))
+        raise UserError(f"--face-box {plain} lies outside the {width}x{height} frame; give pixel coordinates inside it")
+
+
+# --------------------------------------------------------------------------------------------- reference
+def reference_request(reference) -> str | int | Path:
+    """``reference`` as ``"best"``, ``"first"``, a frame number or an image path; :class:`UserError` otherwise."""
+    if isinstance(reference, int) or (isinstance(reference, str) and reference.strip().isdigit()):
+        return int(reference)
+    if reference in ("best", "first"):
+        return reference
+    if isinstance(reference, (str, Path)) and Path(reference).suffix:
+        return Path(reference)
+    raise UserError(f"--reference must be best, first, a frame number or an image of the face (got {reference})")
+
+
+@dataclass
+class ReferenceSearch:
+    """What :func:`find_reference` found: the reference crop, the frame it came from (None for an image) and the
+    detections of the frames it searched (frame 0 on), for the main pass to reuse."""
+
+    crop: np.ndarray
+    frame: Optional[int]
+    detections: list
+
+
+def reference_search_length(request, n_src: int, fps: float) -> int:
+    """About how many frames :func:`find_reference` decodes when the face is seen from the first frame on."""
+    ahead = max(1, int(round(0.5 * fps))) + 3  # the face track's look-ahead
+    if isinstance(request, Path):
+        return 0
+    if request == "best":
+        return min(n_src, int(round(REFERENCE_SECONDS * fps)) + ahead)
+    return min(n_src, (0 if request == "first" else int(request)) + ahead)
+
+
+def find_reference(timeline, n_src: int, request, new_track: Callable, detect: Callable, bar) -> ReferenceSearch:
+    """Decode and search frames from the start until the reference frame's box is final; crop it there.
+
+    ``request``: from :func:`reference_request`. ``new_track()``: an ``OnlineTrack`` with the run's options;
+    ``detect(image)``: faces in a frame; ``bar``: progress (``update(n)``). Frames are held only while their box
+    is not final (a few), and of the candidates only the best crop so far."""
+    if isinstance(request, Path):
+        return ReferenceSearch(reference_crop(request), None, [])
+    track = new_track()
+    window = max(1, int(round(REFERENCE_SECONDS * timeline.fps)))
+    detections: list = []
+    images: deque = deque()  # (frame, image) of frames whose box is not final yet
+    best: Optional[tuple] = None  # ((score, -frame), frame, crop)
+    found: Optional[tuple[int, np.ndarray]] = None
+    last = (None, None)
+
+    def settle(finals) -> None:
+        nonlocal best, found
+        for t, box in finals:
+            while images[0][0] < t:
+                images.popleft()
+            image = images.popleft()[1]
+            if found is not None:
+                continue
+            if request == "first":
+                if box is not None:
+                    found = (t, face_crop(image, box, BASE_SIZE))
+            elif request == "best":
+                raw = track.raw[t]
+                if (box is not None and raw is not None and t < track.anchor + window
+                        and (best is None or (raw.score, -t) > best[0])):
+                    best = ((raw.score, -t), t, face_crop(image, box, BASE_SIZE))
+            elif t == request:
+                if box is None:
+                    raise _no_face_at(request, n_src)
+                found = (t, face_crop(image, box, BASE_SIZE))
+
+    if isinstance(request, int) and not 0 <= request < n_src:
+        raise _no_face_at(request, n_src)
+    for fr in timeline.iter_range(0, n_src):
+        dets = last[1] if fr.image is last[0] else detect(fr.image)
+        last = (fr.image, dets)
+        detections.append(dets)
+        images.append((fr.index, fr.image))
+        settle(track.push(dets))
+        if fr.index == n_src - 1:
+            settle(track.finish())
+        bar.update(1)
+        if found is not None:
+            break
+        if request == "best" and track.anchor is not None and track.done >= min(track.anchor + window, n_src):
+            break
+    if not detections:
+        raise MediaError(f"no frames could be decoded from {timeline.info.path}")
+    if request == "best" and best is not None:
+        found = best[1:]
+    if found is None:  # the face never had a box ("first", or "best" when every crop left the frame)
+        if track.anchor is None and not track.finished:
+            track.finish()  # raises NoFaceError naming the video
+        raise UserError(f"--reference {request}: no frame of {timeline.info.path} has a tracked face to take the "
+                        "reference from; use --reference IMAGE")
+    return ReferenceSearch(found[1], found[0], detections)
+
+
+def _no_face_at(index: int, n_src: int) -> UserError:
+    return UserError(f"--reference {index}: that frame has no tracked face (the video has {n_src} frames here, "
+                     "numbered from 0); use best, first or another frame number")
+
+
+# --------------------------------------------------------------------------------------------- stages
+def scheduled_frames(timeline, n_src: int, n_out: int, loop: str) -> Iterator[FrameJob]:
+    """Output frames in order, each the timeline frame it shows (``schedule.runs``): decoded forward, or backward in
+    chunks, a held frame repeated. ``last_use`` tells whether a later job shows the same array."""
+    prev: Optional[FrameJob] = None
+    j = 0
+    held = None
+    for run in runs(n_src, n_out, loop):
+        if len(run) == 1 and held is not None and held[0] == run.start:
+            frames = [(run.start, held[1])]
+        else:
+            frames = ((fr.index, fr.image) for fr in timeline.iter_range(run.start, run.stop, reverse=run.reverse))
+        for s, image in frames:
+            job = FrameJob(j, s, image)
+            held = (s, image)
+            j += 1
+            if prev is not None:
+                prev.last_use = prev.image is not image
+                yield prev
+            prev = job
+    if prev is not None:
+        yield prev
+
+
+class FaceStage:
+    """Gives each job its box: faces detected on every new frame of the first pass over the video (detections found
+    by the reference search are reused), the track computed as frames arrive; later passes (ping-pong, hold) reuse
+    the boxes. ``boxes`` keeps one box per timeline frame; ``on_first_pass_end()`` is called once the first pass
+    is done (the damage report)."""
+
+    def __init__(self, n_src: int, track, detect: Callable, cached: list, on_first_pass_end: Callable = lambda: None):
+        self.n_src, self.track, self.detect, self.cached = n_src, track, detect, cached
+        self.on_first_pass_end = on_first_pass_end
+        self.boxes: list = []
+
+    def __call__(self, jobs: Iterator[FrameJob]) -> Iterator[FrameJob]:
+        waiting: deque = deque()
+        last = (None, None)
+        boxes = self.boxes
+        for job in jobs:
+            if job.s < len(boxes) or self.track.finished:
+                job.box = boxes[job.s]
+                yield job
+                continue
+            if job.s != self.track.n:
+                raise RuntimeError(f"frame {job.s} reached the face track out of order (expected {self.track.n})")
+            if job.s < len(self.cached):
+                dets = self.cached[job.s]
+            elif job.image is last[0]:
+                dets = last[1]
+            else:
+                dets = self.detect(job.image)
+            last = (job.image, dets)
+            waiting.append(job)
+            boxes.extend(b for _, b in self.track.push(dets))
+            if self.track.n == self.n_src:
+                boxes.extend(b for _, b in self.track.finish())
+                self.on_first_pass_end()
+            while waiting and waiting[0].s < len(boxes):
+                done = waiting.popleft()
+                done.box = boxes[done.s]
+                yield done
+        if waiting:  # pragma: no cover (the first pass always ends with finish())
+            raise RuntimeError("frames left without a box")
+
+
+def batches(jobs: Iterator[FrameJob], size: int) -> Iterator[list[FrameJob]]:
+    """Consecutive output frames in groups of ``size`` (the last may be shorter)."""
+    batch: list[FrameJob] = []
+    for job in jobs:
+        batch.append(job)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def network_stage(size: int, render: Callable[[list[FrameJob]], None]) -> Callable:
+    """The network stage: batches of ``size`` consecutive frames; ``render(jobs)`` sets ``face`` on the jobs that
+    have a box. Yields the batches."""
+
+    def stage(jobs: Iterator[FrameJob]) -> Iterator[list[FrameJob]]:
+        for batch in batches(jobs, size):
+            todo = [job for job in batch if job.box is not None]
+            if todo:
+                render(todo)
+            yield batch
+
+    return stage
+
+
+def paste_stage(paste: Callable) -> Callable:
+    """The paste-back stage: ``paste(frame, face, box, inplace)`` for every job with a face; yields the jobs,
+    ``image`` now the output frame."""
+
+    def stage(batches_in: Iterator[list[FrameJob]]) -> Iterator[FrameJob]:
+        for batch in batches_in:
+            for job in batch:
+                if job.face is not None:
+                    job.image = paste(job.image, job.face, job.box, inplace=job.last_use)
+                    job.face = None
+                yield job
+
+    return stage
+
+
+# --------------------------------------------------------------------------------------------- the chain
+def track_factory(timeline, face_index=None, face_box=None) -> Callable:
+    """A function making a fresh face track (``face.track_online.OnlineTrack``) with a run's options."""
+    from .face.track_online import OnlineTrack
+
+    return lambda: OnlineTrack(timeline.fps, face_index=face_index, box=face_box, source=str(timeline.info.path),
+                               frame_size=(timeline.width, timeline.height))
+
+
+def frame_chain(timeline, *, n_src: int, n_out: int, loop: str, found: ReferenceSearch, new_track: Callable,
+                detect: Callable, network: Callable, batch_size: int, timings, overlap: bool = True) -> Iterator[FrameJob]:
+    """decode -> faces -> ``network`` (a stage taking jobs, giving lists of them) -> paste, the stages at the same
+    time (``stages.run_chain``); yields the finished jobs in output order. Close it to stop the threads."""
+    from .face.blend import paste_face
+    from .media.timing import report_damage
+    from .stages import Step, run_chain
+
+    faces = FaceStage(n_src, new_track(), detect, found.detections,
+                      on_first_pass_end=lambda: report_damage(timeline, n_src))
+    return run_chain(
+        Step("decode", lambda _: scheduled_frames(timeline, n_src, n_out, loop), maxsize=4),
+        [Step("faces", faces, maxsize=batch_size),
+         Step("network", network, maxsize=1),
+         Step("paste", paste_stage(paste_face), maxsize=4)],
+        timings, overlap=overlap)

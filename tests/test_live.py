@@ -1,0 +1,159 @@
+"""The live API (``LipSync.stream``, ``hyperlips live``): frames of an idle video driven by speech that arrives in
+chunks. With the offline mel statistics its frames are ``sync``'s byte for byte; a frame comes out once the speech
+its window needs is in, not at the end; the running statistics HyperLips-Lite uses by default converge to the
+offline ones."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import cut_audio, cut_video, run_cli, spied_frames
+
+
+@pytest.fixture(scope="module")
+def clip(real_data, tmp_path_factory):
+    """An idle clip of 20 frames (0.8 s, 360 px) and 1.6 s of speech (ping-pong, 40 frames)."""
+    from hyperlips.media.audio import load_audio
+
+    folder = tmp_path_factory.mktemp("live")
+    speech = cut_audio(real_data / "retalking" / "audio1.wav", folder / "speech.wav", 1.6)
+    return SimpleNamespace(folder=folder, speech=speech, wav=load_audio(speech),
+                           video=cut_video(real_data / "retalking" / "face2.mp4", folder / "idle.mp4", 20, size=360))
+
+
+def chunks(wav, ms=40):
+    n = int(16000 * ms / 1000)
+    return [wav[i : i + n] for i in range(0, len(wav), n)]
+
+
+class MelTint(torch.nn.Module):
+    """A generator with Base's 16-step windows (no ``mel_steps``) whose face is the reference with a contrast set by
+    its mel window (colour matching keeps contrast), so the window's values reach the pixels."""
+
+    def forward(self, audio, faces):  # (N,1,80,16), (N,6,128,128) -> (N,3,128,128)
+        level = torch.sigmoid(audio.mean(dim=(1, 2, 3)) * 2.0)[:, None, None, None]
+        ref = faces[:, 3:]
+        return (ref.mean(dim=(2, 3), keepdim=True) + (ref - ref.mean(dim=(2, 3), keepdim=True)) * 2 * level).clamp(0, 1)
+
+
+def offline_and_live(clip, ls, stats=None):
+    offline = spied_frames(lambda: ls.sync(clip.video, clip.speech, clip.folder / "offline.mp4"))
+    live = [f.image.copy() for f in ls.stream(clip.video, iter(chunks(clip.wav)), speech_stats=stats)]
+    return offline, live
+
+
+def test_lite_with_the_speech_statistics_streams_the_offline_frames(clip):
+    from hyperlips.live import SpeechStats
+    from hyperlips.media.audio import melspectrogram
+    from hyperlips.pipeline import LipSync
+
+    torch.manual_seed(0)
+    ls = LipSync(untrained=True, model="lite", device="cpu", progress=False, batch_size=1)
+    offline, live = offline_and_live(clip, ls, SpeechStats.of(melspectrogram(clip.wav)))
+    assert len(offline) == len(live) == 40
+    for j, (a, b) in enumerate(zip(offline, live)):
+        assert np.array_equal(a, b), f"streamed frame {j} differs from sync's"
+
+
+def test_base_windows_stream_the_offline_frames(clip):
+    """Base's mel needs no statistics: the stream is sync, including the first and last frames (whose windows reach
+    before the start and past the end of the speech)."""
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(network=MelTint(), device="cpu", progress=False, batch_size=1, precision="fp32")
+    offline, live = offline_and_live(clip, ls)
+    assert len(offline) == len(live) == 40
+    for j, (a, b) in enumerate(zip(offline, live)):
+        assert np.array_equal(a, b), f"streamed frame {j} differs from sync's"
+    # the frames do depend on the windows: speech 40 ms later changes them
+    late = [f.image for f in ls.stream(clip.video, iter(chunks(np.concatenate([np.zeros(640, np.float32), clip.wav]))))]
+    assert sum(not np.array_equal(a, b) for a, b in zip(offline, late)) > 30
+
+
+def test_a_frame_comes_out_before_the_speech_ends(clip):
+    """Speech is given 40 ms at a time; after 0.6 s of it (and nothing more) the first frames come out."""
+    from hyperlips.pipeline import LipSync
+
+    torch.manual_seed(0)
+    ls = LipSync(untrained=True, model="lite", device="cpu", progress=False, batch_size=4)
+    q: queue.Queue = queue.Queue()
+
+    def speech():
+        while (c := q.get()) is not None:
+            yield c
+
+    frames = ls.stream(clip.video, speech())
+    first = []
+    t = threading.Thread(target=lambda: first.append(next(frames)))
+    t.start()
+    for c in chunks(clip.wav[: int(0.6 * 16000)]):
+        q.put(c)
+    t.join(timeout=300)
+    assert first and first[0].index == 0 and first[0].image.shape == (360, 360, 3)
+    q.put(None)  # the speech ends after 0.6 s: 15 frames in all
+    assert [f.index for f in frames] == list(range(1, 15))
+
+
+def test_running_statistics_converge_to_the_speech_statistics(real_data):
+    """Lite's windows with the statistics of the speech so far against sync's (the whole speech's): far apart in the
+    first half second, within 0.25 (normalised mel units; the windows' mean magnitude is about 0.85) from the second
+    to the fourth second, within 0.1 after."""
+    from hyperlips.live import MelFeed
+    from hyperlips.media.audio import centred_mel_windows, load_audio, melspectrogram, normalise_utterance
+
+    wav = load_audio(real_data / "retalking" / "audio1.wav")
+    net = SimpleNamespace(mel_steps=56, mel_norm="utterance")
+    mel = normalise_utterance(melspectrogram(wav))
+    n = int(len(wav) / 16000 * 25)
+    want = centred_mel_windows(mel, np.arange(n) / 25, 56, fill=mel.min(axis=1))
+    feed = MelFeed(net, 25.0, 16000)
+    feed.feed(chunks(wav))
+    got = np.concatenate([feed.windows([j]) for j in range(n)])
+    err = np.abs(got - want).reshape(n, -1).mean(axis=1)
+    assert err[:12].mean() > 0.2
+    assert err[50:100].max() < 0.25 and err[100:].max() < 0.1, err
+
+
+def test_stream_mistakes(clip):
+    from hyperlips.errors import UserError
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(network=MelTint(), device="cpu", progress=False, precision="fp32")
+    with pytest.raises(UserError, match="16000 Hz"):
+        next(ls.stream(clip.video, iter(chunks(clip.wav)), sample_rate=44100))
+    with pytest.raises(UserError, match="1-D mono"):
+        list(ls.stream(clip.video, iter([np.zeros((2, 640), np.float32)])))
+
+
+def test_live_command_writes_the_stream_and_reports_latency(clip):
+    out = clip.folder / "live.mp4"
+    r = run_cli("live", clip.video, clip.speech, "-o", out, "--untrained", "--model", "lite", "--no-pace", "--quiet",
+                "--chunk-ms", "20")
+    assert r.returncode == 0, r.stderr
+    for words in ("40 frames", "first frame latency", "95th percentile", "look-ahead", "real-time factor"):
+        assert words in r.stdout, r.stdout
+    from helpers import probe_streams
+
+    got = probe_streams(out)
+    assert (got["frames"], got["width"], got["height"], got["audio_codec"]) == (40, 360, 360, "aac")
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--chunk-ms", "0"), ("--chunk-ms",)),
+    (("--precision", "fp16", "--device", "cpu"), ("fp16", "CUDA")),
+])
+def test_live_command_mistakes_are_one_line(clip, args, words):
+    out = clip.folder / "bad.mp4"
+    r = run_cli("live", clip.video, clip.speech, "-o", out, "--untrained", "--model", "lite", "--quiet", *args)
+    lines = [x for x in r.stderr.splitlines() if x.startswith("hyperlips:")]
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert all(w in lines[0] for w in words), lines
+    assert not out.exists()
+    r = run_cli("live", clip.folder / "missing.mp4", clip.speech, "-o", out, "--untrained", "--quiet")
+    assert r.returncode == 2 and "missing.mp4" in r.stderr and "Traceback" not in r.stderr

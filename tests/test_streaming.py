@@ -1,0 +1,174 @@
+"""The one-pass flow of ``sync`` (``streaming``, ``stages``): the stages running at the same time give the frames the
+same stages give one after another, a bounded number of frames is ever in flight whatever the length, an error in
+any stage stops the run cleanly, and the reference search looks only as far as it must."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from helpers import cut_audio, cut_video, spied_frames
+
+
+@pytest.fixture(scope="module")
+def clip(real_data, tmp_path_factory):
+    """20 frames of a real close-up (scaled to 360 px) and 1.6 s of speech: 40 output frames, played ping-pong."""
+    folder = tmp_path_factory.mktemp("streaming")
+    video = cut_video(real_data / "retalking" / "face2.mp4", folder / "idle.mp4", 20, size=360)
+    return SimpleNamespace(folder=folder, video=video,
+                           speech=cut_audio(real_data / "retalking" / "audio1.wav", folder / "speech.wav", 1.6),
+                           long_speech=cut_audio(real_data / "retalking" / "audio1.wav", folder / "long.wav", 4.8))
+
+
+def lipsync(**kw):
+    import torch
+
+    from hyperlips.pipeline import LipSync
+
+    torch.manual_seed(0)
+    return LipSync(untrained=True, model="lite", device="cpu", progress=False, **kw)
+
+
+def test_overlapped_and_serial_runs_give_the_same_frames(clip):
+    frames = {}
+    for overlap in (True, False):
+        ls = lipsync(batch_size=4, overlap=overlap)
+        frames[overlap] = spied_frames(lambda: ls.sync(clip.video, clip.speech, clip.folder / f"o{overlap}.mp4"))
+    assert len(frames[True]) == len(frames[False]) == 40
+    for j, (a, b) in enumerate(zip(frames[True], frames[False])):
+        assert np.array_equal(a, b), f"frame {j} differs between the overlapped and the serial run"
+
+
+def test_pasting_into_the_decoded_frame_changes_nothing(clip, monkeypatch):
+    """Paste-back writes into a frame's decoded array only when no later output frame shows that same array (with
+    ``--loop hold`` the last frame is one array shown 21 times): the frames equal those of a run that always pastes
+    into a copy."""
+    from hyperlips.face import blend
+
+    ls = lipsync(batch_size=4)
+    out = clip.folder / "hold.mp4"
+    in_place = spied_frames(lambda: ls.sync(clip.video, clip.speech, out, loop="hold"))
+    real = blend.paste_face
+    monkeypatch.setattr(blend, "paste_face", lambda *a, inplace=False, **k: real(*a, inplace=False, **k))
+    copied = spied_frames(lambda: ls.sync(clip.video, clip.speech, out, loop="hold"))
+    assert len(in_place) == len(copied) == 40
+    for j, (a, b) in enumerate(zip(in_place, copied)):
+        assert np.array_equal(a, b), f"frame {j} differs when pasted in place"
+
+
+def test_frames_in_flight_are_bounded_whatever_the_length(clip, monkeypatch):
+    """Frames decoded but not yet encoded never exceed what the queues, the face track's look-ahead and one batch in
+    each stage hold, for a 1.6 s and a 4.8 s output alike (memory does not grow with the length)."""
+    from hyperlips import streaming
+    from hyperlips.face.track_online import OnlineTrack
+    from hyperlips.media import video as video_mod
+
+    count = {"decoded": 0, "encoded": 0, "most": 0}
+    real_frames, real_write = streaming.scheduled_frames, video_mod.VideoWriter.write
+
+    def frames(*a, **k):
+        for job in real_frames(*a, **k):
+            count["decoded"] += 1
+            count["most"] = max(count["most"], count["decoded"] - count["encoded"])
+            yield job
+
+    def write(self, frame):
+        count["encoded"] += 1
+        return real_write(self, frame)
+
+    monkeypatch.setattr(streaming, "scheduled_frames", frames)
+    monkeypatch.setattr(video_mod.VideoWriter, "write", write)
+    batch = 4
+    lag = OnlineTrack(25.0).max_gap + 3  # the face track's look-ahead (face.track_online)
+    bound = 4 + 1 + lag + batch + batch + batch + batch + 4 + 2  # queues and one item in each stage
+    most = []
+    for speech in (clip.speech, clip.long_speech):
+        count.update(decoded=0, encoded=0, most=0)
+        lipsync(batch_size=batch).sync(clip.video, speech, clip.folder / "bounded.mp4")
+        assert count["decoded"] == count["encoded"]
+        most.append(count["most"])
+    assert max(most) <= bound, (most, bound)
+
+
+def test_an_error_in_a_stage_stops_the_run_and_leaves_nothing(clip, monkeypatch):
+    from hyperlips.pipeline import LipSync
+
+    calls = []
+    real = LipSync.generate
+
+    def failing(self, windows, x):
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise RuntimeError("network broke")
+        return real(self, windows, x)
+
+    monkeypatch.setattr(LipSync, "generate", failing)
+    out = clip.folder / "failed" / "out.mp4"
+    with pytest.raises(RuntimeError, match="network broke"):
+        lipsync(batch_size=4).sync(clip.video, clip.speech, out)
+    assert len(calls) == 2
+    assert not out.exists() and not [p for p in out.parent.iterdir()]
+    for t in threading.enumerate():  # the stage threads have ended
+        if t.name.startswith("hyperlips-"):
+            t.join(timeout=10)
+            assert not t.is_alive(), t.name
+
+
+class FakeTimeline:
+    """Frames 0..n-1 (tiny images) at 25 fps; counts what was decoded."""
+
+    def __init__(self, n):
+        self.n, self.fps, self.decoded = n, 25.0, 0
+        self.info = SimpleNamespace(path="fake.mp4")
+
+    def iter_range(self, start, stop, reverse=False):
+        for i in range(start, stop):
+            self.decoded += 1
+            yield SimpleNamespace(index=i, image=np.full((64, 64, 3), i % 256, np.uint8))
+
+
+def search(n, request, scores):
+    """find_reference on a fake video whose frame i shows one face scored ``scores[i]`` (None: no face)."""
+    from hyperlips.face.detect import Box
+    from hyperlips.face.track_online import OnlineTrack
+    from hyperlips.streaming import find_reference
+
+    tl = FakeTimeline(n)
+
+    def detect(image):
+        s = scores[int(image[0, 0, 0])]
+        return [] if s is None else [Box(10, 10, 50, 50, s)]
+
+    found = find_reference(tl, n, request, lambda: OnlineTrack(25.0, frame_size=(64, 64)), detect,
+                           SimpleNamespace(update=lambda n=1: None))
+    return found, tl.decoded
+
+
+def test_best_reference_is_searched_in_the_first_seconds_of_the_face_only():
+    from hyperlips.streaming import REFERENCE_SECONDS
+
+    window = int(REFERENCE_SECONDS * 25)
+    scores = [None] * 10 + [0.5 + 0.4 * i / 200 for i in range(200)]  # confidence keeps rising after the window
+    found, decoded = search(210, "best", scores)
+    assert found.frame == 10 + window - 1  # the best in the face's first seconds, not the best of the video
+    assert decoded <= 10 + window + 3  # and the search stopped there (plus the smoothing's look-ahead)
+    assert len(found.detections) == decoded
+    assert found.crop.shape == (128, 128, 3) and (found.crop == found.frame % 256).all()
+
+
+@pytest.mark.parametrize("request_, frame", [("first", 20), (25, 25)])
+def test_first_and_numbered_references(request_, frame):
+    found, decoded = search(210, request_, [None] * 20 + [0.9] * 190)  # 20 faceless frames: too many to bridge
+    assert found.frame == frame and decoded <= frame + 3
+
+
+def test_a_numbered_reference_without_a_face_is_a_user_error():
+    from hyperlips.errors import UserError
+
+    with pytest.raises(UserError, match="--reference 5: that frame has no tracked face"):
+        search(60, 5, [None] * 30 + [0.9] * 30)
+    with pytest.raises(UserError, match="--reference 99"):
+        search(60, 99, [0.9] * 60)
