@@ -288,8 +288,9 @@ def test_frames_are_paired_by_timestamp_when_the_rates_differ(real_data, tmp_pat
     assert np.mean([psnr(dg[k], dr[k]) for k in range(1, 15)]) < 30
 
 
+@pytest.mark.slow  # the session's trained_expert costs about 7 minutes; the default run checks the shipped expert
 def test_trained_expert_finds_a_three_frame_delay(trained_expert, more_data, tmp_path):
-    """The expert the default run trains (the session's ``trained_expert``, one speaker: GRID s1) on a GRID s1 clip
+    """The expert the slow run trains (the session's ``trained_expert``, one speaker: GRID s1) on a GRID s1 clip
     it never saw: the clip with its own speech is reported at offset 0, and with that speech delayed by 3 frames
     (120 ms of silence in front) at +3."""
     import soundfile as sf

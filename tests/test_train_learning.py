@@ -1,7 +1,8 @@
 """Learning, not just running: short CPU trainings on real clips must measurably improve held-out metrics.
 
-The held-out expert check runs by default (the session's ``trained_expert``, about 6 minutes); the longer Base run
-is marked slow, and ``test_base_learning_signal_on_held_out_windows`` is its fast variant.
+The held-out expert check trains an expert from scratch (the session's ``trained_expert``, about 7 minutes), so it is
+marked slow; the default run checks the shipped expert on people it never saw instead (``test_shipped.py``). The
+longer Base run is marked slow too, and ``test_base_learning_signal_on_held_out_windows`` is its fast variant.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def test_base_learns_on_one_clip(small_dataset, tmp_path):  # noqa: F811
     assert res.metrics["val/mouth_l1"] == end
 
 
+@pytest.mark.slow
 def test_sync_expert_learns_on_clips_it_never_saw(trained_expert):
     """The expert trained briefly (the session's ``trained_expert``: 32 GRID s1 clips, 16 pairs per step, 500
     steps in bf16 where the CPU has it, else 300 in fp32; about 6 minutes on 2 cores either way) scores in-sync

@@ -127,6 +127,8 @@ class MobileNetV3LargeEncoder(nn.Module):
         self.features[0] = ConvBNAct(in_channels, 16, 3, 2, activation=nn.Hardswish, norm=nn.BatchNorm2d)
 
     def _init_weights(self) -> None:
+        if self.features[0][0].weight.is_meta:  # a build for shapes only (checkpoint checks): filling meta tensors
+            return  # goes through slow reference kernels (3 s for Base) and fills nothing
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
