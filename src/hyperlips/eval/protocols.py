@@ -442,9 +442,13 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
         if max_seconds:
             src_audio = _cut_audio(speech, gen_dir / f".{clip.stem}_audio.wav", max_seconds)
         out = gen_dir / f"{clip.stem}.mp4"
-        ls.sync(clip, src_audio, out)
-        results.append(evaluate_pair(out, clip, src_audio, protocol=mode, max_seconds=max_seconds,
-                                     progress=progress, **eval_kw))
+        try:
+            ls.sync(clip, src_audio, out)
+            results.append(evaluate_pair(out, clip, src_audio, protocol=mode, max_seconds=max_seconds,
+                                         progress=progress, **eval_kw))
+        finally:
+            if src_audio != speech:  # the cut speech was only needed to generate and score this clip
+                src_audio.unlink(missing_ok=True)
     return results
 
 
