@@ -111,6 +111,7 @@ def probe_streams(path: Path) -> dict:
             "fps": float(v.average_rate),
             "frames": n,
             "video_codec": v.codec_context.name,
+            "pix_fmt": v.codec_context.pix_fmt,
             "audio_codec": a.codec_context.name if a else None,
             "audio_seconds": float(a.duration * a.time_base) if a is not None and a.duration else None,
         }

@@ -295,13 +295,34 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
                          ({"face": 0, "face_box": [0, 0, 10, 10]}, "not both"),
                          ({"video": "0123456789abcdef"}, "no uploaded file"),
                          ({"audio": None}, "no speech file given"),
-                         ({"kind": "paint"}, "kind must be one of")]:
+                         ({"kind": "paint"}, "kind must be one of"),
+                         ({"crf": 99}, "crf must be a whole number from 0"),
+                         ({"crf": True}, "crf must be a whole number from 0"),
+                         ({"preset": "warp"}, "preset must be one of"),
+                         ({"pix_fmt": "rgb24"}, "pix_fmt must be yuv420p")]:
         status, err = client.json("POST", "/api/jobs", {**base, **extra})
         assert status == 400 and words in err["error"], (extra, err)
     status, _, body = client.request("POST", "/api/jobs", b"{not json", {"Content-Type": "application/json"})
     assert status == 400 and b"not valid JSON" in body
     assert not any((app.settings.data / "jobs").iterdir()), "a refused job left a folder"
     assert client.json("GET", "/api/jobs")[1]["jobs"] == []
+
+
+def test_encoder_options_reach_the_output(server, inputs, tmp_path):
+    """crf, preset and pix_fmt do what ``sync --crf/--preset/--pix-fmt`` do: 4:4:4 at the photo's exact size."""
+    from hyperlips.media.video import PRESETS
+    from hyperlips.serve.openapi import openapi_document
+
+    props = openapi_document("test")["components"]["schemas"]["SyncRequest"]["properties"]
+    assert tuple(props["preset"]["enum"]) == PRESETS
+    app, client = server()
+    job = _sync_job(client, inputs, model="untrained", crf="30", preset="ultrafast", pix_fmt="yuv444p")
+    assert (job["params"]["crf"], job["params"]["preset"], job["params"]["pix_fmt"]) == (30, "ultrafast", "yuv444p")
+    done, _ = client.wait(job["id"], timeout=900)
+    assert done["state"] == "done", done["message"]
+    out = tmp_path / "result.mp4"
+    out.write_bytes(client.request("GET", done["result"]["url"])[2])
+    assert probe_streams(out)["pix_fmt"] == "yuv444p"
 
 
 # ------------------------------------------------------------------------------------------------ safety

@@ -97,6 +97,7 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
     if not (reference in ("best", "first") or (isinstance(reference, int) and not isinstance(reference, bool)
                                                 and reference >= 0)):
         raise _bad(f"reference must be best, first or a frame number (got {reference!r})")
+    crf, preset, pix_fmt = _encoding(params)
     v_path = link_into(video, settings, folder, "video")
     a_path = link_into(audio, settings, folder, "audio")
     hr = model.hr.get(size) if size != 128 else None
@@ -105,12 +106,30 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
         "model": {"checkpoint": str(model.checkpoint) if model.checkpoint else None,
                   "hr_checkpoint": str(hr) if hr else None, "untrained": model.id == UNTRAINED_ID},
         "size": size, "face": face, "face_box": box, "loop": loop, "reference": reference,
-        "device": settings.device, "batch_size": settings.batch_size, "threads": settings.threads,
+        "crf": crf, "preset": preset, "pix_fmt": pix_fmt, "device": settings.device, "batch_size": settings.batch_size, "threads": settings.threads,
     }
     public = {"video": video["id"], "audio": audio["id"], "video_name": video["name"], "audio_name": audio["name"],
               "model": model.id, "model_label": model.label, "size": size, "face": face, "face_box": box,
-              "loop": loop, "reference": reference}
+              "loop": loop, "reference": reference, "crf": crf, "preset": preset, "pix_fmt": pix_fmt}
     return job, public
+
+
+def _encoding(params: dict) -> tuple[int, str, str]:
+    """The output's encoder settings (as ``sync --crf/--preset/--pix-fmt``), checked like the command line's."""
+    from ..errors import UserError
+    from ..media.video import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET, check_encoding
+
+    crf = params.get("crf")
+    crf = DEFAULT_CRF if crf in (None, "") else crf
+    if isinstance(crf, str) and crf.isdigit():
+        crf = int(crf)
+    preset = params.get("preset") or DEFAULT_PRESET
+    pix_fmt = params.get("pix_fmt") or DEFAULT_PIX_FMT
+    try:
+        check_encoding(crf, preset, pix_fmt)
+    except UserError as e:  # the command line's message names --crf; the API's field is crf
+        raise _bad(str(e).replace("--pix-fmt", "pix_fmt").replace("--", "")) from None
+    return int(crf), str(preset), str(pix_fmt)
 
 
 def _finetune(settings: ServeSettings, store: Store, params: dict, folder: Path) -> tuple[dict, dict]:

@@ -117,7 +117,15 @@ def openapi_document(version: str) -> dict:
                 "face": {"type": ["integer", "null"], "description": "follow face N (0 = leftmost); default the largest"},
                 "face_box": {"type": ["array", "null"], "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
                 "loop": {"enum": ["pingpong", "hold"]},
-                "reference": {"description": "best, first or a frame number"}}},
+                "reference": {"description": "best, first or a frame number"},
+                "crf": {"type": "integer", "minimum": 0, "maximum": 51,
+                        "description": "H.264 quality: 0 lossless ... 51 smallest (default 18, visually lossless)"},
+                "preset": {"enum": ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                                    "slower", "veryslow", "placebo"],
+                           "description": "libx264 speed/size trade-off (default veryfast)"},
+                "pix_fmt": {"enum": ["yuv420p", "yuv444p"],
+                            "description": "yuv420p plays everywhere (default; odd sides gain one repeated edge "
+                                           "pixel); yuv444p keeps the exact size and full colour, few players"}}},
             "FinetuneRequest": {"type": "object", "required": ["kind", "video", "name"], "properties": {
                 "kind": {"const": "finetune"},
                 "video": {"type": "string", "description": "file id: the person talking, with their own voice"},

@@ -87,7 +87,8 @@ def run_sync(job: dict, folder: Path) -> dict:
     box = job.get("face_box")
     report = ls.sync(folder / job["video"], folder / job["audio"], folder / "result.mp4",
                      face_index=job.get("face"), face_box=tuple(box) if box else None, loop=job.get("loop", "pingpong"),
-                     reference=job.get("reference", "best"), on_progress=progress)
+                     reference=job.get("reference", "best"), on_progress=progress,
+                     **{k: job[k] for k in ("crf", "preset", "pix_fmt") if k in job})  # jobs queued before: defaults
     return {"file": "result.mp4", "frames": report.frames, "fps": report.fps, "width": report.width,
             "height": report.height, "seconds": round(report.audio_seconds, 3),
             "frames_with_face": report.frames_with_face,
