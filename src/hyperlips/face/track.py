@@ -143,6 +143,16 @@ def fill_gaps(boxes: Sequence[Optional[Box]], max_gap: int) -> list[Optional[Box
     return out
 
 
+def track_settings(fps: Optional[float], max_gap: Optional[int], pad: Sequence[float],
+                   pad_px: Sequence[float]) -> int:
+    """Check a track's padding and return its gap limit: ``max_gap``, or half a second of frames at ``fps``."""
+    if len(pad) != 4 or len(pad_px) != 4:
+        raise ValueError("pad and pad_px are (top, bottom, left, right)")
+    if max_gap is None:
+        return max(1, int(round(0.5 * (fps if fps and fps > 0 else 25.0))))
+    return int(max_gap)
+
+
 def smooth_boxes(boxes: Sequence[Optional[Box]], window: int = 5) -> list[Optional[Box]]:
     """Centred moving average of box corners over ``window`` frames (odd; 1 = off), within each run of boxes.
 
@@ -209,10 +219,7 @@ class FaceTrack:
         ``detections[t]``: the faces found in frame t. ``frame_size`` = (width, height). Raises
         :class:`NoFaceError` naming ``source`` when no frame has the chosen face.
         """
-        if len(pad) != 4 or len(pad_px) != 4:
-            raise ValueError("pad and pad_px are (top, bottom, left, right)")
-        if max_gap is None:
-            max_gap = max(1, int(round(0.5 * (fps if fps and fps > 0 else 25.0))))
+        max_gap = track_settings(fps, max_gap, pad, pad_px)
         try:
             raw = select_faces(detections, face_index=face_index, box=box)
         except LookupError as e:

@@ -23,7 +23,8 @@ import numpy as np
 
 from hyperlips.errors import NoFaceError
 from hyperlips.face.detect import Box
-from hyperlips.face.track import DEFAULT_PAD, BoxLike, _as_box, _crop_or_none, _matches, _plain
+from hyperlips.face.track import (DEFAULT_PAD, BoxLike, _as_box, _crop_or_none, _matches, _plain,
+                                  track_settings)
 
 
 class OnlineTrack:
@@ -52,9 +53,7 @@ class OnlineTrack:
             raise ValueError("give face_index or box, not both")
         if window < 1 or window % 2 == 0:
             raise ValueError(f"window must be an odd number >= 1, got {window}")
-        if len(pad) != 4 or len(pad_px) != 4:
-            raise ValueError("pad and pad_px are (top, bottom, left, right)")
-        self.max_gap = max(1, int(round(0.5 * (fps if fps and fps > 0 else 25.0)))) if max_gap is None else int(max_gap)
+        self.max_gap = track_settings(fps, max_gap, pad, pad_px)
         if self.max_gap < 0:
             raise ValueError(f"max_gap must be >= 0, got {self.max_gap}")
         self.window, self.radius = window, window // 2
