@@ -27,7 +27,7 @@ import numpy as np
 
 from .config import AudioConfig
 from .errors import UserError
-from .media.audio import centred_window_starts, windows_from_starts
+from .media.audio import centred_window_starts, mel_window_starts, windows_from_starts
 from .media.mel_stream import MelStream
 
 FOREVER = 10**15  # output frames scheduled for an idle loop whose end is the speech's
@@ -112,8 +112,7 @@ class MelFeed:
         times = np.asarray(js, dtype=np.float64) / self.fps
         if self.steps is not None:
             return centred_window_starts(times, int(self.steps), self.cfg)
-        cfg = self.cfg
-        return np.floor((times + cfg.frame_offset / self.fps) * cfg.mel_fps + 1e-6).astype(np.int64)
+        return mel_window_starts(times, self.fps, self.cfg)
 
     def needed(self, j: int) -> int:
         """Mel frames that must be computed before frame ``j`` can be rendered."""
@@ -212,7 +211,6 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
     """The body of ``LipSync.stream`` (``ls``: the LipSync whose networks render)."""
     from .errors import require_file
     from .face.detect import FaceDetector
-    from .generator_io import BASE_SIZE, face_crop, network_input
     from .media.timing import check_fps, open_timeline
     from .schedule import LOOP_MODES
     from .stages import Timings
@@ -240,9 +238,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
         feeder = threading.Thread(target=feed.feed, args=(speech,), name="hyperlips-speech", daemon=True)
 
         def render(jobs):
-            x = network_input(np.stack([face_crop(job.image, job.box, BASE_SIZE) for job in jobs]), found.crop)
-            for job, face in zip(jobs, ls.generate(feed.windows([job.j for job in jobs]), x)):
-                job.face = face
+            ls.render_jobs(jobs, found.crop, feed.windows([job.j for job in jobs]))
 
         chain = frame_chain(timeline, n_src=n_src, n_out=FOREVER, loop=loop, found=found, new_track=new_track,
                             detect=detector.detect, network=live_batches(feed, size, render), batch_size=size,

@@ -383,11 +383,14 @@ class LipSync:
         return bar if on_progress is None else _ReportingBar(bar, desc, on_progress)
 
     def _render(self, jobs, ref_crop: np.ndarray, mel: np.ndarray, fps: float) -> None:
-        """Crop the jobs' faces, build the network inputs and set each job's generated face."""
-        crops = np.stack([face_crop(job.image, job.box, BASE_SIZE) for job in jobs])
-        x = network_input(crops, ref_crop)
+        """Set each job's generated face, its mel window cut from the whole speech's ``mel``."""
         times = np.array([job.j / fps for job in jobs], dtype=np.float64)
-        windows = network_mel_windows(self.base, mel, times, fps, self.audio_cfg)
+        self.render_jobs(jobs, ref_crop, network_mel_windows(self.base, mel, times, fps, self.audio_cfg))
+
+    def render_jobs(self, jobs, ref_crop: np.ndarray, windows: np.ndarray) -> None:
+        """Crop the jobs' faces, build the network inputs and set each job's generated face (``windows``: the
+        jobs' mel windows, in order)."""
+        x = network_input(np.stack([face_crop(job.image, job.box, BASE_SIZE) for job in jobs]), ref_crop)
         for job, face in zip(jobs, self.generate(windows, x)):
             job.face = face
 

@@ -55,6 +55,7 @@ __all__ = [
     "normalise_utterance",
     "mel_of_frames",
     "windows_from_starts",
+    "mel_window_starts",
 ]
 
 _EPS = 1e-6  # guards floor() against float error when t * 80 is a whole number
@@ -281,9 +282,13 @@ def mel_windows(mel: np.ndarray, times, fps: float, cfg: AudioConfig = AudioConf
 
     ``mel``: (n_mels, T) from :func:`melspectrogram`. Steps outside the spectrogram hold ``-max_abs_value``.
     """
+    return windows_from_starts(np.asarray(mel), mel_window_starts(times, fps, cfg), cfg)
+
+
+def mel_window_starts(times, fps: float, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
+    """:func:`mel_window_start` of every time in ``times`` (seconds), (N,) int64."""
     times = np.atleast_1d(np.asarray(times, dtype=np.float64))
-    starts = np.floor((times + cfg.frame_offset / float(fps)) * cfg.mel_fps + _EPS).astype(np.int64)
-    return windows_from_starts(np.asarray(mel), starts, cfg)
+    return np.floor((times + cfg.frame_offset / float(fps)) * cfg.mel_fps + _EPS).astype(np.int64)
 
 
 def sync_mel_windows(mel: np.ndarray, times, cfg: AudioConfig = AudioConfig()) -> np.ndarray:
