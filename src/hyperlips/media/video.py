@@ -51,15 +51,17 @@ DEFAULT_CRF, DEFAULT_PRESET, DEFAULT_PIX_FMT = 18, "veryfast", "yuv420p"
 MAX_CRF = 51  # libx264's worst quality (8-bit); 0 is lossless
 
 
-def check_encoding(crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRESET, pix_fmt: str = DEFAULT_PIX_FMT) -> None:
-    """Raise :class:`UserError` for an encoder setting libx264 would refuse, naming the option and its range."""
+def check_encoding(crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRESET, pix_fmt: str = DEFAULT_PIX_FMT,
+                   names: tuple[str, str, str] = ("--crf", "--preset", "--pix-fmt")) -> None:
+    """Raise :class:`UserError` for an encoder setting libx264 would refuse, naming the option (as ``names``
+    spells the three: the command line's flags by default) and its range."""
     if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= MAX_CRF:
-        raise UserError(f"--crf must be a whole number from 0 (lossless, largest) to {MAX_CRF} (smallest, worst); "
+        raise UserError(f"{names[0]} must be a whole number from 0 (lossless, largest) to {MAX_CRF} (smallest, worst); "
                         f"got {crf!r} (18, the default, is visually lossless)")
     if preset not in PRESETS:
-        raise UserError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
+        raise UserError(f"{names[1]} must be one of {', '.join(PRESETS)} (got {preset!r})")
     if pix_fmt not in PIX_FMTS:
-        raise UserError(f"--pix-fmt must be yuv420p (plays everywhere) or yuv444p (exact size, full colour) "
+        raise UserError(f"{names[2]} must be yuv420p (plays everywhere) or yuv444p (exact size, full colour) "
                         f"(got {pix_fmt!r})")
 
 

@@ -126,9 +126,9 @@ def _encoding(params: dict) -> tuple[int, str, str]:
     preset = params.get("preset") or DEFAULT_PRESET
     pix_fmt = params.get("pix_fmt") or DEFAULT_PIX_FMT
     try:
-        check_encoding(crf, preset, pix_fmt)
-    except UserError as e:  # the command line's message names --crf; the API's field is crf
-        raise _bad(str(e).replace("--pix-fmt", "pix_fmt").replace("--", "")) from None
+        check_encoding(crf, preset, pix_fmt, names=("crf", "preset", "pix_fmt"))
+    except UserError as e:
+        raise _bad(str(e)) from None
     return int(crf), str(preset), str(pix_fmt)
 
 
