@@ -124,6 +124,65 @@ def test_mouth_gan_joins_after_its_start_and_is_checkpointed(grid_view, tmp_path
     assert set(ck["models"]) == {"generator", "discriminator"} and "discriminator" in ck["optimizers"]
 
 
+def test_mouth_reader_loss_trains_the_renderer_only(grid_view, tmp_path, monkeypatch):
+    from hyperlips.models import save_checkpoint
+    from hyperlips.models.mouth_reader import MouthReader
+
+    torch.manual_seed(0)
+    reader = MouthReader({"widths": [8, 8, 16, 16]}).eval()
+    path = save_checkpoint(reader, tmp_path / "reader.safetensors", "mouth-reader")
+    before = {k: v.clone() for k, v in reader.state_dict().items()}
+    trainer = _trainer(grid_view, tmp_path / "run", max_steps=3, val_every=0, reader_weight=0.05, reader=str(path))
+    res = trainer.fit()
+    assert all("read" in r and np.isfinite(r["read"]) and r["read"] > 0 for r in res.losses)
+    # the reader judges, it does not learn: unchanged, and not part of the run's checkpoints
+    assert all(torch.equal(before[k], v) for k, v in trainer.stage.reader.state_dict().items())
+    ck = torch.load(tmp_path / "run/checkpoints/step_000000003.pt", weights_only=True)
+    assert set(ck["models"]) == {"generator"}
+    # and it moves the renderer: the same run with a negligible weight ends elsewhere (same seed, same batches)
+    plain = _trainer(grid_view, tmp_path / "plain", max_steps=3, val_every=0, reader_weight=1e-12, reader=str(path))
+    plain.fit()
+    gen_a, gen_b = trainer.stage.gen.state_dict(), plain.stage.gen.state_dict()
+    assert torch.equal(gen_a["audio_encoder.head.weight"], gen_b["audio_encoder.head.weight"])  # frozen in both
+    assert not torch.equal(gen_a["decoder.head.weight"], gen_b["decoder.head.weight"])
+    # without one (no path, none shipped) the setting is refused before any training
+    monkeypatch.setenv("HYPERLIPS_NO_SHIPPED", "1")
+    from hyperlips.errors import UserError
+
+    with pytest.raises(UserError, match="reader_weight needs a mouth reader"):
+        _trainer(grid_view, tmp_path / "run2", max_steps=1, reader_weight=0.05).fit()
+
+
+def test_reader_trains_on_the_lip_points_and_exports(grid_view, tmp_path):
+    from hyperlips.models import MouthReader, load_checkpoint
+    from hyperlips.train.commands import stage_class
+    from hyperlips.train.config import build_config
+    from hyperlips.train.loop import Trainer
+
+    cfg = build_config("reader", overrides={"data": str(grid_view), "out": str(tmp_path / "run"), "max_steps": 4,
+                                            "batch_size": 8, "val_every": 4, "log_every": 1, "image_every": 4,
+                                            "threads": 1, "warmup_steps": 0})
+    res = Trainer(stage_class("reader"), cfg, quiet=True).fit()
+    assert res.step == 4 and all(np.isfinite(r["points"]) for r in res.losses)
+    assert res.metrics["val/point_px"] > 0 and "val/opening_r" in res.metrics
+    model, info = load_checkpoint(res.model)
+    assert isinstance(model, MouthReader) and info.name == "mouth-reader"
+    assert list((tmp_path / "run/images").glob("*.png"))
+
+
+def test_reader_augmentation_moves_the_points_with_the_pixels():
+    from hyperlips.train.reader import augment_crops
+
+    faces = torch.zeros(16, 3, 128, 128)
+    faces[:, :, 80:84, 50:54] = 1.0  # a white dot centred at x 52, y 82 (pixel centres)
+    points = torch.tensor([[52 / 128, 82 / 128]]).expand(16, 1, 2).clone()
+    out, moved = augment_crops(faces, points, torch.Generator().manual_seed(3))
+    assert not torch.allclose(moved, points)  # it did move them
+    for img, (x, y) in zip(out.mean(1), moved[:, 0] * 128):
+        ys, xs = torch.nonzero(img > img.max() * 0.5, as_tuple=True)
+        assert abs(float(xs.float().mean()) + 0.5 - float(x)) < 1.0 and abs(float(ys.float().mean()) + 0.5 - float(y)) < 1.0
+
+
 def test_mouth_crops_are_square_around_the_lips():
     from hyperlips.train.lite import mouth_crops
 

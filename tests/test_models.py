@@ -107,11 +107,28 @@ def test_base_parameter_breakdown(base):
 
 def test_registry_names_and_errors():
     assert set(OFFICIAL_NAMES) == set(MANIFESTS)
-    assert set(MODEL_NAMES) == set(MANIFESTS) | {"hyperlips-lite", "syncnet-lite"}
+    assert set(MODEL_NAMES) == set(MANIFESTS) | {"hyperlips-lite", "syncnet-lite", "mouth-reader"}
     assert isinstance(create_model("HR_DISC"), HRQualityDiscriminator)
     assert isinstance(create_model("hyperlips-hr-256"), HRDecoder)
     with pytest.raises(UserError, match="hyperlips-hr-1024.*hyperlips-base"):
         create_model("hyperlips-hr-1024")
+
+
+def test_mouth_reader_reads_points_in_crop_units_and_checks_its_input():
+    from hyperlips.models.mouth_reader import N_POINTS, MouthReader
+
+    reader = create_model("mouth-reader").eval()
+    assert isinstance(reader, MouthReader)
+    with torch.no_grad():
+        pts = reader(torch.rand(2, 3, 128, 128))
+    assert pts.shape == (2, N_POINTS, 2) and torch.isfinite(pts).all()
+    # rows above `top` are not read
+    a, b = torch.rand(1, 3, 128, 128), torch.rand(1, 3, 128, 128)
+    b[:, :, reader.config.top:] = a[:, :, reader.config.top:]
+    with torch.no_grad():
+        assert torch.equal(reader(a), reader(b))
+    with pytest.raises(ValueError, match=r"\(N,3,128,128\)"):
+        reader(torch.rand(1, 3, 96, 96))
 
 
 def test_import_hyperlips_does_not_import_torch():

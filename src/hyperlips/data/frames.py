@@ -37,6 +37,7 @@ class _ClipFrames:
     has_shape: np.ndarray  # (n,) bool
     lip_boxes: np.ndarray  # (n, 4) float32
     opening: np.ndarray  # (n,) mouth opening of the real frame (NaN without landmarks)
+    points: np.ndarray  # (n, 53, 2) float32 lip and jaw points (mouth_shape.MOVING) in crop units 0..1 (NaN without)
 
 
 def shape_reference(clip: Clip, frames: tuple[int, int]):
@@ -55,7 +56,7 @@ def shape_reference(clip: Clip, frames: tuple[int, int]):
 
 
 def _load(clip: Clip, frames: tuple[int, int], reference) -> _ClipFrames:
-    from ..face.mouth_shape import SCALE, aligned_moving_points, mouth_opening
+    from ..face.mouth_shape import MOVING, SCALE, aligned_moving_points, mouth_opening
 
     lo, hi = frames
     idx = np.arange(lo, hi)
@@ -68,7 +69,8 @@ def _load(clip: Clip, frames: tuple[int, int], reference) -> _ClipFrames:
     faces = clip.stack("face128").read_many(idx) if len(idx) else np.zeros((0, BASE_SIZE, BASE_SIZE, 3), np.uint8)
     return _ClipFrames(clip, idx, faces, np.where(has[:, None], shapes, 0).astype(np.float32), has,
                        clip.lip_boxes(idx).astype(np.float32),
-                       mouth_opening(lm).astype(np.float32) if len(idx) else np.zeros(0, np.float32))
+                       mouth_opening(lm).astype(np.float32) if len(idx) else np.zeros(0, np.float32),
+                       lm[:, list(MOVING), :2].astype(np.float32))
 
 
 class FrameDataset(_Base):
@@ -81,7 +83,7 @@ class FrameDataset(_Base):
 
     Item: ``target`` (3, 128, 128) uint8 BGR, ``reference`` (3, 128, 128) uint8, ``mel`` (1, 80, steps) float32,
     ``shape`` (N_SHAPE,) float32, ``has_shape`` () bool, ``lip_box`` (4,) float32, ``opening`` () float32,
-    ``frame`` () int64 (frame number in its clip), ``clip`` () int64 (clip position in the list).
+    ``points`` (53, 2) float32 (the lip and jaw points in crop units; NaN without landmarks), ``frame`` () int64 (frame number in its clip), ``clip`` () int64 (clip position in the list).
     """
 
     stream = 4
@@ -168,6 +170,7 @@ class FrameDataset(_Base):
             "has_shape": np.bool_(part.has_shape[k]),
             "lip_box": part.lip_boxes[k],
             "opening": np.float32(part.opening[k]),
+            "points": part.points[k],
             "frame": np.int64(part.index[k]),
             "clip": np.int64(ci),
         }

@@ -21,6 +21,8 @@ _WHERE = {
     "BaseQualityDiscriminator": "discriminators",
     "HRQualityDiscriminator": "discriminators",
     "HRDecoder": "hr",
+    "MouthReader": "mouth_reader",
+    "MouthReaderConfig": "mouth_reader",
     "EXPERTS": "registry",
     "GENERATORS": "registry",
     "MODEL_NAMES": "registry",

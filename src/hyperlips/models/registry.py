@@ -13,6 +13,7 @@ from .base import HyperLipsBase
 from .discriminators import BaseQualityDiscriminator, HRQualityDiscriminator
 from .hr import HRDecoder
 from .lite import HyperLipsLite, LiteConfig
+from .mouth_reader import MouthReader, MouthReaderConfig
 from .syncnet import SyncNet
 from .syncnet_lite import SyncLiteConfig, SyncNetLite
 
@@ -27,10 +28,12 @@ _BUILDERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
     "syncnet-lite": lambda extra: SyncNetLite(SyncLiteConfig.from_dict(extra)),
     "base-disc": lambda extra: BaseQualityDiscriminator(),
     "hr-disc": lambda extra: HRQualityDiscriminator(),
+    "mouth-reader": lambda extra: MouthReader(MouthReaderConfig.from_dict(extra)),
 }
 # networks whose architecture is set by ``extra`` (stored in their checkpoints), with its default
 CONFIGURABLE: dict[str, Callable[[], dict[str, Any]]] = {"hyperlips-lite": lambda: LiteConfig().to_dict(),
-                                                          "syncnet-lite": lambda: SyncLiteConfig().to_dict()}
+                                                          "syncnet-lite": lambda: SyncLiteConfig().to_dict(),
+                                                          "mouth-reader": lambda: MouthReaderConfig().to_dict()}
 # networks that take a mel window and [masked, reference] faces and render a face: what `sync` accepts
 GENERATORS: tuple[str, ...] = ("hyperlips-base", "hyperlips-lite")
 # lip-sync experts: five lower-half faces and a 16-step mel window in, embeddings whose cosine scores sync
@@ -50,6 +53,7 @@ DESCRIPTIONS: dict[str, str] = {
     "syncnet-lite": "compact lip-sync expert",
     "base-disc": "stage-1 quality discriminator",
     "hr-disc": "stage-2 quality discriminator",
+    "mouth-reader": "mouth reader (lip and jaw points of a face crop)",
 }
 
 

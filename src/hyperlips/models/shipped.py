@@ -21,6 +21,7 @@ from .metadata import read_metadata
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 STARTER_FILE = "starter-lite.safetensors"
 EXPERT_FILE = "expert-lite.safetensors"
+READER_FILE = "mouth-reader.safetensors"
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,9 @@ class Shipped:
     @property
     def label(self) -> str:
         """E.g. ``shipped starter v1 (HyperLips-Lite, generic)``."""
-        what = {"hyperlips-lite": "HyperLips-Lite, generic", "syncnet-lite": "compact lip-sync expert"}.get(self.name, self.name)
-        kind = "starter" if self.name == "hyperlips-lite" else "expert"
+        what = {"hyperlips-lite": "HyperLips-Lite, generic", "syncnet-lite": "compact lip-sync expert",
+                "mouth-reader": "lip and jaw points"}.get(self.name, self.name)
+        kind = {"hyperlips-lite": "starter", "mouth-reader": "mouth reader"}.get(self.name, "expert")
         return f"shipped {kind} v{self.card.get('version', '?')} ({what})"
 
 
@@ -58,6 +60,11 @@ def starter(folder: Path | None = None) -> Shipped | None:
 def expert(folder: Path | None = None) -> Shipped | None:
     """The shipped compact lip-sync expert, or None when this build has none."""
     return _find(EXPERT_FILE, folder)
+
+
+def reader(folder: Path | None = None) -> Shipped | None:
+    """The shipped mouth reader (a training aid: ``reader_weight``), or None when this build has none."""
+    return _find(READER_FILE, folder)
 
 
 def write_shipped(src: str | os.PathLike, dst: str | os.PathLike, card: Mapping[str, Any]) -> Path:

@@ -1,4 +1,4 @@
-"""``hyperlips train sync|base|hr`` and ``hyperlips finetune``: thin shells over :class:`~hyperlips.train.loop.Trainer`.
+"""``hyperlips train sync|base|hr|reader`` and ``hyperlips finetune``: thin shells over :class:`~hyperlips.train.loop.Trainer`.
 
 The same command runs on one device or, under ``torchrun --nproc_per_node N``, on N processes (DDP).
 """
@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-STAGES = ("sync", "base", "hr")
+STAGES = ("sync", "base", "hr", "reader")
 MODELS = ("base", "lite")  # `train base --model`: HyperLips-Base (the original's) or HyperLips-Lite
 EXPERT_MODELS = {"official": "syncnet", "lite": "syncnet-lite"}  # `train sync --model`
 
@@ -26,6 +26,7 @@ _HELP = {
     "sync": "train the lip-sync expert (SyncNet) that supervises HyperLips-Base",
     "base": "train HyperLips-Base, the stage-1 generator",
     "hr": "train the HR decoder (stage 2) on inputs rendered by a trained base checkpoint",
+    "reader": "train the mouth reader (lip and jaw points of a face crop) that HyperLips-Lite's reader_weight uses",
 }
 
 
@@ -47,6 +48,10 @@ def stage_class(name: str, model: str = "hyperlips-base"):
         from .hr import HRStage
 
         return HRStage
+    if name == "reader":
+        from .reader import ReaderStage
+
+        return ReaderStage
     raise ValueError(f"unknown stage {name!r}")
 
 
@@ -78,7 +83,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train the sync expert, HyperLips-Base or the HR decoder",
+    p = sub.add_parser("train", help="train the sync expert, HyperLips-Base or -Lite, the HR decoder or the mouth reader",
                        description="Train one stage. Run under `torchrun --nproc_per_node N` for N GPUs (or CPU processes).")
     stages = p.add_subparsers(dest="stage", metavar="STAGE")
     for name in STAGES:
@@ -169,6 +174,8 @@ def usage_hint(stage: str, model: Path) -> str:
         return f"use it as the sync expert: hyperlips train base DATA --out RUN --expert {model}"
     if stage == "base":
         return f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint {model}"
+    if stage == "reader":
+        return f"use it in training: hyperlips train base DATA --model lite --set reader_weight=0.05 --set reader={model}"
     return f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint BASE --hr-checkpoint {model}"
 
 

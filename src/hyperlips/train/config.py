@@ -19,7 +19,7 @@ class TrainConfig:
     """Every training setting. Stage defaults (``STAGE_DEFAULTS``) override these; a YAML file overrides those;
     command-line options override everything. Stored in every checkpoint and in ``RUN/config.yaml``."""
 
-    stage: str = "base"  # sync | base | hr
+    stage: str = "base"  # sync | base | hr | reader
     data: str = ""  # preprocessed dataset folder (hyperlips preprocess)
     out: str = ""  # run folder: checkpoints, logs, exported model
     # starting points
@@ -77,6 +77,9 @@ class TrainConfig:
     audio_w_open: float = 1.0  # lite: weight of the inner-lip opening in its loss
     mouth_gan_weight: float = 0.0  # lite: adversarial loss of a PatchGAN on 64 px mouth crops (sharper lips, teeth)
     mouth_gan_start: int = 500  # lite: the step it starts at (the renderer first learns the face from L1)
+    reader_weight: float = 0.0  # lite: weight of the mouth reader's loss (its lip and jaw points on the generated
+    # face against those on the real face, in pixels; models/mouth_reader.py); 0 = off
+    reader: str | None = None  # lite: the mouth reader's weights (default: the shipped one)
     # schedule and budget
     lr_schedule: str = "constant"  # constant | cosine (to 10% over the planned steps, after warmup_steps)
     warmup_steps: int = 0
@@ -121,6 +124,8 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "base": {"batch_size": 28, "lr": 1e-4, "disc_lr": 5e-4, "betas": (0.5, 0.999), "val_every": 1000},
     "hr": {"batch_size": 28, "lr": 1e-4, "disc_lr": 5e-4, "betas": (0.5, 0.999), "ckpt_every": 3000,
            "val_every": 3000},
+    "reader": {"batch_size": 64, "lr": 2e-3, "betas": (0.9, 0.999), "lr_schedule": "cosine", "warmup_steps": 150,
+               "max_steps": 3000, "val_every": 500, "ckpt_every": 500, "workers": 0},
 }
 
 

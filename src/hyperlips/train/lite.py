@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.datasets import BASE_SIZE, Manifest
+from ..errors import UserError
 from .loop import Stage
 from .losses import box_mask, crop_resize, gan_discriminator_loss, gan_generator_loss, psnr
 from .runlog import image_grid, to_images
@@ -145,6 +146,7 @@ class LiteStage(Stage):
             self.disc = MouthDiscriminator().to(ctx.device)
             self.disc_ddp = ctx.wrap(self.disc)
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999))
+        self.reader = self._load_reader(cfg, ctx) if cfg.reader_weight > 0 else None
         # the training part of each clip measures every clip's shapes and gives validation its reference frame
         self.train_clips = self.manifest.open_clips("train")
         self.val_clips = self.manifest.open_clips("val")
@@ -154,6 +156,22 @@ class LiteStage(Stage):
         self.references = {c.id: reference_frame(c, train_ranges.get(c.id, c.frame_range)) for c in self.val_clips}
         self._mesh = None
         self._gain_ready = False
+
+    @staticmethod
+    def _load_reader(cfg, ctx):
+        """The frozen mouth reader of ``reader_weight`` (``cfg.reader``, else the shipped one)."""
+        from ..models import load_checkpoint
+        from ..models.shipped import reader as shipped_reader
+
+        path = cfg.reader
+        if not path:
+            found = shipped_reader()
+            if found is None:
+                raise UserError("reader_weight needs a mouth reader: --set reader=PATH (this build ships none)")
+            path = str(found.path)
+        net = load_checkpoint(path, name="mouth-reader", device=ctx.device)[0].eval().requires_grad_(False)
+        ctx.say(f"mouth reader loss (weight {cfg.reader_weight:g}): {path}")
+        return net
 
     def modules(self):
         m = {"generator": self.gen}
@@ -248,6 +266,12 @@ class LiteStage(Stage):
         l1, edge = self._image_loss(fake, target, batch["lip_box"])
         l_img = l1 + cfg.edge_weight * edge
         losses = {"l1": l1, "edge": edge}
+        if self.reader is not None:  # the lips and jaw where the real face has them, as the reader sees both
+            with torch.no_grad():
+                want = self.reader(target)
+            read = (self.reader(fake.float()) - want).abs().mean() * BASE_SIZE  # pixels of the 128 px crop
+            l_img = l_img + cfg.reader_weight * read
+            losses["read"] = read
         gan = self.disc is not None and step >= cfg.mouth_gan_start
         if gan:
             fake_mouth = mouth_crops(fake, batch["lip_box"])
