@@ -20,7 +20,10 @@ def _safetensors_dtypes(path) -> set[str]:
     return {v["dtype"] for k, v in header.items() if k != "__metadata__" and v["dtype"].startswith(("F", "BF"))}
 
 
-@pytest.mark.parametrize("kind", ["starter", "expert"])
+NAMES = {"starter": "hyperlips-lite", "expert": "syncnet-lite", "reader": "mouth-reader"}
+
+
+@pytest.mark.parametrize("kind", list(NAMES))
 def test_the_package_ships_its_weights(kind):
     from hyperlips.models import load_checkpoint, shipped
 
@@ -29,9 +32,9 @@ def test_the_package_ships_its_weights(kind):
     assert found.path.parent == shipped.WEIGHTS_DIR
     assert found.path.stat().st_size <= MAX_BYTES
     assert _safetensors_dtypes(found.path) == {"F16"}
-    assert found.name == ("hyperlips-lite" if kind == "starter" else "syncnet-lite")
+    assert found.name == NAMES[kind]
     assert {"version", "data", "steps", "cpu_hours", "held_out"} <= set(found.card), found.card
-    assert found.label.startswith(f"shipped {kind} v{found.card['version']}")
+    assert found.label.startswith(f"shipped {'mouth reader' if kind == 'reader' else kind} v{found.card['version']}")
     net, info = load_checkpoint(found.path)
     assert info.name == found.name and all(p.dtype == torch.float32 for p in net.parameters())
 
@@ -134,3 +137,17 @@ def test_finding_the_shipped_weights_does_not_import_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_the_reader_loss_uses_the_shipped_reader_by_default():
+    from types import SimpleNamespace
+
+    from hyperlips.models import MouthReader, shipped
+    from hyperlips.train.config import build_config
+    from hyperlips.train.lite import LiteStage
+
+    said: list[str] = []
+    cfg = build_config("base", overrides={"model": "hyperlips-lite", "reader_weight": 0.05})
+    net = LiteStage._load_reader(cfg, SimpleNamespace(device="cpu", say=said.append))
+    assert isinstance(net, MouthReader) and not net.training and not any(p.requires_grad for p in net.parameters())
+    assert str(shipped.reader().path) in said[0]
