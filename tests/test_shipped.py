@@ -45,11 +45,13 @@ def test_write_shipped_halves_the_weights_and_keeps_the_card(tmp_path, monkeypat
 
     torch.manual_seed(3)
     net = create_model("syncnet-lite", {"face_widths": [8, 16, 32], "audio_widths": [8, 16, 32], "embed": 32}).eval()
-    src = save_checkpoint(net, tmp_path / "run_model.safetensors", "syncnet-lite", step=123)
+    src = save_checkpoint(net, tmp_path / "run_model.safetensors", "syncnet-lite", step=123,
+                          config={"training": {"stage": "sync", "data": "my/data", "run": "my/run"}})
     dst = shipped.write_shipped(src, tmp_path / shipped.EXPERT_FILE, {"version": 7, "data": "a test"})
     assert _safetensors_dtypes(dst) == {"F16"} and _safetensors_dtypes(src) == {"F32"}
     meta = read_metadata(dst)
     assert meta["card"] == {"version": 7, "data": "a test"} and meta["name"] == "syncnet-lite" and meta["step"] == 123
+    assert "training" in read_metadata(src) and "training" not in meta  # where it was trained stays out
     found = shipped.expert(tmp_path)
     assert found is not None and found.card["version"] == 7 and found.label.startswith("shipped expert v7")
     half, _ = load_checkpoint(dst)

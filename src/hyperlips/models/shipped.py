@@ -76,7 +76,7 @@ def write_shipped(src: str | os.PathLike, dst: str | os.PathLike, card: Mapping[
     model, info = load_checkpoint(src)
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     config = {**info.config, "card": json.loads(json.dumps(dict(card)))}
-    for key in ("global_step", "global_epoch", "training_stage"):
+    for key in ("global_step", "global_epoch", "training_stage", "training"):  # the run's own folders stay home
         config.pop(key, None)
     with torch.no_grad():
         return save_checkpoint(state, dst, info.name, config=config, step=info.step)
