@@ -9,13 +9,13 @@ Width, depth and the audio window are set by :class:`LiteConfig`, which travels 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from .arch_config import ArchConfig
 from .blocks import flatten_time, unflatten_time
 from .lite_audio import AudioShapeEncoder
 from .lite_hyper import HyperDepthwiseEdit, ShapeCode
@@ -23,7 +23,7 @@ from .lite_unet import FaceDecoder, FaceEncoder
 
 
 @dataclass(frozen=True)
-class LiteConfig:
+class LiteConfig(ArchConfig):
     """The shape of a HyperLips-Lite network (stored in its checkpoint as ``extra``)."""
 
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)  # encoder channels at 1/2, 1/4, 1/8, 1/16
@@ -38,19 +38,6 @@ class LiteConfig:
     dropout: float = 0.3  # audio encoder
     shape_gain: float = 1.0  # predicted shapes are multiplied by this before rendering (set by finetune: the
     # audio encoder's predictions on unseen speech vary less than real mouths; this restores their spread)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "LiteConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in (d or {}).items() if k in known}
-        if "widths" in kw:
-            kw["widths"] = tuple(int(v) for v in kw["widths"])
-        return cls(**kw)
 
 
 class HyperLipsLite(nn.Module):

@@ -9,36 +9,24 @@ about the lips' geometry that pixel losses blur away.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from torch import Tensor, nn
 
+from ..face.mouth_shape import MOVING
+from .arch_config import ArchConfig
 from .blocks import ConvBlock
 
-N_POINTS = 53  # len(face.mouth_shape.MOVING): 20 outer lip, 20 inner lip, 13 jaw
+N_POINTS = len(MOVING)  # 53: 20 outer lip, 20 inner lip, 13 jaw
 
 
 @dataclass(frozen=True)
-class MouthReaderConfig:
+class MouthReaderConfig(ArchConfig):
     """The shape of a mouth reader (stored in its checkpoint as ``extra``)."""
 
     widths: tuple[int, ...] = (16, 32, 64, 96)  # channels at 1/2, 1/4, 1/8, 1/16 of the crop
     top: int = 40  # rows of the 128 px crop above this are not read (eyes and brows say nothing of the mouth)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "MouthReaderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in (d or {}).items() if k in known}
-        if "widths" in kw:
-            kw["widths"] = tuple(int(v) for v in kw["widths"])
-        return cls(**kw)
 
 
 class MouthReader(nn.Module):

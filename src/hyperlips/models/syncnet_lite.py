@@ -8,37 +8,23 @@ and a residual block), their widths set by :class:`SyncLiteConfig`, stored in th
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .arch_config import ArchConfig
 from .blocks import ConvBlock
 
 
 @dataclass(frozen=True)
-class SyncLiteConfig:
+class SyncLiteConfig(ArchConfig):
     """The shape of a compact expert (stored in its checkpoint as ``extra``)."""
 
     face_widths: tuple[int, ...] = (32, 64, 128, 256)  # face encoder channels at 1/2, 1/4, 1/8, 1/16
     audio_widths: tuple[int, ...] = (32, 64, 128, 256)  # audio encoder channels at mel 40x16, 20x8, 10x4, 5x2
     embed: int = 256  # embedding length
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["face_widths"], d["audio_widths"] = list(self.face_widths), list(self.audio_widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "SyncLiteConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in (d or {}).items() if k in known}
-        for k in ("face_widths", "audio_widths"):
-            if k in kw:
-                kw[k] = tuple(int(v) for v in kw[k])
-        return cls(**kw)
 
 
 def _levels(cin: int, widths: tuple[int, ...], first_stride: tuple[int, int]) -> list[nn.Module]:

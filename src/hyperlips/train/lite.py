@@ -27,7 +27,7 @@ from torch import Tensor
 from ..data.datasets import BASE_SIZE, Manifest
 from ..errors import UserError
 from .loop import Stage
-from .losses import box_mask, crop_resize, gan_discriminator_loss, gan_generator_loss, psnr
+from .losses import box_mask, crop_resize, freeze, gan_discriminator_loss, gan_generator_loss, psnr
 from .runlog import image_grid, to_images
 
 PREVIEW_FRAMES = 8
@@ -169,7 +169,7 @@ class LiteStage(Stage):
             if found is None:
                 raise UserError("reader_weight needs a mouth reader: --set reader=PATH (this build ships none)")
             path = str(found.path)
-        net = load_checkpoint(path, name="mouth-reader", device=ctx.device)[0].eval().requires_grad_(False)
+        net = freeze(load_checkpoint(path, name="mouth-reader", device=ctx.device)[0])
         ctx.say(f"mouth reader loss (weight {cfg.reader_weight:g}): {path}")
         return net
 

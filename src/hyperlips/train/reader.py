@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..data.datasets import BASE_SIZE, Manifest
 from .lite import held_out_frames, pearson
+from .lite_audio import opening_of
 from .loop import Stage
 from .runlog import image_grid
 
@@ -48,10 +49,10 @@ def augment_crops(faces: Tensor, points: Tensor, g: torch.Generator | None = Non
 
 
 def point_weights(device=None) -> Tensor:
-    """(53,) loss weight per point: the inner lip (points 20..39 of ``mouth_shape.MOVING``) counts double."""
-    w = torch.ones(53, device=device)
-    w[20:40] = INNER_WEIGHT
-    return w
+    """(53,) loss weight per point of ``mouth_shape.MOVING``: the inner lip's count ``INNER_WEIGHT`` times."""
+    from ..face.mouth_shape import INNER_LIP, MOVING
+
+    return torch.tensor([INNER_WEIGHT if p in INNER_LIP else 1.0 for p in MOVING], device=device)
 
 
 class ReaderStage(Stage):
@@ -116,14 +117,11 @@ class ReaderStage(Stage):
         return {"points": loss.item()}
 
     def val_batch(self, batch):
-        from ..face.mouth_shape import LOWER_INNER, MOVING, UPPER_INNER
-
         with torch.no_grad():
             pred = self.net(batch["target"].float().to(self.ctx.device) / 255.0).float().cpu()
         real = batch["points"].float()
-        iu, il = MOVING.index(UPPER_INNER), MOVING.index(LOWER_INNER)
-        return {"point_px": (pred - real).norm(dim=2).mean(1) * BASE_SIZE,
-                "gap_pred": pred[:, il, 1] - pred[:, iu, 1], "gap_real": real[:, il, 1] - real[:, iu, 1],
+        return {"point_px": (pred - real).norm(dim=2).mean(1) * BASE_SIZE,  # points laid out as shapes: (x, y) each
+                "gap_pred": opening_of(pred.flatten(1)), "gap_real": opening_of(real.flatten(1)),
                 "clip": batch["clip"].float()}
 
     def val_metrics(self, values):
