@@ -66,6 +66,9 @@ def test_submit_progress_and_result(server, inputs, tmp_path):
     assert done["fraction"] == 1.0 and done["result"]["frames"] == 15  # 0.6 s at the photo's 25 fps
     last = done["progress"]  # the worker's last report: every frame of the lip-sync pass
     assert (last["done"], last["total"], last["fraction"]) == (15, 15, 1.0)
+    # each stage on record in order with its seconds, however short (no poll may have caught the face search)
+    assert list(last["stages"]) == ["loading", "faces", "lip-sync"], last["stages"]
+    assert all(s >= 0 for s in last["stages"].values()) and sum(last["stages"].values()) <= last["elapsed_s"] + 0.01
 
     status, headers, body = client.request("GET", done["result"]["url"])
     assert status == 200 and headers["content-type"] == "video/mp4"

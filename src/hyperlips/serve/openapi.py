@@ -138,8 +138,9 @@ def openapi_document(version: str) -> dict:
                 "stage": {"type": "string", "description": "queued, starting, loading, faces, lip-sync, (training "
                                                            "stages), done, failed or cancelled"},
                 "fraction": {"type": "number", "minimum": 0, "maximum": 1},
-                "progress": {"type": "object", "description": "stage, done, total, elapsed_s, eta_s (and for "
-                                                              "training: step, val, preview)"},
+                "progress": {"type": "object", "description": "stage, done, total, elapsed_s, eta_s, stages "
+                                                              "(sync: seconds per stage seen so far; training: step, "
+                                                              "val, preview)"},
                 "queue_position": {"type": "integer", "description": "jobs ahead of it (queued jobs only)"},
                 "message": {"type": ["string", "null"], "description": "why it failed, one line"},
                 "params": {"type": "object"}, "result": {"type": "object"}, "links": {"type": "object"},

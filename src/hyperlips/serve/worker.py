@@ -3,7 +3,8 @@
 The folder holds ``job.json`` (what to do, written by the server) and the inputs. The worker writes:
 
 - ``progress.json``: ``stage``, ``done``/``total`` frames of the stage, ``fraction`` of the whole job in 0..1,
-  ``elapsed_s``, ``eta_s`` (replaced atomically, a few times a second at most);
+  ``elapsed_s``, ``eta_s``, ``stages`` (each stage seen so far and its seconds) (replaced atomically, a few times a
+  second at most);
 - ``result.mp4`` + ``result.json`` (sync) or ``work/model.safetensors`` + ``result.json`` (training) on success;
 - ``error.txt`` with the command line's one-line reason (the stored file names replaced by the uploaded ones)
   when the input is at fault, then exits with code 2.
@@ -45,10 +46,12 @@ class SyncProgress:
         self.t0 = time.monotonic()
         self.last = 0.0
         self.stage_t0: dict[str, float] = {}
+        self.stage_t1: dict[str, float] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         now = time.monotonic()
         self.stage_t0.setdefault(stage, now)
+        self.stage_t1[stage] = now
         if now - self.last < self.every and done not in (0, total):
             return
         self.last = now
@@ -60,7 +63,9 @@ class SyncProgress:
             eta = spent / done * max(total - done, 0)
         write_json(self.path, {"stage": stage, "done": done, "total": total,
                                "fraction": round(lo + (hi - lo) * part, 4), "elapsed_s": round(now - self.t0, 2),
-                               "eta_s": None if eta is None else round(eta, 1)})
+                               "eta_s": None if eta is None else round(eta, 1),
+                               # every stage seen so far and its seconds: a short one stays on record after it ends
+                               "stages": {k: round(self.stage_t1[k] - t0, 2) for k, t0 in self.stage_t0.items()}})
 
 
 def _public_message(text: str, names: dict[str, str]) -> str:

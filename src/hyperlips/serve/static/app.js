@@ -289,6 +289,10 @@ function renderSyncResult(job) {
   const r = job.result;
   $("sync-facts").textContent = `${r.frames} frames, ${r.width}×${r.height}, ${Number(r.seconds).toFixed(1)} s` +
     (r.frames_with_face < r.frames ? ` · mouth generated in ${r.frames_with_face} of them` : "");
+  const stages = (job.progress && job.progress.stages) || {};
+  $("sync-times").textContent = Object.entries(stages)
+    .map(([k, s]) => `${(STAGE_TEXT[k] || k).replace("…", "")} ${s < 10 ? Number(s).toFixed(1) + " s" : fmtSeconds(s)}`)
+    .join(" · ");
   show(box, true);
 }
 
