@@ -17,7 +17,10 @@ def lite(one_torch_thread) -> HyperLipsLite:
     return create_model("hyperlips-lite").eval()
 
 
-def _inputs(n: int, steps: int = 56, seed: int = 0):
+STEPS = 57  # the default window: 56 steps, one more for the shape's smoothing (80 ms) to read inside it
+
+
+def _inputs(n: int, steps: int = STEPS, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 1, 80, steps, generator=g), torch.rand(n, 6, 128, 128, generator=g)
 
@@ -27,7 +30,7 @@ def test_frames_and_windows_give_the_same_faces(lite):
     with torch.no_grad():
         flat = lite(audio, faces)
         # (B=2, T=3) windows, frames flattened time-major as Base does
-        win = lite(audio.view(3, 2, 1, 80, 56).transpose(0, 1), faces.view(3, 2, 6, 128, 128).permute(1, 2, 0, 3, 4))
+        win = lite(audio.view(3, 2, 1, 80, STEPS).transpose(0, 1), faces.view(3, 2, 6, 128, 128).permute(1, 2, 0, 3, 4))
     assert flat.shape == (6, 3, 128, 128)
     assert win.shape == (2, 3, 3, 128, 128)
     assert torch.allclose(win.permute(2, 0, 1, 3, 4).reshape(6, 3, 128, 128), flat, atol=1e-6)
@@ -68,7 +71,7 @@ def test_shape_gain_scales_the_predicted_mouth():
 
 def test_wrong_inputs_are_refused_with_the_expected_shapes(lite):
     audio, faces = _inputs(2)
-    with pytest.raises(ValueError, match=r"\(2,1,80,56\)"):
+    with pytest.raises(ValueError, match=r"\(2,1,80,57\)"):
         lite(audio[:, :, :, :16], faces)
     with pytest.raises(ValueError, match=r"\(N,6,128,128\)"):
         lite(audio, faces[:, :3])
@@ -84,7 +87,8 @@ def test_config_travels_in_the_checkpoint(tmp_path):
     model, info = load_checkpoint(path)
     assert isinstance(model, HyperLipsLite) and model.config == cfg
     assert info.name == "hyperlips-lite" and info.step == 7 and info.config["extra"]["widths"] == [8, 16, 32, 64]
-    audio, faces = _inputs(2, steps=16)
+    assert model.mel_steps == 57  # 16 configured: lengthened for the shape's smoothing to read inside the window
+    audio, faces = _inputs(2, steps=model.mel_steps)
     with torch.no_grad():
         assert torch.equal(model(audio, faces), small(audio, faces))
     # a default-size Lite is not this one, and Base is not Lite

@@ -102,3 +102,59 @@ def test_chunks_follow_the_frames_they_stretch(grid24):
     assert (q >= 0).all() and (q < mel.shape[2] / STRIDE).all()
     gaps = (q[:, 1:] - q[:, :-1]).flatten()
     assert (gaps > 0.8 * 0.9 - 0.01).all() and (gaps < 0.8 * 1.11 + 0.01).all()
+
+
+# ------------------------------------------------------------------------------------------------ smoothing in time
+def test_smoothing_taps_are_a_triangle_read_inside_the_window():
+    from hyperlips.models.lite_audio import AudioShapeEncoder, smoothing_taps, window_needed
+
+    assert smoothing_taps(0) == smoothing_taps(40) == [(0.0, 1.0)]
+    assert [(round(o, 6), w) for o, w in smoothing_taps(80)] == [(-3.2, 0.25), (0.0, 0.5), (3.2, 0.25)]
+    five = smoothing_taps(120)
+    assert len(five) == 5 and abs(sum(w for _, w in five) - 1) < 1e-12 and five[2][1] == max(w for _, w in five)
+    with pytest.raises(ValueError, match="smooth_ms"):
+        smoothing_taps(-1)
+
+    # a window of window_needed() steps gives what a much longer window centred on the same frame gives (no reading
+    # sees the zero padding beyond its ends; 24 more steps on each side keep the outputs' 4-step grid where it was);
+    # one step shorter is refused
+    torch.manual_seed(0)
+    for ms in (0, 80, 120):
+        enc = AudioShapeEncoder(members=2, smooth_ms=ms).eval()
+        need = window_needed(ms)
+        long = torch.randn(3, 1, 80, need + 48)
+        short = long[..., 24: 24 + need]
+        with torch.no_grad():
+            assert torch.allclose(enc(short), enc(long), atol=1e-5), ms
+            if ms:
+                with pytest.raises(ValueError, match=f"reads {need} mel steps"):
+                    enc(short[..., 1:])
+    assert window_needed(0) == 49  # the encoder's own reach: +-24 steps around the centre output
+
+
+def test_smoothing_steadies_the_shipped_starters_mouth_without_moving_it(real_data):
+    """On real speech the starter's shapes with the default smoothing (80 ms) shake less from frame to frame, at the
+    same timing, than the centre's reading alone."""
+    from hyperlips.face.mouth_shape import shape_opening
+    from hyperlips.media.audio import centred_mel_windows, load_audio, melspectrogram, normalise_utterance
+    from hyperlips.models import load_checkpoint
+    from hyperlips.models.lite_audio import AudioShapeEncoder
+    from hyperlips.models.shipped import starter
+
+    model = load_checkpoint(starter().path)[0].eval()
+    assert model.config.shape_smooth_ms == 80.0 and model.mel_steps == 57  # a file from before the setting gets it
+    plain = AudioShapeEncoder(80, model.config.audio_width, model.config.n_shape, model.config.audio_members)
+    plain.load_state_dict(model.audio_encoder.state_dict())
+    plain.eval()
+    mel = normalise_utterance(melspectrogram(load_audio(real_data / "hyperlips" / "audio1.wav", 16000)))
+    times = np.arange(int(mel.shape[1] / 80 * 25) - 1) / 25
+    w = torch.from_numpy(centred_mel_windows(mel, times, model.mel_steps, fill=mel.min(axis=1)))
+    with torch.no_grad():
+        smooth, raw = shape_opening(model.audio_encoder(w).numpy()), shape_opening(plain(w).numpy())
+
+    def shake(x):
+        return float(np.abs(np.diff(x, 2)).mean())
+
+    assert shake(smooth) < 0.75 * shake(raw), (shake(smooth), shake(raw))
+    xc = [float(np.corrcoef(smooth[5 + k: len(raw) - 5 + k], raw[5: len(raw) - 5])[0, 1]) for k in range(-2, 3)]
+    assert int(np.argmax(xc)) == 2 and xc[2] > 0.9, xc  # no delay, the same movement

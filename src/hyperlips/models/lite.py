@@ -38,6 +38,8 @@ class LiteConfig(ArchConfig):
     dropout: float = 0.3  # audio encoder
     shape_gain: float = 1.0  # predicted shapes are multiplied by this before rendering (set by finetune: the
     # audio encoder's predictions on unseen speech vary less than real mouths; this restores their spread)
+    shape_smooth_ms: float = 80.0  # the shape is a triangular-weighted mean of readings every 40 ms within +- this
+    # (0: the centre's alone); steadier lips. Checkpoints made before it existed get it too (the default)
 
 
 class HyperLipsLite(nn.Module):
@@ -54,7 +56,8 @@ class HyperLipsLite(nn.Module):
         super().__init__()
         cfg = config if isinstance(config, LiteConfig) else LiteConfig.from_dict(config)
         self.config = cfg
-        self.audio_encoder = AudioShapeEncoder(80, cfg.audio_width, cfg.n_shape, cfg.audio_members, cfg.dropout)
+        self.audio_encoder = AudioShapeEncoder(80, cfg.audio_width, cfg.n_shape, cfg.audio_members, cfg.dropout,
+                                               cfg.shape_smooth_ms)
         self.shape_code = ShapeCode(cfg.n_shape, cfg.hyp_dim)
         self.face_encoder = FaceEncoder(cfg.widths)
         self.edits = nn.ModuleList(HyperDepthwiseEdit(c, cfg.hyp_dim) for c in cfg.widths)
@@ -62,7 +65,9 @@ class HyperLipsLite(nn.Module):
 
     @property
     def mel_steps(self) -> int:
-        return self.config.mel_steps
+        # the configured window, lengthened where the shape's smoothing reads further (57 for 56 and 80 ms)
+        smoothing = len(self.audio_encoder.taps) > 1
+        return max(self.config.mel_steps, self.audio_encoder.min_steps) if smoothing else self.config.mel_steps
 
     @property
     def mel_norm(self) -> str:
@@ -89,7 +94,7 @@ class HyperLipsLite(nn.Module):
         if faces.dim() != 4 or faces.shape[1:] != (6, self.IMG_SIZE, self.IMG_SIZE):
             raise ValueError(f"HyperLipsLite: faces must be (N,6,128,128), got {tuple(faces.shape)}")
         if shape is None:
-            steps = self.config.mel_steps
+            steps = self.mel_steps
             if audio is None or audio.dim() != 4 or audio.shape[0] != faces.shape[0] or audio.shape[1:] != (1, 80, steps):
                 got = None if audio is None else tuple(audio.shape)
                 raise ValueError(f"HyperLipsLite: audio must be ({faces.shape[0]},1,80,{steps}), got {got}")

@@ -10,11 +10,18 @@ holds ``members`` independently initialised nets computed together as grouped co
 prediction (an ensemble: steadier on unseen speech than any one of them). Heads predict standardised shapes;
 ``shape_std`` (set when the encoder is fitted) turns them into shape units.
 
+A frame's shape is read at its window's centre, or (``smooth_ms`` > 0) as a weighted mean of readings every
+40 ms around it with triangular weights reaching zero at +-``smooth_ms`` (80: the readings 40 ms before, at and
+after the frame, weighted 1/4, 1/2, 1/4): a low-pass in time that steadies the lips without delaying them. Every
+reading sees only steps inside the window (``min_steps``, checked), so a frame depends on its own window alone.
+
 Input mel is normalised per utterance (each mel bin to zero mean and unit variance over the whole speech track,
 ``media.audio.normalise_utterance``), which removes the recording's loudness and colour.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +29,36 @@ from torch import Tensor, nn
 
 STRIDE = 4  # mel steps per output step
 RADIUS = 24  # receptive-field radius in mel steps
+TAP_MS = 40.0  # spacing of the smoothing readings
+MEL_PER_MS = 0.08  # 80 mel frames per second
+
+
+def smoothing_taps(smooth_ms: float) -> list[tuple[float, float]]:
+    """(offset in mel steps, weight) of the readings for a triangular window of half-width ``smooth_ms``."""
+    if smooth_ms < 0:
+        raise ValueError(f"smooth_ms must be >= 0, got {smooth_ms}")
+    if smooth_ms <= TAP_MS:  # no reading but the centre's has a weight above zero
+        return [(0.0, 1.0)]
+    n = math.ceil(smooth_ms / TAP_MS) - 1  # readings on each side (their weights > 0)
+    taps = [(k * TAP_MS * MEL_PER_MS, 1.0 - abs(k) * TAP_MS / smooth_ms) for k in range(-n, n + 1)]
+    total = sum(w for _, w in taps)
+    return [(o, w / total) for o, w in taps]
+
+
+def window_needed(smooth_ms: float) -> int:
+    """The shortest mel window whose readings (each interpolated between two outputs) see no step outside it:
+    output ``j`` reads mel steps ``STRIDE * j - RADIUS`` to ``STRIDE * j + RADIUS``; the frame is at ``steps // 2``."""
+    offsets = [o for o, _ in smoothing_taps(smooth_ms)]
+
+    def fits(steps: int) -> bool:
+        qs = [(steps // 2 + o) / STRIDE for o in offsets]
+        return (STRIDE * min(math.floor(q) for q in qs) >= RADIUS
+                and STRIDE * max(math.ceil(q) for q in qs) + RADIUS <= steps - 1)
+
+    steps = 2 * RADIUS
+    while not fits(steps):
+        steps += 1
+    return steps
 
 
 class _Residual(nn.Module):
@@ -41,9 +78,11 @@ class AudioShapeEncoder(nn.Module):
     with :meth:`sequence`."""
 
     def __init__(self, n_mels: int = 80, width: int = 128, n_shape: int = 106, members: int = 3,
-                 dropout: float = 0.3):
+                 dropout: float = 0.3, smooth_ms: float = 0.0):
         super().__init__()
         self.n_mels, self.n_shape, self.members = n_mels, n_shape, members
+        self.taps = smoothing_taps(smooth_ms)
+        self.min_steps = window_needed(smooth_ms)
         e, c = members, width
 
         def block(cin: int, stride: int) -> list[nn.Module]:
@@ -64,10 +103,15 @@ class AudioShapeEncoder(nn.Module):
         if mel.dim() != 4 or mel.shape[1] != 1 or mel.shape[2] != self.n_mels:
             raise ValueError(f"AudioShapeEncoder: mel must be (N,1,{self.n_mels},steps), got {tuple(mel.shape)}")
         steps = mel.shape[3]
+        if len(self.taps) > 1 and steps < self.min_steps:
+            raise ValueError(f"AudioShapeEncoder: its smoothing reads {self.min_steps} mel steps, the window has {steps}")
         y = self.sequence(mel[:, 0])  # (N, E, S, L')
-        q = (steps // 2) / STRIDE  # the output position of the window's centre
-        i0 = min(int(q), y.shape[3] - 1)
-        i1 = min(i0 + 1, y.shape[3] - 1)
-        f = q - i0
-        centre = y[..., i0] * (1 - f) + y[..., i1] * f if f else y[..., i0]
-        return centre.mean(dim=1) * self.shape_std.to(centre.dtype)
+        out = None
+        for offset, weight in self.taps:
+            q = (steps // 2 + offset) / STRIDE  # the output position of the reading (the window's centre: 0)
+            i0 = min(int(q), y.shape[3] - 1)
+            i1 = min(i0 + 1, y.shape[3] - 1)
+            f = q - i0
+            read = y[..., i0] * (1 - f) + y[..., i1] * f if f else y[..., i0]
+            out = read if len(self.taps) == 1 else (read * weight if out is None else out + read * weight)
+        return out.mean(dim=1) * self.shape_std.to(out.dtype)
