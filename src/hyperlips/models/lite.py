@@ -66,8 +66,7 @@ class HyperLipsLite(nn.Module):
     @property
     def mel_steps(self) -> int:
         # the configured window, lengthened where the shape's smoothing reads further (57 for 56 and 80 ms)
-        smoothing = len(self.audio_encoder.taps) > 1
-        return max(self.config.mel_steps, self.audio_encoder.min_steps) if smoothing else self.config.mel_steps
+        return max(self.config.mel_steps, self.audio_encoder.min_steps)
 
     @property
     def mel_norm(self) -> str:

@@ -82,7 +82,8 @@ class AudioShapeEncoder(nn.Module):
         super().__init__()
         self.n_mels, self.n_shape, self.members = n_mels, n_shape, members
         self.taps = smoothing_taps(smooth_ms)
-        self.min_steps = window_needed(smooth_ms)
+        # the window its readings need (the centre's alone: whatever the window, as before the smoothing existed)
+        self.min_steps = window_needed(smooth_ms) if len(self.taps) > 1 else 0
         e, c = members, width
 
         def block(cin: int, stride: int) -> list[nn.Module]:
@@ -103,15 +104,14 @@ class AudioShapeEncoder(nn.Module):
         if mel.dim() != 4 or mel.shape[1] != 1 or mel.shape[2] != self.n_mels:
             raise ValueError(f"AudioShapeEncoder: mel must be (N,1,{self.n_mels},steps), got {tuple(mel.shape)}")
         steps = mel.shape[3]
-        if len(self.taps) > 1 and steps < self.min_steps:
+        if steps < self.min_steps:
             raise ValueError(f"AudioShapeEncoder: its smoothing reads {self.min_steps} mel steps, the window has {steps}")
         y = self.sequence(mel[:, 0])  # (N, E, S, L')
-        out = None
-        for offset, weight in self.taps:
-            q = (steps // 2 + offset) / STRIDE  # the output position of the reading (the window's centre: 0)
+        out = 0
+        for offset, weight in self.taps:  # a lone centre reading has weight 1.0: exactly the reading
+            q = (steps // 2 + offset) / STRIDE  # the output position of the reading
             i0 = min(int(q), y.shape[3] - 1)
             i1 = min(i0 + 1, y.shape[3] - 1)
             f = q - i0
-            read = y[..., i0] * (1 - f) + y[..., i1] * f if f else y[..., i0]
-            out = read if len(self.taps) == 1 else (read * weight if out is None else out + read * weight)
+            out = out + weight * (y[..., i0] * (1 - f) + y[..., i1] * f if f else y[..., i0])
         return out.mean(dim=1) * self.shape_std.to(out.dtype)
