@@ -107,7 +107,7 @@ def test_base_parameter_breakdown(base):
 
 def test_registry_names_and_errors():
     assert set(OFFICIAL_NAMES) == set(MANIFESTS)
-    assert set(MODEL_NAMES) == set(MANIFESTS) | {"hyperlips-lite", "syncnet-lite", "mouth-reader"}
+    assert set(MODEL_NAMES) == set(MANIFESTS) | {"hyperlips-lite", "syncnet-lite", "mouth-reader", "sync-judge"}
     assert isinstance(create_model("HR_DISC"), HRQualityDiscriminator)
     assert isinstance(create_model("hyperlips-hr-256"), HRDecoder)
     with pytest.raises(UserError, match="hyperlips-hr-1024.*hyperlips-base"):

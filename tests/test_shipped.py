@@ -20,7 +20,8 @@ def _safetensors_dtypes(path) -> set[str]:
     return {v["dtype"] for k, v in header.items() if k != "__metadata__" and v["dtype"].startswith(("F", "BF"))}
 
 
-NAMES = {"starter": "hyperlips-lite", "expert": "syncnet-lite", "reader": "mouth-reader"}
+NAMES = {"starter": "hyperlips-lite", "expert": "syncnet-lite", "reader": "mouth-reader", "judge": "sync-judge"}
+LABELS = {"reader": "mouth reader", "judge": "sync judge"}
 
 
 @pytest.mark.parametrize("kind", list(NAMES))
@@ -34,7 +35,7 @@ def test_the_package_ships_its_weights(kind):
     assert _safetensors_dtypes(found.path) == {"F16"}
     assert found.name == NAMES[kind]
     assert {"version", "data", "steps", "cpu_hours", "held_out"} <= set(found.card), found.card
-    assert found.label.startswith(f"shipped {'mouth reader' if kind == 'reader' else kind} v{found.card['version']}")
+    assert found.label.startswith(f"shipped {LABELS.get(kind, kind)} v{found.card['version']}")
     net, info = load_checkpoint(found.path)
     assert info.name == found.name and all(p.dtype == torch.float32 for p in net.parameters())
 
@@ -87,16 +88,18 @@ def test_lipsync_uses_the_starter_by_default():
         assert torch.equal(v.to(got.dtype), got), k
 
 
-def test_eval_scores_with_the_shipped_expert_by_default(real_data, tmp_path, capsys):
-    """``eval`` on a real clip with its own speech and no --expert: the shipped expert's offset and confidence are
-    reported; ``--expert off`` leaves them out."""
+def test_eval_scores_with_the_shipped_judge_by_default(real_data, tmp_path, capsys):
+    """``eval`` on a real clip with its own speech and no --expert: the shipped sync judge's offset and confidence
+    are reported (the report names it); ``--expert off`` leaves them out."""
     from hyperlips.cli import main
 
     clip = real_data / "retalking" / "face2.mp4"
     assert main(["eval", str(clip), "-o", str(tmp_path / "a"), "--quiet"]) == 0
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     found = report["sync"]["expert"]["generated"]
-    assert abs(found["offset"]) <= 1 and found["windows"] > 100 and found["confidence"] > 0
+    assert abs(found["offset"]) <= 1 and found["windows"] > 90 and found["confidence"] > 0
+    assert found["scorer"] == "judge" and found["window"] == 25
+    assert "Our sync judge (mouth shapes, 25-frame windows)" in (tmp_path / "a" / "report.md").read_text()
     assert main(["eval", str(clip), "-o", str(tmp_path / "b"), "--quiet", "--expert", "off"]) == 0
     off = json.loads((tmp_path / "b" / "report.json").read_text())
     assert "generated" not in off["sync"]["expert"] and "unavailable" in off["sync"]["expert"]["status"]
@@ -134,7 +137,8 @@ def test_finding_the_shipped_weights_does_not_import_torch():
     import sys
 
     code = ("import sys; from hyperlips.models import shipped; s = shipped.starter(); e = shipped.expert(); "
-            "assert s is not None and e is not None and s.card and e.card; "
+            "j = shipped.judge(); assert s is not None and e is not None and j is not None; "
+            "assert s.card and e.card and j.card; "
             "from hyperlips.serve import catalog; catalog.shipped_starter(); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -20,8 +20,9 @@ EVAL_HELP = """Measure a lip-synced video against its original.
         that tail re-synced to synthesised speech: is the mouth closed on /p b m/ and open on vowels?
 
 Writes report.json, report.md and PNG plots into --output. LSE-C/LSE-D need the public SyncNet weights
-(--syncnet syncnet_v2.model); our expert's score uses the compact expert shipped in the package (--expert PATH
-for another from `hyperlips train sync`, --expert off for none).
+(--syncnet syncnet_v2.model); our sync score uses the sync judge shipped in the package (mouth shapes from the
+speech against FaceMesh's, one-second windows; --expert PATH for another from `hyperlips train judge`, or an
+expert from `hyperlips train sync`; --expert off for none).
 """
 
 
@@ -52,8 +53,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tail-seconds", type=_positive, help="tail protocol: seconds held out (instead of a share)")
     p.add_argument("--text", help="phonemes protocol: the sentence espeak-ng speaks (default: one rich in /p b m/)")
     p.add_argument("--syncnet", type=Path, help="public SyncNet weights (syncnet_v2.model) for LSE-C / LSE-D")
-    p.add_argument("--expert", type=Path, help="our lip-sync expert, for its sync confidence and offset (default: the "
-                   "one shipped in the package; off: none)")
+    p.add_argument("--expert", type=Path, help="our lip-sync judge or expert, for its sync confidence and offset "
+                   "(default: the sync judge shipped in the package; a `train judge` or `train sync` checkpoint; "
+                   "off: none)")
     p.add_argument("-o", "--output", type=Path,
                    help="report folder (default: hyperlips_eval/NAME for one clip, hyperlips_eval for a batch)")
     p.add_argument("--max-seconds", type=_positive, help="evaluate only the first S seconds of each clip")
@@ -187,7 +189,7 @@ def _load_models(args, device) -> dict:
     if expert is None:
         from ..models import shipped
 
-        found = shipped.expert()
+        found = shipped.judge() or shipped.expert()  # the judge scores sync more surely (docs/starter.md)
         expert = found.path if found is not None else None
     if expert is not None and str(expert).lower() != "off":
         out["expert_model"] = load_expert(expert, device)

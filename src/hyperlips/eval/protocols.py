@@ -168,6 +168,7 @@ def evaluate_pair(
     from ..media.audio import load_audio, melspectrogram
     from ..media.video import FrameReader, probe
     from ..pipeline import face_crop
+    from .sync_judge import judge_score
     from .sync_score import expert_score, load_expert, lse_score, resample_indices
     from .syncnet_v2 import load_public_syncnet, protocol_crop, protocol_crop_params
 
@@ -249,6 +250,7 @@ def evaluate_pair(
     # pass 2: per-frame measures
     want_lse = syncnet_model is not None
     want_exp = expert_model is not None
+    judge = want_exp and hasattr(expert_model, "window_score")  # models.sync_judge.SyncJudge
     comp = M.FrameComparison()
     sheet_at = set(np.linspace(0, n - 1, min(SHEET_FRAMES, n)).round().astype(int).tolist())
     lse_gen, lse_ref, exp_gen, exp_ref, sheet = [], [], [], [], []
@@ -297,7 +299,11 @@ def evaluate_pair(
                     lse_gen.append(protocol_crop(gimg, cx, cy, hs))
                     if rimg is not None and ref_wav is not None:
                         lse_ref.append(protocol_crop(rimg, cx, cy, hs))
-                if want_exp:
+                if want_exp and judge:  # the judge reads the mouth from the landmarks already found
+                    exp_gen.append(_landmarks_or_nan(glm))
+                    if rimg is not None and ref_wav is not None:
+                        exp_ref.append(_landmarks_or_nan(rlm))
+                elif want_exp:
                     exp_gen.append(face_crop(gimg, box, 128))
                     if rimg is not None and ref_wav is not None:
                         exp_ref.append(face_crop(rimg, box, 128))
@@ -346,7 +352,17 @@ def evaluate_pair(
         res.sync["lse"] = entry
     else:
         res.sync["lse"] = {"status": "unavailable: pass --syncnet PATH to the public syncnet_v2.model weights"}
-    if want_exp:
+    if want_exp and judge:
+        try:
+            entry = {"generated": judge_score(expert_model, np.stack(exp_gen), times, melspectrogram(wav), fps)}
+            if exp_ref:
+                rt = ref_times[pair] - ref_times[pair][0]
+                entry["reference"] = judge_score(expert_model, np.stack(exp_ref), rt, melspectrogram(ref_wav),
+                                                 float(ri.fps))
+        except ValueError as e:  # too short, or too few frames with a face: the other figures still stand
+            entry = {"status": f"unavailable: {e}"}
+        res.sync["expert"] = entry
+    elif want_exp:
         entry = {"generated": expert_score(expert_model, np.stack(exp_gen), times, melspectrogram(wav), fps, device=device)}
         if exp_ref:
             rt = ref_times[pair] - ref_times[pair][0]
@@ -358,6 +374,11 @@ def evaluate_pair(
     res.perceptual = perceptual_status() if perceptual else {}
     res.seconds = _time.perf_counter() - t_start
     return res
+
+
+def _landmarks_or_nan(lm) -> np.ndarray:
+    """FaceMesh's (478, 3) landmarks of a frame, or NaN ones where it found no face."""
+    return np.full((478, 3), np.nan, np.float32) if lm is None else np.asarray(lm, np.float32)
 
 
 class _Null:

@@ -248,8 +248,9 @@ def plot_sync(res: ClipResult, path: Path) -> Path | None:
             ax.plot(r.offsets, r.curve, "-o" if who == "generated" else "--s", ms=3, label=f"{who} (offset {r.offset:+d})")
         ax.axvline(0, color="k", lw=0.6)
         ax.set_xlabel("audio offset (frames, + = audio late)")
-        ax.set_ylabel("mean distance (LSE)" if name == "lse" else "mean cosine similarity")
-        ax.set_title("public SyncNet (LSE)" if name == "lse" else "our SyncNet expert", fontsize=10)
+        judged = name == "expert" and _is_judge(res.sync.get("expert", {}))
+        ax.set_ylabel("mean distance (LSE)" if name == "lse" else "mean correlation" if judged else "mean cosine similarity")
+        ax.set_title("public SyncNet (LSE)" if name == "lse" else _expert_title(res.sync.get("expert", {})), fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -286,10 +287,23 @@ def plot_mouth_sheet(res: ClipResult, path: Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------------------------- Markdown
+def _is_judge(entry: dict) -> bool:
+    """Whether a sync entry was scored by the sync judge (mouth shapes) rather than a SyncNet expert."""
+    return any(isinstance(r, SyncResult) and r.extra.get("scorer") == "judge" for r in entry.values())
+
+
+def _expert_title(entry: dict) -> str:
+    for r in entry.values():
+        if isinstance(r, SyncResult) and r.extra.get("scorer") == "judge":
+            return f"Our sync judge (mouth shapes, {r.extra.get('window', '?')}-frame windows)"
+    return "Our SyncNet expert"
+
+
 def _sync_table(res: ClipResult) -> list[str]:
     lines = []
-    for name, title in (("lse", "Public SyncNet (LSE-C / LSE-D)"), ("expert", "Our SyncNet expert")):
+    for name in ("lse", "expert"):
         entry = res.sync.get(name, {})
+        title = "Public SyncNet (LSE-C / LSE-D)" if name == "lse" else _expert_title(entry)
         if "status" in entry:
             lines += [f"- **{title}**: {entry['status']}", ""]
             continue
@@ -304,8 +318,9 @@ def _sync_table(res: ClipResult) -> list[str]:
                     ("syncnet_python AV offset", lambda r: f"{-r.offset:+d}"),
                     ("windows", lambda r: str(r.windows))]
         else:
-            rows = [("similarity at best offset", lambda r: _fmt(r.best)),
-                    ("similarity at offset 0", lambda r: _fmt(r.at_zero)),
+            what = "correlation" if _is_judge(entry) else "similarity"
+            rows = [(f"{what} at best offset", lambda r: _fmt(r.best)),
+                    (f"{what} at offset 0", lambda r: _fmt(r.at_zero)),
                     ("confidence (max - median)", lambda r: _fmt(r.confidence)),
                     ("offset (frames, + = audio late)", lambda r: f"{r.offset:+d}"),
                     ("windows", lambda r: str(r.windows))]

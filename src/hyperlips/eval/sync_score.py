@@ -226,7 +226,8 @@ def _embed(model, tower: str, x):
 
 def load_expert(path, device="cpu"):
     """A lip-sync expert from a checkpoint made by ``hyperlips train sync`` (the compact one or the official SyncNet;
-    the official sync expert .pth loads too)."""
+    the official sync expert .pth loads too), or a sync judge made by ``hyperlips train judge``."""
     from ..models.checkpoint import load_expert_checkpoint
+    from ..models.registry import JUDGES
 
-    return load_expert_checkpoint(path, device=device)[0]
+    return load_expert_checkpoint(path, device=device, kinds=JUDGES)[0]

@@ -333,20 +333,23 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None,
     return model.to(device).eval(), info
 
 
-def load_expert_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointInfo]:
-    """A lip-sync expert (the official SyncNet or the compact one) in eval mode; CheckpointError for any other network."""
-    state, info = read_expert_state(path)
+def load_expert_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
+                           kinds: tuple[str, ...] = EXPERTS) -> tuple[nn.Module, CheckpointInfo]:
+    """A lip-sync expert (the official SyncNet or the compact one; ``kinds``: the networks accepted, e.g. ``JUDGES``
+    for a judge that need not be a loss) in eval mode; CheckpointError for any other network."""
+    state, info = read_expert_state(path, kinds)
     model = create_model(info.name, info.config.get("extra"))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), info
 
 
-def read_expert_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], CheckpointInfo]:
-    """:func:`read_state_dict` for a lip-sync expert of either kind (registry ``EXPERTS``)."""
+def read_expert_state(path: str | os.PathLike,
+                      kinds: tuple[str, ...] = EXPERTS) -> tuple[dict[str, Tensor], CheckpointInfo]:
+    """:func:`read_state_dict` for a lip-sync expert of either kind (registry ``EXPERTS``; or of ``kinds``)."""
     state, info = read_state_dict(path)
-    if info.name not in EXPERTS:
-        raise CheckpointError(f"{path}: holds {_describe(info.name)} weights, not a lip-sync expert "
-                              f"({' or '.join(EXPERTS)})")
+    if info.name not in kinds:
+        what = "a lip-sync expert" if tuple(kinds) == EXPERTS else "a lip-sync expert or judge"
+        raise CheckpointError(f"{path}: holds {_describe(info.name)} weights, not {what} ({' or '.join(kinds)})")
     return state, info
 
 

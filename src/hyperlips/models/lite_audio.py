@@ -115,3 +115,29 @@ class AudioShapeEncoder(nn.Module):
             f = q - i0
             out = out + weight * (y[..., i0] * (1 - f) + y[..., i1] * f if f else y[..., i0])
         return out.mean(dim=1) * self.shape_std.to(out.dtype)
+
+    def shapes_at(self, mel: Tensor, positions: Tensor) -> Tensor:
+        """A whole stream at once: mel (B, n_mels, L), frame positions (B, K) in mel steps -> shapes (B, K, n_shape)
+        in shape units, each the taps' weighted mean of the ensemble's readings around its position (as
+        :meth:`forward` reads a window's centre; at a stream's ends the convolutions see zero padding instead)."""
+        return self.read(self.sequence(mel).mean(dim=1), positions)
+
+    def read(self, y: Tensor, positions: Tensor) -> Tensor:
+        # the ensemble's mean readings of a stream (B, S, L') at positions (B, K) in mel steps -> (B, K, S) shape units
+        out = 0
+        for offset, weight in self.taps:
+            out = out + weight * sample_at(y, (positions + offset) / STRIDE)
+        return out * self.shape_std.to(out.dtype)
+
+
+def sample_at(y: Tensor, q: Tensor) -> Tensor:
+    """y (B, S, L) sampled at positions q (B, K) (output steps) by linear interpolation -> (B, K, S)."""
+    q = q.clamp(0, y.shape[2] - 1.001)
+    i0 = q.floor().long()
+    frac = (q - i0)[..., None]
+    yt = y.transpose(1, 2)
+
+    def at(i):
+        return torch.gather(yt, 1, i[..., None].expand(-1, -1, yt.shape[2]))
+
+    return at(i0) * (1 - frac) + at(i0 + 1) * frac

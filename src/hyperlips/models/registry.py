@@ -15,6 +15,7 @@ from .hr import HRDecoder
 from .lite import HyperLipsLite, LiteConfig
 from .mouth_reader import MouthReader, MouthReaderConfig
 from .syncnet import SyncNet
+from .sync_judge import JudgeConfig, SyncJudge
 from .syncnet_lite import SyncLiteConfig, SyncNetLite
 
 # every builder takes the network's ``extra`` settings (ModelConfig.extra; only configurable networks use them)
@@ -29,15 +30,19 @@ _BUILDERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
     "base-disc": lambda extra: BaseQualityDiscriminator(),
     "hr-disc": lambda extra: HRQualityDiscriminator(),
     "mouth-reader": lambda extra: MouthReader(MouthReaderConfig.from_dict(extra)),
+    "sync-judge": lambda extra: SyncJudge(JudgeConfig.from_dict(extra)),
 }
 # networks whose architecture is set by ``extra`` (stored in their checkpoints), with its default
 CONFIGURABLE: dict[str, Callable[[], dict[str, Any]]] = {"hyperlips-lite": lambda: LiteConfig().to_dict(),
                                                           "syncnet-lite": lambda: SyncLiteConfig().to_dict(),
-                                                          "mouth-reader": lambda: MouthReaderConfig().to_dict()}
+                                                          "mouth-reader": lambda: MouthReaderConfig().to_dict(),
+                                                          "sync-judge": lambda: JudgeConfig().to_dict()}
 # networks that take a mel window and [masked, reference] faces and render a face: what `sync` accepts
 GENERATORS: tuple[str, ...] = ("hyperlips-base", "hyperlips-lite")
 # lip-sync experts: five lower-half faces and a 16-step mel window in, embeddings whose cosine scores sync
 EXPERTS: tuple[str, ...] = ("syncnet", "syncnet-lite")
+# what `eval` accepts as its sync judge: the experts, or the judge that compares mouth shapes over longer windows
+JUDGES: tuple[str, ...] = EXPERTS + ("sync-judge",)
 
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 # the networks of the original implementation (their official checkpoints load unchanged)
@@ -54,6 +59,7 @@ DESCRIPTIONS: dict[str, str] = {
     "base-disc": "stage-1 quality discriminator",
     "hr-disc": "stage-2 quality discriminator",
     "mouth-reader": "mouth reader (lip and jaw points of a face crop)",
+    "sync-judge": "lip-sync judge (audio mouth shapes against FaceMesh's)",
 }
 
 

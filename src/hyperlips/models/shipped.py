@@ -22,6 +22,7 @@ WEIGHTS_DIR = Path(__file__).with_name("weights")
 STARTER_FILE = "starter-lite.safetensors"
 EXPERT_FILE = "expert-lite.safetensors"
 READER_FILE = "mouth-reader.safetensors"
+JUDGE_FILE = "sync-judge.safetensors"
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,9 @@ class Shipped:
     def label(self) -> str:
         """E.g. ``shipped starter v1 (HyperLips-Lite, generic)``."""
         what = {"hyperlips-lite": "HyperLips-Lite, generic", "syncnet-lite": "compact lip-sync expert",
-                "mouth-reader": "lip and jaw points"}.get(self.name, self.name)
-        kind = {"hyperlips-lite": "starter", "mouth-reader": "mouth reader"}.get(self.name, "expert")
+                "mouth-reader": "lip and jaw points", "sync-judge": "mouth shapes over one-second windows"
+                }.get(self.name, self.name)
+        kind = {"hyperlips-lite": "starter", "mouth-reader": "mouth reader", "sync-judge": "sync judge"}.get(self.name, "expert")
         return f"shipped {kind} v{self.card.get('version', '?')} ({what})"
 
 
@@ -60,6 +62,11 @@ def starter(folder: Path | None = None) -> Shipped | None:
 def expert(folder: Path | None = None) -> Shipped | None:
     """The shipped compact lip-sync expert, or None when this build has none."""
     return _find(EXPERT_FILE, folder)
+
+
+def judge(folder: Path | None = None) -> Shipped | None:
+    """The shipped sync judge (``eval``'s sync score by default), or None when this build has none."""
+    return _find(JUDGE_FILE, folder)
 
 
 def reader(folder: Path | None = None) -> Shipped | None:

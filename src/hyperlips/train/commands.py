@@ -1,4 +1,5 @@
-"""``hyperlips train sync|base|hr|reader`` and ``hyperlips finetune``: thin shells over :class:`~hyperlips.train.loop.Trainer`.
+"""``hyperlips train sync|base|hr|reader`` and ``hyperlips finetune``: thin shells over :class:`~hyperlips.train.loop.Trainer`
+(``train judge``, a short fit outside the loop, is ``train/judge.py``).
 
 The same command runs on one device or, under ``torchrun --nproc_per_node N``, on N processes (DDP).
 """
@@ -83,7 +84,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train the sync expert, HyperLips-Base or -Lite, the HR decoder or the mouth reader",
+    p = sub.add_parser("train", help="train the sync expert, HyperLips-Base or -Lite, the HR decoder, the mouth reader "
+                       "or the sync judge",
                        description="Train one stage. Run under `torchrun --nproc_per_node N` for N GPUs (or CPU processes).")
     stages = p.add_subparsers(dest="stage", metavar="STAGE")
     for name in STAGES:
@@ -103,6 +105,9 @@ def add_parser(sub) -> None:
             sp.add_argument("--base", help="trained HyperLips-Base checkpoint that renders the HR inputs")
             sp.add_argument("--size", type=int, choices=(128, 256, 512), dest="hr_size", help="HR output size (128)")
         sp.set_defaults(func=run_train)
+    from .judge import add_parser as add_judge
+
+    add_judge(stages)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
     from .finetune import add_parser as add_finetune

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..face.mouth_shape import LOWER_INNER, MOVING, UPPER_INNER
-from ..models.lite_audio import RADIUS, STRIDE
+from ..models.lite_audio import RADIUS, STRIDE, sample_at
 
 MEL_FPS = 80.0
 
@@ -119,19 +119,6 @@ def augment(mel: Tensor, g: torch.Generator) -> Tensor:
     keep = ~((bins >= f0) & (bins < f0 + fw)) & ~((steps >= t0) & (steps < t0 + tw)).any(1, keepdim=True)
     gain = 0.2 * torch.randn(b, 1, 1, generator=g)
     return (mel + gain) * keep + 0.05 * torch.randn(mel.shape, generator=g)
-
-
-def sample_at(y: Tensor, q: Tensor) -> Tensor:
-    """y (B, S, L) sampled at positions q (B, K) (output steps) by linear interpolation -> (B, K, S)."""
-    q = q.clamp(0, y.shape[2] - 1.001)
-    i0 = q.floor().long()
-    frac = (q - i0)[..., None]
-    yt = y.transpose(1, 2)
-
-    def at(i):
-        return torch.gather(yt, 1, i[..., None].expand(-1, -1, yt.shape[2]))
-
-    return at(i0) * (1 - frac) + at(i0 + 1) * frac
 
 
 def opening_of(shapes: Tensor) -> Tensor:
