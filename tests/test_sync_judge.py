@@ -147,3 +147,18 @@ def test_a_clip_shorter_than_the_judges_window_is_reported_not_fatal(real_data, 
                         max_seconds=0.6)
     assert res.frames == 15 and res.sync["expert"]["status"].startswith("unavailable: too short for the sync judge")
     assert res.metrics["jitter_gen"] is not None  # the other measures stand
+
+
+def test_a_validation_clip_without_a_full_window_gets_no_offset_instead_of_stopping_the_fit():
+    from hyperlips.models import create_model
+    from hyperlips.train.judge import clip_offsets
+
+    torch.manual_seed(0)
+    judge = create_model("sync-judge", {"window": 6, "components": 3, "audio_width": 8, "audio_members": 1}).eval()
+    rng = np.random.default_rng(0)
+    mel, times = rng.normal(size=(80, 200)).astype(np.float32), np.arange(50) / 25.0
+    shapes = rng.normal(size=(50, 106)).astype(np.float32)
+    holes = shapes.copy()
+    holes[::5] = np.nan  # never 6 frames in a row with a shape
+    got = clip_offsets(judge, [("a", mel, times, shapes, np.ones(50, bool)), ("b", mel, times, holes, np.ones(50, bool))])
+    assert isinstance(got["a"], int) and -15 <= got["a"] <= 15 and got["b"] is None

@@ -109,11 +109,18 @@ def window_auc(judge, tracks, window: int, per_clip: int = 200, min_shift: int =
     return ranking_auc(np.concatenate(scores), np.concatenate(labels)), per
 
 
-def clip_offsets(judge, tracks) -> dict[str, int]:
-    """Each clip's offset found by the judge over the whole clip with its own audio (0 when right)."""
+def clip_offsets(judge, tracks) -> dict[str, int | None]:
+    """Each clip's offset found by the judge over the whole clip with its own audio (0: in sync; recordings are
+    sometimes a few frames off themselves); None where the clip has no window of frames with shapes."""
     from ..eval.sync_judge import judge_offsets_from_shapes
 
-    return {cid: judge_offsets_from_shapes(judge, shapes, mel, times) for cid, mel, times, shapes, _ in tracks}
+    out: dict[str, int | None] = {}
+    for cid, mel, times, shapes, _ in tracks:
+        try:
+            out[cid] = judge_offsets_from_shapes(judge, shapes, mel, times)
+        except ValueError:
+            out[cid] = None
+    return out
 
 
 def fit_judge(data: str | Path, out: str | Path, *, steps: int = 3000, members: int = 3, window: int = 25,
@@ -188,7 +195,7 @@ def run_judge(args: argparse.Namespace) -> int:
                     components=args.components, seed=args.seed)
     aucs = ", ".join(f"{w} frames {'n/a (validation clips too short)' if a is None else a}" for w, a in rep["auc"].items())
     print(f"held-out AUC (in sync against 5+ frames off): {aucs}")
-    found = ", ".join(f"{Path(c).name} {o:+d}" for c, o in rep["offsets"].items())
+    found = ", ".join(f"{Path(c).name} {'n/a' if o is None else format(o, '+d')}" for c, o in rep["offsets"].items())
     print(f"offset found on each validation clip with its own audio (+ = audio late): {found}; {rep['seconds']:.0f} s")
     print(f"model: {Path(args.out) / 'judge.safetensors'}")
     print(f"use it with: hyperlips eval RESULT --reference VIDEO --expert {Path(args.out) / 'judge.safetensors'}")
