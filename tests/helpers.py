@@ -187,3 +187,19 @@ def copying_base_checkpoint(path: Path, gain: float = 4.0) -> Path:
         model.output_block[1].bias.fill_(-0.5 * gain)
     torch.save({"state_dict": model.state_dict(), "global_step": 0, "global_epoch": 0}, path)
     return path
+
+
+def own_and_late_offsets(clip: Path, model, tmp_path: Path, seconds: float = 6.0):
+    """Score ``clip`` (no reference) with its own first ``seconds`` of speech, then with that speech 3 frames late
+    (120 ms of silence in front), by a sync expert or judge: (on-time, delayed) ``SyncResult``."""
+    import soundfile as sf
+
+    from hyperlips.eval.protocols import evaluate_pair
+    from hyperlips.media.audio import load_audio
+
+    wav = load_audio(clip, 16000)[: int(16000 * seconds)]
+    own, late = tmp_path / f"{clip.stem}_own.wav", tmp_path / f"{clip.stem}_late.wav"
+    sf.write(str(own), wav, 16000)
+    sf.write(str(late), np.concatenate([np.zeros(3 * 640, np.float32), wav]), 16000)
+    return tuple(evaluate_pair(clip, None, a, expert_model=model, perceptual=False).sync["expert"]["generated"]
+                 for a in (own, late))

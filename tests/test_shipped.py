@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import own_and_late_offsets
+
 MAX_BYTES = 20 * 1024 * 1024
 
 
@@ -110,21 +112,12 @@ def test_shipped_expert_finds_a_three_frame_delay_on_people_it_never_saw(real_da
     """The shipped expert on held-out speakers (no clip of ``real/`` was in its training data): each clip with its
     own speech is reported within a frame of offset 0, and with that speech 3 frames late (120 ms of silence in
     front) exactly 3 frames later."""
-    import soundfile as sf
-
-    from hyperlips.eval.protocols import evaluate_pair
     from hyperlips.eval.sync_score import load_expert
-    from hyperlips.media.audio import load_audio
     from hyperlips.models import shipped
 
     expert = load_expert(shipped.expert().path)
     for clip in (real_data / "retalking" / "face2.mp4", real_data / "hyperlips" / "video2.mp4"):
-        wav = load_audio(clip, 16000)[: 16000 * 6]
-        own, late = tmp_path / f"{clip.stem}_own.wav", tmp_path / f"{clip.stem}_late.wav"
-        sf.write(str(own), wav, 16000)
-        sf.write(str(late), np.concatenate([np.zeros(3 * 640, np.float32), wav]), 16000)
-        on_time = evaluate_pair(clip, None, own, expert_model=expert, perceptual=False).sync["expert"]["generated"]
-        delayed = evaluate_pair(clip, None, late, expert_model=expert, perceptual=False).sync["expert"]["generated"]
+        on_time, delayed = own_and_late_offsets(clip, expert, tmp_path)
         print(clip.name, "offsets", on_time.offset, delayed.offset, "confidence", round(on_time.confidence, 3))
         assert abs(on_time.offset) <= 1 and delayed.offset - on_time.offset == 3, (clip.name, on_time.offset,
                                                                                     delayed.offset)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import own_and_late_offsets
 from test_train_data import make_view, small_dataset  # noqa: F401  (session fixture)
 
 
@@ -120,19 +121,9 @@ def _shipped_judge():
 def test_shipped_judge_finds_a_three_frame_delay_on_people_it_never_saw(real_data, tmp_path):
     """On held-out speakers (no clip of ``real/`` was in its data): each clip with its own speech within a frame of
     offset 0, and with the speech 3 frames late (120 ms of silence in front) 3 frames later."""
-    import soundfile as sf
-
-    from hyperlips.eval.protocols import evaluate_pair
-    from hyperlips.media.audio import load_audio
-
     judge = _shipped_judge()
     for clip in (real_data / "retalking" / "face2.mp4", real_data / "hyperlips" / "video2.mp4"):
-        wav = load_audio(clip, 16000)[: 16000 * 6]
-        own, late = tmp_path / f"{clip.stem}_own.wav", tmp_path / f"{clip.stem}_late.wav"
-        sf.write(str(own), wav, 16000)
-        sf.write(str(late), np.concatenate([np.zeros(3 * 640, np.float32), wav]), 16000)
-        on_time = evaluate_pair(clip, None, own, expert_model=judge, perceptual=False).sync["expert"]["generated"]
-        delayed = evaluate_pair(clip, None, late, expert_model=judge, perceptual=False).sync["expert"]["generated"]
+        on_time, delayed = own_and_late_offsets(clip, judge, tmp_path)
         assert on_time.extra == {"scorer": "judge", "window": judge.config.window}
         assert abs(on_time.offset) <= 1 and delayed.offset - on_time.offset == 3, (clip.name, on_time.offset,
                                                                                     delayed.offset)

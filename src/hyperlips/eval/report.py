@@ -287,16 +287,18 @@ def plot_mouth_sheet(res: ClipResult, path: Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------------------------- Markdown
+def _judge_result(entry: dict) -> SyncResult | None:
+    """A result of the entry scored by the sync judge (mouth shapes), or None for a SyncNet expert's."""
+    return next((r for r in entry.values() if isinstance(r, SyncResult) and r.extra.get("scorer") == "judge"), None)
+
+
 def _is_judge(entry: dict) -> bool:
-    """Whether a sync entry was scored by the sync judge (mouth shapes) rather than a SyncNet expert."""
-    return any(isinstance(r, SyncResult) and r.extra.get("scorer") == "judge" for r in entry.values())
+    return _judge_result(entry) is not None
 
 
 def _expert_title(entry: dict) -> str:
-    for r in entry.values():
-        if isinstance(r, SyncResult) and r.extra.get("scorer") == "judge":
-            return f"Our sync judge (mouth shapes, {r.extra.get('window', '?')}-frame windows)"
-    return "Our SyncNet expert"
+    r = _judge_result(entry)
+    return "Our SyncNet expert" if r is None else f"Our sync judge (mouth shapes, {r.extra.get('window', '?')}-frame windows)"
 
 
 def _sync_table(res: ClipResult) -> list[str]:

@@ -61,12 +61,10 @@ def fit_basis(tracks, components: int) -> np.ndarray:
 
 
 def audio_projection(judge, mel: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """The judge's projected audio shapes at each frame time: (n, components)."""
-    import torch
+    """The judge's projected audio shapes at each frame time (mel normalised per utterance): (n, components)."""
+    from ..eval.sync_judge import audio_trajectories
 
-    with torch.inference_mode():
-        pos = torch.from_numpy(times * 80.0).float()[None]
-        return judge.project(judge.audio_shapes(torch.from_numpy(mel)[None], pos))[0].numpy()
+    return audio_trajectories(judge, mel, times, np.zeros(1), 1.0)[0][:, 0].astype(np.float32)
 
 
 def window_auc(judge, tracks, window: int, per_clip: int = 200, min_shift: int = 5, max_shift: int = 15,
