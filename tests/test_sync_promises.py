@@ -243,9 +243,10 @@ def test_pingpong_and_hold_show_the_promised_source_frames(clip, default_run, ho
 
 
 def test_results_do_not_depend_on_the_batch_size(default_run, hold_run):
-    """The first 30 output frames are the same in both runs (batches of 16 and of 3; only the looping differs),
-    up to float rounding: the network's batch-dependent kernels may move a value by one grey level."""
-    for j in range(N_SRC):
+    """The first 29 output frames are the same in both runs (batches of 16 and of 3; only the looping differs from
+    frame 30 on, and frame 29's face is blended with frame 30's), up to float rounding: the network's
+    batch-dependent kernels may move a value by one grey level."""
+    for j in range(N_SRC - 1):
         a, b = default_run.spy.frames[j], hold_run.spy.frames[j]
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, j  # float rounding at most
 

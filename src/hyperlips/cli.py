@@ -206,6 +206,8 @@ def _box(text: str) -> tuple[float, float, float, float]:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
+    from .face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
+
     p.add_argument("--checkpoint", type=Path, help="generator weights: HyperLips-Base (an official .pth or a hyperlips "
                    ".safetensors) or HyperLips-Lite (from `hyperlips finetune`); default: the starter model shipped in "
                    "the package (a generic HyperLips-Lite)")
@@ -217,6 +219,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="number format of the networks: auto (default) is bf16 on a CPU with bf16 instructions "
                         "(AVX512-BF16, AMX, Arm BF16; about 1.7x faster, within a grey level of fp32) or a CUDA GPU, "
                         "else fp32; fp16 needs a CUDA GPU")
+    p.add_argument("--temporal-blend", type=float, default=DEFAULT_BLEND, metavar="W",
+                   help=f"blend each generated face with those of the frames before and after it, each with weight W "
+                        f"(default {DEFAULT_BLEND:g}: 1/4, 1/2, 1/4), for steadier lips; 0 turns it off, at most 1/3")
     p.add_argument("--untrained", action="store_true", help="use randomly initialised weights instead (for tests: the mouth is meaningless)")
     p.add_argument("--model", choices=("base", "lite"), default="base", help="with --untrained: which generator (base)")
 
@@ -280,6 +285,7 @@ def _make_lipsync(args):
         model=args.model,
         progress=not args.quiet,
         precision=args.precision,
+        temporal_blend=args.temporal_blend,
     )
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from .config import AudioConfig
 from .errors import MediaError, UserError
+from .face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND, check_weight
 from .generator_io import (  # noqa: F401  (re-exported: the crop and input helpers' historical home)
     BASE_SIZE,
     face_crop,
@@ -161,6 +162,8 @@ class LipSync:
     decoder (128/256/512) that sharpens the mouth. Without a checkpoint the starter shipped in the package renders
     (a generic HyperLips-Lite, ``models.shipped``); ``untrained=True`` builds a randomly initialised ``model``
     (``base`` or ``lite``) instead (for tests: the mouth is then meaningless). ``weights`` says which, in words.
+    ``temporal_blend``: each generated face is blended with those of the frames before and after it with this
+    weight (0.25: 1/4, 1/2, 1/4; 0 turns it off; at most 1/3), which steadies the lips (``face.steady``).
     """
 
     def __init__(
@@ -178,6 +181,7 @@ class LipSync:
         progress: bool = True,
         overlap: bool = True,
         precision: str = "auto",
+        temporal_blend: float = DEFAULT_BLEND,
     ) -> None:
         import torch
 
@@ -190,6 +194,10 @@ class LipSync:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size
+        try:  # each generated face blended with its neighbours in time with this weight (face.steady)
+            self.temporal_blend = check_weight(temporal_blend)
+        except ValueError as e:
+            raise UserError(f"--temporal-blend: {e}") from None
         self.progress = progress
         self.overlap = overlap  # stages at the same time in threads (False: one after another, the same frames)
         self.audio_cfg = AudioConfig()
@@ -324,7 +332,8 @@ class LipSync:
 
             chain = frame_chain(timeline, n_src=n_src, n_out=n_out, loop=loop, found=found, new_track=new_track,
                                 detect=detector.detect, network=network_stage(self.batch_size, render),
-                                batch_size=self.batch_size, timings=timer, overlap=self.overlap)
+                                batch_size=self.batch_size, timings=timer, overlap=self.overlap,
+                                steady=self.temporal_blend)
             faces_done = 0
             writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio, sample_rate=MUX_SAMPLE_RATE,
                                  crf=crf, preset=preset, pix_fmt=pix_fmt)

@@ -12,7 +12,9 @@ run at the same time (``stages.run_chain``), and the caller encodes them in orde
    second plus two frames).
 4. **network**: frames grouped in batches of ``batch_size`` consecutive output frames, those with a face cropped
    and rendered (``render``, given by ``LipSync``).
-5. **paste**: the generated face blended back into its frame (in place when nothing else uses that frame).
+5. **paste**: the generated face steadied over time (blended with the faces of the frames before and after it,
+   ``face.steady``; a frame waits for the next one's face), then blended back into its frame (in place when
+   nothing else uses that frame).
 
 Memory is flat in the video's length: the queues between stages are bounded, and per frame only its box is kept.
 """
@@ -269,12 +271,49 @@ def network_stage(size: int, render: Callable[[list[FrameJob]], None]) -> Callab
     return stage
 
 
-def paste_stage(paste: Callable) -> Callable:
-    """The paste-back stage: ``paste(frame, face, box, inplace)`` for every job with a face; yields the jobs,
-    ``image`` now the output frame."""
+def steady_batches(batches_in: Iterator[list[FrameJob]], weight: float) -> Iterator[list[FrameJob]]:
+    """Each generated face blended with those of the output frames before and after it (``face.steady``). The
+    jobs come out one later than they arrive (a job waits for the next one's face; the last is flushed at the end)."""
+    from .face.steady import blend_neighbours
+    from .face.track import pixel_region
+
+    if weight <= 0:
+        yield from batches_in
+        return
+
+    def rendered(job):  # (face as rendered, crop region), or None for a frame without a face
+        if job is None or job.face is None:
+            return None
+        return job.face, pixel_region(job.box, job.image.shape[1], job.image.shape[0])
+
+    before = None  # the previous job's face as rendered (before its own blend)
+    pending = None  # the job waiting for its successor
+    for batch in batches_in:
+        done = []
+        for job in batch:
+            if pending is not None:
+                mine = rendered(pending)
+                if mine is not None:
+                    pending.face = blend_neighbours(mine[0], mine[1], before, rendered(job), weight)
+                before = mine
+                done.append(pending)
+            pending = job
+        if done:
+            yield done
+    if pending is not None:
+        mine = rendered(pending)
+        if mine is not None:
+            pending.face = blend_neighbours(mine[0], mine[1], before, None, weight)
+        yield [pending]
+
+
+def paste_stage(paste: Callable, steady: float = 0.0) -> Callable:
+    """The paste-back stage: the faces steadied over time (``steady``: the neighbours' weight, :func:`steady_batches`),
+    then ``paste(frame, face, box, inplace)`` for every job with a face; yields the jobs, ``image`` now the output
+    frame."""
 
     def stage(batches_in: Iterator[list[FrameJob]]) -> Iterator[FrameJob]:
-        for batch in batches_in:
+        for batch in steady_batches(batches_in, steady):
             for job in batch:
                 if job.face is not None:
                     job.image = paste(job.image, job.face, job.box, inplace=job.last_use)
@@ -294,9 +333,11 @@ def track_factory(timeline, face_index=None, face_box=None) -> Callable:
 
 
 def frame_chain(timeline, *, n_src: int, n_out: int, loop: str, found: ReferenceSearch, new_track: Callable,
-                detect: Callable, network: Callable, batch_size: int, timings, overlap: bool = True) -> Iterator[FrameJob]:
-    """decode -> faces -> ``network`` (a stage taking jobs, giving lists of them) -> paste, the stages at the same
-    time (``stages.run_chain``); yields the finished jobs in output order. Close it to stop the threads."""
+                detect: Callable, network: Callable, batch_size: int, timings, overlap: bool = True,
+                steady: float = 0.0) -> Iterator[FrameJob]:
+    """decode -> faces -> ``network`` (a stage taking jobs, giving lists of them) -> paste (the faces first steadied
+    over time with weight ``steady``), the stages at the same time (``stages.run_chain``); yields the finished jobs
+    in output order. Close it to stop the threads."""
     from .face.blend import paste_face
     from .media.timing import report_damage
     from .stages import Step, run_chain
@@ -307,5 +348,5 @@ def frame_chain(timeline, *, n_src: int, n_out: int, loop: str, found: Reference
         Step("decode", lambda _: scheduled_frames(timeline, n_src, n_out, loop), maxsize=4),
         [Step("faces", faces, maxsize=batch_size),
          Step("network", network, maxsize=1),
-         Step("paste", paste_stage(paste_face), maxsize=4)],
+         Step("paste", paste_stage(paste_face, steady), maxsize=4)],
         timings, overlap=overlap)

@@ -103,7 +103,8 @@ def run_eval(args) -> int:
         _need_weights(args, "--clips generates videos first: pass --checkpoint PATH (or --untrained to try the protocol)")
         results = run_protocol(args.clips, args.output, args.protocol, checkpoint=args.checkpoint,
                                hr_checkpoint=args.hr_checkpoint, size=args.size, untrained=args.untrained,
-                               batch_size=args.batch_size, max_seconds=args.max_seconds, progress=progress, **common)
+                               batch_size=args.batch_size, max_seconds=args.max_seconds, progress=progress,
+                               temporal_blend=args.temporal_blend, **common)
         paths = write_batch_report(results, args.output, f"{args.protocol} protocol on {args.clips}")
         _print_rows([summary_row(r) for r in results], paths)
         return 0
@@ -142,7 +143,8 @@ def _run_tail(args, device: str, progress: bool) -> int:
         return _run_phonemes(args, device, progress)
     res = run_tail_protocol(args.clips, args.output, checkpoint=args.checkpoint, fraction=args.tail_fraction,
                             seconds=args.tail_seconds, device=device, batch_size=args.batch_size,
-                            untrained=args.untrained, model=args.model, progress=progress)
+                            untrained=args.untrained, model=args.model, progress=progress,
+                            temporal_blend=args.temporal_blend)
     from .report import _fmt
 
     for m, row in res.rows.items():
@@ -160,7 +162,7 @@ def _run_phonemes(args, device: str, progress: bool) -> int:
     res = run_phoneme_protocol(args.clips, args.output, checkpoint=args.checkpoint, text=args.text or PHONEME_TEXT,
                                fraction=args.tail_fraction, seconds=args.tail_seconds, device=device,
                                batch_size=args.batch_size, untrained=args.untrained, model=args.model,
-                               progress=progress)
+                               progress=progress, temporal_blend=args.temporal_blend)
     for m, r in res.rows.items():
         print(f"{m}: opening at /p b m/ {_fmt(r['open_bilabial'])} ({r['bilabials']}), at vowels "
               f"{_fmt(r['open_vowel'])} ({r['vowels']}), bilabials below the vowels' median {_fmt(r['closed_share'])}, "

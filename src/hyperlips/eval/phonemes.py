@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
 
 # every word has a bilabial next to an open vowel; espeak-ng (en-us) speaks it in about 9 s
 PHONEME_TEXT = ("Bob made a map for Pam. My mother bought a big bamboo boat. "
@@ -98,7 +99,7 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
                          text: str = PHONEME_TEXT, voice: str = "en-us", fraction: float = 0.15,
                          seconds: float | None = None, device: str = "auto", batch_size: int = 16,
                          untrained: bool = False, model: str = "base", progress: bool = False,
-                         baseline: bool = True) -> PhonemeResult:
+                         baseline: bool = True, temporal_blend: float = DEFAULT_BLEND) -> PhonemeResult:
     """Re-sync the held-out tail of ``footage`` to synthesised speech and time its mouth against the phonemes."""
     import soundfile as sf
 
@@ -125,7 +126,7 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     sf.write(str(speech), pcm, sr)
     duration = len(pcm) / sr
     methods = {"model": LipSync(checkpoint, device=device, batch_size=batch_size, untrained=untrained, model=model,
-                                progress=progress)}
+                                progress=progress, temporal_blend=temporal_blend)}
     if baseline:
         methods["hold"] = LipSync(network=hold_reference_network(), device=device, batch_size=batch_size,
                                   progress=progress)

@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import MediaError, UserError, require_file
+from ..face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
 from . import metrics as M
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", ".mpg", ".mpeg")
@@ -438,7 +439,7 @@ def pair_folders(generated: Path, reference: Path, audio: Optional[Path] = None)
 
 def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_checkpoint=None, size=None,
                  untrained: bool = False, device: str = "auto", batch_size: int = 16, max_seconds: float | None = None,
-                 progress: bool = False, **eval_kw) -> list[ClipResult]:
+                 progress: bool = False, temporal_blend: float = DEFAULT_BLEND, **eval_kw) -> list[ClipResult]:
     """Generate and evaluate every clip of a folder: ``mode="self"`` syncs each clip to its own audio,
     ``mode="cross"`` to the next clip's audio (in name order, wrapping round). Outputs go to ``out_dir/generated``.
     ``device`` serves generation and evaluation alike; ``eval_kw`` go to :func:`evaluate_pair`."""
@@ -452,7 +453,7 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
     if not videos or (mode == "cross" and len(videos) < 2):
         raise UserError(f"{clips} holds {len(videos)} videos; the {mode} protocol needs at least {2 if mode == 'cross' else 1}")
     ls = LipSync(checkpoint, hr_checkpoint, size=size, device=device, batch_size=batch_size, untrained=untrained,
-                 progress=progress)
+                 progress=progress, temporal_blend=temporal_blend)
     eval_kw["device"] = str(ls.device)
     gen_dir = out_dir / "generated"
     gen_dir.mkdir(parents=True, exist_ok=True)

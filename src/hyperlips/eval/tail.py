@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
 from . import metrics as M
 
 DELAY_FRAMES = 5
@@ -167,7 +168,7 @@ def _pool(results) -> tuple[dict, dict]:
 def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint=None, fraction: float = 0.15,
                       seconds: float | None = None, device: str = "auto", batch_size: int = 16,
                       untrained: bool = False, model: str = "base", progress: bool = False,
-                      baselines: bool = True) -> TailResult:
+                      baselines: bool = True, temporal_blend: float = DEFAULT_BLEND) -> TailResult:
     """Regenerate the held-out tail of ``footage`` with the model and measure it and the two baselines."""
     from ..pipeline import LipSync
     from .protocols import evaluate_pair
@@ -178,7 +179,7 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     work = out / "tail"
     ref_png = pick_reference(train_part, work / "reference.png")
     model = LipSync(checkpoint, device=device, batch_size=batch_size, untrained=untrained, model=model,
-                    progress=progress)
+                    progress=progress, temporal_blend=temporal_blend)
     hold = LipSync(network=hold_reference_network(), device=device, batch_size=batch_size, progress=progress) if baselines else None
     per: dict[str, list] = {m: [] for m in METHODS}
     for k, seg in enumerate(segs):
