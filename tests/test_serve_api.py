@@ -302,7 +302,10 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
                          ({"crf": 99}, "crf must be a whole number from 0"),
                          ({"crf": True}, "crf must be a whole number from 0"),
                          ({"preset": "warp"}, "preset must be one of"),
-                         ({"pix_fmt": "rgb24"}, "pix_fmt must be yuv420p")]:
+                         ({"pix_fmt": "rgb24"}, "pix_fmt must be yuv420p"),
+                         ({"temporal_blend": 0.5}, "temporal_blend must be a number from 0"),
+                         ({"temporal_blend": True}, "temporal_blend must be a number from 0"),
+                         ({"temporal_blend": "steady"}, "temporal_blend must be a number from 0")]:
         status, err = client.json("POST", "/api/jobs", {**base, **extra})
         assert status == 400 and words in err["error"], (extra, err)
     status, _, body = client.request("POST", "/api/jobs", b"{not json", {"Content-Type": "application/json"})
@@ -312,15 +315,19 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
 
 
 def test_encoder_options_reach_the_output(server, inputs, tmp_path):
-    """crf, preset and pix_fmt do what ``sync --crf/--preset/--pix-fmt`` do: 4:4:4 at the photo's exact size."""
+    """crf, preset and pix_fmt do what ``sync --crf/--preset/--pix-fmt`` do: 4:4:4 at the photo's exact size; the
+    temporal blend is taken (default 0.25) and reaches the job."""
     from hyperlips.media.video import PRESETS
     from hyperlips.serve.openapi import openapi_document
 
     props = openapi_document("test")["components"]["schemas"]["SyncRequest"]["properties"]
     assert tuple(props["preset"]["enum"]) == PRESETS
     app, client = server()
-    job = _sync_job(client, inputs, model="untrained", crf="30", preset="ultrafast", pix_fmt="yuv444p")
+    job = _sync_job(client, inputs, model="untrained", crf="30", preset="ultrafast", pix_fmt="yuv444p",
+                    temporal_blend="0")
     assert (job["params"]["crf"], job["params"]["preset"], job["params"]["pix_fmt"]) == (30, "ultrafast", "yuv444p")
+    assert job["params"]["temporal_blend"] == 0.0
+    assert props["temporal_blend"]["maximum"] == pytest.approx(1 / 3)
     done, _ = client.wait(job["id"], timeout=900)
     assert done["state"] == "done", done["message"]
     out = tmp_path / "result.mp4"

@@ -98,6 +98,7 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
                                                 and reference >= 0)):
         raise _bad(f"reference must be best, first or a frame number (got {reference!r})")
     crf, preset, pix_fmt = _encoding(params)
+    blend = _temporal_blend(params)
     v_path = link_into(video, settings, folder, "video")
     a_path = link_into(audio, settings, folder, "audio")
     hr = model.hr.get(size) if size != 128 else None
@@ -106,11 +107,12 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
         "model": {"checkpoint": str(model.checkpoint) if model.checkpoint else None,
                   "hr_checkpoint": str(hr) if hr else None, "untrained": model.id == UNTRAINED_ID},
         "size": size, "face": face, "face_box": box, "loop": loop, "reference": reference,
-        "crf": crf, "preset": preset, "pix_fmt": pix_fmt, "device": settings.device, "batch_size": settings.batch_size, "threads": settings.threads,
+        "crf": crf, "preset": preset, "pix_fmt": pix_fmt, "temporal_blend": blend, "device": settings.device, "batch_size": settings.batch_size, "threads": settings.threads,
     }
     public = {"video": video["id"], "audio": audio["id"], "video_name": video["name"], "audio_name": audio["name"],
               "model": model.id, "model_label": model.label, "size": size, "face": face, "face_box": box,
-              "loop": loop, "reference": reference, "crf": crf, "preset": preset, "pix_fmt": pix_fmt}
+              "loop": loop, "reference": reference, "crf": crf, "preset": preset, "pix_fmt": pix_fmt,
+              "temporal_blend": blend}
     return job, public
 
 
@@ -130,6 +132,21 @@ def _encoding(params: dict) -> tuple[int, str, str]:
     except UserError as e:
         raise _bad(str(e)) from None
     return int(crf), str(preset), str(pix_fmt)
+
+
+def _temporal_blend(params: dict) -> float:
+    """The weight of each neighbouring frame's face (as ``sync --temporal-blend``), checked like the command line's."""
+    from ..face.steady import DEFAULT_WEIGHT, check_weight
+
+    value = params.get("temporal_blend")
+    if value in (None, ""):
+        return DEFAULT_WEIGHT
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return check_weight(float(value))
+    except (TypeError, ValueError):
+        raise _bad(f"temporal_blend must be a number from 0 (off) to 1/3 (got {value!r})") from None
 
 
 def _finetune(settings: ServeSettings, store: Store, params: dict, folder: Path) -> tuple[dict, dict]:

@@ -125,7 +125,10 @@ def openapi_document(version: str) -> dict:
                            "description": "libx264 speed/size trade-off (default veryfast)"},
                 "pix_fmt": {"enum": ["yuv420p", "yuv444p"],
                             "description": "yuv420p plays everywhere (default; odd sides gain one repeated edge "
-                                           "pixel); yuv444p keeps the exact size and full colour, few players"}}},
+                                           "pixel); yuv444p keeps the exact size and full colour, few players"},
+                "temporal_blend": {"type": "number", "minimum": 0, "maximum": 1 / 3,
+                                   "description": "each generated face blended with the frames' before and after it, "
+                                                  "weight each (default 0.25: steadier lips; 0 off)"}}},
             "FinetuneRequest": {"type": "object", "required": ["kind", "video", "name"], "properties": {
                 "kind": {"const": "finetune"},
                 "video": {"type": "string", "description": "file id: the person talking, with their own voice"},

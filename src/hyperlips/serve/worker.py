@@ -87,7 +87,8 @@ def run_sync(job: dict, folder: Path) -> dict:
     model = job["model"]
     ls = LipSync(model.get("checkpoint"), model.get("hr_checkpoint"), size=job.get("size"),
                  device=job.get("device", "auto"), batch_size=int(job.get("batch_size", 16)),
-                 untrained=bool(model.get("untrained")), progress=False)
+                 untrained=bool(model.get("untrained")), progress=False,
+                 **({"temporal_blend": float(job["temporal_blend"])} if "temporal_blend" in job else {}))
     progress("loading", 1, 1)
     box = job.get("face_box")
     report = ls.sync(folder / job["video"], folder / job["audio"], folder / "result.mp4",
