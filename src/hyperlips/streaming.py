@@ -286,25 +286,25 @@ def steady_batches(batches_in: Iterator[list[FrameJob]], weight: float) -> Itera
             return None
         return job.face, pixel_region(job.box, job.image.shape[1], job.image.shape[0])
 
-    before = None  # the previous job's face as rendered (before its own blend)
-    pending = None  # the job waiting for its successor
-    for batch in batches_in:
+    def ended():  # the batches, then a last one holding None: the final job has no successor
+        yield from batches_in
+        yield [None]
+
+    before = None  # the previous job's (face, region) as rendered, before its own blend
+    pending = None  # (job, its (face, region) as rendered) waiting for its successor
+    for batch in ended():
         done = []
         for job in batch:
+            mine = rendered(job)
             if pending is not None:
-                mine = rendered(pending)
-                if mine is not None:
-                    pending.face = blend_neighbours(mine[0], mine[1], before, rendered(job), weight)
-                before = mine
-                done.append(pending)
-            pending = job
+                waiting, theirs = pending
+                if theirs is not None:
+                    waiting.face = blend_neighbours(theirs[0], theirs[1], before, mine, weight)
+                before = theirs
+                done.append(waiting)
+            pending = None if job is None else (job, mine)
         if done:
             yield done
-    if pending is not None:
-        mine = rendered(pending)
-        if mine is not None:
-            pending.face = blend_neighbours(mine[0], mine[1], before, None, weight)
-        yield [pending]
 
 
 def paste_stage(paste: Callable, steady: float = 0.0) -> Callable:

@@ -62,15 +62,9 @@ def blend_neighbours(face: np.ndarray, region: Region, before: Optional[tuple[np
     frames t-1 and t+1 (None: missing). Returns a new uint8 array (the face itself when nothing is blended)."""
     if weight <= 0:
         return face
-    size = face.shape[0]
-    acc = face.astype(np.float32)
-    own = 1.0 - 2.0 * weight
-    acc *= own
-    total = own
+    own = face.astype(np.float32)
+    acc = (1.0 - 2.0 * weight) * own  # the three weights sum to 1
     for other in (before, after):
-        if other is None or not is_near(other[1], region):
-            acc += weight * face.astype(np.float32)
-        else:
-            acc += weight * into_region(other[0], other[1], region, size).astype(np.float32)
-        total += weight
-    return np.clip(acc / total + 0.5, 0, 255).astype(np.uint8)
+        near = other is not None and is_near(other[1], region)
+        acc += weight * (into_region(other[0], other[1], region, face.shape[0]).astype(np.float32) if near else own)
+    return np.clip(acc + 0.5, 0, 255).astype(np.uint8)
