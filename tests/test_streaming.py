@@ -130,39 +130,46 @@ class FakeTimeline:
             yield SimpleNamespace(index=i, image=np.full((64, 64, 3), i % 256, np.uint8))
 
 
-def search(n, request, scores):
-    """find_reference on a fake video whose frame i shows one face scored ``scores[i]`` (None: no face)."""
+def search(n, request, scores, overlap=True):
+    """find_reference on a fake video whose frame i shows one face scored ``scores[i]`` (None: no face); also how
+    many frames were searched (detected) and decoded (with ``overlap``, decoding runs a few frames ahead)."""
     from hyperlips.face.detect import Box
     from hyperlips.face.track_online import OnlineTrack
     from hyperlips.streaming import find_reference
 
     tl = FakeTimeline(n)
+    searched = []
 
     def detect(image):
+        searched.append(int(image[0, 0, 0]))
         s = scores[int(image[0, 0, 0])]
         return [] if s is None else [Box(10, 10, 50, 50, s)]
 
     found = find_reference(tl, n, request, lambda: OnlineTrack(25.0, frame_size=(64, 64)), detect,
-                           SimpleNamespace(update=lambda n=1: None))
-    return found, tl.decoded
+                           SimpleNamespace(update=lambda n=1: None), overlap=overlap)
+    assert searched == list(range(len(searched)))  # in order, each once
+    return found, len(searched), tl.decoded
 
 
-def test_best_reference_is_searched_in_the_first_seconds_of_the_face_only():
-    from hyperlips.streaming import REFERENCE_SECONDS
+@pytest.mark.parametrize("overlap", [True, False])
+def test_best_reference_is_searched_in_the_first_seconds_of_the_face_only(overlap):
+    from hyperlips.streaming import REFERENCE_DECODE_AHEAD, REFERENCE_SECONDS
 
     window = int(REFERENCE_SECONDS * 25)
     scores = [None] * 10 + [0.5 + 0.4 * i / 200 for i in range(200)]  # confidence keeps rising after the window
-    found, decoded = search(210, "best", scores)
+    found, searched, decoded = search(210, "best", scores, overlap)
     assert found.frame == 10 + window - 1  # the best in the face's first seconds, not the best of the video
-    assert decoded <= 10 + window + 3  # and the search stopped there (plus the smoothing's look-ahead)
-    assert len(found.detections) == decoded
+    assert searched <= 10 + window + 3  # and the search stopped there (plus the smoothing's look-ahead)
+    assert len(found.detections) == searched
+    # decoding stopped too: at most the queue and the frame in the decoder's hands ahead of the detection
+    assert searched <= decoded <= searched + (REFERENCE_DECODE_AHEAD + 1 if overlap else 0)
     assert found.crop.shape == (128, 128, 3) and (found.crop == found.frame % 256).all()
 
 
 @pytest.mark.parametrize("request_, frame", [("first", 20), (25, 25)])
 def test_first_and_numbered_references(request_, frame):
-    found, decoded = search(210, request_, [None] * 20 + [0.9] * 190)  # 20 faceless frames: too many to bridge
-    assert found.frame == frame and decoded <= frame + 3
+    found, searched, _ = search(210, request_, [None] * 20 + [0.9] * 190)  # 20 faceless frames: too many to bridge
+    assert found.frame == frame and searched <= frame + 3
 
 
 def test_a_numbered_reference_without_a_face_is_a_user_error():

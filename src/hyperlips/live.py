@@ -233,7 +233,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
         check_face_box(face_box, info.width, info.height)
 
         new_track = track_factory(timeline, face_index, face_box)
-        found = find_reference(timeline, n_src, request, new_track, detector.detect, _NoBar())
+        found = find_reference(timeline, n_src, request, new_track, detector.detect, _NoBar(), timings, ls.overlap)
         feed = MelFeed(ls.base, timeline.fps, sample_rate, stats, ls.audio_cfg)
         feeder = threading.Thread(target=feed.feed, args=(speech,), name="hyperlips-speech", daemon=True)
 

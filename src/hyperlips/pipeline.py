@@ -321,7 +321,7 @@ class LipSync:
 
             # the reference face: the first frames, decoded and searched once (their detections are kept)
             with self._bar(reference_search_length(request, n_src, timeline.fps), "faces", on_progress) as bar:
-                found = find_reference(_TimedFrames(timeline, timer), n_src, request, new_track, detect, bar)
+                found = find_reference(timeline, n_src, request, new_track, detect, bar, timer, self.overlap)
             ref_crop = found.crop
 
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -471,20 +471,3 @@ class _ReportingBar:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class _TimedFrames:
-    """A timeline whose ``iter_range`` counts its decoding time as the "decode" stage."""
-
-    def __init__(self, timeline, timer: _Timer) -> None:
-        self.timeline, self.timer = timeline, timer
-        self.fps, self.info = timeline.fps, timeline.info
-
-    def iter_range(self, start, stop, reverse=False):
-        it = iter(self.timeline.iter_range(start, stop, reverse=reverse))
-        while True:
-            with self.timer("decode"):
-                fr = next(it, None)
-            if fr is None:
-                return
-            yield fr

@@ -32,10 +32,12 @@ import numpy as np
 from .errors import MediaError, UserError, require_file
 from .generator_io import BASE_SIZE, face_crop, reference_crop
 from .schedule import runs
+from .stages import Step, Timings, run_chain
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
 MUX_SAMPLE_RATE = 48000  # the output's audio rate
 REFERENCE_SECONDS = 3.0  # the default reference is the best detection among the followed face's first seconds
+REFERENCE_DECODE_AHEAD = 4  # frames decoded ahead of the detection during the reference search
 
 
 @dataclass
@@ -110,12 +112,14 @@ def reference_search_length(request, n_src: int, fps: float) -> int:
     return min(n_src, (0 if request == "first" else int(request)) + ahead)
 
 
-def find_reference(timeline, n_src: int, request, new_track: Callable, detect: Callable, bar) -> ReferenceSearch:
+def find_reference(timeline, n_src: int, request, new_track: Callable, detect: Callable, bar,
+                   timings: Optional[Timings] = None, overlap: bool = True) -> ReferenceSearch:
     """Decode and search frames from the start until the reference frame's box is final; crop it there.
 
     ``request``: from :func:`reference_request`. ``new_track()``: an ``OnlineTrack`` with the run's options;
     ``detect(image)``: faces in a frame; ``bar``: progress (``update(n)``). Frames are held only while their box
-    is not final (a few), and of the candidates only the best crop so far."""
+    is not final (a few), and of the candidates only the best crop so far. With ``overlap`` the frames are
+    decoded in a thread a few frames ahead of the detection (its busy time goes to ``timings["decode"]``)."""
     if isinstance(request, Path):
         return ReferenceSearch(reference_crop(request), None, [])
     track = new_track()
@@ -149,19 +153,24 @@ def find_reference(timeline, n_src: int, request, new_track: Callable, detect: C
 
     if isinstance(request, int) and not 0 <= request < n_src:
         raise _no_face_at(request, n_src)
-    for fr in timeline.iter_range(0, n_src):
-        dets = last[1] if fr.image is last[0] else detect(fr.image)
-        last = (fr.image, dets)
-        detections.append(dets)
-        images.append((fr.index, fr.image))
-        settle(track.push(dets))
-        if fr.index == n_src - 1:
-            settle(track.finish())
-        bar.update(1)
-        if found is not None:
-            break
-        if request == "best" and track.anchor is not None and track.done >= min(track.anchor + window, n_src):
-            break
+    frames = run_chain(Step("decode", lambda _: timeline.iter_range(0, n_src), maxsize=REFERENCE_DECODE_AHEAD), [],
+                       timings if timings is not None else Timings(), overlap=overlap)
+    try:
+        for fr in frames:
+            dets = last[1] if fr.image is last[0] else detect(fr.image)
+            last = (fr.image, dets)
+            detections.append(dets)
+            images.append((fr.index, fr.image))
+            settle(track.push(dets))
+            if fr.index == n_src - 1:
+                settle(track.finish())
+            bar.update(1)
+            if found is not None:
+                break
+            if request == "best" and track.anchor is not None and track.done >= min(track.anchor + window, n_src):
+                break
+    finally:
+        frames.close()  # stops and joins the decoding thread before the timeline is read again
     if not detections:
         raise MediaError(f"no frames could be decoded from {timeline.info.path}")
     if request == "best" and best is not None:
@@ -340,7 +349,6 @@ def frame_chain(timeline, *, n_src: int, n_out: int, loop: str, found: Reference
     in output order. Close it to stop the threads."""
     from .face.blend import paste_face
     from .media.timing import report_damage
-    from .stages import Step, run_chain
 
     faces = FaceStage(n_src, new_track(), detect, found.detections,
                       on_first_pass_end=lambda: report_damage(timeline, n_src))
