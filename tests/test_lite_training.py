@@ -266,6 +266,7 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     assert info.config["extra"]["widths"] == [8, 16, 16, 32]
     status = json.loads((tmp_path / "me.work/progress.json").read_text())
     assert status["done"] and status["step"] == 2 and Path(status["preview"]).is_file()
+    assert _run_config(tmp_path / "me.work")["mouth_gan_weight"] == 0.0  # from scratch: no discriminator
     assert "val/opening_r" in status["val"]
     wav = write_wav(tmp_path / "speech.wav", 0.6)
     r = run_cli("sync", video, wav, "-o", tmp_path / "out.mp4", "--checkpoint", out, "--device", "cpu", "--quiet")
@@ -273,6 +274,27 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     # a re-run continues: nothing to preprocess, training already at its last step
     again = run_cli("finetune", video, "-o", out, "--steps", "2", "--device", "cpu", "--quiet", timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def _run_config(work: Path) -> dict:
+    from hyperlips.train.checkpoints import latest_checkpoint
+
+    return latest_checkpoint(work / "lite")[1]["config"]
+
+
+def test_finetune_from_weights_adds_the_mouth_discriminator(more_data, tmp_path):
+    """From the starter (or --checkpoint) the mouth discriminator judges the mouths from the first step."""
+    from hyperlips.models import shipped
+
+    if shipped.starter() is None:
+        pytest.skip("no starter weights in this build")
+    video = more_data / "lrs2_deep_avsr/00001.mp4"
+    res = run_cli("finetune", video, "-o", tmp_path / "a.safetensors", "--steps", "1", "--batch-size", "2",
+                  "--device", "cpu", "--quiet", "--set", "audio_steps=2", timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cfg = _run_config(tmp_path / "a.work")
+    assert (cfg["mouth_gan_weight"], cfg["mouth_gan_start"]) == (0.01, 0)
+    assert cfg["init"]  # it did start from weights
 
 
 def test_finetune_lite_errors(more_data, tmp_path):

@@ -29,6 +29,10 @@ MIN_TRAIN_FRAMES = 48
 STATE = "finetune.json"  # in the work folder: what the first run decided (split, time spent preprocessing)
 DEFAULT_MINUTES = 60.0
 RESERVE_S = 20.0  # of the budget, kept for the last validation, export and writing the model
+# a Lite model of one person started from weights (the starter, or --checkpoint): the mouth discriminator judges
+# its mouths from the first step (the renderer already draws faces); sharper lips and teeth for a slightly lower
+# mouth-opening correlation (docs/lite.md). Not from scratch (unmeasured there): --set mouth_gan_weight=... for it.
+FINETUNE_LITE_DEFAULTS = {"mouth_gan_weight": 0.01, "mouth_gan_start": 0}
 
 
 def add_parser(sub) -> None:
@@ -210,8 +214,8 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
                 print(f"starting from the {starter.label} (--from-scratch for random weights)", file=sys.stderr)
     # a re-run continues the run with the settings it started with; options given again still apply
     stored = dict(found[1]["config"]) if found is not None else {}
-    overrides = {**LITE_DEFAULTS, "model": "hyperlips-lite", "val_samples": 1 << 20, "max_steps": 10_000_000,
-                 "init": init, **stored,
+    overrides = {**LITE_DEFAULTS, **(FINETUNE_LITE_DEFAULTS if init else {}), "model": "hyperlips-lite",
+                 "val_samples": 1 << 20, "max_steps": 10_000_000, "init": init, **stored,
                  "data": str(data), "out": str(run), "device": args.device, "progress": not args.quiet,
                  "progress_file": str(work / "progress.json")}
     if minutes is not None:
