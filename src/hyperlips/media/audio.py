@@ -2,9 +2,9 @@
 
 Decoding uses PyAV (FFmpeg). Channels are averaged (as ``librosa.to_mono`` does; FFmpeg's own stereo->mono
 downmix is 3 dB quieter), then the signal is resampled with a polyphase Kaiser-windowed FIR
-(``media.resample``, ``scipy.signal.resample_poly``'s filter without scipy's import time). On real speech this lands within 0.006 (mean absolute difference, normalised
-mel units in [-4, 4]) of the original's ``librosa.load`` resampler (resampy ``kaiser_best``) and runs at several
-hundred times real time.
+(``media.resample``: ``scipy.signal.resample_poly``'s filter, without scipy's import time). On real speech this
+lands within 0.006 (mean absolute difference, normalised mel units in [-4, 4]) of the original's ``librosa.load``
+resampler (resampy ``kaiser_best``) and runs at several hundred times real time.
 
 The mel spectrogram reproduces the original numerics (reference §3) in numpy: pre-emphasis, a centred STFT with
 zero padding (librosa 0.9 ``pad_mode='constant'``), magnitude, Slaney mel filterbank, dB and symmetric

@@ -22,8 +22,8 @@ CHUNK = 1 << 16  # outputs per matrix product (bounds the temporary copy of the 
 
 @lru_cache(maxsize=16)
 def _polyphase(up: int, down: int) -> tuple[np.ndarray, int]:
-    """The filter split into ``up`` phases, (up, taps per phase) float64, and the number of leading outputs
-    of the full convolution to drop (the filter's delay)."""
+    """The filter split into ``up`` phases, each with its taps in reverse order, (up, taps per phase) float32:
+    ``[p, -1 - t] = h[p + t * up]``; and the number of leading outputs to drop (the filter's delay)."""
     max_rate = max(up, down)
     half_len = HALF_LEN_PER_RATE * max_rate
     n = 2 * half_len + 1
@@ -36,7 +36,7 @@ def _polyphase(up: int, down: int) -> tuple[np.ndarray, int]:
     taps = -(-len(h) // up)
     phases = np.zeros(up * taps)
     phases[: len(h)] = h
-    phases = phases.reshape(taps, up).T.copy()  # phases[p, t] = h[p + t * up]
+    phases = phases.reshape(taps, up).T[:, ::-1].astype(np.float32)  # row p: h[p], h[p + up], ... reversed
     phases.setflags(write=False)
     return phases, (half_len + pre_pad) // down
 
@@ -45,7 +45,7 @@ def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
     """``x`` (1-D) resampled by ``up / down``: ``ceil(len(x) * up / down)`` samples, float32.
 
     Output sample ``m`` is the filtered, zero-stuffed input at ``j = (m + delay) * down``: it sums
-    ``phases[j % up, t] * x[j // up - t]``. The outputs that share a phase are every ``up``-th one, and their
+    ``h[j % up + t * up] * x[j // up - t]`` over the taps ``t``. The outputs that share a phase are every ``up``-th one, and their
     input positions step by ``down``: per phase, one product of a strided view of windows of ``x`` with the
     phase's taps.
     """
@@ -59,9 +59,8 @@ def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
     if up == down == 1:
         return x.copy()
     n_out = -(-len(x) * up // down)
-    phases, skip = _polyphase(up, down)
-    taps = phases.shape[1]
-    reversed_phases = phases[:, ::-1].astype(np.float32)
+    reversed_phases, skip = _polyphase(up, down)
+    taps = reversed_phases.shape[1]
     # x with zeros before (indices below 0) and after (past the end); row r of `windows` is padded[r : r + taps]
     last = ((n_out - 1 + skip) * down) // up
     padded = np.zeros(taps + max(len(x), last + 1), np.float32)
@@ -75,5 +74,6 @@ def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
         # output k of this phase: sum over t of phases[p, t] * x[i0 + k * down - t] = windows[i0 + 1 + k * down] . reversed
         rows = windows[i0 + 1: i0 + 1 + (count - 1) * down + 1: down]
         for c in range(0, count, CHUNK):
-            y[first + c * up: first + (c + len(rows[c: c + CHUNK])) * up: up] = rows[c: c + CHUNK] @ reversed_phases[p]
+            block = rows[c: c + CHUNK]
+            y[first + c * up: first + (c + len(block)) * up: up] = block @ reversed_phases[p]
     return y
