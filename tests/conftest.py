@@ -12,6 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HYPERLIPS_SHARED", ROOT.parent / "shared"))
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, each worker process gets its share of the cores for torch and the processes it starts."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        share = str(max(1, (os.cpu_count() or 1) // int(workers)))
+        os.environ.setdefault("OMP_NUM_THREADS", share)
+        os.environ.setdefault("MKL_NUM_THREADS", share)
+
+
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"needs the shared test data ({path} is absent; set HYPERLIPS_SHARED to its folder)")
