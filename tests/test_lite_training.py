@@ -104,7 +104,8 @@ def test_lite_trains_validates_and_exports(grid_view, tmp_path):
     assert res.step == 6 and all(np.isfinite(v) for r in res.losses for v in r.values())
     assert {"l1", "edge", "shape"} <= set(res.losses[0])
     assert res.losses[-1]["l1"] < res.losses[0]["l1"]
-    assert {"val/mouth_l1", "val/opening_r", "val/shape_r", "val/opening_err"} <= set(res.metrics)
+    assert {"val/mouth_l1", "val/opening_r", "val/shape_r", "val/opening_err", "val/sharpness"} <= set(res.metrics)
+    assert 0.0 <= res.metrics["val/sharpness"] < 1.0  # six steps from random weights: blurrier than the real lips
     model, info = load_checkpoint(res.model)
     assert isinstance(model, HyperLipsLite) and info.config["extra"]["widths"] == [8, 16, 16, 32]
     # trained, validated and exported with the gain that spreads its held-out shapes like the real ones
@@ -113,6 +114,25 @@ def test_lite_trains_validates_and_exports(grid_view, tmp_path):
     assert model.config.shape_gain == pytest.approx(calibrate_shape_gain(model, grid_view), abs=2e-3)
     assert model.config.shape_gain > 1.0
     assert (tmp_path / "run/preview.png").is_file() and list((tmp_path / "run/images").glob("*preview*.png"))
+
+
+def test_validation_sharpness_is_the_lip_box_laplacian_of_generated_over_real():
+    import cv2
+
+    from hyperlips.train.lite import lip_box_laplacian
+
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+    blurred = np.stack([cv2.GaussianBlur(x, (5, 5), 1.5) for x in sharp])
+    boxes = np.array([[0.25, 0.6, 0.75, 0.9], [0.3, 0.5, 0.302, 0.9]])  # the second box is under a pixel wide
+    s, b = lip_box_laplacian(sharp, boxes), lip_box_laplacian(blurred, boxes)
+    assert s[0] > 10 * b[0] > 0 and np.isnan(s[1]) and np.isnan(b[1])
+    # only the pixels inside the box count: texture outside it changes nothing
+    outside = sharp.copy()
+    outside[:, :64] = 0
+    assert lip_box_laplacian(outside, boxes)[0] == s[0]
+    grey = cv2.cvtColor(sharp[0, 77:115, 32:96], cv2.COLOR_BGR2GRAY).astype(np.float64)
+    assert s[0] == pytest.approx(cv2.Laplacian(grey, cv2.CV_64F, ksize=3).var())
 
 
 def test_mouth_gan_joins_after_its_start_and_is_checkpointed(grid_view, tmp_path):

@@ -14,7 +14,9 @@ Two parts learn side by side, each with its own optimiser:
 Validation runs what inference runs (the mouth shape predicted from audio, one reference frame from the
 training part) on the held-out frames in order, and measures the mouth opening on the generated faces with
 FaceMesh: ``val/opening_r`` is its correlation with the real frames' opening (``val/opening_err`` = 1 - r picks
-``best``); ``val/shape_r`` the same for the predicted shapes alone, before rendering.
+``best``); ``val/shape_r`` the same for the predicted shapes alone, before rendering; ``val/sharpness`` the
+variance of the Laplacian inside the lip boxes of the generated faces over that of the real ones (the sharpness
+ratio ``eval`` reports, here on the 128 px faces before any paste-back: below 1 = blurrier).
 """
 
 from __future__ import annotations
@@ -56,6 +58,23 @@ def mouth_crops(images: Tensor, lip_box: Tensor) -> Tensor:
     cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
     box = torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], dim=1)
     return crop_resize(images.float(), box, (MOUTH_CROP, MOUTH_CROP))
+
+
+def lip_box_laplacian(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 faces, (N, 4) lip boxes (fractions, x1 y1 x2 y2) -> (N,) variance of the grey image's
+    3x3 Laplacian inside each box (nan where the box is under 3 pixels wide or high)."""
+    import cv2
+
+    n, h, w = images.shape[:3]
+    out = np.full(n, np.nan, np.float64)
+    for i in range(n):
+        x1, y1, x2, y2 = boxes[i]
+        c0, c1 = max(0, int(round(x1 * w))), min(w, int(round(x2 * w)))
+        r0, r1 = max(0, int(round(y1 * h))), min(h, int(round(y2 * h)))
+        if c1 - c0 >= 3 and r1 - r0 >= 3:
+            grey = cv2.cvtColor(images[i, r0:r1, c0:c1], cv2.COLOR_BGR2GRAY).astype(np.float64)
+            out[i] = cv2.Laplacian(grey, cv2.CV_64F, ksize=3).var()
+    return out
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -328,6 +347,7 @@ class LiteStage(Stage):
         r0 = target.shape[2] - self.gen.decoder_rows(target.shape[2])
         mouth_l1 = ((fake - target).abs() * box).flatten(1).sum(1) / (box.flatten(1).sum(1) * 3).clamp_min(1)
         imgs = np.stack(to_images(fake))
+        boxes = batch["lip_box"].float().numpy()
         real = batch["shape"].float()
         has = batch["has_shape"].float()
         return {
@@ -337,6 +357,8 @@ class LiteStage(Stage):
             "opening_pred": torch.from_numpy(shape_opening(pred.numpy())),
             "opening_real": batch["opening"].float(),
             "opening_gen": torch.from_numpy(self.mesh_opening(imgs)),
+            "sharp_gen": torch.from_numpy(lip_box_laplacian(imgs, boxes)),
+            "sharp_real": torch.from_numpy(lip_box_laplacian(np.stack(to_images(target)), boxes)),
         }
 
     def val_metrics(self, values):
@@ -346,6 +368,10 @@ class LiteStage(Stage):
         out["val/opening_err"] = 1.0 - r_gen if np.isfinite(r_gen) else 2.0
         out["val/shape_r"] = pearson(values["opening_pred"], values["opening_real"])
         out["val/faces_found"] = float(np.isfinite(values["opening_gen"]).mean())
+        if "sharp_gen" in values:
+            real = float(np.nanmean(values["sharp_real"])) if np.isfinite(values["sharp_real"]).any() else np.nan
+            if np.isfinite(real) and real > 0:
+                out["val/sharpness"] = float(np.nanmean(values["sharp_gen"])) / real
         return out
 
     def images(self, batch):

@@ -254,7 +254,7 @@ class Progress:
         if self.bar is not None:
             target = int(min(self.bar.total, round(self.t.elapsed))) if self.budget else step
             shown = {"step": step, **{k: f"{v:.3g}" for k, v in list(losses.items())[:2]}}
-            for k in ("val/opening_r", "val/mouth_l1"):
+            for k in ("val/opening_r", "val/sharpness", "val/mouth_l1"):
                 if k in metrics:
                     shown[k.split("/", 1)[1]] = f"{metrics[k]:.3f}"
             self.bar.set_postfix(shown, refresh=False)
