@@ -232,7 +232,7 @@ def test_lite_resumes_exactly_with_a_decaying_learning_rate(grid_view, tmp_path)
 
 def test_lr_schedule_warms_up_and_decays(tmp_path):
     from hyperlips.train.config import build_config
-    from hyperlips.train.loop import LRSchedule
+    from hyperlips.train.progress import LRSchedule
 
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([p], lr=1.0)

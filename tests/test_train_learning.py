@@ -22,7 +22,7 @@ def _stage(stage_name: str, data: Path, out: Path, **kw):
     from hyperlips.train.commands import stage_class
     from hyperlips.train.config import build_config
     from hyperlips.train.distributed import Dist, seed_everything
-    from hyperlips.train.loop import Context
+    from hyperlips.train.stage import Context
 
     cfg = build_config(stage_name, overrides={"data": str(data), "out": str(out), "workers": 0, "seed": 0, **kw})
     seed_everything(cfg.seed)

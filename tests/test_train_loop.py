@@ -168,7 +168,7 @@ def test_best_checkpoint_is_the_lowest_validation_metric(sync_view, tmp_path, mo
 def test_bf16_autocast_on_cpu_trains_in_bf16_and_keeps_fp32_weights(sync_view, tmp_path, monkeypatch):
     from hyperlips.errors import UserError
     from hyperlips.models import load_checkpoint
-    from hyperlips.train import loop, sync
+    from hyperlips.train import stage, sync
 
     seen = []
     real = sync.SyncStage._forward
@@ -186,10 +186,10 @@ def test_bf16_autocast_on_cpu_trains_in_bf16_and_keeps_fp32_weights(sync_view, t
     net, _ = load_checkpoint(res.model, name="syncnet")
     assert all(p.dtype == torch.float32 for p in net.parameters())
     with pytest.raises(UserError, match="CUDA"):
-        loop.amp_settings("on", torch.device("cpu"))
+        stage.amp_settings("on", torch.device("cpu"))
     with pytest.raises(UserError, match="auto, on, bf16 or off"):
-        loop.amp_settings("fp8", torch.device("cpu"))
-    assert loop.amp_settings("auto", torch.device("cpu"))[0] is False
+        stage.amp_settings("fp8", torch.device("cpu"))
+    assert stage.amp_settings("auto", torch.device("cpu"))[0] is False
 
 
 @pytest.mark.parametrize("stage", ["sync", "base"])

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.datasets import BASE_SIZE, BaseDataset, Manifest
-from .loop import Stage
+from .stage import Stage
 from .runlog import image_grid, to_images
 from .losses import (
     box_mask,

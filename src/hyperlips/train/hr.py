@@ -38,7 +38,7 @@ import torch
 from ..data.datasets import BASE_SIZE, CLIPS_DIR, Clip, HRDataset, ImageStack, Manifest, encode_png
 from ..errors import UserError
 from .base import LogitsOf
-from .loop import Stage
+from .stage import Stage
 from .runlog import image_grid, to_images
 from .losses import (
     box_mask,

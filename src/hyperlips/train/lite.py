@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..data.datasets import BASE_SIZE, Manifest
 from ..errors import UserError
-from .loop import Stage
+from .stage import Stage
 from .losses import box_mask, crop_resize, freeze, gan_discriminator_loss, gan_generator_loss, psnr
 from .runlog import image_grid, to_images
 

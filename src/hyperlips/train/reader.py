@@ -21,7 +21,7 @@ from torch import Tensor
 from ..data.datasets import BASE_SIZE, Manifest
 from .lite import held_out_frames, pearson
 from .lite_audio import opening_of
-from .loop import Stage
+from .stage import Stage
 from .runlog import image_grid
 
 INNER_WEIGHT = 2.0

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.datasets import Manifest, SyncDataset
-from .loop import Stage
+from .stage import Stage
 from .runlog import image_grid
 from .losses import expert_loss, sync_probability
 
