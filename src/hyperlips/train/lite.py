@@ -62,8 +62,8 @@ def mouth_crops(images: Tensor, lip_box: Tensor) -> Tensor:
 
 def lip_box_laplacian(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 faces, (N, 4) lip boxes (fractions, x1 y1 x2 y2) -> (N,) variance of the grey image's
-    3x3 Laplacian inside each box (nan where the box is under 3 pixels wide or high)."""
-    import cv2
+    3x3 Laplacian inside each box (``eval``'s sharpness measure; nan where the box is under 3 pixels wide or high)."""
+    from ..eval.metrics import laplacian_variance
 
     n, h, w = images.shape[:3]
     out = np.full(n, np.nan, np.float64)
@@ -72,8 +72,7 @@ def lip_box_laplacian(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         c0, c1 = max(0, int(round(x1 * w))), min(w, int(round(x2 * w)))
         r0, r1 = max(0, int(round(y1 * h))), min(h, int(round(y2 * h)))
         if c1 - c0 >= 3 and r1 - r0 >= 3:
-            grey = cv2.cvtColor(images[i, r0:r1, c0:c1], cv2.COLOR_BGR2GRAY).astype(np.float64)
-            out[i] = cv2.Laplacian(grey, cv2.CV_64F, ksize=3).var()
+            out[i] = laplacian_variance(images[i, r0:r1, c0:c1])
     return out
 
 
@@ -368,10 +367,9 @@ class LiteStage(Stage):
         out["val/opening_err"] = 1.0 - r_gen if np.isfinite(r_gen) else 2.0
         out["val/shape_r"] = pearson(values["opening_pred"], values["opening_real"])
         out["val/faces_found"] = float(np.isfinite(values["opening_gen"]).mean())
-        if "sharp_gen" in values:
-            real = float(np.nanmean(values["sharp_real"])) if np.isfinite(values["sharp_real"]).any() else np.nan
-            if np.isfinite(real) and real > 0:
-                out["val/sharpness"] = float(np.nanmean(values["sharp_gen"])) / real
+        gen, real = values.get("sharp_gen"), values.get("sharp_real")
+        if real is not None and np.isfinite(real).any() and np.nanmean(real) > 0:
+            out["val/sharpness"] = float(np.nanmean(gen) / np.nanmean(real))
         return out
 
     def images(self, batch):
