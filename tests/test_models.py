@@ -179,6 +179,62 @@ def test_base_rejects_bad_shapes(base):
         base(torch.randn(1, 3, 1, 80, 16), torch.rand(1, 6, 2, 128, 128))
 
 
+def _with_random_batchnorm_stats(net: nn.Module, seed: int) -> nn.Module:
+    # fresh networks have mean 0, var 1, gamma 1, beta 0: batch norms that change nothing would hide a bad fold
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    return net.eval()
+
+
+def test_base_first_row_computes_the_full_networks_rows_from_there():
+    torch.manual_seed(4)
+    net = _with_random_batchnorm_stats(create_model("hyperlips-base"), 0)
+    audio, faces = torch.randn(2, 1, 80, 16), torch.rand(2, 6, 128, 128)
+    with torch.no_grad():
+        full = net(audio, faces)
+        for first in (48, 64, 1):
+            part = net(audio, faces, first_row=first)
+            assert part.shape == full.shape
+            torch.testing.assert_close(part[:, :, first:], full[:, :, first:], rtol=0, atol=1e-6)
+            assert torch.equal(part[:, :, :first], faces[:, :3, :first])  # above: the input's own rows
+        assert (net(audio, faces, first_row=48)[:, :, 47] - full[:, :, 47]).abs().max() > 1e-3
+        five = net(audio[None], faces.transpose(0, 1)[None], first_row=48)  # B=1, T=2 -> (1,3,2,128,128)
+        torch.testing.assert_close(five[0].transpose(0, 1), net(audio, faces, first_row=48))
+    for bad in (-1, 128):
+        with pytest.raises(ValueError, match="first_row"):
+            net(audio, faces, first_row=bad)
+
+
+@pytest.mark.parametrize("name", ["hyperlips-base", "hyperlips-lite", "hyperlips-hr-256"])
+def test_folding_the_batch_norms_keeps_the_outputs(name):
+    import copy
+
+    from hyperlips.models.inference import fold_batchnorm
+
+    torch.manual_seed(5)
+    net = _with_random_batchnorm_stats(create_model(name), 1)
+    folded = copy.deepcopy(net)
+    n = fold_batchnorm(folded)
+    left = [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert n > 0 and len(left) == sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) - n
+    if name == "hyperlips-base":  # every 2-D batch norm follows a convolution, the generated ones included
+        assert not left and n == 110
+    if name.startswith("hyperlips-hr"):
+        x = (torch.rand(2, 6, 128, 128),)
+    else:
+        x = (torch.randn(2, 1, 80, getattr(net, "mel_steps", 16)), torch.rand(2, 6, 128, 128))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(*x), net(*x), rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match="training mode"):
+        fold_batchnorm(create_model(name))
+
+
 def test_encoder_feature_shapes(base):
     with torch.no_grad():
         f = base.face_encoder(torch.rand(1, 6, 128, 128))

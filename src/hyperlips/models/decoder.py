@@ -87,10 +87,12 @@ class OutputBlock(nn.Module):
             nn.ReLU(),
         )
 
-    def forward(self, x: Tensor, src: Tensor) -> Tensor:  # x (N, in, h, w), src (N, src, H, W) -> (N, out, H, W)
+    def forward(self, x: Tensor, src: Tensor, first_row: int = 0) -> Tensor:
+        # x (N, in, h, w), src (N, src, H, W) -> (N, out, H - first_row, W): the rows from first_row down (those
+        # near the top of the slice see zero padding where the full map has rows: the caller keeps a margin)
         x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-        x = x[:, :, : src.shape[2], : src.shape[3]]
-        return self.conv(torch.cat([x, src], dim=1))
+        x = x[:, :, first_row : src.shape[2], : src.shape[3]]
+        return self.conv(torch.cat([x, src[:, :, first_row:]], dim=1))
 
 
 class RecurrentDecoder(nn.Module):
@@ -105,8 +107,9 @@ class RecurrentDecoder(nn.Module):
         self.decode1 = UpsamplingBlock(decoder_channels[1], feature_channels[0], src_channels, decoder_channels[2])
         self.decode0 = OutputBlock(decoder_channels[2], src_channels, decoder_channels[3])
 
-    def forward(self, s0: Tensor, f1: Tensor, f2: Tensor, f3: Tensor, f4: Tensor) -> Tensor:
-        # s0 (N,6,128,128); f1 (N,16,64,64), f2 (N,24,32,32), f3 (N,40,16,16), f4 (N,128,8,8) -> (N,64,128,128)
+    def forward(self, s0: Tensor, f1: Tensor, f2: Tensor, f3: Tensor, f4: Tensor, first_row: int = 0) -> Tensor:
+        # s0 (N,6,128,128); f1 (N,16,64,64), f2 (N,24,32,32), f3 (N,40,16,16), f4 (N,128,8,8)
+        # -> (N,64,128 - first_row,128): the last (full-resolution) block computes the rows from first_row down
         s1 = self.avgpool(s0)
         s2 = self.avgpool(s1)
         s3 = self.avgpool(s2)
@@ -114,4 +117,4 @@ class RecurrentDecoder(nn.Module):
         x = self.decode3(x, f3, s3)
         x = self.decode2(x, f2, s2)
         x = self.decode1(x, f1, s1)
-        return self.decode0(x, s0)
+        return self.decode0(x, s0, first_row)
