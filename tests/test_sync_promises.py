@@ -474,3 +474,43 @@ def test_network_output_is_rounded_not_truncated_and_left_alone():
     assert img.shape == (1, 2, 3, 3) and img.dtype == np.uint8
     assert img[0, :, :, 0].ravel().tolist() == [0, 0, 1, 255, 255, 0]
     assert torch.equal(t, before)
+
+
+def test_base_faces_are_the_checkpoints_network_on_every_row_paste_back_reads(tmp_path):
+    """``sync`` folds the batch norms into the convolutions and, without an HR decoder, skips Base's rows above
+    ``BASE_FIRST_ROW``: the faces it generates are the plain network's from there down (fp32, to float rounding).
+    With an HR decoder the base face it reads is the whole of the plain network's."""
+    import torch
+
+    from hyperlips.models import create_model
+    from hyperlips.pipeline import BASE_FIRST_ROW, LipSync
+
+    torch.manual_seed(7)
+    net = create_model("hyperlips-base")
+    g = torch.Generator().manual_seed(0)
+    for m in net.modules():  # batch norms that change something, so a wrong fold shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    net.eval()
+    path = tmp_path / "base.pth"
+    torch.save({"state_dict": net.state_dict()}, path)
+    rng = np.random.default_rng(0)
+    windows = rng.standard_normal((3, 1, 80, 16)).astype(np.float32)
+    x = rng.random((3, 6, 128, 128), dtype=np.float32)
+    with torch.no_grad():
+        plain = net(torch.from_numpy(windows), torch.from_numpy(x)).numpy()
+    expected = np.rint(np.clip(plain, 0, 1) * 255).transpose(0, 2, 3, 1)
+
+    ls = LipSync(path, device="cpu", precision="fp32", progress=False)
+    faces = ls.generate(windows, x).astype(int)
+    d = np.abs(faces[:, BASE_FIRST_ROW:] - expected[:, BASE_FIRST_ROW:])
+    assert d.max() <= 1 and d.mean() < 0.01
+    assert (faces[:, : BASE_FIRST_ROW] != expected[:, : BASE_FIRST_ROW]).any()  # the rows above were skipped
+
+    hr = random_hr_checkpoint(tmp_path / "hr128.pth", 128)
+    ls = LipSync(path, hr, device="cpu", precision="fp32", progress=False)
+    seen = []
+    ls._hr = lambda base_out: seen.append(base_out.clone()) or base_out
+    ls.generate(windows, x)
+    torch.testing.assert_close(seen[0].contiguous(), torch.from_numpy(plain), rtol=0, atol=1e-5)

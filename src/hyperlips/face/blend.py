@@ -30,6 +30,11 @@ JAW_LINE: tuple[int, ...] = (
 NOSE_BASE: tuple[int, ...] = (98, 97, 2, 326, 327)
 
 
+# The highest the mask's top cut goes (a fraction of the crop's height), whatever the landmarks: rows of a generated
+# face above it (less the enlargement's reach) never reach the frame, so a generator may skip computing them.
+MIN_TOP = 0.45
+
+
 @dataclass(frozen=True)
 class MaskParams:
     """Shape of the soft lower-face mask, in fractions of the crop (x of its width, y of its height)."""
@@ -95,7 +100,7 @@ def landmark_face_mask(landmarks_xy: np.ndarray, h: int, w: int, params: MaskPar
     ramp = _smoothstep(dist / max(params.landmark_feather * h, 1.0))
     # the nose line of this face replaces the fixed `top` (clamped to a sane band)
     nose_y = float(np.mean(pts[list(NOSE_BASE), 1])) / h
-    p = replace(params, top=float(np.clip(nose_y - 0.02, 0.45, 0.7)))
+    p = replace(params, top=float(np.clip(nose_y - 0.02, MIN_TOP, 0.7)))
     return (ramp * _frame_ramps(h, w, p)).astype(np.float32)
 
 
