@@ -14,7 +14,8 @@ from hyperlips.eval import bench as B
 def test_bench_small_run_prints_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     r = run_cli("bench", "--sizes", "128", "--precisions", "fp32", "fp16", "--batch-sizes", "1", "--frames", "1",
-                "--end-to-end", "--memory-seconds", "--devices", "cpu", "cuda", "--threads", "1", "-o", out, timeout=300)
+                "--end-to-end", "--memory-seconds", "--devices", "cpu", "cuda", "--threads", "1", "--original-batch", "0",
+                "-o", out, timeout=300)
     assert r.returncode == 0, r.stderr
     table = r.stdout
     assert "stage" in table and "ms/frame" in table and "peak MB" in table
@@ -89,8 +90,38 @@ def test_summary_compares_what_the_issue_asks():
     text = "\n".join(B.summarise(rows))
     assert "Lite end to end at 720p: 30.0 fps (1.20x real time" in text
     assert "Base end to end at 720p: 24.0 fps = 3.0x the reference network alone (8.0 fps" in text
+    assert "own inference batch" not in text
+    own = dict(rows[0], batch=B.ORIGINAL_BATCH, fps=6.0)
+    text = "\n".join(B.summarise([own] + rows))
+    assert ("Base end to end at 720p: 24.0 fps = 3.0x the reference network alone (8.0 fps: original layout, fp32, "
+            "batch 16); 4.0x it in the original's own inference batch of 128 (6.0 fps)") in text
     assert "Lite + HR end to end at 720p, mouth at 256 px: 12.0 fps" in text
     assert "840 MB on the long input against 800 MB on the short one (1.05x for 5x the length)" in text
+
+
+def test_the_reference_is_also_timed_in_the_originals_batch_after_the_720p_runs(monkeypatch):
+    calls = []
+
+    def network(size, device, precision, batches, flow, frames, over_budget, model, layout):
+        calls.append(("network", model, layout, tuple(batches)))
+        return []
+
+    monkeypatch.setattr(B, "bench_network", network)
+    monkeypatch.setattr(B, "bench_end_to_end", lambda *a, **k: calls.append(("e2e",)) or [])
+    for kind in ("decode", "encode"):
+        monkeypatch.setattr(B, f"bench_{kind}", lambda *a, **k: [])
+    monkeypatch.setattr(B, "bench_faces", lambda images: ([], [None] * len(images)))
+    monkeypatch.setattr(B, "bench_paste", lambda *a, **k: [])
+    kw = dict(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1, 16), frames=1,
+              end_to_end=("base:720:128",), memory_seconds=(), generator_table=False)
+    B.run_bench(**kw)
+    assert calls == [("network", "hyperlips-base", "original", (1, 16)),
+                     ("network", "hyperlips-base", "channels-last", (1, 16)),
+                     ("network", "hyperlips-lite", "channels-last", (1, 16)),
+                     ("e2e",), ("network", "hyperlips-base", "original", (128,))]
+    calls.clear()
+    B.run_bench(**kw, original_batch=0)
+    assert ("network", "hyperlips-base", "original", (128,)) not in calls and len(calls) == 4
 
 
 @pytest.mark.parametrize("text", ["lite", "lite:480", "medium:720", "base:720:300", "lite:720:128:1"])
@@ -135,6 +166,7 @@ def test_precision_support_on_this_machine():
     (("--video", "missing.mp4"), "not found"),
     (("--end-to-end", "lite:480"), "--end-to-end"),
     (("--memory-seconds", "60", "30"), "--memory-seconds"),
+    (("--original-batch", "-1"), "--original-batch"),
 ])
 def test_bench_user_mistakes(tmp_path, args, message):
     r = run_cli("bench", *args, cwd=tmp_path)

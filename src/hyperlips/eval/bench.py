@@ -6,7 +6,8 @@ reason):
 * the stages alone on a synthetic 720p clip: **decode**, **faces** (detection and face mesh), **paste**, **encode**;
 * the **networks** at 128 px, per precision (fp32, bf16, fp16; those the device would only emulate are skipped, with
   the reason) and batch size: the **reference**, HyperLips-Base in the original implementation's layout (NCHW,
-  fp32: what the original runs), then Base and HyperLips-Lite as ``sync`` runs them (channels-last); at 256/512 px
+  fp32: what the original runs; also in the original inference's own batch of 128), then Base and HyperLips-Lite
+  as ``sync`` runs them (channels-last, batch norms folded, Base's rows above the pasted ones skipped); at 256/512 px
   Base + the HR decoder as the original feeds it (render-size input: 2x/4x larger outputs, reference §4.5) and as
   the pipeline does (128 px input);
 * **end to end** (``LipSync.sync`` with random weights, precision ``auto``): by default Lite and Base at 720p,
@@ -58,6 +59,7 @@ from .bench_stages import (  # noqa: F401  (the measurements, re-exported for ca
 PRECISIONS = ("fp32", "fp16", "bf16")
 MODELS = ("base", "lite")
 DEFAULT_BATCHES = (1, 16)
+ORIGINAL_BATCH = 128  # the batch the original's inference runs its network in (hyper_batch_size)
 DEFAULT_BUDGET = 420.0  # seconds; what is left after it is listed as skipped (the default run stays under 8 min)
 DEFAULT_E2E = ("lite:720:128", "base:720:128", "lite:1080:128", "lite:720:256")
 DEFAULT_MEMORY = (8.0, 40.0)  # seconds of the short and the long input
@@ -125,12 +127,15 @@ def _e2e_too_long(rows: list, spec: E2ESpec, device: str, n_frames: int, budget:
 def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAULT_BATCHES, frames=DEFAULT_FRAMES,
               models=MODELS, video: Optional[Path] = None, audio: Optional[Path] = None, end_to_end=DEFAULT_E2E,
               memory_seconds=DEFAULT_MEMORY, original_max_size: int = 256, budget: float = DEFAULT_BUDGET,
-              threads: Optional[int] = None, log=None, generator_table: bool = True) -> dict:
+              threads: Optional[int] = None, log=None, generator_table: bool = True,
+              original_batch: int = ORIGINAL_BATCH) -> dict:
     """Run the benchmark and return its JSON-ready result (``rows``, ``summary`` and machine facts).
 
     Measurements run most important first (the stages, the fp32 networks at 128 px with the reference, Lite and Base
     end to end at 720p, the other precisions, the other end-to-end runs, the HR flows, memory); once ``budget``
     seconds have passed, the remaining ones are listed as skipped with that reason instead of being run.
+    ``original_batch`` (0: none): the reference is also timed at the batch the original's inference uses, after
+    the end-to-end runs at 720p (a batch of 128 takes about 40 s on two cores).
     """
     import torch
 
@@ -192,6 +197,9 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
                 continue
             if 128 in sizes:
                 jobs.append((0, len(jobs), "network", (128, dev, "fp32", "", "hyperlips-base", "original")))
+                if original_batch and original_batch not in batches:
+                    jobs.append((2, len(jobs), "network", (128, dev, "fp32", "", "hyperlips-base", "original",
+                                                           (original_batch,))))
                 for prec in precisions:
                     for m in models:
                         jobs.append((0 if prec == "fp32" else 3, len(jobs), "network",
@@ -210,14 +218,15 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
             jobs.append((7, len(jobs), "memory", tuple(memory_seconds)))
         for _, _, kind, a in sorted(jobs):
             if kind == "network":
-                s, dev, prec, flow, model, layout = a
+                s, dev, prec, flow, model, layout, *own = a
+                sizes_b = own[0] if own else batches
                 if flow == "original layers" and s > original_max_size and not dev.startswith("cuda"):
                     add([BenchRow("network", "reference: original layers (Base + HR, NCHW)", s, dev, prec, b,
                                   status=f"skipped on CPU by default (the HR decoder on a {s}-px input renders "
                                          f"{s * s // 128}-px faces: minutes); use --original-max-size {s}")
-                         for b in batches])
+                         for b in sizes_b])
                     continue
-                add(bench_network(s, dev, prec, batches, flow, frames, over_budget, model, layout))
+                add(bench_network(s, dev, prec, sizes_b, flow, frames, over_budget, model, layout))
             elif kind == "e2e":
                 spec, dev = a
                 name = f"{'Lite' if spec.model == 'lite' else 'Base'}{' + HR' if spec.size != 128 else ''}"
@@ -264,8 +273,13 @@ def summarise(rows: list[dict]) -> list[str]:
             and r["device"] == "cpu"]
     if base and refs:
         ref = max(refs, key=lambda r: r["fps"])
-        lines.append(f"Base end to end at 720p: {base['fps']:.1f} fps = {base['fps'] / ref['fps']:.1f}x the reference "
-                     f"network alone ({ref['fps']:.1f} fps: original layout, fp32, batch {ref['batch']})")
+        line = (f"Base end to end at 720p: {base['fps']:.1f} fps = {base['fps'] / ref['fps']:.1f}x the reference "
+                f"network alone ({ref['fps']:.1f} fps: original layout, fp32, batch {ref['batch']})")
+        own = [r for r in refs if r["batch"] == ORIGINAL_BATCH and r is not ref]
+        if own:
+            line += (f"; {base['fps'] / own[0]['fps']:.1f}x it in the original's own inference batch of "
+                     f"{ORIGINAL_BATCH} ({own[0]['fps']:.1f} fps)")
+        lines.append(line)
     for key, r in sorted(e2e.items(), key=lambda kv: str(kv[0])):
         if key not in (("Lite", "720p", 128), ("Base", "720p", 128)):
             lines.append(f"{key[0]} end to end at {key[1]}, mouth at {key[2]} px: {r['fps']:.1f} fps")
@@ -331,6 +345,9 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
                    help="generators measured at 128 px beside the reference (default base lite)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=list(DEFAULT_BATCHES),
                    help="network batch sizes (default 1 16; the largest is also the end-to-end batch)")
+    p.add_argument("--original-batch", type=int, default=ORIGINAL_BATCH,
+                   help=f"also time the reference at the batch the original's inference uses (default "
+                        f"{ORIGINAL_BATCH}, about 40 s on two cores; 0 = no)")
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
                    help=f"frames timed per network measurement, after one warm-up batch (default {DEFAULT_FRAMES})")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
@@ -354,6 +371,8 @@ def run_bench_command(args) -> int:
         raise UserError("--batch-sizes must be at least 1")
     if args.frames < 1:
         raise UserError("--frames must be at least 1")
+    if args.original_batch < 0:
+        raise UserError("--original-batch must be 0 (none) or a batch size")
     if args.memory_seconds and (len(args.memory_seconds) != 2 or not 1 <= args.memory_seconds[0] < args.memory_seconds[1]):
         raise UserError("--memory-seconds takes two lengths in seconds, the short one first (at least 1), e.g. 30 600")
     specs = [E2ESpec.parse(s) for s in args.end_to_end]
@@ -375,7 +394,8 @@ def run_bench_command(args) -> int:
     result = run_bench(sizes=args.sizes, devices=devices, precisions=args.precisions, batches=args.batch_sizes,
                        frames=args.frames, models=args.models, video=args.video, audio=args.audio, end_to_end=specs,
                        memory_seconds=tuple(args.memory_seconds or ()), original_max_size=args.original_max_size,
-                       budget=args.budget, threads=args.threads, log=lambda s: print(s, file=sys.stderr, flush=True))
+                       budget=args.budget, threads=args.threads, log=lambda s: print(s, file=sys.stderr, flush=True),
+                       original_batch=args.original_batch)
     print(format_table(result))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(_json_safe(result), indent=1))

@@ -290,24 +290,36 @@ class _NetworkFlow:
         import torch
 
         from ..models import create_model
+        from ..models.base import HyperLipsBase
+        from ..pipeline import BASE_FIRST_ROW
 
         self.size, self.device, self.flow = size, device, flow
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         cl = layout == "channels-last" and not str(device).startswith("cuda")
         self.format = torch.channels_last if cl else torch.contiguous_format
         torch.manual_seed(0)
-        self.base = create_model(model).eval().to(device=device, dtype=self.dtype, memory_format=self.format)
+        ours = layout == "channels-last"  # as sync runs them: batch norms folded, Base's unread rows skipped
+        self.base = self._ready(create_model(model), ours)
         self.steps = int(getattr(self.base, "mel_steps", 16))
         self.hr = None
         if size != 128:
-            self.hr = create_model(f"hyperlips-hr-{size}").eval().to(device=device, dtype=self.dtype,
-                                                                      memory_format=self.format)
+            self.hr = self._ready(create_model(f"hyperlips-hr-{size}"), ours)
+        skip_rows = ours and self.hr is None and isinstance(self.base, HyperLipsBase)
+        self.kwargs = {"first_row": BASE_FIRST_ROW} if skip_rows else {}
         self.mesh = None
         if self.hr is not None:
             from ..face.landmarks import FaceMesh
 
             self.mesh = FaceMesh(static=False)
         self.face = (np.asarray(_face_128(), dtype=np.float32) / 255.0).transpose(2, 0, 1)
+
+    def _ready(self, net, ours: bool):
+        from ..models.inference import fold_batchnorm
+
+        net.eval()
+        if ours:
+            fold_batchnorm(net)
+        return net.to(device=self.device, dtype=self.dtype, memory_format=self.format)
 
     def close(self):
         if self.mesh is not None:
@@ -335,7 +347,7 @@ class _NetworkFlow:
         with torch.inference_mode():
             if x.shape[-1] != 128:
                 x = F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False)
-            out = self.base(mel, x)
+            out = self.base(mel, x, **self.kwargs)
             if self.hr is None:
                 return len(out)
             original = self.flow == "original layers"
