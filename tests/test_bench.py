@@ -34,6 +34,9 @@ def test_bench_small_run_prints_table_and_json(tmp_path):
     net = [x for x in by_stage["network"] if x["device"] == "cpu"]
     fp32 = [x for x in net if x["precision"] == "fp32"]
     assert all(x["status"] == "ok" and x["fps"] > 0 and x["size"] == 128 for x in fp32)
+    from hyperlips.eval.bench_stages import NETWORK_MIN_SECONDS
+
+    assert all(x["seconds"] >= NETWORK_MIN_SECONDS and x["frames"] > 1 for x in fp32)  # not a few ms of noise
     # side by side: the reference (the original's layout), then Base and Lite as sync runs them
     assert [x["variant"] for x in fp32] == ["reference: original layout (Base, NCHW)", "Base, channels-last",
                                            "Lite, channels-last"]

@@ -38,6 +38,7 @@ from ..errors import UserError
 from .bench_stages import (  # noqa: F401  (the measurements, re-exported for callers of eval.bench)
     CLIP_SECONDS,
     DEFAULT_FRAMES,
+    NETWORK_MIN_SECONDS,
     SIZES,
     BenchRow,
     PeakMemory,
@@ -349,7 +350,8 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
                    help=f"also time the reference at the batch the original's inference uses (default "
                         f"{ORIGINAL_BATCH}, about 40 s on two cores; 0 = no)")
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
-                   help=f"frames timed per network measurement, after one warm-up batch (default {DEFAULT_FRAMES})")
+                   help=f"frames timed per network measurement, after one warm-up batch (default {DEFAULT_FRAMES}; "
+                        f"each is timed for at least {NETWORK_MIN_SECONDS:g} s)")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                    help=f"seconds after which the remaining measurements are skipped (default {DEFAULT_BUDGET:g}; 0 = no limit)")
     p.add_argument("--video", type=Path, help="a talking-face clip to use (default: synthetic 6 s 720p and 1080p clips)")

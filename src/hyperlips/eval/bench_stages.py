@@ -23,6 +23,8 @@ import numpy as np
 
 SIZES = (128, 256, 512)
 DEFAULT_FRAMES = 4
+# a network row is timed for at least this long (a few frames of a fast network take milliseconds: noise)
+NETWORK_MIN_SECONDS = 1.0
 CLIP_SECONDS = 6.0  # end-to-end clips: twice the reference search (3 s), so the one-pass steady state shows
 LAYOUTS = ("channels-last", "original")  # ours on CPU, and the original implementation's (NCHW, contiguous)
 
@@ -142,9 +144,9 @@ def synthetic_clip(folder: Path, seconds: float = CLIP_SECONDS, fps: float = 25.
 
 # --------------------------------------------------------------------------------------------- timing
 def _timed(fn: Callable[[], int], device: str, warmup: int = 1, min_frames: int = DEFAULT_FRAMES,
-           min_runs: int = 1) -> tuple[int, float, PeakMemory]:
-    """Run ``fn`` (returns frames done) ``warmup`` times, then until ``min_frames`` frames and ``min_runs`` runs;
-    returns (frames, seconds, memory) of the timed runs."""
+           min_runs: int = 1, min_seconds: float = 0.0) -> tuple[int, float, PeakMemory]:
+    """Run ``fn`` (returns frames done) ``warmup`` times, then until ``min_frames`` frames, ``min_runs`` runs and
+    ``min_seconds`` seconds; returns (frames, seconds, memory) of the timed runs."""
     sync = _syncer(device)
     for _ in range(warmup):
         fn()
@@ -152,9 +154,11 @@ def _timed(fn: Callable[[], int], device: str, warmup: int = 1, min_frames: int 
     frames, runs = 0, 0
     with PeakMemory(device) as mem:
         t0 = time.perf_counter()
-        while frames < min_frames or runs < min_runs:
+        while frames < min_frames or runs < min_runs or time.perf_counter() - t0 < min_seconds:
             frames += fn()
             runs += 1
+            if min_seconds:
+                sync()
         sync()
         secs = time.perf_counter() - t0
     return frames, secs, mem
@@ -402,7 +406,8 @@ def bench_network(size: int, device: str, precision: str, batches, flow: str, fr
                 continue
             try:
                 mel, x = net.inputs(b)
-                n, secs, mem = _timed(lambda mel=mel, x=x: net(mel, x), device, min_frames=frames)
+                n, secs, mem = _timed(lambda mel=mel, x=x: net(mel, x), device, min_frames=frames,
+                                      min_seconds=NETWORK_MIN_SECONDS)
             except (RuntimeError, NotImplementedError) as e:
                 rows.append(BenchRow("network", label, size, device, precision, b,
                                      status=f"failed: {str(e).splitlines()[0][:100]}"))
