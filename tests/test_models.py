@@ -211,6 +211,28 @@ def test_base_first_row_computes_the_full_networks_rows_from_there():
             net(audio, faces, first_row=bad)
 
 
+@pytest.mark.parametrize("rescaling", [1, 2, 4])
+def test_hr_first_row_computes_the_full_networks_rows_from_there(rescaling):
+    torch.manual_seed(6)
+    net = _with_random_batchnorm_stats(HRDecoder(rescaling), 2)
+    x = torch.rand(2, 6, 128, 128)
+    size = 128 * rescaling
+    with torch.no_grad():
+        full = net(x)
+        for first in (48 * rescaling, 7, size - 1):
+            part = net(x, first_row=first)
+            assert part.shape == full.shape
+            torch.testing.assert_close(part[:, :, first:], full[:, :, first:], rtol=0, atol=1e-6)
+        part = net(x, first_row=48 * rescaling)
+        up = F.interpolate(x[:, :3], scale_factor=float(rescaling), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(part[:, :, : 48 * rescaling], up[:, :, : 48 * rescaling])  # above: the input, enlarged
+        five = net(x.transpose(0, 1)[None], first_row=48 * rescaling)  # B=1, T=2 (channels second)
+        torch.testing.assert_close(five[0].transpose(0, 1), part)
+    for bad in (-1, size):
+        with pytest.raises(ValueError, match="first_row"):
+            net(x, first_row=bad)
+
+
 @pytest.mark.parametrize("name", ["hyperlips-base", "hyperlips-lite", "hyperlips-hr-256"])
 def test_folding_the_batch_norms_keeps_the_outputs(name):
     import copy

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import ConvBlock, ConvTransposeBlock, flatten_time, output_head, unflatten_time
@@ -43,10 +45,27 @@ class HRDecoder(nn.Module):
         """Output side in pixels for the 128-px input the decoder was trained on."""
         return INPUT_SIZE * self.rescaling
 
-    def forward(self, x: Tensor) -> Tensor:
+    # Input rows computed above a requested first row: every layer is local (3x3 convolutions, stride-2 transposed
+    # ones), so the rows of a slice that start this far below its top are the whole input's. Five are needed (r = 1:
+    # five 3x3 convolutions at 128 px; tested: four are not enough), eight leave room.
+    MARGIN_ROWS = 8
+
+    def forward(self, x: Tensor, first_row: int = 0) -> Tensor:
         # (N,6,H,W) -> (N,3,H*r,W*r); or (B,6,T,H,W) -> (B,3,T,H*r,W*r), frames flattened time-major
+        # first_row > 0 (output rows): only the rows from there down are computed (the full network's, to float
+        # rounding); the rows above are the input's first image, enlarged (for inference that pastes the lower face)
         if x.dim() == 5:
-            return unflatten_time(self.forward(flatten_time(x, 2)), x.shape[0], 2)
+            return unflatten_time(self.forward(flatten_time(x, 2), first_row), x.shape[0], 2)
         if x.dim() != 4 or x.shape[1] != 6:
             raise ValueError(f"HRDecoder: input must be (N,6,H,W), got {tuple(x.shape)}")
-        return self.output_block(self.up_conv(self.conv_base(x)))
+        r, height = self.rescaling, x.shape[2] * self.rescaling
+        if not 0 <= first_row < height:
+            raise ValueError(f"HRDecoder: first_row must be in [0, {height}), got {first_row}")
+        start = max(0, first_row // r - self.MARGIN_ROWS)  # input row
+        out = self.output_block(self.up_conv(self.conv_base(x[:, :, start:])))  # (N, 3, (H - start) * r, W * r)
+        if first_row == 0:
+            return out
+        above = x[:, :3, : -(-first_row // r) + 1]  # one row more: its lowest rows interpolate as the whole image's
+        if r > 1:
+            above = F.interpolate(above, scale_factor=float(r), mode="bilinear", align_corners=False)
+        return torch.cat([above[:, :, :first_row].to(out.dtype), out[:, :, first_row - start * r:]], dim=2)
