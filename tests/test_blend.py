@@ -105,13 +105,16 @@ def test_pixels_outside_the_mask_are_identical(scene, use_landmarks):
     assert changed[m > 0.9].mean() > 0.5  # and the mouth region did change
 
 
+@pytest.mark.parametrize("render", [128, 256, 512])
 @pytest.mark.parametrize("scale", [0.5, 1.0, 2.5])
 @pytest.mark.parametrize("use_landmarks", [False, True])
-def test_paste_never_reads_a_128px_face_above_the_base_first_row(scene, use_landmarks, scale):
-    """HyperLips-Base skips its rows above ``BASE_FIRST_ROW`` in ``sync``: whatever a 128-px face holds there, the
-    frame is the same, for faces smaller and larger than 128 px and a nose drawn as high as the mask allows."""
+def test_paste_never_reads_a_generated_face_above_the_first_row(scene, use_landmarks, scale, render):
+    """``sync``'s last network (Base, or the HR decoder) skips its rows above ``BASE_FIRST_ROW`` (of 128; scaled for
+    256 and 512 px faces): whatever a face holds there, the frame is the same, for crops smaller and larger than
+    the face and a nose drawn as high as the mask allows."""
     from hyperlips.pipeline import BASE_FIRST_ROW
 
+    first = BASE_FIRST_ROW * render // 128
     f0, f1, _, (x1, y1, x2, y2), lm = scene
     pts = lm[:, :2].copy()
     if use_landmarks:
@@ -120,9 +123,9 @@ def test_paste_never_reads_a_128px_face_above_the_base_first_row(scene, use_land
     pts *= size / (y2 - y1)
     frame = cv2.resize(f0, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     box = (x1 * scale, y1 * scale, x1 * scale + size, y1 * scale + size)
-    face = cv2.resize(f1[y1:y2, x1:x2], (128, 128), interpolation=cv2.INTER_AREA)
+    face = cv2.resize(f1[y1:y2, x1:x2], (render, render), interpolation=cv2.INTER_AREA)
     other = face.copy()
-    other[:BASE_FIRST_ROW] = 255 - other[:BASE_FIRST_ROW]
+    other[:first] = 255 - other[:first]
     kw = dict(landmarks=pts) if use_landmarks else {}
     out, out_other = paste_face(frame, face, box, **kw), paste_face(frame, other, box, **kw)
     assert not np.array_equal(out, frame)  # the face was pasted

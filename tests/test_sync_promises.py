@@ -479,7 +479,8 @@ def test_network_output_is_rounded_not_truncated_and_left_alone():
 def test_base_faces_are_the_checkpoints_network_on_every_row_paste_back_reads(tmp_path):
     """``sync`` folds the batch norms into the convolutions and, without an HR decoder, skips Base's rows above
     ``BASE_FIRST_ROW``: the faces it generates are the plain network's from there down (fp32, to float rounding).
-    With an HR decoder the base face it reads is the whole of the plain network's."""
+    With an HR decoder the base face it reads is the whole of the plain network's, and the HR decoder skips the
+    same share of its own rows."""
     import torch
 
     from hyperlips.models import create_model
@@ -508,9 +509,13 @@ def test_base_faces_are_the_checkpoints_network_on_every_row_paste_back_reads(tm
     assert d.max() <= 1 and d.mean() < 0.01
     assert (faces[:, : BASE_FIRST_ROW] != expected[:, : BASE_FIRST_ROW]).any()  # the rows above were skipped
 
-    hr = random_hr_checkpoint(tmp_path / "hr128.pth", 128)
+    hr = random_hr_checkpoint(tmp_path / "hr256.pth", 256)
     ls = LipSync(path, hr, device="cpu", precision="fp32", progress=False)
-    seen = []
-    ls._hr = lambda base_out: seen.append(base_out.clone()) or base_out
-    ls.generate(windows, x)
+    seen, hr_calls = [], []
+    run_hr = ls._hr
+    ls._hr = lambda base_out: seen.append(base_out.clone()) or run_hr(base_out)
+    call = ls._hr_call
+    ls._hr_call = lambda *args, **kwargs: hr_calls.append(kwargs) or call(*args, **kwargs)
+    assert ls.generate(windows, x).shape == (3, 256, 256, 3)
     torch.testing.assert_close(seen[0].contiguous(), torch.from_numpy(plain), rtol=0, atol=1e-5)
+    assert hr_calls == [{"first_row": 2 * BASE_FIRST_ROW}]  # the HR decoder skips the rows paste-back never reads

@@ -51,8 +51,8 @@ ProgressCallback = Callable[[str, int, int], None]  # (stage, frames done, frame
 
 # Paste-back never reads a generated 128-px face above MIN_TOP (row 57.6, blend.MIN_TOP; its bicubic enlargement
 # reaches 2 rows further up), so HyperLips-Base computes its full-resolution layers only from row 48 down (as
-# HyperLips-Lite always does): 1.6x faster on a CPU, the rows that reach the frame unchanged. Not with an HR
-# decoder, which reads the whole base face.
+# HyperLips-Lite always does): 1.6x faster on a CPU, the rows that reach the frame unchanged. With an HR decoder
+# (which sketches the whole base face) Base computes every row and the HR decoder skips the same share of its own.
 BASE_FIRST_ROW = 48
 
 
@@ -193,6 +193,7 @@ class LipSync:
 
         from .models import GENERATORS, create_model, load_checkpoint
         from .models.base import HyperLipsBase
+        from .models.hr import HRDecoder
         from .models.inference import fold_batchnorm
 
         if batch_size < 1:
@@ -263,10 +264,13 @@ class LipSync:
                 m.to(self.device, dtype=torch_dtype, memory_format=self._memory_format)
                 for p in m.parameters():
                     p.requires_grad_(False)
-        # keyword arguments of each generator call: Base skips the rows paste-back never reads
-        self._base_kwargs = {}
+        # keyword arguments of each generator call: the last network skips the rows paste-back never reads (Base
+        # alone; with an HR decoder, which sketches the whole base face, the HR decoder)
+        self._base_kwargs, self._hr_kwargs = {}, {}
         if isinstance(self.base, HyperLipsBase) and self.hr is None:
             self._base_kwargs = {"first_row": BASE_FIRST_ROW}
+        if isinstance(self.hr, HRDecoder):
+            self._hr_kwargs = {"first_row": BASE_FIRST_ROW * self.hr.rescaling}
         # the networks take float32 inputs and compute in their precision: a top-level call sees what sync gives
         self._base_call = self.base if dtype is None else _InPrecision(self.base, dtype)
         self._hr_call = self.hr if self.hr is None or dtype is None else _InPrecision(self.hr, dtype)
@@ -455,7 +459,8 @@ class LipSync:
                 sketches.append(sk if sk.ndim == 2 else sk[:, :, 0])
         sk = torch.from_numpy(np.stack(sketches)).to(base_out.device, base_out.dtype).div_(255.0)
         sk = sk[:, None].expand(-1, 3, -1, -1)
-        return self._hr_call(torch.cat([base_out, sk], dim=1).contiguous(memory_format=self._memory_format))
+        return self._hr_call(torch.cat([base_out, sk], dim=1).contiguous(memory_format=self._memory_format),
+                             **self._hr_kwargs)
 
     def _mesh(self):
         if getattr(self, "_face_mesh", None) is None:

@@ -310,6 +310,7 @@ class _NetworkFlow:
             self.hr = self._ready(create_model(f"hyperlips-hr-{size}"), ours)
         skip_rows = ours and self.hr is None and isinstance(self.base, HyperLipsBase)
         self.kwargs = {"first_row": BASE_FIRST_ROW} if skip_rows else {}
+        self.hr_kwargs = {"first_row": BASE_FIRST_ROW * self.hr.rescaling} if ours and self.hr is not None else {}
         self.mesh = None
         if self.hr is not None:
             from ..face.landmarks import FaceMesh
@@ -365,7 +366,7 @@ class _NetworkFlow:
                                 else draw_sketch(lm[:, :2], mesh_size, sk_size))
             sk = torch.from_numpy(np.stack(sketches)).to(self.device, self.dtype).div(255)[:, None].expand(-1, 3, -1, -1)
             hr_in = out if sk_size == 128 else F.interpolate(out, size=(sk_size, sk_size), mode="bilinear", align_corners=False)
-            self.hr(torch.cat([hr_in, sk], 1).contiguous(memory_format=self.format))
+            self.hr(torch.cat([hr_in, sk], 1).contiguous(memory_format=self.format), **self.hr_kwargs)
             return len(out)
 
 
