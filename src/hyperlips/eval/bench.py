@@ -220,14 +220,14 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
         for _, _, kind, a in sorted(jobs):
             if kind == "network":
                 s, dev, prec, flow, model, layout, *own = a
-                sizes_b = own[0] if own else batches
+                run_batches = own[0] if own else batches
                 if flow == "original layers" and s > original_max_size and not dev.startswith("cuda"):
                     add([BenchRow("network", "reference: original layers (Base + HR, NCHW)", s, dev, prec, b,
                                   status=f"skipped on CPU by default (the HR decoder on a {s}-px input renders "
                                          f"{s * s // 128}-px faces: minutes); use --original-max-size {s}")
-                         for b in sizes_b])
+                         for b in run_batches])
                     continue
-                add(bench_network(s, dev, prec, sizes_b, flow, frames, over_budget, model, layout))
+                add(bench_network(s, dev, prec, run_batches, flow, frames, over_budget, model, layout))
             elif kind == "e2e":
                 spec, dev = a
                 name = f"{'Lite' if spec.model == 'lite' else 'Base'}{' + HR' if spec.size != 128 else ''}"
