@@ -255,6 +255,9 @@ def test_folding_the_batch_norms_keeps_the_outputs(name):
         torch.testing.assert_close(folded(*x), net(*x), rtol=0, atol=2e-6)
     with pytest.raises(ValueError, match="training mode"):
         fold_batchnorm(create_model(name))
+    low = create_model(name).eval().to(torch.bfloat16)  # computed in float64 on the CPU, stored as the network was
+    fold_batchnorm(low)
+    assert {p.dtype for p in low.parameters()} == {torch.bfloat16}
 
 
 def test_encoder_feature_shapes(base):

@@ -17,29 +17,39 @@ from torch import nn
 from .hyper import BatchConv2d
 
 
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    # the fold is computed in float64 on the CPU (some devices, Apple's MPS among them, have no float64)
+    return t.detach().to("cpu", torch.float64)
+
+
+def _like(value: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return value.to(device=ref.device, dtype=ref.dtype)
+
+
 def _affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    # the eval-mode batch norm as y = s * x + t, computed in float64 for the fold
-    var, mean = bn.running_var.double(), bn.running_mean.double()
-    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    # the eval-mode batch norm as y = s * x + t
+    var, mean = _f64(bn.running_var), _f64(bn.running_mean)
+    gamma = _f64(bn.weight) if bn.weight is not None else torch.ones_like(var)
+    beta = _f64(bn.bias) if bn.bias is not None else torch.zeros_like(var)
     s = gamma / torch.sqrt(var + bn.eps)
     return s, beta - mean * s
 
 
 def _fold_conv(conv: nn.Conv2d, s: torch.Tensor, t: torch.Tensor) -> None:
-    w = conv.weight.data
-    conv.weight.data = (w.double() * s.view(-1, 1, 1, 1)).to(w.dtype)
-    b = conv.bias.data.double() if conv.bias is not None else torch.zeros_like(s)
-    conv.bias = nn.Parameter((b * s + t).to(w.dtype), requires_grad=False)
+    w = conv.weight
+    conv.weight.data = _like(_f64(w) * s.view(-1, 1, 1, 1), w)
+    b = _f64(conv.bias) if conv.bias is not None else torch.zeros_like(s)
+    conv.bias = nn.Parameter(_like(b * s + t, w), requires_grad=False)
 
 
 def _fold_generated(conv: BatchConv2d, s: torch.Tensor, t: torch.Tensor) -> None:
     # kernel rows are laid out (cout, cin, k, k) row-major: each output channel owns cin * k * k consecutive rows
     rows = s.repeat_interleave(conv.in_channels * conv.kernel_size * conv.kernel_size)
-    for lin, scale in ((conv.hyperkernel, rows), (conv.hyperbias, s)):
-        lin.weight.data = (lin.weight.data.double() * scale[:, None]).to(lin.weight.dtype)
-        lin.bias.data = (lin.bias.data.double() * scale).to(lin.bias.dtype)
-    conv.hyperbias.bias.data += t.to(conv.hyperbias.bias.dtype)
+    k, b = conv.hyperkernel, conv.hyperbias
+    k.weight.data = _like(_f64(k.weight) * rows[:, None], k.weight)
+    k.bias.data = _like(_f64(k.bias) * rows, k.bias)
+    b.weight.data = _like(_f64(b.weight) * s[:, None], b.weight)
+    b.bias.data = _like(_f64(b.bias) * s + t, b.bias)
 
 
 def fold_batchnorm(net: nn.Module) -> int:
