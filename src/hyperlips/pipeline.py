@@ -56,6 +56,17 @@ ProgressCallback = Callable[[str, int, int], None]  # (stage, frames done, frame
 BASE_FIRST_ROW = 48
 
 
+def row_skipping_kwargs(base, hr) -> tuple[dict, dict]:
+    """Keyword arguments for the generator's and the HR decoder's calls that skip the rows paste-back never reads:
+    Base's when it renders alone, the HR decoder's when there is one (it sketches the whole base face)."""
+    from .models.base import HyperLipsBase
+    from .models.hr import HRDecoder
+
+    base_kw = {"first_row": BASE_FIRST_ROW} if isinstance(base, HyperLipsBase) and hr is None else {}
+    hr_kw = {"first_row": BASE_FIRST_ROW * hr.rescaling} if isinstance(hr, HRDecoder) else {}
+    return base_kw, hr_kw
+
+
 @dataclass
 class SyncReport:
     """What a run produced and where its time went (seconds per stage)."""
@@ -192,8 +203,6 @@ class LipSync:
         import torch
 
         from .models import GENERATORS, create_model, load_checkpoint
-        from .models.base import HyperLipsBase
-        from .models.hr import HRDecoder
         from .models.inference import fold_batchnorm
 
         if batch_size < 1:
@@ -266,11 +275,7 @@ class LipSync:
                     p.requires_grad_(False)
         # keyword arguments of each generator call: the last network skips the rows paste-back never reads (Base
         # alone; with an HR decoder, which sketches the whole base face, the HR decoder)
-        self._base_kwargs, self._hr_kwargs = {}, {}
-        if isinstance(self.base, HyperLipsBase) and self.hr is None:
-            self._base_kwargs = {"first_row": BASE_FIRST_ROW}
-        if isinstance(self.hr, HRDecoder):
-            self._hr_kwargs = {"first_row": BASE_FIRST_ROW * self.hr.rescaling}
+        self._base_kwargs, self._hr_kwargs = row_skipping_kwargs(self.base, self.hr)
         # the networks take float32 inputs and compute in their precision: a top-level call sees what sync gives
         self._base_call = self.base if dtype is None else _InPrecision(self.base, dtype)
         self._hr_call = self.hr if self.hr is None or dtype is None else _InPrecision(self.hr, dtype)

@@ -294,8 +294,7 @@ class _NetworkFlow:
         import torch
 
         from ..models import create_model
-        from ..models.base import HyperLipsBase
-        from ..pipeline import BASE_FIRST_ROW
+        from ..pipeline import row_skipping_kwargs
 
         self.size, self.device, self.flow = size, device, flow
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -308,9 +307,7 @@ class _NetworkFlow:
         self.hr = None
         if size != 128:
             self.hr = self._ready(create_model(f"hyperlips-hr-{size}"), ours)
-        skip_rows = ours and self.hr is None and isinstance(self.base, HyperLipsBase)
-        self.kwargs = {"first_row": BASE_FIRST_ROW} if skip_rows else {}
-        self.hr_kwargs = {"first_row": BASE_FIRST_ROW * self.hr.rescaling} if ours and self.hr is not None else {}
+        self.kwargs, self.hr_kwargs = row_skipping_kwargs(self.base, self.hr) if ours else ({}, {})
         self.mesh = None
         if self.hr is not None:
             from ..face.landmarks import FaceMesh
