@@ -109,12 +109,12 @@ def test_pixels_outside_the_mask_are_identical(scene, use_landmarks):
 @pytest.mark.parametrize("scale", [0.5, 1.0, 2.5])
 @pytest.mark.parametrize("use_landmarks", [False, True])
 def test_paste_never_reads_a_generated_face_above_the_first_row(scene, use_landmarks, scale, render):
-    """``sync``'s last network (Base, or the HR decoder) skips its rows above ``BASE_FIRST_ROW`` (of 128; scaled for
-    256 and 512 px faces): whatever a face holds there, the frame is the same, for crops smaller and larger than
-    the face and a nose drawn as high as the mask allows."""
-    from hyperlips.pipeline import BASE_FIRST_ROW
+    """``first_row_read``: whatever a generated face holds above that row, the frame is the same, for crops smaller
+    and larger than the face and (landmark mask) a nose drawn as high as the mask allows; a few rows lower, it
+    is not (the bound is close, so the rows a generator skips for it are most of those it could)."""
+    from hyperlips.face.blend import first_row_read
 
-    first = BASE_FIRST_ROW * render // 128
+    first = first_row_read(render, landmarks=use_landmarks)
     f0, f1, _, (x1, y1, x2, y2), lm = scene
     pts = lm[:, :2].copy()
     if use_landmarks:
@@ -124,12 +124,27 @@ def test_paste_never_reads_a_generated_face_above_the_first_row(scene, use_landm
     frame = cv2.resize(f0, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     box = (x1 * scale, y1 * scale, x1 * scale + size, y1 * scale + size)
     face = cv2.resize(f1[y1:y2, x1:x2], (render, render), interpolation=cv2.INTER_AREA)
-    other = face.copy()
-    other[:first] = 255 - other[:first]
     kw = dict(landmarks=pts) if use_landmarks else {}
-    out, out_other = paste_face(frame, face, box, **kw), paste_face(frame, other, box, **kw)
+    out = paste_face(frame, face, box, **kw)
     assert not np.array_equal(out, frame)  # the face was pasted
-    assert np.array_equal(out, out_other)
+
+    def inverted_above(row):
+        other = face.copy()
+        other[:row] = 255 - other[:row]
+        return paste_face(frame, other, box, **kw)
+
+    assert np.array_equal(out, inverted_above(first))
+    assert not np.array_equal(out, inverted_above(first + 8 * render // 128))
+
+
+def test_first_row_read_follows_the_mask():
+    from hyperlips.face.blend import MIN_TOP, MaskParams, first_row_read
+
+    assert first_row_read(128) == 69  # the geometric mask's top, 0.56 of the face, less the resize's reach
+    assert first_row_read(128, landmarks=True) == 55 == int(MIN_TOP * 128 - 0.5) - 2
+    assert first_row_read(256) == 140 and first_row_read(512) == 284
+    assert first_row_read(128, MaskParams(top=0.3)) == 35  # a taller mask reads more rows
+    assert first_row_read(128, MaskParams(top=0.0)) == 0
 
 
 @pytest.mark.parametrize("use_landmarks", [False, True])

@@ -480,9 +480,10 @@ def test_base_faces_are_the_checkpoints_network_on_every_row_paste_back_reads(tm
     """``sync`` folds the batch norms into the convolutions and, without an HR decoder, skips Base's rows above
     ``BASE_FIRST_ROW``: the faces it generates are the plain network's from there down (fp32, to float rounding).
     With an HR decoder the base face it reads is the whole of the plain network's, and the HR decoder skips the
-    same share of its own rows."""
+    rows paste-back never reads of its own."""
     import torch
 
+    from hyperlips.face.blend import first_row_read
     from hyperlips.models import create_model
     from hyperlips.pipeline import BASE_FIRST_ROW, LipSync
 
@@ -518,4 +519,4 @@ def test_base_faces_are_the_checkpoints_network_on_every_row_paste_back_reads(tm
     ls._hr_call = lambda *args, **kwargs: hr_calls.append(kwargs) or call(*args, **kwargs)
     assert ls.generate(windows, x).shape == (3, 256, 256, 3)
     torch.testing.assert_close(seen[0].contiguous(), torch.from_numpy(plain), rtol=0, atol=1e-5)
-    assert hr_calls == [{"first_row": 2 * BASE_FIRST_ROW}]  # the HR decoder skips the rows paste-back never reads
+    assert hr_calls == [{"first_row": first_row_read(256)}]  # the HR decoder skips the rows paste-back never reads

@@ -30,6 +30,7 @@ import numpy as np
 
 from .config import AudioConfig
 from .errors import MediaError, UserError
+from .face.blend import first_row_read
 from .face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND, check_weight
 from .generator_io import (  # noqa: F401  (re-exported: the crop and input helpers' historical home)
     BASE_SIZE,
@@ -49,11 +50,12 @@ from .streaming import MUX_SAMPLE_RATE, OUTPUT_SUFFIXES, check_face_box, check_p
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, frames done, frames in the stage)
 
-# Paste-back never reads a generated 128-px face above MIN_TOP (row 57.6, blend.MIN_TOP; its bicubic enlargement
-# reaches 2 rows further up), so HyperLips-Base computes its full-resolution layers only from row 48 down (as
-# HyperLips-Lite always does): 1.6x faster on a CPU, the rows that reach the frame unchanged. With an HR decoder
-# (which sketches the whole base face) Base computes every row and the HR decoder skips the same share of its own.
-BASE_FIRST_ROW = 48
+# Paste-back never reads a generated face above ``blend.first_row_read`` (for sync's mask, the geometric one: row 69
+# of 128, 140 of 256), so the last network of the chain computes only the rows from there down: HyperLips-Base its
+# full-resolution layers (as HyperLips-Lite always does from row 48), about 1.7x faster on a CPU than all rows, the rows
+# that reach the frame unchanged. With an HR decoder (which sketches the whole base face) Base computes every row
+# and the HR decoder skips the same share of its own.
+BASE_FIRST_ROW = first_row_read(BASE_SIZE)
 
 
 def row_skipping_kwargs(base, hr) -> tuple[dict, dict]:
@@ -63,7 +65,7 @@ def row_skipping_kwargs(base, hr) -> tuple[dict, dict]:
     from .models.hr import HRDecoder
 
     base_kw = {"first_row": BASE_FIRST_ROW} if isinstance(base, HyperLipsBase) and hr is None else {}
-    hr_kw = {"first_row": BASE_FIRST_ROW * hr.rescaling} if isinstance(hr, HRDecoder) else {}
+    hr_kw = {"first_row": first_row_read(BASE_SIZE * hr.rescaling)} if isinstance(hr, HRDecoder) else {}
     return base_kw, hr_kw
 
 

@@ -30,9 +30,11 @@ JAW_LINE: tuple[int, ...] = (
 NOSE_BASE: tuple[int, ...] = (98, 97, 2, 326, 327)
 
 
-# The highest the mask's top cut goes (a fraction of the crop's height), whatever the landmarks: rows of a generated
-# face above it (less the enlargement's reach) never reach the frame, so a generator may skip computing them.
+# The highest the landmark mask's top cut goes (a fraction of the crop's height), wherever the nose is.
 MIN_TOP = 0.45
+# Rows of the generated face that resizing it to the crop reads above the first row it writes: bicubic enlargement
+# reads 1 row above the sample point, area shrinking none (one row more, for rounding).
+RESIZE_REACH = 2
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,18 @@ class MaskParams:
     top_feather: float = 0.10  # rows ramp from 0 at `top` to 1 at `top + top_feather`
     border: float = 0.06  # ramp from 0 on the crop's edge pixels to 1 this far inside
     landmark_feather: float = 0.08  # landmark mask: ramp width inside the jaw polygon (fraction of crop height)
+
+
+def first_row_read(size: int, params: MaskParams = MaskParams(), landmarks: bool = False) -> int:
+    """The first row of a ``size`` x ``size`` generated face that :func:`paste_face` can read with this mask
+    (``landmarks``: the landmark mask, whose top follows the nose but never rises above :data:`MIN_TOP`); whatever
+    the rows above it hold, the frame is the same, for crops of any size. A generator may skip computing them.
+
+    The mask is 0 on the crop's rows ``y`` with ``(y + 0.5) / h <= top``; paste-back resizes the face to the crop
+    and reads only the rows the mask touches, so row ``y`` reads the face near ``top * size - 0.5`` and above it
+    at most :data:`RESIZE_REACH` rows."""
+    top = MIN_TOP if landmarks else params.top
+    return max(0, int(np.floor(top * size - 0.5)) - RESIZE_REACH)
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
