@@ -260,6 +260,52 @@ def test_folding_the_batch_norms_keeps_the_outputs(name):
     assert {p.dtype for p in low.parameters()} == {torch.bfloat16}
 
 
+@pytest.mark.parametrize("name", ["hyperlips-base", "hyperlips-lite", "hyperlips-hr-256"])
+def test_activations_in_place_keep_the_outputs_and_the_inputs(name):
+    """As sync runs them (folded, activations in place): bit for bit the folded network's outputs, first_row
+    too, and the caller's tensors untouched."""
+    import copy
+
+    from hyperlips.models.inference import activations_in_place, fold_batchnorm
+
+    torch.manual_seed(6)
+    net = _with_random_batchnorm_stats(create_model(name), 2)
+    fold_batchnorm(net)
+    fast = copy.deepcopy(net)
+    n = activations_in_place(fast)
+    assert n > 0
+    if name.startswith("hyperlips-hr"):
+        x, kw = (torch.rand(2, 6, 128, 128),), {"first_row": 140}
+    else:
+        x, kw = (torch.randn(2, 1, 80, getattr(net, "mel_steps", 16)), torch.rand(2, 6, 128, 128)), {}
+    if name == "hyperlips-base":
+        kw = {"first_row": 69}
+    kept = [t.clone() for t in x]
+    with torch.no_grad():
+        for args in ({}, kw):
+            assert torch.equal(fast(*x, **args), net(*x, **args))
+    assert all(torch.equal(a, b) for a, b in zip(x, kept))
+
+
+def test_activations_in_place_only_where_nothing_else_holds_the_tensor():
+    from hyperlips.models.blocks import ConvBlock
+    from hyperlips.models.inference import activations_in_place
+
+    after_conv = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Identity(), nn.ReLU())
+    at_start = nn.Sequential(nn.Identity(), nn.ReLU(), nn.Conv2d(3, 3, 1))  # would overwrite the caller's input
+    after_other = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Dropout(), nn.ReLU())  # an unknown module may pass its input
+    block = ConvBlock(3, 3, 3, 1, 1, residual=True)
+    net = nn.ModuleList([after_conv, at_start, after_other, block]).eval()
+    assert activations_in_place(net) == 2
+    assert after_conv[2].inplace and not at_start[1].inplace and not after_other[2].inplace
+    assert block.act.inplace and block.add_in_place
+    x = torch.randn(1, 3, 4, 4)
+    kept = x.clone()
+    with torch.no_grad():
+        at_start(x), block(x)
+    assert torch.equal(x, kept)
+
+
 def test_encoder_feature_shapes(base):
     with torch.no_grad():
         f = base.face_encoder(torch.rand(1, 6, 128, 128))

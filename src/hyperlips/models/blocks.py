@@ -19,11 +19,12 @@ class ConvBlock(nn.Module):
         self.conv_block = nn.Sequential(nn.Conv2d(cin, cout, kernel_size, stride, padding), nn.BatchNorm2d(cout))
         self.act = nn.ReLU()
         self.residual = residual
+        self.add_in_place = False  # inference: the residual added into the convolution's output (models.inference)
 
     def forward(self, x: Tensor) -> Tensor:  # (N, cin, H, W) -> (N, cout, H', W')
         out = self.conv_block(x)
         if self.residual:
-            out = out + x
+            out = out.add_(x) if self.add_in_place else out + x
         return self.act(out)
 
 

