@@ -90,8 +90,11 @@ class OutputBlock(nn.Module):
     def forward(self, x: Tensor, src: Tensor, first_row: int = 0) -> Tensor:
         # x (N, in, h, w), src (N, src, H, W) -> (N, out, H - first_row, W): the rows from first_row down (those
         # near the top of the slice see zero padding where the full map has rows: the caller keeps a margin)
-        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-        x = x[:, :, first_row : src.shape[2], : src.shape[3]]
+        # only the input rows the kept output rows read are enlarged: output row o reads input rows near o / 2 -
+        # 1/4, so from input row first_row // 2 - 1 on (shifted by whole input rows, the weights are the same)
+        top = max(0, first_row // 2 - 1)
+        x = F.interpolate(x[:, :, top:], scale_factor=2.0, mode="bilinear", align_corners=False)
+        x = x[:, :, first_row - 2 * top : src.shape[2] - 2 * top, : src.shape[3]]
         return self.conv(torch.cat([x, src[:, :, first_row:]], dim=1))
 
 
