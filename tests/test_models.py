@@ -192,6 +192,22 @@ def _with_random_batchnorm_stats(net: nn.Module, seed: int) -> nn.Module:
     return net.eval()
 
 
+def test_output_block_first_row_enlarges_only_what_it_needs():
+    """Base's full-resolution block from ``first_row`` (even and odd): past the two rows its convolutions pad, the
+    full block's rows exactly (it enlarges only the input rows those read)."""
+    from hyperlips.models.decoder import OutputBlock
+
+    torch.manual_seed(3)
+    block = OutputBlock(32, 6, 16).eval()
+    x, src = torch.randn(2, 32, 64, 64), torch.randn(2, 6, 128, 128)
+    with torch.no_grad():
+        full = block(x, src)
+        for first in (1, 2, 3, 42, 43, 64, 69, 125):
+            part = block(x, src, first)
+            assert part.shape[2] == 128 - first
+            assert torch.equal(part[:, :, 2:], full[:, :, first + 2 :]), first
+
+
 def test_base_first_row_computes_the_full_networks_rows_from_there():
     torch.manual_seed(4)
     net = _with_random_batchnorm_stats(create_model("hyperlips-base"), 0)
