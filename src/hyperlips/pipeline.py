@@ -52,9 +52,9 @@ ProgressCallback = Callable[[str, int, int], None]  # (stage, frames done, frame
 
 # Paste-back never reads a generated face above ``blend.first_row_read`` (for sync's mask, the geometric one: row 69
 # of 128, 140 of 256), so the last network of the chain computes only the rows from there down: HyperLips-Base its
-# full-resolution layers (as HyperLips-Lite always does from row 48), about 1.7x faster on a CPU than all rows, the rows
-# that reach the frame unchanged. With an HR decoder (which sketches the whole base face) Base computes every row
-# and the HR decoder skips the same share of its own.
+# full-resolution layers (as HyperLips-Lite always does from row 48), about 1.7x faster on a CPU than all rows, the
+# rows that reach the frame unchanged. With an HR decoder (which sketches the whole base face) Base computes every
+# row and the HR decoder skips its own rows above that bound.
 BASE_FIRST_ROW = first_row_read(BASE_SIZE)
 
 
