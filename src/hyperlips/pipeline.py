@@ -205,7 +205,7 @@ class LipSync:
         import torch
 
         from .models import GENERATORS, create_model, load_checkpoint
-        from .models.inference import activations_in_place, fold_batchnorm
+        from .models.inference import prepare_for_inference
 
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
@@ -270,9 +270,8 @@ class LipSync:
         for m in (self.base, self.hr):
             if m is not None:
                 m.eval()
-                if m is not network:  # our own copy: its batch norms folded into the convolutions and its
-                    fold_batchnorm(m)  # activations in place (the same outputs, less memory traffic)
-                    activations_in_place(m)
+                if m is not network:  # our own copy: batch norms folded into the convolutions, activations in
+                    prepare_for_inference(m)  # place (the same outputs, less memory traffic)
                 m.to(self.device, dtype=torch_dtype, memory_format=self._memory_format)
                 for p in m.parameters():
                     p.requires_grad_(False)

@@ -316,12 +316,11 @@ class _NetworkFlow:
         self.face = (np.asarray(_face_128(), dtype=np.float32) / 255.0).transpose(2, 0, 1)
 
     def _ready(self, net, ours: bool):
-        from ..models.inference import activations_in_place, fold_batchnorm
+        from ..models.inference import prepare_for_inference
 
         net.eval()
         if ours:
-            fold_batchnorm(net)
-            activations_in_place(net)
+            prepare_for_inference(net)
         return net.to(device=self.device, dtype=self.dtype, memory_format=self.format)
 
     def close(self):

@@ -1,5 +1,6 @@
 """Inference-only rewrites of a network: every batch norm folded into the convolution before it
-(:func:`fold_batchnorm`), and the activations after them computed in place (:func:`activations_in_place`).
+(:func:`fold_batchnorm`), and the activations after them computed in place (:func:`activations_in_place`);
+:func:`prepare_for_inference` does both, as ``sync`` and ``bench`` run the networks.
 
 In eval mode a BatchNorm2d is a per-channel affine map, y = s * x + t with s = gamma / sqrt(var + eps) and
 t = beta - mean * s, so a convolution followed by it is one convolution with its output channels scaled by s and
@@ -109,3 +110,10 @@ def activations_in_place(net: nn.Module) -> int:
                 m.add_in_place = True
             changed += 1
     return changed
+
+
+def prepare_for_inference(net: nn.Module) -> nn.Module:
+    """``net`` (in eval mode) as ``sync`` runs it: batch norms folded, activations in place. Returns ``net``."""
+    fold_batchnorm(net)
+    activations_in_place(net)
+    return net
