@@ -329,3 +329,27 @@ def test_centred_windows_put_the_frame_time_in_the_middle():
     assert w[0, 0, 0, 12] == 80 and w[0, 0, 0, 0] == 68
     # before the first mel frame: silence (-4), never wrapped or clamped
     assert (w[1, 0, 0, :8] == -4).all() and w[1, 0, 0, 8] == 0
+
+
+def test_smoothing_across_frequency_keeps_the_envelope_and_drops_the_pitch_ripple(real_data):
+    """The first ``keep`` DCT coefficients over the bins, per frame: a broad envelope passes, a ripple along the bins
+    (a voice's harmonics) goes; 0 or >= the bins leaves the mel alone; normalising with it smooths first."""
+    from scipy.fft import dct, idct
+
+    from hyperlips.media.audio import load_audio, melspectrogram, normalise_utterance, smooth_across_frequency
+
+    mel = melspectrogram(load_audio(real_data / "hyperlips" / "audio1.wav", 16000))[:, :200]
+    coef = dct(mel, type=2, norm="ortho", axis=0)
+    coef[12:] = 0
+    assert np.allclose(smooth_across_frequency(mel, 12), idct(coef, type=2, norm="ortho", axis=0), atol=1e-4)
+    bins = np.arange(80, dtype=np.float32)[:, None]
+    envelope = -((bins - 30) / 25) ** 2  # one broad formant-like hump
+    ripple = 0.5 * np.cos(np.pi * bins / 2.5)  # fine ripple: a period of 5 bins
+    out = smooth_across_frequency(np.repeat(envelope + ripple, 3, axis=1), 12)
+    assert np.abs(out - envelope).max() < 0.05 * np.ptp(envelope) and np.abs(out - envelope - ripple).max() > 0.4
+    for keep in (0, 80, 100):
+        assert np.array_equal(smooth_across_frequency(mel, keep), mel)
+    assert np.array_equal(normalise_utterance(mel, 12), normalise_utterance(smooth_across_frequency(mel, 12)))
+    assert not np.allclose(normalise_utterance(mel, 12), normalise_utterance(mel), atol=0.05)
+    with pytest.raises(ValueError, match="keep"):
+        smooth_across_frequency(mel, -1)

@@ -100,6 +100,34 @@ def test_train_judge_writes_a_judge_that_eval_takes_and_training_refuses(small_d
         load_expert_checkpoint(tmp_path / "run/judge.safetensors")  # the sync loss needs an expert
 
 
+def test_a_judge_with_mel_smoothing_reads_the_smoothed_mel_wherever_it_scores(small_dataset, tmp_path):  # noqa: F811
+    """``mel_smooth`` travels in the judge's file, and eval's offset search smooths the mel before normalising it
+    as the fit did: the same weights with mel_smooth 0 given the smoothed mel score exactly the same."""
+    from hyperlips.eval.sync_judge import judge_score
+    from hyperlips.eval.sync_score import load_expert
+    from hyperlips.media.audio import smooth_across_frequency
+    from hyperlips.models import create_model
+    from hyperlips.train.judge import fit_judge
+
+    view = make_view(small_dataset, tmp_path / "view", ["grid_s1/bbaf3s", "grid_s1/bbas3a"], val_frames=20)
+    torch.set_num_threads(1)
+    rep = fit_judge(view, tmp_path / "run", steps=2, members=1, window=8, components=4, mel_smooth=12,
+                    progress=False)
+    judge = load_expert(tmp_path / "run/judge.safetensors")
+    assert rep["mel_smooth"] == 12 and judge.config.mel_smooth == 12
+    plain = create_model("sync-judge", {**judge.config.to_dict(), "mel_smooth": 0}).eval()
+    plain.load_state_dict(judge.state_dict())
+    rng = np.random.default_rng(0)
+    face = rng.normal(size=(468, 2)) * 40 + 200
+    landmarks = face + rng.normal(size=(60, 468, 2))  # a face whose points wander a little, 60 frames
+    times, mel = np.arange(60) / 25.0, rng.normal(size=(80, 220)).astype(np.float32) - 2
+    got = judge_score(judge, landmarks, times, mel, 25.0, vshift=4)
+    same = judge_score(plain, landmarks, times, smooth_across_frequency(mel, 12), 25.0, vshift=4)
+    unsmoothed = judge_score(plain, landmarks, times, mel, 25.0, vshift=4)
+    np.testing.assert_allclose(got.curve, same.curve, atol=1e-5)
+    assert np.abs(got.curve - unsmoothed.curve).max() > 1e-3
+
+
 def test_train_judge_command_refuses_bad_settings(tmp_path, capsys):
     from hyperlips.cli import main
 

@@ -84,16 +84,14 @@ def judge_score(judge, landmarks: np.ndarray, times: Sequence[float], mel: np.nd
                 vshift: int = DEFAULT_VSHIFT) -> SyncResult:
     """The judge's offset search: landmarks (N, 468+, 2+) of frames shown at ``times`` (s; NaN rows where FaceMesh
     found no face), mel (80, T) of the audio. ValueError when too few consecutive frames have landmarks."""
-    from ..media.audio import normalise_utterance
-
-    mel_n = normalise_utterance(np.asarray(mel, dtype=np.float32))
+    mel_n = judge.prepare_mel(np.asarray(mel, dtype=np.float32))
     return _search(judge, face_trajectory(judge, landmarks), mel_n, times, fps, vshift)
 
 
 def judge_offsets_from_shapes(judge, shapes: np.ndarray, mel_n: np.ndarray, times: Sequence[float],
                               vshift: int = DEFAULT_VSHIFT) -> int:
-    """The offset the judge finds from mouth shapes already measured (N, n_shape; NaN rows: none) and a mel
-    normalised per utterance; the frame rate is the times' own."""
+    """The offset the judge finds from mouth shapes already measured (N, n_shape; NaN rows: none) and a mel as the
+    judge reads it (``judge.prepare_mel``); the frame rate is the times' own."""
     t = np.asarray(times, np.float64)
     fps = (len(t) - 1) / max(t[-1] - t[0], 1e-9)
     return _search(judge, shape_trajectory(judge, shapes), mel_n, t, fps, vshift).offset

@@ -53,6 +53,7 @@ __all__ = [
     "centred_window_starts",
     "centred_mel_windows",
     "normalise_utterance",
+    "smooth_across_frequency",
     "mel_of_frames",
     "windows_from_starts",
     "mel_window_starts",
@@ -312,10 +313,32 @@ def centred_mel_windows(mel: np.ndarray, times, steps: int, cfg: AudioConfig = A
     return windows_from_starts(np.asarray(mel), centred_window_starts(times, steps, cfg), cfg, steps, fill)
 
 
-def normalise_utterance(mel: np.ndarray) -> np.ndarray:
-    """Each mel bin to zero mean and unit variance over the whole utterance (cepstral mean and variance
-    normalisation on the mel): removes the loudness and colour of a recording, keeps what is said. (n_mels, T)."""
+@lru_cache(maxsize=4)
+def _low_quefrency_projection(n_mels: int, keep: int) -> np.ndarray:
+    # (n_mels, n_mels): D_k^T D_k with D_k the first `keep` rows of the orthonormal DCT-II over the bins
+    n, k = np.arange(n_mels), np.arange(keep)[:, None]
+    d = np.cos(np.pi * (n + 0.5) * k / n_mels) * np.sqrt(2.0 / n_mels)
+    d[0] /= np.sqrt(2.0)
+    return (d.T @ d).astype(np.float32)
+
+
+def smooth_across_frequency(mel: np.ndarray, keep: int) -> np.ndarray:
+    """Each frame of a log-mel (n_mels, T) smoothed across its bins: only the first ``keep`` coefficients of its
+    DCT over the bins are kept (a cepstral lifter). The voice's pitch harmonics (fine ripples along the bins) go,
+    the formants (the broad envelope, which the mouth shapes) stay. ``keep`` 0 or >= n_mels: the mel as it is."""
     mel = np.asarray(mel, dtype=np.float32)
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0, got {keep}")
+    if keep == 0 or keep >= mel.shape[0]:
+        return mel
+    return _low_quefrency_projection(mel.shape[0], int(keep)) @ mel
+
+
+def normalise_utterance(mel: np.ndarray, smooth: int = 0) -> np.ndarray:
+    """Each mel bin to zero mean and unit variance over the whole utterance (cepstral mean and variance
+    normalisation on the mel): removes the loudness and colour of a recording, keeps what is said. (n_mels, T).
+    ``smooth`` > 0: each frame is first smoothed across frequency (:func:`smooth_across_frequency`)."""
+    mel = smooth_across_frequency(mel, smooth)
     if mel.shape[1] == 0:
         return mel.copy()
     return ((mel - mel.mean(axis=1, keepdims=True)) / (mel.std(axis=1, keepdims=True) + 1e-3)).astype(np.float32)

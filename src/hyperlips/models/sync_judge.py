@@ -1,12 +1,14 @@
 """A lip-sync judge that compares mouth shapes: the shape the speech makes against the shape the face shows.
 
 The audio side is an audio encoder of HyperLips-Lite's kind (:class:`~.lite_audio.AudioShapeEncoder`, fitted on
-its own: the judge does not share a generator's weights), which reads the mouth shape from the mel stream. The
-face side needs no network: the shape is FaceMesh's lip and jaw points with the head's pose taken out
-(:mod:`hyperlips.face.mouth_shape`), the same for every face. Both are projected on the main directions in which
-mouths move when people speak (``basis``: principal components of the training shapes, each scaled to unit
-variance), and a window of ``window`` frames scores the Pearson correlation of the two trajectories (each
-component centred over the window): 1 when the mouth moves as the speech says, about 0 when it is out of sync.
+its own: the judge does not share a generator's weights), which reads the mouth shape from the mel stream,
+normalised per utterance and, with ``mel_smooth``, first smoothed across frequency (the voice's pitch harmonics
+removed, the formants the mouth makes kept). The face side needs no network: the shape is FaceMesh's lip and jaw
+points with the head's pose taken out (:mod:`hyperlips.face.mouth_shape`), the same for every face. Both are
+projected on the main directions in which mouths move when people speak (``basis``: principal components of the
+training shapes, each scaled to unit variance), and a window of ``window`` frames scores the Pearson correlation
+of the two trajectories (each component centred over the window): 1 when the mouth moves as the speech says,
+about 0 when it is out of sync.
 
 Why shapes and long windows: a mouth seen for 0.2 s says little about sync to a network trained on about 50
 speakers (the image expert's 5-frame windows: AUC 0.61 on unseen people); a shape is the same quantity for every
@@ -18,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -36,6 +39,8 @@ class JudgeConfig(ArchConfig):
     n_shape: int = 106  # mouth-shape vector length (face.mouth_shape.N_SHAPE)
     smooth_ms: float = 80.0  # the audio encoder's reading: a triangular mean within +- this (as HyperLips-Lite's)
     dropout: float = 0.3  # the audio encoder's, while it is fitted
+    mel_smooth: int = 0  # > 0: each mel frame smoothed across frequency to its first this many DCT coefficients
+    # before the per-utterance normalisation (media.audio.smooth_across_frequency); judges made before it: 0
 
 
 class SyncJudge(nn.Module):
@@ -50,8 +55,14 @@ class SyncJudge(nn.Module):
         # (components, n_shape): the principal directions, each divided by its standard deviation (set when fitted)
         self.register_buffer("basis", torch.eye(cfg.components, cfg.n_shape))
 
+    def prepare_mel(self, mel: np.ndarray) -> np.ndarray:
+        """A whole track's log-mel (80, T) as the audio encoder reads it: smoothed (``mel_smooth``), normalised."""
+        from ..media.audio import normalise_utterance
+
+        return normalise_utterance(mel, self.config.mel_smooth)
+
     def audio_shapes(self, mel: Tensor, positions: Tensor) -> Tensor:
-        # mel (B, 80, L) normalised per utterance, positions (B, K) in mel steps -> shapes (B, K, n_shape)
+        # mel (B, 80, L) from prepare_mel, positions (B, K) in mel steps -> shapes (B, K, n_shape)
         return self.audio_encoder.shapes_at(mel, positions)
 
     def project(self, shapes: Tensor) -> Tensor:
