@@ -85,6 +85,41 @@ def test_fitted_encoder_predicts_mouths_of_unheard_sentences(grid24):
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), third.state_dict().values()))
 
 
+def test_a_time_limit_cuts_the_fit_short_and_lays_the_learning_rate_cycle_over_what_fits(grid24, monkeypatch):
+    """With ``max_seconds``, the first PROBE_STEPS steps are timed and the fit stops where the limit says, its
+    learning rate having come down through a whole cycle; without one (or with room) all steps are taken."""
+    from hyperlips.face.mouth_shape import aligned_moving_points, stable_template
+    from hyperlips.models.lite_audio import AudioShapeEncoder
+    from hyperlips.train import lite_audio
+
+    train, _ = grid24
+    lm = np.concatenate([np.asarray(c.landmarks, np.float64) for c in train[:2]])
+    tpl = stable_template(lm)
+    pts = aligned_moving_points(lm, tpl)
+    tracks, _ = _tracks(train[:2], tpl, pts[np.isfinite(pts).all(axis=(1, 2))].mean(axis=0))
+    now = [0.0]  # a clock on which every optimiser step takes half a second
+    monkeypatch.setattr(lite_audio.time, "perf_counter", lambda: now[0])
+    lrs = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(opt, *a, **k):
+        lrs.append(opt.param_groups[0]["lr"])
+        now[0] += 0.5
+        return real_step(opt, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    torch.manual_seed(0)
+    rep = lite_audio.fit_audio_encoder(AudioShapeEncoder(width=16, members=1), tracks, steps=200, batch=2,
+                                       max_seconds=15.0, seed=0)
+    # 20 timed steps of 0.5 s: 15 s hold 30 steps
+    assert rep.steps == 30 and rep.asked == 200 and len(lrs) == rep.steps
+    assert lrs[-1] < 0.01 * max(lrs)  # annealed by the last step, as a full cycle ends
+    lrs.clear()
+    rep = lite_audio.fit_audio_encoder(AudioShapeEncoder(width=16, members=1), tracks, steps=30, batch=2,
+                                       max_seconds=1e4, seed=0)
+    assert rep.steps == rep.asked == 30 == len(lrs)
+
+
 def test_chunks_follow_the_frames_they_stretch(grid24):
     from hyperlips.face.mouth_shape import aligned_moving_points, stable_template
     from hyperlips.models.lite_audio import STRIDE

@@ -268,6 +268,37 @@ def test_time_budget_stops_the_run_and_is_counted_across_resumes(grid_view, tmp_
     assert 50.0 <= ck["clock"]["elapsed_s"] <= 60.0 and ck["clock"]["planned_steps"] == trainer.planned_steps
     again = _trainer(grid_view, tmp_path / "run", resume=True, max_steps=1000, max_minutes=1.0, val_every=4)
     assert again.fit().step == res.step  # the budget is spent: nothing more to do
+    # more minutes continue it: the old plan is dropped, the new one spends the 60 s added
+    more = _trainer(grid_view, tmp_path / "run", resume=True, max_steps=1000, max_minutes=2.0, val_every=4)
+    more.on_step = trainer.on_step
+    assert res.step + 8 <= more.fit().step == more.planned_steps <= res.step + 13
+
+
+def test_a_stages_preparation_is_spent_from_the_budget_but_left_out_of_its_speed(grid_view, tmp_path, monkeypatch):
+    """HyperLips-Lite fits its audio encoder before the first step: given at most a quarter of the budget, counted
+    in the elapsed time, not in the seconds per step the plan is made from."""
+    import hyperlips.train.loop as loop
+    from hyperlips.train.lite import LiteStage
+
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["t"])
+    given = []
+
+    def slow_prepare(self, seconds):
+        given.append(seconds)
+        clock["t"] += 30.0
+
+    monkeypatch.setattr(LiteStage, "prepare", slow_prepare)
+    trainer = _trainer(grid_view, tmp_path / "run", max_steps=1000, max_minutes=1.0, val_every=4, ckpt_every=1000)
+    trainer.on_step = lambda step, losses: clock.__setitem__("t", clock["t"] + 5.0)
+    res = trainer.fit()
+    # 30 s + 4 steps of 5 s = 50 s at the first validation: 10 s left, 2 steps at 5 s/step (98%: 1); had the 30 s
+    # counted in the speed (12.5 s/step), none
+    assert given == [15.0] and res.step == trainer.planned_steps == 5
+    # a resumed run does not prepare again
+    again = _trainer(grid_view, tmp_path / "run", resume=True, max_steps=1000, max_minutes=2.0, val_every=4)
+    again.on_step = trainer.on_step
+    assert again.fit().step > res.step and given == [15.0]
 
 
 # ---------------------------------------------------------------------------------------------- commands

@@ -36,7 +36,7 @@ class TrainConfig:
     max_steps: int = 100_000
     grad_clip: float = 1.0  # max gradient norm per network; 0 = off
     bn_batches: int = 0  # re-estimate BatchNorm running statistics on this many training batches before every
-    # validation and checkpoint (0 = off; the sync stage's default is 8, see Trainer._recalibrate_bn)
+    # validation and checkpoint (0 = off; the sync stage's default is 8, see train/validation.recalibrate_bn)
     amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | on (fp16, CUDA) | bf16 (CPU or CUDA) | off
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: the local rank's GPU)
     seed: int = 0

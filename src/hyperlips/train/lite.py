@@ -233,8 +233,15 @@ class LiteStage(Stage):
         edge = ((fx - tx).abs() * w[:, :, :, 1:]).mean() + ((fy - ty).abs() * w[:, :, 1:]).mean()
         return l1, edge
 
-    def fit_audio(self) -> None:
-        """Fit the audio encoder on the training frames (``train/lite_audio.py``); it is frozen afterwards."""
+    def prepare(self, seconds: float | None) -> None:
+        if self.cfg.audio_steps > 0:  # a fresh run; a resumed one restores the fitted encoder
+            self.fit_audio(seconds)
+
+    def fit_audio(self, seconds: float | None = None) -> None:
+        """Fit the audio encoder on the training frames (``train/lite_audio.py``), in at most ``seconds`` (fewer
+        steps when the first ones say it would take longer); it is frozen afterwards."""
+        from tqdm import tqdm
+
         from .lite_audio import fit_audio_encoder
 
         ds = self.train_dataset()
@@ -244,9 +251,18 @@ class LiteStage(Stage):
             times = np.asarray([part.clip.time_of(int(i)) for i in part.index])
             tracks.append((mel, times, part.shapes, part.has_shape))
         cfg = self.cfg
-        rep = fit_audio_encoder(self.gen.audio_encoder, tracks, steps=cfg.audio_steps, lr=cfg.audio_lr,
-                                w_open=cfg.audio_w_open, seed=cfg.seed)
-        self.ctx.say(f"audio encoder fitted on {rep.frames} frames in {rep.seconds:.0f} s ({rep.steps} steps)")
+        limit = "" if seconds is None else f", at most {seconds:.0f} s of the time budget"
+        self.ctx.say(f"fitting the audio encoder ({cfg.audio_steps} steps{limit}) before the renderer trains")
+        bar = tqdm(total=cfg.audio_steps, desc="fit audio encoder", unit="step", leave=False,
+                   disable=not (cfg.progress and self.ctx.dist.main))
+        try:
+            rep = fit_audio_encoder(self.gen.audio_encoder, tracks, steps=cfg.audio_steps, lr=cfg.audio_lr,
+                                    w_open=cfg.audio_w_open, seed=cfg.seed, max_seconds=seconds,
+                                    on_step=lambda i, loss: bar.update(1))
+        finally:
+            bar.close()
+        cut = f" of {rep.asked}: the time budget allowed no more" if rep.steps < rep.asked else ""
+        self.ctx.say(f"audio encoder fitted on {rep.frames} frames in {rep.seconds:.0f} s ({rep.steps} steps{cut})")
         self._gain_ready = False
 
     def ensure_shape_gain(self) -> float:
@@ -266,8 +282,6 @@ class LiteStage(Stage):
 
     def train_step(self, batch, step):
         ctx, cfg = self.ctx, self.cfg
-        if step == 1 and cfg.audio_steps > 0:  # a fresh run; a resumed one restores the fitted encoder
-            self.fit_audio()
         self.gen.audio_encoder.eval()  # frozen: its dropout stays off while the renderer trains
         self.ensure_shape_gain()
         faces, target = masked_faces(batch)

@@ -17,7 +17,9 @@ Loss: MSE on the per-dimension standardised shape plus ``w_open`` x MSE on the s
 each, GRID: 4 minutes), the held-out mouth-opening correlation of the predicted shapes went from 0.50-0.58
 (a single 1-D CNN on one window per frame, batch 64, 3000 steps) to 0.60-0.69 (0.86 for GRID), in 15-80 s.
 
-Every random draw comes from a generator seeded by ``seed``: a fit is reproducible.
+Every random draw comes from a generator seeded by ``seed``: a fit is reproducible. With a time limit
+(``max_seconds``) the speed of the first ``PROBE_STEPS`` sets how many steps fit in it, and the learning-rate cycle
+is laid over those instead (what ``finetune`` does with a short budget on a busy machine).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ..face.mouth_shape import LOWER_INNER, MOVING, UPPER_INNER
 from ..models.lite_audio import RADIUS, STRIDE, sample_at
 
 MEL_FPS = 80.0
+PROBE_STEPS = 20  # steps timed before a time limit cuts a fit short
 
 
 @dataclass
@@ -43,6 +46,7 @@ class AudioFitReport:
     seconds: float
     frames: int  # training frames with a mouth shape
     loss: float  # last step's
+    asked: int = 0  # the steps asked for (more than ``steps`` when a time limit cut the fit short)
 
 
 class ChunkSampler:
@@ -127,10 +131,11 @@ def opening_of(shapes: Tensor) -> Tensor:
 
 
 def fit_audio_encoder(encoder, tracks, *, steps: int = 600, batch: int = 8, chunk: int = 32, lr: float = 2e-3,
-                      w_open: float = 1.0, seed: int = 0,
+                      w_open: float = 1.0, seed: int = 0, max_seconds: float | None = None,
                       on_step: Callable[[int, float], None] | None = None) -> AudioFitReport:
     """Fit ``encoder`` (an :class:`~hyperlips.models.lite_audio.AudioShapeEncoder`, fresh or pretrained) to
-    ``tracks`` (see :class:`ChunkSampler`) in place; sets its ``shape_std``. Each member draws its own chunks."""
+    ``tracks`` (see :class:`ChunkSampler`) in place; sets its ``shape_std``. Each member draws its own chunks.
+    ``max_seconds``: fewer steps (at least ``PROBE_STEPS``) when the first ones say ``steps`` would take longer."""
     t_start = time.perf_counter()
     shapes = np.concatenate([s[o] for _, _, s, o in tracks if len(s)])
     if len(shapes) < 3:
@@ -147,7 +152,8 @@ def fit_audio_encoder(encoder, tracks, *, steps: int = 600, batch: int = 8, chun
     ema = torch.optim.swa_utils.AveragedModel(encoder, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.995),
                                               use_buffers=True)
     loss_v = float("nan")
-    for step in range(steps):
+    total, step = steps, 0
+    while step < total:
         draws = [sampler.draw(batch, g) for _ in range(e)]
         mel = torch.stack([augment(d[0], g) for d in draws], 1)  # (B, E, n_mels, L)
         y = encoder.head(encoder.drop(encoder.body(mel.flatten(1, 2))))
@@ -166,10 +172,18 @@ def fit_audio_encoder(encoder, tracks, *, steps: int = 600, batch: int = 8, chun
         sched.step()
         ema.update_parameters(encoder)
         loss_v = float(loss.detach())
+        step += 1
         if on_step is not None:
-            on_step(step + 1, loss_v)
+            on_step(step, loss_v)
+        if max_seconds is not None and step == PROBE_STEPS and total > step:
+            fits = max(step, int(max_seconds / ((time.perf_counter() - t_start) / step)))
+            if fits < total:  # the same cycle over fewer steps, continued from where it is
+                total = fits
+                sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(2, total), pct_start=0.1)
+                for _ in range(step):
+                    sched.step()
     encoder.load_state_dict(ema.module.state_dict())
     with torch.no_grad():
         encoder.shape_std.copy_(std_t)
     encoder.eval()
-    return AudioFitReport(steps, time.perf_counter() - t_start, int(len(shapes)), loss_v)
+    return AudioFitReport(total, time.perf_counter() - t_start, int(len(shapes)), loss_v, steps)

@@ -23,13 +23,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
-from torch import Tensor, nn
 
 from ..errors import UserError
+from .budget import BudgetPlan
 from .checkpoints import (
     CKPT_DIR,
     CKPT_FORMAT,
@@ -46,16 +45,13 @@ from .distributed import Dist, rng_state, seed_everything, set_rng_state, setup_
 from .progress import LRSchedule, Progress
 from .runlog import RunLog
 from .stage import Context, Stage, TrainingDiverged, amp_settings
+from .validation import held_out_metrics, recalibrate_bn, to_device
 
 
 # ---------------------------------------------------------------------------------------------- the loop
 def _infinite(loader) -> Iterator:
     while True:
         yield from loader
-
-
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Tensor]:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
 
 
 @dataclass
@@ -84,38 +80,22 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.on_step: Callable[[int, dict[str, float]], None] | None = None  # test hook
         self.elapsed = 0.0  # training wall time of the run so far, across resumes (seconds)
-        self.planned_steps: int | None = None  # steps the wall-clock budget allows (fixed once, then stored)
+        self.budget = BudgetPlan(cfg.max_minutes, cfg.val_every, cfg.max_steps, self.dist.broadcast)
 
     def say(self, msg: str) -> None:
         if self.dist.main and not self.quiet:
             print(f"hyperlips train: {msg}", file=sys.stderr, flush=True)
+
+    @property
+    def planned_steps(self) -> int | None:
+        """The step the wall-clock budget allows (:mod:`.budget`; None before the first plan, or without one)."""
+        return self.budget.planned_steps
 
     def max_steps(self) -> int:
         """The step the run stops at: ``max_steps``, or fewer when the time budget allows fewer (planned)."""
         if self.planned_steps is not None:
             return min(int(self.cfg.max_steps), int(self.planned_steps))
         return int(self.cfg.max_steps)
-
-    def _plan(self, step: int, val_seconds: float, budget: float) -> None:
-        """With a time budget, fix at every validation the step the run ends at, from the speed measured since the
-        last plan (validations included), so the whole budget is used whatever else the machine is doing; the
-        learning-rate schedule decays over it. The plan is stored in checkpoints: a resumed run continues with
-        it until its own next validation re-plans from its own speed."""
-        if not budget or step < 1:
-            return
-        ref_step, ref_elapsed = self._plan_ref
-        if step <= ref_step:
-            return
-        per_step = max(self.elapsed - ref_elapsed - val_seconds, 1e-6) / (step - ref_step)
-        self._plan_ref = (step, self.elapsed)
-        left = budget - self.elapsed
-        every = max(1, self.cfg.val_every or self.cfg.max_steps)
-        steps_left = int(left / (per_step + val_seconds / every)) if left > 0 else 0
-        first = self.planned_steps is None
-        self.planned_steps = int(self.dist.broadcast(step + max(0, int(0.98 * steps_left))))
-        if first:
-            self.say(f"time budget {self.cfg.max_minutes:g} min: {per_step:.2f} s/step, {val_seconds:.1f} s/validation "
-                     f"-> planning {self.planned_steps} steps (re-planned at every validation)")
 
     def _preview(self, stage: Stage, step: int, log: RunLog) -> None:
         if not self.dist.main:
@@ -145,7 +125,7 @@ class Trainer:
             "rng": rngs,
             "data": {"samples_per_rank": int(step) * self.cfg.batch_size, "world": self.dist.world},
             "best": dict(best),
-            "clock": {"elapsed_s": float(self.elapsed), "planned_steps": self.planned_steps},
+            "clock": {"elapsed_s": float(self.elapsed), **self.budget.state()},
         }
 
     def _check_weights(self, stage: Stage, step: int) -> None:
@@ -198,7 +178,9 @@ class Trainer:
             self.ctx.scaler.load_state_dict(ck["scaler"])
         clock = ck.get("clock") or {}
         self.elapsed = float(clock.get("elapsed_s", 0.0))
-        self.planned_steps = clock.get("planned_steps")
+        dropped = self.budget.restore(clock)
+        if dropped:
+            self.say(dropped)
         rngs = ck.get("rng") or []
         if len(rngs) == self.dist.world:
             set_rng_state(rngs[self.dist.rank])
@@ -266,75 +248,6 @@ class Trainer:
         return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=False,
                           pin_memory=self.dist.device.type == "cuda", generator=torch.Generator(), **kw)
 
-    def _recalibrate_bn(self, stage: Stage, step: int) -> None:
-        """Re-estimate the BatchNorm running statistics of the stage's network with its current weights.
-
-        Running statistics are moving averages over past steps; when the weights change quickly (early training,
-        high learning rates) they lag behind, and the network in eval mode (validation, ``best``, inference, the
-        frozen expert of ``train base``) behaves worse than in training: a sync expert whose batch-statistics AUC on
-        held-out windows was 0.75 scored 0.52 in eval mode. Here they are recomputed as the plain average over
-        ``bn_batches`` batches of training samples. The samples depend only on (seed, step) and are the same on
-        every process, so runs stay exactly resumable and DDP processes agree."""
-        n = int(self.cfg.bn_batches)
-        if n <= 0:
-            return
-        module = stage.bn_module()
-        if module is None:
-            return
-        bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-        if not bns:
-            return
-        from torch.utils.data import default_collate
-
-        ds = stage.train_dataset()
-        bs = self.cfg.batch_size
-        first = (1 << 40) + step * n * bs  # far from the training stream's sample numbers
-
-        momenta = [m.momentum for m in bns]
-        was_training = module.training
-        try:
-            for m in bns:
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average over the batches below
-            module.train()
-            with torch.no_grad(), self.ctx.autocast():
-                for k in range(n):
-                    batch = default_collate([ds[first + k * bs + i] for i in range(bs)])
-                    stage.bn_forward(_to_device(batch, self.dist.device))
-        finally:
-            for m, mom in zip(bns, momenta):
-                m.momentum = mom
-            module.train(was_training)
-
-    def _validate(self, stage: Stage) -> dict[str, float]:
-        from torch.utils.data import DataLoader
-
-        ds = stage.val_dataset()
-        if ds is None:
-            return {}
-        n = min(self.cfg.val_samples, len(ds))
-        mine = list(range(self.dist.rank, n, self.dist.world))
-        loader = DataLoader(torch.utils.data.Subset(ds, mine), batch_size=self.cfg.batch_size, shuffle=False,
-                            num_workers=0, generator=torch.Generator())
-        values: dict[str, list[np.ndarray]] = {}
-        mods = stage.modules()
-        modes = {k: m.training for k, m in mods.items()}
-        for m in mods.values():
-            m.eval()
-        try:
-            with torch.no_grad(), self.ctx.autocast():
-                for batch in loader:
-                    out = stage.val_batch(_to_device(batch, self.dist.device))
-                    for k, v in out.items():
-                        values.setdefault(k, []).append(v.detach().float().cpu().numpy().reshape(-1))
-        finally:
-            for k, m in mods.items():
-                m.train(modes[k])
-        local = {k: np.concatenate(v) for k, v in values.items()}
-        parts = self.dist.gather(local)
-        merged = {k: np.concatenate([p[k] for p in parts if k in p]) for k in local}
-        return stage.val_metrics(merged)
-
     def _loop(self, stage: Stage, start: int, best: dict[str, Any], log: RunLog) -> TrainResult:
         cfg = self.cfg
         loader = self._loader(stage.train_dataset(), start * cfg.batch_size)
@@ -342,13 +255,10 @@ class Trainer:
         for m in stage.modules().values():
             m.train()
         schedule = LRSchedule(stage.optimizers(), cfg)
-        budget = float(cfg.max_minutes) * 60.0 if cfg.max_minutes else 0.0
-        progress = Progress(self, budget)
+        budget = self.budget.seconds
         metrics: dict[str, float] = {}
         t0 = time.perf_counter()
         elapsed0 = self.elapsed
-        self._plan_ref = (start, elapsed0)
-        t_log, n_log = t0, 0
         step = start
         done_steps = 0
         last_saved = start if start > 0 else None
@@ -360,19 +270,27 @@ class Trainer:
             return bool(budget) and self.dist.all_true(self.elapsed >= budget)
 
         if step >= self.max_steps():
-            self.say(f"already at step {step} (max_steps {self.max_steps()}): nothing to do")
+            more = " (the plan for its time budget; a larger --minutes continues it)" if budget else ""
+            self.say(f"already at step {step} (max_steps {self.max_steps()}){more}: nothing to do")
         elif budget and self.elapsed >= budget:
-            self.say(f"the time budget ({cfg.max_minutes:g} min) is already spent at step {step}: nothing to do")
-        elif step == 0 and cfg.val_at_start:
-            self._recalibrate_bn(stage, step)
-            metrics = self._validate(stage)
+            self.say(f"the time budget ({cfg.max_minutes:g} min) is already spent at step {step}: nothing to do; a "
+                     "larger --minutes continues the run")
+        elif step == 0:
+            stage.prepare(self.budget.prepare_limit(self.elapsed))  # once, before a fresh run's first step
+            out_of_time()
+        self.budget.start(start, self.elapsed)  # the speed is measured from here
+        progress = Progress(self, budget)
+        if step == 0 and cfg.val_at_start and step < self.max_steps() and not out_of_time():
+            recalibrate_bn(stage, cfg, self.ctx, step)
+            metrics = held_out_metrics(stage, cfg, self.ctx)
             if metrics:
                 log.scalars(0, metrics)
                 self.say("validation before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        t_log, n_log = time.perf_counter(), 0
         stop = step >= self.max_steps() or (budget and self.elapsed >= budget)
         while not stop:
             schedule.apply(step, self.planned_steps)
-            batch = _to_device(next(batches), self.dist.device)
+            batch = to_device(next(batches), self.dist.device)
             if image_batch is None and self.dist.main:
                 image_batch = {k: v[:4] for k, v in batch.items()}
             losses = stage.train_step(batch, step + 1)
@@ -404,10 +322,10 @@ class Trainer:
             is_best = False
             validate = bool(cfg.val_every) and (step % cfg.val_every == 0 or last)
             if validate or step % cfg.ckpt_every == 0 or last:
-                self._recalibrate_bn(stage, step)  # eval-mode statistics that match the weights validated/saved
+                recalibrate_bn(stage, cfg, self.ctx, step)  # eval-mode statistics that match the weights validated/saved
             if validate:
                 t_val = time.perf_counter()
-                metrics = self._validate(stage)
+                metrics = held_out_metrics(stage, cfg, self.ctx)
                 if metrics:
                     log.scalars(step, metrics)
                     if not cfg.progress:
@@ -418,12 +336,15 @@ class Trainer:
                         best = {"metric": key, "value": float(v), "step": step}
                         is_best = True
                 self._preview(stage, step, log)
-                self._plan(step, time.perf_counter() - t_val, budget)
+                per_step = self.budget.plan(step, self.elapsed, time.perf_counter() - t_val)
+                if per_step is not None:
+                    self.say(f"time budget {cfg.max_minutes:g} min: {per_step:.2f} s/step, {time.perf_counter() - t_val:.1f} "
+                             f"s/validation -> planning {self.planned_steps} steps (re-planned at every validation)")
                 progress.update(step, losses, metrics, force=True)
             if step % cfg.ckpt_every == 0 or last or is_best:
                 self.save(stage, step, best, is_best=is_best)
                 last_saved = step
-            stop = last or out_of_time()
+            stop = last or step >= self.max_steps() or out_of_time()  # a re-plan may end it here
         if last_saved != step and step > 0:
             self.save(stage, step, best)
         progress.close(step, metrics)

@@ -73,6 +73,10 @@ class Stage:
         raise NotImplementedError
 
     # work
+    def prepare(self, seconds: float | None) -> None:
+        """Work done once before a fresh run's first step (not when resuming: its outcome is in the checkpoint's
+        weights). ``seconds``: what it may take of the run's time budget (None: no budget). Default: nothing."""
+
     def train_step(self, batch: dict[str, Tensor], step: int) -> dict[str, float]:
         raise NotImplementedError
 

@@ -1,0 +1,68 @@
+"""The wall-clock budget of a training run (``max_minutes``, ``--minutes``): how many steps fit in it.
+
+The step a run ends at is planned at every validation from the speed measured since the last plan (validations
+included), so the whole budget is used whatever else the machine is doing; the learning-rate schedule decays over
+the plan (:class:`~.progress.LRSchedule`). Work a stage does once before its first step (``Stage.prepare``:
+HyperLips-Lite fits its audio encoder there) is spent from the budget but left out of the speed.
+
+The plan travels in checkpoints with the budget it was made for. A run resumed with the same budget keeps it until
+its own next validation re-plans; a run resumed with another one (more minutes to train on) drops it and plans
+again at its next validation, its learning rate back at full strength until then.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+PREPARE_SHARE = 0.25  # of the budget, the most a stage's one-off preparation may take
+MARGIN = 0.98  # of the steps the measured speed allows, planned
+
+
+class BudgetPlan:
+    """The plan of a run with a budget of ``max_minutes`` (0: none, nothing is planned)."""
+
+    def __init__(self, max_minutes: float, val_every: int, max_steps: int,
+                 broadcast: Callable[[Any], Any] = lambda x: x):
+        self.seconds = float(max_minutes) * 60.0 if max_minutes else 0.0
+        self.every = max(1, int(val_every or max_steps))
+        self.broadcast = broadcast  # every process must plan the same step
+        self.planned_steps: int | None = None
+        self._ref = (0, 0.0)  # (step, elapsed seconds) the speed is measured from
+
+    def prepare_limit(self, elapsed: float) -> float | None:
+        """Seconds a stage's preparation may take now (None: no budget, no limit)."""
+        if not self.seconds:
+            return None
+        return max(0.0, PREPARE_SHARE * self.seconds - elapsed)
+
+    def start(self, step: int, elapsed: float) -> None:
+        """Measure the speed from here (after any preparation)."""
+        self._ref = (int(step), float(elapsed))
+
+    def plan(self, step: int, elapsed: float, val_seconds: float) -> float | None:
+        """Fix the step the run ends at, at a validation that took ``val_seconds``; the seconds per step measured
+        when this is the first plan (None otherwise, or when nothing was planned)."""
+        ref_step, ref_elapsed = self._ref
+        if not self.seconds or step < 1 or step <= ref_step:
+            return None
+        per_step = max(elapsed - ref_elapsed - val_seconds, 1e-6) / (step - ref_step)
+        self._ref = (step, elapsed)
+        left = self.seconds - elapsed
+        steps_left = int(left / (per_step + val_seconds / self.every)) if left > 0 else 0
+        first = self.planned_steps is None
+        self.planned_steps = int(self.broadcast(step + max(0, int(MARGIN * steps_left))))
+        return per_step if first else None
+
+    def state(self) -> dict[str, Any]:
+        return {"planned_steps": self.planned_steps, "budget_s": self.seconds}
+
+    def restore(self, clock: Mapping[str, Any]) -> str | None:
+        """Take a checkpoint's plan; a message when it was made for another budget and is dropped."""
+        planned, was = clock.get("planned_steps"), clock.get("budget_s")
+        if planned is not None and was is not None and abs(float(was) - self.seconds) > 1e-6:
+            self.planned_steps = None
+            now = f"{self.seconds / 60:.3g} min" if self.seconds else "none"
+            return (f"the time budget changed ({float(was) / 60:.3g} min -> {now}): the plan of {planned} steps is "
+                    "dropped" + (", the next validation plans again" if self.seconds else ""))
+        self.planned_steps = planned
+        return None
