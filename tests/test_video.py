@@ -413,6 +413,13 @@ def test_writer_missing_folder(tmp_path):
         VideoWriter(tmp_path / "no" / "such" / "out.mp4", 64, 48, 25)
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (a folder nobody can create files in)")
+def test_writer_names_the_output_a_folder_refuses_at_once():
+    """FFmpeg opens the file only at the first frame and then names no file: the writer tries the folder first."""
+    with pytest.raises(MediaError, match=r"cannot write /proc/out\.mp4: No such file or directory"):
+        VideoWriter(Path("/proc/out.mp4"), 64, 48, 25)
+
+
 # ------------------------------------------------------------------------------------------------ memory
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:

@@ -533,6 +533,12 @@ class VideoWriter:
         suffix = self.path.suffix or ".mp4"
         self._tmp = folder / f".{self.path.stem}.{secrets.token_hex(4)}.partial{suffix}"
         self._closed = False
+        try:  # FFmpeg opens the file only at the first frame, and its errors then name no file: try it now
+            with open(self._tmp, "xb"):
+                pass
+        except OSError as e:
+            raise MediaError(f"cannot write {self.path}: {os.strerror(e.errno) if e.errno else e}; choose a folder you "
+                             "can write to") from None
 
         # audio: mono float32 in [-1, 1] at a rate AAC supports
         self._audio = None
