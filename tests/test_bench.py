@@ -175,3 +175,34 @@ def test_bench_user_mistakes(tmp_path, args, message):
     r = run_cli("bench", *args, cwd=tmp_path)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
+
+
+@pytest.mark.parametrize("e2e, memory, want_e2e, want_memory", [
+    (["none"], ["none"], [], ()),
+    ([], [], [], ()),  # the flags alone
+    (["lite:720"], ["30", "600"], ["lite:720:128"], (30.0, 600.0)),
+])
+def test_the_command_skips_what_is_given_as_none(monkeypatch, tmp_path, e2e, memory, want_e2e, want_memory):
+    import argparse
+
+    got = {}
+    monkeypatch.setattr(B, "run_bench", lambda **kw: got.update(kw) or {"rows": []})
+    monkeypatch.setattr(B, "format_table", lambda result: "")
+    p = argparse.ArgumentParser()
+    B.add_bench_options(p)
+    args = p.parse_args(["--end-to-end", *e2e, "--memory-seconds", *memory, "-o", str(tmp_path / "b.json")])
+    assert B.run_bench_command(args) == 0
+    assert [f"{s.model}:{s.height}:{s.size}" for s in got["end_to_end"]] == want_e2e
+    assert got["memory_seconds"] == want_memory
+
+
+def test_the_command_refuses_memory_lengths_it_cannot_read(tmp_path):
+    import argparse
+
+    from hyperlips.errors import UserError
+
+    p = argparse.ArgumentParser()
+    B.add_bench_options(p)
+    for bad in (["30"], ["thirty", "600"], ["600", "30"]):
+        with pytest.raises(UserError, match="--memory-seconds takes two lengths"):
+            B.run_bench_command(p.parse_args(["--memory-seconds", *bad, "-o", str(tmp_path / "b.json")]))

@@ -358,10 +358,10 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", type=Path, help="speech for the end-to-end run (default: the clip's own audio)")
     p.add_argument("--end-to-end", nargs="*", default=list(DEFAULT_E2E), metavar="MODEL:HEIGHT[:SIZE]",
                    help=f"end-to-end runs: model base or lite, clip height 720 or 1080, mouth size 128/256/512 "
-                        f"(default {' '.join(DEFAULT_E2E)}; none to skip)")
-    p.add_argument("--memory-seconds", type=float, nargs="*", default=list(DEFAULT_MEMORY), metavar="SECONDS",
+                        f"(default {' '.join(DEFAULT_E2E)}; none, or the flag alone, to skip)")
+    p.add_argument("--memory-seconds", nargs="*", default=[str(s) for s in DEFAULT_MEMORY], metavar="SECONDS",
                    help=f"lengths of the short and the long synthetic 720p input whose peak memory is compared "
-                        f"(default {DEFAULT_MEMORY[0]:g} {DEFAULT_MEMORY[1]:g}; e.g. 30 600; none to skip)")
+                        f"(default {DEFAULT_MEMORY[0]:g} {DEFAULT_MEMORY[1]:g}; e.g. 30 600; none, or the flag alone, to skip)")
     p.add_argument("--original-max-size", type=int, default=256, choices=SIZES,
                    help="on CPU, run the original HR flow only up to this size (default 256: at 512 it renders 2048-px faces)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -375,9 +375,15 @@ def run_bench_command(args) -> int:
         raise UserError("--frames must be at least 1")
     if args.original_batch < 0:
         raise UserError("--original-batch must be 0 (none) or a batch size")
-    if args.memory_seconds and (len(args.memory_seconds) != 2 or not 1 <= args.memory_seconds[0] < args.memory_seconds[1]):
-        raise UserError("--memory-seconds takes two lengths in seconds, the short one first (at least 1), e.g. 30 600")
-    specs = [E2ESpec.parse(s) for s in args.end_to_end]
+    memory = [] if _skipped(args.memory_seconds) else args.memory_seconds
+    try:
+        memory = [float(v) for v in memory]
+    except ValueError:
+        memory = [-1.0]  # refused below
+    if memory and (len(memory) != 2 or not 1 <= memory[0] < memory[1]):
+        raise UserError("--memory-seconds takes two lengths in seconds, the short one first (at least 1), e.g. 30 600; "
+                        f"or none (got {' '.join(args.memory_seconds)})")
+    specs = [] if _skipped(args.end_to_end) else [E2ESpec.parse(s) for s in args.end_to_end]
     if args.video is not None:
         from ..errors import require_file
 
@@ -395,7 +401,7 @@ def run_bench_command(args) -> int:
     print("stage | variant | size | device | precision | batch | frames | fps | ms/frame | peak MB | +MB", file=sys.stderr)
     result = run_bench(sizes=args.sizes, devices=devices, precisions=args.precisions, batches=args.batch_sizes,
                        frames=args.frames, models=args.models, video=args.video, audio=args.audio, end_to_end=specs,
-                       memory_seconds=tuple(args.memory_seconds or ()), original_max_size=args.original_max_size,
+                       memory_seconds=tuple(memory), original_max_size=args.original_max_size,
                        budget=args.budget, threads=args.threads, log=lambda s: print(s, file=sys.stderr, flush=True),
                        original_batch=args.original_batch)
     print(format_table(result))
@@ -403,6 +409,11 @@ def run_bench_command(args) -> int:
     args.output.write_text(json.dumps(_json_safe(result), indent=1))
     print(f"wrote {args.output}")
     return 0
+
+
+def _skipped(values) -> bool:
+    """A list option given as ``none`` (or with no value at all): skip what it lists."""
+    return not values or [str(v).lower() for v in values] == ["none"]
 
 
 def _json_safe(x):
