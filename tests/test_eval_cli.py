@@ -160,6 +160,20 @@ def test_self_protocol_generates_and_evaluates_two_short_clips(tmp_path, more_da
     assert sorted(p.name for p in (out / "generated").iterdir()) == ["lbax4n.mp4", "sbia1a.mp4"]  # no cut speech left
 
 
+def test_one_clip_for_the_self_protocol_and_a_clear_refusal_for_the_cross_one(tmp_path, more_data, capfd):
+    from hyperlips.cli import main
+
+    clip = more_data / "grid_lipnet" / "lbax4n.mpg"
+    code = main(["eval", "--clips", str(clip), "--protocol", "cross", "--untrained", "-o", str(tmp_path / "x")])
+    err = capfd.readouterr().err
+    assert code == 2 and "is one video; the cross protocol" in err and "at least 2" in err, err
+    out = tmp_path / "self"
+    code = main(["eval", "--clips", str(clip), "--protocol", "self", "--untrained", "--max-seconds", "0.4", "--quiet",
+                 "--device", "cpu", "-o", str(out)])
+    assert code == 0, capfd.readouterr().err
+    assert [r["clip"] for r in _strict_json(out / "summary.json")["clips"]] == ["lbax4n"]
+
+
 @pytest.mark.slow
 def test_self_and_cross_protocols_generate_and_evaluate(tmp_path, real_data):
     clips = tmp_path / "clips"

@@ -44,7 +44,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("generated", nargs="?", type=Path, help="the generated video, or a folder of them")
     p.add_argument("--reference", type=Path, help="the original video (or folder): ground truth and face track")
     p.add_argument("--audio", type=Path, help="the driving speech (or folder; default: the generated video's audio track)")
-    p.add_argument("--clips", type=Path, help="a folder of talking-face clips to generate and evaluate (with --protocol self|cross)")
+    p.add_argument("--clips", type=Path, help="a folder of talking-face clips to generate and evaluate (with --protocol self|cross; self also takes one video)")
     p.add_argument("--protocol", choices=("auto", "self", "cross", "tail", "phonemes"), default="auto",
                    help="self-reconstruction or cross-audio (default auto: self when the audio is the reference's own); "
                         "tail: the held-out tail of one person's footage (--clips); phonemes: that tail re-synced to "

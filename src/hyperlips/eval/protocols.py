@@ -447,9 +447,16 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
 
     if mode not in ("self", "cross"):
         raise UserError(f"protocol must be self or cross (got {mode!r})")
-    if not clips.is_dir():
+    if clips.is_file() and mode == "self":
+        videos = [clips]  # one clip with its own audio
+    elif clips.is_file():
+        raise UserError(f"--clips {clips} is one video; the cross protocol syncs each clip of a folder to the next "
+                        "one's audio, so it needs a folder of at least 2 (for one clip and other speech: hyperlips "
+                        "sync, then hyperlips eval RESULT --reference VIDEO --audio SPEECH)")
+    elif not clips.is_dir():
         raise UserError(f"clips folder not found: {clips}")
-    videos = list(_media_in(clips, VIDEO_SUFFIXES).values())
+    else:
+        videos = list(_media_in(clips, VIDEO_SUFFIXES).values())
     if not videos or (mode == "cross" and len(videos) < 2):
         raise UserError(f"{clips} holds {len(videos)} videos; the {mode} protocol needs at least {2 if mode == 'cross' else 1}")
     ls = LipSync(checkpoint, hr_checkpoint, size=size, device=device, batch_size=batch_size, untrained=untrained,
