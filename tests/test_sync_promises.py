@@ -326,6 +326,24 @@ def test_python_api_report(clip, default_run):
     assert (got["frames"], got["width"], got["height"], got["video_codec"]) == (N_OUT, 360, 288, "h264")
 
 
+def test_progress_reports_end_with_every_stage_complete(real_data, tmp_path):
+    """The reference search stops once the face is sure, before its estimated length: it still ends at 100%."""
+    import soundfile as sf
+
+    from hyperlips.media.audio import load_audio
+    from hyperlips.pipeline import LipSync
+
+    speech = tmp_path / "speech.wav"
+    sf.write(str(speech), load_audio(real_data / "hyperlips" / "audio2.wav", 16000)[:16000 * 5], 16000)
+    events = []
+    LipSync(None, device="cpu", progress=False, untrained=True).sync(
+        real_data / "retalking" / "face2.mp4", speech, tmp_path / "out.mp4", on_progress=lambda *e: events.append(e))
+    last = {}
+    for stage, done, total in events:
+        last[stage] = (done, total)
+    assert "faces" in last and all(done == total > 0 for done, total in last.values()), last
+
+
 # --------------------------------------------------------------------------------------------- HR decoder
 @pytest.fixture(scope="module")
 def short_clip(clip, tmp_path_factory):

@@ -348,6 +348,7 @@ class LipSync:
             # the reference face: the first frames, decoded and searched once (their detections are kept)
             with self._bar(reference_search_length(request, n_src, timeline.fps), "faces", on_progress) as bar:
                 found = find_reference(timeline, n_src, request, new_track, detect, bar, timer, self.overlap)
+                _complete(bar)  # the search ends when the face is sure, often before the estimate
             ref_crop = found.crop
 
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -476,6 +477,16 @@ class LipSync:
             self._face_mesh = FaceMesh(static=False)
             self._last_landmarks = None
         return self._face_mesh
+
+
+def _complete(bar) -> None:
+    """Show a bar whose work ended before its estimated total as done: the total becomes what was done."""
+    if isinstance(bar, _ReportingBar):
+        bar.on_progress(bar.stage, bar.done, bar.done)
+    inner = getattr(bar, "bar", bar)
+    if not inner.disable:
+        inner.total = inner.n
+        inner.refresh()
 
 
 class _ReportingBar:
