@@ -217,7 +217,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="frames per network batch (default 16)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="number format of the networks: auto (default) is bf16 on a CPU with bf16 instructions "
-                        "(AVX512-BF16, AMX, Arm BF16; about 1.7x faster, within a grey level of fp32) or a CUDA GPU, "
+                        "(AVX512-BF16, AMX, Arm BF16; 1.3-1.7x faster, within a grey level of fp32) or a CUDA GPU, "
                         "else fp32; fp16 needs a CUDA GPU")
     p.add_argument("--temporal-blend", type=float, default=DEFAULT_BLEND, metavar="W",
                    help=f"blend each generated face with those of the frames before and after it, each with weight W "

@@ -64,7 +64,8 @@ def add_parser(sub) -> None:
     p.add_argument("--amp", choices=("auto", "bf16", "off", "on"), help="mixed precision (default auto: fp16 on CUDA, "
                    "off on CPU)")
     p.add_argument("--val-seconds", type=float, help="seconds at the end of the footage held out (default 15%%)")
-    p.add_argument("--work", type=Path, help="working folder (default: <output>.work beside the output)")
+    p.add_argument("--work", type=Path, help="working folder (default: beside the output, its name without the "
+                   "extension + .work: me.work for -o me.safetensors)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, help="data loader processes (Lite 0: frames are in memory; Base 2)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="any training setting")
