@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -136,8 +137,9 @@ def test_live_command_writes_the_stream_and_reports_latency(clip):
     r = run_cli("live", clip.video, clip.speech, "-o", out, "--untrained", "--model", "lite", "--no-pace", "--quiet",
                 "--chunk-ms", "20")
     assert r.returncode == 0, r.stderr
-    for words in ("40 frames", "first frame latency", "95th percentile", "look-ahead", "real-time factor"):
+    for words in ("40 frames", "fed as fast as possible", "frames/s", "x real time", "latency is measured when"):
         assert words in r.stdout, r.stdout
+    assert "latency median" not in r.stdout  # unpaced, a frame's delay after its time would be negative
     from helpers import probe_streams
 
     got = probe_streams(out)
@@ -157,3 +159,14 @@ def test_live_command_mistakes_are_one_line(clip, args, words):
     assert not out.exists()
     r = run_cli("live", clip.folder / "missing.mp4", clip.speech, "-o", out, "--untrained", "--quiet")
     assert r.returncode == 2 and "missing.mp4" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_live_summary_gives_latencies_only_for_speech_fed_in_real_time():
+    from hyperlips.live import LiveReport
+
+    lat = np.array([0.52, 0.44, 0.43, 0.61])
+    paced = LiveReport(Path("o.mp4"), 4, 25.0, 0.16, 0.7, lat, 0.36, 40.0, True).summary()
+    assert "4 frames" in paced and "first frame latency 520 ms" in paced and "max 610 ms" in paced
+    assert "look-ahead alone: 360 ms" in paced and "real-time factor 4.38" in paced
+    fast = LiveReport(Path("o.mp4"), 1, 25.0, 0.04, 0.02, lat[:1] - 1.0, 0.36, 40.0, False).summary()
+    assert "1 frame @" in fast and "50.0 frames/s, 2.00x real time" in fast and "latency median" not in fast

@@ -304,12 +304,16 @@ class LiveReport:
 
     def summary(self) -> str:
         lat = self.latencies
-        how = f"fed in {self.chunk_ms:g} ms chunks in real time" if self.paced else "fed as fast as possible"
-        return (f"{self.output}: {self.frames} frames @ {self.fps:g} fps from {self.speech_seconds:.2f} s of speech, "
-                f"{how}\nfirst frame latency {lat[0] * 1000:.0f} ms; latency median {np.median(lat) * 1000:.0f} ms, "
-                f"95th percentile {np.percentile(lat, 95) * 1000:.0f} ms, max {lat.max() * 1000:.0f} ms (the mel "
-                f"window's look-ahead alone: {self.lookahead * 1000:.0f} ms); real-time factor "
-                f"{self.real_time_factor:.2f}")
+        head = f"{self.output}: {self.frames} frame{'s' if self.frames != 1 else ''} @ {self.fps:g} fps from " \
+               f"{self.speech_seconds:.2f} s of speech, "
+        if not self.paced:  # the whole speech was there at once: a frame's delay after "its time" means nothing
+            return (head + f"fed as fast as possible\n{self.frames / max(self.wall_seconds, 1e-9):.1f} frames/s, "
+                    f"{1 / self.real_time_factor:.2f}x real time (start-up included); latency is measured when the "
+                    "speech is fed in real time (without --no-pace)")
+        return (head + f"fed in {self.chunk_ms:g} ms chunks in real time\nfirst frame latency {lat[0] * 1000:.0f} ms; "
+                f"latency median {np.median(lat) * 1000:.0f} ms, 95th percentile {np.percentile(lat, 95) * 1000:.0f} "
+                f"ms, max {lat.max() * 1000:.0f} ms (the mel window's look-ahead alone: {self.lookahead * 1000:.0f} "
+                f"ms); real-time factor {self.real_time_factor:.2f} (start-up included)")
 
 
 def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bool = True, voice_sample=None,
@@ -359,7 +363,8 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     times = np.arange(n) / fps
     lat = np.asarray(out_times) - feed.t0 - times
     mel_feed = MelFeed(ls.base, fps, sr)
-    lookahead = float(np.mean([((mel_feed.needed(j) - 1) * ls.audio_cfg.hop_length + ls.audio_cfg.n_fft // 2) / sr
-                               - j / fps for j in range(n)]))
+    speech_end = len(wav) / sr  # a window reaching past the end is complete when the speech ends
+    lookahead = float(np.mean([min(((mel_feed.needed(j) - 1) * ls.audio_cfg.hop_length + ls.audio_cfg.n_fft // 2) / sr,
+                                   speech_end) - j / fps for j in range(n)]))
     return LiveReport(output, n, fps, len(wav) / sr, out_times[-1] - feed.t0, lat, lookahead, float(chunk_ms), pace)
 
