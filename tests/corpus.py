@@ -448,6 +448,11 @@ def _blip(m: Materials, path: Path) -> None:
     write_audio(path, m.speech(0.02), 16000)  # shorter than one frame
 
 
+@material("silence.wav")
+def _silence(m: Materials, path: Path) -> None:
+    write_audio(path, np.zeros(16000, np.float32), 16000)  # a second of digital silence
+
+
 @material("nan.wav")
 def _nan(m: Materials, path: Path) -> None:
     y = m.speech().copy()
@@ -619,7 +624,7 @@ VFR = ("variable frame rate",)
 FAST_VIDEOS = {"h264.mp4", "vp9.webm", "mjpeg.avi", "grid.mpg", "fps30.mp4", "ntsc.mp4", "face.png", "face_rgba.png",
                "odd_still.png"}
 FAST_AUDIO = {"speech_44k_stereo.wav", "speech_48k_float.wav", "speech_u8.wav", "speech_51.wav", "speech.mp3",
-              "speech.ogg", "with_audio.mp4", "blip.wav"}
+              "speech.ogg", "with_audio.mp4"}
 SYNC_CASES: list[Case] = [
     # --- containers and codecs (the default run takes one of each family; -m slow runs them all)
     *[sync(v, slow=v not in FAST_VIDEOS) for v in (
@@ -641,10 +646,12 @@ SYNC_CASES: list[Case] = [
     *[sync("h264.mp4", a, slow=a not in FAST_AUDIO) for a in (
         "speech_8k.wav", "speech_44k_stereo.wav", "speech_48k_float.wav", "speech_24bit.wav", "speech_u8.wav",
         "speech_51.wav", "speech.flac", "speech_22k_stereo.flac", "speech.mp3", "speech.m4a", "speech.ogg",
-        "speech_alac.m4a", "speech.ac3", "speech.mp2", "with_audio.mp4", "blip.wav")],
+        "speech_alac.m4a", "speech.ac3", "speech.mp2", "with_audio.mp4")],
     sync("h264.mp4", "nan.wav", warnings=(("nan.wav", "not numbers", "silence"),)),
+    sync("h264.mp4", "silence.wav", warnings=(("silence.wav", "silent", "nothing to follow"),)),
     # --- lengths: audio longer than the video (loops) or shorter than a frame
     sync("h264.mp4", "long_speech.wav"),
+    sync("h264.mp4", "blip.wav", warnings=(("blip.wav", "20.0 ms", "less than one frame"),)),
     sync("h264.mp4", "long_speech.wav", "--loop", "hold", loop="hold", slow=True),
     sync("vfr.mp4", "long_speech.wav", warnings=(VFR,)),
     # --- faces: lost mid-clip, found late, several

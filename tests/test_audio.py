@@ -353,3 +353,17 @@ def test_smoothing_across_frequency_keeps_the_envelope_and_drops_the_pitch_rippl
     assert not np.allclose(normalise_utterance(mel, 12), normalise_utterance(mel), atol=0.05)
     with pytest.raises(ValueError, match="keep"):
         smooth_across_frequency(mel, -1)
+
+
+def test_speech_problems_name_a_track_shorter_than_a_frame_or_silent(real_data):
+    from hyperlips.media.audio import speech_problems
+
+    speech = load_audio(real_data / "hyperlips" / "audio1.wav", 16000)
+    assert speech_problems(speech, 16000) == []
+    assert speech_problems(speech * 0.005, 16000) == []  # quiet (-46 dBFS peak or so) is still speech
+    short = speech_problems(speech[8000:8320], 16000)  # 20 ms of speech
+    assert len(short) == 1 and "20.0 ms, less than one frame" in short[0]
+    assert speech_problems(speech[8000:8320], 16000, fps=60.0) == []  # one frame at 60 fps lasts 16.7 ms
+    silent = speech_problems(np.zeros(16000, np.float32), 16000)
+    assert len(silent) == 1 and "silent" in silent[0]
+    assert len(speech_problems(np.zeros(10, np.float32), 16000)) == 2

@@ -158,6 +158,23 @@ def test_shipped_judge_finds_a_three_frame_delay_on_people_it_never_saw(real_dat
         assert on_time.confidence > 0.05, (clip.name, on_time.confidence)
 
 
+def test_silent_speech_gets_a_status_line_instead_of_an_offset(real_data, tmp_path):
+    """Against silence any offset the search finds is noise: no score, the reason instead."""
+    import soundfile as sf
+
+    from hyperlips.eval.protocols import evaluate_pair
+
+    judge = _shipped_judge()
+    silence = tmp_path / "silence.wav"
+    sf.write(str(silence), np.zeros(16000 * 2, np.float32), 16000)
+    res = evaluate_pair(real_data / "retalking" / "face2.mp4", None, silence, expert_model=judge, perceptual=False,
+                        max_seconds=1.2)
+    assert res.sync["expert"] == {"status": "unavailable: the speech is silent (no sample above -60 dBFS)"}
+    spoken = evaluate_pair(real_data / "retalking" / "face2.mp4", None, None, expert_model=judge, perceptual=False,
+                           max_seconds=1.2)
+    assert spoken.sync["expert"]["generated"] is not None  # its own speech: scored
+
+
 def test_a_clip_shorter_than_the_judges_window_is_reported_not_fatal(real_data, tmp_path):
     from hyperlips.eval.protocols import evaluate_pair
 

@@ -296,7 +296,8 @@ def _run_sync(args) -> int:
                      pix_fmt=args.pix_fmt)
     if args.timings:
         print(report.summary())
-    print(f"wrote {report.output} ({report.frames} frames, {report.audio_seconds:.2f} s) with {ls.weights}")
+    frames = f"{report.frames} frame{'s' if report.frames != 1 else ''}"
+    print(f"wrote {report.output} ({frames}, {report.audio_seconds:.2f} s) with {ls.weights}")
     return 0
 
 

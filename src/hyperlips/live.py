@@ -26,7 +26,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 
 from .config import AudioConfig
-from .errors import UserError
+from .errors import UserError, warn
 from .media.audio import centred_window_starts, mel_window_starts, windows_from_starts
 from .media.mel_stream import MelStream
 
@@ -321,7 +321,7 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     """Feed ``speech_path`` to ``ls.stream`` in ``chunk_ms`` chunks as if it were being spoken (``pace``), write the
     frames and the speech to ``output`` and measure the latency of every frame. ``voice_sample``: a recording of the
     same voice whose statistics normalise HyperLips-Lite's mel (the speech file itself reproduces ``sync``)."""
-    from .media.audio import load_audio, melspectrogram
+    from .media.audio import load_audio, melspectrogram, speech_problems
     from .media.video import VideoWriter, check_encoding
     from .streaming import MUX_SAMPLE_RATE, check_paths
 
@@ -334,6 +334,8 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     wav = load_audio(speech_path, sr)
     if len(wav) == 0:
         raise UserError(f"the speech is empty: {speech_path}")
+    for problem in speech_problems(wav, sr):
+        warn(f"{speech_path}: {problem}")
     stats = SpeechStats.of(melspectrogram(load_audio(voice_sample, sr), ls.audio_cfg)) if voice_sample else None
     feed = PacedSpeech(wav, int(round(chunk_ms / 1000.0 * sr)), sr, pace)
     output.parent.mkdir(parents=True, exist_ok=True)

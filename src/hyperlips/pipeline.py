@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from .config import AudioConfig
-from .errors import MediaError, UserError
+from .errors import MediaError, UserError, warn
 from .face.blend import first_row_read
 from .face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND, check_weight
 from .generator_io import (  # noqa: F401  (re-exported: the crop and input helpers' historical home)
@@ -310,7 +310,7 @@ class LipSync:
         libx264's ``preset``, plus AAC audio starting with the first frame. The report's ``width``/``height``
         are the file's."""
         from .face.detect import FaceDetector
-        from .media.audio import load_audio, melspectrogram
+        from .media.audio import load_audio, melspectrogram, speech_problems
         from .media.video import VideoWriter, check_encoding
         from .streaming import (find_reference, frame_chain, network_stage, reference_request, reference_search_length,
                                 track_factory)
@@ -332,6 +332,8 @@ class LipSync:
             seconds = len(wav) / self.audio_cfg.sample_rate
             if seconds <= 0:
                 raise MediaError(f"audio is empty (zero length): {audio}")
+            for problem in speech_problems(wav, self.audio_cfg.sample_rate, timeline.fps):
+                warn(f"{audio}: {problem}")
             mel = network_mel(self.base, melspectrogram(wav, self.audio_cfg))
             rate = timeline.rate
             fps_out = float(rate)

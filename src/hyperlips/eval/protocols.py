@@ -166,7 +166,7 @@ def evaluate_pair(
     import cv2
 
     from ..face.landmarks import FaceMesh
-    from ..media.audio import load_audio, melspectrogram
+    from ..media.audio import SILENT_DBFS, is_silent, load_audio, melspectrogram
     from ..media.video import FrameReader, probe
     from ..pipeline import face_crop
     from .sync_judge import judge_score
@@ -344,7 +344,11 @@ def evaluate_pair(
 
     # sync scores
     fps = float(gi.fps)
-    if want_lse:
+    if wav is not None and is_silent(wav):  # any offset found would be noise
+        want_lse = want_exp = False
+        silent = {"status": f"unavailable: the speech is silent (no sample above {SILENT_DBFS:g} dBFS)"}
+        res.sync["lse"], res.sync["expert"] = dict(silent), dict(silent)
+    elif want_lse:
         sel = resample_indices(times)
         entry = {"generated": lse_score(syncnet_model, np.stack(lse_gen)[sel], wav, device=device)}
         if lse_ref:
@@ -353,7 +357,9 @@ def evaluate_pair(
         res.sync["lse"] = entry
     else:
         res.sync["lse"] = {"status": "unavailable: pass --syncnet PATH to the public syncnet_v2.model weights"}
-    if want_exp and judge:
+    if "expert" in res.sync:
+        pass  # set above (silent speech)
+    elif want_exp and judge:
         try:
             entry = {"generated": judge_score(expert_model, np.stack(exp_gen), times, melspectrogram(wav), fps)}
             if exp_ref:

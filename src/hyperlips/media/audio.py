@@ -54,6 +54,7 @@ __all__ = [
     "centred_mel_windows",
     "normalise_utterance",
     "smooth_across_frequency",
+    "speech_problems",
     "mel_of_frames",
     "windows_from_starts",
     "mel_window_starts",
@@ -311,6 +312,26 @@ def centred_mel_windows(mel: np.ndarray, times, steps: int, cfg: AudioConfig = A
     Steps outside the spectrogram hold silence: ``-max_abs_value``, or ``fill`` (a value per mel bin; for a mel
     normalised per utterance, its per-bin minimum)."""
     return windows_from_starts(np.asarray(mel), centred_window_starts(times, steps, cfg), cfg, steps, fill)
+
+
+SILENT_DBFS = -60.0  # a track whose loudest sample is below this holds no speech to follow
+
+
+def is_silent(wav: np.ndarray) -> bool:
+    """No sample of ``wav`` (float in [-1, 1]) reaches ``SILENT_DBFS``."""
+    return len(wav) == 0 or float(np.max(np.abs(wav))) < 10 ** (SILENT_DBFS / 20)
+
+
+def speech_problems(wav: np.ndarray, sample_rate: int, fps: float = 25.0) -> list[str]:
+    """Why a speech track gives the mouth nothing to follow, in words (none: an empty list): shorter than one video
+    frame, or silent."""
+    out = []
+    if len(wav) < sample_rate / fps:
+        out.append(f"the speech lasts {len(wav) / sample_rate * 1000:.1f} ms, less than one frame: the output is one "
+                   "frame long")
+    if is_silent(wav):
+        out.append(f"the speech is silent (no sample above {SILENT_DBFS:g} dBFS): the mouth has nothing to follow")
+    return out
 
 
 @lru_cache(maxsize=4)
