@@ -678,6 +678,8 @@ SYNC_CASES: list[Case] = [
     sync("h264.mp4", id="sync-output-name-with-spaces-and-accents", output="résultat final.mp4", slow=True),
 
     # === mistakes: one line, exit code 2, nothing written
+    # --- options
+    bad_sync("model-without-untrained", "h264.mp4", "speech.wav", "--model", "lite", words=("--model", "--untrained")),
     # --- video
     bad_sync("video-missing", "{work}/nope.mp4", words=("not found", "nope.mp4")),
     bad_sync("video-is-a-folder", "a_folder", words=("folder", "a_folder")),

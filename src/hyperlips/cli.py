@@ -223,7 +223,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help=f"blend each generated face with those of the frames before and after it, each with weight W "
                         f"(default {DEFAULT_BLEND:g}: 1/4, 1/2, 1/4), for steadier lips; 0 turns it off, at most 1/3")
     p.add_argument("--untrained", action="store_true", help="use randomly initialised weights instead (for tests: the mouth is meaningless)")
-    p.add_argument("--model", choices=("base", "lite"), default="base", help="with --untrained: which generator (base)")
+    p.add_argument("--model", choices=("base", "lite"), help="with --untrained: which generator (default base); trained "
+                   "weights say which network they are")
 
 
 def add_sync_options(p: argparse.ArgumentParser, timings: bool = True) -> None:

@@ -180,7 +180,8 @@ class LipSync:
     ``checkpoint``: HyperLips-Base weights (official ``.pth`` or our safetensors); ``hr_checkpoint``: an HR
     decoder (128/256/512) that sharpens the mouth. Without a checkpoint the starter shipped in the package renders
     (a generic HyperLips-Lite, ``models.shipped``); ``untrained=True`` builds a randomly initialised ``model``
-    (``base`` or ``lite``) instead (for tests: the mouth is then meaningless). ``weights`` says which, in words.
+    (``base``, the default, or ``lite``; only with ``untrained``) instead (for tests: the mouth is then
+    meaningless). ``weights`` says which, in words.
     ``temporal_blend``: each generated face is blended with those of the frames before and after it with this
     weight (0.25: 1/4, 1/2, 1/4; 0 turns it off; at most 1/3), which steadies the lips (``face.steady``).
     """
@@ -194,7 +195,7 @@ class LipSync:
         device: str = "auto",
         batch_size: int = 16,
         untrained: bool = False,
-        model: str = "hyperlips-base",
+        model: str | None = None,
         network=None,
         seed: int = 0,
         progress: bool = True,
@@ -223,6 +224,10 @@ class LipSync:
         self.audio_cfg = AudioConfig()
         self.untrained = untrained
         self.weights = "untrained (random) weights" if untrained else None  # what renders the mouth, in words
+        if model is not None and not untrained and network is None:
+            raise UserError("--model picks the network that --untrained builds; trained weights say which network "
+                            "they are (without --checkpoint: the starter shipped in the package, a HyperLips-Lite)")
+        model = model or "base"
         if checkpoint is None and not untrained and network is None:
             from .models import shipped
 

@@ -98,7 +98,7 @@ class PhonemeResult:
 def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint=None,
                          text: str = PHONEME_TEXT, voice: str = "en-us", fraction: float = 0.15,
                          seconds: float | None = None, device: str = "auto", batch_size: int = 16,
-                         untrained: bool = False, model: str = "base", progress: bool = False,
+                         untrained: bool = False, model: str | None = None, progress: bool = False,
                          baseline: bool = True, temporal_blend: float = DEFAULT_BLEND) -> PhonemeResult:
     """Re-sync the held-out tail of ``footage`` to synthesised speech and time its mouth against the phonemes."""
     import soundfile as sf

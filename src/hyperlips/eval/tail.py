@@ -167,7 +167,7 @@ def _pool(results) -> tuple[dict, dict]:
 
 def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint=None, fraction: float = 0.15,
                       seconds: float | None = None, device: str = "auto", batch_size: int = 16,
-                      untrained: bool = False, model: str = "base", progress: bool = False,
+                      untrained: bool = False, model: str | None = None, progress: bool = False,
                       baselines: bool = True, temporal_blend: float = DEFAULT_BLEND) -> TailResult:
     """Regenerate the held-out tail of ``footage`` with the model and measure it and the two baselines."""
     from ..pipeline import LipSync
