@@ -702,7 +702,7 @@ SYNC_CASES: list[Case] = [
     # --- faces
     bad_sync("no-face-in-video", "wall.mp4", words=("no face", "wall.mp4")),
     bad_sync("no-face-in-photo", "wall.png", words=("no face", "wall.png")),
-    bad_sync("face-index-too-high", "h264.mp4", "speech.wav", "--face", "3", words=("face", "3")),
+    bad_sync("face-index-too-high", "h264.mp4", "speech.wav", "--face", "3", words=("--face 3", "shows 1 face", "0..0")),
     bad_sync("face-box-outside-frame", "h264.mp4", "speech.wav", "--face-box", "1000,1000,1100,1100",
              words=("--face-box", "1000,1000,1100,1100", "128x128")),
     bad_sync("face-box-on-no-face", "wide.mp4", "speech.wav", "--face-box", "0,0,30,30",

@@ -93,6 +93,6 @@ def test_no_face_and_bad_face_index_name_the_video():
     with pytest.raises(NoFaceError, match=r"clip\.mp4.*5 frame"):
         track.finish()
     track = OnlineTrack(25.0, face_index=2, source="clip.mp4")
-    with pytest.raises(NoFaceError, match=r"clip\.mp4.*--face 2.*frame 1 .*1 face"):
+    with pytest.raises(NoFaceError, match=r"--face 2: clip\.mp4 shows 1 face \(frame 1, .*0\.\.0"):
         track.push([])
         track.push([Box(0, 0, 10, 10)])

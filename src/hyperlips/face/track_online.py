@@ -134,9 +134,9 @@ class OnlineTrack:
                     ordered = sorted(dets, key=lambda b: b.center[0])
                     if not 0 <= self.face_index < len(ordered):
                         raise NoFaceError(
-                            f"no face found in {self.source}: face_index {self.face_index} asked for (--face "
-                            f"{self.face_index}), but frame {t} (the first with faces) has {len(ordered)} face(s): use "
-                            f"0..{len(ordered) - 1} (counted left to right)")
+                            f"--face {self.face_index}: {self.source} shows {len(ordered)} face"
+                            f"{'s' if len(ordered) != 1 else ''} (frame {t}, the first with faces), so the faces to "
+                            f"choose from are 0..{len(ordered) - 1}, counted left to right")
                     anchor = ordered[self.face_index]
             if anchor is not None:
                 self.anchor, self._prev = t, (anchor, t)
