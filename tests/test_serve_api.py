@@ -131,7 +131,7 @@ def test_cancel_running_and_queued_jobs(server, inputs):
     assert not worker_pids(folder), "the cancelled job's worker is still running"
     assert not (folder / "result.mp4").exists()
     status, err = client.json("GET", f"/api/jobs/{long_job['id']}/result")
-    assert status == 404 and "cancelled" in err["error"]
+    assert status == 404 and err["error"] == "the job is cancelled"  # not "cancelled: cancelled"
 
 
 def test_jobs_at_once_runs_that_many_workers(server, inputs):
@@ -305,7 +305,9 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
                          ({"pix_fmt": "rgb24"}, "pix_fmt must be yuv420p"),
                          ({"temporal_blend": 0.5}, "temporal_blend must be a number from 0"),
                          ({"temporal_blend": True}, "temporal_blend must be a number from 0"),
-                         ({"temporal_blend": "steady"}, "temporal_blend must be a number from 0")]:
+                         ({"temporal_blend": "steady"}, "temporal_blend must be a number from 0"),
+                         ({"presett": "fast"}, "a sync job takes no 'presett' (it takes: audio, crf,"),
+                         ({"kind": "finetune", "name": "me", "size": 256}, "a finetune job takes no 'audio', 'model', 'size'")]:
         status, err = client.json("POST", "/api/jobs", {**base, **extra})
         assert status == 400 and words in err["error"], (extra, err)
     status, _, body = client.request("POST", "/api/jobs", b"{not json", {"Content-Type": "application/json"})
@@ -320,8 +322,14 @@ def test_encoder_options_reach_the_output(server, inputs, tmp_path):
     from hyperlips.media.video import PRESETS
     from hyperlips.serve.openapi import openapi_document
 
-    props = openapi_document("test")["components"]["schemas"]["SyncRequest"]["properties"]
+    from hyperlips.serve.jobs import FIELDS
+
+    schemas = openapi_document("test")["components"]["schemas"]
+    props = schemas["SyncRequest"]["properties"]
     assert tuple(props["preset"]["enum"]) == PRESETS
+    # what the API documents is what a job takes, no more, no less
+    assert set(props) | {"kind"} == FIELDS["sync"], set(props) ^ FIELDS["sync"]
+    assert set(schemas["FinetuneRequest"]["properties"]) | {"kind"} == FIELDS["finetune"]
     app, client = server()
     job = _sync_job(client, inputs, model="untrained", crf="30", preset="ultrafast", pix_fmt="yuv444p",
                     temporal_blend="0")

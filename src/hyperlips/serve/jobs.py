@@ -20,6 +20,11 @@ from .store import Store, new_id, valid_id
 from .uploads import UploadError, check_role, link_into
 
 KINDS = ("sync", "finetune")
+FIELDS = {  # what a job of each kind takes; anything else is a mistake (a misspelt option would pass unnoticed)
+    "sync": {"kind", "video", "audio", "model", "size", "face", "face_box", "loop", "reference", "crf", "preset",
+             "pix_fmt", "temporal_blend"},
+    "finetune": {"kind", "video", "name", "minutes", "start_from"},
+}
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 
 
@@ -53,6 +58,10 @@ def submit(settings: ServeSettings, store: Store, params: dict) -> dict:
     kind = params.get("kind", "sync")
     if kind not in KINDS:
         raise _bad(f"kind must be one of {', '.join(KINDS)} (got {kind!r})")
+    unknown = sorted(str(k) for k in params if k not in FIELDS[kind])
+    if unknown:
+        raise _bad(f"a {kind} job takes no {', '.join(repr(k[:40]) for k in unknown[:5])} (it takes: "
+                   f"{', '.join(sorted(FIELDS[kind] - {'kind'}))})")
     job_id = new_id()
     folder = job_folder(settings, job_id)
     folder.mkdir(parents=True)

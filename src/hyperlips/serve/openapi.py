@@ -108,7 +108,7 @@ def openapi_document(version: str) -> dict:
                              "properties": {"video": {"type": "string"}, "audio": {"type": "string"}}},
                 "usable_as": {"type": "object", "properties": {"video": {"type": "boolean"},
                                                                "audio": {"type": "boolean"}}}}},
-            "SyncRequest": {"type": "object", "required": ["video", "audio"], "properties": {
+            "SyncRequest": {"type": "object", "required": ["video", "audio"], "additionalProperties": False, "properties": {
                 "kind": {"const": "sync"},
                 "video": {"type": "string", "description": "file id: the face (a video or a photo)"},
                 "audio": {"type": "string", "description": "file id: the speech (audio, or a video with sound)"},
@@ -129,7 +129,7 @@ def openapi_document(version: str) -> dict:
                 "temporal_blend": {"type": "number", "minimum": 0, "maximum": 1 / 3,
                                    "description": "each generated face blended with the frames' before and after it, "
                                                   "weight each (default 0.25: steadier lips; 0 off)"}}},
-            "FinetuneRequest": {"type": "object", "required": ["kind", "video", "name"], "properties": {
+            "FinetuneRequest": {"type": "object", "required": ["kind", "video", "name"], "additionalProperties": False, "properties": {
                 "kind": {"const": "finetune"},
                 "video": {"type": "string", "description": "file id: the person talking, with their own voice"},
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"},

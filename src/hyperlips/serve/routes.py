@@ -339,7 +339,7 @@ class _Handler(BaseHTTPRequestHandler):
         if job["kind"] != "sync":
             raise HTTPError(404, "a training job's result is a model: use it by its id from GET /api/models")
         if job["state"] != "done":
-            why = f": {job['message']}" if job.get("message") else ""
+            why = f": {job['message']}" if job.get("message") and job["message"] != job["state"] else ""
             raise HTTPError(409 if job["state"] not in FINISHED else 404, f"the job is {job['state']}{why}")
         path = job_folder(self.app.settings, id) / "result.mp4"
         if not path.is_file():

@@ -65,7 +65,8 @@ def size_text(n: float) -> str:
 def check_length(length: int | None, settings: ServeSettings, name: str) -> int:
     """Refuse before reading: no length (chunked uploads), or more than the server's limit."""
     if length is None:
-        raise UploadError("send the file with a Content-Length (chunked uploads are not taken)", status=411)
+        raise UploadError("no Content-Length: send the file as the request body with its length (chunked uploads "
+                          "are not taken)", status=411)
     if length <= 0:
         raise UploadError(f"{name} is empty (0 bytes)")
     if length > settings.max_upload_bytes:
