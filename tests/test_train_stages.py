@@ -232,6 +232,12 @@ def test_finetune_cli_errors(tmp_path, more_data):
     assert res.returncode == 2 and "not found" in res.stderr
     res = run_cli("finetune", more_data / "lrs2_deep_avsr/00002.mp4", "-o", tmp_path / "me.onnx")
     assert res.returncode == 2 and ".safetensors" in res.stderr
-    # 35 frames: too short to hold out a tail and still train
+    # 35 frames: too short to hold out a tail and still train; nothing is left behind
     res = run_cli("finetune", more_data / "lrs2_deep_avsr/00002.mp4", "-o", tmp_path / "me.safetensors", "--quiet")
     assert res.returncode == 2 and "too short" in res.stderr
+    assert not (tmp_path / "me.work").exists()
+    # a working folder that was there before (an earlier run's) stays
+    (tmp_path / "mine.work").mkdir()
+    (tmp_path / "mine.work" / "keep.txt").write_text("earlier run")
+    res = run_cli("finetune", more_data / "lrs2_deep_avsr/00002.mp4", "-o", tmp_path / "mine.safetensors", "--quiet")
+    assert res.returncode == 2 and (tmp_path / "mine.work" / "keep.txt").is_file()

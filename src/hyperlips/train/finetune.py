@@ -311,7 +311,13 @@ def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
 def run_finetune(args: argparse.Namespace) -> int:
     _check_args(args)
     work = args.work or args.output.with_name(args.output.stem + ".work")
-    data, state = _prepare(args, work)
+    fresh = not work.exists()
+    try:
+        data, state = _prepare(args, work)
+    except UserError:
+        if fresh:  # the footage cannot be used: leave nothing behind (a folder of an earlier run stays)
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     if args.model == "lite":
         return _lite(args, work, data, state)
     return _base(args, work, data)
