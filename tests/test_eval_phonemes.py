@@ -87,3 +87,11 @@ def test_phoneme_protocol_on_a_real_clip(more_data, tmp_path):
     assert abs(hold["auc"] - 0.5) <= 0.35  # one still mouth: only detection noise separates the frames
     assert len(data["series"]["model"]) == round(data["seconds"] * 25)
     assert (out / "phonemes.md").read_text().count("|") > 20 and (out / "phonemes_preview.png").stat().st_size > 1000
+
+
+def test_an_empty_sentence_is_refused_not_replaced(more_data, tmp_path, capsys):
+    from hyperlips.cli import main
+
+    code = main(["eval", "--clips", str(more_data / "grid_lipnet" / "sbwe5n.mpg"), "--protocol", "phonemes",
+                 "--untrained", "--text", "  ", "-o", str(tmp_path / "ph")])
+    assert code == 2 and "--text is empty" in capsys.readouterr().err and not (tmp_path / "ph").exists()

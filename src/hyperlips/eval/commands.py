@@ -159,6 +159,9 @@ def _run_phonemes(args, device: str, progress: bool) -> int:
     from .phonemes import PHONEME_TEXT, run_phoneme_protocol
     from .report import _fmt
 
+    if args.text is not None and not args.text.strip():
+        raise UserError("--text is empty: give the sentence to synthesise (or leave --text out for the default one, "
+                        "rich in /p b m/)")
     res = run_phoneme_protocol(args.clips, args.output, checkpoint=args.checkpoint, text=args.text or PHONEME_TEXT,
                                fraction=args.tail_fraction, seconds=args.tail_seconds, device=device,
                                batch_size=args.batch_size, untrained=args.untrained, model=args.model,
