@@ -2,7 +2,8 @@
 
 What it does for every stage: one process per GPU under ``torchrun`` (:mod:`.distributed`), AMP, gradient
 clipping, a finiteness check on every loss that stops the run with a message (before anything is written),
-periodic validation, logging (:mod:`.runlog`), checkpoints (:mod:`.checkpoints`) and an optional wall-clock budget.
+periodic validation (:mod:`.validation`), logging (:mod:`.runlog`), checkpoints (:mod:`.checkpoints`) and an
+optional wall-clock budget (:mod:`.budget`).
 
 Checkpoints (``RUN/checkpoints/step_<n>.pt``) hold the whole training state: weights, optimisers, the AMP scaler,
 every rank's RNG states, the step and the data position; the last ``keep_last`` are kept, plus ``best.pt`` (best
