@@ -61,7 +61,7 @@ class Progress:
 
             total = int(round(budget)) if budget else trainer.max_steps()
             self.bar = tqdm(total=total, unit="s" if budget else "step", desc=f"train {trainer.stage.name}",
-                            file=sys.stderr, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                            file=sys.stderr, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit} "
                             "[{elapsed}<{remaining}{postfix}]")
 
     def fraction(self, step: int) -> float:
