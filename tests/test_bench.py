@@ -54,7 +54,8 @@ def test_bench_small_run_prints_table_and_json(tmp_path):
     assert set(gens) == {"hyperlips-base", "hyperlips-lite"}
     assert gens["hyperlips-base"]["gflop_per_frame"] == pytest.approx(5.9, abs=0.3)  # reference §5.8
     assert gens["hyperlips-lite"]["gflop_per_frame"] <= 0.4 and gens["hyperlips-lite"]["params"] < 5e6
-    assert all(g["ms_per_frame_b1"] > 0 and g["ms_per_frame_b16"] > 0 for g in gens.values())
+    # timed at the batch sizes asked for (--batch-sizes 1), no others
+    assert all(g["ms_per_frame_b1"] > 0 and "ms_per_frame_b16" not in g for g in gens.values())
     assert "hyperlips-lite" in table and "GFLOP/frame" in table
 
 

@@ -175,7 +175,7 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
             clip_desc = str(video)
         io_video, io_audio = clip(720)
         e2e_audio = _cut_audio(io_audio, tmp / "bench_e2e_speech.wav", CLIP_SECONDS)
-        generators = generator_costs("cpu", batches=(1, 16)) if generator_table else []
+        generators = generator_costs("cpu", batches=tuple(sorted(set(batches)))) if generator_table else []
         if generators:
             log("generators at 128 px (fp32, cpu):\n" + format_generators(generators))
         e2e_frames = int(round(CLIP_SECONDS * _fps(io_video)))
