@@ -142,3 +142,44 @@ def test_missing_mediapipe_is_a_user_error(monkeypatch):
     assert "pip install" in str(e.value) and "mediapipe" in str(e.value)
     with pytest.raises(UserError):
         FaceDetector()
+
+
+@pytest.mark.parametrize("make", ["hyperlips.face.detect:FaceDetector", "hyperlips.face.landmarks:FaceMesh"])
+def test_mediapipe_graphs_start_without_a_word_on_stderr(make):
+    """The C++ side logs as its graph starts, on its own threads, whenever that is: within the quiet window of the
+    constructor (a library user's stderr stays clean, not only the command line's)."""
+    import subprocess
+    import sys
+
+    module, name = make.split(":")
+    code = (f"import time, numpy as np\nfrom {module} import {name}\nm = {name}()\ntime.sleep(0.5)\n"
+            "m.close()\nimport sys\nprint('still here', file=sys.stderr)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stderr == "still here\n", res.stderr
+
+
+def test_quiet_native_logs_nests_across_threads_and_restores_stderr():
+    import os
+    import threading
+
+    from hyperlips.face.detect import quiet_native_logs
+
+    before = os.fstat(2)
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def other():
+        with quiet_native_logs():
+            inside.set()
+            leave.wait(5)
+
+    t = threading.Thread(target=other)
+    with quiet_native_logs():
+        t.start()
+        inside.wait(5)
+    # this thread left first: the other still needs the silence
+    assert os.fstat(2).st_ino == os.stat(os.devnull).st_ino
+    leave.set()
+    t.join(5)
+    after = os.fstat(2)
+    assert (after.st_ino, after.st_dev) == (before.st_ino, before.st_dev)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,27 +29,42 @@ class MissingDependencyError(UserError):
     """A package needed for this step is not installed."""
 
 
+_quiet = {"depth": 0, "saved": None}  # descriptor 2 while silenced, shared by every thread
+_quiet_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def quiet_native_logs():
     """Hide the INFO/WARNING lines that mediapipe's C++ side (TFLite, absl) prints on stderr when a graph starts.
 
     They are written to file descriptor 2 directly, below Python, so the descriptor is pointed at /dev/null for
-    the duration. Python exceptions raised meanwhile still propagate normally.
+    the duration. Python exceptions raised meanwhile still propagate normally. Descriptor 2 belongs to the whole
+    process, so nested and concurrent uses (the pipeline starts graphs in several threads at once) share one
+    silence: the first to enter starts it, the last to leave ends it (each on its own saved the descriptor the
+    other had pointed away, let the other's log lines through, and could leave stderr silenced for good).
     """
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable stderr (e.g. closed): nothing to hide
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
+    with _quiet_lock:
+        if _quiet["depth"] == 0:
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+            except (OSError, ValueError):  # no usable stderr (e.g. closed): nothing to hide
+                saved = None
+            if saved is not None:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+            _quiet["saved"] = saved
+        _quiet["depth"] += 1
     try:
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        with _quiet_lock:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0 and _quiet["saved"] is not None:
+                os.dup2(_quiet["saved"], 2)
+                os.close(_quiet["saved"])
+                _quiet["saved"] = None
 
 
 def import_mediapipe() -> Any:
@@ -148,7 +164,8 @@ class FaceDetector:
             self._fd = mp.solutions.face_detection.FaceDetection(
                 model_selection=1 if model == "full" else 0, min_detection_confidence=self.min_confidence
             )
-        self._started = False
+            # the graph sets up its model (and logs it) on its threads, by the first frame: a blank one, here
+            self._fd.process(np.zeros((64, 64, 3), np.uint8))
 
     def detect(self, frame_bgr: np.ndarray) -> list[Box]:
         """Faces in one frame, largest first, clipped to the frame (empty list when there is none)."""
@@ -157,12 +174,7 @@ class FaceDetector:
         check_frame(frame_bgr)
         h, w = frame_bgr.shape[:2]
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)  # mediapipe expects RGB
-        if self._started:
-            result = self._fd.process(rgb)
-        else:  # the graph's first run prints native log lines
-            with quiet_native_logs():
-                result = self._fd.process(rgb)
-            self._started = True
+        result = self._fd.process(rgb)
         boxes = []
         for det in result.detections or ():
             rb = det.location_data.relative_bounding_box

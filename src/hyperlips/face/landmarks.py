@@ -101,7 +101,9 @@ class FaceMesh:
                 min_detection_confidence=min_detection_confidence,
                 min_tracking_confidence=min_tracking_confidence,
             )
-        self._started = False
+            # the graph sets up its models (and logs it) on its threads, by the first frame: a blank one, here (no
+            # face in it, so nothing is tracked from it)
+            self._fm.process(np.zeros((64, 64, 3), np.uint8))
 
     def landmarks(self, crop_bgr: np.ndarray) -> Optional[np.ndarray]:
         """(478, 3) float32 landmarks in crop pixels ``(x, y, z·width)``, or None when no face is found."""
@@ -110,12 +112,7 @@ class FaceMesh:
         check_frame(crop_bgr, "face crop")
         h, w = crop_bgr.shape[:2]
         rgb = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB)  # RGB, not the original's BGR (§9.13d)
-        if self._started:
-            res = self._fm.process(rgb)
-        else:  # the graph's first run prints native log lines
-            with quiet_native_logs():
-                res = self._fm.process(rgb)
-            self._started = True
+        res = self._fm.process(rgb)
         if not res.multi_face_landmarks:
             return None
         pts = np.array([(p.x, p.y, p.z) for p in res.multi_face_landmarks[0].landmark], dtype=np.float32)
