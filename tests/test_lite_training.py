@@ -301,6 +301,28 @@ def test_a_stages_preparation_is_spent_from_the_budget_but_left_out_of_its_speed
     assert again.fit().step > res.step and given == [15.0]
 
 
+def test_lite_trains_under_torchrun_with_two_processes(grid_view, tmp_path):
+    """The frozen audio encoder is left out of DDP's gradient reduction (it stopped the second step: "parameters
+    that were not used"), and every process renders with the same fitted encoder."""
+    import os
+    import subprocess
+    import sys
+
+    from hyperlips.models import load_checkpoint
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(30500 + os.getpid() % 1000), "-m",
+           "hyperlips.cli", "train", "base", str(grid_view), "--model", "lite", "--out", str(tmp_path / "run"),
+           "--max-steps", "3", "--batch-size", "2", "--workers", "0", "--val-every", "3", "--threads", "1",
+           "--set", "audio_steps=3", "--set", "image_every=0",
+           "--set", "lite={widths: [8, 16, 16, 32], out_width: 8, audio_width: 16, audio_members: 2}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "over 2 process(es)" in res.stdout
+    model, info = load_checkpoint(tmp_path / "run/model.safetensors")
+    assert info.name == "hyperlips-lite" and info.step == 3
+
+
 # ---------------------------------------------------------------------------------------------- commands
 def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     video = more_data / "lrs2_deep_avsr/00001.mp4"

@@ -153,6 +153,9 @@ class LiteStage(Stage):
         else:
             self.gen = HyperLipsLite(LiteConfig.from_dict(cfg.lite))
         self.gen.to(ctx.device)
+        # the audio encoder is fitted on its own (fit_audio) and frozen: DDP must not wait for gradients it never
+        # gets in the renderer's steps (under torchrun the second step stopped with "parameters not used")
+        self.gen.audio_encoder.requires_grad_(False)
         self.gen_ddp = ctx.wrap(self.gen)
         ids = {id(p) for p in self.gen.audio_encoder.parameters()}
         self.renderer_params = [p for p in self.gen.parameters() if id(p) not in ids]
@@ -255,12 +258,17 @@ class LiteStage(Stage):
         self.ctx.say(f"fitting the audio encoder ({cfg.audio_steps} steps{limit}) before the renderer trains")
         bar = tqdm(total=cfg.audio_steps, desc="fit audio encoder", unit="step", leave=False,
                    disable=not (cfg.progress and self.ctx.dist.main))
+        self.gen.audio_encoder.requires_grad_(True)
         try:
             rep = fit_audio_encoder(self.gen.audio_encoder, tracks, steps=cfg.audio_steps, lr=cfg.audio_lr,
                                     w_open=cfg.audio_w_open, seed=cfg.seed, max_seconds=seconds,
                                     on_step=lambda i, loss: bar.update(1))
         finally:
             bar.close()
+            self.gen.audio_encoder.requires_grad_(False)
+        if self.ctx.dist.enabled:  # a time limit may have cut the processes' fits differently: all take the first's
+            state = self.ctx.dist.broadcast({k: v.cpu() for k, v in self.gen.audio_encoder.state_dict().items()})
+            self.gen.audio_encoder.load_state_dict(state)
         cut = f" of {rep.asked}: the time budget allowed no more" if rep.steps < rep.asked else ""
         self.ctx.say(f"audio encoder fitted on {rep.frames} frames in {rep.seconds:.0f} s ({rep.steps} steps{cut})")
         self._gain_ready = False
