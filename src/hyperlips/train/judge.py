@@ -24,7 +24,7 @@ import numpy as np
 from ..data.datasets import Clip, Manifest
 from ..errors import UserError
 
-MEL_SMOOTH = 12  # DCT coefficients kept across the mel bins: unseen speakers' shapes r 0.44 against 0.42 without
+MEL_SMOOTH = 12  # DCT coefficients kept across the mel bins: held-out AUC 0.844 against 0.834 (four fits each)
 
 
 def shape_tracks(clips: Sequence[Clip], mel_smooth: int = 0) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray,
