@@ -193,3 +193,19 @@ def test_smoothing_steadies_the_shipped_starters_mouth_without_moving_it(real_da
     assert shake(smooth) < 0.75 * shake(raw), (shake(smooth), shake(raw))
     xc = [float(np.corrcoef(smooth[5 + k: len(raw) - 5 + k], raw[5: len(raw) - 5])[0, 1]) for k in range(-2, 3)]
     assert int(np.argmax(xc)) == 2 and xc[2] > 0.9, xc  # no delay, the same movement
+
+
+def test_the_learning_rate_cycle_takes_any_number_of_steps():
+    """torch's one-cycle schedule divides by zero when its warm-up ends on step 0 (10 steps at a tenth): every count
+    from 1 up works, and from 15 steps on the cycle is torch's own with a tenth of warm-up."""
+    from hyperlips.train.lite_audio import one_cycle
+
+    for n in range(1, 31):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.AdamW([p], 1e-3)
+        sched = one_cycle(opt, 1e-3, n)
+        for _ in range(max(2, n)):
+            opt.step()
+            sched.step()
+        assert sched.total_steps == max(2, n)
+    assert one_cycle(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], 1e-3), 1e-3, 600).total_steps == 600

@@ -274,6 +274,21 @@ def test_time_budget_stops_the_run_and_is_counted_across_resumes(grid_view, tmp_
     assert res.step + 8 <= more.fit().step == more.planned_steps <= res.step + 13
 
 
+def test_a_budget_is_planned_early_when_the_first_validation_is_far(grid_view, tmp_path, monkeypatch):
+    """A short budget whose first validation would come after its end: the plan (and the learning rate's decay over
+    it) comes from the first 20 steps' speed."""
+    import hyperlips.train.loop as loop
+
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["t"])
+    trainer = _trainer(grid_view, tmp_path / "run", max_steps=100000, max_minutes=1.0, val_every=1000,
+                       ckpt_every=1000, lr_schedule="cosine")
+    trainer.on_step = lambda step, losses: clock.__setitem__("t", clock["t"] + 1.0)  # 1 s a step
+    res = trainer.fit()
+    # at step 20: 40 s left at 1 s/step, 98% planned
+    assert trainer.planned_steps == 20 + int(0.98 * 40) == res.step
+
+
 def test_a_stages_preparation_is_spent_from_the_budget_but_left_out_of_its_speed(grid_view, tmp_path, monkeypatch):
     """HyperLips-Lite fits its audio encoder before the first step: given at most a quarter of the budget, counted
     in the elapsed time, not in the seconds per step the plan is made from."""
@@ -299,6 +314,40 @@ def test_a_stages_preparation_is_spent_from_the_budget_but_left_out_of_its_speed
     again = _trainer(grid_view, tmp_path / "run", resume=True, max_steps=1000, max_minutes=2.0, val_every=4)
     again.on_step = trainer.on_step
     assert again.fit().step > res.step and given == [15.0]
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_to_resume_from(grid_view, tmp_path):
+    """Ctrl-C in the middle of a run (no checkpoint due for a long while) writes one at the step it stops after,
+    exits 130, and --resume continues from it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hyperlips.train.checkpoints import latest_checkpoint
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hyperlips.cli", "train", "base", str(grid_view), "--model", "lite", "--out", str(run),
+           "--max-steps", "100000", "--batch-size", "2", "--threads", "1", "--set", "audio_steps=3",
+           "--set", "image_every=0", "--set", "val_every=100000", "--set", "ckpt_every=100000", "--set", "log_every=1",
+           "--set", "lite={widths: [8, 16, 16, 32], out_width: 8, audio_width: 16, audio_members: 2}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    scalars = run / "scalars.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if scalars.is_file() and len(scalars.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopping after this step" in err and "interrupted" in err
+    found = latest_checkpoint(run)
+    assert found is not None, "no checkpoint written on Ctrl-C"
+    stopped = int(found[1]["step"])
+    assert stopped >= 3 and f"stopped at step {stopped}" in err
+    res = run_cli("train", "base", grid_view, "--out", run, "--resume", "--max-steps", stopped + 2, "--quiet", timeout=300)
+    assert res.returncode == 0 and f"to step {stopped + 2}" in res.stdout, res.stderr[-2000:]
 
 
 def test_lite_trains_under_torchrun_with_two_processes(grid_view, tmp_path):

@@ -158,3 +158,18 @@ def test_manifest_errors_are_user_errors(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 99}))
     with pytest.raises(UserError, match="format"):
         Manifest.load(tmp_path)
+
+
+def test_a_dataset_made_with_other_mel_settings_is_refused(small_dataset, tmp_path):
+    import json
+
+    from hyperlips.data.datasets import Manifest
+    from hyperlips.errors import UserError
+
+    view = make_view(small_dataset, tmp_path / "view", ["grid_s1/bbaf3s"], val_frames=20)
+    Manifest.load(view)  # as made: taken
+    m = json.loads((view / "manifest.json").read_text())
+    m["audio"]["n_mels"], m["audio"]["hop_length"] = 64, 160
+    (view / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match=r"other settings .*hop_length, n_mels; hop_length 160 instead of 200.*preprocess"):
+        Manifest.load(view)

@@ -290,6 +290,17 @@ def test_train_cli_errors(sync_view, tmp_path):
     shutil.copy(__file__, tmp_path / "busy" / "checkpoints" / "step_000000001.pt")
     res = run_cli("train", "sync", sync_view, "--out", tmp_path / "busy", "--max-steps", "1")
     assert res.returncode == 2 and "--resume" in res.stderr
+    # nothing to train is refused before anything is written (it used to name a model that was never written)
+    res = run_cli("train", "sync", sync_view, "--out", tmp_path / "zero", "--max-steps", "0")
+    assert res.returncode == 2 and "--max-steps must be at least 1" in res.stderr and not (tmp_path / "zero").exists()
+    res = run_cli("train", "base", sync_view, "--out", tmp_path / "neg", "--minutes", "-1")
+    assert res.returncode == 2 and "--minutes must be more than 0" in res.stderr
+    (tmp_path / "afile").write_text("x")
+    res = run_cli("train", "sync", sync_view, "--out", tmp_path / "afile", "--max-steps", "1")
+    assert res.returncode == 2 and "is a file" in res.stderr
+    # a folder that is not a dataset leaves no empty run folder behind (one that was there stays)
+    res = run_cli("train", "sync", tmp_path / "afile", "--out", tmp_path / "new_run", "--max-steps", "1")
+    assert res.returncode == 2 and not (tmp_path / "new_run").exists()
 
 
 def test_kill_during_checkpoint_write_keeps_the_previous_one(sync_view, tmp_path):

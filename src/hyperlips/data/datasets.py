@@ -262,6 +262,19 @@ class Manifest:
         if data.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{path}: dataset format {data.get('format_version')!r} is not {FORMAT_VERSION}; "
                             "preprocess the videos again")
+        stored = data.get("audio")
+        if stored is not None:  # every network reads the one mel of AudioConfig: a dataset made otherwise misleads
+            from dataclasses import asdict
+
+            from ..config import AudioConfig
+
+            want = asdict(AudioConfig())
+            differ = sorted(k for k in set(want) | set(stored) if stored.get(k) != want.get(k))
+            if differ:
+                k = differ[0]
+                raise UserError(f"{path}: its mel spectrogram was made with other settings than the networks read "
+                                f"({', '.join(differ[:4])}; {k} {stored.get(k)!r} instead of {want.get(k)!r}); "
+                                "preprocess the videos again")
         missing = [c.get("id") for c in data.get("clips", []) if not (root / CLIPS_DIR / str(c.get("id")) / META).is_file()]
         if missing:  # found now, not when validation first opens a held-out clip
             raise UserError(f"{root}: {len(missing)} clip(s) in the manifest are missing or unfinished, the first "

@@ -93,7 +93,7 @@ def add_parser(sub) -> None:
         _add_common(sp)
         if name == "sync":
             sp.add_argument("--model", choices=tuple(EXPERT_MODELS), help="the expert: official (SyncNet as the "
-                            "original, default) or lite (compact, trains on a CPU; see configs/sync-lite.yaml)")
+                            "original, default) or lite (compact, trains on a CPU; its recipe: docs/training.md)")
         if name == "base":
             sp.add_argument("--model", choices=MODELS, help="the generator: base (HyperLips-Base, default) or lite "
                             "(HyperLips-Lite, compact, trains on a CPU)")
@@ -174,21 +174,26 @@ LITE_DEFAULTS: dict[str, Any] = {"batch_size": 16, "lr": 5e-4, "betas": (0.9, 0.
                                  "workers": 0, "amp": "auto"}
 
 
-def usage_hint(stage: str, model: Path) -> str:
+def usage_hint(stage: str, model: Path, base: str | None = None) -> str:
     if stage == "sync":
         return f"use it as the sync expert: hyperlips train base DATA --out RUN --expert {model}"
     if stage == "base":
         return f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint {model}"
     if stage == "reader":
         return f"use it in training: hyperlips train base DATA --model lite --set reader_weight=0.05 --set reader={model}"
-    return f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint BASE --hr-checkpoint {model}"
+    return f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint {base or 'BASE'} --hr-checkpoint {model}"
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..errors import UserError
     from .distributed import setup_distributed, teardown_distributed
     from .loop import Trainer
 
     cfg = config_from_args(args)
+    if cfg.max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1 (got {cfg.max_steps})")
+    if cfg.max_minutes < 0:
+        raise UserError(f"--minutes must be more than 0 (got {cfg.max_minutes:g}; leave it out for no time budget)")
     dist = setup_distributed(cfg.device)
     try:
         trainer = Trainer(stage_class(args.stage, cfg.model), cfg, resume=args.resume, quiet=args.quiet, dist=dist)
@@ -197,9 +202,13 @@ def run_train(args: argparse.Namespace) -> int:
         teardown_distributed(dist)
     if dist.main:
         best = f" (best on validation: {res.best})" if res.best else ""
-        print(f"trained {args.stage} to step {res.step} in {res.seconds:.1f} s "
+        what = {"hyperlips-lite": "HyperLips-Lite", "syncnet-lite": "the compact sync expert"}.get(cfg.model, args.stage)
+        print(f"trained {what} to step {res.step} in {res.seconds:.1f} s "
               f"({res.samples_per_second:.2f} samples/s over {dist.world} process(es))")
+        if not res.model.is_file():  # nothing was trained (the budget was already spent, say)
+            print(f"no model was written: {res.run} holds no trained step")
+            return 0
         print(f"model: {res.model}{best}")
-        print(usage_hint(args.stage, res.best or res.model))
+        print(usage_hint(args.stage, res.best or res.model, cfg.base))
     return 0
 

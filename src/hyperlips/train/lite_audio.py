@@ -130,6 +130,13 @@ def opening_of(shapes: Tensor) -> Tensor:
     return shapes[..., 2 * MOVING.index(LOWER_INNER) + 1] - shapes[..., 2 * MOVING.index(UPPER_INNER) + 1]
 
 
+def one_cycle(opt, lr: float, steps: int):
+    """The learning-rate cycle over ``steps``: a tenth warming up (at least a step and a half: torch's cycle divides
+    by zero when its warm-up ends on step 0, as at 10 steps), the rest annealing."""
+    total = max(2, int(steps))
+    return torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=total, pct_start=max(0.1, 1.5 / total))
+
+
 def fit_audio_encoder(encoder, tracks, *, steps: int = 600, batch: int = 8, chunk: int = 32, lr: float = 2e-3,
                       w_open: float = 1.0, seed: int = 0, max_seconds: float | None = None,
                       on_step: Callable[[int, float], None] | None = None) -> AudioFitReport:
@@ -148,7 +155,7 @@ def fit_audio_encoder(encoder, tracks, *, steps: int = 600, batch: int = 8, chun
     e = encoder.members
     encoder.train()
     opt = torch.optim.AdamW(encoder.parameters(), lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(2, steps), pct_start=0.1)
+    sched = one_cycle(opt, lr, steps)
     ema = torch.optim.swa_utils.AveragedModel(encoder, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.995),
                                               use_buffers=True)
     loss_v = float("nan")
@@ -179,7 +186,7 @@ def fit_audio_encoder(encoder, tracks, *, steps: int = 600, batch: int = 8, chun
             fits = max(step, int(max_seconds / ((time.perf_counter() - t_start) / step)))
             if fits < total:  # the same cycle over fewer steps, continued from where it is
                 total = fits
-                sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(2, total), pct_start=0.1)
+                sched = one_cycle(opt, lr, total)
                 for _ in range(step):
                     sched.step()
     encoder.load_state_dict(ema.module.state_dict())

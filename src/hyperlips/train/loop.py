@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +51,33 @@ from .stage import Context, Stage, TrainingDiverged, amp_settings
 from .validation import held_out_metrics, recalibrate_bn, to_device
 
 
+EARLY_PLAN_STEPS = 20  # with a time budget, the steps timed for a first plan (before any validation)
+
+
 # ---------------------------------------------------------------------------------------------- the loop
+@contextlib.contextmanager
+def _deferred_interrupt(trainer: "Trainer"):
+    """While the steps run, Ctrl-C asks the loop to stop after the current step (the caller checks the list it gets,
+    saves a checkpoint, then raises KeyboardInterrupt); a second Ctrl-C stops at once. Only in a single process's
+    main thread (signal handlers belong there; under torchrun every process would have to agree on the step)."""
+    interrupted: list[int] = []
+    if trainer.dist.enabled or threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def on_sigint(signum, frame):
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+        trainer.say("interrupted: stopping after this step with a checkpoint to resume from (again: stop at once)")
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _infinite(loader) -> Iterator:
     while True:
         yield from loader
@@ -195,11 +223,22 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         if not cfg.out:
             raise UserError("no run folder given (--out RUN)")
-        resume_ck = None
+        if self.run.exists() and not self.run.is_dir():
+            raise UserError(f"--out {self.run} is a file: the run folder must be a folder (new or of this run)")
+        created = not self.run.exists()
         if self.dist.main:
             self.run.mkdir(parents=True, exist_ok=True)
             clean_temporaries(self.run)
-        found, problem = None, None
+        try:
+            return self._fit()
+        except UserError:
+            if created and self.dist.main and not any(self.run.iterdir()):
+                self.run.rmdir()  # a mistake in the data or the settings: no empty run folder left behind
+            raise
+
+    def _fit(self) -> TrainResult:
+        cfg = self.cfg
+        resume_ck, found, problem = None, None, None
         if self.dist.main:
             if self.resume:
                 latest = latest_checkpoint(self.run)
@@ -289,66 +328,76 @@ class Trainer:
                 self.say("validation before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         t_log, n_log = time.perf_counter(), 0
         stop = step >= self.max_steps() or (budget and self.elapsed >= budget)
-        while not stop:
-            schedule.apply(step, self.planned_steps)
-            batch = to_device(next(batches), self.dist.device)
-            if image_batch is None and self.dist.main:
-                image_batch = {k: v[:4] for k, v in batch.items()}
-            losses = stage.train_step(batch, step + 1)
-            if self.ctx.scaler is not None:
-                self.ctx.scaler.update()
-            step += 1
-            done_steps += 1
-            n_log += 1
-            rec = {"step": step, **losses}
-            self.history.append(rec)
-            if self.on_step is not None:
-                self.on_step(step, losses)
-            timed_out = out_of_time()
-            last = step >= self.max_steps() or timed_out
-            if step % cfg.log_every == 0 or last:
-                now = time.perf_counter()
-                sps = n_log * cfg.batch_size * self.dist.world / max(now - t_log, 1e-9)
-                t_log, n_log = now, 0
-                log.scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, "train/samples_per_s": sps,
-                                   "train/lr": schedule.factor * cfg.lr, "train/elapsed_s": self.elapsed,
-                                   **({"train/planned_steps": self.planned_steps} if self.planned_steps else {})})
-                if self.dist.main and not self.quiet and not cfg.progress:
-                    parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
-                    print(f"step {step}/{self.max_steps()} {parts} ({sps:.2f} samples/s)", file=sys.stderr, flush=True)
-            progress.update(step, losses, metrics)
-            if self.dist.main and cfg.image_every and (step % cfg.image_every == 0 or step == 1):
-                with torch.no_grad():
-                    log.image(step, "train", stage.images(image_batch))
-            is_best = False
-            validate = bool(cfg.val_every) and (step % cfg.val_every == 0 or last)
-            if validate or step % cfg.ckpt_every == 0 or last:
-                recalibrate_bn(stage, cfg, self.ctx, step)  # eval-mode statistics that match the weights validated/saved
-            if validate:
-                t_val = time.perf_counter()
-                metrics = held_out_metrics(stage, cfg, self.ctx)
-                if metrics:
-                    log.scalars(step, metrics)
-                    if not cfg.progress:
-                        self.say("validation at step %d: %s" % (step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())))
-                    key = best["metric"]
-                    v = metrics.get(key)
-                    if v is not None and math.isfinite(v) and (best["value"] is None or v < best["value"]):
-                        best = {"metric": key, "value": float(v), "step": step}
-                        is_best = True
-                self._preview(stage, step, log)
-                per_step = self.budget.plan(step, self.elapsed, time.perf_counter() - t_val)
-                if per_step is not None:
-                    self.say(f"time budget {cfg.max_minutes:g} min: {per_step:.2f} s/step, {time.perf_counter() - t_val:.1f} "
-                             f"s/validation -> planning {self.planned_steps} steps (re-planned at every validation)")
-                progress.update(step, losses, metrics, force=True)
-            if step % cfg.ckpt_every == 0 or last or is_best:
-                self.save(stage, step, best, is_best=is_best)
-                last_saved = step
-            stop = last or step >= self.max_steps() or out_of_time()  # a re-plan may end it here
+        with _deferred_interrupt(self) as interrupted:  # Ctrl-C: stop after the step, with a checkpoint
+            while not stop:
+                schedule.apply(step, self.planned_steps)
+                batch = to_device(next(batches), self.dist.device)
+                if image_batch is None and self.dist.main:
+                    image_batch = {k: v[:4] for k, v in batch.items()}
+                losses = stage.train_step(batch, step + 1)
+                if self.ctx.scaler is not None:
+                    self.ctx.scaler.update()
+                step += 1
+                done_steps += 1
+                n_log += 1
+                rec = {"step": step, **losses}
+                self.history.append(rec)
+                if self.on_step is not None:
+                    self.on_step(step, losses)
+                timed_out = out_of_time()
+                if budget and self.planned_steps is None and step - start == EARLY_PLAN_STEPS:
+                    per_step = self.budget.plan(step, self.elapsed, 0.0)  # validations are timed at the first one
+                    if per_step is not None:
+                        self.say(f"time budget {cfg.max_minutes:g} min: {per_step:.2f} s/step -> planning "
+                                 f"{self.planned_steps} steps (re-planned at every validation)")
+                last = step >= self.max_steps() or timed_out
+                if step % cfg.log_every == 0 or last:
+                    now = time.perf_counter()
+                    sps = n_log * cfg.batch_size * self.dist.world / max(now - t_log, 1e-9)
+                    t_log, n_log = now, 0
+                    log.scalars(step, {**{f"train/{k}": v for k, v in losses.items()}, "train/samples_per_s": sps,
+                                       "train/lr": schedule.factor * cfg.lr, "train/elapsed_s": self.elapsed,
+                                       **({"train/planned_steps": self.planned_steps} if self.planned_steps else {})})
+                    if self.dist.main and not self.quiet and not cfg.progress:
+                        parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+                        print(f"step {step}/{self.max_steps()} {parts} ({sps:.2f} samples/s)", file=sys.stderr, flush=True)
+                progress.update(step, losses, metrics)
+                if self.dist.main and cfg.image_every and (step % cfg.image_every == 0 or step == 1):
+                    with torch.no_grad():
+                        log.image(step, "train", stage.images(image_batch))
+                is_best = False
+                validate = bool(cfg.val_every) and (step % cfg.val_every == 0 or last)
+                if validate or step % cfg.ckpt_every == 0 or last:
+                    recalibrate_bn(stage, cfg, self.ctx, step)  # eval-mode statistics that match the weights validated/saved
+                if validate:
+                    t_val = time.perf_counter()
+                    metrics = held_out_metrics(stage, cfg, self.ctx)
+                    if metrics:
+                        log.scalars(step, metrics)
+                        if not cfg.progress:
+                            self.say("validation at step %d: %s" % (step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())))
+                        key = best["metric"]
+                        v = metrics.get(key)
+                        if v is not None and math.isfinite(v) and (best["value"] is None or v < best["value"]):
+                            best = {"metric": key, "value": float(v), "step": step}
+                            is_best = True
+                    self._preview(stage, step, log)
+                    per_step = self.budget.plan(step, self.elapsed, time.perf_counter() - t_val)
+                    if per_step is not None:
+                        self.say(f"time budget {cfg.max_minutes:g} min: {per_step:.2f} s/step, {time.perf_counter() - t_val:.1f} "
+                                 f"s/validation -> planning {self.planned_steps} steps (re-planned at every validation)")
+                    progress.update(step, losses, metrics, force=True)
+                if step % cfg.ckpt_every == 0 or last or is_best:
+                    self.save(stage, step, best, is_best=is_best)
+                    last_saved = step
+                stop = last or step >= self.max_steps() or out_of_time() or bool(interrupted)
         if last_saved != step and step > 0:
             self.save(stage, step, best)
         progress.close(step, metrics)
+        if interrupted:
+            self.say(f"stopped at step {step}; its checkpoint is in {self.run / CKPT_DIR}: run the same command with "
+                     "--resume (finetune: run it again) to continue")
+            raise KeyboardInterrupt
         elapsed = time.perf_counter() - t0
         sps = done_steps * cfg.batch_size * self.dist.world / max(elapsed, 1e-9)
         model = self.run / "model.safetensors"
