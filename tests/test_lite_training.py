@@ -381,6 +381,7 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
                   timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert out.is_file() and f"--checkpoint {out}" in res.stdout and "held-out mouth-opening r" in res.stdout
+    assert "a minute or more of the person speaking" in res.stderr  # a few seconds of footage: warned
     from hyperlips.models import load_checkpoint
 
     model, info = load_checkpoint(out)

@@ -23,11 +23,12 @@ import sys
 import time
 from pathlib import Path, PurePosixPath
 
-from ..errors import UserError
+from ..errors import UserError, warn
 
 MIN_TRAIN_FRAMES = 48
 STATE = "finetune.json"  # in the work folder: what the first run decided (split, time spent preprocessing)
 DEFAULT_MINUTES = 60.0
+SHORT_FOOTAGE_S = 30.0  # below this, warn: too little speech to learn one person's mouth from
 RESERVE_S = 20.0  # of the budget, kept for the last validation, export and writing the model
 # a Lite model of one person started from weights (the starter, or --checkpoint): the mouth discriminator judges
 # its mouths from the first step (the renderer already draws faces); sharper lips and teeth for a slightly lower
@@ -190,6 +191,9 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     if not args.quiet:
         print(f"footage: {held['of_seconds']:.1f} s in {len(done)} clip(s); held out for validation: the last "
               f"{held['seconds']:.1f} s ({held['frames']} frames)", file=sys.stderr)
+    if held["of_seconds"] < SHORT_FOOTAGE_S:
+        warn(f"{args.video}: {held['of_seconds']:.0f} s of footage; a person model learns the mouth from a minute or "
+             "more of the person speaking (less gives a weak, averaged mouth)")
     return data, state
 
 

@@ -202,7 +202,8 @@ def run_judge(args: argparse.Namespace) -> int:
     aucs = ", ".join(f"{w} frames {'n/a (validation clips too short)' if a is None else a}" for w, a in rep["auc"].items())
     print(f"held-out AUC (in sync against 5+ frames off): {aucs}")
     found = ", ".join(f"{Path(c).name} {'n/a' if o is None else format(o, '+d')}" for c, o in rep["offsets"].items())
-    print(f"offset found on each validation clip with its own audio (+ = audio late): {found}; {rep['seconds']:.0f} s")
+    print(f"offset found on each validation clip with its own audio (+ = audio late): {found}")
+    print(f"fitted and measured in {rep['seconds']:.0f} s")
     print(f"model: {Path(args.out) / 'judge.safetensors'}")
     print(f"use it with: hyperlips eval RESULT --reference VIDEO --expert {Path(args.out) / 'judge.safetensors'}")
     return 0
