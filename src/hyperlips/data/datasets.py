@@ -269,7 +269,7 @@ class Manifest:
             from ..config import AudioConfig
 
             want = asdict(AudioConfig())
-            differ = sorted(k for k in set(want) | set(stored) if stored.get(k) != want.get(k))
+            differ = sorted(k for k in set(want) & set(stored) if stored[k] != want[k])  # keys both know
             if differ:
                 k = differ[0]
                 raise UserError(f"{path}: its mel spectrogram was made with other settings than the networks read "
