@@ -375,14 +375,7 @@ def run_bench_command(args) -> int:
         raise UserError("--frames must be at least 1")
     if args.original_batch < 0:
         raise UserError("--original-batch must be 0 (none) or a batch size")
-    memory = [] if _skipped(args.memory_seconds) else args.memory_seconds
-    try:
-        memory = [float(v) for v in memory]
-    except ValueError:
-        memory = [-1.0]  # refused below
-    if memory and (len(memory) != 2 or not 1 <= memory[0] < memory[1]):
-        raise UserError("--memory-seconds takes two lengths in seconds, the short one first (at least 1), e.g. 30 600; "
-                        f"or none (got {' '.join(args.memory_seconds)})")
+    memory = [] if _skipped(args.memory_seconds) else _memory_lengths(args.memory_seconds)
     specs = [] if _skipped(args.end_to_end) else [E2ESpec.parse(s) for s in args.end_to_end]
     if args.video is not None:
         from ..errors import require_file
@@ -409,6 +402,18 @@ def run_bench_command(args) -> int:
     args.output.write_text(json.dumps(_json_safe(result), indent=1))
     print(f"wrote {args.output}")
     return 0
+
+
+def _memory_lengths(values: list[str]) -> list[float]:
+    """``--memory-seconds``: the short and the long length, in seconds."""
+    try:
+        short, long = (float(v) for v in values)
+        if 1 <= short < long:
+            return [short, long]
+    except ValueError:  # not numbers, or not two of them
+        pass
+    raise UserError("--memory-seconds takes two lengths in seconds, the short one first (at least 1), e.g. 30 600; "
+                    f"or none (got {' '.join(values)})")
 
 
 def _skipped(values) -> bool:

@@ -344,10 +344,10 @@ def evaluate_pair(
 
     # sync scores
     fps = float(gi.fps)
-    if wav is not None and is_silent(wav):  # any offset found would be noise
-        want_lse = want_exp = False
-        silent = {"status": f"unavailable: the speech is silent (no sample above {SILENT_DBFS:g} dBFS)"}
-        res.sync["lse"], res.sync["expert"] = dict(silent), dict(silent)
+    silent = wav is not None and is_silent(wav)  # any offset found against silence would be noise
+    silent_status = {"status": f"unavailable: the speech is silent (no sample above {SILENT_DBFS:g} dBFS)"}
+    if silent:
+        res.sync["lse"] = dict(silent_status)
     elif want_lse:
         sel = resample_indices(times)
         entry = {"generated": lse_score(syncnet_model, np.stack(lse_gen)[sel], wav, device=device)}
@@ -357,8 +357,8 @@ def evaluate_pair(
         res.sync["lse"] = entry
     else:
         res.sync["lse"] = {"status": "unavailable: pass --syncnet PATH to the public syncnet_v2.model weights"}
-    if "expert" in res.sync:
-        pass  # set above (silent speech)
+    if silent:
+        res.sync["expert"] = dict(silent_status)
     elif want_exp and judge:
         try:
             entry = {"generated": judge_score(expert_model, np.stack(exp_gen), times, melspectrogram(wav), fps)}

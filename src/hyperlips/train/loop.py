@@ -126,6 +126,15 @@ class Trainer:
             return min(int(self.cfg.max_steps), int(self.planned_steps))
         return int(self.cfg.max_steps)
 
+    def _plan(self, step: int, val_seconds: float | None) -> None:
+        """Plan the budget's steps at ``step`` (:mod:`.budget`), after a validation of ``val_seconds`` (None: none
+        yet); the first plan is told."""
+        per_step = self.budget.plan(step, self.elapsed, val_seconds or 0.0)
+        if per_step is not None:
+            val = "" if val_seconds is None else f", {val_seconds:.1f} s/validation"
+            self.say(f"time budget {self.cfg.max_minutes:g} min: {per_step:.2f} s/step{val} -> planning "
+                     f"{self.planned_steps} steps (re-planned at every validation)")
+
     def _preview(self, stage: Stage, step: int, log: RunLog) -> None:
         if not self.dist.main:
             return
@@ -346,10 +355,7 @@ class Trainer:
                     self.on_step(step, losses)
                 timed_out = out_of_time()
                 if budget and self.planned_steps is None and step - start == EARLY_PLAN_STEPS:
-                    per_step = self.budget.plan(step, self.elapsed, 0.0)  # validations are timed at the first one
-                    if per_step is not None:
-                        self.say(f"time budget {cfg.max_minutes:g} min: {per_step:.2f} s/step -> planning "
-                                 f"{self.planned_steps} steps (re-planned at every validation)")
+                    self._plan(step, None)  # from the speed alone: validations are timed at the first one
                 last = step >= self.max_steps() or timed_out
                 if step % cfg.log_every == 0 or last:
                     now = time.perf_counter()
@@ -382,10 +388,7 @@ class Trainer:
                             best = {"metric": key, "value": float(v), "step": step}
                             is_best = True
                     self._preview(stage, step, log)
-                    per_step = self.budget.plan(step, self.elapsed, time.perf_counter() - t_val)
-                    if per_step is not None:
-                        self.say(f"time budget {cfg.max_minutes:g} min: {per_step:.2f} s/step, {time.perf_counter() - t_val:.1f} "
-                                 f"s/validation -> planning {self.planned_steps} steps (re-planned at every validation)")
+                    self._plan(step, time.perf_counter() - t_val)
                     progress.update(step, losses, metrics, force=True)
                 if step % cfg.ckpt_every == 0 or last or is_best:
                     self.save(stage, step, best, is_best=is_best)
