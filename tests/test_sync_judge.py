@@ -90,8 +90,9 @@ def test_train_judge_writes_a_judge_that_eval_takes_and_training_refuses(small_d
 
     view = make_view(small_dataset, tmp_path / "view", ["grid_s1/bbaf3s", "grid_s1/bbas3a"], val_frames=20)
     torch.set_num_threads(1)
-    rep = fit_judge(view, tmp_path / "run", steps=4, members=1, window=8, components=4, progress=False)
+    rep = fit_judge(view, tmp_path / "run", steps=4, members=1, window=8, components=4, tune_steps=2, progress=False)
     assert set(rep["auc"]) == {"5", "8", "16"} and rep["auc"]["16"] is None  # 20 held-out frames: no 16 + 5
+    assert rep["tune_steps"] == 2 and 0.0 <= rep["auc_before_tuning"] <= 1.0
     assert 0.0 <= rep["auc"]["8"] <= 1.0 and set(rep["offsets"]) == {"grid_s1/bbaf3s", "grid_s1/bbas3a"}
     assert json.loads((tmp_path / "run/report.json").read_text())["auc"] == rep["auc"]
     judge = load_expert(tmp_path / "run/judge.safetensors")
@@ -112,7 +113,7 @@ def test_a_judge_with_mel_smoothing_reads_the_smoothed_mel_wherever_it_scores(sm
     view = make_view(small_dataset, tmp_path / "view", ["grid_s1/bbaf3s", "grid_s1/bbas3a"], val_frames=20)
     torch.set_num_threads(1)
     rep = fit_judge(view, tmp_path / "run", steps=2, members=1, window=8, components=4, mel_smooth=12,
-                    progress=False)
+                    tune_steps=0, progress=False)
     judge = load_expert(tmp_path / "run/judge.safetensors")
     assert rep["mel_smooth"] == 12 and judge.config.mel_smooth == 12
     plain = create_model("sync-judge", {**judge.config.to_dict(), "mel_smooth": 0}).eval()
@@ -128,11 +129,43 @@ def test_a_judge_with_mel_smoothing_reads_the_smoothed_mel_wherever_it_scores(sm
     assert np.abs(got.curve - unsmoothed.curve).max() > 1e-3
 
 
+def test_tuning_ranks_in_sync_windows_above_those_out_of_sync(small_dataset, tmp_path):  # noqa: F811
+    """``tune_judge`` trains on the judge's own ranking: on the clips it tuned on, in-sync windows score above
+    windows 5-15 frames off more often than after the regression alone; clips too short for a window and its
+    shifts leave the judge untouched."""
+    from hyperlips.data.datasets import Manifest
+    from hyperlips.models import create_model
+    from hyperlips.train.judge import fit_basis, shape_tracks, window_auc
+    from hyperlips.train.judge_tune import tune_judge
+    from hyperlips.train.lite_audio import fit_audio_encoder
+
+    view = make_view(small_dataset, tmp_path / "view", ["grid_s1/bbaf3s", "grid_s1/bbas3a", "grid_s1/bbaf2n"],
+                     val_fraction=0.0)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    tracks = shape_tracks(Manifest.load(view).open_clips("all"))
+    judge = create_model("sync-judge", {"window": 8, "components": 4, "audio_members": 1, "audio_width": 32})
+    plain = [(m, t, np.nan_to_num(s), ok) for _, m, t, s, ok in tracks]
+    fit_audio_encoder(judge.audio_encoder, plain, steps=20, seed=0)
+    judge.basis.copy_(torch.from_numpy(fit_basis(tracks, 4)))
+    judge.eval()
+    before = np.mean([window_auc(judge, tracks, 8, seed=s)[0] for s in range(3)])
+    short = [(m, t[:37], s[:37], ok[:37]) for m, t, s, ok in plain]  # 37 < 8 + 2 x 15 frames
+    state = {k: v.clone() for k, v in judge.state_dict().items()}
+    assert tune_judge(judge, short, steps=5) == 0
+    assert all(torch.equal(v, judge.state_dict()[k]) for k, v in state.items())
+    assert tune_judge(judge, plain, steps=60, lr=3e-3, batch=16) == 60
+    after = np.mean([window_auc(judge, tracks, 8, seed=s)[0] for s in range(3)])
+    assert not judge.training and after > before + 0.05, (before, after)
+
+
 def test_train_judge_command_refuses_bad_settings(tmp_path, capsys):
     from hyperlips.cli import main
 
     assert main(["train", "judge", str(tmp_path), "-o", str(tmp_path / "o"), "--window", "1"]) != 0
     assert "--window >= 2" in capsys.readouterr().err
+    assert main(["train", "judge", str(tmp_path), "-o", str(tmp_path / "o"), "--tune-steps", "-1"]) != 0
+    assert "--tune-steps >= 0" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- the shipped judge

@@ -74,4 +74,6 @@ class SyncJudge(nn.Module):
         a = audio - audio.mean(dim=1, keepdim=True)
         v = face - face.mean(dim=1, keepdim=True)
         num = (a * v).sum(dim=(1, 2))
-        return num / ((a * a).sum(dim=(1, 2)) * (v * v).sum(dim=(1, 2))).sqrt().clamp_min(1e-9)
+        # clamped before the root: a still window (a face without shapes, tuning's masked ones) gives 0, and no NaN
+        # gradient (train/judge_tune.py differentiates this)
+        return num / ((a * a).sum(dim=(1, 2)) * (v * v).sum(dim=(1, 2))).clamp_min(1e-18).sqrt()
