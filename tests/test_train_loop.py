@@ -165,6 +165,19 @@ def test_best_checkpoint_is_the_lowest_validation_metric(sync_view, tmp_path, mo
     assert not all(torch.equal(best[k], last[k]) for k in best)
 
 
+def test_the_progress_bar_says_when_it_validates(sync_view, tmp_path, capsys):
+    """Validation holds the bar still for minutes with Base on a CPU: the bar counts its batches meanwhile."""
+    from hyperlips.train.commands import stage_class
+    from hyperlips.train.config import build_config
+    from hyperlips.train.loop import Trainer
+
+    cfg = build_config("sync", overrides={"data": str(sync_view), "out": str(tmp_path / "run"), **TINY,
+                                          "max_steps": 2, "val_every": 2, "val_samples": 6, "progress": True})
+    Trainer(stage_class("sync"), cfg).fit()
+    err = capsys.readouterr().err
+    assert "validating: batch 1/3" in err and "validating: batch 3/3" in err
+
+
 def test_bf16_autocast_on_cpu_trains_in_bf16_and_keeps_fp32_weights(sync_view, tmp_path, monkeypatch):
     from hyperlips.errors import UserError
     from hyperlips.models import load_checkpoint

@@ -3,12 +3,14 @@
 Two parts are fitted on the training clips: the audio encoder, which learns the mouth shape from the speech as
 HyperLips-Lite's does (``train/lite_audio.py``: chunks of consecutive frames, augmented, an ensemble with an
 average of its weights), and the basis, the main directions of mouth movement (principal components of the
-shapes, each clip's mean removed, scaled to unit variance). Then it is measured on the validation clips: AUC of
+shapes, each clip's mean removed, scaled to unit variance). The audio encoder is then tuned for a few steps on the
+ranking the judge is for (``train/judge_tune.py``). Then it is measured on the validation clips: AUC of
 in-sync windows against windows whose face is shifted by ``min_shift`` to 15 frames (the expert's measure), for
 windows of 5, 16 and the judge's own length, and each clip's offset found over the whole clip (0 when in sync).
 
-The output folder gets ``judge.safetensors`` and ``report.json`` (every figure above). The fit takes about
-45 seconds per 1,000 steps of a 3-net ensemble on one CPU core; a run is short, so it is not resumed but redone.
+The output folder gets ``judge.safetensors`` and ``report.json`` (every figure above, and the AUC before the
+tuning). The fit takes about 45 seconds per 1,000 steps of a 3-net ensemble on one CPU core, the tuning about 30
+seconds; a run is short, so it is not resumed but redone.
 """
 
 from __future__ import annotations

@@ -331,7 +331,7 @@ class Trainer:
         progress = Progress(self, budget)
         if step == 0 and cfg.val_at_start and step < self.max_steps() and not out_of_time():
             recalibrate_bn(stage, cfg, self.ctx, step)
-            metrics = held_out_metrics(stage, cfg, self.ctx)
+            metrics = held_out_metrics(stage, cfg, self.ctx, progress.validating)
             if metrics:
                 log.scalars(0, metrics)
                 self.say("validation before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -377,7 +377,7 @@ class Trainer:
                     recalibrate_bn(stage, cfg, self.ctx, step)  # eval-mode statistics that match the weights validated/saved
                 if validate:
                     t_val = time.perf_counter()
-                    metrics = held_out_metrics(stage, cfg, self.ctx)
+                    metrics = held_out_metrics(stage, cfg, self.ctx, progress.validating)
                     if metrics:
                         log.scalars(step, metrics)
                         if not cfg.progress:

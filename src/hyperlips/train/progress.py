@@ -91,6 +91,11 @@ class Progress:
             self.last_write = now
             self.write(step, metrics)
 
+    def validating(self, done: int, total: int) -> None:
+        """While the held-out samples are scored (minutes for Base on a CPU), the bar says so instead of standing."""
+        if self.bar is not None and self.t.dist.main:
+            self.bar.set_postfix_str(f"validating: batch {done}/{total}", refresh=True)
+
     def write(self, step: int, metrics: Mapping[str, float], done: bool = False) -> None:
         path = Path(self.t.cfg.progress_file)
         preview = self.t.run / "preview.png"
