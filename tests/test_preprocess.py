@@ -130,6 +130,10 @@ def test_second_run_does_no_work(small_dataset, more_data, real_data, tmp_path_f
     t0 = time.perf_counter()
     report = preprocess(src, small_dataset, PreprocessOptions(), workers=2, progress=False)
     assert report.done == 0 and report.existing == 5 and len(report.skipped) == 1
+    speakers = {c["speaker"] for c in json.loads((small_dataset / "manifest.json").read_text())["clips"]}
+    assert report.split_by == "speaker" and report.speakers == len(speakers) > 1
+    assert f"split by speaker ({len(speakers)} speakers as read from the paths; for clips of one person: --speaker " \
+           "one --split time)" in report.summary()
     assert time.perf_counter() - t0 < 5
     assert {p: p.stat().st_mtime_ns for p in metas} == before
 
@@ -259,7 +263,8 @@ def test_hr_size_and_time_split(tmp_path, more_data):
     src.mkdir()
     os.symlink(more_data / "lrs2_deep_avsr/00002.mp4", src / "a.mp4")
     opts = pp.PreprocessOptions(hr_size=256, split="time", val_fraction=0.3)
-    pp.preprocess(src, tmp_path / "ds", opts, workers=1, progress=False)
+    report = pp.preprocess(src, tmp_path / "ds", opts, workers=1, progress=False)
+    assert "split by time;" in report.summary()
     m = Manifest.load(tmp_path / "ds")
     (train,), (val,) = m.open_clips("train"), m.open_clips("val")
     assert m.sizes == [128, 256] and m.data["split_by"] == "time"

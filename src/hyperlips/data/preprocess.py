@@ -346,10 +346,15 @@ class PreprocessReport:
     n_val: int
     split_by: str
     seconds: float
+    speakers: int = 0  # told apart by --speaker
 
     def summary(self) -> str:
+        split = self.split_by
+        if split == "speaker":  # a folder of one person's clips named apart reads as several people
+            split += (f" ({self.speakers} speakers as read from the paths; for clips of one person: --speaker one "
+                      "--split time)")
         lines = [f"{self.done} clip(s) preprocessed, {self.existing} already done, {len(self.skipped)} skipped "
-                 f"({self.seconds:.1f} s); {self.n_train} train / {self.n_val} val clips split by {self.split_by}; "
+                 f"({self.seconds:.1f} s); {self.n_train} train / {self.n_val} val clips split by {split}; "
                  f"manifest: {self.manifest}"]
         for r in self.skipped:
             lines.append(f"  skipped {r.source}: {r.reason}")
@@ -478,6 +483,7 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
         n_val=sum(c["split"] == "val" for c in clips),
         split_by=manifest["split_by"],
         seconds=elapsed,
+        speakers=len({c["speaker"] for c in clips}),
     )
 
 
