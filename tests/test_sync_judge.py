@@ -153,6 +153,8 @@ def test_tuning_ranks_in_sync_windows_above_those_out_of_sync(small_dataset, tmp
     short = [(m, t[:37], s[:37], ok[:37]) for m, t, s, ok in plain]  # 37 < 8 + 2 x 15 frames
     state = {k: v.clone() for k, v in judge.state_dict().items()}
     assert tune_judge(judge, short, steps=5) == 0
+    faceless = [(m, t, s, np.zeros_like(ok)) for m, t, s, ok in plain]  # long enough, but no frame has a shape
+    assert tune_judge(judge, faceless, steps=5) == 0
     assert all(torch.equal(v, judge.state_dict()[k]) for k, v in state.items())
     assert tune_judge(judge, plain, steps=60, lr=3e-3, batch=16) == 60
     after = np.mean([window_auc(judge, tracks, 8, seed=s)[0] for s in range(3)])

@@ -28,7 +28,8 @@ def tune_judge(judge, tracks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray,
                max_shift: int = 15, seed: int = 0, on_step: Callable[[int, float], None] | None = None) -> int:
     """Tune ``judge``'s audio encoder in place (its basis must be fitted) on ``tracks``: per clip range (mel
     (80, T) as the judge reads it, frame times (n,) s, shapes (n, n_shape) with 0 where ``ok`` (n,) is False).
-    Returns the steps taken: 0 when no clip has ``window + 2 * max_shift`` consecutive frames (nothing to tune on)."""
+    Returns the steps taken: 0 when no clip has ``window + 2 * max_shift`` consecutive frames (nothing to tune on);
+    a batch without a window whose every frame has a face shape is drawn again, at most ``steps`` times in all."""
     import torch
     import torch.nn.functional as F
 
@@ -48,24 +49,29 @@ def tune_judge(judge, tracks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray,
     sched = one_cycle(opt, lr, steps)
     ema = torch.optim.swa_utils.AveragedModel(enc, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.99),
                                               use_buffers=True)
-    for step in range(1, steps + 1):
+    done = 0
+    for _ in range(2 * steps):
+        if done == steps:
+            break
         mel, pos, shapes, ok = sampler.draw(batch, g)  # positions in output steps; read() takes mel steps
+        whole = ok[:, max_shift:max_shift + window].all(dim=1)  # windows whose every frame has a face shape
+        if not whole.any():  # (before the forward pass: BatchNorm's statistics would move)
+            continue
         audio = enc.read(enc.sequence(augment(mel, g)).mean(dim=1), pos * STRIDE) @ basis.T  # (B, need, C)
         face = (shapes @ basis.T)[:, max_shift:max_shift + window]  # (B, window, C)
-        whole = ok[:, max_shift:max_shift + window].all(dim=1)  # windows whose every frame has a face shape
         scores = torch.stack([judge.window_score(audio[:, max_shift + d:max_shift + d + window], face)
                               for d in shifts], 1)[whole]  # (B', shifts): in sync first
-        if len(scores) == 0:
-            continue
         loss = F.softplus((scores[:, 1:].reshape(1, -1) - scores[:, :1]) / tau).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         ema.update_parameters(enc)
+        done += 1
         if on_step is not None:
-            on_step(step, float(loss.detach()))
-    enc.load_state_dict(ema.module.state_dict())
+            on_step(done, float(loss.detach()))
+    if done:
+        enc.load_state_dict(ema.module.state_dict())
     enc.eval()
-    return steps
+    return done
 
