@@ -25,7 +25,6 @@ import numpy as np
 
 from ..data.datasets import Clip, Manifest
 from ..errors import UserError
-
 from .judge_tune import TUNE_STEPS
 
 MEL_SMOOTH = 12  # DCT coefficients kept across the mel bins: held-out AUC 0.844 against 0.834 (four fits each)

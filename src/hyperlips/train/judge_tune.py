@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-TUNE_STEPS = 150  # of the cycles measured (100, 150, 200), the best on 8 training speakers held back to choose it
+TUNE_STEPS = 150  # of the cycles measured (100, 150, 200, 300), the best on 8 training speakers held back to choose it
 
 
 def tune_judge(judge, tracks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], *,
@@ -74,4 +74,3 @@ def tune_judge(judge, tracks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray,
         enc.load_state_dict(ema.module.state_dict())
     enc.eval()
     return done
-
