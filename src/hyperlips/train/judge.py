@@ -199,7 +199,8 @@ def add_parser(stages) -> None:
     p.add_argument("data", help="preprocessed dataset folder (from hyperlips preprocess; its val split measures it)")
     p.add_argument("-o", "--out", required=True, help="output folder: judge.safetensors and report.json")
     p.add_argument("--steps", type=int, default=3000, help="audio encoder fitting steps (3000)")
-    p.add_argument("--members", type=int, default=3, help="nets in the audio encoder's ensemble (3)")
+    p.add_argument("--members", type=int, default=3, help="nets in the audio encoder's ensemble (3; the shipped "
+                   "judge has 12: steadier, four times the fitting time)")
     p.add_argument("--window", type=int, default=25, help="frames per judged window (25: one second at 25 fps)")
     p.add_argument("--components", type=int, default=16, help="directions of mouth movement compared (16)")
     p.add_argument("--mel-smooth", type=int, default=MEL_SMOOTH, help="smooth each mel frame across frequency to its "
