@@ -283,6 +283,8 @@ def test_too_long_and_unknown_types_are_refused(server, inputs, tmp_path):
     assert status == 400 and "run.exe: not a file type" in err["error"]
     status, err = client.upload("empty.wav", b"")
     assert status == 400 and "empty" in err["error"]
+    status, _, body = client.request("POST", "/api/files", b"RIFF....", {"Content-Length": "8"})  # no ?name=
+    assert status == 400 and b"the file's name is missing: POST /api/files?name=FILE" in body
     assert not any((tmp_path / "data" / "files").iterdir()), "a refused upload left a file"
 
 
@@ -298,6 +300,8 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
                          ({"face": 0, "face_box": [0, 0, 10, 10]}, "not both"),
                          ({"video": "0123456789abcdef"}, "no uploaded file"),
                          ({"audio": None}, "no speech file given"),
+                         ({"video": 5}, "video must be the id of an uploaded file, a string (got 5)"),
+                         ({"audio": True}, "audio must be the id of an uploaded file, a string (got true)"),
                          ({"kind": "paint"}, "kind must be one of"),
                          ({"crf": 99}, "crf must be a whole number from 0"),
                          ({"crf": True}, "crf must be a whole number from 0"),
@@ -314,6 +318,13 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
     assert status == 400 and b"not valid JSON" in body
     assert not any((app.settings.data / "jobs").iterdir()), "a refused job left a folder"
     assert client.json("GET", "/api/jobs")[1]["jobs"] == []
+    for query, words in [("limit=abc", "limit must be a whole number from 1 to 500"), ("limit=0", "limit must be"),
+                         ("kind=bogus", "kind must be one of sync, finetune")]:
+        status, err = client.json("GET", f"/api/jobs?{query}")
+        assert status == 400 and words in err["error"], (query, err)
+    for method in ("PUT", "PATCH"):  # the HTTP server's own answer was an HTML 501
+        status, err = client.json(method, "/api/jobs", {})
+        assert status == 405 and err["error"] == f"{method} is not allowed here (use POST, GET)", err
 
 
 def test_encoder_options_reach_the_output(server, inputs, tmp_path):

@@ -34,7 +34,9 @@ def _bad(text: str) -> UploadError:
 
 def _file(store: Store, params: dict, key: str, what: str) -> dict:
     file_id = params.get(key)
-    if not isinstance(file_id, str) or not file_id:
+    if file_id is not None and file_id != "" and not isinstance(file_id, str):
+        raise _bad(f"{key} must be the id of an uploaded file, a string (got {json.dumps(file_id)[:40]})")
+    if not file_id:
         raise _bad(f"no {what} given: upload one (POST /api/files) and pass its id as {key!r}")
     rec = store.get_file(file_id) if valid_id(file_id) else None
     if rec is None:

@@ -57,9 +57,10 @@ def openapi_document(version: str) -> dict:
                          "responses": {"201": _JOB, "400": _ERROR}},
                 "get": {"summary": "recent jobs, newest first",
                         "parameters": [{"name": "kind", "in": "query", "schema": {"enum": ["sync", "finetune"]}},
-                                       {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 500}}],
+                                       {"name": "limit", "in": "query",
+                                        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}}],
                         "responses": {"200": _json({"type": "object", "properties": {
-                            "jobs": {"type": "array", "items": ref("Job")}}})}},
+                            "jobs": {"type": "array", "items": ref("Job")}}}), "400": _ERROR}},
             },
             "/api/jobs/{id}": {
                 "get": {"summary": "a job's state and progress", "parameters": _ID,

@@ -109,6 +109,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_PUT(self) -> None:  # no route takes these: a JSON 405 (or 404) instead of the base class's HTML 501
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
     def log_message(self, fmt: str, *args) -> None:
         log.debug("%s %s", self.address_string(), fmt % args)
 
@@ -283,6 +289,9 @@ class _Handler(BaseHTTPRequestHandler):
     def r_upload(self) -> None:
         raw_name, length = self._query().get("name"), self._length()
         try:
+            if not (raw_name or "").strip():
+                raise UploadError("the file's name is missing: POST /api/files?name=FILE (its extension, e.g. .mp4 or "
+                                  ".wav, says what it is)")
             name = display_name(raw_name)
             storage_suffix(name)
             check_length(length, self.app.settings, name)
@@ -317,9 +326,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def r_jobs(self) -> None:
         q = self._query()
-        limit = int(q["limit"]) if q.get("limit", "").isdigit() else 50
-        kind = q.get("kind") if q.get("kind") in jobs_mod.KINDS else None
-        self._json({"jobs": [jobs_mod.public_job(j) for j in self.app.store.list_jobs(min(limit, 500), kind)]})
+        limit, kind = q.get("limit") or "50", q.get("kind") or None
+        if not limit.isdigit() or not 1 <= int(limit) <= 500:
+            raise HTTPError(400, f"limit must be a whole number from 1 to 500 (got {limit[:20]!r})")
+        if kind is not None and kind not in jobs_mod.KINDS:
+            raise HTTPError(400, f"kind must be one of {', '.join(jobs_mod.KINDS)} (got {kind[:20]!r})")
+        self._json({"jobs": [jobs_mod.public_job(j) for j in self.app.store.list_jobs(int(limit), kind)]})
 
     def r_job(self, id: str) -> None:
         self._json(jobs_mod.public_job(self.app.job_or_404(id)))
