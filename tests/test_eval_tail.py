@@ -19,6 +19,10 @@ def test_tail_segments_span_clips_in_order(more_data):
     assert train == (videos[-2], 0, 50)
     with pytest.raises(Exception, match="shorter than the footage"):
         tail_segments(videos[:1], seconds=10.0)
+    with pytest.raises(Exception, match=r"the held-out tail \(0.04 s\) is too short to measure: it takes at least 2 s"):
+        tail_segments(videos[:1], seconds=0.04)  # one frame: the 5-frame-late baseline scored a perfect match
+    with pytest.raises(Exception, match=r"\(0.45 s\) is too short"):
+        tail_segments(videos[:1])  # 15% of 3 s
 
 
 def test_tail_protocol_measures_the_model_and_both_baselines(more_data, tmp_path):

@@ -50,7 +50,7 @@ def add_parser(subparsers) -> None:
                         "tail: the held-out tail of one person's footage (--clips); phonemes: that tail re-synced to "
                         "synthesised speech, the mouth timed against its /p b m/ and vowels")
     p.add_argument("--tail-fraction", type=float, default=0.15, help="tail protocol: share of the footage held out (0.15)")
-    p.add_argument("--tail-seconds", type=_positive, help="tail protocol: seconds held out (instead of a share)")
+    p.add_argument("--tail-seconds", type=_positive, help="tail protocol: seconds held out (instead of a share; at least 2)")
     p.add_argument("--text", help="phonemes protocol: the sentence espeak-ng speaks (default: one rich in /p b m/)")
     p.add_argument("--syncnet", type=Path, help="public SyncNet weights (syncnet_v2.model) for LSE-C / LSE-D")
     p.add_argument("--expert", type=Path, help="our lip-sync judge or expert, for its sync confidence and offset "
