@@ -174,6 +174,18 @@ def test_one_clip_for_the_self_protocol_and_a_clear_refusal_for_the_cross_one(tm
     assert [r["clip"] for r in _strict_json(out / "summary.json")["clips"]] == ["lbax4n"]
 
 
+def test_a_folder_of_results_against_one_file_says_both_must_be_folders(tmp_path, capfd):
+    from hyperlips.cli import main
+
+    (tmp_path / "results").mkdir()
+    one = tmp_path / "original.mp4"
+    one.write_bytes(b"not read")
+    code = main(["eval", str(tmp_path / "results"), "--reference", str(one), "-o", str(tmp_path / "r")])
+    err = capfd.readouterr().err
+    assert code == 2 and f"{one} is a file: with a folder of results" in err and "must be folders too" in err, err
+    assert "folder not found" not in err  # what it said of an existing file
+
+
 @pytest.mark.slow
 def test_self_and_cross_protocols_generate_and_evaluate(tmp_path, real_data):
     clips = tmp_path / "clips"

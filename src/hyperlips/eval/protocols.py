@@ -428,14 +428,15 @@ def _media_in(folder: Path, suffixes) -> dict[str, Path]:
 
 def pair_folders(generated: Path, reference: Path, audio: Optional[Path] = None) -> list[tuple[Path, Path, Optional[Path]]]:
     """Pairs of (generated, reference, audio) by file stem. Raises :class:`UserError` when nothing pairs up."""
-    for p, what in ((generated, "generated"), (reference, "reference")):
-        if not p.is_dir():
+    for p, what in ((generated, "generated"), (reference, "reference"), (audio, "audio")):
+        if p is not None and p.is_file():  # one file beside a folder: the pairs are made by name, folder to folder
+            raise UserError(f"{p} is a file: with a folder of results ({generated}) --reference (and --audio) "
+                            "must be folders too, their files paired with the results by name")
+        if p is not None and not p.is_dir():
             raise UserError(f"{what} folder not found: {p}")
     gens = _media_in(generated, VIDEO_SUFFIXES)
     refs = _media_in(reference, VIDEO_SUFFIXES)
     auds = _media_in(audio, AUDIO_SUFFIXES + VIDEO_SUFFIXES) if audio is not None else {}
-    if audio is not None and not audio.is_dir():
-        raise UserError(f"audio folder not found: {audio}")
     pairs = [(gens[s], refs[s], auds.get(s)) for s in sorted(gens) if s in refs]
     if not pairs:
         raise UserError(f"no videos of {generated} have a reference of the same name in {reference} "
