@@ -174,6 +174,34 @@ def test_one_clip_for_the_self_protocol_and_a_clear_refusal_for_the_cross_one(tm
     assert [r["clip"] for r in _strict_json(out / "summary.json")["clips"]] == ["lbax4n"]
 
 
+def test_a_photo_as_the_reference_is_every_frames_reference(real_data, tmp_path, capfd):
+    """A result made from a photo, evaluated against that photo: every frame is compared with it (it was 1 frame
+    and no sync score); the measures of motion have nothing to compare with and say so."""
+    import cv2
+    import soundfile as sf
+
+    from hyperlips.cli import main
+    from hyperlips.media.video import FrameReader
+
+    with FrameReader(real_data / "retalking" / "face2.mp4") as reader:
+        cv2.imwrite(str(tmp_path / "face.png"), next(reader.iter_range(0, 1)).image)
+    wav, rate = sf.read(str(real_data / "hyperlips" / "audio1.wav"))
+    speech = tmp_path / "speech.wav"
+    sf.write(str(speech), wav[:int(1.6 * rate)], rate)  # 40 frames at 25 fps
+    out = tmp_path / "res.mp4"
+    assert main(["sync", str(tmp_path / "face.png"), str(speech), "-o", str(out), "--untrained", "--model", "lite",
+                 "--quiet", "--device", "cpu"]) == 0, capfd.readouterr().err
+    code = main(["eval", str(out), "--reference", str(tmp_path / "face.png"), "--audio", str(speech), "--quiet",
+                 "-o", str(tmp_path / "ev")])
+    assert code == 0, capfd.readouterr().err
+    rep = _strict_json(tmp_path / "ev" / "report.json")
+    assert rep["frames"] == 40 and rep["metrics"]["frames_with_reference_landmarks"] == 40
+    assert rep["sync"]["expert"]["generated"]["windows"] > 0  # 40 frames: the judge's 25-frame windows fit
+    for k in ("jitter_ratio", "opening_r"):
+        assert rep["metrics"][k] is None and rep["not_reported"][k] == "not applicable: the reference is a still image"
+    assert rep["metrics"]["sharpness_ratio"] > 0
+
+
 def test_a_folder_of_results_against_one_file_says_both_must_be_folders(tmp_path, capfd):
     from hyperlips.cli import main
 

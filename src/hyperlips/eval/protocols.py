@@ -36,6 +36,8 @@ PROTOCOLS = ("auto", "self", "cross")
 SAME_AUDIO_CORRELATION = 0.9
 # metrics that need the reference mouth as ground truth
 GROUND_TRUTH_METRICS = ("psnr_face", "psnr_mouth", "ssim_face", "ssim_mouth", "lmd")
+# against a photo: the motion measures compare with a reference that does not move
+STILL_REFERENCE_NA = ("jitter_ratio", "flicker_ratio", "opening_r", "opening_lag", "opening_r_peak", "opening_amplitude")
 
 
 @dataclass
@@ -231,7 +233,10 @@ def evaluate_pair(
     if ri is not None:
         limit_r = ri.n_frames if not max_seconds else min(ri.n_frames, max(1, int(round(max_seconds * ri.fps))))
         ref_times = _frame_times(ref_path, limit_r)
-        pair = _pairing(gen_times, ref_times, abs(float(gi.fps) - float(ri.fps)) < 1e-3)
+        if ri.is_image:  # a photo driven by speech: every generated frame against the one picture
+            pair = np.zeros(len(gen_times), dtype=np.int64)
+        else:
+            pair = _pairing(gen_times, ref_times, abs(float(gi.fps) - float(ri.fps)) < 1e-3)
     else:
         ref_times, pair = None, np.arange(len(gen_times))
     n = len(pair)
@@ -323,6 +328,11 @@ def evaluate_pair(
             for k in GROUND_TRUTH_METRICS:
                 res.metrics[k] = None
                 res.notes[k] = "not applicable: cross-audio has no ground truth for the mouth"
+        if ri.is_image:  # nothing moves in a photo: no motion to compare with
+            for k in STILL_REFERENCE_NA:
+                if k in res.metrics:
+                    res.metrics[k] = None
+                    res.notes[k] = "not applicable: the reference is a still image"
     else:
         t, op, sh, lips, iod = zip(*gen_only)
         pts = np.stack([p if p is not None else np.full((len(M.LIP_POINTS), 2), np.nan) for p in lips])
