@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import probe_streams, random_base_checkpoint, run_cli, write_wav
 from serve_kit import Client, face_photo, faceless_photo, quick_settings, silent_video, worker_pids
@@ -261,6 +262,21 @@ def test_speech_without_sound_gets_the_command_line_reason(server, inputs, tmp_p
     assert err["error"] == _cli_reason(tmp_path, "face.png", "silent.mp4", files)
     status, err = client.json("POST", "/api/jobs", {"video": photo["id"], "audio": photo["id"]})
     assert status == 400 and "face.png is a photo" in err["error"]
+
+
+def test_silent_speech_is_done_with_the_command_lines_warning(server, inputs, tmp_path):
+    """The command line warns of silent speech; the job said nothing (a raw warning in its log, with the server's
+    paths): its message and result carry the warning, in the uploaded file's name."""
+    import soundfile as sf
+
+    _, client = server()
+    photo = client.upload_file(inputs["photo"])
+    sf.write(str(tmp_path / "quiet.wav"), np.zeros(9600, np.float32), 16000)
+    quiet = client.upload_file(tmp_path / "quiet.wav")
+    done, _ = client.wait(client.submit(video=photo["id"], audio=quiet["id"], model="untrained")["id"], timeout=900)
+    assert done["state"] == "done", done
+    assert done["message"].startswith("done, with a warning: quiet.wav: the speech is silent"), done["message"]
+    assert done["result"]["warnings"] and str(tmp_path) not in done["message"]
 
 
 def test_no_face_fails_the_job_with_the_command_line_reason(server, inputs, tmp_path):

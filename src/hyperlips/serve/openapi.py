@@ -146,7 +146,8 @@ def openapi_document(version: str) -> dict:
                                                               "(sync: seconds per stage seen so far; training: step, "
                                                               "val, preview)"},
                 "queue_position": {"type": "integer", "description": "jobs ahead of it (queued jobs only)"},
-                "message": {"type": ["string", "null"], "description": "why it failed, one line"},
+                "message": {"type": ["string", "null"], "description": "why it failed, one line; for a job done from odd "
+                            "input, the warnings"},
                 "params": {"type": "object"}, "result": {"type": "object"}, "links": {"type": "object"},
                 "created": {"type": "number"}, "started": {"type": ["number", "null"]},
                 "finished": {"type": ["number", "null"]}}},

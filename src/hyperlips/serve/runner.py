@@ -181,7 +181,9 @@ class Runner:
         if rc == 0 and result is not None:
             if r.kind == "finetune":
                 result = self._publish(job, result)
-            self.store.finish(r.job_id, "done", None, result, {**last, "stage": "done", "fraction": 1.0})
+            said = "; ".join(result.get("warnings") or [])  # done, but the input was odd (e.g. silent speech)
+            self.store.finish(r.job_id, "done", f"done, with a warning: {said[:1000]}" if said else None, result,
+                              {**last, "stage": "done", "fraction": 1.0})
             log.info("job %s done", r.job_id)
             return
         said = error.read_text(encoding="utf-8", errors="replace").strip() if error.is_file() else ""

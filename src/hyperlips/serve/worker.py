@@ -5,7 +5,7 @@ The folder holds ``job.json`` (what to do, written by the server) and the inputs
 - ``progress.json``: ``stage``, ``done``/``total`` frames of the stage, ``fraction`` of the whole job in 0..1,
   ``elapsed_s``, ``eta_s``, ``stages`` (each stage seen so far and its seconds) (replaced atomically, a few times a
   second at most);
-- ``result.mp4`` + ``result.json`` (sync) or ``work/model.safetensors`` + ``result.json`` (training) on success;
+- ``result.mp4`` + ``result.json`` (sync; with ``warnings``, what the command line would have warned of) or ``work/model.safetensors`` + ``result.json`` (training) on success;
 - ``error.txt`` with the command line's one-line reason (the stored file names replaced by the uploaded ones)
   when the input is at fault, then exits with code 2.
 
@@ -24,7 +24,10 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
+
+from ..errors import InputWarning
 
 # share of the whole sync job each stage takes (roughly, on a CPU): loading, finding the reference face in the first
 # seconds of the video, generating (decoding, faces, network, paste-back and encoding at the same time)
@@ -91,14 +94,23 @@ def run_sync(job: dict, folder: Path) -> dict:
                  **({"temporal_blend": float(job["temporal_blend"])} if "temporal_blend" in job else {}))
     progress("loading", 1, 1)
     box = job.get("face_box")
-    report = ls.sync(folder / job["video"], folder / job["audio"], folder / "result.mp4",
-                     face_index=job.get("face"), face_box=tuple(box) if box else None, loop=job.get("loop", "pingpong"),
-                     reference=job.get("reference", "best"), on_progress=progress,
-                     **{k: job[k] for k in ("crf", "preset", "pix_fmt") if k in job})  # jobs queued before: defaults
+    with warnings.catch_warnings(record=True) as caught:  # what the command line warns of, the job reports
+        warnings.simplefilter("always", InputWarning)
+        report = ls.sync(folder / job["video"], folder / job["audio"], folder / "result.mp4",
+                         face_index=job.get("face"), face_box=tuple(box) if box else None,
+                         loop=job.get("loop", "pingpong"), reference=job.get("reference", "best"),
+                         on_progress=progress,
+                         **{k: job[k] for k in ("crf", "preset", "pix_fmt") if k in job})  # jobs queued before: defaults
+    said = []
+    for w in caught:
+        if issubclass(w.category, InputWarning):
+            said.append(str(w.message))
+        else:  # the others to the log, as they would have gone
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return {"file": "result.mp4", "frames": report.frames, "fps": report.fps, "width": report.width,
             "height": report.height, "seconds": round(report.audio_seconds, 3),
             "frames_with_face": report.frames_with_face,
-            "timings": {k: round(v, 2) for k, v in report.timings.items()}}
+            "timings": {k: round(v, 2) for k, v in report.timings.items()}, "warnings": list(dict.fromkeys(said))}
 
 
 def run_finetune(job: dict, folder: Path) -> dict:
@@ -164,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         (folder / "error.txt").write_text("the job ran out of memory: try a shorter or smaller video\n", encoding="utf-8")
         traceback.print_exc()
         return 1
+    if result.get("warnings"):
+        result["warnings"] = [_public_message(w, names) for w in result["warnings"]]
+        for w in result["warnings"]:
+            print(f"hyperlips: warning: {w}", file=sys.stderr)
     write_json(folder / "result.json", result)
     return 0
 
