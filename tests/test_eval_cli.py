@@ -230,3 +230,14 @@ def test_self_and_cross_protocols_generate_and_evaluate(tmp_path, real_data):
         assert (out / "generated" / "face3.mp4").exists()
         if mode == "self":  # random weights change the mouth: a measurable, non-zero difference
             assert all(row["psnr_mouth"] < 60 for row in summary["clips"])
+
+
+def test_the_printed_line_counts_one_frame_as_one(capsys):
+    from hyperlips.eval.commands import _print_rows
+
+    _print_rows([{"clip": "a", "protocol": "self-reconstruction", "frames": 1, "expert_offset": -1},
+                 {"clip": "b", "protocol": "cross-audio", "frames": 40, "expert_offset": 2}],
+                {"markdown": "r.md", "json": "r.json"})
+    out = capsys.readouterr().out
+    assert "a (self-reconstruction, 1 frame): expert_offset -1 (audio 1 frame early)" in out
+    assert "b (cross-audio, 40 frames): expert_offset +2 (audio 2 frames late)" in out

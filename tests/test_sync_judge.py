@@ -204,7 +204,8 @@ def test_silent_speech_gets_a_status_line_instead_of_an_offset(real_data, tmp_pa
     sf.write(str(silence), np.zeros(16000 * 2, np.float32), 16000)
     res = evaluate_pair(real_data / "retalking" / "face2.mp4", None, silence, expert_model=judge, perceptual=False,
                         max_seconds=1.2)
-    assert res.sync["expert"] == {"status": "unavailable: the speech is silent (no sample above -60 dBFS)"}
+    assert res.sync["expert"] == {"status": "unavailable: the speech is silent (no sample above -60 dBFS)",
+                                  "scorer": "judge"}
     spoken = evaluate_pair(real_data / "retalking" / "face2.mp4", None, None, expert_model=judge, perceptual=False,
                            max_seconds=1.2)
     assert spoken.sync["expert"]["generated"] is not None  # its own speech: scored
@@ -218,6 +219,10 @@ def test_a_clip_shorter_than_the_judges_window_is_reported_not_fatal(real_data, 
                         max_seconds=0.6)
     assert res.frames == 15 and res.sync["expert"]["status"].startswith("unavailable: too short for the sync judge")
     assert res.metrics["jitter_gen"] is not None  # the other measures stand
+    from hyperlips.eval.report import write_clip_report
+
+    text = (write_clip_report(res, tmp_path / "r")["markdown"]).read_text()
+    assert "**Our sync judge (mouth shapes)**: unavailable: too short" in text  # was titled "Our SyncNet expert"
 
 
 def test_a_validation_clip_without_a_full_window_gets_no_offset_instead_of_stopping_the_fit():

@@ -208,13 +208,15 @@ def _print_rows(rows: list[dict], paths: dict) -> None:
             "flicker_ratio", "sharpness_ratio", "mouth_audio_correlation")
     def show(k, v):
         if k.endswith("_offset"):  # spell the sign out: + = audio late
-            return f"{k} {v:+d} ({'in sync' if v == 0 else f'audio {abs(v)} frames ' + ('late' if v > 0 else 'early')})"
+            frames = "frame" if abs(v) == 1 else "frames"
+            return f"{k} {v:+d} ({'in sync' if v == 0 else f'audio {abs(v)} {frames} ' + ('late' if v > 0 else 'early')})"
         return f"{k} {_fmt(v)}"
 
     for r in rows:
         ks = keys if r.get("jitter_ratio") is not None else keys + ("jitter_gen", "sharpness_gen")
         shown = ", ".join(show(k, r[k]) for k in ks if r.get(k) is not None)
-        print(f"{r['clip']} ({r['protocol']}, {r['frames']} frames): {shown or 'no numbers (see the report)'}")
+        print(f"{r['clip']} ({r['protocol']}, {r['frames']} frame{'' if r['frames'] == 1 else 's'}): "
+              f"{shown or 'no numbers (see the report)'}")
     print(f"report: {paths['markdown']}  data: {paths['json']}")
 
 

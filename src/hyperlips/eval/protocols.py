@@ -367,8 +367,9 @@ def evaluate_pair(
         res.sync["lse"] = entry
     else:
         res.sync["lse"] = {"status": "unavailable: pass --syncnet PATH to the public syncnet_v2.model weights"}
+    scorer = {"scorer": "judge"} if judge else {}  # for the report's title when there is no score to show
     if silent:
-        res.sync["expert"] = dict(silent_status)
+        res.sync["expert"] = {**silent_status, **scorer} if want_exp else dict(silent_status)
     elif want_exp and judge:
         try:
             entry = {"generated": judge_score(expert_model, np.stack(exp_gen), times, melspectrogram(wav), fps)}
@@ -377,7 +378,7 @@ def evaluate_pair(
                 entry["reference"] = judge_score(expert_model, np.stack(exp_ref), rt, melspectrogram(ref_wav),
                                                  float(ri.fps))
         except ValueError as e:  # too short, or too few frames with a face: the other figures still stand
-            entry = {"status": f"unavailable: {e}"}
+            entry = {"status": f"unavailable: {e}", **scorer}
         res.sync["expert"] = entry
     elif want_exp:
         entry = {"generated": expert_score(expert_model, np.stack(exp_gen), times, melspectrogram(wav), fps, device=device)}
@@ -387,7 +388,9 @@ def evaluate_pair(
                                               float(ri.fps), device=device)
         res.sync["expert"] = entry
     else:
-        res.sync["expert"] = {"status": "unavailable: pass --expert PATH (a SyncNet checkpoint from `hyperlips train sync`)"}
+        res.sync["expert"] = {"status": "not computed (--expert off, or a build without the shipped sync judge): pass "
+                                        "--expert PATH, a judge from `hyperlips train judge` or an expert from "
+                                        "`hyperlips train sync`"}
     res.perceptual = perceptual_status() if perceptual else {}
     res.seconds = _time.perf_counter() - t_start
     return res

@@ -298,7 +298,13 @@ def _is_judge(entry: dict) -> bool:
 
 def _expert_title(entry: dict) -> str:
     r = _judge_result(entry)
-    return "Our SyncNet expert" if r is None else f"Our sync judge (mouth shapes, {r.extra.get('window', '?')}-frame windows)"
+    if r is not None:
+        return f"Our sync judge (mouth shapes, {r.extra.get('window', '?')}-frame windows)"
+    if entry.get("scorer") == "judge":  # no score to show (too short, silent): the judge still scored, in vain
+        return "Our sync judge (mouth shapes)"
+    if "status" in entry and not any(isinstance(v, SyncResult) for v in entry.values()):
+        return "Our sync judge or SyncNet expert"
+    return "Our SyncNet expert"
 
 
 def _sync_table(res: ClipResult) -> list[str]:
