@@ -49,3 +49,10 @@ def warn(message: str) -> None:
     import warnings
 
     warnings.warn(message, InputWarning, stacklevel=2)
+
+
+def decoder_reason(e: BaseException) -> str:
+    """A decoding error in FFmpeg's own words ("Invalid data found when processing input"), without PyAV's
+    "[Errno 1094995529] ...: 'path'" around them (the message names the file already)."""
+    text = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else "")
+    return text or type(e).__name__

@@ -40,7 +40,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..config import AudioConfig
-from ..errors import MediaError, require_file, warn
+from ..errors import MediaError, decoder_reason, require_file, warn
 
 __all__ = [
     "load_audio",
@@ -126,7 +126,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     except MediaError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = decoder_reason(e)
         raise MediaError(f"cannot decode audio from {p} (unreadable or corrupt file: {reason})") from None
     n = sum(len(c) for c in chunks)
     if n == 0 or not native_rate:

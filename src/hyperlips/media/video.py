@@ -35,7 +35,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import MediaError, UserError, require_file
+from ..errors import MediaError, UserError, decoder_reason, require_file
 
 __all__ = ["IMAGE_SUFFIXES", "PIX_FMTS", "PRESETS", "VideoInfo", "Frame", "probe", "FrameReader", "VideoWriter",
            "check_encoding", "coded_size", "rotate_image", "as_rate"]
@@ -176,7 +176,7 @@ def _open(path: str):
     try:
         return av.open(path)
     except av.error.FFmpegError as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = decoder_reason(e)
         raise MediaError(f"cannot open {path} (unreadable or corrupt media file: {reason})") from None
 
 
@@ -236,7 +236,7 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
         try:
             first = next(iter(c.decode(stream)), None)
         except av.error.FFmpegError as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = decoder_reason(e)
             raise MediaError(f"cannot decode video from {path} (corrupt file: {reason})") from None
         if first is None:
             raise MediaError(f"{path}: no video frame could be decoded")
