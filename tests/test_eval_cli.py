@@ -241,3 +241,25 @@ def test_the_printed_line_counts_one_frame_as_one(capsys):
     out = capsys.readouterr().out
     assert "a (self-reconstruction, 1 frame): expert_offset -1 (audio 1 frame early)" in out
     assert "b (cross-audio, 40 frames): expert_offset +2 (audio 2 frames late)" in out
+
+
+def test_self_protocol_forced_on_other_speech_warns(real_data, tmp_path):
+    """``--protocol self`` on a pair whose speech is not the reference's own: the ground-truth figures compare
+    mouths saying different things, which ``auto`` would have seen; now it says so."""
+    import warnings
+
+    import soundfile as sf
+
+    from hyperlips.errors import InputWarning
+    from hyperlips.eval.protocols import evaluate_pair
+
+    clip = real_data / "retalking" / "face2.mp4"
+    wav, rate = sf.read(str(real_data / "hyperlips" / "audio1.wav"))
+    other = tmp_path / "other.wav"
+    sf.write(str(other), wav[:int(2 * rate)], rate)
+    with pytest.warns(InputWarning, match=r"--protocol self, but \S*other.wav is not \S*face2.mp4's own speech"):
+        evaluate_pair(clip, clip, other, protocol="self", perceptual=False, max_seconds=0.4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        res = evaluate_pair(clip, clip, None, protocol="self", perceptual=False, max_seconds=0.4)
+    assert res.protocol == "self-reconstruction"

@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import MediaError, UserError, require_file
+from ..errors import MediaError, UserError, require_file, warn
 from ..face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
 from . import metrics as M
 
@@ -219,6 +219,10 @@ def evaluate_pair(
         proto = "no reference"
     elif protocol == "self":
         proto = "self-reconstruction"
+        if audio is not None and ref_wav is not None and wav is not None \
+                and _same_audio(wav, ref_wav) <= SAME_AUDIO_CORRELATION:  # what auto would have called cross-audio
+            warn(f"--protocol self, but {audio} is not {ref_path}'s own speech: the mouth's PSNR, SSIM and LMD "
+                 "compare mouths saying different things (--protocol auto or cross leaves them out)")
     elif protocol == "cross":
         proto = "cross-audio"
     else:
