@@ -171,6 +171,7 @@ def test_precision_support_on_this_machine():
     (("--end-to-end", "lite:480"), "--end-to-end"),
     (("--memory-seconds", "60", "30"), "--memory-seconds"),
     (("--original-batch", "-1"), "--original-batch"),
+    (("-o", "/proc/no/bench.json"), "cannot write --output /proc/no/bench.json"),  # before measuring, not after
 ])
 def test_bench_user_mistakes(tmp_path, args, message):
     r = run_cli("bench", *args, cwd=tmp_path)
@@ -207,3 +208,23 @@ def test_the_command_refuses_memory_lengths_it_cannot_read(tmp_path):
     for bad in (["30"], ["thirty", "600"], ["600", "30"]):
         with pytest.raises(UserError, match="--memory-seconds takes two lengths"):
             B.run_bench_command(p.parse_args(["--memory-seconds", *bad, "-o", str(tmp_path / "b.json")]))
+
+
+def test_a_given_video_runs_each_model_once_and_says_the_heights_do_not_apply(monkeypatch, tmp_path):
+    """``--video`` with ``--end-to-end lite:1080 lite:720``: both rows ran on the same clip, labelled alike."""
+    calls, said = [], []
+    monkeypatch.setattr(B, "bench_network", lambda *a, **k: [])
+    monkeypatch.setattr(B, "bench_end_to_end", lambda v, a, size, *r, **k: calls.append((v.name, size)) or [])
+    for kind in ("decode", "encode", "paste"):
+        monkeypatch.setattr(B, f"bench_{kind}", lambda *a, **k: [])
+    monkeypatch.setattr(B, "bench_faces", lambda images: ([], [None] * len(images)))
+    monkeypatch.setattr(B, "_cut_audio", lambda src, dst, seconds: dst)
+    monkeypatch.setattr(B, "_fps", lambda v: 25.0)
+    monkeypatch.setattr(B, "_load_frames", lambda v, n: [np.zeros((8, 8, 3), np.uint8)])
+    video = tmp_path / "me.mp4"
+    video.write_bytes(b"read by nothing here")
+    B.run_bench(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1,), frames=1, video=video,
+                audio=video, end_to_end=("lite:1080:128", "lite:720:128", "lite:720:256"), memory_seconds=(),
+                generator_table=False, original_batch=0, log=said.append)
+    assert calls == [("me.mp4", 128), ("me.mp4", 256)]
+    assert any("--video me.mp4: the end-to-end runs use it at its own size" in m for m in said)

@@ -145,6 +145,10 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
     devices = list(devices) if devices else ["cpu", "cuda"]
     specs = [s if isinstance(s, E2ESpec) else E2ESpec.parse(s) for s in end_to_end]
     log = log or (lambda msg: None)
+    if video is not None and len({s.height for s in specs}) > 1:  # the heights choose synthetic clips; one video
+        specs = list({(s.model, s.size): s for s in specs}.values())  # is one size: the same run once
+        log(f"note: --video {Path(video).name}: the end-to-end runs use it at its own size (the heights in "
+            "--end-to-end choose the synthetic clips)")
     rows: list[BenchRow] = []
     t_all = time.perf_counter()
 
@@ -354,7 +358,8 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
                         f"each is timed for at least {NETWORK_MIN_SECONDS:g} s)")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                    help=f"seconds after which the remaining measurements are skipped (default {DEFAULT_BUDGET:g}; 0 = no limit)")
-    p.add_argument("--video", type=Path, help="a talking-face clip to use (default: synthetic 6 s 720p and 1080p clips)")
+    p.add_argument("--video", type=Path, help="a talking-face clip to use, at its own size (default: synthetic 6 s 720p "
+                   "and 1080p clips, which the heights of --end-to-end choose)")
     p.add_argument("--audio", type=Path, help="speech for the end-to-end run (default: the clip's own audio)")
     p.add_argument("--end-to-end", nargs="*", default=list(DEFAULT_E2E), metavar="MODEL:HEIGHT[:SIZE]",
                    help=f"end-to-end runs: model base or lite, clip height 720 or 1080, mouth size 128/256/512 "
@@ -366,6 +371,19 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
                    help="on CPU, run the original HR flow only up to this size (default 256: at 512 it renders 2048-px faces)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("-o", "--output", type=Path, default=Path("hyperlips_bench.json"), help="JSON output (default hyperlips_bench.json)")
+
+
+def _check_writable(path: Path) -> None:
+    """UserError now if ``path`` (and its folder) cannot be written; nothing is left behind by the check."""
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write --output {path}: {e.strerror or e}") from None
+    if not existed:
+        path.unlink()
 
 
 def run_bench_command(args) -> int:
@@ -391,6 +409,7 @@ def run_bench_command(args) -> int:
             raise UserError(f"--devices takes cpu and cuda (or cuda:N), got {d!r}")
     if args.output.suffix.lower() != ".json":
         raise UserError(f"--output is a JSON file (ending in .json): {args.output}")
+    _check_writable(args.output)  # before minutes of measuring, not after
     print("stage | variant | size | device | precision | batch | frames | fps | ms/frame | peak MB | +MB", file=sys.stderr)
     result = run_bench(sizes=args.sizes, devices=devices, precisions=args.precisions, batches=args.batch_sizes,
                        frames=args.frames, models=args.models, video=args.video, audio=args.audio, end_to_end=specs,
