@@ -5,7 +5,8 @@ The folder holds ``job.json`` (what to do, written by the server) and the inputs
 - ``progress.json``: ``stage``, ``done``/``total`` frames of the stage, ``fraction`` of the whole job in 0..1,
   ``elapsed_s``, ``eta_s``, ``stages`` (each stage seen so far and its seconds) (replaced atomically, a few times a
   second at most);
-- ``result.mp4`` + ``result.json`` (sync; with ``warnings``, what the command line would have warned of) or ``work/model.safetensors`` + ``result.json`` (training) on success;
+- ``result.mp4`` + ``result.json`` (sync; its ``warnings``: what the command line would have warned of) or
+  ``work/model.safetensors`` + ``result.json`` (training) on success;
 - ``error.txt`` with the command line's one-line reason (the stored file names replaced by the uploaded ones)
   when the input is at fault, then exits with code 2.
 
