@@ -115,7 +115,7 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     )
 
     footage, out = Path(footage), Path(out_dir)
-    segs, train_part = tail_segments(footage_videos(footage), fraction, seconds)
+    segs, train_part = tail_segments(footage_videos(footage), fraction, seconds, min_seconds=0.0)  # a face to drive
     work = out / "phonemes"
     ref_png = pick_reference(train_part, work / "reference.png")
     idle = write_segment(segs[0], work / "idle.mp4")

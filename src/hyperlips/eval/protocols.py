@@ -392,8 +392,8 @@ def evaluate_pair(
                                               float(ri.fps), device=device)
         res.sync["expert"] = entry
     else:
-        res.sync["expert"] = {"status": "not computed (--expert off, or a build without the shipped sync judge): pass "
-                                        "--expert PATH, a judge from `hyperlips train judge` or an expert from "
+        res.sync["expert"] = {"status": "unavailable: not asked for (--expert off) or no sync judge in this build; "
+                                        "pass --expert PATH, a judge from `hyperlips train judge` or an expert from "
                                         "`hyperlips train sync`"}
     res.perceptual = perceptual_status() if perceptual else {}
     res.seconds = _time.perf_counter() - t_start

@@ -65,9 +65,10 @@ def footage_videos(footage: Path) -> list[Path]:
 MIN_TAIL_SECONDS = 2.0  # shorter tails gave perfect scores to the delayed baseline (1 frame cannot be shifted)
 
 
-def tail_segments(videos: list[Path], fraction: float = 0.15, seconds: float | None = None
-                  ) -> tuple[list[Segment], tuple[Path, int, int]]:
-    """(held-out segments in order, (video, first, stop) of the training part just before the tail)."""
+def tail_segments(videos: list[Path], fraction: float = 0.15, seconds: float | None = None,
+                  min_seconds: float = MIN_TAIL_SECONDS) -> tuple[list[Segment], tuple[Path, int, int]]:
+    """(held-out segments in order, (video, first, stop) of the training part just before the tail); a tail under
+    ``min_seconds`` is refused (the tail protocol's figures need it; the phoneme protocol only shows its face)."""
     from ..media.video import probe
 
     infos = [(v, probe(v)) for v in videos]
@@ -75,9 +76,9 @@ def tail_segments(videos: list[Path], fraction: float = 0.15, seconds: float | N
     left = float(seconds) if seconds is not None else float(fraction) * total
     if not 0 < left < total:
         raise UserError(f"the held-out tail ({left:.1f} s) must be shorter than the footage ({total:.1f} s)")
-    if left < MIN_TAIL_SECONDS:  # the figures need it: the 5-frame-late baseline, correlations, 1 s sync windows
+    if left < min_seconds:  # the figures need it: the 5-frame-late baseline, correlations, 1 s sync windows
         raise UserError(f"the held-out tail ({left:.2f} s) is too short to measure: it takes at least "
-                        f"{MIN_TAIL_SECONDS:g} s (--tail-seconds {MIN_TAIL_SECONDS:g}; the footage is {total:.1f} s)")
+                        f"{min_seconds:g} s (--tail-seconds {min_seconds:g}; the footage is {total:.1f} s)")
     segs: list[Segment] = []
     train_part = None
     for v, info in reversed(infos):
