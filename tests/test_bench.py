@@ -217,7 +217,7 @@ def test_a_given_video_runs_each_model_once_and_says_the_heights_do_not_apply(mo
     monkeypatch.setattr(B, "bench_end_to_end", lambda v, a, size, *r, **k: calls.append((v.name, size)) or [])
     for kind in ("decode", "encode", "paste"):
         monkeypatch.setattr(B, f"bench_{kind}", lambda *a, **k: [])
-    monkeypatch.setattr(B, "bench_faces", lambda images: ([], [None] * len(images)))
+    monkeypatch.setattr(B, "bench_faces", lambda images: ([], [(0, 0, 4, 4)] * len(images)))
     monkeypatch.setattr(B, "_cut_audio", lambda src, dst, seconds: dst)
     monkeypatch.setattr(B, "_fps", lambda v: 25.0)
     monkeypatch.setattr(B, "_load_frames", lambda v, n: [np.zeros((8, 8, 3), np.uint8)])
@@ -228,3 +228,23 @@ def test_a_given_video_runs_each_model_once_and_says_the_heights_do_not_apply(mo
                 generator_table=False, original_batch=0, log=said.append)
     assert calls == [("me.mp4", 128), ("me.mp4", 256)]
     assert any("--video me.mp4: the end-to-end runs use it at its own size" in m for m in said)
+
+
+def test_a_given_video_without_a_face_is_refused_before_the_network_rows(monkeypatch, tmp_path):
+    from hyperlips.errors import UserError
+
+    timed = []
+    monkeypatch.setattr(B, "bench_network", lambda *a, **k: timed.append("network") or [])
+    monkeypatch.setattr(B, "bench_end_to_end", lambda *a, **k: timed.append("e2e") or [])
+    for kind in ("decode", "encode", "paste"):
+        monkeypatch.setattr(B, f"bench_{kind}", lambda *a, **k: [])
+    monkeypatch.setattr(B, "bench_faces", lambda images: ([], [None] * len(images)))  # as on a wall
+    monkeypatch.setattr(B, "_cut_audio", lambda src, dst, seconds: dst)
+    monkeypatch.setattr(B, "_fps", lambda v: 25.0)
+    monkeypatch.setattr(B, "_load_frames", lambda v, n: [np.zeros((8, 8, 3), np.uint8)] * 3)
+    video = tmp_path / "wall.mp4"
+    video.write_bytes(b"read by nothing here")
+    with pytest.raises(UserError, match="no face found in the first 3 frames of .*wall.mp4: the end-to-end runs"):
+        B.run_bench(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1,), frames=1, video=video,
+                    audio=video, end_to_end=("lite:720:128",), memory_seconds=(), generator_table=False)
+    assert timed == []

@@ -189,6 +189,9 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
         if not images:
             raise UserError(f"no frames could be decoded from {io_video}")
         row, boxes = bench_faces(images)
+        if video is not None and specs and all(b is None for b in boxes):  # before minutes of network rows
+            raise UserError(f"no face found in the first {len(images)} frames of {video}: the end-to-end runs need "
+                            "a talking face (--end-to-end none to time the stages alone)")
         add(row)
         for s in sizes:
             add(bench_paste(images, boxes, s))
