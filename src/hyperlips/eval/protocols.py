@@ -373,7 +373,7 @@ def evaluate_pair(
         res.sync["lse"] = {"status": "unavailable: pass --syncnet PATH to the public syncnet_v2.model weights"}
     scorer = {"scorer": "judge"} if judge else {}  # for the report's title when there is no score to show
     if silent:
-        res.sync["expert"] = {**silent_status, **scorer} if want_exp else dict(silent_status)
+        res.sync["expert"] = {**silent_status, **scorer}
     elif want_exp and judge:
         try:
             entry = {"generated": judge_score(expert_model, np.stack(exp_gen), times, melspectrogram(wav), fps)}

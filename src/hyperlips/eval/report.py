@@ -302,7 +302,7 @@ def _expert_title(entry: dict) -> str:
         return f"Our sync judge (mouth shapes, {r.extra.get('window', '?')}-frame windows)"
     if entry.get("scorer") == "judge":  # no score to show (too short, silent): the judge still scored, in vain
         return "Our sync judge (mouth shapes)"
-    if "status" in entry and not any(isinstance(v, SyncResult) for v in entry.values()):
+    if "status" in entry:  # neither scored: --expert off, or no judge in this build
         return "Our sync judge or SyncNet expert"
     return "Our SyncNet expert"
 

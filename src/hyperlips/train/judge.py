@@ -153,8 +153,9 @@ def fit_judge(data: str | Path, out: str | Path, *, steps: int = 3000, members: 
     torch.manual_seed(seed)
     judge = create_model("sync-judge", {"window": window, "components": components, "audio_members": members,
                                         "mel_smooth": mel_smooth})
+    plain = [(m, t, np.nan_to_num(s), ok) for _, m, t, s, ok in train]  # what the fit and the tuning read
     bar = tqdm(total=steps, desc="fit the judge's audio encoder", unit="step", disable=not progress)
-    fit_audio_encoder(judge.audio_encoder, [(m, t, np.nan_to_num(s), ok) for _, m, t, s, ok in train],
+    fit_audio_encoder(judge.audio_encoder, plain,
                       steps=steps, seed=seed, on_step=lambda i, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
     bar.close()
     judge.basis.copy_(torch.from_numpy(fit_basis(train, components)))
@@ -169,8 +170,7 @@ def fit_judge(data: str | Path, out: str | Path, *, steps: int = 3000, members: 
             report["auc_before_tuning"] = None
         bar = tqdm(total=tune_steps, desc="tune it on in-sync against off-sync windows", unit="step",
                    disable=not progress)
-        report["tune_steps"] = tune_judge(judge, [(m, t, np.nan_to_num(s), ok) for _, m, t, s, ok in train],
-                                          steps=tune_steps, seed=seed,
+        report["tune_steps"] = tune_judge(judge, plain, steps=tune_steps, seed=seed,
                                           on_step=lambda i, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
         bar.close()
         if not report["tune_steps"]:
