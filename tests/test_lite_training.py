@@ -432,3 +432,55 @@ def test_finetune_lite_errors(more_data, tmp_path):
     empty.mkdir()
     res = run_cli("finetune", empty, "-o", tmp_path / "me.safetensors")
     assert res.returncode == 2 and "no video" in res.stderr
+
+
+def test_settings_changed_on_a_loaded_network_keep_its_weights_where_they_still_fit(tmp_path):
+    """``--init`` with ``--set lite=...``: the mel's smoothing changes the audio encoder's input, so the encoder
+    starts afresh and the renderer keeps its weights; a setting that changes the layers, an unknown one, or a new
+    input without an encoder fit is refused."""
+    from hyperlips.errors import UserError
+    from hyperlips.models import HyperLipsLite, LiteConfig
+    from hyperlips.train.lite import with_settings
+
+    torch.manual_seed(0)
+    gen = HyperLipsLite(LiteConfig.from_dict(TINY["lite"]))
+    said = []
+    new = with_settings(gen, {"mel_smooth": 12}, "v.safetensors", said.append)
+    assert new.config.mel_smooth == 12 and new.mel_smooth == 12 and gen.config.mel_smooth == 0
+    old_sd, new_sd = gen.state_dict(), new.state_dict()
+    enc = [k for k in old_sd if k.startswith("audio_encoder.") and old_sd[k].dim() > 1]  # its convolutions
+    assert enc and all(not torch.equal(old_sd[k], new_sd[k]) for k in enc)
+    assert all(torch.equal(v, new_sd[k]) for k, v in old_sd.items() if not k.startswith("audio_encoder."))
+    assert "mel_smooth 0 -> 12" in said[0] and "afresh" in said[0]
+    kept = with_settings(gen, {"shape_smooth_ms": 120}, "v.safetensors", said.append)
+    assert kept.config.shape_smooth_ms == 120 and all(torch.equal(v, kept.state_dict()[k]) for k, v in old_sd.items())
+    assert with_settings(gen, {"mel_smooth": 0}, "v.safetensors", said.append) is gen  # nothing changes
+    with pytest.raises(UserError, match="change the network's layers"):
+        with_settings(gen, {"widths": [8, 16, 32, 32]}, "v.safetensors", said.append)
+    with pytest.raises(UserError, match="not known: mel_smoth"):
+        with_settings(gen, {"mel_smoth": 12}, "v.safetensors", said.append)
+    with pytest.raises(UserError, match="audio_steps must be at least 1"):
+        with_settings(gen, {"mel_smooth": 12}, "v.safetensors", said.append, audio_steps=0)
+
+
+def test_a_smoothed_mel_network_trains_and_syncs_on_the_mel_it_reads(grid_view, tmp_path):
+    """A network with ``mel_smooth`` (set on a loaded one): its training frames, held-out frames and ``sync``'s
+    windows all read the log-mel smoothed across frequency, then normalised, and the file keeps the setting."""
+    from hyperlips.generator_io import network_mel
+    from hyperlips.media.audio import normalise_utterance
+    from hyperlips.models import HyperLipsLite, LiteConfig, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    init = tmp_path / "init.safetensors"
+    save_checkpoint(HyperLipsLite(LiteConfig.from_dict(TINY["lite"])), init, name="hyperlips-lite")
+    tr = _trainer(grid_view, tmp_path / "run", max_steps=2, init=str(init), lite={"mel_smooth": 12})
+    res = tr.fit()
+    model, _ = load_checkpoint(res.model)
+    assert model.config.mel_smooth == 12
+    for ds in (tr.stage.train_dataset(), tr.stage.val_dataset()):
+        mel, _ = ds.clip_mel(0)
+        want = normalise_utterance(np.asarray(ds.parts[0].clip.mel, np.float32), 12)
+        assert np.array_equal(mel, want)
+        assert not np.allclose(mel, normalise_utterance(np.asarray(ds.parts[0].clip.mel, np.float32)), atol=0.05)
+    raw = np.asarray(tr.stage.train_clips[0].mel, np.float32)
+    assert np.array_equal(network_mel(model, raw), normalise_utterance(raw, 12))

@@ -49,14 +49,18 @@ def offline_and_live(clip, ls, stats=None):
     return offline, live
 
 
-def test_lite_with_the_speech_statistics_streams_the_offline_frames(clip):
+@pytest.mark.parametrize("smooth", [0, 12])
+def test_lite_with_the_speech_statistics_streams_the_offline_frames(clip, smooth):
+    """Also for a network that reads the log-mel smoothed across frequency (``mel_smooth``)."""
     from hyperlips.live import SpeechStats
     from hyperlips.media.audio import melspectrogram
+    from hyperlips.models import HyperLipsLite, LiteConfig
     from hyperlips.pipeline import LipSync
 
     torch.manual_seed(0)
-    ls = LipSync(untrained=True, model="lite", device="cpu", progress=False, batch_size=1)
-    offline, live = offline_and_live(clip, ls, SpeechStats.of(melspectrogram(clip.wav)))
+    net = HyperLipsLite(LiteConfig(mel_smooth=smooth)).eval()
+    ls = LipSync(network=net, device="cpu", progress=False, batch_size=1)
+    offline, live = offline_and_live(clip, ls, SpeechStats.of(melspectrogram(clip.wav), smooth))
     assert len(offline) == len(live) == 40
     for j, (a, b) in enumerate(zip(offline, live)):
         assert np.array_equal(a, b), f"streamed frame {j} differs from sync's"
@@ -101,7 +105,8 @@ def test_a_frame_comes_out_before_the_speech_ends(clip):
     assert [f.index for f in frames] == list(range(1, 15))
 
 
-def test_running_statistics_converge_to_the_speech_statistics(real_data):
+@pytest.mark.parametrize("smooth", [0, 12])
+def test_running_statistics_converge_to_the_speech_statistics(real_data, smooth):
     """Lite's windows with the statistics of the speech so far against sync's (the whole speech's): far apart in the
     first half second, within 0.25 (normalised mel units; the windows' mean magnitude is about 0.85) from the second
     to the fourth second, within 0.1 after."""
@@ -109,8 +114,8 @@ def test_running_statistics_converge_to_the_speech_statistics(real_data):
     from hyperlips.media.audio import centred_mel_windows, load_audio, melspectrogram, normalise_utterance
 
     wav = load_audio(real_data / "retalking" / "audio1.wav")
-    net = SimpleNamespace(mel_steps=56, mel_norm="utterance")
-    mel = normalise_utterance(melspectrogram(wav))
+    net = SimpleNamespace(mel_steps=56, mel_norm="utterance", mel_smooth=smooth)
+    mel = normalise_utterance(melspectrogram(wav), smooth)
     n = int(len(wav) / 16000 * 25)
     want = centred_mel_windows(mel, np.arange(n) / 25, 56, fill=mel.min(axis=1))
     feed = MelFeed(net, 25.0, 16000)

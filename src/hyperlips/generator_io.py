@@ -74,10 +74,13 @@ def network_mel_windows(network, mel: np.ndarray, times, fps: float, cfg: AudioC
 
 
 def network_mel(network, mel: np.ndarray) -> np.ndarray:
-    """The whole track's mel as ``network`` wants it: normalised per utterance for HyperLips-Lite, as is for Base."""
+    """The whole track's mel as ``network`` wants it: for HyperLips-Lite normalised per utterance (smoothed across
+    frequency first where its ``mel_smooth`` says so), for Base as it is."""
     from .media.audio import normalise_utterance
 
-    return normalise_utterance(mel) if getattr(network, "mel_norm", None) == "utterance" else mel
+    if getattr(network, "mel_norm", None) != "utterance":
+        return mel
+    return normalise_utterance(mel, int(getattr(network, "mel_smooth", 0)))
 
 
 def to_uint8_images(t) -> np.ndarray:

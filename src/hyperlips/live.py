@@ -27,7 +27,7 @@ import numpy as np
 
 from .config import AudioConfig
 from .errors import UserError, warn
-from .media.audio import centred_window_starts, mel_window_starts, windows_from_starts
+from .media.audio import centred_window_starts, mel_window_starts, smooth_across_frequency, windows_from_starts
 from .media.mel_stream import MelStream
 
 FOREVER = 10**15  # output frames scheduled for an idle loop whose end is the speech's
@@ -43,9 +43,10 @@ class SpeechStats:
     floor: np.ndarray
 
     @classmethod
-    def of(cls, mel: np.ndarray) -> "SpeechStats":
-        """The statistics of a whole (n_mels, T) mel spectrogram, computed as the offline normalisation computes them."""
-        mel = np.asarray(mel, dtype=np.float32)
+    def of(cls, mel: np.ndarray, smooth: int = 0) -> "SpeechStats":
+        """The statistics of a whole (n_mels, T) mel spectrogram, computed as the offline normalisation computes them
+        (``smooth``: the network's ``mel_smooth``, 0 for none; smoothed across frequency first, as it reads it)."""
+        mel = smooth_across_frequency(np.asarray(mel, dtype=np.float32), smooth)
         mean, std = mel.mean(axis=1, keepdims=True), mel.std(axis=1, keepdims=True)
         floor = ((mel.min(axis=1, keepdims=True) - mean) / (std + 1e-3)).astype(np.float32)
         return cls(mean[:, 0], std[:, 0], floor[:, 0])
@@ -72,6 +73,7 @@ class MelFeed:
         self.mel = MelStream(cfg)
         self.steps = getattr(network, "mel_steps", None)
         self.utterance = getattr(network, "mel_norm", None) == "utterance"
+        self.smooth = int(getattr(network, "mel_smooth", 0)) if self.utterance else 0
         self.stats = stats
         self.error: Optional[BaseException] = None
         self.cancelled = False
@@ -146,6 +148,7 @@ class MelFeed:
         if not self.utterance:
             out = windows_from_starts(seg, starts - lo, cfg, steps)
         else:
+            seg = smooth_across_frequency(seg, self.smooth)
             out = np.stack([self._lite_window(seg, lo, int(s), steps) for s in starts])
             lo = min(lo, self._seen)  # running statistics still need the frames from _seen on
         self.mel.drop_before(lo)
@@ -159,7 +162,7 @@ class MelFeed:
     def _running(self, end: int) -> SpeechStats:
         """The statistics of mel frames [0, end) (the speech heard up to the end of the frame's window)."""
         if end > self._seen:
-            new = self.mel.frames(self._seen, end)
+            new = smooth_across_frequency(self.mel.frames(self._seen, end), self.smooth)
             self._sum += new.sum(axis=1, dtype=np.float64)
             self._sq += np.square(new, dtype=np.float64).sum(axis=1)
             self._min = np.minimum(self._min, new.min(axis=1))
@@ -336,7 +339,8 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
         raise UserError(f"the speech is empty: {speech_path}")
     for problem in speech_problems(wav, sr):
         warn(f"{speech_path}: {problem}")
-    stats = SpeechStats.of(melspectrogram(load_audio(voice_sample, sr), ls.audio_cfg)) if voice_sample else None
+    stats = (SpeechStats.of(melspectrogram(load_audio(voice_sample, sr), ls.audio_cfg),
+                            int(getattr(ls.base, "mel_smooth", 0))) if voice_sample else None)
     feed = PacedSpeech(wav, int(round(chunk_ms / 1000.0 * sr)), sr, pace)
     output.parent.mkdir(parents=True, exist_ok=True)
     writer, out_times, n = None, [], 0

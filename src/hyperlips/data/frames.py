@@ -90,10 +90,12 @@ class FrameDataset(_Base):
 
     def __init__(self, clips: Sequence[Clip], steps: int, *, seed: int = 0, ordered: bool = False,
                  shape_refs: dict[str, Any] | None = None, references: dict[str, np.ndarray] | None = None,
-                 mel_norm: str | None = "utterance", length: int = 1 << 30, cfg: AudioConfig = AudioConfig()):
+                 mel_norm: str | None = "utterance", mel_smooth: int = 0, length: int = 1 << 30,
+                 cfg: AudioConfig = AudioConfig()):
         super().__init__(clips, seed, length)
         self.steps = int(steps)
         self.mel_norm = mel_norm
+        self.mel_smooth = int(mel_smooth)
         self._mels: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self.cfg = cfg
         self.ordered = ordered
@@ -129,7 +131,7 @@ class FrameDataset(_Base):
         if ci not in self._mels:
             mel = np.asarray(self.parts[ci].clip.mel, dtype=np.float32)
             if self.mel_norm == "utterance":
-                mel = normalise_utterance(mel)
+                mel = normalise_utterance(mel, self.mel_smooth)
                 self._mels[ci] = (mel, mel.min(axis=1) if mel.shape[1] else None)
             else:
                 self._mels[ci] = (mel, None)

@@ -32,6 +32,8 @@ class LiteConfig(ArchConfig):
     audio_members: int = 3  # nets in the audio encoder's ensemble
     mel_steps: int = 56  # mel frames per window (0.7 s: the encoder's +-0.3 s and a margin), centred on the frame
     mel_norm: str = "utterance"  # mel normalised per utterance (media.audio.normalise_utterance) before windows
+    mel_smooth: int = 0  # > 0: each log-mel frame first smoothed across frequency, its DCT over the bins cut to this
+    # many coefficients (media.audio.smooth_across_frequency: the voice's pitch harmonics go, the formants stay)
     n_shape: int = 106  # mouth-shape vector length (face.mouth_shape.N_SHAPE)
     hyp_dim: int = 64
     top: float = 0.375  # rows above this fraction of the crop are copied from the input, not generated
@@ -71,6 +73,10 @@ class HyperLipsLite(nn.Module):
     @property
     def mel_norm(self) -> str:
         return self.config.mel_norm
+
+    @property
+    def mel_smooth(self) -> int:
+        return int(self.config.mel_smooth)
 
     def decoder_rows(self, height: int = IMG_SIZE) -> int:
         """How many rows at the bottom of a ``height``-row output are generated (the rest is the input's)."""

@@ -83,16 +83,19 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
-def held_out_frames(val_clips, train_ds, references, steps: int, mel_norm: str | None = "utterance"):
+def held_out_frames(val_clips, train_ds, references, steps: int, mel_norm: str | None = "utterance",
+                    mel_smooth: int = 0):
     """The validation frames in order: a clip split in time is measured against its training part (shapes and
-    reference frame), a held-out clip against itself."""
+    reference frame), a held-out clip against itself. The mel as the network reads it (``mel_norm``,
+    ``mel_smooth``: ``data.frames.FrameDataset``'s)."""
     from ..data.frames import FrameDataset, shape_reference
 
     refs = {c.id: train_ds.shape_refs[c.id] for c in val_clips if c.id in train_ds.shape_refs}
     for c in val_clips:
         if c.id not in refs:
             refs[c.id] = shape_reference(c, c.frame_range)
-    return FrameDataset(val_clips, steps, ordered=True, shape_refs=refs, references=references, mel_norm=mel_norm)
+    return FrameDataset(val_clips, steps, ordered=True, shape_refs=refs, references=references, mel_norm=mel_norm,
+                        mel_smooth=mel_smooth)
 
 
 def calibrate_shape_gain(model, data, max_gain: float = 3.0, batch_size: int = 64) -> float:
@@ -106,9 +109,9 @@ def calibrate_shape_gain(model, data, max_gain: float = 3.0, batch_size: int = 6
     if not val:
         return 1.0
     ranges = {c.id: c.frame_range for c in train}
-    train_ds = FrameDataset(train, model.mel_steps, mel_norm=model.mel_norm)
+    train_ds = FrameDataset(train, model.mel_steps, mel_norm=model.mel_norm, mel_smooth=model.mel_smooth)
     refs = {c.id: reference_frame(c, ranges.get(c.id, c.frame_range)) for c in val}
-    ds = held_out_frames(val, train_ds, refs, model.mel_steps, model.mel_norm)
+    ds = held_out_frames(val, train_ds, refs, model.mel_steps, model.mel_norm, model.mel_smooth)
     return spread_gain(model.audio_encoder, ds, max_gain, batch_size)
 
 
@@ -135,6 +138,45 @@ def spread_gain(encoder, ds, max_gain: float = 3.0, batch_size: int = 64, device
     return float(np.clip(float(r.std() / p.std()), 1.0, max_gain))
 
 
+def with_settings(gen, settings: dict, source, say=print, audio_steps: int = 1):
+    """A loaded HyperLips-Lite network with some of its ``LiteConfig`` settings changed (``--set lite=...`` with
+    ``--init``): only those that keep every parameter's shape (the mel's smoothing, the shapes' smoothing, the
+    rows generated, ...); widths and the like need a new network. A changed mel input (``mel_smooth``, ``mel_norm``)
+    makes the audio encoder's weights meaningless: it is re-initialised, for its fit to start afresh."""
+    import dataclasses
+
+    from ..models import HyperLipsLite, LiteConfig
+
+    known = {f.name for f in dataclasses.fields(LiteConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise UserError(f"lite settings not known: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    old = gen.config
+    new_cfg = LiteConfig.from_dict({**old.to_dict(), **settings})
+    changed = [k for k in sorted(settings) if getattr(new_cfg, k) != getattr(old, k)]
+    if not changed:
+        return gen
+    new = HyperLipsLite(new_cfg).to(next(gen.parameters()).device)
+    have = gen.state_dict()
+    differ = [k for k, v in new.state_dict().items() if k not in have or have[k].shape != v.shape]
+    if differ:
+        raise UserError(f"--init {source}: the lite settings {', '.join(changed)} change the network's layers "
+                        f"({differ[0]} and {len(differ) - 1} more): train a new network instead (without --init)")
+    new.load_state_dict(have)
+    fresh = {"mel_smooth", "mel_norm"} & set(changed)
+    if fresh and audio_steps < 1:
+        raise UserError(f"--init {source}: a changed {', '.join(sorted(fresh))} needs the audio encoder fitted "
+                        "afresh: audio_steps must be at least 1")
+    if fresh:
+        encoder = new.audio_encoder
+        init = type(encoder)(encoder.n_mels, new_cfg.audio_width, new_cfg.n_shape, new_cfg.audio_members,
+                             new_cfg.dropout, new_cfg.shape_smooth_ms)
+        encoder.load_state_dict(init.state_dict())
+    what = ", ".join(f"{k} {getattr(old, k)} -> {getattr(new_cfg, k)}" for k in changed)
+    say(f"--init {source}: {what}" + ("; the audio encoder starts afresh (its input changed)" if fresh else ""))
+    return new
+
+
 class LiteStage(Stage):
     name = "lite"
     model_name = "hyperlips-lite"
@@ -149,7 +191,7 @@ class LiteStage(Stage):
         if cfg.init:
             self.gen, info = load_checkpoint(cfg.init, name="hyperlips-lite", device=ctx.device)
             if cfg.lite:
-                ctx.say(f"--init {cfg.init}: the network's own architecture is used; the lite settings are ignored")
+                self.gen = with_settings(self.gen, cfg.lite, cfg.init, ctx.say, cfg.audio_steps)
         else:
             self.gen = HyperLipsLite(LiteConfig.from_dict(cfg.lite))
         self.gen.to(ctx.device)
@@ -214,7 +256,7 @@ class LiteStage(Stage):
 
         if self._train_ds is None:
             self._train_ds = FrameDataset(self.train_clips, self.gen.mel_steps, seed=self.cfg.seed,
-                                          mel_norm=self.gen.mel_norm)
+                                          mel_norm=self.gen.mel_norm, mel_smooth=self.gen.mel_smooth)
         return self._train_ds
 
     def val_dataset(self):
@@ -222,7 +264,7 @@ class LiteStage(Stage):
             return None
         if self._val_ds is None:
             self._val_ds = held_out_frames(self.val_clips, self.train_dataset(), self.references, self.gen.mel_steps,
-                                           self.gen.mel_norm)
+                                           self.gen.mel_norm, self.gen.mel_smooth)
         return self._val_ds
 
     # ------------------------------------------------------------------ training
