@@ -113,8 +113,13 @@ def test_eval_batch_over_folders(tmp_path, real_data):
     assert rows["two"]["protocol"] == "self-reconstruction" and rows["two"]["delta_e"] == 0.0
     assert summary["aggregate"]["clips"] == 2
     assert summary["aggregate"]["delta_e"] == pytest.approx(np.mean([rows["one"]["delta_e"], 0.0]))
+    # the mouth's opening against the reference's: a video against itself follows it exactly, at lag 0
+    assert rows["two"]["opening_r"] == pytest.approx(1.0) and rows["two"]["opening_lag"] == 0
+    assert rows["one"]["opening_r"] < 0.99 and summary["aggregate"]["opening_lag_within_1_share"] is not None
+    assert "two (self-reconstruction, 15 frames): " in r.stdout and "opening_r 1.000 (peak lag +0)" in r.stdout
     md = (out / "summary.md").read_text()
-    assert "[one](one/report.md)" in md and "**mean**" in md
+    assert "[one](one/report.md)" in md and "**mean**" in md and "| opening_r | opening_lag |" in md
+    assert "within 1 |" in md
     assert (out / "one" / "report.md").exists() and (out / "two" / "mouth_sheet.png").exists()
 
 

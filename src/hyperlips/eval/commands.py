@@ -204,9 +204,14 @@ def _load_models(args, device) -> dict:
 def _print_rows(rows: list[dict], paths: dict) -> None:
     from .report import _fmt
 
-    keys = ("lse_d", "lse_c", "lse_offset", "expert_similarity", "expert_offset", "lmd", "delta_e", "jitter_ratio",
-            "flicker_ratio", "sharpness_ratio", "mouth_audio_correlation")
-    def show(k, v):
+    keys = ("lse_d", "lse_c", "lse_offset", "expert_similarity", "expert_offset", "lmd", "opening_r", "delta_e",
+            "jitter_ratio", "flicker_ratio", "sharpness_ratio", "mouth_audio_correlation")
+
+    def show(k, row):
+        v = row[k]
+        if k == "opening_r":  # with the lag of the correlation's peak, when there is one
+            lag = row.get("opening_lag")
+            return f"opening_r {_fmt(v)}" + ("" if lag is None else f" (peak lag {lag:+d})")
         if k.endswith("_offset"):  # spell the sign out: + = audio late
             frames = "frame" if abs(v) == 1 else "frames"
             return f"{k} {v:+d} ({'in sync' if v == 0 else f'audio {abs(v)} {frames} ' + ('late' if v > 0 else 'early')})"
@@ -214,7 +219,7 @@ def _print_rows(rows: list[dict], paths: dict) -> None:
 
     for r in rows:
         ks = keys if r.get("jitter_ratio") is not None else keys + ("jitter_gen", "sharpness_gen")
-        shown = ", ".join(show(k, r[k]) for k in ks if r.get(k) is not None)
+        shown = ", ".join(show(k, r) for k in ks if r.get(k) is not None)
         print(f"{r['clip']} ({r['protocol']}, {r['frames']} frame{'' if r['frames'] == 1 else 's'}): "
               f"{shown or 'no numbers (see the report)'}")
     print(f"report: {paths['markdown']}  data: {paths['json']}")

@@ -50,7 +50,7 @@ DEFINITIONS: dict[str, tuple[str, str, str]] = {
 }
 
 SUMMARY_COLUMNS = ("lse_d", "lse_c", "lse_offset", "expert_similarity", "expert_offset", "psnr_mouth", "ssim_mouth",
-                   "lmd", "delta_e", "jitter_ratio", "flicker_ratio", "sharpness_ratio")
+                   "lmd", "opening_r", "opening_lag", "delta_e", "jitter_ratio", "flicker_ratio", "sharpness_ratio")
 EXTRA_ROW_KEYS = ("mouth_audio_correlation", "jitter_gen", "sharpness_gen")  # in summary.json, not in the table
 
 
@@ -114,12 +114,15 @@ def summary_row(res: ClipResult) -> dict:
 
 
 def aggregate(rows: list[dict]) -> dict:
-    """Mean of each numeric column over the clips that have it (offsets: the share of clips at offset 0)."""
+    """Mean of each numeric column over the clips that have it (offsets: the share of clips at offset 0; the
+    mouth-opening correlation's peak lag: the share of clips within a frame of 0)."""
     out: dict[str, Any] = {"clips": len(rows)}
     for k in SUMMARY_COLUMNS:
         vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and r.get(k) is not None]
         if k.endswith("_offset"):
             out[k + "_zero_share"] = (sum(v == 0 for v in vals) / len(vals)) if vals else None
+        elif k == "opening_lag":
+            out[k + "_within_1_share"] = (sum(abs(v) <= 1 for v in vals) / len(vals)) if vals else None
         else:
             out[k] = float(np.mean(vals)) if vals else None
     return out
@@ -401,10 +404,17 @@ def batch_markdown(rows: list[dict], agg: dict, title: str) -> str:
                                        for c in cols) + " |")
     mean_row = ["**mean**", "", str(sum(r.get("frames") or 0 for r in rows))]
     for c in SUMMARY_COLUMNS:
-        mean_row.append(f"{_fmt(agg.get(c + '_zero_share'), 2)} at 0" if c.endswith("_offset") else _fmt(agg.get(c)))
+        if c.endswith("_offset"):
+            mean_row.append(f"{_fmt(agg.get(c + '_zero_share'), 2)} at 0")
+        elif c == "opening_lag":
+            mean_row.append(f"{_fmt(agg.get(c + '_within_1_share'), 2)} within 1")
+        else:
+            mean_row.append(_fmt(agg.get(c)))
     lines.append("| " + " | ".join(mean_row) + " |")
     lines += ["", "Offsets: frames, + = audio late; the mean row gives the share of clips found at offset 0. "
-              "n/a = not measured for that clip (see its report).", ""]
+              "opening_r: the generated mouth's opening against the reference's, frame by frame (Pearson r at lag 0); "
+              "opening_lag: the lag of their cross-correlation's peak (frames; the mean row: the share of clips within "
+              "a frame of 0). n/a = not measured for that clip (see its report).", ""]
     return "\n".join(lines)
 
 
