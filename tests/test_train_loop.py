@@ -62,6 +62,28 @@ def test_config_precedence_and_errors(tmp_path):
         build_config("sync", f)
 
 
+@pytest.mark.parametrize("stage, model, name", [("base", "lite", "hyperlips-lite"), ("sync", "lite", "syncnet-lite")])
+def test_a_models_defaults_yield_to_the_config_file(tmp_path, stage, model, name):
+    """`train base|sync --model lite --config FILE`: the compact model's defaults (batch 16 or 32, its learning
+    rate) come before the file, the file before --set and the options; a file naming the model brings them too."""
+    from hyperlips.cli import build_parser
+    from hyperlips.train.commands import LITE_DEFAULTS, SYNC_LITE_DEFAULTS, config_from_args
+
+    lite = LITE_DEFAULTS if name == "hyperlips-lite" else SYNC_LITE_DEFAULTS
+    f = tmp_path / "c.yaml"
+    f.write_text("batch_size: 2\nval_every: 0\n")
+    common = ["train", stage, str(tmp_path / "data"), "-o", str(tmp_path / "run"), "--config", str(f)]
+    cfg = config_from_args(build_parser().parse_args(common + ["--model", model]))
+    assert cfg.model == name and (cfg.batch_size, cfg.val_every) == (2, 0)  # the file's
+    assert cfg.lr == lite["lr"] and cfg.ckpt_every == lite["ckpt_every"]  # the model's, where the file is silent
+    cfg = config_from_args(build_parser().parse_args(common + ["--model", model, "--set", "batch_size=3",
+                                                               "--val-every", "7"]))
+    assert (cfg.batch_size, cfg.val_every) == (3, 7)
+    f.write_text(f"batch_size: 2\nmodel: {name}\n")
+    cfg = config_from_args(build_parser().parse_args(common))
+    assert cfg.model == name and cfg.batch_size == 2 and cfg.lr == lite["lr"]
+
+
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     from hyperlips.train.checkpoints import atomic_save
 

@@ -150,11 +150,11 @@ def config_from_args(args: argparse.Namespace):
         return TrainConfig.from_dict(stored)
     if getattr(args, "model", None):
         overrides["model"] = EXPERT_MODELS[args.model] if args.stage == "sync" else _model_name(args.model)
-    if overrides.get("model") == "syncnet-lite":
-        overrides = {**SYNC_LITE_DEFAULTS, **overrides}
-    if overrides.get("model") == "hyperlips-lite":
-        overrides = {**LITE_DEFAULTS, **overrides}
-    cfg = build_config(args.stage, args.config, overrides)
+    model = overrides.get("model")
+    if model is None and args.config is not None:  # the model named in the file brings its defaults too
+        model = load_config(args.config).get("model")
+    defaults = {"syncnet-lite": SYNC_LITE_DEFAULTS, "hyperlips-lite": LITE_DEFAULTS}.get(model, {})
+    cfg = build_config(args.stage, args.config, overrides, model_defaults=defaults)
     if not cfg.data:
         raise UserError("no dataset given: hyperlips train %s DATA --out RUN (DATA from hyperlips preprocess)" % args.stage)
     if not cfg.out:

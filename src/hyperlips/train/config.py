@@ -199,9 +199,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def build_config(stage: str, file: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Defaults, then the stage's defaults, then the YAML file, then ``overrides`` (None values are ignored)."""
-    d: dict[str, Any] = {"stage": stage, **STAGE_DEFAULTS.get(stage, {})}
+def build_config(stage: str, file: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None,
+                 model_defaults: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the stage's defaults, then the model's (``model_defaults``: HyperLips-Lite's or the compact
+    expert's), then the YAML file, then ``overrides`` (None values are ignored)."""
+    d: dict[str, Any] = {"stage": stage, **STAGE_DEFAULTS.get(stage, {}), **(model_defaults or {})}
     if file is not None:
         d.update(load_config(file))
         d["stage"] = stage
