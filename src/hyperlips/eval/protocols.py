@@ -161,7 +161,8 @@ def evaluate_pair(
 ) -> ClipResult:
     """Measure ``generated`` against ``reference`` (the original video) with ``audio`` (the driving speech; default:
     the generated video's own audio track). ``syncnet``: path of the public ``syncnet_v2.model`` for LSE-C/LSE-D
-    (without it they are reported as unavailable); ``expert``: our SyncNet checkpoint. ``syncnet_model`` /
+    (without it they are reported as unavailable); ``expert``: a sync judge or expert checkpoint (``hyperlips eval``
+    uses the shipped judge, ``models.shipped.judge().path``; None: no such score). ``syncnet_model`` /
     ``expert_model`` pass already-built networks instead of paths."""
     import time as _time
 
