@@ -35,7 +35,9 @@ SHEET_CROP = (128, 80)  # (w, h) of each mouth crop on the contact sheet
 PROTOCOLS = ("auto", "self", "cross")
 SAME_AUDIO_CORRELATION = 0.9
 # metrics that need the reference mouth as ground truth
-GROUND_TRUTH_METRICS = ("psnr_face", "psnr_mouth", "ssim_face", "ssim_mouth", "lmd")
+# cross-audio: the mouth follows other speech than the reference's, so nothing compares it with the reference's mouth
+GROUND_TRUTH_METRICS = ("psnr_face", "psnr_mouth", "ssim_face", "ssim_mouth", "lmd", "opening_r", "opening_lag",
+                        "opening_r_peak")
 # against a photo: the motion measures compare with a reference that does not move
 STILL_REFERENCE_NA = ("jitter_ratio", "flicker_ratio", "opening_r", "opening_lag", "opening_r_peak", "opening_amplitude")
 
