@@ -377,7 +377,7 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     video = more_data / "lrs2_deep_avsr/00001.mp4"
     out = tmp_path / "me.safetensors"
     res = run_cli("finetune", video, "-o", out, "--steps", "2", "--batch-size", "2", "--device", "cpu", "--quiet",
-                  "--from-scratch", "--set", "val_every=2", "--set", "audio_steps=5", "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}",
+                  "--threads", "1", "--from-scratch", "--set", "val_every=2", "--set", "audio_steps=5", "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}",
                   timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert out.is_file() and f"--checkpoint {out}" in res.stdout and "held-out mouth-opening r" in res.stdout
@@ -390,6 +390,7 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     status = json.loads((tmp_path / "me.work/progress.json").read_text())
     assert status["done"] and status["step"] == 2 and Path(status["preview"]).is_file()
     assert _run_config(tmp_path / "me.work")["mouth_gan_weight"] == 0.0  # from scratch: no discriminator
+    assert _run_config(tmp_path / "me.work")["threads"] == 1  # --threads reaches the run
     assert "val/opening_r" in status["val"]
     wav = write_wav(tmp_path / "speech.wav", 0.6)
     r = run_cli("sync", video, wav, "-o", tmp_path / "out.mp4", "--checkpoint", out, "--device", "cpu", "--quiet")

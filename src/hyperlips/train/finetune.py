@@ -69,6 +69,8 @@ def add_parser(sub) -> None:
                    "extension + .work: me.work for -o me.safetensors)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, help="data loader processes (Lite 0: frames are in memory; Base 2)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core). Two runs at once on "
+                   "one machine: give each its share (--threads 1 on 2 cores), or both slow down several times")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="any training setting")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.set_defaults(func=run_finetune)
@@ -229,7 +231,7 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
             raise UserError(f"--minutes {minutes:g}: preprocessing took {state.get('prep_seconds', 0):.0f} s, which "
                             "leaves too little time to train; give more minutes")
         overrides["max_minutes"] = train_s / 60.0
-    for key in ("steps", "batch_size", "lr", "amp", "workers"):
+    for key in ("steps", "batch_size", "lr", "amp", "workers", "threads"):
         v = getattr(args, key)
         if v is not None:
             overrides["max_steps" if key == "steps" else key] = v
@@ -284,6 +286,7 @@ def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
     extra = parse_overrides(args.set)
     common = {"data": str(data), "batch_size": args.batch_size or 8, "lr": args.lr or 5e-5, "device": args.device,
               "workers": 2 if args.workers is None else args.workers, "amp": args.amp, "progress": not args.quiet,
+              **({} if args.threads is None else {"threads": args.threads}),
               "progress_file": str(work / "progress.json"),
               "max_minutes": args.minutes or 0.0, **extra}
     every = max(1, min(500, steps // 4))
