@@ -410,7 +410,8 @@ class LipSync:
         for HyperLips-Lite), until the speech ends (``round(seconds * fps)`` frames, as ``sync``). Frames are
         rendered in batches of the frames that are ready together, at most ``batch_size`` (default: the
         LipSync's). ``speech_stats``: ``live.SpeechStats`` for HyperLips-Lite's per-utterance mel normalisation
-        (``SpeechStats.of(mel, network.mel_smooth)``; default: the statistics of the speech so far). The other options are ``sync``'s. See ``live``."""
+        (``SpeechStats.of(mel, network.mel_smooth)``; default: the statistics of the speech so far). The other
+        options are ``sync``'s. See ``live``."""
         from .live import run_stream
 
         return run_stream(self, video, speech, sample_rate=sample_rate, loop=loop, face_index=face_index,
