@@ -435,6 +435,18 @@ def test_finetune_lite_errors(more_data, tmp_path):
     assert res.returncode == 2 and "no video" in res.stderr
 
 
+def test_the_audio_encoders_fit_reports_its_progress_without_a_bar(grid_view, tmp_path, capfd):
+    """`train` writes lines, not a bar (a log file): the encoder's fit says how far it is every tenth of it, so a
+    long fit (3,000 steps, minutes) is not silent."""
+    tr = _trainer(grid_view, tmp_path / "run", max_steps=1, audio_steps=20)
+    tr.quiet = False
+    tr.fit()
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if "fit audio encoder: step" in ln]
+    assert [ln.split("step ")[1].split(",")[0] for ln in lines] == [f"{k}/20" for k in range(2, 21, 2)], err[-2000:]
+    assert "audio encoder fitted on" in err
+
+
 def test_settings_changed_on_a_loaded_network_keep_its_weights_where_they_still_fit(tmp_path):
     """``--init`` with ``--set lite=...``: the mel's smoothing changes the audio encoder's input, so the encoder
     starts afresh and the renderer keeps its weights; a setting that changes the layers, an unknown one, or a new

@@ -21,6 +21,8 @@ ratio ``eval`` reports, here on the 128 px faces before any paste-back: below 1 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -300,11 +302,18 @@ class LiteStage(Stage):
         self.ctx.say(f"fitting the audio encoder ({cfg.audio_steps} steps{limit}) before the renderer trains")
         bar = tqdm(total=cfg.audio_steps, desc="fit audio encoder", unit="step", leave=False,
                    disable=not (cfg.progress and self.ctx.dist.main))
+        every, t0 = max(1, cfg.audio_steps // 10), time.perf_counter()
+
+        def on_step(done: int, loss: float) -> None:  # done: steps so far
+            bar.update(1)
+            if bar.disable and done % every == 0:  # no bar (a log file): a line every tenth of the fit
+                self.ctx.say(f"fit audio encoder: step {done}/{cfg.audio_steps}, loss {loss:.4f}, "
+                             f"{time.perf_counter() - t0:.0f} s")
+
         self.gen.audio_encoder.requires_grad_(True)
         try:
             rep = fit_audio_encoder(self.gen.audio_encoder, tracks, steps=cfg.audio_steps, lr=cfg.audio_lr,
-                                    w_open=cfg.audio_w_open, seed=cfg.seed, max_seconds=seconds,
-                                    on_step=lambda i, loss: bar.update(1))
+                                    w_open=cfg.audio_w_open, seed=cfg.seed, max_seconds=seconds, on_step=on_step)
         finally:
             bar.close()
             self.gen.audio_encoder.requires_grad_(False)
