@@ -164,16 +164,13 @@ def with_settings(gen, settings: dict, source, say=print, audio_steps: int = 1):
     if differ:
         raise UserError(f"--init {source}: the lite settings {', '.join(changed)} change the network's layers "
                         f"({differ[0]} and {len(differ) - 1} more): train a new network instead (without --init)")
-    new.load_state_dict(have)
     fresh = {"mel_smooth", "mel_norm"} & set(changed)
     if fresh and audio_steps < 1:
         raise UserError(f"--init {source}: a changed {', '.join(sorted(fresh))} needs the audio encoder fitted "
                         "afresh: audio_steps must be at least 1")
-    if fresh:
-        encoder = new.audio_encoder
-        init = type(encoder)(encoder.n_mels, new_cfg.audio_width, new_cfg.n_shape, new_cfg.audio_members,
-                             new_cfg.dropout, new_cfg.shape_smooth_ms)
-        encoder.load_state_dict(init.state_dict())
+    if fresh:  # the new network's own freshly initialised encoder stays; the rest comes from the file
+        have = {k: v for k, v in have.items() if not k.startswith("audio_encoder.")}
+    new.load_state_dict({**new.state_dict(), **have})
     what = ", ".join(f"{k} {getattr(old, k)} -> {getattr(new_cfg, k)}" for k in changed)
     say(f"--init {source}: {what}" + ("; the audio encoder starts afresh (its input changed)" if fresh else ""))
     return new
