@@ -213,6 +213,39 @@ def test_mouth_crops_are_square_around_the_lips():
     assert crop[0, 0, 32, 32] > 0.99 and crop[0, 0, 2, 2] < 0.01  # centred on it, with a margin round it
 
 
+def test_mirrored_samples_flip_faces_boxes_and_shapes_together():
+    from hyperlips.face.mouth_shape import N_SHAPE, mirror_shapes
+    from hyperlips.train.lite import mirrored, mouth_crops
+
+    g = torch.Generator().manual_seed(0)
+    faces, target = torch.rand(3, 6, 128, 128, generator=g), torch.rand(3, 3, 128, 128, generator=g)
+    shapes = torch.randn(3, N_SHAPE, generator=g)
+    box = torch.tensor([[0.20, 0.6, 0.45, 0.8]] * 3)
+    which = torch.tensor([True, False, True])
+    f2, t2, s2, b2 = mirrored(faces, target, shapes, box, which)
+    assert torch.equal(f2[0], faces[0].flip(2)) and torch.equal(t2[2], target[2].flip(2))
+    assert torch.equal(f2[1], faces[1]) and torch.equal(t2[1], target[1]) and torch.equal(s2[1], shapes[1])
+    assert torch.equal(s2[0], mirror_shapes(shapes[0])) and not torch.equal(s2[0], shapes[0])
+    assert torch.allclose(b2[0], torch.tensor([0.55, 0.6, 0.80, 0.8])) and torch.equal(b2[1], box[1])
+    # the box still frames the same pixels: the mouth crop of the flipped face is the flipped crop
+    assert torch.allclose(mouth_crops(t2[:1], b2[:1]), mouth_crops(target[:1], box[:1]).flip(3), atol=1e-5)
+    # twice is no change
+    back = mirrored(f2, t2, s2, b2, which)
+    assert all(torch.allclose(a, b) for a, b in zip(back, (faces, target, shapes, box)))
+
+
+def test_mirror_setting_trains_on_mirrored_samples(grid_view, tmp_path, monkeypatch):
+    import hyperlips.train.lite as lite
+
+    seen = []
+    real = lite.mirrored
+    monkeypatch.setattr(lite, "mirrored", lambda *a: seen.append(int(a[-1].sum())) or real(*a))
+    res = _trainer(grid_view, tmp_path / "run", max_steps=3, val_every=0, mirror=1.0).fit()
+    assert seen == [4, 4, 4] and all(np.isfinite(v) for r in res.losses for v in r.values())
+    _trainer(grid_view, tmp_path / "off", max_steps=2, val_every=0).fit()  # the default: never mirrored
+    assert seen == [4, 4, 4]
+
+
 def test_lite_resumes_exactly_with_a_decaying_learning_rate(grid_view, tmp_path):
     kw = dict(max_steps=5, val_every=0, lr_schedule="cosine", ckpt_every=3)
     full = _trainer(grid_view, tmp_path / "full", **kw).fit()

@@ -24,6 +24,11 @@ SCALE = 50.0
 UPPER_INNER, LOWER_INNER, FOREHEAD, CHIN = 13, 14, 10, 152
 EYE_OUTER = (33, 263)
 
+# FaceMesh's left-right pairs among the moving points: both lip rings run corner, lower arc, corner, upper arc
+# (centre points 17/14 and 0/13 their own mirrors), the jaw from one side to the other
+_LIP_MIRROR = tuple(10 - i for i in range(11)) + tuple(30 - i for i in range(11, 20))  # within one ring of 20
+MIRROR: tuple[int, ...] = (_LIP_MIRROR + tuple(20 + i for i in _LIP_MIRROR) + tuple(40 + 12 - i for i in range(13)))
+
 
 def _xy(landmarks: np.ndarray) -> np.ndarray:
     lm = np.asarray(landmarks, dtype=np.float64)
@@ -101,6 +106,14 @@ def mouth_shapes(landmarks: np.ndarray, mean: np.ndarray | None = None) -> tuple
         mean = pts[ok].mean(axis=0)
     shapes = ((pts - mean) * SCALE).reshape(len(pts), -1).astype(np.float32)
     return shapes, np.asarray(mean)
+
+
+def mirror_shapes(shapes):
+    """Shapes (..., N_SHAPE) of the horizontally mirrored face: x negated, each point swapped with its mirror
+    (``MIRROR``). Numpy arrays or torch tensors; the mirror of the mirror is the shape itself."""
+    s = shapes.reshape(*shapes.shape[:-1], len(MOVING), 2)[..., list(MIRROR), :]
+    sign = s.new_tensor([-1.0, 1.0]) if hasattr(s, "new_tensor") else np.array([-1.0, 1.0], dtype=s.dtype)
+    return (s * sign).reshape(shapes.shape)
 
 
 def shape_opening(shapes: np.ndarray) -> np.ndarray:

@@ -47,6 +47,19 @@ def masked_faces(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     return torch.cat([masked, batch["reference"].float() / 255.0], dim=1), target
 
 
+def mirrored(faces: Tensor, target: Tensor, shapes: Tensor, lip_box: Tensor, which: Tensor):
+    """The samples ``which`` (N,) bool seen in a mirror: faces (N, 6, H, W) and targets (N, 3, H, W) flipped
+    left-right, their mouth shapes (N, N_SHAPE) mirrored (``face.mouth_shape.mirror_shapes``), lip boxes (N, 4:
+    x1, y1, x2, y2 as fractions of the crop) flipped; the others unchanged."""
+    from ..face.mouth_shape import mirror_shapes
+
+    w4 = which.view(-1, 1, 1, 1)
+    box = lip_box.float()
+    flipped_box = torch.stack([1 - box[:, 2], box[:, 1], 1 - box[:, 0], box[:, 3]], dim=1)
+    return (torch.where(w4, faces.flip(3), faces), torch.where(w4, target.flip(3), target),
+            torch.where(which[:, None], mirror_shapes(shapes), shapes), torch.where(which[:, None], flipped_box, box))
+
+
 def image_gradients(x: Tensor) -> tuple[Tensor, Tensor]:
     """Horizontal and vertical differences of (N, C, H, W) images."""
     return x[:, :, :, 1:] - x[:, :, :, :-1], x[:, :, 1:] - x[:, :, :-1]
@@ -349,9 +362,13 @@ class LiteStage(Stage):
         n = real.shape[0]
         forced = (torch.rand(n, 1, device=real.device) < cfg.teacher_forcing) & has[:, None]
         shown = torch.where(forced, real + cfg.shape_noise * torch.randn_like(real), pred.detach().float())
+        lip_box = batch["lip_box"]
+        if cfg.mirror > 0:  # another face for the renderer: the sample seen in a mirror, its shape mirrored too
+            faces, target, shown, lip_box = mirrored(faces, target, shown, lip_box,
+                                                     torch.rand(n, device=real.device) < cfg.mirror)
         with ctx.autocast():
             fake = self.gen_ddp(None, faces, shown)
-        l1, edge = self._image_loss(fake, target, batch["lip_box"])
+        l1, edge = self._image_loss(fake, target, lip_box)
         l_img = l1 + cfg.edge_weight * edge
         losses = {"l1": l1, "edge": edge}
         if self.reader is not None:  # the lips and jaw where the real face has them, as the reader sees both
@@ -362,7 +379,7 @@ class LiteStage(Stage):
             losses["read"] = read
         gan = self.disc is not None and step >= cfg.mouth_gan_start
         if gan:
-            fake_mouth = mouth_crops(fake, batch["lip_box"])
+            fake_mouth = mouth_crops(fake, lip_box)
             with ctx.autocast():
                 adv = gan_generator_loss(self.disc_ddp(fake_mouth).float())
             l_img = l_img + cfg.mouth_gan_weight * adv
@@ -375,7 +392,7 @@ class LiteStage(Stage):
         out["shape"] = l_shape.item()  # the frozen encoder on these training frames (for the logs)
         if gan:
             self.disc.requires_grad_(True)
-            real_mouth = mouth_crops(target, batch["lip_box"])
+            real_mouth = mouth_crops(target, lip_box)
             with ctx.autocast():
                 l_d = gan_discriminator_loss(self.disc_ddp(real_mouth).float(), self.disc_ddp(fake_mouth.detach()).float())
             ctx.check_finite("discriminator", {"disc": l_d}, step)
