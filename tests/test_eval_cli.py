@@ -121,7 +121,9 @@ def test_eval_batch_over_folders(tmp_path, real_data):
         r.stdout.split("one (cross-audio")[1].split("\n")[0]
     assert "two (self-reconstruction, 15 frames): " in r.stdout and "opening_r 1.000 (peak lag +0)" in r.stdout
     md = (out / "summary.md").read_text()
-    assert "[one](one/report.md)" in md and "**mean**" in md and "| opening_r | opening_lag |" in md
+    assert rows["two"]["opening_r_peak"] == pytest.approx(1.0) and rows["one"]["opening_r_peak"] is None
+    assert summary["aggregate"]["opening_r_peak"] == pytest.approx(1.0)  # the clips that have it
+    assert "[one](one/report.md)" in md and "**mean**" in md and "| opening_r | opening_lag | opening_r_peak |" in md
     assert "within 1 |" in md
     assert (out / "one" / "report.md").exists() and (out / "two" / "mouth_sheet.png").exists()
 
