@@ -246,6 +246,109 @@ def test_mirror_setting_trains_on_mirrored_samples(grid_view, tmp_path, monkeypa
     assert seen == [4, 4, 4]
 
 
+def test_frame_pairs_bring_the_next_frame_of_the_same_clip(grid_view):
+    from hyperlips.data.datasets import Manifest
+    from hyperlips.data.frames import FrameDataset
+
+    clips = Manifest.load(grid_view).open_clips("train")
+    plain, paired = FrameDataset(clips, steps=24, seed=1), FrameDataset(clips, steps=24, seed=1, pairs=True)
+    assert "has_next" not in plain[3]
+    found = 0
+    for g in range(60):
+        a, b = plain[g], paired[g]
+        assert all(np.array_equal(a[k], b[k]) for k in a)  # the sample itself is unchanged
+        part = paired.parts[int(b["clip"])]
+        k = int(np.flatnonzero(part.index == int(b["frame"]))[0])
+        if bool(b["has_next"]):
+            found += 1
+            assert int(part.index[k + 1]) == int(b["frame"]) + 1  # the very next frame, of the same clip
+            assert np.array_equal(b["next_target"], part.faces[k + 1].transpose(2, 0, 1))
+            assert np.array_equal(b["next_shape"], part.shapes[k + 1]) and bool(b["next_has_shape"])
+            assert np.array_equal(b["next_lip_box"], part.lip_boxes[k + 1])
+            assert np.array_equal(b["next_mel"], paired._mel(int(b["clip"]), k + 1))
+            assert not np.array_equal(b["next_mel"], b["mel"])
+        else:  # the last frame of its range: its own fields again, marked
+            assert k + 1 == len(part.index) or int(part.index[k + 1]) != int(b["frame"]) + 1
+            assert np.array_equal(b["next_target"], b["target"])
+    assert found >= 55
+    # the last frame of a range has no next one
+    ds = FrameDataset(clips[:1], steps=24, seed=1, pairs=True)
+    last = len(ds.parts[0].index) - 1
+    assert not bool(ds._next(0, last, {"target": 0, "mel": 0, "shape": 0, "has_shape": 0, "lip_box": 0})["has_next"])
+    with pytest.raises(ValueError, match="pairs"):
+        FrameDataset(clips, steps=24, ordered=True, references={}, pairs=True)
+
+
+def test_change_loss_compares_the_generated_change_with_the_real_one():
+    from hyperlips.train.lite import change_loss, paired_batch
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(4, 3, 128, 128, generator=g)  # two pairs: frames 0, 1 then the frames after them 2, 3
+    box = torch.tensor([[0.3, 0.6, 0.7, 0.8]]).repeat(4, 1)
+    both = torch.tensor([True, True])
+    loss = lambda fake, real, use=both: float(change_loss(fake, real, box, use, 48, 4.0))
+    # a generated face off by the same error on both frames changes as the real one does
+    assert loss(target + 0.2, target) == pytest.approx(0.0, abs=1e-6)
+    assert loss(target.flip(0), target) > 0.1
+    # a mouth that flickers where the real one stays still: seen, four times over inside the lip box
+    still = target.clone()
+    still[2:] = still[:2]
+    flick = still.clone()
+    flick[2:, :, 90:100, 50:70] += 0.1  # inside the box
+    aside = still.clone()
+    aside[2:, :, 50:60, 0:20] += 0.1  # generated rows, outside the box
+    assert loss(flick, still) > 0 and loss(flick, still) == pytest.approx(4.0 * loss(aside, still), rel=1e-4)
+    above = still.clone()
+    above[2:, :, 0:48] += 0.5  # rows above the generated ones: not counted
+    assert loss(above, still) == pytest.approx(0.0, abs=1e-7)
+    # pairs left out count for nothing
+    assert loss(flick, still, torch.tensor([False, False])) == 0.0
+    assert loss(flick, still, torch.tensor([True, False])) == pytest.approx(loss(flick, still), rel=1e-5)
+    batch = {k: torch.arange(2) for k in ("target", "mel", "shape", "has_shape", "lip_box", "reference")}
+    batch.update({k: torch.arange(2) + 10 for k in ("next_target", "next_mel", "next_shape", "next_has_shape",
+                                                     "next_lip_box")}, has_next=torch.tensor([1, 0]))
+    out = paired_batch(batch)
+    assert out["target"].tolist() == [0, 1, 10, 11] and out["reference"].tolist() == [0, 1, 0, 1]
+    assert out["has_next"].tolist() == [True, False]
+
+
+def test_temporal_setting_renders_pairs_with_the_same_draws(grid_view, tmp_path, monkeypatch):
+    import hyperlips.train.lite as lite
+    from hyperlips.face.mouth_shape import mirror_shapes
+    from hyperlips.models import HyperLipsLite
+
+    seen, batches = [], []
+    real_forward, real_step = HyperLipsLite.forward, lite.LiteStage.train_step
+    monkeypatch.setattr(HyperLipsLite, "forward", lambda self, a, f, s=None: seen.append(s.detach()) or real_forward(self, a, f, s))
+    monkeypatch.setattr(lite.LiteStage, "train_step", lambda self, b, step: batches.append(b) or real_step(self, b, step))
+    settings = dict(max_steps=2, val_every=0, teacher_forcing=1.0, shape_noise=0.5, mirror=0.5)
+    trainer = _trainer(grid_view, tmp_path / "run", temporal_weight=1.0, **settings)
+    res = trainer.fit()
+    assert all("change" in r and np.isfinite(r["change"]) and r["change"] > 0 for r in res.losses)
+    assert len(seen) == len(batches) == 2
+    pairs = 0
+    for shown, b in zip(seen, batches):
+        n = len(b["has_next"])
+        assert shown.shape[0] == 2 * n  # every sample rendered with the frame after it
+        # one noise draw and one mirror draw per pair: the shapes shown differ by the real change alone
+        for i in np.flatnonzero(b["has_next"].numpy()):
+            d_shown, d_real = shown[n + i] - shown[i], (b["next_shape"][i] - b["shape"][i]).float()
+            assert (torch.allclose(d_shown, d_real, atol=1e-4)
+                    or torch.allclose(d_shown, mirror_shapes(d_real), atol=1e-4))
+            pairs += 1
+    assert pairs >= 6
+    # and the loss moves the renderer: the same run with a negligible weight ends elsewhere (same batches)
+    faint = _trainer(grid_view, tmp_path / "faint", temporal_weight=1e-12, **settings)
+    faint.fit()
+    a, b = trainer.stage.gen.state_dict(), faint.stage.gen.state_dict()
+    assert torch.equal(batches[0]["target"], batches[2]["target"])
+    assert not torch.equal(a["decoder.head.weight"], b["decoder.head.weight"])
+    # the default trains on single frames, with no such loss
+    seen.clear()
+    plain = _trainer(grid_view, tmp_path / "plain", max_steps=1, val_every=0).fit()
+    assert "change" not in plain.losses[0] and seen[-1].shape[0] == 4
+
+
 def test_lite_resumes_exactly_with_a_decaying_learning_rate(grid_view, tmp_path):
     kw = dict(max_steps=5, val_every=0, lr_schedule="cosine", ckpt_every=3)
     full = _trainer(grid_view, tmp_path / "full", **kw).fit()

@@ -84,6 +84,11 @@ class FrameDataset(_Base):
     Item: ``target`` (3, 128, 128) uint8 BGR, ``reference`` (3, 128, 128) uint8, ``mel`` (1, 80, steps) float32,
     ``shape`` (N_SHAPE,) float32, ``has_shape`` () bool, ``lip_box`` (4,) float32, ``opening`` () float32,
     ``points`` (53, 2) float32 (the lip and jaw points in crop units; NaN without landmarks), ``frame`` () int64 (frame number in its clip), ``clip`` () int64 (clip position in the list).
+
+    With ``pairs`` (training only) an item also holds the frame after its target, for a loss on the change from
+    frame to frame: ``next_target``, ``next_mel``, ``next_shape``, ``next_has_shape``, ``next_lip_box`` as above, and
+    ``has_next`` () bool, False where the next frame is not in the clip range or has no face (the target's own
+    fields are repeated then).
     """
 
     stream = 4
@@ -91,8 +96,11 @@ class FrameDataset(_Base):
     def __init__(self, clips: Sequence[Clip], steps: int, *, seed: int = 0, ordered: bool = False,
                  shape_refs: dict[str, Any] | None = None, references: dict[str, np.ndarray] | None = None,
                  mel_norm: str | None = "utterance", mel_smooth: int = 0, length: int = 1 << 30,
-                 cfg: AudioConfig = AudioConfig()):
+                 cfg: AudioConfig = AudioConfig(), pairs: bool = False):
         super().__init__(clips, seed, length)
+        if pairs and ordered:
+            raise ValueError("FrameDataset: pairs are for training (ordered=False)")
+        self.pairs = bool(pairs)
         self.steps = int(steps)
         self.mel_norm = mel_norm
         self.mel_smooth = int(mel_smooth)
@@ -164,7 +172,7 @@ class FrameDataset(_Base):
             if len(far) == 0:
                 far = np.flatnonzero(np.arange(len(part.index)) != k) if len(part.index) > 1 else np.array([k])
             ref = part.faces[int(far[int(rng.integers(len(far)))])]
-        return {
+        item = {
             "target": np.ascontiguousarray(part.faces[k].transpose(2, 0, 1)),
             "reference": np.ascontiguousarray(ref.transpose(2, 0, 1)),
             "mel": self._mel(ci, k),
@@ -176,6 +184,21 @@ class FrameDataset(_Base):
             "frame": np.int64(part.index[k]),
             "clip": np.int64(ci),
         }
+        if self.pairs:
+            item.update(self._next(ci, k, item))
+        return item
+
+    def _next(self, ci: int, k: int, item: dict[str, Any]) -> dict[str, Any]:
+        """The fields of the frame after item ``k`` of clip ``ci`` (its own fields again where there is none)."""
+        part = self.parts[ci]
+        j = k + 1
+        ok = j < len(part.index) and int(part.index[j]) == int(part.index[k]) + 1 and bool(part.has_shape[j])
+        if not ok:
+            return {"next_target": item["target"], "next_mel": item["mel"], "next_shape": item["shape"],
+                    "next_has_shape": item["has_shape"], "next_lip_box": item["lip_box"], "has_next": np.bool_(False)}
+        return {"next_target": np.ascontiguousarray(part.faces[j].transpose(2, 0, 1)), "next_mel": self._mel(ci, j),
+                "next_shape": part.shapes[j], "next_has_shape": np.bool_(True), "next_lip_box": part.lip_boxes[j],
+                "has_next": np.bool_(True)}
 
 
 def reference_frame(clip: Clip, frames: tuple[int, int]) -> np.ndarray:

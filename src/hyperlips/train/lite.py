@@ -60,6 +60,31 @@ def mirrored(faces: Tensor, target: Tensor, shapes: Tensor, lip_box: Tensor, whi
             torch.where(which[:, None], mirror_shapes(shapes), shapes), torch.where(which[:, None], flipped_box, box))
 
 
+PAIRED = {"target": "next_target", "mel": "next_mel", "shape": "next_shape", "has_shape": "next_has_shape",
+          "lip_box": "next_lip_box", "reference": "reference"}
+
+
+def paired_batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A batch with the frames after its targets (``data.frames.FrameDataset`` with ``pairs``) as one twice the size:
+    the targets, then the frames after them with the same references; ``has_next`` (N,) says which pairs are real."""
+    out = {k: torch.cat([batch[k], batch[v]]) for k, v in PAIRED.items()}
+    out["has_next"] = batch["has_next"].bool()
+    return out
+
+
+def change_loss(fake: Tensor, target: Tensor, lip_box: Tensor, use: Tensor, first_row: int,
+                mouth_weight: float) -> Tensor:
+    """L1 between the generated and the real change from each target (first half of the batch) to the frame after
+    it (second half), over rows ``first_row`` down (the generated ones), ``mouth_weight`` inside the target's lip
+    box; the mean over the pairs ``use`` (N/2,) bool (0 without any)."""
+    h = len(fake) // 2
+    w = 1.0 + (mouth_weight - 1.0) * box_mask(lip_box[:h], target.shape[2], target.shape[3])
+    d = (fake[h:].float() - fake[:h].float()) - (target[h:] - target[:h])
+    per = (d[:, :, first_row:].abs() * w[:, :, first_row:]).mean(dim=(1, 2, 3))  # (N/2,)
+    u = use.float()
+    return (per * u).sum() / u.sum().clamp_min(1.0)
+
+
 def image_gradients(x: Tensor) -> tuple[Tensor, Tensor]:
     """Horizontal and vertical differences of (N, C, H, W) images."""
     return x[:, :, :, 1:] - x[:, :, :, :-1], x[:, :, 1:] - x[:, :, :-1]
@@ -268,7 +293,8 @@ class LiteStage(Stage):
 
         if self._train_ds is None:
             self._train_ds = FrameDataset(self.train_clips, self.gen.mel_steps, seed=self.cfg.seed,
-                                          mel_norm=self.gen.mel_norm, mel_smooth=self.gen.mel_smooth)
+                                          mel_norm=self.gen.mel_norm, mel_smooth=self.gen.mel_smooth,
+                                          pairs=self.cfg.temporal_weight > 0)
         return self._train_ds
 
     def val_dataset(self):
@@ -353,6 +379,9 @@ class LiteStage(Stage):
         ctx, cfg = self.ctx, self.cfg
         self.gen.audio_encoder.eval()  # frozen: its dropout stays off while the renderer trains
         self.ensure_shape_gain()
+        pairs = "has_next" in batch  # each target with the frame after it: one batch of both, drawn alike
+        if pairs:
+            batch = paired_batch(batch)
         faces, target = masked_faces(batch)
         real = batch["shape"].float()
         has = batch["has_shape"].bool()
@@ -360,17 +389,26 @@ class LiteStage(Stage):
             pred = self.gen.predict_shape(batch["mel"].float())
         l_shape = F.mse_loss(pred.float()[has], real[has]) if bool(has.any()) else pred.float().sum() * 0
         n = real.shape[0]
-        forced = (torch.rand(n, 1, device=real.device) < cfg.teacher_forcing) & has[:, None]
-        shown = torch.where(forced, real + cfg.shape_noise * torch.randn_like(real), pred.detach().float())
+        half = n // 2 if pairs else n
+        twice = (lambda t: torch.cat([t, t])) if pairs else (lambda t: t)  # a pair shares its draws
+        forced = twice(torch.rand(half, 1, device=real.device) < cfg.teacher_forcing) & has[:, None]
+        noise = twice(torch.randn(half, real.shape[1], device=real.device))
+        shown = torch.where(forced, real + cfg.shape_noise * noise, pred.detach().float())
         lip_box = batch["lip_box"]
         if cfg.mirror > 0:  # another face for the renderer: the sample seen in a mirror, its shape mirrored too
             faces, target, shown, lip_box = mirrored(faces, target, shown, lip_box,
-                                                     torch.rand(n, device=real.device) < cfg.mirror)
+                                                     twice(torch.rand(half, device=real.device) < cfg.mirror))
         with ctx.autocast():
             fake = self.gen_ddp(None, faces, shown)
         l1, edge = self._image_loss(fake, target, lip_box)
         l_img = l1 + cfg.edge_weight * edge
         losses = {"l1": l1, "edge": edge}
+        if pairs:  # the mouth changes from frame to frame as the real one does: no change the shapes do not make
+            both = forced[:half, 0] & forced[half:, 0] & batch["has_next"]
+            r0 = target.shape[2] - self.gen.decoder_rows(target.shape[2])
+            change = change_loss(fake, target, lip_box, both, r0, cfg.mouth_weight)
+            l_img = l_img + cfg.temporal_weight * change
+            losses["change"] = change
         if self.reader is not None:  # the lips and jaw where the real face has them, as the reader sees both
             with torch.no_grad():
                 want = self.reader(target)
