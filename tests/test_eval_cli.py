@@ -122,10 +122,43 @@ def test_eval_batch_over_folders(tmp_path, real_data):
     assert "two (self-reconstruction, 15 frames): " in r.stdout and "opening_r 1.000 (peak lag +0)" in r.stdout
     md = (out / "summary.md").read_text()
     assert rows["two"]["opening_r_peak"] == pytest.approx(1.0) and rows["one"]["opening_r_peak"] is None
+    assert rows["two"]["opening_r_recording"] is None  # 15 frames: too short for the judge to place the recording
     assert summary["aggregate"]["opening_r_peak"] == pytest.approx(1.0)  # the clips that have it
     assert "[one](one/report.md)" in md and "**mean**" in md and "| opening_r | opening_lag | opening_r_peak |" in md
     assert "within 1 |" in md
     assert (out / "one" / "report.md").exists() and (out / "two" / "mouth_sheet.png").exists()
+
+
+def test_opening_r_at_the_recordings_own_offset(tmp_path, real_data):
+    """A recording whose sound is 3 frames late, and a result whose mouth follows that sound: at lag 0 the two
+    mouths disagree, at the offset the sync judge finds in the recording itself they are the same mouth."""
+    from hyperlips.eval.protocols import evaluate_pair
+    from hyperlips.media.audio import load_audio
+    from hyperlips.media.video import FrameReader, VideoWriter
+    from hyperlips.models import load_checkpoint, shipped
+
+    found = shipped.judge()
+    if found is None:
+        pytest.skip("this build ships no sync judge")
+    judge = load_checkpoint(found.path)[0].eval()
+    clip = real_data / "hyperlips" / "video2.mp4"
+    with FrameReader(clip) as reader:
+        frames = [f.image for _, f in zip(range(150), reader)]
+        fps = reader.fps
+    late = np.concatenate([np.zeros(3 * 640, np.float32), load_audio(clip, 16000)[: 16000 * 6]])
+    recording, result = tmp_path / "recording.mp4", tmp_path / "result.mp4"
+    for path, shown in ((recording, frames), (result, frames[:1] * 3 + frames[:-3])):  # the result: 3 frames later
+        with VideoWriter(path, frames[0].shape[1], frames[0].shape[0], fps, audio=late, crf=12) as w:
+            for f in shown:
+                w.write(f)
+    res = evaluate_pair(result, recording, None, protocol="self", expert_model=judge, perceptual=False)
+    m = res.metrics
+    assert res.sync["expert"]["reference"].offset == 3  # the recording's own sound, 3 frames late
+    assert m["opening_lag"] == 3 and m["opening_r_recording"] == pytest.approx(m["opening_r_peak"])
+    assert m["opening_r_recording"] > 0.95 and m["opening_r"] < m["opening_r_recording"] - 0.2
+    # without a sync score of the recording there is no such figure, and the report says why
+    off = evaluate_pair(result, recording, None, protocol="self", perceptual=False)
+    assert off.metrics["opening_r_recording"] is None and "sync score" in off.notes["opening_r_recording"]
 
 
 def test_eval_batch_without_pairs(tmp_path):

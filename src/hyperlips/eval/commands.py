@@ -204,7 +204,8 @@ def _load_models(args, device) -> dict:
 def _print_rows(rows: list[dict], paths: dict) -> None:
     from .report import _fmt
 
-    keys = ("lse_d", "lse_c", "lse_offset", "expert_similarity", "expert_offset", "lmd", "opening_r", "delta_e",
+    keys = ("lse_d", "lse_c", "lse_offset", "expert_similarity", "expert_offset", "lmd", "opening_r",
+            "opening_r_recording", "delta_e",
             "jitter_ratio", "flicker_ratio", "sharpness_ratio", "mouth_audio_correlation")
 
     def show(k, row):

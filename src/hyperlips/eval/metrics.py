@@ -174,6 +174,16 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
+def correlation_at_lag(gen: np.ndarray, ref: np.ndarray, lag: int) -> float:
+    """Pearson r of ``gen[t + lag]`` against ``ref[t]`` (NaN when fewer than 3 frames overlap)."""
+    gen, ref = np.asarray(gen, np.float64), np.asarray(ref, np.float64)
+    n, lag = min(len(gen), len(ref)), int(lag)
+    if abs(lag) > n - 3:
+        return float("nan")
+    a, b = (gen[lag:n], ref[: n - lag]) if lag >= 0 else (gen[: n + lag], ref[-lag:n])
+    return pearson(a, b)
+
+
 def lagged_correlation(gen: np.ndarray, ref: np.ndarray, max_lag: int = 10) -> tuple[float, int, float]:
     """(r at lag 0, the lag of the cross-correlation peak, r at that lag) of two per-frame series.
 
@@ -184,8 +194,7 @@ def lagged_correlation(gen: np.ndarray, ref: np.ndarray, max_lag: int = 10) -> t
     best_lag, best_r = 0, float("nan")
     max_lag = max(0, min(max_lag, n - 3))  # every lag keeps at least 3 overlapping frames
     for lag in range(-max_lag, max_lag + 1):
-        a, b = (gen[lag:], ref[: n - lag]) if lag >= 0 else (gen[: n + lag], ref[-lag:])
-        r = pearson(a, b)
+        r = correlation_at_lag(gen, ref, lag)
         if math.isfinite(r) and (not math.isfinite(best_r) or r > best_r):
             best_lag, best_r = lag, r
     return pearson(gen, ref), best_lag, best_r

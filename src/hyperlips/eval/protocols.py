@@ -37,7 +37,7 @@ SAME_AUDIO_CORRELATION = 0.9
 # metrics that need the reference mouth as ground truth
 # cross-audio: the mouth follows other speech than the reference's, so nothing compares it with the reference's mouth
 GROUND_TRUTH_METRICS = ("psnr_face", "psnr_mouth", "ssim_face", "ssim_mouth", "lmd", "opening_r", "opening_lag",
-                        "opening_r_peak")
+                        "opening_r_peak", "opening_r_recording")
 # against a photo: the motion measures compare with a reference that does not move
 STILL_REFERENCE_NA = ("jitter_ratio", "flicker_ratio", "opening_r", "opening_lag", "opening_r_peak", "opening_amplitude")
 
@@ -398,9 +398,25 @@ def evaluate_pair(
         res.sync["expert"] = {"status": "unavailable: not asked for (--expert off) or no sync judge in this build; "
                                         "pass --expert PATH, a judge from `hyperlips train judge` or an expert from "
                                         "`hyperlips train sync`"}
+    if res.metrics.get("opening_r") is not None:
+        _opening_at_recording_offset(res)
     res.perceptual = perceptual_status() if perceptual else {}
     res.seconds = _time.perf_counter() - t_start
     return res
+
+
+def _opening_at_recording_offset(res: ClipResult) -> None:
+    """``opening_r_recording``: the mouth-opening r with the reference shifted by the offset the sync scorer finds
+    in the reference recording itself (a recording whose own sound is k frames late shows each mouth k frames before
+    its sound; a model driven by that sound draws it k frames later). Unlike ``opening_r_peak`` the lag is not
+    chosen to suit the generated video."""
+    ref_sync = res.sync.get("expert", {}).get("reference")
+    if ref_sync is None or ref_sync.offset is None:
+        res.metrics["opening_r_recording"] = None
+        res.notes["opening_r_recording"] = "no sync score of the reference recording (--expert off, or too short)"
+        return
+    res.metrics["opening_r_recording"] = M.correlation_at_lag(res.series.get("opening_gen", []),
+                                                              res.series.get("opening_ref", []), ref_sync.offset)
 
 
 def _landmarks_or_nan(lm) -> np.ndarray:

@@ -50,7 +50,8 @@ DEFINITIONS: dict[str, tuple[str, str, str]] = {
 }
 
 SUMMARY_COLUMNS = ("lse_d", "lse_c", "lse_offset", "expert_similarity", "expert_offset", "psnr_mouth", "ssim_mouth",
-                   "lmd", "opening_r", "opening_lag", "opening_r_peak", "delta_e", "jitter_ratio", "flicker_ratio",
+                   "lmd", "opening_r", "opening_lag", "opening_r_peak", "opening_r_recording", "delta_e", "jitter_ratio",
+                   "flicker_ratio",
                    "sharpness_ratio")
 EXTRA_ROW_KEYS = ("mouth_audio_correlation", "jitter_gen", "sharpness_gen")  # in summary.json, not in the table
 
@@ -416,7 +417,9 @@ def batch_markdown(rows: list[dict], agg: dict, title: str) -> str:
               "opening_r: the generated mouth's opening against the reference's, frame by frame (Pearson r at lag 0); "
               "opening_lag: the lag of their cross-correlation's peak (frames; the mean row: the share of clips within "
               "a frame of 0); opening_r_peak: r at that lag (a recording itself out of sync scores low at lag 0 "
-              "and higher here). n/a = not measured for that clip (see its report).", ""]
+              "and higher here); opening_r_recording: r at the offset the sync score finds in the reference recording "
+              "itself (its own sound early or late), a lag not chosen to suit the result. n/a = not measured for that "
+              "clip (see its report).", ""]
     return "\n".join(lines)
 
 
