@@ -205,7 +205,7 @@ def _box(text: str) -> tuple[float, float, float, float]:
     return vals  # type: ignore[return-value]
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
+def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True) -> None:
     from .face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
 
     p.add_argument("--checkpoint", type=Path, help="generator weights: HyperLips-Base (an official .pth or a hyperlips "
@@ -222,6 +222,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temporal-blend", type=float, default=DEFAULT_BLEND, metavar="W",
                    help=f"blend each generated face with those of the frames before and after it, each with weight W "
                         f"(default {DEFAULT_BLEND:g}: 1/4, 1/2, 1/4), for steadier lips; 0 turns it off, at most 1/3")
+    if input_blend:
+        p.add_argument("--input-blend", type=float, default=None, metavar="W",
+                       help="blend the upper face the network reads with that of the frames before and after it, "
+                            "each with weight W, for steadier lips that stay sharp (default: 0.25 for "
+                            "HyperLips-Lite, the starter's network; 0 for HyperLips-Base); 0 turns it off, at most 1/3")
     p.add_argument("--untrained", action="store_true", help="use randomly initialised weights instead (for tests: the mouth is meaningless)")
     p.add_argument("--model", choices=("base", "lite"), help="with --untrained: which generator (default base); trained "
                    "weights say which network they are")
@@ -287,6 +292,7 @@ def _make_lipsync(args):
         progress=not args.quiet,
         precision=args.precision,
         temporal_blend=args.temporal_blend,
+        input_blend=args.input_blend,
     )
 
 

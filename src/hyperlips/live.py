@@ -245,7 +245,8 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
 
         chain = frame_chain(timeline, n_src=n_src, n_out=FOREVER, loop=loop, found=found, new_track=new_track,
                             detect=detector.detect, network=live_batches(feed, size, render), batch_size=size,
-                            timings=timings, overlap=ls.overlap, steady=ls.temporal_blend)
+                            timings=timings, overlap=ls.overlap, steady=ls.temporal_blend,
+                            input_blend=ls.input_blend)
         feeder.start()
         try:
             for job in chain:

@@ -50,6 +50,8 @@ class FrameJob:
     last_use: bool = True  # no later job shows this same array (so paste-back may write into it)
     box: object = None  # crop box of the followed face (None: the frame passes through unchanged)
     face: Optional[np.ndarray] = None  # the generated face (S, S, 3) uint8 BGR
+    crop: Optional[np.ndarray] = None  # the network's input crop (128, 128, 3) float32 when blended over time
+    # (:func:`blended_inputs`); None: the box's crop of ``image``
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -266,6 +268,49 @@ def batches(jobs: Iterator[FrameJob], size: int) -> Iterator[list[FrameJob]]:
         yield batch
 
 
+def blended_inputs(jobs: Iterator[FrameJob], weight: float) -> Iterator[FrameJob]:
+    """Each job's network input (``job.crop``) as its face crop blended with the frames before and after it, each cut
+    in the job's own box, weights ``weight``, 1 - 2 ``weight``, ``weight``: the upper face the renderer reads then
+    changes smoothly from frame to frame (the rendered face itself is not averaged, so it keeps its sharpness). A
+    neighbour without a face, or whose box is not near the job's (a cut, a jump of the track: ``face.steady``),
+    gives its weight to the job's own crop. Jobs come out one later than they arrive; both neighbours are cut
+    before either is rendered or pasted back into its frame."""
+    if weight <= 0:
+        yield from jobs
+        return
+    from .face.steady import is_near
+    from .face.track import pixel_region
+
+    def region(job):
+        return pixel_region(job.box, job.image.shape[1], job.image.shape[0])
+
+    def mix(own, before, after):
+        out = own * np.float32(1.0 - 2.0 * weight)
+        for other in (before, after):
+            out += np.float32(weight) * (own if other is None else other)
+        return out
+
+    pending = None  # (job, its own crop, the previous frame cut in its box or None)
+    for job in jobs:
+        own = None if job.box is None else face_crop(job.image, job.box, BASE_SIZE).astype(np.float32)
+        before = None
+        if pending is not None:
+            last, last_own, last_before = pending
+            after = None
+            if own is not None and last_own is not None and is_near(region(last), region(job)):
+                after = face_crop(job.image, last.box, BASE_SIZE).astype(np.float32)
+                before = face_crop(last.image, job.box, BASE_SIZE).astype(np.float32)
+            if last_own is not None:
+                last.crop = mix(last_own, last_before, after)
+            yield last
+        pending = (job, own, before)
+    if pending is not None:
+        last, last_own, last_before = pending
+        if last_own is not None:
+            last.crop = mix(last_own, last_before, None)
+        yield last
+
+
 def network_stage(size: int, render: Callable[[list[FrameJob]], None]) -> Callable:
     """The network stage: batches of ``size`` consecutive frames; ``render(jobs)`` sets ``face`` on the jobs that
     have a box. Yields the batches."""
@@ -343,10 +388,11 @@ def track_factory(timeline, face_index=None, face_box=None) -> Callable:
 
 def frame_chain(timeline, *, n_src: int, n_out: int, loop: str, found: ReferenceSearch, new_track: Callable,
                 detect: Callable, network: Callable, batch_size: int, timings, overlap: bool = True,
-                steady: float = 0.0) -> Iterator[FrameJob]:
-    """decode -> faces -> ``network`` (a stage taking jobs, giving lists of them) -> paste (the faces first steadied
-    over time with weight ``steady``), the stages at the same time (``stages.run_chain``); yields the finished jobs
-    in output order. Close it to stop the threads."""
+                steady: float = 0.0, input_blend: float = 0.0) -> Iterator[FrameJob]:
+    """decode -> faces -> ``network`` (a stage taking jobs, giving lists of them; its inputs first blended over time
+    with weight ``input_blend``, :func:`blended_inputs`) -> paste (the faces first steadied over time with weight
+    ``steady``), the stages at the same time (``stages.run_chain``); yields the finished jobs in output order. Close
+    it to stop the threads."""
     from .face.blend import paste_face
     from .media.timing import report_damage
 
@@ -355,6 +401,7 @@ def frame_chain(timeline, *, n_src: int, n_out: int, loop: str, found: Reference
     return run_chain(
         Step("decode", lambda _: scheduled_frames(timeline, n_src, n_out, loop), maxsize=4),
         [Step("faces", faces, maxsize=batch_size),
-         Step("network", network, maxsize=1),
+         Step("network", (lambda jobs: network(blended_inputs(jobs, input_blend))) if input_blend > 0 else network,
+              maxsize=1),
          Step("paste", paste_stage(paste_face, steady), maxsize=4)],
         timings, overlap=overlap)
