@@ -11,7 +11,8 @@ run at the same time (``stages.run_chain``), and the caller encodes them in orde
    (``face.track_online``): a frame waits only until no later frame can change its box (at most about half a
    second plus two frames).
 4. **network**: frames grouped in batches of ``batch_size`` consecutive output frames, those with a face cropped
-   and rendered (``render``, given by ``LipSync``).
+   (with ``input_blend``, each crop blended with its neighbours', :func:`blended_inputs`; a frame waits for the next
+   one) and rendered (``render``, given by ``LipSync``).
 5. **paste**: the generated face steadied over time (blended with the faces of the frames before and after it,
    ``face.steady``; a frame waits for the next one's face), then blended back into its frame (in place when
    nothing else uses that frame).
