@@ -205,7 +205,7 @@ def _box(text: str) -> tuple[float, float, float, float]:
     return vals  # type: ignore[return-value]
 
 
-def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True) -> None:
+def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True, phones: bool = True) -> None:
     from .face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
 
     p.add_argument("--checkpoint", type=Path, help="generator weights: HyperLips-Base (an official .pth or a hyperlips "
@@ -227,6 +227,11 @@ def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True) -> N
                        help="blend the upper face the network reads with that of the frames before and after it, "
                             "each with weight W, for steadier lips that stay sharp (default: 0.25 for "
                             "HyperLips-Lite, the starter's network; 0 for HyperLips-Base); 0 turns it off, at most 1/3")
+    if phones:
+        p.add_argument("--no-phones", action="store_true",
+                       help="a HyperLips-Lite that reads phones reads the sound alone: the phones of the "
+                            "speech are not read (by pocketsphinx, about 3%% of real time), and the mouth follows new "
+                            "voices less closely")
     p.add_argument("--untrained", action="store_true", help="use randomly initialised weights instead (for tests: the mouth is meaningless)")
     p.add_argument("--model", choices=("base", "lite"), help="with --untrained: which generator (default base); trained "
                    "weights say which network they are")
@@ -293,6 +298,7 @@ def _make_lipsync(args):
         precision=args.precision,
         temporal_blend=args.temporal_blend,
         input_blend=args.input_blend,
+        phones=not getattr(args, "no_phones", False),
     )
 
 
@@ -357,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "time (the real-time factor is then the processing speed)")
     p.add_argument("--voice-sample", type=Path, help="HyperLips-Lite: normalise the mel with the statistics of this "
                    "recording of the same voice (the speech file itself reproduces sync); default: of the speech so far")
-    add_model_options(p)
+    add_model_options(p, phones=False)  # live reads no phones (media.phones reads a whole recording)
     add_sync_options(p, timings=False)
     p.set_defaults(func=_run_live)
 

@@ -64,23 +64,41 @@ def network_mel_windows(network, mel: np.ndarray, times, fps: float, cfg: AudioC
     own length (``network.mel_steps``) of the mel normalised over the whole utterance (``network.mel_norm``), or
     Base's 16-step windows (``media.audio.mel_windows``). ``mel`` is the whole track's (a normalised one may be
     passed with ``network.mel_norm`` already applied: see :func:`network_mel`)."""
+    import dataclasses
+
     from .media.audio import centred_mel_windows, mel_windows
 
     steps = getattr(network, "mel_steps", None)
     if steps is not None:
         fill = mel.min(axis=1) if getattr(network, "mel_norm", None) == "utterance" and mel.shape[1] else None
+        if mel.shape[0] != cfg.n_mels:  # the phones' rows below the mel (network_mel)
+            cfg = dataclasses.replace(cfg, n_mels=mel.shape[0])
         return centred_mel_windows(mel, times, int(steps), cfg, fill)
     return mel_windows(mel, times, fps, cfg)
 
 
-def network_mel(network, mel: np.ndarray) -> np.ndarray:
+def network_mel(network, mel: np.ndarray, phones: np.ndarray | None = None) -> np.ndarray:
     """The whole track's mel as ``network`` wants it: for HyperLips-Lite normalised per utterance (smoothed across
-    frequency first where its ``mel_smooth`` says so), for Base as it is."""
+    frequency first where its ``mel_smooth`` says so), for Base as it is. A Lite network that reads phones gets
+    their one-hot rows below the mel (``phones``: the speech's, ``media.phones.read_phones``; None: all zero, the
+    sound alone)."""
     from .media.audio import normalise_utterance
 
     if getattr(network, "mel_norm", None) != "utterance":
         return mel
-    return normalise_utterance(mel, int(getattr(network, "mel_smooth", 0)))
+    out = normalise_utterance(mel, int(getattr(network, "mel_smooth", 0)))
+    return with_phone_rows(network, out, phones)
+
+
+def with_phone_rows(network, mel: np.ndarray, phones: np.ndarray | None) -> np.ndarray:
+    """``mel`` (80, T) with the phones' one-hot rows below it where ``network`` reads phones (all zero for
+    ``phones`` None); as it is otherwise."""
+    from .media.phones import N_PHONES, phone_track
+
+    if not getattr(network, "phones", False):
+        return mel
+    rows = np.zeros((N_PHONES, mel.shape[1]), np.float32) if phones is None else phone_track(phones, mel.shape[1])
+    return np.concatenate([np.asarray(mel, np.float32), rows])
 
 
 def to_uint8_images(t) -> np.ndarray:

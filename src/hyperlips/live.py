@@ -29,6 +29,7 @@ from .config import AudioConfig
 from .errors import UserError, warn
 from .media.audio import centred_window_starts, mel_window_starts, smooth_across_frequency, windows_from_starts
 from .media.mel_stream import MelStream
+from .media.phones import N_PHONES
 
 FOREVER = 10**15  # output frames scheduled for an idle loop whose end is the speech's
 
@@ -74,6 +75,9 @@ class MelFeed:
         self.steps = getattr(network, "mel_steps", None)
         self.utterance = getattr(network, "mel_norm", None) == "utterance"
         self.smooth = int(getattr(network, "mel_smooth", 0)) if self.utterance else 0
+        # a Lite network that reads phones reads none here (they are read from a whole utterance): its rows stay
+        # zero, as in `sync` with phones off (LipSync(phones=False)), which it was trained to read as well
+        self.phone_rows = N_PHONES if self.utterance and getattr(network, "phones", False) else 0
         self.stats = stats
         self.error: Optional[BaseException] = None
         self.cancelled = False
@@ -150,6 +154,8 @@ class MelFeed:
         else:
             seg = smooth_across_frequency(seg, self.smooth)
             out = np.stack([self._lite_window(seg, lo, int(s), steps) for s in starts])
+            if self.phone_rows:
+                out = np.concatenate([out, np.zeros((len(out), 1, self.phone_rows, steps), np.float32)], axis=2)
             lo = min(lo, self._seen)  # running statistics still need the frames from _seen on
         self.mel.drop_before(lo)
         return out

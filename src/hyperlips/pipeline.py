@@ -188,6 +188,9 @@ class LipSync:
     ``input_blend``: the upper face the network reads is each frame's crop blended with those of the frames before
     and after it with this weight (``streaming.blended_inputs``); steadier lips without averaging the rendered face.
     None: 0.25 for HyperLips-Lite (measured on the starter), 0 for HyperLips-Base and networks given directly.
+    ``phones``: a HyperLips-Lite that reads phones (``LiteConfig.phones``) gets them read from the speech
+    (``media.phones``; needs the ``pocketsphinx`` package); False, or without the package (said once), it reads the
+    sound alone, as it was also trained to. ``reads_phones`` says which.
     """
 
     def __init__(
@@ -207,6 +210,7 @@ class LipSync:
         precision: str = "auto",
         temporal_blend: float = DEFAULT_BLEND,
         input_blend: float | None = None,
+        phones: bool = True,
     ) -> None:
         import torch
 
@@ -265,6 +269,14 @@ class LipSync:
             self.input_blend = check_weight(input_blend)
         except ValueError as e:
             raise UserError(f"--input-blend: {e}") from None
+        self.reads_phones = bool(phones) and bool(getattr(self.base, "phones", False))
+        if self.reads_phones:
+            from .media import phones as phone_reader
+
+            if not phone_reader.available():
+                warn(f"{self.weights} reads phones, but the pocketsphinx package is not installed: the mouth is read "
+                     f"from the sound alone, following new voices less closely ({phone_reader.INSTALL_HINT})")
+                self.reads_phones = False
         self.hr = None
         self.hr_size = None
         if hr_checkpoint is not None:
@@ -350,7 +362,7 @@ class LipSync:
                 raise MediaError(f"audio is empty (zero length): {audio}")
             for problem in speech_problems(wav, self.audio_cfg.sample_rate, timeline.fps):
                 warn(f"{audio}: {problem}")
-            mel = network_mel(self.base, melspectrogram(wav, self.audio_cfg))
+            mel = network_mel(self.base, melspectrogram(wav, self.audio_cfg), self.speech_phones(wav, timer))
             rate = timeline.rate
             fps_out = float(rate)
             n_out = max(1, int(round(seconds * fps_out)))
@@ -429,6 +441,15 @@ class LipSync:
                           face_box=face_box, reference=reference, fps=fps, stats=speech_stats, batch_size=batch_size)
 
     # ------------------------------------------------------------------ stages
+    def speech_phones(self, wav: np.ndarray, timer=None):
+        """The phones of speech ``wav`` (``media.phones.read_phones``) where the network reads them, else None."""
+        if not self.reads_phones:
+            return None
+        from .media.phones import read_phones
+
+        with timer("phones") if timer is not None else contextlib.nullcontext():
+            return read_phones(wav, self.audio_cfg.sample_rate)
+
     def _bar(self, total: int, desc: str, on_progress: ProgressCallback | None = None):
         """A progress bar; use it as a context manager, so it is closed (and its line ended) before any error.
         With ``on_progress``, every update is also reported to it."""

@@ -157,7 +157,7 @@ class Clip:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("times", "valid", "mel", "landmarks", "_stacks"):
+        for k in ("times", "valid", "mel", "phones", "landmarks", "_stacks"):
             state.pop(k, None)
         return state
 
@@ -172,6 +172,15 @@ class Clip:
     @cached_property
     def mel(self) -> np.ndarray:
         return load_array(self.dir / "mel.npy", mmap_mode="r")
+
+    @cached_property
+    def phones(self) -> np.ndarray:
+        """The phone of every 10 ms of the clip's speech (``media.phones.read_phones``)."""
+        path = self.dir / "phones.npy"
+        if not path.is_file():
+            raise UserError(f"{self.dir}: has no phones (phones.npy; a network that reads phones needs them): run "
+                            "`hyperlips preprocess` again on its source (it adds them to finished clips)")
+        return load_array(path)
 
     @cached_property
     def landmarks(self) -> np.ndarray:

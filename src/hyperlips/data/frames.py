@@ -96,7 +96,7 @@ class FrameDataset(_Base):
     def __init__(self, clips: Sequence[Clip], steps: int, *, seed: int = 0, ordered: bool = False,
                  shape_refs: dict[str, Any] | None = None, references: dict[str, np.ndarray] | None = None,
                  mel_norm: str | None = "utterance", mel_smooth: int = 0, length: int = 1 << 30,
-                 cfg: AudioConfig = AudioConfig(), pairs: bool = False):
+                 cfg: AudioConfig = AudioConfig(), pairs: bool = False, phones: bool = False):
         super().__init__(clips, seed, length)
         if pairs and ordered:
             raise ValueError("FrameDataset: pairs are for training (ordered=False)")
@@ -105,6 +105,13 @@ class FrameDataset(_Base):
         self.mel_norm = mel_norm
         self.mel_smooth = int(mel_smooth)
         self._mels: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self.phones = bool(phones)  # the phones' one-hot rows below the mel (Clip.phones; media.phones)
+        if self.phones:
+            import dataclasses
+
+            from ..media.phones import N_PHONES
+
+            cfg = dataclasses.replace(cfg, n_mels=cfg.n_mels + N_PHONES)
         self.cfg = cfg
         self.ordered = ordered
         refs = dict(shape_refs or {})
@@ -133,13 +140,19 @@ class FrameDataset(_Base):
         return self.length
 
     def clip_mel(self, ci: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(the clip's whole mel as the network takes it, per-bin silence value or None) of clip ``ci``."""
+        """(the clip's whole mel as the network takes it, per-row silence value or None) of clip ``ci``; with
+        ``phones``, the phones' one-hot rows below the mel."""
         from ..media.audio import normalise_utterance
+        from ..media.phones import phone_track
 
         if ci not in self._mels:
-            mel = np.asarray(self.parts[ci].clip.mel, dtype=np.float32)
+            clip = self.parts[ci].clip
+            mel = np.asarray(clip.mel, dtype=np.float32)
             if self.mel_norm == "utterance":
                 mel = normalise_utterance(mel, self.mel_smooth)
+            if self.phones:
+                mel = np.concatenate([mel, phone_track(clip.phones, mel.shape[1], self.cfg.mel_fps)])
+            if self.mel_norm == "utterance":
                 self._mels[ci] = (mel, mel.min(axis=1) if mel.shape[1] else None)
             else:
                 self._mels[ci] = (mel, None)

@@ -211,6 +211,7 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
         raise _Skip("no audio: the video has no audio track")
     wav = load_audio(path, opts.audio.sample_rate)
     mel = melspectrogram(wav, opts.audio)
+    phones = _phones_of(wav, opts)
 
     # pass 1: faces
     detections, times = [], []
@@ -277,6 +278,8 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
     ImageStack.write(tmp / f"sketch{BASE_SIZE}", sketches)
     ImageStack.write(tmp / f"mask{BASE_SIZE}", masks)
     np.save(tmp / "mel.npy", mel)
+    if phones is not None:
+        np.save(tmp / "phones.npy", phones)
     np.save(tmp / "times.npy", np.asarray(times, dtype=np.float64))
     np.save(tmp / "valid.npy", valid)
     np.save(tmp / "boxes.npy", boxes)
@@ -413,6 +416,7 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
         out_dir = clips_dir / cid
         key = _source_key(v)
         if (out_dir / META).is_file() and _meta_matches(out_dir / META, key, opts):
+            _add_phones(v, out_dir, opts)  # clips made before phones were read get them (seconds per minute)
             results.append(ClipResult(str(rel), cid, "exists"))
             continue
         prev = old_skipped.get(str(rel))
@@ -485,6 +489,33 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
         seconds=elapsed,
         speakers=len({c["speaker"] for c in clips}),
     )
+
+
+def _phones_of(wav: np.ndarray, opts: PreprocessOptions) -> np.ndarray | None:
+    """The phones of a clip's speech (``media.phones.read_phones``; for a HyperLips-Lite that reads them), or None
+    where the phone recogniser is not installed (such a network then cannot train on the clip, and says so)."""
+    from ..media import phones
+
+    if not phones.available() or opts.audio.sample_rate != phones.SAMPLE_RATE:
+        return None
+    return phones.read_phones(wav, opts.audio.sample_rate)
+
+
+def _add_phones(source: Path, out_dir: Path, opts: PreprocessOptions) -> None:
+    """Write ``phones.npy`` into a finished clip that has none, read from its ``source``."""
+    from ..media.audio import load_audio
+
+    target = out_dir / "phones.npy"
+    if target.is_file():
+        return
+    try:
+        ids = _phones_of(load_audio(source, opts.audio.sample_rate), opts)
+    except MediaError:
+        return  # the clip stays as it is; a network that reads phones says which clip lacks them
+    if ids is not None:
+        tmp = out_dir / f".phones.partial-{os.getpid()}.npy"
+        np.save(tmp, ids)
+        os.replace(tmp, target)
 
 
 def _meta_matches(meta_path: Path, key: dict[str, Any], opts: PreprocessOptions) -> bool:

@@ -62,7 +62,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--face", type=int, metavar="N", help="which face to follow when several are visible (0 = leftmost)")
     p.add_argument("--no-per-frame", action="store_true", help="leave the per-frame curves out of report.json")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_model_options(p, input_blend=False)  # eval's runs use each network's default
+    add_model_options(p, input_blend=False, phones=False)  # eval's runs use each network's default
     p.set_defaults(func=run_eval)
 
     b = subparsers.add_parser("bench", help="frames per second and peak memory of each stage",

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..media.phones import N_PHONES
 from .arch_config import ArchConfig
 from .blocks import flatten_time, unflatten_time
 from .lite_audio import AudioShapeEncoder
@@ -34,6 +35,8 @@ class LiteConfig(ArchConfig):
     mel_norm: str = "utterance"  # mel normalised per utterance (media.audio.normalise_utterance) before windows
     mel_smooth: int = 0  # > 0: each log-mel frame first smoothed across frequency, its DCT over the bins cut to this
     # many coefficients (media.audio.smooth_across_frequency: the voice's pitch harmonics go, the formants stay)
+    phones: bool = False  # the audio encoder also reads the phone spoken at each mel frame (media.phones): 42 one-hot
+    # rows below the 80 mel bins; all zero where no phones were read (it is trained to do without them too)
     n_shape: int = 106  # mouth-shape vector length (face.mouth_shape.N_SHAPE)
     hyp_dim: int = 64
     top: float = 0.375  # rows above this fraction of the crop are copied from the input, not generated
@@ -47,7 +50,8 @@ class LiteConfig(ArchConfig):
 class HyperLipsLite(nn.Module):
     """Masked + reference face and a mel window in, a 128x128 BGR face in [0, 1] out (as HyperLipsBase).
 
-    Inputs per frame: ``audio`` (1, 80, mel_steps) mel window centred on the frame; ``faces`` (6, 128, 128) =
+    Inputs per frame: ``audio`` (1, 80, mel_steps) mel window centred on the frame (with ``phones``: (1, 122,
+    mel_steps), the phones' one-hot rows below the mel); ``faces`` (6, 128, 128) =
     [target with lower half zeroed, reference], BGR in [0, 1]. ``shape`` (n_shape,) overrides the audio encoder's
     mouth shape (training on the real shapes; driving the mouth from landmarks).
     """
@@ -58,7 +62,8 @@ class HyperLipsLite(nn.Module):
         super().__init__()
         cfg = config if isinstance(config, LiteConfig) else LiteConfig.from_dict(config)
         self.config = cfg
-        self.audio_encoder = AudioShapeEncoder(80, cfg.audio_width, cfg.n_shape, cfg.audio_members, cfg.dropout,
+        rows = 80 + (N_PHONES if cfg.phones else 0)  # the mel bins, then the phones' rows
+        self.audio_encoder = AudioShapeEncoder(rows, cfg.audio_width, cfg.n_shape, cfg.audio_members, cfg.dropout,
                                                cfg.shape_smooth_ms)
         self.shape_code = ShapeCode(cfg.n_shape, cfg.hyp_dim)
         self.face_encoder = FaceEncoder(cfg.widths)
@@ -78,13 +83,22 @@ class HyperLipsLite(nn.Module):
     def mel_smooth(self) -> int:
         return int(self.config.mel_smooth)
 
+    @property
+    def phones(self) -> bool:
+        return bool(self.config.phones)
+
+    @property
+    def audio_rows(self) -> int:
+        """Rows of an audio window: the 80 mel bins, then the phones' one-hot rows where it reads them."""
+        return self.audio_encoder.n_mels
+
     def decoder_rows(self, height: int = IMG_SIZE) -> int:
         """How many rows at the bottom of a ``height``-row output are generated (the rest is the input's)."""
         return height - 4 * self.decoder.top_rows(height // 4)
 
     def forward(self, audio: Tensor, faces: Tensor, shape: Tensor | None = None) -> Tensor:
-        # audio (N,1,80,S), faces (N,6,128,128) -> (N,3,128,128)
-        # or audio (B,T,1,80,S), faces (B,6,T,128,128) -> (B,3,T,128,128)
+        # audio (N,1,R,S) (R: audio_rows, 80 or 122), faces (N,6,128,128) -> (N,3,128,128)
+        # or audio (B,T,1,R,S), faces (B,6,T,128,128) -> (B,3,T,128,128)
         if faces.dim() == 5:
             if audio.dim() != 5 or audio.shape[:2] != (faces.shape[0], faces.shape[2]):
                 raise ValueError(f"HyperLipsLite: audio {tuple(audio.shape)} does not match faces {tuple(faces.shape)}")
@@ -95,19 +109,20 @@ class HyperLipsLite(nn.Module):
         return self.forward_frames(audio, faces, shape)
 
     def forward_frames(self, audio: Tensor | None, faces: Tensor, shape: Tensor | None = None) -> Tensor:
-        # audio (N,1,80,S) (unused when shape is given), faces (N,6,128,128), shape (N,n_shape) -> (N,3,128,128)
+        # audio (N,1,R,S) (unused when shape is given), faces (N,6,128,128), shape (N,n_shape) -> (N,3,128,128)
         if faces.dim() != 4 or faces.shape[1:] != (6, self.IMG_SIZE, self.IMG_SIZE):
             raise ValueError(f"HyperLipsLite: faces must be (N,6,128,128), got {tuple(faces.shape)}")
         if shape is None:
             steps = self.mel_steps
-            if audio is None or audio.dim() != 4 or audio.shape[0] != faces.shape[0] or audio.shape[1:] != (1, 80, steps):
+            rows = self.audio_rows
+            if audio is None or audio.dim() != 4 or audio.shape[0] != faces.shape[0] or audio.shape[1:] != (1, rows, steps):
                 got = None if audio is None else tuple(audio.shape)
-                raise ValueError(f"HyperLipsLite: audio must be ({faces.shape[0]},1,80,{steps}), got {got}")
+                raise ValueError(f"HyperLipsLite: audio must be ({faces.shape[0]},1,{rows},{steps}), got {got}")
             shape = self.predict_shape(audio)
         return self.render(faces, shape)
 
     def predict_shape(self, audio: Tensor) -> Tensor:
-        # audio (N,1,80,S) -> the mouth shape to render (N, n_shape): the audio encoder's, times shape_gain
+        # audio (N,1,R,S) -> the mouth shape to render (N, n_shape): the audio encoder's, times shape_gain
         shape = self.audio_encoder(audio)
         return shape * self.config.shape_gain if self.config.shape_gain != 1.0 else shape
 

@@ -124,10 +124,10 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def held_out_frames(val_clips, train_ds, references, steps: int, mel_norm: str | None = "utterance",
-                    mel_smooth: int = 0):
+                    mel_smooth: int = 0, phones: bool = False):
     """The validation frames in order: a clip split in time is measured against its training part (shapes and
     reference frame), a held-out clip against itself. The mel as the network reads it (``mel_norm``,
-    ``mel_smooth``: ``data.frames.FrameDataset``'s)."""
+    ``mel_smooth``, ``phones``: ``data.frames.FrameDataset``'s)."""
     from ..data.frames import FrameDataset, shape_reference
 
     refs = {c.id: train_ds.shape_refs[c.id] for c in val_clips if c.id in train_ds.shape_refs}
@@ -135,7 +135,7 @@ def held_out_frames(val_clips, train_ds, references, steps: int, mel_norm: str |
         if c.id not in refs:
             refs[c.id] = shape_reference(c, c.frame_range)
     return FrameDataset(val_clips, steps, ordered=True, shape_refs=refs, references=references, mel_norm=mel_norm,
-                        mel_smooth=mel_smooth)
+                        mel_smooth=mel_smooth, phones=phones)
 
 
 def calibrate_shape_gain(model, data, max_gain: float = 3.0, batch_size: int = 64) -> float:
@@ -149,9 +149,10 @@ def calibrate_shape_gain(model, data, max_gain: float = 3.0, batch_size: int = 6
     if not val:
         return 1.0
     ranges = {c.id: c.frame_range for c in train}
-    train_ds = FrameDataset(train, model.mel_steps, mel_norm=model.mel_norm, mel_smooth=model.mel_smooth)
+    train_ds = FrameDataset(train, model.mel_steps, mel_norm=model.mel_norm, mel_smooth=model.mel_smooth,
+                            phones=model.phones)
     refs = {c.id: reference_frame(c, ranges.get(c.id, c.frame_range)) for c in val}
-    ds = held_out_frames(val, train_ds, refs, model.mel_steps, model.mel_norm, model.mel_smooth)
+    ds = held_out_frames(val, train_ds, refs, model.mel_steps, model.mel_norm, model.mel_smooth, model.phones)
     return spread_gain(model.audio_encoder, ds, max_gain, batch_size)
 
 
@@ -181,8 +182,9 @@ def spread_gain(encoder, ds, max_gain: float = 3.0, batch_size: int = 64, device
 def with_settings(gen, settings: dict, source, say=print, audio_steps: int = 1):
     """A loaded HyperLips-Lite network with some of its ``LiteConfig`` settings changed (``--set lite=...`` with
     ``--init``): only those that keep every parameter's shape (the mel's smoothing, the shapes' smoothing, the
-    rows generated, ...); widths and the like need a new network. A changed mel input (``mel_smooth``, ``mel_norm``)
-    makes the audio encoder's weights meaningless: it is re-initialised, for its fit to start afresh."""
+    rows generated, ...) or only the audio encoder's (``phones``); widths and the like need a new network. A changed
+    audio input (``mel_smooth``, ``mel_norm``, ``phones``) makes the audio encoder's weights meaningless: it is
+    re-initialised, for its fit to start afresh."""
     import dataclasses
 
     from ..models import HyperLipsLite, LiteConfig
@@ -198,11 +200,13 @@ def with_settings(gen, settings: dict, source, say=print, audio_steps: int = 1):
         return gen
     new = HyperLipsLite(new_cfg).to(next(gen.parameters()).device)
     have = gen.state_dict()
+    fresh = {"mel_smooth", "mel_norm", "phones"} & set(changed)
     differ = [k for k, v in new.state_dict().items() if k not in have or have[k].shape != v.shape]
+    if fresh:  # the audio encoder starts afresh anyway: its layers may change
+        differ = [k for k in differ if not k.startswith("audio_encoder.")]
     if differ:
         raise UserError(f"--init {source}: the lite settings {', '.join(changed)} change the network's layers "
                         f"({differ[0]} and {len(differ) - 1} more): train a new network instead (without --init)")
-    fresh = {"mel_smooth", "mel_norm"} & set(changed)
     if fresh and audio_steps < 1:
         raise UserError(f"--init {source}: a changed {', '.join(sorted(fresh))} needs the audio encoder fitted "
                         "afresh: audio_steps must be at least 1")
@@ -294,7 +298,7 @@ class LiteStage(Stage):
         if self._train_ds is None:
             self._train_ds = FrameDataset(self.train_clips, self.gen.mel_steps, seed=self.cfg.seed,
                                           mel_norm=self.gen.mel_norm, mel_smooth=self.gen.mel_smooth,
-                                          pairs=self.cfg.temporal_weight > 0)
+                                          pairs=self.cfg.temporal_weight > 0, phones=self.gen.phones)
         return self._train_ds
 
     def val_dataset(self):
@@ -302,7 +306,7 @@ class LiteStage(Stage):
             return None
         if self._val_ds is None:
             self._val_ds = held_out_frames(self.val_clips, self.train_dataset(), self.references, self.gen.mel_steps,
-                                           self.gen.mel_norm, self.gen.mel_smooth)
+                                           self.gen.mel_norm, self.gen.mel_smooth, self.gen.phones)
         return self._val_ds
 
     # ------------------------------------------------------------------ training

@@ -108,8 +108,15 @@ class ChunkSampler:
         return mel, (pos + jitter - start) / rate / STRIDE, self.y[fi], self.ok[fi]
 
 
-def augment(mel: Tensor, g: torch.Generator) -> Tensor:
-    """Pitch-like bin shift (+-2), one frequency mask (<= 10 bins), time masks (<= 3 steps every 24), gain, noise."""
+def augment(mel: Tensor, g: torch.Generator, n_mels: int = 80) -> Tensor:
+    """Pitch-like bin shift (+-2), one frequency mask (<= 10 bins), time masks (<= 3 steps every 24), gain, noise;
+    on the first ``n_mels`` rows. Rows below them (the phones' one-hot rows, ``models.lite.LiteConfig.phones``)
+    are kept as they are, or all zeroed for a sample with probability ``PHONE_DROP``: the encoder learns to read
+    the sound alone too (speech whose phones are not read)."""
+    if mel.shape[1] > n_mels:
+        sound = augment(mel[:, :n_mels], g, n_mels)
+        keep = (torch.rand(mel.shape[0], 1, 1, generator=g) >= PHONE_DROP).to(mel.dtype)
+        return torch.cat([sound, mel[:, n_mels:] * keep], 1)
     b, c, n = mel.shape
     shift = torch.randint(-2, 3, (b, 1, 1), generator=g)
     bins = torch.arange(c).view(1, c, 1)
@@ -123,6 +130,11 @@ def augment(mel: Tensor, g: torch.Generator) -> Tensor:
     keep = ~((bins >= f0) & (bins < f0 + fw)) & ~((steps >= t0) & (steps < t0 + tw)).any(1, keepdim=True)
     gain = 0.2 * torch.randn(b, 1, 1, generator=g)
     return (mel + gain) * keep + 0.05 * torch.randn(mel.shape, generator=g)
+
+
+PHONE_DROP = 0.5  # the share of samples fitted without their phones (measured: on 9 unseen speakers, the shapes'
+# opening r 0.477 with phones and 0.456 without, against 0.456 for an encoder of the sound alone; never dropped: 0.483
+# and 0.375)
 
 
 def opening_of(shapes: Tensor) -> Tensor:
