@@ -230,7 +230,7 @@ def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True, phon
     if phones:
         p.add_argument("--no-phones", action="store_true",
                        help="a HyperLips-Lite that reads phones reads the sound alone: the phones of the "
-                            "speech are not read (by pocketsphinx, about 3%% of real time), and the mouth follows new "
+                            "speech are not read (by pocketsphinx, 3-6%% of real time), and the mouth follows new "
                             "voices less closely")
     p.add_argument("--untrained", action="store_true", help="use randomly initialised weights instead (for tests: the mouth is meaningless)")
     p.add_argument("--model", choices=("base", "lite"), help="with --untrained: which generator (default base); trained "

@@ -176,10 +176,13 @@ class Clip:
     @cached_property
     def phones(self) -> np.ndarray:
         """The phone of every 10 ms of the clip's speech (``media.phones.read_phones``)."""
+        from ..media import phones
+
         path = self.dir / "phones.npy"
         if not path.is_file():
-            raise UserError(f"{self.dir}: has no phones (phones.npy; a network that reads phones needs them): run "
-                            "`hyperlips preprocess` again on its source (it adds them to finished clips)")
+            need = "" if phones.available() else f"install the phone recogniser ({phones.INSTALL_HINT}), then "
+            raise UserError(f"{self.dir}: has no phones (phones.npy; a network that reads phones needs them): {need}"
+                            "run `hyperlips preprocess` again on its source (it adds them to finished clips)")
         return load_array(path)
 
     @cached_property

@@ -5,7 +5,7 @@ carries that voice as much as what it says. A phone recogniser trained on hundre
 whatever the voice, so a Lite network with ``phones`` reads both: the log-mel and, per mel frame, a one-hot vector
 of the phone being spoken (``docs/lite.md``). The recogniser is PocketSphinx's English acoustic model with its
 phone-loop search (``allphone``), shipped inside the ``pocketsphinx`` wheel: nothing is downloaded. It runs at
-about 3% of real time on one core. Other languages are read as the nearest English phones, which still says
+3-6% of real time on one core. Other languages are read as the nearest English phones, which still says
 where the lips close and the mouth opens.
 
 - :data:`PHONES`: the recogniser's 42 phones (39 English phones, silence and two noise classes), in a fixed order
