@@ -171,19 +171,27 @@ def test_smoothing_steadies_the_shipped_starters_mouth_without_moving_it(real_da
     """On real speech the starter's shapes with the default smoothing (80 ms) shake less from frame to frame, at the
     same timing, than the centre's reading alone."""
     from hyperlips.face.mouth_shape import shape_opening
-    from hyperlips.media.audio import centred_mel_windows, load_audio, melspectrogram, normalise_utterance
+    from hyperlips.generator_io import network_mel
+    from hyperlips.media.audio import centred_mel_windows, load_audio, melspectrogram
+    from hyperlips.media.phones import read_phones
     from hyperlips.models import load_checkpoint
     from hyperlips.models.lite_audio import AudioShapeEncoder
     from hyperlips.models.shipped import starter
 
     model = load_checkpoint(starter().path)[0].eval()
     assert model.config.shape_smooth_ms == 80.0 and model.mel_steps == 57  # a file from before the setting gets it
-    plain = AudioShapeEncoder(80, model.config.audio_width, model.config.n_shape, model.config.audio_members)
+    plain = AudioShapeEncoder(model.audio_rows, model.config.audio_width, model.config.n_shape, model.config.audio_members)
     plain.load_state_dict(model.audio_encoder.state_dict())
     plain.eval()
-    mel = normalise_utterance(melspectrogram(load_audio(real_data / "hyperlips" / "audio1.wav", 16000)))
+    wav = load_audio(real_data / "hyperlips" / "audio1.wav", 16000)
+    mel = network_mel(model, melspectrogram(wav), read_phones(wav) if model.phones else None)  # as sync reads it
     times = np.arange(int(mel.shape[1] / 80 * 25) - 1) / 25
-    w = torch.from_numpy(centred_mel_windows(mel, times, model.mel_steps, fill=mel.min(axis=1)))
+    import dataclasses
+
+    from hyperlips.config import AudioConfig
+
+    cfg = dataclasses.replace(AudioConfig(), n_mels=mel.shape[0])
+    w = torch.from_numpy(centred_mel_windows(mel, times, model.mel_steps, cfg, fill=mel.min(axis=1)))
     with torch.no_grad():
         smooth, raw = shape_opening(model.audio_encoder(w).numpy()), shape_opening(plain(w).numpy())
 
