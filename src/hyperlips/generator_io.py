@@ -92,13 +92,10 @@ def network_mel(network, mel: np.ndarray, phones: np.ndarray | None = None) -> n
 
 def with_phone_rows(network, mel: np.ndarray, phones: np.ndarray | None) -> np.ndarray:
     """``mel`` (80, T) with the phones' one-hot rows below it where ``network`` reads phones (all zero for
-    ``phones`` None); as it is otherwise."""
-    from .media.phones import N_PHONES, phone_track
+    ``phones`` None: ``media.phones.below_mel``); as it is otherwise."""
+    from .media.phones import below_mel
 
-    if not getattr(network, "phones", False):
-        return mel
-    rows = np.zeros((N_PHONES, mel.shape[1]), np.float32) if phones is None else phone_track(phones, mel.shape[1])
-    return np.concatenate([np.asarray(mel, np.float32), rows])
+    return below_mel(mel, phones) if getattr(network, "phones", False) else mel
 
 
 def to_uint8_images(t) -> np.ndarray:

@@ -143,19 +143,17 @@ class FrameDataset(_Base):
         """(the clip's whole mel as the network takes it, per-row silence value or None) of clip ``ci``; with
         ``phones``, the phones' one-hot rows below the mel."""
         from ..media.audio import normalise_utterance
-        from ..media.phones import phone_track
+        from ..media.phones import below_mel
 
         if ci not in self._mels:
             clip = self.parts[ci].clip
             mel = np.asarray(clip.mel, dtype=np.float32)
-            if self.mel_norm == "utterance":
+            utterance = self.mel_norm == "utterance"
+            if utterance:
                 mel = normalise_utterance(mel, self.mel_smooth)
             if self.phones:
-                mel = np.concatenate([mel, phone_track(clip.phones, mel.shape[1], self.cfg.mel_fps)])
-            if self.mel_norm == "utterance":
-                self._mels[ci] = (mel, mel.min(axis=1) if mel.shape[1] else None)
-            else:
-                self._mels[ci] = (mel, None)
+                mel = below_mel(mel, clip.phones, self.cfg.mel_fps)
+            self._mels[ci] = (mel, mel.min(axis=1) if utterance and mel.shape[1] else None)
         return self._mels[ci]
 
     def __getstate__(self):

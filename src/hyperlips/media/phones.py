@@ -11,7 +11,7 @@ where the lips close and the mouth opens.
 - :data:`PHONES`: the recogniser's 42 phones (39 English phones, silence and two noise classes), in a fixed order
   that a network's input channels follow.
 - :func:`read_phones`: the phone of every 10 ms frame of a whole recording (one utterance: the most accurate).
-- :func:`phone_track`: those phones as one-hot rows at the mel's frame rate, beside the mel.
+- :func:`phone_track`: those phones as one-hot rows at the mel's frame rate; :func:`below_mel` puts them below it.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ SILENCE = PHONES.index("SIL")
 SAMPLE_RATE = 16000  # the acoustic model's
 FRAME_RATE = 100  # the recogniser's frames per second (10 ms)
 INSTALL_HINT = "pip install pocketsphinx"
-
+_INDEX = {p: i for i, p in enumerate(PHONES)}
 
 
 def available() -> bool:
@@ -69,14 +69,13 @@ def read_phones(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     # a fixed +-1 step of noise: digital silence (exact zeros) otherwise reads as a hiss phone (its log energy is
     # undefined); the same noise every time, so the same speech keeps its phones
     pcm = np.clip(np.round(pcm) + np.random.default_rng(0).integers(-1, 2, len(pcm)), -32768, 32767).astype(np.int16)
-    index = {p: i for i, p in enumerate(PHONES)}
     d = _new_decoder()
     d.start_utt()
     d.process_raw(pcm.tobytes(), full_utt=True)
     d.end_utt()
     segments = [(s.word, s.start_frame, s.end_frame) for s in d.seg()]
     for phone, start, end in segments:
-        ids[max(start, 0):min(end + 1, n)] = index.get(phone, SILENCE)
+        ids[max(start, 0):min(end + 1, n)] = _INDEX.get(phone, SILENCE)
     return ids
 
 
@@ -84,9 +83,16 @@ def phone_track(ids: np.ndarray, n_frames: int, frame_rate: float = 80.0) -> np.
     """Phones ``ids`` (10 ms frames, :func:`read_phones`) as one-hot rows (N_PHONES, n_frames) float32 at
     ``frame_rate`` frames per second (the mel's: 80), frame ``j`` taking the phone at ``j / frame_rate`` s; beyond
     the recording, silence."""
-    ids = np.asarray(ids).reshape(-1)
+    padded = np.append(np.asarray(ids, dtype=np.int64).reshape(-1), SILENCE)  # the last entry: past the end
     at = np.floor(np.arange(int(n_frames)) * (FRAME_RATE / float(frame_rate)) + 1e-6).astype(np.int64)
-    pick = np.where(at < len(ids), ids[np.minimum(at, max(len(ids) - 1, 0))] if len(ids) else SILENCE, SILENCE)
     out = np.zeros((N_PHONES, int(n_frames)), dtype=np.float32)
-    out[pick.astype(np.int64), np.arange(int(n_frames))] = 1.0
+    out[padded[np.minimum(at, len(padded) - 1)], np.arange(int(n_frames))] = 1.0
     return out
+
+
+def below_mel(mel: np.ndarray, ids: np.ndarray | None, frame_rate: float = 80.0) -> np.ndarray:
+    """``mel`` (n_mels, T) with the one-hot rows of phones ``ids`` (:func:`read_phones`) below it, as a network
+    that reads phones takes it; all-zero rows for ``ids`` None (the sound alone)."""
+    mel = np.asarray(mel, dtype=np.float32)
+    rows = np.zeros((N_PHONES, mel.shape[1]), np.float32) if ids is None else phone_track(ids, mel.shape[1], frame_rate)
+    return np.concatenate([mel, rows])
