@@ -455,3 +455,29 @@ def test_memory_does_not_grow_with_length(tmp_path):
     assert decode_all(out)["frames"] == n
     growth = [samples[1] - samples[0], samples[3] - samples[2], samples[5] - samples[4]]
     assert max(growth) < 60, (samples, growth)  # 1300 frames of 720p BGR would be 3.6 GB
+
+
+@pytest.mark.parametrize("stage", ["open", "add_stream"])
+def test_writer_interrupted_while_it_sets_up_leaves_no_file(tmp_path, monkeypatch, stage):
+    """Ctrl-C or SIGTERM (raised as KeyboardInterrupt) while the writer opens its temporary file: it is removed."""
+    import av
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if stage == "open":
+        monkeypatch.setattr(av, "open", interrupt)
+    else:
+        real_open = av.open
+
+        class Opened:  # the real container, whose add_stream is interrupted
+            def __init__(self, c):
+                self.close, self.add_stream = c.close, interrupt
+
+        def open_then_interrupt(*args, **kwargs):
+            return Opened(real_open(*args, **kwargs))
+
+        monkeypatch.setattr(av, "open", open_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        VideoWriter(tmp_path / "result.mp4", 64, 48, 25, audio=np.zeros(1600, np.float32))
+    assert os.listdir(tmp_path) == []

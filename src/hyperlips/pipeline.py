@@ -391,10 +391,10 @@ class LipSync:
                                 detect=detector.detect, network=network_stage(self.batch_size, render),
                                 batch_size=self.batch_size, timings=timer, overlap=self.overlap,
                                 steady=self.temporal_blend, input_blend=self.input_blend)
-            faces_done = 0
-            writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio, sample_rate=MUX_SAMPLE_RATE,
-                                 crf=crf, preset=preset, pix_fmt=pix_fmt)
-            try:
+            faces_done, writer = 0, None
+            try:  # the writer is made inside: an interruption at any point leaves no temporary file
+                writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio,
+                                     sample_rate=MUX_SAMPLE_RATE, crf=crf, preset=preset, pix_fmt=pix_fmt)
                 with self._bar(n_out, "lip-sync", on_progress) as bar:
                     for job in chain:
                         faces_done += job.box is not None
@@ -405,7 +405,8 @@ class LipSync:
                     writer.close()  # flush, mux and rename the temporary file to the output name
             except BaseException:
                 chain.close()
-                writer.abort()  # no half-written file is left under the output name
+                if writer is not None:
+                    writer.abort()  # no half-written file is left under the output name
                 raise
         return SyncReport(output, n_out, fps_out, writer.coded_width, writer.coded_height, seconds, faces_done,
                           dict(timer.totals), time.perf_counter() - t_start)

@@ -527,20 +527,7 @@ class VideoWriter:
         self.rate = as_rate(fps)
         self.fps = float(self.rate)
         self.frames_written = 0
-        folder = self.path.parent
-        if not folder.is_dir():
-            raise MediaError(f"output folder does not exist: {folder}")
-        suffix = self.path.suffix or ".mp4"
-        self._tmp = folder / f".{self.path.stem}.{secrets.token_hex(4)}.partial{suffix}"
-        self._closed = False
-        try:  # FFmpeg opens the file only at the first frame, and its errors then name no file: try it now
-            with open(self._tmp, "xb"):
-                pass
-        except OSError as e:
-            raise MediaError(f"cannot write {self.path}: {os.strerror(e.errno) if e.errno else e}; choose a folder you "
-                             "can write to") from None
-
-        # audio: mono float32 in [-1, 1] at a rate AAC supports
+        # audio: mono float32 in [-1, 1] at a rate AAC supports (prepared before any file exists)
         self._audio = None
         self._audio_pos = 0
         if audio is not None:
@@ -563,14 +550,27 @@ class VideoWriter:
         self._colour = dict(dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG,
                             interpolation=Interpolation.BILINEAR | Interpolation.ACCURATE_RND)
         self._pix_fmt = pix_fmt
+        self._container = None
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise MediaError(f"output folder does not exist: {folder}")
+        suffix = self.path.suffix or ".mp4"
+        self._tmp = folder / f".{self.path.stem}.{secrets.token_hex(4)}.partial{suffix}"
+        self._closed = False
+        try:  # FFmpeg opens the file only at the first frame, and its errors then name no file: try it now
+            with open(self._tmp, "xb"):
+                pass
+        except OSError as e:
+            raise MediaError(f"cannot write {self.path}: {os.strerror(e.errno) if e.errno else e}; choose a folder you "
+                             "can write to") from None
+        # from here on the temporary file exists: whatever stops the set-up (an error, Ctrl-C, SIGTERM) removes it
         try:
-            # MP4/MOV: the index goes at the front, so a browser starts playing before the whole file has arrived
-            faststart = {"movflags": "+faststart"} if suffix.lower() in (".mp4", ".mov", ".m4v") else {}
-            self._container = av.open(str(self._tmp), "w", options=faststart)
-        except (av.error.FFmpegError, ValueError) as e:
-            self._remove_tmp()
-            raise MediaError(f"cannot write {self.path}: {str(e).splitlines()[0] if str(e) else e}") from None
-        try:
+            try:
+                # MP4/MOV: the index goes at the front, so a browser starts playing before the whole file has arrived
+                faststart = {"movflags": "+faststart"} if suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+                self._container = av.open(str(self._tmp), "w", options=faststart)
+            except (av.error.FFmpegError, ValueError) as e:
+                raise MediaError(f"cannot write {self.path}: {str(e).splitlines()[0] if str(e) else e}") from None
             v = self._container.add_stream("libx264", rate=self.rate)
             v.width, v.height, v.pix_fmt = self.coded_width, self.coded_height, self._pix_fmt
             cc = v.codec_context
