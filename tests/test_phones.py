@@ -187,3 +187,78 @@ def test_a_starter_without_phones_takes_them_with_a_fresh_audio_encoder():
         if not k.startswith("audio_encoder."):
             assert torch.equal(v, have[k]), k
     assert new.audio_encoder.body[0].weight.shape[1] == 80 + N_PHONES
+
+
+def _phone_tracks(seed: int, n_clips: int = 6, seconds: float = 8.0):
+    """Clips whose mouth shape is a fixed shape per phone, slurred over 0.1 s: (mel + phone rows, frame times,
+    shapes, ok) as the audio encoder's fit takes them."""
+    per_phone = np.random.default_rng(123).normal(size=(N_PHONES, 106))  # the same for every clip
+    rng = np.random.default_rng(seed)
+    tracks = []
+    for _ in range(n_clips):
+        ids = np.repeat(rng.integers(0, N_PHONES, int(seconds * 10)), 10).astype(np.int8)  # 0.1 s per phone
+        steps = int(seconds * 80)
+        rows = np.concatenate([rng.normal(size=(80, steps)).astype(np.float32), phone_track(ids, steps)])
+        times = np.arange(0.2, seconds - 0.2, 0.04)
+        idx = np.minimum((times * 100).astype(int), len(ids) - 1)
+        shapes = np.stack([per_phone[ids[np.clip(idx + d, 0, len(ids) - 1)]] for d in (-5, 0, 5)]).mean(0)
+        tracks.append((rows, times, shapes.astype(np.float32), np.ones(len(times), bool)))
+    return tracks
+
+
+def test_the_phone_head_learns_what_each_phone_looks_like_and_is_mixed_in_only_where_phones_were_read():
+    from hyperlips.models.lite_audio import AudioShapeEncoder
+    from hyperlips.train.lite_audio import fit_phone_head
+
+    torch.manual_seed(0)
+    enc = AudioShapeEncoder(80 + N_PHONES, 32, 106, 2, 0.3, 80.0, N_PHONES, 0.4).eval()
+    plain = AudioShapeEncoder(80 + N_PHONES, 32, 106, 2, 0.3, 80.0).eval()
+    plain.load_state_dict({k: v for k, v in enc.state_dict().items() if not k.startswith("phone_head.")})
+    train, test = _phone_tracks(0), _phone_tracks(1)[:2]
+    std = np.concatenate([t[2] for t in train]).std(0) + 1e-3
+    enc.shape_std.copy_(torch.from_numpy(std.astype(np.float32)))
+    plain.shape_std.copy_(enc.shape_std)
+    assert fit_phone_head(enc, train, std) == sum(len(t[1]) for t in train)
+    torch.set_grad_enabled(False)
+    for rows, times, shapes, _ in test:  # unheard clips of the same phones: the head alone reads their shapes
+        m = torch.from_numpy(rows)[None]
+        head = enc.phone_head(enc.phone_steps(m))
+        pos = torch.from_numpy(times * 80.0)[None].float()
+        got = enc.read(head, pos)[0].numpy()
+        r = np.corrcoef(got.ravel(), shapes.ravel())[0, 1]
+        assert r > 0.9, r
+        # the stream: 0.6 x the ensemble + 0.4 x the head where phones were read; the ensemble alone without them
+        mixed, ens = enc.shapes_at(m, pos), plain.shapes_at(m, pos)
+        assert torch.allclose(mixed, 0.6 * ens + 0.4 * enc.read(head, pos), atol=1e-5)
+        silent = m.clone()
+        silent[:, 80:] = 0
+        assert torch.equal(enc.shapes_at(silent, pos), plain.shapes_at(silent, pos))
+        at = torch.arange(40, 400, 36)  # mel steps: windows from 28 steps before (on the stream's output grid)
+        windows = torch.stack([m[0, :, int(p) - 28: int(p) + 29] for p in at])[:, None]
+        assert torch.allclose(enc(windows), enc.shapes_at(m, at[None].float())[0], atol=1e-5)  # window = stream
+        assert torch.equal(enc(windows.clone().index_fill_(2, torch.arange(80, 80 + N_PHONES), 0)),
+                           plain(windows.clone().index_fill_(2, torch.arange(80, 80 + N_PHONES), 0)))
+    torch.set_grad_enabled(True)
+
+
+def test_a_phone_head_needs_phones_and_a_starter_takes_one_with_a_fresh_audio_encoder():
+    from hyperlips.errors import UserError
+    from hyperlips.models import HyperLipsLite, LiteConfig
+    from hyperlips.train.lite import new_network, with_settings
+
+    with pytest.raises(ValueError, match="needs phones"):
+        HyperLipsLite(LiteConfig(phone_mix=0.4))
+    with pytest.raises(UserError, match="needs phones"):
+        new_network({"phone_mix": 0.4})
+    with pytest.raises(UserError, match="widths must be 4"):
+        new_network({"widths": [16, 32]})
+    with pytest.raises(UserError, match="not known: phone_mixx"):
+        new_network({"phone_mixx": 0.4})
+    torch.manual_seed(0)
+    old = HyperLipsLite(LiteConfig(phones=True, mel_smooth=12))
+    said = []
+    new = with_settings(old, {"phone_mix": 0.4}, "old.safetensors", said.append, audio_steps=100)
+    assert new.audio_encoder.phone_mix == 0.4 and "starts afresh" in said[0]
+    assert new.audio_encoder.phone_head.weight.shape == (106, N_PHONES, 11)
+    with pytest.raises(UserError, match="audio_steps must be at least 1"):
+        with_settings(old, {"phone_mix": 0.4}, "old.safetensors", said.append, audio_steps=0)

@@ -37,6 +37,8 @@ class LiteConfig(ArchConfig):
     # many coefficients (media.audio.smooth_across_frequency: the voice's pitch harmonics go, the formants stay)
     phones: bool = False  # the audio encoder also reads the phone spoken at each mel frame (media.phones): 42 one-hot
     # rows below the 80 mel bins; all zero where no phones were read (it is trained to do without them too)
+    phone_mix: float = 0.0  # with phones: a linear head on the phones is mixed in at this weight where they were read
+    # (models.lite_audio: a second, simpler reading of what is said; fitted in closed form)
     n_shape: int = 106  # mouth-shape vector length (face.mouth_shape.N_SHAPE)
     hyp_dim: int = 64
     top: float = 0.375  # rows above this fraction of the crop are copied from the input, not generated
@@ -63,8 +65,12 @@ class HyperLipsLite(nn.Module):
         cfg = config if isinstance(config, LiteConfig) else LiteConfig.from_dict(config)
         self.config = cfg
         rows = 80 + (N_PHONES if cfg.phones else 0)  # the mel bins, then the phones' rows
+        if len(cfg.widths) != 4:
+            raise ValueError(f"LiteConfig: widths must be 4 channel counts (1/2, 1/4, 1/8, 1/16), got {list(cfg.widths)}")
+        if cfg.phone_mix and not cfg.phones:
+            raise ValueError(f"LiteConfig: phone_mix {cfg.phone_mix} needs phones (phones: true)")
         self.audio_encoder = AudioShapeEncoder(rows, cfg.audio_width, cfg.n_shape, cfg.audio_members, cfg.dropout,
-                                               cfg.shape_smooth_ms)
+                                               cfg.shape_smooth_ms, rows - 80, cfg.phone_mix)
         self.shape_code = ShapeCode(cfg.n_shape, cfg.hyp_dim)
         self.face_encoder = FaceEncoder(cfg.widths)
         self.edits = nn.ModuleList(HyperDepthwiseEdit(c, cfg.hyp_dim) for c in cfg.widths)

@@ -17,6 +17,12 @@ reading sees only steps inside the window (``min_steps``, checked), so a frame d
 
 Input mel is normalised per utterance (each mel bin to zero mean and unit variance over the whole speech track,
 ``media.audio.normalise_utterance``), which removes the recording's loudness and colour.
+
+With ``phone_rows`` and ``phone_mix`` > 0 the last ``phone_rows`` input rows are one-hot phones
+(``media.phones``), and a linear head also reads them: their 50 ms means (one per output step) over +-0.25 s,
+mapped straight to the shape (fitted in closed form, ``train/lite_audio.fit_phone_head``). Where phones were
+read, the stream is ``(1 - phone_mix) x`` the ensemble's mean ``+ phone_mix x`` the head's; where their rows are
+zero (speech whose phones were not read) it is the ensemble's alone.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from torch import Tensor, nn
 
 STRIDE = 4  # mel steps per output step
 RADIUS = 24  # receptive-field radius in mel steps
+PHONE_REACH = 5  # the phone head reads +- this many output steps (+-0.25 s; with its 50 ms means, +-22 mel steps)
 TAP_MS = 40.0  # spacing of the smoothing readings
 MEL_PER_MS = 0.08  # 80 mel frames per second
 
@@ -78,9 +85,13 @@ class AudioShapeEncoder(nn.Module):
     with :meth:`sequence`."""
 
     def __init__(self, n_mels: int = 80, width: int = 128, n_shape: int = 106, members: int = 3,
-                 dropout: float = 0.3, smooth_ms: float = 0.0):
+                 dropout: float = 0.3, smooth_ms: float = 0.0, phone_rows: int = 0, phone_mix: float = 0.0):
         super().__init__()
         self.n_mels, self.n_shape, self.members = n_mels, n_shape, members
+        if not 0.0 <= phone_mix < 1.0 or (phone_mix > 0 and not 0 < phone_rows < n_mels):
+            raise ValueError(f"AudioShapeEncoder: phone_mix {phone_mix} needs 0 <= phone_mix < 1 and phone rows "
+                             f"below the mel (phone_rows {phone_rows} of {n_mels})")
+        self.phone_rows, self.phone_mix = (phone_rows, float(phone_mix)) if phone_mix > 0 else (0, 0.0)
         self.taps = smoothing_taps(smooth_ms)
         # the window its readings need (the centre's alone: whatever the window, as before the smoothing existed)
         self.min_steps = window_needed(smooth_ms) if len(self.taps) > 1 else 0
@@ -93,6 +104,8 @@ class AudioShapeEncoder(nn.Module):
                                   _Residual(e * c, e, 2), _Residual(e * c, e, 2))
         self.drop = nn.Dropout(dropout)
         self.head = nn.Conv1d(e * c, e * n_shape, 1, groups=e)
+        if self.phone_mix:
+            self.phone_head = nn.Conv1d(phone_rows, n_shape, 2 * PHONE_REACH + 1, padding=PHONE_REACH)
         self.register_buffer("shape_std", torch.ones(n_shape))
 
     def sequence(self, mel: Tensor) -> Tensor:  # (B, n_mels, L) -> (B, members, n_shape, ceil(L / 4)), standardised
@@ -100,27 +113,51 @@ class AudioShapeEncoder(nn.Module):
         y = self.head(self.drop(self.body(x)))
         return y.view(len(y), self.members, self.n_shape, -1)
 
+    def phone_steps(self, mel: Tensor) -> Tensor:
+        """The phone rows' means over the 5 mel steps round each output step: (B, n_mels, L) -> (B, phone_rows,
+        ceil(L / 4)), output ``j`` centred on mel step ``4 j`` as the ensemble's (what the phone head reads)."""
+        return F.avg_pool1d(mel[:, self.n_mels - self.phone_rows:], STRIDE + 1, STRIDE, STRIDE // 2,
+                            count_include_pad=False)
+
+    def stream(self, mel: Tensor) -> Tensor:
+        """(B, n_mels, L) -> (B, n_shape, ceil(L / 4)) standardised: the ensemble's mean, mixed with the phone
+        head's where phones were read."""
+        y = self.sequence(mel).mean(dim=1)
+        if not self.phone_mix:
+            return y
+        p = self.phone_steps(mel)
+        read = self.phone_mix * (p.sum(dim=1, keepdim=True) > 0.5).to(y.dtype)  # (B, 1, L'): 0 without phones
+        return y * (1 - read) + self.phone_head(p) * read
+
     def forward(self, mel: Tensor) -> Tensor:  # (N, 1, n_mels, steps) -> (N, n_shape) in shape units
         if mel.dim() != 4 or mel.shape[1] != 1 or mel.shape[2] != self.n_mels:
             raise ValueError(f"AudioShapeEncoder: mel must be (N,1,{self.n_mels},steps), got {tuple(mel.shape)}")
         steps = mel.shape[3]
         if steps < self.min_steps:
             raise ValueError(f"AudioShapeEncoder: its smoothing reads {self.min_steps} mel steps, the window has {steps}")
-        y = self.sequence(mel[:, 0])  # (N, E, S, L')
+        out = self._centre(self.sequence(mel[:, 0]), steps).mean(dim=1)  # (N, E, S, L') -> (N, S)
+        if self.phone_mix:  # where no phones were read: out * 1 + head * 0, exactly the ensemble's
+            p = self.phone_steps(mel[:, 0])
+            read = self._centre(self.phone_mix * (p.sum(dim=1, keepdim=True) > 0.5).to(out.dtype), steps)
+            out = out * (1 - read) + self._centre(self.phone_head(p), steps) * read
+        return out * self.shape_std.to(out.dtype)
+
+    def _centre(self, y: Tensor, steps: int) -> Tensor:
+        # a window's output stream (..., L') read at its centre frame: the taps' weighted mean -> (...)
         out = 0
         for offset, weight in self.taps:  # a lone centre reading has weight 1.0: exactly the reading
             q = (steps // 2 + offset) / STRIDE  # the output position of the reading
-            i0 = min(int(q), y.shape[3] - 1)
-            i1 = min(i0 + 1, y.shape[3] - 1)
+            i0 = min(int(q), y.shape[-1] - 1)
+            i1 = min(i0 + 1, y.shape[-1] - 1)
             f = q - i0
             out = out + weight * (y[..., i0] * (1 - f) + y[..., i1] * f if f else y[..., i0])
-        return out.mean(dim=1) * self.shape_std.to(out.dtype)
+        return out
 
     def shapes_at(self, mel: Tensor, positions: Tensor) -> Tensor:
         """A whole stream at once: mel (B, n_mels, L), frame positions (B, K) in mel steps -> shapes (B, K, n_shape)
         in shape units, each the taps' weighted mean of the ensemble's readings around its position (as
         :meth:`forward` reads a window's centre; at a stream's ends the convolutions see zero padding instead)."""
-        return self.read(self.sequence(mel).mean(dim=1), positions)
+        return self.read(self.stream(mel), positions)
 
     def read(self, y: Tensor, positions: Tensor) -> Tensor:
         # the ensemble's mean readings of a stream (B, S, L') at positions (B, K) in mel steps -> (B, K, S) shape units

@@ -179,28 +179,50 @@ def spread_gain(encoder, ds, max_gain: float = 3.0, batch_size: int = 64, device
     return float(np.clip(float(r.std() / p.std()), 1.0, max_gain))
 
 
-def with_settings(gen, settings: dict, source, say=print, audio_steps: int = 1):
-    """A loaded HyperLips-Lite network with some of its ``LiteConfig`` settings changed (``--set lite=...`` with
-    ``--init``): only those that keep every parameter's shape (the mel's smoothing, the shapes' smoothing, the
-    rows generated, ...) or only the audio encoder's (``phones``); widths and the like need a new network. A changed
-    audio input (``mel_smooth``, ``mel_norm``, ``phones``) makes the audio encoder's weights meaningless: it is
-    re-initialised, for its fit to start afresh."""
+def _known_settings(settings: dict) -> None:
     import dataclasses
 
-    from ..models import HyperLipsLite, LiteConfig
+    from ..models import LiteConfig
 
     known = {f.name for f in dataclasses.fields(LiteConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
         raise UserError(f"lite settings not known: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+
+
+def new_network(settings: dict):
+    """A fresh HyperLips-Lite network from ``--set lite={...}``; names it does not know, or values it cannot be
+    built with, are the user's error."""
+    from ..models import HyperLipsLite, LiteConfig
+
+    _known_settings(settings)
+    try:
+        return HyperLipsLite(LiteConfig.from_dict(settings))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"lite settings {settings}: {e}") from None
+
+
+def with_settings(gen, settings: dict, source, say=print, audio_steps: int = 1):
+    """A loaded HyperLips-Lite network with some of its ``LiteConfig`` settings changed (``--set lite=...`` with
+    ``--init``): only those that keep every parameter's shape (the mel's smoothing, the shapes' smoothing, the
+    rows generated, ...) or only the audio encoder's (``phones``, ``phone_mix``); widths and the like need a new
+    network. A changed audio input (``mel_smooth``, ``mel_norm``, ``phones``) makes the audio encoder's weights
+    meaningless, and a changed ``phone_mix`` needs its phone head fitted, which happens with the encoder's fit: it is
+    re-initialised, for its fit to start afresh (the same seed fits the same ensemble again)."""
+    from ..models import LiteConfig
+
+    _known_settings(settings)
     old = gen.config
-    new_cfg = LiteConfig.from_dict({**old.to_dict(), **settings})
+    try:
+        new_cfg = LiteConfig.from_dict({**old.to_dict(), **settings})
+    except (ValueError, TypeError) as e:
+        raise UserError(f"lite settings {settings}: {e}") from None
     changed = [k for k in sorted(settings) if getattr(new_cfg, k) != getattr(old, k)]
     if not changed:
         return gen
-    new = HyperLipsLite(new_cfg).to(next(gen.parameters()).device)
+    new = new_network(new_cfg.to_dict()).to(next(gen.parameters()).device)
     have = gen.state_dict()
-    fresh = {"mel_smooth", "mel_norm", "phones"} & set(changed)
+    fresh = {"mel_smooth", "mel_norm", "phones", "phone_mix"} & set(changed)
     differ = [k for k, v in new.state_dict().items() if k not in have or have[k].shape != v.shape]
     if fresh:  # the audio encoder starts afresh anyway: its layers may change
         differ = [k for k in differ if not k.startswith("audio_encoder.")]
@@ -214,7 +236,7 @@ def with_settings(gen, settings: dict, source, say=print, audio_steps: int = 1):
         have = {k: v for k, v in have.items() if not k.startswith("audio_encoder.")}
     new.load_state_dict({**new.state_dict(), **have})
     what = ", ".join(f"{k} {getattr(old, k)} -> {getattr(new_cfg, k)}" for k in changed)
-    say(f"--init {source}: {what}" + ("; the audio encoder starts afresh (its input changed)" if fresh else ""))
+    say(f"--init {source}: {what}" + ("; the audio encoder starts afresh" if fresh else ""))
     return new
 
 
@@ -226,7 +248,7 @@ class LiteStage(Stage):
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         from ..data.frames import reference_frame
-        from ..models import HyperLipsLite, LiteConfig, load_checkpoint
+        from ..models import load_checkpoint
 
         self.manifest = Manifest.load(cfg.data)
         if cfg.init:
@@ -234,7 +256,7 @@ class LiteStage(Stage):
             if cfg.lite:
                 self.gen = with_settings(self.gen, cfg.lite, cfg.init, ctx.say, cfg.audio_steps)
         else:
-            self.gen = HyperLipsLite(LiteConfig.from_dict(cfg.lite))
+            self.gen = new_network(cfg.lite or {})
         self.gen.to(ctx.device)
         # the audio encoder is fitted on its own (fit_audio) and frozen: DDP must not wait for gradients it never
         # gets in the renderer's steps (under torchrun the second step stopped with "parameters not used")
