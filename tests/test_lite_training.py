@@ -523,6 +523,9 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     model, info = load_checkpoint(out)
     assert 1.0 <= model.config.shape_gain <= 3.0 and f"mouth-shape gain {model.config.shape_gain:.2f}" in res.stdout
     assert info.config["extra"]["widths"] == [8, 16, 16, 32]
+    from hyperlips.media import phones
+
+    assert model.phones == phones.available()  # as the starter, where the recogniser is installed, with --set's widths
     status = json.loads((tmp_path / "me.work/progress.json").read_text())
     assert status["done"] and status["step"] == 2 and Path(status["preview"]).is_file()
     assert _run_config(tmp_path / "me.work")["mouth_gan_weight"] == 0.0  # from scratch: no discriminator

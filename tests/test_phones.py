@@ -244,7 +244,7 @@ def test_the_phone_head_learns_what_each_phone_looks_like_and_is_mixed_in_only_w
 def test_a_phone_head_needs_phones_and_a_starter_takes_one_with_a_fresh_audio_encoder():
     from hyperlips.errors import UserError
     from hyperlips.models import HyperLipsLite, LiteConfig
-    from hyperlips.train.lite import new_network, with_settings
+    from hyperlips.train.lite import needs_phone_head, new_network, with_settings
 
     with pytest.raises(ValueError, match="needs phones"):
         HyperLipsLite(LiteConfig(phone_mix=0.4))
@@ -257,8 +257,33 @@ def test_a_phone_head_needs_phones_and_a_starter_takes_one_with_a_fresh_audio_en
     torch.manual_seed(0)
     old = HyperLipsLite(LiteConfig(phones=True, mel_smooth=12))
     said = []
-    new = with_settings(old, {"phone_mix": 0.4}, "old.safetensors", said.append, audio_steps=100)
-    assert new.audio_encoder.phone_mix == 0.4 and "starts afresh" in said[0]
+    new = with_settings(old, {"phone_mix": 0.4}, "old.safetensors", said.append, audio_steps=0)
+    assert new.audio_encoder.phone_mix == 0.4 and "phone head is added" in said[0] and needs_phone_head(old, new)
     assert new.audio_encoder.phone_head.weight.shape == (106, N_PHONES, 11)
-    with pytest.raises(UserError, match="audio_steps must be at least 1"):
-        with_settings(old, {"phone_mix": 0.4}, "old.safetensors", said.append, audio_steps=0)
+    have = old.state_dict()
+    for k, v in new.state_dict().items():  # everything but the new head as it was, the ensemble too
+        if ".phone_head." not in k:
+            assert torch.equal(v, have[k]), k
+    again = with_settings(new, {"phone_mix": 0.3}, "new.safetensors", said.append)
+    assert not needs_phone_head(new, again) and torch.equal(again.audio_encoder.phone_head.weight,
+                                                            new.audio_encoder.phone_head.weight)
+    gone = with_settings(new, {"phone_mix": 0.0}, "new.safetensors", said.append)
+    assert not hasattr(gone.audio_encoder, "phone_head") and torch.equal(gone.audio_encoder.head.weight,
+                                                                         old.audio_encoder.head.weight)
+
+
+def test_a_person_model_from_scratch_reads_phones_unless_told_otherwise(monkeypatch):
+    from hyperlips.errors import UserError
+    from hyperlips.media import phones
+    from hyperlips.train.finetune import scratch_settings
+    from hyperlips.train.lite import new_network
+
+    monkeypatch.setattr(phones, "available", lambda: True)
+    assert scratch_settings() == {"phones": True} and new_network(scratch_settings()).phones
+    assert scratch_settings({"phones": False, "mel_smooth": 12}) == {"phones": False, "mel_smooth": 12}
+    with pytest.raises(UserError, match="in braces"):
+        scratch_settings(5)
+    with pytest.raises(UserError, match="in braces"):
+        new_network(5)
+    monkeypatch.setattr(phones, "available", lambda: False)  # no recogniser: a network of the sound alone
+    assert scratch_settings() == {} and scratch_settings({"mel_smooth": 12}) == {"mel_smooth": 12}

@@ -184,6 +184,8 @@ def _known_settings(settings: dict) -> None:
 
     from ..models import LiteConfig
 
+    if not isinstance(settings, dict):
+        raise UserError(f"--set lite= takes settings in braces, e.g. lite={{phones: true}}, got {settings!r}")
     known = {f.name for f in dataclasses.fields(LiteConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
@@ -207,8 +209,8 @@ def with_settings(gen, settings: dict, source, say=print, audio_steps: int = 1):
     ``--init``): only those that keep every parameter's shape (the mel's smoothing, the shapes' smoothing, the
     rows generated, ...) or only the audio encoder's (``phones``, ``phone_mix``); widths and the like need a new
     network. A changed audio input (``mel_smooth``, ``mel_norm``, ``phones``) makes the audio encoder's weights
-    meaningless, and a changed ``phone_mix`` needs its phone head fitted, which happens with the encoder's fit: it is
-    re-initialised, for its fit to start afresh (the same seed fits the same ensemble again)."""
+    meaningless: it is re-initialised, for its fit to start afresh. A phone head (``phone_mix`` from 0) is added
+    beside the ensemble, which is kept: see :func:`needs_phone_head` (its fit is in closed form)."""
     from ..models import LiteConfig
 
     _known_settings(settings)
@@ -221,11 +223,13 @@ def with_settings(gen, settings: dict, source, say=print, audio_steps: int = 1):
     if not changed:
         return gen
     new = new_network(new_cfg.to_dict()).to(next(gen.parameters()).device)
-    have = gen.state_dict()
-    fresh = {"mel_smooth", "mel_norm", "phones", "phone_mix"} & set(changed)
-    differ = [k for k, v in new.state_dict().items() if k not in have or have[k].shape != v.shape]
+    want = new.state_dict()
+    have = {k: v for k, v in gen.state_dict().items() if k in want}  # phone_mix to 0: the head goes
+    fresh = {"mel_smooth", "mel_norm", "phones"} & set(changed)
+    differ = [k for k, v in want.items() if k not in have or have[k].shape != v.shape]
     if fresh:  # the audio encoder starts afresh anyway: its layers may change
         differ = [k for k in differ if not k.startswith("audio_encoder.")]
+    differ = [k for k in differ if not k.startswith(f"audio_encoder.{HEAD}.")]  # a new phone head is fitted
     if differ:
         raise UserError(f"--init {source}: the lite settings {', '.join(changed)} change the network's layers "
                         f"({differ[0]} and {len(differ) - 1} more): train a new network instead (without --init)")
@@ -234,10 +238,25 @@ def with_settings(gen, settings: dict, source, say=print, audio_steps: int = 1):
                         "afresh: audio_steps must be at least 1")
     if fresh:  # the new network's own freshly initialised encoder stays; the rest comes from the file
         have = {k: v for k, v in have.items() if not k.startswith("audio_encoder.")}
-    new.load_state_dict({**new.state_dict(), **have})
+    new.load_state_dict({**want, **have})
     what = ", ".join(f"{k} {getattr(old, k)} -> {getattr(new_cfg, k)}" for k in changed)
-    say(f"--init {source}: {what}" + ("; the audio encoder starts afresh" if fresh else ""))
+    if fresh:
+        what += "; the audio encoder starts afresh"
+    elif needs_phone_head(gen, new):
+        what += "; a phone head is added beside the audio encoder, fitted before the renderer trains"
+    say(f"--init {source}: {what}")
     return new
+
+
+HEAD = "phone_head"  # the audio encoder's phone head (models.lite_audio)
+
+
+def needs_phone_head(old, new) -> bool:
+    """Whether ``new`` (from :func:`with_settings`) has a phone head that ``old`` had not: nothing fitted it yet."""
+    def has(net):
+        return any(k.startswith(f"audio_encoder.{HEAD}.") for k in net.state_dict())
+
+    return has(new) and not has(old)
 
 
 class LiteStage(Stage):
@@ -251,10 +270,13 @@ class LiteStage(Stage):
         from ..models import load_checkpoint
 
         self.manifest = Manifest.load(cfg.data)
+        self._fit_head = False
         if cfg.init:
             self.gen, info = load_checkpoint(cfg.init, name="hyperlips-lite", device=ctx.device)
             if cfg.lite:
-                self.gen = with_settings(self.gen, cfg.lite, cfg.init, ctx.say, cfg.audio_steps)
+                loaded = self.gen
+                self.gen = with_settings(loaded, cfg.lite, cfg.init, ctx.say, cfg.audio_steps)
+                self._fit_head = needs_phone_head(loaded, self.gen)
         else:
             self.gen = new_network(cfg.lite or {})
         self.gen.to(ctx.device)
@@ -345,6 +367,23 @@ class LiteStage(Stage):
     def prepare(self, seconds: float | None) -> None:
         if self.cfg.audio_steps > 0:  # a fresh run; a resumed one restores the fitted encoder
             self.fit_audio(seconds)
+        elif self._fit_head:  # the ensemble kept from --init, a phone head added: only the head is fitted
+            from .lite_audio import fit_phone_head
+
+            enc = self.gen.audio_encoder
+            n = fit_phone_head(enc, self._audio_tracks(), enc.shape_std.detach().cpu().double().numpy())
+            self.ctx.say(f"phone head fitted on {n} frames (the audio encoder's ensemble kept)")
+            self._gain_ready = False
+
+    def _audio_tracks(self):
+        # per training clip range: (mel as the network reads it, frame times, shapes, has shape)
+        ds = self.train_dataset()
+        tracks = []
+        for ci, part in enumerate(ds.parts):
+            mel, _ = ds.clip_mel(ci)
+            times = np.asarray([part.clip.time_of(int(i)) for i in part.index])
+            tracks.append((mel, times, part.shapes, part.has_shape))
+        return tracks
 
     def fit_audio(self, seconds: float | None = None) -> None:
         """Fit the audio encoder on the training frames (``train/lite_audio.py``), in at most ``seconds`` (fewer
@@ -353,12 +392,7 @@ class LiteStage(Stage):
 
         from .lite_audio import fit_audio_encoder
 
-        ds = self.train_dataset()
-        tracks = []
-        for ci, part in enumerate(ds.parts):
-            mel, _ = ds.clip_mel(ci)
-            times = np.asarray([part.clip.time_of(int(i)) for i in part.index])
-            tracks.append((mel, times, part.shapes, part.has_shape))
+        tracks = self._audio_tracks()
         cfg = self.cfg
         limit = "" if seconds is None else f", at most {seconds:.0f} s of the time budget"
         self.ctx.say(f"fitting the audio encoder ({cfg.audio_steps} steps{limit}) before the renderer trains")
