@@ -126,8 +126,12 @@ class AudioShapeEncoder(nn.Module):
         if not self.phone_mix:
             return y
         p = self.phone_steps(mel)
-        read = self.phone_mix * (p.sum(dim=1, keepdim=True) > 0.5).to(y.dtype)  # (B, 1, L'): 0 without phones
+        read = self._phone_weight(p, y.dtype)
         return y * (1 - read) + self.phone_head(p) * read
+
+    def _phone_weight(self, p: Tensor, dtype) -> Tensor:
+        # the phone head's weight at each output step (B, 1, L'): phone_mix where phones were read, else 0
+        return self.phone_mix * (p.sum(dim=1, keepdim=True) > 0.5).to(dtype)
 
     def forward(self, mel: Tensor) -> Tensor:  # (N, 1, n_mels, steps) -> (N, n_shape) in shape units
         if mel.dim() != 4 or mel.shape[1] != 1 or mel.shape[2] != self.n_mels:
@@ -138,7 +142,7 @@ class AudioShapeEncoder(nn.Module):
         out = self._centre(self.sequence(mel[:, 0]), steps).mean(dim=1)  # (N, E, S, L') -> (N, S)
         if self.phone_mix:  # where no phones were read: out * 1 + head * 0, exactly the ensemble's
             p = self.phone_steps(mel[:, 0])
-            read = self._centre(self.phone_mix * (p.sum(dim=1, keepdim=True) > 0.5).to(out.dtype), steps)
+            read = self._centre(self._phone_weight(p, out.dtype), steps)
             out = out * (1 - read) + self._centre(self.phone_head(p), steps) * read
         return out * self.shape_std.to(out.dtype)
 

@@ -204,6 +204,17 @@ def new_network(settings: dict):
         raise UserError(f"lite settings {settings}: {e}") from None
 
 
+HEAD = "phone_head"  # the audio encoder's phone head (models.lite_audio)
+
+
+def needs_phone_head(old, new) -> bool:
+    """Whether ``new`` (from :func:`with_settings`) has a phone head that ``old`` had not: nothing fitted it yet."""
+    def has(net):
+        return any(k.startswith(f"audio_encoder.{HEAD}.") for k in net.state_dict())
+
+    return has(new) and not has(old)
+
+
 def with_settings(gen, settings: dict, source, say=print, audio_steps: int = 1):
     """A loaded HyperLips-Lite network with some of its ``LiteConfig`` settings changed (``--set lite=...`` with
     ``--init``): only those that keep every parameter's shape (the mel's smoothing, the shapes' smoothing, the
@@ -246,17 +257,6 @@ def with_settings(gen, settings: dict, source, say=print, audio_steps: int = 1):
         what += "; a phone head is added beside the audio encoder, fitted before the renderer trains"
     say(f"--init {source}: {what}")
     return new
-
-
-HEAD = "phone_head"  # the audio encoder's phone head (models.lite_audio)
-
-
-def needs_phone_head(old, new) -> bool:
-    """Whether ``new`` (from :func:`with_settings`) has a phone head that ``old`` had not: nothing fitted it yet."""
-    def has(net):
-        return any(k.startswith(f"audio_encoder.{HEAD}.") for k in net.state_dict())
-
-    return has(new) and not has(old)
 
 
 class LiteStage(Stage):
