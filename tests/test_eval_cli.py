@@ -306,3 +306,26 @@ def test_self_protocol_forced_on_other_speech_warns(real_data, tmp_path):
         warnings.simplefilter("error", InputWarning)
         res = evaluate_pair(clip, clip, None, protocol="self", perceptual=False, max_seconds=0.4)
     assert res.protocol == "self-reconstruction"
+
+
+def test_a_generated_frame_is_compared_with_the_source_frame_sync_made_it_from(real_data):
+    """A variable-rate reference (face1: tagged 30 fps, 22.1 on average) against an output at its average rate:
+    each generated frame pairs with the reference frame on screen at its time, the one sync showed there."""
+    from hyperlips.eval.protocols import _frame_times, _pairing
+    from hyperlips.media.timing import source_frames
+
+    ref = real_data / "retalking/face1.mp4"
+    times = _frame_times(ref, 10_000)
+    fps = 1350 / 61  # its average rate, at which sync writes it (22.13 fps)
+    n = int(times[-1] * fps)
+    gen_times = np.arange(n) / fps
+    pair = _pairing(gen_times, times, same_rate=False)
+    assert len(pair) == n and np.array_equal(pair, source_frames(times, fps, n))
+    assert (np.diff(times[pair]) > 0.05).any()  # the source holds some frames twice as long: not index pairing
+    # constant rates that differ (25 fps against 30): the frame on screen, never one shown later (timestamps
+    # rounded by up to a quarter frame count as on time)
+    ref30 = np.arange(90) / 30.0
+    gen25 = np.arange(75) / 25.0
+    pair = _pairing(gen25, ref30, same_rate=False)
+    assert np.array_equal(pair, source_frames(ref30, 25.0, 75)) and (ref30[pair] <= gen25 + 0.25 / 30).all()
+    assert not np.array_equal(pair, np.rint(gen25 * 30).astype(int))  # nearest in time would differ

@@ -79,17 +79,19 @@ def _same_audio(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _pairing(gen_times: np.ndarray, ref_times: Optional[np.ndarray], same_rate: bool) -> np.ndarray:
-    """Reference frame index for each generated frame (by index at equal rates, else nearest timestamp)."""
+    """Reference frame index for each generated frame: by index at equal rates, else the reference frame on screen
+    at the generated frame's time (the rule ``sync`` made it by, ``media.timing``: the last one whose timestamp is
+    at most that time plus a quarter of the shorter frame period; a variable-rate reference is read so)."""
     if ref_times is None:
         return np.arange(len(gen_times))
     if same_rate:
         return np.arange(min(len(gen_times), len(ref_times)))
     g = gen_times - gen_times[0]
     r = ref_times - ref_times[0]
-    idx = np.clip(np.searchsorted(r, g), 0, len(r) - 1)
-    prev = np.clip(idx - 1, 0, len(r) - 1)
-    idx = np.where(np.abs(r[prev] - g) <= np.abs(r[idx] - g), prev, idx)
     period = float(np.median(np.diff(r))) if len(r) > 1 else 0.04
+    gen_period = float(np.median(np.diff(g))) if len(g) > 1 else period
+    tol = 0.25 * min(period, gen_period)
+    idx = np.clip(np.searchsorted(r, g + tol, side="right") - 1, 0, len(r) - 1)
     return idx[g <= r[-1] + period / 2]
 
 
