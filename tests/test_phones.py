@@ -208,17 +208,18 @@ def _phone_tracks(seed: int, n_clips: int = 6, seconds: float = 8.0):
 
 def test_the_phone_head_learns_what_each_phone_looks_like_and_is_mixed_in_only_where_phones_were_read():
     from hyperlips.models.lite_audio import AudioShapeEncoder
-    from hyperlips.train.lite_audio import fit_phone_head
+    from hyperlips.train.lite_audio import fit_audio_encoder, fit_phone_head
 
     torch.manual_seed(0)
-    enc = AudioShapeEncoder(80 + N_PHONES, 32, 106, 2, 0.3, 80.0, N_PHONES, 0.4).eval()
+    enc = AudioShapeEncoder(80 + N_PHONES, 32, 106, 2, 0.3, 80.0, N_PHONES, 0.4)
+    train, test = _phone_tracks(0), _phone_tracks(1)[:2]
+    fit_audio_encoder(enc, train, steps=3, batch=2)  # the ensemble's fit, then the head's
     plain = AudioShapeEncoder(80 + N_PHONES, 32, 106, 2, 0.3, 80.0).eval()
     plain.load_state_dict({k: v for k, v in enc.state_dict().items() if not k.startswith("phone_head.")})
-    train, test = _phone_tracks(0), _phone_tracks(1)[:2]
-    std = np.concatenate([t[2] for t in train]).std(0) + 1e-3
-    enc.shape_std.copy_(torch.from_numpy(std.astype(np.float32)))
-    plain.shape_std.copy_(enc.shape_std)
+    fitted = enc.phone_head.weight.detach().clone()
+    std = np.concatenate([t[2] for t in train]).std(0) + 1e-3  # as the fit standardises
     assert fit_phone_head(enc, train, std) == sum(len(t[1]) for t in train)
+    assert torch.allclose(enc.phone_head.weight, fitted, atol=1e-5)  # the fit had fitted the head
     torch.set_grad_enabled(False)
     for rows, times, shapes, _ in test:  # unheard clips of the same phones: the head alone reads their shapes
         m = torch.from_numpy(rows)[None]
