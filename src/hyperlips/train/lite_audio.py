@@ -17,6 +17,9 @@ Loss: MSE on the per-dimension standardised shape plus ``w_open`` x MSE on the s
 each, GRID: 4 minutes), the held-out mouth-opening correlation of the predicted shapes went from 0.50-0.58
 (a single 1-D CNN on one window per frame, batch 64, 3000 steps) to 0.60-0.69 (0.86 for GRID), in 15-80 s.
 
+An encoder with a phone head (``phone_mix``) has it fitted last, in closed form on every training frame
+(:func:`fit_phone_head`), once the ensemble is fitted.
+
 Every random draw comes from a generator seeded by ``seed``: a fit is reproducible. With a time limit
 (``max_seconds``) the speed of the first ``PROBE_STEPS`` sets how many steps fit in it, and the learning-rate cycle
 is laid over those instead (what ``finetune`` does with a short budget on a busy machine).
