@@ -86,12 +86,12 @@ def _pairing(gen_times: np.ndarray, ref_times: Optional[np.ndarray], same_rate: 
         return np.arange(len(gen_times))
     if same_rate:
         return np.arange(min(len(gen_times), len(ref_times)))
+    from ..media.timing import on_screen
+
     g = gen_times - gen_times[0]
     r = ref_times - ref_times[0]
     period = float(np.median(np.diff(r))) if len(r) > 1 else 0.04
-    gen_period = float(np.median(np.diff(g))) if len(g) > 1 else period
-    tol = 0.25 * min(period, gen_period)
-    idx = np.clip(np.searchsorted(r, g + tol, side="right") - 1, 0, len(r) - 1)
+    idx = on_screen(r, g, float(np.median(np.diff(g))) if len(g) > 1 else period)
     return idx[g <= r[-1] + period / 2]
 
 

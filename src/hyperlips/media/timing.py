@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import MediaError, UserError, warn
 from .video import Frame, FrameReader, as_rate
 
-__all__ = ["FrameRate", "analyse_rate", "source_frames", "frame_count", "RetimedReader", "open_timeline", "report_damage",
+__all__ = ["FrameRate", "analyse_rate", "source_frames", "on_screen", "frame_count", "RetimedReader", "open_timeline", "report_damage",
            "check_fps", "MAX_FPS"]
 
 MAX_FPS = 240.0  # the highest output rate accepted
@@ -103,14 +103,19 @@ def source_frames(times: np.ndarray, fps: float | Fraction, n_out: int) -> np.nd
     ``j / fps``) shows the last source frame whose timestamp is at most ``j / fps + tol``, ``tol`` being a quarter
     of the shorter of the output period and the source's median frame interval. (n_out,) int64, non-decreasing.
     """
+    period = 1.0 / float(fps)
+    return on_screen(times, np.arange(int(n_out), dtype=np.float64) * period, period)
+
+
+def on_screen(times: np.ndarray, at: np.ndarray, period: float) -> np.ndarray:
+    """The rule of :func:`source_frames` for any times ``at`` (seconds from the first frame) of frames ``period``
+    seconds apart: the index of the source frame (timestamps ``times``) on screen at each. (len(at),) int64."""
     t = np.asarray(times, dtype=np.float64)
     if len(t) == 0:
         raise ValueError("a video needs at least one frame")
-    period = 1.0 / float(fps)
     src_period = float(np.median(np.diff(t))) if len(t) > 1 else period
     tol = 0.25 * (min(period, src_period) if src_period > 0 else period)
-    out_t = np.arange(int(n_out), dtype=np.float64) * period
-    idx = np.searchsorted(t, out_t + tol, side="right") - 1
+    idx = np.searchsorted(t, np.asarray(at, dtype=np.float64) + tol, side="right") - 1
     return np.clip(idx, 0, len(t) - 1).astype(np.int64)
 
 
