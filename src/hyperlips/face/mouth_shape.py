@@ -128,3 +128,14 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
     gap = np.linalg.norm(xy[:, UPPER_INNER] - xy[:, LOWER_INNER], axis=1)
     height = np.linalg.norm(xy[:, FOREHEAD] - xy[:, CHIN], axis=1)
     return gap / np.where(height > 0, height, np.nan)
+
+
+def moving_points(shape: np.ndarray, landmarks: np.ndarray, template: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Where the lip and jaw points (:data:`MOVING`) of mouth ``shape`` (N_SHAPE,) lie in one frame: the inverse of
+    :func:`aligned_moving_points` (``mean`` + shape / SCALE in ``template`` units, taken back to the frame's pose,
+    which its stable points give). ``landmarks`` (468+, 2+) of that frame -> (len(MOVING), 2) in its pixels."""
+    tpl = np.asarray(template, np.float64)
+    iod = float(np.linalg.norm(tpl[STABLE.index(EYE_OUTER[0])] - tpl[STABLE.index(EYE_OUTER[1])]))
+    a, rot, mu_s, mu_d = similarity_to(np.asarray(landmarks, np.float64)[list(STABLE), :2], tpl)
+    q = (np.asarray(mean, np.float64) + np.asarray(shape, np.float64).reshape(len(MOVING), 2) / SCALE) * iod
+    return (q - mu_d) @ rot.T / max(a, 1e-12) + mu_s

@@ -1,0 +1,160 @@
+"""The frame's own mouth moved to a new shape: its lips and jaw warped, piecewise affine.
+
+A generic renderer draws an unseen person's mouth soft and smeared; the frame itself holds that person's lips,
+skin and grain at full resolution. :class:`MouthWarp` moves the frame's lip and jaw points (FaceMesh,
+``mouth_shape.MOVING``) to where a mouth shape puts them (``mouth_shape.moving_points``) while the eyes, nose,
+cheeks and the crop's edges stay; inside the new inner-lip ring, where the frame's own mouth was closed and has
+nothing to show, the rendered face fills the opening.
+
+Shapes are relative to the clip's average mouth in a fixed pose (``mouth_shape``): :class:`MouthWarp` learns
+both from the first frames it sees (``frames``), then keeps them, so its targets do not drift.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from . import mouth_shape as ms
+
+# points that stay where they are: the stable points, cheeks, the sides of the nose and the nasolabial folds
+ANCHORS: tuple[int, ...] = ms.STABLE + (234, 454, 93, 323, 132, 361, 205, 425, 36, 266, 203, 423, 98, 327, 2, 164)
+INNER = slice(len(ms.OUTER_LIP), len(ms.OUTER_LIP) + len(ms.INNER_LIP))  # the inner ring among MOVING
+
+
+class PiecewiseAffine:
+    """The piecewise-affine map taking points ``dst`` (n, 2) to ``src`` (n, 2) over a Delaunay triangulation of
+    ``dst``; identity outside the triangles. Used backwards, as an image warp reads (for each output pixel, where in
+    the source to read it): every output pixel lies in one triangle, so the warp cannot fold, even where a mouth
+    closes and its inner-lip points meet. Call it on (m, 2) points, or take a whole block of pixels with
+    :meth:`grid`."""
+
+    def __init__(self, src: np.ndarray, dst: np.ndarray) -> None:
+        from scipy.spatial import Delaunay
+
+        self.src, self.dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+        self.tri = Delaunay(self.dst)
+        # each triangle's affine map (2, 3) from output to source coordinates (least squares: a degenerate
+        # triangle, whose points met, covers no pixel and its map is never read far); triangles of points that did
+        # not move are the identity and are left out
+        simplices = self.tri.simplices
+        d = np.concatenate([self.dst[simplices], np.ones((len(simplices), 3, 1))], axis=2)  # (T, 3, 3)
+        self.affine = np.transpose(np.linalg.pinv(d) @ self.src[simplices], (0, 2, 1))  # (T, 2, 3)
+        still = np.all(np.abs(self.src - self.dst) < 1e-9, axis=1)
+        self.moved = ~still[simplices].all(axis=1)
+
+    def __call__(self, q: np.ndarray) -> np.ndarray:
+        q = np.asarray(q, np.float64)
+        out = q.copy()
+        k = self.tri.find_simplex(q)
+        inside = k >= 0
+        t = self.tri.transform[k[inside]]  # (m, 3, 2): barycentric coordinates from a point
+        b = np.einsum("mij,mj->mi", t[:, :2], q[inside] - t[:, 2])
+        bary = np.concatenate([b, 1.0 - b.sum(axis=1, keepdims=True)], axis=1)
+        out[inside] = np.einsum("mi,mij->mj", bary, self.src[self.tri.simplices[k[inside]]])
+        return out
+
+    def grid(self, width: int, height: int) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+        """The pixels this map moves, within a (height, width) image: their bounding box (x0, y0, x1, y1) and the
+        source x and y of every pixel in it (float32 (y1 - y0, x1 - x0)); None when nothing moves. The moved
+        triangles are rasterised (each pixel takes the affine map of the triangle that covers it: far faster than
+        locating every pixel); the other pixels stay where they are."""
+        tris = self.dst[self.tri.simplices[self.moved]]
+        if not len(tris):
+            return None
+        x0, y0 = np.maximum(np.floor(tris.reshape(-1, 2).min(axis=0)).astype(int) - 1, 0)
+        x1, y1 = np.minimum(np.ceil(tris.reshape(-1, 2).max(axis=0)).astype(int) + 2, [width, height])
+        if x1 <= x0 or y1 <= y0:
+            return None
+        index = np.full((y1 - y0, x1 - x0), -1, np.int32)
+        corners = np.round((tris - [x0, y0]) * 16).astype(np.int32)  # 4 fraction bits
+        e1, e2 = tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0]
+        area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+        # a filled triangle takes the pixels on its edges too: the largest are filled last, so a pixel on an edge
+        # takes the larger neighbour's map; slivers of under half a pixel (points that met) are not filled at all
+        for k in np.argsort(area):
+            if area[k] >= 0.5:
+                cv2.fillConvexPoly(index, corners[k], int(np.flatnonzero(self.moved)[k]), lineType=cv2.LINE_8, shift=4)
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        mx, my = xs.copy(), ys.copy()
+        hit = index >= 0
+        a = self.affine.astype(np.float32)[index[hit]]  # (m, 2, 3)
+        x, y = xs[hit], ys[hit]
+        mx[hit] = a[:, 0, 0] * x + a[:, 0, 1] * y + a[:, 0, 2]
+        my[hit] = a[:, 1, 0] * x + a[:, 1, 1] * y + a[:, 1, 2]
+        return (int(x0), int(y0), int(x1), int(y1)), mx, my
+
+
+class MouthWarp:
+    """Warps a face region's mouth to mouth shapes; one per clip (it learns the clip's average mouth).
+
+    ``frames``: how many frames with landmarks make the clip's template and average mouth (about 3 s)."""
+
+    def __init__(self, frames: int = 75) -> None:
+        self.frames = int(frames)
+        self.template: np.ndarray | None = None
+        self._sum = np.zeros((len(ms.MOVING), 2))
+        self._n = 0
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._sum / max(self._n, 1)
+
+    def observe(self, landmarks: np.ndarray) -> None:
+        """Count one frame's landmarks (468+, 2+) in the clip's average mouth (until ``frames`` are counted)."""
+        lm = np.asarray(landmarks, np.float64)[None, :, :2]
+        if self.template is None:
+            self.template = ms.stable_template(lm)
+        if self._n < self.frames:
+            pts = ms.aligned_moving_points(lm, self.template)[0]
+            if np.isfinite(pts).all():
+                self._sum += pts
+                self._n += 1
+
+    def apply(self, region: np.ndarray, landmarks: np.ndarray, shape: np.ndarray, rendered: np.ndarray,
+              first_row: int = 0) -> np.ndarray:
+        """``region`` (h, w, 3) uint8: the face as the frame shows it, ``landmarks`` (468+, 2+) its FaceMesh points
+        in its pixels, ``shape`` (N_SHAPE,) the mouth to show, ``rendered`` (h, w, 3) uint8 the network's face at
+        the same size. -> (h, w, 3) uint8: rows from ``first_row`` down warped, the opening filled from
+        ``rendered``; the rows above are ``region``'s."""
+        self.observe(landmarks)
+        lm = np.asarray(landmarks, np.float64)[:, :2]
+        h, w = region.shape[:2]
+        src = lm[list(ms.MOVING)]
+        dst = ms.moving_points(shape, lm, self.template, self.mean)
+        first_row = int(np.clip(first_row, 0, h - 1))
+        edge = _border(w, h, first_row)
+        keep = np.vstack([lm[list(ANCHORS)], edge])
+        out = region.copy()
+        moved = PiecewiseAffine(np.vstack([src, keep]), np.vstack([dst, keep])).grid(w, h)
+        if moved is not None:
+            (x0, y0, x1, y1), mx, my = moved
+            y0 = max(y0, first_row)  # the rows above are the region's (the border points keep the warp below)
+            mx, my = mx[y0 - moved[0][1]:], my[y0 - moved[0][1]:]
+            out[y0:y1, x0:x1] = cv2.remap(region, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+        # the opening: the frame's own inside of the mouth (teeth, tongue) fits the new ring only as far as the two
+        # openings agree; where the mouth opens from closed, or closes over teeth, the rendered face shows inside it
+        gap_src, gap_dst = _gap(src[INNER]), _gap(dst[INNER])
+        wide = max(gap_src, gap_dst)
+        use = 1.0 - min(gap_src, gap_dst) / wide if wide > 0 else 0.0
+        if use > 0:
+            mask = np.zeros((h, w), np.float32)
+            cv2.fillPoly(mask, [np.round(dst[INNER] * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
+            mask = cv2.GaussianBlur(mask, (0, 0), max(w / 256.0, 0.5))[..., None] * use
+            out = np.clip(np.rint(out * (1.0 - mask) + rendered.astype(np.float32) * mask), 0, 255).astype(np.uint8)
+        return out
+
+
+def _border(w: int, h: int, first_row: int, n: int = 6) -> np.ndarray:
+    """Points along the warped rows' border (the first row, the sides, the bottom), which stay where they are: the
+    warp joins the rows above and the crop's edges without a seam."""
+    xs, ys = np.linspace(0, w - 1, n), np.linspace(first_row, h - 1, n)
+    return np.unique(np.concatenate([np.stack([xs, np.full(n, first_row)], 1), np.stack([xs, np.full(n, h - 1.0)], 1),
+                                     np.stack([np.zeros(n), ys], 1), np.stack([np.full(n, w - 1.0), ys], 1)]), axis=0)
+
+
+def _gap(inner: np.ndarray) -> float:
+    """The inner ring's opening: upper against lower centre point distance (pixels)."""
+    up = inner[ms.INNER_LIP.index(ms.UPPER_INNER)]
+    lo = inner[ms.INNER_LIP.index(ms.LOWER_INNER)]
+    return float(max(lo[1] - up[1], 0.0))

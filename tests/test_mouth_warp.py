@@ -1,0 +1,117 @@
+"""``--mouth warp``: the frame's own lips and jaw moved to the mouth shape read from the speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import read_frames
+from hyperlips.face import mouth_shape as ms
+from hyperlips.face.mouth_warp import MouthWarp, PiecewiseAffine
+
+SIDE = 256
+
+
+@pytest.fixture(scope="module")
+def face2(real_data):
+    """40 frames of a real close-up, each cut to one fixed square around the face (SIDE px), with FaceMesh points."""
+    import cv2
+
+    from hyperlips.face.detect import FaceDetector
+    from hyperlips.face.landmarks import FaceMesh
+
+    frames = read_frames(real_data / "retalking" / "face2.mp4", 40)
+    with FaceDetector() as det:
+        b = det.detect(frames[0])[0]
+    cx, cy, half = (b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2, 0.7 * max(b.x2 - b.x1, b.y2 - b.y1)
+    x1, y1 = int(max(cx - half, 0)), int(max(cy - half * 0.9, 0))
+    x2, y2 = int(x1 + 2 * half), int(y1 + 2 * half)
+    crops = [cv2.resize(f[y1:y2, x1:x2], (SIDE, SIDE), interpolation=cv2.INTER_AREA) for f in frames]
+    with FaceMesh(static=True) as fm:
+        lms = [fm.landmarks(c) for c in crops]
+    keep = [i for i, lm in enumerate(lms) if lm is not None]
+    assert len(keep) >= 30
+    return [crops[i] for i in keep], np.stack([lms[i][:, :2] for i in keep]).astype(np.float64)
+
+
+def _opening(lm) -> float:
+    return float(ms.mouth_opening(lm[None])[0])
+
+
+def test_moving_points_undo_the_alignment(face2):
+    _, lm = face2
+    tpl = ms.stable_template(lm)
+    pts = ms.aligned_moving_points(lm, tpl)
+    mean = pts.mean(axis=0)
+    shapes = (pts - mean).reshape(len(lm), -1) * ms.SCALE
+    for i in range(0, len(lm), 7):
+        got = ms.moving_points(shapes[i], lm[i], tpl, mean)
+        assert np.abs(got - lm[i][list(ms.MOVING)]).max() < 1e-6
+    # a shape that opens the mouth puts the lower inner lip lower in the frame, by the shape's amount
+    wider = shapes[0].reshape(-1, 2).copy()
+    wider[ms.MOVING.index(ms.LOWER_INNER), 1] += 5.0
+    moved = ms.moving_points(wider.ravel(), lm[0], tpl, mean)
+    dy = moved[ms.MOVING.index(ms.LOWER_INNER), 1] - lm[0][ms.LOWER_INNER, 1]
+    eyes = np.linalg.norm(lm[0][ms.EYE_OUTER[0]] - lm[0][ms.EYE_OUTER[1]])
+    assert dy == pytest.approx(5.0 / ms.SCALE * eyes, rel=0.1)
+
+
+def test_piecewise_affine_lands_the_points_and_keeps_an_affine_map():
+    rng = np.random.default_rng(1)
+    dst = np.vstack([rng.uniform(0, 200, (40, 2)), [[0, 0], [200, 0], [0, 200], [200, 200]]])
+    src = dst + rng.normal(0, 4, dst.shape)
+    f = PiecewiseAffine(src, dst)
+    assert np.abs(f(dst) - src).max() < 1e-6
+    lin = np.array([[1.1, 0.2], [-0.1, 0.9]])
+    g = PiecewiseAffine(dst @ lin + [3, -7], dst)
+    q = rng.uniform(0, 200, (100, 2))
+    assert np.abs(g(q) - (q @ lin + [3, -7])).max() < 1e-6
+    assert np.array_equal(g(np.array([[-5.0, 3.0]])), [[-5.0, 3.0]])  # outside: where it is
+    # the rasterised block gives each pixel what locating it gives (on a smooth map: triangles of a jittered grid)
+    gy, gx = np.mgrid[0:201:25, 0:201:25]
+    even = np.stack([gx.ravel(), gy.ravel()], 1).astype(float)
+    even[(even > 0).all(1) & (even < 200).all(1)] += rng.uniform(-5, 5, (len(even), 2))[(even > 0).all(1) & (even < 200).all(1)]
+    f = PiecewiseAffine(even + rng.normal(0, 2, even.shape), even)
+    (x0, y0, x1, y1), mx, my = f.grid(201, 201)
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    want = f(np.stack([xs.ravel(), ys.ravel()], 1).astype(float))
+    err = np.abs(np.stack([mx.ravel(), my.ravel()], 1) - want).max(axis=1)
+    assert err.max() < 0.5 and np.quantile(err, 0.95) < 0.01  # a pixel on an edge may take its neighbour's map
+    assert PiecewiseAffine(dst, dst).grid(201, 201) is None  # nothing moves
+    # two points that meet (a mouth closing) fold nothing: each output point is read from one place
+    pts = np.array([[0, 0], [100, 0], [0, 100], [100, 100], [50, 49.9], [50, 50.1]])
+    wide = pts.copy()
+    wide[4, 1], wide[5, 1] = 30, 70
+    h = PiecewiseAffine(wide, pts)
+    ys = h(np.stack([np.full(101, 50.0), np.linspace(0, 100, 101)], 1))[:, 1]
+    assert (np.diff(ys) >= -1e-9).all()
+
+
+def test_the_warped_face_shows_the_shape_it_is_given(face2):
+    """Frame i's face given frame j's mouth: FaceMesh reads j's opening on it, and the frame's own shape leaves it as
+    it was."""
+    from hyperlips.face.landmarks import FaceMesh
+
+    crops, lm = face2
+    tpl = ms.stable_template(lm)
+    pts = ms.aligned_moving_points(lm, tpl)
+    shapes = (pts - pts.mean(axis=0)).reshape(len(lm), -1) * ms.SCALE
+    openings = ms.mouth_opening(lm)
+    closed, wide = int(np.argmin(openings)), int(np.argmax(openings))
+    assert openings[wide] - openings[closed] > 0.03  # the clip opens and closes its mouth
+    warp = MouthWarp(frames=len(lm))
+    for frame in lm:
+        warp.observe(frame)
+    top = 100
+    dark = np.zeros_like(crops[0])  # what the network would draw inside the opening
+    same = warp.apply(crops[closed], lm[closed], shapes[closed], dark, first_row=top)
+    assert np.array_equal(same[:top], crops[closed][:top])
+    assert np.abs(same.astype(float) - crops[closed]).mean() < 1.0
+    opened = warp.apply(crops[closed], lm[closed], shapes[wide], dark, first_row=top)
+    closed_again = warp.apply(crops[wide], lm[wide], shapes[closed], crops[wide], first_row=top)
+    assert np.array_equal(opened[:top], crops[closed][:top])
+    with FaceMesh(static=True) as fm:
+        got_open, got_closed = _opening(fm.landmarks(opened)), _opening(fm.landmarks(closed_again))
+    span = openings[wide] - openings[closed]
+    assert got_open > openings[closed] + 0.6 * span, (got_open, openings[closed], openings[wide])
+    assert got_closed < openings[wide] - 0.6 * span, (got_closed, openings[closed], openings[wide])
