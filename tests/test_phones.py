@@ -97,7 +97,9 @@ def test_sync_reads_the_phones_and_without_them_is_live(real_data, tmp_path):
     assert bool(((per_step == 0) | (per_step == 1)).all()) and float((per_step == 1).float().mean()) > 0.8
     assert len(set(read[:, :, 28].argmax(dim=1).tolist())) >= 5  # the phones change with the speech
     seen.clear()
-    without = LipSync(network=net, device="cpu", progress=False, batch_size=1, phones=False)
+    # fp32: in bf16 (auto on a CPU that has it) a few frames of the stream differ from sync's by up to 5 grey
+    # levels (measured on one such CPU), rounding that this comparison of what the network is given is not about
+    without = LipSync(network=net, device="cpu", progress=False, batch_size=1, phones=False, precision="fp32")
     assert not without.reads_phones
     b = spied_frames(lambda: without.sync(video, speech, tmp_path / "b.mp4"))
     assert torch.count_nonzero(torch.cat(seen)) == 0
