@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import read_frames
+from helpers import cut_audio, psnr, read_frames, run_cli
 from hyperlips.face import mouth_shape as ms
 from hyperlips.face.mouth_warp import MouthWarp, PiecewiseAffine
 
@@ -115,3 +115,64 @@ def test_the_warped_face_shows_the_shape_it_is_given(face2):
     span = openings[wide] - openings[closed]
     assert got_open > openings[closed] + 0.6 * span, (got_open, openings[closed], openings[wide])
     assert got_closed < openings[wide] - 0.6 * span, (got_closed, openings[closed], openings[wide])
+
+
+def _lower_face_sharpness(frames, box) -> float:
+    import cv2
+
+    x1, y1, x2, y2 = box
+    return float(np.mean([cv2.Laplacian(cv2.cvtColor(f[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY), cv2.CV_64F).var()
+                          for f in frames]))
+
+
+def test_sync_warp_keeps_the_frame_and_its_detail(real_data, tmp_path):
+    """The shipped starter on a real clip: with --mouth warp everything above the face is the input's, and the
+    mouth keeps the footage's detail that the rendered mouth loses."""
+    from hyperlips.face.detect import FaceDetector
+
+    video = real_data / "retalking" / "face2.mp4"
+    audio = cut_audio(real_data / "retalking" / "audio1.wav", tmp_path / "a.wav", 1.2)
+    outs = {}
+    for mode in ("render", "warp"):
+        outs[mode] = tmp_path / f"{mode}.mp4"
+        r = run_cli("sync", video, audio, "-o", outs[mode], "--quiet", "--mouth", mode)
+        assert r.returncode == 0, r.stderr
+        assert "(HyperLips-Lite, generic)" in r.stdout
+    src = read_frames(video, 30)
+    warp, render = read_frames(outs["warp"], 30), read_frames(outs["render"], 30)
+    assert len(warp) == len(render) == 30
+    with FaceDetector() as det:
+        b = det.detect(src[0])[0]
+    for a, w in zip(src, warp):
+        assert psnr(a[: int(b.y1)], w[: int(b.y1)]) > 40
+    h = b.y2 - b.y1
+    mouth = (int(b.x1 + 0.25 * (b.x2 - b.x1)), int(b.y1 + 0.62 * h), int(b.x2 - 0.25 * (b.x2 - b.x1)), int(b.y2))
+    real, warped, rendered = (_lower_face_sharpness(f, mouth) for f in (src, warp, render))
+    assert warped > 0.5 * real and warped > 1.5 * rendered, (real, warped, rendered)
+
+
+def test_auto_warps_the_starters_mouth_and_renders_a_person_models(tmp_path):
+    import shutil
+
+    from hyperlips.models import shipped
+    from hyperlips.pipeline import LipSync
+
+    starter = shipped.starter()
+    if starter is None:
+        pytest.skip("this build ships no starter")
+    assert LipSync(progress=False).mouth == "warp"  # no weights given: the shipped starter
+    assert LipSync(starter.path, progress=False).mouth == "warp"  # the same file, named (as the server does)
+    other = shutil.copy(starter.path, tmp_path / "person.safetensors")  # any other weights: a model of a person
+    assert LipSync(other, progress=False).mouth == "render"
+    assert LipSync(other, progress=False, mouth="warp").mouth == "warp"
+    assert LipSync(untrained=True, model="lite", progress=False).mouth == "render"
+    assert LipSync(progress=False, mouth="render").mouth == "render"
+
+
+def test_warp_needs_mouth_shapes(real_data, tmp_path):
+    audio = cut_audio(real_data / "retalking" / "audio1.wav", tmp_path / "a.wav", 0.4)
+    r = run_cli("sync", real_data / "retalking" / "face2.mp4", audio, "-o", tmp_path / "o.mp4", "--untrained",
+                "--model", "base", "--mouth", "warp", "--quiet")
+    assert r.returncode != 0
+    assert "--mouth warp" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o.mp4").exists()

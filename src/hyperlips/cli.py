@@ -205,7 +205,8 @@ def _box(text: str) -> tuple[float, float, float, float]:
     return vals  # type: ignore[return-value]
 
 
-def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True, phones: bool = True) -> None:
+def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True, phones: bool = True,
+                      mouth: bool = True) -> None:
     from .face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
 
     p.add_argument("--checkpoint", type=Path, help="generator weights: HyperLips-Base (an official .pth or a hyperlips "
@@ -227,6 +228,12 @@ def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True, phon
                        help="blend the upper face the network reads with that of the frames before and after it, "
                             "each with weight W, for steadier lips that stay sharp (default: 0.25 for "
                             "HyperLips-Lite, the starter's network; 0 for HyperLips-Base); 0 turns it off, at most 1/3")
+    if mouth:
+        p.add_argument("--mouth", choices=("auto", "render", "warp"), default="auto",
+                       help="render: the network draws the lower face; warp (HyperLips-Lite): the frame's own lips "
+                            "and jaw are moved to the mouth the network reads from the speech, at full resolution, "
+                            "the network filling only the opening; auto (default): warp with the shipped starter, "
+                            "render with a model of the person or any other weights")
     if phones:
         p.add_argument("--no-phones", action="store_true",
                        help="a HyperLips-Lite that reads phones reads the sound alone: the phones of the "
@@ -299,6 +306,7 @@ def _make_lipsync(args):
         temporal_blend=args.temporal_blend,
         input_blend=args.input_blend,
         phones=not getattr(args, "no_phones", False),
+        mouth=getattr(args, "mouth", "auto"),
     )
 
 

@@ -235,6 +235,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
     check_fps(fps)
     request = reference_request(reference)
     size = int(batch_size or ls.batch_size)
+    ls.new_clip()
     timings = Timings()
     with open_timeline(video, fps) as timeline, FaceDetector() as detector:
         info = timeline.info

@@ -57,6 +57,9 @@ ProgressCallback = Callable[[str, int, int], None]  # (stage, frames done, frame
 # row and the HR decoder skips its own rows above that bound.
 BASE_FIRST_ROW = first_row_read(BASE_SIZE)
 INPUT_BLEND = 0.25  # HyperLips-Lite's default input_blend: the neighbours' weight in the upper face it reads
+MOUTH_MODES = ("render", "warp")  # and "auto", which picks one of them
+WARP_GAIN = 1.5  # mouth="warp": the audio encoder's shapes times this (they spread less than real mouths)
+WARP_MESH_SIZE = 256  # the face region is looked at by FaceMesh at this size for mouth="warp"
 
 
 def row_skipping_kwargs(base, hr) -> tuple[dict, dict]:
@@ -157,6 +160,19 @@ def resolve_precision(precision: str, device) -> str:
     return precision
 
 
+def _is_shipped_starter(checkpoint) -> bool:
+    """Whether ``checkpoint`` is the starter file shipped in the package (as the server names it)."""
+    if checkpoint is None:
+        return False
+    from .models import shipped
+
+    starter = shipped.starter()
+    try:
+        return starter is not None and Path(checkpoint).resolve() == Path(starter.path).resolve()
+    except OSError:
+        return False
+
+
 def _InPrecision(net, dtype: str):
     """``net`` (its weights already in ``dtype``) as a module that takes float32 tensors and computes in ``dtype``."""
     import torch
@@ -191,6 +207,12 @@ class LipSync:
     ``phones``: a HyperLips-Lite that reads phones (``LiteConfig.phones``) gets them read from the speech
     (``media.phones``; needs the ``pocketsphinx`` package); False, or without the package (said once), it reads the
     sound alone, as it was also trained to. ``reads_phones`` says which.
+    ``mouth``: ``render`` shows the network's face; ``warp`` (HyperLips-Lite) moves the frame's own lips and jaw to
+    the mouth shape the network reads from the speech (``face.mouth_warp``), the network's face filling only the
+    opening: the person's own lips, skin and detail at full resolution; ``auto`` (default): ``warp`` with the
+    shipped starter (a generic renderer draws a face it never saw soft), ``render`` with any other weights (a
+    person model draws its person's mouth as well as the warp places it, and follows the speech more closely).
+    ``mouth`` (the attribute) says which was chosen.
     """
 
     def __init__(
@@ -211,6 +233,7 @@ class LipSync:
         temporal_blend: float = DEFAULT_BLEND,
         input_blend: float | None = None,
         phones: bool = True,
+        mouth: str = "auto",
     ) -> None:
         import torch
 
@@ -237,6 +260,7 @@ class LipSync:
             raise UserError("--model picks the network that --untrained builds; trained weights say which network "
                             "they are (without --checkpoint: the starter shipped in the package, a HyperLips-Lite)")
         model = model or "base"
+        starter_used = False
         if checkpoint is None and not untrained and network is None:
             from .models import shipped
 
@@ -245,6 +269,7 @@ class LipSync:
                 raise UserError("no model weights given and this build ships none: pass --checkpoint PATH (an "
                                 "official HyperLips .pth, a hyperlips checkpoint or a model from `hyperlips finetune`)")
             checkpoint, self.weights = starter.path, f"the {starter.label}"
+            starter_used = True
         if network is not None:  # a generator module given directly (its forward takes (mel windows, faces))
             self.base, self.model_name = network, type(network).__name__
             self.weights = f"the given {self.model_name} network"
@@ -269,6 +294,15 @@ class LipSync:
             self.input_blend = check_weight(input_blend)
         except ValueError as e:
             raise UserError(f"--input-blend: {e}") from None
+        if mouth == "auto":
+            mouth = "warp" if starter_used or _is_shipped_starter(checkpoint) else "render"
+        if mouth not in MOUTH_MODES:
+            raise UserError(f"--mouth must be one of auto, {', '.join(MOUTH_MODES)} (got {mouth!r})")
+        if mouth == "warp" and not hasattr(self.base, "predict_shape"):
+            raise UserError(f"--mouth warp moves the mouth to the shape a HyperLips-Lite reads from the speech; "
+                            f"{self.weights} has no mouth shapes (use --mouth render)")
+        self.mouth = mouth
+        self._warp = None  # the clip's face.mouth_warp.MouthWarp, made at its first frame
         self.reads_phones = bool(phones) and bool(getattr(self.base, "phones", False))
         if self.reads_phones:
             from .media import phones as phone_reader
@@ -352,6 +386,7 @@ class LipSync:
         check_paths(video, audio, output)
         request = reference_request(reference)
         timer = _Timer()
+        self.new_clip()
 
         with open_timeline(video, fps) as timeline, FaceDetector() as detector:
             info = timeline.info
@@ -464,26 +499,68 @@ class LipSync:
         times = np.array([job.j / fps for job in jobs], dtype=np.float64)
         self.render_jobs(jobs, ref_crop, network_mel_windows(self.base, mel, times, fps, self.audio_cfg))
 
+    def new_clip(self) -> None:
+        """Forget what was learned of the last clip (``mouth="warp"``: its average mouth); a new one begins."""
+        self._warp = None
+
     def render_jobs(self, jobs, ref_crop: np.ndarray, windows: np.ndarray) -> None:
         """Crop the jobs' faces, build the network inputs and set each job's generated face (``windows``: the
         jobs' mel windows, in order)."""
         crops = [job.crop if job.crop is not None else face_crop(job.image, job.box, BASE_SIZE) for job in jobs]
         x = network_input(np.stack(crops), ref_crop)
+        if self.mouth == "warp":
+            faces, shapes = self.generate(windows, x, shapes=True)
+            for job, face, shape in zip(jobs, faces, shapes):
+                job.face = self._warped(job, face, shape)
+            return
         for job, face in zip(jobs, self.generate(windows, x)):
             job.face = face
 
-    def generate(self, windows: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def _warped(self, job, face: np.ndarray, shape: np.ndarray) -> np.ndarray:
+        """The job's frame, its face region at its own resolution (a square of the region's larger side), with the
+        lips and jaw moved to ``shape`` and the opening filled from the network's ``face``; the network's face as
+        it is when FaceMesh finds no face in the region."""
+        from .face.blend import first_row_read
+        from .face.mouth_warp import MouthWarp
+        from .face.track import pixel_region
+
+        x1, y1, x2, y2 = pixel_region(job.box, job.image.shape[1], job.image.shape[0])
+        side = max(x2 - x1, y2 - y1, BASE_SIZE)
+        region = face_crop(job.image, job.box, side)
+        look = face_crop(job.image, job.box, WARP_MESH_SIZE)
+        if self._warp is None:
+            from .face.landmarks import FaceMesh
+
+            self._warp = MouthWarp()
+            if getattr(self, "_warp_mesh", None) is None:  # its own tracker: the HR decoder's sees generated faces
+                self._warp_mesh = FaceMesh(static=False)
+        lm = self._warp_mesh.landmarks(look)
+        if lm is None:
+            return face
+        rendered = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+        return self._warp.apply(region, lm[:, :2] * (side / WARP_MESH_SIZE), shape * WARP_GAIN, rendered,
+                                first_row=first_row_read(side))
+
+    def generate(self, windows: np.ndarray, x: np.ndarray, shapes: bool = False):
         """Mel windows (N, 1, 80, steps) and network inputs (N, 6, 128, 128) float32 -> faces (N, S, S, 3) uint8 BGR
-        (S: 128, or the HR decoder's size)."""
+        (S: 128, or the HR decoder's size); with ``shapes`` (HyperLips-Lite), also the mouth shapes the audio
+        encoder read, before the network's ``shape_gain`` (N, n_shape) float32."""
         import torch
 
         with torch.inference_mode():
             faces_t = torch.from_numpy(x).to(self.device).contiguous(memory_format=self._memory_format)
             audio_t = torch.from_numpy(windows).to(self.device)
-            pred = self._base_call(audio_t, faces_t, **self._base_kwargs)
+            if shapes:
+                dtype = next(self.base.parameters()).dtype
+                read = self.base.audio_encoder(audio_t.to(dtype))
+                gain = self.base.config.shape_gain
+                pred = self._base_call(audio_t, faces_t, shape=read * gain if gain != 1.0 else read, **self._base_kwargs)
+            else:
+                pred = self._base_call(audio_t, faces_t, **self._base_kwargs)
             if self.hr is not None:
                 pred = self._hr(pred)
-            return to_uint8_images(pred)
+            faces = to_uint8_images(pred)
+            return (faces, read.float().cpu().numpy()) if shapes else faces
 
     def _hr(self, base_out):
         """Base output (N,3,128,128) -> HR decoder output (N,3,S,S) driven by a face-mesh sketch of the base output."""
