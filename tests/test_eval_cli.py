@@ -329,3 +329,46 @@ def test_a_generated_frame_is_compared_with_the_source_frame_sync_made_it_from(r
     pair = _pairing(gen25, ref30, same_rate=False)
     assert np.array_equal(pair, source_frames(ref30, 25.0, 75)) and (ref30[pair] <= gen25 + 0.25 / 30).all()
     assert not np.array_equal(pair, np.rint(gen25 * 30).astype(int))  # nearest in time would differ
+
+
+def test_shifted_copy_rolls_the_frames_by_half(more_data, tmp_path):
+    from helpers import psnr, read_frames
+
+    from hyperlips.eval.protocols import shifted_copy
+
+    clip = more_data / "grid_lipnet" / "lbax4n.mpg"
+    src = read_frames(clip)
+    got = read_frames(shifted_copy(clip, tmp_path / "s.mp4", 10, 30))
+    assert len(got) == 20
+    for j in (0, 5, 9, 10, 19):
+        want = src[10 + (j + 10) % 20]
+        assert psnr(got[j], want) > 35, j
+    assert psnr(got[0], src[20]) > psnr(got[0], src[10]) + 3  # not the unshifted frame
+
+
+def test_warp_is_scored_from_frames_that_hold_no_trace_of_the_answer(tmp_path, more_data, monkeypatch, capfd):
+    """``eval --clips --protocol self --mouth warp`` drives the model from the clip shifted by half its length (the
+    warp moves the input's own mouth, which would be the answer), scores against the clip, and leaves no copy."""
+    from helpers import psnr, read_frames
+
+    from hyperlips import pipeline
+    from hyperlips.cli import main
+
+    clip = more_data / "grid_lipnet" / "lbax4n.mpg"
+    driven = []
+    real_sync = pipeline.LipSync.sync
+
+    def spy(self, video, audio, output, **kw):
+        driven.append((read_frames(video, 1)[0], self.mouth))
+        return real_sync(self, video, audio, output, **kw)
+
+    monkeypatch.setattr(pipeline.LipSync, "sync", spy)
+    out = tmp_path / "self"
+    code = main(["eval", "--clips", str(clip), "--protocol", "self", "--mouth", "warp", "--max-seconds", "0.4",
+                 "--quiet", "--device", "cpu", "-o", str(out)])
+    assert code == 0, capfd.readouterr().err
+    src = read_frames(clip)
+    (first, mouth), = driven
+    assert mouth == "warp" and psnr(first, src[len(src) // 2]) > 35 > psnr(first, src[0])
+    assert [r["clip"] for r in _strict_json(out / "summary.json")["clips"]] == ["lbax4n"]
+    assert sorted(p.name for p in (out / "generated").iterdir()) == ["lbax4n.mp4"]  # the shifted copy is gone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,34 @@ def test_tail_protocol_errors(more_data, tmp_path, monkeypatch):
     res = run_cli("eval", "--clips", more_data / "grid_s1/bbaf3s.mpg", "--protocol", "tail", "--untrained",
                   "--tail-fraction", "1.5")
     assert res.returncode == 2 and "--tail-fraction" in res.stderr
+
+
+def test_a_warped_tail_is_driven_from_shifted_frames(more_data, tmp_path, monkeypatch):
+    """With the mouth warped, the tail protocol drives the model from the tail's frames shifted by half its length
+    (the warp moves the input's own mouth, the answer here); the baselines keep the real tail."""
+    from helpers import psnr, read_frames
+
+    from hyperlips import pipeline
+    from hyperlips.eval.tail import run_tail_protocol
+    from hyperlips.models import shipped
+
+    starter = shipped.starter()
+    if starter is None:
+        pytest.skip("this build ships no starter")
+    driven = []
+    real_sync = pipeline.LipSync.sync
+
+    def spy(self, video, audio, output, **kw):
+        driven.append((self.mouth, Path(video).name, Path(audio).name))
+        return real_sync(self, video, audio, output, **kw)
+
+    monkeypatch.setattr(pipeline.LipSync, "sync", spy)
+    res = run_tail_protocol(more_data / "edtalk/pose_source2.mp4", tmp_path / "r", checkpoint=starter.path,
+                            seconds=2.0, device="cpu", mouth="warp")
+    assert driven[0] == ("warp", "shifted_000.mp4", "real_000.mp4")
+    assert [d[1] for d in driven[1:]] == ["real_000.mp4"]  # the held reference mouth, from the real tail
+    work = tmp_path / "r" / "tail"
+    real, shifted = read_frames(work / "real_000.mp4"), read_frames(work / "shifted_000.mp4")
+    half = len(real) // 2
+    assert len(shifted) == len(real) and psnr(shifted[0], real[half]) > 35
+    assert set(res.rows) == {"model", "hold", "delayed"}

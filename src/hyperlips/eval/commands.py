@@ -62,6 +62,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--face", type=int, metavar="N", help="which face to follow when several are visible (0 = leftmost)")
     p.add_argument("--no-per-frame", action="store_true", help="leave the per-frame curves out of report.json")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--shift-source", action="store_true",
+                   help="self and tail protocols: drive the model from the clip's frames shifted by half its length, "
+                        "so the input shows none of the mouth to be predicted (always so when the mouth is warped, "
+                        "--mouth warp or auto with the shipped starter: the warp moves the input's own mouth)")
     add_model_options(p, input_blend=False, phones=False)  # eval's runs use each network's default
     p.set_defaults(func=run_eval)
 
@@ -104,7 +108,8 @@ def run_eval(args) -> int:
         results = run_protocol(args.clips, args.output, args.protocol, checkpoint=args.checkpoint,
                                hr_checkpoint=args.hr_checkpoint, size=args.size, untrained=args.untrained,
                                batch_size=args.batch_size, max_seconds=args.max_seconds, progress=progress,
-                               temporal_blend=args.temporal_blend, **common)
+                               temporal_blend=args.temporal_blend, mouth=args.mouth,
+                               shift_source=args.shift_source, **common)
         paths = write_batch_report(results, args.output, f"{args.protocol} protocol on {args.clips}")
         _print_rows([summary_row(r) for r in results], paths)
         return 0
@@ -144,7 +149,7 @@ def _run_tail(args, device: str, progress: bool) -> int:
     res = run_tail_protocol(args.clips, args.output, checkpoint=args.checkpoint, fraction=args.tail_fraction,
                             seconds=args.tail_seconds, device=device, batch_size=args.batch_size,
                             untrained=args.untrained, model=args.model, progress=progress,
-                            temporal_blend=args.temporal_blend)
+                            temporal_blend=args.temporal_blend, mouth=args.mouth, shift_source=args.shift_source)
     from .report import _fmt
 
     for m, row in res.rows.items():
@@ -165,7 +170,7 @@ def _run_phonemes(args, device: str, progress: bool) -> int:
     res = run_phoneme_protocol(args.clips, args.output, checkpoint=args.checkpoint, text=args.text or PHONEME_TEXT,
                                fraction=args.tail_fraction, seconds=args.tail_seconds, device=device,
                                batch_size=args.batch_size, untrained=args.untrained, model=args.model,
-                               progress=progress, temporal_blend=args.temporal_blend)
+                               progress=progress, temporal_blend=args.temporal_blend, mouth=args.mouth)
     for m, r in res.rows.items():
         print(f"{m}: opening at /p b m/ {_fmt(r['open_bilabial'])} ({r['bilabials']}), at vowels "
               f"{_fmt(r['open_vowel'])} ({r['vowels']}), bilabials below the vowels' median {_fmt(r['closed_share'])}, "

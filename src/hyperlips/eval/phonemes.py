@@ -99,8 +99,10 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
                          text: str = PHONEME_TEXT, voice: str = "en-us", fraction: float = 0.15,
                          seconds: float | None = None, device: str = "auto", batch_size: int = 16,
                          untrained: bool = False, model: str | None = None, progress: bool = False,
-                         baseline: bool = True, temporal_blend: float = DEFAULT_BLEND) -> PhonemeResult:
-    """Re-sync the held-out tail of ``footage`` to synthesised speech and time its mouth against the phonemes."""
+                         baseline: bool = True, temporal_blend: float = DEFAULT_BLEND,
+                         mouth: str = "auto") -> PhonemeResult:
+    """Re-sync the held-out tail of ``footage`` to synthesised speech and time its mouth against the phonemes
+    (``mouth``: the LipSync's)."""
     import soundfile as sf
 
     from ..demo import synthesize_with_phonemes
@@ -126,7 +128,7 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     sf.write(str(speech), pcm, sr)
     duration = len(pcm) / sr
     methods = {"model": LipSync(checkpoint, device=device, batch_size=batch_size, untrained=untrained, model=model,
-                                progress=progress, temporal_blend=temporal_blend)}
+                                progress=progress, temporal_blend=temporal_blend, mouth=mouth)}
     if baseline:
         methods["hold"] = LipSync(network=hold_reference_network(), device=device, batch_size=batch_size,
                                   progress=progress)

@@ -482,12 +482,37 @@ def pair_folders(generated: Path, reference: Path, audio: Optional[Path] = None)
     return pairs
 
 
+SHIFTED_CRF = 10  # shifted copies of a clip are re-encoded nearly losslessly
+
+
+def shifted_copy(video: Path, dst: Path, start: int = 0, stop: int | None = None, fps: float | None = None) -> Path:
+    """The frames [start, stop) of ``video`` shifted by half their number, wrapping round (frame j shows frame
+    start + (j + n // 2) % n), without audio, at ``fps`` (default the video's own). Self-reconstruction from such a
+    copy and the clip's own speech keeps every trace of the mouth to be predicted out of the input: a generator
+    that moves the frame's own mouth (``--mouth warp``) would otherwise be handed the answer."""
+    from ..media.video import FrameReader, VideoWriter, probe
+
+    info = probe(video)
+    with FrameReader(video) as reader:
+        frames = [fr.image for fr in reader.iter_range(start, stop)]
+    if not frames:
+        raise UserError(f"no frames could be decoded from {video}")
+    n = len(frames)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with VideoWriter(dst, info.width, info.height, fps or info.fps, crf=SHIFTED_CRF) as w:
+        for j in range(n):
+            w.write(frames[(j + n // 2) % n])
+    return dst
+
+
 def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_checkpoint=None, size=None,
                  untrained: bool = False, device: str = "auto", batch_size: int = 16, max_seconds: float | None = None,
-                 progress: bool = False, temporal_blend: float = DEFAULT_BLEND, **eval_kw) -> list[ClipResult]:
+                 progress: bool = False, temporal_blend: float = DEFAULT_BLEND, mouth: str = "auto",
+                 shift_source: bool = False, **eval_kw) -> list[ClipResult]:
     """Generate and evaluate every clip of a folder: ``mode="self"`` syncs each clip to its own audio,
     ``mode="cross"`` to the next clip's audio (in name order, wrapping round). Outputs go to ``out_dir/generated``.
-    ``device`` serves generation and evaluation alike; ``eval_kw`` go to :func:`evaluate_pair`."""
+    ``device`` serves generation and evaluation alike; ``eval_kw`` go to :func:`evaluate_pair`. ``mouth``: the
+    LipSync's; ``shift_source`` (always when the mouth is warped): self-reconstruction from :func:`shifted_copy`."""
     from ..pipeline import LipSync
 
     if mode not in ("self", "cross"):
@@ -505,7 +530,8 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
     if not videos or (mode == "cross" and len(videos) < 2):
         raise UserError(f"{clips} holds {len(videos)} videos; the {mode} protocol needs at least {2 if mode == 'cross' else 1}")
     ls = LipSync(checkpoint, hr_checkpoint, size=size, device=device, batch_size=batch_size, untrained=untrained,
-                 progress=progress, temporal_blend=temporal_blend)
+                 progress=progress, temporal_blend=temporal_blend, mouth=mouth)
+    shift = mode == "self" and (shift_source or ls.mouth == "warp")
     eval_kw["device"] = str(ls.device)
     gen_dir = out_dir / "generated"
     gen_dir.mkdir(parents=True, exist_ok=True)
@@ -516,13 +542,16 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
         if max_seconds:
             src_audio = _cut_audio(speech, gen_dir / f".{clip.stem}_audio.wav", max_seconds)
         out = gen_dir / f"{clip.stem}.mp4"
+        source = shifted_copy(clip, gen_dir / f".{clip.stem}_shifted.mp4") if shift else clip
         try:
-            ls.sync(clip, src_audio, out)
+            ls.sync(source, src_audio, out)
             results.append(evaluate_pair(out, clip, src_audio, protocol=mode, max_seconds=max_seconds,
                                          progress=progress, **eval_kw))
         finally:
             if src_audio != speech:  # the cut speech was only needed to generate and score this clip
                 src_audio.unlink(missing_ok=True)
+            if source != clip:
+                source.unlink(missing_ok=True)
     return results
 
 

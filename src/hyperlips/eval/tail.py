@@ -175,10 +175,13 @@ def _pool(results) -> tuple[dict, dict]:
 def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint=None, fraction: float = 0.15,
                       seconds: float | None = None, device: str = "auto", batch_size: int = 16,
                       untrained: bool = False, model: str | None = None, progress: bool = False,
-                      baselines: bool = True, temporal_blend: float = DEFAULT_BLEND) -> TailResult:
-    """Regenerate the held-out tail of ``footage`` with the model and measure it and the two baselines."""
+                      baselines: bool = True, temporal_blend: float = DEFAULT_BLEND, mouth: str = "auto",
+                      shift_source: bool = False) -> TailResult:
+    """Regenerate the held-out tail of ``footage`` with the model and measure it and the two baselines. ``mouth``:
+    the LipSync's; ``shift_source`` (always when the mouth is warped): the model is driven from the tail's frames
+    shifted by half its length (``protocols.shifted_copy``), so they hold no trace of the mouth it predicts."""
     from ..pipeline import LipSync
-    from .protocols import evaluate_pair
+    from .protocols import evaluate_pair, shifted_copy
 
     footage, out = Path(footage), Path(out_dir)
     videos = footage_videos(footage)
@@ -186,13 +189,15 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     work = out / "tail"
     ref_png = pick_reference(train_part, work / "reference.png")
     model = LipSync(checkpoint, device=device, batch_size=batch_size, untrained=untrained, model=model,
-                    progress=progress, temporal_blend=temporal_blend)
+                    progress=progress, temporal_blend=temporal_blend, mouth=mouth)
+    shift = shift_source or model.mouth == "warp"
     hold = LipSync(network=hold_reference_network(), device=device, batch_size=batch_size, progress=progress) if baselines else None
     per: dict[str, list] = {m: [] for m in METHODS}
     for k, seg in enumerate(segs):
         real = write_segment(seg, work / f"real_{k:03d}.mp4")
         gen = work / f"model_{k:03d}.mp4"
-        model.sync(real, real, gen, reference=str(ref_png))
+        source = shifted_copy(real, work / f"shifted_{k:03d}.mp4", fps=seg.fps) if shift else real
+        model.sync(source, real, gen, reference=str(ref_png))
         per["model"].append(evaluate_pair(gen, real, real, protocol="self", device=str(model.device), perceptual=False))
         if baselines:
             held = work / f"hold_{k:03d}.mp4"
