@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import probe_streams, random_base_checkpoint, run_cli, write_wav
+from helpers import probe_streams, random_base_checkpoint, read_frames, run_cli, write_wav
 from serve_kit import Client, face_photo, faceless_photo, quick_settings, silent_video, worker_pids
 
 from hyperlips.serve.server import App
@@ -326,6 +326,8 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
                          ({"temporal_blend": 0.5}, "temporal_blend must be a number from 0"),
                          ({"temporal_blend": True}, "temporal_blend must be a number from 0"),
                          ({"temporal_blend": "steady"}, "temporal_blend must be a number from 0"),
+                         ({"mouth": "paint"}, "mouth must be one of auto, render, warp"),
+                         ({"mouth": "warp"}, "the untrained model has none"),
                          ({"presett": "fast"}, "a sync job takes no 'presett' (it takes: audio, crf,"),
                          ({"kind": "finetune", "name": "me", "size": 256}, "a finetune job takes no 'audio', 'model', 'size'")]:
         status, err = client.json("POST", "/api/jobs", {**base, **extra})
@@ -341,6 +343,22 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
     for method in ("PUT", "PATCH"):  # the HTTP server's own answer was an HTML 501
         status, err = client.json(method, "/api/jobs", {})
         assert status == 405 and err["error"] == f"{method} is not allowed here (use POST, GET)", err
+
+
+def test_the_mouth_mode_reaches_the_worker(server, inputs, tmp_path):
+    """mouth=warp on the shipped starter: the job runs and its frames are not those of the default render."""
+    app, client = server()
+    frames = {}
+    for mouth in ("render", "warp"):
+        job = _sync_job(client, inputs, mouth=mouth)
+        assert job["params"]["mouth"] == mouth
+        done, _ = client.wait(job["id"], timeout=900)
+        assert done["state"] == "done", done["message"]
+        out = tmp_path / f"{mouth}.mp4"
+        out.write_bytes(client.request("GET", done["result"]["url"])[2])
+        frames[mouth] = read_frames(out)
+    assert len(frames["warp"]) == len(frames["render"]) == 15
+    assert any(not np.array_equal(a, b) for a, b in zip(frames["warp"], frames["render"]))
 
 
 def test_encoder_options_reach_the_output(server, inputs, tmp_path):
@@ -362,7 +380,9 @@ def test_encoder_options_reach_the_output(server, inputs, tmp_path):
                     temporal_blend="0")
     assert (job["params"]["crf"], job["params"]["preset"], job["params"]["pix_fmt"]) == (30, "ultrafast", "yuv444p")
     assert job["params"]["temporal_blend"] == 0.0
+    assert job["params"]["mouth"] == "auto"  # the default
     assert props["temporal_blend"]["maximum"] == pytest.approx(1 / 3)
+    assert props["mouth"]["enum"] == ["auto", "render", "warp"]
     done, _ = client.wait(job["id"], timeout=900)
     assert done["state"] == "done", done["message"]
     out = tmp_path / "result.mp4"

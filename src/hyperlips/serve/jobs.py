@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 
 from ..schedule import LOOP_MODES
+
+MOUTH_MODES = ("auto", "render", "warp")  # as LipSync's mouth (the pipeline is loaded by the worker, not here)
 from .catalog import UNTRAINED_ID, find_model, list_models
 from .runner import job_folder
 from .settings import ServeSettings
@@ -22,7 +24,7 @@ from .uploads import UploadError, check_role, link_into
 KINDS = ("sync", "finetune")
 FIELDS = {  # what a job of each kind takes; anything else is a mistake (a misspelt option would pass unnoticed)
     "sync": {"kind", "video", "audio", "model", "size", "face", "face_box", "loop", "reference", "crf", "preset",
-             "pix_fmt", "temporal_blend"},
+             "pix_fmt", "temporal_blend", "mouth"},
     "finetune": {"kind", "video", "name", "minutes", "start_from"},
 }
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
@@ -110,6 +112,12 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
         raise _bad(f"reference must be best, first or a frame number (got {reference!r})")
     crf, preset, pix_fmt = _encoding(params)
     blend = _temporal_blend(params)
+    mouth = params.get("mouth") or "auto"
+    if mouth not in MOUTH_MODES:
+        raise _bad(f"mouth must be one of {', '.join(MOUTH_MODES)} (got {mouth!r})")
+    if mouth == "warp" and model.id == UNTRAINED_ID:
+        raise _bad("mouth warp moves the mouth to the shape a trained HyperLips-Lite reads from the speech; "
+                   "the untrained model has none (use render)")
     v_path = link_into(video, settings, folder, "video")
     a_path = link_into(audio, settings, folder, "audio")
     hr = model.hr.get(size) if size != 128 else None
@@ -118,12 +126,12 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
         "model": {"checkpoint": str(model.checkpoint) if model.checkpoint else None,
                   "hr_checkpoint": str(hr) if hr else None, "untrained": model.id == UNTRAINED_ID},
         "size": size, "face": face, "face_box": box, "loop": loop, "reference": reference,
-        "crf": crf, "preset": preset, "pix_fmt": pix_fmt, "temporal_blend": blend, "device": settings.device, "batch_size": settings.batch_size, "threads": settings.threads,
+        "crf": crf, "preset": preset, "pix_fmt": pix_fmt, "temporal_blend": blend, "mouth": mouth, "device": settings.device, "batch_size": settings.batch_size, "threads": settings.threads,
     }
     public = {"video": video["id"], "audio": audio["id"], "video_name": video["name"], "audio_name": audio["name"],
               "model": model.id, "model_label": model.label, "size": size, "face": face, "face_box": box,
               "loop": loop, "reference": reference, "crf": crf, "preset": preset, "pix_fmt": pix_fmt,
-              "temporal_blend": blend}
+              "temporal_blend": blend, "mouth": mouth}
     return job, public
 
 

@@ -92,7 +92,8 @@ def run_sync(job: dict, folder: Path) -> dict:
     ls = LipSync(model.get("checkpoint"), model.get("hr_checkpoint"), size=job.get("size"),
                  device=job.get("device", "auto"), batch_size=int(job.get("batch_size", 16)),
                  untrained=bool(model.get("untrained")), progress=False,
-                 **({"temporal_blend": float(job["temporal_blend"])} if "temporal_blend" in job else {}))
+                 **({"temporal_blend": float(job["temporal_blend"])} if "temporal_blend" in job else {}),
+                 **({"mouth": job["mouth"]} if "mouth" in job else {}))  # jobs queued before: the default
     progress("loading", 1, 1)
     box = job.get("face_box")
     with warnings.catch_warnings(record=True) as caught:  # what the command line warns of, the job reports
