@@ -326,7 +326,8 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
                          ({"temporal_blend": 0.5}, "temporal_blend must be a number from 0"),
                          ({"temporal_blend": True}, "temporal_blend must be a number from 0"),
                          ({"temporal_blend": "steady"}, "temporal_blend must be a number from 0"),
-                         ({"mouth": "paint"}, "mouth must be one of auto, render, warp"),
+                         ({"mouth": "paint"}, "mouth must be one of auto, render, warp, hybrid"),
+                         ({"mouth": "hybrid"}, "the untrained model has none"),
                          ({"mouth": "warp"}, "the untrained model has none"),
                          ({"presett": "fast"}, "a sync job takes no 'presett' (it takes: audio, crf,"),
                          ({"kind": "finetune", "name": "me", "size": 256}, "a finetune job takes no 'audio', 'model', 'size'")]:
@@ -382,7 +383,7 @@ def test_encoder_options_reach_the_output(server, inputs, tmp_path):
     assert job["params"]["temporal_blend"] == 0.0
     assert job["params"]["mouth"] == "auto"  # the default
     assert props["temporal_blend"]["maximum"] == pytest.approx(1 / 3)
-    assert props["mouth"]["enum"] == ["auto", "render", "warp"]
+    assert props["mouth"]["enum"] == ["auto", "render", "warp", "hybrid"]
     done, _ = client.wait(job["id"], timeout=900)
     assert done["state"] == "done", done["message"]
     out = tmp_path / "result.mp4"

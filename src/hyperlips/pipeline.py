@@ -57,7 +57,7 @@ ProgressCallback = Callable[[str, int, int], None]  # (stage, frames done, frame
 # row and the HR decoder skips its own rows above that bound.
 BASE_FIRST_ROW = first_row_read(BASE_SIZE)
 INPUT_BLEND = 0.25  # HyperLips-Lite's default input_blend: the neighbours' weight in the upper face it reads
-MOUTH_MODES = ("render", "warp")  # and "auto", which picks one of them
+MOUTH_MODES = ("render", "warp", "hybrid")  # and "auto", which picks one of them
 WARP_GAIN = 1.5  # mouth="warp": the audio encoder's shapes times this (they spread less than real mouths)
 WARP_MESH_SIZE = 256  # the face region is looked at by FaceMesh at this size for mouth="warp"
 
@@ -209,10 +209,12 @@ class LipSync:
     sound alone, as it was also trained to. ``reads_phones`` says which.
     ``mouth``: ``render`` shows the network's face; ``warp`` (HyperLips-Lite) moves the frame's own lips and jaw to
     the mouth shape the network reads from the speech (``face.mouth_warp``), the network's face filling only the
-    opening: the person's own lips, skin and detail at full resolution; ``auto`` (default): ``warp`` with the
-    shipped starter (a generic renderer draws a face it never saw soft), ``render`` with any other weights (a
-    person model draws its person's mouth as well as the warp places it, and follows the speech more closely).
-    ``mouth`` (the attribute) says which was chosen.
+    opening: the person's own lips, skin and detail at full resolution; ``hybrid`` (HyperLips-Lite) shows the
+    network's face with the fine detail of that warped frame (``face.mouth_warp.with_detail``); ``auto``
+    (default): ``warp`` with the shipped starter (a generic renderer draws a face it never saw soft), ``hybrid``
+    with other HyperLips-Lite weights (a person model draws its person's mouth closer to the speech than the warp
+    places it), ``render`` with HyperLips-Base, random weights or a network given directly. ``mouth`` (the
+    attribute) says which was chosen.
     """
 
     def __init__(
@@ -295,12 +297,15 @@ class LipSync:
         except ValueError as e:
             raise UserError(f"--input-blend: {e}") from None
         if mouth == "auto":
-            mouth = "warp" if starter_used or _is_shipped_starter(checkpoint) else "render"
+            if not hasattr(self.base, "predict_shape") or untrained or network is not None:
+                mouth = "render"
+            else:
+                mouth = "warp" if starter_used or _is_shipped_starter(checkpoint) else "hybrid"
         if mouth not in MOUTH_MODES:
             raise UserError(f"--mouth must be one of auto, {', '.join(MOUTH_MODES)} (got {mouth!r})")
-        if mouth == "warp" and not hasattr(self.base, "predict_shape"):
-            raise UserError(f"--mouth warp moves the mouth to the shape a HyperLips-Lite reads from the speech; "
-                            f"{self.weights} has no mouth shapes (use --mouth render)")
+        if mouth != "render" and not hasattr(self.base, "predict_shape"):
+            raise UserError(f"--mouth {mouth} moves the frame's mouth to the shape a HyperLips-Lite reads from the "
+                            f"speech; {self.weights} has no mouth shapes (use --mouth render)")
         self.mouth = mouth
         self._warp = None  # the clip's face.mouth_warp.MouthWarp, made at its first frame
         self.reads_phones = bool(phones) and bool(getattr(self.base, "phones", False))
@@ -500,15 +505,19 @@ class LipSync:
         self.render_jobs(jobs, ref_crop, network_mel_windows(self.base, mel, times, fps, self.audio_cfg))
 
     def new_clip(self) -> None:
-        """Forget what was learned of the last clip (``mouth="warp"``: its average mouth); a new one begins."""
+        """Forget what was learned of the last clip (``mouth="warp"``: its average mouth, and the face its FaceMesh
+        tracked); a new one begins."""
         self._warp = None
+        mesh, self._warp_mesh = getattr(self, "_warp_mesh", None), None
+        if mesh is not None:
+            mesh.close()
 
     def render_jobs(self, jobs, ref_crop: np.ndarray, windows: np.ndarray) -> None:
         """Crop the jobs' faces, build the network inputs and set each job's generated face (``windows``: the
         jobs' mel windows, in order)."""
         crops = [job.crop if job.crop is not None else face_crop(job.image, job.box, BASE_SIZE) for job in jobs]
         x = network_input(np.stack(crops), ref_crop)
-        if self.mouth == "warp":
+        if self.mouth != "render":
             faces, shapes = self.generate(windows, x, shapes=True)
             for job, face, shape in zip(jobs, faces, shapes):
                 job.face = self._warped(job, face, shape)
@@ -518,10 +527,11 @@ class LipSync:
 
     def _warped(self, job, face: np.ndarray, shape: np.ndarray) -> np.ndarray:
         """The job's frame, its face region at its own resolution (a square of the region's larger side), with the
-        lips and jaw moved to ``shape`` and the opening filled from the network's ``face``; the network's face as
-        it is when FaceMesh finds no face in the region."""
+        lips and jaw moved to ``shape`` and the opening filled from the network's ``face`` (``warp``), or the
+        network's face enlarged with that frame's fine detail (``hybrid``); the network's face as it is when
+        FaceMesh finds no face in the region."""
         from .face.blend import first_row_read
-        from .face.mouth_warp import MouthWarp
+        from .face.mouth_warp import MouthWarp, with_detail
         from .face.track import pixel_region
 
         x1, y1, x2, y2 = pixel_region(job.box, job.image.shape[1], job.image.shape[0])
@@ -532,14 +542,14 @@ class LipSync:
             from .face.landmarks import FaceMesh
 
             self._warp = MouthWarp()
-            if getattr(self, "_warp_mesh", None) is None:  # its own tracker: the HR decoder's sees generated faces
-                self._warp_mesh = FaceMesh(static=False)
+            self._warp_mesh = FaceMesh(static=False)  # its own tracker: the HR decoder's sees generated faces
         lm = self._warp_mesh.landmarks(look)
         if lm is None:
             return face
         rendered = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
-        return self._warp.apply(region, lm[:, :2] * (side / WARP_MESH_SIZE), shape * WARP_GAIN, rendered,
-                                first_row=first_row_read(side))
+        top = first_row_read(side)
+        warped = self._warp.apply(region, lm[:, :2] * (side / WARP_MESH_SIZE), shape * WARP_GAIN, rendered, first_row=top)
+        return warped if self.mouth == "warp" else with_detail(rendered, warped, top)
 
     def generate(self, windows: np.ndarray, x: np.ndarray, shapes: bool = False):
         """Mel windows (N, 1, 80, steps) and network inputs (N, 6, 128, 128) float32 -> faces (N, S, S, 3) uint8 BGR

@@ -64,8 +64,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--shift-source", action="store_true",
                    help="self and tail protocols: drive the model from the clip's frames shifted by half its length, "
-                        "so the input shows none of the mouth to be predicted (always so when the mouth is warped, "
-                        "--mouth warp or auto with the shipped starter: the warp moves the input's own mouth)")
+                        "so the input shows none of the mouth to be predicted (always so when the input's own mouth is "
+                        "used: --mouth warp or hybrid, and auto with HyperLips-Lite weights)")
     add_model_options(p, input_blend=False, phones=False)  # eval's runs use each network's default
     p.set_defaults(func=run_eval)
 

@@ -489,7 +489,7 @@ def shifted_copy(video: Path, dst: Path, start: int = 0, stop: int | None = None
     """The frames [start, stop) of ``video`` shifted by half their number, wrapping round (frame j shows frame
     start + (j + n // 2) % n), without audio, at ``fps`` (default the video's own). Self-reconstruction from such a
     copy and the clip's own speech keeps every trace of the mouth to be predicted out of the input: a generator
-    that moves the frame's own mouth (``--mouth warp``) would otherwise be handed the answer."""
+    that uses the frame's own mouth (``--mouth warp`` or ``hybrid``) would otherwise be handed the answer."""
     from ..media.video import FrameReader, VideoWriter, probe
 
     info = probe(video)
@@ -512,7 +512,7 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
     """Generate and evaluate every clip of a folder: ``mode="self"`` syncs each clip to its own audio,
     ``mode="cross"`` to the next clip's audio (in name order, wrapping round). Outputs go to ``out_dir/generated``.
     ``device`` serves generation and evaluation alike; ``eval_kw`` go to :func:`evaluate_pair`. ``mouth``: the
-    LipSync's; ``shift_source`` (always when the mouth is warped): self-reconstruction from :func:`shifted_copy`."""
+    LipSync's; ``shift_source`` (always when the frame's own mouth is used: ``warp``, ``hybrid``): self-reconstruction from :func:`shifted_copy`."""
     from ..pipeline import LipSync
 
     if mode not in ("self", "cross"):
@@ -531,7 +531,7 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
         raise UserError(f"{clips} holds {len(videos)} videos; the {mode} protocol needs at least {2 if mode == 'cross' else 1}")
     ls = LipSync(checkpoint, hr_checkpoint, size=size, device=device, batch_size=batch_size, untrained=untrained,
                  progress=progress, temporal_blend=temporal_blend, mouth=mouth)
-    shift = mode == "self" and (shift_source or ls.mouth == "warp")
+    shift = mode == "self" and (shift_source or ls.mouth != "render")
     eval_kw["device"] = str(ls.device)
     gen_dir = out_dir / "generated"
     gen_dir.mkdir(parents=True, exist_ok=True)

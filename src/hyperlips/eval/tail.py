@@ -178,7 +178,7 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
                       baselines: bool = True, temporal_blend: float = DEFAULT_BLEND, mouth: str = "auto",
                       shift_source: bool = False) -> TailResult:
     """Regenerate the held-out tail of ``footage`` with the model and measure it and the two baselines. ``mouth``:
-    the LipSync's; ``shift_source`` (always when the mouth is warped): the model is driven from the tail's frames
+    the LipSync's; ``shift_source`` (always when the frame's own mouth is used: ``warp``, ``hybrid``): the model is driven from the tail's frames
     shifted by half its length (``protocols.shifted_copy``), so they hold no trace of the mouth it predicts."""
     from ..pipeline import LipSync
     from .protocols import evaluate_pair, shifted_copy
@@ -190,7 +190,7 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     ref_png = pick_reference(train_part, work / "reference.png")
     model = LipSync(checkpoint, device=device, batch_size=batch_size, untrained=untrained, model=model,
                     progress=progress, temporal_blend=temporal_blend, mouth=mouth)
-    shift = shift_source or model.mouth == "warp"
+    shift = shift_source or model.mouth != "render"
     hold = LipSync(network=hold_reference_network(), device=device, batch_size=batch_size, progress=progress) if baselines else None
     per: dict[str, list] = {m: [] for m in METHODS}
     for k, seg in enumerate(segs):

@@ -8,6 +8,9 @@ nothing to show, the rendered face fills the opening.
 
 Shapes are relative to the clip's average mouth in a fixed pose (``mouth_shape``): :class:`MouthWarp` learns
 both from the first frames it sees (``frames``), then keeps them, so its targets do not drift.
+
+:func:`with_detail` keeps the network's face instead and takes only the fine detail of the warped frame: the mouth a
+person model draws, with the footage's sharpness.
 """
 
 from __future__ import annotations
@@ -143,6 +146,19 @@ class MouthWarp:
             mask = cv2.GaussianBlur(mask, (0, 0), max(w / 256.0, 0.5))[..., None] * use
             out = np.clip(np.rint(out * (1.0 - mask) + rendered.astype(np.float32) * mask), 0, 255).astype(np.uint8)
         return out
+
+
+def with_detail(rendered: np.ndarray, warped: np.ndarray, first_row: int = 0, scale: float = 1.0) -> np.ndarray:
+    """The network's ``rendered`` face (h, w, 3) uint8, enlarged from its own size, given the fine detail of the
+    frame's own face ``warped`` to the same mouth (:meth:`MouthWarp.apply`): ``rendered`` plus ``warped`` minus its
+    Gaussian blur at the scale the enlargement lost (``scale`` pixels of the network's 128, as pixels of ``h``). The
+    mouth's shape and shading stay the network's; the lips, skin and grain get the footage's sharpness. Rows above
+    ``first_row`` are ``warped``'s (the frame's own)."""
+    w = warped.astype(np.float32)
+    sigma = max(rendered.shape[0] / 128.0 * scale, 0.5)
+    out = rendered.astype(np.float32) + (w - cv2.GaussianBlur(w, (0, 0), sigma))
+    out[:first_row] = w[:first_row]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def _border(w: int, h: int, first_row: int, n: int = 6) -> np.ndarray:

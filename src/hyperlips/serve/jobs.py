@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..schedule import LOOP_MODES
 
-MOUTH_MODES = ("auto", "render", "warp")  # as LipSync's mouth (the pipeline is loaded by the worker, not here)
+MOUTH_MODES = ("auto", "render", "warp", "hybrid")  # as LipSync's mouth (the pipeline is loaded by the worker, not here)
 from .catalog import UNTRAINED_ID, find_model, list_models
 from .runner import job_folder
 from .settings import ServeSettings
@@ -115,8 +115,8 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
     mouth = params.get("mouth") or "auto"
     if mouth not in MOUTH_MODES:
         raise _bad(f"mouth must be one of {', '.join(MOUTH_MODES)} (got {mouth!r})")
-    if mouth == "warp" and model.id == UNTRAINED_ID:
-        raise _bad("mouth warp moves the mouth to the shape a trained HyperLips-Lite reads from the speech; "
+    if mouth in ("warp", "hybrid") and model.id == UNTRAINED_ID:
+        raise _bad(f"mouth {mouth} moves the mouth to the shape a trained HyperLips-Lite reads from the speech; "
                    "the untrained model has none (use render)")
     v_path = link_into(video, settings, folder, "video")
     a_path = link_into(audio, settings, folder, "audio")

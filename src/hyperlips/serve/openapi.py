@@ -130,11 +130,12 @@ def openapi_document(version: str) -> dict:
                 "temporal_blend": {"type": "number", "minimum": 0, "maximum": 1 / 3,
                                    "description": "each generated face blended with the frames' before and after it, "
                                                   "weight each (default 0.25: steadier lips; 0 off)"},
-                "mouth": {"enum": ["auto", "render", "warp"],
+                "mouth": {"enum": ["auto", "render", "warp", "hybrid"],
                           "description": "render: the network draws the lower face; warp (HyperLips-Lite models): "
                                          "the video's own lips and jaw moved to the mouth read from the speech, at "
-                                         "full resolution; auto (default): warp with the shipped starter, render "
-                                         "with a person model"}}},
+                                         "full resolution; hybrid: the network's face with that warped frame's fine "
+                                         "detail; auto (default): warp with the shipped starter, hybrid with a "
+                                         "person model"}}},
             "FinetuneRequest": {"type": "object", "required": ["kind", "video", "name"], "additionalProperties": False, "properties": {
                 "kind": {"const": "finetune"},
                 "video": {"type": "string", "description": "file id: the person talking, with their own voice"},
