@@ -84,4 +84,8 @@ def test_a_warped_tail_is_driven_from_shifted_frames(more_data, tmp_path, monkey
     real, shifted = read_frames(work / "real_000.mp4"), read_frames(work / "shifted_000.mp4")
     half = len(real) // 2
     assert len(shifted) == len(real) and psnr(shifted[0], real[half]) > 35
-    assert set(res.rows) == {"model", "hold", "delayed"}
+    assert set(res.rows) == {"model", "hold", "delayed"} and res.shifted
+    # measures of the picture would compare other moments of the footage: left out for the model alone
+    assert all(res.rows["model"][k] is None for k in ("lmd", "psnr_mouth", "ssim_mouth", "delta_e"))
+    assert res.rows["hold"]["lmd"] is not None and res.rows["model"]["sharpness_ratio"] > 0
+    assert "shifted by half its length" in (tmp_path / "r" / "tail.md").read_text()

@@ -49,6 +49,11 @@ class TailResult:
     reference: str
     rows: dict = field(default_factory=dict)  # method -> pooled numbers
     series: dict = field(default_factory=dict)  # method -> {"opening_gen": [...], "opening_ref": [...]}
+    shifted: bool = False  # the model was driven from the tail's frames shifted by half its length
+
+
+# a model driven from shifted frames shows their pose and light: these compare different moments of the footage
+SHIFT_BLIND = ("lmd", "psnr_mouth", "ssim_mouth", "delta_e")
 
 
 def footage_videos(footage: Path) -> list[Path]:
@@ -211,6 +216,9 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     for m, results in per.items():
         if results:
             res.rows[m], res.series[m] = _pool(results)
+    if shift and "model" in res.rows:
+        res.shifted = True
+        res.rows["model"].update({k: None for k in SHIFT_BLIND})
     write_tail_report(res, out)
     write_tail_preview(per["model"], out / "tail_preview.png")
     return res
@@ -244,13 +252,17 @@ def tail_markdown(res: TailResult) -> str:
     names = {"model": "model", "hold": "reference mouth held", "delayed": f"real, {DELAY_FRAMES} frames late"}
     for m, row in res.rows.items():
         lines.append(f"| {names[m]} | " + " | ".join(_fmt(row.get(c[0])) for c in cols) + " |")
+    if res.shifted:
+        lines += ["", "The model used the input frames' own mouth (`--mouth warp` or `hybrid`), so it was driven from the "
+                      "tail's frames shifted by half its length, with the tail's own speech; its LMD, PSNR, SSIM and "
+                      "delta E would compare different moments of the footage and are left out."]
     return "\n".join(lines) + "\n"
 
 
 def write_tail_report(res: TailResult, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {"footage": res.footage, "segments": res.segments, "held_out_seconds": res.held_out_seconds,
-            "reference": res.reference, "rows": res.rows, "series": res.series}
+            "reference": res.reference, "rows": res.rows, "series": res.series, "shifted": res.shifted}
     from .report import _clean
 
     j = out_dir / "tail.json"
