@@ -262,7 +262,6 @@ class LipSync:
             raise UserError("--model picks the network that --untrained builds; trained weights say which network "
                             "they are (without --checkpoint: the starter shipped in the package, a HyperLips-Lite)")
         model = model or "base"
-        starter_used = False
         if checkpoint is None and not untrained and network is None:
             from .models import shipped
 
@@ -271,7 +270,6 @@ class LipSync:
                 raise UserError("no model weights given and this build ships none: pass --checkpoint PATH (an "
                                 "official HyperLips .pth, a hyperlips checkpoint or a model from `hyperlips finetune`)")
             checkpoint, self.weights = starter.path, f"the {starter.label}"
-            starter_used = True
         if network is not None:  # a generator module given directly (its forward takes (mel windows, faces))
             self.base, self.model_name = network, type(network).__name__
             self.weights = f"the given {self.model_name} network"
@@ -300,7 +298,7 @@ class LipSync:
             if not hasattr(self.base, "predict_shape") or untrained or network is not None:
                 mouth = "render"
             else:
-                mouth = "warp" if starter_used or _is_shipped_starter(checkpoint) else "hybrid"
+                mouth = "warp" if _is_shipped_starter(checkpoint) else "hybrid"
         if mouth not in MOUTH_MODES:
             raise UserError(f"--mouth must be one of auto, {', '.join(MOUTH_MODES)} (got {mouth!r})")
         if mouth != "render" and not hasattr(self.base, "predict_shape"):
@@ -563,8 +561,7 @@ class LipSync:
             if shapes:
                 dtype = next(self.base.parameters()).dtype
                 read = self.base.audio_encoder(audio_t.to(dtype))
-                gain = self.base.config.shape_gain
-                pred = self._base_call(audio_t, faces_t, shape=read * gain if gain != 1.0 else read, **self._base_kwargs)
+                pred = self._base_call(audio_t, faces_t, shape=self.base.gained(read), **self._base_kwargs)
             else:
                 pred = self._base_call(audio_t, faces_t, **self._base_kwargs)
             if self.hr is not None:

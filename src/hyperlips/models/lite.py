@@ -129,7 +129,10 @@ class HyperLipsLite(nn.Module):
 
     def predict_shape(self, audio: Tensor) -> Tensor:
         # audio (N,1,R,S) -> the mouth shape to render (N, n_shape): the audio encoder's, times shape_gain
-        shape = self.audio_encoder(audio)
+        return self.gained(self.audio_encoder(audio))
+
+    def gained(self, shape: Tensor) -> Tensor:
+        # the audio encoder's shape (N, n_shape) -> the shape to render: times shape_gain
         return shape * self.config.shape_gain if self.config.shape_gain != 1.0 else shape
 
     def render(self, faces: Tensor, shape: Tensor) -> Tensor:
