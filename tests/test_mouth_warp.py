@@ -7,7 +7,7 @@ import pytest
 
 from helpers import cut_audio, psnr, read_frames, run_cli
 from hyperlips.face import mouth_shape as ms
-from hyperlips.face.mouth_warp import MouthWarp, PiecewiseAffine
+from hyperlips.face.mouth_warp import MouthWarp, PiecewiseAffine, PoseFilter
 
 SIDE = 256
 
@@ -99,7 +99,7 @@ def test_the_warped_face_shows_the_shape_it_is_given(face2):
     openings = ms.mouth_opening(lm)
     closed, wide = int(np.argmin(openings)), int(np.argmax(openings))
     assert openings[wide] - openings[closed] > 0.03  # the clip opens and closes its mouth
-    warp = MouthWarp(frames=len(lm))
+    warp = MouthWarp(frames=len(lm), steady=False)  # frames out of order: no pose to steady between them
     for frame in lm:
         warp.observe(frame)
     top = 100
@@ -115,6 +115,61 @@ def test_the_warped_face_shows_the_shape_it_is_given(face2):
     span = openings[wide] - openings[closed]
     assert got_open > openings[closed] + 0.6 * span, (got_open, openings[closed], openings[wide])
     assert got_closed < openings[wide] - 0.6 * span, (got_closed, openings[closed], openings[wide])
+
+
+def test_pose_filter_steadies_a_still_head_and_follows_a_moving_one():
+    rng = np.random.default_rng(0)
+    still = np.full((60, 20, 2), 0.5) + rng.normal(0, 0.004, (60, 1, 2))  # FaceMesh's shake: the whole mesh moves
+    f = PoseFilter(25.0)
+    out = np.stack([f(p) for p in still])
+    shake = lambda x: np.abs(x[2:] - 2 * x[1:-1] + x[:-2]).mean()  # noqa: E731 (the jitter measure's second difference)
+    assert shake(out[10:]) < 0.3 * shake(still[10:])
+    # a head turning at a steady speed (a tenth of the region a second), then stopping: followed within two
+    # frames' motion, and caught up within a few frames of the stop
+    step = 0.1 / 25
+    path = np.concatenate([0.3 + step * np.arange(50), np.full(25, 0.3 + step * 49)])
+    f.reset()
+    got = np.array([f(np.full((20, 2), x))[0, 0] for x in path])
+    assert got[0] == path[0]  # a reset filter starts at the first reading
+    assert np.abs(got[:50] - path[:50]).max() < 2 * step
+    assert abs(got[-1] - path[-1]) < 0.05 * step
+    with pytest.raises(ValueError):
+        PoseFilter(0.0)
+
+
+def test_the_mouth_is_placed_without_the_readings_shake(face2):
+    """FaceMesh's shake of the whole mesh (added here to a real clip's readings) moves the placed mouth far less
+    with the pose steadied, which still puts it where the frame's own reading does, within 1% of the region."""
+    from hyperlips.eval.metrics import second_difference
+
+    _, lm = face2
+    tpl = ms.stable_template(lm)
+    pts = ms.aligned_moving_points(lm, tpl)
+    shapes = (pts - pts.mean(axis=0)).reshape(len(lm), -1) * ms.SCALE  # each frame's own mouth
+    shaken = lm + np.random.default_rng(1).normal(0, 1.0, (len(lm), 1, 2))
+    iod = np.linalg.norm(lm[:, ms.EYE_OUTER[0]] - lm[:, ms.EYE_OUTER[1]], axis=1)
+    placed = {}
+    for steady in (True, False):
+        for name, readings in (("real", lm), ("shaken", shaken)):
+            warp = MouthWarp(frames=len(lm), steady=steady)
+            for frame in lm:  # the clip's average mouth, learned first
+                warp.observe(frame)
+            placed[steady, name] = np.stack([warp.place(r, s, SIDE) for r, s in zip(readings, shapes)])
+    jitter = {k: np.nanmean(second_difference(v, iod)) for k, v in placed.items()}
+    assert jitter[True, "shaken"] < 0.7 * jitter[False, "shaken"], jitter
+    own = lm[:, list(ms.MOVING)]
+    assert np.abs(placed[False, "real"] - own).max() < 0.25  # unsteadied, the frame's own mouth lands on its points
+    assert np.abs(placed[True, "real"] - own).mean() < 0.01 * SIDE
+    # steady is the default (what sync and live use); a frame without a face starts the pose afresh: the next is
+    # placed by its own reading
+    warp = MouthWarp(frames=len(lm))
+    assert warp.pose is not None
+    for frame in lm:
+        warp.observe(frame)
+    for r, s in zip(lm[:10], shapes[:10]):
+        warp.place(r, s, SIDE)
+    warp.lost()
+    assert np.abs(warp.place(lm[10], shapes[10], SIDE) - own[10]).max() < 0.25
 
 
 def _lower_face_sharpness(frames, box) -> float:
