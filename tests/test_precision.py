@@ -79,7 +79,7 @@ def test_precision_choice_for_inference(monkeypatch):
     import torch
 
     from hyperlips.errors import UserError
-    from hyperlips.pipeline import resolve_precision
+    from hyperlips.runtime import resolve_precision
 
     cpu = torch.device("cpu")
     for flags, want in ((X86_AVX512 + " avx512_bf16", "bf16"), (X86_AVX2, "fp32")):

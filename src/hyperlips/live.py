@@ -235,9 +235,9 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
     check_fps(fps)
     request = reference_request(reference)
     size = int(batch_size or ls.batch_size)
-    ls.new_clip()
     timings = Timings()
     with open_timeline(video, fps) as timeline, FaceDetector() as detector:
+        ls.new_clip(timeline.fps)
         info = timeline.info
         n_src = 1 if info.is_image else timeline.n_frames
         check_face_box(face_box, info.width, info.height)

@@ -43,6 +43,8 @@ from .generator_io import (  # noqa: F401  (re-exported: the crop and input help
 )
 from .media.timing import check_fps, open_timeline
 from .media.video import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
+from .mouth import MouthStep, choose_mouth
+from .runtime import DTYPES, in_precision, resolve_device, resolve_precision
 from .schedule import LOOP_MODES
 from .stages import Timings
 from .streaming import MUX_SAMPLE_RATE, OUTPUT_SUFFIXES, check_face_box, check_paths  # noqa: F401  (re-exported)
@@ -57,9 +59,6 @@ ProgressCallback = Callable[[str, int, int], None]  # (stage, frames done, frame
 # row and the HR decoder skips its own rows above that bound.
 BASE_FIRST_ROW = first_row_read(BASE_SIZE)
 INPUT_BLEND = 0.25  # HyperLips-Lite's default input_blend: the neighbours' weight in the upper face it reads
-MOUTH_MODES = ("render", "warp", "hybrid")  # and "auto", which picks one of them
-WARP_GAIN = 1.5  # mouth="warp": the audio encoder's shapes times this (they spread less than real mouths)
-WARP_MESH_SIZE = 256  # the face region is looked at by FaceMesh at this size for mouth="warp"
 
 
 def row_skipping_kwargs(base, hr) -> tuple[dict, dict]:
@@ -111,81 +110,6 @@ class _Timer(Timings):
             yield
         finally:
             self.add(stage, time.perf_counter() - t0)
-
-
-def resolve_device(device: str = "auto"):
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from e
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}  # None: the networks' own float32
-
-
-def resolve_precision(precision: str, device) -> str:
-    """The precision the networks run in: ``auto`` is the fastest one native to ``device`` (``precision.
-    auto_precision``: bf16 on a CPU with bf16 instructions, else fp32; bf16 or fp16 on CUDA; fp32 elsewhere).
-    Asking for one the device would only emulate is a :class:`UserError` (emulated bf16 on a CPU was measured at
-    17 s per frame against 0.12 s in fp32)."""
-    import torch
-
-    from .precision import auto_precision, cpu_has_native_bf16
-
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
-    kind = device.type
-    if precision == "auto":
-        return auto_precision(kind) if kind in ("cpu", "cuda") else "fp32"
-    if precision == "fp16" and kind != "cuda":
-        raise UserError("--precision fp16 runs only on a CUDA GPU (a CPU emulates fp16, far slower than fp32); use "
-                        "auto, fp32, or bf16 on a CPU that has bf16 instructions")
-    if precision == "bf16":
-        if kind == "cpu" and not cpu_has_native_bf16():
-            raise UserError("--precision bf16: this CPU has no bf16 instructions (AVX512-BF16, AMX or Arm BF16), so "
-                            "bf16 would be emulated, many times slower than fp32; use auto or fp32")
-        if kind == "cuda" and not torch.cuda.is_bf16_supported():
-            raise UserError("--precision bf16: this GPU has no bf16 support; use fp16 or auto")
-    return precision
-
-
-def _is_shipped_starter(checkpoint) -> bool:
-    """Whether ``checkpoint`` is the starter file shipped in the package (as the server names it)."""
-    if checkpoint is None:
-        return False
-    from .models import shipped
-
-    starter = shipped.starter()
-    try:
-        return starter is not None and Path(checkpoint).resolve() == Path(starter.path).resolve()
-    except OSError:
-        return False
-
-
-def _InPrecision(net, dtype: str):
-    """``net`` (its weights already in ``dtype``) as a module that takes float32 tensors and computes in ``dtype``."""
-    import torch
-
-    class InPrecision(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net, self.dtype = net, getattr(torch, dtype)
-
-        def forward(self, *args, **kwargs):
-            return self.net(*(a.to(self.dtype) for a in args), **kwargs)
-
-    return InPrecision()
 
 
 class LipSync:
@@ -294,18 +218,9 @@ class LipSync:
             self.input_blend = check_weight(input_blend)
         except ValueError as e:
             raise UserError(f"--input-blend: {e}") from None
-        if mouth == "auto":
-            if not hasattr(self.base, "predict_shape") or untrained or network is not None:
-                mouth = "render"
-            else:
-                mouth = "warp" if _is_shipped_starter(checkpoint) else "hybrid"
-        if mouth not in MOUTH_MODES:
-            raise UserError(f"--mouth must be one of auto, {', '.join(MOUTH_MODES)} (got {mouth!r})")
-        if mouth != "render" and not hasattr(self.base, "predict_shape"):
-            raise UserError(f"--mouth {mouth} moves the frame's mouth to the shape a HyperLips-Lite reads from the "
-                            f"speech; {self.weights} has no mouth shapes (use --mouth render)")
-        self.mouth = mouth
-        self._warp = None  # the clip's face.mouth_warp.MouthWarp, made at its first frame
+        self.mouth = choose_mouth(mouth, self.base, self.weights, fixed=untrained or network is not None,
+                                  checkpoint=checkpoint)
+        self._mouth_step = None  # mouth warp or hybrid: the clip's MouthStep (new_clip)
         self.reads_phones = bool(phones) and bool(getattr(self.base, "phones", False))
         if self.reads_phones:
             from .media import phones as phone_reader
@@ -344,8 +259,8 @@ class LipSync:
         # alone; with an HR decoder, which sketches the whole base face, the HR decoder)
         self._base_kwargs, self._hr_kwargs = row_skipping_kwargs(self.base, self.hr)
         # the networks take float32 inputs and compute in their precision: a top-level call sees what sync gives
-        self._base_call = self.base if dtype is None else _InPrecision(self.base, dtype)
-        self._hr_call = self.hr if self.hr is None or dtype is None else _InPrecision(self.hr, dtype)
+        self._base_call = self.base if dtype is None else in_precision(self.base, dtype)
+        self._hr_call = self.hr if self.hr is None or dtype is None else in_precision(self.hr, dtype)
 
     # ------------------------------------------------------------------ public
     def sync(
@@ -389,7 +304,6 @@ class LipSync:
         check_paths(video, audio, output)
         request = reference_request(reference)
         timer = _Timer()
-        self.new_clip()
 
         with open_timeline(video, fps) as timeline, FaceDetector() as detector:
             info = timeline.info
@@ -403,6 +317,7 @@ class LipSync:
             mel = network_mel(self.base, melspectrogram(wav, self.audio_cfg), self.speech_phones(wav, timer))
             rate = timeline.rate
             fps_out = float(rate)
+            self.new_clip(fps_out)
             n_out = max(1, int(round(seconds * fps_out)))
             check_face_box(face_box, info.width, info.height)
             n_src = 1 if info.is_image else min(timeline.n_frames, n_out)
@@ -502,13 +417,12 @@ class LipSync:
         times = np.array([job.j / fps for job in jobs], dtype=np.float64)
         self.render_jobs(jobs, ref_crop, network_mel_windows(self.base, mel, times, fps, self.audio_cfg))
 
-    def new_clip(self) -> None:
-        """Forget what was learned of the last clip (``mouth="warp"``: its average mouth, and the face its FaceMesh
-        tracked); a new one begins."""
-        self._warp = None
-        mesh, self._warp_mesh = getattr(self, "_warp_mesh", None), None
-        if mesh is not None:
-            mesh.close()
+    def new_clip(self, fps: float = 25.0) -> None:
+        """Forget what was learned of the last clip (``mouth="warp"`` or ``hybrid``: its average mouth, the head's
+        steadied pose and the face its FaceMesh tracked); a new one begins, at ``fps`` frames per second."""
+        if self._mouth_step is not None:
+            self._mouth_step.close()
+        self._mouth_step = None if self.mouth == "render" else MouthStep(self.mouth, fps)
 
     def render_jobs(self, jobs, ref_crop: np.ndarray, windows: np.ndarray) -> None:
         """Crop the jobs' faces, build the network inputs and set each job's generated face (``windows``: the
@@ -517,37 +431,13 @@ class LipSync:
         x = network_input(np.stack(crops), ref_crop)
         if self.mouth != "render":
             faces, shapes = self.generate(windows, x, shapes=True)
+            if self._mouth_step is None:  # render_jobs called without new_clip (a caller of its own)
+                self.new_clip()
             for job, face, shape in zip(jobs, faces, shapes):
-                job.face = self._warped(job, face, shape)
+                job.face = self._mouth_step(job.image, job.box, face, shape)
             return
         for job, face in zip(jobs, self.generate(windows, x)):
             job.face = face
-
-    def _warped(self, job, face: np.ndarray, shape: np.ndarray) -> np.ndarray:
-        """The job's frame, its face region at its own resolution (a square of the region's larger side), with the
-        lips and jaw moved to ``shape`` and the opening filled from the network's ``face`` (``warp``), or the
-        network's face enlarged with that frame's fine detail (``hybrid``); the network's face as it is when
-        FaceMesh finds no face in the region."""
-        from .face.blend import first_row_read
-        from .face.mouth_warp import MouthWarp, with_detail
-        from .face.track import pixel_region
-
-        x1, y1, x2, y2 = pixel_region(job.box, job.image.shape[1], job.image.shape[0])
-        side = max(x2 - x1, y2 - y1, BASE_SIZE)
-        region = face_crop(job.image, job.box, side)
-        look = face_crop(job.image, job.box, WARP_MESH_SIZE)
-        if self._warp is None:
-            from .face.landmarks import FaceMesh
-
-            self._warp = MouthWarp()
-            self._warp_mesh = FaceMesh(static=False)  # its own tracker: the HR decoder's sees generated faces
-        lm = self._warp_mesh.landmarks(look)
-        if lm is None:
-            return face
-        rendered = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
-        top = first_row_read(side)
-        warped = self._warp.apply(region, lm[:, :2] * (side / WARP_MESH_SIZE), shape * WARP_GAIN, rendered, first_row=top)
-        return warped if self.mouth == "warp" else with_detail(rendered, warped, top)
 
     def generate(self, windows: np.ndarray, x: np.ndarray, shapes: bool = False):
         """Mel windows (N, 1, 80, steps) and network inputs (N, 6, 128, 128) float32 -> faces (N, S, S, 3) uint8 BGR

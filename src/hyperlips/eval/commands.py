@@ -79,7 +79,7 @@ def add_parser(subparsers) -> None:
 
 
 def _eval_device(name: str) -> str:
-    from ..pipeline import resolve_device
+    from ..runtime import resolve_device
 
     return str(resolve_device(name))
 

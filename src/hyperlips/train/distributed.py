@@ -59,7 +59,7 @@ class Dist:
 
 def setup_distributed(device: str = "auto") -> Dist:
     """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, gloo on CPU) and pick the device."""
-    from ..pipeline import resolve_device
+    from ..runtime import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

@@ -1,0 +1,101 @@
+"""Which mouth a lip-synced frame shows, and the step that makes a warped one.
+
+``render`` shows the network's face; ``warp`` (HyperLips-Lite) moves the frame's own lips and jaw to the mouth shape
+the network's audio encoder reads (``face.mouth_warp``), the network's face filling only the opening; ``hybrid``
+shows the network's face with the fine detail of that warped frame. ``auto`` picks one (:func:`choose_mouth`).
+:class:`MouthStep` does the warp of one clip's frames, in order, in the pipeline's network stage.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import UserError
+from .face.blend import first_row_read
+from .generator_io import BASE_SIZE, face_crop
+
+MOUTH_MODES = ("render", "warp", "hybrid")  # and "auto", which picks one of them
+WARP_GAIN = 1.5  # mouth="warp": the audio encoder's shapes times this (they spread less than real mouths)
+WARP_MESH_SIZE = 256  # the face region is looked at by FaceMesh at this size for mouth="warp"
+
+
+def is_shipped_starter(checkpoint: str | os.PathLike | None) -> bool:
+    """Whether ``checkpoint`` is the starter file shipped in the package (as the server names it)."""
+    if checkpoint is None:
+        return False
+    from .models import shipped
+
+    starter = shipped.starter()
+    try:
+        return starter is not None and Path(checkpoint).resolve() == Path(starter.path).resolve()
+    except OSError:
+        return False
+
+
+def choose_mouth(mouth: str, network, weights: str, *, fixed: bool, checkpoint=None) -> str:
+    """The mouth ``network`` shows for the option ``mouth``: ``auto`` is ``warp`` with the shipped starter (a
+    generic renderer draws a face it never saw soft), ``hybrid`` with other HyperLips-Lite weights (a person model
+    draws its person's mouth closer to the speech than the warp places it) and ``render`` for HyperLips-Base or
+    ``fixed`` networks (random weights, or one given directly). A :class:`UserError` for an unknown mode, or a
+    warp asked of a network without mouth shapes (``weights`` names it)."""
+    shapes = hasattr(network, "predict_shape")
+    if mouth == "auto":
+        if not shapes or fixed:
+            mouth = "render"
+        else:
+            mouth = "warp" if is_shipped_starter(checkpoint) else "hybrid"
+    if mouth not in MOUTH_MODES:
+        raise UserError(f"--mouth must be one of auto, {', '.join(MOUTH_MODES)} (got {mouth!r})")
+    if mouth != "render" and not shapes:
+        raise UserError(f"--mouth {mouth} moves the frame's mouth to the shape a HyperLips-Lite reads from the "
+                        f"speech; {weights} has no mouth shapes (use --mouth render)")
+    return mouth
+
+
+class MouthStep:
+    """The warped mouth of one clip's frames (``mode`` ``warp`` or ``hybrid``), called once per frame in order: it
+    learns the clip's average mouth and steadies the head's pose as frames pass (``face.mouth_warp.MouthWarp``), and
+    looks at each face region with a FaceMesh tracker of its own (the HR decoder's sees generated faces)."""
+
+    def __init__(self, mode: str, fps: float = 25.0) -> None:
+        if mode not in ("warp", "hybrid"):
+            raise ValueError(f"MouthStep: mode must be warp or hybrid, got {mode!r}")
+        self.mode, self.fps = mode, float(fps)
+        self._warp = None  # made at the first frame
+        self._mesh = None
+
+    def close(self) -> None:
+        if self._mesh is not None:
+            self._mesh.close()
+            self._mesh = None
+
+    def __call__(self, image: np.ndarray, box, face: np.ndarray, shape: np.ndarray) -> np.ndarray:
+        """The face region of ``image`` (H, W, 3) uint8 BGR at the crop ``box``, at its own resolution (a square of
+        the region's larger side), with the lips and jaw moved to ``shape`` (the audio encoder's, before the
+        network's gain) and the opening filled from the network's ``face`` (``warp``), or the network's face
+        enlarged with that frame's fine detail (``hybrid``); the network's ``face`` as it is when FaceMesh finds no
+        face in the region."""
+        from .face.mouth_warp import MouthWarp, with_detail
+        from .face.track import pixel_region
+
+        x1, y1, x2, y2 = pixel_region(box, image.shape[1], image.shape[0])
+        side = max(x2 - x1, y2 - y1, BASE_SIZE)
+        region = face_crop(image, box, side)
+        look = face_crop(image, box, WARP_MESH_SIZE)
+        if self._warp is None:
+            from .face.landmarks import FaceMesh
+
+            self._warp = MouthWarp(fps=self.fps)
+            self._mesh = FaceMesh(static=False)
+        lm = self._mesh.landmarks(look)
+        if lm is None:
+            self._warp.lost()
+            return face
+        rendered = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+        top = first_row_read(side)
+        warped = self._warp.apply(region, lm[:, :2] * (side / WARP_MESH_SIZE), shape * WARP_GAIN, rendered, first_row=top)
+        return warped if self.mode == "warp" else with_detail(rendered, warped, top)
