@@ -172,6 +172,30 @@ def test_the_mouth_is_placed_without_the_readings_shake(face2):
     assert np.abs(warp.place(lm[10], shapes[10], SIDE) - own[10]).max() < 0.25
 
 
+def test_a_region_without_a_face_gets_the_network_face(real_data):
+    """The warp step on a frame where FaceMesh finds no face: the network's face as it is, and the pose starts
+    afresh (a cut or a lost face must not pull the next frames' mouths towards the old place)."""
+    from hyperlips.face.detect import FaceDetector
+    from hyperlips.mouth import MouthStep
+
+    with pytest.raises(ValueError):
+        MouthStep("render")
+    frame = read_frames(real_data / "retalking" / "face2.mp4", 1)[0]
+    with FaceDetector() as det:
+        box = det.detect(frame)[0]
+    face = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    shape = np.zeros(ms.N_SHAPE, np.float32)
+    step = MouthStep("warp", fps=30.0)
+    try:
+        warped = step(frame, box, face, shape)
+        assert warped.shape[0] > 128 and step._warp.pose.fps == 30.0 and step._warp.pose._x is not None
+        out = step(np.full_like(frame, 90), box, face, shape)  # the same place, no face in it
+        assert out is face
+        assert step._warp.pose._x is None
+    finally:
+        step.close()
+
+
 def _lower_face_sharpness(frames, box) -> float:
     import cv2
 
