@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -128,7 +129,23 @@ def test_the_reference_is_also_timed_in_the_originals_batch_after_the_720p_runs(
     assert ("network", "hyperlips-base", "original", (128,)) not in calls and len(calls) == 4
 
 
-@pytest.mark.parametrize("text", ["lite", "lite:480", "medium:720", "base:720:300", "lite:720:128:1"])
+def test_the_shipped_starter_runs_end_to_end_as_sync_runs_it(tmp_path):
+    from hyperlips.models import shipped
+
+    if shipped.starter() is None:
+        pytest.skip("this build ships no starter")
+    video, audio = B.synthetic_clip(tmp_path, seconds=0.4)
+    rows = B.bench_end_to_end(video, audio, 128, "cpu", 4, tmp_path, "starter", label="720p")
+    assert rows[0].stage == "end-to-end" and rows[0].frames == 10 and rows[0].fps > 0
+    assert rows[0].variant == "Starter, 720p, shipped weights, mouth warp"
+    assert str(B.E2ESpec.parse("starter:1080")) == "starter:1080:128"
+    line = B.summarise([dict(asdict(rows[0]), fps=27.5)])
+    assert line == ["the shipped starter end to end at 720p, as sync runs it by default (mouth warp): 27.5 fps "
+                    "(1.10x real time for 25 fps video)"]
+
+
+@pytest.mark.parametrize("text", ["lite", "lite:480", "medium:720", "base:720:300", "lite:720:128:1",
+                                  "starter:720:256"])
 def test_end_to_end_spec_mistakes(text):
     from hyperlips.errors import UserError
 

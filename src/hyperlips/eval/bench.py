@@ -62,14 +62,17 @@ MODELS = ("base", "lite")
 DEFAULT_BATCHES = (1, 16)
 ORIGINAL_BATCH = 128  # the batch the original's inference runs its network in (hyper_batch_size)
 DEFAULT_BUDGET = 420.0  # seconds; what is left after it is listed as skipped (the default run stays under 8 min)
-DEFAULT_E2E = ("lite:720:128", "base:720:128", "lite:1080:128", "lite:720:256")
+DEFAULT_E2E = ("starter:720:128", "lite:720:128", "base:720:128", "lite:1080:128", "lite:720:256")
+E2E_MODELS = MODELS + ("starter",)  # starter: the shipped weights with sync's defaults (the mouth warped)
+E2E_NAMES = {"base": "Base", "lite": "Lite", "starter": "Starter"}
 DEFAULT_MEMORY = (8.0, 40.0)  # seconds of the short and the long input
 HEIGHTS = {720: (1280, 720), 1080: (1920, 1080)}
 
 
 @dataclass(frozen=True)
 class E2ESpec:
-    """One end-to-end run: ``model`` (base or lite) on a ``height``p clip, mouth rendered at ``size`` px."""
+    """One end-to-end run: ``model`` (base or lite with random weights, or the shipped starter as ``sync`` runs it
+    by default) on a ``height``p clip, mouth rendered at ``size`` px."""
 
     model: str
     height: int
@@ -82,9 +85,10 @@ class E2ESpec:
             model, height, size = parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else 128
         except (IndexError, ValueError):
             model, height, size = "", 0, 0
-        if model not in MODELS or height not in HEIGHTS or size not in SIZES or len(parts) > 3:
-            raise UserError(f"--end-to-end takes MODEL:HEIGHT[:SIZE] with MODEL base or lite, HEIGHT 720 or 1080 and "
-                            f"SIZE 128, 256 or 512 (got {text!r})")
+        if (model not in E2E_MODELS or height not in HEIGHTS or size not in SIZES or len(parts) > 3
+                or (model == "starter" and size != 128)):
+            raise UserError(f"--end-to-end takes MODEL:HEIGHT[:SIZE] with MODEL base, lite or starter (128 px only), "
+                            f"HEIGHT 720 or 1080 and SIZE 128, 256 or 512 (got {text!r})")
         return cls(model, height, size)
 
     def __str__(self) -> str:
@@ -112,7 +116,7 @@ def _e2e_too_long(rows: list, spec: E2ESpec, device: str, n_frames: int, budget:
     the time budget."""
     if not budget:
         return None
-    name = "Lite" if spec.model == "lite" else "Base"
+    name = "Base" if spec.model == "base" else "Lite"  # the starter is a HyperLips-Lite
     rates = [r.fps for r in rows if r.stage == "network" and r.size == 128 and r.device == device
              and r.status == "ok" and r.variant.startswith(name)]
     if not rates:
@@ -237,7 +241,7 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
                 add(bench_network(s, dev, prec, run_batches, flow, frames, over_budget, model, layout))
             elif kind == "e2e":
                 spec, dev = a
-                name = f"{'Lite' if spec.model == 'lite' else 'Base'}{' + HR' if spec.size != 128 else ''}"
+                name = f"{E2E_NAMES[spec.model]}{' + HR' if spec.size != 128 else ''}"
                 reason = over_budget() or _e2e_too_long(rows, spec, dev, e2e_frames, budget, time.perf_counter() - t_all)
                 if reason:
                     add(BenchRow("end-to-end", f"{name}, {spec.height}p", spec.size, dev, "auto", max(batches),
@@ -272,6 +276,10 @@ def summarise(rows: list[dict]) -> list[str]:
     e2e = {(r["variant"].split(",")[0], r["variant"].split(",")[1].strip(), r["size"]): r
            for r in ok if r["stage"] == "end-to-end"}
     lines = []
+    starter = e2e.get(("Starter", "720p", 128))
+    if starter:
+        lines.append(f"the shipped starter end to end at 720p, as sync runs it by default ({starter['variant'].split(', ')[-1]}): "
+                     f"{starter['fps']:.1f} fps ({starter['fps'] / 25:.2f}x real time for 25 fps video)")
     lite = e2e.get(("Lite", "720p", 128))
     if lite:
         lines.append(f"Lite end to end at 720p: {lite['fps']:.1f} fps ({lite['fps'] / 25:.2f}x real time for 25 fps "
@@ -289,7 +297,7 @@ def summarise(rows: list[dict]) -> list[str]:
                      f"{ORIGINAL_BATCH} ({own[0]['fps']:.1f} fps)")
         lines.append(line)
     for key, r in sorted(e2e.items(), key=lambda kv: str(kv[0])):
-        if key not in (("Lite", "720p", 128), ("Base", "720p", 128)):
+        if key not in (("Lite", "720p", 128), ("Base", "720p", 128), ("Starter", "720p", 128)):
             lines.append(f"{key[0]} end to end at {key[1]}, mouth at {key[2]} px: {r['fps']:.1f} fps")
     mem = [r for r in ok if r["stage"] == "memory"]
     if len(mem) == 2:
@@ -365,7 +373,8 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
                    "and 1080p clips, which the heights of --end-to-end choose)")
     p.add_argument("--audio", type=Path, help="speech for the end-to-end run (default: the clip's own audio)")
     p.add_argument("--end-to-end", nargs="*", default=list(DEFAULT_E2E), metavar="MODEL:HEIGHT[:SIZE]",
-                   help=f"end-to-end runs: model base or lite, clip height 720 or 1080, mouth size 128/256/512 "
+                   help=f"end-to-end runs: model base or lite (random weights) or starter (the shipped weights, "
+                        f"the mouth as sync shows it by default), clip height 720 or 1080, mouth size 128/256/512 "
                         f"(default {' '.join(DEFAULT_E2E)}; none, or the flag alone, to skip)")
     p.add_argument("--memory-seconds", nargs="*", default=[str(s) for s in DEFAULT_MEMORY], metavar="SECONDS",
                    help=f"lengths of the short and the long synthetic 720p input whose peak memory is compared "

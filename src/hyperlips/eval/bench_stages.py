@@ -465,17 +465,29 @@ def format_generators(rows: list[dict]) -> str:
 
 def bench_end_to_end(video: Path, audio: Path, size: int, device: str, batch: int, folder: Path,
                      model: str = "lite", label: str = "") -> list[BenchRow]:
-    """``LipSync.sync`` with random weights (``model``, precision ``auto``): one row for the whole run (its wall
-    time: the stages overlap) and one per stage with the stage's busy time."""
+    """``LipSync.sync`` with random weights (``model`` base or lite, precision ``auto``), or with ``model`` starter
+    the shipped starter as ``sync`` runs it by default (its mouth warped): one row for the whole run (its wall time:
+    the stages overlap) and one per stage with the stage's busy time."""
     from ..pipeline import LipSync
 
-    ls = LipSync(None, None, size=size, device=device, batch_size=batch, untrained=True, model=model, progress=False)
+    if model == "starter":
+        from ..models import shipped
+
+        if shipped.starter() is None:
+            return [BenchRow("end-to-end", f"Starter, {label or 'LipSync.sync'}", size, device, "auto", batch,
+                             status="skipped: this build ships no starter")]
+        ls = LipSync(None, None, device=device, batch_size=batch, progress=False)
+        weights = f"shipped weights, mouth {ls.mouth}"
+    else:
+        ls = LipSync(None, None, size=size, device=device, batch_size=batch, untrained=True, model=model,
+                     progress=False)
+        weights = "random weights"
     with PeakMemory(device if device.startswith("cuda") else "cpu") as mem:
         t0 = time.perf_counter()
         rep = ls.sync(video, audio, folder / f"bench_e2e_{size}.mp4")
         secs = time.perf_counter() - t0
-    name = "Lite" if model == "lite" else "Base"
-    what = f"{name}{' + HR' if size != 128 else ''}, {label or 'LipSync.sync'}, random weights"
+    name = {"lite": "Lite", "base": "Base", "starter": "Starter"}[model]
+    what = f"{name}{' + HR' if size != 128 else ''}, {label or 'LipSync.sync'}, {weights}"
     rows = [_row("end-to-end", rep.frames, secs, mem, variant=what, size=size, device=device, batch=batch,
                  precision=ls.precision)]
     for stage, s in rep.timings.items():
