@@ -196,6 +196,30 @@ def test_a_region_without_a_face_gets_the_network_face(real_data):
         step.close()
 
 
+def test_warped_faces_are_pasted_back_as_the_frames_own(real_data):
+    """A warped face is the frame's own pixels: paste-back skips the colour matching a drawn face gets (the hybrid's
+    face is the network's, and keeps it)."""
+    from hyperlips.face.detect import FaceDetector
+    from hyperlips.generator_io import face_crop
+    from hyperlips.pipeline import LipSync
+    from hyperlips.streaming import FrameJob, paste_stage
+
+    frames = read_frames(real_data / "retalking" / "face2.mp4", 2)
+    with FaceDetector() as det:
+        box = det.detect(frames[0])[0]
+    for mode, own in (("warp", {"color": "none"}), ("hybrid", {})):
+        ls = LipSync(progress=False, mouth=mode, precision="fp32")
+        ls.new_clip(25.0)
+        jobs = [FrameJob(j=i, s=i, image=f.copy(), box=box) for i, f in enumerate(frames)]
+        windows = np.zeros((len(jobs), 1, ls.base.audio_rows, ls.base.mel_steps), np.float32)
+        ls.render_jobs(jobs, face_crop(frames[0], box, 128), windows)
+        assert [job.own_face for job in jobs] == [mode == "warp"] * len(jobs)
+        calls = []
+        stage = paste_stage(lambda image, face, box, inplace, **kw: calls.append(kw) or image)
+        assert len(list(stage(iter([jobs])))) == len(jobs)
+        assert calls == [own] * len(jobs)
+
+
 def _lower_face_sharpness(frames, box) -> float:
     import cv2
 

@@ -435,6 +435,7 @@ class LipSync:
                 self.new_clip()
             for job, face, shape in zip(jobs, faces, shapes):
                 job.face = self._mouth_step(job.image, job.box, face, shape)
+                job.own_face = self.mouth == "warp" and job.face is not face  # not where FaceMesh found no face
             return
         for job, face in zip(jobs, self.generate(windows, x)):
             job.face = face

@@ -53,6 +53,9 @@ class FrameJob:
     face: Optional[np.ndarray] = None  # the generated face (S, S, 3) uint8 BGR
     crop: Optional[np.ndarray] = None  # the network's input crop (128, 128, 3) float32 when blended over time
     # (:func:`blended_inputs`); None: the box's crop of ``image``
+    own_face: bool = False  # ``face`` is the frame's own pixels, moved (mouth="warp"): pasted back without the colour
+    # matching a drawn face needs (it would measure the frame against itself); the detail matching stays (it restores
+    # what the warp's resampling and the temporal blend soften)
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -364,14 +367,15 @@ def steady_batches(batches_in: Iterator[list[FrameJob]], weight: float) -> Itera
 
 def paste_stage(paste: Callable, steady: float = 0.0) -> Callable:
     """The paste-back stage: the faces steadied over time (``steady``: the neighbours' weight, :func:`steady_batches`),
-    then ``paste(frame, face, box, inplace)`` for every job with a face; yields the jobs, ``image`` now the output
-    frame."""
+    then ``paste(frame, face, box, inplace)`` for every job with a face (``face.blend.paste_face``; a job's own face
+    with ``color="none"``); yields the jobs, ``image`` now the output frame."""
 
     def stage(batches_in: Iterator[list[FrameJob]]) -> Iterator[FrameJob]:
         for batch in steady_batches(batches_in, steady):
             for job in batch:
                 if job.face is not None:
-                    job.image = paste(job.image, job.face, job.box, inplace=job.last_use)
+                    own = {"color": "none"} if job.own_face else {}
+                    job.image = paste(job.image, job.face, job.box, inplace=job.last_use, **own)
                     job.face = None
                 yield job
 
