@@ -91,19 +91,15 @@ class PiecewiseAffine:
 class PoseFilter:
     """A one-euro filter (an adaptive low-pass: Casiez, Roussel and Vogel, CHI 2012) for points that track a head.
 
-    FaceMesh's points shake by a pixel or more from frame to frame even on a still head; a real head moves
+    FaceMesh's points shake by a few tenths of a pixel from frame to frame even on a still head; a real head moves
     smoothly. The cut-off frequency rises with the points' speed (``min_cutoff`` Hz at rest, plus ``beta`` Hz per
     unit of speed, in the points' own units per second), so a still head is steadied and a turning one followed
-    with little lag. Call it on each frame's points in order; :meth:`reset` after a gap. A point that moved more than
-    ``jump`` (in the points' units) since the last frame means a cut or a jump of the track: the filter starts
-    afresh there, from the frame's own points."""
+    with little lag. Call it on each frame's points in order; :meth:`reset` after a gap or a cut."""
 
-    def __init__(self, fps: float = 25.0, min_cutoff: float = 2.0, beta: float = 2.0, speed_cutoff: float = 1.0,
-                 jump: float = 0.05):
+    def __init__(self, fps: float = 25.0, min_cutoff: float = 2.0, beta: float = 2.0, speed_cutoff: float = 1.0):
         if fps <= 0:
             raise ValueError(f"PoseFilter: fps must be > 0, got {fps}")
         self.fps, self.min_cutoff, self.beta, self.speed_cutoff = float(fps), float(min_cutoff), float(beta), float(speed_cutoff)
-        self.jump = float(jump)
         self.reset()
 
     def reset(self) -> None:
@@ -116,7 +112,7 @@ class PoseFilter:
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         x = np.asarray(points, np.float64)
-        if self._x is None or self._x.shape != x.shape or np.abs(x - self._x).max() > self.jump:
+        if self._x is None or self._x.shape != x.shape:
             self._x, self._speed = x.copy(), np.zeros_like(x)
             return x.copy()
         self._speed = self._speed + self._alpha(self.speed_cutoff) * ((x - self._x) * self.fps - self._speed)
