@@ -91,7 +91,7 @@ class PiecewiseAffine:
 class PoseFilter:
     """A one-euro filter (an adaptive low-pass: Casiez, Roussel and Vogel, CHI 2012) for points that track a head.
 
-    FaceMesh's points shake by a few tenths of a pixel from frame to frame even on a still head; a real head moves
+    FaceMesh's points shake by a pixel or more from frame to frame even on a still head; a real head moves
     smoothly. The cut-off frequency rises with the points' speed (``min_cutoff`` Hz at rest, plus ``beta`` Hz per
     unit of speed, in the points' own units per second), so a still head is steadied and a turning one followed
     with little lag. Call it on each frame's points in order; :meth:`reset` after a gap or a cut."""
