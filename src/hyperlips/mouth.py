@@ -97,5 +97,6 @@ class MouthStep:
             return face
         rendered = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
         top = first_row_read(side)
-        warped = self._warp.apply(region, lm[:, :2] * (side / WARP_MESH_SIZE), shape * WARP_GAIN, rendered, first_row=top)
+        points = lm[:, :2] * (side / WARP_MESH_SIZE)
+        warped = self._warp.apply(region, points, shape * WARP_GAIN, rendered, first_row=top)
         return warped if self.mode == "warp" else with_detail(rendered, warped, top)

@@ -278,7 +278,8 @@ def summarise(rows: list[dict]) -> list[str]:
     lines = []
     starter = e2e.get(("Starter", "720p", 128))
     if starter:
-        lines.append(f"the shipped starter end to end at 720p, as sync runs it by default ({starter['variant'].split(', ')[-1]}): "
+        mouth = starter["variant"].split(", ")[-1]
+        lines.append(f"the shipped starter end to end at 720p, as sync runs it by default ({mouth}): "
                      f"{starter['fps']:.1f} fps ({starter['fps'] / 25:.2f}x real time for 25 fps video)")
     lite = e2e.get(("Lite", "720p", 128))
     if lite:

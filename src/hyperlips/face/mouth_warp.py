@@ -94,12 +94,13 @@ class PoseFilter:
     FaceMesh's points shake by a pixel or more from frame to frame even on a still head; a real head moves
     smoothly. The cut-off frequency rises with the points' speed (``min_cutoff`` Hz at rest, plus ``beta`` Hz per
     unit of speed, in the points' own units per second), so a still head is steadied and a turning one followed
-    with little lag. Call it on each frame's points in order; :meth:`reset` after a gap or a cut."""
+    with little lag. Call it on each frame's points in order; :meth:`reset` after a gap."""
 
     def __init__(self, fps: float = 25.0, min_cutoff: float = 2.0, beta: float = 2.0, speed_cutoff: float = 1.0):
         if fps <= 0:
             raise ValueError(f"PoseFilter: fps must be > 0, got {fps}")
-        self.fps, self.min_cutoff, self.beta, self.speed_cutoff = float(fps), float(min_cutoff), float(beta), float(speed_cutoff)
+        self.fps, self.min_cutoff = float(fps), float(min_cutoff)
+        self.beta, self.speed_cutoff = float(beta), float(speed_cutoff)
         self.reset()
 
     def reset(self) -> None:
