@@ -229,7 +229,9 @@ def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True, phon
                             "each with weight W, for steadier lips that stay sharp (default: 0.25 for "
                             "HyperLips-Lite, the starter's network; 0 for HyperLips-Base); 0 turns it off, at most 1/3")
     if mouth:
-        p.add_argument("--mouth", choices=("auto", "render", "warp", "hybrid"), default="auto",
+        from .mouth import MOUTH_OPTIONS
+
+        p.add_argument("--mouth", choices=MOUTH_OPTIONS, default="auto",
                        help="render: the network draws the lower face; warp (HyperLips-Lite): the frame's own lips "
                             "and jaw are moved to the mouth the network reads from the speech, at full resolution, "
                             "the network filling only the opening; hybrid (HyperLips-Lite): the network's face with "

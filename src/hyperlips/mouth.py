@@ -11,14 +11,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .errors import UserError
-from .face.blend import first_row_read
-from .generator_io import BASE_SIZE, face_crop
 
 MOUTH_MODES = ("render", "warp", "hybrid")  # and "auto", which picks one of them
+MOUTH_OPTIONS = ("auto",) + MOUTH_MODES  # what --mouth (and a server job's mouth) takes
 WARP_GAIN = 1.5  # mouth="warp": the audio encoder's shapes times this (they spread less than real mouths)
 WARP_MESH_SIZE = 256  # the face region is looked at by FaceMesh at this size for mouth="warp"
 
@@ -49,7 +47,7 @@ def choose_mouth(mouth: str, network, weights: str, *, fixed: bool, checkpoint=N
         else:
             mouth = "warp" if is_shipped_starter(checkpoint) else "hybrid"
     if mouth not in MOUTH_MODES:
-        raise UserError(f"--mouth must be one of auto, {', '.join(MOUTH_MODES)} (got {mouth!r})")
+        raise UserError(f"--mouth must be one of {', '.join(MOUTH_OPTIONS)} (got {mouth!r})")
     if mouth != "render" and not shapes:
         raise UserError(f"--mouth {mouth} moves the frame's mouth to the shape a HyperLips-Lite reads from the "
                         f"speech; {weights} has no mouth shapes (use --mouth render)")
@@ -79,8 +77,12 @@ class MouthStep:
         network's gain) and the opening filled from the network's ``face`` (``warp``), or the network's face
         enlarged with that frame's fine detail (``hybrid``); the network's ``face`` as it is when FaceMesh finds no
         face in the region."""
+        import cv2
+
+        from .face.blend import first_row_read
         from .face.mouth_warp import MouthWarp, with_detail
         from .face.track import pixel_region
+        from .generator_io import BASE_SIZE, face_crop
 
         x1, y1, x2, y2 = pixel_region(box, image.shape[1], image.shape[0])
         side = max(x2 - x1, y2 - y1, BASE_SIZE)

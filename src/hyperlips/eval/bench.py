@@ -41,6 +41,7 @@ from .bench_stages import (  # noqa: F401  (the measurements, re-exported for ca
     NETWORK_MIN_SECONDS,
     SIZES,
     BenchRow,
+    E2E_NAMES,
     PeakMemory,
     bench_decode,
     bench_encode,
@@ -64,7 +65,6 @@ ORIGINAL_BATCH = 128  # the batch the original's inference runs its network in (
 DEFAULT_BUDGET = 420.0  # seconds; what is left after it is listed as skipped (the default run stays under 8 min)
 DEFAULT_E2E = ("starter:720:128", "lite:720:128", "base:720:128", "lite:1080:128", "lite:720:256")
 E2E_MODELS = MODELS + ("starter",)  # starter: the shipped weights with sync's defaults (the mouth warped)
-E2E_NAMES = {"base": "Base", "lite": "Lite", "starter": "Starter"}
 DEFAULT_MEMORY = (8.0, 40.0)  # seconds of the short and the long input
 HEIGHTS = {720: (1280, 720), 1080: (1920, 1080)}
 

@@ -463,6 +463,9 @@ def format_generators(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+E2E_NAMES = {"base": "Base", "lite": "Lite", "starter": "Starter"}  # end-to-end runs' models, as rows name them
+
+
 def bench_end_to_end(video: Path, audio: Path, size: int, device: str, batch: int, folder: Path,
                      model: str = "lite", label: str = "") -> list[BenchRow]:
     """``LipSync.sync`` with random weights (``model`` base or lite, precision ``auto``), or with ``model`` starter
@@ -486,7 +489,7 @@ def bench_end_to_end(video: Path, audio: Path, size: int, device: str, batch: in
         t0 = time.perf_counter()
         rep = ls.sync(video, audio, folder / f"bench_e2e_{size}.mp4")
         secs = time.perf_counter() - t0
-    name = {"lite": "Lite", "base": "Base", "starter": "Starter"}[model]
+    name = E2E_NAMES[model]
     what = f"{name}{' + HR' if size != 128 else ''}, {label or 'LipSync.sync'}, {weights}"
     rows = [_row("end-to-end", rep.frames, secs, mem, variant=what, size=size, device=device, batch=batch,
                  precision=ls.precision)]

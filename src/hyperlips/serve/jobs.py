@@ -12,9 +12,8 @@ import re
 import shutil
 from pathlib import Path
 
+from ..mouth import MOUTH_OPTIONS
 from ..schedule import LOOP_MODES
-
-MOUTH_MODES = ("auto", "render", "warp", "hybrid")  # as LipSync's mouth (the pipeline is loaded by the worker, not here)
 from .catalog import UNTRAINED_ID, find_model, list_models
 from .runner import job_folder
 from .settings import ServeSettings
@@ -113,8 +112,8 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
     crf, preset, pix_fmt = _encoding(params)
     blend = _temporal_blend(params)
     mouth = params.get("mouth") or "auto"
-    if mouth not in MOUTH_MODES:
-        raise _bad(f"mouth must be one of {', '.join(MOUTH_MODES)} (got {mouth!r})")
+    if mouth not in MOUTH_OPTIONS:
+        raise _bad(f"mouth must be one of {', '.join(MOUTH_OPTIONS)} (got {mouth!r})")
     if mouth in ("warp", "hybrid") and model.id == UNTRAINED_ID:
         raise _bad(f"mouth {mouth} moves the mouth to the shape a trained HyperLips-Lite reads from the speech; "
                    "the untrained model has none (use render)")

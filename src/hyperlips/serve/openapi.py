@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..mouth import MOUTH_OPTIONS
+
 _ERROR = {"description": "the reason, one line", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _JOB = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
 _ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}]
@@ -130,7 +132,7 @@ def openapi_document(version: str) -> dict:
                 "temporal_blend": {"type": "number", "minimum": 0, "maximum": 1 / 3,
                                    "description": "each generated face blended with the frames' before and after it, "
                                                   "weight each (default 0.25: steadier lips; 0 off)"},
-                "mouth": {"enum": ["auto", "render", "warp", "hybrid"],
+                "mouth": {"enum": list(MOUTH_OPTIONS),
                           "description": "render: the network draws the lower face; warp (HyperLips-Lite models): "
                                          "the video's own lips and jaw moved to the mouth read from the speech, at "
                                          "full resolution; hybrid: the network's face with that warped frame's fine "
