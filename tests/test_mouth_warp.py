@@ -103,18 +103,100 @@ def test_the_warped_face_shows_the_shape_it_is_given(face2):
     for frame in lm:
         warp.observe(frame)
     top = 100
-    dark = np.zeros_like(crops[0])  # what the network would draw inside the opening
-    same = warp.apply(crops[closed], lm[closed], shapes[closed], dark, first_row=top)
+    same = warp.apply(crops[closed], lm[closed], shapes[closed], first_row=top)
     assert np.array_equal(same[:top], crops[closed][:top])
     assert np.abs(same.astype(float) - crops[closed]).mean() < 1.0
-    opened = warp.apply(crops[closed], lm[closed], shapes[wide], dark, first_row=top)
-    closed_again = warp.apply(crops[wide], lm[wide], shapes[closed], crops[wide], first_row=top)
+    opened = warp.apply(crops[closed], lm[closed], shapes[wide], first_row=top)
+    closed_again = warp.apply(crops[wide], lm[wide], shapes[closed], first_row=top)
     assert np.array_equal(opened[:top], crops[closed][:top])
     with FaceMesh(static=True) as fm:
         got_open, got_closed = _opening(fm.landmarks(opened)), _opening(fm.landmarks(closed_again))
     span = openings[wide] - openings[closed]
     assert got_open > openings[closed] + 0.6 * span, (got_open, openings[closed], openings[wide])
     assert got_closed < openings[wide] - 0.6 * span, (got_closed, openings[closed], openings[wide])
+
+
+def test_facemesh_reads_the_opening_the_warp_is_given(real_data):
+    """Each frame of a real clip given the mouth of the frame half the clip away: the opening FaceMesh reads on the
+    warped faces follows the one they were given. Where the inner lips meet, the new points' triangulation must
+    not join an upper lip point to a lower one across the frame's own opening (it carried the teeth between closed
+    lips, and FaceMesh read them open: r 0.64 on this clip); the inside of a new opening is drawn dark."""
+    import cv2
+
+    from hyperlips.face.detect import FaceDetector
+    from hyperlips.face.landmarks import FaceMesh
+
+    frames = read_frames(real_data / "retalking" / "face5.mp4", 120)
+    with FaceDetector() as det:
+        b = det.detect(frames[0])[0]
+    cx, cy, half = (b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2, 0.75 * max(b.x2 - b.x1, b.y2 - b.y1)
+    x1, y1, side = int(max(cx - half, 0)), int(max(cy - 0.8 * half, 0)), int(2 * half)
+    crops = [cv2.resize(f[y1:y1 + side, x1:x1 + side], (320, 320), interpolation=cv2.INTER_AREA) for f in frames]
+    with FaceMesh(static=False) as fm:
+        found = [fm.landmarks(c) for c in crops]
+    keep = [i for i, p in enumerate(found) if p is not None]
+    assert len(keep) > 100
+    crops, lm = [crops[i] for i in keep], np.stack([found[i][:, :2] for i in keep]).astype(np.float64)
+    tpl = ms.stable_template(lm)
+    pts = ms.aligned_moving_points(lm, tpl)
+    shapes = (pts - pts.mean(axis=0)).reshape(len(lm), -1) * ms.SCALE
+    openings = ms.mouth_opening(lm)
+    n = len(lm)
+    warp = MouthWarp(fps=25.0)
+    given, got = [], []
+    with FaceMesh(static=False) as fm:
+        for i in range(n):
+            j = (i + n // 2) % n
+            read = fm.landmarks(warp.apply(crops[i], lm[i], shapes[j], first_row=120))
+            if read is not None:
+                got.append(_opening(read))
+                given.append(openings[j])
+    assert len(got) > 0.9 * n
+    r = float(np.corrcoef(given, got)[0, 1])
+    assert r > 0.85, r  # measured 0.90
+    # the closed frame given the widest mouth: a dark opening at its middle (the frame's own lips were there)
+    wide, closed = int(np.argmax(openings)), int(np.argmin(openings))
+    cx, cy = np.round((lm[closed][13] + lm[closed][14]) / 2).astype(int)
+    opened = MouthWarp(fps=25.0).apply(crops[closed], lm[closed], shapes[wide], first_row=120)
+    middle = (slice(cy - 1, cy + 2), slice(cx - 4, cx + 5))
+    assert opened[middle].mean() < 0.5 * crops[closed][middle].mean()  # measured 17 against 81
+
+
+def test_the_inner_lips_are_kept_apart_and_the_inside_drawn():
+    from hyperlips.face.mouth_inside import DARK, draw_inside, paint_inside
+    from hyperlips.face.mouth_warp import INNER, keep_apart
+
+    # a mouth 100 px wide: its inner ring with the lips 20 px apart, then closed (the lips crossed by 2 px)
+    n = len(ms.INNER_LIP)
+    x = 100 + 100 * (1 - np.cos(np.pi * np.arange(n // 2 + 1) / (n // 2))) / 2  # corner, lower lip, corner
+    lower = np.stack([x, 200 + 10 * np.sin(np.pi * np.arange(n // 2 + 1) / (n // 2))], 1)
+    upper = np.stack([x, 200 - 10 * np.sin(np.pi * np.arange(n // 2 + 1) / (n // 2))], 1)[::-1][1:-1]
+    ring = np.vstack([lower, upper])
+    points = np.zeros((len(ms.MOVING), 2))
+    points[INNER] = ring
+    assert np.array_equal(keep_apart(points, 1.0), points)  # apart already: unchanged
+    crossed = points.copy()
+    crossed[INNER, 1] = 200 + (crossed[INNER, 1] - 200) * -0.1
+    kept = keep_apart(crossed, 1.5)[INNER]
+    facing = kept[1:n // 2, 1] - kept[n - 1:n // 2:-1, 1]  # each lower point against the upper one above it
+    assert facing.min() == pytest.approx(1.5) and np.abs(kept[:, 0] - ring[:, 0]).max() == 0
+    assert np.allclose(kept[1:n // 2, 1] + kept[n - 1:n // 2:-1, 1], 400)  # each pair moved by half of it
+
+    # the frame's inside painted dark; a new opening drawn dark where the frame's own did not fit, and the frame's
+    # own inside where it does
+    rng = np.random.default_rng(0)
+    region = np.full((400, 400, 3), 180, np.uint8)
+    region[190:211, 100:201] = rng.integers(200, 256, (21, 101, 3))  # teeth
+    painted = paint_inside(region, ring)
+    assert painted[200, 150].max() <= DARK * 255 + 1 and np.array_equal(painted[:185], region[:185])
+    out = region.copy()
+    draw_inside(out, region, ring, ring, 20.0, 20.0, sigma=1.0)  # the same opening: the frame's own inside
+    assert np.abs(out[195:206, 120:181].astype(float) - region[195:206, 120:181]).mean() < 2
+    closed = ring.copy()
+    closed[:, 1] = 200 + (closed[:, 1] - 200) * 0.05
+    out = region.copy()
+    draw_inside(out, region, closed, ring, 1.0, 20.0, sigma=1.0)  # opening from closed: dark, 1/20 of it own
+    assert out[196:205, 130:171].mean() < 0.25 * 180 and np.array_equal(out[:185], region[:185])
 
 
 def test_pose_filter_steadies_a_still_head_and_follows_a_moving_one():
