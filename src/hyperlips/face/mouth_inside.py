@@ -60,13 +60,19 @@ def paint_inside(image: np.ndarray, ring: np.ndarray) -> np.ndarray:
 
 def _carried(image: np.ndarray, src_ring: np.ndarray, dst_ring: np.ndarray, box) -> np.ndarray:
     """``image``'s inside of ``src_ring`` carried onto ``dst_ring`` (the same points, in order), for the pixels of
-    ``box``: float32 (y1 - y0, x1 - x0, 3), piecewise affine over each ring and its centre."""
+    ``box``: float32 (y1 - y0, x1 - x0, 3), piecewise affine over each ring and its centre (``image`` as it is
+    where the rings' points did not move)."""
     x0, y0, x1, y1 = box
+    out = image[y0:y1, x0:x1].astype(np.float32)
     f = PiecewiseAffine(np.vstack([src_ring, src_ring.mean(axis=0)]), np.vstack([dst_ring, dst_ring.mean(axis=0)]))
-    ys, xs = np.mgrid[y0:y1, x0:x1]
-    q = f(np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)).astype(np.float32)
-    mx, my = q[:, 0].reshape(xs.shape), q[:, 1].reshape(xs.shape)
-    return cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    moved = f.grid(x1, y1)
+    if moved is not None:
+        (gx0, gy0, gx1, gy1), mx, my = moved
+        gx0, gy0 = max(gx0, x0), max(gy0, y0)
+        mx, my = mx[gy0 - moved[0][1]:, gx0 - moved[0][0]:], my[gy0 - moved[0][1]:, gx0 - moved[0][0]:]
+        out[gy0 - y0:gy1 - y0, gx0 - x0:gx1 - x0] = cv2.remap(image, mx, my, cv2.INTER_LINEAR,
+                                                                borderMode=cv2.BORDER_REPLICATE)
+    return out
 
 
 def draw_inside(out: np.ndarray, region: np.ndarray, src_ring: np.ndarray, dst_ring: np.ndarray, gap_src: float,
@@ -80,9 +86,10 @@ def draw_inside(out: np.ndarray, region: np.ndarray, src_ring: np.ndarray, dst_r
         return out
     x0, y0, x1, y1 = box
     own = min(gap_src, gap_dst) / max(gap_src, gap_dst) if gap_src > 0 else 0.0
-    layer = np.broadcast_to(_dark(out[y0:y1, x0:x1]), (y1 - y0, x1 - x0, 3)) * (1.0 - own)
+    layer = np.empty((y1 - y0, x1 - x0, 3), np.float32)
+    layer[:] = _dark(out[y0:y1, x0:x1])
     if own > 0:
-        layer = layer + own * _carried(region, src_ring, dst_ring, box)
+        layer += own * (_carried(region, src_ring, dst_ring, box) - layer)
     mask = ring_mask(dst_ring, box, sigma)[..., None]
     out[y0:y1, x0:x1] = np.clip(np.rint(out[y0:y1, x0:x1] * (1.0 - mask) + layer * mask), 0, 255).astype(np.uint8)
     return out

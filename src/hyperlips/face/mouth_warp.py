@@ -128,8 +128,8 @@ class MouthWarp:
         gap_src, gap_dst = _gap(ring_src), _gap(ring_dst)
         # the lips and jaw are moved from the frame with its own inside painted dark, so that lips closing over
         # teeth meet on a dark line; the new opening's inside is drawn apart
-        base = paint_inside(region, ring_src) if gap_src >= 1.0 else region
-        out = base.copy()
+        base = paint_inside(region, ring_src) if gap_src >= 1.0 else region.copy()
+        out = base  # the warp reads base whole before its pixels are written back
         moved = PiecewiseAffine(np.vstack([src, keep]), np.vstack([dst, keep])).grid(w, h)
         if moved is not None:
             (x0, y0, x1, y1), mx, my = moved
