@@ -114,6 +114,15 @@ def test_the_warped_face_shows_the_shape_it_is_given(face2):
     span = openings[wide] - openings[closed]
     assert got_open > openings[closed] + 0.6 * span, (got_open, openings[closed], openings[wide])
     assert got_closed < openings[wide] - 0.6 * span, (got_closed, openings[closed], openings[wide])
+    # the hybrid's warp: the new opening filled from the network's face, not drawn dark
+    grey = np.full_like(crops[0], 128)
+    filled = MouthWarp(frames=len(lm), steady=False)
+    for frame in lm:
+        filled.observe(frame)
+    filled = filled.apply(crops[closed], lm[closed], shapes[wide], first_row=top, fill=grey)
+    cx, cy = np.round((lm[closed][13] + lm[closed][14]) / 2).astype(int)
+    middle = (slice(cy - 1, cy + 2), slice(cx - 3, cx + 4))
+    assert np.abs(filled[middle].astype(float) - 128).mean() < 20 and opened[middle].mean() < 60
 
 
 def test_facemesh_reads_the_opening_the_warp_is_given(real_data):
@@ -163,7 +172,7 @@ def test_facemesh_reads_the_opening_the_warp_is_given(real_data):
 
 
 def test_the_inner_lips_are_kept_apart_and_the_inside_drawn():
-    from hyperlips.face.mouth_inside import DARK, draw_inside, paint_inside
+    from hyperlips.face.mouth_inside import DARK, draw_inside, fill_from, paint_inside
     from hyperlips.face.mouth_warp import INNER, keep_apart
 
     # a mouth 100 px wide: its inner ring with the lips 20 px apart, then closed (the lips crossed by 2 px)
@@ -197,6 +206,13 @@ def test_the_inner_lips_are_kept_apart_and_the_inside_drawn():
     out = region.copy()
     draw_inside(out, region, closed, ring, 1.0, 20.0, sigma=1.0)  # opening from closed: dark, 1/20 of it own
     assert out[196:205, 130:171].mean() < 0.25 * 180 and np.array_equal(out[:185], region[:185])
+    # the hybrid's opening: filled from the network's face, as far as the two openings differ
+    face = np.full_like(region, 60)
+    out = region.copy()
+    fill_from(out, face, ring, 1.0, 20.0, sigma=1.0)
+    assert np.abs(out[198:203, 140:161].astype(float) - (60 * 0.95 + region[198:203, 140:161] * 0.05)).max() < 2
+    out = region.copy()
+    assert np.array_equal(fill_from(out, face, ring, 20.0, 20.0, sigma=1.0), region)  # the same opening: its own
 
 
 def test_pose_filter_steadies_a_still_head_and_follows_a_moving_one():
@@ -276,6 +292,19 @@ def test_a_region_without_a_face_gets_the_network_face(real_data):
         assert step._warp.pose._x is None
     finally:
         step.close()
+    # the hybrid fills the warped frame's new opening from the network's face, the warp draws it
+    for mode, filled in (("hybrid", True), ("warp", False)):
+        step, seen = MouthStep(mode), []
+        real_apply = MouthWarp.apply
+        try:
+            MouthWarp.apply = lambda self, *a, **kw: seen.append(kw.get("fill")) or real_apply(self, *a, **kw)
+            step(frame, box, face, shape)
+        finally:
+            MouthWarp.apply = real_apply
+            step.close()
+        assert len(seen) == 1 and (seen[0] is not None) == filled
+        if filled:
+            assert seen[0].shape[:2] == (warped.shape[0],) * 2 and abs(float(seen[0].mean()) - float(face.mean())) < 2
 
 
 def test_warped_faces_are_pasted_back_as_the_frames_own(real_data):

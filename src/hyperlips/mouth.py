@@ -74,8 +74,9 @@ class MouthStep:
     def __call__(self, image: np.ndarray, box, face: np.ndarray, shape: np.ndarray) -> np.ndarray:
         """The face region of ``image`` (H, W, 3) uint8 BGR at the crop ``box``, at its own resolution (a square of
         the region's larger side), with the lips and jaw moved to ``shape`` (the audio encoder's, before the
-        network's gain) and the inside of the new opening drawn (``warp``), or the network's face enlarged with that
-        frame's fine detail (``hybrid``); the network's ``face`` as it is when FaceMesh finds no face in the region."""
+        network's gain) and the inside of the new opening drawn (``warp``), or the network's face enlarged with the
+        fine detail of that frame warped so, its new opening filled from the network's face (``hybrid``); the
+        network's ``face`` as it is when FaceMesh finds no face in the region."""
         import cv2
 
         from .face.blend import first_row_read
@@ -98,7 +99,7 @@ class MouthStep:
             return face
         top = first_row_read(side)
         points = lm[:, :2] * (side / WARP_MESH_SIZE)
-        warped = self._warp.apply(region, points, shape * WARP_GAIN, first_row=top)
         if self.mode == "warp":
-            return warped
-        return with_detail(cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC), warped, top)
+            return self._warp.apply(region, points, shape * WARP_GAIN, first_row=top)
+        rendered = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+        return with_detail(rendered, self._warp.apply(region, points, shape * WARP_GAIN, top, fill=rendered), top)

@@ -93,3 +93,21 @@ def draw_inside(out: np.ndarray, region: np.ndarray, src_ring: np.ndarray, dst_r
     mask = ring_mask(dst_ring, box, sigma)[..., None]
     out[y0:y1, x0:x1] = np.clip(np.rint(out[y0:y1, x0:x1] * (1.0 - mask) + layer * mask), 0, 255).astype(np.uint8)
     return out
+
+
+def fill_from(out: np.ndarray, face: np.ndarray, dst_ring: np.ndarray, gap_src: float, gap_dst: float,
+              sigma: float) -> np.ndarray:
+    """Fill, in place in ``out`` (h, w, 3) uint8, the new inner-lip ring ``dst_ring`` from ``face`` (the same size)
+    with the weight ``1 - min(gaps) / max(gaps)``, the ring's edge blurred by ``sigma`` px (for the hybrid, whose
+    mouth is the network's ``face``: the warped frame lends it only its fine detail). Returns ``out``."""
+    h, w = out.shape[:2]
+    wide = max(gap_src, gap_dst)
+    use = 1.0 - min(gap_src, gap_dst) / wide if wide > 0 else 0.0
+    box = ring_box(dst_ring, int(np.ceil(4 * sigma)) + 2, w, h)
+    if use <= 0 or box is None:
+        return out
+    x0, y0, x1, y1 = box
+    mask = ring_mask(dst_ring, box, sigma)[..., None] * use
+    mix = out[y0:y1, x0:x1] * (1.0 - mask) + face[y0:y1, x0:x1].astype(np.float32) * mask
+    out[y0:y1, x0:x1] = np.clip(np.rint(mix), 0, 255).astype(np.uint8)
+    return out

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from . import mouth_shape as ms
-from .mouth_inside import draw_inside, paint_inside
+from .mouth_inside import draw_inside, fill_from, paint_inside
 from .piecewise import PiecewiseAffine
 
 # points that stay where they are: the stable points, cheeks, the sides of the nose and the nasolabial folds
@@ -109,18 +109,23 @@ class MouthWarp:
             placed[list(ms.STABLE)] = self.pose(lm[list(ms.STABLE)] / float(side)) * float(side)
         return ms.moving_points(shape, placed, self.template, self.mean)
 
-    def apply(self, region: np.ndarray, landmarks: np.ndarray, shape: np.ndarray, first_row: int = 0) -> np.ndarray:
+    def apply(self, region: np.ndarray, landmarks: np.ndarray, shape: np.ndarray, first_row: int = 0,
+              fill: np.ndarray | None = None) -> np.ndarray:
         """``region`` (h, w, 3) uint8: the face as the frame shows it, ``landmarks`` (468+, 2+) its FaceMesh points
         in its pixels, ``shape`` (N_SHAPE,) the mouth to show. -> (h, w, 3) uint8: rows from ``first_row`` down
-        warped, the inside of the new opening drawn (:mod:`~hyperlips.face.mouth_inside`); the rows above are
+        warped, the inside of the new opening drawn (:mod:`~hyperlips.face.mouth_inside`), or filled from ``fill``
+        (h, w, 3) uint8 where given (the hybrid's network face, as the warp was first made); the rows above are
         ``region``'s. One call per frame, in order (:meth:`place`)."""
         lm = np.asarray(landmarks, np.float64)[:, :2]
         h, w = region.shape[:2]
         src = lm[list(ms.MOVING)]
-        # the inner lips kept a pixel apart (of a 256 px region): where they meet, the triangulation of the new
-        # points would otherwise join an upper lip point to a lower one across the old opening and carry its teeth
-        # between the lips
-        dst = keep_apart(self.place(lm, shape, max(h, w)), max(h, w) / 256.0)
+        dst = self.place(lm, shape, max(h, w))
+        if fill is None:  # the inner lips kept a pixel apart (of a 256 px region): where they meet, the new points'
+            # triangulation would otherwise join an upper lip point to a lower one across the old opening and carry
+            # its teeth between the lips (the hybrid, whose mouth is the network's, keeps its points as placed: on
+            # the one-person tails its opening r moved by 0.01 at most and its mouth's sharpness fell, French 1.02
+            # -> 0.74, cnn2 0.88 -> 0.77, as the frame's own teeth left its detail)
+            dst = keep_apart(dst, max(h, w) / 256.0)
         first_row = int(np.clip(first_row, 0, h - 1))
         edge = _border(w, h, first_row)
         keep = np.vstack([lm[list(ANCHORS)], edge])
@@ -128,7 +133,7 @@ class MouthWarp:
         gap_src, gap_dst = _gap(ring_src), _gap(ring_dst)
         # the lips and jaw are moved from the frame with its own inside painted dark, so that lips closing over
         # teeth meet on a dark line; the new opening's inside is drawn apart
-        base = paint_inside(region, ring_src) if gap_src >= 1.0 else region.copy()
+        base = paint_inside(region, ring_src) if gap_src >= 1.0 and fill is None else region.copy()
         out = base  # the warp reads base whole before its pixels are written back
         moved = PiecewiseAffine(np.vstack([src, keep]), np.vstack([dst, keep])).grid(w, h)
         if moved is not None:
@@ -136,8 +141,11 @@ class MouthWarp:
             y0 = max(y0, first_row)  # the rows above are the region's (the border points keep the warp below)
             mx, my = mx[y0 - moved[0][1]:], my[y0 - moved[0][1]:]
             out[y0:y1, x0:x1] = cv2.remap(base, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-        if gap_dst >= 1.0:
-            draw_inside(out, region, ring_src, ring_dst, gap_src, gap_dst, sigma=max(w / 256.0, 0.5))
+        sigma = max(w / 256.0, 0.5)
+        if fill is not None:
+            fill_from(out, fill, ring_dst, gap_src, gap_dst, sigma)
+        elif gap_dst >= 1.0:
+            draw_inside(out, region, ring_src, ring_dst, gap_src, gap_dst, sigma)
         return out
 
 
