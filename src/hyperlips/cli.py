@@ -234,7 +234,7 @@ def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True, phon
         p.add_argument("--mouth", choices=MOUTH_OPTIONS, default="auto",
                        help="render: the network draws the lower face; warp (HyperLips-Lite): the frame's own lips "
                             "and jaw are moved to the mouth the network reads from the speech, at full resolution, "
-                            "the network filling only the opening; hybrid (HyperLips-Lite): the network's face with "
+                            "the inside of a new opening drawn dark; hybrid (HyperLips-Lite): the network's face with "
                             "the fine detail of that warped frame; auto (default): warp with the shipped starter, "
                             "hybrid with a model of the person, render with HyperLips-Base")
     if phones:

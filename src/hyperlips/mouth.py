@@ -1,7 +1,7 @@
 """Which mouth a lip-synced frame shows, and the step that makes a warped one.
 
 ``render`` shows the network's face; ``warp`` (HyperLips-Lite) moves the frame's own lips and jaw to the mouth shape
-the network's audio encoder reads (``face.mouth_warp``), the network's face filling only the opening; ``hybrid``
+the network's audio encoder reads (``face.mouth_warp``), the inside of a new opening drawn dark; ``hybrid``
 shows the network's face with the fine detail of that warped frame. ``auto`` picks one (:func:`choose_mouth`).
 :class:`MouthStep` does the warp of one clip's frames, in order, in the pipeline's network stage.
 """
