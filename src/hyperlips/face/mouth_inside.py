@@ -12,7 +12,10 @@ When :class:`~hyperlips.face.mouth_warp.MouthWarp` moves a frame's lips, the ins
 
 Measured with the real mouth of the frame half a clip away given to each frame (6 held-out clips, FaceMesh's
 reading of the warped faces against the opening given; runs-only script): r 0.77 with the network's face inside,
-0.89 drawn this way.
+0.80 with the inner lips kept apart alone (``mouth_warp.keep_apart``), 0.89 with the inside drawn too.
+
+:func:`fill_from` fills the new opening from the network's face instead, for the hybrid, whose mouth is the
+network's and takes only the warped frame's fine detail.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def _carried(image: np.ndarray, src_ring: np.ndarray, dst_ring: np.ndarray, box)
     out = image[y0:y1, x0:x1].astype(np.float32)
     f = PiecewiseAffine(np.vstack([src_ring, src_ring.mean(axis=0)]), np.vstack([dst_ring, dst_ring.mean(axis=0)]))
     moved = f.grid(x1, y1)
-    if moved is not None:
+    if moved is not None and moved[0][2] > x0 and moved[0][3] > y0:
         (gx0, gy0, gx1, gy1), mx, my = moved
         gx0, gy0 = max(gx0, x0), max(gy0, y0)
         mx, my = mx[gy0 - moved[0][1]:, gx0 - moved[0][0]:], my[gy0 - moved[0][1]:, gx0 - moved[0][0]:]
