@@ -47,6 +47,15 @@ def _dark(pixels: np.ndarray) -> np.ndarray:
     return DARK * np.median(pixels.reshape(-1, 3), axis=0).astype(np.float32)
 
 
+def _blend(out: np.ndarray, box: tuple[int, int, int, int], layer, mask: np.ndarray) -> np.ndarray:
+    """``out``'s pixels in ``box`` mixed with ``layer`` (float32, the box's size or a colour) by ``mask`` (the
+    box's size, 1 channel), in place. Returns ``out``."""
+    x0, y0, x1, y1 = box
+    mix = out[y0:y1, x0:x1] * (1.0 - mask) + layer * mask
+    out[y0:y1, x0:x1] = np.clip(np.rint(mix), 0, 255).astype(np.uint8)
+    return out
+
+
 def paint_inside(image: np.ndarray, ring: np.ndarray) -> np.ndarray:
     """A copy of ``image`` (h, w, 3) uint8 with the polygon of ``ring`` (n, 2) painted dark (anti-aliased)."""
     h, w = image.shape[:2]
@@ -54,11 +63,7 @@ def paint_inside(image: np.ndarray, ring: np.ndarray) -> np.ndarray:
     if box is None:
         return image.copy()
     x0, y0, x1, y1 = box
-    crop = image[y0:y1, x0:x1].astype(np.float32)
-    mask = ring_mask(ring, box)[..., None]
-    out = image.copy()
-    out[y0:y1, x0:x1] = np.clip(np.rint(crop * (1 - mask) + _dark(crop) * mask), 0, 255).astype(np.uint8)
-    return out
+    return _blend(image.copy(), box, _dark(image[y0:y1, x0:x1]), ring_mask(ring, box)[..., None])
 
 
 def _carried(image: np.ndarray, src_ring: np.ndarray, dst_ring: np.ndarray, box) -> np.ndarray:
@@ -93,9 +98,7 @@ def draw_inside(out: np.ndarray, region: np.ndarray, src_ring: np.ndarray, dst_r
     layer[:] = _dark(out[y0:y1, x0:x1])
     if own > 0:
         layer += own * (_carried(region, src_ring, dst_ring, box) - layer)
-    mask = ring_mask(dst_ring, box, sigma)[..., None]
-    out[y0:y1, x0:x1] = np.clip(np.rint(out[y0:y1, x0:x1] * (1.0 - mask) + layer * mask), 0, 255).astype(np.uint8)
-    return out
+    return _blend(out, box, layer, ring_mask(dst_ring, box, sigma)[..., None])
 
 
 def fill_from(out: np.ndarray, face: np.ndarray, dst_ring: np.ndarray, gap_src: float, gap_dst: float,
@@ -110,7 +113,4 @@ def fill_from(out: np.ndarray, face: np.ndarray, dst_ring: np.ndarray, gap_src: 
     if use <= 0 or box is None:
         return out
     x0, y0, x1, y1 = box
-    mask = ring_mask(dst_ring, box, sigma)[..., None] * use
-    mix = out[y0:y1, x0:x1] * (1.0 - mask) + face[y0:y1, x0:x1].astype(np.float32) * mask
-    out[y0:y1, x0:x1] = np.clip(np.rint(mix), 0, 255).astype(np.uint8)
-    return out
+    return _blend(out, box, face[y0:y1, x0:x1].astype(np.float32), ring_mask(dst_ring, box, sigma)[..., None] * use)

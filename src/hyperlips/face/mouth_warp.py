@@ -133,14 +133,14 @@ class MouthWarp:
         gap_src, gap_dst = _gap(ring_src), _gap(ring_dst)
         # the lips and jaw are moved from the frame with its own inside painted dark, so that lips closing over
         # teeth meet on a dark line; the new opening's inside is drawn apart
-        base = paint_inside(region, ring_src) if gap_src >= 1.0 and fill is None else region.copy()
-        out = base  # the warp reads base whole before its pixels are written back
+        out = paint_inside(region, ring_src) if gap_src >= 1.0 and fill is None else region.copy()
         moved = PiecewiseAffine(np.vstack([src, keep]), np.vstack([dst, keep])).grid(w, h)
         if moved is not None:
             (x0, y0, x1, y1), mx, my = moved
             y0 = max(y0, first_row)  # the rows above are the region's (the border points keep the warp below)
             mx, my = mx[y0 - moved[0][1]:], my[y0 - moved[0][1]:]
-            out[y0:y1, x0:x1] = cv2.remap(base, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+            # remap reads all of out before its result is written back into it
+            out[y0:y1, x0:x1] = cv2.remap(out, mx, my, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
         sigma = max(w / 256.0, 0.5)
         if fill is not None:
             fill_from(out, fill, ring_dst, gap_src, gap_dst, sigma)
