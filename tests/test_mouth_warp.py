@@ -215,6 +215,106 @@ def test_the_inner_lips_are_kept_apart_and_the_inside_drawn():
     assert np.array_equal(fill_from(out, face, ring, 20.0, 20.0, sigma=1.0), region)  # the same opening: its own
 
 
+def _synthetic_mouth(gap: float = 20.0, thickness: float = 12.0):
+    """MOVING points of a mouth 100 px wide at (100..200, 200): the inner ring ``gap`` px open at its middle, its
+    lower arc's points half a step aside from the upper arc's (as FaceMesh places them), the outer ring
+    ``thickness`` px further out, the jaw an arc below."""
+    n = len(ms.INNER_LIP)
+    k = n // 2
+    arc = lambda t: np.sin(np.pi * t / k)  # noqa: E731
+    t_low = np.r_[0, np.arange(1, k) + 0.4, k]  # corner, the lower arc's points (aside), corner
+    t_up = np.arange(k - 1, 0, -1)  # the upper arc, back from the far corner
+    x = lambda t: 100 + 100 * (1 - np.cos(np.pi * t / k)) / 2  # noqa: E731
+    inner = np.vstack([np.stack([x(t_low), 200 + gap / 2 * arc(t_low)], 1), np.stack([x(t_up), 200 - gap / 2 * arc(t_up)], 1)])
+    outer = inner.copy()
+    outer[1:k, 1] += thickness
+    outer[k + 1:, 1] -= thickness
+    outer[0, 0] -= 4
+    outer[k, 0] += 4
+    jaw_t = np.linspace(-0.3, 1.3, len(ms.JAW))
+    jaw = np.stack([100 + 100 * jaw_t, 250 + 30 * np.sin(np.pi * np.clip(jaw_t, 0, 1))], 1)
+    return np.vstack([outer, inner, jaw])
+
+
+def test_close_lips_brings_the_lips_together_with_the_jaw():
+    from hyperlips.face.mouth_warp import INNER, close_lips
+
+    pts = _synthetic_mouth()
+    n, k = len(ms.INNER_LIP), len(ms.INNER_LIP) // 2
+    assert np.array_equal(close_lips(pts, 0.0), pts)
+
+    def facing(p):  # each lower inner point's height below the upper one facing it
+        inner = p[INNER]
+        return inner[1:k, 1] - inner[n - 1:k:-1, 1]
+
+    for amount in (0.5, 1.0):
+        got = close_lips(pts, amount)
+        np.testing.assert_allclose(facing(got), (1 - amount) * facing(pts), atol=1e-9)
+        np.testing.assert_allclose(got[:, 0], pts[:, 0])  # only up and down
+        outer = slice(0, len(ms.OUTER_LIP))
+        np.testing.assert_allclose(got[outer, 1] - got[INNER, 1], pts[outer, 1] - pts[INNER, 1])  # lips as thick
+        for corner in (0, k):
+            assert np.array_equal(got[INNER][corner], pts[INNER][corner])
+    jaw = slice(len(ms.OUTER_LIP) + n, len(ms.MOVING))
+    lift = pts[jaw, 1] - close_lips(pts, 1.0)[jaw, 1]
+    middle = int(np.argmin(np.abs(pts[jaw, 0] - 150)))
+    assert lift[middle] == pytest.approx(facing(pts).max() / 2, rel=0.05)  # the chin rises with the lower lip
+    outside = (pts[jaw, 0] < 100) | (pts[jaw, 0] > 200)
+    assert outside.any() and np.all(lift[outside] == 0)  # nothing beyond the corners
+
+
+def test_closed_lips_meet_without_the_inside_over_the_lower_lip():
+    """The lips of a synthetic open mouth closed: the lower lip shows lip, not the dark inside. Triangles of the
+    moved points joined the upper inner lip to the lower lip's outer edge and carried the inside there."""
+    import cv2
+
+    from hyperlips.face.mouth_warp import INNER, close_lips, keep_apart
+
+    pts = _synthetic_mouth()
+    image = np.full((400, 400, 3), 180, np.uint8)
+    outer = pts[:len(ms.OUTER_LIP)]
+    cv2.fillPoly(image, [np.round(outer).astype(np.int32)], (60, 60, 200))  # lips
+    cv2.fillPoly(image, [np.round(pts[INNER]).astype(np.int32)], (20, 20, 20))  # the inside
+    border = np.array([[0, 0], [399, 0], [0, 399], [399, 399], [200, 0], [0, 200], [399, 200], [200, 399]], float)
+    dst = keep_apart(close_lips(pts, 1.0), 1.0)
+    f = PiecewiseAffine(np.vstack([pts, border]), np.vstack([dst, border]))
+    (x0, y0, x1, y1), mx, my = f.grid(400, 400)
+    out = image.copy()
+    out[y0:y1, x0:x1] = cv2.remap(image, mx, my, cv2.INTER_LINEAR)
+    k = len(ms.INNER_LIP) // 2
+    low_inner, low_outer = dst[INNER][1:k], dst[:len(ms.OUTER_LIP)][1:k]
+    dark = 0
+    for (xa, ya), (_, yb) in zip(low_inner, low_outer):  # the lower lip's band under each of its inner points
+        band = out[int(np.ceil(ya)) + 2:int(np.floor(yb)) - 1, int(xa)]
+        dark += int((band.max(axis=1) < 100).sum())
+    assert dark == 0
+    line = out[195:206, 140:161].min(axis=(0, 2))
+    assert line.max() < 100  # where they meet: a dark line
+
+
+def test_given_bilabials_close_a_real_open_mouth(face2):
+    """``close`` brings a real frame's open lips together: FaceMesh reads the mouth closed, half closed at 0.5."""
+    from hyperlips.face.landmarks import FaceMesh
+
+    crops, lm = face2
+    tpl = ms.stable_template(lm)
+    pts = ms.aligned_moving_points(lm, tpl)
+    mean = pts.mean(axis=0)
+    shapes = (pts - mean).reshape(len(lm), -1) * ms.SCALE
+    openings = ms.mouth_opening(lm)
+    wide = int(np.argmax(openings))
+    read = {}
+    with FaceMesh(static=True) as fm:
+        for amount in (0.0, 0.5, 1.0):
+            warp = MouthWarp(fps=25.0, steady=False)
+            warp.template, warp._sum, warp._n = tpl, mean.copy(), 1  # the clip's average mouth, learnt already
+            got = fm.landmarks(warp.apply(crops[wide], lm[wide], shapes[wide], close=amount))
+            read[amount] = _opening(got)
+    assert read[0.0] > 0.8 * openings[wide]  # its own shape: as it was
+    assert read[1.0] < 0.3 * read[0.0], read
+    assert read[1.0] < read[0.5] < read[0.0], read
+
+
 def test_pose_filter_steadies_a_still_head_and_follows_a_moving_one():
     rng = np.random.default_rng(0)
     still = np.full((60, 20, 2), 0.5) + rng.normal(0, 0.004, (60, 1, 2))  # FaceMesh's shake: the whole mesh moves

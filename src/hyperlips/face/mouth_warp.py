@@ -110,16 +110,19 @@ class MouthWarp:
         return ms.moving_points(shape, placed, self.template, self.mean)
 
     def apply(self, region: np.ndarray, landmarks: np.ndarray, shape: np.ndarray, first_row: int = 0,
-              fill: np.ndarray | None = None) -> np.ndarray:
+              fill: np.ndarray | None = None, close: float = 0.0) -> np.ndarray:
         """``region`` (h, w, 3) uint8: the face as the frame shows it, ``landmarks`` (468+, 2+) its FaceMesh points
         in its pixels, ``shape`` (N_SHAPE,) the mouth to show. -> (h, w, 3) uint8: rows from ``first_row`` down
         warped, the inside of the new opening drawn (:mod:`~hyperlips.face.mouth_inside`), or filled from ``fill``
         (h, w, 3) uint8 where given (the hybrid's network face, as the warp was first made); the rows above are
-        ``region``'s. One call per frame, in order (:meth:`place`)."""
+        ``region``'s. ``close`` (0-1): the lips then brought that far together (:func:`close_lips`; 1 on a /p b m/
+        whose timing was given). One call per frame, in order (:meth:`place`)."""
         lm = np.asarray(landmarks, np.float64)[:, :2]
         h, w = region.shape[:2]
         src = lm[list(ms.MOVING)]
         dst = self.place(lm, shape, max(h, w))
+        if close > 0:
+            dst = close_lips(dst, close)
         if fill is None:  # the inner lips kept a pixel apart (of a 256 px region): where they meet, the new points'
             # triangulation would otherwise join an upper lip point to a lower one across the old opening and carry
             # its teeth between the lips (the hybrid, whose mouth is the network's, keeps its points as placed: on
@@ -168,6 +171,28 @@ def _border(w: int, h: int, first_row: int, n: int = 6) -> np.ndarray:
     xs, ys = np.linspace(0, w - 1, n), np.linspace(first_row, h - 1, n)
     return np.unique(np.concatenate([np.stack([xs, np.full(n, first_row)], 1), np.stack([xs, np.full(n, h - 1.0)], 1),
                                      np.stack([np.zeros(n), ys], 1), np.stack([np.full(n, w - 1.0), ys], 1)]), axis=0)
+
+
+def close_lips(points: np.ndarray, amount: float) -> np.ndarray:
+    """``MOVING`` points (n, 2) with the lips brought together by ``amount`` (0: as they are, 1: the inner lips
+    meet): each upper inner-lip point moves down and the lower one facing it up, each by ``amount`` of half their
+    gap; the outer lip point of the same place in its ring moves with it (the lips keep their thickness) and the
+    jaw rises with the lower lip (by the move of the lower lip at its x, nothing beyond the corners)."""
+    out = np.array(points, np.float64)
+    a = float(np.clip(amount, 0.0, 1.0))
+    first, n = len(ms.OUTER_LIP), len(ms.INNER_LIP)  # both rings: a corner, the lower arc, a corner, the upper arc
+    lower = np.arange(1, n // 2)
+    upper = n - np.arange(1, n // 2)
+    move = a * np.maximum(out[first + lower, 1] - out[first + upper, 1], 0.0) / 2  # (n // 2 - 1,)
+    for ring in (0, first):  # the outer ring's points, then the inner ring's
+        out[ring + upper, 1] += move
+        out[ring + lower, 1] -= move
+    jaw = np.arange(len(ms.OUTER_LIP) + len(ms.INNER_LIP), len(ms.MOVING))
+    xs = np.concatenate([[out[first, 0]], out[first + lower, 0], [out[first + n // 2, 0]]])
+    lift = np.concatenate([[0.0], move, [0.0]])
+    order = np.argsort(xs)
+    out[jaw, 1] -= np.interp(out[jaw, 0], xs[order], lift[order], left=0.0, right=0.0)
+    return out
 
 
 def keep_apart(points: np.ndarray, gap: float) -> np.ndarray:

@@ -5,59 +5,101 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+MIN_AREA = 0.5  # px^2: a moved triangle smaller than this (points that met) is not drawn; its map would be singular
+
+
+def _signed_area(points: np.ndarray, simplices: np.ndarray) -> np.ndarray:
+    c = points[simplices]  # (T, 3, 2)
+    e1, e2 = c[:, 1] - c[:, 0], c[:, 2] - c[:, 0]
+    return 0.5 * (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+
 
 class PiecewiseAffine:
-    """The piecewise-affine map taking points ``dst`` (n, 2) to ``src`` (n, 2) over a Delaunay triangulation of
-    ``dst``; identity outside the triangles. Used backwards, as an image warp reads (for each output pixel, where in
-    the source to read it): every output pixel lies in one triangle, so the warp cannot fold, even where a mouth
-    closes and its inner-lip points meet. Call it on (m, 2) points, or take a whole block of pixels with
-    :meth:`grid`."""
+    """The piecewise-affine map taking points ``dst`` (n, 2) to ``src`` (n, 2); identity outside the triangles.
+    Used backwards, as an image warp reads (for each output pixel, where in the source to read it).
+
+    The triangles are the source points' own (a Delaunay triangulation of ``src``) laid on the moved points: the
+    image keeps its arrangement, so where a mouth closes the lower lip stays joined to the lower lip and the inside
+    between the lips folds away to a line. (A triangulation of the moved points instead joined the upper inner lip
+    to the lower lip's outer edge once the lips met, and that triangle carried the inside over the lower lip: dark
+    blots under closed lips.) A triangle the move flattens below :data:`MIN_AREA` is left out, and one it turns over
+    with every triangle that shares a point with it; the pixels they leave are read through a Delaunay
+    triangulation of the moved points, which cannot fold. Call it on
+    (m, 2) points, or take a whole block of pixels with :meth:`grid`."""
 
     def __init__(self, src: np.ndarray, dst: np.ndarray) -> None:
         from scipy.spatial import Delaunay
 
         self.src, self.dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-        self.tri = Delaunay(self.dst)
-        # the affine map (2, 3) from output to source coordinates of each triangle the warp rasterises: those whose
-        # points moved (the others are the identity) and that cover at least half a pixel (slivers of points that
-        # met cover none, and their maps would be singular)
-        simplices = self.tri.simplices
+        self.tri = Delaunay(self.dst)  # the moved points' own triangles: what no kept source triangle covers
+        own = Delaunay(self.src).simplices
+        area_src, area_dst = _signed_area(self.src, own), _signed_area(self.dst, own)
+        # a triangle the move turns over (by more than a sliver) is left out, and so is every triangle that shares a
+        # point with it (they fold over its place)
+        turned = (np.sign(area_src) != np.sign(area_dst)) & (np.abs(area_dst) >= MIN_AREA)
+        near = np.isin(own, np.unique(own[turned])).any(axis=1)
+        kept = own[~near & (np.abs(area_dst) >= MIN_AREA)]
+        # every triangle that is drawn, the moved points' first and the kept source ones over them; the moved
+        # points' are drawn only where their points moved (elsewhere the identity, as outside)
         still = np.all(np.abs(self.src - self.dst) < 1e-9, axis=1)
-        corners = self.dst[simplices]  # (T, 3, 2)
-        e1, e2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
-        self.area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
-        self.drawn = np.flatnonzero(~still[simplices].all(axis=1) & (self.area >= 0.5))
-        d = np.concatenate([corners[self.drawn], np.ones((len(self.drawn), 3, 1))], axis=2)  # (D, 3, 3)
-        self.affine = np.transpose(np.linalg.solve(d, self.src[simplices[self.drawn]]), (0, 2, 1))  # (D, 2, 3)
+        fallback = self.tri.simplices
+        fb_area = np.abs(_signed_area(self.dst, fallback))
+        fallback = fallback[~still[fallback].all(axis=1) & (fb_area >= MIN_AREA)]
+        self.simplices = np.vstack([fallback, kept]).astype(np.int64)
+        self.n_fallback = len(fallback)
+        self.area = np.abs(_signed_area(self.dst, self.simplices))
+        self.moves = not still.all()
+        corners = self.dst[self.simplices]
+        d = np.concatenate([corners, np.ones((len(corners), 3, 1))], axis=2)  # (D, 3, 3)
+        self.affine = np.transpose(np.linalg.solve(d, self.src[self.simplices]), (0, 2, 1))  # (D, 2, 3)
+
+    def _order(self) -> np.ndarray:
+        """The drawing order: the moved points' triangles, then the kept source ones, each by area (the largest
+        last, so a pixel on an edge or where kept triangles overlap takes the larger one's map)."""
+        fb = np.argsort(self.area[:self.n_fallback], kind="stable")
+        own = self.n_fallback + np.argsort(self.area[self.n_fallback:], kind="stable")
+        return np.concatenate([fb, own])
 
     def __call__(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q, np.float64)
         out = q.copy()
-        k = self.tri.find_simplex(q)
-        inside = k >= 0
-        t = self.tri.transform[k[inside]]  # (m, 3, 2): barycentric coordinates from a point
-        b = np.einsum("mij,mj->mi", t[:, :2], q[inside] - t[:, 2])
-        bary = np.concatenate([b, 1.0 - b.sum(axis=1, keepdims=True)], axis=1)
-        out[inside] = np.einsum("mi,mij->mj", bary, self.src[self.tri.simplices[k[inside]]])
+        if not self.moves:
+            return out
+        corners = self.dst[self.simplices]  # (D, 3, 2)
+        v0, v1 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
+        det = v0[:, 0] * v1[:, 1] - v0[:, 1] * v1[:, 0]
+        r = q[:, None, :] - corners[None, :, 0]  # (m, D, 2)
+        b1 = (r[..., 0] * v1[:, 1] - r[..., 1] * v1[:, 0]) / det
+        b2 = (v0[:, 0] * r[..., 1] - v0[:, 1] * r[..., 0]) / det
+        eps = 1e-9
+        inside = (b1 >= -eps) & (b2 >= -eps) & (b1 + b2 <= 1 + eps)  # (m, D)
+        rank = np.empty(len(self.simplices), np.int64)
+        rank[self._order()] = np.arange(len(self.simplices))
+        best = np.where(inside, rank[None], -1).max(axis=1)  # the triangle drawn last over each point
+        hit = best >= 0
+        which = self._order()[best[hit]]
+        a = self.affine[which]  # (h, 2, 3)
+        out[hit] = np.einsum("mij,mj->mi", a, np.concatenate([q[hit], np.ones((hit.sum(), 1))], axis=1))
         return out
 
     def grid(self, width: int, height: int) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
         """The pixels this map moves, within a (height, width) image: their bounding box (x0, y0, x1, y1) and the
-        source x and y of every pixel in it (float32 (y1 - y0, x1 - x0)); None when nothing moves. The moved
-        triangles are rasterised (each pixel takes the affine map of the triangle that covers it: far faster than
+        source x and y of every pixel in it (float32 (y1 - y0, x1 - x0)); None when nothing moves. The triangles
+        are rasterised (each pixel takes the affine map of the triangle drawn last over it: far faster than
         locating every pixel); the other pixels stay where they are."""
-        if not len(self.drawn):
+        if not self.moves or not len(self.simplices):
             return None
-        tris = self.dst[self.tri.simplices[self.drawn]]
+        moved = ~np.all(np.abs(self.affine - [[1, 0, 0], [0, 1, 0]]) < 1e-9, axis=(1, 2))
+        if not moved.any():
+            return None
+        tris = self.dst[self.simplices[moved]]
         x0, y0 = np.maximum(np.floor(tris.reshape(-1, 2).min(axis=0)).astype(int) - 1, 0)
         x1, y1 = np.minimum(np.ceil(tris.reshape(-1, 2).max(axis=0)).astype(int) + 2, [width, height])
         if x1 <= x0 or y1 <= y0:
             return None
         index = np.full((y1 - y0, x1 - x0), -1, np.int32)
-        corners = np.round((tris - [x0, y0]) * 16).astype(np.int32)  # 4 fraction bits
-        # a filled triangle takes the pixels on its edges too: the largest are filled last, so a pixel on an edge
-        # takes the larger neighbour's map
-        for k in np.argsort(self.area[self.drawn]):
+        corners = np.round((self.dst[self.simplices] - [x0, y0]) * 16).astype(np.int32)  # 4 fraction bits
+        for k in self._order():  # a filled triangle takes the pixels on its edges too
             cv2.fillConvexPoly(index, corners[k], int(k), lineType=cv2.LINE_8, shift=4)
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         mx, my = xs.copy(), ys.copy()
