@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from helpers import probe_streams, run_cli
@@ -12,7 +13,7 @@ def _check_demo(out, inputs, n_generated=None):
     from hyperlips.media.audio import load_audio
 
     image, speech = inputs / "demo_face.png", inputs / "demo_speech.wav"
-    assert image.is_file() and speech.is_file()
+    assert image.is_file() and speech.is_file() and (inputs / "demo_phonemes.txt").is_file()
     seconds = len(load_audio(speech, 16000)) / 16000
     got = probe_streams(out)
     assert (got["width"], got["height"], got["fps"]) == (512, 512, 25.0)
@@ -21,14 +22,31 @@ def _check_demo(out, inputs, n_generated=None):
         assert n_generated == got["frames"]  # the face in the photo is found: every frame gets a mouth
 
 
+def _openings(frames) -> np.ndarray:
+    """FaceMesh's mouth opening on each frame of the photo (the face where the first frame has it)."""
+    from hyperlips.face.detect import FaceDetector
+    from hyperlips.face.landmarks import FaceMesh
+    from hyperlips.face.mouth_shape import mouth_opening
+
+    with FaceDetector() as det, FaceMesh(static=True) as fm:
+        b = det.detect(frames[0])[0]
+        x1, y1, x2, y2 = int(b.x1), int(b.y1), int(b.x2), int(b.y2)
+        found = [fm.landmarks(f[y1:y2, x1:x2]) for f in frames]
+    return np.array([np.nan if lm is None else mouth_opening(lm[None, :, :2])[0] for lm in found])
+
+
 def test_demo_command_with_a_short_sentence(tmp_path, monkeypatch, capfd):
     """The demo command in this process, with one short sentence instead of the built-in text (the fast variant of
-    the slow test below): inputs written beside the output, the shipped starter named, a mouth on every frame."""
+    the slow test below): inputs written beside the output, the shipped starter named, a mouth on every frame, and
+    the lips closed on every /p b m/ at the times the synthesiser spoke them (its phoneme timings are given to
+    sync), open on the vowels."""
     from hyperlips import demo
     from hyperlips.cli import main
+    from hyperlips.eval.phonemes import separation_auc
+    from hyperlips.media.phone_marks import read_marks
 
-    real = demo.synthesize_speech
-    monkeypatch.setattr(demo, "synthesize_speech", lambda *a, **k: real("Hello, this is a test."))
+    real = demo.synthesize_with_phonemes
+    monkeypatch.setattr(demo, "synthesize_with_phonemes", lambda *a, **k: real("Bob made a map for Pam, my mom."))
     out = tmp_path / "demo.mp4"
     with spy_on_sync() as spy:
         code = main(["demo", "-o", str(out), "--quiet", "--device", "cpu"])
@@ -36,7 +54,15 @@ def test_demo_command_with_a_short_sentence(tmp_path, monkeypatch, capfd):
     assert code == 0, captured.err
     assert "with the shipped starter v" in captured.out and "demo inputs:" in captured.out
     assert "untrained" not in (captured.err + captured.out).lower()
-    _check_demo(out, tmp_path / "hyperlips_demo_inputs", sum(len(c.inputs[0]) for c in spy.generator_calls))
+    inputs = tmp_path / "hyperlips_demo_inputs"
+    _check_demo(out, inputs, sum(len(c.inputs[0]) for c in spy.generator_calls))
+    opening = _openings(spy.frames)
+    marks = read_marks(inputs / "demo_phonemes.txt")
+    at = lambda m: opening[min(int(round((m.start + m.end) / 2 * 25)), len(opening) - 1)]  # noqa: E731
+    bilabials = [at(m) for m in marks if m.phone in ("P", "B", "M")]
+    vowels = [at(m) for m in marks if m.phone[0] in "AEIOU"]
+    assert len(bilabials) >= 6 and len(vowels) >= 6
+    assert separation_auc(vowels, bilabials) > 0.9  # measured 1.0 (without the timings: 0.78)
 
 
 @pytest.mark.slow

@@ -317,7 +317,7 @@ def _run_sync(args) -> int:
     ls = _make_lipsync(args)
     report = ls.sync(args.video, args.audio, args.output, face_index=args.face, face_box=args.face_box,
                      loop=args.loop, reference=args.reference, fps=args.fps, crf=args.crf, preset=args.preset,
-                     pix_fmt=args.pix_fmt)
+                     pix_fmt=args.pix_fmt, phonemes=args.phonemes)
     if args.timings:
         print(report.summary())
     frames = f"{report.frames} frame{'s' if report.frames != 1 else ''}"
@@ -343,9 +343,10 @@ def _run_demo(args) -> int:
     from .demo import make_demo_inputs
 
     folder = args.output.parent if str(args.output.parent) else Path(".")
-    image, speech = make_demo_inputs(folder / "hyperlips_demo_inputs")
-    print(f"demo inputs: {image} (a photo bundled with scikit-image) and {speech} (speech synthesised by espeak-ng)")
-    args.video, args.audio = image, speech
+    image, speech, phonemes = make_demo_inputs(folder / "hyperlips_demo_inputs")
+    print(f"demo inputs: {image} (a photo bundled with scikit-image), {speech} (speech synthesised by espeak-ng) "
+          f"and {phonemes} (when it spoke each phoneme)")
+    args.video, args.audio, args.phonemes = image, speech, phonemes
     return _run_sync(args)
 
 
@@ -358,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", type=Path, help="talking-face video (mp4, mov, mkv, ...) or a still image (png, jpg)")
     p.add_argument("audio", type=Path, help="speech: wav, mp3, m4a, flac, ogg, or a video file whose audio track to use")
     p.add_argument("-o", "--output", type=Path, required=True, help="output video (.mp4)")
+    p.add_argument("--phonemes", type=Path, metavar="FILE",
+                   help="what the speech says and when, from a speech synthesiser or a forced aligner: lines of "
+                        "START [END] PHONE in seconds (ARPAbet, espeak-ng or IPA) or JSON; the warped mouth then "
+                        "closes on every /p b m/ (see docs/inference.md)")
     add_model_options(p)
     add_sync_options(p)
     p.set_defaults(func=_run_sync)

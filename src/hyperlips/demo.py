@@ -95,16 +95,21 @@ def demo_face() -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
-def make_demo_inputs(folder: Path) -> tuple[Path, Path]:
-    """Write ``demo_face.png`` and ``demo_speech.wav`` into ``folder``; returns their paths."""
+def make_demo_inputs(folder: Path) -> tuple[Path, Path, Path]:
+    """Write ``demo_face.png``, ``demo_speech.wav`` and ``demo_phonemes.txt`` (when the synthesiser spoke each
+    phoneme, ARPAbet: ``media.phone_marks``) into ``folder``; returns their paths."""
     import cv2
     import soundfile as sf
+
+    from .media.phone_marks import to_marks, write_marks
 
     folder.mkdir(parents=True, exist_ok=True)
     image_path = folder / "demo_face.png"
     speech_path = folder / "demo_speech.wav"
+    phonemes_path = folder / "demo_phonemes.txt"
     if not cv2.imwrite(str(image_path), demo_face()):
         raise UserError(f"could not write {image_path}")
-    wav, sr = synthesize_speech()
+    wav, sr, phonemes = synthesize_with_phonemes()
     sf.write(str(speech_path), wav, sr)
-    return image_path, speech_path
+    write_marks(phonemes_path, to_marks([(p.start, p.name) for p in phonemes], len(wav) / sr, "espeak"))
+    return image_path, speech_path, phonemes_path

@@ -71,12 +71,14 @@ class MouthStep:
             self._mesh.close()
             self._mesh = None
 
-    def __call__(self, image: np.ndarray, box, face: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, box, face: np.ndarray, shape: np.ndarray, close: float = 0.0) -> np.ndarray:
         """The face region of ``image`` (H, W, 3) uint8 BGR at the crop ``box``, at its own resolution (a square of
         the region's larger side), with the lips and jaw moved to ``shape`` (the audio encoder's, before the
         network's gain) and the inside of the new opening drawn (``warp``), or the network's face enlarged with the
         fine detail of that frame warped so, its new opening filled from the network's face (``hybrid``); the
-        network's ``face`` as it is when FaceMesh finds no face in the region."""
+        network's ``face`` as it is when FaceMesh finds no face in the region. ``close`` (``warp``): how far the lips
+        are then brought together (``face.mouth_warp.close_lips``; 1 on a /p b m/ of given phoneme timings); the
+        hybrid shows the network's mouth, which reads the phones only."""
         import cv2
 
         from .face.blend import first_row_read
@@ -100,6 +102,6 @@ class MouthStep:
         top = first_row_read(side)
         points = lm[:, :2] * (side / WARP_MESH_SIZE)
         if self.mode == "warp":
-            return self._warp.apply(region, points, shape * WARP_GAIN, first_row=top)
+            return self._warp.apply(region, points, shape * WARP_GAIN, first_row=top, close=close)
         rendered = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
         return with_detail(rendered, self._warp.apply(region, points, shape * WARP_GAIN, top, fill=rendered), top)

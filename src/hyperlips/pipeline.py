@@ -222,6 +222,7 @@ class LipSync:
                                   checkpoint=checkpoint)
         self._mouth_step = None  # mouth warp or hybrid: the clip's MouthStep (new_clip)
         self.reads_phones = bool(phones) and bool(getattr(self.base, "phones", False))
+        self._given_phones = self.reads_phones  # given phoneme timings are read without the recogniser too
         if self.reads_phones:
             from .media import phones as phone_reader
 
@@ -278,6 +279,7 @@ class LipSync:
         crf: int = DEFAULT_CRF,
         preset: str = DEFAULT_PRESET,
         pix_fmt: str = DEFAULT_PIX_FMT,
+        phonemes=None,
     ) -> SyncReport:
         """Write ``output``: ``video`` re-synced to ``audio``, at a constant frame rate (``fps``, default the video's
         own: its nominal rate, or its average rate when the frame rate varies; see ``media.timing``).
@@ -288,7 +290,11 @@ class LipSync:
         column or row, see ``media.video.coded_size``; ``yuv444p``: the exact size, full colour resolution, but
         Safari, phones and TVs cannot play it) at quality ``crf`` (0-51, lower is better and larger) with
         libx264's ``preset``, plus AAC audio starting with the first frame. The report's ``width``/``height``
-        are the file's."""
+        are the file's.
+
+        ``phonemes``: what the speech says and when, as a speech synthesiser or a forced aligner gives it (a file
+        ``media.phone_marks.read_marks`` reads, or a list of ``PhoneMark``): the warped mouth closes on every
+        /p b m/, and a network that reads phones reads these instead of the recogniser's."""
         from .face.detect import FaceDetector
         from .media.audio import load_audio, melspectrogram, speech_problems
         from .media.video import VideoWriter, check_encoding
@@ -314,7 +320,8 @@ class LipSync:
                 raise MediaError(f"audio is empty (zero length): {audio}")
             for problem in speech_problems(wav, self.audio_cfg.sample_rate, timeline.fps):
                 warn(f"{audio}: {problem}")
-            mel = network_mel(self.base, melspectrogram(wav, self.audio_cfg), self.speech_phones(wav, timer))
+            marks = self.phoneme_marks(phonemes, seconds)
+            mel = network_mel(self.base, melspectrogram(wav, self.audio_cfg), self.speech_phones(wav, timer, marks))
             rate = timeline.rate
             fps_out = float(rate)
             self.new_clip(fps_out)
@@ -338,7 +345,7 @@ class LipSync:
             mux_audio = load_audio(audio, MUX_SAMPLE_RATE)
 
             def render(jobs):
-                self._render(jobs, ref_crop, mel, fps_out)
+                self._render(jobs, ref_crop, mel, fps_out, marks)
 
             chain = frame_chain(timeline, n_src=n_src, n_out=n_out, loop=loop, found=found, new_track=new_track,
                                 detect=detector.detect, network=network_stage(self.batch_size, render),
@@ -395,14 +402,42 @@ class LipSync:
                           face_box=face_box, reference=reference, fps=fps, stats=speech_stats, batch_size=batch_size)
 
     # ------------------------------------------------------------------ stages
-    def speech_phones(self, wav: np.ndarray, timer=None):
-        """The phones of speech ``wav`` (``media.phones.read_phones``) where the network reads them, else None."""
+    def speech_phones(self, wav: np.ndarray, timer=None, marks=None):
+        """The phones of speech ``wav`` where the network reads them, else None: ``marks``' (given phoneme timings,
+        ``media.phone_marks``) where given, else the recogniser's (``media.phones.read_phones``)."""
+        if marks is not None and self._given_phones:
+            from .media.phone_marks import phone_ids
+
+            return phone_ids(marks, len(wav) / self.audio_cfg.sample_rate)
         if not self.reads_phones:
             return None
         from .media.phones import read_phones
 
         with timer("phones") if timer is not None else contextlib.nullcontext():
             return read_phones(wav, self.audio_cfg.sample_rate)
+
+    def phoneme_marks(self, phonemes, seconds: float):
+        """``sync``'s ``phonemes`` (None, a file, or ``PhoneMark`` marks or ``(start, [end,] phone)`` entries) as
+        ``PhoneMark`` marks for ``seconds`` of speech, or None; says what they cannot do with this LipSync."""
+        if phonemes is None:
+            return None
+        from .media.phone_marks import PhoneMark, read_marks, to_marks
+
+        if isinstance(phonemes, (str, os.PathLike)):
+            marks = read_marks(phonemes, seconds)
+        elif all(isinstance(m, PhoneMark) for m in phonemes):
+            marks = list(phonemes)
+        else:
+            marks = to_marks(list(phonemes), seconds)
+        if marks and marks[-1].start > seconds + 0.5:
+            warn(f"the phoneme timings run to {marks[-1].start:.2f} s, past the end of the speech ({seconds:.2f} s): "
+                 f"are they this speech's?")
+        if self.mouth != "warp":
+            reads = "reads them as its phones" if self._given_phones else "does not use them"
+            shown = "rendered" if self.mouth == "render" else "hybrid"
+            warn(f"phoneme timings close the lips on /p b m/ in the warped mouth only (--mouth warp); "
+                 f"the {shown} mouth of {self.weights} {reads}")
+        return marks
 
     def _bar(self, total: int, desc: str, on_progress: ProgressCallback | None = None):
         """A progress bar; use it as a context manager, so it is closed (and its line ended) before any error.
@@ -412,10 +447,14 @@ class LipSync:
         bar = tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
         return bar if on_progress is None else _ReportingBar(bar, desc, on_progress)
 
-    def _render(self, jobs, ref_crop: np.ndarray, mel: np.ndarray, fps: float) -> None:
-        """Set each job's generated face, its mel window cut from the whole speech's ``mel``."""
+    def _render(self, jobs, ref_crop: np.ndarray, mel: np.ndarray, fps: float, marks=None) -> None:
+        """Set each job's generated face, its mel window cut from the whole speech's ``mel`` (the lips closed where
+        phoneme timings ``marks`` say so)."""
+        from .media.phone_marks import closure
+
         times = np.array([job.j / fps for job in jobs], dtype=np.float64)
-        self.render_jobs(jobs, ref_crop, network_mel_windows(self.base, mel, times, fps, self.audio_cfg))
+        closed = None if marks is None else closure(marks, times)
+        self.render_jobs(jobs, ref_crop, network_mel_windows(self.base, mel, times, fps, self.audio_cfg), closed)
 
     def new_clip(self, fps: float = 25.0) -> None:
         """Forget what was learned of the last clip (``mouth="warp"`` or ``hybrid``: its average mouth, the head's
@@ -424,17 +463,19 @@ class LipSync:
             self._mouth_step.close()
         self._mouth_step = None if self.mouth == "render" else MouthStep(self.mouth, fps)
 
-    def render_jobs(self, jobs, ref_crop: np.ndarray, windows: np.ndarray) -> None:
+    def render_jobs(self, jobs, ref_crop: np.ndarray, windows: np.ndarray, closed: np.ndarray | None = None) -> None:
         """Crop the jobs' faces, build the network inputs and set each job's generated face (``windows``: the
-        jobs' mel windows, in order)."""
+        jobs' mel windows, in order; ``closed``: how far the warped mouth's lips are brought together, per job)."""
         crops = [job.crop if job.crop is not None else face_crop(job.image, job.box, BASE_SIZE) for job in jobs]
         x = network_input(np.stack(crops), ref_crop)
         if self.mouth != "render":
             faces, shapes = self.generate(windows, x, shapes=True)
             if self._mouth_step is None:  # render_jobs called without new_clip (a caller of its own)
                 self.new_clip()
-            for job, face, shape in zip(jobs, faces, shapes):
-                job.face = self._mouth_step(job.image, job.box, face, shape)
+            if closed is None:
+                closed = np.zeros(len(jobs), np.float32)
+            for job, face, shape, close in zip(jobs, faces, shapes, closed):
+                job.face = self._mouth_step(job.image, job.box, face, shape, float(close))
                 job.own_face = self.mouth == "warp" and job.face is not face  # not where FaceMesh found no face
             return
         for job, face in zip(jobs, self.generate(windows, x)):

@@ -1,0 +1,161 @@
+"""Phoneme timings given with the speech (``media.phone_marks``): files read, alphabets told apart, bad files
+refused with the reason, and the lips' closure on /p b m/ timed from them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hyperlips.errors import UserError
+from hyperlips.media.phone_marks import PhoneMark, closure, phone_ids, read_marks, to_marks, which_alphabet, write_marks
+from hyperlips.media.phones import PHONES, SILENCE
+
+
+def _phones(marks):
+    return [m.phone for m in marks]
+
+
+def test_text_file_with_and_without_ends(tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_text("# from an aligner\n0.00 0.10 sil\n0.10 0.22 B\n\n0.22\t0.40\tAA1  # stressed\n0.40 M\n0.55 AH0\n")
+    marks = read_marks(p, duration=0.8)
+    assert _phones(marks) == ["SIL", "B", "AA", "M", "AH"]
+    assert [(m.start, m.end) for m in marks] == [(0.0, 0.1), (0.1, 0.22), (0.22, 0.4), (0.4, 0.55), (0.55, 0.8)]
+
+
+def test_json_forms(tmp_path):
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps([{"start": 0.1, "phone": "m"}, {"time": 0.2, "end": 0.3, "phoneme": "'a"}]))
+    assert _phones(read_marks(p, 1.0)) == ["M", "AE"]  # espeak-ng's mnemonics: lower case, stress marks
+    p.write_text(json.dumps({"alphabet": "ipa", "phonemes": [{"start": 0, "phone": "b"}, {"start": 0.1, "phone": "ɑː"}]}))
+    assert _phones(read_marks(p, 1.0)) == ["B", "AA"]
+
+
+@pytest.mark.parametrize("symbols,alphabet,phones", [
+    (["S", "IY1", "T"], "arpabet", ["S", "IY", "T"]),  # ARPAbet S, not espeak-ng's S (/ʃ/)
+    (["S", "i:", "t"], "espeak", ["SH", "IY", "T"]),
+    (["ʃ", "iː", "t"], "ipa", ["SH", "IY", "T"]),
+    (["_:", "tS", "'aI", "t2", "@L"], "espeak", ["SIL", "CH", "AY", "T", "L"]),  # pauses and variants
+])
+def test_alphabets_are_told_apart(symbols, alphabet, phones):
+    assert which_alphabet(symbols) == alphabet
+    marks = to_marks([(0.1 * k, s) for k, s in enumerate(symbols)], 1.0)
+    assert _phones(marks) == phones
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("", "lists no phonemes"),
+    ("0.1 B extra words\n", "line 1: expected START PHONE"),
+    ("0.1 B\n0.05 AA\n", "before phoneme 1"),
+    ("-0.1 B\n", "not negative"),
+    ("0.3 0.2 B\n", "ends (0.2 s) before it starts"),
+    ("zero B\n", "must be numbers"),
+    ("0.1 B\n0.2 QQ\n0.3 XX\n", "'QQ', 'XX'"),
+    ("[{\"start\": 0.1}]", "needs a start (or time) and a phone"),
+    ("[1, 2", "not valid JSON"),
+])
+def test_bad_files_are_refused_with_the_reason(tmp_path, text, reason):
+    p = tmp_path / "bad.txt"
+    p.write_text(text)
+    with pytest.raises(UserError) as e:
+        read_marks(p, 1.0)
+    assert reason in str(e.value) and "bad.txt" in str(e.value)
+    assert "'B'" not in str(e.value)  # the alphabet is the one that knows the most of the file's phones
+
+
+def test_missing_file_and_unknown_alphabet(tmp_path):
+    with pytest.raises(UserError, match="phoneme file not found"):
+        read_marks(tmp_path / "nope.txt")
+    with pytest.raises(UserError, match="alphabet must be one of"):
+        to_marks([(0.0, "B")], alphabet="klingon")
+
+
+def test_written_marks_read_back(tmp_path):
+    marks = [PhoneMark(0.0, 0.125, "SIL"), PhoneMark(0.125, 0.2, "P"), PhoneMark(0.2, 0.5, "AA")]
+    write_marks(tmp_path / "m.txt", marks)
+    assert read_marks(tmp_path / "m.txt") == marks
+
+
+def test_phone_ids_as_the_recogniser_gives_them():
+    ids = phone_ids([PhoneMark(0.05, 0.1, "B"), PhoneMark(0.1, 0.3, "AA")], 0.35)
+    assert len(ids) == 35 and ids.dtype == np.int8
+    assert (ids[:5] == SILENCE).all() and (ids[5:10] == PHONES.index("B")).all()
+    assert (ids[10:30] == PHONES.index("AA")).all() and (ids[30:] == SILENCE).all()
+
+
+def test_closure_is_full_through_a_bilabial_and_ramps_around_it():
+    marks = [PhoneMark(0.0, 0.2, "AA"), PhoneMark(0.2, 0.28, "M"), PhoneMark(0.28, 0.6, "IY")]
+    t = np.array([0.1, 0.17, 0.2, 0.24, 0.28, 0.30, 0.32, 0.5])
+    c = closure(marks, t, ramp=0.04)
+    np.testing.assert_allclose(c, [0.0, 0.25, 1.0, 1.0, 1.0, 0.5, 0.0, 0.0], atol=1e-6)
+    assert closure([PhoneMark(0.0, 1.0, "F")], t).max() == 0.0  # only /p b m/ close the lips
+
+
+def test_the_synthesisers_phonemes_are_all_known():
+    """Every phoneme espeak-ng speaks in the demo's sentences maps to a phone (none is refused as unknown)."""
+    from hyperlips.demo import DEMO_TEXT, synthesize_with_phonemes
+    from hyperlips.eval.phonemes import PHONEME_TEXT
+
+    for text in (DEMO_TEXT, PHONEME_TEXT):
+        pcm, sr, ph = synthesize_with_phonemes(text)
+        marks = to_marks([(p.start, p.name) for p in ph], len(pcm) / sr, "espeak")
+        bilabial = [p.name.strip("',%=") in ("p", "b", "m") for p in ph]
+        assert [m.phone in ("P", "B", "M") for m in marks] == bilabial
+        assert sum(bilabial) >= 8
+
+
+@pytest.fixture(scope="module")
+def photo_and_speech(tmp_path_factory):
+    """The demo photo and a short synthesised sentence with its phoneme timings written as a file."""
+    import cv2
+    import soundfile as sf
+
+    from hyperlips.demo import demo_face, synthesize_with_phonemes
+
+    folder = tmp_path_factory.mktemp("phonemes")
+    cv2.imwrite(str(folder / "face.png"), demo_face())
+    pcm, sr, ph = synthesize_with_phonemes("Bob made a map.")
+    sf.write(str(folder / "speech.wav"), pcm, sr)
+    write_marks(folder / "speech.txt", to_marks([(p.start, p.name) for p in ph], len(pcm) / sr, "espeak"))
+    return folder
+
+
+def test_sync_refuses_a_bad_phoneme_file_before_writing(photo_and_speech, tmp_path, capfd):
+    from hyperlips.cli import main
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0.0 B\n0.1 QQ\n")
+    out = tmp_path / "out.mp4"
+    code = main(["sync", str(photo_and_speech / "face.png"), str(photo_and_speech / "speech.wav"), "-o", str(out),
+                 "--phonemes", str(bad), "--quiet", "--device", "cpu"])
+    err = capfd.readouterr().err
+    assert code != 0 and "bad.txt" in err and "'QQ'" in err
+    assert not out.exists()
+
+
+def test_sync_passes_the_timings_and_says_what_a_rendered_mouth_does_with_them(photo_and_speech, tmp_path,
+                                                                                  monkeypatch):
+    """The timings reach the network stage and, as phones, the network's input (the recogniser is not asked)."""
+    from hyperlips.errors import InputWarning
+    from hyperlips.media import phones
+    from hyperlips.pipeline import LipSync
+
+    def no_recogniser(*a, **k):
+        raise AssertionError("the recogniser read the speech although its phonemes were given")
+
+    monkeypatch.setattr(phones, "read_phones", no_recogniser)
+
+    seen = []
+    ls = LipSync(progress=False, mouth="render", device="cpu")
+    real = ls._render
+    ls._render = lambda jobs, ref, mel, fps, marks=None: (seen.append(marks), real(jobs, ref, mel, fps, marks))[1]
+    with pytest.warns(InputWarning, match="warped mouth only.*rendered mouth of .* reads them as its phones"):
+        ls.sync(photo_and_speech / "face.png", photo_and_speech / "speech.wav", tmp_path / "out.mp4",
+                phonemes=photo_and_speech / "speech.txt")
+    assert seen and all(m is not None and _phones(m)[:2] == ["B", "AA"] for m in seen)
+    late = [(5.0, "B")]
+    with pytest.warns(InputWarning) as said:
+        ls.sync(photo_and_speech / "face.png", photo_and_speech / "speech.wav", tmp_path / "out2.mp4", phonemes=late)
+    assert any("past the end of the speech" in str(w.message) for w in said)
