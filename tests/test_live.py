@@ -66,6 +66,27 @@ def test_lite_with_the_speech_statistics_streams_the_offline_frames(clip, smooth
         assert np.array_equal(a, b), f"streamed frame {j} differs from sync's"
 
 
+def test_phoneme_timings_close_the_streamed_warped_mouth_as_sync_does(clip):
+    """The starter's warped mouth with phoneme timings known in advance: the stream's frames are those of ``sync``
+    given the same timings (reading no phones, as a stream does), and not those without them."""
+    from hyperlips.live import SpeechStats
+    from hyperlips.media.audio import melspectrogram
+    from hyperlips.media.phone_marks import PhoneMark
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(device="cpu", progress=False, batch_size=4, mouth="warp", phones=False, precision="fp32")
+    stats = SpeechStats.of(melspectrogram(clip.wav), ls.base.mel_smooth)
+    marks = [PhoneMark(0.0, 0.2, "AA"), PhoneMark(0.2, 0.6, "M"), PhoneMark(0.6, 1.6, "AA")]
+    offline = spied_frames(lambda: ls.sync(clip.video, clip.speech, clip.folder / "marks.mp4", phonemes=marks))
+    live = [f.image.copy() for f in ls.stream(clip.video, iter(chunks(clip.wav)), speech_stats=stats, phonemes=marks)]
+    plain = [f.image.copy() for f in ls.stream(clip.video, iter(chunks(clip.wav)), speech_stats=stats)]
+    assert len(offline) == len(live) == len(plain) == 40
+    for j, (a, b) in enumerate(zip(offline, live)):
+        assert np.abs(a.astype(int) - b).max() <= 1, f"streamed frame {j} differs from sync's"
+    closed = [j for j in range(40) if not np.array_equal(live[j], plain[j])]
+    assert closed and min(closed) >= 3 and max(closed) <= 17, closed  # 0.16-0.64 s: the /m/ and its ramps
+
+
 def test_base_windows_stream_the_offline_frames(clip):
     """Base's mel needs no statistics: the stream is sync, including the first and last frames (whose windows reach
     before the start and past the end of the speech)."""

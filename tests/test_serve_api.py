@@ -329,6 +329,11 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
                          ({"mouth": "paint"}, "mouth must be one of auto, render, warp, hybrid"),
                          ({"mouth": "hybrid"}, "the untrained model has none"),
                          ({"mouth": "warp"}, "the untrained model has none"),
+                         ({"phonemes": "B"}, "phonemes must be a list of"),
+                         ({"phonemes": [{"start": 0.1}]}, "phonemes: phoneme 1: needs a start (or time) and a phone"),
+                         ({"phonemes": [{"start": 0.2, "phone": "B"}, {"start": 0.1, "phone": "AA"}]},
+                          "phonemes: phoneme 2 starts at 0.1 s, before phoneme 1"),
+                         ({"phonemes": [{"start": 0, "phone": "QQ"}]}, "phonemes: phonemes not in the"),
                          ({"presett": "fast"}, "a sync job takes no 'presett' (it takes: audio, crf,"),
                          ({"kind": "finetune", "name": "me", "size": 256}, "a finetune job takes no 'audio', 'model', 'size'")]:
         status, err = client.json("POST", "/api/jobs", {**base, **extra})
@@ -360,6 +365,17 @@ def test_the_mouth_mode_reaches_the_worker(server, inputs, tmp_path):
         frames[mouth] = read_frames(out)
     assert len(frames["warp"]) == len(frames["render"]) == 15
     assert any(not np.array_equal(a, b) for a, b in zip(frames["warp"], frames["render"]))
+
+
+def test_phoneme_timings_reach_the_worker(server, inputs):
+    """A sync job's phoneme timings are checked, kept with the job and given to sync (which says they run past the
+    end of this speech)."""
+    app, client = server()
+    job = _sync_job(client, inputs, mouth="warp", phonemes=[{"start": 0.1, "phone": "M"}, {"start": 5.0, "phone": "AA"}])
+    assert job["params"]["phonemes"] == 2
+    done, _ = client.wait(job["id"], timeout=900)
+    assert done["state"] == "done", done["message"]
+    assert any("past the end of the speech" in w for w in done["result"]["warnings"]), done["result"]
 
 
 def test_encoder_options_reach_the_output(server, inputs, tmp_path):

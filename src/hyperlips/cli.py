@@ -333,7 +333,7 @@ def _run_live(args) -> int:
     report = run_live(ls, args.video, args.audio, args.output, chunk_ms=args.chunk_ms, pace=not args.no_pace,
                       voice_sample=args.voice_sample, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
                       loop=args.loop, face_index=args.face, face_box=args.face_box, reference=args.reference,
-                      fps=args.fps)
+                      fps=args.fps, phonemes=args.phonemes)
     print(report.summary())
     print(f"wrote {report.output} ({report.frames} frames) with {ls.weights}, precision {ls.precision}")
     return 0
@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-ms", type=float, default=40.0, help="milliseconds of speech per chunk (default 40)")
     p.add_argument("--no-pace", action="store_true", help="feed the speech as fast as possible instead of in real "
                                                           "time (the real-time factor is then the processing speed)")
+    p.add_argument("--phonemes", type=Path, metavar="FILE",
+                   help="the speech's phoneme timings, known in advance (as sync --phonemes): the warped mouth "
+                        "closes on every /p b m/")
     p.add_argument("--voice-sample", type=Path, help="HyperLips-Lite: normalise the mel with the statistics of this "
                    "recording of the same voice (the speech file itself reproduces sync); default: of the speech so far")
     add_model_options(p, phones=False)  # live reads no phones (media.phones reads a whole recording)

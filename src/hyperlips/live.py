@@ -216,10 +216,11 @@ def live_batches(feed: MelFeed, size: int, render) -> callable:
 
 def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16000, loop: str = "pingpong",
                face_index=None, face_box=None, reference="best", fps=None, stats: Optional[SpeechStats] = None,
-               batch_size: Optional[int] = None) -> Iterator[LiveFrame]:
+               batch_size: Optional[int] = None, phonemes=None) -> Iterator[LiveFrame]:
     """The body of ``LipSync.stream`` (``ls``: the LipSync whose networks render)."""
     from .errors import require_file
     from .face.detect import FaceDetector
+    from .media.phone_marks import closure
     from .media.timing import check_fps, open_timeline
     from .schedule import LOOP_MODES
     from .stages import Timings
@@ -234,6 +235,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
                         "them first (hyperlips.media.audio.load_audio reads a file at that rate)")
     check_fps(fps)
     request = reference_request(reference)
+    marks = ls.phoneme_marks(phonemes, None, as_phones=False)
     size = int(batch_size or ls.batch_size)
     timings = Timings()
     with open_timeline(video, fps) as timeline, FaceDetector() as detector:
@@ -248,7 +250,8 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
         feeder = threading.Thread(target=feed.feed, args=(speech,), name="hyperlips-speech", daemon=True)
 
         def render(jobs):
-            ls.render_jobs(jobs, found.crop, feed.windows([job.j for job in jobs]))
+            closed = None if marks is None else closure(marks, [job.j / timeline.fps for job in jobs])
+            ls.render_jobs(jobs, found.crop, feed.windows([job.j for job in jobs]), closed)
 
         chain = frame_chain(timeline, n_src=n_src, n_out=FOREVER, loop=loop, found=found, new_track=new_track,
                             detect=detector.detect, network=live_batches(feed, size, render), batch_size=size,

@@ -384,6 +384,7 @@ class LipSync:
         fps: float | None = None,
         speech_stats=None,
         batch_size: int | None = None,
+        phonemes=None,
     ):
         """Lip-synced frames of ``video`` (an idle clip, played in a loop) driven by ``speech`` while it arrives.
 
@@ -394,12 +395,15 @@ class LipSync:
         for HyperLips-Lite), until the speech ends (``round(seconds * fps)`` frames, as ``sync``). Frames are
         rendered in batches of the frames that are ready together, at most ``batch_size`` (default: the
         LipSync's). ``speech_stats``: ``live.SpeechStats`` for HyperLips-Lite's per-utterance mel normalisation
-        (``SpeechStats.of(mel, network.mel_smooth)``; default: the statistics of the speech so far). The other
-        options are ``sync``'s. See ``live``."""
+        (``SpeechStats.of(mel, network.mel_smooth)``; default: the statistics of the speech so far). ``phonemes``:
+        the speech's phoneme timings, known in advance (a speech synthesiser's): the warped mouth closes on every
+        /p b m/, as in ``sync`` (the network reads no phones in a stream). The other options are ``sync``'s. See
+        ``live``."""
         from .live import run_stream
 
         return run_stream(self, video, speech, sample_rate=sample_rate, loop=loop, face_index=face_index,
-                          face_box=face_box, reference=reference, fps=fps, stats=speech_stats, batch_size=batch_size)
+                          face_box=face_box, reference=reference, fps=fps, stats=speech_stats, batch_size=batch_size,
+                          phonemes=phonemes)
 
     # ------------------------------------------------------------------ stages
     def speech_phones(self, wav: np.ndarray, timer=None, marks=None):
@@ -416,9 +420,10 @@ class LipSync:
         with timer("phones") if timer is not None else contextlib.nullcontext():
             return read_phones(wav, self.audio_cfg.sample_rate)
 
-    def phoneme_marks(self, phonemes, seconds: float):
+    def phoneme_marks(self, phonemes, seconds: float | None, as_phones: bool = True):
         """``sync``'s ``phonemes`` (None, a file, or ``PhoneMark`` marks or ``(start, [end,] phone)`` entries) as
-        ``PhoneMark`` marks for ``seconds`` of speech, or None; says what they cannot do with this LipSync."""
+        ``PhoneMark`` marks for ``seconds`` of speech (None: a stream's, not known yet), or None; says what they
+        cannot do with this LipSync (``as_phones``: whether they may be read as the network's phones)."""
         if phonemes is None:
             return None
         from .media.phone_marks import PhoneMark, read_marks, to_marks
@@ -429,11 +434,11 @@ class LipSync:
             marks = list(phonemes)
         else:
             marks = to_marks(list(phonemes), seconds)
-        if marks and marks[-1].start > seconds + 0.5:
+        if marks and seconds is not None and marks[-1].start > seconds + 0.5:
             warn(f"the phoneme timings run to {marks[-1].start:.2f} s, past the end of the speech ({seconds:.2f} s): "
                  f"are they this speech's?")
         if self.mouth != "warp":
-            reads = "reads them as its phones" if self._given_phones else "does not use them"
+            reads = "reads them as its phones" if self._given_phones and as_phones else "does not use them"
             shown = "rendered" if self.mouth == "render" else "hybrid"
             warn(f"phoneme timings close the lips on /p b m/ in the warped mouth only (--mouth warp); "
                  f"the {shown} mouth of {self.weights} {reads}")

@@ -158,9 +158,12 @@ def read_marks(path: str | os.PathLike, duration: float | None = None, alphabet:
         raise UserError(f"cannot read the phoneme file {path}: {e}") from None
     try:
         if text.lstrip().startswith(("[", "{")):
-            entries, alphabet = _json_entries(text, alphabet)
-        else:
-            entries, alphabet = _text_entries(text, alphabet)
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UserError(f"not valid JSON ({e})") from None
+            return marks_from_json(data, duration, alphabet)
+        entries, alphabet = _text_entries(text, alphabet)
         if not entries:
             raise UserError("it lists no phonemes")
         return to_marks(entries, duration, alphabet)
@@ -168,11 +171,16 @@ def read_marks(path: str | os.PathLike, duration: float | None = None, alphabet:
         raise UserError(f"{path}: {e}") from None
 
 
-def _json_entries(text: str, alphabet: str) -> tuple[list, str]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"not valid JSON ({e})") from None
+def marks_from_json(data, duration: float | None = None, alphabet: str = "auto") -> list[PhoneMark]:
+    """Phoneme timings from parsed JSON (the module's JSON form: a list of objects, or an object with
+    ``alphabet`` and ``phonemes``); a :class:`UserError` for anything else."""
+    entries, alphabet = _json_entries(data, alphabet)
+    if not entries:
+        raise UserError("it lists no phonemes")
+    return to_marks(entries, duration, alphabet)
+
+
+def _json_entries(data, alphabet: str) -> tuple[list, str]:
     if isinstance(data, dict):
         if alphabet == "auto":
             alphabet = str(data.get("alphabet", "auto")).lower()

@@ -12,6 +12,8 @@ import re
 import shutil
 from pathlib import Path
 
+from ..errors import UserError
+from ..media.phone_marks import marks_from_json, write_marks
 from ..mouth import MOUTH_OPTIONS
 from ..schedule import LOOP_MODES
 from .catalog import UNTRAINED_ID, find_model, list_models
@@ -23,7 +25,7 @@ from .uploads import UploadError, check_role, link_into
 KINDS = ("sync", "finetune")
 FIELDS = {  # what a job of each kind takes; anything else is a mistake (a misspelt option would pass unnoticed)
     "sync": {"kind", "video", "audio", "model", "size", "face", "face_box", "loop", "reference", "crf", "preset",
-             "pix_fmt", "temporal_blend", "mouth"},
+             "pix_fmt", "temporal_blend", "mouth", "phonemes"},
     "finetune": {"kind", "video", "name", "minutes", "start_from"},
 }
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
@@ -117,8 +119,11 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
     if mouth in ("warp", "hybrid") and model.id == UNTRAINED_ID:
         raise _bad(f"mouth {mouth} moves the mouth to the shape a trained HyperLips-Lite reads from the speech; "
                    "the untrained model has none (use render)")
+    marks = _phonemes(params)
     v_path = link_into(video, settings, folder, "video")
     a_path = link_into(audio, settings, folder, "audio")
+    if marks is not None:
+        write_marks(folder / "phonemes.txt", marks)
     hr = model.hr.get(size) if size != 128 else None
     job = {
         "video": v_path.name, "audio": a_path.name, "names": {v_path.name: video["name"], a_path.name: audio["name"]},
@@ -126,12 +131,33 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
                   "hr_checkpoint": str(hr) if hr else None, "untrained": model.id == UNTRAINED_ID},
         "size": size, "face": face, "face_box": box, "loop": loop, "reference": reference,
         "crf": crf, "preset": preset, "pix_fmt": pix_fmt, "temporal_blend": blend, "mouth": mouth, "device": settings.device, "batch_size": settings.batch_size, "threads": settings.threads,
+        "phonemes": "phonemes.txt" if marks is not None else None,
     }
     public = {"video": video["id"], "audio": audio["id"], "video_name": video["name"], "audio_name": audio["name"],
               "model": model.id, "model_label": model.label, "size": size, "face": face, "face_box": box,
               "loop": loop, "reference": reference, "crf": crf, "preset": preset, "pix_fmt": pix_fmt,
-              "temporal_blend": blend, "mouth": mouth}
+              "temporal_blend": blend, "mouth": mouth, "phonemes": None if marks is None else len(marks)}
     return job, public
+
+
+MAX_PHONEMES = 100_000  # about two hours of speech
+
+
+def _phonemes(params: dict):
+    """The job's phoneme timings (``media.phone_marks``' JSON form), checked, or None."""
+    data = params.get("phonemes")
+    if data is None:
+        return None
+    if not isinstance(data, (list, dict)):
+        raise _bad('phonemes must be a list of {"start": seconds, "phone": "B"} objects (or {"alphabet": ..., '
+                   '"phonemes": [...]})')
+    listed = data.get("phonemes") if isinstance(data, dict) else data
+    if isinstance(listed, list) and len(listed) > MAX_PHONEMES:
+        raise _bad(f"phonemes: at most {MAX_PHONEMES} are taken")
+    try:
+        return marks_from_json(data)
+    except UserError as e:
+        raise _bad(f"phonemes: {e}") from None
 
 
 def _encoding(params: dict) -> tuple[int, str, str]:

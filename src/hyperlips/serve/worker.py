@@ -101,7 +101,7 @@ def run_sync(job: dict, folder: Path) -> dict:
         report = ls.sync(folder / job["video"], folder / job["audio"], folder / "result.mp4",
                          face_index=job.get("face"), face_box=tuple(box) if box else None,
                          loop=job.get("loop", "pingpong"), reference=job.get("reference", "best"),
-                         on_progress=progress,
+                         on_progress=progress, phonemes=folder / job["phonemes"] if job.get("phonemes") else None,
                          **{k: job[k] for k in ("crf", "preset", "pix_fmt") if k in job})  # jobs queued before: defaults
     said = []
     for w in caught:
