@@ -72,7 +72,9 @@ def _carried(image: np.ndarray, src_ring: np.ndarray, dst_ring: np.ndarray, box)
     where the rings' points did not move)."""
     x0, y0, x1, y1 = box
     out = image[y0:y1, x0:x1].astype(np.float32)
-    f = PiecewiseAffine(np.vstack([src_ring, src_ring.mean(axis=0)]), np.vstack([dst_ring, dst_ring.mean(axis=0)]))
+    # a ring that changes shape turns its own triangles over: the moved points' triangulation
+    f = PiecewiseAffine(np.vstack([src_ring, src_ring.mean(axis=0)]), np.vstack([dst_ring, dst_ring.mean(axis=0)]),
+                        own_triangles=False)
     moved = f.grid(x1, y1)
     if moved is not None and moved[0][2] > x0 and moved[0][3] > y0:
         (gx0, gy0, gx1, gy1), mx, my = moved

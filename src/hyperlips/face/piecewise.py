@@ -24,27 +24,41 @@ class PiecewiseAffine:
     to the lower lip's outer edge once the lips met, and that triangle carried the inside over the lower lip: dark
     blots under closed lips.) A triangle the move flattens below :data:`MIN_AREA` is left out, and one it turns over
     with every triangle that shares a point with it; the pixels they leave are read through a Delaunay
-    triangulation of the moved points, which cannot fold. Call it on
-    (m, 2) points, or take a whole block of pixels with :meth:`grid`."""
+    triangulation of the moved points, which cannot fold. ``own_triangles=False`` uses that triangulation alone (for
+    points whose arrangement is no picture's, such as a ring and its centre that change shape). Call it on (m, 2)
+    points, or take a whole block of pixels with :meth:`grid`."""
 
-    def __init__(self, src: np.ndarray, dst: np.ndarray) -> None:
+    def __init__(self, src: np.ndarray, dst: np.ndarray, own_triangles: bool = True) -> None:
         from scipy.spatial import Delaunay
 
         self.src, self.dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-        self.tri = Delaunay(self.dst)  # the moved points' own triangles: what no kept source triangle covers
-        own = Delaunay(self.src).simplices
-        area_src, area_dst = _signed_area(self.src, own), _signed_area(self.dst, own)
-        # a triangle the move turns over (by more than a sliver) is left out, and so is every triangle that shares a
-        # point with it (they fold over its place)
-        turned = (np.sign(area_src) != np.sign(area_dst)) & (np.abs(area_dst) >= MIN_AREA)
-        near = np.isin(own, np.unique(own[turned])).any(axis=1)
-        kept = own[~near & (np.abs(area_dst) >= MIN_AREA)]
-        # every triangle that is drawn, the moved points' first and the kept source ones over them; the moved
-        # points' are drawn only where their points moved (elsewhere the identity, as outside)
         still = np.all(np.abs(self.src - self.dst) < 1e-9, axis=1)
-        fallback = self.tri.simplices
-        fb_area = np.abs(_signed_area(self.dst, fallback))
-        fallback = fallback[~still[fallback].all(axis=1) & (fb_area >= MIN_AREA)]
+        turned = None
+        if own_triangles:
+            own = Delaunay(self.src).simplices
+            area_src, area_dst = _signed_area(self.src, own), _signed_area(self.dst, own)
+            # a triangle the move turns over is left out, and so is every triangle that shares a point with it (they
+            # fold over its place); a sliver, before or after (the inside of a closed mouth opening), turns nothing
+            turned = ((np.sign(area_src) != np.sign(area_dst)) & (np.abs(area_dst) >= MIN_AREA)
+                      & (np.abs(area_src) >= MIN_AREA))
+            drawn = np.abs(area_dst) >= MIN_AREA
+        if turned is None or turned.any():  # the moved points' own triangles below (where their points moved), the
+            # kept ones over them, still ones too (the identity, over whatever the moved points' triangles drew)
+            fallback = Delaunay(self.dst).simplices
+            fallback = fallback[~still[fallback].all(axis=1) & (np.abs(_signed_area(self.dst, fallback)) >= MIN_AREA)]
+            kept = fallback[:0]
+            if turned is not None:
+                touched = np.zeros(len(self.src), bool)
+                touched[own[turned].ravel()] = True
+                near = touched[own].any(axis=1)
+                kept = own[drawn & ~near]
+                # below the kept triangles, only the moved points' triangles round the place of those left out
+                around = np.zeros(len(self.src), bool)
+                around[own[near].ravel()] = True
+                fallback = fallback[around[fallback].any(axis=1)]
+        else:  # the source's triangles tile the moved points' hull: those that move are all there is to draw
+            fallback = own[:0]
+            kept = own[drawn & ~still[own].all(axis=1)]
         self.simplices = np.vstack([fallback, kept]).astype(np.int64)
         self.n_fallback = len(fallback)
         self.area = np.abs(_signed_area(self.dst, self.simplices))
@@ -99,8 +113,18 @@ class PiecewiseAffine:
             return None
         index = np.full((y1 - y0, x1 - x0), -1, np.int32)
         corners = np.round((self.dst[self.simplices] - [x0, y0]) * 16).astype(np.int32)  # 4 fraction bits
+        # a triangle that does not move is drawn as "no map" (the pixel stays where it is), and only where it may
+        # cover a moved points' triangle below it (their box)
+        if self.n_fallback:
+            below = self.dst[self.simplices[:self.n_fallback]].reshape(-1, 2)
+            lo, hi = below.min(axis=0), below.max(axis=0)
+            box = self.dst[self.simplices]
+            reach = (box.max(axis=1) >= lo).all(axis=1) & (box.min(axis=1) <= hi).all(axis=1)
         for k in self._order():  # a filled triangle takes the pixels on its edges too
-            cv2.fillConvexPoly(index, corners[k], int(k), lineType=cv2.LINE_8, shift=4)
+            if moved[k]:
+                cv2.fillConvexPoly(index, corners[k], int(k), lineType=cv2.LINE_8, shift=4)
+            elif self.n_fallback and reach[k]:
+                cv2.fillConvexPoly(index, corners[k], -1, lineType=cv2.LINE_8, shift=4)
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         mx, my = xs.copy(), ys.copy()
         hit = index >= 0
