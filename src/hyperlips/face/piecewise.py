@@ -23,8 +23,9 @@ class PiecewiseAffine:
     between the lips folds away to a line. (A triangulation of the moved points instead joined the upper inner lip
     to the lower lip's outer edge once the lips met, and that triangle carried the inside over the lower lip: dark
     blots under closed lips.) A triangle the move flattens below :data:`MIN_AREA` is left out, and one it turns over
-    with every triangle that shares a point with it; the pixels they leave are read through a Delaunay
-    triangulation of the moved points, which cannot fold. ``own_triangles=False`` uses that triangulation alone (for
+    (a sliver before it, such as the inside of a closed mouth that opens, turns nothing) with every triangle that
+    shares a point with it; the pixels they leave are read through the moved points' own Delaunay triangles round
+    them, which cannot fold. ``own_triangles=False`` uses that triangulation alone (for
     points whose arrangement is no picture's, such as a ring and its centre that change shape). Call it on (m, 2)
     points, or take a whole block of pixels with :meth:`grid`."""
 
