@@ -159,3 +159,64 @@ def test_sync_passes_the_timings_and_says_what_a_rendered_mouth_does_with_them(p
     with pytest.warns(InputWarning) as said:
         ls.sync(photo_and_speech / "face.png", photo_and_speech / "speech.wav", tmp_path / "out2.mp4", phonemes=late)
     assert any("past the end of the speech" in str(w.message) for w in said)
+
+
+TEXTGRID = '''File type = "ooTextFile"
+Object class = "TextGrid"
+
+xmin = 0
+xmax = 0.6
+tiers? <exists>
+size = 2
+item []:
+    item [1]:
+        class = "IntervalTier"
+        name = "words"
+        xmin = 0
+        xmax = 0.6
+        intervals: size = 1
+        intervals [1]:
+            xmin = 0
+            xmax = 0.6
+            text = "bob"
+    item [2]:
+        class = "IntervalTier"
+        name = "phones"
+        xmin = 0
+        xmax = 0.6
+        intervals: size = 4
+        intervals [1]:
+            xmin = 0
+            xmax = 0.1
+            text = ""
+        intervals [2]:
+            xmin = 0.1
+            xmax = 0.2
+            text = "B"
+        intervals [3]:
+            xmin = 0.2
+            xmax = 0.45
+            text = "AA1"
+        intervals [4]:
+            xmin = 0.45
+            xmax = 0.6
+            text = "B"
+'''
+
+
+def test_aligner_outputs_textgrid_and_json(tmp_path):
+    """What the Montreal Forced Aligner writes: a TextGrid (its phones tier) or its JSON; a byte-order mark too."""
+    p = tmp_path / "a.TextGrid"
+    p.write_text(TEXTGRID)
+    marks = read_marks(p)
+    assert _phones(marks) == ["SIL", "B", "AA", "B"] and (marks[2].start, marks[2].end) == (0.2, 0.45)
+    p.write_text(TEXTGRID.replace('name = "phones"', 'name = "syllables"'))
+    with pytest.raises(UserError, match="tier named \"phones\" \\(its tiers: 'words', 'syllables'\\)"):
+        read_marks(p)
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps({"start": 0, "end": 0.6, "tiers": {"words": {"type": "words", "entries": [[0, 0.6, "bob"]]},
+                                                               "phones": {"type": "phones", "entries": [
+                                                                   [0.1, 0.2, "B"], [0.2, 0.45, "AA1"]]}}}))
+    assert _phones(read_marks(p)) == ["B", "AA"]
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"start": 0, "phone": "M"}]).encode())
+    assert _phones(read_marks(p, 0.2)) == ["M"]

@@ -361,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="output video (.mp4)")
     p.add_argument("--phonemes", type=Path, metavar="FILE",
                    help="what the speech says and when, from a speech synthesiser or a forced aligner: lines of "
-                        "START [END] PHONE in seconds (ARPAbet, espeak-ng or IPA) or JSON; the warped mouth then "
-                        "closes on every /p b m/ (see docs/inference.md)")
+                        "START [END] PHONE in seconds (ARPAbet, espeak-ng or IPA), JSON or a TextGrid; the warped "
+                        "mouth then closes on every /p b m/ (see docs/inference.md)")
     add_model_options(p)
     add_sync_options(p)
     p.set_defaults(func=_run_sync)

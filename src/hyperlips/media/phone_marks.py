@@ -9,7 +9,8 @@ Files (:func:`read_marks`), times in seconds from the start of the speech:
 
 - text, one phoneme a line: ``START PHONE`` or ``START END PHONE`` (spaces or tabs; ``#`` starts a comment);
 - JSON: a list of ``{"start": s, "end": s, "phone": "B"}`` (``end`` optional; ``time`` and ``phoneme`` are read too),
-  or ``{"alphabet": ..., "phonemes": [...]}``.
+  or ``{"alphabet": ..., "phonemes": [...]}``, or the Montreal Forced Aligner's JSON (its "phones" tier);
+- a Praat TextGrid (long text format, the Montreal Forced Aligner's default): its "phones" tier.
 
 Phones are ARPAbet (CMU dictionary and Montreal Forced Aligner style, stress digits allowed: ``AH0``), espeak-ng
 mnemonics (``'a``, ``tS``, ``@``) or IPA (``æ``, ``tʃ``, ``ə``); the alphabet is told apart per file (``alphabet``
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -151,12 +153,14 @@ def read_marks(path: str | os.PathLike, duration: float | None = None, alphabet:
     line for anything it cannot read."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is not text
     except FileNotFoundError:
         raise UserError(f"phoneme file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read the phoneme file {path}: {e}") from None
     try:
+        if text.lstrip().startswith("File type") and "TextGrid" in text[:200]:
+            return to_marks(_textgrid_entries(text), duration, alphabet)
         if text.lstrip().startswith(("[", "{")):
             try:
                 data = json.loads(text)
@@ -181,6 +185,14 @@ def marks_from_json(data, duration: float | None = None, alphabet: str = "auto")
 
 
 def _json_entries(data, alphabet: str) -> tuple[list, str]:
+    if isinstance(data, dict) and isinstance(data.get("tiers"), dict):  # Montreal Forced Aligner's JSON
+        tier = data["tiers"].get("phones")
+        if not isinstance(tier, dict) or not isinstance(tier.get("entries"), list):
+            raise UserError('an aligner\'s JSON without a "phones" tier of entries')
+        rows = tier["entries"]
+        if not all(isinstance(e, list) and len(e) == 3 for e in rows):
+            raise UserError('the "phones" tier\'s entries must be [start, end, phone]')
+        return [(a, b, p or "sil") for a, b, p in rows], alphabet
     if isinstance(data, dict):
         if alphabet == "auto":
             alphabet = str(data.get("alphabet", "auto")).lower()
@@ -197,6 +209,23 @@ def _json_entries(data, alphabet: str) -> tuple[list, str]:
             raise UserError(f"phoneme {k + 1}: needs a start (or time) and a phone (or phoneme): {item!r}")
         entries.append((start, item["end"], phone) if item.get("end") is not None else (start, phone))
     return entries, alphabet
+
+
+def _textgrid_entries(text: str) -> list:
+    """The intervals of a Praat TextGrid's (long text format, as the Montreal Forced Aligner writes it) phone
+    tier: the tier named "phones" (or the only tier), empty intervals read as pauses."""
+    tiers = []
+    for item in re.split(r"\n\s*item \[\d+\]:", text)[1:]:
+        name = re.search(r'name = "(.*)"', item)
+        cells = re.findall(r'xmin = ([-\d.eE+]+)\s*\n\s*xmax = ([-\d.eE+]+)\s*\n\s*text = "(.*)"', item)
+        tiers.append((name.group(1) if name else "", cells))
+    phones = [cells for name, cells in tiers if name.strip().lower() == "phones"]
+    if not phones and len(tiers) == 1:
+        phones = [tiers[0][1]]
+    if not phones:
+        names = ", ".join(repr(n) for n, _ in tiers) or "none"
+        raise UserError(f'a TextGrid needs a tier named "phones" (its tiers: {names})')
+    return [(a, b, t.strip() or "sil") for a, b, t in phones[0]]
 
 
 def _text_entries(text: str, alphabet: str) -> tuple[list, str]:
