@@ -63,6 +63,22 @@ def test_demo_command_with_a_short_sentence(tmp_path, monkeypatch, capfd):
     vowels = [at(m) for m in marks if m.phone[0] in "AEIOU"]
     assert len(bilabials) >= 6 and len(vowels) >= 6
     assert separation_auc(vowels, bilabials) > 0.9  # measured 1.0 (without the timings: 0.78)
+    # nothing else in the frame changes: every pixel that differs from the photo lies in the lower face
+    import cv2
+
+    from hyperlips.face.detect import FaceDetector
+
+    photo = cv2.imread(str(inputs / "demo_face.png"))
+    with FaceDetector() as det:
+        b = det.detect(photo)[0]
+    changed = np.zeros(photo.shape[:2], bool)
+    for frame in spy.frames:
+        changed |= (frame != photo).any(axis=2)
+    ys, xs = np.nonzero(changed)
+    assert len(ys) > 0
+    height = b.y2 - b.y1
+    assert ys.min() >= b.y1 + 0.35 * height and ys.max() <= b.y2 + 0.25 * height, (ys.min(), ys.max(), b)
+    assert xs.min() >= b.x1 - 0.1 * height and xs.max() <= b.x2 + 0.1 * height, (xs.min(), xs.max(), b)
 
 
 @pytest.mark.slow
