@@ -379,10 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "time (the real-time factor is then the processing speed)")
     p.add_argument("--phonemes", type=Path, metavar="FILE",
                    help="the speech's phoneme timings, known in advance (as sync --phonemes): the warped mouth "
-                        "closes on every /p b m/")
+                        "closes on every /p b m/, and the starter reads them as its phones")
     p.add_argument("--voice-sample", type=Path, help="HyperLips-Lite: normalise the mel with the statistics of this "
                    "recording of the same voice (the speech file itself reproduces sync); default: of the speech so far")
-    add_model_options(p, phones=False)  # live reads no phones (media.phones reads a whole recording)
+    add_model_options(p, phones=False)  # live recognises no phones (media.phones reads a whole recording)
     add_sync_options(p, timings=False)
     p.set_defaults(func=_run_live)
 

@@ -29,7 +29,7 @@ from .config import AudioConfig
 from .errors import UserError, warn
 from .media.audio import centred_window_starts, mel_window_starts, smooth_across_frequency, windows_from_starts
 from .media.mel_stream import MelStream
-from .media.phones import N_PHONES
+from .media.phones import FRAME_RATE, N_PHONES, SILENCE
 
 FOREVER = 10**15  # output frames scheduled for an idle loop whose end is the speech's
 
@@ -69,15 +69,18 @@ class MelFeed:
     ones). :meth:`wait` blocks until frame ``j``'s window is complete; :meth:`windows` cuts it."""
 
     def __init__(self, network, fps: float, sample_rate: int, stats: Optional[SpeechStats] = None,
-                 cfg: AudioConfig = AudioConfig()) -> None:
+                 cfg: AudioConfig = AudioConfig(), phones: Optional[np.ndarray] = None) -> None:
         self.cfg, self.fps, self.sample_rate = cfg, float(fps), int(sample_rate)
         self.mel = MelStream(cfg)
         self.steps = getattr(network, "mel_steps", None)
         self.utterance = getattr(network, "mel_norm", None) == "utterance"
         self.smooth = int(getattr(network, "mel_smooth", 0)) if self.utterance else 0
-        # a Lite network that reads phones reads none here (they are read from a whole utterance): its rows stay
-        # zero, as in `sync` with phones off (LipSync(phones=False)), which it was trained to read as well
+        # a Lite network that reads phones reads none recognised here (they are read from a whole utterance): its
+        # rows stay zero, as in `sync` with phones off (LipSync(phones=False)), which it was trained to read as
+        # well; or ``phones`` known in advance (``media.phones.read_phones``'s form: given phoneme timings), as in
+        # `sync` given them
         self.phone_rows = N_PHONES if self.utterance and getattr(network, "phones", False) else 0
+        self.phones = None if phones is None else np.append(np.asarray(phones, np.int64).reshape(-1), SILENCE)
         self.stats = stats
         self.error: Optional[BaseException] = None
         self.cancelled = False
@@ -155,9 +158,23 @@ class MelFeed:
             seg = smooth_across_frequency(seg, self.smooth)
             out = np.stack([self._lite_window(seg, lo, int(s), steps) for s in starts])
             if self.phone_rows:
-                out = np.concatenate([out, np.zeros((len(out), 1, self.phone_rows, steps), np.float32)], axis=2)
+                out = np.concatenate([out, self._phone_windows(starts, steps, total)], axis=2)
             lo = min(lo, self._seen)  # running statistics still need the frames from _seen on
         self.mel.drop_before(lo)
+        return out
+
+    def _phone_windows(self, starts: np.ndarray, steps: int, total: int) -> np.ndarray:
+        """The phones' one-hot rows of the windows (N, 1, phone_rows, steps), as ``media.phones.phone_track``
+        lays them below the whole speech's mel: zero outside the speech so far, and without known phones."""
+        out = np.zeros((len(starts), 1, self.phone_rows, steps), np.float32)
+        if self.phones is None:
+            return out
+        idx = np.asarray(starts, np.int64)[:, None] + np.arange(steps)[None, :]  # (N, steps) mel frames
+        inside = (idx >= 0) & (idx < total)
+        at = np.floor(np.maximum(idx, 0) * (FRAME_RATE / (self.cfg.sample_rate / self.cfg.hop_length)) + 1e-6)
+        ids = self.phones[np.minimum(at.astype(np.int64), len(self.phones) - 1)]
+        n, k = np.nonzero(inside)
+        out[n, 0, ids[n, k], k] = 1.0
         return out
 
     def _lite_window(self, seg: np.ndarray, lo: int, start: int, steps: int) -> np.ndarray:
@@ -235,7 +252,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
                         "them first (hyperlips.media.audio.load_audio reads a file at that rate)")
     check_fps(fps)
     request = reference_request(reference)
-    marks = ls.phoneme_marks(phonemes, None, as_phones=False)
+    marks = ls.phoneme_marks(phonemes, None)
     size = int(batch_size or ls.batch_size)
     timings = Timings()
     with open_timeline(video, fps) as timeline, FaceDetector() as detector:
@@ -246,7 +263,12 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
 
         new_track = track_factory(timeline, face_index, face_box)
         found = find_reference(timeline, n_src, request, new_track, detector.detect, _NoBar(), timings, ls.overlap)
-        feed = MelFeed(ls.base, timeline.fps, sample_rate, stats, ls.audio_cfg)
+        given = None
+        if marks is not None and ls.given_phones:
+            from .media.phone_marks import phone_ids
+
+            given = phone_ids(marks, marks[-1].end if marks else 0.0)
+        feed = MelFeed(ls.base, timeline.fps, sample_rate, stats, ls.audio_cfg, phones=given)
         feeder = threading.Thread(target=feed.feed, args=(speech,), name="hyperlips-speech", daemon=True)
 
         def render(jobs):

@@ -222,7 +222,8 @@ class LipSync:
                                   checkpoint=checkpoint)
         self._mouth_step = None  # mouth warp or hybrid: the clip's MouthStep (new_clip)
         self.reads_phones = bool(phones) and bool(getattr(self.base, "phones", False))
-        self._given_phones = self.reads_phones  # given phoneme timings are read without the recogniser too
+        # given phoneme timings are read as the network's phones without the recogniser too (sync and stream)
+        self.given_phones = self.reads_phones
         if self.reads_phones:
             from .media import phones as phone_reader
 
@@ -397,8 +398,8 @@ class LipSync:
         LipSync's). ``speech_stats``: ``live.SpeechStats`` for HyperLips-Lite's per-utterance mel normalisation
         (``SpeechStats.of(mel, network.mel_smooth)``; default: the statistics of the speech so far). ``phonemes``:
         the speech's phoneme timings, known in advance (a speech synthesiser's): the warped mouth closes on every
-        /p b m/, as in ``sync`` (the network reads no phones in a stream). The other options are ``sync``'s. See
-        ``live``."""
+        /p b m/ and a network that reads phones reads these, as in ``sync`` (without them it reads none in a
+        stream). The other options are ``sync``'s. See ``live``."""
         from .live import run_stream
 
         return run_stream(self, video, speech, sample_rate=sample_rate, loop=loop, face_index=face_index,
@@ -409,7 +410,7 @@ class LipSync:
     def speech_phones(self, wav: np.ndarray, timer=None, marks=None):
         """The phones of speech ``wav`` where the network reads them, else None: ``marks``' (given phoneme timings,
         ``media.phone_marks``) where given, else the recogniser's (``media.phones.read_phones``)."""
-        if marks is not None and self._given_phones:
+        if marks is not None and self.given_phones:
             from .media.phone_marks import phone_ids
 
             return phone_ids(marks, len(wav) / self.audio_cfg.sample_rate)
@@ -420,10 +421,10 @@ class LipSync:
         with timer("phones") if timer is not None else contextlib.nullcontext():
             return read_phones(wav, self.audio_cfg.sample_rate)
 
-    def phoneme_marks(self, phonemes, seconds: float | None, as_phones: bool = True):
+    def phoneme_marks(self, phonemes, seconds: float | None):
         """``sync``'s ``phonemes`` (None, a file, or ``PhoneMark`` marks or ``(start, [end,] phone)`` entries) as
         ``PhoneMark`` marks for ``seconds`` of speech (None: a stream's, not known yet), or None; says what they
-        cannot do with this LipSync (``as_phones``: whether they may be read as the network's phones)."""
+        cannot do with this LipSync."""
         if phonemes is None:
             return None
         from .media.phone_marks import PhoneMark, read_marks, to_marks
@@ -438,7 +439,7 @@ class LipSync:
             warn(f"the phoneme timings run to {marks[-1].start:.2f} s, past the end of the speech ({seconds:.2f} s): "
                  f"are they this speech's?")
         if self.mouth != "warp":
-            reads = "reads them as its phones" if self._given_phones and as_phones else "does not use them"
+            reads = "reads them as its phones" if self.given_phones else "does not use them"
             shown = "rendered" if self.mouth == "render" else "hybrid"
             warn(f"phoneme timings close the lips on /p b m/ in the warped mouth only (--mouth warp); "
                  f"the {shown} mouth of {self.weights} {reads}")
