@@ -9,6 +9,7 @@ shows the network's face with the fine detail of that warped frame. ``auto`` pic
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,32 +77,76 @@ class MouthStep:
         the region's larger side), with the lips and jaw moved to ``shape`` (the audio encoder's, before the
         network's gain) and the inside of the new opening drawn (``warp``), or the network's face enlarged with the
         fine detail of that frame warped so, its new opening filled from the network's face (``hybrid``); the
-        network's ``face`` as it is when FaceMesh finds no face in the region. ``close`` (``warp``): how far the lips
-        are then brought together (``face.mouth_warp.close_lips``; 1 on a /p b m/ of given phoneme timings); the
-        hybrid shows the network's mouth, which reads the phones only."""
-        import cv2
+        network's ``face`` as it is when FaceMesh finds no face in the region. ``close``: how far the lips are then
+        brought together (``face.mouth_warp.close_lips``; 1 on a /p b m/ of given phoneme timings; the hybrid's
+        network draws them closed when its shape was closed too, :meth:`closed_shapes`)."""
+        return self.finish(self.look(image, box), face, shape, close)
 
+    def look(self, image: np.ndarray, box, observe: bool = False) -> "Look | None":
+        """FaceMesh on the face region of ``image`` at ``box``: the region at its own resolution and the points
+        in its pixels, or None where no face is found. ``observe``: the frame is counted in the clip's average mouth
+        now (before :meth:`closed_shapes`), not when it is warped."""
         from .face.blend import first_row_read
-        from .face.mouth_warp import MouthWarp, with_detail
+        from .face.mouth_warp import MouthWarp
         from .face.track import pixel_region
         from .generator_io import BASE_SIZE, face_crop
 
         x1, y1, x2, y2 = pixel_region(box, image.shape[1], image.shape[0])
         side = max(x2 - x1, y2 - y1, BASE_SIZE)
-        region = face_crop(image, box, side)
-        look = face_crop(image, box, WARP_MESH_SIZE)
         if self._warp is None:
             from .face.landmarks import FaceMesh
 
             self._warp = MouthWarp(fps=self.fps)
             self._mesh = FaceMesh(static=False)
-        lm = self._mesh.landmarks(look)
+        lm = self._mesh.landmarks(face_crop(image, box, WARP_MESH_SIZE))
         if lm is None:
             self._warp.lost()
-            return face
-        top = first_row_read(side)
+            return None
         points = lm[:, :2] * (side / WARP_MESH_SIZE)
+        if observe:
+            self._warp.observe(points)
+        return Look(face_crop(image, box, side), points, first_row_read(side), observe)
+
+    def closed_shapes(self, shapes: np.ndarray, close: np.ndarray, gain: float) -> np.ndarray:
+        """The audio encoder's ``shapes`` (N, n_shape) changed so that, times the network's ``gain``, they put the
+        lips of the clip's average mouth ``close`` (N,) of the way together (``face.mouth_warp.close_lips`` in the
+        aligned space the shapes are measured in): what the hybrid's network draws on a given /p b m/. As they are
+        before any frame of the clip was counted (:meth:`look` with ``observe``)."""
+        from .face import mouth_shape as ms
+        from .face.mouth_warp import close_lips
+
+        out = np.array(shapes, np.float64)
+        if self._warp is None or self._warp.template is None or gain == 0:
+            return out.astype(np.asarray(shapes).dtype)
+        mean = self._warp.mean
+        for i, c in enumerate(np.asarray(close, np.float64)):
+            if c > 0:
+                points = mean + gain * out[i].reshape(len(ms.MOVING), 2) / ms.SCALE
+                out[i] = ((close_lips(points, c) - mean) * ms.SCALE / gain).reshape(-1)
+        return out.astype(np.asarray(shapes).dtype)
+
+    def finish(self, look: "Look | None", face: np.ndarray, shape: np.ndarray, close: float = 0.0) -> np.ndarray:
+        """:meth:`__call__` for a frame :meth:`look` has looked at."""
+        import cv2
+
+        from .face.mouth_warp import with_detail
+
+        if look is None:
+            return face
+        args = dict(first_row=look.top, close=close, observed=look.observed)
         if self.mode == "warp":
-            return self._warp.apply(region, points, shape * WARP_GAIN, first_row=top, close=close)
+            return self._warp.apply(look.region, look.points, shape * WARP_GAIN, **args)
+        side = look.region.shape[0]
         rendered = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
-        return with_detail(rendered, self._warp.apply(region, points, shape * WARP_GAIN, top, fill=rendered), top)
+        return with_detail(rendered, self._warp.apply(look.region, look.points, shape * WARP_GAIN, fill=rendered,
+                                                      **args), look.top)
+
+
+@dataclass
+class Look:
+    """One frame's face region as :class:`MouthStep` looked at it."""
+
+    region: np.ndarray  # (side, side, 3) uint8 BGR: the face region at its own resolution
+    points: np.ndarray  # (468+, 2) FaceMesh's points in its pixels
+    top: int  # the first row paste-back reads
+    observed: bool  # counted in the clip's average mouth already

@@ -294,7 +294,7 @@ class LipSync:
         are the file's.
 
         ``phonemes``: what the speech says and when, as a speech synthesiser or a forced aligner gives it (a file
-        ``media.phone_marks.read_marks`` reads, or a list of ``PhoneMark``): the warped mouth closes on every
+        ``media.phone_marks.read_marks`` reads, or a list of ``PhoneMark``): the warped or hybrid mouth closes on every
         /p b m/, and a network that reads phones reads these instead of the recogniser's."""
         from .face.detect import FaceDetector
         from .media.audio import load_audio, melspectrogram, speech_problems
@@ -397,7 +397,7 @@ class LipSync:
         rendered in batches of the frames that are ready together, at most ``batch_size`` (default: the
         LipSync's). ``speech_stats``: ``live.SpeechStats`` for HyperLips-Lite's per-utterance mel normalisation
         (``SpeechStats.of(mel, network.mel_smooth)``; default: the statistics of the speech so far). ``phonemes``:
-        the speech's phoneme timings, known in advance (a speech synthesiser's): the warped mouth closes on every
+        the speech's phoneme timings, known in advance (a speech synthesiser's): the warped or hybrid mouth closes on every
         /p b m/ and a network that reads phones reads these, as in ``sync`` (without them it reads none in a
         stream). The other options are ``sync``'s. See ``live``."""
         from .live import run_stream
@@ -438,11 +438,10 @@ class LipSync:
         if marks and seconds is not None and marks[-1].start > seconds + 0.5:
             warn(f"the phoneme timings run to {marks[-1].start:.2f} s, past the end of the speech ({seconds:.2f} s): "
                  f"are they this speech's?")
-        if self.mouth != "warp":
+        if self.mouth == "render":
             reads = "reads them as its phones" if self.given_phones else "does not use them"
-            shown = "rendered" if self.mouth == "render" else "hybrid"
-            warn(f"phoneme timings close the lips on /p b m/ in the warped mouth only (--mouth warp); "
-                 f"the {shown} mouth of {self.weights} {reads}")
+            warn(f"phoneme timings close the lips on /p b m/ in the warped and hybrid mouths only (--mouth warp or "
+                 f"hybrid); the rendered mouth of {self.weights} {reads}")
         return marks
 
     def _bar(self, total: int, desc: str, on_progress: ProgressCallback | None = None):
@@ -475,22 +474,34 @@ class LipSync:
         crops = [job.crop if job.crop is not None else face_crop(job.image, job.box, BASE_SIZE) for job in jobs]
         x = network_input(np.stack(crops), ref_crop)
         if self.mouth != "render":
-            faces, shapes = self.generate(windows, x, shapes=True)
             if self._mouth_step is None:  # render_jobs called without new_clip (a caller of its own)
                 self.new_clip()
+            step = self._mouth_step
             if closed is None:
                 closed = np.zeros(len(jobs), np.float32)
+            if self.mouth == "hybrid" and np.any(closed > 0):  # the network draws the lips closed too: the clip's
+                # average mouth (counted from these frames first) says how far its shape must close them
+                looks = [step.look(job.image, job.box, observe=True) for job in jobs]
+                gain = float(self.base.config.shape_gain)
+                faces, shapes = self.generate(windows, x, shapes=True,
+                                              edit=lambda read: step.closed_shapes(read, closed, gain))
+                for job, face, shape, close, look in zip(jobs, faces, shapes, closed, looks):
+                    job.face = step.finish(look, face, shape, float(close))
+                    job.own_face = False
+                return
+            faces, shapes = self.generate(windows, x, shapes=True)
             for job, face, shape, close in zip(jobs, faces, shapes, closed):
-                job.face = self._mouth_step(job.image, job.box, face, shape, float(close))
+                job.face = step(job.image, job.box, face, shape, float(close))
                 job.own_face = self.mouth == "warp" and job.face is not face  # not where FaceMesh found no face
             return
         for job, face in zip(jobs, self.generate(windows, x)):
             job.face = face
 
-    def generate(self, windows: np.ndarray, x: np.ndarray, shapes: bool = False):
+    def generate(self, windows: np.ndarray, x: np.ndarray, shapes: bool = False, edit=None):
         """Mel windows (N, 1, 80, steps) and network inputs (N, 6, 128, 128) float32 -> faces (N, S, S, 3) uint8 BGR
         (S: 128, or the HR decoder's size); with ``shapes`` (HyperLips-Lite), also the mouth shapes the audio
-        encoder read, before the network's ``shape_gain`` (N, n_shape) float32."""
+        encoder read, before the network's ``shape_gain`` (N, n_shape) float32, changed by ``edit`` (numpy (N,
+        n_shape) -> the same) before the network renders them where given."""
         import torch
 
         with torch.inference_mode():
@@ -499,6 +510,8 @@ class LipSync:
             if shapes:
                 dtype = next(self.base.parameters()).dtype
                 read = self.base.audio_encoder(audio_t.to(dtype))
+                if edit is not None:
+                    read = torch.from_numpy(np.asarray(edit(read.float().cpu().numpy()), np.float32)).to(read)
                 pred = self._base_call(audio_t, faces_t, shape=self.base.gained(read), **self._base_kwargs)
             else:
                 pred = self._base_call(audio_t, faces_t, **self._base_kwargs)

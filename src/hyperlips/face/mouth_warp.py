@@ -97,11 +97,13 @@ class MouthWarp:
                 self._sum += pts
                 self._n += 1
 
-    def place(self, landmarks: np.ndarray, shape: np.ndarray, side: float) -> np.ndarray:
+    def place(self, landmarks: np.ndarray, shape: np.ndarray, side: float, observed: bool = False) -> np.ndarray:
         """Where the lip and jaw points (``mouth_shape.MOVING``) of ``shape`` go in this frame, whose FaceMesh points
         are ``landmarks`` (468+, 2+) in pixels of a region ``side`` pixels wide: (len(MOVING), 2). Counts the frame
-        in the clip's average mouth and, with ``steady``, steps the pose filter: call it once per frame, in order."""
-        self.observe(landmarks)
+        in the clip's average mouth (unless ``observed`` already) and, with ``steady``, steps the pose filter: call
+        it once per frame, in order."""
+        if not observed:
+            self.observe(landmarks)
         lm = np.asarray(landmarks, np.float64)[:, :2]
         placed = lm
         if self.pose is not None:  # the pose from the steadied stable points
@@ -110,17 +112,18 @@ class MouthWarp:
         return ms.moving_points(shape, placed, self.template, self.mean)
 
     def apply(self, region: np.ndarray, landmarks: np.ndarray, shape: np.ndarray, first_row: int = 0,
-              fill: np.ndarray | None = None, close: float = 0.0) -> np.ndarray:
+              fill: np.ndarray | None = None, close: float = 0.0, observed: bool = False) -> np.ndarray:
         """``region`` (h, w, 3) uint8: the face as the frame shows it, ``landmarks`` (468+, 2+) its FaceMesh points
         in its pixels, ``shape`` (N_SHAPE,) the mouth to show. -> (h, w, 3) uint8: rows from ``first_row`` down
         warped, the inside of the new opening drawn (:mod:`~hyperlips.face.mouth_inside`), or filled from ``fill``
         (h, w, 3) uint8 where given (the hybrid's network face, as the warp was first made); the rows above are
         ``region``'s. ``close`` (0-1): the lips then brought that far together (:func:`close_lips`; 1 on a /p b m/
-        whose timing was given). One call per frame, in order (:meth:`place`)."""
+        whose timing was given). One call per frame, in order (:meth:`place`; ``observed``: the frame was counted in
+        the clip's average mouth already)."""
         lm = np.asarray(landmarks, np.float64)[:, :2]
         h, w = region.shape[:2]
         src = lm[list(ms.MOVING)]
-        dst = self.place(lm, shape, max(h, w))
+        dst = self.place(lm, shape, max(h, w), observed)
         if close > 0:
             dst = close_lips(dst, close)
         if fill is None:  # the inner lips kept a pixel apart (of a 256 px region): where they meet, the new points'

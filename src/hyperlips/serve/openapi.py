@@ -143,7 +143,7 @@ def openapi_document(version: str) -> dict:
                                  "start": {"type": "number"}, "end": {"type": "number"}, "phone": {"type": "string"}}},
                              "description": "what the speech says and when (a speech synthesiser's or a forced "
                                             "aligner's phoneme timings, seconds; ARPAbet, espeak-ng or IPA): the "
-                                            "warped mouth closes on every /p b m/. Or {\"alphabet\": ..., "
+                                            "warped or hybrid mouth closes on every /p b m/. Or {\"alphabet\": ..., "
                                             "\"phonemes\": [...]}"}}},
             "FinetuneRequest": {"type": "object", "required": ["kind", "video", "name"], "additionalProperties": False, "properties": {
                 "kind": {"const": "finetune"},
