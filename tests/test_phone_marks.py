@@ -155,6 +155,9 @@ def test_sync_passes_the_timings_and_says_what_a_rendered_mouth_does_with_them(p
         ls.sync(photo_and_speech / "face.png", photo_and_speech / "speech.wav", tmp_path / "out.mp4",
                 phonemes=photo_and_speech / "speech.txt")
     assert seen and all(m is not None and _phones(m)[:2] == ["B", "AA"] for m in seen)
+    with pytest.raises(UserError, match="list no phonemes"):
+        ls.sync(photo_and_speech / "face.png", photo_and_speech / "speech.wav", tmp_path / "out3.mp4", phonemes=[])
+    assert not (tmp_path / "out3.mp4").exists()
     late = [(5.0, "B")]
     with pytest.warns(InputWarning) as said:
         ls.sync(photo_and_speech / "face.png", photo_and_speech / "speech.wav", tmp_path / "out2.mp4", phonemes=late)

@@ -435,7 +435,9 @@ class LipSync:
             marks = list(phonemes)
         else:
             marks = to_marks(list(phonemes), seconds)
-        if marks and seconds is not None and marks[-1].start > seconds + 0.5:
+        if not marks:
+            raise UserError("the phoneme timings list no phonemes")
+        if seconds is not None and marks[-1].start > seconds + 0.5:
             warn(f"the phoneme timings run to {marks[-1].start:.2f} s, past the end of the speech ({seconds:.2f} s): "
                  f"are they this speech's?")
         if self.mouth == "render":
