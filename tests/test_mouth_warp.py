@@ -38,12 +38,17 @@ def _opening(lm) -> float:
     return float(ms.mouth_opening(lm[None])[0])
 
 
-def test_moving_points_undo_the_alignment(face2):
-    _, lm = face2
+def _own_shapes(lm):
+    """A clip's points (N, 468+, 2) -> its template, average mouth and each frame's shape against them."""
     tpl = ms.stable_template(lm)
     pts = ms.aligned_moving_points(lm, tpl)
     mean = pts.mean(axis=0)
-    shapes = (pts - mean).reshape(len(lm), -1) * ms.SCALE
+    return tpl, mean, (pts - mean).reshape(len(lm), -1) * ms.SCALE
+
+
+def test_moving_points_undo_the_alignment(face2):
+    _, lm = face2
+    tpl, mean, shapes = _own_shapes(lm)
     for i in range(0, len(lm), 7):
         got = ms.moving_points(shapes[i], lm[i], tpl, mean)
         assert np.abs(got - lm[i][list(ms.MOVING)]).max() < 1e-6
@@ -302,10 +307,7 @@ def test_given_bilabials_close_a_real_open_mouth(face2):
     from hyperlips.face.landmarks import FaceMesh
 
     crops, lm = face2
-    tpl = ms.stable_template(lm)
-    pts = ms.aligned_moving_points(lm, tpl)
-    mean = pts.mean(axis=0)
-    shapes = (pts - mean).reshape(len(lm), -1) * ms.SCALE
+    tpl, mean, shapes = _own_shapes(lm)
     openings = ms.mouth_opening(lm)
     wide = int(np.argmax(openings))
     read = {}
