@@ -70,6 +70,9 @@ def test_missing_file_and_unknown_alphabet(tmp_path):
         read_marks(tmp_path / "nope.txt")
     with pytest.raises(UserError, match="alphabet must be one of"):
         to_marks([(0.0, "B")], alphabet="klingon")
+    for entry in (0.5, "B", (0.5,), (0.1, 0.2, 0.3, "B")):
+        with pytest.raises(UserError, match=r"expected \(start, phone\) or \(start, end, phone\)"):
+            to_marks([entry])
 
 
 def test_written_marks_read_back(tmp_path):

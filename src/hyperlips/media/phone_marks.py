@@ -118,7 +118,7 @@ def to_marks(entries: Sequence, duration: float | None = None, alphabet: str = "
         raise UserError(f"phoneme alphabet must be one of {', '.join(ALPHABETS)} (got {alphabet!r})")
     rows = []
     for k, e in enumerate(entries):
-        if isinstance(e, str) or len(e) not in (2, 3):
+        if isinstance(e, (str, bytes)) or not hasattr(e, "__len__") or len(e) not in (2, 3):
             raise UserError(f"phoneme {k + 1}: expected (start, phone) or (start, end, phone), got {e!r}")
         try:
             times = [float(x) for x in e[:-1]]
