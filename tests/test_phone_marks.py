@@ -138,9 +138,12 @@ def test_sync_refuses_a_bad_phoneme_file_before_writing(photo_and_speech, tmp_pa
     assert not out.exists()
 
 
-def test_sync_passes_the_timings_and_says_what_a_rendered_mouth_does_with_them(photo_and_speech, tmp_path,
-                                                                                  monkeypatch):
-    """The timings reach the network stage and, as phones, the network's input (the recogniser is not asked)."""
+def test_sync_passes_the_timings_to_the_network_and_says_when_they_are_not_used(photo_and_speech, tmp_path,
+                                                                                 monkeypatch):
+    """The timings reach the network stage and, as phones, the network's input (the recogniser is not asked);
+    HyperLips-Base, which reads the sound alone, says it does not use them."""
+    import warnings
+
     from hyperlips.errors import InputWarning
     from hyperlips.media import phones
     from hyperlips.pipeline import LipSync
@@ -149,22 +152,25 @@ def test_sync_passes_the_timings_and_says_what_a_rendered_mouth_does_with_them(p
         raise AssertionError("the recogniser read the speech although its phonemes were given")
 
     monkeypatch.setattr(phones, "read_phones", no_recogniser)
-
+    face, speech = photo_and_speech / "face.png", photo_and_speech / "speech.wav"
     seen = []
     ls = LipSync(progress=False, mouth="render", device="cpu")
     real = ls._render
     ls._render = lambda jobs, ref, mel, fps, marks=None: (seen.append(marks), real(jobs, ref, mel, fps, marks))[1]
-    with pytest.warns(InputWarning, match="warped and hybrid mouths only.*rendered mouth of .* reads them as its phones"):
-        ls.sync(photo_and_speech / "face.png", photo_and_speech / "speech.wav", tmp_path / "out.mp4",
-                phonemes=photo_and_speech / "speech.txt")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", InputWarning)
+        ls.sync(face, speech, tmp_path / "out.mp4", phonemes=photo_and_speech / "speech.txt")
+    assert not [w for w in said if "phoneme" in str(w.message)]  # a rendered Lite mouth uses them
     assert seen and all(m is not None and _phones(m)[:2] == ["B", "AA"] for m in seen)
     with pytest.raises(UserError, match="list no phonemes"):
-        ls.sync(photo_and_speech / "face.png", photo_and_speech / "speech.wav", tmp_path / "out3.mp4", phonemes=[])
+        ls.sync(face, speech, tmp_path / "out3.mp4", phonemes=[])
     assert not (tmp_path / "out3.mp4").exists()
-    late = [(5.0, "B")]
     with pytest.warns(InputWarning) as said:
-        ls.sync(photo_and_speech / "face.png", photo_and_speech / "speech.wav", tmp_path / "out2.mp4", phonemes=late)
+        ls.sync(face, speech, tmp_path / "out2.mp4", phonemes=[(5.0, "B")])
     assert any("past the end of the speech" in str(w.message) for w in said)
+    base = LipSync(progress=False, untrained=True, device="cpu")
+    with pytest.warns(InputWarning, match="not used by .*HyperLips-Base reads the sound alone"):
+        base.sync(face, speech, tmp_path / "out4.mp4", phonemes=photo_and_speech / "speech.txt")
 
 
 TEXTGRID = '''File type = "ooTextFile"
@@ -228,11 +234,11 @@ def test_aligner_outputs_textgrid_and_json(tmp_path):
     assert _phones(read_marks(p, 0.2)) == ["M"]
 
 
-@pytest.mark.parametrize("mouth", ["warp", "hybrid"])
+@pytest.mark.parametrize("mouth", ["warp", "hybrid", "render"])
 def test_given_bilabials_close_a_real_talking_mouth(real_data, tmp_path, mouth):
     """A real talking clip driven by its speech with an /m/ given over 0.6-1.2 s: FaceMesh reads the mouth nearly
-    closed there, and as open as without the timings elsewhere. The hybrid's network draws it closed too (its
-    shape closed on the clip's average mouth), not only the detail it borrows from the warped frame."""
+    closed there, and as open as without the timings elsewhere. The hybrid's and the rendered network draw it closed
+    (the shape closed on the clip's average mouth), not only the detail the hybrid borrows from the warped frame."""
     from helpers import cut_audio, cut_video
     from spies import spy_on_sync
 
@@ -262,8 +268,12 @@ def test_given_bilabials_close_a_real_talking_mouth(real_data, tmp_path, mouth):
     (given, given_net), (plain, plain_net) = run(phonemes=marks), run()
     a, b = openings(given), openings(plain)
     span, rest = slice(17, 29), np.r_[0:14, 33:50]  # 0.68-1.12 s; away from the /m/ and its ramps
-    assert np.nanmean(a[span]) < 0.65 * np.nanmean(b[span]), (np.nanmean(a[span]), np.nanmean(b[span]))
+    # measured 0.023 against 0.076 warped, 0.018 against 0.033 hybrid, 0.025 against 0.036 rendered (the starter's
+    # renderer draws the shapes it is given loosely)
+    less = 0.8 if mouth == "render" else 0.65
+    assert np.nanmean(a[span]) < less * np.nanmean(b[span]), (np.nanmean(a[span]), np.nanmean(b[span]))
     assert np.nanmean(a[rest]) > 0.85 * np.nanmean(b[rest])
-    if mouth == "hybrid":  # the network's own faces: measured 0.0094 against 0.0141 (0.0173 unclosed, the same phones)
+    if mouth != "warp":  # the network's own faces (hybrid): measured 0.0094 against 0.0141 (0.0173 unclosed, the same
+        # phones)
         an, bn = openings(given_net, box=False), openings(plain_net, box=False)
         assert np.nanmean(an[span]) < 0.8 * np.nanmean(bn[span]), (np.nanmean(an[span]), np.nanmean(bn[span]))

@@ -361,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="output video (.mp4)")
     p.add_argument("--phonemes", type=Path, metavar="FILE",
                    help="what the speech says and when, from a speech synthesiser or a forced aligner: lines of "
-                        "START [END] PHONE in seconds (ARPAbet, espeak-ng or IPA), JSON or a TextGrid; the warped "
-                        "or hybrid mouth then closes on every /p b m/ (see docs/inference.md)")
+                        "START [END] PHONE in seconds (ARPAbet, espeak-ng or IPA), JSON or a TextGrid; a "
+                        "HyperLips-Lite mouth then closes on every /p b m/ (see docs/inference.md)")
     add_model_options(p)
     add_sync_options(p)
     p.set_defaults(func=_run_sync)
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pace", action="store_true", help="feed the speech as fast as possible instead of in real "
                                                           "time (the real-time factor is then the processing speed)")
     p.add_argument("--phonemes", type=Path, metavar="FILE",
-                   help="the speech's phoneme timings, known in advance (as sync --phonemes): the warped or hybrid "
+                   help="the speech's phoneme timings, known in advance (as sync --phonemes): a HyperLips-Lite "
                         "mouth closes on every /p b m/, and the starter reads them as its phones")
     p.add_argument("--voice-sample", type=Path, help="HyperLips-Lite: normalise the mel with the statistics of this "
                    "recording of the same voice (the speech file itself reproduces sync); default: of the speech so far")

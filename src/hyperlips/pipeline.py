@@ -220,7 +220,8 @@ class LipSync:
             raise UserError(f"--input-blend: {e}") from None
         self.mouth = choose_mouth(mouth, self.base, self.weights, fixed=untrained or network is not None,
                                   checkpoint=checkpoint)
-        self._mouth_step = None  # mouth warp or hybrid: the clip's MouthStep (new_clip)
+        self._mouth_step = None  # mouth warp or hybrid: the clip's MouthStep (new_clip; render: given timings')
+        self._clip_fps = 25.0
         self.reads_phones = bool(phones) and bool(getattr(self.base, "phones", False))
         # given phoneme timings are read as the network's phones without the recogniser too (sync and stream)
         self.given_phones = self.reads_phones
@@ -294,8 +295,9 @@ class LipSync:
         are the file's.
 
         ``phonemes``: what the speech says and when, as a speech synthesiser or a forced aligner gives it (a file
-        ``media.phone_marks.read_marks`` reads, or a list of ``PhoneMark``): the warped or hybrid mouth closes on every
-        /p b m/, and a network that reads phones reads these instead of the recogniser's."""
+        ``media.phone_marks.read_marks`` reads, or a list of ``PhoneMark``): a HyperLips-Lite mouth closes on
+        every /p b m/ (warped, hybrid or rendered), and a network that reads phones reads these instead of the
+        recogniser's."""
         from .face.detect import FaceDetector
         from .media.audio import load_audio, melspectrogram, speech_problems
         from .media.video import VideoWriter, check_encoding
@@ -397,8 +399,8 @@ class LipSync:
         rendered in batches of the frames that are ready together, at most ``batch_size`` (default: the
         LipSync's). ``speech_stats``: ``live.SpeechStats`` for HyperLips-Lite's per-utterance mel normalisation
         (``SpeechStats.of(mel, network.mel_smooth)``; default: the statistics of the speech so far). ``phonemes``:
-        the speech's phoneme timings, known in advance (a speech synthesiser's): the warped or hybrid mouth closes on every
-        /p b m/ and a network that reads phones reads these, as in ``sync`` (without them it reads none in a
+        the speech's phoneme timings, known in advance (a speech synthesiser's): a HyperLips-Lite mouth closes on
+        every /p b m/ and a network that reads phones reads these, as in ``sync`` (without them it reads none in a
         stream). The other options are ``sync``'s. See ``live``."""
         from .live import run_stream
 
@@ -440,10 +442,9 @@ class LipSync:
         if seconds is not None and marks[-1].start > seconds + 0.5:
             warn(f"the phoneme timings run to {marks[-1].start:.2f} s, past the end of the speech ({seconds:.2f} s): "
                  f"are they this speech's?")
-        if self.mouth == "render":
-            reads = "reads them as its phones" if self.given_phones else "does not use them"
-            warn(f"phoneme timings close the lips on /p b m/ in the warped and hybrid mouths only (--mouth warp or "
-                 f"hybrid); the rendered mouth of {self.weights} {reads}")
+        if not hasattr(self.base, "predict_shape"):
+            warn(f"phoneme timings are not used by {self.weights}: HyperLips-Base reads the sound alone (the lips "
+                 f"close on them with HyperLips-Lite)")
         return marks
 
     def _bar(self, total: int, desc: str, on_progress: ProgressCallback | None = None):
@@ -469,10 +470,12 @@ class LipSync:
         if self._mouth_step is not None:
             self._mouth_step.close()
         self._mouth_step = None if self.mouth == "render" else MouthStep(self.mouth, fps)
+        self._clip_fps = float(fps)
 
     def render_jobs(self, jobs, ref_crop: np.ndarray, windows: np.ndarray, closed: np.ndarray | None = None) -> None:
         """Crop the jobs' faces, build the network inputs and set each job's generated face (``windows``: the
-        jobs' mel windows, in order; ``closed``: how far the warped mouth's lips are brought together, per job)."""
+        jobs' mel windows, in order; ``closed``: how far the lips are brought together, per job, where phoneme
+        timings were given)."""
         crops = [job.crop if job.crop is not None else face_crop(job.image, job.box, BASE_SIZE) for job in jobs]
         x = network_input(np.stack(crops), ref_crop)
         if self.mouth != "render":
@@ -495,6 +498,18 @@ class LipSync:
             for job, face, shape, close in zip(jobs, faces, shapes, closed):
                 job.face = step(job.image, job.box, face, shape, float(close))
                 job.own_face = self.mouth == "warp" and job.face is not face  # not where FaceMesh found no face
+            return
+        if closed is not None and hasattr(self.base, "predict_shape"):  # given timings: a rendered Lite mouth
+            # closes on them too, its shape closed on the clip's average mouth, which FaceMesh learns from every frame
+            if self._mouth_step is None:
+                self._mouth_step = MouthStep("hybrid", self._clip_fps)  # it only looks
+            step = self._mouth_step
+            for job in jobs:
+                step.look(job.image, job.box, observe=True)
+            gain = float(self.base.config.shape_gain)
+            faces, _ = self.generate(windows, x, shapes=True, edit=lambda read: step.closed_shapes(read, closed, gain))
+            for job, face in zip(jobs, faces):
+                job.face = face
             return
         for job, face in zip(jobs, self.generate(windows, x)):
             job.face = face

@@ -143,8 +143,8 @@ def openapi_document(version: str) -> dict:
                                  "start": {"type": "number"}, "end": {"type": "number"}, "phone": {"type": "string"}}},
                              "description": "what the speech says and when (a speech synthesiser's or a forced "
                                             "aligner's phoneme timings, seconds; ARPAbet, espeak-ng or IPA): the "
-                                            "warped or hybrid mouth closes on every /p b m/. Or {\"alphabet\": ..., "
-                                            "\"phonemes\": [...]}"}}},
+                                            "mouth of a HyperLips-Lite model closes on every /p b m/. Or "
+                                            "{\"alphabet\": ..., \"phonemes\": [...]}"}}},
             "FinetuneRequest": {"type": "object", "required": ["kind", "video", "name"], "additionalProperties": False, "properties": {
                 "kind": {"const": "finetune"},
                 "video": {"type": "string", "description": "file id: the person talking, with their own voice"},
