@@ -126,9 +126,10 @@ class MouthWarp:
         dst = self.place(lm, shape, max(h, w), observed)
         if close > 0:
             dst = close_lips(dst, close)
-        if fill is None:  # the inner lips kept a pixel apart (of a 256 px region): where they meet, the new points'
-            # triangulation would otherwise join an upper lip point to a lower one across the old opening and carry
-            # its teeth between the lips (the hybrid, whose mouth is the network's, keeps its points as placed: on
+        if fill is None:  # the inner lips kept a pixel apart (of a 256 px region): lips crossing over would turn
+            # their triangles over, and the new points' triangulation (where one turns) would join an upper lip point
+            # to a lower one across the old opening and carry its teeth between the lips (first seen with that
+            # triangulation alone; the hybrid, whose mouth is the network's, keeps its points as placed: on
             # the one-person tails its opening r moved by 0.01 at most and its mouth's sharpness fell, French 1.02
             # -> 0.74, cnn2 0.88 -> 0.77, as the frame's own teeth left its detail)
             dst = keep_apart(dst, max(h, w) / 256.0)
