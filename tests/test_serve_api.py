@@ -329,7 +329,8 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
                          ({"mouth": "paint"}, "mouth must be one of auto, render, warp, hybrid"),
                          ({"mouth": "hybrid"}, "the untrained model has none"),
                          ({"mouth": "warp"}, "the untrained model has none"),
-                         ({"phonemes": "B"}, "phonemes must be a list of"),
+                         ({"phonemes": 5}, "phonemes must be a list of"),
+                         ({"phonemes": "0.1 B extra words\n"}, "phonemes: line 1: expected START PHONE"),
                          ({"phonemes": [{"start": 0.1}]}, "phonemes: phoneme 1: needs a start (or time) and a phone"),
                          ({"phonemes": [{"start": 0.2, "phone": "B"}, {"start": 0.1, "phone": "AA"}]},
                           "phonemes: phoneme 2 starts at 0.1 s, before phoneme 1"),
@@ -373,6 +374,7 @@ def test_phoneme_timings_reach_the_worker(server, inputs):
     app, client = server()
     job = _sync_job(client, inputs, mouth="warp", phonemes=[{"start": 0.1, "phone": "M"}, {"start": 5.0, "phone": "AA"}])
     assert job["params"]["phonemes"] == 2
+    assert _sync_job(client, inputs, phonemes="0.1 M\n0.3 AA1\n")["params"]["phonemes"] == 2  # a file's text
     done, _ = client.wait(job["id"], timeout=900)
     assert done["state"] == "done", done["message"]
     assert any("past the end of the speech" in w for w in done["result"]["warnings"]), done["result"]

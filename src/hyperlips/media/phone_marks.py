@@ -159,20 +159,26 @@ def read_marks(path: str | os.PathLike, duration: float | None = None, alphabet:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read the phoneme file {path}: {e}") from None
     try:
-        if text.lstrip().startswith("File type") and "TextGrid" in text[:200]:
-            return to_marks(_textgrid_entries(text), duration, alphabet)
-        if text.lstrip().startswith(("[", "{")):
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise UserError(f"not valid JSON ({e})") from None
-            return marks_from_json(data, duration, alphabet)
-        entries, alphabet = _text_entries(text, alphabet)
-        if not entries:
-            raise UserError("it lists no phonemes")
-        return to_marks(entries, duration, alphabet)
+        return marks_from_text(text, duration, alphabet)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
+
+
+def marks_from_text(text: str, duration: float | None = None, alphabet: str = "auto") -> list[PhoneMark]:
+    """Phoneme timings from the text of a file in any of the module's formats (a TextGrid, JSON, or lines)."""
+    text = text.lstrip("\ufeff")
+    if text.lstrip().startswith("File type") and "TextGrid" in text[:200]:
+        return to_marks(_textgrid_entries(text), duration, alphabet)
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"not valid JSON ({e})") from None
+        return marks_from_json(data, duration, alphabet)
+    entries, alphabet = _text_entries(text, alphabet)
+    if not entries:
+        raise UserError("it lists no phonemes")
+    return to_marks(entries, duration, alphabet)
 
 
 def marks_from_json(data, duration: float | None = None, alphabet: str = "auto") -> list[PhoneMark]:

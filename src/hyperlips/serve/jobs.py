@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import UserError
-from ..media.phone_marks import marks_from_json, write_marks
+from ..media.phone_marks import marks_from_json, marks_from_text, write_marks
 from ..mouth import MOUTH_OPTIONS
 from ..schedule import LOOP_MODES
 from .catalog import UNTRAINED_ID, find_model, list_models
@@ -144,13 +144,21 @@ MAX_PHONEMES = 100_000  # about two hours of speech
 
 
 def _phonemes(params: dict):
-    """The job's phoneme timings (``media.phone_marks``' JSON form), checked, or None."""
+    """The job's phoneme timings, checked, or None: ``media.phone_marks``' JSON form, or the text of a file in any
+    of its formats (lines, JSON, a TextGrid: what a page reads from a file the user picks)."""
     data = params.get("phonemes")
     if data is None:
         return None
+    if isinstance(data, str):
+        if len(data) > 50 * MAX_PHONEMES:
+            raise _bad(f"phonemes: at most {MAX_PHONEMES} are taken")
+        try:
+            return marks_from_text(data)
+        except UserError as e:
+            raise _bad(f"phonemes: {e}") from None
     if not isinstance(data, (list, dict)):
         raise _bad('phonemes must be a list of {"start": seconds, "phone": "B"} objects (or {"alphabet": ..., '
-                   '"phonemes": [...]})')
+                   '"phonemes": [...]}, or the text of a phoneme file)')
     listed = data.get("phonemes") if isinstance(data, dict) else data
     if isinstance(listed, list) and len(listed) > MAX_PHONEMES:
         raise _bad(f"phonemes: at most {MAX_PHONEMES} are taken")

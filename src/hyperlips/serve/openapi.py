@@ -138,13 +138,14 @@ def openapi_document(version: str) -> dict:
                                          "full resolution; hybrid: the network's face with that warped frame's fine "
                                          "detail; auto (default): warp with the shipped starter, hybrid with a "
                                          "person model"},
-                "phonemes": {"type": ["array", "object", "null"],
+                "phonemes": {"type": ["array", "object", "string", "null"],
                              "items": {"type": "object", "required": ["start", "phone"], "properties": {
                                  "start": {"type": "number"}, "end": {"type": "number"}, "phone": {"type": "string"}}},
                              "description": "what the speech says and when (a speech synthesiser's or a forced "
                                             "aligner's phoneme timings, seconds; ARPAbet, espeak-ng or IPA): the "
                                             "mouth of a HyperLips-Lite model closes on every /p b m/. Or "
-                                            "{\"alphabet\": ..., \"phonemes\": [...]}"}}},
+                                            "{\"alphabet\": ..., \"phonemes\": [...]}, or the text of a phoneme "
+                                            "file (lines of START [END] PHONE, JSON, a TextGrid)"}}},
             "FinetuneRequest": {"type": "object", "required": ["kind", "video", "name"], "additionalProperties": False, "properties": {
                 "kind": {"const": "finetune"},
                 "video": {"type": "string", "description": "file id: the person talking, with their own voice"},
