@@ -147,6 +147,28 @@ def test_pick_the_built_in_example(open_page, tmp_path):
         shutil.copyfile(shot, os.environ["HYPERLIPS_SCREENSHOT"])
 
 
+def test_phoneme_timings_picked_in_the_page_reach_the_job(open_page, tmp_path):
+    """A phoneme file picked in the page goes with the job (its text, read by the server); a bad one shows why."""
+    app, page = open_page(examples=True)
+    page.wait_for_function("() => document.querySelectorAll('#sync-audio-example option').length > 1")
+    page.select_option("#sync-video-example", label=page.inner_text("#sync-video-example option:nth-child(2)"))
+    page.select_option("#sync-audio-example", label=page.inner_text("#sync-audio-example option:nth-child(2)"))
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0.2 B\n0.1 AA\n")
+    page.set_input_files("#sync-phonemes", str(bad))
+    page.click("#sync-start")
+    page.wait_for_selector("#sync-error:not([hidden])", timeout=60_000)
+    assert "phonemes: phoneme 2 starts at 0.1 s, before phoneme 1" in page.inner_text("#sync-error")
+    good = tmp_path / "speech.txt"
+    good.write_text("# an aligner's phones\n0.0 0.2 M\n0.2 0.45 AA1\n0.45 0.6 P\n")
+    page.set_input_files("#sync-phonemes", str(good))
+    page.click("#sync-start")
+    page.wait_for_selector("#sync-result:not([hidden])", timeout=JOB_TIMEOUT_MS)
+    r = page.request.get(app.url + "/api/jobs?kind=sync")
+    jobs = r.json()["jobs"]
+    assert len(jobs) == 1 and jobs[0]["params"]["phonemes"] == 3  # the bad file made no job
+
+
 def test_bad_inputs_show_the_reason_and_jobs_can_be_cancelled(open_page, tmp_path):
     _, page = open_page()
     notes = tmp_path / "notes.txt"

@@ -394,12 +394,15 @@ async function init() {
   $("train-name").addEventListener("input", updateButtons);
   $("sync-cancel").addEventListener("click", () => cancel("sync"));
   $("train-cancel").addEventListener("click", () => cancel("train"));
-  $("sync-form").addEventListener("submit", (e) => {
+  $("sync-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const face = $("sync-face").value;
+    const timings = $("sync-phonemes").files[0];  // its text: the server reads every phoneme-file format
+    const phonemes = timings ? await timings.text() : null;
     start("sync", {
       kind: "sync", video: state.sync.video.id, audio: state.sync.audio.id, model: $("sync-model").value,
       size: Number($("sync-size").value), face: face === "" ? null : Number(face), loop: $("sync-loop").value,
+      ...(phonemes === null ? {} : {phonemes}),
     });
   });
   $("train-form").addEventListener("submit", (e) => {
