@@ -484,12 +484,8 @@ class LipSync:
             step = self._mouth_step
             if closed is None:
                 closed = np.zeros(len(jobs), np.float32)
-            if self.mouth == "hybrid" and np.any(closed > 0):  # the network draws the lips closed too: the clip's
-                # average mouth (counted from these frames first) says how far its shape must close them
-                looks = [step.look(job.image, job.box, observe=True) for job in jobs]
-                gain = float(self.base.config.shape_gain)
-                faces, shapes = self.generate(windows, x, shapes=True,
-                                              edit=lambda read: step.closed_shapes(read, closed, gain))
+            if self.mouth == "hybrid" and np.any(closed > 0):  # the network draws the lips closed too
+                looks, faces, shapes = self._generate_closed(step, jobs, windows, x, closed)
                 for job, face, shape, close, look in zip(jobs, faces, shapes, closed, looks):
                     job.face = step.finish(look, face, shape, float(close))
                     job.own_face = False
@@ -503,16 +499,21 @@ class LipSync:
             # closes on them too, its shape closed on the clip's average mouth, which FaceMesh learns from every frame
             if self._mouth_step is None:
                 self._mouth_step = MouthStep("hybrid", self._clip_fps)  # it only looks
-            step = self._mouth_step
-            for job in jobs:
-                step.look(job.image, job.box, observe=True)
-            gain = float(self.base.config.shape_gain)
-            faces, _ = self.generate(windows, x, shapes=True, edit=lambda read: step.closed_shapes(read, closed, gain))
+            _, faces, _ = self._generate_closed(self._mouth_step, jobs, windows, x, closed)
             for job, face in zip(jobs, faces):
                 job.face = face
             return
         for job, face in zip(jobs, self.generate(windows, x)):
             job.face = face
+
+    def _generate_closed(self, step: MouthStep, jobs, windows: np.ndarray, x: np.ndarray, closed: np.ndarray):
+        """The jobs' faces with the shapes a Lite network draws closed ``closed`` of the way (given phoneme
+        timings): ``step`` looks at the frames first, so the clip's average mouth the shapes close on counts them.
+        -> (the looks, faces, shapes)."""
+        looks = [step.look(job.image, job.box, observe=True) for job in jobs]
+        gain = float(self.base.config.shape_gain)
+        faces, shapes = self.generate(windows, x, shapes=True, edit=lambda read: step.closed_shapes(read, closed, gain))
+        return looks, faces, shapes
 
     def generate(self, windows: np.ndarray, x: np.ndarray, shapes: bool = False, edit=None):
         """Mel windows (N, 1, 80, steps) and network inputs (N, 6, 128, 128) float32 -> faces (N, S, S, 3) uint8 BGR

@@ -88,11 +88,12 @@ class PiecewiseAffine:
         b2 = (v0[:, 0] * r[..., 1] - v0[:, 1] * r[..., 0]) / det
         eps = 1e-9
         inside = (b1 >= -eps) & (b2 >= -eps) & (b1 + b2 <= 1 + eps)  # (m, D)
+        order = self._order()
         rank = np.empty(len(self.simplices), np.int64)
-        rank[self._order()] = np.arange(len(self.simplices))
+        rank[order] = np.arange(len(self.simplices))
         best = np.where(inside, rank[None], -1).max(axis=1)  # the triangle drawn last over each point
         hit = best >= 0
-        which = self._order()[best[hit]]
+        which = order[best[hit]]
         a = self.affine[which]  # (h, 2, 3)
         out[hit] = np.einsum("mij,mj->mi", a, np.concatenate([q[hit], np.ones((hit.sum(), 1))], axis=1))
         return out
