@@ -592,7 +592,7 @@ def test_settings_changed_on_a_loaded_network_keep_its_weights_where_they_still_
     input without an encoder fit is refused."""
     from hyperlips.errors import UserError
     from hyperlips.models import HyperLipsLite, LiteConfig
-    from hyperlips.train.lite import with_settings
+    from hyperlips.train.lite_settings import with_settings
 
     torch.manual_seed(0)
     gen = HyperLipsLite(LiteConfig.from_dict(TINY["lite"]))

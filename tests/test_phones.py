@@ -177,7 +177,7 @@ def test_fitting_keeps_or_drops_a_samples_phones_whole():
 
 def test_a_starter_without_phones_takes_them_with_a_fresh_audio_encoder():
     from hyperlips.models import HyperLipsLite, LiteConfig
-    from hyperlips.train.lite import with_settings
+    from hyperlips.train.lite_settings import with_settings
 
     torch.manual_seed(0)
     old = HyperLipsLite(LiteConfig(mel_smooth=12))
@@ -247,7 +247,7 @@ def test_the_phone_head_learns_what_each_phone_looks_like_and_is_mixed_in_only_w
 def test_a_phone_head_needs_phones_and_a_starter_takes_one_with_a_fresh_audio_encoder():
     from hyperlips.errors import UserError
     from hyperlips.models import HyperLipsLite, LiteConfig
-    from hyperlips.train.lite import needs_phone_head, new_network, with_settings
+    from hyperlips.train.lite_settings import needs_phone_head, new_network, with_settings
 
     with pytest.raises(ValueError, match="needs phones"):
         HyperLipsLite(LiteConfig(phone_mix=0.4))
@@ -279,7 +279,7 @@ def test_a_person_model_from_scratch_reads_phones_unless_told_otherwise(monkeypa
     from hyperlips.errors import UserError
     from hyperlips.media import phones
     from hyperlips.train.finetune import scratch_settings
-    from hyperlips.train.lite import new_network
+    from hyperlips.train.lite_settings import new_network
 
     monkeypatch.setattr(phones, "available", lambda: True)
     assert scratch_settings() == {"phones": True} and new_network(scratch_settings()).phones

@@ -78,6 +78,8 @@ class TrainConfig:
     audio_steps: int = 600  # lite: steps fitting the audio encoder before the renderer trains (train/lite_audio.py)
     audio_lr: float = 2e-3  # lite: its peak learning rate (one cycle)
     audio_w_open: float = 1.0  # lite: weight of the inner-lip opening in its loss
+    audio_blend: bool = False  # lite, from --init weights: keep the share of the fitted audio encoder (1, 0.8 or
+    # 0.6; the rest its starting weights') that reads the last 15% of the training frames best (train/audio_blend.py)
     mouth_gan_weight: float = 0.0  # lite: adversarial loss of a PatchGAN on 64 px mouth crops (sharper lips, teeth)
     mouth_gan_start: int = 500  # lite: the step it starts at (the renderer first learns the face from L1)
     reader_weight: float = 0.0  # lite: weight of the mouth reader's loss (its lip and jaw points on the generated

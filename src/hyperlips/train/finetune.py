@@ -33,7 +33,7 @@ RESERVE_S = 20.0  # of the budget, kept for the last validation, export and writ
 # a Lite model of one person started from weights (the starter, or --checkpoint): the mouth discriminator judges
 # its mouths from the first step (the renderer already draws faces); sharper lips and teeth for a slightly lower
 # mouth-opening correlation (docs/lite.md). Not from scratch (unmeasured there): --set mouth_gan_weight=... for it.
-FINETUNE_LITE_DEFAULTS = {"mouth_gan_weight": 0.01, "mouth_gan_start": 0}
+FINETUNE_LITE_DEFAULTS = {"mouth_gan_weight": 0.01, "mouth_gan_start": 0, "audio_blend": True}
 
 
 def add_parser(sub) -> None:

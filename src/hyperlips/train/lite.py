@@ -32,6 +32,7 @@ from ..data.datasets import BASE_SIZE, Manifest
 from ..errors import UserError
 from .stage import Stage
 from .losses import box_mask, crop_resize, freeze, gan_discriminator_loss, gan_generator_loss, psnr
+from .lite_settings import BLEND_KEEPS, needs_phone_head, new_network, with_settings
 from .runlog import image_grid, to_images
 
 PREVIEW_FRAMES = 8
@@ -179,86 +180,6 @@ def spread_gain(encoder, ds, max_gain: float = 3.0, batch_size: int = 64, device
     return float(np.clip(float(r.std() / p.std()), 1.0, max_gain))
 
 
-def _known_settings(settings: dict) -> None:
-    import dataclasses
-
-    from ..models import LiteConfig
-
-    if not isinstance(settings, dict):
-        raise UserError(f"--set lite= takes settings in braces, e.g. lite={{phones: true}}, got {settings!r}")
-    known = {f.name for f in dataclasses.fields(LiteConfig)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise UserError(f"lite settings not known: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-
-
-def new_network(settings: dict):
-    """A fresh HyperLips-Lite network from ``--set lite={...}``; names it does not know, or values it cannot be
-    built with, are the user's error."""
-    from ..models import HyperLipsLite, LiteConfig
-
-    _known_settings(settings)
-    try:
-        return HyperLipsLite(LiteConfig.from_dict(settings))
-    except (ValueError, TypeError) as e:
-        raise UserError(f"lite settings {settings}: {e}") from None
-
-
-HEAD = "phone_head"  # the audio encoder's phone head (models.lite_audio)
-
-
-def needs_phone_head(old, new) -> bool:
-    """Whether ``new`` (from :func:`with_settings`) has a phone head that ``old`` had not: nothing fitted it yet."""
-    def has(net):
-        return any(k.startswith(f"audio_encoder.{HEAD}.") for k in net.state_dict())
-
-    return has(new) and not has(old)
-
-
-def with_settings(gen, settings: dict, source, say=print, audio_steps: int = 1):
-    """A loaded HyperLips-Lite network with some of its ``LiteConfig`` settings changed (``--set lite=...`` with
-    ``--init``): only those that keep every parameter's shape (the mel's smoothing, the shapes' smoothing, the
-    rows generated, ...) or only the audio encoder's (``phones``, ``phone_mix``); widths and the like need a new
-    network. A changed audio input (``mel_smooth``, ``mel_norm``, ``phones``) makes the audio encoder's weights
-    meaningless: it is re-initialised, for its fit to start afresh. A phone head (``phone_mix`` from 0) is added
-    beside the ensemble, which is kept: see :func:`needs_phone_head` (its fit is in closed form)."""
-    from ..models import LiteConfig
-
-    _known_settings(settings)
-    old = gen.config
-    try:
-        new_cfg = LiteConfig.from_dict({**old.to_dict(), **settings})
-    except (ValueError, TypeError) as e:
-        raise UserError(f"lite settings {settings}: {e}") from None
-    changed = [k for k in sorted(settings) if getattr(new_cfg, k) != getattr(old, k)]
-    if not changed:
-        return gen
-    new = new_network(new_cfg.to_dict()).to(next(gen.parameters()).device)
-    want = new.state_dict()
-    have = {k: v for k, v in gen.state_dict().items() if k in want}  # phone_mix to 0: the head goes
-    fresh = {"mel_smooth", "mel_norm", "phones"} & set(changed)
-    differ = [k for k, v in want.items() if k not in have or have[k].shape != v.shape]
-    if fresh:  # the audio encoder starts afresh anyway: its layers may change
-        differ = [k for k in differ if not k.startswith("audio_encoder.")]
-    differ = [k for k in differ if not k.startswith(f"audio_encoder.{HEAD}.")]  # a new phone head is fitted
-    if differ:
-        raise UserError(f"--init {source}: the lite settings {', '.join(changed)} change the network's layers "
-                        f"({differ[0]} and {len(differ) - 1} more): train a new network instead (without --init)")
-    if fresh and audio_steps < 1:
-        raise UserError(f"--init {source}: a changed {', '.join(sorted(fresh))} needs the audio encoder fitted "
-                        "afresh: audio_steps must be at least 1")
-    if fresh:  # the new network's own freshly initialised encoder stays; the rest comes from the file
-        have = {k: v for k, v in have.items() if not k.startswith("audio_encoder.")}
-    new.load_state_dict({**want, **have})
-    what = ", ".join(f"{k} {getattr(old, k)} -> {getattr(new_cfg, k)}" for k in changed)
-    if fresh:
-        what += "; the audio encoder starts afresh"
-    elif needs_phone_head(gen, new):
-        what += "; a phone head is added beside the audio encoder, fitted before the renderer trains"
-    say(f"--init {source}: {what}")
-    return new
-
-
 class LiteStage(Stage):
     name = "lite"
     model_name = "hyperlips-lite"
@@ -271,12 +192,15 @@ class LiteStage(Stage):
 
         self.manifest = Manifest.load(cfg.data)
         self._fit_head = False
+        self._blend = False  # the audio encoder's fit may be blended with its starting weights (audio_blend)
         if cfg.init:
             self.gen, info = load_checkpoint(cfg.init, name="hyperlips-lite", device=ctx.device)
+            loaded = self.gen
             if cfg.lite:
-                loaded = self.gen
                 self.gen = with_settings(loaded, cfg.lite, cfg.init, ctx.say, cfg.audio_steps)
                 self._fit_head = needs_phone_head(loaded, self.gen)
+            same = all(getattr(self.gen.config, k) == getattr(loaded.config, k) for k in BLEND_KEEPS)
+            self._blend = bool(cfg.audio_blend) and same  # not onto a re-initialised encoder or a new phone head
         else:
             self.gen = new_network(cfg.lite or {})
         self.gen.to(ctx.device)
@@ -390,13 +314,16 @@ class LiteStage(Stage):
         steps when the first ones say it would take longer); it is frozen afterwards."""
         from tqdm import tqdm
 
+        from .audio_blend import blend_states, choose_share
         from .lite_audio import fit_audio_encoder
 
         tracks = self._audio_tracks()
         cfg = self.cfg
+        fits = 2 if self._blend else 1  # a probe fit first chooses how much of the fit to keep
         limit = "" if seconds is None else f", at most {seconds:.0f} s of the time budget"
-        self.ctx.say(f"fitting the audio encoder ({cfg.audio_steps} steps{limit}) before the renderer trains")
-        bar = tqdm(total=cfg.audio_steps, desc="fit audio encoder", unit="step", leave=False,
+        probe = " and a probe fit choosing how much of it to keep" if self._blend else ""
+        self.ctx.say(f"fitting the audio encoder ({cfg.audio_steps} steps{probe}{limit}) before the renderer trains")
+        bar = tqdm(total=fits * cfg.audio_steps, desc="fit audio encoder", unit="step", leave=False,
                    disable=not (cfg.progress and self.ctx.dist.main))
         every, t0 = max(1, cfg.audio_steps // 10), time.perf_counter()
 
@@ -406,13 +333,28 @@ class LiteStage(Stage):
                 self.ctx.say(f"fit audio encoder: step {done}/{cfg.audio_steps}, loss {loss:.4f}, "
                              f"{time.perf_counter() - t0:.0f} s")
 
-        self.gen.audio_encoder.requires_grad_(True)
+        def fit(encoder, part):
+            encoder.requires_grad_(True)
+            try:
+                return fit_audio_encoder(encoder, part, steps=cfg.audio_steps, lr=cfg.audio_lr, w_open=cfg.audio_w_open,
+                                         seed=cfg.seed, max_seconds=None if seconds is None else seconds / fits,
+                                         on_step=on_step)
+            finally:
+                encoder.requires_grad_(False)
+
+        enc = self.gen.audio_encoder
         try:
-            rep = fit_audio_encoder(self.gen.audio_encoder, tracks, steps=cfg.audio_steps, lr=cfg.audio_lr,
-                                    w_open=cfg.audio_w_open, seed=cfg.seed, max_seconds=seconds, on_step=on_step)
+            share, scores = choose_share(enc, tracks, fit) if self._blend else (1.0, {})
+            start = {k: v.detach().clone() for k, v in enc.state_dict().items()}
+            rep = fit(enc, tracks)
         finally:
             bar.close()
-            self.gen.audio_encoder.requires_grad_(False)
+        if share < 1.0:
+            enc.load_state_dict(blend_states(enc.state_dict(), start, share))
+        if scores:
+            read = ", ".join(f"{s:g}: r {r:.3f}" for s, r in scores.items())
+            self.ctx.say(f"audio encoder: kept {share:g} of its fit, the rest its starting weights' (a probe fit read "
+                         f"the last 15% of the training frames at each share: {read})")
         if self.ctx.dist.enabled:  # a time limit may have cut the processes' fits differently: all take the first's
             state = self.ctx.dist.broadcast({k: v.cpu() for k, v in self.gen.audio_encoder.state_dict().items()})
             self.gen.audio_encoder.load_state_dict(state)
