@@ -51,7 +51,7 @@ def reference_crop(path: Path) -> np.ndarray:
 
 def network_input(crops: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """(N,S,S,3) uint8 BGR crops + (S,S,3) reference -> (N,6,S,S) float32: [lower half zeroed, reference] / 255."""
-    n, s = crops.shape[0], crops.shape[1]
+    s = crops.shape[1]
     masked = crops.copy()
     masked[:, s // 2 :] = 0
     ref = np.broadcast_to(reference, crops.shape)

@@ -22,7 +22,6 @@ counted in :attr:`RetimedReader.damaged`.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
