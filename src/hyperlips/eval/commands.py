@@ -157,8 +157,9 @@ def _run_tail(args, device: str, progress: bool) -> int:
               f"mouth PSNR {_fmt(row['psnr_mouth'])}, SSIM {_fmt(row['ssim_mouth'])}, delta E {_fmt(row['delta_e'])}, "
               f"sharpness {_fmt(row['sharpness_ratio'])}, jitter {_fmt(row['jitter_ratio'])}")
     if res.shifted:
-        print("the model used the frames' own mouth (--mouth warp/hybrid): driven from the tail shifted by half its "
-              "length, its LMD, PSNR, SSIM and delta E left out (they would compare other moments)")
+        print("the model was driven from the tail shifted by half its length (--shift-source; always with --mouth warp "
+              "or hybrid, which keep the frames' own mouth): its LMD, PSNR, SSIM and delta E left out (they would "
+              "compare other moments)")
     print(f"report: {args.output / 'tail.md'}  data: {args.output / 'tail.json'}")
     return 0
 

@@ -253,9 +253,10 @@ def tail_markdown(res: TailResult) -> str:
     for m, row in res.rows.items():
         lines.append(f"| {names[m]} | " + " | ".join(_fmt(row.get(c[0])) for c in cols) + " |")
     if res.shifted:
-        lines += ["", "The model used the input frames' own mouth (`--mouth warp` or `hybrid`), so it was driven from the "
-                      "tail's frames shifted by half its length, with the tail's own speech; its LMD, PSNR, SSIM and "
-                      "delta E would compare different moments of the footage and are left out."]
+        lines += ["", "The model was driven from the tail's frames shifted by half its length, with the tail's own "
+                      "speech (`--shift-source`; always when it keeps the frames' own mouth, `--mouth warp` or "
+                      "`hybrid`); its LMD, PSNR, SSIM and delta E would compare different moments of the footage and are "
+                      "left out."]
     return "\n".join(lines) + "\n"
 
 
