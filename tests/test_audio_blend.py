@@ -116,7 +116,7 @@ def test_finetune_from_weights_keeps_the_chosen_share_of_its_encoders_fit(grid_v
     want = ab.blend_states(fitted, start, 0.6)
     assert all(torch.allclose(blended[k].float(), want[k].float(), atol=1e-6) for k in want)
     assert not torch.allclose(blended["head.weight"], fitted["head.weight"])
-    assert "kept 0.6 of its fit" in capfd.readouterr().err
+    assert "0.6 of the fit kept, 0.4 of its starting weights" in capfd.readouterr().err
     # a changed audio input starts the encoder afresh: nothing to blend with
     fresh = _trainer(grid_view, tmp_path / "fresh", max_steps=1, audio_steps=5, init=str(first.model),
                      audio_blend=True, lite={**TINY["lite"], "mel_smooth": 12})

@@ -352,9 +352,11 @@ class LiteStage(Stage):
         if share < 1.0:
             enc.load_state_dict(blend_states(enc.state_dict(), start, share))
         if scores:
-            read = ", ".join(f"{s:g}: r {r:.3f}" for s, r in scores.items())
-            self.ctx.say(f"audio encoder: kept {share:g} of its fit, the rest its starting weights' (a probe fit read "
-                         f"the last 15% of the training frames at each share: {read})")
+            read = ", ".join(f"{s:.1f} r {r:.3f}" for s, r in scores.items())
+            kept = "the whole fit kept" if share == 1.0 else \
+                f"{share:.1f} of the fit kept, {1 - share:.1f} of its starting weights"
+            self.ctx.say(f"audio encoder: {kept} (a probe fitted on the first 85% of the training frames read the "
+                         f"last 15% with each share of its fit: {read})")
         if self.ctx.dist.enabled:  # a time limit may have cut the processes' fits differently: all take the first's
             state = self.ctx.dist.broadcast({k: v.cpu() for k, v in self.gen.audio_encoder.state_dict().items()})
             self.gen.audio_encoder.load_state_dict(state)
