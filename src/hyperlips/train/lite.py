@@ -314,7 +314,7 @@ class LiteStage(Stage):
         steps when the first ones say it would take longer); it is frozen afterwards."""
         from tqdm import tqdm
 
-        from .audio_blend import blend_states, choose_share
+        from .audio_blend import CHECK_SHARE, blend_states, choose_share
         from .lite_audio import fit_audio_encoder
 
         tracks = self._audio_tracks()
@@ -355,8 +355,10 @@ class LiteStage(Stage):
             read = ", ".join(f"{s:.1f} r {r:.3f}" for s, r in scores.items())
             kept = "the whole fit kept" if share == 1.0 else \
                 f"{share:.1f} of the fit kept, {1 - share:.1f} of its starting weights"
-            self.ctx.say(f"audio encoder: {kept} (a probe fitted on the first 85% of the training frames read the "
-                         f"last 15% with each share of its fit: {read})")
+            self.ctx.say(f"audio encoder: {kept} (a probe fitted on the first {1 - CHECK_SHARE:.0%} of the training "
+                         f"frames read the last {CHECK_SHARE:.0%} with each share of its fit: {read})")
+        elif self._blend:
+            self.ctx.say("audio encoder: the whole fit kept (too few training frames left to check a probe fit on)")
         if self.ctx.dist.enabled:  # a time limit may have cut the processes' fits differently: all take the first's
             state = self.ctx.dist.broadcast({k: v.cpu() for k, v in self.gen.audio_encoder.state_dict().items()})
             self.gen.audio_encoder.load_state_dict(state)
