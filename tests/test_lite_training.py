@@ -4,7 +4,6 @@ resume, `train base --model lite`, `finetune` (folders, held-out tail, progress 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +276,98 @@ def test_frame_pairs_bring_the_next_frame_of_the_same_clip(grid_view):
     assert not bool(ds._next(0, last, {"target": 0, "mel": 0, "shape": 0, "has_shape": 0, "lip_box": 0})["has_next"])
     with pytest.raises(ValueError, match="pairs"):
         FrameDataset(clips, steps=24, ordered=True, references={}, pairs=True)
+
+
+def test_source_shift_shows_the_upper_half_of_a_nearby_frame(grid_view):
+    from hyperlips.data.datasets import Manifest
+    from hyperlips.data.frames import MIN_REFERENCE_GAP, SOURCE_GAP, FrameDataset
+    from hyperlips.errors import UserError
+
+    clips = Manifest.load(grid_view).open_clips("train")
+    plain, shifted = FrameDataset(clips, steps=24, seed=1), FrameDataset(clips, steps=24, seed=1, source_shift=0.5)
+    assert "source" not in plain[3] and "shifted" not in plain[3]
+    gaps = []
+    for g in range(80):
+        a, b = plain[g], shifted[g]
+        assert all(np.array_equal(a[k], b[k]) for k in a)  # the sample itself is drawn as before
+        if not bool(b["shifted"]):
+            assert np.array_equal(b["source"], b["target"])
+            continue
+        part = shifted.parts[int(b["clip"])]
+        at = [int(part.index[i]) for i in range(len(part.index))
+              if np.array_equal(part.faces[i].transpose(2, 0, 1), b["source"])]
+        assert at, "the source is a frame of the sample's own clip range"
+        gaps.append(min(abs(f - int(b["frame"])) for f in at))
+    assert 25 <= len(gaps) <= 55  # about half of them
+    assert all(SOURCE_GAP[0] <= d <= SOURCE_GAP[1] for d in gaps) and len(set(gaps)) > 3
+    assert min(gaps) >= 3 and max(gaps) < MIN_REFERENCE_GAP  # a mouth moved on, a face that has not
+    # pairs keep their shift: the frame after the source, beside the frame after the target
+    paired = FrameDataset(clips, steps=24, seed=1, source_shift=1.0, pairs=True)
+    kept = 0
+    for g in range(20):
+        b = paired[g]
+        part = paired.parts[int(b["clip"])]
+        s = [i for i in range(len(part.index)) if np.array_equal(part.faces[i].transpose(2, 0, 1), b["source"])][0]
+        if bool(b["next_shifted"]):
+            kept += 1
+            assert int(part.index[s + 1]) == int(part.index[s]) + 1
+            assert np.array_equal(b["next_source"], part.faces[s + 1].transpose(2, 0, 1))
+        else:
+            assert np.array_equal(b["next_source"], b["next_target"])
+    assert kept >= 15
+    with pytest.raises(ValueError, match="source_shift"):
+        FrameDataset(clips, steps=24, ordered=True, references={}, source_shift=0.5)
+    with pytest.raises(UserError, match="between 0 and 1"):
+        FrameDataset(clips, steps=24, source_shift=1.5)
+
+
+def test_a_shifted_sample_shows_its_source_and_is_not_scored_above_the_mask():
+    from types import SimpleNamespace
+
+    from hyperlips.train.lite import LiteStage, masked_faces
+
+    g = torch.Generator().manual_seed(0)
+    frames = (torch.rand(4, 3, 128, 128, generator=g) * 255).round().to(torch.uint8)
+    batch = {"target": frames[:2], "source": frames[2:], "reference": frames[:2]}
+    faces, target = masked_faces(batch)
+    assert torch.equal(faces[:, :3, :64], frames[2:, :, :64].float() / 255) and not faces[:, :3, 64:].any()
+    assert torch.equal(target, frames[:2].float() / 255) and torch.equal(faces[:, 3:], target)
+    plain, _ = masked_faces({"target": frames[:2], "reference": frames[:2]})
+    assert torch.equal(plain[:, :3, :64], target[:, :, :64])
+    stage = SimpleNamespace(gen=SimpleNamespace(decoder_rows=lambda h: h - 48), cfg=SimpleNamespace(mouth_weight=4.0))
+    box = torch.tensor([[0.3, 0.6, 0.7, 0.8]]).repeat(2, 1)
+    loss = lambda fake, which: [float(v) for v in LiteStage._image_loss(stage, fake, target, box, which)]
+    both, first = torch.tensor([True, True]), torch.tensor([True, False])
+    above = target.clone()
+    above[:, :, 48:64] += 0.3  # generated rows above the mask: what a shifted sample was shown, not its target
+    assert min(loss(above, None)) > 0 and loss(above, both) == [0.0, 0.0]
+    assert 0 < loss(above, first)[0] < loss(above, None)[0]
+    below = target.clone()
+    below[:, :, 80:100] += 0.3  # inside the mask: scored either way
+    assert loss(below, both)[0] == pytest.approx(loss(below, None)[0]) and loss(below, both)[0] > 0
+
+
+def test_source_shift_setting_trains_on_shifted_samples(grid_view, tmp_path, monkeypatch):
+    import hyperlips.train.lite as lite
+
+    shown = []
+    real = lite.masked_faces
+    monkeypatch.setattr(lite, "masked_faces", lambda b: shown.append(dict(b)) or real(b))
+    res = _trainer(grid_view, tmp_path / "run", max_steps=2, val_every=0, source_shift=1.0).fit()
+    assert len(shown) == 2 and all(np.isfinite(v) for r in res.losses for v in r.values())
+    assert all(bool(b["shifted"].all()) and not torch.equal(b["source"], b["target"]) for b in shown)
+    shown.clear()
+    _trainer(grid_view, tmp_path / "off", max_steps=1, val_every=0).fit()  # the default: the target's own frame
+    assert "source" not in shown[0]
+    shown.clear()  # pairs keep their shift: the frame after the source beside the frame after the target
+    rows, real_change = [], lite.change_loss
+    monkeypatch.setattr(lite, "change_loss", lambda *a: rows.append(a[4]) or real_change(*a))
+    res = _trainer(grid_view, tmp_path / "pairs", max_steps=1, val_every=0, source_shift=1.0, temporal_weight=1.0).fit()
+    b, n = shown[0], len(shown[0]["target"]) // 2  # the targets, then the frames after them
+    later = b["shifted"][n:]
+    assert later.any() and np.isfinite(res.losses[0]["change"])
+    assert all(not torch.equal(s, t) for s, t in zip(b["source"][n:][later], b["target"][n:][later]))
+    assert rows == [64]  # the change is compared below the mask only (the rows above show the source's)
 
 
 def test_change_loss_compares_the_generated_change_with_the_real_one():

@@ -24,6 +24,7 @@ from ..errors import UserError
 from .datasets import BASE_SIZE, Clip, _Base, _rng
 
 MIN_REFERENCE_GAP = 25  # frames between a training target and its reference, when the clip allows it
+SOURCE_GAP = (4, 12)  # frames between a target and the frame whose upper half it is shown with (``source_shift``)
 
 
 @dataclass
@@ -85,10 +86,18 @@ class FrameDataset(_Base):
     ``shape`` (N_SHAPE,) float32, ``has_shape`` () bool, ``lip_box`` (4,) float32, ``opening`` () float32,
     ``points`` (53, 2) float32 (the lip and jaw points in crop units; NaN without landmarks), ``frame`` () int64 (frame number in its clip), ``clip`` () int64 (clip position in the list).
 
+    With ``source_shift`` > 0 (training only) an item also holds ``source`` (3, 128, 128) uint8, the frame whose upper
+    half the renderer is shown, and ``shifted`` () bool: with that probability a frame of the same clip range
+    :data:`SOURCE_GAP` frames away (the face barely moves in that time, the mouth does), else the target itself.
+    The upper face moves a little with speech (cheeks, nostrils, chin line): shown it from the target's own
+    frame, a renderer learns to read the mouth from it, which `sync` never gives it (the video's frame was spoken
+    with other words).
+
     With ``pairs`` (training only) an item also holds the frame after its target, for a loss on the change from
     frame to frame: ``next_target``, ``next_mel``, ``next_shape``, ``next_has_shape``, ``next_lip_box`` as above, and
     ``has_next`` () bool, False where the next frame is not in the clip range or has no face (the target's own
-    fields are repeated then).
+    fields are repeated then); with ``source_shift`` also ``next_source`` and ``next_shifted``: the frame after
+    the source, so a pair keeps its shift (the next target itself where the source has no next frame).
     """
 
     stream = 4
@@ -96,11 +105,17 @@ class FrameDataset(_Base):
     def __init__(self, clips: Sequence[Clip], steps: int, *, seed: int = 0, ordered: bool = False,
                  shape_refs: dict[str, Any] | None = None, references: dict[str, np.ndarray] | None = None,
                  mel_norm: str | None = "utterance", mel_smooth: int = 0, length: int = 1 << 30,
-                 cfg: AudioConfig = AudioConfig(), pairs: bool = False, phones: bool = False):
+                 cfg: AudioConfig = AudioConfig(), pairs: bool = False, phones: bool = False,
+                 source_shift: float = 0.0):
         super().__init__(clips, seed, length)
         if pairs and ordered:
             raise ValueError("FrameDataset: pairs are for training (ordered=False)")
+        if source_shift and ordered:
+            raise ValueError("FrameDataset: source_shift is for training (ordered=False)")
+        if not 0.0 <= source_shift <= 1.0:
+            raise UserError(f"source_shift must be between 0 and 1, not {source_shift}")
         self.pairs = bool(pairs)
+        self.source_shift = float(source_shift)
         self.steps = int(steps)
         self.mel_norm = mel_norm
         self.mel_smooth = int(mel_smooth)
@@ -183,6 +198,12 @@ class FrameDataset(_Base):
             if len(far) == 0:
                 far = np.flatnonzero(np.arange(len(part.index)) != k) if len(part.index) > 1 else np.array([k])
             ref = part.faces[int(far[int(rng.integers(len(far)))])]
+        source = k
+        if self.source_shift > 0 and not self.ordered and rng.random() < self.source_shift:
+            gap = np.abs(part.index - part.index[k])
+            near = np.flatnonzero((gap >= SOURCE_GAP[0]) & (gap <= SOURCE_GAP[1]))
+            if len(near):
+                source = int(near[int(rng.integers(len(near)))])
         item = {
             "target": np.ascontiguousarray(part.faces[k].transpose(2, 0, 1)),
             "reference": np.ascontiguousarray(ref.transpose(2, 0, 1)),
@@ -195,8 +216,18 @@ class FrameDataset(_Base):
             "frame": np.int64(part.index[k]),
             "clip": np.int64(ci),
         }
+        if self.source_shift > 0 and not self.ordered:
+            item["source"] = np.ascontiguousarray(part.faces[source].transpose(2, 0, 1))
+            item["shifted"] = np.bool_(source != k)
         if self.pairs:
             item.update(self._next(ci, k, item))
+            if "source" in item:
+                j = source + 1
+                nxt = j < len(part.index) and int(part.index[j]) == int(part.index[source]) + 1
+                shifted = bool(nxt and source != k)
+                item["next_source"] = (np.ascontiguousarray(part.faces[j].transpose(2, 0, 1)) if shifted
+                                       else item["next_target"])
+                item["next_shifted"] = np.bool_(shifted)
         return item
 
     def _next(self, ci: int, k: int, item: dict[str, Any]) -> dict[str, Any]:

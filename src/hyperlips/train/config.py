@@ -73,6 +73,8 @@ class TrainConfig:
     auto_shape_gain: bool = True  # lite: predicted shapes scaled to the real shapes' spread on the held-out frames
     shape_noise: float = 0.1  # lite: noise added to the real shapes the renderer sees (standard deviation)
     mirror: float = 0.0  # lite: share of renderer samples mirrored left-right (faces, lip box and mouth shape)
+    source_shift: float = 0.0  # lite: share of renderer samples shown the upper half of a frame 4-12 frames away
+    # (data.frames.SOURCE_GAP), so the renderer draws the mouth from the shape, not from the upper face's movement
     temporal_weight: float = 0.0  # lite: > 0: each sample comes with the frame after it (a step renders twice
     # batch_size faces) and this weighs the L1 between the generated and the real change from one to the other
     audio_steps: int = 600  # lite: steps fitting the audio encoder before the renderer trains (train/lite_audio.py)

@@ -41,9 +41,10 @@ MOUTH_MARGIN = 0.25  # the lip box grown by this much of its size on every side
 
 
 def masked_faces(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """-> (faces (N, 6, 128, 128) = [target with lower half zeroed, reference] in [0, 1], target (N, 3, 128, 128))."""
+    """-> (faces (N, 6, 128, 128) = [target with lower half zeroed, reference] in [0, 1], target (N, 3, 128, 128)).
+    With a ``source`` in the batch (``source_shift``), its upper half is shown instead of the target's."""
     target = batch["target"].float() / 255.0
-    masked = target.clone()
+    masked = batch["source"].float() / 255.0 if "source" in batch else target.clone()
     masked[:, :, BASE_SIZE // 2:] = 0.0
     return torch.cat([masked, batch["reference"].float() / 255.0], dim=1), target
 
@@ -62,13 +63,13 @@ def mirrored(faces: Tensor, target: Tensor, shapes: Tensor, lip_box: Tensor, whi
 
 
 PAIRED = {"target": "next_target", "mel": "next_mel", "shape": "next_shape", "has_shape": "next_has_shape",
-          "lip_box": "next_lip_box", "reference": "reference"}
+          "lip_box": "next_lip_box", "reference": "reference", "source": "next_source", "shifted": "next_shifted"}
 
 
 def paired_batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """A batch with the frames after its targets (``data.frames.FrameDataset`` with ``pairs``) as one twice the size:
     the targets, then the frames after them with the same references; ``has_next`` (N,) says which pairs are real."""
-    out = {k: torch.cat([batch[k], batch[v]]) for k, v in PAIRED.items()}
+    out = {k: torch.cat([batch[k], batch[v]]) for k, v in PAIRED.items() if k in batch}
     out["has_next"] = batch["has_next"].bool()
     return out
 
@@ -266,7 +267,8 @@ class LiteStage(Stage):
         if self._train_ds is None:
             self._train_ds = FrameDataset(self.train_clips, self.gen.mel_steps, seed=self.cfg.seed,
                                           mel_norm=self.gen.mel_norm, mel_smooth=self.gen.mel_smooth,
-                                          pairs=self.cfg.temporal_weight > 0, phones=self.gen.phones)
+                                          pairs=self.cfg.temporal_weight > 0, phones=self.gen.phones,
+                                          source_shift=self.cfg.source_shift)
         return self._train_ds
 
     def val_dataset(self):
@@ -278,14 +280,22 @@ class LiteStage(Stage):
         return self._val_ds
 
     # ------------------------------------------------------------------ training
-    def _image_loss(self, fake: Tensor, target: Tensor, lip_box: Tensor) -> tuple[Tensor, Tensor]:
-        """(L1, gradient L1) over the generated rows, weighted ``mouth_weight`` inside the lip box."""
+    def _image_loss(self, fake: Tensor, target: Tensor, lip_box: Tensor,
+                    shifted: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(L1, gradient L1) over the generated rows, weighted ``mouth_weight`` inside the lip box. Samples
+        ``shifted`` (N,) bool were shown another frame's upper half: the generated rows above the mask, which
+        copy what they were shown, are not compared with the target's."""
         r0 = target.shape[2] - self.gen.decoder_rows(target.shape[2])
         w = 1.0 + (self.cfg.mouth_weight - 1.0) * box_mask(lip_box, target.shape[2], target.shape[3])
-        fake, target, w = fake[:, :, r0:].float(), target[:, :, r0:], w[:, :, r0:]
+        wy = w[:, :, 1:]  # a vertical difference's weight: its lower row's
+        if shifted is not None and bool(shifted.any()):
+            rows = torch.arange(target.shape[2], device=w.device).view(1, 1, -1, 1) < target.shape[2] // 2
+            keep = ~(shifted.view(-1, 1, 1, 1) & rows)
+            w, wy = w * keep, wy * keep[:, :, :-1]  # and no difference that reaches above the mask
+        fake, target, w, wy = fake[:, :, r0:].float(), target[:, :, r0:], w[:, :, r0:], wy[:, :, r0:]
         l1 = ((fake - target).abs() * w).mean()
         (fx, fy), (tx, ty) = image_gradients(fake), image_gradients(target)
-        edge = ((fx - tx).abs() * w[:, :, :, 1:]).mean() + ((fy - ty).abs() * w[:, :, 1:]).mean()
+        edge = ((fx - tx).abs() * w[:, :, :, 1:]).mean() + ((fy - ty).abs() * wy).mean()
         return l1, edge
 
     def prepare(self, seconds: float | None) -> None:
@@ -406,12 +416,14 @@ class LiteStage(Stage):
                                                      twice(torch.rand(half, device=real.device) < cfg.mirror))
         with ctx.autocast():
             fake = self.gen_ddp(None, faces, shown)
-        l1, edge = self._image_loss(fake, target, lip_box)
+        l1, edge = self._image_loss(fake, target, lip_box, batch.get("shifted"))
         l_img = l1 + cfg.edge_weight * edge
         losses = {"l1": l1, "edge": edge}
         if pairs:  # the mouth changes from frame to frame as the real one does: no change the shapes do not make
             both = forced[:half, 0] & forced[half:, 0] & batch["has_next"]
             r0 = target.shape[2] - self.gen.decoder_rows(target.shape[2])
+            if "shifted" in batch:  # rows above the mask show the source's change, not the target's
+                r0 = max(r0, target.shape[2] // 2)
             change = change_loss(fake, target, lip_box, both, r0, cfg.mouth_weight)
             l_img = l_img + cfg.temporal_weight * change
             losses["change"] = change
