@@ -81,6 +81,16 @@ def test_validation_frames_come_in_order_with_one_reference(grid_view):
     assert frames == sorted(frames)
     assert all(np.array_equal(ds[g]["reference"], refs[val[int(ds[g]["clip"])].id].transpose(2, 0, 1))
                for g in (0, len(ds) - 1))
+    # with the frame half its clip range away, for a rendering from another moment's upper half (as sync renders)
+    other = FrameDataset(val, steps=24, ordered=True, references=refs, other_moment=True)
+    part = other.parts[0]
+    n = len(part.index)
+    for g in (0, n // 2, n - 1):
+        item = other[g]
+        assert all(np.array_equal(item[k], ds[g][k]) for k in ds[g])
+        assert np.array_equal(item["other_source"], part.faces[(g + n // 2) % n].transpose(2, 0, 1))
+    with pytest.raises(ValueError, match="other_moment"):
+        FrameDataset(val, steps=24, other_moment=True)
 
 
 def test_footage_tail_is_held_out_across_clips(small_dataset, tmp_path):  # noqa: F811
@@ -113,6 +123,28 @@ def test_lite_trains_validates_and_exports(grid_view, tmp_path):
     assert model.config.shape_gain == pytest.approx(calibrate_shape_gain(model, grid_view), abs=2e-3)
     assert model.config.shape_gain > 1.0
     assert (tmp_path / "run/preview.png").is_file() and list((tmp_path / "run/images").glob("*preview*.png"))
+
+
+def test_validation_also_renders_from_another_moments_frame(grid_view, tmp_path, monkeypatch):
+    """``val/opening_r_other``: the held-out faces rendered from the upper half of the frame half the clip away, the
+    opening FaceMesh reads on them against the real one (what `sync` and `eval --protocol tail` measure)."""
+    import hyperlips.train.lite as lite
+    from hyperlips.models import HyperLipsLite
+
+    real_render, real_mesh = HyperLipsLite.render, lite.LiteStage.mesh_opening
+    shown, read = [], []
+    monkeypatch.setattr(HyperLipsLite, "render", lambda self, f, s: shown.append(f.detach()) or real_render(self, f, s))
+    monkeypatch.setattr(lite.LiteStage, "mesh_opening",  # a reading that depends on the rendered faces
+                        lambda self, imgs: read.append(imgs) or imgs[:, 80:110, 40:90].mean(axis=(1, 2, 3)).astype(np.float32))
+    trainer = _trainer(grid_view, tmp_path / "run", max_steps=1, val_every=1)
+    res = trainer.fit()
+    ds = trainer.stage.val_dataset()
+    upper = lambda t: t[:, :3, :64]  # noqa: E731
+    others = np.stack([ds[g]["other_source"] for g in range(len(ds))])
+    assert any(torch.equal(upper(f), torch.from_numpy(others[:len(f)])[:, :, :64].float() / 255) for f in shown)
+    assert np.isfinite(res.metrics["val/opening_r_other"]) and np.isfinite(res.metrics["val/opening_r"])
+    assert res.metrics["val/opening_r_other"] != res.metrics["val/opening_r"]
+    assert len(read) % 2 == 0 and len(read) >= 2  # each batch read twice: from its own frames, from the others
 
 
 def test_validation_sharpness_is_the_lip_box_laplacian_of_generated_over_real():
@@ -608,6 +640,7 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
                   timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert out.is_file() and f"--checkpoint {out}" in res.stdout and "held-out mouth-opening r" in res.stdout
+    assert "from other moments' frames, as sync renders:" in res.stdout
     assert "a minute or more of the person speaking" in res.stderr  # a few seconds of footage: warned
     from hyperlips.models import load_checkpoint
 

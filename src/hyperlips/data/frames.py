@@ -86,6 +86,10 @@ class FrameDataset(_Base):
     ``shape`` (N_SHAPE,) float32, ``has_shape`` () bool, ``lip_box`` (4,) float32, ``opening`` () float32,
     ``points`` (53, 2) float32 (the lip and jaw points in crop units; NaN without landmarks), ``frame`` () int64 (frame number in its clip), ``clip`` () int64 (clip position in the list).
 
+    With ``other_moment`` (validation only) an item also holds ``other_source`` (3, 128, 128) uint8: the frame of
+    the same clip range half its length away (wrapping round), for a rendering from another moment's upper half, as
+    `sync` and `eval` render (the frame spoken with other words).
+
     With ``source_shift`` > 0 (training only) an item also holds ``source`` (3, 128, 128) uint8, the frame whose upper
     half the renderer is shown, and ``shifted`` () bool: with that probability a frame of the same clip range
     :data:`SOURCE_GAP` frames away (the face barely moves in that time, the mouth does), else the target itself.
@@ -106,7 +110,7 @@ class FrameDataset(_Base):
                  shape_refs: dict[str, Any] | None = None, references: dict[str, np.ndarray] | None = None,
                  mel_norm: str | None = "utterance", mel_smooth: int = 0, length: int = 1 << 30,
                  cfg: AudioConfig = AudioConfig(), pairs: bool = False, phones: bool = False,
-                 source_shift: float = 0.0):
+                 source_shift: float = 0.0, other_moment: bool = False):
         super().__init__(clips, seed, length)
         if pairs and ordered:
             raise ValueError("FrameDataset: pairs are for training (ordered=False)")
@@ -116,6 +120,9 @@ class FrameDataset(_Base):
             raise UserError(f"source_shift must be between 0 and 1, not {source_shift}")
         self.pairs = bool(pairs)
         self.source_shift = float(source_shift)
+        if other_moment and not ordered:
+            raise ValueError("FrameDataset: other_moment is for validation (ordered=True)")
+        self.other_moment = bool(other_moment)
         self.steps = int(steps)
         self.mel_norm = mel_norm
         self.mel_smooth = int(mel_smooth)
@@ -216,6 +223,9 @@ class FrameDataset(_Base):
             "frame": np.int64(part.index[k]),
             "clip": np.int64(ci),
         }
+        if self.other_moment:
+            n = len(part.index)
+            item["other_source"] = np.ascontiguousarray(part.faces[(k + n // 2) % n].transpose(2, 0, 1))
         if self.source_shift > 0 and not self.ordered:
             item["source"] = np.ascontiguousarray(part.faces[source].transpose(2, 0, 1))
             item["shifted"] = np.bool_(source != k)

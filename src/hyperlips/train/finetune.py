@@ -283,7 +283,8 @@ def _report(args: argparse.Namespace, work: Path, res) -> None:
         return
     best = min(vals, key=lambda r: r.get("val/opening_err", 2.0))
     print(f"trained HyperLips-Lite for {res.step} steps ({minutes:.1f} min this run); kept step {best['step']}: "
-          f"held-out mouth-opening r {best['val/opening_r']:.3f} (predicted shapes {best.get('val/shape_r', math.nan):.3f}), "
+          f"held-out mouth-opening r {best['val/opening_r']:.3f} (predicted shapes {best.get('val/shape_r', math.nan):.3f}; "
+          f"from other moments' frames, as sync renders: {best.get('val/opening_r_other', math.nan):.3f}), "
           f"mouth sharpness {best.get('val/sharpness', math.nan):.2f} of the real, "
           f"mouth L1 {best.get('val/mouth_l1', math.nan):.4f}, lower-face PSNR {best.get('val/lower_psnr', math.nan):.2f} dB: "
           f"{args.output}")

@@ -126,10 +126,11 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def held_out_frames(val_clips, train_ds, references, steps: int, mel_norm: str | None = "utterance",
-                    mel_smooth: int = 0, phones: bool = False):
+                    mel_smooth: int = 0, phones: bool = False, other_moment: bool = False):
     """The validation frames in order: a clip split in time is measured against its training part (shapes and
     reference frame), a held-out clip against itself. The mel as the network reads it (``mel_norm``,
-    ``mel_smooth``, ``phones``: ``data.frames.FrameDataset``'s)."""
+    ``mel_smooth``, ``phones``: ``data.frames.FrameDataset``'s); ``other_moment``: each with the frame half its
+    clip range away too."""
     from ..data.frames import FrameDataset, shape_reference
 
     refs = {c.id: train_ds.shape_refs[c.id] for c in val_clips if c.id in train_ds.shape_refs}
@@ -137,7 +138,7 @@ def held_out_frames(val_clips, train_ds, references, steps: int, mel_norm: str |
         if c.id not in refs:
             refs[c.id] = shape_reference(c, c.frame_range)
     return FrameDataset(val_clips, steps, ordered=True, shape_refs=refs, references=references, mel_norm=mel_norm,
-                        mel_smooth=mel_smooth, phones=phones)
+                        mel_smooth=mel_smooth, phones=phones, other_moment=other_moment)
 
 
 def calibrate_shape_gain(model, data, max_gain: float = 3.0, batch_size: int = 64) -> float:
@@ -276,7 +277,7 @@ class LiteStage(Stage):
             return None
         if self._val_ds is None:
             self._val_ds = held_out_frames(self.val_clips, self.train_dataset(), self.references, self.gen.mel_steps,
-                                           self.gen.mel_norm, self.gen.mel_smooth, self.gen.phones)
+                                           self.gen.mel_norm, self.gen.mel_smooth, self.gen.phones, other_moment=True)
         return self._val_ds
 
     # ------------------------------------------------------------------ training
@@ -492,7 +493,14 @@ class LiteStage(Stage):
         boxes = batch["lip_box"].float().numpy()
         real = batch["shape"].float()
         has = batch["has_shape"].float()
+        other = {}
+        if "other_source" in batch:  # as sync renders: the upper half of a frame spoken with other words
+            shown, _ = masked_faces({"target": batch["target"], "source": batch["other_source"],
+                                     "reference": batch["reference"]})
+            moved = np.stack(to_images(self.gen.render(shown, pred).float()))
+            other["opening_gen_other"] = torch.from_numpy(self.mesh_opening(moved))
         return {
+            **other,
             "mouth_l1": mouth_l1,
             "lower_psnr": psnr(fake[:, :, r0:], target[:, :, r0:]),
             "shape_mse": torch.where(has > 0, ((pred - real) ** 2).mean(1), torch.full_like(has, float("nan"))),
@@ -509,6 +517,8 @@ class LiteStage(Stage):
         out["val/opening_r"] = r_gen
         out["val/opening_err"] = 1.0 - r_gen if np.isfinite(r_gen) else 2.0
         out["val/shape_r"] = pearson(values["opening_pred"], values["opening_real"])
+        if "opening_gen_other" in values:
+            out["val/opening_r_other"] = pearson(values["opening_gen_other"], values["opening_real"])
         out["val/faces_found"] = float(np.isfinite(values["opening_gen"]).mean())
         gen, real = values.get("sharp_gen"), values.get("sharp_real")
         if real is not None and np.isfinite(real).any() and np.nanmean(real) > 0:
