@@ -438,6 +438,43 @@ def test_warped_faces_are_pasted_back_as_the_frames_own(real_data):
         assert calls == [own] * len(jobs)
 
 
+def test_the_hybrid_warps_its_detail_to_the_mouth_its_network_draws(real_data):
+    """The hybrid's detail is the frame warped to the shape its network renders (the encoder's shape times the
+    network's own gain), so the footage's lips land on the drawn ones; the warp takes the shapes WARP_GAIN times."""
+    import torch
+
+    from hyperlips.face.detect import FaceDetector
+    from hyperlips.generator_io import face_crop
+    from hyperlips.models.lite import HyperLipsLite, LiteConfig
+    from hyperlips.mouth import WARP_GAIN
+    from hyperlips.pipeline import LipSync
+    from hyperlips.streaming import FrameJob
+
+    frames = read_frames(real_data / "retalking" / "face2.mp4", 2)
+    with FaceDetector() as det:
+        box = det.detect(frames[0])[0]
+    torch.manual_seed(0)
+    net = HyperLipsLite(LiteConfig(shape_gain=2.4)).eval()
+    windows = np.random.default_rng(1).normal(size=(len(frames), 1, net.audio_rows, net.mel_steps)).astype(np.float32)
+    with torch.no_grad():
+        read = net.audio_encoder(torch.from_numpy(windows)).numpy()
+        drawn = net.gained(torch.from_numpy(read)).numpy()
+    assert np.abs(read).max() > 0.05  # shapes that tell the gains apart
+    for mode, expect in (("hybrid", drawn), ("warp", read * WARP_GAIN)):
+        ls = LipSync(network=net, device="cpu", progress=False, mouth=mode, precision="fp32")
+        ls.new_clip(25.0)
+        jobs = [FrameJob(j=i, s=i, image=f.copy(), box=box) for i, f in enumerate(frames)]
+        seen, real_apply = [], MouthWarp.apply
+        try:
+            MouthWarp.apply = lambda self, region, points, shape, **kw: (
+                seen.append(np.array(shape)) or real_apply(self, region, points, shape, **kw))
+            ls.render_jobs(jobs, face_crop(frames[0], box, 128), windows)
+        finally:
+            MouthWarp.apply = real_apply
+        assert len(seen) == len(frames), mode
+        np.testing.assert_allclose(np.stack(seen), expect, rtol=1e-4, atol=1e-5, err_msg=mode)
+
+
 def _lower_face_sharpness(frames, box) -> float:
     import cv2
 

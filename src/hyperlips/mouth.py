@@ -58,12 +58,15 @@ def choose_mouth(mouth: str, network, weights: str, *, fixed: bool, checkpoint=N
 class MouthStep:
     """The warped mouth of one clip's frames (``mode`` ``warp`` or ``hybrid``), called once per frame in order: it
     learns the clip's average mouth and steadies the head's pose as frames pass (``face.mouth_warp.MouthWarp``), and
-    looks at each face region with a FaceMesh tracker of its own (the HR decoder's sees generated faces)."""
+    looks at each face region with a FaceMesh tracker of its own (the HR decoder's sees generated faces). ``gain``:
+    the audio encoder's shapes are taken this many times to place the moved points (``WARP_GAIN`` for the warp; for
+    the hybrid the network's own ``shape_gain``, so that the detail lands on the mouth the network draws)."""
 
-    def __init__(self, mode: str, fps: float = 25.0) -> None:
+    def __init__(self, mode: str, fps: float = 25.0, gain: float = WARP_GAIN) -> None:
         if mode not in ("warp", "hybrid"):
             raise ValueError(f"MouthStep: mode must be warp or hybrid, got {mode!r}")
         self.mode, self.fps = mode, float(fps)
+        self.gain = float(gain)
         self._warp = None  # made at the first frame
         self._mesh = None
 
@@ -75,11 +78,11 @@ class MouthStep:
     def __call__(self, image: np.ndarray, box, face: np.ndarray, shape: np.ndarray, close: float = 0.0) -> np.ndarray:
         """The face region of ``image`` (H, W, 3) uint8 BGR at the crop ``box``, at its own resolution (a square of
         the region's larger side), with the lips and jaw moved to ``shape`` (the audio encoder's, before the
-        network's gain) and the inside of the new opening drawn (``warp``), or the network's face enlarged with the
-        fine detail of that frame warped so, its new opening filled from the network's face (``hybrid``); the
-        network's ``face`` as it is when FaceMesh finds no face in the region. ``close``: how far the lips are then
-        brought together (``face.mouth_warp.close_lips``; 1 on a /p b m/ of given phoneme timings; the hybrid's
-        network draws them closed when its shape was closed too, :meth:`closed_shapes`)."""
+        network's gain) times ``gain`` and the inside of the new opening drawn (``warp``), or the network's face
+        enlarged with the fine detail of that frame warped so, its new opening filled from the network's face
+        (``hybrid``); the network's ``face`` as it is when FaceMesh finds no face in the region. ``close``: how far
+        the lips are then brought together (``face.mouth_warp.close_lips``; 1 on a /p b m/ of given phoneme timings;
+        the hybrid's network draws them closed when its shape was closed too, :meth:`closed_shapes`)."""
         return self.finish(self.look(image, box), face, shape, close)
 
     def look(self, image: np.ndarray, box, observe: bool = False) -> "Look | None":
@@ -135,10 +138,10 @@ class MouthStep:
             return face
         args = dict(first_row=look.top, close=close, observed=look.observed)
         if self.mode == "warp":
-            return self._warp.apply(look.region, look.points, shape * WARP_GAIN, **args)
+            return self._warp.apply(look.region, look.points, shape * self.gain, **args)
         side = look.region.shape[0]
         rendered = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
-        return with_detail(rendered, self._warp.apply(look.region, look.points, shape * WARP_GAIN, fill=rendered,
+        return with_detail(rendered, self._warp.apply(look.region, look.points, shape * self.gain, fill=rendered,
                                                       **args), look.top)
 
 

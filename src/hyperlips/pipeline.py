@@ -43,7 +43,7 @@ from .generator_io import (  # noqa: F401  (re-exported: the crop and input help
 )
 from .media.timing import check_fps, open_timeline
 from .media.video import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
-from .mouth import MouthStep, choose_mouth
+from .mouth import WARP_GAIN, MouthStep, choose_mouth
 from .runtime import DTYPES, in_precision, resolve_device, resolve_precision
 from .schedule import LOOP_MODES
 from .stages import Timings
@@ -469,7 +469,9 @@ class LipSync:
         steadied pose and the face its FaceMesh tracked); a new one begins, at ``fps`` frames per second."""
         if self._mouth_step is not None:
             self._mouth_step.close()
-        self._mouth_step = None if self.mouth == "render" else MouthStep(self.mouth, fps)
+        # the hybrid's detail is warped to the mouth its network draws: the encoder's shape times the network's gain
+        gain = float(self.base.config.shape_gain) if self.mouth == "hybrid" else WARP_GAIN
+        self._mouth_step = None if self.mouth == "render" else MouthStep(self.mouth, fps, gain)
         self._clip_fps = float(fps)
 
     def render_jobs(self, jobs, ref_crop: np.ndarray, windows: np.ndarray, closed: np.ndarray | None = None) -> None:
