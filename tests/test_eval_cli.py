@@ -346,6 +346,30 @@ def test_shifted_copy_rolls_the_frames_by_half(more_data, tmp_path):
     assert psnr(got[0], src[20]) > psnr(got[0], src[10]) + 3  # not the unshifted frame
 
 
+def test_shifted_copy_of_a_variable_rate_clip_lasts_as_long_as_the_clip(real_data, tmp_path):
+    """face1 (tagged 30 fps, 22.1 on average): the copy holds the frames counted by timestamps, at the clip's average
+    rate, so it lasts as long as the clip and its speech (written at the tagged rate it played 1.4 times too fast and
+    its faces drifted away from the speech they were scored against)."""
+    from helpers import psnr, read_frames
+
+    from hyperlips.eval.protocols import shifted_copy
+    from hyperlips.media.timing import RetimedReader
+    from hyperlips.media.video import probe
+
+    clip = real_data / "retalking" / "face1.mp4"
+    with RetimedReader(clip) as reader:
+        src, fps = [fr.image for fr in reader], reader.fps
+    assert fps < 25  # the clip's rate varies
+    out = shifted_copy(clip, tmp_path / "s.mp4")
+    info = probe(out)
+    assert abs(info.fps - fps) < 0.01 and abs(info.duration - probe(clip).duration) < 1.5 / fps
+    got = read_frames(out)
+    n = len(src)
+    assert len(got) == n
+    for j in (0, n // 3, n - 1):
+        assert psnr(got[j], src[(j + n // 2) % n]) > 35, j
+
+
 def test_warp_is_scored_from_frames_that_hold_no_trace_of_the_answer(tmp_path, more_data, monkeypatch, capfd):
     """``eval --clips --protocol self --mouth warp`` drives the model from the clip shifted by half its length (the
     warp moves the input's own mouth, which would be the answer), scores against the clip, and leaves no copy."""

@@ -487,19 +487,22 @@ SHIFTED_CRF = 10  # shifted copies of a clip are re-encoded nearly losslessly
 
 def shifted_copy(video: Path, dst: Path, start: int = 0, stop: int | None = None, fps: float | None = None) -> Path:
     """The frames [start, stop) of ``video`` shifted by half their number, wrapping round (frame j shows frame
-    start + (j + n // 2) % n), without audio, at ``fps`` (default the video's own). Self-reconstruction from such a
-    copy and the clip's own speech keeps every trace of the mouth to be predicted out of the input: a generator
-    that uses the frame's own mouth (``--mouth warp`` or ``hybrid``) would otherwise be handed the answer."""
-    from ..media.video import FrameReader, VideoWriter, probe
+    start + (j + n // 2) % n), without audio, at ``fps`` (default the video's own: its average rate when the rate
+    varies, frames counted by timestamps as every job counts them, so the copy lasts as long as the clip).
+    Self-reconstruction from such a copy and the clip's own speech keeps every trace of the mouth to be predicted out
+    of the input: a generator that uses the frame's own mouth (``--mouth warp`` or ``hybrid``) would otherwise be
+    handed the answer."""
+    from ..media.timing import RetimedReader
+    from ..media.video import VideoWriter
 
-    info = probe(video)
-    with FrameReader(video) as reader:
+    with RetimedReader(video, fps) as reader:
         frames = [fr.image for fr in reader.iter_range(start, stop)]
+        width, height, rate = reader.width, reader.height, reader.fps
     if not frames:
         raise UserError(f"no frames could be decoded from {video}")
     n = len(frames)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with VideoWriter(dst, info.width, info.height, fps or info.fps, crf=SHIFTED_CRF) as w:
+    with VideoWriter(dst, width, height, rate, crf=SHIFTED_CRF) as w:
         for j in range(n):
             w.write(frames[(j + n // 2) % n])
     return dst
