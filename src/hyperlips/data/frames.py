@@ -116,12 +116,12 @@ class FrameDataset(_Base):
             raise ValueError("FrameDataset: pairs are for training (ordered=False)")
         if source_shift and ordered:
             raise ValueError("FrameDataset: source_shift is for training (ordered=False)")
+        if other_moment and not ordered:
+            raise ValueError("FrameDataset: other_moment is for validation (ordered=True)")
         if not 0.0 <= source_shift <= 1.0:
             raise UserError(f"source_shift must be between 0 and 1, not {source_shift}")
         self.pairs = bool(pairs)
         self.source_shift = float(source_shift)
-        if other_moment and not ordered:
-            raise ValueError("FrameDataset: other_moment is for validation (ordered=True)")
         self.other_moment = bool(other_moment)
         self.steps = int(steps)
         self.mel_norm = mel_norm
@@ -206,7 +206,7 @@ class FrameDataset(_Base):
                 far = np.flatnonzero(np.arange(len(part.index)) != k) if len(part.index) > 1 else np.array([k])
             ref = part.faces[int(far[int(rng.integers(len(far)))])]
         source = k
-        if self.source_shift > 0 and not self.ordered and rng.random() < self.source_shift:
+        if self.source_shift > 0 and rng.random() < self.source_shift:  # training only (checked above)
             gap = np.abs(part.index - part.index[k])
             near = np.flatnonzero((gap >= SOURCE_GAP[0]) & (gap <= SOURCE_GAP[1]))
             if len(near):
@@ -226,7 +226,7 @@ class FrameDataset(_Base):
         if self.other_moment:
             n = len(part.index)
             item["other_source"] = np.ascontiguousarray(part.faces[(k + n // 2) % n].transpose(2, 0, 1))
-        if self.source_shift > 0 and not self.ordered:
+        if self.source_shift > 0:
             item["source"] = np.ascontiguousarray(part.faces[source].transpose(2, 0, 1))
             item["shifted"] = np.bool_(source != k)
         if self.pairs:
