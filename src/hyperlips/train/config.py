@@ -81,7 +81,10 @@ class TrainConfig:
     audio_lr: float = 2e-3  # lite: its peak learning rate (one cycle)
     audio_w_open: float = 1.0  # lite: weight of the inner-lip opening in its loss
     audio_blend: bool = False  # lite, from --init weights: keep the share of the fitted audio encoder (1, 0.8 or
-    # 0.6; the rest its starting weights') that reads the last 15% of the training frames best (train/audio_blend.py)
+    # 0.6; the rest its starting weights') that reads the last 15% of the training frames best (train/audio_blend.py),
+    # less where those shares read other voices badly (audio_voice_margin)
+    audio_voice_margin: float = 0.1  # lite, with audio_blend: a share must tell espeak-ng voices' /p b m/ from their
+    # vowels (AUC) at most this far below the starting weights, else less of the fit is kept (1 or more: no check)
     mouth_gan_weight: float = 0.0  # lite: adversarial loss of a PatchGAN on 64 px mouth crops (sharper lips, teeth)
     mouth_gan_start: int = 500  # lite: the step it starts at (the renderer first learns the face from L1)
     reader_weight: float = 0.0  # lite: weight of the mouth reader's loss (its lip and jaw points on the generated

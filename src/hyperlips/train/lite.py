@@ -325,7 +325,7 @@ class LiteStage(Stage):
         steps when the first ones say it would take longer); it is frozen afterwards."""
         from tqdm import tqdm
 
-        from .audio_blend import CHECK_SHARE, blend_states, choose_share
+        from .audio_blend import CHECK_SHARE, blend_states, choose_share, other_voices
         from .lite_audio import fit_audio_encoder
 
         tracks = self._audio_tracks()
@@ -355,7 +355,10 @@ class LiteStage(Stage):
 
         enc = self.gen.audio_encoder
         try:
-            share, scores = choose_share(enc, tracks, fit) if self._blend else (1.0, {})
+            voices = other_voices(self.gen) if self._blend and cfg.audio_voice_margin < 1 \
+                else []
+            share, scores, heard = choose_share(enc, tracks, fit, voices=voices, margin=cfg.audio_voice_margin) \
+                if self._blend else (1.0, {}, {})
             start = {k: v.detach().clone() for k, v in enc.state_dict().items()}
             rep = fit(enc, tracks)
         finally:
@@ -368,6 +371,13 @@ class LiteStage(Stage):
                 f"{share:.1f} of the fit kept, {1 - share:.1f} of its starting weights"
             self.ctx.say(f"audio encoder: {kept} (a probe fitted on the first {1 - CHECK_SHARE:.0%} of the training "
                          f"frames read the last {CHECK_SHARE:.0%} with each share of its fit: {read})")
+            if heard:
+                told = ", ".join(f"{s:.1f} {a:.2f}" for s, a in sorted(heard.items(), reverse=True))
+                self.ctx.say(f"audio encoder: other voices' /p b m/ told from their vowels (espeak-ng, AUC; at most "
+                             f"{cfg.audio_voice_margin:.2f} below the starting weights' 0.0 allowed) with each share: "
+                             f"{told}")
+            elif self._blend and cfg.audio_voice_margin < 1:
+                self.ctx.say("audio encoder: other voices not checked (espeak-ng could not speak)")
         elif self._blend:
             self.ctx.say("audio encoder: the whole fit kept (too few training frames left to check a probe fit on)")
         if self.ctx.dist.enabled:  # a time limit may have cut the processes' fits differently: all take the first's
