@@ -346,6 +346,31 @@ def test_shifted_copy_rolls_the_frames_by_half(more_data, tmp_path):
     assert psnr(got[0], src[20]) > psnr(got[0], src[10]) + 3  # not the unshifted frame
 
 
+def test_a_clip_made_from_shifted_frames_is_scored_for_colour_against_them(more_data, tmp_path):
+    """A clip whose first half is tinted: a method that changes nothing, given the copy shifted by half, returns
+    that copy. Against the clip at the same moments it differs by the tint (and, on moving footage, the pose); its
+    colour shift is measured against the frames it was made from (none), the rest that needs the same moment left out."""
+    from helpers import read_frames
+
+    from hyperlips.eval.protocols import SHIFT_BLIND, against_shifted_source, evaluate_pair, shifted_copy
+    from hyperlips.media.video import VideoWriter
+
+    frames = read_frames(more_data / "grid_lipnet" / "lbax4n.mpg", 20)
+    clip = tmp_path / "tinted.mp4"
+    with VideoWriter(clip, frames[0].shape[1], frames[0].shape[0], 25.0, crf=10) as w:
+        for k, f in enumerate(frames):
+            w.write(np.clip(f.astype(np.int16) + ((0, 0, 24) if k < 10 else (0, 0, 0)), 0, 255).astype(np.uint8))
+    made = shifted_copy(clip, tmp_path / "made.mp4")  # what the do-nothing method returns
+    res = evaluate_pair(made, clip, None, protocol="self", perceptual=False)
+    assert res.metrics["delta_e"] > 3 and res.metrics["psnr_mouth"] is not None  # the tint, read as colour shift
+    res = against_shifted_source(res, made, None)
+    assert res.metrics["delta_e"] < 0.5 and len(res.series["delta_e"]) == 20, res.metrics["delta_e"]
+    assert all(res.metrics[k] is None and "shifted" in res.notes[k] for k in SHIFT_BLIND if k not in
+               ("delta_e", "delta_e_pixel"))
+    assert res.shifted_source and "delta_e" not in res.notes
+    assert res.metrics["sharpness_ratio"] is not None  # measures of the clip as a whole stay
+
+
 def test_shifted_copy_of_a_variable_rate_clip_lasts_as_long_as_the_clip(real_data, tmp_path):
     """face1 (tagged 30 fps, 22.1 on average): the copy holds the frames counted by timestamps, at the clip's average
     rate, so it lasts as long as the clip and its speech (written at the tagged rate it played 1.4 times too fast and
@@ -396,3 +421,8 @@ def test_warp_is_scored_from_frames_that_hold_no_trace_of_the_answer(tmp_path, m
     assert mouth == "warp" and psnr(first, src[len(src) // 2]) > 35 > psnr(first, src[0])
     assert [r["clip"] for r in _strict_json(out / "summary.json")["clips"]] == ["lbax4n"]
     assert sorted(p.name for p in (out / "generated").iterdir()) == ["lbax4n.mp4"]  # the shifted copy is gone
+    (got,) = _strict_json(out / "summary.json")["clips"]
+    assert got["psnr_mouth"] is None and got["lmd"] is None and 0 <= got["delta_e"] < 1.5  # against its source
+    report = out / "lbax4n"
+    assert _strict_json(report / "report.json")["shifted_source"] is True
+    assert "shifted by half their number" in (report / "report.md").read_text()

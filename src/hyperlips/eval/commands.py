@@ -158,8 +158,8 @@ def _run_tail(args, device: str, progress: bool) -> int:
               f"sharpness {_fmt(row['sharpness_ratio'])}, jitter {_fmt(row['jitter_ratio'])}")
     if res.shifted:
         print("the model was driven from the tail shifted by half its length (--shift-source; always with --mouth warp "
-              "or hybrid, which keep the frames' own mouth): its LMD, PSNR, SSIM and delta E left out (they would "
-              "compare other moments)")
+              "or hybrid, which keep the frames' own mouth): its LMD, PSNR and SSIM left out (they would compare "
+              "other moments), its delta E measured against the shifted frames it was made from")
     print(f"report: {args.output / 'tail.md'}  data: {args.output / 'tail.json'}")
     return 0
 

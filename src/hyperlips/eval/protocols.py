@@ -59,6 +59,7 @@ class ClipResult:
     series: dict = field(default_factory=dict)
     sync: dict = field(default_factory=dict)  # "lse"/"expert" -> {"generated": SyncResult|None, "reference": ..., "status": ...}
     perceptual: dict = field(default_factory=dict)
+    shifted_source: bool = False  # made from the reference's frames shifted by half (shifted_copy), not its own
     sheet: list = field(default_factory=list)  # [(frame index, gen mouth crop, ref mouth crop or None)]
     seconds: float = 0.0
 
@@ -483,6 +484,34 @@ def pair_folders(generated: Path, reference: Path, audio: Optional[Path] = None)
 
 
 SHIFTED_CRF = 10  # shifted copies of a clip are re-encoded nearly losslessly
+# a clip made from its frames shifted by half their number (shifted_copy) shows their pose and light: these would
+# compare different moments of the footage with each other, so they are left out ...
+SHIFT_BLIND = ("psnr_face", "psnr_mouth", "ssim_face", "ssim_mouth", "lmd", "delta_e", "delta_e_pixel")
+# ... except the colour shift, measured against the shifted frames instead: the colour the method itself changed
+SHIFT_COLOUR = ("delta_e", "delta_e_pixel")
+SHIFT_NOTE = ("not applicable: the clip was made from its own frames shifted by half their number (--shift-source), so "
+              "this would compare different moments of the footage")
+
+
+def against_shifted_source(res: ClipResult, source: Path, audio, **kw) -> ClipResult:
+    """``res`` (:func:`evaluate_pair` of a clip generated from ``source``, its reference's frames shifted by
+    :func:`shifted_copy`, with the speech ``audio``) with :data:`SHIFT_BLIND` left out and the colour shift
+    (:data:`SHIFT_COLOUR`, figures and per-frame series) measured against ``source``'s frames, which the generated
+    ones were made from. ``kw`` go to :func:`evaluate_pair` (its sync scores are not needed here: not asked for)."""
+    kw = {k: v for k, v in kw.items() if k not in ("syncnet", "expert", "syncnet_model", "expert_model", "protocol")}
+    kw["perceptual"] = False
+    made = evaluate_pair(res.generated, source, audio, protocol="self", **kw)
+    for k in SHIFT_BLIND:
+        res.metrics[k] = None
+        res.notes[k] = SHIFT_NOTE
+        res.series.pop(k, None)
+    for k in SHIFT_COLOUR:
+        res.metrics[k] = made.metrics.get(k)
+        res.notes.pop(k, None)
+        if k in made.series:
+            res.series[k] = made.series[k]
+    res.shifted_source = True
+    return res
 
 
 def shifted_copy(video: Path, dst: Path, start: int = 0, stop: int | None = None, fps: float | None = None) -> Path:
@@ -548,8 +577,12 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
         source = shifted_copy(clip, gen_dir / f".{clip.stem}_shifted.mp4") if shift else clip
         try:
             ls.sync(source, src_audio, out)
-            results.append(evaluate_pair(out, clip, src_audio, protocol=mode, max_seconds=max_seconds,
-                                         progress=progress, **eval_kw))
+            res = evaluate_pair(out, clip, src_audio, protocol=mode, max_seconds=max_seconds, progress=progress,
+                                **eval_kw)
+            if shift:
+                res = against_shifted_source(res, source, src_audio, max_seconds=max_seconds, progress=progress,
+                                             **eval_kw)
+            results.append(res)
         finally:
             if src_audio != speech:  # the cut speech was only needed to generate and score this clip
                 src_audio.unlink(missing_ok=True)

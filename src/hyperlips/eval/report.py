@@ -89,6 +89,7 @@ def clip_to_dict(res: ClipResult, per_frame: bool = True) -> dict:
         "frames": res.frames,
         "metrics": res.metrics,
         "not_reported": res.notes,
+        "shifted_source": res.shifted_source,
         "sync": res.sync,
         "perceptual": res.perceptual,
         "seconds": round(res.seconds, 2),
@@ -352,6 +353,8 @@ def clip_markdown(res: ClipResult, images: dict[str, Path | None]) -> str:
            f"| reference | `{res.reference}` |" if res.reference else "| reference | none (generated-only measures) |",
            f"| audio | `{res.audio}` |",
            f"| protocol | {res.protocol} |",
+           *(["| made from | the reference's frames shifted by half their number (`--shift-source`): colour shift "
+              "measured against them, the measures that need the same moment left out |"] if res.shifted_source else []),
            f"| frames | {res.frames} at {res.fps:g} fps, {res.width}x{res.height} |",
            f"| time | {res.seconds:.1f} s |", "", "## Lip sync", ""]
     out += _sync_table(res)
