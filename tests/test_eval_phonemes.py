@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hyperlips.demo import Phoneme, synthesize_with_phonemes
+from hyperlips.errors import UserError
 from hyperlips.eval.phonemes import (
     phoneme_class,
     phoneme_frames,
@@ -68,6 +69,76 @@ def test_scores_separate_a_mouth_that_follows_the_phonemes_from_one_that_does_no
     s = score_openings(np.r_[follows[:10], np.nan], marks + [(40, "vowel", "a")])
     assert (s["bilabials"], s["vowels"]) == (2, 1)
     assert math.isnan(separation_auc([], [0.1]))
+
+
+def test_recogniser_phones_read_as_espeak_ngs_classes():
+    from hyperlips.eval.phonemes import phoneme_class, recogniser_mnemonic
+
+    got = {p: phoneme_class(recogniser_mnemonic(p)) for p in ("B", "P", "M", "AA", "IY", "UW", "V", "SIL", "+NSN+", "N")}
+    assert got == {"B": "bilabial", "P": "bilabial", "M": "bilabial", "AA": "vowel", "IY": "vowel", "UW": "vowel",
+                   "V": None, "SIL": None, "+NSN+": None, "N": None}  # ARPAbet's V is a consonant
+
+
+def test_recorded_speech_is_timed_by_the_recogniser_across_recordings(real_data, tmp_path):
+    """Real recordings one after another: their phonemes where the recogniser hears them, the second's after the
+    first and the gap; the lips are closed at the middle of a /p b m/ (quiet) far more than at a vowel's."""
+    import soundfile as sf
+
+    from hyperlips.eval.phonemes import RECORDING_GAP, phoneme_frames, recorded_speech
+    from hyperlips.media.audio import load_audio
+    from hyperlips.media.phones import PHONES, read_phones
+
+    a, b = real_data / "retalking" / "audio1.wav", real_data / "hyperlips" / "audio1.wav"
+    wa, wb = load_audio(a), load_audio(b)
+    pcm, sr, marks = recorded_speech([a, b])
+    assert sr == 16000 and len(pcm) == len(wa) + int(RECORDING_GAP * sr) + len(wb)
+    starts = [m.start for m in marks]
+    assert starts == sorted(starts) and starts[-1] == pytest.approx(len(pcm) / sr)  # the end
+    second = len(wa) / sr + RECORDING_GAP
+    lips = [PHONES.index(n) for n in ("B", "M", "P")]
+    heard = [int(((p[1:] != p[:-1]) & np.isin(p[1:], lips)).sum() + (p[0] in lips))
+             for p in (read_phones(wa), read_phones(wb))]  # runs of B, M and P
+    bil = [m.start for m in marks if m.name in ("p", "b", "m")]
+    assert [sum(t < second for t in bil), sum(t >= second for t in bil)] == heard and min(heard) > 0
+    frames = phoneme_frames(marks, len(pcm) / sr, 100.0)
+
+    def loudness(k):
+        c = int(k * sr / 100)
+        return float(np.sqrt(np.mean(pcm[max(0, c - 160):c + 160] ** 2)))
+
+    closed = np.mean([loudness(k) for k, c, _ in frames if c == "bilabial"])
+    open_ = np.mean([loudness(k) for k, c, _ in frames if c == "vowel"])
+    assert closed < 0.4 * open_, (closed, open_)
+    silent = tmp_path / "silence.wav"
+    sf.write(str(silent), np.zeros(16000, np.float32), 16000)
+    with pytest.raises(UserError, match="no /p b m/"):
+        recorded_speech([silent])
+
+
+def test_phoneme_protocol_with_recorded_speech(more_data, real_data, tmp_path, capsys):
+    """``--speech``: a real recording instead of espeak-ng's; its /p b m/ and vowels as the recogniser hears them.
+    With --text too, or with another protocol, it is refused."""
+    from hyperlips.cli import main
+
+    clip, rec = more_data / "grid_lipnet" / "sbwe5n.mpg", real_data / "retalking" / "audio1.wav"
+    out = tmp_path / "ph"
+    code = main(["eval", "--clips", str(clip), "--protocol", "phonemes", "--untrained", "--model", "lite",
+                 "--speech", str(rec), "--device", "cpu", "--quiet", "-o", str(out)])
+    assert code == 0
+    data = json.loads((out / "phonemes.json").read_text())
+    assert data["recordings"] == [str(rec)] and data["text"] == ""
+    assert data["rows"]["hold"]["bilabials"] == sum(n in ("p", "b", "m") for _, n in data["phonemes"]) > 0
+    assert 5.0 < data["seconds"] < 5.5 and "phone recogniser" in (out / "phonemes.md").read_text()
+    capsys.readouterr()
+    code = main(["eval", "--clips", str(clip), "--protocol", "phonemes", "--untrained", "--speech", str(rec),
+                 "--text", "Bob", "-o", str(tmp_path / "both")])
+    assert code == 2 and "give one of them" in capsys.readouterr().err
+    code = main(["eval", "--clips", str(clip), "--protocol", "tail", "--untrained", "--speech", str(rec),
+                 "-o", str(tmp_path / "tail")])
+    assert code == 2 and "--speech is for --protocol phonemes" in capsys.readouterr().err
+    code = main(["eval", "--clips", str(clip), "--protocol", "phonemes", "--untrained", "--speech",
+                 str(tmp_path / "none.wav"), "-o", str(tmp_path / "none")])
+    assert code == 2 and "none.wav" in capsys.readouterr().err
 
 
 def test_phoneme_protocol_on_a_real_clip(more_data, tmp_path):

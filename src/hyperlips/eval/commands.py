@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, require_file
 
 EVAL_HELP = """Measure a lip-synced video against its original.
 
@@ -18,6 +18,7 @@ EVAL_HELP = """Measure a lip-synced video against its original.
         frames 5 frames late
   hyperlips eval --clips FOOTAGE --protocol phonemes --checkpoint PERSON.safetensors
         that tail re-synced to synthesised speech: is the mouth closed on /p b m/ and open on vowels?
+        (--speech A.wav [B.wav ...]: other people's recorded speech instead, timed by the phone recogniser)
 
 Writes report.json, report.md and PNG plots into --output. LSE-C/LSE-D need the public SyncNet weights
 (--syncnet syncnet_v2.model); our sync score uses the sync judge shipped in the package (mouth shapes from the
@@ -52,6 +53,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tail-fraction", type=float, default=0.15, help="tail protocol: share of the footage held out (0.15)")
     p.add_argument("--tail-seconds", type=_positive, help="tail protocol: seconds held out (instead of a share; at least 2)")
     p.add_argument("--text", help="phonemes protocol: the sentence espeak-ng speaks (default: one rich in /p b m/)")
+    p.add_argument("--speech", type=Path, nargs="+", metavar="AUDIO",
+                   help="phonemes protocol: recordings of real speech instead of espeak-ng's (other people's voices), "
+                        "played one after another, their phonemes as the phone recogniser hears them")
     p.add_argument("--syncnet", type=Path, help="public SyncNet weights (syncnet_v2.model) for LSE-C / LSE-D")
     p.add_argument("--expert", type=Path, help="our lip-sync judge or expert, for its sync confidence and offset "
                    "(default: the sync judge shipped in the package; a `train judge` or `train sync` checkpoint; "
@@ -89,6 +93,8 @@ def run_eval(args) -> int:
     from .report import summary_row, write_batch_report, write_clip_report
 
     progress = not args.quiet
+    if args.speech and args.protocol != "phonemes":
+        raise UserError("--speech is for --protocol phonemes (the speech a result was made with: --audio)")
     if args.output is None:
         one = args.generated is not None and not args.generated.is_dir() and args.clips is None
         args.output = Path("hyperlips_eval") / args.generated.stem if one else Path("hyperlips_eval")
@@ -171,7 +177,12 @@ def _run_phonemes(args, device: str, progress: bool) -> int:
     if args.text is not None and not args.text.strip():
         raise UserError("--text is empty: give the sentence to synthesise (or leave --text out for the default one, "
                         "rich in /p b m/)")
+    if args.speech and args.text is not None:
+        raise UserError("--speech and --text both say what is spoken: give one of them")
+    for path in args.speech or ():
+        require_file(path, "speech")
     res = run_phoneme_protocol(args.clips, args.output, checkpoint=args.checkpoint, text=args.text or PHONEME_TEXT,
+                               speech=args.speech,
                                fraction=args.tail_fraction, seconds=args.tail_seconds, device=device,
                                batch_size=args.batch_size, untrained=args.untrained, model=args.model,
                                progress=progress, temporal_blend=args.temporal_blend, mouth=args.mouth)

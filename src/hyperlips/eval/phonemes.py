@@ -9,6 +9,10 @@ gap on every output frame. At the middle of each phoneme:
 * **bilabials** (/p b m/): the lips touch, the gap should be near its smallest;
 * **vowels**: the gap should be larger.
 
+Real recordings can speak instead (``--speech``: other people's voices, as a person model meets them in use): their
+phonemes are then the ones the phone recogniser hears (``media.phones``, PocketSphinx), a few recordings played one
+after another.
+
 The figures: the mean gap (divided by the inter-ocular distance) at bilabials and at vowels, and the separation
 AUC, the chance that a random vowel frame shows a wider mouth than a random bilabial frame (0.5: the mouth ignores
 the phonemes; 1.0: every vowel more open than every bilabial). The same is measured with the reference mouth held
@@ -36,6 +40,9 @@ _VOWEL_STARTS = "aeiouAEIOUV@03"
 _STRESS = "',%="
 
 
+RECORDING_GAP = 0.3  # seconds of silence between recordings played one after another
+
+
 def phoneme_class(name: str) -> str | None:
     """"bilabial", "vowel" or None (other consonants and pauses) for an espeak-ng mnemonic."""
     bare = name.lstrip(_STRESS)
@@ -57,6 +64,47 @@ def phoneme_frames(phonemes, duration: float, fps: float) -> list[tuple[int, str
         frame = int(round(0.5 * (p.start + end) * fps))
         out.append((frame, cls, p.name))
     return out
+
+
+def recogniser_mnemonic(phone: str) -> str:
+    """A recogniser phone (``media.phones.PHONES``, ARPAbet) as :func:`phoneme_class` reads espeak-ng's: "p", "b",
+    "m" for the bilabials, a vowel as it is (each starts with A, E, I, O or U), anything else "_" + it (a class of
+    its own: ARPAbet's V is a consonant, espeak-ng's a vowel)."""
+    if phone in ("P", "B", "M"):
+        return phone.lower()
+    return phone if phone[:1] in "AEIOU" else "_" + phone
+
+
+def recorded_speech(paths, sample_rate: int = 16000, gap: float = RECORDING_GAP):
+    """Recordings of speech played one after another, ``gap`` s of silence between them: (float32 mono samples at
+    ``sample_rate``, the rate, their phonemes in order with start times, as the phone recogniser hears each
+    recording). Raises :class:`UserError` without the recogniser or without a /p b m/ heard."""
+    from ..demo import Phoneme
+    from ..media import phones
+    from ..media.audio import load_audio
+
+    if not phones.available():
+        raise UserError(f"timing real speech needs the phone recogniser ({phones.INSTALL_HINT})")
+    if sample_rate != phones.SAMPLE_RATE:
+        raise UserError(f"the phone recogniser reads {phones.SAMPLE_RATE} Hz speech, not {sample_rate}")
+    parts, marks, at = [], [], 0.0
+    silence = np.zeros(int(round(gap * sample_rate)), np.float32)
+    for k, path in enumerate(paths):
+        wav = load_audio(path, sample_rate)
+        if not len(wav):
+            raise UserError(f"{path} holds no audio")
+        ids = phones.read_phones(wav, sample_rate)
+        for i, p in enumerate(ids):
+            if i == 0 or p != ids[i - 1]:
+                marks.append(Phoneme(at + i / phones.FRAME_RATE, recogniser_mnemonic(phones.PHONES[int(p)])))
+        parts += [silence, wav] if k else [wav]
+        at += len(wav) / sample_rate
+        marks.append(Phoneme(at, "_"))  # the gap (or the end)
+        at += gap
+    if not any(phoneme_class(m.name) == "bilabial" for m in marks):
+        raise UserError("the recogniser hears no /p b m/ in " + ", ".join(str(p) for p in paths) +
+                        ": give speech with some to check the closed mouth on")
+    return np.concatenate(parts), sample_rate, marks
 
 
 def separation_auc(open_vowels, open_bilabials) -> float:
@@ -93,6 +141,7 @@ class PhonemeResult:
     rows: dict = field(default_factory=dict)  # method -> figures
     phonemes: list = field(default_factory=list)  # [start, name] pairs
     series: dict = field(default_factory=dict)  # method -> per-frame opening
+    recordings: list = field(default_factory=list)  # the real speech played instead of espeak-ng's (--speech)
 
 
 def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint=None,
@@ -100,9 +149,10 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
                          seconds: float | None = None, device: str = "auto", batch_size: int = 16,
                          untrained: bool = False, model: str | None = None, progress: bool = False,
                          baseline: bool = True, temporal_blend: float = DEFAULT_BLEND,
-                         mouth: str = "auto") -> PhonemeResult:
-    """Re-sync the held-out tail of ``footage`` to synthesised speech and time its mouth against the phonemes
-    (``mouth``: the LipSync's)."""
+                         mouth: str = "auto", speech=None) -> PhonemeResult:
+    """Re-sync the held-out tail of ``footage`` to synthesised speech (``text``, or the recordings ``speech``, timed
+    by the phone recogniser: :func:`recorded_speech`) and time its mouth against the phonemes (``mouth``: the
+    LipSync's)."""
     import soundfile as sf
 
     from ..demo import synthesize_with_phonemes
@@ -121,7 +171,12 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     work = out / "phonemes"
     ref_png = pick_reference(train_part, work / "reference.png")
     idle = write_segment(segs[0], work / "idle.mp4")
-    pcm, sr, phonemes = synthesize_with_phonemes(text, voice)
+    recordings = [Path(p) for p in speech or ()]
+    if recordings:
+        pcm, sr, phonemes = recorded_speech(recordings)
+        text = ""
+    else:
+        pcm, sr, phonemes = synthesize_with_phonemes(text, voice)
     if not any(phoneme_class(p.name) == "bilabial" for p in phonemes):
         raise UserError(f"the text has no /p b m/ to check: {text!r}")
     speech = work / "speech.wav"
@@ -132,7 +187,8 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     if baseline:
         methods["hold"] = LipSync(network=hold_reference_network(), device=device, batch_size=batch_size,
                                   progress=progress)
-    res = PhonemeResult(str(footage), text, round(duration, 3), phonemes=[[p.start, p.name] for p in phonemes])
+    res = PhonemeResult(str(footage), text, round(duration, 3), phonemes=[[p.start, p.name] for p in phonemes],
+                        recordings=[str(p) for p in recordings])
     videos = {}
     for name, sync in methods.items():
         video = work / f"{name}.mp4"
@@ -192,7 +248,9 @@ def phoneme_markdown(res: PhonemeResult) -> str:
 
     names = {"model": "model", "hold": "reference mouth held"}
     lines = [f"# Mouth against phonemes: {res.footage}", "",
-             f"Speech: espeak-ng, {res.seconds:.1f} s: \"{res.text}\"", "",
+             f"Speech: espeak-ng, {res.seconds:.1f} s: \"{res.text}\"" if not res.recordings else
+             f"Speech: {', '.join(f'`{r}`' for r in res.recordings)}, {res.seconds:.1f} s, its phonemes as the phone "
+             "recogniser hears them", "",
              "| method | bilabials | vowels | opening at /p b m/ | opening at vowels | bilabials below the vowels' median | AUC |",
              "|---|---|---|---|---|---|---|"]
     for m, r in res.rows.items():
