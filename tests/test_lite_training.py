@@ -150,7 +150,7 @@ def test_validation_also_renders_from_another_moments_frame(grid_view, tmp_path,
 def test_validation_sharpness_is_the_lip_box_laplacian_of_generated_over_real():
     import cv2
 
-    from hyperlips.train.lite import lip_box_laplacian
+    from hyperlips.train.lite_batch import lip_box_laplacian
 
     rng = np.random.default_rng(0)
     sharp = rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
@@ -235,7 +235,7 @@ def test_reader_augmentation_moves_the_points_with_the_pixels():
 
 
 def test_mouth_crops_are_square_around_the_lips():
-    from hyperlips.train.lite import mouth_crops
+    from hyperlips.train.lite_batch import mouth_crops
 
     img = torch.zeros(1, 3, 128, 128)
     img[:, :, 80:100, 40:88] = 1.0  # a bright "mouth"
@@ -246,7 +246,7 @@ def test_mouth_crops_are_square_around_the_lips():
 
 def test_mirrored_samples_flip_faces_boxes_and_shapes_together():
     from hyperlips.face.mouth_shape import N_SHAPE, mirror_shapes
-    from hyperlips.train.lite import mirrored, mouth_crops
+    from hyperlips.train.lite_batch import mirrored, mouth_crops
 
     g = torch.Generator().manual_seed(0)
     faces, target = torch.rand(3, 6, 128, 128, generator=g), torch.rand(3, 3, 128, 128, generator=g)
@@ -356,7 +356,8 @@ def test_source_shift_shows_the_upper_half_of_a_nearby_frame(grid_view):
 def test_a_shifted_sample_shows_its_source_and_is_not_scored_above_the_mask():
     from types import SimpleNamespace
 
-    from hyperlips.train.lite import LiteStage, masked_faces
+    from hyperlips.train.lite import LiteStage
+    from hyperlips.train.lite_batch import masked_faces
 
     g = torch.Generator().manual_seed(0)
     frames = (torch.rand(4, 3, 128, 128, generator=g) * 255).round().to(torch.uint8)
@@ -403,7 +404,7 @@ def test_source_shift_setting_trains_on_shifted_samples(grid_view, tmp_path, mon
 
 
 def test_change_loss_compares_the_generated_change_with_the_real_one():
-    from hyperlips.train.lite import change_loss, paired_batch
+    from hyperlips.train.lite_batch import change_loss, paired_batch
 
     g = torch.Generator().manual_seed(0)
     target = torch.rand(4, 3, 128, 128, generator=g)  # two pairs: frames 0, 1 then the frames after them 2, 3

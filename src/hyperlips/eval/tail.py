@@ -52,8 +52,6 @@ class TailResult:
     shifted: bool = False  # the model was driven from the tail's frames shifted by half its length
 
 
-
-
 def footage_videos(footage: Path) -> list[Path]:
     from ..data.preprocess import find_videos
 

@@ -21,8 +21,6 @@ ratio ``eval`` reports, here on the 128 px faces before any paste-back: below 1 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,91 +29,14 @@ from torch import Tensor
 from ..data.datasets import BASE_SIZE, Manifest
 from ..errors import UserError
 from .stage import Stage
-from .losses import box_mask, crop_resize, freeze, gan_discriminator_loss, gan_generator_loss, psnr
+from .losses import box_mask, freeze, gan_discriminator_loss, gan_generator_loss, psnr
+from .lite_batch import (change_loss, image_gradients, lip_box_laplacian, masked_faces, mirrored, mouth_crops,
+                         paired_batch)
+from .lite_encoder import spread_gain
 from .lite_settings import BLEND_KEEPS, needs_phone_head, new_network, with_settings
 from .runlog import image_grid, to_images
 
 PREVIEW_FRAMES = 8
-MOUTH_CROP = 64  # side of the mouth crops the discriminator judges
-MOUTH_MARGIN = 0.25  # the lip box grown by this much of its size on every side
-
-
-def masked_faces(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """-> (faces (N, 6, 128, 128) = [target with lower half zeroed, reference] in [0, 1], target (N, 3, 128, 128)).
-    With a ``source`` in the batch (``source_shift``), its upper half is shown instead of the target's."""
-    target = batch["target"].float() / 255.0
-    masked = batch["source"].float() / 255.0 if "source" in batch else target.clone()
-    masked[:, :, BASE_SIZE // 2:] = 0.0
-    return torch.cat([masked, batch["reference"].float() / 255.0], dim=1), target
-
-
-def mirrored(faces: Tensor, target: Tensor, shapes: Tensor, lip_box: Tensor, which: Tensor):
-    """The samples ``which`` (N,) bool seen in a mirror: faces (N, 6, H, W) and targets (N, 3, H, W) flipped
-    left-right, their mouth shapes (N, N_SHAPE) mirrored (``face.mouth_shape.mirror_shapes``), lip boxes (N, 4:
-    x1, y1, x2, y2 as fractions of the crop) flipped; the others unchanged."""
-    from ..face.mouth_shape import mirror_shapes
-
-    w4 = which.view(-1, 1, 1, 1)
-    box = lip_box.float()
-    flipped_box = torch.stack([1 - box[:, 2], box[:, 1], 1 - box[:, 0], box[:, 3]], dim=1)
-    return (torch.where(w4, faces.flip(3), faces), torch.where(w4, target.flip(3), target),
-            torch.where(which[:, None], mirror_shapes(shapes), shapes), torch.where(which[:, None], flipped_box, box))
-
-
-PAIRED = {"target": "next_target", "mel": "next_mel", "shape": "next_shape", "has_shape": "next_has_shape",
-          "lip_box": "next_lip_box", "reference": "reference", "source": "next_source", "shifted": "next_shifted"}
-
-
-def paired_batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A batch with the frames after its targets (``data.frames.FrameDataset`` with ``pairs``) as one twice the size:
-    the targets, then the frames after them with the same references; ``has_next`` (N,) says which pairs are real."""
-    out = {k: torch.cat([batch[k], batch[v]]) for k, v in PAIRED.items() if k in batch}
-    out["has_next"] = batch["has_next"].bool()
-    return out
-
-
-def change_loss(fake: Tensor, target: Tensor, lip_box: Tensor, use: Tensor, first_row: int,
-                mouth_weight: float) -> Tensor:
-    """L1 between the generated and the real change from each target (first half of the batch) to the frame after
-    it (second half), over rows ``first_row`` down (the generated ones), ``mouth_weight`` inside the target's lip
-    box; the mean over the pairs ``use`` (N/2,) bool (0 without any)."""
-    h = len(fake) // 2
-    w = 1.0 + (mouth_weight - 1.0) * box_mask(lip_box[:h], target.shape[2], target.shape[3])
-    d = (fake[h:].float() - fake[:h].float()) - (target[h:] - target[:h])
-    per = (d[:, :, first_row:].abs() * w[:, :, first_row:]).mean(dim=(1, 2, 3))  # (N/2,)
-    u = use.float()
-    return (per * u).sum() / u.sum().clamp_min(1.0)
-
-
-def image_gradients(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Horizontal and vertical differences of (N, C, H, W) images."""
-    return x[:, :, :, 1:] - x[:, :, :, :-1], x[:, :, 1:] - x[:, :, :-1]
-
-
-def mouth_crops(images: Tensor, lip_box: Tensor) -> Tensor:
-    """(N, 3, 128, 128) faces -> (N, 3, 64, 64) crops of the lip box grown by MOUTH_MARGIN (differentiable)."""
-    b = lip_box.float()
-    w, h = (b[:, 2] - b[:, 0]).clamp_min(0.05), (b[:, 3] - b[:, 1]).clamp_min(0.05)
-    side = torch.maximum(w, h) * (1 + 2 * MOUTH_MARGIN)  # square crops: lips keep their proportions
-    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-    box = torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], dim=1)
-    return crop_resize(images.float(), box, (MOUTH_CROP, MOUTH_CROP))
-
-
-def lip_box_laplacian(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8 faces, (N, 4) lip boxes (fractions, x1 y1 x2 y2) -> (N,) variance of the grey image's
-    3x3 Laplacian inside each box (``eval``'s sharpness measure; nan where the box is under 3 pixels wide or high)."""
-    from ..eval.metrics import laplacian_variance
-
-    n, h, w = images.shape[:3]
-    out = np.full(n, np.nan, np.float64)
-    for i in range(n):
-        x1, y1, x2, y2 = boxes[i]
-        c0, c1 = max(0, int(round(x1 * w))), min(w, int(round(x2 * w)))
-        r0, r1 = max(0, int(round(y1 * h))), min(h, int(round(y2 * h)))
-        if c1 - c0 >= 3 and r1 - r0 >= 3:
-            out[i] = laplacian_variance(images[i, r0:r1, c0:c1])
-    return out
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -157,29 +78,6 @@ def calibrate_shape_gain(model, data, max_gain: float = 3.0, batch_size: int = 6
     refs = {c.id: reference_frame(c, ranges.get(c.id, c.frame_range)) for c in val}
     ds = held_out_frames(val, train_ds, refs, model.mel_steps, model.mel_norm, model.mel_smooth, model.phones)
     return spread_gain(model.audio_encoder, ds, max_gain, batch_size)
-
-
-def spread_gain(encoder, ds, max_gain: float = 3.0, batch_size: int = 64, device="cpu") -> float:
-    """std(real shapes) / std(``encoder``'s shapes) over the frames of ``ds`` that have a shape, clipped to
-    [1, max_gain] (1 when it cannot be measured)."""
-    from torch.utils.data import default_collate
-
-    preds, reals = [], []
-    was = encoder.training
-    encoder.eval()
-    try:
-        with torch.no_grad():
-            for i in range(0, len(ds), batch_size):
-                b = default_collate([ds[g] for g in range(i, min(len(ds), i + batch_size))])
-                has = b["has_shape"].bool()
-                preds.append(encoder(b["mel"].float().to(device)).float().cpu()[has])
-                reals.append(b["shape"].float()[has])
-    finally:
-        encoder.train(was)
-    p, r = torch.cat(preds), torch.cat(reals)
-    if len(p) < 3 or float(p.std()) == 0:
-        return 1.0
-    return float(np.clip(float(r.std() / p.std()), 1.0, max_gain))
 
 
 class LiteStage(Stage):
@@ -321,70 +219,11 @@ class LiteStage(Stage):
         return tracks
 
     def fit_audio(self, seconds: float | None = None) -> None:
-        """Fit the audio encoder on the training frames (``train/lite_audio.py``), in at most ``seconds`` (fewer
-        steps when the first ones say it would take longer); it is frozen afterwards."""
-        from tqdm import tqdm
+        """Fit the audio encoder on the training frames, in at most ``seconds``, keeping the share of the fit
+        ``audio_blend`` chooses (``train/lite_encoder.py``); it is frozen afterwards."""
+        from .lite_encoder import fit_person_encoder
 
-        from .audio_blend import CHECK_SHARE, blend_states, choose_share, other_voices
-        from .lite_audio import fit_audio_encoder
-
-        tracks = self._audio_tracks()
-        cfg = self.cfg
-        fits = 2 if self._blend else 1  # a probe fit first chooses how much of the fit to keep
-        limit = "" if seconds is None else f", at most {seconds:.0f} s of the time budget"
-        probe = " and a probe fit choosing how much of it to keep" if self._blend else ""
-        self.ctx.say(f"fitting the audio encoder ({cfg.audio_steps} steps{probe}{limit}) before the renderer trains")
-        bar = tqdm(total=fits * cfg.audio_steps, desc="fit audio encoder", unit="step", leave=False,
-                   disable=not (cfg.progress and self.ctx.dist.main))
-        every, t0 = max(1, cfg.audio_steps // 10), time.perf_counter()
-
-        def on_step(done: int, loss: float) -> None:  # done: steps so far
-            bar.update(1)
-            if bar.disable and done % every == 0:  # no bar (a log file): a line every tenth of the fit
-                self.ctx.say(f"fit audio encoder: step {done}/{cfg.audio_steps}, loss {loss:.4f}, "
-                             f"{time.perf_counter() - t0:.0f} s")
-
-        def fit(encoder, part):
-            encoder.requires_grad_(True)
-            try:
-                return fit_audio_encoder(encoder, part, steps=cfg.audio_steps, lr=cfg.audio_lr, w_open=cfg.audio_w_open,
-                                         seed=cfg.seed, max_seconds=None if seconds is None else seconds / fits,
-                                         on_step=on_step)
-            finally:
-                encoder.requires_grad_(False)
-
-        enc = self.gen.audio_encoder
-        try:
-            voices = other_voices(self.gen) if self._blend and cfg.audio_voice_margin < 1 \
-                else []
-            share, scores, heard = choose_share(enc, tracks, fit, voices=voices, margin=cfg.audio_voice_margin) \
-                if self._blend else (1.0, {}, {})
-            start = {k: v.detach().clone() for k, v in enc.state_dict().items()}
-            rep = fit(enc, tracks)
-        finally:
-            bar.close()
-        if share < 1.0:
-            enc.load_state_dict(blend_states(enc.state_dict(), start, share))
-        if scores:
-            read = ", ".join(f"{s:.1f} r {r:.3f}" for s, r in scores.items())
-            kept = "the whole fit kept" if share == 1.0 else \
-                f"{share:.1f} of the fit kept, {1 - share:.1f} of its starting weights"
-            self.ctx.say(f"audio encoder: {kept} (a probe fitted on the first {1 - CHECK_SHARE:.0%} of the training "
-                         f"frames read the last {CHECK_SHARE:.0%} with each share of its fit: {read})")
-            if heard:
-                told = ", ".join(f"{s:.1f} {a:.2f}" for s, a in sorted(heard.items(), reverse=True))
-                self.ctx.say(f"audio encoder: other voices' /p b m/ told from their vowels (espeak-ng, AUC; at most "
-                             f"{cfg.audio_voice_margin:.2f} below the starting weights' 0.0 allowed) with each share: "
-                             f"{told}")
-            elif self._blend and cfg.audio_voice_margin < 1:
-                self.ctx.say("audio encoder: other voices not checked (espeak-ng could not speak)")
-        elif self._blend:
-            self.ctx.say("audio encoder: the whole fit kept (too few training frames left to check a probe fit on)")
-        if self.ctx.dist.enabled:  # a time limit may have cut the processes' fits differently: all take the first's
-            state = self.ctx.dist.broadcast({k: v.cpu() for k, v in self.gen.audio_encoder.state_dict().items()})
-            self.gen.audio_encoder.load_state_dict(state)
-        cut = f" of {rep.asked}: the time budget allowed no more" if rep.steps < rep.asked else ""
-        self.ctx.say(f"audio encoder fitted on {rep.frames} frames in {rep.seconds:.0f} s ({rep.steps} steps{cut})")
+        fit_person_encoder(self.gen, self._audio_tracks(), self.cfg, self.ctx, seconds, self._blend)
         self._gain_ready = False
 
     def ensure_shape_gain(self) -> float:
