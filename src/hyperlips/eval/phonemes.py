@@ -38,9 +38,7 @@ PHONEME_TEXT = ("Bob made a map for Pam. My mother bought a big bamboo boat. "
 BILABIALS = frozenset({"p", "b", "m"})
 _VOWEL_STARTS = "aeiouAEIOUV@03"
 _STRESS = "',%="
-
-
-RECORDING_GAP = 0.3  # seconds of silence between recordings played one after another
+RECORDING_GAP = 0.3  # seconds of silence between recordings played one after another (--speech)
 
 
 def phoneme_class(name: str) -> str | None:
