@@ -515,10 +515,12 @@ def test_sync_warp_and_hybrid_keep_the_frame_and_its_detail(real_data, tmp_path)
     assert diff["hybrid"] < diff["warp"], diff
 
 
-def test_auto_warps_the_starters_mouth_and_details_a_person_models(tmp_path):
+def test_auto_warps_a_starters_mouth_and_details_a_person_models(tmp_path):
     import shutil
 
-    from hyperlips.models import shipped
+    from hyperlips.models import load_checkpoint, save_checkpoint, shipped
+    from hyperlips.models.metadata import read_metadata
+    from hyperlips.mouth import is_generic_starter
     from hyperlips.pipeline import LipSync
 
     starter = shipped.starter()
@@ -526,9 +528,15 @@ def test_auto_warps_the_starters_mouth_and_details_a_person_models(tmp_path):
         pytest.skip("this build ships no starter")
     assert LipSync(progress=False).mouth == "warp"  # no weights given: the shipped starter
     assert LipSync(starter.path, progress=False).mouth == "warp"  # the same file, named (as the server does)
-    other = shutil.copy(starter.path, tmp_path / "person.safetensors")  # other Lite weights: a model of a person
-    assert LipSync(other, progress=False).mouth == "hybrid"
+    copy = shutil.copy(starter.path, tmp_path / "starter-copy.safetensors")  # a copy of it is still the starter
+    assert LipSync(copy, progress=False).mouth == "warp"
+    net, info = load_checkpoint(starter.path)  # the same weights without the starter's card: as finetune writes
+    config = {k: v for k, v in info.config.items() if k not in ("card", "extra", "name", "step", "format_version")}
+    other = save_checkpoint(net, tmp_path / "person.safetensors", info.name, config=config, step=1)
+    assert "card" not in read_metadata(other) and LipSync(other, progress=False).mouth == "hybrid"
     assert LipSync(other, progress=False, mouth="warp").mouth == "warp"
+    (tmp_path / "notes.safetensors").write_bytes(b"not weights")  # unreadable: not a starter (loading says why)
+    assert not is_generic_starter(tmp_path / "notes.safetensors") and not is_generic_starter(None)
     assert LipSync(untrained=True, model="lite", progress=False).mouth == "render"
     assert LipSync(untrained=True, progress=False).mouth == "render"  # HyperLips-Base has no mouth shapes
     assert LipSync(progress=False, mouth="render").mouth == "render"

@@ -35,9 +35,32 @@ def is_shipped_starter(checkpoint: str | os.PathLike | None) -> bool:
         return False
 
 
+def is_generic_starter(checkpoint: str | os.PathLike | None) -> bool:
+    """Whether ``checkpoint`` holds a generic starter: the file shipped in the package, a copy of it, or an earlier
+    version kept (a HyperLips-Lite safetensors file whose metadata carries a shipped card,
+    ``models.shipped.write_shipped``). The models ``finetune`` and ``train`` make carry none."""
+    if checkpoint is None:
+        return False
+    if is_shipped_starter(checkpoint):
+        return True
+    from .errors import CheckpointError
+    from .models.metadata import read_metadata
+
+    path = Path(checkpoint)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    try:
+        meta = read_metadata(path)
+    except CheckpointError:
+        return False
+    card = meta.get("card")
+    return meta.get("name") == "hyperlips-lite" and isinstance(card, dict) and "version" in card
+
+
 def choose_mouth(mouth: str, network, weights: str, *, fixed: bool, checkpoint=None) -> str:
-    """The mouth ``network`` shows for the option ``mouth``: ``auto`` is ``warp`` with the shipped starter (a
-    generic renderer draws a face it never saw soft), ``hybrid`` with other HyperLips-Lite weights (a person model
+    """The mouth ``network`` shows for the option ``mouth``: ``auto`` is ``warp`` with a generic starter (the shipped
+    one or a copy: :func:`is_generic_starter`; a generic renderer draws a face it never saw soft), ``hybrid`` with
+    other HyperLips-Lite weights (a person model
     draws its person's mouth closer to the speech than the warp places it) and ``render`` for HyperLips-Base or
     ``fixed`` networks (random weights, or one given directly). A :class:`UserError` for an unknown mode, or a
     warp asked of a network without mouth shapes (``weights`` names it)."""
@@ -46,7 +69,7 @@ def choose_mouth(mouth: str, network, weights: str, *, fixed: bool, checkpoint=N
         if not shapes or fixed:
             mouth = "render"
         else:
-            mouth = "warp" if is_shipped_starter(checkpoint) else "hybrid"
+            mouth = "warp" if is_generic_starter(checkpoint) else "hybrid"
     if mouth not in MOUTH_MODES:
         raise UserError(f"--mouth must be one of {', '.join(MOUTH_OPTIONS)} (got {mouth!r})")
     if mouth != "render" and not shapes:

@@ -132,12 +132,12 @@ class LipSync:
     (``media.phones``; needs the ``pocketsphinx`` package); False, or without the package (said once), it reads the
     sound alone, as it was also trained to. ``reads_phones`` says which.
     ``mouth``: ``render`` shows the network's face; ``warp`` (HyperLips-Lite) moves the frame's own lips and jaw to
-    the mouth shape the network reads from the speech (``face.mouth_warp``), the inside of a new opening drawn
-    dark: the person's own lips, skin and detail at full resolution; ``hybrid`` (HyperLips-Lite) shows the
-    network's face with the fine detail of that warped frame (``face.mouth_warp.with_detail``); ``auto``
-    (default): ``warp`` with the shipped starter (a generic renderer draws a face it never saw soft), ``hybrid``
-    with other HyperLips-Lite weights (a person model draws its person's mouth closer to the speech than the warp
-    places it), ``render`` with HyperLips-Base, random weights or a network given directly. ``mouth`` (the
+    the mouth shape the network reads from the speech (``face.mouth_warp``), the inside of a new opening drawn dark:
+    the person's own lips, skin and detail at full resolution; ``hybrid`` (HyperLips-Lite) shows the network's face
+    with the fine detail of that warped frame (``face.mouth_warp.with_detail``); ``auto`` (default): ``warp`` with
+    the shipped starter or a copy (a generic renderer draws a face it never saw soft; ``mouth.is_generic_starter``),
+    ``hybrid`` with other HyperLips-Lite weights (a person model draws its person's mouth closer to the speech than
+    the warp places it), ``render`` with HyperLips-Base, random weights or a network given directly. ``mouth`` (the
     attribute) says which was chosen.
     """
 
