@@ -22,27 +22,13 @@ WARP_GAIN = 1.5  # mouth="warp": the audio encoder's shapes times this (they spr
 WARP_MESH_SIZE = 256  # the face region is looked at by FaceMesh at this size for mouth="warp"
 
 
-def is_shipped_starter(checkpoint: str | os.PathLike | None) -> bool:
-    """Whether ``checkpoint`` is the starter file shipped in the package (as the server names it)."""
-    if checkpoint is None:
-        return False
-    from .models import shipped
-
-    starter = shipped.starter()
-    try:
-        return starter is not None and Path(checkpoint).resolve() == Path(starter.path).resolve()
-    except OSError:
-        return False
-
-
 def is_generic_starter(checkpoint: str | os.PathLike | None) -> bool:
     """Whether ``checkpoint`` holds a generic starter: the file shipped in the package, a copy of it, or an earlier
     version kept (a HyperLips-Lite safetensors file whose metadata carries a shipped card,
-    ``models.shipped.write_shipped``). The models ``finetune`` and ``train`` make carry none."""
+    ``models.shipped.write_shipped``: the shipped file carries one too). The models ``finetune`` and ``train`` make
+    carry none."""
     if checkpoint is None:
         return False
-    if is_shipped_starter(checkpoint):
-        return True
     from .errors import CheckpointError
     from .models.metadata import read_metadata
 
@@ -58,12 +44,12 @@ def is_generic_starter(checkpoint: str | os.PathLike | None) -> bool:
 
 
 def choose_mouth(mouth: str, network, weights: str, *, fixed: bool, checkpoint=None) -> str:
-    """The mouth ``network`` shows for the option ``mouth``: ``auto`` is ``warp`` with a generic starter (the shipped
-    one or a copy: :func:`is_generic_starter`; a generic renderer draws a face it never saw soft), ``hybrid`` with
-    other HyperLips-Lite weights (a person model
-    draws its person's mouth closer to the speech than the warp places it) and ``render`` for HyperLips-Base or
-    ``fixed`` networks (random weights, or one given directly). A :class:`UserError` for an unknown mode, or a
-    warp asked of a network without mouth shapes (``weights`` names it)."""
+    """The mouth ``network`` shows for the option ``mouth``: ``auto`` is ``warp`` with a generic starter (the
+    shipped one or a copy: :func:`is_generic_starter`; a generic renderer draws a face it never saw soft),
+    ``hybrid`` with other HyperLips-Lite weights (a person model draws its person's mouth closer to the speech than
+    the warp places it) and ``render`` for HyperLips-Base or ``fixed`` networks (random weights, or one given
+    directly). A :class:`UserError` for an unknown mode, or a warp asked of a network without mouth shapes
+    (``weights`` names it)."""
     shapes = hasattr(network, "predict_shape")
     if mouth == "auto":
         if not shapes or fixed:
