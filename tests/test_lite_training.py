@@ -654,6 +654,7 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     status = json.loads((tmp_path / "me.work/progress.json").read_text())
     assert status["done"] and status["step"] == 2 and Path(status["preview"]).is_file()
     assert _run_config(tmp_path / "me.work")["mouth_gan_weight"] == 0.0  # from scratch: no discriminator
+    assert _run_config(tmp_path / "me.work")["patience"] == 0  # nor an early stop (it learns for the hour)
     assert _run_config(tmp_path / "me.work")["threads"] == 1  # --threads reaches the run
     assert "val/opening_r" in status["val"]
     wav = write_wav(tmp_path / "speech.wav", 0.6)
@@ -761,3 +762,24 @@ def test_a_smoothed_mel_network_trains_and_syncs_on_the_mel_it_reads(grid_view, 
         assert not np.allclose(mel, normalise_utterance(np.asarray(ds.parts[0].clip.mel, np.float32)), atol=0.05)
     raw = np.asarray(tr.stage.train_clips[0].mel, np.float32)
     assert np.array_equal(network_mel(model, raw), normalise_utterance(raw, 12))
+
+
+def test_finetune_says_when_it_stopped_early_and_which_step_it_kept(tmp_path, capsys):
+    """The summary names the kept step (the best held-out r) and, when patience ended the run, how many steps had
+    brought no better one."""
+    import argparse
+
+    from hyperlips.train.finetune import _report
+    from hyperlips.train.loop import TrainResult
+
+    (tmp_path / "lite").mkdir()
+    rows = [{"step": s, "val/opening_r": r, "val/opening_err": 1 - r} for s, r in ((250, 0.5), (500, 0.6), (750, 0.55),
+                                                                                 (1000, 0.58))]
+    (tmp_path / "lite/scalars.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    args = argparse.Namespace(output=tmp_path / "me.safetensors")
+    for early in (True, False):
+        res = TrainResult(tmp_path / "lite", 1000, tmp_path / "m", None, [], {}, 600.0, 1.0, early)
+        _report(args, tmp_path, res)
+        out = capsys.readouterr().out
+        assert "kept step 500: held-out mouth-opening r 0.600" in out
+        assert ("stopped early: 500 steps without a better held-out r" in out) == early

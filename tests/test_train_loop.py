@@ -187,6 +187,43 @@ def test_best_checkpoint_is_the_lowest_validation_metric(sync_view, tmp_path, mo
     assert not all(torch.equal(best[k], last[k]) for k in best)
 
 
+def test_patience_stops_a_run_whose_held_out_figure_stopped_improving_and_resume_keeps_the_rule(
+        sync_view, tmp_path, monkeypatch):
+    """``patience`` 2: validations at steps 1..8 score 0.9, 0.5, 0.45, 0.6, 0.4, 0.45, 0.41, ...: the best moves to
+    step 5 (one validation without a new best before it does not stop it), and the run stops at step 7, two validations later, with its checkpoint (max_steps 20 not reached);
+    the best stays step 5. A run cut at step 6 and resumed stops at the same step; resuming a stopped run trains
+    nothing; patience 0 runs to max_steps."""
+    from hyperlips.train import loop, sync
+
+    scores = [0.9, 0.5, 0.45, 0.6, 0.4, 0.45, 0.41, 0.42, 0.43, 0.44, 0.3] + [0.5] * 20
+    calls = {"n": 0}
+
+    def val_metrics(self, values):
+        calls["n"] += 1
+        return {"val/loss": scores[calls["n"] - 1], "val/auc": 0.5}
+
+    monkeypatch.setattr(sync.SyncStage, "val_metrics", val_metrics)
+    common = dict(val_every=1, val_samples=2, ckpt_every=100, keep_last=10, patience=2)
+    res = _trainer("sync", sync_view, tmp_path / "run", max_steps=20, **common).fit()
+    assert res.step == 7 and calls["n"] == 7 and res.stopped_early
+    ck = loop.read_checkpoint(tmp_path / "run/checkpoints/best.pt")
+    assert ck["best"] == {"metric": "val/loss", "value": 0.4, "step": 5}
+    assert loop.latest_checkpoint(tmp_path / "run")[1]["step"] == 7
+
+    calls["n"] = 0
+    again = _trainer("sync", sync_view, tmp_path / "run", resume=True, max_steps=20, **common).fit()
+    assert again.step == 7 and calls["n"] == 0  # nothing to do
+
+    calls["n"] = 0
+    _trainer("sync", sync_view, tmp_path / "cut", max_steps=6, **common).fit()
+    resumed = _trainer("sync", sync_view, tmp_path / "cut", resume=True, max_steps=20, **common).fit()
+    assert resumed.step == 7 and calls["n"] == 7
+
+    calls["n"] = 0
+    off = _trainer("sync", sync_view, tmp_path / "off", max_steps=12, **{**common, "patience": 0}).fit()
+    assert off.step == 12 and calls["n"] == 12 and not off.stopped_early
+
+
 def test_the_progress_bar_says_when_it_validates(sync_view, tmp_path, capsys):
     """Validation holds the bar still for minutes with Base on a CPU: the bar counts its batches meanwhile."""
     from hyperlips.train.commands import stage_class

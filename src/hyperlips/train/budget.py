@@ -8,6 +8,11 @@ HyperLips-Lite fits its audio encoder there) is spent from the budget but left o
 The plan travels in checkpoints with the budget it was made for. A run resumed with the same budget keeps it until
 its own next validation re-plans; a run resumed with another one (more minutes to train on) drops it and plans
 again at its next validation, its learning rate back at full strength until then.
+
+A run may also stop before its budget or ``max_steps`` when the held-out figure has stopped improving
+(``patience``: that many validations in a row without a new best; :func:`patience_spent`). The best checkpoint is
+kept either way, so the time after it is what is saved. The rule reads only the step of the best validation, which
+checkpoints carry, so a resumed run stops exactly where the uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -66,3 +71,11 @@ class BudgetPlan:
                     "dropped" + (", the next validation plans again" if self.seconds else ""))
         self.planned_steps = planned
         return None
+
+
+def patience_spent(step: int, best_step: int | None, patience: int, val_every: int) -> bool:
+    """True when ``patience`` validations (every ``val_every`` steps) have passed since the best one, at
+    ``best_step``, without a better one (``patience`` 0, or no best yet: never)."""
+    if patience <= 0 or best_step is None or val_every <= 0:
+        return False
+    return step - int(best_step) >= int(patience) * int(val_every)

@@ -95,6 +95,8 @@ class TrainConfig:
     warmup_steps: int = 0
     max_minutes: float = 0.0  # wall-clock budget of the run (validation included; 0 = none); the run stops,
     # validates and saves when it is spent. Counted across resumes.
+    patience: int = 0  # stop once this many validations in a row bring no new best (0 = never; the best checkpoint
+    # is kept either way; train/budget.patience_spent)
     progress: bool = False  # a progress bar with ETA instead of a line per logged step
     progress_file: str | None = None  # JSON status (step, elapsed, eta, last validation, preview) for other tools
     # bookkeeping

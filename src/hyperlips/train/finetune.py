@@ -282,7 +282,11 @@ def _report(args: argparse.Namespace, work: Path, res) -> None:
         print(f"trained HyperLips-Lite for {res.step} steps ({minutes:.1f} min this run): {args.output}")
         return
     best = min(vals, key=lambda r: r.get("val/opening_err", 2.0))
-    print(f"trained HyperLips-Lite for {res.step} steps ({minutes:.1f} min this run); kept step {best['step']}: "
+    why = ""
+    if res.stopped_early:
+        why = (f", stopped early: {res.step - best['step']} steps without a better held-out r (patience; "
+               "--set patience=0 trains for the whole time)")
+    print(f"trained HyperLips-Lite for {res.step} steps ({minutes:.1f} min this run{why}); kept step {best['step']}: "
           f"held-out mouth-opening r {best['val/opening_r']:.3f} (predicted shapes {best.get('val/shape_r', math.nan):.3f}; "
           f"from other moments' frames, as sync renders: {best.get('val/opening_r_other', math.nan):.3f}), "
           f"mouth sharpness {best.get('val/sharpness', math.nan):.2f} of the real, "

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..errors import UserError
-from .budget import BudgetPlan
+from .budget import BudgetPlan, patience_spent
 from .checkpoints import (
     CKPT_DIR,
     CKPT_FORMAT,
@@ -93,6 +93,7 @@ class TrainResult:
     metrics: dict[str, float]  # last validation
     seconds: float
     samples_per_second: float
+    stopped_early: bool = False  # ended by ``patience``: the held-out figure had stopped improving
 
 
 class Trainer:
@@ -125,6 +126,14 @@ class Trainer:
         if self.planned_steps is not None:
             return min(int(self.cfg.max_steps), int(self.planned_steps))
         return int(self.cfg.max_steps)
+
+    def _no_better(self, step: int, best: dict[str, Any]) -> bool:
+        return patience_spent(step, best.get("step"), self.cfg.patience, self.cfg.val_every)
+
+    def _no_better_message(self, step: int, best: dict[str, Any]) -> str:
+        n = (step - int(best["step"])) // max(1, self.cfg.val_every)
+        return (f"{n} validations without a better {best['metric']} than step {best['step']}'s "
+                f"({best['value']:.4f}; patience {self.cfg.patience})")
 
     def _plan(self, step: int, val_seconds: float | None) -> None:
         """Plan the budget's steps at ``step`` (:mod:`.budget`), after a validation of ``val_seconds`` (None: none
@@ -324,6 +333,8 @@ class Trainer:
         elif budget and self.elapsed >= budget:
             self.say(f"the time budget ({cfg.max_minutes:g} min) is already spent at step {step}: nothing to do; a "
                      "larger --minutes continues the run")
+        elif self._no_better(step, best):
+            self.say(self._no_better_message(step, best) + ": nothing to do (--set patience=0 trains on)")
         elif step == 0:
             stage.prepare(self.budget.prepare_limit(self.elapsed))  # once, before a fresh run's first step
             out_of_time()
@@ -336,7 +347,7 @@ class Trainer:
                 log.scalars(0, metrics)
                 self.say("validation before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         t_log, n_log = time.perf_counter(), 0
-        stop = step >= self.max_steps() or (budget and self.elapsed >= budget)
+        stop = step >= self.max_steps() or (budget and self.elapsed >= budget) or self._no_better(step, best)
         with _deferred_interrupt(self) as interrupted:  # Ctrl-C: stop after the step, with a checkpoint
             while not stop:
                 schedule.apply(step, self.planned_steps)
@@ -393,7 +404,10 @@ class Trainer:
                 if step % cfg.ckpt_every == 0 or last or is_best:
                     self.save(stage, step, best, is_best=is_best)
                     last_saved = step
-                stop = last or step >= self.max_steps() or out_of_time() or bool(interrupted)
+                stale = validate and self.dist.broadcast(self._no_better(step, best))
+                if stale and not last:
+                    self.say(self._no_better_message(step, best) + ": stopping here (patience)")
+                stop = last or stale or step >= self.max_steps() or out_of_time() or bool(interrupted)
         if last_saved != step and step > 0:
             self.save(stage, step, best)
         progress.close(step, metrics)
@@ -406,4 +420,4 @@ class Trainer:
         model = self.run / "model.safetensors"
         best_path = self.run / "best.safetensors"
         return TrainResult(self.run, step, model, best_path if best_path.exists() else None, self.history, metrics,
-                           elapsed, sps)
+                           elapsed, sps, self._no_better(step, best))
