@@ -144,6 +144,7 @@ def test_validation_also_renders_from_another_moments_frame(grid_view, tmp_path,
     assert any(torch.equal(upper(f), torch.from_numpy(others[:len(f)])[:, :, :64].float() / 255) for f in shown)
     assert np.isfinite(res.metrics["val/opening_r_other"]) and np.isfinite(res.metrics["val/opening_r"])
     assert res.metrics["val/opening_r_other"] != res.metrics["val/opening_r"]
+    assert res.metrics["val/opening_err_other"] == pytest.approx(1 - res.metrics["val/opening_r_other"])
     assert len(read) % 2 == 0 and len(read) >= 2  # each batch read twice: from its own frames, from the others
 
 
@@ -683,6 +684,7 @@ def test_finetune_from_weights_adds_the_mouth_discriminator(more_data, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     cfg = _run_config(tmp_path / "a.work")
     assert (cfg["mouth_gan_weight"], cfg["mouth_gan_start"]) == (0.01, 0)
+    assert (cfg["val_every"], cfg["patience"]) == (250, 8)  # validated often, stopped once it stops improving
     assert cfg["init"]  # it did start from weights
 
 
@@ -773,8 +775,8 @@ def test_finetune_says_when_it_stopped_early_and_which_step_it_kept(tmp_path, ca
     from hyperlips.train.loop import TrainResult
 
     (tmp_path / "lite").mkdir()
-    rows = [{"step": s, "val/opening_r": r, "val/opening_err": 1 - r} for s, r in ((250, 0.5), (500, 0.6), (750, 0.55),
-                                                                                 (1000, 0.58))]
+    rows = [{"step": s, "val/opening_r": r, "val/opening_err": 1 - r, "val/other": o}
+            for s, r, o in ((250, 0.5, 0.4), (500, 0.6, 0.5), (750, 0.55, 0.3), (1000, 0.58, 0.6))]
     (tmp_path / "lite/scalars.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     args = argparse.Namespace(output=tmp_path / "me.safetensors")
     for early in (True, False):
@@ -783,3 +785,14 @@ def test_finetune_says_when_it_stopped_early_and_which_step_it_kept(tmp_path, ca
         out = capsys.readouterr().out
         assert "kept step 500: held-out mouth-opening r 0.600" in out
         assert ("stopped early: 500 steps without a better held-out r" in out) == early
+    _report(args, tmp_path, res, "val/other")  # the step the run's own metric chose
+    assert "kept step 750" in capsys.readouterr().out
+
+
+def test_finetune_validates_long_footage_less_often():
+    """Every 250 steps up to 1,200 held-out frames (a minute of footage holds out about 230, GRID's four minutes
+    1,125), then in proportion: validation keeps to a bounded share of the time."""
+    from hyperlips.train.finetune import validation_interval
+
+    assert [validation_interval(n) for n in (1, 230, 1125, 1200, 1201, 2400, 2401, 9000)] == [
+        250, 250, 250, 250, 500, 500, 750, 2000]

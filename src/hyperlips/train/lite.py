@@ -14,7 +14,9 @@ Two parts learn side by side, each with its own optimiser:
 Validation runs what inference runs (the mouth shape predicted from audio, one reference frame from the
 training part) on the held-out frames in order, and measures the mouth opening on the generated faces with
 FaceMesh: ``val/opening_r`` is its correlation with the real frames' opening (``val/opening_err`` = 1 - r picks
-``best``); ``val/shape_r`` the same for the predicted shapes alone, before rendering; ``val/sharpness`` the
+``best``); ``val/opening_r_other`` the same rendered from the upper half of a frame of another moment, as ``sync``
+renders a video with new speech (``best_metric: val/opening_err_other``, 1 - that r, keeps the best by it);
+``val/shape_r`` the same for the predicted shapes alone, before rendering; ``val/sharpness`` the
 variance of the Laplacian inside the lip boxes of the generated faces over that of the real ones (the sharpness
 ratio ``eval`` reports, here on the 128 px faces before any paste-back: below 1 = blurrier).
 """
@@ -367,7 +369,9 @@ class LiteStage(Stage):
         out["val/opening_err"] = 1.0 - r_gen if np.isfinite(r_gen) else 2.0
         out["val/shape_r"] = pearson(values["opening_pred"], values["opening_real"])
         if "opening_gen_other" in values:
-            out["val/opening_r_other"] = pearson(values["opening_gen_other"], values["opening_real"])
+            r_other = pearson(values["opening_gen_other"], values["opening_real"])
+            out["val/opening_r_other"] = r_other
+            out["val/opening_err_other"] = 1.0 - r_other if np.isfinite(r_other) else 2.0
         out["val/faces_found"] = float(np.isfinite(values["opening_gen"]).mean())
         gen, real = values.get("sharp_gen"), values.get("sharp_real")
         if real is not None and np.isfinite(real).any() and np.nanmean(real) > 0:
