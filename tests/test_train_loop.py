@@ -67,7 +67,8 @@ def test_a_models_defaults_yield_to_the_config_file(tmp_path, stage, model, name
     """`train base|sync --model lite --config FILE`: the compact model's defaults (batch 16 or 32, its learning
     rate) come before the file, the file before --set and the options; a file naming the model brings them too."""
     from hyperlips.cli import build_parser
-    from hyperlips.train.commands import LITE_DEFAULTS, SYNC_LITE_DEFAULTS, config_from_args
+    from hyperlips.train.commands import config_from_args
+    from hyperlips.train.config import LITE_DEFAULTS, SYNC_LITE_DEFAULTS
 
     lite = LITE_DEFAULTS if name == "hyperlips-lite" else SYNC_LITE_DEFAULTS
     f = tmp_path / "c.yaml"

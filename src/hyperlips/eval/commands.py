@@ -38,7 +38,7 @@ def _positive(text: str) -> float:
 
 
 def add_parser(subparsers) -> None:
-    from ..cli import add_model_options
+    from ..options import add_model_options
 
     p = subparsers.add_parser("eval", help="measure lip sync, image quality, colour and stability of a result",
                               description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)

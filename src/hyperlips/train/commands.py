@@ -124,7 +124,7 @@ def config_from_args(args: argparse.Namespace):
     """The run's TrainConfig: stored config (when resuming) or defaults + --config, then --set, then options."""
     from ..errors import UserError
     from .checkpoints import latest_checkpoint
-    from .config import TrainConfig, build_config, load_config, parse_overrides
+    from .config import MODEL_DEFAULTS, TrainConfig, build_config, load_config, parse_overrides
 
     overrides: dict[str, Any] = {}
     overrides.update(parse_overrides(args.set))
@@ -153,25 +153,13 @@ def config_from_args(args: argparse.Namespace):
     model = overrides.get("model")
     if model is None and args.config is not None:  # the model named in the file brings its defaults too
         model = load_config(args.config).get("model")
-    defaults = {"syncnet-lite": SYNC_LITE_DEFAULTS, "hyperlips-lite": LITE_DEFAULTS}.get(model, {})
+    defaults = MODEL_DEFAULTS.get(model, {})
     cfg = build_config(args.stage, args.config, overrides, model_defaults=defaults)
     if not cfg.data:
         raise UserError("no dataset given: hyperlips train %s DATA --out RUN (DATA from hyperlips preprocess)" % args.stage)
     if not cfg.out:
         raise UserError("no run folder given: --out RUN")
     return cfg
-
-
-# `train sync --model lite` starts from these: a faster schedule, multiple choice among 8 windows and the mouth
-# opening as a second target (the recipe of the shipped expert; docs/training.md)
-SYNC_LITE_DEFAULTS: dict[str, Any] = {"batch_size": 32, "lr": 1e-3, "betas": (0.9, 0.999), "lr_schedule": "cosine",
-                                      "warmup_steps": 200, "sync_candidates": 8, "sync_aux_weight": 1.0, "val_every": 500,
-                                      "ckpt_every": 500}
-
-# `train base --model lite` starts from these (then --config, --set and the options, as for every stage)
-LITE_DEFAULTS: dict[str, Any] = {"batch_size": 16, "lr": 5e-4, "betas": (0.9, 0.99),
-                                 "lr_schedule": "cosine", "warmup_steps": 100, "val_every": 1000, "ckpt_every": 1000,
-                                 "workers": 0, "amp": "auto"}
 
 
 def usage_hint(stage: str, model: Path, base: str | None = None) -> str:

@@ -141,6 +141,18 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# a model's defaults come after its stage's (then --config, --set and the options, as for every stage)
+LITE_DEFAULTS: dict[str, Any] = {"batch_size": 16, "lr": 5e-4, "betas": (0.9, 0.99),
+                                 "lr_schedule": "cosine", "warmup_steps": 100, "val_every": 1000, "ckpt_every": 1000,
+                                 "workers": 0, "amp": "auto"}  # HyperLips-Lite (`train base --model lite`, finetune)
+# the compact expert (`train sync --model lite`): a faster schedule, multiple choice among 8 windows and the mouth
+# opening as a second target (the recipe of the shipped expert; docs/training.md)
+SYNC_LITE_DEFAULTS: dict[str, Any] = {"batch_size": 32, "lr": 1e-3, "betas": (0.9, 0.999), "lr_schedule": "cosine",
+                                      "warmup_steps": 200, "sync_candidates": 8, "sync_aux_weight": 1.0, "val_every": 500,
+                                      "ckpt_every": 500}
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"hyperlips-lite": LITE_DEFAULTS, "syncnet-lite": SYNC_LITE_DEFAULTS}
+
+
 def _field_types() -> dict[str, Any]:
     return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 

@@ -213,8 +213,7 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
 
 
 def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
-    from .commands import LITE_DEFAULTS
-    from .config import build_config, parse_overrides
+    from .config import LITE_DEFAULTS, build_config, parse_overrides
     from .lite import LiteStage
 
     from .checkpoints import latest_checkpoint
