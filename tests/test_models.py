@@ -322,6 +322,75 @@ def test_activations_in_place_only_where_nothing_else_holds_the_tensor():
     assert torch.equal(x, kept)
 
 
+@pytest.mark.parametrize("name", ["hyperlips-base", "hyperlips-hr-256"])
+def test_live_taps_keep_the_outputs_and_cut_base_audio_encoder(name, monkeypatch):
+    """As sync runs them: the taps that only meet zero padding left out, the outputs the same to float rounding,
+    the parameters and state dict untouched. In Base the dilated 5x5 depthwise convolutions at the end of the audio
+    encoder (a 5x1 map) are the ones cut, to their kernel's middle column."""
+    import copy
+
+    from hyperlips.models import inference
+    from hyperlips.models.inference import LiveTapsConv2d, fold_batchnorm, live_taps, prepare_for_inference
+
+    torch.manual_seed(7)
+    net = _with_random_batchnorm_stats(create_model(name), 3)
+    as_sync = prepare_for_inference(copy.deepcopy(net))
+    fold_batchnorm(net)
+    cut = copy.deepcopy(net)
+    n = live_taps(cut)
+    assert n > 0 and sum(isinstance(m, LiveTapsConv2d) for m in cut.modules()) == n
+    assert sum(isinstance(m, LiveTapsConv2d) for m in as_sync.modules()) == n
+    assert cut.state_dict().keys() == net.state_dict().keys()
+    spans = []
+    real = inference._live_span
+    monkeypatch.setattr(inference, "_live_span", lambda *a: spans.append((a, real(*a))) or spans[-1][1])
+    if name == "hyperlips-hr-256":
+        x, kw = (torch.rand(2, 6, 128, 128),), {"first_row": 140}
+    else:
+        x, kw = (torch.randn(2, 1, 80, 16), torch.rand(2, 6, 128, 128)), {"first_row": 69}
+    with torch.no_grad():
+        for args in ({}, kw):
+            torch.testing.assert_close(cut(*x, **args), net(*x, **args), rtol=0, atol=2e-6)
+    taken = {a: s for a, s in spans if s is not None}
+    if name == "hyperlips-base":  # the width axis of a 5x1 map: tap 2 of 5 alone, dilation 2, padding 4
+        assert taken[(1, 5, 1, 4, 2)] == (2, 2, 0, 1)
+
+
+def test_live_taps_give_the_convolution_on_every_geometry():
+    """Against nn.Conv2d on random kernels, strides, paddings, dilations, groups and small inputs (where taps
+    meet only padding): the same output shape and values; the taps cut are exactly those no output reads."""
+    import random
+
+    from hyperlips.models.inference import LiveTapsConv2d, _live_span
+
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    cut = 0
+    for _ in range(400):
+        k, s, d = [(rng.choice([1, 3, 5]), rng.choice([1, 3, 5])), (rng.choice([1, 2]), rng.choice([1, 2])),
+                   (rng.choice([1, 2, 3]), rng.choice([1, 2]))]
+        p, groups = (rng.randint(0, 5), rng.randint(0, 5)), rng.choice([1, 4])
+        conv = nn.Conv2d(4, 4, k, s, p, d, groups=groups)
+        x = torch.randn(2, 4, rng.randint(1, 7), rng.randint(1, 7))
+        try:
+            ref = conv(x)
+        except RuntimeError:  # a kernel larger than the padded input
+            continue
+        for i in (0, 1):
+            n, m = x.shape[2 + i], ref.shape[2 + i]
+            span = _live_span(n, k[i], s[i], p[i], d[i])
+            read = sorted({t for j in range(m) for t in range(k[i]) if 0 <= j * s[i] - p[i] + t * d[i] < n})
+            if span is not None:
+                cut += 1
+                assert read == list(range(span[0], span[1] + 1))
+        conv.__class__ = LiveTapsConv2d
+        with torch.no_grad():
+            out = conv(x)
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    assert cut > 20  # the cut path was taken often (49 of the axes here)
+
+
 def test_encoder_feature_shapes(base):
     with torch.no_grad():
         f = base.face_encoder(torch.rand(1, 6, 128, 128))
