@@ -329,8 +329,9 @@ def test_live_taps_keep_the_outputs_and_cut_base_audio_encoder(name, monkeypatch
     encoder (a 5x1 map) are the ones cut, to their kernel's middle column."""
     import copy
 
-    from hyperlips.models import inference
-    from hyperlips.models.inference import LiveTapsConv2d, fold_batchnorm, live_taps, prepare_for_inference
+    from hyperlips.models import cpu_convs
+    from hyperlips.models.cpu_convs import LiveTapsConv2d, live_taps
+    from hyperlips.models.inference import fold_batchnorm, prepare_for_inference
 
     torch.manual_seed(7)
     net = _with_random_batchnorm_stats(create_model(name), 3)
@@ -339,11 +340,11 @@ def test_live_taps_keep_the_outputs_and_cut_base_audio_encoder(name, monkeypatch
     cut = copy.deepcopy(net)
     n = live_taps(cut)
     assert n > 0 and sum(isinstance(m, LiveTapsConv2d) for m in cut.modules()) == n
-    assert sum(isinstance(m, LiveTapsConv2d) for m in as_sync.modules()) == n
+    assert sum(isinstance(m, LiveTapsConv2d) and max(m.kernel_size) > 1 for m in as_sync.modules()) == n
     assert cut.state_dict().keys() == net.state_dict().keys()
     spans = []
-    real = inference._live_span
-    monkeypatch.setattr(inference, "_live_span", lambda *a: spans.append((a, real(*a))) or spans[-1][1])
+    real = cpu_convs._live_span
+    monkeypatch.setattr(cpu_convs, "_live_span", lambda *a: spans.append((a, real(*a))) or spans[-1][1])
     if name == "hyperlips-hr-256":
         x, kw = (torch.rand(2, 6, 128, 128),), {"first_row": 140}
     else:
@@ -356,12 +357,57 @@ def test_live_taps_keep_the_outputs_and_cut_base_audio_encoder(name, monkeypatch
         assert taken[(1, 5, 1, 4, 2)] == (2, 2, 0, 1)
 
 
+@pytest.mark.parametrize("name", ["hyperlips-base", "hyperlips-lite", "hyperlips-hr-256"])
+def test_fused_activations_keep_the_outputs(name):
+    """As sync runs them on a CPU (channels-last): each convolution with the residual added to it and the
+    activation after it in one fused pass gives the step-by-step outputs (float32: to float rounding; bfloat16:
+    within one step of its rounding, the sum now rounded once); the state dict is the same; NCHW inputs, which the
+    fused kernels take only where a map is 1x1, give the same to float rounding."""
+    import copy
+
+    from hyperlips.models.blocks import ConvBlock
+    from hyperlips.models.cpu_convs import ConvAct2d, _fusable, fused_activations, live_taps
+    from hyperlips.models.inference import activations_in_place, fold_batchnorm, prepare_for_inference
+
+    if "relu" not in _fusable():
+        pytest.skip("this PyTorch has no fused CPU convolution kernels")
+    def count(network):
+        return sum(getattr(m, "fused", None) is not None for m in network.modules() if isinstance(m, ConvBlock)) + \
+            sum(isinstance(m, ConvAct2d) for m in network.modules())
+
+    torch.manual_seed(8)
+    net = _with_random_batchnorm_stats(create_model(name), 4)
+    as_sync = prepare_for_inference(copy.deepcopy(net))
+    for step in (fold_batchnorm, activations_in_place, live_taps):
+        step(net)
+    fused = copy.deepcopy(net)
+    n = fused_activations(fused)
+    blocks = [m for m in fused.modules() if isinstance(m, ConvBlock)]
+    assert n == count(fused) == count(as_sync)
+    if name == "hyperlips-base":  # up_conv's and the head's blocks, the decoder's and encoders' conv + activation
+        assert all(m.fused is not None for m in blocks) and len(blocks) == 3 and n == 83
+    assert n > 0 and fused.state_dict().keys() == net.state_dict().keys()
+    if name.startswith("hyperlips-hr"):
+        x, kw = (torch.rand(2, 6, 128, 128),), {"first_row": 140}
+    else:
+        x = (torch.randn(2, 1, 80, getattr(net, "mel_steps", 16)), torch.rand(2, 6, 128, 128))
+        kw = {"first_row": 69} if name == "hyperlips-base" else {}
+    cl = torch.channels_last
+    with torch.no_grad():
+        torch.testing.assert_close(fused(*x, **kw), net(*x, **kw), rtol=0, atol=1e-6)  # NCHW
+        for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 4e-3)):
+            a = copy.deepcopy(net).to(dtype, memory_format=cl)
+            b = copy.deepcopy(fused).to(dtype, memory_format=cl)
+            xs = tuple(t.to(dtype).contiguous(memory_format=cl) for t in x)
+            torch.testing.assert_close(b(*xs, **kw).float(), a(*xs, **kw).float(), rtol=0, atol=tol)
+
+
 def test_live_taps_give_the_convolution_on_every_geometry():
     """Against nn.Conv2d on random kernels, strides, paddings, dilations, groups and small inputs (where taps
     meet only padding): the same output shape and values; the taps cut are exactly those no output reads."""
     import random
 
-    from hyperlips.models.inference import LiveTapsConv2d, _live_span
+    from hyperlips.models.cpu_convs import LiveTapsConv2d, _live_span
 
     rng = random.Random(0)
     torch.manual_seed(0)

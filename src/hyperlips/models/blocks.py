@@ -20,8 +20,13 @@ class ConvBlock(nn.Module):
         self.act = nn.ReLU()
         self.residual = residual
         self.add_in_place = False  # inference: the residual added into the convolution's output (models.inference)
+        self.fused = None  # inference: convolution, residual add and ReLU in one call (models.inference.fused_activations)
 
     def forward(self, x: Tensor) -> Tensor:  # (N, cin, H, W) -> (N, cout, H', W')
+        if self.fused is not None:
+            out = self.fused(x)
+            if out is not None:
+                return out
         out = self.conv_block(x)
         if self.residual:
             out = out.add_(x) if self.add_in_place else out + x

@@ -1,7 +1,8 @@
 """Inference-only rewrites of a network: every batch norm folded into the convolution before it
-(:func:`fold_batchnorm`), the activations after them computed in place (:func:`activations_in_place`), and the
-kernel taps that only ever meet zero padding left out (:func:`live_taps`); :func:`prepare_for_inference` does all
-three, as ``sync`` and ``bench`` run the networks.
+(:func:`fold_batchnorm`), the activations after them computed in place (:func:`activations_in_place`), the
+kernel taps that only ever meet zero padding left out, and on a CPU a convolution, the residual added to it and
+the activation after them computed in one pass (:mod:`.cpu_convs`); :func:`prepare_for_inference` does all four,
+as ``sync`` and ``bench`` run the networks.
 
 In eval mode a BatchNorm2d is a per-channel affine map, y = s * x + t with s = gamma / sqrt(var + eps) and
 t = beta - mean * s, so a convolution followed by it is one convolution with its output channels scaled by s and
@@ -15,10 +16,10 @@ CPU saves about an eighth of HyperLips-Base's time. The folded network cannot be
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .blocks import ConvBlock, ConvTransposeBlock
+from .cpu_convs import fused_activations, live_taps
 from .hyper import BatchConv2d
 
 # modules whose output is a new tensor that nothing else holds (inside an nn.Sequential, only the next module sees
@@ -114,57 +115,11 @@ def activations_in_place(net: nn.Module) -> int:
     return changed
 
 
-def _live_span(n: int, k: int, s: int, p: int, d: int) -> tuple[int, int, int, int] | None:
-    """One axis of a convolution (``k`` taps, stride ``s``, zero padding ``p``, dilation ``d``) over ``n`` input
-    pixels: ``(first, last, padding, dilation)`` of the taps that ever meet an input pixel, with the padding that
-    keeps every output where it was; None when all taps do, when none does, or when the cut would move the output."""
-    m = (n + 2 * p - d * (k - 1) - 1) // s + 1  # output pixels
-    if m < 1:
-        return None
-    # tap t reads pixel j * s - p + t * d of output j: live if some output j in [0, m) lands it inside [0, n)
-    live = [t for t in range(k) if max(0, -((t * d - p) // s)) <= min(m - 1, (n - 1 + p - t * d) // s)]
-    if not live or len(live) == k or live != list(range(live[0], live[-1] + 1)):
-        return None
-    first, last = live[0], live[-1]
-    pad, k2 = p - first * d, last - first + 1
-    if pad < 0 or (n + 2 * pad - d * (k2 - 1) - 1) // s + 1 != m:
-        return None
-    return first, last, pad, d if k2 > 1 else 1
-
-
-class LiveTapsConv2d(nn.Conv2d):
-    """A ``Conv2d`` (the same parameters) that leaves out the taps of its kernel which, on an input of this size,
-    only ever meet the zero padding. HyperLips-Base's audio encoder ends in dilated 5x5 depthwise convolutions over
-    a 5x1 map, where only the kernel's middle column can reach the map: oneDNN runs that shape through a slow
-    general path (about 17 ms for a batch of 16 on one core), the middle column alone in 0.05 ms."""
-
-    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        spans = [_live_span(x.shape[-2 + i], self.kernel_size[i], self.stride[i], self.padding[i], self.dilation[i])
-                 for i in (0, 1)]
-        if spans == [None, None]:
-            return super()._conv_forward(x, weight, bias)
-        (h0, h1, ph, dh), (w0, w1, pw, dw) = [
-            span or (0, self.kernel_size[i] - 1, self.padding[i], self.dilation[i]) for i, span in enumerate(spans)]
-        return F.conv2d(x, weight[:, :, h0:h1 + 1, w0:w1 + 1], bias, self.stride, (ph, pw), (dh, dw), self.groups)
-
-
-def live_taps(net: nn.Module) -> int:
-    """Make, in place, every zero-padded ``nn.Conv2d`` of ``net`` a :class:`LiveTapsConv2d` (the same parameters
-    and state dict; on each input it leaves out the taps that only meet padding). Returns how many. The outputs are
-    the same up to float rounding (the sums skip terms that are zero)."""
-    changed = 0
-    for m in net.modules():
-        if (type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str)
-                and max(m.kernel_size) > 1):
-            m.__class__ = LiveTapsConv2d
-            changed += 1
-    return changed
-
-
 def prepare_for_inference(net: nn.Module) -> nn.Module:
-    """``net`` (in eval mode) as ``sync`` runs it: batch norms folded, activations in place, dead taps left out.
-    Returns ``net``."""
+    """``net`` (in eval mode) as ``sync`` runs it: batch norms folded, activations in place, dead taps left out,
+    convolutions fused with their residual and activation on a CPU. Returns ``net``."""
     fold_batchnorm(net)
     activations_in_place(net)
     live_taps(net)
+    fused_activations(net)
     return net
