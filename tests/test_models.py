@@ -4,6 +4,7 @@ stored in a checkpoint (BatchNorm settings, activations, pooling, upsampling, hy
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -358,19 +359,22 @@ def test_live_taps_keep_the_outputs_and_cut_base_audio_encoder(name, monkeypatch
 
 
 @pytest.mark.parametrize("name", ["hyperlips-base", "hyperlips-lite", "hyperlips-hr-256"])
-def test_fused_activations_keep_the_outputs(name):
+def test_fused_activations_keep_the_outputs(name, monkeypatch):
     """As sync runs them on a CPU (channels-last): each convolution with the residual added to it and the
     activation after it in one fused pass gives the step-by-step outputs (float32: to float rounding; bfloat16:
     within one step of its rounding, the sum now rounded once); the state dict is the same; NCHW inputs, which the
-    fused kernels take only where a map is 1x1, give the same to float rounding."""
+    fused kernels take only where a map is 1x1, give the same to float rounding. (Every convolution is fused here,
+    however small its output: the size below which sync keeps the steps is set to 0.)"""
     import copy
 
+    from hyperlips.models import cpu_convs
     from hyperlips.models.blocks import ConvBlock
     from hyperlips.models.cpu_convs import ConvAct2d, _fusable, fused_activations, live_taps
     from hyperlips.models.inference import activations_in_place, fold_batchnorm, prepare_for_inference
 
     if "relu" not in _fusable():
         pytest.skip("this PyTorch has no fused CPU convolution kernels")
+    monkeypatch.setattr(cpu_convs, "MIN_FUSED", 0)
     def count(network):
         return sum(getattr(m, "fused", None) is not None for m in network.modules() if isinstance(m, ConvBlock)) + \
             sum(isinstance(m, ConvAct2d) for m in network.modules())
@@ -400,6 +404,27 @@ def test_fused_activations_keep_the_outputs(name):
             b = copy.deepcopy(fused).to(dtype, memory_format=cl)
             xs = tuple(t.to(dtype).contiguous(memory_format=cl) for t in x)
             torch.testing.assert_close(b(*xs, **kw).float(), a(*xs, **kw).float(), rtol=0, atol=tol)
+
+
+def test_fused_activations_leave_small_outputs_to_the_steps():
+    """The fused kernels cost more than they save on small outputs: below ``MIN_FUSED`` output values per frame,
+    whatever the batch, or with taps the input leaves out, the convolution runs step by step; at or above it, fused
+    (so a batch size never changes which path a frame's values take)."""
+    from hyperlips.models.cpu_convs import MIN_FUSED, _conv_act, _fusable
+
+    if "relu" not in _fusable():
+        pytest.skip("this PyTorch has no fused CPU convolution kernels")
+    conv = nn.Conv2d(16, 16, 3, 1, 1).eval().to(memory_format=torch.channels_last)
+    side = math.ceil((MIN_FUSED / 16) ** 0.5)  # 16 x side x side >= MIN_FUSED
+    cl = torch.channels_last
+    with torch.no_grad():
+        big = torch.randn(2, 16, side, side).contiguous(memory_format=cl)
+        small = torch.randn(64, 16, side // 2, side).contiguous(memory_format=cl)  # more in all, less per frame
+        assert small.numel() > big.numel() and _conv_act(conv, small) is None
+        torch.testing.assert_close(_conv_act(conv, big), torch.relu(conv(big)), rtol=0, atol=1e-5)
+        wide = nn.Conv2d(16, 16, 5, 1, 4, dilation=2).eval().to(memory_format=cl)
+        one_row = torch.randn(1, 16, 1, MIN_FUSED // 16).contiguous(memory_format=cl)  # large, but taps cut
+        assert _conv_act(wide, one_row) is None
 
 
 def test_live_taps_give_the_convolution_on_every_geometry():
