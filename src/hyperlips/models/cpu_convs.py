@@ -78,12 +78,13 @@ def _conv_act(conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor | None = 
               act: str = "relu") -> torch.Tensor | None:
     """act(conv(x) [+ residual]) in one oneDNN pass (a convolution with its add and activation as post-ops, the fused
     kernels PyTorch's own compiler uses on CPUs), or None where that does not apply (an output under
-    :data:`MIN_FUSED` values per frame, not a channels-last float32/bfloat16 input on a CPU, or taps this input leaves to
-    :class:`LiveTapsConv2d`): the caller then computes it step by step."""
-    if x.dim() != 4 or conv.out_channels * x.shape[2] * x.shape[3] < MIN_FUSED * conv.stride[0] * conv.stride[1] \
-            or any(_live_span(x.shape[2 + i], conv.kernel_size[i], conv.stride[i], conv.padding[i],
-                                             conv.dilation[i]) for i in (0, 1)):
-        return None
+    :data:`MIN_FUSED` values per frame, not a channels-last float32/bfloat16 input on a CPU, or taps this input
+    leaves to :class:`LiveTapsConv2d`): the caller then computes it step by step."""
+    if x.dim() != 4 or conv.out_channels * x.shape[2] * x.shape[3] < MIN_FUSED * conv.stride[0] * conv.stride[1]:
+        return None  # a small output per frame: the steps are cheaper
+    if any(_live_span(x.shape[2 + i], conv.kernel_size[i], conv.stride[i], conv.padding[i], conv.dilation[i])
+           for i in (0, 1)):
+        return None  # LiveTapsConv2d's cut kernel runs instead
     return _fused(x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, residual, act)
 
 
