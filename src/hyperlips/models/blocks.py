@@ -20,7 +20,7 @@ class ConvBlock(nn.Module):
         self.act = nn.ReLU()
         self.residual = residual
         self.add_in_place = False  # inference: the residual added into the convolution's output (models.inference)
-        self.fused = None  # inference: convolution, residual add and ReLU in one call (models.inference.fused_activations)
+        self.fused = None  # inference: conv, residual add and ReLU in one call (models.cpu_convs.fused_activations)
 
     def forward(self, x: Tensor) -> Tensor:  # (N, cin, H, W) -> (N, cout, H', W')
         if self.fused is not None:
