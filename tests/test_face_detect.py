@@ -27,6 +27,28 @@ def astronaut_bgr():
     return cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
 
 
+def test_importing_mediapipe_keeps_nothing_of_the_caller_alive():
+    """mediapipe keeps the exception of an optional import (no PortAudio here) with its traceback, which held the
+    frames of whatever first imported it: a trainer with its networks and process group stayed alive to the end."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, weakref\n"
+        "from hyperlips.face.detect import import_mediapipe\n"
+        "class Big: pass\n"
+        "def first_use():\n"
+        "    big = Big()\n"
+        "    import_mediapipe()\n"
+        "    return weakref.ref(big)\n"
+        "ref = first_use(); gc.collect()\n"
+        "print('alive' if ref() is not None else 'freed')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "freed"
+
+
 def test_box_helpers():
     b = Box(10.0, 20.0, 50.0, 100.0, 0.9)
     assert (b.width, b.height, b.area, b.center) == (40.0, 80.0, 3200.0, (30.0, 60.0))

@@ -347,6 +347,39 @@ def test_torchrun_two_processes_on_cpu(sync_view, tmp_path):
     assert any("val/auc" in r for r in scalars)
 
 
+def test_exchanges_between_processes_go_through_the_store_and_leave_nothing_there():
+    """broadcast, gather, all_true and barrier between two ranks (threads here, sharing one store as torchrun's
+    processes share the group's store): the right values on each rank, and every key cleared once all have read."""
+    import threading
+
+    from torch.distributed import HashStore
+
+    from hyperlips.train.distributed import Dist
+
+    store = HashStore()
+    store.set_timeout(__import__("datetime").timedelta(seconds=30))
+    results: dict[int, list] = {}
+
+    def rank(r: int) -> None:
+        d = Dist(rank=r, world=2, enabled=True, store=store)
+        got = [d.broadcast({"from": r, "t": torch.arange(3) * (r + 1)}), d.gather(("rank", r)), d.all_true(r == 0),
+               d.all_true(True)]
+        d.barrier()
+        results[r] = got
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == [0, 1]
+    for r in (0, 1):
+        sent, gathered, one_false, all_true = results[r]
+        assert sent["from"] == 0 and sent["t"].tolist() == [0, 1, 2]  # rank 0's object on both
+        assert gathered == [("rank", 0), ("rank", 1)] and one_false is False and all_true is True
+    assert store.num_keys() == 0  # the last reader of each call cleared its keys
+
+
 # ---------------------------------------------------------------------------------------------- command line
 def test_train_cli_errors(sync_view, tmp_path):
     res = run_cli("train", "base")

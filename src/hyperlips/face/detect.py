@@ -77,7 +77,26 @@ def import_mediapipe() -> Any:
         raise MissingDependencyError(
             f"face detection needs mediapipe 0.10.21 with the legacy 'solutions' API ({e}); {_INSTALL_HINT}"
         ) from None
+    _forget_import_tracebacks("mediapipe")
     return mp
+
+
+def _forget_import_tracebacks(package: str) -> None:
+    """Drop the tracebacks of exceptions that ``package``'s modules keep from their optional imports.
+
+    mediapipe keeps the ``OSError`` of its audio recorder's import (no PortAudio library) as a module attribute. Its
+    traceback holds the frames that first imported mediapipe, and through them every local of the caller (a whole
+    trainer, its networks and its process group), until the interpreter shuts down: a training process then freed
+    its process group during shutdown, where gloo's worker threads cannot take the GIL, and aborted.
+    """
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == package or name.startswith(package + ".")):
+            continue
+        for value in list(vars(module).values()):
+            seen = 0
+            while isinstance(value, BaseException) and seen < 8:  # with the exceptions it was raised from
+                value.__traceback__ = None
+                value, seen = value.__cause__ or value.__context__, seen + 1
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(stage_class(args.stage, cfg.model), cfg, resume=args.resume, quiet=args.quiet, dist=dist)
         res = trainer.fit()
-        dist.barrier()  # every process done before any closes the group: one closing first made gloo abort another
+        dist.barrier()  # every process done before any closes the group
     finally:
         teardown_distributed(dist)
     if dist.main:

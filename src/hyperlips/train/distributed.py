@@ -8,6 +8,7 @@ collective call below is the identity. RNG states are saved as plain types and t
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -30,31 +31,52 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
+    # The small exchanges below (flags, metrics, RNG states, a state dict) go through the process group's key-value
+    # store, not through gloo: gloo's worker threads release a finished call's tensors a moment after the call returns,
+    # and when that moment fell into the interpreter's shutdown (the run's last exchange, then exit) the thread could
+    # not take the GIL to free the Python tensors and the process aborted (SIGABRT, no message). The store never
+    # touches a tensor, and the same code serves NCCL runs. Every rank makes these calls in the same order.
+    store: Any = field(default=None, repr=False)  # the process group's store when None
+    _calls: int = field(default=0, repr=False)
+
+    def _exchange(self, obj: Any, ranks: range) -> list[Any]:
+        """Publish ``obj`` when this rank is in ``ranks``; return the objects of ``ranks``. The last reader clears."""
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        store = self.store if self.store is not None else _get_default_store()
+        self._calls += 1
+        key = f"hyperlips/{self._calls}"
+        if self.rank in ranks:
+            store.set(f"{key}/{self.rank}", pickle.dumps(obj))
+        out = [pickle.loads(store.get(f"{key}/{r}")) for r in ranks]
+        if store.add(f"{key}/read", 1) == self.world:  # every rank has read: nothing of this call stays in the store
+            for r in ranks:
+                store.delete_key(f"{key}/{r}")
+            store.delete_key(f"{key}/read")
+        return out
+
     def barrier(self) -> None:
+        """Return once every rank has called it."""
         if self.enabled:
-            torch.distributed.barrier()
+            self._exchange(None, range(self.world))
 
     def all_true(self, flag: bool) -> bool:
         """True on every rank only if ``flag`` is true on every rank (a collective call)."""
         if not self.enabled:
             return bool(flag)
-        t = torch.tensor([0.0 if flag else 1.0], device=self.device)
-        torch.distributed.all_reduce(t)
-        return t.item() == 0.0
+        return all(self._exchange(bool(flag), range(self.world)))
 
     def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (a collective call; tensors come back on the CPU)."""
         if not self.enabled:
             return [obj]
-        out: list[Any] = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
+        return self._exchange(obj, range(self.world))
 
     def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (a collective call)."""
         if not self.enabled:
             return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
+        return self._exchange(obj, range(1))[0]
 
 
 def setup_distributed(device: str = "auto") -> Dist:
