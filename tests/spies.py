@@ -38,6 +38,7 @@ class NetCall:
 @dataclass
 class SyncSpy:
     frames: list = field(default_factory=list)  # uint8 BGR frames in the order they were encoded
+    sources: list = field(default_factory=list)  # (decoded picture, changed region) handed with each frame
     calls: list = field(default_factory=list)  # NetCall, top-level only, in call order
 
     # ------------------------------------------------------------------ views
@@ -73,9 +74,10 @@ def spy_on_sync() -> Iterator[SyncSpy]:
     spy = SyncSpy()
     real_write = video_mod.VideoWriter.write
 
-    def write(self, frame):
+    def write(self, frame, *rest, **kw):
         spy.frames.append(np.array(frame, copy=True))
-        return real_write(self, frame)
+        spy.sources.append(rest[:2] if rest else (kw.get("source"), kw.get("changed")))
+        return real_write(self, frame, *rest, **kw)
 
     active: list = []  # the module whose top-level call is running
 

@@ -59,6 +59,32 @@ def test_pasting_into_the_decoded_frame_changes_nothing(clip, monkeypatch):
         assert np.array_equal(a, b), f"frame {j} differs when pasted in place"
 
 
+def test_the_writer_gets_each_frames_decoded_picture_and_the_region_pasted(clip):
+    """The clip is coded as the writer codes (BT.709 4:2:0), so every output frame goes to the writer with its decoded
+    picture; outside the region paste-back wrote, the frame is exactly that picture as the reader converts it (what
+    the writer copies instead), and a frame whose face was not pasted changed nowhere."""
+    from spies import spy_on_sync
+
+    from hyperlips.media.video import FrameReader
+
+    ls = lipsync(batch_size=4)
+    with spy_on_sync() as spy:
+        ls.sync(clip.video, clip.speech, clip.folder / "sources.mp4")
+    assert len(spy.frames) == 40 and all(src is not None for src, _ in spy.sources)
+    pasted = 0
+    with FrameReader(clip.video) as reader:
+        for frame, (source, changed) in zip(spy.frames, spy.sources):
+            decoded = reader._to_bgr(source)
+            outside = np.ones(frame.shape[:2], bool)
+            if changed is not None:
+                x1, y1, x2, y2 = changed
+                outside[y1:y2, x1:x2] = False
+                pasted += 1
+                assert not np.array_equal(frame[y1:y2, x1:x2], decoded[y1:y2, x1:x2])  # the mouth was drawn there
+            assert np.array_equal(frame[outside], decoded[outside])
+    assert pasted == 40  # the face is in every frame of this clip
+
+
 def test_frames_in_flight_are_bounded_whatever_the_length(clip, monkeypatch):
     """Frames decoded but not yet encoded never exceed what the queues, the face track's look-ahead and one batch in
     each stage hold, for a 1.6 s and a 4.8 s output alike (memory does not grow with the length)."""
@@ -75,9 +101,9 @@ def test_frames_in_flight_are_bounded_whatever_the_length(clip, monkeypatch):
             count["most"] = max(count["most"], count["decoded"] - count["encoded"])
             yield job
 
-    def write(self, frame):
+    def write(self, frame, *rest, **kw):
         count["encoded"] += 1
-        return real_write(self, frame)
+        return real_write(self, frame, *rest, **kw)
 
     monkeypatch.setattr(streaming, "scheduled_frames", frames)
     monkeypatch.setattr(video_mod.VideoWriter, "write", write)

@@ -189,6 +189,7 @@ def test_display_rotation_is_applied(tmp_path):
     with av.open(str(path), "w") as c:  # 64x48 coded, a white block top-left, tagged "rotate 90° counter-clockwise"
         s = c.add_stream("libx264", rate=25)
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.colorspace, s.codec_context.color_range = 1, 1  # BT.709, limited: as the writer codes
         s.set_display_rotation(90)
         img = np.zeros((48, 64, 3), np.uint8)
         img[:8, :16] = 255
@@ -204,6 +205,12 @@ def test_display_rotation_is_applied(tmp_path):
     assert len(frames) == 3 and frames[0].image.shape == (64, 48, 3)
     bright = np.argwhere(frames[0].image[..., 1] > 128)
     assert bright[:, 0].min() >= 46 and bright[:, 1].max() <= 9  # the block is now bottom-left
+    from hyperlips.media.video import writer_coded
+
+    with av.open(str(path)) as c:
+        assert writer_coded(next(c.decode(video=0)))
+    with FrameReader(path, keep_source=True) as r:
+        assert next(iter(r)).source is None  # shown turned: the coded picture is not the frame, nothing to copy
 
 
 # ------------------------------------------------------------------------------------------------ still images
@@ -261,6 +268,67 @@ def test_colours_survive_a_round_trip(tmp_path):
         back = next(iter(r)).image
     d = (back.astype(int) - img).reshape(12, 16, 20, 16, 3)[:, 4:12, :, 4:12]  # block interiors (chroma is 4:2:0)
     assert abs(d.mean()) < 0.1 and np.abs(d).mean() < 0.6 and np.abs(d).max() <= 3
+
+
+def _planes(picture) -> list[np.ndarray]:
+    """Y, U and V of a decoded 4:2:0 picture."""
+    from hyperlips.media.video import _yuv420_planes
+
+    return list(_yuv420_planes(picture.to_ndarray(), picture.width, picture.height))
+
+
+def test_writer_copies_the_decoded_picture_where_the_frame_is_unchanged(real_data, tmp_path):
+    """Given each frame's decoded picture and the region that changed, the file holds exactly the decoded picture
+    outside that region (and its margin) and, inside, the frame as a whole-frame conversion codes it. Converting the
+    whole frame back instead moves the untouched chroma a little (4:2:0 -> BGR -> 4:2:0 is not exact)."""
+    src = real_data / "hyperlips" / "video2.mp4"  # BT.709, limited range, 4:2:0: coded as the writer codes
+    with FrameReader(src, keep_source=True) as r:
+        frames = [f for _, f in zip(range(3), r)]
+    with FrameReader(src) as r:
+        assert next(iter(r)).source is None  # kept only when asked for
+    box = (541, 331, 761, 601)  # odd edges: the copied part starts on whole chroma samples
+    written = {}
+    for mode in ("copied", "converted"):
+        out = tmp_path / f"{mode}.mp4"
+        with VideoWriter(out, 1280, 720, 25, crf=0) as w:  # crf 0: lossless, the file holds what the encoder got
+            for f in frames:
+                img = f.image.copy()
+                img[box[1] : box[3], box[0] : box[2]] //= 2
+                w.write(img, f.source, box) if mode == "copied" else w.write(img)
+        with FrameReader(out, keep_source=True) as r:
+            written[mode] = [_planes(fr.source) for fr in r]
+    far = np.ones((720, 1280), bool)
+    far[box[1] - 10 : box[3] + 10, box[0] - 10 : box[2] + 10] = False
+    inside = np.zeros((720, 1280), bool)
+    inside[box[1] + 1 : box[3] - 1, box[0] + 1 : box[2] - 1] = True
+    chroma_moved = 0
+    for f, copied, converted in zip(frames, written["copied"], written["converted"]):
+        for k, (a, b, s) in enumerate(zip(copied, converted, _planes(f.source))):
+            step = 1 if k == 0 else 2
+            assert np.array_equal(a[far[::step, ::step]], s[far[::step, ::step]])
+            assert np.array_equal(a[inside[::step, ::step]], b[inside[::step, ::step]])
+            chroma_moved += k > 0 and not np.array_equal(b[far[::2, ::2]], s[far[::2, ::2]])
+    assert chroma_moved  # what copying avoids
+
+
+def test_writer_converts_when_the_decoded_picture_cannot_be_copied(real_data, tmp_path):
+    """An untagged clip (read as BT.601) keeps no picture; a 4:4:4 writer, or a picture of another size, is given
+    one and converts the frame instead (a deliberately wrong picture would otherwise show)."""
+    with FrameReader(real_data / "retalking" / "face2.mp4", keep_source=True) as r:
+        assert next(iter(r)).source is None
+    with FrameReader(real_data / "hyperlips" / "video2.mp4", keep_source=True) as r:
+        pics = [f for _, f in zip(range(2), r)]
+    wrong = pics[1].source  # not the frame's own picture
+    for pix_fmt, size in (("yuv444p", (1280, 720)), ("yuv420p", (640, 360))):
+        img = np.ascontiguousarray(pics[0].image[: size[1], : size[0]])
+        outs = []
+        for source in (None, wrong):
+            out = tmp_path / f"{pix_fmt}_{source is None}.mp4"
+            with VideoWriter(out, *size, 25, crf=0, pix_fmt=pix_fmt) as w:
+                w.write(img, source, None)
+            with FrameReader(out) as r:
+                outs.append(next(iter(r)).image)
+        assert np.array_equal(outs[0], outs[1]), pix_fmt
 
 
 def real_crop(real_data, w: int, h: int, n: int = 5) -> list[np.ndarray]:

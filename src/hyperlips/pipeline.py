@@ -314,7 +314,7 @@ class LipSync:
         request = reference_request(reference)
         timer = _Timer()
 
-        with open_timeline(video, fps) as timeline, FaceDetector() as detector:
+        with open_timeline(video, fps, keep_source=True) as timeline, FaceDetector() as detector:
             info = timeline.info
             with timer("decode"):
                 wav = load_audio(audio, self.audio_cfg.sample_rate)
@@ -362,7 +362,7 @@ class LipSync:
                     for job in chain:
                         faces_done += job.box is not None
                         with timer("encode"):
-                            writer.write(job.image)
+                            writer.write(job.image, job.source, job.changed)
                         bar.update(1)
                 with timer("encode"):
                     writer.close()  # flush, mux and rename the temporary file to the output name

@@ -56,6 +56,9 @@ class FrameJob:
     own_face: bool = False  # ``face`` is the frame's own pixels, moved (mouth="warp"): pasted back without the colour
     # matching a drawn face needs (it would measure the frame against itself); the detail matching stays (it restores
     # what the warp's resampling and the temporal blend soften)
+    source: object = None  # the decoded picture ``image`` came from (``Frame.source``; None: not kept)
+    changed: Optional[tuple] = None  # the pixel region paste-back wrote (x1, y1, x2, y2); elsewhere ``image`` is
+    # still the decoded picture, which the writer then copies as it is
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -203,12 +206,13 @@ def scheduled_frames(timeline, n_src: int, n_out: int, loop: str) -> Iterator[Fr
     held = None
     for run in runs(n_src, n_out, loop):
         if len(run) == 1 and held is not None and held[0] == run.start:
-            frames = [(run.start, held[1])]
+            frames = [held]
         else:
-            frames = ((fr.index, fr.image) for fr in timeline.iter_range(run.start, run.stop, reverse=run.reverse))
-        for s, image in frames:
-            job = FrameJob(j, s, image)
-            held = (s, image)
+            frames = ((fr.index, fr.image, fr.source)
+                      for fr in timeline.iter_range(run.start, run.stop, reverse=run.reverse))
+        for s, image, source in frames:
+            job = FrameJob(j, s, image, source=source)
+            held = (s, image, source)
             j += 1
             if prev is not None:
                 prev.last_use = prev.image is not image
@@ -368,7 +372,9 @@ def steady_batches(batches_in: Iterator[list[FrameJob]], weight: float) -> Itera
 def paste_stage(paste: Callable, steady: float = 0.0) -> Callable:
     """The paste-back stage: the faces steadied over time (``steady``: the neighbours' weight, :func:`steady_batches`),
     then ``paste(frame, face, box, inplace)`` for every job with a face (``face.blend.paste_face``; a job's own face
-    with ``color="none"``); yields the jobs, ``image`` now the output frame."""
+    with ``color="none"``), which writes only inside the box's pixel region (``job.changed``); yields the jobs,
+    ``image`` now the output frame."""
+    from .face.track import pixel_region
 
     def stage(batches_in: Iterator[list[FrameJob]]) -> Iterator[FrameJob]:
         for batch in steady_batches(batches_in, steady):
@@ -376,6 +382,7 @@ def paste_stage(paste: Callable, steady: float = 0.0) -> Callable:
                 if job.face is not None:
                     own = {"color": "none"} if job.own_face else {}
                     job.image = paste(job.image, job.face, job.box, inplace=job.last_use, **own)
+                    job.changed = pixel_region(job.box, job.image.shape[1], job.image.shape[0])
                     job.face = None
                 yield job
 

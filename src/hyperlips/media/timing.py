@@ -125,10 +125,12 @@ class RetimedReader:
     variable); a still image is one frame at 25 fps (or ``fps``). :meth:`iter_range` works like
     :meth:`FrameReader.iter_range` (forward, or in reverse with bounded memory) and yields ``Frame(j, j / fps,
     image)``; a source frame shown by several output frames is yielded once per output frame (the same array).
+    ``keep_source``: frames carry their decoded picture (``Frame.source``) where a writer can copy it.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float | Fraction | None = None, chunk: int = 32):
-        self.source = FrameReader(path, chunk=chunk)
+    def __init__(self, path: str | os.PathLike, fps: float | Fraction | None = None, chunk: int = 32,
+                 keep_source: bool = False):
+        self.source = FrameReader(path, chunk=chunk, keep_source=keep_source)
         self.info = self.source.info
         times = self.source.times
         self.source_times = times
@@ -181,8 +183,8 @@ class RetimedReader:
         else:
             yield from self._forward(frames, start, stop, lo, hi)
 
-    def _frame(self, j: int, image: np.ndarray) -> Frame:
-        return Frame(j, j / self.fps, image)
+    def _frame(self, j: int, shown: Frame) -> Frame:
+        return Frame(j, j / self.fps, shown.image, source=shown.source)
 
     def _forward(self, frames, start: int, stop: int, lo: int, hi: int) -> Iterator[Frame]:
         src = self.source_index
@@ -193,12 +195,12 @@ class RetimedReader:
             self.damaged.update(range(expect, fr.index))  # frames the decoder never gave back
             expect = fr.index + 1
             while j < stop and src[j] < fr.index:  # their time: the frame before (or this one, at the start)
-                yield self._frame(j, held if held is not None else fr.image)
+                yield self._frame(j, held if held is not None else fr)
                 j += 1
             while j < stop and src[j] == fr.index:
-                yield self._frame(j, fr.image)
+                yield self._frame(j, fr)
                 j += 1
-            held = fr.image
+            held = fr
             if j >= stop:
                 return
         self.damaged.update(range(expect, hi))
@@ -213,9 +215,9 @@ class RetimedReader:
         j, last = stop - 1, None
         for fr in frames:  # descending source indices; a missing frame's time shows the decoded frame before it
             while j >= start and src[j] >= fr.index:
-                yield self._frame(j, fr.image)
+                yield self._frame(j, fr)
                 j -= 1
-            last = fr.image
+            last = fr
             if j < start:
                 return
         if last is None:
@@ -225,9 +227,10 @@ class RetimedReader:
             j -= 1
 
 
-def open_timeline(path: str | os.PathLike, fps: float | Fraction | None = None) -> RetimedReader:
+def open_timeline(path: str | os.PathLike, fps: float | Fraction | None = None,
+                  keep_source: bool = False) -> RetimedReader:
     """:class:`RetimedReader` of ``path``, with an :class:`~hyperlips.errors.InputWarning` when its rate varies."""
-    reader = RetimedReader(path, fps)
+    reader = RetimedReader(path, fps, keep_source=keep_source)
     t = reader.timing
     if reader.variable and not reader.info.is_image:
         how = f"at {reader.fps:.3g} fps (--fps)" if fps is not None else f"at its average rate, {reader.fps:.4g} fps"

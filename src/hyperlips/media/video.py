@@ -9,7 +9,10 @@ variable-frame-rate files (where ``index / fps`` is not the frame's time). AVI s
 there frames are counted in display order and ``time = index / fps``.
 
 Colour: BT.709-tagged (and untagged, as BT.601) YUV is converted with exact rounding and full chroma
-interpolation both ways, so pixels that pass through decode -> encode -> decode keep their levels.
+interpolation both ways, so pixels that pass through decode -> encode -> decode keep their levels. A reader with
+``keep_source`` hands each frame's decoded picture along where it is coded as the writer codes (4:2:0, BT.709,
+limited range, unrotated); given it and the region that changed, the writer copies the rest of the picture as it
+was decoded (its chroma unmoved by the 4:2:0 round trip) and converts only that region.
 
 Output is H.264 (libx264) tagged BT.709 limited range, plus AAC audio, written to a hidden temporary file beside
 the target and renamed only when :meth:`VideoWriter.close` succeeds. The default picture format is ``yuv420p``
@@ -31,7 +34,7 @@ import secrets
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -97,6 +100,9 @@ class Frame:
     time: float  # seconds from the first frame (container pts)
     image: np.ndarray  # (H, W, 3) uint8 BGR, rotation applied
     damaged: bool = False  # the decoder reported damaged data in this frame and concealed it
+    # the decoded picture, kept when the reader was asked to (``keep_source``) and it is coded as VideoWriter codes
+    # (:func:`writer_coded`) and shown unrotated: VideoWriter.write copies its unchanged pixels instead of converting
+    source: Any = None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -288,11 +294,12 @@ class FrameReader:
     backwards), so at most one chunk is ever held. A still image is a one-frame video.
     """
 
-    def __init__(self, path: str | os.PathLike, chunk: int = 32, threads: int = 0):
+    def __init__(self, path: str | os.PathLike, chunk: int = 32, threads: int = 0, keep_source: bool = False):
         require_file(path, "video file")
         self.path = os.fspath(path)
         self.chunk = max(1, int(chunk))
         self._threads = int(threads)
+        self.keep_source = bool(keep_source)  # frames carry their decoded picture where a writer can copy it
         self._container = None
         self._stream = None
         self._image: np.ndarray | None = None
@@ -473,7 +480,8 @@ class FrameReader:
                     continue
                 if stop is not None and idx >= stop:
                     return
-                yield Frame(idx, t, self._to_bgr(fr), bool(fr.is_corrupt))
+                keep = self.keep_source and not self.info.rotation and writer_coded(fr)
+                yield Frame(idx, t, self._to_bgr(fr), bool(fr.is_corrupt), fr if keep else None)
             if not overshoot:
                 return
 
@@ -489,6 +497,32 @@ class FrameReader:
 
 
 # ---------------------------------------------------------------------------------------------- writing
+def writer_coded(picture) -> bool:
+    """True for a decoded picture coded as :class:`VideoWriter` codes by default: 8-bit 4:2:0, BT.709, limited range,
+    even sides. Its pixels can go to the encoder as they are (``VideoWriter.write``'s ``source``)."""
+    return (picture.format.name == "yuv420p" and int(picture.colorspace) == 1 and int(picture.color_range) == 1
+            and picture.width % 2 == 0 and picture.height % 2 == 0)
+
+
+SOURCE_MARGIN = 8  # pixels around a changed region converted with it: 4:2:0's chroma there mixes both sides
+
+
+def _changed_span(changed, width: int, height: int) -> tuple[int, int, int, int]:
+    """``changed`` grown by :data:`SOURCE_MARGIN`, to even edges (whole chroma samples), clipped to the frame."""
+    x1, y1, x2, y2 = (int(v) for v in changed)
+    m = SOURCE_MARGIN
+    return (max(0, (x1 - m) // 2 * 2), max(0, (y1 - m) // 2 * 2),
+            min(width, -(-(x2 + m) // 2) * 2), min(height, -(-(y2 + m) // 2) * 2))
+
+
+def _yuv420_planes(packed: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of Y (H, W), U and V (H/2, W/2) in PyAV's packed 4:2:0 array (the three planes one after another)."""
+    flat = packed.reshape(-1)
+    n, c = width * height, (width // 2) * (height // 2)
+    return (flat[:n].reshape(height, width), flat[n : n + c].reshape(height // 2, width // 2),
+            flat[n + c : n + 2 * c].reshape(height // 2, width // 2))
+
+
 class VideoWriter:
     """H.264 + AAC writer with an atomic result.
 
@@ -587,14 +621,32 @@ class VideoWriter:
             raise
 
     # -- public
-    def write(self, frame: np.ndarray) -> None:
-        """Append one (height, width, 3) uint8 BGR frame."""
-        import av
+    def write(self, frame: np.ndarray, source: Any = None, changed: tuple | None = None) -> None:
+        """Append one (height, width, 3) uint8 BGR frame.
 
+        ``source``: the decoded picture the frame was made from (``Frame.source`` of a reader with ``keep_source``),
+        which the frame equals outside ``changed`` = (x1, y1, x2, y2) pixels (None: everywhere). Where it is coded as
+        this writer codes (:func:`writer_coded`, 4:2:0 output of the same size), those pixels go to the encoder as
+        decoded, not converted back from BGR: the rest of the frame stays exactly the decoded picture, and a 720p
+        frame costs about 2 ms less."""
         if self._closed:
             raise RuntimeError("write() after close()/abort()")
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
             raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8 BGR, got {frame.shape} {frame.dtype}")
+        vf = self._from_source(frame, source, changed) if source is not None else None
+        if vf is None:
+            vf = self._converted(frame)
+        vf.pts = self.frames_written
+        with self._storage_errors():
+            for pkt in self._v.encode(vf):
+                self._container.mux(pkt)
+            self.frames_written += 1
+            self._write_audio_until(self.frames_written / self.fps)
+
+    def _converted(self, frame: np.ndarray):
+        """The whole frame converted to the output's picture format."""
+        import av
+
         pad_x, pad_y = self.coded_width - self.width, self.coded_height - self.height
         if pad_x or pad_y:  # 4:2:0 needs even sides: repeat the last column / row
             import cv2
@@ -602,13 +654,26 @@ class VideoWriter:
             frame = cv2.copyMakeBorder(frame, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
         # a view of the array, not a copy (2 ms per 720p frame); the conversion below makes the frame encoded
         vf = av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(frame), format="bgr24")
-        vf = self._reformatter.reformat(vf, format=self._pix_fmt, **self._colour)
-        vf.pts = self.frames_written
-        with self._storage_errors():
-            for pkt in self._v.encode(vf):
-                self._container.mux(pkt)
-            self.frames_written += 1
-            self._write_audio_until(self.frames_written / self.fps)
+        return self._reformatter.reformat(vf, format=self._pix_fmt, **self._colour)
+
+    def _from_source(self, frame: np.ndarray, source: Any, changed: tuple | None):
+        """The decoded ``source`` with the ``changed`` region (and a margin) converted from ``frame``; None where the
+        source cannot be used as it is (another picture format, colour coding or size)."""
+        import av
+
+        w, h = self.width, self.height
+        if (self._pix_fmt != "yuv420p" or (source.width, source.height) != (w, h)
+                or (self.coded_width, self.coded_height) != (w, h) or not writer_coded(source)):
+            return None
+        packed = source.to_ndarray()  # a copy: the decoder's picture stays as it was
+        if changed is not None:
+            x1, y1, x2, y2 = _changed_span(changed, w, h)
+            if x2 > x1 and y2 > y1:
+                part = av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(frame[y1:y2, x1:x2]), format="bgr24")
+                part = self._reformatter.reformat(part, format="yuv420p", **self._colour).to_ndarray()
+                for dst, src, k in zip(_yuv420_planes(packed, w, h), _yuv420_planes(part, x2 - x1, y2 - y1), (1, 2, 2)):
+                    dst[y1 // k : y2 // k, x1 // k : x2 // k] = src
+        return av.VideoFrame.from_ndarray(packed, format="yuv420p")
 
     def close(self) -> Path:
         """Flush the encoders, finish the file and move it to ``path``. Returns ``path``."""
