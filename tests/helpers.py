@@ -46,7 +46,9 @@ def cut_video(src: Path, dst: Path, frames: int, size: int | None = None) -> Pat
     ``size``."""
     import cv2
 
-    from hyperlips.media.video import FrameReader, VideoWriter
+    from hyperlips.media.video import FrameReader
+
+    from hyperlips.media.writer import VideoWriter
 
     with FrameReader(src) as r:
         images = [f.image for f in r.iter_range(0, frames)]

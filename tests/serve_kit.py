@@ -104,7 +104,7 @@ def faceless_photo(path: Path) -> Path:
 
 
 def silent_video(path: Path, frames: int = 10) -> Path:
-    from hyperlips.media.video import VideoWriter
+    from hyperlips.media.writer import VideoWriter
 
     with VideoWriter(path, 64, 64, 25.0) as w:
         for i in range(frames):

@@ -2,7 +2,7 @@
 
 ``SyncSpy`` records, while it is active:
 
-- every frame handed to the video encoder (``media.video.VideoWriter.write``), before H.264 touches it, so tests
+- every frame handed to the video encoder (``media.writer.VideoWriter.write``), before H.264 touches it, so tests
   can compare pixels byte for byte with the decoded source frames;
 - every top-level network call (a module called while no other module is running): its inputs and output. The
   generator is the call with two tensor arguments ``(audio windows (N, 1, n_mels, steps), faces (N, 6, S, S))``,
@@ -69,10 +69,10 @@ def spy_on_sync() -> Iterator[SyncSpy]:
     """``with spy_on_sync() as spy: ...``: record encoded frames and top-level network calls inside the block."""
     import torch
 
-    from hyperlips.media import video as video_mod
+    from hyperlips.media import writer as writer_mod
 
     spy = SyncSpy()
-    real_write = video_mod.VideoWriter.write
+    real_write = writer_mod.VideoWriter.write
 
     def write(self, frame, *rest, **kw):
         spy.frames.append(np.array(frame, copy=True))
@@ -93,12 +93,12 @@ def spy_on_sync() -> Iterator[SyncSpy]:
             if isinstance(output, torch.Tensor):
                 spy.calls[-1].output = _to_numpy(output)
 
-    video_mod.VideoWriter.write = write
+    writer_mod.VideoWriter.write = write
     h1 = torch.nn.modules.module.register_module_forward_pre_hook(pre)
     h2 = torch.nn.modules.module.register_module_forward_hook(post)
     try:
         yield spy
     finally:
-        video_mod.VideoWriter.write = real_write
+        writer_mod.VideoWriter.write = real_write
         h1.remove()
         h2.remove()

@@ -134,7 +134,8 @@ def test_opening_r_at_the_recordings_own_offset(tmp_path, real_data):
     mouths disagree, at the offset the sync judge finds in the recording itself they are the same mouth."""
     from hyperlips.eval.protocols import evaluate_pair
     from hyperlips.media.audio import load_audio
-    from hyperlips.media.video import FrameReader, VideoWriter
+    from hyperlips.media.video import FrameReader
+    from hyperlips.media.writer import VideoWriter
     from hyperlips.models import load_checkpoint, shipped
 
     found = shipped.judge()
@@ -353,7 +354,7 @@ def test_a_clip_made_from_shifted_frames_is_scored_for_colour_against_them(more_
     from helpers import read_frames
 
     from hyperlips.eval.protocols import SHIFT_BLIND, against_shifted_source, evaluate_pair, shifted_copy
-    from hyperlips.media.video import VideoWriter
+    from hyperlips.media.writer import VideoWriter
 
     frames = read_frames(more_data / "grid_lipnet" / "lbax4n.mpg", 20)
     clip = tmp_path / "tinted.mp4"

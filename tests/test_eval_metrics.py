@@ -134,7 +134,7 @@ def test_audio_loudness():
 
 # --------------------------------------------------------------------------------------------- real clips
 def _write(path, frames, fps, audio=None):
-    from hyperlips.media.video import VideoWriter
+    from hyperlips.media.writer import VideoWriter
 
     h, w = frames[0].shape[:2]
     with VideoWriter(path, w, h, fps, audio=audio, sample_rate=16000) as vw:
@@ -266,7 +266,8 @@ def test_frames_are_paired_by_timestamp_when_the_rates_differ(real_data, tmp_pat
     """A result at 12.5 fps (every second frame) against its 25 fps original: each result frame is compared with
     the original frame shown at its time (0.08 s apart: 0, 2, 4, ...), not with the frame of the same index. Every
     source frame gets its own brightness, so a frame paired with the wrong one shows."""
-    from hyperlips.media.video import FrameReader, VideoWriter
+    from hyperlips.media.video import FrameReader
+    from hyperlips.media.writer import VideoWriter
 
     with FrameReader(real_data / "retalking" / "face3.mp4") as r:
         frames = [f.image for f in r.iter_range(0, 30)]

@@ -25,7 +25,8 @@ def speech(real_data, tmp_path_factory):
 def cut_clip(real_data, path, w: int, h: int, n: int = 8):
     """The first ``n`` frames of a real 25 fps close-up, cut to ``w`` x ``h`` around the face, stored 4:4:4
     (so odd sizes are kept exactly in the input)."""
-    from hyperlips.media.video import FrameReader, VideoWriter
+    from hyperlips.media.video import FrameReader
+    from hyperlips.media.writer import VideoWriter
 
     src = real_data / "retalking" / "face3.mp4"  # square 25 fps close-up
     with FrameReader(src) as r:

@@ -140,7 +140,8 @@ def test_second_run_does_no_work(small_dataset, more_data, real_data, tmp_path_f
 
 def test_skip_reasons_and_no_partial_clip_left(tmp_path, more_data):
     from hyperlips.data import preprocess as pp
-    from hyperlips.media.video import FrameReader, VideoWriter
+    from hyperlips.media.video import FrameReader
+    from hyperlips.media.writer import VideoWriter
 
     src = tmp_path / "src"
     src.mkdir()

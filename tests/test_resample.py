@@ -46,7 +46,7 @@ def test_loading_and_writing_audio_do_not_import_scipy_signal(tmp_path):
     code = f"""
 import sys, numpy as np, soundfile as sf
 from hyperlips.media.audio import load_audio
-from hyperlips.media.video import VideoWriter
+from hyperlips.media.writer import VideoWriter
 sf.write({str(tmp_path / 'a.wav')!r}, np.zeros(16000, np.float32), 16000)
 a = load_audio({str(tmp_path / 'a.wav')!r}, 48000)
 w = VideoWriter({str(tmp_path / 'o.mp4')!r}, 64, 64, 25, audio=np.zeros(16000, np.float32), sample_rate=16000)

@@ -383,7 +383,7 @@ def test_phoneme_timings_reach_the_worker(server, inputs):
 def test_encoder_options_reach_the_output(server, inputs, tmp_path):
     """crf, preset and pix_fmt do what ``sync --crf/--preset/--pix-fmt`` do: 4:4:4 at the photo's exact size; the
     temporal blend is taken (default 0.25) and reaches the job."""
-    from hyperlips.media.video import PRESETS
+    from hyperlips.media.writer import PRESETS
     from hyperlips.serve.openapi import openapi_document
 
     from hyperlips.serve.jobs import FIELDS

@@ -246,7 +246,9 @@ def test_chromium_plays_the_default_output(browser, file_server, real_data, tmp_
     """``sync``'s default output (4:2:0 H.264 + AAC) plays in Chromium at odd and even input sizes."""
     from helpers import cut_audio
 
-    from hyperlips.media.video import FrameReader, VideoWriter
+    from hyperlips.media.video import FrameReader
+
+    from hyperlips.media.writer import VideoWriter
     from hyperlips.pipeline import LipSync
 
     w, h = size

@@ -18,7 +18,8 @@ def clip(tmp_path_factory):
     import soundfile as sf
 
     from hyperlips.media.audio import load_audio
-    from hyperlips.media.video import FrameReader, VideoWriter
+    from hyperlips.media.video import FrameReader
+    from hyperlips.media.writer import VideoWriter
 
     d = tmp_path_factory.mktemp("train_inputs")
     silent = silent_video(d / "silent.mp4", frames=25)

@@ -90,10 +90,10 @@ def test_frames_in_flight_are_bounded_whatever_the_length(clip, monkeypatch):
     each stage hold, for a 1.6 s and a 4.8 s output alike (memory does not grow with the length)."""
     from hyperlips import streaming
     from hyperlips.face.track_online import OnlineTrack
-    from hyperlips.media import video as video_mod
+    from hyperlips.media import writer as writer_mod
 
     count = {"decoded": 0, "encoded": 0, "most": 0}
-    real_frames, real_write = streaming.scheduled_frames, video_mod.VideoWriter.write
+    real_frames, real_write = streaming.scheduled_frames, writer_mod.VideoWriter.write
 
     def frames(*a, **k):
         for job in real_frames(*a, **k):
@@ -106,7 +106,7 @@ def test_frames_in_flight_are_bounded_whatever_the_length(clip, monkeypatch):
         return real_write(self, frame, *rest, **kw)
 
     monkeypatch.setattr(streaming, "scheduled_frames", frames)
-    monkeypatch.setattr(video_mod.VideoWriter, "write", write)
+    monkeypatch.setattr(writer_mod.VideoWriter, "write", write)
     batch = 4
     lag = OnlineTrack(25.0).max_gap + 3  # the face track's look-ahead (face.track_online)
     bound = 4 + 1 + lag + batch + batch + batch + batch + 4 + 2  # queues and one item in each stage

@@ -85,7 +85,9 @@ def ckpt(tmp_path_factory):
 def clip(more_data, real_data, tmp_path_factory) -> Clip:
     import cv2
 
-    from hyperlips.media.video import FrameReader, VideoWriter
+    from hyperlips.media.video import FrameReader
+
+    from hyperlips.media.writer import VideoWriter
 
     folder = tmp_path_factory.mktemp("clip")
     rng = np.random.default_rng(7)
@@ -348,7 +350,7 @@ def test_progress_reports_end_with_every_stage_complete(real_data, tmp_path):
 @pytest.fixture(scope="module")
 def short_clip(clip, tmp_path_factory):
     """Six frames with a face (source frames 14..19 of the test clip) and 0.24 s of speech: six output frames."""
-    from hyperlips.media.video import VideoWriter
+    from hyperlips.media.writer import VideoWriter
 
     folder = tmp_path_factory.mktemp("short")
     video = folder / "short.mp4"
@@ -424,7 +426,8 @@ def test_hr_size_mismatch_is_a_one_line_error(short_clip, ckpt, tmp_path, capfd)
 @pytest.fixture(scope="module")
 def two_faces(more_data, real_data, tmp_path_factory):
     """Two GRID speakers side by side (720x288, the left face at x < 360), 8 frames, 0.32 s of speech."""
-    from hyperlips.media.video import FrameReader, VideoWriter
+    from hyperlips.media.video import FrameReader
+    from hyperlips.media.writer import VideoWriter
 
     folder = tmp_path_factory.mktemp("two")
     with FrameReader(more_data / "grid_lipnet" / "sbia1a.mpg") as a, FrameReader(more_data / "grid_lipnet" / "bbaf2n.mpg") as b:

@@ -75,7 +75,8 @@ def test_sync_30fps_clip_short_audio(real_data, ckpt, tmp_path):
 
 def test_sync_pingpong_when_audio_longer(real_data, ckpt, tmp_path):
     """A 0.6 s cut of a 720p clip driven by 1.4 s of speech: the video plays forward then backward."""
-    from hyperlips.media.video import FrameReader, VideoWriter
+    from hyperlips.media.video import FrameReader
+    from hyperlips.media.writer import VideoWriter
 
     src = real_data / "hyperlips" / "video2.mp4"
     short = tmp_path / "short.mp4"
@@ -109,7 +110,7 @@ def test_sync_still_image(ckpt, tmp_path):
     assert got["fps"] == 25.0
     # the top of the photo (above the face) is unchanged up to codec loss: as close to the photo as a plain
     # re-encode of the photo (this detailed picture loses about 38 dB to H.264 at our default quality)
-    from hyperlips.media.video import VideoWriter
+    from hyperlips.media.writer import VideoWriter
 
     plain = tmp_path / "plain.mp4"
     with VideoWriter(plain, 512, 512, 25.0) as w:

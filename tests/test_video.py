@@ -11,7 +11,8 @@ import pytest
 
 from hyperlips.errors import MediaError, UserError
 from hyperlips.media.audio import load_audio
-from hyperlips.media.video import FrameReader, VideoWriter, coded_size, probe, rotate_image
+from hyperlips.media.video import FrameReader, probe, rotate_image
+from hyperlips.media.writer import VideoWriter, coded_size
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -272,7 +273,7 @@ def test_colours_survive_a_round_trip(tmp_path):
 
 def _planes(picture) -> list[np.ndarray]:
     """Y, U and V of a decoded 4:2:0 picture."""
-    from hyperlips.media.video import _yuv420_planes
+    from hyperlips.media.writer import _yuv420_planes
 
     return list(_yuv420_planes(picture.to_ndarray(), picture.width, picture.height))
 

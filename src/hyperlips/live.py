@@ -358,7 +358,7 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     frames and the speech to ``output`` and measure the latency of every frame. ``voice_sample``: a recording of the
     same voice whose statistics normalise HyperLips-Lite's mel (the speech file itself reproduces ``sync``)."""
     from .media.audio import load_audio, melspectrogram, speech_problems
-    from .media.video import VideoWriter, check_encoding
+    from .media.writer import VideoWriter, check_encoding
     from .streaming import MUX_SAMPLE_RATE, check_paths
 
     video, speech_path, output = Path(video), Path(speech_path), Path(output)

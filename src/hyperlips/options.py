@@ -79,7 +79,7 @@ def add_sync_options(p: argparse.ArgumentParser, timings: bool = True) -> None:
 
 
 def _crf(text: str) -> int:
-    from .media.video import MAX_CRF
+    from .media.writer import MAX_CRF
 
     try:
         value = int(text)
@@ -92,7 +92,7 @@ def _crf(text: str) -> int:
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
-    from .media.video import DEFAULT_CRF, DEFAULT_PRESET, PIX_FMTS, PRESETS
+    from .media.writer import DEFAULT_CRF, DEFAULT_PRESET, PIX_FMTS, PRESETS
 
     p.add_argument("--crf", type=_crf, default=DEFAULT_CRF, metavar="0-51",
                    help=f"H.264 quality: lower is better and larger, +6 roughly halves the size "

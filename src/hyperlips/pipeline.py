@@ -42,7 +42,7 @@ from .generator_io import (  # noqa: F401  (re-exported: the crop and input help
     to_uint8_images,
 )
 from .media.timing import check_fps, open_timeline
-from .media.video import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
+from .media.writer import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
 from .mouth import WARP_GAIN, MouthStep, choose_mouth
 from .runtime import DTYPES, in_precision, resolve_device, resolve_precision
 from .schedule import LOOP_MODES
@@ -289,7 +289,7 @@ class LipSync:
         then "lip-sync").
 
         The output is H.264 ``pix_fmt`` (``yuv420p``: plays everywhere; an odd width or height gains one repeated
-        column or row, see ``media.video.coded_size``; ``yuv444p``: the exact size, full colour resolution, but
+        column or row, see ``media.writer.coded_size``; ``yuv444p``: the exact size, full colour resolution, but
         Safari, phones and TVs cannot play it) at quality ``crf`` (0-51, lower is better and larger) with
         libx264's ``preset``, plus AAC audio starting with the first frame. The report's ``width``/``height``
         are the file's.
@@ -300,7 +300,7 @@ class LipSync:
         recogniser's."""
         from .face.detect import FaceDetector
         from .media.audio import load_audio, melspectrogram, speech_problems
-        from .media.video import VideoWriter, check_encoding
+        from .media.writer import VideoWriter, check_encoding
         from .streaming import (find_reference, frame_chain, network_stage, reference_request, reference_search_length,
                                 track_factory)
 

@@ -120,7 +120,7 @@ def synthetic_clip(folder: Path, seconds: float = CLIP_SECONDS, fps: float = 25.
     import soundfile as sf
 
     from ..demo import demo_face
-    from ..media.video import VideoWriter
+    from ..media.writer import VideoWriter
 
     folder.mkdir(parents=True, exist_ok=True)
     w, h = size
@@ -266,7 +266,7 @@ def bench_paste(images: list[np.ndarray], boxes: list, size: int) -> BenchRow:
 
 
 def bench_encode(images: list[np.ndarray], folder: Path) -> BenchRow:
-    from ..media.video import VideoWriter
+    from ..media.writer import VideoWriter
 
     h, w = images[0].shape[:2]
     wav = np.zeros(int(16000 * len(images) / 25), np.float32)

@@ -522,7 +522,7 @@ def shifted_copy(video: Path, dst: Path, start: int = 0, stop: int | None = None
     of the input: a generator that uses the frame's own mouth (``--mouth warp`` or ``hybrid``) would otherwise be
     handed the answer."""
     from ..media.timing import RetimedReader
-    from ..media.video import VideoWriter
+    from ..media.writer import VideoWriter
 
     with RetimedReader(video, fps) as reader:
         frames = [fr.image for fr in reader.iter_range(start, stop)]

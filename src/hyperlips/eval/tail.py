@@ -129,7 +129,8 @@ def write_segment(seg: Segment, dst: Path, delay: int = 0) -> Path:
     """The frames [start, stop) of a video with the matching stretch of its audio (frames shown ``delay`` frames
     late: frame j shows source frame max(start, j - delay))."""
     from ..media.audio import load_audio
-    from ..media.video import FrameReader, VideoWriter, probe
+    from ..media.video import FrameReader, probe
+    from ..media.writer import VideoWriter
 
     info = probe(seg.video)
     with FrameReader(seg.video) as reader:

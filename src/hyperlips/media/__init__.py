@@ -1,4 +1,4 @@
-"""Media I/O: audio decoding and the mel front end (``audio``), video probing, reading and writing (``video``)."""
+"""Media I/O: audio decoding and the mel front end (``audio``), video probing and reading (``video``) and writing (``writer``)."""
 
 from .audio import (
     load_audio,
@@ -9,7 +9,8 @@ from .audio import (
     sync_mel_windows,
     sync_window_start,
 )
-from .video import Frame, FrameReader, VideoInfo, VideoWriter, probe
+from .video import Frame, FrameReader, VideoInfo, probe
+from .writer import VideoWriter
 
 __all__ = [
     "Frame",

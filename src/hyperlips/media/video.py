@@ -1,4 +1,4 @@
-"""Video input and output with PyAV (FFmpeg libraries; no ffmpeg binary, no OpenCV video I/O).
+"""Video input with PyAV (FFmpeg libraries; no ffmpeg binary, no OpenCV video I/O).
 
 Frames are ``numpy.uint8`` H x W x 3 **BGR** with the container's rotation applied.
 
@@ -14,23 +14,13 @@ interpolation both ways, so pixels that pass through decode -> encode -> decode 
 limited range, unrotated); given it and the region that changed, the writer copies the rest of the picture as it
 was decoded (its chroma unmoved by the 4:2:0 round trip) and converts only that region.
 
-Output is H.264 (libx264) tagged BT.709 limited range, plus AAC audio, written to a hidden temporary file beside
-the target and renamed only when :meth:`VideoWriter.close` succeeds. The default picture format is ``yuv420p``
-(4:2:0), the one every browser, phone and editor plays. 4:2:0 H.264 can only code even widths and heights, so an
-odd-sized frame is stored one pixel larger: its last column and/or row is repeated (nothing of the picture is
-lost or moved; :func:`coded_size` gives the stored size). ``pix_fmt="yuv444p"`` keeps the exact size and full
-colour resolution instead, but 4:4:4 H.264 has no hardware decoders: Safari, phones and TVs do not play it. Video
-and audio both start at time 0 (the first frame and the first audible sample are presented together); MP4 and MOV
-files carry their index at the front, so players start before the whole file has arrived.
+Writing is :mod:`.writer`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import math
 import os
-import secrets
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -38,44 +28,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import MediaError, UserError, decoder_reason, require_file
+from ..errors import MediaError, decoder_reason, require_file
 
-__all__ = ["IMAGE_SUFFIXES", "PIX_FMTS", "PRESETS", "VideoInfo", "Frame", "probe", "FrameReader", "VideoWriter",
-           "check_encoding", "coded_size", "rotate_image", "as_rate"]
+__all__ = ["IMAGE_SUFFIXES", "VideoInfo", "Frame", "probe", "FrameReader", "rotate_image", "as_rate", "writer_coded"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 STILL_FPS = 25.0  # a still image acts as a one-frame video at this rate
-_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO})
-AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
-PIX_FMTS = ("yuv420p", "yuv444p")  # 4:2:0 plays everywhere (the default); 4:4:4: exact size, full colour, few players
-PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
-           "placebo")  # libx264
-DEFAULT_CRF, DEFAULT_PRESET, DEFAULT_PIX_FMT = 18, "veryfast", "yuv420p"
-MAX_CRF = 51  # libx264's worst quality (8-bit); 0 is lossless
-
-
-def check_encoding(crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRESET, pix_fmt: str = DEFAULT_PIX_FMT,
-                   names: tuple[str, str, str] = ("--crf", "--preset", "--pix-fmt")) -> None:
-    """Raise :class:`UserError` for an encoder setting libx264 would refuse, naming the option (as ``names``
-    spells the three: the command line's flags by default) and its range."""
-    if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= MAX_CRF:
-        raise UserError(f"{names[0]} must be a whole number from 0 (lossless, largest) to {MAX_CRF} (smallest, worst); "
-                        f"got {crf!r} (18, the default, is visually lossless)")
-    if preset not in PRESETS:
-        raise UserError(f"{names[1]} must be one of {', '.join(PRESETS)} (got {preset!r})")
-    if pix_fmt not in PIX_FMTS:
-        raise UserError(f"{names[2]} must be yuv420p (plays everywhere) or yuv444p (exact size, full colour) "
-                        f"(got {pix_fmt!r})")
-
-
-def coded_size(width: int, height: int, pix_fmt: str = DEFAULT_PIX_FMT) -> tuple[int, int]:
-    """The size a ``width`` x ``height`` picture is stored at: 4:2:0 rounds odd sides up by one (the last column
-    or row is repeated); 4:4:4 keeps the size."""
-    if pix_fmt == "yuv420p":
-        return width + width % 2, height + height % 2
-    return width, height
-
-
 @dataclass(frozen=True)
 class VideoInfo:
     """What :func:`probe` found. ``width``/``height`` are after rotation; ``rotation`` is in degrees
@@ -496,260 +454,8 @@ class FrameReader:
         return rotate_image(img, self.info.rotation)
 
 
-# ---------------------------------------------------------------------------------------------- writing
 def writer_coded(picture) -> bool:
     """True for a decoded picture coded as :class:`VideoWriter` codes by default: 8-bit 4:2:0, BT.709, limited range,
     even sides. Its pixels can go to the encoder as they are (``VideoWriter.write``'s ``source``)."""
     return (picture.format.name == "yuv420p" and int(picture.colorspace) == 1 and int(picture.color_range) == 1
             and picture.width % 2 == 0 and picture.height % 2 == 0)
-
-
-SOURCE_MARGIN = 8  # pixels around a changed region converted with it: 4:2:0's chroma there mixes both sides
-
-
-def _changed_span(changed, width: int, height: int) -> tuple[int, int, int, int]:
-    """``changed`` grown by :data:`SOURCE_MARGIN`, to even edges (whole chroma samples), clipped to the frame."""
-    x1, y1, x2, y2 = (int(v) for v in changed)
-    m = SOURCE_MARGIN
-    return (max(0, (x1 - m) // 2 * 2), max(0, (y1 - m) // 2 * 2),
-            min(width, -(-(x2 + m) // 2) * 2), min(height, -(-(y2 + m) // 2) * 2))
-
-
-def _yuv420_planes(packed: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Views of Y (H, W), U and V (H/2, W/2) in PyAV's packed 4:2:0 array (the three planes one after another)."""
-    flat = packed.reshape(-1)
-    n, c = width * height, (width // 2) * (height // 2)
-    return (flat[:n].reshape(height, width), flat[n : n + c].reshape(height // 2, width // 2),
-            flat[n + c : n + 2 * c].reshape(height // 2, width // 2))
-
-
-class VideoWriter:
-    """H.264 + AAC writer with an atomic result.
-
-    ``write(frame)`` takes (height, width, 3) uint8 BGR frames; the file stores them at ``coded_width`` x
-    ``coded_height`` (see :func:`coded_size`: with ``pix_fmt="yuv420p"``, the default, an odd side gains one
-    repeated column or row). ``crf`` (0-51, lower is better and larger) and ``preset`` (libx264's speed/size
-    trade-off) set the quality; ``threads``: encoder threads (0: libx264's choice, about 1.5 per core).
-    ``audio`` is mono float32 at ``sample_rate`` (written in full, interleaved with the video as frames arrive).
-    Output goes to a hidden temporary file in the target folder and is renamed to ``path`` by :meth:`close`;
-    :meth:`abort` (or an exception inside a ``with`` block) deletes it, so no file appears at ``path`` unless
-    writing succeeded.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        width: int,
-        height: int,
-        fps: float | Fraction,
-        audio: np.ndarray | None = None,
-        sample_rate: int = 16000,
-        crf: int = DEFAULT_CRF,
-        preset: str = DEFAULT_PRESET,
-        threads: int = 0,
-        pix_fmt: str = DEFAULT_PIX_FMT,
-    ):
-        import av
-        from av.video.reformatter import ColorRange, Colorspace
-
-        self.path = Path(path)
-        self.width, self.height = int(width), int(height)
-        if self.width <= 0 or self.height <= 0:
-            raise ValueError(f"bad frame size {width}x{height}")
-        check_encoding(crf, preset, pix_fmt)
-        self.coded_width, self.coded_height = coded_size(self.width, self.height, pix_fmt)
-        self.rate = as_rate(fps)
-        self.fps = float(self.rate)
-        self.frames_written = 0
-        # audio: mono float32 in [-1, 1] at a rate AAC supports (prepared before any file exists)
-        self._audio = None
-        self._audio_pos = 0
-        if audio is not None:
-            a = np.asarray(audio, dtype=np.float32)
-            if a.ndim != 1:
-                raise ValueError(f"audio must be 1-D mono samples, got shape {a.shape}")
-            sr = int(sample_rate)
-            if sr not in AAC_RATES:
-                from .resample import resample_poly
-
-                g = math.gcd(48000, sr)
-                a = resample_poly(a, 48000 // g, sr // g)
-                sr = 48000
-            self._audio = np.clip(a, -1.0, 1.0)
-            self.sample_rate = sr
-
-        from av.video.reformatter import Interpolation, VideoReformatter
-
-        self._reformatter = VideoReformatter()
-        self._colour = dict(dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG,
-                            interpolation=Interpolation.BILINEAR | Interpolation.ACCURATE_RND)
-        self._pix_fmt = pix_fmt
-        self._container = None
-        folder = self.path.parent
-        if not folder.is_dir():
-            raise MediaError(f"output folder does not exist: {folder}")
-        suffix = self.path.suffix or ".mp4"
-        self._tmp = folder / f".{self.path.stem}.{secrets.token_hex(4)}.partial{suffix}"
-        self._closed = False
-        try:  # FFmpeg opens the file only at the first frame, and its errors then name no file: try it now
-            with open(self._tmp, "xb"):
-                pass
-        except OSError as e:
-            raise MediaError(f"cannot write {self.path}: {os.strerror(e.errno) if e.errno else e}; choose a folder you "
-                             "can write to") from None
-        # from here on the temporary file exists: whatever stops the set-up (an error, Ctrl-C, SIGTERM) removes it
-        try:
-            try:
-                # MP4/MOV: the index goes at the front, so a browser starts playing before the whole file has arrived
-                faststart = {"movflags": "+faststart"} if suffix.lower() in (".mp4", ".mov", ".m4v") else {}
-                self._container = av.open(str(self._tmp), "w", options=faststart)
-            except (av.error.FFmpegError, ValueError) as e:
-                raise MediaError(f"cannot write {self.path}: {str(e).splitlines()[0] if str(e) else e}") from None
-            v = self._container.add_stream("libx264", rate=self.rate)
-            v.width, v.height, v.pix_fmt = self.coded_width, self.coded_height, self._pix_fmt
-            cc = v.codec_context
-            cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1  # BT.709, limited range
-            v.options = {"crf": str(crf), "preset": preset, **({"threads": str(int(threads))} if threads else {})}
-            self._v = v
-            self._a = None
-            if self._audio is not None:
-                a_stream = self._container.add_stream("aac", rate=self.sample_rate, layout="mono")
-                a_stream.bit_rate = 128000
-                self._a = a_stream
-        except BaseException:
-            self.abort()
-            raise
-
-    # -- public
-    def write(self, frame: np.ndarray, source: Any = None, changed: tuple | None = None) -> None:
-        """Append one (height, width, 3) uint8 BGR frame.
-
-        ``source``: the decoded picture the frame was made from (``Frame.source`` of a reader with ``keep_source``),
-        which the frame equals outside ``changed`` = (x1, y1, x2, y2) pixels (None: everywhere). Where it is coded as
-        this writer codes (:func:`writer_coded`, 4:2:0 output of the same size), those pixels go to the encoder as
-        decoded, not converted back from BGR: the rest of the frame stays exactly the decoded picture, and a 720p
-        frame costs 1-2 ms of CPU less."""
-        if self._closed:
-            raise RuntimeError("write() after close()/abort()")
-        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8 BGR, got {frame.shape} {frame.dtype}")
-        vf = self._from_source(frame, source, changed) if source is not None else None
-        if vf is None:
-            vf = self._converted(frame)
-        vf.pts = self.frames_written
-        with self._storage_errors():
-            for pkt in self._v.encode(vf):
-                self._container.mux(pkt)
-            self.frames_written += 1
-            self._write_audio_until(self.frames_written / self.fps)
-
-    def _converted(self, frame: np.ndarray):
-        """The whole frame converted to the output's picture format."""
-        import av
-
-        pad_x, pad_y = self.coded_width - self.width, self.coded_height - self.height
-        if pad_x or pad_y:  # 4:2:0 needs even sides: repeat the last column / row
-            import cv2
-
-            frame = cv2.copyMakeBorder(frame, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
-        # a view of the array, not a copy (2 ms per 720p frame); the conversion below makes the frame encoded
-        vf = av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(frame), format="bgr24")
-        return self._reformatter.reformat(vf, format=self._pix_fmt, **self._colour)
-
-    def _from_source(self, frame: np.ndarray, source: Any, changed: tuple | None):
-        """The decoded ``source`` with the ``changed`` region (and a margin) converted from ``frame``; None where the
-        source cannot be used as it is (another picture format, colour coding or size)."""
-        import av
-
-        w, h = self.width, self.height
-        if (self._pix_fmt != "yuv420p" or (source.width, source.height) != (w, h)
-                or (self.coded_width, self.coded_height) != (w, h) or not writer_coded(source)):
-            return None
-        packed = source.to_ndarray()  # a copy: the decoder's picture stays as it was
-        if changed is not None:
-            x1, y1, x2, y2 = _changed_span(changed, w, h)
-            if x2 > x1 and y2 > y1:
-                part = av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(frame[y1:y2, x1:x2]), format="bgr24")
-                part = self._reformatter.reformat(part, format="yuv420p", **self._colour).to_ndarray()
-                for dst, src, k in zip(_yuv420_planes(packed, w, h), _yuv420_planes(part, x2 - x1, y2 - y1), (1, 2, 2)):
-                    dst[y1 // k : y2 // k, x1 // k : x2 // k] = src
-        return av.VideoFrame.from_ndarray(packed, format="yuv420p")
-
-    def close(self) -> Path:
-        """Flush the encoders, finish the file and move it to ``path``. Returns ``path``."""
-        if self._closed:
-            return self.path
-        try:
-            with self._storage_errors():
-                for pkt in self._v.encode(None):
-                    self._container.mux(pkt)
-                if self._a is not None:
-                    self._write_audio_until(None)
-                    for pkt in self._a.encode(None):
-                        self._container.mux(pkt)
-                self._container.close()
-                self._closed = True
-                os.replace(self._tmp, self.path)
-        except BaseException:
-            self.abort()
-            raise
-        return self.path
-
-    def abort(self) -> None:
-        """Stop writing and delete the temporary file; nothing is left at ``path``."""
-        self._closed = True
-        c = getattr(self, "_container", None)
-        if c is not None:
-            try:
-                c.close()
-            except Exception:
-                pass
-            self._container = None
-        self._remove_tmp()
-
-    def __enter__(self) -> "VideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    # -- internals
-    @contextlib.contextmanager
-    def _storage_errors(self):
-        """A full disk, a file size limit or a folder that became read-only: the output's name and what to do."""
-        try:
-            yield
-        except OSError as e:
-            if e.errno not in _STORAGE_ERRNOS:
-                raise
-            self.abort()
-            raise MediaError(f"cannot write {self.path}: {os.strerror(e.errno)}; free some space or choose another "
-                             "folder (nothing was written there)") from None
-
-    def _remove_tmp(self) -> None:
-        try:
-            os.unlink(self._tmp)
-        except FileNotFoundError:
-            pass
-
-    def _write_audio_until(self, seconds: float | None) -> None:
-        """Encode audio up to ``seconds`` (None: all of it), in frames of the encoder's size."""
-        import av
-
-        if self._a is None:
-            return
-        total = len(self._audio)
-        end = total if seconds is None else min(total, int(math.ceil(seconds * self.sample_rate)))
-        size = self._a.codec_context.frame_size or 1024
-        while self._audio_pos < end:
-            n = min(size, total - self._audio_pos)
-            chunk = self._audio[self._audio_pos : self._audio_pos + n]
-            af = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
-            af.sample_rate = self.sample_rate
-            af.pts = self._audio_pos
-            for pkt in self._a.encode(af):
-                self._container.mux(pkt)
-            self._audio_pos += n

@@ -171,7 +171,7 @@ def _phonemes(params: dict):
 def _encoding(params: dict) -> tuple[int, str, str]:
     """The output's encoder settings (as ``sync --crf/--preset/--pix-fmt``), checked like the command line's."""
     from ..errors import UserError
-    from ..media.video import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET, check_encoding
+    from ..media.writer import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET, check_encoding
 
     crf = params.get("crf")
     crf = DEFAULT_CRF if crf in (None, "") else crf
