@@ -220,9 +220,8 @@ class VideoWriter:
         import av
 
         w, h = self.width, self.height
-        if (self._pix_fmt != "yuv420p" or (source.width, source.height) != (w, h)
-                or (self.coded_width, self.coded_height) != (w, h) or not writer_coded(source)):
-            return None
+        if self._pix_fmt != "yuv420p" or (source.width, source.height) != (w, h) or not writer_coded(source):
+            return None  # (a picture writer_coded takes has even sides, so the frame is coded at its own size)
         packed = source.to_ndarray()  # a copy: the decoder's picture stays as it was
         if changed is not None:
             x1, y1, x2, y2 = _changed_span(changed, w, h)
