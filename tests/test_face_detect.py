@@ -205,3 +205,57 @@ def test_quiet_native_logs_nests_across_threads_and_restores_stderr():
     t.join(5)
     after = os.fstat(2)
     assert (after.st_ino, after.st_dev) == (before.st_ino, before.st_dev)
+
+
+def test_detectors_shared_by_two_threads_find_what_one_detector_finds(detector, real_data):
+    """FaceDetectors: a graph per call running at once (two frames at a time, from two threads); the same boxes."""
+    import threading
+
+    from hyperlips.face.detect import FaceDetectors
+
+    frames = read_frames(real_data / "hyperlips" / "video2.mp4", list(range(0, 40, 3)))
+    alone = [detector.detect(f) for f in frames]
+    got: dict = {}
+    with FaceDetectors(2) as pool:
+        assert pool.workers == 2
+
+        def work(k):
+            for i in range(k, len(frames), 2):
+                got[i] = pool.detect(frames[i])
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert [[(b.x1, b.y1, b.x2, b.y2, b.score) for b in got[i]] for i in range(len(frames))] == \
+           [[(b.x1, b.y1, b.x2, b.y2, b.score) for b in boxes] for boxes in alone]
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.detect(frames[0])
+    with pytest.raises(ValueError):
+        FaceDetectors(0)
+
+
+def test_mediapipe_can_be_imported_ahead_in_a_thread_once():
+    """LipSync starts importing mediapipe while it loads its networks: once per process, in a thread of its own that
+    a quick exit waits for."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from hyperlips.face.detect import preload_mediapipe, FaceDetector\n"
+        "t = preload_mediapipe()\n"
+        "assert t is not None and not t.daemon and t.name == 'hyperlips-import-mediapipe'\n"
+        "assert preload_mediapipe() is None\n"
+        "t.join(120)\n"
+        "assert 'mediapipe' in sys.modules\n"
+        "FaceDetector().close()\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+    # a process that ends at once (no detector wanted) ends cleanly, the import finished or not begun
+    res = subprocess.run([sys.executable, "-c", "from hyperlips.face.detect import preload_mediapipe\npreload_mediapipe()"],
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0 and res.stderr == "", res.stderr[-2000:]

@@ -205,3 +205,90 @@ def test_a_numbered_reference_without_a_face_is_a_user_error():
         search(60, 5, [None] * 30 + [0.9] * 30)
     with pytest.raises(UserError, match="--reference 99"):
         search(60, 99, [0.9] * 60)
+
+
+# --------------------------------------------------------------------------------------------- work ahead
+class Shown:
+    """A frame stand-in: repeats are the same object, as a repeated frame is the same array."""
+
+    def __init__(self, n):
+        self.n = n
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_work_ahead_keeps_the_order_does_a_repeat_once_and_skips_what_needs_nothing(workers):
+    from hyperlips.stages import mapped_ahead
+
+    a, b, c, d = Shown(1), Shown(2), Shown(3), Shown(4)
+    items = [(a, True), (a, True), (b, False), (c, True), (b, True), (d, True), (d, True), (c, True)]
+    calls, lock = [], threading.Lock()
+
+    def fn(item):
+        with lock:
+            calls.append(item[0].n)
+        return item[0].n * 10
+
+    out = list(mapped_ahead(fn, iter(items), lambda it: it[0] if it[1] else None, workers))
+    assert [it for it, _ in out] == items  # every item, in order
+    assert [r for _, r in out] == [10, 10, None, 30, 20, 40, 40, 30]
+    assert sorted(calls) == [1, 2, 3, 3, 4]  # a repeat right after itself is done once; c again later is done again
+
+
+def test_work_ahead_runs_calls_at_the_same_time_and_stops_cleanly():
+    from hyperlips.stages import mapped_ahead
+
+    meet = threading.Barrier(2, timeout=20)  # passes only when two calls wait at once
+    started = []
+
+    def fn(i):
+        started.append(i)
+        if i < 6:  # items 0-5 meet in pairs: each pair was worked on at the same time
+            meet.wait()
+        return i
+
+    results = mapped_ahead(fn, iter(range(100)), lambda i: i, workers=2)
+    got = [next(results) for _ in range(6)]
+    assert got == [(i, i) for i in range(6)]
+    results.close()  # the calls running finish, the rest are dropped, the threads end
+    assert len(started) <= 6 + 4 + 2  # no more than the look-ahead beyond what was taken
+    assert not [t for t in threading.enumerate() if t.name.startswith("hyperlips-ahead")]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_work_ahead_gives_a_calls_error_at_its_item(workers):
+    from hyperlips.stages import mapped_ahead
+
+    def fn(i):
+        if i == 5:
+            raise ValueError("frame 5 is bad")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="frame 5"):
+        for i, r in mapped_ahead(fn, iter(range(20)), lambda i: i, workers):
+            got.append(r)
+    assert got == [0, 1, 2, 3, 4]
+    assert not [t for t in threading.enumerate() if t.name.startswith("hyperlips-ahead")]
+
+
+def test_the_search_with_two_detections_at_once_finds_what_one_at_a_time_finds():
+    from hyperlips.face.detect import Box
+    from hyperlips.face.track_online import OnlineTrack
+    from hyperlips.streaming import find_reference
+
+    scores = [None] * 5 + [0.5 + 0.3 * abs(np.sin(i)) for i in range(200)]
+    found = {}
+    for workers in (1, 2):
+        meet = threading.Barrier(2, timeout=20)  # frames 8 and 9 are detected at the same time, or this fails
+
+        def detect(image):
+            i = int(image[0, 0, 0])
+            if workers == 2 and i in (8, 9):
+                meet.wait()
+            return [] if scores[i] is None else [Box(10, 10, 50, 50, scores[i])]
+
+        found[workers] = find_reference(FakeTimeline(205), 205, "best", lambda: OnlineTrack(25.0, frame_size=(64, 64)),
+                                        detect, SimpleNamespace(update=lambda n=1: None), workers=workers)
+    assert found[1].frame == found[2].frame and (found[1].crop == found[2].crop).all()
+    assert [[(b.x1, b.score) for b in d] for d in found[1].detections] == \
+           [[(b.x1, b.score) for b in d] for d in found[2].detections]

@@ -236,7 +236,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
                batch_size: Optional[int] = None, phonemes=None) -> Iterator[LiveFrame]:
     """The body of ``LipSync.stream`` (``ls``: the LipSync whose networks render)."""
     from .errors import require_file
-    from .face.detect import FaceDetector
+    from .face.detect import FaceDetectors
     from .media.phone_marks import closure
     from .media.timing import check_fps, open_timeline
     from .schedule import LOOP_MODES
@@ -255,14 +255,15 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
     marks = ls.phoneme_marks(phonemes, None)
     size = int(batch_size or ls.batch_size)
     timings = Timings()
-    with open_timeline(video, fps) as timeline, FaceDetector() as detector:
+    with open_timeline(video, fps) as timeline, FaceDetectors() as detector:
         ls.new_clip(timeline.fps)
         info = timeline.info
         n_src = 1 if info.is_image else timeline.n_frames
         check_face_box(face_box, info.width, info.height)
 
         new_track = track_factory(timeline, face_index, face_box)
-        found = find_reference(timeline, n_src, request, new_track, detector.detect, _NoBar(), timings, ls.overlap)
+        found = find_reference(timeline, n_src, request, new_track, detector.detect, _NoBar(), timings, ls.overlap,
+                               detector.workers)
         given = None
         if marks is not None and ls.given_phones:
             from .media.phone_marks import phone_ids
@@ -278,7 +279,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
         chain = frame_chain(timeline, n_src=n_src, n_out=FOREVER, loop=loop, found=found, new_track=new_track,
                             detect=detector.detect, network=live_batches(feed, size, render), batch_size=size,
                             timings=timings, overlap=ls.overlap, steady=ls.temporal_blend,
-                            input_blend=ls.input_blend)
+                            input_blend=ls.input_blend, workers=detector.workers)
         feeder.start()
         try:
             for job in chain:

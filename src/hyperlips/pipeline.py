@@ -298,7 +298,7 @@ class LipSync:
         ``media.phone_marks.read_marks`` reads, or a list of ``PhoneMark``): a HyperLips-Lite mouth closes on
         every /p b m/ (warped, hybrid or rendered), and a network that reads phones reads these instead of the
         recogniser's."""
-        from .face.detect import FaceDetector
+        from .face.detect import FaceDetectors
         from .media.audio import load_audio, melspectrogram, speech_problems
         from .media.writer import VideoWriter, check_encoding
         from .streaming import (find_reference, frame_chain, network_stage, reference_request, reference_search_length,
@@ -314,7 +314,7 @@ class LipSync:
         request = reference_request(reference)
         timer = _Timer()
 
-        with open_timeline(video, fps, keep_source=True) as timeline, FaceDetector() as detector:
+        with open_timeline(video, fps, keep_source=True) as timeline, FaceDetectors() as detector:
             info = timeline.info
             with timer("decode"):
                 wav = load_audio(audio, self.audio_cfg.sample_rate)
@@ -340,7 +340,8 @@ class LipSync:
 
             # the reference face: the first frames, decoded and searched once (their detections are kept)
             with self._bar(reference_search_length(request, n_src, timeline.fps), "faces", on_progress) as bar:
-                found = find_reference(timeline, n_src, request, new_track, detect, bar, timer, self.overlap)
+                found = find_reference(timeline, n_src, request, new_track, detect, bar, timer, self.overlap,
+                                       detector.workers)
                 _complete(bar)  # the search ends when the face is sure, often before the estimate
             ref_crop = found.crop
 
@@ -353,7 +354,7 @@ class LipSync:
             chain = frame_chain(timeline, n_src=n_src, n_out=n_out, loop=loop, found=found, new_track=new_track,
                                 detect=detector.detect, network=network_stage(self.batch_size, render),
                                 batch_size=self.batch_size, timings=timer, overlap=self.overlap,
-                                steady=self.temporal_blend, input_blend=self.input_blend)
+                                steady=self.temporal_blend, input_blend=self.input_blend, workers=detector.workers)
             faces_done, writer = 0, None
             try:  # the writer is made inside: an interruption at any point leaves no temporary file
                 writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio,

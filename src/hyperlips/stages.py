@@ -17,7 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -185,3 +185,39 @@ def run_to_end(it: Iterable, consume: Callable[[object], None]) -> None:
         close = getattr(it, "close", None)
         if close is not None:
             close()
+
+
+def mapped_ahead(fn: Callable, items: Iterable, key: Callable, workers: int = 1) -> Iterator[tuple]:
+    """``(item, fn(item))`` for each item, in order; where ``key(item)`` is None, ``(item, None)`` and no call.
+
+    Consecutive items whose keys are the same object share the first one's call (a frame shown twice is worked on
+    once). With ``workers`` > 1, ``fn`` runs in that many threads (it must be safe to call from them at once) on up to
+    ``2 * workers`` items ahead of the one given out, so calls that wait on something else overlap; closing the
+    generator waits for the calls running then (the rest are dropped). With 1, everything happens in the caller's
+    thread, one item at a time."""
+    prev: tuple = (None, None)  # the last key called and its result (or its future)
+    if workers <= 1:
+        for item in items:
+            k = key(item)
+            if k is not None and k is not prev[0]:
+                prev = (k, fn(item))
+            yield item, (None if k is None else prev[1])
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="hyperlips-ahead")
+    pending: deque = deque()  # (item, future or None), oldest first
+    try:
+        for item in items:
+            k = key(item)
+            if k is not None and k is not prev[0]:
+                prev = (k, pool.submit(fn, item))
+            pending.append((item, None if k is None else prev[1]))
+            while pending and (len(pending) > 2 * workers or pending[0][1] is None or pending[0][1].done()):
+                head, fut = pending.popleft()
+                yield head, (None if fut is None else fut.result())
+        while pending:
+            head, fut = pending.popleft()
+            yield head, (None if fut is None else fut.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

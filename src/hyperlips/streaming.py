@@ -33,7 +33,7 @@ import numpy as np
 from .errors import MediaError, UserError, require_file
 from .generator_io import BASE_SIZE, face_crop, reference_crop
 from .schedule import runs
-from .stages import Step, Timings, run_chain
+from .stages import Step, Timings, mapped_ahead, run_chain
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
 MUX_SAMPLE_RATE = 48000  # the output's audio rate
@@ -122,13 +122,15 @@ def reference_search_length(request, n_src: int, fps: float) -> int:
 
 
 def find_reference(timeline, n_src: int, request, new_track: Callable, detect: Callable, bar,
-                   timings: Optional[Timings] = None, overlap: bool = True) -> ReferenceSearch:
+                   timings: Optional[Timings] = None, overlap: bool = True, workers: int = 1) -> ReferenceSearch:
     """Decode and search frames from the start until the reference frame's box is final; crop it there.
 
     ``request``: from :func:`reference_request`. ``new_track()``: an ``OnlineTrack`` with the run's options;
     ``detect(image)``: faces in a frame; ``bar``: progress (``update(n)``). Frames are held only while their box
     is not final (a few), and of the candidates only the best crop so far. With ``overlap`` the frames are
-    decoded in a thread a few frames ahead of the detection (its busy time goes to ``timings["decode"]``)."""
+    decoded in a thread a few frames ahead of the detection (its busy time goes to ``timings["decode"]``); with
+    ``workers`` > 1 that many frames are detected at the same time (``detect`` is then called from as many threads:
+    a ``face.detect.FaceDetectors``' ``detect``), a few frames ahead of the search."""
     if isinstance(request, Path):
         return ReferenceSearch(reference_crop(request), None, [])
     track = new_track()
@@ -137,7 +139,6 @@ def find_reference(timeline, n_src: int, request, new_track: Callable, detect: C
     images: deque = deque()  # (frame, image) of frames whose box is not final yet
     best: Optional[tuple] = None  # ((score, -frame), frame, crop)
     found: Optional[tuple[int, np.ndarray]] = None
-    last = (None, None)
 
     def settle(finals) -> None:
         nonlocal best, found
@@ -164,10 +165,9 @@ def find_reference(timeline, n_src: int, request, new_track: Callable, detect: C
         raise _no_face_at(request, n_src)
     frames = run_chain(Step("decode", lambda _: timeline.iter_range(0, n_src), maxsize=REFERENCE_DECODE_AHEAD), [],
                        timings if timings is not None else Timings(), overlap=overlap)
+    detected = mapped_ahead(lambda fr: detect(fr.image), frames, lambda fr: fr.image, workers if overlap else 1)
     try:
-        for fr in frames:
-            dets = last[1] if fr.image is last[0] else detect(fr.image)
-            last = (fr.image, dets)
+        for fr, dets in detected:
             detections.append(dets)
             images.append((fr.index, fr.image))
             settle(track.push(dets))
@@ -179,6 +179,7 @@ def find_reference(timeline, n_src: int, request, new_track: Callable, detect: C
             if request == "best" and track.anchor is not None and track.done >= min(track.anchor + window, n_src):
                 break
     finally:
+        detected.close()  # waits for the detections running
         frames.close()  # stops and joins the decoding thread before the timeline is read again
     if not detections:
         raise MediaError(f"no frames could be decoded from {timeline.info.path}")
@@ -228,16 +229,35 @@ class FaceStage:
     the boxes. ``boxes`` keeps one box per timeline frame; ``on_first_pass_end()`` is called once the first pass
     is done (the damage report)."""
 
-    def __init__(self, n_src: int, track, detect: Callable, cached: list, on_first_pass_end: Callable = lambda: None):
+    def __init__(self, n_src: int, track, detect: Callable, cached: list, on_first_pass_end: Callable = lambda: None,
+                 workers: int = 1):
         self.n_src, self.track, self.detect, self.cached = n_src, track, detect, cached
+        self.workers = workers  # frames detected at the same time (``detect`` called from as many threads)
         self.on_first_pass_end = on_first_pass_end
         self.boxes: list = []
 
     def __call__(self, jobs: Iterator[FrameJob]) -> Iterator[FrameJob]:
+        def marked() -> Iterator[tuple[FrameJob, bool]]:  # (job, whether to detect): a frame new to the first pass
+            new = 0  # (and not searched already)
+            for job in jobs:
+                first = job.s == new
+                new += first
+                yield job, first and job.s >= len(self.cached)
+
+        def key(item):  # a frame to detect; a frame repeated (the same array) is detected once
+            job, detect = item
+            return job.image if detect else None
+
+        detected = mapped_ahead(lambda item: self.detect(item[0].image), marked(), key, self.workers)
+        try:
+            yield from self._tracked(detected)
+        finally:
+            detected.close()
+
+    def _tracked(self, detected: Iterator[tuple]) -> Iterator[FrameJob]:
         waiting: deque = deque()
-        last = (None, None)
         boxes = self.boxes
-        for job in jobs:
+        for (job, _), found in detected:
             if job.s < len(boxes) or self.track.finished:
                 job.box = boxes[job.s]
                 yield job
@@ -246,11 +266,8 @@ class FaceStage:
                 raise RuntimeError(f"frame {job.s} reached the face track out of order (expected {self.track.n})")
             if job.s < len(self.cached):
                 dets = self.cached[job.s]
-            elif job.image is last[0]:
-                dets = last[1]
             else:
-                dets = self.detect(job.image)
-            last = (job.image, dets)
+                dets = found
             waiting.append(job)
             boxes.extend(b for _, b in self.track.push(dets))
             if self.track.n == self.n_src:
@@ -400,16 +417,16 @@ def track_factory(timeline, face_index=None, face_box=None) -> Callable:
 
 def frame_chain(timeline, *, n_src: int, n_out: int, loop: str, found: ReferenceSearch, new_track: Callable,
                 detect: Callable, network: Callable, batch_size: int, timings, overlap: bool = True,
-                steady: float = 0.0, input_blend: float = 0.0) -> Iterator[FrameJob]:
+                steady: float = 0.0, input_blend: float = 0.0, workers: int = 1) -> Iterator[FrameJob]:
     """decode -> faces -> ``network`` (a stage taking jobs, giving lists of them; its inputs first blended over time
     with weight ``input_blend``, :func:`blended_inputs`) -> paste (the faces first steadied over time with weight
     ``steady``), the stages at the same time (``stages.run_chain``); yields the finished jobs in output order. Close
-    it to stop the threads."""
+    it to stop the threads. ``workers``: frames detected at the same time (see :func:`find_reference`)."""
     from .face.blend import paste_face
     from .media.timing import report_damage
 
     faces = FaceStage(n_src, new_track(), detect, found.detections,
-                      on_first_pass_end=lambda: report_damage(timeline, n_src))
+                      on_first_pass_end=lambda: report_damage(timeline, n_src), workers=workers if overlap else 1)
     return run_chain(
         Step("decode", lambda _: scheduled_frames(timeline, n_src, n_out, loop), maxsize=4),
         [Step("faces", faces, maxsize=batch_size),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import sys
 import threading
 from dataclasses import dataclass, replace
@@ -79,6 +80,32 @@ def import_mediapipe() -> Any:
         ) from None
     _forget_import_tracebacks("mediapipe")
     return mp
+
+
+_preload: dict[str, Any] = {"thread": None}
+_preload_lock = threading.Lock()
+
+
+def preload_mediapipe() -> threading.Thread | None:
+    """Start importing mediapipe in a thread of its own (once per process) and return that thread (None when it has
+    already been started). Importing it takes about 0.4 s of a first ``sync``; a caller that loads networks first
+    (``LipSync``) overlaps the two. An import that fails is left for :func:`import_mediapipe` to report when a
+    detector is made. The thread is not a daemon: a process that ends at once waits for the import to finish rather
+    than stopping it half-way."""
+    with _preload_lock:
+        if _preload["thread"] is not None or "mediapipe" in sys.modules:
+            return None
+        t = threading.Thread(target=_import_quietly, name="hyperlips-import-mediapipe")
+        _preload["thread"] = t
+        t.start()
+        return t
+
+
+def _import_quietly() -> None:
+    try:
+        import_mediapipe()
+    except Exception:  # noqa: BLE001 (reported by the next import_mediapipe, where a detector is needed)
+        pass
 
 
 def _forget_import_tracebacks(package: str) -> None:
@@ -211,6 +238,56 @@ class FaceDetector:
             self._fd = None
 
     def __enter__(self) -> "FaceDetector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+DETECTORS = 2  # graphs in a FaceDetectors: two frames at a time (measured on 2 cores; more cores, more graphs help less)
+
+
+class FaceDetectors:
+    """``n`` :class:`FaceDetector` graphs shared by threads: :meth:`detect` may be called from ``n`` threads at once,
+    each call on a graph of its own (``workers`` = ``n``).
+
+    A graph takes one frame at a time and spends much of it waiting between its own threads' steps, so two frames
+    detected at the same time on two graphs come out far sooner: measured on a 2-core Xeon, 720p frames, 5.9 ms per
+    frame one after another against 2.3-3.1 ms two at a time, and less CPU (6.6 against 4.5-5.1 ms per frame). The
+    boxes are the same."""
+
+    def __init__(self, n: int = DETECTORS, model: str = "full", min_confidence: float = 0.5):
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        self._all: list[FaceDetector] = []
+        try:
+            for _ in range(n):
+                self._all.append(FaceDetector(model, min_confidence))
+        except BaseException:
+            self.close()
+            raise
+        self.workers = n
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for d in self._all:
+            self._free.put(d)
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Box]:
+        """:meth:`FaceDetector.detect` on a free graph (waits for one when all are busy)."""
+        if not self._all:
+            raise RuntimeError("FaceDetectors is closed")
+        d = self._free.get()
+        try:
+            return d.detect(frame_bgr)
+        finally:
+            self._free.put(d)
+
+    def close(self) -> None:
+        """Close every graph (call it once no thread is detecting)."""
+        for d in self._all:
+            d.close()
+        self._all = []
+
+    def __enter__(self) -> "FaceDetectors":
         return self
 
     def __exit__(self, *exc) -> None:
