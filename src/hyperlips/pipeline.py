@@ -163,9 +163,11 @@ class LipSync:
     ) -> None:
         import torch
 
+        from .face.detect import preload_mediapipe
         from .models import GENERATORS, create_model, load_checkpoint
         from .models.inference import prepare_for_inference
 
+        preload_mediapipe()  # the face detector's library loads while the networks do
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
         if size is not None and size not in (128, 256, 512):
