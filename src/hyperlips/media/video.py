@@ -32,6 +32,10 @@ from ..errors import MediaError, decoder_reason, require_file
 
 __all__ = ["IMAGE_SUFFIXES", "VideoInfo", "Frame", "probe", "FrameReader", "rotate_image", "as_rate", "writer_coded"]
 
+# decoded formats whose conversion to planar RGB (gbrp) gives exactly the pixels of the conversion to packed BGR, with
+# the reader's flags, at even sides (checked on every one of these; 4:2:0 at odd sides and yuv410p differ by a level)
+PLANAR_RGB_SAME = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv420p10le",
+                             "yuv422p10le", "yuv444p10le", "nv12", "nv21", "p010le"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 STILL_FPS = 25.0  # a still image acts as a one-frame video at this rate
 @dataclass(frozen=True)
@@ -450,7 +454,16 @@ class FrameReader:
             self._reformatter = VideoReformatter()
             # exact rounding and full-resolution chroma: swscale's fast YUV->RGB path is ~1 level too dark
             self._flags = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
-        img = self._reformatter.reformat(frame, format="bgr24", interpolation=self._flags).to_ndarray()
+        # one thread: the conversion shares the CPU with the other stages, and its slice threads cost more than they save
+        if frame.format.name in PLANAR_RGB_SAME and frame.width % 2 == 0 and frame.height % 2 == 0:
+            import cv2
+
+            # to planar RGB and interleaved here: the same pixels at half the CPU of swscale's packed BGR output
+            planes = self._reformatter.reformat(frame, format="gbrp", interpolation=self._flags, threads=1).planes
+            g, b, r = (np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in planes)
+            img = cv2.merge([b, g, r])
+        else:
+            img = self._reformatter.reformat(frame, format="bgr24", interpolation=self._flags, threads=1).to_ndarray()
         return rotate_image(img, self.info.rotation)
 
 
