@@ -298,9 +298,9 @@ def test_the_reader_converts_every_picture_format_as_swscale_does_to_packed_bgr(
 
 def _planes(picture) -> list[np.ndarray]:
     """Y, U and V of a decoded 4:2:0 picture."""
-    from hyperlips.media.writer import _yuv420_planes
+    from hyperlips.media.video import plane_views
 
-    return list(_yuv420_planes(picture.to_ndarray(), picture.width, picture.height))
+    return [v.copy() for v in plane_views(picture)]
 
 
 def test_writer_copies_the_decoded_picture_where_the_frame_is_unchanged(real_data, tmp_path):

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..errors import MediaError, decoder_reason, require_file
 
-__all__ = ["IMAGE_SUFFIXES", "VideoInfo", "Frame", "probe", "FrameReader", "rotate_image", "as_rate", "writer_coded"]
+__all__ = ["IMAGE_SUFFIXES", "VideoInfo", "Frame", "probe", "FrameReader", "rotate_image", "as_rate", "writer_coded",
+           "plane_views"]
 
 # decoded formats whose conversion to planar RGB (gbrp) gives exactly the pixels of the conversion to packed BGR, with
 # the reader's flags, at even sides (checked on every one of these; 4:2:0 at odd sides and yuv410p differ by a level)
@@ -459,12 +460,18 @@ class FrameReader:
             import cv2
 
             # to planar RGB and interleaved here: the same pixels at half the CPU of swscale's packed BGR output
-            planes = self._reformatter.reformat(frame, format="gbrp", interpolation=self._flags, threads=1).planes
-            g, b, r = (np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in planes)
+            g, b, r = plane_views(self._reformatter.reformat(frame, format="gbrp", interpolation=self._flags, threads=1))
             img = cv2.merge([b, g, r])
         else:
             img = self._reformatter.reformat(frame, format="bgr24", interpolation=self._flags, threads=1).to_ndarray()
         return rotate_image(img, self.info.rotation)
+
+
+def plane_views(picture) -> list[np.ndarray]:
+    """Each plane of an 8-bit planar picture (``av.VideoFrame``) as a (rows, columns) uint8 array viewing its memory
+    (its line padding left out): Y, U, V of 4:2:0 (U and V at half size), G, B, R of planar RGB. Writing into a view
+    writes into the picture."""
+    return [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in picture.planes]
 
 
 def writer_coded(picture) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MediaError, UserError
-from .video import as_rate, writer_coded
+from .video import as_rate, plane_views, writer_coded
 
 __all__ = ["PIX_FMTS", "PRESETS", "VideoWriter", "check_encoding", "coded_size"]
 
@@ -71,14 +71,6 @@ def _changed_span(changed, width: int, height: int) -> tuple[int, int, int, int]
     m = SOURCE_MARGIN
     return (max(0, (x1 - m) // 2 * 2), max(0, (y1 - m) // 2 * 2),
             min(width, -(-(x2 + m) // 2) * 2), min(height, -(-(y2 + m) // 2) * 2))
-
-
-def _yuv420_planes(packed: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Views of Y (H, W), U and V (H/2, W/2) in PyAV's packed 4:2:0 array (the three planes one after another)."""
-    flat = packed.reshape(-1)
-    n, c = width * height, (width // 2) * (height // 2)
-    return (flat[:n].reshape(height, width), flat[n : n + c].reshape(height // 2, width // 2),
-            flat[n + c : n + 2 * c].reshape(height // 2, width // 2))
 
 
 class VideoWriter:
@@ -223,15 +215,18 @@ class VideoWriter:
         w, h = self.width, self.height
         if self._pix_fmt != "yuv420p" or (source.width, source.height) != (w, h) or not writer_coded(source):
             return None  # (a picture writer_coded takes has even sides, so the frame is coded at its own size)
-        packed = source.to_ndarray()  # a copy: the decoder's picture stays as it was
+        out = av.VideoFrame(w, h, "yuv420p")  # a copy: the decoder's picture stays as it was
+        planes = plane_views(out)
+        for dst, src in zip(planes, plane_views(source)):
+            np.copyto(dst, src)
         if changed is not None:
             x1, y1, x2, y2 = _changed_span(changed, w, h)
             if x2 > x1 and y2 > y1:
                 part = av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(frame[y1:y2, x1:x2]), format="bgr24")
-                part = self._reformatter.reformat(part, format="yuv420p", threads=1, **self._colour).to_ndarray()
-                for dst, src, k in zip(_yuv420_planes(packed, w, h), _yuv420_planes(part, x2 - x1, y2 - y1), (1, 2, 2)):
+                part = self._reformatter.reformat(part, format="yuv420p", threads=1, **self._colour)
+                for dst, src, k in zip(planes, plane_views(part), (1, 2, 2)):
                     dst[y1 // k : y2 // k, x1 // k : x2 // k] = src
-        return av.VideoFrame.from_ndarray(packed, format="yuv420p")
+        return out
 
     def close(self) -> Path:
         """Flush the encoders, finish the file and move it to ``path``. Returns ``path``."""
