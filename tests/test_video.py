@@ -431,6 +431,37 @@ def test_writer_preset_changes_the_encoding(real_data, tmp_path):
     assert sizes["ultrafast"] > sizes["medium"], sizes  # same quality target, the slower preset packs it tighter
 
 
+def test_encoder_threads_one_up_to_720p_on_two_cores(monkeypatch, tmp_path):
+    """On 2 cores libx264's frame threads cost more than they save up to 720p (one thread then); larger frames and
+    machines with more cores keep libx264's own choice; a writer given threads uses them."""
+    import hyperlips.media.writer as writer_mod
+
+    monkeypatch.setattr(writer_mod, "usable_cpus", lambda: 2)
+    assert writer_mod.encoder_threads(1280, 720) == 1 and writer_mod.encoder_threads(844, 844) == 1
+    assert writer_mod.encoder_threads(1920, 1080) == 0 and writer_mod.encoder_threads(1280, 722) == 0
+    monkeypatch.setattr(writer_mod, "usable_cpus", lambda: 8)
+    assert writer_mod.encoder_threads(1280, 720) == 0
+    monkeypatch.setattr(writer_mod, "usable_cpus", lambda: 2)
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("counting a process's threads needs Linux's /proc")
+
+    def threads_now() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    img = np.broadcast_to(np.linspace(0, 255, 1280, dtype=np.uint8)[None, :, None], (720, 1280, 3)).copy()
+    before = threads_now()
+    with VideoWriter(tmp_path / "one.mp4", 1280, 720, 25) as w:
+        assert w.threads == 1
+        for _ in range(12):  # past libx264's look-ahead: frame threads would be running by now
+            w.write(img)
+        assert threads_now() <= before  # libx264 encodes in the calling thread
+    for size, given, want in (((1920, 1080), None, 0), ((1280, 720), 3, 3)):
+        w = VideoWriter(tmp_path / "other.mp4", *size, 25, threads=given)
+        assert w.threads == want
+        w.abort()
+
+
 @pytest.mark.parametrize("kw", [{"crf": -1}, {"crf": 52}, {"crf": 18.5}, {"crf": "18"}, {"crf": True},
                                 {"preset": "turbo"}, {"preset": "VeryFast"}, {"pix_fmt": "yuv422p"}])
 def test_writer_refuses_bad_settings(tmp_path, kw):
