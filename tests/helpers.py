@@ -43,9 +43,9 @@ def cut_audio(src: Path, dst: Path, seconds: float, repeat: int = 1) -> Path:
 
 def cut_video(src: Path, dst: Path, frames: int, size: int | None = None, lossless: bool = False) -> Path:
     """The first ``frames`` frames of ``src`` re-encoded (H.264, the source's rate), optionally scaled to a square
-    ``size``; ``lossless``: exactly these pixels (4:2:0 kept), whatever the encoder's threads (lossy H.264's output
-    depends on them, so a test that measures a small effect on the frames reads a different clip on another
-    machine)."""
+    ``size``; ``lossless``: exactly these pixels (4:2:0 kept). On one encoder thread either way: lossy H.264's
+    output depends on the encoder's threads, whose default depends on the machine's cores, so a test measuring a
+    small effect on the frames would read a different clip on another machine."""
     import cv2
 
     from hyperlips.media.video import FrameReader
@@ -58,7 +58,7 @@ def cut_video(src: Path, dst: Path, frames: int, size: int | None = None, lossle
     if size:
         images = [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]
     h, w = images[0].shape[:2]
-    with VideoWriter(dst, w, h, fps, **(dict(crf=0, threads=1) if lossless else {})) as wr:
+    with VideoWriter(dst, w, h, fps, threads=1, **(dict(crf=0) if lossless else {})) as wr:
         for im in images:
             wr.write(im)
     return dst
