@@ -21,6 +21,31 @@ def pytest_configure(config):
         os.environ.setdefault("MKL_NUM_THREADS", share)
 
 
+TEMP_NEEDED_GB = 10  # the suite's temporary folder peaked at 6.2 GB in a whole run (docs/testing.md)
+
+
+def temp_space_line(folder: str, free_bytes: int) -> str:
+    """The report header's line on the temporary folder's free space: a warning below ``TEMP_NEEDED_GB``."""
+    free = free_bytes / 1e9
+    if free < TEMP_NEEDED_GB:
+        return (f"WARNING: {free:.1f} GB free in the temporary folder {folder}; the suite needs about "
+                f"{TEMP_NEEDED_GB} GB (the training tests write checkpoints of full-size networks) and those tests "
+                f"would fail with 'No space left on device': free some space or point TMPDIR elsewhere")
+    return f"temporary folder {folder}: {free:.1f} GB free"
+
+
+def pytest_report_header(config):
+    """Say how much room the temporary folder has: a full disk otherwise shows only as failed training tests."""
+    import shutil
+    import tempfile
+
+    folder = str(config.option.basetemp or tempfile.gettempdir())
+    try:
+        return temp_space_line(folder, shutil.disk_usage(folder if os.path.isdir(folder) else tempfile.gettempdir()).free)
+    except OSError:
+        return None
+
+
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"needs the shared test data ({path} is absent; set HYPERLIPS_SHARED to its folder)")
