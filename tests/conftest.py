@@ -41,9 +41,10 @@ def pytest_report_header(config):
 
     folder = str(config.option.basetemp or tempfile.gettempdir())
     try:
-        return temp_space_line(folder, shutil.disk_usage(folder if os.path.isdir(folder) else tempfile.gettempdir()).free)
+        free = shutil.disk_usage(folder if os.path.isdir(folder) else tempfile.gettempdir()).free
     except OSError:
         return None
+    return temp_space_line(folder, free)
 
 
 def _need(path: Path) -> Path:
