@@ -73,6 +73,7 @@ def test_end_to_end_row_on_a_short_clip(tmp_path):
     video, audio = B.synthetic_clip(tmp_path, seconds=0.4)
     rows = B.bench_end_to_end(video, audio, 128, "cpu", 4, tmp_path)
     assert rows[0].stage == "end-to-end" and rows[0].frames == 10 and rows[0].fps > 0
+    assert 0 < rows[0].first_frame < rows[0].seconds  # the start-up: speech, the reference search, the first batch
     stages = {r.stage.split(":")[-1].strip() for r in rows[1:]}
     assert {"decode", "faces", "network", "paste", "encode"} <= stages
 
@@ -102,6 +103,17 @@ def test_summary_compares_what_the_issue_asks():
             "batch 16); 4.0x it in the original's own inference batch of 128 (6.0 fps)") in text
     assert "Lite + HR end to end at 720p, mouth at 256 px: 12.0 fps" in text
     assert "840 MB on the long input against 800 MB on the short one (1.05x for 5x the length)" in text
+    assert "first frame" not in text  # rows that did not measure it (or JSON's None) say nothing of it
+    assert "first frame" not in "\n".join(B.summarise([dict(r, first_frame=None) for r in rows]))
+    timed = [dict(r, frames=150, seconds=150 / r["fps"], first_frame=0.5) if r["stage"] == "end-to-end" else r
+             for r in [own] + rows]  # 150 frames at 24 fps: 6.25 s, the first after 0.5 s, 149 in the 5.75 s after
+    text = "\n".join(B.summarise(timed))
+    assert ("Base end to end at 720p: 24.0 fps (the first frame after 0.50 s, then 25.9 fps) = 3.0x the reference "
+            "network alone") in text
+    assert "Lite end to end at 720p: 30.0 fps (1.20x real time for 25 fps video, precision bf16; the first frame " \
+           "after 0.50 s, then 33.1 fps)" in text
+    assert "Lite + HR end to end at 720p, mouth at 256 px: 12.0 fps (the first frame after 0.50 s, then 12.4 fps)" \
+        in text
 
 
 def test_the_reference_is_also_timed_in_the_originals_batch_after_the_720p_runs(monkeypatch):
@@ -139,9 +151,12 @@ def test_the_shipped_starter_runs_end_to_end_as_sync_runs_it(tmp_path):
     assert rows[0].stage == "end-to-end" and rows[0].frames == 10 and rows[0].fps > 0
     assert rows[0].variant == "Starter, 720p, shipped weights, mouth warp"
     assert str(B.E2ESpec.parse("starter:1080")) == "starter:1080:128"
-    line = B.summarise([dict(asdict(rows[0]), fps=27.5)])
+    line = B.summarise([dict(asdict(rows[0]), fps=27.5, first_frame=float("nan"))])
     assert line == ["the shipped starter end to end at 720p, as sync runs it by default (mouth warp): 27.5 fps "
                     "(1.10x real time for 25 fps video)"]
+    line = B.summarise([dict(asdict(rows[0]), fps=27.5)])[0]
+    assert line.startswith("the shipped starter end to end at 720p, as sync runs it by default (mouth warp): 27.5 "
+                           "fps (1.10x real time for 25 fps video; the first frame after "), line
 
 
 @pytest.mark.parametrize("text", ["lite", "lite:480", "medium:720", "base:720:300", "lite:720:128:1",

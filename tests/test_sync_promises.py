@@ -328,6 +328,28 @@ def test_python_api_report(clip, default_run):
     assert (got["frames"], got["width"], got["height"], got["video_codec"]) == (N_OUT, 360, 288, "h264")
 
 
+def test_the_report_times_the_first_frame(clip, ckpt, tmp_path, monkeypatch):
+    """``first_frame_seconds``: from the call to the first frame handed to the encoder (after the speech, the
+    reference search and the first batch); the summary gives it and the pace after it."""
+    import time
+
+    from hyperlips.media.writer import VideoWriter
+    from hyperlips.pipeline import LipSync
+
+    writes, real_write = [], VideoWriter.write
+    monkeypatch.setattr(VideoWriter, "write", lambda self, *a, **k: writes.append(time.perf_counter()) or
+                        real_write(self, *a, **k))
+    ls = LipSync(ckpt, device="cpu", progress=False)
+    t0 = time.perf_counter()
+    r = ls.sync(clip.video, clip.audio, tmp_path / "out.mp4")
+    assert len(writes) == N_OUT
+    assert writes[0] - t0 - 0.01 <= r.first_frame_seconds <= writes[0] - t0  # taken just before the first write
+    assert 0 < r.first_frame_seconds < r.wall_seconds
+    after = (N_OUT - 1) / (r.wall_seconds - r.first_frame_seconds)
+    assert r.after_first_frame_fps() == pytest.approx(after)
+    assert f"the first frame after {r.first_frame_seconds:.2f}s, then {after:.1f} fps" in r.summary()
+
+
 def test_progress_reports_end_with_every_stage_complete(real_data, tmp_path):
     """The reference search stops once the face is sure, before its estimated length: it still ends at 100%."""
     import soundfile as sf

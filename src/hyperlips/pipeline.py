@@ -85,6 +85,7 @@ class SyncReport:
     frames_with_face: int
     timings: dict[str, float] = field(default_factory=dict)  # busy seconds per stage (the stages overlap)
     wall_seconds: float = 0.0  # from the start of sync() to the renamed file (models already loaded)
+    first_frame_seconds: float | None = None  # from the start of sync() to the first frame handed to the encoder
 
     def stage_fps(self) -> dict[str, float]:
         return {k: (self.frames / v if v > 0 else float("inf")) for k, v in self.timings.items()}
@@ -95,9 +96,22 @@ class SyncReport:
         return (
             f"{self.output}: {self.frames} frames {self.width}x{self.height} @ {self.fps:g} fps, "
             f"mouth generated in {self.frames_with_face}; {wall:.1f}s end to end "
-            f"({self.frames / wall if wall > 0 else float('inf'):.1f} fps); busy time per stage (they run at the same "
-            f"time): {parts}"
+            f"({self.frames / wall if wall > 0 else float('inf'):.1f} fps{self._pace()}); busy time per stage (they "
+            f"run at the same time): {parts}"
         )
+
+    def after_first_frame_fps(self) -> float | None:
+        """Frames per second from the first frame handed to the encoder to the end: the pace once the start-up
+        (speech, the reference face's search, the first batch) is done; None for a single frame."""
+        if self.first_frame_seconds is None or self.frames < 2 or self.wall_seconds <= self.first_frame_seconds:
+            return None
+        return (self.frames - 1) / (self.wall_seconds - self.first_frame_seconds)
+
+    def _pace(self) -> str:
+        after = self.after_first_frame_fps()
+        if after is None:
+            return ""
+        return f"; the first frame after {self.first_frame_seconds:.2f}s, then {after:.1f} fps"
 
 
 class _Timer(Timings):
@@ -357,13 +371,15 @@ class LipSync:
                                 detect=detector.detect, network=network_stage(self.batch_size, render),
                                 batch_size=self.batch_size, timings=timer, overlap=self.overlap,
                                 steady=self.temporal_blend, input_blend=self.input_blend, workers=detector.workers)
-            faces_done, writer = 0, None
+            faces_done, writer, first_frame = 0, None, None
             try:  # the writer is made inside: an interruption at any point leaves no temporary file
                 writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio,
                                      sample_rate=MUX_SAMPLE_RATE, crf=crf, preset=preset, pix_fmt=pix_fmt)
                 with self._bar(n_out, "lip-sync", on_progress) as bar:
                     for job in chain:
                         faces_done += job.box is not None
+                        if first_frame is None:
+                            first_frame = time.perf_counter() - t_start
                         with timer("encode"):
                             writer.write(job.image, job.source, job.changed)
                         bar.update(1)
@@ -375,7 +391,7 @@ class LipSync:
                     writer.abort()  # no half-written file is left under the output name
                 raise
         return SyncReport(output, n_out, fps_out, writer.coded_width, writer.coded_height, seconds, faces_done,
-                          dict(timer.totals), time.perf_counter() - t_start)
+                          dict(timer.totals), time.perf_counter() - t_start, first_frame)
 
     def stream(
         self,

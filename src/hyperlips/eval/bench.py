@@ -270,6 +270,15 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
     return result
 
 
+def _pace(r: dict, before: str = " (", after: str = ")") -> str:
+    """How an end-to-end run started: the seconds to its first frame and its pace from there (frames per second
+    once the speech, the reference search and the first batch are done); empty where not measured."""
+    first, secs, frames = r.get("first_frame"), r.get("seconds"), r.get("frames") or 0
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (first, secs)) or frames < 2 or secs <= first:
+        return ""  # not measured (NaN in a row, None once written to JSON)
+    return f"{before}the first frame after {first:.2f} s, then {(frames - 1) / (secs - first):.1f} fps{after}"
+
+
 def summarise(rows: list[dict]) -> list[str]:
     """The comparisons the benchmark exists for, in words (only those whose rows were measured)."""
     ok = [r for r in rows if r["status"] == "ok"]
@@ -280,18 +289,19 @@ def summarise(rows: list[dict]) -> list[str]:
     if starter:
         mouth = starter["variant"].split(", ")[-1]
         lines.append(f"the shipped starter end to end at 720p, as sync runs it by default ({mouth}): "
-                     f"{starter['fps']:.1f} fps ({starter['fps'] / 25:.2f}x real time for 25 fps video)")
+                     f"{starter['fps']:.1f} fps ({starter['fps'] / 25:.2f}x real time for 25 fps video"
+                     f"{_pace(starter, '; ', '')})")
     lite = e2e.get(("Lite", "720p", 128))
     if lite:
         lines.append(f"Lite end to end at 720p: {lite['fps']:.1f} fps ({lite['fps'] / 25:.2f}x real time for 25 fps "
-                     f"video, precision {lite['precision']})")
+                     f"video, precision {lite['precision']}{_pace(lite, '; ', '')})")
     base = e2e.get(("Base", "720p", 128))
     refs = [r for r in ok if r["stage"] == "network" and r["variant"].startswith("reference: original layout")
             and r["device"] == "cpu"]
     if base and refs:
         ref = max(refs, key=lambda r: r["fps"])
-        line = (f"Base end to end at 720p: {base['fps']:.1f} fps = {base['fps'] / ref['fps']:.1f}x the reference "
-                f"network alone ({ref['fps']:.1f} fps: original layout, fp32, batch {ref['batch']})")
+        line = (f"Base end to end at 720p: {base['fps']:.1f} fps{_pace(base)} = {base['fps'] / ref['fps']:.1f}x the "
+                f"reference network alone ({ref['fps']:.1f} fps: original layout, fp32, batch {ref['batch']})")
         own = [r for r in refs if r["batch"] == ORIGINAL_BATCH and r is not ref]
         if own:
             line += (f"; {base['fps'] / own[0]['fps']:.1f}x it in the original's own inference batch of "
@@ -299,7 +309,7 @@ def summarise(rows: list[dict]) -> list[str]:
         lines.append(line)
     for key, r in sorted(e2e.items(), key=lambda kv: str(kv[0])):
         if key not in (("Lite", "720p", 128), ("Base", "720p", 128), ("Starter", "720p", 128)):
-            lines.append(f"{key[0]} end to end at {key[1]}, mouth at {key[2]} px: {r['fps']:.1f} fps")
+            lines.append(f"{key[0]} end to end at {key[1]}, mouth at {key[2]} px: {r['fps']:.1f} fps{_pace(r)}")
     mem = [r for r in ok if r["stage"] == "memory"]
     if len(mem) == 2:
         lines.append(f"peak memory: {mem[1]['peak_mb']:.0f} MB on the long input against {mem[0]['peak_mb']:.0f} MB "

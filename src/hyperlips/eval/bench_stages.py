@@ -45,6 +45,7 @@ class BenchRow:
     peak_mb: float = float("nan")
     delta_mb: float = float("nan")
     status: str = "ok"
+    first_frame: float = float("nan")  # end to end: seconds to the first frame handed to the encoder
 
 
 # --------------------------------------------------------------------------------------------- memory
@@ -493,6 +494,8 @@ def bench_end_to_end(video: Path, audio: Path, size: int, device: str, batch: in
     what = f"{name}{' + HR' if size != 128 else ''}, {label or 'LipSync.sync'}, {weights}"
     rows = [_row("end-to-end", rep.frames, secs, mem, variant=what, size=size, device=device, batch=batch,
                  precision=ls.precision)]
+    if rep.first_frame_seconds is not None:
+        rows[0].first_frame = rep.first_frame_seconds
     for stage, s in rep.timings.items():
         rows.append(BenchRow(f"  e2e: {stage}", "busy time inside LipSync.sync", size, device, ls.precision, batch,
                              rep.frames, s, rep.frames / s if s > 0 else float("inf")))
