@@ -203,6 +203,9 @@ def test_precision_support_on_this_machine():
     (("--end-to-end", "lite:480"), "--end-to-end"),
     (("--memory-seconds", "60", "30"), "--memory-seconds"),
     (("--original-batch", "-1"), "--original-batch"),
+    (("--seconds", "0.5"), "--seconds must be 1 to 600"),
+    (("--seconds", "nan"), "--seconds must be 1 to 600"),
+    (("--seconds", "601"), "--seconds must be 1 to 600"),
     (("-o", "/proc/no/bench.json"), "cannot write --output /proc/no/bench.json"),  # before measuring, not after
 ])
 def test_bench_user_mistakes(tmp_path, args, message):
@@ -260,6 +263,36 @@ def test_a_given_video_runs_each_model_once_and_says_the_heights_do_not_apply(mo
                 generator_table=False, original_batch=0, log=said.append)
     assert calls == [("me.mp4", 128), ("me.mp4", 256)]
     assert any("--video me.mp4: the end-to-end runs use it at its own size" in m for m in said)
+
+
+def test_seconds_sets_the_end_to_end_runs_length(monkeypatch, tmp_path):
+    """``--seconds 2``: the synthetic clip and the speech the end-to-end runs take are 2 s long (50 frames)."""
+    import argparse
+
+    from hyperlips.media.audio import load_audio
+    from hyperlips.media.video import probe
+
+    seen = {}
+
+    def end_to_end(video, audio, *rest, **kw):  # what the run would read, looked at while it exists
+        seen.update(frames=probe(video).n_frames, speech=len(load_audio(audio, 16000)) / 16000)
+        return []
+
+    monkeypatch.setattr(B, "bench_end_to_end", end_to_end)
+    monkeypatch.setattr(B, "bench_network", lambda *a, **k: [])
+    for kind in ("decode", "encode", "paste"):
+        monkeypatch.setattr(B, f"bench_{kind}", lambda *a, **k: [])
+    monkeypatch.setattr(B, "bench_faces", lambda images: ([], [(0, 0, 4, 4)] * len(images)))
+    monkeypatch.setattr(B, "generator_costs", lambda *a, **k: [])
+    monkeypatch.setattr(B, "format_table", lambda result: "")
+    p = argparse.ArgumentParser()
+    B.add_bench_options(p)
+    out = tmp_path / "b.json"
+    args = p.parse_args(["--seconds", "2", "--end-to-end", "lite:720", "--memory-seconds", "--sizes", "128",
+                         "--precisions", "fp32", "--devices", "cpu", "--original-batch", "0", "-o", str(out)])
+    assert B.run_bench_command(args) == 0
+    assert seen == {"frames": 50, "speech": 2.0}
+    assert json.loads(out.read_text())["clip"].startswith("synthetic 2 s 25 fps clips")
 
 
 def test_a_given_video_without_a_face_is_refused_before_the_network_rows(monkeypatch, tmp_path):

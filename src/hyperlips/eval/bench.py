@@ -95,6 +95,9 @@ class E2ESpec:
         return f"{self.model}:{self.height}:{self.size}"
 
 
+MAX_E2E_SECONDS = 600.0  # --seconds: ten minutes of synthetic 720p video at most
+
+
 def _cut_audio(src: Path, dst: Path, seconds: float) -> Path:
     """The first ``seconds`` of ``src``'s audio as a 16 kHz wav (end-to-end runs stay short on any input)."""
     import soundfile as sf
@@ -133,14 +136,15 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
               models=MODELS, video: Optional[Path] = None, audio: Optional[Path] = None, end_to_end=DEFAULT_E2E,
               memory_seconds=DEFAULT_MEMORY, original_max_size: int = 256, budget: float = DEFAULT_BUDGET,
               threads: Optional[int] = None, log=None, generator_table: bool = True,
-              original_batch: int = ORIGINAL_BATCH) -> dict:
+              original_batch: int = ORIGINAL_BATCH, seconds: float = CLIP_SECONDS) -> dict:
     """Run the benchmark and return its JSON-ready result (``rows``, ``summary`` and machine facts).
 
     Measurements run most important first (the stages, the fp32 networks at 128 px with the reference, Lite and Base
     end to end at 720p, the other precisions, the other end-to-end runs, the HR flows, memory); once ``budget``
     seconds have passed, the remaining ones are listed as skipped with that reason instead of being run.
     ``original_batch`` (0: none): the reference is also timed at the batch the original's inference uses, after
-    the end-to-end runs at 720p (a batch of 128 takes about 40 s on two cores).
+    the end-to-end runs at 720p (a batch of 128 takes about 40 s on two cores). ``seconds``: the end-to-end runs'
+    length (their synthetic clips', or the first seconds of ``audio``).
     """
     import torch
 
@@ -174,19 +178,19 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
             if video is not None:
                 return video, audio or video
             if height not in clips:
-                clips[height] = synthetic_clip(tmp / f"{height}p", size=HEIGHTS[height])
+                clips[height] = synthetic_clip(tmp / f"{height}p", seconds=seconds, size=HEIGHTS[height])
             return clips[height]
 
         if video is None:
-            clip_desc = f"synthetic {CLIP_SECONDS:g} s 25 fps clips at 1280x720 and 1920x1080 (astronaut photo drifting)"
+            clip_desc = f"synthetic {seconds:g} s 25 fps clips at 1280x720 and 1920x1080 (astronaut photo drifting)"
         else:
             clip_desc = str(video)
         io_video, io_audio = clip(720)
-        e2e_audio = _cut_audio(io_audio, tmp / "bench_e2e_speech.wav", CLIP_SECONDS)
+        e2e_audio = _cut_audio(io_audio, tmp / "bench_e2e_speech.wav", seconds)
         generators = generator_costs("cpu", batches=tuple(sorted(set(batches)))) if generator_table else []
         if generators:
             log("generators at 128 px (fp32, cpu):\n" + format_generators(generators))
-        e2e_frames = int(round(CLIP_SECONDS * _fps(io_video)))
+        e2e_frames = int(round(seconds * _fps(io_video)))
         n_io = max(frames, 25)
         add(bench_decode(io_video, n_io))
         images = _load_frames(io_video, n_io)
@@ -383,6 +387,9 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video", type=Path, help="a talking-face clip to use, at its own size (default: synthetic 6 s 720p "
                    "and 1080p clips, which the heights of --end-to-end choose)")
     p.add_argument("--audio", type=Path, help="speech for the end-to-end run (default: the clip's own audio)")
+    p.add_argument("--seconds", type=float, default=CLIP_SECONDS,
+                   help=f"length of the end-to-end runs (default {CLIP_SECONDS:g}: twice the reference face's search; "
+                        f"a longer run shows more of the pace after the start-up)")
     p.add_argument("--end-to-end", nargs="*", default=list(DEFAULT_E2E), metavar="MODEL:HEIGHT[:SIZE]",
                    help=f"end-to-end runs: model base or lite (random weights) or starter (the shipped weights, "
                         f"the mouth as sync shows it by default), clip height 720 or 1080, mouth size 128/256/512 "
@@ -416,6 +423,9 @@ def run_bench_command(args) -> int:
         raise UserError("--frames must be at least 1")
     if args.original_batch < 0:
         raise UserError("--original-batch must be 0 (none) or a batch size")
+    if not (math.isfinite(args.seconds) and 1 <= args.seconds <= MAX_E2E_SECONDS):
+        raise UserError(f"--seconds must be 1 to {MAX_E2E_SECONDS:g} (the end-to-end runs' length), "
+                        f"got {args.seconds:g}")
     memory = [] if _skipped(args.memory_seconds) else _memory_lengths(args.memory_seconds)
     specs = [] if _skipped(args.end_to_end) else [E2ESpec.parse(s) for s in args.end_to_end]
     if args.video is not None:
@@ -438,7 +448,7 @@ def run_bench_command(args) -> int:
                        frames=args.frames, models=args.models, video=args.video, audio=args.audio, end_to_end=specs,
                        memory_seconds=tuple(memory), original_max_size=args.original_max_size,
                        budget=args.budget, threads=args.threads, log=lambda s: print(s, file=sys.stderr, flush=True),
-                       original_batch=args.original_batch)
+                       original_batch=args.original_batch, seconds=args.seconds)
     print(format_table(result))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(_json_safe(result), indent=1))
