@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hyperlips"
 LAYERS = (
     ("bottom", {"errors", "config", "precision", "schedule", "media", "face"}),
     ("networks", {"models"}),
-    ("pipeline", {"generator_io", "stages", "streaming", "runtime", "mouth", "pipeline", "live", "options"}),
+    ("pipeline", {"generator_io", "stages", "streaming", "runtime", "mouth", "pipeline", "sync_report", "live",
+                  "options"}),
     ("top", {"data", "train", "eval", "serve", "demo", "cli"}),
 )
 

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -46,11 +43,15 @@ from .media.writer import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
 from .mouth import WARP_GAIN, MouthStep, choose_mouth
 from .runtime import DTYPES, in_precision, resolve_device, resolve_precision
 from .schedule import LOOP_MODES
-from .stages import Timings
 from .streaming import MUX_SAMPLE_RATE, OUTPUT_SUFFIXES, check_face_box, check_paths  # noqa: F401  (re-exported)
+from .sync_report import (  # noqa: F401  (SyncReport and ProgressCallback re-exported: their historical home)
+    ProgressCallback,
+    StageTimer,
+    SyncReport,
+    complete_bar,
+    progress_bar,
+)
 
-
-ProgressCallback = Callable[[str, int, int], None]  # (stage, frames done, frames in the stage)
 
 # Paste-back never reads a generated face above ``blend.first_row_read`` (for sync's mask, the geometric one: row 69
 # of 128, 140 of 256), so the last network of the chain computes only the rows from there down: HyperLips-Base its
@@ -70,60 +71,6 @@ def row_skipping_kwargs(base, hr) -> tuple[dict, dict]:
     base_kw = {"first_row": BASE_FIRST_ROW} if isinstance(base, HyperLipsBase) and hr is None else {}
     hr_kw = {"first_row": first_row_read(BASE_SIZE * hr.rescaling)} if isinstance(hr, HRDecoder) else {}
     return base_kw, hr_kw
-
-
-@dataclass
-class SyncReport:
-    """What a run produced and where its time went (seconds per stage)."""
-
-    output: Path
-    frames: int
-    fps: float
-    width: int  # the written file's size (an odd side of the input is one larger in 4:2:0)
-    height: int
-    audio_seconds: float
-    frames_with_face: int
-    timings: dict[str, float] = field(default_factory=dict)  # busy seconds per stage (the stages overlap)
-    wall_seconds: float = 0.0  # from the start of sync() to the renamed file (models already loaded)
-    first_frame_seconds: float | None = None  # from the start of sync() to the first frame handed to the encoder
-
-    def stage_fps(self) -> dict[str, float]:
-        return {k: (self.frames / v if v > 0 else float("inf")) for k, v in self.timings.items()}
-
-    def summary(self) -> str:
-        parts = ", ".join(f"{k} {v:.1f}s ({self.frames / v:.1f} fps)" for k, v in self.timings.items() if v > 0)
-        wall = self.wall_seconds
-        return (
-            f"{self.output}: {self.frames} frames {self.width}x{self.height} @ {self.fps:g} fps, "
-            f"mouth generated in {self.frames_with_face}; {wall:.1f}s end to end "
-            f"({self.frames / wall if wall > 0 else float('inf'):.1f} fps{self._pace()}); busy time per stage (they "
-            f"run at the same time): {parts}"
-        )
-
-    def after_first_frame_fps(self) -> float | None:
-        """Frames per second from the first frame handed to the encoder to the end: the pace once the start-up
-        (speech, the reference face's search, the first batch) is done; None for a single frame."""
-        if self.first_frame_seconds is None or self.frames < 2 or self.wall_seconds <= self.first_frame_seconds:
-            return None
-        return (self.frames - 1) / (self.wall_seconds - self.first_frame_seconds)
-
-    def _pace(self) -> str:
-        after = self.after_first_frame_fps()
-        if after is None:
-            return ""
-        return f"; the first frame after {self.first_frame_seconds:.2f}s, then {after:.1f} fps"
-
-
-class _Timer(Timings):
-    """Busy seconds per stage: ``with timer("stage"): ...`` in the caller's thread; the stage threads add theirs."""
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(stage, time.perf_counter() - t0)
 
 
 class LipSync:
@@ -328,7 +275,7 @@ class LipSync:
         check_encoding(crf, preset, pix_fmt)
         check_paths(video, audio, output)
         request = reference_request(reference)
-        timer = _Timer()
+        timer = StageTimer()
 
         with open_timeline(video, fps, keep_source=True) as timeline, FaceDetectors() as detector:
             info = timeline.info
@@ -358,7 +305,7 @@ class LipSync:
             with self._bar(reference_search_length(request, n_src, timeline.fps), "faces", on_progress) as bar:
                 found = find_reference(timeline, n_src, request, new_track, detect, bar, timer, self.overlap,
                                        detector.workers)
-                _complete(bar)  # the search ends when the face is sure, often before the estimate
+                complete_bar(bar)  # the search ends when the face is sure, often before the estimate
             ref_crop = found.crop
 
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -467,12 +414,8 @@ class LipSync:
         return marks
 
     def _bar(self, total: int, desc: str, on_progress: ProgressCallback | None = None):
-        """A progress bar; use it as a context manager, so it is closed (and its line ended) before any error.
-        With ``on_progress``, every update is also reported to it."""
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=desc, unit="frame", disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
-        return bar if on_progress is None else _ReportingBar(bar, desc, on_progress)
+        """A progress bar (``sync_report.progress_bar``), shown when this LipSync shows progress."""
+        return progress_bar(total, desc, self.progress, on_progress)
 
     def _render(self, jobs, ref_crop: np.ndarray, mel: np.ndarray, fps: float, marks=None) -> None:
         """Set each job's generated face, its mel window cut from the whole speech's ``mel`` (the lips closed where
@@ -593,35 +536,3 @@ class LipSync:
             self._face_mesh = FaceMesh(static=False)
             self._last_landmarks = None
         return self._face_mesh
-
-
-def _complete(bar) -> None:
-    """Show a bar whose work ended before its estimated total as done: the total becomes what was done."""
-    if isinstance(bar, _ReportingBar):
-        bar.on_progress(bar.stage, bar.done, bar.done)
-    inner = getattr(bar, "bar", bar)
-    if not inner.disable:
-        inner.total = inner.n
-        inner.refresh()
-
-
-class _ReportingBar:
-    """A progress bar that also tells a callback: ``on_progress(stage, done, total)`` after every update."""
-
-    def __init__(self, bar, stage: str, on_progress: ProgressCallback) -> None:
-        self.bar, self.stage, self.on_progress, self.done = bar, stage, on_progress, 0
-        on_progress(stage, 0, int(bar.total))
-
-    def update(self, n: int = 1) -> None:
-        self.bar.update(n)
-        self.done += n
-        self.on_progress(self.stage, self.done, int(self.bar.total))
-
-    def close(self) -> None:
-        self.bar.close()
-
-    def __enter__(self) -> "_ReportingBar":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
