@@ -4,6 +4,7 @@ time went, how soon its first frame came), the stages' busy-time clock and the p
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,17 +45,24 @@ class SyncReport:
         )
 
     def after_first_frame_fps(self) -> float | None:
-        """Frames per second from the first frame handed to the encoder to the end: the pace once the start-up
-        (speech, the reference face's search, the first batch) is done; None for a single frame."""
-        if self.first_frame_seconds is None or self.frames < 2 or self.wall_seconds <= self.first_frame_seconds:
-            return None
-        return (self.frames - 1) / (self.wall_seconds - self.first_frame_seconds)
+        """Frames per second from the first frame handed to the encoder to the end (:func:`pace_after_first_frame`)."""
+        return pace_after_first_frame(self.frames, self.wall_seconds, self.first_frame_seconds)
 
     def _pace(self) -> str:
         after = self.after_first_frame_fps()
         if after is None:
             return ""
         return f"; the first frame after {self.first_frame_seconds:.2f}s, then {after:.1f} fps"
+
+
+def pace_after_first_frame(frames: int, seconds: float, first_frame: float | None) -> float | None:
+    """Frames per second of a run of ``frames`` frames in ``seconds`` from its first frame (at ``first_frame``
+    seconds) to its end: its pace once the start-up (the speech, the reference face's search, the first batch) is
+    done. None where a time is unknown (None or NaN) or there is no second frame."""
+    if first_frame is None or not (math.isfinite(first_frame) and math.isfinite(seconds)) or frames < 2 \
+            or seconds <= first_frame:
+        return None
+    return (frames - 1) / (seconds - first_frame)
 
 
 class StageTimer(Timings):

@@ -277,10 +277,13 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
 def _pace(r: dict, before: str = " (", after: str = ")") -> str:
     """How an end-to-end run started: the seconds to its first frame and its pace from there (frames per second
     once the speech, the reference search and the first batch are done); empty where not measured."""
-    first, secs, frames = r.get("first_frame"), r.get("seconds"), r.get("frames") or 0
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (first, secs)) or frames < 2 or secs <= first:
+    from ..sync_report import pace_after_first_frame
+
+    first, secs = r.get("first_frame"), r.get("seconds")
+    pace = None if secs is None else pace_after_first_frame(r.get("frames") or 0, secs, first)
+    if pace is None:
         return ""  # not measured (NaN in a row, None once written to JSON)
-    return f"{before}the first frame after {first:.2f} s, then {(frames - 1) / (secs - first):.1f} fps{after}"
+    return f"{before}the first frame after {first:.2f} s, then {pace:.1f} fps{after}"
 
 
 def summarise(rows: list[dict]) -> list[str]:
