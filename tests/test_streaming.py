@@ -156,9 +156,10 @@ class FakeTimeline:
             yield SimpleNamespace(index=i, image=np.full((64, 64, 3), i % 256, np.uint8))
 
 
-def search(n, request, scores, overlap=True):
+def search(n, request, scores, overlap=True, every_frame=True):
     """find_reference on a fake video whose frame i shows one face scored ``scores[i]`` (None: no face); also how
-    many frames were searched (detected) and decoded (with ``overlap``, decoding runs a few frames ahead)."""
+    many frames were searched (detected) and decoded (with ``overlap``, decoding runs a few frames ahead). With
+    ``every_frame`` (as here by default) every frame is detected."""
     from hyperlips.face.detect import Box
     from hyperlips.face.track_online import OnlineTrack
     from hyperlips.streaming import find_reference
@@ -172,8 +173,11 @@ def search(n, request, scores, overlap=True):
         return [] if s is None else [Box(10, 10, 50, 50, s)]
 
     found = find_reference(tl, n, request, lambda: OnlineTrack(25.0, frame_size=(64, 64)), detect,
-                           SimpleNamespace(update=lambda n=1: None), overlap=overlap)
-    assert searched == list(range(len(searched)))  # in order, each once
+                           SimpleNamespace(update=lambda n=1: None), overlap=overlap, every_frame=every_frame)
+    if every_frame:
+        assert searched == list(range(len(searched)))  # in order, each once
+    else:
+        assert len(set(searched)) == len(searched)  # each at most once
     return found, len(searched), tl.decoded
 
 
@@ -279,11 +283,12 @@ def test_the_search_with_two_detections_at_once_finds_what_one_at_a_time_finds()
     scores = [None] * 5 + [0.5 + 0.3 * abs(np.sin(i)) for i in range(200)]
     found = {}
     for workers in (1, 2):
-        meet = threading.Barrier(2, timeout=20)  # frames 8 and 9 are detected at the same time, or this fails
+        meet = threading.Barrier(2, timeout=20)  # frames 8 and 10 are detected at the same time, or this fails
+        # (9, between two agreeing frames, is not detected)
 
         def detect(image):
             i = int(image[0, 0, 0])
-            if workers == 2 and i in (8, 9):
+            if workers == 2 and i in (8, 10):
                 meet.wait()
             return [] if scores[i] is None else [Box(10, 10, 50, 50, scores[i])]
 
@@ -292,3 +297,127 @@ def test_the_search_with_two_detections_at_once_finds_what_one_at_a_time_finds()
     assert found[1].frame == found[2].frame and (found[1].crop == found[2].crop).all()
     assert [[(b.x1, b.score) for b in d] for d in found[1].detections] == \
            [[(b.x1, b.score) for b in d] for d in found[2].detections]
+
+
+# --------------------------------------------------------------------------------------------- sparse detection
+def faces_of(x, score=0.9):
+    from hyperlips.face.detect import Box
+
+    return [] if x is None else [Box(x, 10, x + 100, 110, score)]
+
+
+def run_sparse(xs, workers=1, every_frame=False, before=None, first=0, passed=()):
+    """sparse_detections over frames ``first ..`` whose one face's left edge is ``xs[i]`` (None: no face), each
+    score 0.5 + x / 1000, items in ``passed`` passed through; (frames detected, [(item, faces)])."""
+    from hyperlips.streaming import sparse_detections
+
+    calls, lock = [], threading.Lock()
+
+    def detect(image):
+        with lock:
+            calls.append(image)
+        x = xs[image - first]
+        return faces_of(x, 0.5 + (x or 0) / 1000)
+
+    items = list(range(first, first + len(xs)))
+    for at in passed:
+        items.insert(at, "passed")
+    frame_of = lambda it: None if it == "passed" else (it, it)  # noqa: E731 (the frame's image is its index)
+    return calls, list(sparse_detections(iter(items), frame_of, detect, workers, before, every_frame))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_frame_between_two_agreeing_ones_takes_their_mean_box_instead_of_a_detection(workers):
+    xs = [10, 11, 12, 13, 14, 15, 16, 208, 209, 210, 211, 212, None, 214, 215]  # a cut at 7, no face at 12
+    calls, out = run_sparse(xs, workers)
+    assert [it for it, _ in out] == list(range(len(xs)))  # every frame, in order
+    # 1, 3, 5 and 9 lie between agreeing frames; 7 (after the cut), 11 and 13 (next to the faceless frame) do not
+    assert sorted(calls) == [0, 2, 4, 6, 7, 8, 10, 11, 12, 13, 14]
+    boxes = {i: faces for i, faces in out}
+    for i in (1, 3, 5, 9):
+        (b,) = boxes[i]
+        assert b.x1 == pytest.approx((xs[i - 1] + xs[i + 1]) / 2) and b.y2 == 110
+        assert b.score == pytest.approx(0.5 + xs[i - 1] / 1000)  # the lower of the two scores
+    for i in (7, 11, 13):
+        assert boxes[i][0].x1 == xs[i]  # detected
+    assert boxes[12] == []
+
+
+def test_the_last_frame_and_a_frame_before_an_item_passed_through_are_detected():
+    calls, out = run_sparse([10, 11, 12, 13, 14, 15], passed=[4])  # "passed" right after frame 3
+    assert [it for it, _ in out] == [0, 1, 2, 3, "passed", 4, 5]
+    assert sorted(calls) == [0, 2, 3, 4, 5]  # 3: its successor is not next; 5: none comes
+    assert dict(out)["passed"] is None
+
+
+def test_a_frame_whose_next_frame_is_not_given_next_is_detected():
+    from hyperlips.streaming import sparse_detections
+
+    calls = []
+
+    def detect(i):
+        calls.append(i)
+        return faces_of(10 + i)
+
+    out = list(sparse_detections(iter([0, 1, 2, 3, 6, 8]), lambda i: (i, i), detect))  # 4 and 5 never come
+    assert [i for i, _ in out] == [0, 1, 2, 3, 6, 8] and sorted(calls) == [0, 2, 3, 6, 8]
+    assert out[3][1][0].x1 == 13  # 3 detected, not placed between 2 and 6
+
+
+def test_the_frame_before_the_first_can_be_given_and_every_frame_detects_them_all():
+    calls, out = run_sparse([12, 13, 14], before=(4, faces_of(10)), first=5)  # frames 5, 6, 7: 5 lies between 4 and 6
+    assert sorted(calls) == [6, 7] and out[0][1][0].x1 == pytest.approx(11.5)
+    calls, out = run_sparse([12, 13, 14], first=5)  # without it, 5 is detected
+    assert sorted(calls) == [5, 6, 7]
+    xs = [10, 11, 12, 13, 14, 15, 16]
+    calls, out = run_sparse(xs, every_frame=True)
+    assert calls == list(range(len(xs))) and [faces[0].x1 for _, faces in out] == xs
+
+
+def test_midway_needs_one_face_on_each_side_overlapping_enough():
+    from hyperlips.face.detect import MIDWAY_IOU, Box, midway
+
+    a = Box(0, 0, 100, 100, 0.8)
+    assert midway([a], [Box(4, 0, 104, 100, 0.9)])[0].x1 == 2.0  # IoU 0.92
+    assert midway([a], [Box(6, 0, 106, 100, 0.9)]) is None  # IoU 0.89
+    assert MIDWAY_IOU == 0.9
+    assert midway([a], []) is None and midway([], [a]) is None
+    assert midway([a, Box(200, 0, 300, 100)], [a, Box(200, 0, 300, 100)]) is None  # several faces: detect
+
+
+def test_the_search_detecting_every_other_frame_finds_the_same_reference_with_fewer_detections():
+    scores = [None] * 10 + [0.5 + 0.4 * i / 200 for i in range(200)]
+    every, n_every, _ = search(210, "best", scores)
+    sparse, n_sparse, _ = search(210, "best", scores, every_frame=False)
+    assert sparse.frame == every.frame and n_sparse < 0.6 * n_every
+    assert len(sparse.detections) >= len(every.detections) - 1
+
+
+def test_on_a_real_clip_the_sparse_boxes_follow_the_face_as_closely_as_detecting_every_frame(real_data):
+    """On 150 frames of a real talking head: far fewer detections, and the tracked crop boxes within 2% of the box's
+    width of those from detecting every frame."""
+    from hyperlips.face.detect import FaceDetector
+    from hyperlips.face.track_online import OnlineTrack
+    from hyperlips.media.video import FrameReader
+    from hyperlips.streaming import sparse_detections
+
+    with FrameReader(real_data / "hyperlips" / "video3.mp4") as r:
+        frames = [(f.index, f.image) for _, f in zip(range(150), r)]
+        size = (r.width, r.height)
+    boxes, calls = {}, {}
+    with FaceDetector() as det:
+        for every in (True, False):
+            calls[every] = 0
+
+            def detect(image):
+                calls[every] += 1
+                return det.detect(image)
+
+            track, out = OnlineTrack(25.0, frame_size=size), []
+            for _, faces in sparse_detections(iter(frames), lambda f: f, detect, every_frame=every):
+                out += track.push(faces)
+            out += track.finish()
+            boxes[every] = np.array([b.as_array() for _, b in out])
+    assert calls[True] == 150 and calls[False] < 0.75 * 150
+    width = boxes[True][:, 2] - boxes[True][:, 0]
+    assert (np.abs(boxes[False] - boxes[True]).max(axis=1) / width).max() < 0.02

@@ -213,6 +213,7 @@ def _make_lipsync(args):
         input_blend=args.input_blend,
         phones=not getattr(args, "no_phones", False),
         mouth=getattr(args, "mouth", "auto"),
+        detect_every_frame=getattr(args, "detect_every_frame", False),
     )
 
 

@@ -263,7 +263,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
 
         new_track = track_factory(timeline, face_index, face_box)
         found = find_reference(timeline, n_src, request, new_track, detector.detect, _NoBar(), timings, ls.overlap,
-                               detector.workers)
+                               detector.workers, ls.detect_every_frame)
         given = None
         if marks is not None and ls.given_phones:
             from .media.phone_marks import phone_ids
@@ -279,7 +279,8 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
         chain = frame_chain(timeline, n_src=n_src, n_out=FOREVER, loop=loop, found=found, new_track=new_track,
                             detect=detector.detect, network=live_batches(feed, size, render), batch_size=size,
                             timings=timings, overlap=ls.overlap, steady=ls.temporal_blend,
-                            input_blend=ls.input_blend, workers=detector.workers)
+                            input_blend=ls.input_blend, workers=detector.workers,
+                            every_frame=ls.detect_every_frame)
         feeder.start()
         try:
             for job in chain:

@@ -64,6 +64,11 @@ def add_sync_options(p: argparse.ArgumentParser, timings: bool = True) -> None:
     face = p.add_mutually_exclusive_group()
     face.add_argument("--face", type=int, metavar="N", help="which face to follow when several are visible: 0 = leftmost (default: the largest)")
     face.add_argument("--face-box", type=_box, metavar="X1,Y1,X2,Y2", help="follow the face overlapping this box (pixels, first frame with faces)")
+    p.add_argument("--detect-every-frame", action="store_true",
+                   help="run the face detector on every frame (default: a frame between two frames whose face "
+                        "barely moved takes the mean of their boxes, which spares most of every other frame's "
+                        "detection and steadies the box; a cut, a face coming or going and fast motion are still "
+                        "detected on each frame)")
     p.add_argument("--loop", choices=("pingpong", "hold"), default="pingpong",
                    help="audio longer than the video: play it forward and backward (default) or hold the last frame")
     p.add_argument("--reference", default="best",

@@ -121,6 +121,7 @@ class LipSync:
         input_blend: float | None = None,
         phones: bool = True,
         mouth: str = "auto",
+        detect_every_frame: bool = False,
     ) -> None:
         import torch
 
@@ -142,6 +143,7 @@ class LipSync:
             raise UserError(f"--temporal-blend: {e}") from None
         self.progress = progress
         self.overlap = overlap  # stages at the same time in threads (False: one after another, the same frames)
+        self.detect_every_frame = detect_every_frame  # False: a frame between two agreeing ones takes their mean box
         self.audio_cfg = AudioConfig()
         self.untrained = untrained
         self.weights = "untrained (random) weights" if untrained else None  # what renders the mouth, in words
@@ -304,7 +306,7 @@ class LipSync:
             # the reference face: the first frames, decoded and searched once (their detections are kept)
             with self._bar(reference_search_length(request, n_src, timeline.fps), "faces", on_progress) as bar:
                 found = find_reference(timeline, n_src, request, new_track, detect, bar, timer, self.overlap,
-                                       detector.workers)
+                                       detector.workers, self.detect_every_frame)
                 complete_bar(bar)  # the search ends when the face is sure, often before the estimate
             ref_crop = found.crop
 
@@ -317,7 +319,8 @@ class LipSync:
             chain = frame_chain(timeline, n_src=n_src, n_out=n_out, loop=loop, found=found, new_track=new_track,
                                 detect=detector.detect, network=network_stage(self.batch_size, render),
                                 batch_size=self.batch_size, timings=timer, overlap=self.overlap,
-                                steady=self.temporal_blend, input_blend=self.input_blend, workers=detector.workers)
+                                steady=self.temporal_blend, input_blend=self.input_blend, workers=detector.workers,
+                                every_frame=self.detect_every_frame)
             faces_done, writer, first_frame = 0, None, None
             try:  # the writer is made inside: an interruption at any point leaves no temporary file
                 writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio,
