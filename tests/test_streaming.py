@@ -211,6 +211,43 @@ def test_a_numbered_reference_without_a_face_is_a_user_error():
         search(60, 99, [0.9] * 60)
 
 
+# --------------------------------------------------------------------------------------------- stopping
+def test_closing_a_chain_frees_its_waiting_threads_at_once(monkeypatch):
+    """A chain closed early (as the reference search closes its decoding) wakes the threads waiting to put into a
+    full queue or to get from an empty one, instead of leaving them to their next look at the stop (made 30 s
+    here): it returns at once, and the source makes no item after the one it was waiting to hand on."""
+    import time
+
+    from hyperlips import stages
+
+    monkeypatch.setattr(stages, "_POLL", 30.0)
+    made = []
+
+    def fast(_):  # fills its queue, then waits to put
+        for i in range(1000):
+            made.append(i)
+            yield i
+
+    def slow(_):  # the next stage waits to get while this sleeps
+        for i in range(1000):
+            time.sleep(0.3 if i else 0.0)
+            yield i
+
+    for source, ahead in ((fast, 1 + 2 + 1 + 1), (slow, None)):
+        made.clear()
+        chain = stages.run_chain(stages.Step("source", source, maxsize=2), [stages.Step("same", lambda it: it,
+                                                                                        maxsize=1)],
+                                 stages.Timings())
+        assert next(chain) == 0
+        time.sleep(0.2)  # the threads are waiting now
+        t0 = time.perf_counter()
+        chain.close()
+        assert time.perf_counter() - t0 < 3.0
+        if ahead:  # taken 1, queued 2 + 1, one in the hands of each thread
+            assert len(made) <= ahead + 1
+    assert not [t for t in threading.enumerate() if t.name in ("hyperlips-source", "hyperlips-same")]
+
+
 # --------------------------------------------------------------------------------------------- work ahead
 class Shown:
     """A frame stand-in: repeats are the same object, as a repeated frame is the same array."""
