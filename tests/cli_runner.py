@@ -2,9 +2,9 @@
 
 Started by the tests as ``python cli_runner.py``; reads one JSON request per line on stdin and answers one JSON line
 on stdout. Importing torch, MediaPipe, OpenCV and PyAV takes seconds; the runner imports them once and never runs
-them, then each request forks a child that runs the real entry point (``hyperlips.cli.main`` with ``sys.argv`` set)
-with its own stdin, stdout and stderr (files, so native libraries' output is caught too), exits through the normal
-interpreter shutdown, and is reported with its real exit status. A request may send a signal to the child once its
+them, then each request forks a child that runs the real entry point (``hyperlips.cli.run`` with ``sys.argv`` set)
+with its own stdin, stdout and stderr (files, so native libraries' output is caught too), which ends the process as
+the command does, and is reported with its real exit status. A request may send a signal to the child once its
 stderr shows some text (``signal``, ``signal_after``) and may cap the size of files it writes (``fsize``).
 
 Request: {"argv": [...], "cwd": str, "env": {...}, "timeout": s, "signal": "SIGTERM", "signal_after": "lip-sync",
@@ -77,9 +77,9 @@ def _child(req: dict, out_path: str, err_path: str) -> None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the cap fail with EFBIG, like a full disk
             resource.setrlimit(resource.RLIMIT_FSIZE, (int(req["fsize"]), int(req["fsize"])))
         sys.argv = ["hyperlips", *req["argv"]]
-        from hyperlips.cli import main
+        from hyperlips.cli import run
 
-        code = main()
+        run()  # ends the process itself
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:

@@ -146,3 +146,38 @@ def test_crash_midway_leaves_no_partial_output(tmp_path, ckpt, face_video, monke
     assert calls["n"] == 3
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".mp4"] == []
+
+
+def test_the_command_ends_without_the_interpreter_teardown_but_flushes_and_runs_the_exit_handlers(tmp_path):
+    """``hyperlips`` (``cli.run``) ends the process at once after the command: its output is all there (unflushed
+    text on both streams too), the exit handlers ran (one of them a temporary folder's finalizer), its exit code is
+    the command's, and the teardown that unloads torch and MediaPipe (objects' ``__del__`` at shutdown) did not run."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, pathlib, sys, tempfile\n"
+        "class Late:\n"
+        "    def __del__(self): print('TEARDOWN', flush=True)\n"
+        "keep = Late()\n"
+        "out = pathlib.Path(sys.argv[1])\n"
+        "tmp = tempfile.TemporaryDirectory(dir=out / 'temp')\n"
+        "atexit.register(lambda: (out / 'handler').write_text('ran'))\n"
+        "sys.stdout.write('UNFLUSHED OUT')\n"
+        "sys.stderr.write('UNFLUSHED ERR')\n"
+        "sys.argv = ['hyperlips', 'sync', ARG]\n"
+        "from hyperlips.cli import run\n"
+        "run()\n"
+    )
+    for arg, rc in (("--help", 0), ("--bogus", 2)):
+        (tmp_path / "temp").mkdir(exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the streams buffered, as usual
+        r = subprocess.run([sys.executable, "-c", code.replace("ARG", repr(arg)), str(tmp_path)], capture_output=True,
+                           text=True, timeout=120, env=env)
+        assert r.returncode == rc, r.stderr
+        assert "UNFLUSHED OUT" in r.stdout and "UNFLUSHED ERR" in r.stderr
+        assert ("--detect-every-frame" in r.stdout) if rc == 0 else ("hyperlips: error:" in r.stderr)
+        assert "TEARDOWN" not in r.stdout
+        assert (tmp_path / "handler").read_text() == "ran" and list((tmp_path / "temp").iterdir()) == []
+        (tmp_path / "handler").unlink()
