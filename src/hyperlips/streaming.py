@@ -160,7 +160,7 @@ def sparse_detections(items, frame_of: Callable, detect: Callable, workers: int 
             if f is None:
                 yield item, None
                 continue
-            if key(item) is None:  # odd: wait for the next frame, when the one before is known
+            if f[0] % 2 and not every_frame:  # odd: wait for the next frame, when the one before is known
                 if last is not None and last[0] == f[0] - 1:
                     held = (item, f[0])
                     continue
