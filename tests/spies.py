@@ -15,6 +15,7 @@ Nothing in the pipeline is replaced: the spies only look, so a run under them gi
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -79,19 +80,23 @@ def spy_on_sync() -> Iterator[SyncSpy]:
         spy.sources.append(rest[:2] if rest else (kw.get("source"), kw.get("changed")))
         return real_write(self, frame, *rest, **kw)
 
-    active: list = []  # the module whose top-level call is running
+    local = threading.local()  # per thread (sync may render two batches at once): its top-level (module, call)
+    lock = threading.Lock()
 
     def pre(module, args):
-        if active:
+        if getattr(local, "active", None):
             return
-        active.append(module)
-        spy.calls.append(NetCall(type(module).__name__, [a for a in map(_to_numpy, args) if a is not None]))
+        call = NetCall(type(module).__name__, [a for a in map(_to_numpy, args) if a is not None])
+        local.active = (module, call)
+        with lock:
+            spy.calls.append(call)
 
     def post(module, args, output):
+        active = getattr(local, "active", None)
         if active and active[0] is module:
-            active.clear()
+            local.active = None
             if isinstance(output, torch.Tensor):
-                spy.calls[-1].output = _to_numpy(output)
+                active[1].output = _to_numpy(output)
 
     writer_mod.VideoWriter.write = write
     h1 = torch.nn.modules.module.register_module_forward_pre_hook(pre)

@@ -42,6 +42,70 @@ def test_overlapped_and_serial_runs_give_the_same_frames(clip):
         assert np.array_equal(a, b), f"frame {j} differs between the overlapped and the serial run"
 
 
+def test_two_batches_rendered_at_a_time_give_the_same_frames_and_leave_torchs_threads_as_they_were(clip, monkeypatch):
+    """On a CPU with two torch threads, a rendered mouth is drawn two batches at a time, each on one thread, in the
+    network stage's own threads; the frames equal those of one batch at a time on both threads, and torch's thread
+    count is what it was afterwards. A stateful mouth (the warp) is drawn one batch at a time."""
+    import torch
+
+    from hyperlips import runtime
+    from hyperlips.pipeline import LipSync
+
+    seen = []
+    real = LipSync.generate
+
+    def spy(self, windows, x, *a, **k):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return real(self, windows, x, *a, **k)
+
+    monkeypatch.setattr(LipSync, "generate", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        frames = {}
+        for pooled in (True, False):
+            if not pooled:
+                monkeypatch.setattr(runtime, "render_workers", lambda device: (1, 0))
+            seen.clear()
+            ls = lipsync(batch_size=4)
+            frames[pooled] = spied_frames(lambda: ls.sync(clip.video, clip.speech, clip.folder / f"p{pooled}.mp4"))
+            fresh = []  # a thread started now gets the process's count (each worker set its own)
+            t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+            t.start()
+            t.join()
+            assert torch.get_num_threads() == 2 and fresh == [2]
+            if pooled:
+                assert {s for s in seen} == {("hyperlips-render_0", 1), ("hyperlips-render_1", 1)}
+            else:
+                assert {s for s in seen} == {("hyperlips-network", 2)}
+        for j, (a, b) in enumerate(zip(frames[True], frames[False])):
+            assert np.array_equal(a, b), f"frame {j} differs between two batches at a time and one"
+        monkeypatch.undo()
+        monkeypatch.setattr(LipSync, "generate", spy)
+        seen.clear()
+        lipsync(batch_size=4, mouth="warp").sync(clip.video, clip.speech, clip.folder / "warp.mp4")
+        assert {name for name, _ in seen} == {"hyperlips-network"}
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_render_workers_halve_the_cpu_threads_and_leave_a_gpu_alone():
+    import torch
+
+    from hyperlips.runtime import render_workers
+
+    before = torch.get_num_threads()
+    try:
+        got = {}
+        for n in (1, 2, 3, 4):
+            torch.set_num_threads(n)
+            got[n] = render_workers(torch.device("cpu"))
+        assert got == {1: (1, 0), 2: (2, 1), 3: (2, 1), 4: (2, 2)}
+        assert render_workers(torch.device("cuda")) == (1, 0)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_pasting_into_the_decoded_frame_changes_nothing(clip, monkeypatch):
     """Paste-back writes into a frame's decoded array only when no later output frame shows that same array (with
     ``--loop hold`` the last frame is one array shown 21 times): the frames equal those of a run that always pastes
@@ -458,3 +522,125 @@ def test_on_a_real_clip_the_sparse_boxes_follow_the_face_as_closely_as_detecting
     assert calls[True] == 150 and calls[False] < 0.75 * 150
     width = boxes[True][:, 2] - boxes[True][:, 0]
     assert (np.abs(boxes[False] - boxes[True]).max(axis=1) / width).max() < 0.02
+
+
+# --------------------------------------------------------------------------------------------- the network stage
+def jobs_of(n, boxless=()):
+    from hyperlips.streaming import FrameJob
+
+    return [FrameJob(j, j, np.zeros((4, 4, 3), np.uint8), box=None if j in boxless else (0, 0, 4, 4)) for j in range(n)]
+
+
+def test_the_network_stage_renders_two_batches_at_a_time_and_gives_them_in_order():
+    """Two workers: batches come out in order, the first split in two parts that render at the same time, never
+    more than two batches rendering, each worker set up once in its own thread, ``end`` once after them, and only
+    jobs with a box rendered."""
+    import time
+
+    from hyperlips.streaming import network_stage
+
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+    started, rendered, ended = [], [], []
+    meet = threading.Barrier(2, timeout=20)  # the first batch's two parts render at the same time, or this fails
+
+    def render(jobs):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            rendered.append(([job.j for job in jobs], threading.get_ident()))
+        if jobs[0].j in (0, 2) and started:
+            meet.wait()
+        time.sleep(0.02)
+        for job in jobs:
+            job.face = job.j
+        with lock:
+            state["now"] -= 1
+
+    stage = network_stage(4, render, workers=2, start_worker=lambda: started.append(threading.get_ident()),
+                          end=lambda: ended.append(len(rendered)))
+    pulled, held = [0], []
+
+    def given():
+        for job in jobs_of(15, boxless={9}):
+            pulled[0] += 1
+            yield job
+
+    out = []
+    for batch in stage(given()):
+        held.append(pulled[0] - sum(len(b) for b in out))  # taken in but not given out, this one included
+        out.append(batch)
+    assert max(held) == 2 * 4  # two batches held at most
+    assert [[job.j for job in b] for b in out] == [[0, 1], [2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14]]
+    assert [job.face for b in out for job in b] == [j if j != 9 else None for j in range(15)]
+    assert sorted(js for js, _ in rendered) == [[0, 1], [2, 3], [4, 5, 6, 7], [8, 10, 11], [12, 13, 14]]
+    assert state["most"] == 2
+    assert len(started) == 2 and {t for _, t in rendered} == set(started)
+    assert ended == [5]
+    started.clear()
+    one = list(network_stage(4, render)(iter(jobs_of(6))))  # one worker: whole batches, in the caller's thread
+    assert [[job.j for job in b] for b in one] == [[0, 1, 2, 3], [4, 5]]
+    assert {t for _, t in rendered[-2:]} == {threading.get_ident()}
+
+
+def test_an_error_in_a_pooled_render_stops_the_stage_at_that_batch():
+    from hyperlips.streaming import network_stage
+
+    ended = []
+
+    def render(jobs):
+        if jobs[0].j == 8:
+            raise RuntimeError("network broke")
+
+    out = []
+    with pytest.raises(RuntimeError, match="network broke"):
+        for batch in network_stage(4, render, workers=2, end=lambda: ended.append(1))(iter(jobs_of(40))):
+            out.append(batch)
+    assert [job.j for b in out for job in b] == list(range(8)) and ended == [1]
+
+
+# --------------------------------------------------------------------------------------------- the faces stage
+def test_the_faces_stage_goes_on_from_the_searchs_track_with_the_same_boxes_and_no_wait():
+    """Handed the reference search's track, the faces stage gives the same boxes as a fresh track fed the same
+    detections, gives the searched frames their boxes before reading further, and reports the first pass's end once,
+    also when the search already reached the last frame."""
+    from hyperlips.face.detect import Box
+    from hyperlips.face.track_online import OnlineTrack
+    from hyperlips.streaming import FaceStage, FrameJob
+
+    n = 60
+    xs = [100 + 3 * np.sin(i / 4) + (i > 30) * 2 for i in range(n)]
+    faces = [[Box(x, 10, x + 100, 110, 0.9)] for x in xs]
+    new = lambda: OnlineTrack(25.0, frame_size=(400, 200))  # noqa: E731
+
+    def run(searched, handed):
+        cached = faces[:searched]
+        track, boxes = new(), []
+        if handed:
+            for dets in cached:
+                boxes += [b for _, b in track.push(dets)]
+            if searched == n:
+                boxes += [b for _, b in track.finish()]
+        else:
+            track = new()
+        ends, pulled = [], []
+
+        def jobs():
+            for j in range(n):
+                pulled.append(j)
+                yield FrameJob(j, j, np.zeros((200, 400, 3), np.uint8))
+
+        stage = FaceStage(n, track, lambda image: faces[pulled[-1]], cached, on_first_pass_end=lambda: ends.append(1),
+                          every_frame=True, boxes=boxes if handed else None)
+        out, first_after = [], None
+        for job in stage(jobs()):
+            if first_after is None:
+                first_after = len(pulled)
+            out.append(job.box.as_array())
+        assert ends == [1]
+        return np.array(out), first_after
+
+    for searched in (40, n):
+        fresh, waited = run(searched, False)
+        handed, at_once = run(searched, True)
+        assert np.array_equal(fresh, handed)
+        assert at_once <= 2 < waited  # the first box without the track's look-ahead

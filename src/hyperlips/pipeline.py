@@ -266,7 +266,7 @@ class LipSync:
         from .face.detect import FaceDetectors
         from .media.audio import load_audio, melspectrogram, speech_problems
         from .media.writer import VideoWriter, check_encoding
-        from .streaming import (find_reference, frame_chain, network_stage, reference_request, reference_search_length,
+        from .streaming import (find_reference, frame_chain, reference_request, reference_search_length,
                                 track_factory)
 
         t_start = time.perf_counter()
@@ -317,7 +317,7 @@ class LipSync:
                 self._render(jobs, ref_crop, mel, fps_out, marks)
 
             chain = frame_chain(timeline, n_src=n_src, n_out=n_out, loop=loop, found=found, new_track=new_track,
-                                detect=detector.detect, network=network_stage(self.batch_size, render),
+                                detect=detector.detect, network=self._network_stage(render, marks),
                                 batch_size=self.batch_size, timings=timer, overlap=self.overlap,
                                 steady=self.temporal_blend, input_blend=self.input_blend, workers=detector.workers,
                                 every_frame=self.detect_every_frame)
@@ -415,6 +415,25 @@ class LipSync:
             warn(f"phoneme timings are not used by {self.weights}: HyperLips-Base reads the sound alone (the lips "
                  f"close on them with HyperLips-Lite)")
         return marks
+
+    def _network_stage(self, render, marks=None):
+        """``sync``'s network stage (``streaming.network_stage``): with the stages overlapped on a CPU, two batches at
+        a time on half the torch threads each (``runtime.render_workers``) where rendering a batch keeps no state (the
+        mouth rendered, no HR decoder, no phoneme timings closing a Lite mouth); else one batch at a time."""
+        import torch
+
+        from .runtime import render_workers
+        from .streaming import network_stage
+
+        pure = self.mouth == "render" and self.hr is None and (marks is None or not hasattr(self.base, "predict_shape"))
+        workers, each = render_workers(self.device) if pure and self.overlap else (1, 0)
+        if workers <= 1:
+            return network_stage(self.batch_size, render)
+        default = torch.get_num_threads()
+        # torch's thread count is kept per thread (OpenMP): each worker sets its own; the process's default, which
+        # that also sets, is put back once the workers are done
+        return network_stage(self.batch_size, render, workers, start_worker=lambda: torch.set_num_threads(each),
+                             end=lambda: torch.set_num_threads(default))
 
     def _bar(self, total: int, desc: str, on_progress: ProgressCallback | None = None):
         """A progress bar (``sync_report.progress_bar``), shown when this LipSync shows progress."""

@@ -9,11 +9,12 @@ run at the same time (``stages.run_chain``), and the caller encodes them in orde
    holding when the audio is longer).
 3. **faces** (:class:`FaceStage`): detection on every new frame (a frame between two whose faces agree takes their
    mean box instead, :func:`sparse_detections`), and the face track computed as frames arrive
-   (``face.track_online``): a frame waits only until no later frame can change its box (at most about half a
-   second plus two frames).
-4. **network**: frames grouped in batches of ``batch_size`` consecutive output frames, those with a face cropped
-   (with ``input_blend``, each crop blended with its neighbours', :func:`blended_inputs`; a frame waits for the next
-   one) and rendered (``render``, given by ``LipSync``).
+   (``face.track_online``; it goes on from the reference search's track): a frame waits only until no later frame
+   can change its box (at most about half a second plus two frames).
+4. **network** (:func:`network_stage`): frames grouped in batches of ``batch_size`` consecutive output frames, those
+   with a face cropped (with ``input_blend``, each crop blended with its neighbours', :func:`blended_inputs`; a frame
+   waits for the next one) and rendered (``render``, given by ``LipSync``), on a CPU two batches at a time where
+   rendering keeps no state.
 5. **paste**: the generated face steadied over time (blended with the faces of the frames before and after it,
    ``face.steady``; a frame waits for the next one's face), then blended back into its frame (in place when
    nothing else uses that frame).
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -104,12 +105,15 @@ def reference_request(reference) -> str | int | Path:
 
 @dataclass
 class ReferenceSearch:
-    """What :func:`find_reference` found: the reference crop, the frame it came from (None for an image) and the
-    detections of the frames it searched (frame 0 on), for the main pass to reuse."""
+    """What :func:`find_reference` found: the reference crop, the frame it came from (None for an image) and, for the
+    main pass to go on from, the detections of the frames it searched (frame 0 on), its face track (those frames
+    pushed; None for an image) and the boxes that track made final (frame 0 on)."""
 
     crop: np.ndarray
     frame: Optional[int]
     detections: list
+    track: object = None
+    boxes: list = field(default_factory=list)
 
 
 def reference_search_length(request, n_src: int, fps: float) -> int:
@@ -190,6 +194,7 @@ def find_reference(timeline, n_src: int, request, new_track: Callable, detect: C
     track = new_track()
     window = max(1, int(round(REFERENCE_SECONDS * timeline.fps)))
     detections: list = []
+    boxes: list = []  # the track's final boxes, frame 0 on
     images: deque = deque()  # (frame, image) of frames whose box is not final yet
     best: Optional[tuple] = None  # ((score, -frame), frame, crop)
     found: Optional[tuple[int, np.ndarray]] = None
@@ -197,6 +202,7 @@ def find_reference(timeline, n_src: int, request, new_track: Callable, detect: C
     def settle(finals) -> None:
         nonlocal best, found
         for t, box in finals:
+            boxes.append(box)
             while images[0][0] < t:
                 images.popleft()
             image = images.popleft()[1]
@@ -245,7 +251,7 @@ def find_reference(timeline, n_src: int, request, new_track: Callable, detect: C
             track.finish()  # raises NoFaceError naming the video
         raise UserError(f"--reference {request}: no frame of {timeline.info.path} has a tracked face to take the "
                         "reference from; use --reference IMAGE")
-    return ReferenceSearch(found[1], found[0], detections)
+    return ReferenceSearch(found[1], found[0], detections, track, boxes)
 
 
 def _no_face_at(index: int, n_src: int) -> UserError:
@@ -282,15 +288,23 @@ class FaceStage:
     """Gives each job its box: faces detected on the new frames of the first pass over the video
     (:func:`sparse_detections`; detections found by the reference search are reused), the track computed as frames
     arrive; later passes (ping-pong, hold) reuse the boxes. ``boxes`` keeps one box per timeline frame;
-    ``on_first_pass_end()`` is called once the first pass is done (the damage report)."""
+    ``on_first_pass_end()`` is called once the first pass is done (the damage report).
+
+    ``track`` may go on from the reference search (its ``track.n`` frames pushed, the search's ``cached`` detections,
+    and ``boxes`` the ones it made final): the first frames then have their boxes at once instead of waiting for the
+    track to look ahead again, and the boxes are the same."""
 
     def __init__(self, n_src: int, track, detect: Callable, cached: list, on_first_pass_end: Callable = lambda: None,
-                 workers: int = 1, every_frame: bool = False):
+                 workers: int = 1, every_frame: bool = False, boxes: Optional[list] = None):
         self.n_src, self.track, self.detect, self.cached = n_src, track, detect, cached
         self.workers = workers  # frames detected at the same time (``detect`` called from as many threads)
         self.every_frame = every_frame  # detect every frame (False: :func:`sparse_detections`)
         self.on_first_pass_end = on_first_pass_end
-        self.boxes: list = []
+        self.boxes: list = list(boxes or [])
+        if not self.track.finished and (self.track.n > len(cached) or len(self.boxes) > self.track.n):
+            raise ValueError(f"a track with {self.track.n} frames pushed cannot go on from {len(cached)} "
+                             f"detections and {len(self.boxes)} boxes")
+        self._reported = False
 
     def __call__(self, jobs: Iterator[FrameJob]) -> Iterator[FrameJob]:
         def marked() -> Iterator[tuple[FrameJob, bool]]:  # (job, whether to detect): a frame new to the first pass
@@ -317,25 +331,30 @@ class FaceStage:
         for (job, _), found in detected:
             if job.s < len(boxes) or self.track.finished:
                 job.box = boxes[job.s]
+                if job.s == self.n_src - 1:
+                    self._first_pass_ended()
                 yield job
+                continue
+            waiting.append(job)
+            if job.s < self.track.n:  # pushed by the reference search: its box comes with a later frame's push
                 continue
             if job.s != self.track.n:
                 raise RuntimeError(f"frame {job.s} reached the face track out of order (expected {self.track.n})")
-            if job.s < len(self.cached):
-                dets = self.cached[job.s]
-            else:
-                dets = found
-            waiting.append(job)
-            boxes.extend(b for _, b in self.track.push(dets))
+            boxes.extend(b for _, b in self.track.push(self.cached[job.s] if job.s < len(self.cached) else found))
             if self.track.n == self.n_src:
                 boxes.extend(b for _, b in self.track.finish())
-                self.on_first_pass_end()
+                self._first_pass_ended()
             while waiting and waiting[0].s < len(boxes):
                 done = waiting.popleft()
                 done.box = boxes[done.s]
                 yield done
         if waiting:  # pragma: no cover (the first pass always ends with finish())
             raise RuntimeError("frames left without a box")
+
+    def _first_pass_ended(self) -> None:
+        if not self._reported:
+            self._reported = True
+            self.on_first_pass_end()
 
 
 def batches(jobs: Iterator[FrameJob], size: int) -> Iterator[list[FrameJob]]:
@@ -393,16 +412,59 @@ def blended_inputs(jobs: Iterator[FrameJob], weight: float) -> Iterator[FrameJob
         yield last
 
 
-def network_stage(size: int, render: Callable[[list[FrameJob]], None]) -> Callable:
+def network_stage(size: int, render: Callable[[list[FrameJob]], None], workers: int = 1,
+                  start_worker: Callable[[], None] = lambda: None, end: Callable[[], None] = lambda: None) -> Callable:
     """The network stage: batches of ``size`` consecutive frames; ``render(jobs)`` sets ``face`` on the jobs that
-    have a box. Yields the batches."""
+    have a box. Yields the batches, in order.
+
+    With ``workers`` > 1, that many batches are rendered at the same time, each in a thread of its own that first
+    calls ``start_worker()`` (``render`` must be safe to call from them at once: it keeps no state between batches);
+    the first batch is split in ``workers`` parts, so the first frames come out sooner. ``end()`` is called once the
+    threads have stopped."""
+
+    def work(batch: list[FrameJob]) -> None:
+        todo = [job for job in batch if job.box is not None]
+        if todo:
+            render(todo)
+
+    def parts(jobs: Iterator[FrameJob]) -> Iterator[tuple[list[FrameJob], bool]]:  # (batch, a part of the first)
+        first = True
+        for batch in batches(jobs, size):
+            if first and len(batch) > 1:
+                cut = np.linspace(0, len(batch), min(workers, len(batch)) + 1).round().astype(int)
+                yield from ((batch[a:b], True) for a, b in zip(cut[:-1], cut[1:]))
+            else:
+                yield batch, False
+            first = False
 
     def stage(jobs: Iterator[FrameJob]) -> Iterator[list[FrameJob]]:
-        for batch in batches(jobs, size):
-            todo = [job for job in batch if job.box is not None]
-            if todo:
-                render(todo)
-            yield batch
+        if workers <= 1:
+            for batch in batches(jobs, size):
+                work(batch)
+                yield batch
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="hyperlips-render", initializer=start_worker)
+        pending: deque = deque()  # (batch, its future, whether a part of the first batch), oldest first
+        try:
+            for batch, split in parts(jobs):
+                pending.append((batch, pool.submit(work, batch), split))
+                if split and len(pending) < workers:
+                    continue  # the first batch's parts all start at once
+                # given out in order: the first batch's parts as each is done, then the oldest batch once as many
+                # are rendering as there are workers, and any older batch that is already done
+                while pending and (pending[0][2] or len(pending) >= workers or pending[0][1].done()):
+                    done, fut, _ = pending.popleft()
+                    fut.result()
+                    yield done
+            while pending:
+                done, fut, _ = pending.popleft()
+                fut.result()
+                yield done
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            end()
 
     return stage
 
@@ -484,9 +546,9 @@ def frame_chain(timeline, *, n_src: int, n_out: int, loop: str, found: Reference
     from .face.blend import paste_face
     from .media.timing import report_damage
 
-    faces = FaceStage(n_src, new_track(), detect, found.detections,
+    faces = FaceStage(n_src, found.track if found.track is not None else new_track(), detect, found.detections,
                       on_first_pass_end=lambda: report_damage(timeline, n_src), workers=workers if overlap else 1,
-                      every_frame=every_frame)
+                      every_frame=every_frame, boxes=found.boxes)
     return run_chain(
         Step("decode", lambda _: scheduled_frames(timeline, n_src, n_out, loop), maxsize=4),
         [Step("faces", faces, maxsize=batch_size),
