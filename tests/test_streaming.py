@@ -644,3 +644,13 @@ def test_the_faces_stage_goes_on_from_the_searchs_track_with_the_same_boxes_and_
         handed, at_once = run(searched, True)
         assert np.array_equal(fresh, handed)
         assert at_once <= 2 < waited  # the first box without the track's look-ahead
+
+
+def test_a_searchs_track_goes_on_in_one_main_pass_only():
+    """The search's track is handed to one main pass (which pushes more frames into it); asked again, there is
+    none, and a fresh track is fed the search's detections instead."""
+    found, searched, _ = search(120, "best", [0.9] * 120)
+    track, boxes = found.take_track()
+    assert track is not None and track.n == searched == len(found.detections)
+    assert 0 < len(boxes) <= searched and all(b is not None for b in boxes)
+    assert found.take_track() == (None, [])

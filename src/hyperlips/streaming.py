@@ -115,6 +115,13 @@ class ReferenceSearch:
     track: object = None
     boxes: list = field(default_factory=list)
 
+    def take_track(self) -> tuple[object, list]:
+        """``(track, boxes)`` for one main pass to go on from (the pass pushes more frames into the track); later
+        calls, and an image reference, give ``(None, [])``: a fresh track is fed the detections again."""
+        track, boxes = self.track, self.boxes
+        self.track, self.boxes = None, []
+        return track, boxes
+
 
 def reference_search_length(request, n_src: int, fps: float) -> int:
     """About how many frames :func:`find_reference` decodes when the face is seen from the first frame on."""
@@ -546,9 +553,10 @@ def frame_chain(timeline, *, n_src: int, n_out: int, loop: str, found: Reference
     from .face.blend import paste_face
     from .media.timing import report_damage
 
-    faces = FaceStage(n_src, found.track if found.track is not None else new_track(), detect, found.detections,
+    track, boxes = found.take_track()
+    faces = FaceStage(n_src, track if track is not None else new_track(), detect, found.detections,
                       on_first_pass_end=lambda: report_damage(timeline, n_src), workers=workers if overlap else 1,
-                      every_frame=every_frame, boxes=found.boxes)
+                      every_frame=every_frame, boxes=boxes)
     return run_chain(
         Step("decode", lambda _: scheduled_frames(timeline, n_src, n_out, loop), maxsize=4),
         [Step("faces", faces, maxsize=batch_size),
