@@ -23,13 +23,13 @@ def clip(real_data, tmp_path_factory):
                            long_speech=cut_audio(real_data / "retalking" / "audio1.wav", folder / "long.wav", 4.8))
 
 
-def lipsync(**kw):
+def lipsync(model="lite", **kw):
     import torch
 
     from hyperlips.pipeline import LipSync
 
     torch.manual_seed(0)
-    return LipSync(untrained=True, model="lite", device="cpu", progress=False, **kw)
+    return LipSync(untrained=True, model=model, device="cpu", progress=False, **kw)
 
 
 def test_overlapped_and_serial_runs_give_the_same_frames(clip):
@@ -43,9 +43,9 @@ def test_overlapped_and_serial_runs_give_the_same_frames(clip):
 
 
 def test_two_batches_rendered_at_a_time_give_the_same_frames_and_leave_torchs_threads_as_they_were(clip, monkeypatch):
-    """On a CPU with two torch threads, a rendered mouth is drawn two batches at a time, each on one thread, in the
-    network stage's own threads; the frames equal those of one batch at a time on both threads, and torch's thread
-    count is what it was afterwards. A stateful mouth (the warp) is drawn one batch at a time."""
+    """On a CPU with two torch threads, HyperLips-Base's mouth is drawn two batches at a time, each on one thread, in
+    the network stage's own threads; the frames equal those of one batch at a time on both threads, and torch's
+    thread count is what it was afterwards. Lite, and a stateful mouth (the warp), are drawn one batch at a time."""
     import torch
 
     from hyperlips import runtime
@@ -67,7 +67,7 @@ def test_two_batches_rendered_at_a_time_give_the_same_frames_and_leave_torchs_th
             if not pooled:
                 monkeypatch.setattr(runtime, "render_workers", lambda device: (1, 0))
             seen.clear()
-            ls = lipsync(batch_size=4)
+            ls = lipsync(batch_size=4, model="base")
             frames[pooled] = spied_frames(lambda: ls.sync(clip.video, clip.speech, clip.folder / f"p{pooled}.mp4"))
             fresh = []  # a thread started now gets the process's count (each worker set its own)
             t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
@@ -82,9 +82,13 @@ def test_two_batches_rendered_at_a_time_give_the_same_frames_and_leave_torchs_th
             assert np.array_equal(a, b), f"frame {j} differs between two batches at a time and one"
         monkeypatch.undo()
         monkeypatch.setattr(LipSync, "generate", spy)
-        seen.clear()
-        lipsync(batch_size=4, mouth="warp").sync(clip.video, clip.speech, clip.folder / "warp.mp4")
-        assert {name for name, _ in seen} == {"hyperlips-network"}
+        for kw in ({"mouth": "warp"}, {}):  # the warp keeps state; Lite
+            seen.clear()
+            lipsync(batch_size=4, **kw).sync(clip.video, clip.speech, clip.folder / "warp.mp4")
+            assert {name for name, _ in seen} == {"hyperlips-network"}, kw
+        seen.clear()  # the stages one after another: all in the caller's thread
+        lipsync(batch_size=4, model="base", overlap=False).sync(clip.video, clip.speech, clip.folder / "serial.mp4")
+        assert {name for name, _ in seen} == {threading.current_thread().name}
     finally:
         torch.set_num_threads(before)
 

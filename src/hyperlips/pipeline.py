@@ -417,16 +417,18 @@ class LipSync:
         return marks
 
     def _network_stage(self, render, marks=None):
-        """``sync``'s network stage (``streaming.network_stage``): with the stages overlapped on a CPU, two batches at
-        a time on half the torch threads each (``runtime.render_workers``) where rendering a batch keeps no state (the
-        mouth rendered, no HR decoder, no phoneme timings closing a Lite mouth); else one batch at a time."""
+        """``sync``'s network stage (``streaming.network_stage``): for HyperLips-Base with the stages overlapped on a
+        CPU, two batches at a time on half the torch threads each (``runtime.render_workers``) where rendering a batch
+        keeps no state (the mouth rendered, no HR decoder); else one batch at a time. (Lite's network is a small share
+        of ``sync``'s work: two at a time made it 4% slower.)"""
         import torch
 
         from .runtime import render_workers
         from .streaming import network_stage
 
         pure = self.mouth == "render" and self.hr is None and (marks is None or not hasattr(self.base, "predict_shape"))
-        workers, each = render_workers(self.device) if pure and self.overlap else (1, 0)
+        base = self.model_name == "hyperlips-base"
+        workers, each = render_workers(self.device) if pure and base and self.overlap else (1, 0)
         if workers <= 1:
             return network_stage(self.batch_size, render)
         default = torch.get_num_threads()
