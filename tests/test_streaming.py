@@ -153,9 +153,11 @@ def test_the_writer_gets_each_frames_decoded_picture_and_the_region_pasted(clip)
     assert pasted == 40  # the face is in every frame of this clip
 
 
-def test_frames_in_flight_are_bounded_whatever_the_length(clip, monkeypatch):
+@pytest.mark.parametrize("model", ["lite", "base"])
+def test_frames_in_flight_are_bounded_whatever_the_length(clip, monkeypatch, model):
     """Frames decoded but not yet encoded never exceed what the queues, the face track's look-ahead and one batch in
-    each stage hold, for a 1.6 s and a 4.8 s output alike (memory does not grow with the length)."""
+    each stage hold (two in Base's network stage, which renders two at a time), for a 1.6 s and a 4.8 s output alike
+    (memory does not grow with the length)."""
     from hyperlips import streaming
     from hyperlips.face.track_online import OnlineTrack
     from hyperlips.media import writer as writer_mod
@@ -178,10 +180,11 @@ def test_frames_in_flight_are_bounded_whatever_the_length(clip, monkeypatch):
     batch = 4
     lag = OnlineTrack(25.0).max_gap + 3  # the face track's look-ahead (face.track_online)
     bound = 4 + 1 + lag + batch + batch + batch + batch + 4 + 2  # queues and one item in each stage
+    bound += batch if model == "base" else 0  # two batches in the network stage
     most = []
     for speech in (clip.speech, clip.long_speech):
         count.update(decoded=0, encoded=0, most=0)
-        lipsync(batch_size=batch).sync(clip.video, speech, clip.folder / "bounded.mp4")
+        lipsync(model, batch_size=batch).sync(clip.video, speech, clip.folder / "bounded.mp4")
         assert count["decoded"] == count["encoded"]
         most.append(count["most"])
     assert max(most) <= bound, (most, bound)
