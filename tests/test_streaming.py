@@ -539,23 +539,22 @@ def jobs_of(n, boxless=()):
 
 
 def test_the_network_stage_renders_two_batches_at_a_time_and_gives_them_in_order():
-    """Two workers: batches come out in order, the first split in two parts that render at the same time, never
-    more than two batches rendering, each worker set up once in its own thread, ``end`` once after them, and only
-    jobs with a box rendered."""
+    """Two workers: batches come out in order, two rendering at the same time, never more than two held, each worker
+    set up once in its own thread, ``end`` once after them, and only jobs with a box rendered."""
     import time
 
     from hyperlips.streaming import network_stage
 
     lock, state = threading.Lock(), {"now": 0, "most": 0}
     started, rendered, ended = [], [], []
-    meet = threading.Barrier(2, timeout=20)  # the first batch's two parts render at the same time, or this fails
+    meet = threading.Barrier(2, timeout=20)  # the first two batches render at the same time, or this fails
 
     def render(jobs):
         with lock:
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
             rendered.append(([job.j for job in jobs], threading.get_ident()))
-        if jobs[0].j in (0, 2) and started:
+        if jobs[0].j in (0, 4) and started:
             meet.wait()
         time.sleep(0.02)
         for job in jobs:
@@ -577,12 +576,12 @@ def test_the_network_stage_renders_two_batches_at_a_time_and_gives_them_in_order
         held.append(pulled[0] - sum(len(b) for b in out))  # taken in but not given out, this one included
         out.append(batch)
     assert max(held) == 2 * 4  # two batches held at most
-    assert [[job.j for job in b] for b in out] == [[0, 1], [2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14]]
+    assert [[job.j for job in b] for b in out] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14]]
     assert [job.face for b in out for job in b] == [j if j != 9 else None for j in range(15)]
-    assert sorted(js for js, _ in rendered) == [[0, 1], [2, 3], [4, 5, 6, 7], [8, 10, 11], [12, 13, 14]]
+    assert sorted(js for js, _ in rendered) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 10, 11], [12, 13, 14]]
     assert state["most"] == 2
     assert len(started) == 2 and {t for _, t in rendered} == set(started)
-    assert ended == [5]
+    assert ended == [4]
     started.clear()
     one = list(network_stage(4, render)(iter(jobs_of(6))))  # one worker: whole batches, in the caller's thread
     assert [[job.j for job in b] for b in one] == [[0, 1, 2, 3], [4, 5]]
