@@ -316,8 +316,9 @@ class LipSync:
             def render(jobs):
                 self._render(jobs, ref_crop, mel, fps_out, marks)
 
+            network, gate = self._network_stage(render, marks)
             chain = frame_chain(timeline, n_src=n_src, n_out=n_out, loop=loop, found=found, new_track=new_track,
-                                detect=detector.detect, network=self._network_stage(render, marks),
+                                detect=detector.detect, network=network,
                                 batch_size=self.batch_size, timings=timer, overlap=self.overlap,
                                 steady=self.temporal_blend, input_blend=self.input_blend, workers=detector.workers,
                                 every_frame=self.detect_every_frame)
@@ -332,10 +333,12 @@ class LipSync:
                             first_frame = time.perf_counter() - t_start
                         with timer("encode"):
                             writer.write(job.image, job.source, job.changed)
+                        gate.done()
                         bar.update(1)
                 with timer("encode"):
                     writer.close()  # flush, mux and rename the temporary file to the output name
             except BaseException:
+                gate.open()  # a render thread waiting for room stops with the others
                 chain.close()
                 if writer is not None:
                     writer.abort()  # no half-written file is left under the output name
@@ -417,25 +420,28 @@ class LipSync:
         return marks
 
     def _network_stage(self, render, marks=None):
-        """``sync``'s network stage (``streaming.network_stage``): for HyperLips-Base with the stages overlapped on a
-        CPU, two batches at a time on half the torch threads each (``runtime.render_workers``) where rendering a batch
-        keeps no state (the mouth rendered, no HR decoder); else one batch at a time. (Lite's network is a small share
-        of ``sync``'s work: two at a time made it 4% slower.)"""
+        """``sync``'s network stage (``streaming.network_stage``) and the gate its consumer frees a place in per frame
+        written (``stages.Gate``): for HyperLips-Base with the stages overlapped on a CPU, two batches at a time on
+        half the torch threads each (``runtime.render_workers``) where rendering a batch keeps no state (the mouth
+        rendered, no HR decoder), at most ``streaming.render_gate`` frames ahead of the encoder; else one batch at a
+        time, no gate. (Lite's network is a small share of ``sync``'s work: two at a time made it 4% slower.)"""
         import torch
 
         from .runtime import render_workers
-        from .streaming import network_stage
+        from .stages import Gate
+        from .streaming import network_stage, render_gate
 
         pure = self.mouth == "render" and self.hr is None and (marks is None or not hasattr(self.base, "predict_shape"))
         base = self.model_name == "hyperlips-base"
         workers, each = render_workers(self.device) if pure and base and self.overlap else (1, 0)
         if workers <= 1:
-            return network_stage(self.batch_size, render)
+            return network_stage(self.batch_size, render), Gate()
         default = torch.get_num_threads()
+        gate = render_gate(self.batch_size, workers)
         # torch's thread count is kept per thread (OpenMP): each worker sets its own; the process's default, which
         # that also sets, is put back once the workers are done
         return network_stage(self.batch_size, render, workers, start_worker=lambda: torch.set_num_threads(each),
-                             end=lambda: torch.set_num_threads(default))
+                             end=lambda: torch.set_num_threads(default), gate=gate), gate
 
     def _bar(self, total: int, desc: str, on_progress: ProgressCallback | None = None):
         """A progress bar (``sync_report.progress_bar``), shown when this LipSync shows progress."""

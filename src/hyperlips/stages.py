@@ -198,6 +198,44 @@ def run_chain(source: Step, steps: list[Step], timings: Timings, overlap: bool =
             t.join(timeout=30)
 
 
+class Gate:
+    """At most ``limit`` items between a stage and the chain's consumer: ``enter(n)`` waits until ``n`` more fit (call
+    it from one thread, in the items' order, so a later item never takes the room an earlier one waits for),
+    ``done(n)`` frees room as the consumer finishes items, ``open()`` lets everything through from then on (call it
+    when the consumer stops early, so a stage waiting here can stop too). ``limit`` None: never waits. A stage far
+    ahead of a slow consumer otherwise leaves it a backlog to finish alone at the end, one core idle."""
+
+    def __init__(self, limit: int | None = None):
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self.limit = limit
+        self._room = limit
+        self._open = limit is None
+        self._cond = threading.Condition()
+
+    def enter(self, n: int = 1) -> None:
+        if self._open:
+            return
+        if n > self.limit:
+            raise ValueError(f"{n} items never fit in a gate of {self.limit}")
+        with self._cond:
+            self._cond.wait_for(lambda: self._open or self._room >= n)
+            if not self._open:
+                self._room -= n
+
+    def done(self, n: int = 1) -> None:
+        if self._open:
+            return
+        with self._cond:
+            self._room += n
+            self._cond.notify_all()
+
+    def open(self) -> None:
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
+
+
 def run_to_end(it: Iterable, consume: Callable[[object], None]) -> None:
     """Feed every item of ``it`` to ``consume`` (in the caller's thread), closing ``it`` whatever happens."""
     try:

@@ -35,7 +35,7 @@ import numpy as np
 from .errors import MediaError, UserError, require_file
 from .generator_io import BASE_SIZE, face_crop, reference_crop
 from .schedule import runs
-from .stages import Step, Timings, mapped_ahead, run_chain
+from .stages import Gate, Step, Timings, mapped_ahead, run_chain
 
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
 MUX_SAMPLE_RATE = 48000  # the output's audio rate
@@ -420,14 +420,17 @@ def blended_inputs(jobs: Iterator[FrameJob], weight: float) -> Iterator[FrameJob
 
 
 def network_stage(size: int, render: Callable[[list[FrameJob]], None], workers: int = 1,
-                  start_worker: Callable[[], None] = lambda: None, end: Callable[[], None] = lambda: None) -> Callable:
+                  start_worker: Callable[[], None] = lambda: None, end: Callable[[], None] = lambda: None,
+                  gate: Optional[Gate] = None) -> Callable:
     """The network stage: batches of ``size`` consecutive frames; ``render(jobs)`` sets ``face`` on the jobs that
     have a box. Yields the batches, in order.
 
     With ``workers`` > 1, that many batches are rendered at the same time, each in a thread of its own that first
     calls ``start_worker()`` (``render`` must be safe to call from them at once: it keeps no state between batches);
-    ``end()`` is called once the threads have stopped. (Splitting the first batch so the first frames come out sooner
-    cost a command 3% of its speed: oneDNN prepares its kernels again for each new batch size.)"""
+    ``end()`` is called once the threads have stopped; ``gate`` (``stages.Gate``), entered by each batch before it
+    is rendered, in order, bounds how far the rendering runs ahead of the consumer (:func:`render_gate`). (Splitting
+    the first batch so the first frames come out sooner cost a command 3% of its speed: oneDNN prepares its kernels
+    again for each new batch size.)"""
 
     def work(batch: list[FrameJob]) -> None:
         todo = [job for job in batch if job.box is not None]
@@ -446,6 +449,8 @@ def network_stage(size: int, render: Callable[[list[FrameJob]], None], workers: 
         pending: deque = deque()  # (batch, its future), oldest first
         try:
             for batch in batches(jobs, size):
+                if gate is not None:
+                    gate.enter(len(batch))
                 pending.append((batch, pool.submit(work, batch)))
                 # given out in order: the oldest once as many are rendering as there are workers, and any older
                 # batch that is already done
@@ -462,6 +467,16 @@ def network_stage(size: int, render: Callable[[list[FrameJob]], None], workers: 
             end()
 
     return stage
+
+
+def render_gate(size: int, workers: int) -> Gate:
+    """The gate for a network stage rendering ``workers`` batches of ``size`` at a time: frames between a batch's
+    rendering and their encoding at most ``size * workers + max(2, size // 2)`` (40 for two batches of 16). The
+    encoder (one thread) otherwise falls behind the two render threads and encodes its backlog alone at the end:
+    measured with Base on ``real/hyperlips/video2.mp4`` (three pairs of two runs, runs-only script), 40 frames 47.0-50.1
+    fps, 48 44.9-48.7, no bound 44.9-49.0. Never below what must pass for the stages to go on: the batch being
+    rendered, the next, and a frame the paste stage holds back (``2 * size + 1``; less would deadlock)."""
+    return Gate(size * workers + max(2, size // 2))
 
 
 def steady_batches(batches_in: Iterator[list[FrameJob]], weight: float) -> Iterator[list[FrameJob]]:
