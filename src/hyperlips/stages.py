@@ -247,14 +247,17 @@ def run_to_end(it: Iterable, consume: Callable[[object], None]) -> None:
             close()
 
 
-def mapped_ahead(fn: Callable, items: Iterable, key: Callable, workers: int = 1) -> Iterator[tuple]:
+def mapped_ahead(fn: Callable, items: Iterable, key: Callable, workers: int = 1, ahead: int | None = None,
+                 name: str = "hyperlips-ahead", initializer: Callable[[], None] | None = None) -> Iterator[tuple]:
     """``(item, fn(item))`` for each item, in order; where ``key(item)`` is None, ``(item, None)`` and no call.
 
     Consecutive items whose keys are the same object share the first one's call (a frame shown twice is worked on
-    once). With ``workers`` > 1, ``fn`` runs in that many threads (it must be safe to call from them at once) on up to
-    ``2 * workers`` items ahead of the one given out, so calls that wait on something else overlap; closing the
-    generator waits for the calls running then (the rest are dropped). With 1, everything happens in the caller's
-    thread, one item at a time."""
+    once). With ``workers`` > 1, ``fn`` runs in that many threads (it must be safe to call from them at once; named
+    ``name``, each first calling ``initializer``) on up to ``ahead`` items (default ``2 * workers``) ahead of the one
+    given out, so calls that wait on something else overlap; an item already done is given out at once. Items are
+    taken from ``items`` one at a time, in order, in the caller's thread. Closing the generator waits for the calls
+    running then (the rest are dropped). With 1, everything happens in the caller's thread, one item at a time."""
+    ahead = 2 * workers if ahead is None else ahead
     prev: tuple = (None, None)  # the last key called and its result (or its future)
     if workers <= 1:
         for item in items:
@@ -265,7 +268,7 @@ def mapped_ahead(fn: Callable, items: Iterable, key: Callable, workers: int = 1)
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="hyperlips-ahead")
+    pool = ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=initializer)
     pending: deque = deque()  # (item, future or None), oldest first
     try:
         for item in items:
@@ -273,7 +276,7 @@ def mapped_ahead(fn: Callable, items: Iterable, key: Callable, workers: int = 1)
             if k is not None and k is not prev[0]:
                 prev = (k, pool.submit(fn, item))
             pending.append((item, None if k is None else prev[1]))
-            while pending and (len(pending) > 2 * workers or pending[0][1] is None or pending[0][1].done()):
+            while pending and (len(pending) > ahead or pending[0][1] is None or pending[0][1].done()):
                 head, fut = pending.popleft()
                 yield head, (None if fut is None else fut.result())
         while pending:

@@ -437,33 +437,22 @@ def network_stage(size: int, render: Callable[[list[FrameJob]], None], workers: 
         if todo:
             render(todo)
 
-    def stage(jobs: Iterator[FrameJob]) -> Iterator[list[FrameJob]]:
-        if workers <= 1:
-            for batch in batches(jobs, size):
-                work(batch)
-                yield batch
-            return
-        from concurrent.futures import ThreadPoolExecutor
+    def entered(jobs: Iterator[FrameJob]) -> Iterator[list[FrameJob]]:  # batches, each through the gate in order
+        for batch in batches(jobs, size):
+            if gate is not None:
+                gate.enter(len(batch))
+            yield batch
 
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="hyperlips-render", initializer=start_worker)
-        pending: deque = deque()  # (batch, its future), oldest first
+    def stage(jobs: Iterator[FrameJob]) -> Iterator[list[FrameJob]]:
+        # with several workers: the oldest batch is given out once as many are rendering as there are workers, or
+        # as soon as it is done
+        rendered = mapped_ahead(work, entered(jobs), lambda batch: batch, workers, ahead=workers - 1,
+                                name="hyperlips-render", initializer=start_worker)
         try:
-            for batch in batches(jobs, size):
-                if gate is not None:
-                    gate.enter(len(batch))
-                pending.append((batch, pool.submit(work, batch)))
-                # given out in order: the oldest once as many are rendering as there are workers, and any older
-                # batch that is already done
-                while pending and (len(pending) >= workers or pending[0][1].done()):
-                    done, fut = pending.popleft()
-                    fut.result()
-                    yield done
-            while pending:
-                done, fut = pending.popleft()
-                fut.result()
-                yield done
+            for batch, _ in rendered:
+                yield batch
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            rendered.close()  # waits for the batches rendering
             end()
 
     return stage
