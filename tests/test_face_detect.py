@@ -236,6 +236,41 @@ def test_detectors_shared_by_two_threads_find_what_one_detector_finds(detector, 
         FaceDetectors(0)
 
 
+def test_detectors_are_set_up_at_the_same_time_and_a_failure_closes_the_others(monkeypatch):
+    """FaceDetectors builds its graphs in threads of their own, all at once; when one cannot be built, those that were
+    are closed and its error reaches the caller."""
+    import threading
+
+    import hyperlips.face.detect as detect
+
+    started, closed = [], []
+    all_in = threading.Barrier(3, timeout=10)  # three graphs being set up at the same moment, or a BrokenBarrierError
+
+    class Fake:
+        def __init__(self, model, min_confidence):
+            started.append(threading.current_thread().name)
+            all_in.wait()
+            if fail and threading.current_thread().name.endswith("_2"):  # the third graph
+                raise RuntimeError("graph set-up failed")
+
+        def close(self):
+            closed.append(self)
+
+    monkeypatch.setattr(detect, "FaceDetector", Fake)
+    monkeypatch.setattr(detect, "import_mediapipe", lambda: None)
+    fail = False
+    pool = detect.FaceDetectors(3)
+    assert pool.workers == 3 and len(set(started)) == 3  # three threads
+    pool.close()
+    assert len(closed) == 3
+    started.clear(), closed.clear()
+    all_in.reset()
+    fail = True
+    with pytest.raises(RuntimeError, match="graph set-up failed"):
+        detect.FaceDetectors(3)
+    assert len(closed) == 2 and not any(t.name.startswith("hyperlips-detector") for t in threading.enumerate())
+
+
 def test_mediapipe_can_be_imported_ahead_in_a_thread_once():
     """LipSync starts importing mediapipe while it loads its networks: once per process, in a thread of its own that
     a quick exit waits for."""

@@ -280,13 +280,30 @@ class FaceDetectors:
     def __init__(self, n: int = DETECTORS, model: str = "full", min_confidence: float = 0.5):
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        self._all: list[FaceDetector] = []
+        import_mediapipe()  # once, before the threads below
+        made: list = [None] * n
+        failed: list[BaseException] = []
+
+        def make(i: int) -> None:
+            try:
+                made[i] = FaceDetector(model, min_confidence)
+            except BaseException as e:  # given to the caller below
+                failed.append(e)
+
+        # the graphs are set up at the same time: each waits on its own threads for most of its set-up (40-50 ms)
+        helpers = [threading.Thread(target=make, args=(i,), name=f"hyperlips-detector_{i}", daemon=True)
+                   for i in range(1, n)]
+        for t in helpers:
+            t.start()
         try:
-            for _ in range(n):
-                self._all.append(FaceDetector(model, min_confidence))
-        except BaseException:
+            make(0)
+        finally:
+            for t in helpers:
+                t.join()
+            self._all: list[FaceDetector] = [d for d in made if d is not None]
+        if failed:
             self.close()
-            raise
+            raise failed[0]
         self.workers = n
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for d in self._all:
