@@ -88,7 +88,9 @@ def encoder_threads(width: int, height: int) -> int:
     """libx264's threads for a ``width`` x ``height`` video: 1 up to 720p where this process has 2 CPUs or fewer,
     else 0 (libx264's own choice, about 1.5 per core).
 
-    On 2 cores every stage of ``sync`` wants a core, and libx264's frame threads spend more CPU than they save: the
+    On 2 cores every stage of ``sync`` wants a core, and libx264's threads spend more CPU than they save (PyAV opens
+    it with slice threads, each frame split among them; frame threads, two on 2 cores, were measured no faster than
+    one thread either: docs/inference.md §8): the
     shipped starter end to end on real 720p clips (three runs each, alternated) went from 38.7-40.2 to 43.1-44.6 fps
     on ``video3.mp4`` and from 33.4-40.3 to 37.8-38.4 on another, and a 512 px clip from 43.8-45.0 to 47.5-48.2; the
     files were 1% smaller. At 1080p one thread cannot keep up (22.0-22.4 -> 19.3-19.9 fps), so larger frames keep
