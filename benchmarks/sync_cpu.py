@@ -3,9 +3,10 @@
 ``sync`` runs its stages in threads; `--timings` gives each stage's busy time, which on a machine whose cores are all
 busy says little about what each costs. This reads the kernel's count of each thread's CPU time
 (``/proc/self/task``, Linux only), sampled every 10 ms while a ``sync`` runs (threads end with the run), and prints
-the CPU milliseconds per frame of each group of threads: ``hyperlips-network`` (and torch's worker threads,
-``python``), ``MainThread`` (the encoder), ``hyperlips-decode`` and libavcodec's ``av:*`` threads, MediaPipe's
-graphs, paste-back. The first ``sync`` of the process warms up; the next ``--runs`` are reported.
+the CPU milliseconds per frame of each group of threads: ``hyperlips-network`` (with Base, which renders two
+batches at a time, ``hyperlips-render``), ``MainThread`` (the encoder), ``hyperlips-decode`` and libavcodec's
+``av:*`` threads, MediaPipe's graphs, paste-back, and ``python``: the threads Python does not know (the pools of
+OpenMP, OpenCV and the like). The first ``sync`` of the process warms up; the next ``--runs`` are reported.
 
     python benchmarks/sync_cpu.py                                   # the bench's synthetic 6 s 720p clip, Base
     python benchmarks/sync_cpu.py --model starter --video V.mp4 --audio A.wav --runs 3
@@ -25,8 +26,9 @@ from pathlib import Path
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def thread_times() -> dict[str, tuple[str, float]]:
-    """Thread id -> (name, CPU seconds so far) for every thread of this process."""
+def thread_times() -> dict[str, tuple[str, float, bool]]:
+    """Thread id -> (name, CPU seconds so far, whether the name is a Python thread's) for every thread of this
+    process; a thread Python does not know (yet) has its system name (``comm``: ``python`` for most)."""
     names = {str(t.native_id): t.name for t in threading.enumerate()}
     out = {}
     for tid in os.listdir("/proc/self/task"):
@@ -37,7 +39,7 @@ def thread_times() -> dict[str, tuple[str, float]]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended meanwhile
             continue
-        out[tid] = (names.get(tid, comm), (int(fields[11]) + int(fields[12])) / TICK)
+        out[tid] = (names.get(tid, comm), (int(fields[11]) + int(fields[12])) / TICK, tid in names)
     return out
 
 
@@ -54,8 +56,13 @@ def measured_sync(ls, video: Path, audio: Path, output: Path) -> tuple[object, f
 
     def poll():
         while not stop.is_set():
-            for tid, (name, cpu) in thread_times().items():
-                seen[tid] = (seen.get(tid, (name, 0.0))[0], cpu)  # the name it had first (pools rename nothing)
+            for tid, (name, cpu, named) in thread_times().items():
+                old = seen.get(tid)
+                # a Python thread's name once seen stays (pools rename nothing); one first seen before Python
+                # listed it (its system name then, "python") takes its Python name when it appears
+                if old is not None and (old[2] or not named):
+                    name, named = old[0], old[2]
+                seen[tid] = (name, cpu, named)
             time.sleep(0.01)
 
     sampler = threading.Thread(target=poll, name="sampler", daemon=True)
@@ -68,8 +75,8 @@ def measured_sync(ls, video: Path, audio: Path, output: Path) -> tuple[object, f
         stop.set()
         sampler.join()
     groups: dict[str, float] = collections.Counter()
-    for tid, (name, total) in seen.items():
-        groups[group(name)] += total - before.get(tid, (name, 0.0))[1]
+    for tid, (name, total, _) in seen.items():
+        groups[group(name)] += total - before.get(tid, (name, 0.0, False))[1]
     return rep, wall, cpu, groups
 
 
