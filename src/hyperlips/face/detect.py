@@ -280,27 +280,14 @@ class FaceDetectors:
     def __init__(self, n: int = DETECTORS, model: str = "full", min_confidence: float = 0.5):
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
+        from concurrent.futures import ThreadPoolExecutor
+
         import_mediapipe()  # once, before the threads below
-        made: list = [None] * n
-        failed: list[BaseException] = []
-
-        def make(i: int) -> None:
-            try:
-                made[i] = FaceDetector(model, min_confidence)
-            except BaseException as e:  # given to the caller below
-                failed.append(e)
-
         # the graphs are set up at the same time: each waits on its own threads for most of its set-up (40-50 ms)
-        helpers = [threading.Thread(target=make, args=(i,), name=f"hyperlips-detector_{i}", daemon=True)
-                   for i in range(1, n)]
-        for t in helpers:
-            t.start()
-        try:
-            make(0)
-        finally:
-            for t in helpers:
-                t.join()
-            self._all: list[FaceDetector] = [d for d in made if d is not None]
+        with ThreadPoolExecutor(n, thread_name_prefix="hyperlips-detector") as pool:
+            futures = [pool.submit(FaceDetector, model, min_confidence) for _ in range(n)]
+        self._all: list[FaceDetector] = [f.result() for f in futures if f.exception() is None]
+        failed = [f.exception() for f in futures if f.exception() is not None]
         if failed:
             self.close()
             raise failed[0]
