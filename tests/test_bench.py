@@ -38,6 +38,7 @@ def test_bench_small_run_prints_table_and_json(tmp_path):
     from hyperlips.eval.bench_stages import NETWORK_MIN_SECONDS
 
     assert all(x["seconds"] >= NETWORK_MIN_SECONDS and x["frames"] > 1 for x in fp32)  # not a few ms of noise
+    assert all(x["fps_low"] <= x["fps"] <= x["fps_high"] for x in fp32)  # the median of its rounds
     # side by side: the reference (the original's layout), then Base and Lite as sync runs them
     assert [x["variant"] for x in fp32] == ["reference: original layout (Base, NCHW)", "Base, channels-last",
                                            "Lite, channels-last"]
@@ -114,6 +115,38 @@ def test_summary_compares_what_the_issue_asks():
            "after 0.50 s, then 33.1 fps)" in text
     assert "Lite + HR end to end at 720p, mouth at 256 px: 12.0 fps (the first frame after 0.50 s, then 12.4 fps)" \
         in text
+
+
+def test_network_rows_are_timed_in_rounds_their_median_and_range_kept(monkeypatch):
+    """A rate that changes from one round to the next (another job on the machine) moves the row's figure less: its
+    median is reported, with the rounds' range."""
+    from hyperlips.eval import bench_stages as S
+
+    now = [0.0]
+    monkeypatch.setattr(S.time, "perf_counter", lambda: now[0])
+    pace = iter([0.125] + [0.125] * 4 + [0.5] + [0.25] * 4)  # seconds per call: the warm-up, then three rounds
+
+    def call():  # one batch of 4 frames
+        now[0] += next(pace)
+        return 4
+
+    frames, secs, _, rates = S._timed(call, "cpu", min_frames=4, min_seconds=1.5, rounds=3)
+    assert rates == [32.0, 8.0, 16.0]  # each round ran until its 0.5 s: 4 calls of 0.125 s, one of 0.5, 2 of 0.25
+    assert frames == 4 * (4 + 1 + 2) and secs == 1.5
+    row = S._row("network", frames, secs, S.PeakMemory(), rates=rates, variant="x")
+    assert (row.fps, row.fps_low, row.fps_high) == (16.0, 8.0, 32.0)
+    assert "16.00 (8.0-32.0)" in B.format_row(row)
+    plain = S._row("decode", frames, secs, S.PeakMemory(), rates=rates[:1])  # one round: frames over seconds
+    assert plain.fps == pytest.approx(frames / secs) and B.format_row(plain).count("(") == 0
+    # the summary gives the ratio over the reference's rounds
+    rows = [dict(stage="network", variant="reference: original layout (Base, NCHW)", size=128, device="cpu", batch=1,
+                 fps=15.0, fps_low=12.0, fps_high=16.0, status="ok", precision="fp32"),
+            dict(stage="end-to-end", variant="Base, 720p, random weights", size=128, device="cpu", batch=16,
+                 fps=45.0, status="ok", precision="bf16")]
+    assert ("Base end to end at 720p: 45.0 fps = 3.0x (2.8-3.8x over its rounds) the reference network alone "
+            "(15.0 fps, its rounds 12.0-16.0: original layout, fp32, batch 1)") in "\n".join(B.summarise(rows))
+    as_json = [dict(r, fps_low=None, fps_high=None) for r in rows]  # NaN written to JSON: no range said
+    assert "rounds" not in "\n".join(B.summarise(as_json))
 
 
 def test_the_reference_is_also_timed_in_the_originals_batch_after_the_720p_runs(monkeypatch):

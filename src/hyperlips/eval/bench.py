@@ -39,6 +39,7 @@ from .bench_stages import (  # noqa: F401  (the measurements, re-exported for ca
     CLIP_SECONDS,
     DEFAULT_FRAMES,
     NETWORK_MIN_SECONDS,
+    NETWORK_ROUNDS,
     SIZES,
     BenchRow,
     E2E_NAMES,
@@ -143,7 +144,7 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
     end to end at 720p, the other precisions, the other end-to-end runs, the HR flows, memory); once ``budget``
     seconds have passed, the remaining ones are listed as skipped with that reason instead of being run.
     ``original_batch`` (0: none): the reference is also timed at the batch the original's inference uses, after
-    the end-to-end runs at 720p (a batch of 128 takes about 40 s on two cores). ``seconds``: the end-to-end runs'
+    the end-to-end runs at 720p (a batch of 128 takes about 55 s on two cores, in its rounds). ``seconds``: the end-to-end runs'
     length (their synthetic clips', or the first seconds of ``audio``).
     """
     import torch
@@ -286,6 +287,23 @@ def _pace(r: dict, before: str = " (", after: str = ")") -> str:
     return f"{before}the first frame after {first:.2f} s, then {pace:.1f} fps{after}"
 
 
+def _has_range(r: dict) -> bool:
+    lo, hi = r.get("fps_low"), r.get("fps_high")
+    return lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi) and lo > 0
+
+
+def _rounds(r: dict) -> str:
+    """``, its rounds 13.6-15.6`` for a row timed in rounds (its fps is their median); empty otherwise."""
+    return f", its rounds {r['fps_low']:.1f}-{r['fps_high']:.1f}" if _has_range(r) else ""
+
+
+def _ratio_range(fast: dict, ref: dict) -> str:
+    """`` (2.6-3.0x over the reference's rounds)``: how far the reference's spread moves a ratio to it."""
+    if not _has_range(ref):
+        return ""
+    return f" ({fast['fps'] / ref['fps_high']:.1f}-{fast['fps'] / ref['fps_low']:.1f}x over its rounds)"
+
+
 def summarise(rows: list[dict]) -> list[str]:
     """The comparisons the benchmark exists for, in words (only those whose rows were measured)."""
     ok = [r for r in rows if r["status"] == "ok"]
@@ -307,12 +325,13 @@ def summarise(rows: list[dict]) -> list[str]:
             and r["device"] == "cpu"]
     if base and refs:
         ref = max(refs, key=lambda r: r["fps"])
-        line = (f"Base end to end at 720p: {base['fps']:.1f} fps{_pace(base)} = {base['fps'] / ref['fps']:.1f}x the "
-                f"reference network alone ({ref['fps']:.1f} fps: original layout, fp32, batch {ref['batch']})")
+        line = (f"Base end to end at 720p: {base['fps']:.1f} fps{_pace(base)} = {base['fps'] / ref['fps']:.1f}x"
+                f"{_ratio_range(base, ref)} the reference network alone ({ref['fps']:.1f} fps{_rounds(ref)}: "
+                f"original layout, fp32, batch {ref['batch']})")
         own = [r for r in refs if r["batch"] == ORIGINAL_BATCH and r is not ref]
         if own:
-            line += (f"; {base['fps'] / own[0]['fps']:.1f}x it in the original's own inference batch of "
-                     f"{ORIGINAL_BATCH} ({own[0]['fps']:.1f} fps)")
+            line += (f"; {base['fps'] / own[0]['fps']:.1f}x{_ratio_range(base, own[0])} it in the original's own "
+                     f"inference batch of {ORIGINAL_BATCH} ({own[0]['fps']:.1f} fps{_rounds(own[0])})")
         lines.append(line)
     for key, r in sorted(e2e.items(), key=lambda kv: str(kv[0])):
         if key not in (("Lite", "720p", 128), ("Base", "720p", 128), ("Starter", "720p", 128)):
@@ -335,8 +354,9 @@ def _cells(r: BenchRow | dict) -> list[str]:
         return [d["stage"], d["variant"], _s(d["size"]), d["device"], d["precision"], _s(d["batch"]), "", d["status"]]
     fps = d["fps"]
     ms = 1000.0 / fps if fps and fps > 0 else float("nan")
+    spread = f" ({d['fps_low']:.1f}-{d['fps_high']:.1f})" if _has_range(d) else ""
     return [d["stage"], d["variant"], _s(d["size"]), d["device"], d["precision"], _s(d["batch"]), str(d["frames"]),
-            f"{fps:.2f}", f"{ms:.1f}", _s(d["peak_mb"], "{:.0f}"), _s(d["delta_mb"], "{:+.0f}")]
+            f"{fps:.2f}{spread}", f"{ms:.1f}", _s(d["peak_mb"], "{:.0f}"), _s(d["delta_mb"], "{:+.0f}")]
 
 
 def _s(v, fmt="{}") -> str:
@@ -381,10 +401,11 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
                    help="network batch sizes (default 1 16; the largest is also the end-to-end batch)")
     p.add_argument("--original-batch", type=int, default=ORIGINAL_BATCH,
                    help=f"also time the reference at the batch the original's inference uses (default "
-                        f"{ORIGINAL_BATCH}, about 40 s on two cores; 0 = no)")
+                        f"{ORIGINAL_BATCH}, about 55 s on two cores; 0 = no)")
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
                    help=f"frames timed per network measurement, after one warm-up batch (default {DEFAULT_FRAMES}; "
-                        f"each is timed for at least {NETWORK_MIN_SECONDS:g} s)")
+                        f"each is timed for at least {NETWORK_MIN_SECONDS:g} s, in {NETWORK_ROUNDS} rounds: the "
+                        "table gives their median and range)")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                    help=f"seconds after which the remaining measurements are skipped (default {DEFAULT_BUDGET:g}; 0 = no limit)")
     p.add_argument("--video", type=Path, help="a talking-face clip to use, at its own size (default: synthetic 6 s 720p "

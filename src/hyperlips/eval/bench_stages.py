@@ -25,6 +25,9 @@ SIZES = (128, 256, 512)
 DEFAULT_FRAMES = 4
 # a network row is timed for at least this long (a few frames of a fast network take milliseconds: noise)
 NETWORK_MIN_SECONDS = 1.0
+# in as many rounds: a row's figure is their median, their range beside it (one process's rate moves by several
+# percent from one half-second to the next on a shared 2-core machine)
+NETWORK_ROUNDS = 3
 CLIP_SECONDS = 6.0  # end-to-end clips: twice the reference search (3 s), so the one-pass steady state shows
 LAYOUTS = ("channels-last", "original")  # ours on CPU, and the original implementation's (NCHW, contiguous)
 
@@ -46,6 +49,8 @@ class BenchRow:
     delta_mb: float = float("nan")
     status: str = "ok"
     first_frame: float = float("nan")  # end to end: seconds to the first frame handed to the encoder
+    fps_low: float = float("nan")  # networks: the slowest and the fastest of the timed rounds (``fps``: their median)
+    fps_high: float = float("nan")
 
 
 # --------------------------------------------------------------------------------------------- memory
@@ -145,24 +150,30 @@ def synthetic_clip(folder: Path, seconds: float = CLIP_SECONDS, fps: float = 25.
 
 # --------------------------------------------------------------------------------------------- timing
 def _timed(fn: Callable[[], int], device: str, warmup: int = 1, min_frames: int = DEFAULT_FRAMES,
-           min_runs: int = 1, min_seconds: float = 0.0) -> tuple[int, float, PeakMemory]:
+           min_runs: int = 1, min_seconds: float = 0.0, rounds: int = 1) -> tuple[int, float, PeakMemory, list]:
     """Run ``fn`` (returns frames done) ``warmup`` times, then until ``min_frames`` frames, ``min_runs`` runs and
-    ``min_seconds`` seconds; returns (frames, seconds, memory) of the timed runs."""
+    ``min_seconds`` seconds, split into ``rounds`` rounds of at least one run and an equal share of each minimum;
+    returns (frames, seconds, memory) of the timed runs and each round's frames per second."""
     sync = _syncer(device)
     for _ in range(warmup):
         fn()
     sync()
-    frames, runs = 0, 0
+    frames, runs, rates = 0, 0, []
+    share = (math.ceil(min_frames / rounds), math.ceil(min_runs / rounds), min_seconds / rounds)
     with PeakMemory(device) as mem:
         t0 = time.perf_counter()
-        while frames < min_frames or runs < min_runs or time.perf_counter() - t0 < min_seconds:
-            frames += fn()
-            runs += 1
-            if min_seconds:
-                sync()
-        sync()
+        for _ in range(rounds):
+            n, k, t_round = 0, 0, time.perf_counter()
+            while n < share[0] or k < max(share[1], 1) or time.perf_counter() - t_round < share[2]:
+                n += fn()
+                k += 1
+                if min_seconds:
+                    sync()
+            sync()
+            rates.append(n / max(time.perf_counter() - t_round, 1e-9))
+            frames, runs = frames + n, runs + k
         secs = time.perf_counter() - t0
-    return frames, secs, mem
+    return frames, secs, mem, rates
 
 
 def _syncer(device: str):
@@ -173,9 +184,14 @@ def _syncer(device: str):
     return lambda: None
 
 
-def _row(stage, frames, secs, mem, **kw) -> BenchRow:
-    return BenchRow(stage=stage, frames=frames, seconds=secs, fps=frames / secs if secs > 0 else float("inf"),
-                    peak_mb=mem.peak, delta_mb=mem.delta, **kw)
+def _row(stage, frames, secs, mem, rates=None, **kw) -> BenchRow:
+    """A measured row; with ``rates`` (per round), its fps is their median and their range is kept."""
+    fps = frames / secs if secs > 0 else float("inf")
+    low = high = float("nan")
+    if rates and len(rates) > 1:
+        fps, low, high = float(np.median(rates)), min(rates), max(rates)
+    return BenchRow(stage=stage, frames=frames, seconds=secs, fps=fps, peak_mb=mem.peak, delta_mb=mem.delta,
+                    fps_low=low, fps_high=high, **kw)
 
 
 def precision_support(device: str, precision: str) -> Optional[str]:
@@ -212,7 +228,7 @@ def bench_decode(video: Path, frames: int) -> BenchRow:
         with FrameReader(video) as r:
             return sum(1 for _ in r.iter_range(0, frames))
 
-    n, secs, mem = _timed(run, "cpu", min_frames=frames)
+    n, secs, mem, _ = _timed(run, "cpu", min_frames=frames)
     return _row("decode", n, secs, mem, variant="PyAV, 720p H.264")
 
 
@@ -244,7 +260,7 @@ def bench_faces(images: list[np.ndarray]) -> tuple[BenchRow, list]:
                     boxes.append(None)
             return len(images)
 
-        n, secs, mem = _timed(run, "cpu", min_frames=len(images))
+        n, secs, mem, _ = _timed(run, "cpu", min_frames=len(images))
     return _row("faces", n, secs, mem, variant="mediapipe detection + face mesh"), boxes
 
 
@@ -262,7 +278,7 @@ def bench_paste(images: list[np.ndarray], boxes: list, size: int) -> BenchRow:
             paste_face(img, face, b)
         return len(pairs)
 
-    n, secs, mem = _timed(run, "cpu", min_frames=len(pairs))
+    n, secs, mem, _ = _timed(run, "cpu", min_frames=len(pairs))
     return _row("paste", n, secs, mem, size=size, variant="soft mask + Lab colour match")
 
 
@@ -278,7 +294,7 @@ def bench_encode(images: list[np.ndarray], folder: Path) -> BenchRow:
                 vw.write(img)
         return len(images)
 
-    n, secs, mem = _timed(run, "cpu", min_frames=len(images))
+    n, secs, mem, _ = _timed(run, "cpu", min_frames=len(images))
     return _row("encode", n, secs, mem, variant="libx264 veryfast crf 18 + AAC")
 
 
@@ -405,13 +421,14 @@ def bench_network(size: int, device: str, precision: str, batches, flow: str, fr
                 continue
             try:
                 mel, x = net.inputs(b)
-                n, secs, mem = _timed(lambda mel=mel, x=x: net(mel, x), device, min_frames=frames,
-                                      min_seconds=NETWORK_MIN_SECONDS)
+                n, secs, mem, rates = _timed(lambda mel=mel, x=x: net(mel, x), device, min_frames=frames,
+                                             min_seconds=NETWORK_MIN_SECONDS, rounds=NETWORK_ROUNDS)
             except (RuntimeError, NotImplementedError) as e:
                 rows.append(BenchRow("network", label, size, device, precision, b,
                                      status=f"failed: {str(e).splitlines()[0][:100]}"))
                 continue
-            rows.append(_row("network", n, secs, mem, variant=label, size=size, device=device, precision=precision, batch=b))
+            rows.append(_row("network", n, secs, mem, variant=label, size=size, device=device, precision=precision,
+                             batch=b, rates=rates))
     finally:
         net.close()
     return rows
@@ -445,7 +462,7 @@ def generator_costs(device: str = "cpu", batches=(1, 16), frames: int = 16) -> l
                    "gflop_per_frame": fc.get_total_flops() / 1e9}
             for b in batches:
                 mel, x = inputs(b)
-                n, secs, _ = _timed(lambda mel=mel, x=x: len(net(mel, x)), device, min_frames=frames)
+                n, secs, _, _ = _timed(lambda mel=mel, x=x: len(net(mel, x)), device, min_frames=frames)
                 row[f"ms_per_frame_b{b}"] = 1000.0 * secs / max(n, 1)
         out.append(row)
     return out
