@@ -225,6 +225,47 @@ def test_the_inner_lips_are_kept_apart_and_the_inside_drawn():
     assert np.array_equal(fill_from(out, face, ring, 20.0, 20.0, sigma=1.0), region)  # the same opening: its own
 
 
+def test_the_inside_moves_with_the_lips_unstretched():
+    """Opened wider, the frame's upper teeth stay under the upper lip and its lower teeth go down with the lower lip,
+    each as tall as before, dark between them; closing, the upper teeth stay in front and the lower ones go behind
+    the lower lip. Both shaded towards dark by the share the openings agree. (The inside was stretched to the new
+    ring before: tall grey teeth.)"""
+    from hyperlips.face.mouth_inside import DARK, draw_inside, ring_box
+
+    n = len(ms.INNER_LIP)
+    t = np.arange(n // 2 + 1) / (n // 2)
+    x = 100 + 100 * (1 - np.cos(np.pi * t)) / 2  # corner, the lower lip's points, corner
+
+    def ring(up: float, down: float) -> np.ndarray:  # the upper lip ``up`` px above y 200 at its middle, the lower below
+        lower = np.stack([x, 200 + down * np.sin(np.pi * t)], 1)
+        upper = np.stack([x, 200 - up * np.sin(np.pi * t)], 1)[::-1][1:-1]
+        return np.vstack([lower, upper])
+
+    teeth_up, teeth_low = np.array([250, 250, 250]), np.array([60, 200, 60])
+    region = np.full((400, 400, 3), 180, np.uint8)
+    region[185:200, 90:211] = teeth_up  # the frame's inside: upper teeth above y 200, lower ones below
+    region[200:215, 90:211] = teeth_low
+    own = ring(10, 10)
+    cols = slice(145, 156)  # the middle of the mouth, where the lips are 10 px from y 200
+    def shaded(colour, share, dst):  # the colour shaded towards the dark of the colours round the new ring
+        x0, y0, x1, y1 = ring_box(dst, 5, 400, 400)
+        dark = DARK * np.median(region[y0:y1, x0:x1].reshape(-1, 3), axis=0)
+        return dark + share * (colour - dark)
+
+    out, wide = region.copy(), ring(10, 30)
+    draw_inside(out, region, own, wide, 20.0, 40.0, sigma=1.0)  # the lower lip 20 px lower: twice as open
+    col = out[:, cols].astype(float).mean(axis=1)  # (rows, 3)
+    assert np.abs(col[192:199] - shaded(teeth_up, 0.5, wide)).max() < 2  # the upper teeth where they were
+    assert np.abs(col[222:229] - shaded(teeth_low, 0.5, wide)).max() < 2  # the lower ones 20 px lower, as tall
+    assert np.abs(col[202:219] - shaded(teeth_low, 0.0, wide)).max() < 2  # a dark gap between them
+    out, narrow = region.copy(), ring(10, 0)
+    draw_inside(out, region, own, narrow, 20.0, 10.0, sigma=1.0)  # the lower lip up to y 200: half as open
+    col = out[:, cols].astype(float).mean(axis=1)
+    assert np.abs(col[192:199] - shaded(teeth_up, 0.5, narrow)).max() < 2  # the upper teeth in front
+    inside = out[191:200, 110:191].reshape(-1, 3).astype(float)
+    assert (inside[:, 1] - inside[:, 0]).max() < 5  # nothing of the lower (green) teeth shows
+
+
 def _synthetic_mouth(gap: float = 20.0, thickness: float = 12.0):
     """MOVING points of a mouth 100 px wide at (100..200, 200): the inner ring ``gap`` px open at its middle, its
     lower arc's points half a step aside from the upper arc's (as FaceMesh places them), the outer ring
