@@ -28,7 +28,13 @@ import cv2
 import numpy as np
 
 
-DARK = 0.15  # a mouth's inside: the median colour round it times this
+# a mouth's inside, the gap between its teeth and where no teeth show: the median colour round the ring (the box
+# round it, grown by a third of its width, less the ring) times these, per channel (B, G, R). The darkest tenth of
+# the inside of real open mouths is 0.26, 0.23 and 0.41 of it, dark and reddish (15 clips of real speakers, each one's
+# widest-open fifth of frames, FaceMesh's inner ring eroded by 2 px; the median over the clips); drawn at 0.6 of
+# that, as FaceMesh reads the openings of warped mouths nearly as well as with a black inside (0.15 of the colour
+# round it in every channel, as drawn before): held-out r 0.445 against 0.449, at the real colour 0.440.
+CAVITY = np.array([0.16, 0.14, 0.25], np.float32)
 
 
 def ring_box(ring: np.ndarray, reach: int, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -46,8 +52,18 @@ def ring_mask(ring: np.ndarray, box: tuple[int, int, int, int], sigma: float = 0
     return cv2.GaussianBlur(mask, (0, 0), sigma) if sigma > 0 else mask
 
 
-def _dark(pixels: np.ndarray) -> np.ndarray:
-    return DARK * np.median(pixels.reshape(-1, 3), axis=0).astype(np.float32)
+def cavity_colour(image: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """The colour of a mouth's dark inside for a ring (n, 2) of ``image`` (h, w, 3) uint8 BGR: :data:`CAVITY` times
+    the median colour round the ring (float32 (3,))."""
+    h, w = image.shape[:2]
+    width = float(np.ptp(ring[:, 0])) if len(ring) else 0.0
+    box = ring_box(ring, int(np.ceil(width / 3)) + 2, w, h)
+    if box is None:
+        return CAVITY * np.median(image.reshape(-1, 3), axis=0).astype(np.float32)
+    x0, y0, x1, y1 = box
+    around = ring_mask(ring, box) < 0.5
+    pixels = image[y0:y1, x0:x1][around] if around.any() else image[y0:y1, x0:x1].reshape(-1, 3)
+    return CAVITY * np.median(pixels, axis=0).astype(np.float32)
 
 
 def _blend(out: np.ndarray, box: tuple[int, int, int, int], layer, mask: np.ndarray) -> np.ndarray:
@@ -65,8 +81,7 @@ def paint_inside(image: np.ndarray, ring: np.ndarray) -> np.ndarray:
     box = ring_box(ring, 2, w, h)
     if box is None:
         return image.copy()
-    x0, y0, x1, y1 = box
-    return _blend(image.copy(), box, _dark(image[y0:y1, x0:x1]), ring_mask(ring, box)[..., None])
+    return _blend(image.copy(), box, cavity_colour(image, ring), ring_mask(ring, box)[..., None])
 
 
 def _arcs(ring: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -130,7 +145,7 @@ def draw_inside(out: np.ndarray, region: np.ndarray, src_ring: np.ndarray, dst_r
         return out
     x0, y0, x1, y1 = box
     layer = np.empty((y1 - y0, x1 - x0, 3), np.float32)
-    layer[:] = _dark(out[y0:y1, x0:x1])
+    layer[:] = cavity_colour(out, dst_ring)
     if gap_src >= 1.0:
         pixels, weight = _with_lips(region, src_ring, dst_ring, box, sigma)
         layer += (min(gap_src, gap_dst) / max(gap_src, gap_dst)) * weight * (pixels - layer)
