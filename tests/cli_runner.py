@@ -10,7 +10,7 @@ stderr shows some text (``signal``, ``signal_after``) and may cap the size of fi
 Request: {"argv": [...], "cwd": str, "env": {...}, "timeout": s, "signal": "SIGTERM", "signal_after": "lip-sync",
           "signal_delay": s, "fsize": bytes}
 Answer:  {"rc": int, "stdout": str, "stderr": str, "seconds": float, "cpu_seconds": float, "signalled": bool,
-          "timed_out": bool}
+          "signal_at": s from the start or null, "timed_out": bool}
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _run(req: dict) -> dict:
         _child(req, out_path, err_path)
     timeout = float(req.get("timeout", 300))
     sig = getattr(signal, req["signal"]) if req.get("signal") else None
-    signalled = False
+    signalled, signal_at = False, None
     status = None
     cpu = 0.0
     while status is None:
@@ -115,7 +115,7 @@ def _run(req: dict) -> dict:
             if seen:
                 time.sleep(float(req.get("signal_delay", 0.3)))
                 os.kill(pid, sig)
-                signalled = True
+                signalled, signal_at = True, time.monotonic() - t0
         if now - t0 > timeout:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
@@ -130,7 +130,7 @@ def _run(req: dict) -> dict:
     os.unlink(out_path)
     os.unlink(err_path)
     return {"rc": rc, "stdout": out, "stderr": err, "seconds": time.monotonic() - t0, "cpu_seconds": cpu,
-            "signalled": signalled, "timed_out": status is None}
+            "signalled": signalled, "signal_at": signal_at, "timed_out": status is None}
 
 
 def serve() -> None:

@@ -45,6 +45,7 @@ class Result:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     signalled: bool = False
+    signal_at: float | None = None  # when the signal was sent, in seconds from the start
     timed_out: bool = False
 
     @property
@@ -61,7 +62,8 @@ class Result:
         return [ln for ln in self.screen if ln.startswith("hyperlips: warning:")]
 
     def describe(self) -> str:
-        return f"rc={self.rc} ({self.seconds:.1f} s, {self.cpu_seconds:.1f} s CPU)\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+        sent = "" if self.signal_at is None else f", signalled at {self.signal_at:.2f} s"
+        return f"rc={self.rc} ({self.seconds:.1f} s, {self.cpu_seconds:.1f} s CPU{sent})\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
 class Runner:
