@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import UserError
+from .errors import Terminated, UserError, clear_stop, request_stop
 from .options import add_model_options, add_sync_options
 
 # modules that add subcommands: each has add_parser(subparsers) and sets a `func(args) -> int` default
@@ -39,14 +39,6 @@ _COMMAND_MODULES = (
 EXIT_OK, EXIT_BUG, EXIT_USER = 0, 1, 2  # 1: a bug (with its traceback); 2: a mistake in the input, one line
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # 128 + the signal's number
 DEBUG_ENV = "HYPERLIPS_DEBUG"  # set to 1 to keep library messages (FFmpeg, MediaPipe, Python warnings)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP: raised like Ctrl-C, so every clean-up path that handles Ctrl-C handles them too."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 class _Terminal:
@@ -172,7 +164,10 @@ _shown_warnings: set[str] = set()
 @contextlib.contextmanager
 def _signals_like_ctrl_c():
     """SIGTERM (``timeout``, process managers, container stops) and SIGHUP (a closed terminal) raise
-    :class:`Terminated`, so the run cleans up as after Ctrl-C. Later signals are ignored while it cleans up."""
+    :class:`Terminated`, so the run cleans up as after Ctrl-C. Later signals are ignored while it cleans up. Each of
+    them and Ctrl-C (SIGINT) is also remembered (:func:`~hyperlips.errors.request_stop`), so a run whose exception
+    was lost inside a native library still stops at its next written frame. A signal ignored when the command
+    starts (SIGHUP under ``nohup``, SIGINT in a background job) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -180,14 +175,24 @@ def _signals_like_ctrl_c():
     def handler(signum, frame):
         for s in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)
+        request_stop(signum)
         raise Terminated(signum)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    def ctrl_c(signum, frame):
+        request_stop(signum)
+        raise KeyboardInterrupt
+
+    clear_stop()
+    old = {}
+    for s, h in ((signal.SIGTERM, handler), (signal.SIGHUP, handler), (signal.SIGINT, ctrl_c)):
+        if signal.getsignal(s) is not signal.SIG_IGN:  # ignored stays ignored (``nohup``, a background job)
+            old[s] = signal.signal(s, h)
     try:
         yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        clear_stop()
 
 
 class _Parser(argparse.ArgumentParser):

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MediaError, UserError
+from ..errors import MediaError, UserError, check_stop
 from .video import as_rate, plane_views, writer_coded
 
 __all__ = ["PIX_FMTS", "PRESETS", "VideoWriter", "check_encoding", "coded_size", "encoder_threads"]
@@ -221,6 +221,7 @@ class VideoWriter:
                 self._container.mux(pkt)
             self.frames_written += 1
             self._write_audio_until(self.frames_written / self.fps)
+        check_stop()  # a signal whose exception the encoders swallowed stops the run here
 
     def _converted(self, frame: np.ndarray):
         """The whole frame converted to the output's picture format."""
@@ -270,6 +271,7 @@ class VideoWriter:
                     for pkt in self._a.encode(None):
                         self._container.mux(pkt)
                 self._container.close()
+                check_stop()  # nothing is left under the output's name once a stop was asked for
                 self._closed = True
                 os.replace(self._tmp, self.path)
         except BaseException:
