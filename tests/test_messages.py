@@ -100,6 +100,26 @@ def test_a_signal_whose_exception_was_swallowed_is_raised_again_by_check_stop(na
     check_stop()  # a command that ended forgets it: the next one in this process is not stopped
 
 
+def test_reading_a_video_stops_at_a_stop_request(real_data):
+    """Decoding loops (eval, preprocess, the reference search) stop at the next frame once a stop was asked for."""
+    import signal
+
+    from hyperlips.errors import Terminated, clear_stop, request_stop
+    from hyperlips.media.video import FrameReader
+
+    with FrameReader(real_data / "retalking" / "face2.mp4") as reader:
+        frames = reader.iter_range(0, 10)
+        next(frames)
+        request_stop(signal.SIGHUP)
+        try:
+            with pytest.raises(Terminated) as e:
+                next(frames)
+        finally:
+            clear_stop()
+        assert e.value.signum == signal.SIGHUP
+        assert len(list(reader.iter_range(0, 10))) == 10  # and reads on once the request is forgotten
+
+
 def test_ignored_signals_stay_ignored_while_a_command_runs():
     """Under ``nohup`` SIGHUP is ignored (and SIGINT in a background job): a command must not start obeying them."""
     import signal

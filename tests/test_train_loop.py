@@ -162,6 +162,23 @@ def test_nan_loss_stops_before_writing(sync_view, tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in ck["models"]["syncnet"].values() if v.is_floating_point())
 
 
+def test_a_stop_request_whose_exception_was_lost_stops_training_before_the_next_step(sync_view, tmp_path):
+    """SIGTERM's exception swallowed inside a native call during step 2 (as PyAV did to one in about 100): the run
+    stops before step 3 instead of training on."""
+    import signal
+
+    from hyperlips.errors import Terminated, clear_stop, request_stop
+
+    trainer = _trainer("sync", sync_view, tmp_path / "run", max_steps=6, ckpt_every=100)
+    trainer.on_step = lambda step, losses: request_stop(signal.SIGTERM) if step == 2 else None
+    try:
+        with pytest.raises(Terminated):
+            trainer.fit()
+    finally:
+        clear_stop()
+    assert [r["step"] for r in trainer.history] == [1, 2]
+
+
 def test_best_checkpoint_is_the_lowest_validation_metric(sync_view, tmp_path, monkeypatch):
     """``best.pt`` / ``best.safetensors`` are the step whose validation metric (val/loss for the expert) was lowest,
     not the last or the first one."""

@@ -71,8 +71,8 @@ class Terminated(KeyboardInterrupt):
 # The signal a command was asked to stop by (SIGINT, SIGTERM, SIGHUP), set by the command line's handlers. The
 # handler raises at once, but an exception raised inside a native library's call can be lost there: PyAV's audio
 # encoder (pulling frames from its filter graph) lost 7 of 800 signals sent during a loop of AAC encoding, and a
-# ``sync`` went on to the end and exited 0. Loops that write (``VideoWriter``) call :func:`check_stop` to raise it
-# again.
+# ``sync`` went on to the end and exited 0. Where work goes on (``FrameReader`` per frame, ``VideoWriter`` per frame
+# and before naming its file, the training loop per step) :func:`check_stop` raises it again.
 _stop_signal: list[int] = []
 
 

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import MediaError, decoder_reason, require_file
+from ..errors import MediaError, check_stop, decoder_reason, require_file
 
 __all__ = ["IMAGE_SUFFIXES", "VideoInfo", "Frame", "probe", "FrameReader", "rotate_image", "as_rate", "writer_coded",
            "plane_views"]
@@ -444,6 +444,7 @@ class FrameReader:
                 if stop is not None and idx >= stop:
                     return
                 keep = self.keep_source and not self.info.rotation and writer_coded(fr)
+                check_stop()  # a signal whose exception the decoder swallowed stops the reading here
                 yield Frame(idx, t, self._to_bgr(fr), bool(fr.is_corrupt), fr if keep else None)
             if not overshoot:
                 return

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, check_stop
 from .budget import BudgetPlan, patience_spent
 from .checkpoints import (
     CKPT_DIR,
@@ -350,6 +350,7 @@ class Trainer:
         stop = step >= self.max_steps() or (budget and self.elapsed >= budget) or self._no_better(step, best)
         with _deferred_interrupt(self) as interrupted:  # Ctrl-C: stop after the step, with a checkpoint
             while not stop:
+                check_stop()  # SIGTERM/SIGHUP whose exception a native call swallowed: stop before the next step
                 schedule.apply(step, self.planned_steps)
                 batch = to_device(next(batches), self.dist.device)
                 if image_batch is None and self.dist.main:
