@@ -91,13 +91,18 @@ def test_a_signal_whose_exception_was_swallowed_is_raised_again_by_check_stop(na
     from hyperlips.errors import check_stop
 
     signum = getattr(signal, name)
-    with cli._signals_like_ctrl_c():
-        check_stop()  # nothing asked for yet
-        _swallowed(signum)
-        with pytest.raises(KeyboardInterrupt) as e:
-            check_stop()
-        assert getattr(e.value, "signum", signal.SIGINT) == signum
-    check_stop()  # a command that ended forgets it: the next one in this process is not stopped
+    # obeyed as in a terminal, even where the tests run under nohup or in a background job (which ignore it)
+    old = signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    try:
+        with cli._signals_like_ctrl_c():
+            check_stop()  # nothing asked for yet
+            _swallowed(signum)
+            with pytest.raises(KeyboardInterrupt) as e:
+                check_stop()
+            assert getattr(e.value, "signum", signal.SIGINT) == signum
+        check_stop()  # a command that ended forgets it: the next one in this process is not stopped
+    finally:
+        signal.signal(signum, old)
 
 
 def test_reading_a_video_stops_at_a_stop_request(real_data):
