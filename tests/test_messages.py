@@ -172,3 +172,28 @@ def test_sync_stops_when_the_encoder_swallows_the_interruption(real_data, tmp_pa
     assert err.strip().splitlines()[-1] == "hyperlips: interrupted: stopped by SIGTERM", err
     assert len(calls) == 5  # stopped at the frame the signal came in, not at the end
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".") or "out" in p.name]
+
+
+def test_a_reader_that_leaves_does_not_end_the_command(real_data, tmp_path):
+    """stdout and stderr piped to a reader that quits at once (``| head -1``): the render goes on to its output and
+    exits 0; it used to end with a BrokenPipeError traceback and exit 1, a finished file left behind."""
+    import subprocess
+
+    import cv2
+    import soundfile as sf
+
+    from hyperlips.media.video import FrameReader
+
+    with FrameReader(real_data / "retalking" / "face2.mp4") as reader:
+        cv2.imwrite(str(tmp_path / "face.png"), next(reader.iter_range(0, 1)).image)
+    wav, rate = sf.read(str(real_data / "hyperlips" / "audio1.wav"))
+    sf.write(str(tmp_path / "speech.wav"), wav[: int(2.0 * rate)], rate)
+    out = tmp_path / "out.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "hyperlips.cli", "sync", str(tmp_path / "face.png"),
+                             str(tmp_path / "speech.wav"), "-o", str(out), "--untrained", "--model", "lite",
+                             "--device", "cpu", "--batch-size", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before the first progress bar and the final "wrote" line
+    proc.stderr.close()
+    assert proc.wait(timeout=600) == 0
+    assert out.exists() and out.stat().st_size > 0

@@ -41,21 +41,66 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # 1
 DEBUG_ENV = "HYPERLIPS_DEBUG"  # set to 1 to keep library messages (FFmpeg, MediaPipe, Python warnings)
 
 
-class _Terminal:
+class _Messages:
+    """A text stream of messages whose reader may leave: once the pipe it writes to is closed (``hyperlips sync ...
+    | head -1``, a log viewer quit), what follows is dropped and the command goes on. Its output file is the job;
+    these lines only report on it, and a closed pipe used to end a finished render with a traceback and exit 1."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.reader_gone = True
+        try:  # the stream's descriptor goes to the null device: its buffered rest flushes there, quietly, at exit
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (AttributeError, OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+class _Terminal(_Messages):
     """Python's stderr while a command runs: writes to the terminal and remembers whether the cursor is at the
     start of a line, so that a warning or an error never lands after a progress bar on the bar's line."""
 
     def __init__(self, stream):
-        self._stream = stream
+        super().__init__(stream)
         self.at_line_start = True
 
     def write(self, text: str) -> int:
         if text:
             self.at_line_start = text[-1] in "\n\r"
-        return self._stream.write(text)
+        return super().write(text)
 
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
+
+@contextlib.contextmanager
+def _messages_stdout():
+    """``sys.stdout`` as :class:`_Messages` while a command runs."""
+    old = sys.stdout
+    sys.stdout = _Messages(old)
+    try:
+        yield
+    finally:
+        sys.stdout = old
 
 
 @contextlib.contextmanager
@@ -99,12 +144,13 @@ def _terminal_stderr(restore: bool = True):
         with contextlib.suppress(Exception):
             sys.stderr.flush()
         sys.stderr = old
+        if stream is not old:
+            with contextlib.suppress(OSError):  # lines a reader that left never took (its pipe closed)
+                stream.close()
         if saved is not None:
             if restore:
                 os.dup2(saved, 2)
             os.close(saved)
-        if stream is not old:
-            stream.close()
 
 
 def _close_progress_bars() -> None:
@@ -327,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER
-    with _terminal_stderr(restore=argv is not None), _signals_like_ctrl_c(), warnings.catch_warnings():
+    with _terminal_stderr(restore=argv is not None), _messages_stdout(), _signals_like_ctrl_c(), \
+            warnings.catch_warnings():
         warnings.showwarning = _show_warning
         warnings.simplefilter("default")
         return _dispatch(args)
