@@ -125,6 +125,28 @@ def test_reading_a_video_stops_at_a_stop_request(real_data):
         assert len(list(reader.iter_range(0, 10))) == 10  # and reads on once the request is forgotten
 
 
+def test_a_writer_asked_to_stop_leaves_nothing_under_the_output_name(tmp_path):
+    """A stop request that comes while the encoder flushes: ``close`` raises it and names no file."""
+    import signal
+
+    import numpy as np
+
+    from hyperlips.errors import Terminated, clear_stop, request_stop
+    from hyperlips.media.writer import VideoWriter
+
+    out = tmp_path / "out.mp4"
+    writer = VideoWriter(out, 64, 48, 25)
+    for k in range(5):
+        writer.write(np.full((48, 64, 3), 40 * k, np.uint8))
+    request_stop(signal.SIGTERM)
+    try:
+        with pytest.raises(Terminated):
+            writer.close()
+    finally:
+        clear_stop()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ignored_signals_stay_ignored_while_a_command_runs():
     """Under ``nohup`` SIGHUP is ignored (and SIGINT in a background job): a command must not start obeying them."""
     import signal

@@ -212,8 +212,8 @@ def _signals_like_ctrl_c():
     """SIGTERM (``timeout``, process managers, container stops) and SIGHUP (a closed terminal) raise
     :class:`Terminated`, so the run cleans up as after Ctrl-C. Later signals are ignored while it cleans up. Each of
     them and Ctrl-C (SIGINT) is also remembered (:func:`~hyperlips.errors.request_stop`), so a run whose exception
-    was lost inside a native library still stops at its next frame read or written (or training step). A signal ignored when the command
-    starts (SIGHUP under ``nohup``, SIGINT in a background job) stays ignored."""
+    was lost inside a native library still stops at its next frame read or written (or training step). A signal
+    ignored when the command starts (SIGHUP under ``nohup``, SIGINT in a background job) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

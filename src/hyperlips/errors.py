@@ -3,6 +3,7 @@
 A :class:`UserError` means the input (a file, an option, a checkpoint) is wrong, not the program. The command
 line prints its message as one line and exits with code 2; Python callers can catch it. Anything else that
 escapes is a bug and keeps its traceback. An :class:`InputWarning` reports something unusual that was handled.
+A stop asked for by a signal (:class:`Terminated`, :func:`check_stop`) ends a run like Ctrl-C.
 """
 
 
