@@ -8,7 +8,7 @@ the command does, and is reported with its real exit status. A request may send 
 stderr shows some text (``signal``, ``signal_after``) and may cap the size of files it writes (``fsize``).
 
 Request: {"argv": [...], "cwd": str, "env": {...}, "timeout": s, "signal": "SIGTERM", "signal_after": "lip-sync",
-          "signal_delay": s, "fsize": bytes}
+          "signal_delay": s, "fsize": bytes, "ignore": ["SIGHUP", ...] (ignored when the command starts)}
 Answer:  {"rc": int, "stdout": str, "stderr": str, "seconds": float, "cpu_seconds": float, "signalled": bool,
           "signal_at": s from the start or null, "timed_out": bool}
 """
@@ -72,6 +72,8 @@ def _child(req: dict, out_path: str, err_path: str) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for s in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_DFL)
+        for name in req.get("ignore") or ():  # ignored from the start, as ``nohup`` leaves SIGHUP
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
         os.environ.update(req.get("env") or {})
         if req.get("fsize"):
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the cap fail with EFBIG, like a full disk

@@ -63,7 +63,8 @@ class Result:
 
     def describe(self) -> str:
         sent = "" if self.signal_at is None else f", signalled at {self.signal_at:.2f} s"
-        return f"rc={self.rc} ({self.seconds:.1f} s, {self.cpu_seconds:.1f} s CPU{sent})\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+        return (f"rc={self.rc} ({self.seconds:.1f} s, {self.cpu_seconds:.1f} s CPU{sent})\n"
+                f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}")
 
 
 class Runner:
@@ -79,9 +80,10 @@ class Runner:
 
     def run(self, argv: Sequence, cwd: Path, *, timeout: float = 1800, env: dict | None = None,
             signal: str | None = None, signal_after: str = "", signal_delay: float = 0.3,
-            fsize: int | None = None) -> Result:
+            fsize: int | None = None, ignore: Sequence[str] = ()) -> Result:
         req = {"argv": [str(a) for a in argv], "cwd": str(cwd), "timeout": timeout, "env": env or {},
-               "signal": signal, "signal_after": signal_after, "signal_delay": signal_delay, "fsize": fsize}
+               "signal": signal, "signal_after": signal_after, "signal_delay": signal_delay, "fsize": fsize,
+               "ignore": list(ignore)}
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         answer = self.proc.stdout.readline()
@@ -568,6 +570,7 @@ class Case:
     quiet: bool = True
     signal: str | None = None
     signal_after: str = ""
+    ignore: tuple[str, ...] = ()  # signals ignored when the command starts (SIGHUP under nohup)
     fsize: int | None = None
     prepare: Callable[[Path, Materials], None] | None = None
     output: str = "out.mp4"
@@ -765,6 +768,10 @@ SYNC_CASES: list[Case] = [
                                            "--batch-size", "2"],
            rc={"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}[s], signal=s, signal_after=stage + ":", quiet=False)
       for s, stage in (("SIGTERM", "lip-sync"), ("SIGHUP", "lip-sync"), ("SIGINT", "lip-sync"), ("SIGTERM", "faces"))],
+    # under nohup SIGHUP is ignored from the start: a closed terminal must not stop the run
+    Case("signal-sighup-under-nohup",
+         ["sync", "{long.mp4}", "{speech_4s.wav}", "-o", "{out}", *CKPT, "--batch-size", "2"], video="long.mp4", audio="speech_4s.wav", signal="SIGHUP", signal_after="lip-sync:", ignore=("SIGHUP",),
+         quiet=False, stamps=False),  # (long.mp4 plays its frames forward and back: their stamps repeat)
 ]
 
 def expand(argv: Sequence[str], work: Path, materials: Materials, output: str) -> list[str]:
@@ -784,7 +791,7 @@ def run_case(case: Case, runner: Runner, materials: Materials, work: Path) -> Re
         case.prepare(work, materials)
     argv = expand(case.argv, work, materials, case.output)
     return runner.run(argv, work, signal=case.signal, signal_after=case.signal_after, fsize=case.fsize,
-                      env=case.env or None)
+                      env=case.env or None, ignore=case.ignore)
 
 
 def assert_warnings(case: Case, res: Result) -> None:
