@@ -161,21 +161,30 @@ def test_ignored_signals_stay_ignored_while_a_command_runs():
         signal.signal(signal.SIGHUP, old)
 
 
-def test_sync_stops_when_the_encoder_swallows_the_interruption(real_data, tmp_path, capfd, monkeypatch):
+@pytest.fixture(scope="module")
+def photo_and_speech(real_data, tmp_path_factory):
+    """A real close-up's first frame (png) and two seconds of real speech (50 frames at 25 fps)."""
+    import cv2
+    import soundfile as sf
+
+    from hyperlips.media.video import FrameReader
+
+    folder = tmp_path_factory.mktemp("photo_and_speech")
+    with FrameReader(real_data / "retalking" / "face2.mp4") as reader:
+        cv2.imwrite(str(folder / "face.png"), next(reader.iter_range(0, 1)).image)
+    wav, rate = sf.read(str(real_data / "hyperlips" / "audio1.wav"))
+    sf.write(str(folder / "speech.wav"), wav[: int(2.0 * rate)], rate)
+    return folder / "face.png", folder / "speech.wav"
+
+
+def test_sync_stops_when_the_encoder_swallows_the_interruption(photo_and_speech, tmp_path, capfd, monkeypatch):
     """SIGTERM arrives while the audio encoder runs and the encoder loses the exception: ``sync`` still stops
     (exit 143, nothing under the output's name) instead of running to the end and exiting 0."""
     import signal
 
-    import cv2
-    import soundfile as sf
-
     from hyperlips.media import writer as writer_mod
-    from hyperlips.media.video import FrameReader
 
-    with FrameReader(real_data / "retalking" / "face2.mp4") as reader:
-        cv2.imwrite(str(tmp_path / "face.png"), next(reader.iter_range(0, 1)).image)
-    wav, rate = sf.read(str(real_data / "hyperlips" / "audio1.wav"))
-    sf.write(str(tmp_path / "speech.wav"), wav[: int(2.0 * rate)], rate)  # 50 frames at 25 fps
+    face, speech = photo_and_speech
     real_audio = writer_mod.VideoWriter._write_audio_until
     calls = []
 
@@ -187,7 +196,7 @@ def test_sync_stops_when_the_encoder_swallows_the_interruption(real_data, tmp_pa
 
     monkeypatch.setattr(writer_mod.VideoWriter, "_write_audio_until", encoder_that_swallows)
     out = tmp_path / "out.mp4"
-    code = cli.main(["sync", str(tmp_path / "face.png"), str(tmp_path / "speech.wav"), "-o", str(out), "--untrained",
+    code = cli.main(["sync", str(face), str(speech), "-o", str(out), "--untrained",
                      "--model", "lite", "--quiet", "--device", "cpu", "--batch-size", "2"])
     err = capfd.readouterr().err
     assert code == 143, err
@@ -196,24 +205,15 @@ def test_sync_stops_when_the_encoder_swallows_the_interruption(real_data, tmp_pa
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".") or "out" in p.name]
 
 
-def test_a_reader_that_leaves_does_not_end_the_command(real_data, tmp_path):
+def test_a_reader_that_leaves_does_not_end_the_command(photo_and_speech, tmp_path):
     """stdout and stderr piped to a reader that quits at once (``| head -1``): the render goes on to its output and
     exits 0; it used to end with a BrokenPipeError traceback and exit 1, a finished file left behind."""
     import subprocess
 
-    import cv2
-    import soundfile as sf
-
-    from hyperlips.media.video import FrameReader
-
-    with FrameReader(real_data / "retalking" / "face2.mp4") as reader:
-        cv2.imwrite(str(tmp_path / "face.png"), next(reader.iter_range(0, 1)).image)
-    wav, rate = sf.read(str(real_data / "hyperlips" / "audio1.wav"))
-    sf.write(str(tmp_path / "speech.wav"), wav[: int(2.0 * rate)], rate)
+    face, speech = photo_and_speech
     out = tmp_path / "out.mp4"
-    proc = subprocess.Popen([sys.executable, "-m", "hyperlips.cli", "sync", str(tmp_path / "face.png"),
-                             str(tmp_path / "speech.wav"), "-o", str(out), "--untrained", "--model", "lite",
-                             "--device", "cpu", "--batch-size", "2"],
+    proc = subprocess.Popen([sys.executable, "-m", "hyperlips.cli", "sync", str(face), str(speech), "-o", str(out),
+                             "--untrained", "--model", "lite", "--device", "cpu", "--batch-size", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # the reader leaves before the first progress bar and the final "wrote" line
     proc.stderr.close()

@@ -6,6 +6,8 @@ escapes is a bug and keeps its traceback. An :class:`InputWarning` reports somet
 A stop asked for by a signal (:class:`Terminated`, :func:`check_stop`) ends a run like Ctrl-C.
 """
 
+import signal
+
 
 class UserError(Exception):
     """A problem with the user's input, reported as one line naming the file and what to do."""
@@ -63,8 +65,6 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP: raised like Ctrl-C, so every clean-up path that handles Ctrl-C handles them too."""
 
     def __init__(self, signum: int):
-        import signal
-
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
@@ -92,7 +92,5 @@ def check_stop() -> None:
     """Raise the interruption a stop request asked for (:class:`Terminated`, or ``KeyboardInterrupt`` for SIGINT),
     if one came: where its first raising was lost inside a native call, the run stops here instead."""
     if _stop_signal:
-        import signal
-
         signum = _stop_signal[0]
         raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)

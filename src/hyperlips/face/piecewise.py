@@ -25,9 +25,9 @@ class PiecewiseAffine:
     blots under closed lips.) A triangle the move flattens below :data:`MIN_AREA` is left out, and one it turns over
     (a sliver before it, such as the inside of a closed mouth that opens, turns nothing) with every triangle that
     shares a point with it; the pixels they leave are read through the moved points' own Delaunay triangles round
-    them, which cannot fold. ``own_triangles=False`` uses that triangulation alone (for
-    points whose arrangement is no picture's, such as a ring and its centre that change shape). Call it on (m, 2)
-    points, or take a whole block of pixels with :meth:`grid`."""
+    them, which cannot fold. ``own_triangles=False`` uses that triangulation alone (the hybrid mouth's warp, whose
+    lips are the network's, not the frame's). Call it on (m, 2) points, or take a whole block of pixels with
+    :meth:`grid`."""
 
     def __init__(self, src: np.ndarray, dst: np.ndarray, own_triangles: bool = True) -> None:
         from scipy.spatial import Delaunay
