@@ -63,8 +63,9 @@ def fit_person_encoder(gen, tracks, cfg, ctx, seconds: float | None = None, blen
                 f"frames read the last {CHECK_SHARE:.0%} with each share of its fit: {read})")
         if heard:
             told = ", ".join(f"{s:.1f} {a:.2f}" for s, a in sorted(heard.items(), reverse=True))
-            ctx.say(f"audio encoder: other voices' /p b m/ told from their vowels (espeak-ng, AUC; at most "
-                    f"{cfg.audio_voice_margin:.2f} below the starting weights' 0.0 allowed) with each share: {told}")
+            ctx.say(f"audio encoder: other voices' /p b m/ told from their vowels (espeak-ng, AUC) with each share "
+                    f"of the fit: {told} (a share may read them at most {cfg.audio_voice_margin:.2f} below the "
+                    f"starting weights, share 0.0)")
         elif blend and cfg.audio_voice_margin < 1:
             ctx.say("audio encoder: other voices not checked (espeak-ng could not speak)")
     elif blend:
