@@ -515,14 +515,17 @@ def test_lr_schedule_warms_up_and_decays(tmp_path):
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
 
 
-def test_time_budget_stops_the_run_and_is_counted_across_resumes(grid_view, tmp_path, monkeypatch):
+def test_time_budget_stops_the_run_and_is_counted_across_resumes(grid_view, tmp_path, monkeypatch, capfd):
     import hyperlips.train.loop as loop
 
     clock = {"t": 1000.0}
     monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["t"])
     trainer = _trainer(grid_view, tmp_path / "run", max_steps=1000, max_minutes=1.0, val_every=4, ckpt_every=1000)
     trainer.on_step = lambda step, losses: clock.__setitem__("t", clock["t"] + 5.0)  # 5 s a step
+    trainer.quiet = False  # a line per logged step (no bar): where it stands in the budget, not in max_steps
     res = trainer.fit()
+    err = capfd.readouterr().err
+    assert "step 4 (0.3 of 1.0 min, about 0.7 min left) " in err and "step 4/1000" not in err, err[-2000:]
     # 60 s at 5 s a step: planned at the first validation (step 4) with a small margin, within the budget
     assert trainer.planned_steps is not None and 10 <= res.step == trainer.planned_steps <= 12
     ck = torch.load(sorted((tmp_path / "run/checkpoints").glob("step_*.pt"))[-1], weights_only=True)
@@ -637,13 +640,16 @@ def test_lite_trains_under_torchrun_with_two_processes(grid_view, tmp_path):
 def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     video = more_data / "lrs2_deep_avsr/00001.mp4"
     out = tmp_path / "me.safetensors"
-    res = run_cli("finetune", video, "-o", out, "--steps", "2", "--batch-size", "2", "--device", "cpu", "--quiet",
+    res = run_cli("finetune", video, "-o", out, "--steps", "2", "--batch-size", "2", "--device", "cpu",
                   "--threads", "1", "--from-scratch", "--set", "val_every=2", "--set", "audio_steps=5", "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}",
                   timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert out.is_file() and f"--checkpoint {out}" in res.stdout and "held-out mouth-opening r" in res.stdout
     assert "from other moments' frames, as sync renders:" in res.stdout
     assert "a minute or more of the person speaking" in res.stderr  # a few seconds of footage: warned
+    # stderr is no terminal here (a log file, a pipe): lines for the steps and validations, no bar redrawn with \r
+    assert "\r" not in res.stderr and "step 2/2 " in res.stderr and "validation at step 2: " in res.stderr
+    assert "fit audio encoder: step 5/5" in res.stderr
     from hyperlips.models import load_checkpoint
 
     model, info = load_checkpoint(out)

@@ -3,7 +3,8 @@
 1. preprocess the footage (one video, or a folder of clips of the same person, taken in name order as one
    recording) into ``<work>/data``; the last part of it (``--val-seconds``, default 15%) is held out;
 2. train HyperLips-Lite (``--model lite``, the default) within a wall-clock budget (``--minutes``, default 60,
-   preprocessing included), from ``--checkpoint`` (or from scratch): a progress bar with the time left, and at
+   preprocessing included), from ``--checkpoint`` (or from scratch): a progress bar with the time left (lines in a
+   log file), and at
    every validation the held-out figures and ``<work>/lite/preview.png`` (real held-out frames above, generated
    from their audio below); ``<work>/progress.json`` says the same for other tools. The checkpoint that did best
    on the held-out part (mouth-opening correlation) is kept, and from weights the run ends early once 8
@@ -41,6 +42,17 @@ FINETUNE_LITE_DEFAULTS = {"mouth_gan_weight": 0.01, "mouth_gan_start": 0, "audio
 VAL_EVERY = 250
 VAL_FRAMES = 1200  # held-out frames validated in about a quarter of the time 250 steps take (one core); more are
 # validated proportionally less often
+
+
+def _bars(args: argparse.Namespace) -> bool:
+    """Progress bars on a terminal; written to a log file or a pipe (``nohup ... > log``), a line at each logged step
+    and each validation instead of a bar redrawn thousands of times; ``--quiet``: neither."""
+    if args.quiet:
+        return False
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
 
 
 def validation_interval(held_out_frames: int) -> int:
@@ -177,7 +189,7 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     t0 = time.perf_counter()
     opts = PreprocessOptions(speaker="one", val_fraction=0.0,
                              hr_size=args.hr_size if args.hr_size and args.hr_size > 128 else None)
-    report = preprocess(args.video, data, opts, workers=1, progress=not args.quiet)
+    report = preprocess(args.video, data, opts, workers=1, progress=_bars(args))
     if args.video.is_dir():
         videos = find_videos(args.video)
         ids = [clip_id_of(PurePosixPath(v.relative_to(args.video).as_posix())) for v in videos]
@@ -236,7 +248,7 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
     from_weights = {**FINETUNE_LITE_DEFAULTS, "val_every": validation_interval(state["held_out"]["frames"])}
     overrides = {**LITE_DEFAULTS, **(from_weights if init else {}), "model": "hyperlips-lite",
                  "val_samples": 1 << 20, "max_steps": 10_000_000, "init": init, **stored,
-                 "data": str(data), "out": str(run), "device": args.device, "progress": not args.quiet,
+                 "data": str(data), "out": str(run), "device": args.device, "progress": _bars(args),
                  "progress_file": str(work / "progress.json")}
     if minutes is not None:
         train_s = minutes * 60.0 - float(state.get("prep_seconds", 0.0)) - RESERVE_S
@@ -317,7 +329,7 @@ def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
     steps = args.steps or 2000
     extra = parse_overrides(args.set)
     common = {"data": str(data), "batch_size": args.batch_size or 8, "lr": args.lr or 5e-5, "device": args.device,
-              "workers": 2 if args.workers is None else args.workers, "amp": args.amp, "progress": not args.quiet,
+              "workers": 2 if args.workers is None else args.workers, "amp": args.amp, "progress": _bars(args),
               **({} if args.threads is None else {"threads": args.threads}),
               "progress_file": str(work / "progress.json"),
               "max_minutes": args.minutes or 0.0, **extra}

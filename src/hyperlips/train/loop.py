@@ -116,6 +116,15 @@ class Trainer:
         if self.dist.main and not self.quiet:
             print(f"hyperlips train: {msg}", file=sys.stderr, flush=True)
 
+    def _position(self, step: int, budget: float, progress: Progress) -> str:
+        """Where a logged step stands: ``12/2000``; with a time budget, the minutes spent and left instead (its step
+        count is a plan that changes, and before the first plan it is the unbounded ``max_steps``)."""
+        if not budget:
+            return f"{step}/{self.max_steps()}"
+        eta = progress.eta(step)
+        left = "" if eta is None else f", about {eta / 60:.1f} min left"
+        return f"{step} ({self.elapsed / 60:.1f} of {budget / 60:.1f} min{left})"
+
     @property
     def planned_steps(self) -> int | None:
         """The step the wall-clock budget allows (:mod:`.budget`; None before the first plan, or without one)."""
@@ -141,7 +150,7 @@ class Trainer:
         per_step = self.budget.plan(step, self.elapsed, val_seconds or 0.0)
         if per_step is not None:
             val = "" if val_seconds is None else f", {val_seconds:.1f} s/validation"
-            self.say(f"time budget {self.cfg.max_minutes:g} min: {per_step:.2f} s/step{val} -> planning "
+            self.say(f"time budget {self.cfg.max_minutes:.3g} min: {per_step:.2f} s/step{val} -> planning "
                      f"{self.planned_steps} steps (re-planned at every validation)")
 
     def _preview(self, stage: Stage, step: int, log: RunLog) -> None:
@@ -378,7 +387,8 @@ class Trainer:
                                        **({"train/planned_steps": self.planned_steps} if self.planned_steps else {})})
                     if self.dist.main and not self.quiet and not cfg.progress:
                         parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
-                        print(f"step {step}/{self.max_steps()} {parts} ({sps:.2f} samples/s)", file=sys.stderr, flush=True)
+                        print(f"step {self._position(step, budget, progress)} {parts} ({sps:.2f} samples/s)",
+                              file=sys.stderr, flush=True)
                 progress.update(step, losses, metrics)
                 if self.dist.main and cfg.image_every and (step % cfg.image_every == 0 or step == 1):
                     with torch.no_grad():
