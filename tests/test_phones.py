@@ -40,6 +40,30 @@ def test_real_speech_reads_as_many_phones_and_silence_as_silence(real_data):
         read_phones(np.zeros(100, np.float32), 22050)
 
 
+def test_speech_too_short_for_any_phone_reads_as_silence(tmp_path):
+    """Under about 30 ms the recogniser finds no segment at all (its list is None, not empty): read as silence, and
+    ``sync`` with a network that reads phones makes its one frame instead of failing."""
+    from helpers import write_wav
+    from hyperlips.models import HyperLipsLite, LiteConfig
+    from hyperlips.pipeline import LipSync
+
+    for n in (1, 160, 400, 480):  # up to 30 ms at 16 kHz
+        tone = 0.3 * np.sin(np.arange(n) * 0.2).astype(np.float32)
+        for wav in (np.zeros(n, np.float32), tone):
+            ids = read_phones(wav)
+            assert len(ids) == -(-n // 160) and np.all(ids == SILENCE)
+    import cv2
+
+    from hyperlips.demo import demo_face
+
+    video = tmp_path / "face.png"
+    cv2.imwrite(str(video), demo_face())
+    torch.manual_seed(0)
+    ls = LipSync(network=HyperLipsLite(LiteConfig(phones=True)).eval(), device="cpu", progress=False, mouth="render")
+    rep = ls.sync(video, write_wav(tmp_path / "blip.wav", 0.025), tmp_path / "out.mp4")
+    assert rep.frames == 1 and (tmp_path / "out.mp4").is_file()
+
+
 def test_the_track_is_one_hot_at_the_mel_rate():
     ids = np.array([3, 3, 5, 5, 5, 7, 7, 7, 7, 9], np.int8)  # 10 ms frames
     tr = phone_track(ids, 10)  # 12.5 ms frames: frame j takes the phone at j * 12.5 ms

@@ -73,7 +73,8 @@ def read_phones(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     d.start_utt()
     d.process_raw(pcm.tobytes(), full_utt=True)
     d.end_utt()
-    segments = [(s.word, s.start_frame, s.end_frame) for s in d.seg()]
+    # d.seg() is None when the recogniser found no segment at all (speech shorter than about 30 ms)
+    segments = [(s.word, s.start_frame, s.end_frame) for s in (d.seg() or ())]
     for phone, start, end in segments:
         ids[max(start, 0):min(end + 1, n)] = _INDEX.get(phone, SILENCE)
     return ids
