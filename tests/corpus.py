@@ -663,6 +663,7 @@ SYNC_CASES: list[Case] = [
     sync("face_lost.mp4"), sync("face_late.mp4", slow=True),
     sync("two_faces.mp4"), sync("two_faces.mp4", "speech.wav", "--face", "0", slow=True),
     sync("two_faces.mp4", "speech.wav", "--face-box", "130,0,256,128"),
+    sync("two_faces.mp4", "speech.wav", "--face-box=130,-50,1e308,1e308", id="sync-face-box-past-the-edges"),
     sync("h264.mp4", "speech.wav", "--reference", "first", slow=True),
     sync("h264.mp4", "speech.wav", "--reference", "5", slow=True),
     # --- damaged but readable
@@ -732,6 +733,7 @@ SYNC_CASES: list[Case] = [
     bad_sync("temporal-blend-negative", "h264.mp4", "speech.wav", "--temporal-blend", "-0.1",
              words=("--temporal-blend",)),
     bad_sync("face-box-malformed", "h264.mp4", "speech.wav", "--face-box", "1,2,3", words=("--face-box",)),
+    bad_sync("face-box-nan", "h264.mp4", "speech.wav", "--face-box=nan,0,100,100", words=("--face-box", "finite")),
     bad_sync("loop-unknown", "h264.mp4", "speech.wav", "--loop", "bounce", words=("--loop",)),
     bad_sync("size-without-hr", "h264.mp4", "speech.wav", "--size", "256", words=("--hr-checkpoint",)),
     bad_sync("unknown-option", "h264.mp4", "speech.wav", "--frobnicate", words=("--frobnicate",)),

@@ -251,6 +251,17 @@ def test_not_a_video_gets_the_command_line_reason(server, inputs, tmp_path):
     assert "clip.mp4" in err["error"] and str(tmp_path) not in err["error"]
 
 
+def test_an_animated_gif_is_taken_as_a_video(server, tmp_path):
+    """`sync` reads an animated GIF as a video; the server takes one too."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((64, 64, 3), 40 * k, np.uint8)) for k in range(3)]
+    frames[0].save(tmp_path / "talk.gif", save_all=True, append_images=frames[1:], duration=40, loop=0)
+    _, client = server(run_jobs=False)
+    rec = client.upload_file(tmp_path / "talk.gif")
+    assert rec["usable_as"]["video"] and rec["name"] == "talk.gif", rec
+
+
 def test_speech_without_sound_gets_the_command_line_reason(server, inputs, tmp_path):
     _, client = server()
     photo = client.upload_file(inputs["photo"])
@@ -341,6 +352,17 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
         assert status == 400 and words in err["error"], (extra, err)
     status, _, body = client.request("POST", "/api/jobs", b"{not json", {"Content-Type": "application/json"})
     assert status == 400 and b"not valid JSON" in body
+    # NaN and Infinity are no JSON (a job holding one would make GET /api/jobs unreadable to browsers); 1e400 is,
+    # but as a number it is infinite
+    for token in (b"NaN", b"Infinity", b"-Infinity"):
+        raw = b'{"video": "%s", "audio": "%s", "face_box": [%s, 0, 100, 100]}' % (
+            photo["id"].encode(), speech["id"].encode(), token)
+        status, _, body = client.request("POST", "/api/jobs", raw, {"Content-Type": "application/json"})
+        assert status == 400 and b"not valid JSON" in body and token.lstrip(b"-") in body, body
+    raw = b'{"video": "%s", "audio": "%s", "model": "untrained", "face_box": [0, 0, 1e400, 100]}' % (
+        photo["id"].encode(), speech["id"].encode())
+    status, _, body = client.request("POST", "/api/jobs", raw, {"Content-Type": "application/json"})
+    assert status == 400 and b"face_box must be [x1, y1, x2, y2] in pixels, finite" in body, body
     assert not any((app.settings.data / "jobs").iterdir()), "a refused job left a folder"
     assert client.json("GET", "/api/jobs")[1]["jobs"] == []
     for query, words in [("limit=abc", "limit must be a whole number from 1 to 500"), ("limit=0", "limit must be"),

@@ -287,6 +287,24 @@ def test_a_numbered_reference_without_a_face_is_a_user_error():
         search(60, 99, [0.9] * 60)
 
 
+def test_a_face_box_is_checked_and_clipped_to_the_frame():
+    """``LipSync.sync(face_box=...)`` from Python is checked as ``--face-box`` is (NaN compares false with
+    everything, so ``x2 > x1`` alone lets it through); a box reaching past the edges means up to them."""
+    from hyperlips.errors import UserError
+    from hyperlips.streaming import check_face_box
+
+    assert check_face_box(None, 640, 360) is None
+    assert check_face_box((10, 20, 110, 220), 640, 360) == (10, 20, 110, 220)
+    assert check_face_box((-50, -1e308, 1e308, 300), 640, 360) == (0, 0, 640, 300)
+    for box in ((float("nan"), 0, 100, 100), (0, 0, float("inf"), 100), (0, 0, 100, float("-inf")), (5, 0, 5, 9)):
+        with pytest.raises(UserError, match="finite, with x2 > x1"):
+            check_face_box(box, 640, 360)
+    with pytest.raises(UserError, match="lies outside the 640x360 frame"):
+        check_face_box((700, 0, 800, 100), 640, 360)
+    with pytest.raises(UserError, match="four numbers"):
+        check_face_box(("a", 0, 1, 2), 640, 360)
+
+
 # --------------------------------------------------------------------------------------------- stopping
 def test_closing_a_chain_frees_its_waiting_threads_at_once(monkeypatch):
     """A chain closed early (as the reference search closes its decoding) wakes the threads waiting to put into a

@@ -259,7 +259,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
         ls.new_clip(timeline.fps)
         info = timeline.info
         n_src = 1 if info.is_image else timeline.n_frames
-        check_face_box(face_box, info.width, info.height)
+        face_box = check_face_box(face_box, info.width, info.height)
 
         new_track = track_factory(timeline, face_index, face_box)
         found = find_reference(timeline, n_src, request, new_track, detector.detect, _NoBar(), timings, ls.overlap,

@@ -5,6 +5,7 @@ option means the same wherever it appears."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 
@@ -13,8 +14,9 @@ def _box(text: str) -> tuple[float, float, float, float]:
         vals = tuple(float(v) for v in text.split(","))
     except ValueError:
         vals = ()
-    if len(vals) != 4 or vals[2] <= vals[0] or vals[3] <= vals[1]:
-        raise argparse.ArgumentTypeError(f"a box is x1,y1,x2,y2 in pixels with x2>x1 and y2>y1 (got {text!r})")
+    if len(vals) != 4 or not all(math.isfinite(v) for v in vals) or vals[2] <= vals[0] or vals[3] <= vals[1]:
+        raise argparse.ArgumentTypeError(f"a box is x1,y1,x2,y2 in pixels, finite, with x2>x1 and y2>y1 (got {text!r}; "
+                                         "one starting with a minus is given as --face-box=-10,...)")
     return vals  # type: ignore[return-value]
 
 
@@ -63,7 +65,9 @@ def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True, phon
 def add_sync_options(p: argparse.ArgumentParser, timings: bool = True) -> None:
     face = p.add_mutually_exclusive_group()
     face.add_argument("--face", type=int, metavar="N", help="which face to follow when several are visible: 0 = leftmost (default: the largest)")
-    face.add_argument("--face-box", type=_box, metavar="X1,Y1,X2,Y2", help="follow the face overlapping this box (pixels, first frame with faces)")
+    face.add_argument("--face-box", type=_box, metavar="X1,Y1,X2,Y2",
+                      help="follow the face overlapping this box (pixels, first frame with faces; a box starting left "
+                           "of or above the frame: --face-box=-20,-20,300,300)")
     p.add_argument("--detect-every-frame", action="store_true",
                    help="run the face detector on every frame (default: a frame between two frames whose face "
                         "barely moved takes the mean of their boxes, which spares most of every other frame's "

@@ -294,7 +294,7 @@ class LipSync:
             fps_out = float(rate)
             self.new_clip(fps_out)
             n_out = max(1, int(round(seconds * fps_out)))
-            check_face_box(face_box, info.width, info.height)
+            face_box = check_face_box(face_box, info.width, info.height)
             n_src = 1 if info.is_image else min(timeline.n_frames, n_out)
 
             new_track = track_factory(timeline, face_index, face_box)

@@ -24,6 +24,7 @@ Memory is flat in the video's length: the queues between stages are bounded, and
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -81,14 +82,21 @@ def check_paths(video: Path, audio: Path, output: Path) -> None:
         raise UserError(f"output path is a folder: {output}")
 
 
-def check_face_box(box, width: int, height: int) -> None:
-    """Raise :class:`UserError` when ``--face-box`` lies outside the ``width`` x ``height`` frame."""
+def check_face_box(box, width: int, height: int) -> tuple[float, float, float, float] | None:
+    """``--face-box`` clipped to the ``width`` x ``height`` frame (a box reaching past an edge means up to that
+    edge); :class:`UserError` when it is not four finite numbers with x2 > x1 and y2 > y1 or lies outside the frame."""
     if box is None:
-        return
-    x1, y1, x2, y2 = (float(v) for v in box)
+        return None
+    try:
+        x1, y1, x2, y2 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise UserError(f"--face-box must be four numbers x1,y1,x2,y2 in pixels (got {box!r})") from None
+    plain = ",".join(f"{v:g}" for v in (x1, y1, x2, y2))
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+        raise UserError(f"--face-box must be x1,y1,x2,y2 in pixels, finite, with x2 > x1 and y2 > y1 (got {plain})")
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-        plain = ",".join(f"{v:g}" for v in (x1, y1, x2, y2))
         raise UserError(f"--face-box {plain} lies outside the {width}x{height} frame; give pixel coordinates inside it")
+    return max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
 
 
 # --------------------------------------------------------------------------------------------- reference

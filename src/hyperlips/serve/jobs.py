@@ -8,6 +8,7 @@ fixed names (``video.<suffix>``, ``audio.<suffix>``), so the uploads may expire 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -98,10 +99,10 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
     face = _int_or_none(params, "face", 0, 64)
     box = params.get("face_box")
     if box is not None:
-        ok = isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                               for v in box)
+        ok = isinstance(box, list) and len(box) == 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
         if not ok or box[2] <= box[0] or box[3] <= box[1]:
-            raise _bad("face_box must be [x1, y1, x2, y2] in pixels with x2 > x1 and y2 > y1")
+            raise _bad("face_box must be [x1, y1, x2, y2] in pixels, finite, with x2 > x1 and y2 > y1")
         if face is not None:
             raise _bad("give face or face_box, not both")
     loop = params.get("loop") or "pingpong"

@@ -45,6 +45,10 @@ class HTTPError(Exception):
         self.status = status
 
 
+def _not_json(token: str):
+    raise ValueError(f"{token} is not a JSON number")
+
+
 def handler_for(app) -> type[BaseHTTPRequestHandler]:
     """A request handler class bound to ``app`` (the running server)."""
 
@@ -199,8 +203,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = self._length()
         if length is None or length > 1 << 20:
             raise HTTPError(413 if length else 411, "send a JSON body of at most 1 MB with a Content-Length")
-        try:
-            return json.loads(self.rfile.read(length) or b"{}")
+        try:  # NaN and Infinity are not JSON: Python reads them, browsers and other clients cannot read them back
+            return json.loads(self.rfile.read(length) or b"{}", parse_constant=_not_json)
         except ValueError as e:
             raise HTTPError(400, f"the body is not valid JSON: {e}") from None
 
