@@ -270,6 +270,20 @@ def _rot(m: Materials, path: Path) -> VideoFacts:
     return VideoFacts(tuple(k / 25 for k in range(FRAMES)), 128, 160, 25.0, stamped=False)
 
 
+@material("anamorphic.mp4", "anamorphic_rotated.mp4")
+def _anamorphic(m: Materials, path: Path) -> VideoFacts:
+    """Non-square pixels: 96 wide and 128 high, tagged to be shown 4/3 as wide (a square picture); the second stored
+    turned a quarter clockwise with the tag on its stored pixels (upright, each is 3/4 as wide as high)."""
+    import cv2
+
+    frames = [stamp(cv2.resize(f, (96, SIZE), interpolation=cv2.INTER_AREA), k) for k, f in enumerate(m.frames())]
+    if "rotated" not in path.name:
+        return m.video(path, frames, 25, sample_aspect=Fraction(4, 3))
+    write_video(path, [np.ascontiguousarray(np.rot90(f, -1)) for f in frames], 25, rotation=90,
+                sample_aspect=Fraction(4, 3))
+    return VideoFacts(tuple(k / 25 for k in range(FRAMES)), 96, SIZE, 25.0, stamped=False)
+
+
 @material("two_faces.mp4")
 def _two(m: Materials, path: Path) -> VideoFacts:
     left = m.frames("face3", FRAMES, (SIZE, SIZE))
@@ -643,6 +657,7 @@ SYNC_CASES: list[Case] = [
     sync("h264.mp4", "speech.wav", "--fps", "15", fps=15.0, slow=True),
     # --- sizes and rotation
     sync("odd_size.mp4"), sync("wide.mp4", slow=True), sync("rotated90.mp4"),
+    sync("anamorphic.mp4"), sync("anamorphic_rotated.mp4", slow=True),
     # --- stills
     *[sync(v, slow=v not in FAST_VIDEOS) for v in (
         "face.png", "face.jpg", "face.bmp", "face.webp", "face.tiff", "face_rgba.png", "face_gray.png",

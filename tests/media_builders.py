@@ -63,11 +63,13 @@ def write_video(
     audio: np.ndarray | None = None,
     audio_rate: int = 16000,
     audio_codec: str = "aac",
+    sample_aspect: Fraction | None = None,
 ) -> Path:
     """Encode BGR ``frames`` into ``path`` (the container follows the suffix).
 
     ``times``: each frame's timestamp in seconds (a variable frame rate, millisecond resolution); else frame k is at
     k / fps. ``rotation``: display rotation tag (degrees counter-clockwise). ``audio``: mono float samples.
+    ``sample_aspect``: the pixels' shape as shown (non-square: an anamorphic video).
     """
     import av
 
@@ -86,6 +88,8 @@ def write_video(
         s.options = opts
         if rotation:
             s.set_display_rotation(rotation)
+        if sample_aspect is not None:
+            s.codec_context.sample_aspect_ratio = Fraction(sample_aspect)
         a = None
         if audio is not None:
             a = c.add_stream(audio_codec, rate=audio_rate, layout="mono")

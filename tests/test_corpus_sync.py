@@ -17,6 +17,7 @@ from hyperlips.schedule import source_index
 def assert_output(case: Case, res: Result, work, materials: Materials) -> None:
     from helpers import probe_streams
     from hyperlips.media.audio import load_audio
+    from hyperlips.media.video import probe
 
     assert res.rc == 0 and not res.timed_out, res.describe()
     assert "Traceback" not in res.stderr and not res.errors, res.describe()
@@ -37,6 +38,8 @@ def assert_output(case: Case, res: Result, work, materials: Materials) -> None:
     assert got["fps"] == pytest.approx(fps, rel=2e-3), got
     assert got["frames"] == n_out, (got, seconds, fps)
     assert got["video_codec"] == "h264" and got["audio_codec"] == "aac", got
+    if case.video:  # shown with the input's pixel shape (a still: square)
+        assert probe(out).sample_aspect == probe(materials[case.video]).sample_aspect
     assert abs(got["frames"] / got["fps"] - seconds) <= 0.5 / fps + 1e-6, (got, seconds)  # as long as the audio
     assert got["audio_seconds"] == pytest.approx(seconds, abs=0.03), (got, seconds)
     if facts.stamped and case.stamps:  # sync: each output frame is the source frame of its time

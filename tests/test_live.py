@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +16,8 @@ import pytest
 import torch
 
 from helpers import cut_audio, cut_video, run_cli, spied_frames
+
+from hyperlips.media.video import FrameReader, probe
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +174,20 @@ def test_live_command_writes_the_stream_and_reports_latency(clip):
 
     got = probe_streams(out)
     assert (got["frames"], got["width"], got["height"], got["audio_codec"]) == (40, 360, 360, "aac")
+    assert probe(out).sample_aspect == 1
+
+
+def test_live_keeps_the_videos_pixel_shape(clip):
+    """An anamorphic idle video (pixels shown 4/3 as wide as high) gives a stream shown with the same shape."""
+    from media_builders import write_video
+
+    with FrameReader(clip.video) as r:
+        frames = [f.image for f in r][:8]
+    wide = write_video(clip.folder / "anamorphic.mp4", frames, sample_aspect=Fraction(4, 3))
+    out = clip.folder / "live_anamorphic.mp4"
+    r = run_cli("live", wide, clip.speech, "-o", out, "--untrained", "--model", "lite", "--no-pace", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert probe(out).sample_aspect == Fraction(4, 3)
 
 
 @pytest.mark.parametrize("args, words", [

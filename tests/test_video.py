@@ -183,6 +183,30 @@ def test_rotate_helper():
     assert r90.flags["C_CONTIGUOUS"]
 
 
+def test_non_square_pixels_are_read_turned_with_the_picture_and_written_back(tmp_path):
+    """An anamorphic video (each pixel shown 4/3 as wide as high) keeps that shape through probe and the writer; a
+    picture shown turned a quarter has its pixels turned too (3/4); square or untagged pixels are 1 and stay
+    untagged."""
+    import av
+    from media_builders import write_video
+
+    img = np.full((32, 24, 3), 90, np.uint8)
+    write_video(tmp_path / "wide.mp4", [img] * 2, sample_aspect=Fraction(4, 3))
+    write_video(tmp_path / "turned.mp4", [img] * 2, sample_aspect=Fraction(4, 3), rotation=90)
+    write_video(tmp_path / "square.mp4", [img] * 2)
+    assert probe(tmp_path / "wide.mp4").sample_aspect == Fraction(4, 3)
+    assert probe(tmp_path / "turned.mp4").sample_aspect == Fraction(3, 4)
+    assert probe(tmp_path / "square.mp4").sample_aspect == 1
+    for sar in (Fraction(4, 3), None, Fraction(1)):
+        out = tmp_path / f"out{sar}.mp4".replace("/", "_")
+        with VideoWriter(out, 24, 32, 25, sample_aspect=sar) as w:
+            w.write(img)
+        assert probe(out).sample_aspect == (sar or 1)
+        with av.open(str(out)) as c:
+            tagged = c.streams.video[0].sample_aspect_ratio or Fraction(0)
+        assert tagged == (Fraction(0) if sar in (None, 1) else sar)  # square pixels: no tag written
+
+
 def test_display_rotation_is_applied(tmp_path):
     import av
 

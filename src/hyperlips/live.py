@@ -360,6 +360,7 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     frames and the speech to ``output`` and measure the latency of every frame. ``voice_sample``: a recording of the
     same voice whose statistics normalise HyperLips-Lite's mel (the speech file itself reproduces ``sync``)."""
     from .media.audio import load_audio, melspectrogram, speech_problems
+    from .media.video import probe
     from .media.writer import VideoWriter, check_encoding
     from .streaming import MUX_SAMPLE_RATE, check_paths
 
@@ -377,6 +378,7 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     stats = (SpeechStats.of(melspectrogram(load_audio(voice_sample, sr), ls.audio_cfg),
                             int(getattr(ls.base, "mel_smooth", 0))) if voice_sample else None)
     feed = PacedSpeech(wav, int(round(chunk_ms / 1000.0 * sr)), sr, pace)
+    sample_aspect = probe(video).sample_aspect  # non-square pixels: the output is shown as the video is
     output.parent.mkdir(parents=True, exist_ok=True)
     writer, out_times, n = None, [], 0
     stream = ls.stream(video, feed, speech_stats=stats, **stream_options)
@@ -387,7 +389,7 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
                 h, w = fr.image.shape[:2]
                 writer = VideoWriter(output, w, h, fr.fps,
                                      audio=load_audio(speech_path, MUX_SAMPLE_RATE), sample_rate=MUX_SAMPLE_RATE,
-                                     crf=crf, preset=preset, pix_fmt=pix_fmt)
+                                     crf=crf, preset=preset, pix_fmt=pix_fmt, sample_aspect=sample_aspect)
             writer.write(fr.image)
             n += 1
         if writer is None:  # pragma: no cover (a stream always gives at least one frame)

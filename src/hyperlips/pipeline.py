@@ -325,7 +325,8 @@ class LipSync:
             faces_done, writer, first_frame = 0, None, None
             try:  # the writer is made inside: an interruption at any point leaves no temporary file
                 writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio,
-                                     sample_rate=MUX_SAMPLE_RATE, crf=crf, preset=preset, pix_fmt=pix_fmt)
+                                     sample_rate=MUX_SAMPLE_RATE, crf=crf, preset=preset, pix_fmt=pix_fmt,
+                                     sample_aspect=info.sample_aspect)
                 with self._bar(n_out, "lip-sync", on_progress) as bar:
                     for job in chain:
                         faces_done += job.box is not None

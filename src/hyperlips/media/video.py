@@ -55,6 +55,9 @@ class VideoInfo:
     has_audio: bool
     is_image: bool
     codec: str
+    # the shape of a pixel as shown (width / height; after rotation): 1 for square pixels, 4/3 for a 240-px-wide
+    # anamorphic frame shown 320 px wide. Frames are decoded as stored; the writer keeps the tag.
+    sample_aspect: Fraction = Fraction(1)
 
 
 @dataclass
@@ -211,6 +214,7 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
             raise MediaError(f"{path}: no video frame could be decoded")
         rotation = _frame_rotation(first, stream)
         w, h = first.width, first.height
+        sar = _sample_aspect(stream)
     with _open(path) as c:  # a fresh demuxer for the packet scan
         stream = _video_stream(c, path)
         index = _scan(c, stream)
@@ -225,10 +229,18 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
         n_frames = index.n_frames or declared or max(1, int(round(duration * fps)))
         duration = duration or n_frames / fps
     if rotation in (90, 270):
-        w, h = h, w
+        w, h, sar = h, w, 1 / sar
     info = VideoInfo(os.fspath(path), int(w), int(h), fps, rate, int(n_frames), duration, rotation, has_audio,
-                     False, codec)
+                     False, codec, sar)
     return info, index
+
+
+def _sample_aspect(stream) -> Fraction:
+    """The stream's sample (pixel) aspect ratio, 1 where it is untagged (0/1, none) or not a sane shape."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar is not None and sar.numerator > 0 and sar.denominator > 0 and 0.1 <= sar <= 10:
+            return Fraction(sar)
+    return Fraction(1)
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:

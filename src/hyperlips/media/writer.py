@@ -105,7 +105,8 @@ class VideoWriter:
     ``coded_height`` (see :func:`coded_size`: with ``pix_fmt="yuv420p"``, the default, an odd side gains one
     repeated column or row). ``crf`` (0-51, lower is better and larger) and ``preset`` (libx264's speed/size
     trade-off) set the quality; ``threads``: encoder threads (0: libx264's choice, about 1.5 per core; None:
-    :func:`encoder_threads`).
+    :func:`encoder_threads`); ``sample_aspect``: the pixels' shape as shown (the input's
+    :attr:`~.video.VideoInfo.sample_aspect`), tagged where it is not 1.
     ``audio`` is mono float32 at ``sample_rate`` (written in full, interleaved with the video as frames arrive).
     Output goes to a hidden temporary file in the target folder and is renamed to ``path`` by :meth:`close`;
     :meth:`abort` (or an exception inside a ``with`` block) deletes it, so no file appears at ``path`` unless
@@ -124,6 +125,7 @@ class VideoWriter:
         preset: str = DEFAULT_PRESET,
         threads: int | None = None,
         pix_fmt: str = DEFAULT_PIX_FMT,
+        sample_aspect: Fraction | None = None,
     ):
         import av
         from av.video.reformatter import ColorRange, Colorspace
@@ -188,6 +190,8 @@ class VideoWriter:
             v.width, v.height, v.pix_fmt = self.coded_width, self.coded_height, self._pix_fmt
             cc = v.codec_context
             cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1  # BT.709, limited range
+            if sample_aspect is not None and Fraction(sample_aspect) != 1:  # non-square pixels: shown as the input
+                cc.sample_aspect_ratio = Fraction(sample_aspect)
             v.options = {"crf": str(crf), "preset": preset, **({"threads": str(self.threads)} if self.threads else {})}
             self._v = v
             self._a = None
