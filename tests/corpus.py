@@ -480,6 +480,11 @@ def _nan(m: Materials, path: Path) -> None:
     write_audio(path, y, 16000, subtype="FLOAT")
 
 
+@material("loud.wav")
+def _loud(m: Materials, path: Path) -> None:
+    write_audio(path, 400 * m.speech(), 16000, subtype="FLOAT")  # far beyond full scale: scaled down, not clipped
+
+
 @material("empty.wav")
 def _empty_wav(m: Materials, path: Path) -> None:
     write_audio(path, np.zeros(0, np.float32), 16000)
@@ -669,6 +674,7 @@ SYNC_CASES: list[Case] = [
         "speech_alac.m4a", "speech.ac3", "speech.mp2", "with_audio.mp4")],
     sync("h264.mp4", "nan.wav", warnings=(("nan.wav", "not numbers", "silence"),)),
     sync("h264.mp4", "silence.wav", warnings=(("silence.wav", "silent", "nothing to follow"),)),
+    sync("h264.mp4", "loud.wav", warnings=(("loud.wav", "times full scale", "scaled down"),)),
     # --- lengths: audio longer than the video (loops) or shorter than a frame
     sync("h264.mp4", "long_speech.wav"),
     sync("h264.mp4", "blip.wav", warnings=(("blip.wav", "20.0 ms", "less than one frame"),)),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hyperlips.config import AudioConfig
-from hyperlips.errors import MediaError
+from hyperlips.errors import InputWarning, MediaError
 from hyperlips.media.audio import (
     load_audio,
     mel_filterbank,
@@ -100,6 +100,26 @@ def test_int16_stereo_16k_is_not_resampled(tmp_path):
     sf.write(str(path), pcm, 16000, subtype="PCM_16")
     wav = load_audio(path, 16000)
     np.testing.assert_allclose(wav, pcm.astype(np.float32).mean(1) / 32768.0, atol=1e-6)
+
+
+def test_a_float_file_far_beyond_full_scale_is_scaled_down_not_clipped(tmp_path):
+    """A float WAV at 300x full scale keeps its waveform (at full scale, with a warning); one just over full scale
+    (lossy decoders overshoot by up to about 1.2) is clipped as before, quietly."""
+    import warnings
+
+    import soundfile as sf
+
+    t = np.arange(8000) / 16000
+    y = (0.5 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    sf.write(str(tmp_path / "loud.wav"), 600 * y, 16000, subtype="FLOAT")
+    sf.write(str(tmp_path / "over.wav"), 2.2 * y, 16000, subtype="FLOAT")
+    with pytest.warns(InputWarning, match=r"loud.wav: its samples reach 300 times full scale .* scaled down"):
+        loud = load_audio(tmp_path / "loud.wav", 16000)
+    np.testing.assert_allclose(loud, 2 * y, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        over = load_audio(tmp_path / "over.wav", 16000)
+    np.testing.assert_allclose(over, np.clip(2.2 * y, -1, 1), atol=1e-6)
 
 
 def test_video_audio_tracks(real_data, more_data):

@@ -83,6 +83,11 @@ def _planes(frame) -> np.ndarray:
     return x.astype(np.float32)  # flt, dbl
 
 
+# a decoded peak above this (over +6 dBFS: only a float file can hold it) scales the track down instead of clipping
+# it; lossy decoders' small overshoots of full scale (up to about 1.2) are clipped as before
+LOUD_PEAK = 2.0
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_video: bool = True) -> np.ndarray:
     """Decode an audio file or a video's audio track to mono float32 in [-1, 1] at ``sample_rate``.
 
@@ -91,7 +96,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     of the first video frame (the track is trimmed or padded with silence by the streams' start offset), so the
     frame times given by :class:`~hyperlips.media.video.FrameReader` index straight into the result.
     Samples that are not numbers (NaN or infinite, possible in float files) become silence, with an
-    :class:`~hyperlips.errors.InputWarning`.
+    :class:`~hyperlips.errors.InputWarning`; a float file louder than twice full scale is scaled down to full scale
+    (with a warning) instead of being clipped.
     Raises :class:`MediaError` for a missing, unreadable or corrupt file, no audio track, or no samples.
     """
     import av
@@ -138,6 +144,11 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
         mono[bad] = 0.0
         warn(f"{p}: {int(bad.sum())} audio sample(s) are not numbers (NaN or infinite), first at "
              f"{np.flatnonzero(bad)[0] / native_rate:.2f} s; they are replaced by silence")
+    peak = float(np.abs(mono).max()) if len(mono) else 0.0
+    if peak > LOUD_PEAK:  # a float file far beyond full scale: clipping it would leave a square wave
+        mono /= peak
+        warn(f"{p}: its samples reach {peak:.3g} times full scale (a float file louder than it can be played); "
+             "the speech is scaled down to full scale rather than clipped")
     if end_time is not None and first_time is not None:
         keep = int(round((end_time - first_time) * native_rate))
         if 0 < keep < len(mono) <= keep + native_rate // 10:  # only trim encoder padding, never real audio
