@@ -197,6 +197,7 @@ for _name, _builder in {
     "fps30.mp4": _cfr("libx264", fps=30),
     "fps60.mp4": _cfr("libx264", fps=60),
     "fps12.mp4": _cfr("libx264", fps=12),
+    "fps5.mp4": _cfr("libx264", fps=5),
     "bframes.mp4": _cfr("libx264", options={"bf": "3", "g": "8"}),
 }.items():
     material(_name)(_builder)
@@ -656,6 +657,8 @@ SYNC_CASES: list[Case] = [
         "mpeg2.ts", "prores.mov", "ffv1.mkv", "yuv444.mp4", "bframes.mp4", "grid.mpg", "lrs2.mp4")],
     # --- frame rates, variable ones included
     *[sync(v, slow=v not in FAST_VIDEOS) for v in ("fps30.mp4", "ntsc.mp4", "fps60.mp4", "fps12.mp4")],
+    sync("fps5.mp4", warnings=(("fps5.mp4", "5 frames a second", "--fps 25"),)),
+    sync("fps5.mp4", "speech.wav", "--fps", "25", fps=25.0),
     sync("vfr.mp4", warnings=(VFR,)),
     sync("vfr_alternating.mkv", warnings=(VFR,)),
     sync("vfr.mp4", "speech.wav", "--fps", "30", warnings=(VFR,), fps=30.0),

@@ -255,7 +255,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
     marks = ls.phoneme_marks(phonemes, None)
     size = int(batch_size or ls.batch_size)
     timings = Timings()
-    with open_timeline(video, fps) as timeline, FaceDetectors() as detector:
+    with open_timeline(video, fps, warn_slow=True) as timeline, FaceDetectors() as detector:
         ls.new_clip(timeline.fps)
         info = timeline.info
         n_src = 1 if info.is_image else timeline.n_frames

@@ -279,7 +279,7 @@ class LipSync:
         request = reference_request(reference)
         timer = StageTimer()
 
-        with open_timeline(video, fps, keep_source=True) as timeline, FaceDetectors() as detector:
+        with open_timeline(video, fps, keep_source=True, warn_slow=True) as timeline, FaceDetectors() as detector:
             info = timeline.info
             with timer("decode"):
                 wav = load_audio(audio, self.audio_cfg.sample_rate)

@@ -227,15 +227,23 @@ class RetimedReader:
             j -= 1
 
 
+SLOW_FPS = 10  # a video slower than this, read at its own rate, gets a warning: lips cannot follow speech that seldom
+
+
 def open_timeline(path: str | os.PathLike, fps: float | Fraction | None = None,
-                  keep_source: bool = False) -> RetimedReader:
-    """:class:`RetimedReader` of ``path``, with an :class:`~hyperlips.errors.InputWarning` when its rate varies."""
+                  keep_source: bool = False, warn_slow: bool = False) -> RetimedReader:
+    """:class:`RetimedReader` of ``path``, with an :class:`~hyperlips.errors.InputWarning` when its rate varies or
+    (``warn_slow``: a command with ``--fps``), read at its own rate, is below :data:`SLOW_FPS`."""
     reader = RetimedReader(path, fps, keep_source=keep_source)
     t = reader.timing
     if reader.variable and not reader.info.is_image:
         how = f"at {reader.fps:.3g} fps (--fps)" if fps is not None else f"at its average rate, {reader.fps:.4g} fps"
         warn(f"{reader.info.path} has a variable frame rate (tagged {float(t.nominal):.4g} fps, "
              f"{float(t.average):.4g} fps on average): it is read {how}, each frame the one shown at that time")
+    if warn_slow and fps is None and not reader.info.is_image and reader.fps < SLOW_FPS:
+        warn(f"{reader.info.path} has {reader.fps:.3g} frames a second: the mouth can change only that often (speech "
+             f"needs about {SLOW_FPS}); --fps 25 shows each frame for as long as it lasts and moves the mouth 25 times "
+             "a second")
     return reader
 
 
