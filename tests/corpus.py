@@ -1024,6 +1024,11 @@ JOB_CASES: list[Case] = [
         output="me.safetensors"),
     bad("finetune-wrong-suffix", ["finetune", "{talking.mp4}", "-o", "{work}/me.zip", "--quiet"], "me.zip",
         output="me.zip"),
+    *[bad(f"finetune-{flag.strip('-')}-{value}", ["finetune", "{talking.mp4}", "-o", "{work}/me.safetensors", flag,
+                                                    value, "--quiet"], flag, value, output="me.safetensors")
+      for flag, value in (("--batch-size", "0"), ("--lr", "-1"), ("--threads", "-2"), ("--workers", "-1"))],
+    *[bad(f"{cmd[-1]}-threads-negative", [*cmd, "--threads", "-2"], "--threads", "at least 0")
+      for cmd in (["train", "judge"], ["bench"], ["serve"])],
     bad("finetune-checkpoint-garbage", ["finetune", "{talking.mp4}", "-o", "{work}/me.safetensors", "--checkpoint",
                                         "{garbage.pth}", "--steps", "1", "--quiet"], "garbage.pth",
         output="me.safetensors"),

@@ -60,6 +60,13 @@ def test_config_precedence_and_errors(tmp_path):
     f.write_text("- a list\n")
     with pytest.raises(UserError, match="mapping"):
         build_config("sync", f)
+    # numbers out of their range: one line naming the setting, not an error deep inside torch or the loop
+    for name, value, words in [("batch_size", 0, "at least 1"), ("lr", -1, "above 0"), ("lr", float("nan"), "above 0"),
+                               ("threads", -2, "at least 0"), ("ckpt_every", 0, "at least 1"),
+                               ("val_samples", 0, "at least 1"), ("max_minutes", -1, "at least 0")]:
+        with pytest.raises(UserError, match=f"training setting {name}=.*: must be .*{words}"):
+            build_config("sync", overrides={name: value})
+    assert build_config("sync", overrides={"val_every": 0, "threads": 0, "workers": 0}).val_every == 0
 
 
 @pytest.mark.parametrize("stage, model, name", [("base", "lite", "hyperlips-lite"), ("sync", "lite", "syncnet-lite")])

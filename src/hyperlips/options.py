@@ -20,6 +20,22 @@ def _box(text: str) -> tuple[float, float, float, float]:
     return vals  # type: ignore[return-value]
 
 
+def at_least(low: int):
+    """An argparse type: a whole number of at least ``low`` (``--threads -2`` refused on the command line, not deep
+    inside torch)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number of at least {low} (got {text!r})")
+        return v
+
+    return parse
+
+
 def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True, phones: bool = True,
                       mouth: bool = True) -> None:
     from .face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
+from ..options import at_least
 from .bench_stages import (  # noqa: F401  (the measurements, re-exported for callers of eval.bench)
     CLIP_SECONDS,
     DEFAULT_FRAMES,
@@ -423,7 +424,7 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_MEMORY[0]:g} {DEFAULT_MEMORY[1]:g}; e.g. 30 600; none, or the flag alone, to skip)")
     p.add_argument("--original-max-size", type=int, default=256, choices=SIZES,
                    help="on CPU, run the original HR flow only up to this size (default 256: at 512 it renders 2048-px faces)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=at_least(0), help="torch CPU threads (default: torch's choice)")
     p.add_argument("-o", "--output", type=Path, default=Path("hyperlips_bench.json"), help="JSON output (default hyperlips_bench.json)")
 
 

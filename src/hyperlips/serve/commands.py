@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..options import at_least
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="a web page and an HTTP API for lip-sync and person-model training",
@@ -24,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--keep-hours", type=float, default=24.0, help="finished jobs and uploads are deleted after this (24)")
     p.add_argument("--device", default="auto", help="device of the lip-sync jobs: auto (default), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=16, help="frames per network batch in lip-sync jobs (16)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads per job (0: torch's default)")
+    p.add_argument("--threads", type=at_least(0), default=0, help="CPU threads per job (0: torch's default)")
     p.add_argument("--no-examples", action="store_true", help="do not offer the built-in example inputs")
     p.add_argument("--verbose", action="store_true", help="log every request")
     p.set_defaults(func=run_serve)

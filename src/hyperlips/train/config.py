@@ -6,6 +6,7 @@ Precedence: built-in defaults < the stage's defaults < ``--config FILE.yaml`` < 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,7 @@ class TrainConfig:
         cfg = cls()
         for k, v in d.items():
             setattr(cfg, k, _coerce(k, v))
+        _check_ranges(cfg)
         return cfg
 
     def replace(self, **kw) -> "TrainConfig":
@@ -151,6 +153,30 @@ SYNC_LITE_DEFAULTS: dict[str, Any] = {"batch_size": 32, "lr": 1e-3, "betas": (0.
                                       "warmup_steps": 200, "sync_candidates": 8, "sync_aux_weight": 1.0, "val_every": 500,
                                       "ckpt_every": 500}
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"hyperlips-lite": LITE_DEFAULTS, "syncnet-lite": SYNC_LITE_DEFAULTS}
+
+
+# settings that make no sense below a bound (a batch of 0 frames, a negative learning rate): refused with one line
+# instead of failing deep inside torch or the loop
+_AT_LEAST = {"batch_size": 1, "max_steps": 0, "workers": 0, "threads": 0, "log_every": 1, "image_every": 0,
+             "val_every": 0, "val_samples": 1, "ckpt_every": 1, "keep_last": 1, "warmup_steps": 0, "patience": 0,
+             "audio_steps": 0, "bn_batches": 0, "sync_candidates": 1}
+_ABOVE_ZERO = ("lr", "disc_lr", "audio_lr")
+_NOT_NEGATIVE = ("max_minutes", "grad_clip")
+
+
+def _check_ranges(cfg: "TrainConfig") -> None:
+    for name, low in _AT_LEAST.items():
+        v = getattr(cfg, name)
+        if v < low:
+            raise UserError(f"training setting {name}={v!r}: must be at least {low}")
+    for name in _ABOVE_ZERO:
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and v > 0):
+            raise UserError(f"training setting {name}={v!r}: must be a number above 0")
+    for name in _NOT_NEGATIVE:
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise UserError(f"training setting {name}={v!r}: must be a number of at least 0")
 
 
 def _field_types() -> dict[str, Any]:

@@ -166,6 +166,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"video not found: {args.video}")
     if args.steps is not None and args.steps < 1 or args.hr_steps < 1:
         raise UserError("--steps and --hr-steps must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise UserError(f"--lr must be a number above 0 (got {args.lr:g})")
+    for flag, v in (("--threads", args.threads), ("--workers", args.workers)):
+        if v is not None and v < 0:
+            raise UserError(f"{flag} must be 0 or more (got {v})")
     if args.minutes is not None and not args.minutes > 0:
         raise UserError(f"--minutes must be more than 0 (got {args.minutes:g})")
     if args.val_seconds is not None and not args.val_seconds > 0:

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..data.datasets import Clip, Manifest
 from ..errors import UserError
+from ..options import at_least
 from .judge_tune import TUNE_STEPS
 
 MEL_SMOOTH = 12  # DCT coefficients kept across the mel bins: held-out AUC 0.844 against 0.834 (four fits each)
@@ -209,7 +210,7 @@ def add_parser(stages) -> None:
                    f"in-sync above off-sync windows for N steps (0: off; {TUNE_STEPS}; longer learns the training "
                    "speakers)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--threads", type=at_least(0), default=0, help="CPU threads for torch (0: torch's default)")
     p.set_defaults(func=run_judge)
 
 
