@@ -1029,6 +1029,8 @@ JOB_CASES: list[Case] = [
       for flag, value in (("--batch-size", "0"), ("--lr", "-1"), ("--threads", "-2"), ("--workers", "-1"))],
     *[bad(f"{cmd[-1]}-threads-negative", [*cmd, "--threads", "-2"], "--threads", "at least 0")
       for cmd in (["train", "judge"], ["bench"], ["serve"])],
+    bad("finetune-output-unwritable", ["finetune", "{talking.mp4}", "-o", "/proc/me.safetensors", "--quiet"],
+        "cannot write -o /proc/me.safetensors"),  # found before preprocessing and training, not after them
     bad("finetune-checkpoint-garbage", ["finetune", "{talking.mp4}", "-o", "{work}/me.safetensors", "--checkpoint",
                                         "{garbage.pth}", "--steps", "1", "--quiet"], "garbage.pth",
         output="me.safetensors"),

@@ -119,6 +119,21 @@ def _publish(src: Path, dst: Path, name: str) -> None:
         tmp.replace(dst)
 
 
+def _check_output(out: Path) -> None:
+    """UserError now, not after the training, when the model cannot be written where ``-o`` says (its folder made
+    if missing; the check leaves nothing behind)."""
+    import os
+    import tempfile
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".check", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write -o {out}: {e.strerror or e}; choose a folder you can write to") from None
+
+
 def _check_weights(args: argparse.Namespace) -> None:
     """Read every checkpoint given once, so a wrong path fails now and not after minutes of preprocessing."""
     from ..models.checkpoint import read_expert_state, read_state_dict
@@ -182,6 +197,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.from_scratch and (args.checkpoint or args.model != "lite"):
         raise UserError("--from-scratch starts HyperLips-Lite from random weights: it goes with neither --checkpoint "
                         "nor --model base")
+    _check_output(out)
     _check_weights(args)
 
 
