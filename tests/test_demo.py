@@ -88,3 +88,12 @@ def test_demo_command_as_shipped(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "with the shipped starter v" in r.stdout
     _check_demo(tmp_path / "hyperlips_demo.mp4", tmp_path / "hyperlips_demo_inputs")
+
+
+@pytest.mark.parametrize("args, words", [(("-o", "out.txt"), "output must be a video file"),
+                                         (("--checkpoint", "nowhere.pth"), "checkpoint not found")])
+def test_a_demo_mistake_writes_no_inputs(tmp_path, args, words):
+    """The output path and the weights are checked before the demo makes its inputs: a mistake leaves nothing."""
+    r = run_cli("demo", "--quiet", *args, cwd=tmp_path)
+    assert r.returncode == 2 and words in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -269,8 +269,8 @@ def _make_lipsync(args):
     )
 
 
-def _run_sync(args) -> int:
-    ls = _make_lipsync(args)
+def _run_sync(args, ls=None) -> int:
+    ls = ls or _make_lipsync(args)
     report = ls.sync(args.video, args.audio, args.output, face_index=args.face, face_box=args.face_box,
                      loop=args.loop, reference=args.reference, fps=args.fps, crf=args.crf, preset=args.preset,
                      pix_fmt=args.pix_fmt, phonemes=args.phonemes)
@@ -297,13 +297,16 @@ def _run_live(args) -> int:
 
 def _run_demo(args) -> int:
     from .demo import make_demo_inputs
+    from .streaming import check_output
 
+    check_output(args.output)  # the output and the weights first: a mistake in either leaves no demo inputs behind
+    ls = _make_lipsync(args)
     folder = args.output.parent if str(args.output.parent) else Path(".")
     image, speech, phonemes = make_demo_inputs(folder / "hyperlips_demo_inputs")
     print(f"demo inputs: {image} (a photo bundled with scikit-image), {speech} (speech synthesised by espeak-ng) "
           f"and {phonemes} (when it spoke each phoneme)")
     args.video, args.audio, args.phonemes = image, speech, phonemes
-    return _run_sync(args)
+    return _run_sync(args, ls)
 
 
 def build_parser() -> argparse.ArgumentParser:

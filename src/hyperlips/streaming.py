@@ -69,12 +69,17 @@ def check_paths(video: Path, audio: Path, output: Path) -> None:
     """Fail early, before any work, on paths that cannot give a result."""
     require_file(video, "video")
     require_file(audio, "audio")
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UserError(f"output must be a video file ending in {', '.join(OUTPUT_SUFFIXES)}: {output}")
+    check_output(output)
     out_real = os.path.realpath(output)
     for p, what in ((video, "video"), (audio, "audio")):
         if out_real == os.path.realpath(p):
             raise UserError(f"the output path is the same file as the input {what} ({p}); choose another output name")
+
+
+def check_output(output: Path) -> None:
+    """The output path's own checks (its suffix, its folder), before any input exists (``demo`` makes its own)."""
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError(f"output must be a video file ending in {', '.join(OUTPUT_SUFFIXES)}: {output}")
     parent = output.parent if str(output.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise UserError(f"output folder is not a folder: {parent}")
