@@ -670,6 +670,12 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     # a re-run continues: nothing to preprocess, training already at its last step
     again = run_cli("finetune", video, "-o", out, "--steps", "2", "--device", "cpu", "--quiet", timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
+    # a re-run that would move the held-out part, or on other footage, is refused: it would continue this run
+    moved = run_cli("finetune", video, "-o", out, "--steps", "4", "--val-seconds", "2", "--quiet", timeout=900)
+    assert moved.returncode == 2 and "would hold out another part" in moved.stderr, moved.stderr[-2000:]
+    other = run_cli("finetune", more_data / "lrs2_deep_avsr/00002.mp4", "-o", out, "--steps", "4", "--quiet")
+    assert other.returncode == 2 and "holds a run on other footage" in other.stderr, other.stderr[-2000:]
+    assert "00002" not in {p.name for p in (tmp_path / "me.work/data/clips").iterdir()}  # refused before preprocessing
 
 
 def _run_config(work: Path) -> dict:

@@ -202,22 +202,26 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
-    """Preprocess the footage and split off its held-out tail (once; a re-run reads what the first run decided)."""
+    """Preprocess the footage and split off its held-out tail. Once a run has trained, a re-run must give the same
+    footage and the same split (it continues that run, validated on that part): anything else is refused."""
     from ..data.datasets import CLIPS_DIR, META, Manifest
     from ..data.preprocess import PreprocessOptions, clip_id_of, find_videos, preprocess, write_footage_tail_manifest
 
     data = work / "data"
     state_path = work / STATE
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
-    t0 = time.perf_counter()
-    opts = PreprocessOptions(speaker="one", val_fraction=0.0,
-                             hr_size=args.hr_size if args.hr_size and args.hr_size > 128 else None)
-    report = preprocess(args.video, data, opts, workers=1, progress=_bars(args))
     if args.video.is_dir():
         videos = find_videos(args.video)
         ids = [clip_id_of(PurePosixPath(v.relative_to(args.video).as_posix())) for v in videos]
     else:
         ids = [clip_id_of(PurePosixPath(args.video.name))]
+    trained = _has_training(work)
+    if trained and "sources" in state and sorted(ids) != state["sources"]:  # before its clips join the run's data
+        raise UserError(_other_footage(args, work, state, sorted(ids)))
+    t0 = time.perf_counter()
+    opts = PreprocessOptions(speaker="one", val_fraction=0.0,
+                             hr_size=args.hr_size if args.hr_size and args.hr_size > 128 else None)
+    report = preprocess(args.video, data, opts, workers=1, progress=_bars(args))
     done = [c for c in ids if (data / CLIPS_DIR / c / META).is_file()]
     if not done:
         reason = report.skipped[0].reason if report.skipped else "no usable clip"
@@ -225,6 +229,15 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     if report.skipped and not args.quiet:
         for s in report.skipped:
             print(f"hyperlips finetune: skipped {s.source}: {s.reason}", file=sys.stderr)
+    if trained and "clips" in state and sorted(done) != state["clips"]:
+        raise UserError(_other_footage(args, work, state, sorted(done)))
+    if trained and "held_out" in state:  # the split the run was validated (and its best checkpoint chosen) on
+        manifest = write_footage_tail_manifest(data, sorted(done), val_seconds=args.val_seconds, dry_run=True)
+        if manifest["held_out"] != state["held_out"]:
+            raise UserError(f"the run in {work} was validated on the last {state['held_out']['seconds']:.1f} s of its "
+                            f"footage; --val-seconds {args.val_seconds:g} would hold out another part, some of it "
+                            "already trained on. Give the same --val-seconds as that run (the default: 15%), or "
+                            f"another -o (or delete {work}) to start over")
     manifest = write_footage_tail_manifest(data, sorted(done), val_seconds=args.val_seconds)
     Manifest.load(data)
     held = manifest["held_out"]
@@ -235,7 +248,7 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
                         f"at least {MIN_TRAIN_FRAMES} are needed")
     if "prep_seconds" not in state:
         state["prep_seconds"] = round(time.perf_counter() - t0, 1)
-    state.update(clips=sorted(done), held_out=held)
+    state.update(sources=sorted(ids), clips=sorted(done), held_out=held)
     work.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps(state, indent=1), encoding="utf-8")
     if not args.quiet:
@@ -245,6 +258,22 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
         warn(f"{args.video}: {held['of_seconds']:.0f} s of footage; a person model learns the mouth from a minute or "
              "more of the person speaking (less gives a weak, averaged mouth)")
     return data, state
+
+
+def _has_training(work: Path) -> bool:
+    """Whether the work folder holds a training checkpoint (of any of the runs finetune makes)."""
+    from .checkpoints import list_checkpoints
+
+    return any(list_checkpoints(work / run) for run in ("lite", "base", "hr"))
+
+
+def _other_footage(args: argparse.Namespace, work: Path, state: dict, ids: list[str]) -> str:
+    old = state.get("sources") or state.get("clips") or []
+    shown = ", ".join(old[:3]) + (f" and {len(old) - 3} more" if len(old) > 3 else "")
+    now = f"{len(ids)} clip(s), {len(set(old) & set(ids))} of them the run's"
+    return (f"{work} holds a run on other footage than {args.video} now gives (the run's: {len(old)} clip(s), {shown}; "
+            f"now: {now}); a re-run only continues a run on the same footage, its held-out part unchanged. Give this "
+            f"footage another -o (or --work), or delete {work} to start over")
 
 
 def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
