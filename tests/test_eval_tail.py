@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import run_cli
@@ -24,6 +25,31 @@ def test_tail_segments_span_clips_in_order(more_data):
         tail_segments(videos[:1], seconds=0.04)  # one frame: the 5-frame-late baseline scored a perfect match
     with pytest.raises(Exception, match=r"\(0.45 s\) is too short"):
         tail_segments(videos[:1])  # 15% of 3 s
+
+
+def test_the_tail_is_the_one_finetune_held_out(more_data, tmp_path):
+    """Clips in finetune's order (by clip name as the dataset spells it: ``talk`` before ``talk-2``, although
+    ``talk-2.mpg`` sorts first as a path) and without the clips it cannot use (no sound, unreadable), each said: the
+    tail scored is the one finetune's validation held out, never frames it trained on."""
+    import shutil
+
+    from hyperlips.errors import InputWarning
+    from hyperlips.eval.tail import footage_videos, tail_segments
+    from media_builders import write_video
+
+    src = sorted((more_data / "grid_s1").glob("*.mpg"))
+    folder = tmp_path / "takes"
+    folder.mkdir()
+    shutil.copy(src[0], folder / "talk.mpg")
+    shutil.copy(src[1], folder / "talk-2.mpg")
+    write_video(folder / "silent.mp4", [np.zeros((64, 64, 3), np.uint8)] * 3)  # no audio track
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    with pytest.warns(InputWarning) as said:
+        videos = footage_videos(folder)
+    assert [v.name for v in videos] == ["talk.mpg", "talk-2.mpg"]
+    assert sorted(str(w.message).split(" is left out")[0].rsplit("/", 1)[-1] for w in said) == ["broken.mp4", "silent.mp4"]
+    segs, _ = tail_segments(videos, seconds=2.0)
+    assert [(s.video.name, s.start, s.stop) for s in segs] == [("talk-2.mpg", 25, 75)]
 
 
 def test_tail_protocol_measures_the_model_and_both_baselines(more_data, tmp_path):
