@@ -187,14 +187,19 @@ def test_self_protocol_generates_and_evaluates_two_short_clips(tmp_path, more_da
     in this process. Random weights change the mouth measurably and leave the rest of the face alone."""
     from hyperlips.cli import main
 
+    from media_builders import write_video
+
     clips = tmp_path / "clips"
     clips.mkdir()
     for name in ("lbax4n.mpg", "sbia1a.mpg"):
         (clips / name).symlink_to(more_data / "grid_lipnet" / name)
+    write_video(clips / "mute.mp4", [np.zeros((64, 64, 3), np.uint8)] * 5)  # no sound: left out, the others measured
     out = tmp_path / "self"
     code = main(["eval", "--clips", str(clips), "--protocol", "self", "--untrained", "--max-seconds", "0.4",
                  "--quiet", "--device", "cpu", "-o", str(out)])
-    assert code == 0, capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert code == 0, err
+    assert "mute.mp4 is left out of the evaluation" in err, err
     summary = _strict_json(out / "summary.json")
     rows = summary["clips"]
     assert [r["clip"] for r in rows] == ["lbax4n", "sbia1a"] and all(r["protocol"] == "self-reconstruction" for r in rows)
@@ -202,6 +207,26 @@ def test_self_protocol_generates_and_evaluates_two_short_clips(tmp_path, more_da
         m = _strict_json(out / r["clip"] / "report.json")["metrics"]
         assert r["psnr_mouth"] == m["psnr_mouth"] < 25 and m["psnr_mouth"] + 4 < m["psnr_face"], m
     assert sorted(p.name for p in (out / "generated").iterdir()) == ["lbax4n.mp4", "sbia1a.mp4"]  # no cut speech left
+
+
+def test_results_pair_with_references_by_name_and_none_is_dropped_silently(tmp_path):
+    """Two clips of one name (``a.mp4``, ``a.mpg``) would share one result: refused. A result with no reference of
+    its name is left out with a warning, not silently."""
+    from hyperlips.errors import InputWarning, UserError
+    from hyperlips.eval.protocols import pair_folders, run_protocol
+
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    for f in (gen / "a.mp4", gen / "b.mp4", ref / "a.mp4"):
+        f.write_bytes(b"x")
+    with pytest.warns(InputWarning, match=r"1 of the videos in .*gen have no reference .* left out: b.mp4"):
+        assert [(g.name, r.name) for g, r, _ in pair_folders(gen, ref)] == [("a.mp4", "a.mp4")]
+    (ref / "a.mpg").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"holds two files named a \(a.mp4, a.mpg\)"):
+        pair_folders(gen, ref)
+    with pytest.raises(UserError, match="holds two files named a"):
+        run_protocol(ref, tmp_path / "out", "self", untrained=True)
 
 
 def test_one_clip_for_the_self_protocol_and_a_clear_refusal_for_the_cross_one(tmp_path, more_data, capfd):

@@ -462,7 +462,16 @@ def perceptual_status() -> dict:
 
 # --------------------------------------------------------------------------------------------- folders
 def _media_in(folder: Path, suffixes) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in suffixes}
+    """The media files of ``folder`` by name without suffix (results and references pair up by it, and a result is
+    written under it): two of one name (``a.mp4``, ``a.mpg``) are refused rather than one silently dropped."""
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in suffixes:
+            if p.stem in out:
+                raise UserError(f"{folder} holds two files named {p.stem} ({out[p.stem].name}, {p.name}): their "
+                                "results would share one name; rename one of them")
+            out[p.stem] = p
+    return out
 
 
 def pair_folders(generated: Path, reference: Path, audio: Optional[Path] = None) -> list[tuple[Path, Path, Optional[Path]]]:
@@ -480,6 +489,10 @@ def pair_folders(generated: Path, reference: Path, audio: Optional[Path] = None)
     if not pairs:
         raise UserError(f"no videos of {generated} have a reference of the same name in {reference} "
                         f"({len(gens)} generated, {len(refs)} reference videos)")
+    alone = [gens[s].name for s in sorted(gens) if s not in refs]
+    if alone:
+        warn(f"{len(alone)} of the videos in {generated} have no reference of the same name in {reference} and are "
+             f"left out: {', '.join(alone[:5])}{' ...' if len(alone) > 5 else ''}")
     return pairs
 
 
@@ -570,12 +583,13 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
     results = []
     for i, clip in enumerate(videos):
         speech = clip if mode == "self" else videos[(i + 1) % len(videos)]
-        src_audio = speech
-        if max_seconds:
-            src_audio = _cut_audio(speech, gen_dir / f".{clip.stem}_audio.wav", max_seconds)
+        src_audio, source = speech, clip
         out = gen_dir / f"{clip.stem}.mp4"
-        source = shifted_copy(clip, gen_dir / f".{clip.stem}_shifted.mp4") if shift else clip
         try:
+            if max_seconds:
+                src_audio = _cut_audio(speech, gen_dir / f".{clip.stem}_audio.wav", max_seconds)
+            if shift:
+                source = shifted_copy(clip, gen_dir / f".{clip.stem}_shifted.mp4")
             ls.sync(source, src_audio, out)
             res = evaluate_pair(out, clip, src_audio, protocol=mode, max_seconds=max_seconds, progress=progress,
                                 **eval_kw)
@@ -583,11 +597,17 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
                 res = against_shifted_source(res, source, src_audio, max_seconds=max_seconds, progress=progress,
                                              **eval_kw)
             results.append(res)
+        except UserError as e:  # one clip that cannot be used (no sound, no face): the others are still measured
+            if len(videos) == 1:
+                raise
+            warn(f"{clip} is left out of the evaluation: {e}")
         finally:
             if src_audio != speech:  # the cut speech was only needed to generate and score this clip
                 src_audio.unlink(missing_ok=True)
             if source != clip:
                 source.unlink(missing_ok=True)
+    if not results:
+        raise UserError(f"none of the {len(videos)} clips in {clips} could be evaluated (each said why above)")
     return results
 
 
