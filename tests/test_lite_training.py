@@ -580,9 +580,12 @@ def test_a_stages_preparation_is_spent_from_the_budget_but_left_out_of_its_speed
     assert again.fit().step > res.step and given == [15.0]
 
 
-def test_ctrl_c_stops_after_the_step_with_a_checkpoint_to_resume_from(grid_view, tmp_path):
-    """Ctrl-C in the middle of a run (no checkpoint due for a long while) writes one at the step it stops after,
-    exits 130, and --resume continues from it."""
+@pytest.mark.parametrize("sig, rc, words", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "stopped by SIGTERM"),
+                                            ("SIGHUP", 129, "stopped by SIGHUP")])
+def test_a_stop_signal_stops_after_the_step_with_a_checkpoint_to_resume_from(grid_view, tmp_path, sig, rc, words):
+    """Ctrl-C, SIGTERM (a job scheduler, ``kill``) or SIGHUP (the terminal closed) in the middle of a run (no
+    checkpoint due for a long while) writes one at the step it stops after, exits with the signal's code, and
+    --resume continues from it (SIGTERM and SIGHUP lost everything since the last checkpoint)."""
     import signal
     import subprocess
     import sys
@@ -594,7 +597,8 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_to_resume_from(grid_view,
     cmd = [sys.executable, "-m", "hyperlips.cli", "train", "base", str(grid_view), "--model", "lite", "--out", str(run),
            "--max-steps", "100000", "--batch-size", "2", "--threads", "1", "--set", "audio_steps=3",
            "--set", "image_every=0", "--set", "val_every=100000", "--set", "ckpt_every=100000", "--set", "log_every=1",
-           "--set", "lite={widths: [8, 16, 16, 32], out_width: 8, audio_width: 16, audio_members: 2}"]
+           "--set", "lite={widths: [8, 16, 16, 32], out_width: 8, audio_width: 16, audio_members: 2}",
+           "--set", f"progress_file={tmp_path / 'progress.json'}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     scalars = run / "scalars.jsonl"
     deadline = time.monotonic() + 240
@@ -602,14 +606,16 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_to_resume_from(grid_view,
         if scalars.is_file() and len(scalars.read_text().splitlines()) >= 3:
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "stopping after this step" in err and "interrupted" in err
+    assert proc.returncode == rc, err[-2000:]
+    assert "stopping after this step" in err and words in err
     found = latest_checkpoint(run)
     assert found is not None, "no checkpoint written on Ctrl-C"
     stopped = int(found[1]["step"])
     assert stopped >= 3 and f"stopped at step {stopped}" in err
+    status = json.loads((tmp_path / "progress.json").read_text())
+    assert status["step"] == stopped and not status["done"] and status["fraction"] < 1  # to be resumed, not done
     res = run_cli("train", "base", grid_view, "--out", run, "--resume", "--max-steps", stopped + 2, "--quiet", timeout=300)
     assert res.returncode == 0 and f"to step {stopped + 2}" in res.stdout, res.stderr[-2000:]
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..errors import UserError, check_stop
+from ..errors import Terminated, UserError, check_stop
 from .budget import BudgetPlan, patience_spent
 from .checkpoints import (
     CKPT_DIR,
@@ -57,25 +57,40 @@ EARLY_PLAN_STEPS = 20  # with a time budget, the steps timed for a first plan (b
 # ---------------------------------------------------------------------------------------------- the loop
 @contextlib.contextmanager
 def _deferred_interrupt(trainer: "Trainer"):
-    """While the steps run, Ctrl-C asks the loop to stop after the current step (the caller checks the list it gets,
-    saves a checkpoint, then raises KeyboardInterrupt); a second Ctrl-C stops at once. Only in a single process's
-    main thread (signal handlers belong there; under torchrun every process would have to agree on the step)."""
+    """While the steps run, Ctrl-C, SIGTERM or SIGHUP (a closed terminal) asks the loop to stop after the current step
+    (the caller checks the list it gets, saves a checkpoint, then raises :func:`_stopped`'s exception, so the exit
+    code is still the signal's); a second one stops at once. A signal ignored when the loop starts (``nohup``) stays
+    ignored. Only in a single process's main thread (signal handlers belong there; under torchrun every process
+    would have to agree on the step); data-loader workers, which inherit the handler, leave it to that process."""
     interrupted: list[int] = []
     if trainer.dist.enabled or threading.current_thread() is not threading.main_thread():
         yield interrupted
         return
+    owner = os.getpid()
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
+        if os.getpid() != owner:  # a forked data-loader worker: the training process stops it
+            return
         if interrupted:
-            raise KeyboardInterrupt
+            raise _stopped(signum)
         interrupted.append(signum)
-        trainer.say("interrupted: stopping after this step with a checkpoint to resume from (again: stop at once)")
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        trainer.say(f"{what}: stopping after this step with a checkpoint to resume from (again: stop at once)")
 
-    old = signal.signal(signal.SIGINT, on_sigint)
+    olds = {}
+    for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
+        if sig is not None and (sig == signal.SIGINT or signal.getsignal(sig) != signal.SIG_IGN):
+            olds[sig] = signal.signal(sig, on_signal)
     try:
         yield interrupted
     finally:
-        signal.signal(signal.SIGINT, old)
+        for sig, old in olds.items():
+            signal.signal(sig, old)
+
+
+def _stopped(signum: int) -> BaseException:
+    """What a stop by ``signum`` raises: KeyboardInterrupt for Ctrl-C, :class:`~..errors.Terminated` otherwise."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 def _infinite(loader) -> Iterator:
@@ -421,11 +436,11 @@ class Trainer:
                 stop = last or stale or step >= self.max_steps() or out_of_time() or bool(interrupted)
         if last_saved != step and step > 0:
             self.save(stage, step, best)
-        progress.close(step, metrics)
+        progress.close(step, metrics, done=not interrupted)
         if interrupted:
             self.say(f"stopped at step {step}; its checkpoint is in {self.run / CKPT_DIR}: run the same command with "
                      "--resume (finetune: run it again) to continue")
-            raise KeyboardInterrupt
+            raise _stopped(interrupted[0])
         elapsed = time.perf_counter() - t0
         sps = done_steps * cfg.batch_size * self.dist.world / max(elapsed, 1e-9)
         model = self.run / "model.safetensors"

@@ -109,9 +109,10 @@ class Progress:
         tmp.write_text(json.dumps(status, indent=1), encoding="utf-8")
         os.replace(tmp, path)
 
-    def close(self, step: int, metrics: Mapping[str, float]) -> None:
+    def close(self, step: int, metrics: Mapping[str, float], done: bool = True) -> None:
+        """The bar closed and the status file's last word: ``done`` (False: stopped by a signal, to be resumed)."""
         if self.bar is not None:
             self.bar.update(max(0, self.bar.total - self.bar.n) if self.budget and self.t.elapsed >= self.budget else 0)
             self.bar.close()
         if self.t.dist.main and self.t.cfg.progress_file:
-            self.write(step, metrics, done=True)
+            self.write(step, metrics, done=done)
