@@ -13,6 +13,8 @@ import pytest
 
 from test_train_data import build_small_dataset, small_dataset  # noqa: F401  (session fixture)
 
+from hyperlips.errors import InputWarning
+
 
 def _touch(p: Path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -31,7 +33,9 @@ def test_find_videos_walks_lrs2_and_mead_layouts(tmp_path):
     _touch(tmp_path / ".hidden/x.mp4")
     _touch(tmp_path / "notes.txt")
     _touch(tmp_path / "audio.wav")
-    found = find_videos(tmp_path)
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "moved_away.mp4")  # a link to nothing: left out, said
+    with pytest.warns(InputWarning, match="gone.mp4 is left out: it links to .*moved_away.mp4, which does not exist"):
+        found = find_videos(tmp_path)
     assert set(found) == {lrs2, mead, vox, hdtf}
     rel = {p: PurePosixPath(p.relative_to(tmp_path).as_posix()) for p in found}
     assert speaker_of(rel[lrs2]) == "5535415699068794046"

@@ -81,7 +81,8 @@ class ClipResult:
 
 # ---------------------------------------------------------------------------------------------- finding clips
 def find_videos(src: str | os.PathLike) -> list[Path]:
-    """Video files under ``src`` at any depth (hidden folders skipped), sorted; ``src`` may be one video file."""
+    """Video files under ``src`` at any depth (hidden folders skipped; links to nothing left out with a warning),
+    sorted; ``src`` may be one video file."""
     src = Path(src)
     if src.is_file():
         return [src]
@@ -90,7 +91,11 @@ def find_videos(src: str | os.PathLike) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(files):
             if not f.startswith(".") and Path(f).suffix.lower() in VIDEO_SUFFIXES:
-                out.append(Path(root) / f)
+                path = Path(root) / f
+                if path.exists():
+                    out.append(path)
+                else:  # a link whose file is gone: left out, as an unreadable clip is
+                    warn(f"{path} is left out: it links to {os.readlink(path)}, which does not exist")
     return out
 
 
@@ -455,8 +460,17 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
                 except BaseException:  # Ctrl-C, SIGTERM: stop now, not after the queue; workers drop their clip
                     # no fut.cancel() here: the pool's manager thread then fails the futures of the workers ended
                     # below, and failing a cancelled future raises in that thread (a traceback on the terminal)
-                    for proc in mp.active_children():
+                    procs = mp.active_children()
+                    for proc in procs:
                         proc.terminate()
+                    # a worker stopped while it held the task queue's lock leaves the others blocked on it for ever
+                    # (and the pool's exit waiting on them): whatever still runs after a moment is killed
+                    deadline = time.monotonic() + 3.0
+                    for proc in procs:
+                        proc.join(max(0.0, deadline - time.monotonic()))
+                    for proc in procs:
+                        if proc.is_alive():
+                            proc.kill()
                     raise
         else:
             for job in jobs:
