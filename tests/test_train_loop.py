@@ -475,3 +475,13 @@ def test_shipped_configs_load():
         stage = f.stem if f.stem in ("sync", "base", "hr") else "base"
         cfg = build_config(stage, f)
         assert cfg.stage == stage and cfg.batch_size >= 1
+
+
+def test_the_printed_command_quotes_paths_for_a_shell():
+    """A model named with a space pastes into a shell as it is printed."""
+    from hyperlips.train.commands import usage_hint
+
+    hint = usage_hint("base", Path("my runs/model.safetensors"))
+    assert hint.endswith("--checkpoint 'my runs/model.safetensors'"), hint
+    assert usage_hint("hr", Path("hr.safetensors"), "a b.safetensors").endswith(
+        "--checkpoint 'a b.safetensors' --hr-checkpoint hr.safetensors")

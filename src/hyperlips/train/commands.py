@@ -7,6 +7,7 @@ The same command runs on one device or, under ``torchrun --nproc_per_node N``, o
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def usage_hint(stage: str, model: Path, base: str | None = None) -> str:
+    """The command that uses a trained ``model``, its paths quoted for a shell (a name with spaces pastes as is)."""
+    model = shlex.quote(str(model))
+    base = shlex.quote(str(base)) if base else None
     if stage == "sync":
         return f"use it as the sync expert: hyperlips train base DATA --out RUN --expert {model}"
     if stage == "base":

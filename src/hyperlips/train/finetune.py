@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import shutil
 import sys
 import time
@@ -321,7 +322,7 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
     gain = _publish_lite(res.best or res.model, args.output, data)
     _report(args, work, res, cfg.best_metric or LiteStage.best_metric)
     print(f"mouth-shape gain {gain:.2f} (the spread of predicted mouths on the held-out part matched to the real ones)")
-    print(f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint {args.output}")
+    print(f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint {shlex.quote(str(args.output))}")
     return 0
 
 
@@ -404,9 +405,9 @@ def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
         hr_out = _hr_path(out, args.hr_size)
         _publish(res.best or res.model, hr_out, f"hyperlips-hr-{args.hr_size}")
         print(f"trained the HR decoder ({args.hr_size} px, {res.step} steps): {hr_out}")
-    cmd = f"hyperlips sync {args.video} AUDIO -o out.mp4 --checkpoint {out}"
+    cmd = f"hyperlips sync {shlex.quote(str(args.video))} AUDIO -o out.mp4 --checkpoint {shlex.quote(str(out))}"
     if hr_out is not None:
-        cmd += f" --hr-checkpoint {hr_out}"
+        cmd += f" --hr-checkpoint {shlex.quote(str(hr_out))}"
     print(f"use it with: {cmd}")
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Sequence
@@ -236,5 +237,6 @@ def run_judge(args: argparse.Namespace) -> int:
     print(f"offset found on each validation clip with its own audio (+ = audio late): {found}")
     print(f"fitted and measured in {rep['seconds']:.0f} s")
     print(f"model: {Path(args.out) / 'judge.safetensors'}")
-    print(f"use it with: hyperlips eval RESULT --reference VIDEO --expert {Path(args.out) / 'judge.safetensors'}")
+    judge = shlex.quote(str(Path(args.out) / "judge.safetensors"))
+    print(f"use it with: hyperlips eval RESULT --reference VIDEO --expert {judge}")
     return 0
