@@ -310,3 +310,43 @@ def test_preprocess_shared_real_folder(real_data, tmp_path):
     assert again.done == 0 and again.existing == report.done
     summary = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert summary["split_by"] == "speaker"
+
+
+def _stubborn_worker(ready) -> None:
+    """A pool worker that, told to stop, presses Ctrl-C on its parent (a second Ctrl-C, or ``timeout``'s signal to
+    the whole process group) and then carries on."""
+    import signal as sig
+
+    def on_term(signum, frame):
+        os.kill(os.getppid(), sig.SIGINT)
+
+    sig.signal(sig.SIGTERM, on_term)
+    ready.set()
+    while True:
+        time.sleep(0.05)
+
+
+def test_ending_the_workers_is_not_cut_short_by_another_ctrl_c():
+    """Preprocessing with --workers 2 hung at its exit in about one Ctrl-C of four: a second SIGINT arrived while it
+    was ending its workers, so one was left blocked for ever and the program waited for it. Now the workers end
+    whatever arrives meanwhile: the stubborn one is killed, and no KeyboardInterrupt comes out."""
+    import multiprocessing as mp
+
+    from hyperlips.data.preprocess import _end_workers
+
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_stubborn_worker, args=(ready,))
+    proc.start()
+    assert ready.wait(10)
+    t0 = time.monotonic()
+    try:
+        _end_workers([proc], grace=0.5)
+        time.sleep(0.2)  # the Ctrl-C it sent was ignored while the workers ended, not left pending
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C stopped the ending of the workers half-way")
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    assert proc.exitcode == -9 and time.monotonic() - t0 < 5

@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -323,6 +324,32 @@ def _stop(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _end_workers(procs, grace: float = 3.0) -> None:
+    """Stop pool workers: SIGTERM (each drops its unfinished clip folder), then SIGKILL for any still running after
+    ``grace`` seconds. An idle worker waits for its next task holding the task queue's lock; stopped there, it leaves
+    the lock taken, and a worker that caught its own stop inside a task (the pool's worker loop catches everything
+    a task raises) then waits on that lock for ever, and so would the program's exit, waiting for it. So nothing
+    interrupts this: a second Ctrl-C (or a signal sent to the whole process group, as ``timeout`` sends it) used to
+    stop it half-way and leave the program hanging at its exit."""
+    held = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            held[sig] = signal.signal(sig, signal.SIG_IGN)
+    try:
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+    finally:
+        for sig, old in held.items():
+            signal.signal(sig, old)
+
+
 def _worker_init() -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ log lines, one set per worker
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -441,8 +468,9 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
 
             # A pool that fails instead of hanging: multiprocessing.Pool replaces a worker killed by the OS (out
             # of memory) or one that cannot start and waits forever for its result.
-            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
-                                     initializer=_worker_init) as pool:
+            pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                                       initializer=_worker_init)
+            try:
                 futures = [pool.submit(_run_one, job) for job in jobs]
                 try:
                     for fut in as_completed(futures):
@@ -457,21 +485,14 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
                         "kept and a re-run continues with the rest. If the machine ran out of memory, use fewer "
                         "--workers; if the workers could not start, run preprocessing from a script file or the "
                         "hyperlips command rather than from standard input") from None
-                except BaseException:  # Ctrl-C, SIGTERM: stop now, not after the queue; workers drop their clip
-                    # no fut.cancel() here: the pool's manager thread then fails the futures of the workers ended
-                    # below, and failing a cancelled future raises in that thread (a traceback on the terminal)
-                    procs = mp.active_children()
-                    for proc in procs:
-                        proc.terminate()
-                    # a worker stopped while it held the task queue's lock leaves the others blocked on it for ever
-                    # (and the pool's exit waiting on them): whatever still runs after a moment is killed
-                    deadline = time.monotonic() + 3.0
-                    for proc in procs:
-                        proc.join(max(0.0, deadline - time.monotonic()))
-                    for proc in procs:
-                        if proc.is_alive():
-                            proc.kill()
-                    raise
+                pool.shutdown(wait=True)
+            except BaseException:  # Ctrl-C, SIGTERM (during the queue or the pool's own shutdown): stop now
+                # no fut.cancel() here: the pool's manager thread then fails the futures of the workers ended
+                # below, and failing a cancelled future raises in that thread (a traceback on the terminal)
+                _end_workers(mp.active_children())
+                pool.shutdown(wait=False)
+                _end_workers(mp.active_children(), grace=0.0)  # one the pool started meanwhile
+                raise
         else:
             for job in jobs:
                 results.append(_run_one(job))
