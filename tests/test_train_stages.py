@@ -204,6 +204,19 @@ def test_finetune_with_one_step(more_data, tmp_path):
     assert info.name == "hyperlips-base" and info.step == 1
     hr, info = load_checkpoint(tmp_path / "me.hr128.safetensors")
     assert info.name == "hyperlips-hr-128" and info.step == 1
+    # the Base trained further: the HR decoder trained on the old one is moved aside, a new one trained on this Base
+    args = ["finetune", str(video), "-o", str(out), "--model", "base", "--steps", "2", "--hr-size", "128",
+            "--hr-steps", "1", "--batch-size", "1", "--workers", "0", "--device", "cpu", "--quiet",
+            "--set", "val_samples=2"]
+    assert main(args) == 0
+    from hyperlips.train.hr import content_key
+
+    moved = tmp_path / "me.work/hr128.other-base"
+    assert moved.is_dir() and load_checkpoint(out)[1].step == 2
+    assert (tmp_path / "me.work/hr128/trained_on_base.txt").read_text() == content_key(out)
+    stamp = moved.stat().st_mtime_ns
+    assert main(args) == 0  # the same again: the same Base (written again), the same HR decoder, nothing moved
+    assert moved.stat().st_mtime_ns == stamp and (tmp_path / "me.work/hr128").is_dir()
 
 
 @pytest.mark.slow

@@ -373,10 +373,32 @@ def _report(args: argparse.Namespace, work: Path, res, metric: str = "val/openin
     print(f"held-out preview: {work / 'lite' / 'preview.png'}")
 
 
+BASE_KEY = "trained_on_base.txt"  # in an HR run folder: the content key of the Base its decoder was trained on
+
+
+def _hr_run_for(run: Path, base: Path, quiet: bool) -> Path:
+    """The HR run folder for ``base``: an HR decoder trained on another Base (this re-run trained the Base further)
+    would be published beside a Base it never saw; its run is moved aside (``RUN.other-base``) and trained afresh."""
+    from .checkpoints import list_checkpoints
+    from .hr import content_key
+
+    if list_checkpoints(run):
+        key = run / BASE_KEY
+        if not (key.is_file() and key.read_text(encoding="utf-8").strip() == content_key(base)):
+            old = run.with_name(run.name + ".other-base")
+            shutil.rmtree(old, ignore_errors=True)
+            run.rename(old)
+            if not quiet:
+                print(f"hyperlips finetune: the Base changed since the HR decoder was trained on it: the HR decoder "
+                      f"trains again from the start ({old} keeps the earlier run)", file=sys.stderr)
+    return run
+
+
 def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
     from .base import BaseStage
     from .config import build_config, parse_overrides
     from .hr import HRStage
+    from .hr import content_key as hr_content_key
 
     out = args.output
     steps = args.steps or 2000
@@ -396,12 +418,14 @@ def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
           f"{res.metrics.get('val/mouth_l1', float('nan')):.4f}): {out}")
     hr_out = None
     if args.hr_size:
+        hr_run = _hr_run_for(work / f"hr{args.hr_size}", out, args.quiet)
         hr_every = max(1, min(500, args.hr_steps // 4))
-        cfg = build_config("hr", overrides={"val_samples": 32, **common, "out": str(work / f"hr{args.hr_size}"),
+        cfg = build_config("hr", overrides={"val_samples": 32, **common, "out": str(hr_run),
                                             "base": str(out), "init": args.hr_checkpoint, "hr_size": args.hr_size,
                                             "max_steps": args.hr_steps, "val_every": hr_every, "max_minutes": 0.0,
                                             "ckpt_every": hr_every})
         res = _train(HRStage, cfg, args.quiet)
+        (hr_run / BASE_KEY).write_text(hr_content_key(out), encoding="utf-8")
         hr_out = _hr_path(out, args.hr_size)
         _publish(res.best or res.model, hr_out, f"hyperlips-hr-{args.hr_size}")
         print(f"trained the HR decoder ({args.hr_size} px, {res.step} steps): {hr_out}")

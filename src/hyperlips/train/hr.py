@@ -54,10 +54,14 @@ from .perceptual import LPIPS, VGG16_FILE, VGG19_FILE, VGG19Loss, find_file, fin
 MESH_SIZE = 256  # the pipeline runs FaceMesh on base outputs resized to 256
 
 
-def _file_key(path: str | os.PathLike) -> str:
-    p = Path(path)
-    st = p.stat()
-    return hashlib.sha1(f"{p.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+def content_key(path: str | os.PathLike) -> str:
+    """A key of the file's content (the same Base written again, as every ``finetune`` re-run writes it, keeps its
+    key: its HR inputs are not rendered again; a Base trained further gets a new one)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def build_hr_inputs(manifest: Manifest, base_checkpoint: str | os.PathLike, out: str | os.PathLike, device,
@@ -70,7 +74,7 @@ def build_hr_inputs(manifest: Manifest, base_checkpoint: str | os.PathLike, out:
     from ..pipeline import network_input
 
     out = Path(out)
-    key = _file_key(base_checkpoint)
+    key = content_key(base_checkpoint)
     base, _ = load_checkpoint(base_checkpoint, name="hyperlips-base", device=device)
     base.to(device).eval()
     ids = sorted({c["id"] for c in manifest.clips})
