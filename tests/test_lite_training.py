@@ -676,6 +676,10 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     # a re-run continues: nothing to preprocess, training already at its last step
     again = run_cli("finetune", video, "-o", out, "--steps", "2", "--device", "cpu", "--quiet", timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
+    short = run_cli("finetune", video, "-o", out, "--minutes", "0.5", "--quiet")  # what is the least budget?
+    assert short.returncode == 2 and "--minutes 0.5 leaves" in short.stderr, short.stderr[-2000:]
+    least = float(short.stderr.split("give at least --minutes ")[1].split()[0])
+    assert 0.8 < least < 2  # 30 s of training, 20 s kept for the end, and the preprocessing's few seconds
     # a re-run that would move the held-out part, or on other footage, is refused: it would continue this run
     moved = run_cli("finetune", video, "-o", out, "--steps", "4", "--val-seconds", "2", "--quiet", timeout=900)
     assert moved.returncode == 2 and "would hold out another part" in moved.stderr, moved.stderr[-2000:]

@@ -127,6 +127,9 @@ def config_from_args(args: argparse.Namespace):
     from .checkpoints import latest_checkpoint
     from .config import MODEL_DEFAULTS, TrainConfig, build_config, load_config, parse_overrides
 
+    minutes = getattr(args, "max_minutes", None)
+    if minutes is not None and not minutes > 0:  # said with the option's name, before the settings' range checks
+        raise UserError(f"--minutes must be more than 0 (got {minutes:g}; leave it out for no time budget)")
     overrides: dict[str, Any] = {}
     overrides.update(parse_overrides(args.set))
     for k in _OPTION_FIELDS:

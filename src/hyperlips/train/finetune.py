@@ -33,6 +33,7 @@ STATE = "finetune.json"  # in the work folder: what the first run decided (split
 DEFAULT_MINUTES = 60.0
 SHORT_FOOTAGE_S = 30.0  # below this, warn: too little speech to learn one person's mouth from
 RESERVE_S = 20.0  # of the budget, kept for the last validation, export and writing the model
+MIN_TRAIN_S = 30.0  # the least training time a --minutes budget must leave
 # a Lite model of one person started from weights (the starter, or --checkpoint): the mouth discriminator judges
 # its mouths from the first step (the renderer already draws faces); sharper lips and teeth for a slightly lower
 # mouth-opening correlation (docs/lite.md). Not from scratch (unmeasured there): --set mouth_gan_weight=... for it.
@@ -305,9 +306,11 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
                  "progress_file": str(work / "progress.json")}
     if minutes is not None:
         train_s = minutes * 60.0 - float(state.get("prep_seconds", 0.0)) - RESERVE_S
-        if train_s < 30:
-            raise UserError(f"--minutes {minutes:g}: preprocessing took {state.get('prep_seconds', 0):.0f} s, which "
-                            "leaves too little time to train; give more minutes")
+        if train_s < MIN_TRAIN_S:
+            need = (float(state.get("prep_seconds", 0.0)) + RESERVE_S + MIN_TRAIN_S) / 60.0
+            raise UserError(f"--minutes {minutes:g} leaves {max(train_s, 0.0):.0f} s to train (preprocessing took "
+                            f"{state.get('prep_seconds', 0):.0f} s, and {RESERVE_S:.0f} s are kept for the last "
+                            f"validation and writing the model); give at least --minutes {math.ceil(need * 10) / 10:g}")
         overrides["max_minutes"] = train_s / 60.0
     for key in ("steps", "batch_size", "lr", "amp", "workers", "threads"):
         v = getattr(args, key)
