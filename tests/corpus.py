@@ -758,6 +758,7 @@ SYNC_CASES: list[Case] = [
              words=("--temporal-blend",)),
     bad_sync("face-box-malformed", "h264.mp4", "speech.wav", "--face-box", "1,2,3", words=("--face-box",)),
     bad_sync("face-box-nan", "h264.mp4", "speech.wav", "--face-box=nan,0,100,100", words=("--face-box", "finite")),
+    bad_sync("face-negative", "h264.mp4", "speech.wav", "--face", "-1", words=("--face", "at least 0")),
     bad_sync("loop-unknown", "h264.mp4", "speech.wav", "--loop", "bounce", words=("--loop",)),
     bad_sync("size-without-hr", "h264.mp4", "speech.wav", "--size", "256", words=("--hr-checkpoint",)),
     bad_sync("unknown-option", "h264.mp4", "speech.wav", "--frobnicate", words=("--frobnicate",)),

@@ -80,7 +80,8 @@ def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True, phon
 
 def add_sync_options(p: argparse.ArgumentParser, timings: bool = True) -> None:
     face = p.add_mutually_exclusive_group()
-    face.add_argument("--face", type=int, metavar="N", help="which face to follow when several are visible: 0 = leftmost (default: the largest)")
+    face.add_argument("--face", type=at_least(0), metavar="N",
+                      help="which face to follow when several are visible: 0 = leftmost (default: the largest)")
     face.add_argument("--face-box", type=_box, metavar="X1,Y1,X2,Y2",
                       help="follow the face overlapping this box (pixels, first frame with faces; a box starting left "
                            "of or above the frame: --face-box=-20,-20,300,300)")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError, require_file
+from ..options import at_least
 
 EVAL_HELP = """Measure a lip-synced video against its original.
 
@@ -63,7 +64,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("-o", "--output", type=Path,
                    help="report folder (default: hyperlips_eval/NAME for one clip, hyperlips_eval for a batch)")
     p.add_argument("--max-seconds", type=_positive, help="evaluate only the first S seconds of each clip")
-    p.add_argument("--face", type=int, metavar="N", help="which face to follow when several are visible (0 = leftmost)")
+    p.add_argument("--face", type=at_least(0), metavar="N", help="which face to follow when several are visible (0 = leftmost)")
     p.add_argument("--no-per-frame", action="store_true", help="leave the per-frame curves out of report.json")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--shift-source", action="store_true",
