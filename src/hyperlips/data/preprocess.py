@@ -648,13 +648,11 @@ def write_time_split_manifest(dst: str | os.PathLike, val_frames: int | None = N
 
 
 def write_footage_tail_manifest(dst: str | os.PathLike, clip_ids: list[str], val_fraction: float = 0.15,
-                                val_seconds: float | None = None, min_val_frames: int = 16,
-                                dry_run: bool = False) -> dict[str, Any]:
+                                val_seconds: float | None = None, min_val_frames: int = 16) -> dict[str, Any]:
     """Rewrite the manifest so that the last part of one person's footage validates: the clips in ``clip_ids``
     order are taken as one recording, and its last ``val_seconds`` (default ``val_fraction`` of it, at least
     ``min_val_frames`` frames) are held out: whole clips at the end, and the tail of the clip where the cut falls.
-    Returns the manifest; ``manifest["held_out"]`` says how many frames and seconds were held out. ``dry_run``:
-    the manifest is only returned, not written."""
+    Returns the manifest; ``manifest["held_out"]`` says how many frames and seconds were held out."""
     dst = Path(dst)
     metas = {}
     for meta_path in (dst / CLIPS_DIR).rglob(META):
@@ -695,8 +693,7 @@ def write_footage_tail_manifest(dst: str | os.PathLike, clip_ids: list[str], val
         "clips": entries,
         "skipped": _read_skipped(dst),
     }
-    if not dry_run:
-        _write_json_atomic(dst / MANIFEST, manifest)
+    _write_json_atomic(dst / MANIFEST, manifest)
     return manifest
 
 

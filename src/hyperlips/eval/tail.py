@@ -16,6 +16,7 @@ frames (r at lag 0, and the lag of the cross-correlation peak), mouth LMD, PSNR 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -58,7 +59,6 @@ def footage_videos(footage: Path) -> list[Path]:
     warning): the tail held out here is then the one its validation held out."""
     from ..data.preprocess import clip_id_of, find_videos
     from ..errors import MediaError, warn
-    from ..media.video import probe
 
     if not footage.exists():
         raise UserError(f"footage not found: {footage}")
@@ -68,7 +68,7 @@ def footage_videos(footage: Path) -> list[Path]:
     videos = []
     for v in found:
         try:
-            usable = probe(v).has_audio
+            usable = _probed(v).has_audio
             why = "it has no audio track"
         except MediaError as e:
             usable, why = False, str(e)
@@ -81,6 +81,20 @@ def footage_videos(footage: Path) -> list[Path]:
     return videos
 
 
+def _probed(path: Path):
+    """``probe(path)``, read once for :func:`footage_videos` and :func:`tail_segments` both (a file changed since is
+    read again)."""
+    st = os.stat(path)
+    return _probe_once(os.fspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _probe_once(path: str, size: int, mtime_ns: int):
+    from ..media.video import probe
+
+    return probe(path)
+
+
 MIN_TAIL_SECONDS = 2.0  # shorter tails gave perfect scores to the delayed baseline (1 frame cannot be shifted)
 
 
@@ -88,9 +102,7 @@ def tail_segments(videos: list[Path], fraction: float = 0.15, seconds: float | N
                   min_seconds: float = MIN_TAIL_SECONDS) -> tuple[list[Segment], tuple[Path, int, int]]:
     """(held-out segments in order, (video, first, stop) of the training part just before the tail); a tail under
     ``min_seconds`` is refused (the tail protocol's figures need it; the phoneme protocol only shows its face)."""
-    from ..media.video import probe
-
-    infos = [(v, probe(v)) for v in videos]
+    infos = [(v, _probed(v)) for v in videos]
     total = sum(i.n_frames / float(i.fps) for _, i in infos)
     left = float(seconds) if seconds is not None else float(fraction) * total
     if not 0 < left < total:

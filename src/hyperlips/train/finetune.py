@@ -233,14 +233,14 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
             print(f"hyperlips finetune: skipped {s.source}: {s.reason}", file=sys.stderr)
     if trained and "clips" in state and sorted(done) != state["clips"]:
         raise UserError(_other_footage(args, work, state, sorted(done)))
+    manifest = write_footage_tail_manifest(data, sorted(done), val_seconds=args.val_seconds)
     if trained and "held_out" in state:  # the split the run was validated (and its best checkpoint chosen) on
-        manifest = write_footage_tail_manifest(data, sorted(done), val_seconds=args.val_seconds, dry_run=True)
-        if manifest["held_out"] != state["held_out"]:
+        if manifest["held_out"] != state["held_out"]:  # (the manifest is written again by the next run that trains)
+            asked = "the default 15%" if args.val_seconds is None else f"--val-seconds {args.val_seconds:g}"
             raise UserError(f"the run in {work} was validated on the last {state['held_out']['seconds']:.1f} s of its "
-                            f"footage; --val-seconds {args.val_seconds:g} would hold out another part, some of it "
+                            f"footage; {asked} would hold out another part, some of it "
                             "already trained on. Give the same --val-seconds as that run (the default: 15%), or "
                             f"another -o (or delete {work}) to start over")
-    manifest = write_footage_tail_manifest(data, sorted(done), val_seconds=args.val_seconds)
     Manifest.load(data)
     held = manifest["held_out"]
     n_train = sum(c["frames"][1] - c["frames"][0] for c in manifest["clips"] if c["split"] == "train")
@@ -379,15 +379,15 @@ def _report(args: argparse.Namespace, work: Path, res, metric: str = "val/openin
 BASE_KEY = "trained_on_base.txt"  # in an HR run folder: the content key of the Base its decoder was trained on
 
 
-def _hr_run_for(run: Path, base: Path, quiet: bool) -> Path:
-    """The HR run folder for ``base``: an HR decoder trained on another Base (this re-run trained the Base further)
-    would be published beside a Base it never saw; its run is moved aside (``RUN.other-base``) and trained afresh."""
+def _hr_run_for(run: Path, base_key: str, quiet: bool) -> Path:
+    """The HR run folder for the Base whose content key is ``base_key``: an HR decoder trained on another Base (this
+    re-run trained the Base further) would be published beside a Base it never saw; its run is moved aside
+    (``RUN.other-base``) and trained afresh."""
     from .checkpoints import list_checkpoints
-    from .hr import content_key
 
     if list_checkpoints(run):
         key = run / BASE_KEY
-        if not (key.is_file() and key.read_text(encoding="utf-8").strip() == content_key(base)):
+        if not (key.is_file() and key.read_text(encoding="utf-8").strip() == base_key):
             old = run.with_name(run.name + ".other-base")
             shutil.rmtree(old, ignore_errors=True)
             run.rename(old)
@@ -421,14 +421,15 @@ def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
           f"{res.metrics.get('val/mouth_l1', float('nan')):.4f}): {out}")
     hr_out = None
     if args.hr_size:
-        hr_run = _hr_run_for(work / f"hr{args.hr_size}", out, args.quiet)
+        base_key = hr_content_key(out)
+        hr_run = _hr_run_for(work / f"hr{args.hr_size}", base_key, args.quiet)
         hr_every = max(1, min(500, args.hr_steps // 4))
         cfg = build_config("hr", overrides={"val_samples": 32, **common, "out": str(hr_run),
                                             "base": str(out), "init": args.hr_checkpoint, "hr_size": args.hr_size,
                                             "max_steps": args.hr_steps, "val_every": hr_every, "max_minutes": 0.0,
                                             "ckpt_every": hr_every})
         res = _train(HRStage, cfg, args.quiet)
-        (hr_run / BASE_KEY).write_text(hr_content_key(out), encoding="utf-8")
+        (hr_run / BASE_KEY).write_text(base_key, encoding="utf-8")
         hr_out = _hr_path(out, args.hr_size)
         _publish(res.best or res.model, hr_out, f"hyperlips-hr-{args.hr_size}")
         print(f"trained the HR decoder ({args.hr_size} px, {res.step} steps): {hr_out}")
