@@ -4,6 +4,7 @@ resume, `train base --model lite`, `finetune` (folders, held-out tail, progress 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -809,6 +810,40 @@ def test_finetune_says_when_it_stopped_early_and_which_step_it_kept(tmp_path, ca
         assert ("stopped early: 500 steps without a better held-out r" in out) == early
     _report(args, tmp_path, res, "val/other")  # the step the run's own metric chose
     assert "kept step 750" in capsys.readouterr().out
+
+
+def test_a_finetune_rerun_keeps_the_weights_its_run_started_from(tmp_path):
+    """A re-run continues the run in its work folder: asking it to start from other weights (--checkpoint, or
+    --from-scratch after a run from weights) is refused, not ignored; a changed --lr or --batch-size applies from
+    the step it resumes at, and is said."""
+    import argparse
+
+    from hyperlips.errors import InputWarning, UserError
+    from hyperlips.train.finetune import _check_rerun
+
+    start = tmp_path / "start.safetensors"
+    start.write_bytes(b"x")
+
+    def rerun(stored, **given):
+        args = argparse.Namespace(**{"from_scratch": False, "checkpoint": None, "batch_size": None, "lr": None,
+                                     **given})
+        _check_rerun(args, tmp_path / "me.work", {"batch_size": 8, "lr": 1e-4, **stored}, 250)
+
+    with pytest.raises(UserError, match=r"started from random weights \(at step 250 now\).*cannot start from .*other"):
+        rerun({"init": None}, checkpoint=tmp_path / "other.safetensors")
+    with pytest.raises(UserError, match=r"started from .*start\.safetensors.*cannot start from random weights"):
+        rerun({"init": str(start)}, from_scratch=True)
+    with pytest.raises(UserError, match="cannot start from .*other"):
+        rerun({"init": str(start)}, checkpoint=tmp_path / "other.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rerun({"init": None}, from_scratch=True)  # as it started
+        rerun({"init": str(start)}, checkpoint=tmp_path / "." / "start.safetensors")  # the same file
+        rerun({"init": str(start)}, lr=1e-4, batch_size=8)  # the same settings
+    with pytest.warns(InputWarning, match="continues at step 250 with --lr 0.001 instead of the 0.0001"):
+        rerun({"init": None}, lr=1e-3)
+    with pytest.warns(InputWarning, match="with --batch-size 4 instead of the 8"):
+        rerun({"init": None}, batch_size=4)
 
 
 def test_finetune_validates_long_footage_less_often():

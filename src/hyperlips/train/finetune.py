@@ -299,6 +299,8 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
                 print(f"starting from the {starter.label} (--from-scratch for random weights)", file=sys.stderr)
     # a re-run continues the run with the settings it started with; options given again still apply
     stored = dict(found[1]["config"]) if found is not None else {}
+    if found is not None:
+        _check_rerun(args, work, stored, int(found[1].get("step", 0)))
     from_weights = {**FINETUNE_LITE_DEFAULTS, "val_every": validation_interval(state["held_out"]["frames"])}
     overrides = {**LITE_DEFAULTS, **(from_weights if init else {}), "model": "hyperlips-lite",
                  "val_samples": 1 << 20, "max_steps": 10_000_000, "init": init, **stored,
@@ -327,6 +329,44 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
     print(f"mouth-shape gain {gain:.2f} (the spread of predicted mouths on the held-out part matched to the real ones)")
     print(f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint {shlex.quote(str(args.output))}")
     return 0
+
+
+def _weights_name(init) -> str:
+    if not init:
+        return "random weights"
+    from ..models import shipped
+
+    starter = shipped.starter()
+    if starter is not None and _same_file(init, starter.path):
+        return f"the {starter.label}"
+    return str(init)
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return str(a) == str(b)
+
+
+def _check_rerun(args: argparse.Namespace, work: Path, stored: dict, step: int) -> None:
+    """A re-run continues the run in ``work`` (at ``step``, started with the settings ``stored``): the weights it
+    started from cannot change under it (refused), and a changed --batch-size or --lr applies from here on (said)."""
+    began = _weights_name(stored.get("init"))
+    init = stored.get("init")
+    if args.from_scratch:
+        asked = "random weights (--from-scratch)" if init else None
+    elif args.checkpoint is not None and not (init and _same_file(args.checkpoint, init)):
+        asked = str(args.checkpoint)
+    else:
+        asked = None
+    if asked is not None:
+        raise UserError(f"{work} holds a run that started from {began} (at step {step} now); a re-run continues it, so "
+                        f"it cannot start from {asked}. Give another -o (or --work), or delete {work} to start over")
+    for key, flag in (("batch_size", "--batch-size"), ("lr", "--lr")):
+        v, was = getattr(args, key), stored.get(key)
+        if v is not None and was is not None and v != was:
+            warn(f"{work}: the run continues at step {step} with {flag} {v:g} instead of the {was:g} it used so far")
 
 
 def scratch_settings(given: dict | None = None) -> dict:
