@@ -621,6 +621,31 @@ def test_a_stop_signal_stops_after_the_step_with_a_checkpoint_to_resume_from(gri
     assert res.returncode == 0 and f"to step {stopped + 2}" in res.stdout, res.stderr[-2000:]
 
 
+def test_a_stop_while_the_audio_encoder_is_fitted_says_nothing_was_kept(grid_view, tmp_path):
+    """SIGTERM before the first step (the encoder's fit: minutes on real footage) has no step to checkpoint: the run
+    stops with the signal's code and says that running it again starts over (it said only "stopped")."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run, log = tmp_path / "run", tmp_path / "err.txt"
+    cmd = [sys.executable, "-m", "hyperlips.cli", "train", "base", str(grid_view), "--model", "lite", "--out", str(run),
+           "--max-steps", "5", "--batch-size", "2", "--threads", "1", "--set", "audio_steps=100000",
+           "--set", "lite={widths: [8, 16, 16, 32], out_width: 8, audio_width: 16, audio_members: 2}"]
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and "before the renderer trains" not in log.read_text():
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    text = log.read_text()
+    assert proc.returncode == 143, text[-2000:]
+    assert "stopped before the first step" in text and "starts the run over" in text, text[-2000:]
+    assert not list(run.glob("checkpoints/*"))
+
+
 def test_lite_trains_under_torchrun_with_two_processes(grid_view, tmp_path):
     """The frozen audio encoder is left out of DDP's gradient reduction (it stopped the second step: "parameters
     that were not used"), and every process renders with the same fitted encoder."""

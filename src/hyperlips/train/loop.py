@@ -360,7 +360,12 @@ class Trainer:
         elif self._no_better(step, best):
             self.say(self._no_better_message(step, best) + ": nothing to do (--set patience=0 trains on)")
         elif step == 0:
-            stage.prepare(self.budget.prepare_limit(self.elapsed))  # once, before a fresh run's first step
+            try:  # once, before a fresh run's first step (Lite: the audio encoder's fit, minutes)
+                stage.prepare(self.budget.prepare_limit(self.elapsed))
+            except KeyboardInterrupt:  # SIGTERM/SIGHUP too (Terminated): no step yet, so no checkpoint
+                self.say("stopped before the first step (while preparing the run: Lite fits its audio encoder "
+                         "then); nothing was saved, so running the same command again starts the run over")
+                raise
             out_of_time()
         self.budget.start(start, self.elapsed)  # the speed is measured from here
         progress = Progress(self, budget)
