@@ -247,6 +247,21 @@ def test_bench_user_mistakes(tmp_path, args, message):
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
 
 
+def test_a_given_clip_that_cannot_be_run_is_refused_before_measuring(tmp_path):
+    """``--video`` a sound file, a silent video without ``--audio``, or ``--audio`` alone (the synthetic clips bring
+    their own speech): one line, before the minutes of generator rows (a wav failed after them)."""
+    from helpers import write_wav
+    from media_builders import write_video
+
+    wav = write_wav(tmp_path / "speech.wav", 0.5)
+    silent = write_video(tmp_path / "silent.mp4", [np.zeros((32, 32, 3), np.uint8)] * 3)
+    for args, message in ((("--video", wav), "has no video stream"), (("--video", silent), "has no sound"),
+                          (("--audio", wav), "--audio goes with --video")):
+        r = run_cli("bench", *args, "--end-to-end", "lite:720", "-o", tmp_path / "b.json", timeout=120)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr[-800:]
+        assert "generators" not in r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("e2e, memory, want_e2e, want_memory", [
     (["none"], ["none"], [], ()),
     ([], [], [], ()),  # the flags alone

@@ -29,7 +29,7 @@ def _is_png(path):
 @pytest.mark.parametrize("args, message", [
     ((), "give the generated video"),
     (("missing.mp4",), "generated video not found"),
-    (("--clips", "."), "--protocol self"),
+    (("--clips", "."), "--protocol: self (each clip with its own audio), cross (with the next clip's audio), tail"),
 ])
 def test_eval_user_mistakes(tmp_path, args, message):
     r = run_cli("eval", *args, "-o", tmp_path / "out", cwd=tmp_path)

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hyperlips"
 
 # (layer, top-level names in it), bottom first; a name is a module or a sub-package of hyperlips
 LAYERS = (
-    ("bottom", {"errors", "config", "precision", "schedule", "media", "face"}),
+    ("bottom", {"errors", "config", "precision", "schedule", "bars", "media", "face"}),
     ("networks", {"models"}),
     ("pipeline", {"generator_io", "stages", "streaming", "runtime", "mouth", "pipeline", "sync_report", "live",
                   "options"}),

@@ -3,6 +3,7 @@ their lines, worker errors unwrapped, argument mistakes in one line (the corpus 
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import warnings
@@ -219,3 +220,37 @@ def test_a_reader_that_leaves_does_not_end_the_command(photo_and_speech, tmp_pat
     proc.stderr.close()
     assert proc.wait(timeout=600) == 0
     assert out.exists() and out.stat().st_size > 0
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_write_lines_to_a_log_file_and_redraw_on_a_terminal(monkeypatch):
+    """``sync``, ``preprocess``, ``eval`` and ``train judge`` written to a log file (``nohup ... > log``) drew their
+    bars there, redrawn with carriage returns about ten times a second into one endless line: a log now gets the
+    bar's state as a line of its own, at most every 30 s and at its end; a terminal still gets a bar in place."""
+    from hyperlips import bars
+
+    clock = [0.0]
+    monkeypatch.setattr("tqdm.std.time", lambda: clock[0])  # tqdm's clock: 1 s per update
+    log = io.StringIO()
+    with bars.bar(total=100, desc="lip-sync", unit="frame", stream=log) as b:
+        for _ in range(100):
+            clock[0] += 1.0
+            b.update(1)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and log.getvalue().endswith("\n")
+    assert lines[0].startswith("lip-sync:   0%") and "100/100" in lines[-1]
+    assert 3 <= len(lines) <= 7, lines  # the start, about every 30 s of 100, the end
+    hidden = io.StringIO()
+    with bars.bar(total=10, stream=hidden, leave=False) as b:  # a bar that clears itself leaves no blank line
+        b.update(10)
+    assert "\n\n" not in hidden.getvalue() and all(ln.strip() for ln in hidden.getvalue().splitlines())
+    tty = _Terminal()
+    with bars.bar(total=100, desc="lip-sync", stream=tty) as b:
+        for _ in range(100):
+            clock[0] += 1.0
+            b.update(1)
+    assert tty.getvalue().count("\r") >= 50  # redrawn in place

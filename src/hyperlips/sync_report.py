@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,9 +79,9 @@ class StageTimer(Timings):
 def progress_bar(total: int, desc: str, show: bool = True, on_progress: ProgressCallback | None = None):
     """A progress bar (tqdm, on stderr; hidden unless ``show``); use it as a context manager, so it is closed (and
     its line ended) before any error. With ``on_progress``, every update is also reported to it."""
-    from tqdm import tqdm
+    from .bars import bar as new_bar
 
-    bar = tqdm(total=total, desc=desc, unit="frame", disable=not show, file=sys.stderr, dynamic_ncols=True)
+    bar = new_bar(total=total, desc=desc, unit="frame", disable=not show)
     return bar if on_progress is None else ReportingBar(bar, desc, on_progress)
 
 

@@ -403,7 +403,7 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
 
     Finished clips (and clips skipped before, unless ``retry_skipped``) are not processed again.
     """
-    from tqdm import tqdm
+    from ..bars import bar as new_bar
 
     src, dst = Path(src), Path(dst)
     if not src.exists():
@@ -458,8 +458,7 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
         jobs.append((str(v), str(out_dir), str(rel), opts))
 
     t0 = time.perf_counter()
-    bar = tqdm(total=len(jobs), desc="preprocess", unit="clip", disable=not progress or not jobs, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = new_bar(total=len(jobs), desc="preprocess", unit="clip", disable=not progress or not jobs)
     try:
         if workers > 1 and len(jobs) > 1:
             import multiprocessing as mp

@@ -110,6 +110,26 @@ def _cut_audio(src: Path, dst: Path, seconds: float) -> Path:
     return dst
 
 
+def _check_clip(video: Optional[Path], audio: Optional[Path]) -> None:
+    """--video and --audio, before minutes of measuring: files, the video one with pictures, and speech for it (its
+    own sound without --audio). The audio file is read in full later, where a damaged one would fail."""
+    from ..errors import require_file
+    from ..media.video import probe
+
+    if audio is not None:
+        require_file(audio, "audio")
+    if video is None:
+        if audio is not None:
+            raise UserError("--audio goes with --video (the synthetic clips bring their own speech)")
+        return
+    require_file(video, "video")
+    info = probe(video)  # MediaError (a file without pictures, or not a media file) in one line
+    if audio is None and not info.has_audio and not info.is_image:
+        raise UserError(f"--video {video} has no sound: give --audio with speech for it")
+    if audio is None and info.is_image:
+        raise UserError(f"--video {video} is an image: give --audio with speech for it")
+
+
 def _fps(video: Path) -> float:
     from ..media.video import probe
 
@@ -453,14 +473,7 @@ def run_bench_command(args) -> int:
                         f"got {args.seconds:g}")
     memory = [] if _skipped(args.memory_seconds) else _memory_lengths(args.memory_seconds)
     specs = [] if _skipped(args.end_to_end) else [E2ESpec.parse(s) for s in args.end_to_end]
-    if args.video is not None:
-        from ..errors import require_file
-
-        require_file(args.video, "video")
-    if args.audio is not None:
-        from ..errors import require_file
-
-        require_file(args.audio, "audio")
+    _check_clip(args.video, args.audio)
     devices = args.devices
     for d in devices or ():
         if not (d == "cpu" or d.startswith("cuda")):

@@ -110,7 +110,9 @@ def run_eval(args) -> int:
         if args.generated is not None or args.reference is not None:
             raise UserError("--clips generates its own results: give either --clips DIR or GENERATED --reference REF, not both")
         if args.protocol == "auto":
-            raise UserError("--clips needs --protocol self (each clip with its own audio) or cross (with the next clip's audio)")
+            raise UserError("--clips needs --protocol: self (each clip with its own audio), cross (with the next clip's "
+                            "audio), tail (the held-out tail of one person's footage, as finetune splits it) or "
+                            "phonemes (that tail re-synced to synthesised speech)")
         _need_weights(args, "--clips generates videos first: pass --checkpoint PATH (or --untrained to try the protocol)")
         results = run_protocol(args.clips, args.output, args.protocol, checkpoint=args.checkpoint,
                                hr_checkpoint=args.hr_checkpoint, size=args.size, untrained=args.untrained,

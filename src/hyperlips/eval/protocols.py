@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -138,9 +137,9 @@ def _track(path: Path, info, n: int, face_index: Optional[int], progress: bool):
 def _bar(it, total, desc, progress):
     if not progress:
         return it
-    from tqdm import tqdm
+    from ..bars import bar
 
-    return tqdm(it, total=total, desc=desc, unit="frame", file=sys.stderr, dynamic_ncols=True)
+    return bar(it, total=total, desc=desc, unit="frame")
 
 
 def _box_array(b) -> np.ndarray:

@@ -49,12 +49,9 @@ VAL_FRAMES = 1200  # held-out frames validated in about a quarter of the time 25
 def _bars(args: argparse.Namespace) -> bool:
     """Progress bars on a terminal; written to a log file or a pipe (``nohup ... > log``), a line at each logged step
     and each validation instead of a bar redrawn thousands of times; ``--quiet``: neither."""
-    if args.quiet:
-        return False
-    try:
-        return bool(sys.stderr.isatty())
-    except (AttributeError, ValueError):  # a closed or replaced stream
-        return False
+    from ..bars import to_terminal
+
+    return not args.quiet and to_terminal()
 
 
 def validation_interval(held_out_frames: int) -> int:

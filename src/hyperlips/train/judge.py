@@ -136,8 +136,8 @@ def fit_judge(data: str | Path, out: str | Path, *, steps: int = 3000, members: 
     """Fit a judge on ``data``'s training clips (the regression, the basis, then ``tune_steps`` of tuning on the
     ranking itself, ``train/judge_tune.py``), measure it on its validation clips, write it to ``out``."""
     import torch
-    from tqdm import tqdm
 
+    from ..bars import bar as new_bar
     from ..models.checkpoint import save_checkpoint
     from ..models.registry import create_model
     from .judge_tune import tune_judge
@@ -156,7 +156,7 @@ def fit_judge(data: str | Path, out: str | Path, *, steps: int = 3000, members: 
     judge = create_model("sync-judge", {"window": window, "components": components, "audio_members": members,
                                         "mel_smooth": mel_smooth})
     plain = [(m, t, np.nan_to_num(s), ok) for _, m, t, s, ok in train]  # what the fit and the tuning read
-    bar = tqdm(total=steps, desc="fit the judge's audio encoder", unit="step", disable=not progress)
+    bar = new_bar(total=steps, desc="fit the judge's audio encoder", unit="step", disable=not progress)
     fit_audio_encoder(judge.audio_encoder, plain,
                       steps=steps, seed=seed, on_step=lambda i, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
     bar.close()
@@ -170,7 +170,7 @@ def fit_judge(data: str | Path, out: str | Path, *, steps: int = 3000, members: 
             report["auc_before_tuning"] = round(window_auc(judge, val, window, seed=seed)[0], 3)
         except UserError:
             report["auc_before_tuning"] = None
-        bar = tqdm(total=tune_steps, desc="tune it on in-sync against off-sync windows", unit="step",
+        bar = new_bar(total=tune_steps, desc="tune it on in-sync against off-sync windows", unit="step",
                    disable=not progress)
         report["tune_steps"] = tune_judge(judge, plain, steps=tune_steps, seed=seed,
                                           on_step=lambda i, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))

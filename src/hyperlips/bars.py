@@ -1,0 +1,53 @@
+"""Progress bars that suit where stderr goes: on a terminal a bar redrawn in place; in a log file or a pipe
+(``nohup hyperlips ... > log 2>&1``) a line now and then, as a log wants it, instead of a bar redrawn every few
+tenths of a second with carriage returns (one endless line, hundreds of kB over a long job)."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+LOG_EVERY_S = 30.0  # seconds between a bar's lines in a log file (its last state is written too when it ends)
+
+
+class LineStream(io.TextIOBase):
+    """A stream for tqdm that writes each state of a bar as a line of its own (no carriage returns, no padding;
+    the blank redraw that clears a finished bar writes nothing)."""
+
+    def __init__(self, out) -> None:
+        super().__init__()
+        self.out = out
+
+    def write(self, s: str) -> int:
+        text = s.replace("\r", "\n")
+        for line in text.split("\n"):
+            line = line.rstrip()
+            if line:
+                self.out.write(line + "\n")
+        return len(s)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def to_terminal(stream=None) -> bool:
+    """Whether ``stream`` (default stderr) is a terminal; False for a file, a pipe, or a closed or replaced stream."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def bar(iterable=None, *, stream=None, **kw):
+    """``tqdm(iterable, **kw)`` on ``stream`` (default stderr): redrawn in place on a terminal, written as a line at
+    most every :data:`LOG_EVERY_S` seconds elsewhere. ``disable=True`` hides it as tqdm does."""
+    from tqdm import tqdm
+
+    stream = sys.stderr if stream is None else stream
+    if to_terminal(stream):
+        return tqdm(iterable, file=stream, dynamic_ncols=True, **kw)
+    kw.setdefault("mininterval", LOG_EVERY_S)
+    kw.setdefault("maxinterval", kw["mininterval"])  # tqdm's monitor would otherwise redraw it every 10 s
+    kw.setdefault("ncols", 100)
+    return tqdm(iterable, file=LineStream(stream), **kw)
