@@ -337,7 +337,7 @@ def test_self_protocol_forced_on_other_speech_warns(real_data, tmp_path):
 def test_a_generated_frame_is_compared_with_the_source_frame_sync_made_it_from(real_data):
     """A variable-rate reference (face1: tagged 30 fps, 22.1 on average) against an output at its average rate:
     each generated frame pairs with the reference frame on screen at its time, the one sync showed there."""
-    from hyperlips.eval.protocols import _frame_times, _pairing
+    from hyperlips.eval.pair import _frame_times, _pairing
     from hyperlips.media.timing import source_frames
 
     ref = real_data / "retalking/face1.mp4"

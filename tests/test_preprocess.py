@@ -183,11 +183,12 @@ def test_skip_reasons_and_no_partial_clip_left(tmp_path, more_data):
 
 def test_interrupted_clip_leaves_nothing_and_is_redone(tmp_path, more_data, monkeypatch):
     from hyperlips.data import preprocess as pp
+    from hyperlips.data.datasets import ImageStack
 
     src = tmp_path / "src"
     src.mkdir()
     os.symlink(more_data / "lrs2_deep_avsr/00002.mp4", src / "a.mp4")
-    real_write = pp.ImageStack.write
+    real_write = ImageStack.write
     calls = {"n": 0}
 
     def failing_write(prefix, encoded):
@@ -196,12 +197,12 @@ def test_interrupted_clip_leaves_nothing_and_is_redone(tmp_path, more_data, monk
         if calls["n"] == 2:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C in the middle of a clip
 
-    monkeypatch.setattr(pp.ImageStack, "write", staticmethod(failing_write))
+    monkeypatch.setattr(ImageStack, "write", staticmethod(failing_write))
     with pytest.raises(KeyboardInterrupt):
         pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
     clips = tmp_path / "ds" / "clips"
     assert not list(clips.rglob("meta.json")) and not list(clips.iterdir())
-    monkeypatch.setattr(pp.ImageStack, "write", staticmethod(real_write))
+    monkeypatch.setattr(ImageStack, "write", staticmethod(real_write))
     report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
     assert report.done == 1
     assert pp.check_dataset(tmp_path / "ds") == []

@@ -6,7 +6,8 @@ folder), :func:`write_clip_report` / :func:`write_batch_report`, :func:`run_benc
 """
 
 from .bench import run_bench
-from .protocols import ClipResult, evaluate_pair, pair_folders, run_protocol
+from .pair import ClipResult, evaluate_pair
+from .protocols import pair_folders, run_protocol
 from .report import write_batch_report, write_clip_report
 from .sync_score import SyncResult, expert_score, lse_score
 

@@ -90,7 +90,8 @@ def _eval_device(name: str) -> str:
 
 
 def run_eval(args) -> int:
-    from .protocols import evaluate_pair, pair_folders, run_protocol
+    from .pair import evaluate_pair
+    from .protocols import pair_folders, run_protocol
     from .report import summary_row, write_batch_report, write_clip_report
 
     progress = not args.quiet

@@ -155,7 +155,7 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
 
     from ..demo import synthesize_with_phonemes
     from ..pipeline import LipSync
-    from .protocols import evaluate_pair
+    from .pair import evaluate_pair
     from .tail import (
         footage_videos,
         hold_reference_network,

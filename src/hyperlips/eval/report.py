@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .protocols import ClipResult
+from .pair import ClipResult
 from .sync_score import SyncResult
 
 # metric key -> (label, unit/direction, region & protocol)

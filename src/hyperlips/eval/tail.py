@@ -57,7 +57,7 @@ def footage_videos(footage: Path) -> list[Path]:
     """The clips of ``footage`` as ``finetune`` takes them, in its order (by clip name as the dataset spells it, so
     ``talk.mpg`` before ``talk-2.mpg``), without those it cannot use for want of a picture or a sound (each said in a
     warning): the tail held out here is then the one its validation held out."""
-    from ..data.preprocess import clip_id_of, find_videos
+    from ..data.sources import clip_id_of, find_videos
     from ..errors import MediaError, warn
 
     if not footage.exists():
@@ -213,7 +213,8 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     the LipSync's; ``shift_source`` (always when the frame's own mouth is used: ``warp``, ``hybrid``): the model is driven from the tail's frames
     shifted by half its length (``protocols.shifted_copy``), so they hold no trace of the mouth it predicts."""
     from ..pipeline import LipSync
-    from .protocols import SHIFT_BLIND, SHIFT_COLOUR, against_shifted_source, evaluate_pair, shifted_copy
+    from .pair import evaluate_pair
+    from .protocols import SHIFT_BLIND, SHIFT_COLOUR, against_shifted_source, shifted_copy
 
     footage, out = Path(footage), Path(out_dir)
     videos = footage_videos(footage)

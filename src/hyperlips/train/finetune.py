@@ -204,7 +204,9 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     """Preprocess the footage and split off its held-out tail. Once a run has trained, a re-run must give the same
     footage and the same split (it continues that run, validated on that part): anything else is refused."""
     from ..data.datasets import CLIPS_DIR, META, Manifest
-    from ..data.preprocess import PreprocessOptions, clip_id_of, find_videos, preprocess, write_footage_tail_manifest
+    from ..data.manifests import write_footage_tail_manifest
+    from ..data.preprocess import PreprocessOptions, preprocess
+    from ..data.sources import clip_id_of, find_videos
 
     data = work / "data"
     state_path = work / STATE

@@ -1,0 +1,95 @@
+"""Finding a folder's clips and naming them: the video files under a folder, each clip's name in a dataset, its
+speaker as the folder layout tells it, and the train/validation split by speaker (or by clip, for one speaker), a
+pure function of the names."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..errors import UserError, warn
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".ts"})
+SPEAKER_MODES = ("auto", "parent", "stem", "one")
+
+_MEAD = re.compile(r"^[MW]\d{3}$")
+_VOX = re.compile(r"^id\d{5}$")
+_TRAILING_NUMBER = re.compile(r"[_\-]?\d+$")
+
+
+def find_videos(src: str | os.PathLike) -> list[Path]:
+    """Video files under ``src`` at any depth (hidden folders skipped; links to nothing left out with a warning),
+    sorted; ``src`` may be one video file."""
+    src = Path(src)
+    if src.is_file():
+        return [src]
+    out = []
+    for root, dirs, files in os.walk(src, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            if not f.startswith(".") and Path(f).suffix.lower() in VIDEO_SUFFIXES:
+                path = Path(root) / f
+                if path.exists():
+                    out.append(path)
+                else:  # a link whose file is gone: left out, as an unreadable clip is
+                    warn(f"{path} is left out: it links to {os.readlink(path)}, which does not exist")
+    return out
+
+
+def clip_id_of(rel: PurePosixPath) -> str:
+    """The clip's folder name in the dataset: its path under SRC without the suffix (``main/5535/00001``)."""
+    parts = [re.sub(r"[^A-Za-z0-9._\-]", "_", p) for p in rel.with_suffix("").parts]
+    return "/".join(p if p not in ("", ".", "..") else "_" for p in parts)
+
+
+def speaker_of(rel: PurePosixPath, mode: str = "auto") -> str:
+    """Speaker identity of a clip from its path under SRC.
+
+    ``auto``: a MEAD actor folder (``M003``, ``W015``) or a VoxCeleb id (``id00012``) anywhere in the path; else the
+    parent folder for nested layouts (LRS2 ``main/<id>/<clip>.mp4`` -> ``<id>``); else, for files directly in SRC,
+    the file name without a trailing number (HDTF ``WDA_BarackObama_000`` -> ``WDA_BarackObama``).
+    ``parent``: the parent folder; ``stem``: the file name; ``one``: every clip is the same person.
+    """
+    if mode not in SPEAKER_MODES:
+        raise UserError(f"--speaker must be one of {', '.join(SPEAKER_MODES)} (got {mode!r})")
+    if mode == "one":
+        return "speaker"
+    if mode == "stem":
+        return rel.stem
+    folders = rel.parts[:-1]
+    if mode == "parent":
+        return folders[-1] if folders else "."
+    for pattern in (_MEAD, _VOX):
+        for p in folders:
+            if pattern.match(p):
+                return p
+    if folders:
+        return folders[-1]
+    stripped = _TRAILING_NUMBER.sub("", rel.stem)
+    return stripped or rel.stem
+
+
+def _hash01(text: str) -> float:
+    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def assign_splits(entries: list[dict[str, Any]], val_fraction: float) -> str:
+    """Set ``entry["split"]`` to train/val by speaker (or by clip when there is one speaker); returns the rule used.
+
+    The held-out group is the ``ceil(val_fraction * n)`` speakers (clips) that come first in a fixed hash order,
+    at least one when there are two or more, none when ``val_fraction`` is 0.
+    """
+    speakers = sorted({e["speaker"] for e in entries})
+    by = "speaker" if len(speakers) > 1 else "clip"
+    keys = speakers if by == "speaker" else sorted(e["id"] for e in entries)
+    n_val = 0
+    if val_fraction > 0 and len(keys) > 1:
+        n_val = min(len(keys) - 1, max(1, math.ceil(val_fraction * len(keys))))
+    held = set(sorted(keys, key=_hash01)[:n_val])
+    for e in entries:
+        e["split"] = "val" if (e["speaker"] if by == "speaker" else e["id"]) in held else "train"
+    return by
