@@ -222,7 +222,7 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     t0 = time.perf_counter()
     opts = PreprocessOptions(speaker="one", val_fraction=0.0,
                              hr_size=args.hr_size if args.hr_size and args.hr_size > 128 else None)
-    report = preprocess(args.video, data, opts, workers=1, progress=_bars(args))
+    report = preprocess(args.video, data, opts, workers=1, progress=not args.quiet)  # a bar, or lines in a log
     done = [c for c in ids if (data / CLIPS_DIR / c / META).is_file()]
     if not done:
         reason = report.skipped[0].reason if report.skipped else "no usable clip"
