@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cut_audio, cut_video, run_cli, spied_frames
+from helpers import cut_audio, cut_video, run_cli, spied_frames, write_wav
 
 from hyperlips.media.video import FrameReader, probe
 
@@ -160,6 +160,59 @@ def test_stream_mistakes(clip):
         next(ls.stream(clip.video, iter(chunks(clip.wav)), sample_rate=44100))
     with pytest.raises(UserError, match="1-D mono"):
         list(ls.stream(clip.video, iter([np.zeros((2, 640), np.float32)])))
+
+
+def test_stream_samples_are_read_as_sync_reads_a_file(clip):
+    """Samples that are not numbers became NaN mel windows and a blank mouth from there on, silently (``sync`` reads
+    them as silence, with a warning): the stream now does the same; int16 values given as floats, other integer
+    types, a lone number for a chunk, no sample at all, and a batch size of 0 are refused in one line each."""
+    from hyperlips.errors import InputWarning, UserError
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(network=MelTint(), device="cpu", progress=False, precision="fp32")
+    clean = [f.image for f in ls.stream(clip.video, iter(chunks(clip.wav)))]
+    nan = clip.wav.copy()
+    nan[8000] = np.nan  # one sample, 0.5 s in
+    silenced = clip.wav.copy()
+    silenced[8000] = 0.0
+    with pytest.warns(InputWarning, match="not numbers .* replaced by silence"):
+        got = [f.image for f in ls.stream(clip.video, iter(chunks(nan)))]
+    want = [f.image for f in ls.stream(clip.video, iter(chunks(silenced)))]
+    assert len(got) == len(want) == len(clean) and all(np.array_equal(a, b) for a, b in zip(got, want))
+    as_int16 = [f.image for f in ls.stream(clip.video, iter(chunks(np.round(clip.wav * 32767).astype(np.int16))))]
+    assert max(np.abs(a.astype(int) - b).max() for a, b in zip(as_int16, clean)) <= 2
+    loud = clip.wav / np.abs(clip.wav).max() * 1.5
+    with pytest.warns(InputWarning, match="beyond full scale"):
+        clipped = [f.image for f in ls.stream(clip.video, iter(chunks(loud)))]
+    assert len(clipped) == len(clean)
+    for speech, words in ((clip.wav * 32767, "int16 values given as floats"),
+                          ((clip.wav * 2**31).astype(np.int32), "got int32"), (clip.wav, "a single number"),
+                          ([], "without a sample")):
+        with pytest.raises(UserError, match=words):
+            list(ls.stream(clip.video, iter(chunks(speech) if len(speech) and words != "a single number" else speech)))
+    with pytest.raises(UserError, match="batch_size must be a whole number of at least 1"):
+        next(ls.stream(clip.video, iter(chunks(clip.wav)), batch_size=0))
+
+
+def test_a_voice_sample_without_speech_is_refused(clip, tmp_path):
+    """A silent (or very short) voice sample gave statistics that divided the speech by about nothing: a blank
+    mouth, silently. Refused now, in the API and in `live --voice-sample`."""
+    from hyperlips.errors import UserError
+    from hyperlips.live import SpeechStats
+    from hyperlips.media.audio import melspectrogram
+
+    assert SpeechStats.of(melspectrogram(clip.wav)).std.min() > 0.1  # real speech passes
+    with pytest.raises(UserError, match="voice sample is silent"):
+        SpeechStats.of(melspectrogram(np.zeros(32000, np.float32)))
+    with pytest.raises(UserError, match="at least 0.5 s of speech"):
+        SpeechStats.of(melspectrogram(clip.wav[:1000]))
+    silent = write_wav(tmp_path / "silence.wav", 2.0)
+    import soundfile as sf
+
+    sf.write(str(silent), np.zeros(32000, np.float32), 16000)
+    r = run_cli("live", clip.video, clip.speech, "-o", tmp_path / "o.mp4", "--untrained", "--model", "lite",
+                "--no-pace", "--quiet", "--voice-sample", silent)
+    assert r.returncode == 2 and "voice sample is silent" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_live_command_writes_the_stream_and_reports_latency(clip):

@@ -27,11 +27,19 @@ import numpy as np
 
 from .config import AudioConfig
 from .errors import UserError, warn
-from .media.audio import centred_window_starts, mel_window_starts, smooth_across_frequency, windows_from_starts
+from .media.audio import (
+    LOUD_PEAK,
+    centred_window_starts,
+    mel_window_starts,
+    smooth_across_frequency,
+    windows_from_starts,
+)
 from .media.mel_stream import MelStream
 from .media.phones import FRAME_RATE, N_PHONES, SILENCE
 
 FOREVER = 10**15  # output frames scheduled for an idle loop whose end is the speech's
+MIN_STATS_FRAMES = 40  # a voice sample's statistics: at least 0.5 s of mel frames (80 a second) ...
+MIN_STATS_SPREAD = 0.05  # ... whose bins vary (speech: a median spread near 0.9; digital silence: 0)
 
 
 @dataclass
@@ -48,7 +56,13 @@ class SpeechStats:
         """The statistics of a whole (n_mels, T) mel spectrogram, computed as the offline normalisation computes them
         (``smooth``: the network's ``mel_smooth``, 0 for none; smoothed across frequency first, as it reads it)."""
         mel = smooth_across_frequency(np.asarray(mel, dtype=np.float32), smooth)
+        if mel.ndim != 2 or mel.shape[1] < MIN_STATS_FRAMES:
+            raise UserError(f"a voice sample must hold at least {MIN_STATS_FRAMES / 80:g} s of speech (its mel has "
+                            f"{mel.shape[-1] if mel.ndim == 2 else 0} frames)")
         mean, std = mel.mean(axis=1, keepdims=True), mel.std(axis=1, keepdims=True)
+        if float(np.median(std)) < MIN_STATS_SPREAD:  # the speech would be divided by about nothing
+            raise UserError("the voice sample is silent (or nearly): its sound does not vary, so it cannot say how "
+                            "this voice's speech varies; give a recording of the voice speaking")
         floor = ((mel.min(axis=1, keepdims=True) - mean) / (std + 1e-3)).astype(np.float32)
         return cls(mean[:, 0], std[:, 0], floor[:, 0])
 
@@ -83,6 +97,7 @@ class MelFeed:
         self.phones = None if phones is None else np.append(np.asarray(phones, np.int64).reshape(-1), SILENCE)
         self.stats = stats
         self.error: Optional[BaseException] = None
+        self._said: set[str] = set()  # the warnings given on this speech
         self.cancelled = False
         # running statistics (Lite without given stats): sums over mel frames [0, _seen)
         self._seen, self._sum, self._sq = 0, np.zeros(cfg.n_mels), np.zeros(cfg.n_mels)
@@ -90,20 +105,53 @@ class MelFeed:
 
     # -- speech in
     def feed(self, chunks: Iterable[np.ndarray]) -> None:
-        """Push every chunk (1-D PCM: float in [-1, 1] or int16), then end the speech. Runs in its own thread."""
+        """Push every chunk (1-D PCM: float in [-1, 1] or int16), then end the speech. Runs in its own thread.
+        Samples that are not numbers become silence and float samples beyond full scale are clipped, as ``sync``
+        reads a file (with a warning each, once); other sample types, and a stream without samples, are refused."""
         try:
             for c in chunks:
                 if self.cancelled:
                     return
-                a = np.asarray(c)
-                if a.ndim != 1 and not (a.ndim == 2 and 1 in a.shape):
-                    raise UserError(f"speech chunks must be 1-D mono PCM, got an array of shape {a.shape}")
-                a = a.reshape(-1)
-                self.mel.push(a.astype(np.float32) / 32768.0 if a.dtype == np.int16 else a.astype(np.float32))
+                self.mel.push(self._pcm(c))
+            if self.mel.n_samples == 0 and not self.cancelled:
+                raise UserError("the speech stream ended without a sample: there is no speech to lip-sync to")
         except BaseException as e:  # noqa: BLE001 (handed to the frame consumer)
             self.error = e
         finally:
             self.mel.finish()
+
+    def _pcm(self, chunk) -> np.ndarray:
+        """One chunk as float32 samples in [-1, 1]."""
+        a = np.asarray(chunk)
+        if a.ndim == 0:
+            raise UserError("speech chunks must be arrays of samples, got a single number (an iterable of samples "
+                            "was given where an iterable of chunks is wanted: pass [speech] for one chunk)")
+        if a.ndim != 1 and not (a.ndim == 2 and 1 in a.shape):
+            raise UserError(f"speech chunks must be 1-D mono PCM, got an array of shape {a.shape}")
+        a = a.reshape(-1)
+        if a.dtype == np.int16:
+            return a.astype(np.float32) / 32768.0
+        if a.dtype.kind != "f":
+            raise UserError(f"speech chunks must be float samples in [-1, 1] or int16, got {a.dtype} (convert "
+                            "other integer PCM to float first)")
+        a = a.astype(np.float32)
+        bad = ~np.isfinite(a)
+        if bad.any():
+            a[bad] = 0.0
+            self._say_once("nan", "speech samples that are not numbers (NaN or infinite) are replaced by silence")
+        peak = float(np.abs(a).max()) if len(a) else 0.0
+        if peak > LOUD_PEAK:
+            raise UserError(f"float speech samples must be in [-1, 1]; a chunk reaches {peak:.6g} (int16 values "
+                            "given as floats? divide them by 32768, or give them as int16)")
+        if peak > 1.0:
+            np.clip(a, -1.0, 1.0, out=a)
+            self._say_once("clip", "speech samples beyond full scale (1.0) are clipped")
+        return a
+
+    def _say_once(self, key: str, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            warn(message)
 
     @property
     def n_out(self) -> Optional[int]:
@@ -253,7 +301,10 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
     check_fps(fps)
     request = reference_request(reference)
     marks = ls.phoneme_marks(phonemes, None)
-    size = int(batch_size or ls.batch_size)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise UserError(f"batch_size must be a whole number of at least 1, or None for the LipSync's (got {batch_size!r})")
+    size = int(ls.batch_size if batch_size is None else batch_size)
     timings = Timings()
     with open_timeline(video, fps, warn_slow=True) as timeline, FaceDetectors() as detector:
         ls.new_clip(timeline.fps)
