@@ -53,6 +53,47 @@ def test_the_tail_is_the_one_finetune_held_out(more_data, tmp_path):
     assert [(s.video.name, s.start, s.stop) for s in segs] == [("talk-2.mpg", 25, 75)]
 
 
+def test_the_tail_of_a_fine_tuned_model_is_the_part_it_never_trained_on(more_data, tmp_path):
+    """A model fine-tuned with ``--val-seconds 2.4`` on two GRID clips (6 s) was scored on the default 15% (0.9 s,
+    refused) or on whatever tail was asked for, frames it trained on included, without a word: the tail is now the
+    part finetune held out, as the model file (or, for older models, its run's state beside it) records it; a
+    longer one asked for is scored with a warning; other footage is not affected."""
+    import warnings
+
+    import torch
+
+    from hyperlips.errors import InputWarning, UserError
+    from hyperlips.eval.tail import _unseen_tail, held_out_by
+    from hyperlips.models import HyperLipsLite, LiteConfig, save_checkpoint
+
+    videos = sorted((more_data / "grid_s1").glob("*.mpg"))[:2]  # 75 frames each at 25 fps
+    held = {"frames": 60, "seconds": 2.4, "of_seconds": 6.0}
+    torch.manual_seed(0)
+    tiny = HyperLipsLite(LiteConfig.from_dict({"widths": [8, 16, 16, 32], "out_width": 8}))
+    model = save_checkpoint(tiny, tmp_path / "me.safetensors", "hyperlips-lite", config={"held_out": held})
+    assert held_out_by(model) == held
+    old = tmp_path / "old.safetensors"  # written before models recorded it: finetune's state beside it says
+    save_checkpoint(tiny, old, "hyperlips-lite")
+    (tmp_path / "old.work").mkdir()
+    (tmp_path / "old.work/finetune.json").write_text(json.dumps({"held_out": held, "clips": ["a", "b"]}))
+    assert held_out_by(old) == held and held_out_by(tmp_path / "other.safetensors") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for m in (model, old):
+            assert _unseen_tail(videos, m, 0.15, None) == 2.4  # the default: what finetune held out
+        assert _unseen_tail(videos, model, 0.15, 2.0) == 2.0  # shorter: all of it unseen
+        assert _unseen_tail(videos, None, 0.15, None) is None  # no model file: as asked
+        assert _unseen_tail(videos[:1], model, 0.15, None) is None  # other footage (3 s, not 6)
+    with pytest.warns(InputWarning, match=r"all but the last 2.4 s of this footage: a 4.0 s tail scores 1.6 s"):
+        assert _unseen_tail(videos, model, 0.15, 4.0) == 4.0
+    with pytest.warns(InputWarning, match="a 3.0 s tail scores 0.6 s of frames it trained on"):
+        _unseen_tail(videos, model, 0.5, None)
+    short = save_checkpoint(tiny, tmp_path / "short.safetensors", "hyperlips-lite",
+                            config={"held_out": {**held, "seconds": 1.0}})
+    with pytest.raises(UserError, match=r"validated on the last 1.00 s of this footage only .* --val-seconds 2"):
+        _unseen_tail(videos, short, 0.15, None)
+
+
 def test_tail_protocol_measures_the_model_and_both_baselines(more_data, tmp_path):
     out = tmp_path / "report"
     res = run_cli("eval", "--clips", more_data / "edtalk/pose_source2.mp4", "--protocol", "tail", "--untrained",

@@ -688,6 +688,8 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     model, info = load_checkpoint(out)
     assert 1.0 <= model.config.shape_gain <= 3.0 and f"mouth-shape gain {model.config.shape_gain:.2f}" in res.stdout
     assert info.config["extra"]["widths"] == [8, 16, 16, 32]
+    work_state = json.loads((tmp_path / "me.work/finetune.json").read_text())
+    assert info.config["held_out"] == work_state["held_out"]  # what eval's tail protocol scores
     from hyperlips.media import phones
 
     assert model.phones == phones.available()  # as the starter, where the recogniser is installed, with --set's widths

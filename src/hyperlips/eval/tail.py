@@ -96,9 +96,65 @@ def _probe_once(path: str, size: int, mtime_ns: int):
 
 
 MIN_TAIL_SECONDS = 2.0  # shorter tails gave perfect scores to the delayed baseline (1 frame cannot be shifted)
+DEFAULT_FRACTION = 0.15  # the tail held out by default, as finetune holds it out
+SAME_FOOTAGE_S = 0.5  # a model's recorded footage this close in length to the given one is taken to be it
 
 
-def tail_segments(videos: list[Path], fraction: float = 0.15, seconds: float | None = None,
+def held_out_by(checkpoint) -> dict | None:
+    """What ``finetune`` held out of the footage a model learned from (``{"seconds", "frames", "of_seconds"}``: the
+    last ``seconds`` of ``of_seconds``), as the model file records it, or, for a model written before it did, as its
+    run's state beside it records it (``MODEL.work/finetune.json``); None for any other model."""
+    from ..errors import CheckpointError
+    from ..models.metadata import read_metadata
+
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    held = None
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            held = read_metadata(path).get("held_out")
+        except CheckpointError:
+            return None  # loading it says what is wrong
+    if held is None:
+        state = path.with_name(path.stem + ".work") / "finetune.json"
+        try:
+            held = json.loads(state.read_text(encoding="utf-8")).get("held_out") if state.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            held = None
+    ok = isinstance(held, dict) and all(isinstance(held.get(k), (int, float)) for k in ("seconds", "of_seconds"))
+    return held if ok else None
+
+
+def _unseen_tail(videos: list[Path], checkpoint, fraction: float, seconds: float | None) -> float | None:
+    """The tail to score: by default, on the footage a model was fine-tuned on, exactly the part its training held
+    out (another ``--val-seconds`` than the default holds out another length); a longer tail asked for is scored with
+    a warning that it holds frames the model trained on. ``seconds`` as given otherwise."""
+    from ..errors import warn
+
+    held = held_out_by(checkpoint)
+    if held is None:
+        return seconds
+    total = sum(i.n_frames / float(i.fps) for i in (_probed(v) for v in videos))
+    if abs(float(held["of_seconds"]) - total) > SAME_FOOTAGE_S:
+        return seconds  # other footage than the model's: none of it was trained on
+    unseen = float(held["seconds"])
+    if seconds is None and fraction == DEFAULT_FRACTION:
+        if unseen < MIN_TAIL_SECONDS:
+            raise UserError(f"{checkpoint} was validated on the last {unseen:.2f} s of this footage only (finetune "
+                            f"--val-seconds); the tail protocol needs at least {MIN_TAIL_SECONDS:g} s, and a longer "
+                            "tail would score frames it trained on. Fine-tune with --val-seconds "
+                            f"{MIN_TAIL_SECONDS:g} or more to measure it this way")
+        return unseen
+    asked = float(seconds) if seconds is not None else float(fraction) * total
+    if asked > unseen + 0.05:
+        warn(f"{checkpoint} trained on all but the last {unseen:.1f} s of this footage: a {asked:.1f} s tail scores "
+             f"{asked - unseen:.1f} s of frames it trained on, which flatters its figures (leave --tail-seconds and "
+             "--tail-fraction out to score only the part it never saw)")
+    return seconds
+
+
+def tail_segments(videos: list[Path], fraction: float = DEFAULT_FRACTION, seconds: float | None = None,
                   min_seconds: float = MIN_TAIL_SECONDS) -> tuple[list[Segment], tuple[Path, int, int]]:
     """(held-out segments in order, (video, first, stop) of the training part just before the tail); a tail under
     ``min_seconds`` is refused (the tail protocol's figures need it; the phoneme protocol only shows its face)."""
@@ -204,7 +260,8 @@ def _pool(results) -> tuple[dict, dict]:
     return row, {"opening_gen": cat["opening_gen"].tolist(), "opening_ref": cat["opening_ref"].tolist()}
 
 
-def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint=None, fraction: float = 0.15,
+def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint=None,
+                      fraction: float = DEFAULT_FRACTION,
                       seconds: float | None = None, device: str = "auto", batch_size: int = 16,
                       untrained: bool = False, model: str | None = None, progress: bool = False,
                       baselines: bool = True, temporal_blend: float = DEFAULT_BLEND, mouth: str = "auto",
@@ -218,6 +275,7 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
 
     footage, out = Path(footage), Path(out_dir)
     videos = footage_videos(footage)
+    seconds = _unseen_tail(videos, checkpoint, fraction, seconds)
     segs, train_part = tail_segments(videos, fraction, seconds)
     work = out / "tail"
     ref_png = pick_reference(train_part, work / "reference.png")

@@ -145,8 +145,9 @@ def _check_weights(args: argparse.Namespace) -> None:
             read_state_dict(path, name)
 
 
-def _publish_lite(src: Path, dst: Path, data: Path) -> float:
-    """Write the kept Lite model to ``dst`` with its mouth-shape gain calibrated on the held-out frames."""
+def _publish_lite(src: Path, dst: Path, data: Path, held_out: dict | None = None) -> float:
+    """Write the kept Lite model to ``dst`` with its mouth-shape gain calibrated on the held-out frames, and with
+    ``held_out`` (what of the footage it never trained on: ``eval --protocol tail`` scores that part)."""
     import dataclasses
 
     from ..models import HyperLipsLite, load_checkpoint, save_checkpoint
@@ -157,6 +158,8 @@ def _publish_lite(src: Path, dst: Path, data: Path) -> float:
     tuned = HyperLipsLite(dataclasses.replace(model.config, shape_gain=round(gain, 3)))
     tuned.load_state_dict(model.state_dict())
     cfg = {k: v for k, v in info.config.items() if k not in ("extra", "name", "step", "format_version")}
+    if held_out is not None:
+        cfg["held_out"] = held_out
     save_checkpoint(tuned, dst, "hyperlips-lite", config=cfg, step=info.step)
     return gain
 
@@ -323,7 +326,7 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
     overrides.update(given)
     cfg = TrainConfig.from_dict(overrides) if stored else build_config("base", overrides=overrides)
     res = _train(LiteStage, cfg, args.quiet)
-    gain = _publish_lite(res.best or res.model, args.output, data)
+    gain = _publish_lite(res.best or res.model, args.output, data, state.get("held_out"))
     _report(args, work, res, cfg.best_metric or LiteStage.best_metric)
     print(f"mouth-shape gain {gain:.2f} (the spread of predicted mouths on the held-out part matched to the real ones)")
     print(f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint {shlex.quote(str(args.output))}")
