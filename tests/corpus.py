@@ -776,6 +776,9 @@ SYNC_CASES: list[Case] = [
     bad_sync("hr-checkpoint-is-base", "h264.mp4", "speech.wav", "--hr-checkpoint", "{base.pth}", words=("base.pth",)),
     bad_sync("hr-size-mismatch", "h264.mp4", "speech.wav", "--hr-checkpoint", "{hr128.pth}", "--size", "512",
              words=("--size", "hr128.pth")),
+    # the starter's mouth is warped by default: an HR decoder was loaded and went unused, silently
+    bad_sync("hr-with-warped-mouth", "h264.mp4", "speech.wav", "--hr-checkpoint", "{hr128.pth}", ckpt=False,
+             words=("HR decoder", "warped", "--mouth render or hybrid")),
     # --- output paths
     Case("output-same-as-video", ["sync", "{work}/in.mp4", "{speech.wav}", "-o", "{work}/in.mp4", *CKPT, "--quiet"],
          rc=2, error=("same file",), prepare=_copy_video_to_work, output="in.mp4"),

@@ -197,6 +197,11 @@ class LipSync:
                 warn(f"{self.weights} reads phones, but the pocketsphinx package is not installed: the mouth is read "
                      f"from the sound alone, following new voices less closely ({phone_reader.INSTALL_HINT})")
                 self.reads_phones = False
+        if self.mouth == "warp" and (hr_checkpoint is not None or size not in (None, BASE_SIZE)):
+            why = f"the default with {self.weights}" if mouth == "auto" else "--mouth warp"
+            raise UserError(f"an HR decoder (--hr-checkpoint, --size) sharpens a rendered mouth, and the mouth is "
+                            f"warped here ({why}): it would go unused. Give --mouth render or hybrid to use it, or "
+                            "leave it out")
         self.hr = None
         self.hr_size = None
         if hr_checkpoint is not None:
