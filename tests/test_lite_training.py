@@ -739,12 +739,26 @@ def test_finetune_from_weights_adds_the_mouth_discriminator(more_data, tmp_path)
     assert cfg["init"]  # it did start from weights
 
 
+def test_finetune_says_it_starts_from_random_weights_without_a_starter(more_data, tmp_path, monkeypatch):
+    """A build without shipped weights trained from scratch without a word (with them it names the starter)."""
+    monkeypatch.setenv("HYPERLIPS_NO_SHIPPED", "1")
+    res = run_cli("finetune", more_data / "lrs2_deep_avsr/00001.mp4", "-o", tmp_path / "me.safetensors", "--steps",
+                  "1", "--batch-size", "2", "--threads", "1", "--set", "val_every=1", "--set", "audio_steps=2",
+                  "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}", timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "starting from random weights: this build has no shipped starter" in res.stderr
+    assert _run_config(tmp_path / "me.work")["init"] is None
+
+
 def test_finetune_lite_errors(more_data, tmp_path):
     clip = more_data / "lrs2_deep_avsr/00001.mp4"
     res = run_cli("finetune", clip, "-o", tmp_path / "me.pth")
     assert res.returncode == 2 and ".safetensors" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("finetune", clip, "-o", tmp_path / "me.safetensors", "--hr-size", "256")
     assert res.returncode == 2 and "--model base" in res.stderr
+    res = run_cli("finetune", clip, "-o", tmp_path / "me.safetensors", "--model", "base", "--hr-checkpoint",
+                  tmp_path / "hr.safetensors")  # without --hr-size the HR decoder was left out, silently
+    assert res.returncode == 2 and "give --hr-size" in res.stderr and "Traceback" not in res.stderr, res.stderr
     res = run_cli("finetune", clip, "-o", tmp_path / "me.safetensors", "--minutes", "0")
     assert res.returncode == 2 and "--minutes" in res.stderr
     empty = tmp_path / "empty"

@@ -196,6 +196,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--val-seconds must be more than 0 (got {args.val_seconds:g})")
     if args.model == "lite" and (args.hr_size or args.hr_checkpoint or args.expert):
         raise UserError("--hr-size, --hr-checkpoint and --expert belong to --model base")
+    if args.hr_checkpoint and not args.hr_size:  # the HR decoder is trained only with a size: it went unused
+        raise UserError("--hr-checkpoint starts the HR decoder's training, which --hr-size asks for: give --hr-size "
+                        "(128, 256 or 512, the size that checkpoint renders)")
     if args.from_scratch and (args.checkpoint or args.model != "lite"):
         raise UserError("--from-scratch starts HyperLips-Lite from random weights: it goes with neither --checkpoint "
                         "nor --model base")
@@ -299,6 +302,9 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
             init = str(starter.path)
             if not args.quiet:
                 print(f"starting from the {starter.label} (--from-scratch for random weights)", file=sys.stderr)
+        elif not args.quiet:
+            print("starting from random weights: this build has no shipped starter (--checkpoint FILE to start from "
+                  "other weights)", file=sys.stderr)
     # a re-run continues the run with the settings it started with; options given again still apply
     stored = dict(found[1]["config"]) if found is not None else {}
     if found is not None:
