@@ -254,3 +254,11 @@ def test_progress_bars_write_lines_to_a_log_file_and_redraw_on_a_terminal(monkey
             clock[0] += 1.0
             b.update(1)
     assert tty.getvalue().count("\r") >= 50  # redrawn in place
+
+
+@pytest.mark.parametrize("value, on", [("", False), ("0", False), ("false", False), (" Off ", False), ("no", False),
+                                       ("1", True), ("yes", True), ("true", True)])
+def test_debug_output_is_off_for_zero_and_false(monkeypatch, value, on):
+    """``HYPERLIPS_DEBUG=0`` turned the library messages on (any value did), unlike ``HYPERLIPS_NO_SHIPPED=0``."""
+    monkeypatch.setenv(cli.DEBUG_ENV, value)
+    assert cli._debug() is on

@@ -41,6 +41,11 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # 1
 DEBUG_ENV = "HYPERLIPS_DEBUG"  # set to 1 to keep library messages (FFmpeg, MediaPipe, Python warnings)
 
 
+def _debug() -> bool:
+    """HYPERLIPS_DEBUG set to anything but nothing, 0, false, no or off (as HYPERLIPS_NO_SHIPPED reads 0)."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 class _Messages:
     """A text stream of messages whose reader may leave: once the pipe it writes to is closed (``hyperlips sync ...
     | head -1``, a log viewer quit), what follows is dropped and the command goes on. Its output file is the job;
@@ -115,7 +120,7 @@ def _terminal_stderr(restore: bool = True):
     """
     old = sys.stderr
     saved = None
-    if not os.environ.get(DEBUG_ENV):
+    if not _debug():
         try:
             old.flush()
             on_fd2 = old.fileno() == 2
@@ -186,7 +191,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     from .errors import InputWarning
 
     if not issubclass(category, InputWarning):
-        if os.environ.get(DEBUG_ENV):
+        if _debug():
             sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
         return
     text = " ".join(str(message).split())
