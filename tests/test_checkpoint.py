@@ -253,6 +253,19 @@ def test_wrong_shape(hr, tmp_path):
         assert "conv_base.0.conv_block.0.weight is [64, 3, 3, 3], expected [64, 6, 3, 3]" in msg
 
 
+def test_weights_that_are_not_numbers_are_refused(hr, tmp_path):
+    """A checkpoint whose weights hold NaN loaded and rendered a blank mouth without a word."""
+    sd = {k: v.clone() for k, v in hr.state_dict().items()}
+    sd["conv_base.0.conv_block.0.weight"][0, 0, 0, 0] = float("nan")
+    sd["output_block.1.bias"][:] = float("inf")
+    for path in (tmp_path / "nan.pth", tmp_path / "nan.safetensors"):
+        save_checkpoint(sd, path, "hyperlips-hr-128", official=path.suffix == ".pth")
+        msg = _error(path)
+        assert "not numbers (NaN or infinite), in conv_base.0.conv_block.0.weight and 1 more" in msg, msg
+    save_checkpoint(hr.state_dict(), tmp_path / "fine.safetensors", "hyperlips-hr-128")
+    load_checkpoint(tmp_path / "fine.safetensors")  # finite weights load
+
+
 def test_missing_and_unexpected_keys(hr, tmp_path):
     sd = hr.state_dict()
     for k in ("output_block.1.bias", "up_conv.1.conv_block.1.running_var"):

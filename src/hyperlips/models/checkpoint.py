@@ -321,7 +321,18 @@ def read_state_dict(path: str | os.PathLike, name: str | None = None) -> tuple[d
         config = {**default_config(name).to_dict(), **meta, "name": name, "extra": kept}
         step = meta.get("step")
     step = step if isinstance(step, int) and not isinstance(step, bool) else None
+    _check_finite(state, path)
     return state, CheckpointInfo(name=name, format=fmt, step=step, config=config, path=path)
+
+
+def _check_finite(state: Mapping[str, Tensor], path) -> None:
+    """CheckpointError for weights that are not numbers (NaN or infinite): a damaged file or a training that
+    diverged; such a network renders a blank mouth without a word."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise CheckpointError(f"{path}: its weights hold values that are not numbers (NaN or infinite), in {bad[0]}"
+                              f"{more}: the file is damaged, or the training that wrote it diverged")
 
 
 def load_checkpoint(path: str | os.PathLike, name: str | None = None,
