@@ -135,6 +135,18 @@ def test_hr_renders_its_inputs_like_inference_and_trains(one_clip, tmp_path, cap
     assert (cache / "done.json").stat().st_mtime_ns == stamp
 
 
+def test_hr_weights_of_another_size_are_refused_before_the_inputs_are_rendered(one_clip, tmp_path):
+    """``train hr --size 128 --init`` a 256 px decoder failed only after rendering every HR input (hours on a real
+    dataset)."""
+    from hyperlips.errors import UserError
+
+    base_path = _random_checkpoint(tmp_path / "base.safetensors", "hyperlips-base", seed=1)
+    wrong = _random_checkpoint(tmp_path / "hr256.safetensors", "hyperlips-hr-256", seed=2)
+    with pytest.raises(UserError, match="hr256.safetensors"):
+        _trainer("hr", one_clip, tmp_path / "run", base=str(base_path), init=str(wrong), max_steps=1).fit()
+    assert not (tmp_path / "run/hr_inputs").exists() or not any((tmp_path / "run/hr_inputs").rglob("done.json"))
+
+
 def test_base_without_an_expert_warns_once_and_leaves_the_sync_term_out(one_clip, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HYPERLIPS_NO_SHIPPED", "1")  # a build without the shipped expert
     res = _trainer("base", one_clip, tmp_path / "run", max_steps=1, val_every=0, image_every=0).fit()

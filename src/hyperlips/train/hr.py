@@ -160,14 +160,13 @@ class HRStage(Stage):
         self.manifest = Manifest.load(cfg.data)
         if self.size != BASE_SIZE and self.size not in self.manifest.sizes:
             raise UserError(f"{cfg.data} has no {self.size} px crops: preprocess again with --hr-size {self.size}")
+        # the weights to start from before the inputs, which can take hours to render: a wrong file fails now
+        self.gen = (load_checkpoint(cfg.init, name=self.model_name, device=ctx.device)[0] if cfg.init
+                    else HRDecoder.for_size(self.size))
         self.inputs = Path(cfg.out) / "hr_inputs"
         build_hr_inputs(self.manifest, cfg.base, self.inputs, ctx.device, ctx.dist.rank, ctx.dist.world,
                         say=ctx.say)
         ctx.dist.barrier()
-        if cfg.init:
-            self.gen, _ = load_checkpoint(cfg.init, name=self.model_name, device=ctx.device)
-        else:
-            self.gen = HRDecoder.for_size(self.size)
         self.gen.to(ctx.device)
         self.disc = create_model("hr-disc").to(ctx.device)
         self.gen_ddp = ctx.wrap(self.gen)
