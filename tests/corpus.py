@@ -761,7 +761,7 @@ SYNC_CASES: list[Case] = [
     bad_sync("face-negative", "h264.mp4", "speech.wav", "--face", "-1", words=("--face", "at least 0")),
     bad_sync("loop-unknown", "h264.mp4", "speech.wav", "--loop", "bounce", words=("--loop",)),
     bad_sync("size-without-hr", "h264.mp4", "speech.wav", "--size", "256", words=("--hr-checkpoint",)),
-    bad_sync("unknown-option", "h264.mp4", "speech.wav", "--frobnicate", words=("--frobnicate",)),
+    bad_sync("unknown-option", "h264.mp4", "speech.wav", "--frobnicate", words=("--frobnicate", "see: hyperlips sync --help")),
     # --- checkpoints
     # a build without shipped weights and no --checkpoint
     bad_sync("checkpoint-none", ckpt=False, words=("--checkpoint",), env={"HYPERLIPS_NO_SHIPPED": "1"}),

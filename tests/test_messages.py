@@ -262,3 +262,13 @@ def test_debug_output_is_off_for_zero_and_false(monkeypatch, value, on):
     """``HYPERLIPS_DEBUG=0`` turned the library messages on (any value did), unlike ``HYPERLIPS_NO_SHIPPED=0``."""
     monkeypatch.setenv(cli.DEBUG_ENV, value)
     assert cli._debug() is on
+
+
+def test_an_unknown_option_names_the_help_of_its_command(capsys):
+    """argparse named the top level's help (``hyperlips --help``) for an option the command does not know."""
+    for argv, prog in ((["sync", "a.mp4", "b.wav", "-o", "x.mp4", "--frob"], "hyperlips sync"),
+                       (["train", "base", "data", "--out", "r", "--frob"], "hyperlips train base"),
+                       (["--frob"], "hyperlips")):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"unrecognized arguments: --frob (see: {prog} --help)" in err, err

@@ -370,10 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the (sub)command ``argv`` names (``hyperlips train base ...``: train base's), for its errors."""
+    tokens = list(argv)
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = next((t for t in tokens if subs and t in subs[0].choices), None)
+        if name is None:
+            return parser
+        parser, tokens = subs[0].choices[name], tokens[tokens.index(name) + 1:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named with the help of the command given (argparse names the top level's)
+            _command_parser(parser, sys.argv[1:] if argv is None else argv).error(
+                f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:
         for msg in parser.get_default("_broken_commands") or ():
             print(f"hyperlips: note: {msg}", file=sys.stderr)
