@@ -66,6 +66,17 @@ def _read_skipped(dst: Path) -> list[dict[str, str]]:
         return []
 
 
+def _write_time_manifest(dst: Path, entries: list, sizes: set[int], split_by: str, val_fraction: float | None,
+                         **extra: Any) -> dict[str, Any]:
+    """A manifest whose clips are split in time (no speaker held out), written to ``dst`` and returned; ``extra``
+    goes before the clips (``held_out``)."""
+    manifest = {"format_version": FORMAT_VERSION, "source_root": None, "audio": asdict(AudioConfig()),
+                "sizes": sorted(sizes) or [BASE_SIZE], "split_by": split_by, "val_fraction": val_fraction,
+                **extra, "clips": entries, "skipped": _read_skipped(dst)}
+    _write_json_atomic(dst / MANIFEST, manifest)
+    return manifest
+
+
 def write_time_split_manifest(dst: str | os.PathLike, val_frames: int | None = None, val_fraction: float = 0.15,
                               min_val_frames: int = 16, clip_ids: Iterable[str] | None = None) -> dict[str, Any]:
     """Rewrite the manifest so that every clip (or those in ``clip_ids``) is split in time: its last ``val_frames``
@@ -90,18 +101,7 @@ def write_time_split_manifest(dst: str | os.PathLike, val_frames: int | None = N
         entries.append({**common, "split": "val", "frames": [cut, n]})
     if not entries:
         raise UserError(f"{dst}: no preprocessed clips to split")
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "source_root": None,
-        "audio": asdict(AudioConfig()),
-        "sizes": sorted(sizes) or [BASE_SIZE],
-        "split_by": "time",
-        "val_fraction": val_fraction if val_frames is None else None,
-        "clips": entries,
-        "skipped": _read_skipped(dst),
-    }
-    _write_json_atomic(dst / MANIFEST, manifest)
-    return manifest
+    return _write_time_manifest(dst, entries, sizes, "time", val_fraction if val_frames is None else None)
 
 
 def write_footage_tail_manifest(dst: str | os.PathLike, clip_ids: list[str], val_fraction: float = 0.15,
@@ -139,19 +139,9 @@ def write_footage_tail_manifest(dst: str | os.PathLike, clip_ids: list[str], val
         if cut:
             entries.append({**common, "split": "train", "frames": [0, cut]})
     entries.reverse()
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "source_root": None,
-        "audio": asdict(AudioConfig()),
-        "sizes": sorted(sizes) or [BASE_SIZE],
-        "split_by": "footage tail",
-        "val_fraction": val_fraction if val_seconds is None else None,
-        "held_out": {"frames": held_n, "seconds": round(held_s, 3), "of_seconds": round(total_s, 3)},
-        "clips": entries,
-        "skipped": _read_skipped(dst),
-    }
-    _write_json_atomic(dst / MANIFEST, manifest)
-    return manifest
+    held = {"frames": held_n, "seconds": round(held_s, 3), "of_seconds": round(total_s, 3)}
+    return _write_time_manifest(dst, entries, sizes, "footage tail", val_fraction if val_seconds is None else None,
+                                held_out=held)
 
 
 def check_dataset(dst: str | os.PathLike) -> list[str]:
