@@ -521,6 +521,10 @@ def test_person_models_are_listed_and_used(server, inputs, tmp_path):
     listed = {m["id"]: m for m in client.json("GET", "/api/models")[1]["models"]}
     assert listed["person:anna"]["sizes"] == [128, 256]
     assert list(listed) == ["starter", "person:anna", "untrained"]  # the shipped starter first
+    photo, speech = client.upload_file(inputs["photo"]), client.upload_file(inputs["speech"])
+    status, err = client.json("POST", "/api/jobs", {"video": photo["id"], "audio": speech["id"],
+                                                    "model": "person:anna", "mouth": "warp", "size": 256})
+    assert status == 400 and "mouth warp moves the frame's own lips" in err["error"]  # no HR decoder to sharpen them
     job = _sync_job(client, inputs, model="person:anna")
     assert job["params"]["size"] == 256  # a person model defaults to its largest size
     done, _ = client.wait(job["id"], timeout=900)

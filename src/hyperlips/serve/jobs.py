@@ -91,11 +91,15 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
         ids = ", ".join(m.id for m in list_models(settings))
         raise _bad(f"model: no model {str(model_id)[:80]!r} on this server (choose one of: {ids})")
     size = params.get("size")
+    warped = params.get("mouth") == "warp"  # the frame's own lips: no HR decoder to sharpen them
     if size in (None, ""):
-        size = 128 if model.id == UNTRAINED_ID else max(model.sizes)
+        size = 128 if model.id == UNTRAINED_ID or warped else max(model.sizes)
     if not isinstance(size, (int, str)) or str(size) not in {str(s) for s in model.sizes}:
         raise _bad(f"size: {model.id} renders at {', '.join(map(str, model.sizes))} px (got {size!r})")
     size = int(size)
+    if warped and size != 128:
+        raise _bad(f"size {size} sharpens a rendered mouth with an HR decoder; mouth warp moves the frame's own lips "
+                   "(size 128, or mouth render or hybrid)")
     face = _int_or_none(params, "face", 0, 64)
     box = params.get("face_box")
     if box is not None:
