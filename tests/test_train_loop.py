@@ -423,6 +423,8 @@ def test_train_cli_errors(sync_view, tmp_path):
     # nothing to train is refused before anything is written (it used to name a model that was never written)
     res = run_cli("train", "sync", sync_view, "--out", tmp_path / "zero", "--max-steps", "0")
     assert res.returncode == 2 and "--max-steps must be at least 1" in res.stderr and not (tmp_path / "zero").exists()
+    res = run_cli("train", "sync", sync_view, "--out", tmp_path / "zero", "--max-steps", "-3")  # said alike
+    assert res.returncode == 2 and "--max-steps must be at least 1 (got -3)" in res.stderr, res.stderr
     res = run_cli("train", "base", sync_view, "--out", tmp_path / "neg", "--minutes", "-1")
     assert res.returncode == 2 and "--minutes must be more than 0" in res.stderr
     (tmp_path / "afile").write_text("x")

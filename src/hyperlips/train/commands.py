@@ -184,6 +184,8 @@ def run_train(args: argparse.Namespace) -> int:
     from .distributed import setup_distributed, teardown_distributed
     from .loop import Trainer
 
+    if getattr(args, "max_steps", None) is not None and args.max_steps < 1:  # before the settings' own check
+        raise UserError(f"--max-steps must be at least 1 (got {args.max_steps})")
     cfg = config_from_args(args)
     if cfg.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1 (got {cfg.max_steps})")
