@@ -134,7 +134,7 @@ import argparse, json, os, shutil, sys, time
 mode, checkpoint = sys.argv[1], sys.argv[2]
 p = argparse.ArgumentParser()
 p.add_argument("video"); p.add_argument("-o", "--output"); p.add_argument("--work"); p.add_argument("--minutes", type=float)
-p.add_argument("--checkpoint")
+p.add_argument("--checkpoint"); p.add_argument("--from-scratch", action="store_true")
 a = p.parse_args(sys.argv[3:])
 os.makedirs(a.work, exist_ok=True)
 with open(os.path.join(a.work, "args.json"), "w") as f:

@@ -67,7 +67,8 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
     # the command the job ran: the contract's arguments
     args = json.loads((app.settings.data / "jobs" / job["id"] / "work" / "args.json").read_text())
     work = app.settings.data / "jobs" / job["id"] / "work"
-    assert args["minutes"] == 0.5 and args["checkpoint"] is None
+    assert args["minutes"] == 0.5 and args["checkpoint"] is None and "--from-scratch" not in args["argv"]
+    assert done["params"]["start_from"] == "default"  # left out: the command's own default, the shipped starter
     assert args["argv"][args["argv"].index("--work") + 1] == str(work)
 
     # the model is in the models folder and usable for lip-sync
@@ -79,7 +80,12 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
     done2, _ = client.wait(again["id"], timeout=600)
     assert done2["result"]["name"] == "anna-2"
     args = json.loads((app.settings.data / "jobs" / again["id"] / "work" / "args.json").read_text())
-    assert args["checkpoint"] == str(app.settings.models / "anna.safetensors")
+    assert args["checkpoint"] == str(app.settings.models / "anna.safetensors") and "--from-scratch" not in args["argv"]
+    # the page's "from scratch" (null) trained from the starter, the command's default, while saying null
+    scratch = client.submit(kind="finetune", video=video["id"], name="fresh", minutes=0.5, start_from=None)
+    assert scratch["params"]["start_from"] is None and client.wait(scratch["id"], timeout=600)[0]["state"] == "done"
+    args = json.loads((app.settings.data / "jobs" / scratch["id"] / "work" / "args.json").read_text())
+    assert "--from-scratch" in args["argv"] and args["checkpoint"] is None
 
     photo = client.upload_file(clip["photo"])
     speech = client.upload_file(clip["speech"])

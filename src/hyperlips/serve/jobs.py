@@ -223,18 +223,20 @@ def _finetune(settings: ServeSettings, store: Store, params: dict, folder: Path)
         minutes = -1.0
     if not 0 < minutes <= settings.max_train_minutes:
         raise _bad(f"minutes: the time budget must be more than 0 and at most {settings.max_train_minutes:g} minutes")
-    start = params.get("start_from")
+    # left out: finetune's default (the shipped starter, where there is one); null, "" or "untrained": random weights
+    start = params.get("start_from", "default")
     checkpoint = None
-    if start not in (None, "", UNTRAINED_ID):
+    scratch = start in (None, "", UNTRAINED_ID)
+    if not scratch and start != "default":
         model = find_model(settings, str(start))
         if model is None:
             raise _bad(f"start_from: no model {str(start)[:80]!r} on this server")
         checkpoint = str(model.checkpoint)
     v_path = link_into(video, settings, folder, "video")
     job = {"video": v_path.name, "names": {v_path.name: video["name"]}, "minutes": minutes, "checkpoint": checkpoint,
-           "command": list(settings.finetune_command)}
+           "from_scratch": scratch, "command": list(settings.finetune_command)}
     public = {"video": video["id"], "video_name": video["name"], "name": name, "minutes": minutes,
-              "start_from": start or None}
+              "start_from": None if scratch else start}
     return job, public
 
 

@@ -151,7 +151,8 @@ def openapi_document(version: str) -> dict:
                 "video": {"type": "string", "description": "file id: the person talking, with their own voice"},
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"},
                 "minutes": {"type": "number", "description": "wall-clock training budget (default 10)"},
-                "start_from": {"type": ["string", "null"], "description": "a model id to start from"}}},
+                "start_from": {"type": ["string", "null"], "description": "a model id to start from; null or "
+                               "\"untrained\": random weights; \"default\" or left out: the shipped starter"}}},
             "Job": {"type": "object", "properties": {
                 "id": {"type": "string"}, "kind": {"enum": ["sync", "finetune"]},
                 "state": {"enum": ["queued", "running", "done", "failed", "cancelled"]},

@@ -125,6 +125,8 @@ def run_finetune(job: dict, folder: Path) -> dict:
            "--minutes", f"{float(job['minutes']):g}"]
     if job.get("checkpoint"):
         cmd += ["--checkpoint", str(job["checkpoint"])]
+    elif job.get("from_scratch"):
+        cmd += ["--from-scratch"]
     # until the command's own first report (it writes one once training starts): preparing the footage
     write_json(work / "progress.json", {"stage": "preprocess", "step": 0, "elapsed_s": 0.0, "eta_s": None,
                                         "fraction": 0.0, "val": {}, "preview": None})
