@@ -195,6 +195,31 @@ def test_bad_inputs_show_the_reason_and_jobs_can_be_cancelled(open_page, tmp_pat
     assert not page.is_visible("#sync-cancel") and page.is_enabled("#sync-start")
 
 
+def test_a_job_deleted_elsewhere_leaves_the_page_and_a_finished_one_stays_after_a_reload(open_page, tmp_path):
+    """The job the page followed, deleted from another tab or the API, froze its progress and left Cancel doing
+    nothing; a finished job's result was gone after a reload (the page forgot finished jobs)."""
+    from serve_kit import Client, face_photo
+
+    app, page = open_page()
+    client = Client(app.url)
+    _pick(page, "#sync-video-file", face_photo(tmp_path / "face.png"), "#sync-video-status")
+    _pick(page, "#sync-audio-file", write_wav(tmp_path / "long.wav", 40.0), "#sync-audio-status")
+    page.click("#sync-start")
+    page.wait_for_selector("#sync-cancel:not([hidden])", timeout=60_000)
+    job = page.evaluate("() => localStorage.getItem('hyperlips.sync')")
+    assert client.json("DELETE", f"/api/jobs/{job}")[0] == 200  # elsewhere: the API
+    page.wait_for_function("() => document.getElementById('sync-error').textContent.includes('no longer exists')",
+                           timeout=60_000)
+    assert not page.is_visible("#sync-cancel") and not page.is_visible("#sync-job") and page.is_enabled("#sync-start")
+
+    _pick(page, "#sync-audio-file", write_wav(tmp_path / "short.wav", 0.6), "#sync-audio-status")
+    page.click("#sync-start")
+    page.wait_for_selector("#sync-result:not([hidden])", timeout=JOB_TIMEOUT_MS)
+    page.reload()
+    page.wait_for_selector("#sync-result:not([hidden])", timeout=60_000)  # the result is still there
+    assert page.inner_text("#sync-error") == ""
+
+
 def test_train_a_person_model_in_the_page(open_page, real_data, tmp_path):
     _, page = open_page(finetune_command=fake_finetune(tmp_path / "fake"))
     page.click("#tab-train")

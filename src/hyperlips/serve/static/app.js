@@ -252,7 +252,7 @@ async function follow(view, jobId) {
   try {
     job = await api("GET", `/api/jobs/${jobId}`);
   } catch (e) {
-    if (/no job/.test(e.message)) { remember(view, null); state[view].job = null; updateButtons(); return; }
+    if (/no job/.test(e.message)) { forget(view, jobId); return; }
     setError(`${view}-error`, e.message);
     setTimeout(() => follow(view, jobId), POLL_MS * 4);
     return;
@@ -261,7 +261,20 @@ async function follow(view, jobId) {
   state[view].job = job;
   render(view, job);
   if (job.state === "queued" || job.state === "running") setTimeout(() => follow(view, jobId), POLL_MS);
-  else remember(view, null);
+  else if (job.state !== "done") remember(view, null); // a result stays on the page after a reload
+}
+
+// The job a view shows is gone (deleted here or elsewhere, or expired): its progress, Cancel and result go, and
+// the page says so unless it only remembered the job from an earlier visit.
+function forget(view, jobId) {
+  const seen = state[view].job && state[view].job.id === jobId && !state[view].job.remembered;
+  remember(view, null);
+  state[view].job = null;
+  show($(`${view}-job`), false);
+  show($(view === "sync" ? "sync-cancel" : "train-cancel"), false);
+  if (view === "sync") show($("sync-result"), false);
+  setError(`${view}-error`, seen ? "This job no longer exists: it was deleted, or it expired." : "");
+  updateButtons();
 }
 
 function render(view, job) {
@@ -344,7 +357,7 @@ async function start(view, body) {
 
 async function cancel(view) {
   const job = state[view].job;
-  if (!job) return;
+  if (!job) { setError(`${view}-error`, "There is no job to cancel."); return; }
   try { await api("POST", `/api/jobs/${job.id}/cancel`); } catch (e) { setError(`${view}-error`, e.message); }
 }
 
@@ -371,8 +384,10 @@ async function refreshJobs() {
     const live = j.state === "queued" || j.state === "running";
     act.textContent = live ? "cancel" : "delete";
     act.addEventListener("click", async () => {
-      try { await api(live ? "POST" : "DELETE", live ? `/api/jobs/${j.id}/cancel` : `/api/jobs/${j.id}`); }
-      catch (e) { $("jobs-note").textContent = e.message; }
+      try {
+        await api(live ? "POST" : "DELETE", live ? `/api/jobs/${j.id}/cancel` : `/api/jobs/${j.id}`);
+        if (!live) for (const view of ["sync", "train"]) if (state[view].job && state[view].job.id === j.id) forget(view, j.id);
+      } catch (e) { $("jobs-note").textContent = e.message; }
       refreshJobs();
     });
     td.append(act);
@@ -426,7 +441,7 @@ async function init() {
   }
   for (const view of ["sync", "train"]) {
     const id = localStorage.getItem(`hyperlips.${view}`);
-    if (id) { state[view].job = { id, state: "queued" }; follow(view, id); }
+    if (id) { state[view].job = { id, state: "queued", remembered: true }; follow(view, id); }
   }
   const tab = location.hash.slice(1);
   selectTab(["sync", "train", "jobs"].includes(tab) ? tab : "sync");
