@@ -141,7 +141,15 @@ class Store:
                                       (kind, limit)).fetchall()
         else:
             rows = self._db().execute("SELECT * FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
-        return [_job(r) for r in rows]
+        jobs = [_job(r) for r in rows]
+        # as get_job gives it: the queued jobs ahead of each queued one, in the order they are claimed
+        queue = [r[0] for r in self._db().execute(
+            "SELECT id FROM jobs WHERE state = 'queued' ORDER BY created, rowid").fetchall()]
+        ahead = {job_id: i for i, job_id in enumerate(queue)}
+        for job in jobs:
+            if job["state"] == "queued" and job["id"] in ahead:
+                job["queue_position"] = ahead[job["id"]]
+        return jobs
 
     def count(self, state: str) -> int:
         return self._db().execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,)).fetchone()[0]
