@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from helpers import write_wav
@@ -57,6 +58,8 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
 
     running = [s for s in seen if s["state"] == "running" and s["stage"] == "train"]
     assert running, "no training progress was seen"
+    log = client.request("GET", f"/api/jobs/{job['id']}/log")[2].decode()
+    assert log.count("step 10: mouth_l1") == 1  # the trainer's lines, once each (they reach the log as they come)
     assert {"step", "elapsed_s", "eta_s", "fraction", "val", "preview"} <= set(running[-1]["progress"])
     assert 0 < running[-1]["fraction"] < 1 and running[-1]["progress"]["val"]["mouth_l1"] > 0
     assert [s["progress"]["step"] for s in running] == sorted(s["progress"]["step"] for s in running)
@@ -91,6 +94,22 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
     speech = client.upload_file(clip["speech"])
     synced = client.submit(video=photo["id"], audio=speech["id"], model="person:anna-2")
     assert client.wait(synced["id"], timeout=900)[0]["state"] == "done"
+
+
+def test_a_running_training_jobs_log_shows_the_trainers_lines(start, clip, monkeypatch):
+    """The log of a training job was empty until the trainer ended (and stayed empty when it was cancelled)."""
+    monkeypatch.setenv("FAKE_FINETUNE_PAUSE", "2.5")
+    monkeypatch.setenv("FAKE_FINETUNE_STEPS", "4")  # 10 s of training
+    app, client = start()
+    video = client.upload_file(clip["video"])
+    job = client.submit(kind="finetune", video=video["id"], name="anna", minutes=0.5)
+    while "step 10: mouth_l1" not in client.request("GET", f"/api/jobs/{job['id']}/log")[2].decode():
+        now = client.job(job["id"])
+        assert now["state"] in ("queued", "running") and (now["progress"] or {}).get("step", 0) < 40, now
+        time.sleep(0.2)
+    client.json("POST", f"/api/jobs/{job['id']}/cancel")
+    assert client.wait(job["id"], timeout=120)[0]["state"] == "cancelled"
+    assert "step 10: mouth_l1" in client.request("GET", f"/api/jobs/{job['id']}/log")[2].decode()
 
 
 def test_training_errors_reach_the_job_as_one_line(start, clip):

@@ -131,10 +131,20 @@ def run_finetune(job: dict, folder: Path) -> dict:
     write_json(work / "progress.json", {"stage": "preprocess", "step": 0, "elapsed_s": 0.0, "eta_s": None,
                                         "fraction": 0.0, "val": {}, "preview": None})
     err_path = folder / "finetune.stderr"
-    with open(err_path, "wb") as err:
-        rc = subprocess.call(cmd, stdout=sys.stdout, stderr=err, cwd=folder)
+    with open(err_path, "wb") as err:  # kept for the failure's reason, and copied to the job's log as it comes
+        proc = subprocess.Popen(cmd, stdout=sys.stdout, stderr=subprocess.PIPE, cwd=folder)
+        log = getattr(sys.stderr, "buffer", None)
+        while chunk := os.read(proc.stderr.fileno(), 65536):
+            err.write(chunk)
+            err.flush()
+            if log is not None:
+                log.write(chunk)
+                log.flush()
+        proc.stderr.close()
+        rc = proc.wait()
     tail = err_path.read_bytes()[-65536:].decode("utf-8", "replace")
-    sys.stderr.write(tail)
+    if log is None:
+        sys.stderr.write(tail)
     if rc != 0:
         lines = [ln for ln in tail.replace("\r", "\n").splitlines() if ln.strip()]
         said = [ln.split("error:", 1)[1].strip() for ln in lines if ln.startswith("hyperlips: error:")]
