@@ -105,6 +105,33 @@ def test_real_vfr_clip_face1(real_data):
         assert len(set(r.source_index.tolist())) < 135  # frames that last two thirtieths are shown twice
 
 
+def test_frames_that_share_one_timestamp_are_warned_of(tmp_path):
+    """A file whose frames all carry timestamp 0 (written with no pts) gave a still picture for the whole clip,
+    silently: said now, with what to do."""
+    import av
+
+    from hyperlips.errors import InputWarning
+    from hyperlips.media.timing import open_timeline
+
+    path = tmp_path / "zero_pts.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 25)
+        for k in range(20):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 10 * k, np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = 0  # every frame at 0
+            for packet in stream.encode(frame):
+                packet.pts = packet.dts = 0
+                out.mux(packet)
+        for packet in stream.encode():
+            packet.pts = packet.dts = 0
+            out.mux(packet)
+    with pytest.warns(InputWarning, match=r"19 of its 20 frames carry the timestamp of another frame .* re-encode"):
+        open_timeline(path).close()
+
+
 def test_damaged_packets_are_counted_and_frames_kept(real_data, tmp_path):
     """Garbage over a few packets in the middle: the clip still gives every frame, and the damage is counted."""
     path = write_video(tmp_path / "clip.mp4", face_frames(real_data / "retalking" / "face2.mp4", 50),

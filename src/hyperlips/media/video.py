@@ -167,6 +167,7 @@ class _Index:
     n_frames: int
     last_duration: int  # duration of the last frame in stream time_base units (0 if unknown)
     time_base: Fraction | None = None  # seconds per pts unit
+    repeated: int = 0  # frames whose timestamp another frame has too (a badly muxed file): never shown
 
 
 def _scan(container, stream) -> _Index:
@@ -188,7 +189,7 @@ def _scan(container, stream) -> _Index:
             (int(np.searchsorted(arr, p[0])), p[1] if p[1] is not None else p[0]) for p in packets if p[2]
         )
         last = max(packets, key=lambda p: p[0])
-        return _Index(arr, keys, len(arr), last[3])
+        return _Index(arr, keys, len(arr), last[3], repeated=n - len(arr))
     keys = [(i, p[1]) for i, p in enumerate(packets) if p[2]] if all(p[1] is not None for p in packets) else []
     return _Index(None, keys, n, 0)
 
@@ -317,6 +318,11 @@ class FrameReader:
     def time_base(self) -> Fraction | None:
         """The unit of the stream's timestamps (None for still images and AVI, whose frames are counted)."""
         return self._index.time_base if self._index is not None and self._index.pts is not None else None
+
+    @property
+    def repeated_frames(self) -> int:
+        """Frames of the file left out because another frame carries the same timestamp (0 for a sound file)."""
+        return self._index.repeated if self._index is not None else 0
 
     @property
     def times(self) -> np.ndarray:
