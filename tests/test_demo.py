@@ -91,7 +91,8 @@ def test_demo_command_as_shipped(tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [(("-o", "out.txt"), "output must be a video file"),
-                                         (("--checkpoint", "nowhere.pth"), "checkpoint not found")])
+                                         (("--checkpoint", "nowhere.pth"), "checkpoint not found"),
+                                         (("--fps", "0"), "--fps"), (("--crf", "99"), "--crf")])
 def test_a_demo_mistake_writes_no_inputs(tmp_path, args, words):
     """The output path and the weights are checked before the demo makes its inputs: a mistake leaves nothing."""
     r = run_cli("demo", "--quiet", *args, cwd=tmp_path)

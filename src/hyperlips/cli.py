@@ -304,7 +304,13 @@ def _run_demo(args) -> int:
     from .demo import make_demo_inputs
     from .streaming import check_output
 
-    check_output(args.output)  # the output and the weights first: a mistake in either leaves no demo inputs behind
+    from .media.timing import check_fps
+    from .media.writer import check_encoding
+
+    # the output, the options sync checks and the weights first: a mistake leaves no demo inputs behind
+    check_output(args.output)
+    check_fps(args.fps)
+    check_encoding(args.crf, args.preset, args.pix_fmt)
     ls = _make_lipsync(args)
     folder = args.output.parent if str(args.output.parent) else Path(".")
     image, speech, phonemes = make_demo_inputs(folder / "hyperlips_demo_inputs")
