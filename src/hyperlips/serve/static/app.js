@@ -107,7 +107,7 @@ function stageLine(job) {
   if (p.step != null) text += ` · step ${p.step}`;
   const pct = Math.round((job.fraction || 0) * 100);
   text += ` · ${pct}%`;
-  if (p.eta_s != null) text += ` · about ${fmtSeconds(p.eta_s)} left`;
+  if (p.eta_s != null && (p.eta_s > 0 || pct >= 100)) text += ` · about ${fmtSeconds(p.eta_s)} left`; // none before it is known
   return text;
 }
 
