@@ -18,6 +18,7 @@ log = logging.getLogger("hyperlips.serve")
 MODEL_SUFFIXES = (".safetensors", ".pth")
 _HR = re.compile(r"^(?P<stem>.+)\.hr(?P<size>128|256|512)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SKIPPED: set[Path] = set()  # model files whose names cannot be listed, already said
 UNTRAINED_ID = "untrained"
 STARTER_ID = "starter"
 
@@ -66,6 +67,10 @@ def person_models(folder: Path) -> list[ModelChoice]:
             hrs.setdefault(m["stem"], {})[int(m["size"])] = p
         elif _NAME.match(p.stem):
             bases.setdefault(p.stem, p)  # .safetensors sorts before .pth: it wins when both exist
+        elif p not in _SKIPPED:  # said once per file in the server's log, not at every listing
+            _SKIPPED.add(p)
+            log.warning("model %s is left out: a model's name is letters, digits, '.', '_' and '-' (at most 64, "
+                        "starting with a letter or digit); rename the file to list it", p.name)
     return [ModelChoice(f"person:{stem}", f"{stem} (person model)", "person", path, hrs.get(stem, {}))
             for stem, path in sorted(bases.items())]
 
