@@ -317,6 +317,21 @@ def test_too_long_and_unknown_types_are_refused(server, inputs, tmp_path):
     assert not any((tmp_path / "data" / "files").iterdir()), "a refused upload left a file"
 
 
+def test_the_examples_are_held_to_the_servers_length_limit(server):
+    """A server started with --max-seconds 3 listed and ran its 10 s built-in example (uploads were held to it)."""
+    from hyperlips.serve.uploads import longest_seconds
+
+    app, client = server(run_jobs=False, examples=True, max_seconds=3.0)
+    every = app.store.examples()
+    long_ones = [f for f in every if longest_seconds(f) > 3.0]
+    assert long_ones, every  # the built-in example's speech is longer than 3 s
+    listed = {f["id"] for f in client.json("GET", "/api/examples")[1]["files"]}
+    assert listed == {f["id"] for f in every} - {f["id"] for f in long_ones}
+    photo = next(f for f in every if f["facts"]["is_image"])
+    status, err = client.json("POST", "/api/jobs", {"video": photo["id"], "audio": long_ones[0]["id"]})
+    assert status == 400 and "this server takes at most 3 s" in err["error"], err
+
+
 def test_bad_job_options_are_refused_with_a_reason(server, inputs):
     app, client = server(run_jobs=False)
     photo = client.upload_file(inputs["photo"])

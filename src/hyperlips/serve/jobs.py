@@ -21,7 +21,7 @@ from .catalog import UNTRAINED_ID, find_model, list_models
 from .runner import job_folder
 from .settings import ServeSettings
 from .store import Store, new_id, valid_id
-from .uploads import UploadError, check_role, link_into
+from .uploads import UploadError, check_role, link_into, longest_seconds
 
 KINDS = ("sync", "finetune")
 FIELDS = {  # what a job of each kind takes; anything else is a mistake (a misspelt option would pass unnoticed)
@@ -36,7 +36,7 @@ def _bad(text: str) -> UploadError:
     return UploadError(text)
 
 
-def _file(store: Store, params: dict, key: str, what: str) -> dict:
+def _file(store: Store, params: dict, key: str, what: str, max_seconds: float = float("inf")) -> dict:
     file_id = params.get(key)
     if file_id is not None and file_id != "" and not isinstance(file_id, str):
         raise _bad(f"{key} must be the id of an uploaded file, a string (got {json.dumps(file_id)[:40]})")
@@ -45,6 +45,9 @@ def _file(store: Store, params: dict, key: str, what: str) -> dict:
     rec = store.get_file(file_id) if valid_id(file_id) else None
     if rec is None:
         raise _bad(f"{key}: no uploaded file has the id {file_id[:40]!r} (uploads are deleted after a while: upload it again)")
+    if rec["example"] and longest_seconds(rec) > max_seconds:  # uploads were held to it when they came in
+        raise _bad(f"{key}: the example {rec['name']} is {longest_seconds(rec):.1f} s long; this server takes at most "
+                   f"{max_seconds:g} s")
     return rec
 
 
@@ -81,8 +84,8 @@ def submit(settings: ServeSettings, store: Store, params: dict) -> dict:
 
 
 def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> tuple[dict, dict]:
-    video = _file(store, params, "video", "video or photo")
-    audio = _file(store, params, "audio", "speech file")
+    video = _file(store, params, "video", "video or photo", settings.max_seconds)
+    audio = _file(store, params, "audio", "speech file", settings.max_seconds)
     check_role(video, "video")
     check_role(audio, "audio")
     model_id = params.get("model") or list_models(settings)[0].id
@@ -207,7 +210,7 @@ def _temporal_blend(params: dict) -> float:
 
 
 def _finetune(settings: ServeSettings, store: Store, params: dict, folder: Path) -> tuple[dict, dict]:
-    video = _file(store, params, "video", "video of the person")
+    video = _file(store, params, "video", "video of the person", settings.max_seconds)
     facts = video["facts"]
     if facts["is_image"] or not facts["has_video"]:
         raise _bad(f"{video['name']}: a person model is trained from a video of the person talking "

@@ -28,7 +28,7 @@ from .openapi import openapi_document
 from .runner import job_folder
 from .settings import LOOPBACK_HOSTS
 from .store import FINISHED, valid_id
-from .uploads import UploadError, check_length, display_name, receive, storage_suffix
+from .uploads import UploadError, check_length, display_name, longest_seconds, receive, storage_suffix
 
 log = logging.getLogger("hyperlips.serve")
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
@@ -288,7 +288,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json({"models": [m.public() for m in list_models(self.app.settings)]})
 
     def r_examples(self) -> None:
-        self._json({"files": [public_file(f) for f in self.app.store.examples()]})
+        limit = self.app.settings.max_seconds  # as uploads are held to it
+        self._json({"files": [public_file(f) for f in self.app.store.examples() if longest_seconds(f) <= limit]})
 
     def r_upload(self) -> None:
         raw_name, length = self._query().get("name"), self._length()

@@ -159,6 +159,12 @@ def inspect(path: Path, name: str, max_seconds: float) -> dict:
     return facts
 
 
+def longest_seconds(record: dict) -> float:
+    """The longer of a stored file's picture and sound, in seconds (0 for a photo)."""
+    facts = record["facts"]
+    return max(float(facts.get("video_seconds") or 0.0), float(facts.get("audio_seconds") or 0.0))
+
+
 def _declared_seconds(path: Path) -> float | None:
     """The length the container declares (None for photos, or when it does not say or cannot be opened)."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
