@@ -42,8 +42,9 @@ def run_serve(args: argparse.Namespace) -> int:
     for name in ("jobs", "max_upload_mb", "max_seconds", "max_train_minutes", "keep_hours", "batch_size"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be more than 0 (got {getattr(args, name)})")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if args.verbose:  # the server's own debug lines (every request), not every library's (PIL's PNG chunks)
+        logging.getLogger("hyperlips").setLevel(logging.DEBUG)
     settings = ServeSettings(data=args.data or default_data_dir(), models=args.models, host=args.host, port=args.port,
                              jobs_at_once=args.jobs, max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds,
                              max_train_minutes=args.max_train_minutes, keep_hours=args.keep_hours, device=args.device,
