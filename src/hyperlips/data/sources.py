@@ -16,6 +16,14 @@ from ..errors import UserError, warn
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".ts"})
 SPEAKER_MODES = ("auto", "parent", "stem", "one")
 
+FINETUNE_STATE = "finetune.json"  # in finetune's work folder: its footage, its held-out part, its preprocessing time
+
+
+def default_work(model: Path) -> Path:
+    """finetune's work folder for a run writing ``model`` without ``--work``: ``MODEL.work`` beside it."""
+    return model.with_name(model.stem + ".work")
+
+
 _MEAD = re.compile(r"^[MW]\d{3}$")
 _VOX = re.compile(r"^id\d{5}$")
 _TRAILING_NUMBER = re.compile(r"[_\-]?\d+$")

@@ -106,6 +106,7 @@ def held_out_by(checkpoint) -> dict | None:
     run's state beside it records it (``MODEL.work/finetune.json``); None for any other model."""
     from ..errors import CheckpointError
     from ..models.metadata import read_metadata
+    from ..data.sources import FINETUNE_STATE, default_work
 
     if checkpoint is None:
         return None
@@ -117,7 +118,7 @@ def held_out_by(checkpoint) -> dict | None:
         except CheckpointError:
             return None  # loading it says what is wrong
     if held is None:
-        state = path.with_name(path.stem + ".work") / "finetune.json"
+        state = default_work(path) / FINETUNE_STATE
         try:
             held = json.loads(state.read_text(encoding="utf-8")).get("held_out") if state.is_file() else None
         except (OSError, ValueError, AttributeError):

@@ -26,10 +26,11 @@ import sys
 import time
 from pathlib import Path, PurePosixPath
 
+from ..data.sources import FINETUNE_STATE as STATE  # what the first run decided (split, time preprocessing)
+from ..data.sources import default_work
 from ..errors import UserError, warn
 
 MIN_TRAIN_FRAMES = 48
-STATE = "finetune.json"  # in the work folder: what the first run decided (split, time spent preprocessing)
 DEFAULT_MINUTES = 60.0
 SHORT_FOOTAGE_S = 30.0  # below this, warn: too little speech to learn one person's mouth from
 RESERVE_S = 20.0  # of the budget, kept for the last validation, export and writing the model
@@ -360,7 +361,6 @@ def _same_file(a, b) -> bool:
 def _check_rerun(args: argparse.Namespace, work: Path, stored: dict, step: int) -> None:
     """A re-run continues the run in ``work`` (at ``step``, started with the settings ``stored``): the weights it
     started from cannot change under it (refused), and a changed --batch-size or --lr applies from here on (said)."""
-    began = _weights_name(stored.get("init"))
     init = stored.get("init")
     if args.from_scratch:
         asked = "random weights (--from-scratch)" if init else None
@@ -369,7 +369,7 @@ def _check_rerun(args: argparse.Namespace, work: Path, stored: dict, step: int) 
     else:
         asked = None
     if asked is not None:
-        raise UserError(f"{work} holds a run that started from {began} (at step {step} now); a re-run continues it, so "
+        raise UserError(f"{work} holds a run that started from {_weights_name(init)} (at step {step} now); a re-run continues it, so "
                         f"it cannot start from {asked}. Give another -o (or --work), or delete {work} to start over")
     for key, flag in (("batch_size", "--batch-size"), ("lr", "--lr")):
         v, was = getattr(args, key), stored.get(key)
@@ -490,7 +490,7 @@ def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
 
 def run_finetune(args: argparse.Namespace) -> int:
     _check_args(args)
-    work = args.work or args.output.with_name(args.output.stem + ".work")
+    work = args.work or default_work(args.output)
     fresh = not work.exists()
     try:
         data, state = _prepare(args, work)
