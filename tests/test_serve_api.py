@@ -469,6 +469,24 @@ def test_uploaded_names_never_become_paths(server, inputs, tmp_path):
         assert b"SQLite" not in body and b"root:" not in body
 
 
+def test_names_that_are_all_suffix_keep_their_type(server, inputs):
+    """An upload named ".wav" (as some phones and scripts save files) was refused as "wav: not a file type"."""
+    from hyperlips.serve.routes import download_name
+
+    app, client = server(run_jobs=False)
+    speech = inputs["speech"].read_bytes()
+    for name, shown in ((".wav", ".wav"), (" .WAV ", ".WAV"), ("..wav", "..wav"), ("talk.wav.", "talk.wav")):
+        status, rec = client.upload(name, speech)
+        assert status == 201 and rec["name"] == shown and rec["usable_as"]["audio"], (name, rec)
+    assert all(p.suffix == ".wav" for p in (app.settings.data / "files").iterdir())
+    for name in ("..", "wav"):
+        status, err = client.upload(name, speech)
+        assert status == 400 and "not a file type" in err["error"], (name, err)
+    assert [download_name(n) for n in (".mp4", "talk.mov", "a.b.mp4", ".x.mp4", "", None)] == [
+        "video_hyperlips.mp4", "talk_hyperlips.mp4", "a.b_hyperlips.mp4", "x_hyperlips.mp4", "video_hyperlips.mp4",
+        "video_hyperlips.mp4"]
+
+
 def test_oversized_uploads_are_refused_before_they_are_read(server, inputs):
     app, client = server(max_upload_mb=0.05)  # 52 KB
     host, port = client.host, client.port

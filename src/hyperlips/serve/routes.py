@@ -363,8 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise HTTPError(404, "the result file is gone")
         name = None
         if self._query().get("download") not in (None, "", "0"):
-            stem = Path(job["params"].get("video_name") or "video").stem
-            name = f"{stem}_hyperlips.mp4"
+            name = download_name(job["params"].get("video_name"))
         self._send_file(path, "video/mp4", name)
 
     def r_preview(self, id: str) -> None:
@@ -387,3 +386,10 @@ def public_file(rec: dict) -> dict:
     return {"id": rec["id"], "name": rec["name"], "size": rec["size"], "example": rec["example"],
             "created": rec["created"], **{k: v for k, v in facts.items()},
             "usable_as": {"video": "video" not in facts["problems"], "audio": "audio" not in facts["problems"]}}
+
+
+def download_name(video_name: str | None) -> str:
+    """The name a result is downloaded under: "talk.mov" -> "talk_hyperlips.mp4"; a name that is all suffix (".mp4")
+    or none -> "video_hyperlips.mp4" (not a hidden file)."""
+    stem = Path("_" + (video_name or "")).stem[1:].lstrip(".")
+    return f"{stem or 'video'}_hyperlips.mp4"

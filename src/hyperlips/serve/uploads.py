@@ -44,8 +44,10 @@ def display_name(raw: str | None) -> str:
     """The last part of whatever name the client sent, printable, at most 120 characters; 'upload' if nothing is left."""
     text = unicodedata.normalize("NFC", raw or "")
     text = re.split(r"[/\\]", text)[-1]
-    text = "".join(c for c in text if unicodedata.category(c)[0] != "C").strip().strip(".")
+    text = "".join(c for c in text if unicodedata.category(c)[0] != "C").strip().rstrip(". ")
     text = re.sub(r"\s+", " ", text)
+    if not text.strip("."):
+        text = ""
     if len(text) > 120:
         stem, suffix = os.path.splitext(text)
         text = stem[: 120 - len(suffix[:12])] + suffix[:12]
@@ -53,7 +55,8 @@ def display_name(raw: str | None) -> str:
 
 
 def storage_suffix(name: str) -> str:
-    suffix = os.path.splitext(name)[1].lower()
+    # a name that is all suffix (".mp4", as some phones and scripts save files) is that type, not a file without one
+    suffix = os.path.splitext("_" + name)[1].lower()
     if suffix not in ACCEPTED_SUFFIXES:
         raise UploadError(f"{name}: not a file type this server takes; send {ACCEPTED_KINDS}")
     return suffix
