@@ -188,6 +188,19 @@ def test_bad_inputs_show_the_reason_and_jobs_can_be_cancelled(open_page, tmp_pat
     page.wait_for_selector("#sync-error:not([hidden])", timeout=JOB_TIMEOUT_MS)
     assert "wall.png" in page.inner_text("#sync-error") and "face" in page.inner_text("#sync-error")
 
+    # the reason in the page's words: the page offered "2nd from the left", not the command line's --face 1
+    from serve_kit import face_photo
+
+    _pick(page, "#sync-video-file", face_photo(tmp_path / "face.png"), "#sync-video-status")
+    page.select_option("#sync-face", "1")
+    page.click("#sync-start")
+    page.wait_for_function("() => document.getElementById('sync-error').textContent.includes('face.png')",
+                           timeout=JOB_TIMEOUT_MS)
+    shown = page.inner_text("#sync-error")
+    assert shown.startswith("Face to follow “2nd from the left”: face.png shows 1 face"), shown
+    assert shown.endswith("so choose “the largest” or “1st from the left”") and "--face" not in shown, shown
+    page.select_option("#sync-face", "")
+
     _pick(page, "#sync-audio-file", write_wav(tmp_path / "long.wav", 40.0), "#sync-audio-status")
     page.click("#sync-start")
     page.click("#sync-cancel")

@@ -63,6 +63,25 @@ function upload(file, onProgress) {
 
 // ---------------------------------------------------------------- small view helpers
 function show(el, on) { el.hidden = !on; }
+
+// A failed job's reason is the command line's; the options it names read as the fields of this page call them.
+function ordinal(n) {
+  const tens = n % 100, ones = n % 10;
+  return `${n}${tens >= 11 && tens <= 13 ? "th" : ["th", "st", "nd", "rd"][ones] || "th"}`;
+}
+function faceChoices(last) {
+  return +last === 0 ? "so choose “the largest” or “1st from the left”"
+                     : `so choose “the largest” or one of “1st” to “${ordinal(+last + 1)} from the left”`;
+}
+function pageWords(message) {
+  return String(message || "")
+    .replace(/^--face (\d+): /, (_, n) => `Face to follow “${ordinal(+n + 1)} from the left”: `)
+    .replace(/^face_index (\d+) asked for \(--face \d+\)/, (_, n) => `Face to follow “${ordinal(+n + 1)} from the left”`)
+    .replace(/so the faces to choose from are 0\.\.(\d+), counted left to right/, (_, n) => faceChoices(n))
+    .replace(/: use 0\.\.(\d+) \(counted left to right\)/, (_, n) => `: ${faceChoices(n)}`)
+    .replace(/^--minutes ([\d.]+) leaves/, (_, m) => `A time budget of ${m} minute${+m === 1 ? "" : "s"} leaves`)
+    .replace(/give at least --minutes ([\d.]+)/, (_, m) => `give it at least ${Math.ceil(+m)} minutes`);
+}
 function setError(id, text) { const el = $(id); el.textContent = text || ""; show(el, Boolean(text)); }
 function fmtSeconds(s) {
   if (s == null || !isFinite(s)) return "";
@@ -283,7 +302,7 @@ function render(view, job) {
   show($(view === "sync" ? "sync-cancel" : "train-cancel"), running);
   setBar(view, job.fraction || 0);
   $(`${view}-stage`).textContent = stageLine(job);
-  setError(`${view}-error`, job.state === "failed" ? job.message : job.state === "cancelled" ? "Cancelled." : "");
+  setError(`${view}-error`, job.state === "failed" ? pageWords(job.message) : job.state === "cancelled" ? "Cancelled." : "");
   if (view === "sync") renderSyncResult(job);
   else renderTraining(job);
   updateButtons();
@@ -372,7 +391,7 @@ async function refreshJobs() {
     const what = j.kind === "sync" ? `lip-sync ${j.params.video_name} + ${j.params.audio_name}`
                                    : `train “${j.params.name}” on ${j.params.video_name}`;
     const st = j.state === "running" ? `running (${Math.round(j.fraction * 100)}%)`
-             : j.state === "failed" ? `failed: ${j.message}` : j.state;
+             : j.state === "failed" ? `failed: ${pageWords(j.message)}` : j.state;
     for (const [text, cls] of [[when, ""], [what, ""], [st, `state-${j.state}`]]) {
       const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.append(td);
     }
