@@ -147,6 +147,29 @@ def test_pick_the_built_in_example(open_page, tmp_path):
         shutil.copyfile(shot, os.environ["HYPERLIPS_SCREENSHOT"])
 
 
+def test_the_files_chosen_stay_over_a_reload_while_the_server_has_them(open_page, tmp_path):
+    """A reload forgot the files chosen for the next job: uploads had to be made again."""
+    from serve_kit import Client, face_photo
+
+    app, page = open_page(examples=True)
+    page.wait_for_function("() => document.querySelectorAll('#sync-audio-example option').length > 1")
+    _pick(page, "#sync-video-file", face_photo(tmp_path / "face.png"), "#sync-video-status")
+    page.select_option("#sync-audio-example", label=page.inner_text("#sync-audio-example option:nth-child(2)"))
+    chosen = page.input_value("#sync-audio-example")
+    page.reload()
+    page.wait_for_selector("#sync-video-status.ok", timeout=60_000)
+    assert page.inner_text("#sync-video-status").startswith("✓ face.png")
+    assert page.inner_text("#sync-audio-status").startswith("✓ demo_speech.wav")
+    assert page.input_value("#sync-audio-example") == chosen and page.is_enabled("#sync-start")
+
+    photo = page.evaluate("() => localStorage.getItem('hyperlips.sync-video')")
+    assert Client(app.url).json("DELETE", f"/api/files/{photo}")[0] == 200  # gone from the server
+    page.reload()
+    page.wait_for_selector("#sync-audio-status.ok", timeout=60_000)
+    assert page.inner_text("#sync-video-status") == "" and page.is_disabled("#sync-start")
+    assert page.evaluate("() => localStorage.getItem('hyperlips.sync-video')") is None
+
+
 def test_phoneme_timings_picked_in_the_page_reach_the_job(open_page, tmp_path):
     """A phoneme file picked in the page goes with the job (its text, read by the server); a bad one shows why."""
     app, page = open_page(examples=True)

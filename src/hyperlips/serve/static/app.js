@@ -155,6 +155,23 @@ function fillExamples() {
   }
 }
 
+// The files chosen for the next job, kept over a reload (in localStorage, by id) while the server still has them.
+const pickers = {};
+
+async function restorePicked() {
+  for (const [key, p] of Object.entries(pickers)) {
+    const id = localStorage.getItem(`hyperlips.${key}`);
+    if (!id || state[p.view][p.role]) continue;
+    const example = state.examples.find((f) => f.id === id);
+    let rec = example || null;
+    if (!rec) {
+      try { rec = await api("GET", `/api/files/${encodeURIComponent(id)}`); } catch (e) { rec = null; }
+    }
+    if (example) p.example.value = id;
+    if (rec) p.use(rec); else localStorage.removeItem(`hyperlips.${key}`);
+  }
+}
+
 function setupPicker(view, role) {
   const input = $(`${view}-${role}-file`);
   const status = $(`${view}-${role}-status`);
@@ -179,13 +196,17 @@ function setupPicker(view, role) {
       status.textContent = "";
       status.className = "file-status";
     }
+    if (state[view][role]) localStorage.setItem(`hyperlips.${view}-${role}`, rec.id);
+    else localStorage.removeItem(`hyperlips.${view}-${role}`);
     updateButtons();
   };
+  pickers[`${view}-${role}`] = { view, role, use, example };
   input.addEventListener("change", async () => {
     const file = input.files[0];
     if (!file) return;
     example.value = "";
     state[view][role] = null;
+    localStorage.removeItem(`hyperlips.${view}-${role}`);
     state[view].uploading++;
     status.className = "file-status";
     status.textContent = `Uploading ${file.name}…`;
@@ -455,6 +476,7 @@ async function init() {
     await loadModels();
     state.examples = (await api("GET", "/api/examples")).files;
     fillExamples();
+    await restorePicked();
   } catch (e) {
     setError("server-error", e.message);
   }
