@@ -256,6 +256,23 @@ def test_progress_bars_write_lines_to_a_log_file_and_redraw_on_a_terminal(monkey
     assert tty.getvalue().count("\r") >= 50  # redrawn in place
 
 
+def test_a_bar_that_ends_early_writes_its_last_state_once_to_a_log():
+    """``sync``'s face search, done before its estimated total, wrote "faces: 100% 77/77" twice to a log."""
+    from hyperlips import bars
+    from hyperlips.sync_report import complete_bar
+
+    log = io.StringIO()
+    with bars.bar(total=90, desc="faces", unit="frame", stream=log) as b:
+        b.update(77)
+        complete_bar(b)
+    assert [ln for ln in log.getvalue().splitlines() if "77/77" in ln] == [log.getvalue().splitlines()[-1]], log.getvalue()
+    tty = _Terminal()
+    with bars.bar(total=90, desc="faces", stream=tty) as b:
+        b.update(77)
+        complete_bar(b)
+        assert "77/77" in tty.getvalue().split("\r")[-1]  # redrawn at once on a terminal
+
+
 @pytest.mark.parametrize("value, on", [("", False), ("0", False), ("false", False), (" Off ", False), ("no", False),
                                        ("1", True), ("yes", True), ("true", True)])
 def test_debug_output_is_off_for_zero_and_false(monkeypatch, value, on):

@@ -51,3 +51,10 @@ def bar(iterable=None, *, stream=None, **kw):
     kw.setdefault("maxinterval", kw["mininterval"])  # tqdm's monitor would otherwise redraw it every 10 s
     kw.setdefault("ncols", 100)
     return tqdm(iterable, file=LineStream(stream), **kw)
+
+
+def redraw(bar) -> None:
+    """Show a tqdm ``bar``'s new state now where it is redrawn in place (a terminal); in a log, where every state is
+    a line, its closing line shows it (a refresh there wrote the same state twice, a moment apart)."""
+    if not isinstance(getattr(bar.fp, "_wrapped", bar.fp), LineStream):
+        bar.refresh()

@@ -89,10 +89,12 @@ def complete_bar(bar) -> None:
     """Show a bar whose work ended before its estimated total as done: the total becomes what was done."""
     if isinstance(bar, ReportingBar):
         bar.on_progress(bar.stage, bar.done, bar.done)
+    from .bars import redraw
+
     inner = getattr(bar, "bar", bar)
     if not inner.disable:
         inner.total = inner.n
-        inner.refresh()
+        redraw(inner)
 
 
 class ReportingBar:
