@@ -105,9 +105,10 @@ def test_real_vfr_clip_face1(real_data):
         assert len(set(r.source_index.tolist())) < 135  # frames that last two thirtieths are shown twice
 
 
-def test_frames_that_share_one_timestamp_are_warned_of(tmp_path):
+def test_frames_that_share_one_timestamp_are_read_in_stored_order(tmp_path):
     """A file whose frames all carry timestamp 0 (written with no pts) gave a still picture for the whole clip,
-    silently: said now, with what to do."""
+    silently (later with a warning): its frames are now read in the order they are stored, at its tagged rate, and
+    the warning says so."""
     import av
 
     from hyperlips.errors import InputWarning
@@ -128,8 +129,15 @@ def test_frames_that_share_one_timestamp_are_warned_of(tmp_path):
         for packet in stream.encode():
             packet.pts = packet.dts = 0
             out.mux(packet)
-    with pytest.warns(InputWarning, match=r"19 of its 20 frames carry the timestamp of another frame .* re-encode"):
-        open_timeline(path).close()
+    with pytest.warns(InputWarning, match=r"19 of its 20 frames carry the timestamp of another frame .* shown in the "
+                      r"order they are stored, at its tagged rate of 25 fps"):
+        reader = open_timeline(path)
+    with reader:
+        assert reader.n_frames == 20 and reader.fps == 25.0
+        grey = [int(round(f.image.mean())) for f in reader.iter_range(0, 20)]
+        back = [int(round(f.image.mean())) for f in reader.iter_range(0, 20, reverse=True)]
+    assert np.allclose(grey, np.arange(20) * 10, atol=2), grey  # every frame, in order (a still picture before)
+    assert back == grey[::-1]
 
 
 def test_damaged_packets_are_counted_and_frames_kept(real_data, tmp_path):

@@ -230,21 +230,18 @@ class RetimedReader:
 SLOW_FPS = 10  # a video slower than this, read at its own rate, gets a warning: lips cannot follow speech that seldom
 
 
-DUPLICATE_SHARE = 0.05  # more frames than this share with another frame's timestamp: the file is said to be odd
-
-
 def open_timeline(path: str | os.PathLike, fps: float | Fraction | None = None,
                   keep_source: bool = False, warn_slow: bool = False) -> RetimedReader:
     """:class:`RetimedReader` of ``path``, with an :class:`~hyperlips.errors.InputWarning` when its rate varies or
     (``warn_slow``: a command with ``--fps``), read at its own rate, is below :data:`SLOW_FPS`."""
     reader = RetimedReader(path, fps, keep_source=keep_source)
     t = reader.timing
-    repeats = reader.source.repeated_frames
-    n_all = len(reader.source_times) + repeats
-    if not reader.info.is_image and repeats > max(1, DUPLICATE_SHARE * n_all):
-        warn(f"{reader.info.path}: {repeats} of its {n_all} frames carry the timestamp of another frame (a badly "
-             "muxed or damaged file), so only one frame of each time is shown and the others never are; re-encode "
-             "it (with timestamps) to see all of its frames")
+    ignored = reader.source.ignored_timestamps
+    if ignored and not reader.info.is_image:
+        warn(f"{reader.info.path}: {ignored} of its {len(reader.source_times)} frames carry the timestamp of another "
+             f"frame (a badly muxed or damaged file), so its timestamps are not used: its frames are shown in the "
+             f"order they are stored, at its tagged rate of {float(reader.info.rate):.4g} fps; if that is not its "
+             f"speed, re-encode it with timestamps")
     if reader.variable and not reader.info.is_image:
         how = f"at {reader.fps:.3g} fps (--fps)" if fps is not None else f"at its average rate, {reader.fps:.4g} fps"
         warn(f"{reader.info.path} has a variable frame rate (tagged {float(t.nominal):.4g} fps, "

@@ -152,6 +152,9 @@ def _open(path: str):
         raise MediaError(f"cannot open {path} (unreadable or corrupt media file: {reason})") from None
 
 
+DUPLICATE_SHARE = 0.05  # more frames than this share with another frame's timestamp: the timestamps are not used
+
+
 @dataclass
 class _Index:
     """Demux-only scan of the video stream.
@@ -167,7 +170,8 @@ class _Index:
     n_frames: int
     last_duration: int  # duration of the last frame in stream time_base units (0 if unknown)
     time_base: Fraction | None = None  # seconds per pts unit
-    repeated: int = 0  # frames whose timestamp another frame has too (a badly muxed file): never shown
+    repeated: int = 0  # frames whose timestamp another frame has too (a badly muxed file; beyond
+    # DUPLICATE_SHARE of them the timestamps are not used: ``pts`` is None)
 
 
 def _scan(container, stream) -> _Index:
@@ -183,15 +187,22 @@ def _scan(container, stream) -> _Index:
         pass  # a damaged tail: the table covers what could be read; decoding stops there too
     n = len(packets)
     trust_pts = "avi" not in container.format.name.split(",")
+    repeated = 0
     if n and trust_pts and all(p[0] is not None for p in packets):
         arr = np.unique(np.asarray([p[0] for p in packets], dtype=np.int64))
-        keys = sorted(
-            (int(np.searchsorted(arr, p[0])), p[1] if p[1] is not None else p[0]) for p in packets if p[2]
-        )
-        last = max(packets, key=lambda p: p[0])
-        return _Index(arr, keys, len(arr), last[3], repeated=n - len(arr))
-    keys = [(i, p[1]) for i, p in enumerate(packets) if p[2]] if all(p[1] is not None for p in packets) else []
-    return _Index(None, keys, n, 0)
+        repeated = n - len(arr)
+        if repeated <= max(1, DUPLICATE_SHARE * n):
+            keys = sorted(
+                (int(np.searchsorted(arr, p[0])), p[1] if p[1] is not None else p[0]) for p in packets if p[2]
+            )
+            last = max(packets, key=lambda p: p[0])
+            return _Index(arr, keys, len(arr), last[3], repeated=repeated)
+    # no usable timestamps: frames in the order they come out, at the stream's rate; a keyframe is sought by its
+    # dts only where the dts rise (a file whose packets all carry one dts is read from its start instead)
+    dts = [p[1] for p in packets]
+    rising = all(d is not None for d in dts) and all(b > a for a, b in zip(dts, dts[1:]))
+    keys = [(i, p[1]) for i, p in enumerate(packets) if p[2]] if rising else []
+    return _Index(None, keys, n, 0, repeated=repeated)
 
 
 def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
@@ -225,6 +236,9 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
         n_frames = index.n_frames
         last = index.last_duration * tb if index.last_duration else 1 / rate
         duration = float((int(index.pts[-1]) - int(index.pts[0])) * tb + last)
+    elif index.repeated:  # timestamps not used, nor the durations made of them: every frame at the stream's rate
+        n_frames = index.n_frames
+        duration = n_frames / fps
     else:
         duration = stream_duration or container_duration or 0.0
         n_frames = index.n_frames or declared or max(1, int(round(duration * fps)))
@@ -321,8 +335,15 @@ class FrameReader:
 
     @property
     def repeated_frames(self) -> int:
-        """Frames of the file left out because another frame carries the same timestamp (0 for a sound file)."""
-        return self._index.repeated if self._index is not None else 0
+        """Frames of the file left out because another frame carries the same timestamp (a few, at most
+        :data:`DUPLICATE_SHARE` of them; 0 for a still image)."""
+        return self._index.repeated if self._index is not None and self._index.pts is not None else 0
+
+    @property
+    def ignored_timestamps(self) -> int:
+        """Frames whose timestamp another frame carries too, where there are so many (over :data:`DUPLICATE_SHARE`)
+        that the timestamps are not used: every frame is read in the order it is stored, at the stream's rate."""
+        return self._index.repeated if self._index is not None and self._index.pts is None else 0
 
     @property
     def times(self) -> np.ndarray:
