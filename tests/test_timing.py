@@ -140,6 +140,33 @@ def test_frames_that_share_one_timestamp_are_read_in_stored_order(tmp_path):
     assert back == grey[::-1]
 
 
+def test_a_raw_h264_stream_without_timestamps_is_read_in_order(tmp_path):
+    """An elementary .h264 stream (as some cameras and screen recorders write) has no timestamps at all."""
+    import warnings
+
+    import av
+
+    from hyperlips.media.timing import open_timeline
+
+    path = tmp_path / "camera.h264"
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for k in range(20):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 10 * k, np.uint8), format="rgb24")
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reader = open_timeline(path)
+    with reader:
+        assert reader.n_frames == 20 and reader.fps == 25.0
+        grey = [int(round(f.image.mean())) for f in reader.iter_range(0, 20)]
+    assert np.allclose(grey, np.arange(20) * 10, atol=2), grey
+
+
 def test_damaged_packets_are_counted_and_frames_kept(real_data, tmp_path):
     """Garbage over a few packets in the middle: the clip still gives every frame, and the damage is counted."""
     path = write_video(tmp_path / "clip.mp4", face_frames(real_data / "retalking" / "face2.mp4", 50),
