@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
@@ -70,12 +71,14 @@ class SpeechStats:
 @dataclass
 class LiveFrame:
     """One streamed frame: ``index`` (shown at ``time`` = index / fps seconds of the speech) and ``image`` (H, W, 3)
-    uint8 BGR; ``fps``: the stream's frame rate (the idle video's, or the one asked for)."""
+    uint8 BGR; ``fps``: the stream's frame rate (the idle video's, or the one asked for); ``sample_aspect``: the
+    shape of the idle video's pixels as shown (1 for square ones; a writer tags its output with it)."""
 
     index: int
     time: float
     image: np.ndarray
     fps: float
+    sample_aspect: Fraction = Fraction(1)
 
 
 class MelFeed:
@@ -335,7 +338,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
         feeder.start()
         try:
             for job in chain:
-                yield LiveFrame(job.j, job.j / timeline.fps, job.image, timeline.fps)
+                yield LiveFrame(job.j, job.j / timeline.fps, job.image, timeline.fps, timeline.info.sample_aspect)
             if feed.error is not None:
                 raise feed.error
         finally:
@@ -411,7 +414,6 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     frames and the speech to ``output`` and measure the latency of every frame. ``voice_sample``: a recording of the
     same voice whose statistics normalise HyperLips-Lite's mel (the speech file itself reproduces ``sync``)."""
     from .media.audio import load_audio, melspectrogram, speech_problems
-    from .media.video import probe
     from .media.writer import VideoWriter, check_encoding
     from .streaming import MUX_SAMPLE_RATE, check_paths
 
@@ -429,7 +431,6 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     stats = (SpeechStats.of(melspectrogram(load_audio(voice_sample, sr), ls.audio_cfg),
                             int(getattr(ls.base, "mel_smooth", 0))) if voice_sample else None)
     feed = PacedSpeech(wav, int(round(chunk_ms / 1000.0 * sr)), sr, pace)
-    sample_aspect = probe(video).sample_aspect  # non-square pixels: the output is shown as the video is
     output.parent.mkdir(parents=True, exist_ok=True)
     writer, out_times, n = None, [], 0
     stream = ls.stream(video, feed, speech_stats=stats, **stream_options)
@@ -440,7 +441,7 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
                 h, w = fr.image.shape[:2]
                 writer = VideoWriter(output, w, h, fr.fps,
                                      audio=load_audio(speech_path, MUX_SAMPLE_RATE), sample_rate=MUX_SAMPLE_RATE,
-                                     crf=crf, preset=preset, pix_fmt=pix_fmt, sample_aspect=sample_aspect)
+                                     crf=crf, preset=preset, pix_fmt=pix_fmt, sample_aspect=fr.sample_aspect)
             writer.write(fr.image)
             n += 1
         if writer is None:  # pragma: no cover (a stream always gives at least one frame)
