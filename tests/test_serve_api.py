@@ -3,7 +3,9 @@ random weights: submit, progress, result, cancel, restart, bad uploads, path tra
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -621,3 +623,183 @@ def test_the_python_client_in_the_docs_works(server, inputs, tmp_path):
     assert probe_streams(Path(out))["frames"] == 15
     with pytest.raises(RuntimeError, match="has no audio track"):
         namespace["lipsync"](url, str(inputs["photo"]), str(inputs["silent"]), str(tmp_path / "never.mp4"))
+
+
+# ------------------------------------------------------------------------------------------------ hostile clients
+def _raw(app, data: bytes, reads: int = 1) -> list[bytes]:
+    """Send ``data`` on one connection and read ``reads`` answers (each: status line, headers, body)."""
+    import socket
+
+    host, port = app.httpd.server_address[:2]
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(data)
+        f = sock.makefile("rb")
+        answers = []
+        for _ in range(reads):
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                line = f.readline()
+                if not line:
+                    return answers
+                head += line
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+            answers.append(head + f.read(length))
+        return answers
+
+
+def _png_of(path: Path, side: int) -> Path:
+    """A 1-bit grey PNG of side x side pixels: a few tens of KB that decode to side * side * 3 bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(9)
+    row = b"\0" * (1 + (side + 7) // 8)
+    pixels = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def _flac_without_length(path: Path, seconds: float) -> Path:
+    """Silence as FLAC whose header leaves out how long it is (as a stream written on the fly does)."""
+    import av
+
+    with av.open(str(path), "w", format="flac") as c:
+        s = c.add_stream("flac", rate=16000, layout="mono")
+        s.format = "s16"
+        block = np.zeros((1, 16000 * 10), np.int16)
+        for k in range(int(seconds // 10)):
+            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 16000, k * block.shape[1]
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    data = bytearray(path.read_bytes())
+    data[8 + 13] &= 0xF0  # STREAMINFO's total samples: unknown
+    data[8 + 14: 8 + 18] = b"\0\0\0\0"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_small_files_that_decode_huge_are_refused_before_decoding(server, tmp_path):
+    """A 48 KB PNG of 20000 x 20000 pixels was taken as a photo (the server peaked at 2.4 GB checking it), and a FLAC
+    whose header leaves out its length was decoded whole before the length limit (4 h of silence: 3.1 GB)."""
+    import resource
+
+    app, client = server(run_jobs=False, max_seconds=2.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for side, said in ((12000, "is 12000x12000 pixels"), (20000, "holds a picture of far too many pixels")):
+        png = _png_of(tmp_path / f"big{side}.png", side)
+        assert png.stat().st_size < 100_000
+        status, err = client.upload(png.name, png.read_bytes())
+        assert status == 400 and err["error"] == (f"{png.name} {said}; this server takes pictures of at most 100 "
+                                                  f"million pixels: send a smaller one"), err
+    flac = _flac_without_length(tmp_path / "endless.flac", 600.0)
+    status, err = client.upload("endless.flac", flac.read_bytes())
+    assert status == 400 and err["error"].startswith("endless.flac is more than 2 s long"), err
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 300  # MB; decoded: 1.2 GB
+    status, rec = client.upload("ok.png", _png_of(tmp_path / "ok.png", 300).read_bytes())
+    assert status == 201 and rec["width"] == 300, rec
+    assert not any((app.settings.data / "files").glob("*.flac"))
+
+
+def test_a_length_that_is_not_a_plain_number_is_refused(server):
+    """``Content-Length: -1`` on POST /api/jobs read the body until the client closed, past the 1 MB limit."""
+    app, _ = server(run_jobs=False)
+    for value in ("-1", "+5", "1_0", "0x10", "5 5"):
+        for path in ("/api/jobs", "/api/files?name=a.wav"):
+            answer = _raw(app, f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {value}\r\n\r\n".encode())
+            assert answer and answer[0].startswith(b"HTTP/1.1 400"), (value, path, answer)
+            assert b"Content-Length must be a whole number of bytes" in answer[0]
+
+
+def test_a_body_no_route_reads_is_not_taken_for_the_next_request(server, inputs):
+    """A cancel sent with a body left the body on the connection, read as the next request: junk gave the next real
+    request a 501 page, and a body holding a whole DELETE ran it (past the Origin check of the first)."""
+    app, client = server(run_jobs=False)
+    job = _sync_job(client, inputs)  # queued: no job runs on this server
+    rec = client.upload_file(inputs["speech"], "kept.wav")
+    hidden = f"DELETE /api/files/{rec['id']} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n".encode()
+    cancel = (f"POST /api/jobs/{job['id']}/cancel HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(hidden)}"
+              f"\r\n\r\n").encode() + hidden
+    health = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    answers = _raw(app, cancel + health, reads=2)
+    assert answers[0].startswith(b"HTTP/1.1 200"), answers
+    assert len(answers) == 2 and answers[1].startswith(b"HTTP/1.1 200") and b'"ok"' in answers[1], answers
+    assert client.json("GET", f"/api/files/{rec['id']}")[0] == 200  # the DELETE in the body did not run
+    junk = b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
+    answers = _raw(app, junk + health, reads=2)
+    assert [a.split(b"\r\n")[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 2, answers
+
+
+def test_every_answer_is_json_and_deep_or_null_origin_requests_are_refused(server):
+    """OPTIONS/TRACE and over-long headers got the standard library's HTML page; 1000-deep JSON a 500 and a
+    traceback; ``Origin: null`` (a sandboxed frame of any site) passed the cross-site check."""
+    app, client = server(run_jobs=False)
+    for method in ("OPTIONS", "TRACE"):
+        status, headers, body = client.request(method, "/api/jobs")
+        assert status in (404, 405) and headers["content-type"] == "application/json", (method, status)
+        assert json.loads(body)["error"], body
+    answer = _raw(app, b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n")
+    assert answer[0].startswith(b"HTTP/1.1 431") and b"application/json" in answer[0], answer[0][:300]
+    status, err = client.json_raw("POST", "/api/jobs", b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "not valid JSON" in err["error"], err
+    status, err = client.json("POST", "/api/jobs", {}, headers={"Origin": "null"})
+    assert status == 403 and "other sites" in err["error"], err
+
+
+def test_a_server_on_another_loopback_address_answers_requests_named_for_it(tmp_path):
+    """Bound to 127.0.0.2 it refused every request (their Host named 127.0.0.2, not localhost)."""
+    app = App(quick_settings(tmp_path / "data", host="127.0.0.2")).start(run_jobs=False)
+    try:
+        assert app.loopback and app.url.startswith("http://127.0.0.2:")
+        status, info = Client(app.url).json("GET", "/api/info")
+        assert status == 200 and info["name"] == "hyperlips", info
+        status, err = Client(app.url).json("GET", "/api/info", headers={"Host": "attacker.example"})
+        assert status == 403, err
+    finally:
+        app.stop()
+
+
+def test_a_new_server_removes_what_a_stopped_one_left(tmp_path, inputs):
+    """A half-sent upload (``.ID.part``), one still being checked (stored, not recorded) and a stopped job's
+    half-written result stayed in the data folder for good (the hourly clean-up knows recorded files only)."""
+    settings = quick_settings(tmp_path / "data")
+    app = App(settings).start(run_jobs=False)
+    client = Client(app.url)
+    kept = client.upload_file(inputs["speech"])
+    job = _sync_job(client, inputs)
+    app.stop()
+    files, folder = settings.data / "files", settings.data / "jobs" / job["id"]
+    left = [files / ".00112233445566ff.part", files / "00112233445566ff.flac",
+            folder / ".result.1a2b3c4d.partial.mp4", settings.data / "jobs" / "ffeeddccbbaa9988"]
+    for p in left[:3]:
+        p.write_bytes(b"x" * 1000)
+    left[3].mkdir()
+    app = App(settings).start(run_jobs=False)
+    try:
+        assert not [p for p in left if p.exists()], [p for p in left if p.exists()]
+        assert sorted(f"files/{p.name}" for p in files.iterdir()) == sorted(app.store.file_paths())  # the recorded kept
+        assert Client(app.url).json("GET", f"/api/files/{kept['id']}")[0] == 200
+        assert folder.is_dir() and Client(app.url).job(job["id"])["state"] == "queued"
+    finally:
+        app.stop()
+
+
+def test_messages_and_logs_do_not_show_where_the_server_keeps_things(server, inputs, tmp_path):
+    """A job with a damaged person model failed with the models folder's path in its message
+    ("/home/.../models/evil.safetensors: ..."), and its log showed the data folder's."""
+    models = tmp_path / "data" / "models"
+    models.mkdir(parents=True)
+    (models / "evil.safetensors").write_bytes(b"\0" * 64)
+    _, client = server()
+    job = _sync_job(client, inputs, model="person:evil")
+    failed, _ = client.wait(job["id"], timeout=900)
+    assert failed["state"] == "failed", failed
+    assert str(tmp_path) not in failed["message"] and "the model person:evil" in failed["message"], failed["message"]
+    status, _, log = client.request("GET", f"/api/jobs/{job['id']}/log")
+    assert status == 200 and log and str(tmp_path).encode() not in log, log[-500:]

@@ -12,7 +12,8 @@ from ..options import at_least
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="a web page and an HTTP API for lip-sync and person-model training",
                        description="Serve the hyperlips page and API. Listens on localhost only unless --host says "
-                                   "otherwise; jobs wait in a queue that survives a restart.")
+                                   "otherwise; jobs wait in a queue that survives a restart. There are no accounts: "
+                                   "every client that can connect sees and controls every job and upload.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
                    "0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")

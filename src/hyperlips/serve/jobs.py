@@ -134,7 +134,8 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
         write_marks(folder / "phonemes.txt", marks)
     hr = model.hr.get(size) if size != 128 else None
     job = {
-        "video": v_path.name, "audio": a_path.name, "names": {v_path.name: video["name"], a_path.name: audio["name"]},
+        "video": v_path.name, "audio": a_path.name,
+        "names": {v_path.name: video["name"], a_path.name: audio["name"], **_model_names(model, hr, size)},
         "model": {"checkpoint": str(model.checkpoint) if model.checkpoint else None,
                   "hr_checkpoint": str(hr) if hr else None, "untrained": model.id == UNTRAINED_ID},
         "size": size, "face": face, "face_box": box, "loop": loop, "reference": reference,
@@ -236,11 +237,20 @@ def _finetune(settings: ServeSettings, store: Store, params: dict, folder: Path)
             raise _bad(f"start_from: no model {str(start)[:80]!r} on this server")
         checkpoint = str(model.checkpoint)
     v_path = link_into(video, settings, folder, "video")
-    job = {"video": v_path.name, "names": {v_path.name: video["name"]}, "minutes": minutes, "checkpoint": checkpoint,
+    shown = {checkpoint: f"the model {start}"} if checkpoint else {}  # a message names the model, not its path
+    job = {"video": v_path.name, "names": {v_path.name: video["name"], **shown}, "minutes": minutes, "checkpoint": checkpoint,
            "from_scratch": scratch, "command": list(settings.finetune_command)}
     public = {"video": video["id"], "video_name": video["name"], "name": name, "minutes": minutes,
               "start_from": None if scratch else start}
     return job, public
+
+
+def _model_names(model, hr, size: int) -> dict[str, str]:
+    """A model's files as a job's messages name them: by the model's id, not by where the server keeps them."""
+    names = {str(model.checkpoint): f"the model {model.id}"} if model.checkpoint else {}
+    if hr:
+        names[str(hr)] = f"the model {model.id}'s HR decoder ({size} px)"
+    return names
 
 
 def public_job(job: dict) -> dict:

@@ -26,7 +26,6 @@ from . import jobs as jobs_mod
 from .catalog import list_models
 from .openapi import openapi_document
 from .runner import job_folder
-from .settings import LOOPBACK_HOSTS
 from .store import FINISHED, valid_id
 from .uploads import UploadError, check_length, display_name, longest_seconds, receive, storage_suffix
 
@@ -83,6 +82,7 @@ _ROUTES: list[tuple[str, re.Pattern, str]] = [
     ]
 ]
 ROUTE_TABLE = [(m, p.pattern) for m, p, _ in _ROUTES]  # for the OpenAPI consistency test
+BODY_ROUTES = {("POST", "/api/files"), ("POST", "/api/jobs")}  # the requests whose route reads a body
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -92,6 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 120  # seconds a client may stay silent mid-request
     _head = False  # answering a HEAD request: headers only
+    _must_close = False  # an unread body is left on the connection: close it after the answer
 
     # ------------------------------------------------------------------ plumbing
     def handle(self) -> None:
@@ -119,6 +120,25 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._dispatch("PATCH")
 
+    def do_OPTIONS(self) -> None:  # no cross-site preflight is ever answered yes
+        self._dispatch("OPTIONS")
+
+    def do_TRACE(self) -> None:
+        self._dispatch("TRACE")
+
+    def do_CONNECT(self) -> None:
+        self._dispatch("CONNECT")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The base class's own refusals (a request line or headers too long, a method it has no handler for, a
+        malformed request) as JSON like every other answer, not its HTML page."""
+        try:
+            phrase = message or self.responses.get(code, ("error",))[0]
+        except AttributeError:
+            phrase = message or "error"
+        self._head = getattr(self, "command", None) == "HEAD"
+        self._json({"error": " ".join(str(phrase).split())}, code, close=True)
+
     def log_message(self, fmt: str, *args) -> None:
         log.debug("%s %s", self.address_string(), fmt % args)
 
@@ -127,7 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
         if urlsplit(self.path).path == "/api/files":
             try:
                 check_length(self._length(), self.app.settings, display_name(self._query().get("name")))
-            except UploadError as e:
+            except (UploadError, HTTPError) as e:
                 self._json({"error": str(e)}, e.status, close=True)
                 return False
         return super().handle_expect_100()
@@ -136,17 +156,37 @@ class _Handler(BaseHTTPRequestHandler):
         return {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
 
     def _length(self) -> int | None:
+        """The body's declared length; None without one (or sent in chunks). A length that is not a plain
+        whole number of bytes ("-1", "+5", "1_0", "0x10") is refused: read as Python reads numbers, "-1" read the
+        body until the client closed, past every size limit."""
         if self.headers.get("Transfer-Encoding"):
             return None
-        try:
-            return int(self.headers.get("Content-Length", ""))
-        except ValueError:
+        value = self.headers.get("Content-Length")
+        if value is None:
             return None
+        if not re.fullmatch(r"[0-9]{1,15}", value.strip()):
+            raise HTTPError(400, f"Content-Length must be a whole number of bytes (got {value[:40]!r})")
+        return int(value)
+
+    def _skip_body(self) -> None:
+        """A request whose route takes no body: one sent anyway is read and dropped (up to 1 MB; a longer one or one
+        in chunks closes the connection after the answer), so that it is never read as the next request."""
+        chunked = bool(self.headers.get("Transfer-Encoding"))
+        value = self.headers.get("Content-Length")
+        if value is None and not chunked:
+            return
+        if chunked or not re.fullmatch(r"[0-9]{1,15}", value.strip()) or int(value) > 1 << 20:
+            self._must_close = True
+            return
+        self._discard(int(value))
 
     def _dispatch(self, method: str, head: bool = False) -> None:
         self._head = head
+        self._must_close = False
         path = urlsplit(self.path).path
         try:
+            if (method, path) not in BODY_ROUTES:
+                self._skip_body()
             self._check_origin(method)
             allowed = []
             for m, pattern, name in _ROUTES:
@@ -173,12 +213,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _check_origin(self, method: str) -> None:
         host = self.headers.get("Host", "")
-        if self.app.settings.loopback:
+        if self.app.loopback:
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            if name.strip("[]") not in LOOPBACK_HOSTS:
+            if name.strip("[]") not in self.app.host_names:
                 raise HTTPError(403, "this server answers only requests addressed to localhost")
+        # a page of another site, or one that hides where it comes from ("null": a sandboxed frame, a redirect
+        # across sites, a file), may not change anything here; clients that are not browsers send no Origin
         origin = self.headers.get("Origin")
-        if method != "GET" and origin and origin != "null" and urlsplit(origin).netloc != host:
+        if method != "GET" and origin is not None and urlsplit(origin).netloc != host:
             raise HTTPError(403, "requests from other sites are refused")
 
     def _send(self, status: int, body: bytes, ctype: str, headers: dict | None = None, close: bool = False) -> None:
@@ -188,7 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         for k, v in (headers or {}).items():
             self.send_header(k, v)
-        if close:
+        if close or self._must_close:
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
@@ -207,6 +249,8 @@ class _Handler(BaseHTTPRequestHandler):
             return json.loads(self.rfile.read(length) or b"{}", parse_constant=_not_json)
         except ValueError as e:
             raise HTTPError(400, f"the body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise HTTPError(400, "the body is not valid JSON here: nested too deeply") from None
 
     def _discard(self, length: int) -> None:
         while length > 0:
@@ -230,12 +274,18 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
+                if self._must_close:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
                 return
             status = 206
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(end - start + 1))
+        if self._must_close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("X-Content-Type-Options", "nosniff")
@@ -378,6 +428,11 @@ class _Handler(BaseHTTPRequestHandler):
             with open(path, "rb") as f:
                 f.seek(max(0, path.stat().st_size - LOG_TAIL))
                 text = f.read()
+        # the server's folders are its own business: named as the docs name them, not by where they are
+        s = self.app.settings
+        for where, shown in sorted({str(job_folder(s, id)): "JOB", str(s.models): "MODELS", str(s.data): "DATA"}.items(),
+                                   key=lambda kv: -len(kv[0])):
+            text = text.replace(where.encode(), shown.encode())
         self._send(200, text, "text/plain; charset=utf-8", {"Cache-Control": "no-store"})
 
 

@@ -5,6 +5,7 @@ One server owns a data folder (``DATA/server.lock``); the routes it answers are 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import shutil
 import signal
@@ -17,7 +18,7 @@ from ..errors import UserError
 from .catalog import prepare_examples
 from .routes import HTTPError, handler_for
 from .runner import Runner, job_folder, progress_file, read_json
-from .settings import ServeSettings
+from .settings import LOOPBACK_HOSTS, ServeSettings
 from .store import Store, valid_id
 from .uploads import ACCEPTED_KINDS, ACCEPTED_SUFFIXES, register_example
 
@@ -34,9 +35,30 @@ class App:
             (settings.data / sub).mkdir(exist_ok=True)
         self._lock = _lock_data_folder(settings.data)
         self.store = Store(settings.data / "jobs.sqlite3")
+        self.remove_leftovers()
         self.runner = Runner(settings, self.store)
         self.httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def bound(self) -> str:
+        """The address the listener is bound to, as the system reads ``--host`` ("0x7f000001" is 127.0.0.1, "" every
+        address)."""
+        assert self.httpd is not None
+        return str(self.httpd.server_address[0])
+
+    @property
+    def loopback(self) -> bool:
+        """Listening on this machine only (127.0.0.0/8 or ::1): requests must then name it in their Host header."""
+        try:
+            return ipaddress.ip_address(self.bound.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        """The names a request's Host header may give on a loopback listener: localhost's and the bound address."""
+        return (*LOOPBACK_HOSTS, self.bound)
 
     @property
     def url(self) -> str:
@@ -68,6 +90,25 @@ class App:
         self.runner.stop()
         self.store.close()
         self._lock.close()  # another server may use the folder now
+
+    def remove_leftovers(self) -> None:
+        """Delete what a server stopped midway left in its folder (this one owns it now, so nothing is in use):
+        uploads without a record (half sent, or still being checked), the folders of jobs no longer recorded, and
+        the half-written results of the jobs it stopped (they run again from the start)."""
+        data = self.settings.data
+        known = self.store.file_paths()
+        for p in (data / "files").iterdir():
+            if p.is_file() and f"files/{p.name}" not in known:
+                p.unlink(missing_ok=True)
+                log.info("removed %s: an upload the last server did not finish", p.name)
+        for folder in (data / "jobs").iterdir():
+            if not folder.is_dir():
+                continue
+            if not valid_id(folder.name) or self.store.get_job(folder.name) is None:
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            for p in folder.rglob(".*.partial.*"):
+                p.unlink(missing_ok=True)
 
     def load_examples(self) -> None:
         folder = prepare_examples(self.settings)
@@ -138,9 +179,10 @@ def serve(settings: ServeSettings) -> int:
         raise UserError(f"cannot listen on {settings.host}:{settings.port}: {e.strerror or e} "
                         f"(choose another --port, or stop the program that uses it)") from None
     print(f"hyperlips serve: {app.url}/  (data in {settings.data}; Ctrl-C to stop)", flush=True)
-    if not settings.loopback:
-        print(f"hyperlips serve: note: listening on {settings.host}: anyone who can reach this machine can use it",
-              flush=True)
+    if not app.loopback:
+        where = "every address of this machine" if app.bound in ("0.0.0.0", "::") else app.bound
+        print(f"hyperlips serve: note: listening on {where}: anyone who can reach this machine can use it (there "
+              f"are no accounts: every client sees, uses and deletes every job and upload)", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a service manager stopping it
         signal.signal(sig, lambda *_: stop.set())

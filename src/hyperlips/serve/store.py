@@ -108,6 +108,10 @@ class Store:
             self._db().execute("DELETE FROM files WHERE id = ?", (file_id,))
         return rec
 
+    def file_paths(self) -> set[str]:
+        """The stored path (relative to the data folder) of every recorded file, uploads and examples."""
+        return {row[0] for row in self._db().execute("SELECT path FROM files").fetchall()}
+
     def old_uploads(self, before: float) -> list[dict]:
         rows = self._db().execute("SELECT * FROM files WHERE example = 0 AND created < ?", (before,)).fetchall()
         return [_file(r) for r in rows]

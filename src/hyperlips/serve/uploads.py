@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import unicodedata
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +31,7 @@ AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".o
 ACCEPTED_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES | IMAGE_SUFFIXES
 ACCEPTED_KINDS = "videos (mp4, mov, mkv, webm, ...), photos (png, jpg, ...) or speech (wav, mp3, m4a, flac, ogg, ...)"
 CHUNK = 1 << 20
+MAX_PIXELS = 100_000_000  # one picture: a 10000 x 10000 photo (a 48 KB PNG can declare 20000 x 20000: 1.2 GB decoded)
 
 
 class UploadError(UserError):
@@ -135,6 +137,17 @@ def inspect(path: Path, name: str, max_seconds: float) -> dict:
     if declared is not None and declared > max_seconds + 1.0:  # refused before anything is decoded
         raise UploadError(f"{name} is {declared:.1f} s long; this server takes at most {max_seconds:g} s: "
                           f"send a shorter part of it")
+    size = _declared_size(path)  # a small file may hold a huge picture: refused before it is decoded
+    if size is not None and (size == (0, 0) or size[0] * size[1] > MAX_PIXELS):
+        how = f"is {size[0]}x{size[1]} pixels" if size != (0, 0) else "holds a picture of far too many pixels"
+        raise UploadError(f"{name} {how}; this server takes pictures of at most {MAX_PIXELS / 1e6:g} million "
+                          f"pixels: send a smaller one")
+    # a file that does not say its length is measured, up to a little past the limit (the exact length, and the
+    # message giving it, come from the full read below)
+    heard = _sound_seconds(path, max_seconds + 10.0)
+    if heard is not None and heard > max_seconds + 10.0:
+        raise UploadError(f"{name} is more than {max_seconds:g} s long; this server takes at most {max_seconds:g} s: "
+                          f"send a shorter part of it")
     facts: dict = {"has_video": False, "has_audio": False, "is_image": path.suffix.lower() in IMAGE_SUFFIXES,
                    "problems": {}}
     try:
@@ -179,6 +192,58 @@ def _declared_seconds(path: Path) -> float | None:
             return c.duration / 1e6 if c.duration else None
     except (av.error.FFmpegError, OSError, ValueError):
         return None
+
+
+def _declared_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of a photo or a video's pictures as its header gives them, nothing decoded (None when it
+    cannot be read that way: the checks that decode it say why). (0, 0) for a photo that Pillow itself will not
+    open as a decompression bomb (over about 179 million pixels)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        try:
+            from PIL import Image
+        except ImportError:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own warning of a large picture: the size is judged here
+            try:
+                with Image.open(path) as im:
+                    return int(im.size[0]), int(im.size[1])
+            except Image.DecompressionBombError:
+                return 0, 0
+            except Exception:  # noqa: BLE001 - a file Pillow cannot read: the decoder decides
+                return None
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            v = next((s for s in c.streams.video), None)
+            if v is None or not v.codec_context.width:
+                return None
+            return int(v.codec_context.width), int(v.codec_context.height)
+    except (av.error.FFmpegError, OSError, ValueError):
+        return None
+
+
+def _sound_seconds(path: Path, limit: float) -> float | None:
+    """How long a file's sound is, decoded frame by frame and kept nowhere, stopping once it passes ``limit``
+    seconds (a file whose header leaves out its length, or lies about it, cannot fill the memory); None for a photo
+    or a file without sound that can be read."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    import av
+
+    seconds = 0.0
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.audio:
+                return None
+            for frame in c.decode(c.streams.audio[0]):
+                seconds += frame.samples / float(frame.sample_rate or 1)
+                if seconds > limit:
+                    break
+    except (av.error.FFmpegError, OSError, ValueError):
+        return None  # load_audio gives the reason
+    return seconds
 
 
 def check_role(record: dict, role: str) -> None:
