@@ -803,3 +803,23 @@ def test_messages_and_logs_do_not_show_where_the_server_keeps_things(server, inp
     assert str(tmp_path) not in failed["message"] and "the model person:evil" in failed["message"], failed["message"]
     status, _, log = client.request("GET", f"/api/jobs/{job['id']}/log")
     assert status == 200 and log and str(tmp_path).encode() not in log, log[-500:]
+
+
+def test_an_upload_that_would_fill_the_disk_is_refused(server, inputs, monkeypatch):
+    """Uploads are kept a day: nothing stopped them filling the data folder's disk."""
+    import collections
+    import shutil as shutil_mod
+
+    from hyperlips.serve import uploads
+
+    app, client = server(run_jobs=False)
+    usage = collections.namedtuple("usage", "total used free")
+    real = shutil_mod.disk_usage
+    monkeypatch.setattr(uploads.shutil, "disk_usage", lambda p: usage(10 << 30, 9 << 30, uploads.MIN_FREE_BYTES + 1000))
+    data = inputs["speech"].read_bytes()
+    assert len(data) > 1000
+    status, err = client.upload("talk.wav", data)
+    assert status == 507 and err["error"].startswith("talk.wav: the server's disk is nearly full (2.0 GB free"), err
+    assert not any((app.settings.data / "files").iterdir())
+    monkeypatch.setattr(uploads.shutil, "disk_usage", real)
+    assert client.upload("talk.wav", data)[0] == 201

@@ -69,11 +69,13 @@ class App:
 
     def start(self, *, run_jobs: bool = True) -> "App":
         self.load_examples()
-        family = ThreadingHTTPServer
+        # a longer queue of connections waiting to be accepted than the standard library's 5 (under a burst of
+        # connections new ones waited about a second)
+        family = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 64})
         if ":" in self.settings.host:
             import socket
 
-            family = type("V6Server", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+            family = type("V6Server", (family,), {"address_family": socket.AF_INET6})
         self.httpd = family((self.settings.host, self.settings.port), handler_for(self))
         self.httpd.daemon_threads = True
         if run_jobs:

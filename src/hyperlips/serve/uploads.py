@@ -31,6 +31,7 @@ AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".o
 ACCEPTED_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES | IMAGE_SUFFIXES
 ACCEPTED_KINDS = "videos (mp4, mov, mkv, webm, ...), photos (png, jpg, ...) or speech (wav, mp3, m4a, flac, ogg, ...)"
 CHUNK = 1 << 20
+MIN_FREE_BYTES = 2 << 30  # an upload that would leave less free space on the data folder's disk is refused
 MAX_PIXELS = 100_000_000  # one picture: a 10000 x 10000 photo (a 48 KB PNG can declare 20000 x 20000: 1.2 GB decoded)
 
 
@@ -65,6 +66,8 @@ def storage_suffix(name: str) -> str:
 
 
 def size_text(n: float) -> str:
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.1f} GB"
     return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KB"
 
 
@@ -78,6 +81,13 @@ def check_length(length: int | None, settings: ServeSettings, name: str) -> int:
     if length > settings.max_upload_bytes:
         raise UploadError(f"{name} is {size_text(length)}; this server takes files of at most "
                           f"{size_text(settings.max_upload_bytes)}", status=413)
+    try:
+        free = shutil.disk_usage(settings.data).free
+    except OSError:
+        free = None
+    if free is not None and free - length < MIN_FREE_BYTES:  # uploads (kept a day) must not fill the disk
+        raise UploadError(f"{name}: the server's disk is nearly full ({size_text(free)} free, and "
+                          f"{size_text(MIN_FREE_BYTES)} are kept free for the jobs); try again later", status=507)
     return length
 
 
