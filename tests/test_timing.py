@@ -167,6 +167,32 @@ def test_a_raw_h264_stream_without_timestamps_is_read_in_order(tmp_path):
     assert np.allclose(grey, np.arange(20) * 10, atol=2), grey
 
 
+@pytest.mark.parametrize("trc, name", [(16, "PQ"), (18, "HLG")])
+def test_high_dynamic_range_video_is_warned_of(tmp_path, trc, name):
+    """A phone's HDR video (BT.2020, HLG or PQ, 10-bit) came out tagged as ordinary BT.709 video holding its HDR
+    values, which players show washed out, without a word."""
+    import av
+
+    from hyperlips.errors import InputWarning
+    from hyperlips.media.timing import open_timeline
+
+    path = tmp_path / "hdr.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p10le"
+        cc = stream.codec_context
+        cc.colorspace, cc.color_primaries, cc.color_trc = 9, 9, trc
+        for k in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40 * k, np.uint8), format="rgb24")
+            for packet in stream.encode(frame.reformat(format="yuv420p10le")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with pytest.warns(InputWarning, match=rf"hdr.mp4 is high dynamic range video \({name} transfer\): the output "
+                                          r"is ordinary \(SDR, BT.709, 8-bit\) video .* convert it to SDR first"):
+        open_timeline(path).close()
+
+
 def test_damaged_packets_are_counted_and_frames_kept(real_data, tmp_path):
     """Garbage over a few packets in the middle: the clip still gives every frame, and the damage is counted."""
     path = write_video(tmp_path / "clip.mp4", face_frames(real_data / "retalking" / "face2.mp4", 50),

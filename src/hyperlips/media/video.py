@@ -58,6 +58,8 @@ class VideoInfo:
     # the shape of a pixel as shown (width / height; after rotation): 1 for square pixels, 4/3 for a 240-px-wide
     # anamorphic frame shown 320 px wide. Frames are decoded as stored; the writer keeps the tag.
     sample_aspect: Fraction = Fraction(1)
+    # "PQ" or "HLG": the picture is coded for a high dynamic range display (its transfer function); "" for SDR
+    hdr: str = ""
 
 
 @dataclass
@@ -152,6 +154,7 @@ def _open(path: str):
         raise MediaError(f"cannot open {path} (unreadable or corrupt media file: {reason})") from None
 
 
+HDR_TRANSFERS = {16: "PQ", 18: "HLG"}  # transfer characteristics (H.273) of high dynamic range video
 DUPLICATE_SHARE = 0.05  # more frames than this share with another frame's timestamp: the timestamps are not used
 
 
@@ -227,6 +230,7 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
         rotation = _frame_rotation(first, stream)
         w, h = first.width, first.height
         sar = _sample_aspect(stream)
+        hdr = HDR_TRANSFERS.get(int(getattr(first, "color_trc", 0) or stream.codec_context.color_trc or 0), "")
     with _open(path) as c:  # a fresh demuxer for the packet scan
         stream = _video_stream(c, path)
         index = _scan(c, stream)
@@ -246,7 +250,7 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
     if rotation in (90, 270):
         w, h, sar = h, w, 1 / sar
     info = VideoInfo(os.fspath(path), int(w), int(h), fps, rate, int(n_frames), duration, rotation, has_audio,
-                     False, codec, sar)
+                     False, codec, sar, hdr)
     return info, index
 
 
