@@ -150,6 +150,31 @@ def test_exact_resume_and_a_failed_checkpoint_write(sync_view, tmp_path, monkeyp
     assert b["data"]["samples_per_rank"] == 5 * TINY["batch_size"]
 
 
+def test_a_learning_rate_changed_on_resume_applies_and_other_changes_are_said(sync_view, tmp_path):
+    """``--resume --lr X`` trained on at the checkpoint's rate (its optimiser state brought the old one back) while
+    the log and config.yaml said X; ``--model`` was dropped without a word; other changes were not said."""
+    run = tmp_path / "run"
+    _trainer("sync", sync_view, run, max_steps=2, ckpt_every=2, lr=1e-4).fit()
+    same, faster = tmp_path / "same", tmp_path / "faster"
+    shutil.copytree(run, same)
+    shutil.copytree(run, faster)
+    _trainer("sync", sync_view, same, resume=True, max_steps=3, ckpt_every=3, lr=1e-4).fit()
+    _trainer("sync", sync_view, faster, resume=True, max_steps=3, ckpt_every=3, lr=5e-4).fit()
+    a = torch.load(same / "checkpoints/step_000000003.pt", weights_only=True)
+    b = torch.load(faster / "checkpoints/step_000000003.pt", weights_only=True)
+    assert [g["initial_lr"] for g in b["optimizers"]["syncnet"]["param_groups"]] == [5e-4] * len(
+        b["optimizers"]["syncnet"]["param_groups"])
+    assert any(not torch.equal(v, b["models"]["syncnet"][k]) for k, v in a["models"]["syncnet"].items())
+
+    res = run_cli("train", "sync", sync_view, "--out", run, "--resume", "--max-steps", "3", "--lr", "3e-4",
+                  "--seed", "5", "--workers", "0", "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    assert "the run continues at step 2 with lr 0.0003 instead of 0.0001: it applies from here on" in res.stderr
+    assert "with seed" not in res.stderr  # unchanged (TINY's seed): not said
+    res = run_cli("train", "sync", sync_view, "--out", run, "--resume", "--max-steps", "4", "--model", "lite")
+    assert res.returncode == 2 and "cannot go on with --model 'syncnet-lite'" in res.stderr, res.stderr
+
+
 def test_nan_loss_stops_before_writing(sync_view, tmp_path, monkeypatch):
     from hyperlips.train import loop, sync
 

@@ -148,9 +148,12 @@ def config_from_args(args: argparse.Namespace):
         stored = dict(found[1]["config"])
         if stored.get("stage") != args.stage:
             raise UserError(f"{out} holds a `train {stored.get('stage')}` run, not `train {args.stage}`")
-        if args.config is not None:
-            stored.update(load_config(args.config))
-        stored.update(overrides)
+        asked = dict(load_config(args.config)) if args.config is not None else {}
+        asked.update(overrides)
+        if getattr(args, "model", None):
+            asked["model"] = EXPERT_MODELS[args.model] if args.stage == "sync" else _model_name(args.model)
+        check_resume_changes(Path(out), stored, asked, int(found[1].get("step", 0)))
+        stored.update(asked)
         return TrainConfig.from_dict(stored)
     if getattr(args, "model", None):
         overrides["model"] = EXPERT_MODELS[args.model] if args.stage == "sync" else _model_name(args.model)
@@ -164,6 +167,40 @@ def config_from_args(args: argparse.Namespace):
     if not cfg.out:
         raise UserError("no run folder given: --out RUN")
     return cfg
+
+
+# settings a resumed run cannot change (the network, its size, what renders its inputs), and those that change nothing
+# of what it learns (where and how often it writes, how it runs, when it stops); any other change is said
+RESUME_FIXED = {"model": "--model", "lite": "--set lite=", "hr_size": "--size", "base": "--base", "init": "--init"}
+RESUME_FREE = {"out", "threads", "workers", "device", "progress", "progress_file", "log_every", "image_every",
+               "val_every", "val_samples", "val_at_start", "ckpt_every", "keep_last", "max_steps", "max_minutes",
+               "patience"}
+
+
+def check_resume_changes(run: Path, stored: dict, asked: dict, step: int) -> None:
+    """A resumed run (at ``step``, started with the settings ``stored``) given ``asked``: a change of network or of
+    what renders its inputs is refused (it would go on as the run it was, or train on inputs of another network);
+    any other change that alters what it learns (learning rates, batch size, seed, data, loss weights) applies from
+    ``step`` on, with a warning that the run is no longer the one an uninterrupted run would have been."""
+    from ..errors import UserError, warn
+
+    def same(a, b) -> bool:
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return list(a) == list(b)
+        if a == b or str(a) == str(b):
+            return True
+        if isinstance(a, str) and isinstance(b, str) and Path(a).exists() and Path(b).exists():
+            return Path(a).resolve() == Path(b).resolve()  # one file named two ways (relative, absolute)
+        return False
+
+    for key, value in asked.items():
+        if key in RESUME_FREE or key not in stored or same(value, stored[key]):
+            continue
+        if key in RESUME_FIXED:
+            raise UserError(f"{run} holds a run with {key} {stored[key]!r} (at step {step}); it cannot go on with "
+                            f"{RESUME_FIXED[key]} {value!r}: leave it out, or train into a new --out folder")
+        warn(f"{run}: the run continues at step {step} with {key} {value!r} instead of {stored[key]!r}: it applies "
+             f"from here on (the run is no longer what it would have been uninterrupted)")
 
 
 def usage_hint(stage: str, model: Path, base: str | None = None) -> str:

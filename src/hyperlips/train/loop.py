@@ -236,11 +236,16 @@ class Trainer:
     def _restore(self, stage: Stage, ck: dict[str, Any]) -> None:
         if ck.get("stage") != stage.name:
             raise UserError(f"{self.run}: the checkpoint is from `train {ck.get('stage')}`, not `train {stage.name}`")
+        # the rates the settings give (a changed --lr applies from here on); loading the optimisers' state brings
+        # back the checkpoint's, which the schedule would otherwise keep scaling
+        rates = {k: [g["lr"] for g in o.param_groups] for k, o in stage.optimizers().items()}
         try:
             for k, m in stage.modules().items():
                 m.load_state_dict(ck["models"][k])
             for k, o in stage.optimizers().items():
                 o.load_state_dict(ck["optimizers"][k])
+                for g, lr in zip(o.param_groups, rates[k]):
+                    g["initial_lr"] = lr
         except (KeyError, RuntimeError, ValueError) as e:
             first = " ".join(str(e).split())[:200]
             raise UserError(f"{self.run}: its checkpoint does not fit the network being trained ({first}); resume it "
