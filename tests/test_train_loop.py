@@ -175,6 +175,28 @@ def test_a_learning_rate_changed_on_resume_applies_and_other_changes_are_said(sy
     assert res.returncode == 2 and "cannot go on with --model 'syncnet-lite'" in res.stderr, res.stderr
 
 
+def test_unreadable_checkpoints_are_said_once_in_plain_words_and_best_is_the_last_resort(sync_view, tmp_path):
+    """Each unreadable checkpoint was reported twice, in torch's words cut mid-sentence ("...there is a high)"), and a
+    run whose step checkpoints were all gone said "no checkpoint to resume from" beside its best.pt."""
+    run = tmp_path / "run"
+    _trainer("sync", sync_view, run, max_steps=2, ckpt_every=1, keep_last=2, val_every=1, val_samples=2).fit()
+    ckpts = run / "checkpoints"
+    assert (ckpts / "best.pt").is_file()
+    for p in ckpts.glob("step_*.pt"):  # replaced, not written over: best.pt may be a hard link to one of them
+        p.unlink()
+    (ckpts / "step_000000002.pt").write_bytes(b"")
+    (ckpts / "step_000000001.pt").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    res = run_cli("train", "sync", sync_view, "--out", run, "--resume", "--max-steps", "3")
+    assert res.returncode == 0, res.stderr
+    said = [ln for ln in res.stderr.splitlines() if "skipping" in ln]
+    assert len(said) == 2, res.stderr
+    assert said[0].endswith("step_000000002.pt: unreadable training checkpoint (the file is empty)"), said
+    assert said[1].endswith("step_000000001.pt: unreadable training checkpoint (cut short or damaged: its archive "
+                            "cannot be read)"), said
+    assert "resuming from the best one (best.pt, step" in res.stderr, res.stderr
+    assert (ckpts / "step_000000003.pt").is_file()
+
+
 def test_nan_loss_stops_before_writing(sync_view, tmp_path, monkeypatch):
     from hyperlips.train import loop, sync
 

@@ -99,23 +99,55 @@ def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+def _unreadable(path: Path, e: Exception) -> str:
+    """Why torch could not read ``path``, in a few words (its own messages run to paragraphs about pickling)."""
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+    except OSError as err:
+        return err.strerror or str(err)
+    text = " ".join(str(e).split())
+    if "zip archive" in text or "central directory" in text or "file not found" in text:
+        return "cut short or damaged: its archive cannot be read"
+    if "Weights only load failed" in text or "pickle" in text.lower():
+        return "damaged, or not a checkpoint: its contents cannot be read"
+    return text.split(". ")[0][:160]
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means "not a usable checkpoint"
-        raise UserError(f"{path}: unreadable training checkpoint ({' '.join(str(e).split())[:160]})") from None
+        raise UserError(f"{path}: unreadable training checkpoint ({_unreadable(Path(path), e)})") from None
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
         raise UserError(f"{path}: not a hyperlips training checkpoint")
     return ck
 
 
+_SKIPPED: set[str] = set()  # unreadable checkpoints already reported by this process (the run is looked at twice)
+
+
 def latest_checkpoint(run: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable checkpoint of a run (an unreadable newest one is reported and passed over)."""
+    """The newest readable checkpoint of a run (an unreadable newest one is reported once and passed over); where
+    no step checkpoint can be read, the best one (``best.pt``), said so."""
     for step, path in reversed(list_checkpoints(run)):
         try:
             return path, read_checkpoint(path)
         except UserError as e:
-            print(f"hyperlips train: skipping {e}", file=sys.stderr)
+            if str(path) not in _SKIPPED:
+                _SKIPPED.add(str(path))
+                print(f"hyperlips train: skipping {e}", file=sys.stderr)
+    best = Path(run) / CKPT_DIR / "best.pt"
+    if best.is_file():
+        try:
+            ck = read_checkpoint(best)
+        except UserError:
+            return None
+        if str(best) not in _SKIPPED:
+            _SKIPPED.add(str(best))
+            print(f"hyperlips train: no step checkpoint of {run} can be read: resuming from the best one "
+                  f"({best.name}, step {ck.get('step')})", file=sys.stderr)
+        return best, ck
     return None
 
 

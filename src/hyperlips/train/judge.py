@@ -158,7 +158,7 @@ def fit_judge(data: str | Path, out: str | Path, *, steps: int = 3000, members: 
     plain = [(m, t, np.nan_to_num(s), ok) for _, m, t, s, ok in train]  # what the fit and the tuning read
     bar = new_bar(total=steps, desc="fit the judge's audio encoder", unit="step", disable=not progress)
     fit_audio_encoder(judge.audio_encoder, plain,
-                      steps=steps, seed=seed, on_step=lambda i, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+                      steps=steps, seed=seed, on_step=lambda i, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}", refresh=False)))
     bar.close()
     judge.basis.copy_(torch.from_numpy(fit_basis(train, components)))
     judge.eval()
@@ -173,7 +173,7 @@ def fit_judge(data: str | Path, out: str | Path, *, steps: int = 3000, members: 
         bar = new_bar(total=tune_steps, desc="tune it on in-sync against off-sync windows", unit="step",
                    disable=not progress)
         report["tune_steps"] = tune_judge(judge, plain, steps=tune_steps, seed=seed,
-                                          on_step=lambda i, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+                                          on_step=lambda i, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}", refresh=False)))
         bar.close()
         if not report["tune_steps"]:
             report.pop("auc_before_tuning")
