@@ -126,8 +126,10 @@ def test_sync_hr_decoder_128(real_data, ckpt, tmp_path):
     audio = cut_audio(real_data / "retalking" / "audio2.wav", tmp_path / "a.wav", 0.6)
     hr = random_hr_checkpoint(tmp_path / "hr128.pth", 128)
     out = tmp_path / "out.mp4"
-    run_sync(video, audio, out, ckpt, "--hr-checkpoint", hr, "--size", "128")
+    r = run_sync(video, audio, out, ckpt, "--hr-checkpoint", hr, "--size", "128")
     check_output(out, video, 0.6, compare_frames=3)
+    said = r.stdout.strip().splitlines()[-1]  # the HR decoder is named too (only the generator was)
+    assert said.endswith(f"and the HR decoder {hr} (hyperlips-hr-128)") and str(ckpt) in said, said
 
 
 @pytest.mark.slow

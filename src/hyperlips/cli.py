@@ -282,7 +282,7 @@ def _run_sync(args, ls=None) -> int:
     if args.timings:
         print(report.summary())
     frames = f"{report.frames} frame{'s' if report.frames != 1 else ''}"
-    print(f"wrote {report.output} ({frames}, {report.audio_seconds:.2f} s) with {ls.weights}")
+    print(f"wrote {report.output} ({frames}, {report.audio_seconds:.2f} s) with {_weights_used(ls)}")
     return 0
 
 
@@ -296,7 +296,7 @@ def _run_live(args) -> int:
                       loop=args.loop, face_index=args.face, face_box=args.face_box, reference=args.reference,
                       fps=args.fps, phonemes=args.phonemes)
     print(report.summary())
-    print(f"wrote {report.output} ({report.frames} frames) with {ls.weights}, precision {ls.precision}")
+    print(f"wrote {report.output} ({report.frames} frames) with {_weights_used(ls)}, precision {ls.precision}")
     return 0
 
 
@@ -374,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
             parser.set_defaults(_broken_commands=[*parser.get_default("_broken_commands"), _broken]
                                 if parser.get_default("_broken_commands") else [_broken])
     return parser
+
+
+def _weights_used(ls) -> str:
+    """The networks a run used, in words: the generator's weights and, where there is one, the HR decoder's."""
+    hr = getattr(ls, "hr_weights", None)
+    return f"{ls.weights} and the HR decoder {hr}" if hr else ls.weights
 
 
 def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:

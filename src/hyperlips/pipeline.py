@@ -204,11 +204,13 @@ class LipSync:
                             "leave it out")
         self.hr = None
         self.hr_size = None
+        self.hr_weights = None  # the HR decoder, in words (None without one)
         if hr_checkpoint is not None:
             self.hr, info = load_checkpoint(hr_checkpoint, device=self.device)
             if not info.name.startswith("hyperlips-hr-"):
                 raise UserError(f"{hr_checkpoint} holds a {info.name} network, not an HR decoder (--hr-checkpoint)")
             self.hr_size = int(info.name.rsplit("-", 1)[1])
+            self.hr_weights = f"{hr_checkpoint} ({info.name})"
             if size is not None and size != self.hr_size:
                 raise UserError(f"--size {size} does not match the HR checkpoint {hr_checkpoint}, which renders {self.hr_size} px")
         elif size not in (None, BASE_SIZE):
@@ -216,6 +218,7 @@ class LipSync:
                 raise UserError(f"--size {size} needs an HR decoder checkpoint (--hr-checkpoint)")
             self.hr = create_model(f"hyperlips-hr-{size}")
             self.hr_size = size
+            self.hr_weights = f"an untrained (random) HR decoder ({size} px)"
         dtype = DTYPES[self.precision]
         torch_dtype = torch.float32 if dtype is None else getattr(torch, dtype)
         # channels-last runs the convolutions about 25 % faster on CPU (oneDNN) with the same results
