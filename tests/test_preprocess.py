@@ -157,7 +157,8 @@ def test_skip_reasons_and_no_partial_clip_left(tmp_path, more_data):
     with VideoWriter(src / "short.mp4", w, h, 25, audio=np.zeros(6400, np.float32), sample_rate=16000) as vw:
         for f in frames:
             vw.write(f)
-    with VideoWriter(src / "silent.mp4", w, h, 25) as vw:
+    (src / "carol").mkdir()  # a speaker's folder whose only clip is skipped left an empty clips/carol behind
+    with VideoWriter(src / "carol" / "silent.mp4", w, h, 25) as vw:
         for f in frames * 3:
             vw.write(f)
     blank = np.full_like(frames[0], 90)
@@ -167,7 +168,7 @@ def test_skip_reasons_and_no_partial_clip_left(tmp_path, more_data):
     report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
     reasons = {r.source: r.reason for r in report.skipped}
     assert reasons["short.mp4"].startswith("too short")
-    assert reasons["silent.mp4"].startswith("no audio")
+    assert reasons["carol/silent.mp4"].startswith("no audio")
     assert reasons["noface.mp4"].startswith("no face")
     assert report.done == 0
     assert not [p for p in (tmp_path / "ds" / "clips").iterdir()]  # nothing half-written
@@ -179,6 +180,30 @@ def test_skip_reasons_and_no_partial_clip_left(tmp_path, more_data):
 
     res = run_cli("preprocess", src, tmp_path / "ds", "--quiet")
     assert res.returncode == 2 and "no usable clips" in res.stderr
+
+
+def test_a_clip_of_two_people_is_warned_of(tmp_path, more_data):
+    """A split-screen interview was preprocessed as the larger face's speech without a word (its voice may be the
+    other person's)."""
+    from hyperlips.data import preprocess as pp
+    from hyperlips.errors import InputWarning
+    from hyperlips.media.audio import load_audio
+    from hyperlips.media.video import FrameReader
+    from hyperlips.media.writer import VideoWriter
+
+    src = tmp_path / "src"
+    src.mkdir()
+    clip = more_data / "grid_s1/bbaf3s.mpg"
+    with FrameReader(clip) as r:
+        frames = [np.hstack([fr.image, fr.image[:, ::-1]]) for fr in r.iter_range(0, 30)]
+    h, w = frames[0].shape[:2]
+    with VideoWriter(src / "interview.mp4", w, h, 25, audio=load_audio(clip, 16000)[:19200], sample_rate=16000) as vw:
+        for f in frames:
+            vw.write(f)
+    with pytest.warns(InputWarning, match=r"interview.mp4: 30 of its 30 frames show more than one face; the largest "
+                                          r"one at the start is taken as the one speaking"):
+        report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
+    assert report.done == 1
 
 
 def test_interrupted_clip_leaves_nothing_and_is_redone(tmp_path, more_data, monkeypatch):

@@ -94,6 +94,9 @@ def _process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: Preproces
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+MANY_FACES_SHARE = 0.25  # a clip with more than one face in more than this share of its frames with a face: warned
+
+
 class _Skip(Exception):
     pass
 
@@ -129,6 +132,12 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
     report_damage(timeline, n)
     if n < opts.min_frames:
         raise _Skip(f"too short: {n} frames (at least {opts.min_frames} are needed)")
+    several = sum(len(d) > 1 for d in detections)
+    if several > MANY_FACES_SHARE * max(1, sum(bool(d) for d in detections)):
+        from ..errors import warn
+
+        warn(f"{path}: {several} of its {n} frames show more than one face; the largest one at the start is taken as "
+             f"the one speaking, and the speech may be another's (cut the clip to the speaker, or leave it out)")
     track = track_faces(detections, fps=timeline.fps, source=str(path), frame_size=(info.width, info.height))
     n_valid = track.n_found
     if n_valid < opts.min_frames:

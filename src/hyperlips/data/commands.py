@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from pathlib import Path
 
 
@@ -50,4 +51,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"no usable clips in {args.src}: all {len(report.skipped)} were skipped{why} "
                         f"(every reason: {Path(args.dst) / 'skipped.json'})")
     print(report.summary())
+    data = shlex.quote(str(args.dst))
+    hr = f"; then hyperlips train hr {data} --out runs/hr --base runs/base/best.safetensors --size {args.hr_size}" \
+        if args.hr_size else ""
+    print(f"next: hyperlips train base {data} --out runs/base (the generator; --model lite for HyperLips-Lite; "
+          f"your own lip-sync expert first with hyperlips train sync {data} --out runs/sync){hr}; docs/training.md")
     return 0

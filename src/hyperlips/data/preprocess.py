@@ -219,6 +219,7 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
          "source_key": _source_key(src_by_rel[r.source]) if r.source in src_by_rel else None}
         for r in skipped
     ])
+    _remove_empty_folders(dst / "clips")  # a speaker's folder whose every clip was skipped
     manifest = write_manifest(dst, opts, source_root=src)
     clips = manifest["clips"]
     return PreprocessReport(
@@ -232,6 +233,17 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
         seconds=elapsed,
         speakers=len({c["speaker"] for c in clips}),
     )
+
+
+def _remove_empty_folders(root: Path) -> None:
+    """Remove the empty folders below ``root`` (deepest first); ``root`` itself stays."""
+    if not root.is_dir():
+        return
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            pass
 
 
 def _meta_matches(meta_path: Path, key: dict[str, Any], opts: PreprocessOptions) -> bool:
