@@ -83,6 +83,7 @@ _ROUTES: list[tuple[str, re.Pattern, str]] = [
 ]
 ROUTE_TABLE = [(m, p.pattern) for m, p, _ in _ROUTES]  # for the OpenAPI consistency test
 BODY_ROUTES = {("POST", "/api/files"), ("POST", "/api/jobs")}  # the requests whose route reads a body
+PLAIN_LENGTH = re.compile(r"[0-9]{1,15}")  # a Content-Length as HTTP writes it (Python's int() takes "-1", "+5", "1_0")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -164,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
         value = self.headers.get("Content-Length")
         if value is None:
             return None
-        if not re.fullmatch(r"[0-9]{1,15}", value.strip()):
+        if not PLAIN_LENGTH.fullmatch(value.strip()):
             raise HTTPError(400, f"Content-Length must be a whole number of bytes (got {value[:40]!r})")
         return int(value)
 
@@ -175,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
         value = self.headers.get("Content-Length")
         if value is None and not chunked:
             return
-        if chunked or not re.fullmatch(r"[0-9]{1,15}", value.strip()) or int(value) > 1 << 20:
+        if chunked or not PLAIN_LENGTH.fullmatch(value.strip()) or int(value) > 1 << 20:
             self._must_close = True
             return
         self._discard(int(value))
@@ -230,12 +231,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         for k, v in (headers or {}).items():
             self.send_header(k, v)
-        if close or self._must_close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
+        self._closing(close)
         self.end_headers()
         if not self._head:
             self.wfile.write(body)
+
+    def _closing(self, close: bool = False) -> None:
+        """Say the connection closes after this answer (``close``, or a body left unread on it), and close it."""
+        if close or self._must_close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
 
     def _json(self, data, status: int = 200, close: bool = False) -> None:
         self._send(status, json.dumps(data, indent=1).encode(), "application/json",
@@ -274,18 +279,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
-                if self._must_close:
-                    self.send_header("Connection", "close")
-                    self.close_connection = True
+                self._closing()
                 self.end_headers()
                 return
             status = 206
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(end - start + 1))
-        if self._must_close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
+        self._closing()
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("X-Content-Type-Options", "nosniff")
