@@ -123,6 +123,52 @@ def test_frame_comparison_lmd_and_ratios():
         comp.add(img, img[:100], None, None, 1.0)
 
 
+def test_a_vertical_move_counts_as_much_as_a_sideways_one():
+    """The evaluation crop squares the track box (about 1.33 times taller than wide), so landmark distances taken in
+    its pixels counted a vertical move of the lips 25% short: LMD 0.0341 for a 4 px drop against 0.0447 sideways."""
+    img = _face_image()[:384, :384]
+    lm = np.zeros((478, 3))
+    lm[:, :2] = np.random.default_rng(1).uniform(100, 300, (478, 2))
+    lm[33, :2], lm[263, :2] = (120, 150), (270, 150)  # inter-ocular distance 150 crop pixels across
+    aspect = 4 / 3  # the box is 4/3 as tall as wide: a crop row spans 4/3 of a crop column's frame pixels
+    lmd = {}
+    for axis, step in ((0, 4.0), (1, 3.0)):  # 4 crop px sideways and 3 crop px down: the same 4 units in the frame
+        comp = M.FrameComparison()
+        moved = lm.copy()
+        moved[list(M.LIP_POINTS), axis] += step
+        comp.add(img, img, moved, lm, 0.0, aspect)
+        lmd[axis] = comp.summary()["lmd"]
+    assert lmd[0] == pytest.approx(4.0 / 150) and lmd[1] == pytest.approx(lmd[0])
+
+
+def test_the_lag_of_a_series_without_a_correlation_is_none_not_zero():
+    """A clip with no mouth (all NaN openings) reported a peak lag of 0, counted "within 1 frame" in the summary; a
+    constant series slipped past the constant check (float rounding) to an r of -3e-18 at an arbitrary lag."""
+    from hyperlips.eval.report import aggregate
+
+    wave = np.sin(np.arange(100) / 3.0)
+    assert M.lagged_correlation(np.full(100, np.nan), wave)[1] is None
+    r0, lag, peak = M.lagged_correlation(np.full(100, 0.05), wave)
+    assert lag is None and math.isnan(r0) and math.isnan(peak)
+    assert M.lagged_correlation(np.roll(wave, 2), wave)[1] == 2
+    share = aggregate([{"opening_lag": None, "opening_r": None}, {"opening_lag": 6, "opening_r": 0.4},
+                       {"opening_lag": 0, "opening_r": 0.7}])["opening_lag_within_1_share"]
+    assert share == 0.5
+
+
+def test_the_lag_search_never_pairs_frames_across_segments():
+    """A tail of several clips is scored as one series; a lag paired the end of one clip with the start of the next."""
+    rng = np.random.default_rng(3)
+    parts = [rng.normal(size=40) for _ in range(3)]
+    ref = np.concatenate(parts)
+    gen = np.concatenate([np.r_[p[2:], rng.normal(size=2)] for p in parts])  # each part 2 frames early, its own end
+    assert M.correlation_at_lag(gen, ref, -2, segments=[40, 40, 40]) == pytest.approx(1.0)
+    assert M.correlation_at_lag(gen, ref, -2) < 0.999  # pooled as one, the lag pairs across the ends
+    assert M.lagged_correlation(gen, ref, segments=[40, 40, 40])[1] == -2
+    with pytest.raises(ValueError):
+        M.correlation_at_lag(gen, ref, 0, segments=[40, 40])
+
+
 def test_audio_loudness():
     t = np.arange(16000) / 16000
     wav = np.concatenate([np.zeros(8000), np.sin(2 * np.pi * 440 * t[:8000])]).astype(np.float32)
@@ -162,6 +208,24 @@ def test_real_video_against_itself_is_perfect(real_data):
     assert m["jitter_ratio"] == 1.0 and m["flicker_ratio"] == 1.0 and m["sharpness_ratio"] == 1.0
     assert m["jitter_gen"] > 0 and m["flicker_gen"] > 0  # a real clip moves: the ratios compare real numbers
     assert r.sync["lse"]["status"].startswith("unavailable")
+
+
+def test_a_result_without_a_mouth_keeps_the_references_sync_score(real_data, tmp_path):
+    """Both sync scores were taken in one try: a generated video without a face lost the reference's score too, and
+    opening_r_recording then said the reference had none ("--expert off, or too short")."""
+    from hyperlips.eval.sync_score import SyncResult
+    from hyperlips.media.audio import load_audio
+    from hyperlips.models import shipped
+
+    if shipped.judge() is None:
+        pytest.skip("needs the shipped sync judge")
+    ref = real_data / "retalking" / "face2.mp4"
+    grey = [np.full((844, 844, 3), 128, np.uint8)] * 75  # face2 is 844 x 844
+    gen = _write(tmp_path / "grey.mp4", grey, 25, audio=load_audio(ref, 16000)[:48000])
+    r = evaluate_pair(gen, ref, max_seconds=3.0, perceptual=False, expert=shipped.judge().path)
+    entry = r.sync["expert"]
+    assert entry["status"].startswith("unavailable") and isinstance(entry.get("reference"), SyncResult), entry
+    assert r.metrics.get("opening_lag") is None  # no mouth: no lag (it said 0, "in sync")
 
 
 @pytest.fixture(scope="module")

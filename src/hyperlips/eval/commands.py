@@ -163,7 +163,9 @@ def _run_tail(args, device: str, progress: bool) -> int:
     from .report import _fmt
 
     for m, row in res.rows.items():
-        print(f"{m}: opening r {_fmt(row['opening_r'])} (peak lag {row['opening_lag']:+d}), LMD {_fmt(row['lmd'])}, "
+        lag = row.get("opening_lag")
+        peak = "no peak" if lag is None else f"peak lag {lag:+d}"
+        print(f"{m}: opening r {_fmt(row['opening_r'])} ({peak}), LMD {_fmt(row['lmd'])}, "
               f"mouth PSNR {_fmt(row['psnr_mouth'])}, SSIM {_fmt(row['ssim_mouth'])}, delta E {_fmt(row['delta_e'])}, "
               f"sharpness {_fmt(row['sharpness_ratio'])}, jitter {_fmt(row['jitter_ratio'])}")
     if res.shifted:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
@@ -51,6 +51,16 @@ def eval_crop(frame: np.ndarray, box, size: int = EVAL_SIZE, margin: float = EVA
     sx, sy = size / (w * (1 + 2 * margin)), size / (h * (1 + 2 * margin))
     m = np.array([[sx, 0.0, -ex1 * sx], [0.0, sy, -ey1 * sy]], dtype=np.float64)
     return cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def frame_units(lm: Optional[np.ndarray], aspect: float) -> Optional[np.ndarray]:
+    """Landmarks (N, 2+) of an evaluation crop in units that are the same across and down, as in the frame: the crop
+    stretches the track box (``aspect`` = its height / width, about 1.33) to a square, so its rows are ``aspect``
+    times shorter than its columns. Distances between such points (LMD, the opening over the inter-ocular distance,
+    jitter) then count a vertical movement as much as a sideways one (in crop pixels, 25 % less)."""
+    if lm is None:
+        return None
+    return np.asarray(lm, np.float64)[:, :2] * np.array([1.0, float(aspect)])
 
 
 def inter_ocular(lm: np.ndarray) -> float:
@@ -167,34 +177,58 @@ def audio_loudness_db(wav: np.ndarray, times: np.ndarray, fps: float, sample_rat
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation over the entries where both are finite (NaN when fewer than 3 or constant)."""
+    """Pearson correlation over the entries where both are finite (NaN when fewer than 3, or either is constant:
+    all its values equal, which float rounding can leave with a tiny non-zero spread)."""
     ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
         return float("nan")
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
-def correlation_at_lag(gen: np.ndarray, ref: np.ndarray, lag: int) -> float:
-    """Pearson r of ``gen[t + lag]`` against ``ref[t]`` (NaN when fewer than 3 frames overlap)."""
+def _parts(n: int, segments: Optional[Sequence[int]]) -> list[tuple[int, int]]:
+    """(start, end) of the consecutive parts of a series of ``n`` (one part without ``segments``)."""
+    if segments is None:
+        return [(0, n)]
+    ends = np.cumsum([int(s) for s in segments])
+    if len(ends) == 0 or ends[-1] != n:
+        raise ValueError(f"segments {list(segments)} do not add up to the series' {n} entries")
+    return list(zip([0, *ends[:-1].tolist()], ends.tolist()))
+
+
+def correlation_at_lag(gen: np.ndarray, ref: np.ndarray, lag: int, segments: Optional[Sequence[int]] = None) -> float:
+    """Pearson r of ``gen[t + lag]`` against ``ref[t]`` (NaN when fewer than 3 frames overlap). ``segments``: the
+    lengths of the consecutive parts the series are made of (a tail of several clips): pairs never cross a part's
+    end, where one clip's frame would be paired with another's."""
     gen, ref = np.asarray(gen, np.float64), np.asarray(ref, np.float64)
     n, lag = min(len(gen), len(ref)), int(lag)
-    if abs(lag) > n - 3:
+    a, b = [], []
+    for s, e in _parts(n, segments):
+        m = e - s
+        if abs(lag) >= m:
+            continue
+        g, r = gen[s:e], ref[s:e]
+        a.append(g[lag:] if lag >= 0 else g[: m + lag])
+        b.append(r[: m - lag] if lag >= 0 else r[-lag:])
+    if not a or sum(len(x) for x in a) < 3:
         return float("nan")
-    a, b = (gen[lag:n], ref[: n - lag]) if lag >= 0 else (gen[: n + lag], ref[-lag:n])
-    return pearson(a, b)
+    return pearson(np.concatenate(a), np.concatenate(b))
 
 
-def lagged_correlation(gen: np.ndarray, ref: np.ndarray, max_lag: int = 10) -> tuple[float, int, float]:
-    """(r at lag 0, the lag of the cross-correlation peak, r at that lag) of two per-frame series.
+def lagged_correlation(gen: np.ndarray, ref: np.ndarray, max_lag: int = 10,
+                       segments: Optional[Sequence[int]] = None) -> tuple[float, Optional[int], float]:
+    """(r at lag 0, the lag of the cross-correlation peak, r at that lag) of two per-frame series; the lag is None
+    (and its r NaN) where no lag gives a correlation (no mouth found, a constant series): not "in sync".
 
-    A positive lag means ``gen`` follows ``ref`` that many frames late (``gen[t + lag]`` matches ``ref[t]``)."""
+    A positive lag means ``gen`` follows ``ref`` that many frames late (``gen[t + lag]`` matches ``ref[t]``).
+    ``segments``: as :func:`correlation_at_lag`."""
     gen, ref = np.asarray(gen, np.float64), np.asarray(ref, np.float64)
     n = min(len(gen), len(ref))
     gen, ref = gen[:n], ref[:n]
-    best_lag, best_r = 0, float("nan")
-    max_lag = max(0, min(max_lag, n - 3))  # every lag keeps at least 3 overlapping frames
+    longest = max((e - s for s, e in _parts(n, segments)), default=0)
+    best_lag, best_r = None, float("nan")
+    max_lag = max(0, min(max_lag, longest - 3))  # every lag keeps at least 3 overlapping frames
     for lag in range(-max_lag, max_lag + 1):
-        r = correlation_at_lag(gen, ref, lag)
+        r = correlation_at_lag(gen, ref, lag, segments)
         if math.isfinite(r) and (not math.isfinite(best_r) or r > best_r):
             best_lag, best_r = lag, r
     return pearson(gen, ref), best_lag, best_r
@@ -244,9 +278,10 @@ class FrameComparison:
         self.series.setdefault(key, []).append(float(value))
 
     def add(self, gen: np.ndarray, ref: np.ndarray, gen_lm: Optional[np.ndarray], ref_lm: Optional[np.ndarray],
-            time: float) -> tuple[int, int, int, int]:
-        """One frame pair: ``gen``/``ref`` uint8 BGR evaluation crops (384x384), their landmarks (478,2+) or None.
-        Returns the mouth box used (for contact sheets)."""
+            time: float, aspect: float = 1.0) -> tuple[int, int, int, int]:
+        """One frame pair: ``gen``/``ref`` uint8 BGR evaluation crops (384x384), their landmarks (478,2+) or None,
+        ``aspect`` the track box's height / width (distances between landmarks are taken in the frame's proportions,
+        :func:`frame_units`). Returns the mouth box used (for contact sheets)."""
         if gen.shape != ref.shape:
             raise ValueError(f"evaluation crops differ in shape: {gen.shape} vs {ref.shape}")
         size = gen.shape[0]
@@ -275,16 +310,17 @@ class FrameComparison:
             self._put("flicker_ref", mean_abs_diff(ref, pr, skin))
         self._prev = (gen, ref)
 
-        iod = inter_ocular(ref_lm) if ref_lm is not None else float("nan")
+        gu, ru = frame_units(gen_lm, aspect), frame_units(ref_lm, aspect)
+        iod = inter_ocular(ru) if ru is not None else float("nan")
         self._iod.append(iod)
         nan_pts = np.full((len(LIP_POINTS), 2), np.nan)
-        rlip = ref_lm[list(LIP_POINTS), :2].astype(np.float64) if ref_lm is not None else nan_pts
-        glip = gen_lm[list(LIP_POINTS), :2].astype(np.float64) if gen_lm is not None else nan_pts
+        rlip = ru[list(LIP_POINTS)] if ru is not None else nan_pts
+        glip = gu[list(LIP_POINTS)] if gu is not None else nan_pts
         self._lips_ref.append(rlip)
         self._lips_gen.append(glip)
         self._put("lmd", float(np.linalg.norm(glip - rlip, axis=1).mean() / iod))
-        self._put("mouth_open_ref", (ref_lm[INNER_LIP_BOTTOM, 1] - ref_lm[INNER_LIP_TOP, 1]) / iod if ref_lm is not None else np.nan)
-        self._put("mouth_open_gen", (gen_lm[INNER_LIP_BOTTOM, 1] - gen_lm[INNER_LIP_TOP, 1]) / iod if gen_lm is not None else np.nan)
+        self._put("mouth_open_ref", (ru[INNER_LIP_BOTTOM, 1] - ru[INNER_LIP_TOP, 1]) / iod if ru is not None else np.nan)
+        self._put("mouth_open_gen", (gu[INNER_LIP_BOTTOM, 1] - gu[INNER_LIP_TOP, 1]) / iod if gu is not None else np.nan)
         # the opening as a share of the face height (inner-lip gap / forehead-chin distance), the sync measure
         self._put("opening_ref", _opening(ref_lm))
         self._put("opening_gen", _opening(gen_lm))

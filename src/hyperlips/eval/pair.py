@@ -288,19 +288,21 @@ def evaluate_pair(
                     for old in [i for i in ref_cache if i < j]:
                         del ref_cache[old]
                 box = box_arr[k]
+                aspect = float((box[3] - box[1]) / (box[2] - box[0]))  # the crop squares the box: rows are shorter
                 ge = M.eval_crop(gimg, box)
                 glm = mesh.landmarks(ge)
                 if rimg is not None:
                     re_ = M.eval_crop(rimg, box)
                     rlm = mesh.landmarks(re_)
-                    mb = comp.add(ge, re_, glm, rlm, float(gen_times[k] - gen_times[0]))
+                    mb = comp.add(ge, re_, glm, rlm, float(gen_times[k] - gen_times[0]), aspect)
                 else:
                     mb = M.mouth_box(glm)
                     x1, y1, x2, y2 = mb
-                    iod = M.inter_ocular(glm) if glm is not None else float("nan")
-                    op = (glm[M.INNER_LIP_BOTTOM, 1] - glm[M.INNER_LIP_TOP, 1]) / iod if glm is not None else float("nan")
+                    gu = M.frame_units(glm, aspect)
+                    iod = M.inter_ocular(gu) if gu is not None else float("nan")
+                    op = (gu[M.INNER_LIP_BOTTOM, 1] - gu[M.INNER_LIP_TOP, 1]) / iod if gu is not None else float("nan")
                     gen_only.append((float(gen_times[k] - gen_times[0]), op, M.laplacian_variance(ge[y1:y2, x1:x2]),
-                                     glm[list(M.LIP_POINTS), :2] if glm is not None else None, iod))
+                                     gu[list(M.LIP_POINTS)] if gu is not None else None, iod))
                 if k in sheet_at:
                     x1, y1, x2, y2 = mb
                     gcrop = cv2.resize(ge[y1:y2, x1:x2], SHEET_CROP, interpolation=cv2.INTER_AREA)
@@ -377,14 +379,18 @@ def evaluate_pair(
     if silent:
         res.sync["expert"] = {**silent_status, **scorer}
     elif want_exp and judge:
-        try:
-            entry = {"generated": judge_score(expert_model, np.stack(exp_gen), times, melspectrogram(wav), fps)}
-            if exp_ref:
-                rt = ref_times[pair] - ref_times[pair][0]
+        entry = {}
+        try:  # each scored on its own: a generated video without a mouth leaves the reference's score standing
+            entry["generated"] = judge_score(expert_model, np.stack(exp_gen), times, melspectrogram(wav), fps)
+        except ValueError as e:  # too short, or too few frames with a face: the other figures still stand
+            entry.update(status=f"unavailable: {e}", **scorer)
+        if exp_ref:
+            rt = ref_times[pair] - ref_times[pair][0]
+            try:
                 entry["reference"] = judge_score(expert_model, np.stack(exp_ref), rt, melspectrogram(ref_wav),
                                                  float(ri.fps))
-        except ValueError as e:  # too short, or too few frames with a face: the other figures still stand
-            entry = {"status": f"unavailable: {e}", **scorer}
+            except ValueError as e:
+                entry.setdefault("status", f"unavailable for the reference: {e}")
         res.sync["expert"] = entry
     elif want_exp:
         entry = {"generated": expert_score(expert_model, np.stack(exp_gen), times, melspectrogram(wav), fps, device=device)}

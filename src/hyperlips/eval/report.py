@@ -318,10 +318,11 @@ def _sync_table(res: ClipResult) -> list[str]:
     for name in ("lse", "expert"):
         entry = res.sync.get(name, {})
         title = "Public SyncNet (LSE-C / LSE-D)" if name == "lse" else _expert_title(entry)
+        who = [w for w in ("generated", "reference") if isinstance(entry.get(w), SyncResult)]
         if "status" in entry:
             lines += [f"- **{title}**: {entry['status']}", ""]
-            continue
-        who = [w for w in ("generated", "reference") if isinstance(entry.get(w), SyncResult)]
+            if not who:  # (a generated video without a mouth still shows its reference's score below)
+                continue
         head = "| | " + " | ".join("generated" if w == "generated" else "reference (its own audio)" for w in who) + " |"
         lines += [f"**{title}**", "", head, "|---|" + "---|" * len(who)]
         if name == "lse":
@@ -418,8 +419,8 @@ def batch_markdown(rows: list[dict], agg: dict, title: str) -> str:
     lines.append("| " + " | ".join(mean_row) + " |")
     lines += ["", "Offsets: frames, + = audio late; the mean row gives the share of clips found at offset 0. "
               "opening_r: the generated mouth's opening against the reference's, frame by frame (Pearson r at lag 0); "
-              "opening_lag: the lag of their cross-correlation's peak (frames; the mean row: the share of clips within "
-              "a frame of 0); opening_r_peak: r at that lag (a recording itself out of sync scores low at lag 0 "
+              "opening_lag: the lag of their cross-correlation's peak (frames, + = the generated mouth late; n/a where no "
+              "lag correlates; the mean row: the share of the clips with a lag that are within a frame of 0); opening_r_peak: r at that lag (a recording itself out of sync scores low at lag 0 "
               "and higher here); opening_r_recording: r at the offset the sync score finds in the reference recording "
               "itself (its own sound early or late), a lag not chosen to suit the result. n/a = not measured for that "
               "clip (see its report).", ""]

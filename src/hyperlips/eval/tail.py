@@ -254,7 +254,9 @@ def _pool(results) -> tuple[dict, dict]:
     row = {k: M._nanmean(cat[k]) for k in keys}
     row["sharpness_ratio"] = M._ratio(M._nanmean(cat["sharpness_gen"]), M._nanmean(cat["sharpness_ref"]))
     row["jitter_ratio"] = M._ratio(M._nanmean(cat["jitter_gen"]), M._nanmean(cat["jitter_ref"]))
-    r0, lag, r_peak = M.lagged_correlation(cat["opening_gen"], cat["opening_ref"])
+    # the segments are separate stretches of the footage: no lag pairs one segment's frames with the next one's
+    parts = [len(r.series.get("opening_ref", [])) for r in results]  # (both series get one entry per frame pair)
+    r0, lag, r_peak = M.lagged_correlation(cat["opening_gen"], cat["opening_ref"], segments=parts)
     row.update(opening_r=r0, opening_lag=lag, opening_r_peak=r_peak, frames=int(len(cat["opening_ref"])))
     sd_g, sd_r = np.nanstd(cat["opening_gen"]), np.nanstd(cat["opening_ref"])
     row["opening_amplitude"] = M._ratio(float(sd_g), float(sd_r))
