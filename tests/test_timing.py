@@ -105,30 +105,42 @@ def test_real_vfr_clip_face1(real_data):
         assert len(set(r.source_index.tolist())) < 135  # frames that last two thirtieths are shown twice
 
 
+def _grey_ramp(path, frames: int, step: int, fmt: str = "mp4", pix_fmt: str = "yuv420p", tags=None, zero_pts=False):
+    """``frames`` flat grey frames (0, step, 2 step, ...) of 64 x 64 at 25 fps, H.264 in ``fmt``; ``tags``: colour
+    tags of the stream (colorspace, primaries, transfer); ``zero_pts``: every frame and packet at time 0."""
+    import av
+
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, pix_fmt
+        if zero_pts:
+            stream.codec_context.time_base = Fraction(1, 25)
+        if tags:
+            cc = stream.codec_context
+            cc.colorspace, cc.color_primaries, cc.color_trc = tags
+        packets = []
+        for k in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), step * k, np.uint8), format="rgb24")
+            frame = frame.reformat(format=pix_fmt)
+            if zero_pts:
+                frame.pts = 0
+            packets += stream.encode(frame)
+        packets += stream.encode()
+        for packet in packets:
+            if zero_pts:
+                packet.pts = packet.dts = 0
+            out.mux(packet)
+    return path
+
+
 def test_frames_that_share_one_timestamp_are_read_in_stored_order(tmp_path):
     """A file whose frames all carry timestamp 0 (written with no pts) gave a still picture for the whole clip,
     silently (later with a warning): its frames are now read in the order they are stored, at its tagged rate, and
     the warning says so."""
-    import av
-
     from hyperlips.errors import InputWarning
     from hyperlips.media.timing import open_timeline
 
-    path = tmp_path / "zero_pts.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        stream.codec_context.time_base = Fraction(1, 25)
-        for k in range(20):
-            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 10 * k, np.uint8), format="rgb24")
-            frame = frame.reformat(format="yuv420p")
-            frame.pts = 0  # every frame at 0
-            for packet in stream.encode(frame):
-                packet.pts = packet.dts = 0
-                out.mux(packet)
-        for packet in stream.encode():
-            packet.pts = packet.dts = 0
-            out.mux(packet)
+    path = _grey_ramp(tmp_path / "zero_pts.mp4", 20, 10, zero_pts=True)
     with pytest.warns(InputWarning, match=r"19 of its 20 frames carry the timestamp of another frame .* shown in the "
                       r"order they are stored, at its tagged rate of 25 fps"):
         reader = open_timeline(path)
@@ -144,20 +156,9 @@ def test_a_raw_h264_stream_without_timestamps_is_read_in_order(tmp_path):
     """An elementary .h264 stream (as some cameras and screen recorders write) has no timestamps at all."""
     import warnings
 
-    import av
-
     from hyperlips.media.timing import open_timeline
 
-    path = tmp_path / "camera.h264"
-    with av.open(str(path), "w", format="h264") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        for k in range(20):
-            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 10 * k, np.uint8), format="rgb24")
-            for packet in stream.encode(frame.reformat(format="yuv420p")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    path = _grey_ramp(tmp_path / "camera.h264", 20, 10, fmt="h264")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         reader = open_timeline(path)
@@ -171,23 +172,10 @@ def test_a_raw_h264_stream_without_timestamps_is_read_in_order(tmp_path):
 def test_high_dynamic_range_video_is_warned_of(tmp_path, trc, name):
     """A phone's HDR video (BT.2020, HLG or PQ, 10-bit) came out tagged as ordinary BT.709 video holding its HDR
     values, which players show washed out, without a word."""
-    import av
-
     from hyperlips.errors import InputWarning
     from hyperlips.media.timing import open_timeline
 
-    path = tmp_path / "hdr.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p10le"
-        cc = stream.codec_context
-        cc.colorspace, cc.color_primaries, cc.color_trc = 9, 9, trc
-        for k in range(5):
-            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40 * k, np.uint8), format="rgb24")
-            for packet in stream.encode(frame.reformat(format="yuv420p10le")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    path = _grey_ramp(tmp_path / "hdr.mp4", 5, 40, pix_fmt="yuv420p10le", tags=(9, 9, trc))
     with pytest.warns(InputWarning, match=rf"hdr.mp4 is high dynamic range video \({name} transfer\): the output "
                                           r"is ordinary \(SDR, BT.709, 8-bit\) video .* convert it to SDR first"):
         open_timeline(path).close()
