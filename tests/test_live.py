@@ -267,3 +267,39 @@ def test_the_live_summary_gives_latencies_only_for_speech_fed_in_real_time():
     assert "look-ahead alone: 360 ms" in paced and "real-time factor 4.38" in paced
     fast = LiveReport(Path("o.mp4"), 1, 25.0, 0.04, 0.02, lat[:1] - 1.0, 0.36, 40.0, False).summary()
     assert "1 frame @" in fast and "50.0 frames/s, 2.00x real time" in fast and "latency median" not in fast
+
+
+def _native_threads() -> int:
+    import os
+
+    return len(os.listdir(f"/proc/{os.getpid()}/task"))
+
+
+def test_one_call_at_a_time_per_lipsync_and_its_trackers_released(clip):
+    """Two calls on one LipSync at once (two threads, or two streams read in turn) closed each other's mouth tracker:
+    an internal AttributeError or a MediaPipe timestamp error. A LipSync dropped kept its trackers' native threads
+    and about 30 MB each (12 LipSyncs made and dropped: 6 -> 24 MediaPipe threads)."""
+    import gc
+
+    from hyperlips.errors import UserError
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(untrained=True, model="lite", device="cpu", progress=False, batch_size=4, mouth="warp")
+    stream = ls.stream(clip.video, iter(chunks(clip.wav)))
+    assert next(stream).index == 0  # the stream holds the LipSync now
+    with pytest.raises(UserError, match="this LipSync is busy with a stream: it runs one sync or stream at a time"):
+        ls.sync(clip.video, clip.speech, clip.folder / "busy.mp4")
+    with pytest.raises(UserError, match="busy with a stream"):
+        next(ls.stream(clip.video, iter(chunks(clip.wav))))
+    stream.close()
+    ls.sync(clip.video, clip.speech, clip.folder / "after.mp4")  # free again
+    assert ls._natives.get("mouth") is not None
+    held = _native_threads()
+    ls.close()
+    assert _native_threads() < held and not ls._natives  # the FaceMesh graph's threads are gone
+    ls.sync(clip.video, clip.speech, clip.folder / "again.mp4")  # and it still works
+    assert _native_threads() >= held - 1
+    before = _native_threads()
+    del ls
+    gc.collect()
+    assert _native_threads() < before  # freed with the LipSync, without close()

@@ -309,7 +309,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
         raise UserError(f"batch_size must be a whole number of at least 1, or None for the LipSync's (got {batch_size!r})")
     size = int(ls.batch_size if batch_size is None else batch_size)
     timings = Timings()
-    with open_timeline(video, fps, warn_slow=True) as timeline, FaceDetectors() as detector:
+    with ls.one_call("stream"), open_timeline(video, fps, warn_slow=True) as timeline, FaceDetectors() as detector:
         ls.new_clip(timeline.fps)
         info = timeline.info
         n_src = 1 if info.is_image else timeline.n_frames
@@ -344,7 +344,9 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
         finally:
             feed.cancel()
             chain.close()
-            feeder.join(timeout=1.0)
+            # a feeder waiting inside the caller's iterable for its next chunk (a microphone's queue) cannot be
+            # stopped from here: it ends when the iterable gives a chunk or ends (a daemon thread meanwhile)
+            feeder.join(timeout=0.2)
 
 
 class _NoBar:

@@ -18,8 +18,11 @@ in that image.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import threading
 import time
+import weakref
 from pathlib import Path
 
 import cv2
@@ -62,6 +65,24 @@ BASE_FIRST_ROW = first_row_read(BASE_SIZE)
 INPUT_BLEND = 0.25  # HyperLips-Lite's default input_blend: the neighbours' weight in the upper face it reads
 
 
+def _close_all(natives: dict) -> None:
+    """Close every native face tracker in ``natives`` (a LipSync's) and forget them."""
+    for obj in list(natives.values()):
+        if obj is not None:
+            with contextlib.suppress(Exception):  # a graph already gone, or closing at interpreter exit
+                obj.close()
+    natives.clear()
+
+
+def _one_at_a_time(fn):
+    """``LipSync.sync`` under :meth:`LipSync.one_call`."""
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        with self.one_call("sync"):
+            return fn(self, *args, **kwargs)
+    return call
+
+
 def row_skipping_kwargs(base, hr) -> tuple[dict, dict]:
     """Keyword arguments for the generator's and the HR decoder's calls that skip the rows paste-back never reads:
     Base's when it renders alone, the HR decoder's when there is one (it sketches the whole base face)."""
@@ -100,6 +121,12 @@ class LipSync:
     ``hybrid`` with other HyperLips-Lite weights (a person model draws its person's mouth closer to the speech than
     the warp places it), ``render`` with HyperLips-Base, random weights or a network given directly. ``mouth`` (the
     attribute) says which was chosen.
+
+    One ``sync`` or ``stream`` at a time per LipSync (they track one clip's mouth): another started meanwhile, from
+    another thread or as a second stream, is refused with the reason; use one LipSync per thread. ``close()`` (or
+    ``with LipSync(...) as ls:``) releases its native face trackers at once; they are released when it is freed
+    too. A service that wants every warning of every call catches them with ``warnings.catch_warnings()`` and
+    ``simplefilter("always")``: by default each message is shown once per process.
     """
 
     def __init__(
@@ -187,6 +214,11 @@ class LipSync:
                                   checkpoint=checkpoint)
         self._mouth_step = None  # mouth warp or hybrid: the clip's MouthStep (new_clip; render: given timings')
         self._clip_fps = 25.0
+        # the native face trackers it holds (MediaPipe graphs: threads and tens of MB each), closed by close() or when
+        # the LipSync is freed (they outlive it otherwise: the graphs' callbacks keep them alive)
+        self._natives: dict = {}
+        weakref.finalize(self, _close_all, self._natives)
+        self._busy = threading.Lock()  # one sync or stream at a time: they share the clip's mouth tracking
         self.reads_phones = bool(phones) and bool(getattr(self.base, "phones", False))
         # given phoneme timings are read as the network's phones without the recogniser too (sync and stream)
         self.given_phones = self.reads_phones
@@ -239,6 +271,7 @@ class LipSync:
         self._hr_call = self.hr if self.hr is None or dtype is None else in_precision(self.hr, dtype)
 
     # ------------------------------------------------------------------ public
+    @_one_at_a_time
     def sync(
         self,
         video: str | os.PathLike,
@@ -374,7 +407,10 @@ class LipSync:
 
         ``speech``: an iterable of PCM chunks (1-D, float in [-1, 1] or int16, mono at ``sample_rate`` = 16000;
         e.g. 20-100 ms each, as a microphone or a speech synthesiser gives them); it is read in a thread of its own,
-        so it may block until the next chunk exists. Yields ``live.LiveFrame`` (index, time, image) in order, each
+        so it may block until the next chunk exists (a stream closed meanwhile leaves that thread waiting in the
+        iterable until it gives a chunk or ends: end it, e.g. close your queue, when you close the stream).
+        One sync or stream at a time per LipSync (another one meanwhile is refused: use one LipSync per thread);
+        ``close()`` a stream you stop reading, or let it end. Yields ``live.LiveFrame`` (index, time, image) in order, each
         as soon as the speech its mel window needs has arrived (a fixed look-ahead: about 0.19 s for Base, 0.37 s
         for HyperLips-Lite), until the speech ends (``round(seconds * fps)`` frames, as ``sync``). Frames are
         rendered in batches of the frames that are ready together, at most ``batch_size`` (default: the
@@ -473,7 +509,37 @@ class LipSync:
         # the hybrid's detail is warped to the mouth its network draws: the encoder's shape times the network's gain
         gain = float(self.base.config.shape_gain) if self.mouth == "hybrid" else WARP_GAIN
         self._mouth_step = None if self.mouth == "render" else MouthStep(self.mouth, fps, gain)
+        self._natives["mouth"] = self._mouth_step
         self._clip_fps = float(fps)
+
+    def close(self) -> None:
+        """Release the native face trackers this LipSync holds (MediaPipe graphs: two threads and about 30 MB each);
+        also done when it is freed, or at the end of a ``with LipSync(...) as ls:`` block. It stays usable: the next
+        call makes them again."""
+        _close_all(self._natives)
+        self._mouth_step = None
+        self._face_mesh = None
+
+    def __enter__(self) -> "LipSync":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def one_call(self, what: str):
+        """Held by each ``sync`` and ``stream`` (a stream: until it ends or is closed): a second one started on this
+        LipSync meanwhile, from another thread or as a second stream, is refused with the reason. They would share
+        (and close under each other) the clip's mouth tracking."""
+        if not self._busy.acquire(blocking=False):
+            raise UserError(f"this LipSync is busy with a {getattr(self, '_busy_with', 'call')}: it runs one sync or "
+                            "stream at a time (they track one clip's mouth); use one LipSync per thread, or finish "
+                            "(or close()) the stream first")
+        self._busy_with = what
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     def render_jobs(self, jobs, ref_crop: np.ndarray, windows: np.ndarray, closed: np.ndarray | None = None) -> None:
         """Crop the jobs' faces, build the network inputs and set each job's generated face (``windows``: the
@@ -572,6 +638,6 @@ class LipSync:
         if getattr(self, "_face_mesh", None) is None:
             from .face.landmarks import FaceMesh
 
-            self._face_mesh = FaceMesh(static=False)
+            self._face_mesh = self._natives["mesh"] = FaceMesh(static=False)
             self._last_landmarks = None
         return self._face_mesh

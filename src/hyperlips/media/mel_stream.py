@@ -33,14 +33,30 @@ class MelStream:
         self._prev = None  # last sample received (pre-emphasis state)
         self._y = np.zeros(self._half)  # the pre-emphasised signal after `half` zeros, from index `_q0` of it on
         self._q0 = 0
-        self._mel = np.zeros((cfg.n_mels, 0), np.float32)  # mel frames from `_k0` on
+        # mel frames from `_k0` on: the first `_len` columns of `_buf`, which grows by doubling (appending a push's
+        # frames to an array of every frame held cost more with each push: quadratic when the frames are not read)
+        self._buf = np.zeros((cfg.n_mels, 256), np.float32)
+        self._len = 0
         self._k0 = 0
         self._cond = threading.Condition()
 
     @property
     def n_frames(self) -> int:
         """Mel frames computed so far (frame indices 0 .. n_frames - 1)."""
-        return self._k0 + self._mel.shape[1]
+        return self._k0 + self._len
+
+    @property
+    def _mel(self) -> np.ndarray:
+        return self._buf[:, : self._len]
+
+    def _append(self, mel: np.ndarray) -> None:
+        n = mel.shape[1]
+        if self._len + n > self._buf.shape[1]:
+            grown = np.empty((self._buf.shape[0], max(2 * self._buf.shape[1], self._len + n)), np.float32)
+            grown[:, : self._len] = self._mel
+            self._buf = grown
+        self._buf[:, self._len : self._len + n] = mel
+        self._len += n
 
     def push(self, samples: np.ndarray) -> None:
         x = np.asarray(samples, dtype=np.float64).reshape(-1)
@@ -80,7 +96,7 @@ class MelStream:
         start = k * hop - self._q0
         span = self._y[start : start + (total - k - 1) * hop + cfg.n_fft]
         frames = np.lib.stride_tricks.sliding_window_view(span, cfg.n_fft)[::hop][: total - k]
-        self._mel = np.concatenate([self._mel, mel_of_frames(frames, cfg)], axis=1)
+        self._append(mel_of_frames(frames, cfg))
         keep = total * hop - self._q0  # the next frame starts here
         self._y = self._y[keep:]
         self._q0 += keep
@@ -101,7 +117,8 @@ class MelStream:
     def drop_before(self, k: int) -> None:
         """Frames before ``k`` will not be read again."""
         with self._cond:
-            cut = min(max(0, k - self._k0), self._mel.shape[1])
+            cut = min(max(0, k - self._k0), self._len)
             if cut:
-                self._mel = self._mel[:, cut:]
+                self._buf[:, : self._len - cut] = self._buf[:, cut : self._len].copy()
+                self._len -= cut
                 self._k0 += cut
