@@ -139,3 +139,21 @@ def test_python_api_refuses_bad_settings_before_any_work(real_data, tmp_path, kw
     with pytest.raises(UserError, match=f"--{next(iter(kw)).replace('_', '-')} must be"):
         ls.sync(real_data / "retalking" / "face3.mp4", real_data / "retalking" / "audio1.wav", out, **kw)
     assert not list(tmp_path.iterdir())
+
+
+def test_an_output_folder_removed_while_writing_is_said_in_words(tmp_path):
+    """The output's folder deleted mid-run raised a raw FileNotFoundError naming the hidden partial file."""
+    import shutil
+
+    from hyperlips.errors import MediaError
+    from hyperlips.media.writer import VideoWriter
+
+    folder = tmp_path / "renders"
+    folder.mkdir()
+    w = VideoWriter(folder / "out.mp4", 64, 64, 25, audio=np.zeros(16000, np.float32), sample_rate=16000)
+    for k in range(10):
+        w.write(np.full((64, 64, 3), 20 * k, np.uint8))
+    shutil.rmtree(folder)
+    with pytest.raises(MediaError, match=r"out.mp4: its folder was removed or moved while it was being written"):
+        w.close()
+    assert not tmp_path.joinpath("renders").exists()

@@ -311,6 +311,10 @@ class VideoWriter:
         try:
             yield
         except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR) and not self.path.parent.is_dir():
+                self.abort()
+                raise MediaError(f"cannot write {self.path}: its folder was removed or moved while it was being written "
+                                 "(nothing was written)") from None
             if e.errno not in _STORAGE_ERRNOS:
                 raise
             self.abort()
