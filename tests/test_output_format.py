@@ -157,3 +157,23 @@ def test_an_output_folder_removed_while_writing_is_said_in_words(tmp_path):
     with pytest.raises(MediaError, match=r"out.mp4: its folder was removed or moved while it was being written"):
         w.close()
     assert not tmp_path.joinpath("renders").exists()
+
+
+def test_partial_files_of_killed_runs_are_removed_by_the_next_run(tmp_path):
+    """A run killed outright (SIGKILL, out of memory) leaves its hidden partial file; later runs never removed it."""
+    import os
+    import time
+
+    from hyperlips.media.writer import STALE_PARTIAL_S, VideoWriter
+
+    old, fresh, other = (tmp_path / ".out.0a1b2c3d.partial.mp4", tmp_path / ".out.4e5f6a7b.partial.mp4",
+                         tmp_path / ".other.0a1b2c3d.partial.mp4")
+    for p in (old, fresh, other):
+        p.write_bytes(b"\0" * 100)
+    long_ago = time.time() - STALE_PARTIAL_S - 60
+    os.utime(old, (long_ago, long_ago))
+    os.utime(other, (long_ago, long_ago))
+    w = VideoWriter(tmp_path / "out.mp4", 64, 64, 25)
+    w.write(np.zeros((64, 64, 3), np.uint8))
+    w.close()
+    assert not old.exists() and fresh.exists() and other.exists()  # a run may still be writing the fresh one

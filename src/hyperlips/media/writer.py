@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import math
 import os
 import secrets
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,21 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+STALE_PARTIAL_S = 600.0  # a partial file of the same output untouched this long was left by a killed run
+
+
+def _remove_stale_partials(folder: Path, stem: str, suffix: str) -> None:
+    """Delete the partial files of this output that runs killed outright (SIGKILL, out of memory) left behind: a run
+    that is still writing one touches it every frame, so only those untouched for :data:`STALE_PARTIAL_S` go."""
+    now = time.time()
+    for p in folder.glob(f".{glob.escape(stem)}.*.partial{glob.escape(suffix)}"):
+        try:
+            if now - p.stat().st_mtime > STALE_PARTIAL_S:
+                p.unlink()
+        except OSError:
+            pass
 
 
 def encoder_threads(width: int, height: int) -> int:
@@ -170,6 +187,7 @@ class VideoWriter:
         if not folder.is_dir():
             raise MediaError(f"output folder does not exist: {folder}")
         suffix = self.path.suffix or ".mp4"
+        _remove_stale_partials(folder, self.path.stem, suffix)
         self._tmp = folder / f".{self.path.stem}.{secrets.token_hex(4)}.partial{suffix}"
         self._closed = False
         try:  # FFmpeg opens the file only at the first frame, and its errors then name no file: try it now
