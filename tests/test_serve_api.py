@@ -819,7 +819,9 @@ def test_an_upload_that_would_fill_the_disk_is_refused(server, inputs, monkeypat
     data = inputs["speech"].read_bytes()
     assert len(data) > 1000
     status, err = client.upload("talk.wav", data)
-    assert status == 507 and err["error"].startswith("talk.wav: the server's disk is nearly full (2.0 GB free"), err
+    said = (f"talk.wav ({uploads.size_text(len(data))}) would leave less than 2.0 GB free on the server's disk "
+            f"(2.0 GB free")
+    assert status == 507 and err["error"].startswith(said), err
     assert not any((app.settings.data / "files").iterdir())
     monkeypatch.setattr(uploads.shutil, "disk_usage", real)
     assert client.upload("talk.wav", data)[0] == 201

@@ -176,8 +176,8 @@ def test_high_dynamic_range_video_is_warned_of(tmp_path, trc, name):
     from hyperlips.media.timing import open_timeline
 
     path = _grey_ramp(tmp_path / "hdr.mp4", 5, 40, pix_fmt="yuv420p10le", tags=(9, 9, trc))
-    with pytest.warns(InputWarning, match=rf"hdr.mp4 is high dynamic range video \({name} transfer\): the output "
-                                          r"is ordinary \(SDR, BT.709, 8-bit\) video .* convert it to SDR first"):
+    with pytest.warns(InputWarning, match=rf"hdr.mp4 is high dynamic range video \({name} transfer\): it is read "
+                                          r"as ordinary \(SDR, BT.709, 8-bit\) video .* convert it to SDR first"):
         open_timeline(path).close()
 
 

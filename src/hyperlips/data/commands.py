@@ -55,5 +55,6 @@ def _run(args: argparse.Namespace) -> int:
     hr = f"; then hyperlips train hr {data} --out runs/hr --base runs/base/best.safetensors --size {args.hr_size}" \
         if args.hr_size else ""
     print(f"next: hyperlips train base {data} --out runs/base (the generator; --model lite for HyperLips-Lite; "
-          f"your own lip-sync expert first with hyperlips train sync {data} --out runs/sync){hr}; docs/training.md")
+          f"or your own lip-sync expert first, hyperlips train sync {data} --out runs/sync, then --expert "
+          f"runs/sync/best.safetensors){hr}; docs/training.md")
     return 0

@@ -243,9 +243,10 @@ def open_timeline(path: str | os.PathLike, fps: float | Fraction | None = None,
              f"order they are stored, at its tagged rate of {float(reader.info.rate):.4g} fps; if that is not its "
              f"speed, re-encode it with timestamps")
     if reader.info.hdr:
-        warn(f"{reader.info.path} is high dynamic range video ({reader.info.hdr} transfer): the output is ordinary "
-             f"(SDR, BT.709, 8-bit) video holding the picture's HDR values as they are, which players show washed out "
-             f"and flat; convert it to SDR first (a phone's \"most compatible\" export, or a tone-mapping filter)")
+        warn(f"{reader.info.path} is high dynamic range video ({reader.info.hdr} transfer): it is read as ordinary "
+             f"(SDR, BT.709, 8-bit) video holding the picture's HDR values as they are (an output shows washed out "
+             f"and flat, training crops are unlike SDR faces); convert it to SDR first (a phone's \"most compatible\" "
+             f"export, or a tone-mapping filter)")
     if reader.variable and not reader.info.is_image:
         how = f"at {reader.fps:.3g} fps (--fps)" if fps is not None else f"at its average rate, {reader.fps:.4g} fps"
         warn(f"{reader.info.path} has a variable frame rate (tagged {float(t.nominal):.4g} fps, "

@@ -86,8 +86,9 @@ def check_length(length: int | None, settings: ServeSettings, name: str) -> int:
     except OSError:
         free = None
     if free is not None and free - length < MIN_FREE_BYTES:  # uploads (kept a day) must not fill the disk
-        raise UploadError(f"{name}: the server's disk is nearly full ({size_text(free)} free, and "
-                          f"{size_text(MIN_FREE_BYTES)} are kept free for the jobs); try again later", status=507)
+        raise UploadError(f"{name} ({size_text(length)}) would leave less than {size_text(MIN_FREE_BYTES)} free on the "
+                          f"server's disk ({size_text(free)} free; that much is kept for the jobs): send a smaller "
+                          f"file, or try again later", status=507)
     return length
 
 
