@@ -219,6 +219,7 @@ class LipSync:
         self._natives: dict = {}
         weakref.finalize(self, _close_all, self._natives)
         self._busy = threading.Lock()  # one sync or stream at a time: they share the clip's mouth tracking
+        self._busy_with = "call"  # which holds it: "sync" or "stream"
         self.reads_phones = bool(phones) and bool(getattr(self.base, "phones", False))
         # given phoneme timings are read as the network's phones without the recogniser too (sync and stream)
         self.given_phones = self.reads_phones
@@ -532,7 +533,7 @@ class LipSync:
         LipSync meanwhile, from another thread or as a second stream, is refused with the reason. They would share
         (and close under each other) the clip's mouth tracking."""
         if not self._busy.acquire(blocking=False):
-            raise UserError(f"this LipSync is busy with a {getattr(self, '_busy_with', 'call')}: it runs one sync or "
+            raise UserError(f"this LipSync is busy with a {self._busy_with}: it runs one sync or "
                             "stream at a time (they track one clip's mouth); use one LipSync per thread, or finish "
                             "(or close()) the stream first")
         self._busy_with = what
