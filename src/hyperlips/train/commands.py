@@ -177,6 +177,15 @@ RESUME_FREE = {"out", "threads", "workers", "device", "progress", "progress_file
                "patience"}
 
 
+def _as_typed(key: str, value: Any) -> str:
+    """A fixed setting as the command line gives it: ``--model lite``, not the registry's ``'hyperlips-lite'``."""
+    if key == "model":
+        value = {v: k for k, v in EXPERT_MODELS.items()}.get(value, str(value).removeprefix("hyperlips-"))
+    flag = RESUME_FIXED[key]
+    text = shlex.quote(str(value))
+    return flag + text if flag.endswith("=") else f"{flag} {text}"
+
+
 def check_resume_changes(run: Path, stored: dict, asked: dict, step: int) -> None:
     """A resumed run (at ``step``, started with the settings ``stored``) given ``asked``: a change of network or of
     what renders its inputs is refused (it would go on as the run it was, or train on inputs of another network);
@@ -193,12 +202,16 @@ def check_resume_changes(run: Path, stored: dict, asked: dict, step: int) -> Non
             return Path(a).resolve() == Path(b).resolve()  # one file named two ways (relative, absolute)
         return False
 
+    if stored.get("stage") == "sync":  # an expert run's model: syncnet-lite, or anything else (the default) syncnet
+        stored = {**stored, "model": "syncnet-lite" if stored.get("model") == "syncnet-lite" else "syncnet"}
+        if "model" in asked:
+            asked = {**asked, "model": "syncnet-lite" if asked["model"] == "syncnet-lite" else "syncnet"}
     for key, value in asked.items():
         if key in RESUME_FREE or key not in stored or same(value, stored[key]):
             continue
         if key in RESUME_FIXED:
-            raise UserError(f"{run} holds a run with {key} {stored[key]!r} (at step {step}); it cannot go on with "
-                            f"{RESUME_FIXED[key]} {value!r}: leave it out, or train into a new --out folder")
+            raise UserError(f"{run} holds a run with {_as_typed(key, stored[key])} (at step {step}); it cannot go on "
+                            f"with {_as_typed(key, value)}: leave it out, or train into a new --out folder")
         warn(f"{run}: the run continues at step {step} with {key} {value!r} instead of {stored[key]!r}: it applies "
              f"from here on (the run is no longer what it would have been uninterrupted)")
 
