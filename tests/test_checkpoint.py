@@ -214,6 +214,35 @@ def test_truncated_checkpoint(which, keep, hr_files, tmp_path):
     assert "truncated" in _error(bad)
 
 
+def _flip_a_bit_midway(src, dst):
+    data = bytearray(src.read_bytes())
+    data[len(data) // 2] ^= 0x10  # inside the biggest tensor's bytes: torch.load reads a wrong number, no error
+    dst.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_a_pth_is_reported_not_loaded(hr_files, tmp_path):
+    bad = tmp_path / "flipped.pth"
+    _flip_a_bit_midway(hr_files[0], bad)
+    torch.load(bad, map_location="cpu", weights_only=True)  # torch itself takes it
+    msg = _error(bad)
+    assert "damaged" in msg and "does not match its checksum" in msg, msg
+
+
+def test_a_training_checkpoint_with_a_flipped_bit_is_passed_over_for_the_one_before(tmp_path, capsys):
+    from hyperlips.train.checkpoints import CKPT_FORMAT, atomic_save, latest_checkpoint
+
+    run = tmp_path / "run"
+    for step in (1, 2):
+        atomic_save({"format": CKPT_FORMAT, "step": step, "optimizers": {"m": torch.full((512, 512), float(step))}},
+                    run / f"checkpoints/step_{step:09d}.pt")
+    newest = run / "checkpoints/step_000000002.pt"
+    _flip_a_bit_midway(newest, newest)
+    path, ck = latest_checkpoint(run)
+    assert path.name == "step_000000001.pt" and ck["step"] == 1
+    err = capsys.readouterr().err
+    assert "skipping" in err and "step_000000002.pt: unreadable training checkpoint (damaged: its record" in err, err
+
+
 def test_random_bytes(tmp_path):
     g = torch.Generator().manual_seed(14)
     data = bytes(torch.randint(0, 256, (4096,), generator=g, dtype=torch.uint8).tolist())

@@ -176,6 +176,17 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
+def zip_damage(path: str | os.PathLike) -> str | None:
+    """The first stored record of a PyTorch zip file whose CRC-32 does not match its bytes, if any (torch.load does
+    not check them: a flipped bit inside a tensor loads as a wrong number); None for an intact or non-zip file."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return None  # not a readable zip: torch.load reports what is wrong with it
+    return None if bad is None else bad.split("/", 1)[-1]
+
+
 def _read_pth(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -186,6 +197,9 @@ def _read_pth(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise CheckpointError(f"{path}: the PyTorch file is corrupt or truncated ({_short(e)})") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, KeyError, IndexError) as e:
         raise CheckpointError(f"{path}: the PyTorch file is corrupt or truncated ({_short(e)})") from None
+    bad = zip_damage(path)
+    if bad is not None:
+        raise CheckpointError(f"{path}: the PyTorch file is damaged (its record {bad!r} does not match its checksum)")
     meta: dict[str, Any] = {}
     if isinstance(obj, Mapping) and obj.get("format") == TRAIN_CKPT_FORMAT and isinstance(obj.get("models"), Mapping):
         # a training checkpoint (RUN/checkpoints/step_N.pt): its trained network, not the discriminator

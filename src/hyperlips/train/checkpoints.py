@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import UserError
-from ..models.checkpoint import TRAIN_CKPT_FORMAT
+from ..models.checkpoint import TRAIN_CKPT_FORMAT, zip_damage
 
 CKPT_DIR = "checkpoints"
 CKPT_FORMAT = TRAIN_CKPT_FORMAT
@@ -121,6 +121,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: unreadable training checkpoint ({_unreadable(Path(path), e)})") from None
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
         raise UserError(f"{path}: not a hyperlips training checkpoint")
+    bad = zip_damage(path)
+    if bad is not None:  # a flipped bit in a weight or the optimiser's state would otherwise resume silently
+        raise UserError(f"{path}: unreadable training checkpoint (damaged: its record {bad!r} does not match its "
+                        "checksum)")
     return ck
 
 
