@@ -42,6 +42,26 @@ def astronaut_landmarks(astronaut_crop):
     return lm
 
 
+def test_the_first_face_leaves_stderr_clean_in_a_library_caller(astronaut_crop, tmp_path):
+    """A program using the library (no CLI silencing stderr) got MediaPipe's "W0000 ... Using NORM_RECT without
+    IMAGE_DIMENSIONS ..." line, meant for graph authors, with the first face each FaceMesh found."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "crop.npy", astronaut_crop)
+    code = ("import numpy as np, sys\n"
+            "from hyperlips.face.landmarks import FaceMesh\n"
+            f"crop = np.load({str(tmp_path / 'crop.npy')!r})\n"
+            "for static in (False, True):\n"
+            "    with FaceMesh(static=static) as m:\n"
+            "        assert m.landmarks(np.zeros_like(crop)) is None\n"
+            "        assert all(m.landmarks(crop) is not None for _ in range(3))\n"
+            "print('ok', file=sys.stderr)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip() == "ok", res.stderr  # ours still gets through; MediaPipe's is gone
+
+
 # ---------------------------------------------------------------- edge set
 
 

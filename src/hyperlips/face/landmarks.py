@@ -104,6 +104,7 @@ class FaceMesh:
             # the graph sets up its models (and logs it) on its threads, by the first frame: a blank one, here (no
             # face in it, so nothing is tracked from it)
             self._fm.process(np.zeros((64, 64, 3), np.uint8))
+        self._quiet_until_a_face = True  # its first face logs a warning meant for graph authors (NORM_RECT ...)
 
     def landmarks(self, crop_bgr: np.ndarray) -> Optional[np.ndarray]:
         """(478, 3) float32 landmarks in crop pixels ``(x, y, z·width)``, or None when no face is found."""
@@ -112,7 +113,12 @@ class FaceMesh:
         check_frame(crop_bgr, "face crop")
         h, w = crop_bgr.shape[:2]
         rgb = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2RGB)  # RGB, not the original's BGR (§9.13d)
-        res = self._fm.process(rgb)
+        if self._quiet_until_a_face:
+            with quiet_native_logs():
+                res = self._fm.process(rgb)
+            self._quiet_until_a_face = not res.multi_face_landmarks
+        else:
+            res = self._fm.process(rgb)
         if not res.multi_face_landmarks:
             return None
         pts = np.array([(p.x, p.y, p.z) for p in res.multi_face_landmarks[0].landmark], dtype=np.float32)
