@@ -181,3 +181,29 @@ def test_the_command_ends_without_the_interpreter_teardown_but_flushes_and_runs_
         assert "TEARDOWN" not in r.stdout
         assert (tmp_path / "handler").read_text() == "ran" and list((tmp_path / "temp").iterdir()) == []
         (tmp_path / "handler").unlink()
+
+
+def _closing(*fds):
+    import os
+
+    def close():
+        for fd in fds:
+            os.close(fd)
+    return close
+
+
+def test_a_command_run_with_its_output_or_error_stream_closed_does_its_job(tmp_path):
+    """Run as a service without standard output or error (``>&-``), Python has them as None: the error line, and
+    after a whole ``demo`` its closing "wrote ..." line, raised AttributeError and ended in exit 1 (a bug's code)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "hyperlips.cli"]
+    res = subprocess.run(cmd + ["sync", str(tmp_path / "nope.mp4"), str(tmp_path / "nope.wav"), "-o",
+                                str(tmp_path / "o.mp4")], stdout=subprocess.PIPE, preexec_fn=_closing(2), timeout=120)
+    assert res.returncode == 2, res.stdout  # the user's mistake, said to no one, not a crash
+    out = tmp_path / "demo.mp4"
+    res = subprocess.run(cmd + ["demo", "-o", str(out)], stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                         preexec_fn=_closing(1), timeout=300)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert out.stat().st_size > 0

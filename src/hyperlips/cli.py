@@ -393,7 +393,16 @@ def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argpars
         parser, tokens = subs[0].choices[name], tokens[tokens.index(name) + 1:]
 
 
+def _absent_streams_to_null() -> None:
+    """A closed standard output or error (``>&-``; a service started without them) is None in Python: every message
+    would raise. They are sent to the null device instead, as a reader that went away is."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    _absent_streams_to_null()
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -447,7 +456,10 @@ def _dispatch(args) -> int:
         _error_line(_os_error_text(e))
         return EXIT_USER
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS):  # a full disk or a read-only one
+        if e.errno == errno.EROFS:  # a read-only disk: no space to free
+            _error_line(f"{_os_error_text(e)}; choose a folder you can write to")
+            return EXIT_USER
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):  # a full disk
             _error_line(f"{_os_error_text(e)}; free some space or choose another folder")
             return EXIT_USER
         raise

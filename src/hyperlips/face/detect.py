@@ -47,9 +47,10 @@ def quiet_native_logs():
     with _quiet_lock:
         if _quiet["depth"] == 0:
             try:
-                sys.stderr.flush()
+                if sys.stderr is not None:
+                    sys.stderr.flush()
                 saved = os.dup(2)
-            except (OSError, ValueError):  # no usable stderr (e.g. closed): nothing to hide
+            except (OSError, ValueError, AttributeError):  # no usable stderr (e.g. closed): nothing to hide
                 saved = None
             if saved is not None:
                 devnull = os.open(os.devnull, os.O_WRONLY)
