@@ -207,3 +207,18 @@ def test_a_command_run_with_its_output_or_error_stream_closed_does_its_job(tmp_p
                          preexec_fn=_closing(1), timeout=300)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     assert out.stat().st_size > 0
+
+
+def test_without_torch_installed_a_command_says_what_to_install(tmp_path, face_video):
+    """Installed from the wheel alone (torch is not a declared dependency: its build depends on the machine),
+    ``sync`` and ``demo`` ended in a ModuleNotFoundError traceback and exit 1."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"  # import torch now fails as on a machine without it
+            "from hyperlips.cli import main\n"
+            f"sys.exit(main(['sync', {str(face_video)!r}, {str(face_video)!r}, '-o', {str(tmp_path / 'o.mp4')!r}]))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        res.stderr.strip()] and "this command needs PyTorch, which is not installed: pip install torch" in res.stderr

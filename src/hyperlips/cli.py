@@ -445,6 +445,13 @@ def end_process(code: int) -> None:
     os._exit(code)
 
 
+# packages that installing hyperlips alone does not bring (scripts/install.sh does): what to install, in words
+SEPARATE_INSTALLS = {
+    "torch": "PyTorch, which is not installed: pip install torch (for a CPU-only machine, the CPU build: pip install "
+             "torch --index-url https://download.pytorch.org/whl/cpu), or run scripts/install.sh from the source",
+}
+
+
 def _dispatch(args) -> int:
     try:
         return int(args.func(args) or 0)
@@ -463,6 +470,12 @@ def _dispatch(args) -> int:
             _error_line(f"{_os_error_text(e)}; free some space or choose another folder")
             return EXIT_USER
         raise
+    except ModuleNotFoundError as e:
+        hint = SEPARATE_INSTALLS.get((e.name or "").split(".")[0])
+        if hint is None:
+            raise
+        _error_line(f"this command needs {hint}")
+        return EXIT_USER
     except KeyboardInterrupt as e:
         _close_progress_bars()
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
