@@ -519,16 +519,27 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(sync_view, tmp_path
     assert "to step 3" in res.stdout
 
 
-def test_shipped_configs_load():
-    from hyperlips.train.config import build_config
+def test_shipped_configs_load_by_name_from_the_installed_package(tmp_path, monkeypatch):
+    """The configs lived in the source checkout only: an installed package's `train --help` and docs named files
+    it did not have. They are in the package, and a name (or the old `configs/NAME.yaml`) finds them."""
+    from hyperlips.errors import UserError
+    from hyperlips.train.config import BUILT_IN_CONFIGS, build_config, load_config
 
-    folder = Path(__file__).resolve().parents[1] / "configs"
-    files = sorted(folder.glob("*.yaml"))
+    files = sorted(BUILT_IN_CONFIGS.glob("*.yaml"))
     assert {f.stem for f in files} >= {"sync", "base", "hr", "small-cpu"}
     for f in files:
         stage = f.stem if f.stem in ("sync", "base", "hr") else "base"
         cfg = build_config(stage, f)
         assert cfg.stage == stage and cfg.batch_size >= 1
+    monkeypatch.chdir(tmp_path)
+    assert load_config("small-cpu") == load_config("configs/small-cpu.yaml") == load_config(
+        BUILT_IN_CONFIGS / "small-cpu.yaml")
+    assert load_config("base")["batch_size"] != load_config("small-cpu")["batch_size"]
+    (tmp_path / "small-cpu.yaml").write_text("batch_size: 7\n")  # a file of the user's own comes first
+    assert load_config("small-cpu.yaml") == {"batch_size": 7}
+    with pytest.raises(UserError, match=r"config file not found: nope.yaml \(the built-in ones: base, hr, "
+                                        r"small-cpu, sync\)"):
+        load_config("nope.yaml")
 
 
 def test_the_printed_command_quotes_paths_for_a_shell():

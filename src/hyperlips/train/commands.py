@@ -60,7 +60,8 @@ def stage_class(name: str, model: str = "hyperlips-base"):
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", nargs="?", help="preprocessed dataset folder (from hyperlips preprocess)")
     p.add_argument("-o", "--out", help="run folder for checkpoints, logs and the trained model")
-    p.add_argument("--config", type=Path, help="YAML file of training settings (see configs/ and docs/training.md)")
+    p.add_argument("--config", type=Path, help="YAML file of training settings, or a built-in one: sync, base, hr (the original's values) or "
+                   "small-cpu (docs/training.md)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override any setting, e.g. --set lr=2e-4 --set val_every=500 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")

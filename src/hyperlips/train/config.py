@@ -219,13 +219,28 @@ def _coerce(name: str, value: Any) -> Any:
         raise UserError(f"training setting {name}={value!r}: {e}") from None
 
 
+BUILT_IN_CONFIGS = Path(__file__).resolve().parent / "configs"  # sync, base, hr (the original's values), small-cpu
+
+
+def built_in_config(path: str | os.PathLike) -> Path | None:
+    """The packaged config a name stands for (``small-cpu``, ``base.yaml``, or ``configs/base.yaml`` as a source
+    checkout once had it), where no such file exists; else None."""
+    p = Path(path)
+    if p.is_file() or str(p.parent) not in (".", "configs") or p.suffix not in ("", ".yaml"):
+        return None
+    found = BUILT_IN_CONFIGS / f"{p.stem}.yaml"
+    return found if found.is_file() else None
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML file of settings (a mapping), checked against :class:`TrainConfig`'s fields."""
+    """A YAML file of settings (a mapping), checked against :class:`TrainConfig`'s fields; a built-in config's name
+    (:func:`built_in_config`) stands for its file."""
     import yaml
 
-    p = Path(path)
+    p = built_in_config(path) or Path(path)
     if not p.is_file():
-        raise UserError(f"config file not found: {p}")
+        names = ", ".join(sorted(f.stem for f in BUILT_IN_CONFIGS.glob("*.yaml")))
+        raise UserError(f"config file not found: {p} (the built-in ones: {names})")
     try:
         d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
