@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                    "0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--data", type=Path, help="folder for the queue, uploads and results "
-                   "(default ~/.local/share/hyperlips/serve)")
+                   "(default $XDG_DATA_HOME/hyperlips/serve, or ~/.local/share/hyperlips/serve)")
     p.add_argument("--models", type=Path, help="folder of person models (default DATA/models); trained ones land here")
     p.add_argument("--jobs", type=int, default=1, help="jobs that run at the same time (default 1)")
     p.add_argument("--max-upload-mb", type=float, default=500.0, help="largest uploaded file in MB (500)")

@@ -186,8 +186,9 @@ def serve(settings: ServeSettings) -> int:
         print(f"hyperlips serve: note: listening on {where}: anyone who can reach this machine can use it (there "
               f"are no accounts: every client sees, uses and deletes every job and upload)", flush=True)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a service manager stopping it
-        signal.signal(sig, lambda *_: stop.set())
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # Ctrl-C, a service manager, a closed terminal
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # one ignored from the start (nohup's SIGHUP) stays so
+            signal.signal(sig, lambda *_: stop.set())
     try:
         while not stop.wait(1.0):
             pass
