@@ -96,12 +96,12 @@ def test_summary_compares_what_the_issue_asks():
     ]
     text = "\n".join(B.summarise(rows))
     assert "Lite end to end at 720p: 30.0 fps (1.20x real time" in text
-    assert "Base end to end at 720p: 24.0 fps = 3.0x the reference network alone (8.0 fps" in text
+    assert "Base (bf16) end to end at 720p: 24.0 fps = 3.0x the reference network alone (8.0 fps" in text
     assert "own inference batch" not in text
     own = dict(rows[0], batch=B.ORIGINAL_BATCH, fps=6.0)
     text = "\n".join(B.summarise([own] + rows))
-    assert ("Base end to end at 720p: 24.0 fps = 3.0x the reference network alone (8.0 fps: original layout, fp32, "
-            "batch 16); 4.0x it in the original's own inference batch of 128 (6.0 fps)") in text
+    assert ("Base (bf16) end to end at 720p: 24.0 fps = 3.0x the reference network alone (8.0 fps: original layout, "
+            "fp32, batch 16); 4.0x it in the original's own inference batch of 128 (6.0 fps)") in text
     assert "Lite + HR end to end at 720p, mouth at 256 px: 12.0 fps" in text
     assert "840 MB on the long input against 800 MB on the short one (1.05x for 5x the length)" in text
     assert "first frame" not in text  # rows that did not measure it (or JSON's None) say nothing of it
@@ -109,12 +109,39 @@ def test_summary_compares_what_the_issue_asks():
     timed = [dict(r, frames=150, seconds=150 / r["fps"], first_frame=0.5) if r["stage"] == "end-to-end" else r
              for r in [own] + rows]  # 150 frames at 24 fps: 6.25 s, the first after 0.5 s, 149 in the 5.75 s after
     text = "\n".join(B.summarise(timed))
-    assert ("Base end to end at 720p: 24.0 fps (the first frame after 0.50 s, then 25.9 fps) = 3.0x the reference "
-            "network alone") in text
+    assert ("Base (bf16) end to end at 720p: 24.0 fps (the first frame after 0.50 s, then 25.9 fps) = 3.0x the "
+            "reference network alone") in text
     assert "Lite end to end at 720p: 30.0 fps (1.20x real time for 25 fps video, precision bf16; the first frame " \
            "after 0.50 s, then 33.1 fps)" in text
     assert "Lite + HR end to end at 720p, mouth at 256 px: 12.0 fps (the first frame after 0.50 s, then 12.4 fps)" \
         in text
+
+
+def test_the_summary_compares_on_a_given_clip_in_the_batch_asked_and_says_when_the_machine_was_busy():
+    """With --video the rows are named by the clip, and the Base-against-the-reference line was left out; a reference
+    timed in --original-batch 64 was measured and never compared; a busy machine (which slows the reference and Base
+    by different shares) went unsaid."""
+    rows = [
+        dict(stage="network", variant="reference: original layout (Base, NCHW)", size=128, device="cpu", batch=1,
+             fps=8.0, status="ok", precision="fp32", load=1.9),
+        dict(stage="network", variant="reference: original layout (Base, NCHW)", size=128, device="cpu", batch=64,
+             fps=6.0, status="ok", precision="fp32", load=2.1),
+        dict(stage="end-to-end", variant="Base, video3.mp4, random weights", size=128, device="cpu", batch=16,
+             fps=24.0, status="ok", precision="bf16", load=2.0),
+        dict(stage="end-to-end", variant="Lite, video3.mp4, random weights", size=128, device="cpu", batch=16,
+             fps=30.0, status="ok", precision="bf16", load=2.0),
+    ]
+    idle = {"threads": 2, "cpu_count": 2, "load_start": 0.1}
+    text = "\n".join(B.summarise(rows, 64, idle))
+    assert ("Base (bf16) end to end at video3.mp4: 24.0 fps = 3.0x the reference network alone (8.0 fps: original "
+            "layout, fp32, batch 1); 4.0x it in the original's own inference batch of 64 (6.0 fps)") in text, text
+    assert "Lite end to end at video3.mp4: 30.0 fps" in text and text.count("video3.mp4") == 2, text
+    assert "busy" not in text
+    busy = "\n".join(B.summarise([dict(r, load=4.5) if r["batch"] == 64 else r for r in rows], 64, idle))
+    assert "note: the machine was busy (load average up to 4.5 with 2 threads measuring, 2 CPUs)" in busy, busy
+    assert "ratios between rows are unreliable" in busy
+    before = "\n".join(B.summarise(rows, 64, dict(idle, load_start=1.4)))
+    assert "note: the machine was busy (load average up to 2.1" in before, before
 
 
 def test_network_rows_are_timed_in_rounds_their_median_and_range_kept(monkeypatch):
@@ -143,7 +170,7 @@ def test_network_rows_are_timed_in_rounds_their_median_and_range_kept(monkeypatc
                  fps=15.0, fps_low=12.0, fps_high=16.0, status="ok", precision="fp32"),
             dict(stage="end-to-end", variant="Base, 720p, random weights", size=128, device="cpu", batch=16,
                  fps=45.0, status="ok", precision="bf16")]
-    assert ("Base end to end at 720p: 45.0 fps = 3.0x (2.8-3.8x over its rounds) the reference network alone "
+    assert ("Base (bf16) end to end at 720p: 45.0 fps = 3.0x (2.8-3.8x over its rounds) the reference network alone "
             "(15.0 fps, its rounds 12.0-16.0: original layout, fp32, batch 1)") in "\n".join(B.summarise(rows))
     as_json = [dict(r, fps_low=None, fps_high=None) for r in rows]  # NaN written to JSON: no range said
     assert "rounds" not in "\n".join(B.summarise(as_json))
@@ -236,6 +263,10 @@ def test_precision_support_on_this_machine():
     (("--end-to-end", "lite:480"), "--end-to-end"),
     (("--memory-seconds", "60", "30"), "--memory-seconds"),
     (("--original-batch", "-1"), "--original-batch"),
+    (("--budget", "-5"), "--budget must be 0"),
+    (("--budget", "nan"), "--budget must be 0"),
+    (("--memory-seconds", "1", "inf"), "--memory-seconds takes two lengths"),
+    (("--memory-seconds", "1", "1e12"), "at most 1800"),
     (("--seconds", "0.5"), "--seconds must be 1 to 600"),
     (("--seconds", "nan"), "--seconds must be 1 to 600"),
     (("--seconds", "601"), "--seconds must be 1 to 600"),

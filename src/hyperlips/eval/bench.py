@@ -55,6 +55,7 @@ from .bench_stages import (  # noqa: F401  (the measurements, re-exported for ca
     cpu_name,
     format_generators,
     generator_costs,
+    load_average,
     precision_support,
     synthetic_clip,
     _load_frames,
@@ -64,6 +65,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 MODELS = ("base", "lite")
 DEFAULT_BATCHES = (1, 16)
 ORIGINAL_BATCH = 128  # the batch the original's inference runs its network in (hyper_batch_size)
+MAX_MEMORY_SECONDS = 1800.0  # the longest synthetic input of the memory comparison (its clip is made first)
 DEFAULT_BUDGET = 420.0  # seconds; what is left after it is listed as skipped (the default run stays under 8 min)
 DEFAULT_E2E = ("starter:720:128", "lite:720:128", "base:720:128", "lite:1080:128", "lite:720:256")
 E2E_MODELS = MODELS + ("starter",)  # starter: the shipped weights with sync's defaults (the mouth warped)
@@ -180,6 +182,7 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
         log(f"note: --video {Path(video).name}: the end-to-end runs use it at its own size (the heights in "
             "--end-to-end choose the synthetic clips)")
     rows: list[BenchRow] = []
+    load_start = load_average()  # before this run adds its own
     t_all = time.perf_counter()
 
     def over_budget() -> Optional[str]:
@@ -189,6 +192,8 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
 
     def add(r):
         for x in r if isinstance(r, list) else [r]:
+            if x.status == "ok" and not math.isfinite(x.load):
+                x.load = load_average()
             rows.append(x)
             log(format_row(x))
 
@@ -285,14 +290,15 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
     result = {
         "machine": {"platform": platform.platform(), "processor": cpu_name(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    "load_start": load_start, "load_end": load_average()},
         "clip": clip_desc,
         "generators": generators,
         "budget_seconds": budget,
         "seconds": round(time.perf_counter() - t_all, 1),
         "rows": [asdict(r) for r in rows],
     }
-    result["summary"] = summarise(result["rows"])
+    result["summary"] = summarise(result["rows"], original_batch, result["machine"])
     return result
 
 
@@ -325,44 +331,77 @@ def _ratio_range(fast: dict, ref: dict) -> str:
     return f" ({fast['fps'] / ref['fps_high']:.1f}-{fast['fps'] / ref['fps_low']:.1f}x over its rounds)"
 
 
-def summarise(rows: list[dict]) -> list[str]:
-    """The comparisons the benchmark exists for, in words (only those whose rows were measured)."""
+def summarise(rows: list[dict], original_batch: int = ORIGINAL_BATCH, machine: Optional[dict] = None) -> list[str]:
+    """The comparisons the benchmark exists for, in words (only those whose rows were measured). The main
+    end-to-end runs are those at 720p with a 128 px mouth, or on a clip given with ``--video`` (one per model)."""
     ok = [r for r in rows if r["status"] == "ok"]
     e2e = {(r["variant"].split(",")[0], r["variant"].split(",")[1].strip(), r["size"]): r
            for r in ok if r["stage"] == "end-to-end"}
+
+    def main_run(name: str) -> tuple[Optional[dict], str]:
+        if (name, "720p", 128) in e2e:
+            return e2e[(name, "720p", 128)], "720p"
+        given = [k for k in e2e if k[0] == name and k[2] == 128 and k[1] not in ("720p", "1080p")]
+        return (e2e[given[0]], given[0][1]) if len(given) == 1 else (None, "")
+
     lines = []
-    starter = e2e.get(("Starter", "720p", 128))
+    shown = []
+    starter, where = main_run("Starter")
     if starter:
+        shown.append(starter)
         mouth = starter["variant"].split(", ")[-1]
-        lines.append(f"the shipped starter end to end at 720p, as sync runs it by default ({mouth}): "
+        lines.append(f"the shipped starter end to end at {where}, as sync runs it by default ({mouth}): "
                      f"{starter['fps']:.1f} fps ({starter['fps'] / 25:.2f}x real time for 25 fps video"
                      f"{_pace(starter, '; ', '')})")
-    lite = e2e.get(("Lite", "720p", 128))
+    lite, where = main_run("Lite")
     if lite:
-        lines.append(f"Lite end to end at 720p: {lite['fps']:.1f} fps ({lite['fps'] / 25:.2f}x real time for 25 fps "
-                     f"video, precision {lite['precision']}{_pace(lite, '; ', '')})")
-    base = e2e.get(("Base", "720p", 128))
+        shown.append(lite)
+        lines.append(f"Lite end to end at {where}: {lite['fps']:.1f} fps ({lite['fps'] / 25:.2f}x real time for 25 "
+                     f"fps video, precision {lite['precision']}{_pace(lite, '; ', '')})")
+    base, where = main_run("Base")
     refs = [r for r in ok if r["stage"] == "network" and r["variant"].startswith("reference: original layout")
             and r["device"] == "cpu"]
     if base and refs:
+        shown.append(base)
         ref = max(refs, key=lambda r: r["fps"])
-        line = (f"Base end to end at 720p: {base['fps']:.1f} fps{_pace(base)} = {base['fps'] / ref['fps']:.1f}x"
-                f"{_ratio_range(base, ref)} the reference network alone ({ref['fps']:.1f} fps{_rounds(ref)}: "
-                f"original layout, fp32, batch {ref['batch']})")
-        own = [r for r in refs if r["batch"] == ORIGINAL_BATCH and r is not ref]
+        line = (f"Base ({base['precision']}) end to end at {where}: {base['fps']:.1f} fps{_pace(base)} = "
+                f"{base['fps'] / ref['fps']:.1f}x{_ratio_range(base, ref)} the reference network alone "
+                f"({ref['fps']:.1f} fps{_rounds(ref)}: original layout, fp32, batch {ref['batch']})")
+        own = [r for r in refs if r["batch"] == original_batch and r is not ref]
         if own:
             line += (f"; {base['fps'] / own[0]['fps']:.1f}x{_ratio_range(base, own[0])} it in the original's own "
-                     f"inference batch of {ORIGINAL_BATCH} ({own[0]['fps']:.1f} fps{_rounds(own[0])})")
+                     f"inference batch of {original_batch} ({own[0]['fps']:.1f} fps{_rounds(own[0])})")
         lines.append(line)
     for key, r in sorted(e2e.items(), key=lambda kv: str(kv[0])):
-        if key not in (("Lite", "720p", 128), ("Base", "720p", 128), ("Starter", "720p", 128)):
+        if not any(r is x for x in shown):
             lines.append(f"{key[0]} end to end at {key[1]}, mouth at {key[2]} px: {r['fps']:.1f} fps{_pace(r)}")
     mem = [r for r in ok if r["stage"] == "memory"]
     if len(mem) == 2:
         lines.append(f"peak memory: {mem[1]['peak_mb']:.0f} MB on the long input against {mem[0]['peak_mb']:.0f} MB "
                      f"on the short one ({mem[1]['peak_mb'] / mem[0]['peak_mb']:.2f}x for "
                      f"{mem[1]['frames'] / max(mem[0]['frames'], 1):.0f}x the length)")
+    busy = _busy(ok, machine or {})
+    if busy:
+        lines.append(busy)
     return lines
+
+
+def _busy(rows: list[dict], machine: dict) -> str:
+    """A note when other programs ran beside the measurements: the load average above what this run makes (its
+    threads) before it started or while a row was timed. They take an unequal share from each row (the reference
+    network, timed at another moment, may lose more than Base), so ratios between rows are off too."""
+    threads = machine.get("threads") or 1
+    start = machine.get("load_start")
+    loads = [r["load"] for r in rows if isinstance(r.get("load"), (int, float)) and math.isfinite(r["load"])]
+    before = start is not None and math.isfinite(start) and start >= 1.0
+    during = bool(loads) and max(loads) > threads + 1.0
+    if not (before or during):
+        return ""
+    seen = max(([start] if before else []) + loads)
+    return (f"note: the machine was busy (load average up to {seen:.1f} with {threads} threads measuring, "
+            f"{machine.get('cpu_count')} CPUs): other programs took time from each measurement, each by a different "
+            "share, so the figures are lower bounds and the ratios between rows are unreliable; measure on an idle "
+            "machine")
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -468,6 +507,8 @@ def run_bench_command(args) -> int:
         raise UserError("--frames must be at least 1")
     if args.original_batch < 0:
         raise UserError("--original-batch must be 0 (none) or a batch size")
+    if not (math.isfinite(args.budget) and args.budget >= 0):
+        raise UserError(f"--budget must be 0 (no limit) or a number of seconds, got {args.budget:g}")
     if not (math.isfinite(args.seconds) and 1 <= args.seconds <= MAX_E2E_SECONDS):
         raise UserError(f"--seconds must be 1 to {MAX_E2E_SECONDS:g} (the end-to-end runs' length), "
                         f"got {args.seconds:g}")
@@ -498,12 +539,12 @@ def _memory_lengths(values: list[str]) -> list[float]:
     """``--memory-seconds``: the short and the long length, in seconds."""
     try:
         short, long = (float(v) for v in values)
-        if 1 <= short < long:
+        if 1 <= short < long <= MAX_MEMORY_SECONDS:
             return [short, long]
     except ValueError:  # not numbers, or not two of them
         pass
-    raise UserError("--memory-seconds takes two lengths in seconds, the short one first (at least 1), e.g. 30 600; "
-                    f"or none (got {' '.join(values)})")
+    raise UserError(f"--memory-seconds takes two lengths in seconds, the short one first (at least 1, at most "
+                    f"{MAX_MEMORY_SECONDS:g}), e.g. 30 600; or none (got {' '.join(values)})")
 
 
 def _skipped(values) -> bool:

@@ -51,6 +51,15 @@ class BenchRow:
     first_frame: float = float("nan")  # end to end: seconds to the first frame handed to the encoder
     fps_low: float = float("nan")  # networks: the slowest and the fastest of the timed rounds (``fps``: their median)
     fps_high: float = float("nan")
+    load: float = float("nan")  # the machine's one-minute load average when the row was done (other programs' share)
+
+
+def load_average() -> float:
+    """The one-minute load average (runnable processes, this one included); NaN where the system has none."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return float("nan")
 
 
 # --------------------------------------------------------------------------------------------- memory
@@ -229,7 +238,22 @@ def bench_decode(video: Path, frames: int) -> BenchRow:
             return sum(1 for _ in r.iter_range(0, frames))
 
     n, secs, mem, _ = _timed(run, "cpu", min_frames=frames)
-    return _row("decode", n, secs, mem, variant="PyAV, 720p H.264")
+    return _row("decode", n, secs, mem, variant=f"PyAV, {_coded_as(video)}")
+
+
+def _coded_as(video: Path) -> str:
+    """``720p H.264``: the clip's height and codec, as the decode row names them."""
+    from ..media.video import probe
+
+    try:
+        info = probe(video)
+        return f"{info.height}p {CODEC_NAMES.get(info.codec, info.codec)}"
+    except Exception:  # noqa: BLE001 - a label only; the clip was decoded above
+        return Path(video).name
+
+
+CODEC_NAMES = {"h264": "H.264", "hevc": "H.265", "mpeg1video": "MPEG-1", "mpeg2video": "MPEG-2", "mpeg4": "MPEG-4",
+               "vp9": "VP9", "av1": "AV1"}
 
 
 def _load_frames(video: Path, frames: int) -> list[np.ndarray]:
@@ -261,7 +285,9 @@ def bench_faces(images: list[np.ndarray]) -> tuple[BenchRow, list]:
             return len(images)
 
         n, secs, mem, _ = _timed(run, "cpu", min_frames=len(images))
-    return _row("faces", n, secs, mem, variant="mediapipe detection + face mesh"), boxes
+    found = sum(b is not None for b in boxes)
+    return _row("faces", n, secs, mem, variant=f"mediapipe detection + face mesh (a face in {found} of "
+                                               f"{len(images)} frames)"), boxes
 
 
 def bench_paste(images: list[np.ndarray], boxes: list, size: int) -> BenchRow:
