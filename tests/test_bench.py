@@ -392,3 +392,17 @@ def test_a_given_video_without_a_face_is_refused_before_the_network_rows(monkeyp
         B.run_bench(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1,), frames=1, video=video,
                     audio=video, end_to_end=("lite:720:128",), memory_seconds=(), generator_table=False)
     assert timed == []
+
+
+def test_the_stage_rows_name_the_clip_they_timed(real_data):
+    """The decode row said "720p H.264" whatever the clip; the faces row divided by every frame without saying that
+    a face was found (and FaceMesh run) in only some of them."""
+    from hyperlips.eval import bench_stages as S
+
+    mpg = real_data.parent / "more" / "grid_lipnet" / "bbaf2n.mpg"
+    if not mpg.is_file():
+        pytest.skip(f"{mpg} is not in the shared data")
+    assert S.bench_decode(mpg, 5).variant == "PyAV, 288p MPEG-1"
+    frames = S._load_frames(mpg, 4)
+    row, boxes = S.bench_faces(frames + [np.zeros_like(frames[0])])
+    assert row.variant.endswith("(a face in 4 of 5 frames)") and sum(b is not None for b in boxes) == 4
