@@ -452,3 +452,14 @@ def test_warp_is_scored_from_frames_that_hold_no_trace_of_the_answer(tmp_path, m
     report = out / "lbax4n"
     assert _strict_json(report / "report.json")["shifted_source"] is True
     assert "shifted by half their number" in (report / "report.md").read_text()
+
+
+def test_an_unwritable_report_folder_is_refused_before_measuring(tmp_path, real_data):
+    """-o a folder that cannot be made (a file stands where it should be) was found out after the whole evaluation."""
+    clip = real_data / "retalking" / "face2.mp4"
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    for args in ((clip, "--reference", clip), ("--clips", clip, "--protocol", "tail", "--checkpoint", clip)):
+        r = run_cli("eval", *args, "-o", blocker / "report", timeout=60)
+        assert r.returncode == 2 and "cannot write the report into -o" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "faces" not in r.stderr, r.stderr

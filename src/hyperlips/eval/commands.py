@@ -89,6 +89,19 @@ def _eval_device(name: str) -> str:
     return str(resolve_device(name))
 
 
+def _check_report_folder(folder: Path) -> None:
+    """UserError now, not after minutes of measuring, if the report cannot be written into ``folder``."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write the report into -o {folder}: {e.strerror or e}; choose a folder you can "
+                        "write to") from None
+
+
 def run_eval(args) -> int:
     from .pair import evaluate_pair
     from .protocols import pair_folders, run_protocol
@@ -100,6 +113,8 @@ def run_eval(args) -> int:
     if args.output is None:
         one = args.generated is not None and not args.generated.is_dir() and args.clips is None
         args.output = Path("hyperlips_eval") / args.generated.stem if one else Path("hyperlips_eval")
+    if args.protocol not in ("tail", "phonemes"):  # those name their own folder below
+        _check_report_folder(args.output)
     device = _eval_device(args.device)
     off = args.expert is not None and str(args.expert).lower() == "off"
     common = dict(syncnet=args.syncnet, expert=None if off else args.expert, face_index=args.face, device=device)
@@ -154,6 +169,7 @@ def _run_tail(args, device: str, progress: bool) -> int:
         raise UserError(f"--tail-fraction must be between 0 and 1 (got {args.tail_fraction:g})")
     if args.output is None or args.output == Path("hyperlips_eval"):
         args.output = Path("hyperlips_eval") / f"{args.clips.stem}_{name}"
+    _check_report_folder(args.output)
     if name == "phonemes":
         return _run_phonemes(args, device, progress)
     res = run_tail_protocol(args.clips, args.output, checkpoint=args.checkpoint, fraction=args.tail_fraction,
