@@ -599,6 +599,16 @@ def test_one_server_per_data_folder(server, tmp_path):
         App(quick_settings(tmp_path / "data"))
 
 
+def test_a_data_folder_that_cannot_be_made_names_the_option(tmp_path):
+    """A read-only home gave "Read-only file system: ...; free some space or choose another folder", naming neither
+    the data folder nor --data."""
+    from hyperlips.errors import UserError
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError, match=r"cannot use .*file/data as the data folder: .*with --data DIR"):
+        App(quick_settings(tmp_path / "file" / "data"))
+
+
 def test_serve_command_errors_are_one_line(tmp_path):
     r = run_cli("serve", "--port", "70000", "--data", tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "hyperlips: error: --port must be 0..65535 (got 70000)"

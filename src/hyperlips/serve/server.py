@@ -30,9 +30,13 @@ class App:
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        settings.data.mkdir(parents=True, exist_ok=True)
-        for sub in ("files", "jobs"):
-            (settings.data / sub).mkdir(exist_ok=True)
+        try:
+            settings.data.mkdir(parents=True, exist_ok=True)
+            for sub in ("files", "jobs"):
+                (settings.data / sub).mkdir(exist_ok=True)
+        except OSError as e:  # a read-only home under a service manager, say
+            raise UserError(f"cannot use {settings.data} as the data folder: {e.strerror or e}; choose one the server "
+                            "can write to with --data DIR") from None
         self._lock = _lock_data_folder(settings.data)
         self.store = Store(settings.data / "jobs.sqlite3")
         self.remove_leftovers()
