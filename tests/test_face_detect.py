@@ -294,3 +294,18 @@ def test_mediapipe_can_be_imported_ahead_in_a_thread_once():
     res = subprocess.run([sys.executable, "-c", "from hyperlips.face.detect import preload_mediapipe\npreload_mediapipe()"],
                          capture_output=True, text=True, timeout=180)
     assert res.returncode == 0 and res.stderr == "", res.stderr[-2000:]
+
+
+def test_a_home_that_cannot_be_written_gives_no_matplotlib_warning(tmp_path):
+    """Run as a service (a home it cannot write), every command and every server job's log began with matplotlib's
+    two lines about its config folder: mediapipe imports it."""
+    import os
+    import subprocess
+
+    (tmp_path / "file").write_text("")
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env["HOME"] = str(tmp_path / "file" / "home")  # under a file: nothing can be made there
+    code = "from hyperlips.face.detect import import_mediapipe; import_mediapipe(); print('ok')"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+    assert "matplotlib" not in res.stderr.lower(), res.stderr

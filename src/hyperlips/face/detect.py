@@ -73,14 +73,31 @@ def import_mediapipe() -> Any:
     """Import mediapipe's legacy ``solutions`` API or raise :class:`MissingDependencyError` saying what to install."""
     os.environ.setdefault("GLOG_minloglevel", "2")  # before mediapipe loads: no C++ INFO/WARNING chatter
     try:
-        import mediapipe as mp
-        from mediapipe import solutions  # noqa: F401  (absent in mediapipe >= 0.10.30)
+        with _matplotlib_quiet():
+            import mediapipe as mp
+            from mediapipe import solutions  # noqa: F401  (absent in mediapipe >= 0.10.30)
     except ImportError as e:
         raise MissingDependencyError(
             f"face detection needs mediapipe 0.10.21 with the legacy 'solutions' API ({e}); {_INSTALL_HINT}"
         ) from None
     _forget_import_tracebacks("mediapipe")
     return mp
+
+
+@contextlib.contextmanager
+def _matplotlib_quiet():
+    """mediapipe imports matplotlib (for drawing helpers we do not use), which warns where the home folder cannot be
+    written (a service's): "... is not a writable directory ... created a temporary cache directory". Its logger is
+    held at errors only while it is imported."""
+    import logging
+
+    logger = logging.getLogger("matplotlib")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 _preload: dict[str, Any] = {"thread": None}
