@@ -303,3 +303,41 @@ def test_one_call_at_a_time_per_lipsync_and_its_trackers_released(clip):
     del ls
     gc.collect()
     assert _native_threads() < before  # freed with the LipSync, without close()
+
+
+def test_ctrl_c_while_the_speech_pauses_reaches_the_caller_at_once(clip):
+    """A consumer interrupted while it waits for frames of speech that has paused (a microphone between utterances)
+    got its KeyboardInterrupt 30 s late: the chain's threads were joined before the speech feed was released."""
+    import subprocess
+    import sys
+
+    code = f"""
+import _thread, queue, threading, time
+import numpy as np
+from hyperlips.media.audio import load_audio
+from hyperlips.pipeline import LipSync
+ls = LipSync(untrained=True, model="lite", device="cpu", progress=False, batch_size=4)
+wav = load_audio({str(clip.speech)!r})
+q = queue.Queue()
+for i in range(0, 9600, 640):
+    q.put(wav[i:i + 640])  # 0.6 s of speech, then nothing (and no end)
+def speech():
+    while True:
+        yield q.get()
+seen = []
+def interrupt():
+    while len(seen) < 3:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the consumer now waits inside the stream for frames that need more speech
+    seen.append(time.perf_counter())
+    _thread.interrupt_main()
+threading.Thread(target=interrupt, daemon=True).start()
+try:
+    for frame in ls.stream({str(clip.video)!r}, speech()):
+        seen.append(frame.index)
+except KeyboardInterrupt:
+    print("late", round(time.perf_counter() - seen[-1], 2))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.startswith("late"), res.stderr[-2000:]
+    assert float(res.stdout.split()[1]) < 5.0, res.stdout

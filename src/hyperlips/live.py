@@ -334,7 +334,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
                             detect=detector.detect, network=live_batches(feed, size, render), batch_size=size,
                             timings=timings, overlap=ls.overlap, steady=ls.temporal_blend,
                             input_blend=ls.input_blend, workers=detector.workers,
-                            every_frame=ls.detect_every_frame)
+                            every_frame=ls.detect_every_frame, on_stop=feed.cancel)
         feeder.start()
         try:
             for job in chain:

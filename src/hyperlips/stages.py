@@ -19,7 +19,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 _END = object()  # end of a stream
 _WAKE = object()  # put in a queue when the chain stops: a thread waiting on it looks at the stop at once
@@ -139,11 +139,14 @@ def _timed(name: str, fn: Stage, source: Iterator, timings: Timings) -> Iterator
         yield item
 
 
-def run_chain(source: Step, steps: list[Step], timings: Timings, overlap: bool = True) -> Iterator:
+def run_chain(source: Step, steps: list[Step], timings: Timings, overlap: bool = True,
+              on_stop: Optional[Callable[[], None]] = None) -> Iterator:
     """The items of ``source.fn(empty)`` passed through ``steps`` in turn; a generator for the caller to consume.
 
     ``source.fn`` takes an (empty) iterator too, so every stage has the same form. Close the generator (or let it
-    end) to stop the threads; they are joined before it returns.
+    end) to stop the threads; they are joined before it returns. ``on_stop`` is called first, when the chain stops
+    for any reason (an exception in the consumer's thread, Ctrl-C, an early close): it releases what a stage may be
+    waiting on outside the chain (a live stream's speech), which would otherwise hold the join for its 30 s.
     """
     if not overlap:
         it: Iterator = _timed(source.name, source.fn, iter(()), timings)
@@ -193,6 +196,8 @@ def run_chain(source: Step, steps: list[Step], timings: Timings, overlap: bool =
             raise chain.error
     finally:
         chain.stop.set()
+        if on_stop is not None:
+            on_stop()
         chain.wake(queues)
         for t in threads:
             t.join(timeout=30)

@@ -549,12 +549,12 @@ def track_factory(timeline, face_index=None, face_box=None) -> Callable:
 def frame_chain(timeline, *, n_src: int, n_out: int, loop: str, found: ReferenceSearch, new_track: Callable,
                 detect: Callable, network: Callable, batch_size: int, timings, overlap: bool = True,
                 steady: float = 0.0, input_blend: float = 0.0, workers: int = 1,
-                every_frame: bool = False) -> Iterator[FrameJob]:
+                every_frame: bool = False, on_stop: Optional[Callable[[], None]] = None) -> Iterator[FrameJob]:
     """decode -> faces -> ``network`` (a stage taking jobs, giving lists of them; its inputs first blended over time
     with weight ``input_blend``, :func:`blended_inputs`) -> paste (the faces first steadied over time with weight
     ``steady``), the stages at the same time (``stages.run_chain``); yields the finished jobs in output order. Close
     it to stop the threads. ``workers``: frames detected at the same time (see :func:`find_reference`);
-    ``every_frame``: detect every frame (see :func:`sparse_detections`)."""
+    ``every_frame``: detect every frame (see :func:`sparse_detections`); ``on_stop``: see ``stages.run_chain``."""
     from .face.blend import paste_face
     from .media.timing import report_damage
 
@@ -568,4 +568,4 @@ def frame_chain(timeline, *, n_src: int, n_out: int, loop: str, found: Reference
          Step("network", (lambda jobs: network(blended_inputs(jobs, input_blend))) if input_blend > 0 else network,
               maxsize=1),
          Step("paste", paste_stage(paste_face, steady), maxsize=4)],
-        timings, overlap=overlap)
+        timings, overlap=overlap, on_stop=on_stop)
