@@ -262,9 +262,13 @@ def test_the_live_summary_gives_latencies_only_for_speech_fed_in_real_time():
     from hyperlips.live import LiveReport
 
     lat = np.array([0.52, 0.44, 0.43, 0.61])
-    paced = LiveReport(Path("o.mp4"), 4, 25.0, 0.16, 0.7, lat, 0.36, 40.0, True).summary()
+    paced = LiveReport(Path("o.mp4"), 4, 25.0, 0.16, 0.7, lat, 0.36, 40.0, True, 0.81).summary()
     assert "4 frames" in paced and "first frame latency 520 ms" in paced and "max 610 ms" in paced
-    assert "look-ahead alone: 360 ms" in paced and "real-time factor 4.38" in paced
+    assert ("look-ahead alone: 360 ms); real-time factor 4.38 (timed from the first chunk read; before it, 0.81 s to "
+            "open the idle clip and find its face)") in paced, paced
+    assert "warning: it fell behind the speech" in paced and "the last 0.6 s late" in paced  # 4.38 is not keeping up
+    keeping_up = LiveReport(Path("o.mp4"), 4, 25.0, 0.16, 0.17, lat, 0.36, 40.0, True).summary()
+    assert "real-time factor 1.06 (timed from the first chunk read)" in keeping_up and "behind" not in keeping_up
     fast = LiveReport(Path("o.mp4"), 1, 25.0, 0.04, 0.02, lat[:1] - 1.0, 0.36, 40.0, False).summary()
     assert "1 frame @" in fast and "50.0 frames/s, 2.00x real time" in fast and "latency median" not in fast
 
@@ -341,3 +345,36 @@ except KeyboardInterrupt:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.startswith("late"), res.stderr[-2000:]
     assert float(res.stdout.split()[1]) < 5.0, res.stdout
+
+
+def test_bytes_and_no_speech_are_refused_with_what_to_pass(clip):
+    """A websocket's bytes were told "a single number" or "uint8"; ``speech=None`` ended in a bare TypeError."""
+    from hyperlips.errors import UserError
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(network=MelTint(), device="cpu", progress=False, precision="fp32")
+    pcm = (clip.wav[:640] * 32767).astype(np.int16).tobytes()
+    for chunk in (pcm, bytearray(pcm)):
+        with pytest.raises(UserError, match=r"not bytes: .*np\.frombuffer\(chunk, np\.int16\)"):
+            list(ls.stream(clip.video, iter([chunk])))
+    for speech in (None, pcm):
+        with pytest.raises(UserError, match="speech must be an iterable of chunks"):
+            next(ls.stream(clip.video, speech))
+
+
+def test_live_checks_phoneme_timings_against_the_speech_and_makes_no_folder_for_a_failed_run(clip, tmp_path):
+    """``live --phonemes`` said nothing of timings past the end of the speech (``sync`` warns); a run that failed on
+    its input (no face) left the output's folders behind."""
+    marks = tmp_path / "marks.txt"
+    marks.write_text("0.10 p\n4.80 a\n")  # the speech is 1.6 s long
+    out = tmp_path / "o.mp4"
+    r = run_cli("live", clip.video, clip.speech, "-o", out, "--untrained", "--no-pace", "--phonemes", marks, "--quiet")
+    assert r.returncode == 0 and "the phoneme timings run to 4.80 s, past the end of the speech (1.60 s)" in r.stderr, \
+        r.stderr
+    blank = tmp_path / "blank.png"
+    import cv2
+
+    cv2.imwrite(str(blank), np.full((64, 64, 3), 128, np.uint8))
+    r = run_cli("live", blank, clip.speech, "-o", tmp_path / "new" / "a" / "o.mp4", "--untrained", "--no-pace")
+    assert r.returncode == 2 and "no face" in r.stderr, r.stderr
+    assert not (tmp_path / "new").exists()

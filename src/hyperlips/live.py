@@ -17,6 +17,7 @@ statistics and batch size, the streamed frames are the frames ``sync`` hands to 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -125,6 +126,9 @@ class MelFeed:
 
     def _pcm(self, chunk) -> np.ndarray:
         """One chunk as float32 samples in [-1, 1]."""
+        if isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise UserError("speech chunks must be arrays of samples, not bytes: for 16-bit PCM bytes (a websocket's "
+                            "payload) pass np.frombuffer(chunk, np.int16)")
         a = np.asarray(chunk)
         if a.ndim == 0:
             raise UserError("speech chunks must be arrays of samples, got a single number (an iterable of samples "
@@ -284,8 +288,10 @@ def live_batches(feed: MelFeed, size: int, render) -> callable:
 
 def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16000, loop: str = "pingpong",
                face_index=None, face_box=None, reference="best", fps=None, stats: Optional[SpeechStats] = None,
-               batch_size: Optional[int] = None, phonemes=None) -> Iterator[LiveFrame]:
-    """The body of ``LipSync.stream`` (``ls``: the LipSync whose networks render)."""
+               batch_size: Optional[int] = None, phonemes=None,
+               speech_seconds: Optional[float] = None) -> Iterator[LiveFrame]:
+    """The body of ``LipSync.stream`` (``ls``: the LipSync whose networks render). ``speech_seconds``: the speech's
+    length where known in advance (``live`` reads a file), to check the phoneme timings against it."""
     from .errors import require_file
     from .face.detect import FaceDetectors
     from .media.phone_marks import closure
@@ -296,6 +302,9 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
 
     video = Path(video)
     require_file(video, "video")
+    if speech is None or isinstance(speech, (bytes, bytearray, memoryview, str)):
+        raise UserError("speech must be an iterable of chunks of samples (arrays), e.g. a list or a generator of "
+                        f"them (got {type(speech).__name__})")
     if loop not in LOOP_MODES:
         raise UserError(f"--loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
     if int(sample_rate) != ls.audio_cfg.sample_rate:
@@ -303,7 +312,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
                         "them first (hyperlips.media.audio.load_audio reads a file at that rate)")
     check_fps(fps)
     request = reference_request(reference)
-    marks = ls.phoneme_marks(phonemes, None)
+    marks = ls.phoneme_marks(phonemes, speech_seconds)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
                                    or batch_size < 1):
         raise UserError(f"batch_size must be a whole number of at least 1, or None for the LipSync's (got {batch_size!r})")
@@ -375,6 +384,9 @@ class PacedSpeech:
 
 
 # --------------------------------------------------------------------------------------------- the live command
+BEHIND_FACTOR = 1.1  # a paced stream whose wall time exceeds its speech's by more than this fell behind
+
+
 @dataclass
 class LiveReport:
     """What ``hyperlips live`` measured. Latency of a frame: from the moment the speech reached its time (the
@@ -389,6 +401,7 @@ class LiveReport:
     lookahead: float  # the least latency the network's mel window allows (seconds, mean over frames)
     chunk_ms: float
     paced: bool
+    setup_seconds: float = float("nan")  # the call to the first chunk read (the idle clip opened, its face found)
 
     @property
     def real_time_factor(self) -> float:
@@ -400,14 +413,21 @@ class LiveReport:
         lat = self.latencies
         head = f"{self.output}: {self.frames} frame{'s' if self.frames != 1 else ''} @ {self.fps:g} fps from " \
                f"{self.speech_seconds:.2f} s of speech, "
+        setup = (f"; before it, {self.setup_seconds:.2f} s to open the idle clip and find its face"
+                 if math.isfinite(self.setup_seconds) else "")
         if not self.paced:  # the whole speech was there at once: a frame's delay after "its time" means nothing
             return (head + f"fed as fast as possible\n{self.frames / max(self.wall_seconds, 1e-9):.1f} frames/s, "
-                    f"{1 / self.real_time_factor:.2f}x real time (start-up included); latency is measured when the "
-                    "speech is fed in real time (without --no-pace)")
-        return (head + f"fed in {self.chunk_ms:g} ms chunks in real time\nfirst frame latency {lat[0] * 1000:.0f} ms; "
+                    f"{1 / self.real_time_factor:.2f}x real time (timed from the first chunk read{setup}); latency is "
+                    "measured when the speech is fed in real time (without --no-pace)")
+        text = (head + f"fed in {self.chunk_ms:g} ms chunks in real time\nfirst frame latency {lat[0] * 1000:.0f} ms; "
                 f"latency median {np.median(lat) * 1000:.0f} ms, 95th percentile {np.percentile(lat, 95) * 1000:.0f} "
                 f"ms, max {lat.max() * 1000:.0f} ms (the mel window's look-ahead alone: {self.lookahead * 1000:.0f} "
-                f"ms); real-time factor {self.real_time_factor:.2f} (start-up included)")
+                f"ms); real-time factor {self.real_time_factor:.2f} (timed from the first chunk read{setup})")
+        if self.real_time_factor > BEHIND_FACTOR:
+            text += (f"\nwarning: it fell behind the speech (each frame later than the one before: the last "
+                     f"{lat[-1]:.1f} s late); this machine cannot render this stream in real time: a lower --fps, "
+                     f"HyperLips-Lite, or other programs stopped would help")
+        return text
 
 
 def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bool = True, voice_sample=None,
@@ -433,13 +453,14 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     stats = (SpeechStats.of(melspectrogram(load_audio(voice_sample, sr), ls.audio_cfg),
                             int(getattr(ls.base, "mel_smooth", 0))) if voice_sample else None)
     feed = PacedSpeech(wav, int(round(chunk_ms / 1000.0 * sr)), sr, pace)
-    output.parent.mkdir(parents=True, exist_ok=True)
     writer, out_times, n = None, [], 0
-    stream = ls.stream(video, feed, speech_stats=stats, **stream_options)
+    t_call = time.perf_counter()
+    stream = run_stream(ls, video, feed, stats=stats, speech_seconds=len(wav) / sr, **stream_options)
     try:
         for fr in stream:
             out_times.append(time.perf_counter())
             if writer is None:
+                output.parent.mkdir(parents=True, exist_ok=True)  # once the inputs have proved usable
                 h, w = fr.image.shape[:2]
                 writer = VideoWriter(output, w, h, fr.fps,
                                      audio=load_audio(speech_path, MUX_SAMPLE_RATE), sample_rate=MUX_SAMPLE_RATE,
@@ -463,5 +484,6 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     speech_end = len(wav) / sr  # a window reaching past the end is complete when the speech ends
     lookahead = float(np.mean([min(((mel_feed.needed(j) - 1) * ls.audio_cfg.hop_length + ls.audio_cfg.n_fft // 2) / sr,
                                    speech_end) - j / fps for j in range(n)]))
-    return LiveReport(output, n, fps, len(wav) / sr, out_times[-1] - feed.t0, lat, lookahead, float(chunk_ms), pace)
+    return LiveReport(output, n, fps, len(wav) / sr, out_times[-1] - feed.t0, lat, lookahead, float(chunk_ms), pace,
+                      feed.t0 - t_call)
 
