@@ -628,6 +628,9 @@ def test_an_error_in_a_pooled_render_stops_the_stage_at_that_batch():
 
 
 # --------------------------------------------------------------------------------------------- the faces stage
+TEXTURE = np.random.default_rng(3).integers(0, 256, (200, 400, 3), dtype=np.uint8)
+
+
 def test_the_faces_stage_goes_on_from_the_searchs_track_with_the_same_boxes_and_no_wait():
     """Handed the reference search's track, the faces stage gives the same boxes as a fresh track fed the same
     detections, gives the searched frames their boxes before reading further, and reports the first pass's end once,
@@ -656,7 +659,7 @@ def test_the_faces_stage_goes_on_from_the_searchs_track_with_the_same_boxes_and_
         def jobs():
             for j in range(n):
                 pulled.append(j)
-                yield FrameJob(j, j, np.zeros((200, 400, 3), np.uint8))
+                yield FrameJob(j, j, TEXTURE)  # not blank: a box over a blank region is dropped
 
         stage = FaceStage(n, track, lambda image: faces[pulled[-1]], cached, on_first_pass_end=lambda: ends.append(1),
                           every_frame=True, boxes=boxes if handed else None)

@@ -84,6 +84,11 @@ class MouthStep:
             self._mesh.close()
             self._mesh = None
 
+    def new_shot(self) -> None:
+        """The clip cut to another shot: the average mouth, the pose and the face tracked start afresh."""
+        self._warp = None
+        self.close()
+
     def __call__(self, image: np.ndarray, box, face: np.ndarray, shape: np.ndarray, close: float = 0.0) -> np.ndarray:
         """The face region of ``image`` (H, W, 3) uint8 BGR at the crop ``box``, at its own resolution (a square of
         the region's larger side), with the lips and jaw moved to ``shape`` (the audio encoder's, before the

@@ -213,6 +213,7 @@ class LipSync:
         self.mouth = choose_mouth(mouth, self.base, self.weights, fixed=untrained or network is not None,
                                   checkpoint=checkpoint)
         self._mouth_step = None  # mouth warp or hybrid: the clip's MouthStep (new_clip; render: given timings')
+        self._mouth_shot = 0  # the shot of the last job the mouth step saw (``streaming.FrameJob.shot``)
         self._clip_fps = 25.0
         # the native face trackers it holds (MediaPipe graphs: threads and tens of MB each), closed by close() or when
         # the LipSync is freed (they outlive it otherwise: the graphs' callbacks keep them alive)
@@ -512,6 +513,7 @@ class LipSync:
         self._mouth_step = None if self.mouth == "render" else MouthStep(self.mouth, fps, gain)
         self._natives["mouth"] = self._mouth_step
         self._clip_fps = float(fps)
+        self._mouth_shot = 0
 
     def close(self) -> None:
         """Release the native face trackers this LipSync holds (MediaPipe graphs: two threads and about 30 MB each);
@@ -547,6 +549,9 @@ class LipSync:
         jobs' mel windows, in order; ``closed``: how far the lips are brought together, per job, where phoneme
         timings were given)."""
         crops = [job.crop if job.crop is not None else face_crop(job.image, job.box, BASE_SIZE) for job in jobs]
+        own_refs = [getattr(job, "reference", None) for job in jobs]  # a later shot's own reference face
+        if any(r is not None for r in own_refs):
+            ref_crop = np.stack([ref_crop if r is None else r for r in own_refs])
         x = network_input(np.stack(crops), ref_crop)
         if self.mouth != "render":
             if self._mouth_step is None:  # render_jobs called without new_clip (a caller of its own)
@@ -562,6 +567,7 @@ class LipSync:
                 return
             faces, shapes = self.generate(windows, x, shapes=True)
             for job, face, shape, close in zip(jobs, faces, shapes, closed):
+                self._in_shot(step, job)
                 job.face = step(job.image, job.box, face, shape, float(close))
                 job.own_face = self.mouth == "warp" and job.face is not face  # not where FaceMesh found no face
             return
@@ -576,11 +582,20 @@ class LipSync:
         for job, face in zip(jobs, self.generate(windows, x)):
             job.face = face
 
+    def _in_shot(self, step: MouthStep, job) -> MouthStep:
+        """``step``, made to start afresh where ``job`` begins another shot than the last job's (the average mouth
+        and the pose it learned are another face's, or another view's)."""
+        shot = getattr(job, "shot", 0)
+        if shot != self._mouth_shot:
+            step.new_shot()
+            self._mouth_shot = shot
+        return step
+
     def _generate_closed(self, step: MouthStep, jobs, windows: np.ndarray, x: np.ndarray, closed: np.ndarray):
         """The jobs' faces with the shapes a Lite network draws closed ``closed`` of the way (given phoneme
         timings): ``step`` looks at the frames first, so the clip's average mouth the shapes close on counts them.
         -> (the looks, faces, shapes)."""
-        looks = [step.look(job.image, job.box, observe=True) for job in jobs]
+        looks = [self._in_shot(step, job).look(job.image, job.box, observe=True) for job in jobs]
         gain = float(self.base.config.shape_gain)
         faces, shapes = self.generate(windows, x, shapes=True, edit=lambda read: step.closed_shapes(read, closed, gain))
         return looks, faces, shapes

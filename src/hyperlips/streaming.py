@@ -34,6 +34,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from .errors import MediaError, UserError, require_file
+from .face.cuts import is_flat
 from .generator_io import BASE_SIZE, face_crop, reference_crop
 from .schedule import runs
 from .stages import Gate, Step, Timings, mapped_ahead, run_chain
@@ -62,6 +63,8 @@ class FrameJob:
     source: object = None  # the decoded picture ``image`` came from (``Frame.source``; None: not kept)
     changed: Optional[tuple] = None  # the pixel region paste-back wrote (x1, y1, x2, y2); elsewhere ``image`` is
     # still the decoded picture, which the writer then copies as it is
+    shot: int = 0  # the shot of the timeline frame (``face.cuts``): nothing is blended across shots
+    reference: Optional[np.ndarray] = None  # the network's reference face for this shot (None: the run's reference)
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -251,7 +254,7 @@ def find_reference(timeline, n_src: int, request, new_track: Callable, detect: C
         for fr, dets in detected:
             detections.append(dets)
             images.append((fr.index, fr.image))
-            settle(track.push(dets))
+            settle(track.push(dets, fr.image))
             if fr.index == n_src - 1:
                 settle(track.finish())
             bar.update(1)
@@ -315,8 +318,15 @@ class FaceStage:
     track to look ahead again, and the boxes are the same."""
 
     def __init__(self, n_src: int, track, detect: Callable, cached: list, on_first_pass_end: Callable = lambda: None,
-                 workers: int = 1, every_frame: bool = False, boxes: Optional[list] = None):
+                 workers: int = 1, every_frame: bool = False, boxes: Optional[list] = None,
+                 reference_frame: Optional[int] = None, fps: float = 25.0):
         self.n_src, self.track, self.detect, self.cached = n_src, track, detect, cached
+        # the reference face's shot (None: an image given as the reference, used in every shot)
+        shots = track.shot_of
+        self.reference_shot = None if reference_frame is None else (
+            shots[reference_frame] if reference_frame < len(shots) else 0)
+        self.shot_references: dict = {}
+        self.fps = fps
         self.workers = workers  # frames detected at the same time (``detect`` called from as many threads)
         self.every_frame = every_frame  # detect every frame (False: :func:`sparse_detections`)
         self.on_first_pass_end = on_first_pass_end
@@ -350,31 +360,73 @@ class FaceStage:
         boxes = self.boxes
         for (job, _), found in detected:
             if job.s < len(boxes) or self.track.finished:
-                job.box = boxes[job.s]
+                job.box = self._unless_flat(job)
                 if job.s == self.n_src - 1:
                     self._first_pass_ended()
-                yield job
+                yield self._shot(job)
                 continue
             waiting.append(job)
             if job.s < self.track.n:  # pushed by the reference search: its box comes with a later frame's push
                 continue
             if job.s != self.track.n:
                 raise RuntimeError(f"frame {job.s} reached the face track out of order (expected {self.track.n})")
-            boxes.extend(b for _, b in self.track.push(self.cached[job.s] if job.s < len(self.cached) else found))
+            boxes.extend(b for _, b in self.track.push(self.cached[job.s] if job.s < len(self.cached) else found,
+                                                       job.image))
             if self.track.n == self.n_src:
                 boxes.extend(b for _, b in self.track.finish())
                 self._first_pass_ended()
             while waiting and waiting[0].s < len(boxes):
                 done = waiting.popleft()
-                done.box = boxes[done.s]
-                yield done
+                done.box = self._unless_flat(done)
+                yield self._shot(done)
         if waiting:  # pragma: no cover (the first pass always ends with finish())
             raise RuntimeError("frames left without a box")
+
+    def _unless_flat(self, job: FrameJob):
+        """The job's final box, or None (from then on) where the region shows nothing: a box bridged or held over
+        black or blank frames (a fade out), where a pasted mouth would float on nothing."""
+        box = self.boxes[job.s]
+        if box is not None and is_flat(job.image, box):
+            self.boxes[job.s] = box = None
+        return box
+
+    def _shot(self, job: FrameJob) -> FrameJob:
+        """The job with its shot and, in a shot other than the reference's, that shot's reference face: its first
+        frame with a box, cropped (the run's reference shows whoever the first shot followed)."""
+        shots = self.track.shot_of
+        job.shot = shots[job.s] if job.s < len(shots) else 0
+        if job.box is not None and self.reference_shot is not None and job.shot != self.reference_shot:
+            if job.shot not in self.shot_references:
+                self.shot_references[job.shot] = face_crop(job.image, job.box, BASE_SIZE)
+            job.reference = self.shot_references[job.shot]
+        return job
 
     def _first_pass_ended(self) -> None:
         if not self._reported:
             self._reported = True
             self.on_first_pass_end()
+            report_shots(self.track, self.boxes, self.fps)
+
+
+def report_shots(track, boxes: list, fps: float) -> None:
+    """A warning for a video made of shots (``face.cuts``): where it cuts, that the face was chosen anew in each,
+    and which shots show none (left as they are)."""
+    from .errors import warn
+
+    starts = list(getattr(track, "shot_starts", [0]))
+    if len(starts) < 2:
+        return
+    ends = starts[1:] + [len(boxes)]
+    bare = [(a, b) for a, b in zip(starts, ends) if b > a and all(x is None for x in boxes[a:b])]
+    at = ", ".join(f"{t / fps:.2f} s" for t in starts[1:6]) + (", ..." if len(starts) > 6 else "")
+    text = (f"the video cuts to another shot {len(starts) - 1} time{'s' if len(starts) > 2 else ''} (at {at}): the "
+            f"face is chosen anew in each shot, by the same rule as in the first (the largest, or as --face or "
+            f"--face-box say), and nothing is carried across a cut")
+    if bare:
+        spans = ", ".join(f"{a / fps:.2f}-{b / fps:.2f} s" for a, b in bare[:5]) + (", ..." if len(bare) > 5 else "")
+        text += f"; {len(bare)} shot{'s' if len(bare) > 1 else ''} show{'' if len(bare) > 1 else 's'} none and " \
+                f"{'are' if len(bare) > 1 else 'is'} left as {'they are' if len(bare) > 1 else 'it is'} ({spans})"
+    warn(text + ". To dub one speaker in an edit with others, cut it into shots and sync the speaker's.")
 
 
 def batches(jobs: Iterator[FrameJob], size: int) -> Iterator[list[FrameJob]]:
@@ -418,7 +470,8 @@ def blended_inputs(jobs: Iterator[FrameJob], weight: float) -> Iterator[FrameJob
         if pending is not None:
             last, last_own, last_before = pending
             after = None
-            if own is not None and last_own is not None and is_near(region(last), region(job)):
+            if (own is not None and last_own is not None and last.shot == job.shot
+                    and is_near(region(last), region(job))):
                 after = face_crop(job.image, last.box, BASE_SIZE).astype(np.float32)
                 before = face_crop(last.image, job.box, BASE_SIZE).astype(np.float32)
             if last_own is not None:
@@ -491,10 +544,13 @@ def steady_batches(batches_in: Iterator[list[FrameJob]], weight: float) -> Itera
         yield from batches_in
         return
 
-    def rendered(job):  # (face as rendered, crop region), or None for a frame without a face
+    def rendered(job):  # (face as rendered, crop region, shot), or None for a frame without a face
         if job is None or job.face is None:
             return None
-        return job.face, pixel_region(job.box, job.image.shape[1], job.image.shape[0])
+        return job.face, pixel_region(job.box, job.image.shape[1], job.image.shape[0]), job.shot
+
+    def same_shot(other, mine):  # a neighbour's (face, region) where it is of the same shot, else None
+        return other[:2] if other is not None and other[2] == mine[2] else None
 
     def ended():  # the batches, then a last one holding None: the final job has no successor
         yield from batches_in
@@ -509,7 +565,8 @@ def steady_batches(batches_in: Iterator[list[FrameJob]], weight: float) -> Itera
             if pending is not None:
                 waiting, theirs = pending
                 if theirs is not None:
-                    waiting.face = blend_neighbours(theirs[0], theirs[1], before, mine, weight)
+                    waiting.face = blend_neighbours(theirs[0], theirs[1], same_shot(before, theirs),
+                                                    same_shot(mine, theirs), weight)
                 before = theirs
                 done.append(waiting)
             pending = None if job is None else (job, mine)
@@ -561,7 +618,7 @@ def frame_chain(timeline, *, n_src: int, n_out: int, loop: str, found: Reference
     track, boxes = found.take_track()
     faces = FaceStage(n_src, track if track is not None else new_track(), detect, found.detections,
                       on_first_pass_end=lambda: report_damage(timeline, n_src), workers=workers if overlap else 1,
-                      every_frame=every_frame, boxes=boxes)
+                      every_frame=every_frame, boxes=boxes, reference_frame=found.frame, fps=timeline.fps)
     return run_chain(
         Step("decode", lambda _: scheduled_frames(timeline, n_src, n_out, loop), maxsize=4),
         [Step("faces", faces, maxsize=batch_size),

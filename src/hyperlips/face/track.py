@@ -9,7 +9,8 @@ Face choice (first frame with any detection = the *anchor* frame):
 - ``box=(x1, y1, x2, y2)``: the face that overlaps the user's box most (IoU), in the first frame where any face
   overlaps it.
 The chosen face is then followed frame to frame by overlap with its last known box (IoU, or centre distance when
-the face moved fast), never re-picked by size, so the track does not jump between people.
+the face moved fast), never re-picked by size, so the track does not jump between people. (The streaming track,
+``face.track_online``, also ends a shot at a cut when given the frames, and chooses the face anew in the next.)
 """
 
 from __future__ import annotations

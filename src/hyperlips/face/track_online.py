@@ -77,17 +77,51 @@ class OnlineTrack:
         self._csum = np.zeros(4)
         self._t_out = 0  # next frame to give out
         self.finished = False
+        # shots (``face.cuts``): frames pushed with their image are checked for cuts; at one the track starts afresh
+        self._cuts = None
+        self.shot_of: list[int] = []  # each pushed frame's shot (0, 1, ...)
+        self.shot_starts: list[int] = [0]  # each shot's first frame
+        self.shot_faces: list[bool] = [False]  # whether each shot had the face (or a face chosen anew)
 
     # ------------------------------------------------------------------ public
-    def push(self, detections: Sequence[Box]) -> list[tuple[int, Optional[Box]]]:
-        """Add the next frame's detections; returns the frames whose box is now final."""
+    def push(self, detections: Sequence[Box], image: Optional[np.ndarray] = None) -> list[tuple[int, Optional[Box]]]:
+        """Add the next frame's detections; returns the frames whose box is now final. With the frame's ``image``,
+        a cut before it (``face.cuts``) ends the shot: what the track held is settled as at the end of a video, and
+        the face is chosen anew by the same rule in the new shot (a shot where the rule finds none, ``--face N``
+        beyond its faces say, is left unchanged): nothing is followed, bridged or smoothed across a cut."""
         if self.finished:
             raise RuntimeError("push() after finish()")
         t = self.n
+        out: list[tuple[int, Optional[Box]]] = []
+        if image is not None:
+            if self._cuts is None:
+                from hyperlips.face.cuts import CutFinder
+
+                self._cuts = CutFinder()
+            if self._cuts.is_cut(image) and t > 0:
+                out = self._end_shot()
+                self.shot_starts.append(t)
+                self.shot_faces.append(False)
         self.n += 1
+        self.shot_of.append(len(self.shot_starts) - 1)
         chosen = self._select(t, detections)
         self.raw.append(chosen)
-        return self._bridge(t, chosen)
+        if chosen is not None:
+            self.shot_faces[-1] = True
+        return out + self._bridge(t, chosen)
+
+    def _end_shot(self) -> list[tuple[int, Optional[Box]]]:
+        """A cut: the shot's undecided frames are settled (a trailing gap holds the last box, as at the end of a
+        video) and given out; the next frame starts a new shot with nothing known of the face."""
+        held = None if self._last is None else self._last[1]
+        out = self._settle([held] * len(self._gap))
+        out += self._emit(ended=True)
+        self._prev = self._last = None
+        return out
+
+    @property
+    def shots(self) -> int:
+        return len(self.shot_starts)
 
     def finish(self) -> list[tuple[int, Optional[Box]]]:
         """The video has ended: the remaining frames' boxes. Raises :class:`NoFaceError` when no frame had the face."""
@@ -100,8 +134,9 @@ class OnlineTrack:
                 raise NoFaceError(f"no face found in {self.source}: {e} ({self.n} frame(s) searched)")
             raise NoFaceError(f"no face found in {self.source} ({self.n} frame(s) searched); use a clip where the "
                               "face is visible and roughly frontal")
-        # a trailing gap still undecided is at most max_gap long: it holds the last box
-        out = self._settle([self._last[1]] * len(self._gap))
+        # a trailing gap still undecided is at most max_gap long: it holds the last box (none: the last shot had no
+        # face at all)
+        out = self._settle([None if self._last is None else self._last[1]] * len(self._gap))
         return out + self._emit(ended=True)
 
     def best(self, first: Optional[int] = None) -> Optional[int]:
@@ -110,6 +145,9 @@ class OnlineTrack:
         if self.anchor is None:
             return None
         stop = self.n if first is None else min(self.n, self.anchor + int(first))
+        later = [u for u in self.shot_starts if u > self.anchor]
+        if later:  # the reference is the followed face's own, not that of whoever the next shot shows
+            stop = min(stop, later[0])
         found = [t for t in range(self.anchor, stop) if self.raw[t] is not None]
         return max(found, key=lambda t: (self.raw[t].score, -t)) if found else None
 
@@ -120,27 +158,10 @@ class OnlineTrack:
 
     # ------------------------------------------------------------------ choose and follow (track.select_faces)
     def _select(self, t: int, dets: Sequence[Box]) -> Optional[Box]:
+        if self.anchor is not None and self._prev is None:  # a new shot: the face chosen anew (or none)
+            return self._choose(t, dets, anew=True)
         if self.anchor is None:
-            anchor = None
-            if self.user_box is not None:
-                ub = self.user_box
-                best = max(dets, key=ub.iou, default=None)
-                if best is not None and ub.iou(best) > 0:
-                    anchor = best
-            elif dets:
-                if self.face_index is None:
-                    anchor = max(dets, key=lambda b: b.area)
-                else:
-                    ordered = sorted(dets, key=lambda b: b.center[0])
-                    if not 0 <= self.face_index < len(ordered):
-                        raise NoFaceError(
-                            f"--face {self.face_index}: {self.source} shows {len(ordered)} face"
-                            f"{'s' if len(ordered) != 1 else ''} (frame {t}, the first with faces), so the faces to "
-                            f"choose from are 0..{len(ordered) - 1}, counted left to right")
-                    anchor = ordered[self.face_index]
-            if anchor is not None:
-                self.anchor, self._prev = t, (anchor, t)
-            return anchor
+            return self._choose(t, dets, anew=False)
         prev, prev_t = self._prev
         scored = [(_matches(prev, c, t - prev_t), c) for c in dets]
         scored = [sc for sc in scored if sc[0] > 0]
@@ -150,12 +171,41 @@ class OnlineTrack:
         self._prev = (chosen, t)
         return chosen
 
+    def _choose(self, t: int, dets: Sequence[Box], anew: bool) -> Optional[Box]:
+        """The face the rule picks in frame t, or None; ``anew``: in a later shot, where ``--face N`` beyond the
+        faces shown picks none instead of failing."""
+        anchor = None
+        if self.user_box is not None:
+            ub = self.user_box
+            best = max(dets, key=ub.iou, default=None)
+            if best is not None and ub.iou(best) > 0:
+                anchor = best
+        elif dets:
+            if self.face_index is None:
+                anchor = max(dets, key=lambda b: b.area)
+            else:
+                ordered = sorted(dets, key=lambda b: b.center[0])
+                if not 0 <= self.face_index < len(ordered):
+                    if anew:
+                        return None
+                    raise NoFaceError(
+                        f"--face {self.face_index}: {self.source} shows {len(ordered)} face"
+                        f"{'s' if len(ordered) != 1 else ''} (frame {t}, the first with faces), so the faces to "
+                        f"choose from are 0..{len(ordered) - 1}, counted left to right")
+                anchor = ordered[self.face_index]
+        if anchor is not None:
+            if self.anchor is None:
+                self.anchor = t
+            self._prev = (anchor, t)
+        return anchor
+
     # ------------------------------------------------------------------ bridge gaps (track.fill_gaps)
     def _bridge(self, t: int, chosen: Optional[Box]) -> list[tuple[int, Optional[Box]]]:
         """Frame t's chosen detection in; the bridged boxes now decided go on to smoothing, in frame order."""
         if chosen is None:
             self._gap.append(t)
-            since = t + 1 if self._last is None else t - self._last[0]  # frames without the face so far
+            # frames without the face so far (since the shot began, where it has not been seen in it)
+            since = t - self.shot_starts[-1] + 1 if self._last is None else t - self._last[0]
             if since > self.max_gap:  # leading: the face comes after frame max_gap; inner: too long to bridge
                 return self._settle([None] * len(self._gap))
             return []

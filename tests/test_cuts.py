@@ -1,0 +1,126 @@
+"""Edits made of shots: where a video cuts, and that the face track, the blends and the mouth start afresh there.
+
+Tried as a dubbing editor would (hard cuts between people, a cutaway without a face, a fade to black), the track
+followed a face by its place across a cut onto another person, smoothed and blended the mouth across it, bridged a
+short cutaway and held the last box over black frames, painting a mouth on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import cut_video, spied_frames, write_wav
+
+from hyperlips.face.cuts import CutFinder, is_flat
+
+
+def _textured(seed: int, h: int = 72, w: int = 128) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+    return np.kron(small, np.ones((8, 8, 1), np.uint8))
+
+
+def test_a_cut_is_a_jump_far_beyond_the_motion_before_it():
+    a, b = _textured(0), _textured(1)
+    frames = [a] * 5 + [b] * 5
+    finder = CutFinder()
+    assert [finder.is_cut(f) for f in frames] == [False] * 5 + [True] + [False] * 4
+    # a camera that moves a lot on every frame (each frame far from the one before) is no cut, nor is the second
+    # frame of a clip (nothing known of its motion)
+    wide = np.concatenate([_textured(s) for s in range(8)], axis=1)
+    panning = [np.ascontiguousarray(wide[:, 8 * k: 8 * k + 128]) for k in range(30)]
+    finder = CutFinder()
+    assert not any(finder.is_cut(f) for f in panning)
+    finder = CutFinder()
+    assert [finder.is_cut(f) for f in (a, b, b)] == [False, False, False]
+    # a fade to black: small steps
+    finder = CutFinder()
+    fade = [(a * (1 - k / 20)).astype(np.uint8) for k in range(21)]
+    assert not any(finder.is_cut(f) for f in fade)
+    assert is_flat(fade[-1], (0, 0, 128, 72)) and not is_flat(a, (0, 0, 128, 72))
+
+
+@pytest.fixture(scope="module")
+def two_people(real_data, tmp_path_factory):
+    """20 frames of one person, then 20 of another at about the same place, 360 px."""
+    from hyperlips.media.video import FrameReader
+
+    folder = tmp_path_factory.mktemp("cuts")
+    shots = []
+    for name in ("face2", "face3"):
+        clip = cut_video(real_data / "retalking" / f"{name}.mp4", folder / f"{name}.mp4", 20, size=360)
+        with FrameReader(clip) as r:
+            shots.append([f.image for f in r.iter_range(0, 20)])
+    return folder, shots
+
+
+def _track_boxes(frames, with_images=True):
+    from hyperlips.face.detect import FaceDetector
+    from hyperlips.face.track_online import OnlineTrack
+
+    track = OnlineTrack(25.0, frame_size=(360, 360))
+    boxes = []
+    with FaceDetector() as det:
+        for f in frames:
+            boxes += [b for _, b in track.push(det.detect(f), f if with_images else None)]
+    boxes += [b for _, b in track.finish()]
+    return track, boxes
+
+
+def test_after_a_cut_the_track_is_the_new_shots_own(two_people):
+    _, (a, b) = two_people
+    track, boxes = _track_boxes(a + b)
+    assert track.shot_starts == [0, 20] and track.shot_of == [0] * 20 + [1] * 20
+    _, alone = _track_boxes(b)
+    for got, want in zip(boxes[20:], alone):  # chosen, bridged and smoothed as if the second shot were a video
+        np.testing.assert_array_equal(got.as_array(), want.as_array())
+    _, blind = _track_boxes(a + b, with_images=False)  # without the frames, smoothed across the cut as before
+    assert any(not np.array_equal(x.as_array(), y.as_array()) for x, y in zip(blind[18:22], boxes[18:22]))
+
+
+def test_an_edit_syncs_each_shot_and_leaves_a_cutaway_and_black_frames_alone(two_people, recwarn):
+    """face2, a 6-frame cutaway without a face, face3 fading to black over 10 frames: the cutaway and the black
+    frame reach the encoder exactly as decoded, each person's shot gets a mouth of its own, and the cuts are said."""
+    from media_builders import write_video
+
+    from hyperlips.media.video import FrameReader
+    from hyperlips.pipeline import LipSync
+
+    folder, (a, b) = two_people
+    cutaway = [np.ascontiguousarray(np.kron(_textured(7, 45, 45), np.ones((8, 8, 1), np.uint8))[:360, :360])] * 6
+    fade = [(b[-1] * (1 - k / 10)).astype(np.uint8) for k in range(1, 11)]  # small steps: no cut
+    edit = write_video(folder / "edit.mp4", a + cutaway + b + fade, options={"crf": "0"}, pix_fmt="yuv444p")
+    with FrameReader(edit) as r:
+        decoded = [f.image for f in r.iter_range(0, 56)]
+    speech = write_wav(folder / "speech.wav", 56 / 25)
+    ls = LipSync(untrained=True, model="lite", device="cpu", progress=False)
+    out = spied_frames(lambda: ls.sync(edit, speech, folder / "out.mp4"))
+    assert len(out) == 56
+    for k in list(range(20, 26)) + [55]:
+        np.testing.assert_array_equal(out[k], decoded[k], err_msg=f"frame {k} was changed")
+    assert all(not np.array_equal(out[k], decoded[k]) for k in (0, 19, 26, 45))  # both people are synced
+    said = " ".join(str(w.message) for w in recwarn)
+    assert "the video cuts to another shot 2 times (at 0.80 s, 1.04 s)" in said, said
+    assert "1 shot shows none and is left as it is (0.80-1.04 s)" in said, said
+
+
+def test_faces_are_not_blended_with_a_neighbour_of_another_shot():
+    """The temporal blend and the input blend took a neighbour whose crop was near: across a cut to another person
+    at the same place, a mix of two people's mouths."""
+    from hyperlips.streaming import FrameJob, blended_inputs, steady_batches
+
+    image = np.full((64, 64, 3), 100, np.uint8)
+    box = (8.0, 8.0, 56.0, 56.0)
+
+    def jobs(shots):
+        return [FrameJob(j, j, image.copy(), box=box, face=np.full((16, 16, 3), 40 * (j + 1), np.uint8), shot=s)
+                for j, s in enumerate(shots)]
+
+    out = [j for batch in steady_batches(iter([jobs([0, 1, 1])]), 0.25) for j in batch]
+    assert (out[0].face == 40).all()  # alone in its shot: as rendered
+    assert (out[1].face == round(0.75 * 80 + 0.25 * 120)).all()  # its shot's neighbour only
+    same = [j for batch in steady_batches(iter([jobs([0, 0, 0])]), 0.25) for j in batch]
+    assert (same[0].face == round(0.75 * 40 + 0.25 * 80)).all()
+    images = [np.full((64, 64, 3), v, np.uint8) for v in (50, 150)]
+    pair = [FrameJob(j, j, images[j], box=box, shot=j) for j in range(2)]
+    assert all(float(job.crop.mean()) in (50.0, 150.0) for job in blended_inputs(iter(pair), 0.25))
