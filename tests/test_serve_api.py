@@ -135,6 +135,7 @@ def test_cancel_running_and_queued_jobs(server, inputs):
         time.sleep(0.2)
     assert not worker_pids(folder), "the cancelled job's worker is still running"
     assert not (folder / "result.mp4").exists()
+    assert not list(folder.rglob(".*.partial.*"))  # the killed worker's half-written result stayed until expiry
     status, err = client.json("GET", f"/api/jobs/{long_job['id']}/result")
     assert status == 404 and err["error"] == "the job is cancelled"  # not "cancelled: cancelled"
 

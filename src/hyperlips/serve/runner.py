@@ -144,6 +144,8 @@ class Runner:
             else:
                 self.store.finish(r.job_id, "cancelled", "cancelled")
                 (r.folder / "result.mp4").unlink(missing_ok=True)
+                for p in r.folder.rglob(".*.partial.*"):  # what the killed worker was writing
+                    p.unlink(missing_ok=True)
             log.info("job %s cancelled", r.job_id)
             return
         rc = r.proc.poll()
