@@ -286,7 +286,7 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
                 if reason:
                     add([BenchRow("memory", f"sync, {s:g} s synthetic 720p input", 128, status=reason) for s in a])
                 else:
-                    add(bench_memory(tmp, a, log=log))
+                    add(bench_memory(tmp, a, log=log, threads=threads))
     result = {
         "machine": {"platform": platform.platform(), "processor": cpu_name(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -25,6 +25,7 @@ SIZES = (128, 256, 512)
 DEFAULT_FRAMES = 4
 # a network row is timed for at least this long (a few frames of a fast network take milliseconds: noise)
 NETWORK_MIN_SECONDS = 1.0
+STAGE_MIN_SECONDS = 1.0  # the stage rows too: in NETWORK_ROUNDS rounds, their median and range kept
 # in as many rounds: a row's figure is their median, their range beside it (one process's rate moves by several
 # percent from one half-second to the next on a shared 2-core machine)
 NETWORK_ROUNDS = 3
@@ -230,6 +231,9 @@ def precision_support(device: str, precision: str) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------------------------- stages
+_STAGE_ROUNDS = dict(min_seconds=STAGE_MIN_SECONDS, rounds=NETWORK_ROUNDS)
+
+
 def bench_decode(video: Path, frames: int) -> BenchRow:
     from ..media.video import FrameReader
 
@@ -237,8 +241,8 @@ def bench_decode(video: Path, frames: int) -> BenchRow:
         with FrameReader(video) as r:
             return sum(1 for _ in r.iter_range(0, frames))
 
-    n, secs, mem, _ = _timed(run, "cpu", min_frames=frames)
-    return _row("decode", n, secs, mem, variant=f"PyAV, {_coded_as(video)}")
+    n, secs, mem, rates = _timed(run, "cpu", min_frames=frames, **_STAGE_ROUNDS)
+    return _row("decode", n, secs, mem, rates, variant=f"PyAV, {_coded_as(video)}")
 
 
 def _coded_as(video: Path) -> str:
@@ -284,9 +288,9 @@ def bench_faces(images: list[np.ndarray]) -> tuple[BenchRow, list]:
                     boxes.append(None)
             return len(images)
 
-        n, secs, mem, _ = _timed(run, "cpu", min_frames=len(images))
+        n, secs, mem, rates = _timed(run, "cpu", min_frames=len(images), **_STAGE_ROUNDS)
     found = sum(b is not None for b in boxes)
-    return _row("faces", n, secs, mem, variant=f"mediapipe detection + face mesh (a face in {found} of "
+    return _row("faces", n, secs, mem, rates, variant=f"mediapipe detection + face mesh (a face in {found} of "
                                                f"{len(images)} frames)"), boxes
 
 
@@ -304,8 +308,8 @@ def bench_paste(images: list[np.ndarray], boxes: list, size: int) -> BenchRow:
             paste_face(img, face, b)
         return len(pairs)
 
-    n, secs, mem, _ = _timed(run, "cpu", min_frames=len(pairs))
-    return _row("paste", n, secs, mem, size=size, variant="soft mask + Lab colour match")
+    n, secs, mem, rates = _timed(run, "cpu", min_frames=len(pairs), **_STAGE_ROUNDS)
+    return _row("paste", n, secs, mem, rates, size=size, variant="soft mask + Lab colour match")
 
 
 def bench_encode(images: list[np.ndarray], folder: Path) -> BenchRow:
@@ -320,8 +324,8 @@ def bench_encode(images: list[np.ndarray], folder: Path) -> BenchRow:
                 vw.write(img)
         return len(images)
 
-    n, secs, mem, _ = _timed(run, "cpu", min_frames=len(images))
-    return _row("encode", n, secs, mem, variant="libx264 veryfast crf 18 + AAC")
+    n, secs, mem, rates = _timed(run, "cpu", min_frames=len(images), **_STAGE_ROUNDS)
+    return _row("encode", n, secs, mem, rates, variant="libx264 veryfast crf 18 + AAC")
 
 
 class _NetworkFlow:
@@ -562,7 +566,7 @@ sys.exit(rc)
 
 
 def bench_memory(folder: Path, seconds: tuple[float, float], model: str = "lite", batch: int = 16,
-                 log=lambda msg: None) -> list[BenchRow]:
+                 log=lambda msg: None, threads: Optional[int] = None) -> list[BenchRow]:
     """Peak memory of ``hyperlips sync`` on a short and a long synthetic 720p input (each made here, speech as long
     as the video), each run in a fresh process: the second row's ``delta_mb`` is its peak minus the short one's."""
     rows = []
@@ -570,7 +574,7 @@ def bench_memory(folder: Path, seconds: tuple[float, float], model: str = "lite"
     for s in seconds:
         log(f"making a {s:g} s synthetic 720p input for the memory comparison")
         video, audio = synthetic_clip(folder / f"memory_{int(s)}s", seconds=s)
-        code = PEAK_CHILD
+        code = PEAK_CHILD if not threads else f"import torch; torch.set_num_threads({int(threads)})\n" + PEAK_CHILD
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-c", code, "sync", str(video), str(audio), "-o", str(folder / "memory.mp4"),
                             "--untrained", "--model", model, "--batch-size", str(batch), "--quiet"],
@@ -582,7 +586,8 @@ def bench_memory(folder: Path, seconds: tuple[float, float], model: str = "lite"
             continue
         peaks.append(int(peak[0]) / 1024.0)
         frames = int(round(s * 25))
-        rows.append(BenchRow("memory", f"sync, {s:g} s synthetic 720p input, fresh process", 128, "cpu", "auto",
+        rows.append(BenchRow("memory", f"sync, {s:g} s synthetic 720p input, fresh process (fps: start-up "
+                             "included)", 128, "cpu", "auto",
                              batch, frames, secs, frames / secs, peaks[-1],
                              peaks[-1] - peaks[0] if len(peaks) > 1 else 0.0))
     return rows
