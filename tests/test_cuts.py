@@ -124,3 +124,26 @@ def test_faces_are_not_blended_with_a_neighbour_of_another_shot():
     images = [np.full((64, 64, 3), v, np.uint8) for v in (50, 150)]
     pair = [FrameJob(j, j, images[j], box=box, shot=j) for j in range(2)]
     assert all(float(job.crop.mean()) in (50.0, 150.0) for job in blended_inputs(iter(pair), 0.25))
+
+
+def test_preprocess_tracks_an_edit_shot_by_shot_and_says_so(two_people, tmp_path, real_data):
+    """A person's footage for `finetune` is often an edit: preprocess followed one face across its cuts (onto
+    whoever the next shot showed at that place) and smoothed the boxes across them, without a word."""
+    from hyperlips.data import preprocess as pp
+    from hyperlips.errors import InputWarning
+    from hyperlips.media.audio import load_audio
+    from hyperlips.media.writer import VideoWriter
+
+    _, (a, b) = two_people
+    src = tmp_path / "src"
+    src.mkdir()
+    speech = load_audio(real_data / "retalking" / "audio1.wav", 16000)[:16000 * 40 // 25]
+    with VideoWriter(src / "edit.mp4", 360, 360, 25, audio=speech, sample_rate=16000) as vw:
+        for f in a + b:
+            vw.write(f)
+    with pytest.warns(InputWarning, match=r"edit.mp4: the clip cuts to another shot 1 time: the face is taken anew"):
+        report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
+    assert report.done == 1
+    boxes = np.load(next((tmp_path / "ds").rglob("boxes.npy")))
+    _, alone = _track_boxes(b)  # the second shot's boxes are its own, as if it were a clip of its own
+    np.testing.assert_allclose(boxes[20:], np.array([x.as_array() for x in alone], np.float32), atol=4.0)  # re-encoded

@@ -1,8 +1,9 @@
 """One clip of a dataset (layout in :mod:`.datasets`), in two streaming passes (memory does not grow with the
 clip's length):
 
-1. decode every frame and detect faces; choose, bridge and smooth one face track with ``face.track.track_faces``
-   (the same tracking, padding and geometry as inference);
+1. decode every frame and detect faces; choose, bridge and smooth one face track with
+   ``face.track_online.OnlineTrack`` (the same tracking, padding and geometry as inference, shot by shot where the
+   clip cuts);
 2. decode again and, for each tracked frame, crop with ``pipeline.face_crop`` (exactly the inference crop) at 128 px
    (and the HR size when asked), run FaceMesh on a 256 px crop, draw the landmark sketch and the lip mask.
 
@@ -104,7 +105,7 @@ class _Skip(Exception):
 def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: PreprocessOptions) -> tuple[int, float]:
     from ..face.detect import FaceDetector
     from ..face.landmarks import FaceMesh, draw_sketch, lip_mask
-    from ..face.track import track_faces
+    from ..face.track_online import OnlineTrack
     from ..media.audio import load_audio, melspectrogram
     from ..media.timing import open_timeline, report_damage
     from ..pipeline import face_crop
@@ -119,8 +120,9 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
     mel = melspectrogram(wav, opts.audio)
     phones = _phones_of(wav, opts)
 
-    # pass 1: faces
-    detections, times = [], []
+    # pass 1: faces, tracked as sync tracks them (shot by shot where the clip is an edit)
+    detections, times, track_boxes = [], [], []
+    track = OnlineTrack(timeline.fps, source=str(path), frame_size=(info.width, info.height))
     last = (None, None)  # a source frame shown twice on the timeline is detected once
     with FaceDetector() as detector, timeline:
         for fr in timeline:
@@ -128,6 +130,7 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
                 last = (fr.image, detector.detect(fr.image))
             detections.append(last[1])
             times.append(fr.time)
+            track_boxes += [b for _, b in track.push(last[1], fr.image)]
     n = len(detections)
     report_damage(timeline, n)
     if n < opts.min_frames:
@@ -138,8 +141,15 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
 
         warn(f"{path}: {several} of its {n} frames show more than one face; the largest one at the start is taken as "
              f"the one speaking, and the speech may be another's (cut the clip to the speaker, or leave it out)")
-    track = track_faces(detections, fps=timeline.fps, source=str(path), frame_size=(info.width, info.height))
-    n_valid = track.n_found
+    if n:
+        track_boxes += [b for _, b in track.finish()]
+    if track.shots > 1:
+        from ..errors import warn
+
+        warn(f"{path}: the clip cuts to another shot {track.shots - 1} time{'s' if track.shots > 2 else ''}: the face is "
+             f"taken anew in each shot (the largest); where a shot shows someone else than the speaker, cut the clip "
+             f"to the speaker's shots")
+    n_valid = sum(b is not None for b in track_boxes)
     if n_valid < opts.min_frames:
         raise _Skip(f"too short: a face in only {n_valid} of {n} frames (at least {opts.min_frames} are needed)")
 
@@ -163,7 +173,7 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
                 _append_blank(crops, sketches, masks, blank, blank_gray)
                 seen += 1
             seen = i + 1
-            box = track.boxes[i]
+            box = track_boxes[i]
             if box is None:
                 _append_blank(crops, sketches, masks, blank, blank_gray)
                 continue
@@ -212,7 +222,7 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
         "mel_frames": int(mel.shape[1]),
         "seconds": seconds,
         "sizes": sizes,
-        "best_index": int(track.best_index),
+        "best_index": int(track.best()),  # the first shot's, where the clip cuts
     }
     (tmp / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return n, seconds
