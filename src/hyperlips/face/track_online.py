@@ -12,6 +12,10 @@ for them, and need not: every step of the track looks ahead a bounded number of 
 :class:`OnlineTrack` gives exactly the boxes ``track_faces`` gives on the same detections (the same floating-point
 operations in the same order, checked by the tests), frame by frame, at most ``max_gap + window // 2 + 1`` frames
 behind the newest one. It also knows the best-scored detection among the first frames of the followed face.
+
+Given each frame's image too, it finds the cuts of an edit (``face.cuts``) and starts afresh at each: the face
+chosen anew by the same rule, nothing followed, bridged or smoothed across the cut (``track_faces``, which sees
+detections only, knows no cuts; on a video without one the two agree).
 """
 
 from __future__ import annotations
@@ -81,7 +85,6 @@ class OnlineTrack:
         self._cuts = None
         self.shot_of: list[int] = []  # each pushed frame's shot (0, 1, ...)
         self.shot_starts: list[int] = [0]  # each shot's first frame
-        self.shot_faces: list[bool] = [False]  # whether each shot had the face (or a face chosen anew)
 
     # ------------------------------------------------------------------ public
     def push(self, detections: Sequence[Box], image: Optional[np.ndarray] = None) -> list[tuple[int, Optional[Box]]]:
@@ -101,13 +104,10 @@ class OnlineTrack:
             if self._cuts.is_cut(image) and t > 0:
                 out = self._end_shot()
                 self.shot_starts.append(t)
-                self.shot_faces.append(False)
         self.n += 1
         self.shot_of.append(len(self.shot_starts) - 1)
         chosen = self._select(t, detections)
         self.raw.append(chosen)
-        if chosen is not None:
-            self.shot_faces[-1] = True
         return out + self._bridge(t, chosen)
 
     def _end_shot(self) -> list[tuple[int, Optional[Box]]]:
