@@ -90,16 +90,28 @@ def _eval_device(name: str) -> str:
 
 
 def _check_report_folder(folder: Path) -> None:
-    """UserError now, not after minutes of measuring, if the report cannot be written into ``folder``."""
+    """UserError now, not after minutes of measuring, if the report cannot be written into ``folder`` (nothing is
+    made: a folder that does not exist yet is judged by the nearest one above it that does)."""
+    import os
     import tempfile
 
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write the report into -o {folder}: {e.strerror or e}; choose a folder you can "
-                        "write to") from None
+    def refuse(why: str):
+        raise UserError(f"cannot write the report into -o {folder}: {why}; choose a folder you can write to")
+
+    if folder.is_dir():
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+                pass
+        except OSError as e:
+            refuse(e.strerror or str(e))
+        return
+    above = folder
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        refuse(f"{above} is a file")
+    if not os.access(above, os.W_OK | os.X_OK):
+        refuse(f"{above} cannot be written")
 
 
 def run_eval(args) -> int:
