@@ -117,18 +117,19 @@ def _filled(boxes: list) -> list:
     return out
 
 
-def _track(path: Path, info, n: int, face_index: Optional[int], progress: bool):
+def _track(path: Path, info, n: int, face_index: Optional[int], progress: bool) -> list:
+    """The crop box of the followed face on each of the first ``n`` frames (None where there is none), tracked as
+    ``sync`` tracks it: shot by shot where the video cuts."""
     from ..face.detect import FaceDetector
-    from ..face.track import track_faces
+    from ..face.track_online import OnlineTrack
     from ..media.video import FrameReader
 
-    detections = []
+    track = OnlineTrack(float(info.fps), face_index=face_index, source=str(path), frame_size=(info.width, info.height))
+    boxes: list = []
     with FaceDetector() as det, FrameReader(path) as reader:
         for fr in _bar(reader.iter_range(0, n), n, f"faces {path.name}", progress):
-            detections.append(det.detect(fr.image))
-    track = track_faces(detections, fps=float(info.fps), face_index=face_index, source=str(path),
-                        frame_size=(info.width, info.height))
-    return track
+            boxes += [b for _, b in track.push(det.detect(fr.image), fr.image)]
+    return boxes + [b for _, b in track.finish()]
 
 
 def _bar(it, total, desc, progress):
@@ -252,8 +253,8 @@ def evaluate_pair(
     # pass 1: the face track (on the reference: both videos are cropped by the same boxes)
     track_path, track_info = (ref_path, ri) if ri is not None else (gen_path, gi)
     n_track = int(pair[-1]) + 1
-    track = _track(track_path, track_info, n_track, face_index, progress)
-    boxes = _filled([track.boxes[int(j)] for j in pair])
+    tracked = _track(track_path, track_info, n_track, face_index, progress)
+    boxes = _filled([tracked[int(j)] for j in pair])
     if all(b is None for b in boxes):
         raise MediaError(f"no face could be tracked in {track_path}")
     box_arr = np.stack([_box_array(b) for b in boxes])
