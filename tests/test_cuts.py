@@ -33,6 +33,18 @@ def test_a_cut_is_a_jump_far_beyond_the_motion_before_it():
     assert not any(finder.is_cut(f) for f in panning)
     finder = CutFinder()
     assert [finder.is_cut(f) for f in (a, b, b)] == [False, False, False]
+    # shots of two and three frames end in cuts of their own; a flash frame is a shot of its own (two cuts)
+    finder = CutFinder()
+    c = _textured(2)
+    edit = [a] * 5 + [b] * 2 + [a] * 3 + [c] * 3 + [a] * 4
+    assert [k for k, f in enumerate(edit) if finder.is_cut(f)] == [5, 7, 10, 13]
+    finder = CutFinder()
+    flash = [a] * 5 + [np.full_like(a, 250)] + [a] * 4
+    assert [k for k, f in enumerate(flash) if finder.is_cut(f)] == [5, 6]
+    # a cut into a shot whose camera moves a lot: one cut, not one per frame of it
+    finder = CutFinder()
+    moving = [a] * 5 + panning[20:30]
+    assert [k for k, f in enumerate(moving) if finder.is_cut(f)] == [5]
     # a fade to black: small steps
     finder = CutFinder()
     fade = [(a * (1 - k / 20)).astype(np.uint8) for k in range(21)]
@@ -101,7 +113,7 @@ def test_an_edit_syncs_each_shot_and_leaves_a_cutaway_and_black_frames_alone(two
     assert all(not np.array_equal(out[k], decoded[k]) for k in (0, 19, 26, 45))  # both people are synced
     said = " ".join(str(w.message) for w in recwarn)
     assert "the video cuts to another shot 2 times (at 0.80 s, 1.04 s)" in said, said
-    assert "1 shot shows none and is left as it is (0.80-1.04 s)" in said, said
+    assert "1 shot without the face to follow is left as it is (0.80-1.04 s)" in said, said
 
 
 def test_faces_are_not_blended_with_a_neighbour_of_another_shot():

@@ -46,8 +46,12 @@ def test_face_index_counts_left_to_right():
     assert select_faces(dets, face_index=0)[0].center[0] == 300
     assert select_faces(dets, face_index=1)[0].center[0] == 600
     assert select_faces(dets, face_index=2)[3].center[0] == 900
-    with pytest.raises(NoFaceError, match="clip.mp4.*face_index 3.*3 face"):
+    with pytest.raises(NoFaceError, match=r"clip.mp4.*face_index 3.*no frame shows more than 3 face\(s\): use 0..2"):
         FaceTrack.from_detections(dets, 25, face_index=3, source="clip.mp4")
+    # a frame showing fewer faces than asked for does not end the search: a later one may show them (a two-shot
+    # after a close-up)
+    later = [[square(300, 300, 150)]] * 2 + dets
+    assert select_faces(later, face_index=1)[:3] == [None, None, dets[0][2]]
 
 
 def test_user_box_picks_the_overlapping_face():

@@ -424,7 +424,7 @@ def report_shots(track, boxes: list, fps: float) -> None:
             f"--face-box say), and nothing is carried across a cut")
     if bare:
         spans = ", ".join(f"{a / fps:.2f}-{b / fps:.2f} s" for a, b in bare[:5]) + (", ..." if len(bare) > 5 else "")
-        text += f"; {len(bare)} shot{'s' if len(bare) > 1 else ''} show{'' if len(bare) > 1 else 's'} none and " \
+        text += f"; {len(bare)} shot{'s' if len(bare) > 1 else ''} without the face to follow " \
                 f"{'are' if len(bare) > 1 else 'is'} left as {'they are' if len(bare) > 1 else 'it is'} ({spans})"
     warn(text + ". To dub one speaker in an edit with others, cut it into shots and sync the speaker's.")
 

@@ -5,7 +5,8 @@ whole list, so smoothing is centred and continuous however the frames are batche
 
 Face choice (first frame with any detection = the *anchor* frame):
 - default: the largest face of the anchor frame;
-- ``face_index=N``: the N-th face of the anchor frame counted **left to right** by box centre x (0 = leftmost);
+- ``face_index=N``: the N-th face counted **left to right** by box centre x (0 = leftmost), in the first frame that
+  shows that many;
 - ``box=(x1, y1, x2, y2)``: the face that overlaps the user's box most (IoU), in the first frame where any face
   overlaps it.
 The chosen face is then followed frame to frame by overlap with its last known box (IoU, or centre distance when
@@ -88,20 +89,18 @@ def select_faces(
         if anchor is None:
             raise LookupError(f"no detected face overlaps the box {_plain(ub)} (--face-box X1,Y1,X2,Y2 in pixels)")
     else:
+        most = 0  # the most faces a frame shows
         for t, dets in enumerate(detections):
-            if dets:
-                anchor_t = t
-                if face_index is None:
-                    anchor = max(dets, key=lambda b: b.area)
-                else:
-                    ordered = sorted(dets, key=lambda b: b.center[0])
-                    if not 0 <= face_index < len(ordered):
-                        raise LookupError(
-                            f"face_index {face_index} asked for (--face {face_index}), but frame {t} (the first with faces) has "
-                            f"{len(ordered)} face(s): use 0..{len(ordered) - 1} (counted left to right)"
-                        )
-                    anchor = ordered[face_index]
+            most = max(most, len(dets))
+            if dets and face_index is None:
+                anchor_t, anchor = t, max(dets, key=lambda b: b.area)
                 break
+            if face_index is not None and 0 <= face_index < len(dets):  # the first frame that shows that many
+                anchor_t, anchor = t, sorted(dets, key=lambda b: b.center[0])[face_index]
+                break
+        if anchor is None and face_index is not None and most:
+            raise LookupError(f"face_index {face_index} asked for (--face {face_index}), but no frame shows more than "
+                              f"{most} face(s): use 0..{most - 1} (counted left to right)")
         if anchor is None:
             raise LookupError("no face detected in any frame")
 

@@ -85,6 +85,7 @@ class OnlineTrack:
         self._cuts = None
         self.shot_of: list[int] = []  # each pushed frame's shot (0, 1, ...)
         self.shot_starts: list[int] = [0]  # each shot's first frame
+        self._most_faces = 0  # the most faces a frame showed (for a --face N that none reached)
 
     # ------------------------------------------------------------------ public
     def push(self, detections: Sequence[Box], image: Optional[np.ndarray] = None) -> list[tuple[int, Optional[Box]]]:
@@ -129,6 +130,11 @@ class OnlineTrack:
             return []
         self.finished = True
         if self.anchor is None:
+            if self.face_index is not None and self._most_faces:
+                k = self._most_faces
+                raise NoFaceError(f"--face {self.face_index}: {self.source} shows {k} face{'s' if k != 1 else ''} at "
+                                  f"most (in any of its {self.n} frames), so the faces to choose from are 0..{k - 1}, "
+                                  "counted left to right")
             if self.user_box is not None:
                 e = f"no detected face overlaps the box {_plain(self.user_box)} (--face-box X1,Y1,X2,Y2 in pixels)"
                 raise NoFaceError(f"no face found in {self.source}: {e} ({self.n} frame(s) searched)")
@@ -158,10 +164,8 @@ class OnlineTrack:
 
     # ------------------------------------------------------------------ choose and follow (track.select_faces)
     def _select(self, t: int, dets: Sequence[Box]) -> Optional[Box]:
-        if self.anchor is not None and self._prev is None:  # a new shot: the face chosen anew (or none)
-            return self._choose(t, dets, anew=True)
-        if self.anchor is None:
-            return self._choose(t, dets, anew=False)
+        if self._prev is None:  # the start, or a new shot: the face chosen (anew), or none yet
+            return self._choose(t, dets)
         prev, prev_t = self._prev
         scored = [(_matches(prev, c, t - prev_t), c) for c in dets]
         scored = [sc for sc in scored if sc[0] > 0]
@@ -171,9 +175,9 @@ class OnlineTrack:
         self._prev = (chosen, t)
         return chosen
 
-    def _choose(self, t: int, dets: Sequence[Box], anew: bool) -> Optional[Box]:
-        """The face the rule picks in frame t, or None; ``anew``: in a later shot, where ``--face N`` beyond the
-        faces shown picks none instead of failing."""
+    def _choose(self, t: int, dets: Sequence[Box]) -> Optional[Box]:
+        """The face the rule picks in frame t, or None (``--face N`` beyond the faces it shows picks none: a later
+        frame, or shot, may show that many; :meth:`finish` says so where none did)."""
         anchor = None
         if self.user_box is not None:
             ub = self.user_box
@@ -185,13 +189,9 @@ class OnlineTrack:
                 anchor = max(dets, key=lambda b: b.area)
             else:
                 ordered = sorted(dets, key=lambda b: b.center[0])
-                if not 0 <= self.face_index < len(ordered):
-                    if anew:
-                        return None
-                    raise NoFaceError(
-                        f"--face {self.face_index}: {self.source} shows {len(ordered)} face"
-                        f"{'s' if len(ordered) != 1 else ''} (frame {t}, the first with faces), so the faces to "
-                        f"choose from are 0..{len(ordered) - 1}, counted left to right")
+                self._most_faces = max(self._most_faces, len(ordered))
+                if not 0 <= self.face_index < len(ordered):  # not in this frame: perhaps in a later one, or shot
+                    return None
                 anchor = ordered[self.face_index]
         if anchor is not None:
             if self.anchor is None:
