@@ -316,7 +316,7 @@ def test_ctrl_c_while_the_speech_pauses_reaches_the_caller_at_once(clip):
     import sys
 
     code = f"""
-import _thread, queue, threading, time
+import os, queue, signal, threading, time
 import numpy as np
 from hyperlips.media.audio import load_audio
 from hyperlips.pipeline import LipSync
@@ -334,7 +334,7 @@ def interrupt():
         time.sleep(0.05)
     time.sleep(1.0)  # the consumer now waits inside the stream for frames that need more speech
     seen.append(time.perf_counter())
-    _thread.interrupt_main()
+    os.kill(os.getpid(), signal.SIGINT)  # a real signal: it wakes a wait, as Ctrl-C does
 threading.Thread(target=interrupt, daemon=True).start()
 try:
     for frame in ls.stream({str(clip.video)!r}, speech()):
