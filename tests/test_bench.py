@@ -29,8 +29,8 @@ def test_bench_small_run_prints_table_and_json(tmp_path):
         assert stage in by_stage, stage
     for stage in ("decode", "faces", "paste", "encode"):
         row = by_stage[stage][0]
-        assert row["status"] == "ok" and row["frames"] >= 1 and row["seconds"] > 0
-        assert row["fps"] == pytest.approx(row["frames"] / row["seconds"])
+        assert row["status"] == "ok" and row["frames"] >= 1 and row["seconds"] >= 1.0  # timed in rounds, as below
+        assert row["fps_low"] <= row["fps"] <= row["fps_high"]  # their median, within their range
         assert row["peak_mb"] >= row["delta_mb"]
     net = [x for x in by_stage["network"] if x["device"] == "cpu"]
     fp32 = [x for x in net if x["precision"] == "fp32"]

@@ -318,6 +318,7 @@ def test_ctrl_c_while_the_speech_pauses_reaches_the_caller_at_once(clip):
     code = f"""
 import os, queue, signal, threading, time
 import numpy as np
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a test runner's worker may hand SIGINT down ignored
 from hyperlips.media.audio import load_audio
 from hyperlips.pipeline import LipSync
 ls = LipSync(untrained=True, model="lite", device="cpu", progress=False, batch_size=4)
