@@ -410,7 +410,7 @@ class FaceStage:
 
 def report_shots(track, boxes: list, fps: float) -> None:
     """A warning for a video made of shots (``face.cuts``): where it cuts, that the face was chosen anew in each,
-    and which shots show none (left as they are)."""
+    and which shots have no face to follow (left as they are)."""
     from .errors import warn
 
     starts = list(getattr(track, "shot_starts", [0]))
