@@ -409,3 +409,14 @@ def test_the_stage_rows_name_the_clip_they_timed(real_data):
     frames = S._load_frames(mpg, 4)
     row, boxes = S.bench_faces(frames + [np.zeros_like(frames[0])])
     assert row.variant.endswith("(a face in 4 of 5 frames)") and sum(b is not None for b in boxes) == 4
+
+
+def test_the_generator_table_times_the_models_asked_for(monkeypatch):
+    """``--models lite`` still timed Base's plain network in the generator table (about ten seconds of it)."""
+    from hyperlips.eval import bench_stages as S
+
+    rows = S.generator_costs("cpu", batches=(1,), frames=1, names=["hyperlips-lite"])
+    assert [r["model"] for r in rows] == ["hyperlips-lite"] and rows[0]["gflop_per_frame"] < 0.4
+    assert [r["model"] for r in S.generator_costs("cpu", batches=(1,), frames=1, names=["hyperlips-base",
+                                                                                        "hyperlips-lite"])] == [
+        "hyperlips-base", "hyperlips-lite"]

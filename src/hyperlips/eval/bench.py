@@ -214,7 +214,8 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
             clip_desc = str(video)
         io_video, io_audio = clip(720)
         e2e_audio = _cut_audio(io_audio, tmp / "bench_e2e_speech.wav", seconds)
-        generators = generator_costs("cpu", batches=tuple(sorted(set(batches)))) if generator_table else []
+        generators = (generator_costs("cpu", batches=tuple(sorted(set(batches))),
+                                      names=[f"hyperlips-{m}" for m in models]) if generator_table else [])
         if generators:
             log("generators at 128 px (fp32, cpu):\n" + format_generators(generators))
         e2e_frames = int(round(seconds * _fps(io_video)))

@@ -464,9 +464,10 @@ def bench_network(size: int, device: str, precision: str, batches, flow: str, fr
     return rows
 
 
-def generator_costs(device: str = "cpu", batches=(1, 16), frames: int = 16) -> list[dict]:
-    """Size and speed of each generator at 128 px, side by side: parameters, GFLOP per frame (2 x multiply-adds,
-    counted by torch's FLOP counter), and milliseconds per frame in fp32 at each batch size (random weights)."""
+def generator_costs(device: str = "cpu", batches=(1, 16), frames: int = 16, names=None) -> list[dict]:
+    """Size and speed of each generator at 128 px (``names``: those of the registry's ``GENERATORS`` to measure, all
+    by default), side by side: parameters, GFLOP per frame (2 x multiply-adds, counted by torch's FLOP counter), and
+    milliseconds per frame in fp32 at each batch size (random weights)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -474,7 +475,7 @@ def generator_costs(device: str = "cpu", batches=(1, 16), frames: int = 16) -> l
 
     out = []
     face = (np.asarray(_face_128(), dtype=np.float32) / 255.0).transpose(2, 0, 1)
-    for name in GENERATORS:
+    for name in (n for n in GENERATORS if names is None or n in names):
         torch.manual_seed(0)
         net = create_model(name).eval().to(device)
         steps = int(getattr(net, "mel_steps", 16))
