@@ -413,7 +413,7 @@ def report_shots(track, boxes: list, fps: float) -> None:
     and which shots have no face to follow (left as they are)."""
     from .errors import warn
 
-    starts = list(getattr(track, "shot_starts", [0]))
+    starts = track.shot_starts
     if len(starts) < 2:
         return
     ends = starts[1:] + [len(boxes)]

@@ -141,8 +141,7 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
 
         warn(f"{path}: {several} of its {n} frames show more than one face; the largest one at the start is taken as "
              f"the one speaking, and the speech may be another's (cut the clip to the speaker, or leave it out)")
-    if n:
-        track_boxes += [b for _, b in track.finish()]
+    track_boxes += [b for _, b in track.finish()]  # (n is at least min_frames here)
     if track.shots > 1:
         from ..errors import warn
 

@@ -49,12 +49,10 @@ class CutFinder:
         self._prev: Optional[np.ndarray] = None
         self._before_cut: Optional[np.ndarray] = None  # the frame before the last cut, for the frame right after it
         self._recent: deque = deque(maxlen=HISTORY)  # differences of the frames since the last cut
-        self._seen = 0
 
     def is_cut(self, image: np.ndarray) -> bool:
         small = thumbnail(image)
         prev, self._prev = self._prev, small
-        self._seen += 1
         if prev is None or prev.shape != small.shape:
             self._recent.clear()
             return False
