@@ -102,6 +102,55 @@ def test_int16_stereo_16k_is_not_resampled(tmp_path):
     np.testing.assert_allclose(wav, pcm.astype(np.float32).mean(1) / 32768.0, atol=1e-6)
 
 
+def test_keep_stereo_keeps_each_side_and_mixes_more_channels_down(tmp_path):
+    """``keep_stereo`` (what an output carries): a stereo track's two sides as they are, a mono track one row, a
+    5.1 track mixed down to stereo (centre and surrounds at -3 dB, the low-frequency channel left out, each side
+    scaled so it cannot clip); the mono samples stay the mean of every channel."""
+    import av
+    import soundfile as sf
+
+    sr = 48000
+    t = np.arange(sr) / sr
+    tone = {f: 0.4 * np.sin(2 * np.pi * f * t).astype(np.float32) for f in (60, 300, 500, 700, 900, 1100)}
+    path = tmp_path / "stereo.wav"
+    sf.write(str(path), np.stack([tone[300], tone[500]], 1), sr, subtype="FLOAT")
+    sides = load_audio(path, 16000, keep_stereo=True)
+    assert sides.shape == (2, 16000) and sides.dtype == np.float32
+    assert tone_power(sides[0], 16000, 300) == pytest.approx(0.4, abs=0.01) and tone_power(sides[0], 16000, 500) < 1e-3
+    assert tone_power(sides[1], 16000, 500) == pytest.approx(0.4, abs=0.01) and tone_power(sides[1], 16000, 300) < 1e-3
+    np.testing.assert_allclose(load_audio(path, 16000), sides.mean(axis=0), atol=1e-6)
+
+    mono_path = tmp_path / "mono.wav"
+    sf.write(str(mono_path), tone[700], sr, subtype="FLOAT")
+    one = load_audio(mono_path, 48000, keep_stereo=True)
+    assert one.shape == (1, sr)
+    np.testing.assert_array_equal(one[0], load_audio(mono_path, 48000))
+
+    surround = tmp_path / "surround.flac"  # FFmpeg's 5.1: FL FR FC LFE BL BR
+    planes = np.stack([tone[300], tone[500], tone[700], tone[60], tone[900], tone[1100]])
+    with av.open(str(surround), "w") as c:
+        s = c.add_stream("flac", rate=sr, layout="5.1")
+        resampler = av.AudioResampler(format=s.codec_context.format.name, layout="5.1", rate=sr)
+        for pos in range(0, sr, 4096):
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(planes[:, pos:pos + 4096]), format="fltp", layout="5.1")
+            af.sample_rate, af.pts = sr, pos
+            for rf in resampler.resample(af):
+                for p in s.encode(rf):
+                    c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    mix = load_audio(surround, sr, keep_stereo=True)
+    assert mix.shape == (2, sr)
+    side, other = 0.4 / (1 + 2 * 0.7071), 0.4 * 0.7071 / (1 + 2 * 0.7071)
+    for row, own, back, away in ((mix[0], 300, 900, (500, 1100)), (mix[1], 500, 1100, (300, 900))):
+        assert tone_power(row, sr, own) == pytest.approx(side, abs=0.01)
+        assert tone_power(row, sr, 700) == pytest.approx(other, abs=0.01)  # the centre on both sides
+        assert tone_power(row, sr, back) == pytest.approx(other, abs=0.01)
+        assert all(tone_power(row, sr, f) < 1e-3 for f in away)
+        assert tone_power(row, sr, 60) < 1e-3  # no low-frequency channel
+    assert np.abs(mix).max() <= 0.4 + 1e-3  # a side's weights sum to one
+
+
 def test_a_float_file_far_beyond_full_scale_is_scaled_down_not_clipped(tmp_path):
     """A float WAV at 300x full scale keeps its waveform (at full scale, with a warning); one just over full scale
     (lossy decoders overshoot by up to about 1.2) is clipped as before, quietly."""

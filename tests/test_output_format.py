@@ -92,6 +92,31 @@ def test_444_option_keeps_the_exact_size(real_data, lipsync, speech, tmp_path):
     assert got["video_start"] == got["audio_start"] == 0, got
 
 
+def test_stereo_speech_stays_stereo(real_data, lipsync, tmp_path):
+    """A stereo speech track (a dub's mix) comes out in stereo, each side its own; the network hears their mean."""
+    import soundfile as sf
+
+    from hyperlips.media.audio import load_audio
+
+    video = cut_clip(real_data, tmp_path / "in.mp4", 330, 300)
+    left = load_audio(real_data / "retalking" / "audio1.wav", 44100)[: int(AUDIO_SECONDS * 44100)]
+    right = load_audio(real_data / "retalking" / "audio2.wav", 44100)[: len(left)]
+    speech = tmp_path / "stereo.wav"
+    sf.write(str(speech), np.stack([left, right], 1), 44100, subtype="FLOAT")
+    out = tmp_path / "out.mp4"
+    lipsync.sync(video, speech, out)
+    import av
+
+    with av.open(str(out)) as c:
+        assert c.streams.audio[0].codec_context.channels == 2
+    got, want = load_audio(out, 44100, keep_stereo=True), load_audio(speech, 44100, keep_stereo=True)
+    n = min(got.shape[1], want.shape[1])
+    assert abs(got.shape[1] - want.shape[1]) <= 0.025 * 44100
+    corr = np.corrcoef(np.concatenate([got[:, :n], want[:, :n]]))[:2, 2:]  # rows: output sides, columns: input's
+    assert corr[0, 0] > 0.95 and corr[1, 1] > 0.95, corr
+    assert abs(corr[0, 1]) < 0.3 and abs(corr[1, 0]) < 0.3, corr  # not mixed together
+
+
 def test_crf_trades_size_for_quality(real_data, lipsync, speech, tmp_path):
     video = cut_clip(real_data, tmp_path / "in.mp4", 330, 300)
     sizes = {}

@@ -462,8 +462,8 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
             if writer is None:
                 output.parent.mkdir(parents=True, exist_ok=True)  # once the inputs have proved usable
                 h, w = fr.image.shape[:2]
-                writer = VideoWriter(output, w, h, fr.fps,
-                                     audio=load_audio(speech_path, MUX_SAMPLE_RATE), sample_rate=MUX_SAMPLE_RATE,
+                sound = load_audio(speech_path, MUX_SAMPLE_RATE, keep_stereo=True)  # the speech's own channels
+                writer = VideoWriter(output, w, h, fr.fps, audio=sound, sample_rate=MUX_SAMPLE_RATE,
                                      crf=crf, preset=preset, pix_fmt=pix_fmt, sample_aspect=fr.sample_aspect)
             writer.write(fr.image)
             n += 1

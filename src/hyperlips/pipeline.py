@@ -354,7 +354,7 @@ class LipSync:
             ref_crop = found.crop
 
             output.parent.mkdir(parents=True, exist_ok=True)
-            mux_audio = load_audio(audio, MUX_SAMPLE_RATE)
+            mux_audio = load_audio(audio, MUX_SAMPLE_RATE, keep_stereo=True)  # the speech's own channels
 
             def render(jobs):
                 self._render(jobs, ref_crop, mel, fps_out, marks)

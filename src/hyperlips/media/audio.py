@@ -44,6 +44,7 @@ from ..errors import MediaError, decoder_reason, require_file, warn
 
 __all__ = [
     "load_audio",
+    "stereo_mix",
     "melspectrogram",
     "mel_filterbank",
     "mel_window_start",
@@ -88,7 +89,46 @@ def _planes(frame) -> np.ndarray:
 LOUD_PEAK = 2.0
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_video: bool = True) -> np.ndarray:
+# the weights of each named channel in a stereo mix-down of a track with more than two channels (ITU-R BS.775:
+# centre and surrounds at -3 dB, the low-frequency channel left out); a channel not named here goes to both sides
+_TO_LEFT = {"FL": 1.0, "FLC": 1.0, "SL": 0.7071, "BL": 0.7071, "TFL": 0.7071, "TBL": 0.7071, "WL": 1.0}
+_TO_RIGHT = {"FR": 1.0, "FRC": 1.0, "SR": 0.7071, "BR": 0.7071, "TFR": 0.7071, "TBR": 0.7071, "WR": 1.0}
+_NOT_MIXED = {"LFE", "LFE2"}
+
+
+def stereo_mix(planes: np.ndarray, names: list[str]) -> np.ndarray:
+    """(channels, samples) of a track with more than two channels, named as FFmpeg names them ("FL", "FC", "LFE"),
+    mixed down to (2, samples): left from the left-side channels, right from the right, centre and unnamed channels
+    to both at -3 dB, the low-frequency channel left out; each side scaled by the sum of its weights, as FFmpeg's
+    own mix-down does, so a full-scale track cannot clip."""
+    c = planes.shape[0]
+    weights = np.zeros((2, c), np.float32)
+    for k, name in enumerate(list(names)[:c] + [""] * max(0, c - len(names))):
+        if name in _NOT_MIXED:
+            continue
+        if name in _TO_LEFT:
+            weights[0, k] = _TO_LEFT[name]
+        elif name in _TO_RIGHT:
+            weights[1, k] = _TO_RIGHT[name]
+        else:  # the centre, a top or back centre, or a channel of an unnamed layout
+            weights[:, k] = 0.7071
+    sums = weights.sum(axis=1, keepdims=True)
+    weights /= np.where(sums > 0, sums, 1.0)
+    return weights @ planes
+
+
+def _as_rows(planes: np.ndarray, names: list[str], rows: int) -> np.ndarray:
+    """A decoded chunk as ``rows`` channels (1: mono, 2: stereo), whatever its own channel count."""
+    c = planes.shape[0]
+    if rows == 1:
+        return planes.mean(axis=0)[None]
+    if c == 1:  # a mono stretch of a stereo track: on both sides
+        return np.repeat(planes, 2, axis=0)
+    return planes if c == 2 else stereo_mix(planes, names)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_video: bool = True,
+               keep_stereo: bool = False) -> np.ndarray:
     """Decode an audio file or a video's audio track to mono float32 in [-1, 1] at ``sample_rate``.
 
     Any container/codec FFmpeg reads (wav, mp3, m4a, flac, ogg, mp4, mkv, mov, mpg, avi...), any rate and channel
@@ -98,6 +138,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     Samples that are not numbers (NaN or infinite, possible in float files) become silence, with an
     :class:`~hyperlips.errors.InputWarning`; a float file louder than twice full scale is scaled down to full scale
     (with a warning) instead of being clipped.
+
+    ``keep_stereo``: (channels, samples) instead, the channels as they are for a mono or stereo track (1 or 2 rows),
+    a track of more channels mixed down to stereo (:func:`stereo_mix`): what an output carries. The mono samples
+    are the mean of the channels (what the networks hear).
     Raises :class:`MediaError` for a missing, unreadable or corrupt file, no audio track, or no samples.
     """
     import av
@@ -109,6 +153,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     first_time = None
     video_start = None
     end_time = None
+    rows = 1
     try:
         with av.open(p) as container:
             if not container.streams.audio:
@@ -124,51 +169,59 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
             for frame in container.decode(stream):
                 if frame.samples == 0:
                     continue
+                planes = _planes(frame)
                 if not native_rate:
                     native_rate = int(frame.sample_rate)
                     if frame.pts is not None and frame.time_base is not None:
                         first_time = float(frame.pts * frame.time_base)
-                chunks.append(_planes(frame).mean(axis=0))
+                    rows = 2 if keep_stereo and planes.shape[0] > 1 else 1
+                if keep_stereo:
+                    chunks.append(_as_rows(planes, [ch.name for ch in frame.layout.channels], rows))
+                else:
+                    chunks.append(planes.mean(axis=0))
     except MediaError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as e:
         reason = decoder_reason(e)
         raise MediaError(f"cannot decode audio from {p} (unreadable or corrupt file: {reason})") from None
-    n = sum(len(c) for c in chunks)
+    n = sum(c.shape[-1] for c in chunks)
     if n == 0 or not native_rate:
         raise MediaError(f"{p} holds no audio samples (zero-length audio track)")
-    mono = np.concatenate(chunks)
+    wav = np.concatenate(chunks, axis=-1)  # (samples,) or (rows, samples)
     del chunks
-    bad = ~np.isfinite(mono)
+    bad = ~np.isfinite(wav)
     if bad.any():  # a float file may hold NaN or infinite samples: the resampler and encoders would spread them
-        mono[bad] = 0.0
-        warn(f"{p}: {int(bad.sum())} audio sample(s) are not numbers (NaN or infinite), first at "
-             f"{np.flatnonzero(bad)[0] / native_rate:.2f} s; they are replaced by silence")
-    peak = float(np.abs(mono).max()) if len(mono) else 0.0
+        wav[bad] = 0.0
+        first = int(np.flatnonzero(bad.reshape(-1, n).any(axis=0))[0])
+        warn(f"{p}: {int(bad.reshape(-1, n).any(axis=0).sum())} audio sample(s) are not numbers (NaN or infinite), "
+             f"first at {first / native_rate:.2f} s; they are replaced by silence")
+    peak = float(np.abs(wav).max()) if wav.size else 0.0
     if peak > LOUD_PEAK:  # a float file far beyond full scale: clipping it would leave a square wave
-        mono /= peak
+        wav /= peak
         warn(f"{p}: its samples reach {peak:.3g} times full scale (a float file louder than it can be played); "
              "the speech is scaled down to full scale rather than clipped")
     if end_time is not None and first_time is not None:
         keep = int(round((end_time - first_time) * native_rate))
-        if 0 < keep < len(mono) <= keep + native_rate // 10:  # only trim encoder padding, never real audio
-            mono = mono[:keep]
+        if 0 < keep < n <= keep + native_rate // 10:  # only trim encoder padding, never real audio
+            wav = wav[..., :keep]
 
     if video_start is not None and first_time is not None:
         shift = int(round((video_start - first_time) * native_rate))
         if shift > 0:
-            mono = mono[shift:]
+            wav = wav[..., shift:]
         elif shift < 0:
-            mono = np.concatenate([np.zeros(-shift, np.float32), mono])
-        if len(mono) == 0:
+            wav = np.concatenate([np.zeros(wav.shape[:-1] + (-shift,), np.float32), wav], axis=-1)
+        if wav.shape[-1] == 0:
             raise MediaError(f"{p}: the audio track ends before the first video frame")
 
     if native_rate != sample_rate:
         from .resample import resample_poly
 
         g = math.gcd(int(sample_rate), native_rate)
-        mono = resample_poly(mono, int(sample_rate) // g, native_rate // g)
-    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+        up, down = int(sample_rate) // g, native_rate // g
+        wav = (np.stack([resample_poly(row, up, down) for row in wav]) if wav.ndim == 2
+               else resample_poly(wav, up, down))
+    return np.clip(wav, -1.0, 1.0).astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------------- mel

@@ -124,7 +124,8 @@ class VideoWriter:
     trade-off) set the quality; ``threads``: encoder threads (0: libx264's choice, about 1.5 per core; None:
     :func:`encoder_threads`); ``sample_aspect``: the pixels' shape as shown (the input's
     :attr:`~.video.VideoInfo.sample_aspect`), tagged where it is not 1.
-    ``audio`` is mono float32 at ``sample_rate`` (written in full, interleaved with the video as frames arrive).
+    ``audio``: float32 samples at ``sample_rate``, mono (samples,) or (channels, samples) with 1 or 2 channels
+    (written in full, interleaved with the video as frames arrive).
     Output goes to a hidden temporary file in the target folder and is renamed to ``path`` by :meth:`close`;
     :meth:`abort` (or an exception inside a ``with`` block) deletes it, so no file appears at ``path`` unless
     writing succeeded.
@@ -159,21 +160,25 @@ class VideoWriter:
         self.rate = as_rate(fps)
         self.fps = float(self.rate)
         self.frames_written = 0
-        # audio: mono float32 in [-1, 1] at a rate AAC supports (prepared before any file exists)
+        # audio: (channels, samples) float32 in [-1, 1], mono or stereo, at a rate AAC supports (prepared before any
+        # file exists)
         self._audio = None
         self._audio_pos = 0
         if audio is not None:
             a = np.asarray(audio, dtype=np.float32)
-            if a.ndim != 1:
-                raise ValueError(f"audio must be 1-D mono samples, got shape {a.shape}")
+            if a.ndim == 1:
+                a = a[None]
+            if a.ndim != 2 or a.shape[0] not in (1, 2):
+                raise ValueError(f"audio must be mono samples (samples,) or (channels, samples) with 1 or 2 channels, "
+                                 f"got shape {a.shape}")
             sr = int(sample_rate)
             if sr not in AAC_RATES:
                 from .resample import resample_poly
 
                 g = math.gcd(48000, sr)
-                a = resample_poly(a, 48000 // g, sr // g)
+                a = np.stack([resample_poly(row, 48000 // g, sr // g) for row in a])
                 sr = 48000
-            self._audio = np.clip(a, -1.0, 1.0)
+            self._audio = np.ascontiguousarray(np.clip(a, -1.0, 1.0))
             self.sample_rate = sr
 
         from av.video.reformatter import Interpolation, VideoReformatter
@@ -214,7 +219,8 @@ class VideoWriter:
             self._v = v
             self._a = None
             if self._audio is not None:
-                a_stream = self._container.add_stream("aac", rate=self.sample_rate, layout="mono")
+                layout = "stereo" if self._audio.shape[0] == 2 else "mono"
+                a_stream = self._container.add_stream("aac", rate=self.sample_rate, layout=layout)
                 a_stream.bit_rate = 128000
                 self._a = a_stream
         except BaseException:
@@ -351,13 +357,14 @@ class VideoWriter:
 
         if self._a is None:
             return
-        total = len(self._audio)
+        total = self._audio.shape[1]
         end = total if seconds is None else min(total, int(math.ceil(seconds * self.sample_rate)))
         size = self._a.codec_context.frame_size or 1024
+        layout = "stereo" if self._audio.shape[0] == 2 else "mono"
         while self._audio_pos < end:
             n = min(size, total - self._audio_pos)
-            chunk = self._audio[self._audio_pos : self._audio_pos + n]
-            af = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+            chunk = np.ascontiguousarray(self._audio[:, self._audio_pos : self._audio_pos + n])
+            af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
             af.sample_rate = self.sample_rate
             af.pts = self._audio_pos
             for pkt in self._a.encode(af):
