@@ -148,10 +148,15 @@ def test_phoneme_protocol_on_a_real_clip(more_data, tmp_path):
 
     out = tmp_path / "ph"
     code = main(["eval", "--clips", str(more_data / "grid_lipnet" / "sbwe5n.mpg"), "--protocol", "phonemes",
-                 "--untrained", "--model", "lite", "--text", "Bob made a map.", "--device", "cpu", "--quiet",
-                 "-o", str(out)])
+                 "--untrained", "--model", "lite", "--text", "Bob made a map.", "--voice", "en-gb", "--device", "cpu",
+                 "--quiet", "-o", str(out)])
     assert code == 0
     data = json.loads((out / "phonemes.json").read_text())
+    assert data["voice"] == "en-gb" and "espeak-ng (en-gb)" in (out / "phonemes.md").read_text()
+    from hyperlips.demo import synthesize_with_phonemes
+
+    assert [name for _, name in data["phonemes"]] == [p.name for p in synthesize_with_phonemes("Bob made a map.",
+                                                                                               "en-gb")[2]]
     assert set(data["rows"]) == {"model", "hold"}
     hold = data["rows"]["hold"]
     assert hold["bilabials"] == 5 and hold["vowels"] >= 3
@@ -166,3 +171,14 @@ def test_an_empty_sentence_is_refused_not_replaced(more_data, tmp_path, capsys):
     code = main(["eval", "--clips", str(more_data / "grid_lipnet" / "sbwe5n.mpg"), "--protocol", "phonemes",
                  "--untrained", "--text", "  ", "-o", str(tmp_path / "ph")])
     assert code == 2 and "--text is empty" in capsys.readouterr().err and not (tmp_path / "ph").exists()
+
+
+@pytest.mark.parametrize("args, reason", [(["--voice", "klingon", "--text", "Qapla'"], "espeak-ng has no voice 'klingon'"),
+                                          (["--voice", "fr-xx", "--text", "Bonjour"], "(near it: fr, fr-be, fr-ch, fr-fr)"),
+                                          (["--voice", "fr"], "--voice fr: give --text, a sentence in that language")])
+def test_a_voice_espeak_ng_lacks_or_without_its_text_is_refused(more_data, tmp_path, capsys, args, reason):
+    from hyperlips.cli import main
+
+    code = main(["eval", "--clips", str(more_data / "grid_lipnet" / "sbwe5n.mpg"), "--protocol", "phonemes",
+                 "--untrained", *args, "-o", str(tmp_path / "ph")])
+    assert code == 2 and reason in capsys.readouterr().err and not (tmp_path / "ph").exists()

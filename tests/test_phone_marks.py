@@ -48,7 +48,7 @@ def test_alphabets_are_told_apart(symbols, alphabet, phones):
 @pytest.mark.parametrize("text,reason", [
     ("", "lists no phonemes"),
     ("0.1 B extra words\n", "line 1: expected START PHONE"),
-    ("0.1 B\n0.05 AA\n", "before phoneme 1"),
+    ("0.1 B\n\n0.05 AA\n", "line 3 starts at 0.05 s, before line 1"),  # errors name the file's lines
     ("-0.1 B\n", "not negative"),
     ("0.3 0.2 B\n", "ends (0.2 s) before it starts"),
     ("zero B\n", "must be numbers"),
@@ -107,6 +107,104 @@ def test_the_synthesisers_phonemes_are_all_known():
         bilabial = [p.name.strip("',%=") in ("p", "b", "m") for p in ph]
         assert [m.phone in ("P", "B", "M") for m in marks] == bilabial
         assert sum(bilabial) >= 8
+
+
+@pytest.mark.parametrize("voice, text", [("fr", "Maman a bu un peu de vin blanc, mon ami."),
+                                         ("cmn", "妈妈骂马，爸爸不怕。"), ("es", "Buenos días, mamá, un poco más."),
+                                         ("ja", "ママ、ありがとう。ぶんぽう。"), ("de", "Pfeffer und Äpfel, bitte."),
+                                         ("ru", "Мама мыла раму.")])
+def test_other_languages_phonemes_are_read(voice, text):
+    """espeak-ng's phonemes in other languages (French nasal vowels, Mandarin's aspirated ``ph``, ...) are all read,
+    every /p b m/ as a bilabial (German /pf/ too: its lips close) and no other phoneme as one."""
+    from hyperlips.demo import synthesize_with_phonemes
+
+    pcm, sr, ph = synthesize_with_phonemes(text, voice)
+    marks = to_marks([(p.start, p.name) for p in ph], len(pcm) / sr)
+    bare = [p.name.lstrip("',%=") for p in ph]
+    assert [m.phone in ("P", "B", "M") for m in marks] == [b in ("p", "b", "m", "ph", "pF") for b in bare], bare
+    assert sum(m.phone in ("P", "B", "M") for m in marks) >= 2
+    vowels = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"}
+    assert sum(m.phone in vowels for m in marks) >= 4
+
+
+@pytest.mark.parametrize("symbols, alphabet, phones", [
+    # IPA of other languages; precomposed and decomposed nasal vowels; aspiration, length, tone; MFA's glides
+    (["b", "ɔ̃", "ʒ", "u", "ʁ"], "ipa", ["B", "AO", "ZH", "UW", "HH"]),
+    (["m", "õ", "y", "ø", "œ̃"], "ipa", ["M", "OW", "UW", "OW", "AO"]),
+    (["pʰ", "a˥˩", "tɕʰ", "i˧˥", "ʂ", "ɤ"], "ipa", ["P", "AA", "CH", "IY", "SH", "AH"]),
+    (["β", "ɣ", "ɲ", "x", "ʝ"], "ipa", ["V", "G", "N", "HH", "Y"]),
+    (["m", "ej", "b", "iː", "ʉː", "cʰ", "ɟ", "ʎ", "ç"], "ipa", ["M", "EY", "B", "IY", "UW", "K", "G", "L", "HH"]),
+    (["t͡s", "ɯ", "ɸ", "ɴ", "i̯a"], "ipa", ["S", "UH", "F", "NG", "AA"]),
+    # lower-case ARPAbet (Kaldi, Gentle) and TIMIT's labels
+    (["m", "ey1", "b", "iy0", "th", "sh"], "arpabet", ["M", "EY", "B", "IY", "TH", "SH"]),
+    (["h#", "pcl", "p", "ix", "dx", "ax"], "arpabet", ["SIL", "P", "P", "IH", "T", "AH"]),
+    # pauses are pauses in every alphabet
+    (["sil", "m", "ɑ", "sp", "spn"], "ipa", ["SIL", "M", "AA", "SIL", "SIL"]),
+    (["pau", "m", "'a", "sil"], "espeak", ["SIL", "M", "AE", "SIL"]),
+])
+def test_symbols_of_other_languages_and_labellers(symbols, alphabet, phones):
+    assert which_alphabet(symbols) == alphabet
+    assert _phones(to_marks([(0.1 * k, s) for k, s in enumerate(symbols)], 1.0)) == phones
+
+
+def test_words_are_not_read_as_phones(tmp_path):
+    """A word tier (Audacity labels of words, or a TextGrid's only tier) is refused as words, not read as each
+    word's first letter."""
+    p = tmp_path / "words.txt"
+    p.write_text("0.2 0.7 bonjour\n0.7 1.2 maman\n1.3 1.8 parle\n1.8 2.4 français\n")
+    with pytest.raises(UserError, match="look like words, not phones"):
+        read_marks(p, 3.0)
+
+
+def test_point_labels_last_until_the_next(tmp_path):
+    """Audacity's point labels (start = end) last until the next starts, as START-only lines do."""
+    p = tmp_path / "points.txt"
+    p.write_text("0.1\t0.1\tM\n0.3\t0.3\tAA\n0.6\t0.6\tB\n")
+    marks = read_marks(p, 1.0)
+    assert [(m.start, m.end, m.phone) for m in marks] == [(0.1, 0.3, "M"), (0.3, 0.6, "AA"), (0.6, 1.0, "B")]
+    assert (phone_ids(marks, 1.0)[10:30] == PHONES.index("M")).all()
+
+
+@pytest.mark.parametrize("text", [
+    "start,end,phone\n0.1,0.3,M\n0.3,0.6,AA\n",  # CSV with a header
+    "0,1 0,3 M\n0,3 0,6 AA\n",  # decimal commas
+    "0.1\t0.3\tM\n\\\t100.0\t2000.0\n0.3\t0.6\tAA\n",  # Audacity with a spectral selection line
+    "[[0.1, 0.3, \"M\"], [0.3, 0.6, \"AA\"]]",  # JSON lists
+])
+def test_other_text_forms(tmp_path, text):
+    p = tmp_path / "p.txt"
+    p.write_text(text)
+    assert [(m.start, m.end, m.phone) for m in read_marks(p, 1.0)] == [(0.1, 0.3, "M"), (0.3, 0.6, "AA")]
+
+
+def test_milliseconds_are_refused_and_overlaps_warned(tmp_path):
+    p = tmp_path / "ms.txt"
+    p.write_text("100 300 M\n300 1500 AA\n")
+    with pytest.raises(UserError, match="look like milliseconds"):
+        read_marks(p, 2.0)
+    p.write_text("0.1 0.4 M\n0.3 0.6 AA\n")
+    with pytest.warns(UserWarning, match="1 phoneme\\(s\\) start before the one before them ends \\(first: line 2"):
+        read_marks(p, 1.0)
+
+
+def test_praat_variants_are_read(tmp_path):
+    """A TextGrid in UTF-16 (Praat's choice for text that is not ASCII) or Latin-1, in Praat's short text format,
+    or with the Montreal Forced Aligner's per-speaker tiers ("spk1 - phones")."""
+    tg = TEXTGRID.replace('text = "AA1"', 'text = "ɑː"').replace('text = "B"', 'text = "b"')
+    p = tmp_path / "a.TextGrid"
+    p.write_bytes(tg.encode("utf-16"))
+    assert _phones(read_marks(p)) == ["SIL", "B", "AA", "B"]
+    p.write_bytes(TEXTGRID.replace('"bob"', '"Beyoncé"').encode("latin-1"))
+    assert _phones(read_marks(p)) == ["SIL", "B", "AA", "B"]
+    short = ('File type = "ooTextFile"\nObject class = "TextGrid"\n\n0\n0.6\n<exists>\n1\n"IntervalTier"\n"phones"\n'
+             '0\n0.6\n3\n0\n0.1\n""\n0.1\n0.2\n"M"\n0.2\n0.6\n"AA1"\n')
+    p.write_text(short)
+    assert [(m.start, m.end, m.phone) for m in read_marks(p)] == [(0, 0.1, "SIL"), (0.1, 0.2, "M"), (0.2, 0.6, "AA")]
+    two = (TEXTGRID.replace('name = "words"', 'name = "spk1 - phones"').replace('text = "bob"', 'text = "M"')
+           .replace('name = "phones"', 'name = "spk2 - phones"'))
+    p.write_text(two)
+    with pytest.warns(UserWarning, match="phone tiers of 2 speakers; the first \\('spk1 - phones'\\) is read"):
+        assert _phones(read_marks(p)) == ["M"]
 
 
 @pytest.fixture(scope="module")

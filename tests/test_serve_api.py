@@ -416,7 +416,12 @@ def test_phoneme_timings_reach_the_worker(server, inputs):
     app, client = server()
     job = _sync_job(client, inputs, mouth="warp", phonemes=[{"start": 0.1, "phone": "M"}, {"start": 5.0, "phone": "AA"}])
     assert job["params"]["phonemes"] == 2
-    assert _sync_job(client, inputs, phonemes="0.1 M\n0.3 AA1\n")["params"]["phonemes"] == 2  # a file's text
+    text_job = _sync_job(client, inputs, phonemes="0.1 M\n0.3 AA1\n")  # a file's text
+    assert text_job["params"]["phonemes"] == 2
+    from hyperlips.media.phone_marks import read_marks
+
+    kept = read_marks(app.settings.data / "jobs" / text_job["id"] / "phonemes.txt")
+    assert [(m.start, m.end) for m in kept] == [(0.1, 0.3), (0.3, 0.6)]  # the last lasts to the speech's end, as in sync
     done, _ = client.wait(job["id"], timeout=900)
     assert done["state"] == "done", done["message"]
     assert any("past the end of the speech" in w for w in done["result"]["warnings"]), done["result"]

@@ -45,14 +45,46 @@ def synthesize_speech(text: str = DEMO_TEXT, voice: str = "en-us", rate_wpm: int
     return pcm, sample_rate
 
 
+def espeak_voices() -> list[str]:
+    """The voices (languages) espeak-ng speaks, as ``voice`` names them ("en-us", "fr", "cmn"), lower case."""
+    import os
+
+    import espeakng_loader
+
+    root = os.path.join(str(espeakng_loader.get_data_path()), "lang")
+    names = set()
+    for folder, _, files in os.walk(root):
+        for name in files:
+            names.add(name.lower())  # a voice file's name, and the languages it speaks ("language en-gb 2")
+            try:
+                with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as f:
+                    names.update(line.split()[1].lower() for line in f if line.startswith("language ") and
+                                 len(line.split()) > 1)
+            except OSError:
+                continue
+    return sorted(names)
+
+
+def check_voice(voice: str) -> None:
+    """A :class:`UserError` for a voice espeak-ng does not have (it would speak its default voice without a word)."""
+    voices = espeak_voices()
+    language = voice.split("+")[0].lower()
+    if language not in voices:
+        near = [v for v in voices if v.split("-")[0] == language.split("-")[0]]
+        raise UserError(f"espeak-ng has no voice {voice!r}" + (f" (near it: {', '.join(near[:8])})" if near else "")
+                        + f"; it has {len(voices)}, e.g. en-us, fr, de, es, cmn, ja")
+
+
 def synthesize_with_phonemes(text: str = DEMO_TEXT, voice: str = "en-us", rate_wpm: int = 150
                              ) -> tuple[np.ndarray, int, list[Phoneme]]:
-    """Speak ``text`` with espeak-ng; returns (float32 mono samples in [-1, 1], sample rate, the phonemes in order
-    with their start times, as the synthesiser placed them)."""
+    """Speak ``text`` with espeak-ng in ``voice`` (a language of :func:`espeak_voices`, optionally with a variant:
+    "en-us+f3"); returns (float32 mono samples in [-1, 1], sample rate, the phonemes in order with their start times,
+    as the synthesiser placed them: its mnemonics, ``media.phone_symbols``)."""
     try:
         import espeakng_loader
     except ImportError as e:  # pragma: no cover - installed with the package
         raise UserError("the demo needs espeakng-loader: pip install espeakng-loader") from e
+    check_voice(voice)
     lib = ctypes.cdll.LoadLibrary(str(espeakng_loader.get_library_path()))
     data = str(espeakng_loader.get_data_path()).encode()
     sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, _INITIALIZE_PHONEME_EVENTS)

@@ -420,7 +420,8 @@ class LipSync:
         (``SpeechStats.of(mel, network.mel_smooth)``; default: the statistics of the speech so far). ``phonemes``:
         the speech's phoneme timings, known in advance (a speech synthesiser's): a HyperLips-Lite mouth closes on
         every /p b m/ and a network that reads phones reads these, as in ``sync`` (without them it reads none in a
-        stream). The other options are ``sync``'s. See ``live``."""
+        stream; a stream does not know when the speech will end, so a last phoneme without an end lasts 0.1 s: give
+        it one). The other options are ``sync``'s. See ``live``."""
         from .live import run_stream
 
         return run_stream(self, video, speech, sample_rate=sample_rate, loop=loop, face_index=face_index,

@@ -54,6 +54,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tail-fraction", type=float, default=0.15, help="tail protocol: share of the footage held out (0.15)")
     p.add_argument("--tail-seconds", type=_positive, help="tail protocol: seconds held out (instead of a share; at least 2)")
     p.add_argument("--text", help="phonemes protocol: the sentence espeak-ng speaks (default: one rich in /p b m/)")
+    p.add_argument("--voice", default="en-us",
+                   help="phonemes protocol: the language espeak-ng speaks --text in (default en-us; fr, de, es, cmn, "
+                        "ja, ...: any of its voices)")
     p.add_argument("--speech", type=Path, nargs="+", metavar="AUDIO",
                    help="phonemes protocol: recordings of real speech instead of espeak-ng's (other people's voices), "
                         "played one after another, their phonemes as the phone recogniser hears them")
@@ -213,10 +216,17 @@ def _run_phonemes(args, device: str, progress: bool) -> int:
                         "rich in /p b m/)")
     if args.speech and args.text is not None:
         raise UserError("--speech and --text both say what is spoken: give one of them")
+    if args.voice != "en-us":
+        from ..demo import check_voice
+
+        check_voice(args.voice)
+    if args.voice != "en-us" and args.text is None:
+        raise UserError(f"--voice {args.voice}: give --text, a sentence in that language (the default sentence is "
+                        "English)")
     for path in args.speech or ():
         require_file(path, "speech")
     res = run_phoneme_protocol(args.clips, args.output, checkpoint=args.checkpoint, text=args.text or PHONEME_TEXT,
-                               speech=args.speech,
+                               voice=args.voice, speech=args.speech,
                                fraction=args.tail_fraction, seconds=args.tail_seconds, device=device,
                                batch_size=args.batch_size, untrained=args.untrained, model=args.model,
                                progress=progress, temporal_blend=args.temporal_blend, mouth=args.mouth)

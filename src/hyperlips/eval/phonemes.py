@@ -31,24 +31,24 @@ import numpy as np
 
 from ..errors import UserError
 from ..face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
+from ..media.phone_symbols import espeak as espeak_phone
 
 # every word has a bilabial next to an open vowel; espeak-ng (en-us) speaks it in about 9 s
 PHONEME_TEXT = ("Bob made a map for Pam. My mother bought a big bamboo boat. "
                 "Papa palmed a maple apple, and Mom baked a pumpkin pie.")
-BILABIALS = frozenset({"p", "b", "m"})
-_VOWEL_STARTS = "aeiouAEIOUV@03"
-_STRESS = "',%="
+_ARPABET_VOWELS = frozenset({"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"})
 RECORDING_GAP = 0.3  # seconds of silence between recordings played one after another (--speech)
 
 
 def phoneme_class(name: str) -> str | None:
-    """"bilabial", "vowel" or None (other consonants and pauses) for an espeak-ng mnemonic."""
-    bare = name.lstrip(_STRESS)
-    if bare in BILABIALS:
-        return "bilabial"
-    if bare and bare[0] in _VOWEL_STARTS:
+    """"bilabial", "vowel" or None (other consonants and pauses) for an espeak-ng mnemonic, of any of its languages
+    (Mandarin's aspirated ``ph`` is a /p/, French ``y`` a vowel), or :func:`recogniser_mnemonic`'s."""
+    if name in _ARPABET_VOWELS:
         return "vowel"
-    return None
+    phone = espeak_phone(name)
+    if phone in ("P", "B", "M"):
+        return "bilabial"
+    return "vowel" if phone in _ARPABET_VOWELS else None
 
 
 def phoneme_frames(phonemes, duration: float, fps: float) -> list[tuple[int, str, str]]:
@@ -140,6 +140,7 @@ class PhonemeResult:
     phonemes: list = field(default_factory=list)  # [start, name] pairs
     series: dict = field(default_factory=dict)  # method -> per-frame opening
     recordings: list = field(default_factory=list)  # the real speech played instead of espeak-ng's (--speech)
+    voice: str = "en-us"  # espeak-ng's voice (language) for the text
 
 
 def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint=None,
@@ -186,7 +187,7 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
         methods["hold"] = LipSync(network=hold_reference_network(), device=device, batch_size=batch_size,
                                   progress=progress)
     res = PhonemeResult(str(footage), text, round(duration, 3), phonemes=[[p.start, p.name] for p in phonemes],
-                        recordings=[str(p) for p in recordings])
+                        recordings=[str(p) for p in recordings], voice="" if recordings else voice)
     videos = {}
     for name, sync in methods.items():
         video = work / f"{name}.mp4"
@@ -246,7 +247,7 @@ def phoneme_markdown(res: PhonemeResult) -> str:
 
     names = {"model": "model", "hold": "reference mouth held"}
     lines = [f"# Mouth against phonemes: {res.footage}", "",
-             f"Speech: espeak-ng, {res.seconds:.1f} s: \"{res.text}\"" if not res.recordings else
+             f"Speech: espeak-ng ({res.voice}), {res.seconds:.1f} s: \"{res.text}\"" if not res.recordings else
              f"Speech: {', '.join(f'`{r}`' for r in res.recordings)}, {res.seconds:.1f} s, its phonemes as the phone "
              "recogniser hears them", "",
              "| method | bilabials | vowels | opening at /p b m/ | opening at vowels | bilabials below the vowels' median | AUC |",

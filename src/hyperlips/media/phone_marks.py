@@ -7,14 +7,16 @@ that reads phones these instead of the recogniser's (``media.phones``).
 
 Files (:func:`read_marks`), times in seconds from the start of the speech:
 
-- text, one phoneme a line: ``START PHONE`` or ``START END PHONE`` (spaces or tabs; ``#`` starts a comment);
-- JSON: a list of ``{"start": s, "end": s, "phone": "B"}`` (``end`` optional; ``time`` and ``phoneme`` are read too),
-  or ``{"alphabet": ..., "phonemes": [...]}``, or the Montreal Forced Aligner's JSON (its "phones" tier);
-- a Praat TextGrid (long text format, the Montreal Forced Aligner's default): its "phones" tier.
+- text, one phoneme a line: ``START PHONE`` or ``START END PHONE`` (spaces or tabs; ``#`` starts a comment), as
+  Audacity's label files have them too; CSV (``start,end,phone``);
+- JSON: a list of ``{"start": s, "end": s, "phone": "B"}`` (``end`` optional; ``time`` and ``phoneme`` are read too)
+  or of ``[start, end, phone]``, or ``{"alphabet": ..., "phonemes": [...]}``, or the Montreal Forced Aligner's JSON
+  (its "phones" tier);
+- a Praat TextGrid (long or short text format; UTF-8, UTF-16 or Latin-1): its phone tier.
 
-Phones are ARPAbet (CMU dictionary and Montreal Forced Aligner style, stress digits allowed: ``AH0``), espeak-ng
-mnemonics (``'a``, ``tS``, ``@``) or IPA (``æ``, ``tʃ``, ``ə``); the alphabet is told apart per file (``alphabet``
-to choose it). A phone without an end lasts until the next one starts (the last, until the speech ends).
+Phones are ARPAbet, espeak-ng mnemonics or IPA, of any language (``media.phone_symbols``); the alphabet is told
+apart per file (``alphabet`` to choose it). A phone without an end (or a point label's, its end at its start) lasts
+until the next one starts (the last, until the speech ends).
 """
 
 from __future__ import annotations
@@ -29,37 +31,15 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, warn
+from .phone_symbols import READERS, SILENT, looks_like_words
 from .phones import FRAME_RATE, PHONES, SILENCE
 
 ALPHABETS = ("auto", "arpabet", "espeak", "ipa")
 BILABIALS = frozenset({"P", "B", "M"})
 CLOSE_RAMP = 0.04  # seconds over which the lips close before a bilabial and open after it
-_SILENT = frozenset({"", "SIL", "SP", "SPN", "PAU", "_"})
-_ARPABET = frozenset(p for p in PHONES if not p.startswith("+")) - {"SIL"}
-
-# espeak-ng's English mnemonics (stress marks stripped) -> ARPAbet
-_ESPEAK = {
-    "p": "P", "b": "B", "t": "T", "d": "D", "k": "K", "g": "G", "f": "F", "v": "V", "T": "TH", "D": "DH", "s": "S",
-    "z": "Z", "S": "SH", "Z": "ZH", "h": "HH", "m": "M", "n": "N", "N": "NG", "l": "L", "r": "R", "w": "W", "j": "Y",
-    "tS": "CH", "dZ": "JH", "t#": "T", "d#": "D", "?": "T", "x": "K", "n-": "N", "m-": "M", "l-": "L", "@L": "L",
-    "r-": "R", "a": "AE", "a#": "AE", "aa": "AA", "A:": "AA", "A@": "AA", "0": "AA", "O": "AO", "O:": "AO",
-    "O@": "AO", "o@": "AO", "V": "AH", "@": "AH", "@2": "AH", "@5": "AH", "3": "ER", "3:": "ER", "VR": "ER",
-    "I": "IH", "I2": "IH", "I#": "IH", "i": "IY", "i:": "IY", "i@": "IY", "i@3": "IY", "IR": "IY", "E": "EH",
-    "e": "EH", "e@": "EH", "eI": "EY", "aI": "AY", "aI@": "AY", "aI3": "AY", "aU": "AW", "aU@": "AW", "OI": "OY",
-    "oU": "OW", "oU#": "OW", "U": "UH", "U@": "UH", "u:": "UW", "u@": "UW",
-}
-# IPA (stress and length marks stripped) -> ARPAbet
-_IPA = {
-    "p": "P", "b": "B", "t": "T", "d": "D", "k": "K", "g": "G", "ɡ": "G", "f": "F", "v": "V", "θ": "TH", "ð": "DH",
-    "s": "S", "z": "Z", "ʃ": "SH", "ʒ": "ZH", "h": "HH", "m": "M", "n": "N", "ŋ": "NG", "l": "L", "ɫ": "L",
-    "ɹ": "R", "r": "R", "ɾ": "T", "ʔ": "T", "w": "W", "j": "Y", "tʃ": "CH", "dʒ": "JH", "i": "IY", "ɪ": "IH",
-    "ᵻ": "IH", "e": "EY", "eɪ": "EY", "ɛ": "EH", "æ": "AE", "a": "AA", "aɪ": "AY", "aʊ": "AW", "ɑ": "AA",
-    "ɒ": "AA", "ɔ": "AO", "ɔɪ": "OY", "o": "OW", "oʊ": "OW", "əʊ": "OW", "ʊ": "UH", "u": "UW", "ʌ": "AH",
-    "ə": "AH", "ɐ": "AH", "ɚ": "ER", "ɜ": "ER", "ɝ": "ER", "m̩": "M", "n̩": "N", "l̩": "L",
-}
-_ESPEAK_STRESS = "',%=_!"
-_IPA_MARKS = "ˈˌːˑ.‿"
+_SILENT = SILENT
+_READERS = READERS
 
 
 @dataclass(frozen=True)
@@ -67,37 +47,6 @@ class PhoneMark:
     start: float  # seconds from the start of the speech
     end: float
     phone: str  # an ARPAbet phone of media.phones.PHONES, stress digits dropped ("SIL" for a pause)
-
-
-def _arpabet(symbol: str) -> str | None:
-    bare = symbol.rstrip("012").upper()
-    if bare in _SILENT:
-        return "SIL"
-    return bare if bare in _ARPABET and symbol.rstrip("012") == bare else None
-
-
-def _espeak(symbol: str) -> str | None:
-    bare = symbol.strip(_ESPEAK_STRESS)
-    if symbol.startswith("_") or not any(c.isalnum() or c == "@" for c in bare):  # pauses ("_", "_:") and marks
-        return "SIL"
-    if bare in _ESPEAK:
-        return _ESPEAK[bare]
-    for n in range(len(bare) - 1, 0, -1):  # a variant the table lacks ("t2", "@r"): its longest known start
-        if bare[:n] in _ESPEAK:
-            return _ESPEAK[bare[:n]]
-    return None
-
-
-def _ipa(symbol: str) -> str | None:
-    bare = "".join(c for c in symbol if c not in _IPA_MARKS)
-    if not bare:
-        return "SIL"
-    if bare in _IPA:
-        return _IPA[bare]
-    return _IPA.get(bare[:2]) or _IPA.get(bare[:1])
-
-
-_READERS = {"arpabet": _arpabet, "espeak": _espeak, "ipa": _ipa}
 
 
 def which_alphabet(symbols: Iterable[str]) -> str:
@@ -109,29 +58,35 @@ def which_alphabet(symbols: Iterable[str]) -> str:
     return max(_READERS, key=lambda name: known[name])  # max keeps the first of equals
 
 
-def to_marks(entries: Sequence, duration: float | None = None, alphabet: str = "auto") -> list[PhoneMark]:
+def to_marks(entries: Sequence, duration: float | None = None, alphabet: str = "auto",
+             where: Sequence[str] | None = None) -> list[PhoneMark]:
     """Phoneme timings as :class:`PhoneMark` marks, in order: ``entries`` of ``(start, phone)`` or ``(start, end,
-    phone)`` (seconds; a phone without an end lasts until the next starts, the last until ``duration``, or 0.1 s
-    without one). A :class:`UserError` for times that are not numbers, negative or out of order, an end before its
-    start, or phones the alphabet does not know (all of them are named)."""
+    phone)`` (seconds; a phone without an end, or with an end equal to its start as a point label has, lasts until
+    the next starts, the last until ``duration``, or 0.1 s without one). A :class:`UserError` for times that are not
+    numbers, negative or out of order, an end before its start, phones the alphabet does not know (all of them are
+    named), or times that are milliseconds; a warning where intervals overlap. ``where``: how errors name each entry
+    (``"line 4"``; default ``"phoneme K"``)."""
     if alphabet not in ALPHABETS:
         raise UserError(f"phoneme alphabet must be one of {', '.join(ALPHABETS)} (got {alphabet!r})")
+    entries = list(entries)
+    name = (lambda k: where[k]) if where is not None else (lambda k: f"phoneme {k + 1}")
     rows = []
     for k, e in enumerate(entries):
         if isinstance(e, (str, bytes)) or not hasattr(e, "__len__") or len(e) not in (2, 3):
-            raise UserError(f"phoneme {k + 1}: expected (start, phone) or (start, end, phone), got {e!r}")
+            raise UserError(f"{name(k)}: expected (start, phone) or (start, end, phone), got {e!r}")
         try:
             times = [float(x) for x in e[:-1]]
         except (TypeError, ValueError):
-            raise UserError(f"phoneme {k + 1}: times must be numbers of seconds, got {list(e[:-1])!r}") from None
+            raise UserError(f"{name(k)}: times must be numbers of seconds, got {list(e[:-1])!r}") from None
         if not all(math.isfinite(t) and t >= 0 for t in times):
-            raise UserError(f"phoneme {k + 1}: times must be finite and not negative, got {times}")
+            raise UserError(f"{name(k)}: times must be finite and not negative, got {times}")
         if len(times) == 2 and times[1] < times[0]:
-            raise UserError(f"phoneme {k + 1}: it ends ({times[1]} s) before it starts ({times[0]} s)")
-        rows.append((times[0], times[1] if len(times) == 2 else None, str(e[-1]).strip()))
+            raise UserError(f"{name(k)}: it ends ({times[1]} s) before it starts ({times[0]} s)")
+        end = times[1] if len(times) == 2 and times[1] > times[0] else None  # a point label: no end
+        rows.append((times[0], end, str(e[-1]).strip()))
     for k in range(1, len(rows)):
         if rows[k][0] < rows[k - 1][0]:
-            raise UserError(f"phoneme {k + 1} starts at {rows[k][0]} s, before phoneme {k} ({rows[k - 1][0]} s): "
+            raise UserError(f"{name(k)} starts at {rows[k][0]} s, before {name(k - 1)} ({rows[k - 1][0]} s): "
                             f"phonemes must be in time order")
     if alphabet == "auto":
         alphabet = which_alphabet(r[2] for r in rows)
@@ -139,13 +94,40 @@ def to_marks(entries: Sequence, duration: float | None = None, alphabet: str = "
     phones = [read(r[2]) for r in rows]
     unknown = sorted({r[2] for r, p in zip(rows, phones) if p is None})
     if unknown:
-        raise UserError(f"phonemes not in the {alphabet} alphabet: {', '.join(map(repr, unknown))}")
+        if looks_like_words(r[2] for r in rows):
+            raise UserError(f"these look like words, not phones ({', '.join(map(repr, unknown[:5]))}): give the "
+                            "aligner's phone tier, not its word tier")
+        raise UserError(f"phonemes not in the {alphabet} alphabet: {', '.join(map(repr, unknown[:20]))}"
+                        f"{' ...' if len(unknown) > 20 else ''} (the {alphabet} alphabet knows the most of the file's "
+                        "phones; '# alphabet: arpabet|espeak|ipa' in a text file, or \"alphabet\" in JSON, chooses "
+                        "another)")
+    last = max((r[1] if r[1] is not None else r[0]) for r in rows) if rows else 0.0
+    if duration is not None and duration > 0 and last > 10 * duration + 1 and last / 1000 <= duration + 0.5:
+        raise UserError(f"the times run to {last:g} for {duration:.2f} s of speech: they look like milliseconds; "
+                        "give seconds")
     out = []
     for k, ((start, end, _), phone) in enumerate(zip(rows, phones)):
         if end is None:
             end = rows[k + 1][0] if k + 1 < len(rows) else (duration if duration is not None else start + 0.1)
         out.append(PhoneMark(start, max(float(end), start), phone))
+    overlaps = [k for k in range(1, len(out)) if out[k].start < out[k - 1].end - 1e-6]
+    if overlaps:
+        k = overlaps[0]
+        warn(f"{len(overlaps)} phoneme(s) start before the one before them ends (first: {name(k)} at "
+             f"{out[k].start:g} s, inside {out[k - 1].start:g}-{out[k - 1].end:g} s); where they overlap, the later "
+             "one is read")
     return out
+
+
+def _decoded(data: bytes) -> str:
+    """A phoneme file's text: UTF-8 (with or without a byte-order mark), UTF-16 with its mark (Praat's choice for
+    text that is not ASCII), else Latin-1 (older Praat and Windows editors)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
 
 def read_marks(path: str | os.PathLike, duration: float | None = None, alphabet: str = "auto") -> list[PhoneMark]:
@@ -153,7 +135,7 @@ def read_marks(path: str | os.PathLike, duration: float | None = None, alphabet:
     line for anything it cannot read."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is not text
+        text = _decoded(path.read_bytes())
     except FileNotFoundError:
         raise UserError(f"phoneme file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -168,17 +150,18 @@ def marks_from_text(text: str, duration: float | None = None, alphabet: str = "a
     """Phoneme timings from the text of a file in any of the module's formats (a TextGrid, JSON, or lines)."""
     text = text.lstrip("\ufeff")
     if text.lstrip().startswith("File type") and "TextGrid" in text[:200]:
-        return to_marks(_textgrid_entries(text), duration, alphabet)
+        entries = _textgrid_entries(text)
+        return to_marks(entries, duration, alphabet, [f"interval {k + 1}" for k in range(len(entries))])
     if text.lstrip().startswith(("[", "{")):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"not valid JSON ({e})") from None
         return marks_from_json(data, duration, alphabet)
-    entries, alphabet = _text_entries(text, alphabet)
+    entries, lines, alphabet = _text_entries(text, alphabet)
     if not entries:
         raise UserError("it lists no phonemes")
-    return to_marks(entries, duration, alphabet)
+    return to_marks(entries, duration, alphabet, [f"line {n}" for n in lines])
 
 
 def marks_from_json(data, duration: float | None = None, alphabet: str = "auto") -> list[PhoneMark]:
@@ -190,11 +173,29 @@ def marks_from_json(data, duration: float | None = None, alphabet: str = "auto")
     return to_marks(entries, duration, alphabet)
 
 
+def _phone_tier(names: Sequence[str], what: str) -> int | None:
+    """The index of the phone tier among tiers ``names``: one named "phones" (or "phone", "phonemes"), or a
+    speaker's ("spk1 - phones", as the Montreal Forced Aligner names them for several speakers; the first, with a
+    warning naming the others)."""
+    bare = [n.strip().lower() for n in names]
+    exact = [k for k, n in enumerate(bare) if n in ("phones", "phone", "phonemes")]
+    if exact:
+        return exact[0]
+    speakers = [k for k, n in enumerate(bare) if re.search(r"(^|[\s\-_:/])(phones|phonemes)$", n)]
+    if len(speakers) > 1:
+        warn(f"the {what} has the phone tiers of {len(speakers)} speakers; the first ({names[speakers[0]]!r}) is "
+             f"read (others: {', '.join(repr(names[k]) for k in speakers[1:])})")
+    return speakers[0] if speakers else None
+
+
 def _json_entries(data, alphabet: str) -> tuple[list, str]:
     if isinstance(data, dict) and isinstance(data.get("tiers"), dict):  # Montreal Forced Aligner's JSON
-        tier = data["tiers"].get("phones")
+        names = list(data["tiers"])
+        k = _phone_tier(names, "aligner's JSON")
+        tier = data["tiers"][names[k]] if k is not None else None
         if not isinstance(tier, dict) or not isinstance(tier.get("entries"), list):
-            raise UserError('an aligner\'s JSON without a "phones" tier of entries')
+            raise UserError(f'an aligner\'s JSON without a "phones" tier of entries (its tiers: '
+                            f'{", ".join(map(repr, names)) or "none"})')
         rows = tier["entries"]
         if not all(isinstance(e, list) and len(e) == 3 for e in rows):
             raise UserError('the "phones" tier\'s entries must be [start, end, phone]')
@@ -207,8 +208,12 @@ def _json_entries(data, alphabet: str) -> tuple[list, str]:
         raise UserError('JSON phonemes must be a list of {"start": s, "phone": p} objects')
     entries = []
     for k, item in enumerate(data):
+        if isinstance(item, list) and len(item) in (2, 3):  # [start, phone] or [start, end, phone]
+            entries.append(tuple(item))
+            continue
         if not isinstance(item, dict):
-            raise UserError(f"phoneme {k + 1}: expected an object with start and phone, got {item!r}")
+            raise UserError(f"phoneme {k + 1}: expected an object with start and phone (or [start, end, phone]), "
+                            f"got {item!r}")
         start = item.get("start", item.get("time"))
         phone = item.get("phone", item.get("phoneme"))
         if start is None or phone is None:
@@ -217,37 +222,86 @@ def _json_entries(data, alphabet: str) -> tuple[list, str]:
     return entries, alphabet
 
 
+_PRAAT_TOKEN = re.compile(r'"((?:[^"]|"")*)"|([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\w\]])|(<exists>)')
+
+
 def _textgrid_entries(text: str) -> list:
-    """The intervals of a Praat TextGrid's (long text format, as the Montreal Forced Aligner writes it) phone
-    tier: the tier named "phones" (or the only tier), empty intervals read as pauses."""
-    tiers = []
-    for item in re.split(r"\n\s*item \[\d+\]:", text)[1:]:
-        name = re.search(r'name = "(.*)"', item)
-        cells = re.findall(r'xmin = ([-\d.eE+]+)\s*\n\s*xmax = ([-\d.eE+]+)\s*\n\s*text = "(.*)"', item)
-        tiers.append((name.group(1) if name else "", cells))
-    phones = [cells for name, cells in tiers if name.strip().lower() == "phones"]
-    if not phones and len(tiers) == 1:
-        phones = [tiers[0][1]]
-    if not phones:
+    """The intervals of a Praat TextGrid's phone tier (see :func:`_phone_tier`; or its only tier), empty
+    intervals read as pauses. Long or short text format: both are read as Praat reads them, as a sequence of
+    numbers and quoted strings (the long format's ``name =`` and ``item [1]:`` are comments to Praat)."""
+    body = re.sub(r"\[\s*\d*\s*\]", "", text)  # "item [1]:", "intervals [3]:": the index is no value
+    tokens = [(m.group(1).replace('""', '"') if m.group(1) is not None else None,
+               float(m.group(2)) if m.group(2) is not None else None)
+              for m in _PRAAT_TOKEN.finditer(body) if m.group(3) is None]
+    strings = [t for t, _ in tokens]
+    try:
+        k = strings.index("TextGrid") + 1
+        k += 2  # the grid's xmin and xmax
+        n_tiers = int(tokens[k][1])
+        k += 1
+        tiers = []
+        for _ in range(n_tiers):
+            kind, name = tokens[k][0], tokens[k + 1][0]
+            n = int(tokens[k + 4][1])
+            k += 5
+            if kind == "IntervalTier":
+                cells = [(tokens[k + 3 * j][1], tokens[k + 3 * j + 1][1], tokens[k + 3 * j + 2][0]) for j in range(n)]
+                k += 3 * n
+            else:  # a TextTier of points: time and mark
+                cells = [(tokens[k + 2 * j][1], tokens[k + 2 * j][1], tokens[k + 2 * j + 1][0]) for j in range(n)]
+                k += 2 * n
+            if any(c is None for cell in cells for c in cell) or kind is None or name is None:
+                raise ValueError
+            tiers.append((name, cells))
+    except (ValueError, IndexError, TypeError):
+        raise UserError("not a TextGrid Praat can read (its tiers could not be followed)") from None
+    k = _phone_tier([n for n, _ in tiers], "TextGrid")
+    if k is None and len(tiers) == 1:
+        k = 0
+    if k is None:
         names = ", ".join(repr(n) for n, _ in tiers) or "none"
         raise UserError(f'a TextGrid needs a tier named "phones" (its tiers: {names})')
-    return [(a, b, t.strip() or "sil") for a, b, t in phones[0]]
+    return [(a, b, t.strip() or "sil") for a, b, t in tiers[k][1]]
 
 
-def _text_entries(text: str, alphabet: str) -> tuple[list, str]:
-    entries = []
+_COMMA_DECIMAL = re.compile(r"^\d+,\d+$")
+
+
+def _text_entries(text: str, alphabet: str) -> tuple[list, list, str]:
+    """The entries of a text file, the line number of each, and the alphabet its ``# alphabet:`` line names.
+    Audacity's label files are read too (its spectral-selection lines, which start with a backslash, skipped), and
+    CSV (``start,end,phone``, a header line skipped) or times with decimal commas."""
+    entries, lines = [], []
     for n, line in enumerate(text.splitlines(), 1):
         body, _, comment = line.partition("#")
         key, _, value = comment.partition(":")
         if key.strip().lower() == "alphabet" and alphabet == "auto":
             alphabet = value.strip().lower()
+        if body.lstrip().startswith("\\"):  # Audacity: the frequencies of the label above
+            continue
         parts = body.split()
-        if not parts:
+        csv = "," in body and not any(_COMMA_DECIMAL.match(x) for x in parts)
+        if csv:
+            parts = [x.strip() for x in body.split(",")]
+            parts = [x for x in parts[:-1] if x] + parts[-1:]
+        parts = [x.replace(",", ".") if _COMMA_DECIMAL.match(x) else x for x in parts]
+        if not parts or parts == [""]:
+            continue
+        if csv and not entries and not _number(parts[0]):  # a CSV header ("start,end,phone")
             continue
         if len(parts) not in (2, 3):
             raise UserError(f"line {n}: expected START PHONE or START END PHONE, got {line.strip()!r}")
         entries.append(tuple(parts))
-    return entries, alphabet
+        lines.append(n)
+    return entries, lines, alphabet
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def phone_ids(marks: Sequence[PhoneMark], seconds: float) -> np.ndarray:

@@ -127,7 +127,7 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
     if mouth in ("warp", "hybrid") and model.id == UNTRAINED_ID:
         raise _bad(f"mouth {mouth} moves the mouth to the shape a trained HyperLips-Lite reads from the speech; "
                    "the untrained model has none (use render)")
-    marks = _phonemes(params)
+    marks = _phonemes(params, audio["facts"].get("audio_seconds"))
     v_path = link_into(video, settings, folder, "video")
     a_path = link_into(audio, settings, folder, "audio")
     if marks is not None:
@@ -152,9 +152,10 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
 MAX_PHONEMES = 100_000  # about two hours of speech
 
 
-def _phonemes(params: dict):
+def _phonemes(params: dict, seconds: float | None = None):
     """The job's phoneme timings, checked, or None: ``media.phone_marks``' JSON form, or the text of a file in any
-    of its formats (lines, JSON, a TextGrid: what a page reads from a file the user picks)."""
+    of its formats (lines, JSON, a TextGrid: what a page reads from a file the user picks). ``seconds``: the
+    speech's length, to which a last phoneme without an end lasts (as ``sync --phonemes`` reads it)."""
     data = params.get("phonemes")
     if data is None:
         return None
@@ -162,7 +163,7 @@ def _phonemes(params: dict):
         if len(data) > 50 * MAX_PHONEMES:
             raise _bad(f"phonemes: at most {MAX_PHONEMES} are taken")
         try:
-            return marks_from_text(data)
+            return marks_from_text(data, seconds)
         except UserError as e:
             raise _bad(f"phonemes: {e}") from None
     if not isinstance(data, (list, dict)):
@@ -172,7 +173,7 @@ def _phonemes(params: dict):
     if isinstance(listed, list) and len(listed) > MAX_PHONEMES:
         raise _bad(f"phonemes: at most {MAX_PHONEMES} are taken")
     try:
-        return marks_from_json(data)
+        return marks_from_json(data, seconds)
     except UserError as e:
         raise _bad(f"phonemes: {e}") from None
 
