@@ -875,7 +875,8 @@ def _clips(m: Materials, path: Path) -> None:
     _talking_clip(m, path / "anna" / "a1.mp4")
     _talking_clip(m, path / "ben" / "b1.mp4", "face3")
     dur = np.array([1] * 10 + [3] * 10) / 30
-    _talking_clip(m, path / "ben" / "vfr.mp4", "face3", times=np.concatenate([[0.0], np.cumsum(dur[:-1])]))
+    _talking_clip(m, path / "ben" / "vfr.mp4", "face3", times=np.concatenate([[0.0], np.cumsum(dur[:-1])]),
+                  audio=m.speech(1.35, 48000))  # as long as its picture (a shorter sound cuts the clip)
     wav = m.speech(1.0, 48000).copy()
     wav[5000:5200] = np.nan
     _talking_clip(m, path / "anna" / "nan_audio.mkv", audio_codec="pcm_f32le", audio=wav)

@@ -53,6 +53,34 @@ def test_the_tail_is_the_one_finetune_held_out(more_data, tmp_path):
     assert [(s.video.name, s.start, s.stop) for s in segs] == [("talk-2.mpg", 25, 75)]
 
 
+def test_the_tail_leaves_out_what_finetune_leaves_out(more_data, tmp_path):
+    """As finetune: a clip whose sound is silent is not footage, and one whose sound stops well before its picture
+    ends at its sound (the held-out tail once was that soundless end, and its audio an empty file)."""
+    from hyperlips.errors import InputWarning
+    from hyperlips.eval.tail import footage_videos, tail_segments
+    from hyperlips.media.audio import load_audio
+    from hyperlips.media.video import FrameReader
+    from hyperlips.media.writer import VideoWriter
+
+    clip = sorted((more_data / "grid_s1").glob("*.mpg"))[0]
+    with FrameReader(clip) as r:
+        frames = [fr.image for fr in r.iter_range(0, 75)]
+    speech = load_audio(clip, 16000)
+    folder = tmp_path / "takes"
+    folder.mkdir()
+    h, w = frames[0].shape[:2]
+    for name, sound in (("a.mp4", speech), ("b.mp4", speech[:24000]), ("c.mp4", np.zeros(48000, np.float32))):
+        with VideoWriter(folder / name, w, h, 25, audio=sound, sample_rate=16000) as vw:
+            for f in frames:
+                vw.write(f)
+    with pytest.warns(InputWarning, match="c.mp4 is left out of the footage, as finetune leaves it out: its audio track "
+                                          "is silent"):
+        videos = footage_videos(folder)
+    assert [v.name for v in videos] == ["a.mp4", "b.mp4"]
+    segs, train = tail_segments(videos, seconds=2.0)
+    assert [(s.video.name, s.start, s.stop) for s in segs] == [("a.mp4", 63, 75), ("b.mp4", 0, 38)]
+
+
 def test_the_tail_of_a_fine_tuned_model_is_the_part_it_never_trained_on(more_data, tmp_path):
     """A model fine-tuned with ``--val-seconds 2.4`` on two GRID clips (6 s) was scored on the default 15% (0.9 s,
     refused) or on whatever tail was asked for, frames it trained on included, without a word: the tail is now the

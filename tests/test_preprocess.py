@@ -30,13 +30,14 @@ def test_find_videos_walks_lrs2_and_mead_layouts(tmp_path):
     mead = _touch(tmp_path / "MEAD/M003/video/front/angry/level_1/001.mp4")
     vox = _touch(tmp_path / "vox/dev/mp4/id00012/21Uxsk56VDQ/00001.mp4")
     hdtf = _touch(tmp_path / "WDA_BarackObama_000.mp4")
+    camcorder = [_touch(tmp_path / "cam" / name) for name in ("00001.MTS", "00002.m2ts", "old phone.3gp")]
     _touch(tmp_path / ".hidden/x.mp4")
     _touch(tmp_path / "notes.txt")
     _touch(tmp_path / "audio.wav")
     (tmp_path / "gone.mp4").symlink_to(tmp_path / "moved_away.mp4")  # a link to nothing: left out, said
     with pytest.warns(InputWarning, match="gone.mp4 is left out: it links to .*moved_away.mp4, which does not exist"):
         found = find_videos(tmp_path)
-    assert set(found) == {lrs2, mead, vox, hdtf}
+    assert set(found) == {lrs2, mead, vox, hdtf, *camcorder}
     rel = {p: PurePosixPath(p.relative_to(tmp_path).as_posix()) for p in found}
     assert speaker_of(rel[lrs2]) == "5535415699068794046"
     assert speaker_of(rel[mead]) == "M003"
@@ -45,6 +46,35 @@ def test_find_videos_walks_lrs2_and_mead_layouts(tmp_path):
     assert speaker_of(rel[mead], "one") == speaker_of(rel[lrs2], "one")
     assert clip_id_of(rel[lrs2]) == "mvlrs_v1/main/5535415699068794046/00001"
     assert clip_id_of(PurePosixPath("a b/c (1).mp4")) == "a_b/c__1_"
+
+
+def test_clip_names_stay_distinct():
+    """Names in any script are kept (they were all "_" once, so 会議 and 講演 were one clip), and clips whose names
+    still meet (another file type, a space against an underscore, letter case) get their file type added."""
+    from hyperlips.data.sources import clip_ids
+
+    rels = [PurePosixPath(p) for p in ("talk.mp4", "talk.mov", "会議.mp4", "講演.mp4", "лекция01.mp4", "доклад01.mp4",
+                                       "a b.mp4", "a_b.mp4", "A_B.mkv", "clip é.mp4", "clip e\u0301.mov", "x/talk.mp4")]
+    ids = clip_ids(rels)
+    assert ids == ["talk", "talk_mov", "会議", "講演", "лекция01", "доклад01", "a_b", "a_b_mp4", "A_B_mkv", "clip_é",
+                   "clip_é_mov", "x/talk"]  # (an é typed as e + accent is the same name: NFC)
+    assert len({i.casefold() for i in ids}) == len(ids)
+
+
+def test_clips_whose_names_meet_are_all_preprocessed(tmp_path, more_data):
+    """A folder with talk.mpg, talk.mpeg and 会議.mpg: three clips, each its own (a clip skipped as "the same name"
+    once, and finetune then counted it twice and trained on its held-out part)."""
+    import shutil
+
+    from hyperlips.data import preprocess as pp
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, clip in (("talk.mpg", "bbaf3s"), ("talk.mpeg", "bbas3a"), ("会議.mpg", "bbbm1s")):
+        shutil.copy(more_data / "grid_s1" / f"{clip}.mpg", src / name)
+    report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
+    assert report.done == 3 and not report.skipped, report.skipped
+    assert sorted(p.name for p in (tmp_path / "ds" / "clips").iterdir()) == sorted(["talk", "talk_mpg", "会議"])
 
 
 def test_split_holds_out_whole_speakers_deterministically():
@@ -154,7 +184,8 @@ def test_skip_reasons_and_no_partial_clip_left(tmp_path, more_data):
         for fr in r.iter_range(0, 10):
             frames.append(fr.image)
     h, w = frames[0].shape[:2]
-    with VideoWriter(src / "short.mp4", w, h, 25, audio=np.zeros(6400, np.float32), sample_rate=16000) as vw:
+    tone = (0.1 * np.sin(np.arange(6400) * 0.2)).astype(np.float32)  # a sound (a silent one is skipped for that)
+    with VideoWriter(src / "short.mp4", w, h, 25, audio=tone, sample_rate=16000) as vw:
         for f in frames:
             vw.write(f)
     (src / "carol").mkdir()  # a speaker's folder whose only clip is skipped left an empty clips/carol behind
@@ -162,7 +193,7 @@ def test_skip_reasons_and_no_partial_clip_left(tmp_path, more_data):
         for f in frames * 3:
             vw.write(f)
     blank = np.full_like(frames[0], 90)
-    with VideoWriter(src / "noface.mp4", w, h, 25, audio=np.zeros(16000, np.float32), sample_rate=16000) as vw:
+    with VideoWriter(src / "noface.mp4", w, h, 25, audio=np.tile(tone, 3), sample_rate=16000) as vw:
         for _ in range(25):
             vw.write(blank)
     report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
@@ -180,6 +211,33 @@ def test_skip_reasons_and_no_partial_clip_left(tmp_path, more_data):
 
     res = run_cli("preprocess", src, tmp_path / "ds", "--quiet")
     assert res.returncode == 2 and "no usable clips" in res.stderr
+
+
+def test_a_silent_track_is_skipped_and_a_short_one_cuts_the_clip(tmp_path, more_data):
+    """A clip whose audio track is silent is skipped (its mouth would be learnt against nothing); one whose sound
+    stops well before its picture keeps only the frames shown before the sound ends, and says so."""
+    from hyperlips.data import preprocess as pp
+    from hyperlips.media.audio import load_audio
+    from hyperlips.media.video import FrameReader
+    from hyperlips.media.writer import VideoWriter
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with FrameReader(more_data / "grid_s1/bbaf3s.mpg") as r:
+        frames = [fr.image for fr in r.iter_range(0, 75)]
+    speech = load_audio(more_data / "grid_s1/bbaf3s.mpg", 16000)
+    h, w = frames[0].shape[:2]
+    with VideoWriter(src / "silent.mp4", w, h, 25, audio=np.zeros(48000, np.float32), sample_rate=16000) as vw:
+        for f in frames:
+            vw.write(f)
+    with VideoWriter(src / "short.mp4", w, h, 25, audio=speech[:24000], sample_rate=16000) as vw:  # 1.5 s of 3
+        for f in frames:
+            vw.write(f)
+    with pytest.warns(InputWarning, match="its sound ends at 1.5 s, its picture at 3.0 s: the 37 frames after"):
+        report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
+    assert {r.source: r.reason for r in report.skipped} == {
+        "silent.mp4": "no speech: its audio track is silent (only the first audio track of a video is read)"}
+    assert len(np.load(tmp_path / "ds" / "clips" / "short" / "times.npy")) == 38  # frames 0..37 start before 1.5 s
 
 
 def test_a_clip_of_two_people_is_warned_of(tmp_path, more_data):

@@ -26,7 +26,7 @@ import numpy as np
 from ..config import AudioConfig
 from ..errors import InputWarning, MediaError, NoFaceError
 from .datasets import BASE_SIZE, FORMAT_VERSION, META, ImageStack, encode_jpeg, encode_png
-from .sources import clip_id_of, speaker_of
+from .sources import clip_id_of, frames_with_sound, speaker_of
 
 MESH_SIZE = 256  # FaceMesh runs on a 256 px crop (the pipeline runs it on base outputs upscaled to 256)
 HR_SIZES = (256, 512)
@@ -59,19 +59,20 @@ def _source_key(path: Path) -> dict[str, Any]:
     return {"size": st.st_size, "mtime": int(st.st_mtime)}
 
 
-def process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: PreprocessOptions) -> ClipResult:
-    """Preprocess one video into ``out_dir`` (written via a temporary folder). Never raises for bad input: a clip
+def process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: PreprocessOptions,
+                 clip_id: str | None = None) -> ClipResult:
+    """Preprocess one video into ``out_dir`` (written via a temporary folder) as clip ``clip_id`` (default:
+    ``clip_id_of(rel)``; ``sources.clip_ids`` makes a folder's distinct). Never raises for bad input: a clip
     that cannot be used comes back as ``status="skipped"`` with the reason. The clip's input warnings (a variable
     frame rate, damaged frames, non-finite audio) come back in ``warnings``: a worker process cannot show them."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InputWarning)
-        result = _process_clip(path, out_dir, rel, opts)
+        result = _process_clip(path, out_dir, rel, opts, clip_id or clip_id_of(rel))
     result.warnings = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, InputWarning)))
     return result
 
 
-def _process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: PreprocessOptions) -> ClipResult:
-    clip_id = clip_id_of(rel)
+def _process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: PreprocessOptions, clip_id: str) -> ClipResult:
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     try:
         if tmp.exists():
@@ -106,7 +107,7 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
     from ..face.detect import FaceDetector
     from ..face.landmarks import FaceMesh, draw_sketch, lip_mask
     from ..face.track_online import OnlineTrack
-    from ..media.audio import load_audio, melspectrogram
+    from ..media.audio import is_silent, load_audio, melspectrogram
     from ..media.timing import open_timeline, report_damage
     from ..pipeline import face_crop
 
@@ -117,8 +118,17 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
     if not info.has_audio:
         raise _Skip("no audio: the video has no audio track")
     wav = load_audio(path, opts.audio.sample_rate)
+    if is_silent(wav):
+        raise _Skip("no speech: its audio track is silent (only the first audio track of a video is read)")
     mel = melspectrogram(wav, opts.audio)
     phones = _phones_of(wav, opts)
+    audio_seconds = len(wav) / opts.audio.sample_rate
+    usable = frames_with_sound(timeline.n_frames, timeline.fps, audio_seconds)
+    if usable < timeline.n_frames:
+        from ..errors import warn
+
+        warn(f"{path}: its sound ends at {audio_seconds:.1f} s, its picture at {timeline.n_frames / timeline.fps:.1f} s: "
+             f"the {timeline.n_frames - usable} frames after the sound are left out")
 
     # pass 1: faces, tracked as sync tracks them (shot by shot where the clip is an edit)
     detections, times, track_boxes = [], [], []
@@ -126,6 +136,8 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
     last = (None, None)  # a source frame shown twice on the timeline is detected once
     with FaceDetector() as detector, timeline:
         for fr in timeline:
+            if fr.index >= usable:
+                break
             if fr.image is not last[0]:
                 last = (fr.image, detector.detect(fr.image))
             detections.append(last[1])

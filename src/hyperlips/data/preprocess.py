@@ -32,7 +32,7 @@ from .manifests import (
     write_manifest,
     write_time_split_manifest,
 )
-from .sources import VIDEO_SUFFIXES, assign_splits, clip_id_of, find_videos, speaker_of
+from .sources import VIDEO_SUFFIXES, assign_splits, clip_id_of, clip_ids, find_videos, speaker_of
 
 
 def _stop(signum, frame) -> None:
@@ -75,9 +75,9 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
-def _run_one(job: tuple[str, str, str, PreprocessOptions]) -> ClipResult:
-    path, out_dir, rel, opts = job
-    return process_clip(Path(path), Path(out_dir), PurePosixPath(rel), opts)
+def _run_one(job: tuple[str, str, str, PreprocessOptions, str]) -> ClipResult:
+    path, out_dir, rel, opts, clip_id = job
+    return process_clip(Path(path), Path(out_dir), PurePosixPath(rel), opts, clip_id)
 
 
 @dataclass
@@ -144,14 +144,8 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
     wanted = set(only) if only is not None else None
 
     jobs, results = [], []
-    ids: dict[str, str] = {}
-    for v in videos:
-        rel = PurePosixPath(v.relative_to(base).as_posix())
-        cid = clip_id_of(rel)
-        if cid in ids:
-            results.append(ClipResult(str(rel), cid, "skipped", reason=f"same clip name as {ids[cid]} (rename one)"))
-            continue
-        ids[cid] = str(rel)
+    rels = [PurePosixPath(v.relative_to(base).as_posix()) for v in videos]
+    for v, rel, cid in zip(videos, rels, clip_ids(rels)):
         if wanted is not None and str(rel) not in wanted:
             continue
         out_dir = clips_dir / cid
@@ -164,7 +158,7 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
         if prev is not None and prev.get("source_key") == key:
             results.append(ClipResult(str(rel), cid, "skipped", reason=prev.get("reason", "")))
             continue
-        jobs.append((str(v), str(out_dir), str(rel), opts))
+        jobs.append((str(v), str(out_dir), str(rel), opts, cid))
 
     t0 = time.perf_counter()
     bar = new_bar(total=len(jobs), desc="preprocess", unit="clip", disable=not progress or not jobs)

@@ -8,13 +8,17 @@ import hashlib
 import math
 import os
 import re
+import unicodedata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import UserError, warn
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".ts"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".ts",
+                            ".mts", ".m2ts", ".3gp", ".3g2", ".mxf", ".vob", ".ogv", ".dv"})  # camcorders, old phones
 SPEAKER_MODES = ("auto", "parent", "stem", "one")
+
+SOUNDLESS_TAIL = 0.2  # seconds a clip's picture may run on past its sound and still be used to its end
 
 FINETUNE_STATE = "finetune.json"  # in finetune's work folder: its footage, its held-out part, its preprocessing time
 
@@ -48,10 +52,37 @@ def find_videos(src: str | os.PathLike) -> list[Path]:
     return out
 
 
+def frames_with_sound(n_frames: int, fps: float, audio_seconds: float) -> int:
+    """How many of a clip's ``n_frames`` training and the held-out tail use: all of them, unless the sound ends more
+    than ``SOUNDLESS_TAIL`` s before the picture (a clip whose recording stopped early); then those shown before the
+    sound ends (a mouth against silence would teach it nothing true)."""
+    if audio_seconds + SOUNDLESS_TAIL >= n_frames / fps:
+        return n_frames
+    return max(0, min(n_frames, math.ceil(audio_seconds * fps - 1e-9)))
+
+
 def clip_id_of(rel: PurePosixPath) -> str:
-    """The clip's folder name in the dataset: its path under SRC without the suffix (``main/5535/00001``)."""
-    parts = [re.sub(r"[^A-Za-z0-9._\-]", "_", p) for p in rel.with_suffix("").parts]
+    """The clip's folder name in the dataset: its path under SRC without the suffix (``main/5535/00001``); letters
+    and digits of any script are kept (``会議``, ``лекция01``), anything else but ``.`` and ``-`` becomes ``_``."""
+    parts = [re.sub(r"[^\w.\-]", "_", unicodedata.normalize("NFC", p)) for p in rel.with_suffix("").parts]
     return "/".join(p if p not in ("", ".", "..") else "_" for p in parts)
+
+
+def clip_ids(rels: list[PurePosixPath]) -> list[str]:
+    """The names of clips ``rels`` (in order; :func:`clip_id_of`), made distinct: a clip whose name an earlier one
+    already has (``talk.mp4`` and ``talk.mov``, ``a b.mp4`` and ``a_b.mp4``; letter case aside, as some file systems
+    ignore it) gets its file type added (``talk_mov``), then a number."""
+    out, taken = [], set()
+    for rel in rels:
+        cid = clip_id_of(rel)
+        if cid.casefold() in taken:
+            base = f"{cid}_{rel.suffix.lstrip('.').lower()}" if rel.suffix else cid
+            cid, n = base, 2
+            while cid.casefold() in taken:
+                cid, n = f"{base}_{n}", n + 1
+        taken.add(cid.casefold())
+        out.append(cid)
+    return out
 
 
 def speaker_of(rel: PurePosixPath, mode: str = "auto") -> str:

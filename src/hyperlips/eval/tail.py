@@ -57,19 +57,23 @@ def footage_videos(footage: Path) -> list[Path]:
     """The clips of ``footage`` as ``finetune`` takes them, in its order (by clip name as the dataset spells it, so
     ``talk.mpg`` before ``talk-2.mpg``), without those it cannot use for want of a picture or a sound (each said in a
     warning): the tail held out here is then the one its validation held out."""
-    from ..data.sources import clip_id_of, find_videos
+    from ..data.sources import clip_ids, find_videos
     from ..errors import MediaError, warn
 
     if not footage.exists():
         raise UserError(f"footage not found: {footage}")
     if not footage.is_dir():
         return [footage]
-    found = sorted(find_videos(footage), key=lambda p: clip_id_of(PurePosixPath(p.relative_to(footage).as_posix())))
+    found = find_videos(footage)
+    names = dict(zip(found, clip_ids([PurePosixPath(p.relative_to(footage).as_posix()) for p in found])))
+    found = sorted(found, key=names.__getitem__)
     videos = []
     for v in found:
         try:
             usable = _probed(v).has_audio
             why = "it has no audio track"
+            if usable and _sound(v)[1]:
+                usable, why = False, "its audio track is silent"
         except MediaError as e:
             usable, why = False, str(e)
         if usable:
@@ -93,6 +97,29 @@ def _probe_once(path: str, size: int, mtime_ns: int):
     from ..media.video import probe
 
     return probe(path)
+
+
+def _sound(path: Path) -> tuple[float, bool]:
+    """(seconds of sound, whether it is silent) of a clip's audio track, read once."""
+    st = os.stat(path)
+    return _sound_once(os.fspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sound_once(path: str, size: int, mtime_ns: int) -> tuple[float, bool]:
+    from ..media.audio import is_silent, load_audio
+
+    wav = load_audio(path, 16000)
+    return len(wav) / 16000, is_silent(wav)
+
+
+def _frames_used(path: Path, info) -> int:
+    """The frames of a clip that finetune uses (all, unless its sound stops early: ``sources.frames_with_sound``)."""
+    from ..data.sources import frames_with_sound
+
+    if not info.has_audio:
+        return int(info.n_frames)
+    return frames_with_sound(int(info.n_frames), float(info.fps), _sound(path)[0])
 
 
 MIN_TAIL_SECONDS = 2.0  # shorter tails gave perfect scores to the delayed baseline (1 frame cannot be shifted)
@@ -136,7 +163,7 @@ def _unseen_tail(videos: list[Path], checkpoint, fraction: float, seconds: float
     held = held_out_by(checkpoint)
     if held is None:
         return seconds
-    total = sum(i.n_frames / float(i.fps) for i in (_probed(v) for v in videos))
+    total = sum(_frames_used(v, i) / float(i.fps) for v, i in ((v, _probed(v)) for v in videos))
     if abs(float(held["of_seconds"]) - total) > SAME_FOOTAGE_S:
         return seconds  # other footage than the model's: none of it was trained on
     unseen = float(held["seconds"])
@@ -160,7 +187,8 @@ def tail_segments(videos: list[Path], fraction: float = DEFAULT_FRACTION, second
     """(held-out segments in order, (video, first, stop) of the training part just before the tail); a tail under
     ``min_seconds`` is refused (the tail protocol's figures need it; the phoneme protocol only shows its face)."""
     infos = [(v, _probed(v)) for v in videos]
-    total = sum(i.n_frames / float(i.fps) for _, i in infos)
+    used = {v: _frames_used(v, i) for v, i in infos}
+    total = sum(used[v] / float(i.fps) for v, i in infos)
     left = float(seconds) if seconds is not None else float(fraction) * total
     if not 0 < left < total:
         raise UserError(f"the held-out tail ({left:.1f} s) must be shorter than the footage ({total:.1f} s)")
@@ -170,7 +198,7 @@ def tail_segments(videos: list[Path], fraction: float = DEFAULT_FRACTION, second
     segs: list[Segment] = []
     train_part = None
     for v, info in reversed(infos):
-        n, fps = int(info.n_frames), float(info.fps)
+        n, fps = used[v], float(info.fps)
         if left > 1e-9:
             k = min(n, int(math.ceil(left * fps - 1e-6)))
             segs.append(Segment(v, n - k, n, fps))

@@ -26,7 +26,7 @@ from .settings import ServeSettings
 from .store import Store, new_id
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
-                            ".gif"})
+                            ".gif", ".mts", ".m2ts", ".3gp", ".3g2", ".mxf", ".vob", ".ogv", ".dv"})
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".oga", ".opus", ".wma"})
 ACCEPTED_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES | IMAGE_SUFFIXES
 ACCEPTED_KINDS = "videos (mp4, mov, mkv, webm, ...), photos (png, jpg, ...) or speech (wav, mp3, m4a, flac, ogg, ...)"

@@ -213,14 +213,14 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     from ..data.datasets import CLIPS_DIR, META, Manifest
     from ..data.manifests import write_footage_tail_manifest
     from ..data.preprocess import PreprocessOptions, preprocess
-    from ..data.sources import clip_id_of, find_videos
+    from ..data.sources import clip_id_of, clip_ids, find_videos
 
     data = work / "data"
     state_path = work / STATE
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
     if args.video.is_dir():
         videos = find_videos(args.video)
-        ids = [clip_id_of(PurePosixPath(v.relative_to(args.video).as_posix())) for v in videos]
+        ids = clip_ids([PurePosixPath(v.relative_to(args.video).as_posix()) for v in videos])
     else:
         ids = [clip_id_of(PurePosixPath(args.video.name))]
     trained = _has_training(work)
