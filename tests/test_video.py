@@ -630,3 +630,28 @@ def test_writer_interrupted_while_it_sets_up_leaves_no_file(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         VideoWriter(tmp_path / "result.mp4", 64, 48, 25, audio=np.zeros(1600, np.float32))
     assert os.listdir(tmp_path) == []
+
+
+def test_an_avi_capture_with_dropped_frames_keeps_its_timing(tmp_path):
+    """An MJPEG AVI whose capture dropped frames (every fifth missing, as capture software writes it: gaps in its
+    frame counters) shows each frame at its own time: the flash stored at counter 25 is at 1.0 s, with its sound,
+    not 0.8 s (counted in stored order, the picture ran ahead of the sound)."""
+    import av
+
+    from hyperlips.media.timing import open_timeline
+
+    path = tmp_path / "capture.avi"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mjpeg", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuvj420p"
+        for t in (t for t in range(50) if t % 5 != 1):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 255 if t == 25 else 40, np.uint8), format="rgb24")
+            f = f.reformat(format="yuvj420p")
+            f.pts = t
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    with open_timeline(path) as tl:
+        bright = [(fr.index, round(fr.time, 2)) for fr in tl if fr.image.mean() > 200]
+    assert bright[0] == (25, 1.0), bright

@@ -6,7 +6,8 @@ Frame identity: a frame's ``index`` is its position in presentation order among 
 a demux-only scan, no decoding), and its ``time`` is its pts in seconds relative to the first frame. Both are
 the same whether a frame is reached by decoding forward from the start or after a seek, also for
 variable-frame-rate files (where ``index / fps`` is not the frame's time). AVI stores no presentation times:
-there frames are counted in display order and ``time = index / fps``.
+there frames are counted in display order and ``time = index / fps``, except for codecs that never reorder frames
+(MJPEG, DV, raw, ProRes), whose frame counters are their times (the gaps a capture's dropped frames left kept).
 
 Colour: BT.709-tagged (and untagged, as BT.601) YUV is converted with exact rounding and full chroma
 interpolation both ways, so pixels that pass through decode -> encode -> decode keep their levels. A reader with
@@ -189,7 +190,7 @@ def _scan(container, stream) -> _Index:
     except av.error.FFmpegError:
         pass  # a damaged tail: the table covers what could be read; decoding stops there too
     n = len(packets)
-    trust_pts = "avi" not in container.format.name.split(",")
+    trust_pts = "avi" not in container.format.name.split(",") or _counters_are_times(stream, packets)
     repeated = 0
     if n and trust_pts and all(p[0] is not None for p in packets):
         arr = np.unique(np.asarray([p[0] for p in packets], dtype=np.int64))
@@ -206,6 +207,18 @@ def _scan(container, stream) -> _Index:
     rising = all(d is not None for d in dts) and all(b > a for a, b in zip(dts, dts[1:]))
     keys = [(i, p[1]) for i, p in enumerate(packets) if p[2]] if rising else []
     return _Index(None, keys, n, 0, repeated=repeated)
+
+
+def _counters_are_times(stream, packets) -> bool:
+    """Whether an AVI's frame counters are presentation times: for a codec that never reorders frames (MJPEG, DV,
+    raw, ProRes, ...), stored in rising order, they are (a capture that dropped frames leaves gaps in them, which
+    the picture must keep to stay with its sound); a codec with B-frames stores them in decode order."""
+    try:
+        reorders = bool(stream.codec_context.codec.reorder)
+    except Exception:  # an unknown codec: as before, counted in output order
+        return False
+    pts = [p[0] for p in packets]
+    return not reorders and all(t is not None for t in pts) and all(b > a for a, b in zip(pts, pts[1:]))
 
 
 def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
