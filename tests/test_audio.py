@@ -151,6 +151,72 @@ def test_keep_stereo_keeps_each_side_and_mixes_more_channels_down(tmp_path):
     assert np.abs(mix).max() <= 0.4 + 1e-3  # a side's weights sum to one
 
 
+def _pcm_frames(path, samples: np.ndarray, rate: int, skip=(), codec: str = "pcm_s16le", streams: int = 1,
+                default: int | None = None):
+    """Write mono ``samples`` in frames (of 800, or the codec's size) with their own timestamps, leaving out the frames starting in a
+    ``skip`` range of seconds (a recorder that dropped audio); ``streams`` copies of the track, the ``default``-th
+    flagged default (the others silent)."""
+    import av
+    from av.stream import Disposition
+
+    with av.open(str(path), "w") as c:
+        tracks = [c.add_stream(codec, rate=rate, layout="mono") for _ in range(streams)]
+        for k, st in enumerate(tracks):  # (before the first packet: the header is written then)
+            if default is not None:
+                st.disposition = Disposition.default if k == default else Disposition(0)
+        for k, st in enumerate(tracks):
+            sig = samples if default is None or k == default else np.zeros_like(samples)
+            fmt, size = st.codec_context.format.name, st.codec_context.frame_size or 800
+            for pos in range(0, len(sig), size):
+                if any(a * rate <= pos < b * rate for a, b in skip):
+                    continue
+                chunk = sig[None, pos:pos + size]
+                data = (chunk * 32767).astype(np.int16) if fmt.startswith("s16") else chunk.astype(np.float32)
+                f = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout="mono")
+                f.sample_rate, f.pts = rate, pos
+                for pkt in st.encode(f):
+                    c.mux(pkt)
+            for pkt in st.encode(None):
+                c.mux(pkt)
+    return path
+
+
+def _tone_at(seconds: float, start: float, rate: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return np.where((t >= start) & (t < start + 0.1), 0.5 * np.sin(2 * np.pi * 1000 * t), 0.0).astype(np.float32)
+
+
+def test_a_hole_in_the_audio_timestamps_is_silence_in_its_place(tmp_path):
+    """A track whose recorder dropped 0.5 s of audio (its timestamps jump): the sound after the hole stays at its
+    time (a beep at 2.0 s is at 2.0 s, not 1.5 s), with a warning."""
+    path = _pcm_frames(tmp_path / "gap.mkv", _tone_at(3.0, 2.0), 16000, skip=[(0.5, 1.0)])
+    with pytest.warns(InputWarning, match=r"gaps in its timestamps \(0.50 s in all\)"):
+        wav = load_audio(path, 16000)
+    assert abs(len(wav) - 48000) <= 1
+    assert np.argmax(np.abs(wav) > 0.1) / 16000 == pytest.approx(2.0, abs=0.002)
+
+
+def test_the_default_audio_track_is_read(tmp_path):
+    """Of several audio tracks, the one flagged default (the one a player plays), not simply the first."""
+    path = _pcm_frames(tmp_path / "two.mp4", _tone_at(1.0, 0.2), 16000, codec="aac", streams=2, default=1)
+    assert np.abs(load_audio(path, 16000)).max() > 0.4
+
+
+def test_a_damaged_audio_packet_is_silence_not_a_refusal(tmp_path):
+    """A few damaged bytes in an AAC track (what ffmpeg decodes past): the track is read, silence where the packet
+    could not be, with a warning naming where."""
+    from media_builders import write_audio
+
+    path = write_audio(tmp_path / "a.m4a", 0.3 * np.sin(np.arange(48000) * 0.2).astype(np.float32), 16000, codec="aac")
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    with pytest.warns(InputWarning, match="damaged audio packet"):
+        wav = load_audio(path, 16000)
+    assert abs(len(wav) - 48000) <= 0.05 * 16000
+
+
 def test_a_float_file_far_beyond_full_scale_is_scaled_down_not_clipped(tmp_path):
     """A float WAV at 300x full scale keeps its waveform (at full scale, with a warning); one just over full scale
     (lossy decoders overshoot by up to about 1.2) is clipped as before, quietly."""

@@ -127,6 +127,47 @@ def _as_rows(planes: np.ndarray, names: list[str], rows: int) -> np.ndarray:
     return planes if c == 2 else stereo_mix(planes, names)
 
 
+AUDIO_HOLE = 0.02  # seconds: a gap in an audio track's timestamps at least this long is filled with silence
+MAX_AUDIO_HOLE = 30.0  # seconds: a longer jump is a restart of the timestamps (joined segments), not a gap
+
+
+def _audio_stream(container):
+    """The audio track a player plays: the one flagged default, else the first."""
+    from av.stream import Disposition
+
+    for s in container.streams.audio:
+        if s.disposition & Disposition.default:
+            return s
+    return container.streams.audio[0]
+
+
+def _decoded_frames(container, stream):
+    """The stream's decoded frames; None for each packet the decoder could not read (a damaged one), which is then
+    skipped instead of ending the decoding. An error of the demuxer itself after some audio ends the track there."""
+    import av
+
+    got = False
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.error.FFmpegError:
+            if not got:
+                raise
+            yield None
+            break
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            yield None
+            continue
+        for frame in frames:
+            got = True
+            yield frame
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_video: bool = True,
                keep_stereo: bool = False) -> np.ndarray:
     """Decode an audio file or a video's audio track to mono float32 in [-1, 1] at ``sample_rate``.
@@ -154,11 +195,15 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     video_start = None
     end_time = None
     rows = 1
+    base = None  # the time of sample 0, as the frames' timestamps count it (moved where they restart)
+    holes = damaged = 0
+    damaged_at = None
+    n = 0  # samples so far, at the first frame's rate
     try:
         with av.open(p) as container:
             if not container.streams.audio:
                 raise MediaError(f"{p} has no audio track")
-            stream = container.streams.audio[0]
+            stream = _audio_stream(container)
             if align_to_video and container.streams.video:
                 v = container.streams.video[0]
                 if v.start_time is not None and v.time_base is not None:
@@ -166,24 +211,51 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
             end_time = None  # mp4/mov give the track's exact length (edit list); AAC decoders pad the last frame
             if stream.duration and stream.time_base and any(k in container.format.name for k in ("mp4", "mov")):
                 end_time = float(((stream.start_time or 0) + stream.duration) * stream.time_base)
-            for frame in container.decode(stream):
+            for frame in _decoded_frames(container, stream):
+                if frame is None:  # a packet the decoder could not read: its time becomes silence (below)
+                    damaged += 1
+                    damaged_at = damaged_at if damaged_at is not None else n / max(native_rate, 1)
+                    continue
                 if frame.samples == 0:
                     continue
                 planes = _planes(frame)
                 if not native_rate:
                     native_rate = int(frame.sample_rate)
                     if frame.pts is not None and frame.time_base is not None:
-                        first_time = float(frame.pts * frame.time_base)
+                        first_time = base = float(frame.pts * frame.time_base)
                     rows = 2 if keep_stereo and planes.shape[0] > 1 else 1
-                if keep_stereo:
-                    chunks.append(_as_rows(planes, [ch.name for ch in frame.layout.channels], rows))
-                else:
-                    chunks.append(planes.mean(axis=0))
+                elif int(frame.sample_rate) != native_rate:  # the rate changes midway (joined recordings)
+                    from .resample import resample_poly
+
+                    g = math.gcd(native_rate, int(frame.sample_rate))
+                    planes = np.stack([resample_poly(row, native_rate // g, int(frame.sample_rate) // g)
+                                       for row in planes])
+                chunk = (_as_rows(planes, [ch.name for ch in frame.layout.channels], rows) if keep_stereo
+                         else planes.mean(axis=0))
+                if first_time is not None and frame.pts is not None and frame.time_base is not None:
+                    # where the frame's time says it goes: a hole in the timestamps (a recorder that dropped audio,
+                    # a damaged packet) is silence, so what follows stays in step with the picture
+                    at = int(round((float(frame.pts * frame.time_base) - base) * native_rate))
+                    gap = at - n
+                    if native_rate * AUDIO_HOLE <= gap <= native_rate * MAX_AUDIO_HOLE:
+                        chunks.append(np.zeros(chunk.shape[:-1] + (gap,), np.float32))
+                        n += gap
+                        holes += gap
+                    elif abs(gap) > native_rate * AUDIO_HOLE:  # a jump back, or too far: the times restart here
+                        base -= gap / native_rate
+                chunks.append(chunk)
+                n += chunk.shape[-1]
     except MediaError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as e:
         reason = decoder_reason(e)
         raise MediaError(f"cannot decode audio from {p} (unreadable or corrupt file: {reason})") from None
+    if damaged:
+        warn(f"{p}: {damaged} damaged audio packet(s) could not be decoded (first near {damaged_at:.2f} s); silence is "
+             "in their place")
+    if holes and not damaged:
+        warn(f"{p}: its audio has gaps in its timestamps ({holes / native_rate:.2f} s in all); silence is put in "
+             "them, so the sound stays in step with the picture")
     n = sum(c.shape[-1] for c in chunks)
     if n == 0 or not native_rate:
         raise MediaError(f"{p} holds no audio samples (zero-length audio track)")
