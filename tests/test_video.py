@@ -655,3 +655,83 @@ def test_an_avi_capture_with_dropped_frames_keeps_its_timing(tmp_path):
     with open_timeline(path) as tl:
         bright = [(fr.index, round(fr.time, 2)) for fr in tl if fr.image.mean() > 200]
     assert bright[0] == (25, 1.0), bright
+
+
+def test_cover_art_is_not_a_video(tmp_path):
+    """An mp3 with its album's cover (an attached picture): no video to lip-sync, said so (a face on the cover was
+    once lip-synced as a 75-frame video)."""
+    import av
+    from av.stream import Disposition
+
+    from hyperlips.errors import MediaError
+    from hyperlips.media.video import probe
+
+    path = tmp_path / "song.mp3"
+    with av.open(str(path), "w") as c:
+        a = c.add_stream("libmp3lame", rate=16000, layout="mono")
+        v = c.add_stream("mjpeg")
+        v.width, v.height, v.pix_fmt, v.disposition = 64, 64, "yuvj420p", Disposition.attached_pic
+        f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 128, np.uint8), format="rgb24").reformat(format="yuvj420p")
+        f.pts = 0
+        for pkt in [*v.encode(f), *v.encode(None)]:
+            c.mux(pkt)
+        resampler = av.AudioResampler(format=a.codec_context.format.name, layout="mono", rate=16000)
+        sig = (0.3 * np.sin(np.arange(16000) * 0.2)).astype(np.float32)
+        for pos in range(0, 16000, a.codec_context.frame_size):
+            fr = av.AudioFrame.from_ndarray(sig[None, pos:pos + a.codec_context.frame_size].copy(), format="fltp",
+                                            layout="mono")
+            fr.sample_rate, fr.pts = 16000, pos
+            for r in resampler.resample(fr):
+                for pkt in a.encode(r):
+                    c.mux(pkt)
+        for pkt in a.encode(None):
+            c.mux(pkt)
+    with pytest.raises(MediaError, match="has no video stream \\(only its cover art"):
+        probe(path)
+
+
+def test_a_one_frame_video_file_is_a_still_image(tmp_path):
+    """A picture in a video's format (a one-frame GIF, as a phone's share sheet or an AVIF/HEIF photo gives it) is
+    a still image, 25 fps as a PNG is, not a one-frame video at its container's rate (a GIF's 100 fps)."""
+    from PIL import Image
+
+    path = tmp_path / "photo.gif"
+    Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(path, duration=10)
+    info = probe(path)
+    assert (info.is_image, info.fps, info.n_frames, info.width, info.height) == (True, 25.0, 1, 64, 48)
+    with FrameReader(path) as r:
+        frames = list(r)
+    assert len(frames) == 1 and frames[0].image.shape == (48, 64, 3)
+
+
+def _set_track_matrix(path: Path, a: int, b: int, c: int, d: int, tx: int, ty: int) -> None:
+    """Write a display matrix into an MP4's first track header (as an editor's flip or a phone's rotation does)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = data.index(b"tkhd") + 4
+    version = data[at]
+    at += 4 + (32 if version == 1 else 20) + 16  # version/flags, times and ids, reserved, layer, group, volume
+    one = 1 << 16
+    data[at:at + 36] = struct.pack(">9i", a * one, b * one, 0, c * one, d * one, 0, tx * one, ty * one, 1 << 30)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("matrix, want", [((-1, 0, 0, 1), "mirrored"), ((1, 0, 0, -1), "upside down"),
+                                          ((0, 1, 1, 0), "transposed"), ((-1, 0, 0, -1), "turned")])
+def test_a_mirrored_video_is_shown_as_players_show_it(tmp_path, matrix, want):
+    """A display matrix with a flip (an editor's mirror, some front cameras): the frames as a player shows them (a
+    mirror was once read as a half turn: upside down)."""
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[:24, :16] = 255  # a white block at the top left
+    path = tmp_path / "v.mp4"
+    with VideoWriter(path, 64, 48, 25, pix_fmt="yuv444p", crf=0) as w:
+        for _ in range(3):
+            w.write(img)
+    a, b, c, d = matrix
+    _set_track_matrix(path, a, b, c, d, 64 if a < 0 or c < 0 else 0, 48 if d < 0 or b < 0 else 0)
+    shown = {"mirrored": img[:, ::-1], "upside down": img[::-1], "transposed": img.transpose(1, 0, 2),
+             "turned": img[::-1, ::-1]}[want]
+    with FrameReader(path) as r:
+        got = next(iter(r)).image
+    assert got.shape == shown.shape and np.abs(got.astype(int) - shown).mean() < 3

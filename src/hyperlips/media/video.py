@@ -61,6 +61,9 @@ class VideoInfo:
     sample_aspect: Fraction = Fraction(1)
     # "PQ" or "HLG": the picture is coded for a high dynamic range display (its transfer function); "" for SDR
     hdr: str = ""
+    # the picture is shown mirrored (left to right) before its rotation: a display matrix with a flip (an editor's
+    # "flip", some front cameras); a vertical flip is a mirror turned by 180 degrees
+    mirror: bool = False
 
 
 @dataclass
@@ -92,15 +95,44 @@ def _read_image(path: str) -> np.ndarray:
     return img
 
 
-def rotate_image(image: np.ndarray, rotation: int) -> np.ndarray:
-    """Rotate ``image`` counter-clockwise by ``rotation`` degrees (a multiple of 90)."""
+def rotate_image(image: np.ndarray, rotation: int, mirror: bool = False) -> np.ndarray:
+    """Rotate ``image`` counter-clockwise by ``rotation`` degrees (a multiple of 90), after mirroring it left to
+    right where ``mirror``."""
     k = (int(rotation) // 90) % 4
-    return image if k == 0 else np.ascontiguousarray(np.rot90(image, k))
+    if mirror:
+        image = image[:, ::-1]
+    return image if k == 0 and not mirror else np.ascontiguousarray(np.rot90(image, k))
 
 
 def _norm_rotation(deg: float) -> int:
     """Nearest multiple of 90 in [0, 360)."""
     return int(round(float(deg) / 90.0)) % 4 * 90
+
+
+def _display_matrix(frame) -> np.ndarray | None:
+    """The frame's display matrix (3x3 of 16.16 fixed point, as FFmpeg stores it), or None."""
+    for sd in getattr(frame, "side_data", ()):
+        if "DISPLAYMATRIX" in str(getattr(sd, "type", "")):
+            m = np.frombuffer(bytes(sd), dtype="<i4")
+            return m if m.size == 9 else None
+    return None
+
+
+def _frame_orientation(frame, stream) -> tuple[int, bool]:
+    """(counter-clockwise rotation, mirrored first) of a frame as shown, as FFmpeg's own tools turn and flip it
+    (ffmpeg's autorotate: a 180-degree matrix with one axis negated is a flip, not a turn)."""
+    m = _display_matrix(frame)
+    rot = getattr(frame, "rotation", None)  # DISPLAYMATRIX side data, counter-clockwise degrees (PyAV >= 14)
+    if m is not None and float(m[0]) * float(m[4]) - float(m[1]) * float(m[3]) < 0:  # a mirror in it
+        clockwise = (-_norm_rotation(rot or 0)) % 360
+        if clockwise == 90:  # FFmpeg: transpose=cclock_flip
+            return 90, True
+        if clockwise == 270:  # transpose=clock_flip
+            return 270, True
+        if m[0] < 0 and m[4] >= 0:  # hflip
+            return 0, True
+        return 180, True  # vflip: a mirror turned by 180 degrees
+    return _frame_rotation(frame, stream), False
 
 
 def _frame_rotation(frame, stream) -> int:
@@ -137,12 +169,14 @@ def as_rate(fps: float | Fraction) -> Fraction:
 
 
 def _video_stream(container, path: str):
-    for s in container.streams.video:
-        disp = getattr(s, "disposition", None)
-        if disp is not None and "attached_pic" in str(disp).lower():
-            continue  # cover art of an audio file, not a video
-        return s
-    raise MediaError(f"{path} has no video stream")
+    """The video a player shows: cover art (an audio file's picture) left out, the track flagged default first."""
+    from av.stream import Disposition
+
+    videos = [s for s in container.streams.video if not (s.disposition & Disposition.attached_pic)]
+    if not videos:
+        raise MediaError(f"{path} has no video stream" + (" (only its cover art, a still picture of an audio file)"
+                                                          if container.streams.video else ""))
+    return next((s for s in videos if s.disposition & Disposition.default), videos[0])
 
 
 def _open(path: str):
@@ -240,7 +274,7 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
             raise MediaError(f"cannot decode video from {path} (corrupt file: {reason})") from None
         if first is None:
             raise MediaError(f"{path}: no video frame could be decoded")
-        rotation = _frame_rotation(first, stream)
+        rotation, mirror = _frame_orientation(first, stream)
         w, h = first.width, first.height
         sar = _sample_aspect(stream)
         hdr = HDR_TRANSFERS.get(int(getattr(first, "color_trc", 0) or stream.codec_context.color_trc or 0), "")
@@ -263,7 +297,7 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
     if rotation in (90, 270):
         w, h, sar = h, w, 1 / sar
     info = VideoInfo(os.fspath(path), int(w), int(h), fps, rate, int(n_frames), duration, rotation, has_audio,
-                     False, codec, sar, hdr)
+                     False, codec, sar, hdr, mirror)
     return info, index
 
 
@@ -284,7 +318,11 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     p = os.fspath(path)
     if _is_image(p):
         return _image_info(p, _read_image(p))
-    return _probe_video(p)[0]
+    info, index = _probe_video(p)
+    if index.n_frames == 1 and not info.has_audio:  # a still picture (FrameReader reads it as one)
+        with FrameReader(p) as reader:
+            return reader.info
+    return info
 
 
 def _image_info(path: str, img: np.ndarray) -> VideoInfo:
@@ -320,6 +358,14 @@ class FrameReader:
         self._t0 = None
         self._reformatter = None
         self.bad_packets = 0  # packets the decoder rejected so far (damaged data)
+        if self._image is None and self._index.n_frames == 1 and not self.info.has_audio:
+            # one picture in a video's clothes (a one-frame GIF, an AVIF or HEIF photo): a still image, as a PNG
+            # is, not a one-frame video at its container's rate (a GIF's 100 fps, an AVIF's 1 fps)
+            first = next(self.iter_range(0, 1), None)
+            self.close()
+            if first is not None:
+                self._image, self._index = first.image, None
+                self.info = _image_info(self.path, self._image)
 
     # -- facts
     @property
@@ -499,7 +545,7 @@ class FrameReader:
                     continue
                 if stop is not None and idx >= stop:
                     return
-                keep = self.keep_source and not self.info.rotation and writer_coded(fr)
+                keep = self.keep_source and not self.info.rotation and not self.info.mirror and writer_coded(fr)
                 check_stop()  # a signal whose exception the decoder swallowed stops the reading here
                 yield Frame(idx, t, self._to_bgr(fr), bool(fr.is_corrupt), fr if keep else None)
             if not overshoot:
@@ -521,7 +567,7 @@ class FrameReader:
             img = cv2.merge([b, g, r])
         else:
             img = self._reformatter.reformat(frame, format="bgr24", interpolation=self._flags, threads=1).to_ndarray()
-        return rotate_image(img, self.info.rotation)
+        return rotate_image(img, self.info.rotation, self.info.mirror)
 
 
 def plane_views(picture) -> list[np.ndarray]:
