@@ -40,7 +40,7 @@ def server(tmp_path):
     apps = []
 
     def start(run_jobs: bool = True, **kw) -> tuple[App, Client]:
-        app = App(quick_settings(tmp_path / "data", **kw)).start(run_jobs=run_jobs)
+        app = App(quick_settings(kw.pop("data", tmp_path / "data"), **kw)).start(run_jobs=run_jobs)
         apps.append(app)
         return app, Client(app.url)
 
@@ -410,6 +410,17 @@ def test_the_mouth_mode_reaches_the_worker(server, inputs, tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(frames["warp"], frames["render"]))
 
 
+def test_a_relative_data_folder_runs_jobs(server, inputs, tmp_path, monkeypatch):
+    """``serve --data srv/data`` (relative): jobs run (the worker, started in the job's folder, looked for the job
+    under a relative path there, and every job failed)."""
+    monkeypatch.chdir(tmp_path)
+    app, client = server(data=Path("srv") / "data", models=Path("srv") / "models")
+    assert app.settings.data.is_absolute() and app.settings.models.is_absolute()
+    job = _sync_job(client, inputs)
+    done, _ = client.wait(job["id"], timeout=900)
+    assert done["state"] == "done", done["message"]
+
+
 def test_phoneme_timings_reach_the_worker(server, inputs):
     """A sync job's phoneme timings are checked, kept with the job and given to sync (which says they run past the
     end of this speech)."""
@@ -572,10 +583,28 @@ def test_person_models_are_listed_and_used(server, inputs, tmp_path, caplog):
     status, err = client.json("POST", "/api/jobs", {"video": photo["id"], "audio": speech["id"],
                                                     "model": "person:anna", "mouth": "warp", "size": 256})
     assert status == 400 and "mouth warp moves the frame's own lips" in err["error"]  # no HR decoder to sharpen them
+    status, err = client.json("POST", "/api/jobs", {"video": photo["id"], "audio": speech["id"],
+                                                    "model": "person:anna", "mouth": "hybrid"})
+    assert status == 400 and "anna (person model) is HyperLips-Base, which reads no shape" in err["error"]  # not later
     job = _sync_job(client, inputs, model="person:anna")
     assert job["params"]["size"] == 256  # a person model defaults to its largest size
     done, _ = client.wait(job["id"], timeout=900)
     assert done["state"] == "done", done["message"]
+
+
+def test_a_128_px_hr_decoder_is_used(server, inputs, tmp_path):
+    """A person model with an HR decoder for 128 px (finetune --hr-size 128): its jobs get that decoder (they got
+    none: only 256 and 512 were looked up)."""
+    from hyperlips.models import create_model, save_checkpoint
+
+    models = tmp_path / "data" / "models"
+    models.mkdir(parents=True)
+    random_base_checkpoint(models / "bob.safetensors", official=False)
+    save_checkpoint(create_model("hyperlips-hr-128"), models / "bob.hr128.safetensors", "hyperlips-hr-128")
+    app, client = server(run_jobs=False)
+    job = _sync_job(client, inputs, model="person:bob")
+    kept = json.loads((app.settings.data / "jobs" / job["id"] / "job.json").read_text())
+    assert job["params"]["size"] == 128 and kept["model"]["hr_checkpoint"] == str(models / "bob.hr128.safetensors")
 
 
 def test_requests_leave_no_open_files_behind(server):

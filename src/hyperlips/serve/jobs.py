@@ -127,12 +127,15 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
     if mouth in ("warp", "hybrid") and model.id == UNTRAINED_ID:
         raise _bad(f"mouth {mouth} moves the mouth to the shape a trained HyperLips-Lite reads from the speech; "
                    "the untrained model has none (use render)")
+    if mouth in ("warp", "hybrid") and _network_of(model.checkpoint) == "hyperlips-base":
+        raise _bad(f"mouth {mouth} moves the mouth to the shape HyperLips-Lite reads from the speech; {model.label} is "
+                   "HyperLips-Base, which reads no shape (use render or auto)")
     marks = _phonemes(params, audio["facts"].get("audio_seconds"))
     v_path = link_into(video, settings, folder, "video")
     a_path = link_into(audio, settings, folder, "audio")
     if marks is not None:
         write_marks(folder / "phonemes.txt", marks)
-    hr = model.hr.get(size) if size != 128 else None
+    hr = model.hr.get(size)  # (an HR decoder of 128 px sharpens the 128 px face too)
     job = {
         "video": v_path.name, "audio": a_path.name,
         "names": {v_path.name: video["name"], a_path.name: audio["name"], **_model_names(model, hr, size)},
@@ -150,6 +153,20 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
 
 
 MAX_PHONEMES = 100_000  # about two hours of speech
+
+
+def _network_of(checkpoint) -> str | None:
+    """The network a model's safetensors file holds ("hyperlips-lite", "hyperlips-base"), as its metadata says; None
+    for another file (a .pth: the job finds out when it loads it)."""
+    if checkpoint is None or Path(checkpoint).suffix.lower() != ".safetensors":
+        return None
+    path = Path(checkpoint)
+    try:
+        from ..models.metadata import read_metadata
+
+        return read_metadata(path).get("name")
+    except Exception:  # unreadable here: the job says why when it loads it
+        return None
 
 
 def _phonemes(params: dict, seconds: float | None = None):

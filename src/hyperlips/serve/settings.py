@@ -40,8 +40,9 @@ class ServeSettings:
     examples: bool = True  # offer the built-in example (a photo and synthesised speech)
 
     def __post_init__(self) -> None:
-        self.data = Path(self.data)
-        self.models = Path(self.models) if self.models is not None else self.data / "models"
+        # absolute: a job's worker runs in the job's folder, where a relative path would name another place
+        self.data = Path(self.data).expanduser().absolute()
+        self.models = Path(self.models).expanduser().absolute() if self.models is not None else self.data / "models"
 
     @property
     def max_upload_bytes(self) -> int:
