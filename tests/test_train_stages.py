@@ -231,6 +231,44 @@ def test_finetune_with_one_step(more_data, tmp_path):
     assert moved.stat().st_mtime_ns == stamp and (tmp_path / "me.work/hr128").is_dir()
 
 
+def test_finetune_base_and_hr_share_the_budget_and_an_interrupted_hr_run_continues(more_data, tmp_path, monkeypatch):
+    """``finetune --model base --hr-size N --minutes M``: the whole command keeps to M (the HR stage had no budget:
+    3 hours planned after a 3-minute Base), and the HR run says which Base it trains on before it starts (an
+    interrupted one was taken for another Base's and trained again from its first step)."""
+    import types
+
+    from hyperlips.cli import main
+    from hyperlips.models import create_model, save_checkpoint
+    from hyperlips.train import finetune as ft
+
+    from helpers import random_base_checkpoint
+
+    base_file = random_base_checkpoint(tmp_path / "b.safetensors", official=False)
+    hr_file = save_checkpoint(create_model("hyperlips-hr-128"), tmp_path / "h.safetensors", "hyperlips-hr-128")
+    calls = []
+
+    def fake_train(stage_cls, cfg, quiet):
+        key = Path(cfg.out) / ft.BASE_KEY
+        calls.append((stage_cls.__name__, cfg.max_minutes, key.is_file() and key.read_text()))
+        model = hr_file if stage_cls.__name__ == "HRStage" else base_file
+        return types.SimpleNamespace(best=None, model=model, step=1, metrics={})
+
+    monkeypatch.setattr(ft, "_train", fake_train)
+    out = tmp_path / "me.safetensors"
+    args = ["finetune", str(more_data / "grid_lipnet/sbwe5n.mpg"), "-o", str(out), "--model", "base", "--hr-size", "128",
+            "--minutes", "4", "--device", "cpu", "--quiet"]
+    assert main(args) == 0
+    prep = json.loads((tmp_path / "me.work" / "finetune.json").read_text())["prep_seconds"]
+    (base, base_minutes, _), (hr, hr_minutes, key) = calls
+    budget = 4 * 60 - prep - 2 * ft.RESERVE_S
+    assert (base, hr) == ("BaseStage", "HRStage")
+    assert base_minutes == pytest.approx(budget * ft.BASE_SHARE / 60, abs=1e-6)
+    assert budget * (1 - ft.BASE_SHARE) / 60 <= hr_minutes <= budget / 60  # what the Base left (here, all)
+    from hyperlips.train.hr import content_key
+
+    assert key == content_key(out)  # written before the HR stage ran, so a re-run after Ctrl-C continues it
+
+
 @pytest.mark.slow
 def test_finetune_one_video_end_to_end(more_data, tmp_path):
     """`hyperlips finetune` on one real clip: base and HR models written, and `sync` uses them."""

@@ -75,7 +75,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", choices=("lite", "base"), default="lite",
                    help="lite (HyperLips-Lite, default: compact, trains on a CPU) or base (HyperLips-Base)")
     p.add_argument("--minutes", type=float, help=f"wall-clock budget of the whole command, preprocessing included "
-                   f"(Lite default {DEFAULT_MINUTES:g}; Base: none)")
+                   f"(Lite default {DEFAULT_MINUTES:g}; Base: none; with --hr-size, the Base gets half of what "
+                   "preprocessing leaves, the HR decoder the rest)")
     p.add_argument("--steps", type=int, help="stop after this many steps at the latest (Base default 2000)")
     p.add_argument("--checkpoint", help="weights to start from (Lite default: the starter shipped in the package; "
                    "Base: from scratch)")
@@ -445,7 +446,10 @@ def _hr_run_for(run: Path, base_key: str, quiet: bool) -> Path:
     return run
 
 
-def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
+BASE_SHARE = 0.5  # of a --minutes budget with --hr-size, the Base's; the HR decoder gets the rest
+
+
+def _base(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
     from .base import BaseStage
     from .config import build_config, parse_overrides
     from .hr import HRStage
@@ -454,11 +458,20 @@ def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
     out = args.output
     steps = args.steps or 2000
     extra = parse_overrides(args.set)
+    t_start = time.monotonic()
+    budget_s = None  # the whole command's --minutes, less preprocessing and the reserve for writing the models
+    if args.minutes:
+        budget_s = args.minutes * 60.0 - float(state.get("prep_seconds", 0.0)) - RESERVE_S * (2 if args.hr_size else 1)
+        if budget_s < MIN_TRAIN_S * (2 if args.hr_size else 1):
+            raise UserError(f"--minutes {args.minutes:g} leaves {max(budget_s, 0.0):.0f} s to train (preprocessing "
+                            f"took {state.get('prep_seconds', 0):.0f} s){' for the Base and the HR decoder' if args.hr_size else ''}; "
+                            "give more minutes")
+    base_minutes = 0.0 if budget_s is None else budget_s * (BASE_SHARE if args.hr_size else 1.0) / 60.0
     common = {"data": str(data), "batch_size": args.batch_size or 8, "lr": args.lr or 5e-5, "device": args.device,
               "workers": 2 if args.workers is None else args.workers, "amp": args.amp, "progress": _bars(args),
               **({} if args.threads is None else {"threads": args.threads}),
               "progress_file": str(work / "progress.json"),
-              "max_minutes": args.minutes or 0.0, **extra}
+              "max_minutes": base_minutes, **extra}
     every = max(1, min(500, steps // 4))
     cfg = build_config("base", overrides={"val_samples": 32, **common, "out": str(work / "base"),
                                           "init": args.checkpoint, "expert": args.expert, "max_steps": steps,
@@ -471,17 +484,22 @@ def _base(args: argparse.Namespace, work: Path, data: Path) -> int:
     if args.hr_size:
         base_key = hr_content_key(out)
         hr_run = _hr_run_for(work / f"hr{args.hr_size}", base_key, args.quiet)
+        hr_run.mkdir(parents=True, exist_ok=True)  # the Base it trains on, said before it starts: an interrupted
+        (hr_run / BASE_KEY).write_text(base_key, encoding="utf-8")  # run then continues on the same Base
         hr_every = max(1, min(500, args.hr_steps // 4))
+        hr_minutes = 0.0
+        if budget_s is not None:  # what the Base left of the command's budget
+            hr_minutes = max(MIN_TRAIN_S, budget_s - (time.monotonic() - t_start)) / 60.0
         cfg = build_config("hr", overrides={"val_samples": 32, **common, "out": str(hr_run),
                                             "base": str(out), "init": args.hr_checkpoint, "hr_size": args.hr_size,
-                                            "max_steps": args.hr_steps, "val_every": hr_every, "max_minutes": 0.0,
-                                            "ckpt_every": hr_every})
+                                            "max_steps": args.hr_steps, "val_every": hr_every,
+                                            "max_minutes": hr_minutes, "ckpt_every": hr_every})
         res = _train(HRStage, cfg, args.quiet)
-        (hr_run / BASE_KEY).write_text(base_key, encoding="utf-8")
         hr_out = _hr_path(out, args.hr_size)
         _publish(res.best or res.model, hr_out, f"hyperlips-hr-{args.hr_size}")
         print(f"trained the HR decoder ({args.hr_size} px, {res.step} steps): {hr_out}")
-    cmd = f"hyperlips sync {shlex.quote(str(args.video))} AUDIO -o out.mp4 --checkpoint {shlex.quote(str(out))}"
+    video = "VIDEO" if args.video.is_dir() else shlex.quote(str(args.video))  # (sync takes one video, not a folder)
+    cmd = f"hyperlips sync {video} AUDIO -o out.mp4 --checkpoint {shlex.quote(str(out))}"
     if hr_out is not None:
         cmd += f" --hr-checkpoint {shlex.quote(str(hr_out))}"
     print(f"use it with: {cmd}")
@@ -500,4 +518,4 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise
     if args.model == "lite":
         return _lite(args, work, data, state)
-    return _base(args, work, data)
+    return _base(args, work, data, state)
