@@ -150,6 +150,11 @@ def test_tail_protocol_errors(more_data, tmp_path, monkeypatch):
     res = run_cli("eval", "--clips", more_data / "grid_s1/bbaf3s.mpg", "--protocol", "tail", "--untrained",
                   "--tail-fraction", "1.5")
     assert res.returncode == 2 and "--tail-fraction" in res.stderr
+    for protocol in ("tail", "phonemes"):  # the HR decoder asked for is used (it was left out without a word)
+        res = run_cli("eval", "--clips", more_data / "grid_s1/bbaf3s.mpg", "--protocol", protocol, "--tail-seconds", "2",
+                      "--mouth", "render", "--hr-checkpoint", tmp_path / "nope_hr.pth", "--size", "256",
+                      "-o", tmp_path / protocol)
+        assert res.returncode == 2 and "checkpoint not found" in res.stderr and "nope_hr.pth" in res.stderr, res.stderr
 
 
 def test_a_warped_tail_is_driven_from_shifted_frames(more_data, tmp_path, monkeypatch):

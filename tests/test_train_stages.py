@@ -106,6 +106,9 @@ def test_hr_renders_its_inputs_like_inference_and_trains(one_clip, tmp_path, cap
     res = _trainer("hr", one_clip, tmp_path / "run", base=str(base_path), max_steps=2, batch_size=2).fit()
     err = capsys.readouterr().err
     assert err.count("using the fallback") == 1  # said once
+    done = json.loads((tmp_path / "run/hr_inputs/lrs2/00002/done.json").read_text())
+    assert done["no_landmarks"] > 0.5 * done["frames"]  # random weights draw no face ...
+    assert "FaceMesh found no face in" in err and "the Base draws no face yet" in err  # ... and that is said
     assert {"feat_match", "ssim", "lip_ssim", "adv", "l1", "lip_l1"} <= set(res.losses[-1])
     parts = ("feat_match", "ssim", "lip_ssim", "adv", "l1", "lip_l1")  # every weight 1, as the original
     assert all(r["loss"] == pytest.approx(sum(r[k] for k in parts), rel=1e-6) for r in res.losses)

@@ -190,7 +190,8 @@ def _run_tail(args, device: str, progress: bool) -> int:
     res = run_tail_protocol(args.clips, args.output, checkpoint=args.checkpoint, fraction=args.tail_fraction,
                             seconds=args.tail_seconds, device=device, batch_size=args.batch_size,
                             untrained=args.untrained, model=args.model, progress=progress,
-                            temporal_blend=args.temporal_blend, mouth=args.mouth, shift_source=args.shift_source)
+                            temporal_blend=args.temporal_blend, mouth=args.mouth, shift_source=args.shift_source,
+                            hr_checkpoint=args.hr_checkpoint, size=args.size)
     from .report import _fmt
 
     for m, row in res.rows.items():
@@ -229,7 +230,8 @@ def _run_phonemes(args, device: str, progress: bool) -> int:
                                voice=args.voice, speech=args.speech,
                                fraction=args.tail_fraction, seconds=args.tail_seconds, device=device,
                                batch_size=args.batch_size, untrained=args.untrained, model=args.model,
-                               progress=progress, temporal_blend=args.temporal_blend, mouth=args.mouth)
+                               progress=progress, temporal_blend=args.temporal_blend, mouth=args.mouth,
+                               hr_checkpoint=args.hr_checkpoint, size=args.size)
     for m, r in res.rows.items():
         print(f"{m}: opening at /p b m/ {_fmt(r['open_bilabial'])} ({r['bilabials']}), at vowels "
               f"{_fmt(r['open_vowel'])} ({r['vowels']}), bilabials below the vowels' median {_fmt(r['closed_share'])}, "

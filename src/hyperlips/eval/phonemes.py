@@ -148,7 +148,8 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
                          seconds: float | None = None, device: str = "auto", batch_size: int = 16,
                          untrained: bool = False, model: str | None = None, progress: bool = False,
                          baseline: bool = True, temporal_blend: float = DEFAULT_BLEND,
-                         mouth: str = "auto", speech=None) -> PhonemeResult:
+                         mouth: str = "auto", speech=None, hr_checkpoint=None, size: int | None = None
+                         ) -> PhonemeResult:
     """Re-sync the held-out tail of ``footage`` to synthesised speech (``text``, or the recordings ``speech``, timed
     by the phone recogniser: :func:`recorded_speech`) and time its mouth against the phonemes (``mouth``: the
     LipSync's)."""
@@ -181,8 +182,9 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     speech = work / "speech.wav"
     sf.write(str(speech), pcm, sr)
     duration = len(pcm) / sr
-    methods = {"model": LipSync(checkpoint, device=device, batch_size=batch_size, untrained=untrained, model=model,
-                                progress=progress, temporal_blend=temporal_blend, mouth=mouth)}
+    methods = {"model": LipSync(checkpoint, hr_checkpoint, size=size, device=device, batch_size=batch_size,
+                                untrained=untrained, model=model, progress=progress, temporal_blend=temporal_blend,
+                                mouth=mouth)}
     if baseline:
         methods["hold"] = LipSync(network=hold_reference_network(), device=device, batch_size=batch_size,
                                   progress=progress)

@@ -296,7 +296,7 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
                       seconds: float | None = None, device: str = "auto", batch_size: int = 16,
                       untrained: bool = False, model: str | None = None, progress: bool = False,
                       baselines: bool = True, temporal_blend: float = DEFAULT_BLEND, mouth: str = "auto",
-                      shift_source: bool = False) -> TailResult:
+                      shift_source: bool = False, hr_checkpoint=None, size: int | None = None) -> TailResult:
     """Regenerate the held-out tail of ``footage`` with the model and measure it and the two baselines. ``mouth``:
     the LipSync's; ``shift_source`` (always when the frame's own mouth is used: ``warp``, ``hybrid``): the model is driven from the tail's frames
     shifted by half its length (``protocols.shifted_copy``), so they hold no trace of the mouth it predicts."""
@@ -310,8 +310,8 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     segs, train_part = tail_segments(videos, fraction, seconds)
     work = out / "tail"
     ref_png = pick_reference(train_part, work / "reference.png")
-    model = LipSync(checkpoint, device=device, batch_size=batch_size, untrained=untrained, model=model,
-                    progress=progress, temporal_blend=temporal_blend, mouth=mouth)
+    model = LipSync(checkpoint, hr_checkpoint, size=size, device=device, batch_size=batch_size, untrained=untrained,
+                    model=model, progress=progress, temporal_blend=temporal_blend, mouth=mouth)
     shift = shift_source or model.mouth != "render"
     hold = LipSync(network=hold_reference_network(), device=device, batch_size=batch_size, progress=progress) if baselines else None
     per: dict[str, list] = {m: [] for m in METHODS}

@@ -80,6 +80,7 @@ def build_hr_inputs(manifest: Manifest, base_checkpoint: str | os.PathLike, out:
     ids = sorted({c["id"] for c in manifest.clips})
     mine = ids[rank::world]
     done_clips = 0
+    rendered = no_mesh = 0  # frames rendered, and those of them on which FaceMesh found no face (a blank sketch)
     for cid in mine:
         dst = out / cid
         marker = dst / "done.json"
@@ -138,8 +139,14 @@ def build_hr_inputs(manifest: Manifest, base_checkpoint: str | os.PathLike, out:
             shutil.rmtree(dst)
         os.replace(tmp, dst)
         done_clips += 1
+        rendered += len(valid)
+        no_mesh += n_missing
     if done_clips:
         say(f"rendered HR inputs for {done_clips} clip(s) with {base_checkpoint}")
+    if rendered and no_mesh > 0.5 * rendered:
+        say(f"warning: FaceMesh found no face in {no_mesh} of the {rendered} faces the Base rendered, so their sketches "
+            "(half of the HR decoder's input) are blank or held from an earlier frame: the Base draws no face yet "
+            "(a few steps of training from scratch); train it further, or start it from trained weights")
     return out
 
 
