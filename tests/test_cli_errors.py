@@ -39,6 +39,14 @@ def test_missing_video(tmp_path, ckpt):
     assert_clean_failure(r, out, "not found", "nope.mp4")
 
 
+@pytest.mark.parametrize("video, reason", [("https://example.com/talk.mp4", "web addresses are not read"),
+                                           ("-", "standard input is not read")])
+def test_a_url_or_stdin_is_told_apart_from_a_missing_file(tmp_path, ckpt, video, reason):
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", video, write_wav(tmp_path / "a.wav", 1.0), "-o", out, "--checkpoint", ckpt, "--quiet")
+    assert_clean_failure(r, out, reason)
+
+
 def test_missing_audio(tmp_path, ckpt, face_video):
     out = tmp_path / "out.mp4"
     r = run_cli("sync", face_video, tmp_path / "nope.wav", "-o", out, "--checkpoint", ckpt, "--quiet")

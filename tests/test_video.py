@@ -735,3 +735,40 @@ def test_a_mirrored_video_is_shown_as_players_show_it(tmp_path, matrix, want):
     with FrameReader(path) as r:
         got = next(iter(r)).image
     assert got.shape == shown.shape and np.abs(got.astype(int) - shown).mean() < 3
+
+
+def test_a_picture_that_changes_size_midway_is_scaled_to_the_first_size(tmp_path):
+    """Joined streams (an adaptive download, two recordings cat'ed): the frames after a size change are scaled to
+    the first size, with a warning (the writer stopped with a traceback on the first frame of another size)."""
+    import warnings
+    from fractions import Fraction
+
+    import av
+
+    from hyperlips.errors import InputWarning
+
+    def part(path, w, h, start):
+        with av.open(str(path), "w", format="mpegts") as c:
+            s = c.add_stream("mpeg2video", rate=25)
+            s.width, s.height, s.pix_fmt, s.time_base = w, h, "yuv420p", Fraction(1, 25)
+            for k in range(10):
+                f = av.VideoFrame.from_ndarray(np.full((h, w, 3), 100, np.uint8), format="rgb24").reformat(
+                    format="yuv420p")
+                f.pts, f.time_base = start + k, Fraction(1, 25)
+                for pkt in s.encode(f):
+                    c.mux(pkt)
+            for pkt in s.encode(None):
+                c.mux(pkt)
+
+    part(tmp_path / "a.ts", 64, 48, 0)
+    part(tmp_path / "b.ts", 48, 32, 10)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes((tmp_path / "a.ts").read_bytes() + (tmp_path / "b.ts").read_bytes())
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with FrameReader(joined) as r:
+            frames = list(r)
+    assert len(frames) >= 18 and {f.image.shape for f in frames} == {(48, 64, 3)}
+    assert [str(w.message) for w in said if issubclass(w.category, InputWarning)] == [
+        f"{joined}: its picture changes size midway (64x48, then 48x32): frames of another size are scaled to the "
+        "first's"]

@@ -31,8 +31,14 @@ def require_file(path, what: str = "file") -> None:
     """Raise :class:`UserError` unless ``path`` names an existing, readable regular file."""
     import os
 
+    import re
+
     p = os.fspath(path)
     if not os.path.exists(p):
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]+:/", p):  # a URL (a path type folds its "//" into "/")
+            raise MediaError(f"{what} not found: {p}: web addresses are not read; download the file first")
+        if p == "-":
+            raise MediaError(f"{what} '-': standard input is not read; give a file (save the stream to one first)")
         raise MediaError(f"{what} not found: {p}")
     if os.path.isdir(p):
         raise MediaError(f"{what} is a folder, not a file: {p}")

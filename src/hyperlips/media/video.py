@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import MediaError, check_stop, decoder_reason, require_file
+from ..errors import MediaError, check_stop, decoder_reason, require_file, warn
 
 __all__ = ["IMAGE_SUFFIXES", "VideoInfo", "Frame", "probe", "FrameReader", "rotate_image", "as_rate", "writer_coded",
            "plane_views"]
@@ -567,7 +567,16 @@ class FrameReader:
             img = cv2.merge([b, g, r])
         else:
             img = self._reformatter.reformat(frame, format="bgr24", interpolation=self._flags, threads=1).to_ndarray()
-        return rotate_image(img, self.info.rotation, self.info.mirror)
+        img = rotate_image(img, self.info.rotation, self.info.mirror)
+        if img.shape[:2] != (self.info.height, self.info.width):  # the picture changes size midway (joined streams)
+            import cv2
+
+            if not getattr(self, "_resized_said", False):
+                self._resized_said = True
+                warn(f"{self.path}: its picture changes size midway ({self.info.width}x{self.info.height}, then "
+                     f"{img.shape[1]}x{img.shape[0]}): frames of another size are scaled to the first's")
+            img = cv2.resize(img, (self.info.width, self.info.height), interpolation=cv2.INTER_AREA)
+        return img
 
 
 def plane_views(picture) -> list[np.ndarray]:
