@@ -498,9 +498,13 @@ def test_names_that_are_all_suffix_keep_their_type(server, inputs):
         status, rec = client.upload(name, speech)
         assert status == 201 and rec["name"] == shown and rec["usable_as"]["audio"], (name, rec)
     assert all(p.suffix == ".wav" for p in (app.settings.data / "files").iterdir())
-    for name in ("..", "wav"):
-        status, err = client.upload(name, speech)
-        assert status == 400 and "not a file type" in err["error"], (name, err)
+    status, err = client.upload("talk.xyz", speech)
+    assert status == 400 and "not a file type" in err["error"], err
+    for name in ("wav", "VID_20240101"):  # no suffix at all (some phones' share sheets): read by its content
+        status, rec = client.upload(name, speech)
+        assert status == 201 and rec["usable_as"]["audio"] and not rec["usable_as"]["video"], (name, rec)
+    status, rec = client.upload("talk.aiff", speech)  # (a WAV named .aiff: the content decides)
+    assert status == 201 and rec["usable_as"]["audio"], rec
     assert [download_name(n) for n in (".mp4", "talk.mov", "a.b.mp4", ".x.mp4", "", None)] == [
         "video_hyperlips.mp4", "talk_hyperlips.mp4", "a.b_hyperlips.mp4", "x_hyperlips.mp4", "video_hyperlips.mp4",
         "video_hyperlips.mp4"]

@@ -26,8 +26,11 @@ from .settings import ServeSettings
 from .store import Store, new_id
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
-                            ".gif", ".mts", ".m2ts", ".3gp", ".3g2", ".mxf", ".vob", ".ogv", ".dv"})
-AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".oga", ".opus", ".wma"})
+                            ".gif", ".mts", ".m2ts", ".3gp", ".3g2", ".mxf", ".vob", ".ogv", ".dv",
+                            ".avif", ".heic", ".heif"})  # (photos FFmpeg reads: a still, as a PNG is)
+AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".oga", ".opus", ".wma", ".aif", ".aiff",
+                            ".amr", ".caf", ".ac3", ".mka", ".wv"})
+UNNAMED_SUFFIX = ".media"  # a file sent without a suffix (some phones' share sheets): stored so, read by its content
 ACCEPTED_SUFFIXES = VIDEO_SUFFIXES | AUDIO_SUFFIXES | IMAGE_SUFFIXES
 ACCEPTED_KINDS = "videos (mp4, mov, mkv, webm, ...), photos (png, jpg, ...) or speech (wav, mp3, m4a, flac, ogg, ...)"
 CHUNK = 1 << 20
@@ -60,6 +63,8 @@ def display_name(raw: str | None) -> str:
 def storage_suffix(name: str) -> str:
     # a name that is all suffix (".mp4", as some phones and scripts save files) is that type, not a file without one
     suffix = os.path.splitext("_" + name)[1].lower()
+    if not suffix:
+        return UNNAMED_SUFFIX
     if suffix not in ACCEPTED_SUFFIXES:
         raise UploadError(f"{name}: not a file type this server takes; send {ACCEPTED_KINDS}")
     return suffix
