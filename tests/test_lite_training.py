@@ -539,6 +539,33 @@ def test_time_budget_stops_the_run_and_is_counted_across_resumes(grid_view, tmp_
     assert res.step + 8 <= more.fit().step == more.planned_steps <= res.step + 13
 
 
+def test_a_resumed_run_that_ended_has_nothing_left_to_do(grid_view, tmp_path, monkeypatch):
+    """A run stopped and resumed, whose resumed part ran faster than the part that planned it: it ends at its plan,
+    and running it again trains nothing (its last validation's plan, made as it ended, had the next re-run train on
+    and change the kept model)."""
+    import hyperlips.train.loop as loop
+
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["t"])
+    kw = dict(max_steps=1000, max_minutes=1.0, val_every=4, ckpt_every=1)
+    first = _trainer(grid_view, tmp_path / "run", **kw)  # 5 s a step: planned at step 4 to end at about 11
+
+    def stop_at_10(step, losses):
+        clock["t"] += 5.0
+        if step == 10:  # a step before the plan's end, after its first validation (step 4) and its second (8)
+            raise KeyboardInterrupt
+
+    first.on_step = stop_at_10
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    resumed = _trainer(grid_view, tmp_path / "run", resume=True, **kw)
+    resumed.on_step = lambda step, losses: clock.__setitem__("t", clock["t"] + 1.0)  # 1 s a step now
+    end = resumed.fit().step
+    again = _trainer(grid_view, tmp_path / "run", resume=True, **kw)
+    again.on_step = resumed.on_step
+    assert again.fit().step == end  # nothing to do
+
+
 def test_a_budget_is_planned_early_when_the_first_validation_is_far(grid_view, tmp_path, monkeypatch):
     """A short budget whose first validation would come after its end: the plan (and the learning rate's decay over
     it) comes from the first 20 steps' speed."""

@@ -7,7 +7,8 @@ HyperLips-Lite fits its audio encoder there) is spent from the budget but left o
 
 The plan travels in checkpoints with the budget it was made for. A run resumed with the same budget keeps it until
 its own next validation re-plans; a run resumed with another one (more minutes to train on) drops it and plans
-again at its next validation, its learning rate back at full strength until then.
+again at its next validation, its learning rate back at full strength until then. A run that ends at its plan keeps
+its end as its plan (the validation at its last step plans nothing more), so running it again has nothing to do.
 
 A run may also stop before its budget or ``max_steps`` when the held-out figure has stopped improving
 (``patience``: that many validations in a row without a new best; :func:`patience_spent`). The best checkpoint is

@@ -436,6 +436,8 @@ class Trainer:
                             is_best = True
                     self._preview(stage, step, log)
                     self._plan(step, time.perf_counter() - t_val)
+                    if last and self.budget.planned_steps is not None:  # the run ends here, and its checkpoint says
+                        self.budget.planned_steps = step  # so (a plan made now would have a re-run train on)
                     progress.update(step, losses, metrics, force=True)
                 if step % cfg.ckpt_every == 0 or last or is_best:
                     self.save(stage, step, best, is_best=is_best)
