@@ -202,6 +202,14 @@ def test_exact_resume_of_the_base_and_hr_stages(one_clip, tmp_path, stage):
     for name, weights in a["models"].items():
         for k, v in weights.items():
             assert torch.equal(v, b["models"][name][k]), (name, k)
+    if stage == "hr":  # the Base trained further in place: resuming on it is refused (it re-rendered without a word)
+        from hyperlips.errors import UserError
+
+        _random_checkpoint(Path(kw["base"]), "hyperlips-base", seed=2)
+        cfg = build_config(stage, overrides={"data": str(one_clip), "out": str(tmp_path / "split"), **TINY, **common,
+                                             "max_steps": 4})
+        with pytest.raises(UserError, match="has changed since the HR run in .* started"):
+            Trainer(stage_class(stage), cfg, resume=True, quiet=True).fit()
 
 
 def test_finetune_with_one_step(more_data, tmp_path):

@@ -117,6 +117,13 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
         raise _Skip("too short: a still image, not a video")
     if not info.has_audio:
         raise _Skip("no audio: the video has no audio track")
+    if info.sample_aspect != 1:
+        from ..errors import warn
+
+        warn(f"{path}: its pixels are not square (stored {info.width}x{info.height}, shown "
+             f"{round(info.width * float(info.sample_aspect))}x{info.height}): faces are learnt as stored, "
+             f"{'wider' if info.sample_aspect < 1 else 'narrower'} than they look (sync reads such a video the same "
+             "way, so a model of this footage fits it; mixed with square-pixel clips, scale it to square pixels first)")
     wav = load_audio(path, opts.audio.sample_rate)
     if is_silent(wav):
         raise _Skip("no speech: its audio track is silent (only the first audio track of a video is read)")

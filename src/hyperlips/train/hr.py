@@ -171,6 +171,7 @@ class HRStage(Stage):
         self.gen = (load_checkpoint(cfg.init, name=self.model_name, device=ctx.device)[0] if cfg.init
                     else HRDecoder.for_size(self.size))
         self.inputs = Path(cfg.out) / "hr_inputs"
+        self._check_same_base(cfg)
         build_hr_inputs(self.manifest, cfg.base, self.inputs, ctx.device, ctx.dist.rank, ctx.dist.world,
                         say=ctx.say)
         ctx.dist.barrier()
@@ -182,6 +183,25 @@ class HRStage(Stage):
         self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=betas)
         self.vgg, self.lpips = self._perceptual(cfg, ctx)
+
+    def _check_same_base(self, cfg) -> None:
+        """A resumed run whose Base file was trained further in place: refused (its inputs would be rendered again
+        from a Base the decoder never saw, and the run go on as if nothing changed)."""
+        from .checkpoints import list_checkpoints
+
+        if not list_checkpoints(Path(cfg.out)):
+            return
+        rendered = set()
+        for marker in self.inputs.glob("**/done.json"):
+            try:
+                rendered.add(json.loads(marker.read_text(encoding="utf-8")).get("base"))
+            except (OSError, json.JSONDecodeError):
+                continue
+        rendered.discard(None)
+        if rendered and content_key(cfg.base) not in rendered:
+            raise UserError(f"{cfg.base} has changed since the HR run in {cfg.out} started (its inputs were rendered "
+                            "from another Base): the decoder would go on learning from a Base it never saw; train it "
+                            "into a new --out folder")
 
     @staticmethod
     def _perceptual(cfg, ctx):
