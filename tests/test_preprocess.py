@@ -213,9 +213,11 @@ def test_skip_reasons_and_no_partial_clip_left(tmp_path, more_data):
     assert res.returncode == 2 and "no usable clips" in res.stderr
 
 
-def test_a_silent_track_is_skipped_and_a_short_one_cuts_the_clip(tmp_path, more_data):
+def test_a_silent_track_is_skipped_and_a_short_one_cuts_the_clip(tmp_path, more_data):  # and odd pixels are said
     """A clip whose audio track is silent is skipped (its mouth would be learnt against nothing); one whose sound
     stops well before its picture keeps only the frames shown before the sound ends, and says so."""
+    from fractions import Fraction
+
     from hyperlips.data import preprocess as pp
     from hyperlips.media.audio import load_audio
     from hyperlips.media.video import FrameReader
@@ -233,8 +235,14 @@ def test_a_silent_track_is_skipped_and_a_short_one_cuts_the_clip(tmp_path, more_
     with VideoWriter(src / "short.mp4", w, h, 25, audio=speech[:24000], sample_rate=16000) as vw:  # 1.5 s of 3
         for f in frames:
             vw.write(f)
-    with pytest.warns(InputWarning, match="its sound ends at 1.5 s, its picture at 3.0 s: the 37 frames after"):
+    with VideoWriter(src / "wide.mp4", w, h, 25, audio=speech, sample_rate=16000, sample_aspect=Fraction(4, 3)) as vw:
+        for f in frames:
+            vw.write(f)
+    with pytest.warns(InputWarning) as said:
         report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
+    said = [str(w.message) for w in said]
+    assert any("its sound ends at 1.5 s, its picture at 3.0 s: the 37 frames after" in m for m in said), said
+    assert any("wide.mp4: its pixels are not square (stored 360x288, shown 480x288)" in m for m in said), said
     assert {r.source: r.reason for r in report.skipped} == {
         "silent.mp4": "no speech: its audio track is silent (only the first audio track of a video is read)"}
     assert len(np.load(tmp_path / "ds" / "clips" / "short" / "times.npy")) == 38  # frames 0..37 start before 1.5 s
