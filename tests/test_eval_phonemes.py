@@ -153,6 +153,7 @@ def test_phoneme_protocol_on_a_real_clip(more_data, tmp_path):
     assert code == 0
     data = json.loads((out / "phonemes.json").read_text())
     assert data["voice"] == "en-gb" and "espeak-ng (en-gb)" in (out / "phonemes.md").read_text()
+    assert data["weights"] == "untrained (random) weights; mouth render"  # what made it, in the report
     from hyperlips.demo import synthesize_with_phonemes
 
     assert [name for _, name in data["phonemes"]] == [p.name for p in synthesize_with_phonemes("Bob made a map.",

@@ -137,6 +137,8 @@ def test_tail_protocol_measures_the_model_and_both_baselines(more_data, tmp_path
     assert rows["hold"]["opening_amplitude"] < 0.5 * rows["delayed"]["opening_amplitude"]
     assert (tmp_path / "report/tail/reference.png").is_file() and (tmp_path / "report/tail_preview.png").is_file()
     assert "reference mouth held" in (out / "tail.md").read_text()
+    assert data["weights"] == "untrained (random) weights; mouth render"  # what made it, kept with the figures
+    assert "Model: untrained (random) weights; mouth render" in (out / "tail.md").read_text()
     assert "delayed: opening r" in res.stdout
 
 

@@ -141,6 +141,7 @@ class PhonemeResult:
     series: dict = field(default_factory=dict)  # method -> per-frame opening
     recordings: list = field(default_factory=list)  # the real speech played instead of espeak-ng's (--speech)
     voice: str = "en-us"  # espeak-ng's voice (language) for the text
+    weights: str = ""  # what rendered the model's mouth, in words
 
 
 def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint=None,
@@ -163,6 +164,7 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
         hold_reference_network,
         pick_reference,
         tail_segments,
+        weights_in_words,
         write_segment,
     )
 
@@ -189,7 +191,8 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
         methods["hold"] = LipSync(network=hold_reference_network(), device=device, batch_size=batch_size,
                                   progress=progress)
     res = PhonemeResult(str(footage), text, round(duration, 3), phonemes=[[p.start, p.name] for p in phonemes],
-                        recordings=[str(p) for p in recordings], voice="" if recordings else voice)
+                        recordings=[str(p) for p in recordings], voice="" if recordings else voice,
+                        weights=weights_in_words(methods["model"]))
     videos = {}
     for name, sync in methods.items():
         video = work / f"{name}.mp4"
@@ -251,7 +254,7 @@ def phoneme_markdown(res: PhonemeResult) -> str:
     lines = [f"# Mouth against phonemes: {res.footage}", "",
              f"Speech: espeak-ng ({res.voice}), {res.seconds:.1f} s: \"{res.text}\"" if not res.recordings else
              f"Speech: {', '.join(f'`{r}`' for r in res.recordings)}, {res.seconds:.1f} s, its phonemes as the phone "
-             "recogniser hears them", "",
+             "recogniser hears them", *([f"Model: {res.weights}"] if res.weights else []), "",
              "| method | bilabials | vowels | opening at /p b m/ | opening at vowels | bilabials below the vowels' median | AUC |",
              "|---|---|---|---|---|---|---|"]
     for m, r in res.rows.items():

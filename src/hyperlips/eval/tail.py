@@ -51,6 +51,7 @@ class TailResult:
     rows: dict = field(default_factory=dict)  # method -> pooled numbers
     series: dict = field(default_factory=dict)  # method -> {"opening_gen": [...], "opening_ref": [...]}
     shifted: bool = False  # the model was driven from the tail's frames shifted by half its length
+    weights: str = ""  # what rendered the model's mouth, in words (its file, network, HR decoder, mouth)
 
 
 def footage_videos(footage: Path) -> list[Path]:
@@ -332,7 +333,8 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
             per["delayed"].append(evaluate_pair(late, real, real, protocol="self", device=str(model.device),
                                                 perceptual=False))
     res = TailResult(str(footage), [{"video": str(s.video), "frames": [s.start, s.stop], "fps": s.fps} for s in segs],
-                     round(sum((s.stop - s.start) / s.fps for s in segs), 3), str(ref_png))
+                     round(sum((s.stop - s.start) / s.fps for s in segs), 3), str(ref_png),
+                     weights=weights_in_words(model))
     for m, results in per.items():
         if results:
             res.rows[m], res.series[m] = _pool(results)
@@ -360,6 +362,12 @@ def write_tail_preview(results, path: Path, columns: int = 8):
     return path
 
 
+def weights_in_words(sync) -> str:
+    """What a LipSync renders with, for a report: its weights, its HR decoder and its mouth."""
+    hr = f", HR decoder {sync.hr_weights}" if getattr(sync, "hr_weights", None) else ""
+    return f"{sync.weights}{hr}; mouth {sync.mouth}"
+
+
 def tail_markdown(res: TailResult) -> str:
     from .report import _fmt
 
@@ -368,6 +376,7 @@ def tail_markdown(res: TailResult) -> str:
             ("sharpness_ratio", "sharpness ratio"), ("jitter_ratio", "jitter ratio")]
     lines = [f"# Held-out tail of {res.footage}", "",
              f"{res.held_out_seconds:.1f} s held out in {len(res.segments)} segment(s); reference face: {res.reference}",
+             *([f"Model: {res.weights}"] if res.weights else []),
              "", "| method | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     names = {"model": "model", "hold": "reference mouth held", "delayed": f"real, {DELAY_FRAMES} frames late"}
     for m, row in res.rows.items():
@@ -383,7 +392,8 @@ def tail_markdown(res: TailResult) -> str:
 def write_tail_report(res: TailResult, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {"footage": res.footage, "segments": res.segments, "held_out_seconds": res.held_out_seconds,
-            "reference": res.reference, "rows": res.rows, "series": res.series, "shifted": res.shifted}
+            "reference": res.reference, "weights": res.weights, "rows": res.rows, "series": res.series,
+            "shifted": res.shifted}
     from .report import _clean
 
     j = out_dir / "tail.json"
