@@ -132,11 +132,12 @@ class Trainer:
             print(f"hyperlips train: {msg}", file=sys.stderr, flush=True)
 
     def _position(self, step: int, budget: float, progress: Progress) -> str:
-        """Where a logged step stands: ``12/2000``; with a time budget, the minutes spent and left instead (its step
-        count is a plan that changes, and before the first plan it is the unbounded ``max_steps``)."""
-        if not budget:
-            return f"{step}/{self.max_steps()}"
+        """Where a logged step stands: ``12/2000 (about 3.1 min left)``; with a time budget, the minutes spent and left
+        instead (its step count is a plan that changes, and before the first plan it is the unbounded
+        ``max_steps``)."""
         eta = progress.eta(step)
+        if not budget:
+            return f"{step}/{self.max_steps()}" + ("" if eta is None else f" (about {eta / 60:.1f} min left)")
         left = "" if eta is None else f", about {eta / 60:.1f} min left"
         return f"{step} ({self.elapsed / 60:.1f} of {budget / 60:.1f} min{left})"
 
