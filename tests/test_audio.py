@@ -196,6 +196,113 @@ def test_a_hole_in_the_audio_timestamps_is_silence_in_its_place(tmp_path):
     assert np.argmax(np.abs(wav) > 0.1) / 16000 == pytest.approx(2.0, abs=0.002)
 
 
+def _stamped(path, samples: np.ndarray, rate: int, pts_of) -> Path:
+    """PCM in an MKV, frames of 800 samples, frame ``k`` stamped ``pts_of(k)`` (in samples)."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        st = c.add_stream("pcm_s16le", rate=rate, layout="mono")
+        for k, pos in enumerate(range(0, len(samples), 800)):
+            f = av.AudioFrame.from_ndarray((samples[None, pos:pos + 800] * 32767).astype(np.int16), format="s16",
+                                           layout="mono")
+            f.sample_rate, f.pts = rate, int(pts_of(k))
+            for pkt in st.encode(f):
+                c.mux(pkt)
+        for pkt in st.encode(None):
+            c.mux(pkt)
+    return path
+
+
+def _ts_recording(path, samples: np.ndarray, rate: int, skip=()) -> Path:
+    """An MPEG-TS recording (MP2 audio) whose timestamps start at 0, leaving out frames starting in ``skip``
+    (seconds ranges)."""
+    import av
+
+    with av.open(str(path), "w", format="mpegts") as c:
+        st = c.add_stream("mp2", rate=rate, layout="mono")
+        size = 1152  # MP2's frame
+        for pos in range(0, len(samples) - size + 1, size):
+            if any(a * rate <= pos < b * rate for a, b in skip):
+                continue
+            f = av.AudioFrame.from_ndarray((samples[None, pos:pos + size] * 32767).astype(np.int16), format="s16",
+                                           layout="mono")
+            f.sample_rate, f.pts = rate, pos
+            for pkt in st.encode(f):
+                c.mux(pkt)
+        for pkt in st.encode(None):
+            c.mux(pkt)
+    return path
+
+
+def test_timestamps_that_restart_or_drift_are_read_as_they_run(tmp_path):
+    """Two recordings joined (``cat``: the second's timestamps start again), and a clock whose timestamps run 0.1 %
+    slow: every sample read once, in order, without a warning (a wrong sign once made these crash); a hole in the
+    second recording still filled with silence."""
+    import warnings
+
+    rate = 24000
+    first, second = _tone_at(2.0, 10.0, rate), _tone_at(3.0, 1.5, rate)  # a beep 1.5 s into the second
+    a, b = _ts_recording(tmp_path / "a.ts", first, rate), _ts_recording(tmp_path / "b.ts", second, rate)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(a.read_bytes() + b.read_bytes())
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        wav = load_audio(joined, 16000)
+        slow = load_audio(_stamped(tmp_path / "slow.mkv", _tone_at(6.0, 4.0), 16000, lambda k: k * 799), 16000)
+    assert not [str(w.message) for w in said if issubclass(w.category, InputWarning)]
+    assert np.argmax(np.abs(wav) > 0.1) / 16000 == pytest.approx(3.5, abs=0.08)  # after the whole first recording
+    assert abs(len(slow) - 96000) <= 800 and np.argmax(np.abs(slow) > 0.1) / 16000 == pytest.approx(4.0, abs=0.03)
+    c = _ts_recording(tmp_path / "c.ts", second, rate, skip=[(0.5, 1.0)])  # a hole in the second recording
+    holed = tmp_path / "holed.ts"
+    holed.write_bytes(a.read_bytes() + c.read_bytes())
+    with pytest.warns(InputWarning, match="gaps in its timestamps"):
+        wav = load_audio(holed, 16000)
+    assert np.argmax(np.abs(wav) > 0.1) / 16000 == pytest.approx(3.5, abs=0.08)  # still 1.5 s into the second
+
+
+def test_holes_are_filled_only_as_far_as_the_sound_goes(tmp_path):
+    """A file of a few packets stamped far apart (a tiny upload) is not made into minutes of silence in memory: the
+    silence put in holes is at most 30 s, or as long as the sound itself."""
+    wav = load_audio(_stamped(tmp_path / "far.mkv", np.full(16000, 0.2, np.float32), 16000, lambda k: k * 16000 * 20),
+                     16000)
+    assert len(wav) <= 16000 * 31
+
+
+def test_the_sound_is_aligned_with_the_video_track_that_is_shown(tmp_path):
+    """Sample 0 is at the first frame of the video track a player shows (the default one, as frames are read), not
+    of the first track: here it starts 1 s later, so 3 of the 4 s of sound are its."""
+    from fractions import Fraction
+
+    import av
+    from av.stream import Disposition
+
+    path = tmp_path / "two_pictures.mkv"
+    with av.open(str(path), "w") as c:
+        first, shown = c.add_stream("mpeg4", rate=25), c.add_stream("mpeg4", rate=25)
+        for st in (first, shown):
+            st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"
+        first.disposition, shown.disposition = Disposition(0), Disposition.default
+        audio = c.add_stream("pcm_s16le", rate=16000, layout="mono")
+        for st, start in ((first, 0), (shown, 25)):
+            for k in range(75):
+                f = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24").reformat(
+                    format="yuv420p")
+                f.pts, f.time_base = start + k, Fraction(1, 25)
+                for pkt in st.encode(f):
+                    c.mux(pkt)
+            for pkt in st.encode(None):
+                c.mux(pkt)
+        sig = (0.3 * np.sin(np.arange(64000) * 0.2) * 32767).astype(np.int16)
+        for pos in range(0, 64000, 800):
+            f = av.AudioFrame.from_ndarray(sig[None, pos:pos + 800].copy(), format="s16", layout="mono")
+            f.sample_rate, f.pts = 16000, pos
+            for pkt in audio.encode(f):
+                c.mux(pkt)
+        for pkt in audio.encode(None):
+            c.mux(pkt)
+    assert len(load_audio(path, 16000)) / 16000 == pytest.approx(3.0, abs=0.05)
+
+
 def test_the_default_audio_track_is_read(tmp_path):
     """Of several audio tracks, the one flagged default (the one a player plays), not simply the first."""
     path = _pcm_frames(tmp_path / "two.mp4", _tone_at(1.0, 0.2), 16000, codec="aac", streams=2, default=1)

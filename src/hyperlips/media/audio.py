@@ -141,6 +141,15 @@ def _audio_stream(container):
     return container.streams.audio[0]
 
 
+def _shown_video(container):
+    """The video track a player shows (as ``media.video`` reads it: cover art left out, the default one first), or
+    None: the picture the sound is aligned with."""
+    from av.stream import Disposition
+
+    videos = [s for s in container.streams.video if not (s.disposition & Disposition.attached_pic)]
+    return next((s for s in videos if s.disposition & Disposition.default), videos[0] if videos else None)
+
+
 def _decoded_frames(container, stream):
     """The stream's decoded frames; None for each packet the decoder could not read (a damaged one), which is then
     skipped instead of ending the decoding. An error of the demuxer itself after some audio ends the track there."""
@@ -196,6 +205,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     end_time = None
     rows = 1
     base = None  # the time of sample 0, as the frames' timestamps count it (moved where they restart)
+    drift = 0  # samples between where the last frame's timestamp put it and where the samples before it ended
     holes = damaged = 0
     damaged_at = None
     n = 0  # samples so far, at the first frame's rate
@@ -204,8 +214,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
             if not container.streams.audio:
                 raise MediaError(f"{p} has no audio track")
             stream = _audio_stream(container)
-            if align_to_video and container.streams.video:
-                v = container.streams.video[0]
+            v = _shown_video(container) if align_to_video else None
+            if v is not None:
                 if v.start_time is not None and v.time_base is not None:
                     video_start = float(v.start_time * v.time_base)
             end_time = None  # mp4/mov give the track's exact length (edit list); AAC decoders pad the last frame
@@ -237,12 +247,19 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
                     # a damaged packet) is silence, so what follows stays in step with the picture
                     at = int(round((float(frame.pts * frame.time_base) - base) * native_rate))
                     gap = at - n
-                    if native_rate * AUDIO_HOLE <= gap <= native_rate * MAX_AUDIO_HOLE:
+                    # silence for a hole, up to MAX_AUDIO_HOLE, and in all no more than the sound itself (or that
+                    # much): a file of a few packets stamped far apart is no hour of silence to hold in memory
+                    room = native_rate * max(MAX_AUDIO_HOLE, (n - holes) / native_rate) - holes
+                    if (gap - drift >= native_rate * AUDIO_HOLE  # a jump since the frame before, not a slow drift
+                            and gap <= min(native_rate * MAX_AUDIO_HOLE, room)):
                         chunks.append(np.zeros(chunk.shape[:-1] + (gap,), np.float32))
                         n += gap
                         holes += gap
-                    elif abs(gap) > native_rate * AUDIO_HOLE:  # a jump back, or too far: the times restart here
-                        base -= gap / native_rate
+                        gap = 0
+                    elif abs(gap) > native_rate * AUDIO_HOLE:  # a jump back, too far, or the clocks' drift grown
+                        base += gap / native_rate  # large: the times restart here (this frame where the samples end)
+                        gap = 0
+                    drift = gap
                 chunks.append(chunk)
                 n += chunk.shape[-1]
     except MediaError:
