@@ -772,3 +772,20 @@ def test_a_picture_that_changes_size_midway_is_scaled_to_the_first_size(tmp_path
     assert [str(w.message) for w in said if issubclass(w.category, InputWarning)] == [
         f"{joined}: its picture changes size midway (64x48, then 48x32): frames of another size are scaled to the "
         "first's"]
+
+
+def test_a_photo_with_exif_read_through_ffmpeg(tmp_path):
+    """A JPEG with EXIF (orientation 6: shown turned a quarter) under a name FFmpeg reads (.jfif, or an upload with
+    no suffix): read, upright (FFmpeg 8 attaches the EXIF to the frame, which this PyAV cannot list: it crashed)."""
+    from PIL import Image
+
+    img = np.zeros((30, 40, 3), np.uint8)
+    img[:, :10] = 255  # a white band on the left of the stored picture
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees clockwise to show
+    path = tmp_path / "photo.jfif"
+    Image.fromarray(img).save(path, format="JPEG", quality=95, exif=exif.tobytes())
+    with FrameReader(path) as r:
+        shown = next(iter(r)).image
+    assert shown.shape[:2] == (40, 30)  # turned to stand upright: the stored left band at the top
+    assert shown[:8].mean() > 200 and shown[-20:].mean() < 40

@@ -110,12 +110,18 @@ def _norm_rotation(deg: float) -> int:
 
 
 def _display_matrix(frame) -> np.ndarray | None:
-    """The frame's display matrix (3x3 of 16.16 fixed point, as FFmpeg stores it), or None."""
-    for sd in getattr(frame, "side_data", ()):
-        if "DISPLAYMATRIX" in str(getattr(sd, "type", "")):
-            m = np.frombuffer(bytes(sd), dtype="<i4")
-            return m if m.size == 9 else None
-    return None
+    """The frame's display matrix (3x3 of 16.16 fixed point, as FFmpeg stores it), or None (none, or side data this
+    PyAV cannot list: FFmpeg 8's EXIF, which it does not know, stops it listing any)."""
+    try:
+        from av.sidedata.sidedata import Type
+
+        sd = frame.side_data.get(Type.DISPLAYMATRIX)
+    except (ValueError, KeyError, TypeError, AttributeError, ImportError):
+        return None
+    if sd is None:
+        return None
+    m = np.frombuffer(bytes(sd), dtype="<i4")
+    return m if m.size == 9 else None
 
 
 def _frame_orientation(frame, stream) -> tuple[int, bool]:
