@@ -183,3 +183,21 @@ def test_a_voice_espeak_ng_lacks_or_without_its_text_is_refused(more_data, tmp_p
     code = main(["eval", "--clips", str(more_data / "grid_lipnet" / "sbwe5n.mpg"), "--protocol", "phonemes",
                  "--untrained", *args, "-o", str(tmp_path / "ph")])
     assert code == 2 and reason in capsys.readouterr().err and not (tmp_path / "ph").exists()
+
+
+def test_an_english_voice_reads_the_default_sentence(more_data, tmp_path, monkeypatch):
+    """``--voice en-gb`` (or a variant, ``en-us+f3``) without --text: the default English sentence in that voice."""
+    from hyperlips.cli import main
+    from hyperlips.eval import phonemes
+
+    asked = {}
+
+    def fake(footage, out, **kw):
+        asked.update(kw)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(phonemes, "run_phoneme_protocol", fake)
+    with pytest.raises(SystemExit):
+        main(["eval", "--clips", str(more_data / "grid_lipnet" / "sbwe5n.mpg"), "--protocol", "phonemes",
+              "--untrained", "--voice", "en-us+f3", "-o", str(tmp_path / "ph")])
+    assert asked["voice"] == "en-us+f3" and asked["text"] == phonemes.PHONEME_TEXT

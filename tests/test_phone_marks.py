@@ -112,7 +112,10 @@ def test_the_synthesisers_phonemes_are_all_known():
 @pytest.mark.parametrize("voice, text", [("fr", "Maman a bu un peu de vin blanc, mon ami."),
                                          ("cmn", "妈妈骂马，爸爸不怕。"), ("es", "Buenos días, mamá, un poco más."),
                                          ("ja", "ママ、ありがとう。ぶんぽう。"), ("de", "Pfeffer und Äpfel, bitte."),
-                                         ("ru", "Мама мыла раму.")])
+                                         ("ru", "Мама мыла раму."),
+                                         ("es", "Mamá, el perro de Ramón corre por la carretera."),
+                                         ("ca", "Mama, Barcelona és inferior, amb pa."), ("nl", "Mama, dag, goed, uit, deur."),
+                                         ("hr", "Mama, prst i vrt, dobro jutro."), ("mi", "Kia ora, e mama, pūrongo.")])
 def test_other_languages_phonemes_are_read(voice, text):
     """espeak-ng's phonemes in other languages (French nasal vowels, Mandarin's aspirated ``ph``, ...) are all read,
     every /p b m/ as a bilabial (German /pf/ too: its lips close) and no other phoneme as one."""
@@ -175,6 +178,28 @@ def test_other_text_forms(tmp_path, text):
     p = tmp_path / "p.txt"
     p.write_text(text)
     assert [(m.start, m.end, m.phone) for m in read_marks(p, 1.0)] == [(0.1, 0.3, "M"), (0.3, 0.6, "AA")]
+
+
+@pytest.mark.parametrize("text, phones", [
+    ("0.00 0.10 _\n0.10 0.20 m\n0.20 0.30 ,e\n0.30 0.40 'a\n", ["SIL", "M", "EY", "AE"]),  # a stressed phone: no CSV
+    ("0 1900 h#\n1900 2500 sh\n2500 3300 ix\n", ["SIL", "SH", "IH"]),  # TIMIT (samples: read as they are)
+    ("0.00 0.10 #\n0.10 0.20 M\n0.20 0.30 AA1  # a note\n", ["SIL", "M", "AA"]),  # "#" a pause, "  # " a comment
+])
+def test_phones_that_look_like_punctuation(tmp_path, text, phones):
+    p = tmp_path / "p.txt"
+    p.write_text(text)
+    assert _phones(read_marks(p)) == phones
+
+
+def test_a_seconds_file_longer_than_its_speech_is_not_taken_for_milliseconds(tmp_path):
+    """Timings of a 40 s recording given with 3 s of it: seconds (phones 0.1 s apart), warned of as running past
+    the speech, not refused as milliseconds."""
+    p = tmp_path / "long.txt"
+    p.write_text("".join(f"{k / 10:.1f} {'M' if k % 2 else 'AA'}\n" for k in range(400)))
+    assert len(read_marks(p, 3.0)) == 400
+    p.write_text("0.1 0.2\n")
+    with pytest.raises(UserError, match="line 1: no phone after its times"):
+        read_marks(p, 3.0)
 
 
 def test_milliseconds_are_refused_and_overlaps_warned(tmp_path):

@@ -54,10 +54,12 @@ def test_clip_names_stay_distinct():
     from hyperlips.data.sources import clip_ids
 
     rels = [PurePosixPath(p) for p in ("talk.mp4", "talk.mov", "会議.mp4", "講演.mp4", "лекция01.mp4", "доклад01.mp4",
-                                       "a b.mp4", "a_b.mp4", "A_B.mkv", "clip é.mp4", "clip e\u0301.mov", "x/talk.mp4")]
+                                       "a b.mp4", "a_b.mp4", "A_B.mkv", "clip é.mp4", "clip e\u0301.mov", "x/talk.mp4",
+                                       "नमस्ते.mp4", "สวัสดี.mp4")]
     ids = clip_ids(rels)
     assert ids == ["talk", "talk_mov", "会議", "講演", "лекция01", "доклад01", "a_b", "a_b_mp4", "A_B_mkv", "clip_é",
-                   "clip_é_mov", "x/talk"]  # (an é typed as e + accent is the same name: NFC)
+                   "clip_é_mov", "x/talk", "नमस्ते", "สวัสดี"]  # (an é typed as e + accent is the same name: NFC;
+    # the vowel signs of Indic and Thai scripts are kept with their letters)
     assert len({i.casefold() for i in ids}) == len(ids)
 
 

@@ -64,7 +64,8 @@ def frames_with_sound(n_frames: int, fps: float, audio_seconds: float) -> int:
 def clip_id_of(rel: PurePosixPath) -> str:
     """The clip's folder name in the dataset: its path under SRC without the suffix (``main/5535/00001``); letters
     and digits of any script are kept (``会議``, ``лекция01``), anything else but ``.`` and ``-`` becomes ``_``."""
-    parts = [re.sub(r"[^\w.\-]", "_", unicodedata.normalize("NFC", p)) for p in rel.with_suffix("").parts]
+    parts = ["".join(c if c in "._-" or unicodedata.category(c)[0] in "LMN" else "_"  # letters, their marks, digits
+                     for c in unicodedata.normalize("NFC", p)) for p in rel.with_suffix("").parts]
     return "/".join(p if p not in ("", ".", "..") else "_" for p in parts)
 
 

@@ -221,7 +221,7 @@ def _run_phonemes(args, device: str, progress: bool) -> int:
         from ..demo import check_voice
 
         check_voice(args.voice)
-    if args.voice != "en-us" and args.text is None:
+    if not args.voice.lower().startswith("en") and args.text is None:  # (an English voice reads the default)
         raise UserError(f"--voice {args.voice}: give --text, a sentence in that language (the default sentence is "
                         "English)")
     for path in args.speech or ():

@@ -102,7 +102,10 @@ def to_marks(entries: Sequence, duration: float | None = None, alphabet: str = "
                         "phones; '# alphabet: arpabet|espeak|ipa' in a text file, or \"alphabet\" in JSON, chooses "
                         "another)")
     last = max((r[1] if r[1] is not None else r[0]) for r in rows) if rows else 0.0
-    if duration is not None and duration > 0 and last > 10 * duration + 1 and last / 1000 <= duration + 0.5:
+    steps = np.diff([r[0] for r in rows])
+    typical = float(np.median(steps)) if len(steps) else 0.0  # a phone lasts 0.03-0.3 s; in milliseconds, 30-300
+    if (duration is not None and duration > 0 and last > 10 * duration + 1 and last / 1000 <= duration + 0.5
+            and typical >= 5):
         raise UserError(f"the times run to {last:g} for {duration:.2f} s of speech: they look like milliseconds; "
                         "give seconds")
     out = []
@@ -265,32 +268,44 @@ def _textgrid_entries(text: str) -> list:
 
 
 _COMMA_DECIMAL = re.compile(r"^\d+,\d+$")
+_COMMENT = re.compile(r"^\s*#|\s#\s")  # "# ..." and "... AA1  # note"; not TIMIT's "h#", nor a pause "#" ending a line
+_DECIMAL = re.compile(r"^\d*[.,]\d+$")
+
+
+def _fields(body: str) -> list[str] | None:
+    """A line's fields: split at spaces or tabs (times with decimal commas read), or as CSV when that gives none."""
+    parts = [x.replace(",", ".") if _COMMA_DECIMAL.match(x) else x for x in body.split()]
+    if len(parts) in (2, 3) and all(_number(x) for x in parts[:-1]):
+        return parts  # (a phone may hold a comma: espeak-ng's secondary stress, ",e")
+    if "," in body:
+        fields = [x.strip() for x in body.split(",")]
+        return [x for x in fields[:-1] if x] + fields[-1:]
+    return parts
 
 
 def _text_entries(text: str, alphabet: str) -> tuple[list, list, str]:
     """The entries of a text file, the line number of each, and the alphabet its ``# alphabet:`` line names.
     Audacity's label files are read too (its spectral-selection lines, which start with a backslash, skipped), and
-    CSV (``start,end,phone``, a header line skipped) or times with decimal commas."""
+    CSV (``start,end,phone``, a header line skipped) or times with decimal commas. ``#`` starts a comment at the
+    start of a line or after a space when a space follows it (``h#`` and a lone ``#`` are phones)."""
     entries, lines = [], []
     for n, line in enumerate(text.splitlines(), 1):
-        body, _, comment = line.partition("#")
+        m = _COMMENT.search(line)
+        body, comment = (line[:m.start()], line[m.end():]) if m else (line, "")
         key, _, value = comment.partition(":")
         if key.strip().lower() == "alphabet" and alphabet == "auto":
             alphabet = value.strip().lower()
         if body.lstrip().startswith("\\"):  # Audacity: the frequencies of the label above
             continue
-        parts = body.split()
-        csv = "," in body and not any(_COMMA_DECIMAL.match(x) for x in parts)
-        if csv:
-            parts = [x.strip() for x in body.split(",")]
-            parts = [x for x in parts[:-1] if x] + parts[-1:]
-        parts = [x.replace(",", ".") if _COMMA_DECIMAL.match(x) else x for x in parts]
+        parts = _fields(body)
         if not parts or parts == [""]:
             continue
-        if csv and not entries and not _number(parts[0]):  # a CSV header ("start,end,phone")
+        if "," in body and not entries and not _number(parts[0]):  # a CSV header ("start,end,phone")
             continue
         if len(parts) not in (2, 3):
             raise UserError(f"line {n}: expected START PHONE or START END PHONE, got {line.strip()!r}")
+        if _DECIMAL.match(parts[-1]) and all(_number(x) for x in parts[:-1]):
+            raise UserError(f"line {n}: no phone after its times ({line.strip()!r})")
         entries.append(tuple(parts))
         lines.append(n)
     return entries, lines, alphabet

@@ -34,7 +34,7 @@ _ARPABET_MORE = {
 # espeak-ng's mnemonics (stress marks stripped) -> ARPAbet
 _ESPEAK_VOWELS = {
     "a": "AE", "A": "AA", "&": "AE", "0": "AA", "V": "AH", "O": "AO", "o": "OW", "U": "UH", "u": "UW", "y": "UW",
-    "Y": "OW", "W": "AO", "E": "EH", "e": "EY", "I": "IH", "i": "IY", "@": "AH", "3": "ER",
+    "Y": "OW", "W": "AO", "E": "EH", "e": "EY", "I": "IH", "i": "IY", "@": "AH", "3": "ER", "8": "UH", "1": "IH",
 }
 _ESPEAK = {
     **_ESPEAK_VOWELS,
@@ -45,7 +45,8 @@ _ESPEAK = {
     "tS": "CH", "dZ": "JH", "ts": "S", "dz": "Z", "pF": "P", "sx": "SH", "t#": "T", "d#": "D", "n-": "N", "m-": "M",
     "l-": "L", "@L": "L", "r-": "R", "n^": "N", "l^": "L", "R^": "ZH", "s.": "SH", "z.": "ZH", "ts.": "CH",
     "s;": "SH", "z;": "ZH", "tS;": "CH", "dz;": "JH", "ts;": "CH", "s\\": "SH", "z\\": "ZH", "t_s\\": "CH",
-    "d_z\\": "JH", "p\\": "F", "N\\": "NG", "r`": "R",
+    "d_z\\": "JH", "p\\": "F", "N\\": "NG", "r`": "R", "**": "R", "r*": "R", "rR": "R", "R3": "R", "M": "F",
+    "TS": "CH", "ll": "L", "<h>": "HH",
     "a#": "AE", "aa": "AA", "A:": "AA", "A@": "AA", "O@": "AO", "o@": "AO", "@2": "AH", "@5": "AH", "3:": "ER",
     "VR": "ER", "@r": "ER", "I2": "IH", "I#": "IH", "i@": "IY", "i@3": "IY", "IR": "IY", "e@": "EH", "eI": "EY",
     "aI": "AY", "aI@": "AY", "aI3": "AY", "aU": "AW", "aU@": "AW", "Au": "AW", "OI": "OY", "OY": "OY", "oI": "OY",
@@ -53,7 +54,7 @@ _ESPEAK = {
     "u-": "UH", "o-": "AH", "e-": "AH", "@-": "AH", "E-": "EH", "u#": "UH", "ong": "UH",
 }
 _ESPEAK_STRESS = "',%=_!"
-_ESPEAK_MODIFIERS = "~:#-[;^`\\.12456789"  # nasal, length, variants, dental, palatal, retroflex ("0", "3": vowels)
+_ESPEAK_MODIFIERS = "~:#-[;^`\\.\"245679"  # nasal, length, variants, dental, palatal, retroflex ("0", "1", "3", "8": vowels)
 
 # IPA (marks stripped, see _ipa_base) -> ARPAbet
 _IPA_VOWELS = {
@@ -66,7 +67,7 @@ _IPA = {
     **_IPA_VOWELS,
     "p": "P", "b": "B", "t": "T", "d": "D", "ʈ": "T", "ɖ": "D", "c": "K", "ɟ": "G", "k": "K", "g": "G", "ɡ": "G",
     "q": "K", "ɢ": "G", "ʔ": "T", "ʡ": "T", "ɓ": "B", "ɗ": "D", "ʄ": "G", "ɠ": "G", "ʛ": "G", "ʘ": "P",
-    "m": "M", "ɱ": "M", "n": "N", "ɳ": "N", "ɲ": "N", "ŋ": "NG", "ɴ": "NG",
+    "m": "M", "ɱ": "F", "n": "N", "ɳ": "N", "ɲ": "N", "ŋ": "NG", "ɴ": "NG",
     "ʙ": "B", "r": "R", "ʀ": "HH", "ⱱ": "V", "ɾ": "T", "ɽ": "R", "ɺ": "L",
     "ɸ": "F", "β": "V", "f": "F", "v": "V", "θ": "TH", "ð": "DH", "s": "S", "z": "Z", "ʃ": "SH", "ʒ": "ZH",
     "ʂ": "SH", "ʐ": "ZH", "ɕ": "SH", "ʑ": "ZH", "ç": "HH", "ʝ": "Y", "x": "HH", "ɣ": "G", "χ": "HH", "ʁ": "HH",
@@ -100,7 +101,7 @@ def espeak(symbol: str) -> str | None:
     if s.upper() in SILENT or s.startswith("_") or (s.startswith("(") and s.endswith(")")):
         return "SIL"  # pauses, and the language switches espeak-ng reports as phonemes ("(en)")
     s = s.lstrip(_ESPEAK_STRESS)
-    if not any(c.isalnum() or c in "@&?*" for c in s):  # stress or syllable marks alone
+    if not any(c.isalnum() or c in "@&?*<" for c in s):  # stress or syllable marks alone
         return "SIL"
     if s in _ESPEAK:
         return _ESPEAK[s]
