@@ -79,6 +79,45 @@ def test_clips_whose_names_meet_are_all_preprocessed(tmp_path, more_data):
     assert sorted(p.name for p in (tmp_path / "ds" / "clips").iterdir()) == sorted(["talk", "talk_mpg", "会議"])
 
 
+def test_footage_added_later_never_moves_a_trained_speaker_into_validation():
+    """Preprocessing again after adding speakers (a run may have trained on the first ones): the speakers already
+    split keep their side, new ones make up the held-out share (the split was drawn afresh, and a trained speaker
+    could be held out)."""
+    from hyperlips.data.sources import assign_splits
+
+    first = [{"id": f"s{k}/0", "speaker": f"s{k}"} for k in range(10)]
+    assign_splits(first, 0.1)
+    sides = {e["speaker"]: e["split"] for e in first}
+    more = [dict(e) for e in first] + [{"id": f"t{k}/0", "speaker": f"t{k}"} for k in range(12)]
+    assign_splits(more, 0.1, sides)
+    assert all(e["split"] == sides[e["speaker"]] for e in more if e["speaker"] in sides)
+    assert sum(e["split"] == "val" for e in more) == 3  # ceil(0.1 * 22)
+    fresh = [dict(e) for e in more]
+    assign_splits(fresh, 0.1)  # drawn afresh, as before: some speaker trained on would have moved
+    assert any(e["split"] != sides[e["speaker"]] for e in fresh if e["speaker"] in sides)
+
+
+def test_the_manifest_keeps_its_split_when_clips_are_added(tmp_path):
+    """``preprocess`` run again on a dataset whose footage grew: its manifest keeps the sides it gave before."""
+    from hyperlips.data.manifests import write_manifest
+    from hyperlips.data.preprocess import PreprocessOptions
+
+    def add(speaker):
+        d = tmp_path / "clips" / speaker / "0"
+        d.mkdir(parents=True)
+        (d / "meta.json").write_text(json.dumps({"id": f"{speaker}/0", "source": f"{speaker}/0.mp4", "speaker": speaker,
+                                                 "n_frames": 50, "n_valid": 50, "fps": 25.0, "seconds": 2.0}))
+
+    for k in range(10):
+        add(f"s{k}")
+    opts = PreprocessOptions(val_fraction=0.1)
+    before = {c["speaker"]: c["split"] for c in write_manifest(tmp_path, opts)["clips"]}
+    for k in range(12):
+        add(f"t{k}")
+    after = {c["speaker"]: c["split"] for c in write_manifest(tmp_path, opts)["clips"]}
+    assert all(after[sp] == side for sp, side in before.items())
+
+
 def test_split_holds_out_whole_speakers_deterministically():
     from hyperlips.data.preprocess import assign_splits
 

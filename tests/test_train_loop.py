@@ -180,6 +180,32 @@ def test_a_learning_rate_changed_on_resume_applies_and_other_changes_are_said(sy
     assert res.returncode == 0 and "--model" not in res.stderr, res.stderr
 
 
+def test_a_resume_on_other_held_out_clips_or_another_process_count_is_said(sync_view, tmp_path):
+    """The dataset preprocessed again with its held-out clips changed, or a run of 2 processes resumed by 1: the run
+    goes on, saying that it is no longer the run it was (both went on without a word)."""
+    import json
+
+    from hyperlips.errors import InputWarning
+
+    data = tmp_path / "data"
+    shutil.copytree(sync_view, data, symlinks=True)
+    run = tmp_path / "run"
+    _trainer("sync", data, run, max_steps=2, ckpt_every=2).fit()
+    manifest = json.loads((data / "manifest.json").read_text())
+    for c in manifest["clips"]:
+        c["split"] = "val" if c["split"] == "train" else "train"
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(InputWarning, match="the dataset's held-out clips changed since this run was saved"):
+        _trainer("sync", data, run, resume=True, max_steps=3, ckpt_every=3).fit()
+    ck = run / "checkpoints/step_000000003.pt"
+    saved = torch.load(ck, weights_only=False)
+    saved["rng"] = saved["rng"] * 2  # as saved by two processes
+    torch.save(saved, ck)
+    with pytest.warns(InputWarning, match="saved by 2 processes and continues with 1: its batch of 4 samples a step "
+                                          "becomes 2"):
+        _trainer("sync", data, run, resume=True, max_steps=4, ckpt_every=4).fit()
+
+
 def test_unreadable_checkpoints_are_said_once_in_plain_words_and_best_is_the_last_resort(sync_view, tmp_path):
     """Each unreadable checkpoint was reported twice, in torch's words cut mid-sentence ("...there is a high)"), and a
     run whose step checkpoints were all gone said "no checkpoint to resume from" beside its best.pt."""

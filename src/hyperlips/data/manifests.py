@@ -41,7 +41,7 @@ def write_manifest(dst: str | os.PathLike, opts: PreprocessOptions = PreprocessO
         entries.append({k: meta[k] for k in ("id", "source", "speaker", "n_frames", "n_valid", "fps", "seconds")})
     if opts.split == "time" and entries:
         return write_time_split_manifest(dst, val_fraction=opts.val_fraction or 0.15)
-    split_by = assign_splits(entries, opts.val_fraction)
+    split_by = assign_splits(entries, opts.val_fraction, _previous_split(dst, opts.val_fraction))
     manifest = {
         "format_version": FORMAT_VERSION,
         "source_root": str(source_root) if source_root is not None else None,
@@ -54,6 +54,24 @@ def write_manifest(dst: str | os.PathLike, opts: PreprocessOptions = PreprocessO
     }
     _write_json_atomic(dst / MANIFEST, manifest)
     return manifest
+
+
+def _previous_split(dst: Path, val_fraction: float) -> dict[str, str] | None:
+    """The side each speaker (or clip) took in the dataset's manifest so far, when it was split the same way (by
+    speaker or clip, with the same share held out): kept, so footage added later never moves a speaker a run trained
+    on into validation. None for a first manifest, or one split otherwise (that split is then drawn again)."""
+    try:
+        old = json.loads((dst / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if old.get("split_by") not in ("speaker", "clip") or old.get("val_fraction") != val_fraction:
+        return None
+    key = "speaker" if old["split_by"] == "speaker" else "id"
+    sides = {}
+    for c in old.get("clips", []):
+        if isinstance(c, dict) and c.get("split") in ("train", "val") and key in c:
+            sides[c[key]] = c["split"]
+    return sides
 
 
 def _read_skipped(dst: Path) -> list[dict[str, str]]:

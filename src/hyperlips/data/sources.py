@@ -117,11 +117,15 @@ def _hash01(text: str) -> float:
     return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big") / 2.0**64
 
 
-def assign_splits(entries: list[dict[str, Any]], val_fraction: float) -> str:
+def assign_splits(entries: list[dict[str, Any]], val_fraction: float,
+                  previous: dict[str, str] | None = None) -> str:
     """Set ``entry["split"]`` to train/val by speaker (or by clip when there is one speaker); returns the rule used.
 
     The held-out group is the ``ceil(val_fraction * n)`` speakers (clips) that come first in a fixed hash order,
-    at least one when there are two or more, none when ``val_fraction`` is 0.
+    at least one when there are two or more, none when ``val_fraction`` is 0. ``previous``: the split of an earlier
+    manifest of the same dataset ({speaker or clip: "train"/"val"}, by the same rule): those keep their side (a
+    speaker a run trained on is never held out because footage was added), and only new ones are drawn to make up
+    the held-out share.
     """
     speakers = sorted({e["speaker"] for e in entries})
     by = "speaker" if len(speakers) > 1 else "clip"
@@ -129,7 +133,12 @@ def assign_splits(entries: list[dict[str, Any]], val_fraction: float) -> str:
     n_val = 0
     if val_fraction > 0 and len(keys) > 1:
         n_val = min(len(keys) - 1, max(1, math.ceil(val_fraction * len(keys))))
-    held = set(sorted(keys, key=_hash01)[:n_val])
+    kept = {k: previous[k] for k in keys if previous and previous.get(k) in ("train", "val")}
+    held = {k for k, side in kept.items() if side == "val"}
+    fresh = [k for k in sorted(keys, key=_hash01) if k not in kept]
+    held |= set(fresh[: max(0, n_val - len(held))])
+    if len(held) == len(keys) and len(keys) > 1:  # (every kept one held out: one goes back to training)
+        held.discard(sorted(held, key=_hash01)[-1])
     for e in entries:
         e["split"] = "val" if (e["speaker"] if by == "speaker" else e["id"]) in held else "train"
     return by

@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..errors import Terminated, UserError, check_stop
+from ..data.datasets import MANIFEST
+from ..errors import Terminated, UserError, check_stop, warn
 from .budget import BudgetPlan, patience_spent
 from .checkpoints import (
     CKPT_DIR,
@@ -91,6 +92,21 @@ def _deferred_interrupt(trainer: "Trainer"):
 def _stopped(signum: int) -> BaseException:
     """What a stop by ``signum`` raises: KeyboardInterrupt for Ctrl-C, :class:`~..errors.Terminated` otherwise."""
     return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def held_out_key(data) -> str | None:
+    """A key of a dataset's held-out clips (its manifest's ``val`` side, and their frames where a clip is split in
+    time), or None where there is no manifest."""
+    import hashlib
+    import json
+
+    try:
+        clips = json.loads((Path(data) / MANIFEST).read_text(encoding="utf-8")).get("clips", [])
+    except (OSError, ValueError, TypeError):
+        return None
+    held = sorted(f"{c.get('id')} {c.get('frames', '')}" for c in clips
+                  if isinstance(c, dict) and c.get("split") == "val")
+    return hashlib.sha1("\n".join(held).encode("utf-8")).hexdigest()[:16]
 
 
 def _infinite(loader) -> Iterator:
@@ -195,7 +211,8 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in stage.optimizers().items()},
             "scaler": self.ctx.scaler.state_dict() if self.ctx.scaler is not None else None,
             "rng": rngs,
-            "data": {"samples_per_rank": int(step) * self.cfg.batch_size, "world": self.dist.world},
+            "data": {"samples_per_rank": int(step) * self.cfg.batch_size, "world": self.dist.world,
+                     "held_out": held_out_key(self.cfg.data)},
             "best": dict(best),
             "clock": {"elapsed_s": float(self.elapsed), **self.budget.state()},
         }
@@ -263,6 +280,16 @@ class Trainer:
             set_rng_state(rngs[self.dist.rank])
         else:
             seed_everything(self.cfg.seed + 1000 * int(ck["step"]) + self.dist.rank)
+            if rngs and self.dist.main:
+                warn(f"{self.run}: the run was saved by {len(rngs)} processes and continues with {self.dist.world}: "
+                     f"its batch of {len(rngs) * self.cfg.batch_size} samples a step becomes "
+                     f"{self.dist.world * self.cfg.batch_size}, and its random draws start afresh (the run is no longer "
+                     "what it would have been uninterrupted)")
+        held = (ck.get("data") or {}).get("held_out")
+        if held is not None and held != held_out_key(self.cfg.data) and self.dist.main:
+            warn(f"{self.run}: the dataset's held-out clips changed since this run was saved (preprocessed again with "
+                 "other footage or another --val-fraction): its validation figures, and the best checkpoint chosen "
+                 "by them, now measure other clips, possibly ones it trained on")
 
     # -- main
     def fit(self) -> TrainResult:
