@@ -206,6 +206,21 @@ def test_a_resume_on_other_held_out_clips_or_another_process_count_is_said(sync_
         _trainer("sync", data, run, resume=True, max_steps=4, ckpt_every=4).fit()
 
 
+def test_a_resumed_run_logs_each_step_once(sync_view, tmp_path):
+    """Resumed from step 2 after it had trained to 3 (the third step lost with its process): scalars.jsonl holds
+    each step once, as the resumed run trained it (the lost step's record stayed beside the new one)."""
+    import json
+
+    run = tmp_path / "run"
+    _trainer("sync", sync_view, run, max_steps=3, ckpt_every=2).fit()
+    (run / "checkpoints/step_000000003.pt").unlink()  # as if the process died before its last checkpoint
+    with open(run / "scalars.jsonl", "a") as f:
+        f.write('{"step": 3, "trunc')  # and its last line was cut short
+    _trainer("sync", sync_view, run, resume=True, max_steps=4, ckpt_every=2).fit()
+    steps = [json.loads(line)["step"] for line in (run / "scalars.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) and steps[-1] == 4, steps
+
+
 def test_unreadable_checkpoints_are_said_once_in_plain_words_and_best_is_the_last_resort(sync_view, tmp_path):
     """Each unreadable checkpoint was reported twice, in torch's words cut mid-sentence ("...there is a high)"), and a
     run whose step checkpoints were all gone said "no checkpoint to resume from" beside its best.pt."""
@@ -288,6 +303,28 @@ def test_best_checkpoint_is_the_lowest_validation_metric(sync_view, tmp_path, mo
     last, _ = read_state_dict(res.model, "syncnet")
     assert all(torch.equal(best[k], at2[k]) for k in best)
     assert not all(torch.equal(best[k], last[k]) for k in best)
+
+
+def test_a_figure_better_higher_picks_its_highest_and_an_unknown_one_is_said(sync_view, tmp_path, monkeypatch):
+    """``--set best_metric=val/auc`` keeps the step of the highest AUC (the lowest was kept: the worst expert); a
+    name no validation gives (a typo) is said once, not passed over in silence with no best checkpoint."""
+    from hyperlips.errors import InputWarning
+    from hyperlips.train import loop, sync
+
+    scripted = iter([0.6, 0.8, 0.7, 0.5] + [0.5] * 4)  # the best AUC at step 2
+
+    def val_metrics(self, values):
+        return {"val/loss": 0.5, "val/auc": next(scripted)}
+
+    monkeypatch.setattr(sync.SyncStage, "val_metrics", val_metrics)
+    _trainer("sync", sync_view, tmp_path / "run", max_steps=4, val_every=1, val_samples=2, ckpt_every=100,
+             best_metric="val/auc").fit()
+    assert loop.read_checkpoint(tmp_path / "run/checkpoints/best.pt")["step"] == 2
+    with pytest.warns(InputWarning, match="best_metric val/acuracy is none of this validation's figures "
+                                          "\\(val/loss, val/auc\\)") as said:
+        _trainer("sync", sync_view, tmp_path / "typo", max_steps=3, val_every=1, val_samples=2, ckpt_every=100,
+                 best_metric="val/acuracy").fit()
+    assert sum("best_metric" in str(w.message) for w in said) == 1
 
 
 def test_patience_stops_a_run_whose_held_out_figure_stopped_improving_and_resume_keeps_the_rule(

@@ -108,7 +108,7 @@ class TrainConfig:
     val_at_start: bool = False  # also validate before the first step of a fresh run (the starting point)
     ckpt_every: int = 1000
     keep_last: int = 3
-    best_metric: str = ""  # metric that picks best.pt ("" = the stage's default)
+    best_metric: str = ""  # metric that picks best.pt ("" = the stage's default; loop.higher_is_better: which way)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

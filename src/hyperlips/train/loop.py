@@ -94,6 +94,16 @@ def _stopped(signum: int) -> BaseException:
     return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
+# validation figures for which more is better (the others, losses and errors, are better lower)
+HIGHER_IS_BETTER = ("auc", "acc", "accuracy", "psnr", "ssim", "_r", "_r_other", "faces_found", "sharpness")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of validation figure ``metric`` (``val/auc``, ``val/mouth_l1``) is the better one."""
+    leaf = metric.rsplit("/", 1)[-1]
+    return leaf in HIGHER_IS_BETTER or leaf.endswith(HIGHER_IS_BETTER)
+
+
 def held_out_key(data) -> str | None:
     """A key of a dataset's held-out clips (its manifest's ``val`` side, and their frames where a clip is split in
     time), or None where there is no manifest."""
@@ -141,6 +151,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.on_step: Callable[[int, dict[str, float]], None] | None = None  # test hook
         self.elapsed = 0.0  # training wall time of the run so far, across resumes (seconds)
+        self._said_metric = False  # best_metric named no figure of the validation (said once)
         self.budget = BudgetPlan(cfg.max_minutes, cfg.val_every, cfg.max_steps, self.dist.broadcast)
 
     def say(self, msg: str) -> None:
@@ -344,7 +355,7 @@ class Trainer:
             import yaml
 
             (self.run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True), encoding="utf-8")
-        log = RunLog(self.run, self.dist.main, quiet=self.quiet)
+        log = RunLog(self.run, self.dist.main, quiet=self.quiet, start=start)
         try:
             return self._loop(stage, start, best, log)
         finally:
@@ -459,7 +470,12 @@ class Trainer:
                             self.say("validation at step %d: %s" % (step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())))
                         key = best["metric"]
                         v = metrics.get(key)
-                        if v is not None and math.isfinite(v) and (best["value"] is None or v < best["value"]):
+                        if v is None and not self._said_metric:
+                            self._said_metric = True
+                            warn(f"best_metric {key} is none of this validation's figures ({', '.join(metrics)}): "
+                                 "no best checkpoint is kept, and patience never stops the run")
+                        if v is not None and math.isfinite(v) and (best["value"] is None or (
+                                v > best["value"] if higher_is_better(key) else v < best["value"])):
                             best = {"metric": key, "value": float(v), "step": step}
                             is_best = True
                     self._preview(stage, step, log)

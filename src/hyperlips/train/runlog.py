@@ -12,19 +12,44 @@ import numpy as np
 from torch import Tensor
 
 
+def _drop_after(path: Path, step: int) -> None:
+    """Keep the records of ``path`` (JSON lines) up to ``step``; a line that is not a record (a write cut short) goes
+    too."""
+    if not path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+            keep = int(rec.get("step", 0)) <= step
+        except (ValueError, TypeError, AttributeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.replace(path)
+
+
 class RunLog:
     """Scalars to ``scalars.jsonl`` (always) and TensorBoard (when installed); image grids as PNG files
     under ``images/`` (always) and in TensorBoard. Only rank 0 writes."""
 
     _said_no_tb = False
 
-    def __init__(self, run: Path, enabled: bool, quiet: bool = False):
+    def __init__(self, run: Path, enabled: bool, quiet: bool = False, start: int = 0):
+        """``start``: the step the run goes on from (a resume): records after it, from the stretch the resume throws
+        away, are dropped so that the file holds each step once, as this run trained it."""
         self.run = run
         self.enabled = enabled
         self.tb = None
         if not enabled:
             return
         run.mkdir(parents=True, exist_ok=True)
+        _drop_after(run / "scalars.jsonl", start)
         self._scalars = open(run / "scalars.jsonl", "a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -48,7 +48,7 @@ class Stage:
 
     name = ""
     model_name = ""  # registry name of the exported network
-    best_metric = ""  # validation metric that picks best.pt (lower is better)
+    best_metric = ""  # validation metric that picks best.pt (lower is better, but for loop.HIGHER_IS_BETTER's)
 
     def __init__(self, cfg: TrainConfig, ctx: "Context"):
         self.cfg = cfg
