@@ -18,7 +18,12 @@ checkpoints carry, so a resumed run stops exactly where the uninterrupted one wo
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from ..data.datasets import MANIFEST
 
 PREPARE_SHARE = 0.25  # of the budget, the most a stage's one-off preparation may take
 MARGIN = 0.98  # of the steps the measured speed allows, planned
@@ -80,3 +85,25 @@ def patience_spent(step: int, best_step: int | None, patience: int, val_every: i
     if patience <= 0 or best_step is None or val_every <= 0:
         return False
     return step - int(best_step) >= int(patience) * int(val_every)
+
+
+# validation figures for which more is better (the others, losses and errors, are better lower)
+HIGHER_IS_BETTER = ("auc", "acc", "accuracy", "psnr", "ssim", "_r", "_r_other", "faces_found", "sharpness")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of validation figure ``metric`` (``val/auc``, ``val/mouth_l1``) is the better one."""
+    leaf = metric.rsplit("/", 1)[-1]
+    return leaf in HIGHER_IS_BETTER or leaf.endswith(HIGHER_IS_BETTER)
+
+
+def held_out_key(data) -> str | None:
+    """A key of a dataset's held-out clips (its manifest's ``val`` side, and their frames where a clip is split in
+    time), or None where there is no manifest."""
+    try:
+        clips = json.loads((Path(data) / MANIFEST).read_text(encoding="utf-8")).get("clips", [])
+    except (OSError, ValueError, TypeError):
+        return None
+    held = sorted(f"{c.get('id')} {c.get('frames', '')}" for c in clips
+                  if isinstance(c, dict) and c.get("split") == "val")
+    return hashlib.sha1("\n".join(held).encode("utf-8")).hexdigest()[:16]

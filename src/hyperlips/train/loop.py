@@ -3,7 +3,8 @@
 What it does for every stage: one process per GPU under ``torchrun`` (:mod:`.distributed`), AMP, gradient
 clipping, a finiteness check on every loss that stops the run with a message (before anything is written),
 periodic validation (:mod:`.validation`), logging (:mod:`.runlog`), checkpoints (:mod:`.checkpoints`) and an
-optional wall-clock budget (:mod:`.budget`).
+optional wall-clock budget (:mod:`.budget`, which also says which validation figures are better higher); Ctrl-C and
+SIGTERM stop it after a step with a checkpoint (:mod:`.interrupts`).
 
 Checkpoints (``RUN/checkpoints/step_<n>.pt``) hold the whole training state: weights, optimisers, the AMP scaler,
 every rank's RNG states, the step and the data position; the last ``keep_last`` are kept, plus ``best.pt`` (best
@@ -20,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..data.datasets import MANIFEST
-from ..errors import Terminated, UserError, check_stop, warn
-from .budget import BudgetPlan, patience_spent
+from ..errors import UserError, check_stop, warn
+from .budget import BudgetPlan, held_out_key, higher_is_better, patience_spent
 from .checkpoints import (
     CKPT_DIR,
     CKPT_FORMAT,
@@ -46,6 +44,7 @@ from .checkpoints import (
 )
 from .config import TrainConfig
 from .distributed import Dist, rng_state, seed_everything, set_rng_state, setup_distributed
+from .interrupts import deferred_interrupt, stopped
 from .progress import LRSchedule, Progress
 from .runlog import RunLog
 from .stage import Context, Stage, TrainingDiverged, amp_settings
@@ -56,69 +55,6 @@ EARLY_PLAN_STEPS = 20  # with a time budget, the steps timed for a first plan (b
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-@contextlib.contextmanager
-def _deferred_interrupt(trainer: "Trainer"):
-    """While the steps run, Ctrl-C, SIGTERM or SIGHUP (a closed terminal) asks the loop to stop after the current step
-    (the caller checks the list it gets, saves a checkpoint, then raises :func:`_stopped`'s exception, so the exit
-    code is still the signal's); a second one stops at once. A signal ignored when the loop starts (``nohup``) stays
-    ignored. Only in a single process's main thread (signal handlers belong there; under torchrun every process
-    would have to agree on the step); data-loader workers, which inherit the handler, leave it to that process."""
-    interrupted: list[int] = []
-    if trainer.dist.enabled or threading.current_thread() is not threading.main_thread():
-        yield interrupted
-        return
-    owner = os.getpid()
-
-    def on_signal(signum, frame):
-        if os.getpid() != owner:  # a forked data-loader worker: the training process stops it
-            return
-        if interrupted:
-            raise _stopped(signum)
-        interrupted.append(signum)
-        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-        trainer.say(f"{what}: stopping after this step with a checkpoint to resume from (again: stop at once)")
-
-    olds = {}
-    for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
-        if sig is not None and (sig == signal.SIGINT or signal.getsignal(sig) != signal.SIG_IGN):
-            olds[sig] = signal.signal(sig, on_signal)
-    try:
-        yield interrupted
-    finally:
-        for sig, old in olds.items():
-            signal.signal(sig, old)
-
-
-def _stopped(signum: int) -> BaseException:
-    """What a stop by ``signum`` raises: KeyboardInterrupt for Ctrl-C, :class:`~..errors.Terminated` otherwise."""
-    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
-
-
-# validation figures for which more is better (the others, losses and errors, are better lower)
-HIGHER_IS_BETTER = ("auc", "acc", "accuracy", "psnr", "ssim", "_r", "_r_other", "faces_found", "sharpness")
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of validation figure ``metric`` (``val/auc``, ``val/mouth_l1``) is the better one."""
-    leaf = metric.rsplit("/", 1)[-1]
-    return leaf in HIGHER_IS_BETTER or leaf.endswith(HIGHER_IS_BETTER)
-
-
-def held_out_key(data) -> str | None:
-    """A key of a dataset's held-out clips (its manifest's ``val`` side, and their frames where a clip is split in
-    time), or None where there is no manifest."""
-    import hashlib
-    import json
-
-    try:
-        clips = json.loads((Path(data) / MANIFEST).read_text(encoding="utf-8")).get("clips", [])
-    except (OSError, ValueError, TypeError):
-        return None
-    held = sorted(f"{c.get('id')} {c.get('frames', '')}" for c in clips
-                  if isinstance(c, dict) and c.get("split") == "val")
-    return hashlib.sha1("\n".join(held).encode("utf-8")).hexdigest()[:16]
-
-
 def _infinite(loader) -> Iterator:
     while True:
         yield from loader
@@ -421,7 +357,7 @@ class Trainer:
                 self.say("validation before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         t_log, n_log = time.perf_counter(), 0
         stop = step >= self.max_steps() or (budget and self.elapsed >= budget) or self._no_better(step, best)
-        with _deferred_interrupt(self) as interrupted:  # Ctrl-C: stop after the step, with a checkpoint
+        with deferred_interrupt(self) as interrupted:  # Ctrl-C: stop after the step, with a checkpoint
             while not stop:
                 check_stop()  # SIGTERM/SIGHUP whose exception a native call swallowed: stop before the next step
                 schedule.apply(step, self.planned_steps)
@@ -496,7 +432,7 @@ class Trainer:
         if interrupted:
             self.say(f"stopped at step {step}; its checkpoint is in {self.run / CKPT_DIR}: run the same command with "
                      "--resume (finetune: run it again) to continue")
-            raise _stopped(interrupted[0])
+            raise stopped(interrupted[0])
         elapsed = time.perf_counter() - t0
         sps = done_steps * cfg.batch_size * self.dist.world / max(elapsed, 1e-9)
         model = self.run / "model.safetensors"
