@@ -315,6 +315,18 @@ def _sample_aspect(stream) -> Fraction:
     return Fraction(1)
 
 
+# codecs of pictures (a file of one of them holding one frame is a photo), and photo formats FFmpeg reads as video
+STILL_CODECS = frozenset({"gif", "png", "apng", "mjpeg", "webp", "bmp", "tiff", "jpeg2000", "jpegls", "jpegxl"})
+STILL_SUFFIXES = frozenset({".avif", ".heic", ".heif", ".jfif", ".gif"})
+
+
+def _one_picture(info: VideoInfo, index: _Index) -> bool:
+    """A file holding one picture (a one-frame GIF, an AVIF or HEIF photo): a still image, not a one-frame video (a
+    one-frame H.264 clip stays a video, with its pixel shape and colour coding)."""
+    return (index.n_frames == 1 and not info.has_audio
+            and (info.codec in STILL_CODECS or Path(info.path).suffix.lower() in STILL_SUFFIXES))
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Size, frame rate, exact frame count, duration, rotation and audio presence of a video or still image.
 
@@ -325,7 +337,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     if _is_image(p):
         return _image_info(p, _read_image(p))
     info, index = _probe_video(p)
-    if index.n_frames == 1 and not info.has_audio:  # a still picture (FrameReader reads it as one)
+    if _one_picture(info, index):  # a still picture (FrameReader reads it as one)
         with FrameReader(p) as reader:
             return reader.info
     return info
@@ -364,7 +376,7 @@ class FrameReader:
         self._t0 = None
         self._reformatter = None
         self.bad_packets = 0  # packets the decoder rejected so far (damaged data)
-        if self._image is None and self._index.n_frames == 1 and not self.info.has_audio:
+        if self._image is None and _one_picture(self.info, self._index):
             # one picture in a video's clothes (a one-frame GIF, an AVIF or HEIF photo): a still image, as a PNG
             # is, not a one-frame video at its container's rate (a GIF's 100 fps, an AVIF's 1 fps)
             first = next(self.iter_range(0, 1), None)
@@ -553,7 +565,7 @@ class FrameReader:
                     return
                 keep = self.keep_source and not self.info.rotation and not self.info.mirror and writer_coded(fr)
                 check_stop()  # a signal whose exception the decoder swallowed stops the reading here
-                yield Frame(idx, t, self._to_bgr(fr), bool(fr.is_corrupt), fr if keep else None)
+                yield Frame(idx, t, self._at_size(self._to_bgr(fr)), bool(fr.is_corrupt), fr if keep else None)
             if not overshoot:
                 return
 
@@ -573,16 +585,20 @@ class FrameReader:
             img = cv2.merge([b, g, r])
         else:
             img = self._reformatter.reformat(frame, format="bgr24", interpolation=self._flags, threads=1).to_ndarray()
-        img = rotate_image(img, self.info.rotation, self.info.mirror)
-        if img.shape[:2] != (self.info.height, self.info.width):  # the picture changes size midway (joined streams)
-            import cv2
+        return rotate_image(img, self.info.rotation, self.info.mirror)
 
-            if not getattr(self, "_resized_said", False):
-                self._resized_said = True
-                warn(f"{self.path}: its picture changes size midway ({self.info.width}x{self.info.height}, then "
-                     f"{img.shape[1]}x{img.shape[0]}): frames of another size are scaled to the first's")
-            img = cv2.resize(img, (self.info.width, self.info.height), interpolation=cv2.INTER_AREA)
-        return img
+    def _at_size(self, img: np.ndarray) -> np.ndarray:
+        """A frame at the video's size: a picture that changes size midway (joined streams) is scaled to its first
+        size, with a warning."""
+        if img.shape[:2] == (self.info.height, self.info.width):
+            return img
+        import cv2
+
+        if not getattr(self, "_resized_said", False):
+            self._resized_said = True
+            warn(f"{self.path}: its picture changes size midway ({self.info.width}x{self.info.height}, then "
+                 f"{img.shape[1]}x{img.shape[0]}): frames of another size are scaled to the first's")
+        return cv2.resize(img, (self.info.width, self.info.height), interpolation=cv2.INTER_AREA)
 
 
 def plane_views(picture) -> list[np.ndarray]:
