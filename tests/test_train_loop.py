@@ -66,6 +66,9 @@ def test_config_precedence_and_errors(tmp_path):
                                ("val_samples", 0, "at least 1"), ("max_minutes", -1, "at least 0")]:
         with pytest.raises(UserError, match=f"training setting {name}=.*: must be .*{words}"):
             build_config("sync", overrides={name: value})
+    for name, value in [("flip", 2.5), ("mirror", -0.1), ("min_shift", -3), ("min_shift", 0)]:  # accepted once: an
+        with pytest.raises(UserError, match=f"training setting {name}="):  # off-sync pair could be in sync
+            build_config("sync", overrides={name: value})
     assert build_config("sync", overrides={"val_every": 0, "threads": 0, "workers": 0}).val_every == 0
 
 

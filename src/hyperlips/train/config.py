@@ -159,9 +159,10 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"hyperlips-lite": LITE_DEFAULTS, "s
 # instead of failing deep inside torch or the loop
 _AT_LEAST = {"batch_size": 1, "max_steps": 0, "workers": 0, "threads": 0, "log_every": 1, "image_every": 0,
              "val_every": 0, "val_samples": 1, "ckpt_every": 1, "keep_last": 1, "warmup_steps": 0, "patience": 0,
-             "audio_steps": 0, "bn_batches": 0, "sync_candidates": 1}
+             "audio_steps": 0, "bn_batches": 0, "sync_candidates": 1, "min_shift": 1, "val_min_shift": 1}
 _ABOVE_ZERO = ("lr", "disc_lr", "audio_lr")
 _NOT_NEGATIVE = ("max_minutes", "grad_clip")
+_SHARES = ("flip", "teacher_forcing", "mirror", "source_shift")  # probabilities: between 0 and 1
 
 
 def _check_ranges(cfg: "TrainConfig") -> None:
@@ -177,6 +178,10 @@ def _check_ranges(cfg: "TrainConfig") -> None:
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v >= 0):
             raise UserError(f"training setting {name}={v!r}: must be a number of at least 0")
+    for name in _SHARES:
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and 0 <= v <= 1):
+            raise UserError(f"training setting {name}={v!r}: a share of the samples, between 0 and 1")
 
 
 def _field_types() -> dict[str, Any]:
