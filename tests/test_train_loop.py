@@ -224,6 +224,21 @@ def test_a_resumed_run_logs_each_step_once(sync_view, tmp_path):
     assert steps == sorted(steps) and len(steps) == len(set(steps)) and steps[-1] == 4, steps
 
 
+def test_a_run_started_on_a_relative_dataset_resumes_from_another_folder(sync_view, tmp_path):
+    """``train sync data -o RUN`` then ``--resume`` from elsewhere without naming the dataset: the run finds it (its
+    settings held "data", looked for in the folder of the resume)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data").symlink_to(sync_view)
+    run = tmp_path / "run"
+    args = ("--max-steps", "1", "--workers", "0", "--threads", "1", "--batch-size", "2", "--val-every", "0")
+    first = run_cli("train", "sync", "data", "--out", run, *args, cwd=work)
+    assert first.returncode == 0, first.stderr
+    res = run_cli("train", "sync", "--out", run, "--resume", "--max-steps", "2", "--workers", "0", "--threads", "1",
+                  cwd=tmp_path)
+    assert res.returncode == 0 and "resumed" in res.stderr, res.stderr
+
+
 def test_unreadable_checkpoints_are_said_once_in_plain_words_and_best_is_the_last_resort(sync_view, tmp_path):
     """Each unreadable checkpoint was reported twice, in torch's words cut mid-sentence ("...there is a high)"), and a
     run whose step checkpoints were all gone said "no checkpoint to resume from" beside its best.pt."""

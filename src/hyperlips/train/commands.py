@@ -7,6 +7,7 @@ The same command runs on one device or, under ``torchrun --nproc_per_node N``, o
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,9 @@ def config_from_args(args: argparse.Namespace):
         raise UserError("no dataset given: hyperlips train %s DATA --out RUN (DATA from hyperlips preprocess)" % args.stage)
     if not cfg.out:
         raise UserError("no run folder given: --out RUN")
+    # the dataset as an absolute path in the run's settings: `--resume` from another folder finds it (it looked for
+    # "data" there, and would have trained on another folder of that name)
+    cfg.data = os.path.abspath(os.path.expanduser(cfg.data))
     return cfg
 
 
