@@ -344,7 +344,8 @@ class Trainer:
                 stage.prepare(self.budget.prepare_limit(self.elapsed))
             except KeyboardInterrupt:  # SIGTERM/SIGHUP too (Terminated): no step yet, so no checkpoint
                 self.say("stopped before the first step (while preparing the run: Lite fits its audio encoder "
-                         "then); nothing was saved, so running the same command again starts the run over")
+                         "then); nothing was saved, so running the same command again starts the run over (`train`: "
+                         "without --resume, which needs a checkpoint)")
                 raise
             out_of_time()
         self.budget.start(start, self.elapsed)  # the speed is measured from here
