@@ -109,6 +109,20 @@ def write_video(
     return path
 
 
+def encode_frames(container, stream, images: Sequence[np.ndarray], start: int = 0, rate: int = 25) -> None:
+    """Encode RGB ``images`` into the open video ``stream`` of ``container``, frame ``k`` stamped ``start + k`` (in
+    1/``rate`` s), and flush the encoder."""
+    import av
+
+    for k, img in enumerate(images):
+        f = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").reformat(format=stream.pix_fmt)
+        f.pts, f.time_base = start + k, Fraction(1, rate)
+        for pkt in stream.encode(f):
+            container.mux(pkt)
+    for pkt in stream.encode(None):
+        container.mux(pkt)
+
+
 def _encode_audio(container, stream, samples: np.ndarray, rate: int) -> None:
     import av
 

@@ -152,28 +152,30 @@ def test_keep_stereo_keeps_each_side_and_mixes_more_channels_down(tmp_path):
 
 
 def _pcm_frames(path, samples: np.ndarray, rate: int, skip=(), codec: str = "pcm_s16le", streams: int = 1,
-                default: int | None = None):
-    """Write mono ``samples`` in frames (of 800, or the codec's size) with their own timestamps, leaving out the frames starting in a
-    ``skip`` range of seconds (a recorder that dropped audio); ``streams`` copies of the track, the ``default``-th
-    flagged default (the others silent)."""
+                default: int | None = None, pts_of=None, container: str | None = None, size: int | None = None):
+    """Write mono ``samples`` in frames (of ``size``, else the codec's, else 800) with their own timestamps: frame
+    ``k`` at ``pts_of(k)`` samples (default: where it starts), those starting in a ``skip`` range of seconds left out
+    (a recorder that dropped audio); ``streams`` copies of the track, the ``default``-th flagged default (the others
+    silent). A codec with frames of a fixed size gets whole frames only."""
     import av
     from av.stream import Disposition
 
-    with av.open(str(path), "w") as c:
+    with av.open(str(path), "w", format=container) as c:
         tracks = [c.add_stream(codec, rate=rate, layout="mono") for _ in range(streams)]
         for k, st in enumerate(tracks):  # (before the first packet: the header is written then)
             if default is not None:
                 st.disposition = Disposition.default if k == default else Disposition(0)
         for k, st in enumerate(tracks):
             sig = samples if default is None or k == default else np.zeros_like(samples)
-            fmt, size = st.codec_context.format.name, st.codec_context.frame_size or 800
-            for pos in range(0, len(sig), size):
+            fmt, n = st.codec_context.format.name, size or st.codec_context.frame_size or 800
+            whole = size is not None or bool(st.codec_context.frame_size)
+            for j, pos in enumerate(range(0, len(sig) - (n - 1 if whole else 0), n)):
                 if any(a * rate <= pos < b * rate for a, b in skip):
                     continue
-                chunk = sig[None, pos:pos + size]
+                chunk = sig[None, pos:pos + n]
                 data = (chunk * 32767).astype(np.int16) if fmt.startswith("s16") else chunk.astype(np.float32)
                 f = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout="mono")
-                f.sample_rate, f.pts = rate, pos
+                f.sample_rate, f.pts = rate, int(pts_of(j)) if pts_of is not None else pos
                 for pkt in st.encode(f):
                     c.mux(pkt)
             for pkt in st.encode(None):
@@ -196,42 +198,10 @@ def test_a_hole_in_the_audio_timestamps_is_silence_in_its_place(tmp_path):
     assert np.argmax(np.abs(wav) > 0.1) / 16000 == pytest.approx(2.0, abs=0.002)
 
 
-def _stamped(path, samples: np.ndarray, rate: int, pts_of) -> Path:
-    """PCM in an MKV, frames of 800 samples, frame ``k`` stamped ``pts_of(k)`` (in samples)."""
-    import av
-
-    with av.open(str(path), "w") as c:
-        st = c.add_stream("pcm_s16le", rate=rate, layout="mono")
-        for k, pos in enumerate(range(0, len(samples), 800)):
-            f = av.AudioFrame.from_ndarray((samples[None, pos:pos + 800] * 32767).astype(np.int16), format="s16",
-                                           layout="mono")
-            f.sample_rate, f.pts = rate, int(pts_of(k))
-            for pkt in st.encode(f):
-                c.mux(pkt)
-        for pkt in st.encode(None):
-            c.mux(pkt)
-    return path
-
-
 def _ts_recording(path, samples: np.ndarray, rate: int, skip=()) -> Path:
-    """An MPEG-TS recording (MP2 audio) whose timestamps start at 0, leaving out frames starting in ``skip``
-    (seconds ranges)."""
-    import av
-
-    with av.open(str(path), "w", format="mpegts") as c:
-        st = c.add_stream("mp2", rate=rate, layout="mono")
-        size = 1152  # MP2's frame
-        for pos in range(0, len(samples) - size + 1, size):
-            if any(a * rate <= pos < b * rate for a, b in skip):
-                continue
-            f = av.AudioFrame.from_ndarray((samples[None, pos:pos + size] * 32767).astype(np.int16), format="s16",
-                                           layout="mono")
-            f.sample_rate, f.pts = rate, pos
-            for pkt in st.encode(f):
-                c.mux(pkt)
-        for pkt in st.encode(None):
-            c.mux(pkt)
-    return path
+    """An MPEG-TS recording (MP2 audio) whose timestamps start at 0, as a recorder writes it (two of them joined with
+    ``cat``: timestamps that restart)."""
+    return _pcm_frames(path, samples, rate, skip=skip, codec="mp2", container="mpegts", size=1152)
 
 
 def test_timestamps_that_restart_or_drift_are_read_as_they_run(tmp_path):
@@ -248,7 +218,8 @@ def test_timestamps_that_restart_or_drift_are_read_as_they_run(tmp_path):
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         wav = load_audio(joined, 16000)
-        slow = load_audio(_stamped(tmp_path / "slow.mkv", _tone_at(6.0, 4.0), 16000, lambda k: k * 799), 16000)
+        slow = load_audio(_pcm_frames(tmp_path / "slow.mkv", _tone_at(6.0, 4.0), 16000, pts_of=lambda k: k * 799),
+                          16000)
     assert not [str(w.message) for w in said if issubclass(w.category, InputWarning)]
     assert np.argmax(np.abs(wav) > 0.1) / 16000 == pytest.approx(3.5, abs=0.08)  # after the whole first recording
     assert abs(len(slow) - 96000) <= 800 and np.argmax(np.abs(slow) > 0.1) / 16000 == pytest.approx(4.0, abs=0.03)
@@ -263,18 +234,18 @@ def test_timestamps_that_restart_or_drift_are_read_as_they_run(tmp_path):
 def test_holes_are_filled_only_as_far_as_the_sound_goes(tmp_path):
     """A file of a few packets stamped far apart (a tiny upload) is not made into minutes of silence in memory: the
     silence put in holes is at most 30 s, or as long as the sound itself."""
-    wav = load_audio(_stamped(tmp_path / "far.mkv", np.full(16000, 0.2, np.float32), 16000, lambda k: k * 16000 * 20),
-                     16000)
+    wav = load_audio(_pcm_frames(tmp_path / "far.mkv", np.full(16000, 0.2, np.float32), 16000,
+                                 pts_of=lambda k: k * 16000 * 20), 16000)
     assert len(wav) <= 16000 * 31
 
 
 def test_the_sound_is_aligned_with_the_video_track_that_is_shown(tmp_path):
     """Sample 0 is at the first frame of the video track a player shows (the default one, as frames are read), not
     of the first track: here it starts 1 s later, so 3 of the 4 s of sound are its."""
-    from fractions import Fraction
-
     import av
     from av.stream import Disposition
+
+    from media_builders import encode_frames
 
     path = tmp_path / "two_pictures.mkv"
     with av.open(str(path), "w") as c:
@@ -284,14 +255,7 @@ def test_the_sound_is_aligned_with_the_video_track_that_is_shown(tmp_path):
         first.disposition, shown.disposition = Disposition(0), Disposition.default
         audio = c.add_stream("pcm_s16le", rate=16000, layout="mono")
         for st, start in ((first, 0), (shown, 25)):
-            for k in range(75):
-                f = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24").reformat(
-                    format="yuv420p")
-                f.pts, f.time_base = start + k, Fraction(1, 25)
-                for pkt in st.encode(f):
-                    c.mux(pkt)
-            for pkt in st.encode(None):
-                c.mux(pkt)
+            encode_frames(c, st, [np.zeros((48, 64, 3), np.uint8)] * 75, start)
         sig = (0.3 * np.sin(np.arange(64000) * 0.2) * 32767).astype(np.int16)
         for pos in range(0, 64000, 800):
             f = av.AudioFrame.from_ndarray(sig[None, pos:pos + 800].copy(), format="s16", layout="mono")

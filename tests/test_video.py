@@ -747,18 +747,13 @@ def test_a_picture_that_changes_size_midway_is_scaled_to_the_first_size(tmp_path
 
     from hyperlips.errors import InputWarning
 
+    from media_builders import encode_frames
+
     def part(path, w, h, start):
         with av.open(str(path), "w", format="mpegts") as c:
             s = c.add_stream("mpeg2video", rate=25)
             s.width, s.height, s.pix_fmt, s.time_base = w, h, "yuv420p", Fraction(1, 25)
-            for k in range(10):
-                f = av.VideoFrame.from_ndarray(np.full((h, w, 3), 100, np.uint8), format="rgb24").reformat(
-                    format="yuv420p")
-                f.pts, f.time_base = start + k, Fraction(1, 25)
-                for pkt in s.encode(f):
-                    c.mux(pkt)
-            for pkt in s.encode(None):
-                c.mux(pkt)
+            encode_frames(c, s, [np.full((h, w, 3), 100, np.uint8)] * 10, start)
 
     part(tmp_path / "a.ts", 64, 48, 0)
     part(tmp_path / "b.ts", 48, 32, 10)
