@@ -141,15 +141,6 @@ def _audio_stream(container):
     return container.streams.audio[0]
 
 
-def _shown_video(container):
-    """The video track a player shows (as ``media.video`` reads it: cover art left out, the default one first), or
-    None: the picture the sound is aligned with."""
-    from av.stream import Disposition
-
-    videos = [s for s in container.streams.video if not (s.disposition & Disposition.attached_pic)]
-    return next((s for s in videos if s.disposition & Disposition.default), videos[0] if videos else None)
-
-
 def _decoded_frames(container, stream):
     """The stream's decoded frames; None for each packet the decoder could not read (a damaged one), which is then
     skipped instead of ending the decoding. An error of the demuxer itself after some audio ends the track there."""
@@ -196,6 +187,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     """
     import av
 
+    from .video import shown_video_stream  # (the track frames are read from)
+
     require_file(path, "audio file")
     p = os.fspath(path)
     chunks: list[np.ndarray] = []
@@ -214,7 +207,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
             if not container.streams.audio:
                 raise MediaError(f"{p} has no audio track")
             stream = _audio_stream(container)
-            v = _shown_video(container) if align_to_video else None
+            v = shown_video_stream(container) if align_to_video else None
             if v is not None:
                 if v.start_time is not None and v.time_base is not None:
                     video_start = float(v.start_time * v.time_base)

@@ -38,8 +38,6 @@ from .phones import FRAME_RATE, PHONES, SILENCE
 ALPHABETS = ("auto", "arpabet", "espeak", "ipa")
 BILABIALS = frozenset({"P", "B", "M"})
 CLOSE_RAMP = 0.04  # seconds over which the lips close before a bilabial and open after it
-_SILENT = SILENT
-_READERS = READERS
 
 
 @dataclass(frozen=True)
@@ -53,9 +51,9 @@ def which_alphabet(symbols: Iterable[str]) -> str:
     """The alphabet of a file's phone symbols: the one that knows the most of them, ARPAbet first, then espeak-ng's
     mnemonics, then IPA, on a tie (an upper-case ``S`` is ARPAbet's /s/ unless lower-case espeak-ng symbols are
     around it)."""
-    symbols = [s for s in symbols if s.upper() not in _SILENT]
-    known = {name: sum(read(s) is not None for s in symbols) for name, read in _READERS.items()}
-    return max(_READERS, key=lambda name: known[name])  # max keeps the first of equals
+    symbols = [s for s in symbols if s.upper() not in SILENT]
+    known = {name: sum(read(s) is not None for s in symbols) for name, read in READERS.items()}
+    return max(READERS, key=lambda name: known[name])  # max keeps the first of equals
 
 
 def to_marks(entries: Sequence, duration: float | None = None, alphabet: str = "auto",
@@ -90,7 +88,7 @@ def to_marks(entries: Sequence, duration: float | None = None, alphabet: str = "
                             f"phonemes must be in time order")
     if alphabet == "auto":
         alphabet = which_alphabet(r[2] for r in rows)
-    read = _READERS[alphabet]
+    read = READERS[alphabet]
     phones = [read(r[2]) for r in rows]
     unknown = sorted({r[2] for r, p in zip(rows, phones) if p is None})
     if unknown:

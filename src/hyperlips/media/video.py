@@ -174,15 +174,21 @@ def as_rate(fps: float | Fraction) -> Fraction:
     return Fraction(f).limit_denominator(1001)
 
 
-def _video_stream(container, path: str):
-    """The video a player shows: cover art (an audio file's picture) left out, the track flagged default first."""
+def shown_video_stream(container):
+    """The video track a player shows, or None: cover art (an audio file's picture) left out, the track flagged
+    default first."""
     from av.stream import Disposition
 
     videos = [s for s in container.streams.video if not (s.disposition & Disposition.attached_pic)]
-    if not videos:
+    return next((s for s in videos if s.disposition & Disposition.default), videos[0] if videos else None)
+
+
+def _video_stream(container, path: str):
+    stream = shown_video_stream(container)
+    if stream is None:
         raise MediaError(f"{path} has no video stream" + (" (only its cover art, a still picture of an audio file)"
                                                           if container.streams.video else ""))
-    return next((s for s in videos if s.disposition & Disposition.default), videos[0])
+    return stream
 
 
 def _open(path: str):
@@ -336,11 +342,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     p = os.fspath(path)
     if _is_image(p):
         return _image_info(p, _read_image(p))
-    info, index = _probe_video(p)
-    if _one_picture(info, index):  # a still picture (FrameReader reads it as one)
-        with FrameReader(p) as reader:
-            return reader.info
-    return info
+    with FrameReader(p) as reader:  # (it probes once, and reads a one-picture file's picture as a still)
+        return reader.info
 
 
 def _image_info(path: str, img: np.ndarray) -> VideoInfo:

@@ -88,6 +88,7 @@ class Trainer:
         self.on_step: Callable[[int, dict[str, float]], None] | None = None  # test hook
         self.elapsed = 0.0  # training wall time of the run so far, across resumes (seconds)
         self._said_metric = False  # best_metric named no figure of the validation (said once)
+        self._held_out = held_out_key(cfg.data)  # which clips the dataset holds out (kept in checkpoints)
         self.budget = BudgetPlan(cfg.max_minutes, cfg.val_every, cfg.max_steps, self.dist.broadcast)
 
     def say(self, msg: str) -> None:
@@ -159,7 +160,7 @@ class Trainer:
             "scaler": self.ctx.scaler.state_dict() if self.ctx.scaler is not None else None,
             "rng": rngs,
             "data": {"samples_per_rank": int(step) * self.cfg.batch_size, "world": self.dist.world,
-                     "held_out": held_out_key(self.cfg.data)},
+                     "held_out": self._held_out},
             "best": dict(best),
             "clock": {"elapsed_s": float(self.elapsed), **self.budget.state()},
         }
@@ -233,7 +234,7 @@ class Trainer:
                      f"{self.dist.world * self.cfg.batch_size}, and its random draws start afresh (the run is no longer "
                      "what it would have been uninterrupted)")
         held = (ck.get("data") or {}).get("held_out")
-        if held is not None and held != held_out_key(self.cfg.data) and self.dist.main:
+        if held is not None and held != self._held_out and self.dist.main:
             warn(f"{self.run}: the dataset's held-out clips changed since this run was saved (preprocessed again with "
                  "other footage or another --val-fraction): its validation figures, and the best checkpoint chosen "
                  "by them, now measure other clips, possibly ones it trained on")
