@@ -95,6 +95,43 @@ def test_a_models_defaults_yield_to_the_config_file(tmp_path, stage, model, name
     assert cfg.model == name and cfg.batch_size == 2 and cfg.lr == lite["lr"]
 
 
+def test_settings_the_stage_does_not_read_are_said(tmp_path, recwarn):
+    """`train sync --set mouth_weight=8` trained exactly as without it, silently: a setting that only another stage
+    (or the other base model) reads is said; one the run reads is not; a config file's settings are said only where
+    they differ from the defaults (a run's own config.yaml lists every setting)."""
+    import yaml
+
+    from hyperlips.cli import build_parser
+    from hyperlips.errors import InputWarning
+    from hyperlips.train.commands import config_from_args
+    from hyperlips.train.config import TrainConfig
+
+    def said(*argv):
+        recwarn.clear()
+        config_from_args(build_parser().parse_args(["train", *argv, str(tmp_path / "data"), "-o", str(tmp_path / "r")]))
+        return " ".join(str(w.message) for w in recwarn if issubclass(w.category, InputWarning))
+
+    text = said("sync", "--set", "mouth_weight=8", "--set", "flip=0.3")
+    assert "mouth_weight (read by train base --model lite)" in text and "flip" not in text
+    text = said("base", "--set", "mouth_weight=8", "--set", "sync_weight=0.1")
+    assert "mouth_weight" in text and "sync_weight" not in text
+    text = said("base", "--model", "lite", "--set", "mouth_weight=8", "--set", "sync_weight=0.1",
+                "--set", "perceptual_weight=2")
+    assert "sync_weight (read by train base --model base)" in text and "perceptual_weight (read by train hr)" in text
+    assert "mouth_weight" not in text
+    assert said("hr", "--set", "lip_l1_weight=2", "--set", "lr=1e-3") == ""
+    own = tmp_path / "config.yaml"  # every setting, as a run folder keeps them
+    own.write_text(yaml.safe_dump({**TrainConfig(stage="base").to_dict(), "mouth_weight": 6.0}))
+    text = said("base", "--model", "lite", "--config", str(own))
+    assert text == ""
+    text = said("hr", "--config", str(own))
+    assert "mouth_weight" in text and "sync_weight" not in text and "edge_weight" not in text
+    # `finetune --model base --hr-size 256` makes two runs: a setting either reads is not said
+    from hyperlips.train.config import ignored_settings
+    assert ignored_settings(["perceptual_weight", "sync_weight", "mouth_weight", "lr"],
+                            [("base", "hyperlips-base"), ("hr", None)]) == ["mouth_weight (read by train base --model lite)"]
+
+
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     from hyperlips.train.checkpoints import atomic_save
 

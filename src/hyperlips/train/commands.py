@@ -156,7 +156,9 @@ def config_from_args(args: argparse.Namespace):
             asked["model"] = EXPERT_MODELS[args.model] if args.stage == "sync" else _model_name(args.model)
         check_resume_changes(Path(out), stored, asked, int(found[1].get("step", 0)))
         stored.update(asked)
-        return TrainConfig.from_dict(stored)
+        cfg = TrainConfig.from_dict(stored)
+        _say_ignored(args, cfg)
+        return cfg
     if getattr(args, "model", None):
         overrides["model"] = EXPERT_MODELS[args.model] if args.stage == "sync" else _model_name(args.model)
     model = overrides.get("model")
@@ -171,7 +173,21 @@ def config_from_args(args: argparse.Namespace):
     # the dataset as an absolute path in the run's settings: `--resume` from another folder finds it (it looked for
     # "data" there, and would have trained on another folder of that name)
     cfg.data = os.path.abspath(os.path.expanduser(cfg.data))
+    _say_ignored(args, cfg)
     return cfg
+
+
+def _say_ignored(args: argparse.Namespace, cfg) -> None:
+    """Warn of the --set and --config settings this stage (and model) does not read."""
+    from .config import TrainConfig, load_config, parse_overrides, warn_ignored
+
+    names = set(parse_overrides(args.set))
+    if args.config is not None:  # a file's settings where they differ from the defaults (a run's own config.yaml
+        default = TrainConfig()  # lists every setting)
+        names |= {k for k, v in load_config(args.config).items()
+                  if getattr(TrainConfig.from_dict({k: v}), k) != getattr(default, k)}
+    model = " --model lite" if cfg.model in ("hyperlips-lite", "syncnet-lite") else ""
+    warn_ignored(names, [(args.stage, cfg.model)], f"train {args.stage}{model}")
 
 
 # settings a resumed run cannot change (the network, its size, what renders its inputs), and those that change nothing

@@ -184,6 +184,49 @@ def _check_ranges(cfg: "TrainConfig") -> None:
             raise UserError(f"training setting {name}={v!r}: a share of the samples, between 0 and 1")
 
 
+# settings only some runs read (stage, or the base stage's model): given to another run they change nothing, which
+# is said (`train sync --set mouth_weight=8` trained as before, silently)
+_READ_ONLY_BY: dict[str, frozenset[str]] = {
+    "train sync": frozenset({"min_shift", "val_min_shift", "flip", "sync_candidates", "sync_temperature",
+                             "sync_aux_weight", "augment"}),
+    "train hr": frozenset({"base", "hr_size", "adv_weight", "perceptual_weight", "l1_weight", "lip_l1_weight",
+                           "lip_lpips_weight", "vgg19_weights", "lpips_heads", "vgg16_weights"}),
+    "train base --model base": frozenset({"expert", "sync_weight", "disc_weight"}),
+    "train base --model lite": frozenset({"mouth_weight", "edge_weight", "teacher_forcing", "auto_shape_gain",
+                                          "shape_noise", "mirror", "source_shift", "temporal_weight", "audio_steps",
+                                          "audio_lr", "audio_w_open", "audio_blend", "audio_voice_margin",
+                                          "mouth_gan_weight", "mouth_gan_start", "reader_weight", "reader"}),
+}
+
+
+def _run_name(stage: str, model: str | None) -> str:
+    if stage == "base":
+        return "train base --model lite" if model == "hyperlips-lite" else "train base --model base"
+    return f"train {stage}"
+
+
+def ignored_settings(names, runs) -> list[str]:
+    """Of the settings ``names`` (given with --set or in a --config file), those that none of ``runs`` ((stage,
+    model) pairs: the runs one command makes) reads, each as "NAME (read by RUN)"."""
+    reading = {_run_name(stage, model) for stage, model in runs}
+    out = []
+    for name in sorted(set(names)):
+        owners = [run for run, read in _READ_ONLY_BY.items() if name in read]
+        if owners and not reading.intersection(owners):
+            out.append(f"{name} (read by {' and '.join(owners)})")
+    return out
+
+
+def warn_ignored(names, runs, what: str) -> None:
+    """Say the settings of ``names`` that the command's runs do not read (``what``: the command, as typed)."""
+    from ..errors import warn
+
+    ignored = ignored_settings(names, runs)
+    if ignored:
+        warn(f"{what} does not read {', '.join(ignored)}: {'it changes' if len(ignored) == 1 else 'they change'} "
+             "nothing here")
+
+
 def _field_types() -> dict[str, Any]:
     return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 

@@ -286,7 +286,7 @@ def _other_footage(args: argparse.Namespace, work: Path, state: dict, ids: list[
 
 
 def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
-    from .config import LITE_DEFAULTS, build_config, parse_overrides
+    from .config import LITE_DEFAULTS, build_config, parse_overrides, warn_ignored
     from .lite import LiteStage
 
     from .checkpoints import latest_checkpoint
@@ -329,6 +329,7 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
         if v is not None:
             overrides["max_steps" if key == "steps" else key] = v
     given = parse_overrides(args.set)
+    warn_ignored(given, [("base", "hyperlips-lite")], "finetune --model lite")
     if init is None and not stored:  # a new network
         given["lite"] = scratch_settings(given.get("lite"))
     overrides.update(given)
@@ -451,13 +452,15 @@ BASE_SHARE = 0.5  # of a --minutes budget with --hr-size, the Base's; the HR dec
 
 def _base(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
     from .base import BaseStage
-    from .config import build_config, parse_overrides
+    from .config import build_config, parse_overrides, warn_ignored
     from .hr import HRStage
     from .hr import content_key as hr_content_key
 
     out = args.output
     steps = args.steps or 2000
     extra = parse_overrides(args.set)
+    warn_ignored(extra, [("base", "hyperlips-base")] + ([("hr", None)] if args.hr_size else []),
+                 f"finetune --model base{' --hr-size ' + str(args.hr_size) if args.hr_size else ''}")
     t_start = time.monotonic()
     budget_s = None  # the whole command's --minutes, less preprocessing and the reserve for writing the models
     if args.minutes:
