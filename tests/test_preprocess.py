@@ -44,6 +44,10 @@ def test_find_videos_walks_lrs2_and_mead_layouts(tmp_path):
     assert speaker_of(rel[vox]) == "id00012"
     assert speaker_of(rel[hdtf]) == "WDA_BarackObama"
     assert speaker_of(rel[mead], "one") == speaker_of(rel[lrs2], "one")
+    # MEAD and VoxCeleb clips gathered in one folder, named by their people: one speaker per id, not one folder
+    flat = [PurePosixPath(p) for p in ("MEAD/W023_level_2_surprised_010.mp4", "MEAD/M003_level_1_happy_024.mp4",
+                                       "vox/id00012-21Uxsk56VDQ-00001.mp4", "talks/M0031_interview.mp4")]
+    assert [speaker_of(r) for r in flat] == ["W023", "M003", "id00012", "talks"]
     assert clip_id_of(rel[lrs2]) == "mvlrs_v1/main/5535415699068794046/00001"
     assert clip_id_of(PurePosixPath("a b/c (1).mp4")) == "a_b/c__1_"
 

@@ -31,6 +31,7 @@ def default_work(model: Path) -> Path:
 _MEAD = re.compile(r"^[MW]\d{3}$")
 _VOX = re.compile(r"^id\d{5}$")
 _TRAILING_NUMBER = re.compile(r"[_\-]?\d+$")
+_ID_IN_NAME = re.compile(r"^([MW]\d{3}|id\d{5})[_\-]")
 
 
 def find_videos(src: str | os.PathLike) -> list[Path]:
@@ -89,8 +90,8 @@ def clip_ids(rels: list[PurePosixPath]) -> list[str]:
 def speaker_of(rel: PurePosixPath, mode: str = "auto") -> str:
     """Speaker identity of a clip from its path under SRC.
 
-    ``auto``: a MEAD actor folder (``M003``, ``W015``) or a VoxCeleb id (``id00012``) anywhere in the path; else the
-    parent folder for nested layouts (LRS2 ``main/<id>/<clip>.mp4`` -> ``<id>``); else, for files directly in SRC,
+    ``auto``: a MEAD actor folder (``M003``, ``W015``) or a VoxCeleb id (``id00012``) anywhere in the path, or leading
+    the file's name (``M003_level_1_angry_001.mp4``); else the parent folder for nested layouts (LRS2 ``main/<id>/<clip>.mp4`` -> ``<id>``); else, for files directly in SRC,
     the file name without a trailing number (HDTF ``WDA_BarackObama_000`` -> ``WDA_BarackObama``).
     ``parent``: the parent folder; ``stem``: the file name; ``one``: every clip is the same person.
     """
@@ -107,6 +108,9 @@ def speaker_of(rel: PurePosixPath, mode: str = "auto") -> str:
         for p in folders:
             if pattern.match(p):
                 return p
+    named = _ID_IN_NAME.match(rel.stem)  # MEAD and VoxCeleb clips gathered in one folder, the id leading their names
+    if named:  # (spectre's MEAD/W023_level_2_surprised_010.mp4): one person per id, not the folder's one
+        return named.group(1)
     if folders:
         return folders[-1]
     stripped = _TRAILING_NUMBER.sub("", rel.stem)
