@@ -743,6 +743,9 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     other = run_cli("finetune", more_data / "lrs2_deep_avsr/00002.mp4", "-o", out, "--steps", "4", "--quiet")
     assert other.returncode == 2 and "holds a run on other footage" in other.stderr, other.stderr[-2000:]
     assert "00002" not in {p.name for p in (tmp_path / "me.work/data/clips").iterdir()}  # refused before preprocessing
+    face = run_cli("finetune", video, "-o", out, "--steps", "4", "--face", "1", "--quiet")  # another person in it
+    assert face.returncode == 2 and "learnt the largest face (no --face or --face-box); this command asks for face 1 " \
+        "from the left (--face 1)" in face.stderr, face.stderr[-2000:]
 
 
 def _run_config(work: Path) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import time
 from pathlib import Path, PurePosixPath
 
@@ -315,6 +316,23 @@ def test_a_clip_of_two_people_is_warned_of(tmp_path, more_data):
                                           r"one at the start is taken as the one speaking"):
         report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
     assert report.done == 1
+    # the speaker picked (`--face N`, `--face-box`): learnt, not warned of; another choice makes the clip again
+    boxes = tmp_path / "ds" / "clips" / "interview" / "boxes.npy"
+    for face, box, side in [(1, None, "right"), (0, None, "left"), (None, (w * 0.6, 0, w, h), "right")]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", InputWarning)
+            report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(face=face, face_box=box), workers=1,
+                                   progress=False)
+        assert report.done == 1, (face, box)
+        centre = np.nanmean(np.load(boxes)[:, [0, 2]])
+        assert (centre > w / 2) == (side == "right"), (face, box, centre)
+    report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(face=None, face_box=(w * 0.6, 0, w, h)),
+                           workers=1, progress=False)
+    assert (report.done, report.existing) == (0, 1)  # the same choice: kept
+    report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(face=2), workers=1, progress=False)
+    assert [r.reason for r in report.skipped] == [
+        f"no face: --face 2: {src / 'interview.mp4'} shows 2 faces at most (in any of its 30 frames), so the faces to "
+        "choose from are 0..1, counted left to right"]
 
 
 def test_interrupted_clip_leaves_nothing_and_is_redone(tmp_path, more_data, monkeypatch):

@@ -78,13 +78,19 @@ def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True, phon
                    "weights say which network they are")
 
 
-def add_sync_options(p: argparse.ArgumentParser, timings: bool = True) -> None:
+def add_face_choice(p: argparse.ArgumentParser, what: str = "follow") -> None:
+    """``--face N`` or ``--face-box X1,Y1,X2,Y2``: which face a command follows (``sync``) or learns (``preprocess``,
+    ``finetune``) where a video shows several."""
     face = p.add_mutually_exclusive_group()
     face.add_argument("--face", type=at_least(0), metavar="N",
-                      help="which face to follow when several are visible: 0 = leftmost (default: the largest)")
+                      help=f"which face to {what} when several are visible: 0 = leftmost (default: the largest)")
     face.add_argument("--face-box", type=_box, metavar="X1,Y1,X2,Y2",
-                      help="follow the face overlapping this box (pixels, first frame with faces; a box starting left "
+                      help=f"{what} the face overlapping this box (pixels, first frame with faces; a box starting left "
                            "of or above the frame: --face-box=-20,-20,300,300)")
+
+
+def add_sync_options(p: argparse.ArgumentParser, timings: bool = True) -> None:
+    add_face_choice(p)
     p.add_argument("--detect-every-frame", action="store_true",
                    help="run the face detector on every frame (default: a frame between two frames whose face "
                         "barely moved takes the mean of their boxes, which spares most of every other frame's "

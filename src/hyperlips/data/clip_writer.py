@@ -41,6 +41,8 @@ class PreprocessOptions:
     val_fraction: float = 0.1  # share of speakers (or clips, for one speaker) held out for validation
     jpeg_quality: int = 95
     audio: AudioConfig = field(default_factory=AudioConfig)
+    face: int | None = None  # which face, counted from the left, where a clip shows several (None: the largest)
+    face_box: tuple[float, float, float, float] | None = None  # or the face overlapping this box (pixels)
 
 
 @dataclass
@@ -54,9 +56,16 @@ class ClipResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _source_key(path: Path) -> dict[str, Any]:
+def _source_key(path: Path, opts: PreprocessOptions | None = None) -> dict[str, Any]:
+    """What a finished (or skipped) clip was made from: the file's size and time, and the face chosen where one was
+    (``--face``/``--face-box``): another choice makes the clip again."""
     st = path.stat()
-    return {"size": st.st_size, "mtime": int(st.st_mtime)}
+    key: dict[str, Any] = {"size": st.st_size, "mtime": int(st.st_mtime)}
+    if opts is not None and opts.face is not None:
+        key["face"] = opts.face
+    if opts is not None and opts.face_box is not None:
+        key["face_box"] = [float(v) for v in opts.face_box]
+    return key
 
 
 def process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: PreprocessOptions,
@@ -85,8 +94,9 @@ def _process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: Preproces
         return ClipResult(str(rel), clip_id, "done", frames=frames, seconds=seconds)
     except _Skip as e:
         return ClipResult(str(rel), clip_id, "skipped", reason=str(e))
-    except NoFaceError:
-        return ClipResult(str(rel), clip_id, "skipped", reason="no face")
+    except NoFaceError as e:
+        chosen = opts.face is not None or opts.face_box is not None  # the face asked for: said which is missing
+        return ClipResult(str(rel), clip_id, "skipped", reason=f"no face: {e}" if chosen else "no face")
     except MediaError as e:
         msg = " ".join(str(e).split())
         reason = "no audio" if "audio" in msg and ("no audio" in msg or "holds no audio" in msg) else "unreadable"
@@ -139,7 +149,8 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
 
     # pass 1: faces, tracked as sync tracks them (shot by shot where the clip is an edit)
     detections, times, track_boxes = [], [], []
-    track = OnlineTrack(timeline.fps, source=str(path), frame_size=(info.width, info.height))
+    track = OnlineTrack(timeline.fps, source=str(path), frame_size=(info.width, info.height), face_index=opts.face,
+                        box=opts.face_box)
     last = (None, None)  # a source frame shown twice on the timeline is detected once
     with FaceDetector() as detector, timeline:
         for fr in timeline:
@@ -155,11 +166,13 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
     if n < opts.min_frames:
         raise _Skip(f"too short: {n} frames (at least {opts.min_frames} are needed)")
     several = sum(len(d) > 1 for d in detections)
-    if several > MANY_FACES_SHARE * max(1, sum(bool(d) for d in detections)):
+    if several > MANY_FACES_SHARE * max(1, sum(bool(d) for d in detections)) and opts.face is None \
+            and opts.face_box is None:
         from ..errors import warn
 
         warn(f"{path}: {several} of its {n} frames show more than one face; the largest one at the start is taken as "
-             f"the one speaking, and the speech may be another's (cut the clip to the speaker, or leave it out)")
+             f"the one speaking, and the speech may be another's (--face N or --face-box picks the speaker; or cut "
+             f"the clip to the speaker, or leave it out)")
     track_boxes += [b for _, b in track.finish()]  # (n is at least min_frames here)
     if track.shots > 1:
         from ..errors import warn
@@ -229,7 +242,7 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
         "format_version": FORMAT_VERSION,
         "id": clip_id,
         "source": str(rel),
-        "source_key": _source_key(path),
+        "source_key": _source_key(path, opts),
         "speaker": speaker_of(rel, opts.speaker),
         "fps": timeline.fps,  # the timeline's rate: frame k of this clip is at k / fps (times.npy)
         "width": info.width,

@@ -7,6 +7,8 @@ import os
 import shlex
 from pathlib import Path
 
+from ..options import add_face_choice
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -30,6 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of speakers (or, with --split time, of every clip) held out for validation (0.1)")
     p.add_argument("--min-frames", type=int, default=16, help="skip clips with fewer frames with a face (16)")
+    add_face_choice(p, "learn")
     p.add_argument("--retry-skipped", action="store_true", help="try again the clips a previous run skipped")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
@@ -42,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1 (got {args.workers})")
     opts = PreprocessOptions(hr_size=args.hr_size, min_frames=args.min_frames, speaker=args.speaker, split=args.split,
-                             val_fraction=args.val_fraction)
+                             val_fraction=args.val_fraction, face=args.face, face_box=args.face_box)
     report = preprocess(args.src, args.dst, opts, workers=args.workers, progress=not args.quiet,
                         retry_skipped=args.retry_skipped)
     if report.n_train == 0:

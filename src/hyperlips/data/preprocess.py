@@ -149,7 +149,7 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
         if wanted is not None and str(rel) not in wanted:
             continue
         out_dir = clips_dir / cid
-        key = _source_key(v)
+        key = _source_key(v, opts)
         if (out_dir / META).is_file() and _meta_matches(out_dir / META, key, opts):
             _add_phones(v, out_dir, opts)  # clips made before phones were read get them (seconds per minute)
             results.append(ClipResult(str(rel), cid, "exists"))
@@ -210,7 +210,7 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
     src_by_rel = {str(PurePosixPath(v.relative_to(base).as_posix())): v for v in videos}
     _write_json_atomic(skipped_path, [
         {"source": r.source, "reason": r.reason,
-         "source_key": _source_key(src_by_rel[r.source]) if r.source in src_by_rel else None}
+         "source_key": _source_key(src_by_rel[r.source], opts) if r.source in src_by_rel else None}
         for r in skipped
     ])
     _remove_empty_folders(dst / "clips")  # a speaker's folder whose every clip was skipped

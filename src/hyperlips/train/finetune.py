@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from ..data.sources import FINETUNE_STATE as STATE  # what the first run decided (split, time preprocessing)
 from ..data.sources import default_work
 from ..errors import UserError, warn
+from ..options import add_face_choice
 
 MIN_TRAIN_FRAMES = 48
 DEFAULT_MINUTES = 60.0
@@ -91,6 +92,7 @@ def add_parser(sub) -> None:
     p.add_argument("--amp", choices=("auto", "bf16", "off", "on"), help="mixed precision (default auto: fp16 on CUDA, "
                    "off on CPU)")
     p.add_argument("--val-seconds", type=float, help="seconds at the end of the footage held out (default 15%%)")
+    add_face_choice(p, "learn")
     p.add_argument("--work", type=Path, help="working folder (default: beside the output, its name without the "
                    "extension + .work: me.work for -o me.safetensors)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
@@ -227,8 +229,13 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     trained = _has_training(work)
     if trained and "sources" in state and sorted(ids) != state["sources"]:  # before its clips join the run's data
         raise UserError(_other_footage(args, work, state, sorted(ids)))
+    face = _face_choice(args)
+    if trained and state.get("face", {}) != face:  # the clips would be made again of another face, and trained on
+        raise UserError(f"the run in {work} learnt {_face_words(state.get('face', {}))}; this command asks for "
+                        f"{_face_words(face)}: give the run's choice again, or another -o (or delete {work}) to "
+                        "start over")
     t0 = time.perf_counter()
-    opts = PreprocessOptions(speaker="one", val_fraction=0.0,
+    opts = PreprocessOptions(speaker="one", val_fraction=0.0, face=args.face, face_box=args.face_box,
                              hr_size=args.hr_size if args.hr_size and args.hr_size > 128 else None)
     report = preprocess(args.video, data, opts, workers=1, progress=not args.quiet)  # a bar, or lines in a log
     done = [c for c in ids if (data / CLIPS_DIR / c / META).is_file()]
@@ -257,7 +264,7 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
                         f"at least {MIN_TRAIN_FRAMES} are needed")
     if "prep_seconds" not in state:
         state["prep_seconds"] = round(time.perf_counter() - t0, 1)
-    state.update(sources=sorted(ids), clips=sorted(done), held_out=held)
+    state.update(sources=sorted(ids), clips=sorted(done), held_out=held, face=face)
     work.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps(state, indent=1), encoding="utf-8")
     if not args.quiet:
@@ -267,6 +274,23 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
         warn(f"{args.video}: {held['of_seconds']:.0f} s of footage; a person model learns the mouth from a minute or "
              "more of the person speaking (less gives a weak, averaged mouth)")
     return data, state
+
+
+def _face_choice(args: argparse.Namespace) -> dict:
+    """The face asked for (``--face``/``--face-box``), as the run's state keeps it: {} for the largest."""
+    if getattr(args, "face", None) is not None:
+        return {"face": args.face}
+    if getattr(args, "face_box", None) is not None:
+        return {"face_box": [float(v) for v in args.face_box]}
+    return {}
+
+
+def _face_words(choice: dict) -> str:
+    if "face" in choice:
+        return f"face {choice['face']} from the left (--face {choice['face']})"
+    if "face_box" in choice:
+        return f"the face in the box {','.join(f'{v:g}' for v in choice['face_box'])} (--face-box)"
+    return "the largest face (no --face or --face-box)"
 
 
 def _has_training(work: Path) -> bool:
