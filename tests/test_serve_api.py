@@ -766,6 +766,21 @@ def test_a_length_that_is_not_a_plain_number_is_refused(server):
             assert b"Content-Length must be a whole number of bytes" in answer[0]
 
 
+def test_two_lengths_are_refused_and_nothing_after_them_is_read_as_a_request(server):
+    """Two Content-Length headers were taken (the first won): the rest of the body was answered as a request of its
+    own, which a proxy in front reading the other header passes on unseen."""
+    app, _ = server(run_jobs=False)
+    inner = b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    for path, method, lengths in [("/api/health", "GET", (0, len(inner))), ("/api/files?name=a.wav", "POST", (5, 6)),
+                                  ("/api/jobs", "POST", (len(inner),) * 2)]:
+        head = "".join(f"Content-Length: {n}\r\n" for n in lengths)
+        answers = _raw(app, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode() + inner, reads=2)
+        assert len(answers) == 1 and answers[0].startswith(b"HTTP/1.1 400"), (path, answers)
+        assert b"more than one Content-Length" in answers[0] and b"Connection: close" in answers[0], answers
+    answers = _raw(app, b"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2, 2\r\n\r\n{}")
+    assert answers[0].startswith(b"HTTP/1.1 400") and b"more than one Content-Length" in answers[0], answers
+
+
 def test_a_body_no_route_reads_is_not_taken_for_the_next_request(server, inputs):
     """A cancel sent with a body left the body on the connection, read as the next request: junk gave the next real
     request a 501 page, and a body holding a whole DELETE ran it (past the Origin check of the first)."""

@@ -162,18 +162,28 @@ class _Handler(BaseHTTPRequestHandler):
         body until the client closed, past every size limit."""
         if self.headers.get("Transfer-Encoding"):
             return None
-        value = self.headers.get("Content-Length")
+        value = self._content_length()
         if value is None:
             return None
         if not PLAIN_LENGTH.fullmatch(value.strip()):
             raise HTTPError(400, f"Content-Length must be a whole number of bytes (got {value[:40]!r})")
         return int(value)
 
+    def _content_length(self) -> str | None:
+        """The Content-Length header's value. More than one (or a list, "5, 6") is refused and the connection closed:
+        which one ends the body is ambiguous, and a proxy in front that read the other would pass the rest on as a
+        request of its own (RFC 9112 section 6.3)."""
+        values = self.headers.get_all("Content-Length") or []
+        if len(values) > 1 or any("," in v for v in values):
+            self._must_close = True
+            raise HTTPError(400, "more than one Content-Length: where the body ends is ambiguous")
+        return values[0] if values else None
+
     def _skip_body(self) -> None:
         """A request whose route takes no body: one sent anyway is read and dropped (up to 1 MB; a longer one or one
         in chunks closes the connection after the answer), so that it is never read as the next request."""
         chunked = bool(self.headers.get("Transfer-Encoding"))
-        value = self.headers.get("Content-Length")
+        value = self._content_length()
         if value is None and not chunked:
             return
         if chunked or not PLAIN_LENGTH.fullmatch(value.strip()) or int(value) > 1 << 20:
