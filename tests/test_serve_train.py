@@ -66,6 +66,10 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
 
     status, headers, png = client.request("GET", f"/api/jobs/{job['id']}/preview")
     assert status == 200 and headers["content-type"] == "image/png" and png.startswith(b"\x89PNG")
+    # the preview as a link, never where the server keeps it
+    assert {s["progress"]["preview"] for s in seen + [done] if s["progress"].get("preview")} == \
+        {f"/api/jobs/{job['id']}/preview"}
+    assert not any(str(app.settings.data) in json.dumps(s) for s in seen + [done])
 
     # the command the job ran: the contract's arguments
     args = json.loads((app.settings.data / "jobs" / job["id"] / "work" / "args.json").read_text())

@@ -283,6 +283,8 @@ def public_job(job: dict) -> dict:
     out["links"] = {"self": base, "cancel": f"{base}/cancel", "log": f"{base}/log"}
     if job["kind"] == "finetune":
         out["links"]["preview"] = f"{base}/preview"
+        if isinstance(out["progress"], dict) and out["progress"].get("preview"):  # where the server keeps it: the
+            out["progress"] = {**out["progress"], "preview": f"{base}/preview"}  # link to it instead
     result = job.get("result")
     if job["state"] == "done" and result:
         out["result"] = dict(result)
