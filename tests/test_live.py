@@ -190,6 +190,11 @@ def test_stream_samples_are_read_as_sync_reads_a_file(clip):
                           ([], "without a sample")):
         with pytest.raises(UserError, match=words):
             list(ls.stream(clip.video, iter(chunks(speech) if len(speech) and words != "a single number" else speech)))
+    # what was given, said as what it is: None and a string were "a single number", complex samples "integer PCM"
+    for chunk, words in ((None, "got None"), ("abc", "got a string"), (["a", "b"], "list holding <U1"),
+                         (clip.wav[:640].astype(np.complex64), "complex ones"), ([object()], "holding object")):
+        with pytest.raises(UserError, match=f"speech chunks must be .*{words}"):
+            list(ls.stream(clip.video, iter([chunk])))
     with pytest.raises(UserError, match="batch_size must be a whole number of at least 1"):
         next(ls.stream(clip.video, iter(chunks(clip.wav)), batch_size=0))
 

@@ -129,7 +129,12 @@ class MelFeed:
         if isinstance(chunk, (bytes, bytearray, memoryview)):
             raise UserError("speech chunks must be arrays of samples, not bytes: for 16-bit PCM bytes (a websocket's "
                             "payload) pass np.frombuffer(chunk, np.int16)")
+        if chunk is None or isinstance(chunk, str):
+            raise UserError(f"speech chunks must be arrays of samples, got {'None' if chunk is None else 'a string'}")
         a = np.asarray(chunk)
+        if a.dtype.kind not in "biuf" and a.dtype.kind != "c":
+            raise UserError(f"speech chunks must be arrays of numbers (float samples in [-1, 1] or int16), got "
+                            f"{type(chunk).__name__} holding {a.dtype}")
         if a.ndim == 0:
             raise UserError("speech chunks must be arrays of samples, got a single number (an iterable of samples "
                             "was given where an iterable of chunks is wanted: pass [speech] for one chunk)")
@@ -138,6 +143,8 @@ class MelFeed:
         a = a.reshape(-1)
         if a.dtype == np.int16:
             return a.astype(np.float32) / 32768.0
+        if a.dtype.kind == "c":
+            raise UserError(f"speech chunks must be real samples, got complex ones ({a.dtype})")
         if a.dtype.kind != "f":
             raise UserError(f"speech chunks must be float samples in [-1, 1] or int16, got {a.dtype} (convert "
                             "other integer PCM to float first)")
