@@ -166,3 +166,23 @@ def test_the_loop_finder_finds_loops_however_they_are_written(tmp_path, source, 
     mods = _modules(root)
     graph = {n: _imports(n, p, mods) for n, p in mods.items()}
     assert _cycles(graph) == expect
+
+
+def test_the_api_keeps_its_types_for_type_checkers():
+    """py.typed is shipped, yet `from hyperlips import LipSync` was Any to a type checker (a lazy module attribute with
+    no declared type), `LipSync.sync`'s signature was erased by the decorator that runs one call at a time, and
+    `stream` said nothing of what it yields."""
+    import ast
+    import typing
+
+    import hyperlips
+    from hyperlips.live import LiveFrame
+    from hyperlips.pipeline import LipSync, _one_at_a_time
+
+    tree = ast.parse(Path(hyperlips.__file__).read_text(encoding="utf-8"))
+    checked = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"]
+    assert any("from .pipeline import LipSync" in ast.unparse(node) for node in checked)
+    hints = typing.get_type_hints(_one_at_a_time)
+    assert hints["fn"] == hints["return"] and typing.get_origin(hints["return"]) is not None  # Callable[P, R] in and out
+    assert typing.get_type_hints(LipSync.stream)["return"] == typing.Iterator[LiveFrame]
+    assert (Path(hyperlips.__file__).parent / "py.typed").is_file()

@@ -24,6 +24,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from typing import Callable, Iterator, ParamSpec, TypeVar
 
 import cv2
 import numpy as np
@@ -41,6 +42,7 @@ from .generator_io import (  # noqa: F401  (re-exported: the crop and input help
     reference_crop,
     to_uint8_images,
 )
+from .live import LiveFrame
 from .media.timing import check_fps, open_timeline
 from .media.writer import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
 from .mouth import WARP_GAIN, MouthStep, choose_mouth
@@ -74,12 +76,16 @@ def _close_all(natives: dict) -> None:
     natives.clear()
 
 
-def _one_at_a_time(fn):
-    """``LipSync.sync`` under :meth:`LipSync.one_call`."""
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _one_at_a_time(fn: "Callable[_P, _R]") -> "Callable[_P, _R]":
+    """``LipSync.sync`` under :meth:`LipSync.one_call` (its signature kept for type checkers)."""
     @functools.wraps(fn)
-    def call(self, *args, **kwargs):
-        with self.one_call("sync"):
-            return fn(self, *args, **kwargs)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with args[0].one_call("sync"):  # type: ignore[attr-defined]
+            return fn(*args, **kwargs)
     return call
 
 
@@ -404,7 +410,7 @@ class LipSync:
         speech_stats=None,
         batch_size: int | None = None,
         phonemes=None,
-    ):
+    ) -> "Iterator[LiveFrame]":
         """Lip-synced frames of ``video`` (an idle clip, played in a loop) driven by ``speech`` while it arrives.
 
         ``speech``: an iterable of PCM chunks (1-D, float in [-1, 1] or int16, mono at ``sample_rate`` = 16000;
