@@ -110,6 +110,25 @@ def test_output_equal_to_input(tmp_path, ckpt, face_video):
     assert video.read_bytes() == before  # the input is untouched
 
 
+def test_an_output_folder_that_cannot_be_made_is_a_user_error(tmp_path, ckpt, face_video):
+    """Called as a library, an output folder under a file (or where the system makes none) escaped as a bare
+    NotADirectoryError / FileNotFoundError, after the faces were searched: a UserError, before any work where it
+    can be told (the nearest folder there is)."""
+    import sys
+
+    from hyperlips import LipSync, UserError
+
+    wav = write_wav(tmp_path / "a.wav", 0.5)
+    note = tmp_path / "notes.txt"
+    note.write_text("x")
+    ls = LipSync(ckpt, progress=False, phones=False)
+    with pytest.raises(UserError, match=f"the output folder {note / 'sub'} cannot be made: {note} is not a folder"):
+        ls.sync(face_video, wav, note / "sub" / "out.mp4")
+    if sys.platform.startswith("linux"):  # /proc takes no new folders (checked only when made)
+        with pytest.raises(UserError, match="the output folder /proc/hyperlips-test cannot be made: No such file"):
+            ls.sync(face_video, wav, "/proc/hyperlips-test/out.mp4")
+
+
 def test_no_face_anywhere(tmp_path, ckpt):
     import cv2
 

@@ -444,7 +444,7 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     same voice whose statistics normalise HyperLips-Lite's mel (the speech file itself reproduces ``sync``)."""
     from .media.audio import load_audio, melspectrogram, speech_problems
     from .media.writer import VideoWriter, check_encoding
-    from .streaming import MUX_SAMPLE_RATE, check_paths
+    from .streaming import MUX_SAMPLE_RATE, check_paths, make_output_folder
 
     video, speech_path, output = Path(video), Path(speech_path), Path(output)
     check_encoding(crf, preset, pix_fmt)
@@ -467,7 +467,7 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
         for fr in stream:
             out_times.append(time.perf_counter())
             if writer is None:
-                output.parent.mkdir(parents=True, exist_ok=True)  # once the inputs have proved usable
+                make_output_folder(output)  # once the inputs have proved usable
                 h, w = fr.image.shape[:2]
                 sound = load_audio(speech_path, MUX_SAMPLE_RATE, keep_stereo=True)  # the speech's own channels
                 writer = VideoWriter(output, w, h, fr.fps, audio=sound, sample_rate=MUX_SAMPLE_RATE,

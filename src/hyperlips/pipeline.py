@@ -48,7 +48,13 @@ from .media.writer import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET
 from .mouth import WARP_GAIN, MouthStep, choose_mouth
 from .runtime import DTYPES, in_precision, resolve_device, resolve_precision
 from .schedule import LOOP_MODES
-from .streaming import MUX_SAMPLE_RATE, OUTPUT_SUFFIXES, check_face_box, check_paths  # noqa: F401  (re-exported)
+from .streaming import (  # noqa: F401  (re-exported)
+    MUX_SAMPLE_RATE,
+    OUTPUT_SUFFIXES,
+    check_face_box,
+    check_paths,
+    make_output_folder,
+)
 from .sync_report import (  # noqa: F401  (SyncReport and ProgressCallback re-exported: their historical home)
     ProgressCallback,
     StageTimer,
@@ -359,7 +365,7 @@ class LipSync:
                 complete_bar(bar)  # the search ends when the face is sure, often before the estimate
             ref_crop = found.crop
 
-            output.parent.mkdir(parents=True, exist_ok=True)
+            make_output_folder(output)
             mux_audio = load_audio(audio, MUX_SAMPLE_RATE, keep_stereo=True)  # the speech's own channels
 
             def render(jobs):

@@ -88,6 +88,21 @@ def check_output(output: Path) -> None:
         raise UserError(f"output folder is not a folder: {parent}")
     if output.exists() and output.is_dir():
         raise UserError(f"output path is a folder: {output}")
+    there = parent.absolute()
+    while not there.exists() and there != there.parent:  # the folder made for it is made in the nearest one there is
+        there = there.parent
+    if not there.is_dir():
+        raise UserError(f"the output folder {parent} cannot be made: {there} is not a folder")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write the output in {there}: no permission to write there")
+
+
+def make_output_folder(output: Path) -> None:
+    """The output's folder, made once the inputs have proved usable; a :class:`UserError` where it cannot be."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"the output folder {output.parent} cannot be made: {e.strerror or e}") from None
 
 
 def check_face_box(box, width: int, height: int) -> tuple[float, float, float, float] | None:
