@@ -182,6 +182,7 @@ def test_mediapipe_graphs_start_without_a_word_on_stderr(make):
 
 def test_quiet_native_logs_nests_across_threads_and_restores_stderr():
     import os
+    import stat
     import threading
 
     from hyperlips.face.detect import quiet_native_logs
@@ -199,12 +200,36 @@ def test_quiet_native_logs_nests_across_threads_and_restores_stderr():
     with quiet_native_logs():
         t.start()
         inside.wait(5)
-    # this thread left first: the other still needs the silence
-    assert os.fstat(2).st_ino == os.stat(os.devnull).st_ino
+    # this thread left first: the other still needs the filter
+    assert stat.S_ISFIFO(os.fstat(2).st_mode)
     leave.set()
     t.join(5)
     after = os.fstat(2)
     assert (after.st_ino, after.st_dev) == (before.st_ino, before.st_dev)
+
+
+def test_what_the_program_writes_on_stderr_meanwhile_arrives_and_mediapipes_lines_do_not():
+    """Pointed at /dev/null while graphs started, descriptor 2 lost what the program using the library wrote there
+    meanwhile (a host's log lines from its own threads, a child's output): now only mediapipe's lines are left out."""
+    import subprocess
+    import sys
+
+    code = ("import os, subprocess, sys, threading\n"
+            "from hyperlips.face.detect import quiet_native_logs\n"
+            "def host():\n"
+            "    for i in range(200): print('host', i, file=sys.stderr, flush=True)\n"
+            "with quiet_native_logs():\n"
+            "    t = threading.Thread(target=host); t.start(); t.join()\n"
+            "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
+            "    os.write(2, b'W0000 00:00:1796602197.593490   14248 inference_feedback_manager.cc:114] Feedback\\n')\n"
+            "    os.write(2, b'native, not mediapipe\\n')\n"
+            "    subprocess.run([sys.executable, '-c', 'import sys; sys.stderr.write(\"child\\\\n\")'])\n"
+            "    print('no newline at the end', end='', file=sys.stderr)\n"
+            "print(' -- after', file=sys.stderr)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stderr.decode().splitlines() == [f"host {i}" for i in range(200)] + [
+        "native, not mediapipe", "child", "no newline at the end -- after"]
 
 
 def test_detectors_shared_by_two_threads_find_what_one_detector_finds(detector, real_data):

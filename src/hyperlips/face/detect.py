@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import sys
 import threading
 from dataclasses import dataclass, replace
@@ -30,19 +31,49 @@ class MissingDependencyError(UserError):
     """A package needed for this step is not installed."""
 
 
-_quiet = {"depth": 0, "saved": None}  # descriptor 2 while silenced, shared by every thread
+_quiet: dict[str, Any] = {"depth": 0, "saved": None, "reader": None}  # descriptor 2's filter, shared by every thread
 _quiet_lock = threading.Lock()
+# the lines mediapipe's C++ side writes as a graph starts: TFLite's INFO, absl's notice and its "W0000 hh:mm:ss.us
+# thread file.cc:line] ..." records
+_NATIVE_LINE = re.compile(rb"^(INFO: Created TensorFlow Lite|WARNING: All log messages before absl::InitializeLog"
+                          rb"|[IWEF]\d{4} [\d:.]+ +\d+ [\w.\-/]+:\d+\] )")
+
+
+def _forward(read_fd: int, out_fd: int) -> None:
+    """Copy what arrives on ``read_fd`` to ``out_fd`` line by line, leaving out mediapipe's native lines, until the
+    last writer closes; then close both."""
+    pending = b""
+    try:
+        while chunk := os.read(read_fd, 65536):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            kept = b"".join(line + b"\n" for line in lines if not _NATIVE_LINE.match(line))
+            if kept:
+                _write_all(out_fd, kept)
+        if pending and not _NATIVE_LINE.match(pending):
+            _write_all(out_fd, pending)
+    except OSError:
+        pass
+    finally:
+        os.close(read_fd)
+        os.close(out_fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
 
 
 @contextlib.contextmanager
 def quiet_native_logs():
     """Hide the INFO/WARNING lines that mediapipe's C++ side (TFLite, absl) prints on stderr when a graph starts.
 
-    They are written to file descriptor 2 directly, below Python, so the descriptor is pointed at /dev/null for
-    the duration. Python exceptions raised meanwhile still propagate normally. Descriptor 2 belongs to the whole
-    process, so nested and concurrent uses (the pipeline starts graphs in several threads at once) share one
-    silence: the first to enter starts it, the last to leave ends it (each on its own saved the descriptor the
-    other had pointed away, let the other's log lines through, and could leave stderr silenced for good).
+    They are written to file descriptor 2 directly, below Python, so for the duration the descriptor is a pipe
+    whose lines a thread passes on to the real stderr, all but mediapipe's: what the program itself (any of its
+    threads, or a child started meanwhile) writes there still arrives, in order (pointed at /dev/null, it was lost).
+    Python exceptions raised meanwhile still propagate normally. Descriptor 2 belongs to the whole process, so
+    nested and concurrent uses (the pipeline starts graphs in several threads at once) share one filter: the first
+    to enter starts it, the last to leave ends it.
     """
     with _quiet_lock:
         if _quiet["depth"] == 0:
@@ -53,9 +84,14 @@ def quiet_native_logs():
             except (OSError, ValueError, AttributeError):  # no usable stderr (e.g. closed): nothing to hide
                 saved = None
             if saved is not None:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, 2)
-                os.close(devnull)
+                read_fd, write_fd = os.pipe()
+                out_fd = os.dup(saved)  # the forwarder's own: it outlives the filter while a child still writes
+                reader = threading.Thread(target=_forward, args=(read_fd, out_fd), name="hyperlips-stderr-filter",
+                                          daemon=True)
+                reader.start()
+                os.dup2(write_fd, 2)
+                os.close(write_fd)
+                _quiet["reader"] = reader
             _quiet["saved"] = saved
         _quiet["depth"] += 1
     try:
@@ -64,9 +100,17 @@ def quiet_native_logs():
         with _quiet_lock:
             _quiet["depth"] -= 1
             if _quiet["depth"] == 0 and _quiet["saved"] is not None:
-                os.dup2(_quiet["saved"], 2)
-                os.close(_quiet["saved"])
+                try:
+                    if sys.stderr is not None:
+                        sys.stderr.flush()  # what Python still holds goes through the filter, before it ends
+                except (OSError, ValueError, AttributeError):
+                    pass
+                os.dup2(_quiet["saved"], 2)  # the pipe's last writer gone (unless a child holds it): the
+                os.close(_quiet["saved"])  # forwarder passes on the rest and ends
                 _quiet["saved"] = None
+                reader, _quiet["reader"] = _quiet["reader"], None
+                if reader is not None:
+                    reader.join(timeout=0.5)  # in order with what comes next on stderr
 
 
 def import_mediapipe() -> Any:
