@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -286,6 +287,30 @@ def test_a_damaged_audio_packet_is_silence_not_a_refusal(tmp_path):
     with pytest.warns(InputWarning, match="damaged audio packet"):
         wav = load_audio(path, 16000)
     assert abs(len(wav) - 48000) <= 0.05 * 16000
+
+
+@pytest.mark.parametrize("name, codec", [("a.wav", None), ("a.mp3", "mp3")])
+def test_a_speech_file_cut_short_is_said(tmp_path, name, codec):
+    """A speech file cut short (an interrupted copy: its header still gives the whole length) gave a shorter output
+    without a word; the whole file, or one cut only in its last few milliseconds, says nothing."""
+    from media_builders import write_audio
+
+    whole = write_audio(tmp_path / name, 0.3 * np.sin(np.arange(32000) * 0.2).astype(np.float32), 16000, codec=codec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        assert abs(len(load_audio(whole, 16000)) - 32000) < 1600
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut_{name}"
+    cut.write_bytes(data[:len(data) * 45 // 100])
+    with pytest.warns(InputWarning, match=rf"cut_{name}: its sound ends at 0\.[6-9]\d s, though the file says it lasts "
+                                          r"2\.0\d s \(cut short"):
+        wav = load_audio(cut, 16000)
+    assert 0.6 * 16000 < len(wav) < 1.0 * 16000
+    tail = tmp_path / f"tail_{name}"
+    tail.write_bytes(data[:len(data) - 300])  # a few ms: not a file cut short to anyone
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        load_audio(tail, 16000)
 
 
 def test_a_float_file_far_beyond_full_scale_is_scaled_down_not_clipped(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hyperlips.errors import MediaError, UserError
+from hyperlips.errors import InputWarning, MediaError, UserError
 from hyperlips.media.audio import load_audio
 from hyperlips.media.video import FrameReader, probe, rotate_image
 from hyperlips.media.writer import VideoWriter, coded_size
@@ -745,8 +745,6 @@ def test_a_picture_that_changes_size_midway_is_scaled_to_the_first_size(tmp_path
 
     import av
 
-    from hyperlips.errors import InputWarning
-
     from media_builders import encode_frames
 
     def part(path, w, h, start):
@@ -784,3 +782,24 @@ def test_a_photo_with_exif_read_through_ffmpeg(tmp_path):
         shown = next(iter(r)).image
     assert shown.shape[:2] == (40, 30)  # turned to stand upright: the stored left band at the top
     assert shown[:8].mean() > 200 and shown[-20:].mean() < 40
+
+
+def test_a_video_cut_short_is_said(tmp_path):
+    """A video whose copy was interrupted (its header still gives the whole length) was read as a shorter clip, said
+    only as one damaged frame, or not at all; the whole file says nothing."""
+    import warnings
+
+    from media_builders import write_video
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(50)]
+    whole = write_video(tmp_path / "whole.mkv", frames, 25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        assert probe(whole).n_frames == 50
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.warns(InputWarning, match=r"cut.mkv: its picture ends at 0\.9\d s \(2\d frames\), though the file says "
+                                          r"it lasts 2\.00 s \(cut short"):
+        assert 20 <= probe(cut).n_frames < 26

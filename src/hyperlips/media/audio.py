@@ -168,6 +168,51 @@ def _decoded_frames(container, stream):
             yield frame
 
 
+CUT_SHORT_S = 0.25  # a sound this much shorter than its file declares (and CUT_SHORT_SHARE of it) is said to be cut
+CUT_SHORT_SHARE = 0.02
+
+
+def _declared_seconds(path: str, container, stream) -> float | None:
+    """How long the file says its sound lasts: a WAV header's data size, else the track's own duration (an MP3's
+    Xing header, a container's track length), or an audio-only file's duration; None where it says nothing (or only
+    guesses it from the bit rate, which a file cut short shrinks with it)."""
+    if container.format.name == "wav":  # FFmpeg caps the header's length at the file's size
+        return _wav_data_seconds(path)
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if not any(s.type == "video" for s in container.streams) and container.duration:
+        import av
+
+        return container.duration / av.time_base
+    return None
+
+
+def _wav_data_seconds(path: str) -> float | None:
+    """The length a RIFF/WAVE file's header gives its samples (the data chunk's size); None where it gives none (a
+    file written as a stream leaves 0 or 0xFFFFFFFF there) or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            pos, align, rate = 12, 0, 0
+            for _ in range(64):  # chunks before the samples: fmt, LIST, bext, JUNK...
+                f.seek(pos)
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                size = int.from_bytes(chunk[4:], "little")
+                if chunk[:4] == b"fmt ":
+                    fmt = f.read(16)
+                    rate, align = int.from_bytes(fmt[4:8], "little"), int.from_bytes(fmt[12:14], "little")
+                elif chunk[:4] == b"data":
+                    return size / align / rate if align and rate and size not in (0, 0xFFFFFFFF) else None
+                pos += 8 + size + (size & 1)
+    except OSError:
+        return None
+    return None
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_video: bool = True,
                keep_stereo: bool = False) -> np.ndarray:
     """Decode an audio file or a video's audio track to mono float32 in [-1, 1] at ``sample_rate``.
@@ -214,6 +259,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
             end_time = None  # mp4/mov give the track's exact length (edit list); AAC decoders pad the last frame
             if stream.duration and stream.time_base and any(k in container.format.name for k in ("mp4", "mov")):
                 end_time = float(((stream.start_time or 0) + stream.duration) * stream.time_base)
+            declared = _declared_seconds(p, container, stream)
             for frame in _decoded_frames(container, stream):
                 if frame is None:  # a packet the decoder could not read: its time becomes silence (below)
                     damaged += 1
@@ -269,6 +315,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     n = sum(c.shape[-1] for c in chunks)
     if n == 0 or not native_rate:
         raise MediaError(f"{p} holds no audio samples (zero-length audio track)")
+    if declared is not None and n / native_rate < declared - max(CUT_SHORT_S, CUT_SHORT_SHARE * declared):
+        warn(f"{p}: its sound ends at {n / native_rate:.2f} s, though the file says it lasts {declared:.2f} s (cut "
+             "short: an interrupted copy, download or recording?); the speech is used as far as it goes")
     wav = np.concatenate(chunks, axis=-1)  # (samples,) or (rows, samples)
     del chunks
     bad = ~np.isfinite(wav)

@@ -267,6 +267,10 @@ def _counters_are_times(stream, packets) -> bool:
     return not reorders and all(t is not None for t in pts) and all(b > a for a, b in zip(pts, pts[1:]))
 
 
+CUT_SHORT_S = 0.25  # a picture this much shorter than its file declares (and CUT_SHORT_SHARE of it) is said to be
+CUT_SHORT_SHARE = 0.02  # cut short (media.audio says the same of the sound)
+
+
 def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
     import av
 
@@ -306,6 +310,13 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
         duration = stream_duration or container_duration or 0.0
         n_frames = index.n_frames or declared or max(1, int(round(duration * fps)))
         duration = duration or n_frames / fps
+    said = stream_duration or (container_duration if not has_audio else None)
+    if said and index.n_frames > 1 and duration < said - max(CUT_SHORT_S, CUT_SHORT_SHARE * said):
+        from ..errors import warn
+
+        warn(f"{path}: its picture ends at {duration:.2f} s ({index.n_frames} frames), though the file says it lasts "
+             f"{said:.2f} s{f' ({declared} frames)' if declared > index.n_frames else ''} (cut short: an interrupted "
+             "copy, download or recording?); the video is used as far as it goes")
     if rotation in (90, 270):
         w, h, sar = h, w, 1 / sar
     info = VideoInfo(os.fspath(path), int(w), int(h), fps, rate, int(n_frames), duration, rotation, has_audio,
