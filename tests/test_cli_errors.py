@@ -249,3 +249,18 @@ def test_without_torch_installed_a_command_says_what_to_install(tmp_path, face_v
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().splitlines() == [
         res.stderr.strip()] and "this command needs PyTorch, which is not installed: pip install torch" in res.stderr
+
+
+def test_serve_without_torch_says_what_to_install_before_it_serves(tmp_path):
+    """`serve` never imports torch itself: without it, it started, took jobs, and every job died with "the job's
+    worker process stopped unexpectedly" (a ModuleNotFoundError traceback in its log)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from hyperlips.cli import main\n"
+            f"sys.exit(main(['serve', '--port', '0', '--data', {str(tmp_path / 'data')!r}]))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "this command needs PyTorch, which is not installed: pip install torch" in res.stderr
+    assert "http://" not in res.stdout + res.stderr  # it never served

@@ -40,6 +40,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0..65535 (got {args.port})")
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:  # every job needs it (in its worker): said now, as every command
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")  # says it, not as each job's crash
     for name in ("jobs", "max_upload_mb", "max_seconds", "max_train_minutes", "keep_hours", "batch_size"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be more than 0 (got {getattr(args, name)})")
