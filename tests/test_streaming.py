@@ -785,3 +785,47 @@ def test_an_encoder_error_while_base_waits_at_the_gate_stops_the_run_at_once(cli
         if t.name.startswith("hyperlips-"):
             t.join(timeout=10)
             assert not t.is_alive(), t.name
+
+
+def test_warnings_said_in_stage_threads_belong_to_the_call_that_started_them():
+    """A warning issued in a stage's thread (decoding, a detector worker) is collected for the call whose chain it
+    is (errors.collect_warnings), not lost, and not given to a call running meanwhile in another thread."""
+    import threading
+
+    from hyperlips import stages
+    from hyperlips.errors import collect_warnings, warn
+
+    def chain(tag):
+        def source(_):
+            warn(f"{tag}: said in the source thread")
+            yield from range(4)
+
+        def step(items):
+            for i in items:
+                if i == 2:
+                    warn(f"{tag}: said in a step thread")
+                yield i
+
+        def detect(i):
+            warn(f"{tag}: said by a worker")
+            return i
+
+        timings = stages.Timings()
+        got = list(stages.run_chain(stages.Step("source", source), [stages.Step("step", step)], timings))
+        return got, list(stages.mapped_ahead(detect, iter(got[:1]), lambda i: i, 2))
+
+    said = {}
+
+    def call(tag):
+        with collect_warnings() as mine:
+            chain(tag)
+        said[tag] = list(mine)
+
+    threads = [threading.Thread(target=call, args=(tag,)) for tag in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for tag in ("a", "b"):
+        assert said[tag] == [f"{tag}: said in the source thread", f"{tag}: said in a step thread",
+                             f"{tag}: said by a worker"], said

@@ -328,6 +328,49 @@ def test_python_api_report(clip, default_run):
     assert (got["frames"], got["width"], got["height"], got["video_codec"]) == (N_OUT, 360, 288, "h264")
 
 
+def test_each_call_reports_its_own_warnings_with_calls_in_two_threads(short_clip, ckpt, tmp_path):
+    """Warnings were the only per-call channel, and catching them (`warnings.catch_warnings`) swaps one process-wide
+    list: two calls at once in two threads, one LipSync each as advised, had each other's (the NaN speech's warning
+    reported on the clean speech's call, and twice: its audio was read twice). Each report has its own, once each."""
+    import threading
+
+    import soundfile as sf
+
+    from hyperlips.pipeline import LipSync
+
+    video, audio, _ = short_clip
+    wav, rate = sf.read(str(audio), dtype="float32")
+    wav[::50] = np.nan
+    nan = tmp_path / "nan.wav"
+    sf.write(str(nan), wav, rate, subtype="FLOAT")
+    reports, errors = {}, []
+
+    def job(name, speech):
+        try:
+            ls = LipSync(ckpt, device="cpu", progress=False)
+            for k in range(2):  # the second call said nothing once the first had shown it: each report has it
+                reports[name, k] = ls.sync(video, speech, tmp_path / f"{name}{k}.mp4")
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=job, args=a) for a in (("nan", nan), ("clean", audio))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k in range(2):
+        said = reports["nan", k].warnings
+        assert len([w for w in said if "not numbers (NaN or infinite)" in w]) == 1, said
+        assert not [w for w in reports["clean", k].warnings if "NaN" in w], reports["clean", k].warnings
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # every warning shown: the speech's problems once
+        warnings.simplefilter("always")
+        LipSync(ckpt, device="cpu", progress=False).sync(video, nan, tmp_path / "again.mp4")
+    assert len([w for w in caught if "not numbers (NaN or infinite)" in str(w.message)]) == 1
+
+
 def test_the_report_times_the_first_frame(clip, ckpt, tmp_path, monkeypatch):
     """``first_frame_seconds``: from the call to the first frame handed to the encoder (after the speech, the
     reference search and the first batch); the summary gives it and the pace after it."""

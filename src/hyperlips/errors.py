@@ -6,6 +6,10 @@ escapes is a bug and keeps its traceback. An :class:`InputWarning` reports somet
 A stop asked for by a signal (:class:`Terminated`, :func:`check_stop`) ends a run like Ctrl-C.
 """
 
+from __future__ import annotations
+
+import contextlib
+import contextvars
 import signal
 
 
@@ -53,11 +57,33 @@ class InputWarning(UserWarning):
     samples). Issued with :func:`warnings.warn`; the command line prints it as one ``hyperlips: warning:`` line."""
 
 
+# the messages of the call under way (``collect_warnings``): a context variable, so each thread's call (and the
+# threads it starts in a copy of its context, stages.py) keeps its own, where warnings.catch_warnings swaps one
+# process-wide list (two calls at once in two threads had each other's warnings)
+_collected: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("hyperlips_warnings", default=None)
+
+
 def warn(message: str) -> None:
-    """Issue an :class:`InputWarning` (shown once per message)."""
+    """Issue an :class:`InputWarning` (shown once per message), and note it for the call that collects them
+    (:func:`collect_warnings`)."""
     import warnings
 
+    said = _collected.get()
+    if said is not None and message not in said:
+        said.append(message)
     warnings.warn(message, InputWarning, stacklevel=2)
+
+
+@contextlib.contextmanager
+def collect_warnings():
+    """The :class:`InputWarning` messages issued by this thread (and the threads it starts through
+    :mod:`hyperlips.stages`) while the block runs, each once, in order: a list filled as they come."""
+    said: list[str] = []
+    token = _collected.set(said)
+    try:
+        yield said
+    finally:
+        _collected.reset(token)
 
 
 def decoder_reason(e: BaseException) -> str:

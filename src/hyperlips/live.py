@@ -469,7 +469,7 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
             if writer is None:
                 make_output_folder(output)  # once the inputs have proved usable
                 h, w = fr.image.shape[:2]
-                sound = load_audio(speech_path, MUX_SAMPLE_RATE, keep_stereo=True)  # the speech's own channels
+                sound = load_audio(speech_path, MUX_SAMPLE_RATE, keep_stereo=True, quiet=True)  # its own channels
                 writer = VideoWriter(output, w, h, fr.fps, audio=sound, sample_rate=MUX_SAMPLE_RATE,
                                      crf=crf, preset=preset, pix_fmt=pix_fmt, sample_aspect=fr.sample_aspect)
             writer.write(fr.image)

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from .config import AudioConfig
-from .errors import MediaError, UserError, warn
+from .errors import MediaError, UserError, collect_warnings, warn
 from .face.blend import first_row_read
 from .face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND, check_weight
 from .generator_io import (  # noqa: F401  (re-exported: the crop and input helpers' historical home)
@@ -87,11 +87,14 @@ _R = TypeVar("_R")
 
 
 def _one_at_a_time(fn: "Callable[_P, _R]") -> "Callable[_P, _R]":
-    """``LipSync.sync`` under :meth:`LipSync.one_call` (its signature kept for type checkers)."""
+    """``LipSync.sync`` under :meth:`LipSync.one_call`, its report given the call's own warnings (its signature kept
+    for type checkers)."""
     @functools.wraps(fn)
     def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with args[0].one_call("sync"):  # type: ignore[attr-defined]
-            return fn(*args, **kwargs)
+        with args[0].one_call("sync"), collect_warnings() as said:  # type: ignore[attr-defined]
+            report = fn(*args, **kwargs)
+        report.warnings = list(said)  # type: ignore[attr-defined]
+        return report
     return call
 
 
@@ -137,8 +140,9 @@ class LipSync:
     One ``sync`` or ``stream`` at a time per LipSync (they track one clip's mouth): another started meanwhile, from
     another thread or as a second stream, is refused with the reason; use one LipSync per thread. ``close()`` (or
     ``with LipSync(...) as ls:``) releases its native face trackers at once; they are released when it is freed
-    too. A service that wants every warning of every call catches them with ``warnings.catch_warnings()`` and
-    ``simplefilter("always")``: by default each message is shown once per process.
+    too. Each message is shown once per process by default; a service gets every warning of each call, each once,
+    in its report (``SyncReport.warnings``), also with several calls at once in several threads (where
+    ``warnings.catch_warnings()``, process-wide, would mix them up).
     """
 
     def __init__(
@@ -366,7 +370,7 @@ class LipSync:
             ref_crop = found.crop
 
             make_output_folder(output)
-            mux_audio = load_audio(audio, MUX_SAMPLE_RATE, keep_stereo=True)  # the speech's own channels
+            mux_audio = load_audio(audio, MUX_SAMPLE_RATE, keep_stereo=True, quiet=True)  # its own channels (said: above)
 
             def render(jobs):
                 self._render(jobs, ref_crop, mel, fps_out, marks)

@@ -14,6 +14,7 @@ thread, one item at a time (same items, same order: for debugging and for tests 
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 import time
@@ -175,10 +176,12 @@ def run_chain(source: Step, steps: list[Step], timings: Timings, overlap: bool =
         except BaseException as e:  # noqa: BLE001 (handed to the consumer's thread)
             chain.fail(e)
 
-    threads = [threading.Thread(target=work, args=(source, iter(()), queues[0]), name=f"hyperlips-{source.name}",
-                                daemon=True)]
+    # each thread in a copy of the caller's context: what it warns of is the caller's call's (errors.collect_warnings)
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(work, source, iter(()), queues[0]),
+                                name=f"hyperlips-{source.name}", daemon=True)]
     for i, s in enumerate(steps):
-        threads.append(threading.Thread(target=work, args=(s, drain(queues[i]), queues[i + 1]),
+        threads.append(threading.Thread(target=contextvars.copy_context().run,
+                                        args=(work, s, drain(queues[i]), queues[i + 1]),
                                         name=f"hyperlips-{s.name}", daemon=True))
     for t in threads:
         t.start()
@@ -279,7 +282,7 @@ def mapped_ahead(fn: Callable, items: Iterable, key: Callable, workers: int = 1,
         for item in items:
             k = key(item)
             if k is not None and k is not prev[0]:
-                prev = (k, pool.submit(fn, item))
+                prev = (k, pool.submit(contextvars.copy_context().run, fn, item))
             pending.append((item, None if k is None else prev[1]))
             while pending and (len(pending) > ahead or pending[0][1] is None or pending[0][1].done()):
                 head, fut = pending.popleft()

@@ -29,6 +29,7 @@ class SyncReport:
     timings: dict[str, float] = field(default_factory=dict)  # busy seconds per stage (the stages overlap)
     wall_seconds: float = 0.0  # from the start of sync() to the renamed file (models already loaded)
     first_frame_seconds: float | None = None  # from the start of sync() to the first frame handed to the encoder
+    warnings: list[str] = field(default_factory=list)  # what this call warned of (InputWarning messages), each once
 
     def stage_fps(self) -> dict[str, float]:
         return {k: (self.frames / v if v > 0 else float("inf")) for k, v in self.timings.items()}

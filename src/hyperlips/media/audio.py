@@ -214,7 +214,7 @@ def _wav_data_seconds(path: str) -> float | None:
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_video: bool = True,
-               keep_stereo: bool = False) -> np.ndarray:
+               keep_stereo: bool = False, quiet: bool = False) -> np.ndarray:
     """Decode an audio file or a video's audio track to mono float32 in [-1, 1] at ``sample_rate``.
 
     Any container/codec FFmpeg reads (wav, mp3, m4a, flac, ogg, mp4, mkv, mov, mpg, avi...), any rate and channel
@@ -228,6 +228,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     ``keep_stereo``: (channels, samples) instead, the channels as they are for a mono or stereo track (1 or 2 rows),
     a track of more channels mixed down to stereo (:func:`stereo_mix`): what an output carries. The mono samples
     are the mean of the channels (what the networks hear).
+    ``quiet``: say nothing of what was found (a second reading of a file already read, whose problems were said).
     Raises :class:`MediaError` for a missing, unreadable or corrupt file, no audio track, or no samples.
     """
     import av
@@ -235,6 +236,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     from .video import shown_video_stream  # (the track frames are read from)
 
     require_file(path, "audio file")
+    say = (lambda message: None) if quiet else warn
     p = os.fspath(path)
     chunks: list[np.ndarray] = []
     native_rate = 0
@@ -307,16 +309,16 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
         reason = decoder_reason(e)
         raise MediaError(f"cannot decode audio from {p} (unreadable or corrupt file: {reason})") from None
     if damaged:
-        warn(f"{p}: {damaged} damaged audio packet(s) could not be decoded (first near {damaged_at:.2f} s); silence is "
+        say(f"{p}: {damaged} damaged audio packet(s) could not be decoded (first near {damaged_at:.2f} s); silence is "
              "in their place")
     if holes and not damaged:
-        warn(f"{p}: its audio has gaps in its timestamps ({holes / native_rate:.2f} s in all); silence is put in "
+        say(f"{p}: its audio has gaps in its timestamps ({holes / native_rate:.2f} s in all); silence is put in "
              "them, so the sound stays in step with the picture")
     n = sum(c.shape[-1] for c in chunks)
     if n == 0 or not native_rate:
         raise MediaError(f"{p} holds no audio samples (zero-length audio track)")
     if declared is not None and n / native_rate < declared - max(CUT_SHORT_S, CUT_SHORT_SHARE * declared):
-        warn(f"{p}: its sound ends at {n / native_rate:.2f} s, though the file says it lasts {declared:.2f} s (cut "
+        say(f"{p}: its sound ends at {n / native_rate:.2f} s, though the file says it lasts {declared:.2f} s (cut "
              "short: an interrupted copy, download or recording?); the speech is used as far as it goes")
     wav = np.concatenate(chunks, axis=-1)  # (samples,) or (rows, samples)
     del chunks
@@ -324,12 +326,12 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     if bad.any():  # a float file may hold NaN or infinite samples: the resampler and encoders would spread them
         wav[bad] = 0.0
         first = int(np.flatnonzero(bad.reshape(-1, n).any(axis=0))[0])
-        warn(f"{p}: {int(bad.reshape(-1, n).any(axis=0).sum())} audio sample(s) are not numbers (NaN or infinite), "
+        say(f"{p}: {int(bad.reshape(-1, n).any(axis=0).sum())} audio sample(s) are not numbers (NaN or infinite), "
              f"first at {first / native_rate:.2f} s; they are replaced by silence")
     peak = float(np.abs(wav).max()) if wav.size else 0.0
     if peak > LOUD_PEAK:  # a float file far beyond full scale: clipping it would leave a square wave
         wav /= peak
-        warn(f"{p}: its samples reach {peak:.3g} times full scale (a float file louder than it can be played); "
+        say(f"{p}: its samples reach {peak:.3g} times full scale (a float file louder than it can be played); "
              "the speech is scaled down to full scale rather than clipped")
     if end_time is not None and first_time is not None:
         keep = int(round((end_time - first_time) * native_rate))
