@@ -223,13 +223,16 @@ def test_what_the_program_writes_on_stderr_meanwhile_arrives_and_mediapipes_line
             "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
             "    os.write(2, b'W0000 00:00:1796602197.593490   14248 inference_feedback_manager.cc:114] Feedback\\n')\n"
             "    os.write(2, b'native, not mediapipe\\n')\n"
+            "    os.write(2, b'INFO: '); os.write(2, b'host between\\n')\n"  # TFLite's prefix and message apart
+            "    os.write(2, b'Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
+            "    os.write(2, b'INFO: the host\\'s own\\n')\n"
             "    subprocess.run([sys.executable, '-c', 'import sys; sys.stderr.write(\"child\\\\n\")'])\n"
             "    print('no newline at the end', end='', file=sys.stderr)\n"
             "print(' -- after', file=sys.stderr)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert res.returncode == 0, res.stderr.decode()
     assert res.stderr.decode().splitlines() == [f"host {i}" for i in range(200)] + [
-        "native, not mediapipe", "child", "no newline at the end -- after"]
+        "native, not mediapipe", "host between", "INFO: the host's own", "child", "no newline at the end -- after"]
 
 
 def test_detectors_shared_by_two_threads_find_what_one_detector_finds(detector, real_data):
@@ -334,3 +337,20 @@ def test_a_home_that_cannot_be_written_gives_no_matplotlib_warning(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
     assert "matplotlib" not in res.stderr.lower(), res.stderr
+
+
+def test_loading_mediapipe_leaves_the_programs_environment_as_it_was():
+    """GLOG_minloglevel=2 was left in os.environ, inherited by every child the program starts."""
+    import subprocess
+    import sys
+
+    code = ("import os\n"
+            "from hyperlips.face.detect import import_mediapipe\n"
+            "import_mediapipe()\n"
+            "print(os.environ.get('GLOG_minloglevel'))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "GLOG_minloglevel"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == "None", res.stdout + res.stderr
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**env, "GLOG_minloglevel": "0"})
+    assert res.stdout.strip() == "0"  # the program's own setting stays

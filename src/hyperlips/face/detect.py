@@ -35,8 +35,11 @@ _quiet: dict[str, Any] = {"depth": 0, "saved": None, "reader": None}  # descript
 _quiet_lock = threading.Lock()
 # the lines mediapipe's C++ side writes as a graph starts: TFLite's INFO, absl's notice and its "W0000 hh:mm:ss.us
 # thread file.cc:line] ..." records
-_NATIVE_LINE = re.compile(rb"^(INFO: Created TensorFlow Lite|WARNING: All log messages before absl::InitializeLog"
+_NATIVE_LINE = re.compile(rb"^((INFO: )?Created TensorFlow Lite|WARNING: All log messages before absl::InitializeLog"
                           rb"|[IWEF]\d{4} [\d:.]+ +\d+ [\w.\-/]+:\d+\] )")
+# TFLite writes "INFO: " and its message apart: a line of the program's own written between them carries the prefix
+_TFLITE_PREFIX = b"INFO: "
+_TFLITE_MESSAGE = b"Created TensorFlow Lite"
 
 
 def _forward(read_fd: int, out_fd: int) -> None:
@@ -44,12 +47,23 @@ def _forward(read_fd: int, out_fd: int) -> None:
     last writer closes; then close both."""
     pending = b""
     try:
+        held = None  # a line starting with TFLite's prefix, until the next tells whether the prefix was TFLite's
         while chunk := os.read(read_fd, 65536):
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            kept = b"".join(line + b"\n" for line in lines if not _NATIVE_LINE.match(line))
+            kept = []
+            for line in lines:
+                if held is not None:
+                    kept.append(held[len(_TFLITE_PREFIX):] if line.startswith(_TFLITE_MESSAGE) else held)
+                    held = None
+                if line.startswith(_TFLITE_PREFIX) and not _NATIVE_LINE.match(line):
+                    held = line
+                elif not _NATIVE_LINE.match(line):
+                    kept.append(line)
             if kept:
-                _write_all(out_fd, kept)
+                _write_all(out_fd, b"".join(line + b"\n" for line in kept))
+        if held is not None:
+            _write_all(out_fd, (held[len(_TFLITE_PREFIX):] if pending.startswith(_TFLITE_MESSAGE) else held) + b"\n")
         if pending and not _NATIVE_LINE.match(pending):
             _write_all(out_fd, pending)
     except OSError:
@@ -115,7 +129,8 @@ def quiet_native_logs():
 
 def import_mediapipe() -> Any:
     """Import mediapipe's legacy ``solutions`` API or raise :class:`MissingDependencyError` saying what to install."""
-    os.environ.setdefault("GLOG_minloglevel", "2")  # before mediapipe loads: no C++ INFO/WARNING chatter
+    had = os.environ.get("GLOG_minloglevel")
+    os.environ.setdefault("GLOG_minloglevel", "2")  # while mediapipe loads: no C++ INFO/WARNING chatter
     try:
         with _matplotlib_quiet():
             import mediapipe as mp
@@ -124,6 +139,9 @@ def import_mediapipe() -> Any:
         raise MissingDependencyError(
             f"face detection needs mediapipe 0.10.21 with the legacy 'solutions' API ({e}); {_INSTALL_HINT}"
         ) from None
+    finally:
+        if had is None:  # the program's environment as it was (its own children, other glog libraries)
+            os.environ.pop("GLOG_minloglevel", None)
     _forget_import_tracebacks("mediapipe")
     return mp
 
