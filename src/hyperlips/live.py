@@ -391,7 +391,8 @@ class PacedSpeech:
 
 
 # --------------------------------------------------------------------------------------------- the live command
-BEHIND_FACTOR = 1.1  # a paced stream whose wall time exceeds its speech's by more than this fell behind
+BEHIND_S = 0.25  # a paced stream whose frames come this much later by the end than at its start (and BEHIND_SHARE of
+BEHIND_SHARE = 0.05  # the speech's length) fell behind: latency that grows, not the fixed look-ahead of short speech
 
 
 @dataclass
@@ -409,6 +410,17 @@ class LiveReport:
     chunk_ms: float
     paced: bool
     setup_seconds: float = float("nan")  # the call to the first chunk read (the idle clip opened, its face found)
+    lite: bool = False  # the network was HyperLips-Lite (no use advising it)
+
+    @property
+    def fell_behind(self) -> float:
+        """Seconds the frames came later by the end than at the start of a paced stream (0: it kept up): the last
+        frame's latency against the least of the first quarter's, where the growth exceeds the jitter allowed."""
+        lat = self.latencies
+        if not self.paced or len(lat) < 2:
+            return 0.0
+        grown = float(lat[-1] - lat[: max(1, len(lat) // 4)].min())
+        return grown if grown > max(BEHIND_S, BEHIND_SHARE * self.speech_seconds) else 0.0
 
     @property
     def real_time_factor(self) -> float:
@@ -430,10 +442,11 @@ class LiveReport:
                 f"latency median {np.median(lat) * 1000:.0f} ms, 95th percentile {np.percentile(lat, 95) * 1000:.0f} "
                 f"ms, max {lat.max() * 1000:.0f} ms (the mel window's look-ahead alone: {self.lookahead * 1000:.0f} "
                 f"ms); real-time factor {self.real_time_factor:.2f} (timed from the first chunk read{setup})")
-        if self.real_time_factor > BEHIND_FACTOR:
-            text += (f"\nwarning: it fell behind the speech (each frame later than the one before: the last "
-                     f"{lat[-1]:.1f} s late); this machine cannot render this stream in real time: a lower --fps, "
-                     f"HyperLips-Lite, or other programs stopped would help")
+        if self.fell_behind:
+            helps = "a lower --fps" + ("" if self.lite else ", HyperLips-Lite") + " or other programs stopped"
+            text += (f"\nwarning: it fell behind the speech (its frames came {self.fell_behind:.1f} s later by the end "
+                     f"than at the start: the last {lat[-1]:.1f} s late); this machine cannot render this stream in "
+                     f"real time: {helps} would help")
         return text
 
 
@@ -492,5 +505,5 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     lookahead = float(np.mean([min(((mel_feed.needed(j) - 1) * ls.audio_cfg.hop_length + ls.audio_cfg.n_fft // 2) / sr,
                                    speech_end) - j / fps for j in range(n)]))
     return LiveReport(output, n, fps, len(wav) / sr, out_times[-1] - feed.t0, lat, lookahead, float(chunk_ms), pace,
-                      feed.t0 - t_call)
+                      feed.t0 - t_call, lite=ls.model_name == "hyperlips-lite")
 
