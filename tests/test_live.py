@@ -379,6 +379,20 @@ def test_bytes_and_no_speech_are_refused_with_what_to_pass(clip):
         with pytest.raises(UserError, match="speech must be an iterable of chunks"):
             next(ls.stream(clip.video, speech))
 
+    async def agen():  # an async generator (a web framework's) or a number: said at once, not as a bare TypeError
+        yield clip.wav[:640]  # from the feeding thread after the set-up
+
+    with pytest.raises(UserError, match=r"got async_generator\) \(an async iterable: feed its chunks from a thread"):
+        next(ls.stream(clip.video, agen()))
+    with pytest.raises(UserError, match=r"speech must be an iterable of chunks .*\(got int\)"):
+        next(ls.stream(clip.video, 5))
+    from hyperlips.media.audio import melspectrogram
+
+    mel = melspectrogram(clip.wav, ls.audio_cfg)
+    for stats in (mel, {"mean": 0}, "stats.npy"):  # the mel itself, not its statistics: numpy's "truth value..."
+        with pytest.raises(UserError, match=r"speech_stats must be a hyperlips.live.SpeechStats, e.g. SpeechStats.of"):
+            next(ls.stream(clip.video, iter([clip.wav]), speech_stats=stats))
+
 
 def test_live_checks_phoneme_timings_against_the_speech_and_makes_no_folder_for_a_failed_run(clip, tmp_path):
     """``live --phonemes`` said nothing of timings past the end of the speech (``sync`` warns); a run that failed on

@@ -210,6 +210,21 @@ def test_milliseconds_are_refused_and_overlaps_warned(tmp_path):
     p.write_text("0.1 0.4 M\n0.3 0.6 AA\n")
     with pytest.warns(UserWarning, match="1 phoneme\\(s\\) start before the one before them ends \\(first: line 2"):
         read_marks(p, 1.0)
+    # a stream's timings (its speech's length not known yet): a speech synthesiser's milliseconds were read as
+    # seconds, the whole stream as its first phoneme (the lips shut)
+    from hyperlips.media.phone_marks import to_marks
+
+    ms = [(0, 300, "M"), (300, 900, "AA1"), (900, 1300, "IY1"), (1300, 2000, "AE1")]
+    with pytest.raises(UserError, match="the phonemes start 400 apart \\(the median\\): they look like milliseconds"):
+        to_marks(ms, None)
+    assert [m.start for m in to_marks([(a / 1000, b / 1000, c) for a, b, c in ms], None)] == [0, 0.3, 0.9, 1.3]
+    from hyperlips.media.phone_marks import PhoneMark
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(untrained=True, model="lite", progress=False, phones=False)
+    with pytest.raises(UserError, match="they look like milliseconds"):  # marks made by the caller, for a stream
+        ls.phoneme_marks([PhoneMark(a, b, "M") for a, b, _ in ms], None)
+    assert len(ls.phoneme_marks([PhoneMark(a / 1000, b / 1000, "M") for a, b, _ in ms], None)) == 4
 
 
 def test_praat_variants_are_read(tmp_path):

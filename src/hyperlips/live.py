@@ -309,9 +309,14 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
 
     video = Path(video)
     require_file(video, "video")
-    if speech is None or isinstance(speech, (bytes, bytearray, memoryview, str)):
+    if speech is None or isinstance(speech, (bytes, bytearray, memoryview, str)) or not isinstance(speech, Iterable):
+        aio = " (an async iterable: feed its chunks from a thread, e.g. through a queue.Queue)" \
+            if hasattr(speech, "__aiter__") else ""
         raise UserError("speech must be an iterable of chunks of samples (arrays), e.g. a list or a generator of "
-                        f"them (got {type(speech).__name__})")
+                        f"them (got {type(speech).__name__}){aio}")
+    if stats is not None and not isinstance(stats, SpeechStats):
+        raise UserError("speech_stats must be a hyperlips.live.SpeechStats, e.g. SpeechStats.of(mel, "
+                        f"ls.base.mel_smooth) of the whole speech's mel spectrogram (got {type(stats).__name__})")
     if loop not in LOOP_MODES:
         raise UserError(f"--loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
     if int(sample_rate) != ls.audio_cfg.sample_rate:

@@ -471,6 +471,10 @@ class LipSync:
             marks = read_marks(phonemes, seconds)
         elif all(isinstance(m, PhoneMark) for m in phonemes):
             marks = list(phonemes)
+            steps = np.diff([m.start for m in marks])
+            if len(steps) and float(np.median(steps)) >= 5:  # phones 5 s apart are no speech: milliseconds
+                raise UserError(f"the phonemes start {float(np.median(steps)):g} apart (the median): they look like "
+                                "milliseconds; give seconds")
         else:
             marks = to_marks(list(phonemes), seconds)
         if not marks:
