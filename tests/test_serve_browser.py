@@ -254,6 +254,33 @@ def test_a_job_deleted_elsewhere_leaves_the_page_and_a_finished_one_stays_after_
     page.reload()
     page.wait_for_selector("#sync-result:not([hidden])", timeout=60_000)  # the result is still there
     assert page.inner_text("#sync-error") == ""
+    # the finished job deleted elsewhere: the result went on showing, its Download a dead link, without a word
+    done = page.evaluate("() => localStorage.getItem('hyperlips.sync')")
+    assert client.json("DELETE", f"/api/jobs/{done}")[0] == 200
+    page.wait_for_function("() => document.getElementById('sync-error').textContent.includes('no longer')",
+                           timeout=60_000)
+    assert not page.is_visible("#sync-result")
+
+
+def test_a_file_without_a_suffix_is_sent_and_a_jobs_warnings_are_shown(open_page, tmp_path):
+    """The page refused a file named without a suffix (some phones' share sheets) that the server takes, and never
+    showed a finished job's warnings (silent speech: the mouth has nothing to follow)."""
+    from serve_kit import face_photo
+
+    _, page = open_page()
+    plain = tmp_path / "face"
+    face_photo(tmp_path / "face.png").rename(plain)
+    status = _pick(page, "#sync-video-file", plain, "#sync-video-status")
+    assert "not a file type" not in status
+    silent = write_wav(tmp_path / "quiet.wav", 0.6, freq=0.0)
+    _pick(page, "#sync-audio-file", silent, "#sync-audio-status")
+    page.click("#sync-start")
+    page.wait_for_selector("#sync-result:not([hidden])", timeout=JOB_TIMEOUT_MS)
+    page.wait_for_selector("#sync-warnings-box:not([hidden])", timeout=10_000)
+    assert "silent" in page.inner_text("#sync-warnings"), page.inner_text("#sync-warnings")
+    page.click("#tab-jobs")
+    page.wait_for_function("() => document.getElementById('jobs-body').textContent.includes('done, with a warning')",
+                           timeout=30_000)
 
 
 def test_train_a_person_model_in_the_page(open_page, real_data, tmp_path):

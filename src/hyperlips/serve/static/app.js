@@ -9,6 +9,7 @@ const state = {
   train: { video: null, job: null, uploading: 0 },
 };
 const POLL_MS = 600;
+const DONE_POLL_MS = 10000;  // a finished job's result, checked now and then: deleted elsewhere, it goes
 
 // ---------------------------------------------------------------- talking to the server
 async function api(method, path, body) {
@@ -36,9 +37,9 @@ function sizeText(n) {
 function upload(file, onProgress) {
   return new Promise((resolve, reject) => {
     const max = state.info ? state.info.limits.max_upload_bytes : Infinity;
-    const dot = file.name.lastIndexOf(".");
-    const suffix = dot >= 0 ? file.name.slice(dot).toLowerCase() : "";
-    if (state.info && !state.info.accepted_suffixes.includes(suffix)) {  // the server's words, before sending it
+    const dot = file.name.lastIndexOf(".");  // as the server reads it: a name without one (a phone's share sheet)
+    const suffix = dot >= 0 ? file.name.slice(dot).toLowerCase() : "";  // is taken and read by its content
+    if (state.info && suffix && !state.info.accepted_suffixes.includes(suffix)) {  // the server's words, first
       reject(new Error(`${file.name}: not a file type this server takes; send ${state.info.accepted_kinds}`));
       return;
     }
@@ -301,19 +302,24 @@ async function follow(view, jobId) {
   state[view].job = job;
   render(view, job);
   if (job.state === "queued" || job.state === "running") setTimeout(() => follow(view, jobId), POLL_MS);
-  else if (job.state !== "done") remember(view, null); // a result stays on the page after a reload
+  else if (job.state === "done") setTimeout(() => follow(view, jobId), DONE_POLL_MS); // deleted elsewhere: said
+  else remember(view, null); // a result stays on the page after a reload
 }
 
 // The job a view shows is gone (deleted here or elsewhere, or expired): its progress, Cancel and result go, and
-// the page says so unless it only remembered the job from an earlier visit.
-function forget(view, jobId) {
-  const seen = state[view].job && state[view].job.id === jobId && !state[view].job.remembered;
+// the page says so (of a job it remembered from an earlier visit too: its result was on the page then). Deleted
+// with this page's own button (`quiet`), it says nothing.
+function forget(view, jobId, quiet = false) {
+  const shown = state[view].job && state[view].job.id === jobId;
+  const earlier = !shown || state[view].job.remembered;
   remember(view, null);
-  state[view].job = null;
+  if (shown) state[view].job = null;
   show($(`${view}-job`), false);
   show($(view === "sync" ? "sync-cancel" : "train-cancel"), false);
   if (view === "sync") show($("sync-result"), false);
-  setError(`${view}-error`, seen ? "This job no longer exists: it was deleted, or it expired." : "");
+  setError(`${view}-error`, quiet ? "" : earlier
+    ? "The last job's result is no longer on the server: it was deleted, or it expired."
+    : "This job no longer exists: it was deleted, or it expired.");
   updateButtons();
 }
 
@@ -342,6 +348,11 @@ function renderSyncResult(job) {
   const r = job.result;
   $("sync-facts").textContent = `${r.frames} frames, ${r.width}×${r.height}, ${Number(r.seconds).toFixed(1)} s` +
     (r.frames_with_face < r.frames ? ` · mouth generated in ${r.frames_with_face} of them` : "");
+  const warned = Array.isArray(r.warnings) ? r.warnings : [];  // silent speech, timings past its end, ...
+  $("sync-warnings").replaceChildren(...warned.map((w) => {
+    const li = document.createElement("li"); li.textContent = pageWords(w); return li;
+  }));
+  show($("sync-warnings-box"), warned.length > 0);
   const stages = (job.progress && job.progress.stages) || {};
   $("sync-times").textContent = Object.entries(stages)
     .map(([k, s]) => `${(STAGE_TEXT[k] || k).replace("…", "")} ${s < 10 ? Number(s).toFixed(1) + " s" : fmtSeconds(s)}`)
@@ -412,7 +423,11 @@ async function refreshJobs() {
     const what = j.kind === "sync" ? `lip-sync ${j.params.video_name} + ${j.params.audio_name}`
                                    : `train “${j.params.name}” on ${j.params.video_name}`;
     const st = j.state === "running" ? `running (${Math.round(j.fraction * 100)}%)`
-             : j.state === "failed" ? `failed: ${pageWords(j.message)}` : j.state;
+             : j.state === "failed" ? `failed: ${pageWords(j.message)}`
+             : j.state === "done" && j.result && Array.isArray(j.result.warnings) && j.result.warnings.length
+               ? `done, with ${j.result.warnings.length === 1 ? "a warning" : `${j.result.warnings.length} warnings`}: ` +
+                 j.result.warnings.map(pageWords).join(" · ")
+             : j.state;
     for (const [text, cls] of [[when, ""], [what, ""], [st, `state-${j.state}`]]) {
       const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.append(td);
     }
@@ -426,7 +441,7 @@ async function refreshJobs() {
     act.addEventListener("click", async () => {
       try {
         await api(live ? "POST" : "DELETE", live ? `/api/jobs/${j.id}/cancel` : `/api/jobs/${j.id}`);
-        if (!live) for (const view of ["sync", "train"]) if (state[view].job && state[view].job.id === j.id) forget(view, j.id);
+        if (!live) for (const view of ["sync", "train"]) if (state[view].job && state[view].job.id === j.id) forget(view, j.id, true);
       } catch (e) { $("jobs-note").textContent = e.message; }
       refreshJobs();
     });
