@@ -342,6 +342,8 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
     base = {"video": photo["id"], "audio": speech["id"], "model": "untrained"}
     for extra, words in [({"model": "person:nobody"}, "no model 'person:nobody'"),
                          ({"size": 1024}, "renders at 128, 256, 512 px"),
+                         ({"size": 128.5}, "renders at 128, 256, 512 px (got 128.5)"),
+                         ({"size": True}, "renders at 128, 256, 512 px (got True)"),
                          ({"loop": "bounce"}, "loop must be one of"),
                          ({"face": -1}, "face must be a whole number"),
                          ({"face": 0, "face_box": [0, 0, 10, 10]}, "not both"),
@@ -392,6 +394,8 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
     for method in ("PUT", "PATCH"):  # the HTTP server's own answer was an HTML 501
         status, err = client.json(method, "/api/jobs", {})
         assert status == 405 and err["error"] == f"{method} is not allowed here (use POST, GET)", err
+    status, job = client.json("POST", "/api/jobs", {**base, "size": 128.0})  # some languages' JSON writes 128 so
+    assert status == 201 and job["params"]["size"] == 128, job
 
 
 def test_the_mouth_mode_reaches_the_worker(server, inputs, tmp_path):

@@ -97,7 +97,9 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
     warped = params.get("mouth") == "warp"  # the frame's own lips: no HR decoder to sharpen them
     if size in (None, ""):
         size = 128 if model.id == UNTRAINED_ID or warped else max(model.sizes)
-    if not isinstance(size, (int, str)) or str(size) not in {str(s) for s in model.sizes}:
+    if isinstance(size, float) and size.is_integer():  # 128.0, as JSON from some languages writes every number
+        size = int(size)
+    if isinstance(size, bool) or not isinstance(size, (int, str)) or str(size) not in {str(s) for s in model.sizes}:
         raise _bad(f"size: {model.id} renders at {', '.join(map(str, model.sizes))} px (got {size!r})")
     size = int(size)
     if warped and size != 128:
