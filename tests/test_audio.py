@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -311,6 +312,29 @@ def test_a_speech_file_cut_short_is_said(tmp_path, name, codec):
     with warnings.catch_warnings():
         warnings.simplefilter("error", InputWarning)
         load_audio(tail, 16000)
+
+
+def test_damage_the_decoder_skips_past_is_said_as_damage_not_as_a_file_cut_short(tmp_path):
+    """Zeros amid an MP3: the decoder finds its way again further on and the timestamps run on as if nothing was
+    lost. Said as a file cut short (it was not), and as "silence in their place" (there was none): now the lost
+    packet is silence as long as it was, and the rest said as lost past the damage, the speech after it early."""
+    from media_builders import write_audio
+
+    path = write_audio(tmp_path / "a.mp3", 0.3 * np.sin(np.arange(32000) * 0.2).astype(np.float32), 16000, codec="mp3")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3: len(data) // 3 + len(data) // 8] = bytes(len(data) // 8)
+    hurt = tmp_path / "hurt.mp3"
+    hurt.write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wav = load_audio(hurt, 16000)
+    said = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
+    assert any("damaged audio packet(s) could not be decoded" in m for m in said), said
+    assert any(re.search(r"about 0\.\d\d s of its sound could not be read past the damage near 0\.\d\d s \(it lasts "
+                         r"2\.0\d s, 1\.\d\d s were read\): the speech after it comes that much early", m)
+               for m in said), said
+    assert not any("cut short" in m for m in said), said
+    assert 1.2 * 16000 < len(wav) < 1.95 * 16000
 
 
 def test_a_float_file_far_beyond_full_scale_is_scaled_down_not_clipped(tmp_path):

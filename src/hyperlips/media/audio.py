@@ -141,9 +141,14 @@ def _audio_stream(container):
     return container.streams.audio[0]
 
 
+class _Lost(float):
+    """A packet the decoder could not read, standing for its length in seconds (0 where unknown)."""
+
+
 def _decoded_frames(container, stream):
-    """The stream's decoded frames; None for each packet the decoder could not read (a damaged one), which is then
-    skipped instead of ending the decoding. An error of the demuxer itself after some audio ends the track there."""
+    """The stream's decoded frames; a :class:`_Lost` for each packet the decoder could not read (a damaged one),
+    which is then skipped instead of ending the decoding. An error of the demuxer itself after some audio ends the
+    track there."""
     import av
 
     got = False
@@ -156,12 +161,13 @@ def _decoded_frames(container, stream):
         except av.error.FFmpegError:
             if not got:
                 raise
-            yield None
+            yield _Lost(0.0)
             break
         try:
             frames = packet.decode()
         except av.error.FFmpegError:
-            yield None
+            known = packet.duration and packet.time_base
+            yield _Lost(float(packet.duration * packet.time_base) if known else 0.0)
             continue
         for frame in frames:
             got = True
@@ -263,9 +269,13 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
                 end_time = float(((stream.start_time or 0) + stream.duration) * stream.time_base)
             declared = _declared_seconds(p, container, stream)
             for frame in _decoded_frames(container, stream):
-                if frame is None:  # a packet the decoder could not read: its time becomes silence (below)
+                if isinstance(frame, _Lost):  # a packet the decoder could not read: silence as long as it was
                     damaged += 1
                     damaged_at = damaged_at if damaged_at is not None else n / max(native_rate, 1)
+                    if native_rate and 0 < frame <= MAX_AUDIO_HOLE:  # (its timestamps may show the hole too: the
+                        lost = int(round(frame * native_rate))  # next frame's gap is then the rest, if any)
+                        chunks.append(np.zeros((rows, lost) if keep_stereo else (lost,), np.float32))
+                        n += lost
                     continue
                 if frame.samples == 0:
                     continue
@@ -317,9 +327,14 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     n = sum(c.shape[-1] for c in chunks)
     if n == 0 or not native_rate:
         raise MediaError(f"{p} holds no audio samples (zero-length audio track)")
-    if declared is not None and n / native_rate < declared - max(CUT_SHORT_S, CUT_SHORT_SHARE * declared):
+    short = declared is not None and n / native_rate < declared - max(CUT_SHORT_S, CUT_SHORT_SHARE * declared)
+    if short and damaged:  # the decoder found its way again past damage whose length the timestamps do not show
+        say(f"{p}: about {declared - n / native_rate:.2f} s of its sound could not be read past the damage near "
+            f"{damaged_at:.2f} s (it lasts {declared:.2f} s, {n / native_rate:.2f} s were read): the speech after it "
+            "comes that much early; repair or re-encode the file for speech in step")
+    elif short:
         say(f"{p}: its sound ends at {n / native_rate:.2f} s, though the file says it lasts {declared:.2f} s (cut "
-             "short: an interrupted copy, download or recording?); the speech is used as far as it goes")
+            "short: an interrupted copy, download or recording?); the speech is used as far as it goes")
     wav = np.concatenate(chunks, axis=-1)  # (samples,) or (rows, samples)
     del chunks
     bad = ~np.isfinite(wav)
