@@ -555,6 +555,15 @@ def test_writer_is_atomic(tmp_path):
     w.write(np.zeros((48, 64, 3), np.uint8))
     assert w.close() == out and out.exists() and no_partials(tmp_path)
     assert decode_all(out)["frames"] == 1
+    # the longest name the folder takes (255 bytes, letters of two bytes too): its partial's name, longer by 22,
+    # was refused as "File name too long"
+    for stem in ("n" * 251, "é" * 125 + "x"):
+        long = tmp_path / f"{stem}.mp4"
+        assert len(long.name.encode()) == 255
+        with VideoWriter(long, 64, 48, 25) as w:
+            w.write(np.zeros((48, 64, 3), np.uint8))
+        assert long.is_file() and no_partials(tmp_path)
+        long.unlink()
 
 
 def test_writer_missing_folder(tmp_path):

@@ -89,6 +89,18 @@ def usable_cpus() -> int:
 STALE_PARTIAL_S = 600.0  # a partial file of the same output untouched this long was left by a killed run
 
 
+NAME_MAX = 255  # bytes in a file's name on the usual file systems (ext4, XFS, APFS, NTFS's 255 UTF-16 units)
+
+
+def _partial_stem(stem: str, suffix: str) -> str:
+    """The output's name as its partial file (``.STEM.XXXXXXXX.partialSUFFIX``) carries it: cut (at a character) so
+    the partial's name is no longer than the longest name the output itself may have (a 240-byte name was refused
+    as "too long": the partial's was)."""
+    room = NAME_MAX - len(f"..12345678.partial{suffix}".encode())  # the dots around the stem and the token
+    data = stem.encode()
+    return stem if len(data) <= room else data[:room].decode("utf-8", "ignore")
+
+
 def _remove_stale_partials(folder: Path, stem: str, suffix: str) -> None:
     """Delete the partial files of this output that runs killed outright (SIGKILL, out of memory) left behind: a run
     that is still writing one touches it every frame, so only those untouched for :data:`STALE_PARTIAL_S` go."""
@@ -192,8 +204,9 @@ class VideoWriter:
         if not folder.is_dir():
             raise MediaError(f"output folder does not exist: {folder}")
         suffix = self.path.suffix or ".mp4"
-        _remove_stale_partials(folder, self.path.stem, suffix)
-        self._tmp = folder / f".{self.path.stem}.{secrets.token_hex(4)}.partial{suffix}"
+        stem = _partial_stem(self.path.stem, suffix)
+        _remove_stale_partials(folder, stem, suffix)
+        self._tmp = folder / f".{stem}.{secrets.token_hex(4)}.partial{suffix}"
         self._closed = False
         try:  # FFmpeg opens the file only at the first frame, and its errors then name no file: try it now
             with open(self._tmp, "xb"):
