@@ -225,6 +225,39 @@ def test_a_clip_shorter_than_the_judges_window_is_reported_not_fatal(real_data, 
     assert "**Our sync judge (mouth shapes)**: unavailable: too short" in text  # was titled "Our SyncNet expert"
 
 
+def test_a_report_that_cannot_be_written_leaves_the_one_before_whole(real_data, tmp_path, monkeypatch):
+    """On a full disk `eval` left report.json cut short under its own name, beside the plots of the new run and the
+    report.md of the old one, and the error named no file: the files of a report are written together or not at all,
+    and the error names the file."""
+    import errno
+    import json
+    from pathlib import Path
+
+    from hyperlips.eval.protocols import evaluate_pair
+    from hyperlips.eval.report import write_clip_report
+
+    res = evaluate_pair(real_data / "retalking" / "face2.mp4", None, None, expert_model=_shipped_judge(),
+                        perceptual=False, max_seconds=0.6)
+    folder = tmp_path / "r"
+    write_clip_report(res, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert {"report.json", "report.md"} <= set(before)
+    real = Path.write_text
+
+    def full(self, text, *a, **k):
+        if self.name.startswith(".report.md"):
+            real(self, text[: len(text) // 2], *a, **k)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, text, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        write_clip_report(res, folder)
+    assert caught.value.filename == str(folder / "report.md")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the old report, whole; no partial file
+    assert json.loads((folder / "report.json").read_text())
+
+
 def test_a_validation_clip_without_a_full_window_gets_no_offset_instead_of_stopping_the_fit():
     from hyperlips.models import create_model
     from hyperlips.train.judge import clip_offsets

@@ -8,8 +8,10 @@ A batch adds ``summary.json`` / ``summary.md`` with the per-clip and aggregate t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -385,18 +387,50 @@ def clip_markdown(res: ClipResult, images: dict[str, Path | None]) -> str:
     return "\n".join(out)
 
 
+@contextlib.contextmanager
+def _all_or_nothing(out: Path):
+    """Files written through ``partial(name)`` (a hidden name beside ``out / name``) take their names together once
+    the block ends; where writing fails (a full disk), none does and the partial files go: a report is never half new
+    and half old, nor a file cut short under its own name. The error names the file it failed on."""
+    made: dict[Path, Path] = {}
+    current = [out]  # the file being written: the last one asked for
+
+    def partial(name: str) -> Path:
+        tmp = out / f".{name}.{os.getpid()}.partial{Path(name).suffix}"
+        made[tmp] = current[0] = out / name
+        return tmp
+
+    try:
+        yield partial
+        for tmp, final in made.items():
+            if tmp.exists():
+                current[0] = final
+                os.replace(tmp, final)
+    except OSError as e:
+        failed = made.get(Path(e.filename), Path(e.filename)) if e.filename else current[0]
+        raise OSError(e.errno, e.strerror or str(e), str(failed)) from None
+    finally:
+        for tmp in made:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
 def write_clip_report(res: ClipResult, out_dir: str | Path, per_frame: bool = True) -> dict[str, Path]:
-    """Write report.json, report.md and the PNG plots of one clip into ``out_dir``; returns the written paths."""
+    """Write report.json, report.md and the PNG plots of one clip into ``out_dir`` (all of them or, where writing
+    fails, none: :func:`_all_or_nothing`); returns the written paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    images = {
-        "per_frame": plot_per_frame(res, out / "per_frame.png"),
-        "mouth_audio": plot_mouth_audio(res, out / "mouth_audio.png"),
-        "sync": plot_sync(res, out / "sync.png"),
-        "mouth_sheet": plot_mouth_sheet(res, out / "mouth_sheet.png"),
-    }
-    (out / "report.json").write_text(json.dumps(clip_to_dict(res, per_frame), indent=1, allow_nan=False))
-    (out / "report.md").write_text(clip_markdown(res, images))
+    plots = {"per_frame": plot_per_frame, "mouth_audio": plot_mouth_audio, "sync": plot_sync,
+             "mouth_sheet": plot_mouth_sheet}
+    with _all_or_nothing(out) as partial:
+        made = {k: plot(res, partial(f"{k}.png")) for k, plot in plots.items()}
+        images = {k: (out / f"{k}.png" if v is not None else None) for k, v in made.items()}
+        partial("report.json").write_text(json.dumps(clip_to_dict(res, per_frame), indent=1, allow_nan=False))
+        partial("report.md").write_text(clip_markdown(res, images))
+    for k, v in images.items():
+        if v is None:  # not drawn this time: no plot of an earlier run stays beside this report
+            with contextlib.suppress(OSError):
+                (out / f"{k}.png").unlink()
     written = {k: v for k, v in images.items() if v is not None}
     written.update({"json": out / "report.json", "markdown": out / "report.md"})
     return written
@@ -437,6 +471,8 @@ def write_batch_report(results: Iterable[ClipResult], out_dir: str | Path, title
         write_clip_report(res, out / res.name)
         rows.append(summary_row(res))
     agg = aggregate(rows)
-    (out / "summary.json").write_text(json.dumps(_clean({"clips": rows, "aggregate": agg}), indent=1, allow_nan=False))
-    (out / "summary.md").write_text(batch_markdown(rows, agg, title))
+    with _all_or_nothing(out) as partial:
+        partial("summary.json").write_text(json.dumps(_clean({"clips": rows, "aggregate": agg}), indent=1,
+                                                      allow_nan=False))
+        partial("summary.md").write_text(batch_markdown(rows, agg, title))
     return {"json": out / "summary.json", "markdown": out / "summary.md"}
