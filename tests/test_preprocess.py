@@ -362,6 +362,31 @@ def test_interrupted_clip_leaves_nothing_and_is_redone(tmp_path, more_data, monk
     assert pp.check_dataset(tmp_path / "ds") == []
 
 
+def test_ctrl_c_with_workers_leaves_no_partial_clip_folder(tmp_path, more_data, monkeypatch):
+    """Ctrl-C from a terminal reaches the workers too: one stopped midway (or killed before it cleaned up) left its
+    hidden `.CLIP.partial-PID` folder, which only the next run removed. The run's own stop removes them."""
+    import concurrent.futures
+
+    from hyperlips.data import preprocess as pp
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a", "b"):
+        os.symlink(more_data / "lrs2_deep_avsr/00002.mp4", src / f"{name}.mp4")
+    clips = tmp_path / "ds" / "clips"
+
+    def interrupted(futures):  # a worker's folder half made, then Ctrl-C in the parent
+        (clips / ".a.partial-99999").mkdir(parents=True)
+        (clips / ".a.partial-99999" / "frames.bin").write_bytes(b"x")
+        raise KeyboardInterrupt
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(concurrent.futures, "as_completed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=2, progress=False)
+    assert not [p.name for p in clips.rglob("*partial*")]
+
+
 def _spawned_workers(pid: int) -> list[int]:
     """Pids of the multiprocessing workers (not the resource tracker) whose parent is ``pid`` (Linux /proc)."""
     found = []

@@ -194,6 +194,7 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
                 _end_workers(mp.active_children())
                 pool.shutdown(wait=False)
                 _end_workers(mp.active_children(), grace=0.0)  # one the pool started meanwhile
+                _clean_partials(clips_dir)  # what a worker ended midway (or still cleaning up) left
                 raise
         else:
             for job in jobs:
