@@ -329,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", type=Path, help="talking-face video (mp4, mov, mkv, ...) or a still image (png, jpg)")
     p.add_argument("audio", type=Path, help="speech: wav, mp3, m4a, flac, ogg, or a video file whose audio track to use")
     p.add_argument("-o", "--output", type=Path, required=True,
-                   help="output video (.mp4, .mov, .m4v or .mkv; folders missing on its path are made)")
+                   help="output video (.mp4, .mov, .m4v or .mkv; folders missing on its path are made; a file of "
+                        "that name is replaced once the new one is complete, and left as it was if the run fails)")
     p.add_argument("--phonemes", type=Path, metavar="FILE",
                    help="what the speech says and when, from a speech synthesiser or a forced aligner: lines of "
                         "START [END] PHONE in seconds (ARPAbet, espeak-ng or IPA), JSON or a TextGrid; a "
