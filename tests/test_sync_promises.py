@@ -371,6 +371,19 @@ def test_each_call_reports_its_own_warnings_with_calls_in_two_threads(short_clip
     assert len([w for w in caught if "not numbers (NaN or infinite)" in str(w.message)]) == 1
 
 
+def test_speech_that_ends_before_the_face_shows_says_so(clip, ckpt, tmp_path):
+    """0.3 s of speech over a video whose face shows only after 0.56 s was refused as "no face found ... use a clip
+    where the face is visible", as if the video had none."""
+    from hyperlips.errors import NoFaceError
+    from hyperlips.pipeline import LipSync
+
+    short = cut_audio(clip.audio, tmp_path / "short.wav", 0.3)
+    with pytest.raises(NoFaceError, match=rf"the speech, 0\.30 s, covers only the first 8 of its {N_SRC} frames: "
+                                          "start the video where the face is, or give longer speech"):
+        LipSync(ckpt, device="cpu", progress=False).sync(clip.video, short, tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()
+
+
 def test_the_report_times_the_first_frame(clip, ckpt, tmp_path, monkeypatch):
     """``first_frame_seconds``: from the call to the first frame handed to the encoder (after the speech, the
     reference search and the first batch); the summary gives it and the pace after it."""

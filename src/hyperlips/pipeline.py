@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from .config import AudioConfig
-from .errors import MediaError, UserError, collect_warnings, warn
+from .errors import MediaError, NoFaceError, UserError, collect_warnings, warn
 from .face.blend import first_row_read
 from .face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND, check_weight
 from .generator_io import (  # noqa: F401  (re-exported: the crop and input helpers' historical home)
@@ -364,8 +364,15 @@ class LipSync:
 
             # the reference face: the first frames, decoded and searched once (their detections are kept)
             with self._bar(reference_search_length(request, n_src, timeline.fps), "faces", on_progress) as bar:
-                found = find_reference(timeline, n_src, request, new_track, detect, bar, timer, self.overlap,
-                                       detector.workers, self.detect_every_frame)
+                try:
+                    found = find_reference(timeline, n_src, request, new_track, detect, bar, timer, self.overlap,
+                                           detector.workers, self.detect_every_frame)
+                except NoFaceError as e:
+                    if n_src < timeline.n_frames:  # the speech reaches only the start of the video
+                        raise NoFaceError(f"{e} (the speech, {seconds:.2f} s, covers only the first {n_src} of its "
+                                          f"{timeline.n_frames} frames: start the video where the face is, or give "
+                                          "longer speech)") from None
+                    raise
                 complete_bar(bar)  # the search ends when the face is sure, often before the estimate
             ref_crop = found.crop
 
