@@ -186,3 +186,17 @@ def test_the_api_keeps_its_types_for_type_checkers():
     assert hints["fn"] == hints["return"] and typing.get_origin(hints["return"]) is not None  # Callable[P, R] in and out
     assert typing.get_type_hints(LipSync.stream)["return"] == typing.Iterator[LiveFrame]
     assert (Path(hyperlips.__file__).parent / "py.typed").is_file()
+
+
+def test_the_licence_and_the_weights_terms_travel_with_the_package():
+    """Declared Apache-2.0, yet no licence text was in the repository, the sdist or the wheel, and the shipped weights'
+    research-only terms were only in docs/starter.md, which the wheel leaves out."""
+    import tomllib
+
+    root = PACKAGE.parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == "Apache-2.0" and set(project["license-files"]) == {"LICENSE", "NOTICE"}
+    assert "Apache License" in (root / "LICENSE").read_text() and "Version 2.0" in (root / "LICENSE").read_text()
+    notice = (root / "NOTICE").read_text()
+    assert "research" in notice and "HYPERLIPS_NO_SHIPPED" in notice
+    assert (PACKAGE / "models" / "weights").is_dir() and "models/weights" in notice
