@@ -277,8 +277,32 @@ def test_a_bar_that_ends_early_writes_its_last_state_once_to_a_log():
                                        ("1", True), ("yes", True), ("true", True)])
 def test_debug_output_is_off_for_zero_and_false(monkeypatch, value, on):
     """``HYPERLIPS_DEBUG=0`` turned the library messages on (any value did), unlike ``HYPERLIPS_NO_SHIPPED=0``."""
+    import av.logging
+
     monkeypatch.setenv(cli.DEBUG_ENV, value)
-    assert cli._debug() is on
+    try:
+        assert cli._debug() is on
+        assert (av.logging.get_level() is not None) is on  # FFmpeg's own messages too (PyAV keeps them off)
+    finally:
+        av.logging.set_level(None)
+
+
+def test_debug_output_shows_mediapipes_lines_too(tmp_path):
+    """HYPERLIPS_DEBUG=1 showed no library message at all: PyAV keeps FFmpeg's off, and mediapipe's were filtered
+    whatever the setting."""
+    import subprocess
+    import sys
+
+    code = ("import os\n"
+            "from hyperlips.face.detect import quiet_native_logs\n"
+            "with quiet_native_logs():\n"
+            "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n")
+    import os
+
+    for value, shown in (("1", True), ("0", False)):
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                             env={**os.environ, cli.DEBUG_ENV: value})
+        assert (b"XNNPACK" in res.stderr) is shown, (value, res.stderr)
 
 
 def test_an_unknown_option_names_the_help_of_its_command(capsys):

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import Terminated, UserError, clear_stop, request_stop
+from .errors import DEBUG_ENV, Terminated, UserError, clear_stop, debug_wanted, request_stop  # noqa: F401
 from .options import add_model_options, add_sync_options
 
 # modules that add subcommands: each has add_parser(subparsers) and sets a `func(args) -> int` default
@@ -38,12 +38,15 @@ _COMMAND_MODULES = (
 
 EXIT_OK, EXIT_BUG, EXIT_USER = 0, 1, 2  # 1: a bug (with its traceback); 2: a mistake in the input, one line
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # 128 + the signal's number
-DEBUG_ENV = "HYPERLIPS_DEBUG"  # set to 1 to keep library messages (FFmpeg, MediaPipe, Python warnings)
-
-
 def _debug() -> bool:
-    """HYPERLIPS_DEBUG set to anything but nothing, 0, false, no or off (as HYPERLIPS_NO_SHIPPED reads 0)."""
-    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    """HYPERLIPS_DEBUG set (``errors.debug_wanted``); FFmpeg's own messages are then on too (PyAV keeps them off)."""
+    if not debug_wanted():
+        return False
+    with contextlib.suppress(ImportError):
+        import av.logging
+
+        av.logging.set_level(av.logging.WARNING)
+    return True
 
 
 class _Messages:

@@ -13,6 +13,17 @@ import contextvars
 import signal
 
 
+DEBUG_ENV = "HYPERLIPS_DEBUG"  # set to 1 to keep library messages (FFmpeg, MediaPipe, Python warnings)
+
+
+def debug_wanted() -> bool:
+    """HYPERLIPS_DEBUG set to anything but nothing, 0, false, no or off (as HYPERLIPS_NO_SHIPPED reads 0): the
+    libraries underneath say what they have to say."""
+    import os
+
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 class UserError(Exception):
     """A problem with the user's input, reported as one line naming the file and what to do."""
 

