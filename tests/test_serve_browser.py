@@ -283,6 +283,44 @@ def test_a_file_without_a_suffix_is_sent_and_a_jobs_warnings_are_shown(open_page
                            timeout=30_000)
 
 
+def test_the_page_works_from_the_keyboard_and_says_what_happens(open_page, tmp_path):
+    """For keyboard and screen-reader users: the tabs moved by the arrow keys with one Tab stop; focus fell to the
+    page when the pressed button was disabled; a finished job was never announced while the progress text was read
+    out at every redraw; the Jobs table, rebuilt every 3 s, threw the focus back to its first row."""
+    from serve_kit import face_photo
+
+    _, page = open_page()
+    assert page.evaluate("() => [...document.querySelectorAll('[role=tab]')].map((t) => t.tabIndex)") == [0, -1, -1]
+    page.focus("#tab-sync")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("() => document.activeElement.id") == "tab-train" and page.is_visible("#panel-train")
+    page.keyboard.press("End")
+    assert page.evaluate("() => document.activeElement.id") == "tab-jobs"
+    page.keyboard.press("ArrowRight")  # round to the first
+    assert page.evaluate("() => document.activeElement.id") == "tab-sync" and page.is_visible("#panel-sync")
+    names = page.evaluate("() => [...document.querySelectorAll('[role=progressbar]')].map((e) => e.ariaLabel)")
+    assert names == ["Lip-sync progress", "Training progress"]
+    assert page.get_attribute("#sync-stage", "aria-live") is None  # the numbers are not read out at every redraw
+
+    _pick(page, "#sync-video-file", face_photo(tmp_path / "face.png"), "#sync-video-status")
+    _pick(page, "#sync-audio-file", write_wav(tmp_path / "short.wav", 0.6), "#sync-audio-status")
+    page.focus("#sync-start")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#sync-result:not([hidden])", timeout=JOB_TIMEOUT_MS)
+    page.wait_for_function("() => document.getElementById('announce').textContent.includes('Lip-sync finished')",
+                           timeout=10_000)
+    assert page.evaluate("() => document.activeElement.id") in ("sync-download", "sync-cancel", "sync-start")
+    assert page.evaluate("() => document.activeElement !== document.body")
+
+    page.click("#tab-jobs")
+    page.wait_for_selector("#jobs-body button")
+    page.focus("#jobs-body button")
+    label = page.evaluate("() => document.activeElement.getAttribute('aria-label')")
+    assert label.startswith("delete: lip-sync face.png + short.wav"), label
+    time.sleep(3.5)  # a refresh of the table
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-label')") == label
+
+
 def test_train_a_person_model_in_the_page(open_page, real_data, tmp_path):
     _, page = open_page(finetune_command=fake_finetune(tmp_path / "fake"))
     page.click("#tab-train")

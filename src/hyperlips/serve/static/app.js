@@ -81,7 +81,9 @@ function pageWords(message) {
     .replace(/so the faces to choose from are 0\.\.(\d+), counted left to right/, (_, n) => faceChoices(n))
     .replace(/: use 0\.\.(\d+) \(counted left to right\)/, (_, n) => `: ${faceChoices(n)}`)
     .replace(/^--minutes ([\d.]+) leaves/, (_, m) => `A time budget of ${m} minute${+m === 1 ? "" : "s"} leaves`)
-    .replace(/give at least --minutes ([\d.]+)/, (_, m) => `give it at least ${Math.ceil(+m)} minutes`);
+    .replace(/give at least --minutes ([\d.]+)/, (_, m) => `give it at least ${Math.ceil(+m)} minutes`)
+    .replace(/^name: /, "Model name: ")
+    .replace(/^minutes: /, "Time budget (minutes): ");
 }
 function setError(id, text) { const el = $(id); el.textContent = text || ""; show(el, Boolean(text)); }
 function fmtSeconds(s) {
@@ -132,13 +134,32 @@ function stageLine(job) {
 }
 
 // ---------------------------------------------------------------- tabs
+const TABS = ["sync", "train", "jobs"];
 function selectTab(name) {
-  for (const t of ["sync", "train", "jobs"]) {
+  for (const t of TABS) {
     $(`tab-${t}`).setAttribute("aria-selected", String(t === name));
+    $(`tab-${t}`).tabIndex = t === name ? 0 : -1;  // one stop in the Tab order: the selected tab (ARIA tabs)
     show($(`panel-${t}`), t === name);
   }
   if (name === "jobs") refreshJobs();
   history.replaceState(null, "", `#${name}`);
+}
+
+function tabKeys(e) {  // the arrow keys, Home and End move between the tabs, as the ARIA tabs pattern has it
+  const at = TABS.indexOf(e.target.id.replace("tab-", ""));
+  const to = {ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: TABS.length - 1}[e.key];
+  if (at < 0 || to === undefined) return;
+  e.preventDefault();
+  const name = TABS[(to + TABS.length) % TABS.length];
+  selectTab(name);
+  $(`tab-${name}`).focus();
+}
+
+// Said to screen readers once (a live region): a stage begun, a job finished; not every redraw of the progress.
+function announce(text) {
+  const el = $("announce");
+  el.textContent = "";
+  setTimeout(() => { el.textContent = text; }, 50);
 }
 
 // ---------------------------------------------------------------- file pickers
@@ -325,14 +346,30 @@ function forget(view, jobId, quiet = false) {
 
 function render(view, job) {
   const running = job.state === "queued" || job.state === "running";
+  const cancelButton = $(view === "sync" ? "sync-cancel" : "train-cancel");
+  const startButton = $(view === "sync" ? "sync-start" : "train-start-button");
+  const hadFocus = document.activeElement === cancelButton || document.activeElement === startButton;
+  const before = state[view].shown || {};
+  const stage = running ? (STAGE_TEXT[(job.progress || {}).stage] || job.state) : job.state;
+  if (before.id === job.id && before.stage !== stage) {  // said once per stage, not at every redraw
+    announce(running ? (stage === "queued" ? "Waiting in the queue" : stage.replace("…", ""))
+      : job.state === "done" ? (view === "sync" ? "Lip-sync finished: the result is below" : "Training finished")
+      : job.state === "cancelled" ? "Cancelled" : "");
+  }
+  state[view].shown = {id: job.id, stage};
   show($(`${view}-job`), running || (view === "train" && job.state === "done"));
-  show($(view === "sync" ? "sync-cancel" : "train-cancel"), running);
+  show(cancelButton, running);
   setBar(view, job.fraction || 0);
   $(`${view}-stage`).textContent = stageLine(job);
   setError(`${view}-error`, job.state === "failed" ? pageWords(job.message) : job.state === "cancelled" ? "Cancelled." : "");
   if (view === "sync") renderSyncResult(job);
   else renderTraining(job);
   updateButtons();
+  if (hadFocus && running && !cancelButton.hidden) cancelButton.focus();  // the pressed button is disabled now
+  else if (hadFocus && !running) {  // Cancel went with the job: to the result, or back to the button
+    const next = view === "sync" && job.state === "done" ? $("sync-download") : startButton;
+    (next.disabled ? $(`${view}-form`).querySelector("select, input") : next).focus();
+  }
 }
 
 function renderSyncResult(job) {
@@ -396,13 +433,22 @@ async function start(view, body) {
   if (view === "sync") show($("sync-result"), false);
   else show($("train-done"), false);
   try {
+    for (const id of ["train-name", "train-minutes"]) $(id).removeAttribute("aria-invalid");
     const job = await api("POST", "/api/jobs", body);
     state[view].job = job;
     remember(view, job.id);
+    const pressed = $(view === "sync" ? "sync-start" : "train-start-button");
+    const focused = document.activeElement === pressed || document.activeElement === document.body;
     render(view, job);
+    if (focused) $(view === "sync" ? "sync-cancel" : "train-cancel").focus();  // not lost with the disabled button
     setTimeout(() => follow(view, job.id), POLL_MS);
   } catch (e) {
-    setError(`${view}-error`, e.message);
+    setError(`${view}-error`, pageWords(e.message));
+    const field = {name: "train-name", minutes: "train-minutes"}[(e.message.match(/^(\w+): /) || [])[1]];
+    if (view === "train" && field) {  // the field the reason is about: marked, and the place to fix it
+      $(field).setAttribute("aria-invalid", "true");
+      $(field).focus();
+    }
   }
 }
 
@@ -417,6 +463,13 @@ async function refreshJobs() {
   if ($("panel-jobs").hidden) return;
   let data;
   try { data = await api("GET", "/api/jobs?limit=50"); } catch (e) { $("jobs-note").textContent = e.message; return; }
+  // the table is rebuilt only when a job changed, and the button that had the focus has it again: rebuilt every 3 s,
+  // it threw a keyboard user back to the first row
+  const seen = JSON.stringify(data.jobs.map((j) => [j.id, j.state, Math.round((j.fraction || 0) * 100), j.message]));
+  if (seen === state.jobsSeen && $("jobs-body").children.length) return;
+  state.jobsSeen = seen;
+  const focused = document.activeElement && $("jobs-body").contains(document.activeElement)
+    ? document.activeElement.dataset.focusKey : null;
   const rows = data.jobs.map((j) => {
     const tr = document.createElement("tr");
     const when = new Date(j.created * 1000).toLocaleString();
@@ -434,10 +487,14 @@ async function refreshJobs() {
     const td = document.createElement("td");
     if (j.result && j.result.url) {
       const a = document.createElement("a"); a.href = j.result.download_url; a.textContent = "download"; td.append(a);
+      a.setAttribute("aria-label", `download: ${what}`);
+      a.dataset.focusKey = `${j.id}:download`;
     }
     const act = document.createElement("button");
     const live = j.state === "queued" || j.state === "running";
     act.textContent = live ? "cancel" : "delete";
+    act.setAttribute("aria-label", `${act.textContent}: ${what}`);  // each row's buttons told apart
+    act.dataset.focusKey = `${j.id}:${act.textContent}`;
     act.addEventListener("click", async () => {
       try {
         await api(live ? "POST" : "DELETE", live ? `/api/jobs/${j.id}/cancel` : `/api/jobs/${j.id}`);
@@ -450,13 +507,21 @@ async function refreshJobs() {
     return tr;
   });
   $("jobs-body").replaceChildren(...rows);
+  if (focused) {
+    const again = [...$("jobs-body").querySelectorAll("[data-focus-key]")].find((el) => el.dataset.focusKey === focused)
+      || [...$("jobs-body").querySelectorAll("[data-focus-key]")].find((el) => el.dataset.focusKey.startsWith(focused.split(":")[0]));
+    if (again) again.focus();
+  }
   const keep = state.info ? state.info.limits.keep_hours : 24;
   $("jobs-note").textContent = data.jobs.length ? `Finished jobs are kept ${keep} h.` : "No jobs yet.";
 }
 
 // ---------------------------------------------------------------- start-up
 async function init() {
-  for (const t of ["sync", "train", "jobs"]) $(`tab-${t}`).addEventListener("click", () => selectTab(t));
+  for (const t of TABS) {
+    $(`tab-${t}`).addEventListener("click", () => selectTab(t));
+    $(`tab-${t}`).addEventListener("keydown", tabKeys);
+  }
   setupPicker("sync", "video");
   setupPicker("sync", "audio");
   setupPicker("train", "video");
