@@ -194,3 +194,42 @@ def test_a_warped_tail_is_driven_from_shifted_frames(more_data, tmp_path, monkey
     assert 0 <= res.rows["model"]["delta_e"] < 1.0
     assert res.rows["hold"]["lmd"] is not None and res.rows["model"]["sharpness_ratio"] > 0
     assert "shifted by half its length" in (tmp_path / "r" / "tail.md").read_text()
+
+
+def test_the_tail_of_one_of_two_people_is_that_persons(more_data, tmp_path):
+    """Footage of two people (an interviewer beside the speaker), a model of the one `finetune --face 1` learnt:
+    `eval --protocol tail --face 1` regenerated and scored the largest face, the other person, and took its
+    reference from the whole frame. Now the person picked is the one regenerated, measured and referenced."""
+    import cv2
+
+    from hyperlips.eval.tail import run_tail_protocol
+    from hyperlips.media.audio import load_audio
+    from hyperlips.media.video import FrameReader
+    from hyperlips.media.writer import VideoWriter
+
+    frames, sound = [], []
+    for name in ("bbaf3s", "bbas3a"):
+        clip = more_data / f"grid_s1/{name}.mpg"
+        with FrameReader(clip) as r:  # the speaker on the right and smaller, a copy of them larger on the left
+            for fr in r.iter_range(0, 75):
+                small = cv2.resize(fr.image, None, fx=0.7, fy=0.7)
+                right = np.full_like(fr.image, 90)
+                y, x = (right.shape[0] - small.shape[0]) // 2, (right.shape[1] - small.shape[1]) // 2
+                right[y:y + small.shape[0], x:x + small.shape[1]] = small
+                frames.append(np.hstack([cv2.flip(fr.image, 1) // 2 + 40, right]))
+        sound.append(load_audio(clip, 16000)[:48000])
+    footage = tmp_path / "interview.mp4"
+    h, w = frames[0].shape[:2]
+    with VideoWriter(footage, w, h, 25, audio=np.concatenate(sound), sample_rate=16000) as vw:
+        for f in frames:
+            vw.write(f)
+    res = run_tail_protocol(footage, tmp_path / "r", untrained=True, model="lite", seconds=2.0, device="cpu",
+                            baselines=False, face_index=1)
+    ref = cv2.imread(str(tmp_path / "r/tail/reference.png"))
+    assert ref.shape[1] < w / 2  # the picked person's face alone, not the whole frame
+    with FrameReader(tmp_path / "r/tail/model_000.mp4") as g, FrameReader(tmp_path / "r/tail/real_000.mp4") as r:
+        changed = np.sum([(np.abs(a.image.astype(int) - b.image.astype(int)).max(axis=2) > 30).sum(axis=0)
+                          for a, b in zip(g.iter_range(0, 20), r.iter_range(0, 20))], axis=0)  # past coding noise
+    assert changed[w // 2:].sum() > 100 * max(1, changed[: w // 2].sum()), (changed[: w // 2].sum(),
+                                                                            changed[w // 2:].sum())
+    assert res.rows["model"]["frames"] >= 45  # measured on that person: a face on every frame

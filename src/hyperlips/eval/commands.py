@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError, require_file
-from ..options import at_least
+from ..options import add_face_choice
 
 EVAL_HELP = """Measure a lip-synced video against its original.
 
@@ -67,7 +67,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("-o", "--output", type=Path,
                    help="report folder (default: hyperlips_eval/NAME for one clip, hyperlips_eval for a batch)")
     p.add_argument("--max-seconds", type=_positive, help="evaluate only the first S seconds of each clip")
-    p.add_argument("--face", type=at_least(0), metavar="N", help="which face to follow when several are visible (0 = leftmost)")
+    add_face_choice(p)  # the person generated and measured where several are visible (as finetune --face chose)
     p.add_argument("--no-per-frame", action="store_true", help="leave the per-frame curves out of report.json")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--shift-source", action="store_true",
@@ -132,7 +132,8 @@ def run_eval(args) -> int:
         _check_report_folder(args.output)
     device = _eval_device(args.device)
     off = args.expert is not None and str(args.expert).lower() == "off"
-    common = dict(syncnet=args.syncnet, expert=None if off else args.expert, face_index=args.face, device=device)
+    common = dict(syncnet=args.syncnet, expert=None if off else args.expert, face_index=args.face,
+                  face_box=args.face_box, device=device)
     models = _load_models(args, device)
     common.update(models)
     if args.protocol in ("tail", "phonemes"):
@@ -191,7 +192,8 @@ def _run_tail(args, device: str, progress: bool) -> int:
                             seconds=args.tail_seconds, device=device, batch_size=args.batch_size,
                             untrained=args.untrained, model=args.model, progress=progress,
                             temporal_blend=args.temporal_blend, mouth=args.mouth, shift_source=args.shift_source,
-                            hr_checkpoint=args.hr_checkpoint, size=args.size)
+                            hr_checkpoint=args.hr_checkpoint, size=args.size, face_index=args.face,
+                            face_box=args.face_box)
     from .report import _fmt
 
     for m, row in res.rows.items():
@@ -231,7 +233,8 @@ def _run_phonemes(args, device: str, progress: bool) -> int:
                                fraction=args.tail_fraction, seconds=args.tail_seconds, device=device,
                                batch_size=args.batch_size, untrained=args.untrained, model=args.model,
                                progress=progress, temporal_blend=args.temporal_blend, mouth=args.mouth,
-                               hr_checkpoint=args.hr_checkpoint, size=args.size)
+                               hr_checkpoint=args.hr_checkpoint, size=args.size, face_index=args.face,
+                               face_box=args.face_box)
     for m, r in res.rows.items():
         print(f"{m}: opening at /p b m/ {_fmt(r['open_bilabial'])} ({r['bilabials']}), at vowels "
               f"{_fmt(r['open_vowel'])} ({r['vowels']}), bilabials below the vowels' median {_fmt(r['closed_share'])}, "

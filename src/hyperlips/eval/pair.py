@@ -117,14 +117,15 @@ def _filled(boxes: list) -> list:
     return out
 
 
-def _track(path: Path, info, n: int, face_index: Optional[int], progress: bool) -> list:
+def _track(path: Path, info, n: int, face_index: Optional[int], progress: bool, face_box=None) -> list:
     """The crop box of the followed face on each of the first ``n`` frames (None where there is none), tracked as
     ``sync`` tracks it: shot by shot where the video cuts."""
     from ..face.detect import FaceDetector
     from ..face.track_online import OnlineTrack
     from ..media.video import FrameReader
 
-    track = OnlineTrack(float(info.fps), face_index=face_index, source=str(path), frame_size=(info.width, info.height))
+    track = OnlineTrack(float(info.fps), face_index=face_index, box=face_box, source=str(path),
+                        frame_size=(info.width, info.height))
     boxes: list = []
     with FaceDetector() as det, FrameReader(path) as reader:
         for fr in _bar(reader.iter_range(0, n), n, f"faces {path.name}", progress):
@@ -155,6 +156,7 @@ def evaluate_pair(
     expert: str | os.PathLike | None = None,
     max_seconds: float | None = None,
     face_index: int | None = None,
+    face_box=None,
     device: str = "cpu",
     perceptual: bool = True,
     progress: bool = False,
@@ -253,7 +255,7 @@ def evaluate_pair(
     # pass 1: the face track (on the reference: both videos are cropped by the same boxes)
     track_path, track_info = (ref_path, ri) if ri is not None else (gen_path, gi)
     n_track = int(pair[-1]) + 1
-    tracked = _track(track_path, track_info, n_track, face_index, progress)
+    tracked = _track(track_path, track_info, n_track, face_index, progress, face_box)
     boxes = _filled([tracked[int(j)] for j in pair])
     if all(b is None for b in boxes):
         raise MediaError(f"no face could be tracked in {track_path}")

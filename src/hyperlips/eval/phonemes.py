@@ -149,11 +149,11 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
                          seconds: float | None = None, device: str = "auto", batch_size: int = 16,
                          untrained: bool = False, model: str | None = None, progress: bool = False,
                          baseline: bool = True, temporal_blend: float = DEFAULT_BLEND,
-                         mouth: str = "auto", speech=None, hr_checkpoint=None, size: int | None = None
-                         ) -> PhonemeResult:
+                         mouth: str = "auto", speech=None, hr_checkpoint=None, size: int | None = None,
+                         face_index: int | None = None, face_box=None) -> PhonemeResult:
     """Re-sync the held-out tail of ``footage`` to synthesised speech (``text``, or the recordings ``speech``, timed
     by the phone recogniser: :func:`recorded_speech`) and time its mouth against the phonemes (``mouth``: the
-    LipSync's)."""
+    LipSync's; ``face_index`` / ``face_box``: the person, where the footage shows several)."""
     import soundfile as sf
 
     from ..demo import synthesize_with_phonemes
@@ -171,7 +171,8 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     footage, out = Path(footage), Path(out_dir)
     segs, train_part = tail_segments(footage_videos(footage), fraction, seconds, min_seconds=0.0)  # a face to drive
     work = out / "phonemes"
-    ref_png = pick_reference(train_part, work / "reference.png")
+    ref_png = pick_reference(train_part, work / "reference.png", face_index=face_index, face_box=face_box)
+    face = {"face_index": face_index, "face_box": face_box}
     idle = write_segment(segs[0], work / "idle.mp4")
     recordings = [Path(p) for p in speech or ()]
     if recordings:
@@ -196,8 +197,8 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     videos = {}
     for name, sync in methods.items():
         video = work / f"{name}.mp4"
-        report = sync.sync(idle, speech, video, reference=str(ref_png))
-        ev = evaluate_pair(video, None, speech, device=str(sync.device), perceptual=False)
+        report = sync.sync(idle, speech, video, reference=str(ref_png), **face)
+        ev = evaluate_pair(video, None, speech, device=str(sync.device), perceptual=False, **face)
         opening = np.asarray(ev.series["mouth_open_gen"], np.float64)
         marks = phoneme_frames(phonemes, duration, report.fps)
         res.rows[name] = score_openings(opening, marks)

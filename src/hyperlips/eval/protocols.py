@@ -147,7 +147,7 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
                 src_audio = _cut_audio(speech, gen_dir / f".{clip.stem}_audio.wav", max_seconds)
             if shift:
                 source = shifted_copy(clip, gen_dir / f".{clip.stem}_shifted.mp4")
-            ls.sync(source, src_audio, out)
+            ls.sync(source, src_audio, out, face_index=eval_kw.get("face_index"), face_box=eval_kw.get("face_box"))
             res = evaluate_pair(out, clip, src_audio, protocol=mode, max_seconds=max_seconds, progress=progress,
                                 **eval_kw)
             if shift:

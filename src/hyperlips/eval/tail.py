@@ -215,8 +215,31 @@ def tail_segments(videos: list[Path], fraction: float = DEFAULT_FRACTION, second
     return list(reversed(segs)), train_part
 
 
-def pick_reference(train_part: tuple[Path, int, int], dst: Path, samples: int = 24) -> Path:
-    """The most confidently detected face among frames spread over the training part, saved as a PNG."""
+def chosen_face(faces, face_index: int | None = None, face_box=None):
+    """Of one frame's detections, the face ``--face N`` (counted from the left) or ``--face-box`` (the most overlap)
+    picks, else the most confident; None where the choice is not in the frame."""
+    if not faces:
+        return None
+    if face_index is not None:
+        ordered = sorted(faces, key=lambda f: f.center[0])
+        return ordered[face_index] if face_index < len(ordered) else None
+    if face_box is not None:
+        x1, y1, x2, y2 = (float(v) for v in face_box)
+
+        def overlap(f):
+            a = f.as_array()
+            return max(0.0, min(x2, a[2]) - max(x1, a[0])) * max(0.0, min(y2, a[3]) - max(y1, a[1]))
+
+        best = max(faces, key=overlap)
+        return best if overlap(best) > 0 else None
+    return max(faces, key=lambda f: float(getattr(f, "score", 0.0)))
+
+
+def pick_reference(train_part: tuple[Path, int, int], dst: Path, samples: int = 24, face_index: int | None = None,
+                   face_box=None) -> Path:
+    """The most confidently detected face (of the person ``face_index`` / ``face_box`` picks, where given) among
+    frames spread over the training part, saved as a PNG: the whole frame, or where a face was picked, the region
+    around it alone (a reference image gives its largest face: the other person's, perhaps)."""
     import cv2
 
     from ..face.detect import FaceDetector
@@ -224,18 +247,22 @@ def pick_reference(train_part: tuple[Path, int, int], dst: Path, samples: int = 
 
     video, lo, hi = train_part
     want = set(np.linspace(lo, hi - 1, min(samples, hi - lo)).round().astype(int).tolist())
-    best, best_score = None, -1.0
+    best, best_face, best_score = None, None, -1.0
     with FaceDetector() as det, FrameReader(video) as reader:
         for fr in reader.iter_range(lo, hi):
             if fr.index not in want:
                 continue
-            faces = det.detect(fr.image)
-            if faces:
-                score = max(float(getattr(f, "score", 0.0)) for f in faces)
-                if score > best_score:
-                    best, best_score = fr.image, score
+            face = chosen_face(det.detect(fr.image), face_index, face_box)
+            if face is not None and float(getattr(face, "score", 0.0)) > best_score:
+                best, best_face, best_score = fr.image, face, float(getattr(face, "score", 0.0))
     if best is None:
-        raise UserError(f"no face found in the training part of {video}")
+        which = "" if face_index is None and face_box is None else " (of the person --face or --face-box picks)"
+        raise UserError(f"no face found{which} in the training part of {video}")
+    if face_index is not None or face_box is not None:
+        x1, y1, x2, y2 = best_face.as_array()
+        cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, 0.8 * max(x2 - x1, y2 - y1)
+        h, w = best.shape[:2]
+        best = best[max(0, int(cy - half)): min(h, int(cy + half)), max(0, int(cx - half)): min(w, int(cx + half))]
     dst.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(dst), best)
     return dst
@@ -297,10 +324,13 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
                       seconds: float | None = None, device: str = "auto", batch_size: int = 16,
                       untrained: bool = False, model: str | None = None, progress: bool = False,
                       baselines: bool = True, temporal_blend: float = DEFAULT_BLEND, mouth: str = "auto",
-                      shift_source: bool = False, hr_checkpoint=None, size: int | None = None) -> TailResult:
+                      shift_source: bool = False, hr_checkpoint=None, size: int | None = None,
+                      face_index: int | None = None, face_box=None) -> TailResult:
     """Regenerate the held-out tail of ``footage`` with the model and measure it and the two baselines. ``mouth``:
     the LipSync's; ``shift_source`` (always when the frame's own mouth is used: ``warp``, ``hybrid``): the model is driven from the tail's frames
-    shifted by half its length (``protocols.shifted_copy``), so they hold no trace of the mouth it predicts."""
+    shifted by half its length (``protocols.shifted_copy``), so they hold no trace of the mouth it predicts.
+    ``face_index`` / ``face_box``: the person to regenerate and measure where the footage shows several (as
+    ``finetune --face`` / ``--face-box`` chose them)."""
     from ..pipeline import LipSync
     from .pair import evaluate_pair
     from .protocols import SHIFT_BLIND, SHIFT_COLOUR, against_shifted_source, shifted_copy
@@ -310,7 +340,8 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     seconds = _unseen_tail(videos, checkpoint, fraction, seconds)
     segs, train_part = tail_segments(videos, fraction, seconds)
     work = out / "tail"
-    ref_png = pick_reference(train_part, work / "reference.png")
+    ref_png = pick_reference(train_part, work / "reference.png", face_index=face_index, face_box=face_box)
+    face = {"face_index": face_index, "face_box": face_box}  # the person followed, generated and measured
     model = LipSync(checkpoint, hr_checkpoint, size=size, device=device, batch_size=batch_size, untrained=untrained,
                     model=model, progress=progress, temporal_blend=temporal_blend, mouth=mouth)
     shift = shift_source or model.mouth != "render"
@@ -320,18 +351,19 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
         real = write_segment(seg, work / f"real_{k:03d}.mp4")
         gen = work / f"model_{k:03d}.mp4"
         source = shifted_copy(real, work / f"shifted_{k:03d}.mp4", fps=seg.fps) if shift else real
-        model.sync(source, real, gen, reference=str(ref_png))
-        made = evaluate_pair(gen, real, real, protocol="self", device=str(model.device), perceptual=False)
+        model.sync(source, real, gen, reference=str(ref_png), **face)
+        made = evaluate_pair(gen, real, real, protocol="self", device=str(model.device), perceptual=False, **face)
         if shift:  # colour shift against the frames it was made from; the rest that needs the same moment left out
-            made = against_shifted_source(made, source, real, device=str(model.device))
+            made = against_shifted_source(made, source, real, device=str(model.device), **face)
         per["model"].append(made)
         if baselines:
             held = work / f"hold_{k:03d}.mp4"
-            hold.sync(real, real, held, reference=str(ref_png))
-            per["hold"].append(evaluate_pair(held, real, real, protocol="self", device=str(model.device), perceptual=False))
+            hold.sync(real, real, held, reference=str(ref_png), **face)
+            per["hold"].append(evaluate_pair(held, real, real, protocol="self", device=str(model.device),
+                                             perceptual=False, **face))
             late = write_segment(seg, work / f"delayed_{k:03d}.mp4", delay=DELAY_FRAMES)
             per["delayed"].append(evaluate_pair(late, real, real, protocol="self", device=str(model.device),
-                                                perceptual=False))
+                                                perceptual=False, **face))
     res = TailResult(str(footage), [{"video": str(s.video), "frames": [s.start, s.stop], "fps": s.fps} for s in segs],
                      round(sum((s.stop - s.start) / s.fps for s in segs), 3), str(ref_png),
                      weights=weights_in_words(model))
