@@ -226,13 +226,19 @@ def test_what_the_program_writes_on_stderr_meanwhile_arrives_and_mediapipes_line
             "    os.write(2, b'INFO: '); os.write(2, b'host between\\n')\n"  # TFLite's prefix and message apart
             "    os.write(2, b'Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
             "    os.write(2, b'INFO: the host\\'s own\\n')\n"
+            "    os.write(2, b'E1207 00:33:31.123456 4242 host_server.py:88] HOST ERROR\\n')\n"  # its own records
+            "    os.write(2, b'W1207 00:33:31.123456 4242 grpc_client.cc:12] host warning\\n')\n"
+            "    os.write(2, b'x' * 300000)\n"  # a long write without a line's end: passed on, not searched again
+            "    os.write(2, b'\\n')\n"
             "    subprocess.run([sys.executable, '-c', 'import sys; sys.stderr.write(\"child\\\\n\")'])\n"
             "    print('no newline at the end', end='', file=sys.stderr)\n"
             "print(' -- after', file=sys.stderr)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert res.returncode == 0, res.stderr.decode()
     assert res.stderr.decode().splitlines() == [f"host {i}" for i in range(200)] + [
-        "native, not mediapipe", "host between", "INFO: the host's own", "child", "no newline at the end -- after"]
+        "native, not mediapipe", "host between", "INFO: the host's own",
+        "E1207 00:33:31.123456 4242 host_server.py:88] HOST ERROR", "W1207 00:33:31.123456 4242 grpc_client.cc:12] host "
+        "warning", "x" * 300000, "child", "no newline at the end -- after"]
 
 
 def test_detectors_shared_by_two_threads_find_what_one_detector_finds(detector, real_data):
@@ -337,6 +343,40 @@ def test_a_home_that_cannot_be_written_gives_no_matplotlib_warning(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
     assert "matplotlib" not in res.stderr.lower(), res.stderr
+
+
+def test_a_child_forked_while_the_filter_is_on_neither_hangs_nor_writes_into_it():
+    """A process forked while another thread was inside quiet_native_logs copied its lock held (a third of such
+    children hung at their own first face graph) and the pipe whose reader is the parent's thread."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys, threading, time\n"
+            "from hyperlips.face.detect import quiet_native_logs\n"
+            "stop = threading.Event()\n"
+            "def busy():\n"
+            "    while not stop.is_set():\n"
+            "        with quiet_native_logs():\n"
+            "            time.sleep(0.001)\n"
+            "t = threading.Thread(target=busy); t.start()\n"
+            "hung = 0\n"
+            "for k in range(30):\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        with quiet_native_logs():\n"
+            "            os.write(2, b'child %d\\n' % k)\n"
+            "        os._exit(0)\n"
+            "    for _ in range(300):\n"
+            "        if os.waitpid(pid, os.WNOHANG)[0]:\n"
+            "            break\n"
+            "        time.sleep(0.01)\n"
+            "    else:\n"
+            "        hung += 1; os.kill(pid, 9); os.waitpid(pid, 0)\n"
+            "stop.set(); t.join()\n"
+            "print(hung)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == b"0", res.stdout + res.stderr[-2000:]
+    assert sorted(res.stderr.decode().split("\n")[:-1]) == sorted(f"child {k}" for k in range(30))
 
 
 def test_loading_mediapipe_leaves_the_programs_environment_as_it_was():

@@ -7,6 +7,7 @@ video that the short-range model (and FaceMesh's own detector) miss or score low
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import queue
@@ -33,28 +34,41 @@ class MissingDependencyError(UserError):
 
 _quiet: dict[str, Any] = {"depth": 0, "saved": None, "reader": None}  # descriptor 2's filter, shared by every thread
 _quiet_lock = threading.Lock()
-# the lines mediapipe's C++ side writes as a graph starts: TFLite's INFO, absl's notice and its "W0000 hh:mm:ss.us
-# thread file.cc:line] ..." records
+# the lines mediapipe's C++ side writes as a graph starts: TFLite's INFO, absl's notice, and its info and warning
+# records ("W0000 hh:mm:ss.us thread file.cc:line] ...") from mediapipe's own sources (a calculator, a graph, the
+# inference feedback manager, GL, TFLite); the program's own records in that format (absl-py's, gRPC's), and any
+# error record, go through
 _NATIVE_LINE = re.compile(rb"^((INFO: )?Created TensorFlow Lite|WARNING: All log messages before absl::InitializeLog"
-                          rb"|[IWEF]\d{4} [\d:.]+ +\d+ [\w.\-/]+:\d+\] )")
+                          rb"|[IW]\d{4} [\d:.]+ +\d+ (\w+_calculator|\w+_graph|inference_feedback_manager|gl_\w+"
+                          rb"|tflite\w*|xnnpack\w*|op_resolver|resource_util\w*)\.cc:\d+\] )")
 # TFLite writes "INFO: " and its message apart: a line of the program's own written between them carries the prefix
 _TFLITE_PREFIX = b"INFO: "
 _TFLITE_MESSAGE = b"Created TensorFlow Lite"
+_LONGEST_LINE = 1 << 16  # bytes held while waiting for a line's end; more is passed on as it is (no native line)
 
 
 def _forward(read_fd: int, out_fd: int) -> None:
     """Copy what arrives on ``read_fd`` to ``out_fd`` line by line, leaving out mediapipe's native lines, until the
     last writer closes; then close both."""
     pending = b""
+    held = None  # a line starting with TFLite's prefix, until the next tells whether the prefix was TFLite's
     try:
-        held = None  # a line starting with TFLite's prefix, until the next tells whether the prefix was TFLite's
         while chunk := os.read(read_fd, 65536):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
+            if b"\n" not in chunk:  # (split only what came: a long line's bytes are not searched again and again)
+                pending += chunk
+                if len(pending) > _LONGEST_LINE:
+                    _write_all(out_fd, pending)
+                    pending = b""
+                continue
+            *lines, rest = (pending + chunk).split(b"\n")
+            pending = rest
             kept = []
             for line in lines:
                 if held is not None:
-                    kept.append(held[len(_TFLITE_PREFIX):] if line.startswith(_TFLITE_MESSAGE) else held)
+                    if line.startswith(_TFLITE_MESSAGE):
+                        held = held[len(_TFLITE_PREFIX):]
+                    if not _NATIVE_LINE.match(held):
+                        kept.append(held)
                     held = None
                 if line.startswith(_TFLITE_PREFIX) and not _NATIVE_LINE.match(line):
                     held = line
@@ -78,16 +92,60 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data):]
 
 
+def _end_filter() -> threading.Thread | None:
+    """Descriptor 2 back to what it was (under ``_quiet_lock``); the forwarder, to be joined, or None."""
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()  # what Python still holds goes through the filter, before it ends
+    except (OSError, ValueError, AttributeError):
+        pass
+    os.dup2(_quiet["saved"], 2)  # the pipe's last writer gone (unless a child holds it): the forwarder passes on
+    os.close(_quiet["saved"])  # the rest and ends
+    _quiet["saved"] = None
+    reader, _quiet["reader"] = _quiet["reader"], None
+    return reader
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while a thread of its parent was in :func:`quiet_native_logs`: a lock of its own (the one it
+    copied may be held by a thread it does not have) and descriptor 2 the real stderr (the pipe's reader is its
+    parent's thread)."""
+    global _quiet_lock
+    _quiet_lock = threading.Lock()
+    saved = _quiet["saved"]
+    _quiet.update(depth=0, saved=None, reader=None)
+    if saved is not None:
+        with contextlib.suppress(OSError):
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _at_exit() -> None:
+    """The program ends inside a filter (another thread's): what was written goes out before the forwarder stops."""
+    with _quiet_lock:
+        reader = _end_filter() if _quiet["saved"] is not None else None
+        _quiet["depth"] = 0
+    if reader is not None:
+        reader.join(timeout=0.5)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_at_exit)
+
+
 @contextlib.contextmanager
 def quiet_native_logs():
     """Hide the INFO/WARNING lines that mediapipe's C++ side (TFLite, absl) prints on stderr when a graph starts.
 
     They are written to file descriptor 2 directly, below Python, so for the duration the descriptor is a pipe
     whose lines a thread passes on to the real stderr, all but mediapipe's: what the program itself (any of its
-    threads, or a child started meanwhile) writes there still arrives, in order (pointed at /dev/null, it was lost).
+    threads) writes there meanwhile still arrives, in order (pointed at /dev/null, it was lost). A child forked
+    meanwhile writes to the real stderr; one started with ``subprocess`` shares the pipe (while the program runs:
+    what it writes there after the program has ended meets a closed pipe).
     Python exceptions raised meanwhile still propagate normally. Descriptor 2 belongs to the whole process, so
     nested and concurrent uses (the pipeline starts graphs in several threads at once) share one filter: the first
-    to enter starts it, the last to leave ends it.
+    to enter starts it, the last to leave ends it. ``HYPERLIPS_DEBUG`` shows mediapipe's lines too.
     """
     if debug_wanted():  # HYPERLIPS_DEBUG: mediapipe's lines are shown too
         yield
@@ -114,20 +172,13 @@ def quiet_native_logs():
     try:
         yield
     finally:
+        reader = None
         with _quiet_lock:
-            _quiet["depth"] -= 1
+            _quiet["depth"] = max(0, _quiet["depth"] - 1)
             if _quiet["depth"] == 0 and _quiet["saved"] is not None:
-                try:
-                    if sys.stderr is not None:
-                        sys.stderr.flush()  # what Python still holds goes through the filter, before it ends
-                except (OSError, ValueError, AttributeError):
-                    pass
-                os.dup2(_quiet["saved"], 2)  # the pipe's last writer gone (unless a child holds it): the
-                os.close(_quiet["saved"])  # forwarder passes on the rest and ends
-                _quiet["saved"] = None
-                reader, _quiet["reader"] = _quiet["reader"], None
-                if reader is not None:
-                    reader.join(timeout=0.5)  # in order with what comes next on stderr
+                reader = _end_filter()
+        if reader is not None:  # (outside the lock: a fork meanwhile copies it free)
+            reader.join(timeout=0.5)  # in order with what comes next on stderr
 
 
 def import_mediapipe() -> Any:

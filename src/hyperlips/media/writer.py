@@ -96,9 +96,20 @@ def _partial_stem(stem: str, suffix: str) -> str:
     """The output's name as its partial file (``.STEM.XXXXXXXX.partialSUFFIX``) carries it: cut (at a character) so
     the partial's name is no longer than the longest name the output itself may have (a 240-byte name was refused
     as "too long": the partial's was)."""
-    room = NAME_MAX - len(f"..12345678.partial{suffix}".encode())  # the dots around the stem and the token
-    data = stem.encode()
-    return stem if len(data) <= room else data[:room].decode("utf-8", "ignore")
+    room = NAME_MAX - len(os.fsencode(f"..12345678.partial{suffix}"))  # the dots around the stem and the token
+    data = os.fsencode(stem)  # a name's bytes as the file system holds them (not UTF-8 everywhere)
+    if len(data) <= room:
+        return stem
+    data = data[:room]
+    while data:  # not cut inside a character where the name is UTF-8
+        try:
+            data.decode("utf-8")
+            break
+        except UnicodeDecodeError as e:
+            if e.start < len(data) - 3:  # a byte that is no UTF-8 earlier on: the name is not UTF-8; cut as it is
+                break
+            data = data[:e.start]
+    return os.fsdecode(data)
 
 
 def _remove_stale_partials(folder: Path, stem: str, suffix: str) -> None:
