@@ -314,6 +314,28 @@ def test_a_speech_file_cut_short_is_said(tmp_path, name, codec):
         load_audio(tail, 16000)
 
 
+def test_a_length_guessed_from_the_bit_rate_is_no_length_and_a_cut_flac_is_a_cut(tmp_path):
+    """An ADTS AAC (and an MP3 without a Xing header) has no length but the one FFmpeg guesses from its first packets'
+    bit rate, far too long for speech that starts quietly: whole files were said to be cut short. A FLAC cut short
+    (its last packet broken where the file ends) was said to be damaged in the middle, the speech after it early."""
+    from media_builders import write_audio
+
+    quiet_start = np.concatenate([np.zeros(24000, np.float32), 0.3 * np.sin(np.arange(48000) * 0.2).astype(np.float32)])
+    for name in ("a.aac", "b.flac"):
+        whole = write_audio(tmp_path / name, quiet_start, 16000, codec="aac" if name.endswith("aac") else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", InputWarning)
+            assert abs(len(load_audio(whole, 16000)) - 72000) < 2400, name
+    data = (tmp_path / "b.flac").read_bytes()
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_audio(cut, 16000)
+    said = " ".join(str(w.message) for w in caught)
+    assert "cut short" in said and "past the damage" not in said, said
+
+
 def test_damage_the_decoder_skips_past_is_said_as_damage_not_as_a_file_cut_short(tmp_path):
     """Zeros amid an MP3: the decoder finds its way again further on and the timestamps run on as if nothing was
     lost. Said as a file cut short (it was not), and as "silence in their place" (there was none): now the lost

@@ -178,12 +178,21 @@ CUT_SHORT_S = 0.25  # a sound this much shorter than its file declares (and CUT_
 CUT_SHORT_SHARE = 0.02
 
 
+EXACT_LENGTH_FORMATS = ("mov", "mp4", "m4a", "3gp", "matroska", "webm", "flac")  # their header gives the length
+
+
 def _declared_seconds(path: str, container, stream) -> float | None:
-    """How long the file says its sound lasts: a WAV header's data size, else the track's own duration (an MP3's
-    Xing header, a container's track length), or an audio-only file's duration; None where it says nothing (or only
-    guesses it from the bit rate, which a file cut short shrinks with it)."""
-    if container.format.name == "wav":  # FFmpeg caps the header's length at the file's size
+    """How long the file says its sound lasts: a WAV header's data size, an MP3's Xing/Info/VBRI header, the track
+    length a container of :data:`EXACT_LENGTH_FORMATS` keeps; None where the file says nothing exact (FFmpeg
+    otherwise guesses it from the first packets' bit rate: an ADTS AAC or an MP3 without such a header, far off for
+    speech that starts quietly)."""
+    name = container.format.name
+    if name == "wav":  # FFmpeg caps the header's length at the file's size
         return _wav_data_seconds(path)
+    if name == "mp3" and not _mp3_length_header(path):
+        return None
+    if name != "mp3" and not set(name.split(",")) & set(EXACT_LENGTH_FORMATS):
+        return None
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     if not any(s.type == "video" for s in container.streams) and container.duration:
@@ -191,6 +200,21 @@ def _declared_seconds(path: str, container, stream) -> float | None:
 
         return container.duration / av.time_base
     return None
+
+
+def _mp3_length_header(path: str) -> bool:
+    """Whether an MP3's first frame is a Xing, Info or VBRI header (which gives the stream's length in frames)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(10)
+            start = 0
+            if head[:3] == b"ID3" and len(head) == 10:  # a tag first: its size, 7 bits a byte
+                start = 10 + int.from_bytes(bytes(b & 0x7F for b in head[6:10]), "big")
+            f.seek(start)
+            first = f.read(256)
+    except OSError:
+        return False
+    return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
 
 
 def _wav_data_seconds(path: str) -> float | None:
@@ -252,7 +276,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     rows = 1
     base = None  # the time of sample 0, as the frames' timestamps count it (moved where they restart)
     drift = 0  # samples between where the last frame's timestamp put it and where the samples before it ended
-    holes = damaged = 0
+    holes = damaged = damaged_last = 0
     damaged_at = None
     n = 0  # samples so far, at the first frame's rate
     try:
@@ -272,6 +296,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
                 if isinstance(frame, _Lost):  # a packet the decoder could not read: silence as long as it was
                     damaged += 1
                     damaged_at = damaged_at if damaged_at is not None else n / max(native_rate, 1)
+                    damaged_last = n
                     if native_rate and 0 < frame <= MAX_AUDIO_HOLE:  # (its timestamps may show the hole too: the
                         lost = int(round(frame * native_rate))  # next frame's gap is then the rest, if any)
                         chunks.append(np.zeros((rows, lost) if keep_stereo else (lost,), np.float32))
@@ -328,7 +353,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     if n == 0 or not native_rate:
         raise MediaError(f"{p} holds no audio samples (zero-length audio track)")
     short = declared is not None and n / native_rate < declared - max(CUT_SHORT_S, CUT_SHORT_SHARE * declared)
-    if short and damaged:  # the decoder found its way again past damage whose length the timestamps do not show
+    at_end = n - damaged_last < native_rate // 2  # the only damage, the last packet: where the file was cut
+    if short and damaged and not at_end:  # the decoder found its way past damage the timestamps do not show
         say(f"{p}: about {declared - n / native_rate:.2f} s of its sound could not be read past the damage near "
             f"{damaged_at:.2f} s (it lasts {declared:.2f} s, {n / native_rate:.2f} s were read): the speech after it "
             "comes that much early; repair or re-encode the file for speech in step")

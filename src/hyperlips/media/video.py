@@ -283,6 +283,7 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
         declared = int(stream.frames or 0)
         stream_duration = float(stream.duration * tb) if stream.duration and tb else None
         container_duration = c.duration / 1e6 if c.duration else None
+        n_streams = len(c.streams)
         try:
             first = next(iter(c.decode(stream)), None)
         except av.error.FFmpegError as e:
@@ -310,7 +311,8 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
         duration = stream_duration or container_duration or 0.0
         n_frames = index.n_frames or declared or max(1, int(round(duration * fps)))
         duration = duration or n_frames / fps
-    said = stream_duration or (container_duration if not has_audio else None)
+    said = stream_duration or (container_duration if n_streams == 1 else None)  # (a container's length covers every
+    # track: the sound, subtitles)
     if said and index.n_frames > 1 and duration < said - max(CUT_SHORT_S, CUT_SHORT_SHARE * said):
         from ..errors import warn
 
