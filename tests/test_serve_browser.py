@@ -260,6 +260,18 @@ def test_a_job_deleted_elsewhere_leaves_the_page_and_a_finished_one_stays_after_
     page.wait_for_function("() => document.getElementById('sync-error').textContent.includes('no longer')",
                            timeout=60_000)
     assert not page.is_visible("#sync-result")
+    # an earlier job deleted while a later one is shown: the later one stays (it was hidden and forgotten)
+    page.click("#sync-start")
+    page.wait_for_selector("#sync-result:not([hidden])", timeout=JOB_TIMEOUT_MS)
+    first = page.evaluate("() => localStorage.getItem('hyperlips.sync')")
+    page.click("#sync-start")
+    page.wait_for_function(f"() => localStorage.getItem('hyperlips.sync') !== '{first}'", timeout=60_000)
+    page.wait_for_selector("#sync-result:not([hidden])", timeout=JOB_TIMEOUT_MS)
+    second = page.evaluate("() => localStorage.getItem('hyperlips.sync')")
+    assert client.json("DELETE", f"/api/jobs/{first}")[0] == 200
+    time.sleep(11)  # the page checks its finished job again
+    assert page.is_visible("#sync-result") and page.inner_text("#sync-error") == ""
+    assert page.evaluate("() => localStorage.getItem('hyperlips.sync')") == second
 
 
 def test_a_file_without_a_suffix_is_sent_and_a_jobs_warnings_are_shown(open_page, tmp_path):
@@ -332,6 +344,12 @@ def test_train_a_person_model_in_the_page(open_page, real_data, tmp_path):
     assert "mouth_l1" in page.inner_text("#train-val")
     page.wait_for_selector("#train-done:not([hidden])", timeout=600_000)
     assert "anna" in page.inner_text("#train-done")
+    # "from scratch" chosen for the next training stays chosen (the finished job, checked again every 10 s,
+    # put the starter back each time)
+    page.click("#tab-train")
+    page.select_option("#train-start", "")
+    time.sleep(11)
+    assert page.eval_on_selector("#train-start", "e => e.value") == ""
     page.click("#tab-sync")
     page.wait_for_function("() => [...document.querySelectorAll('#sync-model option')].some(o => o.value === 'person:anna')")
 

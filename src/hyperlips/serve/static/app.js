@@ -287,7 +287,8 @@ async function loadModels() {
   start.replaceChildren(new Option("from scratch", ""),
                         ...state.models.filter((m) => m.kind !== "untrained").map((m) => new Option(m.label, m.id)));
   const starter = state.models.find((m) => m.kind === "starter");
-  start.value = keepStart || (starter ? starter.id : "");
+  // the user's choice stays ("from scratch" is the empty value); the starter is the choice made for them at first
+  start.value = state.startChosen ? keepStart : (starter ? starter.id : "");
   modelChanged();
 }
 
@@ -314,14 +315,18 @@ async function follow(view, jobId) {
   try {
     job = await api("GET", `/api/jobs/${jobId}`);
   } catch (e) {
-    if (/no job/.test(e.message)) { forget(view, jobId); return; }
+    const current = state[view].job && state[view].job.id === jobId;
+    if (/no job/.test(e.message)) { if (current) forget(view, jobId); return; } // (an earlier job's: not this view's)
     setError(`${view}-error`, e.message);
     setTimeout(() => follow(view, jobId), POLL_MS * 4);
     return;
   }
   if (!state[view].job || state[view].job.id !== jobId) return; // another job took over
+  const was = state[view].job;
   state[view].job = job;
-  render(view, job);
+  // a finished job checked again (is it still there?) is drawn again only where it changed: a redraw would clear
+  // an error said since and put the form's choices back
+  if (!(was.state === "done" && job.state === "done" && was.finished === job.finished)) render(view, job);
   if (job.state === "queued" || job.state === "running") setTimeout(() => follow(view, jobId), POLL_MS);
   else if (job.state === "done") setTimeout(() => follow(view, jobId), DONE_POLL_MS); // deleted elsewhere: said
   else remember(view, null); // a result stays on the page after a reload
@@ -526,6 +531,7 @@ async function init() {
   setupPicker("sync", "audio");
   setupPicker("train", "video");
   $("sync-model").addEventListener("change", modelChanged);
+  $("train-start").addEventListener("change", () => { state.startChosen = true; });
   $("train-name").addEventListener("input", updateButtons);
   $("sync-cancel").addEventListener("click", () => cancel("sync"));
   $("train-cancel").addEventListener("click", () => cancel("train"));
