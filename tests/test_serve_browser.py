@@ -266,10 +266,10 @@ def test_a_job_deleted_elsewhere_leaves_the_page_and_a_finished_one_stays_after_
     first = page.evaluate("() => localStorage.getItem('hyperlips.sync')")
     page.click("#sync-start")
     page.wait_for_function(f"() => localStorage.getItem('hyperlips.sync') !== '{first}'", timeout=60_000)
+    assert client.json("DELETE", f"/api/jobs/{first}")[0] == 200  # before the page checks the earlier one again
     page.wait_for_selector("#sync-result:not([hidden])", timeout=JOB_TIMEOUT_MS)
     second = page.evaluate("() => localStorage.getItem('hyperlips.sync')")
-    assert client.json("DELETE", f"/api/jobs/{first}")[0] == 200
-    time.sleep(11)  # the page checks its finished job again
+    time.sleep(11)  # the page has checked the earlier job (gone) and its own finished one
     assert page.is_visible("#sync-result") and page.inner_text("#sync-error") == ""
     assert page.evaluate("() => localStorage.getItem('hyperlips.sync')") == second
 
