@@ -182,7 +182,7 @@ def test_other_text_forms(tmp_path, text):
 
 @pytest.mark.parametrize("text, phones", [
     ("0.00 0.10 _\n0.10 0.20 m\n0.20 0.30 ,e\n0.30 0.40 'a\n", ["SIL", "M", "EY", "AE"]),  # a stressed phone: no CSV
-    ("0 1900 h#\n1900 2500 sh\n2500 3300 ix\n", ["SIL", "SH", "IH"]),  # TIMIT (samples: read as they are)
+    ("0 0.119 h#\n0.119 0.156 sh\n0.156 0.206 ix\n", ["SIL", "SH", "IH"]),  # TIMIT's labels (its times in seconds)
     ("0.00 0.10 #\n0.10 0.20 M\n0.20 0.30 AA1  # a note\n", ["SIL", "M", "AA"]),  # "#" a pause, "  # " a comment
 ])
 def test_phones_that_look_like_punctuation(tmp_path, text, phones):
@@ -218,6 +218,10 @@ def test_milliseconds_are_refused_and_overlaps_warned(tmp_path):
     with pytest.raises(UserError, match="the phonemes start 400 apart \\(the median\\): they look like milliseconds"):
         to_marks(ms, None)
     assert [m.start for m in to_marks([(a / 1000, b / 1000, c) for a, b, c in ms], None)] == [0, 0.3, 0.9, 1.3]
+    timit = tmp_path / "si1027.phn"  # TIMIT's own times: samples at 16 kHz
+    timit.write_text("0 1900 h#\n1900 2500 sh\n2500 3300 ix\n")
+    with pytest.raises(UserError, match="they look like milliseconds or samples"):
+        read_marks(timit)
     from hyperlips.media.phone_marks import PhoneMark
     from hyperlips.pipeline import LipSync
 

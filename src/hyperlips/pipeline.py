@@ -481,7 +481,7 @@ class LipSync:
             steps = np.diff([m.start for m in marks])
             if len(steps) and float(np.median(steps)) >= 5:  # phones 5 s apart are no speech: milliseconds
                 raise UserError(f"the phonemes start {float(np.median(steps)):g} apart (the median): they look like "
-                                "milliseconds; give seconds")
+                                "milliseconds or samples; give seconds")
         else:
             marks = to_marks(list(phonemes), seconds)
         if not marks:

@@ -107,8 +107,8 @@ def to_marks(entries: Sequence, duration: float | None = None, alphabet: str = "
         raise UserError(f"the times run to {last:g} for {duration:.2f} s of speech: they look like milliseconds; "
                         "give seconds")
     if duration is None and typical >= 5:  # a stream's (its length unknown yet): phones 5 s apart are no speech
-        raise UserError(f"the phonemes start {typical:g} apart (the median): they look like milliseconds; give "
-                        "seconds")
+        raise UserError(f"the phonemes start {typical:g} apart (the median): they look like milliseconds or samples; "
+                        "give seconds")
     out = []
     for k, ((start, end, _), phone) in enumerate(zip(rows, phones)):
         if end is None:
