@@ -233,3 +233,26 @@ def test_the_tail_of_one_of_two_people_is_that_persons(more_data, tmp_path):
     assert changed[w // 2:].sum() > 100 * max(1, changed[: w // 2].sum()), (changed[: w // 2].sum(),
                                                                             changed[w // 2:].sum())
     assert res.rows["model"]["frames"] >= 45  # measured on that person: a face on every frame
+
+
+def test_a_person_models_tail_is_scored_on_the_person_it_learnt(more_data, tmp_path):
+    """`eval --protocol tail` without --face on the footage a model was fine-tuned on with `--face 1` scored the other
+    person: the choice its run recorded is used there (and only there: an index may be anyone in other footage)."""
+    from hyperlips.data.sources import FINETUNE_STATE, default_work
+    from hyperlips.eval.tail import _frames_used, _probed, trained_face
+
+    clip = more_data / "grid_s1/bbaf3s.mpg"
+    total = _frames_used(clip, _probed(clip)) / float(_probed(clip).fps)
+    model = tmp_path / "me.safetensors"  # a model file without the record: its run's state beside it
+    work = default_work(model)
+    work.mkdir()
+    held = {"seconds": 0.5, "frames": 12, "of_seconds": total, "face": {"face": 1}}
+    (work / FINETUNE_STATE).write_text(json.dumps({"held_out": held}))
+    assert trained_face([clip], model) == (1, None)
+    held["face"] = {"face_box": [10, 20, 300, 400]}
+    (work / FINETUNE_STATE).write_text(json.dumps({"held_out": held}))
+    assert trained_face([clip], model) == (None, [10, 20, 300, 400])
+    assert trained_face([more_data / "grid_s1/bbas3a.mpg", clip], model) == (None, None)  # other footage
+    held.pop("face")
+    (work / FINETUNE_STATE).write_text(json.dumps({"held_out": held}))
+    assert trained_face([clip], model) == (None, None)

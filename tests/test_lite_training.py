@@ -748,6 +748,28 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
         "from the left (--face 1)" in face.stderr, face.stderr[-2000:]
 
 
+def test_finetune_says_which_clips_it_left_out_even_when_quiet(more_data, tmp_path):
+    """`finetune --quiet` on a folder said nothing of the clips preprocessing skipped (half the footage, here): the
+    model learnt from less than was given without a word."""
+    import shutil
+
+    folder = tmp_path / "me"
+    folder.mkdir()
+    shutil.copy(more_data / "lrs2_deep_avsr/00001.mp4", folder / "talk.mp4")
+    from hyperlips.media.writer import VideoWriter
+
+    tone = (0.3 * np.sin(np.arange(32000) * 0.1)).astype(np.float32)
+    with VideoWriter(folder / "wall.mp4", 320, 240, 25, audio=tone, sample_rate=16000) as w:  # no face in it
+        for _ in range(50):
+            w.write(np.full((240, 320, 3), 128, np.uint8))
+    out = tmp_path / "me.safetensors"
+    res = run_cli("finetune", folder, "-o", out, "--steps", "1", "--batch-size", "2", "--device", "cpu", "--threads", "1",
+                  "--from-scratch", "--quiet", "--set", "audio_steps=1", "--set", "val_every=1",
+                  "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}", timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "wall.mp4 is left out of the footage: no face" in res.stderr, res.stderr[-2000:]
+
+
 def _run_config(work: Path) -> dict:
     from hyperlips.train.checkpoints import latest_checkpoint
 

@@ -177,8 +177,9 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
     if track.shots > 1:
         from ..errors import warn
 
+        rule = "the largest" if opts.face is None and opts.face_box is None else "as --face or --face-box picks it"
         warn(f"{path}: the clip cuts to another shot {track.shots - 1} time{'s' if track.shots > 2 else ''}: the face is "
-             f"taken anew in each shot (the largest); where a shot shows someone else than the speaker, cut the clip "
+             f"taken anew in each shot ({rule}); where a shot shows someone else than the speaker, cut the clip "
              f"to the speaker's shots")
     n_valid = sum(b is not None for b in track_boxes)
     if n_valid < opts.min_frames:

@@ -164,11 +164,14 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
         hold_reference_network,
         pick_reference,
         tail_segments,
+        trained_face,
         weights_in_words,
         write_segment,
     )
 
     footage, out = Path(footage), Path(out_dir)
+    if face_index is None and face_box is None:  # the person its finetune learnt, on that footage
+        face_index, face_box = trained_face(footage_videos(footage), checkpoint)
     segs, train_part = tail_segments(footage_videos(footage), fraction, seconds, min_seconds=0.0)  # a face to drive
     work = out / "phonemes"
     ref_png = pick_reference(train_part, work / "reference.png", face_index=face_index, face_box=face_box)
@@ -205,16 +208,19 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
         res.series[name] = opening.tolist()
         videos[name] = (video, marks)
     write_phoneme_report(res, out)
-    write_phoneme_preview(*videos["model"], out / "phonemes_preview.png")
+    write_phoneme_preview(*videos["model"], out / "phonemes_preview.png", face_index=face_index, face_box=face_box)
     return res
 
 
-def write_phoneme_preview(video: Path, marks, path: Path, columns: int = 8):
-    """The generated mouth at bilabials (top row) and at vowels (bottom row), spread over the sentence."""
+def write_phoneme_preview(video: Path, marks, path: Path, columns: int = 8, face_index: int | None = None,
+                          face_box=None):
+    """The generated mouth at bilabials (top row) and at vowels (bottom row), spread over the sentence (the person
+    ``face_index`` / ``face_box`` picks, where given; else the largest face)."""
     import cv2
 
     from ..face.detect import FaceDetector
     from ..media.video import FrameReader
+    from .tail import chosen_face
 
     rows = []
     for cls in ("bilabial", "vowel"):
@@ -229,9 +235,11 @@ def write_phoneme_preview(video: Path, marks, path: Path, columns: int = 8):
             if fr.index not in want:
                 continue
             faces = det.detect(fr.image)
-            if not faces:
+            picked = chosen_face(faces, face_index, face_box) if face_index is not None or face_box is not None \
+                else (max(faces, key=lambda b: b.area) if faces else None)
+            if picked is None:
                 continue
-            x1, y1, x2, y2 = (int(round(v)) for v in max(faces, key=lambda b: b.area).as_array())
+            x1, y1, x2, y2 = (int(round(v)) for v in picked.as_array())
             h, w = fr.image.shape[:2]
             ym = (y1 + y2) // 2
             crop = fr.image[max(0, ym):min(h, y2 + (y2 - y1) // 8), max(0, x1):min(w, x2)]

@@ -155,6 +155,20 @@ def held_out_by(checkpoint) -> dict | None:
     return held if ok else None
 
 
+def trained_face(videos: list[Path], checkpoint) -> tuple[int | None, list | None]:
+    """The person a model was fine-tuned on (``finetune --face``/``--face-box``, as its file records it) where
+    ``videos`` are the footage it learnt from: (face_index, face_box), or (None, None)."""
+    held = held_out_by(checkpoint)
+    face = held.get("face") if held is not None else None
+    if not isinstance(face, dict) or not face:
+        return None, None
+    total = sum(_frames_used(v, i) / float(i.fps) for v, i in ((v, _probed(v)) for v in videos))
+    if abs(float(held["of_seconds"]) - total) > SAME_FOOTAGE_S:
+        return None, None  # other footage: the index or box may be another person's
+    box = face.get("face_box")
+    return face.get("face"), (list(box) if isinstance(box, list) and len(box) == 4 else None)
+
+
 def _unseen_tail(videos: list[Path], checkpoint, fraction: float, seconds: float | None) -> float | None:
     """The tail to score: by default, on the footage a model was fine-tuned on, exactly the part its training held
     out (another ``--val-seconds`` than the default holds out another length); a longer tail asked for is scored with
@@ -338,6 +352,11 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     footage, out = Path(footage), Path(out_dir)
     videos = footage_videos(footage)
     seconds = _unseen_tail(videos, checkpoint, fraction, seconds)
+    if face_index is None and face_box is None:  # the person its finetune learnt, on that footage
+        face_index, face_box = trained_face(videos, checkpoint)
+        if face_index is not None or face_box is not None:
+            print(f"scoring the person {checkpoint} was fine-tuned on: "
+                  f"{f'--face {face_index}' if face_index is not None else '--face-box given to it'}")
     segs, train_part = tail_segments(videos, fraction, seconds)
     work = out / "tail"
     ref_png = pick_reference(train_part, work / "reference.png", face_index=face_index, face_box=face_box)

@@ -242,9 +242,8 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     if not done:
         reason = report.skipped[0].reason if report.skipped else "no usable clip"
         raise UserError(f"{args.video} cannot be used for fine-tuning: {reason}")
-    if report.skipped and not args.quiet:
-        for s in report.skipped:
-            print(f"hyperlips finetune: skipped {s.source}: {s.reason}", file=sys.stderr)
+    for s in report.skipped:  # said with --quiet too: the model learns from less footage than was given
+        warn(f"{s.source} is left out of the footage: {s.reason}")
     if trained and "clips" in state and sorted(done) != state["clips"]:
         raise UserError(_other_footage(args, work, state, sorted(done)))
     manifest = write_footage_tail_manifest(data, sorted(done), val_seconds=args.val_seconds)
@@ -283,6 +282,15 @@ def _face_choice(args: argparse.Namespace) -> dict:
     if getattr(args, "face_box", None) is not None:
         return {"face_box": [float(v) for v in args.face_box]}
     return {}
+
+
+def _face_option(choice: dict) -> str:
+    """The person learnt, as ``sync`` is told it again (a model keeps no choice of faces in new footage)."""
+    if "face" in choice:
+        return f" --face {choice['face']}"
+    if "face_box" in choice:
+        return f" --face-box={','.join(f'{v:g}' for v in choice['face_box'])}"
+    return ""
 
 
 def _face_words(choice: dict) -> str:
@@ -359,10 +367,14 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
     overrides.update(given)
     cfg = TrainConfig.from_dict(overrides) if stored else build_config("base", overrides=overrides)
     res = _train(LiteStage, cfg, args.quiet)
-    gain = _publish_lite(res.best or res.model, args.output, data, state.get("held_out"))
+    held = state.get("held_out")
+    if held is not None and state.get("face"):  # the person it learnt, where the footage shows several: eval's tail
+        held = {**held, "face": state["face"]}  # scores that one
+    gain = _publish_lite(res.best or res.model, args.output, data, held)
     _report(args, work, res, cfg.best_metric or LiteStage.best_metric)
     print(f"mouth-shape gain {gain:.2f} (the spread of predicted mouths on the held-out part matched to the real ones)")
-    print(f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint {shlex.quote(str(args.output))}")
+    print(f"use it with: hyperlips sync VIDEO AUDIO -o out.mp4 --checkpoint {shlex.quote(str(args.output))}"
+          f"{_face_option(state.get('face', {}))}")
     return 0
 
 
