@@ -1,7 +1,7 @@
 """Soak of ``hyperlips serve``: many short jobs from several client threads; does every job end, and does the
 server's memory stay flat?
 
-Starts a real server on localhost (a fresh data folder, random weights, one job at a time unless --server-jobs),
+Starts a real server on localhost (a fresh data folder, its default model (the shipped starter), one job at a time unless --server-jobs),
 then CLIENTS threads each upload their inputs, submit, poll and fetch the result until JOBS jobs were sent. Every
 ``--bad-every``-th job uses a photo without a face, so some jobs must fail, with a reason. Prints: jobs done /
 failed (with their reasons) / lost, throughput, job latency, and the server process's resident memory, threads
@@ -14,9 +14,11 @@ and open files sampled over the run (the workers are separate processes and not 
 from __future__ import annotations
 
 import argparse
+import atexit
 import http.client
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -70,7 +72,8 @@ def make_inputs(folder: Path, clip: Path | None, seconds: float) -> dict[str, Pa
         t = np.arange(int(seconds * 16000)) / 16000
         speech = (0.3 * np.sin(2 * np.pi * 220 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
     else:
-        from hyperlips.media.video import FrameReader, VideoWriter
+        from hyperlips.media.video import FrameReader
+        from hyperlips.media.writer import VideoWriter
 
         out["video"] = folder / f"{clip.stem}_{seconds:g}s.mp4"
         wav = load_audio(clip, 16000)[: int(seconds * 16000)]
@@ -108,6 +111,10 @@ def main() -> int:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="hyperlips_soak_"))
+    atexit.register(shutil.rmtree, tmp, True)  # the server's data, uploads and results go with the run, however it ends
+    from hyperlips.eval.bench_stages import machine_words
+
+    print(machine_words(), flush=True)
     inputs = make_inputs(tmp, args.clip, args.seconds)
     server = subprocess.Popen([sys.executable, "-m", "hyperlips.cli", "serve", "--port", "0", "--data", str(tmp / "data"),
                                "--no-examples", "--device", "cpu", "--jobs", str(args.server_jobs)],

@@ -93,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if (args.video is None) != (args.audio is None):
         p.error("give --video and --audio together")
+    for path in (args.video, args.audio):
+        if path is not None and not path.is_file():
+            p.error(f"no such file: {path}")
 
-    from hyperlips.eval.bench_stages import cpu_name, synthetic_clip
+    from hyperlips.eval.bench_stages import machine_words, synthetic_clip
     from hyperlips.pipeline import LipSync
 
     with tempfile.TemporaryDirectory(prefix="sync_cpu_") as tmp:
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             ls = LipSync(progress=False)
         else:
             ls = LipSync(untrained=True, model=args.model, device="cpu", progress=False)
-        print(f"{cpu_name()}, {os.cpu_count()} CPUs; {args.model} on {video.name}", flush=True)
+        print(f"{machine_words()}; {args.model} on {video.name}", flush=True)
         ls.sync(video, audio, folder / "out.mp4")  # warm-up
         for i in range(args.runs):
             rep, wall, cpu, groups = measured_sync(ls, video, audio, folder / "out.mp4")

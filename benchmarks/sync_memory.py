@@ -24,7 +24,8 @@ def make_input(clip: Path, audio: Path, seconds: float, folder: Path) -> tuple[P
     import soundfile as sf
 
     from hyperlips.media.audio import load_audio
-    from hyperlips.media.video import FrameReader, VideoWriter
+    from hyperlips.media.video import FrameReader
+    from hyperlips.media.writer import VideoWriter
     from hyperlips.schedule import runs
 
     video_out, audio_out = folder / f"in_{int(seconds)}s.mp4", folder / f"in_{int(seconds)}s.wav"
@@ -68,8 +69,16 @@ def main() -> None:
 
     import torch
 
+    from hyperlips.errors import require_file
+    from hyperlips.eval.bench_stages import machine_words
     from hyperlips.models import create_model
 
+    for path, what in ((args.clip, "clip"), (args.audio, "speech")):
+        try:
+            require_file(path, what)
+        except Exception as e:  # noqa: BLE001 - one line, not a traceback
+            ap.error(str(e))
+    print(machine_words(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         ckpt = folder / "random_base.pth"

@@ -21,6 +21,11 @@ def test_bench_small_run_prints_table_and_json(tmp_path):
     table = r.stdout
     assert "stage" in table and "ms/frame" in table and "peak MB" in table
     data = json.loads(out.read_text())
+    from hyperlips.precision import cpu_has_native_bf16
+
+    native = cpu_has_native_bf16()  # said beside the CPU: bf16 figures mean nothing without it
+    assert data["machine"]["bf16_native"] is native
+    assert (", bf16 native" if native else ", bf16 emulated (not used)") in table
     rows = data["rows"]
     by_stage = {}
     for row in rows:
@@ -420,3 +425,29 @@ def test_the_generator_table_times_the_models_asked_for(monkeypatch):
     assert [r["model"] for r in S.generator_costs("cpu", batches=(1,), frames=1, names=["hyperlips-base",
                                                                                         "hyperlips-lite"])] == [
         "hyperlips-base", "hyperlips-lite"]
+
+
+def test_the_benchmark_scripts_make_their_inputs_and_say_the_machine(real_data, tmp_path):
+    """benchmarks/sync_memory.py (the script the docs give for memory on a real clip) and serve_soak.py --clip
+    stopped at start on an import that had moved; neither said the CPU it measured on."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("sync_memory", root / "sync_memory.py")
+    sync_memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync_memory)
+    video, audio = sync_memory.make_input(real_data / "retalking/face2.mp4", real_data / "hyperlips/audio1.wav", 1.0,
+                                          tmp_path)
+    assert video.stat().st_size > 0 and audio.stat().st_size > 0
+    spec = importlib.util.spec_from_file_location("serve_soak", root / "serve_soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    (tmp_path / "soak").mkdir()
+    made = soak.make_inputs(tmp_path / "soak", real_data / "retalking/face2.mp4", 1.0)
+    assert made["video"].stat().st_size > 0
+    res = subprocess.run([sys.executable, str(root / "sync_memory.py"), "--clip", str(tmp_path / "nope.mp4"),
+                          "--audio", str(audio)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "clip not found" in res.stderr and "Traceback" not in res.stderr, res.stderr

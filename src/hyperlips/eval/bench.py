@@ -36,6 +36,7 @@ from typing import Optional
 
 from ..errors import UserError
 from ..options import at_least
+from ..precision import cpu_has_native_bf16
 from .bench_stages import (  # noqa: F401  (the measurements, re-exported for callers of eval.bench)
     CLIP_SECONDS,
     DEFAULT_FRAMES,
@@ -289,7 +290,7 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
                 else:
                     add(bench_memory(tmp, a, log=log, threads=threads))
     result = {
-        "machine": {"platform": platform.platform(), "processor": cpu_name(),
+        "machine": {"platform": platform.platform(), "processor": cpu_name(), "bf16_native": cpu_has_native_bf16(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "load_start": load_start, "load_end": load_average()},
@@ -446,7 +447,8 @@ def format_table(result: dict) -> str:
     if result.get("summary"):
         lines.append("\n" + "\n".join(result["summary"]))
     m = result["machine"]
-    lines.append(f"\n{m['processor']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['threads']} threads)"
+    bf16 = {True: ", bf16 native", False: ", bf16 emulated (not used)"}.get(m.get("bf16_native"), "")
+    lines.append(f"\n{m['processor']}, {m['cpu_count']} CPUs{bf16}, torch {m['torch']} ({m['threads']} threads)"
                  f"{', ' + m['cuda'] if m['cuda'] else ''}; clip: {result['clip']}; {result['seconds']} s in all")
     return "\n".join(lines)
 

@@ -76,6 +76,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine_words() -> str:
+    """The CPU as a benchmark's figures need it said: its model, its cores, and whether it computes bf16 natively
+    (where it does not, bf16 is emulated, many times slower than fp32)."""
+    from ..precision import cpu_has_native_bf16
+
+    return f"{cpu_name()}, {os.cpu_count()} CPUs, bf16 {'native' if cpu_has_native_bf16() else 'emulated (not used)'}"
+
+
 def _rss_mb() -> float:
     try:
         with open("/proc/self/statm") as f:
