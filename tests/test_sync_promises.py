@@ -378,8 +378,9 @@ def test_speech_that_ends_before_the_face_shows_says_so(clip, ckpt, tmp_path):
     from hyperlips.pipeline import LipSync
 
     short = cut_audio(clip.audio, tmp_path / "short.wav", 0.3)
-    with pytest.raises(NoFaceError, match=rf"the speech, 0\.30 s, covers only the first 8 of its {N_SRC} frames: "
-                                          "start the video where the face is, or give longer speech"):
+    with pytest.raises(NoFaceError, match=rf"the speech, 0\.30 s, covers only the first 8 of its {N_SRC} frames, the "
+                                          "only ones searched: if the face shows later, start the video there or give "
+                                          "longer speech"):
         LipSync(ckpt, device="cpu", progress=False).sync(clip.video, short, tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
 

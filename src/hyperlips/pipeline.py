@@ -368,10 +368,10 @@ class LipSync:
                     found = find_reference(timeline, n_src, request, new_track, detect, bar, timer, self.overlap,
                                            detector.workers, self.detect_every_frame)
                 except NoFaceError as e:
-                    if n_src < timeline.n_frames:  # the speech reaches only the start of the video
+                    if n_src < timeline.n_frames and str(e).startswith("no face found"):  # the speech reaches only
                         raise NoFaceError(f"{e} (the speech, {seconds:.2f} s, covers only the first {n_src} of its "
-                                          f"{timeline.n_frames} frames: start the video where the face is, or give "
-                                          "longer speech)") from None
+                                          f"{timeline.n_frames} frames, the only ones searched: if the face shows "
+                                          "later, start the video there or give longer speech)") from None
                     raise
                 complete_bar(bar)  # the search ends when the face is sure, often before the estimate
             ref_crop = found.crop
