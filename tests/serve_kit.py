@@ -135,6 +135,7 @@ mode, checkpoint = sys.argv[1], sys.argv[2]
 p = argparse.ArgumentParser()
 p.add_argument("video"); p.add_argument("-o", "--output"); p.add_argument("--work"); p.add_argument("--minutes", type=float)
 p.add_argument("--checkpoint"); p.add_argument("--from-scratch", action="store_true")
+p.add_argument("--face", type=int); p.add_argument("--face-box")
 a = p.parse_args(sys.argv[3:])
 os.makedirs(a.work, exist_ok=True)
 with open(os.path.join(a.work, "args.json"), "w") as f:
@@ -144,6 +145,8 @@ if mode == "fail":
     sys.exit(2)
 if mode == "crash":
     raise RuntimeError("the fake trainer fell over")
+if mode == "warn":  # as the real command warns of a clip showing two people
+    print("hyperlips: warning: " + a.video + ": 30 of its 30 frames show more than one face", file=sys.stderr)
 
 def progress(d):
     tmp = os.path.join(a.work, ".progress.tmp")
@@ -181,7 +184,7 @@ print("fine-tuned (fake):", a.output)
 
 
 def fake_finetune(folder: Path, mode: str = "ok") -> list[str]:
-    """A finetune command for ServeSettings.finetune_command that behaves as MODE (ok, fail, crash, escape)."""
+    """A finetune command for ServeSettings.finetune_command that behaves as MODE (ok, fail, crash, escape, warn)."""
     from helpers import random_base_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ Set ``HYPERLIPS_SCREENSHOT=PATH`` to keep the screenshot of the finished page (d
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -334,16 +335,20 @@ def test_the_page_works_from_the_keyboard_and_says_what_happens(open_page, tmp_p
 
 
 def test_train_a_person_model_in_the_page(open_page, real_data, tmp_path):
-    _, page = open_page(finetune_command=fake_finetune(tmp_path / "fake"))
+    app, page = open_page(finetune_command=fake_finetune(tmp_path / "fake"))
     page.click("#tab-train")
     assert _pick(page, "#train-video-file", real_data / "retalking" / "face1.mp4", "#train-video-status").startswith("✓")
     page.fill("#train-name", "anna")
     page.fill("#train-minutes", "2")
+    page.select_option("#train-face", "1")  # the person to learn, where the footage shows several
     page.click("#train-start-button")
     page.wait_for_function("() => document.getElementById('train-preview').naturalWidth === 64", timeout=600_000)
     assert "mouth_l1" in page.inner_text("#train-val")
     page.wait_for_selector("#train-done:not([hidden])", timeout=600_000)
     assert "anna" in page.inner_text("#train-done")
+    job = page.evaluate("() => localStorage.getItem('hyperlips.train')")
+    args = json.loads((app.settings.data / "jobs" / job / "work" / "args.json").read_text())
+    assert args["argv"][-2:] == ["--face", "1"]
     # "from scratch" chosen for the next training stays chosen (the finished job, checked again every 10 s,
     # put the starter back each time)
     page.click("#tab-train")

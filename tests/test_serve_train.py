@@ -125,6 +125,27 @@ def test_training_errors_reach_the_job_as_one_line(start, clip):
     assert failed["message"] == "person.mp4 is too short to fine-tune on: 20 frames"  # the uploaded name, not the stored one
 
 
+def test_a_training_job_learns_the_face_asked_for_and_reports_its_warnings(start, clip):
+    """A training job could not say which person to learn (`face`/`face_box` refused), and what the trainer warned
+    of (two people in view: perhaps the wrong one learnt) stayed in its log, the job "done" without a word."""
+    app, client = start("warn")
+    video = client.upload_file(clip["video"])
+    job = client.submit(kind="finetune", video=video["id"], name="ann", minutes=1, face=1)
+    done, _ = client.wait(job["id"], timeout=600)
+    assert done["state"] == "done" and done["params"]["face"] == 1
+    said = "person.mp4: 30 of its 30 frames show more than one face"  # the uploaded name, not the stored one
+    assert done["message"] == f"done, with a warning: {said}" and done["result"]["warnings"] == [said], done
+    args = json.loads((app.settings.data / "jobs" / job["id"] / "work" / "args.json").read_text())
+    assert args["argv"][-2:] == ["--face", "1"]
+    job = client.submit(kind="finetune", video=video["id"], name="bo", minutes=1, face_box=[0, 0, 100.5, 80])
+    done, _ = client.wait(job["id"], timeout=600)
+    args = json.loads((app.settings.data / "jobs" / job["id"] / "work" / "args.json").read_text())
+    assert args["argv"][-1] == "--face-box=0,0,100.5,80"
+    status, err = client.json("POST", "/api/jobs", {"kind": "finetune", "video": video["id"], "name": "x", "face": 1,
+                                                    "face_box": [0, 0, 10, 10]})
+    assert status == 400 and "not both" in err["error"]
+
+
 def test_a_crashing_trainer_fails_its_job_with_its_last_words(start, clip):
     _, client = start("crash")
     video = client.upload_file(clip["video"])

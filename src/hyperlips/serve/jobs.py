@@ -27,7 +27,7 @@ KINDS = ("sync", "finetune")
 FIELDS = {  # what a job of each kind takes; anything else is a mistake (a misspelt option would pass unnoticed)
     "sync": {"kind", "video", "audio", "model", "size", "face", "face_box", "loop", "reference", "crf", "preset",
              "pix_fmt", "temporal_blend", "mouth", "phonemes"},
-    "finetune": {"kind", "video", "name", "minutes", "start_from"},
+    "finetune": {"kind", "video", "name", "minutes", "start_from", "face", "face_box"},
 }
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 
@@ -58,6 +58,20 @@ def _int_or_none(params: dict, key: str, lo: int, hi: int) -> int | None:
     if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).isdigit() or not lo <= int(v) <= hi:
         raise _bad(f"{key} must be a whole number from {lo} to {hi} (got {v!r})")
     return int(v)
+
+
+def _face_choice(params: dict) -> tuple[int | None, list | None]:
+    """A job's ``face`` (counted from the left) or ``face_box`` ([x1, y1, x2, y2]): the person to follow or learn."""
+    face = _int_or_none(params, "face", 0, 64)
+    box = params.get("face_box")
+    if box is not None:
+        ok = isinstance(box, list) and len(box) == 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+        if not ok or box[2] <= box[0] or box[3] <= box[1]:
+            raise _bad("face_box must be [x1, y1, x2, y2] in pixels, finite, with x2 > x1 and y2 > y1")
+        if face is not None:
+            raise _bad("give face or face_box, not both")
+    return face, box
 
 
 def submit(settings: ServeSettings, store: Store, params: dict) -> dict:
@@ -105,15 +119,7 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
     if warped and size != 128:
         raise _bad(f"size {size} sharpens a rendered mouth with an HR decoder; mouth warp moves the frame's own lips "
                    "(size 128, or mouth render or hybrid)")
-    face = _int_or_none(params, "face", 0, 64)
-    box = params.get("face_box")
-    if box is not None:
-        ok = isinstance(box, list) and len(box) == 4 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
-        if not ok or box[2] <= box[0] or box[3] <= box[1]:
-            raise _bad("face_box must be [x1, y1, x2, y2] in pixels, finite, with x2 > x1 and y2 > y1")
-        if face is not None:
-            raise _bad("give face or face_box, not both")
+    face, box = _face_choice(params)
     loop = params.get("loop") or "pingpong"
     if loop not in LOOP_MODES:
         raise _bad(f"loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
@@ -258,10 +264,11 @@ def _finetune(settings: ServeSettings, store: Store, params: dict, folder: Path)
         checkpoint = str(model.checkpoint)
     v_path = link_into(video, settings, folder, "video")
     shown = {checkpoint: f"the model {start}"} if checkpoint else {}  # a message names the model, not its path
+    face, box = _face_choice(params)  # the person to learn, where the footage shows several
     job = {"video": v_path.name, "names": {v_path.name: video["name"], **shown}, "minutes": minutes, "checkpoint": checkpoint,
-           "from_scratch": scratch, "command": list(settings.finetune_command)}
+           "from_scratch": scratch, "command": list(settings.finetune_command), "face": face, "face_box": box}
     public = {"video": video["id"], "video_name": video["name"], "name": name, "minutes": minutes,
-              "start_from": None if scratch else start}
+              "start_from": None if scratch else start, "face": face, "face_box": box}
     return job, public
 
 

@@ -152,7 +152,11 @@ def openapi_document(version: str) -> dict:
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"},
                 "minutes": {"type": "number", "description": "wall-clock training budget (default 10)"},
                 "start_from": {"type": ["string", "null"], "description": "a model id to start from; null or "
-                               "\"untrained\": random weights; \"default\" or left out: the shipped starter"}}},
+                               "\"untrained\": random weights; \"default\" or left out: the shipped starter"},
+                "face": {"type": ["integer", "null"], "description": "learn face N (0 = leftmost) where the video "
+                         "shows several; default the largest"},
+                "face_box": {"type": ["array", "null"], "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
+                             "description": "or learn the face overlapping this box, [x1, y1, x2, y2] in pixels"}}},
             "Job": {"type": "object", "properties": {
                 "id": {"type": "string"}, "kind": {"enum": ["sync", "finetune"]},
                 "state": {"enum": ["queued", "running", "done", "failed", "cancelled"]},

@@ -212,7 +212,8 @@ class Runner:
             hr_src = job_folder(self.settings, job["id"]) / rel
             _move(hr_src, folder / f"{stem}.hr{size}.safetensors")
         _move(src, folder / f"{stem}.safetensors")
-        return {"model": f"person:{stem}", "name": stem}
+        said = {"warnings": result["warnings"]} if result.get("warnings") else {}  # (two people in view, ...)
+        return {"model": f"person:{stem}", "name": stem, **said}
 
     def _kill(self, r: _Running) -> None:
         try:

@@ -127,6 +127,10 @@ def run_finetune(job: dict, folder: Path) -> dict:
         cmd += ["--checkpoint", str(job["checkpoint"])]
     elif job.get("from_scratch"):
         cmd += ["--from-scratch"]
+    if job.get("face") is not None:
+        cmd += ["--face", str(int(job["face"]))]
+    elif job.get("face_box") is not None:
+        cmd += [f"--face-box={','.join(f'{float(v):g}' for v in job['face_box'])}"]
     # until the command's own first report (it writes one once training starts): preparing the footage
     write_json(work / "progress.json", {"stage": "preprocess", "step": 0, "elapsed_s": 0.0, "eta_s": None,
                                         "fraction": 0.0, "val": {}, "preview": None})
@@ -157,7 +161,10 @@ def run_finetune(job: dict, folder: Path) -> dict:
         raise UserError("training finished without writing a model")
     hr = {p.name.split(".hr")[1].split(".")[0]: p.relative_to(folder).as_posix()
           for p in work.glob("model.hr*.safetensors")}
-    return {"model_file": model.relative_to(folder).as_posix(), "hr_files": hr}
+    said = [ln.split("warning:", 1)[1].strip() for ln in tail.replace("\r", "\n").splitlines()
+            if ln.startswith("hyperlips: warning:")]  # what the command warned of (two people in view, ...)
+    return {"model_file": model.relative_to(folder).as_posix(), "hr_files": hr,
+            "warnings": list(dict.fromkeys(said))}
 
 
 def _watch_parent(parent: int) -> None:
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if result.get("warnings"):
         result["warnings"] = [_public_message(w, names) for w in result["warnings"]]
-        for w in result["warnings"]:
+        for w in result["warnings"] if job["kind"] != "finetune" else ():  # (training's are in the log already)
             print(f"hyperlips: warning: {w}", file=sys.stderr)
     write_json(folder / "result.json", result)
     return 0

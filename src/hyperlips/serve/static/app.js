@@ -423,7 +423,9 @@ function renderTraining(job) {
   }));
   const done = $("train-done");
   if (job.state === "done" && job.result) {
-    done.textContent = `The model “${job.result.name}” is ready: choose it under Lip-sync → Model.`;
+    const warned = Array.isArray(job.result.warnings) ? job.result.warnings : [];  // two people in view, ...
+    done.textContent = `The model “${job.result.name}” is ready: choose it under Lip-sync → Model.` +
+      (warned.length ? ` Training warned: ${warned.map(pageWords).join(" · ")}` : "");
     show(done, true);
     $("train-stage").textContent = "Finished.";
     setBar("train", 1);
@@ -551,6 +553,7 @@ async function init() {
     start("train", {
       kind: "finetune", video: state.train.video.id, name: $("train-name").value.trim(),
       minutes: Number($("train-minutes").value), start_from: $("train-start").value || null,
+      face: $("train-face").value === "" ? null : Number($("train-face").value),
     });
   });
   setInterval(refreshJobs, 3000);
