@@ -543,6 +543,8 @@ def test_timings_option_prints_every_stage(short_clip, ckpt, tmp_path, capsys):
     out = capsys.readouterr().out
     for stage in ("decode", "faces", "network", "paste", "encode"):
         assert re.search(rf"\b{stage} [\d.]+s \([\d.]+ fps\)", out), (stage, out)
+    # the time it gives leaves out loading the models (half a short command's time): said on the line
+    assert re.search(r"[\d.]+s end to end once the models were loaded \(", out), out
 
 
 def test_device_cuda_without_a_gpu_is_a_one_line_error(short_clip, ckpt, tmp_path, capfd):

@@ -39,7 +39,7 @@ class SyncReport:
         wall = self.wall_seconds
         return (
             f"{self.output}: {self.frames} frames {self.width}x{self.height} @ {self.fps:g} fps, "
-            f"mouth generated in {self.frames_with_face}; {wall:.1f}s end to end "
+            f"mouth generated in {self.frames_with_face}; {wall:.1f}s end to end once the models were loaded "
             f"({self.frames / wall if wall > 0 else float('inf'):.1f} fps{self._pace()}); busy time per stage (they "
             f"run at the same time): {parts}"
         )
