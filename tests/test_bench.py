@@ -147,6 +147,9 @@ def test_the_summary_compares_on_a_given_clip_in_the_batch_asked_and_says_when_t
     assert "ratios between rows are unreliable" in busy
     before = "\n".join(B.summarise(rows, 64, dict(idle, load_start=1.4)))
     assert "note: the machine was busy (load average up to 2.1" in before, before
+    named = [dict(r, variant=r["variant"].replace("video3.mp4", "talk, take2.mp4")) for r in rows]  # a comma in
+    text = "\n".join(B.summarise(named, 64, idle))  # its name: the summary named the clip "talk"
+    assert "Lite end to end at talk, take2.mp4: 30.0 fps" in text, text
 
 
 def test_network_rows_are_timed_in_rounds_their_median_and_range_kept(monkeypatch):

@@ -333,12 +333,21 @@ def _ratio_range(fast: dict, ref: dict) -> str:
     return f" ({fast['fps'] / ref['fps_high']:.1f}-{fast['fps'] / ref['fps_low']:.1f}x over its rounds)"
 
 
+def _e2e_name_and_clip(variant: str) -> tuple[str, str]:
+    """An end-to-end row's model and clip from its variant ("Lite, talk, take2.mp4, random weights"): the clip is all
+    between the model and the weights, commas in its name included."""
+    name, _, rest = variant.partition(", ")
+    for weights in (", random weights", ", shipped weights"):
+        if weights in rest:
+            rest = rest[: rest.rindex(weights)]
+    return name, rest.strip()
+
+
 def summarise(rows: list[dict], original_batch: int = ORIGINAL_BATCH, machine: Optional[dict] = None) -> list[str]:
     """The comparisons the benchmark exists for, in words (only those whose rows were measured). The main
     end-to-end runs are those at 720p with a 128 px mouth, or on a clip given with ``--video`` (one per model)."""
     ok = [r for r in rows if r["status"] == "ok"]
-    e2e = {(r["variant"].split(",")[0], r["variant"].split(",")[1].strip(), r["size"]): r
-           for r in ok if r["stage"] == "end-to-end"}
+    e2e = {(*_e2e_name_and_clip(r["variant"]), r["size"]): r for r in ok if r["stage"] == "end-to-end"}
 
     def main_run(name: str) -> tuple[Optional[dict], str]:
         if (name, "720p", 128) in e2e:
