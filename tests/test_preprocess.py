@@ -329,6 +329,10 @@ def test_a_clip_of_two_people_is_warned_of(tmp_path, more_data):
     report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(face=None, face_box=(w * 0.6, 0, w, h)),
                            workers=1, progress=False)
     assert (report.done, report.existing) == (0, 1)  # the same choice: kept
+    report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(face_box=(2000, 0, 2100, 60)), workers=1,
+                           progress=False)  # outside the frame: said at once, as sync says it
+    assert [r.reason for r in report.skipped] == [f"--face-box 2000,0,2100,60 lies outside the {w}x{h} frame; give "
+                                                  "pixel coordinates inside it"]
     report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(face=2), workers=1, progress=False)
     assert [r.reason for r in report.skipped] == [
         f"no face: --face 2: {src / 'interview.mp4'} shows 2 faces at most (in any of its 30 frames), so the faces to "

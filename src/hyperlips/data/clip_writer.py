@@ -127,6 +127,15 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
         raise _Skip("too short: a still image, not a video")
     if not info.has_audio:
         raise _Skip("no audio: the video has no audio track")
+    face_box = opts.face_box
+    if face_box is not None:  # clipped to the frame as sync clips it; one outside it said now, not after detecting
+        from ..errors import UserError  # every frame
+        from ..streaming import check_face_box
+
+        try:
+            face_box = check_face_box(face_box, info.width, info.height)
+        except UserError as e:
+            raise _Skip(str(e)) from None
     if info.sample_aspect != 1:
         from ..errors import warn
 
@@ -150,7 +159,7 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
     # pass 1: faces, tracked as sync tracks them (shot by shot where the clip is an edit)
     detections, times, track_boxes = [], [], []
     track = OnlineTrack(timeline.fps, source=str(path), frame_size=(info.width, info.height), face_index=opts.face,
-                        box=opts.face_box)
+                        box=face_box)
     last = (None, None)  # a source frame shown twice on the timeline is detected once
     with FaceDetector() as detector, timeline:
         for fr in timeline:
