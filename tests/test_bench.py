@@ -299,6 +299,12 @@ def test_a_given_clip_that_cannot_be_run_is_refused_before_measuring(tmp_path):
         r = run_cli("bench", *args, "--end-to-end", "lite:720", "-o", tmp_path / "b.json", timeout=120)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr[-800:]
         assert "generators" not in r.stdout + r.stderr
+    # without end-to-end runs no speech is needed: a silent clip's stages are timed (it was refused)
+    from hyperlips.errors import UserError
+
+    B._check_clip(silent, None, speech=False)
+    with pytest.raises(UserError, match="has no sound: give --audio with speech for it \\(or --end-to-end none"):
+        B._check_clip(silent, None)
 
 
 @pytest.mark.parametrize("e2e, memory, want_e2e, want_memory", [

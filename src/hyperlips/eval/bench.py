@@ -113,9 +113,10 @@ def _cut_audio(src: Path, dst: Path, seconds: float) -> Path:
     return dst
 
 
-def _check_clip(video: Optional[Path], audio: Optional[Path]) -> None:
-    """--video and --audio, before minutes of measuring: files, the video one with pictures, and speech for it (its
-    own sound without --audio). The audio file is read in full later, where a damaged one would fail."""
+def _check_clip(video: Optional[Path], audio: Optional[Path], speech: bool = True) -> None:
+    """--video and --audio, before minutes of measuring: files, the video one with pictures, and (``speech``: where
+    end-to-end runs need it) speech for it, its own sound without --audio. The audio file is read in full later,
+    where a damaged one would fail."""
     from ..errors import require_file
     from ..media.video import probe
 
@@ -127,9 +128,10 @@ def _check_clip(video: Optional[Path], audio: Optional[Path]) -> None:
         return
     require_file(video, "video")
     info = probe(video)  # MediaError (a file without pictures, or not a media file) in one line
-    if audio is None and not info.has_audio and not info.is_image:
-        raise UserError(f"--video {video} has no sound: give --audio with speech for it")
-    if audio is None and info.is_image:
+    if audio is None and not info.has_audio and not info.is_image and speech:
+        raise UserError(f"--video {video} has no sound: give --audio with speech for it (or --end-to-end none to time "
+                        "the stages alone)")
+    if audio is None and info.is_image and speech:
         raise UserError(f"--video {video} is an image: give --audio with speech for it")
 
 
@@ -214,7 +216,8 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
         else:
             clip_desc = str(video)
         io_video, io_audio = clip(720)
-        e2e_audio = _cut_audio(io_audio, tmp / "bench_e2e_speech.wav", seconds)
+        e2e_audio = _cut_audio(io_audio, tmp / "bench_e2e_speech.wav", seconds) if specs else None  # (speech: for
+        # the end-to-end runs alone)
         generators = (generator_costs("cpu", batches=tuple(sorted(set(batches))),
                                       names=[f"hyperlips-{m}" for m in models]) if generator_table else [])
         if generators:
@@ -526,7 +529,7 @@ def run_bench_command(args) -> int:
                         f"got {args.seconds:g}")
     memory = [] if _skipped(args.memory_seconds) else _memory_lengths(args.memory_seconds)
     specs = [] if _skipped(args.end_to_end) else [E2ESpec.parse(s) for s in args.end_to_end]
-    _check_clip(args.video, args.audio)
+    _check_clip(args.video, args.audio, speech=bool(specs))
     devices = args.devices
     for d in devices or ():
         if not (d == "cpu" or d.startswith("cuda")):
