@@ -472,16 +472,13 @@ class LipSync:
         cannot do with this LipSync."""
         if phonemes is None:
             return None
-        from .media.phone_marks import PhoneMark, read_marks, to_marks
+        from .media.phone_marks import PhoneMark, read_marks, refuse_other_units, to_marks
 
         if isinstance(phonemes, (str, os.PathLike)):
             marks = read_marks(phonemes, seconds)
         elif all(isinstance(m, PhoneMark) for m in phonemes):
             marks = list(phonemes)
-            steps = np.diff([m.start for m in marks])
-            if len(steps) and float(np.median(steps)) >= 5:  # phones 5 s apart are no speech: milliseconds
-                raise UserError(f"the phonemes start {float(np.median(steps)):g} apart (the median): they look like "
-                                "milliseconds or samples; give seconds")
+            refuse_other_units([m.start for m in marks])  # (a caller's own marks: milliseconds, samples)
         else:
             marks = to_marks(list(phonemes), seconds)
         if not marks:

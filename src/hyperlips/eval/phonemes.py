@@ -219,8 +219,8 @@ def write_phoneme_preview(video: Path, marks, path: Path, columns: int = 8, face
     import cv2
 
     from ..face.detect import FaceDetector
+    from ..face.track import pick_face
     from ..media.video import FrameReader
-    from .tail import chosen_face
 
     rows = []
     for cls in ("bilabial", "vowel"):
@@ -235,8 +235,7 @@ def write_phoneme_preview(video: Path, marks, path: Path, columns: int = 8, face
             if fr.index not in want:
                 continue
             faces = det.detect(fr.image)
-            picked = chosen_face(faces, face_index, face_box) if face_index is not None or face_box is not None \
-                else (max(faces, key=lambda b: b.area) if faces else None)
+            picked = pick_face(faces, face_index, face_box)  # (the largest where none was picked)
             if picked is None:
                 continue
             x1, y1, x2, y2 = (int(round(v)) for v in picked.as_array())

@@ -155,6 +155,11 @@ def held_out_by(checkpoint) -> dict | None:
     return held if ok else None
 
 
+def _footage_seconds(videos: list[Path]) -> float:
+    """The footage's length as finetune counts it (the frames with sound of each clip)."""
+    return sum(_frames_used(v, i) / float(i.fps) for v, i in ((v, _probed(v)) for v in videos))
+
+
 def trained_face(videos: list[Path], checkpoint) -> tuple[int | None, list | None]:
     """The person a model was fine-tuned on (``finetune --face``/``--face-box``, as its file records it) where
     ``videos`` are the footage it learnt from: (face_index, face_box), or (None, None)."""
@@ -162,7 +167,7 @@ def trained_face(videos: list[Path], checkpoint) -> tuple[int | None, list | Non
     face = held.get("face") if held is not None else None
     if not isinstance(face, dict) or not face:
         return None, None
-    total = sum(_frames_used(v, i) / float(i.fps) for v, i in ((v, _probed(v)) for v in videos))
+    total = _footage_seconds(videos)
     if abs(float(held["of_seconds"]) - total) > SAME_FOOTAGE_S:
         return None, None  # other footage: the index or box may be another person's
     box = face.get("face_box")
@@ -178,7 +183,7 @@ def _unseen_tail(videos: list[Path], checkpoint, fraction: float, seconds: float
     held = held_out_by(checkpoint)
     if held is None:
         return seconds
-    total = sum(_frames_used(v, i) / float(i.fps) for v, i in ((v, _probed(v)) for v in videos))
+    total = _footage_seconds(videos)
     if abs(float(held["of_seconds"]) - total) > SAME_FOOTAGE_S:
         return seconds  # other footage than the model's: none of it was trained on
     unseen = float(held["seconds"])
@@ -229,26 +234,6 @@ def tail_segments(videos: list[Path], fraction: float = DEFAULT_FRACTION, second
     return list(reversed(segs)), train_part
 
 
-def chosen_face(faces, face_index: int | None = None, face_box=None):
-    """Of one frame's detections, the face ``--face N`` (counted from the left) or ``--face-box`` (the most overlap)
-    picks, else the most confident; None where the choice is not in the frame."""
-    if not faces:
-        return None
-    if face_index is not None:
-        ordered = sorted(faces, key=lambda f: f.center[0])
-        return ordered[face_index] if face_index < len(ordered) else None
-    if face_box is not None:
-        x1, y1, x2, y2 = (float(v) for v in face_box)
-
-        def overlap(f):
-            a = f.as_array()
-            return max(0.0, min(x2, a[2]) - max(x1, a[0])) * max(0.0, min(y2, a[3]) - max(y1, a[1]))
-
-        best = max(faces, key=overlap)
-        return best if overlap(best) > 0 else None
-    return max(faces, key=lambda f: float(getattr(f, "score", 0.0)))
-
-
 def pick_reference(train_part: tuple[Path, int, int], dst: Path, samples: int = 24, face_index: int | None = None,
                    face_box=None) -> Path:
     """The most confidently detected face (of the person ``face_index`` / ``face_box`` picks, where given) among
@@ -257,6 +242,7 @@ def pick_reference(train_part: tuple[Path, int, int], dst: Path, samples: int = 
     import cv2
 
     from ..face.detect import FaceDetector
+    from ..face.track import pick_face
     from ..media.video import FrameReader
 
     video, lo, hi = train_part
@@ -266,7 +252,9 @@ def pick_reference(train_part: tuple[Path, int, int], dst: Path, samples: int = 
         for fr in reader.iter_range(lo, hi):
             if fr.index not in want:
                 continue
-            face = chosen_face(det.detect(fr.image), face_index, face_box)
+            faces = det.detect(fr.image)
+            face = (pick_face(faces, face_index, face_box) if face_index is not None or face_box is not None
+                    else max(faces, key=lambda f: float(getattr(f, "score", 0.0)), default=None))
             if face is not None and float(getattr(face, "score", 0.0)) > best_score:
                 best, best_face, best_score = fr.image, face, float(getattr(face, "score", 0.0))
     if best is None:

@@ -61,6 +61,22 @@ def _plain(b: Box) -> str:
     return ",".join(f"{float(v):g}" for v in b.as_array())
 
 
+def pick_face(dets: Sequence[Box], face_index: Optional[int] = None, box: Optional[BoxLike] = None) -> Optional[Box]:
+    """Of one frame's detections, the face the rule picks: the one overlapping ``box`` most (intersection over union),
+    else the ``face_index``-th counted left to right by box centre x, else the largest; None where the frame shows
+    none (fewer than ``face_index`` + 1 faces, or none overlapping the box)."""
+    if box is not None:
+        ub = _as_box(box)
+        best = max(dets, key=ub.iou, default=None)
+        return best if best is not None and ub.iou(best) > 0 else None
+    if not dets:
+        return None
+    if face_index is None:
+        return max(dets, key=lambda b: b.area)
+    ordered = sorted(dets, key=lambda b: b.center[0])
+    return ordered[face_index] if 0 <= face_index < len(ordered) else None
+
+
 def select_faces(
     detections: Sequence[Sequence[Box]],
     *,
@@ -77,32 +93,23 @@ def select_faces(
     n = len(detections)
     out: list[Optional[Box]] = [None] * n
     anchor_t, anchor = None, None
-    if box is not None:
-        ub = _as_box(box)
-        if not (ub.width > 0 and ub.height > 0):
-            raise ValueError(f"box must have x2 > x1 and y2 > y1, got {_plain(ub)}")
-        for t, dets in enumerate(detections):
-            best = max(dets, key=ub.iou, default=None)
-            if best is not None and ub.iou(best) > 0:
-                anchor_t, anchor = t, best
-                break
-        if anchor is None:
-            raise LookupError(f"no detected face overlaps the box {_plain(ub)} (--face-box X1,Y1,X2,Y2 in pixels)")
-    else:
-        most = 0  # the most faces a frame shows
-        for t, dets in enumerate(detections):
-            most = max(most, len(dets))
-            if dets and face_index is None:
-                anchor_t, anchor = t, max(dets, key=lambda b: b.area)
-                break
-            if face_index is not None and 0 <= face_index < len(dets):  # the first frame that shows that many
-                anchor_t, anchor = t, sorted(dets, key=lambda b: b.center[0])[face_index]
-                break
-        if anchor is None and face_index is not None and most:
-            raise LookupError(f"face_index {face_index} asked for (--face {face_index}), but no frame shows more than "
-                              f"{most} face(s): use 0..{most - 1} (counted left to right)")
-        if anchor is None:
-            raise LookupError("no face detected in any frame")
+    ub = None if box is None else _as_box(box)
+    if ub is not None and not (ub.width > 0 and ub.height > 0):
+        raise ValueError(f"box must have x2 > x1 and y2 > y1, got {_plain(ub)}")
+    most = 0  # the most faces a frame shows
+    for t, dets in enumerate(detections):  # the first frame where the rule picks one (with --face N: shows that many)
+        most = max(most, len(dets))
+        anchor = pick_face(dets, face_index, ub)
+        if anchor is not None:
+            anchor_t = t
+            break
+    if anchor is None and ub is not None:
+        raise LookupError(f"no detected face overlaps the box {_plain(ub)} (--face-box X1,Y1,X2,Y2 in pixels)")
+    if anchor is None and face_index is not None and most:
+        raise LookupError(f"face_index {face_index} asked for (--face {face_index}), but no frame shows more than "
+                          f"{most} face(s): use 0..{most - 1} (counted left to right)")
+    if anchor is None:
+        raise LookupError("no face detected in any frame")
 
     out[anchor_t] = anchor
     prev, prev_t = anchor, anchor_t

@@ -27,7 +27,7 @@ import numpy as np
 
 from hyperlips.errors import NoFaceError
 from hyperlips.face.detect import Box
-from hyperlips.face.track import (DEFAULT_PAD, BoxLike, _as_box, _crop_or_none, _matches, _plain,
+from hyperlips.face.track import (DEFAULT_PAD, BoxLike, _as_box, _crop_or_none, _matches, pick_face, _plain,
                                   track_settings)
 
 
@@ -178,21 +178,9 @@ class OnlineTrack:
     def _choose(self, t: int, dets: Sequence[Box]) -> Optional[Box]:
         """The face the rule picks in frame t, or None (``--face N`` beyond the faces it shows picks none: a later
         frame, or shot, may show that many; :meth:`finish` says so where none did)."""
-        anchor = None
-        if self.user_box is not None:
-            ub = self.user_box
-            best = max(dets, key=ub.iou, default=None)
-            if best is not None and ub.iou(best) > 0:
-                anchor = best
-        elif dets:
-            if self.face_index is None:
-                anchor = max(dets, key=lambda b: b.area)
-            else:
-                ordered = sorted(dets, key=lambda b: b.center[0])
-                self._most_faces = max(self._most_faces, len(ordered))
-                if not 0 <= self.face_index < len(ordered):  # not in this frame: perhaps in a later one, or shot
-                    return None
-                anchor = ordered[self.face_index]
+        if self.user_box is None and self.face_index is not None:
+            self._most_faces = max(self._most_faces, len(dets))
+        anchor = pick_face(dets, self.face_index, self.user_box)  # (face N not in this frame: perhaps in a later one)
         if anchor is not None:
             if self.anchor is None:
                 self.anchor = t

@@ -56,6 +56,16 @@ def which_alphabet(symbols: Iterable[str]) -> str:
     return max(READERS, key=lambda name: known[name])  # max keeps the first of equals
 
 
+def refuse_other_units(starts: Sequence[float]) -> None:
+    """Phonemes starting 5 s or more apart (the median) are no speech: their times are milliseconds or samples
+    (TIMIT's), refused with a :class:`UserError`."""
+    steps = np.diff(np.asarray(starts, np.float64))
+    typical = float(np.median(steps)) if len(steps) else 0.0
+    if typical >= 5:
+        raise UserError(f"the phonemes start {typical:g} apart (the median): they look like milliseconds or samples; "
+                        "give seconds")
+
+
 def to_marks(entries: Sequence, duration: float | None = None, alphabet: str = "auto",
              where: Sequence[str] | None = None) -> list[PhoneMark]:
     """Phoneme timings as :class:`PhoneMark` marks, in order: ``entries`` of ``(start, phone)`` or ``(start, end,
@@ -106,9 +116,8 @@ def to_marks(entries: Sequence, duration: float | None = None, alphabet: str = "
             and typical >= 5):
         raise UserError(f"the times run to {last:g} for {duration:.2f} s of speech: they look like milliseconds; "
                         "give seconds")
-    if duration is None and typical >= 5:  # a stream's (its length unknown yet): phones 5 s apart are no speech
-        raise UserError(f"the phonemes start {typical:g} apart (the median): they look like milliseconds or samples; "
-                        "give seconds")
+    if duration is None:  # a stream's (its length unknown yet)
+        refuse_other_units([r[0] for r in rows])
     out = []
     for k, ((start, end, _), phone) in enumerate(zip(rows, phones)):
         if end is None:

@@ -295,7 +295,7 @@ def _face_option(choice: dict) -> str:
 
 def _face_words(choice: dict) -> str:
     if "face" in choice:
-        return f"face {choice['face']} from the left (--face {choice['face']})"
+        return f"face {choice['face']} from the left ({_face_option(choice).strip()})"
     if "face_box" in choice:
         return f"the face in the box {','.join(f'{v:g}' for v in choice['face_box'])} (--face-box)"
     return "the largest face (no --face or --face-box)"

@@ -525,6 +525,8 @@ async function refreshJobs() {
 
 // ---------------------------------------------------------------- start-up
 async function init() {
+  for (const sel of document.querySelectorAll("select[data-faces]"))  // the faces to follow or learn, from the left
+    for (let n = 0; n < 4; n++) sel.add(new Option(`${ordinal(n + 1)} from the left`, String(n)));
   for (const t of TABS) {
     $(`tab-${t}`).addEventListener("click", () => selectTab(t));
     $(`tab-${t}`).addEventListener("keydown", tabKeys);
