@@ -202,3 +202,44 @@ def test_partial_files_of_killed_runs_are_removed_by_the_next_run(tmp_path):
     w.write(np.zeros((64, 64, 3), np.uint8))
     w.close()
     assert not old.exists() and fresh.exists() and other.exists()  # a run may still be writing the fresh one
+
+
+def test_the_same_frames_make_the_same_file(tmp_path):
+    """libx264's AVX-512 code coded the same frames differently from run to run after other FFmpeg work in the
+    process (here the previous file decoded, its reader left open, as sync's reader runs beside its writer): 5-7 of
+    8 files differed. Where the CPU has no AVX-512 this holds anyway."""
+    import hashlib
+
+    import av
+
+    from hyperlips.media.writer import VideoWriter
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    digests, readers = [], []
+    for run in range(5):
+        if run:  # decode what the last run wrote, and leave its reader open
+            readers.append(av.open(str(tmp_path / f"out{run - 1}.mp4")))
+            for f in readers[-1].decode(video=0):
+                f.to_ndarray(format="rgb24")
+        out = tmp_path / f"out{run}.mp4"
+        w = VideoWriter(out, 320, 240, 25, audio=np.zeros(32000, np.float32), sample_rate=16000)
+        for k in range(50):
+            w.write(np.roll(base, 3 * k, axis=1))
+        w.close()
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+    for r in readers:
+        r.close()
+    assert len(set(digests)) == 1, f"{len(set(digests))} different files from the same frames"
+
+
+@pytest.mark.parametrize("flags, params", [
+    ({"avx2", "avx512f", "avx512bw"}, {"x264-params": "asm=AVX2,Cache64"}),
+    ({"avx2", "fma"}, {}),
+    ({"neon", "asimd"}, {}),
+    (set(), {}),
+])
+def test_libx264_is_kept_off_its_avx512_code_only_where_there_is_some(flags, params):
+    from hyperlips.media.writer import x264_params
+
+    assert x264_params(frozenset(flags)) == params

@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import MediaError, UserError, check_stop
+from ..precision import cpu_flags
 from .video import as_rate, plane_views, writer_coded
 
-__all__ = ["PIX_FMTS", "PRESETS", "VideoWriter", "check_encoding", "coded_size", "encoder_threads"]
+__all__ = ["PIX_FMTS", "PRESETS", "VideoWriter", "check_encoding", "coded_size", "encoder_threads", "x264_params"]
 
 _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO})
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
@@ -122,6 +123,19 @@ def _remove_stale_partials(folder: Path, stem: str, suffix: str) -> None:
                 p.unlink()
         except OSError:
             pass
+
+
+def x264_params(flags: frozenset[str] | None = None) -> dict[str, str]:
+    """libx264 options that keep its output the same from run to run on this CPU (``flags``: CPU flags to judge
+    instead of this machine's; tests inject them).
+
+    On a CPU with AVX-512, libx264's AVX-512 code (as PyAV's wheels build it) coded the same frames differently from
+    run to run: with other FFmpeg work done in the same process between frames (a decoder, a picture conversion),
+    5 to 7 of 8 encodes of the same 50 frames gave different files, up to a dozen grey levels apart in a few rows.
+    Limited to its AVX2 code (each of its SIMD paths computes the same result; only their speed differs), 8 of 8
+    were identical, at the same speed (720p, veryfast: 10.3-12.6 against 10.8-11.0 ms per frame, a loaded machine)."""
+    flags = cpu_flags() if flags is None else flags
+    return {"x264-params": "asm=AVX2,Cache64"} if "avx512f" in flags and "avx2" in flags else {}
 
 
 def encoder_threads(width: int, height: int) -> int:
@@ -239,7 +253,8 @@ class VideoWriter:
             cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = 1, 1, 1, 1  # BT.709, limited range
             if sample_aspect is not None and Fraction(sample_aspect) != 1:  # non-square pixels: shown as the input
                 cc.sample_aspect_ratio = Fraction(sample_aspect)
-            v.options = {"crf": str(crf), "preset": preset, **({"threads": str(self.threads)} if self.threads else {})}
+            v.options = {"crf": str(crf), "preset": preset, **({"threads": str(self.threads)} if self.threads else {}),
+                         **x264_params()}
             self._v = v
             self._a = None
             if self._audio is not None:
