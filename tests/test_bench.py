@@ -75,6 +75,14 @@ def test_bench_budget_skips_the_rest_with_a_reason():
     assert "time budget" in text and "decode" in text
 
 
+def test_memory_asked_of_a_gpu_run_is_said_skipped():
+    """--devices cuda with the memory runs (CPU only) dropped them without a word."""
+    res = B.run_bench(sizes=(128,), devices=["cuda:0"], precisions=("fp32",), batches=(1,), frames=1,
+                      end_to_end=(), memory_seconds=(2, 4), generator_table=False)
+    memory = [r for r in res["rows"] if r["stage"] == "memory"]
+    assert len(memory) == 2 and all("measured on the CPU (add cpu to --devices)" in r["status"] for r in memory)
+
+
 def test_end_to_end_row_on_a_short_clip(tmp_path):
     video, audio = B.synthetic_clip(tmp_path, seconds=0.4)
     rows = B.bench_end_to_end(video, audio, 128, "cpu", 4, tmp_path)
