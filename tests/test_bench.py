@@ -408,12 +408,35 @@ def test_a_given_video_without_a_face_is_refused_before_the_network_rows(monkeyp
     monkeypatch.setattr(B, "_cut_audio", lambda src, dst, seconds: dst)
     monkeypatch.setattr(B, "_fps", lambda v: 25.0)
     monkeypatch.setattr(B, "_load_frames", lambda v, n: [np.zeros((8, 8, 3), np.uint8)] * 3)
+    monkeypatch.setattr(B, "first_face_frame", lambda v: None)  # nor later
     video = tmp_path / "wall.mp4"
     video.write_bytes(b"read by nothing here")
-    with pytest.raises(UserError, match="no face found in the first 3 frames of .*wall.mp4: the end-to-end runs"):
+    with pytest.raises(UserError, match="no face found in the first 60 s of .*wall.mp4: the end-to-end runs"):
         B.run_bench(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1,), frames=1, video=video,
                     audio=video, end_to_end=("lite:720:128",), memory_seconds=(), generator_table=False)
     assert timed == []
+
+
+def test_a_given_video_whose_face_shows_later_is_timed_from_there(monkeypatch, real_data, tmp_path):
+    """A clip that opens on 2 s without a face (a title card) was refused: only its first frames were looked at."""
+    from helpers import read_frames
+    from media_builders import speech, write_video
+
+    face = read_frames(real_data / "retalking" / "face3.mp4", limit=30)
+    video = write_video(tmp_path / "titled.mp4", [np.zeros_like(face[0])] * 50 + face,
+                        audio=speech(real_data, 3.2))
+    ran, said = [], []
+    monkeypatch.setattr(B, "bench_network", lambda *a, **k: [])
+    monkeypatch.setattr(B, "bench_end_to_end", lambda *a, **k: ran.append("e2e") or [])
+    for kind in ("decode", "encode", "paste"):
+        monkeypatch.setattr(B, f"bench_{kind}", lambda *a, **k: [])
+    res = B.run_bench(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1,), frames=4, video=video,
+                      end_to_end=("lite:720:128",), memory_seconds=(), generator_table=False, original_batch=0,
+                      log=said.append)
+    assert ran == ["e2e"]
+    assert any("no face in the first 25 frames of titled.mp4; the stages are timed from frame 50" in m for m in said)
+    faces = next(r for r in res["rows"] if r["stage"] == "faces")
+    assert "a face in 25 of 25 frames" in faces["variant"]
 
 
 def test_the_stage_rows_name_the_clip_they_timed(real_data):

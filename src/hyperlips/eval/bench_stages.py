@@ -29,6 +29,7 @@ STAGE_MIN_SECONDS = 1.0  # the stage rows too: in NETWORK_ROUNDS rounds, their m
 # in as many rounds: a row's figure is their median, their range beside it (one process's rate moves by several
 # percent from one half-second to the next on a shared 2-core machine)
 NETWORK_ROUNDS = 3
+FACE_SEARCH_SECONDS = 60.0  # --video: how far a face is looked for when the first frames show none
 CLIP_SECONDS = 6.0  # end-to-end clips: twice the reference search (3 s), so the one-pass steady state shows
 LAYOUTS = ("channels-last", "original")  # ours on CPU, and the original implementation's (NCHW, contiguous)
 
@@ -268,11 +269,24 @@ CODEC_NAMES = {"h264": "H.264", "hevc": "H.265", "mpeg1video": "MPEG-1", "mpeg2v
                "vp9": "VP9", "av1": "AV1"}
 
 
-def _load_frames(video: Path, frames: int) -> list[np.ndarray]:
+def _load_frames(video: Path, frames: int, start: int = 0) -> list[np.ndarray]:
     from ..media.video import FrameReader
 
     with FrameReader(video) as r:
-        return [fr.image for fr in r.iter_range(0, frames)]
+        return [fr.image for fr in r.iter_range(start, start + frames)]
+
+
+def first_face_frame(video: Path, seconds: float = FACE_SEARCH_SECONDS, step: int = 5) -> int | None:
+    """The first frame (of every ``step``-th, in the first ``seconds``) where the detector finds a face; None if
+    none does."""
+    from ..face.detect import FaceDetector
+    from ..media.video import FrameReader
+
+    with FrameReader(video) as r, FaceDetector() as det:
+        for fr in r.iter_range(0, int(math.ceil(seconds * r.fps))):
+            if fr.index % step == 0 and det.detect(fr.image):
+                return fr.index
+    return None
 
 
 def bench_faces(images: list[np.ndarray]) -> tuple[BenchRow, list]:
