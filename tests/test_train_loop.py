@@ -132,6 +132,34 @@ def test_settings_the_stage_does_not_read_are_said(tmp_path, recwarn):
                             [("base", "hyperlips-base"), ("hr", None)]) == ["mouth_weight (read by train base --model lite)"]
 
 
+def test_the_originals_config_replacing_the_compact_models_defaults_is_said(tmp_path, recwarn):
+    """`train base --model lite --config base` trained Lite at Base's learning rate (1e-4, its own 5e-4), batch and
+    betas without a word; settings given on the command line, and configs that are not the original's, are not
+    said."""
+    from hyperlips.cli import build_parser
+    from hyperlips.errors import InputWarning
+    from hyperlips.train.commands import config_from_args
+
+    def said(*argv):
+        recwarn.clear()
+        cfg = config_from_args(build_parser().parse_args(["train", *argv, str(tmp_path / "data"), "-o",
+                                                          str(tmp_path / "r")]))
+        return cfg, " ".join(str(w.message) for w in recwarn if issubclass(w.category, InputWarning))
+
+    cfg, text = said("base", "--model", "lite", "--config", "base")
+    assert cfg.lr == 1e-4  # the file still wins: it is said, not overruled
+    assert "--config base holds the original network's settings" in text
+    assert "lr 0.0001 (its own: 0.0005)" in text and "batch_size 28 (its own: 16)" in text
+    assert "betas 0.5/0.999 (its own: 0.9/0.99)" in text
+    _, text = said("base", "--model", "lite", "--config", "base", "--lr", "2e-4", "--set", "batch_size=8",
+                   "--set", "betas=[0.9,0.99]", "--set", "workers=0")
+    assert text == ""
+    _, text = said("sync", "--model", "lite", "--config", "sync")
+    assert "lr 0.0001 (its own: 0.001)" in text
+    for argv in (("base", "--config", "base"), ("base", "--model", "lite", "--config", "small-cpu")):
+        assert said(*argv)[1] == ""
+
+
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     from hyperlips.train.checkpoints import atomic_save
 

@@ -188,6 +188,36 @@ def _say_ignored(args: argparse.Namespace, cfg) -> None:
                   if getattr(TrainConfig.from_dict({k: v}), k) != getattr(default, k)}
     model = " --model lite" if cfg.model in ("hyperlips-lite", "syncnet-lite") else ""
     warn_ignored(names, [(args.stage, cfg.model)], f"train {args.stage}{model}")
+    if args.config is not None:
+        _say_replaced_defaults(args, cfg, f"train {args.stage}{model}")
+
+
+ORIGINAL_CONFIGS = ("base", "hr", "sync")  # the built-in configs of the original's settings (not small-cpu)
+
+
+def _say_replaced_defaults(args: argparse.Namespace, cfg, what: str) -> None:
+    """Warn where a built-in config (the original networks' settings) replaces the compact model's own defaults:
+    `--config base --model lite` trained Lite at Base's learning rate and batch, without a word."""
+    from ..errors import warn
+    from .config import MODEL_DEFAULTS, TrainConfig, built_in_config, load_config, parse_overrides
+
+    own = MODEL_DEFAULTS.get(cfg.model)
+    found = built_in_config(args.config)
+    if own is None or found is None or found.stem not in ORIGINAL_CONFIGS:
+        return
+    given = set(parse_overrides(args.set)) | {k for k in _OPTION_FIELDS if getattr(args, k, None) is not None}
+    file = TrainConfig.from_dict(load_config(args.config))
+    mine = TrainConfig.from_dict(own)
+    replaced = [k for k in own if k in load_config(args.config) and k not in given
+                and getattr(file, k) != getattr(mine, k)]
+    if replaced:
+        def show(v):
+            return "/".join(f"{x:g}" for x in v) if isinstance(v, (tuple, list)) else f"{v:g}" if isinstance(
+                v, float) else str(v)
+
+        pairs = ", ".join(f"{k} {show(getattr(file, k))} (its own: {show(getattr(mine, k))})" for k in replaced)
+        warn(f"{what}: --config {Path(args.config).stem} holds the original network's settings, which replace this "
+             f"model's own defaults: {pairs}; leave --config out for the compact model's, or --set them")
 
 
 # settings a resumed run cannot change (the network, its size, what renders its inputs), and those that change nothing
