@@ -697,7 +697,9 @@ def test_lite_trains_under_torchrun_with_two_processes(grid_view, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- commands
 def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
-    video = more_data / "lrs2_deep_avsr/00001.mp4"
+    import shutil
+
+    video = Path(shutil.copy(more_data / "lrs2_deep_avsr/00001.mp4", tmp_path / "00001.mp4"))
     out = tmp_path / "me.safetensors"
     res = run_cli("finetune", video, "-o", out, "--steps", "2", "--batch-size", "2", "--device", "cpu",
                   "--threads", "1", "--from-scratch", "--set", "val_every=2", "--set", "audio_steps=5", "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}",
@@ -746,6 +748,15 @@ def test_finetune_lite_writes_a_model_that_syncs(more_data, tmp_path):
     face = run_cli("finetune", video, "-o", out, "--steps", "4", "--face", "1", "--quiet")  # another person in it
     assert face.returncode == 2 and "learnt the largest face (no --face or --face-box); this command asks for face 1 " \
         "from the left (--face 1)" in face.stderr, face.stderr[-2000:]
+    # the same clip copied elsewhere (other file times) continues; another recording under its name is refused
+    (tmp_path / "copy").mkdir()
+    copied = Path(shutil.copy(video, tmp_path / "copy" / video.name))
+    assert run_cli("finetune", copied, "-o", out, "--steps", "2", "--quiet", timeout=900).returncode == 0
+    shutil.copy(more_data / "lrs2_deep_avsr/00002.mp4", video)
+    made = (tmp_path / "me.work/data/clips/00001/meta.json").stat().st_mtime_ns
+    swapped = run_cli("finetune", video, "-o", out, "--steps", "4", "--quiet")
+    assert swapped.returncode == 2 and "00001 changed since (replaced or edited)" in swapped.stderr, swapped.stderr
+    assert (tmp_path / "me.work/data/clips/00001/meta.json").stat().st_mtime_ns == made  # refused before remaking it
 
 
 def test_finetune_says_which_clips_it_left_out_even_when_quiet(more_data, tmp_path):

@@ -225,10 +225,18 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
         videos = find_videos(args.video)
         ids = clip_ids([PurePosixPath(v.relative_to(args.video).as_posix()) for v in videos])
     else:
+        videos = [args.video]
         ids = [clip_id_of(PurePosixPath(args.video.name))]
     trained = _has_training(work)
     if trained and "sources" in state and sorted(ids) != state["sources"]:  # before its clips join the run's data
         raise UserError(_other_footage(args, work, state, sorted(ids)))
+    prints = {c: _fingerprint(v) for c, v in zip(ids, videos)}
+    changed = sorted(c for c, f in prints.items() if c in state.get("fingerprints", {}) and state["fingerprints"][c] != f)
+    if trained and changed:  # before preprocess makes its clips again of what the file holds now
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise UserError(f"{work} holds a run trained on other footage: {shown} changed since (replaced or edited); "
+                        "a re-run only continues a run on the same footage, its held-out part unchanged. Put the "
+                        f"clip(s) back, or give this footage another -o (or --work), or delete {work} to start over")
     face = _face_choice(args)
     if trained and state.get("face", {}) != face:  # the clips would be made again of another face, and trained on
         raise UserError(f"the run in {work} learnt {_face_words(state.get('face', {}))}; this command asks for "
@@ -263,7 +271,7 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
                         f"at least {MIN_TRAIN_FRAMES} are needed")
     if "prep_seconds" not in state:
         state["prep_seconds"] = round(time.perf_counter() - t0, 1)
-    state.update(sources=sorted(ids), clips=sorted(done), held_out=held, face=face)
+    state.update(sources=sorted(ids), clips=sorted(done), held_out=held, face=face, fingerprints=prints)
     work.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps(state, indent=1), encoding="utf-8")
     if not args.quiet:
@@ -273,6 +281,22 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
         warn(f"{args.video}: {held['of_seconds']:.0f} s of footage; a person model learns the mouth from a minute or "
              "more of the person speaking (less gives a weak, averaged mouth)")
     return data, state
+
+
+def _fingerprint(path: Path, part: int = 1 << 20) -> str:
+    """What a clip's file holds, in brief: its size and a hash of its first and last MiB. A clip replaced or edited
+    under the same name differs (its size or its bytes); a copy elsewhere, with other file times, does not."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        h.update(str(size).encode())
+        f.seek(0)
+        h.update(f.read(part))
+        f.seek(max(0, size - part))
+        h.update(f.read(part))
+    return h.hexdigest()[:32]
 
 
 def _face_choice(args: argparse.Namespace) -> dict:
