@@ -779,6 +779,17 @@ def test_finetune_says_which_clips_it_left_out_even_when_quiet(more_data, tmp_pa
                   "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "wall.mp4 is left out of the footage: no face" in res.stderr, res.stderr[-2000:]
+    # the model records the clips it learnt from, and eval's tail takes those: it counted the wall in, so the footage
+    # was no longer the model's (its held-out part unused) and the tail could fall on the wall
+    from hyperlips.errors import InputWarning
+    from hyperlips.eval.tail import footage_videos
+    from hyperlips.models import load_checkpoint
+
+    assert load_checkpoint(out)[1].config["held_out"]["clips"] == ["talk"]
+    with pytest.warns(InputWarning, match=r"wall.mp4 is left out of the footage, as finetune left it out: .* never "
+                                          "learnt from it"):
+        assert footage_videos(folder, out) == [folder / "talk.mp4"]
+    assert footage_videos(folder) == [folder / "talk.mp4", folder / "wall.mp4"]  # (no model: its sound is footage)
 
 
 def _run_config(work: Path) -> dict:

@@ -170,9 +170,10 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     )
 
     footage, out = Path(footage), Path(out_dir)
+    videos = footage_videos(footage, checkpoint)
     if face_index is None and face_box is None:  # the person its finetune learnt, on that footage
-        face_index, face_box = trained_face(footage_videos(footage), checkpoint)
-    segs, train_part = tail_segments(footage_videos(footage), fraction, seconds, min_seconds=0.0)  # a face to drive
+        face_index, face_box = trained_face(videos, checkpoint)
+    segs, train_part = tail_segments(videos, fraction, seconds, min_seconds=0.0)  # a face to drive
     work = out / "phonemes"
     ref_png = pick_reference(train_part, work / "reference.png", face_index=face_index, face_box=face_box)
     face = {"face_index": face_index, "face_box": face_box}

@@ -54,10 +54,12 @@ class TailResult:
     weights: str = ""  # what rendered the model's mouth, in words (its file, network, HR decoder, mouth)
 
 
-def footage_videos(footage: Path) -> list[Path]:
+def footage_videos(footage: Path, checkpoint=None) -> list[Path]:
     """The clips of ``footage`` as ``finetune`` takes them, in its order (by clip name as the dataset spells it, so
     ``talk.mpg`` before ``talk-2.mpg``), without those it cannot use for want of a picture or a sound (each said in a
-    warning): the tail held out here is then the one its validation held out."""
+    warning): the tail held out here is then the one its validation held out. Where ``checkpoint`` was fine-tuned
+    on this folder (every clip it records learning from is here), exactly those clips: finetune also leaves out
+    clips without the face (or the person asked for), which only detecting every frame would tell."""
     from ..data.sources import clip_ids, find_videos
     from ..errors import MediaError, warn
 
@@ -68,6 +70,13 @@ def footage_videos(footage: Path) -> list[Path]:
     found = find_videos(footage)
     names = dict(zip(found, clip_ids([PurePosixPath(p.relative_to(footage).as_posix()) for p in found])))
     found = sorted(found, key=names.__getitem__)
+    held = held_out_by(checkpoint)
+    learnt = held.get("clips") if held is not None else None
+    if isinstance(learnt, list) and learnt and set(learnt) <= set(names.values()):
+        for v in found:
+            if names[v] not in learnt:
+                warn(f"{v} is left out of the footage, as finetune left it out: {checkpoint} never learnt from it")
+        return [v for v in found if names[v] in learnt]
     videos = []
     for v in found:
         try:
@@ -148,7 +157,10 @@ def held_out_by(checkpoint) -> dict | None:
     if held is None:
         state = default_work(path) / FINETUNE_STATE
         try:
-            held = json.loads(state.read_text(encoding="utf-8")).get("held_out") if state.is_file() else None
+            kept = json.loads(state.read_text(encoding="utf-8")) if state.is_file() else {}
+            held = kept.get("held_out")
+            if isinstance(held, dict) and isinstance(kept.get("clips"), list):
+                held = {**held, "clips": kept["clips"]}
         except (OSError, ValueError, AttributeError):
             held = None
     ok = isinstance(held, dict) and all(isinstance(held.get(k), (int, float)) for k in ("seconds", "of_seconds"))
@@ -338,7 +350,7 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     from .protocols import SHIFT_BLIND, SHIFT_COLOUR, against_shifted_source, shifted_copy
 
     footage, out = Path(footage), Path(out_dir)
-    videos = footage_videos(footage)
+    videos = footage_videos(footage, checkpoint)
     seconds = _unseen_tail(videos, checkpoint, fraction, seconds)
     if face_index is None and face_box is None:  # the person its finetune learnt, on that footage
         face_index, face_box = trained_face(videos, checkpoint)

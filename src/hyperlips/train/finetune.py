@@ -394,6 +394,8 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
     held = state.get("held_out")
     if held is not None and state.get("face"):  # the person it learnt, where the footage shows several: eval's tail
         held = {**held, "face": state["face"]}  # scores that one
+    if held is not None and args.video.is_dir() and state.get("clips"):  # the clips it learnt from (not those left
+        held = {**held, "clips": state["clips"]}  # out for want of a face): eval's tail takes those
     gain = _publish_lite(res.best or res.model, args.output, data, held)
     _report(args, work, res, cfg.best_metric or LiteStage.best_metric)
     print(f"mouth-shape gain {gain:.2f} (the spread of predicted mouths on the held-out part matched to the real ones)")
