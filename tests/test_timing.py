@@ -96,6 +96,31 @@ def test_constant_rate_clip_reads_unchanged_without_warning(real_data, recwarn):
     assert not [w for w in recwarn if issubclass(w.category, InputWarning)]
 
 
+def test_a_constant_rate_clip_cut_short_keeps_its_rate(real_data, tmp_path):
+    """An MP4 cut short in the middle of its frames loses the last B-frames before the last P-frame it holds: that
+    gap of missing frames counted as a variable rate, so the clip was read (and re-synced) at 23.2 fps, not 25."""
+    from hyperlips.media.writer import VideoWriter
+
+    frames = face_frames(real_data / "retalking" / "face2.mp4", 50, size=(128, 128), stamped=True)
+    whole = tmp_path / "whole.mp4"
+    with VideoWriter(whole, 128, 128, 25) as w:  # index at the front: a cut file still opens
+        for f in frames:
+            w.write(f)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:int(len(data) * 0.55)])
+    with pytest.warns(InputWarning) as said:
+        reader = open_timeline(cut)
+    with reader:
+        gaps = np.diff(reader.source_times)
+        assert gaps.max() > 1.5 / 25  # frames are missing before the last one (else this tests nothing)
+        assert not reader.variable and reader.fps == 25
+        shown = [read_stamp(f.image) for f in reader]  # (the frames before the cut's gap may be damaged, the
+        assert shown[:7] == list(range(7)) and len(shown) == round(reader.source_times[-1] * 25) + 1  # last shown)
+    assert any("cut short" in str(w.message) for w in said)
+    assert not any("variable frame rate" in str(w.message) for w in said)
+
+
 def test_real_vfr_clip_face1(real_data):
     """retalking/face1 is tagged 30 fps but holds 135 frames over 6.1 s."""
     with RetimedReader(real_data / "retalking" / "face1.mp4") as r:

@@ -36,7 +36,7 @@ __all__ = ["FrameRate", "analyse_rate", "source_frames", "on_screen", "frame_cou
            "check_fps", "MAX_FPS"]
 
 MAX_FPS = 240.0  # the highest output rate accepted
-RATE_TOLERANCE = 0.01  # an average rate within 1 % of the nominal one is the nominal rate (a dropped frame or two)
+RATE_TOLERANCE = 0.01  # frame intervals within 1 % of the nominal period on average: the nominal rate
 JITTER_SHARE = 0.05  # more than 5 % of frame intervals off the nominal period by a quarter frame: variable
 
 
@@ -59,10 +59,11 @@ def analyse_rate(times: np.ndarray, duration: float, nominal: Fraction, tick: fl
 
     ``duration``: seconds the stream is shown (last timestamp - first + the last frame's duration); ``tick``: the
     timestamps' resolution in seconds (the stream's time base), so rounding to it never counts as variation.
-    The stream is variable when its mean frame interval differs from the nominal period by more than 1 %, or when
-    more than 5 % of its frame intervals are off the nominal period by more than a quarter of it. The average rate
-    is frames / duration (FFmpeg's average rate); the test uses the intervals only, because containers often get
-    the last frame's duration wrong.
+    The stream is variable when more than 5 % of its frame intervals (one aside) are off the nominal period by more
+    than a quarter of it, or when the mean of the others differs from it by more than 1 % (a slow drift). A gap of
+    missing frames (dropped, or lost where the file was cut short: its last B-frames) does not make it variable; it
+    is shown as the frame before. The average rate is frames / duration (FFmpeg's average rate);
+    the test uses the intervals only, because containers often get the last frame's duration wrong.
     """
     nominal = Fraction(nominal)
     t = np.asarray(times, dtype=np.float64)
@@ -73,8 +74,10 @@ def analyse_rate(times: np.ndarray, duration: float, nominal: Fraction, tick: fl
     period = 1.0 / float(nominal)
     intervals = np.diff(t)
     off = np.abs(intervals - period) > 0.25 * period + tick
-    drift = abs(float(intervals.mean()) / period - 1.0) > RATE_TOLERANCE + tick / period
-    variable = drift or float(off.mean()) > JITTER_SHARE
+    regular = intervals[~off]  # (the mean of every interval counted a gap of missing frames as a change of rate)
+    drift = not regular.size or abs(float(regular.mean()) / period - 1.0) > RATE_TOLERANCE + tick / period
+    variable = drift or (int(off.sum()) - 1) / len(intervals) > JITTER_SHARE  # one odd interval is an event (a
+    # cut, a splice, a pause), not a rate
     return FrameRate(nominal, average, bool(variable))
 
 
