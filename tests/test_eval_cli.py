@@ -463,3 +463,27 @@ def test_an_unwritable_report_folder_is_refused_before_measuring(tmp_path, real_
         r = run_cli("eval", *args, "-o", blocker / "report", timeout=60)
         assert r.returncode == 2 and "cannot write the report into -o" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "faces" not in r.stderr, r.stderr
+
+
+def test_a_face_box_outside_the_frame_is_said_at_once_as_sync_says_it(real_data, tmp_path):
+    """eval detected every frame, then said "no face found ... no detected face overlaps the box"; and kept a box
+    reaching past the frame unclipped, so it could pick another person than sync picked with the same box."""
+    from hyperlips.errors import UserError
+    from hyperlips.eval.pair import _track
+    from hyperlips.eval.phonemes import write_phoneme_preview
+    from hyperlips.eval.tail import pick_reference
+    from hyperlips.media.video import probe
+
+    video = real_data / "retalking" / "face3.mp4"
+    info = probe(video)
+    outside = (info.width + 100, 0, info.width + 200, 50)
+    words = f"--face-box {info.width + 100:g},0,{info.width + 200:g},50 lies outside the {info.width}x{info.height} frame"
+    with pytest.raises(UserError, match=words):
+        _track(video, info, 10, None, False, face_box=outside)
+    with pytest.raises(UserError, match=words):
+        pick_reference((video, 0, 10), tmp_path / "ref.png", face_box=outside)
+    with pytest.raises(UserError, match=words):
+        write_phoneme_preview(video, [(0, "vowel", 0.0)], tmp_path / "p.png", face_box=outside)
+    # reaching past the edges: clipped as sync clips it, the face inside found
+    boxes = _track(video, info, 3, None, False, face_box=(-5000, -5000, info.width + 5000, info.height + 5000))
+    assert all(b is not None for b in boxes)

@@ -123,7 +123,10 @@ def _track(path: Path, info, n: int, face_index: Optional[int], progress: bool, 
     from ..face.detect import FaceDetector
     from ..face.track_online import OnlineTrack
     from ..media.video import FrameReader
+    from ..streaming import check_face_box
 
+    face_box = check_face_box(face_box, info.width, info.height)  # said at once, and clipped, as sync does: the
+    # same box picks the same person in both
     track = OnlineTrack(float(info.fps), face_index=face_index, box=face_box, source=str(path),
                         frame_size=(info.width, info.height))
     boxes: list = []

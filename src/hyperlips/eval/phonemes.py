@@ -222,6 +222,7 @@ def write_phoneme_preview(video: Path, marks, path: Path, columns: int = 8, face
     from ..face.detect import FaceDetector
     from ..face.track import pick_face
     from ..media.video import FrameReader
+    from ..streaming import check_face_box
 
     rows = []
     for cls in ("bilabial", "vowel"):
@@ -232,6 +233,7 @@ def write_phoneme_preview(video: Path, marks, path: Path, columns: int = 8, face
     want = {f for r in rows for f in r}
     crops: dict[int, np.ndarray] = {}
     with FaceDetector() as det, FrameReader(video) as reader:
+        face_box = check_face_box(face_box, reader.info.width, reader.info.height)  # as sync: clipped
         for fr in reader.iter_range(0, max(want) + 1 if want else 0):
             if fr.index not in want:
                 continue

@@ -256,11 +256,13 @@ def pick_reference(train_part: tuple[Path, int, int], dst: Path, samples: int = 
     from ..face.detect import FaceDetector
     from ..face.track import pick_face
     from ..media.video import FrameReader
+    from ..streaming import check_face_box
 
     video, lo, hi = train_part
     want = set(np.linspace(lo, hi - 1, min(samples, hi - lo)).round().astype(int).tolist())
     best, best_face, best_score = None, None, -1.0
     with FaceDetector() as det, FrameReader(video) as reader:
+        face_box = check_face_box(face_box, reader.info.width, reader.info.height)  # as sync: said, clipped
         for fr in reader.iter_range(lo, hi):
             if fr.index not in want:
                 continue
