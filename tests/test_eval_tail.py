@@ -256,3 +256,29 @@ def test_a_person_models_tail_is_scored_on_the_person_it_learnt(more_data, tmp_p
     held.pop("face")
     (work / FINETUNE_STATE).write_text(json.dumps({"held_out": held}))
     assert trained_face([clip], model) == (None, None)
+
+
+def test_the_models_record_applies_to_the_clips_it_learnt_from(tmp_path):
+    """eval took a folder for the model's footage by its length alone: its clips renamed (the same length), the
+    frames it trained on were scored as unseen; a clip added (longer), the held-out part was no longer used."""
+    import torch
+
+    from hyperlips.errors import InputWarning
+    from hyperlips.eval.tail import footage_videos, models_record
+    from hyperlips.models import HyperLipsLite, LiteConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    tiny = HyperLipsLite(LiteConfig.from_dict({"widths": [8, 16, 16, 32], "out_width": 8}))
+    held = {"frames": 50, "seconds": 2.0, "of_seconds": 6.0, "clips": ["a", "b"]}
+    model = save_checkpoint(tiny, tmp_path / "me.safetensors", "hyperlips-lite", config={"held_out": held})
+    folder = tmp_path / "takes"
+    folder.mkdir()
+    for name in ("a", "b", "0new"):  # (read by nothing: the record names the clips)
+        (folder / f"{name}.mp4").write_bytes(b"not read")
+    assert models_record(folder, model) == model
+    with pytest.warns(InputWarning, match="0new.mp4 is left out of the footage, as finetune left it out"):
+        assert footage_videos(folder, model) == [folder / "a.mp4", folder / "b.mp4"]
+    (folder / "a.mp4").rename(folder / "zz.mp4")
+    with pytest.warns(InputWarning, match=r"takes is not the footage .*me.safetensors was fine-tuned on \(it lacks a\)"):
+        assert models_record(folder, model) is None
+    assert models_record(folder / "b.mp4", model) == model  # one file: its length decides, as before

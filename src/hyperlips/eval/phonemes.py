@@ -161,6 +161,7 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     from .pair import evaluate_pair
     from .tail import (
         footage_videos,
+        models_record,
         hold_reference_network,
         pick_reference,
         tail_segments,
@@ -170,9 +171,10 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     )
 
     footage, out = Path(footage), Path(out_dir)
-    videos = footage_videos(footage, checkpoint)
+    record = models_record(footage, checkpoint)  # (None: other footage than the model's)
+    videos = footage_videos(footage, record)
     if face_index is None and face_box is None:  # the person its finetune learnt, on that footage
-        face_index, face_box = trained_face(videos, checkpoint)
+        face_index, face_box = trained_face(videos, record)
     segs, train_part = tail_segments(videos, fraction, seconds, min_seconds=0.0)  # a face to drive
     work = out / "phonemes"
     ref_png = pick_reference(train_part, work / "reference.png", face_index=face_index, face_box=face_box)

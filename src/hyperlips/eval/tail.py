@@ -60,19 +60,16 @@ def footage_videos(footage: Path, checkpoint=None) -> list[Path]:
     warning): the tail held out here is then the one its validation held out. Where ``checkpoint`` was fine-tuned
     on this folder (every clip it records learning from is here), exactly those clips: finetune also leaves out
     clips without the face (or the person asked for), which only detecting every frame would tell."""
-    from ..data.sources import clip_ids, find_videos
     from ..errors import MediaError, warn
 
     if not footage.exists():
         raise UserError(f"footage not found: {footage}")
     if not footage.is_dir():
         return [footage]
-    found = find_videos(footage)
-    names = dict(zip(found, clip_ids([PurePosixPath(p.relative_to(footage).as_posix()) for p in found])))
-    found = sorted(found, key=names.__getitem__)
-    held = held_out_by(checkpoint)
-    learnt = held.get("clips") if held is not None else None
-    if isinstance(learnt, list) and learnt and set(learnt) <= set(names.values()):
+    names = _clip_names(footage)
+    found = sorted(names, key=names.__getitem__)
+    learnt = _learnt_clips(checkpoint)
+    if learnt and set(learnt) <= set(names.values()):
         for v in found:
             if names[v] not in learnt:
                 warn(f"{v} is left out of the footage, as finetune left it out: {checkpoint} never learnt from it")
@@ -93,6 +90,39 @@ def footage_videos(footage: Path, checkpoint=None) -> list[Path]:
     if not videos:
         raise UserError(f"no usable video files under {footage}")
     return videos
+
+
+def _clip_names(footage: Path) -> dict[Path, str]:
+    """The videos of a footage folder and their clip names, as finetune names them."""
+    from ..data.sources import clip_ids, find_videos
+
+    found = find_videos(footage)
+    return dict(zip(found, clip_ids([PurePosixPath(p.relative_to(footage).as_posix()) for p in found])))
+
+
+def _learnt_clips(checkpoint) -> list[str] | None:
+    held = held_out_by(checkpoint)
+    learnt = held.get("clips") if held is not None else None
+    return learnt if isinstance(learnt, list) and learnt else None
+
+
+def models_record(footage: Path, checkpoint):
+    """``checkpoint`` where what it records of its footage (the part held out, the person) applies to ``footage``,
+    else None. A model that records the clips it learnt from applies to a folder holding every one of them (clips
+    added since are left out by :func:`footage_videos`); other footage of the same length once passed for it (its
+    clips renamed: frames it trained on scored as unseen), said here."""
+    from ..errors import warn
+
+    learnt = _learnt_clips(checkpoint)
+    if learnt is None or not Path(footage).is_dir():
+        return checkpoint
+    missing = sorted(set(learnt) - set(_clip_names(Path(footage)).values()))
+    if not missing:
+        return checkpoint
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    warn(f"{footage} is not the footage {checkpoint} was fine-tuned on (it lacks {shown}): what the model holds out "
+         "of its own footage does not apply, and frames it trained on (under other names) may be scored")
+    return None
 
 
 def _probed(path: Path):
@@ -352,10 +382,11 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     from .protocols import SHIFT_BLIND, SHIFT_COLOUR, against_shifted_source, shifted_copy
 
     footage, out = Path(footage), Path(out_dir)
-    videos = footage_videos(footage, checkpoint)
-    seconds = _unseen_tail(videos, checkpoint, fraction, seconds)
+    record = models_record(footage, checkpoint)  # (None: other footage than the model's)
+    videos = footage_videos(footage, record)
+    seconds = _unseen_tail(videos, record, fraction, seconds)
     if face_index is None and face_box is None:  # the person its finetune learnt, on that footage
-        face_index, face_box = trained_face(videos, checkpoint)
+        face_index, face_box = trained_face(videos, record)
         if face_index is not None or face_box is not None:
             print(f"scoring the person {checkpoint} was fine-tuned on: "
                   f"{f'--face {face_index}' if face_index is not None else '--face-box given to it'}")
