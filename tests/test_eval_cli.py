@@ -102,12 +102,25 @@ def test_eval_batch_over_folders(tmp_path, real_data):
     (gen / "two.mp4").symlink_to(src / "video2.mp4")
     (ref / "two.mp4").symlink_to(src / "video2.mp4")
     (gen / "unpaired.mp4").symlink_to(src / "video3.mp4")
+    from hyperlips.media.writer import VideoWriter
+
+    tone = (0.3 * np.sin(np.arange(16000) * 0.1)).astype(np.float32)
+    with VideoWriter(gen / "wall.mp4", 64, 64, 25, audio=tone, sample_rate=16000) as w:  # no face: one pair that
+        # cannot be measured
+        for _ in range(20):
+            w.write(np.full((64, 64, 3), 128, np.uint8))
+    (ref / "wall.mp4").symlink_to(gen / "wall.mp4")
     out = tmp_path / "out"
-    r = run_cli("eval", gen, "--reference", ref, "--audio", aud, "--max-seconds", "0.6", "--quiet", "-o", out)
+    r = run_cli("eval", gen, "--reference", ref, "--audio", aud, "--max-seconds", "0.6", "--quiet", "-o", out,
+                "--no-per-frame")
     assert r.returncode == 0, r.stderr
     summary = _strict_json(out / "summary.json")
     rows = {row["clip"]: row for row in summary["clips"]}
-    assert set(rows) == {"one", "two"}
+    assert set(rows) == {"one", "two"}  # (the wall stopped the batch, and no report was written at all)
+    assert "wall.mp4 is left out of the evaluation: no face found" in r.stderr
+    assert [c["clip"] for c in summary["left_out"]] == ["wall"] and "- wall: no face found" in \
+        (out / "summary.md").read_text()
+    assert "per_frame" not in _strict_json(out / "one" / "report.json")  # --no-per-frame reaches a batch too
     assert rows["one"]["protocol"] == "cross-audio" and rows["one"]["psnr_mouth"] is None
     assert rows["one"]["delta_e"] > 0.3  # the official result re-rendered the lower face
     assert rows["two"]["protocol"] == "self-reconstruction" and rows["two"]["delta_e"] == 0.0

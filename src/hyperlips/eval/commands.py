@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError, require_file
+from ..errors import UserError, require_file, warn
 from ..options import add_face_choice
 
 EVAL_HELP = """Measure a lip-synced video against its original.
@@ -151,7 +151,8 @@ def run_eval(args) -> int:
                                batch_size=args.batch_size, max_seconds=args.max_seconds, progress=progress,
                                temporal_blend=args.temporal_blend, mouth=args.mouth,
                                shift_source=args.shift_source, **common)
-        paths = write_batch_report(results, args.output, f"{args.protocol} protocol on {args.clips}")
+        paths = write_batch_report(results, args.output, f"{args.protocol} protocol on {args.clips}",
+                                   per_frame=not args.no_per_frame)
         _print_rows([summary_row(r) for r in results], paths)
         return 0
     if args.generated is None:
@@ -160,9 +161,18 @@ def run_eval(args) -> int:
         if args.reference is None:
             raise UserError("a folder of generated videos needs --reference FOLDER with the originals (same file names)")
         pairs = pair_folders(args.generated, args.reference, args.audio)
-        results = [evaluate_pair(g, r, a, protocol=args.protocol, max_seconds=args.max_seconds, progress=progress, **common)
-                   for g, r, a in pairs]
-        paths = write_batch_report(results, args.output, f"Evaluation of {args.generated}")
+        results, left_out = [], []
+        for g, r, a in pairs:
+            try:
+                results.append(evaluate_pair(g, r, a, protocol=args.protocol, max_seconds=args.max_seconds,
+                                             progress=progress, **common))
+            except UserError as e:  # one pair that cannot be measured (no face, no sound): the others still are
+                warn(f"{g} is left out of the evaluation: {e}")
+                left_out.append((Path(g).stem, str(e)))
+        if not results:
+            raise UserError(f"no pair of {args.generated} and {args.reference} could be evaluated (each said above)")
+        paths = write_batch_report(results, args.output, f"Evaluation of {args.generated}",
+                                   per_frame=not args.no_per_frame, left_out=left_out)
         _print_rows([summary_row(r) for r in results], paths)
         return 0
     if args.reference is not None and args.reference.is_dir():

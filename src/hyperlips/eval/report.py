@@ -461,18 +461,26 @@ def batch_markdown(rows: list[dict], agg: dict, title: str) -> str:
     return "\n".join(lines)
 
 
-def write_batch_report(results: Iterable[ClipResult], out_dir: str | Path, title: str = "Evaluation summary") -> dict[str, Path]:
-    """One folder per clip (:func:`write_clip_report`) plus summary.json and summary.md with the aggregate table."""
+def write_batch_report(results: Iterable[ClipResult], out_dir: str | Path, title: str = "Evaluation summary",
+                       per_frame: bool = True, left_out: list[tuple[str, str]] | None = None) -> dict[str, Path]:
+    """One folder per clip (:func:`write_clip_report`; ``per_frame``: with the per-frame curves) plus summary.json
+    and summary.md with the aggregate table; ``left_out``: (clip, reason) of those that could not be measured, listed
+    in both."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = list(results)
     rows = []
     for res in results:
-        write_clip_report(res, out / res.name)
+        write_clip_report(res, out / res.name, per_frame=per_frame)
         rows.append(summary_row(res))
     agg = aggregate(rows)
+    skipped = [{"clip": c, "reason": why} for c, why in left_out or ()]
+    text = batch_markdown(rows, agg, title)
+    if skipped:
+        text += "\nLeft out (not measured):\n\n" + "".join(f"- {s['clip']}: {s['reason']}\n" for s in skipped)
     with _all_or_nothing(out) as partial:
-        partial("summary.json").write_text(json.dumps(_clean({"clips": rows, "aggregate": agg}), indent=1,
-                                                      allow_nan=False))
-        partial("summary.md").write_text(batch_markdown(rows, agg, title))
+        partial("summary.json").write_text(json.dumps(_clean({"clips": rows, "aggregate": agg,
+                                                              **({"left_out": skipped} if skipped else {})}),
+                                                      indent=1, allow_nan=False))
+        partial("summary.md").write_text(text)
     return {"json": out / "summary.json", "markdown": out / "summary.md"}
