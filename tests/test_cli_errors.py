@@ -124,6 +124,8 @@ def test_an_output_folder_that_cannot_be_made_is_a_user_error(tmp_path, ckpt, fa
     ls = LipSync(ckpt, progress=False, phones=False)
     with pytest.raises(UserError, match=f"the output folder {note / 'sub'} cannot be made: {note} is not a folder"):
         ls.sync(face_video, wav, note / "sub" / "out.mp4")
+    with pytest.raises(UserError, match="cannot write the output .*e.mp4: File name too long"):  # (a traceback)
+        ls.sync(face_video, wav, tmp_path / ("e" * 252 + ".mp4"))  # 256 bytes: more than a name may hold
     if sys.platform.startswith("linux"):  # /proc takes no new folders (checked only when made)
         with pytest.raises(UserError, match="the output folder /proc/hyperlips-test cannot be made: No such file"):
             ls.sync(face_video, wav, "/proc/hyperlips-test/out.mp4")

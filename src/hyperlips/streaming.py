@@ -84,13 +84,16 @@ def check_output(output: Path) -> None:
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"output must be a video file ending in {', '.join(OUTPUT_SUFFIXES)}: {output}")
     parent = output.parent if str(output.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise UserError(f"output folder is not a folder: {parent}")
-    if output.exists() and output.is_dir():
-        raise UserError(f"output path is a folder: {output}")
-    there = parent.absolute()
-    while not there.exists() and there != there.parent:  # the folder made for it is made in the nearest one there is
-        there = there.parent
+    try:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"output folder is not a folder: {parent}")
+        if output.exists() and output.is_dir():
+            raise UserError(f"output path is a folder: {output}")
+        there = parent.absolute()
+        while not there.exists() and there != there.parent:  # the folder made for it is made in the nearest one
+            there = there.parent
+    except OSError as e:  # a name longer than the file system takes (255 bytes), a loop of links, ...
+        raise UserError(f"cannot write the output {output}: {e.strerror or e}") from None
     if not there.is_dir():
         raise UserError(f"the output folder {parent} cannot be made: {there} is not a folder")
     if not os.access(there, os.W_OK | os.X_OK):
