@@ -534,3 +534,35 @@ def test_ending_the_workers_is_not_cut_short_by_another_ctrl_c():
             proc.kill()
             proc.join()
     assert proc.exitcode == -9 and time.monotonic() - t0 < 5
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, more_data):
+    """Two preprocess runs into one folder: the second removed the first one's half-made clips ("No such file or
+    directory: .../clips/.single.partial-13073/face128.bin"); two finetunes into one -o, likewise. The second is
+    refused at once, naming the run that holds it, and removes nothing of it."""
+    import os
+    import shutil
+
+    from helpers import run_cli
+    from hyperlips.data.preprocess import dataset_lock
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(more_data / "grid_s1/bbaf3s.mpg", src / "a.mpg")
+    dst = tmp_path / "data"
+    dst.mkdir()
+    partial = dst / "clips" / ".a.partial-99999"
+    with dataset_lock(dst):  # a run writing it (its lock is this process's)
+        partial.mkdir(parents=True)
+        r = run_cli("preprocess", src, dst, "--quiet")
+        assert r.returncode == 2 and f"{dst} is being written by another run (process {os.getpid()})" in r.stderr, \
+            r.stderr
+        assert partial.is_dir()  # its half-made clip is left alone
+        work = tmp_path / "me.work"
+        work.mkdir()
+        with dataset_lock(work):
+            f = run_cli("finetune", src / "a.mpg", "-o", tmp_path / "me.safetensors", "--steps", "1", "--quiet")
+            assert f.returncode == 2 and "me.work is being written by another run" in f.stderr, f.stderr
+            assert work.is_dir()
+    r = run_cli("preprocess", src, dst, "--quiet")  # once it is done, the folder is free again
+    assert r.returncode == 0, r.stderr

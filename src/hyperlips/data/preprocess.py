@@ -35,6 +35,9 @@ from .manifests import (
 from .sources import VIDEO_SUFFIXES, assign_splits, clip_id_of, clip_ids, find_videos, speaker_of
 
 
+LOCK = ".lock"  # held (a file lock) while a run writes the folder
+
+
 def _stop(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -133,6 +136,47 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
     base = src if src.is_dir() else src.parent
     clips_dir = dst / CLIPS_DIR
     clips_dir.mkdir(parents=True, exist_ok=True)
+    with dataset_lock(dst):  # two runs into one folder removed each other's half-made clips
+        return _preprocess_into(src, dst, videos, base, clips_dir, opts, workers, progress, retry_skipped, only)
+
+
+def dataset_lock(dst: Path):
+    """Held while a run writes the dataset folder ``dst``: a second run into it (another process) is refused at once
+    with :class:`UserError` instead of removing the first one's half-made clips. Where the system has no file locks
+    (Windows), nothing is held."""
+    import contextlib
+
+    try:
+        import fcntl
+    except ImportError:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def held():
+        with open(dst / LOCK, "a+", encoding="utf-8") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                who = f.read().strip()
+                raise UserError(f"{dst} is being written by another run{f' (process {who})' if who else ''}: wait "
+                                "for it to finish, or write into another folder") from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    return held()
+
+
+def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips_dir: Path, opts: PreprocessOptions,
+                     workers: int, progress: bool, retry_skipped: bool, only) -> PreprocessReport:
+    from ..bars import bar as new_bar
+
     _clean_partials(clips_dir)
     skipped_path = dst / SKIPPED
     old_skipped: dict[str, dict[str, Any]] = {}

@@ -573,14 +573,21 @@ def _base(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
 
 def run_finetune(args: argparse.Namespace) -> int:
     _check_args(args)
+    from ..data.preprocess import dataset_lock
+
     work = args.work or default_work(args.output)
     fresh = not work.exists()
     try:
-        data, state = _prepare(args, work)
-    except UserError:
-        if fresh:  # the footage cannot be used: leave nothing behind (a folder of an earlier run stays)
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    if args.model == "lite":
-        return _lite(args, work, data, state)
-    return _base(args, work, data, state)
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make the work folder {work}: {e.strerror or e}") from None
+    with dataset_lock(work):  # a second finetune into the same folder is refused, not run over this one
+        try:
+            data, state = _prepare(args, work)
+        except UserError:
+            if fresh:  # the footage cannot be used: leave nothing behind (a folder of an earlier run stays)
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        if args.model == "lite":
+            return _lite(args, work, data, state)
+        return _base(args, work, data, state)
