@@ -790,6 +790,13 @@ def test_finetune_says_which_clips_it_left_out_even_when_quiet(more_data, tmp_pa
                                           "learnt from it"):
         assert footage_videos(folder, out) == [folder / "talk.mp4"]
     assert footage_videos(folder) == [folder / "talk.mp4", folder / "wall.mp4"]  # (no model: its sound is footage)
+    # the file it left out removed, the run continues (it was refused as other footage: the run lost)
+    (folder / "wall.mp4").unlink()
+    again = run_cli("finetune", folder, "-o", out, "--steps", "2", "--quiet", timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    (folder / "new.mp4").write_bytes((folder / "talk.mp4").read_bytes())  # a clip added is still refused
+    added = run_cli("finetune", folder, "-o", out, "--steps", "3", "--quiet")
+    assert added.returncode == 2 and "holds a run on other footage" in added.stderr, added.stderr[-2000:]
 
 
 def _run_config(work: Path) -> dict:

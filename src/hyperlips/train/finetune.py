@@ -228,8 +228,10 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
         videos = [args.video]
         ids = [clip_id_of(PurePosixPath(args.video.name))]
     trained = _has_training(work)
-    if trained and "sources" in state and sorted(ids) != state["sources"]:  # before its clips join the run's data
-        raise UserError(_other_footage(args, work, state, sorted(ids)))
+    if trained and "sources" in state:  # before its clips join the run's data: a clip added, or one it learnt from
+        used = set(state.get("clips") or state["sources"])  # gone (a file it left out may go)
+        if used - set(ids) or set(ids) - set(state["sources"]):
+            raise UserError(_other_footage(args, work, state, sorted(ids)))
     prints = {c: _fingerprint(v) for c, v in zip(ids, videos)}
     changed = sorted(c for c, f in prints.items() if c in state.get("fingerprints", {}) and state["fingerprints"][c] != f)
     if trained and changed:  # before preprocess makes its clips again of what the file holds now
@@ -333,7 +335,7 @@ def _has_training(work: Path) -> bool:
 
 
 def _other_footage(args: argparse.Namespace, work: Path, state: dict, ids: list[str]) -> str:
-    old = state.get("sources") or state.get("clips") or []
+    old = state.get("clips") or state.get("sources") or []  # the clips it learnt from
     shown = ", ".join(old[:3]) + (f" and {len(old) - 3} more" if len(old) > 3 else "")
     now = f"{len(ids)} clip(s), {len(set(old) & set(ids))} of them the run's"
     return (f"{work} holds a run on other footage than {args.video} now gives (the run's: {len(old)} clip(s), {shown}; "
