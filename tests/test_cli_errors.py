@@ -47,6 +47,23 @@ def test_a_url_or_stdin_is_told_apart_from_a_missing_file(tmp_path, ckpt, video,
     assert_clean_failure(r, out, reason)
 
 
+def test_a_pipe_or_an_unknown_device_is_said_for_what_it_is(tmp_path, ckpt, face_video):
+    """A pipe (`<(cat speech.wav)`, /dev/stdin) was said to be an empty file; `--device mps` (or xpu, meta) on a
+    machine without it ended in a traceback and the exit code of a bug."""
+    import os
+
+    fifo = tmp_path / "speech.fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", face_video, fifo, "-o", out, "--checkpoint", ckpt, "--quiet")
+    assert_clean_failure(r, out, "is a pipe or a device, not a file")
+    wav = write_wav(tmp_path / "a.wav", 0.5)
+    for device, words in (("mps", "has no Apple MPS GPU"), ("xpu", "--device xpu is not supported"),
+                          ("meta", "--device meta is not supported")):
+        r = run_cli("sync", face_video, wav, "-o", out, "--checkpoint", ckpt, "--quiet", "--device", device)
+        assert_clean_failure(r, out, words)
+
+
 def test_missing_audio(tmp_path, ckpt, face_video):
     out = tmp_path / "out.mp4"
     r = run_cli("sync", face_video, tmp_path / "nope.wav", "-o", out, "--checkpoint", ckpt, "--quiet")

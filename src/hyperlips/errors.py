@@ -59,6 +59,11 @@ def require_file(path, what: str = "file") -> None:
         raise MediaError(f"{what} is a folder, not a file: {p}")
     if not os.access(p, os.R_OK):
         raise MediaError(f"{what} is not readable (check its permissions): {p}")
+    import stat
+
+    if not stat.S_ISREG(os.stat(p).st_mode):  # a pipe (<(command), /dev/stdin), a device: read once, with no length
+        raise MediaError(f"{what} {p} is a pipe or a device, not a file: streams are not read; save the stream to a "
+                         "file first")
     if os.path.getsize(p) == 0:
         raise MediaError(f"{what} is empty (0 bytes): {p}")
 

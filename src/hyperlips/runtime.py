@@ -20,9 +20,19 @@ def resolve_device(device: str = "auto"):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu")
     try:
-        return torch.device(device)
+        found = torch.device(device)
     except RuntimeError as e:
         raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from e
+    if found.type == "cuda" and found.index is not None and found.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s) (cuda:0 to "
+                        f"cuda:{torch.cuda.device_count() - 1})")
+    if found.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                    and torch.backends.mps.is_available()):
+        raise UserError(f"--device {device} was asked for but this machine (or this PyTorch build) has no Apple MPS "
+                        "GPU; use --device auto or cpu")
+    if found.type not in ("cpu", "cuda", "mps"):  # xpu, meta, hpu, ...: names torch knows that these networks do
+        raise UserError(f"--device {device} is not supported; use auto, cpu, cuda, cuda:N or mps")  # not run on
+    return found
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
