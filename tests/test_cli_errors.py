@@ -283,3 +283,14 @@ def test_serve_without_torch_says_what_to_install_before_it_serves(tmp_path):
     assert res.returncode == 2, res.stderr
     assert "this command needs PyTorch, which is not installed: pip install torch" in res.stderr
     assert "http://" not in res.stdout + res.stderr  # it never served
+
+
+@pytest.mark.parametrize("argv, words", [((), "no command given"), (("train",), "train needs a stage")])
+def test_a_missing_command_is_an_error_line_and_leaves_stdout_empty(argv, words):
+    """`hyperlips` (or `hyperlips train`) alone printed its help on stdout, exit 2, and no error line: a script
+    reading stdout as the result got the help."""
+    r = run_cli(*argv)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines()[-1] == f"hyperlips: error: {words}" + (
+        " (the commands are listed above)" if not argv else " (sync, base, hr, reader or judge, listed above)")
+    assert "usage: hyperlips" in r.stderr

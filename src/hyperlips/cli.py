@@ -418,8 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         for msg in parser.get_default("_broken_commands") or ():
             print(f"hyperlips: note: {msg}", file=sys.stderr)
         return int(e.code or 0)
-    if not getattr(args, "func", None):
-        parser.print_help()
+    if not getattr(args, "func", None):  # the help on stderr with an error line: stdout holds results only
+        parser.print_help(sys.stderr)
+        print("hyperlips: error: no command given (the commands are listed above)", file=sys.stderr)
         return EXIT_USER
     with _terminal_stderr(restore=argv is not None), _messages_stdout(), _signals_like_ctrl_c(), \
             warnings.catch_warnings():

@@ -111,7 +111,7 @@ def add_parser(sub) -> None:
     from .judge import add_parser as add_judge
 
     add_judge(stages)
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    p.set_defaults(func=lambda a: _no_stage(p))
 
     from .finetune import add_parser as add_finetune
 
@@ -121,6 +121,15 @@ def add_parser(sub) -> None:
 _OPTION_FIELDS = ("data", "out", "init", "max_steps", "batch_size", "lr", "grad_clip", "amp", "device", "workers",
                   "threads", "seed", "ckpt_every", "keep_last", "val_every", "val_samples", "log_every", "image_every",
                   "expert", "base", "hr_size", "max_minutes")
+
+
+def _no_stage(p: argparse.ArgumentParser) -> int:
+    """`hyperlips train` alone: its help and an error line on stderr (stdout holds a command's results only)."""
+    import sys
+
+    p.print_help(sys.stderr)
+    print("hyperlips: error: train needs a stage (sync, base, hr, reader or judge, listed above)", file=sys.stderr)
+    return 2
 
 
 def config_from_args(args: argparse.Namespace):
