@@ -893,3 +893,62 @@ def test_an_upload_that_would_fill_the_disk_is_refused(server, inputs, monkeypat
     assert not any((app.settings.data / "files").iterdir())
     monkeypatch.setattr(uploads.shutil, "disk_usage", real)
     assert client.upload("talk.wav", data)[0] == 201
+
+
+def test_a_job_whose_end_cannot_be_recorded_on_a_full_disk_is_not_left_running(tmp_path, monkeypatch):
+    """On a full disk a worker died and recording its end failed too (the job store is on that disk): the job
+    stayed 'running' for ever, cancel did nothing. Its end is now recorded once the disk has room again, and says
+    the disk was full; a job submitted on a full disk is a 507, not "an internal error, please report it"."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from hyperlips.serve import runner as R
+    from hyperlips.serve.store import Store
+
+    settings = quick_settings(tmp_path / "data")
+    store = Store(settings.data / "jobs.db")
+    store.add_job("j1", "sync", {})
+    assert store.claim_next()["id"] == "j1"
+    folder = R.job_folder(settings, "j1")
+    folder.mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    proc.wait()
+    run = R.Runner(settings, store)
+    run.running["j1"] = R._Running("j1", "sync", proc, folder)
+    monkeypatch.setattr(R.shutil, "disk_usage", lambda p: type("U", (), {"free": 40 << 10})())
+    full = {"left": 3}
+    real_finish = store.finish
+
+    def finish(*a, **k):
+        if full["left"]:
+            full["left"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_finish(*a, **k)
+
+    monkeypatch.setattr(store, "finish", finish)
+    run.tick()  # the end and its fallback both fail: kept to be recorded
+    assert store.get_job("j1")["state"] == "running" and "j1" not in run.running
+    run.tick()  # still full
+    run.tick()  # room again
+    job = store.get_job("j1")
+    assert job["state"] == "failed" and "the server's disk is full (40 KB free" in job["message"]
+
+
+def test_a_job_submitted_on_a_full_disk_is_a_507(tmp_path, monkeypatch):
+    import errno
+
+    from hyperlips.serve import jobs as J
+    from hyperlips.serve.store import Store
+    from hyperlips.serve.uploads import UploadError
+
+    settings = quick_settings(tmp_path / "data")
+    store = Store(settings.data / "jobs.db")
+
+    def no_room(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(J.Path, "mkdir", no_room)
+    with pytest.raises(UploadError, match="the server could not store the job: No space left on device") as e:
+        J.submit(settings, store, {"kind": "sync"})
+    assert e.value.status == 507

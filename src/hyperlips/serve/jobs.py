@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import errno
 import shutil
+import sqlite3
 from pathlib import Path
 
 from ..errors import UserError
@@ -22,6 +24,8 @@ from .runner import job_folder
 from .settings import ServeSettings
 from .store import Store, new_id, valid_id
 from .uploads import UploadError, check_role, link_into, longest_seconds
+
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 KINDS = ("sync", "finetune")
 FIELDS = {  # what a job of each kind takes; anything else is a mistake (a misspelt option would pass unnoticed)
@@ -87,14 +91,22 @@ def submit(settings: ServeSettings, store: Store, params: dict) -> dict:
                    f"{', '.join(sorted(FIELDS[kind] - {'kind'}))})")
     job_id = new_id()
     folder = job_folder(settings, job_id)
-    folder.mkdir(parents=True)
     try:
-        job, public = _finetune(settings, store, params, folder) if kind == "finetune" else _sync(settings, store, params, folder)
-        (folder / "job.json").write_text(json.dumps({"kind": kind, **job}, indent=1), encoding="utf-8")
-        return store.add_job(job_id, kind, public)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+        folder.mkdir(parents=True)
+        try:
+            job, public = (_finetune(settings, store, params, folder) if kind == "finetune"
+                           else _sync(settings, store, params, folder))
+            (folder / "job.json").write_text(json.dumps({"kind": kind, **job}, indent=1), encoding="utf-8")
+            return store.add_job(job_id, kind, public)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    except (OSError, sqlite3.OperationalError) as e:  # a full disk (or its quota): the uploads' answer, not "a bug"
+        if isinstance(e, OSError) and e.errno not in STORAGE_ERRNOS or isinstance(
+                e, sqlite3.OperationalError) and "full" not in str(e):
+            raise
+        raise UploadError(f"the server could not store the job: {getattr(e, 'strerror', None) or e}; try again "
+                          "later", status=507) from None
 
 
 def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> tuple[dict, dict]:

@@ -71,6 +71,7 @@ class Runner:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_sweep = 0.0
+        self._unrecorded: dict[str, tuple] = {}  # ends that could not be written (a full disk): tried again
 
     # ------------------------------------------------------------------ life
     def start(self) -> None:
@@ -104,6 +105,13 @@ class Runner:
         self.store.close()
 
     def tick(self) -> None:
+        for job_id, end in list(self._unrecorded.items()):
+            try:
+                self.store.finish(job_id, *end)
+            except Exception:  # noqa: BLE001 - still full: tried again at the next tick
+                continue
+            del self._unrecorded[job_id]
+            log.info("job %s: its end is recorded (%s)", job_id, end[0])
         for r in list(self.running.values()):
             self._follow(r)
         while len(self.running) < max(1, self.settings.jobs_at_once) and not self._stop.is_set():
@@ -157,7 +165,12 @@ class Runner:
             self._finish(r, rc)
         except Exception:  # noqa: BLE001 - the job must not stay 'running' forever
             log.exception("job %s: recording its end failed", r.job_id)
-            self.store.finish(r.job_id, "failed", "the server could not record how this job ended (see the server's log)")
+            end = ("failed", _disk_full(r.folder) or "the server could not record how this job ended (see the "
+                   "server's log)")
+            try:
+                self.store.finish(r.job_id, *end)
+            except Exception:  # noqa: BLE001 - (a full disk holds the job store too): recorded once it can be
+                self._unrecorded[r.job_id] = end
 
     def _read_progress(self, r: _Running) -> None:
         path = progress_file(self.settings, r.job_id, r.kind)
@@ -192,8 +205,8 @@ class Runner:
         if said:
             message = said.splitlines()[0][:1000]
         else:
-            message = (f"the job's worker process stopped unexpectedly ({describe_exit(rc)}); the server is still "
-                       f"running: see this job's log, then try again")
+            message = _disk_full(r.folder) or (f"the job's worker process stopped unexpectedly ({describe_exit(rc)}); "
+                                               "the server is still running: see this job's log, then try again")
         self.store.finish(r.job_id, "failed", message, None, {**last, "stage": "failed"})
         log.info("job %s failed: %s", r.job_id, message)
 
@@ -243,3 +256,18 @@ def _move(src: Path, dst: Path) -> None:
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
     src.unlink(missing_ok=True)
+
+
+DISK_FULL_BYTES = 16 << 20  # less free space than this where a job's worker died: the disk is taken for the cause
+
+
+def _disk_full(folder: Path) -> str | None:
+    """A job's message where the server's disk (the job's folder's) is all but full; else None."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= DISK_FULL_BYTES:
+        return None
+    return (f"the server's disk is full ({free // 1024} KB free where the jobs are kept): the job could not write "
+            "its files; free some space on the server, then try again")
