@@ -64,6 +64,21 @@ def test_a_pipe_or_an_unknown_device_is_said_for_what_it_is(tmp_path, ckpt, face
         assert_clean_failure(r, out, words)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (300, 1), (1, 300)])
+def test_a_picture_one_pixel_wide_is_a_one_line_error(tmp_path, ckpt, face_video, shape):
+    """A 1x1 (or 1-pixel-wide) photo ended in a traceback from the face detector ("frame is too small"), exit 1."""
+    import cv2
+
+    img = tmp_path / "dot.png"
+    cv2.imwrite(str(img), np.full((*shape, 3), 200, np.uint8))
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", img, write_wav(tmp_path / "a.wav", 0.5), "-o", out, "--checkpoint", ckpt, "--quiet")
+    assert_clean_failure(r, out, f"dot.png is {shape[1]}x{shape[0]} pixels: too small to show a face")
+    r = run_cli("sync", face_video, write_wav(tmp_path / "a.wav", 0.5), "-o", out, "--checkpoint", ckpt, "--quiet",
+                "--reference", img)
+    assert_clean_failure(r, out, "too small to show a face")
+
+
 def test_missing_audio(tmp_path, ckpt, face_video):
     out = tmp_path / "out.mp4"
     r = run_cli("sync", face_video, tmp_path / "nope.wav", "-o", out, "--checkpoint", ckpt, "--quiet")

@@ -346,6 +346,9 @@ def _one_picture(info: VideoInfo, index: _Index) -> bool:
             and (info.codec in STILL_CODECS or Path(info.path).suffix.lower() in STILL_SUFFIXES))
 
 
+MIN_SIDE = 2  # the narrowest picture read (the face detector's own limit); a 1-pixel one holds no face
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Size, frame rate, exact frame count, duration, rotation and audio presence of a video or still image.
 
@@ -353,9 +356,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     """
     require_file(path, "video file")
     p = os.fspath(path)
-    if _is_image(p):
-        return _image_info(p, _read_image(p))
-    with FrameReader(p) as reader:  # (it probes once, and reads a one-picture file's picture as a still)
+    with FrameReader(p) as reader:  # (for a photo too: the same checks)  # (it probes once, and reads a one-picture file's picture as a still)
         return reader.info
 
 
@@ -400,6 +401,10 @@ class FrameReader:
             if first is not None:
                 self._image, self._index = first.image, None
                 self.info = _image_info(self.path, self._image)
+        if min(self.info.width, self.info.height) < MIN_SIDE:
+            self.close()
+            raise MediaError(f"{self.path} is {self.info.width}x{self.info.height} pixels: too small to show a face "
+                             f"(a picture needs at least {MIN_SIDE} pixels each way)")
 
     # -- facts
     @property
