@@ -146,9 +146,20 @@ def test_without_the_recogniser_sync_says_so_and_reads_the_sound_alone(monkeypat
     assert not phones.available()
     with pytest.raises(UserError, match="pip install pocketsphinx"):
         read_phones(np.zeros(1600, np.float32))
-    with pytest.warns(Warning, match="pocketsphinx package is not installed"):
+    import warnings
+
+    from hyperlips.media.phone_marks import PhoneMark
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said where the recogniser would run, not on making the LipSync
         ls = LipSync(network=HyperLipsLite(LiteConfig(phones=True)), device="cpu", progress=False)
     assert not ls.reads_phones
+    wav = np.zeros(16000, np.float32)
+    with pytest.warns(Warning, match="pocketsphinx package is not installed"):
+        assert ls.speech_phones(wav) is None
+    with warnings.catch_warnings():  # phoneme timings given (sync --phonemes, the demo): they are the phones; the
+        warnings.simplefilter("error")  # warning told to install a package that changes nothing
+        assert ls.speech_phones(wav, marks=[PhoneMark(0.1, 0.3, "AA")]) is not None
 
 
 def test_training_frames_carry_the_clips_phones_and_preprocess_adds_missing_ones(more_data, tmp_path):

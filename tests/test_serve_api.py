@@ -952,3 +952,26 @@ def test_a_job_submitted_on_a_full_disk_is_a_507(tmp_path, monkeypatch):
     with pytest.raises(UploadError, match="the server could not store the job: No space left on device") as e:
         J.submit(settings, store, {"kind": "sync"})
     assert e.value.status == 507
+
+
+def test_what_making_the_model_warns_of_reaches_the_jobs_result(tmp_path, monkeypatch):
+    """A sync job's model was made before its warnings were gathered: what it said went to the log only, as a
+    Python warning line with its source line, and the job was done without a word."""
+    import types
+
+    import hyperlips.pipeline as P
+    from hyperlips.errors import warn
+    from hyperlips.serve.worker import run_sync
+
+    class Model:
+        def __init__(self, *a, **k):
+            warn("the model says something")
+
+        def sync(self, *a, **k):
+            warn("the speech says something")
+            return types.SimpleNamespace(frames=1, fps=25.0, width=8, height=8, audio_seconds=0.04,
+                                         frames_with_face=1, timings={})
+
+    monkeypatch.setattr(P, "LipSync", Model)
+    result = run_sync({"model": {}, "video": "v.mp4", "audio": "a.wav"}, tmp_path)
+    assert result["warnings"] == ["the model says something", "the speech says something"]

@@ -240,13 +240,12 @@ class LipSync:
         self.reads_phones = bool(phones) and bool(getattr(self.base, "phones", False))
         # given phoneme timings are read as the network's phones without the recogniser too (sync and stream)
         self.given_phones = self.reads_phones
+        self._no_recogniser = False  # reads phones, but the recogniser is not installed: said where it would run
         if self.reads_phones:
             from .media import phones as phone_reader
 
             if not phone_reader.available():
-                warn(f"{self.weights} reads phones, but the pocketsphinx package is not installed: the mouth is read "
-                     f"from the sound alone, following new voices less closely ({phone_reader.INSTALL_HINT})")
-                self.reads_phones = False
+                self.reads_phones, self._no_recogniser = False, True
         if self.mouth == "warp" and (hr_checkpoint is not None or size not in (None, BASE_SIZE)):
             why = f"the default with {self.weights}" if mouth == "auto" else "--mouth warp"
             raise UserError(f"an HR decoder (--hr-checkpoint, --size) sharpens a rendered mouth, and the mouth is "
@@ -459,6 +458,11 @@ class LipSync:
             from .media.phone_marks import phone_ids
 
             return phone_ids(marks, len(wav) / self.audio_cfg.sample_rate)
+        if self._no_recogniser:  # (not when phoneme timings are given, nor in a stream: no recogniser runs there)
+            from .media.phones import INSTALL_HINT
+
+            warn(f"{self.weights} reads phones, but the pocketsphinx package is not installed: the mouth is read "
+                 f"from the sound alone, following new voices less closely ({INSTALL_HINT})")
         if not self.reads_phones:
             return None
         from .media.phones import read_phones

@@ -89,15 +89,15 @@ def run_sync(job: dict, folder: Path) -> dict:
 
         torch.set_num_threads(int(job["threads"]))
     model = job["model"]
-    ls = LipSync(model.get("checkpoint"), model.get("hr_checkpoint"), size=job.get("size"),
-                 device=job.get("device", "auto"), batch_size=int(job.get("batch_size", 16)),
-                 untrained=bool(model.get("untrained")), progress=False,
-                 **({"temporal_blend": float(job["temporal_blend"])} if "temporal_blend" in job else {}),
-                 **({"mouth": job["mouth"]} if "mouth" in job else {}))  # jobs queued before: the default
-    progress("loading", 1, 1)
     box = job.get("face_box")
-    with warnings.catch_warnings(record=True) as caught:  # what the command line warns of, the job reports
-        warnings.simplefilter("always", InputWarning)
+    with warnings.catch_warnings(record=True) as caught:  # what the command line warns of, the job reports (the
+        warnings.simplefilter("always", InputWarning)  # model's own warnings too: made in here)
+        ls = LipSync(model.get("checkpoint"), model.get("hr_checkpoint"), size=job.get("size"),
+                     device=job.get("device", "auto"), batch_size=int(job.get("batch_size", 16)),
+                     untrained=bool(model.get("untrained")), progress=False,
+                     **({"temporal_blend": float(job["temporal_blend"])} if "temporal_blend" in job else {}),
+                     **({"mouth": job["mouth"]} if "mouth" in job else {}))  # jobs queued before: the default
+        progress("loading", 1, 1)
         report = ls.sync(folder / job["video"], folder / job["audio"], folder / "result.mp4",
                          face_index=job.get("face"), face_box=tuple(box) if box else None,
                          loop=job.get("loop", "pingpong"), reference=job.get("reference", "best"),
