@@ -138,12 +138,20 @@ def run_finetune(job: dict, folder: Path) -> dict:
     with open(err_path, "wb") as err:  # kept for the failure's reason, and copied to the job's log as it comes
         proc = subprocess.Popen(cmd, stdout=sys.stdout, stderr=subprocess.PIPE, cwd=folder)
         log = getattr(sys.stderr, "buffer", None)
+        warned: list[str] = []  # what the command warned of (two people in view, ...), from the whole log: the
+        pending = b""  # footage's warnings come first, long before the tail kept below
         while chunk := os.read(proc.stderr.fileno(), 65536):
             err.write(chunk)
             err.flush()
             if log is not None:
                 log.write(chunk)
                 log.flush()
+            *whole, pending = (pending + chunk).replace(b"\r", b"\n").split(b"\n")
+            pending = pending[-65536:]
+            warned += [ln.decode("utf-8", "replace").split("warning:", 1)[1].strip() for ln in whole
+                       if ln.startswith(b"hyperlips: warning:")]
+        if pending.startswith(b"hyperlips: warning:"):
+            warned.append(pending.decode("utf-8", "replace").split("warning:", 1)[1].strip())
         proc.stderr.close()
         rc = proc.wait()
     tail = err_path.read_bytes()[-65536:].decode("utf-8", "replace")
@@ -161,10 +169,8 @@ def run_finetune(job: dict, folder: Path) -> dict:
         raise UserError("training finished without writing a model")
     hr = {p.name.split(".hr")[1].split(".")[0]: p.relative_to(folder).as_posix()
           for p in work.glob("model.hr*.safetensors")}
-    said = [ln.split("warning:", 1)[1].strip() for ln in tail.replace("\r", "\n").splitlines()
-            if ln.startswith("hyperlips: warning:")]  # what the command warned of (two people in view, ...)
     return {"model_file": model.relative_to(folder).as_posix(), "hr_files": hr,
-            "warnings": list(dict.fromkeys(said))}
+            "warnings": list(dict.fromkeys(warned))}
 
 
 def _watch_parent(parent: int) -> None:
