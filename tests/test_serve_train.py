@@ -144,6 +144,17 @@ def test_a_training_job_learns_the_face_asked_for_and_reports_its_warnings(start
     status, err = client.json("POST", "/api/jobs", {"kind": "finetune", "video": video["id"], "name": "x", "face": 1,
                                                     "face_box": [0, 0, 10, 10]})
     assert status == 400 and "not both" in err["error"]
+    assert done["result"]["face_box"] == [0, 0, 100.5, 80]  # the person it learnt, for the sync jobs that use it
+    status, err = client.json("POST", "/api/jobs", {"kind": "finetune", "video": video["id"], "name": "y",
+                                                    "face_box": [5000, 0, 5100, 50]})  # queued, then failed
+    w, h = video["width"], video["height"]
+    assert status == 400 and f"face_box [5000, 0, 5100, 50] lies outside the {w}x{h} picture of person.mp4" in \
+        err["error"], err
+    status, job = client.json("POST", "/api/jobs", {"kind": "finetune", "video": video["id"], "name": "z",
+                                                    "face": 1.0})  # as JSON from some languages writes it
+    assert status == 201 and job["params"]["face"] == 1
+    done, _ = client.wait(job["id"], timeout=600)
+    assert done["result"]["face"] == 1
 
 
 def test_a_crashing_trainer_fails_its_job_with_its_last_words(start, clip):

@@ -59,13 +59,16 @@ def _int_or_none(params: dict, key: str, lo: int, hi: int) -> int | None:
     v = params.get(key)
     if v is None or v == "":
         return None
+    if isinstance(v, float) and v.is_integer():  # 1.0, as JSON from some languages writes every number
+        v = int(v)
     if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).isdigit() or not lo <= int(v) <= hi:
         raise _bad(f"{key} must be a whole number from {lo} to {hi} (got {v!r})")
     return int(v)
 
 
-def _face_choice(params: dict) -> tuple[int | None, list | None]:
-    """A job's ``face`` (counted from the left) or ``face_box`` ([x1, y1, x2, y2]): the person to follow or learn."""
+def _face_choice(params: dict, video: dict | None = None) -> tuple[int | None, list | None]:
+    """A job's ``face`` (counted from the left) or ``face_box`` ([x1, y1, x2, y2]): the person to follow or learn;
+    a box outside the ``video`` upload's frame is refused now (it failed only once the job ran)."""
     face = _int_or_none(params, "face", 0, 64)
     box = params.get("face_box")
     if box is not None:
@@ -75,6 +78,11 @@ def _face_choice(params: dict) -> tuple[int | None, list | None]:
             raise _bad("face_box must be [x1, y1, x2, y2] in pixels, finite, with x2 > x1 and y2 > y1")
         if face is not None:
             raise _bad("give face or face_box, not both")
+        facts = (video or {}).get("facts") or {}
+        w, h = facts.get("width"), facts.get("height")
+        if w and h and (box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h):
+            raise _bad(f"face_box {json.dumps(box)} lies outside the {w}x{h} picture of {video.get('name')}: give "
+                       "pixel coordinates inside it")
     return face, box
 
 
@@ -131,7 +139,7 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
     if warped and size != 128:
         raise _bad(f"size {size} sharpens a rendered mouth with an HR decoder; mouth warp moves the frame's own lips "
                    "(size 128, or mouth render or hybrid)")
-    face, box = _face_choice(params)
+    face, box = _face_choice(params, video)
     loop = params.get("loop") or "pingpong"
     if loop not in LOOP_MODES:
         raise _bad(f"loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
@@ -276,7 +284,7 @@ def _finetune(settings: ServeSettings, store: Store, params: dict, folder: Path)
         checkpoint = str(model.checkpoint)
     v_path = link_into(video, settings, folder, "video")
     shown = {checkpoint: f"the model {start}"} if checkpoint else {}  # a message names the model, not its path
-    face, box = _face_choice(params)  # the person to learn, where the footage shows several
+    face, box = _face_choice(params, video)  # the person to learn, where the footage shows several
     job = {"video": v_path.name, "names": {v_path.name: video["name"], **shown}, "minutes": minutes, "checkpoint": checkpoint,
            "from_scratch": scratch, "command": list(settings.finetune_command), "face": face, "face_box": box}
     public = {"video": video["id"], "video_name": video["name"], "name": name, "minutes": minutes,

@@ -226,7 +226,9 @@ class Runner:
             _move(hr_src, folder / f"{stem}.hr{size}.safetensors")
         _move(src, folder / f"{stem}.safetensors")
         said = {"warnings": result["warnings"]} if result.get("warnings") else {}  # (two people in view, ...)
-        return {"model": f"person:{stem}", "name": stem, **said}
+        params = job["params"]  # the person it learnt: a sync job of that footage follows it with the same choice
+        who = {k: params[k] for k in ("face", "face_box") if params.get(k) is not None}
+        return {"model": f"person:{stem}", "name": stem, **who, **said}
 
     def _kill(self, r: _Running) -> None:
         try:

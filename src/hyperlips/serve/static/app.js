@@ -74,10 +74,12 @@ function faceChoices(last) {
   return +last === 0 ? "so choose “the largest” or “1st from the left”"
                      : `so choose “the largest” or one of “1st” to “${ordinal(+last + 1)} from the left”`;
 }
-function pageWords(message) {
+function pageWords(message, view = "sync") {
+  const field = view === "train" ? "Person to learn" : "Face to follow";  // the form's own words for the choice
   return String(message || "")
-    .replace(/^--face (\d+): /, (_, n) => `Face to follow “${ordinal(+n + 1)} from the left”: `)
-    .replace(/^face_index (\d+) asked for \(--face \d+\)/, (_, n) => `Face to follow “${ordinal(+n + 1)} from the left”`)
+    .replace(/(^|: )--face (\d+): /, (_, at, n) => `${at}${field} “${ordinal(+n + 1)} from the left”: `)
+    .replace(/^face_index (\d+) asked for \(--face \d+\)/, (_, n) => `${field} “${ordinal(+n + 1)} from the left”`)
+    .replace(/ \(--face-box X1,Y1,X2,Y2 in pixels\)/, "")
     .replace(/so the faces to choose from are 0\.\.(\d+), counted left to right/, (_, n) => faceChoices(n))
     .replace(/: use 0\.\.(\d+) \(counted left to right\)/, (_, n) => `: ${faceChoices(n)}`)
     .replace(/^--minutes ([\d.]+) leaves/, (_, m) => `A time budget of ${m} minute${+m === 1 ? "" : "s"} leaves`)
@@ -317,7 +319,9 @@ async function follow(view, jobId) {
   } catch (e) {
     const current = state[view].job && state[view].job.id === jobId;
     if (/no job/.test(e.message)) { if (current) forget(view, jobId); return; } // (an earlier job's: not this view's)
+    if (!current) return; // a check of a job this view no longer shows: its error is not this view's
     setError(`${view}-error`, e.message);
+    state[view].unreachable = e.message;
     setTimeout(() => follow(view, jobId), POLL_MS * 4);
     return;
   }
@@ -325,7 +329,9 @@ async function follow(view, jobId) {
   const was = state[view].job;
   state[view].job = job;
   // a finished job checked again (is it still there?) is drawn again only where it changed: a redraw would clear
-  // an error said since and put the form's choices back
+  // an error said since and put the form's choices back; the server's silence said here goes once it answers
+  if (state[view].unreachable && $(`${view}-error`).textContent === state[view].unreachable) setError(`${view}-error`, "");
+  state[view].unreachable = null;
   if (!(was.state === "done" && job.state === "done" && was.finished === job.finished)) render(view, job);
   if (job.state === "queued" || job.state === "running") setTimeout(() => follow(view, jobId), POLL_MS);
   else if (job.state === "done") setTimeout(() => follow(view, jobId), DONE_POLL_MS); // deleted elsewhere: said
@@ -366,7 +372,7 @@ function render(view, job) {
   show(cancelButton, running);
   setBar(view, job.fraction || 0);
   $(`${view}-stage`).textContent = stageLine(job);
-  setError(`${view}-error`, job.state === "failed" ? pageWords(job.message) : job.state === "cancelled" ? "Cancelled." : "");
+  setError(`${view}-error`, job.state === "failed" ? pageWords(job.message, view) : job.state === "cancelled" ? "Cancelled." : "");
   if (view === "sync") renderSyncResult(job);
   else renderTraining(job);
   updateButtons();
@@ -424,8 +430,15 @@ function renderTraining(job) {
   const done = $("train-done");
   if (job.state === "done" && job.result) {
     const warned = Array.isArray(job.result.warnings) ? job.result.warnings : [];  // two people in view, ...
-    done.textContent = `The model “${job.result.name}” is ready: choose it under Lip-sync → Model.` +
-      (warned.length ? ` Training warned: ${warned.map(pageWords).join(" · ")}` : "");
+    const face = job.result.face != null ? job.result.face : job.params && job.params.face;
+    const who = face != null  // the person it learnt, where the footage shows others: the sync form follows the
+      ? ` It learnt the ${ordinal(+face + 1)} face from the left: on footage with others in view, choose ` +
+        `“${ordinal(+face + 1)} from the left” under Face to follow.`  // largest face by default
+      : (job.result.face_box || (job.params && job.params.face_box))
+        ? " It learnt the face in the box given (face_box): a sync job of footage with others in view takes that " +
+          "box too (the API's face_box)." : "";
+    done.textContent = `The model “${job.result.name}” is ready: choose it under Lip-sync → Model.${who}` +
+      (warned.length ? ` Training warned: ${warned.map((w) => pageWords(w, "train")).join(" · ")}` : "");
     show(done, true);
     $("train-stage").textContent = "Finished.";
     setBar("train", 1);
@@ -450,7 +463,7 @@ async function start(view, body) {
     if (focused) $(view === "sync" ? "sync-cancel" : "train-cancel").focus();  // not lost with the disabled button
     setTimeout(() => follow(view, job.id), POLL_MS);
   } catch (e) {
-    setError(`${view}-error`, pageWords(e.message));
+    setError(`${view}-error`, pageWords(e.message, view));
     const field = {name: "train-name", minutes: "train-minutes"}[(e.message.match(/^(\w+): /) || [])[1]];
     if (view === "train" && field) {  // the field the reason is about: marked, and the place to fix it
       $(field).setAttribute("aria-invalid", "true");
@@ -469,7 +482,14 @@ async function cancel(view) {
 async function refreshJobs() {
   if ($("panel-jobs").hidden) return;
   let data;
-  try { data = await api("GET", "/api/jobs?limit=50"); } catch (e) { $("jobs-note").textContent = e.message; return; }
+  try { data = await api("GET", "/api/jobs?limit=50"); } catch (e) {
+    $("jobs-note").textContent = state.jobsUnreachable = e.message; return;
+  }
+  if (state.jobsUnreachable && $("jobs-note").textContent === state.jobsUnreachable) {
+    $("jobs-note").textContent = "";  // the server answers again (the table may not have changed meanwhile)
+    state.jobsSeen = null;  // and the note the table sets is written again
+  }
+  state.jobsUnreachable = null;
   // the table is rebuilt only when a job changed, and the button that had the focus has it again: rebuilt every 3 s,
   // it threw a keyboard user back to the first row
   const seen = JSON.stringify(data.jobs.map((j) => [j.id, j.state, Math.round((j.fraction || 0) * 100), j.message]));
@@ -483,10 +503,10 @@ async function refreshJobs() {
     const what = j.kind === "sync" ? `lip-sync ${j.params.video_name} + ${j.params.audio_name}`
                                    : `train “${j.params.name}” on ${j.params.video_name}`;
     const st = j.state === "running" ? `running (${Math.round(j.fraction * 100)}%)`
-             : j.state === "failed" ? `failed: ${pageWords(j.message)}`
+             : j.state === "failed" ? `failed: ${pageWords(j.message, j.kind === "sync" ? "sync" : "train")}`
              : j.state === "done" && j.result && Array.isArray(j.result.warnings) && j.result.warnings.length
                ? `done, with ${j.result.warnings.length === 1 ? "a warning" : `${j.result.warnings.length} warnings`}: ` +
-                 j.result.warnings.map(pageWords).join(" · ")
+                 j.result.warnings.map((w) => pageWords(w, j.kind === "sync" ? "sync" : "train")).join(" · ")
              : j.state;
     for (const [text, cls] of [[when, ""], [what, ""], [st, `state-${j.state}`]]) {
       const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.append(td);
