@@ -333,6 +333,11 @@ def test_the_examples_are_held_to_the_servers_length_limit(server):
     photo = next(f for f in every if f["facts"]["is_image"])
     status, err = client.json("POST", "/api/jobs", {"video": photo["id"], "audio": long_ones[0]["id"]})
     assert status == 400 and "this server takes at most 3 s" in err["error"], err
+    app.stop()  # the same data folder served again with --no-examples: they were still listed and taken
+    app, client = server(run_jobs=False, examples=False)
+    assert client.json("GET", "/api/examples")[1]["files"] == []
+    status, err = client.json("POST", "/api/jobs", {"video": photo["id"], "audio": long_ones[0]["id"]})
+    assert status == 400 and "no uploaded file has the id" in err["error"], err
 
 
 def test_bad_job_options_are_refused_with_a_reason(server, inputs):

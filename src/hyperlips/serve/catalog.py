@@ -90,6 +90,9 @@ def find_model(settings: ServeSettings, model_id: str) -> ModelChoice | None:
     return next((m for m in list_models(settings) if m.id == model_id), None)
 
 
+BUILT_IN_EXAMPLES = ("demo_face.png", "demo_speech.wav", "demo_phonemes.txt")  # what make_demo_inputs writes
+
+
 def prepare_examples(settings: ServeSettings) -> Path:
     """The examples folder, with the built-in example (a photo and synthesised speech) made once, offline."""
     folder = settings.data / "examples"

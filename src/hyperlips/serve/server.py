@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UserError
-from .catalog import prepare_examples
+from .catalog import BUILT_IN_EXAMPLES, prepare_examples
 from .routes import HTTPError, handler_for
 from .runner import Runner, job_folder, progress_file, read_json
 from .settings import LOOPBACK_HOSTS, ServeSettings
@@ -119,6 +119,11 @@ class App:
     def load_examples(self) -> None:
         folder = prepare_examples(self.settings)
         for p in sorted(folder.iterdir()):
+            if not self.settings.examples and p.name in BUILT_IN_EXAMPLES:  # --no-examples: the built-in example
+                known = self.store.example_by_path(p.relative_to(self.settings.data).as_posix())  # a server before
+                if known is not None:  # this one offered is no longer listed (the files stay for a later server)
+                    self.store.delete_file(known["id"])
+                continue
             if p.is_file() and p.suffix.lower() in ACCEPTED_SUFFIXES:
                 register_example(p, self.settings, self.store)
 
