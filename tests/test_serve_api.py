@@ -666,7 +666,11 @@ def test_serve_command_errors_are_one_line(tmp_path):
         r = run_cli("serve", "--port", s.getsockname()[1], "--data", tmp_path, "--no-examples", timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip().startswith("hyperlips: error: cannot listen on 127.0.0.1:") and "--port" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    assert "another program uses that port" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # a --host that is no address of this machine: "choose another --port" sent the user the wrong way
+    r = run_cli("serve", "--host", "192.0.2.77", "--port", "0", "--data", tmp_path, "--no-examples", timeout=300)
+    assert r.returncode == 2 and "--host must be a name or address of this machine" in r.stderr, r.stderr
+    assert "--port" not in r.stderr.split("error:")[1]
 
 
 def test_the_python_client_in_the_docs_works(server, inputs, tmp_path):

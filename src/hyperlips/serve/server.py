@@ -181,14 +181,28 @@ def _lock_data_folder(data: Path):
     return f
 
 
+def _bind_hint(e: OSError, settings: ServeSettings) -> str:
+    """What to do about a failed bind, by its cause (another --port only helps where the port is the cause)."""
+    import errno
+    import socket
+
+    if e.errno == errno.EADDRINUSE:
+        return " (another program uses that port: choose another --port, or stop that program)"
+    if e.errno == errno.EACCES and 0 < int(settings.port) < 1024:
+        return " (ports below 1024 need administrator rights: choose --port 1024 or more)"
+    if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+        return " (--host must be a name or address of this machine, such as 127.0.0.1 or 0.0.0.0)"
+    return ""
+
+
 def serve(settings: ServeSettings) -> int:
     """Run until Ctrl-C (the CLI's entry)."""
     app = App(settings)
     try:
         app.start()
     except OSError as e:
-        raise UserError(f"cannot listen on {settings.host}:{settings.port}: {e.strerror or e} "
-                        f"(choose another --port, or stop the program that uses it)") from None
+        raise UserError(f"cannot listen on {settings.host}:{settings.port}: {e.strerror or e}{_bind_hint(e, settings)}") \
+            from None
     print(f"hyperlips serve: {app.url}/  (data in {settings.data}; Ctrl-C to stop)", flush=True)
     if not app.loopback:
         where = "every address of this machine" if app.bound in ("0.0.0.0", "::") else app.bound
