@@ -977,3 +977,16 @@ def test_finetune_validates_long_footage_less_often():
 
     assert [validation_interval(n) for n in (1, 230, 1125, 1200, 1201, 2400, 2401, 9000)] == [
         250, 250, 250, 250, 500, 500, 750, 2000]
+
+
+def test_a_val_seconds_too_long_is_said_as_the_option_and_keeps_the_clips_made(more_data, tmp_path):
+    """A new finetune refused for its --val-seconds after preprocessing deleted the clips it had made (on an hour of
+    footage, an hour of work), and blamed the footage ("too short to fine-tune on")."""
+    import shutil
+
+    clip = Path(shutil.copy(more_data / "grid_s1/bbaf3s.mpg", tmp_path / "take.mpg"))  # 3 s
+    out = tmp_path / "me.safetensors"
+    r = run_cli("finetune", clip, "-o", out, "--steps", "1", "--val-seconds", "2.8", "--quiet")
+    assert r.returncode == 2 and "--val-seconds 2.8 holds out 2.8 s of the 3.0 s of footage" in r.stderr, r.stderr
+    assert "give --val-seconds 1 or less" in r.stderr  # (48 frames of the 75 left to train on)
+    assert list((tmp_path / "me.work/data/clips").rglob("meta.json"))  # kept for the next run

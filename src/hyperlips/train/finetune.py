@@ -268,6 +268,14 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     held = manifest["held_out"]
     n_train = sum(c["frames"][1] - c["frames"][0] for c in manifest["clips"] if c["split"] == "train")
     if n_train < MIN_TRAIN_FRAMES:
+        if args.val_seconds is not None:  # the option, not the footage, is what to change
+            fps = held["frames"] / held["seconds"] if held["seconds"] else 25.0
+            most = held["of_seconds"] - MIN_TRAIN_FRAMES / fps
+            raise UserError(f"--val-seconds {args.val_seconds:g} holds out {held['seconds']:.1f} s of the "
+                            f"{held['of_seconds']:.1f} s of footage, leaving {n_train} frames to train on; at least "
+                            f"{MIN_TRAIN_FRAMES} are needed: give --val-seconds {math.floor(most * 10) / 10:g} or less "
+                            "(the clips made are kept for the next run)" if most > 0 else
+                            f"{args.video} is too short to fine-tune on: {held['of_seconds']:.1f} s of footage")
         raise UserError(f"{args.video} is too short to fine-tune on: {held['of_seconds']:.1f} s of footage, "
                         f"{held['seconds']:.1f} s held out for validation, {n_train} frames left to train on; "
                         f"at least {MIN_TRAIN_FRAMES} are needed")
@@ -587,9 +595,10 @@ def run_finetune(args: argparse.Namespace) -> int:
         try:
             data, state = _prepare(args, work)
         except UserError:
-            if fresh:  # the footage cannot be used: leave nothing behind (a folder of an earlier run stays)
-                shutil.rmtree(work, ignore_errors=True)
-            raise
+            made = any((work / "data" / "clips").rglob("meta.json")) if (work / "data" / "clips").is_dir() else False
+            if fresh and not made:  # the footage cannot be used: leave nothing behind (a folder of an earlier run
+                shutil.rmtree(work, ignore_errors=True)  # stays, and so do clips made: a mistyped option cost the
+            raise  # whole preprocessing again)
         if args.model == "lite":
             return _lite(args, work, data, state)
         return _base(args, work, data, state)
