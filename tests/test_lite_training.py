@@ -641,7 +641,7 @@ def test_a_stop_signal_stops_after_the_step_with_a_checkpoint_to_resume_from(gri
     found = latest_checkpoint(run)
     assert found is not None, "no checkpoint written on Ctrl-C"
     stopped = int(found[1]["step"])
-    assert stopped >= 3 and f"stopped at step {stopped}" in err
+    assert stopped >= 3 and f"stopped at step {stopped}" in err and "`train`: with --resume; `finetune` as it was" in err
     status = json.loads((tmp_path / "progress.json").read_text())
     assert status["step"] == stopped and not status["done"] and status["fraction"] < 1  # to be resumed, not done
     res = run_cli("train", "base", grid_view, "--out", run, "--resume", "--max-steps", stopped + 2, "--quiet", timeout=300)

@@ -432,8 +432,8 @@ class Trainer:
             self.save(stage, step, best)
         progress.close(step, metrics, done=not interrupted)
         if interrupted:
-            self.say(f"stopped at step {step}; its checkpoint is in {self.run / CKPT_DIR}: run the same command with "
-                     "--resume (finetune: run it again) to continue")
+            self.say(f"stopped at step {step}; its checkpoint is in {self.run / CKPT_DIR}: run the same command again "
+                     "to continue (`train`: with --resume; `finetune` as it was)")
             raise stopped(interrupted[0])
         elapsed = time.perf_counter() - t0
         sps = done_steps * cfg.batch_size * self.dist.world / max(elapsed, 1e-9)
