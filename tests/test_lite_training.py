@@ -797,6 +797,7 @@ def test_finetune_says_which_clips_it_left_out_even_when_quiet(more_data, tmp_pa
     (folder / "new.mp4").write_bytes((folder / "talk.mp4").read_bytes())  # a clip added is still refused
     added = run_cli("finetune", folder, "-o", out, "--steps", "3", "--quiet")
     assert added.returncode == 2 and "holds a run on other footage" in added.stderr, added.stderr[-2000:]
+    assert "new, talk hold the same video" in added.stderr  # (a copy: trained on in one, held out in the other)
 
 
 def _run_config(work: Path) -> dict:

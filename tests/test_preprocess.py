@@ -39,6 +39,13 @@ def test_find_videos_walks_lrs2_and_mead_layouts(tmp_path):
     with pytest.warns(InputWarning, match="gone.mp4 is left out: it links to .*moved_away.mp4, which does not exist"):
         found = find_videos(tmp_path)
     assert set(found) == {lrs2, mead, vox, hdtf, *camcorder}
+    # a link to a folder above (a "latest" link) made each clip a clip 40 times over; a link to a clip, twice
+    (tmp_path / "cam" / "again").symlink_to(tmp_path)
+    (tmp_path / "best take.mp4").symlink_to(hdtf)
+    with pytest.warns(InputWarning, match=r"best take.mp4 is left out: it is .*WDA_BarackObama_000.mp4 again"):
+        assert set(find_videos(tmp_path)) == set(found)
+    (tmp_path / "cam" / "again").unlink()
+    (tmp_path / "best take.mp4").unlink()
     rel = {p: PurePosixPath(p.relative_to(tmp_path).as_posix()) for p in found}
     assert speaker_of(rel[lrs2]) == "5535415699068794046"
     assert speaker_of(rel[mead]) == "M003"

@@ -40,16 +40,27 @@ def find_videos(src: str | os.PathLike) -> list[Path]:
     src = Path(src)
     if src.is_file():
         return [src]
-    out = []
+    out: list[Path] = []
+    seen_dirs: set[str] = set()  # folders reached through links: each walked once (a link to a folder above it
+    seen_files: dict[str, Path] = {}  # made every clip a clip 40 times over), and each file taken once
     for root, dirs, files in os.walk(src, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        real = os.path.realpath(root)
+        if real in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.realpath(Path(root) / d) not in seen_dirs)
         for f in sorted(files):
             if not f.startswith(".") and Path(f).suffix.lower() in VIDEO_SUFFIXES:
                 path = Path(root) / f
-                if path.exists():
-                    out.append(path)
-                else:  # a link whose file is gone: left out, as an unreadable clip is
+                if not path.exists():  # a link whose file is gone: left out, as an unreadable clip is
                     warn(f"{path} is left out: it links to {os.readlink(path)}, which does not exist")
+                    continue
+                same = seen_files.setdefault(os.path.realpath(path), path)
+                if same != path:  # a link to a clip already found: its frames would be trained on twice, and held
+                    warn(f"{path} is left out: it is {same} again (a link to it)")  # out as well
+                    continue
+                out.append(path)
     return out
 
 

@@ -227,12 +227,18 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     else:
         videos = [args.video]
         ids = [clip_id_of(PurePosixPath(args.video.name))]
+    prints = {c: _fingerprint(v) for c, v in zip(ids, videos)}
+    twins: dict[str, list[str]] = {}
+    for c, f in prints.items():
+        twins.setdefault(f, []).append(c)
+    for same in (t for t in twins.values() if len(t) > 1):  # a copy: its frames trained on in one, held out in the
+        warn(f"{', '.join(same)} hold the same video: its frames are learnt twice, and where one is held out for "  # other
+             "validation the figures measure frames it trained on; keep one copy")
     trained = _has_training(work)
     if trained and "sources" in state:  # before its clips join the run's data: a clip added, or one it learnt from
         used = set(state.get("clips") or state["sources"])  # gone (a file it left out may go)
         if used - set(ids) or set(ids) - set(state["sources"]):
             raise UserError(_other_footage(args, work, state, sorted(ids)))
-    prints = {c: _fingerprint(v) for c, v in zip(ids, videos)}
     changed = sorted(c for c, f in prints.items() if c in state.get("fingerprints", {}) and state["fingerprints"][c] != f)
     if trained and changed:  # before preprocess makes its clips again of what the file holds now
         shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
@@ -299,13 +305,16 @@ def _fingerprint(path: Path, part: int = 1 << 20) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        size = f.seek(0, 2)
-        h.update(str(size).encode())
-        f.seek(0)
-        h.update(f.read(part))
-        f.seek(max(0, size - part))
-        h.update(f.read(part))
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            h.update(str(size).encode())
+            f.seek(0)
+            h.update(f.read(part))
+            f.seek(max(0, size - part))
+            h.update(f.read(part))
+    except OSError as e:  # unreadable: preprocessing says so, and leaves it out
+        return f"unreadable:{path.name}:{e.errno}"
     return h.hexdigest()[:32]
 
 
