@@ -440,6 +440,7 @@ def test_a_region_without_a_face_gets_the_network_face(real_data):
         out = step(np.full_like(frame, 90), box, face, shape)  # the same place, no face in it
         assert out is face
         assert step._warp.pose._x is None
+        assert (step.looked, step.missed) == (2, 1)  # counted: sync says how often the rendered face stood in
     finally:
         step.close()
     # the hybrid fills the warped frame's new opening from the network's face, the warp draws it
@@ -592,3 +593,23 @@ def test_warp_needs_mouth_shapes(real_data, tmp_path):
     assert r.returncode != 0
     assert "--mouth warp" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_sync_says_where_the_mouth_could_not_be_found_to_move(real_data, tmp_path):
+    """A photo whose face the frame's edge cuts through the mouth: FaceMesh finds none, so every frame showed the
+    starter's soft rendered face (squeezed into the cut crop: a second mouth beside the real one), without a word."""
+    import cv2
+
+    from hyperlips import LipSync
+
+    frame = read_frames(real_data / "retalking" / "face2.mp4", 11)[10]
+    photo = tmp_path / "cut.png"
+    cv2.imwrite(str(photo), frame[:, 330:])  # the left edge through the mouth
+    speech = cut_audio(real_data / "retalking" / "audio1.wav", tmp_path / "speech.wav", 0.6)
+    with LipSync(progress=False, phones=False) as ls:
+        report = ls.sync(photo, speech, tmp_path / "out.mp4")
+        assert any("FaceMesh found no mouth in 15 of the 15 face crops" in w for w in report.warnings), report.warnings
+        whole = tmp_path / "whole.png"
+        cv2.imwrite(str(whole), frame)
+        report = ls.sync(whole, speech, tmp_path / "out2.mp4")
+        assert not any("FaceMesh found no mouth" in w for w in report.warnings), report.warnings

@@ -78,6 +78,7 @@ class MouthStep:
         self.gain = float(gain)
         self._warp = None  # made at the first frame
         self._mesh = None
+        self.looked = self.missed = 0  # face regions looked at, and those FaceMesh found no face in (shown rendered)
 
     def close(self) -> None:
         if self._mesh is not None:
@@ -116,7 +117,9 @@ class MouthStep:
             self._warp = MouthWarp(fps=self.fps)
             self._mesh = FaceMesh(static=False)
         lm = self._mesh.landmarks(face_crop(image, box, WARP_MESH_SIZE))
+        self.looked += 1
         if lm is None:
+            self.missed += 1
             self._warp.lost()
             return None
         points = lm[:, :2] * (side / WARP_MESH_SIZE)

@@ -109,6 +109,9 @@ def row_skipping_kwargs(base, hr) -> tuple[dict, dict]:
     return base_kw, hr_kw
 
 
+MISSED_MOUTH_SHARE = 0.05  # face crops without FaceMesh's mouth (shown rendered) from which sync says so
+
+
 class LipSync:
     """Lip-sync a video to a speech track.
 
@@ -409,6 +412,12 @@ class LipSync:
                 if writer is not None:
                     writer.abort()  # no half-written file is left under the output name
                 raise
+        step = self._mouth_step
+        if step is not None and step.missed >= max(1, MISSED_MOUTH_SHARE * step.looked):  # the frame's own mouth
+            warn(f"{video}: FaceMesh found no mouth in {step.missed} of the {step.looked} face crops (a face cut by "  # moved
+                 f"the frame's edge, turned away or covered): there the network's rendered face is shown instead of "  # only
+                 f"the frame's own mouth moved (--mouth {self.mouth}), softer, and where the face is cut by the edge "  # where
+                 "its mouth may be misplaced")  # FaceMesh found it: said, not silently another mouth
         return SyncReport(output, n_out, fps_out, writer.coded_width, writer.coded_height, seconds, faces_done,
                           dict(timer.totals), time.perf_counter() - t_start, first_frame)
 
