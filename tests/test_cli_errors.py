@@ -184,6 +184,9 @@ def test_size_without_hr_checkpoint(tmp_path, ckpt, face_video):
     out = tmp_path / "out.mp4"
     r = run_cli("sync", face_video, write_wav(tmp_path / "a.wav", 0.5), "-o", out, "--checkpoint", ckpt, "--size", "256", "--quiet")
     assert_clean_failure(r, out, "--hr-checkpoint")
+    # with the starter (its mouth warped) the first refusal said "give --mouth render", which the second refused
+    r = run_cli("sync", face_video, write_wav(tmp_path / "a.wav", 0.5), "-o", out, "--size", "256", "--quiet")
+    assert_clean_failure(r, out, "--size 256 needs an HR decoder checkpoint (--hr-checkpoint; none is shipped")
 
 
 def test_crash_midway_leaves_no_partial_output(tmp_path, ckpt, face_video, monkeypatch):

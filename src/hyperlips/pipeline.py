@@ -249,6 +249,9 @@ class LipSync:
 
             if not phone_reader.available():
                 self.reads_phones, self._no_recogniser = False, True
+        if hr_checkpoint is None and size not in (None, BASE_SIZE) and not untrained:  # said first: the advice of
+            raise UserError(f"--size {size} needs an HR decoder checkpoint (--hr-checkpoint; none is shipped: "  # the
+                            "they are trained for HyperLips-Base, docs/training.md)")  # next one led here
         if self.mouth == "warp" and (hr_checkpoint is not None or size not in (None, BASE_SIZE)):
             why = f"the default with {self.weights}" if mouth == "auto" else "--mouth warp"
             raise UserError(f"an HR decoder (--hr-checkpoint, --size) sharpens a rendered mouth, and the mouth is "
@@ -270,7 +273,7 @@ class LipSync:
                 raise UserError(f"--size {size} needs an HR decoder checkpoint (--hr-checkpoint)")
             self.hr = create_model(f"hyperlips-hr-{size}")
             self.hr_size = size
-            self.hr_weights = f"an untrained (random) HR decoder ({size} px)"
+            self.hr_weights = f"with untrained (random) weights ({size} px)"  # (after "and the HR decoder")
         dtype = DTYPES[self.precision]
         torch_dtype = torch.float32 if dtype is None else getattr(torch, dtype)
         # channels-last runs the convolutions about 25 % faster on CPU (oneDNN) with the same results
