@@ -98,3 +98,17 @@ def test_a_demo_mistake_writes_no_inputs(tmp_path, args, words):
     r = run_cli("demo", "--quiet", *args, cwd=tmp_path)
     assert r.returncode == 2 and words in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_with_base_weights_is_not_warned_of_its_own_timings(tmp_path, monkeypatch, capfd):
+    """`demo --untrained` (HyperLips-Base) warned "phoneme timings are not used by ...": timings the user never
+    gave, the demo's own."""
+    from hyperlips import demo
+    from hyperlips.cli import main
+
+    real = demo.synthesize_with_phonemes
+    monkeypatch.setattr(demo, "synthesize_with_phonemes", lambda *a, **k: real("Bob made a map."))
+    code = main(["demo", "-o", str(tmp_path / "demo.mp4"), "--quiet", "--device", "cpu", "--untrained"])
+    captured = capfd.readouterr()
+    assert code == 0, captured.err
+    assert "phoneme timings are not used" not in captured.err
