@@ -312,3 +312,20 @@ def test_a_missing_command_is_an_error_line_and_leaves_stdout_empty(argv, words)
     assert r.stderr.strip().splitlines()[-1] == f"hyperlips: error: {words}" + (
         " (the commands are listed above)" if not argv else " (sync, base, hr, reader or judge, listed above)")
     assert "usage: hyperlips" in r.stderr
+
+
+def test_sync_takes_threads_as_finetune_does(tmp_path, ckpt, face_video):
+    """Two syncs at once on a 2-core machine could not be given a core each (`--threads` was finetune's, bench's
+    and serve's only; docs/serving.md said serve's was "as for hyperlips sync")."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from hyperlips.cli import main; rc = main(sys.argv[1:]); "
+            "print('threads', torch.get_num_threads()); sys.exit(rc)")
+    out = tmp_path / "out.mp4"
+    r = subprocess.run([sys.executable, "-c", code, "sync", str(face_video), str(write_wav(tmp_path / "a.wav", 0.3)),
+                        "-o", str(out), "--checkpoint", str(ckpt), "--quiet", "--threads", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "threads 1" in r.stdout, r.stderr[-2000:]
+    r = run_cli("sync", face_video, tmp_path / "a.wav", "-o", out, "--checkpoint", ckpt, "--threads", "-1")
+    assert r.returncode == 2 and "--threads" in r.stderr

@@ -257,8 +257,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _make_lipsync(args):
+    from .options import apply_threads
     from .pipeline import LipSync
 
+    apply_threads(args)
     return LipSync(
         args.checkpoint,
         args.hr_checkpoint,

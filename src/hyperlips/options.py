@@ -47,6 +47,9 @@ def add_model_options(p: argparse.ArgumentParser, input_blend: bool = True, phon
     p.add_argument("--size", type=int, choices=(128, 256, 512), help="render size of the mouth; 256/512 need an HR checkpoint")
     p.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=16, help="frames per network batch (default 16)")
+    p.add_argument("--threads", type=at_least(0), default=0,
+                   help="CPU threads for the networks (default 0: torch's choice, one per core); two runs at once on "
+                        "one machine: give each its share (--threads 1 on two cores)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="number format of the networks: auto (default) is bf16 on a CPU with bf16 instructions "
                         "(AVX512-BF16, AMX, Arm BF16; 1.3-1.7x faster, within a grey level of fp32) or a CUDA GPU, "
@@ -136,3 +139,12 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
                    help="yuv420p (default): plays in every browser and phone; an odd width or height gains one "
                         "repeated edge column or row. yuv444p: the exact size and full colour resolution, but "
                         "Safari, phones and TVs cannot play it")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """``--threads N`` (N > 0): torch's CPU threads for this process."""
+    n = int(getattr(args, "threads", 0) or 0)
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)

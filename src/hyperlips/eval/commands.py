@@ -131,6 +131,9 @@ def run_eval(args) -> int:
     if args.protocol not in ("tail", "phonemes"):  # those name their own folder below
         _check_report_folder(args.output)
     device = _eval_device(args.device)
+    from ..options import apply_threads
+
+    apply_threads(args)
     off = args.expert is not None and str(args.expert).lower() == "off"
     common = dict(syncnet=args.syncnet, expert=None if off else args.expert, face_index=args.face,
                   face_box=args.face_box, device=device)
