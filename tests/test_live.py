@@ -218,6 +218,9 @@ def test_a_voice_sample_without_speech_is_refused(clip, tmp_path):
     r = run_cli("live", clip.video, clip.speech, "-o", tmp_path / "o.mp4", "--untrained", "--model", "lite",
                 "--no-pace", "--quiet", "--voice-sample", silent)
     assert r.returncode == 2 and "voice sample is silent" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("live", clip.video, clip.speech, "-o", tmp_path / "o.mp4", "--untrained", "--model", "lite",
+                "--no-pace", "--quiet", "--voice-sample", tmp_path / "nope.wav")  # read as if it were AUDIO's
+    assert r.returncode == 2 and "--voice-sample not found: " in r.stderr, r.stderr
 
 
 def test_live_command_writes_the_stream_and_reports_latency(clip):

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 
 from .config import AudioConfig
-from .errors import UserError, warn
+from .errors import UserError, require_file, warn
 from .media.audio import (
     LOUD_PEAK,
     centred_window_starts,
@@ -299,7 +299,6 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
                speech_seconds: Optional[float] = None) -> Iterator[LiveFrame]:
     """The body of ``LipSync.stream`` (``ls``: the LipSync whose networks render). ``speech_seconds``: the speech's
     length where known in advance (``live`` reads a file), to check the phoneme timings against it."""
-    from .errors import require_file
     from .face.detect import FaceDetectors
     from .media.phone_marks import closure
     from .media.timing import check_fps, open_timeline
@@ -467,6 +466,8 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     video, speech_path, output = Path(video), Path(speech_path), Path(output)
     check_encoding(crf, preset, pix_fmt)
     check_paths(video, speech_path, output)
+    if voice_sample:  # named as the option it is (it read as the speech argument: "audio file not found")
+        require_file(voice_sample, "--voice-sample")
     if not 5.0 <= float(chunk_ms) <= 1000.0:
         raise UserError(f"--chunk-ms must be from 5 to 1000 milliseconds (got {chunk_ms:g})")
     sr = ls.audio_cfg.sample_rate
