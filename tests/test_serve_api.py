@@ -984,3 +984,13 @@ def test_what_making_the_model_warns_of_reaches_the_jobs_result(tmp_path, monkey
     monkeypatch.setattr(P, "LipSync", Model)
     result = run_sync({"model": {}, "video": "v.mp4", "audio": "a.wav"}, tmp_path)
     assert result["warnings"] == ["the model says something", "the speech says something"]
+
+
+def test_a_models_folder_the_server_cannot_write_is_said_at_start(tmp_path):
+    """`serve --models DIR` on a folder it cannot write started, took training jobs, trained each for its whole time
+    and then failed it ("the server could not record how this job ended"): the model lost."""
+    from hyperlips.errors import UserError
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError, match=r"cannot publish trained models in .*file/models: .*--models DIR"):
+        App(quick_settings(tmp_path / "data", models=tmp_path / "file" / "models"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -25,6 +26,21 @@ from .uploads import ACCEPTED_KINDS, ACCEPTED_SUFFIXES, register_example
 log = logging.getLogger("hyperlips.serve")
 
 
+def _check_models_folder(folder: Path | None) -> None:
+    """The folder trained person models are published to, writable (an unwritable one was found out only when a
+    training job ended: its whole time budget lost, "the server could not record how this job ended")."""
+    if folder is None:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot publish trained models in {folder}: {e.strerror or e}; choose a folder the server "
+                        "can write to with --models DIR") from None
+
+
 class App:
     """A running server: store, scheduler and HTTP listener. ``start()`` returns at once; ``stop()`` ends all."""
 
@@ -37,6 +53,7 @@ class App:
         except OSError as e:  # a read-only home under a service manager, say
             raise UserError(f"cannot use {settings.data} as the data folder: {e.strerror or e}; choose one the server "
                             "can write to with --data DIR") from None
+        _check_models_folder(settings.models)
         self._lock = _lock_data_folder(settings.data)
         self.store = Store(settings.data / "jobs.sqlite3")
         self.remove_leftovers()
