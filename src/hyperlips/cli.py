@@ -51,8 +51,9 @@ def _debug() -> bool:
 
 class _Messages:
     """A text stream of messages whose reader may leave: once the pipe it writes to is closed (``hyperlips sync ...
-    | head -1``, a log viewer quit), what follows is dropped and the command goes on. Its output file is the job;
-    these lines only report on it, and a closed pipe used to end a finished render with a traceback and exit 1."""
+    | head -1``, a log viewer quit) or it cannot be written (a log file on a full disk), what follows is dropped and
+    the command goes on. Its output file is the job; these lines only report on it, and a closed pipe used to end a
+    finished render with a traceback and exit 1 (a full log disk: every job failed at its first progress line)."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -62,7 +63,7 @@ class _Messages:
         if not self.reader_gone:
             try:
                 return self._stream.write(text)
-            except BrokenPipeError:
+            except OSError:  # a closed pipe, or a log on a full disk (or a dead terminal): the job goes on
                 self._drop()
         return len(text)
 
@@ -70,7 +71,7 @@ class _Messages:
         if not self.reader_gone:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
+            except OSError:
                 self._drop()
 
     def _drop(self) -> None:
