@@ -348,3 +348,24 @@ def test_a_log_on_a_full_disk_does_not_fail_the_job(tmp_path, ckpt, face_video, 
                            **{stream: full}, stdin=subprocess.DEVNULL, timeout=600,
                            **({"stdout": subprocess.PIPE} if stream == "stderr" else {"stderr": subprocess.PIPE}))
     assert r.returncode == 0 and out.stat().st_size > 0
+
+
+def test_ctrl_c_while_the_command_starts_is_an_interruption(tmp_path, face_video):
+    """Ctrl-C in the first moments (while the command's modules load, before its own handling of it is set up)
+    ended in a KeyboardInterrupt traceback and exit 1, a bug's code, or death by the signal."""
+    import signal
+    import subprocess
+    import sys
+
+    code = "import time; time.sleep(5)"  # a start that takes a while, as loading torch and OpenCV does
+    script = ("import sys, hyperlips.cli as c; real = c.main\n"
+              f"def slow(argv=None):\n    {code}\n    return real(argv)\n"
+              "c.main = slow; c.run()")
+    p = subprocess.Popen([sys.executable, "-c", script, "sync", str(face_video), "a.wav", "-o", str(tmp_path / "o.mp4")],
+                         stderr=subprocess.PIPE, text=True)
+    import time
+
+    time.sleep(2.0)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 130 and "Traceback" not in err and "interrupted" in err, err

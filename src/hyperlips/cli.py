@@ -440,8 +440,14 @@ def run() -> None:
     command (measured: ``hyperlips sync`` of a 9 s 720p clip, 8.4-8.6 -> 7.6-7.8 s from start to exit). By then the
     command has closed what it wrote; standard output and error are flushed and the exit handlers run (logging's,
     temporary folders' finalizers) before the process ends. An unexpected error still ends the normal way, with its
-    traceback."""
-    end_process(main())
+    traceback. Ctrl-C before a command's own handling of it is set up (while its modules load) ends as it does
+    later: "interrupted", exit 130 (it was a traceback, exit 1, the code of a bug)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("\nhyperlips: interrupted: stopped by Ctrl-C (SIGINT) while starting", file=sys.stderr)
+        code = 130
+    end_process(code)
 
 
 def end_process(code: int) -> None:
