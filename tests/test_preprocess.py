@@ -264,6 +264,16 @@ def test_skip_reasons_and_no_partial_clip_left(tmp_path, more_data):
 
     res = run_cli("preprocess", src, tmp_path / "ds", "--quiet")
     assert res.returncode == 2 and "no usable clips" in res.stderr
+    # ... unless a clip too short was judged by another --min-frames (a run of preprocess with its own was reused
+    # by finetune: "too short: 10 frames (at least 76 are needed)", finetune needing 16)
+    tried = []
+    real = pp._run_one
+    pp._run_one = lambda job: tried.append(job[2]) or real(job)
+    try:
+        report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(min_frames=8), workers=1, progress=False)
+    finally:
+        pp._run_one = real
+    assert tried == ["short.mp4"] and report.done == 1
 
 
 def test_a_silent_track_is_skipped_and_a_short_one_cuts_the_clip(tmp_path, more_data):  # and odd pixels are said

@@ -36,6 +36,7 @@ from .sources import VIDEO_SUFFIXES, assign_splits, clip_id_of, clip_ids, find_v
 
 
 LOCK = ".lock"  # held (a file lock) while a run writes the folder
+DEFAULT_MIN_FRAMES = PreprocessOptions().min_frames  # (skips recorded before the setting was kept with them)
 
 
 def _stop(signum, frame) -> None:
@@ -199,7 +200,9 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
             results.append(ClipResult(str(rel), cid, "exists"))
             continue
         prev = old_skipped.get(str(rel))
-        if prev is not None and prev.get("source_key") == key:
+        shorter = (str(prev.get("reason", "")).startswith("too short") and  # a clip too short for another
+                   prev.get("min_frames", DEFAULT_MIN_FRAMES) != opts.min_frames) if prev else False  # --min-frames
+        if prev is not None and prev.get("source_key") == key and not shorter:  # (finetune's own) is tried again
             results.append(ClipResult(str(rel), cid, "skipped", reason=prev.get("reason", "")))
             continue
         jobs.append((str(v), str(out_dir), str(rel), opts, cid))
@@ -254,7 +257,7 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
     skipped = sorted((r for r in results if r.status == "skipped"), key=lambda r: r.source)
     src_by_rel = {str(PurePosixPath(v.relative_to(base).as_posix())): v for v in videos}
     _write_json_atomic(skipped_path, [
-        {"source": r.source, "reason": r.reason,
+        {"source": r.source, "reason": r.reason, "min_frames": opts.min_frames,
          "source_key": _source_key(src_by_rel[r.source], opts) if r.source in src_by_rel else None}
         for r in skipped
     ])
