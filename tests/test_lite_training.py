@@ -991,3 +991,23 @@ def test_a_val_seconds_too_long_is_said_as_the_option_and_keeps_the_clips_made(m
     assert r.returncode == 2 and "--val-seconds 2.8 holds out 2.8 s of the 3.0 s of footage" in r.stderr, r.stderr
     assert "give --val-seconds 1 or less" in r.stderr  # (48 frames of the 75 left to train on)
     assert list((tmp_path / "me.work/data/clips").rglob("meta.json"))  # kept for the next run
+
+
+@pytest.mark.slow
+def test_steps_given_on_a_rerun_decide_over_an_earlier_time_budget(more_data, tmp_path):
+    """A run given --minutes, then run again with --steps 100 alone, trained nothing: "already at step 54
+    (max_steps 54)", the earlier run's time budget still binding."""
+    import shutil
+
+    clip = Path(shutil.copy(more_data / "grid_s1/bbaf3s.mpg", tmp_path / "take.mpg"))
+    out = tmp_path / "me.safetensors"
+    common = ["--threads", "1", "--quiet", "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}", "--from-scratch",
+              "--set", "audio_steps=5", "--set", "val_every=10"]
+    first = run_cli("finetune", clip, "-o", out, "--minutes", "1.2", *common, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    from hyperlips.train.checkpoints import latest_checkpoint
+
+    reached = int(latest_checkpoint(tmp_path / "me.work/lite")[1]["step"])
+    again = run_cli("finetune", clip, "-o", out, "--steps", reached + 5, *common[:2], timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert int(latest_checkpoint(tmp_path / "me.work/lite")[1]["step"]) == reached + 5

@@ -399,6 +399,8 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
                             f"{state.get('prep_seconds', 0):.0f} s, and {RESERVE_S:.0f} s are kept for the last "
                             f"validation and writing the model); give at least --minutes {math.ceil(need * 10) / 10:g}")
         overrides["max_minutes"] = train_s / 60.0
+    elif args.steps is not None:  # steps alone on a re-run: they decide, not a time budget an earlier run was given
+        overrides["max_minutes"] = 0.0  # (none; it bound the run still: "already at step 54 (max_steps 54)")
     for key in ("steps", "batch_size", "lr", "amp", "workers", "threads"):
         v = getattr(args, key)
         if v is not None:
