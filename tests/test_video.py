@@ -812,3 +812,21 @@ def test_a_video_cut_short_is_said(tmp_path):
     with pytest.warns(InputWarning, match=r"cut.mkv: its picture ends at 0\.9\d s \(2\d frames\), though the file says "
                                           r"it lasts 2\.00 s \(cut short"):
         assert 20 <= probe(cut).n_frames < 26
+
+
+def test_images_are_written_into_a_folder_whose_name_is_not_utf8(tmp_path):
+    """OpenCV's image writer crashed the process (a segmentation fault, no message) on a folder name that is not
+    valid UTF-8: `demo -o` into one, `serve --data` on one (its built-in example), training previews, eval's."""
+    import os
+    import subprocess
+    import sys
+
+    folder = os.path.join(os.fsencode(tmp_path), b"caf\xe9")  # Latin-1, as an old archive's names are
+    os.mkdir(folder)
+    code = ("import os, sys, numpy as np; from hyperlips.media.video import write_image, _read_image\n"
+            "p = os.path.join(os.fsdecode(sys.argv[1].encode('utf-8', 'surrogateescape')), 'x.png')\n"
+            "img = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)\n"
+            "assert write_image(p, img) and np.array_equal(_read_image(p), img)\n"
+            "assert not write_image(os.path.join(os.path.dirname(p), 'no', 'x.png'), img)\n")
+    r = subprocess.run([sys.executable, "-c", code, os.fsdecode(folder)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])

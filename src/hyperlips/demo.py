@@ -130,16 +130,16 @@ def demo_face() -> np.ndarray:
 def make_demo_inputs(folder: Path) -> tuple[Path, Path, Path]:
     """Write ``demo_face.png``, ``demo_speech.wav`` and ``demo_phonemes.txt`` (when the synthesiser spoke each
     phoneme, ARPAbet: ``media.phone_marks``) into ``folder``; returns their paths."""
-    import cv2
     import soundfile as sf
 
     from .media.phone_marks import to_marks, write_marks
+    from .media.video import write_image
 
     folder.mkdir(parents=True, exist_ok=True)
     image_path = folder / "demo_face.png"
     speech_path = folder / "demo_speech.wav"
     phonemes_path = folder / "demo_phonemes.txt"
-    if not cv2.imwrite(str(image_path), demo_face()):
+    if not write_image(image_path, demo_face()):
         raise UserError(f"could not write {image_path}")
     wav, sr, phonemes = synthesize_with_phonemes()
     sf.write(str(speech_path), wav, sr)

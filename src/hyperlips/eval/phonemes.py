@@ -223,7 +223,7 @@ def write_phoneme_preview(video: Path, marks, path: Path, columns: int = 8, face
 
     from ..face.detect import FaceDetector
     from ..face.track import pick_face
-    from ..media.video import FrameReader
+    from ..media.video import FrameReader, write_image
     from ..streaming import check_face_box
 
     rows = []
@@ -256,7 +256,7 @@ def write_phoneme_preview(video: Path, marks, path: Path, columns: int = 8, face
     lines = [np.concatenate([crops.get(f, blank) for f in r] + [blank] * (width - len(r)), axis=1) for r in rows]
     sep = np.full((4, lines[0].shape[1], 3), 255, np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.concatenate([lines[0], sep, *lines[1:]], axis=0) if len(lines) > 1 else lines[0])
+    write_image(path, np.concatenate([lines[0], sep, *lines[1:]], axis=0) if len(lines) > 1 else lines[0])
     return path
 
 

@@ -281,11 +281,9 @@ def pick_reference(train_part: tuple[Path, int, int], dst: Path, samples: int = 
     """The most confidently detected face (of the person ``face_index`` / ``face_box`` picks, where given) among
     frames spread over the training part, saved as a PNG: the whole frame, or where a face was picked, the region
     around it alone (a reference image gives its largest face: the other person's, perhaps)."""
-    import cv2
-
     from ..face.detect import FaceDetector
     from ..face.track import pick_face
-    from ..media.video import FrameReader
+    from ..media.video import FrameReader, write_image
     from ..streaming import check_face_box
 
     video, lo, hi = train_part
@@ -310,7 +308,7 @@ def pick_reference(train_part: tuple[Path, int, int], dst: Path, samples: int = 
         h, w = best.shape[:2]
         best = best[max(0, int(cy - half)): min(h, int(cy + half)), max(0, int(cx - half)): min(w, int(cx + half))]
     dst.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(dst), best)
+    write_image(dst, best)
     return dst
 
 
@@ -432,7 +430,7 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
 
 def write_tail_preview(results, path: Path, columns: int = 8):
     """Mouths of the held-out tail, real (top row) and generated (bottom row), spread over the segments."""
-    import cv2
+    from ..media.video import write_image
 
     pairs = [(ref, gen) for r in results for _, gen, ref in r.sheet if ref is not None]
     if not pairs:
@@ -442,7 +440,7 @@ def write_tail_preview(results, path: Path, columns: int = 8):
     bottom = np.concatenate([pairs[i][1] for i in pick], axis=1)
     sep = np.full((4, top.shape[1], 3), 255, np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.concatenate([top, sep, bottom], axis=0))
+    write_image(path, np.concatenate([top, sep, bottom], axis=0))
     return path
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from ..errors import MediaError, check_stop, decoder_reason, require_file, warn
 
 __all__ = ["IMAGE_SUFFIXES", "VideoInfo", "Frame", "probe", "FrameReader", "rotate_image", "as_rate", "writer_coded",
+           "write_image",
            "plane_views"]
 
 # decoded formats whose conversion to planar RGB (gbrp) gives exactly the pixels of the conversion to packed BGR, with
@@ -80,6 +81,23 @@ class Frame:
 # ---------------------------------------------------------------------------------------------- helpers
 def _is_image(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def write_image(path, image: np.ndarray) -> bool:
+    """Write ``image`` (BGR) to ``path`` in the format its suffix names (PNG, JPEG, ...); False where it cannot be
+    encoded or written. The bytes are written by Python: OpenCV's own writer crashed the process (a segmentation
+    fault) on a folder name that is not valid UTF-8."""
+    import cv2
+
+    ok, data = cv2.imencode(Path(path).suffix or ".png", image)
+    if not ok:
+        return False
+    try:
+        with open(os.fspath(path), "wb") as f:
+            f.write(data.tobytes())
+    except OSError:
+        return False
+    return True
 
 
 def _read_image(path: str) -> np.ndarray:

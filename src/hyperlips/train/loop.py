@@ -139,11 +139,11 @@ class Trainer:
         img = stage.preview()
         if img is None:
             return
-        import cv2
+        from ..media.video import write_image
 
         log.image(step, "preview", img)
         tmp = self.run / ".preview.tmp.png"
-        if cv2.imwrite(str(tmp), img):
+        if write_image(tmp, img):
             os.replace(tmp, self.run / "preview.png")
 
     # -- checkpoints

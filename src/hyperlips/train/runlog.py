@@ -74,11 +74,11 @@ class RunLog:
     def image(self, step: int, tag: str, grid_bgr: np.ndarray) -> None:
         if not self.enabled:
             return
-        import cv2
+        from ..media.video import write_image
 
         d = self.run / "images"
         d.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(d / f"step_{step:09d}_{tag.replace('/', '_')}.png"), grid_bgr)
+        write_image(d / f"step_{step:09d}_{tag.replace('/', '_')}.png", grid_bgr)
         if self.tb is not None:
             self.tb.add_image(tag, np.ascontiguousarray(grid_bgr[:, :, ::-1]), step, dataformats="HWC")
 
