@@ -369,3 +369,25 @@ def test_ctrl_c_while_the_command_starts_is_an_interruption(tmp_path, face_video
     p.send_signal(signal.SIGINT)
     err = p.communicate(timeout=60)[1]
     assert p.returncode == 130 and "Traceback" not in err and "interrupted" in err, err
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("OpenCV(4.14.0) error: (-4:Insufficient memory) Failed "
+                                                                "to allocate 2137008 bytes"),
+                                   RuntimeError("can't start new thread"), OSError(12, "Cannot allocate memory")])
+def test_running_out_of_memory_is_said_as_such(capsys, error):
+    """Under a memory limit a good clip was said to be damaged (FFmpeg's allocation failures counted as bad
+    packets), or the run ended in a traceback with the exit code of a bug."""
+    import argparse
+
+    import av
+
+    from hyperlips import cli
+
+    def job(args):
+        raise error
+
+    assert cli._dispatch(argparse.Namespace(func=job)) == 3
+    assert "out of memory:" in capsys.readouterr().err
+    with pytest.raises(ValueError):  # anything else is still a bug, with its traceback
+        cli._dispatch(argparse.Namespace(func=lambda a: (_ for _ in ()).throw(ValueError("x"))))
+    assert issubclass(av.error.MemoryError, MemoryError)  # (FFmpeg's: the reader lets it through as one)

@@ -37,6 +37,9 @@ _COMMAND_MODULES = (
 
 
 EXIT_OK, EXIT_BUG, EXIT_USER = 0, 1, 2  # 1: a bug (with its traceback); 2: a mistake in the input, one line
+EXIT_MEMORY = 3  # the machine ran out of memory (one line): neither the input's fault nor a bug
+OUT_OF_MEMORY = ("out of memory: this machine (or this process's limit) has too little free memory for the job; close "
+                 "other programs, use a shorter or smaller video, or a smaller --batch-size")
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # 128 + the signal's number
 def _debug() -> bool:
     """HYPERLIPS_DEBUG set (``errors.debug_wanted``); FFmpeg's own messages are then on too (PyAV keeps them off)."""
@@ -485,6 +488,9 @@ def _dispatch(args) -> int:
         if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):  # a full disk
             _error_line(f"{_os_error_text(e)}; free some space or choose another folder")
             return EXIT_USER
+        if e.errno == errno.ENOMEM:
+            _error_line(OUT_OF_MEMORY)
+            return EXIT_MEMORY
         raise
     except ModuleNotFoundError as e:
         hint = SEPARATE_INSTALLS.get((e.name or "").split(".")[0])
@@ -492,11 +498,27 @@ def _dispatch(args) -> int:
             raise
         _error_line(f"this command needs {hint}")
         return EXIT_USER
+    except Exception as e:  # noqa: BLE001 - out of memory, from whichever library met it; anything else is a bug
+        if not _out_of_memory(e):
+            raise
+        _close_progress_bars()
+        _error_line(OUT_OF_MEMORY)
+        return EXIT_MEMORY
     except KeyboardInterrupt as e:
         _close_progress_bars()
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
         _line("interrupted", f"stopped by {signal.Signals(signum).name}")
         return EXIT_SIGNAL[signum]
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is the machine running out of memory: Python's MemoryError (FFmpeg's too), OpenCV's and torch's
+    allocation failures, a thread that could not be started."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return any(words in text for words in ("Insufficient memory", "Failed to allocate", "can't allocate memory",
+                                           "can't start new thread", "Cannot allocate memory"))
 
 
 def _user_text(e: UserError) -> str:

@@ -569,7 +569,9 @@ class FrameReader:
                 return
             try:
                 frames = pkt.decode()
-            except av.error.FFmpegError:
+            except av.error.FFmpegError as e:
+                if isinstance(e, MemoryError):  # the machine, not the file: said as such (it was "damaged")
+                    raise
                 self.bad_packets += 1
                 continue
             for frame in frames:
