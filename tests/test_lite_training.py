@@ -1011,3 +1011,17 @@ def test_steps_given_on_a_rerun_decide_over_an_earlier_time_budget(more_data, tm
     again = run_cli("finetune", clip, "-o", out, "--steps", reached + 5, *common[:2], timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert int(latest_checkpoint(tmp_path / "me.work/lite")[1]["step"]) == reached + 5
+
+
+def test_a_pipe_in_the_footage_is_left_out_not_waited_on(tmp_path):
+    """A named pipe given as the footage (or lying among the clips) made finetune wait for ever: its first bytes
+    were read for the clip's fingerprint."""
+    import os
+
+    from hyperlips.train.finetune import _fingerprint
+
+    fifo = tmp_path / "b.mp4"
+    os.mkfifo(fifo)
+    r = run_cli("finetune", fifo, "-o", tmp_path / "p.safetensors", "--steps", "1", "--quiet", timeout=120)
+    assert r.returncode == 2 and "is a pipe or a device, not a file" in r.stderr, r.stderr
+    assert _fingerprint(fifo).startswith("not a file")

@@ -583,3 +583,17 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, more_data
             assert work.is_dir()
     r = run_cli("preprocess", src, dst, "--quiet")  # once it is done, the folder is free again
     assert r.returncode == 0, r.stderr
+    # a file system without locks (flock fails with ENOLCK or ENOSYS) is no other run: every run was refused there
+    import errno
+    import fcntl
+
+    def no_locks(*a):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    real = fcntl.flock
+    fcntl.flock = no_locks
+    try:
+        with dataset_lock(dst):
+            pass
+    finally:
+        fcntl.flock = real

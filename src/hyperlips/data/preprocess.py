@@ -11,6 +11,7 @@ split by clip. The split is a pure function of the names, so it does not depend 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -121,6 +122,9 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise UserError(f"video folder not found: {src}")
+    if not src.is_dir() and not src.is_file():  # a named pipe, a device: no footage to read twice
+        raise UserError(f"{src} is a pipe or a device, not a file: streams are not read; save the stream to a file "
+                        "first")
     if opts.hr_size is not None and opts.hr_size not in HR_SIZES:
         raise UserError(f"--hr-size must be one of {', '.join(map(str, HR_SIZES))} (got {opts.hr_size})")
     if not 0 <= opts.val_fraction < 1:
@@ -157,11 +161,17 @@ def dataset_lock(dst: Path):
         with open(dst / LOCK, "a+", encoding="utf-8") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                f.seek(0)
-                who = f.read().strip()
-                raise UserError(f"{dst} is being written by another run{f' (process {who})' if who else ''}: wait "
-                                "for it to finish, or write into another folder") from None
+                locked = True
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    f.seek(0)
+                    who = f.read().strip()
+                    raise UserError(f"{dst} is being written by another run{f' (process {who})' if who else ''}: "
+                                    "wait for it to finish, or write into another folder") from None
+                locked = False  # a file system without locks (Lustre without -o flock, NFS without its lock
+            if not locked:  # daemon): on without one, as on Windows (every run was refused there)
+                yield
+                return
             f.seek(0)
             f.truncate()
             f.write(str(os.getpid()))

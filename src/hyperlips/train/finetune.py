@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import shutil
 import sys
@@ -304,8 +305,12 @@ def _fingerprint(path: Path, part: int = 1 << 20) -> str:
     under the same name differs (its size or its bytes); a copy elsewhere, with other file times, does not."""
     import hashlib
 
+    import stat
+
     h = hashlib.sha256()
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe would wait for a writer for ever: preprocessing says
+            return f"not a file:{path.name}"  # what it is and leaves it out
         with open(path, "rb") as f:
             size = f.seek(0, 2)
             h.update(str(size).encode())
