@@ -375,3 +375,18 @@ def test_trained_expert_finds_a_three_frame_delay(trained_expert, more_data, tmp
     print("expert offsets", on_time.offset, late.offset, "confidence", round(on_time.confidence, 3))
     # a six-minute expert may place the in-sync peak one frame off; the 3-frame delay must move it by exactly 3
     assert abs(on_time.offset) <= 1 and late.offset - on_time.offset == 3, (on_time.offset, late.offset)
+
+
+def test_a_reference_with_a_gap_of_missing_frames_is_paired_by_time():
+    """A 25 fps reference missing frames 30-44 (its timestamps kept) is no longer read as variable-rate, so its
+    re-synced result is 25 fps too: paired by index, every frame after the gap was compared with the reference frame
+    0.6 s later (an exact copy scored opening r 0.46)."""
+    from hyperlips.eval.pair import _pairing
+
+    ref = np.delete(np.arange(75) / 25, range(30, 45))  # 60 frames, a 0.64 s gap
+    gen = np.arange(75) / 25  # the result: every frame time, the gap held on the frame before it
+    pair = _pairing(gen, ref, same_rate=True)
+    assert pair[:30].tolist() == list(range(30))
+    assert pair[30:45].tolist() == [29] * 15  # the frame on screen during the gap
+    assert pair[45:].tolist() == list(range(30, 60))
+    assert _pairing(gen, gen, same_rate=True).tolist() == list(range(75))  # evenly spaced: by index

@@ -81,8 +81,8 @@ def _pairing(gen_times: np.ndarray, ref_times: Optional[np.ndarray], same_rate: 
     at most that time plus a quarter of the shorter frame period; a variable-rate reference is read so)."""
     if ref_times is None:
         return np.arange(len(gen_times))
-    if same_rate:
-        return np.arange(min(len(gen_times), len(ref_times)))
+    if same_rate and _regular(gen_times) and _regular(ref_times):  # (a reference with a gap of missing frames is
+        return np.arange(min(len(gen_times), len(ref_times)))  # read by time, as sync read it)
     from ..media.timing import on_screen
 
     g = gen_times - gen_times[0]
@@ -90,6 +90,12 @@ def _pairing(gen_times: np.ndarray, ref_times: Optional[np.ndarray], same_rate: 
     period = float(np.median(np.diff(r))) if len(r) > 1 else 0.04
     idx = on_screen(r, g, float(np.median(np.diff(g))) if len(g) > 1 else period)
     return idx[g <= r[-1] + period / 2]
+
+
+def _regular(times: np.ndarray) -> bool:
+    """Whether frames at ``times`` (seconds) are evenly spaced: each interval within a quarter of the median one."""
+    d = np.diff(np.asarray(times, np.float64))
+    return len(d) == 0 or bool(np.all(np.abs(d - np.median(d)) <= 0.25 * np.median(d)))
 
 
 def _frame_times(path: Path, limit: int) -> np.ndarray:
