@@ -942,6 +942,7 @@ def test_a_job_whose_end_cannot_be_recorded_on_a_full_disk_is_not_left_running(t
     run.tick()  # room again
     job = store.get_job("j1")
     assert job["state"] == "failed" and "the server's disk is full (40 KB free" in job["message"]
+    assert job["progress"]["stage"] == "failed"  # (it stayed at the last stage seen: "loading")
 
 
 def test_a_job_submitted_on_a_full_disk_is_a_507(tmp_path, monkeypatch):
@@ -994,3 +995,19 @@ def test_a_models_folder_the_server_cannot_write_is_said_at_start(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(UserError, match=r"cannot publish trained models in .*file/models: .*--models DIR"):
         App(quick_settings(tmp_path / "data", models=tmp_path / "file" / "models"))
+
+
+def test_requests_that_meet_a_full_disk_answer_507(server, inputs, monkeypatch):
+    """Cancel, delete a job and delete a file on a full disk answered 500 "internal error ... please report it": the
+    very requests a user makes to free room."""
+    import sqlite3
+
+    app, client = server(run_jobs=False)
+    video = client.upload_file(inputs["photo"])
+
+    def full(*a, **k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(app.store, "delete_file", full)
+    status, err = client.json("DELETE", f"/api/files/{video['id']}")
+    assert status == 507 and "the server's disk is full" in err["error"], err

@@ -215,7 +215,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._json({"error": " ".join(str(e).split())}, getattr(e, "status", 400), close=True)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
-        except Exception:  # noqa: BLE001 - a bug answers 500 and is logged; the server goes on
+        except Exception as e:  # noqa: BLE001 - a bug answers 500 and is logged; the server goes on
+            if _storage_full(e):  # the server's disk (its job store with it): not a bug to report
+                log.warning("%s %s: %s", method, path, e)
+                self._json({"error": f"the server's disk is full ({e}): free some space on the server, then try "
+                                     "again"}, 507, close=True)
+                return
             log.exception("error while answering %s %s", method, path)
             try:
                 self._json({"error": "internal error in the server (logged); please report it"}, 500, close=True)
@@ -459,3 +464,13 @@ def download_name(video_name: str | None) -> str:
     or none -> "video_hyperlips.mp4" (not a hidden file)."""
     stem = Path("_" + (video_name or "")).stem[1:].lstrip(".")
     return f"{stem or 'video'}_hyperlips.mp4"
+
+
+def _storage_full(e: BaseException) -> bool:
+    """Whether ``e`` is the server's disk being full: an OSError saying so, or SQLite's "database or disk is full"."""
+    import errno
+    import sqlite3
+
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return isinstance(e, sqlite3.OperationalError) and "full" in str(e)

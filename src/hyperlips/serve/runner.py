@@ -165,8 +165,12 @@ class Runner:
             self._finish(r, rc)
         except Exception:  # noqa: BLE001 - the job must not stay 'running' forever
             log.exception("job %s: recording its end failed", r.job_id)
+            try:
+                last = dict((self.store.get_job(r.job_id) or {}).get("progress") or {})
+            except Exception:  # noqa: BLE001 - (reading it may fail too)
+                last = {}
             end = ("failed", _disk_full(r.folder) or "the server could not record how this job ended (see the "
-                   "server's log)")
+                   "server's log)", None, {**last, "stage": "failed"})
             try:
                 self.store.finish(r.job_id, *end)
             except Exception:  # noqa: BLE001 - (a full disk holds the job store too): recorded once it can be
