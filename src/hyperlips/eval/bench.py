@@ -105,6 +105,26 @@ class E2ESpec:
 MAX_E2E_SECONDS = 600.0  # --seconds: ten minutes of synthetic 720p video at most
 
 
+def _from_frame(video: Path, start: int, dst: Path, seconds: float) -> Path:
+    """``seconds`` of ``video`` from frame ``start`` on, with its sound from the same moment, as a new file (a clip
+    that opens on a title card is timed from its first face)."""
+    from ..media.audio import load_audio
+    from ..media.video import FrameReader
+    from ..media.writer import VideoWriter
+
+    with FrameReader(video) as r:
+        fps, info = r.fps, r.info
+        n = int(round(seconds * fps)) + 1
+        sound = load_audio(video, 16000)[int(start / fps * 16000):] if info.has_audio else None
+        frames = [fr.image for fr in r.iter_range(start, start + n)]
+    h, w = frames[0].shape[:2]
+    with VideoWriter(dst, w, h, fps, audio=sound[: int(len(frames) / fps * 16000)] if sound is not None else None,
+                     sample_rate=16000) as out:
+        for f in frames:
+            out.write(f)
+    return dst
+
+
 def _cut_audio(src: Path, dst: Path, seconds: float) -> Path:
     """The first ``seconds`` of ``src``'s audio as a 16 kHz wav (end-to-end runs stay short on any input)."""
     import soundfile as sf
@@ -236,10 +256,13 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
             if start is None:
                 raise UserError(f"no face found in the first {FACE_SEARCH_SECONDS:g} s of {video}: the end-to-end "
                                 "runs need a talking face (--end-to-end none to time the stages alone)")
-            log(f"note: no face in the first {len(images)} frames of {Path(video).name}; the stages are timed from "
-                f"frame {start}, where one shows")
+            log(f"note: no face in the first {len(images)} frames of {Path(video).name}; the stages and the "
+                f"end-to-end runs are timed from frame {start}, where one shows")
             images = _load_frames(io_video, n_io, start=start)
             row, boxes = bench_faces(images)
+            video = io_video = _from_frame(video, start, tmp / f"from_face{Path(video).suffix or '.mp4'}", seconds)
+            if audio is None:  # its own sound, from the same moment
+                e2e_audio = _cut_audio(io_video, tmp / "bench_e2e_speech.wav", seconds)
         add(row)
         for s in sizes:
             add(bench_paste(images, boxes, s))
@@ -296,8 +319,13 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
                                  status=reason))
                     continue
                 v, _ = clip(spec.height)
-                add(bench_end_to_end(v, e2e_audio, spec.size, dev, max(batches), tmp, spec.model,
-                                     label=f"{spec.height}p" if video is None else v.name))
+                try:
+                    rows_e2e = bench_end_to_end(v, e2e_audio, spec.size, dev, max(batches), tmp, spec.model,
+                                                label=f"{spec.height}p" if video is None else v.name)
+                except UserError as e:  # this run could not be made: said in its row, the rows measured are kept
+                    rows_e2e = [BenchRow("end-to-end", f"{name}, {spec.height}p", spec.size, dev, "auto",
+                                         max(batches), status=f"failed: {e}")]
+                add(rows_e2e)
             else:
                 reason = over_budget()
                 if reason:
