@@ -140,7 +140,10 @@ def quiet_native_logs():
 
     They are written to file descriptor 2 directly, below Python, so for the duration the descriptor is a pipe
     whose lines a thread passes on to the real stderr, all but mediapipe's: what the program itself (any of its
-    threads) writes there meanwhile still arrives, in order (pointed at /dev/null, it was lost). A child forked
+    threads) writes there meanwhile still arrives, in order (pointed at /dev/null, it was lost), save two cases
+    of a thread writing to descriptor 2 at the very moment: lines it writes while the filter ends can come out
+    before the last lines the filter still held, and a line of its that falls between TFLite's "INFO: " and the
+    rest of TFLite's message comes out with that prefix. A child forked
     meanwhile writes to the real stderr; one started with ``subprocess`` shares the pipe (while the program runs:
     what it writes there after the program has ended meets a closed pipe).
     Python exceptions raised meanwhile still propagate normally. Descriptor 2 belongs to the whole process, so
