@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "recording of the same voice (the speech file itself reproduces sync); default: of the speech so far")
     add_model_options(p, phones=False)  # live recognises no phones (media.phones reads a whole recording)
     add_sync_options(p, timings=False)
+    for action in p._actions:  # (live draws no progress bar: its --quiet is taken, as sync's, and changes nothing)
+        if action.dest == "quiet":
+            action.help = "taken as sync takes it; live draws no progress bars (its report lines still print)"
     p.set_defaults(func=_run_live)
 
     p = sub.add_parser("demo", help="run sync on a built-in example (a photo and synthesised speech), offline",
