@@ -79,7 +79,8 @@ def add_parser(sub) -> None:
     p.add_argument("--minutes", type=float, help=f"wall-clock budget of the whole command, preprocessing included "
                    f"(Lite default {DEFAULT_MINUTES:g}; Base: none; with --hr-size, the Base gets half of what "
                    "preprocessing leaves, the HR decoder the rest)")
-    p.add_argument("--steps", type=int, help="stop after this many steps at the latest (Base default 2000)")
+    p.add_argument("--steps", type=int, help="stop after this many steps at the latest (Base default 2000); Lite's "
+                   "audio encoder is fitted first, on its own (600 steps, 15-80 s on two cores; --set audio_steps=N)")
     p.add_argument("--checkpoint", help="weights to start from (Lite default: the starter shipped in the package; "
                    "Base: from scratch)")
     p.add_argument("--from-scratch", action="store_true", help="Lite: start from random weights, not the starter")
