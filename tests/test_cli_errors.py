@@ -79,6 +79,14 @@ def test_a_picture_one_pixel_wide_is_a_one_line_error(tmp_path, ckpt, face_video
     assert_clean_failure(r, out, "too small to show a face")
 
 
+def test_a_file_name_quoted_in_an_error_keeps_its_spaces(tmp_path, ckpt):
+    """Runs of spaces in a file name were folded into one in the error line: a name that does not exist."""
+    out = tmp_path / "out.mp4"
+    r = run_cli("sync", tmp_path / "two  spaces.mp4", write_wav(tmp_path / "a.wav", 0.5), "-o", out, "--checkpoint",
+                ckpt, "--quiet")
+    assert_clean_failure(r, out, "two  spaces.mp4")
+
+
 def test_missing_audio(tmp_path, ckpt, face_video):
     out = tmp_path / "out.mp4"
     r = run_cli("sync", face_video, tmp_path / "nope.wav", "-o", out, "--checkpoint", ckpt, "--quiet")

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -182,7 +183,8 @@ def _line(kind: str, text: str) -> None:
     with contextlib.suppress(Exception):
         err.flush()
     start = "" if getattr(err, "at_line_start", True) else "\n"
-    err.write(f"{start}hyperlips: {kind}: {' '.join(str(text).split())}\n")
+    one = re.sub(r"\s*[\r\n]+\s*", " ", str(text)).strip()  # one line; the spaces of a file name it quotes kept
+    err.write(f"{start}hyperlips: {kind}: {one}\n")
     with contextlib.suppress(Exception):
         err.flush()
 
