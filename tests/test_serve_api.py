@@ -1011,3 +1011,24 @@ def test_requests_that_meet_a_full_disk_answer_507(server, inputs, monkeypatch):
     monkeypatch.setattr(app.store, "delete_file", full)
     status, err = client.json("DELETE", f"/api/files/{video['id']}")
     assert status == 507 and "the server's disk is full" in err["error"], err
+
+
+def test_an_upload_name_sent_as_raw_utf8_is_read_as_utf8(server, inputs):
+    """curl sends `?name=интервью_ü.wav` as raw UTF-8 bytes; the server read the request line as Latin-1 and stored
+    the name as mojibake ("Ð¸Ð½..."), shown in job messages and download names."""
+    import json as _json
+    import socket
+
+    app, client = server(run_jobs=False)
+    body = inputs["speech"].read_bytes()
+    name = "интервью_ü.wav"
+    with socket.create_connection((client.host, client.port), timeout=60) as s:
+        s.sendall(b"POST /api/files?name=" + name.encode("utf-8") + b" HTTP/1.1\r\nHost: 127.0.0.1:"
+                  + str(client.port).encode() + b"\r\nContent-Length: " + str(len(body)).encode()
+                  + b"\r\nConnection: close\r\n\r\n" + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 201 " in head.split(b"\r\n")[0], head
+    assert _json.loads(payload)["name"] == name

@@ -154,7 +154,14 @@ class _Handler(BaseHTTPRequestHandler):
         return super().handle_expect_100()
 
     def _query(self) -> dict[str, str]:
-        return {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        """The query's fields. A request line is read as Latin-1, so raw UTF-8 bytes in it (what curl sends for
+        `?name=интервью.wav`, unescaped) came out as mojibake: they are read back as the UTF-8 they are."""
+        query = urlsplit(self.path).query
+        try:
+            query = query.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass  # (not UTF-8 bytes: as it came)
+        return {k: v[-1] for k, v in parse_qs(query).items()}
 
     def _length(self) -> int | None:
         """The body's declared length; None without one (or sent in chunks). A length that is not a plain
