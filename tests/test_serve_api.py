@@ -1032,3 +1032,16 @@ def test_an_upload_name_sent_as_raw_utf8_is_read_as_utf8(server, inputs):
     head, _, payload = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.") and b" 201 " in head.split(b"\r\n")[0], head
     assert _json.loads(payload)["name"] == name
+
+
+def test_a_one_picture_file_in_a_video_format_is_a_photo_to_the_server(tmp_path):
+    """A one-frame GIF (as an AVIF or HEIF photo) is a still image to sync, but the server's upload facts called it
+    no photo and its speech problem "has no audio track", so the page did not list it as a photo."""
+    from PIL import Image
+
+    from hyperlips.serve.uploads import inspect
+
+    path = tmp_path / "face.gif"
+    Image.fromarray(np.full((64, 48, 3), 120, np.uint8)).save(path)
+    facts = inspect(path, "face.gif", 300)
+    assert facts["is_image"] and facts["has_video"] and "is a photo: it has no sound" in facts["problems"]["audio"]
