@@ -830,3 +830,15 @@ def test_images_are_written_into_a_folder_whose_name_is_not_utf8(tmp_path):
             "assert not write_image(os.path.join(os.path.dirname(p), 'no', 'x.png'), img)\n")
     r = subprocess.run([sys.executable, "-c", code, os.fsdecode(folder)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+
+
+def test_a_video_saved_under_a_photo_name_is_read_as_the_video_it_is(real_data, tmp_path):
+    """A valid video with a .png name was called "unreadable or corrupt" (the image decoder alone was asked)."""
+    import shutil
+
+    path = Path(shutil.copy(real_data / "retalking" / "face3.mp4", tmp_path / "face.png"))
+    info = probe(path)
+    assert not info.is_image and info.n_frames == probe(real_data / "retalking" / "face3.mp4").n_frames
+    (tmp_path / "bad.png").write_bytes(b"not a picture")
+    with pytest.raises(MediaError, match="cannot decode image .*bad.png"):  # what the image decoder said, kept
+        probe(tmp_path / "bad.png")

@@ -401,12 +401,22 @@ class FrameReader:
         self._container = None
         self._stream = None
         self._image: np.ndarray | None = None
+        image_error = None
         if _is_image(self.path):
-            self._image = _read_image(self.path)
+            try:
+                self._image = _read_image(self.path)
+            except MediaError as e:  # (a video saved under a photo's name: FFmpeg is asked before it is refused)
+                image_error = e
+        if self._image is not None:
             self.info = _image_info(self.path, self._image)
             self._index = None
         else:
-            self.info, self._index = _probe_video(self.path)
+            try:
+                self.info, self._index = _probe_video(self.path)
+            except MediaError:
+                if image_error is not None:
+                    raise image_error from None
+                raise
         self._tb = None
         self._t0 = None
         self._reformatter = None
