@@ -243,3 +243,13 @@ def test_libx264_is_kept_off_its_avx512_code_only_where_there_is_some(flags, par
     from hyperlips.media.writer import x264_params
 
     assert x264_params(frozenset(flags)) == params
+
+
+def test_an_output_too_large_to_play_on_phones_is_said():
+    """A 12-megapixel phone photo gave a 4000x3000 H.264 file (level 6) with no word, while the docs said the
+    default output plays in every browser and phone."""
+    from hyperlips.media.writer import too_large_to_play
+
+    assert too_large_to_play(4000, 3000) and "scale the input down" in too_large_to_play(4000, 3000)
+    assert too_large_to_play(4096, 2304) is None and too_large_to_play(1920, 1080) is None
+    assert too_large_to_play(3840, 2160) is None and too_large_to_play(2160, 3840) is None  # 4K, either way up

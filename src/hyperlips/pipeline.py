@@ -329,7 +329,7 @@ class LipSync:
         recogniser's."""
         from .face.detect import FaceDetectors
         from .media.audio import load_audio, melspectrogram, speech_problems
-        from .media.writer import VideoWriter, check_encoding
+        from .media.writer import VideoWriter, check_encoding, too_large_to_play
         from .streaming import (find_reference, frame_chain, reference_request, reference_search_length,
                                 track_factory)
 
@@ -398,6 +398,9 @@ class LipSync:
                 writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio,
                                      sample_rate=MUX_SAMPLE_RATE, crf=crf, preset=preset, pix_fmt=pix_fmt,
                                      sample_aspect=info.sample_aspect)
+                large = too_large_to_play(writer.coded_width, writer.coded_height)
+                if large:  # (a phone's 12 MP photo: "plays anywhere" is not true of it)
+                    warn(large)
                 with self._bar(n_out, "lip-sync", on_progress) as bar:
                     for job in chain:
                         faces_done += job.box is not None

@@ -32,7 +32,8 @@ from ..errors import MediaError, UserError, check_stop
 from ..precision import cpu_flags
 from .video import as_rate, plane_views, writer_coded
 
-__all__ = ["PIX_FMTS", "PRESETS", "VideoWriter", "check_encoding", "coded_size", "encoder_threads", "x264_params"]
+__all__ = ["PIX_FMTS", "PRESETS", "VideoWriter", "check_encoding", "coded_size", "encoder_threads", "too_large_to_play",
+           "x264_params"]
 
 _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO})
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
@@ -123,6 +124,19 @@ def _remove_stale_partials(folder: Path, stem: str, suffix: str) -> None:
                 p.unlink()
         except OSError:
             pass
+
+
+PLAYS_EVERYWHERE_MACROBLOCKS = 36864  # H.264 level 5.2's largest frame (4096x2304): what phones and TVs decode
+
+
+def too_large_to_play(width: int, height: int) -> str | None:
+    """Words for an output whose H.264 frame is larger than phones, TVs and most browsers decode (above level 5.2,
+    4096x2304: a 12-megapixel photo's 4000x3000 is coded at level 6); None where it plays everywhere."""
+    mbs = math.ceil(width / 16) * math.ceil(height / 16)
+    if mbs <= PLAYS_EVERYWHERE_MACROBLOCKS:
+        return None
+    return (f"the output is {width}x{height}: H.264 frames this large (above 4096x2304) do not play on most phones, "
+            "TVs and hardware decoders; scale the input down (a photo to 2000 px, say) for a file that plays anywhere")
 
 
 def x264_params(flags: frozenset[str] | None = None) -> dict[str, str]:
