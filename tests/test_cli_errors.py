@@ -179,6 +179,7 @@ def test_no_face_anywhere(tmp_path, ckpt):
     out = tmp_path / "out.mp4"
     r = run_cli("sync", img, write_wav(tmp_path / "a.wav", 0.5), "-o", out, "--checkpoint", ckpt, "--quiet")
     assert_clean_failure(r, out, "face")
+    assert "not too small in the picture" in r.stderr  # (a small face in a wide shot: crop round it)
 
 
 def test_no_checkpoint_given_and_none_shipped(tmp_path, face_video, monkeypatch):

@@ -36,6 +36,12 @@ DEFAULT_PAD: tuple[float, float, float, float] = (0.15, 0.0, -0.05, -0.085)
 BoxLike = Union[Box, Sequence[float]]
 
 
+# what to do where no face is found: the detector needs the face visible, roughly frontal, and not too small (it finds
+# faces down to about a twentieth of the picture's width: a small face in a wide shot is found once cropped round it)
+NO_FACE_ADVICE = ("the face must be visible, roughly frontal and not too small in the picture (at least about a "
+                  "twentieth of its width: crop a wide shot round the face)")
+
+
 def _as_box(b) -> Box:
     return b if isinstance(b, Box) else Box.from_array(b)
 
@@ -231,8 +237,8 @@ class FaceTrack:
             raw = select_faces(detections, face_index=face_index, box=box)
         except LookupError as e:
             if face_index is None and box is None:
-                raise NoFaceError(f"no face found in {source} ({len(detections)} frame(s) searched); use a clip "
-                                  "where the face is visible and roughly frontal") from None
+                raise NoFaceError(f"no face found in {source} ({len(detections)} frame(s) searched); "
+                                  f"{NO_FACE_ADVICE}") from None
             raise NoFaceError(f"no face found in {source}: {e} ({len(detections)} frame(s) searched)") from None
         face_boxes = smooth_boxes(fill_gaps(raw, max_gap), window)
         if frame_size is None:

@@ -27,8 +27,8 @@ import numpy as np
 
 from hyperlips.errors import NoFaceError
 from hyperlips.face.detect import Box
-from hyperlips.face.track import (DEFAULT_PAD, BoxLike, _as_box, _crop_or_none, _matches, pick_face, _plain,
-                                  track_settings)
+from hyperlips.face.track import (DEFAULT_PAD, NO_FACE_ADVICE, BoxLike, _as_box, _crop_or_none, _matches, pick_face,
+                                  _plain, track_settings)
 
 
 class OnlineTrack:
@@ -138,8 +138,7 @@ class OnlineTrack:
             if self.user_box is not None:
                 e = f"no detected face overlaps the box {_plain(self.user_box)} (--face-box X1,Y1,X2,Y2 in pixels)"
                 raise NoFaceError(f"no face found in {self.source}: {e} ({self.n} frame(s) searched)")
-            raise NoFaceError(f"no face found in {self.source} ({self.n} frame(s) searched); use a clip where the "
-                              "face is visible and roughly frontal")
+            raise NoFaceError(f"no face found in {self.source} ({self.n} frame(s) searched); {NO_FACE_ADVICE}")
         # a trailing gap still undecided is at most max_gap long: it holds the last box (none: the last shot had no
         # face at all)
         out = self._settle([None if self._last is None else self._last[1]] * len(self._gap))
