@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..data.datasets import MANIFEST
+from ..data.datasets import CLIPS_DIR, MANIFEST, META
 
 PREPARE_SHARE = 0.25  # of the budget, the most a stage's one-off preparation may take
 MARGIN = 0.98  # of the steps the measured speed allows, planned
@@ -107,3 +107,23 @@ def held_out_key(data) -> str | None:
     held = sorted(f"{c.get('id')} {c.get('frames', '')}" for c in clips
                   if isinstance(c, dict) and c.get("split") == "val")
     return hashlib.sha1("\n".join(held).encode("utf-8")).hexdigest()[:16]
+
+
+def made_from_key(data) -> dict[str, str] | None:
+    """For each clip of a dataset, a key of the file it was made from (its size and time, as preprocess records
+    them): a clip made again from other footage under the same name changes its key. None where there is no
+    manifest."""
+    try:
+        clips = json.loads((Path(data) / MANIFEST).read_text(encoding="utf-8")).get("clips", [])
+    except (OSError, ValueError, TypeError):
+        return None
+    out = {}
+    for c in clips:
+        if not isinstance(c, dict) or not c.get("id"):
+            continue
+        try:
+            key = json.loads((Path(data) / CLIPS_DIR / str(c["id"]) / META).read_text(encoding="utf-8")).get("source_key")
+        except (OSError, ValueError, TypeError, AttributeError):
+            key = None
+        out[str(c["id"])] = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return out

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..errors import UserError, check_stop, warn
-from .budget import BudgetPlan, held_out_key, higher_is_better, patience_spent
+from .budget import BudgetPlan, held_out_key, higher_is_better, made_from_key, patience_spent
 from .checkpoints import (
     CKPT_DIR,
     CKPT_FORMAT,
@@ -89,6 +89,7 @@ class Trainer:
         self.elapsed = 0.0  # training wall time of the run so far, across resumes (seconds)
         self._said_metric = False  # best_metric named no figure of the validation (said once)
         self._held_out = held_out_key(cfg.data)  # which clips the dataset holds out (kept in checkpoints)
+        self._made_from = made_from_key(cfg.data)  # and what each clip was made from
         self.budget = BudgetPlan(cfg.max_minutes, cfg.val_every, cfg.max_steps, self.dist.broadcast)
 
     def say(self, msg: str) -> None:
@@ -160,7 +161,7 @@ class Trainer:
             "scaler": self.ctx.scaler.state_dict() if self.ctx.scaler is not None else None,
             "rng": rngs,
             "data": {"samples_per_rank": int(step) * self.cfg.batch_size, "world": self.dist.world,
-                     "held_out": self._held_out},
+                     "held_out": self._held_out, "made_from": self._made_from},
             "best": dict(best),
             "clock": {"elapsed_s": float(self.elapsed), **self.budget.state()},
         }
@@ -238,6 +239,14 @@ class Trainer:
             warn(f"{self.run}: the dataset's held-out clips changed since this run was saved (preprocessed again with "
                  "other footage or another --val-fraction): its validation figures, and the best checkpoint chosen "
                  "by them, now measure other clips, possibly ones it trained on")
+        before = (ck.get("data") or {}).get("made_from")
+        if isinstance(before, dict) and isinstance(self._made_from, dict) and self.dist.main:
+            remade = sorted(k for k, v in self._made_from.items() if k in before and before[k] != v)
+            if remade:  # (a clip replaced under its name, preprocessed again: it resumed without a word)
+                shown = ", ".join(remade[:3]) + (f" and {len(remade) - 3} more" if len(remade) > 3 else "")
+                warn(f"{self.run}: {len(remade)} of the dataset's clips were made again from other files since this "
+                     f"run was saved ({shown}): it goes on learning from what they hold now, and where they are "
+                     "held out its validation figures measure other frames than before")
 
     # -- main
     def fit(self) -> TrainResult:
