@@ -1025,3 +1025,33 @@ def test_a_pipe_in_the_footage_is_left_out_not_waited_on(tmp_path):
     r = run_cli("finetune", fifo, "-o", tmp_path / "p.safetensors", "--steps", "1", "--quiet", timeout=120)
     assert r.returncode == 2 and "is a pipe or a device, not a file" in r.stderr, r.stderr
     assert _fingerprint(fifo).startswith("not a file")
+
+
+def test_a_run_resumes_without_the_weights_it_started_from(more_data, tmp_path, monkeypatch):
+    """A run started from --checkpoint FILE could not be continued once FILE was moved or deleted (its network was
+    built from FILE again, then its own checkpoint loaded over it): "checkpoint not found"; run from another folder,
+    the same FILE given by a relative path was refused as other weights."""
+    import shutil
+
+    from hyperlips.models import HyperLipsLite, LiteConfig, save_checkpoint
+
+    clip = Path(shutil.copy(more_data / "grid_s1/bbaf3s.mpg", tmp_path / "take.mpg"))
+    torch.manual_seed(0)
+    start = save_checkpoint(HyperLipsLite(LiteConfig.from_dict({"widths": [8, 16, 16, 32], "out_width": 8})),
+                            tmp_path / "start.safetensors", "hyperlips-lite")
+    out = tmp_path / "me.safetensors"
+    common = ["--threads", "1", "--quiet", "--set", "audio_steps=2", "--set", "val_every=2"]
+    monkeypatch.chdir(tmp_path)
+    first = run_cli("finetune", clip, "-o", out, "--steps", "2", "--checkpoint", "start.safetensors", *common,
+                    cwd=tmp_path, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (tmp_path / "elsewhere").mkdir()
+    again = run_cli("finetune", clip, "-o", out, "--steps", "3", "--checkpoint", "../start.safetensors", *common,
+                    cwd=tmp_path / "elsewhere", timeout=900)  # the same file, named from another folder
+    assert again.returncode == 0, again.stderr[-2000:]
+    Path(start).unlink()
+    last = run_cli("finetune", clip, "-o", out, "--steps", "4", *common, timeout=900)
+    assert last.returncode == 0, last.stderr[-2000:]
+    from hyperlips.train.checkpoints import latest_checkpoint
+
+    assert int(latest_checkpoint(tmp_path / "me.work/lite")[1]["step"]) == 4

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.datasets import BASE_SIZE, BaseDataset, Manifest
-from .stage import Stage
+from .stage import Stage, init_source
 from .runlog import image_grid, to_images
 from .losses import (
     box_mask,
@@ -76,7 +76,7 @@ class BaseStage(Stage):
 
         self.manifest = Manifest.load(cfg.data)
         if cfg.init:
-            self.gen, _ = load_checkpoint(cfg.init, name="hyperlips-base", device=ctx.device)
+            self.gen, _ = load_checkpoint(init_source(cfg), name="hyperlips-base", device=ctx.device)
         else:
             self.gen = create_model("hyperlips-base")
         self.gen.to(ctx.device)

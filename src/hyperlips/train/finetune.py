@@ -376,7 +376,7 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
     minutes = args.minutes if args.minutes is not None else (None if args.steps else DEFAULT_MINUTES)
     run = work / "lite"
     found = latest_checkpoint(run)
-    init = args.checkpoint
+    init = os.path.abspath(args.checkpoint) if args.checkpoint else None  # (a re-run from another folder finds it)
     if init is None and not args.from_scratch and found is None:
         from ..models import shipped
 

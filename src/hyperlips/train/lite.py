@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..data.datasets import BASE_SIZE, Manifest
 from ..errors import UserError
-from .stage import Stage
+from .stage import Stage, init_source
 from .losses import box_mask, freeze, gan_discriminator_loss, gan_generator_loss, psnr
 from .lite_batch import (change_loss, image_gradients, lip_box_laplacian, masked_faces, mirrored, mouth_crops,
                          paired_batch)
@@ -96,7 +96,7 @@ class LiteStage(Stage):
         self._fit_head = False
         self._blend = False  # the audio encoder's fit may be blended with its starting weights (audio_blend)
         if cfg.init:
-            self.gen, info = load_checkpoint(cfg.init, name="hyperlips-lite", device=ctx.device)
+            self.gen, info = load_checkpoint(init_source(cfg), name="hyperlips-lite", device=ctx.device)
             loaded = self.gen
             if cfg.lite:
                 self.gen = with_settings(loaded, cfg.lite, cfg.init, ctx.say, cfg.audio_steps)

@@ -43,6 +43,20 @@ def amp_settings(amp: str, device: torch.device) -> tuple[bool, torch.dtype, Any
 
 
 # ---------------------------------------------------------------------------------------------- the stage interface
+def init_source(cfg: TrainConfig) -> str:
+    """The file to build a run's network from: ``cfg.init``, or where that file is gone (moved, deleted) and the run
+    has checkpoints (whose weights a resume loads over it), the network the run exported itself (``model.safetensors``
+    in its folder): a resume no longer needs the weights it once started from."""
+    from pathlib import Path
+
+    from .checkpoints import list_checkpoints
+
+    own = Path(cfg.out) / "model.safetensors"
+    if cfg.init and not Path(cfg.init).is_file() and own.is_file() and list_checkpoints(Path(cfg.out)):
+        return str(own)
+    return str(cfg.init)
+
+
 class Stage:
     """What one kind of training provides to the loop. Subclasses: one per module (sync, base, hr, lite, reader)."""
 
