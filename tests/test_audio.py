@@ -644,3 +644,38 @@ def test_speech_problems_name_a_track_shorter_than_a_frame_or_silent(real_data):
     silent = speech_problems(np.zeros(16000, np.float32), 16000)
     assert len(silent) == 1 and "silent" in silent[0]
     assert len(speech_problems(np.zeros(10, np.float32), 16000)) == 2
+
+
+def test_a_compressed_wav_cut_short_is_said(real_data, tmp_path):
+    """An ADPCM (or MP3-in-WAV) file cut in half loaded 2 s of its 4 s without a word: its length was taken from the
+    data size as if each block held one sample frame; it is in its "fact" chunk."""
+    import warnings
+
+    import av
+
+    from hyperlips.media.audio import load_audio
+
+    whole = tmp_path / "adpcm.wav"
+    src = av.open(str(real_data / "retalking" / "audio1.wav"))
+    out = av.open(str(whole), "w", format="wav")
+    stream = out.add_stream("adpcm_ima_wav", rate=16000)
+    stream.layout = "mono"
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+    for frame in src.decode(audio=0):
+        for f in resampler.resample(frame):
+            f.pts = None
+            for p in stream.encode(f):
+                out.mux(p)
+    for p in stream.encode():
+        out.mux(p)
+    out.close()
+    src.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)  # the whole file: nothing to say
+        full = load_audio(whole, 16000)
+    cut = tmp_path / "adpcm_cut.wav"
+    data = whole.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.warns(InputWarning, match=r"adpcm_cut.wav: its sound ends at .* though the file says it lasts "
+                                          rf"{len(full) / 16000:.2f} s \(cut short"):
+        load_audio(cut, 16000)

@@ -217,6 +217,9 @@ def _mp3_length_header(path: str) -> bool:
     return any(tag in first for tag in (b"Xing", b"Info", b"VBRI"))
 
 
+PCM_WAV_TAGS = (1, 3, 6, 7, 0xFFFE)  # WAV formats of one block per sample frame: PCM, float, A-law, mu-law, extensible
+
+
 def _wav_data_seconds(path: str) -> float | None:
     """The length a RIFF/WAVE file's header gives its samples (the data chunk's size); None where it gives none (a
     file written as a stream leaves 0 or 0xFFFFFFFF there) or cannot be read."""
@@ -225,8 +228,8 @@ def _wav_data_seconds(path: str) -> float | None:
             head = f.read(12)
             if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
                 return None
-            pos, align, rate = 12, 0, 0
-            for _ in range(64):  # chunks before the samples: fmt, LIST, bext, JUNK...
+            pos, align, rate, tag, frames = 12, 0, 0, 1, None
+            for _ in range(64):  # chunks before the samples: fmt, fact, LIST, bext, JUNK...
                 f.seek(pos)
                 chunk = f.read(8)
                 if len(chunk) < 8:
@@ -234,8 +237,13 @@ def _wav_data_seconds(path: str) -> float | None:
                 size = int.from_bytes(chunk[4:], "little")
                 if chunk[:4] == b"fmt ":
                     fmt = f.read(16)
+                    tag = int.from_bytes(fmt[0:2], "little")
                     rate, align = int.from_bytes(fmt[4:8], "little"), int.from_bytes(fmt[12:14], "little")
+                elif chunk[:4] == b"fact":  # a compressed format's length in samples (ADPCM, MP3 in WAV, ...)
+                    frames = int.from_bytes(f.read(4), "little")
                 elif chunk[:4] == b"data":
+                    if tag not in PCM_WAV_TAGS:  # a block of these holds many samples: the data size says nothing
+                        return frames / rate if frames and rate else None  # of the length without "fact"
                     return size / align / rate if align and rate and size not in (0, 0xFFFFFFFF) else None
                 pos += 8 + size + (size & 1)
     except OSError:
