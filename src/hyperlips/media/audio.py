@@ -351,17 +351,17 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     except (av.error.FFmpegError, ValueError, OSError) as e:
         reason = decoder_reason(e)
         raise MediaError(f"cannot decode audio from {p} (unreadable or corrupt file: {reason})") from None
-    if damaged:
-        say(f"{p}: {damaged} damaged audio packet(s) could not be decoded (first near {damaged_at:.2f} s); silence is "
-             "in their place")
-    if holes and not damaged:
-        say(f"{p}: its audio has gaps in its timestamps ({holes / native_rate:.2f} s in all); silence is put in "
-             "them, so the sound stays in step with the picture")
     n = sum(c.shape[-1] for c in chunks)
     if n == 0 or not native_rate:
         raise MediaError(f"{p} holds no audio samples (zero-length audio track)")
     short = declared is not None and n / native_rate < declared - max(CUT_SHORT_S, CUT_SHORT_SHARE * declared)
     at_end = n - damaged_last < native_rate // 2  # the only damage, the last packet: where the file was cut
+    if damaged and not (short and at_end):  # (a file cut short is said once, as cut short: the packet the cut went
+        say(f"{p}: {damaged} damaged audio packet(s) could not be decoded (first near {damaged_at:.2f} s); silence is "
+             "in their place")  # through is its only damage)
+    if holes and not damaged:
+        say(f"{p}: its audio has gaps in its timestamps ({holes / native_rate:.2f} s in all); silence is put in "
+             "them, so the sound stays in step with the picture")
     if short and damaged and not at_end:  # the decoder found its way past damage the timestamps do not show
         say(f"{p}: about {declared - n / native_rate:.2f} s of its sound could not be read past the damage near "
             f"{damaged_at:.2f} s (it lasts {declared:.2f} s, {n / native_rate:.2f} s were read): the speech after it "
