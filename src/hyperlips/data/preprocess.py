@@ -117,8 +117,6 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
 
     Finished clips (and clips skipped before, unless ``retry_skipped``) are not processed again.
     """
-    from ..bars import bar as new_bar
-
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise UserError(f"video folder not found: {src}")
