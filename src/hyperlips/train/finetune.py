@@ -241,7 +241,9 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
         used = set(state.get("clips") or state["sources"])  # gone (a file it left out may go)
         if used - set(ids) or set(ids) - set(state["sources"]):
             raise UserError(_other_footage(args, work, state, sorted(ids)))
-    changed = sorted(c for c, f in prints.items() if c in state.get("fingerprints", {}) and state["fingerprints"][c] != f)
+    learnt = set(state.get("clips") or ids)  # (a file it left out may change: mended, say)
+    changed = sorted(c for c, f in prints.items()
+                     if c in learnt and c in state.get("fingerprints", {}) and state["fingerprints"][c] != f)
     if trained and changed:  # before preprocess makes its clips again of what the file holds now
         shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
         raise UserError(f"{work} holds a run trained on other footage: {shown} changed since (replaced or edited); "
@@ -305,7 +307,6 @@ def _fingerprint(path: Path, part: int = 1 << 20) -> str:
     """What a clip's file holds, in brief: its size and a hash of its first and last MiB. A clip replaced or edited
     under the same name differs (its size or its bytes); a copy elsewhere, with other file times, does not."""
     import hashlib
-
     import stat
 
     h = hashlib.sha256()
