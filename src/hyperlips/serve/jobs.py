@@ -7,10 +7,10 @@ fixed names (``video.<suffix>``, ``audio.<suffix>``), so the uploads may expire 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
-import errno
 import shutil
 import sqlite3
 from pathlib import Path
