@@ -428,7 +428,10 @@ def test_a_given_video_whose_face_shows_later_is_timed_from_there(monkeypatch, r
     ran, said = [], []
     monkeypatch.setattr(B, "bench_network", lambda *a, **k: [])
 
+    labels = []
+
     def end_to_end(v, a, *rest, **k):  # what the run would read, looked at while it exists
+        labels.append(k.get("label"))
         from hyperlips.face.detect import FaceDetector
         from hyperlips.media.audio import load_audio
 
@@ -448,6 +451,7 @@ def test_a_given_video_whose_face_shows_later_is_timed_from_there(monkeypatch, r
     assert ran == [(True, 1.0)] * 2  # from the first face, with the sound of that moment (it ran the title card)
     assert any("no face in the first 25 frames of titled.mp4; the stages and the end-to-end runs are timed from "
                "frame 50" in m for m in said)
+    assert labels == ["titled.mp4"] * 2  # the user's file named in the rows, not the copy timed
     failed = [r for r in res["rows"] if r["stage"] == "end-to-end"]
     assert len(failed) == 1 and failed[0]["status"] == "failed: no face found in the speech's second half"
     faces = next(r for r in res["rows"] if r["stage"] == "faces")

@@ -660,6 +660,8 @@ def test_a_data_folder_that_cannot_be_made_names_the_option(tmp_path):
 def test_serve_command_errors_are_one_line(tmp_path):
     r = run_cli("serve", "--port", "70000", "--data", tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "hyperlips: error: --port must be 0..65535 (got 70000)"
+    r = run_cli("serve", "--device", "xpu", "--data", tmp_path)  # (it served, and every job failed with it)
+    assert r.returncode == 2 and "--device xpu is not supported" in r.stderr and "serve:" not in r.stdout, r.stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()

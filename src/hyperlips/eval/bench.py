@@ -207,6 +207,7 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
         log(f"note: --video {Path(video).name}: the end-to-end runs use it at its own size (the heights in "
             "--end-to-end choose the synthetic clips)")
     rows: list[BenchRow] = []
+    shown_name = Path(video).name if video is not None else ""  # (the user's file, also when a copy of it is timed)
     load_start = load_average()  # before this run adds its own
     t_all = time.perf_counter()
 
@@ -321,7 +322,7 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
                 v, _ = clip(spec.height)
                 try:
                     rows_e2e = bench_end_to_end(v, e2e_audio, spec.size, dev, max(batches), tmp, spec.model,
-                                                label=f"{spec.height}p" if video is None else v.name)
+                                                label=f"{spec.height}p" if video is None else shown_name)
                 except UserError as e:  # this run could not be made: said in its row, the rows measured are kept
                     rows_e2e = [BenchRow("end-to-end", f"{name}, {spec.height}p", spec.size, dev, "auto",
                                          max(batches), status=f"failed: {e}")]

@@ -47,6 +47,10 @@ def run_serve(args: argparse.Namespace) -> int:
     for name in ("jobs", "max_upload_mb", "max_seconds", "max_train_minutes", "keep_hours", "batch_size"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be more than 0 (got {getattr(args, name)})")
+    from ..runtime import resolve_device
+
+    resolve_device(args.device)  # a device this machine lacks is said now (every job failed with it, in the
+    # operator's words, which the page's user could not change)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if args.verbose:  # the server's own debug lines (every request), not every library's (PIL's PNG chunks)
         logging.getLogger("hyperlips").setLevel(logging.DEBUG)
