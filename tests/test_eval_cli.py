@@ -282,6 +282,16 @@ def test_a_photo_as_the_reference_is_every_frames_reference(real_data, tmp_path,
     for k in ("jitter_ratio", "opening_r"):
         assert rep["metrics"][k] is None and rep["not_reported"][k] == "not applicable: the reference is a still image"
     assert rep["metrics"]["sharpness_ratio"] > 0
+    # the same pair in folders: the photo was not found as a reference ("0 reference videos")
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "gen" / "face.mp4").write_bytes(out.read_bytes())
+    (tmp_path / "refs" / "face.png").write_bytes((tmp_path / "face.png").read_bytes())
+    (tmp_path / "refs" / "other.jpg").write_bytes(b"a thumbnail beside videos is left alone")
+    code = main(["eval", str(tmp_path / "gen"), "--reference", str(tmp_path / "refs"), "--quiet",
+                 "-o", str(tmp_path / "ev2"), "--max-seconds", "1"])
+    assert code == 0, capfd.readouterr().err
+    assert [r["clip"] for r in _strict_json(tmp_path / "ev2" / "summary.json")["clips"]] == ["face"]
 
 
 def test_a_folder_of_results_against_one_file_says_both_must_be_folders(tmp_path, capfd):

@@ -9,6 +9,7 @@ from typing import Optional
 
 from ..errors import UserError, warn
 from ..face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
+from ..media.video import IMAGE_SUFFIXES
 from .pair import PROTOCOLS, ClipResult, evaluate_pair
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm", ".mpg", ".mpeg")
@@ -41,6 +42,8 @@ def pair_folders(generated: Path, reference: Path, audio: Optional[Path] = None)
             raise UserError(f"{what} folder not found: {p}")
     gens = _media_in(generated, VIDEO_SUFFIXES)
     refs = _media_in(reference, VIDEO_SUFFIXES)
+    for stem, photo in _media_in(reference, tuple(sorted(IMAGE_SUFFIXES))).items():  # a photo made a talking video:
+        refs.setdefault(stem, photo)  # its reference is that photo, as for one pair (a video of the name comes first)
     auds = _media_in(audio, AUDIO_SUFFIXES + VIDEO_SUFFIXES) if audio is not None else {}
     pairs = [(gens[s], refs[s], auds.get(s)) for s in sorted(gens) if s in refs]
     if not pairs:
