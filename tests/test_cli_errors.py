@@ -366,15 +366,13 @@ def test_ctrl_c_while_the_command_starts_is_an_interruption(tmp_path, face_video
     import subprocess
     import sys
 
-    code = "import time; time.sleep(5)"  # a start that takes a while, as loading torch and OpenCV does
-    script = ("import sys, hyperlips.cli as c; real = c.main\n"
-              f"def slow(argv=None):\n    {code}\n    return real(argv)\n"
+    script = ("import sys, time, hyperlips.cli as c; real = c.main\n"
+              "def slow(argv=None):\n"  # a start that takes a while, as loading torch and OpenCV does
+              "    print('ready', flush=True); time.sleep(30)\n    return real(argv)\n"
               "c.main = slow; c.run()")
     p = subprocess.Popen([sys.executable, "-c", script, "sync", str(face_video), "a.wav", "-o", str(tmp_path / "o.mp4")],
-                         stderr=subprocess.PIPE, text=True)
-    import time
-
-    time.sleep(2.0)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"  # (a busy machine takes its time to get there)
     p.send_signal(signal.SIGINT)
     err = p.communicate(timeout=60)[1]
     assert p.returncode == 130 and "Traceback" not in err and "interrupted" in err, err

@@ -392,8 +392,10 @@ def test_ctrl_c_with_workers_leaves_no_partial_clip_folder(tmp_path, more_data, 
 
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("a", "b"):
-        os.symlink(more_data / "lrs2_deep_avsr/00002.mp4", src / f"{name}.mp4")
+    import shutil
+
+    for name in ("a", "b"):  # (copies: two links to one file are one clip)
+        shutil.copy(more_data / "lrs2_deep_avsr/00002.mp4", src / f"{name}.mp4")
     clips = tmp_path / "ds" / "clips"
 
     def interrupted(futures):  # a worker's folder half made, then Ctrl-C in the parent

@@ -613,10 +613,11 @@ def run_finetune(args: argparse.Namespace) -> int:
         try:
             data, state = _prepare(args, work)
         except UserError:
-            made = any((work / "data" / "clips").rglob("meta.json")) if (work / "data" / "clips").is_dir() else False
+            made = (args.val_seconds is not None and (work / "data" / "clips").is_dir()
+                    and any((work / "data" / "clips").rglob("meta.json")))  # (refused for the option given)
             if fresh and not made:  # the footage cannot be used: leave nothing behind (a folder of an earlier run
-                shutil.rmtree(work, ignore_errors=True)  # stays, and so do clips made: a mistyped option cost the
-            raise  # whole preprocessing again)
+                shutil.rmtree(work, ignore_errors=True)  # stays, and so do clips made for a run refused for its
+            raise  # --val-seconds: a mistyped option cost the whole preprocessing again)
         if args.model == "lite":
             return _lite(args, work, data, state)
         return _base(args, work, data, state)
