@@ -371,7 +371,9 @@ def test_ctrl_c_while_the_command_starts_is_an_interruption(tmp_path, face_video
               "    print('ready', flush=True); time.sleep(30)\n    return real(argv)\n"
               "c.main = slow; c.run()")
     p = subprocess.Popen([sys.executable, "-c", script, "sync", str(face_video), "a.wav", "-o", str(tmp_path / "o.mp4")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (a test worker may
+    # ignore Ctrl-C, and a command started with it ignored keeps it so)
     assert p.stdout.readline().strip() == "ready"  # (a busy machine takes its time to get there)
     p.send_signal(signal.SIGINT)
     err = p.communicate(timeout=60)[1]
