@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from ..errors import UserError, warn
+from ..errors import UserError, require_file, warn
 from .clip_writer import HR_SIZES, ClipResult, PreprocessOptions, _add_phones, _source_key, process_clip
 from .datasets import CLIPS_DIR, FORMAT_VERSION, MANIFEST, META
 from .manifests import (
@@ -120,9 +120,8 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise UserError(f"video folder not found: {src}")
-    if not src.is_dir() and not src.is_file():  # a named pipe, a device: no footage to read twice
-        raise UserError(f"{src} is a pipe or a device, not a file: streams are not read; save the stream to a file "
-                        "first")
+    if not src.is_dir():  # one file: a readable one (a named pipe or a device is said to be one)
+        require_file(src, "footage")
     if opts.hr_size is not None and opts.hr_size not in HR_SIZES:
         raise UserError(f"--hr-size must be one of {', '.join(map(str, HR_SIZES))} (got {opts.hr_size})")
     if not 0 <= opts.val_fraction < 1:

@@ -160,8 +160,7 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     from ..pipeline import LipSync
     from .pair import evaluate_pair
     from .tail import (
-        footage_videos,
-        models_record,
+        model_footage,
         hold_reference_network,
         pick_reference,
         tail_segments,
@@ -171,8 +170,7 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     )
 
     footage, out = Path(footage), Path(out_dir)
-    record = models_record(footage, checkpoint)  # (None: other footage than the model's)
-    videos = footage_videos(footage, record)
+    videos, record = model_footage(footage, checkpoint)  # (record None: other footage than the model's)
     if face_index is None and face_box is None:  # the person its finetune learnt, on that footage
         face_index, face_box = trained_face(videos, record)
     segs, train_part = tail_segments(videos, fraction, seconds, min_seconds=0.0)  # a face to drive

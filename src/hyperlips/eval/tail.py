@@ -54,19 +54,20 @@ class TailResult:
     weights: str = ""  # what rendered the model's mouth, in words (its file, network, HR decoder, mouth)
 
 
-def footage_videos(footage: Path, checkpoint=None) -> list[Path]:
+def footage_videos(footage: Path, checkpoint=None, names: dict[Path, str] | None = None) -> list[Path]:
     """The clips of ``footage`` as ``finetune`` takes them, in its order (by clip name as the dataset spells it, so
     ``talk.mpg`` before ``talk-2.mpg``), without those it cannot use for want of a picture or a sound (each said in a
     warning): the tail held out here is then the one its validation held out. Where ``checkpoint`` was fine-tuned
     on this folder (every clip it records learning from is here), exactly those clips: finetune also leaves out
-    clips without the face (or the person asked for), which only detecting every frame would tell."""
+    clips without the face (or the person asked for), which only detecting every frame would tell. ``names``: the
+    folder's :func:`_clip_names`, where already read."""
     from ..errors import MediaError, warn
 
     if not footage.exists():
         raise UserError(f"footage not found: {footage}")
     if not footage.is_dir():
         return [footage]
-    names = _clip_names(footage)
+    names = _clip_names(footage) if names is None else names
     found = sorted(names, key=names.__getitem__)
     learnt = _learnt_clips(checkpoint)
     if learnt and set(learnt) <= set(names.values()):
@@ -106,7 +107,14 @@ def _learnt_clips(checkpoint) -> list[str] | None:
     return learnt if isinstance(learnt, list) and learnt else None
 
 
-def models_record(footage: Path, checkpoint):
+def model_footage(footage: Path, checkpoint) -> tuple[list[Path], object]:
+    """(:func:`footage_videos`, :func:`models_record`) of ``footage`` for ``checkpoint``, its folder walked once."""
+    names = _clip_names(footage) if footage.is_dir() else None
+    record = models_record(footage, checkpoint, names)  # (None: other footage than the model's)
+    return footage_videos(footage, record, names), record
+
+
+def models_record(footage: Path, checkpoint, names: dict[Path, str] | None = None):
     """``checkpoint`` where what it records of its footage (the part held out, the person) applies to ``footage``,
     else None. A model that records the clips it learnt from applies to a folder holding every one of them (clips
     added since are left out by :func:`footage_videos`); other footage of the same length once passed for it (its
@@ -116,7 +124,7 @@ def models_record(footage: Path, checkpoint):
     learnt = _learnt_clips(checkpoint)
     if learnt is None or not Path(footage).is_dir():
         return checkpoint
-    missing = sorted(set(learnt) - set(_clip_names(Path(footage)).values()))
+    missing = sorted(set(learnt) - set((_clip_names(Path(footage)) if names is None else names).values()))
     if not missing:
         return checkpoint
     shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -380,8 +388,7 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     from .protocols import SHIFT_BLIND, SHIFT_COLOUR, against_shifted_source, shifted_copy
 
     footage, out = Path(footage), Path(out_dir)
-    record = models_record(footage, checkpoint)  # (None: other footage than the model's)
-    videos = footage_videos(footage, record)
+    videos, record = model_footage(footage, checkpoint)  # (record None: other footage than the model's)
     seconds = _unseen_tail(videos, record, fraction, seconds)
     if face_index is None and face_box is None:  # the person its finetune learnt, on that footage
         face_index, face_box = trained_face(videos, record)

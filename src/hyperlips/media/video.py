@@ -374,7 +374,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     """
     require_file(path, "video file")
     p = os.fspath(path)
-    with FrameReader(p) as reader:  # (for a photo too: the same checks)  # (it probes once, and reads a one-picture file's picture as a still)
+    with FrameReader(p) as reader:  # (a photo too, with the same checks; a one-picture file's picture as a still)
         return reader.info
 
 

@@ -7,7 +7,6 @@ fixed names (``video.<suffix>``, ``audio.<suffix>``), so the uploads may expire 
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import re
@@ -22,10 +21,8 @@ from ..schedule import LOOP_MODES
 from .catalog import UNTRAINED_ID, find_model, list_models
 from .runner import job_folder
 from .settings import ServeSettings
-from .store import Store, new_id, valid_id
+from .store import Store, new_id, storage_full, valid_id
 from .uploads import UploadError, check_role, link_into, longest_seconds
-
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 KINDS = ("sync", "finetune")
 FIELDS = {  # what a job of each kind takes; anything else is a mistake (a misspelt option would pass unnoticed)
@@ -110,8 +107,7 @@ def submit(settings: ServeSettings, store: Store, params: dict) -> dict:
             shutil.rmtree(folder, ignore_errors=True)
             raise
     except (OSError, sqlite3.OperationalError) as e:  # a full disk (or its quota): the uploads' answer, not "a bug"
-        if isinstance(e, OSError) and e.errno not in STORAGE_ERRNOS or isinstance(
-                e, sqlite3.OperationalError) and "full" not in str(e):
+        if not storage_full(e):
             raise
         raise UploadError(f"the server could not store the job: {getattr(e, 'strerror', None) or e}; try again "
                           "later", status=507) from None

@@ -26,7 +26,7 @@ from . import jobs as jobs_mod
 from .catalog import list_models
 from .openapi import openapi_document
 from .runner import job_folder
-from .store import FINISHED, valid_id
+from .store import FINISHED, storage_full, valid_id
 from .uploads import UploadError, check_length, display_name, longest_seconds, receive, storage_suffix
 
 log = logging.getLogger("hyperlips.serve")
@@ -223,7 +223,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
         except Exception as e:  # noqa: BLE001 - a bug answers 500 and is logged; the server goes on
-            if _storage_full(e):  # the server's disk (its job store with it): not a bug to report
+            if storage_full(e):  # the server's disk (its job store with it): not a bug to report
                 log.warning("%s %s: %s", method, path, e)
                 self._json({"error": f"the server's disk is full ({e}): free some space on the server, then try "
                                      "again"}, 507, close=True)
@@ -471,13 +471,3 @@ def download_name(video_name: str | None) -> str:
     or none -> "video_hyperlips.mp4" (not a hidden file)."""
     stem = Path("_" + (video_name or "")).stem[1:].lstrip(".")
     return f"{stem or 'video'}_hyperlips.mp4"
-
-
-def _storage_full(e: BaseException) -> bool:
-    """Whether ``e`` is the server's disk being full: an OSError saying so, or SQLite's "database or disk is full"."""
-    import errno
-    import sqlite3
-
-    if isinstance(e, OSError):
-        return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-    return isinstance(e, sqlite3.OperationalError) and "full" in str(e)

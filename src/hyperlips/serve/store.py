@@ -49,6 +49,16 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
 """
 
 
+def storage_full(e: BaseException) -> bool:
+    """Whether ``e`` is the server's disk being full: an OSError saying so (or its quota), or SQLite's "database or
+    disk is full"."""
+    import errno
+
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return isinstance(e, sqlite3.OperationalError) and "full" in str(e)
+
+
 def new_id() -> str:
     """16 hex digits, unguessable: the only thing that names a file or job on disk."""
     return secrets.token_hex(8)
