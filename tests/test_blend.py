@@ -188,12 +188,29 @@ def test_paste_inplace_and_edge_cases(scene):
     frame = f0.copy()
     out = paste_face(frame, f1[y1:y2, x1:x2], box, inplace=True)
     assert out is frame and not np.array_equal(frame, f0)
-    # a box hanging over the frame edge is clipped, not an error
+    # a box hanging over the frame edge is not an error: only the part inside is written
     small = f0[:300, :300].copy()
     res = paste_face(small, f1[y1:y2, x1:x2], (250, 250, 400, 420))
     assert np.array_equal(res[:250], small[:250])
     with pytest.raises(ValueError):
         paste_face(f0, f1[y1:y2, x1:x2].astype(np.float32), box)
+
+
+@pytest.mark.parametrize("use_landmarks", [False, True])
+def test_a_face_past_the_frames_edge_is_pasted_as_in_the_whole_frame(scene, use_landmarks):
+    """A face the frame's edge cuts: the generated face is laid over its whole region, as far as it reaches past the
+    edge, and only the part inside is written, so the frame gets what the same face pasted into the whole (uncut)
+    frame gives there (clipped to the frame, the face was squeezed into the part inside)."""
+    f0, f1, box, (x1, y1, x2, y2), lm = scene
+    face = cv2.resize(f1[y1:y2, x1:x2], (128, 128), interpolation=cv2.INTER_AREA)
+    args = {"landmarks": lm if use_landmarks else None, "color": "none", "detail": False}
+    whole = paste_face(f0, face, box, **args)
+    cut_x, cut_y = (x1 + x2) // 2, y1 + (y2 - y1) * 3 // 4  # through the mouth, and below it
+    cut = np.ascontiguousarray(f0[: cut_y, cut_x:])
+    moved = (box.x1 - cut_x, box.y1, box.x2 - cut_x, box.y2)
+    out = paste_face(cut, face, moved, **args)
+    assert not np.array_equal(out, cut)
+    np.testing.assert_array_equal(out, whole[: cut_y, cut_x:])
 
 
 def test_match_detail_restores_lost_sharpness_and_never_blurs(real_data):

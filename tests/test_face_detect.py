@@ -123,11 +123,17 @@ def test_close_ups(detector, real_data):
         assert len(boxes) >= 1 and boxes[0].width > 0.3 * frame.shape[1]
 
 
-def test_box_clipped_at_frame_edge(detector, astronaut_bgr):
+def test_a_face_the_frames_edge_cuts_keeps_its_whole_box(detector, astronaut_bgr):
+    """Half a face is found, and its box is the whole face's as the detector sees it, reaching past the edge (its crop
+    then keeps the face's proportions), about where the uncut picture's box lies."""
+    (whole,) = detector.detect(astronaut_bgr)
     part = np.ascontiguousarray(astronaut_bgr[40:260, 200:460])  # the face's left half is cut off
     boxes = detector.detect(part)
     assert boxes, "half a face should still be found"
-    assert boxes[0].x1 == 0.0 and boxes[0].x2 <= part.shape[1]
+    b = boxes[0]
+    assert b.x1 < 0 and b.x2 <= part.shape[1]
+    shifted = np.array([b.x1 + 200, b.y1 + 40, b.x2 + 200, b.y2 + 40])
+    assert np.abs(shifted - whole.as_array()).max() < 0.15 * whole.width, (shifted, whole)
 
 
 def test_no_face(detector):

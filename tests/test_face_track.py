@@ -13,6 +13,7 @@ from hyperlips.face.track import (
     FaceTrack,
     crop_box,
     fill_gaps,
+    pixel_extent,
     pixel_region,
     select_faces,
     smooth_boxes,
@@ -160,12 +161,14 @@ def test_crop_box_padding():
     np.testing.assert_allclose(c.as_array(), [110, 70, 283, 300])
     c = crop_box(b, 1280, 720, pad=(0, 0, 0, 0), pad_px=(0, 10, 0, 0))  # the official inference padding
     np.testing.assert_allclose(c.as_array(), [100, 100, 300, 310])
-    c = crop_box(Box(-50, 600, 100, 760), 1280, 720, pad=(0.1, 0.1, 0.1, 0.1))
-    np.testing.assert_allclose(c.as_array(), [0, 584, 115, 720])
+    c = crop_box(Box(-50, 600, 100, 760), 1280, 720, pad=(0.1, 0.1, 0.1, 0.1))  # a face the corner cuts:
+    np.testing.assert_allclose(c.as_array(), [-65, 584, 115, 776])  # not clipped (the face is not squeezed)
     with pytest.raises(ValueError):
         crop_box(b, 1280, 720, pad=(0, 0))
     with pytest.raises(ValueError):
         crop_box(Box(2000, 10, 2100, 100), 1280, 720)
+    with pytest.raises(ValueError):  # a pixel of it inside is not a face to crop
+        crop_box(Box(-100, 10, 1, 100), 1280, 720, pad=(0, 0, 0, 0))
 
 
 def test_frame_size_turns_boxes_into_crops():
@@ -179,6 +182,9 @@ def test_pixel_region_rounds_and_clips():
     assert pixel_region(Box(10.4, 10.5, 20.5, 30.49), 100, 100) == (10, 11, 21, 30)
     assert pixel_region(Box(-3, -3, 150, 150), 100, 100) == (0, 0, 100, 100)
     assert pixel_region(Box(50.2, 50.2, 50.3, 50.3), 100, 100) == (50, 50, 51, 51)  # never empty
+    assert pixel_extent(Box(10.4, 10.5, 20.5, 30.49)) == (10, 11, 21, 30)  # inside the frame: the region
+    assert pixel_extent(Box(-3.4, -3.6, 150.5, 150.2)) == (-3, -4, 151, 150)  # past its edges: not clipped
+    assert pixel_extent(Box(50.2, 50.2, 50.3, 50.3)) == (50, 50, 51, 51)
 
 
 # ---------------------------------------------------------------- real video
@@ -231,3 +237,25 @@ def test_default_crop_spans_brows_to_chin(detector, real_data):
             assert max(y[33], y[263]) < 0.5, name  # eye corners
             assert 0.5 < y[13] < 0.85, name  # upper lip
             assert 0.92 < y[152] < 1.06, name  # chin
+
+
+def test_a_face_the_frames_edge_cuts_keeps_its_place_in_the_crop(detector, real_data):
+    """A face the frame's edge cuts (a close-up's forehead, a face at the side of the picture): its crop reaches past
+    the edge, so FaceMesh finds the mouth where it is in the whole face's crop. Clipped to the frame (the official
+    crop), the top cut moved the mouth up the crop by a sixth of its height and in the side cut FaceMesh found none."""
+    from hyperlips.face.landmarks import FaceMesh
+    from hyperlips.generator_io import face_crop
+
+    (frame,) = read_frames(real_data / "retalking" / "face2.mp4", [10])
+    h, w = frame.shape[:2]
+    mouth = [13, 14, 61, 291]  # the inner lips' middles and the corners
+    with FaceMesh(static=True) as mesh:
+        whole = mesh.landmarks(face_crop(frame, crop_box(detector.detect(frame)[0], w, h), 256))[mouth, :2]
+        for name, cut in (("top", frame[340:]), ("left", frame[:, 330:])):
+            cut = np.ascontiguousarray(cut)
+            (face,) = detector.detect(cut)
+            assert face.y1 < 0 if name == "top" else face.x1 < 0, (name, face)  # the whole face's box, past the edge
+            box = crop_box(face, cut.shape[1], cut.shape[0])
+            lm = mesh.landmarks(face_crop(cut, box, 256))
+            assert lm is not None, name
+            assert np.abs(lm[mouth, :2] - whole).mean() < 6.0, (name, lm[mouth, :2], whole)

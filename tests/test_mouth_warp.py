@@ -595,21 +595,45 @@ def test_warp_needs_mouth_shapes(real_data, tmp_path):
     assert not (tmp_path / "o.mp4").exists()
 
 
-def test_sync_says_where_the_mouth_could_not_be_found_to_move(real_data, tmp_path):
-    """A photo whose face the frame's edge cuts through the mouth: FaceMesh finds none, so every frame showed the
-    starter's soft rendered face (squeezed into the cut crop: a second mouth beside the real one), without a word."""
+def test_a_face_the_frames_edge_cuts_through_the_mouth_gets_its_own_mouth_moved(real_data, tmp_path):
+    """A photo whose face the frame's edge cuts through the mouth: its crop reaches past the edge, FaceMesh finds the
+    mouth, and the frame shows what the whole photo shows there. Clipped to the frame, the crop squeezed the face,
+    FaceMesh found no mouth, and every frame showed the starter's soft rendered face beside the real mouth (a mean
+    difference of 7.7 grey levels from the whole photo's output over the lower face; now 1.1)."""
     import cv2
 
     from hyperlips import LipSync
 
     frame = read_frames(real_data / "retalking" / "face2.mp4", 11)[10]
-    photo = tmp_path / "cut.png"
+    photo, whole = tmp_path / "cut.png", tmp_path / "whole.png"
     cv2.imwrite(str(photo), frame[:, 330:])  # the left edge through the mouth
+    cv2.imwrite(str(whole), frame)
     speech = cut_audio(real_data / "retalking" / "audio1.wav", tmp_path / "speech.wav", 0.6)
     with LipSync(progress=False, phones=False) as ls:
         report = ls.sync(photo, speech, tmp_path / "out.mp4")
-        assert any("FaceMesh found no mouth in 15 of the 15 face crops" in w for w in report.warnings), report.warnings
-        whole = tmp_path / "whole.png"
-        cv2.imwrite(str(whole), frame)
-        report = ls.sync(whole, speech, tmp_path / "out2.mp4")
         assert not any("FaceMesh found no mouth" in w for w in report.warnings), report.warnings
+        ls.sync(whole, speech, tmp_path / "whole.mp4")
+    got = np.stack(read_frames(tmp_path / "out.mp4")).astype(np.float32)[:, 450:600, :190]  # the lower face
+    want = np.stack(read_frames(tmp_path / "whole.mp4")).astype(np.float32)[:, 450:600, 330:520]
+    assert np.abs(want - want[:1]).mean() > 1.5  # the mouth moves
+    assert np.abs(got - want).mean() < 3.0
+
+
+def test_sync_says_where_the_mouth_could_not_be_found_to_move(real_data, tmp_path, monkeypatch):
+    """Where FaceMesh finds no mouth in the face region (a face turned away or covered), the frame shows the network's
+    rendered face instead of its own mouth moved: said, with how many of the crops it was."""
+    import cv2
+
+    from hyperlips import LipSync
+    from hyperlips.face.landmarks import FaceMesh
+
+    frame = read_frames(real_data / "retalking" / "face2.mp4", 11)[10]
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), frame)
+    speech = cut_audio(real_data / "retalking" / "audio1.wav", tmp_path / "speech.wav", 0.6)
+    with LipSync(progress=False, phones=False) as ls:
+        report = ls.sync(photo, speech, tmp_path / "out.mp4")
+        assert not any("FaceMesh found no mouth" in w for w in report.warnings), report.warnings
+        monkeypatch.setattr(FaceMesh, "landmarks", lambda self, image: None)
+        report = ls.sync(photo, speech, tmp_path / "out2.mp4")
+        assert any("FaceMesh found no mouth in 15 of the 15 face crops" in w for w in report.warnings), report.warnings

@@ -18,14 +18,20 @@ BASE_SIZE = 128  # the generators' face size
 
 
 def face_crop(frame: np.ndarray, box, size: int) -> np.ndarray:
-    """The box region of ``frame`` (``face.track.pixel_region``, the region paste-back uses) as ``size``x``size``.
+    """The box's region of ``frame`` (``face.track.pixel_extent``, the region paste-back resizes the face to) as
+    ``size``x``size``. Where the box reaches past the frame's edge (a face the edge cuts), the rows and columns
+    outside repeat the nearest ones inside, so the face keeps its proportions and its place in the crop.
 
     Area interpolation when shrinking, bilinear when enlarging. Training crops are made with this same function.
     """
-    from .face.track import pixel_region
+    from .face.track import pixel_extent
 
-    x1, y1, x2, y2 = pixel_region(box, frame.shape[1], frame.shape[0])
-    crop = frame[y1:y2, x1:x2]
+    fh, fw = frame.shape[:2]
+    x1, y1, x2, y2 = pixel_extent(box)
+    if x1 >= 0 and y1 >= 0 and x2 <= fw and y2 <= fh:
+        crop = frame[y1:y2, x1:x2]
+    else:
+        crop = frame[np.clip(np.arange(y1, y2), 0, fh - 1)][:, np.clip(np.arange(x1, x2), 0, fw - 1)]
     interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(crop, (size, size), interpolation=interp)
 

@@ -106,10 +106,10 @@ class MouthStep:
         now (before :meth:`closed_shapes`), not when it is warped."""
         from .face.blend import first_row_read
         from .face.mouth_warp import MouthWarp
-        from .face.track import pixel_region
+        from .face.track import pixel_extent
         from .generator_io import BASE_SIZE, face_crop
 
-        x1, y1, x2, y2 = pixel_region(box, image.shape[1], image.shape[0])
+        x1, y1, x2, y2 = pixel_extent(box)
         side = max(x2 - x1, y2 - y1, BASE_SIZE)
         if self._warp is None:
             from .face.landmarks import FaceMesh

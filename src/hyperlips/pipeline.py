@@ -420,10 +420,9 @@ class LipSync:
                 raise
         step = self._mouth_step
         if step is not None and step.missed >= max(1, MISSED_MOUTH_SHARE * step.looked):  # the frame's own mouth
-            warn(f"{video}: FaceMesh found no mouth in {step.missed} of the {step.looked} face crops (a face cut by "  # moved
-                 f"the frame's edge, turned away or covered): there the network's rendered face is shown instead of "  # only
-                 f"the frame's own mouth moved (--mouth {self.mouth}), softer, and where the face is cut by the edge "  # where
-                 "its mouth may be misplaced")  # FaceMesh found it: said, not silently another mouth
+            warn(f"{video}: FaceMesh found no mouth in {step.missed} of the {step.looked} face crops (a face turned "  # moved
+                 f"away, covered, or mostly outside the frame): there the network's rendered face is shown instead of "  # only
+                 f"the frame's own mouth moved (--mouth {self.mouth}), softer")  # where FaceMesh found it: said
         return SyncReport(output, n_out, fps_out, writer.coded_width, writer.coded_height, seconds, faces_done,
                           dict(timer.totals), time.perf_counter() - t_start, first_frame)
 

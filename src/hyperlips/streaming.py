@@ -470,10 +470,10 @@ def blended_inputs(jobs: Iterator[FrameJob], weight: float) -> Iterator[FrameJob
         yield from jobs
         return
     from .face.steady import is_near
-    from .face.track import pixel_region
+    from .face.track import pixel_extent
 
     def region(job):
-        return pixel_region(job.box, job.image.shape[1], job.image.shape[0])
+        return pixel_extent(job.box)
 
     def mix(own, before, after):
         out = own * np.float32(1.0 - 2.0 * weight)
@@ -556,7 +556,7 @@ def steady_batches(batches_in: Iterator[list[FrameJob]], weight: float) -> Itera
     """Each generated face blended with those of the output frames before and after it (``face.steady``). The
     jobs come out one later than they arrive (a job waits for the next one's face; the last is flushed at the end)."""
     from .face.steady import blend_neighbours
-    from .face.track import pixel_region
+    from .face.track import pixel_extent
 
     if weight <= 0:
         yield from batches_in
@@ -565,7 +565,7 @@ def steady_batches(batches_in: Iterator[list[FrameJob]], weight: float) -> Itera
     def rendered(job):  # (face as rendered, crop region, shot), or None for a frame without a face
         if job is None or job.face is None:
             return None
-        return job.face, pixel_region(job.box, job.image.shape[1], job.image.shape[0]), job.shot
+        return job.face, pixel_extent(job.box), job.shot
 
     def same_shot(other, mine):  # a neighbour's (face, region) where it is of the same shot, else None
         return other[:2] if other is not None and other[2] == mine[2] else None

@@ -6,7 +6,7 @@ Submodules import mediapipe only when a detector or mesh is built, so ``hyperlip
 from hyperlips.face.blend import MaskParams, landmark_face_mask, lower_face_mask, match_color, paste_face
 from hyperlips.face.detect import Box, FaceDetector, MissingDependencyError
 from hyperlips.face.landmarks import FaceMesh, draw_sketch, lip_box, lip_mask, roi_edges, smooth_landmarks
-from hyperlips.face.track import DEFAULT_PAD, FaceTrack, crop_box, pixel_region, track_faces
+from hyperlips.face.track import DEFAULT_PAD, FaceTrack, crop_box, pixel_extent, pixel_region, track_faces
 
 __all__ = [
     "Box",
@@ -15,6 +15,7 @@ __all__ = [
     "FaceTrack",
     "track_faces",
     "crop_box",
+    "pixel_extent",
     "pixel_region",
     "DEFAULT_PAD",
     "FaceMesh",

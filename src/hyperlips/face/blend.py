@@ -21,7 +21,7 @@ import numpy as np
 
 from hyperlips.face.detect import Box, check_frame
 from hyperlips.face.landmarks import LIP_RING
-from hyperlips.face.track import pixel_region
+from hyperlips.face.track import pixel_extent, pixel_region
 
 # Lower face oval, from the left cheek (234) round the chin (152) to the right cheek (454), and the nostril base.
 JAW_LINE: tuple[int, ...] = (
@@ -188,9 +188,9 @@ def paste_face(
 ) -> np.ndarray:
     """Blend a generated face crop into the frame; returns the new frame (the input is untouched unless ``inplace``).
 
-    ``face_bgr``: uint8 (h', w', 3) BGR, any size, resized to ``box``'s pixel region (``track.pixel_region``, the
-    same region the crop was cut from). ``landmarks``: optional FaceMesh points (N, 2+) in pixels of the original
-    crop; they give a jaw-shaped mask and the exact lip area to leave out of the colour statistics. Pixels where
+    ``face_bgr``: uint8 (h', w', 3) BGR, any size, resized to ``box``'s pixel region (``track.pixel_extent``, the
+    same region the crop was cut from); where the box reaches past the frame's edge, only the part inside is
+    written. ``landmarks``: optional FaceMesh points (N, 2+) in pixels of the original crop; they give a jaw-shaped mask and the exact lip area to leave out of the colour statistics. Pixels where
     the mask is 0 (above the nose line, the crop border, everything outside the box) keep their exact input values.
     The face is enlarged with bicubic interpolation; ``detail`` restores the frame's fine detail
     (:func:`match_detail`), ``color`` its colour (:func:`match_color`), both measured on the skin round the mouth.
@@ -198,10 +198,11 @@ def paste_face(
     check_frame(frame_bgr)
     check_frame(face_bgr, "generated face")
     H, W = frame_bgr.shape[:2]
-    x1, y1, x2, y2 = pixel_region(box, W, H)
-    h, w = y2 - y1, x2 - x1
+    ex1, ey1, ex2, ey2 = pixel_extent(box)  # the face's whole region, which may reach past the frame's edges
+    x1, y1, x2, y2 = pixel_region(box, W, H)  # the part of it inside the frame: the only pixels written
+    h, w = ey2 - ey1, ex2 - ex1
     out = frame_bgr if inplace else frame_bgr.copy()
-    if h < 2 or w < 2:
+    if h < 2 or w < 2 or y2 - y1 < 2 or x2 - x1 < 2:
         return out
     orig = frame_bgr[y1:y2, x1:x2]
     interp = cv2.INTER_AREA if face_bgr.shape[0] > h else cv2.INTER_CUBIC
@@ -217,6 +218,9 @@ def paste_face(
         mask = lower_face_mask(h, w, params)
         mouth = _mouth_exclusion(h, w, params)
 
+    if (h, w) != orig.shape[:2]:  # keep the part inside the frame
+        inside = (slice(y1 - ey1, y2 - ey1), slice(x1 - ex1, x2 - ex1))
+        gen, mask, mouth = gen[inside], mask[inside], mouth[inside]
     rows = np.flatnonzero(mask.max(axis=1) > 0)
     if rows.size == 0:
         return out

@@ -372,7 +372,9 @@ class FaceDetector:
             self._fd.process(np.zeros((64, 64, 3), np.uint8))
 
     def detect(self, frame_bgr: np.ndarray) -> list[Box]:
-        """Faces in one frame, largest first, clipped to the frame (empty list when there is none)."""
+        """Faces in one frame, largest first (empty list when there is none). A face the frame's edge cuts keeps the
+        box the detector sees for the whole face, reaching past the edge (clipped, its crop would squeeze the face);
+        at least a pixel of it across and down lies inside the frame."""
         if self._fd is None:
             raise RuntimeError("FaceDetector is closed")
         check_frame(frame_bgr)
@@ -384,8 +386,9 @@ class FaceDetector:
             rb = det.location_data.relative_bounding_box
             box = Box(
                 rb.xmin * w, rb.ymin * h, (rb.xmin + rb.width) * w, (rb.ymin + rb.height) * h, float(det.score[0])
-            ).clip(w, h)
-            if box.width >= 1.0 and box.height >= 1.0:
+            )
+            inside = box.clip(w, h)
+            if inside.width >= 1.0 and inside.height >= 1.0:
                 boxes.append(box)
         boxes.sort(key=lambda b: b.area, reverse=True)
         return boxes

@@ -22,7 +22,7 @@ DEFAULT_WEIGHT = 0.25
 MAX_WEIGHT = 1.0 / 3.0  # 1/3 each: a plain 3-frame mean; more would weigh the neighbours above the frame itself
 NEAR = 0.1  # a neighbour's crop counts as near when its corners are within this fraction of the crop's size
 
-Region = Sequence[int]  # (x1, y1, x2, y2) pixel region of a crop in its frame (``track.pixel_region``)
+Region = Sequence[int]  # (x1, y1, x2, y2) pixel region of a crop in its frame (``track.pixel_extent``)
 
 
 def check_weight(weight: float) -> float:

@@ -199,7 +199,8 @@ class FaceTrack:
     """The face followed through a video.
 
     ``boxes[t]``: the region to crop in frame t (None = leave the frame unchanged). With ``frame_size`` given these
-    are crop boxes (:func:`crop_box` of the smoothed detector box with ``pad``/``pad_px``, clipped to the frame);
+    are crop boxes (:func:`crop_box` of the smoothed detector box with ``pad``/``pad_px``; one may reach past the
+    frame's edge where the edge cuts the face);
     without it they are the smoothed detector boxes themselves. ``face_boxes``: the smoothed detector boxes;
     ``raw``: the chosen detections before gap filling and smoothing; ``best_index``: the frame whose own detection
     scored highest (a good reference face).
@@ -280,12 +281,18 @@ def crop_box(
     pad: Sequence[float] = DEFAULT_PAD,
     pad_px: Sequence[float] = (0, 0, 0, 0),
 ) -> Box:
-    """The crop to feed the model for a detector ``box``, clipped to the frame.
+    """The crop to feed the model for a detector ``box``.
 
     ``pad`` = (top, bottom, left, right) as fractions of the box height (top, bottom) and width (left, right),
     ``pad_px`` the same in pixels, added after; positive grows the box outward. The default ``pad`` turns a mediapipe
     box into an S3FD-like one (the training crops, see :data:`DEFAULT_PAD`); the official inference adds
     ``pad_px=(0, 10, 0, 0)`` on top of that, which training never saw.
+
+    The box is not clipped to the frame: where the frame's edge cuts the face, it reaches past the edge, so the face
+    keeps its proportions in the crop (``generator_io.face_crop`` fills the part outside with the edge's pixels,
+    paste-back writes only the part inside; the official code clipped it, and a face cut by the edge was squeezed into
+    the square, its mouth out of place). Raises ``ValueError`` where less than 2 pixels of it across or down lie
+    inside the frame.
     """
     b = _as_box(box)
     if len(pad) != 4 or len(pad_px) != 4:
@@ -294,16 +301,26 @@ def crop_box(
     t, bo, le, ri = (float(v) for v in pad)
     tp, bp, lp, rp = (float(v) for v in pad_px)
     out = Box(b.x1 - le * w - lp, b.y1 - t * h - tp, b.x2 + ri * w + rp, b.y2 + bo * h + bp, b.score)
-    out = out.clip(frame_w, frame_h)
-    if out.width < 2 or out.height < 2:
-        raise ValueError(f"crop box {tuple(out.as_array())} is empty after padding and clipping to the frame")
+    inside = out.clip(frame_w, frame_h)
+    if inside.width < 2 or inside.height < 2:
+        raise ValueError(f"crop box {tuple(out.as_array())} lies outside the {frame_w}x{frame_h} frame")
     return out
 
 
-def pixel_region(box: BoxLike, frame_w: int, frame_h: int) -> tuple[int, int, int, int]:
-    """Integer ``(x1, y1, x2, y2)`` (x2/y2 exclusive) of a float box, rounded to the nearest pixel edge and clipped.
+def pixel_extent(box: BoxLike) -> tuple[int, int, int, int]:
+    """Integer ``(x1, y1, x2, y2)`` (x2/y2 exclusive) of a float box, rounded to the nearest pixel edge, not clipped:
+    the region a face crop is made from (``generator_io.face_crop``), which may reach past the frame's edges. Inside
+    the frame it is :func:`pixel_region`."""
+    b = _as_box(box)
+    x1, y1 = int(math.floor(b.x1 + 0.5)), int(math.floor(b.y1 + 0.5))
+    return x1, y1, max(int(math.floor(b.x2 + 0.5)), x1 + 1), max(int(math.floor(b.y2 + 0.5)), y1 + 1)
 
-    Crop with ``frame[y1:y2, x1:x2]``; paste-back uses the same region, so crop and paste always agree.
+
+def pixel_region(box: BoxLike, frame_w: int, frame_h: int) -> tuple[int, int, int, int]:
+    """Integer ``(x1, y1, x2, y2)`` (x2/y2 exclusive) of a float box, rounded to the nearest pixel edge and clipped:
+    the part of :func:`pixel_extent` inside the frame.
+
+    Index the frame with ``frame[y1:y2, x1:x2]``; paste-back writes only there, so crop and paste always agree.
     """
     b = _as_box(box)
     x1 = min(max(int(math.floor(b.x1 + 0.5)), 0), frame_w - 1)
