@@ -208,7 +208,7 @@ def test_the_inner_lips_are_kept_apart_and_the_inside_drawn():
     region = np.full((400, 400, 3), 180, np.uint8)
     region[190:211, 100:201] = rng.integers(200, 256, (21, 101, 3))  # teeth
     painted = paint_inside(region, ring)
-    assert np.abs(painted[200, 150] - cavity_colour(region, ring)).max() < 1  # dark and reddish, as real mouths
+    assert np.abs(painted[200, 150] - cavity_colour(region, ring)).max() < 1  # dark (grey round grey lips)
     assert painted[200, 150].max() < 0.5 * 180 and np.array_equal(painted[:185], region[:185])
     out = region.copy()
     draw_inside(out, region, ring, ring, 20.0, 20.0, sigma=1.0)  # the same opening: the frame's own inside
@@ -226,6 +226,39 @@ def test_the_inner_lips_are_kept_apart_and_the_inside_drawn():
     assert np.abs(out[198:203, 140:161].astype(float) - (60 * 0.95 + region[198:203, 140:161] * 0.05)).max() < 2
     out = region.copy()
     assert np.array_equal(fill_from(out, face, ring, 20.0, 20.0, sigma=1.0), region)  # the same opening: its own
+
+
+def test_the_inside_is_dark_red_round_coloured_lips_and_grey_round_grey_ones(real_data, tmp_path):
+    """A new opening's inside is dark red round the lips of colour footage (the colour of real mouths' insides,
+    measured), and as grey as the lips round them in a black-and-white one: a greyscale photo synced with the starter
+    stays grey in every pixel (the inside was drawn dark red: up to 7 levels between its channels)."""
+    import cv2
+
+    from hyperlips import LipSync
+    from hyperlips.face.mouth_inside import CAVITY, cavity_colour
+
+    n = len(ms.INNER_LIP)
+    t = np.arange(n // 2 + 1) / (n // 2)
+    x = 100 + 100 * (1 - np.cos(np.pi * t)) / 2
+    lower, upper = (np.stack([x, 200 + side * 10 * np.sin(np.pi * t)], 1) for side in (1, -1))
+    ring = np.vstack([lower, upper[::-1][1:-1]])
+    skin = np.array([120, 140, 190], np.uint8)  # BGR
+    assert np.allclose(cavity_colour(np.full((400, 400, 3), skin), ring), CAVITY * skin)
+    grey = cavity_colour(np.full((400, 400, 3), 150, np.uint8), ring)
+    assert np.ptp(grey) < 1e-3 and 0.1 * 150 < grey[0] < 0.3 * 150
+    faint = cavity_colour(np.full((400, 400, 3), [145, 150, 155], np.uint8), ring)  # a little colour: a little red
+    assert 0 < faint[2] - faint[0] < (CAVITY[2] - CAVITY[0]) * 150
+
+    frame = read_frames(real_data / "retalking" / "face2.mp4", 11)[10]
+    photo = tmp_path / "grey.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR))
+    speech = cut_audio(real_data / "retalking" / "audio1.wav", tmp_path / "speech.wav", 1.2)
+    with LipSync(progress=False, phones=False) as ls:
+        ls.sync(photo, speech, tmp_path / "out.mp4")
+    out = np.stack(read_frames(tmp_path / "out.mp4")).astype(np.int16)
+    mouth = out[:, 450:600, 250:520]
+    assert np.abs(mouth - mouth[:1]).mean() > 1.0  # the mouth moves
+    assert (mouth.max(axis=3) - mouth.min(axis=3)).max() <= 1
 
 
 def test_the_inside_moves_with_the_lips_unstretched():

@@ -35,6 +35,10 @@ import numpy as np
 # that, as FaceMesh reads the openings of warped mouths nearly as well as with a black inside (0.15 of the colour
 # round it in every channel, as drawn before): held-out r 0.441-0.445 against 0.449, at the real colour 0.440.
 CAVITY = np.array([0.16, 0.14, 0.25], np.float32)
+# CAVITY's red tint is kept whole round lips whose colour spreads over this share of its mean or more (max - min
+# channel of the median colour round the ring, over its mean: 0.33-0.98 on the first frames of 32 real clips here),
+# and lessened below it, to none round grey lips: a black-and-white video's mouth stays grey
+FULL_TINT_SPREAD = 0.25
 
 
 def ring_box(ring: np.ndarray, reach: int, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -54,18 +58,28 @@ def ring_mask(ring: np.ndarray, box: tuple[int, int, int, int], sigma: float = 0
 
 def cavity_colour(image: np.ndarray, ring: np.ndarray) -> np.ndarray:
     """The colour of a mouth's dark inside for a ring (n, 2) of ``image`` (h, w, 3) uint8 BGR: :data:`CAVITY` times
-    the median colour round the ring (float32 (3,))."""
+    the median colour round the ring (float32 (3,)), its red tint lessened round lips of little colour
+    (:data:`FULL_TINT_SPREAD`; none round grey ones)."""
     h, w = image.shape[:2]
     width = float(np.ptp(ring[:, 0])) if len(ring) else 0.0
     box = ring_box(ring, int(np.ceil(width / 3)) + 2, w, h)
     if box is None:
-        return CAVITY * np.median(image.reshape(-1, 3), axis=0).astype(np.float32)
+        return _tinted(np.median(image.reshape(-1, 3), axis=0).astype(np.float32))
     x0, y0, x1, y1 = box
     # every other pixel of every other row: the same median at a quarter of the cost
     around = ring_mask(ring, box)[::2, ::2] < 0.5
     block = image[y0:y1:2, x0:x1:2]
     pixels = block[around] if around.any() else block.reshape(-1, 3)
-    return CAVITY * np.median(pixels, axis=0).astype(np.float32)
+    return _tinted(np.median(pixels, axis=0).astype(np.float32))
+
+
+def _tinted(around: np.ndarray) -> np.ndarray:
+    """:data:`CAVITY` times the colour ``around`` (3,), its tint raised to the power of how colourful that is."""
+    spread = float(around.max() - around.min()) / max(float(around.mean()), 1.0)
+    if spread >= FULL_TINT_SPREAD:
+        return CAVITY * around
+    level = np.float32(CAVITY.mean())
+    return level * (CAVITY / level) ** np.float32(spread / FULL_TINT_SPREAD) * around
 
 
 def _blend(out: np.ndarray, box: tuple[int, int, int, int], layer, mask: np.ndarray) -> np.ndarray:
