@@ -267,6 +267,24 @@ def test_an_animated_gif_is_taken_as_a_video(server, tmp_path):
     assert rec["usable_as"]["video"] and rec["name"] == "talk.gif", rec
 
 
+def test_an_animated_png_is_a_video_to_the_server_as_to_sync(server, tmp_path):
+    """An animated PNG is read as a video by `sync`; the server called it a photo by its name (no sync job would
+    take its sound, and a job with it as the video got its frames)."""
+    import av
+
+    path = tmp_path / "talk.png"
+    with av.open(str(path), "w", format="apng") as c:
+        s = c.add_stream("apng", rate=25)
+        s.width = s.height = 64
+        s.pix_fmt = "rgb24"
+        for k in range(3):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40 * k, np.uint8), format="rgb24")))
+        c.mux(s.encode())
+    _, client = server(run_jobs=False)
+    rec = client.upload_file(path)
+    assert rec["usable_as"]["video"] and not rec["is_image"] and rec["frames"] == 3, rec
+
+
 def test_speech_without_sound_gets_the_command_line_reason(server, inputs, tmp_path):
     _, client = server()
     photo = client.upload_file(inputs["photo"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -842,3 +843,85 @@ def test_a_video_saved_under_a_photo_name_is_read_as_the_video_it_is(real_data, 
     (tmp_path / "bad.png").write_bytes(b"not a picture")
     with pytest.raises(MediaError, match="cannot decode image .*bad.png"):  # what the image decoder said, kept
         probe(tmp_path / "bad.png")
+
+
+def _real_frames(real_data, n: int, side: int = 96) -> list[np.ndarray]:
+    import cv2
+
+    from helpers import read_frames
+
+    return [cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA)
+            for f in read_frames(real_data / "retalking" / "face2.mp4", n)]
+
+
+def test_an_animated_png_is_read_as_the_video_it_is(real_data, tmp_path):
+    """An APNG (an animated PNG, as GIF's successor) was read as a still of its first picture, silently: its frames
+    are a video's, as a GIF's are."""
+    import av
+
+    frames = _real_frames(real_data, 8)
+    path = tmp_path / "talk.png"
+    with av.open(str(path), "w", format="apng") as c:
+        s = c.add_stream("apng", rate=25)
+        s.width = s.height = 96
+        s.pix_fmt = "rgb24"
+        for f in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:, :, ::-1]), format="rgb24")))
+        c.mux(s.encode())
+    info = probe(path)
+    assert (info.is_image, info.n_frames, info.fps) == (False, 8, 25.0)
+    with FrameReader(path) as r:
+        got = [fr.image for fr in r]
+    assert len(got) == 8 and all(np.array_equal(a, b) for a, b in zip(got, frames))  # PNG is lossless
+
+
+def test_an_animated_webp_is_its_first_picture_and_said(real_data, tmp_path):
+    """FFmpeg cannot read an animated WebP's frames: its first picture is used as a photo, and that is said."""
+    from PIL import Image
+
+    frames = [Image.fromarray(np.ascontiguousarray(f[:, :, ::-1])) for f in _real_frames(real_data, 3)]
+    path = tmp_path / "talk.webp"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=40, loop=0, lossless=True)
+    with pytest.warns(InputWarning, match=r"talk\.webp is an animated WebP: only its first picture is used"):
+        info = probe(path)
+    assert info.is_image and info.n_frames == 1
+    frames[0].save(tmp_path / "still.webp", lossless=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)  # a still WebP: nothing to say
+        assert probe(tmp_path / "still.webp").is_image
+
+
+@pytest.mark.parametrize("suffix", [".png", ".webp"])
+def test_a_transparent_photo_is_shown_over_white(real_data, tmp_path, suffix):
+    """A portrait with a transparent background: its transparent parts are laid over white, as viewers show them, and
+    that is said (the alpha was dropped: the background became whatever colours the file keeps under it, here
+    green); semi-transparent pixels are mixed with the white by their alpha."""
+    import cv2
+
+    from hyperlips.errors import collect_warnings
+
+    (frame,) = _real_frames(real_data, 1)
+    rgba = np.dstack([frame, np.full(frame.shape[:2], 255, np.uint8)])
+    rgba[:, :30, :3] = (0, 255, 0)  # hidden under alpha 0
+    rgba[:, :30, 3] = 0
+    rgba[:, 30:40, 3] = 128
+    path = tmp_path / f"cutout{suffix}"
+    ok, data = cv2.imencode(suffix, rgba, [cv2.IMWRITE_WEBP_QUALITY, 101] if suffix == ".webp" else [])
+    assert ok
+    path.write_bytes(data.tobytes())
+    with collect_warnings() as said:
+        with FrameReader(path) as r:
+            img = next(iter(r)).image
+    assert said == [f"{path}: its transparent parts are shown over white (a video has no transparency)"]
+    assert (img[:, :30] == 255).all()
+    want = np.rint(frame[:, 30:40] * (128 / 255) + 255 * (1 - 128 / 255))
+    assert np.abs(img[:, 30:40].astype(float) - want).max() <= 1
+    assert np.array_equal(img[:, 40:], frame[:, 40:])
+    opaque = tmp_path / f"opaque{suffix}"
+    rgba[:, :, 3] = 255
+    ok, data = cv2.imencode(suffix, rgba, [cv2.IMWRITE_WEBP_QUALITY, 101] if suffix == ".webp" else [])
+    opaque.write_bytes(data.tobytes())
+    with collect_warnings() as said:
+        with FrameReader(opaque) as r:
+            assert np.array_equal(next(iter(r)).image, cv2.imdecode(data, cv2.IMREAD_COLOR))
+    assert said == []

@@ -100,6 +100,27 @@ def write_image(path, image: np.ndarray) -> bool:
     return True
 
 
+def _animation(path: str) -> str | None:
+    """``"APNG"`` or ``"animated WebP"`` where the picture file is one (read from its first chunks), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(21)
+            if head[:8] == b"\x89PNG\r\n\x1a\n":  # an animation control chunk before the first picture data: APNG
+                f.seek(8)
+                while len(chunk := f.read(8)) == 8 and chunk[4:] not in (b"IDAT", b"IEND"):
+                    if chunk[4:] == b"acTL":
+                        return "APNG"
+                    f.seek(int.from_bytes(chunk[:4], "big") + 4, os.SEEK_CUR)  # its data and CRC
+            elif head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and len(head) == 21 and head[20] & 0x02:
+                return "animated WebP"  # (the extended header's animation flag)
+    except OSError:
+        pass
+    return None
+
+
+ALPHA_BACKGROUND = 255  # the grey level the transparent parts of a picture are shown over: white, as viewers show them
+
+
 def _read_image(path: str) -> np.ndarray:
     import cv2
 
@@ -110,7 +131,28 @@ def _read_image(path: str) -> np.ndarray:
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)  # BGR, EXIF orientation applied, alpha dropped, 16 bit -> 8 bit
     if img is None:
         raise MediaError(f"cannot decode image {path} (unreadable or corrupt file)")
+    if Path(path).suffix.lower() in (".png", ".webp", ".tif", ".tiff"):  # the formats with transparency
+        img = _over_background(path, data, img)
     return img
+
+
+def _over_background(path: str, data: np.ndarray, img: np.ndarray) -> np.ndarray:
+    """A picture with transparent parts laid over :data:`ALPHA_BACKGROUND` (a video has no transparency, and the
+    colours a file keeps under its transparent pixels are often black or arbitrary), with a warning; ``img`` itself
+    where it has none."""
+    import cv2
+
+    whole = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if whole is None or whole.ndim != 3 or whole.shape[2] != 4 or whole.shape[:2] != img.shape[:2]:
+        return img  # (no alpha, or a turned picture whose alpha the colour decode's turn does not match)
+    alpha = whole[:, :, 3]
+    top = np.iinfo(alpha.dtype).max
+    if alpha.min() == top:
+        return img
+    a = alpha.astype(np.float32)[:, :, None] / np.float32(top)
+    out = np.rint(img * a + np.float32(ALPHA_BACKGROUND) * (1.0 - a)).astype(np.uint8)
+    warn(f"{path}: its transparent parts are shown over white (a video has no transparency)")
+    return out
 
 
 def rotate_image(image: np.ndarray, rotation: int, mirror: bool = False) -> np.ndarray:
@@ -402,11 +444,15 @@ class FrameReader:
         self._stream = None
         self._image: np.ndarray | None = None
         image_error = None
-        if _is_image(self.path):
+        animation = _animation(self.path) if _is_image(self.path) else None
+        if _is_image(self.path) and animation != "APNG":  # (FFmpeg reads an APNG's frames as a video, as a GIF's)
             try:
                 self._image = _read_image(self.path)
             except MediaError as e:  # (a video saved under a photo's name: FFmpeg is asked before it is refused)
                 image_error = e
+            if self._image is not None and animation:
+                warn(f"{self.path} is an {animation}: only its first picture is used (FFmpeg does not read its "
+                     "frames; convert it to a video, such as an MP4, to use its motion)")
         if self._image is not None:
             self.info = _image_info(self.path, self._image)
             self._index = None

@@ -170,8 +170,8 @@ def inspect(path: Path, name: str, max_seconds: float) -> dict:
         info = probe(path)
         facts.update(has_video=True, width=info.width, height=info.height, fps=info.fps, frames=info.n_frames,
                      video_seconds=None if info.is_image else round(info.duration, 3),
-                     is_image=facts["is_image"] or info.is_image)  # (one picture in a video's clothes: an AVIF or
-        # HEIF photo, a one-frame GIF, which sync reads as a still, as a PNG)
+                     is_image=info.is_image)  # as sync reads it: one picture in a video's clothes (an AVIF or
+        # HEIF photo, a one-frame GIF) is a still, as a PNG is; an animated PNG (APNG) is a video, as a GIF is
     except UserError as e:
         facts["problems"]["video"] = reason(e)
     if facts["is_image"]:
