@@ -222,9 +222,9 @@ def test_an_error_in_a_stage_stops_the_run_and_leaves_nothing(clip, monkeypatch,
 class FakeTimeline:
     """Frames 0..n-1 (tiny images) at 25 fps; counts what was decoded."""
 
-    def __init__(self, n):
+    def __init__(self, n, n_video=None):
         self.n, self.fps, self.decoded = n, 25.0, 0
-        self.info = SimpleNamespace(path="fake.mp4")
+        self.info = SimpleNamespace(path="fake.mp4", n_frames=n_video or n)
 
     def iter_range(self, start, stop, reverse=False):
         for i in range(start, stop):
@@ -232,15 +232,16 @@ class FakeTimeline:
             yield SimpleNamespace(index=i, image=np.full((64, 64, 3), i % 256, np.uint8))
 
 
-def search(n, request, scores, overlap=True, every_frame=True):
+def search(n, request, scores, overlap=True, every_frame=True, n_video=None):
     """find_reference on a fake video whose frame i shows one face scored ``scores[i]`` (None: no face); also how
     many frames were searched (detected) and decoded (with ``overlap``, decoding runs a few frames ahead). With
-    ``every_frame`` (as here by default) every frame is detected."""
+    ``every_frame`` (as here by default) every frame is detected. ``n_video``: the video's own length, where the run
+    shows only its first ``n`` frames."""
     from hyperlips.face.detect import Box
     from hyperlips.face.track_online import OnlineTrack
     from hyperlips.streaming import find_reference
 
-    tl = FakeTimeline(n)
+    tl = FakeTimeline(n, n_video)
     searched = []
 
     def detect(image):
@@ -281,10 +282,15 @@ def test_first_and_numbered_references(request_, frame):
 def test_a_numbered_reference_without_a_face_is_a_user_error():
     from hyperlips.errors import UserError
 
-    with pytest.raises(UserError, match="--reference 5: that frame has no tracked face"):
+    with pytest.raises(UserError, match="--reference 5: that frame has no tracked face; use best, first or another"):
         search(60, 5, [None] * 30 + [0.9] * 30)
-    with pytest.raises(UserError, match="--reference 99"):
+    with pytest.raises(UserError, match="--reference 99: the video has 60 frames, numbered from 0; give a frame "
+                                        "number below 60, best or first"):
         search(60, 99, [0.9] * 60)
+    # a frame of the video after the part this run shows (the video cut to the speech): said, not "no face there"
+    with pytest.raises(UserError, match=r"--reference 70: this run shows only the first 25 of the video's 125 frames "
+                                        r"\(the output is as long as the speech\); give a frame number below 25"):
+        search(25, 70, [0.9] * 125, n_video=125)
 
 
 def test_a_face_box_is_checked_and_clipped_to_the_frame():

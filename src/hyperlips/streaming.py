@@ -259,11 +259,11 @@ def find_reference(timeline, n_src: int, request, new_track: Callable, detect: C
                     best = ((raw.score, -t), t, face_crop(image, box, BASE_SIZE))
             elif t == request:
                 if box is None:
-                    raise _no_face_at(request, n_src)
+                    raise _no_face_at(request, n_src, timeline.info.n_frames)
                 found = (t, face_crop(image, box, BASE_SIZE))
 
     if isinstance(request, int) and not 0 <= request < n_src:
-        raise _no_face_at(request, n_src)
+        raise _no_face_at(request, n_src, timeline.info.n_frames)
     frames = run_chain(Step("decode", lambda _: timeline.iter_range(0, n_src), maxsize=REFERENCE_DECODE_AHEAD), [],
                        timings if timings is not None else Timings(), overlap=overlap)
     detected = sparse_detections(frames, lambda fr: (fr.index, fr.image), detect, workers if overlap else 1,
@@ -295,9 +295,18 @@ def find_reference(timeline, n_src: int, request, new_track: Callable, detect: C
     return ReferenceSearch(found[1], found[0], detections, track, boxes)
 
 
-def _no_face_at(index: int, n_src: int) -> UserError:
-    return UserError(f"--reference {index}: that frame has no tracked face (the video has {n_src} frames here, "
-                     "numbered from 0); use best, first or another frame number")
+def _no_face_at(index: int, n_src: int, n_video: int) -> UserError:
+    """Why frame ``index`` cannot be the reference: outside the ``n_src`` frames of the video's ``n_video`` this run
+    shows (a video longer than the speech is cut to it), or without a tracked face."""
+    if 0 <= index < n_src:
+        return UserError(f"--reference {index}: that frame has no tracked face; use best, first or another frame "
+                         "number")
+    if n_src < n_video:
+        return UserError(f"--reference {index}: this run shows only the first {n_src} of the video's {n_video} "
+                         f"frames (the output is as long as the speech); give a frame number below {n_src} "
+                         "(numbered from 0), best or first")
+    return UserError(f"--reference {index}: the video has {n_src} frames, numbered from 0; give a frame number "
+                     f"below {n_src}, best or first")
 
 
 # --------------------------------------------------------------------------------------------- stages
