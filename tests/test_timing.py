@@ -121,6 +121,44 @@ def test_a_constant_rate_clip_cut_short_keeps_its_rate(real_data, tmp_path):
     assert not any("variable frame rate" in str(w.message) for w in said)
 
 
+def test_a_clip_cut_short_is_said_once_as_cut_not_also_as_damaged(real_data, tmp_path):
+    """The frames a cut went through are damaged; the file was said to be cut short, and they were said again as
+    "3 of 22 frames are damaged", a second, vaguer cause. Damage before the cut's last second is still said."""
+    import warnings
+
+    from hyperlips.errors import collect_warnings
+    from hyperlips.media.timing import report_damage
+    from hyperlips.media.writer import VideoWriter
+
+    frames = face_frames(real_data / "retalking" / "face2.mp4", 50, size=(128, 128))
+    whole = tmp_path / "whole.mp4"
+    with VideoWriter(whole, 128, 128, 25) as w:  # index at the front: a cut file still opens
+        for f in frames:
+            w.write(f)
+    data = whole.read_bytes()
+
+    def said_of(path):
+        with collect_warnings() as said, warnings.catch_warnings():
+            warnings.simplefilter("ignore", InputWarning)
+            with open_timeline(path) as reader:
+                for _ in reader:
+                    pass
+                report_damage(reader, reader.n_frames)
+        return reader, said
+
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:int(len(data) * 0.7)])
+    reader, said = said_of(cut)
+    assert reader.damaged  # the frames the cut went through (else this tests nothing)
+    assert len(said) == 1 and "(cut short: an interrupted copy" in said[0], said
+    early = bytearray(data[:int(len(data) * 0.8)])
+    for k in range(int(len(data) * 0.2), int(len(data) * 0.2) + 400, 7):  # damage near the start too
+        early[k] ^= 0x5A
+    cut.write_bytes(bytes(early))
+    _, said = said_of(cut)
+    assert len(said) == 2 and "frames are damaged (first at 0.00 s)" in said[1], said
+
+
 def test_real_vfr_clip_face1(real_data):
     """retalking/face1 is tagged 30 fps but holds 135 frames over 6.1 s."""
     with RetimedReader(real_data / "retalking" / "face1.mp4") as r:

@@ -261,9 +261,15 @@ def open_timeline(path: str | os.PathLike, fps: float | Fraction | None = None,
     return reader
 
 
+CUT_END_S = 1.0  # damaged frames within this of the end of a picture cut short are the cut's (said once, as a cut)
+
+
 def report_damage(reader: RetimedReader, n_frames: int) -> None:
-    """Warn when frames of the first ``n_frames`` of ``reader`` were damaged (undecodable or concealed)."""
+    """Warn when frames of the first ``n_frames`` of ``reader`` were damaged (undecodable or concealed); not where
+    they all lie in the last :data:`CUT_END_S` of a picture cut short (the cut's, said when the file was probed)."""
     bad = sorted(i for i in reader.damaged if i <= int(reader.source_index[max(0, n_frames - 1)]))
+    if bad and reader.source.cut_short and reader.source_times[bad[0]] >= reader.info.duration - CUT_END_S:
+        return  # the frames the cut went through: the file was said to be cut short
     if bad:
         n_src = int(reader.source_index[max(0, n_frames - 1)]) + 1
         warn(f"{reader.info.path}: {len(bad)} of {n_src} frames are damaged (first at {reader.source_times[bad[0]]:.2f} s): "

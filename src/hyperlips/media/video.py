@@ -282,6 +282,7 @@ class _Index:
     time_base: Fraction | None = None  # seconds per pts unit
     repeated: int = 0  # frames whose timestamp another frame has too (a badly muxed file; beyond
     # DUPLICATE_SHARE of them the timestamps are not used: ``pts`` is None)
+    cut_short: bool = False  # the picture ends well before the length the file declares (said when probed)
 
 
 def _scan(container, stream) -> _Index:
@@ -376,6 +377,7 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
     if said and index.n_frames > 1 and duration < said - max(CUT_SHORT_S, CUT_SHORT_SHARE * said):
         from ..errors import warn
 
+        index.cut_short = True
         warn(f"{path}: its picture ends at {duration:.2f} s ({index.n_frames} frames), though the file says it lasts "
              f"{said:.2f} s{f' ({declared} frames)' if declared > index.n_frames else ''} (cut short: an interrupted "
              "copy, download or recording?); the video is used as far as it goes")
@@ -508,6 +510,12 @@ class FrameReader:
     def time_base(self) -> Fraction | None:
         """The unit of the stream's timestamps (None for still images and AVI, whose frames are counted)."""
         return self._index.time_base if self._index is not None and self._index.pts is not None else None
+
+    @property
+    def cut_short(self) -> bool:
+        """Whether the picture ends well before the length the file declares (an interrupted copy: said when
+        probed)."""
+        return self._index is not None and self._index.cut_short
 
     @property
     def repeated_frames(self) -> int:
