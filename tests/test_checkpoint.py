@@ -150,6 +150,28 @@ def test_overwrite_and_failed_write_keep_the_old_file(hr, tmp_path, monkeypatch)
     assert os.listdir(tmp_path) == ["hr.safetensors"]
 
 
+def test_a_write_that_fails_names_the_file_it_was_writing(tmp_path):
+    """The safetensors writer meeting a full disk (here a file size limit, the same failed write) raised its own
+    error, "Error while serializing: I/O error: ... (os error 27)": a traceback from every command that exports
+    weights. It is the OSError it was, naming the file, and no temporary file is left."""
+    import subprocess
+    import sys
+
+    code = ("import os, resource, sys, torch\n"
+            "from hyperlips.models import create_model, save_checkpoint\n"
+            "model = create_model('hyperlips-lite')\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+            "try:\n"
+            "    save_checkpoint(model, sys.argv[1], 'hyperlips-lite')\n"
+            "except OSError as e:\n"
+            "    print(e.errno, e.filename)\n")
+    target = tmp_path / "model.safetensors"
+    res = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["27", str(target)], res.stdout
+    assert os.listdir(tmp_path) == []
+
+
 def test_save_refuses_weights_of_another_network(hr, tmp_path):
     with pytest.raises(ValueError, match="hyperlips-hr-256"):
         save_checkpoint(hr, tmp_path / "x.safetensors", "hyperlips-hr-256")

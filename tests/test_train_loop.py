@@ -170,10 +170,25 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
         f.write(b"PK\x03\x04 partial bytes")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as failed:
         atomic_save({"step": 2}, path, save=dies_half_way)
     assert torch.load(path, weights_only=True)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]  # no temporary file left
+    # the write names the file it was writing (a full disk was said as "No space left on device" alone)
+    assert (failed.value.errno, failed.value.filename) == (28, str(path))
+
+    def zip_writer_fails(obj, f):  # torch.save's zip writer turns the failed write into a RuntimeError
+        try:
+            dies_half_way(obj, f)
+        except OSError as e:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from e
+
+    with pytest.raises(OSError) as failed:
+        atomic_save({"step": 2}, path, save=zip_writer_fails)
+    assert (failed.value.errno, failed.value.filename) == (28, str(path))
+    from hyperlips.cli import _os_error_text
+
+    assert _os_error_text(failed.value) == f"No space left on device: {path}"
 
 
 # ---------------------------------------------------------------------------------------------- resume

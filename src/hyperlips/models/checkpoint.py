@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import secrets
 import zipfile
 from dataclasses import dataclass, field
@@ -392,11 +393,15 @@ def _atomic_write(target: Path, write) -> None:
         write(tmp)
         os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        code = re.search(r"\(os error (\d+)\)", str(e)) if not isinstance(e, OSError) else None
+        if code:  # safetensors' writer reports a full disk as its own error, "... (os error 28)": an OSError here,
+            number = int(code.group(1))  # naming the file, as a failed write is
+            raise OSError(number, os.strerror(number), os.fspath(target)) from None
         raise
 
 

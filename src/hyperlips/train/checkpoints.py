@@ -54,6 +54,8 @@ def atomic_save(obj: Any, path: Path, save: Callable[[Any, Any], None] = torch.s
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         cause = _os_error_inside(e)
+        if cause is not None and cause.filename is None and cause.errno is not None:  # a write that failed (a full
+            raise type(cause)(cause.errno, cause.strerror, os.fspath(path)) from None  # disk) names the file it wrote
         if cause is not None and cause is not e:  # torch.save reports a full disk as a RuntimeError of its zip writer
             raise cause from None
         raise
