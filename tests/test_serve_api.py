@@ -729,6 +729,62 @@ def _raw(app, data: bytes, reads: int = 1) -> list[bytes]:
         return answers
 
 
+def test_idle_connections_are_closed_and_too_many_are_answered_503(server, monkeypatch):
+    """Connections that send nothing (idle browsers, a client that keeps them open) held a thread and files each for
+    120 s: under a low open-file limit, enough of them made the server stop answering everyone until they timed out.
+    A connection waiting for its request is closed after ``idle_timeout``; one more than the open files leave room
+    for is answered 503 at once; a request under way keeps the longer ``timeout``."""
+    import socket
+    import time
+
+    from hyperlips.serve.routes import _Handler
+
+    monkeypatch.setattr(_Handler, "idle_timeout", 1.0)
+    app, client = server(run_jobs=False)
+    host, port = app.httpd.server_address[:2]
+    app.httpd.max_connections = 2
+    idle = [socket.create_connection((host, port), timeout=10) for _ in range(2)]
+    time.sleep(0.3)  # (both accepted)
+    status, _, body = client.request("GET", "/api/jobs")
+    assert status == 503 and "try again in a moment" in json.loads(body)["error"]
+    t = time.monotonic()
+    assert [c.recv(1) for c in idle] == [b"", b""]  # closed by the server
+    assert time.monotonic() - t < 5
+    status, _, _ = client.request("GET", "/api/jobs")
+    assert status == 200
+    for c in idle:
+        c.close()
+    # a request whose headers pause longer than the idle time, within the request timeout, is answered
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(f"GET /api/jobs HTTP/1.1\r\nHost: {host}:{port}\r\n".encode())
+        time.sleep(1.6)
+        sock.sendall(b"\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")
+
+
+def test_the_open_file_limit_is_raised_and_a_low_one_said(tmp_path):
+    """The soft open-file limit is raised towards 4096 as far as the hard limit lets it; where it stays low, the
+    connections kept open at once follow it (files left for uploads, logs and jobs)."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys\n"
+            "soft, hard = (int(v) for v in sys.argv[1:3])\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))\n"
+            "from hyperlips.serve.server import connection_budget\n"
+            "print(*connection_budget(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+
+    def budget(soft, hard):
+        res = subprocess.run([sys.executable, "-c", code, str(soft), str(hard)], capture_output=True, text=True,
+                             timeout=60)
+        assert res.returncode == 0, res.stderr
+        return [int(v) for v in res.stdout.split()]
+
+    assert budget(64, 64) == [64, 4, 64]
+    assert budget(64, 2048) == [2048, 500, 2048]
+    assert budget(256, 8192)[:2] == [4096, 1012]
+
+
 def _png_of(path: Path, side: int) -> Path:
     """A 1-bit grey PNG of side x side pixels: a few tens of KB that decode to side * side * 3 bytes."""
     import struct

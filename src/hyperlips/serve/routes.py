@@ -92,6 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"hyperlips/{__version__}"
     sys_version = ""
     timeout = 120  # seconds a client may stay silent mid-request
+    idle_timeout = 15  # seconds a connection may wait for its (next) request: an idle one holds a thread and files
     _head = False  # answering a HEAD request: headers only
     _must_close = False  # an unread body is left on the connection: close it after the answer
 
@@ -102,6 +103,14 @@ class _Handler(BaseHTTPRequestHandler):
             super().handle()
         finally:
             self.app.store.close()
+
+    def handle_one_request(self) -> None:
+        self.connection.settimeout(self.idle_timeout)  # waiting for a request line: closed when none comes
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        self.connection.settimeout(self.timeout)  # the request has begun: its headers and body may take longer
+        return super().parse_request()
 
     def do_GET(self) -> None:
         self._dispatch("GET")

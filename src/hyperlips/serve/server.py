@@ -5,12 +5,15 @@ One server owns a data folder (``DATA/server.lock``); the routes it answers are 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import json
 import logging
 import os
 import shutil
 import signal
 import threading
+import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,6 +27,86 @@ from .store import Store, valid_id
 from .uploads import ACCEPTED_KINDS, ACCEPTED_SUFFIXES, register_example
 
 log = logging.getLogger("hyperlips.serve")
+
+# open files: a connection holds its socket and its thread's database (the file, its journal and shared memory); the
+# rest is kept for uploads, job logs, the runner's commands and their pipes
+FILES_PER_CONNECTION = 4
+FILES_KEPT = 48
+WANTED_FILES = 4096  # the open-file limit raised to this at start where the hard limit allows (many systems: 1024)
+FEW_CONNECTIONS = 16  # fewer connections at once than this: said at start
+
+
+def connection_budget() -> tuple[int, int]:
+    """(open-file limit, connections kept open at once): the soft limit raised towards :data:`WANTED_FILES` as far as
+    the hard limit allows, and the connections its files leave room for (at least 2)."""
+    try:
+        import resource
+    except ImportError:  # (a system without it: no such limit to read)
+        return 0, 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = WANTED_FILES if hard == resource.RLIM_INFINITY else min(WANTED_FILES, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return 0, 1024
+    return int(soft), max(2, (int(soft) - FILES_KEPT) // FILES_PER_CONNECTION)
+
+
+BUSY_BODY = json.dumps({"error": "the server has as many connections open as it can keep: try again in a moment"})
+BUSY = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 2\r\n"
+        f"Connection: close\r\nContent-Length: {len(BUSY_BODY)}\r\n\r\n{BUSY_BODY}").encode()
+
+
+class Listener(ThreadingHTTPServer):
+    """The HTTP listener: a thread per connection, at most ``max_connections`` open at once (one more is answered
+    503 and closed at once, before it holds a thread and files: idle connections could otherwise take every file
+    the process may open, and the server then stopped answering anyone, uploads included, until they timed out).
+    A longer queue of connections waiting to be accepted than the standard library's 5 (under a burst of connections
+    new ones waited about a second)."""
+
+    request_queue_size = 64
+    daemon_threads = True
+    max_connections = 1024
+
+    def __init__(self, *args, **kwargs):
+        self._open: set[int] = set()
+        self._open_lock = threading.Lock()
+        self._said_busy = False
+        super().__init__(*args, **kwargs)
+
+    def verify_request(self, request, client_address) -> bool:
+        with self._open_lock:
+            room = len(self._open) < self.max_connections
+            if room:
+                self._open.add(id(request))
+        if not room:
+            try:
+                request.sendall(BUSY)
+            except OSError:
+                pass
+            if not self._said_busy:
+                self._said_busy = True
+                log.warning("%d connections are open, as many as the open-file limit leaves room for: others are "
+                            "answered 503 until some close (raise the limit, e.g. `ulimit -n 4096`, before `hyperlips "
+                            "serve`)", self.max_connections)
+        return room
+
+    def shutdown_request(self, request) -> None:
+        with self._open_lock:
+            self._open.discard(id(request))
+        super().shutdown_request(request)
+
+    def get_request(self):
+        try:
+            return super().get_request()
+        except OSError as e:  # no file left to accept with: wait a moment (the loop would spin on the waiting one)
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                time.sleep(0.05)
+            raise
 
 
 def _check_models_folder(folder: Path | None) -> None:
@@ -58,7 +141,8 @@ class App:
         self.store = Store(settings.data / "jobs.sqlite3")
         self.remove_leftovers()
         self.runner = Runner(settings, self.store)
-        self.httpd: ThreadingHTTPServer | None = None
+        self.httpd: Listener | None = None
+        self.open_files = 0  # the open-file limit the server runs under (0: none known)
         self._thread: threading.Thread | None = None
 
     @property
@@ -90,15 +174,13 @@ class App:
 
     def start(self, *, run_jobs: bool = True) -> "App":
         self.load_examples()
-        # a longer queue of connections waiting to be accepted than the standard library's 5 (under a burst of
-        # connections new ones waited about a second)
-        family = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 64})
+        self.open_files, connections = connection_budget()
+        family = type("Server", (Listener,), {"max_connections": connections})
         if ":" in self.settings.host:
             import socket
 
             family = type("V6Server", (family,), {"address_family": socket.AF_INET6})
         self.httpd = family((self.settings.host, self.settings.port), handler_for(self))
-        self.httpd.daemon_threads = True
         if run_jobs:
             self.runner.start()
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
@@ -221,6 +303,10 @@ def serve(settings: ServeSettings) -> int:
         raise UserError(f"cannot listen on {settings.host}:{settings.port}: {e.strerror or e}{_bind_hint(e, settings)}") \
             from None
     print(f"hyperlips serve: {app.url}/  (data in {settings.data}; Ctrl-C to stop)", flush=True)
+    if app.httpd.max_connections < FEW_CONNECTIONS:
+        print(f"hyperlips serve: note: the open-file limit is {app.open_files}: at most {app.httpd.max_connections} "
+              "connections are kept open at once (others are answered 503 until some close); raise it (e.g. "
+              "`ulimit -n 4096`) before `hyperlips serve` for more", flush=True)
     if not app.loopback:
         where = "every address of this machine" if app.bound in ("0.0.0.0", "::") else app.bound
         print(f"hyperlips serve: note: listening on {where}: anyone who can reach this machine can use it (there "
