@@ -1121,3 +1121,29 @@ def test_a_one_picture_file_in_a_video_format_is_a_photo_to_the_server(tmp_path)
     Image.fromarray(np.full((64, 48, 3), 120, np.uint8)).save(path)
     facts = inspect(path, "face.gif", 300)
     assert facts["is_image"] and facts["has_video"] and "is a photo: it has no sound" in facts["problems"]["audio"]
+
+
+def test_a_video_under_a_picture_name_is_measured_as_a_video_before_it_is_decoded(real_data, tmp_path, monkeypatch):
+    """A video saved as .png is read as a video (as sync reads it); its declared length was not looked at (a photo's
+    name), so a long one was decoded whole before it was refused: the server's memory grew with its length. Its length
+    is now refused from the container's header, nothing decoded; a real photo still is a photo."""
+    import shutil
+
+    from hyperlips.serve import uploads
+    from hyperlips.serve.uploads import UploadError, inspect
+
+    path = Path(shutil.copy(real_data / "retalking" / "face3.mp4", tmp_path / "face.png"))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before its declared length was checked")
+
+    monkeypatch.setattr("hyperlips.media.audio.load_audio", no_decoding)
+    monkeypatch.setattr("hyperlips.media.video.probe", no_decoding)
+    monkeypatch.setattr(uploads, "_sound_seconds", no_decoding)
+    with pytest.raises(UploadError, match=r"face\.png is 5\.\d s long; this server takes at most 2 s"):
+        inspect(path, "face.png", 2.0)
+    monkeypatch.undo()
+    facts = inspect(path, "face.png", 300)
+    assert not facts["is_image"] and facts["has_audio"] and facts["frames"] == 125
+    face_photo(tmp_path / "photo.png")
+    assert inspect(tmp_path / "photo.png", "photo.png", 300)["is_image"]

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import MediaError, check_stop, decoder_reason, require_file, warn
 
-__all__ = ["IMAGE_SUFFIXES", "VideoInfo", "Frame", "probe", "FrameReader", "rotate_image", "as_rate", "writer_coded",
+__all__ = ["IMAGE_SUFFIXES", "is_still_picture", "VideoInfo", "Frame", "probe", "FrameReader", "rotate_image", "as_rate", "writer_coded",
            "write_image",
            "plane_views"]
 
@@ -81,6 +81,25 @@ class Frame:
 # ---------------------------------------------------------------------------------------------- helpers
 def _is_image(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+_PICTURE_STARTS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def is_still_picture(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named and made as a still picture the image decoder reads: a picture suffix and the first
+    bytes of PNG (not an animated one), JPEG, BMP, TIFF or WebP. A video saved under a picture's name, and an animated
+    PNG, are not (FFmpeg reads them as the videos they are)."""
+    if not _is_image(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    if head.startswith(_PICTURE_STARTS[0]):
+        return _animation(os.fspath(path)) != "APNG"
+    return head.startswith(_PICTURE_STARTS[1:]) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
 def write_image(path, image: np.ndarray) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import UserError
-from ..media.video import IMAGE_SUFFIXES
+from ..media.video import IMAGE_SUFFIXES, is_still_picture
 from .settings import ServeSettings
 from .store import Store, new_id
 
@@ -164,7 +164,7 @@ def inspect(path: Path, name: str, max_seconds: float) -> dict:
     if heard is not None and heard > max_seconds + 10.0:
         raise UploadError(f"{name} is more than {max_seconds:g} s long; this server takes at most {max_seconds:g} s: "
                           f"send a shorter part of it")
-    facts: dict = {"has_video": False, "has_audio": False, "is_image": path.suffix.lower() in IMAGE_SUFFIXES,
+    facts: dict = {"has_video": False, "has_audio": False, "is_image": is_still_picture(path),
                    "problems": {}}
     try:
         info = probe(path)
@@ -201,7 +201,7 @@ def longest_seconds(record: dict) -> float:
 
 def _declared_seconds(path: Path) -> float | None:
     """The length the container declares (None for photos, or when it does not say or cannot be opened)."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if is_still_picture(path):  # (a video under a picture's name is measured as a video)
         return None
     import av
 
@@ -216,7 +216,7 @@ def _declared_size(path: Path) -> tuple[int, int] | None:
     """(width, height) of a photo or a video's pictures as its header gives them, nothing decoded (None when it
     cannot be read that way: the checks that decode it say why). (0, 0) for a photo that Pillow itself will not
     open as a decompression bomb (over about 179 million pixels)."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if is_still_picture(path):  # (a video under a picture's name is measured as a video)
         try:
             from PIL import Image
         except ImportError:
@@ -246,7 +246,7 @@ def _sound_seconds(path: Path, limit: float) -> float | None:
     """How long a file's sound is, decoded frame by frame and kept nowhere, stopping once it passes ``limit``
     seconds (a file whose header leaves out its length, or lies about it, cannot fill the memory); None for a photo
     or a file without sound that can be read."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if is_still_picture(path):  # (a video under a picture's name is measured as a video)
         return None
     import av
 
