@@ -1088,6 +1088,14 @@ def test_requests_that_meet_a_full_disk_answer_507(server, inputs, monkeypatch):
     status, err = client.json("DELETE", f"/api/files/{video['id']}")
     assert status == 507 and "the server's disk is full" in err["error"], err
 
+    def full_os(*a, **k):  # as Python says it: with the file it was writing, one of the server's own paths
+        raise OSError(28, "No space left on device", str(app.settings.data / "files" / "x.png"))
+
+    monkeypatch.setattr(app.store, "delete_file", full_os)
+    status, err = client.json("DELETE", f"/api/files/{video['id']}")
+    assert status == 507 and err["error"] == ("the server's disk is full (No space left on device): free some space "
+                                              "on the server, then try again"), err
+
 
 def test_an_upload_name_sent_as_raw_utf8_is_read_as_utf8(server, inputs):
     """curl sends `?name=интервью_ü.wav` as raw UTF-8 bytes; the server read the request line as Latin-1 and stored

@@ -234,8 +234,9 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 - a bug answers 500 and is logged; the server goes on
             if storage_full(e):  # the server's disk (its job store with it): not a bug to report
                 log.warning("%s %s: %s", method, path, e)
-                self._json({"error": f"the server's disk is full ({e}): free some space on the server, then try "
-                                     "again"}, 507, close=True)
+                why = (e.strerror or "") if isinstance(e, OSError) else str(e)  # never the server's own paths
+                self._json({"error": f"the server's disk is full ({why or 'no space left'}): free some space on the "
+                                     "server, then try again"}, 507, close=True)
                 return
             log.exception("error while answering %s %s", method, path)
             try:
