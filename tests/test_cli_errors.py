@@ -382,7 +382,10 @@ def test_ctrl_c_while_the_command_starts_is_an_interruption(tmp_path, face_video
 
 @pytest.mark.parametrize("error", [MemoryError(), RuntimeError("OpenCV(4.14.0) error: (-4:Insufficient memory) Failed "
                                                                 "to allocate 2137008 bytes"),
-                                   RuntimeError("can't start new thread"), OSError(12, "Cannot allocate memory")])
+                                   RuntimeError("can't start new thread"), OSError(12, "Cannot allocate memory"),
+                                   RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB "
+                                                "total capacity)"),  # (torch.cuda.OutOfMemoryError's words)
+                                   RuntimeError("MPS backend out of memory (MPS allocated: 8.1 GB)")])
 def test_running_out_of_memory_is_said_as_such(capsys, error):
     """Under a memory limit a good clip was said to be damaged (FFmpeg's allocation failures counted as bad
     packets), or the run ended in a traceback with the exit code of a bug."""
@@ -400,3 +403,58 @@ def test_running_out_of_memory_is_said_as_such(capsys, error):
     with pytest.raises(ValueError):  # anything else is still a bug, with its traceback
         cli._dispatch(argparse.Namespace(func=lambda a: (_ for _ in ()).throw(ValueError("x"))))
     assert issubclass(av.error.MemoryError, MemoryError)  # (FFmpeg's: the reader lets it through as one)
+
+
+def test_ffmpeg_out_of_memory_is_not_a_damaged_file(real_data, monkeypatch):
+    """FFmpeg failing to allocate while opening a file, or while decoding its sound, said "unreadable or corrupt media
+    file" (exit 2: the input blamed) or put silence in place of "damaged" packets: it is the machine's memory."""
+    import av
+
+    from hyperlips.media.audio import load_audio
+    from hyperlips.media.video import probe
+
+    real_open = av.open
+
+    def opens_without_memory(*args, **kwargs):
+        raise av.error.MemoryError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(av, "open", opens_without_memory)
+    with pytest.raises(MemoryError):
+        probe(real_data / "retalking" / "face2.mp4")
+    with pytest.raises(MemoryError):
+        load_audio(real_data / "retalking" / "audio1.wav", 16000)
+    monkeypatch.setattr(av, "open", real_open)
+
+    real_decode = av.packet.Packet.decode
+    count = {"n": 0}
+
+    def decode(self):  # a decoder that runs out of memory after its first packets
+        count["n"] += 1
+        if count["n"] > 3:
+            raise av.error.MemoryError(12, "Cannot allocate memory")
+        return real_decode(self)
+
+    monkeypatch.setattr(av.packet.Packet, "decode", decode)
+    with pytest.raises(MemoryError):
+        load_audio(real_data / "retalking" / "audio1.wav", 16000)
+
+
+def test_a_serve_job_out_of_memory_says_so(tmp_path, monkeypatch):
+    """A job whose network ran out of memory (torch's allocator: a RuntimeError) ended in the worker's traceback, and
+    the job read "the job's worker process stopped unexpectedly": it says it ran out of memory."""
+    import json
+
+    from hyperlips.serve import worker
+
+    (tmp_path / "job.json").write_text(json.dumps({"kind": "sync", "names": {}}))
+
+    def starved(job, folder):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 2147483648 bytes")
+
+    monkeypatch.setattr(worker, "run_sync", starved)
+    assert worker.main([str(tmp_path)]) == 1
+    assert (tmp_path / "error.txt").read_text() == "the job ran out of memory: try a shorter or smaller video\n"
+    monkeypatch.setattr(worker, "run_sync", lambda job, folder: (_ for _ in ()).throw(ValueError("a bug")))
+    with pytest.raises(ValueError):  # anything else is still a bug, with its traceback
+        worker.main([str(tmp_path)])

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import DEBUG_ENV, Terminated, UserError, clear_stop, debug_wanted, request_stop  # noqa: F401
+from .errors import DEBUG_ENV, Terminated, UserError, clear_stop, debug_wanted, out_of_memory, request_stop  # noqa: F401
 from .options import add_model_options, add_sync_options
 
 # modules that add subcommands: each has add_parser(subparsers) and sets a `func(args) -> int` default
@@ -504,7 +504,7 @@ def _dispatch(args) -> int:
         _error_line(f"this command needs {hint}")
         return EXIT_USER
     except Exception as e:  # noqa: BLE001 - out of memory, from whichever library met it; anything else is a bug
-        if not _out_of_memory(e):
+        if not out_of_memory(e):
             raise
         _close_progress_bars()
         _error_line(OUT_OF_MEMORY)
@@ -514,16 +514,6 @@ def _dispatch(args) -> int:
         signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
         _line("interrupted", f"stopped by {signal.Signals(signum).name}")
         return EXIT_SIGNAL[signum]
-
-
-def _out_of_memory(e: BaseException) -> bool:
-    """Whether ``e`` is the machine running out of memory: Python's MemoryError (FFmpeg's too), OpenCV's and torch's
-    allocation failures, a thread that could not be started."""
-    if isinstance(e, MemoryError):
-        return True
-    text = str(e)
-    return any(words in text for words in ("Insufficient memory", "Failed to allocate", "can't allocate memory",
-                                           "can't start new thread", "Cannot allocate memory"))
 
 
 def _user_text(e: UserError) -> str:

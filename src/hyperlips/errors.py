@@ -142,3 +142,13 @@ def check_stop() -> None:
     if _stop_signal:
         signum = _stop_signal[0]
         raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is the machine running out of memory: Python's MemoryError (FFmpeg's too), OpenCV's and torch's
+    allocation failures (a GPU's too: CUDA's and MPS's "out of memory"), a thread that could not be started."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return any(words in text for words in ("Insufficient memory", "Failed to allocate", "can't allocate memory",
+                                           "can't start new thread", "Cannot allocate memory", "out of memory"))

@@ -158,14 +158,16 @@ def _decoded_frames(container, stream):
             packet = next(packets)
         except StopIteration:
             break
-        except av.error.FFmpegError:
-            if not got:
+        except av.error.FFmpegError as e:
+            if not got or isinstance(e, MemoryError):  # (the machine out of memory: not a damaged packet)
                 raise
             yield _Lost(0.0)
             break
         try:
             frames = packet.decode()
-        except av.error.FFmpegError:
+        except av.error.FFmpegError as e:
+            if isinstance(e, MemoryError):
+                raise
             known = packet.duration and packet.time_base
             yield _Lost(float(packet.duration * packet.time_base) if known else 0.0)
             continue
@@ -349,6 +351,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     except MediaError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as e:
+        if isinstance(e, MemoryError):
+            raise
         reason = decoder_reason(e)
         raise MediaError(f"cannot decode audio from {p} (unreadable or corrupt file: {reason})") from None
     n = sum(c.shape[-1] for c in chunks)

@@ -276,6 +276,8 @@ def _open(path: str):
     try:
         return av.open(path)
     except av.error.FFmpegError as e:
+        if isinstance(e, MemoryError):  # the machine, not the file: said as such (it was "unreadable or corrupt")
+            raise
         reason = decoder_reason(e)
         raise MediaError(f"cannot open {path} (unreadable or corrupt media file: {reason})") from None
 
@@ -313,7 +315,9 @@ def _scan(container, stream) -> _Index:
             if pkt.size == 0 or getattr(pkt, "is_discard", False):
                 continue
             packets.append((pkt.pts, pkt.dts, bool(pkt.is_keyframe), int(pkt.duration or 0)))
-    except av.error.FFmpegError:
+    except av.error.FFmpegError as e:
+        if isinstance(e, MemoryError):
+            raise
         pass  # a damaged tail: the table covers what could be read; decoding stops there too
     n = len(packets)
     trust_pts = "avi" not in container.format.name.split(",") or _counters_are_times(stream, packets)
@@ -367,6 +371,8 @@ def _probe_video(path: str) -> tuple[VideoInfo, _Index]:
         try:
             first = next(iter(c.decode(stream)), None)
         except av.error.FFmpegError as e:
+            if isinstance(e, MemoryError):
+                raise
             reason = decoder_reason(e)
             raise MediaError(f"cannot decode video from {path} (corrupt file: {reason})") from None
         if first is None:
@@ -647,7 +653,9 @@ class FrameReader:
                 pkt = next(packets)
             except StopIteration:
                 return
-            except av.error.FFmpegError:
+            except av.error.FFmpegError as e:
+                if isinstance(e, MemoryError):
+                    raise
                 self.bad_packets += 1
                 return
             try:

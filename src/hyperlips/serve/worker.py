@@ -182,7 +182,7 @@ def _watch_parent(parent: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import UserError
+    from ..errors import UserError, out_of_memory
 
     args = sys.argv[1:] if argv is None else argv
     folder = Path(args[0])
@@ -199,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         (folder / "error.txt").write_text(_public_message(str(e), names) + "\n", encoding="utf-8")
         print(f"hyperlips: error: {e}", file=sys.stderr)
         return 2
-    except MemoryError:
+    except Exception as e:  # noqa: BLE001 - out of memory, from whichever library met it; anything else is a bug
+        if not out_of_memory(e):
+            raise
         (folder / "error.txt").write_text("the job ran out of memory: try a shorter or smaller video\n", encoding="utf-8")
         traceback.print_exc()
         return 1
