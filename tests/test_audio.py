@@ -680,3 +680,24 @@ def test_a_compressed_wav_cut_short_is_said(real_data, tmp_path):
     with pytest.warns(InputWarning, match=r"adpcm_cut.wav: its sound ends at .* though the file says it lasts "
                                           rf"{len(full) / 16000:.2f} s \(cut short"):
         load_audio(cut, 16000)
+
+
+def test_speech_is_written_into_a_folder_whose_name_is_not_utf8(tmp_path):
+    """soundfile encodes a path given as text as UTF-8: `demo -o` into a Latin-1 folder wrote its picture, then
+    failed writing its speech (a traceback), and eval's and bench's speech files the same. Written through a file
+    Python opens, it is the same 16-bit WAV file, read back as written."""
+    import os
+
+    import soundfile as sf
+
+    from hyperlips.media.audio import write_wav
+
+    folder = os.path.join(os.fsencode(tmp_path), b"caf\xe9")  # Latin-1, as an old archive's names are
+    os.mkdir(folder)
+    path = os.path.join(os.fsdecode(folder), "speech.wav")
+    wav = (0.5 * np.sin(np.arange(16000) * 2 * np.pi * 220 / 16000)).astype(np.float32)
+    write_wav(path, wav, 16000)
+    back = load_audio(path, 16000)
+    assert np.abs(back - wav).max() < 1e-4
+    sf.write(str(tmp_path / "plain.wav"), wav, 16000)  # what sf.write made of a plain path: the same bytes
+    assert open(path, "rb").read() == (tmp_path / "plain.wav").read_bytes()

@@ -130,7 +130,7 @@ def demo_face() -> np.ndarray:
 def make_demo_inputs(folder: Path) -> tuple[Path, Path, Path]:
     """Write ``demo_face.png``, ``demo_speech.wav`` and ``demo_phonemes.txt`` (when the synthesiser spoke each
     phoneme, ARPAbet: ``media.phone_marks``) into ``folder``; returns their paths."""
-    import soundfile as sf
+    from .media.audio import write_wav
 
     from .media.phone_marks import to_marks, write_marks
     from .media.video import write_image
@@ -142,6 +142,6 @@ def make_demo_inputs(folder: Path) -> tuple[Path, Path, Path]:
     if not write_image(image_path, demo_face()):
         raise UserError(f"could not write {image_path}")
     wav, sr, phonemes = synthesize_with_phonemes()
-    sf.write(str(speech_path), wav, sr)
+    write_wav(speech_path, wav, sr)
     write_marks(phonemes_path, to_marks([(p.start, p.name) for p in phonemes], len(wav) / sr, "espeak"))
     return image_path, speech_path, phonemes_path

@@ -127,11 +127,11 @@ def _from_frame(video: Path, start: int, dst: Path, seconds: float) -> Path:
 
 def _cut_audio(src: Path, dst: Path, seconds: float) -> Path:
     """The first ``seconds`` of ``src``'s audio as a 16 kHz wav (end-to-end runs stay short on any input)."""
-    import soundfile as sf
+    from ..media.audio import write_wav
 
     from ..media.audio import load_audio
 
-    sf.write(str(dst), load_audio(src, 16000)[: int(seconds * 16000)], 16000)
+    write_wav(dst, load_audio(src, 16000)[: int(seconds * 16000)], 16000)
     return dst
 
 

@@ -142,7 +142,7 @@ def synthetic_clip(folder: Path, seconds: float = CLIP_SECONDS, fps: float = 25.
     """A 720p talking-head stand-in: the scikit-image astronaut photo drifting slowly on a grey frame, H.264,
     with a syllable-like tone as its audio. Returns (video, wav)."""
     import cv2
-    import soundfile as sf
+    from ..media.audio import write_wav
 
     from ..demo import demo_face
     from ..media.writer import VideoWriter
@@ -154,7 +154,7 @@ def synthetic_clip(folder: Path, seconds: float = CLIP_SECONDS, fps: float = 25.
     t = np.arange(int(seconds * sr)) / sr
     wav = (0.3 * np.sin(2 * np.pi * 220 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
     video, audio = folder / "bench_clip.mp4", folder / "bench_speech.wav"
-    sf.write(str(audio), wav, sr)
+    write_wav(audio, wav, sr)
     n = int(round(seconds * fps))
     with VideoWriter(video, w, h, fps, audio=wav, sample_rate=sr) as vw:
         for i in range(n):

@@ -154,7 +154,7 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     """Re-sync the held-out tail of ``footage`` to synthesised speech (``text``, or the recordings ``speech``, timed
     by the phone recogniser: :func:`recorded_speech`) and time its mouth against the phonemes (``mouth``: the
     LipSync's; ``face_index`` / ``face_box``: the person, where the footage shows several)."""
-    import soundfile as sf
+    from ..media.audio import write_wav
 
     from ..demo import synthesize_with_phonemes
     from ..pipeline import LipSync
@@ -187,7 +187,7 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     if not any(phoneme_class(p.name) == "bilabial" for p in phonemes):
         raise UserError(f"the text has no /p b m/ to check: {text!r}")
     speech = work / "speech.wav"
-    sf.write(str(speech), pcm, sr)
+    write_wav(speech, pcm, sr)
     duration = len(pcm) / sr
     methods = {"model": LipSync(checkpoint, hr_checkpoint, size=size, device=device, batch_size=batch_size,
                                 untrained=untrained, model=model, progress=progress, temporal_blend=temporal_blend,

@@ -172,10 +172,10 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
 
 
 def _cut_audio(src: Path, dst: Path, seconds: float) -> Path:
-    import soundfile as sf
+    from ..media.audio import write_wav
 
     from ..media.audio import load_audio
 
     wav = load_audio(src, 16000)[: int(seconds * 16000)]
-    sf.write(str(dst), wav, 16000)
+    write_wav(dst, wav, 16000)
     return dst

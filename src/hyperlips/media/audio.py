@@ -44,6 +44,7 @@ from ..errors import MediaError, decoder_reason, require_file, warn
 
 __all__ = [
     "load_audio",
+    "write_wav",
     "stereo_mix",
     "melspectrogram",
     "mel_filterbank",
@@ -408,6 +409,15 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
         wav = (np.stack([resample_poly(row, up, down) for row in wav]) if wav.ndim == 2
                else resample_poly(wav, up, down))
     return np.clip(wav, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int) -> None:
+    """Write ``samples`` (float in [-1, 1], or int16) as a 16-bit PCM WAV file. The bytes are written through a file
+    Python opened: soundfile encodes a path given as text as UTF-8, and failed on a folder name that is not."""
+    import soundfile as sf
+
+    with open(os.fspath(path), "wb") as f:
+        sf.write(f, samples, int(sample_rate), format="WAV", subtype="PCM_16")
 
 
 # --------------------------------------------------------------------------------------------- mel
