@@ -106,30 +106,26 @@ MAX_E2E_SECONDS = 600.0  # --seconds: ten minutes of synthetic 720p video at mos
 
 
 def _from_frame(video: Path, start: int, dst: Path, seconds: float) -> Path:
-    """``seconds`` of ``video`` from frame ``start`` on, with its sound from the same moment, as a new file (a clip
-    that opens on a title card is timed from its first face)."""
+    """``seconds`` of ``video`` from frame ``start`` on, with its sound from the same moment, as a new H.264 file
+    (``dst``, an MP4; a clip that opens on a title card is timed from its first face), copied frame by frame."""
     from ..media.audio import load_audio
     from ..media.video import FrameReader
     from ..media.writer import VideoWriter
 
     with FrameReader(video) as r:
         fps, info = r.fps, r.info
-        n = int(round(seconds * fps)) + 1
+        count = max(1, min(int(round(seconds * fps)) + 1, info.n_frames - start))
         sound = load_audio(video, 16000)[int(start / fps * 16000):] if info.has_audio else None
-        frames = [fr.image for fr in r.iter_range(start, start + n)]
-    h, w = frames[0].shape[:2]
-    with VideoWriter(dst, w, h, fps, audio=sound[: int(len(frames) / fps * 16000)] if sound is not None else None,
-                     sample_rate=16000) as out:
-        for f in frames:
-            out.write(f)
+        with VideoWriter(dst, info.width, info.height, fps, sample_rate=16000,
+                         audio=sound[: int(count / fps * 16000)] if sound is not None else None) as out:
+            for fr in r.iter_range(start, start + count):
+                out.write(fr.image)
     return dst
 
 
 def _cut_audio(src: Path, dst: Path, seconds: float) -> Path:
     """The first ``seconds`` of ``src``'s audio as a 16 kHz wav (end-to-end runs stay short on any input)."""
-    from ..media.audio import write_wav
-
-    from ..media.audio import load_audio
+    from ..media.audio import load_audio, write_wav
 
     write_wav(dst, load_audio(src, 16000)[: int(seconds * 16000)], 16000)
     return dst
@@ -261,7 +257,7 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
                 f"end-to-end runs are timed from frame {start}, where one shows")
             images = _load_frames(io_video, n_io, start=start)
             row, boxes = bench_faces(images)
-            video = io_video = _from_frame(video, start, tmp / f"from_face{Path(video).suffix or '.mp4'}", seconds)
+            video = io_video = _from_frame(video, start, tmp / "from_face.mp4", seconds)
             if audio is None:  # its own sound, from the same moment
                 e2e_audio = _cut_audio(io_video, tmp / "bench_e2e_speech.wav", seconds)
         add(row)
