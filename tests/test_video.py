@@ -925,3 +925,14 @@ def test_a_transparent_photo_is_shown_over_white(real_data, tmp_path, suffix):
         with FrameReader(opaque) as r:
             assert np.array_equal(next(iter(r)).image, cv2.imdecode(data, cv2.IMREAD_COLOR))
     assert said == []
+
+
+def test_a_piece_of_an_mpeg_whose_video_codec_cannot_be_told_is_unreadable(more_data, tmp_path):
+    """A piece from the middle of an MPEG program stream (a broken copy, a recovered file): FFmpeg lists a video track
+    without a decoder, and reading it ended in an AttributeError traceback (a folder's preprocessing died with it)."""
+    data = (more_data / "grid_s1" / "bbaf3s.mpg").read_bytes()[15000:20000]
+    path = tmp_path / "piece.mpg"
+    path.write_bytes(data)
+    with pytest.raises(MediaError, match=r"cannot open .*piece\.mpg \(unreadable or corrupt media file: its video "
+                                         r"track's codec cannot be read\)"):
+        probe(path)

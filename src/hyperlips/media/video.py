@@ -267,6 +267,9 @@ def _video_stream(container, path: str):
     if stream is None:
         raise MediaError(f"{path} has no video stream" + (" (only its cover art, a still picture of an audio file)"
                                                           if container.streams.video else ""))
+    if stream.codec_context is None:  # FFmpeg found a video track but could not tell what it holds (a damaged file)
+        raise MediaError(f"cannot open {path} (unreadable or corrupt media file: its video track's codec cannot be "
+                         "read)")
     return stream
 
 

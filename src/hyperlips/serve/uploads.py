@@ -235,7 +235,7 @@ def _declared_size(path: Path) -> tuple[int, int] | None:
     try:
         with av.open(str(path)) as c:
             v = next((s for s in c.streams.video), None)
-            if v is None or not v.codec_context.width:
+            if v is None or v.codec_context is None or not v.codec_context.width:
                 return None
             return int(v.codec_context.width), int(v.codec_context.height)
     except (av.error.FFmpegError, OSError, ValueError):
