@@ -235,10 +235,21 @@ def test_results_pair_with_references_by_name_and_none_is_dropped_silently(tmp_p
         f.write_bytes(b"x")
     with pytest.warns(InputWarning, match=r"1 of the videos in .*gen have no reference .* left out: b.mp4"):
         assert [(g.name, r.name) for g, r, _ in pair_folders(gen, ref)] == [("a.mp4", "a.mp4")]
-    (ref / "a.mpg").write_bytes(b"x")
-    with pytest.raises(UserError, match=r"holds two files named a \(a.mp4, a.mpg\)"):
+    # pictures of one name that no result is named after are left alone (an evaluation was refused over them)
+    for f in (ref / "poster.jpg", ref / "poster.png", ref / "b.mpg", ref / "b.mov"):
+        f.write_bytes(b"x")
+    (gen / "b.mp4").unlink()
+    assert [(g.name, r.name) for g, r, _ in pair_folders(gen, ref)] == [("a.mp4", "a.mp4")]
+    (ref / "a.png").write_bytes(b"x")  # a photo of the name beside its video: the video is the reference
+    (ref / "a.jpg").write_bytes(b"x")
+    assert [(g.name, r.name) for g, r, _ in pair_folders(gen, ref)] == [("a.mp4", "a.mp4")]
+    (ref / "a.mpg").write_bytes(b"x")  # two references for the result a: which one is meant cannot be told
+    with pytest.raises(UserError, match=r"holds two files named a \(a.mp4, a.mpg\) for the result a.mp4: rename"):
         pair_folders(gen, ref)
-    with pytest.raises(UserError, match="holds two files named a"):
+    (gen / "b.mp4").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"holds two files named a \(a.mp4, a.mpg\) for the result a.mp4"):
+        pair_folders(gen, ref)
+    with pytest.raises(UserError, match="holds two files named a"):  # results of one name still are refused
         run_protocol(ref, tmp_path / "out", "self", untrained=True)
 
 

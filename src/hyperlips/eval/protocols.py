@@ -19,13 +19,17 @@ __all__ = ["PROTOCOLS", "ClipResult", "evaluate_pair", "pair_folders", "run_prot
            "against_shifted_source"]
 
 
-def _media_in(folder: Path, suffixes) -> dict[str, Path]:
+def _media_in(folder: Path, suffixes, twins: Optional[dict[str, list[str]]] = None) -> dict[str, Path]:
     """The media files of ``folder`` by name without suffix (results and references pair up by it, and a result is
-    written under it): two of one name (``a.mp4``, ``a.mpg``) are refused rather than one silently dropped."""
+    written under it): two of one name (``a.mp4``, ``a.mpg``) are refused rather than one silently dropped, or, with
+    ``twins`` given, noted there (name -> its files' names; the first one kept) for the caller to judge."""
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in suffixes:
             if p.stem in out:
+                if twins is not None:
+                    twins.setdefault(p.stem, [out[p.stem].name]).append(p.name)
+                    continue
                 raise UserError(f"{folder} holds two files named {p.stem} ({out[p.stem].name}, {p.name}): their "
                                 "results would share one name; rename one of them")
             out[p.stem] = p
@@ -33,7 +37,8 @@ def _media_in(folder: Path, suffixes) -> dict[str, Path]:
 
 
 def pair_folders(generated: Path, reference: Path, audio: Optional[Path] = None) -> list[tuple[Path, Path, Optional[Path]]]:
-    """Pairs of (generated, reference, audio) by file stem. Raises :class:`UserError` when nothing pairs up."""
+    """Pairs of (generated, reference, audio) by file stem. Raises :class:`UserError` when nothing pairs up, or when
+    a result's reference (or speech) is one of two files of its name."""
     for p, what in ((generated, "generated"), (reference, "reference"), (audio, "audio")):
         if p is not None and p.is_file():  # one file beside a folder: the pairs are made by name, folder to folder
             raise UserError(f"{p} is a file: with a folder of results ({generated}) --reference (and --audio) "
@@ -41,14 +46,24 @@ def pair_folders(generated: Path, reference: Path, audio: Optional[Path] = None)
         if p is not None and not p.is_dir():
             raise UserError(f"{what} folder not found: {p}")
     gens = _media_in(generated, VIDEO_SUFFIXES)
-    refs = _media_in(reference, VIDEO_SUFFIXES)
-    for stem, photo in _media_in(reference, tuple(sorted(IMAGE_SUFFIXES))).items():  # a photo made a talking video:
-        refs.setdefault(stem, photo)  # its reference is that photo, as for one pair (a video of the name comes first)
-    auds = _media_in(audio, AUDIO_SUFFIXES + VIDEO_SUFFIXES) if audio is not None else {}
+    ref_twins: dict[str, list[str]] = {}
+    refs = _media_in(reference, VIDEO_SUFFIXES, ref_twins)
+    photo_twins: dict[str, list[str]] = {}
+    for stem, photo in _media_in(reference, tuple(sorted(IMAGE_SUFFIXES)), photo_twins).items():  # a photo made a
+        refs.setdefault(stem, photo)  # talking video: its reference is that photo, as for one pair (a video first)
+    for stem, names in photo_twins.items():
+        if refs[stem].suffix.lower() in IMAGE_SUFFIXES:  # (beside a video of the name, the photos are not used)
+            ref_twins.setdefault(stem, names)
+    aud_twins: dict[str, list[str]] = {}
+    auds = _media_in(audio, AUDIO_SUFFIXES + VIDEO_SUFFIXES, aud_twins) if audio is not None else {}
+    for folder, twins in ((reference, ref_twins), (audio, aud_twins)):
+        for stem in sorted(set(twins) & set(gens)):  # (files no result is named after are left alone)
+            raise UserError(f"{folder} holds two files named {stem} ({', '.join(twins[stem])}) for the result "
+                            f"{gens[stem].name}: rename or move all but one of them")
     pairs = [(gens[s], refs[s], auds.get(s)) for s in sorted(gens) if s in refs]
     if not pairs:
         raise UserError(f"no videos of {generated} have a reference of the same name in {reference} "
-                        f"({len(gens)} generated, {len(refs)} reference videos)")
+                        f"({len(gens)} generated, {len(refs)} reference files)")
     alone = [gens[s].name for s in sorted(gens) if s not in refs]
     if alone:
         warn(f"{len(alone)} of the videos in {generated} have no reference of the same name in {reference} and are "
