@@ -253,3 +253,8 @@ def test_an_output_too_large_to_play_on_phones_is_said():
     assert too_large_to_play(4000, 3000) and "scale the input down" in too_large_to_play(4000, 3000)
     assert too_large_to_play(4096, 2304) is None and too_large_to_play(1920, 1080) is None
     assert too_large_to_play(3840, 2160) is None and too_large_to_play(2160, 3840) is None  # 4K, either way up
+    # frames a second count too: 4K at 120 fps, 4096x2304 at 60, are coded above level 5.2 (they said nothing)
+    assert "--fps 60 (or less)" in too_large_to_play(3840, 2160, 120)
+    assert "--fps 56 (or less)" in too_large_to_play(4096, 2304, 60)
+    assert too_large_to_play(3840, 2160, 60) is None and too_large_to_play(1920, 1080, 240) is None
+    assert too_large_to_play(1920, 1080, 30000 / 1001) is None

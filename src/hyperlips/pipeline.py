@@ -398,7 +398,7 @@ class LipSync:
                 writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio,
                                      sample_rate=MUX_SAMPLE_RATE, crf=crf, preset=preset, pix_fmt=pix_fmt,
                                      sample_aspect=info.sample_aspect)
-                large = too_large_to_play(writer.coded_width, writer.coded_height)
+                large = too_large_to_play(writer.coded_width, writer.coded_height, float(rate))
                 if large:  # (a phone's 12 MP photo: "plays anywhere" is not true of it)
                     warn(large)
                 with self._bar(n_out, "lip-sync", on_progress) as bar:

@@ -127,16 +127,24 @@ def _remove_stale_partials(folder: Path, stem: str, suffix: str) -> None:
 
 
 PLAYS_EVERYWHERE_MACROBLOCKS = 36864  # H.264 level 5.2's largest frame (4096x2304): what phones and TVs decode
+PLAYS_EVERYWHERE_RATE = 2_073_600  # level 5.2's macroblocks a second (4096x2304 at 56 fps, 3840x2160 at 64)
 
 
-def too_large_to_play(width: int, height: int) -> str | None:
-    """Words for an output whose H.264 frame is larger than phones, TVs and most browsers decode (above level 5.2,
-    4096x2304: a 12-megapixel photo's 4000x3000 is coded at level 6); None where it plays everywhere."""
+def too_large_to_play(width: int, height: int, fps: float | None = None) -> str | None:
+    """Words for an output whose H.264 frame, or frames a second (``fps``), are more than phones, TVs and most browsers
+    decode (above level 5.2: 4096x2304, or 2,073,600 macroblocks a second; a 12-megapixel photo's 4000x3000 is coded at
+    level 6, and so is 4K at 120 fps); None where it plays everywhere."""
     mbs = math.ceil(width / 16) * math.ceil(height / 16)
-    if mbs <= PLAYS_EVERYWHERE_MACROBLOCKS:
-        return None
-    return (f"the output is {width}x{height}: H.264 frames this large (above 4096x2304) do not play on most phones, "
-            "TVs and hardware decoders; scale the input down (a photo to 2000 px, say) for a file that plays anywhere")
+    if mbs > PLAYS_EVERYWHERE_MACROBLOCKS:
+        return (f"the output is {width}x{height}: H.264 frames this large (above 4096x2304) do not play on most "
+                "phones, TVs and hardware decoders; scale the input down (a photo to 2000 px, say) for a file that "
+                "plays anywhere")
+    if fps is not None and mbs * float(fps) > PLAYS_EVERYWHERE_RATE * 1.0001:
+        most = int(PLAYS_EVERYWHERE_RATE // mbs)
+        return (f"the output is {width}x{height} at {float(fps):.4g} fps: H.264 this large at this rate (above "
+                f"level 5.2) does not play on most phones, TVs and hardware decoders; --fps {min(most, 60)} (or less) "
+                "gives a file that plays anywhere")
+    return None
 
 
 def x264_params(flags: frozenset[str] | None = None) -> dict[str, str]:
