@@ -4,6 +4,7 @@ resume, `train base --model lite`, `finetune` (folders, held-out tail, progress 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -1055,3 +1056,13 @@ def test_a_run_resumes_without_the_weights_it_started_from(more_data, tmp_path, 
     from hyperlips.train.checkpoints import latest_checkpoint
 
     assert int(latest_checkpoint(tmp_path / "me.work/lite")[1]["step"]) == 4
+    # the same command as before, --checkpoint and all: it continues too, saying so (it failed "checkpoint not found")
+    same = run_cli("finetune", clip, "-o", out, "--steps", "5", "--checkpoint", "start.safetensors", *common,
+                   timeout=900)
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert re.search(r"start\.safetensors is gone; the run in \S*me\.work started from it and continues without it",
+                     same.stderr), same.stderr
+    assert int(latest_checkpoint(tmp_path / "me.work/lite")[1]["step"]) == 5
+    other = run_cli("finetune", clip, "-o", out, "--steps", "6", "--checkpoint", "other.safetensors", *common,
+                    timeout=900)  # weights it did not start from, and not there: still not found
+    assert other.returncode == 2 and "not found" in other.stderr, other.stderr[-2000:]

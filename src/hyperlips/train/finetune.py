@@ -140,15 +140,29 @@ def _check_output(out: Path) -> None:
 
 
 def _check_weights(args: argparse.Namespace) -> None:
-    """Read every checkpoint given once, so a wrong path fails now and not after minutes of preprocessing."""
+    """Read every checkpoint given once, so a wrong path fails now and not after minutes of preprocessing. A
+    ``--checkpoint`` that is gone but is the one the run in the work folder started from is not needed any more: the
+    run continues without it (said)."""
     from ..models.checkpoint import read_expert_state, read_state_dict
 
     if args.expert and args.expert.lower() != "off":
         read_expert_state(args.expert)
     for path, name in ((args.checkpoint, "hyperlips-base" if args.model == "base" else "hyperlips-lite"),
                        (args.hr_checkpoint, f"hyperlips-hr-{args.hr_size}" if args.hr_size else None)):
-        if path:
+        if path and path is args.checkpoint and not Path(path).exists() and _started_from(args, path):
+            warn(f"{path} is gone; the run in {args.work or default_work(args.output)} started from it and continues "
+                 "without it (from its own checkpoints)")
+        elif path:
             read_state_dict(path, name)
+
+
+def _started_from(args: argparse.Namespace, path) -> bool:
+    """Whether the run in the work folder (of ``--model``) has checkpoints and started from the weights ``path``."""
+    from .checkpoints import latest_checkpoint
+
+    found = latest_checkpoint((args.work or default_work(args.output)) / args.model)
+    init = found[1].get("config", {}).get("init") if found is not None else None
+    return bool(init) and os.path.abspath(init) == os.path.abspath(path)
 
 
 def _publish_lite(src: Path, dst: Path, data: Path, held_out: dict | None = None) -> float:
