@@ -791,12 +791,20 @@ def test_finetune_says_which_clips_it_left_out_even_when_quiet(more_data, tmp_pa
                                           "learnt from it"):
         assert footage_videos(folder, out) == [folder / "talk.mp4"]
     assert footage_videos(folder) == [folder / "talk.mp4", folder / "wall.mp4"]  # (no model: its sound is footage)
+    # the file it left out mended (a face now): the run goes on with the footage it learnt, saying so, and no clip is
+    # made of it (it was made a clip, then the run refused as "other footage", naming no file)
+    shutil.copy(more_data / "lrs2_deep_avsr/00002.mp4", folder / "wall.mp4")
+    mended = run_cli("finetune", folder, "-o", out, "--steps", "2", "--quiet", timeout=900)
+    assert mended.returncode == 0, mended.stderr[-2000:]
+    assert re.search(r"wall: left out of the footage of the run in \S*me\.work \(unusable then\) and changed since; "
+                     r"the run goes on without it", mended.stderr), mended.stderr[-2000:]
+    assert not (tmp_path / "me.work/data/clips/wall").exists()
     # the file it left out removed, the run continues (it was refused as other footage: the run lost)
     (folder / "wall.mp4").unlink()
-    again = run_cli("finetune", folder, "-o", out, "--steps", "2", "--quiet", timeout=900)
+    again = run_cli("finetune", folder, "-o", out, "--steps", "3", "--quiet", timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     (folder / "new.mp4").write_bytes((folder / "talk.mp4").read_bytes())  # a clip added is still refused
-    added = run_cli("finetune", folder, "-o", out, "--steps", "3", "--quiet")
+    added = run_cli("finetune", folder, "-o", out, "--steps", "4", "--quiet")
     assert added.returncode == 2 and "holds a run on other footage" in added.stderr, added.stderr[-2000:]
     assert "new, talk hold the same video" in added.stderr  # (a copy: trained on in one, held out in the other)
 

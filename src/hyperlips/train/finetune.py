@@ -239,10 +239,12 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
     if args.video.is_dir():
         videos = find_videos(args.video)
-        ids = clip_ids([PurePosixPath(v.relative_to(args.video).as_posix()) for v in videos])
+        rels = [PurePosixPath(v.relative_to(args.video).as_posix()) for v in videos]
+        ids = clip_ids(rels)
     else:
         videos = [args.video]
-        ids = [clip_id_of(PurePosixPath(args.video.name))]
+        rels = [PurePosixPath(args.video.name)]
+        ids = [clip_id_of(rels[0])]
     prints = {c: _fingerprint(v) for c, v in zip(ids, videos)}
     twins: dict[str, list[str]] = {}
     for c, f in prints.items():
@@ -268,11 +270,20 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
         raise UserError(f"the run in {work} learnt {_face_words(state.get('face', {}))}; this command asks for "
                         f"{_face_words(face)}: give the run's choice again, or another -o (or delete {work}) to "
                         "start over")
+    only = None
+    if trained and state.get("clips") and args.video.is_dir():  # the run goes on with the clips it learnt from: a
+        only = [str(r) for r, c in zip(rels, ids) if c in learnt]  # file it left out is not made a clip now
+        mended = [c for c in ids if c not in learnt and state.get("fingerprints", {}).get(c, prints[c]) != prints[c]]
+        if mended:  # (mended since, say): the run's footage stays as it learnt it
+            shown = ", ".join(mended[:3]) + (f" and {len(mended) - 3} more" if len(mended) > 3 else "")
+            warn(f"{shown}: left out of the footage of the run in {work} (unusable then) and changed since; the run "
+                 "goes on without it (give the footage another -o, or --work, to train on it too)")
     t0 = time.perf_counter()
     opts = PreprocessOptions(speaker="one", val_fraction=0.0, face=args.face, face_box=args.face_box,
                              hr_size=args.hr_size if args.hr_size and args.hr_size > 128 else None)
-    report = preprocess(args.video, data, opts, workers=1, progress=not args.quiet)  # a bar, or lines in a log
-    done = [c for c in ids if (data / CLIPS_DIR / c / META).is_file()]
+    report = preprocess(args.video, data, opts, workers=1, progress=not args.quiet,  # a bar, or lines in a log
+                        only=only)
+    done = [c for c in ids if (only is None or c in learnt) and (data / CLIPS_DIR / c / META).is_file()]
     if not done:
         reason = report.skipped[0].reason if report.skipped else "no usable clip"
         raise UserError(f"{args.video} cannot be used for fine-tuning: {reason}")
@@ -305,6 +316,8 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
                         f"at least {MIN_TRAIN_FRAMES} are needed")
     if "prep_seconds" not in state:
         state["prep_seconds"] = round(time.perf_counter() - t0, 1)
+    if only is not None:  # a file left out keeps the fingerprint it had: a re-run says again that it is not used
+        prints = {c: f if c in learnt else state.get("fingerprints", {}).get(c, f) for c, f in prints.items()}
     state.update(sources=sorted(ids), clips=sorted(done), held_out=held, face=face, fingerprints=prints)
     work.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps(state, indent=1), encoding="utf-8")
