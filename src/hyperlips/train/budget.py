@@ -109,10 +109,15 @@ def held_out_key(data) -> str | None:
     return hashlib.sha1("\n".join(held).encode("utf-8")).hexdigest()[:16]
 
 
+MADE_FROM_FILES = ("boxes.npy", "mel.npy", "times.npy")  # what a clip holds, in brief: its face track and sound
+
+
 def made_from_key(data) -> dict[str, str] | None:
-    """For each clip of a dataset, a key of the file it was made from (its size and time, as preprocess records
-    them): a clip made again from other footage under the same name changes its key. None where there is no
-    manifest."""
+    """For each clip of a dataset, a key of what it holds (a hash of its face boxes, mel and frame times, a few tens of
+    KB): a clip made again from other footage under the same name changes its key; one made again from the same
+    file (only its time changed: a copy, a checkout) does not. Keys start with "c:" (those of runs saved before
+    began with no prefix and held the file's size and time; :func:`same_scheme` tells them apart). None where there is
+    no manifest."""
     try:
         clips = json.loads((Path(data) / MANIFEST).read_text(encoding="utf-8")).get("clips", [])
     except (OSError, ValueError, TypeError):
@@ -121,9 +126,16 @@ def made_from_key(data) -> dict[str, str] | None:
     for c in clips:
         if not isinstance(c, dict) or not c.get("id"):
             continue
-        try:
-            key = json.loads((Path(data) / CLIPS_DIR / str(c["id"]) / META).read_text(encoding="utf-8")).get("source_key")
-        except (OSError, ValueError, TypeError, AttributeError):
-            key = None
-        out[str(c["id"])] = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        h = hashlib.sha1()
+        for name in MADE_FROM_FILES:
+            try:
+                h.update((Path(data) / CLIPS_DIR / str(c["id"]) / name).read_bytes())
+            except OSError:
+                h.update(b"-")
+        out[str(c["id"])] = "c:" + h.hexdigest()[:12]
     return out
+
+
+def same_scheme(a: str, b: str) -> bool:
+    """Whether two :func:`made_from_key` values were made the same way (both of content, or both of file facts)."""
+    return str(a).startswith("c:") == str(b).startswith("c:")

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..errors import UserError, check_stop, warn
-from .budget import BudgetPlan, held_out_key, higher_is_better, made_from_key, patience_spent
+from .budget import BudgetPlan, held_out_key, higher_is_better, made_from_key, patience_spent, same_scheme
 from .checkpoints import (
     CKPT_DIR,
     CKPT_FORMAT,
@@ -241,12 +241,14 @@ class Trainer:
                  "by them, now measure other clips, possibly ones it trained on")
         before = (ck.get("data") or {}).get("made_from")
         if isinstance(before, dict) and isinstance(self._made_from, dict) and self.dist.main:
-            remade = sorted(k for k, v in self._made_from.items() if k in before and before[k] != v)
+            remade = sorted(k for k, v in self._made_from.items()
+                            if k in before and same_scheme(before[k], v) and before[k] != v)
             if remade:  # (a clip replaced under its name, preprocessed again: it resumed without a word)
                 shown = ", ".join(remade[:3]) + (f" and {len(remade) - 3} more" if len(remade) > 3 else "")
-                warn(f"{self.run}: {len(remade)} of the dataset's clips were made again from other files since this "
-                     f"run was saved ({shown}): it goes on learning from what they hold now, and where they are "
-                     "held out its validation figures measure other frames than before")
+                warn(f"{self.run}: {len(remade)} of the dataset's clips were made again from other footage since this "
+                     f"run was saved ({shown}: another file under their names, or another face chosen): it goes on "
+                     "learning from what they hold now, and where they are held out its validation figures measure "
+                     "other frames than before")
 
     # -- main
     def fit(self) -> TrainResult:
