@@ -335,6 +335,18 @@ def test_a_length_guessed_from_the_bit_rate_is_no_length_and_a_cut_flac_is_a_cut
     said = " ".join(str(w.message) for w in caught)
     assert "cut short" in said and "past the damage" not in said, said
     assert "damaged audio packet" not in said, said  # one cause, said once: the packet the cut went through
+    # damage in its middle too (a gap the decoder fills with silence): said beside the cut (the cut's packet, counted
+    # as damage, hid it)
+    sig = (0.3 * np.sin(np.arange(6 * 16000) * 2 * np.pi * 220 / 16000)).astype(np.float32)
+    data = bytearray(write_audio(tmp_path / "c.flac", sig, 16000).read_bytes())
+    data[len(data) // 3:len(data) // 3 + 400] = bytes(400)
+    (tmp_path / "both.flac").write_bytes(bytes(data[: len(data) * 3 // 4]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_audio(tmp_path / "both.flac", 16000)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 2 and "cut short" in said[1], said
+    assert "its audio has gaps in its timestamps" in said[0] or "damaged audio packet" in said[0], said
 
 
 def test_damage_the_decoder_skips_past_is_said_as_damage_not_as_a_file_cut_short(tmp_path):

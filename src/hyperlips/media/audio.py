@@ -360,11 +360,12 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     if n == 0 or not native_rate:
         raise MediaError(f"{p} holds no audio samples (zero-length audio track)")
     short = declared is not None and n / native_rate < declared - max(CUT_SHORT_S, CUT_SHORT_SHARE * declared)
-    at_end = n - damaged_last < native_rate // 2  # the only damage, the last packet: where the file was cut
-    if damaged and not (short and at_end):  # (a file cut short is said once, as cut short: the packet the cut went
-        say(f"{p}: {damaged} damaged audio packet(s) could not be decoded (first near {damaged_at:.2f} s); silence is "
-             "in their place")  # through is its only damage)
-    if holes and not damaged:
+    at_end = n - damaged_last < native_rate // 2  # the last damaged packet, at the end: where the file was cut
+    real = damaged - (1 if short and at_end and damaged else 0)  # (a file cut short is said once, as cut short: the
+    if real:  # packet the cut went through is not damage of its own)
+        say(f"{p}: {real} damaged audio packet(s) could not be decoded (first near {damaged_at:.2f} s); silence is "
+            "in their place")
+    if holes and not real:
         say(f"{p}: its audio has gaps in its timestamps ({holes / native_rate:.2f} s in all); silence is put in "
              "them, so the sound stays in step with the picture")
     if short and damaged and not at_end:  # the decoder found its way past damage the timestamps do not show
