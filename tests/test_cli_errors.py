@@ -87,6 +87,23 @@ def test_a_file_name_quoted_in_an_error_keeps_its_spaces(tmp_path, ckpt):
     assert_clean_failure(r, out, "two  spaces.mp4")
 
 
+def test_a_file_name_quoted_in_a_warning_or_a_usage_error_keeps_its_spaces(capsys):
+    """Warning lines (and argparse's errors) still folded runs of spaces into one; line breaks are still joined."""
+    import argparse
+
+    from hyperlips import cli
+    from hyperlips.errors import InputWarning, one_line
+
+    assert one_line("a  b.wav:\n  its sound\r\nends") == "a  b.wav: its sound ends"
+    cli._shown_warnings.discard("my  speech.wav: its sound ends at 1.00 s")
+    cli._show_warning("my  speech.wav: its sound\n ends at 1.00 s", InputWarning, "x.py", 1)
+    assert "hyperlips: warning: my  speech.wav: its sound ends at 1.00 s\n" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli._Parser(prog="hyperlips").error("unrecognized arguments: my  clip.mp4")
+    assert "unrecognized arguments: my  clip.mp4 (see:" in capsys.readouterr().err
+    del argparse
+
+
 def test_missing_audio(tmp_path, ckpt, face_video):
     out = tmp_path / "out.mp4"
     r = run_cli("sync", face_video, tmp_path / "nope.wav", "-o", out, "--checkpoint", ckpt, "--quiet")

@@ -503,11 +503,12 @@ def test_uploaded_names_never_become_paths(server, inputs, tmp_path):
         status, rec = client.upload(name, speech)
         assert status in (201, 400), rec
         if status == 201:
-            assert "/" not in rec["name"] and "\\" not in rec["name"] and rec["name"].endswith("escaped.wav")
+            assert "/" not in rec["name"] and "\\" not in rec["name"]
+            assert rec["name"].endswith(("escaped.wav", "escaped.wav.png"))  # (speech, by its content)
     found = [p for p in tmp_path.rglob("*escaped*")] + [p for p in Path("/etc").glob("escaped*")]
     assert not found, found
     stored = list((app.settings.data / "files").iterdir())
-    assert stored and all(len(p.stem) == 16 and p.suffix == ".wav" for p in stored)
+    assert stored and all(len(p.stem) == 16 and p.suffix in (".wav", ".png") for p in stored)
     for path in ("/api/jobs/..%2F..%2Fjobs.sqlite3", "/api/jobs/../../jobs.sqlite3/result", "/static/..%2Fserver.py",
                  "/api/files/..%2F..%2Fjobs.sqlite3", "/static/../../../etc/passwd"):
         status, _, body = client.request("GET", path)
@@ -1155,3 +1156,15 @@ def test_a_video_under_a_picture_name_is_measured_as_a_video_before_it_is_decode
     assert not facts["is_image"] and facts["has_audio"] and facts["frames"] == 125
     face_photo(tmp_path / "photo.png")
     assert inspect(tmp_path / "photo.png", "photo.png", 300)["is_image"]
+
+
+def test_the_servers_messages_keep_the_spaces_of_the_names_they_quote(server):
+    """An upload named with two spaces was said as "cannot open my clip.mp4": a name the user never sent (the
+    command line's lines kept them; the server's folded them)."""
+    from hyperlips.serve.worker import _public_message
+
+    _, client = server(run_jobs=False)
+    status, err = client.upload("my  clip.mp4", b"not a video at all" * 100)
+    assert status == 400 and "cannot open my  clip.mp4" in err["error"], err
+    assert _public_message("no face found in /x/in.mp4:\n  the face  must be visible", {"/x/in.mp4": "my  clip.mp4"}) \
+        == "no face found in my  clip.mp4: the face  must be visible"

@@ -17,7 +17,6 @@ import contextlib
 import errno
 import importlib
 import os
-import re
 import signal
 import sys
 import threading
@@ -25,7 +24,8 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import DEBUG_ENV, Terminated, UserError, clear_stop, debug_wanted, out_of_memory, request_stop  # noqa: F401
+from .errors import (DEBUG_ENV, Terminated, UserError, clear_stop, debug_wanted, one_line, out_of_memory,  # noqa: F401
+                     request_stop)
 from .options import add_model_options, add_sync_options
 
 # modules that add subcommands: each has add_parser(subparsers) and sets a `func(args) -> int` default
@@ -183,7 +183,7 @@ def _line(kind: str, text: str) -> None:
     with contextlib.suppress(Exception):
         err.flush()
     start = "" if getattr(err, "at_line_start", True) else "\n"
-    one = re.sub(r"\s*[\r\n]+\s*", " ", str(text)).strip()  # one line; the spaces of a file name it quotes kept
+    one = one_line(text)  # (the spaces of a file name it quotes kept)
     err.write(f"{start}hyperlips: {kind}: {one}\n")
     with contextlib.suppress(Exception):
         err.flush()
@@ -203,7 +203,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         if _debug():
             sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
         return
-    text = " ".join(str(message).split())
+    text = one_line(message)
     if text in _shown_warnings:  # libraries that change the warning filters make Python forget what it showed
         return
     _shown_warnings.add(text)
@@ -259,7 +259,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with the house error format: one ``hyperlips: error:`` line naming the help to read, exit code 2."""
 
     def error(self, message: str):
-        self.exit(EXIT_USER, f"hyperlips: error: {' '.join(message.split())} (see: {self.prog} --help)\n")
+        self.exit(EXIT_USER, f"hyperlips: error: {one_line(message)} (see: {self.prog} --help)\n")
 
 
 def _make_lipsync(args):

@@ -152,3 +152,11 @@ def out_of_memory(e: BaseException) -> bool:
     text = str(e)
     return any(words in text for words in ("Insufficient memory", "Failed to allocate", "can't allocate memory",
                                            "can't start new thread", "Cannot allocate memory", "out of memory"))
+
+
+def one_line(text) -> str:
+    """``text`` on one line: its line breaks (and the spaces round them) made one space, other spaces kept (a file
+    name it quotes may hold runs of them: folded, it would name a file that does not exist)."""
+    import re
+
+    return re.sub(r"\s*[\r\n]+\s*", " ", str(text)).strip()

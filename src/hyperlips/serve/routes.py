@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import UserError, one_line
 from . import jobs as jobs_mod
 from .catalog import list_models
 from .openapi import openapi_document
@@ -147,7 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
         except AttributeError:
             phrase = message or "error"
         self._head = getattr(self, "command", None) == "HEAD"
-        self._json({"error": " ".join(str(phrase).split())}, code, close=True)
+        self._json({"error": one_line(phrase)}, code, close=True)
 
     def log_message(self, fmt: str, *args) -> None:
         log.debug("%s %s", self.address_string(), fmt % args)
@@ -228,7 +228,7 @@ class _Handler(BaseHTTPRequestHandler):
         except HTTPError as e:
             self._json({"error": str(e)}, e.status, close=e.status in (411, 413) or method != "GET")
         except UserError as e:
-            self._json({"error": " ".join(str(e).split())}, getattr(e, "status", 400), close=True)
+            self._json({"error": one_line(e)}, getattr(e, "status", 400), close=True)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
         except Exception as e:  # noqa: BLE001 - a bug answers 500 and is logged; the server goes on

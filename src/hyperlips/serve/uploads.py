@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..media.video import IMAGE_SUFFIXES, is_still_picture
 from .settings import ServeSettings
 from .store import Store, new_id
@@ -51,7 +51,7 @@ def display_name(raw: str | None) -> str:
     text = unicodedata.normalize("NFC", raw or "")
     text = re.split(r"[/\\]", text)[-1]
     text = "".join(c for c in text if unicodedata.category(c)[0] != "C").strip().rstrip(". ")
-    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r"\s", " ", text)  # (a run of spaces kept: it is part of the name the user knows)
     if not text.strip("."):
         text = ""
     if len(text) > 120:
@@ -147,7 +147,7 @@ def inspect(path: Path, name: str, max_seconds: float) -> dict:
     from ..media.video import probe
 
     def reason(e: Exception) -> str:
-        return " ".join(str(e).replace(str(path), name).split())
+        return one_line(str(e).replace(str(path), name))
 
     declared = _declared_seconds(path)
     if declared is not None and declared > max_seconds + 1.0:  # refused before anything is decoded

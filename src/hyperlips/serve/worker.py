@@ -28,7 +28,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from ..errors import InputWarning
+from ..errors import InputWarning, one_line
 
 # share of the whole sync job each stage takes (roughly, on a CPU): loading, finding the reference face in the first
 # seconds of the video, generating (decoding, faces, network, paste-back and encoding at the same time)
@@ -76,7 +76,7 @@ def _public_message(text: str, names: dict[str, str]) -> str:
     """``text`` with the job folder's paths (longest first) replaced by the names the user knows."""
     for stored in sorted(names, key=len, reverse=True):
         text = text.replace(stored, names[stored])
-    return " ".join(text.split())
+    return one_line(text)
 
 
 def run_sync(job: dict, folder: Path) -> dict:
