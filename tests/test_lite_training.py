@@ -1034,6 +1034,14 @@ def test_a_pipe_in_the_footage_is_left_out_not_waited_on(tmp_path):
     r = run_cli("finetune", fifo, "-o", tmp_path / "p.safetensors", "--steps", "1", "--quiet", timeout=120)
     assert r.returncode == 2 and "is a pipe or a device, not a file" in r.stderr, r.stderr
     assert _fingerprint(fifo).startswith("not a file")
+    # two pipes of one name in two folders are no video held twice (they were warned of as "the same video")
+    for day in ("day1", "day2"):
+        (tmp_path / "feet" / day).mkdir(parents=True)
+        os.mkfifo(tmp_path / "feet" / day / "b.mp4")
+    r = run_cli("finetune", tmp_path / "feet", "-o", tmp_path / "q.safetensors", "--steps", "1", "--quiet",
+                timeout=120)
+    assert r.returncode == 2 and "is a pipe or a device, not a file" in r.stderr, r.stderr
+    assert "hold the same video" not in r.stderr, r.stderr
 
 
 def test_a_run_resumes_without_the_weights_it_started_from(more_data, tmp_path, monkeypatch):

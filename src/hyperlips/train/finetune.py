@@ -248,7 +248,8 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     prints = {c: _fingerprint(v) for c, v in zip(ids, videos)}
     twins: dict[str, list[str]] = {}
     for c, f in prints.items():
-        twins.setdefault(f, []).append(c)
+        if not f.startswith(("not a file:", "unreadable:")):  # (no video to hold twice: said as left out)
+            twins.setdefault(f, []).append(c)
     for same in (t for t in twins.values() if len(t) > 1):  # a copy: its frames trained on in one, held out in the
         warn(f"{', '.join(same)} hold the same video: its frames are learnt twice, and where one is held out for "  # other
              "validation the figures measure frames it trained on; keep one copy")
