@@ -835,3 +835,24 @@ def test_warnings_said_in_stage_threads_belong_to_the_call_that_started_them():
     for tag in ("a", "b"):
         assert said[tag] == [f"{tag}: said in the source thread", f"{tag}: said in a step thread",
                              f"{tag}: said by a worker"], said
+
+
+def test_an_output_that_is_an_input_by_any_path_is_refused_before_the_work(real_data, tmp_path):
+    """The output is written over by the final rename: named as an input, that input is lost. The same path was
+    refused; the same file by another path (a hard link here; a folder mounted twice, a name in another case on a
+    case-insensitive disk, another Unicode form of it on a Mac) went through, and the input was replaced."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from hyperlips.errors import UserError
+    from hyperlips.streaming import check_paths
+
+    video = Path(shutil.copy(real_data / "retalking" / "face2.mp4", tmp_path / "take.mp4"))
+    audio = Path(shutil.copy(real_data / "retalking" / "audio1.wav", tmp_path / "speech.wav"))
+    os.link(video, tmp_path / "same.mp4")
+    os.link(audio, tmp_path / "same_speech.mkv")
+    for out, what in ((video, "video"), (tmp_path / "same.mp4", "video"), (tmp_path / "same_speech.mkv", "audio")):
+        with pytest.raises(UserError, match=f"the output path is the same file as the input {what}"):
+            check_paths(video, audio, out)
+    check_paths(video, audio, tmp_path / "out.mp4")  # another file: fine

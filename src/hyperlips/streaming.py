@@ -75,8 +75,16 @@ def check_paths(video: Path, audio: Path, output: Path) -> None:
     check_output(output)
     out_real = os.path.realpath(output)
     for p, what in ((video, "video"), (audio, "audio")):
-        if out_real == os.path.realpath(p):
+        if out_real == os.path.realpath(p) or _same_existing_file(output, p):  # (also: the same file by another
             raise UserError(f"the output path is the same file as the input {what} ({p}); choose another output name")
+        # path: a folder mounted twice, a name in another case on a case-insensitive disk, another Unicode form)
+
+
+def _same_existing_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.exists(a) and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def check_output(output: Path) -> None:
