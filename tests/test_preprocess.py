@@ -91,6 +91,36 @@ def test_clips_whose_names_meet_are_all_preprocessed(tmp_path, more_data):
     assert sorted(p.name for p in (tmp_path / "ds" / "clips").iterdir()) == sorted(["talk", "talk_mpg", "会議"])
 
 
+def test_folders_of_the_users_under_the_dataset_are_never_deleted(tmp_path, more_data):
+    """An editor's project folder as the dataset (its clips/interview holding takes), or the footage's own folder:
+    the folder of a clip's name was deleted, takes and footage with it, and every empty folder below clips/ too. A
+    folder preprocess did not make is refused before any work; empty folders of others are kept."""
+    import shutil
+
+    from hyperlips.data import preprocess as pp
+    from hyperlips.errors import UserError
+
+    proj = tmp_path / "proj"
+    (proj / "clips" / "interview").mkdir(parents=True)
+    (proj / "clips" / "interview" / "take_raw.mov").write_bytes(b"the editor's own take")
+    (proj / "clips" / "empty_for_later").mkdir()
+    take = Path(shutil.copy(more_data / "grid_s1" / "bbaf3s.mpg", tmp_path / "interview.mpg"))
+    with pytest.raises(UserError, match=r"interview holds files preprocess did not make \(no meta.json\)"):
+        pp.preprocess(take, proj, pp.PreprocessOptions(), workers=1, progress=False)
+    assert (proj / "clips" / "interview" / "take_raw.mov").read_bytes() == b"the editor's own take"
+    (proj / "clips" / "interview" / "take_raw.mov").unlink()  # an empty folder of that name: used
+    report = pp.preprocess(take, proj, pp.PreprocessOptions(), workers=1, progress=False)
+    assert report.done == 1 and (proj / "clips" / "empty_for_later").is_dir()
+    # the dataset written into the footage's own folder: the footage under clips/ is not deleted
+    footage = tmp_path / "footage"
+    (footage / "clips" / "take1").mkdir(parents=True)
+    shutil.copy(more_data / "grid_s1" / "bbas3a.mpg", footage / "take1.mpg")
+    shutil.copy(more_data / "grid_s1" / "bbbm1s.mpg", footage / "clips" / "take1" / "cam_a.mpg")
+    with pytest.raises(UserError, match="take1 holds files preprocess did not make"):
+        pp.preprocess(footage, footage, pp.PreprocessOptions(), workers=1, progress=False)
+    assert (footage / "clips" / "take1" / "cam_a.mpg").is_file()
+
+
 def test_footage_added_later_never_moves_a_trained_speaker_into_validation():
     """Preprocessing again after adding speakers (a run may have trained on the first ones): the speakers already
     split keep their side, new ones make up the held-out share (the split was drawn afresh, and a trained speaker

@@ -213,6 +213,7 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
             results.append(ClipResult(str(rel), cid, "skipped", reason=prev.get("reason", "")))
             continue
         jobs.append((str(v), str(out_dir), str(rel), opts, cid))
+    _check_clip_folders(dst, [Path(job[1]) for job in jobs])
 
     t0 = time.perf_counter()
     bar = new_bar(total=len(jobs), desc="preprocess", unit="clip", disable=not progress or not jobs)
@@ -268,7 +269,8 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
          "source_key": _source_key(src_by_rel[r.source], opts) if r.source in src_by_rel else None}
         for r in skipped
     ])
-    _remove_empty_folders(dst / "clips")  # a speaker's folder whose every clip was skipped
+    _remove_empty_folders(dst / "clips", [Path(job[1]) for job in jobs])  # a speaker's folder whose clips were all
+    # skipped
     manifest = write_manifest(dst, opts, source_root=src)
     clips = manifest["clips"]
     return PreprocessReport(
@@ -284,15 +286,30 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
     )
 
 
-def _remove_empty_folders(root: Path) -> None:
-    """Remove the empty folders below ``root`` (deepest first); ``root`` itself stays."""
-    if not root.is_dir():
-        return
-    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+def _remove_empty_folders(root: Path, clip_dirs: list[Path]) -> None:
+    """Remove the folders below ``root`` that hold ``clip_dirs`` (a speaker's) where they are left empty (deepest
+    first); ``root`` itself stays, and so do folders of anyone else's (an empty one kept for later)."""
+    folders = {parent for d in clip_dirs for parent in d.parents if root in parent.parents}
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
         try:
             folder.rmdir()  # only succeeds when empty
         except OSError:
             pass
+
+
+def _check_clip_folders(dst: Path, clip_dirs: list[Path]) -> None:
+    """Refuse, before any work, to replace a folder under ``DST/clips`` that is not a clip preprocess made (no
+    meta.json) and is not empty: a folder of the user's (an editor's ``clips/interview`` of takes, or the footage
+    itself when DST is its folder) was deleted to make room for the clip of that name."""
+    for d in clip_dirs:
+        try:
+            foreign = d.is_dir() and not (d / META).is_file() and any(d.iterdir())
+        except OSError:
+            foreign = False
+        if foreign:
+            raise UserError(f"{d} holds files preprocess did not make (no {META}); preprocess writes its clips into "
+                            f"{dst / 'clips'} and would replace that folder: write the dataset into another folder "
+                            "(an empty one, or one preprocess made)")
 
 
 def _meta_matches(meta_path: Path, key: dict[str, Any], opts: PreprocessOptions) -> bool:
