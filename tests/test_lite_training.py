@@ -1082,3 +1082,12 @@ def test_a_run_resumes_without_the_weights_it_started_from(more_data, tmp_path, 
     other = run_cli("finetune", clip, "-o", out, "--steps", "6", "--checkpoint", "other.safetensors", *common,
                     timeout=900)  # weights it did not start from, and not there: still not found
     assert other.returncode == 2 and "not found" in other.stderr, other.stderr[-2000:]
+
+
+def test_a_model_named_in_capitals_is_a_safetensors_file(tmp_path):
+    """`finetune -o ME.SAFETENSORS` was refused ("-o must end in .safetensors"), though every command reads such a
+    file: the suffix is read in any case (here the next check, the footage, is what fails)."""
+    r = run_cli("finetune", tmp_path / "nope.mp4", "-o", tmp_path / "ME.SAFETENSORS", "--quiet", timeout=120)
+    assert r.returncode == 2 and "video not found" in r.stderr and "must end in" not in r.stderr, r.stderr
+    r = run_cli("finetune", tmp_path / "nope.mp4", "-o", tmp_path / "ME.PTH", "--quiet", timeout=120)
+    assert r.returncode == 2 and "HyperLips-Lite models are written as .safetensors" in r.stderr, r.stderr

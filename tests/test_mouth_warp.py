@@ -607,6 +607,8 @@ def test_auto_warps_a_starters_mouth_and_details_a_person_models(tmp_path):
     assert LipSync(starter.path, progress=False).mouth == "warp"  # the same file, named (as the server does)
     copy = shutil.copy(starter.path, tmp_path / "starter-copy.safetensors")  # a copy of it is still the starter
     assert LipSync(copy, progress=False).mouth == "warp"
+    for name in ("STARTER.SAFETENSORS", "starter_no_suffix"):  # whatever its name (a copy from another system was
+        assert is_generic_starter(shutil.copy(starter.path, tmp_path / name)), name  # given the hybrid, silently)
     net, info = load_checkpoint(starter.path)  # the same weights without the starter's card: as finetune writes
     config = {k: v for k, v in info.config.items() if k not in ("card", "extra", "name", "step", "format_version")}
     other = save_checkpoint(net, tmp_path / "person.safetensors", info.name, config=config, step=1)

@@ -214,3 +214,13 @@ def test_a_person_model_trained_with_the_real_finetune(tmp_path, real_data, clip
         assert client.wait(synced["id"], timeout=600)[0]["state"] == "done"
     finally:
         app.stop()
+
+
+def test_a_model_file_named_in_capitals_is_listed(tmp_path):
+    """A colleague's copy named Anna.SAFETENSORS loads as any other (the loader reads its content) but was left out of
+    the server's models without a word: the suffix is read in any case."""
+    from hyperlips.serve.catalog import person_models
+
+    for name in ("Anna.SAFETENSORS", "bob.safetensors", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [m.id for m in person_models(tmp_path)] == ["person:Anna", "person:bob"]

@@ -33,7 +33,7 @@ def is_generic_starter(checkpoint: str | os.PathLike | None) -> bool:
     from .models.metadata import read_metadata
 
     path = Path(checkpoint)
-    if path.suffix != ".safetensors" or not path.is_file():
+    if not path.is_file():  # (its content decides, not its name: a copy named .SAFETENSORS, or with no suffix)
         return False
     try:
         meta = read_metadata(path)

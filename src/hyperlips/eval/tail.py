@@ -187,7 +187,7 @@ def held_out_by(checkpoint) -> dict | None:
         return None
     path = Path(checkpoint)
     held = None
-    if path.suffix == ".safetensors" and path.is_file():
+    if path.suffix.lower() == ".safetensors" and path.is_file():
         try:
             held = read_metadata(path).get("held_out")
         except CheckpointError:

@@ -288,7 +288,7 @@ def _read_file(path: Path, expect_safetensors: bool = False) -> tuple[dict[str, 
     if kind == "safetensors":
         state, meta = _read_safetensors(path)
         return state, meta, "safetensors"
-    if expect_safetensors or path.suffix == ".safetensors":
+    if expect_safetensors or path.suffix.lower() == ".safetensors":
         raise CheckpointError(f"{path}: the safetensors file is corrupt (bad header)")
     if path.suffix in (".pth", ".pt", ".tar", ".ckpt", ".bin"):
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (the file is corrupt or of another type)")

@@ -60,7 +60,7 @@ def person_models(folder: Path) -> list[ModelChoice]:
     bases: dict[str, Path] = {}
     hrs: dict[str, dict[int, Path]] = {}
     for p in sorted(folder.iterdir()):
-        if p.suffix not in MODEL_SUFFIXES or not p.is_file() or p.name.startswith("."):
+        if p.suffix.lower() not in MODEL_SUFFIXES or not p.is_file() or p.name.startswith("."):
             continue
         m = _HR.match(p.stem)
         if m:

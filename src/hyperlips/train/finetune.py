@@ -115,7 +115,7 @@ def _publish(src: Path, dst: Path, name: str) -> None:
     from ..models import load_checkpoint, save_checkpoint
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.suffix == ".pth":
+    if dst.suffix.lower() == ".pth":
         model, info = load_checkpoint(src, name=name, device="cpu")
         save_checkpoint(model, dst, name, step=info.step, official=True)
     else:
@@ -194,9 +194,9 @@ def _train(stage_cls, cfg, quiet: bool):
 
 def _check_args(args: argparse.Namespace) -> None:
     out = args.output
-    if out.suffix not in (".safetensors", ".pth"):
+    if out.suffix.lower() not in (".safetensors", ".pth"):
         raise UserError(f"-o must end in .safetensors (or .pth for the original's format): {out}")
-    if args.model == "lite" and out.suffix == ".pth":
+    if args.model == "lite" and out.suffix.lower() == ".pth":
         raise UserError(f"-o {out}: HyperLips-Lite models are written as .safetensors (the .pth format is the "
                         "original Base's)")
     if not args.video.exists():
