@@ -193,15 +193,19 @@ def test_partial_files_of_killed_runs_are_removed_by_the_next_run(tmp_path):
 
     old, fresh, other = (tmp_path / ".out.0a1b2c3d.partial.mp4", tmp_path / ".out.4e5f6a7b.partial.mp4",
                          tmp_path / ".other.0a1b2c3d.partial.mp4")
-    for p in (old, fresh, other):
+    # the partials of other outputs whose names begin as this one's (out.b.mp4, "out.final cut.mp4"): a paused run's
+    # was deleted, and it failed at its very end
+    longer = (tmp_path / ".out.b.0a1b2c3d.partial.mp4", tmp_path / ".out.final cut.0a1b2c3d.partial.mp4")
+    for p in (old, fresh, other, *longer):
         p.write_bytes(b"\0" * 100)
     long_ago = time.time() - STALE_PARTIAL_S - 60
-    os.utime(old, (long_ago, long_ago))
-    os.utime(other, (long_ago, long_ago))
+    for p in (old, other, *longer):
+        os.utime(p, (long_ago, long_ago))
     w = VideoWriter(tmp_path / "out.mp4", 64, 64, 25)
     w.write(np.zeros((64, 64, 3), np.uint8))
     w.close()
     assert not old.exists() and fresh.exists() and other.exists()  # a run may still be writing the fresh one
+    assert all(p.exists() for p in longer)
 
 
 def test_the_same_frames_make_the_same_file(tmp_path):

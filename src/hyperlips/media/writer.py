@@ -20,6 +20,7 @@ import errno
 import glob
 import math
 import os
+import re
 import secrets
 import time
 from fractions import Fraction
@@ -118,7 +119,10 @@ def _remove_stale_partials(folder: Path, stem: str, suffix: str) -> None:
     """Delete the partial files of this output that runs killed outright (SIGKILL, out of memory) left behind: a run
     that is still writing one touches it every frame, so only those untouched for :data:`STALE_PARTIAL_S` go."""
     now = time.time()
+    token = re.compile(re.escape(f".{stem}.") + "[0-9a-f]{8}" + re.escape(f".partial{suffix}"))
     for p in folder.glob(f".{glob.escape(stem)}.*.partial{glob.escape(suffix)}"):
+        if not token.fullmatch(p.name):  # another output's (``a.b.mp4``'s beside ``a.mp4``): not this one's
+            continue
         try:
             if now - p.stat().st_mtime > STALE_PARTIAL_S:
                 p.unlink()
