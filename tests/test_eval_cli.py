@@ -267,6 +267,22 @@ def test_one_clip_for_the_self_protocol_and_a_clear_refusal_for_the_cross_one(tm
     assert [r["clip"] for r in _strict_json(out / "summary.json")["clips"]] == ["lbax4n"]
 
 
+def test_a_clip_named_with_nearly_255_bytes_is_evaluated(tmp_path, more_data, capfd):
+    """`eval --clips` wrote its hidden working files as ".NAME_shifted.mp4" and ".NAME_audio.wav": past the 255 bytes
+    a name may have for a legal name of 249 bytes (a traceback, exit 1). They are named by number."""
+    import shutil
+
+    from hyperlips.cli import main
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    shutil.copy(more_data / "grid_lipnet" / "lbax4n.mpg", clips / ("k" * 245 + ".mpg"))
+    code = main(["eval", "--clips", str(clips), "--protocol", "self", "--untrained", "--max-seconds", "0.4", "--quiet",
+                 "--device", "cpu", "-o", str(tmp_path / "rep")])
+    assert code == 0, capfd.readouterr().err
+    assert [r["clip"] for r in _strict_json(tmp_path / "rep" / "summary.json")["clips"]] == ["k" * 245]
+
+
 def test_a_photo_as_the_reference_is_every_frames_reference(real_data, tmp_path, capfd):
     """A result made from a photo, evaluated against that photo: every frame is compared with it (it was 1 frame
     and no sync score); the measures of motion have nothing to compare with and say so."""

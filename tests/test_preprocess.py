@@ -121,6 +121,20 @@ def test_folders_of_the_users_under_the_dataset_are_never_deleted(tmp_path, more
     assert (footage / "clips" / "take1" / "cam_a.mpg").is_file()
 
 
+def test_a_video_named_with_nearly_255_bytes_is_preprocessed(tmp_path, more_data):
+    """A legal name of 249 bytes: the clip's temporary folder (its name and ".partial-PID") passed the 255 bytes a
+    name may have, and preprocess (and finetune) ended in a traceback."""
+    import shutil
+
+    from hyperlips.data import preprocess as pp
+
+    src = tmp_path / "v"
+    src.mkdir()
+    shutil.copy(more_data / "grid_s1" / "bbaf3s.mpg", src / ("p" * 245 + ".mpg"))
+    report = pp.preprocess(src, tmp_path / "d", pp.PreprocessOptions(), workers=1, progress=False)
+    assert report.done == 1 and [p.name for p in (tmp_path / "d" / "clips").iterdir()] == ["p" * 245]
+
+
 def test_footage_added_later_never_moves_a_trained_speaker_into_validation():
     """Preprocessing again after adding speakers (a run may have trained on the first ones): the speakers already
     split keep their side, new ones make up the held-out share (the split was drawn afresh, and a trained speaker

@@ -162,9 +162,9 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
         out = gen_dir / f"{clip.stem}.mp4"
         try:
             if max_seconds:
-                src_audio = _cut_audio(speech, gen_dir / f".{clip.stem}_audio.wav", max_seconds)
-            if shift:
-                source = shifted_copy(clip, gen_dir / f".{clip.stem}_shifted.mp4")
+                src_audio = _cut_audio(speech, gen_dir / f".clip{i}_audio.wav", max_seconds)  # (named by number: a
+            if shift:  # name of 255 bytes has no room for more)
+                source = shifted_copy(clip, gen_dir / f".clip{i}_shifted.mp4")
             ls.sync(source, src_audio, out, face_index=eval_kw.get("face_index"), face_box=eval_kw.get("face_box"))
             res = evaluate_pair(out, clip, src_audio, protocol=mode, max_seconds=max_seconds, progress=progress,
                                 **eval_kw)
@@ -187,9 +187,7 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
 
 
 def _cut_audio(src: Path, dst: Path, seconds: float) -> Path:
-    from ..media.audio import write_wav
-
-    from ..media.audio import load_audio
+    from ..media.audio import load_audio, write_wav
 
     wav = load_audio(src, 16000)[: int(seconds * 16000)]
     write_wav(dst, wav, 16000)
