@@ -856,3 +856,49 @@ def test_an_output_that_is_an_input_by_any_path_is_refused_before_the_work(real_
         with pytest.raises(UserError, match=f"the output path is the same file as the input {what}"):
             check_paths(video, audio, out)
     check_paths(video, audio, tmp_path / "out.mp4")  # another file: fine
+
+
+def test_an_output_another_user_owns_in_a_shared_folder_is_refused_before_the_work(tmp_path, monkeypatch):
+    """In a sticky folder (shared, as /tmp is) only a file's owner may replace it: the whole run was done, then the
+    final rename failed with "Operation not permitted: .out.2b8efc87.partial.mp4", a hidden file never named."""
+    import os
+    import stat
+    from pathlib import Path
+
+    from hyperlips.errors import UserError
+    from hyperlips.streaming import check_output
+
+    shared = tmp_path / "drop"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    out = shared / "out.mp4"
+    out.write_bytes(b"a colleague's render")
+    stranger = os.stat(out).st_uid + 1000
+    monkeypatch.setattr(os, "geteuid", lambda: stranger)  # (the test runs as the files' owner: seen as another)
+    monkeypatch.setattr(os, "access", lambda *a, **k: True)
+    with pytest.raises(UserError, match=r"cannot replace .*out\.mp4: it belongs to another user in a shared folder"):
+        check_output(out)
+    check_output(shared / "new.mp4")  # a new name there: fine
+    os.chmod(shared, 0o777)  # not sticky: a writable folder's files may be replaced
+    check_output(out)
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o777 and Path(out).read_bytes() == b"a colleague's render"
+
+
+def test_a_tilde_that_was_not_expanded_is_said(tmp_path, monkeypatch):
+    """'~/Videos/out.mp4' quoted (a script, a settings file): a folder named "~" was made where the command ran, and
+    the success line read as the home folder; '~/clip.mp4' as an input was "not found" with no hint."""
+    from pathlib import Path
+
+    from hyperlips.errors import MediaError, UserError, require_file
+    from hyperlips.streaming import check_output
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(UserError, match=r"the output ~/Videos/out\.mp4 begins with a '~' that was not made your home "
+                                        r"folder .*: give .*home/Videos/out\.mp4"):
+        check_output(Path("~/Videos/out.mp4"))
+    assert not (tmp_path / "~").exists()
+    with pytest.raises(MediaError, match=r"video not found: ~/clip\.mp4 \(its '~' was not made your home folder"):
+        require_file("~/clip.mp4", "video")
+    (tmp_path / "~").mkdir()  # a folder really named "~" here: taken as it is
+    check_output(Path("~/out.mp4"))

@@ -54,6 +54,9 @@ def require_file(path, what: str = "file") -> None:
             raise MediaError(f"{what} not found: {p}: web addresses are not read; download the file first")
         if p == "-":
             raise MediaError(f"{what} '-': standard input is not read; give a file (save the stream to one first)")
+        if unexpanded_home(p):
+            raise MediaError(f"{what} not found: {p} (its '~' was not made your home folder, as a shell does when it "
+                             f"is not quoted: give {os.path.expanduser(p)})")
         raise MediaError(f"{what} not found: {p}")
     if os.path.isdir(p):
         raise MediaError(f"{what} is a folder, not a file: {p}")
@@ -66,6 +69,16 @@ def require_file(path, what: str = "file") -> None:
                          "file first")
     if os.path.getsize(p) == 0:
         raise MediaError(f"{what} is empty (0 bytes): {p}")
+
+
+def unexpanded_home(path) -> bool:
+    """Whether ``path`` begins with a ``~`` a shell would have made the home folder (``~`` or ``~user``; quoted, or
+    from a script or a settings file, it was not), where no such folder exists here."""
+    import os
+
+    p = os.fspath(path)
+    first = p.split(os.sep, 1)[0]
+    return first.startswith("~") and not os.path.exists(first) and os.path.expanduser(first) != first
 
 
 class InputWarning(UserWarning):

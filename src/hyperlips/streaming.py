@@ -33,7 +33,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .errors import MediaError, UserError, require_file
+from .errors import MediaError, UserError, require_file, unexpanded_home
 from .face.cuts import is_flat
 from .generator_io import BASE_SIZE, face_crop, reference_crop
 from .schedule import runs
@@ -91,6 +91,9 @@ def check_output(output: Path) -> None:
     """The output path's own checks (its suffix, its folder), before any input exists (``demo`` makes its own)."""
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"output must be a video file ending in {', '.join(OUTPUT_SUFFIXES)}: {output}")
+    if unexpanded_home(output):  # (it would make a folder named "~" here, and a success line that reads as home)
+        raise UserError(f"the output {output} begins with a '~' that was not made your home folder (as a shell does "
+                        f"when it is not quoted): give {os.path.expanduser(output)}")
     parent = output.parent if str(output.parent) else Path(".")
     try:
         if parent.exists() and not parent.is_dir():
@@ -106,6 +109,25 @@ def check_output(output: Path) -> None:
         raise UserError(f"the output folder {parent} cannot be made: {there} is not a folder")
     if not os.access(there, os.W_OK | os.X_OK):
         raise UserError(f"cannot write the output in {there}: no permission to write there")
+    if not _may_replace(output, there):
+        raise UserError(f"cannot replace {output}: it belongs to another user in a shared folder where only a file's "
+                        "owner may replace it (a sticky folder, as /tmp is); choose another output name")
+
+
+def _may_replace(output: Path, folder: Path) -> bool:
+    """Whether an existing ``output`` may be replaced by renaming the finished file over it: not in a sticky folder
+    (a shared one) where neither the file nor the folder is this user's (the whole run was done, then the rename
+    failed, naming a hidden file)."""
+    import stat
+
+    try:
+        mine = os.geteuid()
+        if mine == 0 or not output.exists():
+            return True
+        here = os.stat(folder)
+        return not here.st_mode & stat.S_ISVTX or mine in (here.st_uid, os.stat(output).st_uid)
+    except (AttributeError, OSError):  # (no user ids here: Windows)
+        return True
 
 
 def make_output_folder(output: Path) -> None:
