@@ -253,6 +253,26 @@ def test_results_pair_with_references_by_name_and_none_is_dropped_silently(tmp_p
         run_protocol(ref, tmp_path / "out", "self", untrained=True)
 
 
+def test_names_pair_in_either_unicode_form_and_hidden_files_are_left_alone(tmp_path):
+    """A Mac writes "José.mp4" decomposed (NFD), Linux and Windows keep it as typed (NFC): "no videos have a
+    reference of the same name", both folders listing José.mp4. A Mac's "._a.mp4" stubs on a shared disk were taken
+    for videos (a failed clip in the report)."""
+    import unicodedata
+
+    from hyperlips.eval.protocols import pair_folders
+
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    name = "José.mp4"
+    for f in (gen / unicodedata.normalize("NFC", name), ref / unicodedata.normalize("NFD", name), gen / "._a.mp4",
+              ref / "._a.mp4"):
+        f.write_bytes(b"x")
+    pairs = pair_folders(gen, ref)
+    assert [(g.name, r.name) for g, r, _ in pairs] == [(unicodedata.normalize("NFC", name),
+                                                        unicodedata.normalize("NFD", name))]
+
+
 def test_one_clip_for_the_self_protocol_and_a_clear_refusal_for_the_cross_one(tmp_path, more_data, capfd):
     from hyperlips.cli import main
 

@@ -23,16 +23,19 @@ def _media_in(folder: Path, suffixes, twins: Optional[dict[str, list[str]]] = No
     """The media files of ``folder`` by name without suffix (results and references pair up by it, and a result is
     written under it): two of one name (``a.mp4``, ``a.mpg``) are refused rather than one silently dropped, or, with
     ``twins`` given, noted there (name -> its files' names; the first one kept) for the caller to judge."""
+    import unicodedata
+
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in suffixes:
-            if p.stem in out:
+        if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."):  # (hidden: a Mac's "._a.mp4"
+            stem = unicodedata.normalize("NFC", p.stem)  # stubs on a shared disk) (one name in either Unicode form:
+            if stem in out:  # a Mac writes the decomposed one, Linux and Windows keep what was typed)
                 if twins is not None:
-                    twins.setdefault(p.stem, [out[p.stem].name]).append(p.name)
+                    twins.setdefault(stem, [out[stem].name]).append(p.name)
                     continue
-                raise UserError(f"{folder} holds two files named {p.stem} ({out[p.stem].name}, {p.name}): their "
+                raise UserError(f"{folder} holds two files named {stem} ({out[stem].name}, {p.name}): their "
                                 "results would share one name; rename one of them")
-            out[p.stem] = p
+            out[stem] = p
     return out
 
 
