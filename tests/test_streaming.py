@@ -902,3 +902,21 @@ def test_a_tilde_that_was_not_expanded_is_said(tmp_path, monkeypatch):
         require_file("~/clip.mp4", "video")
     (tmp_path / "~").mkdir()  # a folder really named "~" here: taken as it is
     check_output(Path("~/out.mp4"))
+
+
+def test_a_reference_picture_without_a_suffix_is_a_picture(tmp_path, monkeypatch):
+    """A picture saved without a suffix (from a chat app), or named like a number and given as "./10": "--reference
+    must be best, first, a frame number or an image" although the file was there. A bare number is a frame."""
+    from pathlib import Path
+
+    from hyperlips.errors import UserError
+    from hyperlips.streaming import reference_request
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("still_noext", "10"):
+        (tmp_path / name).write_bytes(b"x")
+    assert reference_request("still_noext") == Path("still_noext")
+    assert reference_request("./10") == Path("10") and reference_request("10") == 10
+    assert reference_request("face.png") == Path("face.png")  # (a path with a suffix need not exist yet: said later)
+    with pytest.raises(UserError, match="--reference must be best, first, a frame number or an image"):
+        reference_request("bset")

@@ -162,8 +162,8 @@ def reference_request(reference) -> str | int | Path:
         return int(reference)
     if reference in ("best", "first"):
         return reference
-    if isinstance(reference, (str, Path)) and Path(reference).suffix:
-        return Path(reference)
+    if isinstance(reference, (str, Path)) and (Path(reference).suffix or Path(reference).is_file()):
+        return Path(reference)  # (a picture saved without a suffix, or named "./10", is a picture)
     raise UserError(f"--reference must be best, first, a frame number or an image of the face (got {reference})")
 
 
