@@ -1091,3 +1091,5 @@ def test_a_model_named_in_capitals_is_a_safetensors_file(tmp_path):
     assert r.returncode == 2 and "video not found" in r.stderr and "must end in" not in r.stderr, r.stderr
     r = run_cli("finetune", tmp_path / "nope.mp4", "-o", tmp_path / "ME.PTH", "--quiet", timeout=120)
     assert r.returncode == 2 and "HyperLips-Lite models are written as .safetensors" in r.stderr, r.stderr
+    r = run_cli("finetune", tmp_path / "nope.mp4", "-o", tmp_path / ".safetensors", "--quiet", timeout=120)
+    assert r.returncode == 2 and ".safetensors has a suffix but no name: give one, such as" in r.stderr, r.stderr

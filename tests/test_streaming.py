@@ -920,3 +920,16 @@ def test_a_reference_picture_without_a_suffix_is_a_picture(tmp_path, monkeypatch
     assert reference_request("face.png") == Path("face.png")  # (a path with a suffix need not exist yet: said later)
     with pytest.raises(UserError, match="--reference must be best, first, a frame number or an image"):
         reference_request("bset")
+
+
+def test_an_output_named_only_by_its_suffix_is_said_so(tmp_path):
+    """`-o .mp4` was "output must be a video file ending in .mp4 ...: .mp4", which reads as false."""
+    from pathlib import Path
+
+    from hyperlips.errors import UserError
+    from hyperlips.streaming import check_output
+
+    with pytest.raises(UserError, match=r"the output .*\.mp4 has a suffix but no name: give one, such as .*out\.mp4"):
+        check_output(tmp_path / ".mp4")
+    with pytest.raises(UserError, match="has a suffix but no name"):
+        check_output(Path(".MOV"))

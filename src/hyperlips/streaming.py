@@ -89,6 +89,8 @@ def _same_existing_file(a: Path, b: Path) -> bool:
 
 def check_output(output: Path) -> None:
     """The output path's own checks (its suffix, its folder), before any input exists (``demo`` makes its own)."""
+    if output.name.lower() in OUTPUT_SUFFIXES:  # (".mp4" is a name without a suffix to pathlib: a hidden file)
+        raise UserError(f"the output {output} has a suffix but no name: give one, such as {output.parent / 'out.mp4'}")
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"output must be a video file ending in {', '.join(OUTPUT_SUFFIXES)}: {output}")
     if unexpanded_home(output):  # (it would make a folder named "~" here, and a success line that reads as home)

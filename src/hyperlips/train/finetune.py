@@ -194,6 +194,8 @@ def _train(stage_cls, cfg, quiet: bool):
 
 def _check_args(args: argparse.Namespace) -> None:
     out = args.output
+    if out.name.lower() in (".safetensors", ".pth"):  # (a name that is all suffix: a hidden file to pathlib)
+        raise UserError(f"-o {out} has a suffix but no name: give one, such as {out.parent / ('me' + out.name)}")
     if out.suffix.lower() not in (".safetensors", ".pth"):
         raise UserError(f"-o must end in .safetensors (or .pth for the original's format): {out}")
     if args.model == "lite" and out.suffix.lower() == ".pth":
