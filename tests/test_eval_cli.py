@@ -557,3 +557,28 @@ def test_a_face_box_outside_the_frame_is_said_at_once_as_sync_says_it(real_data,
     # reaching past the edges: clipped as sync clips it, the face inside found
     boxes = _track(video, info, 3, None, False, face_box=(-5000, -5000, info.width + 5000, info.height + 5000))
     assert all(b is not None for b in boxes)
+
+
+def test_syncs_output_of_an_odd_sized_video_is_evaluated_against_it(real_data, tmp_path):
+    """sync's default 4:2:0 output of a 211x209 video is 212x210 (its last column and row repeated, as documented):
+    eval refused it against the very video it was made from ("evaluate the output of a run on that reference"), and
+    `eval --clips` refused the videos it had generated itself. The repeated edge is left out."""
+    from helpers import read_frames
+    from media_builders import speech, write_video
+
+    from hyperlips import LipSync
+    from hyperlips.errors import UserError
+    from hyperlips.eval.pair import evaluate_pair
+
+    import cv2
+
+    frames = [cv2.resize(f, (211, 209)) for f in read_frames(real_data / "retalking" / "face2.mp4", limit=25)]
+    clip = write_video(tmp_path / "odd.mp4", frames, pix_fmt="yuv444p", audio=speech(real_data, 1.0))
+    with LipSync(progress=False, phones=False) as ls:
+        rep = ls.sync(clip, clip, tmp_path / "out.mp4")
+    assert (rep.width, rep.height) == (212, 210)
+    res = evaluate_pair(tmp_path / "out.mp4", clip, clip, protocol="self")
+    assert (res.width, res.height) == (211, 209) and res.metrics["psnr_face"] > 20
+    other = write_video(tmp_path / "other.mp4", [cv2.resize(f, (200, 200)) for f in frames[:5]])
+    with pytest.raises(UserError, match="pixel comparisons need the same frame size"):  # another size: still refused
+        evaluate_pair(tmp_path / "out.mp4", other, clip, protocol="self")

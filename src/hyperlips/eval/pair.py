@@ -203,9 +203,15 @@ def evaluate_pair(
     ri = probe(ref_path) if ref_path is not None else None
     if gi.is_image:
         raise UserError(f"{gen_path} is a still image; evaluation needs a video")
+    crop = None  # (height, width) the generated frames are cut to
     if ri is not None and (gi.width, gi.height) != (ri.width, ri.height):
-        raise UserError(f"the generated video is {gi.width}x{gi.height} but the reference is {ri.width}x{ri.height}; "
-                        "pixel comparisons need the same frame size (evaluate the output of a run on that reference)")
+        from ..media.writer import coded_size
+
+        if (gi.width, gi.height) != coded_size(ri.width, ri.height):
+            raise UserError(f"the generated video is {gi.width}x{gi.height} but the reference is {ri.width}x"
+                            f"{ri.height}; pixel comparisons need the same frame size (evaluate the output of a run "
+                            "on that reference)")
+        crop = (ri.height, ri.width)  # an odd-sized reference's output: 4:2:0 repeated its last column or row
 
     # networks first: a bad weights path fails before any decoding
     if syncnet_model is None and syncnet is not None:
@@ -289,7 +295,7 @@ def evaluate_pair(
             for k, gfr in enumerate(_bar(gen_iter, n, f"eval {gen_path.name}", progress)):
                 if k >= n:
                     break
-                gimg = gfr.image
+                gimg = gfr.image if crop is None else gfr.image[:crop[0], :crop[1]]
                 rimg = None
                 if ref_iter is not None:
                     j = int(pair[k])
@@ -337,7 +343,7 @@ def evaluate_pair(
         mesh.close()
 
     res = ClipResult(str(gen_path), str(ref_path) if ref_path else None, audio_desc, proto, float(gi.fps),
-                     gi.width, gi.height, n)
+                     crop[1] if crop else gi.width, crop[0] if crop else gi.height, n)
     times = gen_times[:n] - gen_times[0]
     if ri is not None:
         res.metrics = comp.summary()
