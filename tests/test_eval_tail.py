@@ -109,6 +109,14 @@ def test_the_tail_of_a_fine_tuned_model_is_the_part_it_never_trained_on(more_dat
     (tmp_path / "old.work").mkdir()
     (tmp_path / "old.work/finetune.json").write_text(json.dumps({"held_out": held, "clips": ["a", "b"]}))
     assert held_out_by(old) == {**held, "clips": ["a", "b"]} and held_out_by(tmp_path / "other.safetensors") is None
+    # a longer tail, scored as asked: its report says how much of it the model trained on (it said "held out")
+    from hyperlips.eval.tail import TailResult, _trained_within, tail_markdown
+
+    assert _trained_within(videos, model, 5.0) == 2.6 and _trained_within(videos, model, 2.4) == 0.0
+    assert _trained_within(videos[:1], model, 2.0) == 0.0  # other footage: none of it trained on
+    text = tail_markdown(TailResult("foot", [{}], 5.0, "ref.png", trained_seconds=2.6))
+    assert "5.0 s scored in 1 segment(s), **2.6 s of them frames the model trained on**" in text
+    assert "2.4 s held out in 1 segment(s)" in tail_markdown(TailResult("foot", [{}], 2.4, "ref.png"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for m in (model, old):

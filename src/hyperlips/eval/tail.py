@@ -52,6 +52,7 @@ class TailResult:
     series: dict = field(default_factory=dict)  # method -> {"opening_gen": [...], "opening_ref": [...]}
     shifted: bool = False  # the model was driven from the tail's frames shifted by half its length
     weights: str = ""  # what rendered the model's mouth, in words (its file, network, HR decoder, mouth)
+    trained_seconds: float = 0.0  # of the tail scored, the seconds the model trained on (a longer tail asked for)
 
 
 def footage_videos(footage: Path, checkpoint=None, names: dict[Path, str] | None = None) -> list[Path]:
@@ -252,6 +253,16 @@ def _unseen_tail(videos: list[Path], checkpoint, fraction: float, seconds: float
     return seconds
 
 
+def _trained_within(videos: list[Path], checkpoint, scored: float) -> float:
+    """Of a tail of ``scored`` seconds of the footage a model was fine-tuned on, the seconds it trained on (a tail
+    longer than the part its training held out); 0 for other footage, or a model that does not say."""
+    held = held_out_by(checkpoint)
+    if held is None or abs(float(held["of_seconds"]) - _footage_seconds(videos)) > SAME_FOOTAGE_S:
+        return 0.0
+    seen = scored - float(held["seconds"])
+    return round(seen, 3) if seen > 0.05 else 0.0
+
+
 def tail_segments(videos: list[Path], fraction: float = DEFAULT_FRACTION, seconds: float | None = None,
                   min_seconds: float = MIN_TAIL_SECONDS) -> tuple[list[Segment], tuple[Path, int, int]]:
     """(held-out segments in order, (video, first, stop) of the training part just before the tail); a tail under
@@ -421,9 +432,10 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
             late = write_segment(seg, work / f"delayed_{k:03d}.mp4", delay=DELAY_FRAMES)
             per["delayed"].append(evaluate_pair(late, real, real, protocol="self", device=str(model.device),
                                                 perceptual=False, **face))
+    scored = round(sum((s.stop - s.start) / s.fps for s in segs), 3)
     res = TailResult(str(footage), [{"video": str(s.video), "frames": [s.start, s.stop], "fps": s.fps} for s in segs],
-                     round(sum((s.stop - s.start) / s.fps for s in segs), 3), str(ref_png),
-                     weights=weights_in_words(model))
+                     scored, str(ref_png), weights=weights_in_words(model),
+                     trained_seconds=_trained_within(videos, record, scored))
     for m, results in per.items():
         if results:
             res.rows[m], res.series[m] = _pool(results)
@@ -464,7 +476,10 @@ def tail_markdown(res: TailResult) -> str:
             ("lmd", "mouth LMD"), ("psnr_mouth", "mouth PSNR"), ("ssim_mouth", "mouth SSIM"), ("delta_e", "delta E"),
             ("sharpness_ratio", "sharpness ratio"), ("jitter_ratio", "jitter ratio")]
     lines = [f"# Held-out tail of {res.footage}", "",
-             f"{res.held_out_seconds:.1f} s held out in {len(res.segments)} segment(s); reference face: {res.reference}",
+             (f"{res.held_out_seconds:.1f} s held out in {len(res.segments)} segment(s)" if not res.trained_seconds
+              else f"{res.held_out_seconds:.1f} s scored in {len(res.segments)} segment(s), **{res.trained_seconds:.1f} "
+                   "s of them frames the model trained on** (a tail longer than the part its training held out: "
+                   "its figures are flattered)") + f"; reference face: {res.reference}",
              *([f"Model: {res.weights}"] if res.weights else []),
              "", "| method | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     names = {"model": "model", "hold": "reference mouth held", "delayed": f"real, {DELAY_FRAMES} frames late"}
@@ -481,6 +496,7 @@ def tail_markdown(res: TailResult) -> str:
 def write_tail_report(res: TailResult, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {"footage": res.footage, "segments": res.segments, "held_out_seconds": res.held_out_seconds,
+            "trained_seconds": res.trained_seconds,
             "reference": res.reference, "weights": res.weights, "rows": res.rows, "series": res.series,
             "shifted": res.shifted}
     from .report import _clean
