@@ -933,3 +933,26 @@ def test_an_output_named_only_by_its_suffix_is_said_so(tmp_path):
         check_output(tmp_path / ".mp4")
     with pytest.raises(UserError, match="has a suffix but no name"):
         check_output(Path(".MOV"))
+
+
+def test_an_output_folder_that_is_a_broken_link_is_said_before_the_work(tmp_path, monkeypatch):
+    """A folder that is a link to a drive not mounted (or a link to itself): "the output folder cannot be made: File
+    exists", after the inputs were read. The messages quote the folder as it was given, not made absolute."""
+    import os
+    from pathlib import Path
+
+    from hyperlips.errors import UserError
+    from hyperlips.streaming import check_output
+
+    monkeypatch.chdir(tmp_path)
+    os.symlink("/nonexistent/Volumes/Projects/renders", "renders")
+    os.symlink("loop", "loop")
+    with pytest.raises(UserError, match=r"the output folder renders is a link to /nonexistent/Volumes/Projects/renders, "
+                                        r"which does not exist or cannot be reached \(is its drive mounted\?\)"):
+        check_output(Path("renders/out.mp4"))
+    with pytest.raises(UserError, match="the output folder loop is a link to loop"):
+        check_output(Path("loop/a/out.mp4"))
+    os.mkdir("locked")
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    with pytest.raises(UserError, match=r"^cannot write the output in locked: no permission"):
+        check_output(Path("locked/out.mp4"))

@@ -102,8 +102,11 @@ def check_output(output: Path) -> None:
             raise UserError(f"output folder is not a folder: {parent}")
         if output.exists() and output.is_dir():
             raise UserError(f"output path is a folder: {output}")
-        there = parent.absolute()
+        there = parent  # (as the user gave it: messages quote it so)
         while not there.exists() and there != there.parent:  # the folder made for it is made in the nearest one
+            if there.is_symlink():  # a link to what is not there (a drive not mounted) or to itself: not to be made
+                raise UserError(f"the output folder {there} is a link to {os.readlink(there)}, which does not exist "
+                                "or cannot be reached (is its drive mounted?)")
             there = there.parent
     except OSError as e:  # a name longer than the file system takes (255 bytes), a loop of links, ...
         raise UserError(f"cannot write the output {output}: {e.strerror or e}") from None
