@@ -230,12 +230,17 @@ def test_crash_midway_leaves_no_partial_output(tmp_path, ckpt, face_video, monke
         return real_forward(*a, **k)
 
     monkeypatch.setattr(ls.base, "forward", failing_forward)
-    out = tmp_path / "out.mp4"
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        ls.sync(face_video, write_wav(tmp_path / "a.wav", 1.0), out)
-    assert calls["n"] == 3
-    assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".mp4"] == []
+    out = tmp_path / "renders" / "day 1" / "out.mp4"  # into folders made for it: they go too (an editor's project
+    existing = tmp_path / "kept"  # tree collected empty folders from runs stopped)
+    existing.mkdir()
+    for target in (out, existing / "out.mp4"):
+        calls["n"] = 0
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            ls.sync(face_video, write_wav(tmp_path / "a.wav", 1.0), target)
+        assert calls["n"] == 3
+        assert not target.exists()
+    assert [p.name for p in tmp_path.rglob("*") if p.suffix == ".mp4"] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "kept"]  # a folder that was there stays
 
 
 def test_the_command_ends_without_the_interpreter_teardown_but_flushes_and_runs_the_exit_handlers(tmp_path):

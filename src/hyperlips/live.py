@@ -461,7 +461,7 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     same voice whose statistics normalise HyperLips-Lite's mel (the speech file itself reproduces ``sync``)."""
     from .media.audio import load_audio, melspectrogram, speech_problems
     from .media.writer import VideoWriter, check_encoding
-    from .streaming import MUX_SAMPLE_RATE, check_paths, make_output_folder
+    from .streaming import MUX_SAMPLE_RATE, check_paths, make_output_folder, remove_made_folders
 
     video, speech_path, output = Path(video), Path(speech_path), Path(output)
     check_encoding(crf, preset, pix_fmt)
@@ -479,14 +479,14 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     stats = (SpeechStats.of(melspectrogram(load_audio(voice_sample, sr), ls.audio_cfg),
                             int(getattr(ls.base, "mel_smooth", 0))) if voice_sample else None)
     feed = PacedSpeech(wav, int(round(chunk_ms / 1000.0 * sr)), sr, pace)
-    writer, out_times, n = None, [], 0
+    writer, out_times, n, made = None, [], 0, []
     t_call = time.perf_counter()
     stream = run_stream(ls, video, feed, stats=stats, speech_seconds=len(wav) / sr, **stream_options)
     try:
         for fr in stream:
             out_times.append(time.perf_counter())
             if writer is None:
-                make_output_folder(output)  # once the inputs have proved usable
+                made = make_output_folder(output)  # once the inputs have proved usable
                 h, w = fr.image.shape[:2]
                 sound = load_audio(speech_path, MUX_SAMPLE_RATE, keep_stereo=True, quiet=True)  # its own channels
                 writer = VideoWriter(output, w, h, fr.fps, audio=sound, sample_rate=MUX_SAMPLE_RATE,
@@ -502,6 +502,7 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
             close()
         if writer is not None:
             writer.abort()
+        remove_made_folders(made)  # nothing is left of the run, the folders made for its output included
         raise
     fps = float(writer.fps)
     times = np.arange(n) / fps

@@ -54,6 +54,7 @@ from .streaming import (  # noqa: F401  (re-exported)
     check_face_box,
     check_paths,
     make_output_folder,
+    remove_made_folders,
 )
 from .sync_report import (  # noqa: F401  (SyncReport and ProgressCallback re-exported: their historical home)
     ProgressCallback,
@@ -381,7 +382,7 @@ class LipSync:
                 complete_bar(bar)  # the search ends when the face is sure, often before the estimate
             ref_crop = found.crop
 
-            make_output_folder(output)
+            made = make_output_folder(output)
             mux_audio = load_audio(audio, MUX_SAMPLE_RATE, keep_stereo=True, quiet=True)  # its own channels (said: above)
 
             def render(jobs):
@@ -417,6 +418,7 @@ class LipSync:
                 chain.close()
                 if writer is not None:
                     writer.abort()  # no half-written file is left under the output name
+                remove_made_folders(made)  # nor the folders made for it
                 raise
         step = self._mouth_step
         if step is not None and step.missed >= max(1, MISSED_MOUTH_SHARE * step.looked):  # the frame's own mouth

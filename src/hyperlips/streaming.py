@@ -135,12 +135,30 @@ def _may_replace(output: Path, folder: Path) -> bool:
         return True
 
 
-def make_output_folder(output: Path) -> None:
-    """The output's folder, made once the inputs have proved usable; a :class:`UserError` where it cannot be."""
+def make_output_folder(output: Path) -> list[Path]:
+    """The output's folder, made once the inputs have proved usable; a :class:`UserError` where it cannot be.
+    Returns the folders it made, outermost first (:func:`remove_made_folders` takes them away again where the run
+    stops before its output is written)."""
+    made = []
+    folder = output.parent
+    while str(folder) and not folder.exists() and folder != folder.parent:
+        made.insert(0, folder)
+        folder = folder.parent
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"the output folder {output.parent} cannot be made: {e.strerror or e}") from None
+    return made
+
+
+def remove_made_folders(made: list[Path]) -> None:
+    """The folders :func:`make_output_folder` made, removed where they are still empty (a run stopped or failed):
+    nothing is left of it, an empty folder tree included."""
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def check_face_box(box, width: int, height: int) -> tuple[float, float, float, float] | None:
