@@ -367,3 +367,15 @@ def test_bad_metadata(hr, tmp_path):
 
 def test_unknown_name(hr_files):
     assert "unknown model name" in _error(hr_files[0], name="hyperlips-hr-1024")
+
+
+def test_weights_named_with_nearly_255_bytes_are_written(hr, tmp_path):
+    """A model name the file system takes (250 bytes) was refused as "File name too long": the hidden working file
+    beside it (its name and a dozen bytes more) was not; it is cut to fit, and nothing is left beside the file."""
+    from hyperlips.errors import hidden_name
+
+    path = tmp_path / ("m" * 238 + ".safetensors")
+    save_checkpoint(hr, path, "hyperlips-hr-128", step=1)
+    assert read_state_dict(path)[1].step == 1 and os.listdir(tmp_path) == [path.name]
+    assert len(os.fsencode(hidden_name(path.name, ".12345.0a1b2c3d.tmp"))) == 255
+    assert hidden_name("short.safetensors", ".tmp") == ".short.safetensors.tmp"

@@ -1093,3 +1093,6 @@ def test_a_model_named_in_capitals_is_a_safetensors_file(tmp_path):
     assert r.returncode == 2 and "HyperLips-Lite models are written as .safetensors" in r.stderr, r.stderr
     r = run_cli("finetune", tmp_path / "nope.mp4", "-o", tmp_path / ".safetensors", "--quiet", timeout=120)
     assert r.returncode == 2 and ".safetensors has a suffix but no name: give one, such as" in r.stderr, r.stderr
+    (tmp_path / "empty").mkdir()  # a 250-byte name passes the write check (refused "File name too long"): the
+    r = run_cli("finetune", tmp_path / "empty", "-o", tmp_path / ("m" * 238 + ".safetensors"), "--quiet", timeout=120)
+    assert r.returncode == 2 and "too long" not in r.stderr and "no video files" in r.stderr, r.stderr  # footage fails

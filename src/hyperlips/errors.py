@@ -173,3 +173,17 @@ def one_line(text) -> str:
     import re
 
     return re.sub(r"\s*[\r\n]+\s*", " ", str(text)).strip()
+
+
+def hidden_name(name: str, tail: str) -> str:
+    """``.NAME`` + ``tail``: the name of a hidden working file beside ``name`` (its partial copy, a write check), the
+    name cut (with a hash of the whole) where that would pass the 255 bytes a file name may have: a name the file
+    system takes was refused as "too long" for its working file's."""
+    import hashlib
+    import os
+
+    data = os.fsencode(name)
+    if 1 + len(data) + len(os.fsencode(tail)) <= 255:
+        return f".{name}{tail}"
+    room = 255 - 1 - 9 - len(os.fsencode(tail))
+    return f".{data[:room].decode('utf-8', 'ignore')}.{hashlib.sha1(data).hexdigest()[:8]}{tail}"

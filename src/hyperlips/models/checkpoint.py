@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from ..errors import CheckpointError, UserError
+from ..errors import CheckpointError, UserError, hidden_name
 from .metadata import METADATA_KEY, parse_json as _parse_json
 from .registry import CONFIGURABLE, DESCRIPTIONS, EXPERTS, MODEL_NAMES, architecture, canonical_name, create_model, default_config
 
@@ -386,7 +386,7 @@ def read_expert_state(path: str | os.PathLike,
 def _atomic_write(target: Path, write) -> None:
     """Write through a temporary file in the target's folder, then rename it over the target."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = str(target.parent / hidden_name(target.name, f".{os.getpid()}.{secrets.token_hex(4)}.tmp"))
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     mode = os.stat(tmp).st_mode & 0o777  # 0o666 less the umask; some writers recreate the file as 0o600
     try:

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from ..data.sources import FINETUNE_STATE as STATE  # what the first run decided (split, time preprocessing)
 from ..data.sources import default_work
-from ..errors import UserError, warn
+from ..errors import UserError, hidden_name, warn
 from ..options import add_face_choice
 
 MIN_TRAIN_FRAMES = 48
@@ -119,7 +119,7 @@ def _publish(src: Path, dst: Path, name: str) -> None:
         model, info = load_checkpoint(src, name=name, device="cpu")
         save_checkpoint(model, dst, name, step=info.step, official=True)
     else:
-        tmp = dst.with_name(f".{dst.name}.tmp")
+        tmp = dst.with_name(hidden_name(dst.name, ".tmp"))
         shutil.copyfile(src, tmp)
         tmp.replace(dst)
 
@@ -132,7 +132,8 @@ def _check_output(out: Path) -> None:
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".check", dir=out.parent)
+        fd, probe = tempfile.mkstemp(prefix=hidden_name(out.name, ".XXXXXXXX.check")[:-len("XXXXXXXX.check")],
+                                     suffix=".check", dir=out.parent)  # (as long as the writes' own working names)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
