@@ -262,3 +262,20 @@ def test_an_output_too_large_to_play_on_phones_is_said():
     assert "--fps 56 (or less)" in too_large_to_play(4096, 2304, 60)
     assert too_large_to_play(3840, 2160, 60) is None and too_large_to_play(1920, 1080, 240) is None
     assert too_large_to_play(1920, 1080, 30000 / 1001) is None
+
+
+def test_an_output_path_too_long_for_the_system_is_said_so(tmp_path):
+    """An output whose whole path nears 4096 bytes: its working file's path passed the limit, said as "File name too
+    long; choose a folder you can write to" (the folder was writable)."""
+    import os
+
+    from hyperlips.errors import MediaError
+    from hyperlips.media.writer import VideoWriter
+
+    folder = str(tmp_path)
+    while len(os.fsencode(folder)) < 3900:
+        folder = os.path.join(folder, "d" * 200)
+        os.mkdir(folder)
+    name = "o" * (4090 - len(os.fsencode(folder)) - 5) + ".mp4"
+    with pytest.raises(MediaError, match="the whole path is longer than this system takes"):
+        VideoWriter(os.path.join(folder, name), 64, 64, 25)

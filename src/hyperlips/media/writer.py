@@ -263,8 +263,9 @@ class VideoWriter:
             with open(self._tmp, "xb"):
                 pass
         except OSError as e:
-            raise MediaError(f"cannot write {self.path}: {os.strerror(e.errno) if e.errno else e}; choose a folder you "
-                             "can write to") from None
+            advice = ("the whole path is longer than this system takes (4096 bytes): choose a shorter one"
+                      if e.errno == errno.ENAMETOOLONG else "choose a folder you can write to")
+            raise MediaError(f"cannot write {self.path}: {os.strerror(e.errno) if e.errno else e}; {advice}") from None
         # from here on the temporary file exists: whatever stops the set-up (an error, Ctrl-C, SIGTERM) removes it
         try:
             try:
