@@ -480,3 +480,12 @@ def test_a_serve_job_out_of_memory_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(worker, "run_sync", lambda job, folder: (_ for _ in ()).throw(ValueError("a bug")))
     with pytest.raises(ValueError):  # anything else is still a bug, with its traceback
         worker.main([str(tmp_path)])
+
+
+def test_a_file_named_with_a_leading_dash_is_said_to_be_read_as_an_option(tmp_path):
+    """`sync -take1.mp4 -vo.wav -o out.mp4` said "the following arguments are required: video, audio", both given."""
+    (tmp_path / "-take1.mp4").write_bytes(b"x")
+    (tmp_path / "-vo.wav").write_bytes(b"x")
+    r = run_cli("sync", "-take1.mp4", "-vo.wav", "-o", "out.mp4", cwd=tmp_path)
+    assert r.returncode == 2 and "(-take1.mp4 is a file whose name begins with '-', read as an option: write it as " \
+        "./-take1.mp4)" in r.stderr, r.stderr

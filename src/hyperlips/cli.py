@@ -259,6 +259,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse with the house error format: one ``hyperlips: error:`` line naming the help to read, exit code 2."""
 
     def error(self, message: str):
+        dashed = [a for a in sys.argv[1:] if a.startswith("-") and len(a) > 1 and os.path.isfile(a)]
+        if dashed:  # a file whose name begins with "-" was taken for an option ("the following arguments are
+            message += (f" ({dashed[0]} is a file whose name begins with '-', read as an option: write it as "  # required")
+                        f"./{dashed[0]})")
         self.exit(EXIT_USER, f"hyperlips: error: {one_line(message)} (see: {self.prog} --help)\n")
 
 
