@@ -279,3 +279,25 @@ def test_an_output_path_too_long_for_the_system_is_said_so(tmp_path):
     name = "o" * (4090 - len(os.fsencode(folder)) - 5) + ".mp4"
     with pytest.raises(MediaError, match="the whole path is longer than this system takes"):
         VideoWriter(os.path.join(folder, name), 64, 64, 25)
+
+
+def test_an_output_written_over_keeps_its_permissions(tmp_path):
+    """A group-writable output on a team's share, written again: the new file had this user's defaults (664 became
+    644: the group could no longer replace it). A new output gets the defaults."""
+    import os
+    import stat
+
+    from hyperlips.media.writer import VideoWriter
+
+    out = tmp_path / "perm.mp4"
+    out.write_bytes(b"the old render")
+    os.chmod(out, 0o664)
+    old = os.umask(0o022)
+    try:
+        for path in (out, tmp_path / "new.mp4"):
+            with VideoWriter(path, 64, 64, 25) as w:
+                w.write(np.zeros((64, 64, 3), np.uint8))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o664 and out.read_bytes() != b"the old render"
+    assert stat.S_IMODE(os.stat(tmp_path / "new.mp4").st_mode) == 0o644

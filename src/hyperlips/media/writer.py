@@ -115,6 +115,17 @@ def _partial_stem(stem: str, suffix: str) -> str:
     return os.fsdecode(data)
 
 
+def _keep_mode(old: Path, new: Path) -> None:
+    """The permissions of a file being replaced (``old``) given to the one replacing it (a group-writable output on a
+    team's share stayed so; the new file had this user's defaults)."""
+    import stat
+
+    try:
+        os.chmod(new, stat.S_IMODE(os.stat(old).st_mode))
+    except OSError:  # (none to keep: a new output)
+        pass
+
+
 def _remove_stale_partials(folder: Path, stem: str, suffix: str) -> None:
     """Delete the partial files of this output that runs killed outright (SIGKILL, out of memory) left behind: a run
     that is still writing one touches it every frame, so only those untouched for :data:`STALE_PARTIAL_S` go."""
@@ -367,6 +378,7 @@ class VideoWriter:
                 self._container.close()
                 check_stop()  # nothing is left under the output's name once a stop was asked for
                 self._closed = True
+                _keep_mode(self.path, self._tmp)
                 os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()
