@@ -224,3 +224,8 @@ def test_a_model_file_named_in_capitals_is_listed(tmp_path):
     for name in ("Anna.SAFETENSORS", "bob.safetensors", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     assert [m.id for m in person_models(tmp_path)] == ["person:Anna", "person:bob"]
+    # beside one of the same name, the .safetensors in lower case wins, whatever the order of their bytes
+    for name in ("Anna.safetensors", "bob.PTH", "carl.PTH", "carl.safetensors"):
+        (tmp_path / name).write_bytes(b"x")
+    assert {m.id: m.checkpoint.name for m in person_models(tmp_path)} == {
+        "person:Anna": "Anna.safetensors", "person:bob": "bob.safetensors", "person:carl": "carl.safetensors"}

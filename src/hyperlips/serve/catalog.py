@@ -59,14 +59,20 @@ def person_models(folder: Path) -> list[ModelChoice]:
         return []
     bases: dict[str, Path] = {}
     hrs: dict[str, dict[int, Path]] = {}
-    for p in sorted(folder.iterdir()):
+    def order(p: Path):  # a .safetensors before a .pth of the name, the suffix in lower case before another case
+        return p.stem, p.suffix.lower() != ".safetensors", p.suffix != p.suffix.lower(), p.name
+
+    for p in sorted(folder.iterdir(), key=order):
         if p.suffix.lower() not in MODEL_SUFFIXES or not p.is_file() or p.name.startswith("."):
             continue
         m = _HR.match(p.stem)
         if m:
             hrs.setdefault(m["stem"], {})[int(m["size"])] = p
         elif _NAME.match(p.stem):
-            bases.setdefault(p.stem, p)  # .safetensors sorts before .pth: it wins when both exist
+            kept = bases.setdefault(p.stem, p)  # the first in that order wins
+            if kept != p and p not in _SKIPPED:
+                _SKIPPED.add(p)
+                log.warning("model %s is left out: %s has the same name", p.name, kept.name)
         elif p not in _SKIPPED:  # said once per file in the server's log, not at every listing
             _SKIPPED.add(p)
             log.warning("model %s is left out: a model's name is letters, digits, '.', '_' and '-' (at most 64, "
