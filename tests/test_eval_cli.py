@@ -582,3 +582,15 @@ def test_syncs_output_of_an_odd_sized_video_is_evaluated_against_it(real_data, t
     other = write_video(tmp_path / "other.mp4", [cv2.resize(f, (200, 200)) for f in frames[:5]])
     with pytest.raises(UserError, match="pixel comparisons need the same frame size"):  # another size: still refused
         evaluate_pair(tmp_path / "out.mp4", other, clip, protocol="self")
+
+
+def test_a_footage_reports_default_folder_is_named_after_it(tmp_path, monkeypatch):
+    """`eval --clips . --protocol tail` reported into hyperlips_eval/_tail (the stem of "." is empty)."""
+    from pathlib import Path
+
+    from hyperlips.eval.commands import footage_report
+
+    (tmp_path / "anna").mkdir()
+    monkeypatch.chdir(tmp_path / "anna")
+    assert footage_report(Path("."), "tail") == Path("hyperlips_eval/anna_tail")
+    assert footage_report(Path("take1.mp4"), "phonemes") == Path("hyperlips_eval/take1_phonemes")

@@ -34,9 +34,12 @@ _TRAILING_NUMBER = re.compile(r"[_\-]?\d+$")
 _ID_IN_NAME = re.compile(r"^([MW]\d{3}|id\d{5})[_\-]")
 
 
+REPORT_FOLDER = "hyperlips_eval"  # eval's default report folder: never walked as footage
+
+
 def find_videos(src: str | os.PathLike) -> list[Path]:
-    """Video files under ``src`` at any depth (hidden folders skipped; links to nothing left out with a warning),
-    sorted; ``src`` may be one video file."""
+    """Video files under ``src`` at any depth (hidden folders and eval's report folders, :data:`REPORT_FOLDER`,
+    skipped; links to nothing left out with a warning), sorted; ``src`` may be one video file."""
     src = Path(src)
     if src.is_file():
         return [src]
@@ -49,7 +52,8 @@ def find_videos(src: str | os.PathLike) -> list[Path]:
             dirs[:] = []
             continue
         seen_dirs.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.realpath(Path(root) / d) not in seen_dirs)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != REPORT_FOLDER  # (eval's reports: its
+                         and os.path.realpath(Path(root) / d) not in seen_dirs)  # videos are no footage)
         for f in sorted(files):
             if not f.startswith(".") and Path(f).suffix.lower() in VIDEO_SUFFIXES:
                 path = Path(root) / f

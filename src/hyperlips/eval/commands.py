@@ -187,6 +187,12 @@ def run_eval(args) -> int:
     return 0
 
 
+def footage_report(clips: Path, protocol: str) -> Path:
+    """The default report folder of a protocol run on footage: ``hyperlips_eval/NAME_PROTOCOL``, named after the
+    footage (``.`` by its folder's name: it was ``_tail``)."""
+    return Path("hyperlips_eval") / f"{Path(clips).stem or Path(clips).resolve().name}_{protocol}"
+
+
 def _run_tail(args, device: str, progress: bool) -> int:
     from .tail import run_tail_protocol
 
@@ -197,7 +203,7 @@ def _run_tail(args, device: str, progress: bool) -> int:
     if not 0 < args.tail_fraction < 1:
         raise UserError(f"--tail-fraction must be between 0 and 1 (got {args.tail_fraction:g})")
     if args.output is None or args.output == Path("hyperlips_eval"):
-        args.output = Path("hyperlips_eval") / f"{args.clips.stem}_{name}"
+        args.output = footage_report(args.clips, name)
     _check_report_folder(args.output)
     if name == "phonemes":
         return _run_phonemes(args, device, progress)
