@@ -489,3 +489,26 @@ def test_a_file_named_with_a_leading_dash_is_said_to_be_read_as_an_option(tmp_pa
     r = run_cli("sync", "-take1.mp4", "-vo.wav", "-o", "out.mp4", cwd=tmp_path)
     assert r.returncode == 2 and "(-take1.mp4 is a file whose name begins with '-', read as an option: write it as " \
         "./-take1.mp4)" in r.stderr, r.stderr
+
+
+def test_a_command_run_from_a_folder_that_no_longer_exists_says_so(tmp_path):
+    """The terminal's folder deleted (or renamed on a share): exit 2 with nothing on the screen (torch could not be
+    loaded, and its library ended the process silently)."""
+    import subprocess
+    import sys
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = ("import os, sys; os.chdir(sys.argv[1]); os.rmdir(sys.argv[1]); from hyperlips.cli import main; "
+            "sys.exit(main(['sync', '/x.mp4', '/y.wav', '-o', '/z.mp4']))")
+    r = subprocess.run([sys.executable, "-c", code, str(gone)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "the current folder no longer exists (deleted or renamed)" in r.stderr, r.stderr
+
+
+def test_a_name_longer_than_the_file_system_takes_is_one_line(tmp_path):
+    """A path holding a name of 300 bytes (generated, pasted) ended in a traceback, exit 1, in preprocess's DST,
+    finetune --work and sync --checkpoint, where pathlib's checks raise rather than say it does not exist."""
+    long = tmp_path / ("r" * 300)
+    r = run_cli("preprocess", tmp_path, long)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "File name too long" in r.stderr and "choose a shorter one" in r.stderr, r.stderr

@@ -956,3 +956,12 @@ def test_an_output_folder_that_is_a_broken_link_is_said_before_the_work(tmp_path
     monkeypatch.setattr(os, "access", lambda *a, **k: False)
     with pytest.raises(UserError, match=r"^cannot write the output in locked: no permission"):
         check_output(Path("locked/out.mp4"))
+    real_statvfs = os.statvfs  # a read-only disk (a camera card, a disk image) is said as such, not as a permission
+
+    class ReadOnly:
+        def __init__(self, path):
+            self.f_flag = real_statvfs(path).f_flag | os.ST_RDONLY
+
+    monkeypatch.setattr(os, "statvfs", ReadOnly)
+    with pytest.raises(UserError, match=r"^cannot write the output in locked: it is on a read-only disk"):
+        check_output(Path("locked/out.mp4"))

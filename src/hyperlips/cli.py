@@ -424,6 +424,12 @@ def _absent_streams_to_null() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _absent_streams_to_null()
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # (torch then fails to load, and its library ends the process silently: exit 2)
+        print("hyperlips: error: the current folder no longer exists (deleted or renamed): change to an existing "
+              "folder first", file=sys.stderr)
+        return EXIT_USER
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -500,6 +506,10 @@ def _dispatch(args) -> int:
         if e.errno == errno.ENOMEM:
             _error_line(OUT_OF_MEMORY)
             return EXIT_MEMORY
+        if e.errno == errno.ENAMETOOLONG:  # a path the user gave (a name over 255 bytes): not a bug
+            _error_line(f"{_os_error_text(e)} (a name in it is longer than the 255 bytes a file system takes, or "
+                        "the whole path longer than the system's limit): choose a shorter one")
+            return EXIT_USER
         raise
     except ModuleNotFoundError as e:
         hint = SEPARATE_INSTALLS.get((e.name or "").split(".")[0])

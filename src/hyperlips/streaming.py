@@ -113,10 +113,20 @@ def check_output(output: Path) -> None:
     if not there.is_dir():
         raise UserError(f"the output folder {parent} cannot be made: {there} is not a folder")
     if not os.access(there, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write the output in {there}: no permission to write there")
+        raise UserError(f"cannot write the output in {there}: "
+                        f"{'it is on a read-only disk' if _read_only(there) else 'no permission to write there'}")
     if not _may_replace(output, there):
         raise UserError(f"cannot replace {output}: it belongs to another user in a shared folder where only a file's "
                         "owner may replace it (a sticky folder, as /tmp is); choose another output name")
+
+
+def _read_only(folder: Path) -> bool:
+    """Whether ``folder`` is on a file system mounted read-only (a camera card, a disk image): said as such, not as
+    a want of permission."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):  # (no statvfs: Windows)
+        return False
 
 
 def _may_replace(output: Path, folder: Path) -> bool:
