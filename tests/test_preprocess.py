@@ -136,6 +136,28 @@ def test_a_video_named_with_nearly_255_bytes_is_preprocessed(tmp_path, more_data
     assert report.done == 1 and [p.name for p in (tmp_path / "d" / "clips").iterdir()] == ["p" * 245]
 
 
+def test_a_second_footage_folder_does_not_replace_the_clips_of_the_first(tmp_path, more_data):
+    """`preprocess day1 data`, then `preprocess day2 data`, both holding a take1: day1's clip was replaced by day2's
+    without a word. Refused before any work; the same folder again (or moved) keeps its clips."""
+    import shutil
+
+    from hyperlips.data import preprocess as pp
+    from hyperlips.errors import UserError
+
+    for day, clip in (("day1", "bbaf3s"), ("day2", "bbas3a")):
+        (tmp_path / day).mkdir()
+        shutil.copy(more_data / "grid_s1" / f"{clip}.mpg", tmp_path / day / "take1.mpg")
+    data = tmp_path / "data"
+    assert pp.preprocess(tmp_path / "day1", data, pp.PreprocessOptions(), workers=1, progress=False).done == 1
+    made = (data / "clips" / "take1" / "meta.json").read_bytes()
+    with pytest.raises(UserError, match=r"holds clips made from .*day1; preprocessing .*day2 into it would replace 1 "
+                                        r"of them made from other files \(take1\)"):
+        pp.preprocess(tmp_path / "day2", data, pp.PreprocessOptions(), workers=1, progress=False)
+    assert (data / "clips" / "take1" / "meta.json").read_bytes() == made
+    again = pp.preprocess(tmp_path / "day1", data, pp.PreprocessOptions(), workers=1, progress=False)
+    assert again.existing == 1 and again.done == 0
+
+
 def test_footage_added_later_never_moves_a_trained_speaker_into_validation():
     """Preprocessing again after adding speakers (a run may have trained on the first ones): the speakers already
     split keep their side, new ones make up the held-out share (the split was drawn afresh, and a trained speaker

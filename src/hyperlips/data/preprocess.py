@@ -214,6 +214,7 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
             continue
         jobs.append((str(v), str(out_dir), str(rel), opts, cid))
     _check_clip_folders(dst, [Path(job[1]) for job in jobs])
+    _check_same_source(src, dst, [job[4] for job in jobs if (Path(job[1]) / META).is_file()])
 
     t0 = time.perf_counter()
     bar = new_bar(total=len(jobs), desc="preprocess", unit="clip", disable=not progress or not jobs)
@@ -295,6 +296,23 @@ def _remove_empty_folders(root: Path, clip_dirs: list[Path]) -> None:
             folder.rmdir()  # only succeeds when empty
         except OSError:
             pass
+
+
+def _check_same_source(src: Path, dst: Path, remade: list[str]) -> None:
+    """Refuse to make clips again over those of a dataset made from another footage folder (``day2`` into the
+    dataset of ``day1``, both with a ``take1``: day1's clip was replaced without a word). A dataset has one source
+    folder; the same folder moved keeps its clips (they are not made again)."""
+    if not remade:
+        return
+    try:
+        before = json.loads((dst / MANIFEST).read_text(encoding="utf-8")).get("source_root")
+    except (OSError, ValueError, AttributeError):
+        return
+    if before and os.path.exists(before) and os.path.realpath(before) != os.path.realpath(src):
+        shown = ", ".join(remade[:3]) + (f" and {len(remade) - 3} more" if len(remade) > 3 else "")
+        raise UserError(f"{dst} holds clips made from {before}; preprocessing {src} into it would replace "
+                        f"{len(remade)} of them made from other files ({shown}): write it into another folder, or "
+                        "preprocess a folder holding both")
 
 
 def _check_clip_folders(dst: Path, clip_dirs: list[Path]) -> None:
