@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -594,3 +595,15 @@ def test_a_footage_reports_default_folder_is_named_after_it(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path / "anna")
     assert footage_report(Path("."), "tail") == Path("hyperlips_eval/anna_tail")
     assert footage_report(Path("take1.mp4"), "phonemes") == Path("hyperlips_eval/take1_phonemes")
+
+
+def test_file_names_are_escaped_in_the_reports_tables():
+    """A name holding `|` or backticks ("take|2`final`.mp4") split the report's table cells and ended its code span."""
+    from hyperlips.eval.report import _clip_link, md_code
+
+    cell = md_code("take|2`final`.mp4")
+    assert cell == "``take\\|2`final`.mp4``"
+    row = f"| generated | {cell} |"
+    assert len(re.split(r"(?<!\\)\|", row)) == 4  # three cells' borders: the name's own | escaped
+    assert md_code("`x") == "`` `x ``" and md_code("plain.mp4") == "`plain.mp4`"
+    assert _clip_link("a b|[x]") == "[a b\\|\\[x\\]](a%20b%7C%5Bx%5D/report.md)"

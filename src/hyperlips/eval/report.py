@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -352,9 +353,9 @@ def clip_markdown(res: ClipResult, images: dict[str, Path | None]) -> str:
     m = res.metrics
     out = [f"# Evaluation of {res.name}", "",
            "| | |", "|---|---|",
-           f"| generated | `{res.generated}` |",
-           f"| reference | `{res.reference}` |" if res.reference else "| reference | none (generated-only measures) |",
-           f"| audio | `{res.audio}` |",
+           f"| generated | {md_code(res.generated)} |",
+           f"| reference | {md_code(res.reference)} |" if res.reference else "| reference | none (generated-only measures) |",
+           f"| audio | {md_code(res.audio)} |",
            f"| protocol | {res.protocol} |",
            *(["| made from | the reference's frames shifted by half their number (`--shift-source`): colour shift "
               "measured against them, the measures that need the same moment left out |"] if res.shifted_source else []),
@@ -436,11 +437,30 @@ def write_clip_report(res: ClipResult, out_dir: str | Path, per_frame: bool = Tr
     return written
 
 
+def md_code(text) -> str:
+    """``text`` as a code span in a Markdown table cell: a fence longer than any run of backticks in it, and its
+    ``|`` escaped (a file name holding them broke the table: ``take|2`final`.mp4``)."""
+    text = str(text)
+    runs = [len(r) for r in re.findall(r"`+", text)]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text.replace('|', chr(92) + '|')}{pad}{fence}"
+
+
+def _clip_link(clip: str) -> str:
+    """A clip's name linking to its report, in a table cell (its ``|``, ``[``, ``]`` escaped; spaces in the link
+    written as %20)."""
+    from urllib.parse import quote
+
+    shown = re.sub(r"([|\[\]\\])", r"\\\1", clip)
+    return f"[{shown}]({quote(clip)}/report.md)"
+
+
 def batch_markdown(rows: list[dict], agg: dict, title: str) -> str:
     cols = ["clip", "protocol", "frames", *SUMMARY_COLUMNS]
     lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(f"[{r['clip']}]({r['clip']}/report.md)" if c == "clip" else _fmt(r.get(c))
+        lines.append("| " + " | ".join(_clip_link(r["clip"]) if c == "clip" else _fmt(r.get(c))
                                        for c in cols) + " |")
     mean_row = ["**mean**", "", str(sum(r.get("frames") or 0 for r in rows))]
     for c in SUMMARY_COLUMNS:
