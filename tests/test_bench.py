@@ -260,6 +260,9 @@ def test_the_shipped_starter_runs_end_to_end_as_sync_runs_it(tmp_path):
     line = B.summarise([dict(asdict(rows[0]), fps=27.5)])[0]
     assert line.startswith("the shipped starter end to end at 720p, as sync runs it by default (mouth warp): 27.5 "
                            "fps (1.10x real time for 25 fps video; the first frame after "), line
+    assert rows[0].video_fps == 25.0  # the run's own rate: a 30 fps clip's real time is 30 frames a second
+    line = B.summarise([dict(asdict(rows[0]), fps=27.5, video_fps=30.0, first_frame=float("nan"))])[0]
+    assert line.endswith("27.5 fps (0.92x real time for 30 fps video)"), line
 
 
 @pytest.mark.parametrize("text", ["lite", "lite:480", "medium:720", "base:720:300", "lite:720:128:1",

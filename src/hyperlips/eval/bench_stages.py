@@ -54,6 +54,7 @@ class BenchRow:
     fps_low: float = float("nan")  # networks: the slowest and the fastest of the timed rounds (``fps``: their median)
     fps_high: float = float("nan")
     load: float = float("nan")  # the machine's one-minute load average when the row was done (other programs' share)
+    video_fps: float = float("nan")  # end to end: the output's frame rate (real time is that many frames a second)
 
 
 def load_average() -> float:
@@ -570,6 +571,7 @@ def bench_end_to_end(video: Path, audio: Path, size: int, device: str, batch: in
                  precision=ls.precision)]
     if rep.first_frame_seconds is not None:
         rows[0].first_frame = rep.first_frame_seconds
+    rows[0].video_fps = float(rep.fps)
     for stage, s in rep.timings.items():
         rows.append(BenchRow(f"  e2e: {stage}", "busy time inside LipSync.sync", size, device, ls.precision, batch,
                              rep.frames, s, rep.frames / s if s > 0 else float("inf")))
