@@ -129,10 +129,10 @@ def test_summary_compares_what_the_issue_asks():
              status="ok", precision="bf16"),
         dict(stage="end-to-end", variant="Lite + HR, 720p, random weights", size=256, device="cpu", batch=16,
              fps=12.0, status="ok", precision="bf16"),
-        dict(stage="memory", variant="sync, 8 s", size=128, device="cpu", batch=16, fps=20.0, frames=200,
-             peak_mb=800.0, status="ok", precision="auto"),
-        dict(stage="memory", variant="sync, 40 s", size=128, device="cpu", batch=16, fps=20.0, frames=1000,
-             peak_mb=840.0, status="ok", precision="auto"),
+        dict(stage="memory", variant="sync, Lite (random weights), 8 s synthetic 720p input", size=128, device="cpu",
+             batch=16, fps=20.0, frames=200, peak_mb=800.0, status="ok", precision="auto"),
+        dict(stage="memory", variant="sync, Lite (random weights), 40 s synthetic 720p input", size=128,
+             device="cpu", batch=16, fps=20.0, frames=1000, peak_mb=840.0, status="ok", precision="auto"),
     ]
     text = "\n".join(B.summarise(rows))
     assert "Lite end to end at 720p: 30.0 fps (1.20x real time" in text
@@ -143,7 +143,8 @@ def test_summary_compares_what_the_issue_asks():
     assert ("Base (bf16) end to end at 720p: 24.0 fps = 3.0x the reference network alone (8.0 fps: original layout, "
             "fp32, batch 16); 4.0x it in the original's own inference batch of 128 (6.0 fps)") in text
     assert "Lite + HR end to end at 720p, mouth at 256 px: 12.0 fps" in text
-    assert "840 MB on the long input against 800 MB on the short one (1.05x for 5x the length)" in text
+    assert ("peak memory (Lite (random weights)): 840 MB on the long input against 800 MB on the short one (1.05x "
+            "for 5x the length)") in text  # (which network: the rows did not say)
     assert "first frame" not in text  # rows that did not measure it (or JSON's None) say nothing of it
     assert "first frame" not in "\n".join(B.summarise([dict(r, first_frame=None) for r in rows]))
     timed = [dict(r, frames=150, seconds=150 / r["fps"], first_frame=0.5) if r["stage"] == "end-to-end" else r
@@ -278,6 +279,7 @@ def test_end_to_end_spec_mistakes(text):
 def test_memory_rows_from_fresh_processes(tmp_path):
     rows = B.bench_memory(tmp_path, (1.0, 3.0))
     assert [r.status for r in rows] == ["ok", "ok"] and [r.frames for r in rows] == [25, 75]
+    assert rows[0].variant.startswith("sync, Lite (random weights), 1 s synthetic 720p input")  # which network
     assert rows[0].peak_mb > 100 and rows[1].delta_mb == pytest.approx(rows[1].peak_mb - rows[0].peak_mb)
 
 

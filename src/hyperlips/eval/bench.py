@@ -435,7 +435,8 @@ def summarise(rows: list[dict], original_batch: int = ORIGINAL_BATCH, machine: O
             lines.append(f"{key[0]} end to end at {key[1]}, mouth at {key[2]} px: {r['fps']:.1f} fps{_pace(r)}")
     mem = [r for r in ok if r["stage"] == "memory"]
     if len(mem) == 2:
-        lines.append(f"peak memory: {mem[1]['peak_mb']:.0f} MB on the long input against {mem[0]['peak_mb']:.0f} MB "
+        who = mem[0]["variant"].split(", ")[1] if mem[0]["variant"].count(", ") >= 2 else "sync"
+        lines.append(f"peak memory ({who}): {mem[1]['peak_mb']:.0f} MB on the long input against {mem[0]['peak_mb']:.0f} MB "
                      f"on the short one ({mem[1]['peak_mb'] / mem[0]['peak_mb']:.2f}x for "
                      f"{mem[1]['frames'] / max(mem[0]['frames'], 1):.0f}x the length)")
     busy = _busy(ok, machine or {})

@@ -615,8 +615,8 @@ def bench_memory(folder: Path, seconds: tuple[float, float], model: str = "lite"
             continue
         peaks.append(int(peak[0]) / 1024.0)
         frames = int(round(s * 25))
-        rows.append(BenchRow("memory", f"sync, {s:g} s synthetic 720p input, fresh process (fps: start-up "
-                             "included)", 128, "cpu", "auto",
+        rows.append(BenchRow("memory", f"sync, {E2E_NAMES.get(model, model)} (random weights), {s:g} s synthetic "
+                             "720p input, fresh process (fps: start-up included)", 128, "cpu", "auto",
                              batch, frames, secs, frames / secs, peaks[-1],
                              peaks[-1] - peaks[0] if len(peaks) > 1 else 0.0))
     return rows
