@@ -122,6 +122,8 @@ def test_the_tail_of_a_fine_tuned_model_is_the_part_it_never_trained_on(more_dat
         for m in (model, old):
             assert _unseen_tail(videos, m, 0.15, None) == 2.4  # the default: what finetune held out
         assert _unseen_tail(videos, model, 0.15, 2.0) == 2.0  # shorter: all of it unseen
+        assert _unseen_tail(videos, model, 0.15, 30.0) == 30.0  # longer than the footage: refused later, not said
+        # to score "27.6 s of frames it trained on" of 6 s of footage
         assert _unseen_tail(videos, None, 0.15, None) is None  # no model file: as asked
         assert _unseen_tail(videos[:1], model, 0.15, None) is None  # other footage (3 s, not 6)
     with pytest.warns(InputWarning, match=r"all but the last 2.4 s of this footage: a 4.0 s tail scores 1.6 s"):

@@ -246,7 +246,7 @@ def _unseen_tail(videos: list[Path], checkpoint, fraction: float, seconds: float
                             f"{MIN_TAIL_SECONDS:g} or more to measure it this way")
         return unseen
     asked = float(seconds) if seconds is not None else float(fraction) * total
-    if asked > unseen + 0.05:
+    if unseen + 0.05 < asked < total:  # (a tail as long as the footage or longer is refused below: nothing said)
         warn(f"{checkpoint} trained on all but the last {unseen:.1f} s of this footage: a {asked:.1f} s tail scores "
              f"{asked - unseen:.1f} s of frames it trained on, which flatters its figures (leave --tail-seconds and "
              "--tail-fraction out to score only the part it never saw)")
