@@ -302,6 +302,10 @@ def test_a_clip_named_with_nearly_255_bytes_is_evaluated(tmp_path, more_data, ca
                  "--device", "cpu", "-o", str(tmp_path / "rep")])
     assert code == 0, capfd.readouterr().err
     assert [r["clip"] for r in _strict_json(tmp_path / "rep" / "summary.json")["clips"]] == ["k" * 245]
+    from hyperlips.data.sources import REPORT_MARK, find_videos
+
+    assert (tmp_path / "rep" / REPORT_MARK).is_file()  # a report is no footage: its videos are not walked
+    assert find_videos(tmp_path) == [clips / ("k" * 245 + ".mpg")]
 
 
 def test_a_photo_as_the_reference_is_every_frames_reference(real_data, tmp_path, capfd):

@@ -34,7 +34,11 @@ def test_find_videos_walks_lrs2_and_mead_layouts(tmp_path):
     camcorder = [_touch(tmp_path / "cam" / name) for name in ("00001.MTS", "00002.m2ts", "old phone.3gp")]
     _touch(tmp_path / ".hidden/x.mp4")
     _touch(tmp_path / "hyperlips_eval/take1_tail/tail/model_000.mp4")  # eval's report, run in the footage's folder:
-    _touch(tmp_path / "notes.txt")  # (the next finetune was refused as "other footage")
+    _touch(tmp_path / "tail_report/tail/model_000.mp4")  # (the next finetune was refused as "other footage"), by
+    from hyperlips.data.sources import mark_report  # default or named with -o (eval marks its report folders)
+
+    mark_report(tmp_path / "tail_report")
+    _touch(tmp_path / "notes.txt")
     _touch(tmp_path / "audio.wav")
     (tmp_path / "gone.mp4").symlink_to(tmp_path / "moved_away.mp4")  # a link to nothing: left out, said
     with pytest.warns(InputWarning, match="gone.mp4 is left out: it links to .*moved_away.mp4, which does not exist"):

@@ -35,11 +35,24 @@ _ID_IN_NAME = re.compile(r"^([MW]\d{3}|id\d{5})[_\-]")
 
 
 REPORT_FOLDER = "hyperlips_eval"  # eval's default report folder: never walked as footage
+REPORT_MARK = ".hyperlips-report"  # a file eval leaves in each report folder: its videos are no footage either
+
+
+def mark_report(folder: Path) -> None:
+    """Make ``folder`` (an eval report's) and mark it as one (:data:`REPORT_MARK`): written in a footage folder, its
+    videos were taken for footage, and the next finetune was refused as "other footage"."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        (folder / REPORT_MARK).touch()
+    except OSError:
+        pass
 
 
 def find_videos(src: str | os.PathLike) -> list[Path]:
-    """Video files under ``src`` at any depth (hidden folders and eval's report folders, :data:`REPORT_FOLDER`,
-    skipped; links to nothing left out with a warning), sorted; ``src`` may be one video file."""
+    """Video files under ``src`` at any depth (hidden folders and eval's report folders, :data:`REPORT_FOLDER` or any
+    holding :data:`REPORT_MARK`, skipped; links to nothing left out with a warning), sorted; ``src`` may be one video
+    file."""
     src = Path(src)
     if src.is_file():
         return [src]
@@ -52,6 +65,9 @@ def find_videos(src: str | os.PathLike) -> list[Path]:
             dirs[:] = []
             continue
         seen_dirs.add(real)
+        if REPORT_MARK in files and Path(root) != src:  # an eval report's folder: its videos and those below it
+            dirs[:] = []
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != REPORT_FOLDER  # (eval's reports: its
                          and os.path.realpath(Path(root) / d) not in seen_dirs)  # videos are no footage)
         for f in sorted(files):

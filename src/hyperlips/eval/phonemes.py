@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.sources import mark_report
 from ..errors import UserError
 from ..face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
 from ..media.phone_symbols import espeak as espeak_phone
@@ -170,6 +171,7 @@ def run_phoneme_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike,
     )
 
     footage, out = Path(footage), Path(out_dir)
+    mark_report(out)  # (the videos it writes there are no footage)
     videos, record = model_footage(footage, checkpoint)  # (record None: other footage than the model's)
     if face_index is None and face_box is None:  # the person its finetune learnt, on that footage
         face_index, face_box = trained_face(videos, record)

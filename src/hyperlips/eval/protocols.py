@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ..data.sources import mark_report
 from ..errors import UserError, warn
 from ..face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
 from ..media.video import IMAGE_SUFFIXES
@@ -158,6 +159,7 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
     eval_kw["device"] = str(ls.device)
     gen_dir = out_dir / "generated"
     gen_dir.mkdir(parents=True, exist_ok=True)
+    mark_report(out_dir)  # (the videos it writes there are no footage)
     results = []
     for i, clip in enumerate(videos):
         speech = clip if mode == "self" else videos[(i + 1) % len(videos)]

@@ -18,6 +18,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..data.sources import mark_report
+
 from .pair import ClipResult
 from .sync_score import SyncResult
 
@@ -420,7 +422,7 @@ def write_clip_report(res: ClipResult, out_dir: str | Path, per_frame: bool = Tr
     """Write report.json, report.md and the PNG plots of one clip into ``out_dir`` (all of them or, where writing
     fails, none: :func:`_all_or_nothing`); returns the written paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    mark_report(out)  # (its videos are no footage)
     plots = {"per_frame": plot_per_frame, "mouth_audio": plot_mouth_audio, "sync": plot_sync,
              "mouth_sheet": plot_mouth_sheet}
     with _all_or_nothing(out) as partial:
@@ -487,7 +489,7 @@ def write_batch_report(results: Iterable[ClipResult], out_dir: str | Path, title
     and summary.md with the aggregate table; ``left_out``: (clip, reason) of those that could not be measured, listed
     in both."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    mark_report(out)
     results = list(results)
     rows = []
     for res in results:

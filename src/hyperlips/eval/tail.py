@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..data.sources import mark_report
 from ..errors import UserError
 from ..face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
 from . import metrics as M
@@ -399,6 +400,7 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     from .protocols import SHIFT_BLIND, SHIFT_COLOUR, against_shifted_source, shifted_copy
 
     footage, out = Path(footage), Path(out_dir)
+    mark_report(out)  # (the videos it writes there are no footage)
     videos, record = model_footage(footage, checkpoint)  # (record None: other footage than the model's)
     seconds = _unseen_tail(videos, record, fraction, seconds)
     if face_index is None and face_box is None:  # the person its finetune learnt, on that footage
