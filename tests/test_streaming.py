@@ -874,14 +874,33 @@ def test_an_output_another_user_owns_in_a_shared_folder_is_refused_before_the_wo
     out = shared / "out.mp4"
     out.write_bytes(b"a colleague's render")
     stranger = os.stat(out).st_uid + 1000
+    real_root = os.geteuid() == 0
     monkeypatch.setattr(os, "geteuid", lambda: stranger)  # (the test runs as the files' owner: seen as another)
     monkeypatch.setattr(os, "access", lambda *a, **k: True)
     with pytest.raises(UserError, match=r"cannot replace .*out\.mp4: it belongs to another user in a shared folder"):
         check_output(out)
     check_output(shared / "new.mp4")  # a new name there: fine
+    from hyperlips import streaming
+
+    if real_root:  # root without its right to act as any file's owner (a container's): refused the same way
+        os.chown(out, stranger, stranger)
+        os.chown(shared, stranger, stranger)
+        monkeypatch.setattr(os, "geteuid", lambda: 0)
+        monkeypatch.setattr(streaming, "_may_own_any_file", lambda: False)
+        with pytest.raises(UserError, match="it belongs to another user in a shared folder"):
+            check_output(out)
+        monkeypatch.setattr(streaming, "_may_own_any_file", lambda: True)
+        check_output(out)
+        monkeypatch.setattr(os, "geteuid", lambda: stranger + 1)
+        with pytest.raises(UserError, match="it belongs to another user in a shared folder"):
+            check_output(out)
     os.chmod(shared, 0o777)  # not sticky: a writable folder's files may be replaced
     check_output(out)
     assert stat.S_IMODE(os.stat(shared).st_mode) == 0o777 and Path(out).read_bytes() == b"a colleague's render"
+    # a render protected on purpose (read-only) was replaced silently, where an ordinary write is refused
+    monkeypatch.setattr(os, "access", lambda path, mode, **k: not (Path(path) == out and mode == os.W_OK))
+    with pytest.raises(UserError, match=r"cannot replace .*out\.mp4: it is write-protected \(read-only\)"):
+        check_output(out)
 
 
 def test_a_tilde_that_was_not_expanded_is_said(tmp_path, monkeypatch):

@@ -115,6 +115,9 @@ def check_output(output: Path) -> None:
     if not os.access(there, os.W_OK | os.X_OK):
         raise UserError(f"cannot write the output in {there}: "
                         f"{'it is on a read-only disk' if _read_only(there) else 'no permission to write there'}")
+    if output.is_file() and not os.access(output, os.W_OK):  # (a render protected on purpose: chmod a-w)
+        raise UserError(f"cannot replace {output}: it is write-protected (read-only); remove the protection "
+                        "(chmod u+w) or choose another output name")
     if not _may_replace(output, there):
         raise UserError(f"cannot replace {output}: it belongs to another user in a shared folder where only a file's "
                         "owner may replace it (a sticky folder, as /tmp is); choose another output name")
@@ -137,12 +140,23 @@ def _may_replace(output: Path, folder: Path) -> bool:
 
     try:
         mine = os.geteuid()
-        if mine == 0 or not output.exists():
+        if not output.exists() or (mine == 0 and _may_own_any_file()):
             return True
         here = os.stat(folder)
         return not here.st_mode & stat.S_ISVTX or mine in (here.st_uid, os.stat(output).st_uid)
     except (AttributeError, OSError):  # (no user ids here: Windows)
         return True
+
+
+def _may_own_any_file() -> bool:
+    """Whether this process holds CAP_FOWNER (root's right to act as any file's owner; a root with its capabilities
+    dropped, in a container, has not); True where that cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            caps = next((ln.split()[1] for ln in f if ln.startswith("CapEff:")), None)
+    except OSError:
+        return True
+    return caps is None or bool(int(caps, 16) & (1 << 3))
 
 
 def make_output_folder(output: Path) -> list[Path]:
