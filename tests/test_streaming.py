@@ -919,6 +919,15 @@ def test_a_tilde_that_was_not_expanded_is_said(tmp_path, monkeypatch):
     assert not (tmp_path / "~").exists()
     with pytest.raises(MediaError, match=r"video not found: ~/clip\.mp4 \(its '~' was not made your home folder"):
         require_file("~/clip.mp4", "video")
+    from hyperlips.data.preprocess import PreprocessOptions, preprocess
+    from hyperlips.eval.commands import _check_report_folder
+
+    with pytest.raises(UserError, match=r"-o ~/rep begins with a '~' that was not made your home folder"):
+        _check_report_folder(Path("~/rep"))  # eval's report, preprocess's dataset: the same
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"~/data begins with a '~' that was not made your home folder"):
+        preprocess(tmp_path / "clip.mp4", Path("~/data"), PreprocessOptions(), progress=False)
+    assert not (tmp_path / "~").exists()
     (tmp_path / "~").mkdir()  # a folder really named "~" here: taken as it is
     check_output(Path("~/out.mp4"))
 

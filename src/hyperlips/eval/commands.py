@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError, require_file, warn
+from ..errors import UserError, require_file, unexpanded_home, warn
 from ..options import add_face_choice
 
 EVAL_HELP = """Measure a lip-synced video against its original.
@@ -100,6 +100,10 @@ def _check_report_folder(folder: Path) -> None:
 
     def refuse(why: str):
         raise UserError(f"cannot write the report into -o {folder}: {why}; choose a folder you can write to")
+
+    if unexpanded_home(folder):  # (it would make a folder named "~" here)
+        raise UserError(f"-o {folder} begins with a '~' that was not made your home folder (as a shell does when it "
+                        f"is not quoted): give {os.path.expanduser(folder)}")
 
     if folder.is_dir():
         try:
