@@ -512,3 +512,18 @@ def test_a_name_longer_than_the_file_system_takes_is_one_line(tmp_path):
     r = run_cli("preprocess", tmp_path, long)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "File name too long" in r.stderr and "choose a shorter one" in r.stderr, r.stderr
+
+
+def test_a_name_not_found_is_shown_so_it_cannot_be_mistaken(tmp_path):
+    """A path holding a line break (pasted from a wrapped mail) was said as "video not found: take 1.mp4" beside an
+    existing take 1.mp4; a trailing space was dropped ("clip.mp4" not found, beside clip.mp4); a byte that is no UTF-8
+    was shown as \\udce9. Such names are quoted with their odd characters escaped."""
+    import os
+
+    from hyperlips.errors import MediaError, require_file
+
+    for name, shown in (("take\n1.mp4", "'take\\n1.mp4'"), ("clip.mp4 ", "'clip.mp4 '"),
+                        (os.fsdecode(b"caf\xe9.wav"), "'caf\\xe9.wav'"), ("plain name.mp4", "plain name.mp4")):
+        with pytest.raises(MediaError) as e:
+            require_file(name, "video")
+        assert str(e.value) == f"video not found: {shown}", str(e.value)

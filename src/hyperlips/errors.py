@@ -57,7 +57,7 @@ def require_file(path, what: str = "file") -> None:
         if unexpanded_home(p):
             raise MediaError(f"{what} not found: {p} (its '~' was not made your home folder, as a shell does when it "
                              f"is not quoted: give {os.path.expanduser(p)})")
-        raise MediaError(f"{what} not found: {p}")
+        raise MediaError(f"{what} not found: {shown_path(p)}")
     if os.path.isdir(p):
         raise MediaError(f"{what} is a folder, not a file: {p}")
     if not os.access(p, os.R_OK):
@@ -69,6 +69,20 @@ def require_file(path, what: str = "file") -> None:
                          "file first")
     if os.path.getsize(p) == 0:
         raise MediaError(f"{what} is empty (0 bytes): {p}")
+
+
+def shown_path(path) -> str:
+    """``path`` as a message shows it: as it is, or quoted with its odd characters escaped where it holds any (a
+    line break, a tab, a byte that is no UTF-8) or begins or ends with a space, which a message would hide: "video not
+    found: take 1.mp4" beside an existing take 1.mp4, for a name holding a line break."""
+    import os
+
+    p = os.fspath(path)
+    if p.isprintable() and p == p.strip():
+        return p
+    if any(0xDC80 <= ord(c) <= 0xDCFF for c in p):  # bytes that are no UTF-8, as the file system holds them
+        return "'" + os.fsencode(p).decode("utf-8", "backslashreplace").replace("'", "\\'") + "'"
+    return repr(p)
 
 
 def unexpanded_home(path) -> bool:

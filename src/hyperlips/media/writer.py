@@ -274,8 +274,9 @@ class VideoWriter:
             with open(self._tmp, "xb"):
                 pass
         except OSError as e:
-            advice = ("the whole path is longer than this system takes (4096 bytes): choose a shorter one"
-                      if e.errno == errno.ENAMETOOLONG else "choose a folder you can write to")
+            advice = ("the path of its working file beside it (a hidden name about 20 bytes longer) passes the "
+                      "4096 bytes this system takes: choose a shorter path" if e.errno == errno.ENAMETOOLONG
+                      else "choose a folder you can write to")
             raise MediaError(f"cannot write {self.path}: {os.strerror(e.errno) if e.errno else e}; {advice}") from None
         # from here on the temporary file exists: whatever stops the set-up (an error, Ctrl-C, SIGTERM) removes it
         try:
