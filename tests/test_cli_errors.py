@@ -527,3 +527,24 @@ def test_a_name_not_found_is_shown_so_it_cannot_be_mistaken(tmp_path):
         with pytest.raises(MediaError) as e:
             require_file(name, "video")
         assert str(e.value) == f"video not found: {shown}", str(e.value)
+
+
+def test_a_name_not_found_names_its_twin_in_another_unicode_form_or_case(tmp_path):
+    """A Mac's decomposed "José.mp4" copied here and the name typed composed: "video not found: José.mp4" beside a
+    file that shows as José.mp4, with no hint. A name that differs only in letter case gets a "did you mean"."""
+    import unicodedata
+
+    from hyperlips.errors import MediaError, require_file
+
+    stored = unicodedata.normalize("NFD", "José.mp4")
+    (tmp_path / stored).write_bytes(b"x")
+    with pytest.raises(MediaError) as e:
+        require_file(tmp_path / unicodedata.normalize("NFC", "José.mp4"), "video")
+    assert "another Unicode form" in str(e.value) and stored in str(e.value), str(e.value)
+    (tmp_path / "Take1.MP4").write_bytes(b"x")
+    with pytest.raises(MediaError) as e:
+        require_file(tmp_path / "take1.mp4", "video")
+    assert "did you mean" in str(e.value) and "Take1.MP4" in str(e.value), str(e.value)
+    with pytest.raises(MediaError) as e:  # nothing near: the message as before
+        require_file(tmp_path / "other.mp4", "video")
+    assert str(e.value) == f"video not found: {tmp_path / 'other.mp4'}", str(e.value)

@@ -57,7 +57,7 @@ def require_file(path, what: str = "file") -> None:
         if unexpanded_home(p):
             raise MediaError(f"{what} not found: {p} (its '~' was not made your home folder, as a shell does when it "
                              f"is not quoted: give {os.path.expanduser(p)})")
-        raise MediaError(f"{what} not found: {shown_path(p)}")
+        raise MediaError(f"{what} not found: {shown_path(p)}{near_name_hint(p)}")
     if os.path.isdir(p):
         raise MediaError(f"{what} is a folder, not a file: {p}")
     if not os.access(p, os.R_OK):
@@ -83,6 +83,32 @@ def shown_path(path) -> str:
     if any(0xDC80 <= ord(c) <= 0xDCFF for c in p):  # bytes that are no UTF-8, as the file system holds them
         return "'" + os.fsencode(p).decode("utf-8", "backslashreplace").replace("'", "\\'") + "'"
     return repr(p)
+
+
+def near_name_hint(path: str) -> str:
+    """Where ``path`` is not found but its folder holds a name that differs from it only by its Unicode form (a Mac's
+    decomposed "José.mp4" copied here, the name typed composed) or only by letter case: the hint that names it, else
+    "". Such names look the same in every message, so "not found" alone read as a fault of the tool."""
+    import os
+    import unicodedata
+
+    folder, name = os.path.split(path)
+    if not name:
+        return ""
+    try:
+        with os.scandir(folder or ".") as entries:
+            names = [e.name for e in entries]
+    except OSError:
+        return ""
+    form = unicodedata.normalize("NFC", name)
+    same_form = [n for n in names if n != name and unicodedata.normalize("NFC", n) == form]
+    if same_form:
+        return (f" (this folder holds {shown_path(same_form[0])}, which looks the same but spells its accented letters "
+                "in another Unicode form: give the name as stored, e.g. by tab completion or a wildcard)")
+    same_case = [n for n in names if n != name and unicodedata.normalize("NFC", n).casefold() == form.casefold()]
+    if len(same_case) == 1:
+        return f" (did you mean {shown_path(os.path.join(folder, same_case[0]))}? names differ in letter case here)"
+    return ""
 
 
 def unexpanded_home(path) -> bool:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from ..errors import CheckpointError, UserError, hidden_name
+from ..errors import CheckpointError, UserError, hidden_name, near_name_hint
 from .metadata import METADATA_KEY, parse_json as _parse_json
 from .registry import CONFIGURABLE, DESCRIPTIONS, EXPERTS, MODEL_NAMES, architecture, canonical_name, create_model, default_config
 
@@ -260,7 +260,7 @@ def _short(e: BaseException) -> str:
 def _read_any(path: Path) -> tuple[dict[str, Tensor], dict[str, Any], str]:
     """-> (state dict without 'module.' prefixes, stored metadata, format)."""
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}{near_name_hint(str(path))}")
     if path.is_dir():
         weights, cfg = path / FOLDER_WEIGHTS, path / FOLDER_CONFIG
         if not weights.is_file():

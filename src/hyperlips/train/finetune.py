@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from ..data.sources import FINETUNE_STATE as STATE  # what the first run decided (split, time preprocessing)
 from ..data.sources import default_work
-from ..errors import UserError, hidden_name, warn
+from ..errors import UserError, hidden_name, near_name_hint, warn
 from ..options import add_face_choice
 
 MIN_TRAIN_FRAMES = 48
@@ -203,7 +203,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"-o {out}: HyperLips-Lite models are written as .safetensors (the .pth format is the "
                         "original Base's)")
     if not args.video.exists():
-        raise UserError(f"video not found: {args.video}")
+        raise UserError(f"video not found: {args.video}{near_name_hint(str(args.video))}")
     if args.steps is not None and args.steps < 1 or args.hr_steps < 1:
         raise UserError("--steps and --hr-steps must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:
