@@ -670,3 +670,68 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, more_data
             pass
     finally:
         fcntl.flock = real
+
+
+def test_workers_end_with_the_command_even_when_it_is_killed(more_data, tmp_path):
+    """kill -9 of preprocess (or the OS ending it out of memory) left its worker processes running: the one making a
+    clip went on with it (a core busy, a half-written clip folder), the idle one waited for a task for ever (the
+    pool's pipes stay open in the other workers). Linux: both end with it, the unfinished clip folder removed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    video = more_data / "dfrf" / "cnn2_25fps.mp4"  # a minute: far from done when the command is killed
+    out = tmp_path / "clips" / "cnn2"
+    code = ("import multiprocessing as mp, os, sys, time\n"
+            "from concurrent.futures import ProcessPoolExecutor\n"
+            "from hyperlips.data.clip_writer import PreprocessOptions\n"
+            "from hyperlips.data.preprocess import _run_one, _worker_init\n"
+            "if __name__ == '__main__':\n"
+            "    pool = ProcessPoolExecutor(2, mp_context=mp.get_context('spawn'), initializer=_worker_init,\n"
+            "                               initargs=(os.getpid(),))\n"
+            "    idle = pool.submit(os.getpid)\n"
+            "    job = pool.submit(_run_one, (sys.argv[1], sys.argv[2], 'cnn2.mp4', PreprocessOptions(), 'cnn2'))\n"
+            "    idle.result()\n"
+            "    print(' '.join(str(p) for p in pool._processes), flush=True)\n"
+            "    time.sleep(300)\n")
+    script = tmp_path / "pool.py"
+    script.write_text(code)
+    proc = subprocess.Popen([sys.executable, str(script), str(video), str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2, pids
+        deadline = time.monotonic() + 60
+        while not list(out.parent.glob(".cnn2.partial-*")) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the clip under way
+        assert list(out.parent.glob(".cnn2.partial-*")), "the clip was never started"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [p for p in pids if _running(p)]
+        assert not alive, f"workers {alive} still running after their command was killed"
+        assert not out.exists() and not list(out.parent.glob(".cnn2.partial-*")), list(out.parent.iterdir())
+        said = proc.stderr.read()  # the workers' too: nothing on the terminal the command was killed from
+        assert "Traceback" not in said, said
+    finally:
+        proc.kill()
+        for p in pids:
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not a zombie nobody has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

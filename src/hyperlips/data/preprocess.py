@@ -40,7 +40,13 @@ LOCK = ".lock"  # held (a file lock) while a run writes the folder
 DEFAULT_MIN_FRAMES = PreprocessOptions().min_frames  # (skips recorded before the setting was kept with them)
 
 
+_parent: int | None = None  # in a worker: the process that started it (_end_with)
+_in_job = False  # in a worker: making a clip
+
+
 def _stop(signum, frame) -> None:
+    if _parent is not None and os.getppid() != _parent and not _in_job:  # its command is gone and it waits for
+        os._exit(1)  # a task: nothing to clean, and the pool's pipes, held open by the other workers, would keep it
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -70,19 +76,51 @@ def _end_workers(procs, grace: float = 3.0) -> None:
             signal.signal(sig, old)
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int | None = None) -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ log lines, one set per worker
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for s in (signal.SIGTERM, signal.SIGHUP):  # stopped: remove the unfinished clip folder on the way out
         signal.signal(s, _stop)
+    if parent is not None:
+        _end_with(parent)
     import cv2
 
     cv2.setNumThreads(1)
 
 
+def _end_with(parent: int) -> None:
+    """Have this worker stopped (SIGTERM: its unfinished clip folder removed) when the process that started it ends
+    by any means, ``kill -9`` or out of memory included (Linux): a worker went on making its clip, a core busy and a
+    half-written folder left, after its command had gone. Elsewhere the pool's closed pipe ends it after its clip."""
+    import sys
+
+    global _parent
+    if not sys.platform.startswith("linux"):
+        return
+    _parent = parent
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it ended before the line above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _run_one(job: tuple[str, str, str, PreprocessOptions, str]) -> ClipResult:
+    global _in_job
     path, out_dir, rel, opts, clip_id = job
-    return process_clip(Path(path), Path(out_dir), PurePosixPath(rel), opts, clip_id)
+    _in_job = True
+    try:
+        return process_clip(Path(path), Path(out_dir), PurePosixPath(rel), opts, clip_id)
+    except BaseException:
+        if _parent is not None and os.getppid() != _parent:  # stopped because its command is gone: its clip folder
+            os._exit(1)  # removed on the way here, it ends (back in the pool it would wait for a task for ever)
+        raise
+    finally:
+        _in_job = False
 
 
 @dataclass
@@ -230,7 +268,7 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
             # A pool that fails instead of hanging: multiprocessing.Pool replaces a worker killed by the OS (out
             # of memory) or one that cannot start and waits forever for its result.
             pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
-                                       initializer=_worker_init)
+                                       initializer=_worker_init, initargs=(os.getpid(),))
             try:
                 futures = [pool.submit(_run_one, job) for job in jobs]
                 try:
