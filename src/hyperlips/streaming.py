@@ -115,7 +115,8 @@ def check_output(output: Path) -> None:
     if not os.access(there, os.W_OK | os.X_OK):
         raise UserError(f"cannot write the output in {there}: "
                         f"{'it is on a read-only disk' if _read_only(there) else 'no permission to write there'}")
-    if output.is_file() and not os.access(output, os.W_OK):  # (a render protected on purpose: chmod a-w)
+    if output.is_file() and (not os.access(output, os.W_OK) or not os.stat(output).st_mode & 0o222):  # (a render
+        # protected on purpose, chmod a-w: by its mode too, as root may write any file and os.access says so)
         raise UserError(f"cannot replace {output}: it is write-protected (read-only); remove the protection "
                         "(chmod u+w) or choose another output name")
     if not _may_replace(output, there):
