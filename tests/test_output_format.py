@@ -284,7 +284,7 @@ def test_an_output_path_too_long_for_the_system_is_said_so(tmp_path):
 
 def test_an_output_written_over_keeps_its_permissions(tmp_path):
     """A group-writable output on a team's share, written again: the new file had this user's defaults (664 became
-    644: the group could no longer replace it). A new output gets the defaults."""
+    644, and this user's group: the team could no longer replace it). A new output gets the defaults."""
     import os
     import stat
 
@@ -292,6 +292,10 @@ def test_an_output_written_over_keeps_its_permissions(tmp_path):
 
     out = tmp_path / "perm.mp4"
     out.write_bytes(b"the old render")
+    mine = os.stat(out).st_gid
+    team = next((g for g in (os.getgroups() if os.geteuid() else [mine + 100]) if g != mine), None)  # (root: any)
+    if team is not None:  # the share's group, not this user's own: the group mode was for it
+        os.chown(out, -1, team)
     os.chmod(out, 0o664)
     old = os.umask(0o022)
     try:
@@ -301,4 +305,6 @@ def test_an_output_written_over_keeps_its_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o664 and out.read_bytes() != b"the old render"
+    if team is not None:
+        assert os.stat(out).st_gid == team, (os.stat(out).st_gid, team)
     assert stat.S_IMODE(os.stat(tmp_path / "new.mp4").st_mode) == 0o644

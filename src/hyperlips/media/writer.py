@@ -116,13 +116,23 @@ def _partial_stem(stem: str, suffix: str) -> str:
 
 
 def _keep_mode(old: Path, new: Path) -> None:
-    """The permissions of a file being replaced (``old``) given to the one replacing it (a group-writable output on a
-    team's share stayed so; the new file had this user's defaults)."""
+    """The permissions and group of a file being replaced (``old``) given to the one replacing it (a group-writable
+    output on a team's share stays so, for the same group; the new file had this user's defaults). The group is kept
+    where this user may give it (one of their groups), before the mode: a change of group clears set-group-ID."""
     import stat
 
     try:
-        os.chmod(new, stat.S_IMODE(os.stat(old).st_mode))
+        st = os.stat(old)
     except OSError:  # (none to keep: a new output)
+        return
+    try:
+        if st.st_gid != os.stat(new).st_gid:
+            os.chown(new, -1, st.st_gid)
+    except (OSError, AttributeError):  # not one of this user's groups (or no chown: Windows): the mode still
+        pass
+    try:
+        os.chmod(new, stat.S_IMODE(st.st_mode))
+    except OSError:
         pass
 
 
