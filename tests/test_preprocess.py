@@ -160,6 +160,27 @@ def test_a_second_footage_folder_does_not_replace_the_clips_of_the_first(tmp_pat
     assert (data / "clips" / "take1" / "meta.json").read_bytes() == made
     again = pp.preprocess(tmp_path / "day1", data, pp.PreprocessOptions(), workers=1, progress=False)
     assert again.existing == 1 and again.done == 0
+    # given relatively, then from another folder; and with day1 gone (deleted once preprocessed): refused too (the
+    # folder was recorded as typed, "day1", and compared only where that path existed from the working folder)
+    import os
+
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert pp.preprocess(Path("day1"), Path("data"), pp.PreprocessOptions(), workers=1, progress=False).existing == 1
+        os.chdir(tmp_path / "day2")
+        with pytest.raises(UserError, match=r"holds clips made from .*day1; preprocessing .*day2 into it"):
+            pp.preprocess(tmp_path / "day2", data, pp.PreprocessOptions(), workers=1, progress=False)
+    finally:
+        os.chdir(here)
+    (tmp_path / "day1").rename(tmp_path / "archived")
+    with pytest.raises(UserError, match=r"holds clips made from .*day1; preprocessing .*day2 into it"):
+        pp.preprocess(tmp_path / "day2", data, pp.PreprocessOptions(), workers=1, progress=False)
+    assert (data / "clips" / "take1" / "meta.json").read_bytes() == made
+    (tmp_path / "moved").mkdir()  # the same folder moved elsewhere keeps its clips
+    (tmp_path / "archived").rename(tmp_path / "moved" / "day1")
+    assert pp.preprocess(tmp_path / "moved" / "day1", data, pp.PreprocessOptions(), workers=1,
+                         progress=False).existing == 1
 
 
 def test_footage_added_later_never_moves_a_trained_speaker_into_validation():

@@ -313,7 +313,7 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
     ])
     _remove_empty_folders(dst / "clips", [Path(job[1]) for job in jobs])  # a speaker's folder whose clips were all
     # skipped
-    manifest = write_manifest(dst, opts, source_root=src)
+    manifest = write_manifest(dst, opts, source_root=os.path.abspath(src))  # (absolute: compared from anywhere)
     clips = manifest["clips"]
     return PreprocessReport(
         done=sum(r.status == "done" for r in results),
@@ -342,14 +342,21 @@ def _remove_empty_folders(root: Path, clip_dirs: list[Path]) -> None:
 def _check_same_source(src: Path, dst: Path, remade: list[str]) -> None:
     """Refuse to make clips again over those of a dataset made from another footage folder (``day2`` into the
     dataset of ``day1``, both with a ``take1``: day1's clip was replaced without a word). A dataset has one source
-    folder; the same folder moved keeps its clips (they are not made again)."""
+    folder; the same folder moved keeps its clips (they are not made again). A source folder that is gone is
+    compared by its name (deleted once preprocessed, day1's clips were replaced by day2's)."""
     if not remade:
         return
     try:
         before = json.loads((dst / MANIFEST).read_text(encoding="utf-8")).get("source_root")
     except (OSError, ValueError, AttributeError):
         return
-    if before and os.path.exists(before) and os.path.realpath(before) != os.path.realpath(src):
+    if not before:
+        return
+    if os.path.exists(before):  # (a relative one, written before they were made absolute, from where it was run)
+        other = os.path.realpath(before) != os.path.realpath(src)
+    else:  # gone (deleted once preprocessed, moved, its drive not mounted): the same folder by its name, moved
+        other = os.path.basename(os.path.normpath(before)) != os.path.basename(os.path.abspath(src))
+    if other:
         shown = ", ".join(remade[:3]) + (f" and {len(remade) - 3} more" if len(remade) > 3 else "")
         raise UserError(f"{dst} holds clips made from {before}; preprocessing {src} into it would replace "
                         f"{len(remade)} of them made from other files ({shown}): write it into another folder, or "
