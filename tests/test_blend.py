@@ -169,6 +169,26 @@ def test_colour_matching_removes_a_red_tint(scene, use_landmarks):
     assert np.abs(meanstd).max() < 2.0
 
 
+@pytest.mark.parametrize("use_landmarks", [False, True])
+def test_a_drawn_face_in_a_black_and_white_frame_stays_grey(scene, use_landmarks, monkeypatch):
+    """A black-and-white video got a coloured mouth from the network (`--mouth render`, and `hybrid`, every person
+    model's default): the mean colour was matched, the face's own colours kept (a pink chin, bluish lips: channels 18
+    apart). Round grey skin the drawn face is grey; round the colour skin of a real clip nothing changes."""
+    from hyperlips.face import blend
+
+    f0, _, box, (x1, y1, x2, y2), lm = scene
+    kw = {"landmarks": lm} if use_landmarks else {}
+    gen = cv2.resize(tinted(f0[y1:y2, x1:x2], 30), (128, 128), interpolation=cv2.INTER_AREA)  # colours of its own
+    grey = cv2.cvtColor(cv2.cvtColor(f0, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    out = paste_face(grey, gen, box, **kw).astype(np.int16)
+    spread = out.max(axis=2) - out.min(axis=2)
+    assert spread.max() <= 2, spread.max()  # grey to the coding's rounding (it was 20 and more)
+    colour = paste_face(f0, gen, box, **kw)
+    monkeypatch.setattr(blend, "FULL_CHROMA", 0.0)  # the matching as it was
+    assert np.array_equal(colour, paste_face(f0, gen, box, **kw))
+    assert (np.ptp(paste_face(grey, gen, box, **kw).astype(np.int16), axis=2) > 2).any()
+
+
 def test_match_color_unit():
     rng = np.random.default_rng(1)
     ref = rng.integers(60, 200, (64, 64, 3), dtype=np.uint8)

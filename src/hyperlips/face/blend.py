@@ -118,11 +118,18 @@ def landmark_face_mask(landmarks_xy: np.ndarray, h: int, w: int, params: MaskPar
     return (ramp * _frame_ramps(h, w, p)).astype(np.float32)
 
 
+# the skin's mean chroma (Lab a, b) below which a drawn face's colours are faded in proportion: grey footage has about
+# 0-1 (its coding's noise), the lower face of every real colour clip here 12-35
+FULL_CHROMA = 8.0
+
+
 def match_color(face_bgr: np.ndarray, ref_bgr: np.ndarray, region: np.ndarray, mode: str = "mean") -> np.ndarray:
     """``face_bgr`` with its Lab colour statistics over ``region`` (bool (h, w)) moved to those of ``ref_bgr``.
 
     ``mode``: "mean" (shift L, a, b by the difference of means), "meanstd" (also scale the spread, factor clamped
-    to [0.67, 1.5]) or "none". Both images uint8 (h, w, 3) BGR of one size; returns uint8 BGR.
+    to [0.67, 1.5]) or "none". Round skin with less colour than :data:`FULL_CHROMA` (black and white footage), the
+    face's colours are faded in proportion, to grey round grey skin. Both images uint8 (h, w, 3) BGR of one size;
+    returns uint8 BGR.
     """
     if mode == "none":
         return face_bgr
@@ -139,6 +146,9 @@ def match_color(face_bgr: np.ndarray, ref_bgr: np.ndarray, region: np.ndarray, m
         f = (f - fm) * scale + rm
     else:
         f = f + (rm - fm)
+    chroma = float(np.hypot(rs[:, 1], rs[:, 2]).mean())  # how colourful the skin round the mouth is
+    if chroma < FULL_CHROMA:  # a black-and-white (or faded) picture: the drawn face's own colours, its pink chin and
+        f[..., 1:] *= chroma / FULL_CHROMA  # bluish lips, fade with it (a grey frame got a coloured mouth)
     out = cv2.cvtColor(f.astype(np.float32), cv2.COLOR_Lab2BGR)
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
