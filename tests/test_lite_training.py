@@ -1096,3 +1096,43 @@ def test_a_model_named_in_capitals_is_a_safetensors_file(tmp_path):
     (tmp_path / "empty").mkdir()  # a 250-byte name passes the write check (refused "File name too long"): the
     r = run_cli("finetune", tmp_path / "empty", "-o", tmp_path / ("m" * 238 + ".safetensors"), "--quiet", timeout=120)
     assert r.returncode == 2 and "too long" not in r.stderr and "no video files" in r.stderr, r.stderr  # footage fails
+
+
+def _footage_whose_end_shows_no_face(more_data, path: Path, faces: int = 75, blank: int = 35) -> Path:
+    """A GRID clip's first ``faces`` frames, then ``blank`` grey frames (the speaker gone), with real speech."""
+    from media_builders import face_frames, write_video
+
+    from hyperlips.media.audio import load_audio
+
+    frames = face_frames(more_data / "grid_s1" / "bbaf3s.mpg", faces, size=(360, 288), stamped=False)
+    frames += [np.full_like(frames[0], 128) for _ in range(blank)]
+    wav = load_audio(more_data / "grid_s1" / "bbaf3s.mpg", 16000)
+    wav = np.resize(wav, int((faces + blank) / 25 * 16000))
+    return write_video(path, frames, 25, audio=wav)
+
+
+def test_a_held_out_end_without_a_face_is_moved_to_where_the_face_is(more_data, tmp_path):
+    """finetune's held-out part (the last 15%) showed no face (the speaker walked out of the shot): the run
+    preprocessed, fitted its audio encoder for minutes, then ended in a traceback ("cannot reshape array of size 0").
+    The held-out part now reaches back to the shortest end showing the face on 16 frames, said; with --val-seconds
+    given, the option is refused before any training, naming the length that would do."""
+    from hyperlips.cli import build_parser
+    from hyperlips.errors import InputWarning, UserError
+    from hyperlips.train.finetune import MIN_VAL_FACES, _held_out_faces, _prepare
+
+    video = _footage_whose_end_shows_no_face(more_data, tmp_path / "walks out.mp4")
+    args = build_parser().parse_args(["finetune", str(video), "-o", str(tmp_path / "m.safetensors"), "--quiet"])
+    work = tmp_path / "m.work"
+    with pytest.warns(InputWarning, match="held out instead") as said:
+        data, state = _prepare(args, work)
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert _held_out_faces(data, manifest) >= MIN_VAL_FACES
+    held = state["held_out"]
+    assert 35 + MIN_VAL_FACES <= held["frames"] <= 35 + MIN_VAL_FACES + 2, held  # the blank end and 16 faces
+    moved = [str(w.message) for w in said if "held out instead" in str(w.message)]
+    assert len(moved) == 1 and "show the face on 0 of its 17 frames" in moved[0], moved
+    args = build_parser().parse_args(["finetune", str(video), "-o", str(tmp_path / "n.safetensors"), "--quiet",
+                                      "--val-seconds", "1"])
+    with pytest.raises(UserError, match=r"on 0 of its 25 frames .*give --val-seconds (\d\.\d) or more") as e:
+        _prepare(args, tmp_path / "n.work")
+    assert (35 + MIN_VAL_FACES) / 25 <= float(e.value.args[0].split("--val-seconds ")[-1].split()[0]) <= 2.2

@@ -65,7 +65,7 @@ def _load(clip: Clip, frames: tuple[int, int], reference) -> _ClipFrames:
     tpl, mean = reference
     lm = np.asarray(clip.landmarks[idx], dtype=np.float64) if len(idx) else np.zeros((0, 478, 3))
     pts = aligned_moving_points(lm, tpl) if len(idx) else np.zeros((0, 53, 2))
-    shapes = ((pts - mean) * SCALE).reshape(len(idx), -1)
+    shapes = ((pts - mean) * SCALE).reshape(len(idx), len(MOVING) * 2)
     has = np.isfinite(shapes).all(axis=1)
     faces = clip.stack("face128").read_many(idx) if len(idx) else np.zeros((0, BASE_SIZE, BASE_SIZE, 3), np.uint8)
     return _ClipFrames(clip, idx, faces, np.where(has[:, None], shapes, 0).astype(np.float32), has,

@@ -33,6 +33,7 @@ from ..errors import UserError, hidden_name, near_name_hint, warn
 from ..options import add_face_choice
 
 MIN_TRAIN_FRAMES = 48
+MIN_VAL_FACES = 16  # frames with a face the held-out part must show: fewer validate nothing (pearson needs spread)
 DEFAULT_MINUTES = 60.0
 SHORT_FOOTAGE_S = 30.0  # below this, warn: too little speech to learn one person's mouth from
 RESERVE_S = 20.0  # of the budget, kept for the last validation, export and writing the model
@@ -296,6 +297,23 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     if trained and "clips" in state and sorted(done) != state["clips"]:
         raise UserError(_other_footage(args, work, state, sorted(done)))
     manifest = write_footage_tail_manifest(data, sorted(done), val_seconds=args.val_seconds)
+    faces = _held_out_faces(data, manifest)
+    if faces < MIN_VAL_FACES:  # nothing (or next to nothing) to validate on: a traceback after minutes of fitting
+        need = _seconds_holding_faces(data, sorted(done), MIN_VAL_FACES)
+        held = manifest["held_out"]
+        where = (f"the held-out last {held['seconds']:.1f} s of the footage show the face on {faces} of its "
+                 f"{held['frames']} frames")
+        if need is None:
+            raise UserError(f"{args.video}: {where}, and the whole footage on fewer than {MIN_VAL_FACES} frames "
+                            "past its training part: too little face to fine-tune on")
+        if args.val_seconds is not None:
+            raise UserError(f"{where} (--val-seconds {args.val_seconds:g}): at least {MIN_VAL_FACES} are needed to "
+                            f"validate on; give --val-seconds {math.ceil(need * 10) / 10:g} or more, or footage "
+                            "whose end shows the face (the clips made are kept for the next run)")
+        manifest = write_footage_tail_manifest(data, sorted(done), val_seconds=need)
+        warn(f"{where}: the last {manifest['held_out']['seconds']:.1f} s are held out instead, the shortest end "
+             f"that shows it on {MIN_VAL_FACES} (the face is scored where it is seen; cut the footage where the face "
+             "leaves, or give --val-seconds, to choose otherwise)")
     if trained and "held_out" in state:  # the split the run was validated (and its best checkpoint chosen) on
         if manifest["held_out"] != state["held_out"]:  # (the manifest is written again by the next run that trains)
             asked = "the default 15%" if args.val_seconds is None else f"--val-seconds {args.val_seconds:g}"
@@ -332,6 +350,43 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
         warn(f"{args.video}: {held['of_seconds']:.0f} s of footage; a person model learns the mouth from a minute or "
              "more of the person speaking (less gives a weak, averaged mouth)")
     return data, state
+
+
+def _held_out_faces(data: Path, manifest: dict) -> int:
+    """Frames of the held-out part of ``manifest`` that show the face with its landmarks (what validation scores)."""
+    import numpy as np
+
+    from ..data.datasets import CLIPS_DIR, Clip
+
+    count = 0
+    for entry in manifest["clips"]:
+        if entry["split"] == "val":
+            clip, (lo, hi) = Clip(data / CLIPS_DIR / entry["id"]), entry["frames"]
+            lm = np.asarray(clip.landmarks[lo:hi], dtype=np.float32)
+            count += int((clip.valid[lo:hi] & np.isfinite(lm).all(axis=(1, 2))).sum())
+    return count
+
+
+def _seconds_holding_faces(data: Path, order: list[str], want: int) -> float | None:
+    """The shortest end of the footage (clips in ``order`` as one recording) holding ``want`` frames with the face
+    and its landmarks, in seconds; None where that leaves fewer than MIN_TRAIN_FRAMES frames before it."""
+    import numpy as np
+
+    from ..data.datasets import CLIPS_DIR, Clip
+
+    clips = [Clip(data / CLIPS_DIR / c) for c in order]
+    total = sum(c.n_frames for c in clips)
+    seconds, frames, found = 0.0, 0, 0
+    for clip in reversed(clips):
+        lm = np.asarray(clip.landmarks, dtype=np.float32)
+        ok = clip.valid[:clip.n_frames] & np.isfinite(lm).all(axis=(1, 2))[:clip.n_frames]
+        for k in range(clip.n_frames - 1, -1, -1):
+            seconds += 1.0 / clip.fps
+            frames += 1
+            found += int(ok[k])
+            if found >= want:
+                return seconds if total - frames >= MIN_TRAIN_FRAMES else None
+    return None
 
 
 def _fingerprint(path: Path, part: int = 1 << 20) -> str:
