@@ -930,6 +930,13 @@ def test_a_tilde_that_was_not_expanded_is_said(tmp_path, monkeypatch):
     (tmp_path / "clip.mp4").write_bytes(b"x")
     with pytest.raises(UserError, match=r"~/data begins with a '~' that was not made your home folder"):
         preprocess(tmp_path / "clip.mp4", Path("~/data"), PreprocessOptions(), progress=False)
+    from hyperlips.cli import build_parser
+    from hyperlips.train.finetune import _check_args
+
+    for given in (["-o", "~/anna.safetensors"], ["-o", "anna.safetensors", "--work", "~/anna.work"]):
+        args = build_parser().parse_args(["finetune", str(tmp_path / "clip.mp4"), *given])
+        with pytest.raises(UserError, match=r"~/anna\.\w+ begins with a '~' that was not made your home folder"):
+            _check_args(args)  # finetune's model and its work folder: "~/anna.work/data/clips/..." was made here
     assert not (tmp_path / "~").exists()
     (tmp_path / "~").mkdir()  # a folder really named "~" here: taken as it is
     check_output(Path("~/out.mp4"))
