@@ -599,6 +599,27 @@ def test_a_footage_reports_default_folder_is_named_after_it(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path / "anna")
     assert footage_report(Path("."), "tail") == Path("hyperlips_eval/anna_tail")
     assert footage_report(Path("take1.mp4"), "phonemes") == Path("hyperlips_eval/take1_phonemes")
+    (tmp_path / "anna" / "take.v2").mkdir()  # a folder by its whole name; ".." by the folder's (a hidden ".._tail")
+    assert footage_report(Path("take.v2"), "tail") == Path("hyperlips_eval/take.v2_tail")
+    monkeypatch.chdir(tmp_path / "anna" / "take.v2")
+    assert footage_report(Path(".."), "tail") == Path("hyperlips_eval/anna_tail")
+
+
+def test_a_refused_eval_leaves_no_report_folder(tmp_path, monkeypatch):
+    """`eval --clips nothere --protocol tail -o "my report"`: refused, yet "my report" was left, looking empty (it held
+    only the hidden report mark). Folders that held something before are kept as they were."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "foot.mp4").write_bytes(b"x")
+    for extra in (["--clips", "nothere", "--protocol", "tail", "-o", "my report/deep"],
+                  ["--clips", "nothere", "--protocol", "phonemes", "-o", "my report"],
+                  ["--clips", "nothere", "--protocol", "tail"]):
+        r = run_cli("eval", *extra, "--checkpoint", "x.safetensors", "--quiet", cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["foot.mp4"], (extra, list(tmp_path.rglob("*")))
+    (tmp_path / "kept").mkdir()
+    r = run_cli("eval", "--clips", "nothere", "--protocol", "tail", "-o", "kept", "--checkpoint", "x.safetensors",
+                cwd=tmp_path)
+    assert r.returncode == 2 and (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
 
 
 def test_file_names_are_escaped_in_the_reports_tables():

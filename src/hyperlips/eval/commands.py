@@ -122,6 +122,47 @@ def _check_report_folder(folder: Path) -> None:
 
 
 def run_eval(args) -> int:
+    """``hyperlips eval``; a run that fails or is stopped leaves none of the report folders it made where nothing was
+    written in them (a mistyped footage name left a folder that looks empty, holding only the report mark)."""
+    made: list[tuple[Path, bool]] = []
+    try:
+        return _run_eval(args, made)
+    except BaseException:
+        _remove_unused(made)
+        raise
+
+
+def _remove_unused(made: list[Path]) -> None:
+    """Of ``made`` (:func:`_not_there`'s), innermost first: the report mark where it is all a folder holds, and the
+    folder where it is then empty (an existing report folder, ``made``'s last without ``exists`` False, keeps
+    itself)."""
+    from ..data.sources import REPORT_MARK
+
+    for folder, new in reversed(made):
+        try:
+            if [p.name for p in folder.iterdir()] == [REPORT_MARK]:
+                (folder / REPORT_MARK).unlink()
+            if new:
+                folder.rmdir()
+        except OSError:  # (it holds what the run wrote, or was never made)
+            return
+
+
+def _not_there(folder: Path) -> list[tuple[Path, bool]]:
+    """``folder`` and the folders above it that do not exist yet, outermost first, each with True; or ``folder``
+    with False where it exists without a report mark (the run's mark is taken away again if nothing else comes)."""
+    from ..data.sources import REPORT_MARK
+
+    missing = []
+    if folder.is_dir():
+        return [] if (folder / REPORT_MARK).exists() else [(folder, False)]
+    while str(folder) and not folder.exists() and folder != folder.parent:
+        missing.insert(0, (folder, True))
+        folder = folder.parent
+    return missing
+
+
+def _run_eval(args, made: list[tuple[Path, bool]]) -> int:
     from .pair import evaluate_pair
     from .protocols import pair_folders, run_protocol
     from .report import summary_row, write_batch_report, write_clip_report
@@ -134,6 +175,7 @@ def run_eval(args) -> int:
         args.output = Path("hyperlips_eval") / args.generated.stem if one else Path("hyperlips_eval")
     if args.protocol not in ("tail", "phonemes"):  # those name their own folder below
         _check_report_folder(args.output)
+        made += _not_there(args.output)
     device = _eval_device(args.device)
     from ..options import apply_threads
 
@@ -144,7 +186,7 @@ def run_eval(args) -> int:
     models = _load_models(args, device)
     common.update(models)
     if args.protocol in ("tail", "phonemes"):
-        return _run_tail(args, device, progress)
+        return _run_tail(args, device, progress, made)
     if args.clips is not None:
         if args.generated is not None or args.reference is not None:
             raise UserError("--clips generates its own results: give either --clips DIR or GENERATED --reference REF, not both")
@@ -193,11 +235,14 @@ def run_eval(args) -> int:
 
 def footage_report(clips: Path, protocol: str) -> Path:
     """The default report folder of a protocol run on footage: ``hyperlips_eval/NAME_PROTOCOL``, named after the
-    footage (``.`` by its folder's name: it was ``_tail``)."""
-    return Path("hyperlips_eval") / f"{Path(clips).stem or Path(clips).resolve().name}_{protocol}"
+    footage: a video by its name less its suffix, a folder by its whole name, ``.`` and ``..`` by the folder's own
+    name (they were ``_tail`` and a hidden ``.._tail``; ``take.v2`` was ``take``)."""
+    p = Path(clips)
+    name = p.resolve().name if p.is_dir() or p.name in ("", ".", "..") else p.stem
+    return Path("hyperlips_eval") / f"{name or 'footage'}_{protocol}"
 
 
-def _run_tail(args, device: str, progress: bool) -> int:
+def _run_tail(args, device: str, progress: bool, made: list[tuple[Path, bool]]) -> int:
     from .tail import run_tail_protocol
 
     name = args.protocol
@@ -209,6 +254,7 @@ def _run_tail(args, device: str, progress: bool) -> int:
     if args.output is None or args.output == Path("hyperlips_eval"):
         args.output = footage_report(args.clips, name)
     _check_report_folder(args.output)
+    made += _not_there(args.output)
     if name == "phonemes":
         return _run_phonemes(args, device, progress)
     res = run_tail_protocol(args.clips, args.output, checkpoint=args.checkpoint, fraction=args.tail_fraction,
