@@ -159,3 +159,27 @@ def test_preprocess_tracks_an_edit_shot_by_shot_and_says_so(two_people, tmp_path
     boxes = np.load(next((tmp_path / "ds").rglob("boxes.npy")))
     _, alone = _track_boxes(b)  # the second shot's boxes are its own, as if it were a clip of its own
     np.testing.assert_allclose(boxes[20:], np.array([x.as_array() for x in alone], np.float32), atol=4.0)  # re-encoded
+
+
+def test_a_face_that_leaves_the_shot_is_said_with_the_frames_left_undubbed(real_data, tmp_path, recwarn):
+    """The camera pans off the speaker in one shot: the face leaves at about 1 s, and the rest of the video (half
+    of it) was written as it was, undubbed, without a word (a cut to a shot without a face was said; this not)."""
+    from media_builders import write_video
+
+    from hyperlips.media.video import FrameReader
+    from hyperlips.pipeline import LipSync
+
+    clip = cut_video(real_data / "retalking" / "face2.mp4", tmp_path / "face2.mp4", 50, size=300)
+    with FrameReader(clip) as r:
+        frames = [f.image for f in r.iter_range(0, 50)]
+    canvas = [np.concatenate([f, np.full((300, 600, 3), 90, np.uint8)], axis=1) for f in frames]
+    panned = [c[:, round(k * 9.0):round(k * 9.0) + 300] for k, c in enumerate(canvas)]  # 9 px a frame: no cut
+    video = write_video(tmp_path / "pan.mp4", panned)
+    speech = write_wav(tmp_path / "speech.wav", 2.0)
+    ls = LipSync(untrained=True, model="lite", device="cpu", progress=False)
+    report = ls.sync(video, speech, tmp_path / "out.mp4")
+    said = [str(w.message) for w in recwarn if "no face was found" in str(w.message)]
+    missing = report.frames - report.frames_with_face
+    assert 10 <= missing <= 45, (report.frames, report.frames_with_face)  # (the face in its first frames)
+    assert len(said) == 1 and f"no face was found on {missing} of the 50 frames written" in said[0], said
+    assert not any("cuts to another shot" in str(w.message) for w in recwarn)

@@ -51,6 +51,7 @@ from .schedule import LOOP_MODES
 from .streaming import (  # noqa: F401  (re-exported)
     MUX_SAMPLE_RATE,
     OUTPUT_SUFFIXES,
+    FaceGaps,
     check_face_box,
     check_paths,
     make_output_folder,
@@ -402,9 +403,11 @@ class LipSync:
                 large = too_large_to_play(writer.coded_width, writer.coded_height, float(rate))
                 if large:  # (a phone's 12 MP photo: "plays anywhere" is not true of it)
                     warn(large)
+                gaps = FaceGaps()
                 with self._bar(n_out, "lip-sync", on_progress) as bar:
-                    for job in chain:
+                    for k, job in enumerate(chain):
                         faces_done += job.box is not None
+                        gaps.add(k, job)
                         if first_frame is None:
                             first_frame = time.perf_counter() - t_start
                         with timer("encode"):
@@ -420,6 +423,9 @@ class LipSync:
                     writer.abort()  # no half-written file is left under the output name
                 remove_made_folders(made)  # nor the folders made for it
                 raise
+        gap = gaps.warning(str(video), n_out, fps_out)
+        if gap:
+            warn(gap)
         step = self._mouth_step
         if step is not None and step.missed >= max(1, MISSED_MOUTH_SHARE * step.looked):  # the frame's own mouth
             warn(f"{video}: FaceMesh found no mouth in {step.missed} of the {step.looked} face crops (a face turned "  # moved

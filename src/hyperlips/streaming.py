@@ -534,6 +534,37 @@ def report_shots(track, boxes: list, fps: float) -> None:
     warn(text + ". To dub one speaker in an edit with others, cut it into shots and sync the speaker's.")
 
 
+class FaceGaps:
+    """The output frames written without a face (left as they are), as spans, for the warning that says so: a face
+    that left the shot, turned away or that the detector lost (old film, a tight crop) left most of a video undubbed
+    without a word. Frames of shots with no face at all are left out (:func:`report_shots` names those)."""
+
+    SHARE = 0.05  # of the output's frames, from which it is said
+    LONGEST_S = 1.0  # or where one span lasts this long
+
+    def __init__(self) -> None:
+        self.spans: list[list[int]] = []  # [first, stop, shot] of output frames without a face
+        self.shots_with_face: set[int] = set()
+
+    def add(self, k: int, job: FrameJob) -> None:
+        if job.box is not None:
+            self.shots_with_face.add(job.shot)
+        elif self.spans and self.spans[-1][1] == k and self.spans[-1][2] == job.shot:
+            self.spans[-1][1] = k + 1
+        else:
+            self.spans.append([k, k + 1, job.shot])
+
+    def warning(self, name: str, n_out: int, fps: float) -> str | None:
+        spans = [(a, b) for a, b, shot in self.spans if shot in self.shots_with_face]
+        missing = sum(b - a for a, b in spans)
+        if not spans or (missing < self.SHARE * n_out and max(b - a for a, b in spans) < self.LONGEST_S * fps):
+            return None
+        at = ", ".join(f"{a / fps:.2f}-{b / fps:.2f} s" for a, b in spans[:5]) + (", ..." if len(spans) > 5 else "")
+        return (f"{name}: no face was found on {missing} of the {n_out} frames written ({at}): they are left as they "
+                "are, undubbed (the face out of the shot, turned away, covered, or too small or faint for the face "
+                "detector)")
+
+
 def batches(jobs: Iterator[FrameJob], size: int) -> Iterator[list[FrameJob]]:
     """Consecutive output frames in groups of ``size`` (the last may be shorter)."""
     batch: list[FrameJob] = []
