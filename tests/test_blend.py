@@ -189,6 +189,29 @@ def test_a_drawn_face_in_a_black_and_white_frame_stays_grey(scene, use_landmarks
     assert (np.ptp(paste_face(grey, gen, box, **kw).astype(np.int16), axis=2) > 2).any()
 
 
+def test_black_bars_are_left_black(scene):
+    """A letterboxed close-up, its mouth near the bar: the lower lip was warped into the bar (grey up to 255 in 38
+    of 75 frames, its edge wavy). The bars (rows or columns black across the whole frame, from its edge) stay
+    exactly as they were; the picture is pasted as before."""
+    from hyperlips.face.blend import picture_region
+
+    f0, _, box, (x1, y1, x2, y2), lm = scene
+    gen = cv2.resize(tinted(f0[y1:y2, x1:x2], 60), (128, 128), interpolation=cv2.INTER_AREA)
+    bar = y1 + (y2 - y1) * 9 // 10  # the bottom bar begins inside the face's region
+    boxed = f0.copy()
+    boxed[bar:] = 0
+    boxed[:, :x1 + 8] = 0  # and a pillarbox on the left, into the region too
+    out = paste_face(boxed, gen, box)
+    assert np.array_equal(out[bar:], boxed[bar:]) and np.array_equal(out[:, :x1 + 8], boxed[:, :x1 + 8])
+    assert not np.array_equal(out[y1:bar, x1 + 8:x2], boxed[y1:bar, x1 + 8:x2])  # the picture is pasted
+    plain = paste_face(f0, gen, box)  # no bars: all of the region, as before
+    assert not np.array_equal(plain[bar:y2, x1:x2], f0[bar:y2, x1:x2])
+    assert picture_region(f0, (x1, y1, x2, y2)) == (x1, y1, x2, y2)
+    dark = np.full_like(f0, 10)  # a black frame: nothing of it is picture
+    r = picture_region(dark, (x1, y1, x2, y2))
+    assert r[2] <= r[0] or r[3] <= r[1], r
+
+
 def test_match_color_unit():
     rng = np.random.default_rng(1)
     ref = rng.integers(60, 200, (64, 64, 3), dtype=np.uint8)

@@ -185,6 +185,35 @@ def match_detail(face_bgr: np.ndarray, ref_bgr: np.ndarray, region: np.ndarray, 
     return np.clip(np.rint(f + gain * high), 0, 255).astype(np.uint8)
 
 
+BAR_LEVEL = 20  # the brightest a black bar's pixel is (letterbox, pillarbox; coded black is 16 in video range)
+
+
+def _bar(lines: np.ndarray) -> int:
+    """How many of ``lines`` (each a row or column of the frame, from its edge inwards: (n, k, 3)) are black
+    throughout, from the edge on."""
+    k = 0
+    while k < len(lines) and int(lines[k].max()) <= BAR_LEVEL:
+        k += 1
+    return k
+
+
+def picture_region(frame_bgr: np.ndarray, region: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """``region`` (x1, y1, x2, y2, inside the frame) less the black bars of a letterboxed or pillarboxed frame:
+    rows or columns black across the whole frame from its edge in. A face near a bar had its lower lip warped into
+    the bar (the picture leaked into it, its edge made wavy). Each edge is looked at only as far as the region."""
+    H, W = frame_bgr.shape[:2]
+    x1, y1, x2, y2 = region
+    if x2 <= x1 or y2 <= y1:
+        return region
+    bottom = _bar(frame_bgr[y1:][::-1])  # rows from the bottom edge up to the region's top
+    top = _bar(frame_bgr[:y2]) if bottom < H - y1 else 0
+    right = _bar(frame_bgr[:, x1:][:, ::-1].transpose(1, 0, 2))
+    left = _bar(frame_bgr[:, :x2].transpose(1, 0, 2)) if right < W - x1 else 0
+    y1, y2 = max(y1, top), min(y2, H - bottom)
+    x1, x2 = max(x1, left), min(x2, W - right)
+    return (x1, y1, max(x1, x2), max(y1, y2))
+
+
 def paste_face(
     frame_bgr: np.ndarray,
     face_bgr: np.ndarray,
@@ -209,7 +238,8 @@ def paste_face(
     check_frame(face_bgr, "generated face")
     H, W = frame_bgr.shape[:2]
     ex1, ey1, ex2, ey2 = pixel_extent(box)  # the face's whole region, which may reach past the frame's edges
-    x1, y1, x2, y2 = pixel_region(box, W, H)  # the part of it inside the frame: the only pixels written
+    x1, y1, x2, y2 = picture_region(frame_bgr, pixel_region(box, W, H))  # the part of it inside the frame's
+    # picture (the frame less any black bars): the only pixels written
     h, w = ey2 - ey1, ex2 - ex1
     out = frame_bgr if inplace else frame_bgr.copy()
     if h < 2 or w < 2 or y2 - y1 < 2 or x2 - x1 < 2:
