@@ -672,3 +672,27 @@ def test_sync_says_where_the_mouth_could_not_be_found_to_move(real_data, tmp_pat
         monkeypatch.setattr(FaceMesh, "landmarks", lambda self, image: None)
         report = ls.sync(photo, speech, tmp_path / "out2.mp4")
         assert any("FaceMesh found no mouth in 15 of the 15 face crops" in w for w in report.warnings), report.warnings
+
+
+def test_a_faded_pictures_mouth_is_no_darker_than_its_darkest(real_data, tmp_path):
+    """A washed-out picture (its darkest pixel 80-84, 0.3 of its contrast: faded film, a bad transfer): the new
+    opening was drawn near-black (2-11), a hole cut in it. Over a lifted black the inside is drawn above that black;
+    a real clip's frame (black 18-53 in every clip here) is not taken as lifted."""
+    import cv2
+
+    from hyperlips import LipSync
+    from hyperlips.face.mouth_inside import frame_black
+
+    frame = read_frames(real_data / "retalking" / "face2.mp4", 11)[10]
+    assert not frame_black(frame).any()
+    faded = np.clip(128 + (frame.astype(np.float32) - 128) * 0.3, 0, 255).astype(np.uint8)
+    assert frame_black(faded).max() > 85
+    photo = tmp_path / "faded.png"
+    cv2.imwrite(str(photo), faded)
+    speech = cut_audio(real_data / "retalking" / "audio1.wav", tmp_path / "speech.wav", 1.2)
+    with LipSync(progress=False, phones=False) as ls:
+        ls.sync(photo, speech, tmp_path / "out.mp4")
+    out = np.stack(read_frames(tmp_path / "out.mp4")).astype(np.int16)
+    mouth = out[:, 450:600, 250:520]
+    assert np.abs(mouth - mouth[:1]).mean() > 0.3  # the mouth moves
+    assert mouth.min() >= int(faded.min()) - 8, (mouth.min(), faded.min())

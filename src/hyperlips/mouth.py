@@ -125,7 +125,9 @@ class MouthStep:
         points = lm[:, :2] * (side / WARP_MESH_SIZE)
         if observe:
             self._warp.observe(points)
-        return Look(face_crop(image, box, side), points, first_row_read(side), observe)
+        from .face.mouth_inside import frame_black
+
+        return Look(face_crop(image, box, side), points, first_row_read(side), observe, frame_black(image))
 
     def closed_shapes(self, shapes: np.ndarray, close: np.ndarray, gain: float) -> np.ndarray:
         """The audio encoder's ``shapes`` (N, n_shape) changed so that, times the network's ``gain``, they put the
@@ -153,7 +155,7 @@ class MouthStep:
 
         if look is None:
             return face
-        args = dict(first_row=look.top, close=close, observed=look.observed)
+        args = dict(first_row=look.top, close=close, observed=look.observed, black=look.black)
         if self.mode == "warp":
             return self._warp.apply(look.region, look.points, shape * self.gain, **args)
         side = look.region.shape[0]
@@ -170,3 +172,4 @@ class Look:
     points: np.ndarray  # (468+, 2) FaceMesh's points in its pixels
     top: int  # the first row paste-back reads
     observed: bool  # counted in the clip's average mouth already
+    black: np.ndarray | None = None  # the frame's lifted black (``face.mouth_inside.frame_black``; zeros: none)

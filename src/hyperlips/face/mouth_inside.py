@@ -39,6 +39,10 @@ CAVITY = np.array([0.16, 0.14, 0.25], np.float32)
 # channel of the median colour round the ring, over its mean: 0.33-0.98 on the first frames of 32 real clips here),
 # and lessened below it, to none round grey lips: a black-and-white video's mouth stays grey
 FULL_TINT_SPREAD = 0.25
+# a frame's black (the 0.5th percentile of its brightest channel) from which it is taken as lifted, and from which in
+# full: the dark inside is then drawn over it. Every real clip here measures 18-53 (French 47-48, face5 40-53); a
+# video faded to 0.3 of its contrast 90
+LIFTED_BLACK = (55.0, 85.0)
 
 
 def ring_box(ring: np.ndarray, reach: int, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -56,21 +60,41 @@ def ring_mask(ring: np.ndarray, box: tuple[int, int, int, int], sigma: float = 0
     return cv2.GaussianBlur(mask, (0, 0), sigma) if sigma > 0 else mask
 
 
-def cavity_colour(image: np.ndarray, ring: np.ndarray) -> np.ndarray:
+def frame_black(frame: np.ndarray) -> np.ndarray:
+    """The black of a frame (H, W, 3) uint8 BGR where it is lifted (faded film, a washed-out transfer, log footage):
+    the 0.5th percentile of each channel over every 16th pixel of every 16th row, taken in full where the brightest
+    of the three is :data:`LIFTED_BLACK`'s second value or more, in part above its first, else nothing (float32
+    (3,)). Every real clip here measures 18-53: none is lifted."""
+    black = np.percentile(frame[::16, ::16].reshape(-1, 3), 0.5, axis=0).astype(np.float32)
+    lo, hi = LIFTED_BLACK
+    return black * np.float32(np.clip((float(black.max()) - lo) / (hi - lo), 0.0, 1.0))
+
+
+def cavity_colour(image: np.ndarray, ring: np.ndarray, black: np.ndarray | None = None) -> np.ndarray:
     """The colour of a mouth's dark inside for a ring (n, 2) of ``image`` (h, w, 3) uint8 BGR: :data:`CAVITY` times
     the median colour round the ring (float32 (3,)), its red tint lessened round lips of little colour
-    (:data:`FULL_TINT_SPREAD`; none round grey ones)."""
+    (:data:`FULL_TINT_SPREAD`; none round grey ones); over a lifted ``black`` (:func:`frame_black`), CAVITY times
+    what the colour round it has above that black, plus the black: a faded picture's mouth is as dark as its
+    darkest (it was drawn near-black, 2-11, in a picture whose darkest was 84)."""
+    around = _around(image, ring)
+    if black is None or not black.any():
+        return _tinted(around)
+    return black + _tinted(np.maximum(around - black, 0.0))
+
+
+def _around(image: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """The median colour round a ring (n, 2) of ``image``: float32 (3,)."""
     h, w = image.shape[:2]
     width = float(np.ptp(ring[:, 0])) if len(ring) else 0.0
     box = ring_box(ring, int(np.ceil(width / 3)) + 2, w, h)
     if box is None:
-        return _tinted(np.median(image.reshape(-1, 3), axis=0).astype(np.float32))
+        return np.median(image.reshape(-1, 3), axis=0).astype(np.float32)
     x0, y0, x1, y1 = box
     # every other pixel of every other row: the same median at a quarter of the cost
     around = ring_mask(ring, box)[::2, ::2] < 0.5
     block = image[y0:y1:2, x0:x1:2]
     pixels = block[around] if around.any() else block.reshape(-1, 3)
-    return _tinted(np.median(pixels, axis=0).astype(np.float32))
+    return np.median(pixels, axis=0).astype(np.float32)
 
 
 def _tinted(around: np.ndarray) -> np.ndarray:
@@ -91,13 +115,14 @@ def _blend(out: np.ndarray, box: tuple[int, int, int, int], layer, mask: np.ndar
     return out
 
 
-def paint_inside(image: np.ndarray, ring: np.ndarray) -> np.ndarray:
-    """A copy of ``image`` (h, w, 3) uint8 with the polygon of ``ring`` (n, 2) painted dark (anti-aliased)."""
+def paint_inside(image: np.ndarray, ring: np.ndarray, black: np.ndarray | None = None) -> np.ndarray:
+    """A copy of ``image`` (h, w, 3) uint8 with the polygon of ``ring`` (n, 2) painted dark (anti-aliased; over a
+    lifted ``black``, :func:`cavity_colour`)."""
     h, w = image.shape[:2]
     box = ring_box(ring, 2, w, h)
     if box is None:
         return image.copy()
-    return _blend(image.copy(), box, cavity_colour(image, ring), ring_mask(ring, box)[..., None])
+    return _blend(image.copy(), box, cavity_colour(image, ring, black), ring_mask(ring, box)[..., None])
 
 
 def _arcs(ring: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -148,20 +173,21 @@ def _with_lips(region: np.ndarray, src_ring: np.ndarray, dst_ring: np.ndarray, b
 
 
 def draw_inside(out: np.ndarray, region: np.ndarray, src_ring: np.ndarray, dst_ring: np.ndarray, gap_src: float,
-                gap_dst: float, sigma: float) -> np.ndarray:
+                gap_dst: float, sigma: float, black: np.ndarray | None = None) -> np.ndarray:
     """Draw, in place in ``out`` (h, w, 3) uint8, the inside of the new inner-lip ring ``dst_ring`` (rings in
     ``mouth_shape.INNER_LIP``'s order): ``region``'s own inside (``src_ring``, open ``gap_src`` px) carried with the
     lips (:func:`_with_lips`: its upper half with the upper lip, its lower half with the lower lip) and shaded
     towards dark by the share the two openings agree (``min(gaps) / max(gaps)``: the further the mouth is from the
     frame's own, the darker its inside), dark in the gap the halves leave between them and everywhere when the
-    frame's own mouth is closed; the ring's edge blurred by ``sigma`` px. Returns ``out``."""
+    frame's own mouth is closed; the ring's edge blurred by ``sigma`` px; the dark over a lifted ``black``
+    (:func:`cavity_colour`). Returns ``out``."""
     h, w = out.shape[:2]
     box = ring_box(dst_ring, int(np.ceil(3 * sigma)) + 2, w, h)
     if box is None or gap_dst <= 0:
         return out
     x0, y0, x1, y1 = box
     layer = np.empty((y1 - y0, x1 - x0, 3), np.float32)
-    layer[:] = cavity_colour(out, dst_ring)
+    layer[:] = cavity_colour(out, dst_ring, black)
     if gap_src >= 1.0:
         pixels, weight = _with_lips(region, src_ring, dst_ring, box, sigma)
         layer += (min(gap_src, gap_dst) / max(gap_src, gap_dst)) * weight * (pixels - layer)

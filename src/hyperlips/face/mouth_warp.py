@@ -112,14 +112,16 @@ class MouthWarp:
         return ms.moving_points(shape, placed, self.template, self.mean)
 
     def apply(self, region: np.ndarray, landmarks: np.ndarray, shape: np.ndarray, first_row: int = 0,
-              fill: np.ndarray | None = None, close: float = 0.0, observed: bool = False) -> np.ndarray:
+              fill: np.ndarray | None = None, close: float = 0.0, observed: bool = False,
+              black: np.ndarray | None = None) -> np.ndarray:
         """``region`` (h, w, 3) uint8: the face as the frame shows it, ``landmarks`` (468+, 2+) its FaceMesh points
         in its pixels, ``shape`` (N_SHAPE,) the mouth to show. -> (h, w, 3) uint8: rows from ``first_row`` down
         warped, the inside of the new opening drawn (:mod:`~hyperlips.face.mouth_inside`), or filled from ``fill``
         (h, w, 3) uint8 where given (the hybrid's network face, as the warp was first made); the rows above are
         ``region``'s. ``close`` (0-1): the lips then brought that far together (:func:`close_lips`; 1 on a /p b m/
         whose timing was given). One call per frame, in order (:meth:`place`; ``observed``: the frame was counted in
-        the clip's average mouth already)."""
+        the clip's average mouth already). ``black``: the frame's lifted black (``mouth_inside.frame_black``), the
+        inside drawn over it."""
         lm = np.asarray(landmarks, np.float64)[:, :2]
         h, w = region.shape[:2]
         src = lm[list(ms.MOVING)]
@@ -140,7 +142,7 @@ class MouthWarp:
         gap_src, gap_dst = _gap(ring_src), _gap(ring_dst)
         # the lips and jaw are moved from the frame with its own inside painted dark, so that lips closing over
         # teeth meet on a dark line; the new opening's inside is drawn apart
-        out = paint_inside(region, ring_src) if gap_src >= 1.0 and fill is None else region.copy()
+        out = paint_inside(region, ring_src, black) if gap_src >= 1.0 and fill is None else region.copy()
         # the frame's own triangles keep closing lips from carrying the inside over the lower lip; the hybrid, whose
         # mouth is the network's, takes the moved points' unless its lips are closed on purpose (its one-person
         # tails read 0.01-0.02 lower with them: French 0.684 -> 0.667, cnn2 0.503 -> 0.493, pose 0.506 -> 0.497)
@@ -156,7 +158,7 @@ class MouthWarp:
         if fill is not None:
             fill_from(out, fill, ring_dst, gap_src, gap_dst, sigma)
         elif gap_dst >= 1.0:
-            draw_inside(out, region, ring_src, ring_dst, gap_src, gap_dst, sigma)
+            draw_inside(out, region, ring_src, ring_dst, gap_src, gap_dst, sigma, black)
         return out
 
 
