@@ -24,8 +24,8 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import (DEBUG_ENV, Terminated, UserError, clear_stop, debug_wanted, one_line, out_of_memory,  # noqa: F401
-                     request_stop)
+from .errors import (DEBUG_ENV, Terminated, UserError, clear_stop, debug_wanted, gpu_out_of_memory,  # noqa: F401
+                     one_line, out_of_memory, request_stop)
 from .options import add_model_options, add_sync_options
 
 # modules that add subcommands: each has add_parser(subparsers) and sets a `func(args) -> int` default
@@ -41,6 +41,8 @@ EXIT_OK, EXIT_BUG, EXIT_USER = 0, 1, 2  # 1: a bug (with its traceback); 2: a mi
 EXIT_MEMORY = 3  # the machine ran out of memory (one line): neither the input's fault nor a bug
 OUT_OF_MEMORY = ("out of memory: this machine (or this process's limit) has too little free memory for the job; close "
                  "other programs, use a shorter or smaller video, or a smaller --batch-size")
+OUT_OF_GPU_MEMORY = ("out of GPU memory: the graphics card has too little free memory for the job (another program "
+                     "may hold it: nvidia-smi lists them); use a smaller --batch-size, or --device cpu")
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # 128 + the signal's number
 def _debug() -> bool:
     """HYPERLIPS_DEBUG set (``errors.debug_wanted``); FFmpeg's own messages are then on too (PyAV keeps them off)."""
@@ -521,7 +523,7 @@ def _dispatch(args) -> int:
         if not out_of_memory(e):
             raise
         _close_progress_bars()
-        _error_line(OUT_OF_MEMORY)
+        _error_line(OUT_OF_GPU_MEMORY if gpu_out_of_memory(e) else OUT_OF_MEMORY)
         return EXIT_MEMORY
     except KeyboardInterrupt as e:
         _close_progress_bars()

@@ -207,6 +207,13 @@ def out_of_memory(e: BaseException) -> bool:
                                            "can't start new thread", "Cannot allocate memory", "out of memory"))
 
 
+def gpu_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is a GPU running out of its own memory (CUDA's, MPS's), which closing programs on the machine
+    does not free (another process may hold the card)."""
+    text = str(e)
+    return type(e).__name__ == "OutOfMemoryError" or "CUDA out of memory" in text or "MPS backend out of memory" in text
+
+
 def one_line(text) -> str:
     """``text`` on one line: its line breaks (and the spaces round them) made one space, other spaces kept (a file
     name it quotes may hold runs of them: folded, it would name a file that does not exist)."""

@@ -182,7 +182,7 @@ def _watch_parent(parent: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import UserError, out_of_memory
+    from ..errors import UserError, gpu_out_of_memory, out_of_memory
 
     args = sys.argv[1:] if argv is None else argv
     folder = Path(args[0])
@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - out of memory, from whichever library met it; anything else is a bug
         if not out_of_memory(e):
             raise
-        (folder / "error.txt").write_text("the job ran out of memory: try a shorter or smaller video\n", encoding="utf-8")
+        why = ("the job ran out of GPU memory: try a shorter or smaller video (or start the server with --device cpu)"
+               if gpu_out_of_memory(e) else "the job ran out of memory: try a shorter or smaller video")
+        (folder / "error.txt").write_text(why + "\n", encoding="utf-8")
         traceback.print_exc()
         return 1
     if result.get("warnings"):
