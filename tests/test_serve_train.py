@@ -229,3 +229,9 @@ def test_a_model_file_named_in_capitals_is_listed(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert {m.id: m.checkpoint.name for m in person_models(tmp_path)} == {
         "person:Anna": "Anna.safetensors", "person:bob": "bob.safetensors", "person:carl": "carl.safetensors"}
+    # and so for the HR decoders beside them (the last in that order won: a stale .pth, a colleague's capitals)
+    for name in ("Anna.hr256.SAFETENSORS", "Anna.hr256.safetensors", "Anna.hr512.safetensors", "Anna.hr512.pth"):
+        (tmp_path / name).write_bytes(b"x")
+    anna = next(m for m in person_models(tmp_path) if m.id == "person:Anna")
+    assert {size: path.name for size, path in anna.hr.items()} == {256: "Anna.hr256.safetensors",
+                                                                   512: "Anna.hr512.safetensors"}

@@ -66,8 +66,11 @@ def person_models(folder: Path) -> list[ModelChoice]:
         if p.suffix.lower() not in MODEL_SUFFIXES or not p.is_file() or p.name.startswith("."):
             continue
         m = _HR.match(p.stem)
-        if m:
-            hrs.setdefault(m["stem"], {})[int(m["size"])] = p
+        if m:  # an HR decoder: the first in that order wins too (the last did: Anna.hr256.pth over .safetensors)
+            kept = hrs.setdefault(m["stem"], {}).setdefault(int(m["size"]), p)
+            if kept != p and p not in _SKIPPED:
+                _SKIPPED.add(p)
+                log.warning("HR decoder %s is left out: %s has the same name", p.name, kept.name)
         elif _NAME.match(p.stem):
             kept = bases.setdefault(p.stem, p)  # the first in that order wins
             if kept != p and p not in _SKIPPED:
