@@ -927,6 +927,35 @@ def test_a_transparent_photo_is_shown_over_white(real_data, tmp_path, suffix):
     assert said == []
 
 
+def test_transparency_is_laid_over_white_whatever_reads_the_picture(real_data, tmp_path):
+    """A cut-out portrait saved without a suffix (a chat app's), or an animated PNG with a transparent background:
+    FFmpeg reads them, and their alpha was dropped silently (the colours kept under it showed: 96 where white was
+    due), where a .png read as a still was laid over white with a warning."""
+    import cv2
+    from PIL import Image
+
+    from hyperlips.errors import collect_warnings
+
+    (frame,) = _real_frames(real_data, 1)
+    rgba = np.dstack([frame, np.full(frame.shape[:2], 255, np.uint8)])
+    rgba[:, :30, :3] = (0, 255, 0)  # hidden under alpha 0
+    rgba[:, :30, 3] = 0
+    ok, data = cv2.imencode(".png", rgba)
+    (tmp_path / "cutout").write_bytes(data.tobytes())
+    moving = [Image.fromarray(np.ascontiguousarray(np.roll(rgba, k, axis=0)[:, :, [2, 1, 0, 3]])) for k in range(3)]
+    moving[0].save(tmp_path / "talk.png", save_all=True, append_images=moving[1:], duration=40, loop=0)
+    for name, n in (("cutout", 1), ("talk.png", 3)):
+        with collect_warnings() as said:
+            with FrameReader(tmp_path / name) as r:
+                images = [f.image for f in r]
+        assert len(images) == n, name
+        assert said == [f"{tmp_path / name}: its transparent parts are shown over white (a video has no "
+                        "transparency)"], said
+        for img in images:
+            assert img.shape == frame.shape and (img[:, :30] == 255).all(), name
+        assert np.abs(images[0][:, 40:].astype(int) - frame[:, 40:]).max() <= 2, name  # the picture as it was
+
+
 def test_a_piece_of_an_mpeg_whose_video_codec_cannot_be_told_is_unreadable(more_data, tmp_path):
     """A piece from the middle of an MPEG program stream (a broken copy, a recovered file): FFmpeg lists a video track
     without a decoder, and reading it ended in an AttributeError traceback (a folder's preprocessing died with it)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
@@ -150,8 +151,9 @@ def _read_image(path: str) -> np.ndarray:
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)  # BGR, EXIF orientation applied, alpha dropped, 16 bit -> 8 bit
     if img is None:
         raise MediaError(f"cannot decode image {path} (unreadable or corrupt file)")
-    if Path(path).suffix.lower() in (".png", ".webp", ".tif", ".tiff"):  # the formats with transparency
-        img = _over_background(path, data, img)
+    head = data[:12].tobytes()
+    if head.startswith((b"\x89PNG", b"II*\x00", b"MM\x00*")) or (head[:4] == b"RIFF" and head[8:] == b"WEBP"):
+        img = _over_background(path, data, img)  # the formats with transparency, whatever the file's name says
     return img
 
 
@@ -168,6 +170,12 @@ def _over_background(path: str, data: np.ndarray, img: np.ndarray) -> np.ndarray
     top = np.iinfo(alpha.dtype).max
     if alpha.min() == top:
         return img
+    return _laid_over(path, img, alpha)
+
+
+def _laid_over(path, img: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``img`` (h, w, 3) laid over :data:`ALPHA_BACKGROUND` by ``alpha`` (h, w), with the warning that says so."""
+    top = np.iinfo(alpha.dtype).max
     a = alpha.astype(np.float32)[:, :, None] / np.float32(top)
     out = np.rint(img * a + np.float32(ALPHA_BACKGROUND) * (1.0 - a)).astype(np.uint8)
     warn(f"{path}: its transparent parts are shown over white (a video has no transparency)")
@@ -712,7 +720,12 @@ class FrameReader:
             # exact rounding and full-resolution chroma: swscale's fast YUV->RGB path is ~1 level too dark
             self._flags = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
         # one thread: the conversion shares the CPU with the other stages, and its slice threads cost more than they save
-        if frame.format.name in PLANAR_RGB_SAME and frame.width % 2 == 0 and frame.height % 2 == 0:
+        if _has_alpha(frame.format):  # an animated PNG, a video with transparency, a picture without a suffix: laid
+            bgra = self._reformatter.reformat(frame, format="bgra", interpolation=self._flags, threads=1).to_ndarray()
+            img = np.ascontiguousarray(bgra[:, :, :3])  # over white where transparent (as a still picture is)
+            if int(bgra[:, :, 3].min()) < 255:
+                img = _laid_over(self.path, img, bgra[:, :, 3])
+        elif frame.format.name in PLANAR_RGB_SAME and frame.width % 2 == 0 and frame.height % 2 == 0:
             import cv2
 
             # to planar RGB and interleaved here: the same pixels at half the CPU of swscale's packed BGR output
@@ -734,6 +747,20 @@ class FrameReader:
             warn(f"{self.path}: its picture changes size midway ({self.info.width}x{self.info.height}, then "
                  f"{img.shape[1]}x{img.shape[0]}): frames of another size are scaled to the first's")
         return cv2.resize(img, (self.info.width, self.info.height), interpolation=cv2.INTER_AREA)
+
+
+@lru_cache(maxsize=None)
+def _alpha_format(name: str) -> bool:
+    import av
+
+    fmt = av.VideoFormat(name)
+    return bool(fmt.has_palette or any(c.is_alpha for c in fmt.components))
+
+
+def _has_alpha(fmt) -> bool:
+    """Whether frames of the pixel format ``fmt`` (``av.VideoFormat``) may hold transparency (an alpha plane, or a
+    palette, whose colours may have it)."""
+    return _alpha_format(fmt.name)
 
 
 def plane_views(picture) -> list[np.ndarray]:
