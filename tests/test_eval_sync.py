@@ -164,6 +164,9 @@ def test_similarity_offset_search():
     valid[:, 0] = False
     r = similarity_offset_search(sim, valid)
     assert r.offset == 3 and r.best == pytest.approx(0.9) and r.confidence == pytest.approx(0.7)
+    assert r.windows == 10
+    valid[7:] = False  # three windows without a face in every frame: not scored, not counted (the report said 10)
+    assert similarity_offset_search(sim, valid).windows == 7
     with pytest.raises(ValueError):
         similarity_offset_search(sim, np.zeros_like(valid))
 
