@@ -956,6 +956,24 @@ def test_transparency_is_laid_over_white_whatever_reads_the_picture(real_data, t
         assert np.abs(images[0][:, 40:].astype(int) - frame[:, 40:]).max() <= 2, name  # the picture as it was
 
 
+def test_an_interlaced_video_is_said_so(real_data, tmp_path):
+    """TV footage coded interlaced (two fields a frame) was read as progressive frames without a word: the new mouth
+    mixes the fields and its edges comb. It is said once, with how to deinterlace; a progressive video says nothing
+    (none of the clips here is interlaced)."""
+    from media_builders import write_video
+
+    from hyperlips.errors import collect_warnings
+
+    frames = _real_frames(real_data, 6)
+    for name, options, said_so in (("tv.mp4", {"flags": "+ildct+ilme", "x264-params": "tff=1"}, True),
+                                   ("web.mp4", {}, False)):
+        path = write_video(tmp_path / name, frames, options=options)
+        with collect_warnings() as said:
+            with FrameReader(path) as r:
+                assert len([f for f in r]) == 6
+        assert len(said) == int(said_so) and all("is interlaced" in w and "bwdif" in w for w in said), said
+
+
 def test_a_piece_of_an_mpeg_whose_video_codec_cannot_be_told_is_unreadable(more_data, tmp_path):
     """A piece from the middle of an MPEG program stream (a broken copy, a recovered file): FFmpeg lists a video track
     without a decoder, and reading it ended in an AttributeError traceback (a folder's preprocessing died with it)."""

@@ -138,6 +138,7 @@ def _animation(path: str) -> str | None:
     return None
 
 
+INTERLACE_LOOK = 50  # the first frames looked at for an interlaced picture (a flag FFmpeg reads from the stream)
 ALPHA_BACKGROUND = 255  # the grey level the transparent parts of a picture are shown over: white, as viewers show them
 
 
@@ -707,10 +708,20 @@ class FrameReader:
                 if stop is not None and idx >= stop:
                     return
                 keep = self.keep_source and not self.info.rotation and not self.info.mirror and writer_coded(fr)
+                if idx < INTERLACE_LOOK and fr.interlaced_frame:
+                    self._interlaced()
                 check_stop()  # a signal whose exception the decoder swallowed stops the reading here
                 yield Frame(idx, t, self._at_size(self._to_bgr(fr)), bool(fr.is_corrupt), fr if keep else None)
             if not overshoot:
                 return
+
+    def _interlaced(self) -> None:
+        """Said once: the video is interlaced (two fields a frame, a field's time apart), read as whole frames."""
+        if not getattr(self, "_interlace_said", False):
+            self._interlace_said = True
+            warn(f"{self.path} is interlaced (each frame holds two fields taken a field's time apart, as TV cameras "
+                 "record): it is read as whole frames, so the new mouth mixes the two fields and moving edges comb; "
+                 "for a clean result deinterlace it first (e.g. ffmpeg -i IN -vf bwdif OUT.mp4)")
 
     def _to_bgr(self, frame) -> np.ndarray:
         if self._reformatter is None:
