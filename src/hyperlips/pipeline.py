@@ -383,7 +383,6 @@ class LipSync:
                 complete_bar(bar)  # the search ends when the face is sure, often before the estimate
             ref_crop = found.crop
 
-            made = make_output_folder(output)
             mux_audio = load_audio(audio, MUX_SAMPLE_RATE, keep_stereo=True, quiet=True)  # its own channels (said: above)
 
             def render(jobs):
@@ -396,6 +395,7 @@ class LipSync:
                                 steady=self.temporal_blend, input_blend=self.input_blend, workers=detector.workers,
                                 every_frame=self.detect_every_frame)
             faces_done, writer, first_frame = 0, None, None
+            made = make_output_folder(output)  # the folders it makes are removed below where the run does not end
             try:  # the writer is made inside: an interruption at any point leaves no temporary file
                 writer = VideoWriter(output, info.width, info.height, rate, audio=mux_audio,
                                      sample_rate=MUX_SAMPLE_RATE, crf=crf, preset=preset, pix_fmt=pix_fmt,
