@@ -42,6 +42,22 @@ def test_follows_the_first_largest_face_even_when_the_other_grows():
     assert all(c is not None and c.center[0] > 800 for c in chosen)
 
 
+def test_the_largest_face_is_the_largest_seen():
+    """Boxes now reach past the frame's edge (a face the edge cuts keeps its proportions): an interviewer's head at
+    the edge, two thirds of it outside, had a box larger than the speaker's whole face and was followed instead."""
+    from hyperlips.face.detect import Box
+
+    speaker = square(640, 360, 240)  # all of it in the 1280 x 720 frame
+    shoulder = Box(1180.0, 100.0, 1580.0, 600.0, 0.9)  # 400 x 500, of which 100 x 500 inside (the speaker: 240 x 240)
+    assert select_faces([[shoulder, speaker]], frame_size=(1280, 720))[0] is speaker
+    assert select_faces([[shoulder, speaker]])[0] is shoulder  # (without the frame's size: by the whole box)
+    from hyperlips.face.track_online import OnlineTrack
+
+    track = OnlineTrack(25.0, frame_size=(1280, 720))
+    chosen = [b for _ in range(3) for _, b in track.push([shoulder, speaker], None)] + [b for _, b in track.finish()]
+    assert chosen and all(b is not None and abs(b.center[0] - 640) < 60 for b in chosen), chosen
+
+
 def test_face_index_counts_left_to_right():
     dets = [[square(900, 300, 200), square(300, 300, 150), square(600, 300, 120)] for _ in range(4)]
     assert select_faces(dets, face_index=0)[0].center[0] == 300

@@ -67,10 +67,13 @@ def _plain(b: Box) -> str:
     return ",".join(f"{float(v):g}" for v in b.as_array())
 
 
-def pick_face(dets: Sequence[Box], face_index: Optional[int] = None, box: Optional[BoxLike] = None) -> Optional[Box]:
+def pick_face(dets: Sequence[Box], face_index: Optional[int] = None, box: Optional[BoxLike] = None,
+              frame_size: Optional[tuple[int, int]] = None) -> Optional[Box]:
     """Of one frame's detections, the face the rule picks: the one overlapping ``box`` most (intersection over union),
-    else the ``face_index``-th counted left to right by box centre x, else the largest; None where the frame shows
-    none (fewer than ``face_index`` + 1 faces, or none overlapping the box)."""
+    else the ``face_index``-th counted left to right by box centre x, else the largest (as the frame of
+    ``frame_size`` = (width, height) shows it, where given: a head the edge cuts, whose box reaches past it, is
+    measured by what is seen of it); None where the frame shows none (fewer than ``face_index`` + 1 faces, or none
+    overlapping the box)."""
     if box is not None:
         ub = _as_box(box)
         best = max(dets, key=ub.iou, default=None)
@@ -78,9 +81,16 @@ def pick_face(dets: Sequence[Box], face_index: Optional[int] = None, box: Option
     if not dets:
         return None
     if face_index is None:
-        return max(dets, key=lambda b: b.area)
+        if frame_size is None:
+            return max(dets, key=lambda b: b.area)
+        return max(dets, key=lambda b: _seen_area(b, *frame_size))
     ordered = sorted(dets, key=lambda b: b.center[0])
     return ordered[face_index] if 0 <= face_index < len(ordered) else None
+
+
+def _seen_area(b: Box, width: int, height: int) -> float:
+    """The area of ``b`` inside a frame of ``width`` x ``height``."""
+    return max(min(b.x2, width) - max(b.x1, 0.0), 0.0) * max(min(b.y2, height) - max(b.y1, 0.0), 0.0)
 
 
 def select_faces(
@@ -88,6 +98,7 @@ def select_faces(
     *,
     face_index: Optional[int] = None,
     box: Optional[BoxLike] = None,
+    frame_size: Optional[tuple[int, int]] = None,
 ) -> list[Optional[Box]]:
     """The chosen face's detection per frame (None where it is not found); see the module doc for the rule.
 
@@ -105,7 +116,7 @@ def select_faces(
     most = 0  # the most faces a frame shows
     for t, dets in enumerate(detections):  # the first frame where the rule picks one (with --face N: shows that many)
         most = max(most, len(dets))
-        anchor = pick_face(dets, face_index, ub)
+        anchor = pick_face(dets, face_index, ub, frame_size)
         if anchor is not None:
             anchor_t = t
             break
@@ -235,7 +246,7 @@ class FaceTrack:
         """
         max_gap = track_settings(fps, max_gap, pad, pad_px)
         try:
-            raw = select_faces(detections, face_index=face_index, box=box)
+            raw = select_faces(detections, face_index=face_index, box=box, frame_size=frame_size)
         except LookupError as e:
             if face_index is None and box is None:
                 raise NoFaceError(f"no face found in {source} ({len(detections)} frame(s) searched); "

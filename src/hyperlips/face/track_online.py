@@ -179,7 +179,8 @@ class OnlineTrack:
         frame, or shot, may show that many; :meth:`finish` says so where none did)."""
         if self.user_box is None and self.face_index is not None:
             self._most_faces = max(self._most_faces, len(dets))
-        anchor = pick_face(dets, self.face_index, self.user_box)  # (face N not in this frame: perhaps in a later one)
+        anchor = pick_face(dets, self.face_index, self.user_box, self.frame_size)  # (face N not in this frame:
+        # perhaps in a later one)
         if anchor is not None:
             if self.anchor is None:
                 self.anchor = t
