@@ -240,7 +240,8 @@ def write_phoneme_preview(video: Path, marks, path: Path, columns: int = 8, face
             if fr.index not in want:
                 continue
             faces = det.detect(fr.image)
-            picked = pick_face(faces, face_index, face_box)  # (the largest where none was picked)
+            picked = pick_face(faces, face_index, face_box,  # (the largest seen where none was picked)
+                               (reader.info.width, reader.info.height))
             if picked is None:
                 continue
             x1, y1, x2, y2 = (int(round(v)) for v in picked.as_array())
