@@ -1168,3 +1168,26 @@ def test_the_servers_messages_keep_the_spaces_of_the_names_they_quote(server):
     assert status == 400 and "cannot open my  clip.mp4" in err["error"], err
     assert _public_message("no face found in /x/in.mp4:\n  the face  must be visible", {"/x/in.mp4": "my  clip.mp4"}) \
         == "no face found in my  clip.mp4: the face  must be visible"
+
+
+def test_a_client_that_leaves_mid_upload_is_no_traceback(server, capfd):
+    """A tab closed (a phone off its network) half-way through an upload: the server's answer to it failed, and the
+    log showed a traceback ("BrokenPipeError" during the handling of the upload's error), which reads as a bug."""
+    import socket
+    import struct
+    import time
+
+    app, client = server(run_jobs=False)
+    host, port = app.httpd.server_address[:2]
+    for _ in range(3):
+        sock = socket.create_connection((host, port), timeout=30)
+        sock.sendall(f"POST /api/files?name=half.mp4 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4000000\r\n\r\n"
+                     .encode() + b"x" * 200_000)
+        time.sleep(0.3)
+        if _ == 2:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # gone at once (a reset)
+        sock.close()  # (the others: closed as a browser closes a tab)
+    time.sleep(1.0)
+    assert client.json("GET", "/api/health") == (200, {"ok": True})  # the server goes on
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err

@@ -226,9 +226,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HTTPError(405, f"{method} is not allowed here (use {', '.join(allowed)})")
             raise HTTPError(404, f"nothing at {path[:100]}")
         except HTTPError as e:
-            self._json({"error": str(e)}, e.status, close=e.status in (411, 413) or method != "GET")
+            self._refuse({"error": str(e)}, e.status, close=e.status in (411, 413) or method != "GET")
         except UserError as e:
-            self._json({"error": one_line(e)}, getattr(e, "status", 400), close=True)
+            self._refuse({"error": one_line(e)}, getattr(e, "status", 400), close=True)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
         except Exception as e:  # noqa: BLE001 - a bug answers 500 and is logged; the server goes on
@@ -243,6 +243,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json({"error": "internal error in the server (logged); please report it"}, 500, close=True)
             except OSError:
                 self.close_connection = True
+
+    def _refuse(self, data: dict, status: int, close: bool) -> None:
+        """The error answer, where the client is still there to read it: one that went away mid-upload (a tab
+        closed, a phone off its network) is routine, logged in one line (its answer failing was a traceback)."""
+        try:
+            self._json(data, status, close=close)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+            log.info("%s %s: the client left before its answer (%s)", self.command, urlsplit(self.path).path,
+                     data.get("error", status))
 
     def _check_origin(self, method: str) -> None:
         host = self.headers.get("Host", "")
