@@ -1136,3 +1136,22 @@ def test_a_held_out_end_without_a_face_is_moved_to_where_the_face_is(more_data, 
     with pytest.raises(UserError, match=r"on 0 of its 25 frames .*give --val-seconds (\d\.\d) or more") as e:
         _prepare(args, tmp_path / "n.work")
     assert (35 + MIN_VAL_FACES) / 25 <= float(e.value.args[0].split("--val-seconds ")[-1].split()[0]) <= 2.2
+
+
+def test_the_time_left_counts_the_steps_not_the_preparation():
+    """`finetune --steps 120`: 'step 10/120 (about 17.1 min left)' with a minute left: the audio encoder's fit
+    before the first step (90 s here) was taken for the first ten steps' time and spread over the other 110."""
+    from types import SimpleNamespace
+
+    from hyperlips.train.budget import BudgetPlan
+    from hyperlips.train.progress import Progress
+
+    budget = BudgetPlan(0, 50, 120)
+    budget.start(0, 90.0)  # the fit done: training starts at 90 s
+    trainer = SimpleNamespace(elapsed=100.0, budget=budget, max_steps=lambda: 120,
+                              dist=SimpleNamespace(main=False), cfg=SimpleNamespace(progress=False))
+    progress = Progress(trainer, 0.0)
+    assert progress.eta(10) == pytest.approx(110.0)  # 1 s a step, 110 steps left
+    assert progress.eta(0) is None
+    timed = Progress(trainer, 150.0)  # a 2.5-minute budget: no more than it leaves
+    assert timed.eta(10) == pytest.approx(50.0)

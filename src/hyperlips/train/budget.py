@@ -50,6 +50,11 @@ class BudgetPlan:
         """Measure the speed from here (after any preparation)."""
         self._ref = (int(step), float(elapsed))
 
+    @property
+    def measured_from(self) -> tuple[int, float]:
+        """(step, elapsed seconds) the speed is measured from: :meth:`start`'s."""
+        return self._ref
+
     def plan(self, step: int, elapsed: float, val_seconds: float) -> float | None:
         """Fix the step the run ends at, at a validation that took ``val_seconds``; the seconds per step measured
         when this is the first plan (None otherwise, or when nothing was planned)."""

@@ -72,8 +72,18 @@ class Progress:
         return float(min(1.0, step / max(1, self.t.max_steps())))
 
     def eta(self, step: int) -> float | None:
-        frac = self.fraction(step)
-        return self.t.elapsed * (1 - frac) / frac if frac > 0 else None
+        """Seconds left: the steps left at the pace of those done since the run (or this resume) started training,
+        no longer than what the time budget leaves. The preparation before the first step (Lite's audio-encoder fit,
+        a minute or two) is not a step's time: counted in, it made 17 minutes of 1 left at step 10 of 120."""
+        ref_step, ref_elapsed = self.t.budget.measured_from
+        by_steps = None
+        if step > ref_step:
+            per_step = max(self.t.elapsed - ref_elapsed, 0.0) / (step - ref_step)
+            by_steps = per_step * max(self.t.max_steps() - step, 0)
+        if self.budget:
+            by_time = max(self.budget - self.t.elapsed, 0.0)
+            return by_time if by_steps is None else min(by_time, by_steps)
+        return by_steps
 
     def update(self, step: int, losses: Mapping[str, float], metrics: Mapping[str, float], force: bool = False) -> None:
         if not self.t.dist.main:
