@@ -132,8 +132,10 @@ def test_the_tail_of_a_fine_tuned_model_is_the_part_it_never_trained_on(more_dat
         _unseen_tail(videos, model, 0.5, None)
     short = save_checkpoint(tiny, tmp_path / "short.safetensors", "hyperlips-lite",
                             config={"held_out": {**held, "seconds": 1.0}})
-    with pytest.raises(UserError, match=r"validated on the last 1.00 s of this footage only .* --val-seconds 2"):
-        _unseen_tail(videos, short, 0.15, None)
+    with pytest.raises(UserError, match=r"validated on the last 1.00 s of this footage only \(finetune holds out 15% "
+                                        r"of the footage, or --val-seconds\); .*give --tail-seconds 2 to score a tail "
+                                        r"holding 1.00 s of frames it trained on .* --val-seconds 2 or more"):
+        _unseen_tail(videos, short, 0.15, None)  # (it blamed a --val-seconds the user never gave, and had no way on)
 
 
 def test_tail_protocol_measures_the_model_and_both_baselines(more_data, tmp_path):

@@ -242,9 +242,10 @@ def _unseen_tail(videos: list[Path], checkpoint, fraction: float, seconds: float
     if seconds is None and fraction == DEFAULT_FRACTION:
         if unseen < MIN_TAIL_SECONDS:
             raise UserError(f"{checkpoint} was validated on the last {unseen:.2f} s of this footage only (finetune "
-                            f"--val-seconds); the tail protocol needs at least {MIN_TAIL_SECONDS:g} s, and a longer "
-                            "tail would score frames it trained on. Fine-tune with --val-seconds "
-                            f"{MIN_TAIL_SECONDS:g} or more to measure it this way")
+                            f"holds out 15% of the footage, or --val-seconds); the tail protocol needs at least "
+                            f"{MIN_TAIL_SECONDS:g} s: give --tail-seconds {MIN_TAIL_SECONDS:g} to score a tail holding "
+                            f"{MIN_TAIL_SECONDS - unseen:.2f} s of frames it trained on (the report says so), or "
+                            f"fine-tune with --val-seconds {MIN_TAIL_SECONDS:g} or more")
         return unseen
     asked = float(seconds) if seconds is not None else float(fraction) * total
     if unseen + 0.05 < asked < total:  # (a tail as long as the footage or longer is refused below: nothing said)
