@@ -84,6 +84,12 @@ def test_submit_progress_and_result(server, inputs, tmp_path):
     status, headers, part = client.request("GET", done["result"]["url"], headers={"Range": "bytes=100-199"})
     assert status == 206 and part == body[100:200]
     assert headers["content-range"] == f"bytes 100-199/{len(body)}"
+    # past the end: a JSON error as every answer (it had no body); a range ending before it starts is no range
+    status, headers, data = client.request("GET", done["result"]["url"], headers={"Range": "bytes=999999999-"})
+    assert status == 416 and headers["content-range"] == f"bytes */{len(body)}", headers
+    assert "past the end of the file" in json.loads(data)["error"]
+    status, _, whole = client.request("GET", done["result"]["url"], headers={"Range": "bytes=100-50"})
+    assert status == 200 and whole == body
     status, headers, _ = client.request("GET", done["result"]["download_url"])
     assert status == 200 and 'filename="face_hyperlips.mp4"' in headers["content-disposition"]
 
@@ -227,6 +233,12 @@ def test_a_crashing_worker_fails_its_job_not_the_server(server, inputs):
     failed, _ = client.wait(job["id"], timeout=120)
     assert failed["state"] == "failed"
     assert "stopped unexpectedly (killed by SIGKILL)" in failed["message"]
+    logged = (app.settings.data / "jobs" / job["id"] / "worker.log").stat().st_size > 0
+    assert ("see this job's log" in failed["message"]) == logged, failed["message"]  # (not pointed at an empty one)
+    assert not list((app.settings.data / "jobs" / job["id"]).glob(".*.partial.*"))  # its half-written result: gone
+    status, err = client.json("POST", f"/api/jobs/{job['id']}/cancel")  # nothing to cancel (it answered 200)
+    assert status == 409 and "failed already: nothing to cancel" in err["error"], err
+    assert "cancel" not in failed["links"]
     assert client.json("GET", "/api/health") == (200, {"ok": True})
     after = _sync_job(client, inputs)
     assert client.wait(after["id"], timeout=900)[0]["state"] == "done"
@@ -415,8 +427,10 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
         status, err = client.json("GET", f"/api/jobs?{query}")
         assert status == 400 and words in err["error"], (query, err)
     for method in ("PUT", "PATCH"):  # the HTTP server's own answer was an HTML 501
-        status, err = client.json(method, "/api/jobs", {})
-        assert status == 405 and err["error"] == f"{method} is not allowed here (use POST, GET)", err
+        status, headers, data = client.request(method, "/api/jobs", b"{}", {"Content-Type": "application/json"})
+        err = json.loads(data)
+        assert status == 405 and err["error"] == f"{method} is not allowed here (use POST, GET, HEAD)", err
+        assert headers["allow"] == "POST, GET, HEAD", headers  # (a 405 must carry it: clients read it, not the text)
     status, job = client.json("POST", "/api/jobs", {**base, "size": 128.0})  # some languages' JSON writes 128 so
     assert status == 201 and job["params"]["size"] == 128, job
 
@@ -1191,3 +1205,25 @@ def test_a_client_that_leaves_mid_upload_is_no_traceback(server, capfd):
     assert client.json("GET", "/api/health") == (200, {"ok": True})  # the server goes on
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Exception occurred" not in err, err
+
+
+def test_what_became_of_the_jobs_a_stopped_server_left_is_logged_as_it_is(tmp_path):
+    """The log said "queued again" of every job a stopped server left running, the one given up on after its third
+    stop and the one whose cancel had been asked for too (the API said failed and cancelled)."""
+    from hyperlips.serve.store import MAX_ATTEMPTS, Store
+
+    store = Store(tmp_path / "jobs.db")
+    store.add_job("b" * 16, "sync", {})  # stopped during it MAX_ATTEMPTS times
+    for k in range(MAX_ATTEMPTS):
+        assert store.claim_next()["id"] == "b" * 16
+        if k < MAX_ATTEMPTS - 1:
+            store.requeue_interrupted()
+    for job_id in ("a" * 16, "c" * 16):
+        store.add_job(job_id, "sync", {})
+        assert store.claim_next()["id"] == job_id
+    store.request_cancel("c" * 16)
+    said = dict(store.requeue_interrupted())
+    assert said == {"a" * 16: "queued again", "b" * 16: f"given up after {MAX_ATTEMPTS} stops during it",
+                    "c" * 16: "cancelled, as asked before the stop"}, said
+    assert [store.get_job(i)["state"] for i in ("a" * 16, "b" * 16, "c" * 16)] == ["queued", "failed", "cancelled"]
+    store.close()

@@ -21,7 +21,7 @@ from ..schedule import LOOP_MODES
 from .catalog import UNTRAINED_ID, find_model, list_models
 from .runner import job_folder
 from .settings import ServeSettings
-from .store import Store, new_id, storage_full, valid_id
+from .store import FINISHED, Store, new_id, storage_full, valid_id
 from .uploads import UploadError, check_role, link_into, longest_seconds
 
 KINDS = ("sync", "finetune")
@@ -305,7 +305,9 @@ def public_job(job: dict) -> dict:
     out["fraction"] = 1.0 if job["state"] == "done" else float(job["progress"].get("fraction") or 0.0)
     if "queue_position" in job:
         out["queue_position"] = job["queue_position"]
-    out["links"] = {"self": base, "cancel": f"{base}/cancel", "log": f"{base}/log"}
+    out["links"] = {"self": base, "log": f"{base}/log"}
+    if job["state"] not in FINISHED:  # (a finished job has nothing to cancel)
+        out["links"]["cancel"] = f"{base}/cancel"
     if job["kind"] == "finetune":
         out["links"]["preview"] = f"{base}/preview"
         if isinstance(out["progress"], dict) and out["progress"].get("preview"):  # where the server keeps it: the

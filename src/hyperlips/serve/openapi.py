@@ -23,7 +23,9 @@ def openapi_document(version: str) -> dict:
             "description": "Lip-sync a video (or photo) to speech, and train person models. Upload the inputs "
                            "(POST /api/files), submit a job (POST /api/jobs), poll it (GET /api/jobs/{id}), then "
                            "fetch the result (GET /api/jobs/{id}/result). Jobs wait in a queue that survives a "
-                           "restart of the server.",
+                           "restart of the server. Every answer is JSON, errors too ({\"error\": \"one line\"}); any "
+                           "route may also answer 403 (a request addressed to another host, or a change sent from "
+                           "another site's page) and 405 (another method; its Allow header names those taken).",
         },
         "paths": {
             "/api/health": {"get": {"summary": "the server is up", "responses": {"200": _json({"type": "object"})}}},
@@ -56,7 +58,7 @@ def openapi_document(version: str) -> dict:
             "/api/jobs": {
                 "post": {"summary": "queue a job", "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"oneOf": [ref("SyncRequest"), ref("FinetuneRequest")]}}}},
-                         "responses": {"201": _JOB, "400": _ERROR}},
+                         "responses": {"201": _JOB, "400": _ERROR, "411": _ERROR, "413": _ERROR, "507": _ERROR}},
                 "get": {"summary": "recent jobs, newest first",
                         "parameters": [{"name": "kind", "in": "query", "schema": {"enum": ["sync", "finetune"]}},
                                        {"name": "limit", "in": "query",
@@ -78,7 +80,7 @@ def openapi_document(version: str) -> dict:
                                       "description": "1: send as an attachment with a file name"}],
                 "responses": {"200": {"description": "the video", "content": {"video/mp4": {}}},
                               "206": {"description": "part of the video", "content": {"video/mp4": {}}},
-                              "404": _ERROR, "409": _ERROR}}},
+                              "404": _ERROR, "409": _ERROR, "416": _ERROR}}},
             "/api/jobs/{id}/preview": {"get": {"summary": "a training job's newest held-out preview image",
                                                "parameters": _ID, "responses": {
                                                    "200": {"description": "PNG", "content": {"image/png": {}}},
@@ -166,7 +168,10 @@ def openapi_document(version: str) -> dict:
                 "progress": {"type": "object", "description": "stage, done, total, elapsed_s, eta_s, stages "
                                                               "(sync: seconds per stage seen so far; training: step, "
                                                               "val, preview)"},
-                "queue_position": {"type": "integer", "description": "jobs ahead of it (queued jobs only)"},
+                "queue_position": {"type": "integer", "description": "queued jobs ahead of it (queued jobs only; 0: it "
+                                                                     "starts next, once a running job leaves room)"},
+                "attempts": {"type": "integer", "description": "times a worker started it (a server stopped "
+                                                               "during it runs it again, at most 3 times)"},
                 "message": {"type": ["string", "null"], "description": "why it failed, one line; for a job done from odd "
                             "input, the warnings"},
                 "params": {"type": "object"}, "result": {"type": "object"}, "links": {"type": "object"},

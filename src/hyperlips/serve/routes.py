@@ -210,6 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str, head: bool = False) -> None:
         self._head = head
         self._must_close = False
+        self._allow = ""
         path = urlsplit(self.path).path
         try:
             if (method, path) not in BODY_ROUTES:
@@ -223,10 +224,14 @@ class _Handler(BaseHTTPRequestHandler):
                         return getattr(self, f"r_{name}")(**match.groupdict())
                     allowed.append(m)
             if allowed:
+                if "GET" in allowed:
+                    allowed.append("HEAD")
+                self._allow = ", ".join(allowed)  # the Allow header a 405 must carry
                 raise HTTPError(405, f"{method} is not allowed here (use {', '.join(allowed)})")
             raise HTTPError(404, f"nothing at {path[:100]}")
         except HTTPError as e:
-            self._refuse({"error": str(e)}, e.status, close=e.status in (411, 413) or method != "GET")
+            self._refuse({"error": str(e)}, e.status, close=e.status in (411, 413) or method != "GET",
+                         headers={"Allow": self._allow} if e.status == 405 and self._allow else None)
         except UserError as e:
             self._refuse({"error": one_line(e)}, getattr(e, "status", 400), close=True)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
@@ -244,11 +249,11 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 self.close_connection = True
 
-    def _refuse(self, data: dict, status: int, close: bool) -> None:
+    def _refuse(self, data: dict, status: int, close: bool, headers: dict | None = None) -> None:
         """The error answer, where the client is still there to read it: one that went away mid-upload (a tab
         closed, a phone off its network) is routine, logged in one line (its answer failing was a traceback)."""
         try:
-            self._json(data, status, close=close)
+            self._json(data, status, close=close, headers=headers)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
             log.info("%s %s: the client left before its answer (%s)", self.command, urlsplit(self.path).path,
@@ -284,9 +289,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
 
-    def _json(self, data, status: int = 200, close: bool = False) -> None:
+    def _json(self, data, status: int = 200, close: bool = False, headers: dict | None = None) -> None:
         self._send(status, json.dumps(data, indent=1).encode(), "application/json",
-                   {"Cache-Control": "no-store"}, close=close)
+                   {"Cache-Control": "no-store", **(headers or {})}, close=close)
 
     def _body_json(self) -> dict:
         length = self._length()
@@ -312,17 +317,17 @@ class _Handler(BaseHTTPRequestHandler):
         start, end, status = 0, size - 1, 200
         rng = self.headers.get("Range")
         m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip()) if rng else None
+        if m and m[1] and m[2] and int(m[2]) < int(m[1]):
+            m = None  # not a range (its last byte before its first): ignored, the whole file sent (RFC 9110 14.2)
         if m and (m[1] or m[2]):
             if m[1]:
                 start, end = int(m[1]), min(int(m[2]) if m[2] else size - 1, size - 1)
             else:
                 start, end = max(0, size - int(m[2])), size - 1
-            if start > end or start >= size:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self._closing()
-                self.end_headers()
+            if start > end or start >= size:  # every answer is JSON, this one too
+                self._send(416, json.dumps({"error": f"the range {rng.strip()[:60]} is past the end of the file "
+                                                     f"({size} bytes)"}).encode(), "application/json",
+                           {"Content-Range": f"bytes */{size}", "Cache-Control": "no-store"})
                 return
             status = 206
         self.send_response(status)
@@ -435,7 +440,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(jobs_mod.public_job(self.app.job_or_404(id)))
 
     def r_cancel(self, id: str) -> None:
-        self.app.job_or_404(id)
+        job = self.app.job_or_404(id)
+        if job["state"] in FINISHED:  # (it answered 200 with nothing done)
+            raise HTTPError(409, f"the job is {job['state']} already: nothing to cancel")
         job = self.app.store.request_cancel(id)
         self.app.runner.wake()
         self._json(jobs_mod.public_job(job))  # type: ignore[arg-type]

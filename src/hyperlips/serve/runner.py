@@ -75,8 +75,8 @@ class Runner:
 
     # ------------------------------------------------------------------ life
     def start(self) -> None:
-        for job_id in self.store.requeue_interrupted():
-            log.info("job %s was running when the server stopped: queued again", job_id)
+        for job_id, what in self.store.requeue_interrupted():  # (the log said "queued again" of every one)
+            log.info("job %s was running when the server stopped: %s", job_id, what)
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
         self._thread.start()
 
@@ -206,11 +206,15 @@ class Runner:
             log.info("job %s done", r.job_id)
             return
         said = error.read_text(encoding="utf-8", errors="replace").strip() if error.is_file() else ""
+        for partial in r.folder.glob(".*.partial.*"):  # what a worker killed midway was writing (a result of
+            partial.unlink(missing_ok=True)  # hundreds of MB stayed until the job expired)
         if said:
             message = said.splitlines()[0][:1000]
         else:
+            logged = (r.folder / "worker.log").is_file() and (r.folder / "worker.log").stat().st_size > 0
+            then = "see this job's log, then try again" if logged else "try again"  # (an empty log was pointed at)
             message = _disk_full(r.folder) or (f"the job's worker process stopped unexpectedly ({describe_exit(rc)}); "
-                                               "the server is still running: see this job's log, then try again")
+                                               f"the server is still running: {then}")
         self.store.finish(r.job_id, "failed", message, None, {**last, "stage": "failed"})
         log.info("job %s failed: %s", r.job_id, message)
 

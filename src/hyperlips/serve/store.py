@@ -211,18 +211,23 @@ class Store:
         row = self._db().execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return row is None or bool(row["cancel"])  # a job deleted while running is stopped too
 
-    def requeue_interrupted(self) -> list[str]:
-        """Jobs left 'running' by a server that stopped: queue them again (or give up after MAX_ATTEMPTS)."""
+    def requeue_interrupted(self) -> list[tuple[str, str]]:
+        """Jobs left 'running' by a server that stopped: queue them again (or give up after MAX_ATTEMPTS, or cancel
+        those a cancel was asked for). -> (id, what became of it) for each."""
         db = self._db()
         rows = db.execute("SELECT id, attempts, cancel FROM jobs WHERE state = 'running'").fetchall()
+        out = []
         for r in rows:
             if r["cancel"]:
                 self.finish(r["id"], "cancelled", "cancelled")
+                out.append((r["id"], "cancelled, as asked before the stop"))
             elif r["attempts"] >= MAX_ATTEMPTS:
                 self.finish(r["id"], "failed", f"the server stopped during this job {r['attempts']} times; giving up")
+                out.append((r["id"], f"given up after {r['attempts']} stops during it"))
             else:
                 db.execute("UPDATE jobs SET state = 'queued', progress = '{}' WHERE id = ?", (r["id"],))
-        return [r["id"] for r in rows]
+                out.append((r["id"], "queued again"))
+        return out
 
     def delete_job(self, job_id: str) -> None:
         self._db().execute("DELETE FROM jobs WHERE id = ?", (job_id,))
