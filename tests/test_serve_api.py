@@ -1227,3 +1227,17 @@ def test_what_became_of_the_jobs_a_stopped_server_left_is_logged_as_it_is(tmp_pa
                     "c" * 16: "cancelled, as asked before the stop"}, said
     assert [store.get_job(i)["state"] for i in ("a" * 16, "b" * 16, "c" * 16)] == ["queued", "failed", "cancelled"]
     store.close()
+
+
+def test_a_multipart_form_upload_is_told_to_send_the_bytes(server, inputs):
+    """`curl -F file=@speech.wav` (a browser form's FormData): a good file was called "unreadable or corrupt media"."""
+    app, client = server(run_jobs=False)
+    data = inputs["speech"].read_bytes()
+    boundary = "----hyperlipsform"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"speech.wav\"\r\n"
+            f"Content-Type: audio/wav\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    status, _, answer = client.request("POST", "/api/files?name=speech.wav", body,
+                                       {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 415 and "not a multipart form" in json.loads(answer)["error"], answer
+    assert client.upload_file(inputs["speech"])["id"]  # the bytes themselves: taken
+    assert client.json("GET", "/api/health") == (200, {"ok": True})

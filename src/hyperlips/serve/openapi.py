@@ -47,7 +47,7 @@ def openapi_document(version: str) -> dict:
                 "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {
                     "type": "string", "format": "binary"}}}},
                 "responses": {"201": _json(ref("File"), "stored"), "400": _ERROR,
-                              "411": _ERROR, "413": _ERROR, "507": _ERROR},
+                              "411": _ERROR, "413": _ERROR, "415": _ERROR, "507": _ERROR},
             }},
             "/api/files/{id}": {
                 "get": {"summary": "an uploaded file's facts", "parameters": _ID,

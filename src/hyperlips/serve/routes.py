@@ -396,9 +396,12 @@ class _Handler(BaseHTTPRequestHandler):
                 raise UploadError("the file's name is missing: POST /api/files?name=FILE (its extension, e.g. .mp4 or "
                                   ".wav, says what it is)")
             name = display_name(raw_name)
+            if (self.headers.get("Content-Type") or "").lower().startswith("multipart/"):  # a browser form, curl -F:
+                raise HTTPError(415, "send the file's own bytes as the body (Content-Type: application/octet-stream; "
+                                     "curl --data-binary @FILE, fetch(url, {body: file})), not a multipart form")
             storage_suffix(name)
             check_length(length, self.app.settings, name)
-        except UploadError:
+        except (UploadError, HTTPError):
             if length is not None and 0 < length <= DRAIN_BYTES:  # read it, so that the client hears the reason
                 self._discard(length)
             raise
