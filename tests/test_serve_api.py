@@ -380,6 +380,9 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
                          ({"size": 128.5}, "renders at 128, 256, 512 px (got 128.5)"),
                          ({"size": True}, "renders at 128, 256, 512 px (got True)"),
                          ({"loop": "bounce"}, "loop must be one of"),
+                         ({"reference": 1}, "reference 1: face.png has 1 frame(s), numbered from 0"),  # (the job
+                         # was taken, then failed in the command line's words)
+                         ({"reference": "x5"}, "reference must be best, first or a frame number"),
                          ({"face": -1}, "face must be a whole number"),
                          ({"face": 0, "face_box": [0, 0, 10, 10]}, "not both"),
                          ({"video": "0123456789abcdef"}, "no uploaded file"),
@@ -431,6 +434,8 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
         err = json.loads(data)
         assert status == 405 and err["error"] == f"{method} is not allowed here (use POST, GET, HEAD)", err
         assert headers["allow"] == "POST, GET, HEAD", headers  # (a 405 must carry it: clients read it, not the text)
+    status, job = client.json("POST", "/api/jobs", {**base, "reference": "0"})  # a form's field, as size takes it
+    assert status == 201 and job["params"]["reference"] == 0, job
     status, job = client.json("POST", "/api/jobs", {**base, "size": 128.0})  # some languages' JSON writes 128 so
     assert status == 201 and job["params"]["size"] == 128, job
 

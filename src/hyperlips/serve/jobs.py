@@ -140,9 +140,17 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
     if loop not in LOOP_MODES:
         raise _bad(f"loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
     reference = params.get("reference", "best")
+    if isinstance(reference, str) and reference.strip().isdigit():  # a form's field, as size and minutes take
+        reference = int(reference)
+    if isinstance(reference, float) and reference.is_integer():
+        reference = int(reference)
     if not (reference in ("best", "first") or (isinstance(reference, int) and not isinstance(reference, bool)
                                                 and reference >= 0)):
         raise _bad(f"reference must be best, first or a frame number (got {reference!r})")
+    frames = video["facts"].get("frames")
+    if isinstance(reference, int) and isinstance(frames, int) and reference >= frames:  # (said only by the job, a
+        raise _bad(f"reference {reference}: {video['name']} has {frames} frame(s), numbered from 0; give a frame "
+                   f"number below {frames}, best or first")  # moment later, in the command line's words)
     crf, preset, pix_fmt = _encoding(params)
     blend = _temporal_blend(params)
     mouth = params.get("mouth") or "auto"
