@@ -432,6 +432,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def r_jobs(self) -> None:
         q = self._query()
+        other = sorted(set(q) - {"limit", "kind"})
+        if other:  # (ignored, a filter such as state=done seemed to give every job)
+            raise HTTPError(400, f"GET /api/jobs takes kind and limit (got {', '.join(other)[:60]}); a job's state is "
+                                 "in each job")
         limit, kind = q.get("limit") or "50", q.get("kind") or None
         if not limit.isdigit() or not 1 <= int(limit) <= 500:
             raise HTTPError(400, f"limit must be a whole number from 1 to 500 (got {limit[:20]!r})")
