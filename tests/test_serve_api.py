@@ -588,9 +588,13 @@ def test_oversized_uploads_are_refused_before_they_are_read(server, inputs):
 
 
 def test_requests_for_other_hosts_or_from_other_sites_are_refused(server):
-    _, client = server()
+    app, client = server()
     status, err = client.json("GET", "/api/info", headers={"Host": "attacker.example:7860"})
     assert status == 403 and "localhost" in err["error"]
+    for name in ("LOCALHOST", "localhost.", "LocalHost"):  # host names have no case (LOCALHOST was refused)
+        assert client.json("GET", "/api/health", headers={"Host": f"{name}:{client.port}"})[0] == 200, name
+    answer = _raw(app, b"GET /api/health HTTP/1.1\r\n\r\n")  # no Host at all: a malformed request (it was 403)
+    assert answer and answer[0].startswith(b"HTTP/1.1 400") and b"no Host header" in answer[0], answer
     status, err = client.json("POST", "/api/jobs", {}, headers={"Origin": "http://attacker.example"})
     assert status == 403
     status, _ = client.json("POST", "/api/jobs", {}, headers={"Origin": f"http://{client.host}:{client.port}"})

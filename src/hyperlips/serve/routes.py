@@ -262,9 +262,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _check_origin(self, method: str) -> None:
         host = self.headers.get("Host", "")
         if self.app.loopback:
+            if not host.strip():  # (HTTP/1.1 requires one: a malformed request, not one for another host)
+                raise HTTPError(400, "the request has no Host header (HTTP/1.1 requires one)")
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            if name.strip("[]") not in self.app.host_names:
-                raise HTTPError(403, "this server answers only requests addressed to localhost")
+            if name.strip("[]").lower().rstrip(".") not in self.app.host_names:  # (host names have no case:
+                raise HTTPError(403, "this server answers only requests addressed to localhost")  # LOCALHOST is it)
         # a page of another site, or one that hides where it comes from ("null": a sandboxed frame, a redirect
         # across sites, a file), may not change anything here; clients that are not browsers send no Origin
         origin = self.headers.get("Origin")
