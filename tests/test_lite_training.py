@@ -628,7 +628,9 @@ def test_a_stop_signal_stops_after_the_step_with_a_checkpoint_to_resume_from(gri
            "--set", "image_every=0", "--set", "val_every=100000", "--set", "ckpt_every=100000", "--set", "log_every=1",
            "--set", "lite={widths: [8, 16, 16, 32], out_width: 8, audio_width: 16, audio_members: 2}",
            "--set", f"progress_file={tmp_path / 'progress.json'}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (a test run started in
+    # the background ignores Ctrl-C, and a command started with it ignored keeps it so: below)
     scalars = run / "scalars.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
@@ -647,6 +649,42 @@ def test_a_stop_signal_stops_after_the_step_with_a_checkpoint_to_resume_from(gri
     assert status["step"] == stopped and not status["done"] and status["fraction"] < 1  # to be resumed, not done
     res = run_cli("train", "base", grid_view, "--out", run, "--resume", "--max-steps", stopped + 2, "--quiet", timeout=300)
     assert res.returncode == 0 and f"to step {stopped + 2}" in res.stdout, res.stderr[-2000:]
+
+
+def test_a_ctrl_c_ignored_when_training_starts_stays_ignored(grid_view, tmp_path):
+    """`hyperlips finetune ... &` in a script: the shell has the background job ignore Ctrl-C so that it outlives the
+    script's own; training armed its handler anyway once its steps began, and the script's Ctrl-C stopped it there
+    (while preparing, it was ignored). Ignored when the command starts, it stays ignored throughout."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hyperlips.cli", "train", "base", str(grid_view), "--model", "lite", "--out", str(run),
+           "--max-steps", "100000", "--batch-size", "2", "--threads", "1", "--set", "audio_steps=3",
+           "--set", "image_every=0", "--set", "val_every=100000", "--set", "ckpt_every=100000", "--set", "log_every=1",
+           "--set", "lite={widths: [8, 16, 16, 32], out_width: 8, audio_width: 16, audio_members: 2}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        scalars = run / "scalars.jsonl"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if scalars.is_file() and len(scalars.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        steps = len(scalars.read_text().splitlines())
+        proc.send_signal(signal.SIGINT)
+        time.sleep(3.0)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]  # still training
+        assert len(scalars.read_text().splitlines()) > steps
+        proc.send_signal(signal.SIGTERM)  # (not ignored: it stops after its step, as ever)
+        err = proc.communicate(timeout=120)[1]
+        assert proc.returncode == 143 and "stopped by SIGTERM: stopping after this step" in err, err[-2000:]
+        assert "interrupted: stopping after this step" not in err, err[-2000:]  # the Ctrl-C went unheard
+    finally:
+        proc.kill()
 
 
 def test_a_stop_while_the_audio_encoder_is_fitted_says_nothing_was_kept(grid_view, tmp_path):

@@ -35,8 +35,8 @@ def deferred_interrupt(trainer):
 
     olds = {}
     for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
-        if sig is not None and (sig == signal.SIGINT or signal.getsignal(sig) != signal.SIG_IGN):
-            olds[sig] = signal.signal(sig, on_signal)
+        if sig is not None and signal.getsignal(sig) != signal.SIG_IGN:  # (SIGINT too: a background job's, ignored
+            olds[sig] = signal.signal(sig, on_signal)  # so that it outlives its script's Ctrl-C, was armed here)
     try:
         yield interrupted
     finally:
