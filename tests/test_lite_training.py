@@ -1193,3 +1193,18 @@ def test_the_time_left_counts_the_steps_not_the_preparation():
     assert progress.eta(0) is None
     timed = Progress(trainer, 150.0)  # a 2.5-minute budget: no more than it leaves
     assert timed.eta(10) == pytest.approx(50.0)
+
+
+def test_finetune_numbers_are_checked_before_any_work(tmp_path):
+    """--val-seconds inf ended in a traceback after the preprocessing (OverflowError), --minutes inf was refused
+    after it in an internal setting's words (max_minutes=inf: must be at least 0)."""
+    from hyperlips.cli import build_parser
+    from hyperlips.errors import UserError
+    from hyperlips.train.finetune import _check_args
+
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    for flag, value in (("--val-seconds", "inf"), ("--minutes", "inf"), ("--val-seconds", "nan"), ("--minutes", "0")):
+        args = build_parser().parse_args(["finetune", str(tmp_path / "clip.mp4"), "-o", str(tmp_path / "a.safetensors"),
+                                          flag, value])
+        with pytest.raises(UserError, match=f"{flag} must be a number more than 0 \\(got {value}\\)"):
+            _check_args(args)

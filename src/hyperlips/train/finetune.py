@@ -218,10 +218,10 @@ def _check_args(args: argparse.Namespace) -> None:
     for flag, v in (("--threads", args.threads), ("--workers", args.workers)):
         if v is not None and v < 0:
             raise UserError(f"{flag} must be 0 or more (got {v})")
-    if args.minutes is not None and not args.minutes > 0:
-        raise UserError(f"--minutes must be more than 0 (got {args.minutes:g})")
-    if args.val_seconds is not None and not args.val_seconds > 0:
-        raise UserError(f"--val-seconds must be more than 0 (got {args.val_seconds:g})")
+    if args.minutes is not None and not (args.minutes > 0 and math.isfinite(args.minutes)):  # (inf went through the
+        raise UserError(f"--minutes must be a number more than 0 (got {args.minutes:g})")  # preprocessing first)
+    if args.val_seconds is not None and not (args.val_seconds > 0 and math.isfinite(args.val_seconds)):
+        raise UserError(f"--val-seconds must be a number more than 0 (got {args.val_seconds:g})")  # (inf: a traceback)
     if args.model == "lite" and (args.hr_size or args.hr_checkpoint or args.expert):
         raise UserError("--hr-size, --hr-checkpoint and --expert belong to --model base")
     if args.hr_checkpoint and not args.hr_size:  # the HR decoder is trained only with a size: it went unused
