@@ -1208,3 +1208,21 @@ def test_finetune_numbers_are_checked_before_any_work(tmp_path):
                                           flag, value])
         with pytest.raises(UserError, match=f"{flag} must be a number more than 0 \\(got {value}\\)"):
             _check_args(args)
+
+
+def test_finetune_says_which_take_it_holds_out(more_data, tmp_path, capsys):
+    """A folder of takes is one recording in name order and its end is held out: which take that was was never
+    said (in a folder of 'Take 1', 'take 2' and 'corrupt', byte order put 'corrupt' and 'take 2' last)."""
+    import shutil
+
+    from hyperlips.cli import build_parser
+    from hyperlips.train.finetune import _prepare
+
+    folder = tmp_path / "takes"
+    folder.mkdir()
+    for name, clip in (("b_take.mpg", "bbaf3s"), ("a_take.mpg", "bbas3a")):
+        shutil.copy(more_data / "grid_s1" / f"{clip}.mpg", folder / name)
+    args = build_parser().parse_args(["finetune", str(folder), "-o", str(tmp_path / "m.safetensors")])
+    _prepare(args, tmp_path / "m.work")
+    said = capsys.readouterr().err
+    assert "held out for validation: the last 0.9 s (23 frames, of b_take)" in said, said

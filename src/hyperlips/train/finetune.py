@@ -348,8 +348,10 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     work.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps(state, indent=1), encoding="utf-8")
     if not args.quiet:
+        of = [e["id"] for e in manifest["clips"] if e["split"] == "val"]  # which takes (the clips in name order)
+        where = "" if len(done) < 2 else f", of {', '.join(of[:3])}{' and more' if len(of) > 3 else ''}"
         print(f"footage: {held['of_seconds']:.1f} s in {len(done)} clip(s); held out for validation: the last "
-              f"{held['seconds']:.1f} s ({held['frames']} frames)", file=sys.stderr)
+              f"{held['seconds']:.1f} s ({held['frames']} frames{where})", file=sys.stderr)
     if held["of_seconds"] < SHORT_FOOTAGE_S:
         warn(f"{args.video}: {held['of_seconds']:.0f} s of footage; a person model learns the mouth from a minute or "
              "more of the person speaking (less gives a weak, averaged mouth)")
