@@ -192,11 +192,20 @@ def test_a_warped_tail_is_driven_from_shifted_frames(more_data, tmp_path, monkey
 
     def spy(self, video, audio, output, **kw):
         driven.append((self.mouth, Path(video).name, Path(audio).name))
-        return real_sync(self, video, audio, output, **kw)
+        from hyperlips.errors import warn
+
+        warn(f"the video cuts to another shot 1 time (at 1.00 s): ... ({Path(video).name})")  # as the shifted copy's
+        return real_sync(self, video, audio, output, **kw)  # wrap-round makes sync say of moving footage
 
     monkeypatch.setattr(pipeline.LipSync, "sync", spy)
-    res = run_tail_protocol(more_data / "edtalk/pose_source2.mp4", tmp_path / "r", checkpoint=starter.path,
-                            seconds=2.0, device="cpu", mouth="warp")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        res = run_tail_protocol(more_data / "edtalk/pose_source2.mp4", tmp_path / "r", checkpoint=starter.path,
+                                seconds=2.0, device="cpu", mouth="warp")
+    cuts = [str(w.message) for w in said if "cuts to another shot" in str(w.message)]
+    assert cuts and all("real_000.mp4" in c for c in cuts), cuts  # the copy's seam is not the user's video cutting
     assert driven[0] == ("warp", "shifted_000.mp4", "real_000.mp4")
     assert [d[1] for d in driven[1:]] == ["real_000.mp4"]  # the held reference mouth, from the real tail
     work = tmp_path / "r" / "tail"

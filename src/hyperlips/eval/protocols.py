@@ -4,6 +4,8 @@ clip's own frames or from a copy shifted in time (:func:`shifted_copy`)."""
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 from typing import Optional
 
@@ -129,6 +131,21 @@ def shifted_copy(video: Path, dst: Path, start: int = 0, stop: int | None = None
     return dst
 
 
+@contextlib.contextmanager
+def seam_unsaid(shifted: bool):
+    """While a shifted copy (:func:`shifted_copy`) is synced: its wrap-round is a cut of the copy's own, which sync
+    would warn of as the user's video cutting to another shot, with advice on editing it. (A real cut in the clip
+    is said by the runs on the clip itself.)"""
+    import warnings
+
+    from ..errors import InputWarning
+
+    with warnings.catch_warnings():
+        if shifted:
+            warnings.filterwarnings("ignore", message="the video cuts to another shot", category=InputWarning)
+        yield
+
+
 def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_checkpoint=None, size=None,
                  untrained: bool = False, device: str = "auto", batch_size: int = 16, max_seconds: float | None = None,
                  progress: bool = False, temporal_blend: float = DEFAULT_BLEND, mouth: str = "auto",
@@ -170,7 +187,9 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
                 src_audio = _cut_audio(speech, gen_dir / f".clip{i}_audio.wav", max_seconds)  # (named by number: a
             if shift:  # name of 255 bytes has no room for more)
                 source = shifted_copy(clip, gen_dir / f".clip{i}_shifted.mp4")
-            ls.sync(source, src_audio, out, face_index=eval_kw.get("face_index"), face_box=eval_kw.get("face_box"))
+            with seam_unsaid(shift):
+                ls.sync(source, src_audio, out, face_index=eval_kw.get("face_index"),
+                        face_box=eval_kw.get("face_box"))
             res = evaluate_pair(out, clip, src_audio, protocol=mode, max_seconds=max_seconds, progress=progress,
                                 **eval_kw)
             if shift:

@@ -398,7 +398,7 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
     ``finetune --face`` / ``--face-box`` chose them)."""
     from ..pipeline import LipSync
     from .pair import evaluate_pair
-    from .protocols import SHIFT_BLIND, SHIFT_COLOUR, against_shifted_source, shifted_copy
+    from .protocols import SHIFT_BLIND, SHIFT_COLOUR, against_shifted_source, seam_unsaid, shifted_copy
 
     footage, out = Path(footage), Path(out_dir)
     mark_report(out)  # (the videos it writes there are no footage)
@@ -422,7 +422,8 @@ def run_tail_protocol(footage: str | os.PathLike, out_dir: str | os.PathLike, *,
         real = write_segment(seg, work / f"real_{k:03d}.mp4")
         gen = work / f"model_{k:03d}.mp4"
         source = shifted_copy(real, work / f"shifted_{k:03d}.mp4", fps=seg.fps) if shift else real
-        model.sync(source, real, gen, reference=str(ref_png), **face)
+        with seam_unsaid(shift):
+            model.sync(source, real, gen, reference=str(ref_png), **face)
         made = evaluate_pair(gen, real, real, protocol="self", device=str(model.device), perceptual=False, **face)
         if shift:  # colour shift against the frames it was made from; the rest that needs the same moment left out
             made = against_shifted_source(made, source, real, device=str(model.device), **face)
