@@ -72,12 +72,13 @@ def check_paths(video: Path, audio: Path, output: Path) -> None:
     """Fail early, before any work, on paths that cannot give a result."""
     require_file(video, "video")
     require_file(audio, "audio")
-    check_output(output)
     out_real = os.path.realpath(output)
-    for p, what in ((video, "video"), (audio, "audio")):
+    for p, what in ((video, "video"), (audio, "audio")):  # (before the output's own checks: an input is often
+        # write-protected, and "cannot replace it: write-protected" hid that it is the input)
         if out_real == os.path.realpath(p) or _same_existing_file(output, p):  # (also: the same file by another
             raise UserError(f"the output path is the same file as the input {what} ({p}); choose another output name")
         # path: a folder mounted twice, a name in another case on a case-insensitive disk, another Unicode form)
+    check_output(output)
 
 
 def _same_existing_file(a: Path, b: Path) -> bool:

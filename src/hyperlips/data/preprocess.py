@@ -40,14 +40,23 @@ LOCK = ".lock"  # held (a file lock) while a run writes the folder
 DEFAULT_MIN_FRAMES = PreprocessOptions().min_frames  # (skips recorded before the setting was kept with them)
 
 
-_parent: int | None = None  # in a worker: the process that started it (_end_with)
+_orphaned = False  # in a worker: the process that started it has ended (_end_with)
 _in_job = False  # in a worker: making a clip
 
 
 def _stop(signum, frame) -> None:
-    if _parent is not None and os.getppid() != _parent and not _in_job:  # its command is gone and it waits for
-        os._exit(1)  # a task: nothing to clean, and the pool's pipes, held open by the other workers, would keep it
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _parent_gone(signum, frame) -> None:
+    """The parent-death signal (:func:`_end_with`): a worker waiting for a task ends at once (nothing to clean; the
+    pool's pipes, held open by the other workers, would keep it waiting for ever), one making a clip stops it (its
+    folder removed on the way) and then ends (:func:`_run_one`)."""
+    global _orphaned
+    _orphaned = True
+    if not _in_job:
+        os._exit(1)
+    raise KeyboardInterrupt(f"signal {signum}: the command is gone")
 
 
 def _end_workers(procs, grace: float = 3.0) -> None:
@@ -89,24 +98,26 @@ def _worker_init(parent: int | None = None) -> None:
 
 
 def _end_with(parent: int) -> None:
-    """Have this worker stopped (SIGTERM: its unfinished clip folder removed) when the process that started it ends
+    """Have this worker stopped (its unfinished clip folder removed) when the process that started it ends
     by any means, ``kill -9`` or out of memory included (Linux): a worker went on making its clip, a core busy and a
     half-written folder left, after its command had gone. Elsewhere the pool's closed pipe ends it after its clip."""
     import sys
 
-    global _parent
     if not sys.platform.startswith("linux"):
         return
-    _parent = parent
+    # its own signal, not SIGTERM: it comes when the thread that started the worker ends, which, as a killed process's
+    # threads end one by one, may be a moment before the process is gone (its pid still the parent's); a SIGTERM
+    # from the command itself (a stop asked for) is told apart so
+    signal.signal(signal.SIGUSR1, _parent_gone)
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        libc.prctl(1, int(signal.SIGUSR1), 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # it ended before the line above took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os._exit(1)
 
 
 def _run_one(job: tuple[str, str, str, PreprocessOptions, str]) -> ClipResult:
@@ -116,8 +127,8 @@ def _run_one(job: tuple[str, str, str, PreprocessOptions, str]) -> ClipResult:
     try:
         return process_clip(Path(path), Path(out_dir), PurePosixPath(rel), opts, clip_id)
     except BaseException:
-        if _parent is not None and os.getppid() != _parent:  # stopped because its command is gone: its clip folder
-            os._exit(1)  # removed on the way here, it ends (back in the pool it would wait for a task for ever)
+        if _orphaned:  # stopped because its command is gone: its clip folder removed on the way here, it ends (back
+            os._exit(1)  # in the pool it would wait for a task for ever)
         raise
     finally:
         _in_job = False
