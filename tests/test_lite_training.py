@@ -1226,3 +1226,23 @@ def test_finetune_says_which_take_it_holds_out(more_data, tmp_path, capsys):
     _prepare(args, tmp_path / "m.work")
     said = capsys.readouterr().err
     assert "held out for validation: the last 0.9 s (23 frames, of b_take)" in said, said
+
+
+def test_the_kept_steps_preview_is_kept_beside_the_newest(grid_view, tmp_path):
+    """finetune's closing line named RUN/preview.png, the newest validation's, whatever step it kept: after 'kept
+    step 140' it showed step 160's mouths, of weights it did not write. The best step's is kept as preview_best.png."""
+    import json as _json
+
+    from hyperlips.train.budget import higher_is_better
+
+    trainer = _trainer(grid_view, tmp_path / "run", max_steps=6, val_every=2, patience=0)
+    trainer.fit()
+    key = trainer.cfg.best_metric or trainer.stage.best_metric
+    rows = [_json.loads(line) for line in (tmp_path / "run/scalars.jsonl").read_text().splitlines()]
+    vals = [(r["step"], r[key]) for r in rows if key in r]
+    assert [s for s, _ in vals] == [2, 4, 6], vals
+    pick = max if higher_is_better(key) else min
+    best = pick(vals, key=lambda sv: sv[1])[0]
+    images = tmp_path / "run/images"
+    assert (tmp_path / "run/preview_best.png").read_bytes() == (images / f"step_{best:09d}_preview.png").read_bytes()
+    assert (tmp_path / "run/preview.png").read_bytes() == (images / f"step_{6:09d}_preview.png").read_bytes()

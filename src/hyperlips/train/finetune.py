@@ -605,7 +605,12 @@ def _report(args: argparse.Namespace, work: Path, res, metric: str = "val/openin
           f"mouth sharpness {best.get('val/sharpness', math.nan):.2f} of the real, "
           f"mouth L1 {best.get('val/mouth_l1', math.nan):.4f}, lower-face PSNR {best.get('val/lower_psnr', math.nan):.2f} dB: "
           f"{args.output}")
-    print(f"held-out preview: {work / 'lite' / 'preview.png'}")
+    kept = work / "lite" / "preview_best.png"  # (the newest, preview.png, is of weights it may not have kept)
+    if kept.is_file():
+        print(f"held-out preview of the kept step {best['step']}: {kept} (the last step's: "
+              f"{work / 'lite' / 'preview.png'})")
+    else:
+        print(f"held-out preview: {work / 'lite' / 'preview.png'}")
 
 
 BASE_KEY = "trained_on_base.txt"  # in an HR run folder: the content key of the Base its decoder was trained on

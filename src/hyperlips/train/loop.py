@@ -134,7 +134,9 @@ class Trainer:
             self.say(f"time budget {self.cfg.max_minutes:.3g} min: {per_step:.2f} s/step{val} -> planning "
                      f"{self.planned_steps} steps (re-planned at every validation)")
 
-    def _preview(self, stage: Stage, step: int, log: RunLog) -> None:
+    def _preview(self, stage: Stage, step: int, log: RunLog, best: bool = False) -> None:
+        """``RUN/preview.png``, the newest; and ``RUN/preview_best.png``, the best checkpoint's (``best``): the one a
+        run keeps (its closing line showed the newest, of weights it did not keep)."""
         if not self.dist.main:
             return
         img = stage.preview()
@@ -143,9 +145,10 @@ class Trainer:
         from ..media.video import write_image
 
         log.image(step, "preview", img)
-        tmp = self.run / ".preview.tmp.png"
-        if write_image(tmp, img):
-            os.replace(tmp, self.run / "preview.png")
+        for name in ("preview.png", "preview_best.png") if best else ("preview.png",):
+            tmp = self.run / f".{name}.tmp.png"
+            if write_image(tmp, img):
+                os.replace(tmp, self.run / name)
 
     # -- checkpoints
     def _state(self, stage: Stage, step: int, best: dict[str, Any]) -> dict[str, Any]:
@@ -427,7 +430,7 @@ class Trainer:
                                 v > best["value"] if higher_is_better(key) else v < best["value"])):
                             best = {"metric": key, "value": float(v), "step": step}
                             is_best = True
-                    self._preview(stage, step, log)
+                    self._preview(stage, step, log, is_best)
                     self._plan(step, time.perf_counter() - t_val)
                     if last and self.budget.planned_steps is not None:  # the run ends here, and its checkpoint says
                         self.budget.planned_steps = step  # so (a plan made now would have a re-run train on)
