@@ -1246,3 +1246,27 @@ def test_the_kept_steps_preview_is_kept_beside_the_newest(grid_view, tmp_path):
     images = tmp_path / "run/images"
     assert (tmp_path / "run/preview_best.png").read_bytes() == (images / f"step_{best:09d}_preview.png").read_bytes()
     assert (tmp_path / "run/preview.png").read_bytes() == (images / f"step_{6:09d}_preview.png").read_bytes()
+
+
+def test_a_training_message_starts_its_own_line_under_a_bar(monkeypatch):
+    """On a terminal, 'mouth-shape gain 1.50 ...' ran on after the training bar's text ('0/175 step
+    [00:00<?]hyperlips train: mouth-shape gain ...'): it is written above the bar, from the line's start."""
+    import io
+    import sys
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from hyperlips.train.loop import Trainer
+
+    screen = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", screen)
+    bar = tqdm(total=175, file=sys.stderr, desc="train lite")
+    try:
+        bar.update(1)
+        Trainer.say(SimpleNamespace(dist=SimpleNamespace(main=True), quiet=False), "mouth-shape gain 1.50")
+    finally:
+        bar.close()
+    out = screen.getvalue()
+    before = out[:out.index("hyperlips train: mouth-shape gain 1.50")]
+    assert before.endswith(("\r", "\n")), repr(out[-300:])

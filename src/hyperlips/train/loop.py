@@ -94,7 +94,11 @@ class Trainer:
 
     def say(self, msg: str) -> None:
         if self.dist.main and not self.quiet:
-            print(f"hyperlips train: {msg}", file=sys.stderr, flush=True)
+            from tqdm import tqdm
+
+            # on its own line above a bar being drawn (printed as it was, it ran on after the bar's text)
+            tqdm.write(f"hyperlips train: {msg}", file=sys.stderr)
+            sys.stderr.flush()
 
     def _position(self, step: int, budget: float, progress: Progress) -> str:
         """Where a logged step stands: ``12/2000 (about 3.1 min left)``; with a time budget, the minutes spent and left
