@@ -184,11 +184,15 @@ def test_training_requests_are_checked(start, clip):
     for params, words in [({"video": photo["id"], "name": "x"}, "not from a photo"),
                           ({"video": speech["id"], "name": "x"}, "not from sound alone"),
                           ({"video": video["id"], "name": "../x"}, "name: give the model a name"),
+                          ({"video": video["id"], "name": "anna\n"}, "name: give the model a name"),
+                          ({"video": video["id"], "name": "anna "}, "name: give the model a name"),
                           ({"video": video["id"], "name": "x", "minutes": 0}, "time budget"),
                           ({"video": video["id"], "name": "x", "minutes": 10_000}, "at most 120 minutes"),
                           ({"video": video["id"], "name": "x", "start_from": "person:nobody"}, "no model")]:
         status, err = client.json("POST", "/api/jobs", {"kind": "finetune", **params})
         assert status == 400 and words in err["error"], (params, err)
+    status, job = client.json("POST", "/api/jobs", {"kind": "finetune", "video": video["id"], "name": "Élodie Dupont"})
+    assert status == 201 and job["params"]["name"] == "Élodie Dupont", job  # (refused: letters of one script only)
 
 
 @pytest.mark.slow
@@ -235,3 +239,11 @@ def test_a_model_file_named_in_capitals_is_listed(tmp_path):
     anna = next(m for m in person_models(tmp_path) if m.id == "person:Anna")
     assert {size: path.name for size, path in anna.hr.items()} == {256: "Anna.hr256.safetensors",
                                                                    512: "Anna.hr512.safetensors"}
+    import unicodedata
+
+    for name in ("Élodie Dupont.safetensors", unicodedata.normalize("NFD", "José.safetensors"), "会議.safetensors",
+                 "trailing .safetensors", "_hidden.safetensors"):
+        (tmp_path / name).write_bytes(b"x")  # names finetune takes are listed (they were left out, said in the log)
+    ids = {m.id for m in person_models(tmp_path)}
+    assert {"person:Élodie Dupont", "person:" + unicodedata.normalize("NFD", "José"), "person:会議"} <= ids, ids
+    assert not {"person:trailing ", "person:_hidden"} & ids

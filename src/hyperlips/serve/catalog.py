@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,8 @@ log = logging.getLogger("hyperlips.serve")
 
 MODEL_SUFFIXES = (".safetensors", ".pth")
 _HR = re.compile(r"^(?P<stem>.+)\.hr(?P<size>128|256|512)$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"^[^\W_](?:[\w .-]{0,62}[\w.-])?\Z")  # letters of any script, digits, spaces inside, '.', '_', '-'
+# (Élodie Dupont.safetensors, a name finetune took, was left out, said only in the server's log)
 _SKIPPED: set[Path] = set()  # model files whose names cannot be listed, already said
 UNTRAINED_ID = "untrained"
 STARTER_ID = "starter"
@@ -71,15 +73,15 @@ def person_models(folder: Path) -> list[ModelChoice]:
             if kept != p and p not in _SKIPPED:
                 _SKIPPED.add(p)
                 log.warning("HR decoder %s is left out: %s has the same name", p.name, kept.name)
-        elif _NAME.match(p.stem):
+        elif _NAME.match(unicodedata.normalize("NFC", p.stem)):  # (a Mac's decomposed é is a letter too)
             kept = bases.setdefault(p.stem, p)  # the first in that order wins
             if kept != p and p not in _SKIPPED:
                 _SKIPPED.add(p)
                 log.warning("model %s is left out: %s has the same name", p.name, kept.name)
         elif p not in _SKIPPED:  # said once per file in the server's log, not at every listing
             _SKIPPED.add(p)
-            log.warning("model %s is left out: a model's name is letters, digits, '.', '_' and '-' (at most 64, "
-                        "starting with a letter or digit); rename the file to list it", p.name)
+            log.warning("model %s is left out: a model's name is letters, digits, spaces, '.', '_' and '-' (at most "
+                        "64, starting with a letter or digit); rename the file to list it", p.name)
     return [ModelChoice(f"person:{stem}", f"{stem} (person model)", "person", path, hrs.get(stem, {}))
             for stem, path in sorted(bases.items())]
 

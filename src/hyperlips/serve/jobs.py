@@ -30,7 +30,7 @@ FIELDS = {  # what a job of each kind takes; anything else is a mistake (a missp
              "pix_fmt", "temporal_blend", "mouth", "phonemes"},
     "finetune": {"kind", "video", "name", "minutes", "start_from", "face", "face_box"},
 }
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
+_MODEL_NAME = re.compile(r"^[^\W_](?:[\w -]{0,46}[\w-])?\Z")  # letters of any script, digits, spaces inside, - and _
 
 
 def _bad(text: str) -> UploadError:
@@ -269,7 +269,8 @@ def _finetune(settings: ServeSettings, store: Store, params: dict, folder: Path)
     check_role(video, "audio")
     name = params.get("name")
     if not isinstance(name, str) or not _MODEL_NAME.match(name):
-        raise _bad("name: give the model a name of letters, digits, - and _ (at most 48, starting with a letter or digit)")
+        raise _bad("name: give the model a name of letters, digits, spaces, - and _ (at most 48, starting with a "
+                   "letter or digit)")
     minutes = params.get("minutes", 10)
     try:
         minutes = float(minutes)
