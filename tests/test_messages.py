@@ -314,3 +314,16 @@ def test_an_unknown_option_names_the_help_of_its_command(capsys):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert f"unrecognized arguments: --frob (see: {prog} --help)" in err, err
+
+
+def test_a_bar_with_nothing_to_count_is_not_shown(capfd):
+    """eval's tail and phonemes protocols give sync a reference picture: its face search counts no frames, and its
+    bar printed "faces: 0frame [00:00, ?frame/s]" twice a segment, as if no face had been found."""
+    from hyperlips.sync_report import complete_bar, progress_bar
+
+    with progress_bar(0, "faces") as b:
+        complete_bar(b)
+    with progress_bar(3, "lip-sync") as b:
+        b.update(3)
+    err = capfd.readouterr().err
+    assert "faces" not in err and "lip-sync" in err, err

@@ -82,7 +82,8 @@ def progress_bar(total: int, desc: str, show: bool = True, on_progress: Progress
     its line ended) before any error. With ``on_progress``, every update is also reported to it."""
     from .bars import bar as new_bar
 
-    bar = new_bar(total=total, desc=desc, unit="frame", disable=not show)
+    bar = new_bar(total=total, desc=desc, unit="frame", disable=not show or total == 0)  # (nothing to count: a
+    # reference picture given, no frames searched for one; it showed "faces: 0frame [00:00, ?frame/s]")
     return bar if on_progress is None else ReportingBar(bar, desc, on_progress)
 
 
