@@ -51,7 +51,7 @@ def start(tmp_path):
 def test_training_job_reports_progress_previews_and_publishes_the_model(start, clip):
     app, client = start()
     video = client.upload_file(clip["video"])
-    job = client.submit(kind="finetune", video=video["id"], name="anna", minutes=0.5)
+    job = client.submit(kind="finetune", video=video["id"], name="anna", minutes=1)
     done, seen = client.wait(job["id"], timeout=600, every=0.1)
     assert done["state"] == "done", done["message"]
     assert done["result"] == {"model": "person:anna", "name": "anna"}
@@ -74,7 +74,7 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
     # the command the job ran: the contract's arguments
     args = json.loads((app.settings.data / "jobs" / job["id"] / "work" / "args.json").read_text())
     work = app.settings.data / "jobs" / job["id"] / "work"
-    assert args["minutes"] == 0.5 and args["checkpoint"] is None and "--from-scratch" not in args["argv"]
+    assert args["minutes"] == 1 and args["checkpoint"] is None and "--from-scratch" not in args["argv"]
     assert done["params"]["start_from"] == "default"  # left out: the command's own default, the shipped starter
     assert args["argv"][args["argv"].index("--work") + 1] == str(work)
 
@@ -83,13 +83,13 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
     models = [m["id"] for m in client.json("GET", "/api/models")[1]["models"]]
     assert models == ["starter", "person:anna", "untrained"]
     # a second model of the same name does not overwrite the first
-    again = client.submit(kind="finetune", video=video["id"], name="anna", minutes=0.5, start_from="person:anna")
+    again = client.submit(kind="finetune", video=video["id"], name="anna", minutes=1, start_from="person:anna")
     done2, _ = client.wait(again["id"], timeout=600)
     assert done2["result"]["name"] == "anna-2"
     args = json.loads((app.settings.data / "jobs" / again["id"] / "work" / "args.json").read_text())
     assert args["checkpoint"] == str(app.settings.models / "anna.safetensors") and "--from-scratch" not in args["argv"]
     # the page's "from scratch" (null) trained from the starter, the command's default, while saying null
-    scratch = client.submit(kind="finetune", video=video["id"], name="fresh", minutes=0.5, start_from=None)
+    scratch = client.submit(kind="finetune", video=video["id"], name="fresh", minutes=1, start_from=None)
     assert scratch["params"]["start_from"] is None and client.wait(scratch["id"], timeout=600)[0]["state"] == "done"
     args = json.loads((app.settings.data / "jobs" / scratch["id"] / "work" / "args.json").read_text())
     assert "--from-scratch" in args["argv"] and args["checkpoint"] is None
@@ -106,7 +106,7 @@ def test_a_running_training_jobs_log_shows_the_trainers_lines(start, clip, monke
     monkeypatch.setenv("FAKE_FINETUNE_STEPS", "4")  # 10 s of training
     app, client = start()
     video = client.upload_file(clip["video"])
-    job = client.submit(kind="finetune", video=video["id"], name="anna", minutes=0.5)
+    job = client.submit(kind="finetune", video=video["id"], name="anna", minutes=1)
     while "step 10: mouth_l1" not in client.request("GET", f"/api/jobs/{job['id']}/log")[2].decode():
         now = client.job(job["id"])
         assert now["state"] in ("queued", "running") and (now["progress"] or {}).get("step", 0) < 40, now
@@ -187,6 +187,8 @@ def test_training_requests_are_checked(start, clip):
                           ({"video": video["id"], "name": "anna\n"}, "name: give the model a name"),
                           ({"video": video["id"], "name": "anna "}, "name: give the model a name"),
                           ({"video": video["id"], "name": "x", "minutes": 0}, "time budget"),
+                          ({"video": video["id"], "name": "x", "minutes": 0.3}, "at least 1"),  # (taken, then refused
+                          # a moment later by the training: "--minutes 0.3 leaves 0 s to train")
                           ({"video": video["id"], "name": "x", "minutes": 10_000}, "at most 120 minutes"),
                           ({"video": video["id"], "name": "x", "start_from": "person:nobody"}, "no model")]:
         status, err = client.json("POST", "/api/jobs", {"kind": "finetune", **params})

@@ -276,8 +276,9 @@ def _finetune(settings: ServeSettings, store: Store, params: dict, folder: Path)
         minutes = float(minutes)
     except (TypeError, ValueError):
         minutes = -1.0
-    if not 0 < minutes <= settings.max_train_minutes:
-        raise _bad(f"minutes: the time budget must be more than 0 and at most {settings.max_train_minutes:g} minutes")
+    if not 1 <= minutes <= settings.max_train_minutes:  # (under a minute: taken, then refused by the training
+        raise _bad(f"minutes: the time budget must be at least 1 and at most {settings.max_train_minutes:g} minutes "
+                   "(preparing the footage, the last validation and writing the model take part of it)")
     # left out: finetune's default (the shipped starter, where there is one); null, "" or "untrained": random weights
     start = params.get("start_from", "default")
     checkpoint = None
