@@ -609,6 +609,29 @@ def test_a_stages_preparation_is_spent_from_the_budget_but_left_out_of_its_speed
     assert again.fit().step > res.step and given == [15.0]
 
 
+def _endless_training(data: Path, run: Path, ctrl_c, *extra: str):
+    """A tiny `train base --model lite` run of no end in a process of its own, Ctrl-C handled as ``ctrl_c`` there
+    (SIG_DFL, or SIG_IGN as a background job's), once it has logged three steps."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "hyperlips.cli", "train", "base", str(data), "--model", "lite", "--out", str(run),
+           "--max-steps", "100000", "--batch-size", "2", "--threads", "1", "--set", "audio_steps=3",
+           "--set", "image_every=0", "--set", "val_every=100000", "--set", "ckpt_every=100000", "--set", "log_every=1",
+           "--set", "lite={widths: [8, 16, 16, 32], out_width: 8, audio_width: 16, audio_members: 2}", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, ctrl_c))
+    scalars = run / "scalars.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if scalars.is_file() and len(scalars.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    return proc
+
+
 @pytest.mark.parametrize("sig, rc, words", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "stopped by SIGTERM"),
                                             ("SIGHUP", 129, "stopped by SIGHUP")])
 def test_a_stop_signal_stops_after_the_step_with_a_checkpoint_to_resume_from(grid_view, tmp_path, sig, rc, words):
@@ -616,27 +639,12 @@ def test_a_stop_signal_stops_after_the_step_with_a_checkpoint_to_resume_from(gri
     checkpoint due for a long while) writes one at the step it stops after, exits with the signal's code, and
     --resume continues from it (SIGTERM and SIGHUP lost everything since the last checkpoint)."""
     import signal
-    import subprocess
-    import sys
-    import time
 
     from hyperlips.train.checkpoints import latest_checkpoint
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "hyperlips.cli", "train", "base", str(grid_view), "--model", "lite", "--out", str(run),
-           "--max-steps", "100000", "--batch-size", "2", "--threads", "1", "--set", "audio_steps=3",
-           "--set", "image_every=0", "--set", "val_every=100000", "--set", "ckpt_every=100000", "--set", "log_every=1",
-           "--set", "lite={widths: [8, 16, 16, 32], out_width: 8, audio_width: 16, audio_members: 2}",
-           "--set", f"progress_file={tmp_path / 'progress.json'}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (a test run started in
-    # the background ignores Ctrl-C, and a command started with it ignored keeps it so: below)
-    scalars = run / "scalars.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if scalars.is_file() and len(scalars.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.2)
+    # (a test run started in the background ignores Ctrl-C, and a command started with it ignored keeps it so: below)
+    proc = _endless_training(grid_view, run, signal.SIG_DFL, "--set", f"progress_file={tmp_path / 'progress.json'}")
     proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == rc, err[-2000:]
@@ -656,24 +664,12 @@ def test_a_ctrl_c_ignored_when_training_starts_stays_ignored(grid_view, tmp_path
     script's own; training armed its handler anyway once its steps began, and the script's Ctrl-C stopped it there
     (while preparing, it was ignored). Ignored when the command starts, it stays ignored throughout."""
     import signal
-    import subprocess
-    import sys
     import time
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "hyperlips.cli", "train", "base", str(grid_view), "--model", "lite", "--out", str(run),
-           "--max-steps", "100000", "--batch-size", "2", "--threads", "1", "--set", "audio_steps=3",
-           "--set", "image_every=0", "--set", "val_every=100000", "--set", "ckpt_every=100000", "--set", "log_every=1",
-           "--set", "lite={widths: [8, 16, 16, 32], out_width: 8, audio_width: 16, audio_members: 2}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc = _endless_training(grid_view, run, signal.SIG_IGN)
     try:
         scalars = run / "scalars.jsonl"
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if scalars.is_file() and len(scalars.read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.2)
         steps = len(scalars.read_text().splitlines())
         proc.send_signal(signal.SIGINT)
         time.sleep(3.0)

@@ -228,13 +228,27 @@ def test_the_inner_lips_are_kept_apart_and_the_inside_drawn():
     assert np.array_equal(fill_from(out, face, ring, 20.0, 20.0, sigma=1.0), region)  # the same opening: its own
 
 
+def _starter_mouth(real_data, tmp_path, picture: np.ndarray) -> np.ndarray:
+    """The mouth region (int16 frames) of ``picture`` (face2's frame 10, changed) synced by the shipped starter to
+    1.2 s of real speech."""
+    import cv2
+
+    from hyperlips import LipSync
+
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), picture)
+    speech = cut_audio(real_data / "retalking" / "audio1.wav", tmp_path / "speech.wav", 1.2)
+    with LipSync(progress=False, phones=False) as ls:
+        ls.sync(photo, speech, tmp_path / "out.mp4")
+    return np.stack(read_frames(tmp_path / "out.mp4")).astype(np.int16)[:, 450:600, 250:520]
+
+
 def test_the_inside_is_dark_red_round_coloured_lips_and_grey_round_grey_ones(real_data, tmp_path):
     """A new opening's inside is dark red round the lips of colour footage (the colour of real mouths' insides,
     measured), and as grey as the lips round them in a black-and-white one: a greyscale photo synced with the starter
     stays grey in every pixel (the inside was drawn dark red: up to 7 levels between its channels)."""
     import cv2
 
-    from hyperlips import LipSync
     from hyperlips.face.mouth_inside import CAVITY, cavity_colour
 
     n = len(ms.INNER_LIP)
@@ -250,13 +264,8 @@ def test_the_inside_is_dark_red_round_coloured_lips_and_grey_round_grey_ones(rea
     assert 0 < faint[2] - faint[0] < (CAVITY[2] - CAVITY[0]) * 150
 
     frame = read_frames(real_data / "retalking" / "face2.mp4", 11)[10]
-    photo = tmp_path / "grey.png"
-    cv2.imwrite(str(photo), cv2.cvtColor(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR))
-    speech = cut_audio(real_data / "retalking" / "audio1.wav", tmp_path / "speech.wav", 1.2)
-    with LipSync(progress=False, phones=False) as ls:
-        ls.sync(photo, speech, tmp_path / "out.mp4")
-    out = np.stack(read_frames(tmp_path / "out.mp4")).astype(np.int16)
-    mouth = out[:, 450:600, 250:520]
+    mouth = _starter_mouth(real_data, tmp_path,
+                           cv2.cvtColor(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR))
     assert np.abs(mouth - mouth[:1]).mean() > 1.0  # the mouth moves
     assert (mouth.max(axis=3) - mouth.min(axis=3)).max() <= 1
 
@@ -678,21 +687,12 @@ def test_a_faded_pictures_mouth_is_no_darker_than_its_darkest(real_data, tmp_pat
     """A washed-out picture (its darkest pixel 80-84, 0.3 of its contrast: faded film, a bad transfer): the new
     opening was drawn near-black (2-11), a hole cut in it. Over a lifted black the inside is drawn above that black;
     a real clip's frame (black 18-53 in every clip here) is not taken as lifted."""
-    import cv2
-
-    from hyperlips import LipSync
     from hyperlips.face.mouth_inside import frame_black
 
     frame = read_frames(real_data / "retalking" / "face2.mp4", 11)[10]
     assert not frame_black(frame).any()
     faded = np.clip(128 + (frame.astype(np.float32) - 128) * 0.3, 0, 255).astype(np.uint8)
     assert frame_black(faded).max() > 85
-    photo = tmp_path / "faded.png"
-    cv2.imwrite(str(photo), faded)
-    speech = cut_audio(real_data / "retalking" / "audio1.wav", tmp_path / "speech.wav", 1.2)
-    with LipSync(progress=False, phones=False) as ls:
-        ls.sync(photo, speech, tmp_path / "out.mp4")
-    out = np.stack(read_frames(tmp_path / "out.mp4")).astype(np.int16)
-    mouth = out[:, 450:600, 250:520]
+    mouth = _starter_mouth(real_data, tmp_path, faded)
     assert np.abs(mouth - mouth[:1]).mean() > 0.3  # the mouth moves
     assert mouth.min() >= int(faded.min()) - 8, (mouth.min(), faded.min())
