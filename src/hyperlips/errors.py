@@ -111,6 +111,17 @@ def near_name_hint(path: str) -> str:
     return ""
 
 
+def refuse_unexpanded_home(path, what: str) -> None:
+    """A :class:`UserError` where ``path`` (a place to write: an output, a folder) begins with a ``~`` no shell made
+    the home folder (:func:`unexpanded_home`): a folder named "~" would be made where the command runs. ``what``
+    names it in the message (``the output``, ``-o``)."""
+    import os
+
+    if unexpanded_home(path):
+        raise UserError(f"{what} {path} begins with a '~' that was not made your home folder (as a shell does when it "
+                        f"is not quoted): give {os.path.expanduser(path)}")
+
+
 def unexpanded_home(path) -> bool:
     """Whether ``path`` begins with a ``~`` a shell would have made the home folder (``~`` or ``~user``; quoted, or
     from a script or a settings file, it was not), where no such folder exists here."""

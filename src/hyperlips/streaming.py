@@ -33,7 +33,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .errors import MediaError, UserError, require_file, unexpanded_home
+from .errors import MediaError, UserError, refuse_unexpanded_home, require_file
 from .face.cuts import is_flat
 from .generator_io import BASE_SIZE, face_crop, reference_crop
 from .schedule import runs
@@ -94,9 +94,7 @@ def check_output(output: Path) -> None:
         raise UserError(f"the output {output} has a suffix but no name: give one, such as {output.parent / 'out.mp4'}")
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"output must be a video file ending in {', '.join(OUTPUT_SUFFIXES)}: {output}")
-    if unexpanded_home(output):  # (it would make a folder named "~" here, and a success line that reads as home)
-        raise UserError(f"the output {output} begins with a '~' that was not made your home folder (as a shell does "
-                        f"when it is not quoted): give {os.path.expanduser(output)}")
+    refuse_unexpanded_home(output, "the output")  # (a folder named "~" here, and a success line that reads as home)
     parent = output.parent if str(output.parent) else Path(".")
     try:
         if parent.exists() and not parent.is_dir():
@@ -165,16 +163,21 @@ def make_output_folder(output: Path) -> list[Path]:
     """The output's folder, made once the inputs have proved usable; a :class:`UserError` where it cannot be.
     Returns the folders it made, outermost first (:func:`remove_made_folders` takes them away again where the run
     stops before its output is written)."""
-    made = []
-    folder = output.parent
-    while str(folder) and not folder.exists() and folder != folder.parent:
-        made.insert(0, folder)
-        folder = folder.parent
+    made = missing_folders(output.parent)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"the output folder {output.parent} cannot be made: {e.strerror or e}") from None
     return made
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and the folders above it that do not exist yet, outermost first (what making it makes)."""
+    missing = []
+    while str(folder) and not folder.exists() and folder != folder.parent:
+        missing.insert(0, folder)
+        folder = folder.parent
+    return missing
 
 
 def remove_made_folders(made: list[Path]) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from ..errors import UserError, require_file, unexpanded_home, warn
+from ..errors import UserError, refuse_unexpanded_home, require_file, warn
 from .clip_writer import HR_SIZES, ClipResult, PreprocessOptions, _add_phones, _source_key, process_clip
 from .datasets import CLIPS_DIR, FORMAT_VERSION, MANIFEST, META
 from .manifests import (
@@ -181,9 +181,7 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
         raise UserError(f"--min-frames must be at least 5, one training window (got {opts.min_frames})")
     if dst.exists() and not dst.is_dir():
         raise UserError(f"output is not a folder: {dst}")
-    if unexpanded_home(dst):  # (it would make a folder named "~" here)
-        raise UserError(f"{dst} begins with a '~' that was not made your home folder (as a shell does when it is not "
-                        f"quoted): give {os.path.expanduser(dst)}")
+    refuse_unexpanded_home(dst, "the dataset folder")  # (it would make a folder named "~" here)
     videos = find_videos(src)
     if not videos:
         raise UserError(f"no video files under {src} (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")

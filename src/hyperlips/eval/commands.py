@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError, require_file, unexpanded_home, warn
+from ..errors import UserError, refuse_unexpanded_home, require_file, warn
 from ..options import add_face_choice
 
 EVAL_HELP = """Measure a lip-synced video against its original.
@@ -101,9 +101,7 @@ def _check_report_folder(folder: Path) -> None:
     def refuse(why: str):
         raise UserError(f"cannot write the report into -o {folder}: {why}; choose a folder you can write to")
 
-    if unexpanded_home(folder):  # (it would make a folder named "~" here)
-        raise UserError(f"-o {folder} begins with a '~' that was not made your home folder (as a shell does when it "
-                        f"is not quoted): give {os.path.expanduser(folder)}")
+    refuse_unexpanded_home(folder, "-o")  # (it would make a folder named "~" here)
 
     if folder.is_dir():
         try:
@@ -152,14 +150,11 @@ def _not_there(folder: Path) -> list[tuple[Path, bool]]:
     """``folder`` and the folders above it that do not exist yet, outermost first, each with True; or ``folder``
     with False where it exists without a report mark (the run's mark is taken away again if nothing else comes)."""
     from ..data.sources import REPORT_MARK
+    from ..streaming import missing_folders
 
-    missing = []
     if folder.is_dir():
         return [] if (folder / REPORT_MARK).exists() else [(folder, False)]
-    while str(folder) and not folder.exists() and folder != folder.parent:
-        missing.insert(0, (folder, True))
-        folder = folder.parent
-    return missing
+    return [(f, True) for f in missing_folders(folder)]
 
 
 def _run_eval(args, made: list[tuple[Path, bool]]) -> int:

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from ..data.sources import FINETUNE_STATE as STATE  # what the first run decided (split, time preprocessing)
 from ..data.sources import default_work
-from ..errors import UserError, hidden_name, near_name_hint, unexpanded_home, warn
+from ..errors import UserError, hidden_name, near_name_hint, refuse_unexpanded_home, warn
 from ..options import add_face_choice
 
 MIN_TRAIN_FRAMES = 48
@@ -204,9 +204,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"-o {out}: HyperLips-Lite models are written as .safetensors (the .pth format is the "
                         "original Base's)")
     for flag, path in (("-o", out), ("--work", args.work), ("the footage", args.video)):
-        if path is not None and unexpanded_home(path):  # (a folder named "~" was made here, the run in it)
-            raise UserError(f"{flag} {path} begins with a '~' that was not made your home folder (as a shell does "
-                            f"when it is not quoted): give {os.path.expanduser(path)}")
+        if path is not None:  # (a folder named "~" was made here, the run in it)
+            refuse_unexpanded_home(path, flag)
     if not args.video.exists():
         raise UserError(f"video not found: {args.video}{near_name_hint(str(args.video))}")
     if args.steps is not None and args.steps < 1 or args.hr_steps < 1:
