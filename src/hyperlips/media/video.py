@@ -100,7 +100,11 @@ def is_still_picture(path: str | os.PathLike) -> bool:
         return False
     if head.startswith(_PICTURE_STARTS[0]):
         return _animation(os.fspath(path)) != "APNG"
-    return head.startswith(_PICTURE_STARTS[1:]) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    return head.startswith(_PICTURE_STARTS[1:]) or _is_webp(head)
+
+
+def _is_webp(head: bytes) -> bool:
+    return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
 
 
 def write_image(path, image: np.ndarray) -> bool:
@@ -153,8 +157,8 @@ def _read_image(path: str) -> np.ndarray:
     if img is None:
         raise MediaError(f"cannot decode image {path} (unreadable or corrupt file)")
     head = data[:12].tobytes()
-    if head.startswith((b"\x89PNG", b"II*\x00", b"MM\x00*")) or (head[:4] == b"RIFF" and head[8:] == b"WEBP"):
-        img = _over_background(path, data, img)  # the formats with transparency, whatever the file's name says
+    if head.startswith((_PICTURE_STARTS[0], *_PICTURE_STARTS[3:])) or _is_webp(head):  # PNG, TIFF, WebP: the formats
+        img = _over_background(path, data, img)  # with transparency, whatever the file's name says
     return img
 
 
@@ -731,7 +735,7 @@ class FrameReader:
             # exact rounding and full-resolution chroma: swscale's fast YUV->RGB path is ~1 level too dark
             self._flags = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
         # one thread: the conversion shares the CPU with the other stages, and its slice threads cost more than they save
-        if _has_alpha(frame.format):  # an animated PNG, a video with transparency, a picture without a suffix: laid
+        if _may_hold_alpha(frame.format.name):  # an animated PNG, a video with transparency, a picture without a suffix: laid
             bgra = self._reformatter.reformat(frame, format="bgra", interpolation=self._flags, threads=1).to_ndarray()
             img = np.ascontiguousarray(bgra[:, :, :3])  # over white where transparent (as a still picture is)
             if int(bgra[:, :, 3].min()) < 255:
@@ -761,17 +765,13 @@ class FrameReader:
 
 
 @lru_cache(maxsize=None)
-def _alpha_format(name: str) -> bool:
+def _may_hold_alpha(pixel_format: str) -> bool:
+    """Whether frames of FFmpeg's ``pixel_format`` may hold transparency (an alpha plane, or a palette, whose colours
+    may have it)."""
     import av
 
-    fmt = av.VideoFormat(name)
+    fmt = av.VideoFormat(pixel_format)
     return bool(fmt.has_palette or any(c.is_alpha for c in fmt.components))
-
-
-def _has_alpha(fmt) -> bool:
-    """Whether frames of the pixel format ``fmt`` (``av.VideoFormat``) may hold transparency (an alpha plane, or a
-    palette, whose colours may have it)."""
-    return _alpha_format(fmt.name)
 
 
 def plane_views(picture) -> list[np.ndarray]:
