@@ -189,6 +189,12 @@ class Clip:
     def landmarks(self) -> np.ndarray:
         return load_array(self.dir / "landmarks.npy", mmap_mode="r")
 
+    def with_landmarks(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Which frames of ``lo``..``hi`` (default: all) have a face with its landmarks: bool (hi - lo,)."""
+        hi = self.n_frames if hi is None else hi
+        lm = np.asarray(self.landmarks[lo:hi], dtype=np.float32)
+        return np.asarray(self.valid[lo:hi], bool) & np.isfinite(lm).all(axis=(1, 2))
+
     @cached_property
     def _stacks(self) -> dict[str, ImageStack]:
         return {}

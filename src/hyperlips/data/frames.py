@@ -47,7 +47,7 @@ def shape_reference(clip: Clip, frames: tuple[int, int]):
 
     lo, hi = frames
     lm = np.asarray(clip.landmarks[lo:hi], dtype=np.float64)
-    ok = np.isfinite(lm).all(axis=(1, 2)) & clip.valid[lo:hi]
+    ok = clip.with_landmarks(lo, hi)
     if ok.sum() < 2:
         raise UserError(f"{clip.dir}: fewer than 2 frames with face landmarks in frames {lo}..{hi}; "
                         "the clip cannot train HyperLips-Lite")

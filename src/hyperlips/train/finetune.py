@@ -359,32 +359,22 @@ def _prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
 
 def _held_out_faces(data: Path, manifest: dict) -> int:
     """Frames of the held-out part of ``manifest`` that show the face with its landmarks (what validation scores)."""
-    import numpy as np
-
     from ..data.datasets import CLIPS_DIR, Clip
 
-    count = 0
-    for entry in manifest["clips"]:
-        if entry["split"] == "val":
-            clip, (lo, hi) = Clip(data / CLIPS_DIR / entry["id"]), entry["frames"]
-            lm = np.asarray(clip.landmarks[lo:hi], dtype=np.float32)
-            count += int((clip.valid[lo:hi] & np.isfinite(lm).all(axis=(1, 2))).sum())
-    return count
+    return sum(int(Clip(data / CLIPS_DIR / e["id"]).with_landmarks(*e["frames"]).sum())
+               for e in manifest["clips"] if e["split"] == "val")
 
 
 def _seconds_holding_faces(data: Path, order: list[str], want: int) -> float | None:
     """The shortest end of the footage (clips in ``order`` as one recording) holding ``want`` frames with the face
     and its landmarks, in seconds; None where that leaves fewer than MIN_TRAIN_FRAMES frames before it."""
-    import numpy as np
-
     from ..data.datasets import CLIPS_DIR, Clip
 
     clips = [Clip(data / CLIPS_DIR / c) for c in order]
     total = sum(c.n_frames for c in clips)
     seconds, frames, found = 0.0, 0, 0
     for clip in reversed(clips):
-        lm = np.asarray(clip.landmarks, dtype=np.float32)
-        ok = clip.valid[:clip.n_frames] & np.isfinite(lm).all(axis=(1, 2))[:clip.n_frames]
+        ok = clip.with_landmarks()
         for k in range(clip.n_frames - 1, -1, -1):
             seconds += 1.0 / clip.fps
             frames += 1
