@@ -327,9 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 start, end = max(0, size - int(m[2])), size - 1
             if start > end or start >= size:  # every answer is JSON, this one too
-                self._send(416, json.dumps({"error": f"the range {rng.strip()[:60]} is past the end of the file "
-                                                     f"({size} bytes)"}).encode(), "application/json",
-                           {"Content-Range": f"bytes */{size}", "Cache-Control": "no-store"})
+                self._json({"error": f"the range {rng.strip()[:60]} is past the end of the file ({size} bytes)"}, 416,
+                           headers={"Content-Range": f"bytes */{size}"})
                 return
             status = 206
         self.send_response(status)
