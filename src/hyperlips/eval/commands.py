@@ -130,10 +130,9 @@ def run_eval(args) -> int:
         raise
 
 
-def _remove_unused(made: list[Path]) -> None:
+def _remove_unused(made: list[tuple[Path, bool]]) -> None:
     """Of ``made`` (:func:`_not_there`'s), innermost first: the report mark where it is all a folder holds, and the
-    folder where it is then empty (an existing report folder, ``made``'s last without ``exists`` False, keeps
-    itself)."""
+    folder where it is then empty when the run made it (an existing folder, marked False, stays)."""
     from ..data.sources import REPORT_MARK
 
     for folder, new in reversed(made):

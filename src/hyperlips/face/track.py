@@ -83,14 +83,9 @@ def pick_face(dets: Sequence[Box], face_index: Optional[int] = None, box: Option
     if face_index is None:
         if frame_size is None:
             return max(dets, key=lambda b: b.area)
-        return max(dets, key=lambda b: _seen_area(b, *frame_size))
+        return max(dets, key=lambda b: b.clip(*frame_size).area)
     ordered = sorted(dets, key=lambda b: b.center[0])
     return ordered[face_index] if 0 <= face_index < len(ordered) else None
-
-
-def _seen_area(b: Box, width: int, height: int) -> float:
-    """The area of ``b`` inside a frame of ``width`` x ``height``."""
-    return max(min(b.x2, width) - max(b.x1, 0.0), 0.0) * max(min(b.y2, height) - max(b.y1, 0.0), 0.0)
 
 
 def select_faces(
