@@ -55,6 +55,15 @@ def valid_model_name(name: str) -> bool:
     return bool(_NAME.match(name)) and not _HR.match(Path(name).stem if name.endswith(MODEL_SUFFIXES) else name)
 
 
+def _keep_first(found: dict, key, path: Path, what: str) -> None:
+    """``found[key] = path`` unless a file came first (in ``person_models``' order), the one left out said in the log
+    once."""
+    kept = found.setdefault(key, path)
+    if kept != path and path not in _SKIPPED:
+        _SKIPPED.add(path)
+        log.warning("%s %s is left out: %s has the same name", what, path.name, kept.name)
+
+
 def person_models(folder: Path) -> list[ModelChoice]:
     """Every model ``hyperlips finetune`` left in ``folder``, with its HR decoders."""
     if not folder.is_dir():
@@ -69,15 +78,9 @@ def person_models(folder: Path) -> list[ModelChoice]:
             continue
         m = _HR.match(p.stem)
         if m:  # an HR decoder: the first in that order wins too (the last did: Anna.hr256.pth over .safetensors)
-            kept = hrs.setdefault(m["stem"], {}).setdefault(int(m["size"]), p)
-            if kept != p and p not in _SKIPPED:
-                _SKIPPED.add(p)
-                log.warning("HR decoder %s is left out: %s has the same name", p.name, kept.name)
+            _keep_first(hrs.setdefault(m["stem"], {}), int(m["size"]), p, "HR decoder")
         elif _NAME.match(unicodedata.normalize("NFC", p.stem)):  # (a Mac's decomposed é is a letter too)
-            kept = bases.setdefault(p.stem, p)  # the first in that order wins
-            if kept != p and p not in _SKIPPED:
-                _SKIPPED.add(p)
-                log.warning("model %s is left out: %s has the same name", p.name, kept.name)
+            _keep_first(bases, p.stem, p, "model")
         elif p not in _SKIPPED:  # said once per file in the server's log, not at every listing
             _SKIPPED.add(p)
             log.warning("model %s is left out: a model's name is letters, digits, spaces, '.', '_' and '-' (at most "
