@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..config import AudioConfig
-from ..errors import InputWarning, MediaError, NoFaceError
+from ..errors import InputWarning, MediaError, NoFaceError, hidden_name
 from .datasets import BASE_SIZE, FORMAT_VERSION, META, ImageStack, encode_jpeg, encode_png
 from .sources import clip_id_of, frames_with_sound, speaker_of
 
@@ -68,20 +68,6 @@ def _source_key(path: Path, opts: PreprocessOptions | None = None) -> dict[str, 
     return key
 
 
-def _partial_name(name: str) -> str:
-    """The name of the folder a clip is written into before it is renamed to ``name``: ``.NAME.partial-PID``, the
-    name cut (with a hash of the whole) where that would pass the 255 bytes a file name may have (a clip of a video
-    named with 245 bytes failed with a traceback)."""
-    import hashlib
-
-    tail = f".partial-{os.getpid()}"
-    data = os.fsencode(name)
-    if len(data) + 1 + len(tail) <= 255:
-        return f".{name}{tail}"
-    cut = data[:255 - 1 - 9 - len(tail)].decode("utf-8", "ignore")  # (a character cut in two is left out)
-    return f".{cut}.{hashlib.sha1(data).hexdigest()[:8]}{tail}"
-
-
 def process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: PreprocessOptions,
                  clip_id: str | None = None) -> ClipResult:
     """Preprocess one video into ``out_dir`` (written via a temporary folder) as clip ``clip_id`` (default:
@@ -96,7 +82,7 @@ def process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: Preprocess
 
 
 def _process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: PreprocessOptions, clip_id: str) -> ClipResult:
-    tmp = out_dir.parent / _partial_name(out_dir.name)
+    tmp = out_dir.parent / hidden_name(out_dir.name, f".partial-{os.getpid()}")  # (cut to fit a name of 255 bytes)
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
