@@ -212,6 +212,30 @@ def test_black_bars_are_left_black(scene):
     assert r[2] <= r[0] or r[3] <= r[1], r
 
 
+def test_a_drawn_face_stays_above_a_faded_pictures_black(scene):
+    """A washed-out picture (0.3 of its contrast, its darkest about 90): the network's mouth inside, drawn as dark
+    as real ones (5 here; 51-53 from the starter on a faded photo), was a hole darker than anything in it. It is
+    eased onto the picture's black, values above that black untouched; a real picture's mouth stays as drawn."""
+    from hyperlips.face.blend import BLACK_KNEE, above_black
+    from hyperlips.face.mouth_inside import frame_black
+
+    f0, _, box, (x1, y1, x2, y2), lm = scene
+    gen = cv2.resize(f0[y1:y2, x1:x2], (128, 128), interpolation=cv2.INTER_AREA)
+    gen[92:104, 50:78] = 5  # an open mouth's inside
+    faded = np.clip(128 + (f0.astype(np.float32) - 128) * 0.3, 0, 255).astype(np.uint8)
+    black = frame_black(faded)
+    assert black.min() > 85
+    out = paste_face(faded, gen, box)
+    assert out.min() >= black.min() - BLACK_KNEE - 1, (out.min(), black)
+    assert (out[y1:y2, x1:x2] < black.min() + 10).any()  # the inside is as dark as the picture's black
+    assert paste_face(f0, gen, box)[y1:y2, x1:x2].min() <= 10  # a real picture: as drawn
+
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+    eased = above_black(ramp, np.full(3, 90, np.float32)).astype(np.int16)
+    assert np.array_equal(eased[0, 90:], ramp[0, 90:])
+    assert (np.diff(eased[0, :, 0]) >= 0).all() and eased.min() >= 90 - BLACK_KNEE
+
+
 def test_match_color_unit():
     rng = np.random.default_rng(1)
     ref = rng.integers(60, 200, (64, 64, 3), dtype=np.uint8)

@@ -21,6 +21,7 @@ import numpy as np
 
 from hyperlips.face.detect import Box, check_frame
 from hyperlips.face.landmarks import LIP_RING
+from hyperlips.face.mouth_inside import frame_black
 from hyperlips.face.track import pixel_extent, pixel_region
 
 # Lower face oval, from the left cheek (234) round the chin (152) to the right cheek (454), and the nostril base.
@@ -214,6 +215,21 @@ def picture_region(frame_bgr: np.ndarray, region: tuple[int, int, int, int]) -> 
     return (x1, y1, max(x1, x2), max(y1, y2))
 
 
+# How far below a lifted black (:func:`face.mouth_inside.frame_black`: faded film, a washed-out transfer) a generated
+# face may reach, at most: a network trained on real blacks draws a mouth's inside darker than anything in such a
+# picture (51-53 where the frame's darkest is 89).
+BLACK_KNEE = 6.0
+
+
+def above_black(face_bgr: np.ndarray, black: np.ndarray) -> np.ndarray:
+    """``face_bgr`` (h, w, 3) uint8 kept near or above ``black`` (3,): values at or above it stay, a value ``x`` below
+    it becomes ``KNEE * (1 - exp(-x / KNEE))`` below it (smooth at the black, the order kept, never :data:`BLACK_KNEE`
+    below it)."""
+    x = face_bgr.astype(np.float32) - black
+    eased = BLACK_KNEE * (np.exp(np.minimum(x, 0.0) / BLACK_KNEE) - 1.0)
+    return np.clip(np.rint(black + np.where(x >= 0, x, eased)), 0, 255).astype(np.uint8)
+
+
 def paste_face(
     frame_bgr: np.ndarray,
     face_bgr: np.ndarray,
@@ -272,6 +288,9 @@ def paste_face(
     if detail:
         gen = match_detail(gen, o, skin)
     gen = match_color(gen, o, skin, color)
+    black = frame_black(frame_bgr)
+    if black.any():  # a faded picture: nothing drawn darker than its darkest
+        gen = above_black(gen, black)
     of = o.astype(np.float32)
     blended = of + m[:, :, None] * (gen.astype(np.float32) - of)
     res = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
