@@ -90,6 +90,20 @@ def test_submit_progress_and_result(server, inputs, tmp_path):
     assert "past the end of the file" in json.loads(data)["error"]
     status, _, whole = client.request("GET", done["result"]["url"], headers={"Range": "bytes=100-50"})
     assert status == 200 and whole == body
+    # validators: a cached copy is confirmed with 304; a download resumed with If-Range gets the piece only while the
+    # file is the one it began (a changed file is sent whole, not spliced)
+    status, headers, _ = client.request("HEAD", done["result"]["url"])
+    tag, modified = headers["etag"], headers["last-modified"]
+    status, h304, empty = client.request("GET", done["result"]["url"], headers={"If-None-Match": f'W/{tag}, "x"'})
+    assert status == 304 and empty == b"" and h304["etag"] == tag
+    assert client.request("GET", done["result"]["url"], headers={"If-None-Match": '"x"'})[0] == 200
+    for validator in (tag, modified):
+        status, _, part = client.request("GET", done["result"]["url"],
+                                         headers={"Range": "bytes=100-199", "If-Range": validator})
+        assert status == 206 and part == body[100:200], validator
+    status, _, whole = client.request("GET", done["result"]["url"], headers={"Range": "bytes=100-199",
+                                                                          "If-Range": '"another-version"'})
+    assert status == 200 and whole == body
     status, headers, _ = client.request("GET", done["result"]["download_url"])
     assert status == 200 and 'filename="face_hyperlips.mp4"' in headers["content-disposition"]
 

@@ -75,11 +75,13 @@ def openapi_document(version: str) -> dict:
             "/api/jobs/{id}/cancel": {"post": {"summary": "cancel a queued or running job", "parameters": _ID,
                                                "responses": {"200": _JOB, "404": _ERROR}}},
             "/api/jobs/{id}/result": {"get": {
-                "summary": "the synced video (H.264 + AAC MP4); byte ranges are served",
+                "summary": "the synced video (H.264 + AAC MP4); byte ranges are served, with ETag and Last-Modified "
+                           "(If-None-Match, If-Range)",
                 "parameters": [*_ID, {"name": "download", "in": "query", "schema": {"type": "string"},
                                       "description": "1: send as an attachment with a file name"}],
                 "responses": {"200": {"description": "the video", "content": {"video/mp4": {}}},
                               "206": {"description": "part of the video", "content": {"video/mp4": {}}},
+                              "304": {"description": "not modified (If-None-Match named its ETag)"},
                               "404": _ERROR, "409": _ERROR, "416": _ERROR}}},
             "/api/jobs/{id}/preview": {"get": {"summary": "a training job's newest held-out preview image",
                                                "parameters": _ID, "responses": {

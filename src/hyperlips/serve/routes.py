@@ -15,6 +15,7 @@ import json
 import logging
 import mimetypes
 import re
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from pathlib import Path
@@ -46,6 +47,15 @@ class HTTPError(Exception):
 
 def _not_json(token: str):
     raise ValueError(f"{token} is not a JSON number")
+
+
+def _names_tag(header: str | None, tag: str) -> bool:
+    """Whether an ``If-None-Match`` header names entity tag ``tag`` (or is ``*``); weak tags compare by their value
+    (RFC 9110 13.1.2)."""
+    if not header:
+        return False
+    listed = [t.strip() for t in header.split(",")]
+    return "*" in listed or tag in (t[2:] if t.startswith("W/") else t for t in listed)
 
 
 def handler_for(app) -> type[BaseHTTPRequestHandler]:
@@ -314,10 +324,26 @@ class _Handler(BaseHTTPRequestHandler):
             length -= len(chunk)
 
     def _send_file(self, path: Path, ctype: str, download: str | None = None) -> None:
-        """A file, whole or one byte range (``Range: bytes=a-b``), so that video players can seek."""
-        size = path.stat().st_size
+        """A file, whole or one byte range (``Range: bytes=a-b``), so that video players can seek, with its
+        validators: ``ETag`` (its size and modification time) and ``Last-Modified``. ``If-None-Match`` naming that tag
+        gets 304; a range under ``If-Range`` is sent only while the file is the one named there (a download resumed
+        after the file changed gets the whole new file, not a piece of it spliced onto the old one)."""
+        st = path.stat()
+        size = st.st_size
+        tag = f'"{size:x}-{st.st_mtime_ns:x}"'
+        modified = formatdate(st.st_mtime, usegmt=True)
+        if _names_tag(self.headers.get("If-None-Match"), tag):
+            self.send_response(304)
+            self.send_header("ETag", tag)
+            self.send_header("Cache-Control", "no-cache")
+            self._closing()
+            self.end_headers()
+            return
         start, end, status = 0, size - 1, 200
         rng = self.headers.get("Range")
+        if_range = (self.headers.get("If-Range") or "").strip()
+        if rng and if_range and if_range not in (tag, modified):  # (a weak tag never matches: RFC 9110 13.1.5)
+            rng = None
         m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip()) if rng else None
         if m and m[1] and m[2] and int(m[2]) < int(m[1]):
             m = None  # not a range (its last byte before its first): ignored, the whole file sent (RFC 9110 14.2)
@@ -337,6 +363,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._closing()
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Cache-Control", "no-cache")
+        self.send_header("ETag", tag)
+        self.send_header("Last-Modified", modified)
         self.send_header("X-Content-Type-Options", "nosniff")
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
