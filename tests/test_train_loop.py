@@ -607,6 +607,79 @@ def test_torchrun_two_processes_on_cpu(sync_view, tmp_path):
     assert any("val/auc" in r for r in scalars)
 
 
+def test_ctrl_c_under_torchrun_stops_every_process_after_one_step_with_a_checkpoint(sync_view, tmp_path):
+    """Ctrl-C at a terminal running torchrun: the signal reaches every process of the foreground group, and torchrun
+    passes it on again. The processes stopped at once, the steps since the last checkpoint lost; now they agree on a
+    step, stop after it together and write its checkpoint, which --resume continues."""
+    import signal
+    import time
+
+    from hyperlips.train.checkpoints import latest_checkpoint
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(30500 + os.getpid() % 1000),
+           "-m", "hyperlips.cli", "train", "sync", str(sync_view), "--out", str(run), "--max-steps", "100000",
+           "--batch-size", "2", "--workers", "0", "--val-every", "100000", "--threads", "1", "--image-every", "0",
+           "--set", "ckpt_every=100000", "--set", "log_every=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        scalars = run / "scalars.jsonl"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if scalars.is_file() and len(scalars.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to torchrun and both processes
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    found = latest_checkpoint(run)
+    assert found is not None, err[-3000:]  # a checkpoint at the step they stopped after, of both processes
+    stopped = int(found[1]["step"])
+    assert stopped >= 3 and f"stopped at step {stopped}" in err, err[-3000:]
+    assert len(found[1]["rng"]) == 2 and found[1]["data"]["world"] == 2
+    res = subprocess.run([*cmd[:-4], "--resume", "--max-steps", str(stopped + 1)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert int(latest_checkpoint(run)[1]["step"]) == stopped + 1
+
+
+def test_one_stop_request_reaching_a_process_twice_under_a_launcher_is_one(monkeypatch):
+    """Under torchrun (or a scheduler) the same signal can reach a process from two senders a moment apart: that is
+    one request, to stop after the step; another signal, or the same one later, stops at once, as alone."""
+    import signal
+    from types import SimpleNamespace
+
+    from hyperlips.train import interrupts
+
+    said = []
+    trainer = SimpleNamespace(dist=SimpleNamespace(enabled=True), say=said.append)
+    alone = SimpleNamespace(dist=SimpleNamespace(enabled=False), say=said.append)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # (a run in the background ignores Ctrl-C)
+    try:
+        with interrupts.deferred_interrupt(trainer) as interrupted:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # passed on by the launcher
+            assert interrupted == [signal.SIGINT] and len(said) == 1
+            with pytest.raises(interrupts.Terminated):
+                os.kill(os.getpid(), signal.SIGTERM)
+            monkeypatch.setattr(interrupts, "REPEAT_SECONDS", 0.0)
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        monkeypatch.undo()
+        with interrupts.deferred_interrupt(alone) as interrupted:
+            os.kill(os.getpid(), signal.SIGINT)
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_exchanges_between_processes_go_through_the_store_and_leave_nothing_there():
     """broadcast, gather, all_true and barrier between two ranks (threads here, sharing one store as torchrun's
     processes share the group's store): the right values on each rank, and every key cleared once all have read."""

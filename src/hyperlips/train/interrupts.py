@@ -7,8 +7,15 @@ import contextlib
 import os
 import signal
 import threading
+import time
 
 from ..errors import Terminated
+
+
+# Under a launcher of several processes one stop request can reach a process twice: sent to every process (a kill of
+# the process group, a job scheduler's SIGTERM to every task) and passed on by the launcher (torchrun passes on the
+# signals it gets). The same signal again within this many seconds is that one request, not a second one.
+REPEAT_SECONDS = 2.0
 
 
 @contextlib.contextmanager
@@ -16,20 +23,27 @@ def deferred_interrupt(trainer):
     """While the steps run, Ctrl-C, SIGTERM or SIGHUP (a closed terminal) asks the loop to stop after the current step
     (the caller checks the list it gets, saves a checkpoint, then raises :func:`stopped`'s exception, so the exit
     code is still the signal's); a second one stops at once. A signal ignored when the loop starts (``nohup``) stays
-    ignored. Only in a single process's main thread (signal handlers belong there; under torchrun every process
-    would have to agree on the step); data-loader workers, which inherit the handler, leave it to that process."""
+    ignored. Only in a process's main thread (signal handlers belong there); data-loader workers, which inherit the
+    handler, leave it to that process. Under torchrun each process has its own request (the loop makes them agree on
+    the step: ``Trainer._agreed_stop``), and the same signal repeated within :data:`REPEAT_SECONDS` is not a second
+    one (torchrun passes on the signals it gets)."""
     interrupted: list[int] = []
-    if trainer.dist.enabled or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield interrupted
         return
     owner = os.getpid()
+    first = [0.0]  # when the request came
 
     def on_signal(signum, frame):
         if os.getpid() != owner:  # a forked data-loader worker: the training process stops it
             return
         if interrupted:
+            if (trainer.dist.enabled and signum == interrupted[0]
+                    and time.monotonic() - first[0] < REPEAT_SECONDS):  # the same request, passed on
+                return
             raise stopped(signum)
         interrupted.append(signum)
+        first[0] = time.monotonic()
         what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
         trainer.say(f"{what}: stopping after this step with a checkpoint to resume from (again: stop at once)")
 

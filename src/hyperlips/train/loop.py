@@ -92,6 +92,15 @@ class Trainer:
         self._made_from = made_from_key(cfg.data)  # and what each clip was made from
         self.budget = BudgetPlan(cfg.max_minutes, cfg.val_every, cfg.max_steps, self.dist.broadcast)
 
+    def _agreed_stop(self, interrupted: list[int]) -> int:
+        """The signal the run stops after this step for, 0 for none: this process's (``interrupted``), or under
+        torchrun the first process's that has one, so that every process stops at the same step and the checkpoint
+        holds them all (a collective call)."""
+        mine = interrupted[0] if interrupted else 0
+        if not self.dist.enabled:
+            return mine
+        return next((s for s in self.dist.gather(mine) if s), 0)
+
     def say(self, msg: str) -> None:
         if self.dist.main and not self.quiet:
             from tqdm import tqdm
@@ -377,6 +386,7 @@ class Trainer:
                 self.say("validation before training: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         t_log, n_log = time.perf_counter(), 0
         stop = step >= self.max_steps() or (budget and self.elapsed >= budget) or self._no_better(step, best)
+        stop_signal = 0  # the signal the run stops after a step for (under torchrun: any process's)
         with deferred_interrupt(self) as interrupted:  # Ctrl-C: stop after the step, with a checkpoint
             while not stop:
                 check_stop()  # SIGTERM/SIGHUP whose exception a native call swallowed: stop before the next step
@@ -445,14 +455,16 @@ class Trainer:
                 stale = validate and self.dist.broadcast(self._no_better(step, best))
                 if stale and not last:
                     self.say(self._no_better_message(step, best) + ": stopping here (patience)")
-                stop = last or stale or step >= self.max_steps() or out_of_time() or bool(interrupted)
+                stop_signal = self._agreed_stop(interrupted)
+                stop = last or stale or step >= self.max_steps() or out_of_time() or bool(stop_signal)
+            stop_signal = stop_signal or self._agreed_stop(interrupted)  # (one that came after the last step)
         if last_saved != step and step > 0:
             self.save(stage, step, best)
-        progress.close(step, metrics, done=not interrupted)
-        if interrupted:
+        progress.close(step, metrics, done=not stop_signal)
+        if stop_signal:
             self.say(f"stopped at step {step}; its checkpoint is in {self.run / CKPT_DIR}: run the same command again "
                      "to continue (`train`: with --resume; `finetune` as it was)")
-            raise stopped(interrupted[0])
+            raise stopped(stop_signal)
         elapsed = time.perf_counter() - t0
         sps = done_steps * cfg.batch_size * self.dist.world / max(elapsed, 1e-9)
         model = self.run / "model.safetensors"
