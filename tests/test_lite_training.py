@@ -1189,6 +1189,16 @@ def test_the_time_left_counts_the_steps_not_the_preparation():
     assert progress.eta(0) is None
     timed = Progress(trainer, 150.0)  # a 2.5-minute budget: no more than it leaves
     assert timed.eta(10) == pytest.approx(50.0)
+    # a validation of 20 s at step 50 (the plan made there, as the loop makes it): the step after it was taken for
+    # the pace (3440 s left at step 50 of a 60-minute budget, 1449 at step 51); the pace since the start counts it once
+    planned = BudgetPlan(60, 50, 120)
+    planned.start(0, 90.0)
+    planned.plan(50, 140.0, 20.0)
+    trainer = SimpleNamespace(elapsed=160.0, budget=planned, max_steps=lambda: 120,
+                              dist=SimpleNamespace(main=False), cfg=SimpleNamespace(progress=False))
+    for step, elapsed, left in ((50, 160.0, 70 * 70 / 50), (51, 161.0, 69 * 71 / 51)):
+        trainer.elapsed = elapsed
+        assert Progress(trainer, 3600.0).eta(step) == pytest.approx(left)
 
 
 def test_finetune_numbers_are_checked_before_any_work(tmp_path):

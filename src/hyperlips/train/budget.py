@@ -38,7 +38,8 @@ class BudgetPlan:
         self.every = max(1, int(val_every or max_steps))
         self.broadcast = broadcast  # every process must plan the same step
         self.planned_steps: int | None = None
-        self._ref = (0, 0.0)  # (step, elapsed seconds) the speed is measured from
+        self._ref = (0, 0.0)  # (step, elapsed seconds) the speed is measured from for the next plan
+        self._started = (0, 0.0)  # (step, elapsed seconds) training started at (after any preparation)
 
     def prepare_limit(self, elapsed: float) -> float | None:
         """Seconds a stage's preparation may take now (None: no budget, no limit)."""
@@ -48,12 +49,13 @@ class BudgetPlan:
 
     def start(self, step: int, elapsed: float) -> None:
         """Measure the speed from here (after any preparation)."""
-        self._ref = (int(step), float(elapsed))
+        self._ref = self._started = (int(step), float(elapsed))
 
     @property
     def measured_from(self) -> tuple[int, float]:
-        """(step, elapsed seconds) the speed is measured from: :meth:`start`'s."""
-        return self._ref
+        """(step, elapsed seconds) of :meth:`start`: the whole pace since, validations included, is the time left's
+        (each plan measures from the one before, and the step after a validation would carry all of its time)."""
+        return self._started
 
     def plan(self, step: int, elapsed: float, val_seconds: float) -> float | None:
         """Fix the step the run ends at, at a validation that took ``val_seconds``; the seconds per step measured
