@@ -749,6 +749,21 @@ def test_workers_end_with_the_command_even_when_it_is_killed(more_data, tmp_path
                 os.kill(p, signal.SIGKILL)
 
 
+def test_a_worker_keeps_a_hang_up_ignored_under_nohup():
+    """`nohup hyperlips preprocess --workers 2`: the command keeps SIGHUP ignored, but each worker armed its own
+    handler, so a closed terminal stopped the clip under way and with it the whole run."""
+    import subprocess
+    import sys
+
+    code = ("import signal\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+            "from hyperlips.data.preprocess import _stop, _worker_init\n"
+            "_worker_init()\n"
+            "print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is _stop)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["True", "True"], res.stdout + res.stderr[-2000:]
+
+
 def _running(pid: int) -> bool:
     """Whether ``pid`` is a live process (not a zombie nobody has reaped yet)."""
     try:

@@ -89,7 +89,8 @@ def _worker_init(parent: int | None = None) -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ log lines, one set per worker
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for s in (signal.SIGTERM, signal.SIGHUP):  # stopped: remove the unfinished clip folder on the way out
-        signal.signal(s, _stop)
+        if signal.getsignal(s) is not signal.SIG_IGN:  # ignored as the command started (nohup): it stays so
+            signal.signal(s, _stop)
     if parent is not None:
         _end_with(parent)
     import cv2
