@@ -397,6 +397,11 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
                          ({"reference": 1}, "reference 1: face.png has 1 frame(s), numbered from 0"),  # (the job
                          # was taken, then failed in the command line's words)
                          ({"reference": "x5"}, "reference must be best, first or a frame number"),
+                         # digits int() cannot read (was a 500 with a traceback in the log)
+                         ({"reference": "\u00b2"}, "reference must be best, first or a frame number"),
+                         ({"face": "\u00b2"}, "face must be a whole number"),
+                         ({"crf": "\u00b2"}, "crf must be a whole number from 0"),
+                         ({"size": "\u00b2"}, "renders at 128, 256, 512 px"),
                          ({"face": -1}, "face must be a whole number"),
                          ({"face": 0, "face_box": [0, 0, 10, 10]}, "not both"),
                          ({"video": "0123456789abcdef"}, "no uploaded file"),
@@ -424,6 +429,13 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
                          ({"kind": "finetune", "name": "me", "size": 256}, "a finetune job takes no 'audio', 'model', 'size'")]:
         status, err = client.json("POST", "/api/jobs", {**base, **extra})
         assert status == 400 and words in err["error"], (extra, err)
+    # numbers as a form sends them, or as some languages write every JSON number, are the numbers
+    status, job = client.json("POST", "/api/jobs", {**base, "size": " 256 ", "crf": "20", "face": 0.0,
+                                                    "reference": "0", "temporal_blend": "0.2"})
+    assert status == 201, job
+    assert {k: job["params"][k] for k in ("size", "crf", "face", "reference", "temporal_blend")} == {
+        "size": 256, "crf": 20, "face": 0, "reference": 0, "temporal_blend": 0.2}, job["params"]
+    assert client.json("DELETE", f"/api/jobs/{job['id']}")[0] == 200
     status, _, body = client.request("POST", "/api/jobs", b"{not json", {"Content-Type": "application/json"})
     assert status == 400 and b"not valid JSON" in body
     # NaN and Infinity are no JSON (a job holding one would make GET /api/jobs unreadable to browsers); 1e400 is,

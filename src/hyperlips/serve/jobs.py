@@ -52,15 +52,25 @@ def _file(store: Store, params: dict, key: str, what: str, max_seconds: float = 
     return rec
 
 
+def _whole(v):
+    """``v`` as a whole number where it is written as one: an int, a float such as 128.0 (JSON from some languages
+    writes every number so) or a string of decimal digits (a form's field), spaces round it allowed; anything else
+    as it is, for the caller to refuse in its own words."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str) and v.strip().isdecimal():  # (not isdigit: "²" is a digit int() cannot read)
+        return int(v.strip())
+    return v
+
+
 def _int_or_none(params: dict, key: str, lo: int, hi: int) -> int | None:
     v = params.get(key)
     if v is None or v == "":
         return None
-    if isinstance(v, float) and v.is_integer():  # 1.0, as JSON from some languages writes every number
-        v = int(v)
-    if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).isdigit() or not lo <= int(v) <= hi:
+    v = _whole(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise _bad(f"{key} must be a whole number from {lo} to {hi} (got {v!r})")
-    return int(v)
+    return v
 
 
 def _face_choice(params: dict, video: dict | None = None) -> tuple[int | None, list | None]:
@@ -127,11 +137,9 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
     warped = params.get("mouth") == "warp"  # the frame's own lips: no HR decoder to sharpen them
     if size in (None, ""):
         size = 128 if model.id == UNTRAINED_ID or warped else max(model.sizes)
-    if isinstance(size, float) and size.is_integer():  # 128.0, as JSON from some languages writes every number
-        size = int(size)
-    if isinstance(size, bool) or not isinstance(size, (int, str)) or str(size) not in {str(s) for s in model.sizes}:
+    size = _whole(size)
+    if isinstance(size, bool) or size not in model.sizes:
         raise _bad(f"size: {model.id} renders at {', '.join(map(str, model.sizes))} px (got {size!r})")
-    size = int(size)
     if warped and size != 128:
         raise _bad(f"size {size} sharpens a rendered mouth with an HR decoder; mouth warp moves the frame's own lips "
                    "(size 128, or mouth render or hybrid)")
@@ -139,11 +147,7 @@ def _sync(settings: ServeSettings, store: Store, params: dict, folder: Path) -> 
     loop = params.get("loop") or "pingpong"
     if loop not in LOOP_MODES:
         raise _bad(f"loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
-    reference = params.get("reference", "best")
-    if isinstance(reference, str) and reference.strip().isdigit():  # a form's field, as size and minutes take
-        reference = int(reference)
-    if isinstance(reference, float) and reference.is_integer():
-        reference = int(reference)
+    reference = _whole(params.get("reference", "best"))
     if not (reference in ("best", "first") or (isinstance(reference, int) and not isinstance(reference, bool)
                                                 and reference >= 0)):
         raise _bad(f"reference must be best, first or a frame number (got {reference!r})")
@@ -233,9 +237,7 @@ def _encoding(params: dict) -> tuple[int, str, str]:
     from ..media.writer import DEFAULT_CRF, DEFAULT_PIX_FMT, DEFAULT_PRESET, check_encoding
 
     crf = params.get("crf")
-    crf = DEFAULT_CRF if crf in (None, "") else crf
-    if isinstance(crf, str) and crf.isdigit():
-        crf = int(crf)
+    crf = DEFAULT_CRF if crf in (None, "") else _whole(crf)
     preset = params.get("preset") or DEFAULT_PRESET
     pix_fmt = params.get("pix_fmt") or DEFAULT_PIX_FMT
     try:
