@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,27 @@ def one_clip_frame(view: Path) -> np.ndarray:
     crop = clip.stack("face128").read(3)
     big = cv2.resize(crop, (256, 256), interpolation=cv2.INTER_LINEAR)
     return cv2.copyMakeBorder(big, 96, 96, 96, 96, cv2.BORDER_CONSTANT, value=(40, 40, 40))
+
+
+def test_hr_inputs_of_a_clip_with_the_longest_name_a_file_may_have(small_dataset, tmp_path):  # noqa: F811
+    """preprocess takes videos whose names fill the 255 bytes a file name may have (its working folder's name is cut
+    to fit); the HR stage's working folder beside the clip's rendered inputs was named in full, and `train hr`
+    ended in "File name too long"."""
+    from hyperlips.data.datasets import Manifest
+    from hyperlips.train.hr import build_hr_inputs
+
+    from hyperlips.data.preprocess import write_time_split_manifest
+
+    view = tmp_path / "view"
+    long_id = "long/" + "\u00e9" * 125  # 250 bytes
+    shutil.copytree(small_dataset / "clips" / "lrs2" / "00002", view / "clips" / long_id)
+    meta = view / "clips" / long_id / "meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text(encoding="utf-8")), "id": long_id}), encoding="utf-8")
+    write_time_split_manifest(view, val_frames=16, clip_ids=[long_id])
+    base = _random_checkpoint(tmp_path / "base.safetensors", "hyperlips-base", seed=1)
+    out = build_hr_inputs(Manifest.load(view), base, tmp_path / "hr_inputs", torch.device("cpu"), say=lambda m: None)
+    assert (out / long_id / "done.json").is_file()
+    assert [p.name for p in (out / "long").iterdir()] == [long_id.split("/")[1]]  # no working folder left
 
 
 def test_hr_renders_its_inputs_like_inference_and_trains(one_clip, tmp_path, capsys, monkeypatch):

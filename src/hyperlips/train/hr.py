@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..data.datasets import BASE_SIZE, CLIPS_DIR, Clip, HRDataset, ImageStack, Manifest, encode_png
-from ..errors import UserError
+from ..errors import UserError, hidden_name
 from .base import LogitsOf
 from .stage import Stage
 from .runlog import image_grid, to_images
@@ -127,7 +127,7 @@ def build_hr_inputs(manifest: Manifest, base_checkpoint: str | os.PathLike, out:
         while len(outputs) < n:
             outputs.append(blank)
             sketches.append(blank_gray)
-        tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+        tmp = dst.parent / hidden_name(dst.name, f".partial-{os.getpid()}")  # (cut to fit a name of 255 bytes)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, hidden_name
 from .config import TrainConfig
 
 
@@ -115,7 +115,7 @@ class Progress:
                   "val": {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()},
                   "preview": str(preview) if preview.exists() else None}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(hidden_name(path.name, ".tmp"))
         tmp.write_text(json.dumps(status, indent=1), encoding="utf-8")
         os.replace(tmp, path)
 
