@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,6 +325,21 @@ def test_bench_user_mistakes(tmp_path, args, message):
     r = run_cli("bench", *args, cwd=tmp_path)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
+
+
+def test_the_outputs_write_check_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """`bench -o a/b/x.json`, refused or failed later, left the folders the up-front write check made; a quoted `~`
+    made a folder named "~" where the command ran."""
+    from hyperlips.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    B._check_writable(Path("a/b/x.json"))
+    with pytest.raises(UserError, match="begins with a '~' that was not made your home folder"):
+        B._check_writable(Path("~/x.json"))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a").mkdir()
+    B._check_writable(Path("a/b/x.json"))  # a folder that was there stays
+    assert [p.name for p in tmp_path.rglob("*")] == ["a"]
 
 
 def test_a_given_clip_that_cannot_be_run_is_refused_before_measuring(tmp_path):

@@ -742,6 +742,12 @@ def test_train_cli_errors(sync_view, tmp_path):
     # a folder that is not a dataset leaves no empty run folder behind (one that was there stays)
     res = run_cli("train", "sync", tmp_path / "afile", "--out", tmp_path / "new_run", "--max-steps", "1")
     assert res.returncode == 2 and not (tmp_path / "new_run").exists()
+    # a quoted '~' (a script, a settings file) made a run folder named "~" where the command ran
+    for cmd in (("train", "sync", sync_view, "--out", "~/run", "--max-steps", "1"),
+                ("train", "judge", sync_view, "-o", "~/judge")):
+        res = run_cli(*cmd, cwd=tmp_path)
+        assert res.returncode == 2 and "begins with a '~' that was not made your home folder" in res.stderr, res.stderr
+        assert not (tmp_path / "~").exists()
 
 
 def test_kill_during_checkpoint_write_keeps_the_previous_one(sync_view, tmp_path):

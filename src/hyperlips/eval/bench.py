@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import UserError
+from ..errors import UserError, refuse_unexpanded_home
 from ..options import at_least
 from ..precision import cpu_has_native_bf16
 from .bench_stages import (  # noqa: F401  (the measurements, re-exported for callers of eval.bench)
@@ -548,16 +548,24 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
 
 
 def _check_writable(path: Path) -> None:
-    """UserError now if ``path`` (and its folder) cannot be written; nothing is left behind by the check."""
+    """UserError now if ``path`` (and its folder) cannot be written; nothing is left behind by the check, the folders
+    it made included (the results make them again when they are written)."""
+    from ..streaming import missing_folders, remove_made_folders
+
+    refuse_unexpanded_home(path, "--output")
     existed = path.exists()
+    made = missing_folders(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a"):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write --output {path}: {e.strerror or e}") from None
-    if not existed:
-        path.unlink()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a"):
+                pass
+        except OSError as e:
+            raise UserError(f"cannot write --output {path}: {e.strerror or e}") from None
+        if not existed:
+            path.unlink()
+    finally:
+        remove_made_folders(made)
 
 
 def run_bench_command(args) -> int:

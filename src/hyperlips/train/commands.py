@@ -134,7 +134,7 @@ def _no_stage(p: argparse.ArgumentParser) -> int:
 
 def config_from_args(args: argparse.Namespace):
     """The run's TrainConfig: stored config (when resuming) or defaults + --config, then --set, then options."""
-    from ..errors import UserError
+    from ..errors import UserError, refuse_unexpanded_home
     from .checkpoints import latest_checkpoint
     from .config import MODEL_DEFAULTS, TrainConfig, build_config, load_config, parse_overrides
 
@@ -179,6 +179,7 @@ def config_from_args(args: argparse.Namespace):
         raise UserError("no dataset given: hyperlips train %s DATA --out RUN (DATA from hyperlips preprocess)" % args.stage)
     if not cfg.out:
         raise UserError("no run folder given: --out RUN")
+    refuse_unexpanded_home(cfg.out, "--out")
     # the dataset as an absolute path in the run's settings: `--resume` from another folder finds it (it looked for
     # "data" there, and would have trained on another folder of that name)
     cfg.data = os.path.abspath(os.path.expanduser(cfg.data))

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data.datasets import Clip, Manifest
-from ..errors import UserError
+from ..errors import UserError, refuse_unexpanded_home
 from ..options import at_least
 from .judge_tune import TUNE_STEPS
 
@@ -222,6 +222,7 @@ def run_judge(args: argparse.Namespace) -> int:
             or args.tune_steps < 0):
         raise UserError("--steps and --members must be >= 1, --window >= 2, --components >= 1, --mel-smooth and "
                         "--tune-steps >= 0")
+    refuse_unexpanded_home(args.out, "-o")
     if args.threads:
         torch.set_num_threads(args.threads)
     rep = fit_judge(args.data, args.out, steps=args.steps, members=args.members, window=args.window,
