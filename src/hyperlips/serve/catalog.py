@@ -51,10 +51,6 @@ def shipped_starter() -> tuple[Path, dict[int, Path]] | None:
     return None if found is None else (found.path, {})
 
 
-def valid_model_name(name: str) -> bool:
-    return bool(_NAME.match(name)) and not _HR.match(Path(name).stem if name.endswith(MODEL_SUFFIXES) else name)
-
-
 def _keep_first(found: dict, key, path: Path, what: str) -> None:
     """``found[key] = path`` unless a file came first (in ``person_models``' order), the one left out said in the log
     once."""
@@ -76,11 +72,12 @@ def person_models(folder: Path) -> list[ModelChoice]:
     for p in sorted(folder.iterdir(), key=order):
         if p.suffix.lower() not in MODEL_SUFFIXES or not p.is_file() or p.name.startswith("."):
             continue
-        m = _HR.match(p.stem)
+        stem = unicodedata.normalize("NFC", p.stem)  # a Mac's decomposed é: the name as typed, one model of it
+        m = _HR.match(stem)
         if m:  # an HR decoder: the first in that order wins too (the last did: Anna.hr256.pth over .safetensors)
             _keep_first(hrs.setdefault(m["stem"], {}), int(m["size"]), p, "HR decoder")
-        elif _NAME.match(unicodedata.normalize("NFC", p.stem)):  # (a Mac's decomposed é is a letter too)
-            _keep_first(bases, p.stem, p, "model")
+        elif _NAME.match(stem):
+            _keep_first(bases, stem, p, "model")
         elif p not in _SKIPPED:  # said once per file in the server's log, not at every listing
             _SKIPPED.add(p)
             log.warning("model %s is left out: a model's name is letters, digits, spaces, '.', '_' and '-' (at most "
@@ -101,6 +98,8 @@ def list_models(settings: ServeSettings) -> list[ModelChoice]:
 
 
 def find_model(settings: ServeSettings, model_id: str) -> ModelChoice | None:
+    """The model of id ``model_id``, in either Unicode form (ids are in the composed one), or None."""
+    model_id = unicodedata.normalize("NFC", model_id)
     return next((m for m in list_models(settings) if m.id == model_id), None)
 
 
