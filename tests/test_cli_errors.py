@@ -550,3 +550,15 @@ def test_a_name_not_found_names_its_twin_in_another_unicode_form_or_case(tmp_pat
     with pytest.raises(MediaError) as e:  # nothing near: the message as before
         require_file(tmp_path / "other.mp4", "video")
     assert str(e.value) == f"video not found: {tmp_path / 'other.mp4'}", str(e.value)
+    # the same where other commands look for a named file or folder: eval's footage, preprocess's videos, phonemes
+    from hyperlips.data.preprocess import preprocess
+    from hyperlips.errors import UserError
+    from hyperlips.eval.tail import footage_videos
+    from hyperlips.media.phone_marks import read_marks
+
+    (tmp_path / "Takes").mkdir()
+    (tmp_path / "Words.txt").write_text("0.0 B\n")
+    for call in (lambda: footage_videos(tmp_path / "takes"), lambda: preprocess(tmp_path / "takes", tmp_path / "o"),
+                 lambda: read_marks(tmp_path / "words.txt")):
+        with pytest.raises(UserError, match="did you mean"):
+            call()

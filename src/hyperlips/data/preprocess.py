@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from ..errors import UserError, refuse_unexpanded_home, require_file, warn
+from ..errors import UserError, near_name_hint, refuse_unexpanded_home, require_file, warn
 from .clip_writer import HR_SIZES, ClipResult, PreprocessOptions, _add_phones, _source_key, process_clip
 from .datasets import CLIPS_DIR, FORMAT_VERSION, MANIFEST, META
 from .manifests import (
@@ -169,7 +169,7 @@ def preprocess(src: str | os.PathLike, dst: str | os.PathLike, opts: PreprocessO
     """
     src, dst = Path(src), Path(dst)
     if not src.exists():
-        raise UserError(f"video folder not found: {src}")
+        raise UserError(f"video folder not found: {src}{near_name_hint(str(src))}")
     if not src.is_dir():  # one file: a readable one (a named pipe or a device is said to be one)
         require_file(src, "footage")
     if opts.hr_size is not None and opts.hr_size not in HR_SIZES:

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..data.sources import mark_report
-from ..errors import UserError
+from ..errors import UserError, near_name_hint
 from ..face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
 from . import metrics as M
 
@@ -66,7 +66,7 @@ def footage_videos(footage: Path, checkpoint=None, names: dict[Path, str] | None
     from ..errors import MediaError, warn
 
     if not footage.exists():
-        raise UserError(f"footage not found: {footage}")
+        raise UserError(f"footage not found: {footage}{near_name_hint(str(footage))}")
     if not footage.is_dir():
         return [footage]
     names = _clip_names(footage) if names is None else names

@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import UserError, warn
+from ..errors import UserError, near_name_hint, warn
 from .phone_symbols import READERS, SILENT, looks_like_words
 from .phones import FRAME_RATE, PHONES, SILENCE
 
@@ -150,7 +150,7 @@ def read_marks(path: str | os.PathLike, duration: float | None = None, alphabet:
     try:
         text = _decoded(path.read_bytes())
     except FileNotFoundError:
-        raise UserError(f"phoneme file not found: {path}") from None
+        raise UserError(f"phoneme file not found: {path}{near_name_hint(str(path))}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read the phoneme file {path}: {e}") from None
     try:
