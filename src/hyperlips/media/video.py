@@ -84,7 +84,9 @@ def _is_image(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-_PICTURE_STARTS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+_PNG_START = b"\x89PNG\r\n\x1a\n"
+_TIFF_STARTS = (b"II*\x00", b"MM\x00*")  # little- and big-endian
+_PICTURE_STARTS = (_PNG_START, b"\xff\xd8\xff", b"BM", *_TIFF_STARTS)  # PNG, JPEG, BMP, TIFF (WebP: _is_webp)
 
 
 def is_still_picture(path: str | os.PathLike) -> bool:
@@ -98,9 +100,9 @@ def is_still_picture(path: str | os.PathLike) -> bool:
             head = f.read(12)
     except OSError:
         return False
-    if head.startswith(_PICTURE_STARTS[0]):
+    if head.startswith(_PNG_START):
         return _animation(os.fspath(path)) != "APNG"
-    return head.startswith(_PICTURE_STARTS[1:]) or _is_webp(head)
+    return head.startswith(_PICTURE_STARTS) or _is_webp(head)
 
 
 def _is_webp(head: bytes) -> bool:
@@ -157,7 +159,7 @@ def _read_image(path: str) -> np.ndarray:
     if img is None:
         raise MediaError(f"cannot decode image {path} (unreadable or corrupt file)")
     head = data[:12].tobytes()
-    if head.startswith((_PICTURE_STARTS[0], *_PICTURE_STARTS[3:])) or _is_webp(head):  # PNG, TIFF, WebP: the formats
+    if head.startswith((_PNG_START, *_TIFF_STARTS)) or _is_webp(head):  # PNG, TIFF, WebP: the formats
         img = _over_background(path, data, img)  # with transparency, whatever the file's name says
     return img
 
