@@ -400,3 +400,21 @@ def test_loading_mediapipe_leaves_the_programs_environment_as_it_was():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**env, "GLOG_minloglevel": "0"})
     assert res.stdout.strip() == "0"  # the program's own setting stays
+
+
+def test_faces_come_largest_seen_first(monkeypatch):
+    """A head at the frame's edge, mostly outside, has a box larger than the speaker's (boxes reach past the edge);
+    `detect` put it first, as "the largest", where the tracking follows the largest the frame shows."""
+    from types import SimpleNamespace
+
+    def det(x, y, w, h):
+        box = SimpleNamespace(xmin=x, ymin=y, width=w, height=h)
+        return SimpleNamespace(location_data=SimpleNamespace(relative_bounding_box=box), score=[0.9])
+
+    with FaceDetector() as d:
+        # in a 1280 x 720 frame: the speaker 240 x 240 inside, a head 400 x 500 of which 100 x 500 inside
+        found = [det(1180 / 1280, 100 / 720, 400 / 1280, 500 / 720), det(520 / 1280, 240 / 720, 240 / 1280, 240 / 720)]
+        monkeypatch.setattr(d, "_fd", SimpleNamespace(process=lambda rgb: SimpleNamespace(detections=found)))
+        boxes = d.detect(np.zeros((720, 1280, 3), np.uint8))
+        monkeypatch.undo()
+    assert [round(b.x1) for b in boxes] == [520, 1180]

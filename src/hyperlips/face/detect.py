@@ -372,9 +372,10 @@ class FaceDetector:
             self._fd.process(np.zeros((64, 64, 3), np.uint8))
 
     def detect(self, frame_bgr: np.ndarray) -> list[Box]:
-        """Faces in one frame, largest first (empty list when there is none). A face the frame's edge cuts keeps the
-        box the detector sees for the whole face, reaching past the edge (clipped, its crop would squeeze the face);
-        at least a pixel of it across and down lies inside the frame."""
+        """Faces in one frame, the largest the frame shows first (by the area inside it, as ``track.pick_face`` ranks
+        them: a head mostly outside comes after the speaker); an empty list when there is none. A face the edge cuts
+        keeps the box the detector sees for the whole face, reaching past the edge (clipped, its crop would squeeze
+        the face); at least a pixel of it across and down lies inside the frame."""
         if self._fd is None:
             raise RuntimeError("FaceDetector is closed")
         check_frame(frame_bgr)
@@ -390,7 +391,7 @@ class FaceDetector:
             inside = box.clip(w, h)
             if inside.width >= 1.0 and inside.height >= 1.0:
                 boxes.append(box)
-        boxes.sort(key=lambda b: b.area, reverse=True)
+        boxes.sort(key=lambda b: b.clip(w, h).area, reverse=True)
         return boxes
 
     def close(self) -> None:
