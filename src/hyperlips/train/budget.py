@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..data.datasets import CLIPS_DIR, MANIFEST, META
+from ..data.datasets import CLIPS_DIR, MANIFEST
 
 PREPARE_SHARE = 0.25  # of the budget, the most a stage's one-off preparation may take
 MARGIN = 0.98  # of the steps the measured speed allows, planned
