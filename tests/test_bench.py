@@ -327,6 +327,27 @@ def test_bench_user_mistakes(tmp_path, args, message):
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
 
 
+def test_run_bench_from_python_checks_its_arguments_and_puts_torchs_threads_back(monkeypatch):
+    """From Python, `run_bench(batches=[0])` ran and recorded torch's own errors as rows, `precisions=["fp8"]` was a
+    KeyError; `threads=1` left the whole process on one thread for good."""
+    import torch
+
+    from hyperlips.errors import UserError
+
+    for kwargs, words in [({"batches": [0]}, "--batch-sizes must be whole numbers of at least 1"),
+                          ({"frames": 0}, "--frames must be"), ({"precisions": ["fp8"]}, "--precisions takes"),
+                          ({"sizes": [100]}, "--sizes takes 128, 256, 512"), ({"models": ["huge"]}, "--models takes"),
+                          ({"threads": "2"}, "--threads must be"), ({"seconds": 0.5}, "--seconds must be 1 to"),
+                          ({"devices": ["tpu"]}, "--devices takes")]:
+        with pytest.raises(UserError, match=words):
+            B.run_bench(**kwargs)
+    before = torch.get_num_threads()
+    seen = []
+    monkeypatch.setattr(B, "_run_bench", lambda **kw: seen.append(torch.get_num_threads()) or {"rows": []})
+    B.run_bench(threads=1)
+    assert seen == [1] and torch.get_num_threads() == before
+
+
 def test_the_outputs_write_check_leaves_no_folder_behind(tmp_path, monkeypatch):
     """`bench -o a/b/x.json`, refused or failed later, left the folders the up-front write check made; a quoted `~`
     made a folder named "~" where the command ran."""

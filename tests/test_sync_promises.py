@@ -328,6 +328,62 @@ def test_python_api_report(clip, default_run):
     assert (got["frames"], got["width"], got["height"], got["video_codec"]) == (N_OUT, 360, 288, "h264")
 
 
+def test_python_arguments_are_taken_as_python_passes_them_or_refused_up_front(clip, ckpt, tmp_path):
+    """Values a Python caller passes (a frame number from numpy, a torch.device, a path as bytes, a speech
+    synthesiser's parsed JSON phonemes) work; the others are refused in one line before any frame is read (they
+    failed deep inside: a TypeError after the reference search, another while the phonemes' error was being
+    written, "the truth value of an array is ambiguous")."""
+    import os
+
+    import torch
+
+    from hyperlips.errors import UserError
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(ckpt, device=torch.device("cpu"), progress=False, batch_size=np.int64(8))
+    spoken = [{"start": 0.0, "end": 0.4, "phone": "AA"}, {"start": 0.4, "end": 0.6, "phone": "B"}]
+    report = ls.sync(os.fsencode(clip.video), clip.audio, tmp_path / "out.mp4", reference=np.int64(clip.best),
+                     phonemes=spoken)
+    assert report.frames == N_OUT
+    refused = tmp_path / "refused.mp4"
+    for kwargs, words in [({"face_index": "0"}, r"--face \(face_index\) must be a whole number from 0"),
+                          ({"face_index": 0.0}, r"--face \(face_index\) must be a whole number from 0"),
+                          ({"reference": True}, "--reference must be best, first, a frame number"),
+                          ({"reference": np.zeros((8, 8, 3), np.uint8)}, "not an array of pixels"),
+                          ({"phonemes": [{"phone": "B"}]}, "needs a start"),
+                          ({"phonemes": [(0.0, 0.1, "AA"), {0.1: "B"}]}, "needs a start")]:
+        with pytest.raises(UserError, match=words):
+            ls.sync(clip.video, clip.audio, refused, **kwargs)
+    with pytest.raises(UserError, match="video must be a path"):
+        ls.sync(np.zeros(3), clip.audio, refused)
+    assert not refused.exists()
+    for kwargs, words in [({"batch_size": "16"}, r"--batch-size must be a whole number, at least 1 \(got '16'\)"),
+                          ({"size": "256"}, r"--size must be 128, 256 or 512 \(got '256'\)"),
+                          ({"device": 0}, "device must be auto, cpu")]:
+        with pytest.raises(UserError, match=words):
+            LipSync(ckpt, progress=False, **kwargs)
+
+
+def test_a_network_given_directly_is_left_as_it_was():
+    """`LipSync(network=net)` to preview a network still training: it was made ready for inference in place
+    (weights cast to bf16 where that is the precision, gradients off, eval mode, channels-last), and the next
+    training step failed or trained frozen, rounded weights."""
+    import torch
+
+    from hyperlips.models import create_model
+    from hyperlips.pipeline import LipSync
+
+    torch.manual_seed(0)
+    net = create_model("hyperlips-lite")
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ls = LipSync(network=net, device="cpu", progress=False, precision="fp32")
+    assert ls.base is not net and not ls.base.training
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    assert all(torch.equal(v, before[k]) and v.dtype == before[k].dtype for k, v in net.state_dict().items())
+    assert all(p.is_contiguous() for p in net.parameters())  # not made channels-last
+
+
 def test_each_call_reports_its_own_warnings_with_calls_in_two_threads(short_clip, ckpt, tmp_path):
     """Warnings were the only per-call channel, and catching them (`warnings.catch_warnings`) swaps one process-wide
     list: two calls at once in two threads, one LipSync each as advised, had each other's (the NaN speech's warning

@@ -304,10 +304,12 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
     from .media.timing import check_fps, open_timeline
     from .schedule import LOOP_MODES
     from .stages import Timings
-    from .streaming import check_face_box, find_reference, frame_chain, reference_request, track_factory
+    from .streaming import (check_face_box, check_face_index, find_reference, frame_chain, path_argument,
+                            reference_request, track_factory)
 
-    video = Path(video)
+    video = path_argument(video, "video")
     require_file(video, "video")
+    check_face_index(face_index)
     if speech is None or isinstance(speech, (bytes, bytearray, memoryview, str)) or not isinstance(speech, Iterable):
         aio = " (an async iterable: feed its chunks from a thread, e.g. through a queue.Queue)" \
             if hasattr(speech, "__aiter__") else ""

@@ -18,12 +18,12 @@ in that image.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
 import threading
 import time
 import weakref
-from pathlib import Path
 from typing import Callable, Iterator, ParamSpec, TypeVar
 
 import cv2
@@ -53,9 +53,12 @@ from .streaming import (  # noqa: F401  (re-exported)
     OUTPUT_SUFFIXES,
     FaceGaps,
     check_face_box,
+    check_face_index,
     check_paths,
     make_output_folder,
+    path_argument,
     remove_made_folders,
+    whole_number,
 )
 from .sync_report import (  # noqa: F401  (SyncReport and ProgressCallback re-exported: their historical home)
     ProgressCallback,
@@ -178,10 +181,12 @@ class LipSync:
         from .models.inference import prepare_for_inference
 
         preload_mediapipe()  # the face detector's library loads while the networks do
-        if batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
-        if size is not None and size not in (128, 256, 512):
-            raise UserError(f"--size must be 128, 256 or 512 (got {size})")
+        if not whole_number(batch_size) or batch_size < 1:
+            raise UserError(f"--batch-size must be a whole number, at least 1 (got {batch_size!r})")
+        batch_size = int(batch_size)
+        if size is not None and (not whole_number(size) or size not in (128, 256, 512)):
+            raise UserError(f"--size must be 128, 256 or 512 (got {size!r})")
+        size = None if size is None else int(size)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size
@@ -207,7 +212,8 @@ class LipSync:
                 raise UserError("no model weights given and this build ships none: pass --checkpoint PATH (an "
                                 "official HyperLips .pth, a hyperlips checkpoint or a model from `hyperlips finetune`)")
             checkpoint, self.weights = starter.path, f"the {starter.label}"
-        if network is not None:  # a generator module given directly (its forward takes (mel windows, faces))
+        if network is not None:  # a generator module given directly (its forward takes (mel windows, faces)): a copy
+            network = copy.deepcopy(network)  # is made ready for inference, the caller's (still training?) is left as it is
             self.base, self.model_name = network, type(network).__name__
             self.weights = f"the given {self.model_name} network"
         elif checkpoint is not None:
@@ -336,7 +342,8 @@ class LipSync:
                                 track_factory)
 
         t_start = time.perf_counter()
-        video, audio, output = Path(video), Path(audio), Path(output)
+        video, audio, output = (path_argument(p, what) for p, what in ((video, "video"), (audio, "audio"), (output, "output")))
+        check_face_index(face_index)
         if loop not in LOOP_MODES:
             raise UserError(f"--loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
         check_fps(fps)
@@ -493,15 +500,18 @@ class LipSync:
             return read_phones(wav, self.audio_cfg.sample_rate)
 
     def phoneme_marks(self, phonemes, seconds: float | None):
-        """``sync``'s ``phonemes`` (None, a file, or ``PhoneMark`` marks or ``(start, [end,] phone)`` entries) as
+        """``sync``'s ``phonemes`` (None, a file, ``PhoneMark`` marks, ``(start, [end,] phone)`` entries, or a JSON
+        file's content: ``{"start": s, "end": s, "phone": p}`` entries or ``{"alphabet": ..., "phonemes": [...]}``) as
         ``PhoneMark`` marks for ``seconds`` of speech (None: a stream's, not known yet), or None; says what they
         cannot do with this LipSync."""
         if phonemes is None:
             return None
-        from .media.phone_marks import PhoneMark, read_marks, refuse_other_units, to_marks
+        from .media.phone_marks import PhoneMark, marks_from_json, read_marks, refuse_other_units, to_marks
 
         if isinstance(phonemes, (str, os.PathLike)):
             marks = read_marks(phonemes, seconds)
+        elif isinstance(phonemes, dict) or any(isinstance(m, dict) for m in phonemes):  # a JSON file's, read
+            marks = marks_from_json(phonemes if isinstance(phonemes, dict) else list(phonemes), seconds)
         elif all(isinstance(m, PhoneMark) for m in phonemes):
             marks = list(phonemes)
             refuse_other_units([m.start for m in marks])  # (a caller's own marks: milliseconds, samples)

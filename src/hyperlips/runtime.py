@@ -11,6 +11,10 @@ def resolve_device(device: str = "auto"):
     a :class:`UserError` for a GPU that is not there or a name torch does not know."""
     import torch
 
+    if isinstance(device, torch.device):  # (as a torch user passes it)
+        device = str(device)
+    if not isinstance(device, str):
+        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps (got {device!r})")
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

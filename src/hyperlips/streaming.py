@@ -207,16 +207,43 @@ def check_face_box(box, width: int, height: int) -> tuple[float, float, float, f
     return max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
 
 
+# --------------------------------------------------------------------------------------------- arguments
+def whole_number(value) -> bool:
+    """Whether ``value`` is a whole number as Python code passes one (an int or numpy integer; not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_face_index(face_index) -> None:
+    """``face_index`` (``--face``): None, or a whole number from 0 (counted from the left); a :class:`UserError`
+    otherwise, before any frame is read (a string or a float failed deep in the tracking, after the search)."""
+    if face_index is not None and (not whole_number(face_index) or face_index < 0):
+        raise UserError(f"--face (face_index) must be a whole number from 0, counted from the left (got "
+                        f"{face_index!r})")
+
+
+def path_argument(value, what: str) -> Path:
+    """A path argument as a Path: str, os.PathLike or bytes (a file system's own name); a :class:`UserError` for
+    anything else (an array, a file object)."""
+    if isinstance(value, bytes):
+        value = os.fsdecode(value)
+    if not isinstance(value, (str, os.PathLike)):
+        raise UserError(f"{what} must be a path (str or pathlib.Path), not {type(value).__name__}")
+    return Path(value)
+
+
 # --------------------------------------------------------------------------------------------- reference
 def reference_request(reference) -> str | int | Path:
     """``reference`` as ``"best"``, ``"first"``, a frame number or an image path; :class:`UserError` otherwise."""
-    if isinstance(reference, int) or (isinstance(reference, str) and reference.strip().isdigit()):
+    if whole_number(reference) or (isinstance(reference, str) and reference.strip().isdecimal()):
         return int(reference)
+    if isinstance(reference, np.ndarray):
+        raise UserError("--reference (reference) takes a picture's path, not an array of pixels: save it first (e.g. "
+                        "cv2.imwrite) and give its path")
     if reference in ("best", "first"):
         return reference
     if isinstance(reference, (str, Path)) and (Path(reference).suffix or Path(reference).is_file()):
         return Path(reference)  # (a picture saved without a suffix, or named "./10", is a picture)
-    raise UserError(f"--reference must be best, first, a frame number or an image of the face (got {reference})")
+    raise UserError(f"--reference must be best, first, a frame number or an image of the face (got {reference!r})")
 
 
 @dataclass

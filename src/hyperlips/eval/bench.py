@@ -190,11 +190,61 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
     ``original_batch`` (0: none): the reference is also timed at the batch the original's inference uses, after
     the end-to-end runs at 720p (a batch of 128 takes about 55 s on two cores, in its rounds). ``seconds``: the end-to-end runs'
     length (their synthetic clips', or the first seconds of ``audio``).
+    The arguments are checked first (a :class:`UserError` naming the one that is wrong). ``threads``: torch's CPU
+    threads during the run (put back as they were afterwards).
     """
     import torch
 
+    check_bench_arguments(sizes=sizes, devices=devices, precisions=precisions, batches=batches, frames=frames,
+                          models=models, original_batch=original_batch, budget=budget, seconds=seconds,
+                          threads=threads)
+    before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
+    try:
+        return _run_bench(sizes=sizes, devices=devices, precisions=precisions, batches=batches, frames=frames,
+                          models=models, video=video, audio=audio, end_to_end=end_to_end, memory_seconds=memory_seconds,
+                          original_max_size=original_max_size, budget=budget, threads=threads, log=log,
+                          generator_table=generator_table, original_batch=original_batch, seconds=seconds)
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_bench_arguments(*, sizes, devices, precisions, batches, frames, models, original_batch, budget, seconds,
+                          threads) -> None:
+    """A :class:`UserError` for the first :func:`run_bench` argument that cannot be run, in the command's words."""
+    import numpy as np
+
+    def whole(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    if not all(whole(b) and b >= 1 for b in batches):
+        raise UserError(f"--batch-sizes must be whole numbers of at least 1 (got {list(batches)})")
+    if not whole(frames) or frames < 1:
+        raise UserError(f"--frames must be a whole number of at least 1 (got {frames!r})")
+    if not whole(original_batch) or original_batch < 0:
+        raise UserError(f"--original-batch must be 0 (none) or a batch size (got {original_batch!r})")
+    if threads is not None and (not whole(threads) or threads < 0):
+        raise UserError(f"--threads must be 0 (torch's default) or a number of threads (got {threads!r})")
+    for name, given, known in (("--sizes", sizes, SIZES), ("--precisions", precisions, PRECISIONS),
+                               ("--models", models, MODELS)):
+        wrong = [v for v in given if v not in known]
+        if wrong:
+            raise UserError(f"{name} takes {', '.join(map(str, known))} (got {', '.join(map(repr, wrong))})")
+    for d in devices or ():
+        if not (isinstance(d, str) and (d == "cpu" or d.startswith("cuda"))):
+            raise UserError(f"--devices takes cpu and cuda (or cuda:N), got {d!r}")
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= 0):
+        raise UserError(f"--budget must be 0 (no limit) or a number of seconds, got {budget!r}")
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and 1 <= seconds <= MAX_E2E_SECONDS):
+        raise UserError(f"--seconds must be 1 to {MAX_E2E_SECONDS:g} (the end-to-end runs' length), got {seconds!r}")
+
+
+def _run_bench(*, sizes, devices, precisions, batches, frames, models, video, audio, end_to_end, memory_seconds,
+               original_max_size, budget, threads, log, generator_table, original_batch, seconds) -> dict:
+    """:func:`run_bench`'s measurements, its arguments checked."""
+    import torch
+
     devices = list(devices) if devices else ["cpu", "cuda"]
     specs = [s if isinstance(s, E2ESpec) else E2ESpec.parse(s) for s in end_to_end]
     log = log or (lambda msg: None)
@@ -569,24 +619,13 @@ def _check_writable(path: Path) -> None:
 
 
 def run_bench_command(args) -> int:
-    if any(b < 1 for b in args.batch_sizes):
-        raise UserError("--batch-sizes must be at least 1")
-    if args.frames < 1:
-        raise UserError("--frames must be at least 1")
-    if args.original_batch < 0:
-        raise UserError("--original-batch must be 0 (none) or a batch size")
-    if not (math.isfinite(args.budget) and args.budget >= 0):
-        raise UserError(f"--budget must be 0 (no limit) or a number of seconds, got {args.budget:g}")
-    if not (math.isfinite(args.seconds) and 1 <= args.seconds <= MAX_E2E_SECONDS):
-        raise UserError(f"--seconds must be 1 to {MAX_E2E_SECONDS:g} (the end-to-end runs' length), "
-                        f"got {args.seconds:g}")
+    check_bench_arguments(sizes=args.sizes, devices=args.devices, precisions=args.precisions, batches=args.batch_sizes,
+                          frames=args.frames, models=args.models, original_batch=args.original_batch,
+                          budget=args.budget, seconds=args.seconds, threads=args.threads)
     memory = [] if _skipped(args.memory_seconds) else _memory_lengths(args.memory_seconds)
     specs = [] if _skipped(args.end_to_end) else [E2ESpec.parse(s) for s in args.end_to_end]
     _check_clip(args.video, args.audio, speech=bool(specs))
     devices = args.devices
-    for d in devices or ():
-        if not (d == "cpu" or d.startswith("cuda")):
-            raise UserError(f"--devices takes cpu and cuda (or cuda:N), got {d!r}")
     if args.output.suffix.lower() != ".json":
         raise UserError(f"--output is a JSON file (ending in .json): {args.output}")
     _check_writable(args.output)  # before minutes of measuring, not after

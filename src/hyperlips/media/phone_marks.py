@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -80,7 +80,7 @@ def to_marks(entries: Sequence, duration: float | None = None, alphabet: str = "
     name = (lambda k: where[k]) if where is not None else (lambda k: f"phoneme {k + 1}")
     rows = []
     for k, e in enumerate(entries):
-        if isinstance(e, (str, bytes)) or not hasattr(e, "__len__") or len(e) not in (2, 3):
+        if isinstance(e, (str, bytes, Mapping)) or not hasattr(e, "__len__") or len(e) not in (2, 3):
             raise UserError(f"{name(k)}: expected (start, phone) or (start, end, phone), got {e!r}")
         try:
             times = [float(x) for x in e[:-1]]
@@ -221,7 +221,7 @@ def _json_entries(data, alphabet: str) -> tuple[list, str]:
         raise UserError('JSON phonemes must be a list of {"start": s, "phone": p} objects')
     entries = []
     for k, item in enumerate(data):
-        if isinstance(item, list) and len(item) in (2, 3):  # [start, phone] or [start, end, phone]
+        if isinstance(item, (list, tuple)) and len(item) in (2, 3):  # [start, phone] or [start, end, phone]
             entries.append(tuple(item))
             continue
         if not isinstance(item, dict):
