@@ -156,10 +156,57 @@ def test_stream_mistakes(clip):
     from hyperlips.pipeline import LipSync
 
     ls = LipSync(network=MelTint(), device="cpu", progress=False, precision="fp32")
-    with pytest.raises(UserError, match="16000 Hz"):
-        next(ls.stream(clip.video, iter(chunks(clip.wav)), sample_rate=44100))
-    with pytest.raises(UserError, match="1-D mono"):
-        list(ls.stream(clip.video, iter([np.zeros((2, 640), np.float32)])))
+    for rate in (16000.5, "16000", 100):
+        with pytest.raises(UserError, match="sample_rate must be the chunks' sample rate in Hz"):
+            next(ls.stream(clip.video, iter(chunks(clip.wav)), sample_rate=rate))
+    with pytest.raises(UserError, match=r"1-D mono .*mix them down first, e.g. chunk.mean\(axis=1\)"):
+        list(ls.stream(clip.video, iter([np.zeros((640, 2), np.float32)])))
+    import array
+
+    raw = array.array("B", np.zeros(1280, np.uint8).tobytes())  # a sound library's raw buffer of int16 PCM bytes
+    with pytest.raises(UserError, match=r"not bytes: .*np.frombuffer\(chunk, np.int16\)"):
+        list(ls.stream(clip.video, iter([raw])))
+
+
+def test_a_stream_at_another_rate_gives_the_frames_of_the_same_speech_read_from_a_file(clip, real_data):
+    """A microphone's 48 kHz or a speech synthesiser's 22.05 kHz were refused ("resample them first", pointing at a
+    file reader); resampling each chunk on its own put a seam at every chunk edge (the mouth up to 55 grey levels
+    off). The chunks are resampled as they come, with the file's filter kept running: `sync`'s frames of the file."""
+    import soundfile as sf
+
+    from hyperlips.media.audio import load_audio
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(network=MelTint(), device="cpu", progress=False, precision="fp32", batch_size=1)
+    for rate in (48000, 22050):
+        wav = load_audio(real_data / "retalking" / "audio1.wav", rate)[: int(1.6 * rate)]
+        path = clip.folder / f"speech_{rate}.wav"
+        sf.write(str(path), wav, rate, subtype="FLOAT")
+        offline = spied_frames(lambda: ls.sync(clip.video, path, clip.folder / "offline_rate.mp4"))
+        n = int(rate * 0.04)
+        live = [f.image for f in ls.stream(clip.video, iter([wav[i: i + n] for i in range(0, len(wav), n)]),
+                                           sample_rate=rate)]
+        assert len(live) == len(offline) == 40
+        assert max(np.abs(a.astype(int) - b).max() for a, b in zip(offline, live)) <= 1, rate
+
+
+def test_speech_statistics_of_a_mel_smoothed_otherwise_are_refused(clip):
+    """`SpeechStats.of(mel)` without the network's smoothing (the starter reads its mel smoothed with 12) was taken,
+    and put the mouth up to 73 grey levels off on every frame of the stream; `ls.speech_stats(voice)` measures them
+    as the network reads its mel."""
+    from hyperlips.errors import UserError
+    from hyperlips.live import SpeechStats
+    from hyperlips.media.audio import melspectrogram
+    from hyperlips.models import HyperLipsLite, LiteConfig
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(network=HyperLipsLite(LiteConfig(mel_smooth=12)).eval(), device="cpu", progress=False)
+    with pytest.raises(UserError, match="measured on a mel smoothed with 0, and this network reads it smoothed with 12"):
+        next(ls.stream(clip.video, iter(chunks(clip.wav)), speech_stats=SpeechStats.of(melspectrogram(clip.wav))))
+    stats = ls.speech_stats(clip.speech)
+    assert stats.smooth == 12
+    assert np.allclose(stats.mean, SpeechStats.of(melspectrogram(clip.wav), 12).mean)
+    assert np.allclose(ls.speech_stats(clip.wav).std, stats.std)
 
 
 def test_stream_samples_are_read_as_sync_reads_a_file(clip):
@@ -393,7 +440,7 @@ def test_bytes_and_no_speech_are_refused_with_what_to_pass(clip):
 
     mel = melspectrogram(clip.wav, ls.audio_cfg)
     for stats in (mel, {"mean": 0}, "stats.npy"):  # the mel itself, not its statistics: numpy's "truth value..."
-        with pytest.raises(UserError, match=r"speech_stats must be a hyperlips.live.SpeechStats, e.g. SpeechStats.of"):
+        with pytest.raises(UserError, match=r"speech_stats must be a hyperlips.live.SpeechStats, e.g. ls.speech_stats\(VOICE_SAMPLE\)"):
             next(ls.stream(clip.video, iter([clip.wav]), speech_stats=stats))
 
 

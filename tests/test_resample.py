@@ -57,3 +57,24 @@ print("scipy.signal" in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("rate", [48000, 44100, 22050, 24000, 8000, 16000])
+def test_a_signal_resampled_in_chunks_is_the_whole_signal_resampled(rate):
+    """`live` streams at a microphone's or a synthesiser's rate: chunks of any size, one sample included, resampled
+    as they come are the whole signal's samples (to float32 rounding) and as many, the end read as zeros."""
+    from hyperlips.media.resample import StreamResampler, resample_poly
+
+    x = np.random.default_rng(rate).standard_normal(rate // 3).astype(np.float32)
+    whole = resample_poly(x, 16000, rate)
+    rng = np.random.default_rng(1)
+    for sizes in ([1] * 200 + [0, 7], list(rng.integers(0, 3000, 50)), [len(x)]):
+        r, out, i = StreamResampler(16000, rate), [], 0
+        for n in sizes * 2000:
+            if i >= len(x):
+                break
+            out.append(r.push(x[i: i + n]))
+            i += n
+        out += [r.push(x[i:]), r.finish()]
+        got = np.concatenate(out)
+        assert len(got) == len(whole) and np.abs(got - whole).max() < 1e-5

@@ -313,7 +313,8 @@ def _run_live(args) -> int:
                       loop=args.loop, face_index=args.face, face_box=args.face_box, reference=args.reference,
                       fps=args.fps, phonemes=args.phonemes)
     print(report.summary())
-    print(f"wrote {report.output} ({report.frames} frames) with {_weights_used(ls)}, precision {ls.precision}")
+    frames = f"{report.frames} frame{'s' if report.frames != 1 else ''}"
+    print(f"wrote {report.output} ({frames}) with {_weights_used(ls)}, precision {ls.precision}")
     return 0
 
 
@@ -364,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", type=Path, help="idle talking-face video (played forward and backward while speech lasts)")
     p.add_argument("audio", type=Path, help="speech to feed (any format sync reads)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output video (.mp4): the streamed frames")
-    p.add_argument("--chunk-ms", type=float, default=40.0, help="milliseconds of speech per chunk (default 40)")
+    p.add_argument("--chunk-ms", type=float, default=40.0, help="milliseconds of speech per chunk, from 5 to 1000 (default 40)")
     p.add_argument("--no-pace", action="store_true", help="feed the speech as fast as possible instead of in real "
                                                           "time (the real-time factor is then the processing speed)")
     p.add_argument("--phonemes", type=Path, metavar="FILE",

@@ -38,10 +38,12 @@ from .media.audio import (
 )
 from .media.mel_stream import MelStream
 from .media.phones import FRAME_RATE, N_PHONES, SILENCE
+from .media.resample import StreamResampler
 
 FOREVER = 10**15  # output frames scheduled for an idle loop whose end is the speech's
 MIN_STATS_FRAMES = 40  # a voice sample's statistics: at least 0.5 s of mel frames (80 a second) ...
 MIN_STATS_SPREAD = 0.05  # ... whose bins vary (speech: a median spread near 0.9; digital silence: 0)
+MIN_RATE, MAX_RATE = 4000, 384000  # the chunks' sample rates taken (resampled to the mel's as they come)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class SpeechStats:
     mean: np.ndarray
     std: np.ndarray
     floor: np.ndarray
+    smooth: Optional[int] = None  # the mel's smoothing they were measured with (``of``'s); None: not known
 
     @classmethod
     def of(cls, mel: np.ndarray, smooth: int = 0) -> "SpeechStats":
@@ -66,7 +69,7 @@ class SpeechStats:
             raise UserError("the voice sample is silent (or nearly): its sound does not vary, so it cannot say how "
                             "this voice's speech varies; give a recording of the voice speaking")
         floor = ((mel.min(axis=1, keepdims=True) - mean) / (std + 1e-3)).astype(np.float32)
-        return cls(mean[:, 0], std[:, 0], floor[:, 0])
+        return cls(mean[:, 0], std[:, 0], floor[:, 0], int(smooth))
 
 
 @dataclass
@@ -88,7 +91,11 @@ class MelFeed:
 
     def __init__(self, network, fps: float, sample_rate: int, stats: Optional[SpeechStats] = None,
                  cfg: AudioConfig = AudioConfig(), phones: Optional[np.ndarray] = None) -> None:
-        self.cfg, self.fps, self.sample_rate = cfg, float(fps), int(sample_rate)
+        # ``sample_rate``: the chunks'; other than the mel's, they are resampled as they come, with the filter a file
+        # is read with (``media.resample``), so the frames are those of the same speech read from a file
+        self.cfg, self.fps, self.sample_rate = cfg, float(fps), cfg.sample_rate
+        self._resampler = (StreamResampler(cfg.sample_rate, int(sample_rate)) if int(sample_rate) != cfg.sample_rate
+                           else None)
         self.mel = MelStream(cfg)
         self.steps = getattr(network, "mel_steps", None)
         self.utterance = getattr(network, "mel_norm", None) == "utterance"
@@ -116,7 +123,9 @@ class MelFeed:
             for c in chunks:
                 if self.cancelled:
                     return
-                self.mel.push(self._pcm(c))
+                self.mel.push(self._resampled(self._pcm(c)))
+            if self._resampler is not None and not self.cancelled:
+                self.mel.push(self._resampled(None))  # the filter's last outputs
             if self.mel.n_samples == 0 and not self.cancelled:
                 raise UserError("the speech stream ended without a sample: there is no speech to lip-sync to")
         except BaseException as e:  # noqa: BLE001 (handed to the frame consumer)
@@ -124,11 +133,24 @@ class MelFeed:
         finally:
             self.mel.finish()
 
+    def _resampled(self, pcm: Optional[np.ndarray]) -> np.ndarray:
+        """Samples at the chunks' rate as the mel's (None: the speech ended), clipped after the filter as a file's."""
+        if self._resampler is None:
+            return pcm
+        out = self._resampler.finish() if pcm is None else self._resampler.push(pcm)
+        return np.clip(out, -1.0, 1.0, out=out)
+
     def _pcm(self, chunk) -> np.ndarray:
         """One chunk as float32 samples in [-1, 1]."""
-        if isinstance(chunk, (bytes, bytearray, memoryview)):
+        raw = isinstance(chunk, (bytes, bytearray, memoryview))
+        if not raw and not isinstance(chunk, (np.ndarray, list, tuple)):  # a sound library's buffer of PCM bytes
+            try:
+                raw = memoryview(chunk).format.lstrip("@=<>!") in ("B", "b", "c")
+            except TypeError:
+                pass
+        if raw:
             raise UserError("speech chunks must be arrays of samples, not bytes: for 16-bit PCM bytes (a websocket's "
-                            "payload) pass np.frombuffer(chunk, np.int16)")
+                            "payload, a sound device's raw buffer) pass np.frombuffer(chunk, np.int16)")
         if chunk is None or isinstance(chunk, str):
             raise UserError(f"speech chunks must be arrays of samples, got {'None' if chunk is None else 'a string'}")
         a = np.asarray(chunk)
@@ -139,7 +161,9 @@ class MelFeed:
             raise UserError("speech chunks must be arrays of samples, got a single number (an iterable of samples "
                             "was given where an iterable of chunks is wanted: pass [speech] for one chunk)")
         if a.ndim != 1 and not (a.ndim == 2 and 1 in a.shape):
-            raise UserError(f"speech chunks must be 1-D mono PCM, got an array of shape {a.shape}")
+            raise UserError(f"speech chunks must be 1-D mono PCM, got an array of shape {a.shape}"
+                            + (" (several channels? mix them down first, e.g. chunk.mean(axis=1) for samples by "
+                               "channel)" if a.ndim == 2 else ""))
         a = a.reshape(-1)
         if a.dtype == np.int16:
             return a.astype(np.float32) / 32768.0
@@ -305,7 +329,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
     from .schedule import LOOP_MODES
     from .stages import Timings
     from .streaming import (check_face_box, check_face_index, find_reference, frame_chain, path_argument,
-                            reference_request, track_factory)
+                            reference_request, track_factory, whole_number)
 
     video = path_argument(video, "video")
     require_file(video, "video")
@@ -316,13 +340,19 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
         raise UserError("speech must be an iterable of chunks of samples (arrays), e.g. a list or a generator of "
                         f"them (got {type(speech).__name__}){aio}")
     if stats is not None and not isinstance(stats, SpeechStats):
-        raise UserError("speech_stats must be a hyperlips.live.SpeechStats, e.g. SpeechStats.of(mel, "
-                        f"ls.base.mel_smooth) of the whole speech's mel spectrogram (got {type(stats).__name__})")
+        raise UserError("speech_stats must be a hyperlips.live.SpeechStats, e.g. ls.speech_stats(VOICE_SAMPLE) (a "
+                        f"recording of the voice, or its samples) (got {type(stats).__name__})")
+    if stats is not None and stats.smooth is not None and getattr(ls.base, "mel_norm", None) == "utterance":
+        reads = int(getattr(ls.base, "mel_smooth", 0))
+        if stats.smooth != reads:  # (the mouth was off on every frame of the stream, without a word)
+            raise UserError(f"speech_stats were measured on a mel smoothed with {stats.smooth}, and this network "
+                            f"reads it smoothed with {reads}: make them with ls.speech_stats(VOICE_SAMPLE), or "
+                            "SpeechStats.of(mel, ls.base.mel_smooth)")
     if loop not in LOOP_MODES:
         raise UserError(f"--loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
-    if int(sample_rate) != ls.audio_cfg.sample_rate:
-        raise UserError(f"speech chunks must be {ls.audio_cfg.sample_rate} Hz mono PCM (got {sample_rate} Hz); resample "
-                        "them first (hyperlips.media.audio.load_audio reads a file at that rate)")
+    if not whole_number(sample_rate) or not MIN_RATE <= sample_rate <= MAX_RATE:
+        raise UserError(f"sample_rate must be the chunks' sample rate in Hz, a whole number from {MIN_RATE} to "
+                        f"{MAX_RATE} (got {sample_rate!r})")
     check_fps(fps)
     request = reference_request(reference)
     marks = ls.phoneme_marks(phonemes, speech_seconds)
@@ -461,7 +491,7 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     """Feed ``speech_path`` to ``ls.stream`` in ``chunk_ms`` chunks as if it were being spoken (``pace``), write the
     frames and the speech to ``output`` and measure the latency of every frame. ``voice_sample``: a recording of the
     same voice whose statistics normalise HyperLips-Lite's mel (the speech file itself reproduces ``sync``)."""
-    from .media.audio import load_audio, melspectrogram, speech_problems
+    from .media.audio import load_audio, speech_problems
     from .media.writer import VideoWriter, check_encoding
     from .streaming import MUX_SAMPLE_RATE, check_paths, make_output_folder, remove_made_folders
 
@@ -478,8 +508,7 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
         raise UserError(f"the speech is empty: {speech_path}")
     for problem in speech_problems(wav, sr):
         warn(f"{speech_path}: {problem}")
-    stats = (SpeechStats.of(melspectrogram(load_audio(voice_sample, sr), ls.audio_cfg),
-                            int(getattr(ls.base, "mel_smooth", 0))) if voice_sample else None)
+    stats = ls.speech_stats(voice_sample) if voice_sample else None
     feed = PacedSpeech(wav, int(round(chunk_ms / 1000.0 * sr)), sr, pace)
     writer, out_times, n, made = None, [], 0, []
     t_call = time.perf_counter()

@@ -458,8 +458,8 @@ class LipSync:
     ) -> "Iterator[LiveFrame]":
         """Lip-synced frames of ``video`` (an idle clip, played in a loop) driven by ``speech`` while it arrives.
 
-        ``speech``: an iterable of PCM chunks (1-D, float in [-1, 1] or int16, mono at ``sample_rate`` = 16000;
-        e.g. 20-100 ms each, as a microphone or a speech synthesiser gives them); it is read in a thread of its own,
+        ``speech``: an iterable of PCM chunks (1-D, float in [-1, 1] or int16, mono at ``sample_rate``, 16000 by
+        default: other rates are resampled as they come, with the filter a file is read with; e.g. 20-100 ms each, as a microphone or a speech synthesiser gives them); it is read in a thread of its own,
         so it may block until the next chunk exists (a stream closed meanwhile leaves that thread waiting in the
         iterable until it gives a chunk or ends: end it, e.g. close your queue, when you close the stream).
         One sync or stream at a time per LipSync (another one meanwhile is refused: use one LipSync per thread);
@@ -468,7 +468,7 @@ class LipSync:
         for HyperLips-Lite), until the speech ends (``round(seconds * fps)`` frames, as ``sync``). Frames are
         rendered in batches of the frames that are ready together, at most ``batch_size`` (default: the
         LipSync's). ``speech_stats``: ``live.SpeechStats`` for HyperLips-Lite's per-utterance mel normalisation
-        (``SpeechStats.of(mel, network.mel_smooth)``; default: the statistics of the speech so far). ``phonemes``:
+        (:meth:`speech_stats` of a recording of the voice; default: the statistics of the speech so far). ``phonemes``:
         the speech's phoneme timings, known in advance (a speech synthesiser's): a HyperLips-Lite mouth closes on
         every /p b m/ and a network that reads phones reads these, as in ``sync`` (without them it reads none in a
         stream; a stream does not know when the speech will end, so a last phoneme without an end lasts 0.1 s: give
@@ -498,6 +498,27 @@ class LipSync:
 
         with timer("phones") if timer is not None else contextlib.nullcontext():
             return read_phones(wav, self.audio_cfg.sample_rate)
+
+    def speech_stats(self, voice, sample_rate: int | None = None):
+        """A voice's statistics for :meth:`stream`'s ``speech_stats``, measured as this LipSync's network reads its
+        mel: ``voice`` a recording of the voice speaking (a file of any format and rate; at least half a second), or
+        its samples (1-D, float in [-1, 1], at ``sample_rate``, 16000 by default)."""
+        from .live import SpeechStats
+        from .media.audio import load_audio, melspectrogram
+
+        rate = self.audio_cfg.sample_rate
+        if isinstance(voice, (str, os.PathLike, bytes)):
+            wav = load_audio(path_argument(voice, "voice sample"), rate)
+        else:
+            wav = np.asarray(voice, np.float32).reshape(-1)
+            given = rate if sample_rate is None else sample_rate
+            if not whole_number(given) or given < 1:
+                raise UserError(f"sample_rate must be a whole number of Hz (got {sample_rate!r})")
+            if given != rate:
+                from .media.resample import resample_poly
+
+                wav = resample_poly(wav, rate, int(given))
+        return SpeechStats.of(melspectrogram(wav, self.audio_cfg), int(getattr(self.base, "mel_smooth", 0)))
 
     def phoneme_marks(self, phonemes, seconds: float | None):
         """``sync``'s ``phonemes`` (None, a file, ``PhoneMark`` marks, ``(start, [end,] phone)`` entries, or a JSON

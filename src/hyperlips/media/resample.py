@@ -77,3 +77,59 @@ def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
             block = rows[c: c + CHUNK]
             y[first + c * up: first + (c + len(block)) * up: up] = block @ reversed_phases[p]
     return y
+
+
+class StreamResampler:
+    """:func:`resample_poly` of a signal that arrives in chunks: :meth:`push` gives the output samples the input so
+    far fixes (those whose filter window it holds whole), :meth:`finish` the rest, the signal's end taken as zeros.
+    Together they are ``resample_poly`` of the whole signal, sample for sample (to float32 rounding; resampling each
+    chunk on its own put a seam at every chunk's edge). It keeps only the last filter's length of input."""
+
+    def __init__(self, up: int, down: int) -> None:
+        if up < 1 or down < 1 or up != int(up) or down != int(down):
+            raise ValueError(f"up and down must be positive integers (got {up}, {down})")
+        g = math.gcd(int(up), int(down))
+        self.up, self.down = int(up) // g, int(down) // g
+        self._phases, self._skip = _polyphase(self.up, self.down) if self.up != self.down else (None, 0)
+        self._taps = 0 if self._phases is None else self._phases.shape[1]
+        self._held = np.zeros(self._taps, np.float32)  # input samples [_start, _start + len(_held)): zeros before 0
+        self._start = -self._taps
+        self._n_in = 0  # input samples pushed
+        self._m = 0  # the next output sample
+
+    def _outputs(self, stop: int) -> np.ndarray:
+        """Output samples ``_m`` to ``stop`` - 1, every input they read held."""
+        if stop <= self._m:
+            return np.zeros(0, np.float32)
+        m = np.arange(self._m, stop)
+        j = (m + self._skip) * self.down
+        last = j // self.up  # the last input each reads; it reads the taps before it too
+        rows = last[:, None] - self._start - self._taps + 1 + np.arange(self._taps)
+        y = np.einsum("ij,ij->i", self._held[rows], self._phases[j % self.up])
+        self._m = stop
+        keep = int(((stop + self._skip) * self.down) // self.up) - self._taps + 1 - self._start  # the next one's first
+        if keep > 0:
+            self._held, self._start = self._held[keep:], self._start + keep
+        return y.astype(np.float32)
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        """Take the next input samples (1-D); the output samples they complete (float32)."""
+        x = np.asarray(x, np.float32).reshape(-1)
+        if self._phases is None:
+            self._n_in += len(x)
+            return x.copy()
+        self._held = np.concatenate([self._held, x])
+        self._n_in += len(x)
+        # output m reads inputs up to ((m + skip) * down) // up: complete while that is below the inputs pushed
+        ready = (self._n_in * self.up - 1) // self.down - self._skip + 1 if self._n_in else 0
+        return self._outputs(max(ready, self._m))
+
+    def finish(self) -> np.ndarray:
+        """The signal ended: the output samples left (``ceil(n_in * up / down)`` in all), past its end read as zeros."""
+        if self._phases is None:
+            return np.zeros(0, np.float32)
+        total = -(-self._n_in * self.up // self.down)
+        need = ((total - 1 + self._skip) * self.down) // self.up + 1 - self._start - len(self._held)
+        if need > 0:
+            self._held = np.concatenate([self._held, np.zeros(need, np.float32)])
+        return self._outputs(total)
