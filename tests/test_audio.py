@@ -93,6 +93,30 @@ def test_downmix_is_mean_and_resampler_removes_aliases(tmp_path):
     assert tone_power(wav48, 48000, 10000) == pytest.approx(0.1, abs=0.01)
 
 
+def test_channels_that_cancel_in_the_mix_are_read_from_the_first(real_data, tmp_path):
+    """Stereo speech with one channel inverted (a microphone wired with its polarity swapped): the mean of the
+    channels was silence, so the mouth never moved and the run said "the speech is silent", while the output
+    played the speech on both sides. The first channel is read instead, said; a stereo file whose sides differ
+    (speech on one, nothing on the other) is mixed as ever."""
+    import soundfile as sf
+
+    from hyperlips.errors import InputWarning
+
+    speech = load_audio(real_data / "hyperlips" / "audio2.wav", 16000)[:32000]
+    inverted = tmp_path / "inverted.wav"
+    sf.write(str(inverted), np.stack([speech, -speech], 1), 16000, subtype="FLOAT")
+    with pytest.warns(InputWarning, match="its channels cancel when mixed to mono .* read from its first channel"):
+        wav = load_audio(inverted, 16000)
+    assert np.allclose(wav, speech, atol=1e-6)
+    one_side = tmp_path / "one_side.wav"
+    sf.write(str(one_side), np.stack([speech, np.zeros_like(speech)], 1), 16000, subtype="FLOAT")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.allclose(load_audio(one_side, 16000), speech / 2, atol=1e-6)
+    kept = load_audio(inverted, 16000, keep_stereo=True, quiet=True)  # what the output carries: as it is
+    assert np.allclose(kept, [speech, -speech], atol=1e-6)
+
+
 def test_int16_stereo_16k_is_not_resampled(tmp_path):
     import soundfile as sf
 

@@ -129,6 +129,11 @@ def _as_rows(planes: np.ndarray, names: list[str], rows: int) -> np.ndarray:
 
 
 AUDIO_HOLE = 0.02  # seconds: a gap in an audio track's timestamps at least this long is filled with silence
+# channels that cancel when mixed to mono (one is the other inverted: a microphone wired with its polarity swapped,
+# a "wide" stereo effect): the mix's energy below this share of the channels' own, while they are louder than
+# CANCEL_LEVEL (rms): the speech is read from the first channel instead (the mix was silence: a mouth that never moved)
+CANCEL_SHARE = 0.01
+CANCEL_LEVEL = 1e-3
 MAX_AUDIO_HOLE = 30.0  # seconds: a longer jump is a restart of the timestamps (joined segments), not a gap
 
 
@@ -255,7 +260,7 @@ def _wav_data_seconds(path: str) -> float | None:
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_video: bool = True,
-               keep_stereo: bool = False, quiet: bool = False) -> np.ndarray:
+               keep_stereo: bool = False, quiet: bool = False, channel: int | None = None) -> np.ndarray:
     """Decode an audio file or a video's audio track to mono float32 in [-1, 1] at ``sample_rate``.
 
     Any container/codec FFmpeg reads (wav, mp3, m4a, flac, ogg, mp4, mkv, mov, mpg, avi...), any rate and channel
@@ -268,7 +273,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
 
     ``keep_stereo``: (channels, samples) instead, the channels as they are for a mono or stereo track (1 or 2 rows),
     a track of more channels mixed down to stereo (:func:`stereo_mix`): what an output carries. The mono samples
-    are the mean of the channels (what the networks hear).
+    are the mean of the channels (what the networks hear), or ``channel`` alone where given; channels that cancel
+    in the mean (one inverted: :data:`CANCEL_SHARE`) are read from the first, with a warning.
     ``quiet``: say nothing of what was found (a second reading of a file already read, whose problems were said).
     Raises :class:`MediaError` for a missing, unreadable or corrupt file, no audio track, or no samples.
     """
@@ -290,6 +296,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
     holes = damaged = damaged_last = 0
     damaged_at = None
     n = 0  # samples so far, at the first frame's rate
+    own_sq = mix_sq = 0.0  # the channels' energy and their mean's (mono, of several channels)
     try:
         with av.open(p) as container:
             if not container.streams.audio:
@@ -327,8 +334,15 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
                     g = math.gcd(native_rate, int(frame.sample_rate))
                     planes = np.stack([resample_poly(row, native_rate // g, int(frame.sample_rate) // g)
                                        for row in planes])
-                chunk = (_as_rows(planes, [ch.name for ch in frame.layout.channels], rows) if keep_stereo
-                         else planes.mean(axis=0))
+                if keep_stereo:
+                    chunk = _as_rows(planes, [ch.name for ch in frame.layout.channels], rows)
+                elif channel is not None:
+                    chunk = planes[min(channel, planes.shape[0] - 1)]
+                else:
+                    chunk = planes.mean(axis=0)
+                    if planes.shape[0] > 1:
+                        own_sq += float(np.square(planes, dtype=np.float64).mean(axis=0).sum())
+                        mix_sq += float(np.square(chunk, dtype=np.float64).sum())
                 if first_time is not None and frame.pts is not None and frame.time_base is not None:
                     # where the frame's time says it goes: a hole in the timestamps (a recorder that dropped audio,
                     # a damaged packet) is silence, so what follows stays in step with the picture
@@ -402,6 +416,11 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, align_to_vi
         if wav.shape[-1] == 0:
             raise MediaError(f"{p}: the audio track ends before the first video frame")
 
+    if own_sq > n * CANCEL_LEVEL ** 2 and mix_sq < CANCEL_SHARE * own_sq:
+        say(f"{p}: its channels cancel when mixed to mono (one is the other inverted: a microphone wired with its "
+            f"polarity swapped?), leaving {10 * math.log10(max(mix_sq, 1e-30) / own_sq):.0f} dB of the sound; the "
+            "speech is read from its first channel")
+        return load_audio(path, sample_rate, align_to_video=align_to_video, quiet=True, channel=0)
     if native_rate != sample_rate:
         from .resample import resample_poly
 
