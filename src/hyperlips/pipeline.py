@@ -148,7 +148,8 @@ class LipSync:
     One ``sync`` or ``stream`` at a time per LipSync (they track one clip's mouth): another started meanwhile, from
     another thread or as a second stream, is refused with the reason; use one LipSync per thread. ``close()`` (or
     ``with LipSync(...) as ls:``) releases its native face trackers at once; they are released when it is freed
-    too. Each message is shown once per process by default; a service gets every warning of each call, each once,
+    too. Messages are Python warnings (``errors.InputWarning``), shown as Python's filters say (by default once per
+    place, though a library that changes the filters as it loads can let one show again); a service gets every warning of each call, each once,
     in its report (``SyncReport.warnings``), also with several calls at once in several threads (where
     ``warnings.catch_warnings()``, process-wide, would mix them up).
     """
