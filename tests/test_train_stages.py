@@ -99,7 +99,7 @@ def one_clip_frame(view: Path) -> np.ndarray:
 def test_hr_inputs_of_a_clip_with_the_longest_name_a_file_may_have(small_dataset, tmp_path):  # noqa: F811
     """preprocess takes videos whose names fill the 255 bytes a file name may have (its working folder's name is cut
     to fit); the HR stage's working folder beside the clip's rendered inputs was named in full, and `train hr`
-    ended in "File name too long"."""
+    ended in "File name too long". And a clip made again is rendered again."""
     from hyperlips.data.datasets import Manifest
     from hyperlips.train.hr import build_hr_inputs
 
@@ -113,8 +113,18 @@ def test_hr_inputs_of_a_clip_with_the_longest_name_a_file_may_have(small_dataset
     write_time_split_manifest(view, val_frames=16, clip_ids=[long_id])
     base = _random_checkpoint(tmp_path / "base.safetensors", "hyperlips-base", seed=1)
     out = build_hr_inputs(Manifest.load(view), base, tmp_path / "hr_inputs", torch.device("cpu"), say=lambda m: None)
-    assert (out / long_id / "done.json").is_file()
+    done = out / long_id / "done.json"
+    assert done.is_file()
     assert [p.name for p in (out / "long").iterdir()] == [long_id.split("/")[1]]  # no working folder left
+    # rendered once for a Base; a clip made again since (another file under its name, preprocessed again) is
+    # rendered again: a resumed `train hr` paired the old clip's Base renders with the new clip's faces
+    stamp = done.stat().st_mtime_ns
+    build_hr_inputs(Manifest.load(view), base, out, torch.device("cpu"), say=lambda m: None)
+    assert done.stat().st_mtime_ns == stamp
+    mel = view / "clips" / long_id / "mel.npy"
+    np.save(mel, np.load(mel)[:, ::-1].copy())
+    build_hr_inputs(Manifest.load(view), base, out, torch.device("cpu"), say=lambda m: None)
+    assert done.stat().st_mtime_ns != stamp
 
 
 def test_hr_renders_its_inputs_like_inference_and_trains(one_clip, tmp_path, capsys, monkeypatch):

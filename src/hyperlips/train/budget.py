@@ -129,18 +129,19 @@ def made_from_key(data) -> dict[str, str] | None:
         clips = json.loads((Path(data) / MANIFEST).read_text(encoding="utf-8")).get("clips", [])
     except (OSError, ValueError, TypeError):
         return None
-    out = {}
-    for c in clips:
-        if not isinstance(c, dict) or not c.get("id"):
-            continue
-        h = hashlib.sha1()
-        for name in MADE_FROM_FILES:
-            try:
-                h.update((Path(data) / CLIPS_DIR / str(c["id"]) / name).read_bytes())
-            except OSError:
-                h.update(b"-")
-        out[str(c["id"])] = "c:" + h.hexdigest()[:12]
-    return out
+    return {str(c["id"]): clip_key(Path(data) / CLIPS_DIR / str(c["id"])) for c in clips
+            if isinstance(c, dict) and c.get("id")}
+
+
+def clip_key(folder: Path) -> str:
+    """A key of what one clip folder holds (:data:`MADE_FROM_FILES`): ``"c:"`` and 12 hex digits."""
+    h = hashlib.sha1()
+    for name in MADE_FROM_FILES:
+        try:
+            h.update((Path(folder) / name).read_bytes())
+        except OSError:
+            h.update(b"-")
+    return "c:" + h.hexdigest()[:12]
 
 
 def same_scheme(a: str, b: str) -> bool:

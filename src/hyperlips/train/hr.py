@@ -38,6 +38,7 @@ import torch
 from ..data.datasets import BASE_SIZE, CLIPS_DIR, Clip, HRDataset, ImageStack, Manifest, encode_png
 from ..errors import UserError, hidden_name
 from .base import LogitsOf
+from .budget import clip_key
 from .stage import Stage
 from .runlog import image_grid, to_images
 from .losses import (
@@ -67,7 +68,8 @@ def content_key(path: str | os.PathLike) -> str:
 def build_hr_inputs(manifest: Manifest, base_checkpoint: str | os.PathLike, out: str | os.PathLike, device,
                     rank: int = 0, world: int = 1, batch_size: int = 16, say=print) -> Path:
     """Render every clip's base-model outputs and their sketches into ``out/<clip id>/`` (this rank's share of the
-    clips). A clip already rendered with the same base checkpoint is not rendered again."""
+    clips). A clip already rendered with the same base checkpoint is not rendered again, unless the clip was made
+    again since (``preprocess`` of another file under its name: its face track or sound changed)."""
     from ..face.landmarks import FaceMesh, draw_sketch
     from ..media.audio import mel_windows
     from ..models import load_checkpoint
@@ -84,9 +86,11 @@ def build_hr_inputs(manifest: Manifest, base_checkpoint: str | os.PathLike, out:
     for cid in mine:
         dst = out / cid
         marker = dst / "done.json"
+        made_from = clip_key(manifest.root / CLIPS_DIR / cid)  # a clip made again from other footage: rendered again
         if marker.is_file():
             try:
-                if json.loads(marker.read_text(encoding="utf-8")).get("base") == key:
+                done = json.loads(marker.read_text(encoding="utf-8"))
+                if done.get("base") == key and done.get("clip") == made_from:
                     continue
             except (OSError, json.JSONDecodeError):
                 pass
@@ -133,8 +137,8 @@ def build_hr_inputs(manifest: Manifest, base_checkpoint: str | os.PathLike, out:
         tmp.mkdir(parents=True)
         ImageStack.write(tmp / "base128", outputs)
         ImageStack.write(tmp / "basesketch128", sketches)
-        (tmp / "done.json").write_text(json.dumps({"base": key, "frames": n, "no_landmarks": n_missing}) + "\n",
-                                       encoding="utf-8")
+        (tmp / "done.json").write_text(json.dumps({"base": key, "clip": made_from, "frames": n,
+                                                   "no_landmarks": n_missing}) + "\n", encoding="utf-8")
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)
