@@ -842,6 +842,8 @@ def assert_failure(case: Case, res: Result, work) -> None:
     if case.signal:
         assert res.signalled and screen and screen[-1].startswith("hyperlips: interrupted:"), res.describe()
         assert sum(ln.startswith("hyperlips: ") for ln in screen) == 1, res.describe()
+        if case.argv[0] == "preprocess":  # (it said only "stopped by SIGTERM")
+            assert "are kept in" in res.stderr and "run the same command again" in res.stderr, res.describe()
     else:
         assert res.errors and screen[-1] == res.errors[0] and len(res.errors) == 1, res.describe()
         if case.quiet:  # nothing but the error (and any warning) on stderr, nothing on stdout

@@ -577,6 +577,33 @@ def test_hr_size_and_time_split(tmp_path, more_data):
     assert pp.check_dataset(tmp_path / "ds") == []
 
 
+def test_a_dataset_made_again_keeps_how_it_was_split(tmp_path, more_data):
+    """Footage added to a dataset split by time (one person's clips, `--speaker one --split time`) and preprocess
+    run again without those flags: it was split by speaker anew, every clip a run had trained on moved into
+    validation whole, without a word. The dataset's own split, share and speaker rule are kept unless given."""
+    from helpers import run_cli
+
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink(more_data / "lrs2_deep_avsr/00002.mp4", src / "take1.mp4")
+    res = run_cli("preprocess", src, tmp_path / "ds", "--split", "time", "--speaker", "one", "--val-fraction", "0.3",
+                  "--workers", "1", "--quiet")
+    assert res.returncode == 0, res.stderr[-2000:]
+    os.symlink(more_data / "lrs2_deep_avsr/00004.mp4", src / "take2.mp4")
+    res = run_cli("preprocess", src, tmp_path / "ds", "--workers", "1", "--quiet")
+    assert res.returncode == 0 and "split by time, as when it was made" in res.stderr, res.stderr[-2000:]
+    m = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert m["split_by"] == "time" and m["val_fraction"] == 0.3 and m["speaker_rule"] == "one"
+    assert {c["speaker"] for c in m["clips"]} == {"speaker"} and len(m["clips"]) == 4  # two clips, each both sides
+    res = run_cli("preprocess", src, tmp_path / "ds", "--split", "speaker", "--workers", "1", "--quiet")  # asked
+    assert res.returncode == 0 and json.loads((tmp_path / "ds" / "manifest.json").read_text())["split_by"] != "time"
+    # a take deleted from the footage (a wrong one) stayed in the dataset, trained on, without a word
+    (src / "take2.mp4").unlink()
+    res = run_cli("preprocess", src, tmp_path / "ds", "--workers", "1", "--quiet")
+    assert res.returncode == 0 and "1 clip(s) of this dataset have no video in" in res.stderr, res.stderr[-2000:]
+    assert "(take2)" in res.stderr
+
+
 def test_cli_errors(tmp_path):
     from helpers import run_cli
 

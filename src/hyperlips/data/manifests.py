@@ -40,11 +40,12 @@ def write_manifest(dst: str | os.PathLike, opts: PreprocessOptions = PreprocessO
         sizes.update(int(s) for s in meta.get("sizes", [BASE_SIZE]))
         entries.append({k: meta[k] for k in ("id", "source", "speaker", "n_frames", "n_valid", "fps", "seconds")})
     if opts.split == "time" and entries:
-        return write_time_split_manifest(dst, val_fraction=opts.val_fraction or 0.15)
+        return write_time_split_manifest(dst, val_fraction=opts.val_fraction or 0.15, speaker_rule=opts.speaker)
     split_by = assign_splits(entries, opts.val_fraction, _previous_split(dst, opts.val_fraction))
     manifest = {
         "format_version": FORMAT_VERSION,
         "source_root": str(source_root) if source_root is not None else None,
+        "speaker_rule": opts.speaker,  # how the clips' speakers were read (--speaker): a later run reads them alike
         "audio": asdict(opts.audio),
         "sizes": sorted(sizes) or [BASE_SIZE],
         "split_by": split_by,
@@ -54,6 +55,24 @@ def write_manifest(dst: str | os.PathLike, opts: PreprocessOptions = PreprocessO
     }
     _write_json_atomic(dst / MANIFEST, manifest)
     return manifest
+
+
+def dataset_choices(dst: str | os.PathLike) -> dict[str, Any]:
+    """How an existing dataset was split (``split``: ``speaker`` or ``time``; ``val_fraction``; ``speaker``: the
+    ``--speaker`` rule, where its manifest says), for a later ``preprocess`` that names none of them; empty without
+    a manifest (or one of one person's footage, which ``finetune`` writes)."""
+    try:
+        old = json.loads((Path(dst) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if not isinstance(old, dict) or old.get("split_by") not in ("speaker", "clip", "time"):
+        return {}
+    out: dict[str, Any] = {"split": "time" if old["split_by"] == "time" else "speaker"}
+    if isinstance(old.get("val_fraction"), (int, float)) and not isinstance(old.get("val_fraction"), bool):
+        out["val_fraction"] = float(old["val_fraction"])
+    if old.get("speaker_rule") in ("auto", "parent", "stem", "one"):
+        out["speaker"] = old["speaker_rule"]
+    return out
 
 
 def _previous_split(dst: Path, val_fraction: float) -> dict[str, str] | None:
@@ -96,7 +115,8 @@ def _write_time_manifest(dst: Path, entries: list, sizes: set[int], split_by: st
 
 
 def write_time_split_manifest(dst: str | os.PathLike, val_frames: int | None = None, val_fraction: float = 0.15,
-                              min_val_frames: int = 16, clip_ids: Iterable[str] | None = None) -> dict[str, Any]:
+                              min_val_frames: int = 16, clip_ids: Iterable[str] | None = None,
+                              **extra: Any) -> dict[str, Any]:
     """Rewrite the manifest so that every clip (or those in ``clip_ids``) is split in time: its last ``val_frames``
     frames (default ``ceil(val_fraction * n)``, at least ``min_val_frames``) validate, the frames before them train.
 
@@ -119,7 +139,7 @@ def write_time_split_manifest(dst: str | os.PathLike, val_frames: int | None = N
         entries.append({**common, "split": "val", "frames": [cut, n]})
     if not entries:
         raise UserError(f"{dst}: no preprocessed clips to split")
-    return _write_time_manifest(dst, entries, sizes, "time", val_fraction if val_frames is None else None)
+    return _write_time_manifest(dst, entries, sizes, "time", val_fraction if val_frames is None else None, **extra)
 
 
 def write_footage_tail_manifest(dst: str | os.PathLike, clip_ids: list[str], val_fraction: float = 0.15,

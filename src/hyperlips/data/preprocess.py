@@ -323,6 +323,8 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
     ])
     _remove_empty_folders(dst / "clips", [Path(job[1]) for job in jobs])  # a speaker's folder whose clips were all
     # skipped
+    if only is None and src.is_dir():
+        _say_gone_sources(clips_dir, {str(r) for r in rels}, src)
     manifest = write_manifest(dst, opts, source_root=os.path.abspath(src))  # (absolute: compared from anywhere)
     clips = manifest["clips"]
     return PreprocessReport(
@@ -336,6 +338,23 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
         seconds=elapsed,
         speakers=len({c["speaker"] for c in clips}),
     )
+
+
+def _say_gone_sources(clips_dir: Path, sources: set[str], src: Path) -> None:
+    """Warn of the dataset's clips whose video is no longer in the footage folder (deleted, moved out: a wrong take,
+    another person): they stay in the dataset, trained or validated on, until their folders are deleted."""
+    gone = []
+    for meta_path in sorted(clips_dir.rglob(META)):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(meta, dict) and meta.get("source") is not None and str(meta["source"]) not in sources:
+            gone.append(str(meta.get("id", meta_path.parent.relative_to(clips_dir).as_posix())))
+    if gone:
+        shown = ", ".join(gone[:5]) + (f" and {len(gone) - 5} more" if len(gone) > 5 else "")
+        warn(f"{len(gone)} clip(s) of this dataset have no video in {src} any more ({shown}): they stay in it and "
+             f"are trained or validated on; delete their folders ({clips_dir / gone[0]} ...) to drop them")
 
 
 def _remove_empty_folders(root: Path, clip_dirs: list[Path]) -> None:
