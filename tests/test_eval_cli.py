@@ -217,6 +217,9 @@ def test_self_protocol_generates_and_evaluates_two_short_clips(tmp_path, more_da
     summary = _strict_json(out / "summary.json")
     rows = summary["clips"]
     assert [r["clip"] for r in rows] == ["lbax4n", "sbia1a"] and all(r["protocol"] == "self-reconstruction" for r in rows)
+    # listed with its reason, as the folder-of-results mode lists them (the mean row was over fewer clips unseen)
+    assert [c["clip"] for c in summary["left_out"]] == ["mute"], summary.get("left_out")
+    assert "- mute: " in (out / "summary.md").read_text()
     for r in rows:  # the mouth changed much more than the face crop as a whole (which includes the mouth)
         m = _strict_json(out / r["clip"] / "report.json")["metrics"]
         assert r["psnr_mouth"] == m["psnr_mouth"] < 25 and m["psnr_mouth"] + 4 < m["psnr_face"], m

@@ -189,13 +189,14 @@ def _run_eval(args, made: list[tuple[Path, bool]]) -> int:
                             "audio), tail (the held-out tail of one person's footage, as finetune splits it) or "
                             "phonemes (that tail re-synced to synthesised speech)")
         _need_weights(args, "--clips generates videos first: pass --checkpoint PATH (or --untrained to try the protocol)")
+        left_out: list = []
         results = run_protocol(args.clips, args.output, args.protocol, checkpoint=args.checkpoint,
                                hr_checkpoint=args.hr_checkpoint, size=args.size, untrained=args.untrained,
                                batch_size=args.batch_size, max_seconds=args.max_seconds, progress=progress,
                                temporal_blend=args.temporal_blend, mouth=args.mouth,
-                               shift_source=args.shift_source, **common)
+                               shift_source=args.shift_source, left_out=left_out, **common)
         paths = write_batch_report(results, args.output, f"{args.protocol} protocol on {args.clips}",
-                                   per_frame=not args.no_per_frame)
+                                   per_frame=not args.no_per_frame, left_out=left_out)
         _print_rows([summary_row(r) for r in results], paths)
         return 0
     if args.generated is None:

@@ -149,11 +149,13 @@ def seam_unsaid(shifted: bool):
 def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_checkpoint=None, size=None,
                  untrained: bool = False, device: str = "auto", batch_size: int = 16, max_seconds: float | None = None,
                  progress: bool = False, temporal_blend: float = DEFAULT_BLEND, mouth: str = "auto",
-                 shift_source: bool = False, **eval_kw) -> list[ClipResult]:
+                 shift_source: bool = False, left_out: list | None = None, **eval_kw) -> list[ClipResult]:
     """Generate and evaluate every clip of a folder: ``mode="self"`` syncs each clip to its own audio,
     ``mode="cross"`` to the next clip's audio (in name order, wrapping round). Outputs go to ``out_dir/generated``.
     ``device`` serves generation and evaluation alike; ``eval_kw`` go to :func:`evaluate_pair`. ``mouth``: the
-    LipSync's; ``shift_source`` (always when the frame's own mouth is used: ``warp``, ``hybrid``): self-reconstruction from :func:`shifted_copy`."""
+    LipSync's; ``shift_source`` (always when the frame's own mouth is used: ``warp``, ``hybrid``): self-reconstruction from :func:`shifted_copy`.
+    ``left_out``: gets (clip name, reason) of each clip that could not be measured (no face, no sound), for the
+    report to list."""
     from ..pipeline import LipSync
 
     if mode not in ("self", "cross"):
@@ -199,7 +201,10 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
         except UserError as e:  # one clip that cannot be used (no sound, no face): the others are still measured
             if len(videos) == 1:
                 raise
-            warn(f"{clip} is left out of the evaluation: {e}")
+            why = str(e).replace(str(source), str(clip))  # (the shifted copy is gone: the clip is named)
+            warn(f"{clip} is left out of the evaluation: {why}")
+            if left_out is not None:
+                left_out.append((clip.stem, why))
         finally:
             if src_audio != speech:  # the cut speech was only needed to generate and score this clip
                 src_audio.unlink(missing_ok=True)
