@@ -71,6 +71,20 @@ def test_config_precedence_and_errors(tmp_path):
         with pytest.raises(UserError, match=f"training setting {name}="):  # off-sync pair could be in sync
             build_config("sync", overrides={name: value})
     assert build_config("sync", overrides={"val_every": 0, "threads": 0, "workers": 0}).val_every == 0
+    # values that meant something else, and errors in Python's words: an empty --set kept the default silently,
+    # flip=yes mirrored every window (YAML's yes is true, float(True) 1.0), betas=0.9 was "'float' object is not
+    # iterable", val_every=ten "could not convert string to float"
+    with pytest.raises(UserError, match=r"--set lr= gives no value"):
+        parse_overrides(["lr="])
+    for item, words in [("flip=yes", "flip=True: must be a number, not True"),
+                        ("val_every=on", "must be a whole number, not True"),
+                        ("betas=0.9", "needs two numbers, e.g. betas=0.5,0.999"),
+                        ("betas=0.9,0.99,0.999", "needs two numbers"),
+                        ("val_every=ten", "val_every='ten': must be a whole number$"),
+                        ("lr=fast", "lr='fast': must be a number$")]:
+        with pytest.raises(UserError, match=words):
+            build_config("sync", overrides=parse_overrides([item]))
+    assert build_config("sync", overrides=parse_overrides(["betas=0.8,0.9", "val_every=2e3"])).betas == (0.8, 0.9)
 
 
 @pytest.mark.parametrize("stage, model, name", [("base", "lite", "hyperlips-lite"), ("sync", "lite", "syncnet-lite")])

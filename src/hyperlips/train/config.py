@@ -242,14 +242,23 @@ def _coerce(name: str, value: Any) -> Any:
         if name == "betas":
             if isinstance(value, str):
                 value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-            b = tuple(float(v) for v in value)
-            if len(b) != 2:
-                raise ValueError("needs two numbers")
+            try:
+                b = tuple(float(v) for v in value if not isinstance(v, bool))
+            except (TypeError, ValueError):
+                b = ()
+            if len(b) != 2 or isinstance(value, (int, float)) or len(value) != 2:
+                raise ValueError("needs two numbers, e.g. betas=0.5,0.999")
             return b
+        if isinstance(value, bool) and kind.startswith(("int", "float")):  # YAML's yes/no/on/off: flip=yes was 1.0
+            raise ValueError(f"must be a {'whole number' if kind.startswith('int') else 'number'}, not {value}")
         if kind.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError("must be a whole number") from None
+            if not number.is_integer():
                 raise ValueError("must be a whole number")
-            return int(float(value)) if isinstance(value, str) else int(value)
+            return int(number)
         if kind.startswith("bool"):
             if isinstance(value, str):
                 if value.lower() in ("1", "true", "yes", "on"):
@@ -259,7 +268,10 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ValueError("must be true or false")
             return bool(value)
         if kind.startswith("float"):
-            return float(value)
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ValueError("must be a number") from None
         if kind.startswith("str"):
             return None if ("None" in kind and str(value).lower() in ("", "none", "null")) else str(value)
         return value
@@ -308,7 +320,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in it:
             raise UserError(f"--set expects NAME=VALUE, got {it!r}")
         k, v = it.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v) if v.strip() else None
+        if not v.strip():  # (an unset shell variable: the default was kept without a word)
+            raise UserError(f"--set {it.strip()} gives no value: give one ({k.strip()}=VALUE; none where the setting "
+                            "takes none), or leave it out for its default")
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
     return out
 
 
