@@ -748,8 +748,9 @@ def test_train_cli_errors(sync_view, tmp_path):
     assert res.returncode == 2 and "--max-steps must be at least 1" in res.stderr and not (tmp_path / "zero").exists()
     res = run_cli("train", "sync", sync_view, "--out", tmp_path / "zero", "--max-steps", "-3")  # said alike
     assert res.returncode == 2 and "--max-steps must be at least 1 (got -3)" in res.stderr, res.stderr
-    res = run_cli("train", "base", sync_view, "--out", tmp_path / "neg", "--minutes", "-1")
-    assert res.returncode == 2 and "--minutes must be more than 0" in res.stderr
+    for stage in ("base", "sync", "hr", "reader"):  # every stage has the time budget by name (only base had)
+        res = run_cli("train", stage, sync_view, "--out", tmp_path / "neg", "--minutes", "-1")
+        assert res.returncode == 2 and "--minutes must be more than 0" in res.stderr, (stage, res.stderr)
     (tmp_path / "afile").write_text("x")
     res = run_cli("train", "sync", sync_view, "--out", tmp_path / "afile", "--max-steps", "1")
     assert res.returncode == 2 and "is a file" in res.stderr

@@ -102,8 +102,8 @@ def add_parser(sub) -> None:
                             "(HyperLips-Lite, compact, trains on a CPU)")
             sp.add_argument("--expert", help="sync expert checkpoint for the sync loss (default: the expert shipped in "
                             "the package; off: no sync loss)")
-            sp.add_argument("--minutes", type=float, dest="max_minutes",
-                            help="wall-clock budget: stop, validate and save when it is spent")
+        sp.add_argument("--minutes", type=float, dest="max_minutes",
+                        help="wall-clock budget: stop, validate and save when it is spent")
         if name == "hr":
             sp.add_argument("--base", help="trained HyperLips-Base checkpoint that renders the HR inputs")
             sp.add_argument("--size", type=int, choices=(128, 256, 512), dest="hr_size", help="HR output size (128)")
