@@ -85,6 +85,59 @@ class LiveFrame:
     sample_aspect: Fraction = Fraction(1)
 
 
+def pcm_samples(chunk, say_once=None) -> np.ndarray:
+    """Samples as a stream takes them (1-D PCM, float in [-1, 1] or int16) as float32 in [-1, 1]: those that are not
+    numbers become silence and float samples beyond full scale are clipped, each said once through ``say_once(key,
+    message)`` (default: a warning); other sample types, bytes, several channels and int16 values given as floats
+    are refused with what to pass instead."""
+    if say_once is None:
+        def say_once(key, message):
+            warn(message)
+    raw = isinstance(chunk, (bytes, bytearray, memoryview))
+    if not raw and not isinstance(chunk, (np.ndarray, list, tuple)):  # a sound library's buffer of PCM bytes
+        try:
+            raw = memoryview(chunk).format.lstrip("@=<>!") in ("B", "b", "c")
+        except TypeError:
+            pass
+    if raw:
+        raise UserError("speech chunks must be arrays of samples, not bytes: for 16-bit PCM bytes (a websocket's "
+                        "payload, a sound device's raw buffer) pass np.frombuffer(chunk, np.int16)")
+    if chunk is None or isinstance(chunk, str):
+        raise UserError(f"speech chunks must be arrays of samples, got {'None' if chunk is None else 'a string'}")
+    a = np.asarray(chunk)
+    if a.dtype.kind not in "biuf" and a.dtype.kind != "c":
+        raise UserError(f"speech chunks must be arrays of numbers (float samples in [-1, 1] or int16), got "
+                        f"{type(chunk).__name__} holding {a.dtype}")
+    if a.ndim == 0:
+        raise UserError("speech chunks must be arrays of samples, got a single number (an iterable of samples "
+                        "was given where an iterable of chunks is wanted: pass [speech] for one chunk)")
+    if a.ndim != 1 and not (a.ndim == 2 and 1 in a.shape):
+        raise UserError(f"speech chunks must be 1-D mono PCM, got an array of shape {a.shape}"
+                        + (" (several channels? pass one, e.g. chunk[:, 0] for samples by channel, or their mean "
+                           "where they do not cancel)" if a.ndim == 2 else ""))
+    a = a.reshape(-1)
+    if a.dtype == np.int16:
+        return a.astype(np.float32) / 32768.0
+    if a.dtype.kind == "c":
+        raise UserError(f"speech chunks must be real samples, got complex ones ({a.dtype})")
+    if a.dtype.kind != "f":
+        raise UserError(f"speech chunks must be float samples in [-1, 1] or int16, got {a.dtype} (convert "
+                        "other integer PCM to float first)")
+    a = a.astype(np.float32)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        a[bad] = 0.0
+        say_once("nan", "speech samples that are not numbers (NaN or infinite) are replaced by silence")
+    peak = float(np.abs(a).max()) if len(a) else 0.0
+    if peak > LOUD_PEAK:
+        raise UserError(f"float speech samples must be in [-1, 1]; a chunk reaches {peak:.6g} (int16 values "
+                        "given as floats? divide them by 32768, or give them as int16)")
+    if peak > 1.0:
+        np.clip(a, -1.0, 1.0, out=a)
+        say_once("clip", "speech samples beyond full scale (1.0) are clipped")
+    return a
+
+
 class MelFeed:
     """Mel windows for frames as the speech arrives (``network``'s kind: Base's windows or Lite's centred, normalised
     ones). :meth:`wait` blocks until frame ``j``'s window is complete; :meth:`windows` cuts it."""
@@ -141,50 +194,8 @@ class MelFeed:
         return np.clip(out, -1.0, 1.0, out=out)
 
     def _pcm(self, chunk) -> np.ndarray:
-        """One chunk as float32 samples in [-1, 1]."""
-        raw = isinstance(chunk, (bytes, bytearray, memoryview))
-        if not raw and not isinstance(chunk, (np.ndarray, list, tuple)):  # a sound library's buffer of PCM bytes
-            try:
-                raw = memoryview(chunk).format.lstrip("@=<>!") in ("B", "b", "c")
-            except TypeError:
-                pass
-        if raw:
-            raise UserError("speech chunks must be arrays of samples, not bytes: for 16-bit PCM bytes (a websocket's "
-                            "payload, a sound device's raw buffer) pass np.frombuffer(chunk, np.int16)")
-        if chunk is None or isinstance(chunk, str):
-            raise UserError(f"speech chunks must be arrays of samples, got {'None' if chunk is None else 'a string'}")
-        a = np.asarray(chunk)
-        if a.dtype.kind not in "biuf" and a.dtype.kind != "c":
-            raise UserError(f"speech chunks must be arrays of numbers (float samples in [-1, 1] or int16), got "
-                            f"{type(chunk).__name__} holding {a.dtype}")
-        if a.ndim == 0:
-            raise UserError("speech chunks must be arrays of samples, got a single number (an iterable of samples "
-                            "was given where an iterable of chunks is wanted: pass [speech] for one chunk)")
-        if a.ndim != 1 and not (a.ndim == 2 and 1 in a.shape):
-            raise UserError(f"speech chunks must be 1-D mono PCM, got an array of shape {a.shape}"
-                            + (" (several channels? mix them down first, e.g. chunk.mean(axis=1) for samples by "
-                               "channel)" if a.ndim == 2 else ""))
-        a = a.reshape(-1)
-        if a.dtype == np.int16:
-            return a.astype(np.float32) / 32768.0
-        if a.dtype.kind == "c":
-            raise UserError(f"speech chunks must be real samples, got complex ones ({a.dtype})")
-        if a.dtype.kind != "f":
-            raise UserError(f"speech chunks must be float samples in [-1, 1] or int16, got {a.dtype} (convert "
-                            "other integer PCM to float first)")
-        a = a.astype(np.float32)
-        bad = ~np.isfinite(a)
-        if bad.any():
-            a[bad] = 0.0
-            self._say_once("nan", "speech samples that are not numbers (NaN or infinite) are replaced by silence")
-        peak = float(np.abs(a).max()) if len(a) else 0.0
-        if peak > LOUD_PEAK:
-            raise UserError(f"float speech samples must be in [-1, 1]; a chunk reaches {peak:.6g} (int16 values "
-                            "given as floats? divide them by 32768, or give them as int16)")
-        if peak > 1.0:
-            np.clip(a, -1.0, 1.0, out=a)
-            self._say_once("clip", "speech samples beyond full scale (1.0) are clipped")
-        return a
+        """One chunk as float32 samples in [-1, 1] (:func:`pcm_samples`)."""
+        return pcm_samples(chunk, self._say_once)
 
     def _say_once(self, key: str, message: str) -> None:
         if key not in self._said:

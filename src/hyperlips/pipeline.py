@@ -503,7 +503,7 @@ class LipSync:
     def speech_stats(self, voice, sample_rate: int | None = None):
         """A voice's statistics for :meth:`stream`'s ``speech_stats``, measured as this LipSync's network reads its
         mel: ``voice`` a recording of the voice speaking (a file of any format and rate; at least half a second), or
-        its samples (1-D, float in [-1, 1], at ``sample_rate``, 16000 by default)."""
+        its samples as a stream takes them (1-D, float in [-1, 1] or int16, at ``sample_rate``, 16000 by default)."""
         from .live import SpeechStats
         from .media.audio import load_audio, melspectrogram
 
@@ -511,7 +511,9 @@ class LipSync:
         if isinstance(voice, (str, os.PathLike, bytes)):
             wav = load_audio(path_argument(voice, "voice sample"), rate)
         else:
-            wav = np.asarray(voice, np.float32).reshape(-1)
+            from .live import pcm_samples
+
+            wav = pcm_samples(voice)  # as a stream reads its chunks (int16 scaled, NaN silenced: said)
             given = rate if sample_rate is None else sample_rate
             if not whole_number(given) or given < 1:
                 raise UserError(f"sample_rate must be a whole number of Hz (got {sample_rate!r})")
