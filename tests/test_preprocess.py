@@ -602,6 +602,13 @@ def test_a_dataset_made_again_keeps_how_it_was_split(tmp_path, more_data):
     res = run_cli("preprocess", src, tmp_path / "ds", "--workers", "1", "--quiet")
     assert res.returncode == 0 and "1 clip(s) of this dataset have no video in" in res.stderr, res.stderr[-2000:]
     assert "(take2)" in res.stderr
+    # clips of another footage folder added to the dataset: the first folder's clips are not gone (deleting them was
+    # advised)
+    day2 = tmp_path / "day2"
+    day2.mkdir()
+    os.symlink(more_data / "lrs2_deep_avsr/00006.mp4", day2 / "take3.mp4")
+    res = run_cli("preprocess", day2, tmp_path / "ds", "--workers", "1", "--quiet")
+    assert res.returncode == 0 and "have no video in" not in res.stderr, res.stderr[-2000:]
 
 
 def test_cli_errors(tmp_path):

@@ -323,7 +323,8 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
     ])
     _remove_empty_folders(dst / "clips", [Path(job[1]) for job in jobs])  # a speaker's folder whose clips were all
     # skipped
-    if only is None and src.is_dir():
+    before = _source_root(dst)  # (clips of another footage folder added to a dataset are not gone from this one)
+    if only is None and src.is_dir() and (before is None or _same_folder(before, src)):
         _say_gone_sources(clips_dir, {str(r) for r in rels}, src)
     manifest = write_manifest(dst, opts, source_root=os.path.abspath(src))  # (absolute: compared from anywhere)
     clips = manifest["clips"]
@@ -368,6 +369,23 @@ def _remove_empty_folders(root: Path, clip_dirs: list[Path]) -> None:
             pass
 
 
+def _source_root(dst: Path) -> str | None:
+    """The footage folder the dataset's manifest says its clips were made from (None: no manifest, or no record)."""
+    try:
+        return json.loads((dst / MANIFEST).read_text(encoding="utf-8")).get("source_root") or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _same_folder(before: str, src: Path) -> bool:
+    """Whether footage folder ``src`` is the recorded ``before``: the same folder where that still exists (a relative
+    one, written before they were made absolute, from where it was run), else the same folder moved, by its name
+    (deleted once preprocessed, moved, its drive not mounted)."""
+    if os.path.exists(before):
+        return os.path.realpath(before) == os.path.realpath(src)
+    return os.path.basename(os.path.normpath(before)) == os.path.basename(os.path.abspath(src))
+
+
 def _check_same_source(src: Path, dst: Path, remade: list[str]) -> None:
     """Refuse to make clips again over those of a dataset made from another footage folder (``day2`` into the
     dataset of ``day1``, both with a ``take1``: day1's clip was replaced without a word). A dataset has one source
@@ -375,17 +393,8 @@ def _check_same_source(src: Path, dst: Path, remade: list[str]) -> None:
     compared by its name (deleted once preprocessed, day1's clips were replaced by day2's)."""
     if not remade:
         return
-    try:
-        before = json.loads((dst / MANIFEST).read_text(encoding="utf-8")).get("source_root")
-    except (OSError, ValueError, AttributeError):
-        return
-    if not before:
-        return
-    if os.path.exists(before):  # (a relative one, written before they were made absolute, from where it was run)
-        other = os.path.realpath(before) != os.path.realpath(src)
-    else:  # gone (deleted once preprocessed, moved, its drive not mounted): the same folder by its name, moved
-        other = os.path.basename(os.path.normpath(before)) != os.path.basename(os.path.abspath(src))
-    if other:
+    before = _source_root(dst)
+    if before is not None and not _same_folder(before, src):
         shown = ", ".join(remade[:3]) + (f" and {len(remade) - 3} more" if len(remade) > 3 else "")
         raise UserError(f"{dst} holds clips made from {before}; preprocessing {src} into it would replace "
                         f"{len(remade)} of them made from other files ({shown}): write it into another folder, or "
