@@ -451,7 +451,7 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
     assert status == 400 and b"face_box must be [x1, y1, x2, y2] in pixels, finite" in body, body
     assert not any((app.settings.data / "jobs").iterdir()), "a refused job left a folder"
     assert client.json("GET", "/api/jobs")[1]["jobs"] == []
-    for query, words in [("limit=abc", "limit must be a whole number from 1 to 500"), ("limit=0", "limit must be"),
+    for query, words in [("limit=abc", "limit must be a whole number from 1 to 500"), ("limit=%C2%B2", "limit must be"), ("limit=0", "limit must be"),
                          ("kind=bogus", "kind must be one of sync, finetune"),
                          ("state=done", "GET /api/jobs takes kind and limit (got state)")]:  # (it was ignored)
         status, err = client.json("GET", f"/api/jobs?{query}")

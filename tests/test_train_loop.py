@@ -76,6 +76,10 @@ def test_config_precedence_and_errors(tmp_path):
     # iterable", val_every=ten "could not convert string to float"
     with pytest.raises(UserError, match=r"--set lr= gives no value"):
         parse_overrides(["lr="])
+    for item in ("lr=null", "flip=~"):
+        with pytest.raises(UserError, match=r"takes a value, not none"):
+            parse_overrides([item])
+    assert parse_overrides(["progress_file=null"]) == {"progress_file": None}  # (a setting that takes none)
     for item, words in [("flip=yes", "flip=True: must be a number, not True"),
                         ("val_every=on", "must be a whole number, not True"),
                         ("betas=0.9", "needs two numbers, e.g. betas=0.5,0.999"),

@@ -466,7 +466,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise HTTPError(400, f"GET /api/jobs takes kind and limit (got {', '.join(other)[:60]}); a job's state is "
                                  "in each job")
         limit, kind = q.get("limit") or "50", q.get("kind") or None
-        if not limit.isdigit() or not 1 <= int(limit) <= 500:
+        if not limit.strip().isdecimal() or not 1 <= int(limit) <= 500:  # (isdigit takes "²", which int() cannot read)
             raise HTTPError(400, f"limit must be a whole number from 1 to 500 (got {limit[:20]!r})")
         if kind is not None and kind not in jobs_mod.KINDS:
             raise HTTPError(400, f"kind must be one of {', '.join(jobs_mod.KINDS)} (got {kind[:20]!r})")

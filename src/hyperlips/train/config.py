@@ -320,10 +320,15 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in it:
             raise UserError(f"--set expects NAME=VALUE, got {it!r}")
         k, v = it.split("=", 1)
+        name = k.strip().replace("-", "_")
         if not v.strip():  # (an unset shell variable: the default was kept without a word)
             raise UserError(f"--set {it.strip()} gives no value: give one ({k.strip()}=VALUE; none where the setting "
                             "takes none), or leave it out for its default")
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        value = yaml.safe_load(v)
+        kind = str(_field_types().get(name, ""))
+        if value is None and kind and "None" not in kind:  # null, ~: dropped as "not given", the default kept
+            raise UserError(f"--set {it.strip()}: {name} takes a value, not none (leave it out for its default)")
+        out[name] = value
     return out
 
 
