@@ -345,6 +345,12 @@ def test_python_arguments_are_taken_as_python_passes_them_or_refused_up_front(cl
     report = ls.sync(os.fsencode(clip.video), clip.audio, tmp_path / "out.mp4", reference=np.int64(clip.best),
                      phonemes=spoken)
     assert report.frames == N_OUT
+    # a generator of entries (read whole: it was used up by a first look), a path as bytes (read as numbers)
+    words = tmp_path / "words.txt"
+    words.write_text("0.0 0.4 AA\n0.4 0.6 B\n")
+    want = ls.phoneme_marks(spoken, 1.6)
+    assert ls.phoneme_marks((e for e in [(0.0, 0.4, "AA"), (0.4, 0.6, "B")]), 1.6) == want
+    assert ls.phoneme_marks(os.fsencode(words), 1.6) == want
     refused = tmp_path / "refused.mp4"
     for kwargs, words in [({"face_index": "0"}, r"--face \(face_index\) must be a whole number from 0"),
                           ({"face_index": 0.0}, r"--face \(face_index\) must be a whole number from 0"),

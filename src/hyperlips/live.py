@@ -367,8 +367,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
     check_fps(fps)
     request = reference_request(reference)
     marks = ls.phoneme_marks(phonemes, speech_seconds)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                                   or batch_size < 1):
+    if batch_size is not None and (not whole_number(batch_size) or batch_size < 1):
         raise UserError(f"batch_size must be a whole number of at least 1, or None for the LipSync's (got {batch_size!r})")
     size = int(ls.batch_size if batch_size is None else batch_size)
     timings = Timings()

@@ -532,6 +532,10 @@ class LipSync:
             return None
         from .media.phone_marks import PhoneMark, marks_from_json, read_marks, refuse_other_units, to_marks
 
+        if isinstance(phonemes, bytes):
+            phonemes = path_argument(phonemes, "phonemes")
+        if not isinstance(phonemes, (str, os.PathLike, dict)):
+            phonemes = list(phonemes)  # (a generator is read once, below)
         if isinstance(phonemes, (str, os.PathLike)):
             marks = read_marks(phonemes, seconds)
         elif isinstance(phonemes, dict) or any(isinstance(m, dict) for m in phonemes):  # a JSON file's, read

@@ -213,10 +213,7 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
 def check_bench_arguments(*, sizes, devices, precisions, batches, frames, models, original_batch, budget, seconds,
                           threads) -> None:
     """A :class:`UserError` for the first :func:`run_bench` argument that cannot be run, in the command's words."""
-    import numpy as np
-
-    def whole(v) -> bool:
-        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+    from ..streaming import whole_number as whole
 
     if not all(whole(b) and b >= 1 for b in batches):
         raise UserError(f"--batch-sizes must be whole numbers of at least 1 (got {list(batches)})")

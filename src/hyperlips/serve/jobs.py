@@ -55,7 +55,8 @@ def _file(store: Store, params: dict, key: str, what: str, max_seconds: float = 
 def _whole(v):
     """``v`` as a whole number where it is written as one: an int, a float such as 128.0 (JSON from some languages
     writes every number so) or a string of decimal digits (a form's field), spaces round it allowed; anything else
-    as it is, for the caller to refuse in its own words."""
+    as it is, for the caller to refuse in its own words. (Laxer than ``streaming.whole_number``, which checks what
+    Python code passes: JSON and forms write numbers as these.)"""
     if isinstance(v, float) and v.is_integer():
         return int(v)
     if isinstance(v, str) and v.strip().isdecimal():  # (not isdigit: "²" is a digit int() cannot read)
