@@ -229,6 +229,11 @@ def test_a_drawn_face_stays_above_a_faded_pictures_black(scene):
     assert out.min() >= black.min() - BLACK_KNEE - 1, (out.min(), black)
     assert (out[y1:y2, x1:x2] < black.min() + 10).any()  # the inside is as dark as the picture's black
     assert paste_face(f0, gen, box)[y1:y2, x1:x2].min() <= 10  # a real picture: as drawn
+    boxed = faded.copy()  # a letterboxed transfer of the faded film: its bars read as its black (none lifted)
+    boxed[:60], boxed[-60:] = 0, 0
+    assert np.allclose(frame_black(boxed), black, atol=2)
+    picture = boxed.max(axis=2) > 20
+    assert paste_face(boxed, gen, box)[picture].min() >= black.min() - BLACK_KNEE - 1
 
     ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
     eased = above_black(ramp, np.full(3, 90, np.float32)).astype(np.int16)

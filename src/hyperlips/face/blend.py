@@ -21,7 +21,7 @@ import numpy as np
 
 from hyperlips.face.detect import Box, check_frame
 from hyperlips.face.landmarks import LIP_RING
-from hyperlips.face.mouth_inside import frame_black
+from hyperlips.face.mouth_inside import BAR_LEVEL, frame_black
 from hyperlips.face.track import pixel_extent, pixel_region
 
 # Lower face oval, from the left cheek (234) round the chin (152) to the right cheek (454), and the nostril base.
@@ -186,7 +186,6 @@ def match_detail(face_bgr: np.ndarray, ref_bgr: np.ndarray, region: np.ndarray, 
     return np.clip(np.rint(f + gain * high), 0, 255).astype(np.uint8)
 
 
-BAR_LEVEL = 20  # the brightest a black bar's pixel is (letterbox, pillarbox; coded black is 16 in video range)
 
 
 def _bar(lines: np.ndarray) -> int:

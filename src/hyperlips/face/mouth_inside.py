@@ -43,6 +43,7 @@ FULL_TINT_SPREAD = 0.25
 # full: the dark inside is then drawn over it. Every real clip here measures 18-53 (French 47-48, face5 40-53); a
 # video faded to 0.3 of its contrast 90
 LIFTED_BLACK = (55.0, 85.0)
+BAR_LEVEL = 20  # the brightest a black bar's pixel is (letterbox, pillarbox; coded black is 16 in video range)
 
 
 def ring_box(ring: np.ndarray, reach: int, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -62,10 +63,16 @@ def ring_mask(ring: np.ndarray, box: tuple[int, int, int, int], sigma: float = 0
 
 def frame_black(frame: np.ndarray) -> np.ndarray:
     """The black of a frame (H, W, 3) uint8 BGR where it is lifted (faded film, a washed-out transfer, log footage):
-    the 0.5th percentile of each channel over every 16th pixel of every 16th row, taken in full where the brightest
-    of the three is :data:`LIFTED_BLACK`'s second value or more, in part above its first, else nothing (float32
-    (3,)). Every real clip here measures 18-53: none is lifted."""
-    black = np.percentile(frame[::16, ::16].reshape(-1, 3), 0.5, axis=0).astype(np.float32)
+    the 0.5th percentile of each channel over every 16th pixel of every 16th row of the picture (less any black
+    bars: rows or columns at the edges no brighter than :data:`BAR_LEVEL`; a letterboxed faded film read as not
+    lifted), taken in full where the brightest of the three is :data:`LIFTED_BLACK`'s second value or more, in part
+    above its first, else nothing (float32 (3,)). Every real clip here measures 18-53: none is lifted."""
+    sample = frame[::16, ::16]
+    rows = np.flatnonzero(sample.max(axis=(1, 2)) > BAR_LEVEL)
+    cols = np.flatnonzero(sample.max(axis=(0, 2)) > BAR_LEVEL)
+    if len(rows) and len(cols):
+        sample = sample[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    black = np.percentile(sample.reshape(-1, 3), 0.5, axis=0).astype(np.float32)
     lo, hi = LIFTED_BLACK
     return black * np.float32(np.clip((float(black.max()) - lo) / (hi - lo), 0.0, 1.0))
 
