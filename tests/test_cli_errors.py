@@ -558,7 +558,11 @@ def test_a_name_not_found_names_its_twin_in_another_unicode_form_or_case(tmp_pat
 
     (tmp_path / "Takes").mkdir()
     (tmp_path / "Words.txt").write_text("0.0 B\n")
+    from hyperlips.data.datasets import Manifest
+    from hyperlips.eval.protocols import run_protocol
+
     for call in (lambda: footage_videos(tmp_path / "takes"), lambda: preprocess(tmp_path / "takes", tmp_path / "o"),
-                 lambda: read_marks(tmp_path / "words.txt")):
+                 lambda: read_marks(tmp_path / "words.txt"), lambda: Manifest.load(tmp_path / "takes"),
+                 lambda: run_protocol(tmp_path / "takes", tmp_path / "o", "self", untrained=True)):
         with pytest.raises(UserError, match="did you mean"):
             call()

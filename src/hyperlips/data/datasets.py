@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from ..config import AudioConfig
-from ..errors import UserError
+from ..errors import UserError, near_name_hint
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -269,7 +269,8 @@ class Manifest:
         root = Path(root)
         path = root / MANIFEST
         if not root.exists():
-            raise UserError(f"dataset folder not found: {root}; make one with: hyperlips preprocess VIDEOS {root}")
+            raise UserError(f"dataset folder not found: {root}{near_name_hint(str(root))}; make one with: hyperlips "
+                            f"preprocess VIDEOS {root}")
         if not path.is_file():
             raise UserError(f"{root} is not a preprocessed dataset (no {MANIFEST}); make one with: "
                             f"hyperlips preprocess VIDEOS {root}")

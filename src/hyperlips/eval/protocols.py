@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..data.sources import mark_report
-from ..errors import UserError, warn
+from ..errors import UserError, near_name_hint, warn
 from ..face.steady import DEFAULT_WEIGHT as DEFAULT_BLEND
 from ..media.video import IMAGE_SUFFIXES
 from .pair import PROTOCOLS, ClipResult, evaluate_pair
@@ -50,7 +50,7 @@ def pair_folders(generated: Path, reference: Path, audio: Optional[Path] = None)
             raise UserError(f"{p} is a file: with a folder of results ({generated}) --reference (and --audio) "
                             "must be folders too, their files paired with the results by name")
         if p is not None and not p.is_dir():
-            raise UserError(f"{what} folder not found: {p}")
+            raise UserError(f"{what} folder not found: {p}{near_name_hint(str(p))}")
     gens = _media_in(generated, VIDEO_SUFFIXES)
     ref_twins: dict[str, list[str]] = {}
     refs = _media_in(reference, VIDEO_SUFFIXES, ref_twins)
@@ -167,7 +167,7 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
                         "one's audio, so it needs a folder of at least 2 (for one clip and other speech: hyperlips "
                         "sync, then hyperlips eval RESULT --reference VIDEO --audio SPEECH)")
     elif not clips.is_dir():
-        raise UserError(f"clips folder not found: {clips}")
+        raise UserError(f"clips folder not found: {clips}{near_name_hint(str(clips))}")
     else:
         videos = list(_media_in(clips, VIDEO_SUFFIXES).values())
     if not videos or (mode == "cross" and len(videos) < 2):
