@@ -45,7 +45,8 @@ def deferred_interrupt(trainer):
         interrupted.append(signum)
         first[0] = time.monotonic()
         what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-        trainer.say(f"{what}: stopping after this step with a checkpoint to resume from (again: stop at once)")
+        again = f"again after {REPEAT_SECONDS:g} s" if trainer.dist.enabled else "again"
+        trainer.say(f"{what}: stopping after this step with a checkpoint to resume from ({again}: stop at once)")
 
     olds = {}
     for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):

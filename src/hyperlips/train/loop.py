@@ -458,8 +458,8 @@ class Trainer:
                 stop_signal = self._agreed_stop(interrupted)
                 stop = last or stale or step >= self.max_steps() or out_of_time() or bool(stop_signal)
             stop_signal = stop_signal or self._agreed_stop(interrupted)  # (one that came after the last step)
-        if last_saved != step and step > 0:
-            self.save(stage, step, best)
+            if last_saved != step and step > 0:  # (inside: the same stop passed on again does not cut the save)
+                self.save(stage, step, best)
         progress.close(step, metrics, done=not stop_signal)
         if stop_signal:
             self.say(f"stopped at step {step}; its checkpoint is in {self.run / CKPT_DIR}: run the same command again "
