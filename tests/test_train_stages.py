@@ -121,10 +121,17 @@ def test_hr_inputs_of_a_clip_with_the_longest_name_a_file_may_have(small_dataset
     stamp = done.stat().st_mtime_ns
     build_hr_inputs(Manifest.load(view), base, out, torch.device("cpu"), say=lambda m: None)
     assert done.stat().st_mtime_ns == stamp
+    # a marker written before markers held the clip's key: the same length is taken as the same clip (not hours of
+    # rendering again after an upgrade), the key added
+    folder = (out / long_id).stat().st_ino
+    marker = json.loads(done.read_text())
+    done.write_text(json.dumps({k: v for k, v in marker.items() if k != "clip"}))
+    build_hr_inputs(Manifest.load(view), base, out, torch.device("cpu"), say=lambda m: None)
+    assert (out / long_id).stat().st_ino == folder and json.loads(done.read_text()) == marker
     mel = view / "clips" / long_id / "mel.npy"
     np.save(mel, np.load(mel)[:, ::-1].copy())
     build_hr_inputs(Manifest.load(view), base, out, torch.device("cpu"), say=lambda m: None)
-    assert done.stat().st_mtime_ns != stamp
+    assert (out / long_id).stat().st_ino != folder
 
 
 def test_hr_renders_its_inputs_like_inference_and_trains(one_clip, tmp_path, capsys, monkeypatch):

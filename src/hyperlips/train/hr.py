@@ -87,14 +87,19 @@ def build_hr_inputs(manifest: Manifest, base_checkpoint: str | os.PathLike, out:
         dst = out / cid
         marker = dst / "done.json"
         made_from = clip_key(manifest.root / CLIPS_DIR / cid)  # a clip made again from other footage: rendered again
+        clip = Clip(manifest.root / CLIPS_DIR / cid)
         if marker.is_file():
             try:
                 done = json.loads(marker.read_text(encoding="utf-8"))
                 if done.get("base") == key and done.get("clip") == made_from:
                     continue
+                if done.get("base") == key and "clip" not in done and done.get("frames") == clip.n_frames:
+                    # rendered before markers held the clip's key (hours of Base on a CPU to render them again): the
+                    # same length taken as the same clip, the key added
+                    marker.write_text(json.dumps({**done, "clip": made_from}) + "\n", encoding="utf-8")
+                    continue
             except (OSError, json.JSONDecodeError):
                 pass
-        clip = Clip(manifest.root / CLIPS_DIR / cid)
         faces = clip.stack("face128")
         n = clip.n_frames
         ref_index = int(clip.meta.get("best_index", int(np.argmax(clip.valid))))
