@@ -97,13 +97,12 @@ def test_submit_progress_and_result(server, inputs, tmp_path):
     status, h304, empty = client.request("GET", done["result"]["url"], headers={"If-None-Match": f'W/{tag}, "x"'})
     assert status == 304 and empty == b"" and h304["etag"] == tag
     assert client.request("GET", done["result"]["url"], headers={"If-None-Match": '"x"'})[0] == 200
-    for validator in (tag, modified):
-        status, _, part = client.request("GET", done["result"]["url"],
-                                         headers={"Range": "bytes=100-199", "If-Range": validator})
-        assert status == 206 and part == body[100:200], validator
-    status, _, whole = client.request("GET", done["result"]["url"], headers={"Range": "bytes=100-199",
-                                                                          "If-Range": '"another-version"'})
-    assert status == 200 and whole == body
+    status, _, part = client.request("GET", done["result"]["url"], headers={"Range": "bytes=100-199", "If-Range": tag})
+    assert status == 206 and part == body[100:200]
+    for other in ('"another-version"', modified):  # (a date is kept to the second: not a sure sign of the same file)
+        status, _, whole = client.request("GET", done["result"]["url"], headers={"Range": "bytes=100-199",
+                                                                              "If-Range": other})
+        assert status == 200 and whole == body, other
     status, headers, _ = client.request("GET", done["result"]["download_url"])
     assert status == 200 and 'filename="face_hyperlips.mp4"' in headers["content-disposition"]
 

@@ -187,6 +187,7 @@ def test_training_requests_are_checked(start, clip):
                           ({"video": video["id"], "name": "anna\n"}, "name: give the model a name"),
                           ({"video": video["id"], "name": "anna "}, "name: give the model a name"),
                           ({"video": video["id"], "name": "x", "minutes": 0}, "time budget"),
+                          ({"video": video["id"], "name": "x", "minutes": True}, "time budget"),  # (was a minute)
                           ({"video": video["id"], "name": "x", "minutes": 0.3}, "at least 1"),  # (taken, then refused
                           # a moment later by the training: "--minutes 0.3 leaves 0 s to train")
                           ({"video": video["id"], "name": "x", "minutes": 10_000}, "at most 120 minutes"),
@@ -195,6 +196,28 @@ def test_training_requests_are_checked(start, clip):
         assert status == 400 and words in err["error"], (params, err)
     status, job = client.json("POST", "/api/jobs", {"kind": "finetune", "video": video["id"], "name": "Élodie Dupont"})
     assert status == 201 and job["params"]["name"] == "Élodie Dupont", job  # (refused: letters of one script only)
+    import unicodedata
+
+    status, job = client.json("POST", "/api/jobs", {"kind": "finetune", "video": video["id"],
+                                                    "name": unicodedata.normalize("NFD", "José")})  # a Mac's keyboard
+    assert status == 201 and job["params"]["name"] == "José", job  # (refused: the accent's mark is no letter)
+
+
+def test_a_trained_model_is_published_beside_a_twin_of_its_name_in_another_unicode_form(start, tmp_path):
+    """A model "José" trained where a Mac's decomposed José.safetensors is: it was written under the name (no such
+    file), and the catalog, which lists one model per name as typed, showed the older one under the new id."""
+    import unicodedata
+
+    app, _ = start()
+    models = app.settings.models
+    models.mkdir(parents=True, exist_ok=True)
+    (models / unicodedata.normalize("NFD", "José.safetensors")).write_bytes(b"old")
+    job_dir = app.settings.data / "jobs" / "0123456789abcdef"
+    job_dir.mkdir(parents=True)
+    (job_dir / "model.safetensors").write_bytes(b"new")
+    result = app.runner._publish({"id": "0123456789abcdef", "params": {"name": "José"}},
+                                 {"model_file": "model.safetensors"})
+    assert result["name"] == "José-2" and (models / "José-2.safetensors").read_bytes() == b"new"
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ fixed names (``video.<suffix>``, ``audio.<suffix>``), so the uploads may expire 
 from __future__ import annotations
 
 import json
+import unicodedata
 import math
 import re
 import shutil
@@ -271,12 +272,14 @@ def _finetune(settings: ServeSettings, store: Store, params: dict, folder: Path)
                    f"(with their own voice), not from {'a photo' if facts['is_image'] else 'sound alone'}")
     check_role(video, "audio")
     name = params.get("name")
+    if isinstance(name, str):  # a Mac's decomposed é is a letter too (its combining mark is no \w of its own)
+        name = unicodedata.normalize("NFC", name)
     if not isinstance(name, str) or not _MODEL_NAME.match(name):
         raise _bad("name: give the model a name of letters, digits, spaces, - and _ (at most 48, starting with a "
                    "letter or digit)")
     minutes = params.get("minutes", 10)
     try:
-        minutes = float(minutes)
+        minutes = -1.0 if isinstance(minutes, bool) else float(minutes)  # (true was a minute)
     except (TypeError, ValueError):
         minutes = -1.0
     if not 1 <= minutes <= settings.max_train_minutes:  # (under a minute: taken, then refused by the training

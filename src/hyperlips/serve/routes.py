@@ -326,8 +326,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_file(self, path: Path, ctype: str, download: str | None = None) -> None:
         """A file, whole or one byte range (``Range: bytes=a-b``), so that video players can seek, with its
         validators: ``ETag`` (its size and modification time) and ``Last-Modified``. ``If-None-Match`` naming that tag
-        gets 304; a range under ``If-Range`` is sent only while the file is the one named there (a download resumed
-        after the file changed gets the whole new file, not a piece of it spliced onto the old one)."""
+        gets 304; a range under ``If-Range`` is sent only while the file is the one its tag names (a download resumed
+        after the file changed gets the whole new file, not a piece of it spliced onto the old one; a date there gets
+        the whole file too)."""
         st = path.stat()
         size = st.st_size
         tag = f'"{size:x}-{st.st_mtime_ns:x}"'
@@ -342,8 +343,8 @@ class _Handler(BaseHTTPRequestHandler):
         start, end, status = 0, size - 1, 200
         rng = self.headers.get("Range")
         if_range = (self.headers.get("If-Range") or "").strip()
-        if rng and if_range and if_range not in (tag, modified):  # (a weak tag never matches: RFC 9110 13.1.5)
-            rng = None
+        if rng and if_range and if_range != tag:  # (a date is kept to the second: a file written twice in one second
+            rng = None  # would pass; and a weak tag never matches, RFC 9110 13.1.5)
         m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip()) if rng else None
         if m and m[1] and m[2] and int(m[2]) < int(m[1]):
             m = None  # not a range (its last byte before its first): ignored, the whole file sent (RFC 9110 14.2)

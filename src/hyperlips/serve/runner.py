@@ -9,6 +9,7 @@ server. Once a minute it deletes finished jobs and unused uploads older than ``k
 from __future__ import annotations
 
 import json
+import unicodedata
 import logging
 import os
 import shutil
@@ -225,8 +226,12 @@ class Runner:
         folder.mkdir(parents=True, exist_ok=True)
         src = job_folder(self.settings, job["id"]) / result["model_file"]
         name = job["params"]["name"]
+        # taken: the names of the models there, as the catalog reads them (composed; a decomposed twin of the name
+        # would be listed, and the new model hidden behind it); and any file of the name (a case-blind disk)
+        taken = {unicodedata.normalize("NFC", p.stem) for p in folder.iterdir()
+                 if p.suffix.lower() in (".safetensors", ".pth")}
         stem, n = name, 1
-        while (folder / f"{stem}.safetensors").exists() or (folder / f"{stem}.pth").exists():
+        while (stem in taken or (folder / f"{stem}.safetensors").exists() or (folder / f"{stem}.pth").exists()):
             n += 1
             stem = f"{name}-{n}"
         for size, rel in result.get("hr_files", {}).items():
