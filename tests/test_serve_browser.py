@@ -232,6 +232,41 @@ def test_bad_inputs_show_the_reason_and_jobs_can_be_cancelled(open_page, tmp_pat
     assert not page.is_visible("#sync-cancel") and page.is_enabled("#sync-start")
 
 
+def test_a_double_click_starts_one_job_and_the_file_chosen_last_is_the_one_used(open_page, tmp_path, browser):
+    """A double-click on Lip-sync queued two jobs (the button waited for the server's answer to turn off); the page
+    followed one, and its Cancel left the other running. A file chosen while another was still uploading (a slow
+    network) was replaced by that one when it arrived: the picker showed the second, the job used the first."""
+    import cv2
+    import numpy as np
+
+    from serve_kit import face_photo
+
+    app, page = open_page()
+    noise = tmp_path / "big.png"  # about 3 MB: seconds at the upload speed set below
+    cv2.imwrite(str(noise), np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8))
+    cdp = browser.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
+                                                  "uploadThroughput": 500_000})
+    page.set_input_files("#sync-video-file", str(noise))
+    page.wait_for_function("() => document.getElementById('sync-video-status').textContent.includes('%')")
+    _pick(page, "#sync-video-file", face_photo(tmp_path / "face.png"), "#sync-video-status")
+    time.sleep(8.0)  # the first upload would have arrived by now
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
+                                                  "uploadThroughput": -1})
+    assert page.inner_text("#sync-video-status").startswith("✓ face.png"), page.inner_text("#sync-video-status")
+
+    _pick(page, "#sync-audio-file", write_wav(tmp_path / "speech.wav", 0.6), "#sync-audio-status")
+    page.dblclick("#sync-start")
+    page.wait_for_selector("#sync-result:not([hidden])", timeout=JOB_TIMEOUT_MS)
+    import urllib.request
+
+    with urllib.request.urlopen(app.url + "/api/jobs") as r:
+        jobs = json.loads(r.read())["jobs"]
+    assert len(jobs) == 1, jobs
+    assert app.store.get_file(jobs[0]["params"]["video"])["name"] == "face.png"
+
+
 def test_a_job_deleted_elsewhere_leaves_the_page_and_a_finished_one_stays_after_a_reload(open_page, tmp_path):
     """The job the page followed, deleted from another tab or the API, froze its progress and left Cancel doing
     nothing; a finished job's result was gone after a reload (the page forgot finished jobs)."""

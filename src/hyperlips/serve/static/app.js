@@ -5,8 +5,8 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   info: null, models: [], examples: [],
-  sync: { video: null, audio: null, job: null, uploading: 0 },
-  train: { video: null, job: null, uploading: 0 },
+  sync: { video: null, audio: null, job: null, uploading: 0, starting: false },
+  train: { video: null, job: null, uploading: 0, starting: false },
 };
 const POLL_MS = 600;
 const DONE_POLL_MS = 10000;  // a finished job's result, checked now and then: deleted elsewhere, it goes
@@ -34,7 +34,8 @@ function sizeText(n) {
   return n >= 1048576 ? `${(n / 1048576).toFixed(1)} MB` : `${Math.round(n / 1024)} KB`;
 }
 
-function upload(file, onProgress) {
+// ``onStart(xhr)``: given the request once it is sent, so that a newer choice of file can abort it
+function upload(file, onProgress, onStart = () => {}) {
   return new Promise((resolve, reject) => {
     const max = state.info ? state.info.limits.max_upload_bytes : Infinity;
     const dot = file.name.lastIndexOf(".");  // as the server reads it: a name without one (a phone's share sheet)
@@ -58,7 +59,9 @@ function upload(file, onProgress) {
       else reject(new Error((data && data.error) || `the upload failed (${xhr.status})`));
     };
     xhr.onerror = () => reject(new Error("the upload failed: the server could not be reached"));
+    xhr.onabort = () => reject(new Error("the upload was replaced by another file"));
     xhr.send(file);
+    onStart(xhr);
   });
 }
 
@@ -225,9 +228,12 @@ function setupPicker(view, role) {
     updateButtons();
   };
   pickers[`${view}-${role}`] = { view, role, use, example };
+  let latest = 0, sending = null;  // the newest choice wins: an upload still under way for an older one is aborted
   input.addEventListener("change", async () => {
     const file = input.files[0];
     if (!file) return;
+    const mine = ++latest;
+    if (sending) sending.abort();
     example.value = "";
     state[view][role] = null;
     localStorage.removeItem(`hyperlips.${view}-${role}`);
@@ -236,18 +242,25 @@ function setupPicker(view, role) {
     status.textContent = `Uploading ${file.name}…`;
     updateButtons();
     try {
-      const rec = await upload(file, (f) => { status.textContent = `Uploading ${file.name}… ${Math.round(f * 100)}%`; });
-      use(rec);
+      const rec = await upload(file, (f) => {
+        if (mine === latest) status.textContent = `Uploading ${file.name}… ${Math.round(f * 100)}%`;
+      }, (xhr) => { sending = xhr; });
+      if (mine === latest) use(rec);
     } catch (e) {
-      status.textContent = e.message;
-      status.className = "file-status bad";
-      input.value = "";
+      if (mine === latest) {
+        status.textContent = e.message;
+        status.className = "file-status bad";
+        input.value = "";
+      }
     } finally {
+      if (mine === latest) sending = null;
       state[view].uploading--;
       updateButtons();
     }
   });
   example.addEventListener("change", () => {
+    latest++;  // an upload under way no longer counts
+    if (sending) sending.abort();
     input.value = "";
     use(state.examples.find((f) => f.id === example.value) || null);
   });
@@ -271,9 +284,10 @@ function busy(view) {
 
 function updateButtons() {
   const s = state.sync;
-  $("sync-start").disabled = !(s.video && s.audio && !s.uploading && !busy("sync"));
+  $("sync-start").disabled = !(s.video && s.audio && !s.uploading && !s.starting && !busy("sync"));
   const t = state.train;
-  $("train-start-button").disabled = !(t.video && !t.uploading && !busy("train") && $("train-name").value.trim());
+  $("train-start-button").disabled = !(t.video && !t.uploading && !t.starting && !busy("train") &&
+                                       $("train-name").value.trim());
 }
 
 // ---------------------------------------------------------------- models
@@ -448,13 +462,18 @@ function renderTraining(job) {
   }
 }
 
-async function start(view, body) {
+// ``makeBody()``: the job's request (may wait, e.g. for a file's text). One job per press: a second press (a
+// double-click) before the server has answered was a second job, and the page followed only one of the two.
+async function start(view, makeBody) {
+  if (state[view].starting || busy(view)) return;
+  state[view].starting = true;
+  updateButtons();
   setError(`${view}-error`, "");
   if (view === "sync") show($("sync-result"), false);
   else show($("train-done"), false);
   try {
     for (const id of ["train-name", "train-minutes"]) $(id).removeAttribute("aria-invalid");
-    const job = await api("POST", "/api/jobs", body);
+    const job = await api("POST", "/api/jobs", await makeBody());
     state[view].job = job;
     remember(view, job.id);
     const pressed = $(view === "sync" ? "sync-start" : "train-start-button");
@@ -469,6 +488,9 @@ async function start(view, body) {
       $(field).setAttribute("aria-invalid", "true");
       $(field).focus();
     }
+  } finally {
+    state[view].starting = false;
+    updateButtons();
   }
 }
 
@@ -563,20 +585,22 @@ async function init() {
     e.preventDefault();
     const face = $("sync-face").value;
     const timings = $("sync-phonemes").files[0];  // its text: the server reads every phoneme-file format
-    const phonemes = timings ? await timings.text() : null;
-    start("sync", {
-      kind: "sync", video: state.sync.video.id, audio: state.sync.audio.id, model: $("sync-model").value,
-      size: Number($("sync-size").value), face: face === "" ? null : Number(face), loop: $("sync-loop").value,
-      ...(phonemes === null ? {} : {phonemes}),
+    start("sync", async () => {
+      const phonemes = timings ? await timings.text() : null;
+      return {
+        kind: "sync", video: state.sync.video.id, audio: state.sync.audio.id, model: $("sync-model").value,
+        size: Number($("sync-size").value), face: face === "" ? null : Number(face), loop: $("sync-loop").value,
+        ...(phonemes === null ? {} : {phonemes}),
+      };
     });
   });
   $("train-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    start("train", {
+    start("train", async () => ({
       kind: "finetune", video: state.train.video.id, name: $("train-name").value.trim(),
       minutes: Number($("train-minutes").value), start_from: $("train-start").value || null,
       face: $("train-face").value === "" ? null : Number($("train-face").value),
-    });
+    }));
   });
   setInterval(refreshJobs, 3000);
   try {
