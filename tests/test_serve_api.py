@@ -141,8 +141,10 @@ def test_cancel_running_and_queued_jobs(server, inputs):
     folder = app.settings.data / "jobs" / long_job["id"]
     assert worker_pids(folder), "no worker process for the running job"
     assert client.job(queued["id"])["queue_position"] == 0
+    assert client.job(queued["id"])["running_ahead"] == 1  # (the page said "Waiting to start…" for all of it)
     listed = {j["id"]: j for j in client.json("GET", "/api/jobs")[1]["jobs"]}  # the list says it too (it did not)
     assert listed[queued["id"]]["queue_position"] == 0 and "queue_position" not in listed[long_job["id"]]
+    assert listed[queued["id"]]["running_ahead"] == 1 and "running_ahead" not in listed[long_job["id"]]
 
     status, after = client.json("POST", f"/api/jobs/{queued['id']}/cancel")
     assert status == 200 and after["state"] == "cancelled"  # a queued job is cancelled at once

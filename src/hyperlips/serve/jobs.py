@@ -319,8 +319,9 @@ def public_job(job: dict) -> dict:
                                "finished", "attempts")}
     out["stage"] = job["progress"].get("stage", job["state"]) if job["state"] == "running" else job["state"]
     out["fraction"] = 1.0 if job["state"] == "done" else float(job["progress"].get("fraction") or 0.0)
-    if "queue_position" in job:
-        out["queue_position"] = job["queue_position"]
+    for key in ("queue_position", "running_ahead"):  # (queued jobs)
+        if key in job:
+            out[key] = job[key]
     out["links"] = {"self": base, "log": f"{base}/log"}
     if job["state"] not in FINISHED:  # (a finished job has nothing to cancel)
         out["links"]["cancel"] = f"{base}/cancel"

@@ -172,6 +172,8 @@ def openapi_document(version: str) -> dict:
                                                               "val, preview)"},
                 "queue_position": {"type": "integer", "description": "queued jobs ahead of it (queued jobs only; 0: it "
                                                                      "starts next, once a running job leaves room)"},
+                "running_ahead": {"type": "integer", "description": "jobs running now, which it waits for too (queued "
+                                                                    "jobs only)"},
                 "attempts": {"type": "integer", "description": "times a worker started it (a server stopped "
                                                                "during it runs it again, at most 3 times)"},
                 "message": {"type": ["string", "null"], "description": "why it failed, one line; for a job done from odd "

@@ -144,6 +144,7 @@ class Store:
                 "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND (created < ? OR (created = ? AND rowid < ?))",
                 (row["created"], row["created"], self._rowid(job_id)),
             ).fetchone()[0]
+            job["running_ahead"] = self.count("running")
         return job
 
     def _rowid(self, job_id: str) -> int:
@@ -160,9 +161,11 @@ class Store:
         queue = [r[0] for r in self._db().execute(
             "SELECT id FROM jobs WHERE state = 'queued' ORDER BY created, rowid").fetchall()]
         ahead = {job_id: i for i, job_id in enumerate(queue)}
+        running = self.count("running")
         for job in jobs:
             if job["state"] == "queued" and job["id"] in ahead:
                 job["queue_position"] = ahead[job["id"]]
+                job["running_ahead"] = running
         return jobs
 
     def count(self, state: str) -> int:

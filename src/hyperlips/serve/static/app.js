@@ -125,7 +125,8 @@ const STAGE_TEXT = {
 function stageLine(job) {
   const p = job.progress || {};
   if (job.state === "queued") {
-    const ahead = job.queue_position || 0;
+    // the jobs running now count too: behind an hour of training it said "Waiting to start…" for that hour
+    const ahead = (job.queue_position || 0) + (job.running_ahead || 0);
     return ahead ? `Waiting in the queue (${ahead} job${ahead > 1 ? "s" : ""} ahead)` : "Waiting to start…";
   }
   if (job.state !== "running") return "";
