@@ -31,7 +31,8 @@ async function api(method, path, body) {
 }
 
 function sizeText(n) {
-  return n >= 1048576 ? `${(n / 1048576).toFixed(1)} MB` : `${Math.round(n / 1024)} KB`;
+  // "500 MB", not "500.0 MB"; "2.5 MB" keeps its tenth
+  return n >= 1048576 ? `${Number((n / 1048576).toFixed(1))} MB` : `${Math.round(n / 1024)} KB`;
 }
 
 // ``onStart(xhr)``: given the request once it is sent, so that a newer choice of file can abort it
