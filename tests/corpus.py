@@ -794,8 +794,8 @@ SYNC_CASES: list[Case] = [
     bad_sync("output-no-suffix", output="out", words=("output",)),
     bad_sync("output-is-a-folder", output="a_dir.mp4", words=("folder",), prepare=lambda w, m: (w / "a_dir.mp4").mkdir()),
     bad_sync("output-parent-is-a-file", output="afile/out.mp4", words=("afile",), prepare=_file_as_parent),
-    bad_sync("output-disk-full", "long.mp4", "speech_4s.wav", output="out.mp4", fsize=30_000,
-             words=("out.mp4", "space")),
+    bad_sync("output-disk-full", "long.mp4", "speech_4s.wav", output="out.mp4", fsize=30_000,  # (a file-size
+             words=("out.mp4", "file-size limit")),  # limit: EFBIG, said as such; it was "free some space")
     # --- signals: stopped mid-run, cleaned up like Ctrl-C
     *[Case(f"signal-{s.lower()}-{stage}", ["sync", "{long.mp4}", "{speech_4s.wav}", "-o", "{out}", *CKPT,
                                            "--batch-size", "2"],
@@ -998,8 +998,8 @@ JOB_CASES: list[Case] = [
         "--workers"),
     bad("preprocess-val-fraction", ["preprocess", "{train_clips}", "{work}/ds", "--val-fraction", "2", "--quiet"],
         "--val-fraction"),
-    bad("preprocess-disk-full", ["preprocess", "{train_clips}", "{work}/ds", "--workers", "1", "--quiet"], "space",
-        fsize=20_000, output="ds/manifest.json"),
+    bad("preprocess-disk-full", ["preprocess", "{train_clips}", "{work}/ds", "--workers", "1", "--quiet"],
+        "file-size limit", fsize=20_000, output="ds/manifest.json"),
     # --- train
     train("data-missing", ("not found", "nope"), None, data="{work}/nope"),
     train("data-not-a-dataset", ("not a preprocessed dataset",), _empty_dir, data="{work}/empty"),
@@ -1018,7 +1018,7 @@ JOB_CASES: list[Case] = [
     train("unknown-setting", ("nonsense",), None, "--set", "nonsense=1"),
     train("config-missing", ("nope.yaml",), None, "--config", "{work}/nope.yaml"),
     train("init-garbage", ("garbage.pth",), None, "--init", "{garbage.pth}"),
-    train("disk-full", ("space",), None, fsize=200_000),
+    train("disk-full", ("file-size limit",), None, fsize=200_000),
     Case("train-signal-sigterm", ["train", "sync", "{work}/data", "--out", "{work}/run", "--max-steps", "100000",
                                   "--batch-size", "2", "--workers", "0", "--val-every", "0", "--log-every", "1"],
          rc=143, signal="SIGTERM", signal_after="step 1/", quiet=False, prepare=_dataset_copy,

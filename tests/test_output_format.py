@@ -308,3 +308,22 @@ def test_an_output_written_over_keeps_its_permissions(tmp_path):
     if team is not None:
         assert os.stat(out).st_gid == team, (os.stat(out).st_gid, team)
     assert stat.S_IMODE(os.stat(tmp_path / "new.mp4").st_mode) == 0o644
+
+
+def test_an_output_that_is_a_link_is_written_where_it_points(tmp_path):
+    """A batch writing over out.mp4, a link to a delivery copy: the file renamed into place replaced the link, and
+    the copy it pointed to stayed the old one. It is written through the link, as writing a file through one is."""
+    import os
+
+    from hyperlips.media.writer import VideoWriter
+
+    target = tmp_path / "delivery" / "final.mp4"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    link = tmp_path / "out.mp4"
+    os.symlink(target, link)
+    with VideoWriter(link, 64, 64, 25) as w:
+        for _ in range(3):
+            w.write(np.zeros((64, 64, 3), np.uint8))
+    assert link.is_symlink() and target.stat().st_size > 100
+    assert len(read_frames(link)) == 3

@@ -503,8 +503,10 @@ def _dispatch(args) -> int:
         if e.errno == errno.EROFS:  # a read-only disk: no space to free
             _error_line(f"{_os_error_text(e)}; choose a folder you can write to")
             return EXIT_USER
-        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):  # a full disk
-            _error_line(f"{_os_error_text(e)}; free some space or choose another folder")
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):  # a full disk, or a file-size limit
+            from .errors import storage_advice
+
+            _error_line(f"{_os_error_text(e)}; {storage_advice(e.errno)}")
             return EXIT_USER
         if e.errno == errno.ENOMEM:
             _error_line(OUT_OF_MEMORY)

@@ -111,6 +111,18 @@ def near_name_hint(path: str) -> str:
     return ""
 
 
+def storage_advice(errno_value: int | None) -> str:
+    """What to do when a write failed for want of room: a full disk or quota (free some space), or a file larger than
+    this process may write (``ulimit -f``) or the file system takes (FAT32's 4 GB): EFBIG, which a disk with room
+    gives too."""
+    import errno
+
+    if errno_value == errno.EFBIG:
+        return ("the file would be larger than this process may write (a file-size limit, ulimit -f) or than the "
+                "disk's file system takes (FAT32: 4 GB): raise the limit or choose another disk")
+    return "free some space or choose another folder"
+
+
 def refuse_unexpanded_home(path, what: str) -> None:
     """A :class:`UserError` where ``path`` (a place to write: an output, a folder) begins with a ``~`` no shell made
     the home folder (:func:`unexpanded_home`): a folder named "~" would be made where the command runs. ``what``

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MediaError, UserError, check_stop
+from ..errors import MediaError, UserError, check_stop, storage_advice
 from ..precision import cpu_flags
 from .video import as_rate, plane_views, writer_coded
 
@@ -232,7 +232,9 @@ class VideoWriter:
         import av
         from av.video.reformatter import ColorRange, Colorspace
 
-        self.path = Path(path)
+        # an output that is a symbolic link is written where it points (the file renamed into place replaced the link
+        # itself: a delivery copy it pointed to stayed the old one), as writing a file through a link does
+        self.path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
         self.width, self.height = int(width), int(height)
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"bad frame size {width}x{height}")
@@ -431,8 +433,8 @@ class VideoWriter:
             if e.errno not in _STORAGE_ERRNOS:
                 raise
             self.abort()
-            raise MediaError(f"cannot write {self.path}: {os.strerror(e.errno)}; free some space or choose another "
-                             "folder (nothing was written there)") from None
+            raise MediaError(f"cannot write {self.path}: {os.strerror(e.errno)}; {storage_advice(e.errno)} (nothing "
+                             "was written there)") from None
 
     def _remove_tmp(self) -> None:
         try:
