@@ -566,3 +566,27 @@ def test_a_name_not_found_names_its_twin_in_another_unicode_form_or_case(tmp_pat
                  lambda: run_protocol(tmp_path / "takes", tmp_path / "o", "self", untrained=True)):
         with pytest.raises(UserError, match="did you mean"):
             call()
+
+
+def test_one_blas_thread_under_a_memory_limit():
+    """`ulimit -v` (a batch system's memory limit): OpenBLAS, loaded with scipy by a stage thread, retried its
+    threads' buffers for ever holding Python's lock; the run hung and SIGTERM went unheard (2.5 GB: three runs of
+    three; with one BLAS thread it ran). The command asks for one thread there, and leaves the setting alone
+    elsewhere or where it is given."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, resource, sys\n"
+            "if sys.argv[1] == 'limit':\n"
+            "    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, resource.RLIM_INFINITY))\n"
+            "from hyperlips.cli import _one_blas_thread_under_a_memory_limit\n"
+            "_one_blas_thread_under_a_memory_limit()\n"
+            "print(os.environ.get('OPENBLAS_NUM_THREADS'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    got = [subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, env=env,
+                          timeout=60).stdout.strip() for mode in ("limit", "none")]
+    assert got == ["1", "None"], got
+    given = subprocess.run([sys.executable, "-c", code, "limit"], capture_output=True, text=True, timeout=60,
+                           env={**env, "OPENBLAS_NUM_THREADS": "4"}).stdout.strip()
+    assert given == "4"

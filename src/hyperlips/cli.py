@@ -425,7 +425,21 @@ def _absent_streams_to_null() -> None:
             setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
 
 
+def _one_blas_thread_under_a_memory_limit() -> None:
+    """Under a limit on the process's memory (``ulimit -v``, as batch systems set), OpenBLAS, loaded with scipy by a
+    stage thread, retried for ever the buffers its threads need, holding Python's lock: the run hung and SIGTERM
+    went unheard (measured: 2.5 GB, three runs of three). With one thread (``OPENBLAS_NUM_THREADS``, unless set) it
+    runs; the work here is torch's and OpenCV's, not BLAS's."""
+    try:
+        import resource
+    except ImportError:  # (Windows)
+        return
+    if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _one_blas_thread_under_a_memory_limit()
     _absent_streams_to_null()
     try:
         os.getcwd()
