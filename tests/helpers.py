@@ -207,3 +207,16 @@ def own_and_late_offsets(clip: Path, model, tmp_path: Path, seconds: float = 6.0
     sf.write(str(late), np.concatenate([np.zeros(3 * 640, np.float32), wav]), 16000)
     return tuple(evaluate_pair(clip, None, a, expert_model=model, perceptual=False).sync["expert"]["generated"]
                  for a in (own, late))
+
+
+def wait_for_logged_steps(proc, run: Path, steps: int = 3, seconds: float = 240.0) -> None:
+    """Wait until training process ``proc`` has logged ``steps`` steps in ``run``'s scalars.jsonl (or has ended,
+    or ``seconds`` have passed)."""
+    import time
+
+    scalars = run / "scalars.jsonl"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        if scalars.is_file() and len(scalars.read_text().splitlines()) >= steps:
+            return
+        time.sleep(0.2)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import run_cli, write_wav
+from helpers import run_cli, wait_for_logged_steps, write_wav
 from test_train_data import make_view, small_dataset  # noqa: F401  (session fixture)
 
 TINY = dict(model="hyperlips-lite", batch_size=4, workers=0, threads=1, log_every=1, image_every=0, val_every=3,
@@ -615,7 +615,6 @@ def _endless_training(data: Path, run: Path, ctrl_c, *extra: str):
     import signal
     import subprocess
     import sys
-    import time
 
     cmd = [sys.executable, "-m", "hyperlips.cli", "train", "base", str(data), "--model", "lite", "--out", str(run),
            "--max-steps", "100000", "--batch-size", "2", "--threads", "1", "--set", "audio_steps=3",
@@ -623,12 +622,7 @@ def _endless_training(data: Path, run: Path, ctrl_c, *extra: str):
            "--set", "lite={widths: [8, 16, 16, 32], out_width: 8, audio_width: 16, audio_members: 2}", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, ctrl_c))
-    scalars = run / "scalars.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if scalars.is_file() and len(scalars.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.2)
+    wait_for_logged_steps(proc, run)
     return proc
 
 

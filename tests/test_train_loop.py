@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import run_cli, wait_for_logged_steps
 from test_train_data import make_view, small_dataset  # noqa: F401  (session fixture)
 
 TINY = dict(batch_size=2, workers=0, threads=1, log_every=1, image_every=0, val_every=0, seed=5)
@@ -630,7 +630,6 @@ def test_ctrl_c_under_torchrun_stops_every_process_after_one_step_with_a_checkpo
     passes it on again. The processes stopped at once, the steps since the last checkpoint lost; now they agree on a
     step, stop after it together and write its checkpoint, which --resume continues."""
     import signal
-    import time
 
     from hyperlips.train.checkpoints import latest_checkpoint
 
@@ -644,12 +643,7 @@ def test_ctrl_c_under_torchrun_stops_every_process_after_one_step_with_a_checkpo
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        scalars = run / "scalars.jsonl"
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if scalars.is_file() and len(scalars.read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.2)
+        wait_for_logged_steps(proc, run)
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to torchrun and both processes
         out, err = proc.communicate(timeout=120)
