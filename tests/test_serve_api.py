@@ -422,6 +422,7 @@ def test_bad_job_options_are_refused_with_a_reason(server, inputs):
                          ({"mouth": "warp"}, "the untrained model has none"),
                          ({"phonemes": 5}, "phonemes must be a list of"),
                          ({"phonemes": "0.1 B extra words\n"}, "phonemes: line 1: expected START PHONE"),
+                         ({"phonemes": "\u00ff\u00d8\u00ff\u00e0\x00\x10JFIF\x14"}, "phonemes: not a text file"),
                          ({"phonemes": [{"start": 0.1}]}, "phonemes: phoneme 1: needs a start (or time) and a phone"),
                          ({"phonemes": [{"start": 0.2, "phone": "B"}, {"start": 0.1, "phone": "AA"}]},
                           "phonemes: phoneme 2 starts at 0.1 s, before phoneme 1"),

@@ -182,7 +182,8 @@ def test_phoneme_timings_picked_in_the_page_reach_the_job(open_page, tmp_path):
     page.set_input_files("#sync-phonemes", str(bad))
     page.click("#sync-start")
     page.wait_for_selector("#sync-error:not([hidden])", timeout=60_000)
-    assert "phonemes: line 2 starts at 0.1 s, before line 1" in page.inner_text("#sync-error")  # the file's lines
+    shown = page.inner_text("#sync-error")  # the file's lines, in the field's words, the file named
+    assert shown.startswith("Phoneme timings (bad.txt): line 2 starts at 0.1 s, before line 1"), shown
     good = tmp_path / "speech.txt"
     good.write_text("# an aligner's phones\n0.0 0.2 M\n0.2 0.45 AA1\n0.45 0.6 P\n")
     page.set_input_files("#sync-phonemes", str(good))

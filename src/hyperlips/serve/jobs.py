@@ -217,6 +217,9 @@ def _phonemes(params: dict, seconds: float | None = None):
     if isinstance(data, str):
         if len(data) > 50 * MAX_PHONEMES:
             raise _bad(f"phonemes: at most {MAX_PHONEMES} are taken")
+        if re.search(r"[\x00-\x08\x0e-\x1f]", data):  # a picture's bytes read as text ("got '\x14'")
+            raise _bad("phonemes: not a text file (a phoneme file is text: lines of START [END] PHONE, JSON or a "
+                       "Praat TextGrid)")
         try:
             return marks_from_text(data, seconds)
         except UserError as e:

@@ -88,6 +88,10 @@ function pageWords(message, view = "sync") {
     .replace(/: use 0\.\.(\d+) \(counted left to right\)/, (_, n) => `: ${faceChoices(n)}`)
     .replace(/^--minutes ([\d.]+) leaves/, (_, m) => `A time budget of ${m} minute${+m === 1 ? "" : "s"} leaves`)
     .replace(/give at least --minutes ([\d.]+)/, (_, m) => `give it at least ${Math.ceil(+m)} minutes`)
+    .replace(/^phonemes: /, () => {  // the field's words, and the file's name (the reason said a line of it)
+      const file = view === "sync" && $("sync-phonemes").files[0];
+      return file ? `Phoneme timings (${file.name}): ` : "Phoneme timings: ";
+    })
     .replace(/^name: /, "Model name: ")
     .replace(/^minutes: /, "Time budget (minutes): ");
 }
