@@ -243,6 +243,10 @@ def test_a_double_click_starts_one_job_and_the_file_chosen_last_is_the_one_used(
     from serve_kit import face_photo
 
     app, page = open_page()
+    # a greyed-out button says what it waits for (beside it, and to a screen reader: it gave no reason)
+    page.wait_for_function("() => document.getElementById('sync-missing').textContent === "
+                           "'Choose a face (video or photo) and the speech to start.'", timeout=30_000)
+    assert page.get_attribute("#sync-start", "aria-describedby") == "sync-missing"
     noise = tmp_path / "big.png"  # about 3 MB: seconds at the upload speed set below
     cv2.imwrite(str(noise), np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8))
     cdp = browser.new_cdp_session(page)
@@ -257,7 +261,9 @@ def test_a_double_click_starts_one_job_and_the_file_chosen_last_is_the_one_used(
                                                   "uploadThroughput": -1})
     assert page.inner_text("#sync-video-status").startswith("✓ face.png"), page.inner_text("#sync-video-status")
 
+    assert page.inner_text("#sync-missing") == "Choose the speech to start."
     _pick(page, "#sync-audio-file", write_wav(tmp_path / "speech.wav", 0.6), "#sync-audio-status")
+    assert page.inner_text("#sync-missing") == ""
     page.dblclick("#sync-start")
     page.wait_for_selector("#sync-result:not([hidden])", timeout=JOB_TIMEOUT_MS)
     import urllib.request

@@ -288,12 +288,29 @@ function busy(view) {
   return Boolean(j && (j.state === "queued" || j.state === "running"));
 }
 
+// What a greyed-out button waits for, said beside it (and to a screen reader, which the button names it to): it gave
+// no reason, and the keyboard skips a disabled button
+function missing(view) {
+  const v = state[view];
+  if (busy(view) || v.starting) return "";
+  if (v.uploading) return "Waiting for the upload to finish.";
+  if (view === "sync") {
+    const want = [!v.video && "a face (video or photo)", !v.audio && "the speech"].filter(Boolean);
+    return want.length ? `Choose ${want.join(" and ")} to start.` : "";
+  }
+  const want = [!v.video && "choose a video of the person", !$("train-name").value.trim() && "give the model a name"]
+    .filter(Boolean).join(" and ");
+  return want ? `${want.charAt(0).toUpperCase()}${want.slice(1)} to start.` : "";
+}
+
 function updateButtons() {
   const s = state.sync;
   $("sync-start").disabled = !(s.video && s.audio && !s.uploading && !s.starting && !busy("sync"));
   const t = state.train;
   $("train-start-button").disabled = !(t.video && !t.uploading && !t.starting && !busy("train") &&
                                        $("train-name").value.trim());
+  $("sync-missing").textContent = missing("sync");
+  $("train-missing").textContent = missing("train");
 }
 
 // ---------------------------------------------------------------- models
