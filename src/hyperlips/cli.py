@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", type=Path, help="idle talking-face video (played forward and backward while speech lasts)")
     p.add_argument("audio", type=Path, help="speech to feed (any format sync reads)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output video (.mp4): the streamed frames")
-    p.add_argument("--chunk-ms", type=float, default=40.0, help="milliseconds of speech per chunk, from 5 to 1000 (default 40)")
+    p.add_argument("--chunk-ms", type=float, default=40.0,
+                   help="milliseconds of speech per chunk, from 5 to 1000 (default 40)")
     p.add_argument("--no-pace", action="store_true", help="feed the speech as fast as possible instead of in real "
                                                           "time (the real-time factor is then the processing speed)")
     p.add_argument("--phonemes", type=Path, metavar="FILE",

@@ -149,9 +149,9 @@ class LipSync:
     another thread or as a second stream, is refused with the reason; use one LipSync per thread. ``close()`` (or
     ``with LipSync(...) as ls:``) releases its native face trackers at once; they are released when it is freed
     too. Messages are Python warnings (``errors.InputWarning``), shown as Python's filters say (by default once per
-    place, though a library that changes the filters as it loads can let one show again); a service gets every warning of each call, each once,
-    in its report (``SyncReport.warnings``), also with several calls at once in several threads (where
-    ``warnings.catch_warnings()``, process-wide, would mix them up).
+    place, though a library that changes the filters as it loads can let one show again); a service gets every
+    warning of each call, each once, in its report (``SyncReport.warnings``), also with several calls at once in
+    several threads (where ``warnings.catch_warnings()``, process-wide, would mix them up).
     """
 
     def __init__(
@@ -214,7 +214,7 @@ class LipSync:
                                 "official HyperLips .pth, a hyperlips checkpoint or a model from `hyperlips finetune`)")
             checkpoint, self.weights = starter.path, f"the {starter.label}"
         if network is not None:  # a generator module given directly (its forward takes (mel windows, faces)): a copy
-            network = copy.deepcopy(network)  # is made ready for inference, the caller's (still training?) is left as it is
+            network = copy.deepcopy(network)  # is made ready for inference, the caller's (training?) left as it is
             self.base, self.model_name = network, type(network).__name__
             self.weights = f"the given {self.model_name} network"
         elif checkpoint is not None:
@@ -343,7 +343,8 @@ class LipSync:
                                 track_factory)
 
         t_start = time.perf_counter()
-        video, audio, output = (path_argument(p, what) for p, what in ((video, "video"), (audio, "audio"), (output, "output")))
+        video, audio, output = (path_argument(p, what) for p, what in (
+            (video, "video"), (audio, "audio"), (output, "output")))
         check_face_index(face_index)
         if loop not in LOOP_MODES:
             raise UserError(f"--loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
@@ -460,9 +461,10 @@ class LipSync:
         """Lip-synced frames of ``video`` (an idle clip, played in a loop) driven by ``speech`` while it arrives.
 
         ``speech``: an iterable of PCM chunks (1-D, float in [-1, 1] or int16, mono at ``sample_rate``, 16000 by
-        default: other rates are resampled as they come, with the filter a file is read with; e.g. 20-100 ms each, as a microphone or a speech synthesiser gives them); it is read in a thread of its own,
-        so it may block until the next chunk exists (a stream closed meanwhile leaves that thread waiting in the
-        iterable until it gives a chunk or ends: end it, e.g. close your queue, when you close the stream).
+        default: other rates are resampled as they come, with the filter a file is read with; e.g. 20-100 ms each,
+        as a microphone or a speech synthesiser gives them); it is read in a thread of its own, so it may block
+        until the next chunk exists (a stream closed meanwhile leaves that thread waiting in the iterable until it
+        gives a chunk or ends: end it, e.g. close your queue, when you close the stream).
         One sync or stream at a time per LipSync (another one meanwhile is refused: use one LipSync per thread);
         ``close()`` a stream you stop reading, or let it end. Yields ``live.LiveFrame`` (index, time, image) in order, each
         as soon as the speech its mel window needs has arrived (a fixed look-ahead: about 0.19 s for Base, 0.37 s

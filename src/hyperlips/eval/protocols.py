@@ -153,9 +153,9 @@ def run_protocol(clips: Path, out_dir: Path, mode: str, *, checkpoint=None, hr_c
     """Generate and evaluate every clip of a folder: ``mode="self"`` syncs each clip to its own audio,
     ``mode="cross"`` to the next clip's audio (in name order, wrapping round). Outputs go to ``out_dir/generated``.
     ``device`` serves generation and evaluation alike; ``eval_kw`` go to :func:`evaluate_pair`. ``mouth``: the
-    LipSync's; ``shift_source`` (always when the frame's own mouth is used: ``warp``, ``hybrid``): self-reconstruction from :func:`shifted_copy`.
-    ``left_out``: gets (clip name, reason) of each clip that could not be measured (no face, no sound), for the
-    report to list."""
+    LipSync's; ``shift_source`` (always when the frame's own mouth is used: ``warp``, ``hybrid``):
+    self-reconstruction from :func:`shifted_copy`. ``left_out``: gets (clip name, reason) of each clip that could
+    not be measured (no face, no sound), for the report to list."""
     from ..pipeline import LipSync
 
     if mode not in ("self", "cross"):
