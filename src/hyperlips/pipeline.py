@@ -541,7 +541,7 @@ class LipSync:
         if isinstance(phonemes, (str, os.PathLike)):
             marks = read_marks(phonemes, seconds)
         elif isinstance(phonemes, dict) or any(isinstance(m, dict) for m in phonemes):  # a JSON file's, read
-            marks = marks_from_json(phonemes if isinstance(phonemes, dict) else list(phonemes), seconds)
+            marks = marks_from_json(phonemes, seconds)
         elif all(isinstance(m, PhoneMark) for m in phonemes):
             marks = list(phonemes)
             refuse_other_units([m.start for m in marks])  # (a caller's own marks: milliseconds, samples)

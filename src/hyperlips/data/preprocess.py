@@ -265,7 +265,8 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
             continue
         jobs.append((str(v), str(out_dir), str(rel), opts, cid))
     _check_clip_folders(dst, [Path(job[1]) for job in jobs])
-    _check_same_source(src, dst, [job[4] for job in jobs if (Path(job[1]) / META).is_file()])
+    before = _source_root(dst)  # the footage folder the dataset was made from, as its manifest says
+    _check_same_source(src, dst, [job[4] for job in jobs if (Path(job[1]) / META).is_file()], before)
 
     t0 = time.perf_counter()
     bar = new_bar(total=len(jobs), desc="preprocess", unit="clip", disable=not progress or not jobs)
@@ -323,10 +324,9 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
     ])
     _remove_empty_folders(dst / "clips", [Path(job[1]) for job in jobs])  # a speaker's folder whose clips were all
     # skipped
-    before = _source_root(dst)  # (clips of another footage folder added to a dataset are not gone from this one)
-    if only is None and src.is_dir() and (before is None or _same_folder(before, src)):
-        _say_gone_sources(clips_dir, {str(r) for r in rels}, src)
     manifest = write_manifest(dst, opts, source_root=os.path.abspath(src))  # (absolute: compared from anywhere)
+    if only is None and src.is_dir() and (before is None or _same_folder(before, src)):  # (another footage folder's
+        _say_gone_sources(manifest["clips"], {str(r) for r in rels}, src, clips_dir)  # clips are not gone from this)
     clips = manifest["clips"]
     return PreprocessReport(
         done=sum(r.status == "done" for r in results),
@@ -341,17 +341,12 @@ def _preprocess_into(src: Path, dst: Path, videos: list[Path], base: Path, clips
     )
 
 
-def _say_gone_sources(clips_dir: Path, sources: set[str], src: Path) -> None:
-    """Warn of the dataset's clips whose video is no longer in the footage folder (deleted, moved out: a wrong take,
-    another person): they stay in the dataset, trained or validated on, until their folders are deleted."""
-    gone = []
-    for meta_path in sorted(clips_dir.rglob(META)):
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(meta, dict) and meta.get("source") is not None and str(meta["source"]) not in sources:
-            gone.append(str(meta.get("id", meta_path.parent.relative_to(clips_dir).as_posix())))
+def _say_gone_sources(clips: list[dict], sources: set[str], src: Path, clips_dir: Path) -> None:
+    """Warn of the dataset's clips (its manifest's entries) whose video is no longer in the footage folder (deleted,
+    moved out: a wrong take, another person): they stay in the dataset, trained or validated on, until their folders
+    are deleted."""
+    gone = list(dict.fromkeys(str(c["id"]) for c in clips  # (a clip split in time is listed twice)
+                              if c.get("source") is not None and str(c["source"]) not in sources))
     if gone:
         shown = ", ".join(gone[:5]) + (f" and {len(gone) - 5} more" if len(gone) > 5 else "")
         warn(f"{len(gone)} clip(s) of this dataset have no video in {src} any more ({shown}): they stay in it and "
@@ -386,14 +381,14 @@ def _same_folder(before: str, src: Path) -> bool:
     return os.path.basename(os.path.normpath(before)) == os.path.basename(os.path.abspath(src))
 
 
-def _check_same_source(src: Path, dst: Path, remade: list[str]) -> None:
+def _check_same_source(src: Path, dst: Path, remade: list[str], before: str | None) -> None:
     """Refuse to make clips again over those of a dataset made from another footage folder (``day2`` into the
     dataset of ``day1``, both with a ``take1``: day1's clip was replaced without a word). A dataset has one source
     folder; the same folder moved keeps its clips (they are not made again). A source folder that is gone is
-    compared by its name (deleted once preprocessed, day1's clips were replaced by day2's)."""
+    compared by its name (deleted once preprocessed, day1's clips were replaced by day2's). ``before``: the folder
+    the dataset's manifest records (:func:`_source_root`)."""
     if not remade:
         return
-    before = _source_root(dst)
     if before is not None and not _same_folder(before, src):
         shown = ", ".join(remade[:3]) + (f" and {len(remade) - 3} more" if len(remade) > 3 else "")
         raise UserError(f"{dst} holds clips made from {before}; preprocessing {src} into it would replace "
