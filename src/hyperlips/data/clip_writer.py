@@ -81,8 +81,20 @@ def process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: Preprocess
     return result
 
 
+_writing: list[Path] = []  # the unfinished clip folder this process is writing (drop_unfinished)
+
+
+def drop_unfinished() -> None:
+    """Remove the unfinished folder of the clip this process is making, now. For a stop that may not unwind
+    normally: a preprocess worker whose command is gone removes it before it stops the clip, so a crash on the way
+    out (a native library torn down mid-frame) leaves nothing behind. The clip's own clean-up still runs after."""
+    for tmp in list(_writing):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: PreprocessOptions, clip_id: str) -> ClipResult:
     tmp = out_dir.parent / hidden_name(out_dir.name, f".partial-{os.getpid()}")  # (cut to fit a name of 255 bytes)
+    _writing.append(tmp)
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -104,6 +116,7 @@ def _process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: Preproces
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        _writing.remove(tmp)
 
 
 MANY_FACES_SHARE = 0.25  # a clip with more than one face in more than this share of its frames with a face: warned

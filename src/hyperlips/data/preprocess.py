@@ -23,7 +23,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
 from ..errors import UserError, near_name_hint, refuse_unexpanded_home, require_file, warn
-from .clip_writer import HR_SIZES, ClipResult, PreprocessOptions, _add_phones, _source_key, process_clip
+from .clip_writer import (
+    HR_SIZES,
+    ClipResult,
+    PreprocessOptions,
+    _add_phones,
+    _source_key,
+    drop_unfinished,
+    process_clip,
+)
 from .datasets import CLIPS_DIR, FORMAT_VERSION, MANIFEST, META
 from .manifests import (
     SKIPPED,
@@ -56,6 +64,9 @@ def _parent_gone(signum, frame) -> None:
     _orphaned = True
     if not _in_job:
         os._exit(1)
+    drop_unfinished()  # first: what follows may not unwind cleanly (a crash in a native library on the way out), or
+    # the stop may be lost (raised inside a library's callback, where Python only prints it): the clip then fails at
+    # its next write, its folder gone, and the worker ends (_run_one) instead of finishing it and waiting for ever
     raise KeyboardInterrupt(f"signal {signum}: the command is gone")
 
 
