@@ -429,6 +429,59 @@ def test_running_out_of_memory_is_said_as_such(capsys, error):
     assert issubclass(av.error.MemoryError, MemoryError)  # (FFmpeg's: the reader lets it through as one)
 
 
+@pytest.mark.parametrize("error", [
+    ImportError("libxcb-xfixes-6de855b8.so.0.0.0: failed to map segment from shared object"),  # PyAV loaded late
+    RuntimeError("could not create a primitive"),  # oneDNN setting up a convolution
+    RuntimeError("[Errno 542398533] Generic error in an external library: 'avcodec_send_frame()'")])  # the encoder
+def test_a_memory_limit_met_by_a_library_is_said_as_such(capsys, monkeypatch, error):
+    """`ulimit -v` 1-2.5 GB (measured with `sync`): each of these ended in a traceback with the exit code of a bug.
+    Under a limit they are out of memory, and the line names the limit and what to raise it to; without one they
+    are still bugs."""
+    import argparse
+
+    from hyperlips import cli, errors
+
+    def job(args):
+        raise error
+
+    monkeypatch.setattr(errors, "memory_limit", lambda: 2_048_000 * 1024)
+    assert cli._dispatch(argparse.Namespace(func=job)) == 3
+    said = capsys.readouterr().err
+    assert "out of memory: this process may use at most 2.1 GB of address space (ulimit -v)" in said, said
+    assert "ulimit -v 3000000" in said and "Traceback" not in said, said
+    monkeypatch.setattr(errors, "memory_limit", lambda: None)
+    with pytest.raises(type(error)):
+        cli._dispatch(argparse.Namespace(func=job))
+
+
+def test_a_memory_limit_too_small_is_said_up_front(tmp_path):
+    """Below 1.3 GB of address space MediaPipe's threads ended `sync` without a word (abort, exit 134): a limit under
+    what the commands need is said as the command starts; a large enough one, or none, is not."""
+    import resource
+    import subprocess
+    import sys
+
+    def said(limit):
+        code = ("import resource, sys\n"
+                "limit = int(sys.argv[1])\n"
+                "if limit:\n"
+                "    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))\n"
+                "from hyperlips.cli import main\n"
+                "sys.exit(main(['sync', sys.argv[2], sys.argv[2], '-o', sys.argv[3]]))\n")
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        if hard != resource.RLIM_INFINITY and limit > hard:
+            pytest.skip("this process's own memory limit is lower")
+        run = subprocess.run([sys.executable, "-c", code, str(limit), str(tmp_path / "missing.mp4"),
+                              str(tmp_path / "o.mp4")], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and "missing.mp4" in run.stderr, run.stderr  # the command itself went on
+        return run.stderr
+
+    small = said(2 << 30)
+    assert "warning: this process may use at most 2.1 GB of address space (ulimit -v); hyperlips needs about " \
+        "3.1 GB" in small, small
+    assert "address space" not in said(8 << 30) and "address space" not in said(0)
+
+
 def test_ffmpeg_out_of_memory_is_not_a_damaged_file(real_data, monkeypatch):
     """FFmpeg failing to allocate while opening a file, or while decoding its sound, said "unreadable or corrupt media
     file" (exit 2: the input blamed) or put silence in place of "damaged" packets: it is the machine's memory."""

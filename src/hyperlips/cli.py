@@ -431,12 +431,40 @@ def _one_blas_thread_under_a_memory_limit() -> None:
     stage thread, retried for ever the buffers its threads need, holding Python's lock: the run hung and SIGTERM
     went unheard (measured: 2.5 GB, three runs of three). With one thread (``OPENBLAS_NUM_THREADS``, unless set) it
     runs; the work here is torch's and OpenCV's, not BLAS's."""
-    try:
-        import resource
-    except ImportError:  # (Windows)
-        return
-    if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
+    from .errors import memory_limit
+
+    if memory_limit() is not None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+# the least limit on the process's memory (ulimit -v) under which `hyperlips sync` ran (face2.mp4, 844x844, the
+# starter): 2.5 GB failed one run of two, 3 GB passed; below 1.3 GB MediaPipe ended the process without a word
+MEMORY_LIMIT_FLOOR = 3_000_000 * 1024  # (ulimit -v counts KiB)
+
+
+def _out_of_memory_text() -> str:
+    """The out-of-memory line; under a limit on the process's memory, it names the limit."""
+    from .errors import memory_limit
+
+    limit = memory_limit()
+    if limit is None:
+        return OUT_OF_MEMORY
+    return (f"out of memory: this process may use at most {limit / 1e9:.1f} GB of address space (ulimit -v), and its "
+            f"libraries reserve far more than they use: raise the limit to at least "
+            f"{MEMORY_LIMIT_FLOOR / 1e9:.1f} GB (ulimit -v {MEMORY_LIMIT_FLOOR // 1024}), or limit the memory used "
+            "instead (a cgroup's memory limit, as containers and batch systems set)")
+
+
+def _warn_small_memory_limit() -> None:
+    """A limit on the process's memory too small for any command: said up front, since below 1.3 GB MediaPipe's
+    threads end the process without a message (abort, exit 134) and the user is left with nothing."""
+    from .errors import memory_limit
+
+    limit = memory_limit()
+    if limit is not None and limit < MEMORY_LIMIT_FLOOR:
+        _line("warning", f"this process may use at most {limit / 1e9:.1f} GB of address space (ulimit -v); "
+                         f"hyperlips needs about {MEMORY_LIMIT_FLOOR / 1e9:.1f} GB of it (its libraries reserve far "
+                         "more than they use), so the command may fail, or end without a message")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -462,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         print("hyperlips: error: no command given (the commands are listed above)", file=sys.stderr)
         return EXIT_USER
+    _warn_small_memory_limit()
     with _terminal_stderr(restore=argv is not None), _messages_stdout(), _signals_like_ctrl_c(), \
             warnings.catch_warnings():
         warnings.showwarning = _show_warning
@@ -524,7 +553,7 @@ def _dispatch(args) -> int:
             _error_line(f"{_os_error_text(e)}; {storage_advice(e.errno)}")
             return EXIT_USER
         if e.errno == errno.ENOMEM:
-            _error_line(OUT_OF_MEMORY)
+            _error_line(_out_of_memory_text())
             return EXIT_MEMORY
         if e.errno == errno.ENAMETOOLONG:  # a path the user gave (a name over 255 bytes): not a bug
             _error_line(f"{_os_error_text(e)} (a name in it is longer than the 255 bytes a file system takes, or "
@@ -541,7 +570,7 @@ def _dispatch(args) -> int:
         if not out_of_memory(e):
             raise
         _close_progress_bars()
-        _error_line(OUT_OF_GPU_MEMORY if gpu_out_of_memory(e) else OUT_OF_MEMORY)
+        _error_line(OUT_OF_GPU_MEMORY if gpu_out_of_memory(e) else _out_of_memory_text())
         return EXIT_MEMORY
     except KeyboardInterrupt as e:
         _close_progress_bars()

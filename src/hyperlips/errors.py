@@ -222,12 +222,34 @@ def check_stop() -> None:
 
 def out_of_memory(e: BaseException) -> bool:
     """Whether ``e`` is the machine running out of memory: Python's MemoryError (FFmpeg's too), OpenCV's and torch's
-    allocation failures (a GPU's too: CUDA's and MPS's "out of memory"), a thread that could not be started."""
+    allocation failures (a GPU's too: CUDA's and MPS's "out of memory"), a thread that could not be started; under a
+    limit on the process's memory (:func:`memory_limit`), also the ways libraries fail when they cannot map more
+    (:data:`MEMORY_LIMIT_SIGNS`)."""
     if isinstance(e, MemoryError):
         return True
     text = str(e)
-    return any(words in text for words in ("Insufficient memory", "Failed to allocate", "can't allocate memory",
-                                           "can't start new thread", "Cannot allocate memory", "out of memory"))
+    if any(words in text for words in ("Insufficient memory", "Failed to allocate", "can't allocate memory",
+                                       "can't start new thread", "Cannot allocate memory", "out of memory")):
+        return True
+    return memory_limit() is not None and any(sign in text for sign in MEMORY_LIMIT_SIGNS)
+
+
+# how libraries fail under a limit on the process's memory (ulimit -v), measured with `hyperlips sync` at 1.0-2.5 GB:
+# a library loaded late (PyAV, torch, numpy.random) cannot be mapped; oneDNN cannot set up a convolution; FFmpeg's
+# encoder fails without saying why. Only under such a limit are they read as memory: elsewhere they are bugs.
+MEMORY_LIMIT_SIGNS = ("failed to map segment from shared object", "could not create a primitive",
+                      "Generic error in an external library")
+
+
+def memory_limit() -> int | None:
+    """The limit on this process's memory (its address space: ``ulimit -v``, as batch systems set) in bytes, or None
+    where there is none. Libraries reserve far more address space than they use (torch, MediaPipe's threads)."""
+    try:
+        import resource
+    except ImportError:  # (Windows)
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def gpu_out_of_memory(e: BaseException) -> bool:
