@@ -956,7 +956,7 @@ def test_a_reference_picture_without_a_suffix_is_a_picture(tmp_path, monkeypatch
     assert reference_request("still_noext") == Path("still_noext")
     assert reference_request("./10") == Path("10") and reference_request("10") == 10
     assert reference_request("face.png") == Path("face.png")  # (a path with a suffix need not exist yet: said later)
-    with pytest.raises(UserError, match="--reference must be best, first, a frame number or an image"):
+    with pytest.raises(UserError, match=r"--reference \(reference\) must be best, first, a frame number or an image"):
         reference_request("bset")
 
 

@@ -354,7 +354,7 @@ def test_python_arguments_are_taken_as_python_passes_them_or_refused_up_front(cl
     refused = tmp_path / "refused.mp4"
     for kwargs, words in [({"face_index": "0"}, r"--face \(face_index\) must be a whole number from 0"),
                           ({"face_index": 0.0}, r"--face \(face_index\) must be a whole number from 0"),
-                          ({"reference": True}, "--reference must be best, first, a frame number"),
+                          ({"reference": True}, r"--reference \(reference\) must be best, first, a frame number"),
                           ({"reference": np.zeros((8, 8, 3), np.uint8)}, "not an array of pixels"),
                           ({"phonemes": [{"phone": "B"}]}, "needs a start"),
                           ({"phonemes": [(0.0, 0.1, "AA"), {0.1: "B"}]}, "needs a start")]:
@@ -363,8 +363,9 @@ def test_python_arguments_are_taken_as_python_passes_them_or_refused_up_front(cl
     with pytest.raises(UserError, match="video must be a path"):
         ls.sync(np.zeros(3), clip.audio, refused)
     assert not refused.exists()
-    for kwargs, words in [({"batch_size": "16"}, r"--batch-size must be a whole number, at least 1 \(got '16'\)"),
-                          ({"size": "256"}, r"--size must be 128, 256 or 512 \(got '256'\)"),
+    for kwargs, words in [({"batch_size": "16"},
+                           r"--batch-size \(batch_size\) must be a whole number, at least 1 \(got '16'\)"),
+                          ({"size": "256"}, r"--size \(size\) must be 128, 256 or 512 \(got '256'\)"),
                           ({"device": 0}, "device must be auto, cpu")]:
         with pytest.raises(UserError, match=words):
             LipSync(ckpt, progress=False, **kwargs)

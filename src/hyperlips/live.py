@@ -360,7 +360,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
                             f"reads it smoothed with {reads}: make them with ls.speech_stats(VOICE_SAMPLE), or "
                             "SpeechStats.of(mel, ls.base.mel_smooth)")
     if loop not in LOOP_MODES:
-        raise UserError(f"--loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
+        raise UserError(f"--loop (loop) must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
     if not whole_number(sample_rate) or not MIN_RATE <= sample_rate <= MAX_RATE:
         raise UserError(f"sample_rate must be the chunks' sample rate in Hz, a whole number from {MIN_RATE} to "
                         f"{MAX_RATE} (got {sample_rate!r})")

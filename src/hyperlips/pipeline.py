@@ -183,10 +183,10 @@ class LipSync:
 
         preload_mediapipe()  # the face detector's library loads while the networks do
         if not whole_number(batch_size) or batch_size < 1:
-            raise UserError(f"--batch-size must be a whole number, at least 1 (got {batch_size!r})")
+            raise UserError(f"--batch-size (batch_size) must be a whole number, at least 1 (got {batch_size!r})")
         batch_size = int(batch_size)
         if size is not None and (not whole_number(size) or size not in (128, 256, 512)):
-            raise UserError(f"--size must be 128, 256 or 512 (got {size!r})")
+            raise UserError(f"--size (size) must be 128, 256 or 512 (got {size!r})")
         size = None if size is None else int(size)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -347,7 +347,7 @@ class LipSync:
             (video, "video"), (audio, "audio"), (output, "output")))
         check_face_index(face_index)
         if loop not in LOOP_MODES:
-            raise UserError(f"--loop must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
+            raise UserError(f"--loop (loop) must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
         check_fps(fps)
         check_encoding(crf, preset, pix_fmt)
         check_paths(video, audio, output)

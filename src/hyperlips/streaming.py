@@ -198,10 +198,11 @@ def check_face_box(box, width: int, height: int) -> tuple[float, float, float, f
     try:
         x1, y1, x2, y2 = (float(v) for v in box)
     except (TypeError, ValueError):
-        raise UserError(f"--face-box must be four numbers x1,y1,x2,y2 in pixels (got {box!r})") from None
+        raise UserError(f"--face-box (face_box) must be four numbers x1,y1,x2,y2 in pixels (got {box!r})") from None
     plain = ",".join(f"{v:g}" for v in (x1, y1, x2, y2))
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
-        raise UserError(f"--face-box must be x1,y1,x2,y2 in pixels, finite, with x2 > x1 and y2 > y1 (got {plain})")
+        raise UserError(f"--face-box (face_box) must be x1,y1,x2,y2 in pixels, finite, with x2 > x1 and y2 > y1 "
+                        f"(got {plain})")
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
         raise UserError(f"--face-box {plain} lies outside the {width}x{height} frame; give pixel coordinates inside it")
     return max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
@@ -243,7 +244,8 @@ def reference_request(reference) -> str | int | Path:
         return reference
     if isinstance(reference, (str, Path)) and (Path(reference).suffix or Path(reference).is_file()):
         return Path(reference)  # (a picture saved without a suffix, or named "./10", is a picture)
-    raise UserError(f"--reference must be best, first, a frame number or an image of the face (got {reference!r})")
+    raise UserError(f"--reference (reference) must be best, first, a frame number or an image of the face "
+                    f"(got {reference!r})")
 
 
 @dataclass
