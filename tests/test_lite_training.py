@@ -866,7 +866,7 @@ def test_finetune_says_it_starts_from_random_weights_without_a_starter(more_data
                   "1", "--batch-size", "2", "--threads", "1", "--set", "val_every=1", "--set", "audio_steps=2",
                   "--set", "lite={widths: [8, 16, 16, 32], out_width: 8}", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "starting from random weights: this build has no shipped starter" in res.stderr
+    assert "starting from random weights: the shipped starter is hidden by HYPERLIPS_NO_SHIPPED=1" in res.stderr
     assert _run_config(tmp_path / "me.work")["init"] is None
 
 

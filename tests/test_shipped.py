@@ -69,12 +69,29 @@ def test_write_shipped_halves_the_weights_and_keeps_the_card(tmp_path, monkeypat
 def test_without_shipped_weights_sync_says_what_to_pass(monkeypatch, tmp_path):
     from hyperlips.cli import main
     from hyperlips.errors import UserError
+    from hyperlips.models import shipped
     from hyperlips.pipeline import LipSync
 
     monkeypatch.setenv("HYPERLIPS_NO_SHIPPED", "1")
-    with pytest.raises(UserError, match="ships none: pass --checkpoint"):
+    with pytest.raises(UserError, match="the shipped starter is hidden by HYPERLIPS_NO_SHIPPED=1 in the environment: "
+                                        "pass --checkpoint"):  # ("this build ships none" sent users to reinstall)
         LipSync()
     assert LipSync(untrained=True, model="lite").weights == "untrained (random) weights"
+    monkeypatch.delenv("HYPERLIPS_NO_SHIPPED")
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path)  # a build without weights
+    with pytest.raises(UserError, match="this build ships no starter: pass --checkpoint"):
+        LipSync()
+
+
+@pytest.mark.parametrize("value", ["", "0", " 0 ", "false", "No", "OFF"])
+def test_the_shipped_weights_are_hidden_only_by_a_value_that_means_on(monkeypatch, value):
+    """HYPERLIPS_NO_SHIPPED=false hid the weights (anything but "" and 0 did), where HYPERLIPS_DEBUG=false is off."""
+    from hyperlips.models import shipped
+
+    monkeypatch.setenv("HYPERLIPS_NO_SHIPPED", value)
+    assert not shipped.hidden()
+    monkeypatch.setenv("HYPERLIPS_NO_SHIPPED", "yes")
+    assert shipped.hidden() and shipped.starter() is None
 
 
 def test_lipsync_uses_the_starter_by_default():

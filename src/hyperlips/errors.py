@@ -16,12 +16,17 @@ import signal
 DEBUG_ENV = "HYPERLIPS_DEBUG"  # set to 1 to keep library messages (FFmpeg, MediaPipe, Python warnings)
 
 
-def debug_wanted() -> bool:
-    """HYPERLIPS_DEBUG set to anything but nothing, 0, false, no or off (as HYPERLIPS_NO_SHIPPED reads 0): the
-    libraries underneath say what they have to say."""
+def env_flag(name: str) -> bool:
+    """Whether the environment variable ``name`` is set on: to anything but nothing, 0, false, no or off (in any
+    case), as every switch of this tool reads it."""
     import os
 
-    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def debug_wanted() -> bool:
+    """HYPERLIPS_DEBUG on (:func:`env_flag`): the libraries underneath say what they have to say."""
+    return env_flag(DEBUG_ENV)
 
 
 class UserError(Exception):

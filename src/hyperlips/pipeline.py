@@ -210,8 +210,9 @@ class LipSync:
 
             starter = shipped.starter()
             if starter is None:
-                raise UserError("no model weights given and this build ships none: pass --checkpoint PATH (an "
-                                "official HyperLips .pth, a hyperlips checkpoint or a model from `hyperlips finetune`)")
+                raise UserError(f"no model weights given and {shipped.absent('starter')}: pass --checkpoint PATH "
+                                "(an official HyperLips .pth, a hyperlips checkpoint or a model from `hyperlips "
+                                "finetune`)")
             checkpoint, self.weights = starter.path, f"the {starter.label}"
         if network is not None:  # a generator module given directly (its forward takes (mel windows, faces)): a copy
             network = copy.deepcopy(network)  # is made ready for inference, the caller's (training?) left as it is

@@ -552,7 +552,7 @@ def bench_end_to_end(video: Path, audio: Path, size: int, device: str, batch: in
 
         if shipped.starter() is None:
             return [BenchRow("end-to-end", f"Starter, {label or 'LipSync.sync'}", size, device, "auto", batch,
-                             status="skipped: this build ships no starter")]
+                             status=f"skipped: {shipped.absent('starter')}")]
         ls = LipSync(None, None, device=device, batch_size=batch, progress=False)
         weights = f"shipped weights, mouth {ls.mouth}"
     else:

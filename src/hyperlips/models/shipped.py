@@ -5,7 +5,8 @@ use the starter when no ``--checkpoint`` is given, ``finetune`` starts from it, 
 expert unless told otherwise. Each file carries a short card in its metadata (``card``: version, data, steps,
 held-out figures); ``docs/starter.md`` has the full model card.
 
-``HYPERLIPS_NO_SHIPPED=1`` hides them (to try what a build without weights does).
+``HYPERLIPS_NO_SHIPPED=1`` hides them (to try what a build without weights does); a message that finds none says
+which of the two it is (:func:`absent`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..errors import env_flag
 from .metadata import read_metadata
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -43,8 +45,25 @@ class Shipped:
         return f"shipped {kind} v{self.card.get('version', '?')} ({what})"
 
 
+HIDE_ENV = "HYPERLIPS_NO_SHIPPED"
+
+
+def hidden() -> bool:
+    """Whether HYPERLIPS_NO_SHIPPED hides the shipped weights (on as HYPERLIPS_DEBUG is: not empty, 0, false, no or
+    off; "false" hid them)."""
+    return env_flag(HIDE_ENV)
+
+
+def absent(what: str) -> str:
+    """Why no shipped ``what`` (e.g. "starter") was found, for a message: the variable hiding them, named with its
+    value (a user who left it set was told the install had none), or this build having none."""
+    if hidden():
+        return f"the shipped {what} is hidden by {HIDE_ENV}={os.environ.get(HIDE_ENV, '').strip()} in the environment"
+    return f"this build ships no {what}"
+
+
 def _find(file: str, folder: Path | None = None) -> Shipped | None:
-    if os.environ.get("HYPERLIPS_NO_SHIPPED", "").strip() not in ("", "0"):
+    if hidden():
         return None
     path = (folder or WEIGHTS_DIR) / file
     if not path.is_file():

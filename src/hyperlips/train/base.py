@@ -99,8 +99,8 @@ class BaseStage(Stage):
         if expert and expert.lower() != "off":
             self.expert = load_expert(expert, ctx.device)
         elif self.w_sync > 0 and expert is None:
-            ctx.say("no sync expert given (--expert) and none shipped: training without the sync loss; lip sync will "
-                    "be weaker. Train one with `hyperlips train sync` and pass it with --expert")
+            ctx.say(f"no sync expert given (--expert) and {shipped.absent('expert')}: training without the sync loss; "
+                    "lip sync will be weaker. Train one with `hyperlips train sync` and pass it with --expert")
         self.disc = create_model("base-disc").to(ctx.device) if self.w_disc > 0 else None
         self.gen_ddp = ctx.wrap(self.gen)
         self.disc_ddp = ctx.wrap(LogitsOf(self.disc)) if self.disc is not None else None

@@ -468,7 +468,7 @@ def _lite(args: argparse.Namespace, work: Path, data: Path, state: dict) -> int:
             if not args.quiet:
                 print(f"starting from the {starter.label} (--from-scratch for random weights)", file=sys.stderr)
         elif not args.quiet:
-            print("starting from random weights: this build has no shipped starter (--checkpoint FILE to start from "
+            print(f"starting from random weights: {shipped.absent('starter')} (--checkpoint FILE to start from "
                   "other weights)", file=sys.stderr)
     # a re-run continues the run with the settings it started with; options given again still apply
     stored = dict(found[1]["config"]) if found is not None else {}

@@ -135,13 +135,14 @@ class LiteStage(Stage):
     def _load_reader(cfg, ctx):
         """The frozen mouth reader of ``reader_weight`` (``cfg.reader``, else the shipped one)."""
         from ..models import load_checkpoint
+        from ..models.shipped import absent
         from ..models.shipped import reader as shipped_reader
 
         path = cfg.reader
         if not path:
             found = shipped_reader()
             if found is None:
-                raise UserError("reader_weight needs a mouth reader: --set reader=PATH (this build ships none)")
+                raise UserError(f"reader_weight needs a mouth reader: --set reader=PATH ({absent('mouth reader')})")
             path = str(found.path)
         net = freeze(load_checkpoint(path, name="mouth-reader", device=ctx.device)[0])
         ctx.say(f"mouth reader loss (weight {cfg.reader_weight:g}): {path}")
