@@ -96,6 +96,28 @@ def test_clips_whose_names_meet_are_all_preprocessed(tmp_path, more_data):
     assert sorted(p.name for p in (tmp_path / "ds" / "clips").iterdir()) == sorted(["talk", "talk_mpg", "会議"])
 
 
+def test_a_folder_name_that_is_not_utf8_is_preprocessed(tmp_path, more_data):
+    """A speaker's folder named in Latin-1 bytes (an old archive, a Windows share; or any accented name under a
+    locale that is not UTF-8): every clip was made, then the split's hash of the speaker's name failed (a traceback,
+    exit 1, no manifest), and again on every run after."""
+    import shutil
+
+    from hyperlips.data import preprocess as pp
+
+    src = tmp_path / "src"
+    latin = os.fsdecode(os.fsencode(src) + b"/caf\xe9")  # (its undecodable byte kept as Python keeps it)
+    os.makedirs(latin)
+    (src / "bob").mkdir()
+    shutil.copy(more_data / "grid_s1" / "bbaf3s.mpg", Path(latin) / "a1.mpg")
+    shutil.copy(more_data / "grid_s1" / "bbas3a.mpg", src / "bob" / "b1.mpg")
+    for _ in range(2):
+        report = pp.preprocess(src, tmp_path / "ds", pp.PreprocessOptions(), workers=1, progress=False)
+        assert not report.skipped, report.skipped
+    assert report.existing == 2
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text(encoding="utf-8"))
+    assert sorted(c["split"] for c in manifest["clips"]) == ["train", "val"]  # two speakers, one held out
+
+
 def test_folders_of_the_users_under_the_dataset_are_never_deleted(tmp_path, more_data):
     """An editor's project folder as the dataset (its clips/interview holding takes), or the footage's own folder:
     the folder of a clip's name was deleted, takes and footage with it, and every empty folder below clips/ too. A

@@ -149,7 +149,7 @@ def speaker_of(rel: PurePosixPath, mode: str = "auto") -> str:
 
 
 def _hash01(text: str) -> float:
-    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    return int.from_bytes(hashlib.sha1(text.encode("utf-8", "surrogateescape")).digest()[:8], "big") / 2.0**64
 
 
 def assign_splits(entries: list[dict[str, Any]], val_fraction: float,

@@ -113,7 +113,7 @@ def held_out_key(data) -> str | None:
         return None
     held = sorted(f"{c.get('id')} {c.get('frames', '')}" for c in clips
                   if isinstance(c, dict) and c.get("split") == "val")
-    return hashlib.sha1("\n".join(held).encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha1("\n".join(held).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 MADE_FROM_FILES = ("boxes.npy", "mel.npy", "times.npy")  # what a clip holds, in brief: its face track and sound
