@@ -104,6 +104,21 @@ def test_base_safetensors_round_trip(base, base_inputs, tmp_path):
         assert torch.equal(model(*base_inputs), base(*base_inputs))
 
 
+def test_a_safetensors_path_that_is_not_utf8_saves_and_loads(hr, tmp_path):
+    """A name in Latin-1 bytes (an old archive; or any accented name under another locale): the safetensors library
+    takes only UTF-8 paths, so a good file read as "corrupt or truncated", and finetune trained for its whole budget
+    and then failed to write its model."""
+    from hyperlips.models.metadata import read_metadata
+
+    for where in ("m\xe9.safetensors", "run\xe9"):  # a file, and a folder
+        path = os.fsdecode(os.fsencode(tmp_path) + b"/" + where.encode("latin-1"))
+        save_checkpoint(hr, path, "hyperlips-hr-128", config=ModelConfig(name="hyperlips-hr-128"), step=7)
+        model, info = load_checkpoint(path)
+        assert (info.name, info.step) == ("hyperlips-hr-128", 7)
+        _assert_same_weights(hr, model)
+    assert read_metadata(path + "/model.safetensors")["step"] == 7
+
+
 @pytest.mark.parametrize("layout", ["dict", "bare", "module-dict", "module-bare"])
 def test_official_layouts_load(layout, hr, tmp_path):
     sd = hr.state_dict()

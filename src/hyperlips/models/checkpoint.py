@@ -225,6 +225,32 @@ def _read_pth(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return _strip_module(obj), meta
 
 
+def _utf8(path) -> bool:
+    """Whether ``path`` is UTF-8 text, as the safetensors library needs it (a Latin-1 name from an old archive, or any
+    accented name under another locale, is not)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _header_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's bytes."""
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _save_safetensors(state: dict[str, Tensor], tmp, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save, save_file
+
+    if _utf8(tmp):
+        save_file(state, tmp, metadata=metadata)
+    else:  # (see _utf8): the bytes made by the library, written here
+        Path(tmp).write_bytes(save(state, metadata=metadata))
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     from safetensors import SafetensorError, safe_open
 
@@ -235,9 +261,15 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise CheckpointError(f"{path}: the safetensors file is truncated (header says {header_len} bytes, "
                               f"the file has {size})")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            raw_meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+        if _utf8(path):
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                raw_meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        else:  # the library takes only paths that are UTF-8 ("corrupt or truncated" it was): the bytes, read here
+            from safetensors.torch import load
+
+            data = path.read_bytes()
+            state, raw_meta = load(data), _header_metadata(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: the safetensors file is corrupt or truncated ({_short(e)})") from None
     meta: dict[str, Any] = {}
@@ -438,18 +470,16 @@ def save_checkpoint(model_or_state: nn.Module | Mapping[str, Tensor], path: str 
         _atomic_write(path, lambda tmp: torch.save(obj, tmp))
         return path
 
-    from safetensors.torch import save_file
-
     from .. import __version__
 
     cfg.update(name=name, step=step, format_version=FORMAT_VERSION, hyperlips_version=__version__)
     text = json.dumps(cfg, default=str, sort_keys=True)
     metadata = {METADATA_KEY: text}
     if path.is_dir() or path.suffix == "":
-        _atomic_write(path / FOLDER_WEIGHTS, lambda tmp: save_file(state, tmp, metadata=metadata))
+        _atomic_write(path / FOLDER_WEIGHTS, lambda tmp: _save_safetensors(state, tmp, metadata))
         _atomic_write(path / FOLDER_CONFIG,
                       lambda tmp: Path(tmp).write_text(json.dumps(cfg, default=str, indent=2, sort_keys=True) + "\n",
                                                        encoding="utf-8"))
         return path
-    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    _atomic_write(path, lambda tmp: _save_safetensors(state, tmp, metadata))
     return path
