@@ -513,6 +513,26 @@ def test_phoneme_timings_reach_the_worker(server, inputs):
     assert any("past the end of the speech" in w for w in done["result"]["warnings"]), done["result"]
 
 
+def test_phoneme_timings_are_checked_without_a_job(server, inputs):
+    """POST /api/phonemes reads timings as a sync job reads them and queues nothing: the page checks a phoneme file
+    as it is chosen (it was read only when the job was submitted)."""
+    app, client = server(run_jobs=False)
+    speech = client.upload_file(inputs["speech"])
+    status, got = client.json("POST", "/api/phonemes", {"phonemes": "0.1 M\n0.3 AA1\n", "audio": speech["id"]})
+    assert status == 200 and got == {"phonemes": 2, "start": 0.1, "end": 0.6, "warnings": []}, got  # to the speech's end
+    status, got = client.json("POST", "/api/phonemes", {"phonemes": [{"start": 0, "end": 0.3, "phone": "M"},
+                                                                     {"start": 0.2, "end": 0.4, "phone": "AA"}]})
+    assert status == 200 and got["phonemes"] == 2 and "start before the one before them ends" in got["warnings"][0]
+    for body, words in [({"phonemes": "hello this is not a video\n"}, "phonemes: line 1: expected START PHONE"),
+                        ({"phonemes": "\u00ff\u00d8\u00ff\u00e0\x00\x10JFIF\x14"}, "phonemes: not a text file"),
+                        ({}, "phonemes: none given"),
+                        ({"phonemes": "0.1 M\n", "audio": "0123456789abcdef"}, "audio: no uploaded file"),
+                        ({"phonemes": "0.1 M\n", "speed": 2}, "a phoneme check takes no 'speed'")]:
+        status, err = client.json("POST", "/api/phonemes", body)
+        assert status == 400 and words in err["error"], (body, err)
+    assert client.json("GET", "/api/jobs")[1]["jobs"] == []
+
+
 def test_encoder_options_reach_the_output(server, inputs, tmp_path):
     """crf, preset and pix_fmt do what ``sync --crf/--preset/--pix-fmt`` do: 4:4:4 at the photo's exact size; the
     temporal blend is taken (default 0.25) and reaches the job."""

@@ -70,9 +70,9 @@ def open_page(browser, tmp_path):
     assert not [e for e in errors if not e.startswith("Failed to load resource")], errors  # 4xx answers are expected
 
 
-def _pick(page, selector: str, path: Path, status: str) -> str:
+def _pick(page, selector: str, path: Path, status: str, timeout: float = 600_000) -> str:
     page.set_input_files(selector, str(path))
-    page.wait_for_selector(f"{status}.ok, {status}.bad", timeout=600_000)
+    page.wait_for_selector(f"{status}.ok, {status}.bad", timeout=timeout)
     return page.inner_text(status)
 
 
@@ -177,16 +177,30 @@ def test_phoneme_timings_picked_in_the_page_reach_the_job(open_page, tmp_path):
     page.wait_for_function("() => document.querySelectorAll('#sync-audio-example option').length > 1")
     page.select_option("#sync-video-example", label=page.inner_text("#sync-video-example option:nth-child(2)"))
     page.select_option("#sync-audio-example", label=page.inner_text("#sync-audio-example option:nth-child(2)"))
+    # checked as it is chosen (it was only when the job was submitted), the reason in the field's words, the file
+    # named; a refused file leaves the picker
     bad = tmp_path / "bad.txt"
     bad.write_text("0.2 B\n0.1 AA\n")
-    page.set_input_files("#sync-phonemes", str(bad))
-    page.click("#sync-start")
-    page.wait_for_selector("#sync-error:not([hidden])", timeout=60_000)
-    shown = page.inner_text("#sync-error")  # the file's lines, in the field's words, the file named
-    assert shown.startswith("Phoneme timings (bad.txt): line 2 starts at 0.1 s, before line 1"), shown
+    shown = _pick(page, "#sync-phonemes", bad, "#sync-phonemes-status", 30_000)
+    assert shown.startswith("Phoneme timings: bad.txt, line 2 starts at 0.1 s, before line 1"), shown
+    assert page.eval_on_selector("#sync-phonemes", "i => i.files.length") == 0
+    picture = tmp_path / "photo.jpg"
+    picture.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x14" * 20)
+    shown = _pick(page, "#sync-phonemes", picture, "#sync-phonemes-status")
+    assert shown.startswith("Phoneme timings: photo.jpg: not a text file"), shown
+    praat = tmp_path / "praat.txt"  # UTF-16 with its mark, as Praat writes text that is not ASCII
+    praat.write_bytes("0.0 M\n0.2 AA1\n".encode("utf-16"))
+    assert _pick(page, "#sync-phonemes", praat, "#sync-phonemes-status").startswith("✓ praat.txt · 2 phonemes")
+    page.click("#sync-phonemes-clear")  # the choice can be undone
+    assert page.inner_text("#sync-phonemes-status") == "" and not page.is_visible("#sync-phonemes-clear")
+    assert page.evaluate("() => localStorage.getItem('hyperlips.sync-phonemes')") is None
     good = tmp_path / "speech.txt"
     good.write_text("# an aligner's phones\n0.0 0.2 M\n0.2 0.45 AA1\n0.45 0.6 P\n")
-    page.set_input_files("#sync-phonemes", str(good))
+    assert _pick(page, "#sync-phonemes", good, "#sync-phonemes-status").startswith("✓ speech.txt · 3 phonemes")
+    page.reload()  # chosen still, as the face and the speech are
+    page.wait_for_selector("#sync-phonemes-status.ok", timeout=30_000)
+    assert page.inner_text("#sync-phonemes-status").startswith("✓ speech.txt · 3 phonemes")
+    page.wait_for_selector("#sync-start:enabled", timeout=30_000)
     page.click("#sync-start")
     page.wait_for_selector("#sync-result:not([hidden])", timeout=JOB_TIMEOUT_MS)
     r = page.request.get(app.url + "/api/jobs?kind=sync")

@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, collect_warnings
 from ..media.phone_marks import marks_from_json, marks_from_text, write_marks
 from ..mouth import MOUTH_OPTIONS
 from ..schedule import LOOP_MODES
@@ -234,6 +234,29 @@ def _phonemes(params: dict, seconds: float | None = None):
         return marks_from_json(data, seconds)
     except UserError as e:
         raise _bad(f"phonemes: {e}") from None
+
+
+def check_phonemes(store: Store, params: dict) -> dict:
+    """``POST /api/phonemes``: phoneme timings read as a sync job reads them, and no job queued (the page checks a
+    phoneme file as it is chosen, as the server checks a video or a speech file as it arrives). ``audio``, an
+    uploaded speech file's id, gives the speech's length where it is known. How many, from when to when, and what
+    reading them warned of; the job's reason when they cannot be read."""
+    if not isinstance(params, dict):
+        raise _bad("the request body must be a JSON object")
+    unknown = sorted(str(k) for k in params if k not in ("phonemes", "audio"))
+    if unknown:
+        raise _bad(f"a phoneme check takes no {', '.join(repr(k[:40]) for k in unknown[:5])} (it takes: audio, "
+                   "phonemes)")
+    if params.get("phonemes") is None:
+        raise _bad("phonemes: none given (the text of a phoneme file, or a list of {\"start\": seconds, \"phone\": "
+                   "\"B\"} objects)")
+    seconds = None
+    if params.get("audio"):
+        audio = _file(store, params, "audio", "speech file")
+        seconds = audio["facts"].get("audio_seconds")
+    with collect_warnings() as said:
+        marks = _phonemes(params, seconds)
+    return {"phonemes": len(marks), "start": marks[0].start, "end": marks[-1].end, "warnings": said}
 
 
 def _encoding(params: dict) -> tuple[int, str, str]:

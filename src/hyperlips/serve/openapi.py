@@ -55,6 +55,20 @@ def openapi_document(version: str) -> dict:
                 "delete": {"summary": "delete an upload", "parameters": _ID,
                            "responses": {"200": _json({"type": "object"}), "404": _ERROR}},
             },
+            "/api/phonemes": {"post": {
+                "summary": "check phoneme timings as a sync job reads them, without queuing a job",
+                "description": "How many phonemes, from when to when, and what reading them warned of; 400 with "
+                               "the reason a sync job would give when they cannot be read.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["phonemes"], "additionalProperties": False, "properties": {
+                        "phonemes": {"description": "as a sync job's phonemes (the text of a phoneme file, or a "
+                                                    "list)"},
+                        "audio": {"type": "string", "description": "file id of the speech, for its length"}}}}}},
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "phonemes": {"type": "integer"}, "start": {"type": "number"}, "end": {"type": "number"},
+                    "warnings": {"type": "array", "items": {"type": "string"}}}}),
+                              "400": _ERROR, "411": _ERROR, "413": _ERROR},
+            }},
             "/api/jobs": {
                 "post": {"summary": "queue a job", "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"oneOf": [ref("SyncRequest"), ref("FinetuneRequest")]}}}},

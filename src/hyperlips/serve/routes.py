@@ -81,6 +81,7 @@ _ROUTES: list[tuple[str, re.Pattern, str]] = [
         ("POST", r"^/api/files$", "upload"),
         ("GET", r"^/api/files/(?P<id>[^/]+)$", "file"),
         ("DELETE", r"^/api/files/(?P<id>[^/]+)$", "delete_file"),
+        ("POST", r"^/api/phonemes$", "phonemes"),
         ("POST", r"^/api/jobs$", "submit"),
         ("GET", r"^/api/jobs$", "jobs"),
         ("GET", r"^/api/jobs/(?P<id>[^/]+)$", "job"),
@@ -92,7 +93,7 @@ _ROUTES: list[tuple[str, re.Pattern, str]] = [
     ]
 ]
 ROUTE_TABLE = [(m, p.pattern) for m, p, _ in _ROUTES]  # for the OpenAPI consistency test
-BODY_ROUTES = {("POST", "/api/files"), ("POST", "/api/jobs")}  # the requests whose route reads a body
+BODY_ROUTES = {("POST", "/api/files"), ("POST", "/api/jobs"), ("POST", "/api/phonemes")}  # the requests whose route reads a body
 PLAIN_LENGTH = re.compile(r"[0-9]{1,15}")  # a Content-Length as HTTP writes it (Python's int() takes "-1", "+5", "1_0")
 
 
@@ -454,6 +455,9 @@ class _Handler(BaseHTTPRequestHandler):
         if rec is None:
             raise HTTPError(404, f"no uploaded file {file_id[:40]!r}")
         return rec
+
+    def r_phonemes(self) -> None:
+        self._json(jobs_mod.check_phonemes(self.app.store, self._body_json()))
 
     def r_submit(self) -> None:
         job = jobs_mod.submit(self.app.settings, self.app.store, self._body_json())

@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   info: null, models: [], examples: [],
-  sync: { video: null, audio: null, job: null, uploading: 0, starting: false },
+  sync: { video: null, audio: null, phonemes: null, job: null, uploading: 0, starting: false },
   train: { video: null, job: null, uploading: 0, starting: false },
 };
 const POLL_MS = 600;
@@ -88,12 +88,16 @@ function pageWords(message, view = "sync") {
     .replace(/: use 0\.\.(\d+) \(counted left to right\)/, (_, n) => `: ${faceChoices(n)}`)
     .replace(/^--minutes ([\d.]+) leaves/, (_, m) => `A time budget of ${m} minute${+m === 1 ? "" : "s"} leaves`)
     .replace(/give at least --minutes ([\d.]+)/, (_, m) => `give it at least ${Math.ceil(+m)} minutes`)
-    .replace(/^phonemes: /, () => {  // the field's words, and the file's name (the reason said a line of it)
-      const file = view === "sync" && $("sync-phonemes").files[0];
-      return file ? `Phoneme timings (${file.name}): ` : "Phoneme timings: ";
-    })
+    .replace(/^phonemes: .*/, (reason) => phonemeReason(reason, view === "sync" && state.sync.phonemes
+                                                               ? state.sync.phonemes.name : null))
     .replace(/^name: /, "Model name: ")
     .replace(/^minutes: /, "Time budget (minutes): ");
+}
+// "phonemes: line 1: ..." in the field's words, the file named: "Phoneme timings: notes.txt, line 1: ..."
+function phonemeReason(message, name) {
+  const rest = String(message).replace(/^phonemes: /, "");
+  if (!name) return `Phoneme timings: ${rest}`;
+  return `Phoneme timings: ${name}${/^(line|interval|phoneme) \d/.test(rest) ? ", " : ": "}${rest}`;
 }
 function setError(id, text) { const el = $(id); el.textContent = text || ""; show(el, Boolean(text)); }
 function fmtSeconds(s) {
@@ -281,6 +285,82 @@ function setupPicker(view, role) {
       input.dispatchEvent(new Event("change"));
     }
   });
+}
+
+// ---------------------------------------------------------------- phoneme timings
+// A phoneme file is checked as it is chosen, as the server reads a job's timings (it was read only when the job was
+// submitted), and its text kept for the job, over a reload too.
+const MAX_PHONEME_BYTES = 1 << 20;  // the server takes a job of at most 1 MB
+let phonemeChecks = 0;
+
+async function fileText(file) {  // as the command line reads one: UTF-16 with its mark (Praat's), UTF-8, else Latin-1
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  const marked = bytes[0] === 0xff && bytes[1] === 0xfe ? "utf-16le" : bytes[0] === 0xfe && bytes[1] === 0xff ? "utf-16be" : "";
+  if (marked) return new TextDecoder(marked).decode(bytes);
+  try { return new TextDecoder("utf-8", {fatal: true}).decode(bytes); } catch (e) { return new TextDecoder("latin1").decode(bytes); }
+}
+
+function usePhonemes(chosen, text, how = "") {
+  state.sync.phonemes = chosen;
+  const status = $("sync-phonemes-status");
+  status.textContent = text;
+  status.className = `file-status ${how}`.trim();
+  if (!chosen) $("sync-phonemes").value = "";  // a refused file is not left in the picker
+  show($("sync-phonemes-clear"), Boolean(chosen));
+  try {
+    if (chosen) localStorage.setItem("hyperlips.sync-phonemes", JSON.stringify(chosen));
+    else localStorage.removeItem("hyperlips.sync-phonemes");
+  } catch (e) { /* too large to keep over a reload: kept for this visit */ }
+  updateButtons();
+}
+
+async function checkPhonemes(name, text) {
+  const mine = ++phonemeChecks;
+  state.sync.phonemes = null;
+  state.sync.uploading++;
+  $("sync-phonemes-status").className = "file-status";
+  $("sync-phonemes-status").textContent = `Checking ${name}…`;
+  updateButtons();
+  try {
+    const audio = state.sync.audio;  // its length: a last phoneme without an end lasts to it
+    const got = await api("POST", "/api/phonemes", {phonemes: text, ...(audio ? {audio: audio.id} : {})});
+    const said = got.warnings.length ? ` · ${got.warnings.join(" · ")}` : "";
+    if (mine === phonemeChecks) {
+      usePhonemes({name, text}, `✓ ${name} · ${got.phonemes} phoneme${got.phonemes === 1 ? "" : "s"}, ` +
+                                `${got.start.toFixed(2)} to ${got.end.toFixed(2)} s${said}`, "ok");
+    }
+  } catch (e) {
+    if (mine === phonemeChecks) usePhonemes(null, phonemeReason(e.message, name), "bad");
+  } finally {
+    state.sync.uploading--;
+    updateButtons();
+  }
+}
+
+function setupPhonemes() {
+  const input = $("sync-phonemes");
+  input.addEventListener("change", async () => {
+    const file = input.files[0];
+    if (!file) return;
+    if (file.size > MAX_PHONEME_BYTES) {
+      phonemeChecks++;
+      usePhonemes(null, `Phoneme timings: ${file.name} is ${sizeText(file.size)}; a phoneme file is text of at most ` +
+                        `${sizeText(MAX_PHONEME_BYTES)}`, "bad");
+      return;
+    }
+    checkPhonemes(file.name, await fileText(file));
+  });
+  $("sync-phonemes-clear").addEventListener("click", () => {
+    phonemeChecks++;  // a check under way no longer counts
+    usePhonemes(null, "");
+    input.focus();  // the button is gone
+  });
+}
+
+function restorePhonemes() {
+  let kept = null;
+  try { kept = JSON.parse(localStorage.getItem("hyperlips.sync-phonemes")); } catch (e) { /* not ours */ }
+  if (kept && typeof kept.name === "string" && typeof kept.text === "string") checkPhonemes(kept.name, kept.text);
 }
 
 function busy(view) {
@@ -599,6 +679,7 @@ async function init() {
   setupPicker("sync", "video");
   setupPicker("sync", "audio");
   setupPicker("train", "video");
+  setupPhonemes();
   $("sync-model").addEventListener("change", modelChanged);
   $("train-start").addEventListener("change", () => { state.startChosen = true; });
   $("train-name").addEventListener("input", updateButtons);
@@ -607,9 +688,8 @@ async function init() {
   $("sync-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const face = $("sync-face").value;
-    const timings = $("sync-phonemes").files[0];  // its text: the server reads every phoneme-file format
+    const phonemes = state.sync.phonemes ? state.sync.phonemes.text : null;  // the server reads every format
     start("sync", async () => {
-      const phonemes = timings ? await timings.text() : null;
       return {
         kind: "sync", video: state.sync.video.id, audio: state.sync.audio.id, model: $("sync-model").value,
         size: Number($("sync-size").value), face: face === "" ? null : Number(face), loop: $("sync-loop").value,
@@ -635,6 +715,7 @@ async function init() {
     state.examples = (await api("GET", "/api/examples")).files;
     fillExamples();
     await restorePicked();
+    restorePhonemes();
   } catch (e) {
     setError("server-error", e.message);
   }
