@@ -176,12 +176,13 @@ for i in range(1, steps + 1):
     os.makedirs(os.path.dirname(prev), exist_ok=True)
     png(prev, 64, 32, 60 * i)
     progress({"stage": "train", "step": i * 10, "elapsed_s": i * 0.5, "eta_s": (steps - i) * 0.5,
-              "fraction": i / (steps + 1), "val": {"mouth_l1": 0.1 / i, "sync": 0.5 + 0.1 * i}, "preview": prev})
+              "fraction": i / (steps + 1), "val": {"val/mouth_l1": 0.1 / i, "val/opening_r": 0.5 + 0.1 * i,
+                                                      "val/opening_err": 0.5 - 0.1 * i}, "preview": prev})
     print(f"step {i * 10}: mouth_l1 {0.1 / i:.4f}", file=sys.stderr, flush=True)  # as finetune logs to a file
     time.sleep(float(os.environ.get("FAKE_FINETUNE_PAUSE", "0.6")))
 shutil.copyfile(checkpoint, a.output)
 progress({"stage": "done", "step": steps * 10, "elapsed_s": 2.0, "eta_s": 0, "fraction": 1.0,
-          "val": {"mouth_l1": 0.1 / steps}, "preview": prev})
+          "val": {"val/mouth_l1": 0.1 / steps}, "preview": prev})
 print("fine-tuned (fake):", a.output)
 '''
 

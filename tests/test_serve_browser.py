@@ -399,7 +399,11 @@ def test_train_a_person_model_in_the_page(open_page, real_data, tmp_path):
     page.select_option("#train-face", "1")  # the person to learn, where the footage shows several
     page.click("#train-start-button")
     page.wait_for_function("() => document.getElementById('train-preview').naturalWidth === 64", timeout=600_000)
-    assert "mouth_l1" in page.inner_text("#train-val")
+    figures = page.inner_text("#train-val")  # in words, with which way is better: not the training's keys
+    assert "Mouth difference from the real frames (lower is better)" in figures and "higher is better" in figures
+    assert "val/" not in figures and "opening_err" not in figures, figures
+    caption = page.inner_text("#train-preview-caption")  # lite.preview: the real frames above, generated below
+    assert "Top row: the real footage" in caption and "Bottom row: the same frames with the mouth generated" in caption
     page.wait_for_selector("#train-done:not([hidden])", timeout=600_000)
     assert "anna" in page.inner_text("#train-done")
     job = page.evaluate("() => localStorage.getItem('hyperlips.train')")

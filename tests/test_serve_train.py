@@ -61,7 +61,7 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
     log = client.request("GET", f"/api/jobs/{job['id']}/log")[2].decode()
     assert log.count("step 10: mouth_l1") == 1  # the trainer's lines, once each (they reach the log as they come)
     assert {"step", "elapsed_s", "eta_s", "fraction", "val", "preview"} <= set(running[-1]["progress"])
-    assert 0 < running[-1]["fraction"] < 1 and running[-1]["progress"]["val"]["mouth_l1"] > 0
+    assert 0 < running[-1]["fraction"] < 1 and running[-1]["progress"]["val"]["val/mouth_l1"] > 0
     assert [s["progress"]["step"] for s in running] == sorted(s["progress"]["step"] for s in running)
 
     status, headers, png = client.request("GET", f"/api/jobs/{job['id']}/preview")

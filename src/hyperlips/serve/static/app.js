@@ -525,6 +525,30 @@ function renderSyncResult(job) {
   show(box, true);
 }
 
+// The held-out figures in words, with which way is better (the training's keys, "val/mouth_l1", meant nothing to a
+// user); the 1 - r twins that pick the best checkpoint say the same as their r and are left out. [label, shown as]
+const VAL_FIGURES = {
+  opening_r: ["Mouth opening follows the real one (correlation up to 1; higher is better)"],
+  opening_r_other: ["The same, drawn on a frame of another moment as a lip-sync does (higher is better)"],
+  shape_r: ["Mouth shapes read from the speech match the real ones (correlation up to 1; higher is better)"],
+  mouth_l1: ["Mouth difference from the real frames (lower is better)"],
+  lower_psnr: ["Lower face's likeness to the real frames (PSNR in dB; higher is better)", (v) => `${v.toFixed(1)} dB`],
+  shape_mse: ["Mouth-shape error (lower is better)"],
+  sharpness: ["Mouth sharpness against the real frames (1 is as sharp; below 1 is blurrier)", (v) => v.toFixed(2)],
+  faces_found: ["Generated frames in which a face is found (higher is better)", (v) => `${Math.round(v * 100)}%`],
+  opening_err: null, opening_err_other: null,
+};
+function valRows(val) {
+  const known = Object.keys(VAL_FIGURES);
+  const order = (k) => { const at = known.indexOf(k.replace(/^val\//, "")); return at < 0 ? known.length : at; };
+  return Object.entries(val).filter(([k]) => VAL_FIGURES[k.replace(/^val\//, "")] !== null)
+    .sort(([a], [b]) => order(a) - order(b)).map(([k, v]) => {
+      const [label, as] = VAL_FIGURES[k.replace(/^val\//, "")] || [k];
+      const shown = typeof v !== "number" ? (v == null ? "—" : String(v)) : as ? as(v) : v.toPrecision(3);
+      return [label, shown];
+    });
+}
+
 function renderTraining(job) {
   const p = job.progress || {};
   const box = $("train-preview-box");
@@ -536,14 +560,14 @@ function renderTraining(job) {
   }
   const table = $("train-val");
   const val = p.val && typeof p.val === "object" ? p.val : {};
-  table.replaceChildren(...Object.entries(val).map(([k, v]) => {
+  table.replaceChildren(...valRows(val).map(([label, shown]) => {
     const tr = document.createElement("tr");
-    const th = document.createElement("th"); th.textContent = k;
-    const td = document.createElement("td");
-    td.textContent = typeof v === "number" ? v.toPrecision(4) : v == null ? "—" : String(v);
+    const th = document.createElement("th"); th.textContent = label; th.scope = "row";
+    const td = document.createElement("td"); td.textContent = shown;
     tr.append(th, td);
     return tr;
   }));
+  if (table.rows.length) table.createCaption().textContent = "Held-out figures (frames the model has not trained on)";
   const done = $("train-done");
   if (job.state === "done" && job.result) {
     const warned = Array.isArray(job.result.warnings) ? job.result.warnings : [];  // two people in view, ...
