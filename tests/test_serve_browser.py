@@ -417,6 +417,15 @@ def test_train_a_person_model_in_the_page(open_page, real_data, tmp_path):
     assert page.eval_on_selector("#train-start", "e => e.value") == ""
     page.click("#tab-sync")
     page.wait_for_function("() => [...document.querySelectorAll('#sync-model option')].some(o => o.value === 'person:anna')")
+    # the least budget is the server's (1 minute left 10 s to prepare the footage), and a training the budget left
+    # too little time marks the field the reason is about
+    assert page.get_attribute("#train-minutes", "min") == "2"
+    assert "Preparing the footage" in page.inner_text("#train-minutes-hint")
+    page.evaluate("""() => render('train', {id: 'x', kind: 'finetune', state: 'failed', progress: {}, message:
+        '--minutes 2 leaves 20 s to train (preprocessing took 80 s, and 20 s are kept for the last validation and '
+        + 'writing the model); give at least --minutes 2.2'})""")
+    assert page.inner_text("#train-error").startswith("A time budget of 2 minutes leaves 20 s to train")
+    assert page.get_attribute("#train-minutes", "aria-invalid") == "true"
 
 
 @pytest.fixture

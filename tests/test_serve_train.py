@@ -51,7 +51,7 @@ def start(tmp_path):
 def test_training_job_reports_progress_previews_and_publishes_the_model(start, clip):
     app, client = start()
     video = client.upload_file(clip["video"])
-    job = client.submit(kind="finetune", video=video["id"], name="anna", minutes=1)
+    job = client.submit(kind="finetune", video=video["id"], name="anna", minutes=2)
     done, seen = client.wait(job["id"], timeout=600, every=0.1)
     assert done["state"] == "done", done["message"]
     assert done["result"] == {"model": "person:anna", "name": "anna"}
@@ -74,7 +74,7 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
     # the command the job ran: the contract's arguments
     args = json.loads((app.settings.data / "jobs" / job["id"] / "work" / "args.json").read_text())
     work = app.settings.data / "jobs" / job["id"] / "work"
-    assert args["minutes"] == 1 and args["checkpoint"] is None and "--from-scratch" not in args["argv"]
+    assert args["minutes"] == 2 and args["checkpoint"] is None and "--from-scratch" not in args["argv"]
     assert done["params"]["start_from"] == "default"  # left out: the command's own default, the shipped starter
     assert args["argv"][args["argv"].index("--work") + 1] == str(work)
 
@@ -83,13 +83,13 @@ def test_training_job_reports_progress_previews_and_publishes_the_model(start, c
     models = [m["id"] for m in client.json("GET", "/api/models")[1]["models"]]
     assert models == ["starter", "person:anna", "untrained"]
     # a second model of the same name does not overwrite the first
-    again = client.submit(kind="finetune", video=video["id"], name="anna", minutes=1, start_from="person:anna")
+    again = client.submit(kind="finetune", video=video["id"], name="anna", minutes=2, start_from="person:anna")
     done2, _ = client.wait(again["id"], timeout=600)
     assert done2["result"]["name"] == "anna-2"
     args = json.loads((app.settings.data / "jobs" / again["id"] / "work" / "args.json").read_text())
     assert args["checkpoint"] == str(app.settings.models / "anna.safetensors") and "--from-scratch" not in args["argv"]
     # the page's "from scratch" (null) trained from the starter, the command's default, while saying null
-    scratch = client.submit(kind="finetune", video=video["id"], name="fresh", minutes=1, start_from=None)
+    scratch = client.submit(kind="finetune", video=video["id"], name="fresh", minutes=2, start_from=None)
     assert scratch["params"]["start_from"] is None and client.wait(scratch["id"], timeout=600)[0]["state"] == "done"
     args = json.loads((app.settings.data / "jobs" / scratch["id"] / "work" / "args.json").read_text())
     assert "--from-scratch" in args["argv"] and args["checkpoint"] is None
@@ -106,7 +106,7 @@ def test_a_running_training_jobs_log_shows_the_trainers_lines(start, clip, monke
     monkeypatch.setenv("FAKE_FINETUNE_STEPS", "4")  # 10 s of training
     app, client = start()
     video = client.upload_file(clip["video"])
-    job = client.submit(kind="finetune", video=video["id"], name="anna", minutes=1)
+    job = client.submit(kind="finetune", video=video["id"], name="anna", minutes=2)
     while "step 10: mouth_l1" not in client.request("GET", f"/api/jobs/{job['id']}/log")[2].decode():
         now = client.job(job["id"])
         assert now["state"] in ("queued", "running") and (now["progress"] or {}).get("step", 0) < 40, now
@@ -119,7 +119,7 @@ def test_a_running_training_jobs_log_shows_the_trainers_lines(start, clip, monke
 def test_training_errors_reach_the_job_as_one_line(start, clip):
     _, client = start("fail")
     video = client.upload_file(clip["video"])
-    job = client.submit(kind="finetune", video=video["id"], name="bob", minutes=1)
+    job = client.submit(kind="finetune", video=video["id"], name="bob", minutes=2)
     failed, _ = client.wait(job["id"], timeout=600)
     assert failed["state"] == "failed"
     assert failed["message"] == "person.mp4 is too short to fine-tune on: 20 frames"  # the uploaded name, not the stored one
@@ -130,14 +130,14 @@ def test_a_training_job_learns_the_face_asked_for_and_reports_its_warnings(start
     of (two people in view: perhaps the wrong one learnt) stayed in its log, the job "done" without a word."""
     app, client = start("warn")
     video = client.upload_file(clip["video"])
-    job = client.submit(kind="finetune", video=video["id"], name="ann", minutes=1, face=1)
+    job = client.submit(kind="finetune", video=video["id"], name="ann", minutes=2, face=1)
     done, _ = client.wait(job["id"], timeout=600)
     assert done["state"] == "done" and done["params"]["face"] == 1
     said = "person.mp4: 30 of its 30 frames show more than one face"  # the uploaded name, not the stored one
     assert done["message"] == f"done, with a warning: {said}" and done["result"]["warnings"] == [said], done
     args = json.loads((app.settings.data / "jobs" / job["id"] / "work" / "args.json").read_text())
     assert args["argv"][-2:] == ["--face", "1"]
-    job = client.submit(kind="finetune", video=video["id"], name="bo", minutes=1, face_box=[0, 0, 100.5, 80])
+    job = client.submit(kind="finetune", video=video["id"], name="bo", minutes=2, face_box=[0, 0, 100.5, 80])
     done, _ = client.wait(job["id"], timeout=600)
     args = json.loads((app.settings.data / "jobs" / job["id"] / "work" / "args.json").read_text())
     assert args["argv"][-1] == "--face-box=0,0,100.5,80"
@@ -160,7 +160,7 @@ def test_a_training_job_learns_the_face_asked_for_and_reports_its_warnings(start
 def test_a_crashing_trainer_fails_its_job_with_its_last_words(start, clip):
     _, client = start("crash")
     video = client.upload_file(clip["video"])
-    job = client.submit(kind="finetune", video=video["id"], name="bob", minutes=1)
+    job = client.submit(kind="finetune", video=video["id"], name="bob", minutes=2)
     failed, _ = client.wait(job["id"], timeout=600)
     assert failed["state"] == "failed"
     assert failed["message"].startswith("training stopped with exit code 1: RuntimeError: the fake trainer fell over")
@@ -170,7 +170,7 @@ def test_a_crashing_trainer_fails_its_job_with_its_last_words(start, clip):
 def test_a_preview_outside_the_job_folder_is_not_served(start, clip):
     _, client = start("escape")
     video = client.upload_file(clip["video"])
-    job = client.submit(kind="finetune", video=video["id"], name="eve", minutes=1)
+    job = client.submit(kind="finetune", video=video["id"], name="eve", minutes=2)
     client.wait(job["id"], stages=("train",), timeout=600, every=0.05)
     status, _, body = client.request("GET", f"/api/jobs/{job['id']}/preview")
     assert status == 404 and not body.startswith(b"\x89PNG")
@@ -188,12 +188,19 @@ def test_training_requests_are_checked(start, clip):
                           ({"video": video["id"], "name": "anna "}, "name: give the model a name"),
                           ({"video": video["id"], "name": "x", "minutes": 0}, "time budget"),
                           ({"video": video["id"], "name": "x", "minutes": True}, "time budget"),  # (was a minute)
-                          ({"video": video["id"], "name": "x", "minutes": 0.3}, "at least 1"),  # (taken, then refused
+                          ({"video": video["id"], "name": "x", "minutes": 0.3}, "at least 2"),  # (taken, then refused
                           # a moment later by the training: "--minutes 0.3 leaves 0 s to train")
+                          # (taken, then trained or refused by the machine's load: 10 s left to prepare the footage)
+                          ({"video": video["id"], "name": "x", "minutes": 1}, "at least 2 and at most 120 minutes"),
                           ({"video": video["id"], "name": "x", "minutes": 10_000}, "at most 120 minutes"),
                           ({"video": video["id"], "name": "x", "start_from": "person:nobody"}, "no model")]:
         status, err = client.json("POST", "/api/jobs", {"kind": "finetune", **params})
         assert status == 400 and words in err["error"], (params, err)
+    from hyperlips.serve.jobs import MIN_TRAIN_MINUTES
+    from hyperlips.train.finetune import MIN_TRAIN_S, RESERVE_S
+
+    assert MIN_TRAIN_MINUTES * 60 - RESERVE_S - MIN_TRAIN_S >= 60  # the least budget leaves a minute to prepare
+    assert client.json("GET", "/api/info")[1]["limits"]["min_train_minutes"] == MIN_TRAIN_MINUTES  # the page's min
     status, job = client.json("POST", "/api/jobs", {"kind": "finetune", "video": video["id"], "name": "Élodie Dupont"})
     assert status == 201 and job["params"]["name"] == "Élodie Dupont", job  # (refused: letters of one script only)
     import unicodedata

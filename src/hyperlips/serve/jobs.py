@@ -31,6 +31,10 @@ FIELDS = {  # what a job of each kind takes; anything else is a mistake (a missp
              "pix_fmt", "temporal_blend", "mouth", "phonemes"},
     "finetune": {"kind", "video", "name", "minutes", "start_from", "face", "face_box"},
 }
+# The least time budget of a training job. finetune keeps RESERVE_S (20 s: the last validation, writing the model) and
+# MIN_TRAIN_S (30 s of training) of it besides preparing the footage: 1 minute left 10 s to prepare it, and worked or
+# failed by the machine's load; 2 leave 70 s, room for a short clip (longer footage takes longer, which the page says)
+MIN_TRAIN_MINUTES = 2.0
 _MODEL_NAME = re.compile(r"^[^\W_](?:[\w -]{0,46}[\w-])?\Z")  # letters of any script, digits, spaces inside, - and _
 
 
@@ -308,8 +312,9 @@ def _finetune(settings: ServeSettings, store: Store, params: dict, folder: Path)
         minutes = -1.0 if isinstance(minutes, bool) else float(minutes)  # (true was a minute)
     except (TypeError, ValueError):
         minutes = -1.0
-    if not 1 <= minutes <= settings.max_train_minutes:  # (under a minute: taken, then refused by the training
-        raise _bad(f"minutes: the time budget must be at least 1 and at most {settings.max_train_minutes:g} minutes "
+    if not MIN_TRAIN_MINUTES <= minutes <= settings.max_train_minutes:  # (less: taken, then refused by the training
+        raise _bad(f"minutes: the time budget must be at least {MIN_TRAIN_MINUTES:g} and at most "
+                   f"{settings.max_train_minutes:g} minutes "
                    "(preparing the footage, the last validation and writing the model take part of it)")
     # left out: finetune's default (the shipped starter, where there is one); null, "" or "untrained": random weights
     start = params.get("start_from", "default")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..mouth import MOUTH_OPTIONS
+from .jobs import MIN_TRAIN_MINUTES
 
 _ERROR = {"description": "the reason, one line", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _JOB = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
@@ -112,7 +113,8 @@ def openapi_document(version: str) -> dict:
                 "version": {"type": "string"}, "jobs_at_once": {"type": "integer"},
                 "limits": {"type": "object", "properties": {
                     "max_upload_bytes": {"type": "integer"}, "max_seconds": {"type": "number"},
-                    "max_train_minutes": {"type": "number"}, "keep_hours": {"type": "number"}}},
+                    "min_train_minutes": {"type": "number"}, "max_train_minutes": {"type": "number"},
+                    "keep_hours": {"type": "number"}}},
                 "accepted_suffixes": {"type": "array", "items": {"type": "string"}},
                 "accepted_kinds": {"type": "string"},
                 "queue": {"type": "object", "properties": {"queued": {"type": "integer"}, "running": {"type": "integer"}}}}},
@@ -168,7 +170,8 @@ def openapi_document(version: str) -> dict:
                 "kind": {"const": "finetune"},
                 "video": {"type": "string", "description": "file id: the person talking, with their own voice"},
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"},
-                "minutes": {"type": "number", "description": "wall-clock training budget (default 10)"},
+                "minutes": {"type": "number", "minimum": MIN_TRAIN_MINUTES, "description": "wall-clock training budget, preparing "
+                            "the footage included (default 10)"},
                 "start_from": {"type": ["string", "null"], "description": "a model id to start from; null or "
                                "\"untrained\": random weights; \"default\" or left out: the shipped starter"},
                 "face": {"type": ["integer", "null"], "description": "learn face N (0 = leftmost) where the video "

@@ -20,6 +20,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import UserError
 from .catalog import BUILT_IN_EXAMPLES, prepare_examples
+from .jobs import MIN_TRAIN_MINUTES
 from .routes import HTTPError, handler_for
 from .runner import Runner, job_folder, progress_file, read_json
 from .settings import LOOPBACK_HOSTS, ServeSettings
@@ -231,7 +232,8 @@ class App:
         s = self.settings
         return {"name": "hyperlips", "version": __version__,
                 "limits": {"max_upload_bytes": s.max_upload_bytes, "max_seconds": s.max_seconds,
-                           "max_train_minutes": s.max_train_minutes, "keep_hours": s.keep_hours},
+                           "min_train_minutes": MIN_TRAIN_MINUTES, "max_train_minutes": s.max_train_minutes,
+                           "keep_hours": s.keep_hours},
                 "jobs_at_once": s.jobs_at_once, "accepted_suffixes": sorted(ACCEPTED_SUFFIXES), "accepted_kinds": ACCEPTED_KINDS,
                 "queue": {"queued": self.store.count("queued"), "running": self.store.count("running")}}
 

@@ -490,6 +490,9 @@ function render(view, job) {
   setBar(view, job.fraction || 0);
   $(`${view}-stage`).textContent = stageLine(job);
   setError(`${view}-error`, job.state === "failed" ? pageWords(job.message, view) : job.state === "cancelled" ? "Cancelled." : "");
+  if (view === "train" && job.state === "failed" && /^--minutes /.test(job.message || "")) {
+    $("train-minutes").setAttribute("aria-invalid", "true");  // the budget left too little once the footage was ready
+  }
   if (view === "sync") renderSyncResult(job);
   else renderTraining(job);
   updateButtons();
@@ -732,6 +735,7 @@ async function init() {
   setInterval(refreshJobs, 3000);
   try {
     state.info = await api("GET", "/api/info");
+    $("train-minutes").min = String(state.info.limits.min_train_minutes);
     $("train-minutes").max = String(state.info.limits.max_train_minutes);
     $("footer-info").textContent = `hyperlips ${state.info.version} · files up to ${sizeText(state.info.limits.max_upload_bytes)}` +
       ` and ${state.info.limits.max_seconds} s`;
