@@ -219,8 +219,12 @@ def test_bad_inputs_show_the_reason_and_jobs_can_be_cancelled(open_page, tmp_pat
     reason = _pick(page, "#sync-video-file", junk, "#sync-video-status")
     assert reason.startswith("cannot open clip.mp4 (unreadable or corrupt media file")
     assert page.is_disabled("#sync-start")
-
+    # every refusal leaves the picker: a file the server takes but that cannot be the face stayed in it
     speech = write_wav(tmp_path / "speech.wav", 0.6)
+    assert "speech.wav" in _pick(page, "#sync-video-file", speech, "#sync-video-status")
+    assert page.eval_on_selector("#sync-video-status", "e => e.className") == "file-status bad"
+    assert page.eval_on_selector("#sync-video-file", "i => i.files.length") == 0
+
     _pick(page, "#sync-video-file", faceless_photo(tmp_path / "wall.png"), "#sync-video-status")
     _pick(page, "#sync-audio-file", speech, "#sync-audio-status")
     page.click("#sync-start")

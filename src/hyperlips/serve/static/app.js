@@ -222,10 +222,11 @@ function setupPicker(view, role) {
         ? `${rec.name}: a person model is trained from a video of the person talking, with their own voice`
         : rec.problems.video || rec.problems.audio;
     }
-    if (rec && need) {
+    if (rec && need) {  // taken by the server, but not usable here: it leaves the picker, as a file refused does
       status.textContent = need;
       status.className = "file-status bad";
       state[view][role] = null;
+      input.value = "";
     } else if (rec) {
       status.textContent = `✓ ${describeFile(rec)}`;
       status.className = "file-status ok";
