@@ -22,7 +22,8 @@ async function api(method, path, body) {
   try {
     r = await fetch(path, opts);
   } catch (e) {
-    throw new Error("the server cannot be reached: is `hyperlips serve` still running?");
+    // in the words of the page's user, who may never have seen the command that started it
+    throw new Error("The server cannot be reached. Check that hyperlips is still running, then try again.");
   }
   let data = null;
   try { data = await r.json(); } catch (e) { /* not JSON */ }
@@ -59,7 +60,7 @@ function upload(file, onProgress, onStart = () => {}) {
       if (xhr.status === 201 && data) resolve(data);
       else reject(new Error((data && data.error) || `the upload failed (${xhr.status})`));
     };
-    xhr.onerror = () => reject(new Error("the upload failed: the server could not be reached"));
+    xhr.onerror = () => reject(new Error("The upload failed: the server could not be reached."));
     xhr.onabort = () => reject(new Error("the upload was replaced by another file"));
     xhr.send(file);
     onStart(xhr);
@@ -139,6 +140,7 @@ function stageLine(job) {
     return ahead ? `Waiting in the queue (${ahead} job${ahead > 1 ? "s" : ""} ahead)` : "Waiting to start…";
   }
   if (job.state !== "running") return "";
+  if (p.stage === "preprocess") return `${STAGE_TEXT.preprocess}…`;  // no step yet ("step 0 · 0%" said nothing)
   let text = STAGE_TEXT[p.stage] || (p.stage ? p.stage.charAt(0).toUpperCase() + p.stage.slice(1) : "Working");
   if (p.total && p.stage !== "loading") text += `: frame ${p.done} of ${p.total}`;
   if (p.step != null) text += ` · step ${p.step}`;
@@ -183,12 +185,13 @@ function examplesFor(role) {
                                                          : f.usable_as[role]));
 }
 
-function fillExamples() {
-  for (const sel of document.querySelectorAll("select[data-role]")) {
+function fillExamples() {  // offered where there is one: the training tab's list held only "—" (the built-in
+  for (const sel of document.querySelectorAll("select[data-role]")) {  // examples are a photo and a sound file)
     const keep = sel.value;
     sel.replaceChildren(new Option("—", ""));
     for (const f of examplesFor(sel.dataset.role)) sel.add(new Option(describeFile(f), f.id));
     sel.value = keep;
+    show(sel.closest("label"), sel.options.length > 1);
   }
 }
 
@@ -480,11 +483,11 @@ function render(view, job) {
   const hadFocus = document.activeElement === cancelButton || document.activeElement === startButton;
   const before = state[view].shown || {};
   const stage = running ? (STAGE_TEXT[(job.progress || {}).stage] || job.state) : job.state;
-  if (before.id === job.id && before.stage !== stage) {  // said once per stage, not at every redraw
-    announce(running ? (stage === "queued" ? "Waiting in the queue" : stage.replace("…", ""))
-      : job.state === "done" ? (view === "sync" ? "Lip-sync finished: the result is below" : "Training finished")
-      : job.state === "cancelled" ? "Cancelled" : "");
-  }
+  // said once per stage, not at every redraw; a failed or cancelled job is said by the error line (an alert): said
+  // here too, "Cancelled" was heard twice
+  const said = running ? (stage === "queued" ? "Waiting in the queue" : stage.replace("…", ""))
+    : job.state === "done" ? (view === "sync" ? "Lip-sync finished: the result is below" : "Training finished") : "";
+  if (before.id === job.id && before.stage !== stage && said) announce(said);
   state[view].shown = {id: job.id, stage};
   show($(`${view}-job`), running || (view === "train" && job.state === "done"));
   show(cancelButton, running);
