@@ -519,7 +519,7 @@ def test_phoneme_timings_are_checked_without_a_job(server, inputs):
     app, client = server(run_jobs=False)
     speech = client.upload_file(inputs["speech"])
     status, got = client.json("POST", "/api/phonemes", {"phonemes": "0.1 M\n0.3 AA1\n", "audio": speech["id"]})
-    assert status == 200 and got == {"phonemes": 2, "start": 0.1, "end": 0.6, "warnings": []}, got  # to the speech's end
+    assert status == 200 and got == {"phonemes": 2, "start": 0.1, "end": 0.6, "warnings": []}, got  # (speech's end)
     status, got = client.json("POST", "/api/phonemes", {"phonemes": [{"start": 0, "end": 0.3, "phone": "M"},
                                                                      {"start": 0.2, "end": 0.4, "phone": "AA"}]})
     assert status == 200 and got["phonemes"] == 2 and "start before the one before them ends" in got["warnings"][0]
@@ -751,6 +751,9 @@ def test_a_data_folder_that_cannot_be_made_names_the_option(tmp_path):
 def test_serve_command_errors_are_one_line(tmp_path):
     r = run_cli("serve", "--port", "70000", "--data", tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "hyperlips: error: --port must be 0..65535 (got 70000)"
+    r = run_cli("serve", "--max-train-minutes", "1.5", "--data", tmp_path)  # (it served, refusing every training)
+    assert r.returncode == 2 and r.stderr.strip() == ("hyperlips: error: --max-train-minutes must be at least 2, the "
+                                                      "least budget a training job may ask for (got 1.5)"), r.stderr
     r = run_cli("serve", "--device", "xpu", "--data", tmp_path)  # (it served, and every job failed with it)
     assert r.returncode == 2 and "--device xpu is not supported" in r.stderr and "serve:" not in r.stdout, r.stderr
     with socket.socket() as s:

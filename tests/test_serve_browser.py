@@ -140,7 +140,8 @@ def test_pick_the_built_in_example(open_page, tmp_path):
         return [s.selectedOptions[0].text, c.measureText(s.selectedOptions[0].text).width + 40, s.clientWidth]; })""")
     assert all(need <= width for _, need, width in fits), fits
     hidden = "s => s.closest('label').hidden"
-    assert page.eval_on_selector("#train-video-example", hidden) and not page.eval_on_selector("#sync-video-example", hidden)
+    assert page.eval_on_selector("#train-video-example", hidden)
+    assert not page.eval_on_selector("#sync-video-example", hidden)
     page.click("#sync-start")
     page.wait_for_selector("#sync-result:not([hidden])", timeout=JOB_TIMEOUT_MS)
     page.evaluate("""async () => {

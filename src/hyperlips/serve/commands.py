@@ -47,6 +47,11 @@ def run_serve(args: argparse.Namespace) -> int:
     for name in ("jobs", "max_upload_mb", "max_seconds", "max_train_minutes", "keep_hours", "batch_size"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be more than 0 (got {getattr(args, name)})")
+    from .jobs import MIN_TRAIN_MINUTES
+
+    if args.max_train_minutes < MIN_TRAIN_MINUTES:  # (every training job would be refused)
+        raise UserError(f"--max-train-minutes must be at least {MIN_TRAIN_MINUTES:g}, the least budget a training job "
+                        f"may ask for (got {args.max_train_minutes:g})")
     from ..runtime import resolve_device
 
     resolve_device(args.device)  # a device this machine lacks is said now (every job failed with it, in the

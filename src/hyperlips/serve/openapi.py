@@ -170,8 +170,8 @@ def openapi_document(version: str) -> dict:
                 "kind": {"const": "finetune"},
                 "video": {"type": "string", "description": "file id: the person talking, with their own voice"},
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"},
-                "minutes": {"type": "number", "minimum": MIN_TRAIN_MINUTES, "description": "wall-clock training budget, preparing "
-                            "the footage included (default 10)"},
+                "minutes": {"type": "number", "minimum": MIN_TRAIN_MINUTES, "description": "wall-clock training "
+                            "budget, preparing the footage included (default 10)"},
                 "start_from": {"type": ["string", "null"], "description": "a model id to start from; null or "
                                "\"untrained\": random weights; \"default\" or left out: the shipped starter"},
                 "face": {"type": ["integer", "null"], "description": "learn face N (0 = leftmost) where the video "

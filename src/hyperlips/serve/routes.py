@@ -93,7 +93,7 @@ _ROUTES: list[tuple[str, re.Pattern, str]] = [
     ]
 ]
 ROUTE_TABLE = [(m, p.pattern) for m, p, _ in _ROUTES]  # for the OpenAPI consistency test
-BODY_ROUTES = {("POST", "/api/files"), ("POST", "/api/jobs"), ("POST", "/api/phonemes")}  # the requests whose route reads a body
+BODY_ROUTES = {("POST", "/api/files"), ("POST", "/api/jobs"), ("POST", "/api/phonemes")}  # (routes reading a body)
 PLAIN_LENGTH = re.compile(r"[0-9]{1,15}")  # a Content-Length as HTTP writes it (Python's int() takes "-1", "+5", "1_0")
 
 
