@@ -390,3 +390,24 @@ def test_a_reference_with_a_gap_of_missing_frames_is_paired_by_time():
     assert pair[30:45].tolist() == [29] * 15  # the frame on screen during the gap
     assert pair[45:].tolist() == list(range(30, 60))
     assert _pairing(gen, gen, same_rate=True).tolist() == list(range(75))  # evenly spaced: by index
+
+
+def test_perceptual_status_needs_no_home_folder(tmp_path, monkeypatch):
+    """A container run as a user id with no account and no HOME: eval measured everything, then ended in a traceback
+    looking for torch's cache (TORCH_HOME set or not), and wrote no report. FID and LPIPS are said unavailable."""
+    import pathlib
+
+    from hyperlips.eval.pair import perceptual_status
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(pathlib.Path, "home", staticmethod(no_home))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    assert all(v["status"].startswith("unavailable") for v in perceptual_status().values())
+    monkeypatch.delenv("TORCH_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert all(v["status"].startswith("unavailable") for v in perceptual_status().values())
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert sorted(perceptual_status()) == ["fid", "lpips"]
+

@@ -748,6 +748,29 @@ def test_a_data_folder_that_cannot_be_made_names_the_option(tmp_path):
         App(quick_settings(tmp_path / "file" / "data"))
 
 
+def test_the_default_data_folder_needs_no_home_and_ignores_a_relative_xdg(tmp_path, monkeypatch):
+    """A container run as a user id with no account and no HOME: `serve` ended in a traceback; it asks for --data.
+    A relative XDG_DATA_HOME put the queue and the models under whatever folder the server was started from (the
+    XDG rule: ignored)."""
+    import pathlib
+
+    from hyperlips.errors import UserError
+    from hyperlips.serve.settings import default_data_dir
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_data_dir() == tmp_path / "xdg" / "hyperlips" / "serve"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/data")
+    assert default_data_dir() == tmp_path / "home" / ".local" / "share" / "hyperlips" / "serve"
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(pathlib.Path, "home", staticmethod(no_home))
+    with pytest.raises(UserError, match="no home folder to keep the server's data in .*: give a folder with --data"):
+        default_data_dir()
+
+
 def test_serve_command_errors_are_one_line(tmp_path):
     r = run_cli("serve", "--port", "70000", "--data", tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "hyperlips: error: --port must be 0..65535 (got 70000)"

@@ -456,13 +456,22 @@ class _Null:
 
 
 # --------------------------------------------------------------------------------------------- FID / LPIPS
+def _torch_home() -> str:
+    """Where torch keeps downloaded weights, as torch finds it (``$TORCH_HOME``, else ``$XDG_CACHE_HOME/torch``, else
+    ``~/.cache/torch``), without failing where no home folder can be found (a container run as a user id with no
+    account and no HOME: eval measured everything, then ended in a traceback with no report, TORCH_HOME set or not)."""
+    if os.environ.get("TORCH_HOME"):
+        return os.environ["TORCH_HOME"]
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache")), "torch")
+
+
 def perceptual_status() -> dict:
     """FID and LPIPS need ImageNet-trained networks (Inception, AlexNet) whose weights are not shipped and are
     never downloaded here: each is reported with the reason it is unavailable unless its weights are cached
     locally (``$TORCH_HOME/hub/checkpoints``)."""
     import importlib.util
 
-    home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    home = Path(_torch_home()) / "hub" / "checkpoints"
     out = {}
     need = {
         "lpips": ("lpips", "alexnet-owt-7be5be79.pth", "the lpips package, torchvision and AlexNet ImageNet weights"),

@@ -11,8 +11,19 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def default_data_dir() -> Path:
-    """``$XDG_DATA_HOME/hyperlips/serve`` (``~/.local/share/hyperlips/serve`` when unset)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    """``$XDG_DATA_HOME/hyperlips/serve`` (``~/.local/share/hyperlips/serve`` when it is unset, or relative: the XDG
+    rule, since a relative one put the queue and the models wherever the server was started from, and a restart
+    elsewhere lost them). A :class:`UserError` asking for ``--data`` where no home folder can be found (a container
+    run as a user id with no account and no HOME: a traceback)."""
+    from ..errors import UserError
+
+    base = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(base):
+        try:
+            base = str(Path.home() / ".local" / "share")
+        except RuntimeError:  # (Path.home: no HOME, and no account for this user id)
+            raise UserError("no home folder to keep the server's data in (HOME is not set, and this user id has no "
+                            "account): give a folder with --data DIR") from None
     return Path(base) / "hyperlips" / "serve"
 
 
