@@ -621,6 +621,24 @@ def test_a_name_not_found_names_its_twin_in_another_unicode_form_or_case(tmp_pat
             call()
 
 
+def test_a_name_stdout_cannot_spell_is_escaped_not_a_crash(monkeypatch):
+    """stdout in an encoding without a letter of the output's name (PYTHONIOENCODING=ascii, as some CI systems and
+    IDEs set; a locale of another script): a finished sync, its video written, ended in a traceback and exit 1 at
+    its last line "wrote sortie_ü.mp4", and serve did not start. The letter is escaped, as stderr escapes it."""
+    import io
+    import sys
+
+    from hyperlips import cli
+
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="ascii", write_through=True)
+    monkeypatch.setattr(sys, "stdout", out)
+    with cli._messages_stdout():
+        print("wrote sortie_\u00fc.mp4 (2 frames)")
+        print("next line")
+    assert raw.getvalue() == b"wrote sortie_\\xfc.mp4 (2 frames)\nnext line\n"
+
+
 def test_one_blas_thread_under_a_memory_limit():
     """`ulimit -v` (a batch system's memory limit): OpenBLAS, loaded with scipy by a stage thread, retried its
     threads' buffers for ever holding Python's lock; the run hung and SIGTERM went unheard (2.5 GB: three runs of

@@ -68,7 +68,13 @@ class _Messages:
     def write(self, text: str) -> int:
         if not self.reader_gone:
             try:
-                return self._stream.write(text)
+                try:
+                    return self._stream.write(text)
+                except UnicodeEncodeError:  # a name the stream's encoding cannot spell (PYTHONIOENCODING=ascii, a
+                    # locale of another script): escaped as stderr escapes it (a finished sync ended in exit 1)
+                    encoding = getattr(self._stream, "encoding", None) or "ascii"
+                    self._stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+                    return len(text)
             except OSError:  # a closed pipe, or a log on a full disk (or a dead terminal): the job goes on
                 self._drop()
         return len(text)
