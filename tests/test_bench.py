@@ -67,6 +67,30 @@ def test_bench_small_run_prints_table_and_json(tmp_path):
     assert "hyperlips-lite" in table and "GFLOP/frame" in table
 
 
+def test_the_cpus_said_and_used_are_those_the_process_may_run_on():
+    """Under `taskset -c 0` (or a container's cpuset) bench said "2 CPUs" and judged the machine busy against 2, and
+    preprocess started 2 workers on one core: the CPUs this process may use are counted, the machine's said beside."""
+    import os
+    import subprocess
+    import sys
+
+    from hyperlips.eval.bench_stages import cpus_words
+
+    assert (cpus_words(2, 2), cpus_words(1, 2)) == ("2 CPUs", "1 of 2 CPUs")
+    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs CPU affinity and two CPUs")
+    code = ("import argparse, os\n"
+            "os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+            "from hyperlips.data.commands import add_parser\n"
+            "from hyperlips.eval.bench_stages import machine_words\n"
+            "p = argparse.ArgumentParser(); add_parser(p.add_subparsers())\n"
+            "print(p.parse_args(['preprocess', 'a', 'b']).workers, '|', machine_words())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    workers, words = out.stdout.strip().split(" | ")
+    assert workers == "1" and f"1 of {os.cpu_count()} CPUs" in words, out.stdout
+
+
 def test_bench_budget_skips_the_rest_with_a_reason():
     res = B.run_bench(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1,), frames=1,
                       end_to_end=("lite:720:128",), memory_seconds=(2, 4), budget=1e-6)

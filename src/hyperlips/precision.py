@@ -62,6 +62,15 @@ def _torch_flags() -> frozenset[str] | None:
         return None
 
 
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system tells it: ``taskset``, a container's cpuset;
+    else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """This machine's CPU feature flags, lower case (empty when they cannot be read)."""

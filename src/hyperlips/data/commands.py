@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import shlex
 from pathlib import Path
 
 from ..options import add_face_choice
+from ..precision import usable_cpus
 
 
 def add_parser(sub) -> None:
@@ -22,8 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("src", type=Path, help="folder of videos (or one video)")
     p.add_argument("dst", type=Path, help="dataset folder to write (created if needed)")
     p.add_argument("--hr-size", type=int, choices=(256, 512), help="also store face crops at this size, for `train hr`")
-    p.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 1))),
-                   help="parallel worker processes (default: up to 4)")
+    p.add_argument("--workers", type=int, default=max(1, min(4, usable_cpus())),
+                   help="parallel worker processes (default: the CPUs it may use, up to 4)")
     p.add_argument("--speaker", choices=("auto", "parent", "stem", "one"),
                    help="how to read the speaker from a clip's path, for the train/val split (default auto: MEAD actor "
                         "or VoxCeleb id folders, else the parent folder, else the file name without a trailing number; "

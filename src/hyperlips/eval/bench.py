@@ -36,7 +36,7 @@ from typing import Optional
 
 from ..errors import UserError, refuse_unexpanded_home
 from ..options import at_least
-from ..precision import cpu_has_native_bf16
+from ..precision import cpu_has_native_bf16, usable_cpus
 from .bench_stages import (  # noqa: F401  (the measurements, re-exported for callers of eval.bench)
     CLIP_SECONDS,
     DEFAULT_FRAMES,
@@ -55,6 +55,7 @@ from .bench_stages import (  # noqa: F401  (the measurements, re-exported for ca
     bench_network,
     bench_paste,
     cpu_name,
+    cpus_words,
     first_face_frame,
     format_generators,
     generator_costs,
@@ -378,7 +379,8 @@ def _run_bench(*, sizes, devices, precisions, batches, frames, models, video, au
                     add(bench_memory(tmp, a, log=log, threads=threads))
     result = {
         "machine": {"platform": platform.platform(), "processor": cpu_name(), "bf16_native": cpu_has_native_bf16(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "cpu_count": usable_cpus(), "cpu_count_machine": os.cpu_count(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "load_start": load_start, "load_end": load_average()},
         "clip": clip_desc,
@@ -505,7 +507,8 @@ def _busy(rows: list[dict], machine: dict) -> str:
         return ""
     seen = max(([start] if before else []) + loads)
     return (f"note: the machine was busy (load average up to {seen:.1f} with {threads} threads measuring, "
-            f"{machine.get('cpu_count')} CPUs): other programs took time from each measurement, each by a different "
+            f"{cpus_words(machine.get('cpu_count'), machine.get('cpu_count_machine'))}): other programs took time "
+            "from each measurement, each by a different "
             "share, so the figures are lower bounds and the ratios between rows are unreliable; measure on an idle "
             "machine")
 
@@ -552,7 +555,8 @@ def format_table(result: dict) -> str:
         lines.append("\n" + "\n".join(result["summary"]))
     m = result["machine"]
     bf16 = {True: ", bf16 native", False: ", bf16 emulated (not used)"}.get(m.get("bf16_native"), "")
-    lines.append(f"\n{m['processor']}, {m['cpu_count']} CPUs{bf16}, torch {m['torch']} ({m['threads']} threads)"
+    lines.append(f"\n{m['processor']}, {cpus_words(m['cpu_count'], m.get('cpu_count_machine'))}{bf16}, torch "
+                 f"{m['torch']} ({m['threads']} threads)"
                  f"{', ' + m['cuda'] if m['cuda'] else ''}; clip: {result['clip']}; {result['seconds']} s in all")
     return "\n".join(lines)
 

@@ -83,7 +83,17 @@ def machine_words() -> str:
     (where it does not, bf16 is emulated, many times slower than fp32)."""
     from ..precision import cpu_has_native_bf16
 
-    return f"{cpu_name()}, {os.cpu_count()} CPUs, bf16 {'native' if cpu_has_native_bf16() else 'emulated (not used)'}"
+    return f"{cpu_name()}, {cpus_words()}, bf16 {'native' if cpu_has_native_bf16() else 'emulated (not used)'}"
+
+
+def cpus_words(usable: int | None = None, machine: int | None = None) -> str:
+    """``2 CPUs``, or ``1 of 2 CPUs`` where this process may run on fewer than the machine has (``taskset``, a
+    container's cpuset): the figures are those of the cores it had."""
+    from ..precision import usable_cpus
+
+    usable = usable_cpus() if usable is None else usable
+    machine = (os.cpu_count() or usable) if machine is None else machine
+    return f"{usable} CPUs" if usable >= machine else f"{usable} of {machine} CPUs"
 
 
 def _rss_mb() -> float:

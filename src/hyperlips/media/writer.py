@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MediaError, UserError, check_stop, storage_advice
-from ..precision import cpu_flags
+from ..precision import cpu_flags, usable_cpus
 from .video import as_rate, plane_views, writer_coded
 
 __all__ = ["PIX_FMTS", "PRESETS", "VideoWriter", "check_encoding", "coded_size", "encoder_threads", "too_large_to_play",
@@ -80,13 +80,6 @@ def _changed_span(changed, width: int, height: int) -> tuple[int, int, int, int]
 
 ONE_THREAD_MAX_PIXELS = 1280 * 720  # frames up to this size are encoded on one thread on a machine of 2 cores or less
 
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the system tells it, else the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 STALE_PARTIAL_S = 600.0  # a partial file of the same output untouched this long was left by a killed run
