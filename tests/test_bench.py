@@ -98,6 +98,12 @@ def test_bench_budget_skips_the_rest_with_a_reason():
     assert later and all("time budget" in r["status"] for r in later)
     text = B.format_table(res)
     assert "time budget" in text and "decode" in text
+    lines = text.splitlines()
+    heading = next(x for x in lines if x.startswith("stage "))
+    column = heading.index("variant")  # every row's variant under the heading, skipped rows' too (they pushed right)
+    for r in res["rows"]:
+        line = next(x for x in lines if x.startswith(r["stage"] + " ") and r["variant"] in x)
+        assert line.index(r["variant"]) == column, (line, heading)
 
 
 def test_memory_asked_of_a_gpu_run_is_said_skipped():

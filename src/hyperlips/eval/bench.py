@@ -541,7 +541,8 @@ def format_row(r) -> str:
 def format_table(result: dict) -> str:
     """The printed table: one line per row, columns aligned; skipped rows carry their reason."""
     body = [_cells(r) for r in result["rows"]]
-    widths = [max(len(COLUMNS[i]), *(len(c[i]) for c in body if i < len(c) and len(c) == len(COLUMNS)))
+    # a skipped row's first six cells count too ("end-to-end" skipped beside "decode" measured pushed its cells right)
+    widths = [max(len(COLUMNS[i]), *(len(c[i]) for c in body if i < len(c) and (len(c) == len(COLUMNS) or i < 6)))
               for i in range(len(COLUMNS))]
     lines = [" ".join(h.ljust(w) for h, w in zip(COLUMNS, widths)), " ".join("-" * w for w in widths)]
     for c in body:
