@@ -327,3 +327,28 @@ def test_a_bar_with_nothing_to_count_is_not_shown(capfd):
         b.update(3)
     err = capfd.readouterr().err
     assert "faces" not in err and "lip-sync" in err, err
+
+
+def test_a_bar_is_drawn_on_a_terminal_that_reports_no_width():
+    """`script`, and some docker and CI pseudo-terminals, say they are 0 columns wide until resized: tqdm, asked to
+    follow the width, drew nothing, and a run showed blank lines where its progress should be."""
+    import os
+    import pty
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("a pseudo-terminal of Linux")
+    from hyperlips.bars import bar
+
+    master, slave = pty.openpty()  # (a new one reports 0 x 0)
+    try:
+        assert os.get_terminal_size(slave).columns == 0
+        with os.fdopen(os.dup(slave), "w") as term:
+            for _ in bar(range(3), stream=term, desc="faces", unit="frame"):
+                pass
+        said = os.read(master, 65536).decode(errors="replace")
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert "faces" in said and "3/3" in said, repr(said)
+

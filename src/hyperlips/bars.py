@@ -39,6 +39,19 @@ def to_terminal(stream=None) -> bool:
         return False
 
 
+FALLBACK_COLUMNS = 80  # a bar's width on a terminal that reports none
+
+
+def _columns(stream) -> int | None:
+    """The width the terminal behind ``stream`` reports (0 for some pseudo-terminals), or None where it cannot say."""
+    import os
+
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def bar(iterable=None, *, stream=None, **kw):
     """``tqdm(iterable, **kw)`` on ``stream`` (default stderr): redrawn in place on a terminal, written as a line at
     most every :data:`LOG_EVERY_S` seconds elsewhere. ``disable=True`` hides it as tqdm does."""
@@ -46,6 +59,8 @@ def bar(iterable=None, *, stream=None, **kw):
 
     stream = sys.stderr if stream is None else stream
     if to_terminal(stream):
+        if _columns(stream) == 0:  # a terminal that says it has no width (`script`, some docker/CI pseudo-terminals
+            return tqdm(iterable, file=stream, ncols=FALLBACK_COLUMNS, **kw)  # until resized): tqdm drew nothing
         return tqdm(iterable, file=stream, dynamic_ncols=True, **kw)
     kw.setdefault("mininterval", LOG_EVERY_S)
     kw.setdefault("maxinterval", kw["mininterval"])  # tqdm's monitor would otherwise redraw it every 10 s
