@@ -771,6 +771,31 @@ def test_the_default_data_folder_needs_no_home_and_ignores_a_relative_xdg(tmp_pa
         default_data_dir()
 
 
+def test_a_client_gone_while_its_request_is_read_prints_nothing(server, capfd, caplog):
+    """A client that resets its connection half-way through its headers (a tab closed, a phone off its network): the
+    standard library printed "Exception occurred during processing of request from ..." and a traceback on the
+    server's stderr, between the log's lines. It is a debug line; an error of another kind is logged with its
+    traceback."""
+    import logging
+    import struct
+
+    app, client = server(run_jobs=False)
+    host, port = app.httpd.server_address[:2]
+    with socket.create_connection((host, port)) as s:
+        s.sendall(b"GET /api/info HTTP/1.1\r\nHost: x\r\n")  # the headers not finished
+        time.sleep(0.3)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # closed with a reset
+    time.sleep(0.5)
+    assert client.json("GET", "/api/info")[0] == 200  # the server goes on
+    assert "Exception occurred" not in capfd.readouterr().err
+    with caplog.at_level(logging.ERROR, logger="hyperlips"):
+        try:
+            raise RuntimeError("a bug")
+        except RuntimeError:
+            app.httpd.handle_error(None, ("127.0.0.1", 1))
+    assert [r.exc_info[1].args for r in caplog.records if r.exc_info] == [("a bug",)]
+
+
 def test_serve_command_errors_are_one_line(tmp_path):
     r = run_cli("serve", "--port", "70000", "--data", tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "hyperlips: error: --port must be 0..65535 (got 70000)"

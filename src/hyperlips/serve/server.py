@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from http.server import ThreadingHTTPServer
@@ -100,6 +101,18 @@ class Listener(ThreadingHTTPServer):
         with self._open_lock:
             self._open.discard(id(request))
         super().shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        """An error the request's own handling let through (one met while reading the request line or its headers):
+        a client gone meanwhile (a reset, a broken pipe, a timeout: a tab closed, a phone off its network) is routine,
+        a debug line; anything else is logged with its traceback like the server's other errors. The standard
+        library printed both on stderr, between the log's lines and in another format ("Exception occurred during
+        processing of request from ...")."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.debug("%s: the client left while its request was read (%s)", client_address[0], error)
+            return
+        log.error("error while reading a request from %s", client_address[0], exc_info=True)
 
     def get_request(self):
         try:
