@@ -805,13 +805,14 @@ def test_workers_end_with_the_command_even_when_it_is_killed(more_data, tmp_path
                 os.kill(p, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("stop", ["crashes", "is lost"])
+@pytest.mark.parametrize("stop", ["crashes", "is lost", "is lost, then skipped"])
 def test_a_worker_whose_stop_goes_wrong_still_ends_cleanly(tmp_path, stop):
-    """The command killed, its worker stops the clip. Were the worker to die on the way out (a native library torn
+    """The command killed, its workers stop their clips. Were a worker to die on the way out (a native library torn
     down mid-frame crashes it: seen once in a CI run, the workers gone and the half-made clip folder left), its
     clean-up never ran: the folder goes first, before the stop unwinds. Were the stop lost (raised inside a
     library's callback, where Python only prints it), the worker finished its clip and then waited for a next task
-    for ever: its folder gone, the clip's next write fails and the worker ends."""
+    for ever (two workers hold each other's pipes open): its folder gone, the clip's next write fails and it ends;
+    a clip skipped after that (too short, no face: nothing more to write) ends it too."""
     import os
     import signal
     import subprocess
@@ -822,13 +823,13 @@ def test_a_worker_whose_stop_goes_wrong_still_ends_cleanly(tmp_path, stop):
         pytest.skip("the parent-death signal is Linux's")
     video = tmp_path / "v.mp4"
     video.write_bytes(b"not read: the clip's making is replaced")
-    out = tmp_path / "clips" / "v"
+    clips = tmp_path / "clips"
     code = ("import multiprocessing as mp, os, signal, sys, time\n"
             "from concurrent.futures import ProcessPoolExecutor\n"
             "from hyperlips.data import clip_writer\n"
             "from hyperlips.data.clip_writer import PreprocessOptions\n"
             "from hyperlips.data.preprocess import _run_one, _worker_init\n"
-            "def crashing_write(path, tmp, *rest):\n"
+            "def stopped_write(path, tmp, *rest):\n"
             "    (tmp / 'frames.bin').write_bytes(b'x')\n"
             "    try:\n"
             "        while True:\n"
@@ -837,42 +838,47 @@ def test_a_worker_whose_stop_goes_wrong_still_ends_cleanly(tmp_path, stop):
             "        if sys.argv[3] == 'is lost':  # swallowed: the clip goes on to its end\n"
             "            (tmp / 'meta.json').write_text('{}')\n"
             "            return 1, 0.04\n"
+            "        if sys.argv[3] == 'is lost, then skipped':\n"
+            "            raise clip_writer._Skip('too short: 3 frames with a face')\n"
             "        raise\n"
             "    finally:\n"
             "        if sys.argv[3] == 'crashes':\n"
             "            os.kill(os.getpid(), signal.SIGKILL)  # dies while the stop unwinds\n"
             "def init(parent):\n"
-            "    clip_writer._write_clip = crashing_write\n"
+            "    clip_writer._write_clip = stopped_write\n"
             "    _worker_init(parent)\n"
             "if __name__ == '__main__':\n"
-            "    pool = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=init,\n"
+            "    pool = ProcessPoolExecutor(2, mp_context=mp.get_context('spawn'), initializer=init,\n"
             "                               initargs=(os.getpid(),))\n"
-            "    job = pool.submit(_run_one, (sys.argv[1], sys.argv[2], 'v.mp4', PreprocessOptions(), 'v'))\n"
+            "    for name in ('v1', 'v2'):\n"
+            "        pool.submit(_run_one, (sys.argv[1], os.path.join(sys.argv[2], name), 'v.mp4', PreprocessOptions(),\n"
+            "                               name))\n"
             "    time.sleep(300)\n")
     script = tmp_path / "pool.py"
     script.write_text(code)
-    proc = subprocess.Popen([sys.executable, str(script), str(video), str(out), stop], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, str(script), str(video), str(clips), stop], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    pid = 0
+    pids: list[int] = []
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         partial = []
-        while not partial and time.monotonic() < deadline:
-            time.sleep(0.1)  # the clip under way
-            partial = list(out.parent.glob(".v.partial-*"))
-        assert partial, "the clip was never started"
-        pid = int(partial[0].name.rsplit("-", 1)[1])
+        while len(partial) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # both clips under way, one in each worker
+            partial = list(clips.glob(".v*.partial-*"))
+        assert len(partial) == 2, "the clips were never started"
+        pids = [int(p.name.rsplit("-", 1)[1]) for p in partial]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 30
-        while _running(pid) and time.monotonic() < deadline:
+        while any(_running(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _running(pid), "the worker went on after its command was killed"
-        assert not list(out.parent.iterdir()), list(out.parent.iterdir())  # nothing half-made
+        assert not [p for p in pids if _running(p)], "a worker went on after its command was killed"
+        assert not list(clips.iterdir()), list(clips.iterdir())  # nothing half-made
     finally:
         proc.kill()
-        if _running(pid):
-            os.kill(pid, signal.SIGKILL)
+        for p in pids:
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
 
 
 def test_a_worker_keeps_a_hang_up_ignored_under_nohup():

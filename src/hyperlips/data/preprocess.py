@@ -66,7 +66,7 @@ def _parent_gone(signum, frame) -> None:
         os._exit(1)
     drop_unfinished()  # first: what follows may not unwind cleanly (a crash in a native library on the way out), or
     # the stop may be lost (raised inside a library's callback, where Python only prints it): the clip then fails at
-    # its next write, its folder gone, and the worker ends (_run_one) instead of finishing it and waiting for ever
+    # its next write, its folder gone, or is skipped, and either way the worker ends (_run_one) instead of waiting
     raise KeyboardInterrupt(f"signal {signum}: the command is gone")
 
 
@@ -137,7 +137,10 @@ def _run_one(job: tuple[str, str, str, PreprocessOptions, str]) -> ClipResult:
     path, out_dir, rel, opts, clip_id = job
     _in_job = True
     try:
-        return process_clip(Path(path), Path(out_dir), PurePosixPath(rel), opts, clip_id)
+        result = process_clip(Path(path), Path(out_dir), PurePosixPath(rel), opts, clip_id)
+        if _orphaned:  # the stop was lost, and the clip ended without a write to fail (skipped: too short, no face):
+            os._exit(1)  # back in the pool it would wait for a task for ever
+        return result
     except BaseException:
         if _orphaned:  # stopped because its command is gone: its clip folder removed on the way here, it ends (back
             os._exit(1)  # in the pool it would wait for a task for ever)
