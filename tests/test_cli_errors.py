@@ -435,8 +435,8 @@ def test_running_out_of_memory_is_said_as_such(capsys, error):
     RuntimeError("[Errno 542398533] Generic error in an external library: 'avcodec_send_frame()'")])  # the encoder
 def test_a_memory_limit_met_by_a_library_is_said_as_such(capsys, monkeypatch, error):
     """`ulimit -v` 1-2.5 GB (measured with `sync`): each of these ended in a traceback with the exit code of a bug.
-    Under a limit they are out of memory, and the line names the limit and what to raise it to; without one they
-    are still bugs."""
+    Under a tight limit they are out of memory, and the line names the limit and what to raise it to; without one,
+    or under a large one, they are still bugs."""
     import argparse
 
     from hyperlips import cli, errors
@@ -449,9 +449,14 @@ def test_a_memory_limit_met_by_a_library_is_said_as_such(capsys, monkeypatch, er
     said = capsys.readouterr().err
     assert "out of memory: this process may use at most 2.1 GB of address space (ulimit -v)" in said, said
     assert "ulimit -v 3000000" in said and "Traceback" not in said, said
-    monkeypatch.setattr(errors, "memory_limit", lambda: None)
-    with pytest.raises(type(error)):
-        cli._dispatch(argparse.Namespace(func=job))
+    for limit in (None, 64 << 30):  # no limit, or a batch system's large one: still a bug, with its traceback
+        monkeypatch.setattr(errors, "memory_limit", lambda: limit)
+        with pytest.raises(type(error)):
+            cli._dispatch(argparse.Namespace(func=job))
+    # running out under a large limit: the limit named, no floor to raise it to (it was told to go up to 3.1 GB)
+    assert cli._dispatch(argparse.Namespace(func=lambda a: (_ for _ in ()).throw(MemoryError()))) == 3
+    said = capsys.readouterr().err
+    assert "at most 68.7 GB of address space (ulimit -v): raise the limit, or use a shorter" in said, said
 
 
 def test_a_memory_limit_too_small_is_said_up_front(tmp_path):

@@ -443,18 +443,17 @@ def _one_blas_thread_under_a_memory_limit() -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-# the least limit on the process's memory (ulimit -v) under which `hyperlips sync` ran (face2.mp4, 844x844, the
-# starter): 2.5 GB failed one run of two, 3 GB passed; below 1.3 GB MediaPipe ended the process without a word
-MEMORY_LIMIT_FLOOR = 3_000_000 * 1024  # (ulimit -v counts KiB)
-
-
 def _out_of_memory_text() -> str:
-    """The out-of-memory line; under a limit on the process's memory, it names the limit."""
-    from .errors import memory_limit
+    """The out-of-memory line; under a limit on the process's memory, it names the limit (and, below what the
+    commands need, what to raise it to)."""
+    from .errors import MEMORY_LIMIT_FLOOR, memory_limit
 
     limit = memory_limit()
     if limit is None:
         return OUT_OF_MEMORY
+    if limit >= MEMORY_LIMIT_FLOOR:
+        return (f"out of memory: this process may use at most {limit / 1e9:.1f} GB of address space (ulimit -v): "
+                "raise the limit, or use a shorter or smaller video, or a smaller --batch-size")
     return (f"out of memory: this process may use at most {limit / 1e9:.1f} GB of address space (ulimit -v), and its "
             f"libraries reserve far more than they use: raise the limit to at least "
             f"{MEMORY_LIMIT_FLOOR / 1e9:.1f} GB (ulimit -v {MEMORY_LIMIT_FLOOR // 1024}), or limit the memory used "
@@ -464,7 +463,7 @@ def _out_of_memory_text() -> str:
 def _warn_small_memory_limit() -> None:
     """A limit on the process's memory too small for any command: said up front, since below 1.3 GB MediaPipe's
     threads end the process without a message (abort, exit 134) and the user is left with nothing."""
-    from .errors import memory_limit
+    from .errors import MEMORY_LIMIT_FLOOR, memory_limit
 
     limit = memory_limit()
     if limit is not None and limit < MEMORY_LIMIT_FLOOR:

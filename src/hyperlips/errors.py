@@ -236,14 +236,20 @@ def out_of_memory(e: BaseException) -> bool:
     if any(words in text for words in ("Insufficient memory", "Failed to allocate", "can't allocate memory",
                                        "can't start new thread", "Cannot allocate memory", "out of memory")):
         return True
-    return memory_limit() is not None and any(sign in text for sign in MEMORY_LIMIT_SIGNS)
+    limit = memory_limit()
+    return limit is not None and limit < TIGHT_MEMORY_LIMIT and any(sign in text for sign in MEMORY_LIMIT_SIGNS)
 
 
 # how libraries fail under a limit on the process's memory (ulimit -v), measured with `hyperlips sync` at 1.0-2.5 GB:
 # a library loaded late (PyAV, torch, numpy.random) cannot be mapped; oneDNN cannot set up a convolution; FFmpeg's
-# encoder fails without saying why. Only under such a limit are they read as memory: elsewhere they are bugs.
+# encoder fails without saying why. Only under a tight limit are they read as memory: under none, or a large one (a
+# batch system's 16-64 GB), they are bugs, with their traceback.
 MEMORY_LIMIT_SIGNS = ("failed to map segment from shared object", "could not create a primitive",
                       "Generic error in an external library")
+# the least limit (ulimit -v) under which `hyperlips sync` ran (face2.mp4, 844x844, the starter): 2.5 GB failed one run
+# of two, 3,000,000 KiB (3.1 GB) passed; below 1.3 GB MediaPipe ended the process without a word
+MEMORY_LIMIT_FLOOR = 3_000_000 * 1024  # (ulimit -v counts KiB)
+TIGHT_MEMORY_LIMIT = 2 * MEMORY_LIMIT_FLOOR  # under it, the signs above are read as memory (a larger video needs more)
 
 
 def memory_limit() -> int | None:
