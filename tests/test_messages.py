@@ -340,15 +340,30 @@ def test_a_bar_is_drawn_on_a_terminal_that_reports_no_width():
         pytest.skip("a pseudo-terminal of Linux")
     from hyperlips.bars import bar
 
+    from tqdm import tqdm
+
+    from hyperlips.bars import width_options
+
     master, slave = pty.openpty()  # (a new one reports 0 x 0)
     try:
         assert os.get_terminal_size(slave).columns == 0
         with os.fdopen(os.dup(slave), "w") as term:
             for _ in bar(range(3), stream=term, desc="faces", unit="frame"):
                 pass
+            # training's bars, made with tqdm itself (the run's, the audio encoder's fit)
+            for _ in tqdm(range(3), desc="train lite", file=term, **width_options(term)):
+                pass
         said = os.read(master, 65536).decode(errors="replace")
     finally:
         os.close(master)
         os.close(slave)
-    assert "faces" in said and "3/3" in said, repr(said)
+    assert "faces" in said and "3/3" in said and "train lite" in said, repr(said)
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "hyperlips"
+    made = {f.relative_to(src).as_posix(): f.read_text() for f in src.rglob("*.py") if f.name != "bars.py"}
+    unguarded = [name for name, text in made.items() for call in re.findall(r"\btqdm\((?:[^()]|\([^()]*\))*\)", text)
+                 if "width_options" not in call]
+    assert not unguarded, f"bars made with tqdm without bars.width_options: {unguarded}"
 

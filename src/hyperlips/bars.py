@@ -52,6 +52,13 @@ def _columns(stream) -> int | None:
         return None
 
 
+def width_options(stream) -> dict:
+    """tqdm's width options for a bar on the terminal behind ``stream``: its width followed as it is resized, or
+    :data:`FALLBACK_COLUMNS` where it says it has none (`script`, some docker and CI pseudo-terminals, until resized:
+    following that, tqdm drew blank lines)."""
+    return {"ncols": FALLBACK_COLUMNS} if _columns(stream) == 0 else {"dynamic_ncols": True}
+
+
 def bar(iterable=None, *, stream=None, **kw):
     """``tqdm(iterable, **kw)`` on ``stream`` (default stderr): redrawn in place on a terminal, written as a line at
     most every :data:`LOG_EVERY_S` seconds elsewhere. ``disable=True`` hides it as tqdm does."""
@@ -59,9 +66,7 @@ def bar(iterable=None, *, stream=None, **kw):
 
     stream = sys.stderr if stream is None else stream
     if to_terminal(stream):
-        if _columns(stream) == 0:  # a terminal that says it has no width (`script`, some docker/CI pseudo-terminals
-            return tqdm(iterable, file=stream, ncols=FALLBACK_COLUMNS, **kw)  # until resized): tqdm drew nothing
-        return tqdm(iterable, file=stream, dynamic_ncols=True, **kw)
+        return tqdm(iterable, file=stream, **width_options(stream), **kw)
     kw.setdefault("mininterval", LOG_EVERY_S)
     kw.setdefault("maxinterval", kw["mininterval"])  # tqdm's monitor would otherwise redraw it every 10 s
     kw.setdefault("ncols", 100)

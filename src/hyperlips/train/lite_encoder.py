@@ -5,6 +5,7 @@ the gain that gives its shapes the real mouths' spread.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -18,6 +19,7 @@ def fit_person_encoder(gen, tracks, cfg, ctx, seconds: float | None = None, blen
     fit a probe chooses (``train/audio_blend.py``), the rest its starting weights."""
     from tqdm import tqdm
 
+    from ..bars import width_options
     from .audio_blend import CHECK_SHARE, blend_states, choose_share, other_voices
     from .lite_audio import fit_audio_encoder
 
@@ -26,7 +28,7 @@ def fit_person_encoder(gen, tracks, cfg, ctx, seconds: float | None = None, blen
     probe = " and a probe fit choosing how much of it to keep" if blend else ""
     ctx.say(f"fitting the audio encoder ({cfg.audio_steps} steps{probe}{limit}) before the renderer trains")
     bar = tqdm(total=fits * cfg.audio_steps, desc="fit audio encoder", unit="step", leave=False,
-               disable=not (cfg.progress and ctx.dist.main))
+               disable=not (cfg.progress and ctx.dist.main), **width_options(sys.stderr))
     every, t0 = max(1, cfg.audio_steps // 10), time.perf_counter()
 
     def on_step(done: int, loss: float) -> None:  # done: steps so far

@@ -59,10 +59,12 @@ class Progress:
         if trainer.dist.main and trainer.cfg.progress and not trainer.quiet:
             from tqdm import tqdm
 
+            from ..bars import width_options
+
             total = int(round(budget)) if budget else trainer.max_steps()
             self.bar = tqdm(total=total, unit="s" if budget else "step", desc=f"train {trainer.stage.name}",
-                            file=sys.stderr, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit} "
-                            "[{elapsed}<{remaining}{postfix}]")
+                            file=sys.stderr, **width_options(sys.stderr),
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]")
 
     def fraction(self, step: int) -> float:
         if self.budget:
