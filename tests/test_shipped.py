@@ -77,6 +77,12 @@ def test_without_shipped_weights_sync_says_what_to_pass(monkeypatch, tmp_path):
                                         "pass --checkpoint"):  # ("this build ships none" sent users to reinstall)
         LipSync()
     assert LipSync(untrained=True, model="lite").weights == "untrained (random) weights"
+    import argparse
+
+    from hyperlips.eval.commands import _need_weights
+
+    with pytest.raises(UserError, match=r"pass --checkpoint MODEL \(the shipped starter is hidden by HYPERLIPS_NO"):
+        _need_weights(argparse.Namespace(checkpoint=None, untrained=False), "eval: pass --checkpoint MODEL")
     monkeypatch.delenv("HYPERLIPS_NO_SHIPPED")
     monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path)  # a build without weights
     with pytest.raises(UserError, match="this build ships no starter: pass --checkpoint"):

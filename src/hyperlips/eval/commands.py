@@ -312,7 +312,7 @@ def _need_weights(args, message: str) -> None:
     from ..models import shipped
 
     if args.checkpoint is None and not args.untrained and shipped.starter() is None:
-        raise UserError(message)
+        raise UserError(f"{message} ({shipped.absent('starter')})")
 
 
 def _load_models(args, device) -> dict:

@@ -418,7 +418,9 @@ def evaluate_pair(
                                               float(ri.fps), device=device)
         res.sync["expert"] = entry
     else:
-        res.sync["expert"] = {"status": "unavailable: not asked for (--expert off) or no sync judge in this build; "
+        from ..models.shipped import absent
+
+        res.sync["expert"] = {"status": f"unavailable: not asked for (--expert off), or {absent('sync judge')}; "
                                         "pass --expert PATH, a judge from `hyperlips train judge` or an expert from "
                                         "`hyperlips train sync`"}
     if res.metrics.get("opening_r") is not None:
