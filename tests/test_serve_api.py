@@ -799,6 +799,9 @@ def test_a_client_gone_while_its_request_is_read_prints_nothing(server, capfd, c
 def test_serve_command_errors_are_one_line(tmp_path):
     r = run_cli("serve", "--port", "70000", "--data", tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "hyperlips: error: --port must be 0..65535 (got 70000)"
+    for option in ("--max-train-minutes", "--max-seconds", "--keep-hours"):  # (nan: taken, every job refused)
+        r = run_cli("serve", option, "nan", "--data", tmp_path)
+        assert r.returncode == 2 and f"{option} must be a number more than 0 (got nan)" in r.stderr, r.stderr
     r = run_cli("serve", "--max-train-minutes", "1.5", "--data", tmp_path)  # (it served, refusing every training)
     assert r.returncode == 2 and r.stderr.strip() == ("hyperlips: error: --max-train-minutes must be at least 2, the "
                                                       "least budget a training job may ask for (got 1.5)"), r.stderr

@@ -37,9 +37,9 @@ def clip(tmp_path_factory):
 def start(tmp_path):
     apps = []
 
-    def go(mode: str = "ok") -> tuple[App, Client]:
+    def go(mode: str = "ok", **kw) -> tuple[App, Client]:
         cmd = fake_finetune(tmp_path / "fake", mode)
-        app = App(quick_settings(tmp_path / "data", finetune_command=cmd)).start()
+        app = App(quick_settings(tmp_path / "data", finetune_command=cmd, **kw)).start()
         apps.append(app)
         return app, Client(app.url)
 
@@ -174,6 +174,15 @@ def test_a_preview_outside_the_job_folder_is_not_served(start, clip):
     client.wait(job["id"], stages=("train",), timeout=600, every=0.05)
     status, _, body = client.request("GET", f"/api/jobs/{job['id']}/preview")
     assert status == 404 and not body.startswith(b"\x89PNG")
+
+
+def test_a_training_request_without_a_budget_fits_the_servers_longest(start, clip):
+    """A server allowing at most 5 minutes refused every training request that left the budget out (the default, 10,
+    past its longest): the default is the longest it allows."""
+    _, client = start(max_train_minutes=5)
+    video = client.upload_file(clip["video"])
+    status, job = client.json("POST", "/api/jobs", {"kind": "finetune", "video": video["id"], "name": "anna"})
+    assert status == 201 and job["params"]["minutes"] == 5, job
 
 
 def test_training_requests_are_checked(start, clip):

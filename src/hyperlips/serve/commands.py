@@ -45,8 +45,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("torch") is None:  # every job needs it (in its worker): said now, as every command
         raise ModuleNotFoundError("No module named 'torch'", name="torch")  # says it, not as each job's crash
     for name in ("jobs", "max_upload_mb", "max_seconds", "max_train_minutes", "keep_hours", "batch_size"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be more than 0 (got {getattr(args, name)})")
+        if not getattr(args, name) > 0:  # (nan too: it was taken, and every job refused)
+            raise UserError(f"--{name.replace('_', '-')} must be a number more than 0 (got {getattr(args, name)})")
     from .jobs import MIN_TRAIN_MINUTES
 
     if args.max_train_minutes < MIN_TRAIN_MINUTES:  # (every training job would be refused)

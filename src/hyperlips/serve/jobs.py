@@ -35,6 +35,7 @@ FIELDS = {  # what a job of each kind takes; anything else is a mistake (a missp
 # MIN_TRAIN_S (30 s of training) of it besides preparing the footage: 1 minute left 10 s to prepare it, and worked or
 # failed by the machine's load; 2 leave 70 s, room for a short clip (longer footage takes longer, which the page says)
 MIN_TRAIN_MINUTES = 2.0
+DEFAULT_TRAIN_MINUTES = 10.0  # a training request's budget when it gives none (at most the server's longest)
 _MODEL_NAME = re.compile(r"^[^\W_](?:[\w -]{0,46}[\w-])?\Z")  # letters of any script, digits, spaces inside, - and _
 
 
@@ -307,8 +308,8 @@ def _finetune(settings: ServeSettings, store: Store, params: dict, folder: Path)
     if not isinstance(name, str) or not _MODEL_NAME.match(name):
         raise _bad("name: give the model a name of letters, digits, spaces, - and _ (at most 48, starting with a "
                    "letter or digit)")
-    minutes = params.get("minutes", 10)
-    try:
+    minutes = params.get("minutes", min(DEFAULT_TRAIN_MINUTES, settings.max_train_minutes))  # (a server allowing
+    try:  # less than the default refused every request leaving it out)
         minutes = -1.0 if isinstance(minutes, bool) else float(minutes)  # (true was a minute)
     except (TypeError, ValueError):
         minutes = -1.0
