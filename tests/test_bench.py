@@ -91,6 +91,17 @@ def test_the_cpus_said_and_used_are_those_the_process_may_run_on():
     assert workers == "1" and f"1 of {os.cpu_count()} CPUs" in words, out.stdout
 
 
+def test_a_table_of_skipped_rows_only_and_an_old_result_are_printed():
+    """Every row skipped: the table failed (max of one number); a result saved before the machine's CPU count was
+    kept beside the usable one was said with this machine's count ("8 of 64 CPUs")."""
+    result = {"rows": [{"stage": "end-to-end", "variant": "Starter", "size": 128, "device": "cpu", "precision": "auto",
+                        "batch": 8, "status": "skipped: the time budget"}],
+              "machine": {"processor": "a CPU", "cpu_count": 8, "torch": "2", "threads": 2, "cuda": None},
+              "clip": "c", "seconds": 1}
+    text = B.format_table(result)
+    assert "skipped: the time budget" in text and "a CPU, 8 CPUs," in text, text
+
+
 def test_bench_budget_skips_the_rest_with_a_reason():
     res = B.run_bench(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1,), frames=1,
                       end_to_end=("lite:720:128",), memory_seconds=(2, 4), budget=1e-6)

@@ -507,10 +507,9 @@ def _busy(rows: list[dict], machine: dict) -> str:
         return ""
     seen = max(([start] if before else []) + loads)
     return (f"note: the machine was busy (load average up to {seen:.1f} with {threads} threads measuring, "
-            f"{cpus_words(machine.get('cpu_count'), machine.get('cpu_count_machine'))}): other programs took time "
-            "from each measurement, each by a different "
-            "share, so the figures are lower bounds and the ratios between rows are unreliable; measure on an idle "
-            "machine")
+            f"{cpus_words(machine.get('cpu_count'), machine.get('cpu_count_machine', machine.get('cpu_count')))}): "
+            "other programs took time from each measurement, each by a different share, so the figures are lower "
+            "bounds and the ratios between rows are unreliable; measure on an idle machine")
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -542,8 +541,8 @@ def format_table(result: dict) -> str:
     """The printed table: one line per row, columns aligned; skipped rows carry their reason."""
     body = [_cells(r) for r in result["rows"]]
     # a skipped row's first six cells count too ("end-to-end" skipped beside "decode" measured pushed its cells right)
-    widths = [max(len(COLUMNS[i]), *(len(c[i]) for c in body if i < len(c) and (len(c) == len(COLUMNS) or i < 6)))
-              for i in range(len(COLUMNS))]
+    widths = [max([len(COLUMNS[i]), *(len(c[i]) for c in body if i < len(c) and (len(c) == len(COLUMNS) or i < 6))])
+              for i in range(len(COLUMNS))]  # (a list: with every row skipped, max of one int failed)
     lines = [" ".join(h.ljust(w) for h, w in zip(COLUMNS, widths)), " ".join("-" * w for w in widths)]
     for c in body:
         if len(c) == len(COLUMNS):
@@ -556,7 +555,8 @@ def format_table(result: dict) -> str:
         lines.append("\n" + "\n".join(result["summary"]))
     m = result["machine"]
     bf16 = {True: ", bf16 native", False: ", bf16 emulated (not used)"}.get(m.get("bf16_native"), "")
-    lines.append(f"\n{m['processor']}, {cpus_words(m['cpu_count'], m.get('cpu_count_machine'))}{bf16}, torch "
+    cpus = cpus_words(m["cpu_count"], m.get("cpu_count_machine", m["cpu_count"]))  # (a result saved before the
+    lines.append(f"\n{m['processor']}, {cpus}{bf16}, torch "  # machine's count was kept: as it said)
                  f"{m['torch']} ({m['threads']} threads)"
                  f"{', ' + m['cuda'] if m['cuda'] else ''}; clip: {result['clip']}; {result['seconds']} s in all")
     return "\n".join(lines)
