@@ -1070,19 +1070,22 @@ def test_a_new_server_removes_what_a_stopped_one_left(tmp_path, inputs):
         app.stop()
 
 
-def test_messages_and_logs_do_not_show_where_the_server_keeps_things(server, inputs, tmp_path):
+@pytest.mark.parametrize("folder", [b"data", b"donn\xe9es"])  # (the second not UTF-8: Latin-1, as an old disk has it)
+def test_messages_and_logs_do_not_show_where_the_server_keeps_things(server, inputs, tmp_path, folder):
     """A job with a damaged person model failed with the models folder's path in its message
-    ("/home/.../models/evil.safetensors: ..."), and its log showed the data folder's."""
-    models = tmp_path / "data" / "models"
+    ("/home/.../models/evil.safetensors: ..."), and its log showed the data folder's; a data folder whose name is not
+    UTF-8 made the log's page fail (500)."""
+    data = Path(os.fsdecode(os.fsencode(tmp_path) + b"/" + folder))
+    models = data / "models"
     models.mkdir(parents=True)
     (models / "evil.safetensors").write_bytes(b"\0" * 64)
-    _, client = server()
+    _, client = server(data=data)
     job = _sync_job(client, inputs, model="person:evil")
     failed, _ = client.wait(job["id"], timeout=900)
     assert failed["state"] == "failed", failed
     assert str(tmp_path) not in failed["message"] and "the model person:evil" in failed["message"], failed["message"]
     status, _, log = client.request("GET", f"/api/jobs/{job['id']}/log")
-    assert status == 200 and log and str(tmp_path).encode() not in log, log[-500:]
+    assert status == 200 and log and os.fsencode(tmp_path) not in log, log[-500:]
 
 
 def test_an_upload_that_would_fill_the_disk_is_refused(server, inputs, monkeypatch):

@@ -62,7 +62,6 @@ def _torch_flags() -> frozenset[str] | None:
         return None
 
 
-
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity where the system tells it: ``taskset``, a container's cpuset;
     else the machine's count)."""
@@ -70,6 +69,7 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
 
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:

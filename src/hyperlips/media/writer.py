@@ -81,7 +81,6 @@ def _changed_span(changed, width: int, height: int) -> tuple[int, int, int, int]
 ONE_THREAD_MAX_PIXELS = 1280 * 720  # frames up to this size are encoded on one thread on a machine of 2 cores or less
 
 
-
 STALE_PARTIAL_S = 600.0  # a partial file of the same output untouched this long was left by a killed run
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
+import os
 import re
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler
@@ -523,7 +524,9 @@ class _Handler(BaseHTTPRequestHandler):
         s = self.app.settings
         for where, shown in sorted({str(job_folder(s, id)): "JOB", str(s.models): "MODELS", str(s.data): "DATA"}.items(),
                                    key=lambda kv: -len(kv[0])):
-            text = text.replace(where.encode(), shown.encode())
+            # (a folder whose name is not UTF-8: as the OS spells it, and as a stream escapes it; encode() failed: 500)
+            for spelled in {os.fsencode(where), where.encode("utf-8", "backslashreplace")}:
+                text = text.replace(spelled, shown.encode())
         self._send(200, text, "text/plain; charset=utf-8", {"Cache-Control": "no-store"})
 
 
