@@ -90,6 +90,9 @@ def test_eval_report_on_real_clip_with_test_weights(tmp_path, real_data):
         assert f"]({name})" in md
         _is_png(out / name)
     assert "LSE-D" in md and "FID" in md and "unavailable" in md
+    for label in ("Mouth opening r", "Mouth opening lag", "Mouth opening amplitude"):  # (the report left them out)
+        assert f"| {label} |" in md, md
+    assert {"opening_r", "opening_lag", "opening_r_peak", "opening_amplitude"} <= set(data["definitions"])
 
 
 def test_eval_batch_over_folders(tmp_path, real_data):
@@ -635,3 +638,29 @@ def test_file_names_are_escaped_in_the_reports_tables():
     assert len(re.split(r"(?<!\\)\|", row)) == 4  # three cells' borders: the name's own | escaped
     assert md_code("`x") == "`` `x ``" and md_code("plain.mp4") == "`plain.mp4`"
     assert _clip_link("a b|[x]") == "[a b\\|\\[x\\]](a%20b%7C%5Bx%5D/report.md)"
+
+
+def test_a_result_whose_mouth_is_missing_on_some_frames_is_said(tmp_path, real_data):
+    """A result with 8 of its 25 frames black scored LMD and mouth-opening r as well as a clean copy, without a word
+    (only the report's last line counted the frames): it is warned."""
+    from helpers import cut_video
+
+    from hyperlips.media.video import FrameReader
+    from hyperlips.media.writer import VideoWriter
+
+    ref = cut_video(real_data / "retalking" / "face2.mp4", tmp_path / "ref.mp4", 25, lossless=True)
+    with FrameReader(ref) as r:
+        images, fps = [f.image for f in r.iter_range(0, 25)], r.fps
+    gap = tmp_path / "gap.mp4"
+    h, w = images[0].shape[:2]
+    with VideoWriter(gap, w, h, fps, threads=1, crf=0) as wr:
+        for i, im in enumerate(images):
+            wr.write(im * 0 if 10 <= i < 18 else im)
+    said = run_cli("eval", gap, "--reference", ref, "--expert", "off", "--device", "cpu", "--quiet",
+                   "-o", tmp_path / "report")
+    assert said.returncode == 0, said.stderr
+    assert "no mouth was found on 8 of the 25 frames where the reference shows one" in said.stderr, said.stderr
+    clean = run_cli("eval", ref, "--reference", ref, "--expert", "off", "--device", "cpu", "--quiet",
+                    "-o", tmp_path / "same")
+    assert clean.returncode == 0 and "no mouth was found" not in clean.stderr, clean.stderr
+

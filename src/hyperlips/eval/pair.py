@@ -32,6 +32,7 @@ PROTOCOLS = ("auto", "self", "cross")
 SAME_AUDIO_CORRELATION = 0.9
 # metrics that need the reference mouth as ground truth
 # cross-audio: the mouth follows other speech than the reference's, so nothing compares it with the reference's mouth
+MISSED_MOUTHS_SHARE = 0.05  # a result whose mouth is not found on more of the reference's frames than this: warned
 GROUND_TRUTH_METRICS = ("psnr_face", "psnr_mouth", "ssim_face", "ssim_mouth", "lmd", "opening_r", "opening_lag",
                         "opening_r_peak", "opening_r_recording")
 # against a photo: the motion measures compare with a reference that does not move
@@ -348,6 +349,11 @@ def evaluate_pair(
     if ri is not None:
         res.metrics = comp.summary()
         res.series = {k: list(v) for k, v in comp.series.items()}
+        lost = comp.n_ref_landmarks - comp.n_gen_landmarks
+        if lost > max(1, MISSED_MOUTHS_SHARE * comp.n_ref_landmarks):  # (30 black frames of 125 scored as a copy)
+            warn(f"{gen_path}: no mouth was found on {lost} of the {comp.n_ref_landmarks} frames where the reference "
+                 "shows one (a face covered, turned away, blurred or broken there?): LMD and the mouth-opening "
+                 "measures leave those frames out, so they score only the rest")
         jg, jr = comp.jitter()
         res.series["jitter_gen"], res.series["jitter_ref"] = list(jg), list(jr)
         if proto == "cross-audio":

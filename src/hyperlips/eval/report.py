@@ -49,6 +49,17 @@ DEFINITIONS: dict[str, tuple[str, str, str]] = {
     "sharpness_gen": ("Mouth sharpness (generated)", "variance of the Laplacian", "grey mouth box, 3x3 Laplacian"),
     "sharpness_ref": ("Mouth sharpness (reference)", "variance of the Laplacian", "the same on the reference"),
     "sharpness_ratio": ("Sharpness ratio", "generated / reference, < 1 = blurrier than the original", "mouth box"),
+    "opening_r": ("Mouth opening r", "Pearson r, -1..1, higher is better",
+                  "inner-lip gap (FaceMesh, / face height) of generated against reference frames, at lag 0; "
+                  "self-reconstruction only"),
+    "opening_lag": ("Mouth opening lag", "frames within +-10, + = the generated mouth late, 0 is best",
+                    "the lag where the cross-correlation of the two openings peaks; self-reconstruction only"),
+    "opening_r_peak": ("Mouth opening r at its lag", "Pearson r, -1..1", "the correlation at that lag"),
+    "opening_r_recording": ("Mouth opening r at the recording's offset", "Pearson r, -1..1, higher is better",
+                            "the same r at the lag of the reference recording's own audio-video offset (its sync "
+                            "score against its own sound)"),
+    "opening_amplitude": ("Mouth opening amplitude", "generated spread / reference spread, 1 = as wide",
+                          "standard deviation of the generated opening over the reference's"),
     "mouth_audio_correlation": ("Mouth-loudness correlation", "Pearson r, -1..1",
                                 "inner-lip opening (points 13-14, / IOD) of the generated video against the audio RMS "
                                 "level (dB) in one frame period round each frame"),
