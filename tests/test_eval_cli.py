@@ -642,7 +642,7 @@ def test_file_names_are_escaped_in_the_reports_tables():
 
 def test_a_result_whose_mouth_is_missing_on_some_frames_is_said(tmp_path, real_data):
     """A result with 8 of its 25 frames black scored LMD and mouth-opening r as well as a clean copy, without a word
-    (only the report's last line counted the frames): it is warned."""
+    (only the report's last line counted the frames): it is warned, as speech shorter than the video is."""
     from helpers import cut_video
 
     from hyperlips.media.video import FrameReader
@@ -663,4 +663,11 @@ def test_a_result_whose_mouth_is_missing_on_some_frames_is_said(tmp_path, real_d
     clean = run_cli("eval", ref, "--reference", ref, "--expert", "off", "--device", "cpu", "--quiet",
                     "-o", tmp_path / "same")
     assert clean.returncode == 0 and "no mouth was found" not in clean.stderr, clean.stderr
+    # speech shorter than the video: the frames after it were scored on silence (an exact copy read 15 frames off)
+    from helpers import write_wav
+
+    short = run_cli("eval", ref, "--reference", ref, "--audio", write_wav(tmp_path / "short.wav", 0.4), "--expert",
+                    "off", "--device", "cpu", "--quiet", "-o", tmp_path / "short")
+    assert short.returncode == 0 and "lasts 0.40 s, the video 1.00 s: the frames after" in short.stderr, short.stderr
+    assert "the frames after" not in clean.stderr
 

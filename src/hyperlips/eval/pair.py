@@ -32,6 +32,7 @@ PROTOCOLS = ("auto", "self", "cross")
 SAME_AUDIO_CORRELATION = 0.9
 # metrics that need the reference mouth as ground truth
 # cross-audio: the mouth follows other speech than the reference's, so nothing compares it with the reference's mouth
+SHORT_AUDIO_S = 0.2  # speech shorter than the scored video by more than this is warned (frames scored on silence)
 MISSED_MOUTHS_SHARE = 0.05  # a result whose mouth is not found on more of the reference's frames than this: warned
 GROUND_TRUTH_METRICS = ("psnr_face", "psnr_mouth", "ssim_face", "ssim_mouth", "lmd", "opening_r", "opening_lag",
                         "opening_r_peak", "opening_r_recording")
@@ -267,6 +268,12 @@ def evaluate_pair(
     n = len(pair)
     if n < 1:
         raise MediaError(f"no frames could be decoded from {gen_path}")
+    scored = float(gen_times[n - 1] - gen_times[0]) + 1.0 / float(gi.fps)  # the video's time scored
+    if wav is not None and len(wav) / 16000 < scored - SHORT_AUDIO_S:  # (the frames after it read as silence)
+        warn(f"the speech ({audio_desc}) lasts {len(wav) / 16000:.2f} s, the video {scored:.2f} s: the frames after "
+             "the speech are scored against silence, which throws the sync scores and the mouth-loudness "
+             "correlation off (an exact copy read 15 frames out of sync); give the speech the video was made from, "
+             "or --max-seconds to score only the part it covers")
 
     # pass 1: the face track (on the reference: both videos are cropped by the same boxes)
     track_path, track_info = (ref_path, ri) if ri is not None else (gen_path, gi)
