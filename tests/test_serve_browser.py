@@ -433,6 +433,8 @@ def test_train_a_person_model_in_the_page(open_page, real_data, tmp_path):
     figures = page.inner_text("#train-val")  # in words, with which way is better: not the training's keys
     assert "Mouth difference from the real frames (lower is better)" in figures and "higher is better" in figures
     assert "val/" not in figures and "opening_err" not in figures, figures
+    base = page.evaluate("() => valRows({'val/l1': 0.1, 'val/sync': 0.7}).map(([label]) => label).join(' | ')")
+    assert "val/" not in base and base.count("lower is better") == 2, base  # a Base model's figures, in words too
     caption = page.inner_text("#train-preview-caption")  # lite.preview: the real frames above, generated below
     assert "Top row: the real footage" in caption and "Bottom row: the same frames with the mouth generated" in caption
     page.wait_for_selector("#train-done:not([hidden])", timeout=600_000)

@@ -539,6 +539,8 @@ const VAL_FIGURES = {
   opening_r_other: ["The same, drawn on a frame of another moment as a lip-sync does (higher is better)"],
   shape_r: ["Mouth shapes read from the speech match the real ones (correlation up to 1; higher is better)"],
   mouth_l1: ["Mouth difference from the real frames (lower is better)"],
+  l1: ["Face difference from the real frames (lower is better)"],
+  sync: ["Lip-sync error as the sync expert judges it (lower is better)"],
   lower_psnr: ["Lower face's likeness to the real frames (PSNR in dB; higher is better)", (v) => `${v.toFixed(1)} dB`],
   shape_mse: ["Mouth-shape error (lower is better)"],
   sharpness: ["Mouth sharpness against the real frames (1 is as sharp; below 1 is blurrier)", (v) => v.toFixed(2)],
