@@ -410,4 +410,10 @@ def test_perceptual_status_needs_no_home_folder(tmp_path, monkeypatch):
     assert all(v["status"].startswith("unavailable") for v in perceptual_status().values())
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert sorted(perceptual_status()) == ["fid", "lpips"]
+    import os
+
+    from hyperlips.eval.pair import _torch_home
+
+    monkeypatch.setenv("TORCH_HOME", "~/models/torch")  # (a service's environment leaves ~ as it is; torch expands it)
+    assert _torch_home() == os.path.expanduser("~/models/torch") and not _torch_home().startswith("~")
 

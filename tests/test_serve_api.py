@@ -761,7 +761,8 @@ def test_the_default_data_folder_needs_no_home_and_ignores_a_relative_xdg(tmp_pa
     assert default_data_dir() == tmp_path / "xdg" / "hyperlips" / "serve"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_DATA_HOME", "relative/data")
-    assert default_data_dir() == tmp_path / "home" / ".local" / "share" / "hyperlips" / "serve"
+    with pytest.warns(UserWarning, match="XDG_DATA_HOME=relative/data is not an absolute path, so it is ignored"):
+        assert default_data_dir() == tmp_path / "home" / ".local" / "share" / "hyperlips" / "serve"
 
     def no_home():
         raise RuntimeError("Could not determine home directory.")

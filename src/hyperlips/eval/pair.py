@@ -476,8 +476,9 @@ def _torch_home() -> str:
     ``~/.cache/torch``), without failing where no home folder can be found (a container run as a user id with no
     account and no HOME: eval measured everything, then ended in a traceback with no report, TORCH_HOME set or not)."""
     if os.environ.get("TORCH_HOME"):
-        return os.environ["TORCH_HOME"]
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache")), "torch")
+        return os.path.expanduser(os.environ["TORCH_HOME"])  # (as torch reads it: `~/models` left unexpanded by a
+    return os.path.expanduser(  # service's environment)
+        os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "torch"))
 
 
 def perceptual_status() -> dict:

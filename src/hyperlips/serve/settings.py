@@ -15,9 +15,12 @@ def default_data_dir() -> Path:
     rule, since a relative one put the queue and the models wherever the server was started from, and a restart
     elsewhere lost them). A :class:`UserError` asking for ``--data`` where no home folder can be found (a container
     run as a user id with no account and no HOME: a traceback)."""
-    from ..errors import UserError
+    from ..errors import UserError, warn
 
     base = os.environ.get("XDG_DATA_HOME", "")
+    if base and not os.path.isabs(base):  # (said: a server that kept its data there finds its queue empty)
+        warn(f"XDG_DATA_HOME={base} is not an absolute path, so it is ignored (as the XDG rule says); the data folder "
+             "is under ~/.local/share (--data DIR for another)")
     if not os.path.isabs(base):
         try:
             base = str(Path.home() / ".local" / "share")
