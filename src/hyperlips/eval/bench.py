@@ -494,6 +494,12 @@ def summarise(rows: list[dict], original_batch: int = ORIGINAL_BATCH, machine: O
     return lines
 
 
+def _cpus(machine: dict) -> str:
+    """A result's CPUs in words; one saved before the machine's count was kept beside the usable one is said as it
+    was (not with this machine's count)."""
+    return cpus_words(machine.get("cpu_count"), machine.get("cpu_count_machine", machine.get("cpu_count")))
+
+
 def _busy(rows: list[dict], machine: dict) -> str:
     """A note when other programs ran beside the measurements: the load average above what this run makes (its
     threads) before it started or while a row was timed. They take an unequal share from each row (the reference
@@ -507,9 +513,8 @@ def _busy(rows: list[dict], machine: dict) -> str:
         return ""
     seen = max(([start] if before else []) + loads)
     return (f"note: the machine was busy (load average up to {seen:.1f} with {threads} threads measuring, "
-            f"{cpus_words(machine.get('cpu_count'), machine.get('cpu_count_machine', machine.get('cpu_count')))}): "
-            "other programs took time from each measurement, each by a different share, so the figures are lower "
-            "bounds and the ratios between rows are unreliable; measure on an idle machine")
+            f"{_cpus(machine)}): other programs took time from each measurement, each by a different share, so the "
+            "figures are lower bounds and the ratios between rows are unreliable; measure on an idle machine")
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -555,9 +560,7 @@ def format_table(result: dict) -> str:
         lines.append("\n" + "\n".join(result["summary"]))
     m = result["machine"]
     bf16 = {True: ", bf16 native", False: ", bf16 emulated (not used)"}.get(m.get("bf16_native"), "")
-    cpus = cpus_words(m["cpu_count"], m.get("cpu_count_machine", m["cpu_count"]))  # (a result saved before the
-    lines.append(f"\n{m['processor']}, {cpus}{bf16}, torch "  # machine's count was kept: as it said)
-                 f"{m['torch']} ({m['threads']} threads)"
+    lines.append(f"\n{m['processor']}, {_cpus(m)}{bf16}, torch {m['torch']} ({m['threads']} threads)"
                  f"{', ' + m['cuda'] if m['cuda'] else ''}; clip: {result['clip']}; {result['seconds']} s in all")
     return "\n".join(lines)
 

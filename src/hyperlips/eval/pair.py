@@ -472,13 +472,13 @@ class _Null:
 
 # --------------------------------------------------------------------------------------------- FID / LPIPS
 def _torch_home() -> str:
-    """Where torch keeps downloaded weights, as torch finds it (``$TORCH_HOME``, else ``$XDG_CACHE_HOME/torch``, else
-    ``~/.cache/torch``), without failing where no home folder can be found (a container run as a user id with no
-    account and no HOME: eval measured everything, then ended in a traceback with no report, TORCH_HOME set or not)."""
-    if os.environ.get("TORCH_HOME"):
-        return os.path.expanduser(os.environ["TORCH_HOME"])  # (as torch reads it: `~/models` left unexpanded by a
-    return os.path.expanduser(  # service's environment)
-        os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "torch"))
+    """Where torch keeps downloaded weights, found by torch itself (``$TORCH_HOME``, ``~`` expanded, else
+    ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``): it never fails where no home folder can be found (a container
+    run as a user id with no account and no HOME), where ``Path.home()`` did: eval measured everything, then ended
+    in a traceback with no report, TORCH_HOME set or not."""
+    import torch
+
+    return str(Path(torch.hub.get_dir()).parent)
 
 
 def perceptual_status() -> dict:
