@@ -95,6 +95,21 @@ def test_load_public_syncnet_refuses_clearly(tmp_path):
     torch.save({"conv.weight": torch.zeros(3, 3)}, other)
     with pytest.raises(CheckpointError, match="does not hold the public SyncNet"):
         load_public_syncnet(other)
+    # files that hold no tensors at all: each says what it is (an empty file was a traceback, IndexError)
+    empty = tmp_path / "empty.model"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"cannot read SyncNet weights: .*empty \(0 bytes\)"):
+        load_public_syncnet(empty)
+    with pytest.raises(CheckpointError, match=r"a text/JSON file\); expected syncnet_v2.model"):
+        load_public_syncnet(junk)
+    noise = tmp_path / "noise.model"
+    noise.write_bytes(bytes(range(7, 107)))
+    with pytest.raises(CheckpointError, match=r"an unknown binary file\); expected syncnet_v2.model"):
+        load_public_syncnet(noise)
+    tensor = tmp_path / "tensor.model"
+    torch.save(torch.zeros(3), tensor)
+    with pytest.raises(CheckpointError, match="it holds Tensor"):
+        load_public_syncnet(tensor)
 
 
 def test_load_public_syncnet_round_trip(tmp_path):
@@ -102,13 +117,14 @@ def test_load_public_syncnet_round_trip(tmp_path):
     src = PublicSyncNet().eval()
     # the 2017 file has no num_batches_tracked entries: leave them out, as it does
     state = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
-    path = tmp_path / "syncnet_v2.model"
-    torch.save(state, path)
-    net = load_public_syncnet(path)
-    assert not net.training
     x = torch.randn(3, 1, 13, 20)
-    with torch.inference_mode():
-        np.testing.assert_array_equal(net.forward_aud(x).numpy(), src.forward_aud(x).numpy())
+    for legacy in (False, True):  # the 2017 file is in torch's old (not zip) format
+        path = tmp_path / f"syncnet_v2_{legacy}.model"
+        torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+        net = load_public_syncnet(path)
+        assert not net.training
+        with torch.inference_mode():
+            np.testing.assert_array_equal(net.forward_aud(x).numpy(), src.forward_aud(x).numpy())
 
 
 # --------------------------------------------------------------------------------------------- crops

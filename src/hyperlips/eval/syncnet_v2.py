@@ -207,7 +207,7 @@ def load_public_syncnet(path: str | os.PathLike | None, device="cpu"):
     tensors do not fit the network. The file is a plain state dict (as the public repository distributes it); a
     ``{"state_dict": ...}`` wrapper and ``module.`` prefixes are accepted too.
     """
-    import torch
+    from ..models.checkpoint import read_tensors
 
     if path is None:
         raise CheckpointError(
@@ -216,15 +216,10 @@ def load_public_syncnet(path: str | os.PathLike | None, device="cpu"):
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"SyncNet weights not found: {p} (pass the path of syncnet_v2.model with --syncnet)")
-    try:
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise CheckpointError(f"cannot read SyncNet weights {p}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
-        raise CheckpointError(f"{p} is not a SyncNet state dict (expected a dict of tensors named netcnnaud.*, netcnnlip.*, ...)")
-    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    try:  # says what the file is when it holds no tensors (empty, text, damaged, pickled objects)
+        state = read_tensors(p, expected="syncnet_v2.model, the public SyncNet's PyTorch state dict")
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot read SyncNet weights: {e}") from None
     net = PublicSyncNet()
     own = net.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]

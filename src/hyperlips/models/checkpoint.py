@@ -308,7 +308,16 @@ def _read_any(path: Path) -> tuple[dict[str, Tensor], dict[str, Any], str]:
     return _read_file(path)
 
 
-def _read_file(path: Path, expect_safetensors: bool = False) -> tuple[dict[str, Tensor], dict[str, Any], str]:
+def read_tensors(path: str | os.PathLike, expected: str) -> dict[str, Tensor]:
+    """The tensors of a weights file of any network (a PyTorch file, a training checkpoint's network or a
+    safetensors file), without checking which network they fit; :class:`CheckpointError` saying what the file is
+    when it holds none (empty, text, damaged, another kind of file), and that ``expected`` was."""
+    return _read_file(Path(path), expected=expected)[0]
+
+
+def _read_file(path: Path, expect_safetensors: bool = False,
+               expected: str = "a .pth file, a .safetensors file or a checkpoint folder",
+               ) -> tuple[dict[str, Tensor], dict[str, Any], str]:
     if not os.access(path, os.R_OK):
         raise CheckpointError(f"{path}: checkpoint is not readable (check its permissions)")
     if path.stat().st_size == 0:
@@ -325,8 +334,7 @@ def _read_file(path: Path, expect_safetensors: bool = False) -> tuple[dict[str, 
     if path.suffix in (".pth", ".pt", ".tar", ".ckpt", ".bin"):
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (the file is corrupt or of another type)")
     what = "a text/JSON file" if kind == "text" else "an unknown binary file"
-    raise CheckpointError(f"{path}: not a checkpoint ({what}); expected a .pth file, a .safetensors file "
-                          "or a checkpoint folder")
+    raise CheckpointError(f"{path}: not a checkpoint ({what}); expected {expected}")
 
 
 def read_state_dict(path: str | os.PathLike, name: str | None = None) -> tuple[dict[str, Tensor], CheckpointInfo]:
