@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 
 import cv2
 import numpy as np
@@ -253,6 +255,33 @@ def test_tinted_copy_of_real_clip(face_clip):
     assert m["delta_e"] == pytest.approx(5.8, abs=0.1)  # sqrt(34) = 5.83 before H.264; docs/evaluation.md: 5.8
     assert m["lmd"] < 0.02  # same face, same mouth
     assert 0.7 < m["jitter_ratio"] < 1.4
+
+
+def test_a_missing_sound_track_is_said_and_kept_in_the_report(real_data, face_clip, tmp_path):
+    """Which speech a pair is scored against, and whether it is a self-reconstruction, was guessed without a word
+    when one of the videos has no sound: a silent result was scored against the reference's speech, and a silent
+    reference made auto call any result cross-audio, "no ground truth for the mouth"."""
+    from hyperlips.eval.report import write_clip_report
+    from hyperlips.media.audio import load_audio
+
+    speech = load_audio(real_data / "retalking" / "face3.mp4", 16000)[:16000]
+    voiced = _write(tmp_path / "voiced.mp4", _frames(face_clip["plain"], 25), 25, audio=speech)
+    silent = face_clip["plain"]  # the same frames, no sound track
+
+    with pytest.warns(UserWarning, match="has no sound track: scored against .*voiced.mp4's own speech"):
+        r = evaluate_pair(silent, voiced, perceptual=False)
+    assert r.protocol == "self-reconstruction" and len(r.warnings) == 1 and "plain.mp4 has no sound" in r.warnings[0]
+    paths = write_clip_report(r, tmp_path / "report")
+    assert "## Warnings" in paths["markdown"].read_text()
+    assert json.loads(paths["json"].read_text())["warnings"] == r.warnings
+
+    with pytest.warns(UserWarning, match="plain.mp4 has no sound track, so whether .* cannot be told"):
+        r = evaluate_pair(voiced, silent, perceptual=False)
+    assert r.protocol == "cross-audio" and r.metrics["lmd"] is None and "no sound track" in r.notes["lmd"]
+    with warnings.catch_warnings():  # told, nothing to warn of
+        warnings.simplefilter("error")
+        r = evaluate_pair(voiced, silent, protocol="self", perceptual=False)
+    assert r.protocol == "self-reconstruction" and r.metrics["lmd"] < 0.02 and r.warnings == []
 
 
 def test_shaken_copy_of_real_clip(face_clip):

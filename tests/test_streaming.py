@@ -837,6 +837,24 @@ def test_warnings_said_in_stage_threads_belong_to_the_call_that_started_them():
                              f"{tag}: said by a worker"], said
 
 
+def test_warnings_collected_within_a_collecting_call_reach_it_too():
+    """A call that collects its own warnings (eval's measurement of a pair) inside one that collects (a server job):
+    the outer one was left without them."""
+    import warnings
+
+    from hyperlips.errors import collect_warnings, warn
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with collect_warnings() as outer:
+            warn("before")
+            with collect_warnings() as inner:
+                warn("inside")
+                warn("before")
+            warn("after")
+    assert inner == ["inside", "before"] and outer == ["before", "inside", "after"]
+
+
 def test_an_output_that_is_an_input_by_any_path_is_refused_before_the_work(real_data, tmp_path):
     """The output is written over by the final rename: named as an input, that input is lost. The same path was
     refused; the same file by another path (a hard link here; a folder mounted twice, a name in another case on a

@@ -174,13 +174,17 @@ def warn(message: str) -> None:
 @contextlib.contextmanager
 def collect_warnings():
     """The :class:`InputWarning` messages issued by this thread (and the threads it starts through
-    :mod:`hyperlips.stages`) while the block runs, each once, in order: a list filled as they come."""
+    :mod:`hyperlips.stages`) while the block runs, each once, in order: a list filled as they come. Blocks nest:
+    an enclosing block gets the inner one's messages too."""
     said: list[str] = []
+    outer = _collected.get()
     token = _collected.set(said)
     try:
         yield said
     finally:
         _collected.reset(token)
+        if outer is not None:  # a call within a call: the outer one was warned of these too
+            outer.extend(m for m in said if m not in outer)
 
 
 def decoder_reason(e: BaseException) -> str:

@@ -15,6 +15,7 @@ exactly the same pixels.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import MediaError, UserError, require_file, warn
+from ..errors import MediaError, UserError, collect_warnings, require_file, warn
 from . import metrics as M
 
 SHEET_FRAMES = 8
@@ -59,6 +60,7 @@ class ClipResult:
     perceptual: dict = field(default_factory=dict)
     shifted_source: bool = False  # made from the reference's frames shifted by half (shifted_copy), not its own
     sheet: list = field(default_factory=list)  # [(frame index, gen mouth crop, ref mouth crop or None)]
+    warnings: list = field(default_factory=list)  # what the measurement warned of, in order (also printed)
     seconds: float = 0.0
 
     @property
@@ -157,6 +159,20 @@ def _box_array(b) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- one pair
+def _keeping_warnings(measure):
+    """``measure`` with the warnings it issued kept in its result (``ClipResult.warnings``), for the report."""
+
+    @functools.wraps(measure)
+    def run(*args, **kwargs):
+        with collect_warnings() as said:
+            res = measure(*args, **kwargs)
+        res.warnings = list(said)
+        return res
+
+    return run
+
+
+@_keeping_warnings
 def evaluate_pair(
     generated: str | os.PathLike,
     reference: str | os.PathLike | None = None,
@@ -237,6 +253,7 @@ def evaluate_pair(
         wav, audio_desc = None, "none (neither video has an audio track)"
     ref_wav = load_audio(ref_path, 16000) if ri is not None and ri.has_audio else None
 
+    unknown_speech = False  # auto called it cross-audio only because the reference has no speech to compare with
     if ri is None:
         proto = "no reference"
     elif protocol == "self":
@@ -252,6 +269,13 @@ def evaluate_pair(
         if not same and ref_wav is not None and wav is not None:
             same = _same_audio(wav, ref_wav) > SAME_AUDIO_CORRELATION
         proto = "self-reconstruction" if same else "cross-audio"
+        if same and ref_wav is not None and audio is None:  # nothing said the reference's speech drove it: assumed
+            warn(f"{gen_path} has no sound track: scored against {ref_path}'s own speech, as a self-reconstruction "
+                 "(pass --audio with the speech it was made from if it is another)")
+        elif not same and ref_wav is None and wav is not None:  # nothing to compare the speech with
+            unknown_speech = True
+            warn(f"{ref_path} has no sound track, so whether {audio_desc} is its own speech cannot be told: scored as "
+                 "cross-audio, without the mouth's PSNR, SSIM, LMD and opening (--protocol self if it is its own)")
 
     # frames and pairing
     limit_g = gi.n_frames if not max_seconds else min(gi.n_frames, max(1, int(round(max_seconds * gi.fps))))
@@ -366,7 +390,9 @@ def evaluate_pair(
         if proto == "cross-audio":
             for k in GROUND_TRUTH_METRICS:
                 res.metrics[k] = None
-                res.notes[k] = "not applicable: cross-audio has no ground truth for the mouth"
+                res.notes[k] = "not applicable: cross-audio has no ground truth for the mouth" + (
+                    " (the reference has no sound track to tell its own speech by: --protocol self if it is)"
+                    if unknown_speech else "")
         if ri.is_image:  # nothing moves in a photo: no motion to compare with
             for k in STILL_REFERENCE_NA:
                 if k in res.metrics:

@@ -106,6 +106,7 @@ def clip_to_dict(res: ClipResult, per_frame: bool = True) -> dict:
         "metrics": res.metrics,
         "not_reported": res.notes,
         "shifted_source": res.shifted_source,
+        "warnings": list(res.warnings),
         "sync": res.sync,
         "perceptual": res.perceptual,
         "seconds": round(res.seconds, 2),
@@ -129,6 +130,7 @@ def summary_row(res: ClipResult) -> dict:
     for k in SUMMARY_COLUMNS + EXTRA_ROW_KEYS:
         if k not in row:
             row[k] = res.metrics.get(k)
+    row["warnings"] = list(res.warnings)
     return _clean(row)
 
 
@@ -373,7 +375,10 @@ def clip_markdown(res: ClipResult, images: dict[str, Path | None]) -> str:
            *(["| made from | the reference's frames shifted by half their number (`--shift-source`): colour shift "
               "measured against them, the measures that need the same moment left out |"] if res.shifted_source else []),
            f"| frames | {res.frames} at {res.fps:g} fps, {res.width}x{res.height} |",
-           f"| time | {res.seconds:.1f} s |", "", "## Lip sync", ""]
+           f"| time | {res.seconds:.1f} s |", ""]
+    if res.warnings:  # what the command printed as it measured: the figures below are read in their light
+        out += ["## Warnings", "", *(f"- {' '.join(str(w).split())}" for w in res.warnings), ""]
+    out += ["## Lip sync", ""]
     out += _sync_table(res)
     if images.get("sync"):
         out += [f"![score against audio offset]({images['sync'].name})", ""]
@@ -509,6 +514,9 @@ def write_batch_report(results: Iterable[ClipResult], out_dir: str | Path, title
     agg = aggregate(rows)
     skipped = [{"clip": c, "reason": why} for c, why in left_out or ()]
     text = batch_markdown(rows, agg, title)
+    warned = [(r["clip"], w) for r in rows for w in r["warnings"]]
+    if warned:  # a figure of the table may be read wrongly without them
+        text += "\nWarnings:\n\n" + "".join(f"- {c}: {' '.join(str(w).split())}\n" for c, w in warned)
     if skipped:
         text += "\nLeft out (not measured):\n\n" + "".join(f"- {s['clip']}: {s['reason']}\n" for s in skipped)
     with _all_or_nothing(out) as partial:
