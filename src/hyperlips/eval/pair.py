@@ -269,7 +269,7 @@ def evaluate_pair(
         if not same and ref_wav is not None and wav is not None:
             same = _same_audio(wav, ref_wav) > SAME_AUDIO_CORRELATION
         proto = "self-reconstruction" if same else "cross-audio"
-        if same and ref_wav is not None and audio is None:  # nothing said the reference's speech drove it: assumed
+        if same and ref_wav is not None and audio is None and not gi.has_audio:  # assumed: nothing said it was
             warn(f"{gen_path} has no sound track: scored against {ref_path}'s own speech, as a self-reconstruction "
                  "(pass --audio with the speech it was made from if it is another)")
         elif not same and ref_wav is None and wav is not None:  # nothing to compare the speech with
