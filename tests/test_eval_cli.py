@@ -47,6 +47,20 @@ def test_eval_refuses_missing_syncnet_weights(tmp_path, real_data):
     assert not (tmp_path / "o").exists()
 
 
+def test_options_for_generating_are_refused_on_a_finished_result(tmp_path, real_data, capsys):
+    """They were dropped without a word: even --checkpoint naming no file measured the result as it was."""
+    from hyperlips.cli import main
+
+    clip = real_data / "hyperlips" / "video1.mp4"
+    code = main(["eval", str(clip), "--reference", str(clip), "--checkpoint", str(tmp_path / "none.safetensors"),
+                 "-o", str(tmp_path / "o")])
+    assert code == 2 and "--checkpoint is for the videos eval makes itself" in capsys.readouterr().err
+    code = main(["eval", str(clip), "--reference", str(clip), "--mouth", "warp", "--voice", "fr", "--threads", "1",
+                 "-o", str(tmp_path / "o")])
+    assert code == 2 and "--mouth, --voice are for the videos eval makes itself" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_eval_report_on_real_clip_with_test_weights(tmp_path, real_data):
     """A real clip against itself, with random public-SyncNet weights and a random expert written by the test:
     the whole report (JSON, Markdown, every plot) and the LSE / expert sections."""
@@ -411,8 +425,20 @@ def test_self_protocol_forced_on_other_speech_warns(real_data, tmp_path):
         evaluate_pair(clip, clip, other, protocol="self", perceptual=False, max_seconds=0.4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", InputWarning)
+        warnings.filterwarnings("ignore", r"only \d+ frames", InputWarning)  # (0.4 s: too short to compare, said)
         res = evaluate_pair(clip, clip, None, protocol="self", perceptual=False, max_seconds=0.4)
     assert res.protocol == "self-reconstruction"
+
+
+def test_a_sound_file_given_for_a_video_says_which_input_it_was(real_data):
+    from hyperlips.errors import MediaError
+    from hyperlips.eval.protocols import evaluate_pair
+
+    clip, wav = real_data / "retalking" / "face2.mp4", real_data / "hyperlips" / "audio1.wav"
+    with pytest.raises(MediaError, match=r"^the reference video \(--reference\): \S*audio1.wav has no video stream"):
+        evaluate_pair(clip, wav, perceptual=False)
+    with pytest.raises(MediaError, match=r"^the generated video: \S*audio1.wav has no video stream"):
+        evaluate_pair(wav, clip, perceptual=False)
 
 
 def test_a_generated_frame_is_compared_with_the_source_frame_sync_made_it_from(real_data):

@@ -210,6 +210,8 @@ def test_real_video_against_itself_is_perfect(real_data):
     assert m["jitter_ratio"] == 1.0 and m["flicker_ratio"] == 1.0 and m["sharpness_ratio"] == 1.0
     assert m["jitter_gen"] > 0 and m["flicker_gen"] > 0  # a real clip moves: the ratios compare real numbers
     assert r.sync["lse"]["status"].startswith("unavailable")
+    assert any(w.startswith("only 30 frames (1.20 s) of ") for w in r.warnings), r.warnings  # too few to compare
+    assert not any("frames (" in w for w in evaluate_pair(clip, clip, max_seconds=2.0, perceptual=False).warnings)
 
 
 def test_a_result_without_a_mouth_keeps_the_references_sync_score(real_data, tmp_path):
@@ -270,9 +272,10 @@ def test_a_missing_sound_track_is_said_and_kept_in_the_report(real_data, face_cl
 
     with pytest.warns(UserWarning, match="has no sound track: scored against .*voiced.mp4's own speech"):
         r = evaluate_pair(silent, voiced, perceptual=False)
-    assert r.protocol == "self-reconstruction" and len(r.warnings) == 1 and "plain.mp4 has no sound" in r.warnings[0]
+    said = [w for w in r.warnings if "sound" in w]  # (and that 1 s is too short to compare)
+    assert r.protocol == "self-reconstruction" and len(said) == 1 and "plain.mp4 has no sound" in said[0]
     paths = write_clip_report(r, tmp_path / "report")
-    assert "## Warnings" in paths["markdown"].read_text()
+    assert "## Warnings" in paths["markdown"].read_text() and said[0] in paths["markdown"].read_text()
     assert json.loads(paths["json"].read_text())["warnings"] == r.warnings
 
     with pytest.warns(UserWarning, match="plain.mp4 has no sound track, so whether .* cannot be told"):
@@ -280,8 +283,9 @@ def test_a_missing_sound_track_is_said_and_kept_in_the_report(real_data, face_cl
     assert r.protocol == "cross-audio" and r.metrics["lmd"] is None and "no sound track" in r.notes["lmd"]
     with warnings.catch_warnings():  # told, or both with their sound: nothing to warn of
         warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", r"only 25 frames")
         r = evaluate_pair(voiced, silent, protocol="self", perceptual=False)
-        assert r.protocol == "self-reconstruction" and r.metrics["lmd"] < 0.02 and r.warnings == []
+        assert r.protocol == "self-reconstruction" and r.metrics["lmd"] < 0.02
         assert evaluate_pair(voiced, voiced, perceptual=False).protocol == "self-reconstruction"
 
 

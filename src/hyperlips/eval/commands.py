@@ -164,6 +164,13 @@ def _run_eval(args, made: list[tuple[Path, bool]]) -> int:
     progress = not args.quiet
     if args.speech and args.protocol != "phonemes":
         raise UserError("--speech is for --protocol phonemes (the speech a result was made with: --audio)")
+    if args.clips is None and args.protocol not in ("tail", "phonemes"):
+        given = _generation_options(args)
+        if given:  # a finished video is measured as it is: these would have been dropped without a word
+            raise UserError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for the videos eval makes itself "
+                            "(--clips with a protocol); a finished result is measured as it is: leave "
+                            f"{'it' if len(given) == 1 else 'them'} out, or pass {'it' if len(given) == 1 else 'them'} "
+                            "to the `sync` that made it")
     if args.output is None:
         one = args.generated is not None and not args.generated.is_dir() and args.clips is None
         args.output = Path("hyperlips_eval") / args.generated.stem if one else Path("hyperlips_eval")
@@ -313,6 +320,20 @@ def _need_weights(args, message: str) -> None:
 
     if args.checkpoint is None and not args.untrained and shipped.starter() is None:
         raise UserError(f"{message} ({shipped.absent('starter')})")
+
+
+def _generation_options(args) -> list[str]:
+    """The options given that only make or choose the videos eval generates (``--clips``), not a finished one."""
+    from ..face.steady import DEFAULT_WEIGHT
+
+    given = [("--checkpoint", args.checkpoint is not None), ("--hr-checkpoint", args.hr_checkpoint is not None),
+             ("--size", args.size is not None), ("--batch-size", args.batch_size != 16),
+             ("--precision", args.precision != "auto"), ("--temporal-blend", args.temporal_blend != DEFAULT_WEIGHT),
+             ("--mouth", args.mouth != "auto"), ("--untrained", args.untrained), ("--model", args.model is not None),
+             ("--shift-source", args.shift_source), ("--tail-fraction", args.tail_fraction != 0.15),
+             ("--tail-seconds", args.tail_seconds is not None), ("--text", args.text is not None),
+             ("--voice", args.voice != "en-us")]
+    return [flag for flag, yes in given if yes]
 
 
 def _load_models(args, device) -> dict:

@@ -33,6 +33,7 @@ PROTOCOLS = ("auto", "self", "cross")
 SAME_AUDIO_CORRELATION = 0.9
 # metrics that need the reference mouth as ground truth
 # cross-audio: the mouth follows other speech than the reference's, so nothing compares it with the reference's mouth
+SHORT_CLIP_S = 2.0  # a scored stretch shorter than this is warned of (a correlation of 25 frames: +-0.4 by chance)
 SHORT_AUDIO_S = 0.2  # speech shorter than the scored video by more than this is warned (frames scored on silence)
 MISSED_MOUTHS_SHARE = 0.05  # a result whose mouth is not found on more of the reference's frames than this: warned
 GROUND_TRUTH_METRICS = ("psnr_face", "psnr_mouth", "ssim_face", "ssim_mouth", "lmd", "opening_r", "opening_lag",
@@ -159,6 +160,14 @@ def _box_array(b) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- one pair
+def _probe_as(probe, path, role: str):
+    """``probe(path)``, its error saying which input ``path`` was given as (a sound file given for a video)."""
+    try:
+        return probe(path)
+    except MediaError as e:
+        raise MediaError(f"{role}: {e}") from None
+
+
 def _keeping_warnings(measure):
     """``measure`` with the warnings it issued kept in its result (``ClipResult.warnings``), for the report."""
 
@@ -217,8 +226,8 @@ def evaluate_pair(
         require_file(ref_path, "reference video")
     if audio is not None:
         require_file(audio, "audio")
-    gi = probe(gen_path)
-    ri = probe(ref_path) if ref_path is not None else None
+    gi = _probe_as(probe, gen_path, "the generated video")
+    ri = _probe_as(probe, ref_path, "the reference video (--reference)") if ref_path is not None else None
     if gi.is_image:
         raise UserError(f"{gen_path} is a still image; evaluation needs a video")
     crop = None  # (height, width) the generated frames are cut to
@@ -293,6 +302,9 @@ def evaluate_pair(
     if n < 1:
         raise MediaError(f"no frames could be decoded from {gen_path}")
     scored = float(gen_times[n - 1] - gen_times[0]) + 1.0 / float(gi.fps)  # the video's time scored
+    if scored < SHORT_CLIP_S:
+        warn(f"only {n} frames ({scored:.2f} s) of {gen_path} are scored: correlations, lags and ratios over so few "
+             f"frames move a lot from one clip to the next; score at least {SHORT_CLIP_S:g} s for figures to compare")
     if wav is not None and len(wav) / 16000 < scored - SHORT_AUDIO_S:  # (the frames after it read as silence)
         warn(f"the speech ({audio_desc}) lasts {len(wav) / 16000:.2f} s, the video {scored:.2f} s: the frames after "
              "the speech are scored against silence, which throws the sync scores and the mouth-loudness "
