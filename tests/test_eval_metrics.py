@@ -289,6 +289,20 @@ def test_a_missing_sound_track_is_said_and_kept_in_the_report(real_data, face_cl
         assert evaluate_pair(voiced, voiced, perceptual=False).protocol == "self-reconstruction"
 
 
+def test_another_face_in_view_is_said_and_choosing_one_quiets_it(real_data, face_clip, tmp_path):
+    """The largest face was measured without a word where two people are in view (sync says it the same way)."""
+    size = (256, 256)
+    left = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in _frames(face_clip["plain"], 25)]
+    right = [cv2.resize(f, size, interpolation=cv2.INTER_AREA)
+             for f in _frames(real_data / "retalking" / "face2.mp4", 25)]
+    two = _write(tmp_path / "two.mp4", [np.concatenate([a, b], axis=1) for a, b in zip(left, right)], 25)
+    with pytest.warns(UserWarning, match=r"two.mp4: 25 of its 25 frames with a face show more than one; the largest "
+                                         r"at the start is measured \(--face N"):
+        evaluate_pair(two, two, perceptual=False)
+    r = evaluate_pair(two, two, perceptual=False, face_index=1)
+    assert not any("more than one" in w for w in r.warnings) and r.metrics["lmd"] == 0.0
+
+
 def test_shaken_copy_of_real_clip(face_clip):
     shaken = evaluate_pair(face_clip["shaken"], face_clip["plain"], protocol="self", perceptual=False).metrics
     # docs/evaluation.md: a jitter ratio of about 4.3 and a flicker ratio of about 2.5 (measured 4.35 and 2.50)

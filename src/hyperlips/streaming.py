@@ -544,6 +544,18 @@ class FaceStage:
             self._reported = True
             self.on_first_pass_end()
             report_shots(self.track, self.boxes, self.fps)
+            report_several_faces(self.track)
+
+
+def report_several_faces(track, use: str = "followed") -> None:
+    """A warning where another face shows beside the one ``track`` followed (``OnlineTrack.several_faces``): the
+    largest was taken, unasked, and the speech may be the other person's."""
+    from .errors import warn
+
+    if track.several_faces():
+        warn(f"{track.source}: {track.frames_with_several} of its {track.frames_with_face} frames with a face show "
+             f"more than one; the largest at the start is {use} (--face N, counted from the left from 0, or --face-box "
+             "X1,Y1,X2,Y2 picks another)")
 
 
 def report_shots(track, boxes: list, fps: float) -> None:

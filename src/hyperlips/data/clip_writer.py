@@ -119,7 +119,6 @@ def _process_clip(path: Path, out_dir: Path, rel: PurePosixPath, opts: Preproces
         _writing.remove(tmp)
 
 
-MANY_FACES_SHARE = 0.25  # a clip with more than one face in more than this share of its frames with a face: warned
 
 
 class _Skip(Exception):
@@ -129,7 +128,7 @@ class _Skip(Exception):
 def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: PreprocessOptions) -> tuple[int, float]:
     from ..face.detect import FaceDetector
     from ..face.landmarks import FaceMesh, draw_sketch, lip_mask
-    from ..face.track_online import OnlineTrack
+    from ..face.track_online import MANY_FACES_SHARE, OnlineTrack
     from ..media.audio import is_silent, load_audio, melspectrogram
     from ..media.timing import open_timeline, report_damage
     from ..pipeline import face_crop

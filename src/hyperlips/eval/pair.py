@@ -134,7 +134,7 @@ def _track(path: Path, info, n: int, face_index: Optional[int], progress: bool, 
     from ..face.detect import FaceDetector
     from ..face.track_online import OnlineTrack
     from ..media.video import FrameReader
-    from ..streaming import check_face_box
+    from ..streaming import check_face_box, report_several_faces
 
     face_box = check_face_box(face_box, info.width, info.height)  # said at once, and clipped, as sync does: the
     # same box picks the same person in both
@@ -144,7 +144,9 @@ def _track(path: Path, info, n: int, face_index: Optional[int], progress: bool, 
     with FaceDetector() as det, FrameReader(path) as reader:
         for fr in _bar(reader.iter_range(0, n), n, f"faces {path.name}", progress):
             boxes += [b for _, b in track.push(det.detect(fr.image), fr.image)]
-    return boxes + [b for _, b in track.finish()]
+    boxes += [b for _, b in track.finish()]
+    report_several_faces(track, "measured")
+    return boxes
 
 
 def _bar(it, total, desc, progress):

@@ -30,6 +30,8 @@ from hyperlips.face.detect import Box
 from hyperlips.face.track import (DEFAULT_PAD, NO_FACE_ADVICE, BoxLike, _as_box, _crop_or_none, _matches, pick_face,
                                   _plain, track_settings)
 
+MANY_FACES_SHARE = 0.25  # more than one face in more than this share of the frames with a face: another person in view
+
 
 class OnlineTrack:
     """Feed :meth:`push` one frame's detections at a time (frame 0, 1, ...); it returns the frames whose box became
@@ -86,6 +88,8 @@ class OnlineTrack:
         self.shot_of: list[int] = []  # each pushed frame's shot (0, 1, ...)
         self.shot_starts: list[int] = [0]  # each shot's first frame
         self._most_faces = 0  # the most faces a frame showed (for a --face N that none reached)
+        self.frames_with_face = 0  # frames with at least one detection
+        self.frames_with_several = 0  # frames with more than one (another person in view: ``several_faces``)
 
     # ------------------------------------------------------------------ public
     def push(self, detections: Sequence[Box], image: Optional[np.ndarray] = None) -> list[tuple[int, Optional[Box]]]:
@@ -106,6 +110,8 @@ class OnlineTrack:
                 out = self._end_shot()
                 self.shot_starts.append(t)
         self.n += 1
+        self.frames_with_face += len(detections) > 0
+        self.frames_with_several += len(detections) > 1
         self.shot_of.append(len(self.shot_starts) - 1)
         chosen = self._select(t, detections)
         self.raw.append(chosen)
@@ -119,6 +125,13 @@ class OnlineTrack:
         out += self._emit(ended=True)
         self._prev = self._last = None
         return out
+
+    def several_faces(self) -> bool:
+        """Whether another face shows beside the followed one often enough to say so (more than
+        :data:`MANY_FACES_SHARE` of the frames with a face) while nothing said which to follow (``face_index`` or
+        ``box``): the largest is then taken, and the speech may be another's."""
+        chose = self.face_index is not None or self.user_box is not None
+        return not chose and self.frames_with_several > MANY_FACES_SHARE * max(1, self.frames_with_face)
 
     @property
     def shots(self) -> int:
