@@ -134,6 +134,18 @@ def test_end_to_end_row_on_a_short_clip(tmp_path):
     assert {"decode", "faces", "network", "paste", "encode"} <= stages
 
 
+def test_the_json_names_an_end_to_end_runs_stages_without_the_tables_indent(tmp_path):
+    """The JSON kept the table's layout in the stage names ("  e2e: encode"): the indent is the table's alone."""
+    video, audio = B.synthetic_clip(tmp_path, seconds=0.4)
+    rows = [asdict(r) for r in B.bench_end_to_end(video, audio, 128, "cpu", 4, tmp_path)]
+    stages = [r["stage"] for r in json.loads(json.dumps(B._json_safe(rows)))]
+    assert stages[0] == "end-to-end" and {"e2e: decode", "e2e: encode"} <= set(stages[1:]), stages
+    assert all(s == s.strip() for s in stages), stages
+    table = B.format_table({"rows": rows, "machine": {"processor": "a CPU", "cpu_count": 2, "torch": "2",
+                                                      "threads": 1, "cuda": None}, "clip": "c", "seconds": 1})
+    assert "\n  e2e: encode " in table and B.format_row(rows[-1]).startswith("  e2e: "), table
+
+
 def test_the_synthetic_clip_shows_its_face_at_every_size_and_a_row_says_frames_without_one(tmp_path, monkeypatch):
     """The synthetic 1080p clip pasted the same 400 px face as at 720p: the detector found it in about a third of the
     frames, so the "1080p end to end" speed skipped the network and paste-back on two thirds of them, without a word.

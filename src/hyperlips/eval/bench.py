@@ -523,12 +523,14 @@ COLUMNS = ("stage", "variant", "size", "device", "precision", "batch", "frames",
 
 def _cells(r: BenchRow | dict) -> list[str]:
     d = asdict(r) if isinstance(r, BenchRow) else r
+    # an end-to-end run's stages are indented under it in the table only (the JSON's names carry no layout)
+    stage = "  " + d["stage"] if d["stage"].startswith("e2e: ") else d["stage"]
     if d["status"] != "ok":
-        return [d["stage"], d["variant"], _s(d["size"]), d["device"], d["precision"], _s(d["batch"]), "", d["status"]]
+        return [stage, d["variant"], _s(d["size"]), d["device"], d["precision"], _s(d["batch"]), "", d["status"]]
     fps = d["fps"]
     ms = 1000.0 / fps if fps and fps > 0 else float("nan")
     spread = f" ({d['fps_low']:.1f}-{d['fps_high']:.1f})" if _has_range(d) else ""
-    return [d["stage"], d["variant"], _s(d["size"]), d["device"], d["precision"], _s(d["batch"]), str(d["frames"]),
+    return [stage, d["variant"], _s(d["size"]), d["device"], d["precision"], _s(d["batch"]), str(d["frames"]),
             f"{fps:.2f}{spread}", f"{ms:.1f}", _s(d["peak_mb"], "{:.0f}"), _s(d["delta_mb"], "{:+.0f}")]
 
 

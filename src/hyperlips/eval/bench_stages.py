@@ -583,7 +583,7 @@ def bench_end_to_end(video: Path, audio: Path, size: int, device: str, batch: in
         rows[0].first_frame = rep.first_frame_seconds
     rows[0].video_fps = float(rep.fps)
     for stage, s in rep.timings.items():
-        rows.append(BenchRow(f"  e2e: {stage}", "busy time inside LipSync.sync", size, device, ls.precision, batch,
+        rows.append(BenchRow(f"e2e: {stage}", "busy time inside LipSync.sync", size, device, ls.precision, batch,
                              rep.frames, s, rep.frames / s if s > 0 else float("inf")))
     return rows
 
