@@ -146,6 +146,21 @@ def test_the_json_names_an_end_to_end_runs_stages_without_the_tables_indent(tmp_
     assert "\n  e2e: encode " in table and B.format_row(rows[-1]).startswith("  e2e: "), table
 
 
+def test_rows_without_a_network_say_no_precision(tmp_path):
+    """decode, faces, paste and encode said "fp32" in the precision column, and an end-to-end run's decode or encode
+    its network's precision: only rows that run a network have one ("-" in the table, null in the JSON)."""
+    encode = B.bench_encode([np.zeros((32, 32, 3), np.uint8)] * 2, tmp_path)
+    skipped = B.bench_paste([np.zeros((32, 32, 3), np.uint8)], [None], 128)  # (no face: skipped)
+    video, audio = B.synthetic_clip(tmp_path, seconds=0.4)
+    e2e = B.bench_end_to_end(video, audio, 128, "cpu", 4, tmp_path)
+    precision = {r.stage: r.precision for r in [encode, skipped] + e2e}
+    assert precision["encode"] is None and precision["paste"] is None, precision
+    assert precision["end-to-end"] == precision["e2e: network"] in ("fp32", "bf16"), precision
+    assert all(precision[f"e2e: {s}"] is None for s in ("decode", "faces", "paste", "encode")), precision
+    assert B.format_row(encode).split(" | ")[4] == "-" and B.format_row(skipped).split(" | ")[4] == "-"
+    assert json.loads(json.dumps(B._json_safe(asdict(encode))))["precision"] is None
+
+
 def test_the_synthetic_clip_shows_its_face_at_every_size_and_a_row_says_frames_without_one(tmp_path, monkeypatch):
     """The synthetic 1080p clip pasted the same 400 px face as at 720p: the detector found it in about a third of the
     frames, so the "1080p end to end" speed skipped the network and paste-back on two thirds of them, without a word.

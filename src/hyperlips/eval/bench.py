@@ -316,8 +316,8 @@ def _run_bench(*, sizes, devices, precisions, batches, frames, models, video, au
         jobs: list[tuple] = []  # (priority, order, kind, args)
         for dev in devices:
             if dev.startswith("cuda") and not torch.cuda.is_available():
-                add([BenchRow("network", "", s, dev, "-", None, status="skipped: no CUDA GPU on this machine") for s in sizes])
-                add(BenchRow("end-to-end", "", None, dev, "-", None, status="skipped: no CUDA GPU on this machine"))
+                add([BenchRow("network", "", s, dev, None, None, status="skipped: no CUDA GPU on this machine") for s in sizes])
+                add(BenchRow("end-to-end", "", None, dev, None, None, status="skipped: no CUDA GPU on this machine"))
                 continue
             if 128 in sizes:
                 jobs.append((0, len(jobs), "network", (128, dev, "fp32", "", "hyperlips-base", "original")))
@@ -526,11 +526,11 @@ def _cells(r: BenchRow | dict) -> list[str]:
     # an end-to-end run's stages are indented under it in the table only (the JSON's names carry no layout)
     stage = "  " + d["stage"] if d["stage"].startswith("e2e: ") else d["stage"]
     if d["status"] != "ok":
-        return [stage, d["variant"], _s(d["size"]), d["device"], d["precision"], _s(d["batch"]), "", d["status"]]
+        return [stage, d["variant"], _s(d["size"]), d["device"], _s(d["precision"]), _s(d["batch"]), "", d["status"]]
     fps = d["fps"]
     ms = 1000.0 / fps if fps and fps > 0 else float("nan")
     spread = f" ({d['fps_low']:.1f}-{d['fps_high']:.1f})" if _has_range(d) else ""
-    return [stage, d["variant"], _s(d["size"]), d["device"], d["precision"], _s(d["batch"]), str(d["frames"]),
+    return [stage, d["variant"], _s(d["size"]), d["device"], _s(d["precision"]), _s(d["batch"]), str(d["frames"]),
             f"{fps:.2f}{spread}", f"{ms:.1f}", _s(d["peak_mb"], "{:.0f}"), _s(d["delta_mb"], "{:+.0f}")]
 
 

@@ -42,7 +42,7 @@ class BenchRow:
     variant: str = ""
     size: Optional[int] = None
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: Optional[str] = None  # the networks' (None: a stage without one, decode or paste: "-" in the table)
     batch: Optional[int] = None
     frames: int = 0
     seconds: float = float("nan")
@@ -582,9 +582,10 @@ def bench_end_to_end(video: Path, audio: Path, size: int, device: str, batch: in
     if rep.first_frame_seconds is not None:
         rows[0].first_frame = rep.first_frame_seconds
     rows[0].video_fps = float(rep.fps)
-    for stage, s in rep.timings.items():
-        rows.append(BenchRow(f"e2e: {stage}", "busy time inside LipSync.sync", size, device, ls.precision, batch,
-                             rep.frames, s, rep.frames / s if s > 0 else float("inf")))
+    for stage, s in rep.timings.items():  # (only the network stage has a precision)
+        rows.append(BenchRow(f"e2e: {stage}", "busy time inside LipSync.sync", size, device,
+                             ls.precision if stage == "network" else None, batch, rep.frames, s,
+                             rep.frames / s if s > 0 else float("inf")))
     return rows
 
 
