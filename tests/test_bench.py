@@ -530,7 +530,34 @@ def test_seconds_sets_the_end_to_end_runs_length(monkeypatch, tmp_path):
                          "--precisions", "fp32", "--devices", "cpu", "--original-batch", "0", "-o", str(out)])
     assert B.run_bench_command(args) == 0
     assert seen == {"frames": 50, "speech": 2.0}
-    assert json.loads(out.read_text())["clip"].startswith("synthetic 2 s 25 fps clips")
+    assert json.loads(out.read_text())["clip"] == ("synthetic 25 fps clip (astronaut photo drifting): 1280x720 (the "
+                                                   "stages on its first 25 frames, 2 s end to end)")
+
+
+def test_the_clip_is_said_as_this_run_used_it(monkeypatch):
+    """The text named "synthetic 6 s 25 fps clips at 1280x720 and 1920x1080" whatever ran: with --end-to-end limited
+    to 720p, or none, it named runs that were not made."""
+    monkeypatch.setattr(B, "bench_end_to_end", lambda *a, **k: [])
+    monkeypatch.setattr(B, "bench_network", lambda *a, **k: [])
+    for kind in ("decode", "encode", "paste"):
+        monkeypatch.setattr(B, f"bench_{kind}", lambda *a, **k: [])
+    monkeypatch.setattr(B, "bench_faces", lambda images: ([], [(0, 0, 4, 4)] * len(images)))
+    monkeypatch.setattr(B, "synthetic_clip", lambda folder, seconds, size: (folder / "v.mp4", folder / "a.wav"))
+    monkeypatch.setattr(B, "_cut_audio", lambda src, dst, seconds: dst)
+    monkeypatch.setattr(B, "_fps", lambda v: 25.0)
+    monkeypatch.setattr(B, "_load_frames", lambda v, n: [np.zeros((8, 8, 3), np.uint8)] * n)
+
+    def clip(end_to_end, budget=0):
+        return B.run_bench(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1,), frames=1,
+                           end_to_end=end_to_end, memory_seconds=(), generator_table=False, original_batch=0,
+                           budget=budget)["clip"]
+
+    head = "synthetic 25 fps clip (astronaut photo drifting): 1280x720 (the stages on its first 25 frames"
+    assert clip(["lite:720:128"]) == head + ", 6 s end to end)"
+    assert clip([]) == clip(["lite:1080:128"], budget=1e-9) == head + ")"  # (the 1080p run skipped: not made)
+    assert clip(["lite:1080:128", "lite:720:256"]) == ("synthetic 25 fps clips (astronaut photo drifting): 1280x720 "
+                                                       "(the stages on its first 25 frames, 6 s end to end), "
+                                                       "1920x1080 (6 s end to end)")
 
 
 def test_a_given_video_without_a_face_is_refused_before_the_network_rows(monkeypatch, tmp_path):

@@ -278,10 +278,8 @@ def _run_bench(*, sizes, devices, precisions, batches, frames, models, video, au
                 clips[height] = synthetic_clip(tmp / f"{height}p", seconds=seconds, size=HEIGHTS[height])
             return clips[height]
 
-        if video is None:
-            clip_desc = f"synthetic {seconds:g} s 25 fps clips at 1280x720 and 1920x1080 (astronaut photo drifting)"
-        else:
-            clip_desc = str(video)
+        clip_desc = str(video) if video is not None else ""  # (the user's file: a copy of it may be timed)
+        e2e_heights: list[int] = []  # the synthetic clips' heights an end-to-end run was made on
         io_video, io_audio = clip(720)
         e2e_audio = _cut_audio(io_audio, tmp / "bench_e2e_speech.wav", seconds) if specs else None  # (speech: for
         # the end-to-end runs alone)
@@ -364,6 +362,7 @@ def _run_bench(*, sizes, devices, precisions, batches, frames, models, video, au
                                  status=reason))
                     continue
                 v, _ = clip(spec.height)
+                e2e_heights += [spec.height] if spec.height not in e2e_heights else []
                 try:
                     rows_e2e = bench_end_to_end(v, e2e_audio, spec.size, dev, max(batches), tmp, spec.model,
                                                 label=f"{spec.height}p" if video is None else shown_name)
@@ -383,7 +382,7 @@ def _run_bench(*, sizes, devices, precisions, batches, frames, models, video, au
                     "threads": torch.get_num_threads(),
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "load_start": load_start, "load_end": load_average()},
-        "clip": clip_desc,
+        "clip": clip_desc or _synthetic_words(len(images), seconds, e2e_heights),
         "generators": generators,
         "budget_seconds": budget,
         "seconds": round(time.perf_counter() - t_all, 1),
@@ -391,6 +390,17 @@ def _run_bench(*, sizes, devices, precisions, batches, frames, models, video, au
     }
     result["summary"] = summarise(result["rows"], original_batch, result["machine"])
     return result
+
+
+def _synthetic_words(stage_frames: int, seconds: float, e2e_heights: list[int]) -> str:
+    """The synthetic clips this run used, each with what it was used for: the 720p one's first frames for the
+    stages, and those an end-to-end run was made on (it named a 6 s 1080p clip in runs limited to 720p)."""
+    parts = []
+    for h in sorted({720, *e2e_heights}):
+        did = ([f"the stages on its first {stage_frames} frames"] if h == 720 else []) + (
+            [f"{seconds:g} s end to end"] if h in e2e_heights else [])
+        parts.append(f"{'x'.join(map(str, HEIGHTS[h]))} ({', '.join(did)})")
+    return f"synthetic 25 fps clip{'s' if len(parts) > 1 else ''} (astronaut photo drifting): {', '.join(parts)}"
 
 
 def _pace(r: dict, before: str = " (", after: str = ")") -> str:
