@@ -494,13 +494,47 @@ def test_a_given_video_runs_each_model_once_and_says_the_heights_do_not_apply(mo
     monkeypatch.setattr(B, "_cut_audio", lambda src, dst, seconds: dst)
     monkeypatch.setattr(B, "_fps", lambda v: 25.0)
     monkeypatch.setattr(B, "_load_frames", lambda v, n: [np.zeros((8, 8, 3), np.uint8)])
+    monkeypatch.setattr(B, "_frame_size", lambda v: (1280, 720))
     video = tmp_path / "me.mp4"
     video.write_bytes(b"read by nothing here")
     B.run_bench(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1,), frames=1, video=video,
                 audio=video, end_to_end=("lite:1080:128", "lite:720:128", "lite:720:256"), memory_seconds=(),
                 generator_table=False, original_batch=0, log=said.append)
     assert calls == [("me.mp4", 128), ("me.mp4", 256)]
-    assert any("--video me.mp4: the end-to-end runs use it at its own size" in m for m in said)
+    assert ("warning: --video me.mp4 is 1280x720: the end-to-end runs use it at its own size, not at 1080p (the "
+            "heights in --end-to-end choose the synthetic clips)") in said, said
+
+
+def test_a_given_video_with_one_run_of_another_height_is_warned(monkeypatch, tmp_path):
+    """``--video`` a 720p clip with ``--end-to-end lite:1080:128`` alone ran it at 720p without a word (only two
+    heights were said); the clip line says the size it ran at."""
+    calls, said = [], []
+    monkeypatch.setattr(B, "bench_network", lambda *a, **k: [])
+    monkeypatch.setattr(B, "bench_end_to_end", lambda v, a, size, *r, **k: calls.append((v.name, size)) or [])
+    for kind in ("decode", "encode", "paste"):
+        monkeypatch.setattr(B, f"bench_{kind}", lambda *a, **k: [])
+    monkeypatch.setattr(B, "bench_faces", lambda images: ([], [(0, 0, 4, 4)] * len(images)))
+    monkeypatch.setattr(B, "_cut_audio", lambda src, dst, seconds: dst)
+    monkeypatch.setattr(B, "_fps", lambda v: 25.0)
+    monkeypatch.setattr(B, "_load_frames", lambda v, n: [np.zeros((8, 8, 3), np.uint8)])
+    monkeypatch.setattr(B, "_frame_size", lambda v: (1280, 720))
+    video = tmp_path / "me.mp4"
+    video.write_bytes(b"read by nothing here")
+
+    def run(*specs):
+        said.clear()
+        return B.run_bench(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1,), frames=1, video=video,
+                           audio=video, end_to_end=specs, memory_seconds=(), generator_table=False, original_batch=0,
+                           log=said.append)
+
+    res = run("lite:1080:128")
+    assert calls == [("me.mp4", 128)]
+    assert [m for m in said if m.startswith("warning: ")] == [
+        "warning: --video me.mp4 is 1280x720: the end-to-end runs use it at its own size, not at 1080p (the heights "
+        "in --end-to-end choose the synthetic clips)"], said
+    assert res["clip"] == f"{video} (1280x720, its own size)"
+    run("lite:720:128", "base:720:128")  # its own height: nothing to say
+    assert not [m for m in said if m.startswith("warning: ")], said
 
 
 def test_seconds_sets_the_end_to_end_runs_length(monkeypatch, tmp_path):
@@ -573,6 +607,7 @@ def test_a_given_video_without_a_face_is_refused_before_the_network_rows(monkeyp
     monkeypatch.setattr(B, "_fps", lambda v: 25.0)
     monkeypatch.setattr(B, "_load_frames", lambda v, n: [np.zeros((8, 8, 3), np.uint8)] * 3)
     monkeypatch.setattr(B, "first_face_frame", lambda v: None)  # nor later
+    monkeypatch.setattr(B, "_frame_size", lambda v: (1280, 720))
     video = tmp_path / "wall.mp4"
     video.write_bytes(b"read by nothing here")
     with pytest.raises(UserError, match="no face found in the first 60 s of .*wall.mp4: the end-to-end runs"):

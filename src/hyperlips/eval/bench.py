@@ -160,6 +160,14 @@ def _fps(video: Path) -> float:
     return float(probe(video).fps)
 
 
+def _frame_size(video: Path) -> tuple[int, int]:
+    """The width and height of ``video``'s pictures (as shown: after rotation)."""
+    from ..media.video import probe
+
+    info = probe(video)
+    return int(info.width), int(info.height)
+
+
 def _e2e_too_long(rows: list, spec: E2ESpec, device: str, n_frames: int, budget: float, elapsed: float) -> Optional[str]:
     """A skip reason when the end-to-end run, estimated from the network rows measured for its model, would end past
     the time budget."""
@@ -246,10 +254,13 @@ def _run_bench(*, sizes, devices, precisions, batches, frames, models, video, au
     devices = list(devices) if devices else ["cpu", "cuda"]
     specs = [s if isinstance(s, E2ESpec) else E2ESpec.parse(s) for s in end_to_end]
     log = log or (lambda msg: None)
-    if video is not None and len({s.height for s in specs}) > 1:  # the heights choose synthetic clips; one video
-        specs = list({(s.model, s.size): s for s in specs}.values())  # is one size: the same run once
-        log(f"note: --video {Path(video).name}: the end-to-end runs use it at its own size (the heights in "
-            "--end-to-end choose the synthetic clips)")
+    own = _frame_size(video) if video is not None else None
+    other = sorted({s.height for s in specs} - {own[1]}) if own else []  # heights asked that the video is not
+    if other:  # not applied: said (lite:1080 on a 720p clip ran at 720p without a word)
+        log(f"warning: --video {Path(video).name} is {own[0]}x{own[1]}: the end-to-end runs use it at its own size, "
+            f"not at {' or '.join(f'{h}p' for h in other)} (the heights in --end-to-end choose the synthetic clips)")
+    if own and len({s.height for s in specs}) > 1:  # the heights choose synthetic clips; one video is one size:
+        specs = list({(s.model, s.size): s for s in specs}.values())  # the same run once
     rows: list[BenchRow] = []
     shown_name = Path(video).name if video is not None else ""  # (the user's file, also when a copy of it is timed)
     load_start = load_average()  # before this run adds its own
@@ -278,7 +289,8 @@ def _run_bench(*, sizes, devices, precisions, batches, frames, models, video, au
                 clips[height] = synthetic_clip(tmp / f"{height}p", seconds=seconds, size=HEIGHTS[height])
             return clips[height]
 
-        clip_desc = str(video) if video is not None else ""  # (the user's file: a copy of it may be timed)
+        # (the user's file: a copy of it may be timed)
+        clip_desc = "" if own is None else f"{video} ({own[0]}x{own[1]}, its own size)"
         e2e_heights: list[int] = []  # the synthetic clips' heights an end-to-end run was made on
         io_video, io_audio = clip(720)
         e2e_audio = _cut_audio(io_audio, tmp / "bench_e2e_speech.wav", seconds) if specs else None  # (speech: for
@@ -595,8 +607,9 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
                         "table gives their median and range)")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                    help=f"seconds after which the remaining measurements are skipped (default {DEFAULT_BUDGET:g}; 0 = no limit)")
-    p.add_argument("--video", type=Path, help="a talking-face clip to use, at its own size (default: synthetic 6 s 720p "
-                   "and 1080p clips, which the heights of --end-to-end choose)")
+    p.add_argument("--video", type=Path, help="a talking-face clip to use, at its own size: the heights of --end-to-end "
+                   "do not apply to it (a warning says so where they differ from it; default: synthetic 720p and "
+                   "1080p clips, which those heights choose)")
     p.add_argument("--audio", type=Path, help="speech for the end-to-end run (default: the clip's own audio)")
     p.add_argument("--seconds", type=float, default=CLIP_SECONDS,
                    help=f"length of the end-to-end runs (default {CLIP_SECONDS:g}: twice the reference face's search; "
