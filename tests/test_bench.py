@@ -211,7 +211,7 @@ def test_summary_compares_what_the_issue_asks():
     text = "\n".join(B.summarise([own] + rows))
     assert ("Base (bf16) end to end at 720p: 24.0 fps = 3.0x the reference network alone (8.0 fps: original layout, "
             "fp32, batch 16); 4.0x it in the original's own inference batch of 128 (6.0 fps)") in text
-    assert "Lite + HR end to end at 720p, mouth at 256 px: 12.0 fps" in text
+    assert "Lite + HR (bf16) end to end at 720p, mouth at 256 px: 12.0 fps" in text
     assert ("peak memory (Lite (random weights)): 840 MB on the long input against 800 MB on the short one (1.05x "
             "for 5x the length)") in text  # (which network: the rows did not say)
     assert "first frame" not in text  # rows that did not measure it (or JSON's None) say nothing of it
@@ -223,7 +223,7 @@ def test_summary_compares_what_the_issue_asks():
             "reference network alone") in text
     assert "Lite end to end at 720p: 30.0 fps (1.20x real time for 25 fps video, precision bf16; the first frame " \
            "after 0.50 s, then 33.1 fps)" in text
-    assert "Lite + HR end to end at 720p, mouth at 256 px: 12.0 fps (the first frame after 0.50 s, then 12.4 fps)" \
+    assert "Lite + HR (bf16) end to end at 720p, mouth at 256 px: 12.0 fps (the first frame after 0.50 s, then 12.4 fps)" \
         in text
 
 
@@ -324,15 +324,17 @@ def test_the_shipped_starter_runs_end_to_end_as_sync_runs_it(tmp_path):
     assert rows[0].stage == "end-to-end" and rows[0].frames == 10 and rows[0].fps > 0
     assert rows[0].variant == "Starter, 720p, shipped weights, mouth warp"
     assert str(B.E2ESpec.parse("starter:1080")) == "starter:1080:128"
-    line = B.summarise([dict(asdict(rows[0]), fps=27.5, first_frame=float("nan"))])
-    assert line == ["the shipped starter end to end at 720p, as sync runs it by default (mouth warp): 27.5 fps "
-                    "(1.10x real time for 25 fps video)"]
-    line = B.summarise([dict(asdict(rows[0]), fps=27.5)])[0]
-    assert line.startswith("the shipped starter end to end at 720p, as sync runs it by default (mouth warp): 27.5 "
-                           "fps (1.10x real time for 25 fps video; the first frame after "), line
+    line = B.summarise([dict(asdict(rows[0]), fps=27.5, first_frame=float("nan"), precision="bf16")])
+    assert line == ["the shipped starter end to end at 720p, its mouth as sync makes it by default (mouth warp): 27.5 "
+                    "fps (1.10x real time for 25 fps video, precision bf16)"]
+    line = B.summarise([dict(asdict(rows[0]), fps=27.5, precision="bf16")])[0]
+    assert line.startswith("the shipped starter end to end at 720p, its mouth as sync makes it by default (mouth "
+                           "warp): 27.5 fps (1.10x real time for 25 fps video, precision bf16; the first frame "
+                           "after "), line
     assert rows[0].video_fps == 25.0  # the run's own rate: a 30 fps clip's real time is 30 frames a second
-    line = B.summarise([dict(asdict(rows[0]), fps=27.5, video_fps=30.0, first_frame=float("nan"))])[0]
-    assert line.endswith("27.5 fps (0.92x real time for 30 fps video)"), line
+    line = B.summarise([dict(asdict(rows[0]), fps=27.5, video_fps=30.0, first_frame=float("nan"),
+                             precision="fp32")])[0]
+    assert line.endswith("27.5 fps (0.92x real time for 30 fps video, precision fp32)"), line
 
 
 @pytest.mark.parametrize("text", ["lite", "lite:480", "medium:720", "base:720:300", "lite:720:128:1",
@@ -566,6 +568,54 @@ def test_seconds_sets_the_end_to_end_runs_length(monkeypatch, tmp_path):
     assert seen == {"frames": 50, "speech": 2.0}
     assert json.loads(out.read_text())["clip"] == ("synthetic 25 fps clip (astronaut photo drifting): 1280x720 (the "
                                                    "stages on its first 25 frames, 2 s end to end)")
+
+
+def test_the_end_to_end_runs_are_made_in_the_precisions_given(monkeypatch, tmp_path):
+    """``--precisions fp32`` timed the networks in fp32 and ran the end-to-end rows in auto's bf16 (on a CPU with
+    bf16): given, the precisions are the end-to-end runs' too, each run made in each; not given, sync's auto."""
+    import argparse
+
+    from hyperlips.precision import cpu_has_native_bf16
+
+    video, audio = B.synthetic_clip(tmp_path, seconds=0.4)
+    row = B.bench_end_to_end(video, audio, 128, "cpu", 4, tmp_path, precision="fp32")[0]
+    assert row.precision == "fp32" and row.status == "ok"  # (auto: bf16 on a CPU that has it)
+
+    made, networks = [], []
+    monkeypatch.setattr(B, "bench_end_to_end", lambda v, a, size, dev, batch, folder, model, label, precision: made.append(
+        precision) or [B.BenchRow("end-to-end", f"Lite, {label}, random weights", size, dev, precision, batch, 10, 1.0,
+                                  10.0)])
+    monkeypatch.setattr(B, "bench_network", lambda size, dev, prec, *a: networks.append(prec) or [])
+    for kind in ("decode", "encode", "paste"):
+        monkeypatch.setattr(B, f"bench_{kind}", lambda *a, **k: [])
+    monkeypatch.setattr(B, "bench_faces", lambda images: ([], [(0, 0, 4, 4)] * len(images)))
+    monkeypatch.setattr(B, "synthetic_clip", lambda folder, seconds, size: (video, audio))
+    monkeypatch.setattr(B, "generator_costs", lambda *a, **k: [])
+    monkeypatch.setattr(B, "format_table", lambda result: "")
+    p = argparse.ArgumentParser()
+    B.add_bench_options(p)
+
+    def run(*precisions):
+        made.clear(), networks.clear()
+        out = tmp_path / "b.json"
+        given = ["--precisions", *precisions] if precisions else []
+        B.run_bench_command(p.parse_args([*given, "--end-to-end", "lite:720", "--memory-seconds", "--sizes", "128",
+                                          "--models", "lite", "--devices", "cpu", "--original-batch", "0",
+                                          "-o", str(out)]))
+        return json.loads(out.read_text())
+
+    res = run("fp32")
+    assert made == ["fp32"] and set(networks) == {"fp32"}
+    assert [r["precision"] for r in res["rows"] if r["stage"] == "end-to-end"] == ["fp32"]
+    assert "Lite end to end at 720p: 10.0 fps (0.40x real time for 25 fps video, precision fp32)" in res["summary"]
+    run()  # not given: every precision for the networks, sync's own choice end to end
+    assert made == ["auto"] and set(networks) == {"fp32", "fp16", "bf16"}
+    res = run("fp32", "fp16", "bf16")  # each run in each one, those the CPU lacks skipped with the reason
+    assert made == ["fp32", "bf16"] if cpu_has_native_bf16() else made == ["fp32"]
+    e2e = {r["precision"]: r for r in res["rows"] if r["stage"] == "end-to-end"}
+    assert list(e2e) == ["fp32", "fp16", "bf16"] and e2e["fp16"]["status"].startswith("skipped: fp16 is not")
+    said = [line for line in res["summary"] if line.startswith("Lite end to end at 720p")]
+    assert [line.split("precision ")[1] for line in said] == [p + ")" for p in made], said  # each said
 
 
 def test_the_clip_is_said_as_this_run_used_it(monkeypatch):

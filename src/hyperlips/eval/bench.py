@@ -10,7 +10,8 @@ reason):
   as ``sync`` runs them (channels-last, batch norms folded, Base's rows above the pasted ones skipped); at 256/512 px
   Base + the HR decoder as the original feeds it (render-size input: 2x/4x larger outputs, reference §4.5) and as
   the pipeline does (128 px input);
-* **end to end** (``LipSync.sync`` with random weights, precision ``auto``): by default Lite and Base at 720p,
+* **end to end** (``LipSync.sync`` with random weights, precision ``auto``, or each of ``--precisions`` where it is
+  given): by default Lite and Base at 720p,
   Lite at 1080p and Lite + HR 256 at 720p, each with its wall time and every stage's busy time (the stages run at
   the same time, so the busy times add up to more than the wall time);
 * **memory**: the peak memory of ``sync`` on a short and a long synthetic 720p input, each in a fresh process.
@@ -168,14 +169,16 @@ def _frame_size(video: Path) -> tuple[int, int]:
     return int(info.width), int(info.height)
 
 
-def _e2e_too_long(rows: list, spec: E2ESpec, device: str, n_frames: int, budget: float, elapsed: float) -> Optional[str]:
-    """A skip reason when the end-to-end run, estimated from the network rows measured for its model, would end past
-    the time budget."""
+def _e2e_too_long(rows: list, spec: E2ESpec, device: str, n_frames: int, budget: float, elapsed: float,
+                  precision: str = "auto") -> Optional[str]:
+    """A skip reason when the end-to-end run, estimated from the network rows measured for its model (in its
+    precision where it has one and they were measured in it), would end past the time budget."""
     if not budget:
         return None
     name = "Base" if spec.model == "base" else "Lite"  # the starter is a HyperLips-Lite
-    rates = [r.fps for r in rows if r.stage == "network" and r.size == 128 and r.device == device
+    rates = [r for r in rows if r.stage == "network" and r.size == 128 and r.device == device
              and r.status == "ok" and r.variant.startswith(name)]
+    rates = [r.fps for r in ([r for r in rates if r.precision == precision] or rates)]
     if not rates:
         return None
     estimate = n_frames / max(rates) * (1.3 if spec.size == 128 else 3.0) + 10.0
@@ -186,7 +189,7 @@ def _e2e_too_long(rows: list, spec: E2ESpec, device: str, n_frames: int, budget:
 
 
 # --------------------------------------------------------------------------------------------- driver
-def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAULT_BATCHES, frames=DEFAULT_FRAMES,
+def run_bench(*, sizes=SIZES, devices=None, precisions=None, batches=DEFAULT_BATCHES, frames=DEFAULT_FRAMES,
               models=MODELS, video: Optional[Path] = None, audio: Optional[Path] = None, end_to_end=DEFAULT_E2E,
               memory_seconds=DEFAULT_MEMORY, original_max_size: int = 256, budget: float = DEFAULT_BUDGET,
               threads: Optional[int] = None, log=None, generator_table: bool = True,
@@ -198,7 +201,8 @@ def run_bench(*, sizes=SIZES, devices=None, precisions=PRECISIONS, batches=DEFAU
     seconds have passed, the remaining ones are listed as skipped with that reason instead of being run.
     ``original_batch`` (0: none): the reference is also timed at the batch the original's inference uses, after
     the end-to-end runs at 720p (a batch of 128 takes about 55 s on two cores, in its rounds). ``seconds``: the end-to-end runs'
-    length (their synthetic clips', or the first seconds of ``audio``).
+    length (their synthetic clips', or the first seconds of ``audio``). ``precisions``: those of the network rows (None:
+    all of them); given, the end-to-end runs are made in each of them too (None: in ``sync``'s ``auto``).
     The arguments are checked first (a :class:`UserError` naming the one that is wrong). ``threads``: torch's CPU
     threads during the run (put back as they were afterwards).
     """
@@ -232,7 +236,7 @@ def check_bench_arguments(*, sizes, devices, precisions, batches, frames, models
         raise UserError(f"--original-batch must be 0 (none) or a batch size (got {original_batch!r})")
     if threads is not None and (not whole(threads) or threads < 0):
         raise UserError(f"--threads must be 0 (torch's default) or a number of threads (got {threads!r})")
-    for name, given, known in (("--sizes", sizes, SIZES), ("--precisions", precisions, PRECISIONS),
+    for name, given, known in (("--sizes", sizes, SIZES), ("--precisions", precisions or (), PRECISIONS),
                                ("--models", models, MODELS)):
         wrong = [v for v in given if v not in known]
         if wrong:
@@ -252,6 +256,9 @@ def _run_bench(*, sizes, devices, precisions, batches, frames, models, video, au
     import torch
 
     devices = list(devices) if devices else ["cpu", "cuda"]
+    # --precisions given: the end-to-end runs in each of them (fp32 asked, they ran in auto's bf16); else in auto
+    e2e_precisions = list(dict.fromkeys(precisions)) if precisions else ["auto"]
+    precisions = list(precisions) if precisions else list(PRECISIONS)
     specs = [s if isinstance(s, E2ESpec) else E2ESpec.parse(s) for s in end_to_end]
     log = log or (lambda msg: None)
     own = _frame_size(video) if video is not None else None
@@ -345,9 +352,12 @@ def _run_bench(*, sizes, devices, precisions, batches, frames, models, video, au
                     jobs.append((5 if prec == "fp32" else 6, len(jobs), "network",
                                  (s, dev, prec, "pipeline", "hyperlips-base", "channels-last")))
                 jobs.append((5, len(jobs), "network", (s, dev, "fp32", "original layers", "hyperlips-base", "original")))
-            for i, spec in enumerate(specs):
-                first = spec.height == 720 and spec.size == 128
-                jobs.append((1 if first else 4, len(jobs), "e2e", (spec, dev)))
+            # the 720p runs in the first precision the device has come early, the others after the other precisions
+            main = next((p for p in e2e_precisions if p == "auto" or precision_support(dev, p) is None), None)
+            for spec in specs:
+                for prec in e2e_precisions:
+                    first = spec.height == 720 and spec.size == 128 and prec == main
+                    jobs.append((1 if first else 4, len(jobs), "e2e", (spec, dev, prec)))
         if memory_seconds and "cpu" in devices:
             jobs.append((7, len(jobs), "memory", tuple(memory_seconds)))
         elif memory_seconds:  # the memory runs are sync on the CPU: said, not dropped
@@ -366,20 +376,22 @@ def _run_bench(*, sizes, devices, precisions, batches, frames, models, video, au
                     continue
                 add(bench_network(s, dev, prec, run_batches, flow, frames, over_budget, model, layout))
             elif kind == "e2e":
-                spec, dev = a
+                spec, dev, prec = a
                 name = f"{E2E_NAMES[spec.model]}{' + HR' if spec.size != 128 else ''}"
-                reason = over_budget() or _e2e_too_long(rows, spec, dev, e2e_frames, budget, time.perf_counter() - t_all)
+                reason = ((prec != "auto" and precision_support(dev, prec)) or over_budget()
+                          or _e2e_too_long(rows, spec, dev, e2e_frames, budget, time.perf_counter() - t_all, prec))
                 if reason:
-                    add(BenchRow("end-to-end", f"{name}, {spec.height}p", spec.size, dev, "auto", max(batches),
+                    add(BenchRow("end-to-end", f"{name}, {spec.height}p", spec.size, dev, prec, max(batches),
                                  status=reason))
                     continue
                 v, _ = clip(spec.height)
                 e2e_heights += [spec.height] if spec.height not in e2e_heights else []
                 try:
                     rows_e2e = bench_end_to_end(v, e2e_audio, spec.size, dev, max(batches), tmp, spec.model,
-                                                label=f"{spec.height}p" if video is None else shown_name)
+                                                label=f"{spec.height}p" if video is None else shown_name,
+                                                precision=prec)
                 except UserError as e:  # this run could not be made: said in its row, the rows measured are kept
-                    rows_e2e = [BenchRow("end-to-end", f"{name}, {spec.height}p", spec.size, dev, "auto",
+                    rows_e2e = [BenchRow("end-to-end", f"{name}, {spec.height}p", spec.size, dev, prec,
                                          max(batches), status=f"failed: {e}")]
                 add(rows_e2e)
             else:
@@ -464,33 +476,38 @@ def _real_time(row: dict) -> str:
 
 def summarise(rows: list[dict], original_batch: int = ORIGINAL_BATCH, machine: Optional[dict] = None) -> list[str]:
     """The comparisons the benchmark exists for, in words (only those whose rows were measured). The main
-    end-to-end runs are those at 720p with a 128 px mouth, or on a clip given with ``--video`` (one per model)."""
+    end-to-end runs are those at 720p with a 128 px mouth, or on a clip given with ``--video`` (one per model and
+    precision)."""
     ok = [r for r in rows if r["status"] == "ok"]
-    e2e = {(*_e2e_name_and_clip(r["variant"]), r["size"]): r for r in ok if r["stage"] == "end-to-end"}
+    # (the precision in the key: with --precisions given, a run is made in each, and each is said)
+    e2e = {(*_e2e_name_and_clip(r["variant"]), r["size"], r["precision"]): r for r in ok if r["stage"] == "end-to-end"}
 
-    def main_run(name: str) -> tuple[Optional[dict], str]:
-        if (name, "720p", 128) in e2e:
-            return e2e[(name, "720p", 128)], "720p"
-        given = [k for k in e2e if k[0] == name and k[2] == 128 and k[1] not in ("720p", "1080p")]
-        return (e2e[given[0]], given[0][1]) if len(given) == 1 else (None, "")
+    def main_runs(name: str) -> tuple[list[dict], str]:
+        keys = [k for k in e2e if k[:3] == (name, "720p", 128)]
+        if not keys:
+            keys = [k for k in e2e if k[0] == name and k[2] == 128 and k[1] not in ("720p", "1080p")]
+            if len({k[1] for k in keys}) != 1:
+                return [], ""
+        return [e2e[k] for k in keys], keys[0][1]
 
     lines = []
     shown = []
-    starter, where = main_run("Starter")
-    if starter:
+    starters, where = main_runs("Starter")
+    for starter in starters:
         shown.append(starter)
         mouth = starter["variant"].split(", ")[-1]
-        lines.append(f"the shipped starter end to end at {where}, as sync runs it by default ({mouth}): "
-                     f"{starter['fps']:.1f} fps ({_real_time(starter)}{_pace(starter, '; ', '')})")
-    lite, where = main_run("Lite")
-    if lite:
+        lines.append(f"the shipped starter end to end at {where}, its mouth as sync makes it by default ({mouth}): "
+                     f"{starter['fps']:.1f} fps ({_real_time(starter)}, precision {starter['precision']}"
+                     f"{_pace(starter, '; ', '')})")
+    lites, where = main_runs("Lite")
+    for lite in lites:
         shown.append(lite)
         lines.append(f"Lite end to end at {where}: {lite['fps']:.1f} fps ({_real_time(lite)}, precision "
                      f"{lite['precision']}{_pace(lite, '; ', '')})")
-    base, where = main_run("Base")
+    bases, where = main_runs("Base")
     refs = [r for r in ok if r["stage"] == "network" and r["variant"].startswith("reference: original layout")
             and r["device"] == "cpu"]
-    if base and refs:
+    for base in bases if refs else []:
         shown.append(base)
         ref = max(refs, key=lambda r: r["fps"])
         line = (f"Base ({base['precision']}) end to end at {where}: {base['fps']:.1f} fps{_pace(base)} = "
@@ -503,7 +520,8 @@ def summarise(rows: list[dict], original_batch: int = ORIGINAL_BATCH, machine: O
         lines.append(line)
     for key, r in sorted(e2e.items(), key=lambda kv: str(kv[0])):
         if not any(r is x for x in shown):
-            lines.append(f"{key[0]} end to end at {key[1]}, mouth at {key[2]} px: {r['fps']:.1f} fps{_pace(r)}")
+            lines.append(f"{key[0]} ({key[3]}) end to end at {key[1]}, mouth at {key[2]} px: {r['fps']:.1f} fps"
+                         f"{_pace(r)}")
     mem = [r for r in ok if r["stage"] == "memory"]
     if len(mem) == 2:
         who = mem[0]["variant"].split(", ")[1] if mem[0]["variant"].count(", ") >= 2 else "sync"
@@ -592,8 +610,10 @@ def format_table(result: dict) -> str:
 def add_bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=SIZES, help="render sizes (default 128 256 512)")
     p.add_argument("--devices", nargs="+", help="cpu and/or cuda (default: both; cuda rows are skipped without a GPU)")
-    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
-                   help="fp32 fp16 bf16 (default all; those a device lacks are skipped with the reason)")
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS,
+                   help="fp32 fp16 bf16: those of the network rows, and, given, of the end-to-end runs too, each run "
+                        "made in each one (default: all for the networks, the end-to-end runs in sync's auto "
+                        "precision); those a device lacks are skipped with the reason")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS,
                    help="generators measured at 128 px beside the reference (default base lite)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=list(DEFAULT_BATCHES),

@@ -552,23 +552,24 @@ E2E_NAMES = {"base": "Base", "lite": "Lite", "starter": "Starter"}  # end-to-end
 
 
 def bench_end_to_end(video: Path, audio: Path, size: int, device: str, batch: int, folder: Path,
-                     model: str = "lite", label: str = "") -> list[BenchRow]:
-    """``LipSync.sync`` with random weights (``model`` base or lite, precision ``auto``), or with ``model`` starter
-    the shipped starter as ``sync`` runs it by default (its mouth warped): one row for the whole run (its wall time:
-    the stages overlap) and one per stage with the stage's busy time."""
+                     model: str = "lite", label: str = "", precision: str = "auto") -> list[BenchRow]:
+    """``LipSync.sync`` with random weights (``model`` base or lite), or with ``model`` starter the shipped starter as
+    ``sync`` runs it by default (its mouth warped), in ``precision`` (``auto``: sync's default; the rows say the one it
+    chose): one row for the whole run (its wall time: the stages overlap) and one per stage with the stage's busy
+    time."""
     from ..pipeline import LipSync
 
     if model == "starter":
         from ..models import shipped
 
         if shipped.starter() is None:
-            return [BenchRow("end-to-end", f"Starter, {label or 'LipSync.sync'}", size, device, "auto", batch,
+            return [BenchRow("end-to-end", f"Starter, {label or 'LipSync.sync'}", size, device, precision, batch,
                              status=f"skipped: {shipped.absent('starter')}")]
-        ls = LipSync(None, None, device=device, batch_size=batch, progress=False)
+        ls = LipSync(None, None, device=device, batch_size=batch, progress=False, precision=precision)
         weights = f"shipped weights, mouth {ls.mouth}"
     else:
         ls = LipSync(None, None, size=size, device=device, batch_size=batch, untrained=True, model=model,
-                     progress=False)
+                     progress=False, precision=precision)
         weights = "random weights"
     with PeakMemory(device if device.startswith("cuda") else "cpu") as mem:
         t0 = time.perf_counter()
