@@ -90,7 +90,7 @@ def test_precision_choice_for_inference(monkeypatch):
         resolve_precision("bf16", cpu)  # the flags are AVX2's here
     with pytest.raises(UserError, match="fp16 runs only on a CUDA GPU"):
         resolve_precision("fp16", cpu)
-    with pytest.raises(UserError, match="--precision must be one of"):
+    with pytest.raises(UserError, match=r"--precision \(precision\) must be one of"):
         resolve_precision("int8", cpu)
 
 

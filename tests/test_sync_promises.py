@@ -357,7 +357,11 @@ def test_python_arguments_are_taken_as_python_passes_them_or_refused_up_front(cl
                           ({"reference": True}, r"--reference \(reference\) must be best, first, a frame number"),
                           ({"reference": np.zeros((8, 8, 3), np.uint8)}, "not an array of pixels"),
                           ({"phonemes": [{"phone": "B"}]}, "needs a start"),
-                          ({"phonemes": [(0.0, 0.1, "AA"), {0.1: "B"}]}, "needs a start")]:
+                          ({"phonemes": [(0.0, 0.1, "AA"), {0.1: "B"}]}, "needs a start"),
+                          ({"crf": 52}, r"--crf \(crf\) must be a whole number"),
+                          ({"preset": "quick"}, r"--preset \(preset\) must be one of"),
+                          ({"pix_fmt": "rgb24"}, r"--pix-fmt \(pix_fmt\) must be yuv420p"),
+                          ({"fps": 0}, r"--fps \(fps\) must be a number from 1")]:
         with pytest.raises(UserError, match=words):
             ls.sync(clip.video, clip.audio, refused, **kwargs)
     with pytest.raises(UserError, match="video must be a path"):
@@ -366,7 +370,11 @@ def test_python_arguments_are_taken_as_python_passes_them_or_refused_up_front(cl
     for kwargs, words in [({"batch_size": "16"},
                            r"--batch-size \(batch_size\) must be a whole number, at least 1 \(got '16'\)"),
                           ({"size": "256"}, r"--size \(size\) must be 128, 256 or 512 \(got '256'\)"),
-                          ({"device": 0}, "device must be auto, cpu")]:
+                          ({"device": 0}, "device must be auto, cpu"),
+                          ({"precision": "fp8"}, r"--precision \(precision\) must be one of"),
+                          ({"mouth": "open"}, r"--mouth \(mouth\) must be one of"),
+                          ({"temporal_blend": 0.5}, r"--temporal-blend \(temporal_blend\): "),
+                          ({"input_blend": 0.5}, r"--input-blend \(input_blend\): ")]:
         with pytest.raises(UserError, match=words):
             LipSync(ckpt, progress=False, **kwargs)
 

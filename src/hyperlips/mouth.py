@@ -57,7 +57,7 @@ def choose_mouth(mouth: str, network, weights: str, *, fixed: bool, checkpoint=N
         else:
             mouth = "warp" if is_generic_starter(checkpoint) else "hybrid"
     if mouth not in MOUTH_MODES:
-        raise UserError(f"--mouth must be one of {', '.join(MOUTH_OPTIONS)} (got {mouth!r})")
+        raise UserError(f"--mouth (mouth) must be one of {', '.join(MOUTH_OPTIONS)} (got {mouth!r})")
     if mouth != "render" and not shapes:
         raise UserError(f"--mouth {mouth} moves the frame's mouth to the shape a HyperLips-Lite reads from the "
                         f"speech; {weights} has no mouth shapes (use --mouth render)")

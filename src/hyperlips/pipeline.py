@@ -194,7 +194,7 @@ class LipSync:
         try:  # each generated face blended with its neighbours in time with this weight (face.steady)
             self.temporal_blend = check_weight(temporal_blend)
         except ValueError as e:
-            raise UserError(f"--temporal-blend: {e}") from None
+            raise UserError(f"--temporal-blend (temporal_blend): {e}") from None
         self.progress = progress
         self.overlap = overlap  # stages at the same time in threads (False: one after another, the same frames)
         self.detect_every_frame = detect_every_frame  # False: a frame between two agreeing ones takes their mean box
@@ -238,7 +238,7 @@ class LipSync:
         try:
             self.input_blend = check_weight(input_blend)
         except ValueError as e:
-            raise UserError(f"--input-blend: {e}") from None
+            raise UserError(f"--input-blend (input_blend): {e}") from None
         self.mouth = choose_mouth(mouth, self.base, self.weights, fixed=untrained or network is not None,
                                   checkpoint=checkpoint)
         self._mouth_step = None  # mouth warp or hybrid: the clip's MouthStep (new_clip; render: given timings')

@@ -53,7 +53,7 @@ def resolve_precision(precision: str, device) -> str:
     from .precision import auto_precision, cpu_has_native_bf16
 
     if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+        raise UserError(f"--precision (precision) must be one of {', '.join(PRECISIONS)} (got {precision!r})")
     kind = device.type
     if precision == "auto":
         return auto_precision(kind) if kind in ("cpu", "cuda") else "fp32"

@@ -90,7 +90,7 @@ def check_fps(fps: float | None) -> None:
     except (TypeError, ValueError):
         f = float("nan")
     if not (1.0 <= f <= MAX_FPS):
-        raise UserError(f"--fps must be a number from 1 to {MAX_FPS:g} (got {fps})")
+        raise UserError(f"--fps (fps) must be a number from 1 to {MAX_FPS:g} (got {fps})")
 
 
 def frame_count(duration: float, fps: float | Fraction) -> int:

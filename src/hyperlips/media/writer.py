@@ -46,9 +46,9 @@ MAX_CRF = 51  # libx264's worst quality (8-bit); 0 is lossless
 
 
 def check_encoding(crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRESET, pix_fmt: str = DEFAULT_PIX_FMT,
-                   names: tuple[str, str, str] = ("--crf", "--preset", "--pix-fmt")) -> None:
+                   names: tuple[str, str, str] = ("--crf (crf)", "--preset (preset)", "--pix-fmt (pix_fmt)")) -> None:
     """Raise :class:`UserError` for an encoder setting libx264 would refuse, naming the option (as ``names``
-    spells the three: the command line's flags by default) and its range."""
+    spells the three: the command line's flags with the Python keywords by default) and its range."""
     if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= MAX_CRF:
         raise UserError(f"{names[0]} must be a whole number from 0 (lossless, largest) to {MAX_CRF} (smallest, worst); "
                         f"got {crf!r} (18, the default, is visually lossless)")
