@@ -218,6 +218,25 @@ def test_phoneme_timings_picked_in_the_page_reach_the_job(open_page, tmp_path):
     assert len(jobs) == 1 and jobs[0]["params"]["phonemes"] == 3  # the bad file made no job
 
 
+def _phonemes_say(page, words: str, timeout: float = 10_000) -> str:
+    page.wait_for_function("(w) => document.getElementById('sync-phonemes-status').textContent.includes(w)", arg=words,
+                           timeout=timeout)
+    return page.inner_text("#sync-phonemes-status")
+
+
+def test_phoneme_timings_are_checked_again_when_the_speech_changes(open_page, tmp_path):
+    """The timings were checked against the speech chosen when the phoneme file was picked: a speech chosen after it
+    left them as they were read against the one before (a last phoneme without an end lasts to the speech's end)."""
+    _, page = open_page()
+    _pick(page, "#sync-audio-file", write_wav(tmp_path / "short.wav", 0.6), "#sync-audio-status")
+    marks = tmp_path / "marks.txt"
+    marks.write_text("0.0 M\n0.3 AA1\n")
+    shown = _pick(page, "#sync-phonemes", marks, "#sync-phonemes-status")
+    assert shown.startswith("✓ marks.txt · 2 phonemes, 0.00 to 0.60 s"), shown
+    _pick(page, "#sync-audio-file", write_wav(tmp_path / "long.wav", 1.5), "#sync-audio-status")
+    assert _phonemes_say(page, "to 1.50 s").startswith("✓ marks.txt · 2 phonemes, 0.00 to 1.50 s")
+
+
 def test_bad_inputs_show_the_reason_and_jobs_can_be_cancelled(open_page, tmp_path):
     _, page = open_page()
     notes = tmp_path / "notes.txt"

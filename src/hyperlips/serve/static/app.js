@@ -239,6 +239,7 @@ function setupPicker(view, role) {
     }
     if (state[view][role]) localStorage.setItem(`hyperlips.${view}-${role}`, rec.id);
     else localStorage.removeItem(`hyperlips.${view}-${role}`);
+    if (view === "sync" && role === "audio") speechChanged();
     updateButtons();
   };
   pickers[`${view}-${role}`] = { view, role, use, example };
@@ -293,7 +294,7 @@ function setupPicker(view, role) {
 
 // ---------------------------------------------------------------- phoneme timings
 // A phoneme file is checked as it is chosen, as the server reads a job's timings (it was read only when the job was
-// submitted), and its text kept for the job, over a reload too.
+// submitted), and again when the speech changes; its text is kept for the job, over a reload too.
 const MAX_PHONEME_BYTES = 1 << 20;  // the server takes a job of at most 1 MB
 let phonemeChecks = 0;
 
@@ -320,7 +321,8 @@ function usePhonemes(chosen, text, how = "") {
 
 async function checkPhonemes(name, text) {
   const mine = ++phonemeChecks;
-  state.sync.phonemes = null;
+  state.sync.phonemes = {name, text};  // the choice while it is checked (Lip-sync waits for it): a speech chosen
+                                      // meanwhile checks it again
   state.sync.uploading++;
   $("sync-phonemes-status").className = "file-status";
   $("sync-phonemes-status").textContent = `Checking ${name}…`;
@@ -359,6 +361,14 @@ function setupPhonemes() {
     usePhonemes(null, "");
     input.focus();  // the button is gone
   });
+}
+
+// The speech chosen after the timings (or dropped): they are read again against it, as the job will read them (its
+// length ends a last phoneme without an end, and tells seconds from milliseconds); they stayed as read against the
+// speech before. A check under way for the speech before no longer counts.
+function speechChanged() {
+  const chosen = state.sync.phonemes;
+  if (chosen) checkPhonemes(chosen.name, chosen.text);
 }
 
 function restorePhonemes() {
