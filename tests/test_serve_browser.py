@@ -237,6 +237,43 @@ def test_phoneme_timings_are_checked_again_when_the_speech_changes(open_page, tm
     assert _phonemes_say(page, "to 1.50 s").startswith("✓ marks.txt · 2 phonemes, 0.00 to 1.50 s")
 
 
+def test_a_late_answer_for_an_older_phoneme_choice_is_dropped(open_page, tmp_path):
+    """Two phoneme files picked one after the other: the first, read last (a large file, a slow disk), took the
+    second's place; a check of the timings against the speech chosen before, answered late, overwrote the one
+    against the speech chosen since."""
+    _, page = open_page()
+    _pick(page, "#sync-audio-file", write_wav(tmp_path / "short.wav", 0.6), "#sync-audio-status")
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text("0.0 0.2 M\n0.2 0.45 AA1\n")
+    second.write_text("0.0 0.1 M\n0.1 0.2 AA1\n0.2 0.3 P\n")
+    page.evaluate("""() => { const read = fileText;  // the first file is read slowly
+        window.fileText = async (f) => {
+            if (f.name === 'first.txt') await new Promise((r) => setTimeout(r, 1500));
+            return read(f); }; }""")
+    page.set_input_files("#sync-phonemes", str(first))
+    page.set_input_files("#sync-phonemes", str(second))
+    assert _phonemes_say(page, "✓").startswith("✓ second.txt · 3 phonemes")
+    page.wait_for_timeout(2000)  # the first file has been read by now
+    assert page.inner_text("#sync-phonemes-status").startswith("✓ second.txt · 3 phonemes")
+    assert json.loads(page.evaluate("() => localStorage.getItem('hyperlips.sync-phonemes')"))["name"] == "second.txt"
+
+    # the check against the 0.6 s speech is held until the speech has been changed and its check answered
+    marks = tmp_path / "marks.txt"
+    marks.write_text("0.0 M\n0.3 AA1\n")
+    page.evaluate("""() => { const real = window.fetch; window.held = [];
+        window.fetch = (url, opts) => {
+            if (url === '/api/phonemes' && window.held.length === 0)
+                return new Promise((ok) => window.held.push(() => real(url, opts).then(ok)));
+            return real(url, opts); }; }""")
+    page.set_input_files("#sync-phonemes", str(marks))
+    page.wait_for_function("() => window.held.length === 1")
+    _pick(page, "#sync-audio-file", write_wav(tmp_path / "long.wav", 1.5), "#sync-audio-status")
+    assert _phonemes_say(page, "✓").startswith("✓ marks.txt · 2 phonemes, 0.00 to 1.50 s")
+    page.evaluate("() => window.held[0]()")  # the answer for the 0.6 s speech comes now
+    page.wait_for_timeout(1000)
+    assert page.inner_text("#sync-phonemes-status").startswith("✓ marks.txt · 2 phonemes, 0.00 to 1.50 s")
+
+
 def test_bad_inputs_show_the_reason_and_jobs_can_be_cancelled(open_page, tmp_path):
     _, page = open_page()
     notes = tmp_path / "notes.txt"

@@ -319,15 +319,21 @@ function usePhonemes(chosen, text, how = "") {
   updateButtons();
 }
 
+// ``text``: the file's text, or the promise of it while the file is read. The check's turn is taken at once, as the
+// file is chosen: a file chosen after it wins even where this one is read last (a large file, a slow disk: it took
+// the newer one's place), and an answer for an older choice, or for the speech before, arriving late is dropped.
 async function checkPhonemes(name, text) {
   const mine = ++phonemeChecks;
-  state.sync.phonemes = {name, text};  // the choice while it is checked (Lip-sync waits for it): a speech chosen
-                                      // meanwhile checks it again
+  state.sync.phonemes = null;  // until its text is read
   state.sync.uploading++;
   $("sync-phonemes-status").className = "file-status";
   $("sync-phonemes-status").textContent = `Checking ${name}…`;
   updateButtons();
   try {
+    text = await text;
+    if (mine !== phonemeChecks) return;
+    state.sync.phonemes = {name, text};  // the choice while it is checked (Lip-sync waits for it): a speech chosen
+                                        // meanwhile checks it again
     const audio = state.sync.audio;  // its length: a last phoneme without an end lasts to it
     const got = await api("POST", "/api/phonemes", {phonemes: text, ...(audio ? {audio: audio.id} : {})});
     const said = got.warnings.length ? ` · ${got.warnings.join(" · ")}` : "";
@@ -345,7 +351,7 @@ async function checkPhonemes(name, text) {
 
 function setupPhonemes() {
   const input = $("sync-phonemes");
-  input.addEventListener("change", async () => {
+  input.addEventListener("change", () => {
     const file = input.files[0];
     if (!file) return;
     if (file.size > MAX_PHONEME_BYTES) {
@@ -354,7 +360,7 @@ function setupPhonemes() {
                         `${sizeText(MAX_PHONEME_BYTES)}`, "bad");
       return;
     }
-    checkPhonemes(file.name, await fileText(file));
+    checkPhonemes(file.name, fileText(file));  // its turn taken now, not once it is read
   });
   $("sync-phonemes-clear").addEventListener("click", () => {
     phonemeChecks++;  // a check under way no longer counts
