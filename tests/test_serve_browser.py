@@ -237,6 +237,36 @@ def test_phoneme_timings_are_checked_again_when_the_speech_changes(open_page, tm
     assert _phonemes_say(page, "to 1.50 s").startswith("✓ marks.txt · 2 phonemes, 0.00 to 1.50 s")
 
 
+def test_a_network_blip_keeps_the_phoneme_timings_chosen(open_page, tmp_path):
+    """One failed request (the server briefly unreachable) dropped the phoneme timings chosen, kept over a reload,
+    as if the server had refused them: they stay chosen, the page says they could not be checked, and checks them
+    again once the server answers."""
+    _, page = open_page()
+    _pick(page, "#sync-audio-file", write_wav(tmp_path / "speech.wav", 0.6), "#sync-audio-status")
+    marks = tmp_path / "marks.txt"
+    marks.write_text("0.0 0.2 M\n0.2 0.45 AA1\n")
+    assert _pick(page, "#sync-phonemes", marks, "#sync-phonemes-status").startswith("✓ marks.txt · 2 phonemes")
+    failed = []
+
+    def blip(route):  # the first check after the reload finds no server; the next ones go through
+        if failed:
+            route.continue_()
+        else:
+            failed.append(route.request.url)
+            route.abort("connectionrefused")
+
+    page.route("**/api/phonemes", blip)
+    page.reload()
+    page.wait_for_selector("#sync-phonemes-status.warn, #sync-phonemes-status.bad", timeout=10_000)
+    shown = page.inner_text("#sync-phonemes-status")
+    assert failed and "could not be checked" in shown and "the server cannot be reached" in shown, shown
+    assert page.eval_on_selector("#sync-phonemes-status", "e => e.className") == "file-status warn"
+    assert json.loads(page.evaluate("() => localStorage.getItem('hyperlips.sync-phonemes')"))["name"] == "marks.txt"
+    assert page.is_visible("#sync-phonemes-clear")
+    assert _phonemes_say(page, "✓").startswith("✓ marks.txt · 2 phonemes")  # checked again on its own
+    page.unroute("**/api/phonemes")
+
+
 def test_a_late_answer_for_an_older_phoneme_choice_is_dropped(open_page, tmp_path):
     """Two phoneme files picked one after the other: the first, read last (a large file, a slow disk), took the
     second's place; a check of the timings against the speech chosen before, answered late, overwrote the one

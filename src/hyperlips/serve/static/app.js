@@ -22,12 +22,14 @@ async function api(method, path, body) {
   try {
     r = await fetch(path, opts);
   } catch (e) {
-    // in the words of the page's user, who may never have seen the command that started it
-    throw new Error("The server cannot be reached. Check that hyperlips is still running, then try again.");
+    // in the words of the page's user, who may never have seen the command that started it; ``status`` 0: no
+    // answer at all, which may pass (an answer's status says whether the server refused the request)
+    throw Object.assign(new Error("The server cannot be reached. Check that hyperlips is still running, then try " +
+                                  "again."), {status: 0});
   }
   let data = null;
   try { data = await r.json(); } catch (e) { /* not JSON */ }
-  if (!r.ok) throw new Error((data && data.error) || `${r.status} ${r.statusText}`);
+  if (!r.ok) throw Object.assign(new Error((data && data.error) || `${r.status} ${r.statusText}`), {status: r.status});
   return data;
 }
 
@@ -322,13 +324,17 @@ function usePhonemes(chosen, text, how = "") {
 // ``text``: the file's text, or the promise of it while the file is read. The check's turn is taken at once, as the
 // file is chosen: a file chosen after it wins even where this one is read last (a large file, a slow disk: it took
 // the newer one's place), and an answer for an older choice, or for the speech before, arriving late is dropped.
-async function checkPhonemes(name, text) {
+// ``again``: a check tried again after the server did not answer: what the page said stays until it answers, and
+// Lip-sync does not wait for it.
+async function checkPhonemes(name, text, again = false) {
   const mine = ++phonemeChecks;
-  state.sync.phonemes = null;  // until its text is read
-  state.sync.uploading++;
-  $("sync-phonemes-status").className = "file-status";
-  $("sync-phonemes-status").textContent = `Checking ${name}…`;
-  updateButtons();
+  if (!again) {
+    state.sync.phonemes = null;  // until its text is read
+    state.sync.uploading++;
+    $("sync-phonemes-status").className = "file-status";
+    $("sync-phonemes-status").textContent = `Checking ${name}…`;
+    updateButtons();
+  }
   try {
     text = await text;
     if (mine !== phonemeChecks) return;
@@ -342,9 +348,19 @@ async function checkPhonemes(name, text) {
                                 `${got.start.toFixed(2)} to ${got.end.toFixed(2)} s${said}`, "ok");
     }
   } catch (e) {
-    if (mine === phonemeChecks) usePhonemes(null, phonemeReason(e.message, name), "bad");
+    if (mine !== phonemeChecks) return;
+    if (e.status === 0 || e.status >= 500) {  // no answer (a network blip), or a server in trouble: not a verdict on
+      // the file. It stays chosen (one failed request dropped timings kept over a reload), goes with a job, whose
+      // submission checks it too, and is checked again while nothing newer is chosen.
+      const why = e.status === 0 ? "the server cannot be reached" : e.message.replace(/\.$/, "");
+      usePhonemes({name, text}, `Phoneme timings: ${name} could not be checked: ${why}. It stays chosen, and is ` +
+                                "checked again when the server answers.", "warn");
+      setTimeout(() => { if (mine === phonemeChecks) checkPhonemes(name, text, true); }, POLL_MS * 4);
+    } else {
+      usePhonemes(null, phonemeReason(e.message, name), "bad");
+    }
   } finally {
-    state.sync.uploading--;
+    if (!again) state.sync.uploading--;
     updateButtons();
   }
 }
