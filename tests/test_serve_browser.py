@@ -304,6 +304,34 @@ def test_a_late_answer_for_an_older_phoneme_choice_is_dropped(open_page, tmp_pat
     assert page.inner_text("#sync-phonemes-status").startswith("✓ marks.txt · 2 phonemes, 0.00 to 1.50 s")
 
 
+def test_a_phoneme_file_too_large_to_send_is_refused_in_words(open_page, tmp_path):
+    """A phoneme file of about 1 MB passed the page's size check, but its text sent as JSON (each line break
+    written as two characters) was over the server's 1 MB limit: the server's 413 in the API's words ("send a JSON
+    body of at most 1 MB with a Content-Length"). The page counts the text as it is sent, and says so."""
+    _, page = open_page()
+    lines = "".join(f"{k * 0.01:.2f} {k * 0.01 + 0.01:.2f} {'M' if k % 2 else 'AA1'}\n" for k in range(60_000))
+    big = tmp_path / "big.txt"
+    big.write_text(lines[: 1_000_000 - 100] + "\n")
+    assert len(json.dumps(big.read_text())) > 1 << 20 > big.stat().st_size
+    shown = _pick(page, "#sync-phonemes", big, "#sync-phonemes-status", 30_000)
+    assert shown.startswith("Phoneme timings: big.txt is too large"), shown
+    assert "JSON" not in shown and "Content-Length" not in shown and "just over 1 MB as sent" in shown, shown
+    assert page.evaluate("() => localStorage.getItem('hyperlips.sync-phonemes')") is None
+    # one that fits as sent is taken: the page's limit is the server's
+    fits = tmp_path / "fits.txt"
+    fits.write_text(lines[:900_000].rsplit("\n", 1)[0] + "\n")
+    assert _pick(page, "#sync-phonemes", fits, "#sync-phonemes-status", 60_000).startswith("✓ fits.txt ·")
+    # a server (or a proxy before it) that takes less: its refusal in the same words
+    page.route("**/api/phonemes", lambda route: route.fulfill(
+        status=413, content_type="application/json",
+        body=json.dumps({"error": "send a JSON body of at most 1 MB with a Content-Length"})))
+    small = tmp_path / "small.txt"
+    small.write_text("0.0 0.2 M\n")
+    shown = _pick(page, "#sync-phonemes", small, "#sync-phonemes-status")
+    assert shown.startswith("Phoneme timings: small.txt is too large to send: this server takes at most 1 MB"), shown
+    page.unroute("**/api/phonemes")
+
+
 def test_bad_inputs_show_the_reason_and_jobs_can_be_cancelled(open_page, tmp_path):
     _, page = open_page()
     notes = tmp_path / "notes.txt"

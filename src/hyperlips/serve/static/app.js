@@ -297,8 +297,22 @@ function setupPicker(view, role) {
 // ---------------------------------------------------------------- phoneme timings
 // A phoneme file is checked as it is chosen, as the server reads a job's timings (it was read only when the job was
 // submitted), and again when the speech changes; its text is kept for the job, over a reload too.
-const MAX_PHONEME_BYTES = 1 << 20;  // the server takes a job of at most 1 MB
+const MAX_JSON_BYTES = 1 << 20;  // the server reads a request's JSON (a job's, a check's) of at most 1 MB
+const JOB_ROOM_BYTES = 4096;  // of which the job's other fields (ids, model, size...) take far less than this
 let phonemeChecks = 0;
+
+// What the text comes to as sent: a JSON string in UTF-8, where a line break, a tab or a quote takes two bytes (a
+// file of 1 MB passed the page's check of its size, then came to more than the server reads)
+function sentBytes(text) { return new Blob([JSON.stringify(text)]).size; }
+
+// In words for the page's user (the server's refusal said "send a JSON body of at most 1 MB with a Content-Length");
+// ``sent``: what its text came to, where it was read
+function tooLarge(name, sent = null) {
+  const most = sizeText(MAX_JSON_BYTES), came = sizeText(sent) === most ? `just over ${most}` : sizeText(sent);
+  return `Phoneme timings: ${name} is too large to send: ` + (sent === null ? "" : `its text comes to ${came} as ` +
+    "sent (a line break, tab or quote counts twice), and ") + `this server takes at most ${most} of phoneme ` +
+    "timings. Use the timings of a shorter piece of speech.";
+}
 
 async function fileText(file) {  // as the command line reads one: UTF-16 with its mark (Praat's), UTF-8, else Latin-1
   const bytes = new Uint8Array(await file.arrayBuffer());
@@ -338,6 +352,8 @@ async function checkPhonemes(name, text, again = false) {
   try {
     text = await text;
     if (mine !== phonemeChecks) return;
+    const sent = sentBytes(text);
+    if (sent + JOB_ROOM_BYTES > MAX_JSON_BYTES) { usePhonemes(null, tooLarge(name, sent), "bad"); return; }
     state.sync.phonemes = {name, text};  // the choice while it is checked (Lip-sync waits for it): a speech chosen
                                         // meanwhile checks it again
     const audio = state.sync.audio;  // its length: a last phoneme without an end lasts to it
@@ -357,7 +373,7 @@ async function checkPhonemes(name, text, again = false) {
                                 "checked again when the server answers.", "warn");
       setTimeout(() => { if (mine === phonemeChecks) checkPhonemes(name, text, true); }, POLL_MS * 4);
     } else {
-      usePhonemes(null, phonemeReason(e.message, name), "bad");
+      usePhonemes(null, e.status === 413 ? tooLarge(name) : phonemeReason(e.message, name), "bad");
     }
   } finally {
     if (!again) state.sync.uploading--;
@@ -370,10 +386,9 @@ function setupPhonemes() {
   input.addEventListener("change", () => {
     const file = input.files[0];
     if (!file) return;
-    if (file.size > MAX_PHONEME_BYTES) {
-      phonemeChecks++;
-      usePhonemes(null, `Phoneme timings: ${file.name} is ${sizeText(file.size)}; a phoneme file is text of at most ` +
-                        `${sizeText(MAX_PHONEME_BYTES)}`, "bad");
+    if (file.size > 2 * MAX_JSON_BYTES) {  // too large however it is read (UTF-16 halves at most): not read at all
+      phonemeChecks++;  // a check under way no longer counts
+      usePhonemes(null, tooLarge(file.name), "bad");
       return;
     }
     checkPhonemes(file.name, fileText(file));  // its turn taken now, not once it is read
