@@ -181,6 +181,45 @@ def test_the_files_chosen_stay_over_a_reload_while_the_server_has_them(open_page
     assert page.evaluate("() => localStorage.getItem('hyperlips.sync-video')") is None
 
 
+def test_a_network_blip_or_a_server_error_keeps_the_files_chosen_over_a_reload(open_page, tmp_path):
+    """Any failed request for a file kept over a reload forgot it, as if the server had said it was gone: no answer
+    (a network blip) or a server error keeps it, the picker says so, and it is asked for again until the server
+    answers; only a 404 forgets it (test_the_files_chosen_stay_over_a_reload_while_the_server_has_them)."""
+    from serve_kit import face_photo
+
+    _, page = open_page()
+    _pick(page, "#sync-video-file", face_photo(tmp_path / "face.png"), "#sync-video-status")
+    _pick(page, "#sync-audio-file", write_wav(tmp_path / "speech.wav", 0.6), "#sync-audio-status")
+    kept = page.evaluate("() => [localStorage.getItem('hyperlips.sync-video'), localStorage.getItem('hyperlips.sync-audio')]")
+    failed = []
+
+    def blip(route):  # the face's first request finds no server, the speech's first a server in trouble
+        if route.request.url in failed:
+            route.continue_()
+        elif kept[0] in route.request.url:
+            failed.append(route.request.url)
+            route.abort("connectionrefused")
+        else:
+            failed.append(route.request.url)
+            route.fulfill(status=503, content_type="application/json", body=json.dumps({"error": "the disk is busy"}))
+
+    page.route("**/api/files/*", blip)
+    page.reload()
+    page.wait_for_function("() => document.querySelectorAll('.file-status.warn').length === 2", timeout=10_000)
+    face, speech = page.inner_text("#sync-video-status"), page.inner_text("#sync-audio-status")
+    assert face == ("The face chosen before could not be fetched: the server cannot be reached. It stays chosen, "
+                    "and is fetched again when the server answers."), face
+    assert speech.startswith("The speech chosen before could not be fetched: the disk is busy. It stays"), speech
+    assert page.inner_text("#sync-missing") == "Waiting for the server to answer for the file chosen before."
+    assert page.evaluate("() => [localStorage.getItem('hyperlips.sync-video'), "
+                         "localStorage.getItem('hyperlips.sync-audio')]") == kept
+    page.wait_for_selector("#sync-start:enabled", timeout=10_000)  # both asked for again, and there
+    assert page.inner_text("#sync-video-status").startswith("✓ face.png")
+    assert page.inner_text("#sync-audio-status").startswith("✓ speech.wav")
+    assert len(failed) == 2
+    page.unroute("**/api/files/*")
+
+
 def test_phoneme_timings_picked_in_the_page_reach_the_job(open_page, tmp_path):
     """A phoneme file picked in the page goes with the job (its text, read by the server); a bad one shows why."""
     app, page = open_page(examples=True)

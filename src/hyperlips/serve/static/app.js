@@ -201,17 +201,7 @@ function fillExamples() {  // offered where there is one: the training tab's lis
 const pickers = {};
 
 async function restorePicked() {
-  for (const [key, p] of Object.entries(pickers)) {
-    const id = localStorage.getItem(`hyperlips.${key}`);
-    if (!id || state[p.view][p.role]) continue;
-    const example = state.examples.find((f) => f.id === id);
-    let rec = example || null;
-    if (!rec) {
-      try { rec = await api("GET", `/api/files/${encodeURIComponent(id)}`); } catch (e) { rec = null; }
-    }
-    if (example) p.example.value = id;
-    if (rec) p.use(rec); else localStorage.removeItem(`hyperlips.${key}`);
-  }
+  for (const p of Object.values(pickers)) await p.restore();
 }
 
 function setupPicker(view, role) {
@@ -239,12 +229,43 @@ function setupPicker(view, role) {
       status.textContent = "";
       status.className = "file-status";
     }
+    picker.waiting = false;
     if (state[view][role]) localStorage.setItem(`hyperlips.${view}-${role}`, rec.id);
     else localStorage.removeItem(`hyperlips.${view}-${role}`);
     if (view === "sync" && role === "audio") speechChanged();
     updateButtons();
   };
-  pickers[`${view}-${role}`] = { view, role, use, example };
+  // The file kept from before the reload, asked of the server where it is not an example. Only an answer that it is
+  // gone (404) forgets it: no answer (a network blip) or a server in trouble is no verdict on the file (one failed
+  // request forgot it), so it stays chosen, the picker says so, and it is asked for again until the server answers.
+  const noun = view === "train" ? "footage" : role === "video" ? "face" : "speech";  // the form's own words for it
+  const restore = async () => {
+    const id = localStorage.getItem(`hyperlips.${view}-${role}`);
+    if (!id || state[view][role]) return;
+    const known = state.examples.find((f) => f.id === id);
+    if (known) { example.value = id; use(known); return; }
+    let rec;
+    try {
+      rec = await api("GET", `/api/files/${encodeURIComponent(id)}`);
+    } catch (e) {
+      if (e.status === 0 || e.status >= 500) {
+        const why = e.status === 0 ? "the server cannot be reached" : e.message.replace(/\.$/, "");
+        status.textContent = `The ${noun} chosen before could not be fetched: ${why}. It stays chosen, and is ` +
+                             "fetched again when the server answers.";
+        status.className = "file-status warn";
+        picker.waiting = true;
+        setTimeout(restore, POLL_MS * 4);
+      } else {  // gone from the server (deleted, or expired)
+        localStorage.removeItem(`hyperlips.${view}-${role}`);
+        if (picker.waiting) { status.textContent = ""; status.className = "file-status"; }
+        picker.waiting = false;
+      }
+      updateButtons();
+      return;
+    }
+    use(rec);
+  };
+  const picker = pickers[`${view}-${role}`] = { view, role, restore, waiting: false };
   let latest = 0, sending = null;  // the newest choice wins: an upload still under way for an older one is aborted
   input.addEventListener("change", async () => {
     const file = input.files[0];
@@ -254,6 +275,7 @@ function setupPicker(view, role) {
     example.value = "";
     state[view][role] = null;
     localStorage.removeItem(`hyperlips.${view}-${role}`);
+    picker.waiting = false;
     state[view].uploading++;
     status.className = "file-status";
     status.textContent = `Uploading ${file.name}…`;
@@ -425,6 +447,9 @@ function missing(view) {
   const v = state[view];
   if (busy(view) || v.starting) return "";
   if (v.uploading) return "Waiting for the upload to finish.";
+  if (Object.values(pickers).some((p) => p.view === view && p.waiting)) {  // its picker says why
+    return "Waiting for the server to answer for the file chosen before.";
+  }
   if (view === "sync") {
     const want = [!v.video && "a face (video or photo)", !v.audio && "the speech"].filter(Boolean);
     return want.length ? `Choose ${want.join(" and ")} to start.` : "";
