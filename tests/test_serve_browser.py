@@ -220,6 +220,43 @@ def test_a_network_blip_or_a_server_error_keeps_the_files_chosen_over_a_reload(o
     page.unroute("**/api/files/*")
 
 
+def test_a_file_chosen_while_the_kept_one_is_asked_for_wins(open_page, tmp_path):
+    """After a reload, the page looked for a choice made only before asking the server for the file kept: a file
+    chosen while it asked was replaced by the kept one when the answer came (and a 404 forgot the newer one)."""
+    from serve_kit import Client, face_photo
+
+    app, page = open_page()
+    _pick(page, "#sync-video-file", face_photo(tmp_path / "old.png"), "#sync-video-status")
+    _pick(page, "#sync-audio-file", write_wav(tmp_path / "old.wav", 0.6), "#sync-audio-status")
+    old_audio = page.evaluate("() => localStorage.getItem('hyperlips.sync-audio')")
+    # the requests for the files kept are held until the test lets them go (the face's first, then the speech's)
+    page.add_init_script("""{ const real = window.fetch; window.held = [];
+        window.fetch = (url, opts) => {
+            if (String(url).startsWith('/api/files/'))
+                return new Promise((ok) => window.held.push(() => real(url, opts).then(ok)));
+            return real(url, opts); }; }""")
+    page.reload()
+    page.wait_for_function("() => window.held.length === 1")
+    shown = _pick(page, "#sync-video-file", face_photo(tmp_path / "new.png"), "#sync-video-status")
+    assert shown.startswith("✓ new.png"), shown
+    new_video = page.evaluate("() => localStorage.getItem('hyperlips.sync-video')")
+    page.evaluate("() => window.held[0]()")  # the kept face's answer comes now
+    page.wait_for_function("() => window.held.length === 2")  # and the speech is asked for
+    page.wait_for_timeout(500)
+    assert page.inner_text("#sync-video-status").startswith("✓ new.png")
+    assert page.evaluate("() => localStorage.getItem('hyperlips.sync-video')") == new_video
+    # the kept speech, deleted meanwhile: its 404 forgets it, not the speech chosen since
+    assert _pick(page, "#sync-audio-file", write_wav(tmp_path / "new.wav", 0.8), "#sync-audio-status").startswith(
+        "✓ new.wav")
+    new_audio = page.evaluate("() => localStorage.getItem('hyperlips.sync-audio')")
+    assert Client(app.url).json("DELETE", f"/api/files/{old_audio}")[0] == 200
+    page.evaluate("() => window.held[1]()")
+    page.wait_for_timeout(500)
+    assert page.inner_text("#sync-audio-status").startswith("✓ new.wav")
+    assert page.evaluate("() => localStorage.getItem('hyperlips.sync-audio')") == new_audio
+    assert page.is_enabled("#sync-start")
+
+
 def test_phoneme_timings_picked_in_the_page_reach_the_job(open_page, tmp_path):
     """A phoneme file picked in the page goes with the job (its text, read by the server); a bad one shows why."""
     app, page = open_page(examples=True)

@@ -235,26 +235,31 @@ function setupPicker(view, role) {
     if (view === "sync" && role === "audio") speechChanged();
     updateButtons();
   };
+  let latest = 0, sending = null;  // the newest choice wins: an upload still under way for an older one is aborted
   // The file kept from before the reload, asked of the server where it is not an example. Only an answer that it is
   // gone (404) forgets it: no answer (a network blip) or a server in trouble is no verdict on the file (one failed
   // request forgot it), so it stays chosen, the picker says so, and it is asked for again until the server answers.
+  // A file chosen while the server is asked (an upload, an example) is newer, and wins when the answer comes: it
+  // was looked for only before asking, and the kept file took the newer one's place (a 404 forgot the newer one).
   const noun = view === "train" ? "footage" : role === "video" ? "face" : "speech";  // the form's own words for it
   const restore = async () => {
     const id = localStorage.getItem(`hyperlips.${view}-${role}`);
     if (!id || state[view][role]) return;
     const known = state.examples.find((f) => f.id === id);
     if (known) { example.value = id; use(known); return; }
+    const mine = latest;  // a choice made since takes the next turn
     let rec;
     try {
       rec = await api("GET", `/api/files/${encodeURIComponent(id)}`);
     } catch (e) {
+      if (mine !== latest) return;  // the picker, its status and what is kept are the newer choice's
       if (e.status === 0 || e.status >= 500) {
         const why = e.status === 0 ? "the server cannot be reached" : e.message.replace(/\.$/, "");
         status.textContent = `The ${noun} chosen before could not be fetched: ${why}. It stays chosen, and is ` +
                              "fetched again when the server answers.";
         status.className = "file-status warn";
         picker.waiting = true;
-        setTimeout(restore, POLL_MS * 4);
+        setTimeout(() => { if (mine === latest) restore(); }, POLL_MS * 4);
       } else {  // gone from the server (deleted, or expired)
         localStorage.removeItem(`hyperlips.${view}-${role}`);
         if (picker.waiting) { status.textContent = ""; status.className = "file-status"; }
@@ -263,10 +268,9 @@ function setupPicker(view, role) {
       updateButtons();
       return;
     }
-    use(rec);
+    if (mine === latest) use(rec);
   };
   const picker = pickers[`${view}-${role}`] = { view, role, restore, waiting: false };
-  let latest = 0, sending = null;  // the newest choice wins: an upload still under way for an older one is aborted
   input.addEventListener("change", async () => {
     const file = input.files[0];
     if (!file) return;
