@@ -257,6 +257,41 @@ def test_a_file_chosen_while_the_kept_one_is_asked_for_wins(open_page, tmp_path)
     assert page.is_enabled("#sync-start")
 
 
+def test_phoneme_timings_chosen_while_the_kept_files_are_asked_for_win(open_page, tmp_path):
+    """The timings kept over a reload were checked after the kept face and speech were asked for: timings chosen
+    meanwhile, still being checked, lost their turn to the kept ones, which took their place."""
+    from serve_kit import face_photo
+
+    app, page = open_page()
+    _pick(page, "#sync-video-file", face_photo(tmp_path / "face.png"), "#sync-video-status")
+    _pick(page, "#sync-audio-file", write_wav(tmp_path / "speech.wav", 0.6), "#sync-audio-status")
+    old, new = tmp_path / "old.txt", tmp_path / "new.txt"
+    old.write_text("0.0 AA\n0.2 M\n")
+    new.write_text("0.0 M\n0.1 AA\n0.3 B\n")
+    assert _pick(page, "#sync-phonemes", old, "#sync-phonemes-status").startswith("✓ old.txt")
+    # the kept files' requests and the timings' checks are held until the test lets them go
+    page.add_init_script("""{ const real = window.fetch; window.held = []; window.checks = [];
+        window.fetch = (url, opts) => {
+            const to = String(url).startsWith('/api/files/') ? window.held
+                     : String(url) === '/api/phonemes' ? window.checks : null;
+            if (to) return new Promise((ok) => to.push(() => real(url, opts).then(ok)));
+            return real(url, opts); }; }""")
+    page.reload()
+    page.wait_for_function("() => window.held.length === 1")
+    page.set_input_files("#sync-phonemes", str(new))  # chosen while the kept face is asked for
+    page.wait_for_function("() => window.checks.length === 1")
+    page.evaluate("() => window.held[0]()")
+    page.wait_for_function("() => window.held.length === 2")
+    page.evaluate("() => window.held[1]()")
+    page.wait_for_function("() => document.querySelector('#sync-audio-status').innerText.startsWith('✓')")
+    page.wait_for_timeout(500)
+    page.evaluate("() => window.checks.forEach((go) => go())")
+    page.wait_for_selector("#sync-phonemes-status.ok", timeout=30_000)
+    page.wait_for_timeout(500)
+    assert page.inner_text("#sync-phonemes-status").startswith("✓ new.txt"), page.inner_text("#sync-phonemes-status")
+    assert "new.txt" in page.evaluate("() => localStorage.getItem('hyperlips.sync-phonemes')")
+
+
 def test_phoneme_timings_picked_in_the_page_reach_the_job(open_page, tmp_path):
     """A phoneme file picked in the page goes with the job (its text, read by the server); a bad one shows why."""
     app, page = open_page(examples=True)

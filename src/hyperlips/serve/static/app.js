@@ -435,6 +435,9 @@ function speechChanged() {
 }
 
 function restorePhonemes() {
+  // after the files kept are asked for: timings chosen (or cleared) meanwhile are newer, and win (the kept ones,
+  // checked last, took their place)
+  if (phonemeChecks) return;
   let kept = null;
   try { kept = JSON.parse(localStorage.getItem("hyperlips.sync-phonemes")); } catch (e) { /* not ours */ }
   if (kept && typeof kept.name === "string" && typeof kept.text === "string") checkPhonemes(kept.name, kept.text);
