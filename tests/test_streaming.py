@@ -876,6 +876,28 @@ def test_an_output_that_is_an_input_by_any_path_is_refused_before_the_work(real_
     check_paths(video, audio, tmp_path / "out.mp4")  # another file: fine
 
 
+def test_an_output_that_is_the_voice_sample_or_the_reference_is_refused_and_the_file_kept(real_data, tmp_path,
+                                                                                           capsys):
+    """Only the video and the speech were compared with the output: `-o` naming the --voice-sample recording (a
+    video of the voice is a natural one) or the --reference picture replaced it with the result without a word."""
+    import shutil
+
+    from hyperlips.cli import main
+
+    video, speech = real_data / "retalking" / "face2.mp4", real_data / "retalking" / "audio1.wav"
+    kept = tmp_path / "recording.mp4"
+    shutil.copy(video, kept)
+    kept.chmod(0o644)  # (the shared clips are read-only: a copy of one refused as write-protected, not as an input)
+    before = kept.read_bytes()
+    for argv, what in ((["live", video, speech, "--voice-sample", kept], "voice sample (--voice-sample)"),
+                       (["live", video, speech, "--reference", kept], "reference (--reference)"),
+                       (["sync", video, speech, "--reference", kept], "reference (--reference)")):
+        code = main([str(a) for a in argv] + ["-o", str(kept), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"the output path is the same file as the {what} ({kept})" in err, err
+    assert kept.read_bytes() == before
+
+
 def test_an_output_another_user_owns_in_a_shared_folder_is_refused_before_the_work(tmp_path, monkeypatch):
     """In a sticky folder (shared, as /tmp is) only a file's owner may replace it: the whole run was done, then the
     final rename failed with "Operation not permitted: .out.2b8efc87.partial.mp4", a hidden file never named."""

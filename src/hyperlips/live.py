@@ -503,11 +503,13 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     same voice whose statistics normalise HyperLips-Lite's mel (the speech file itself reproduces ``sync``)."""
     from .media.audio import load_audio, speech_problems
     from .media.writer import VideoWriter, check_encoding
-    from .streaming import MUX_SAMPLE_RATE, check_paths, make_output_folder, remove_made_folders
+    from .streaming import MUX_SAMPLE_RATE, check_paths, make_output_folder, reference_request, remove_made_folders
 
     video, speech_path, output = Path(video), Path(speech_path), Path(output)
     check_encoding(crf, preset, pix_fmt)
-    check_paths(video, speech_path, output)
+    kept = [(Path(voice_sample) if voice_sample else None, "voice sample (--voice-sample)"),
+            (reference_request(stream_options.get("reference", "best")), "reference (--reference)")]
+    check_paths(video, speech_path, output, kept)
     if voice_sample:  # named as the option it is (it read as the speech argument: "audio file not found")
         require_file(voice_sample, "--voice-sample")
     if not 5.0 <= float(chunk_ms) <= 1000.0:

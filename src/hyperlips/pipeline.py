@@ -351,8 +351,8 @@ class LipSync:
             raise UserError(f"--loop (loop) must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
         check_fps(fps)
         check_encoding(crf, preset, pix_fmt)
-        check_paths(video, audio, output)
         request = reference_request(reference)
+        check_paths(video, audio, output, [(request, "reference (--reference)")])
         timer = StageTimer()
 
         with open_timeline(video, fps, keep_source=True, warn_slow=True) as timeline, FaceDetectors() as detector:

@@ -29,7 +29,7 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -68,15 +68,18 @@ class FrameJob:
 
 
 # --------------------------------------------------------------------------------------------- checks
-def check_paths(video: Path, audio: Path, output: Path) -> None:
-    """Fail early, before any work, on paths that cannot give a result."""
+def check_paths(video: Path, audio: Path, output: Path, others: Sequence[tuple[object, str]] = ()) -> None:
+    """Fail early, before any work, on paths that cannot give a result. ``others``: (path, what) of the other files
+    read (a reference picture, a voice sample), which the output must not replace either (entries that are not a
+    Path, a frame number say, are passed over)."""
     require_file(video, "video")
     require_file(audio, "audio")
     out_real = os.path.realpath(output)
-    for p, what in ((video, "video"), (audio, "audio")):  # (before the output's own checks: an input is often
-        # write-protected, and "cannot replace it: write-protected" hid that it is the input)
+    read = [(video, "input video"), (audio, "input audio")] + [(p, w) for p, w in others if isinstance(p, Path)]
+    for p, what in read:  # (before the output's own checks: an input is often write-protected, and "cannot replace
+        # it: write-protected" hid that it is the input; a voice sample or a reference picture was replaced unsaid)
         if out_real == os.path.realpath(p) or _same_existing_file(output, p):  # (also: the same file by another
-            raise UserError(f"the output path is the same file as the input {what} ({p}); choose another output name")
+            raise UserError(f"the output path is the same file as the {what} ({p}); choose another output name")
         # path: a folder mounted twice, a name in another case on a case-insensitive disk, another Unicode form)
     check_output(output)
 
