@@ -457,6 +457,8 @@ class LiveReport:
     paced: bool
     setup_seconds: float = float("nan")  # the call to the first chunk read (the idle clip opened, its face found)
     lite: bool = False  # the network was HyperLips-Lite (no use advising it)
+    mouth: str = "render"  # how the mouth was made (--mouth, resolved): a warped one (FaceMesh and the warp each
+    # frame) is the slower; rendered is the real-time setting, advised where the stream fell behind
 
     @property
     def fell_behind(self) -> float:
@@ -489,7 +491,8 @@ class LiveReport:
                 f"ms, max {lat.max() * 1000:.0f} ms (the mel window's look-ahead alone: {self.lookahead * 1000:.0f} "
                 f"ms); real-time factor {self.real_time_factor:.2f} (timed from the first chunk read{setup})")
         if self.fell_behind:
-            helps = "a lower --fps" + ("" if self.lite else ", HyperLips-Lite") + " or other programs stopped"
+            helps = ("--mouth render, " if self.mouth != "render" else "") + "a lower --fps" \
+                + ("" if self.lite else ", HyperLips-Lite") + " or other programs stopped"
             text += (f"\nwarning: it fell behind the speech (its frames came {self.fell_behind:.1f} s later by the end "
                      f"than at the start: the last {lat[-1]:.1f} s late); this machine cannot render this stream in "
                      f"real time: {helps} would help")
@@ -555,5 +558,5 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
     lookahead = float(np.mean([min(((mel_feed.needed(j) - 1) * ls.audio_cfg.hop_length + ls.audio_cfg.n_fft // 2) / sr,
                                    speech_end) - j / fps for j in range(n)]))
     return LiveReport(output, n, fps, len(wav) / sr, out_times[-1] - feed.t0, lat, lookahead, float(chunk_ms), pace,
-                      feed.t0 - t_call, lite=ls.model_name == "hyperlips-lite")
+                      feed.t0 - t_call, lite=ls.model_name == "hyperlips-lite", mouth=ls.mouth)
 
