@@ -475,3 +475,19 @@ def test_live_checks_phoneme_timings_against_the_speech_and_makes_no_folder_for_
     r = run_cli("live", blank, clip.speech, "-o", tmp_path / "new" / "a" / "o.mp4", "--untrained", "--no-pace")
     assert r.returncode == 2 and "no face" in r.stderr, r.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_speech_stats_checks_the_sample_rate_as_a_stream_does(clip):
+    """``speech_stats(samples, sample_rate=48)`` (kHz by mistake) resampled them x333 and called the voice silent;
+    ``sample_rate=1`` asked for gigabytes. Both are refused as ``stream`` refuses them; a float holding a whole value
+    (24000.0, 16000.0) is taken by both."""
+    from hyperlips.errors import UserError
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(network=MelTint(), device="cpu", progress=False, precision="fp32")
+    for rate, wav in ((48, clip.wav), (1, clip.wav[:800]), (24000.5, clip.wav), ("16000", clip.wav)):
+        with pytest.raises(UserError, match=r"sample_rate must be the samples' sample rate in Hz, a whole number "
+                                            r"from 4000 to 384000 \(got"):
+            ls.speech_stats(wav, sample_rate=rate)
+    assert np.array_equal(ls.speech_stats(clip.wav, sample_rate=16000.0).mean, ls.speech_stats(clip.wav).mean)
+    assert len(list(ls.stream(clip.video, iter(chunks(clip.wav)), sample_rate=16000.0))) == 40

@@ -138,6 +138,20 @@ def pcm_samples(chunk, say_once=None) -> np.ndarray:
     return a
 
 
+def checked_rate(sample_rate, what: str = "the chunks'") -> int:
+    """``sample_rate`` (of ``what``: samples as a stream takes them) as an int from MIN_RATE to MAX_RATE; a float
+    holding a whole value is taken (16000.0); anything else is a :class:`UserError` (48 for 48 kHz was resampled
+    x333 and then called silent, 1 asked for gigabytes)."""
+    from .streaming import whole_number
+
+    if isinstance(sample_rate, (float, np.floating)) and math.isfinite(sample_rate) and float(sample_rate).is_integer():
+        sample_rate = int(sample_rate)
+    if not whole_number(sample_rate) or not MIN_RATE <= sample_rate <= MAX_RATE:
+        raise UserError(f"sample_rate must be {what} sample rate in Hz, a whole number from {MIN_RATE} to "
+                        f"{MAX_RATE} (got {sample_rate!r})")
+    return int(sample_rate)
+
+
 class MelFeed:
     """Mel windows for frames as the speech arrives (``network``'s kind: Base's windows or Lite's centred, normalised
     ones). :meth:`wait` blocks until frame ``j``'s window is complete; :meth:`windows` cuts it."""
@@ -361,9 +375,7 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
                             "SpeechStats.of(mel, ls.base.mel_smooth)")
     if loop not in LOOP_MODES:
         raise UserError(f"--loop (loop) must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
-    if not whole_number(sample_rate) or not MIN_RATE <= sample_rate <= MAX_RATE:
-        raise UserError(f"sample_rate must be the chunks' sample rate in Hz, a whole number from {MIN_RATE} to "
-                        f"{MAX_RATE} (got {sample_rate!r})")
+    sample_rate = checked_rate(sample_rate)
     check_fps(fps)
     request = reference_request(reference)
     marks = ls.phoneme_marks(phonemes, speech_seconds)

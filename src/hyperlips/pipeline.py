@@ -506,7 +506,8 @@ class LipSync:
     def speech_stats(self, voice, sample_rate: int | None = None):
         """A voice's statistics for :meth:`stream`'s ``speech_stats``, measured as this LipSync's network reads its
         mel: ``voice`` a recording of the voice speaking (a file of any format and rate; at least half a second), or
-        its samples as a stream takes them (1-D, float in [-1, 1] or int16, at ``sample_rate``, 16000 by default)."""
+        its samples as a stream takes them (1-D, float in [-1, 1] or int16, at ``sample_rate`` in Hz, 16000 by default,
+        checked as :meth:`stream` checks its own)."""
         from .live import SpeechStats
         from .media.audio import load_audio, melspectrogram
 
@@ -514,12 +515,11 @@ class LipSync:
         if isinstance(voice, (str, os.PathLike, bytes)):
             wav = load_audio(path_argument(voice, "voice sample"), rate)
         else:
-            from .live import pcm_samples
+            from .live import checked_rate, pcm_samples
 
+            # the rate first, checked as a stream checks it (48 for 48 kHz was resampled x333, then called silent)
+            given = rate if sample_rate is None else checked_rate(sample_rate, "the samples'")
             wav = pcm_samples(voice)  # as a stream reads its chunks (int16 scaled, NaN silenced: said)
-            given = rate if sample_rate is None else sample_rate
-            if not whole_number(given) or given < 1:
-                raise UserError(f"sample_rate must be a whole number of Hz (got {sample_rate!r})")
             if given != rate:
                 from .media.resample import resample_poly
 
