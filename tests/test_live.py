@@ -491,3 +491,25 @@ def test_speech_stats_checks_the_sample_rate_as_a_stream_does(clip):
             ls.speech_stats(wav, sample_rate=rate)
     assert np.array_equal(ls.speech_stats(clip.wav, sample_rate=16000.0).mean, ls.speech_stats(clip.wav).mean)
     assert len(list(ls.stream(clip.video, iter(chunks(clip.wav)), sample_rate=16000.0))) == 40
+
+
+def test_several_channels_are_refused_with_advice_for_their_layout(clip):
+    """Channel-first stereo (2, N) was told to pass ``chunk[:, 0]``, which takes 2 samples of it (1 s of speech
+    streamed as 1 frame, without a word); a (1, 2) chunk, one stereo frame, was read as 2 mono samples."""
+    from hyperlips.errors import UserError
+    from hyperlips.live import pcm_samples
+    from hyperlips.pipeline import LipSync
+
+    two = np.stack([clip.wav[:640], clip.wav[:640]])
+    with pytest.raises(UserError, match=r"shape \(2, 640\) .*e\.g\. chunk\[0\] for these channels by sample, or their "
+                                        r"mean, chunk\.mean\(axis=0\)"):
+        pcm_samples(two)
+    with pytest.raises(UserError, match=r"e\.g\. chunk\[:, 0\] for these samples by channel, or their mean, "
+                                        r"chunk\.mean\(axis=1\)"):
+        pcm_samples(two.T)
+    with pytest.raises(UserError, match=r"shape \(1, 2\): one frame of 2 channels, or 2 samples of one\?"):
+        pcm_samples(np.array([[0.1, 0.1]], np.float32))
+    assert pcm_samples(two[:1]).shape == (640,) and pcm_samples(two[:1].T).shape == (640,)  # one channel: mono
+    ls = LipSync(network=MelTint(), device="cpu", progress=False, precision="fp32")
+    with pytest.raises(UserError, match=r"chunk\[0\] for these channels by sample"):
+        ls.speech_stats(np.stack([clip.wav, clip.wav]))

@@ -44,6 +44,7 @@ FOREVER = 10**15  # output frames scheduled for an idle loop whose end is the sp
 MIN_STATS_FRAMES = 40  # a voice sample's statistics: at least 0.5 s of mel frames (80 a second) ...
 MIN_STATS_SPREAD = 0.05  # ... whose bins vary (speech: a median spread near 0.9; digital silence: 0)
 MIN_RATE, MAX_RATE = 4000, 384000  # the chunks' sample rates taken (resampled to the mel's as they come)
+MAX_CHANNELS = 8  # a 2-D chunk with a side this short or shorter holds channels (7.1 sound has 8)
 
 
 @dataclass
@@ -85,6 +86,18 @@ class LiveFrame:
     sample_aspect: Fraction = Fraction(1)
 
 
+def several_channels(shape, name: str) -> str:
+    """What to pass instead of a 2-D array of ``shape`` holding several channels, for its layout: ``name[:, 0]`` was
+    advised whatever the layout, which takes 2 samples of a (2, N) chunk (channels by sample)."""
+    if shape[1] <= MAX_CHANNELS < shape[0]:
+        return (f"several channels? pass one, e.g. {name}[:, 0] for these samples by channel, or their mean, "
+                f"{name}.mean(axis=1), where they do not cancel")
+    if shape[0] <= MAX_CHANNELS < shape[1]:
+        return (f"several channels? pass one, e.g. {name}[0] for these channels by sample, or their mean, "
+                f"{name}.mean(axis=0), where they do not cancel")
+    return "several channels? pass the samples of one as a 1-D array"
+
+
 def pcm_samples(chunk, say_once=None) -> np.ndarray:
     """Samples as a stream takes them (1-D PCM, float in [-1, 1] or int16) as float32 in [-1, 1]: those that are not
     numbers become silence and float samples beyond full scale are clipped, each said once through ``say_once(key,
@@ -111,10 +124,13 @@ def pcm_samples(chunk, say_once=None) -> np.ndarray:
     if a.ndim == 0:
         raise UserError("speech chunks must be arrays of samples, got a single number (an iterable of samples "
                         "was given where an iterable of chunks is wanted: pass [speech] for one chunk)")
+    if a.ndim == 2 and a.shape[0] == 1 and 1 < a.shape[1] <= MAX_CHANNELS:  # (1, 2): one stereo frame, or 2 samples?
+        raise UserError(f"speech chunks must be 1-D mono PCM, got an array of shape {a.shape}: one frame of "
+                        f"{a.shape[1]} channels, or {a.shape[1]} samples of one? pass the samples of one channel as a "
+                        "1-D array")
     if a.ndim != 1 and not (a.ndim == 2 and 1 in a.shape):
         raise UserError(f"speech chunks must be 1-D mono PCM, got an array of shape {a.shape}"
-                        + (" (several channels? pass one, e.g. chunk[:, 0] for samples by channel, or their mean "
-                           "where they do not cancel)" if a.ndim == 2 else ""))
+                        + (f" ({several_channels(a.shape, 'chunk')})" if a.ndim == 2 else ""))
     a = a.reshape(-1)
     if a.dtype == np.int16:
         return a.astype(np.float32) / 32768.0
