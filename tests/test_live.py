@@ -513,3 +513,17 @@ def test_several_channels_are_refused_with_advice_for_their_layout(clip):
     ls = LipSync(network=MelTint(), device="cpu", progress=False, precision="fp32")
     with pytest.raises(UserError, match=r"chunk\[0\] for these channels by sample"):
         ls.speech_stats(np.stack([clip.wav, clip.wav]))
+
+
+def test_live_help_says_which_sync_a_voice_sample_of_the_speech_gives():
+    """``--voice-sample SPEECH`` "reproduces sync", said its help: with the starter (which reads phones) the frames
+    are those of ``sync --no-phones``, every frame up to 54 grey levels off plain ``sync``'s."""
+    import argparse
+
+    from hyperlips.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help for a in sub.choices["live"]._actions}
+    assert "reproduces sync" not in helps["voice_sample"]
+    assert "the frames of sync --no-phones, as a stream reads no phones" in helps["voice_sample"], helps["voice_sample"]
+    assert "sync --phonemes FILE where --phonemes FILE is given to both" in helps["voice_sample"]

@@ -379,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the speech's phoneme timings, known in advance (as sync --phonemes): a HyperLips-Lite "
                         "mouth closes on every /p b m/, and the starter reads them as its phones")
     p.add_argument("--voice-sample", type=Path, help="HyperLips-Lite: normalise the mel with the statistics of this "
-                   "recording of the same voice (the speech file itself reproduces sync); default: of the speech so far")
+                   "recording of the same voice (the speech file itself gives the frames of sync --no-phones, as a "
+                   "stream reads no phones: of sync --phonemes FILE where --phonemes FILE is given to both); default: "
+                   "of the speech so far")
     add_model_options(p, phones=False)  # live recognises no phones (media.phones reads a whole recording)
     add_sync_options(p, timings=False)
     for action in p._actions:  # (live draws no progress bar: its --quiet is taken, as sync's, and changes nothing)

@@ -531,7 +531,8 @@ def run_live(ls, video, speech_path, output, *, chunk_ms: float = 40.0, pace: bo
              crf: int = 18, preset: str = "veryfast", pix_fmt: str = "yuv420p", **stream_options) -> LiveReport:
     """Feed ``speech_path`` to ``ls.stream`` in ``chunk_ms`` chunks as if it were being spoken (``pace``), write the
     frames and the speech to ``output`` and measure the latency of every frame. ``voice_sample``: a recording of the
-    same voice whose statistics normalise HyperLips-Lite's mel (the speech file itself reproduces ``sync``)."""
+    same voice whose statistics normalise HyperLips-Lite's mel (the speech file itself gives the frames of ``sync
+    --no-phones``: a stream reads no phones; of ``sync --phonemes FILE`` where ``phonemes`` names the same FILE)."""
     from .media.audio import load_audio, speech_problems
     from .media.writer import VideoWriter, check_encoding
     from .streaming import MUX_SAMPLE_RATE, check_paths, make_output_folder, reference_request, remove_made_folders
