@@ -527,3 +527,19 @@ def test_live_help_says_which_sync_a_voice_sample_of_the_speech_gives():
     assert "reproduces sync" not in helps["voice_sample"]
     assert "the frames of sync --no-phones, as a stream reads no phones" in helps["voice_sample"], helps["voice_sample"]
     assert "sync --phonemes FILE where --phonemes FILE is given to both" in helps["voice_sample"]
+
+
+def test_a_voice_sample_for_base_is_said_to_be_unused(clip, tmp_path):
+    """HyperLips-Base's mel takes no statistics: a voice sample was read, measured and dropped without a word
+    (``--phonemes`` in the same case is warned of)."""
+    from hyperlips.errors import InputWarning
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(network=MelTint(), device="cpu", progress=False, precision="fp32")
+    with pytest.warns(InputWarning, match=r"a voice sample \(--voice-sample, speech_stats\) is not used by the given "
+                                          r"MelTint network: HyperLips-Base's mel needs no statistics"):
+        assert len(list(ls.stream(clip.video, iter(chunks(clip.wav)), speech_stats=ls.speech_stats(clip.wav)))) == 40
+    r = run_cli("live", clip.video, clip.speech, "-o", tmp_path / "o.mp4", "--untrained", "--model", "base",
+                "--no-pace", "--quiet", "--voice-sample", clip.speech)
+    assert r.returncode == 0 and "a voice sample (--voice-sample, speech_stats) is not used by untrained (random) " \
+        "weights" in r.stderr, r.stderr

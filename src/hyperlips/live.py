@@ -389,6 +389,9 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
             raise UserError(f"speech_stats were measured on a mel smoothed with {stats.smooth}, and this network "
                             f"reads it smoothed with {reads}: make them with ls.speech_stats(VOICE_SAMPLE), or "
                             "SpeechStats.of(mel, ls.base.mel_smooth)")
+    if stats is not None and getattr(ls.base, "mel_norm", None) != "utterance":  # (measured, then unused: unsaid)
+        warn(f"a voice sample (--voice-sample, speech_stats) is not used by {ls.weights}: HyperLips-Base's mel needs "
+             "no statistics (they normalise HyperLips-Lite's)")
     if loop not in LOOP_MODES:
         raise UserError(f"--loop (loop) must be one of {', '.join(LOOP_MODES)} (got {loop!r})")
     sample_rate = checked_rate(sample_rate)
