@@ -543,3 +543,16 @@ def test_a_voice_sample_for_base_is_said_to_be_unused(clip, tmp_path):
                 "--no-pace", "--quiet", "--voice-sample", clip.speech)
     assert r.returncode == 0 and "a voice sample (--voice-sample, speech_stats) is not used by untrained (random) " \
         "weights" in r.stderr, r.stderr
+
+
+def test_a_path_given_as_the_speech_says_how_to_stream_a_file(clip):
+    """``stream(video, Path("speech.wav"))`` was told only "(got PosixPath)" (``speech_stats`` takes a path)."""
+    from hyperlips.errors import UserError
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(network=MelTint(), device="cpu", progress=False, precision="fp32")
+    for speech in (clip.speech, str(clip.speech)):
+        with pytest.raises(UserError, match=r"speech must be an iterable of chunks .*\(got (PosixPath|str)\): to stream "
+                                            r"a file, read it first, e\.g\. \[hyperlips\.media\.audio\.load_audio\(path\)\]"
+                                            r" .* or run hyperlips live"):
+            next(ls.stream(clip.video, speech))

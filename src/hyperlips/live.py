@@ -18,6 +18,7 @@ statistics and batch size, the streamed frames are the frames ``sync`` hands to 
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -378,6 +379,9 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
     if speech is None or isinstance(speech, (bytes, bytearray, memoryview, str)) or not isinstance(speech, Iterable):
         aio = " (an async iterable: feed its chunks from a thread, e.g. through a queue.Queue)" \
             if hasattr(speech, "__aiter__") else ""
+        if isinstance(speech, (str, os.PathLike)):  # (speech_stats takes a path; a stream takes samples)
+            aio = (": to stream a file, read it first, e.g. [hyperlips.media.audio.load_audio(path)] (16 kHz mono "
+                   "samples, the default sample_rate), or run hyperlips live")
         raise UserError("speech must be an iterable of chunks of samples (arrays), e.g. a list or a generator of "
                         f"them (got {type(speech).__name__}){aio}")
     if stats is not None and not isinstance(stats, SpeechStats):
