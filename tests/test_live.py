@@ -556,3 +556,14 @@ def test_a_path_given_as_the_speech_says_how_to_stream_a_file(clip):
                                             r"a file, read it first, e\.g\. \[hyperlips\.media\.audio\.load_audio\(path\)\]"
                                             r" .* or run hyperlips live"):
             next(ls.stream(clip.video, speech))
+
+
+def test_big_endian_int16_chunks_are_read_as_int16():
+    """``np.frombuffer(payload, '>i2')`` (RTP's L16 is big-endian) was refused as "got >i2 (convert other integer
+    PCM to float first)"; big-endian float was taken."""
+    from hyperlips.live import pcm_samples
+
+    pcm = ((np.arange(640) % 100 - 50) * 300).astype(np.int16)
+    want = pcm_samples(pcm)
+    assert np.array_equal(pcm_samples(pcm.astype(">i2")), want)
+    assert np.array_equal(pcm_samples(np.frombuffer(pcm.astype(">i2").tobytes(), ">i2")), want)

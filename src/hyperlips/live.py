@@ -133,7 +133,7 @@ def pcm_samples(chunk, say_once=None) -> np.ndarray:
         raise UserError(f"speech chunks must be 1-D mono PCM, got an array of shape {a.shape}"
                         + (f" ({several_channels(a.shape, 'chunk')})" if a.ndim == 2 else ""))
     a = a.reshape(-1)
-    if a.dtype == np.int16:
+    if a.dtype.kind == "i" and a.dtype.itemsize == 2:  # int16 in either byte order (RTP's L16 is big-endian: '>i2')
         return a.astype(np.float32) / 32768.0
     if a.dtype.kind == "c":
         raise UserError(f"speech chunks must be real samples, got complex ones ({a.dtype})")
