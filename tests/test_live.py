@@ -567,3 +567,33 @@ def test_big_endian_int16_chunks_are_read_as_int16():
     want = pcm_samples(pcm)
     assert np.array_equal(pcm_samples(pcm.astype(">i2")), want)
     assert np.array_equal(pcm_samples(np.frombuffer(pcm.astype(">i2").tobytes(), ">i2")), want)
+
+
+def test_speech_stats_built_by_hand_are_checked_when_the_stream_starts(clip):
+    """``SpeechStats`` is public (a voice's statistics cached, say as JSON): lists failed mid-stream as a bare
+    TypeError, a wrong bin count as a bare ValueError, and NaN or zero spreads streamed without a word."""
+    from hyperlips.errors import UserError
+    from hyperlips.live import SpeechStats
+    from hyperlips.media.audio import melspectrogram
+    from hyperlips.models import HyperLipsLite, LiteConfig
+    from hyperlips.pipeline import LipSync
+
+    ls = LipSync(network=HyperLipsLite(LiteConfig()).eval(), device="cpu", progress=False, batch_size=1)
+    good = SpeechStats.of(melspectrogram(clip.wav))
+    nan = good.mean.copy()
+    nan[3] = np.nan
+    for stats, words in (
+            (SpeechStats(good.mean[:40], good.std[:40], good.floor[:40], 0),
+             r"speech_stats\.mean must hold 80 numbers, one per mel bin \(got an array of shape \(40,\)\)"),
+            (SpeechStats(good.mean, "std", good.floor, 0), r"speech_stats\.std must hold 80 numbers, .*\(got str\)"),
+            (SpeechStats(nan, good.std, good.floor, 0), r"speech_stats\.mean holds values that are not numbers "
+                                                        r"\(NaN or infinite\) in 1 of its 80 bins"),
+            (SpeechStats(good.mean, good.std * 0, good.floor, 0), r"speech_stats\.std must be a spread .* a median "
+                                                                  r"of 0, least 0\)")):
+        with pytest.raises(UserError, match=words):
+            next(ls.stream(clip.video, iter(chunks(clip.wav)), speech_stats=stats))
+    # read back from JSON: lists, taken as the arrays they hold (the same frames)
+    as_lists = SpeechStats(good.mean.tolist(), good.std.tolist(), good.floor.tolist(), 0)
+    a = [f.image for f in ls.stream(clip.video, iter(chunks(clip.wav[:8000])), speech_stats=as_lists)]
+    b = [f.image for f in ls.stream(clip.video, iter(chunks(clip.wav[:8000])), speech_stats=good)]
+    assert len(a) == len(b) == 12 and all(np.array_equal(x, y) for x, y in zip(a, b))

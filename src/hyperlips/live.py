@@ -74,6 +74,32 @@ class SpeechStats:
         return cls(mean[:, 0], std[:, 0], floor[:, 0], int(smooth))
 
 
+def checked_stats(stats: SpeechStats, n_mels: int) -> SpeechStats:
+    """``stats`` (built by hand, e.g. read back from JSON) as float32 arrays of ``n_mels`` finite numbers each, whose
+    spread varies as a voice's (``SpeechStats.of``'s rule); a :class:`UserError` saying what is wrong otherwise (lists
+    and a wrong bin count failed mid-stream as a bare TypeError or ValueError; NaN or zero spread went unsaid)."""
+    got = {}
+    for name in ("mean", "std", "floor"):
+        try:
+            a = np.asarray(getattr(stats, name), dtype=np.float32)
+        except (TypeError, ValueError):
+            a = None
+        if a is None or a.shape != (n_mels,):
+            raise UserError(f"speech_stats.{name} must hold {n_mels} numbers, one per mel bin (got "
+                            f"{'an array of shape ' + str(a.shape) if a is not None else type(getattr(stats, name)).__name__}"
+                            "): make them with ls.speech_stats(VOICE_SAMPLE), or SpeechStats.of(mel, ls.base.mel_smooth)")
+        if not np.isfinite(a).all():
+            raise UserError(f"speech_stats.{name} holds values that are not numbers (NaN or infinite) in "
+                            f"{int((~np.isfinite(a)).sum())} of its {n_mels} bins: make them again with "
+                            "ls.speech_stats(VOICE_SAMPLE)")
+        got[name] = a
+    if (got["std"] < 0).any() or float(np.median(got["std"])) < MIN_STATS_SPREAD:  # dividing by about nothing
+        raise UserError(f"speech_stats.std must be a spread (at least 0) that varies as a voice's (a median of at "
+                        f"least {MIN_STATS_SPREAD:g}; got a median of {float(np.median(got['std'])):g}, least "
+                        f"{float(got['std'].min()):g}): make them with ls.speech_stats(VOICE_SAMPLE)")
+    return SpeechStats(got["mean"], got["std"], got["floor"], stats.smooth)
+
+
 @dataclass
 class LiveFrame:
     """One streamed frame: ``index`` (shown at ``time`` = index / fps seconds of the speech) and ``image`` (H, W, 3)
@@ -387,6 +413,8 @@ def run_stream(ls, video, speech: Iterable[np.ndarray], *, sample_rate: int = 16
     if stats is not None and not isinstance(stats, SpeechStats):
         raise UserError("speech_stats must be a hyperlips.live.SpeechStats, e.g. ls.speech_stats(VOICE_SAMPLE) (a "
                         f"recording of the voice, or its samples) (got {type(stats).__name__})")
+    if stats is not None:
+        stats = checked_stats(stats, ls.audio_cfg.n_mels)
     if stats is not None and stats.smooth is not None and getattr(ls.base, "mel_norm", None) == "utterance":
         reads = int(getattr(ls.base, "mel_smooth", 0))
         if stats.smooth != reads:  # (the mouth was off on every frame of the stream, without a word)
