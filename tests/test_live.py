@@ -597,3 +597,19 @@ def test_speech_stats_built_by_hand_are_checked_when_the_stream_starts(clip):
     a = [f.image for f in ls.stream(clip.video, iter(chunks(clip.wav[:8000])), speech_stats=as_lists)]
     b = [f.image for f in ls.stream(clip.video, iter(chunks(clip.wav[:8000])), speech_stats=good)]
     assert len(a) == len(b) == 12 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_the_readme_microphone_example_passes_speech_stats():
+    """README's live example streams a microphone (always on) without ``speech_stats``, which docs/inference.md says
+    such a stream needs (its pauses pull the running statistics towards silence); its keywords are stream's own."""
+    import inspect
+    import re
+
+    from hyperlips.pipeline import LipSync
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Live: frames while the speech arrives", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "microphone_chunks()" in code and "ls.speech_stats(" in code and "speech_stats=" in code, code
+    call = code[code.index(".stream("):]
+    assert set(re.findall(r"(\w+)=", call)) <= set(inspect.signature(LipSync.stream).parameters), call
