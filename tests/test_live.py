@@ -552,9 +552,9 @@ def test_a_path_given_as_the_speech_says_how_to_stream_a_file(clip):
 
     ls = LipSync(network=MelTint(), device="cpu", progress=False, precision="fp32")
     for speech in (clip.speech, str(clip.speech)):
-        with pytest.raises(UserError, match=r"speech must be an iterable of chunks .*\(got (PosixPath|str)\): to stream "
-                                            r"a file, read it first, e\.g\. \[hyperlips\.media\.audio\.load_audio\(path\)\]"
-                                            r" .* or run hyperlips live"):
+        with pytest.raises(UserError, match=r"speech must be an iterable of chunks .*\(got (PosixPath|str)\): to "
+                                            r"stream a file, read it first, e\.g\. "
+                                            r"\[hyperlips\.media\.audio\.load_audio\(path\)\] .* or run hyperlips live"):
             next(ls.stream(clip.video, speech))
 
 

@@ -85,9 +85,9 @@ def checked_stats(stats: SpeechStats, n_mels: int) -> SpeechStats:
         except (TypeError, ValueError):
             a = None
         if a is None or a.shape != (n_mels,):
-            raise UserError(f"speech_stats.{name} must hold {n_mels} numbers, one per mel bin (got "
-                            f"{'an array of shape ' + str(a.shape) if a is not None else type(getattr(stats, name)).__name__}"
-                            "): make them with ls.speech_stats(VOICE_SAMPLE), or SpeechStats.of(mel, ls.base.mel_smooth)")
+            what = f"an array of shape {a.shape}" if a is not None else type(getattr(stats, name)).__name__
+            raise UserError(f"speech_stats.{name} must hold {n_mels} numbers, one per mel bin (got {what}): make "
+                            "them with ls.speech_stats(VOICE_SAMPLE), or SpeechStats.of(mel, ls.base.mel_smooth)")
         if not np.isfinite(a).all():
             raise UserError(f"speech_stats.{name} holds values that are not numbers (NaN or infinite) in "
                             f"{int((~np.isfinite(a)).sum())} of its {n_mels} bins: make them again with "
