@@ -161,7 +161,7 @@ def test_python_api_refuses_bad_settings_before_any_work(real_data, tmp_path, kw
 
     ls = LipSync(untrained=True, progress=False, device="cpu")
     out = tmp_path / "out.mp4"
-    with pytest.raises(UserError, match=f"--{next(iter(kw)).replace('_', '-')} must be"):
+    with pytest.raises(UserError, match=rf"--{next(iter(kw)).replace('_', '-')} \({next(iter(kw))}\) must be"):
         ls.sync(real_data / "retalking" / "face3.mp4", real_data / "retalking" / "audio1.wav", out, **kw)
     assert not list(tmp_path.iterdir())
 

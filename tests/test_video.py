@@ -490,7 +490,7 @@ def test_encoder_threads_one_up_to_720p_on_two_cores(monkeypatch, tmp_path):
 @pytest.mark.parametrize("kw", [{"crf": -1}, {"crf": 52}, {"crf": 18.5}, {"crf": "18"}, {"crf": True},
                                 {"preset": "turbo"}, {"preset": "VeryFast"}, {"pix_fmt": "yuv422p"}])
 def test_writer_refuses_bad_settings(tmp_path, kw):
-    with pytest.raises(UserError, match=f"--{next(iter(kw)).replace('_', '-')} must be"):
+    with pytest.raises(UserError, match=rf"--{next(iter(kw)).replace('_', '-')} \({next(iter(kw))}\) must be"):
         VideoWriter(tmp_path / "bad.mp4", 64, 48, 25, **kw)
     assert not list(tmp_path.iterdir())
 
