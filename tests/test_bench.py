@@ -485,9 +485,9 @@ def test_the_command_refuses_memory_lengths_it_cannot_read(tmp_path):
             B.run_bench_command(p.parse_args(["--memory-seconds", *bad, "-o", str(tmp_path / "b.json")]))
 
 
-def test_a_given_video_runs_each_model_once_and_says_the_heights_do_not_apply(monkeypatch, tmp_path):
-    """``--video`` with ``--end-to-end lite:1080 lite:720``: both rows ran on the same clip, labelled alike."""
-    calls, said = [], []
+def _a_720p_video_timed_by_nothing(monkeypatch, tmp_path, calls: list):
+    """A ``--video`` of 1280x720 for run_bench, every stage stubbed out: the end-to-end runs are noted in ``calls`` as
+    (video name, mouth size)."""
     monkeypatch.setattr(B, "bench_network", lambda *a, **k: [])
     monkeypatch.setattr(B, "bench_end_to_end", lambda v, a, size, *r, **k: calls.append((v.name, size)) or [])
     for kind in ("decode", "encode", "paste"):
@@ -499,6 +499,13 @@ def test_a_given_video_runs_each_model_once_and_says_the_heights_do_not_apply(mo
     monkeypatch.setattr(B, "_frame_size", lambda v: (1280, 720))
     video = tmp_path / "me.mp4"
     video.write_bytes(b"read by nothing here")
+    return video
+
+
+def test_a_given_video_runs_each_model_once_and_says_the_heights_do_not_apply(monkeypatch, tmp_path):
+    """``--video`` with ``--end-to-end lite:1080 lite:720``: both rows ran on the same clip, labelled alike."""
+    calls, said = [], []
+    video = _a_720p_video_timed_by_nothing(monkeypatch, tmp_path, calls)
     B.run_bench(sizes=(128,), devices=["cpu"], precisions=("fp32",), batches=(1,), frames=1, video=video,
                 audio=video, end_to_end=("lite:1080:128", "lite:720:128", "lite:720:256"), memory_seconds=(),
                 generator_table=False, original_batch=0, log=said.append)
@@ -511,17 +518,7 @@ def test_a_given_video_with_one_run_of_another_height_is_warned(monkeypatch, tmp
     """``--video`` a 720p clip with ``--end-to-end lite:1080:128`` alone ran it at 720p without a word (only two
     heights were said); the clip line says the size it ran at."""
     calls, said = [], []
-    monkeypatch.setattr(B, "bench_network", lambda *a, **k: [])
-    monkeypatch.setattr(B, "bench_end_to_end", lambda v, a, size, *r, **k: calls.append((v.name, size)) or [])
-    for kind in ("decode", "encode", "paste"):
-        monkeypatch.setattr(B, f"bench_{kind}", lambda *a, **k: [])
-    monkeypatch.setattr(B, "bench_faces", lambda images: ([], [(0, 0, 4, 4)] * len(images)))
-    monkeypatch.setattr(B, "_cut_audio", lambda src, dst, seconds: dst)
-    monkeypatch.setattr(B, "_fps", lambda v: 25.0)
-    monkeypatch.setattr(B, "_load_frames", lambda v, n: [np.zeros((8, 8, 3), np.uint8)])
-    monkeypatch.setattr(B, "_frame_size", lambda v: (1280, 720))
-    video = tmp_path / "me.mp4"
-    video.write_bytes(b"read by nothing here")
+    video = _a_720p_video_timed_by_nothing(monkeypatch, tmp_path, calls)
 
     def run(*specs):
         said.clear()
