@@ -582,6 +582,29 @@ def test_a_budget_is_planned_early_when_the_first_validation_is_far(grid_view, t
     assert trainer.planned_steps == 20 + int(0.98 * 40) == res.step
 
 
+def test_a_budget_planned_after_a_long_validation_counts_it_once(grid_view, tmp_path, monkeypatch):
+    """The plan made after a validation took the time before it as the time so far, less the validation: Base's
+    validations, longer than its steps on a CPU, read as 0.00 s/step, and the run planned twice the steps it had."""
+    import hyperlips.train.loop as loop
+
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["t"])
+    validate = loop.held_out_metrics
+
+    def slow_validation(*a, **k):
+        clock["t"] += 20.0
+        return validate(*a, **k)
+
+    monkeypatch.setattr(loop, "held_out_metrics", slow_validation)
+    said = []
+    trainer = _trainer(grid_view, tmp_path / "run", max_steps=1000, max_minutes=1.0, val_every=4, ckpt_every=1000)
+    trainer.say = said.append
+    trainer.on_step = lambda step, losses: clock.__setitem__("t", clock["t"] + 1.0)  # 1 s a step
+    trainer.fit()
+    # at step 4: 24 s spent, 36 s left, 1 s a step and 20 s a validation every 4: 6 steps, 98% of them planned
+    assert any("1.00 s/step, 20.0 s/validation -> planning 9 steps" in m for m in said), said
+
+
 def test_a_stages_preparation_is_spent_from_the_budget_but_left_out_of_its_speed(grid_view, tmp_path, monkeypatch):
     """HyperLips-Lite fits its audio encoder before the first step: given at most a quarter of the budget, counted
     in the elapsed time, not in the seconds per step the plan is made from."""

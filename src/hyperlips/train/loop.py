@@ -355,8 +355,11 @@ class Trainer:
         image_batch = None
         losses: dict[str, float] = {}
 
-        def out_of_time() -> bool:
+        def clock() -> None:  # the training time so far, into self.elapsed
             self.elapsed = elapsed0 + time.perf_counter() - t0
+
+        def out_of_time() -> bool:
+            clock()
             return bool(budget) and self.dist.all_true(self.elapsed >= budget)
 
         if step >= self.max_steps():
@@ -445,6 +448,7 @@ class Trainer:
                             best = {"metric": key, "value": float(v), "step": step}
                             is_best = True
                     self._preview(stage, step, log, is_best)
+                    clock()  # with the validation in it (the time before it, less the validation, read as 0 s a step)
                     self._plan(step, time.perf_counter() - t_val)
                     if last and self.budget.planned_steps is not None:  # the run ends here, and its checkpoint says
                         self.budget.planned_steps = step  # so (a plan made now would have a re-run train on)
