@@ -168,6 +168,15 @@ def test_train_judge_command_refuses_bad_settings(tmp_path, capsys):
     assert "--window >= 2" in capsys.readouterr().err
     assert main(["train", "judge", str(tmp_path), "-o", str(tmp_path / "o"), "--tune-steps", "-1"]) != 0
     assert "--tune-steps >= 0" in capsys.readouterr().err
+    # more directions than the mouth shape has numbers: a traceback after the whole fit
+    assert main(["train", "judge", str(tmp_path), "-o", str(tmp_path / "o"), "--components", "107"]) == 2
+    assert "--components must be at most 106" in capsys.readouterr().err
+    # a folder holding a judge: it was replaced without a word, where the other stages refuse
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "judge.safetensors").write_bytes(b"the judge fitted before")
+    assert main(["train", "judge", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+    assert "already holds a judge (judge.safetensors" in capsys.readouterr().err
+    assert (tmp_path / "o" / "judge.safetensors").read_bytes() == b"the judge fitted before"
 
 
 # ---------------------------------------------------------------------------------------------- the shipped judge

@@ -63,7 +63,8 @@ def fit_basis(tracks, components: int) -> np.ndarray:
     rows = [s[ok] - s[ok].mean(axis=0) for _, _, _, s, ok in tracks if ok.sum() > 1]
     x = np.concatenate(rows).astype(np.float64)
     if len(x) <= components:
-        raise UserError(f"{len(x)} frames with mouth shapes are too few to fit the sync judge")
+        raise UserError(f"{len(x)} frames with mouth shapes are too few to fit the sync judge's {components} "
+                        "directions (--components): more clips, or fewer directions")
     _, sv, vt = np.linalg.svd(x, full_matrices=False)
     std = sv[:components] / np.sqrt(len(x))
     return (vt[:components] / np.maximum(std, 1e-9)[:, None]).astype(np.float32)
@@ -152,6 +153,7 @@ def fit_judge(data: str | Path, out: str | Path, *, steps: int = 3000, members: 
     if not val:
         raise UserError(f"{data}: no validation clip has frames with face landmarks (the judge is measured on them; "
                         "set a split with hyperlips preprocess)")
+    fit_basis(train, components)  # (too few frames for it: said now, not after minutes of fitting)
     torch.manual_seed(seed)
     judge = create_model("sync-judge", {"window": window, "components": components, "audio_members": members,
                                         "mel_smooth": mel_smooth})
@@ -218,11 +220,20 @@ def add_parser(stages) -> None:
 def run_judge(args: argparse.Namespace) -> int:
     import torch
 
+    from ..face.mouth_shape import N_SHAPE
+
     if (args.steps < 1 or args.members < 1 or args.window < 2 or args.components < 1 or args.mel_smooth < 0
             or args.tune_steps < 0):
         raise UserError("--steps and --members must be >= 1, --window >= 2, --components >= 1, --mel-smooth and "
                         "--tune-steps >= 0")
+    if args.components > N_SHAPE:  # (a traceback after the whole fit)
+        raise UserError(f"--components must be at most {N_SHAPE}: the mouth shape has {N_SHAPE} numbers, so no more "
+                        f"directions of its movement exist (got {args.components})")
     refuse_unexpanded_home(args.out, "-o")
+    kept = Path(args.out) / "judge.safetensors"
+    if kept.exists():  # as the other stages refuse a folder with a run in it (the judge there was replaced unsaid)
+        raise UserError(f"{args.out} already holds a judge ({kept.name}, with its report.json): choose another -o "
+                        "folder, or remove them to fit it again")
     if args.threads:
         torch.set_num_threads(args.threads)
     rep = fit_judge(args.data, args.out, steps=args.steps, members=args.members, window=args.window,
