@@ -582,6 +582,22 @@ def test_a_budget_is_planned_early_when_the_first_validation_is_far(grid_view, t
     assert trainer.planned_steps == 20 + int(0.98 * 40) == res.step
 
 
+def test_a_run_ended_by_max_steps_within_its_budget_continues_with_a_larger_one(grid_view, tmp_path, monkeypatch):
+    """Its end was kept as the budget's plan, as for a run the budget ended: "already at step 8 (max_steps 8) (the
+    plan for its time budget ...): nothing to do" with --max-steps 16 and most of the minutes left."""
+    import hyperlips.train.loop as loop
+
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["t"])
+    kw = dict(max_minutes=1.0, val_every=4, ckpt_every=4)
+    first = _trainer(grid_view, tmp_path / "run", max_steps=8, **kw)
+    first.on_step = lambda step, losses: clock.__setitem__("t", clock["t"] + 1.0)  # 1 s a step: 8 s of 60
+    assert first.fit().step == 8
+    more = _trainer(grid_view, tmp_path / "run", resume=True, max_steps=16, **kw)
+    more.on_step = first.on_step
+    assert more.fit().step == 16
+
+
 def test_a_budget_planned_after_a_long_validation_counts_it_once(grid_view, tmp_path, monkeypatch):
     """The plan made after a validation took the time before it as the time so far, less the validation: Base's
     validations, longer than its steps on a CPU, read as 0.00 s/step, and the run planned twice the steps it had."""

@@ -450,8 +450,10 @@ class Trainer:
                     self._preview(stage, step, log, is_best)
                     clock()  # with the validation in it (the time before it, less the validation, read as 0 s a step)
                     self._plan(step, time.perf_counter() - t_val)
-                    if last and self.budget.planned_steps is not None:  # the run ends here, and its checkpoint says
-                        self.budget.planned_steps = step  # so (a plan made now would have a re-run train on)
+                    if last and self.budget.planned_steps is not None and step < int(cfg.max_steps):  # the budget
+                        # ends the run here, and its checkpoint says so (a plan made now would have a re-run train on);
+                        # not where --max-steps ended it, whose larger value continues in the time left
+                        self.budget.planned_steps = step
                     progress.update(step, losses, metrics, force=True)
                 if step % cfg.ckpt_every == 0 or last or is_best:
                     self.save(stage, step, best, is_best=is_best)
