@@ -582,6 +582,23 @@ def test_a_budget_is_planned_early_when_the_first_validation_is_far(grid_view, t
     assert trainer.planned_steps == 20 + int(0.98 * 40) == res.step
 
 
+def test_a_second_run_into_a_run_folder_in_use_is_refused(grid_view, tmp_path):
+    """Two `train` runs into one --out at once (a --resume in a second terminal, thinking the first had died) both
+    ran, interleaving their checkpoints, model.safetensors and scalars.jsonl."""
+    from hyperlips.data.preprocess import dataset_lock
+    from hyperlips.errors import UserError
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    half = run / "checkpoints" / ".step_000000002.pt.tmp-1234"
+    half.write_bytes(b"being written by the run going on")
+    with dataset_lock(run):  # the run going on
+        with pytest.raises(UserError, match="is being written by another run"):
+            _trainer(grid_view, run, max_steps=1).fit()
+    assert half.exists()  # its half-written checkpoint is its own
+    assert _trainer(grid_view, run, max_steps=1).fit().step == 1  # once it has ended
+
+
 def test_a_run_ended_by_max_steps_within_its_budget_continues_with_a_larger_one(grid_view, tmp_path, monkeypatch):
     """Its end was kept as the budget's plan, as for a run the budget ended: "already at step 8 (max_steps 8) (the
     plan for its time budget ...): nothing to do" with --max-steps 16 and most of the minutes left."""

@@ -275,15 +275,20 @@ class Trainer:
             raise UserError("no run folder given (--out RUN)")
         if self.run.exists() and not self.run.is_dir():
             raise UserError(f"--out {self.run} is a file: the run folder must be a folder (new or of this run)")
+        from ..data.preprocess import LOCK, dataset_lock
+
         created = not self.run.exists()
         if self.dist.main:
             self.run.mkdir(parents=True, exist_ok=True)
-            clean_temporaries(self.run)
-        try:
-            return self._fit()
+        try:  # a second run into the folder meanwhile is refused (two interleaved their checkpoints and scalars)
+            with dataset_lock(self.run) if self.dist.main else contextlib.nullcontext():
+                if self.dist.main:
+                    clean_temporaries(self.run)  # (held: a run going on keeps its half-written files)
+                return self._fit()
         except UserError:
-            if created and self.dist.main and not any(self.run.iterdir()):
-                self.run.rmdir()  # a mistake in the data or the settings: no empty run folder left behind
+            if created and self.dist.main and {p.name for p in self.run.iterdir()} <= {LOCK}:
+                (self.run / LOCK).unlink(missing_ok=True)  # a mistake in the data or the settings: no empty run
+                self.run.rmdir()  # folder left behind
             raise
 
     def _fit(self) -> TrainResult:
