@@ -85,10 +85,14 @@ def test_config_precedence_and_errors(tmp_path):
                         ("betas=0.9", "needs two numbers, e.g. betas=0.5,0.999"),
                         ("betas=0.9,0.99,0.999", "needs two numbers"),
                         ("val_every=ten", "val_every='ten': must be a whole number$"),
-                        ("lr=fast", "lr='fast': must be a number$")]:
+                        ("lr=fast", "lr='fast': must be a number$"),
+                        ("augment=0.5", "augment=0.5: must be true or false"),  # (0.5 and 2 turned it on)
+                        ("augment=2", "augment=2: must be true or false")]:
         with pytest.raises(UserError, match=words):
             build_config("sync", overrides=parse_overrides([item]))
     assert build_config("sync", overrides=parse_overrides(["betas=0.8,0.9", "val_every=2e3"])).betas == (0.8, 0.9)
+    assert [build_config("sync", overrides=parse_overrides([f"augment={v}"])).augment for v in ("1", "0", "on")] == [
+        True, False, True]
 
 
 @pytest.mark.parametrize("stage, model, name", [("base", "lite", "hyperlips-lite"), ("sync", "lite", "syncnet-lite")])

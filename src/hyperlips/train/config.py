@@ -266,7 +266,9 @@ def _coerce(name: str, value: Any) -> Any:
                 if value.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError("must be true or false")
-            return bool(value)
+            if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
+                return bool(value)
+            raise ValueError("must be true or false")  # (0.5 or 2 turned it on: a share was meant, or a level)
         if kind.startswith("float"):
             try:
                 return float(value)
