@@ -332,6 +332,13 @@ def test_a_resume_on_other_held_out_clips_or_another_process_count_is_said(sync_
     with pytest.warns(InputWarning, match=r"1 of the dataset's clips were made again from other footage since this "
                                           r"run was saved \(" + manifest["clips"][0]["id"]):
         _trainer("sync", data, run, resume=True, max_steps=6, ckpt_every=6).fit()
+    # a training clip taken out of the dataset (or one preprocessed into it): its batches changed without a word
+    gone = next(c for c in manifest["clips"] if c["split"] == "train")
+    manifest["clips"] = [c for c in manifest["clips"] if c["id"] != gone["id"]]  # (its ranges: a clip split in time)
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(InputWarning, match=r"the dataset's clips changed since this run was saved: 1 gone \("
+                                          + gone["id"]):
+        _trainer("sync", data, run, resume=True, max_steps=7, ckpt_every=7).fit()
 
 
 def test_a_resumed_run_logs_each_step_once(sync_view, tmp_path):

@@ -265,6 +265,12 @@ class Trainer:
                      f"run was saved ({shown}: another file under their names, or another face chosen): it goes on "
                      "learning from what they hold now, and where they are held out its validation figures measure "
                      "other frames than before")
+            added, gone = sorted(set(self._made_from) - set(before)), sorted(set(before) - set(self._made_from))
+            if added or gone:  # (clips preprocessed into the dataset since: its batches changed without a word)
+                told = [f"{len(n)} {w} ({', '.join(n[:3])}{f' and {len(n) - 3} more' if len(n) > 3 else ''})"
+                        for n, w in ((added, "added"), (gone, "gone")) if n]
+                warn(f"{self.run}: the dataset's clips changed since this run was saved: {'; '.join(told)}: it goes on "
+                     "with other batches than it would have had uninterrupted")
 
     # -- main
     def fit(self) -> TrainResult:
