@@ -341,6 +341,20 @@ def test_a_resume_on_other_held_out_clips_or_another_process_count_is_said(sync_
         _trainer("sync", data, run, resume=True, max_steps=7, ckpt_every=7).fit()
 
 
+def test_a_run_folder_holding_a_run_says_how_to_go_on(sync_view, tmp_path):
+    """Another stage's run in the --out folder was met with "pass --resume to continue it", and --resume then said
+    the folder holds another stage's run."""
+    from hyperlips.errors import UserError
+
+    run = tmp_path / "run"
+    _trainer("sync", sync_view, run, max_steps=1, ckpt_every=1).fit()
+    with pytest.raises(UserError, match="already holds checkpoints of a run: pass --resume to continue it"):
+        _trainer("sync", sync_view, run, max_steps=2).fit()
+    with pytest.raises(UserError, match=r"holds a `train sync` run: choose another --out folder for this `train hr` "
+                                        r"run$"):
+        _trainer("hr", sync_view, run, max_steps=2).fit()
+
+
 def test_a_resumed_run_logs_each_step_once(sync_view, tmp_path):
     """Resumed from step 2 after it had trained to 3 (the third step lost with its process): scalars.jsonl holds
     each step once, as the resumed run trained it (the lost step's record stayed beside the new one)."""

@@ -308,8 +308,12 @@ class Trainer:
                 else:
                     found = str(latest[0])
             elif list_checkpoints(self.run):
+                held = latest_checkpoint(self.run)  # (another stage's run: --resume, advised, then failed too)
+                other = str(((held[1].get("config") or {}).get("stage")) if held else "") or cfg.stage
                 problem = (f"{self.run} already holds checkpoints of a run: pass --resume to continue it, or choose "
-                           "another --out folder")
+                           "another --out folder") if other == cfg.stage else (
+                    f"{self.run} holds a `train {other}` run: choose another --out folder for this `train "
+                    f"{cfg.stage}` run")
         found, problem = self.dist.broadcast((found, problem))  # every rank stops, or none does
         if problem:
             raise UserError(problem)
