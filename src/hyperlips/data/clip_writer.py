@@ -128,7 +128,7 @@ class _Skip(Exception):
 def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: PreprocessOptions) -> tuple[int, float]:
     from ..face.detect import FaceDetector
     from ..face.landmarks import FaceMesh, draw_sketch, lip_mask
-    from ..face.track_online import MANY_FACES_SHARE, OnlineTrack
+    from ..face.track_online import OnlineTrack
     from ..media.audio import is_silent, load_audio, melspectrogram
     from ..media.timing import open_timeline, report_damage
     from ..pipeline import face_crop
@@ -186,12 +186,10 @@ def _write_clip(path: Path, tmp: Path, clip_id: str, rel: PurePosixPath, opts: P
     report_damage(timeline, n)
     if n < opts.min_frames:
         raise _Skip(f"too short: {n} frames (at least {opts.min_frames} are needed)")
-    several = sum(len(d) > 1 for d in detections)
-    if several > MANY_FACES_SHARE * max(1, sum(bool(d) for d in detections)) and opts.face is None \
-            and opts.face_box is None:
+    if track.several_faces():  # (the track was told of --face or --face-box: then nothing to say)
         from ..errors import warn
 
-        warn(f"{path}: {several} of its {n} frames show more than one face; the largest one at the start is taken as "
+        warn(f"{path}: {track.frames_with_several} of its {n} frames show more than one face; the largest one at the start is taken as "
              f"the one speaking, and the speech may be another's (--face N or --face-box picks the speaker; or cut "
              f"the clip to the speaker, or leave it out)")
     track_boxes += [b for _, b in track.finish()]  # (n is at least min_frames here)
